@@ -1,0 +1,1 @@
+//! Examples for the ferry SDK live in this package as `[[example]]` targets.

@@ -1,0 +1,3 @@
+//! Multi-process interop tests, the lossy link utility and the benchmark suite for ferry.
+
+pub mod lossy;

@@ -1,0 +1,3 @@
+//! The `ferry` command-line tool and daemon.
+
+fn main() {}

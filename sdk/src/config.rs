@@ -1,0 +1,151 @@
+//! Typed node configuration with documented defaults. Libraries never read files or the
+//! environment: the `ferry` binary turns TOML, env and flags into a [`NodeConfig`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::identity::NodeId;
+
+/// Which peers may connect to a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// Any peer that completes the TLS handshake (default).
+    #[default]
+    Any,
+    /// Only these nodes; others are closed with error code `ADMISSION_REFUSED`.
+    Only(HashSet<NodeId>),
+}
+
+impl Admission {
+    /// Whether `peer` may connect.
+    pub fn admits(&self, peer: &NodeId) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(allowed) => allowed.contains(peer),
+        }
+    }
+}
+
+/// Configuration of a [`Node`](crate::Node). Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port).
+    pub listen: SocketAddr,
+    /// A connection with no traffic for this long is closed. Default 30 s. Both sides'
+    /// values are negotiated down to the smaller one.
+    pub idle_timeout: Duration,
+    /// Interval of QUIC keep-alive pings on an open connection, so an idle connection stays
+    /// up and a dead one is noticed. Default 10 s; must be below `idle_timeout`.
+    pub keep_alive: Duration,
+    /// How long a dial (UDP path + TLS handshake) may take. Default 10 s.
+    pub dial_timeout: Duration,
+    /// Largest message payload accepted or sent, in bytes. Default 1 MiB.
+    pub max_message_size: usize,
+    /// Messages queued in one mailbox before its senders are slowed down. Default 1024.
+    pub mailbox_capacity: usize,
+    /// Bytes of messages a sender keeps unacknowledged per conversation (queued or in flight)
+    /// before `send` waits. Default 8 MiB; at least `max_message_size`.
+    pub send_window: usize,
+    /// How long `send` waits for the target node's acknowledgement before failing with
+    /// `Timeout` (covers dialing, queueing and delivery). Default 30 s.
+    pub send_timeout: Duration,
+    /// A conversation stream with nothing to send or acknowledge for this long is finished;
+    /// the next message opens a new one. Default 30 s.
+    pub stream_idle_timeout: Duration,
+    /// How long a peer has to send a stream's opening frame. Default 10 s.
+    pub open_timeout: Duration,
+    /// Connections (incoming and outgoing) at most; further handshakes are refused. Default 1024.
+    pub max_connections: usize,
+    /// Concurrent streams a peer may open towards this node on one connection. Default 4096.
+    pub max_incoming_streams: u32,
+    /// Conversations remembered for duplicate suppression (sender mailbox, target mailbox).
+    /// Default 65 536; the least recently used is forgotten beyond that.
+    pub max_dedup_entries: usize,
+    /// Which peers may connect. Default [`Admission::Any`].
+    pub admission: Admission,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(10),
+            max_message_size: 1 << 20,
+            mailbox_capacity: 1024,
+            send_window: 8 << 20,
+            send_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(30),
+            open_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_incoming_streams: 4096,
+            max_dedup_entries: 65_536,
+            admission: Admission::Any,
+        }
+    }
+}
+
+/// Why a [`NodeConfig`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `keep_alive` must be shorter than `idle_timeout`, or idle connections would drop.
+    #[error("keep_alive ({keep_alive:?}) must be shorter than idle_timeout ({idle_timeout:?})")]
+    KeepAlive {
+        /// The configured keep-alive.
+        keep_alive: Duration,
+        /// The configured idle timeout.
+        idle_timeout: Duration,
+    },
+    /// `send_window` must hold at least one message of the maximum size.
+    #[error("send_window ({send_window}) must be at least max_message_size ({max_message_size})")]
+    SendWindow {
+        /// The configured window.
+        send_window: usize,
+        /// The configured maximum message size.
+        max_message_size: usize,
+    },
+    /// A count or size that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// A value is beyond what the protocol or QUIC can express.
+    #[error("{0} is too large")]
+    TooLarge(&'static str),
+}
+
+impl NodeConfig {
+    /// Checks the relations between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.keep_alive >= self.idle_timeout {
+            return Err(ConfigError::KeepAlive {
+                keep_alive: self.keep_alive,
+                idle_timeout: self.idle_timeout,
+            });
+        }
+        if self.send_window < self.max_message_size {
+            return Err(ConfigError::SendWindow {
+                send_window: self.send_window,
+                max_message_size: self.max_message_size,
+            });
+        }
+        for (name, value) in [
+            ("max_message_size", self.max_message_size),
+            ("mailbox_capacity", self.mailbox_capacity),
+            ("max_connections", self.max_connections),
+            ("max_incoming_streams", self.max_incoming_streams as usize),
+            ("max_dedup_entries", self.max_dedup_entries),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.max_message_size > (1 << 30) {
+            return Err(ConfigError::TooLarge("max_message_size"));
+        }
+        if self.idle_timeout > Duration::from_secs(3600 * 24) {
+            return Err(ConfigError::TooLarge("idle_timeout"));
+        }
+        Ok(())
+    }
+}

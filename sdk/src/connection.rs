@@ -1,0 +1,402 @@
+//! Connections between nodes: dialing, accepting, admission, and keeping exactly one live
+//! connection per pair of nodes, also when both dial each other at the same moment.
+//!
+//! The rule (docs/PROTOCOL.md §2.4): when a node has two live connections to the same peer
+//! and the peer's certificate serial (its incarnation) is the same on both, it keeps the one
+//! dialed by the node with the smaller NodeId and closes the other with `DUPLICATE`. Both sides
+//! apply the same rule, so they agree without talking. A connection from a new incarnation
+//! (the peer restarted) always replaces the old one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::error::DialError;
+use crate::frame::StreamKind;
+use crate::identity::NodeId;
+use crate::mailbox::lock;
+use crate::node::NodeInner;
+use crate::tls::{parse_cert, PeerCert};
+
+/// Application error codes of QUIC `CONNECTION_CLOSE` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnCode(u32);
+
+impl ConnCode {
+    /// The node is shutting down.
+    pub(crate) const SHUTDOWN: Self = Self(0);
+    /// The acceptor does not admit the dialer.
+    pub(crate) const ADMISSION_REFUSED: Self = Self(1);
+    /// Another connection between the same two nodes wins.
+    pub(crate) const DUPLICATE: Self = Self(2);
+    /// The peer broke the protocol.
+    #[allow(dead_code)]
+    pub(crate) const PROTOCOL: Self = Self(3);
+    /// A node-wide limit was reached.
+    pub(crate) const LIMIT: Self = Self(4);
+}
+
+impl From<ConnCode> for quinn::VarInt {
+    fn from(code: ConnCode) -> Self {
+        quinn::VarInt::from_u32(code.0)
+    }
+}
+
+struct Live {
+    connection: quinn::Connection,
+    incarnation: u64,
+    dialed_by: NodeId,
+}
+
+enum Slot {
+    Connected(Live),
+    Dialing(watch::Receiver<Option<Result<quinn::Connection, DialError>>>),
+}
+
+/// The node's connections, one per peer.
+#[derive(Default)]
+pub(crate) struct Peers {
+    slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
+    /// Socket addresses that reached each peer, most recent first.
+    known: std::sync::Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
+}
+
+const MAX_KNOWN_ADDRS: usize = 4;
+const MAX_KNOWN_PEERS: usize = 65_536;
+
+impl Peers {
+    pub(crate) fn add_addr(&self, peer: NodeId, addr: SocketAddr) {
+        let mut known = lock(&self.known);
+        if known.len() >= MAX_KNOWN_PEERS && !known.contains_key(&peer) {
+            return;
+        }
+        let addrs = known.entry(peer).or_default();
+        addrs.retain(|a| *a != addr);
+        addrs.insert(0, addr);
+        addrs.truncate(MAX_KNOWN_ADDRS);
+    }
+
+    fn addrs(&self, peer: &NodeId) -> Vec<SocketAddr> {
+        lock(&self.known).get(peer).cloned().unwrap_or_default()
+    }
+
+    /// The live connection to `peer`, if any.
+    pub(crate) fn connection(&self, peer: &NodeId) -> Option<quinn::Connection> {
+        match lock(&self.slots).get(peer) {
+            Some(Slot::Connected(live)) if live.connection.close_reason().is_none() => {
+                Some(live.connection.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// How many peers have a live connection.
+    pub(crate) fn connected(&self) -> usize {
+        lock(&self.slots)
+            .values()
+            .filter(|slot| matches!(slot, Slot::Connected(live) if live.connection.close_reason().is_none()))
+            .count()
+    }
+
+    pub(crate) fn close_all(&self) {
+        lock(&self.slots).clear();
+    }
+}
+
+/// Returns the connection to `peer`, dialing it if there is none. Concurrent callers share one
+/// dial; the dial runs on its own task, so a caller giving up does not abort it.
+pub(crate) async fn connect(
+    node: &Arc<NodeInner>,
+    peer: NodeId,
+    hints: &[SocketAddr],
+) -> Result<quinn::Connection, DialError> {
+    loop {
+        let mut waiter = {
+            let mut slots = lock(&node.peers.slots);
+            match slots.get(&peer) {
+                Some(Slot::Connected(live)) if live.connection.close_reason().is_none() => {
+                    return Ok(live.connection.clone());
+                }
+                Some(Slot::Dialing(waiter)) => waiter.clone(),
+                _ => {
+                    if node.cancel.is_cancelled() {
+                        return Err(DialError::NodeClosed);
+                    }
+                    let (done, waiter) = watch::channel(None);
+                    slots.insert(peer, Slot::Dialing(waiter.clone()));
+                    let mut addrs = hints.to_vec();
+                    for addr in node.peers.addrs(&peer) {
+                        if !addrs.contains(&addr) {
+                            addrs.push(addr);
+                        }
+                    }
+                    let dialing = node.clone();
+                    node.tasks.spawn(
+                        async move {
+                            let result = dial(&dialing, peer, addrs).await;
+                            if result.is_err() {
+                                let mut slots = lock(&dialing.peers.slots);
+                                if matches!(slots.get(&peer), Some(Slot::Dialing(_))) {
+                                    slots.remove(&peer);
+                                }
+                            }
+                            let _ = done.send(Some(result));
+                        }
+                        .in_current_span(),
+                    );
+                    waiter
+                }
+            }
+        };
+        let answer = match waiter.wait_for(Option::is_some).await {
+            Ok(result) => result.clone(),
+            // The dial task ended without an answer (node shutting down).
+            Err(_) => return Err(DialError::NodeClosed),
+        };
+        if let Some(result) = answer {
+            return result;
+        }
+    }
+}
+
+async fn dial(
+    node: &Arc<NodeInner>,
+    peer: NodeId,
+    addrs: Vec<SocketAddr>,
+) -> Result<quinn::Connection, DialError> {
+    if addrs.is_empty() {
+        return Err(DialError::NoAddress(peer));
+    }
+    if node.endpoint.open_connections() >= node.config.max_connections {
+        return Err(DialError::TooManyConnections);
+    }
+    let server_name = peer.to_string();
+    let mut last_error = DialError::NoAddress(peer);
+    for addr in addrs {
+        let connecting = match node.endpoint.connect(addr, &server_name) {
+            Ok(connecting) => connecting,
+            Err(error) => {
+                last_error = DialError::Failed(error.to_string());
+                continue;
+            }
+        };
+        let connection = match tokio::time::timeout(node.config.dial_timeout, connecting).await {
+            Err(_) => {
+                last_error = DialError::Timeout;
+                continue;
+            }
+            Ok(Err(error)) => {
+                last_error = dial_error(node, &peer, &error);
+                if matches!(
+                    last_error,
+                    DialError::WrongNode { .. } | DialError::IncompatibleVersion
+                ) {
+                    return Err(last_error);
+                }
+                continue;
+            }
+            Ok(Ok(connection)) => connection,
+        };
+        let cert = peer_cert(&connection)
+            .ok_or_else(|| DialError::Failed("peer presented no usable certificate".into()))?;
+        if cert.node != peer {
+            // The verifier already refuses this; keep the check where the result is used.
+            connection.close(ConnCode::PROTOCOL.into(), b"wrong node");
+            return Err(DialError::WrongNode {
+                expected: peer,
+                actual: cert.node,
+            });
+        }
+        node.peers.add_addr(peer, addr);
+        debug!(peer = %peer.short(), %addr, "dialed");
+        return Ok(install(node, connection, cert, node.id));
+    }
+    Err(last_error)
+}
+
+fn dial_error(node: &NodeInner, peer: &NodeId, error: &quinn::ConnectionError) -> DialError {
+    if let Some(actual) = node.mismatches.take(peer) {
+        return DialError::WrongNode {
+            expected: *peer,
+            actual,
+        };
+    }
+    match error {
+        quinn::ConnectionError::TransportError(transport)
+            if transport.code == quinn::TransportErrorCode::crypto(0x78) =>
+        {
+            DialError::IncompatibleVersion
+        }
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::crypto(0x78) =>
+        {
+            DialError::IncompatibleVersion
+        }
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            DialError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        quinn::ConnectionError::TimedOut => DialError::Timeout,
+        other => DialError::Failed(other.to_string()),
+    }
+}
+
+fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
+    let identity = connection.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    parse_cert(certs.first()?.as_ref()).ok()
+}
+
+/// Registers a new connection and starts serving the streams the peer opens on it. Returns the
+/// connection to use, which is the older one if the rule keeps that.
+fn install(
+    node: &Arc<NodeInner>,
+    connection: quinn::Connection,
+    cert: PeerCert,
+    dialed_by: NodeId,
+) -> quinn::Connection {
+    let peer = cert.node;
+    let winner = {
+        let mut slots = lock(&node.peers.slots);
+        let keep_old = match slots.get(&peer) {
+            Some(Slot::Connected(old)) if old.connection.close_reason().is_none() => {
+                old.incarnation == cert.incarnation
+                    && old.dialed_by != dialed_by
+                    && old.dialed_by == node.id.min(peer)
+            }
+            _ => false,
+        };
+        if keep_old {
+            connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+            match slots.get(&peer) {
+                Some(Slot::Connected(old)) => old.connection.clone(),
+                _ => connection.clone(),
+            }
+        } else {
+            let previous = slots.insert(
+                peer,
+                Slot::Connected(Live {
+                    connection: connection.clone(),
+                    incarnation: cert.incarnation,
+                    dialed_by,
+                }),
+            );
+            if let Some(Slot::Connected(old)) = previous {
+                old.connection
+                    .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+            }
+            connection.clone()
+        }
+    };
+    let serving = node.clone();
+    let span = tracing::debug_span!("peer", peer = %peer.short());
+    node.tasks
+        .spawn(serve_connection(serving, connection, peer).instrument(span));
+    winner
+}
+
+/// Accepts incoming connections until the node shuts down.
+pub(crate) async fn accept_loop(node: Arc<NodeInner>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            incoming = node.endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        if node.endpoint.open_connections() >= node.config.max_connections {
+            warn!("connection limit reached; refusing a handshake");
+            incoming.refuse();
+            continue;
+        }
+        let accepting = node.clone();
+        node.tasks
+            .spawn(async move { accept(accepting, incoming).await }.in_current_span());
+    }
+}
+
+async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(error) => {
+            debug!(%remote, %error, "handshake refused");
+            return;
+        }
+    };
+    let connection = match tokio::time::timeout(node.config.dial_timeout, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            debug!(%remote, %error, "incoming handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "incoming handshake timed out");
+            return;
+        }
+    };
+    let Some(cert) = peer_cert(&connection) else {
+        connection.close(ConnCode::PROTOCOL.into(), b"no usable certificate");
+        return;
+    };
+    if !node.config.admission.admits(&cert.node) {
+        info!(peer = %cert.node.short(), %remote, "refusing peer not admitted");
+        connection.close(ConnCode::ADMISSION_REFUSED.into(), b"node not admitted");
+        return;
+    }
+    // quinn sends from the socket it listens on, so the source address is dialable.
+    node.peers.add_addr(cert.node, remote);
+    install(&node, connection, cert, cert.node);
+}
+
+/// Serves the streams `peer` opens on `connection` until it closes.
+async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: NodeId) {
+    loop {
+        let stream = tokio::select! {
+            _ = node.cancel.cancelled() => break,
+            stream = connection.accept_bi() => stream,
+        };
+        let (send, mut recv) = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                debug!(%error, "connection ended");
+                break;
+            }
+        };
+        let serving = node.clone();
+        node.tasks.spawn(
+            async move {
+                let mut kind = [0u8; 1];
+                let read =
+                    tokio::time::timeout(serving.config.open_timeout, recv.read_exact(&mut kind));
+                match read.await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+                match StreamKind::from_byte(kind[0]) {
+                    Ok(StreamKind::Mailbox) => {
+                        crate::inbound::serve(serving, peer, send, recv).await
+                    }
+                    Err(error) => {
+                        debug!(%error, "refusing stream");
+                        let mut recv = recv;
+                        let _ = recv.stop(quinn::VarInt::from_u32(
+                            crate::frame::ErrorCode::PROTOCOL.0 as u32,
+                        ));
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    let mut slots = lock(&node.peers.slots);
+    if let Some(Slot::Connected(live)) = slots.get(&peer) {
+        if live.connection.stable_id() == connection.stable_id() {
+            slots.remove(&peer);
+        }
+    }
+    let _ = ConnCode::LIMIT;
+}

@@ -1,0 +1,415 @@
+//! Wire frames: pure encode and decode functions on byte buffers, no IO.
+//!
+//! Every stream starts with one [`StreamKind`] byte written by the side that opened it. After
+//! that both directions carry frames:
+//!
+//! ```text
+//! frame = varint(len) | type[1] | fields[len - 1]
+//! ```
+//!
+//! `varint` is unsigned LEB128, the varint postcard uses: 7 bits per byte, least significant
+//! group first, high bit set on every byte but the last; at most 10 bytes; the canonical
+//! (shortest) encoding only. See docs/PROTOCOL.md §5 for every frame byte by byte.
+
+use crate::address::{Address, AddressError, ADDRESS_CORE_LEN};
+
+/// The first byte of every stream: what the stream is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamKind {
+    /// Messages from one sender mailbox to one target mailbox, in order, acknowledged.
+    Mailbox = 0x01,
+}
+
+impl StreamKind {
+    /// Decodes the first byte of a stream.
+    pub fn from_byte(byte: u8) -> Result<Self, FrameError> {
+        match byte {
+            0x01 => Ok(Self::Mailbox),
+            other => Err(FrameError::UnknownStreamKind(other)),
+        }
+    }
+}
+
+/// Frame type bytes.
+mod tag {
+    pub(super) const OPEN: u8 = 0x01;
+    pub(super) const ACCEPT: u8 = 0x02;
+    pub(super) const MESSAGE: u8 = 0x03;
+    pub(super) const ACK: u8 = 0x04;
+    pub(super) const CLOSE: u8 = 0x05;
+}
+
+/// Longest close reason, in bytes of UTF-8.
+pub const MAX_REASON_LEN: usize = 256;
+/// Longest varint encoding.
+pub const MAX_VARINT_LEN: usize = 10;
+/// Largest body of any frame that is not a message: an `Open` with the longest varint.
+pub const MAX_CONTROL_FRAME_LEN: usize = 1 + 2 * ADDRESS_CORE_LEN + 8 + MAX_VARINT_LEN;
+
+/// A reason code carried by [`Frame::Close`] and by QUIC stream resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub u64);
+
+impl ErrorCode {
+    /// Normal end: the stream was idle or the conversation is over.
+    pub const DONE: Self = Self(0);
+    /// The target mailbox does not exist or was closed (its address is revoked).
+    pub const NO_SUCH_MAILBOX: Self = Self(1);
+    /// The target address's signature is invalid.
+    pub const FORGED: Self = Self(2);
+    /// The target address has expired.
+    pub const EXPIRED: Self = Self(3);
+    /// The target address names another node.
+    pub const WRONG_NODE: Self = Self(4);
+    /// A message exceeded the receiver's maximum message size.
+    pub const TOO_LARGE: Self = Self(5);
+    /// The peer broke the protocol (malformed or unexpected frame).
+    pub const PROTOCOL: Self = Self(6);
+    /// The node is shutting down.
+    pub const SHUTTING_DOWN: Self = Self(7);
+    /// A limit was reached (streams, conversations, buffered bytes).
+    pub const LIMIT: Self = Self(8);
+    /// The `from` address does not belong to the peer that sent it.
+    pub const FROM_MISMATCH: Self = Self(9);
+    /// The peer did not complete the opening in time.
+    pub const TIMEOUT: Self = Self(10);
+}
+
+/// The opening frame of a mailbox stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open {
+    /// The mailbox the messages are for: the capability being exercised.
+    pub target: Address,
+    /// The sender's mailbox: where replies go.
+    pub from: Address,
+    /// Identifies this run of the sender's conversation; sequence numbers restart with it.
+    pub epoch: u64,
+    /// Sequence number of the first message frame on this stream.
+    pub first_seq: u64,
+}
+
+/// One decoded frame, borrowing from the input buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Opener → acceptor, first frame of a mailbox stream.
+    Open(Box<Open>),
+    /// Acceptor → opener: the target is valid; messages may follow.
+    Accept {
+        /// Largest message payload the acceptor takes, in bytes.
+        max_message: u64,
+    },
+    /// Opener → acceptor: one message payload.
+    Message(&'a [u8]),
+    /// Acceptor → opener: every message with sequence number below `next_seq` was delivered.
+    Ack {
+        /// One past the highest delivered sequence number.
+        next_seq: u64,
+    },
+    /// Either side: the stream ends for this reason; no further frames follow.
+    Close {
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail, at most [`MAX_REASON_LEN`] bytes.
+        reason: &'a str,
+    },
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The stream began with an unknown kind byte.
+    #[error("unknown stream kind {0:#04x}")]
+    UnknownStreamKind(u8),
+    /// A varint is longer than 10 bytes, overflows 64 bits, or is not in its shortest form.
+    #[error("malformed varint")]
+    Varint,
+    /// The frame's length prefix exceeds the limit for this stream.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame of length zero has no type byte.
+    #[error("empty frame")]
+    Empty,
+    /// Unknown frame type byte.
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    /// The frame's fields do not fit its type.
+    #[error("malformed {0} frame")]
+    Malformed(&'static str),
+    /// An address inside the frame is malformed.
+    #[error("address in frame: {0}")]
+    Address(#[from] AddressError),
+}
+
+/// Appends the canonical LEB128 encoding of `value`.
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Number of bytes [`put_varint`] writes for `value`.
+pub fn varint_len(value: u64) -> usize {
+    let bits = 64 - (value | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Decodes a varint at the start of `buf`: `Ok(None)` if `buf` ends inside it.
+pub fn get_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
+    let mut value = 0u64;
+    for (index, &byte) in buf.iter().enumerate().take(MAX_VARINT_LEN) {
+        let group = u64::from(byte & 0x7f);
+        if index == MAX_VARINT_LEN - 1 && byte > 1 {
+            return Err(FrameError::Varint);
+        }
+        value |= group << (7 * index);
+        if byte & 0x80 == 0 {
+            if byte == 0 && index > 0 {
+                return Err(FrameError::Varint);
+            }
+            return Ok(Some((value, index + 1)));
+        }
+    }
+    if buf.len() >= MAX_VARINT_LEN {
+        Err(FrameError::Varint)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Appends the header of a message frame whose payload (of `payload_len` bytes) follows.
+/// Lets the caller write the payload without copying it into a frame first.
+pub fn put_message_header(out: &mut Vec<u8>, payload_len: usize) {
+    put_varint(out, payload_len as u64 + 1);
+    out.push(tag::MESSAGE);
+}
+
+/// Appends one encoded frame.
+pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
+    match frame {
+        Frame::Open(open) => {
+            let len = 1 + 2 * ADDRESS_CORE_LEN + 8 + varint_len(open.first_seq);
+            put_varint(out, len as u64);
+            out.push(tag::OPEN);
+            out.extend_from_slice(&open.target.core_bytes());
+            out.extend_from_slice(&open.from.core_bytes());
+            out.extend_from_slice(&open.epoch.to_be_bytes());
+            put_varint(out, open.first_seq);
+        }
+        Frame::Accept { max_message } => {
+            put_varint(out, 1 + varint_len(*max_message) as u64);
+            out.push(tag::ACCEPT);
+            put_varint(out, *max_message);
+        }
+        Frame::Message(payload) => {
+            put_message_header(out, payload.len());
+            out.extend_from_slice(payload);
+        }
+        Frame::Ack { next_seq } => {
+            put_varint(out, 1 + varint_len(*next_seq) as u64);
+            out.push(tag::ACK);
+            put_varint(out, *next_seq);
+        }
+        Frame::Close { code, reason } => {
+            let reason = truncate_utf8(reason, MAX_REASON_LEN);
+            put_varint(out, (1 + varint_len(code.0) + reason.len()) as u64);
+            out.push(tag::CLOSE);
+            put_varint(out, code.0);
+            out.extend_from_slice(reason.as_bytes());
+        }
+    }
+}
+
+/// Decodes one frame at the start of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a frame (read more and call again),
+/// otherwise the frame and the number of bytes it took. `max_len` bounds the length prefix, so
+/// a peer announcing a huge frame is refused before anything is buffered.
+pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    let Some((len, prefix)) = get_varint(buf)? else {
+        return Ok(None);
+    };
+    if len > max_len as u64 {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    // len <= max_len, which is a usize.
+    let len = len as usize;
+    let Some(body) = buf.get(prefix..prefix + len) else {
+        return Ok(None);
+    };
+    let (&kind, fields) = body.split_first().ok_or(FrameError::Empty)?;
+    let frame = match kind {
+        tag::OPEN => Frame::Open(Box::new(decode_open(fields)?)),
+        tag::ACCEPT => Frame::Accept {
+            max_message: exact_varint(fields, "accept")?,
+        },
+        tag::MESSAGE => Frame::Message(fields),
+        tag::ACK => Frame::Ack {
+            next_seq: exact_varint(fields, "ack")?,
+        },
+        tag::CLOSE => {
+            let (code, used) = get_varint(fields)?.ok_or(FrameError::Malformed("close"))?;
+            let reason = fields.get(used..).ok_or(FrameError::Malformed("close"))?;
+            if reason.len() > MAX_REASON_LEN {
+                return Err(FrameError::Malformed("close"));
+            }
+            let reason = std::str::from_utf8(reason).map_err(|_| FrameError::Malformed("close"))?;
+            Frame::Close {
+                code: ErrorCode(code),
+                reason,
+            }
+        }
+        other => return Err(FrameError::UnknownType(other)),
+    };
+    Ok(Some((frame, prefix + len)))
+}
+
+fn decode_open(fields: &[u8]) -> Result<Open, FrameError> {
+    let malformed = FrameError::Malformed("open");
+    if fields.len() < 2 * ADDRESS_CORE_LEN + 8 + 1 {
+        return Err(malformed);
+    }
+    let (target, rest) = fields.split_at(ADDRESS_CORE_LEN);
+    let (from, rest) = rest.split_at(ADDRESS_CORE_LEN);
+    let (epoch, rest) = rest.split_at(8);
+    let first_seq = exact_varint(rest, "open")?;
+    let core = |bytes: &[u8]| {
+        let mut core = [0u8; ADDRESS_CORE_LEN];
+        core.copy_from_slice(bytes);
+        core
+    };
+    let mut epoch_bytes = [0u8; 8];
+    epoch_bytes.copy_from_slice(epoch);
+    Ok(Open {
+        target: Address::from_core_bytes(&core(target))?,
+        from: Address::from_core_bytes(&core(from))?,
+        epoch: u64::from_be_bytes(epoch_bytes),
+        first_seq,
+    })
+}
+
+/// A varint that must fill `fields` exactly.
+fn exact_varint(fields: &[u8], frame: &'static str) -> Result<u64, FrameError> {
+    match get_varint(fields)? {
+        Some((value, used)) if used == fields.len() => Ok(value),
+        _ => Err(FrameError::Malformed(frame)),
+    }
+}
+
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::MailboxId;
+    use crate::identity::SecretKey;
+    use proptest::prelude::*;
+
+    fn sample_frames() -> Vec<Frame<'static>> {
+        let key = SecretKey::from_bytes(&[3; 32]);
+        let open = Open {
+            target: Address::mint(&key, MailboxId(1), Some(1_900_000_000), vec![]),
+            from: Address::mint(&key, MailboxId(2), None, vec![]),
+            epoch: 0xdead_beef,
+            first_seq: 300,
+        };
+        vec![
+            Frame::Open(Box::new(open)),
+            Frame::Accept {
+                max_message: 1 << 20,
+            },
+            Frame::Message(b"hello"),
+            Frame::Message(b""),
+            Frame::Ack { next_seq: 0 },
+            Frame::Ack { next_seq: u64::MAX },
+            Frame::Close {
+                code: ErrorCode::NO_SUCH_MAILBOX,
+                reason: "mailbox closed",
+            },
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        for frame in sample_frames() {
+            let mut buf = Vec::new();
+            put_frame(&mut buf, &frame);
+            let (decoded, used) = decode_frame(&buf, 1024).unwrap().unwrap();
+            assert_eq!(used, buf.len());
+            assert_eq!(decoded, frame);
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_incomplete_never_an_error() {
+        for frame in sample_frames() {
+            let mut buf = Vec::new();
+            put_frame(&mut buf, &frame);
+            for cut in 0..buf.len() {
+                assert_eq!(
+                    decode_frame(&buf[..cut], 1024),
+                    Ok(None),
+                    "{frame:?} at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn huge_length_prefix_is_refused_before_buffering() {
+        let mut buf = Vec::new();
+        put_varint(&mut buf, 4 << 30);
+        assert_eq!(
+            decode_frame(&buf, 1 << 20),
+            Err(FrameError::TooLarge {
+                len: 4 << 30,
+                max: 1 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn non_canonical_varints_are_refused() {
+        assert_eq!(get_varint(&[0x80, 0x00]), Err(FrameError::Varint));
+        assert_eq!(get_varint(&[0xff; 11]), Err(FrameError::Varint));
+        assert_eq!(
+            get_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
+            Err(FrameError::Varint)
+        );
+        assert_eq!(
+            get_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Ok(Some((u64::MAX, 10)))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn varint_round_trip(value in any::<u64>()) {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, value);
+            prop_assert_eq!(buf.len(), varint_len(value));
+            prop_assert_eq!(get_varint(&buf), Ok(Some((value, buf.len()))));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_frame(&bytes, 4096);
+        }
+    }
+}

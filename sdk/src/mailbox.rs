@@ -1,0 +1,296 @@
+//! Mailboxes: where messages for one capability address arrive.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::address::{Address, MailboxId, VerifyError};
+use crate::error::{AttachError, DecodeError, RecvError, SendError};
+use crate::node::NodeInner;
+use crate::outbound::Sender;
+
+/// A message delivered to a mailbox.
+#[derive(Clone)]
+pub struct Message {
+    pub(crate) from: Arc<Address>,
+    pub(crate) payload: Bytes,
+}
+
+impl Message {
+    /// The sender's mailbox address: send to it to reply (GenBrowser's `message.from`).
+    pub fn from(&self) -> &Address {
+        &self.from
+    }
+
+    /// The raw payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Decodes the payload as a postcard-encoded `T` (what [`Mailbox::send`] encodes).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        postcard::from_bytes(&self.payload).map_err(|e| DecodeError(e.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("from", &self.from)
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// What the node keeps per open mailbox.
+pub(crate) struct MailboxEntry {
+    pub(crate) queue: mpsc::Sender<Message>,
+    /// Signatures of addresses of this mailbox that passed `verify_strict`, so each distinct
+    /// address costs one signature check however many streams present it.
+    verified: Mutex<Vec<[u8; 64]>>,
+}
+
+const VERIFIED_CACHE: usize = 8;
+
+/// The node's table of open mailboxes.
+#[derive(Default)]
+pub(crate) struct Mailboxes {
+    map: RwLock<HashMap<MailboxId, Arc<MailboxEntry>>>,
+}
+
+impl Mailboxes {
+    pub(crate) fn insert(&self, id: MailboxId, queue: mpsc::Sender<Message>) {
+        let entry = Arc::new(MailboxEntry {
+            queue,
+            verified: Mutex::new(Vec::new()),
+        });
+        write(&self.map).insert(id, entry);
+    }
+
+    pub(crate) fn remove(&self, id: MailboxId) {
+        write(&self.map).remove(&id);
+    }
+
+    pub(crate) fn clear(&self) {
+        write(&self.map).clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        read(&self.map).len()
+    }
+
+    /// Checks that `address` grants access to an open mailbox of this node, cheapest checks
+    /// first: node id and expiry, then the mailbox exists, then the signature (cached).
+    pub(crate) fn authorize(
+        &self,
+        node: &NodeInner,
+        address: &Address,
+    ) -> Result<mpsc::Sender<Message>, SendError> {
+        address.check_cheap(&node.id, crate::node::unix_now())?;
+        let entry = read(&self.map)
+            .get(&address.mailbox())
+            .cloned()
+            .ok_or(SendError::NoSuchMailbox)?;
+        let signature = address.signature();
+        if !lock(&entry.verified).contains(signature) {
+            node.stats.count_signature_check();
+            address.verify_signature().map_err(|e: VerifyError| {
+                node.stats.count_forged();
+                SendError::from(e)
+            })?;
+            let mut verified = lock(&entry.verified);
+            if verified.len() == VERIFIED_CACHE {
+                verified.remove(0);
+            }
+            verified.push(*signature);
+        }
+        Ok(entry.queue.clone())
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A mailbox on a node, reachable by its capability [`Address`].
+///
+/// Receive with [`recv`](Mailbox::recv) / [`recv_timeout`](Mailbox::recv_timeout), or attach
+/// a [`handler`](Mailbox::set_handler) or take a [`stream`](Mailbox::messages): one form only,
+/// the others then fail with a clear error. Dropping the mailbox (or [`close`](Mailbox::close))
+/// revokes its address: senders get [`SendError::NoSuchMailbox`].
+pub struct Mailbox {
+    id: MailboxId,
+    address: Address,
+    node: Weak<NodeInner>,
+    receiver: tokio::sync::Mutex<Option<mpsc::Receiver<Message>>>,
+    /// Whether the receiver was given to a handler or stream.
+    attached: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").field("id", &self.id).finish()
+    }
+}
+
+impl Mailbox {
+    pub(crate) fn new(
+        id: MailboxId,
+        address: Address,
+        node: Weak<NodeInner>,
+        receiver: mpsc::Receiver<Message>,
+    ) -> Self {
+        Self {
+            id,
+            address,
+            node,
+            receiver: tokio::sync::Mutex::new(Some(receiver)),
+            attached: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The mailbox's capability address, with the node's dial hints: everything another node
+    /// needs to send here. Treat it as a secret: whoever holds it may send.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The mailbox id.
+    pub fn id(&self) -> MailboxId {
+        self.id
+    }
+
+    /// Waits for the next message.
+    pub async fn recv(&self) -> Result<Message, RecvError> {
+        if self.attached.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(RecvError::NotReceiving);
+        }
+        let mut guard = self.receiver.lock().await;
+        let receiver = guard.as_mut().ok_or(RecvError::NotReceiving)?;
+        receiver.recv().await.ok_or(RecvError::Closed)
+    }
+
+    /// Waits at most `timeout` for the next message.
+    pub async fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvError> {
+        tokio::time::timeout(timeout, self.recv())
+            .await
+            .unwrap_or(Err(RecvError::Timeout))
+    }
+
+    /// Takes up to `max` messages that are already queued, without waiting.
+    pub fn try_recv_many(&self, max: usize) -> Result<Vec<Message>, RecvError> {
+        if self.attached.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(RecvError::NotReceiving);
+        }
+        let Ok(mut guard) = self.receiver.try_lock() else {
+            return Ok(Vec::new());
+        };
+        let receiver = guard.as_mut().ok_or(RecvError::NotReceiving)?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            match receiver.try_recv() {
+                Ok(message) => out.push(message),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) if out.is_empty() => {
+                    return Err(RecvError::Closed)
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn take_receiver(&self) -> Result<mpsc::Receiver<Message>, AttachError> {
+        let mut guard = self
+            .receiver
+            .try_lock()
+            .map_err(|_| AttachError::Receiving)?;
+        let receiver = guard.take().ok_or(AttachError::AlreadyAttached)?;
+        self.attached
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(receiver)
+    }
+
+    /// Calls `handler` for every message, one at a time in arrival order, on a task of the
+    /// node. The mailbox stays open (and its address valid) while this `Mailbox` lives.
+    pub fn set_handler<F, Fut>(&self, mut handler: F) -> Result<(), AttachError>
+    where
+        F: FnMut(Message) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut receiver = self.take_receiver()?;
+        let Some(node) = self.node.upgrade() else {
+            return Ok(());
+        };
+        let cancel = node.cancel.clone();
+        node.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    message = receiver.recv() => match message {
+                        Some(message) => handler(message).await,
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The messages as a [`Stream`]; ends when the node shuts down.
+    pub fn messages(&self) -> Result<impl Stream<Item = Message> + Send + 'static, AttachError> {
+        let mut receiver = self.take_receiver()?;
+        Ok(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
+    }
+
+    /// A [`Sender`] from this mailbox to `to`: replies to its messages come here.
+    pub fn sender(&self, to: &Address) -> Result<Sender, SendError> {
+        let node = self.node.upgrade().ok_or(SendError::NodeClosed)?;
+        Ok(Sender::new(&node, self.address.without_hints(), to))
+    }
+
+    /// Sends `message` (postcard-encoded) to `to` and waits until the target node accepted it.
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        to: &Address,
+        message: &T,
+    ) -> Result<(), SendError> {
+        self.sender(to)?.send(message).await
+    }
+
+    /// Sends raw bytes to `to` and waits until the target node accepted them.
+    pub async fn send_bytes(&self, to: &Address, payload: Bytes) -> Result<(), SendError> {
+        self.sender(to)?.send_bytes(payload).await
+    }
+
+    /// Closes the mailbox now, revoking its address.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.upgrade() {
+            node.mailboxes.remove(self.id);
+        }
+    }
+}

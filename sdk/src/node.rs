@@ -1,0 +1,302 @@
+//! The node: one QUIC endpoint, its mailboxes, its connections and conversations.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, Instrument};
+
+use crate::address::{Address, MailboxId};
+use crate::config::NodeConfig;
+use crate::connection::{self, ConnCode, Peers};
+use crate::error::{BindError, DialError, SendError};
+use crate::identity::{NodeId, SecretKey};
+use crate::inbound::DedupTable;
+use crate::mailbox::{lock, Mailbox, Mailboxes};
+use crate::outbound::{ConversationKey, Outbound, Sender};
+use crate::tls::{self, Mismatches};
+
+/// Seconds since the Unix epoch, the clock address expiry is checked against.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Counters a node keeps; read them with [`Node::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    signature_checks: AtomicU64,
+    forged: AtomicU64,
+    messages_in: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn count_signature_check(&self) {
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_forged(&self) {
+        self.forged.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_message_in(&self) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of a node's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Address signatures checked with `verify_strict` (cheap checks and the cache avoid most).
+    pub signature_checks: u64,
+    /// Addresses refused for a bad signature.
+    pub forged_addresses: u64,
+    /// Messages accepted into this node's mailboxes from other nodes.
+    pub messages_in: u64,
+    /// Peers with a live connection.
+    pub connected_peers: usize,
+    /// Open mailboxes.
+    pub mailboxes: usize,
+    /// Outgoing conversations with a running task.
+    pub conversations: usize,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) key: SecretKey,
+    pub(crate) id: NodeId,
+    pub(crate) config: NodeConfig,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) mismatches: Arc<Mismatches>,
+    pub(crate) mailboxes: Mailboxes,
+    pub(crate) peers: Peers,
+    pub(crate) conversations: Mutex<HashMap<ConversationKey, Arc<Outbound>>>,
+    pub(crate) dedup: DedupTable,
+    pub(crate) stats: Stats,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    local_addr: SocketAddr,
+}
+
+/// A ferry node: an ed25519 identity, one QUIC endpoint, and mailboxes reachable by
+/// capability addresses. Cheap to clone; all clones are the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+    inbox: Arc<Mailbox>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node with `key` on `config.listen`. Must be called inside a tokio runtime.
+    pub async fn bind(key: SecretKey, config: NodeConfig) -> Result<Self, BindError> {
+        Self::bind_with_alpn(key, config, tls::ALPN).await
+    }
+
+    #[doc(hidden)]
+    /// Like [`Node::bind`] but speaking another ALPN protocol id; for version-negotiation tests.
+    pub async fn bind_with_alpn(
+        key: SecretKey,
+        config: NodeConfig,
+        alpn: &[u8],
+    ) -> Result<Self, BindError> {
+        config.validate()?;
+        let mut incarnation = [0u8; 8];
+        crate::identity::fill_random(&mut incarnation);
+        let tls = tls::configs(&key, u64::from_be_bytes(incarnation), alpn)?;
+        let transport = Arc::new(transport_config(&config));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server));
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(tls.client));
+        client.transport_config(transport);
+        let mut endpoint =
+            quinn::Endpoint::server(server, config.listen).map_err(|source| BindError::Socket {
+                addr: config.listen,
+                source,
+            })?;
+        endpoint.set_default_client_config(client);
+        let local_addr = endpoint.local_addr().map_err(|source| BindError::Socket {
+            addr: config.listen,
+            source,
+        })?;
+        let id = key.public();
+        let inner = Arc::new(NodeInner {
+            key,
+            id,
+            config,
+            endpoint,
+            mismatches: tls.mismatches,
+            mailboxes: Mailboxes::default(),
+            peers: Peers::default(),
+            conversations: Mutex::new(HashMap::new()),
+            dedup: DedupTable::default(),
+            stats: Stats::default(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            local_addr,
+        });
+        let span = tracing::info_span!("node", id = %id.short());
+        inner
+            .tasks
+            .spawn(connection::accept_loop(inner.clone()).instrument(span.clone()));
+        let inbox = Arc::new(new_mailbox(&inner, MailboxId::random(), None));
+        info!(parent: &span, %local_addr, "node started");
+        Ok(Self { inner, inbox })
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The UDP address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// Creates a mailbox with a fresh random id and an address that never expires.
+    pub fn mailbox(&self) -> Mailbox {
+        new_mailbox(&self.inner, MailboxId::random(), None)
+    }
+
+    /// Creates a mailbox whose address expires at `expires` (seconds since the Unix epoch).
+    pub fn mailbox_expiring(&self, expires: u64) -> Mailbox {
+        new_mailbox(&self.inner, MailboxId::random(), Some(expires))
+    }
+
+    /// Creates (or re-creates, after a restart) the mailbox with a given id, so its address
+    /// stays the same across restarts of a node with the same key. Any open mailbox with the
+    /// same id stops receiving.
+    pub fn mailbox_with_id(&self, id: MailboxId) -> Mailbox {
+        new_mailbox(&self.inner, id, None)
+    }
+
+    /// The node's own mailbox: [`Node::send`] sends from it, so replies arrive here.
+    pub fn inbox(&self) -> &Mailbox {
+        &self.inbox
+    }
+
+    /// Mints another address for an open mailbox of this node (e.g. one that expires).
+    pub fn address_for(&self, mailbox: MailboxId, expires: Option<u64>) -> Address {
+        Address::mint(&self.inner.key, mailbox, expires, self.hints())
+    }
+
+    fn hints(&self) -> Vec<SocketAddr> {
+        vec![self.inner.local_addr]
+    }
+
+    /// Tells the node where `peer` can be reached, for addresses without dial hints.
+    pub fn add_peer_addr(&self, peer: NodeId, addr: SocketAddr) {
+        self.inner.peers.add_addr(peer, addr);
+    }
+
+    /// Connects to `peer` now (normally connections are made on first use).
+    pub async fn connect(&self, peer: NodeId, addr: Option<SocketAddr>) -> Result<(), DialError> {
+        let hints: Vec<SocketAddr> = addr.into_iter().collect();
+        connection::connect(&self.inner, peer, &hints)
+            .await
+            .map(drop)
+    }
+
+    /// Whether a live connection to `peer` exists.
+    pub fn is_connected(&self, peer: &NodeId) -> bool {
+        self.inner.peers.connection(peer).is_some()
+    }
+
+    /// The QUIC connection to `peer`, if one is live; for diagnostics and tests.
+    #[doc(hidden)]
+    pub fn connection_stable_id(&self, peer: &NodeId) -> Option<usize> {
+        self.inner.peers.connection(peer).map(|c| c.stable_id())
+    }
+
+    /// A [`Sender`] from the node's inbox to `to`.
+    pub fn sender(&self, to: &Address) -> Sender {
+        Sender::new(&self.inner, self.inbox.address().without_hints(), to)
+    }
+
+    /// Sends `message` (postcard-encoded) from the node's inbox and waits until the target
+    /// node has accepted it.
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        to: &Address,
+        message: &T,
+    ) -> Result<(), SendError> {
+        self.sender(to).send(message).await
+    }
+
+    /// Sends raw bytes from the node's inbox and waits until the target node accepted them.
+    pub async fn send_bytes(&self, to: &Address, payload: Bytes) -> Result<(), SendError> {
+        self.sender(to).send_bytes(payload).await
+    }
+
+    /// A snapshot of the node's counters.
+    pub fn stats(&self) -> NodeStats {
+        let stats = &self.inner.stats;
+        NodeStats {
+            signature_checks: stats.signature_checks.load(Ordering::Relaxed),
+            forged_addresses: stats.forged.load(Ordering::Relaxed),
+            messages_in: stats.messages_in.load(Ordering::Relaxed),
+            connected_peers: self.inner.peers.connected(),
+            mailboxes: self.inner.mailboxes.len(),
+            conversations: lock(&self.inner.conversations).len(),
+        }
+    }
+
+    /// Shuts down in order: waits up to `grace` for messages in flight to be acknowledged,
+    /// stops accepting, closes every connection with a reason, and waits for all tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        crate::outbound::drain(inner, grace).await;
+        inner.cancel.cancel();
+        inner.tasks.close();
+        inner
+            .endpoint
+            .close(ConnCode::SHUTDOWN.into(), b"node shutting down");
+        inner.peers.close_all();
+        inner.mailboxes.clear();
+        inner.tasks.wait().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+        info!(id = %inner.id.short(), "node stopped");
+    }
+}
+
+fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
+    let (queue, receiver) = mpsc::channel(node.config.mailbox_capacity);
+    node.mailboxes.insert(id, queue);
+    let address = Address::mint(&node.key, id, expires, vec![node.local_addr]);
+    Mailbox::new(id, address, Arc::downgrade(node), receiver)
+}
+
+fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    // validate() bounds idle_timeout to one day, well within QUIC's varint range.
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout).ok();
+    transport
+        .max_idle_timeout(idle)
+        .keep_alive_interval(Some(config.keep_alive))
+        .max_concurrent_bidi_streams(config.max_incoming_streams.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((4u32 << 20).into())
+        .receive_window((32u32 << 20).into())
+        .send_window(32 << 20);
+    transport
+}

@@ -1,0 +1,728 @@
+//! The sending side of mailbox streams: one task and one QUIC stream per conversation
+//! (sender mailbox → target mailbox), so a slow or lossy conversation never stalls another.
+//!
+//! Messages are queued in order and given a local ticket. The task writes them in batches,
+//! keeps them until the receiver's cumulative `Ack` covers them (so they can be sent again on a
+//! new stream after a lost connection), and publishes progress on a watch channel that every
+//! [`Delivery`] waits on. Memory is bounded by the send window (bytes), which also makes
+//! `send` wait when the receiver is slow.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, Instrument};
+
+use crate::address::{Address, MailboxId};
+use crate::connection::{self, ConnCode};
+use crate::error::{DialError, SendError};
+use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
+use crate::identity::NodeId;
+use crate::mailbox::{lock, Message};
+use crate::node::NodeInner;
+
+/// Per-message cost charged against the send window on top of the payload, so floods of tiny
+/// messages are bounded too.
+const MESSAGE_OVERHEAD: usize = 32;
+/// Per-message failures remembered for their [`Delivery`]s (they are rare: oversize only).
+const MAX_REMEMBERED_FAILURES: usize = 1024;
+/// Upper bound of the pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Identifies a conversation: all messages from one mailbox to one mailbox share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConversationKey {
+    from: MailboxId,
+    node: NodeId,
+    mailbox: MailboxId,
+}
+
+/// How far a conversation has got, as seen by waiting [`Delivery`]s.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Every ticket below this is resolved: acknowledged, or listed in `failed`.
+    resolved_below: u64,
+    failed: BTreeMap<u64, SendError>,
+    /// The conversation ended with this error: every unresolved ticket failed with it.
+    fatal: Option<SendError>,
+}
+
+#[derive(Default)]
+struct Queue {
+    next_ticket: u64,
+    items: VecDeque<(u64, Bytes)>,
+    /// Set when the task ended (idle or failed): senders must start a new conversation.
+    closed: bool,
+}
+
+/// The shared state of one outgoing conversation.
+pub(crate) struct Outbound {
+    key: ConversationKey,
+    target: Address,
+    from: Address,
+    window: Semaphore,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    progress: watch::Sender<Progress>,
+}
+
+fn cost(payload: &Bytes) -> u32 {
+    // max_message_size is validated to at most 1 GiB, so this fits.
+    u32::try_from(payload.len() + MESSAGE_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+/// Returns the live conversation for `key`, starting one if needed.
+fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<Outbound> {
+    let key = ConversationKey {
+        from: from.mailbox(),
+        node: target.node(),
+        mailbox: target.mailbox(),
+    };
+    let mut map = lock(&node.conversations);
+    if let Some(existing) = map.get(&key) {
+        return existing.clone();
+    }
+    let outbound = Arc::new(Outbound {
+        key,
+        target: target.clone(),
+        from: from.clone(),
+        window: Semaphore::new(node.config.send_window),
+        queue: Mutex::new(Queue::default()),
+        wake: Notify::new(),
+        progress: watch::Sender::new(Progress::default()),
+    });
+    map.insert(key, outbound.clone());
+    drop(map);
+    let span = tracing::debug_span!("conversation", to = %target.node().short(), mailbox = %target.mailbox());
+    node.tasks
+        .spawn(run(outbound.clone(), node.clone()).instrument(span));
+    outbound
+}
+
+/// Sends messages from one mailbox to one address, in order. Cheap to clone; all clones and
+/// all other senders between the same two mailboxes share one ordered stream.
+#[derive(Clone)]
+pub struct Sender {
+    node: Arc<NodeInner>,
+    from: Address,
+    target: Address,
+    /// For a mailbox on this node: its queue, skipping the network.
+    local: Option<Result<mpsc::Sender<Message>, SendError>>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("from", &self.from)
+            .field("to", &self.target)
+            .finish()
+    }
+}
+
+impl Sender {
+    pub(crate) fn new(node: &Arc<NodeInner>, from: Address, target: &Address) -> Self {
+        let local = (target.node() == node.id).then(|| node.mailboxes.authorize(node, target));
+        Self {
+            node: node.clone(),
+            from,
+            target: target.clone(),
+            local,
+        }
+    }
+
+    /// The address messages go to.
+    pub fn target(&self) -> &Address {
+        &self.target
+    }
+
+    /// Sends `message` (postcard-encoded) and waits until the target node accepted it.
+    pub async fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), SendError> {
+        self.enqueue(message).await?.await
+    }
+
+    /// Sends raw bytes and waits until the target node accepted them.
+    pub async fn send_bytes(&self, payload: Bytes) -> Result<(), SendError> {
+        self.enqueue_bytes(payload).await?.await
+    }
+
+    /// Queues `message` (postcard-encoded) behind the ones already queued, waiting only for
+    /// room in the send window. Await the returned [`Delivery`] to learn that the target node
+    /// accepted it; many may be in flight at once.
+    pub async fn enqueue<T: Serialize + ?Sized>(&self, message: &T) -> Result<Delivery, SendError> {
+        let payload =
+            postcard::to_allocvec(message).map_err(|e| SendError::Encode(e.to_string()))?;
+        self.enqueue_bytes(payload.into()).await
+    }
+
+    /// Queues raw bytes; see [`Sender::enqueue`].
+    pub async fn enqueue_bytes(&self, payload: Bytes) -> Result<Delivery, SendError> {
+        let max = self.node.config.max_message_size;
+        if payload.len() > max {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        if self.node.cancel.is_cancelled() {
+            return Err(SendError::NodeClosed);
+        }
+        if let Some(local) = &self.local {
+            let queue = local.as_ref().map_err(Clone::clone)?;
+            let message = Message {
+                from: Arc::new(self.from.clone()),
+                payload,
+            };
+            let sent =
+                tokio::time::timeout(self.node.config.send_timeout, queue.send(message)).await;
+            let result = match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(SendError::NoSuchMailbox),
+                Err(_) => Err(SendError::Timeout),
+            };
+            return Ok(Delivery(DeliveryState::Done(result)));
+        }
+        let cost = cost(&payload);
+        loop {
+            let outbound = conversation(&self.node, &self.from, &self.target);
+            let Ok(permit) = outbound.window.acquire_many(cost).await else {
+                continue; // closed while we waited: a new conversation takes over
+            };
+            permit.forget();
+            let mut queue = lock(&outbound.queue);
+            if queue.closed {
+                drop(queue);
+                outbound.window.add_permits(cost as usize);
+                continue;
+            }
+            let ticket = queue.next_ticket;
+            queue.next_ticket += 1;
+            queue.items.push_back((ticket, payload));
+            drop(queue);
+            outbound.wake.notify_one();
+            return Ok(Delivery(DeliveryState::Pending { outbound, ticket }));
+        }
+    }
+}
+
+/// Resolves when the target node accepted one queued message, or with why it did not.
+#[must_use = "a Delivery does nothing unless awaited; dropping it does not cancel the send"]
+pub struct Delivery(DeliveryState);
+
+enum DeliveryState {
+    Done(Result<(), SendError>),
+    Pending {
+        outbound: Arc<Outbound>,
+        ticket: u64,
+    },
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            DeliveryState::Done(result) => write!(f, "Delivery({result:?})"),
+            DeliveryState::Pending { ticket, .. } => write!(f, "Delivery(pending #{ticket})"),
+        }
+    }
+}
+
+impl IntoFuture for Delivery {
+    type Output = Result<(), SendError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let (outbound, ticket) = match self.0 {
+                DeliveryState::Done(result) => return result,
+                DeliveryState::Pending { outbound, ticket } => (outbound, ticket),
+            };
+            let mut progress = outbound.progress.subscribe();
+            loop {
+                {
+                    let state = progress.borrow_and_update();
+                    if let Some(error) = state.failed.get(&ticket) {
+                        return Err(error.clone());
+                    }
+                    if state.resolved_below > ticket {
+                        return Ok(());
+                    }
+                    if let Some(error) = &state.fatal {
+                        return Err(error.clone());
+                    }
+                }
+                if progress.changed().await.is_err() {
+                    return Err(SendError::NodeClosed);
+                }
+            }
+        })
+    }
+}
+
+/// Why opening a stream failed.
+enum OpenError {
+    /// Trying again may help (connection lost, peer restarting).
+    Retry(SendError),
+    /// Every queued message fails with this.
+    Fatal(SendError),
+}
+
+struct OpenStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    peer_max: usize,
+}
+
+/// The state the conversation task owns.
+struct Flight {
+    epoch: u64,
+    /// Sequence number of `unacked.front()`.
+    base_seq: u64,
+    /// Written (or to be rewritten) but not acknowledged, in sequence order.
+    unacked: VecDeque<(u64, Bytes)>,
+    write_buf: Vec<u8>,
+    read_buf: BytesMut,
+}
+
+async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
+    let mut epoch = [0u8; 8];
+    crate::identity::fill_random(&mut epoch);
+    let mut flight = Flight {
+        epoch: u64::from_be_bytes(epoch),
+        base_seq: 0,
+        unacked: VecDeque::new(),
+        write_buf: Vec::with_capacity(64 * 1024),
+        read_buf: BytesMut::with_capacity(4096),
+    };
+    let config = &node.config;
+    let mut stream: Option<OpenStream> = None;
+    let mut attempts = 0u32;
+    let mut last_error = SendError::Timeout;
+    let mut busy_since = Instant::now();
+    let mut last_activity = Instant::now();
+    loop {
+        let queued = !lock(&outbound.queue).items.is_empty();
+        let busy = queued || !flight.unacked.is_empty();
+        if !busy {
+            busy_since = Instant::now();
+        }
+        let Some(open) = stream.as_mut() else {
+            if !busy {
+                tokio::select! {
+                    _ = node.cancel.cancelled() => return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed),
+                    _ = outbound.wake.notified() => {
+                        // Put the wake-up back for the drain after the stream opens.
+                        outbound.wake.notify_one();
+                        busy_since = Instant::now();
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(last_activity + config.stream_idle_timeout) => {
+                        if close_if_idle(&outbound, &node) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if busy_since.elapsed() > config.send_timeout {
+                let error = match last_error {
+                    SendError::Unreachable(_) => last_error,
+                    _ => SendError::Timeout,
+                };
+                return fail_all(&outbound, &node, &mut flight, error);
+            }
+            match open_stream(&outbound, &node, &flight).await {
+                Ok(mut opened) => {
+                    attempts = 0;
+                    // Everything unacknowledged goes again; the receiver drops duplicates.
+                    flight.write_buf.clear();
+                    for (_, payload) in &flight.unacked {
+                        frame::put_message_header(&mut flight.write_buf, payload.len());
+                        flight.write_buf.extend_from_slice(payload);
+                    }
+                    if let Err(error) = opened.send.write_all(&flight.write_buf).await {
+                        last_error = write_error(error);
+                        continue;
+                    }
+                    stream = Some(opened);
+                    last_activity = Instant::now();
+                    outbound.wake.notify_one();
+                }
+                Err(OpenError::Fatal(error)) => {
+                    return fail_all(&outbound, &node, &mut flight, error);
+                }
+                Err(OpenError::Retry(error)) => {
+                    debug!(%error, attempts, "opening conversation stream failed; retrying");
+                    last_error = error;
+                    let pause = backoff(attempts);
+                    attempts = attempts.saturating_add(1);
+                    tokio::select! {
+                        _ = node.cancel.cancelled() => return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+            continue;
+        };
+
+        let deadline = if busy {
+            busy_since.max(last_activity) + config.send_timeout
+        } else {
+            last_activity + config.stream_idle_timeout
+        };
+        tokio::select! {
+            biased;
+            _ = node.cancel.cancelled() => {
+                return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed);
+            }
+            chunk = open.recv.read_chunk(64 * 1024, true) => {
+                match handle_incoming(&outbound, &mut flight, chunk) {
+                    Ok(advanced) => {
+                        if advanced {
+                            last_activity = Instant::now();
+                        }
+                    }
+                    Err(OpenError::Fatal(error)) => {
+                        return fail_all(&outbound, &node, &mut flight, error);
+                    }
+                    Err(OpenError::Retry(error)) => {
+                        last_error = error;
+                        stream = None;
+                    }
+                }
+            }
+            _ = outbound.wake.notified() => {
+                let peer_max = open.peer_max;
+                if flight.unacked.is_empty() {
+                    busy_since = Instant::now();
+                }
+                if let Err(error) = write_queued(&outbound, &mut flight, &mut open.send, peer_max).await {
+                    last_error = error;
+                    stream = None;
+                }
+                last_activity = Instant::now();
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if busy {
+                    // No acknowledgement for send_timeout: the receiver is stuck or gone.
+                    return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
+                }
+                if close_if_idle(&outbound, &node) {
+                    if let Some(mut open) = stream.take() {
+                        let _ = open.send.finish();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    if attempts == 0 {
+        return Duration::ZERO;
+    }
+    let base = Duration::from_millis(25).saturating_mul(1 << attempts.min(7));
+    let base = base.min(MAX_BACKOFF);
+    let mut jitter = [0u8; 2];
+    crate::identity::fill_random(&mut jitter);
+    // Full jitter in [base/2, base).
+    base / 2 + base.mul_f64(f64::from(u16::from_be_bytes(jitter)) / 131_072.0)
+}
+
+/// Moves queued messages into the stream.
+async fn write_queued(
+    outbound: &Outbound,
+    flight: &mut Flight,
+    send: &mut quinn::SendStream,
+    peer_max: usize,
+) -> Result<(), SendError> {
+    let batch: Vec<(u64, Bytes)> = {
+        let mut queue = lock(&outbound.queue);
+        queue.items.drain(..).collect()
+    };
+    if batch.is_empty() {
+        return Ok(());
+    }
+    flight.write_buf.clear();
+    let mut refused = Vec::new();
+    let mut released = 0usize;
+    for (ticket, payload) in batch {
+        if payload.len() > peer_max {
+            released += cost(&payload) as usize;
+            refused.push((
+                ticket,
+                SendError::TooLarge {
+                    size: payload.len(),
+                    max: peer_max,
+                },
+            ));
+            continue;
+        }
+        frame::put_message_header(&mut flight.write_buf, payload.len());
+        flight.write_buf.extend_from_slice(&payload);
+        flight.unacked.push_back((ticket, payload));
+    }
+    if !refused.is_empty() {
+        outbound.window.add_permits(released);
+        outbound.progress.send_modify(|progress| {
+            for (ticket, error) in refused {
+                progress.failed.insert(ticket, error);
+            }
+            while progress.failed.len() > MAX_REMEMBERED_FAILURES {
+                progress.failed.pop_first();
+            }
+        });
+        publish_resolved(outbound, flight);
+    }
+    send.write_all(&flight.write_buf).await.map_err(write_error)
+}
+
+/// Processes acknowledgements and closes from the receiver. Returns whether anything advanced.
+fn handle_incoming(
+    outbound: &Outbound,
+    flight: &mut Flight,
+    chunk: Result<Option<quinn::Chunk>, quinn::ReadError>,
+) -> Result<bool, OpenError> {
+    let chunk = match chunk {
+        Ok(Some(chunk)) => chunk,
+        Ok(None) => {
+            return Err(OpenError::Retry(SendError::Protocol(
+                "receiver finished the stream".into(),
+            )))
+        }
+        Err(error) => return Err(read_error(error)),
+    };
+    flight.read_buf.extend_from_slice(&chunk.bytes);
+    let mut advanced = false;
+    loop {
+        let decoded = frame::decode_frame(&flight.read_buf, frame::MAX_CONTROL_FRAME_LEN)
+            .map_err(|e| OpenError::Fatal(SendError::Protocol(e.to_string())))?;
+        let Some((frame, used)) = decoded else {
+            break;
+        };
+        match frame {
+            Frame::Ack { next_seq } => {
+                let mut released = 0usize;
+                while flight.base_seq < next_seq {
+                    let Some((_, payload)) = flight.unacked.pop_front() else {
+                        return Err(OpenError::Fatal(SendError::Protocol(
+                            "acknowledgement beyond what was sent".into(),
+                        )));
+                    };
+                    released += cost(&payload) as usize;
+                    flight.base_seq += 1;
+                }
+                if released > 0 {
+                    outbound.window.add_permits(released);
+                    advanced = true;
+                }
+            }
+            Frame::Close { code, reason } => {
+                return Err(close_error(code, reason, &outbound.target));
+            }
+            _ => {
+                return Err(OpenError::Fatal(SendError::Protocol(
+                    "unexpected frame from receiver".into(),
+                )))
+            }
+        }
+        let _ = flight.read_buf.split_to(used);
+    }
+    if advanced {
+        publish_resolved(outbound, flight);
+    }
+    Ok(advanced)
+}
+
+fn publish_resolved(outbound: &Outbound, flight: &Flight) {
+    let resolved_below = match flight.unacked.front() {
+        Some((ticket, _)) => *ticket,
+        None => {
+            let queue = lock(&outbound.queue);
+            queue
+                .items
+                .front()
+                .map_or(queue.next_ticket, |(ticket, _)| *ticket)
+        }
+    };
+    outbound.progress.send_if_modified(|progress| {
+        if progress.resolved_below < resolved_below {
+            progress.resolved_below = resolved_below;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+async fn open_stream(
+    outbound: &Outbound,
+    node: &Arc<NodeInner>,
+    flight: &Flight,
+) -> Result<OpenStream, OpenError> {
+    let connection = connection::connect(node, outbound.target.node(), outbound.target.hints())
+        .await
+        .map_err(|error| match error {
+            DialError::Timeout | DialError::Failed(_) | DialError::TooManyConnections => {
+                OpenError::Retry(SendError::Unreachable(error))
+            }
+            DialError::NodeClosed => OpenError::Fatal(SendError::NodeClosed),
+            other => OpenError::Fatal(SendError::Unreachable(other)),
+        })?;
+    let (mut send, mut recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| connection_error(&e))?;
+    let mut head = vec![StreamKind::Mailbox as u8];
+    frame::put_frame(
+        &mut head,
+        &Frame::Open(Box::new(Open {
+            target: outbound.target.without_hints(),
+            from: outbound.from.clone(),
+            epoch: flight.epoch,
+            first_seq: flight.base_seq,
+        })),
+    );
+    send.write_all(&head)
+        .await
+        .map_err(|e| OpenError::Retry(write_error(e)))?;
+    let answer = tokio::time::timeout(node.config.open_timeout, async {
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some((frame, _)) = frame::decode_frame(&buf, frame::MAX_CONTROL_FRAME_LEN)
+                .map_err(|e| OpenError::Fatal(SendError::Protocol(e.to_string())))?
+            {
+                return match frame {
+                    Frame::Accept { max_message } => {
+                        Ok(usize::try_from(max_message).unwrap_or(usize::MAX))
+                    }
+                    Frame::Close { code, reason } => {
+                        Err(close_error(code, reason, &outbound.target))
+                    }
+                    _ => Err(OpenError::Fatal(SendError::Protocol(
+                        "expected accept or close".into(),
+                    ))),
+                };
+            }
+            match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                Ok(None) => {
+                    return Err(OpenError::Retry(SendError::Protocol(
+                        "stream ended before accept".into(),
+                    )))
+                }
+                Err(error) => return Err(read_error(error)),
+            }
+        }
+    })
+    .await
+    .map_err(|_| OpenError::Retry(SendError::Timeout))?;
+    let peer_max = answer?;
+    Ok(OpenStream {
+        send,
+        recv,
+        peer_max,
+    })
+}
+
+fn close_error(code: ErrorCode, reason: &str, target: &Address) -> OpenError {
+    let fatal = match code {
+        ErrorCode::NO_SUCH_MAILBOX => SendError::NoSuchMailbox,
+        ErrorCode::FORGED => SendError::Forged,
+        ErrorCode::EXPIRED => SendError::Expired(target.expires().unwrap_or(0)),
+        ErrorCode::WRONG_NODE => SendError::WrongNode,
+        ErrorCode::TOO_LARGE | ErrorCode::PROTOCOL | ErrorCode::FROM_MISMATCH => {
+            SendError::Protocol(format!("receiver closed the stream: {reason}"))
+        }
+        _ => {
+            return OpenError::Retry(SendError::Protocol(format!(
+                "receiver closed the stream ({}): {reason}",
+                code.0
+            )))
+        }
+    };
+    OpenError::Fatal(fatal)
+}
+
+fn connection_error(error: &quinn::ConnectionError) -> OpenError {
+    if let quinn::ConnectionError::ApplicationClosed(close) = error {
+        if close.error_code == ConnCode::ADMISSION_REFUSED.into() {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            return OpenError::Fatal(SendError::Unreachable(DialError::Refused(reason)));
+        }
+    }
+    OpenError::Retry(SendError::Unreachable(DialError::Failed(error.to_string())))
+}
+
+fn write_error(error: quinn::WriteError) -> SendError {
+    SendError::Unreachable(DialError::Failed(error.to_string()))
+}
+
+fn read_error(error: quinn::ReadError) -> OpenError {
+    match error {
+        quinn::ReadError::ConnectionLost(error) => connection_error(&error),
+        other => OpenError::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
+    }
+}
+
+/// Ends the conversation if nothing is queued. Returns whether it ended.
+fn close_if_idle(outbound: &Arc<Outbound>, node: &NodeInner) -> bool {
+    let mut map = lock(&node.conversations);
+    let mut queue = lock(&outbound.queue);
+    if !queue.items.is_empty() {
+        return false;
+    }
+    queue.closed = true;
+    if map
+        .get(&outbound.key)
+        .is_some_and(|current| Arc::ptr_eq(current, outbound))
+    {
+        map.remove(&outbound.key);
+    }
+    outbound.window.close();
+    true
+}
+
+/// Ends the conversation, failing every message not yet acknowledged with `error`.
+fn fail_all(outbound: &Arc<Outbound>, node: &NodeInner, flight: &mut Flight, error: SendError) {
+    debug!(%error, "conversation failed");
+    {
+        let mut map = lock(&node.conversations);
+        let mut queue = lock(&outbound.queue);
+        queue.closed = true;
+        queue.items.clear();
+        if map
+            .get(&outbound.key)
+            .is_some_and(|current| Arc::ptr_eq(current, outbound))
+        {
+            map.remove(&outbound.key);
+        }
+    }
+    flight.unacked.clear();
+    outbound.window.close();
+    outbound.progress.send_modify(|progress| {
+        progress.fatal = Some(error);
+    });
+}
+
+/// Waits until no conversation has messages in flight, or `grace` passes.
+pub(crate) async fn drain(node: &NodeInner, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    loop {
+        let pending: Vec<Arc<Outbound>> = lock(&node.conversations).values().cloned().collect();
+        let busy = pending.iter().any(|outbound| {
+            let progress = outbound.progress.borrow();
+            let queue = lock(&outbound.queue);
+            progress.fatal.is_none() && progress.resolved_below < queue.next_ticket
+        });
+        if !busy || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

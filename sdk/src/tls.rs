@@ -1,0 +1,327 @@
+//! TLS 1.3 configuration that binds a QUIC connection to the peers' [`NodeId`]s.
+//!
+//! Each node presents a self-signed X.509 certificate made by rcgen from its own ed25519 key.
+//! Neither chain nor validity dates matter: what proves the identity is the TLS 1.3
+//! `CertificateVerify` signature made with that key over the handshake transcript. Each side
+//! takes the peer's NodeId from the certificate's subject public key; the dialer additionally
+//! requires it to equal the NodeId it passed as the server name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::identity::{NodeId, SecretKey};
+
+/// The ALPN protocol id; the protocol version lives here.
+pub const ALPN: &[u8] = b"ferry/1";
+
+/// The crypto provider ferry uses everywhere (ring), passed explicitly to every config.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The key could not be encoded for rcgen.
+    #[error("encoding the node key: {0}")]
+    KeyEncoding(String),
+    /// rcgen refused to make the certificate.
+    #[error("making the certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("configuring TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// quinn refused the rustls configuration.
+    #[error("configuring QUIC crypto: {0}")]
+    Quic(String),
+}
+
+/// What a certificate says about the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerCert {
+    pub(crate) node: NodeId,
+    /// Random per process start (the certificate serial): tells a restarted peer from a
+    /// second connection of the same run.
+    pub(crate) incarnation: u64,
+}
+
+/// Reads the NodeId and incarnation from a ferry certificate.
+pub(crate) fn parse_cert(der: &[u8]) -> Result<PeerCert, CertError> {
+    let (rest, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| CertError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(CertError::Malformed);
+    }
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
+        return Err(CertError::NotEd25519);
+    }
+    let key: [u8; 32] = spki
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| CertError::NotEd25519)?;
+    let node = NodeId::from_bytes(&key).map_err(|_| CertError::BadKey)?;
+    let serial = cert.raw_serial();
+    let mut incarnation = [0u8; 8];
+    let take = serial.len().min(8);
+    incarnation[8 - take..].copy_from_slice(&serial[serial.len() - take..]);
+    Ok(PeerCert {
+        node,
+        incarnation: u64::from_be_bytes(incarnation),
+    })
+}
+
+/// Why a peer's certificate is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CertError {
+    #[error("certificate is not valid DER X.509")]
+    Malformed,
+    #[error("certificate key is not ed25519")]
+    NotEd25519,
+    #[error("certificate key is a weak or non-canonical ed25519 key")]
+    BadKey,
+    #[error("peer is {actual}, expected {expected}")]
+    WrongNode { expected: NodeId, actual: NodeId },
+}
+
+impl From<CertError> for rustls::Error {
+    fn from(err: CertError) -> Self {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(err),
+        )))
+    }
+}
+
+/// Records which NodeId actually answered when a dial found the wrong node, so the dialer can
+/// report a typed error (the TLS alert itself carries no detail).
+#[derive(Debug, Default)]
+pub(crate) struct Mismatches(Mutex<HashMap<NodeId, NodeId>>);
+
+impl Mismatches {
+    pub(crate) fn take(&self, expected: &NodeId) -> Option<NodeId> {
+        lock(&self.0).remove(expected)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug)]
+struct ServerVerifier {
+    provider: Arc<CryptoProvider>,
+    mismatches: Arc<Mismatches>,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ServerName::DnsName(name) = server_name else {
+            return Err(rustls::Error::General(
+                "server name is not a node id".into(),
+            ));
+        };
+        let expected: NodeId = name
+            .as_ref()
+            .parse()
+            .map_err(|_| rustls::Error::General("server name is not a node id".into()))?;
+        let actual = parse_cert(end_entity.as_ref())?.node;
+        if actual != expected {
+            // Keep the map small: only the latest mismatch per expected node matters.
+            let mut map = lock(&self.mismatches.0);
+            if map.len() > 1024 {
+                map.clear();
+            }
+            map.insert(expected, actual);
+            return Err(CertError::WrongNode { expected, actual }.into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+#[derive(Debug)]
+struct ClientVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        parse_cert(end_entity.as_ref())?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// The QUIC crypto configs of one node.
+pub(crate) struct TlsConfigs {
+    pub(crate) server: quinn::crypto::rustls::QuicServerConfig,
+    pub(crate) client: quinn::crypto::rustls::QuicClientConfig,
+    pub(crate) mismatches: Arc<Mismatches>,
+}
+
+/// Makes the node's certificate and both TLS configs. `alpn` is normally [`ALPN`]; tests pass
+/// others to check version negotiation.
+pub(crate) fn configs(
+    key: &SecretKey,
+    incarnation: u64,
+    alpn: &[u8],
+) -> Result<TlsConfigs, TlsSetupError> {
+    let provider = provider();
+    let pkcs8 = key
+        .signing_key()
+        .to_pkcs8_der()
+        .map_err(|e| TlsSetupError::KeyEncoding(e.to_string()))?;
+    let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
+    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
+    let mut params = rcgen::CertificateParams::new(vec![key.public().to_string()])?;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(
+        &incarnation_as_serial(incarnation).to_be_bytes(),
+    ));
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(9999, 12, 31);
+    let cert = params.self_signed(&key_pair)?;
+    let chain = vec![cert.der().clone()];
+    let private = PrivateKeyDer::Pkcs8(pkcs8);
+
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(ClientVerifier {
+            provider: provider.clone(),
+        }))
+        .with_single_cert(chain.clone(), private.clone_key())?;
+    server.alpn_protocols = vec![alpn.to_vec()];
+    server.max_early_data_size = 0;
+
+    let mismatches = Arc::new(Mismatches::default());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+            provider,
+            mismatches: mismatches.clone(),
+        }))
+        .with_client_auth_cert(chain, private)?;
+    client.alpn_protocols = vec![alpn.to_vec()];
+
+    Ok(TlsConfigs {
+        server: quinn::crypto::rustls::QuicServerConfig::try_from(server)
+            .map_err(|e| TlsSetupError::Quic(e.to_string()))?,
+        client: quinn::crypto::rustls::QuicClientConfig::try_from(client)
+            .map_err(|e| TlsSetupError::Quic(e.to_string()))?,
+        mismatches,
+    })
+}
+
+/// The serial an incarnation number becomes, as [`parse_cert`] reads it back: a positive DER
+/// integer (top bit clear) that is never zero.
+pub(crate) fn incarnation_as_serial(incarnation: u64) -> u64 {
+    let mut serial = incarnation.to_be_bytes();
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    u64::from_be_bytes(serial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_carries_node_id_and_incarnation() {
+        let key = SecretKey::generate();
+        let pkcs8 = key.signing_key().to_pkcs8_der().unwrap();
+        let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
+        let key_pair =
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![key.public().to_string()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &incarnation_as_serial(42).to_be_bytes(),
+        ));
+        let cert = params.self_signed(&key_pair).unwrap();
+        let parsed = parse_cert(cert.der()).unwrap();
+        assert_eq!(parsed.node, key.public());
+        assert_eq!(parsed.incarnation, incarnation_as_serial(42));
+        assert_eq!(parse_cert(b"junk"), Err(CertError::Malformed));
+    }
+}
