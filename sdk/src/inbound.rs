@@ -10,21 +10,22 @@ use bytes::{Buf, BytesMut};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
-use crate::address::{Address, MailboxId};
+use crate::address::MailboxId;
 use crate::error::SendError;
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
 use crate::mailbox::{lock, Message};
 use crate::node::NodeInner;
 
-/// Duplicate suppression state of one conversation, as seen by the receiver.
+/// Duplicate suppression state of one conversation run, as seen by the receiver.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct DedupState {
-    epoch: u64,
-    next_seq: u64,
+    /// Every message below this sequence number was delivered.
+    next_seq: Option<u64>,
 }
 
-type DedupKey = (NodeId, MailboxId, MailboxId);
+/// (sending node, sending mailbox, target mailbox, epoch): one run of one conversation.
+type DedupKey = (NodeId, MailboxId, MailboxId, u64);
 
 /// Per-conversation duplicate suppression, bounded by `max_dedup_entries`.
 #[derive(Default)]
@@ -78,9 +79,10 @@ pub(crate) async fn serve(
     };
     let from = Arc::new(open.from);
     let dedup = node.dedup.entry(
-        (peer, from.mailbox(), open.target.mailbox()),
+        (peer, from.mailbox(), open.target.mailbox(), open.epoch),
         node.config.max_dedup_entries,
     );
+    let expires = open.target.expires();
     let mut out = Vec::with_capacity(16);
     frame::put_frame(
         &mut out,
@@ -93,18 +95,20 @@ pub(crate) async fn serve(
     }
     let max_frame = node.config.max_message_size + 1;
     let mut seq = open.first_seq;
+    let mut acked = seq;
     {
+        // A sender only forgets messages that were acknowledged, so a first_seq beyond what we
+        // delivered means our state was evicted: trust the sender.
         let mut state = dedup.lock().await;
-        if state.epoch != open.epoch || seq > state.next_seq {
-            *state = DedupState {
-                epoch: open.epoch,
-                next_seq: seq,
-            };
+        if state.next_seq.is_none_or(|next| seq > next) {
+            state.next_seq = Some(seq);
         }
     }
     loop {
+        if expires.is_some_and(|at| crate::node::unix_now() >= at) {
+            return refuse(&mut send, ErrorCode::EXPIRED, "address expired").await;
+        }
         // Deliver every complete frame in the buffer, then acknowledge them together.
-        let mut delivered_any = false;
         {
             let mut state = dedup.lock().await;
             loop {
@@ -126,7 +130,7 @@ pub(crate) async fn serve(
                 };
                 let header = used - payload.len();
                 let message = buf.split_to(used).freeze().slice(header..);
-                if state.epoch == open.epoch && seq < state.next_seq {
+                if state.next_seq.is_some_and(|next| seq < next) {
                     seq += 1; // already delivered on an earlier stream
                     continue;
                 }
@@ -146,11 +150,11 @@ pub(crate) async fn serve(
                 permit.send(message);
                 node.stats.count_message_in();
                 seq += 1;
-                state.next_seq = seq;
-                delivered_any = true;
+                state.next_seq = Some(seq);
             }
         }
-        if delivered_any || seq > open.first_seq {
+        if seq > acked {
+            acked = seq;
             out.clear();
             frame::put_frame(&mut out, &Frame::Ack { next_seq: seq });
             if send.write_all(&out).await.is_err() {
@@ -251,10 +255,4 @@ async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
     if send.write_all(&out).await.is_ok() {
         let _ = send.finish();
     }
-}
-
-/// Kept for symmetry with the address the receiver hands to the application.
-#[allow(dead_code)]
-fn reply_address(from: &Address) -> &Address {
-    from
 }

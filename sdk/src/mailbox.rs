@@ -52,9 +52,10 @@ impl std::fmt::Debug for Message {
 /// What the node keeps per open mailbox.
 pub(crate) struct MailboxEntry {
     pub(crate) queue: mpsc::Sender<Message>,
-    /// Signatures of addresses of this mailbox that passed `verify_strict`, so each distinct
-    /// address costs one signature check however many streams present it.
-    verified: Mutex<Vec<[u8; 64]>>,
+    /// (expiry, signature) of addresses of this mailbox that passed `verify_strict`, so each
+    /// distinct address costs one signature check however many streams present it. The expiry
+    /// is part of the key because the signature covers it; node and mailbox are this entry's.
+    verified: Mutex<Vec<(Option<u64>, [u8; 64])>>,
 }
 
 const VERIFIED_CACHE: usize = 8;
@@ -98,8 +99,8 @@ impl Mailboxes {
             .get(&address.mailbox())
             .cloned()
             .ok_or(SendError::NoSuchMailbox)?;
-        let signature = address.signature();
-        if !lock(&entry.verified).contains(signature) {
+        let signed = (address.expires(), *address.signature());
+        if !lock(&entry.verified).contains(&signed) {
             node.stats.count_signature_check();
             address.verify_signature().map_err(|e: VerifyError| {
                 node.stats.count_forged();
@@ -109,7 +110,7 @@ impl Mailboxes {
             if verified.len() == VERIFIED_CACHE {
                 verified.remove(0);
             }
-            verified.push(*signature);
+            verified.push(signed);
         }
         Ok(entry.queue.clone())
     }

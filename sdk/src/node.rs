@@ -62,6 +62,8 @@ pub struct NodeStats {
     pub messages_in: u64,
     /// Peers with a live connection.
     pub connected_peers: usize,
+    /// QUIC connections of the endpoint, including ones still closing.
+    pub open_connections: usize,
     /// Open mailboxes.
     pub mailboxes: usize,
     /// Outgoing conversations with a running task.
@@ -256,6 +258,7 @@ impl Node {
             forged_addresses: stats.forged.load(Ordering::Relaxed),
             messages_in: stats.messages_in.load(Ordering::Relaxed),
             connected_peers: self.inner.peers.connected(),
+            open_connections: self.inner.endpoint.open_connections(),
             mailboxes: self.inner.mailboxes.len(),
             conversations: lock(&self.inner.conversations).len(),
         }

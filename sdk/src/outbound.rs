@@ -19,11 +19,10 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
-use crate::address::{Address, MailboxId};
+use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
 use crate::connection::{self, ConnCode};
 use crate::error::{DialError, SendError};
 use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
-use crate::identity::NodeId;
 use crate::mailbox::{lock, Message};
 use crate::node::NodeInner;
 
@@ -35,12 +34,13 @@ const MAX_REMEMBERED_FAILURES: usize = 1024;
 /// Upper bound of the pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Identifies a conversation: all messages from one mailbox to one mailbox share it.
+/// Identifies a conversation: all messages from one mailbox to one target address share it.
+/// The whole signed core is part of the key, so every distinct address (another expiry, or a
+/// tampered copy) is presented to, and checked by, the receiver on its own stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConversationKey {
     from: MailboxId,
-    node: NodeId,
-    mailbox: MailboxId,
+    target: [u8; ADDRESS_CORE_LEN],
 }
 
 /// How far a conversation has got, as seen by waiting [`Delivery`]s.
@@ -81,8 +81,7 @@ fn cost(payload: &Bytes) -> u32 {
 fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<Outbound> {
     let key = ConversationKey {
         from: from.mailbox(),
-        node: target.node(),
-        mailbox: target.mailbox(),
+        target: target.core_bytes(),
     };
     let mut map = lock(&node.conversations);
     if let Some(existing) = map.get(&key) {

@@ -1,0 +1,523 @@
+//! Two- and three-node tests of the peer core on loopback.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::address::ADDRESS_CORE_LEN;
+use ferry::{
+    Address, Admission, AttachError, DialError, MailboxId, Node, NodeConfig, RecvError, SecretKey,
+    SendError,
+};
+use futures::StreamExt;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn node() -> Node {
+    node_with(NodeConfig::default()).await
+}
+
+async fn node_with(config: NodeConfig) -> Node {
+    Node::bind(SecretKey::generate(), config).await.unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_both_ways_with_reply_address() {
+    let a = node().await;
+    let b = node().await;
+    let box_a = a.mailbox();
+    let box_b = b.mailbox();
+
+    box_a.send(box_b.address(), &("hello", 1u32)).await.unwrap();
+    let message = box_b.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(
+        message.decode::<(String, u32)>().unwrap(),
+        ("hello".into(), 1)
+    );
+    assert_eq!(message.from().node(), a.id());
+    assert_eq!(message.from().mailbox(), box_a.id());
+
+    box_b.send(message.from(), "back").await.unwrap();
+    let reply = box_a.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(reply.decode::<String>().unwrap(), "back");
+    assert_eq!(reply.from().mailbox(), box_b.id());
+    // One connection carries both directions.
+    assert_eq!(a.stats().connected_peers, 1);
+    assert_eq!(b.stats().connected_peers, 1);
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_and_local_delivery() {
+    let a = node().await;
+    let b = node().await;
+    let c = node().await;
+    let inbox_c = c.mailbox();
+    a.send(inbox_c.address(), "from a").await.unwrap();
+    b.send(inbox_c.address(), "from b").await.unwrap();
+    c.send(inbox_c.address(), "from c itself").await.unwrap();
+    let mut seen = HashMap::new();
+    for _ in 0..3 {
+        let message = inbox_c.recv_timeout(WAIT).await.unwrap();
+        seen.insert(message.from().node(), message.decode::<String>().unwrap());
+    }
+    assert_eq!(seen[&a.id()], "from a");
+    assert_eq!(seen[&b.id()], "from b");
+    assert_eq!(seen[&c.id()], "from c itself");
+    // C answers both remote senders through their reply addresses.
+    for (peer, node) in [(a.id(), &a), (b.id(), &b)] {
+        let address = node.inbox().address().without_hints();
+        assert_eq!(address.node(), peer);
+        c.send(&address, "ack").await.unwrap();
+        let reply = node.inbox().recv_timeout(WAIT).await.unwrap();
+        assert_eq!(reply.decode::<String>().unwrap(), "ack");
+    }
+    for node in [a, b, c] {
+        node.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_sender_order_ten_senders_ten_thousand_each() {
+    const SENDERS: usize = 10;
+    const EACH: u32 = 10_000;
+    let a = node().await;
+    let b = node().await;
+    let target = b.mailbox();
+    let mut tasks = Vec::new();
+    for _ in 0..SENDERS {
+        let from = a.mailbox();
+        let to = target.address().clone();
+        tasks.push(tokio::spawn(async move {
+            let sender = from.sender(&to).unwrap();
+            let mut last = None;
+            for seq in 0..EACH {
+                last = Some(sender.enqueue(&seq).await.unwrap());
+            }
+            last.unwrap().await.unwrap();
+            from.id()
+        }));
+    }
+    let mut next: HashMap<MailboxId, u32> = HashMap::new();
+    for _ in 0..SENDERS * EACH as usize {
+        let message = target.recv_timeout(WAIT).await.unwrap();
+        let seq: u32 = message.decode().unwrap();
+        let expected = next.entry(message.from().mailbox()).or_insert(0);
+        assert_eq!(seq, *expected, "out of order from {:?}", message.from());
+        *expected += 1;
+    }
+    let senders: HashSet<MailboxId> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(senders.len(), SENDERS);
+    assert!(next.values().all(|&count| count == EACH));
+    assert!(
+        target.try_recv_many(10).unwrap().is_empty(),
+        "nothing duplicated"
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// An address of `address.node()` whose core is changed by `tamper`, re-encoded with a valid
+/// checksum so that only the signature check can catch it.
+fn tampered(address: &Address, tamper: impl FnOnce(&mut [u8; ADDRESS_CORE_LEN])) -> Address {
+    let mut core = address.core_bytes();
+    tamper(&mut core);
+    Address::from_core_bytes(&core)
+        .unwrap()
+        .with_hints(address.hints().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_expired_and_revoked_addresses_are_refused() {
+    let a = node().await;
+    let b = node().await;
+    let target = b.mailbox();
+    let address = target.address().clone();
+    a.send(&address, "valid").await.unwrap();
+    target.recv_timeout(WAIT).await.unwrap();
+    let checks_before = b.stats().signature_checks;
+
+    // Tampered expiry: the mailbox exists, the signature no longer matches.
+    let in_an_hour = unix_now() + 3600;
+    let later = tampered(&address, |core| {
+        core[40..48].copy_from_slice(&in_an_hour.to_be_bytes())
+    });
+    assert_eq!(a.send(&later, "x").await, Err(SendError::Forged));
+    // A signature by another key over B's node id and the same mailbox.
+    let impostor = Address::mint(&SecretKey::generate(), target.id(), None, vec![]);
+    let forged = tampered(&address, |core| {
+        core[48..].copy_from_slice(impostor.signature());
+    });
+    assert_eq!(a.send(&forged, "x").await, Err(SendError::Forged));
+    assert_eq!(b.stats().signature_checks, checks_before + 2);
+    assert_eq!(b.stats().forged_addresses, 2);
+
+    // Tampered mailbox id: refused before any signature check.
+    let elsewhere = tampered(&address, |core| core[39] ^= 1);
+    assert_eq!(a.send(&elsewhere, "x").await, Err(SendError::NoSuchMailbox));
+    assert_eq!(b.stats().signature_checks, checks_before + 2);
+
+    // Expired: refused by the cheap checks, also before any signature check.
+    let expired = b.address_for(target.id(), Some(unix_now() - 10));
+    assert!(matches!(
+        a.send(&expired, "x").await,
+        Err(SendError::Expired(_))
+    ));
+    assert_eq!(b.stats().signature_checks, checks_before + 2);
+
+    // Revoked: closing the mailbox revokes its address.
+    let revoked = address.clone();
+    target.close();
+    assert_eq!(a.send(&revoked, "x").await, Err(SendError::NoSuchMailbox));
+
+    // An expiring address works until it expires.
+    let soon = b.mailbox_expiring(unix_now() + 2);
+    a.send(soon.address(), "in time").await.unwrap();
+    soon.recv_timeout(WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(matches!(
+        a.send(soon.address(), "late").await,
+        Err(SendError::Expired(_))
+    ));
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_the_wrong_node_id_is_refused() {
+    let a = node().await;
+    let b = node().await;
+    let c_key = SecretKey::generate();
+    // An address of node C whose dial hint points at node B.
+    let address = Address::mint(&c_key, MailboxId(1), None, vec![b.local_addr()]);
+    match a.send(&address, "x").await {
+        Err(SendError::Unreachable(DialError::WrongNode { expected, actual })) => {
+            assert_eq!(expected, c_key.public());
+            assert_eq!(actual, b.id());
+        }
+        other => panic!("expected WrongNode, got {other:?}"),
+    }
+    assert_eq!(
+        a.connect(c_key.public(), Some(b.local_addr())).await,
+        Err(DialError::WrongNode {
+            expected: c_key.public(),
+            actual: b.id()
+        })
+    );
+    // No hints and no known address: a clear error, not a hang.
+    let nowhere = Address::mint(&c_key, MailboxId(1), None, vec![]);
+    assert_eq!(
+        a.send(&nowhere, "x").await,
+        Err(SendError::Unreachable(DialError::NoAddress(c_key.public())))
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_messages_are_refused() {
+    let a = node_with(NodeConfig {
+        max_message_size: 64 * 1024,
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node_with(NodeConfig {
+        max_message_size: 1000,
+        ..NodeConfig::default()
+    })
+    .await;
+    let target = b.mailbox();
+    // Over the sender's own limit: refused before anything is sent.
+    assert_eq!(
+        a.send_bytes(target.address(), Bytes::from(vec![0u8; 64 * 1024 + 1]))
+            .await,
+        Err(SendError::TooLarge {
+            size: 64 * 1024 + 1,
+            max: 64 * 1024
+        })
+    );
+    // Over the receiver's limit: refused with the receiver's limit; the conversation goes on.
+    let sender = a.sender(target.address());
+    let small = sender
+        .enqueue_bytes(Bytes::from(vec![1u8; 1000]))
+        .await
+        .unwrap();
+    let big = sender
+        .enqueue_bytes(Bytes::from(vec![2u8; 1001]))
+        .await
+        .unwrap();
+    let after = sender
+        .enqueue_bytes(Bytes::from(vec![3u8; 10]))
+        .await
+        .unwrap();
+    assert_eq!(small.await, Ok(()));
+    assert_eq!(
+        big.await,
+        Err(SendError::TooLarge {
+            size: 1001,
+            max: 1000
+        })
+    );
+    assert_eq!(after.await, Ok(()));
+    assert_eq!(
+        target.recv_timeout(WAIT).await.unwrap().payload().len(),
+        1000
+    );
+    assert_eq!(target.recv_timeout(WAIT).await.unwrap().payload().len(), 10);
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dial_gives_one_connection() {
+    for _ in 0..10 {
+        let a = node().await;
+        let b = node().await;
+        let (ab, ba) = tokio::join!(
+            a.connect(b.id(), Some(b.local_addr())),
+            b.connect(a.id(), Some(a.local_addr()))
+        );
+        ab.unwrap();
+        ba.unwrap();
+        // Both sides settle on the same single connection: the losing one is closed.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let settled = a.stats().open_connections == 1 && b.stats().open_connections == 1;
+            if settled {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still {} and {} connections",
+                a.stats().open_connections,
+                b.stats().open_connections
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // And traffic flows both ways over it.
+        let box_a = a.mailbox();
+        let box_b = b.mailbox();
+        box_a.send(box_b.address(), "ab").await.unwrap();
+        box_b.send(box_a.address(), "ba").await.unwrap();
+        box_b.recv_timeout(WAIT).await.unwrap();
+        box_a.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(a.stats().open_connections, 1);
+        assert_eq!(b.stats().open_connections, 1);
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_receiver_does_not_slow_another_conversation() {
+    let a = node().await;
+    let b = node_with(NodeConfig {
+        mailbox_capacity: 16,
+        ..NodeConfig::default()
+    })
+    .await;
+    let slow = b.mailbox(); // never read
+    let fast = b.mailbox();
+
+    // Fill the slow conversation until its window is exhausted and sends block.
+    let slow_from = a.mailbox();
+    let slow_sender = slow_from.sender(slow.address()).unwrap();
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    let mut blocked = None;
+    let mut pending = Vec::new();
+    for n in 0..10_000 {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            slow_sender.enqueue_bytes(payload.clone()),
+        )
+        .await
+        {
+            Ok(delivery) => pending.push(delivery.unwrap()),
+            Err(_) => {
+                blocked = Some(n);
+                break;
+            }
+        }
+    }
+    let blocked = blocked.expect("a never-read mailbox must eventually block its sender");
+    assert!(
+        blocked > 16,
+        "the window, not the mailbox, bounds the sender"
+    );
+
+    // Meanwhile another conversation on the same connection runs at full speed.
+    let fast_from = a.mailbox();
+    let fast_sender = fast_from.sender(fast.address()).unwrap();
+    let started = std::time::Instant::now();
+    for n in 0..500u32 {
+        fast_sender.send(&n).await.unwrap();
+        assert_eq!(
+            fast.recv_timeout(WAIT)
+                .await
+                .unwrap()
+                .decode::<u32>()
+                .unwrap(),
+            n
+        );
+    }
+    assert!(started.elapsed() < WAIT);
+    // The slow conversation is still stuck: its last message is not acknowledged.
+    let last = pending.pop().unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(200), last)
+        .await
+        .is_err());
+    // Once the slow mailbox is read, everything flows.
+    for _ in 0..16 {
+        slow.recv_timeout(WAIT).await.unwrap();
+    }
+    a.shutdown(Duration::from_millis(100)).await;
+    b.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refusal_is_reported_to_the_dialer() {
+    let a = node().await;
+    let allowed = SecretKey::generate().public();
+    let b = node_with(NodeConfig {
+        admission: Admission::Only([allowed].into_iter().collect()),
+        ..NodeConfig::default()
+    })
+    .await;
+    let target = b.mailbox();
+    match a.send(target.address(), "x").await {
+        Err(SendError::Unreachable(DialError::Refused(reason))) => {
+            assert!(reason.contains("not admitted"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_alpn_is_refused_on_both_sides() {
+    let a = Node::bind_with_alpn(SecretKey::generate(), NodeConfig::default(), b"ferry/999")
+        .await
+        .unwrap();
+    let b = node().await;
+    assert_eq!(
+        a.connect(b.id(), Some(b.local_addr())).await,
+        Err(DialError::IncompatibleVersion)
+    );
+    assert_eq!(
+        b.connect(a.id(), Some(a.local_addr())).await,
+        Err(DialError::IncompatibleVersion)
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiving_forms_are_exclusive() {
+    let a = node().await;
+    let by_handler = a.mailbox();
+    let (seen, mut seen_rx) = tokio::sync::mpsc::channel(4);
+    by_handler
+        .set_handler(move |message| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(message.decode::<String>().unwrap()).await;
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        by_handler.recv().await.unwrap_err(),
+        RecvError::NotReceiving
+    );
+    assert_eq!(
+        by_handler.set_handler(|_| async {}).unwrap_err(),
+        AttachError::AlreadyAttached
+    );
+    assert!(by_handler.messages().is_err());
+    a.send(by_handler.address(), "to the handler")
+        .await
+        .unwrap();
+    assert_eq!(seen_rx.recv().await.unwrap(), "to the handler");
+
+    let by_stream = a.mailbox();
+    let mut stream = by_stream.messages().unwrap();
+    a.send(by_stream.address(), "to the stream").await.unwrap();
+    let message = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.decode::<String>().unwrap(), "to the stream");
+
+    let by_recv = a.mailbox();
+    assert_eq!(
+        by_recv
+            .recv_timeout(Duration::from_millis(50))
+            .await
+            .unwrap_err(),
+        RecvError::Timeout
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_receiver_is_reached_again_at_the_same_address() {
+    let a = node().await;
+    let key = SecretKey::generate();
+    let b = Node::bind(key.clone(), NodeConfig::default())
+        .await
+        .unwrap();
+    let port = b.local_addr();
+    let mailbox_id = MailboxId(42);
+    let first = b.mailbox_with_id(mailbox_id);
+    let address = first.address().clone();
+    a.send(&address, "before").await.unwrap();
+    first.recv_timeout(WAIT).await.unwrap();
+    drop(first);
+    b.shutdown(Duration::from_millis(100)).await;
+    drop(b);
+
+    // Same key, same port, same mailbox id: the same address works after the restart. The old
+    // endpoint's driver task releases the UDP port asynchronously, so retry the bind briefly.
+    let config = NodeConfig {
+        listen: port,
+        ..NodeConfig::default()
+    };
+    let mut tries = 0;
+    let b = loop {
+        match Node::bind(key.clone(), config.clone()).await {
+            Ok(node) => break node,
+            Err(error) if tries < 100 => {
+                tries += 1;
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("could not rebind: {error}"),
+        }
+    };
+    let second = b.mailbox_with_id(mailbox_id);
+    assert_eq!(second.address(), &address);
+    a.send(&address, "after").await.unwrap();
+    assert_eq!(
+        second
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "after"
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
