@@ -27,10 +27,13 @@ pub(crate) struct DedupState {
 /// (sending node, sending mailbox, target mailbox, epoch): one run of one conversation.
 type DedupKey = (NodeId, MailboxId, MailboxId, u64);
 
+/// A dedup entry and when it was last used (a logical clock), for eviction.
+type DedupEntry = (u64, Arc<AsyncMutex<DedupState>>);
+
 /// Per-conversation duplicate suppression, bounded by `max_dedup_entries`.
 #[derive(Default)]
 pub(crate) struct DedupTable {
-    entries: std::sync::Mutex<HashMap<DedupKey, (u64, Arc<AsyncMutex<DedupState>>)>>,
+    entries: std::sync::Mutex<HashMap<DedupKey, DedupEntry>>,
     clock: std::sync::atomic::AtomicU64,
 }
 

@@ -1,4 +1,5 @@
 //! Two- and three-node tests of the peer core on loopback.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
