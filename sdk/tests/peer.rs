@@ -522,3 +522,60 @@ async fn restarted_receiver_is_reached_again_at_the_same_address() {
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_close_and_reopen_on_demand() {
+    let quick = NodeConfig {
+        stream_idle_timeout: Duration::from_millis(200),
+        ..NodeConfig::default()
+    };
+    let a = node_with(quick).await;
+    let b = node().await;
+    let target = b.mailbox();
+    let sender = a.sender(target.address());
+    sender.send(&1u32).await.unwrap();
+    assert_eq!(a.stats().conversations, 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.stats().conversations != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle conversation never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same sender keeps working: a new stream opens on demand, order is kept.
+    sender.send(&2u32).await.unwrap();
+    sender.send(&3u32).await.unwrap();
+    for expected in 1..=3u32 {
+        let message = target.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), expected);
+    }
+    assert!(target.try_recv_many(1).unwrap().is_empty());
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_deliveries_all_resolve() {
+    let a = node().await;
+    let b = node().await;
+    let target = b.mailbox();
+    let sender = a.sender(target.address());
+    let mut deliveries = Vec::new();
+    for n in 0..2000u32 {
+        deliveries.push(sender.enqueue(&n).await.unwrap());
+    }
+    let receiver = tokio::spawn(async move {
+        for n in 0..2000u32 {
+            let message = target.recv_timeout(WAIT).await.unwrap();
+            assert_eq!(message.decode::<u32>().unwrap(), n);
+        }
+        target
+    });
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    receiver.await.unwrap();
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
