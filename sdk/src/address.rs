@@ -3,12 +3,13 @@
 //! An [`Address`] names a mailbox on a node and proves, with the node's ed25519 signature, that
 //! the node handed it out. Holding one is the permission to send to that mailbox.
 //!
-//! Byte layout (all integers big-endian), see docs/PROTOCOL.md §3:
+//! Byte layout (all integers big-endian), see docs/PROTOCOL.md §4:
 //!
 //! ```text
 //! core  = node_id[32] | mailbox_id[8] | expires[8] | signature[64]      (112 bytes)
 //! bytes = core | hint* | crc32[4]
 //! hint  = 0x04 | ipv4[4] | port[2]  |  0x06 | ipv6[16] | port[2]
+//!       | tag | len[1] | value[len]     (any other tag: an extension, kept verbatim)
 //! signed message = "ferry/address/v1" | node_id | mailbox_id | expires
 //! text  = "ferry1" | base64url-nopad(bytes)
 //! ```
@@ -39,9 +40,12 @@ const HINT_V4: u8 = 0x04;
 const HINT_V6: u8 = 0x06;
 const HINT_V4_LEN: usize = 1 + 4 + 2;
 const HINT_V6_LEN: usize = 1 + 16 + 2;
+/// Longest value of an extension hint, in bytes.
+pub const MAX_EXTENSION_LEN: usize = 64;
+const EXTENSION_MAX_LEN: usize = 2 + MAX_EXTENSION_LEN;
 const CRC_LEN: usize = 4;
 const MIN_BYTES: usize = ADDRESS_CORE_LEN + CRC_LEN;
-const MAX_BYTES: usize = ADDRESS_CORE_LEN + MAX_HINTS * HINT_V6_LEN + CRC_LEN;
+const MAX_BYTES: usize = ADDRESS_CORE_LEN + MAX_HINTS * EXTENSION_MAX_LEN + CRC_LEN;
 
 /// The identifier of a mailbox, unique on its node. Random, never reused.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +80,9 @@ pub struct Address {
     expires: Option<u64>,
     signature: [u8; 64],
     hints: Vec<SocketAddr>,
+    /// Hints of kinds this version does not know, as (tag, value), kept so that an address
+    /// passes through unchanged. They follow the socket-address hints.
+    extensions: Vec<(u8, Vec<u8>)>,
 }
 
 /// Why bytes or text are not a well-formed address. Nothing here involves a signature check.
@@ -99,7 +106,8 @@ pub enum AddressError {
     /// The signature's scalar is not canonical (its top three bits are set).
     #[error("address signature is not canonically encoded")]
     SignatureEncoding,
-    /// A dial hint has an unknown tag or is truncated.
+    /// A dial hint is truncated, an extension is too long, or a socket-address hint follows
+    /// an extension.
     #[error("address has a malformed dial hint")]
     Hint,
     /// More than [`MAX_HINTS`] dial hints.
@@ -150,6 +158,7 @@ impl Address {
             expires,
             signature,
             hints,
+            extensions: Vec::new(),
         }
     }
 
@@ -173,20 +182,33 @@ impl Address {
         &self.hints
     }
 
-    /// The same address with other dial hints (at most [`MAX_HINTS`] are kept).
+    /// The same address with other socket-address hints (at most [`MAX_HINTS`] hints in all
+    /// are kept, extensions last).
     pub fn with_hints(&self, hints: Vec<SocketAddr>) -> Self {
         let mut hints = hints;
         dedup_in_order(&mut hints);
         hints.truncate(MAX_HINTS);
+        let mut extensions = self.extensions.clone();
+        extensions.truncate(MAX_HINTS - hints.len());
         Self {
             hints,
+            extensions,
             ..self.clone()
         }
     }
 
-    /// The address without dial hints: the capability alone.
+    /// The address without any hints: the capability alone.
     pub fn without_hints(&self) -> Self {
-        self.with_hints(Vec::new())
+        Self {
+            hints: Vec::new(),
+            extensions: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Hints of kinds this version does not know, as (tag, value).
+    pub fn extension_hints(&self) -> &[(u8, Vec<u8>)] {
+        &self.extensions
     }
 
     /// The signature bytes.
@@ -253,6 +275,7 @@ impl Address {
             expires,
             signature,
             hints: Vec::new(),
+            extensions: Vec::new(),
         })
     }
 
@@ -273,6 +296,12 @@ impl Address {
             }
             out.extend_from_slice(&hint.port().to_be_bytes());
         }
+        for (tag, value) in &self.extensions {
+            out.push(*tag);
+            // Values are at most MAX_EXTENSION_LEN (64) bytes: checked when parsed.
+            out.push(value.len() as u8);
+            out.extend_from_slice(value);
+        }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
@@ -290,7 +319,13 @@ impl Address {
         let (core, mut rest) = body.split_at(ADDRESS_CORE_LEN);
         let mut address = Self::from_core_bytes(&array(core))?;
         while let Some((&tag, tail)) = rest.split_first() {
+            if address.hints.len() + address.extensions.len() == MAX_HINTS {
+                return Err(AddressError::TooManyHints);
+            }
             let (ip, tail): (IpAddr, &[u8]) = match tag {
+                HINT_V4 | HINT_V6 if !address.extensions.is_empty() => {
+                    return Err(AddressError::Hint)
+                }
                 HINT_V4 if tail.len() >= HINT_V4_LEN - 1 => {
                     let (ip, tail) = tail.split_at(4);
                     (Ipv4Addr::from(array::<4>(ip)).into(), tail)
@@ -299,13 +334,21 @@ impl Address {
                     let (ip, tail) = tail.split_at(16);
                     (Ipv6Addr::from(array::<16>(ip)).into(), tail)
                 }
-                _ => return Err(AddressError::Hint),
+                HINT_V4 | HINT_V6 => return Err(AddressError::Hint),
+                _ => {
+                    let (&len, tail) = tail.split_first().ok_or(AddressError::Hint)?;
+                    let len = usize::from(len);
+                    if len > MAX_EXTENSION_LEN || tail.len() < len {
+                        return Err(AddressError::Hint);
+                    }
+                    let (value, tail) = tail.split_at(len);
+                    address.extensions.push((tag, value.to_vec()));
+                    rest = tail;
+                    continue;
+                }
             };
             let (port, tail) = tail.split_at(2);
             let hint = SocketAddr::new(ip, u16::from_be_bytes(array(port)));
-            if address.hints.len() == MAX_HINTS {
-                return Err(AddressError::TooManyHints);
-            }
             if address.hints.contains(&hint) {
                 return Err(AddressError::DuplicateHint);
             }
@@ -496,6 +539,31 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Address::from_bytes(&bytes);
         }
+    }
+
+    #[test]
+    fn extension_hints_pass_through_unchanged() {
+        let plain = Address::mint(
+            &key(1),
+            MailboxId(7),
+            None,
+            vec!["10.0.0.1:1".parse().unwrap()],
+        );
+        let mut bytes = plain.to_bytes();
+        bytes.truncate(bytes.len() - CRC_LEN);
+        bytes.extend_from_slice(&[0x52, 3, 1, 2, 3]);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        let parsed = Address::from_bytes(&bytes).unwrap();
+        assert_eq!(parsed.extension_hints(), &[(0x52, vec![1, 2, 3])]);
+        assert_eq!(parsed.to_bytes(), bytes);
+        assert!(parsed.verify_signature().is_ok());
+        // A socket-address hint after an extension is not canonical.
+        let mut reordered = bytes[..bytes.len() - CRC_LEN].to_vec();
+        reordered.extend_from_slice(&[HINT_V4, 10, 0, 0, 2, 0, 1]);
+        let crc = crc32fast::hash(&reordered);
+        reordered.extend_from_slice(&crc.to_be_bytes());
+        assert_eq!(Address::from_bytes(&reordered), Err(AddressError::Hint));
     }
 
     #[test]

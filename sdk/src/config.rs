@@ -32,6 +32,10 @@ impl Admission {
 pub struct NodeConfig {
     /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port).
     pub listen: SocketAddr,
+    /// Dial hints put into the addresses this node mints (at most 4 are kept): where other
+    /// nodes should dial it. Default empty: the bound address, with a wildcard IP (`0.0.0.0`,
+    /// `::`) replaced by loopback; set it when listening on a wildcard or behind a NAT.
+    pub advertise: Vec<SocketAddr>,
     /// A connection with no traffic for this long is closed. Default 30 s. Both sides'
     /// values are negotiated down to the smaller one.
     pub idle_timeout: Duration,
@@ -70,6 +74,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: Vec::new(),
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(10),

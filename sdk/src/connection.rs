@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::DialError;
-use crate::frame::StreamKind;
+use crate::frame::{ErrorCode, StreamKind};
 use crate::identity::NodeId;
 use crate::mailbox::lock;
 use crate::node::NodeInner;
@@ -33,10 +33,7 @@ impl ConnCode {
     /// Another connection between the same two nodes wins.
     pub(crate) const DUPLICATE: Self = Self(2);
     /// The peer broke the protocol.
-    #[allow(dead_code)]
     pub(crate) const PROTOCOL: Self = Self(3);
-    /// A node-wide limit was reached.
-    pub(crate) const LIMIT: Self = Self(4);
 }
 
 impl From<ConnCode> for quinn::VarInt {
@@ -235,7 +232,9 @@ fn dial_error(node: &NodeInner, peer: &NodeId, error: &quinn::ConnectionError) -
         {
             DialError::IncompatibleVersion
         }
-        quinn::ConnectionError::ApplicationClosed(close) => {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == ConnCode::ADMISSION_REFUSED.into() =>
+        {
             DialError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
         }
         quinn::ConnectionError::TimedOut => DialError::Timeout,
@@ -354,38 +353,49 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming) {
 
 /// Serves the streams `peer` opens on `connection` until it closes.
 async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: NodeId) {
+    // Admission also covers connections this node dialed: a peer that is not admitted may be
+    // sent to, but may not open streams here.
+    let admitted = node.config.admission.admits(&peer);
     loop {
         let stream = tokio::select! {
             _ = node.cancel.cancelled() => break,
             stream = connection.accept_bi() => stream,
         };
-        let (send, mut recv) = match stream {
+        let (mut send, mut recv) = match stream {
             Ok(stream) => stream,
             Err(error) => {
                 debug!(%error, "connection ended");
                 break;
             }
         };
+        if !admitted {
+            let code = quinn::VarInt::from_u32(ConnCode::ADMISSION_REFUSED.0);
+            let _ = send.reset(code);
+            let _ = recv.stop(code);
+            continue;
+        }
         let serving = node.clone();
         node.tasks.spawn(
             async move {
+                // One deadline covers the stream kind byte and the opening frame.
+                let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
                 let mut kind = [0u8; 1];
-                let read =
-                    tokio::time::timeout(serving.config.open_timeout, recv.read_exact(&mut kind));
-                match read.await {
-                    Ok(Ok(())) => {}
-                    _ => return,
+                let read = tokio::time::timeout_at(deadline, recv.read_exact(&mut kind));
+                if !matches!(read.await, Ok(Ok(()))) {
+                    let code = quinn::VarInt::from_u32(ErrorCode::TIMEOUT.0 as u32);
+                    let _ = recv.stop(code);
+                    let _ = send.reset(code);
+                    return;
                 }
                 match StreamKind::from_byte(kind[0]) {
                     Ok(StreamKind::Mailbox) => {
-                        crate::inbound::serve(serving, peer, send, recv).await
+                        crate::inbound::serve(serving, peer, send, recv, deadline).await
                     }
                     Err(error) => {
                         debug!(%error, "refusing stream");
-                        let mut recv = recv;
-                        let _ = recv.stop(quinn::VarInt::from_u32(
-                            crate::frame::ErrorCode::PROTOCOL.0 as u32,
-                        ));
+                        let code = quinn::VarInt::from_u32(ErrorCode::PROTOCOL.0 as u32);
+                        let _ = recv.stop(code);
+                        let _ = send.reset(code);
                     }
                 }
             }
@@ -398,5 +408,4 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
             slots.remove(&peer);
         }
     }
-    let _ = ConnCode::LIMIT;
 }

@@ -44,8 +44,16 @@ mod tag {
 pub const MAX_REASON_LEN: usize = 256;
 /// Longest varint encoding.
 pub const MAX_VARINT_LEN: usize = 10;
-/// Largest body of any frame that is not a message: an `Open` with the longest varint.
-pub const MAX_CONTROL_FRAME_LEN: usize = 1 + 2 * ADDRESS_CORE_LEN + 8 + MAX_VARINT_LEN;
+/// Body length of the longest `Open` frame (longest `first_seq` varint).
+const MAX_OPEN_LEN: usize = 1 + 2 * ADDRESS_CORE_LEN + 8 + MAX_VARINT_LEN;
+/// Body length of the longest `Close` frame (longest code varint, longest reason).
+const MAX_CLOSE_LEN: usize = 1 + MAX_VARINT_LEN + MAX_REASON_LEN;
+/// Largest body of any frame that is not a message: the longest `Close` (267 bytes).
+pub const MAX_CONTROL_FRAME_LEN: usize = if MAX_OPEN_LEN > MAX_CLOSE_LEN {
+    MAX_OPEN_LEN
+} else {
+    MAX_CLOSE_LEN
+};
 
 /// A reason code carried by [`Frame::Close`] and by QUIC stream resets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,7 +114,8 @@ pub enum Frame<'a> {
         /// One past the highest delivered sequence number.
         next_seq: u64,
     },
-    /// Either side: the stream ends for this reason; no further frames follow.
+    /// Acceptor → opener: the stream ends for this reason; no further frames follow. (The
+    /// opener ends a stream by finishing its direction, or by resetting it.)
     Close {
         /// Why.
         code: ErrorCode,
@@ -369,6 +378,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn longest_close_fits_the_control_limit() {
+        let reason = "x".repeat(MAX_REASON_LEN);
+        let mut buf = Vec::new();
+        put_frame(
+            &mut buf,
+            &Frame::Close {
+                code: ErrorCode(u64::MAX),
+                reason: &reason,
+            },
+        );
+        let (frame, used) = decode_frame(&buf, MAX_CONTROL_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        assert!(matches!(frame, Frame::Close { reason: r, .. } if r.len() == MAX_REASON_LEN));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Waiting for room in a full mailbox stops reading the stream, so QUIC flow control slows
 //! that one sender and no other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
@@ -14,7 +14,7 @@ use crate::address::MailboxId;
 use crate::error::SendError;
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
-use crate::mailbox::{lock, Message};
+use crate::mailbox::{lock, MailboxHandle, Message};
 use crate::node::NodeInner;
 
 /// Duplicate suppression state of one conversation run, as seen by the receiver.
@@ -27,40 +27,60 @@ pub(crate) struct DedupState {
 /// (sending node, sending mailbox, target mailbox, epoch): one run of one conversation.
 type DedupKey = (NodeId, MailboxId, MailboxId, u64);
 
-/// A dedup entry and when it was last used (a logical clock), for eviction.
-type DedupEntry = (u64, Arc<AsyncMutex<DedupState>>);
-
-/// Per-conversation duplicate suppression, bounded by `max_dedup_entries`.
+/// Per-conversation-run duplicate suppression, bounded by `max_dedup_entries`.
 #[derive(Default)]
 pub(crate) struct DedupTable {
-    entries: std::sync::Mutex<HashMap<DedupKey, DedupEntry>>,
-    clock: std::sync::atomic::AtomicU64,
+    inner: std::sync::Mutex<DedupInner>,
+}
+
+#[derive(Default)]
+struct DedupInner {
+    entries: HashMap<DedupKey, Arc<AsyncMutex<DedupState>>>,
+    /// Keys in insertion order, oldest first; may hold keys already removed (skipped lazily).
+    order: VecDeque<DedupKey>,
 }
 
 impl DedupTable {
     fn entry(&self, key: DedupKey, max: usize) -> Arc<AsyncMutex<DedupState>> {
-        let now = self
-            .clock
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut entries = lock(&self.entries);
-        if let Some((used, state)) = entries.get_mut(&key) {
-            *used = now;
+        let mut inner = lock(&self.inner);
+        if let Some(state) = inner.entries.get(&key) {
             return state.clone();
         }
-        if entries.len() >= max {
-            // Forget the least recently opened conversation that no stream is using.
-            let victim = entries
-                .iter()
-                .filter(|(_, (_, state))| Arc::strong_count(state) == 1)
-                .min_by_key(|(_, (used, _))| *used)
-                .map(|(key, _)| *key);
-            if let Some(victim) = victim {
-                entries.remove(&victim);
+        // Forget the oldest runs no stream is using. Runs in use go to the back; if every run
+        // is in use the table briefly exceeds `max` (runs in use are bounded by streams).
+        let mut tries = inner.order.len();
+        while inner.entries.len() >= max && tries > 0 {
+            tries -= 1;
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            match inner.entries.get(&oldest) {
+                Some(state) if Arc::strong_count(state) > 1 => inner.order.push_back(oldest),
+                Some(_) => {
+                    inner.entries.remove(&oldest);
+                }
+                None => {}
             }
         }
+        if inner.order.len() > 2 * inner.entries.len().max(64) {
+            let DedupInner { entries, order } = &mut *inner;
+            order.retain(|key| entries.contains_key(key));
+        }
         let state = Arc::new(AsyncMutex::new(DedupState::default()));
-        entries.insert(key, (now, state.clone()));
+        inner.entries.insert(key, state.clone());
+        inner.order.push_back(key);
         state
+    }
+
+    /// Forgets a run the sender ended: it finishes a stream only when everything was
+    /// acknowledged and it will never use that epoch again.
+    fn remove(&self, key: &DedupKey) {
+        lock(&self.inner).entries.remove(key);
+    }
+
+    /// Number of runs remembered.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
     }
 }
 
@@ -70,21 +90,20 @@ pub(crate) async fn serve(
     peer: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    open_deadline: tokio::time::Instant,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let open = match read_open(&node, &mut recv, &mut buf).await {
+    let open = match read_open(&mut recv, &mut buf, open_deadline).await {
         Ok(open) => open,
         Err((code, reason)) => return refuse(&mut send, code, &reason).await,
     };
-    let queue = match authorize(&node, peer, &open) {
-        Ok(queue) => queue,
+    let mailbox = match authorize(&node, peer, &open) {
+        Ok(mailbox) => mailbox,
         Err((code, reason)) => return refuse(&mut send, code, &reason).await,
     };
     let from = Arc::new(open.from);
-    let dedup = node.dedup.entry(
-        (peer, from.mailbox(), open.target.mailbox(), open.epoch),
-        node.config.max_dedup_entries,
-    );
+    let dedup_key = (peer, from.mailbox(), open.target.mailbox(), open.epoch);
+    let dedup = node.dedup.entry(dedup_key, node.config.max_dedup_entries);
     let expires = open.target.expires();
     let mut out = Vec::with_capacity(16);
     frame::put_frame(
@@ -142,9 +161,9 @@ pub(crate) async fn serve(
                     payload: message,
                 };
                 let permit = tokio::select! {
-                    permit = queue.reserve() => permit,
-                    _ = node.cancel.cancelled() => {
-                        return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
+                    permit = mailbox.queue.reserve() => permit,
+                    _ = mailbox.closed.cancelled() => {
+                        return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
                     }
                 };
                 let Ok(permit) = permit else {
@@ -187,6 +206,7 @@ pub(crate) async fn serve(
                     )
                     .await;
                 }
+                node.dedup.remove(&dedup_key);
                 let _ = send.finish();
                 return;
             }
@@ -199,9 +219,9 @@ pub(crate) async fn serve(
 }
 
 async fn read_open(
-    node: &NodeInner,
     recv: &mut quinn::RecvStream,
     buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
 ) -> Result<Open, (ErrorCode, String)> {
     let read = async {
         loop {
@@ -220,7 +240,7 @@ async fn read_open(
             }
         }
     };
-    tokio::time::timeout(node.config.open_timeout, read)
+    tokio::time::timeout_at(deadline, read)
         .await
         .unwrap_or_else(|_| Err((ErrorCode::TIMEOUT, "no open frame in time".into())))
 }
@@ -229,7 +249,7 @@ fn authorize(
     node: &NodeInner,
     peer: NodeId,
     open: &Open,
-) -> Result<tokio::sync::mpsc::Sender<Message>, (ErrorCode, String)> {
+) -> Result<MailboxHandle, (ErrorCode, String)> {
     if open.from.node() != peer {
         return Err((
             ErrorCode::FROM_MISMATCH,

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::address::{Address, MailboxId, VerifyError};
 use crate::error::{AttachError, DecodeError, RecvError, SendError};
@@ -49,9 +50,20 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// What the node keeps per open mailbox.
-pub(crate) struct MailboxEntry {
+/// Where messages for an open mailbox go, and the signal that it closed.
+#[derive(Clone)]
+pub(crate) struct MailboxHandle {
     pub(crate) queue: mpsc::Sender<Message>,
+    /// Cancelled when the mailbox closes: delivery stops even while a handler or stream still
+    /// holds the receiving end.
+    pub(crate) closed: CancellationToken,
+}
+
+/// What the node keeps per open mailbox.
+struct MailboxEntry {
+    handle: MailboxHandle,
+    /// Tells this mailbox from a later one re-created with the same id.
+    generation: u64,
     /// (expiry, signature) of addresses of this mailbox that passed `verify_strict`, so each
     /// distinct address costs one signature check however many streams present it. The expiry
     /// is part of the key because the signature covers it; node and mailbox are this entry's.
@@ -64,23 +76,44 @@ const VERIFIED_CACHE: usize = 8;
 #[derive(Default)]
 pub(crate) struct Mailboxes {
     map: RwLock<HashMap<MailboxId, Arc<MailboxEntry>>>,
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl Mailboxes {
-    pub(crate) fn insert(&self, id: MailboxId, queue: mpsc::Sender<Message>) {
+    /// Opens mailbox `id`, replacing (and closing) any open one with the same id. Returns the
+    /// generation to close it by.
+    pub(crate) fn insert(&self, id: MailboxId, handle: MailboxHandle) -> u64 {
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let entry = Arc::new(MailboxEntry {
-            queue,
+            handle,
+            generation,
             verified: Mutex::new(Vec::new()),
         });
-        write(&self.map).insert(id, entry);
+        if let Some(previous) = write(&self.map).insert(id, entry) {
+            previous.handle.closed.cancel();
+        }
+        generation
     }
 
-    pub(crate) fn remove(&self, id: MailboxId) {
-        write(&self.map).remove(&id);
+    /// Closes mailbox `id` if it is still the one opened as `generation`.
+    pub(crate) fn remove(&self, id: MailboxId, generation: u64) {
+        let mut map = write(&self.map);
+        if map
+            .get(&id)
+            .is_some_and(|entry| entry.generation == generation)
+        {
+            if let Some(entry) = map.remove(&id) {
+                entry.handle.closed.cancel();
+            }
+        }
     }
 
     pub(crate) fn clear(&self) {
-        write(&self.map).clear();
+        for (_, entry) in write(&self.map).drain() {
+            entry.handle.closed.cancel();
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -93,7 +126,7 @@ impl Mailboxes {
         &self,
         node: &NodeInner,
         address: &Address,
-    ) -> Result<mpsc::Sender<Message>, SendError> {
+    ) -> Result<MailboxHandle, SendError> {
         address.check_cheap(&node.id, crate::node::unix_now())?;
         let entry = read(&self.map)
             .get(&address.mailbox())
@@ -112,7 +145,7 @@ impl Mailboxes {
             }
             verified.push(signed);
         }
-        Ok(entry.queue.clone())
+        Ok(entry.handle.clone())
     }
 }
 
@@ -139,6 +172,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// revokes its address: senders get [`SendError::NoSuchMailbox`].
 pub struct Mailbox {
     id: MailboxId,
+    generation: u64,
+    closed: CancellationToken,
     address: Address,
     node: Weak<NodeInner>,
     receiver: tokio::sync::Mutex<Option<mpsc::Receiver<Message>>>,
@@ -156,11 +191,23 @@ impl Mailbox {
     pub(crate) fn new(
         id: MailboxId,
         address: Address,
-        node: Weak<NodeInner>,
-        receiver: mpsc::Receiver<Message>,
+        node: &Arc<NodeInner>,
+        capacity: usize,
     ) -> Self {
+        let (queue, receiver) = mpsc::channel(capacity);
+        let closed = node.cancel.child_token();
+        let generation = node.mailboxes.insert(
+            id,
+            MailboxHandle {
+                queue,
+                closed: closed.clone(),
+            },
+        );
+        let node = Arc::downgrade(node);
         Self {
             id,
+            generation,
+            closed,
             address,
             node,
             receiver: tokio::sync::Mutex::new(Some(receiver)),
@@ -241,7 +288,7 @@ impl Mailbox {
         let Some(node) = self.node.upgrade() else {
             return Ok(());
         };
-        let cancel = node.cancel.clone();
+        let cancel = self.closed.clone();
         node.tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -256,10 +303,13 @@ impl Mailbox {
         Ok(())
     }
 
-    /// The messages as a [`Stream`]; ends when the node shuts down.
-    pub fn messages(&self) -> Result<impl Stream<Item = Message> + Send + 'static, AttachError> {
+    /// The messages as a [`Stream`]; ends when the mailbox closes or the node shuts down.
+    pub fn messages(
+        &self,
+    ) -> Result<impl Stream<Item = Message> + Send + Unpin + 'static, AttachError> {
         let mut receiver = self.take_receiver()?;
-        Ok(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
+        let closed = Box::pin(self.closed.clone().cancelled_owned());
+        Ok(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).take_until(closed))
     }
 
     /// A [`Sender`] from this mailbox to `to`: replies to its messages come here.
@@ -290,8 +340,9 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
+        self.closed.cancel();
         if let Some(node) = self.node.upgrade() {
-            node.mailboxes.remove(self.id);
+            node.mailboxes.remove(self.id, self.generation);
         }
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
@@ -68,6 +67,8 @@ pub struct NodeStats {
     pub mailboxes: usize,
     /// Outgoing conversations with a running task.
     pub conversations: usize,
+    /// Incoming conversation runs remembered for duplicate suppression.
+    pub dedup_entries: usize,
 }
 
 pub(crate) struct NodeInner {
@@ -84,6 +85,8 @@ pub(crate) struct NodeInner {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
+    /// Dial hints put into every address this node mints.
+    hints: Vec<SocketAddr>,
 }
 
 /// A ferry node: an ed25519 identity, one QUIC endpoint, and mailboxes reachable by
@@ -136,6 +139,7 @@ impl Node {
             source,
         })?;
         let id = key.public();
+        let hints = dial_hints(&config, local_addr);
         let inner = Arc::new(NodeInner {
             key,
             id,
@@ -150,6 +154,7 @@ impl Node {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             local_addr,
+            hints,
         });
         let span = tracing::info_span!("node", id = %id.short());
         inner
@@ -203,7 +208,7 @@ impl Node {
     }
 
     fn hints(&self) -> Vec<SocketAddr> {
-        vec![self.inner.local_addr]
+        self.inner.hints.clone()
     }
 
     /// Tells the node where `peer` can be reached, for addresses without dial hints.
@@ -261,6 +266,7 @@ impl Node {
             open_connections: self.inner.endpoint.open_connections(),
             mailboxes: self.inner.mailboxes.len(),
             conversations: lock(&self.inner.conversations).len(),
+            dedup_entries: self.inner.dedup.len(),
         }
     }
 
@@ -283,10 +289,24 @@ impl Node {
 }
 
 fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
-    let (queue, receiver) = mpsc::channel(node.config.mailbox_capacity);
-    node.mailboxes.insert(id, queue);
-    let address = Address::mint(&node.key, id, expires, vec![node.local_addr]);
-    Mailbox::new(id, address, Arc::downgrade(node), receiver)
+    let address = Address::mint(&node.key, id, expires, node.hints.clone());
+    Mailbox::new(id, address, node, node.config.mailbox_capacity)
+}
+
+/// The dial hints put into addresses: the configured ones, else the bound address, with a
+/// wildcard IP (which no one can dial) replaced by loopback.
+fn dial_hints(config: &NodeConfig, local_addr: SocketAddr) -> Vec<SocketAddr> {
+    if !config.advertise.is_empty() {
+        return config.advertise.clone();
+    }
+    let mut addr = local_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    vec![addr]
 }
 
 fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {

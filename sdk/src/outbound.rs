@@ -13,9 +13,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
@@ -23,7 +23,7 @@ use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
 use crate::connection::{self, ConnCode};
 use crate::error::{DialError, SendError};
 use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
-use crate::mailbox::{lock, Message};
+use crate::mailbox::{lock, MailboxHandle, Message};
 use crate::node::NodeInner;
 
 /// Per-message cost charged against the send window on top of the payload, so floods of tiny
@@ -112,7 +112,7 @@ pub struct Sender {
     from: Address,
     target: Address,
     /// For a mailbox on this node: its queue, skipping the network.
-    local: Option<Result<mpsc::Sender<Message>, SendError>>,
+    local: Option<Result<MailboxHandle, SendError>>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -172,17 +172,19 @@ impl Sender {
             return Err(SendError::NodeClosed);
         }
         if let Some(local) = &self.local {
-            let queue = local.as_ref().map_err(Clone::clone)?;
+            let mailbox = local.as_ref().map_err(Clone::clone)?;
             let message = Message {
                 from: Arc::new(self.from.clone()),
                 payload,
             };
-            let sent =
-                tokio::time::timeout(self.node.config.send_timeout, queue.send(message)).await;
-            let result = match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(SendError::NoSuchMailbox),
-                Err(_) => Err(SendError::Timeout),
+            let timeout = self.node.config.send_timeout;
+            let result = tokio::select! {
+                _ = mailbox.closed.cancelled() => Err(SendError::NoSuchMailbox),
+                sent = tokio::time::timeout(timeout, mailbox.queue.send(message)) => match sent {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(SendError::NoSuchMailbox),
+                    Err(_) => Err(SendError::Timeout),
+                },
             };
             return Ok(Delivery(DeliveryState::Done(result)));
         }
@@ -301,14 +303,20 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
     let mut stream: Option<OpenStream> = None;
     let mut attempts = 0u32;
     let mut last_error = SendError::Timeout;
-    let mut busy_since = Instant::now();
+    // When the receiver last acknowledged something, or the conversation last became busy:
+    // with messages outstanding, nothing for `send_timeout` after this fails them all.
+    let mut last_progress = Instant::now();
+    // When the stream last carried anything, for closing it when idle.
     let mut last_activity = Instant::now();
+    let mut was_busy = false;
     loop {
         let queued = !lock(&outbound.queue).items.is_empty();
         let busy = queued || !flight.unacked.is_empty();
-        if !busy {
-            busy_since = Instant::now();
+        if busy && !was_busy {
+            last_progress = Instant::now();
         }
+        was_busy = busy;
+        let progress_deadline = last_progress + config.send_timeout;
         let Some(open) = stream.as_mut() else {
             if !busy {
                 tokio::select! {
@@ -316,7 +324,6 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     _ = outbound.wake.notified() => {
                         // Put the wake-up back for the drain after the stream opens.
                         outbound.wake.notify_one();
-                        busy_since = Instant::now();
                         continue;
                     }
                     _ = tokio::time::sleep_until(last_activity + config.stream_idle_timeout) => {
@@ -327,14 +334,21 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     }
                 }
             }
-            if busy_since.elapsed() > config.send_timeout {
+            if Instant::now() >= progress_deadline {
+                // Without a stream, the last reason we could not open one says most.
                 let error = match last_error {
                     SendError::Unreachable(_) => last_error,
                     _ => SendError::Timeout,
                 };
                 return fail_all(&outbound, &node, &mut flight, error);
             }
-            match open_stream(&outbound, &node, &flight).await {
+            let opened = tokio::time::timeout_at(
+                progress_deadline,
+                open_stream(&outbound, &node, &mut flight),
+            )
+            .await
+            .unwrap_or_else(|_| Err(OpenError::Retry(SendError::Timeout)));
+            match opened {
                 Ok(mut opened) => {
                     attempts = 0;
                     // Everything unacknowledged goes again; the receiver drops duplicates.
@@ -343,13 +357,42 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                         frame::put_message_header(&mut flight.write_buf, payload.len());
                         flight.write_buf.extend_from_slice(payload);
                     }
-                    if let Err(error) = opened.send.write_all(&flight.write_buf).await {
-                        last_error = write_error(error);
-                        continue;
+                    let written = tokio::time::timeout_at(
+                        progress_deadline,
+                        opened.send.write_all(&flight.write_buf),
+                    )
+                    .await;
+                    match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            last_error = write_error(error);
+                            continue;
+                        }
+                        Err(_) => {
+                            let _ = opened.send.reset(
+                                ErrorCode::TIMEOUT
+                                    .0
+                                    .try_into()
+                                    .unwrap_or(quinn::VarInt::MAX),
+                            );
+                            return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
+                        }
                     }
                     stream = Some(opened);
                     last_activity = Instant::now();
                     outbound.wake.notify_one();
+                    // The receiver may have answered more than `Accept` already.
+                    match process_frames(&outbound, &mut flight) {
+                        Ok(true) => last_progress = Instant::now(),
+                        Ok(false) => {}
+                        Err(OpenError::Fatal(error)) => {
+                            return fail_all(&outbound, &node, &mut flight, error);
+                        }
+                        Err(OpenError::Retry(error)) => {
+                            last_error = error;
+                            stream = None;
+                        }
+                    }
                 }
                 Err(OpenError::Fatal(error)) => {
                     return fail_all(&outbound, &node, &mut flight, error);
@@ -369,7 +412,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
         };
 
         let deadline = if busy {
-            busy_since.max(last_activity) + config.send_timeout
+            progress_deadline
         } else {
             last_activity + config.stream_idle_timeout
         };
@@ -382,7 +425,8 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 match handle_incoming(&outbound, &mut flight, chunk) {
                     Ok(advanced) => {
                         if advanced {
-                            last_activity = Instant::now();
+                            last_progress = Instant::now();
+                            last_activity = last_progress;
                         }
                     }
                     Err(OpenError::Fatal(error)) => {
@@ -395,13 +439,26 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 }
             }
             _ = outbound.wake.notified() => {
-                let peer_max = open.peer_max;
                 if flight.unacked.is_empty() {
-                    busy_since = Instant::now();
+                    last_progress = Instant::now();
                 }
-                if let Err(error) = write_queued(&outbound, &mut flight, &mut open.send, peer_max).await {
-                    last_error = error;
-                    stream = None;
+                let peer_max = open.peer_max;
+                let written = tokio::time::timeout_at(
+                    last_progress + config.send_timeout,
+                    write_queued(&outbound, &mut flight, &mut open.send, peer_max),
+                )
+                .await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        last_error = error;
+                        stream = None;
+                    }
+                    Err(_) => {
+                        // Blocked by flow control for send_timeout: the receiver stopped reading.
+                        let _ = open.send.reset(ErrorCode::TIMEOUT.0.try_into().unwrap_or(quinn::VarInt::MAX));
+                        return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
+                    }
                 }
                 last_activity = Instant::now();
             }
@@ -497,6 +554,11 @@ fn handle_incoming(
         Err(error) => return Err(read_error(error)),
     };
     flight.read_buf.extend_from_slice(&chunk.bytes);
+    process_frames(outbound, flight)
+}
+
+/// Processes every complete frame in `flight.read_buf`.
+fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, OpenError> {
     let mut advanced = false;
     loop {
         let decoded = frame::decode_frame(&flight.read_buf, frame::MAX_CONTROL_FRAME_LEN)
@@ -559,11 +621,14 @@ fn publish_resolved(outbound: &Outbound, flight: &Flight) {
     });
 }
 
+/// Opens a stream and presents the capability. On success `flight.read_buf` holds whatever the
+/// receiver sent after its `Accept` (acknowledgements, or a `Close`).
 async fn open_stream(
     outbound: &Outbound,
     node: &Arc<NodeInner>,
-    flight: &Flight,
+    flight: &mut Flight,
 ) -> Result<OpenStream, OpenError> {
+    flight.read_buf.clear();
     let connection = connection::connect(node, outbound.target.node(), outbound.target.hints())
         .await
         .map_err(|error| match error {
@@ -590,13 +655,13 @@ async fn open_stream(
     send.write_all(&head)
         .await
         .map_err(|e| OpenError::Retry(write_error(e)))?;
+    let buf = &mut flight.read_buf;
     let answer = tokio::time::timeout(node.config.open_timeout, async {
-        let mut buf = BytesMut::new();
         loop {
-            if let Some((frame, _)) = frame::decode_frame(&buf, frame::MAX_CONTROL_FRAME_LEN)
+            if let Some((frame, used)) = frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN)
                 .map_err(|e| OpenError::Fatal(SendError::Protocol(e.to_string())))?
             {
-                return match frame {
+                let answer = match frame {
                     Frame::Accept { max_message } => {
                         Ok(usize::try_from(max_message).unwrap_or(usize::MAX))
                     }
@@ -607,6 +672,8 @@ async fn open_stream(
                         "expected accept or close".into(),
                     ))),
                 };
+                buf.advance(used);
+                return answer;
             }
             match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
@@ -665,6 +732,11 @@ fn write_error(error: quinn::WriteError) -> SendError {
 fn read_error(error: quinn::ReadError) -> OpenError {
     match error {
         quinn::ReadError::ConnectionLost(error) => connection_error(&error),
+        quinn::ReadError::Reset(code) if code == ConnCode::ADMISSION_REFUSED.into() => {
+            OpenError::Fatal(SendError::Unreachable(DialError::Refused(
+                "node not admitted".into(),
+            )))
+        }
         other => OpenError::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
     }
 }

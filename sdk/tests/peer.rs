@@ -579,3 +579,135 @@ async fn pipelined_deliveries_all_resolve() {
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_mailbox_revokes_it_even_with_a_handler_attached() {
+    let a = node().await;
+    let b = node().await;
+    let handled = b.mailbox();
+    let (seen, mut seen_rx) = tokio::sync::mpsc::channel(16);
+    handled
+        .set_handler(move |message| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(message.decode::<u32>().unwrap()).await;
+            }
+        })
+        .unwrap();
+    let address = handled.address().clone();
+    a.send(&address, &1u32).await.unwrap();
+    assert_eq!(seen_rx.recv().await, Some(1));
+    handled.close();
+    // The open stream learns of the close, and so does every new one.
+    assert_eq!(a.send(&address, &2u32).await, Err(SendError::NoSuchMailbox));
+    assert_eq!(a.send(&address, &3u32).await, Err(SendError::NoSuchMailbox));
+    assert!(seen_rx.try_recv().is_err(), "nothing delivered after close");
+
+    // Re-creating an id, then dropping the old mailbox, leaves the new one open.
+    let old = b.mailbox_with_id(MailboxId(9));
+    let new = b.mailbox_with_id(MailboxId(9));
+    drop(old);
+    a.send(new.address(), &4u32).await.unwrap();
+    assert_eq!(
+        new.recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .decode::<u32>()
+            .unwrap(),
+        4
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_also_applies_on_connections_the_node_dialed() {
+    let a = node().await;
+    let b = node_with(NodeConfig {
+        admission: Admission::Only(HashSet::new()),
+        ..NodeConfig::default()
+    })
+    .await;
+    // B may send to A over a connection B dials...
+    let box_a = a.mailbox();
+    b.send(box_a.address(), "from b").await.unwrap();
+    box_a.recv_timeout(WAIT).await.unwrap();
+    // ...but A, not admitted by B, may not open streams to B over it.
+    let box_b = b.mailbox();
+    match a.send(box_b.address(), "from a").await {
+        Err(SendError::Unreachable(DialError::Refused(_))) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(box_b.try_recv_many(1).unwrap().is_empty());
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_timeout_fails_sends_to_a_mailbox_that_is_never_read() {
+    let a = node_with(NodeConfig {
+        send_timeout: Duration::from_secs(1),
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node_with(NodeConfig {
+        mailbox_capacity: 4,
+        ..NodeConfig::default()
+    })
+    .await;
+    let stuck = b.mailbox();
+    let sender = a.sender(stuck.address());
+    let payload = Bytes::from(vec![0u8; 64 * 1024]);
+    let mut deliveries = Vec::new();
+    // Enough to exhaust the mailbox and QUIC flow control, so the writer blocks.
+    for _ in 0..120 {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            sender.enqueue_bytes(payload.clone()),
+        )
+        .await
+        {
+            Ok(Ok(delivery)) => deliveries.push(delivery),
+            Ok(Err(error)) => {
+                assert_eq!(error, SendError::Timeout);
+                break;
+            }
+            Err(_) => panic!("enqueue blocked past the send timeout"),
+        }
+    }
+    let last = deliveries.pop().unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        tokio::time::timeout(WAIT, last).await.unwrap(),
+        Err(SendError::Timeout)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    a.shutdown(Duration::from_millis(100)).await;
+    b.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_conversations_leave_no_dedup_state() {
+    let a = node_with(NodeConfig {
+        stream_idle_timeout: Duration::from_millis(100),
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node().await;
+    let target = b.mailbox();
+    for n in 0..5u32 {
+        let from = a.mailbox();
+        from.send(target.address(), &n).await.unwrap();
+    }
+    assert_eq!(b.stats().dedup_entries, 5);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.stats().dedup_entries != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dedup state never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
