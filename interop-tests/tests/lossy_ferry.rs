@@ -1,0 +1,135 @@
+//! ferry nodes through the lossy link: loss, delay and a partition long enough to kill the
+//! connection. Every acknowledged message arrives exactly once, in order.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use ferry::{Node, NodeConfig, SecretKey};
+use ferry_interop::lossy::{LinkConfig, LossyLink};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn short_lived() -> NodeConfig {
+    NodeConfig {
+        idle_timeout: Duration::from_millis(1000),
+        keep_alive: Duration::from_millis(250),
+        ..NodeConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_that_kills_the_connection_loses_and_duplicates_nothing() {
+    let a = Node::bind(SecretKey::generate(), short_lived())
+        .await
+        .unwrap();
+    let b = Node::bind(SecretKey::generate(), short_lived())
+        .await
+        .unwrap();
+    let link = LossyLink::start(LinkConfig::default(), b.local_addr())
+        .await
+        .unwrap();
+    let target = b.mailbox();
+    // The address A uses points at the link, not at B directly.
+    let via_link = target.address().with_hints(vec![link.local_addr()]);
+    let sender = a.sender(&via_link);
+
+    const TOTAL: u32 = 3000;
+    let receiver = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < TOTAL as usize {
+            let message = target.recv_timeout(WAIT).await.unwrap();
+            seen.push(message.decode::<u32>().unwrap());
+        }
+        // Nothing more arrives: no duplicates.
+        assert!(target
+            .recv_timeout(Duration::from_millis(500))
+            .await
+            .is_err());
+        seen
+    });
+    let first_connection = {
+        sender.send(&0u32).await.unwrap();
+        a.connection_stable_id(&b.id()).unwrap()
+    };
+    let mut deliveries = Vec::new();
+    for n in 1..TOTAL {
+        if n == TOTAL / 2 {
+            link.partition(true);
+        }
+        deliveries.push(sender.enqueue(&n).await.unwrap());
+        if n == TOTAL / 2 + 10 {
+            // Long enough for both sides' idle timeout to close the connection.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            assert!(!a.is_connected(&b.id()), "connection should have died");
+            link.partition(false);
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    let seen = receiver.await.unwrap();
+    assert_eq!(seen, (0..TOTAL).collect::<Vec<_>>());
+    // The messages after the partition went over a new connection.
+    assert_ne!(a.connection_stable_id(&b.id()), Some(first_connection));
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_delay_keep_order_and_lose_nothing() {
+    let a = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let b = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let link = LossyLink::start(
+        LinkConfig {
+            loss: 0.02,
+            delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(2),
+            duplicate: 0.01,
+            seed: Some(7),
+            ..LinkConfig::default()
+        },
+        b.local_addr(),
+    )
+    .await
+    .unwrap();
+    let target = b.mailbox();
+    let via_link = target.address().with_hints(vec![link.local_addr()]);
+    const PER_SENDER: u32 = 1000;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let from = a.mailbox();
+        let to = via_link.clone();
+        tasks.push(tokio::spawn(async move {
+            let sender = from.sender(&to).unwrap();
+            let mut last = None;
+            for n in 0..PER_SENDER {
+                // Big enough that thousands of packets cross the link.
+                last = Some(sender.enqueue(&(n, vec![0u8; 1000])).await.unwrap());
+            }
+            last.unwrap().await.unwrap();
+            from
+        }));
+    }
+    let mut next = std::collections::HashMap::new();
+    for _ in 0..4 * PER_SENDER {
+        let message = target.recv_timeout(WAIT).await.unwrap();
+        let (n, _padding): (u32, Vec<u8>) = message.decode().unwrap();
+        let expected = next.entry(message.from().mailbox()).or_insert(0u32);
+        assert_eq!(n, *expected);
+        *expected += 1;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = link.stats();
+    assert!(
+        stats.upstream.dropped + stats.downstream.dropped > 0,
+        "the link did drop packets: {stats:?}"
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
