@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Parser;
 use ferry::{Mailbox, Node, NodeConfig, SecretKey};
@@ -60,6 +60,9 @@ struct Cli {
     /// "-" then, so do not publish such output).
     #[arg(long)]
     ferry_only: bool,
+    /// Worker threads of the tokio runtime (default: one per CPU); for diagnosis.
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
 }
 
 /// How big each measurement is.
@@ -81,19 +84,19 @@ impl Settings {
             Self {
                 runs: 3,
                 ferry_only: false,
-                throughput_messages: 200_000,
-                throughput_warmup: 10_000,
-                rtt_rounds: 2_000,
-                rtt_warmup: 100,
+                throughput_messages: 1_000_000,
+                throughput_warmup: 20_000,
+                rtt_rounds: 5_000,
+                rtt_warmup: 200,
             }
         } else {
             Self {
                 runs: 5,
                 ferry_only: false,
-                throughput_messages: 1_000_000,
-                throughput_warmup: 20_000,
-                rtt_rounds: 5_000,
-                rtt_warmup: 200,
+                throughput_messages: 4_000_000,
+                throughput_warmup: 50_000,
+                rtt_rounds: 20_000,
+                rtt_warmup: 500,
             }
         };
         if let Some(runs) = cli.runs {
@@ -182,7 +185,11 @@ const FIGURES: &[Figure] = &[
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let settings = Settings::new(&cli);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
