@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
@@ -118,6 +119,8 @@ pub(crate) async fn serve(
     let max_frame = node.config.max_message_size + 1;
     let mut seq = open.first_seq;
     let mut acked = seq;
+    let cancelled = node.cancel.clone().cancelled_owned();
+    tokio::pin!(cancelled);
     {
         // A sender only forgets messages that were acknowledged, so a first_seq beyond what we
         // delivered means our state was evicted: trust the sender.
@@ -129,6 +132,9 @@ pub(crate) async fn serve(
     loop {
         if expires.is_some_and(|at| crate::node::unix_now() >= at) {
             return refuse(&mut send, ErrorCode::EXPIRED, "address expired").await;
+        }
+        if mailbox.closed.is_cancelled() {
+            return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
         }
         // Deliver every complete frame in the buffer, then acknowledge them together.
         {
@@ -151,23 +157,34 @@ pub(crate) async fn serve(
                     return refuse(&mut send, ErrorCode::PROTOCOL, "expected message frame").await;
                 };
                 let header = used - payload.len();
-                let message = buf.split_to(used).freeze().slice(header..);
+                let mut frame_bytes = buf.split_to(used);
+                frame_bytes.advance(header);
                 if state.next_seq.is_some_and(|next| seq < next) {
                     seq += 1; // already delivered on an earlier stream
                     continue;
                 }
                 let message = Message {
                     from: from.clone(),
-                    payload: message,
+                    payload: frame_bytes.freeze(),
                 };
-                let permit = tokio::select! {
-                    permit = mailbox.queue.reserve() => permit,
-                    _ = mailbox.closed.cancelled() => {
-                        return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+                let permit = match mailbox.queue.try_reserve() {
+                    Ok(permit) => permit,
+                    Err(TrySendError::Closed(())) => {
+                        return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed")
+                            .await;
                     }
-                };
-                let Ok(permit) = permit else {
-                    return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+                    // Full: wait, which stops reading this stream and so slows this sender.
+                    Err(TrySendError::Full(())) => tokio::select! {
+                        permit = mailbox.queue.reserve() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+                            }
+                        },
+                        _ = mailbox.closed.cancelled() => {
+                            return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+                        }
+                    },
                 };
                 permit.send(message);
                 node.stats.count_message_in();
@@ -176,6 +193,9 @@ pub(crate) async fn serve(
             }
         }
         if seq > acked {
+            // Let the woken receiver (and a reply it sends) run first, so this acknowledgement
+            // can share a packet with that reply instead of costing one of its own.
+            tokio::task::yield_now().await;
             acked = seq;
             out.clear();
             frame::put_frame(&mut out, &Frame::Ack { next_seq: seq });
@@ -185,7 +205,7 @@ pub(crate) async fn serve(
         }
         let chunk = tokio::select! {
             chunk = recv.read_chunk(64 * 1024, true) => chunk,
-            _ = node.cancel.cancelled() => {
+            _ = &mut cancelled => {
                 return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
             }
         };

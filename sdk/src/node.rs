@@ -71,6 +71,13 @@ pub struct NodeStats {
     pub dedup_entries: usize,
 }
 
+impl NodeInner {
+    /// Whether shutdown has begun: no new messages are accepted for sending.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+}
+
 pub(crate) struct NodeInner {
     pub(crate) key: SecretKey,
     pub(crate) id: NodeId,
@@ -83,6 +90,8 @@ pub(crate) struct NodeInner {
     pub(crate) dedup: DedupTable,
     pub(crate) stats: Stats,
     pub(crate) cancel: CancellationToken,
+    /// Set at the start of shutdown; an atomic load where the token would take a lock.
+    closing: std::sync::atomic::AtomicBool,
     pub(crate) tasks: TaskTracker,
     local_addr: SocketAddr,
     /// Dial hints put into every address this node mints.
@@ -152,6 +161,7 @@ impl Node {
             dedup: DedupTable::default(),
             stats: Stats::default(),
             cancel: CancellationToken::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
             local_addr,
             hints,
@@ -274,6 +284,7 @@ impl Node {
     /// stops accepting, closes every connection with a reason, and waits for all tasks.
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
+        inner.closing.store(true, Ordering::Release);
         crate::outbound::drain(inner, grace).await;
         inner.cancel.cancel();
         inner.tasks.close();

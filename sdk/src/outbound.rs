@@ -37,10 +37,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
 /// The whole signed core is part of the key, so every distinct address (another expiry, or a
 /// tampered copy) is presented to, and checked by, the receiver on its own stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConversationKey {
     from: MailboxId,
     target: [u8; ADDRESS_CORE_LEN],
+}
+
+impl std::hash::Hash for ConversationKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The mailbox ids and the tail of the signature already spread keys well; hashing all
+        // 120 bytes showed up in profiles.
+        self.from.hash(state);
+        state.write(&self.target[32..40]);
+        state.write(&self.target[ADDRESS_CORE_LEN - 16..]);
+    }
 }
 
 /// How far a conversation has got, as seen by waiting [`Delivery`]s.
@@ -106,13 +116,26 @@ fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<
 
 /// Sends messages from one mailbox to one address, in order. Cheap to clone; all clones and
 /// all other senders between the same two mailboxes share one ordered stream.
-#[derive(Clone)]
 pub struct Sender {
     node: Arc<NodeInner>,
     from: Address,
     target: Address,
     /// For a mailbox on this node: its queue, skipping the network.
     local: Option<Result<MailboxHandle, SendError>>,
+    /// The conversation last used, so the node's table is consulted only when it ended.
+    cached: Mutex<Option<Arc<Outbound>>>,
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            from: self.from.clone(),
+            target: self.target.clone(),
+            local: self.local.clone(),
+            cached: Mutex::new(lock(&self.cached).clone()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Sender {
@@ -132,7 +155,21 @@ impl Sender {
             from,
             target: target.clone(),
             local,
+            cached: Mutex::new(None),
         }
+    }
+
+    /// The live conversation, from the cache or the node's table.
+    fn outbound(&self) -> Arc<Outbound> {
+        let mut cached = lock(&self.cached);
+        if let Some(outbound) = cached.as_ref() {
+            if !lock(&outbound.queue).closed {
+                return outbound.clone();
+            }
+        }
+        let outbound = conversation(&self.node, &self.from, &self.target);
+        *cached = Some(outbound.clone());
+        outbound
     }
 
     /// The address messages go to.
@@ -168,7 +205,7 @@ impl Sender {
                 max,
             });
         }
-        if self.node.cancel.is_cancelled() {
+        if self.node.is_closing() {
             return Err(SendError::NodeClosed);
         }
         if let Some(local) = &self.local {
@@ -190,11 +227,17 @@ impl Sender {
         }
         let cost = cost(&payload);
         loop {
-            let outbound = conversation(&self.node, &self.from, &self.target);
-            let Ok(permit) = outbound.window.acquire_many(cost).await else {
-                continue; // closed while we waited: a new conversation takes over
-            };
-            permit.forget();
+            let outbound = self.outbound();
+            match outbound.window.try_acquire_many(cost) {
+                Ok(permit) => permit.forget(),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    let Ok(permit) = outbound.window.acquire_many(cost).await else {
+                        continue; // closed while we waited: a new conversation takes over
+                    };
+                    permit.forget();
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => continue,
+            }
             let mut queue = lock(&outbound.queue);
             if queue.closed {
                 drop(queue);
@@ -203,9 +246,13 @@ impl Sender {
             }
             let ticket = queue.next_ticket;
             queue.next_ticket += 1;
+            let was_empty = queue.items.is_empty();
             queue.items.push_back((ticket, payload));
             drop(queue);
-            outbound.wake.notify_one();
+            // The task drains the whole queue per wake-up, so only the first item needs one.
+            if was_empty {
+                outbound.wake.notify_one();
+            }
             return Ok(Delivery(DeliveryState::Pending { outbound, ticket }));
         }
     }
@@ -309,6 +356,11 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
     // When the stream last carried anything, for closing it when idle.
     let mut last_activity = Instant::now();
     let mut was_busy = false;
+    // Made once: creating a cancellation future or a timer per iteration showed in profiles.
+    let cancelled = node.cancel.clone().cancelled_owned();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(last_activity + config.stream_idle_timeout);
+    tokio::pin!(timer);
     loop {
         let queued = !lock(&outbound.queue).items.is_empty();
         let busy = queued || !flight.unacked.is_empty();
@@ -416,9 +468,12 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
         } else {
             last_activity + config.stream_idle_timeout
         };
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             biased;
-            _ = node.cancel.cancelled() => {
+            _ = &mut cancelled => {
                 return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed);
             }
             chunk = open.recv.read_chunk(64 * 1024, true) => {
@@ -462,7 +517,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 }
                 last_activity = Instant::now();
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut timer => {
                 if busy {
                     // No acknowledgement for send_timeout: the receiver is stuck or gone.
                     return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
