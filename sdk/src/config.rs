@@ -63,8 +63,9 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Concurrent streams a peer may open towards this node on one connection. Default 4096.
     pub max_incoming_streams: u32,
-    /// Conversations remembered for duplicate suppression (sender mailbox, target mailbox).
-    /// Default 65 536; the least recently used is forgotten beyond that.
+    /// Conversation runs remembered for duplicate suppression, each keyed by (sending node,
+    /// sending mailbox, target mailbox, epoch). Default 65 536; beyond that the oldest run no
+    /// stream is using is forgotten. A run is also forgotten when its sender ends it cleanly.
     pub max_dedup_entries: usize,
     /// Which peers may connect. Default [`Admission::Any`].
     pub admission: Admission,
@@ -117,6 +118,9 @@ pub enum ConfigError {
     /// A value is beyond what the protocol or QUIC can express.
     #[error("{0} is too large")]
     TooLarge(&'static str),
+    /// An `advertise` address cannot be dialed (wildcard IP or port 0), or there are too many.
+    #[error("advertise: {0}")]
+    Advertise(String),
 }
 
 impl NodeConfig {
@@ -148,9 +152,69 @@ impl NodeConfig {
         if self.max_message_size > (1 << 30) {
             return Err(ConfigError::TooLarge("max_message_size"));
         }
+        if self.advertise.len() > crate::address::MAX_HINTS {
+            return Err(ConfigError::Advertise(format!(
+                "at most {} addresses",
+                crate::address::MAX_HINTS
+            )));
+        }
+        if let Some(bad) = self
+            .advertise
+            .iter()
+            .find(|addr| addr.ip().is_unspecified() || addr.port() == 0)
+        {
+            return Err(ConfigError::Advertise(format!(
+                "{bad} cannot be dialed (wildcard IP or port 0)"
+            )));
+        }
         if self.idle_timeout > Duration::from_secs(3600 * 24) {
             return Err(ConfigError::TooLarge("idle_timeout"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(NodeConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let keep_alive_too_long = NodeConfig {
+            keep_alive: Duration::from_secs(30),
+            ..NodeConfig::default()
+        };
+        assert!(matches!(
+            keep_alive_too_long.validate(),
+            Err(ConfigError::KeepAlive { .. })
+        ));
+        let small_window = NodeConfig {
+            send_window: 10,
+            ..NodeConfig::default()
+        };
+        assert!(matches!(
+            small_window.validate(),
+            Err(ConfigError::SendWindow { .. })
+        ));
+        let zero = NodeConfig {
+            mailbox_capacity: 0,
+            ..NodeConfig::default()
+        };
+        assert_eq!(zero.validate(), Err(ConfigError::Zero("mailbox_capacity")));
+        for bad in ["0.0.0.0:4433", "[::]:4433", "127.0.0.1:0"] {
+            let config = NodeConfig {
+                advertise: vec![bad.parse().unwrap()],
+                ..NodeConfig::default()
+            };
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Advertise(_))),
+                "{bad}"
+            );
+        }
     }
 }

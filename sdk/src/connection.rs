@@ -189,7 +189,9 @@ async fn dial(
                 last_error = dial_error(node, &peer, &error);
                 if matches!(
                     last_error,
-                    DialError::WrongNode { .. } | DialError::IncompatibleVersion
+                    DialError::WrongNode { .. }
+                        | DialError::IncompatibleVersion
+                        | DialError::Refused(_)
                 ) {
                     return Err(last_error);
                 }
@@ -369,7 +371,7 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
             }
         };
         if !admitted {
-            let code = quinn::VarInt::from_u32(ConnCode::ADMISSION_REFUSED.0);
+            let code = quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32);
             let _ = send.reset(code);
             let _ = recv.stop(code);
             continue;

@@ -80,8 +80,10 @@ impl ErrorCode {
     pub const LIMIT: Self = Self(8);
     /// The `from` address does not belong to the peer that sent it.
     pub const FROM_MISMATCH: Self = Self(9);
-    /// The peer did not complete the opening in time.
+    /// The peer did not complete the opening in time, or stopped reading for `send_timeout`.
     pub const TIMEOUT: Self = Self(10);
+    /// Stream reset/stop code: this node does not admit the peer that opened the stream.
+    pub const NOT_ADMITTED: Self = Self(11);
 }
 
 /// The opening frame of a mailbox stream.

@@ -184,6 +184,9 @@ pub(crate) async fn serve(
                         _ = mailbox.closed.cancelled() => {
                             return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
                         }
+                        _ = node.cancel.cancelled() => {
+                            return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
+                        }
                     },
                 };
                 permit.send(message);
@@ -295,7 +298,11 @@ async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
     debug!(code = code.0, reason, "closing mailbox stream");
     let mut out = Vec::with_capacity(reason.len() + 16);
     frame::put_frame(&mut out, &Frame::Close { code, reason });
-    if send.write_all(&out).await.is_ok() {
-        let _ = send.finish();
+    if send.write_all(&out).await.is_ok()
+        && send.finish().is_ok()
+        && code == ErrorCode::SHUTTING_DOWN
+    {
+        // Shutdown closes the connection next; wait (briefly) until the peer has the frames.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
     }
 }

@@ -195,7 +195,9 @@ impl Mailbox {
         capacity: usize,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(capacity);
-        let closed = node.cancel.child_token();
+        // Not a child of the node's token: at shutdown, streams must answer SHUTTING_DOWN
+        // (retry later), not NO_SUCH_MAILBOX (final). Shutdown closes mailboxes last.
+        let closed = CancellationToken::new();
         let generation = node.mailboxes.insert(
             id,
             MailboxHandle {
@@ -288,11 +290,13 @@ impl Mailbox {
         let Some(node) = self.node.upgrade() else {
             return Ok(());
         };
-        let cancel = self.closed.clone();
+        let closed = self.closed.clone();
+        let shutdown = node.cancel.clone();
         node.tasks.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = closed.cancelled() => break,
+                    _ = shutdown.cancelled() => break,
                     message = receiver.recv() => match message {
                         Some(message) => handler(message).await,
                         None => break,

@@ -280,14 +280,18 @@ impl Node {
         }
     }
 
-    /// Shuts down in order: waits up to `grace` for messages in flight to be acknowledged,
-    /// stops accepting, closes every connection with a reason, and waits for all tasks.
+    /// Shuts down in order: refuses new sends, waits up to `grace` for messages in flight to
+    /// be acknowledged, stops every task (receiving streams acknowledge what they delivered and
+    /// tell their senders why they end, for up to `grace` again), closes every connection with
+    /// a reason, and waits for all tasks.
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::Release);
         crate::outbound::drain(inner, grace).await;
         inner.cancel.cancel();
         inner.tasks.close();
+        // Closing the endpoint drops unsent stream data, so let the tasks finish first.
+        let _ = tokio::time::timeout(grace, inner.tasks.wait()).await;
         inner
             .endpoint
             .close(ConnCode::SHUTDOWN.into(), b"node shutting down");

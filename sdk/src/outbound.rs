@@ -417,16 +417,17 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     match written {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
-                            last_error = write_error(error);
+                            let _ = opened.send.reset(code(ErrorCode::DONE));
+                            match write_failure(error) {
+                                OpenError::Fatal(error) => {
+                                    return fail_all(&outbound, &node, &mut flight, error)
+                                }
+                                OpenError::Retry(error) => last_error = error,
+                            }
                             continue;
                         }
                         Err(_) => {
-                            let _ = opened.send.reset(
-                                ErrorCode::TIMEOUT
-                                    .0
-                                    .try_into()
-                                    .unwrap_or(quinn::VarInt::MAX),
-                            );
+                            let _ = opened.send.reset(code(ErrorCode::TIMEOUT));
                             return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
                         }
                     }
@@ -442,7 +443,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                         }
                         Err(OpenError::Retry(error)) => {
                             last_error = error;
-                            stream = None;
+                            abandon(&mut stream);
                         }
                     }
                 }
@@ -489,7 +490,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     }
                     Err(OpenError::Retry(error)) => {
                         last_error = error;
-                        stream = None;
+                        abandon(&mut stream);
                     }
                 }
             }
@@ -505,13 +506,16 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 .await;
                 match written {
                     Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
+                    Ok(Err(OpenError::Fatal(error))) => {
+                        return fail_all(&outbound, &node, &mut flight, error);
+                    }
+                    Ok(Err(OpenError::Retry(error))) => {
                         last_error = error;
-                        stream = None;
+                        abandon(&mut stream);
                     }
                     Err(_) => {
                         // Blocked by flow control for send_timeout: the receiver stopped reading.
-                        let _ = open.send.reset(ErrorCode::TIMEOUT.0.try_into().unwrap_or(quinn::VarInt::MAX));
+                        let _ = open.send.reset(code(ErrorCode::TIMEOUT));
                         return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
                     }
                 }
@@ -533,6 +537,18 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
     }
 }
 
+/// Gives up a stream without ending the conversation run: reset, never finished, because the
+/// receiver takes a clean finish to mean the run is over and forgets its duplicate state.
+fn abandon(stream: &mut Option<OpenStream>) {
+    if let Some(mut open) = stream.take() {
+        let _ = open.send.reset(code(ErrorCode::DONE));
+    }
+}
+
+fn code(code: ErrorCode) -> quinn::VarInt {
+    quinn::VarInt::from_u64(code.0).unwrap_or(quinn::VarInt::MAX)
+}
+
 fn backoff(attempts: u32) -> Duration {
     if attempts == 0 {
         return Duration::ZERO;
@@ -551,7 +567,7 @@ async fn write_queued(
     flight: &mut Flight,
     send: &mut quinn::SendStream,
     peer_max: usize,
-) -> Result<(), SendError> {
+) -> Result<(), OpenError> {
     let batch: Vec<(u64, Bytes)> = {
         let mut queue = lock(&outbound.queue);
         queue.items.drain(..).collect()
@@ -590,7 +606,9 @@ async fn write_queued(
         });
         publish_resolved(outbound, flight);
     }
-    send.write_all(&flight.write_buf).await.map_err(write_error)
+    send.write_all(&flight.write_buf)
+        .await
+        .map_err(write_failure)
 }
 
 /// Processes acknowledgements and closes from the receiver. Returns whether anything advanced.
@@ -639,6 +657,10 @@ fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, Open
                 }
             }
             Frame::Close { code, reason } => {
+                // Acknowledgements before the close still count.
+                if advanced {
+                    publish_resolved(outbound, flight);
+                }
                 return Err(close_error(code, reason, &outbound.target));
             }
             _ => {
@@ -697,6 +719,28 @@ async fn open_stream(
         .open_bi()
         .await
         .map_err(|e| connection_error(&e))?;
+    match present(outbound, node, flight, &mut send, &mut recv).await {
+        Ok(peer_max) => Ok(OpenStream {
+            send,
+            recv,
+            peer_max,
+        }),
+        Err(error) => {
+            let _ = send.reset(code(ErrorCode::DONE));
+            Err(error)
+        }
+    }
+}
+
+/// Writes the stream kind and `Open`, and reads the receiver's answer: its maximum message
+/// size, or why it refused.
+async fn present(
+    outbound: &Outbound,
+    node: &NodeInner,
+    flight: &mut Flight,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<usize, OpenError> {
     let mut head = vec![StreamKind::Mailbox as u8];
     frame::put_frame(
         &mut head,
@@ -707,9 +751,7 @@ async fn open_stream(
             first_seq: flight.base_seq,
         })),
     );
-    send.write_all(&head)
-        .await
-        .map_err(|e| OpenError::Retry(write_error(e)))?;
+    send.write_all(&head).await.map_err(write_failure)?;
     let buf = &mut flight.read_buf;
     let answer = tokio::time::timeout(node.config.open_timeout, async {
         loop {
@@ -743,12 +785,7 @@ async fn open_stream(
     })
     .await
     .map_err(|_| OpenError::Retry(SendError::Timeout))?;
-    let peer_max = answer?;
-    Ok(OpenStream {
-        send,
-        recv,
-        peer_max,
-    })
+    answer
 }
 
 fn close_error(code: ErrorCode, reason: &str, target: &Address) -> OpenError {
@@ -780,17 +817,27 @@ fn connection_error(error: &quinn::ConnectionError) -> OpenError {
     OpenError::Retry(SendError::Unreachable(DialError::Failed(error.to_string())))
 }
 
-fn write_error(error: quinn::WriteError) -> SendError {
-    SendError::Unreachable(DialError::Failed(error.to_string()))
+fn write_failure(error: quinn::WriteError) -> OpenError {
+    match error {
+        quinn::WriteError::ConnectionLost(error) => connection_error(&error),
+        quinn::WriteError::Stopped(code) if code == self::code(ErrorCode::NOT_ADMITTED) => {
+            not_admitted()
+        }
+        other => OpenError::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
+    }
+}
+
+fn not_admitted() -> OpenError {
+    OpenError::Fatal(SendError::Unreachable(DialError::Refused(
+        "node not admitted".into(),
+    )))
 }
 
 fn read_error(error: quinn::ReadError) -> OpenError {
     match error {
         quinn::ReadError::ConnectionLost(error) => connection_error(&error),
-        quinn::ReadError::Reset(code) if code == ConnCode::ADMISSION_REFUSED.into() => {
-            OpenError::Fatal(SendError::Unreachable(DialError::Refused(
-                "node not admitted".into(),
-            )))
+        quinn::ReadError::Reset(code) if code == self::code(ErrorCode::NOT_ADMITTED) => {
+            not_admitted()
         }
         other => OpenError::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
     }
