@@ -54,6 +54,8 @@ pub struct NodeConfig {
     /// How long `send` waits for the target node's acknowledgement before failing with
     /// `Timeout` (covers dialing, queueing and delivery). Default 30 s.
     pub send_timeout: Duration,
+    /// Default deadline of a [`call`](crate::Node::call) (open, request, response). Default 30 s.
+    pub call_timeout: Duration,
     /// A conversation stream with nothing to send or acknowledge for this long is finished;
     /// the next message opens a new one. Default 30 s.
     pub stream_idle_timeout: Duration,
@@ -83,6 +85,7 @@ impl Default for NodeConfig {
             mailbox_capacity: 1024,
             send_window: 8 << 20,
             send_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(30),
             stream_idle_timeout: Duration::from_secs(30),
             open_timeout: Duration::from_secs(10),
             max_connections: 1024,

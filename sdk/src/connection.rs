@@ -393,6 +393,9 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
                     Ok(StreamKind::Mailbox) => {
                         crate::inbound::serve(serving, peer, send, recv, deadline).await
                     }
+                    Ok(StreamKind::Conversation) => {
+                        crate::service::serve_stream(serving, peer, send, recv, deadline).await
+                    }
                     Err(error) => {
                         debug!(%error, "refusing stream");
                         let code = quinn::VarInt::from_u32(ErrorCode::PROTOCOL.0 as u32);

@@ -140,3 +140,169 @@ pub enum AttachError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("decoding message: {0}")]
 pub struct DecodeError(pub(crate) String);
+
+/// Why a conversation could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The target node could not be reached.
+    #[error("node unreachable: {0}")]
+    Unreachable(#[from] DialError),
+    /// The node has no service of that name (or the mailbox accepts no conversations).
+    #[error("no such service: {0}")]
+    NoSuchService(String),
+    /// The service does not allow this node.
+    #[error("the service does not allow this node")]
+    NotAllowed,
+    /// The service name is not 1–64 ASCII letters, digits, `.`, `_` or `-`.
+    #[error("invalid service name {0:?}")]
+    InvalidName(String),
+    /// The address's mailbox does not exist or was closed.
+    #[error("no such mailbox (unknown or closed)")]
+    NoSuchMailbox,
+    /// The address's signature is invalid.
+    #[error("address is forged or tampered")]
+    Forged,
+    /// The address has expired.
+    #[error("address expired at {0} (unix seconds)")]
+    Expired(u64),
+    /// The address names another node than the one that answered.
+    #[error("address names another node")]
+    WrongNode,
+    /// The service is at its limit of waiting conversations; try again later.
+    #[error("the service is busy")]
+    Busy,
+    /// The service accepted the conversation and gave it up at once (its handler failed).
+    #[error("the service failed the conversation (code {0})")]
+    Failed(u64),
+    /// The node did not answer in time.
+    #[error("no answer within the open timeout")]
+    Timeout,
+    /// The peer broke the protocol.
+    #[error("protocol violation by peer: {0}")]
+    Protocol(String),
+    /// This node is shutting down.
+    #[error("node is shutting down")]
+    NodeClosed,
+}
+
+/// Why a step of an open conversation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversationError {
+    /// The peer finished its side cleanly: nothing more will arrive.
+    #[error("the peer ended the conversation")]
+    Ended,
+    /// The peer reset the stream or stopped reading: it cancelled (the code says why).
+    #[error("the peer reset the conversation (code {0})")]
+    Reset(u64),
+    /// The peer gave the conversation up with a reason (e.g. its handler failed).
+    #[error("the peer failed the conversation (code {code}): {reason}")]
+    Failed {
+        /// The error code.
+        code: u64,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The connection to the peer was lost.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// Something else arrived than was asked for: data while an object was expected, or the
+    /// other way round.
+    #[error("unexpected {0} in the conversation")]
+    Unexpected(&'static str),
+    /// An object exceeds the maximum message size.
+    #[error("object of {size} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The object size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An object could not be serialized.
+    #[error("encoding object: {0}")]
+    Encode(String),
+    /// An object could not be deserialized as the requested type.
+    #[error("decoding object: {0}")]
+    Decode(String),
+    /// Reading the data source or writing the data sink failed.
+    #[error("data source or sink: {0}")]
+    Io(String),
+    /// This side already finished: nothing more can be sent.
+    #[error("this side of the conversation is already finished")]
+    Finished,
+    /// The peer broke the protocol.
+    #[error("protocol violation by peer: {0}")]
+    Protocol(String),
+}
+
+/// Why a call returned no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The conversation could not be opened (no such service, not allowed, unreachable…).
+    #[error("{0}")]
+    Open(OpenError),
+    /// No response within the call's timeout; the callee was told to stop.
+    #[error("no response within the timeout")]
+    Timeout,
+    /// The callee failed or refused the request, with a reason.
+    #[error("the call failed (code {code}): {reason}")]
+    Failed {
+        /// The error code.
+        code: u64,
+        /// The callee's reason.
+        reason: String,
+    },
+    /// The callee ended the conversation without a response.
+    #[error("the callee ended without a response")]
+    NoResponse,
+    /// The response could not be decoded as the requested type.
+    #[error("decoding response: {0}")]
+    Decode(String),
+    /// The request could not be encoded, or exceeds the size limit.
+    #[error("encoding request: {0}")]
+    Encode(String),
+    /// The conversation broke (connection lost, reset, protocol violation).
+    #[error("{0}")]
+    Conversation(ConversationError),
+}
+
+impl From<OpenError> for CallError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::Failed(code) => Self::Failed {
+                code,
+                reason: "the callee failed without answering".into(),
+            },
+            other => Self::Open(other),
+        }
+    }
+}
+
+impl From<ConversationError> for CallError {
+    fn from(error: ConversationError) -> Self {
+        match error {
+            ConversationError::Ended => Self::NoResponse,
+            ConversationError::Failed { code, reason } => Self::Failed { code, reason },
+            ConversationError::Reset(code) => Self::Failed {
+                code,
+                reason: "the callee reset the conversation".into(),
+            },
+            ConversationError::Decode(reason) => Self::Decode(reason),
+            ConversationError::Encode(reason) => Self::Encode(reason),
+            ConversationError::TooLarge { size, max } => {
+                Self::Encode(format!("request of {size} bytes exceeds {max}"))
+            }
+            other => Self::Conversation(other),
+        }
+    }
+}
+
+/// Why a service could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// The name is not 1–64 ASCII letters, digits, `.`, `_` or `-`.
+    #[error("invalid service name {0:?}")]
+    InvalidName(String),
+    /// A service of that name is already registered on this node.
+    #[error("service {0:?} is already registered")]
+    AlreadyRegistered(String),
+}

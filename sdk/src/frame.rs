@@ -19,6 +19,9 @@ use crate::address::{Address, AddressError, ADDRESS_CORE_LEN};
 pub enum StreamKind {
     /// Messages from one sender mailbox to one target mailbox, in order, acknowledged.
     Mailbox = 0x01,
+    /// A conversation (or call) with a service or a mailbox that accepts conversations, or a
+    /// name lookup.
+    Conversation = 0x02,
 }
 
 impl StreamKind {
@@ -26,6 +29,7 @@ impl StreamKind {
     pub fn from_byte(byte: u8) -> Result<Self, FrameError> {
         match byte {
             0x01 => Ok(Self::Mailbox),
+            0x02 => Ok(Self::Conversation),
             other => Err(FrameError::UnknownStreamKind(other)),
         }
     }
@@ -38,10 +42,21 @@ mod tag {
     pub(super) const MESSAGE: u8 = 0x03;
     pub(super) const ACK: u8 = 0x04;
     pub(super) const CLOSE: u8 = 0x05;
+    pub(super) const CONVERSE: u8 = 0x10;
+    pub(super) const LOOKUP: u8 = 0x11;
+    pub(super) const FOUND: u8 = 0x12;
+    pub(super) const OBJECT: u8 = 0x13;
+    pub(super) const DATA: u8 = 0x14;
+    pub(super) const DATA_END: u8 = 0x15;
+    pub(super) const FAIL: u8 = 0x16;
 }
 
 /// Longest close reason, in bytes of UTF-8.
 pub const MAX_REASON_LEN: usize = 256;
+/// Longest service name, in bytes.
+pub const MAX_SERVICE_NAME_LEN: usize = 64;
+/// Largest chunk of streamed data in one `Data` frame, in bytes.
+pub const MAX_DATA_CHUNK: usize = 64 * 1024;
 /// Longest varint encoding.
 pub const MAX_VARINT_LEN: usize = 10;
 /// Body length of the longest `Open` frame (longest `first_seq` varint).
@@ -84,6 +99,15 @@ impl ErrorCode {
     pub const TIMEOUT: Self = Self(10);
     /// Stream reset/stop code: this node does not admit the peer that opened the stream.
     pub const NOT_ADMITTED: Self = Self(11);
+    /// No service of that name is registered (or the mailbox accepts no conversations).
+    pub const NO_SUCH_SERVICE: Self = Self(12);
+    /// The service does not allow the peer that opened the conversation.
+    pub const NOT_ALLOWED: Self = Self(13);
+    /// Stream reset/stop code: the side that opened the conversation gave it up (cancelled).
+    pub const CANCELLED: Self = Self(14);
+    /// The service's handler failed (reported in a `Fail` frame, or as a reset code when the
+    /// handler ended without answering).
+    pub const HANDLER_FAILED: Self = Self(15);
 }
 
 /// The opening frame of a mailbox stream.
@@ -97,6 +121,15 @@ pub struct Open {
     pub epoch: u64,
     /// Sequence number of the first message frame on this stream.
     pub first_seq: u64,
+}
+
+/// Whom a conversation is opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConverseTarget<'a> {
+    /// The mailbox (or service) of a capability address.
+    Address(Box<Address>),
+    /// A service registered under this name on the acceptor.
+    Service(&'a str),
 }
 
 /// One decoded frame, borrowing from the input buffer.
@@ -115,6 +148,25 @@ pub enum Frame<'a> {
     Ack {
         /// One past the highest delivered sequence number.
         next_seq: u64,
+    },
+    /// Opener → acceptor, first frame of a conversation stream.
+    Converse(ConverseTarget<'a>),
+    /// Opener → acceptor, first frame of a lookup: which service's address is wanted.
+    Lookup(&'a str),
+    /// Acceptor → opener: the address of the service looked up.
+    Found(Box<Address>),
+    /// Either side of a conversation: one postcard-encoded object.
+    Object(&'a [u8]),
+    /// Either side of a conversation: one chunk of a data stream.
+    Data(&'a [u8]),
+    /// Either side of a conversation: the data stream is complete.
+    DataEnd,
+    /// Either side of a conversation: the sender gives the conversation up for this reason.
+    Fail {
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail, at most [`MAX_REASON_LEN`] bytes.
+        reason: &'a str,
     },
     /// Acceptor → opener: the stream ends for this reason; no further frames follow. (The
     /// opener ends a stream by finishing its direction, or by resetting it.)
@@ -228,14 +280,97 @@ pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
             out.push(tag::ACK);
             put_varint(out, *next_seq);
         }
-        Frame::Close { code, reason } => {
-            let reason = truncate_utf8(reason, MAX_REASON_LEN);
-            put_varint(out, (1 + varint_len(code.0) + reason.len()) as u64);
-            out.push(tag::CLOSE);
-            put_varint(out, code.0);
-            out.extend_from_slice(reason.as_bytes());
+        Frame::Close { code, reason } => put_reason(out, tag::CLOSE, *code, reason),
+        Frame::Fail { code, reason } => put_reason(out, tag::FAIL, *code, reason),
+        Frame::Converse(ConverseTarget::Address(address)) => {
+            put_varint(out, (2 + ADDRESS_CORE_LEN) as u64);
+            out.push(tag::CONVERSE);
+            out.push(TARGET_ADDRESS);
+            out.extend_from_slice(&address.core_bytes());
+        }
+        Frame::Converse(ConverseTarget::Service(name)) => {
+            let name = truncate_utf8(name, MAX_SERVICE_NAME_LEN);
+            put_varint(out, (2 + name.len()) as u64);
+            out.push(tag::CONVERSE);
+            out.push(TARGET_SERVICE);
+            out.extend_from_slice(name.as_bytes());
+        }
+        Frame::Lookup(name) => {
+            let name = truncate_utf8(name, MAX_SERVICE_NAME_LEN);
+            put_varint(out, (1 + name.len()) as u64);
+            out.push(tag::LOOKUP);
+            out.extend_from_slice(name.as_bytes());
+        }
+        Frame::Found(address) => {
+            put_varint(out, (1 + ADDRESS_CORE_LEN) as u64);
+            out.push(tag::FOUND);
+            out.extend_from_slice(&address.core_bytes());
+        }
+        Frame::Object(payload) => put_payload(out, tag::OBJECT, payload),
+        Frame::Data(payload) => put_payload(out, tag::DATA, payload),
+        Frame::DataEnd => {
+            put_varint(out, 1);
+            out.push(tag::DATA_END);
         }
     }
+}
+
+const TARGET_ADDRESS: u8 = 0x01;
+const TARGET_SERVICE: u8 = 0x02;
+
+fn put_reason(out: &mut Vec<u8>, kind: u8, code: ErrorCode, reason: &str) {
+    let reason = truncate_utf8(reason, MAX_REASON_LEN);
+    put_varint(out, (1 + varint_len(code.0) + reason.len()) as u64);
+    out.push(kind);
+    put_varint(out, code.0);
+    out.extend_from_slice(reason.as_bytes());
+}
+
+fn put_payload(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    put_varint(out, payload.len() as u64 + 1);
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+/// Appends the header of an `Object` or `Data` frame whose payload follows.
+pub fn put_payload_header(out: &mut Vec<u8>, data: bool, payload_len: usize) {
+    put_varint(out, payload_len as u64 + 1);
+    out.push(if data { tag::DATA } else { tag::OBJECT });
+}
+
+fn decode_reason<'a>(
+    fields: &'a [u8],
+    frame: &'static str,
+) -> Result<(ErrorCode, &'a str), FrameError> {
+    let (code, used) = get_varint(fields)?.ok_or(FrameError::Malformed(frame))?;
+    let reason = fields.get(used..).ok_or(FrameError::Malformed(frame))?;
+    if reason.len() > MAX_REASON_LEN {
+        return Err(FrameError::Malformed(frame));
+    }
+    let reason = std::str::from_utf8(reason).map_err(|_| FrameError::Malformed(frame))?;
+    Ok((ErrorCode(code), reason))
+}
+
+/// A service name: 1 to 64 bytes of ASCII letters, digits, `.`, `_` and `-`.
+pub fn valid_service_name(name: &str) -> bool {
+    (1..=MAX_SERVICE_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn decode_name<'a>(bytes: &'a [u8], frame: &'static str) -> Result<&'a str, FrameError> {
+    let name = std::str::from_utf8(bytes).map_err(|_| FrameError::Malformed(frame))?;
+    if !valid_service_name(name) {
+        return Err(FrameError::Malformed(frame));
+    }
+    Ok(name)
+}
+
+fn decode_core(bytes: &[u8], frame: &'static str) -> Result<Address, FrameError> {
+    let core: [u8; ADDRESS_CORE_LEN] =
+        bytes.try_into().map_err(|_| FrameError::Malformed(frame))?;
+    Ok(Address::from_core_bytes(&core)?)
 }
 
 /// Decodes one frame at the start of `buf`.
@@ -266,16 +401,31 @@ pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(Frame<'_>, usi
             next_seq: exact_varint(fields, "ack")?,
         },
         tag::CLOSE => {
-            let (code, used) = get_varint(fields)?.ok_or(FrameError::Malformed("close"))?;
-            let reason = fields.get(used..).ok_or(FrameError::Malformed("close"))?;
-            if reason.len() > MAX_REASON_LEN {
-                return Err(FrameError::Malformed("close"));
+            let (code, reason) = decode_reason(fields, "close")?;
+            Frame::Close { code, reason }
+        }
+        tag::FAIL => {
+            let (code, reason) = decode_reason(fields, "fail")?;
+            Frame::Fail { code, reason }
+        }
+        tag::CONVERSE => match fields.split_first() {
+            Some((&TARGET_ADDRESS, core)) => Frame::Converse(ConverseTarget::Address(Box::new(
+                decode_core(core, "converse")?,
+            ))),
+            Some((&TARGET_SERVICE, name)) => {
+                Frame::Converse(ConverseTarget::Service(decode_name(name, "converse")?))
             }
-            let reason = std::str::from_utf8(reason).map_err(|_| FrameError::Malformed("close"))?;
-            Frame::Close {
-                code: ErrorCode(code),
-                reason,
+            _ => return Err(FrameError::Malformed("converse")),
+        },
+        tag::LOOKUP => Frame::Lookup(decode_name(fields, "lookup")?),
+        tag::FOUND => Frame::Found(Box::new(decode_core(fields, "found")?)),
+        tag::OBJECT => Frame::Object(fields),
+        tag::DATA => Frame::Data(fields),
+        tag::DATA_END => {
+            if !fields.is_empty() {
+                return Err(FrameError::Malformed("data end"));
             }
+            Frame::DataEnd
         }
         other => return Err(FrameError::UnknownType(other)),
     };
@@ -352,6 +502,22 @@ mod tests {
             Frame::Close {
                 code: ErrorCode::NO_SUCH_MAILBOX,
                 reason: "mailbox closed",
+            },
+            Frame::Converse(ConverseTarget::Address(Box::new(Address::mint(
+                &key,
+                MailboxId(9),
+                None,
+                vec![],
+            )))),
+            Frame::Converse(ConverseTarget::Service("echo.v1")),
+            Frame::Lookup("logger"),
+            Frame::Found(Box::new(Address::mint(&key, MailboxId(10), None, vec![]))),
+            Frame::Object(b"\x01\x02"),
+            Frame::Data(b"chunk"),
+            Frame::DataEnd,
+            Frame::Fail {
+                code: ErrorCode::HANDLER_FAILED,
+                reason: "boom",
             },
         ]
     }

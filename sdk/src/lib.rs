@@ -65,6 +65,7 @@
 pub mod address;
 mod config;
 mod connection;
+mod conversation;
 mod error;
 pub mod frame;
 mod identity;
@@ -72,13 +73,20 @@ mod inbound;
 mod mailbox;
 mod node;
 mod outbound;
+mod service;
 mod tls;
 
 pub use address::{Address, AddressError, MailboxId, VerifyError};
 pub use config::{Admission, ConfigError, NodeConfig};
-pub use error::{AttachError, BindError, DecodeError, DialError, RecvError, SendError};
+pub use conversation::Conversation;
+pub use error::{
+    AttachError, BindError, CallError, ConversationError, DecodeError, DialError, OpenError,
+    RecvError, SendError, ServeError,
+};
+pub use frame::ErrorCode;
 pub use identity::{KeyFileError, NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
 pub use node::{Node, NodeStats};
 pub use outbound::{Delivery, Sender};
+pub use service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 pub use tls::{TlsSetupError, ALPN};

@@ -35,9 +35,11 @@ impl Message {
         &self.payload
     }
 
-    /// Decodes the payload as a postcard-encoded `T` (what [`Mailbox::send`] encodes).
+    /// Decodes the payload as a postcard-encoded `T` (what [`Mailbox::send`] encodes). The
+    /// whole payload must be used: postcard is not self-describing, so trailing bytes mean the
+    /// payload is of another type.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
-        postcard::from_bytes(&self.payload).map_err(|e| DecodeError(e.to_string()))
+        decode_exact(&self.payload).map_err(DecodeError)
     }
 }
 
@@ -57,6 +59,18 @@ pub(crate) struct MailboxHandle {
     /// Cancelled when the mailbox closes: delivery stops even while a handler or stream still
     /// holds the receiving end.
     pub(crate) closed: CancellationToken,
+}
+
+/// Decodes postcard bytes as exactly one `T`, with nothing left over.
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!(
+            "{} bytes left over: the payload is not of the requested type",
+            rest.len()
+        )),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// What the node keeps per open mailbox.

@@ -15,11 +15,13 @@ use tracing::{info, Instrument};
 use crate::address::{Address, MailboxId};
 use crate::config::NodeConfig;
 use crate::connection::{self, ConnCode, Peers};
-use crate::error::{BindError, DialError, SendError};
+use crate::conversation::Conversation;
+use crate::error::{BindError, DialError, OpenError, SendError, ServeError};
 use crate::identity::{NodeId, SecretKey};
 use crate::inbound::DedupTable;
 use crate::mailbox::{lock, Mailbox, Mailboxes};
 use crate::outbound::{ConversationKey, Outbound, Sender};
+use crate::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 use crate::tls::{self, Mismatches};
 
 /// Seconds since the Unix epoch, the clock address expiry is checked against.
@@ -86,6 +88,7 @@ pub(crate) struct NodeInner {
     pub(crate) mismatches: Arc<Mismatches>,
     pub(crate) mailboxes: Mailboxes,
     pub(crate) peers: Peers,
+    pub(crate) services: crate::service::Services,
     pub(crate) conversations: Mutex<HashMap<ConversationKey, Arc<Outbound>>>,
     pub(crate) dedup: DedupTable,
     pub(crate) stats: Stats,
@@ -157,6 +160,7 @@ impl Node {
             mismatches: tls.mismatches,
             mailboxes: Mailboxes::default(),
             peers: Peers::default(),
+            services: crate::service::Services::default(),
             conversations: Mutex::new(HashMap::new()),
             dedup: DedupTable::default(),
             stats: Stats::default(),
@@ -265,6 +269,63 @@ impl Node {
         self.sender(to).send_bytes(payload).await
     }
 
+    /// Opens a conversation on its own stream with a service (by name) or with the service
+    /// behind a capability address.
+    pub async fn open(&self, target: impl Into<Target>) -> Result<Conversation, OpenError> {
+        crate::service::open(&self.inner, &target.into()).await
+    }
+
+    /// A call: sends `request` to the service and resolves to its response. Set a deadline
+    /// with [`Call::timeout`]; dropping the call cancels it at the callee.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: ferry::Node, peer: ferry::NodeId) -> Result<(), ferry::CallError> {
+    /// use std::time::Duration;
+    /// let answer: String = node
+    ///     .call(ferry::Target::service(peer, "echo"), "hello")
+    ///     .timeout(Duration::from_secs(2))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call<Req: Serialize + ?Sized, Resp>(
+        &self,
+        target: impl Into<Target>,
+        request: &Req,
+    ) -> Call<Resp> {
+        Call::new(self.inner.clone(), target.into(), request)
+    }
+
+    /// Registers a service under `name`; take its conversations with [`Service::accept`].
+    pub fn service(&self, name: &str, options: ServiceOptions) -> Result<Service, ServeError> {
+        crate::service::register(&self.inner, name, options)
+    }
+
+    /// Registers a service under `name` and runs `handler` on its own task for every
+    /// conversation, so a handler holding one open blocks no other.
+    pub fn serve<F, Fut>(
+        &self,
+        name: &str,
+        options: ServiceOptions,
+        handler: F,
+    ) -> Result<ServiceHandle, ServeError>
+    where
+        F: Fn(Conversation) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        crate::service::serve(&self.inner, name, options, handler)
+    }
+
+    /// Asks `peer` for the capability address of its service `name` (fabric's
+    /// `remote_whereis`): only registered names that allow this node answer.
+    pub async fn lookup(
+        &self,
+        peer: NodeId,
+        name: &str,
+        hints: &[SocketAddr],
+    ) -> Result<Address, OpenError> {
+        crate::service::lookup(&self.inner, peer, name, hints).await
+    }
+
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
         let stats = &self.inner.stats;
@@ -303,7 +364,7 @@ impl Node {
     }
 }
 
-fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
+pub(crate) fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
     let address = Address::mint(&node.key, id, expires, node.hints.clone());
     Mailbox::new(id, address, node, node.config.mailbox_capacity)
 }

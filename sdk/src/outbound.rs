@@ -312,7 +312,7 @@ impl IntoFuture for Delivery {
 }
 
 /// Why opening a stream failed.
-enum OpenError {
+enum StreamFailure {
     /// Trying again may help (connection lost, peer restarting).
     Retry(SendError),
     /// Every queued message fails with this.
@@ -399,7 +399,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 open_stream(&outbound, &node, &mut flight),
             )
             .await
-            .unwrap_or_else(|_| Err(OpenError::Retry(SendError::Timeout)));
+            .unwrap_or_else(|_| Err(StreamFailure::Retry(SendError::Timeout)));
             match opened {
                 Ok(mut opened) => {
                     attempts = 0;
@@ -419,10 +419,10 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                         Ok(Err(error)) => {
                             let _ = opened.send.reset(code(ErrorCode::DONE));
                             match write_failure(error) {
-                                OpenError::Fatal(error) => {
+                                StreamFailure::Fatal(error) => {
                                     return fail_all(&outbound, &node, &mut flight, error)
                                 }
-                                OpenError::Retry(error) => last_error = error,
+                                StreamFailure::Retry(error) => last_error = error,
                             }
                             continue;
                         }
@@ -438,19 +438,19 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     match process_frames(&outbound, &mut flight) {
                         Ok(true) => last_progress = Instant::now(),
                         Ok(false) => {}
-                        Err(OpenError::Fatal(error)) => {
+                        Err(StreamFailure::Fatal(error)) => {
                             return fail_all(&outbound, &node, &mut flight, error);
                         }
-                        Err(OpenError::Retry(error)) => {
+                        Err(StreamFailure::Retry(error)) => {
                             last_error = error;
                             abandon(&mut stream);
                         }
                     }
                 }
-                Err(OpenError::Fatal(error)) => {
+                Err(StreamFailure::Fatal(error)) => {
                     return fail_all(&outbound, &node, &mut flight, error);
                 }
-                Err(OpenError::Retry(error)) => {
+                Err(StreamFailure::Retry(error)) => {
                     debug!(%error, attempts, "opening conversation stream failed; retrying");
                     last_error = error;
                     let pause = backoff(attempts);
@@ -485,10 +485,10 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                             last_activity = last_progress;
                         }
                     }
-                    Err(OpenError::Fatal(error)) => {
+                    Err(StreamFailure::Fatal(error)) => {
                         return fail_all(&outbound, &node, &mut flight, error);
                     }
-                    Err(OpenError::Retry(error)) => {
+                    Err(StreamFailure::Retry(error)) => {
                         last_error = error;
                         abandon(&mut stream);
                     }
@@ -506,10 +506,10 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 .await;
                 match written {
                     Ok(Ok(())) => {}
-                    Ok(Err(OpenError::Fatal(error))) => {
+                    Ok(Err(StreamFailure::Fatal(error))) => {
                         return fail_all(&outbound, &node, &mut flight, error);
                     }
-                    Ok(Err(OpenError::Retry(error))) => {
+                    Ok(Err(StreamFailure::Retry(error))) => {
                         last_error = error;
                         abandon(&mut stream);
                     }
@@ -567,7 +567,7 @@ async fn write_queued(
     flight: &mut Flight,
     send: &mut quinn::SendStream,
     peer_max: usize,
-) -> Result<(), OpenError> {
+) -> Result<(), StreamFailure> {
     let batch: Vec<(u64, Bytes)> = {
         let mut queue = lock(&outbound.queue);
         queue.items.drain(..).collect()
@@ -616,11 +616,11 @@ fn handle_incoming(
     outbound: &Outbound,
     flight: &mut Flight,
     chunk: Result<Option<quinn::Chunk>, quinn::ReadError>,
-) -> Result<bool, OpenError> {
+) -> Result<bool, StreamFailure> {
     let chunk = match chunk {
         Ok(Some(chunk)) => chunk,
         Ok(None) => {
-            return Err(OpenError::Retry(SendError::Protocol(
+            return Err(StreamFailure::Retry(SendError::Protocol(
                 "receiver finished the stream".into(),
             )))
         }
@@ -631,11 +631,11 @@ fn handle_incoming(
 }
 
 /// Processes every complete frame in `flight.read_buf`.
-fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, OpenError> {
+fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, StreamFailure> {
     let mut advanced = false;
     loop {
         let decoded = frame::decode_frame(&flight.read_buf, frame::MAX_CONTROL_FRAME_LEN)
-            .map_err(|e| OpenError::Fatal(SendError::Protocol(e.to_string())))?;
+            .map_err(|e| StreamFailure::Fatal(SendError::Protocol(e.to_string())))?;
         let Some((frame, used)) = decoded else {
             break;
         };
@@ -644,7 +644,7 @@ fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, Open
                 let mut released = 0usize;
                 while flight.base_seq < next_seq {
                     let Some((_, payload)) = flight.unacked.pop_front() else {
-                        return Err(OpenError::Fatal(SendError::Protocol(
+                        return Err(StreamFailure::Fatal(SendError::Protocol(
                             "acknowledgement beyond what was sent".into(),
                         )));
                     };
@@ -664,7 +664,7 @@ fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, Open
                 return Err(close_error(code, reason, &outbound.target));
             }
             _ => {
-                return Err(OpenError::Fatal(SendError::Protocol(
+                return Err(StreamFailure::Fatal(SendError::Protocol(
                     "unexpected frame from receiver".into(),
                 )))
             }
@@ -704,16 +704,16 @@ async fn open_stream(
     outbound: &Outbound,
     node: &Arc<NodeInner>,
     flight: &mut Flight,
-) -> Result<OpenStream, OpenError> {
+) -> Result<OpenStream, StreamFailure> {
     flight.read_buf.clear();
     let connection = connection::connect(node, outbound.target.node(), outbound.target.hints())
         .await
         .map_err(|error| match error {
             DialError::Timeout | DialError::Failed(_) | DialError::TooManyConnections => {
-                OpenError::Retry(SendError::Unreachable(error))
+                StreamFailure::Retry(SendError::Unreachable(error))
             }
-            DialError::NodeClosed => OpenError::Fatal(SendError::NodeClosed),
-            other => OpenError::Fatal(SendError::Unreachable(other)),
+            DialError::NodeClosed => StreamFailure::Fatal(SendError::NodeClosed),
+            other => StreamFailure::Fatal(SendError::Unreachable(other)),
         })?;
     let (mut send, mut recv) = connection
         .open_bi()
@@ -740,7 +740,7 @@ async fn present(
     flight: &mut Flight,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-) -> Result<usize, OpenError> {
+) -> Result<usize, StreamFailure> {
     let mut head = vec![StreamKind::Mailbox as u8];
     frame::put_frame(
         &mut head,
@@ -756,7 +756,7 @@ async fn present(
     let answer = tokio::time::timeout(node.config.open_timeout, async {
         loop {
             if let Some((frame, used)) = frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN)
-                .map_err(|e| OpenError::Fatal(SendError::Protocol(e.to_string())))?
+                .map_err(|e| StreamFailure::Fatal(SendError::Protocol(e.to_string())))?
             {
                 let answer = match frame {
                     Frame::Accept { max_message } => {
@@ -765,7 +765,7 @@ async fn present(
                     Frame::Close { code, reason } => {
                         Err(close_error(code, reason, &outbound.target))
                     }
-                    _ => Err(OpenError::Fatal(SendError::Protocol(
+                    _ => Err(StreamFailure::Fatal(SendError::Protocol(
                         "expected accept or close".into(),
                     ))),
                 };
@@ -775,7 +775,7 @@ async fn present(
             match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
                 Ok(None) => {
-                    return Err(OpenError::Retry(SendError::Protocol(
+                    return Err(StreamFailure::Retry(SendError::Protocol(
                         "stream ended before accept".into(),
                     )))
                 }
@@ -784,11 +784,11 @@ async fn present(
         }
     })
     .await
-    .map_err(|_| OpenError::Retry(SendError::Timeout))?;
+    .map_err(|_| StreamFailure::Retry(SendError::Timeout))?;
     answer
 }
 
-fn close_error(code: ErrorCode, reason: &str, target: &Address) -> OpenError {
+fn close_error(code: ErrorCode, reason: &str, target: &Address) -> StreamFailure {
     let fatal = match code {
         ErrorCode::NO_SUCH_MAILBOX => SendError::NoSuchMailbox,
         ErrorCode::FORGED => SendError::Forged,
@@ -798,48 +798,48 @@ fn close_error(code: ErrorCode, reason: &str, target: &Address) -> OpenError {
             SendError::Protocol(format!("receiver closed the stream: {reason}"))
         }
         _ => {
-            return OpenError::Retry(SendError::Protocol(format!(
+            return StreamFailure::Retry(SendError::Protocol(format!(
                 "receiver closed the stream ({}): {reason}",
                 code.0
             )))
         }
     };
-    OpenError::Fatal(fatal)
+    StreamFailure::Fatal(fatal)
 }
 
-fn connection_error(error: &quinn::ConnectionError) -> OpenError {
+fn connection_error(error: &quinn::ConnectionError) -> StreamFailure {
     if let quinn::ConnectionError::ApplicationClosed(close) = error {
         if close.error_code == ConnCode::ADMISSION_REFUSED.into() {
             let reason = String::from_utf8_lossy(&close.reason).into_owned();
-            return OpenError::Fatal(SendError::Unreachable(DialError::Refused(reason)));
+            return StreamFailure::Fatal(SendError::Unreachable(DialError::Refused(reason)));
         }
     }
-    OpenError::Retry(SendError::Unreachable(DialError::Failed(error.to_string())))
+    StreamFailure::Retry(SendError::Unreachable(DialError::Failed(error.to_string())))
 }
 
-fn write_failure(error: quinn::WriteError) -> OpenError {
+fn write_failure(error: quinn::WriteError) -> StreamFailure {
     match error {
         quinn::WriteError::ConnectionLost(error) => connection_error(&error),
         quinn::WriteError::Stopped(code) if code == self::code(ErrorCode::NOT_ADMITTED) => {
             not_admitted()
         }
-        other => OpenError::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
+        other => StreamFailure::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
     }
 }
 
-fn not_admitted() -> OpenError {
-    OpenError::Fatal(SendError::Unreachable(DialError::Refused(
+fn not_admitted() -> StreamFailure {
+    StreamFailure::Fatal(SendError::Unreachable(DialError::Refused(
         "node not admitted".into(),
     )))
 }
 
-fn read_error(error: quinn::ReadError) -> OpenError {
+fn read_error(error: quinn::ReadError) -> StreamFailure {
     match error {
         quinn::ReadError::ConnectionLost(error) => connection_error(&error),
         quinn::ReadError::Reset(code) if code == self::code(ErrorCode::NOT_ADMITTED) => {
             not_admitted()
         }
-        other => OpenError::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
+        other => StreamFailure::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
     }
 }
 

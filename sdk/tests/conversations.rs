@@ -1,0 +1,428 @@
+//! Conversations, calls and named services between nodes on loopback.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::HashSet;
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use ferry::{
+    CallError, Conversation, ConversationError, ErrorCode, Node, NodeConfig, OpenError, SecretKey,
+    ServeError, ServiceOptions, Target,
+};
+use futures::StreamExt;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn node() -> Node {
+    Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap()
+}
+
+/// `server` offers `name`; returns the target for `client`, with dial hints.
+fn target(server: &Node, name: &str) -> Target {
+    Target::service(server.id(), name).with_hints(vec![server.local_addr()])
+}
+
+async fn echo(mut conversation: Conversation) {
+    while let Ok(text) = conversation.recv_obj::<String>().await {
+        if conversation.send_obj(&text).await.is_err() {
+            return;
+        }
+    }
+    let _ = conversation.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_and_data_both_ways_in_one_conversation() {
+    let server = node().await;
+    let client = node().await;
+    let _service = server
+        .serve(
+            "files",
+            ServiceOptions::default(),
+            |mut conversation| async move {
+                // HBI's download: [size, note] as an object, the bytes as data, then a checksum.
+                let wanted: u64 = conversation.recv_obj().await.unwrap();
+                let bytes: Vec<u8> = (0..wanted).map(|i| (i % 251) as u8).collect();
+                conversation
+                    .send_obj(&(wanted, "generated".to_string()))
+                    .await
+                    .unwrap();
+                conversation.send_data(&bytes[..]).await.unwrap();
+                conversation.send_obj(&checksum(&bytes)).await.unwrap();
+                // Then an upload the other way, received as a stream of chunks.
+                let mut received = Vec::new();
+                let mut chunks = conversation.data_stream();
+                while let Some(chunk) = chunks.next().await {
+                    received.extend_from_slice(&chunk.unwrap());
+                }
+                drop(chunks);
+                conversation.reply(&checksum(&received)).await.unwrap();
+            },
+        )
+        .unwrap();
+
+    let mut conversation = client.open(target(&server, "files")).await.unwrap();
+    assert_eq!(conversation.peer(), server.id());
+    let size = 3 * 1024 * 1024 + 7;
+    conversation.send_obj(&(size as u64)).await.unwrap();
+    let (announced, note): (u64, String) = conversation.recv_obj().await.unwrap();
+    assert_eq!((announced, note.as_str()), (size as u64, "generated"));
+    let mut downloaded = Vec::new();
+    assert_eq!(
+        conversation.recv_data(&mut downloaded).await.unwrap(),
+        size as u64
+    );
+    let sum: u64 = conversation.recv_obj().await.unwrap();
+    assert_eq!(sum, checksum(&downloaded));
+
+    let upload: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 100_000]).collect();
+    let sent = conversation
+        .send_data_stream(futures::stream::iter(upload.iter()))
+        .await
+        .unwrap();
+    assert_eq!(sent, 5_000_000);
+    let expected = checksum(&upload.concat());
+    assert_eq!(conversation.recv_obj::<u64>().await.unwrap(), expected);
+    // The service finished: the next receive is a clean end.
+    assert_eq!(
+        conversation.recv_obj::<u64>().await,
+        Err(ConversationError::Ended)
+    );
+    assert_eq!(
+        conversation.recv_data(Vec::new()).await,
+        Err(ConversationError::Ended)
+    );
+    client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_complete_out_of_order() {
+    let server = node().await;
+    let client = node().await;
+    let _service = server
+        .serve(
+            "slow-echo",
+            ServiceOptions::default(),
+            |mut conversation| async move {
+                let delay_ms: u64 = conversation.recv_obj().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                conversation.reply(&delay_ms).await.unwrap();
+            },
+        )
+        .unwrap();
+    let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut calls = Vec::new();
+    for delay in [600u64, 300, 10] {
+        let client = client.clone();
+        let to = target(&server, "slow-echo");
+        let finished = finished_tx.clone();
+        calls.push(tokio::spawn(async move {
+            let answer: u64 = client.call(to, &delay).await.unwrap();
+            assert_eq!(answer, delay, "each call gets its own response");
+            finished.send(answer).unwrap();
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    let order: Vec<u64> = std::iter::from_fn(|| finished_rx.try_recv().ok()).collect();
+    assert_eq!(order, vec![10, 300, 600], "replies complete in any order");
+    client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_conversations_on_one_connection() {
+    let server = node().await;
+    let client = node().await;
+    let _service = server
+        .serve("echo", ServiceOptions::default(), echo)
+        .unwrap();
+    // Open all of them first and hold them open, then talk on each.
+    let mut conversations = Vec::new();
+    for _ in 0..1000 {
+        conversations.push(client.open(target(&server, "echo")).await.unwrap());
+    }
+    let results = futures::future::join_all(conversations.into_iter().enumerate().map(
+        |(n, mut conversation)| async move {
+            let text = format!("conversation {n}");
+            conversation.send_obj(&text).await.unwrap();
+            let back: String = conversation.recv_obj().await.unwrap();
+            conversation.finish().unwrap();
+            back == text
+        },
+    ))
+    .await;
+    assert!(results.into_iter().all(|ok| ok));
+    assert_eq!(client.stats().open_connections, 1);
+    client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_call_stops_the_callee() {
+    let server = node().await;
+    let client = node().await;
+    let (stopped_tx, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel();
+    let _service = server
+        .serve(
+            "long",
+            ServiceOptions::default(),
+            move |mut conversation| {
+                let stopped = stopped_tx.clone();
+                async move {
+                    let _request: String = conversation.recv_obj().await.unwrap();
+                    tokio::select! {
+                        code = conversation.cancelled() => stopped.send(code).unwrap(),
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                            let _ = conversation.reply("too late").await;
+                        }
+                    }
+                }
+            },
+        )
+        .unwrap();
+    let started = Instant::now();
+    let result: Result<String, CallError> = client
+        .call(target(&server, "long"), "work")
+        .timeout(Duration::from_millis(300))
+        .await;
+    assert_eq!(result, Err(CallError::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The callee learns of the cancellation and stops its work.
+    let code = tokio::time::timeout(WAIT, stopped_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, ErrorCode::CANCELLED.0);
+
+    // Dropping the call future cancels too.
+    let call = client.call::<_, String>(target(&server, "long"), "work");
+    let pending = tokio::spawn(call.into_future());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pending.abort();
+    let code = tokio::time::timeout(WAIT, stopped_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, ErrorCode::CANCELLED.0);
+    client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_come_back_typed() {
+    let server = node().await;
+    let client = node().await;
+    let _failing = server
+        .serve(
+            "failing",
+            ServiceOptions::default(),
+            |conversation| async move {
+                conversation.fail("no such record").await.unwrap();
+            },
+        )
+        .unwrap();
+    let _silent = server
+        .serve(
+            "silent",
+            ServiceOptions::default(),
+            |conversation| async move {
+                drop(conversation); // the handler ends without answering
+            },
+        )
+        .unwrap();
+
+    // An unknown name is refused at once, never a hang.
+    let started = Instant::now();
+    let unknown: Result<String, _> = client.call(target(&server, "nope"), "x").await;
+    assert_eq!(
+        unknown,
+        Err(CallError::Open(OpenError::NoSuchService("nope".into())))
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        client
+            .open(target(&server, "not a name!"))
+            .await
+            .unwrap_err(),
+        OpenError::InvalidName("not a name!".into())
+    );
+
+    let failed: Result<String, _> = client.call(target(&server, "failing"), "x").await;
+    assert_eq!(
+        failed,
+        Err(CallError::Failed {
+            code: ErrorCode::HANDLER_FAILED.0,
+            reason: "no such record".into()
+        })
+    );
+    let silent: Result<String, _> = client.call(target(&server, "silent"), "x").await;
+    assert!(
+        matches!(silent, Err(CallError::Failed { code, .. }) if code == ErrorCode::HANDLER_FAILED.0),
+        "{silent:?}"
+    );
+    // A response of the wrong type is a decode error, not a panic.
+    let _echo = server
+        .serve("echo", ServiceOptions::default(), echo)
+        .unwrap();
+    let wrong: Result<u64, _> = client.call(target(&server, "echo"), "text").await;
+    assert!(matches!(wrong, Err(CallError::Decode(_))), "{wrong:?}");
+
+    assert_eq!(
+        server
+            .serve("echo", ServiceOptions::default(), echo)
+            .unwrap_err(),
+        ServeError::AlreadyRegistered("echo".into())
+    );
+    client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_and_lookup() {
+    let server = node().await;
+    let friend = node().await;
+    let stranger = node().await;
+    let allow: HashSet<_> = [friend.id()].into_iter().collect();
+    let logger = server
+        .serve(
+            "logger",
+            ServiceOptions {
+                allow: Some(allow),
+                ..ServiceOptions::default()
+            },
+            echo,
+        )
+        .unwrap();
+
+    let answer: String = friend
+        .call(target(&server, "logger"), "hello")
+        .await
+        .unwrap();
+    assert_eq!(answer, "hello");
+    let refused: Result<String, _> = stranger.call(target(&server, "logger"), "hello").await;
+    assert_eq!(refused, Err(CallError::Open(OpenError::NotAllowed)));
+    assert_eq!(
+        stranger
+            .lookup(server.id(), "logger", &[server.local_addr()])
+            .await,
+        Err(OpenError::NotAllowed)
+    );
+
+    // Lookup hands out the service's capability address (fabric's remote_whereis)...
+    let address = friend
+        .lookup(server.id(), "logger", &[server.local_addr()])
+        .await
+        .unwrap();
+    assert_eq!(address.without_hints(), logger.address().without_hints());
+    assert_eq!(
+        friend.lookup(server.id(), "nothing", &[]).await,
+        Err(OpenError::NoSuchService("nothing".into()))
+    );
+    // ...which is a capability of its own: whoever holds it may converse.
+    let via_address: String = stranger.call(&address, "by address").await.unwrap();
+    assert_eq!(via_address, "by address");
+    // Stopping the service revokes it.
+    drop(logger);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let revoked: Result<String, _> = stranger.call(&address, "x").await;
+    assert_eq!(revoked, Err(CallError::Open(OpenError::NoSuchMailbox)));
+    for node in [server, friend, stranger] {
+        node.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_transfer_does_not_stall_another_conversation() {
+    let server = node().await;
+    let client = node().await;
+    let _bulk = server
+        .serve(
+            "bulk",
+            ServiceOptions::default(),
+            |mut conversation| async move {
+                let _ = conversation.recv_data(tokio::io::sink()).await;
+                let _ = conversation.reply(&()).await;
+            },
+        )
+        .unwrap();
+    let _echo = server
+        .serve("echo", ServiceOptions::default(), echo)
+        .unwrap();
+
+    let mut bulk = client.open(target(&server, "bulk")).await.unwrap();
+    let transfer = tokio::spawn(async move {
+        // 200 MB from a generator: constant memory on both sides.
+        let chunk = vec![7u8; 64 * 1024];
+        let chunks = futures::stream::iter(std::iter::repeat_n(chunk, 3200));
+        bulk.send_data_stream(chunks).await.unwrap();
+        bulk.recv_obj::<()>().await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut echo_conversation = client.open(target(&server, "echo")).await.unwrap();
+    let mut answered_during_transfer = 0;
+    for n in 0..50 {
+        let text = format!("ping {n}");
+        echo_conversation.send_obj(&text).await.unwrap();
+        let back: String =
+            tokio::time::timeout(Duration::from_secs(2), echo_conversation.recv_obj())
+                .await
+                .expect("the small conversation must keep answering")
+                .unwrap();
+        assert_eq!(back, text);
+        if !transfer.is_finished() {
+            answered_during_transfer += 1;
+        }
+    }
+    assert!(
+        answered_during_transfer > 10,
+        "only {answered_during_transfer} answers while the bulk transfer ran"
+    );
+    transfer.await.unwrap();
+    client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connection_and_peer_reset_are_distinct_errors() {
+    let server = node().await;
+    let client = node().await;
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut service = server.service("hold", ServiceOptions::default()).unwrap();
+    tokio::spawn(async move {
+        while let Some(conversation) = service.accept().await {
+            accepted_tx.send(conversation).unwrap();
+        }
+    });
+    // The opener drops its conversation: the service sees a reset with CANCELLED.
+    let opened = client.open(target(&server, "hold")).await.unwrap();
+    let mut held = accepted_rx.recv().await.unwrap();
+    drop(opened);
+    assert_eq!(
+        held.recv_obj::<String>().await,
+        Err(ConversationError::Reset(ErrorCode::CANCELLED.0))
+    );
+    // The service's node goes away: the opener's conversation reports the lost connection.
+    let mut opened = client.open(target(&server, "hold")).await.unwrap();
+    let _held = accepted_rx.recv().await.unwrap();
+    server.shutdown(Duration::from_millis(100)).await;
+    let error = tokio::time::timeout(WAIT, opened.recv_obj::<String>())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(error, ConversationError::ConnectionLost(_)),
+        "{error:?}"
+    );
+    client.shutdown(Duration::from_secs(1)).await;
+}
