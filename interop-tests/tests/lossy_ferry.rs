@@ -133,3 +133,55 @@ async fn loss_and_delay_keep_order_and_lose_nothing() {
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_report_down_only_after_the_grace_period() {
+    let config = NodeConfig {
+        monitor_grace: Duration::from_millis(2500),
+        ..short_lived()
+    };
+    let a = Node::bind(SecretKey::generate(), config).await.unwrap();
+    let b = Node::bind(SecretKey::generate(), short_lived())
+        .await
+        .unwrap();
+    let link = LossyLink::start(LinkConfig::default(), b.local_addr())
+        .await
+        .unwrap();
+    let watched = b.mailbox();
+    let via_link = watched.address().with_hints(vec![link.local_addr()]);
+    let mut mailbox_monitor = a.monitor(&via_link);
+    let mut peer_monitor = a.monitor_peer(b.id(), &[link.local_addr()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A partition that kills the connection but heals within the grace period: no Down.
+    link.partition(true);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    link.partition(false);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut mailbox_monitor)
+            .await
+            .is_err(),
+        "a healed partition must not report the mailbox down"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut peer_monitor)
+            .await
+            .is_err()
+    );
+
+    // A partition longer than the grace period: Down with ConnectionLost.
+    link.partition(true);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        tokio::time::timeout(WAIT, mailbox_monitor).await.unwrap(),
+        ferry::DownReason::ConnectionLost
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, peer_monitor).await.unwrap(),
+        ferry::DownReason::ConnectionLost
+    );
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    a.shutdown(Duration::from_millis(100)).await;
+    b.shutdown(Duration::from_millis(100)).await;
+}

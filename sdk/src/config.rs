@@ -13,7 +13,8 @@ pub enum Admission {
     /// Any peer that completes the TLS handshake (default).
     #[default]
     Any,
-    /// Only these nodes; others are closed with error code `ADMISSION_REFUSED`.
+    /// Only these nodes: a connection from another node is closed with `ADMISSION_REFUSED`,
+    /// and streams it opens on a connection this node dialed are reset with `NOT_ADMITTED`.
     Only(HashSet<NodeId>),
 }
 
@@ -32,7 +33,7 @@ impl Admission {
 pub struct NodeConfig {
     /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port).
     pub listen: SocketAddr,
-    /// Dial hints put into the addresses this node mints (at most 4 are kept): where other
+    /// Dial hints put into the addresses this node mints (at most 4): where other
     /// nodes should dial it. Default empty: the bound address, with a wildcard IP (`0.0.0.0`,
     /// `::`) replaced by loopback; set it when listening on a wildcard or behind a NAT.
     pub advertise: Vec<SocketAddr>,
@@ -54,6 +55,9 @@ pub struct NodeConfig {
     /// How long `send` waits for the target node's acknowledgement before failing with
     /// `Timeout` (covers dialing, queueing and delivery). Default 30 s.
     pub send_timeout: Duration,
+    /// How long a watched mailbox or peer may stay unreachable (connection lost, redials
+    /// failing) before its [`Monitor`](crate::Monitor) reports it down. Default 10 s.
+    pub monitor_grace: Duration,
     /// Default deadline of a [`call`](crate::Node::call) (open, request, response). Default 30 s.
     pub call_timeout: Duration,
     /// A conversation stream with nothing to send or acknowledge for this long is finished;
@@ -86,6 +90,7 @@ impl Default for NodeConfig {
             send_window: 8 << 20,
             send_timeout: Duration::from_secs(30),
             call_timeout: Duration::from_secs(30),
+            monitor_grace: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(30),
             open_timeout: Duration::from_secs(10),
             max_connections: 1024,

@@ -396,6 +396,9 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
                     Ok(StreamKind::Conversation) => {
                         crate::service::serve_stream(serving, peer, send, recv, deadline).await
                     }
+                    Ok(StreamKind::Monitor) => {
+                        crate::monitor::serve_stream(serving, send, recv, deadline).await
+                    }
                     Err(error) => {
                         debug!(%error, "refusing stream");
                         let code = quinn::VarInt::from_u32(ErrorCode::PROTOCOL.0 as u32);

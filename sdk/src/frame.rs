@@ -22,6 +22,8 @@ pub enum StreamKind {
     /// A conversation (or call) with a service or a mailbox that accepts conversations, or a
     /// name lookup.
     Conversation = 0x02,
+    /// A watch on a mailbox: the acceptor answers with `Close` when the mailbox goes away.
+    Monitor = 0x03,
 }
 
 impl StreamKind {
@@ -30,6 +32,7 @@ impl StreamKind {
         match byte {
             0x01 => Ok(Self::Mailbox),
             0x02 => Ok(Self::Conversation),
+            0x03 => Ok(Self::Monitor),
             other => Err(FrameError::UnknownStreamKind(other)),
         }
     }
@@ -49,6 +52,7 @@ mod tag {
     pub(super) const DATA: u8 = 0x14;
     pub(super) const DATA_END: u8 = 0x15;
     pub(super) const FAIL: u8 = 0x16;
+    pub(super) const MONITOR: u8 = 0x17;
 }
 
 /// Longest close reason, in bytes of UTF-8.
@@ -75,7 +79,8 @@ pub const MAX_CONTROL_FRAME_LEN: usize = if MAX_OPEN_LEN > MAX_CLOSE_LEN {
 pub struct ErrorCode(pub u64);
 
 impl ErrorCode {
-    /// Normal end: the stream was idle or the conversation is over.
+    /// Normal end: the stream was idle or the conversation is over. Also the reset code of a
+    /// stream its opener gives up while the conversation run goes on.
     pub const DONE: Self = Self(0);
     /// The target mailbox does not exist or was closed (its address is revoked).
     pub const NO_SUCH_MAILBOX: Self = Self(1);
@@ -155,6 +160,8 @@ pub enum Frame<'a> {
     Lookup(&'a str),
     /// Acceptor → opener: the address of the service looked up.
     Found(Box<Address>),
+    /// Opener → acceptor, first frame of a monitor stream: the mailbox to watch.
+    Monitor(Box<Address>),
     /// Either side of a conversation: one postcard-encoded object.
     Object(&'a [u8]),
     /// Either side of a conversation: one chunk of a data stream.
@@ -306,6 +313,11 @@ pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
             out.push(tag::FOUND);
             out.extend_from_slice(&address.core_bytes());
         }
+        Frame::Monitor(address) => {
+            put_varint(out, (1 + ADDRESS_CORE_LEN) as u64);
+            out.push(tag::MONITOR);
+            out.extend_from_slice(&address.core_bytes());
+        }
         Frame::Object(payload) => put_payload(out, tag::OBJECT, payload),
         Frame::Data(payload) => put_payload(out, tag::DATA, payload),
         Frame::DataEnd => {
@@ -419,6 +431,7 @@ pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(Frame<'_>, usi
         },
         tag::LOOKUP => Frame::Lookup(decode_name(fields, "lookup")?),
         tag::FOUND => Frame::Found(Box::new(decode_core(fields, "found")?)),
+        tag::MONITOR => Frame::Monitor(Box::new(decode_core(fields, "monitor")?)),
         tag::OBJECT => Frame::Object(fields),
         tag::DATA => Frame::Data(fields),
         tag::DATA_END => {
@@ -512,6 +525,7 @@ mod tests {
             Frame::Converse(ConverseTarget::Service("echo.v1")),
             Frame::Lookup("logger"),
             Frame::Found(Box::new(Address::mint(&key, MailboxId(10), None, vec![]))),
+            Frame::Monitor(Box::new(Address::mint(&key, MailboxId(11), None, vec![]))),
             Frame::Object(b"\x01\x02"),
             Frame::Data(b"chunk"),
             Frame::DataEnd,

@@ -284,7 +284,7 @@ fn authorize(
         .map_err(|error| (error_code(&error), error.to_string()))
 }
 
-fn error_code(error: &SendError) -> ErrorCode {
+pub(crate) fn error_code(error: &SendError) -> ErrorCode {
     match error {
         SendError::Forged => ErrorCode::FORGED,
         SendError::Expired(_) => ErrorCode::EXPIRED,
@@ -294,7 +294,7 @@ fn error_code(error: &SendError) -> ErrorCode {
     }
 }
 
-async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
+pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
     debug!(code = code.0, reason, "closing mailbox stream");
     let mut out = Vec::with_capacity(reason.len() + 16);
     frame::put_frame(&mut out, &Frame::Close { code, reason });

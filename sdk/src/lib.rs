@@ -71,6 +71,7 @@ pub mod frame;
 mod identity;
 mod inbound;
 mod mailbox;
+mod monitor;
 mod node;
 mod outbound;
 mod service;
@@ -86,6 +87,7 @@ pub use error::{
 pub use frame::ErrorCode;
 pub use identity::{KeyFileError, NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
+pub use monitor::{DownReason, Monitor};
 pub use node::{Node, NodeStats};
 pub use outbound::{Delivery, Sender};
 pub use service::{Call, Service, ServiceHandle, ServiceOptions, Target};

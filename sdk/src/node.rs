@@ -20,6 +20,7 @@ use crate::error::{BindError, DialError, OpenError, SendError, ServeError};
 use crate::identity::{NodeId, SecretKey};
 use crate::inbound::DedupTable;
 use crate::mailbox::{lock, Mailbox, Mailboxes};
+use crate::monitor::Monitor;
 use crate::outbound::{ConversationKey, Outbound, Sender};
 use crate::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 use crate::tls::{self, Mismatches};
@@ -324,6 +325,19 @@ impl Node {
         hints: &[SocketAddr],
     ) -> Result<Address, OpenError> {
         crate::service::lookup(&self.inner, peer, name, hints).await
+    }
+
+    /// Watches the mailbox (or service) of `address`: the [`Monitor`] resolves with the
+    /// reason once it closes, its node shuts down, or the connection stays lost longer than
+    /// `monitor_grace`.
+    pub fn monitor(&self, address: &Address) -> Monitor {
+        crate::monitor::monitor_mailbox(&self.inner, address.clone())
+    }
+
+    /// Watches a peer: the [`Monitor`] resolves once it shuts down or the connection stays lost
+    /// longer than `monitor_grace`.
+    pub fn monitor_peer(&self, peer: NodeId, hints: &[SocketAddr]) -> Monitor {
+        crate::monitor::monitor_peer(&self.inner, peer, hints.to_vec())
     }
 
     /// A snapshot of the node's counters.
