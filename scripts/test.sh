@@ -14,3 +14,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 # Examples must run, not only compile.
 cargo run --locked --example ping_pong
+cargo run --locked --example file_transfer -- --bytes 20000000

@@ -59,6 +59,8 @@ pub(crate) struct Peers {
     slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
     /// Socket addresses that reached each peer, most recent first.
     known: std::sync::Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
+    /// Connections installed since the node started (dialed or accepted, duplicates included).
+    installed: std::sync::atomic::AtomicU64,
 }
 
 const MAX_KNOWN_ADDRS: usize = 4;
@@ -96,6 +98,11 @@ impl Peers {
             .values()
             .filter(|slot| matches!(slot, Slot::Connected(live) if live.connection.close_reason().is_none()))
             .count()
+    }
+
+    /// How many connections were installed since the node started.
+    pub(crate) fn installed(&self) -> u64 {
+        self.installed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn close_all(&self) {
@@ -278,6 +285,9 @@ fn install(
                 _ => connection.clone(),
             }
         } else {
+            node.peers
+                .installed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let previous = slots.insert(
                 peer,
                 Slot::Connected(Live {

@@ -244,10 +244,10 @@ impl Node {
         self.inner.peers.connection(peer).is_some()
     }
 
-    /// The QUIC connection to `peer`, if one is live; for diagnostics and tests.
-    #[doc(hidden)]
-    pub fn connection_stable_id(&self, peer: &NodeId) -> Option<usize> {
-        self.inner.peers.connection(peer).map(|c| c.stable_id())
+    /// How many connections this node has taken into use since it started (dialed or
+    /// accepted); a counter for metrics, and for telling that a connection was replaced.
+    pub fn connections_established(&self) -> u64 {
+        self.inner.peers.installed()
     }
 
     /// A [`Sender`] from the node's inbox to `to`.

@@ -92,6 +92,7 @@ impl Services {
 
 /// A registered service: accept its conversations with [`Service::accept`]. Dropping it
 /// unregisters the name and revokes its address.
+#[must_use = "dropping a Service unregisters it at once"]
 pub struct Service {
     name: String,
     mailbox: Mailbox,
@@ -132,6 +133,7 @@ impl Drop for Service {
 
 /// A service run by [`Node::serve`](crate::Node::serve); dropping it stops accepting and
 /// unregisters the service (conversations already running go on).
+#[must_use = "dropping a ServiceHandle stops the service at once"]
 pub struct ServiceHandle {
     address: Address,
     name: String,
