@@ -99,6 +99,9 @@ pub enum SendError {
     /// This node is shutting down.
     #[error("node is shutting down")]
     NodeClosed,
+    /// The target is a durable mailbox of this node and its store failed to keep the message.
+    #[error("storing the message: {0}")]
+    Store(crate::store::StoreError),
 }
 
 impl From<VerifyError> for SendError {

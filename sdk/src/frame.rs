@@ -113,6 +113,8 @@ impl ErrorCode {
     /// The service's handler failed (reported in a `Fail` frame, or as a reset code when the
     /// handler ended without answering).
     pub const HANDLER_FAILED: Self = Self(15);
+    /// The receiver could not store the messages of a durable mailbox; the sender retries.
+    pub const STORE_FAILED: Self = Self(16);
 }
 
 /// The opening frame of a mailbox stream.

@@ -6,17 +6,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
-use crate::address::MailboxId;
+use crate::address::{Address, MailboxId};
 use crate::error::SendError;
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
 use crate::mailbox::{lock, MailboxHandle, Message};
 use crate::node::NodeInner;
+use crate::store::RunId;
 
 /// Duplicate suppression state of one conversation run, as seen by the receiver.
 #[derive(Debug, Default, Clone, Copy)]
@@ -121,14 +122,33 @@ pub(crate) async fn serve(
     let mut acked = seq;
     let cancelled = node.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
+    let durable = mailbox.durable.clone();
+    let run = RunId {
+        node: peer,
+        mailbox: from.mailbox(),
+        epoch: open.epoch,
+    };
     {
+        let mut state = dedup.lock().await;
+        if state.next_seq.is_none() {
+            if let Some(durable) = &durable {
+                // After a restart only the store knows how far this run got.
+                match durable.store.delivered(durable.mailbox, run) {
+                    Ok(delivered) => state.next_seq = delivered,
+                    Err(error) => {
+                        return refuse(&mut send, ErrorCode::STORE_FAILED, &error.to_string()).await
+                    }
+                }
+            }
+        }
         // A sender only forgets messages that were acknowledged, so a first_seq beyond what we
         // delivered means our state was evicted: trust the sender.
-        let mut state = dedup.lock().await;
         if state.next_seq.is_none_or(|next| seq > next) {
             state.next_seq = Some(seq);
         }
     }
+    // Messages of a durable mailbox wait here until they are stored.
+    let mut to_store: Vec<(Arc<Address>, Bytes)> = Vec::new();
     loop {
         if expires.is_some_and(|at| crate::node::unix_now() >= at) {
             return refuse(&mut send, ErrorCode::EXPIRED, "address expired").await;
@@ -163,36 +183,70 @@ pub(crate) async fn serve(
                     seq += 1; // already delivered on an earlier stream
                     continue;
                 }
+                if durable.is_some() {
+                    to_store.push((from.clone(), frame_bytes.freeze()));
+                    seq += 1;
+                    continue;
+                }
                 let message = Message {
                     from: from.clone(),
                     payload: frame_bytes.freeze(),
+                    receipt: None,
                 };
-                let permit = match mailbox.queue.try_reserve() {
-                    Ok(permit) => permit,
-                    Err(TrySendError::Closed(())) => {
-                        return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed")
-                            .await;
-                    }
-                    // Full: wait, which stops reading this stream and so slows this sender.
-                    Err(TrySendError::Full(())) => tokio::select! {
-                        permit = mailbox.queue.reserve() => match permit {
-                            Ok(permit) => permit,
-                            Err(_) => {
+                if let Err((code, reason)) = enqueue(&node, &mailbox, message).await {
+                    return refuse(&mut send, code, reason).await;
+                }
+                seq += 1;
+                state.next_seq = Some(seq);
+            }
+            if let Some(durable) = &durable {
+                let mut batch = std::mem::take(&mut to_store);
+                let mut first = seq - batch.len() as u64;
+                while !batch.is_empty() {
+                    let stored = match durable.store(Some((run, first)), batch.clone()).await {
+                        Ok(stored) => stored,
+                        Err(error) => {
+                            return refuse(&mut send, ErrorCode::STORE_FAILED, &error.to_string())
+                                .await
+                        }
+                    };
+                    if stored.is_empty() {
+                        // The mailbox's store is full: not reading slows this sender until the
+                        // application acknowledges messages.
+                        tokio::select! {
+                            _ = tokio::time::sleep(STORE_FULL_RETRY) => continue,
+                            _ = mailbox.closed.cancelled() => {
                                 return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
                             }
-                        },
-                        _ = mailbox.closed.cancelled() => {
-                            return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+                            _ = node.cancel.cancelled() => {
+                                return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
+                            }
                         }
+                    }
+                    batch.drain(..stored.len());
+                    first += stored.len() as u64;
+                    // Stored: from here on the messages survive, so they are acknowledged now,
+                    // before they wait for room in the mailbox's queue.
+                    state.next_seq = Some(first);
+                    acked = first;
+                    out.clear();
+                    frame::put_frame(&mut out, &Frame::Ack { next_seq: first });
+                    if send.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = durable.replayed.cancelled() => {}
                         _ = node.cancel.cancelled() => {
                             return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
                         }
-                    },
-                };
-                permit.send(message);
-                node.stats.count_message_in();
-                seq += 1;
-                state.next_seq = Some(seq);
+                    }
+                    for message in stored {
+                        if let Err((code, reason)) = enqueue(&node, &mailbox, message).await {
+                            // Stored messages are delivered when the mailbox opens again.
+                            return refuse(&mut send, code, reason).await;
+                        }
+                    }
+                }
             }
         }
         if seq > acked {
@@ -230,6 +284,9 @@ pub(crate) async fn serve(
                     .await;
                 }
                 node.dedup.remove(&dedup_key);
+                if let Some(durable) = &durable {
+                    durable.store.end_run(durable.mailbox, run);
+                }
                 let _ = send.finish();
                 return;
             }
@@ -239,6 +296,35 @@ pub(crate) async fn serve(
             }
         }
     }
+}
+
+/// How often a full durable mailbox is tried again.
+const STORE_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Queues `message` in the mailbox, waiting for room (which stops reading the stream, so only
+/// this sender slows down).
+async fn enqueue(
+    node: &NodeInner,
+    mailbox: &MailboxHandle,
+    message: Message,
+) -> Result<(), (ErrorCode, &'static str)> {
+    let permit = match mailbox.queue.try_reserve() {
+        Ok(permit) => permit,
+        Err(TrySendError::Closed(())) => {
+            return Err((ErrorCode::NO_SUCH_MAILBOX, "mailbox closed"))
+        }
+        Err(TrySendError::Full(())) => tokio::select! {
+            permit = mailbox.queue.reserve() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Err((ErrorCode::NO_SUCH_MAILBOX, "mailbox closed")),
+            },
+            _ = mailbox.closed.cancelled() => return Err((ErrorCode::NO_SUCH_MAILBOX, "mailbox closed")),
+            _ = node.cancel.cancelled() => return Err((ErrorCode::SHUTTING_DOWN, "node shutting down")),
+        },
+    };
+    permit.send(message);
+    node.stats.count_message_in();
+    Ok(())
 }
 
 async fn read_open(

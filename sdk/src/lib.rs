@@ -57,7 +57,14 @@
 //! ## Errors
 //!
 //! Each operation has its own error enum: [`BindError`], [`DialError`], [`SendError`],
-//! [`RecvError`], [`AttachError`], [`AddressError`], [`VerifyError`], [`KeyFileError`].
+//! [`RecvError`], [`AttachError`], [`AddressError`], [`VerifyError`], [`KeyFileError`],
+//! [`StoreError`].
+//!
+//! ## Durable mailboxes
+//!
+//! [`Node::durable_mailbox`] opens a mailbox backed by a [`MailboxStore`]: a message is on
+//! disk before its sender gets the acknowledgement, and stays there until the application
+//! calls [`Message::ack`]. See [`store`].
 //!
 //! The core (addresses in [`address`], frames in [`frame`]) is pure code on byte buffers with
 //! no IO; the runtime (QUIC, tasks) is a thin layer over it.
@@ -75,6 +82,7 @@ mod monitor;
 mod node;
 mod outbound;
 mod service;
+pub mod store;
 mod tls;
 
 pub use address::{Address, AddressError, MailboxId, VerifyError};
@@ -91,4 +99,5 @@ pub use monitor::{DownReason, Monitor};
 pub use node::{Node, NodeStats};
 pub use outbound::{Delivery, Sender};
 pub use service::{Call, Service, ServiceHandle, ServiceOptions, Target};
+pub use store::{MailboxStore, StoreError};
 pub use tls::{TlsSetupError, ALPN};

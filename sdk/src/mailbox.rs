@@ -16,15 +16,86 @@ use crate::address::{Address, MailboxId, VerifyError};
 use crate::error::{AttachError, DecodeError, RecvError, SendError};
 use crate::node::NodeInner;
 use crate::outbound::Sender;
+use crate::store::{MailboxStore, RunId, StoreError, StoredMessage};
 
 /// A message delivered to a mailbox.
 #[derive(Clone)]
 pub struct Message {
     pub(crate) from: Arc<Address>,
     pub(crate) payload: Bytes,
+    /// Where the message is stored, for a durable mailbox.
+    pub(crate) receipt: Option<Receipt>,
+}
+
+/// A stored message's place in its durable mailbox.
+#[derive(Clone)]
+pub(crate) struct Receipt {
+    pub(crate) durable: Arc<Durable>,
+    pub(crate) index: u64,
+}
+
+/// What a durable mailbox adds to a plain one.
+pub(crate) struct Durable {
+    pub(crate) store: Arc<dyn MailboxStore>,
+    pub(crate) mailbox: MailboxId,
+    /// Cancelled once the messages stored before the mailbox opened are queued: new messages
+    /// wait for it, so each sender's messages reach the application in order.
+    pub(crate) replayed: CancellationToken,
+}
+
+impl Durable {
+    /// Stores `messages`, or the first of them that fit, and returns those stored with their
+    /// receipts, ready to queue.
+    pub(crate) async fn store(
+        self: &Arc<Self>,
+        run: Option<(RunId, u64)>,
+        messages: Vec<(Arc<Address>, Bytes)>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let rows = messages
+            .iter()
+            .map(|(from, payload)| ((**from).clone(), payload.clone()))
+            .collect();
+        let indexes = self.store.append(self.mailbox, run, rows).await?;
+        if indexes.len() > messages.len() {
+            return Err(StoreError::Failed(format!(
+                "store returned {} indexes for {} messages",
+                indexes.len(),
+                messages.len()
+            )));
+        }
+        Ok(messages
+            .into_iter()
+            .zip(indexes)
+            .map(|((from, payload), index)| Message {
+                from,
+                payload,
+                receipt: Some(Receipt {
+                    durable: self.clone(),
+                    index,
+                }),
+            })
+            .collect())
+    }
 }
 
 impl Message {
+    /// Acknowledges the message to a durable mailbox's store, which then forgets it; until
+    /// then it is delivered again after a restart. Does nothing for other mailboxes.
+    pub fn ack(&self) {
+        if let Some(receipt) = &self.receipt {
+            receipt
+                .durable
+                .store
+                .remove(receipt.durable.mailbox, receipt.index);
+        }
+    }
+
+    /// The message's index in its durable mailbox (increasing, never reused), which tells a
+    /// message delivered again after a restart apart; `None` for other mailboxes.
+    pub fn id(&self) -> Option<u64> {
+        self.receipt.as_ref().map(|receipt| receipt.index)
+    }
+
     /// The sender's mailbox address: send to it to reply (GenBrowser's `message.from`).
     pub fn from(&self) -> &Address {
         &self.from
@@ -59,6 +130,8 @@ pub(crate) struct MailboxHandle {
     /// Cancelled when the mailbox closes: delivery stops even while a handler or stream still
     /// holds the receiving end.
     pub(crate) closed: CancellationToken,
+    /// Set for a durable mailbox: messages are stored before they are acknowledged.
+    pub(crate) durable: Option<Arc<Durable>>,
 }
 
 /// Decodes postcard bytes as exactly one `T`, with nothing left over.
@@ -178,6 +251,38 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn queue_of(node: &NodeInner, id: MailboxId) -> Option<mpsc::Sender<Message>> {
+    read(&node.mailboxes.map)
+        .get(&id)
+        .map(|entry| entry.handle.queue.clone())
+}
+
+/// Queues the messages a durable mailbox held when it opened, then lets new ones through.
+async fn replay(
+    durable: Arc<Durable>,
+    pending: Vec<StoredMessage>,
+    queue: Option<mpsc::Sender<Message>>,
+    closed: CancellationToken,
+) {
+    if let Some(queue) = queue {
+        for stored in pending {
+            let message = Message {
+                from: Arc::new(stored.from),
+                payload: stored.payload,
+                receipt: Some(Receipt {
+                    durable: durable.clone(),
+                    index: stored.index,
+                }),
+            };
+            tokio::select! {
+                sent = queue.send(message) => if sent.is_err() { break },
+                _ = closed.cancelled() => break,
+            }
+        }
+    }
+    durable.replayed.cancel();
+}
+
 /// A mailbox on a node, reachable by its capability [`Address`].
 ///
 /// Receive with [`recv`](Mailbox::recv) / [`recv_timeout`](Mailbox::recv_timeout), or attach
@@ -207,8 +312,13 @@ impl Mailbox {
         address: Address,
         node: &Arc<NodeInner>,
         capacity: usize,
+        durable: Option<(Arc<Durable>, Vec<StoredMessage>)>,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(capacity);
+        let (durable, pending) = match durable {
+            Some((durable, pending)) => (Some(durable), pending),
+            None => (None, Vec::new()),
+        };
         // Not a child of the node's token: at shutdown, streams must answer SHUTTING_DOWN
         // (retry later), not NO_SUCH_MAILBOX (final). Shutdown closes mailboxes last.
         let closed = CancellationToken::new();
@@ -217,8 +327,13 @@ impl Mailbox {
             MailboxHandle {
                 queue,
                 closed: closed.clone(),
+                durable: durable.clone(),
             },
         );
+        if let Some(durable) = durable {
+            node.tasks
+                .spawn(replay(durable, pending, queue_of(node, id), closed.clone()));
+        }
         let node = Arc::downgrade(node);
         Self {
             id,

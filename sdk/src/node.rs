@@ -19,10 +19,11 @@ use crate::conversation::Conversation;
 use crate::error::{BindError, DialError, OpenError, SendError, ServeError};
 use crate::identity::{NodeId, SecretKey};
 use crate::inbound::DedupTable;
-use crate::mailbox::{lock, Mailbox, Mailboxes};
+use crate::mailbox::{lock, Durable, Mailbox, Mailboxes};
 use crate::monitor::Monitor;
 use crate::outbound::{ConversationKey, Outbound, Sender};
 use crate::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
+use crate::store::{MailboxStore, StoreError};
 use crate::tls::{self, Mismatches};
 
 /// Seconds since the Unix epoch, the clock address expiry is checked against.
@@ -212,6 +213,31 @@ impl Node {
         new_mailbox(&self.inner, id, None)
     }
 
+    /// Opens mailbox `id` backed by `store` (see [`crate::store`]): every message is stored
+    /// before the node acknowledges it, messages stored earlier (before a restart) are
+    /// delivered first, and a message stays stored until [`Message::ack`](crate::Message::ack).
+    /// Its address is the same across restarts of a node with the same key.
+    pub fn durable_mailbox(
+        &self,
+        id: MailboxId,
+        store: Arc<dyn MailboxStore>,
+    ) -> Result<Mailbox, StoreError> {
+        let pending = store.pending(id)?;
+        let durable = Arc::new(Durable {
+            store,
+            mailbox: id,
+            replayed: CancellationToken::new(),
+        });
+        let address = Address::mint(&self.inner.key, id, None, self.inner.hints.clone());
+        Ok(Mailbox::new(
+            id,
+            address,
+            &self.inner,
+            self.inner.config.mailbox_capacity,
+            Some((durable, pending)),
+        ))
+    }
+
     /// The node's own mailbox: [`Node::send`] sends from it, so replies arrive here.
     pub fn inbox(&self) -> &Mailbox {
         &self.inbox
@@ -380,7 +406,7 @@ impl Node {
 
 pub(crate) fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
     let address = Address::mint(&node.key, id, expires, node.hints.clone());
-    Mailbox::new(id, address, node, node.config.mailbox_capacity)
+    Mailbox::new(id, address, node, node.config.mailbox_capacity, None)
 }
 
 /// The dial hints put into addresses: the configured ones, else the bound address, with a

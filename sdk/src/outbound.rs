@@ -210,19 +210,13 @@ impl Sender {
         }
         if let Some(local) = &self.local {
             let mailbox = local.as_ref().map_err(Clone::clone)?;
-            let message = Message {
-                from: Arc::new(self.from.clone()),
+            let result = deliver_locally(
+                mailbox,
+                Arc::new(self.from.clone()),
                 payload,
-            };
-            let timeout = self.node.config.send_timeout;
-            let result = tokio::select! {
-                _ = mailbox.closed.cancelled() => Err(SendError::NoSuchMailbox),
-                sent = tokio::time::timeout(timeout, mailbox.queue.send(message)) => match sent {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(SendError::NoSuchMailbox),
-                    Err(_) => Err(SendError::Timeout),
-                },
-            };
+                self.node.config.send_timeout,
+            )
+            .await;
             return Ok(Delivery(DeliveryState::Done(result)));
         }
         let cost = cost(&payload);
@@ -534,6 +528,47 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 }
             }
         }
+    }
+}
+
+/// Delivers to a mailbox of this node: stored first if it is durable.
+async fn deliver_locally(
+    mailbox: &MailboxHandle,
+    from: Arc<Address>,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    let deliver = async {
+        let message = match &mailbox.durable {
+            None => Message {
+                from,
+                payload,
+                receipt: None,
+            },
+            Some(durable) => loop {
+                let mut stored = durable
+                    .store(None, vec![(from.clone(), payload.clone())])
+                    .await
+                    .map_err(SendError::Store)?;
+                match stored.pop() {
+                    Some(message) => {
+                        durable.replayed.cancelled().await;
+                        break message;
+                    }
+                    // Full: wait for the application to acknowledge (bounded by send_timeout).
+                    None => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            },
+        };
+        mailbox
+            .queue
+            .send(message)
+            .await
+            .map_err(|_| SendError::NoSuchMailbox)
+    };
+    tokio::select! {
+        _ = mailbox.closed.cancelled() => Err(SendError::NoSuchMailbox),
+        sent = tokio::time::timeout(timeout, deliver) => sent.unwrap_or(Err(SendError::Timeout)),
     }
 }
 

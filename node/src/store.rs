@@ -1,0 +1,419 @@
+//! The daemon's durable store: mailboxes kept in one redb file.
+//!
+//! All writes go through one writer thread that takes every request waiting in its queue,
+//! applies them in one transaction and commits once with `Durability::Immediate` (fsync), so
+//! many streams storing at the same time share one disk flush (group commit). A message is
+//! acknowledged to its sender only after that commit.
+//!
+//! Tables (all integers big-endian inside redb's own tuple encoding):
+//! - `messages`: (mailbox, index) → u16 address length, the sender's address bytes, payload
+//! - `runs`: (mailbox, sender node, sender mailbox, epoch) → (next_seq, unix seconds of update)
+//! - `mailboxes`: mailbox → (next index, unacknowledged count)
+//! - `names`: name → mailbox id, for mailboxes that keep their id across restarts
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::address::{Address, MailboxId};
+use ferry::store::{MailboxStore, RunId, StoreFuture, StoredMessage};
+use ferry::StoreError;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
+/// (mailbox, sender node, sender mailbox, epoch).
+type RunKey<'a> = (u64, &'a [u8], u64, u64);
+const RUNS: TableDefinition<RunKey, (u64, u64)> = TableDefinition::new("runs");
+const MAILBOXES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("mailboxes");
+const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
+
+/// Limits of a [`RedbStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Unacknowledged messages one mailbox may hold; beyond it the node stops reading the
+    /// senders' streams (QUIC flow control slows them) until the application acknowledges
+    /// messages. Default 1,000,000.
+    pub max_pending_per_mailbox: u64,
+    /// How long the duplicate-suppression record of a conversation run is kept after its last
+    /// message. A sender that resends after a longer silence is not recognised. Default 7 days.
+    pub run_ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_pending_per_mailbox: 1_000_000,
+            run_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    /// The database file could not be created, opened or read.
+    #[error("opening store {path}: {source}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: redb::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("starting the store's writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+enum Op {
+    Append {
+        mailbox: MailboxId,
+        run: Option<(RunId, u64)>,
+        messages: Vec<(Address, Bytes)>,
+        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    },
+    Remove {
+        mailbox: MailboxId,
+        index: u64,
+    },
+    EndRun {
+        mailbox: MailboxId,
+        run: RunId,
+    },
+}
+
+/// A [`MailboxStore`] in one redb file.
+pub struct RedbStore {
+    db: std::sync::Arc<Database>,
+    /// Unbounded by design: appends are bounded by the streams waiting on them, removals by
+    /// the messages stored. `None` once closed.
+    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+fn failed(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Failed(error.into().to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path`, forgetting runs older than `config.run_ttl`.
+    pub fn open(path: &Path, config: StoreConfig) -> Result<Self, OpenStoreError> {
+        let database_error = |source: redb::Error| OpenStoreError::Database {
+            path: path.to_owned(),
+            source,
+        };
+        let db = Database::create(path).map_err(|e| database_error(e.into()))?;
+        prune_runs(&db, config.run_ttl).map_err(database_error)?;
+        let db = std::sync::Arc::new(db);
+        let (ops, queue) = mpsc::channel();
+        let writing = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("ferry-store".into())
+            .spawn(move || write_loop(&writing, &queue, &config))
+            .map_err(OpenStoreError::Thread)?;
+        Ok(Self {
+            db,
+            ops: Mutex::new(Some(ops)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The id of the mailbox called `name`, made (at random) the first time it is asked for
+    /// and the same ever after: a durable mailbox keeps its address across restarts.
+    pub fn named_mailbox(&self, name: &str) -> Result<MailboxId, StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        let id = {
+            let mut names = txn.open_table(NAMES).map_err(failed)?;
+            let existing = names.get(name).map_err(failed)?.map(|id| id.value());
+            match existing {
+                Some(id) => id,
+                None => {
+                    let id = MailboxId::random().0;
+                    names.insert(name, id).map_err(failed)?;
+                    id
+                }
+            }
+        };
+        txn.commit().map_err(failed)?;
+        Ok(MailboxId(id))
+    }
+
+    /// How many messages of `mailbox` are stored and not yet acknowledged.
+    pub fn pending_count(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let mailboxes = match txn.open_table(MAILBOXES) {
+            Ok(mailboxes) => mailboxes,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(error) => return Err(failed(error)),
+        };
+        Ok(mailboxes
+            .get(mailbox.0)
+            .map_err(failed)?
+            .map_or(0, |v| v.value().1))
+    }
+
+    /// Applies every request queued so far and stops the writer. Called at shutdown, after the
+    /// node stopped; later requests fail.
+    pub fn close(&self) {
+        drop(lock(&self.ops).take());
+        if let Some(writer) = lock(&self.writer).take() {
+            if writer.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+    }
+
+    fn submit(&self, op: Op) -> Result<(), Op> {
+        match lock(&self.ops).as_ref() {
+            Some(ops) => ops.send(op).map_err(|mpsc::SendError(op)| op),
+            None => Err(op),
+        }
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl MailboxStore for RedbStore {
+    fn append(
+        &self,
+        mailbox: MailboxId,
+        run: Option<(RunId, u64)>,
+        messages: Vec<(Address, Bytes)>,
+    ) -> StoreFuture<Vec<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.submit(Op::Append {
+            mailbox,
+            run,
+            messages,
+            reply,
+        });
+        Box::pin(async move {
+            if submitted.is_err() {
+                return Err(StoreError::Failed("store is closed".into()));
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
+        })
+    }
+
+    fn delivered(&self, mailbox: MailboxId, run: RunId) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let runs = match txn.open_table(RUNS) {
+            Ok(runs) => runs,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(failed(error)),
+        };
+        Ok(runs
+            .get(run_key(mailbox, &run))
+            .map_err(failed)?
+            .map(|v| v.value().0))
+    }
+
+    fn end_run(&self, mailbox: MailboxId, run: RunId) {
+        // A closed store has nothing left to forget.
+        let _ = self.submit(Op::EndRun { mailbox, run });
+    }
+
+    fn pending(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let messages = match txn.open_table(MESSAGES) {
+            Ok(messages) => messages,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(failed(error)),
+        };
+        let mut out = Vec::new();
+        for row in messages
+            .range((mailbox.0, 0)..=(mailbox.0, u64::MAX))
+            .map_err(failed)?
+        {
+            let (key, value) = row.map_err(failed)?;
+            let (from, payload) = decode_row(value.value())?;
+            out.push(StoredMessage {
+                index: key.value().1,
+                from,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, mailbox: MailboxId, index: u64) {
+        // After close, the message stays stored and is delivered again: at least once.
+        let _ = self.submit(Op::Remove { mailbox, index });
+    }
+}
+
+fn run_key(mailbox: MailboxId, run: &RunId) -> RunKey<'_> {
+    (
+        mailbox.0,
+        run.node.as_bytes().as_slice(),
+        run.mailbox.0,
+        run.epoch,
+    )
+}
+
+fn encode_row(from: &Address, payload: &[u8]) -> Vec<u8> {
+    let address = from.to_bytes();
+    let mut row = Vec::with_capacity(2 + address.len() + payload.len());
+    // Address bytes are at most a few hundred bytes (core + at most 4 hints + extensions).
+    row.extend_from_slice(&(address.len() as u16).to_be_bytes());
+    row.extend_from_slice(&address);
+    row.extend_from_slice(payload);
+    row
+}
+
+fn decode_row(row: &[u8]) -> Result<(Address, Bytes), StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("stored message: {what}"));
+    let (len, rest) = row
+        .split_first_chunk::<2>()
+        .ok_or_else(|| corrupt("truncated"))?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return Err(corrupt("address truncated"));
+    }
+    let (address, payload) = rest.split_at(len);
+    let from = Address::from_bytes(address).map_err(|e| corrupt(&e.to_string()))?;
+    Ok((from, Bytes::copy_from_slice(payload)))
+}
+
+fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
+    let oldest = unix_now().saturating_sub(ttl.as_secs());
+    let txn = db.begin_write()?;
+    {
+        let mut runs = txn.open_table(RUNS)?;
+        runs.retain(|_, (_, updated)| updated >= oldest)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Most requests applied in one transaction.
+const MAX_BATCH: usize = 4096;
+
+fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let result = apply(db, batch, config, &mut replies);
+        for (reply, outcome) in replies {
+            let outcome = match (&result, outcome) {
+                (Ok(()), outcome) => outcome,
+                (Err(error), _) => Err(error.clone()),
+            };
+            // The caller may have given up waiting; nothing to tell then.
+            let _ = reply.send(outcome);
+        }
+        if let Err(error) = result {
+            tracing::error!(%error, "store commit failed");
+        }
+    }
+}
+
+type Reply = (
+    oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    Result<Vec<u64>, StoreError>,
+);
+
+fn apply(
+    db: &Database,
+    batch: Vec<Op>,
+    config: &StoreConfig,
+    replies: &mut Vec<Reply>,
+) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(failed)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::Failed(e.to_string()))?;
+    {
+        let mut messages = txn.open_table(MESSAGES).map_err(failed)?;
+        let mut runs = txn.open_table(RUNS).map_err(failed)?;
+        let mut mailboxes = txn.open_table(MAILBOXES).map_err(failed)?;
+        let now = unix_now();
+        for op in batch {
+            match op {
+                Op::Append {
+                    mailbox,
+                    run,
+                    messages: rows,
+                    reply,
+                } => {
+                    let (next, pending) = mailboxes
+                        .get(mailbox.0)
+                        .map_err(failed)?
+                        .map_or((0, 0), |v| v.value());
+                    let room = config.max_pending_per_mailbox.saturating_sub(pending);
+                    let take = rows.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+                    let mut indexes = Vec::with_capacity(take);
+                    for (offset, (from, payload)) in rows.iter().take(take).enumerate() {
+                        let index = next + offset as u64;
+                        messages
+                            .insert((mailbox.0, index), encode_row(from, payload).as_slice())
+                            .map_err(failed)?;
+                        indexes.push(index);
+                    }
+                    let count = take as u64;
+                    if count > 0 {
+                        mailboxes
+                            .insert(mailbox.0, (next + count, pending + count))
+                            .map_err(failed)?;
+                        if let Some((run, first_seq)) = run {
+                            runs.insert(run_key(mailbox, &run), (first_seq + count, now))
+                                .map_err(failed)?;
+                        }
+                    }
+                    replies.push((reply, Ok(indexes)));
+                }
+                Op::Remove { mailbox, index } => {
+                    if messages
+                        .remove((mailbox.0, index))
+                        .map_err(failed)?
+                        .is_some()
+                    {
+                        let (next, pending) = mailboxes
+                            .get(mailbox.0)
+                            .map_err(failed)?
+                            .map_or((0, 0), |v| v.value());
+                        mailboxes
+                            .insert(mailbox.0, (next, pending.saturating_sub(1)))
+                            .map_err(failed)?;
+                    }
+                }
+                Op::EndRun { mailbox, run } => {
+                    runs.remove(run_key(mailbox, &run)).map_err(failed)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(failed)
+}

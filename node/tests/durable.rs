@@ -1,0 +1,207 @@
+//! Durable mailboxes on the redb store: acknowledged messages survive a restart of the
+//! receiving node, are delivered in per-sender order, exactly once into the store, and stay
+//! until the application acknowledges them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry::{Node, NodeConfig, SecretKey};
+use ferry_node::store::{RedbStore, StoreConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Binds a node with `key` on `listen`. A restarted node wants its old port, which the old
+/// endpoint's driver task releases asynchronously, so the bind is retried briefly.
+async fn node_on(key: &SecretKey, listen: std::net::SocketAddr) -> Node {
+    let config = NodeConfig {
+        listen,
+        ..NodeConfig::default()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Node::bind(SecretKey::from_bytes(&key.to_bytes()), config.clone()).await {
+            Ok(node) => return node,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("rebinding {listen}: {error}"),
+        }
+    }
+}
+
+fn open_store(dir: &std::path::Path) -> Arc<RedbStore> {
+    Arc::new(RedbStore::open(&dir.join("store.redb"), StoreConfig::default()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_survive_a_restart_until_the_application_acks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let key = SecretKey::generate();
+    let receiver = node_on(&key, "127.0.0.1:0".parse().unwrap()).await;
+    let listen = receiver.local_addr();
+    let store = open_store(dir.path());
+    let id = store.named_mailbox("test").unwrap();
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    let address = mailbox.address().clone();
+
+    // Fewer than the mailbox's queue holds, so all are acknowledged before anything is read.
+    const N: u32 = 1000;
+    let outbox = sender.sender(&address);
+    let mut last = None;
+    for n in 0..N {
+        last = Some(outbox.enqueue(&n).await.unwrap());
+    }
+    last.unwrap().await.unwrap();
+    // Every message is acknowledged; the application reads half and acks a quarter.
+    for n in 0..N / 2 {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), n);
+        if n < N / 4 {
+            message.ack();
+        }
+    }
+    drop(mailbox);
+    receiver.shutdown(Duration::from_secs(1)).await;
+    drop(receiver);
+    store.close();
+    drop(store);
+
+    // Restart on the same key and store: the same address, and every unacknowledged message.
+    let receiver = node_on(&key, listen).await;
+    let store = open_store(dir.path());
+    assert_eq!(store.named_mailbox("test").unwrap(), id);
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    assert_eq!(mailbox.address().without_hints(), address.without_hints());
+    let mut ids = Vec::new();
+    for n in N / 4..N {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), n);
+        ids.push(message.id().unwrap());
+        message.ack();
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase");
+    assert!(mailbox
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .is_err());
+    // New messages still arrive after the replay, with the sender's conversation resumed.
+    outbox.send(&N).await.unwrap();
+    let message = mailbox.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(message.decode::<u32>().unwrap(), N);
+    message.ack();
+    drop((message, mailbox));
+    receiver.shutdown(Duration::from_secs(1)).await;
+    drop(receiver);
+    store.close();
+    drop(store);
+
+    let store = open_store(dir.path());
+    assert!(
+        store.pending_count(id).unwrap() == 0,
+        "everything acked is gone"
+    );
+    sender.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_restarted_mid_stream_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let key = SecretKey::generate();
+    let receiver = node_on(&key, "127.0.0.1:0".parse().unwrap()).await;
+    let listen = receiver.local_addr();
+    let store = open_store(dir.path());
+    let id = store.named_mailbox("inbox").unwrap();
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    let address = mailbox.address().clone();
+
+    const N: u32 = 20_000;
+    let sending = tokio::spawn(async move {
+        let outbox = sender.sender(&address);
+        let mut deliveries = Vec::new();
+        for n in 0..N {
+            deliveries.push(outbox.enqueue(&n).await.unwrap());
+        }
+        for delivery in deliveries {
+            delivery.await.unwrap();
+        }
+        sender
+    });
+    // Take some messages, acknowledging each, then stop the receiver in the middle.
+    let mut seen = Vec::new();
+    while seen.len() < 3000 {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        seen.push(message.decode::<u32>().unwrap());
+        message.ack();
+    }
+    drop(mailbox);
+    receiver.shutdown(Duration::from_millis(200)).await;
+    drop(receiver);
+    store.close();
+    drop(store);
+
+    let receiver = node_on(&key, listen).await;
+    let store = open_store(dir.path());
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    while seen.len() < N as usize {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        seen.push(message.decode::<u32>().unwrap());
+        message.ack();
+    }
+    let sender = sending.await.unwrap();
+    assert!(mailbox
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .is_err());
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    sender.shutdown(Duration::from_secs(1)).await;
+    receiver.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_slows_the_sender_instead_of_losing_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        RedbStore::open(
+            &dir.path().join("store.redb"),
+            StoreConfig {
+                max_pending_per_mailbox: 10,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let sender = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let receiver = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let mailbox = receiver
+        .durable_mailbox(store.named_mailbox("small").unwrap(), store.clone())
+        .unwrap();
+    let outbox = sender.sender(mailbox.address());
+    let mut deliveries = Vec::new();
+    for n in 0..30u32 {
+        deliveries.push(outbox.enqueue(&n).await.unwrap());
+    }
+    // Ten fit; the rest wait until the application acknowledges.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..30u32 {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), n);
+        message.ack();
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    sender.shutdown(Duration::from_secs(1)).await;
+    receiver.shutdown(Duration::from_secs(1)).await;
+}
