@@ -52,9 +52,15 @@ pub struct NodeConfig {
     /// Bytes of messages a sender keeps unacknowledged per conversation (queued or in flight)
     /// before `send` waits. Default 8 MiB; at least `max_message_size`.
     pub send_window: usize,
-    /// How long `send` waits for the target node's acknowledgement before failing with
-    /// `Timeout` (covers dialing, queueing and delivery). Default 30 s.
+    /// How long `send` waits for a reachable target node's acknowledgement before failing
+    /// with `Timeout` (the receiver is connected but stopped reading). Default 30 s.
     pub send_timeout: Duration,
+    /// How long messages wait in the sender's outbox for a target node that cannot be reached
+    /// (dials fail, or the connection was lost and redials fail) before their sends fail with
+    /// `Unreachable`. Redials back off exponentially with jitter, up to 2 s apart. While the
+    /// target is unreachable, a conversation whose `send_window` is full fails further sends
+    /// at once with `OutboxFull` instead of waiting. Default 10 min; at least `send_timeout`.
+    pub outbox_ttl: Duration,
     /// How long a watched mailbox or peer may stay unreachable (connection lost, redials
     /// failing) before its [`Monitor`](crate::Monitor) reports it down. Default 10 s.
     pub monitor_grace: Duration,
@@ -89,6 +95,7 @@ impl Default for NodeConfig {
             mailbox_capacity: 1024,
             send_window: 8 << 20,
             send_timeout: Duration::from_secs(30),
+            outbox_ttl: Duration::from_secs(600),
             call_timeout: Duration::from_secs(30),
             monitor_grace: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(30),

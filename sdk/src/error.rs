@@ -99,6 +99,13 @@ pub enum SendError {
     /// This node is shutting down.
     #[error("node is shutting down")]
     NodeClosed,
+    /// The target node is unreachable and this conversation's outbox (`send_window` bytes)
+    /// is full: the message was not queued.
+    #[error("target unreachable and its outbox is full ({window} bytes); try again later")]
+    OutboxFull {
+        /// The outbox size, `send_window`.
+        window: usize,
+    },
     /// The target is a durable mailbox of this node and its store failed to keep the message.
     #[error("storing the message: {0}")]
     Store(crate::store::StoreError),

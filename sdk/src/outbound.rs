@@ -80,6 +80,8 @@ pub(crate) struct Outbound {
     queue: Mutex<Queue>,
     wake: Notify,
     progress: watch::Sender<Progress>,
+    /// Set while the target cannot be reached: a full window then fails sends at once.
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 fn cost(payload: &Bytes) -> u32 {
@@ -105,6 +107,7 @@ fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<
         queue: Mutex::new(Queue::default()),
         wake: Notify::new(),
         progress: watch::Sender::new(Progress::default()),
+        unreachable: std::sync::atomic::AtomicBool::new(false),
     });
     map.insert(key, outbound.clone());
     drop(map);
@@ -225,6 +228,14 @@ impl Sender {
             match outbound.window.try_acquire_many(cost) {
                 Ok(permit) => permit.forget(),
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    if outbound
+                        .unreachable
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return Err(SendError::OutboxFull {
+                            window: self.node.config.send_window,
+                        });
+                    }
                     let Ok(permit) = outbound.window.acquire_many(cost).await else {
                         continue; // closed while we waited: a new conversation takes over
                     };
@@ -380,23 +391,37 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     }
                 }
             }
-            if Instant::now() >= progress_deadline {
+            // An unreachable target gets the outbox's time; a reachable one that does not
+            // answer gets send_timeout.
+            let unreachable = matches!(last_error, SendError::Unreachable(_));
+            let deadline = if unreachable {
+                last_progress + config.outbox_ttl.max(config.send_timeout)
+            } else {
+                progress_deadline
+            };
+            if Instant::now() >= deadline {
                 // Without a stream, the last reason we could not open one says most.
-                let error = match last_error {
-                    SendError::Unreachable(_) => last_error,
-                    _ => SendError::Timeout,
+                let error = if unreachable {
+                    last_error
+                } else {
+                    SendError::Timeout
                 };
                 return fail_all(&outbound, &node, &mut flight, error);
             }
-            let opened = tokio::time::timeout_at(
-                progress_deadline,
-                open_stream(&outbound, &node, &mut flight),
-            )
-            .await
-            .unwrap_or_else(|_| Err(StreamFailure::Retry(SendError::Timeout)));
+            let opened =
+                tokio::time::timeout_at(deadline, open_stream(&outbound, &node, &mut flight))
+                    .await
+                    .unwrap_or_else(|_| Err(StreamFailure::Retry(SendError::Timeout)));
             match opened {
                 Ok(mut opened) => {
                     attempts = 0;
+                    outbound
+                        .unreachable
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    if unreachable {
+                        // Back in touch: the receiver gets send_timeout from now on.
+                        last_progress = Instant::now();
+                    }
                     // Everything unacknowledged goes again; the receiver drops duplicates.
                     flight.write_buf.clear();
                     for (_, payload) in &flight.unacked {
@@ -446,6 +471,11 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 }
                 Err(StreamFailure::Retry(error)) => {
                     debug!(%error, attempts, "opening conversation stream failed; retrying");
+                    if matches!(error, SendError::Unreachable(_)) {
+                        outbound
+                            .unreachable
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     last_error = error;
                     let pause = backoff(attempts);
                     attempts = attempts.saturating_add(1);

@@ -1,0 +1,129 @@
+//! The outbox: messages for a node that cannot be reached wait (bounded by `send_window` and
+//! `outbox_ttl`) and go out, in order, once it is back.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry::address::MailboxId;
+use ferry::{Node, NodeConfig, SecretKey, SendError};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Binds `key` on `listen`, retrying while the previous endpoint still holds the port.
+async fn bind_again(key: &SecretKey, listen: SocketAddr) -> Node {
+    let config = NodeConfig {
+        listen,
+        ..NodeConfig::default()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match Node::bind(key.clone(), config.clone()).await {
+            Ok(node) => return node,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("rebinding {listen}: {error}"),
+        }
+    }
+}
+
+/// A receiver that is started, has its address taken, and is stopped again.
+async fn stopped_receiver() -> (SecretKey, SocketAddr, ferry::Address) {
+    let key = SecretKey::generate();
+    let b = Node::bind(key.clone(), NodeConfig::default())
+        .await
+        .unwrap();
+    let listen = b.local_addr();
+    let address = b.mailbox_with_id(MailboxId(7)).address().clone();
+    b.shutdown(Duration::from_millis(100)).await;
+    drop(b);
+    (key, listen, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_for_an_unreachable_node_and_go_out_in_order_when_it_is_back() {
+    let (key, listen, address) = stopped_receiver().await;
+    // send_timeout is short: only the outbox's time keeps these messages waiting.
+    let a = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            send_timeout: Duration::from_millis(500),
+            dial_timeout: Duration::from_millis(300),
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sender = a.sender(&address);
+    let mut deliveries = Vec::new();
+    for n in 0..200u32 {
+        deliveries.push(sender.enqueue(&n).await.unwrap());
+    }
+    // Longer than send_timeout, with the target down all along.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let b = bind_again(&key, listen).await;
+    let mailbox = b.mailbox_with_id(MailboxId(7));
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    for n in 0..200u32 {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), n);
+    }
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
+    let (_key, _listen, address) = stopped_receiver().await;
+    let a = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            send_window: 4096,
+            max_message_size: 1024,
+            send_timeout: Duration::from_millis(500),
+            outbox_ttl: Duration::from_secs(2),
+            dial_timeout: Duration::from_millis(300),
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sender = a.sender(&address);
+    let first = sender.enqueue_bytes(vec![0u8; 1000].into()).await.unwrap();
+    // Once the first dial has failed, a full window refuses at once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut queued = vec![first];
+    let refused = loop {
+        let started = Instant::now();
+        match sender.enqueue_bytes(vec![0u8; 1000].into()).await {
+            Ok(delivery) => queued.push(delivery),
+            Err(error) => break (error, started.elapsed()),
+        }
+        assert!(
+            queued.len() <= 4,
+            "the window holds at most 4 such messages"
+        );
+    };
+    assert!(
+        matches!(refused.0, SendError::OutboxFull { window: 4096 }),
+        "{:?}",
+        refused.0
+    );
+    assert!(
+        refused.1 < Duration::from_millis(100),
+        "refused at once, not after waiting"
+    );
+    // After outbox_ttl the waiting messages fail as unreachable.
+    for delivery in queued {
+        let error = tokio::time::timeout(WAIT, delivery)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(error, SendError::Unreachable(_)), "{error:?}");
+    }
+    a.shutdown(Duration::from_secs(1)).await;
+}
