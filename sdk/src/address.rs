@@ -40,6 +40,40 @@ const HINT_V4: u8 = 0x04;
 const HINT_V6: u8 = 0x06;
 const HINT_V4_LEN: usize = 1 + 4 + 2;
 const HINT_V6_LEN: usize = 1 + 16 + 2;
+/// Extension-hint tag of a relay hint: `relay node id[32] | socket-address hint` (the 7- or
+/// 19-byte form of tag 0x04 or 0x06).
+pub const HINT_RELAY: u8 = 0x52;
+
+fn encode_relay_hint(relay: &NodeId, addr: SocketAddr) -> Vec<u8> {
+    let mut value = Vec::with_capacity(NODE_ID_LEN + HINT_V6_LEN);
+    value.extend_from_slice(relay.as_bytes());
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            value.push(HINT_V4);
+            value.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            value.push(HINT_V6);
+            value.extend_from_slice(&ip.octets());
+        }
+    }
+    value.extend_from_slice(&addr.port().to_be_bytes());
+    value
+}
+
+fn decode_relay_hint(value: &[u8]) -> Option<(NodeId, SocketAddr)> {
+    let (node, rest) = value.split_first_chunk::<NODE_ID_LEN>()?;
+    let node = NodeId::from_bytes(node).ok()?;
+    let (&tag, rest) = rest.split_first()?;
+    let ip: IpAddr = match (tag, rest.len()) {
+        (HINT_V4, 6) => Ipv4Addr::from(*rest.first_chunk::<4>()?).into(),
+        (HINT_V6, 18) => Ipv6Addr::from(*rest.first_chunk::<16>()?).into(),
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(*rest.last_chunk::<2>()?);
+    Some((node, SocketAddr::new(ip, port)))
+}
+
 /// Longest value of an extension hint, in bytes.
 pub const MAX_EXTENSION_LEN: usize = 64;
 const EXTENSION_MAX_LEN: usize = 2 + MAX_EXTENSION_LEN;
@@ -206,9 +240,35 @@ impl Address {
         }
     }
 
-    /// Hints of kinds this version does not know, as (tag, value).
+    /// Extension hints, as (tag, value): relay hints ([`HINT_RELAY`]) and kinds this version
+    /// does not know, kept verbatim.
     pub fn extension_hints(&self) -> &[(u8, Vec<u8>)] {
         &self.extensions
+    }
+
+    /// The same address with a relay hint added: the node can be reached through the relay
+    /// node `relay` at `relay_addr` (docs/PROTOCOL.md §12). Dropped, like every hint beyond
+    /// [`MAX_HINTS`], when the address already has four hints.
+    pub fn with_relay(&self, relay: NodeId, relay_addr: SocketAddr) -> Self {
+        let mut address = self.clone();
+        let value = encode_relay_hint(&relay, relay_addr);
+        let hint = (HINT_RELAY, value);
+        if address.hints.len() + address.extensions.len() < MAX_HINTS
+            && !address.extensions.contains(&hint)
+        {
+            address.extensions.push(hint);
+        }
+        address
+    }
+
+    /// The relays this address names: (relay node, its socket address), in order. Malformed
+    /// relay hints are skipped.
+    pub fn relays(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.extensions
+            .iter()
+            .filter(|(tag, _)| *tag == HINT_RELAY)
+            .filter_map(|(_, value)| decode_relay_hint(value))
+            .collect()
     }
 
     /// The signature bytes.

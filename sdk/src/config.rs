@@ -81,6 +81,39 @@ pub struct NodeConfig {
     pub max_dedup_entries: usize,
     /// Which peers may connect. Default [`Admission::Any`].
     pub admission: Admission,
+    /// Which peers may use this node as a relay (docs/PROTOCOL.md §12): both the peer sending
+    /// a packet and its destination must be allowed. Default [`RelayAccess::Nobody`].
+    pub relay: RelayAccess,
+    /// Bytes per second this node relays for one sending peer (one second of burst); packets
+    /// beyond are dropped. Default 4 MiB/s.
+    pub relay_rate: u64,
+    /// Relay nodes this node stays connected to and names in every address it mints, so that
+    /// peers that cannot reach it directly reach it through them. At most 4, and together with
+    /// the socket-address hints at most 4 hints fit in an address. Default none.
+    pub relays: Vec<(NodeId, SocketAddr)>,
+}
+
+/// Which peers may relay through a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RelayAccess {
+    /// The node relays for nobody (default).
+    #[default]
+    Nobody,
+    /// Any connected peer.
+    Any,
+    /// Only these nodes.
+    Only(HashSet<NodeId>),
+}
+
+impl RelayAccess {
+    /// Whether `peer` may relay through this node.
+    pub fn allows(&self, peer: &NodeId) -> bool {
+        match self {
+            Self::Nobody => false,
+            Self::Any => true,
+            Self::Only(allowed) => allowed.contains(peer),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -104,6 +137,9 @@ impl Default for NodeConfig {
             max_incoming_streams: 4096,
             max_dedup_entries: 65_536,
             admission: Admission::Any,
+            relay: RelayAccess::Nobody,
+            relay_rate: 4 << 20,
+            relays: Vec::new(),
         }
     }
 }
@@ -184,6 +220,18 @@ impl NodeConfig {
         }
         if self.idle_timeout > Duration::from_secs(3600 * 24) {
             return Err(ConfigError::TooLarge("idle_timeout"));
+        }
+        if self.relays.len() > crate::address::MAX_HINTS {
+            return Err(ConfigError::TooLarge("relays"));
+        }
+        if let Some((_, bad)) = self
+            .relays
+            .iter()
+            .find(|(_, addr)| addr.ip().is_unspecified() || addr.port() == 0)
+        {
+            return Err(ConfigError::Advertise(format!(
+                "relay address {bad} cannot be dialed (wildcard IP or port 0)"
+            )));
         }
         Ok(())
     }

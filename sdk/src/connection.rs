@@ -61,6 +61,8 @@ pub(crate) struct Peers {
     known: std::sync::Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
     /// Connections installed since the node started (dialed or accepted, duplicates included).
     installed: std::sync::atomic::AtomicU64,
+    /// Relays through which each peer can be reached, most recent first.
+    relays: std::sync::Mutex<HashMap<NodeId, Vec<(NodeId, SocketAddr)>>>,
 }
 
 const MAX_KNOWN_ADDRS: usize = 4;
@@ -76,6 +78,25 @@ impl Peers {
         addrs.retain(|a| *a != addr);
         addrs.insert(0, addr);
         addrs.truncate(MAX_KNOWN_ADDRS);
+    }
+
+    /// Remembers that `peer` can be reached through `relay` at `relay_addr`.
+    pub(crate) fn add_relay(&self, peer: NodeId, relay: NodeId, relay_addr: SocketAddr) {
+        if peer == relay {
+            return;
+        }
+        let mut relays = lock(&self.relays);
+        if relays.len() >= MAX_KNOWN_PEERS && !relays.contains_key(&peer) {
+            return;
+        }
+        let routes = relays.entry(peer).or_default();
+        routes.retain(|route| *route != (relay, relay_addr));
+        routes.insert(0, (relay, relay_addr));
+        routes.truncate(MAX_KNOWN_ADDRS);
+    }
+
+    fn relays(&self, peer: &NodeId) -> Vec<(NodeId, SocketAddr)> {
+        lock(&self.relays).get(peer).cloned().unwrap_or_default()
     }
 
     fn addrs(&self, peer: &NodeId) -> Vec<SocketAddr> {
@@ -171,56 +192,137 @@ async fn dial(
     peer: NodeId,
     addrs: Vec<SocketAddr>,
 ) -> Result<quinn::Connection, DialError> {
-    if addrs.is_empty() {
+    let relays = node.peers.relays(&peer);
+    if addrs.is_empty() && relays.is_empty() {
         return Err(DialError::NoAddress(peer));
     }
-    if node.endpoint.open_connections() >= node.config.max_connections {
+    if open_connections(node) >= node.config.max_connections {
         return Err(DialError::TooManyConnections);
     }
-    let server_name = peer.to_string();
     let mut last_error = DialError::NoAddress(peer);
     for addr in addrs {
-        let connecting = match node.endpoint.connect(addr, &server_name) {
-            Ok(connecting) => connecting,
-            Err(error) => {
-                last_error = DialError::Failed(error.to_string());
-                continue;
+        match dial_via(node, &node.endpoint, peer, addr).await {
+            Ok(connection) => {
+                node.peers.add_addr(peer, addr);
+                debug!(peer = %peer.short(), %addr, "dialed");
+                return Ok(connection);
             }
-        };
-        let connection = match tokio::time::timeout(node.config.dial_timeout, connecting).await {
-            Err(_) => {
-                last_error = DialError::Timeout;
-                continue;
-            }
-            Ok(Err(error)) => {
-                last_error = dial_error(node, &peer, &error);
-                if matches!(
-                    last_error,
-                    DialError::WrongNode { .. }
-                        | DialError::IncompatibleVersion
-                        | DialError::Refused(_)
-                ) {
-                    return Err(last_error);
-                }
-                continue;
-            }
-            Ok(Ok(connection)) => connection,
-        };
-        let cert = peer_cert(&connection)
-            .ok_or_else(|| DialError::Failed("peer presented no usable certificate".into()))?;
-        if cert.node != peer {
-            // The verifier already refuses this; keep the check where the result is used.
-            connection.close(ConnCode::PROTOCOL.into(), b"wrong node");
-            return Err(DialError::WrongNode {
-                expected: peer,
-                actual: cert.node,
-            });
+            Err(error) if is_final(&error) => return Err(error),
+            Err(error) => last_error = error,
         }
-        node.peers.add_addr(peer, addr);
-        debug!(peer = %peer.short(), %addr, "dialed");
-        return Ok(install(node, connection, cert, node.id));
+    }
+    // Directly unreachable: through a relay, end to end all the same.
+    for (relay, relay_addr) in relays {
+        if relay == node.id {
+            continue;
+        }
+        // Not `connect`, which would make dialing recursive; a second connection racing with
+        // another dial of the relay is resolved by the one-connection rule.
+        let relay_connection = match node.peers.connection(&relay) {
+            Some(connection) => Ok(connection),
+            None => dial_via(node, &node.endpoint, relay, relay_addr).await,
+        };
+        let relay_connection = match relay_connection {
+            Ok(connection) => connection,
+            Err(error) => {
+                debug!(relay = %relay.short(), %error, "relay unreachable");
+                last_error = error;
+                continue;
+            }
+        };
+        wait_for_datagram_room(&relay_connection).await;
+        let Some(virtual_addr) = node.relay_socket.address_of(relay, peer) else {
+            continue;
+        };
+        match dial_via(node, &node.relay_endpoint, peer, virtual_addr).await {
+            Ok(connection) => {
+                debug!(peer = %peer.short(), relay = %relay.short(), "dialed through relay");
+                return Ok(connection);
+            }
+            Err(error) if is_final(&error) => return Err(error),
+            Err(error) => last_error = error,
+        }
     }
     Err(last_error)
+}
+
+/// Errors that trying another address or relay cannot fix.
+fn is_final(error: &DialError) -> bool {
+    matches!(
+        error,
+        DialError::WrongNode { .. } | DialError::IncompatibleVersion | DialError::Refused(_)
+    )
+}
+
+/// Connections of both endpoints.
+fn open_connections(node: &NodeInner) -> usize {
+    node.endpoint.open_connections() + node.relay_endpoint.open_connections()
+}
+
+/// A relayed packet must fit into one datagram of the relay connection, whose path MTU
+/// discovery may still be growing it past the initial 1200 bytes.
+async fn wait_for_datagram_room(relay: &quinn::Connection) {
+    let needed = usize::from(crate::relay::RELAYED_MTU) + crate::relay::RELAY_OVERHEAD;
+    for _ in 0..100 {
+        if relay.max_datagram_size().is_some_and(|max| max >= needed) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// One dial attempt of `peer` at `addr` on `endpoint`.
+async fn dial_via(
+    node: &Arc<NodeInner>,
+    endpoint: &quinn::Endpoint,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, DialError> {
+    let server_name = peer.to_string();
+    let connecting = endpoint
+        .connect(addr, &server_name)
+        .map_err(|error| DialError::Failed(error.to_string()))?;
+    let connection = match tokio::time::timeout(node.config.dial_timeout, connecting).await {
+        Err(_) => return Err(DialError::Timeout),
+        Ok(Err(error)) => return Err(dial_error(node, &peer, &error)),
+        Ok(Ok(connection)) => connection,
+    };
+    let cert = peer_cert(&connection)
+        .ok_or_else(|| DialError::Failed("peer presented no usable certificate".into()))?;
+    if cert.node != peer {
+        // The verifier already refuses this; keep the check where the result is used.
+        connection.close(ConnCode::PROTOCOL.into(), b"wrong node");
+        return Err(DialError::WrongNode {
+            expected: peer,
+            actual: cert.node,
+        });
+    }
+    Ok(install(node, connection, cert, node.id))
+}
+
+/// Keeps a connection to the relay `relay` (one of `NodeConfig::relays`) open, redialing with
+/// backoff whenever it is lost, so that peers can reach this node through it.
+pub(crate) async fn stay_connected(node: Arc<NodeInner>, relay: NodeId, relay_addr: SocketAddr) {
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match connect(&node, relay, &[relay_addr]).await {
+            Ok(connection) => {
+                pause = std::time::Duration::from_millis(100);
+                tokio::select! {
+                    _ = node.cancel.cancelled() => return,
+                    _ = connection.closed() => {}
+                }
+            }
+            Err(error) => {
+                debug!(relay = %relay.short(), %error, "relay unreachable; retrying");
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 fn dial_error(node: &NodeInner, peer: &NodeId, error: &quinn::ConnectionError) -> DialError {
@@ -310,26 +412,27 @@ fn install(
     winner
 }
 
-/// Accepts incoming connections until the node shuts down.
-pub(crate) async fn accept_loop(node: Arc<NodeInner>) {
+/// Accepts incoming connections on `endpoint` (the node's own, or its relay endpoint for
+/// `relayed` connections) until the node shuts down.
+pub(crate) async fn accept_loop(node: Arc<NodeInner>, endpoint: quinn::Endpoint, relayed: bool) {
     loop {
         let incoming = tokio::select! {
             _ = node.cancel.cancelled() => return,
-            incoming = node.endpoint.accept() => incoming,
+            incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { return };
-        if node.endpoint.open_connections() >= node.config.max_connections {
+        if open_connections(&node) >= node.config.max_connections {
             warn!("connection limit reached; refusing a handshake");
             incoming.refuse();
             continue;
         }
         let accepting = node.clone();
         node.tasks
-            .spawn(async move { accept(accepting, incoming).await }.in_current_span());
+            .spawn(async move { accept(accepting, incoming, relayed).await }.in_current_span());
     }
 }
 
-async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming) {
+async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
@@ -358,13 +461,19 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming) {
         connection.close(ConnCode::ADMISSION_REFUSED.into(), b"node not admitted");
         return;
     }
-    // quinn sends from the socket it listens on, so the source address is dialable.
-    node.peers.add_addr(cert.node, remote);
+    // quinn sends from the socket it listens on, so the source address is dialable; a
+    // relayed connection's is a made-up one.
+    if !relayed {
+        node.peers.add_addr(cert.node, remote);
+    }
     install(&node, connection, cert, cert.node);
 }
 
 /// Serves the streams `peer` opens on `connection` until it closes.
 async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: NodeId) {
+    node.tasks.spawn(
+        crate::relay::serve_datagrams(node.clone(), connection.clone(), peer).in_current_span(),
+    );
     // Admission also covers connections this node dialed: a peer that is not admitted may be
     // sent to, but may not open streams here.
     let admitted = node.config.admission.admits(&peer);

@@ -74,6 +74,8 @@ mod config;
 mod connection;
 mod conversation;
 mod error;
+#[cfg(test)]
+mod fake_peer;
 pub mod frame;
 mod identity;
 mod inbound;
@@ -81,12 +83,13 @@ mod mailbox;
 mod monitor;
 mod node;
 mod outbound;
+pub mod relay;
 mod service;
 pub mod store;
 mod tls;
 
 pub use address::{Address, AddressError, MailboxId, VerifyError};
-pub use config::{Admission, ConfigError, NodeConfig};
+pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
 pub use conversation::Conversation;
 pub use error::{
     AttachError, BindError, CallError, ConversationError, DecodeError, DialError, OpenError,

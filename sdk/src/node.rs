@@ -22,6 +22,7 @@ use crate::inbound::DedupTable;
 use crate::mailbox::{lock, Durable, Mailbox, Mailboxes};
 use crate::monitor::Monitor;
 use crate::outbound::{ConversationKey, Outbound, Sender};
+use crate::relay::{RelayBudget, RelaySocket};
 use crate::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 use crate::store::{MailboxStore, StoreError};
 use crate::tls::{self, Mismatches};
@@ -39,6 +40,9 @@ pub(crate) struct Stats {
     signature_checks: AtomicU64,
     forged: AtomicU64,
     messages_in: AtomicU64,
+    relayed_packets: AtomicU64,
+    relayed_bytes: AtomicU64,
+    relay_refused: AtomicU64,
 }
 
 impl Stats {
@@ -50,6 +54,14 @@ impl Stats {
     }
     pub(crate) fn count_message_in(&self) {
         self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_relayed(&self, bytes: usize) {
+        self.relayed_packets.fetch_add(1, Ordering::Relaxed);
+        self.relayed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn count_relay_refused(&self) {
+        self.relay_refused.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -73,9 +85,24 @@ pub struct NodeStats {
     pub conversations: usize,
     /// Incoming conversation runs remembered for duplicate suppression.
     pub dedup_entries: usize,
+    /// Packets this node forwarded as a relay.
+    pub relayed_packets: u64,
+    /// Bytes of those packets.
+    pub relayed_bytes: u64,
+    /// Packets this node refused to relay (policy, budget, or destination not connected).
+    pub relay_refused: u64,
 }
 
 impl NodeInner {
+    /// A capability address for `mailbox` with this node's dial hints and relay hints.
+    pub(crate) fn mint(&self, mailbox: MailboxId, expires: Option<u64>) -> Address {
+        let mut address = Address::mint(&self.key, mailbox, expires, self.hints.clone());
+        for (relay, relay_addr) in &self.config.relays {
+            address = address.with_relay(*relay, *relay_addr);
+        }
+        address
+    }
+
     /// Whether shutdown has begun: no new messages are accepted for sending.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
@@ -87,6 +114,10 @@ pub(crate) struct NodeInner {
     pub(crate) id: NodeId,
     pub(crate) config: NodeConfig,
     pub(crate) endpoint: quinn::Endpoint,
+    /// The endpoint of connections relayed through other nodes (docs/PROTOCOL.md §12).
+    pub(crate) relay_endpoint: quinn::Endpoint,
+    pub(crate) relay_socket: Arc<RelaySocket>,
+    pub(crate) relay_budget: RelayBudget,
     pub(crate) mismatches: Arc<Mismatches>,
     pub(crate) mailboxes: Mailboxes,
     pub(crate) peers: Peers,
@@ -143,11 +174,33 @@ impl Node {
         let mut client = quinn::ClientConfig::new(Arc::new(tls.client));
         client.transport_config(transport);
         let mut endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|source| BindError::Socket {
-                addr: config.listen,
-                source,
+            quinn::Endpoint::server(server.clone(), config.listen).map_err(|source| {
+                BindError::Socket {
+                    addr: config.listen,
+                    source,
+                }
             })?;
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
+        let relay_socket = Arc::new(RelaySocket::new());
+        let mut relay_transport = transport_config(&config);
+        // Relayed packets travel inside datagrams of the relay connection: keep them small.
+        relay_transport
+            .initial_mtu(crate::relay::RELAYED_MTU)
+            .mtu_discovery_config(None);
+        let relay_transport = Arc::new(relay_transport);
+        server.transport_config(relay_transport.clone());
+        client.transport_config(relay_transport);
+        let mut relay_endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            relay_socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| BindError::Socket {
+            addr: config.listen,
+            source,
+        })?;
+        relay_endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(|source| BindError::Socket {
             addr: config.listen,
             source,
@@ -159,6 +212,9 @@ impl Node {
             id,
             config,
             endpoint,
+            relay_endpoint,
+            relay_socket,
+            relay_budget: RelayBudget::default(),
             mismatches: tls.mismatches,
             mailboxes: Mailboxes::default(),
             peers: Peers::default(),
@@ -173,9 +229,21 @@ impl Node {
             hints,
         });
         let span = tracing::info_span!("node", id = %id.short());
-        inner
-            .tasks
-            .spawn(connection::accept_loop(inner.clone()).instrument(span.clone()));
+        inner.relay_socket.attach(&inner);
+        inner.tasks.spawn(
+            connection::accept_loop(inner.clone(), inner.endpoint.clone(), false)
+                .instrument(span.clone()),
+        );
+        inner.tasks.spawn(
+            connection::accept_loop(inner.clone(), inner.relay_endpoint.clone(), true)
+                .instrument(span.clone()),
+        );
+        for (relay, relay_addr) in inner.config.relays.clone() {
+            inner.tasks.spawn(
+                connection::stay_connected(inner.clone(), relay, relay_addr)
+                    .instrument(span.clone()),
+            );
+        }
         let inbox = Arc::new(new_mailbox(&inner, MailboxId::random(), None));
         info!(parent: &span, %local_addr, "node started");
         Ok(Self { inner, inbox })
@@ -228,7 +296,7 @@ impl Node {
             mailbox: id,
             replayed: CancellationToken::new(),
         });
-        let address = Address::mint(&self.inner.key, id, None, self.inner.hints.clone());
+        let address = self.inner.mint(id, None);
         Ok(Mailbox::new(
             id,
             address,
@@ -245,11 +313,14 @@ impl Node {
 
     /// Mints another address for an open mailbox of this node (e.g. one that expires).
     pub fn address_for(&self, mailbox: MailboxId, expires: Option<u64>) -> Address {
-        Address::mint(&self.inner.key, mailbox, expires, self.hints())
+        self.inner.mint(mailbox, expires)
     }
 
-    fn hints(&self) -> Vec<SocketAddr> {
-        self.inner.hints.clone()
+    /// Tells the node that `peer` can be reached through the relay node `relay` at
+    /// `relay_addr` (`ferry send --via`); used when dialing `peer` directly fails or no
+    /// socket address is known. Addresses with relay hints teach this by themselves.
+    pub fn add_relay_route(&self, peer: NodeId, relay: NodeId, relay_addr: SocketAddr) {
+        self.inner.peers.add_relay(peer, relay, relay_addr);
     }
 
     /// Tells the node where `peer` can be reached, for addresses without dial hints.
@@ -374,10 +445,14 @@ impl Node {
             forged_addresses: stats.forged.load(Ordering::Relaxed),
             messages_in: stats.messages_in.load(Ordering::Relaxed),
             connected_peers: self.inner.peers.connected(),
-            open_connections: self.inner.endpoint.open_connections(),
+            open_connections: self.inner.endpoint.open_connections()
+                + self.inner.relay_endpoint.open_connections(),
             mailboxes: self.inner.mailboxes.len(),
             conversations: lock(&self.inner.conversations).len(),
             dedup_entries: self.inner.dedup.len(),
+            relayed_packets: stats.relayed_packets.load(Ordering::Relaxed),
+            relayed_bytes: stats.relayed_bytes.load(Ordering::Relaxed),
+            relay_refused: stats.relay_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -396,16 +471,23 @@ impl Node {
         inner
             .endpoint
             .close(ConnCode::SHUTDOWN.into(), b"node shutting down");
+        inner
+            .relay_endpoint
+            .close(ConnCode::SHUTDOWN.into(), b"node shutting down");
         inner.peers.close_all();
         inner.mailboxes.clear();
         inner.tasks.wait().await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+        let idle = async {
+            inner.endpoint.wait_idle().await;
+            inner.relay_endpoint.wait_idle().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), idle).await;
         info!(id = %inner.id.short(), "node stopped");
     }
 }
 
 pub(crate) fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
-    let address = Address::mint(&node.key, id, expires, node.hints.clone());
+    let address = node.mint(id, expires);
     Mailbox::new(id, address, node, node.config.mailbox_capacity, None)
 }
 

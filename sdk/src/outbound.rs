@@ -152,6 +152,9 @@ impl std::fmt::Debug for Sender {
 
 impl Sender {
     pub(crate) fn new(node: &Arc<NodeInner>, from: Address, target: &Address) -> Self {
+        for (relay, relay_addr) in target.relays() {
+            node.peers.add_relay(target.node(), relay, relay_addr);
+        }
         let local = (target.node() == node.id).then(|| node.mailboxes.authorize(node, target));
         Self {
             node: node.clone(),
@@ -411,7 +414,15 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
             let opened =
                 tokio::time::timeout_at(deadline, open_stream(&outbound, &node, &mut flight))
                     .await
-                    .unwrap_or_else(|_| Err(StreamFailure::Retry(SendError::Timeout)));
+                    .unwrap_or_else(|_| {
+                        // Cut off by the deadline: the target is as unreachable as it was.
+                        let error = if unreachable {
+                            last_error.clone()
+                        } else {
+                            SendError::Timeout
+                        };
+                        Err(StreamFailure::Retry(error))
+                    });
             match opened {
                 Ok(mut opened) => {
                     attempts = 0;

@@ -1,0 +1,85 @@
+//! Tests only: a QUIC endpoint with a ferry identity that speaks the wire protocol by hand, to
+//! play peers that misbehave (never answer, stop streams, ignore limits) against a real node.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::frame::{self, Frame};
+use crate::identity::{NodeId, SecretKey};
+
+/// A hand-driven peer.
+pub(crate) struct FakePeer {
+    pub(crate) id: NodeId,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) addr: SocketAddr,
+}
+
+impl FakePeer {
+    /// A peer on loopback granting `streams` concurrent bidirectional streams to its peers.
+    pub(crate) fn bind(streams: u32) -> Self {
+        let key = SecretKey::generate();
+        let tls = crate::tls::configs(&key, 7, crate::tls::ALPN).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(streams.into());
+        let transport = Arc::new(transport);
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server));
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(tls.client));
+        client.transport_config(transport);
+        let mut endpoint =
+            quinn::Endpoint::server(server, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        endpoint.set_default_client_config(client);
+        let addr = endpoint.local_addr().unwrap();
+        Self {
+            id: key.public(),
+            endpoint,
+            addr,
+        }
+    }
+
+    /// The next connection a node makes to this peer.
+    pub(crate) async fn accept(&self) -> quinn::Connection {
+        self.endpoint.accept().await.unwrap().await.unwrap()
+    }
+
+    /// Connects to `node` at `addr`.
+    pub(crate) async fn connect(&self, node: NodeId, addr: SocketAddr) -> quinn::Connection {
+        self.endpoint
+            .connect(addr, &node.to_string())
+            .unwrap()
+            .await
+            .unwrap()
+    }
+}
+
+/// Reads from `recv` until one whole frame is in `buf`; returns its encoding and removes it
+/// from `buf`. `None` if the stream ends (FIN) first; panics on a reset.
+pub(crate) async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<Vec<u8>> {
+    loop {
+        if let Some((_, used)) = frame::decode_frame(buf, 1 << 30).unwrap() {
+            return Some(buf.split_to(used).to_vec());
+        }
+        match recv.read_chunk(64 * 1024, true).await.unwrap() {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return None,
+        }
+    }
+}
+
+/// Reads the stream kind byte and the opening frame of a stream a node opened.
+pub(crate) async fn read_opening(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> (u8, Vec<u8>) {
+    let mut kind = [0u8; 1];
+    recv.read_exact(&mut kind).await.unwrap();
+    let opening = read_frame(recv, buf).await.unwrap();
+    (kind[0], opening)
+}
+
+/// The encoding of one frame.
+pub(crate) fn encode(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame::put_frame(&mut out, frame);
+    out
+}
