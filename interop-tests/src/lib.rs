@@ -1,3 +1,4 @@
 //! Multi-process interop tests, the lossy link utility and the benchmark suite for ferry.
 
+pub mod harness;
 pub mod lossy;

@@ -147,7 +147,7 @@ async fn monitors_report_down_only_after_the_grace_period() {
         .unwrap();
     let watched = b.mailbox();
     let via_link = watched.address().with_hints(vec![link.local_addr()]);
-    let mut mailbox_monitor = a.monitor(&via_link);
+    let mut mailbox_monitor = a.monitor(&via_link).unwrap();
     let mut peer_monitor = a.monitor_peer(b.id(), &[link.local_addr()]);
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -87,6 +87,7 @@ enum Op {
 
 /// A [`MailboxStore`] in one redb file.
 pub struct RedbStore {
+    path: PathBuf,
     db: std::sync::Arc<Database>,
     /// Unbounded by design: appends are bounded by the streams waiting on them, removals by
     /// the messages stored. `None` once closed.
@@ -133,6 +134,7 @@ impl RedbStore {
             .spawn(move || write_loop(&writing, &queue, &config))
             .map_err(OpenStoreError::Thread)?;
         Ok(Self {
+            path: path.to_owned(),
             db,
             ops: Mutex::new(Some(ops)),
             writer: Mutex::new(Some(writer)),
@@ -157,6 +159,11 @@ impl RedbStore {
         };
         txn.commit().map_err(failed)?;
         Ok(MailboxId(id))
+    }
+
+    /// The size of the store's file in bytes (0 if it cannot be read).
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |meta| meta.len())
     }
 
     /// How many messages of `mailbox` are stored and not yet acknowledged.

@@ -53,7 +53,9 @@ pub struct NodeConfig {
     /// before `send` waits. Default 8 MiB; at least `max_message_size`.
     pub send_window: usize,
     /// How long `send` waits for a reachable target node's acknowledgement before failing
-    /// with `Timeout` (the receiver is connected but stopped reading). Default 30 s.
+    /// with `Timeout` (the receiver is connected but stopped reading). Default 60 s: longer
+    /// than `idle_timeout`, so that a receiver that died shows as a lost connection (and its
+    /// messages wait in the outbox, `outbox_ttl`) rather than as a timeout.
     pub send_timeout: Duration,
     /// How long messages wait in the sender's outbox for a target node that cannot be reached
     /// (dials fail, or the connection was lost and redials fail) before their sends fail with
@@ -91,6 +93,14 @@ pub struct NodeConfig {
     /// peers that cannot reach it directly reach it through them. At most 4, and together with
     /// the socket-address hints at most 4 hints fit in an address. Default none.
     pub relays: Vec<(NodeId, SocketAddr)>,
+    /// Distinct addresses this node watches at most on one peer ([`Node::monitor`]): each
+    /// takes one stream of that peer's `max_incoming_streams` for as long as it is watched
+    /// (watches of the same address share one). Beyond, `monitor` fails with
+    /// [`MonitorError::TooManyWatches`](crate::MonitorError). Default 1024 (a quarter of the
+    /// default `max_incoming_streams`); 0 forbids watching other nodes' mailboxes.
+    ///
+    /// [`Node::monitor`]: crate::Node::monitor
+    pub max_monitors_per_peer: usize,
 }
 
 /// Which peers may relay through a node.
@@ -127,7 +137,7 @@ impl Default for NodeConfig {
             max_message_size: 1 << 20,
             mailbox_capacity: 1024,
             send_window: 8 << 20,
-            send_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             outbox_ttl: Duration::from_secs(600),
             call_timeout: Duration::from_secs(30),
             monitor_grace: Duration::from_secs(10),
@@ -140,6 +150,7 @@ impl Default for NodeConfig {
             relay: RelayAccess::Nobody,
             relay_rate: 4 << 20,
             relays: Vec::new(),
+            max_monitors_per_peer: 1024,
         }
     }
 }

@@ -158,6 +158,11 @@ pub(crate) async fn connect(
                             addrs.push(addr);
                         }
                     }
+                    if peer == node.id {
+                        // The node's connection to itself (conversations, calls and lookups
+                        // with its own services): its own socket, whatever it advertises.
+                        addrs = vec![node.loopback_addr()];
+                    }
                     let dialing = node.clone();
                     node.tasks.spawn(
                         async move {
@@ -325,6 +330,29 @@ pub(crate) async fn stay_connected(node: Arc<NodeInner>, relay: NodeId, relay_ad
     }
 }
 
+fn log_failed_handshake(remote: SocketAddr, error: &quinn::ConnectionError) {
+    if is_alpn_mismatch(error) {
+        // An operator wants to know that a peer runs an incompatible version.
+        warn!(%remote, "refused a peer that does not speak ferry/1 (unknown protocol version)");
+    } else {
+        debug!(%remote, %error, "incoming handshake failed");
+    }
+}
+
+/// Whether a handshake failed because the two sides share no ALPN protocol (TLS alert 120).
+fn is_alpn_mismatch(error: &quinn::ConnectionError) -> bool {
+    let no_application_protocol = quinn::TransportErrorCode::crypto(0x78);
+    match error {
+        quinn::ConnectionError::TransportError(transport) => {
+            transport.code == no_application_protocol
+        }
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            close.error_code == no_application_protocol
+        }
+        _ => false,
+    }
+}
+
 fn dial_error(node: &NodeInner, peer: &NodeId, error: &quinn::ConnectionError) -> DialError {
     if let Some(actual) = node.mismatches.take(peer) {
         return DialError::WrongNode {
@@ -332,17 +360,10 @@ fn dial_error(node: &NodeInner, peer: &NodeId, error: &quinn::ConnectionError) -
             actual,
         };
     }
+    if is_alpn_mismatch(error) {
+        return DialError::IncompatibleVersion;
+    }
     match error {
-        quinn::ConnectionError::TransportError(transport)
-            if transport.code == quinn::TransportErrorCode::crypto(0x78) =>
-        {
-            DialError::IncompatibleVersion
-        }
-        quinn::ConnectionError::ConnectionClosed(close)
-            if close.error_code == quinn::TransportErrorCode::crypto(0x78) =>
-        {
-            DialError::IncompatibleVersion
-        }
         quinn::ConnectionError::ApplicationClosed(close)
             if close.error_code == ConnCode::ADMISSION_REFUSED.into() =>
         {
@@ -437,14 +458,14 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) 
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(error) => {
-            debug!(%remote, %error, "handshake refused");
+            log_failed_handshake(remote, &error);
             return;
         }
     };
     let connection = match tokio::time::timeout(node.config.dial_timeout, connecting).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => {
-            debug!(%remote, %error, "incoming handshake failed");
+            log_failed_handshake(remote, &error);
             return;
         }
         Err(_) => {
@@ -456,6 +477,15 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) 
         connection.close(ConnCode::PROTOCOL.into(), b"no usable certificate");
         return;
     };
+    if cert.node == node.id && cert.incarnation == node.serial {
+        // This node dialed itself. The dialing end is its connection to itself; this end
+        // only serves the streams opened on it. Installing it too would make the
+        // one-connection rule close the one connection both ends belong to.
+        let span = tracing::debug_span!("loopback");
+        node.tasks
+            .spawn(serve_connection(node.clone(), connection, cert.node).instrument(span));
+        return;
+    }
     if !node.config.admission.admits(&cert.node) {
         info!(peer = %cert.node.short(), %remote, "refusing peer not admitted");
         connection.close(ConnCode::ADMISSION_REFUSED.into(), b"node not admitted");
@@ -476,7 +506,7 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
     );
     // Admission also covers connections this node dialed: a peer that is not admitted may be
     // sent to, but may not open streams here.
-    let admitted = node.config.admission.admits(&peer);
+    let admitted = peer == node.id || node.config.admission.admits(&peer);
     loop {
         let stream = tokio::select! {
             _ = node.cancel.cancelled() => break,
@@ -498,6 +528,7 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
         let serving = node.clone();
         node.tasks.spawn(
             async move {
+                let _open = serving.stats.stream_in();
                 // One deadline covers the stream kind byte and the opening frame.
                 let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
                 let mut kind = [0u8; 1];

@@ -23,12 +23,29 @@ use crate::identity::NodeId;
 /// [`ErrorCode::CANCELLED`] if the opener dropped it (so the service can stop working), or
 /// [`ErrorCode::HANDLER_FAILED`] if the service did (e.g. its handler returned or panicked
 /// without answering).
+///
+/// Sizes: both sides announce the largest object they read (their `max_message_size`) when
+/// the conversation opens. An object larger than the peer's limit is refused locally with
+/// [`ConversationError::TooLarge`] and nothing is sent; the conversation stays usable.
+///
+/// Reading errors leave the conversation in a defined state: asking for an object where the
+/// peer sent data (or the other way round) gives [`ConversationError::Unexpected`] and leaves
+/// that frame unread, for the matching method; an object larger than this side's limit (which
+/// only a peer ignoring the announced limit sends) is read past, without being buffered, and
+/// reported once as [`ConversationError::TooLarge`], the next read continuing after it; a
+/// protocol violation ([`ConversationError::Protocol`]) is final, every later read reports it
+/// again.
 pub struct Conversation {
     peer: NodeId,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    buf: BytesMut,
-    max_object: usize,
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+    pub(crate) buf: BytesMut,
+    /// Largest object this side reads: its own `max_message_size`.
+    max_recv: usize,
+    /// Largest object the peer reads, as it announced.
+    max_send: usize,
+    /// Bytes of an oversized object still to be read past, and that object's size.
+    skip: Option<(usize, usize)>,
     write_buf: Vec<u8>,
     /// This side finished (or failed): nothing more may be sent.
     finished: bool,
@@ -80,7 +97,16 @@ enum Incoming {
     DataEnd,
 }
 
+/// What a read asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Object,
+    Data,
+}
+
 impl Conversation {
+    /// A conversation whose objects are limited to `max_object` bytes both ways, until
+    /// [`with_peer_limit`](Self::with_peer_limit) sets what the peer announced.
     pub(crate) fn new(
         peer: NodeId,
         send: quinn::SendStream,
@@ -94,7 +120,9 @@ impl Conversation {
             send,
             recv,
             buf,
-            max_object,
+            max_recv: max_object,
+            max_send: max_object,
+            skip: None,
             write_buf: Vec::new(),
             finished: false,
             ended: false,
@@ -102,12 +130,36 @@ impl Conversation {
         }
     }
 
+    /// Sets the largest object the peer reads, as it announced (`max_message` of its
+    /// `Accept`).
+    pub(crate) fn with_peer_limit(mut self, max_message: u64) -> Self {
+        self.max_send = usize::try_from(max_message).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// Gives the conversation up at once with `code`, in both directions.
+    pub(crate) fn abandon(mut self, why: ErrorCode) {
+        let _ = self.send.reset(code(why));
+        let _ = self.recv.stop(code(why));
+        self.finished = true;
+        self.ended = true;
+    }
+
+    /// Ends a conversation whose exchange is complete (a lookup's answer was read): finishes
+    /// this side and drops the rest without a cancellation.
+    pub(crate) fn close_quietly(mut self) {
+        let _ = self.send.finish();
+        self.finished = true;
+        self.ended = true;
+    }
+
     /// The node on the other side, as proven by the TLS handshake.
     pub fn peer(&self) -> NodeId {
         self.peer
     }
 
-    /// Sends one object (postcard-encoded).
+    /// Sends one object (postcard-encoded). Fails with [`ConversationError::TooLarge`], sending
+    /// nothing, if it is larger than the peer announced it reads.
     pub async fn send_obj<T: Serialize + ?Sized>(
         &mut self,
         object: &T,
@@ -118,10 +170,10 @@ impl Conversation {
     }
 
     pub(crate) async fn send_encoded(&mut self, encoded: &[u8]) -> Result<(), ConversationError> {
-        if encoded.len() > self.max_object {
+        if encoded.len() > self.max_send {
             return Err(ConversationError::TooLarge {
                 size: encoded.len(),
-                max: self.max_object,
+                max: self.max_send,
             });
         }
         self.write_payload(false, encoded).await
@@ -153,8 +205,14 @@ impl Conversation {
     }
 
     /// Receives one object and decodes it as `T`.
+    ///
+    /// If the peer sent data instead, fails with [`ConversationError::Unexpected`] and leaves
+    /// it for [`recv_chunk`](Self::recv_chunk) / [`recv_data`](Self::recv_data). An object
+    /// larger than this node's `max_message_size` is skipped and reported as
+    /// [`ConversationError::TooLarge`]; an object that does not decode as `T` is consumed and
+    /// reported as [`ConversationError::Decode`].
     pub async fn recv_obj<T: DeserializeOwned>(&mut self) -> Result<T, ConversationError> {
-        match self.next().await? {
+        match self.next(Want::Object).await? {
             Incoming::Object(bytes) => {
                 crate::mailbox::decode_exact(&bytes).map_err(ConversationError::Decode)
             }
@@ -223,9 +281,11 @@ impl Conversation {
         Ok(total)
     }
 
-    /// The next chunk of the current data stream, or `None` at its end mark.
+    /// The next chunk of the current data stream, or `None` at its end mark. If the peer sent
+    /// an object instead, fails with [`ConversationError::Unexpected`] and leaves it for
+    /// [`recv_obj`](Self::recv_obj).
     pub async fn recv_chunk(&mut self) -> Result<Option<Bytes>, ConversationError> {
-        match self.next().await? {
+        match self.next(Want::Data).await? {
             Incoming::Data(bytes) => Ok(Some(bytes)),
             Incoming::DataEnd => Ok(None),
             Incoming::Object(_) => Err(ConversationError::Unexpected("object")),
@@ -280,78 +340,160 @@ impl Conversation {
         self.finish()
     }
 
-    /// Resolves when the peer stops reading this conversation (it cancelled, e.g. a call's
-    /// caller gave up): a handler can stop its work then.
-    pub async fn cancelled(&mut self) -> u64 {
+    /// Resolves when the peer stops reading this conversation, with the code of its
+    /// `STOP_SENDING`: [`ErrorCode::CANCELLED`] when the opener gave the conversation up (e.g.
+    /// a call's caller dropped it or its deadline passed), so a handler can stop its work.
+    ///
+    /// Resolves with an error when no cancellation can come any more:
+    /// [`ConversationError::Finished`] once this side finished and the peer acknowledged all
+    /// of it, [`ConversationError::ConnectionLost`] when the connection is lost.
+    pub async fn cancelled(&mut self) -> Result<u64, ConversationError> {
         match self.send.stopped().await {
-            Ok(Some(code)) => code.into_inner(),
-            _ => ErrorCode::CANCELLED.0,
+            Ok(Some(code)) => Ok(code.into_inner()),
+            Ok(None) => Err(ConversationError::Finished),
+            Err(quinn::StoppedError::ConnectionLost(error)) => {
+                Err(ConversationError::ConnectionLost(error.to_string()))
+            }
+            Err(other) => Err(ConversationError::Protocol(other.to_string())),
         }
     }
 
-    /// Reads the next frame that carries content.
-    async fn next(&mut self) -> Result<Incoming, ConversationError> {
+    /// Reads the next frame that carries content, if it is what `want` asks for; a frame of
+    /// the other kind stays unread.
+    async fn next(&mut self, want: Want) -> Result<Incoming, ConversationError> {
         if self.ended {
             return Err(ConversationError::Ended);
         }
-        let max_frame = self.max_object.max(frame::MAX_DATA_CHUNK) + 1;
+        let max_frame = self.max_recv.max(frame::MAX_DATA_CHUNK) + 1;
         loop {
-            let decoded = frame::decode_frame(&self.buf, max_frame)
-                .map_err(|e| ConversationError::Protocol(e.to_string()))?;
-            if let Some((frame, used)) = decoded {
-                let incoming = match frame {
-                    Frame::Object(payload) => {
-                        if payload.len() > self.max_object {
-                            return Err(ConversationError::TooLarge {
-                                size: payload.len(),
-                                max: self.max_object,
-                            });
-                        }
-                        let header = used - payload.len();
-                        let mut bytes = self.buf.split_to(used);
-                        bytes.advance(header);
-                        Incoming::Object(bytes.freeze())
-                    }
-                    Frame::Data(payload) => {
-                        let header = used - payload.len();
-                        let mut bytes = self.buf.split_to(used);
-                        bytes.advance(header);
-                        Incoming::Data(bytes.freeze())
-                    }
-                    Frame::DataEnd => {
-                        self.buf.advance(used);
-                        Incoming::DataEnd
-                    }
-                    Frame::Fail { code, reason } => {
-                        let error = ConversationError::Failed {
-                            code: code.0,
-                            reason: reason.to_owned(),
-                        };
-                        self.ended = true;
-                        return Err(error);
-                    }
-                    _ => {
-                        return Err(ConversationError::Protocol(
-                            "unexpected frame in a conversation".into(),
-                        ))
-                    }
-                };
-                return Ok(incoming);
-            }
-            match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
-                    if !self.buf.is_empty() {
-                        return Err(ConversationError::Protocol(
-                            "stream ended inside a frame".into(),
-                        ));
-                    }
-                    self.ended = true;
-                    return Err(ConversationError::Ended);
+            if let Some((left, size)) = self.skip {
+                // Reading past an oversized object: never more than one read in memory.
+                let skipped = left.min(self.buf.len());
+                self.buf.advance(skipped);
+                if skipped == left {
+                    self.skip = None;
+                    return Err(ConversationError::TooLarge {
+                        size,
+                        max: self.max_recv,
+                    });
                 }
-                Err(error) => return Err(read_error(error)),
+                self.skip = Some((left - skipped, size));
+                self.read_more().await?;
+                continue;
             }
+            let decoded = match frame::decode_frame(&self.buf, max_frame) {
+                Ok(decoded) => decoded,
+                Err(frame::FrameError::TooLarge { len, .. }) => {
+                    // Only an object may be too large to keep: read past it. Anything else
+                    // that long breaks the protocol.
+                    let prefix = frame::varint_len(len);
+                    match self.buf.get(prefix) {
+                        Some(&frame::OBJECT_TYPE) if want == Want::Object => {
+                            let whole = usize::try_from(len)
+                                .ok()
+                                .and_then(|len| len.checked_add(prefix));
+                            let Some(whole) = whole else {
+                                return Err(ConversationError::Protocol(
+                                    "object length beyond this machine's address space".into(),
+                                ));
+                            };
+                            self.skip = Some((whole, whole - prefix - 1));
+                            continue;
+                        }
+                        Some(&frame::OBJECT_TYPE) => {
+                            return Err(ConversationError::Unexpected("object"))
+                        }
+                        Some(_) => {
+                            return Err(ConversationError::Protocol(format!(
+                                "frame of {len} bytes exceeds the limit of {max_frame}"
+                            )))
+                        }
+                        None => {
+                            self.read_more().await?;
+                            continue;
+                        }
+                    }
+                }
+                Err(error) => return Err(ConversationError::Protocol(error.to_string())),
+            };
+            let Some((frame, used)) = decoded else {
+                self.read_more().await?;
+                continue;
+            };
+            let header = used - frame_payload_len(&frame);
+            let incoming = match frame {
+                Frame::Object(_) if want != Want::Object => {
+                    return Err(ConversationError::Unexpected("object"))
+                }
+                Frame::Data(_) | Frame::DataEnd if want != Want::Data => {
+                    return Err(ConversationError::Unexpected("data"))
+                }
+                Frame::Object(payload) if payload.len() > self.max_recv => {
+                    let size = payload.len();
+                    self.buf.advance(used);
+                    return Err(ConversationError::TooLarge {
+                        size,
+                        max: self.max_recv,
+                    });
+                }
+                Frame::Object(_) => {
+                    let mut bytes = self.buf.split_to(used);
+                    bytes.advance(header);
+                    Incoming::Object(bytes.freeze())
+                }
+                Frame::Data(_) => {
+                    let mut bytes = self.buf.split_to(used);
+                    bytes.advance(header);
+                    Incoming::Data(bytes.freeze())
+                }
+                Frame::DataEnd => {
+                    self.buf.advance(used);
+                    Incoming::DataEnd
+                }
+                Frame::Fail { code, reason } => {
+                    let error = ConversationError::Failed {
+                        code: code.0,
+                        reason: reason.to_owned(),
+                    };
+                    self.ended = true;
+                    return Err(error);
+                }
+                _ => {
+                    return Err(ConversationError::Protocol(
+                        "unexpected frame in a conversation".into(),
+                    ))
+                }
+            };
+            return Ok(incoming);
         }
+    }
+
+    /// Reads the next piece of the peer's direction into the buffer.
+    async fn read_more(&mut self) -> Result<(), ConversationError> {
+        match self.recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => {
+                self.buf.extend_from_slice(&chunk.bytes);
+                Ok(())
+            }
+            Ok(None) => {
+                if !self.buf.is_empty() || self.skip.is_some() {
+                    return Err(ConversationError::Protocol(
+                        "stream ended inside a frame".into(),
+                    ));
+                }
+                self.ended = true;
+                Err(ConversationError::Ended)
+            }
+            Err(error) => Err(read_error(error)),
+        }
+    }
+}
+
+/// The payload length of an `Object` or `Data` frame (0 for others).
+fn frame_payload_len(frame: &Frame<'_>) -> usize {
+    match frame {
+        Frame::Object(payload) | Frame::Data(payload) => payload.len(),
+        _ => 0,
     }
 }
 

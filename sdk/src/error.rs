@@ -181,6 +181,10 @@ pub enum OpenError {
     /// The service is at its limit of waiting conversations; try again later.
     #[error("the service is busy")]
     Busy,
+    /// The target node is shutting down (CLOSE `SHUTTING_DOWN`): try again later, or
+    /// elsewhere.
+    #[error("the target node is shutting down")]
+    PeerShuttingDown,
     /// The service accepted the conversation and gave it up at once (its handler failed).
     #[error("the service failed the conversation (code {0})")]
     Failed(u64),
@@ -216,10 +220,13 @@ pub enum ConversationError {
     #[error("connection lost: {0}")]
     ConnectionLost(String),
     /// Something else arrived than was asked for: data while an object was expected, or the
-    /// other way round.
+    /// other way round. It is left unread, for the matching method.
     #[error("unexpected {0} in the conversation")]
     Unexpected(&'static str),
-    /// An object exceeds the maximum message size.
+    /// An object exceeds a size limit. Sending: the limit the peer announced (its
+    /// `max_message_size`); nothing was sent and the conversation goes on. Receiving: this
+    /// node's `max_message_size`, which the peer ignored; the object was skipped and the next
+    /// read continues after it.
     #[error("object of {size} bytes exceeds the limit of {max}")]
     TooLarge {
         /// The object size.
@@ -267,9 +274,17 @@ pub enum CallError {
     /// The response could not be decoded as the requested type.
     #[error("decoding response: {0}")]
     Decode(String),
-    /// The request could not be encoded, or exceeds the size limit.
+    /// The request could not be encoded.
     #[error("encoding request: {0}")]
     Encode(String),
+    /// The request is larger than the callee announced it accepts; it was not sent.
+    #[error("request of {size} bytes exceeds the callee's limit of {max}")]
+    TooLarge {
+        /// The encoded request's size.
+        size: usize,
+        /// The callee's announced limit (its `max_message_size`).
+        max: usize,
+    },
     /// The conversation broke (connection lost, reset, protocol violation).
     #[error("{0}")]
     Conversation(ConversationError),
@@ -298,9 +313,7 @@ impl From<ConversationError> for CallError {
             },
             ConversationError::Decode(reason) => Self::Decode(reason),
             ConversationError::Encode(reason) => Self::Encode(reason),
-            ConversationError::TooLarge { size, max } => {
-                Self::Encode(format!("request of {size} bytes exceeds {max}"))
-            }
+            ConversationError::TooLarge { size, max } => Self::TooLarge { size, max },
             other => Self::Conversation(other),
         }
     }
@@ -315,4 +328,58 @@ pub enum ServeError {
     /// A service of that name is already registered on this node.
     #[error("service {0:?} is already registered")]
     AlreadyRegistered(String),
+    /// Names starting with `ferry.` are reserved for the services every node has built in
+    /// (such as `ferry.ping`, see [`Node::ping`](crate::Node::ping)).
+    #[error("service name {0:?} is reserved: names starting with \"ferry.\" are built in")]
+    Reserved(String),
+}
+
+/// Why [`Node::ping`](crate::Node::ping) measured no round trip.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    /// The peer could not be reached (no address, dial failed or timed out, or it refused this
+    /// node).
+    #[error("node unreachable: {0}")]
+    Unreachable(DialError),
+    /// The peer answered that it has no `ferry.ping` service: it runs a ferry version without
+    /// built-in pings.
+    #[error("the peer does not answer pings (no built-in ferry.ping service)")]
+    Unsupported,
+    /// The peer refused the ping stream with another reason.
+    #[error("the peer refused the ping (code {code}): {reason}")]
+    Refused {
+        /// The error code of the peer's `Close` frame.
+        code: u64,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The peer reset the ping stream after accepting it (the code says why).
+    #[error("the peer reset the ping (code {0})")]
+    Reset(u64),
+    /// The connection was lost during the ping.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// No echo within the node's `call_timeout`.
+    #[error("no echo within the timeout")]
+    Timeout,
+    /// The peer broke the protocol (an unexpected frame, or an echo of another value).
+    #[error("protocol violation by peer: {0}")]
+    Protocol(String),
+    /// This node is shutting down.
+    #[error("node is shutting down")]
+    NodeClosed,
+}
+
+/// Why a watch could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MonitorError {
+    /// This node already watches `max_monitors_per_peer` distinct addresses on that peer (each
+    /// takes one stream of the peer's stream limit); drop a watch or raise the limit.
+    #[error("already watching {max} addresses on node {peer}")]
+    TooManyWatches {
+        /// The watched node.
+        peer: NodeId,
+        /// The limit, `NodeConfig::max_monitors_per_peer`.
+        max: usize,
+    },
 }

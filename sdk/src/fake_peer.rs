@@ -12,6 +12,7 @@ use crate::identity::{NodeId, SecretKey};
 
 /// A hand-driven peer.
 pub(crate) struct FakePeer {
+    pub(crate) key: SecretKey,
     pub(crate) id: NodeId,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) addr: SocketAddr,
@@ -35,14 +36,18 @@ impl FakePeer {
         let addr = endpoint.local_addr().unwrap();
         Self {
             id: key.public(),
+            key,
             endpoint,
             addr,
         }
     }
 
     /// The next connection a node makes to this peer.
-    pub(crate) async fn accept(&self) -> quinn::Connection {
-        self.endpoint.accept().await.unwrap().await.unwrap()
+    pub(crate) fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = quinn::Connection> + Send + 'static {
+        let endpoint = self.endpoint.clone();
+        async move { endpoint.accept().await.unwrap().await.unwrap() }
     }
 
     /// Connects to `node` at `addr`.
@@ -57,7 +62,10 @@ impl FakePeer {
 
 /// Reads from `recv` until one whole frame is in `buf`; returns its encoding and removes it
 /// from `buf`. `None` if the stream ends (FIN) first; panics on a reset.
-pub(crate) async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<Vec<u8>> {
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> Option<Vec<u8>> {
     loop {
         if let Some((_, used)) = frame::decode_frame(buf, 1 << 30).unwrap() {
             return Some(buf.split_to(used).to_vec());
@@ -70,7 +78,10 @@ pub(crate) async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut)
 }
 
 /// Reads the stream kind byte and the opening frame of a stream a node opened.
-pub(crate) async fn read_opening(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> (u8, Vec<u8>) {
+pub(crate) async fn read_opening(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> (u8, Vec<u8>) {
     let mut kind = [0u8; 1];
     recv.read_exact(&mut kind).await.unwrap();
     let opening = read_frame(recv, buf).await.unwrap();

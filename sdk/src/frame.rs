@@ -55,6 +55,9 @@ mod tag {
     pub(super) const MONITOR: u8 = 0x17;
 }
 
+/// The type byte of an `Object` frame, for readers that skip an oversized one.
+pub(crate) const OBJECT_TYPE: u8 = tag::OBJECT;
+
 /// Longest close reason, in bytes of UTF-8.
 pub const MAX_REASON_LEN: usize = 256;
 /// Longest service name, in bytes.

@@ -322,6 +322,7 @@ async fn enqueue(
             _ = node.cancel.cancelled() => return Err((ErrorCode::SHUTTING_DOWN, "node shutting down")),
         },
     };
+    node.stats.count_bytes_in(message.payload.len());
     permit.send(message);
     node.stats.count_message_in();
     Ok(())

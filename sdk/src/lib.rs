@@ -58,7 +58,7 @@
 //!
 //! Each operation has its own error enum: [`BindError`], [`DialError`], [`SendError`],
 //! [`RecvError`], [`AttachError`], [`AddressError`], [`VerifyError`], [`KeyFileError`],
-//! [`StoreError`].
+//! [`StoreError`], [`PingError`].
 //!
 //! ## Durable mailboxes
 //!
@@ -83,6 +83,7 @@ mod mailbox;
 mod monitor;
 mod node;
 mod outbound;
+mod ping;
 pub mod relay;
 mod service;
 pub mod store;
@@ -92,15 +93,16 @@ pub use address::{Address, AddressError, MailboxId, VerifyError};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
 pub use conversation::Conversation;
 pub use error::{
-    AttachError, BindError, CallError, ConversationError, DecodeError, DialError, OpenError,
-    RecvError, SendError, ServeError,
+    AttachError, BindError, CallError, ConversationError, DecodeError, DialError, MonitorError,
+    OpenError, PingError, RecvError, SendError, ServeError,
 };
 pub use frame::ErrorCode;
 pub use identity::{KeyFileError, NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
 pub use monitor::{DownReason, Monitor};
-pub use node::{Node, NodeStats};
+pub use node::{Node, NodeStats, SendFailures};
 pub use outbound::{Delivery, Sender};
+pub use ping::{PING_SERVICE, RESERVED_PREFIX};
 pub use service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 pub use store::{MailboxStore, StoreError};
 pub use tls::{TlsSetupError, ALPN};

@@ -207,6 +207,17 @@ impl Mailboxes {
         read(&self.map).len()
     }
 
+    /// Messages queued in all open mailboxes, not yet taken by the application.
+    pub(crate) fn depth(&self) -> u64 {
+        read(&self.map)
+            .values()
+            .map(|entry| {
+                let queue = &entry.handle.queue;
+                (queue.max_capacity() - queue.capacity()) as u64
+            })
+            .sum()
+    }
+
     /// Checks that `address` grants access to an open mailbox of this node, cheapest checks
     /// first: node id and expiry, then the mailbox exists, then the signature (cached).
     pub(crate) fn authorize(

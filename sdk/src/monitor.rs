@@ -2,25 +2,29 @@
 //!
 //! A mailbox watch is a stream of kind `Monitor` on which the mailbox's node answers `Close`
 //! when the mailbox closes or the node shuts down. A lost connection is redialed; only if it
-//! stays lost longer than `monitor_grace` is the watch reported down.
+//! stays lost longer than `monitor_grace` is the watch reported down. Watches of the same
+//! address share one stream, and the distinct addresses watched on one peer are bounded by
+//! `max_monitors_per_peer`, so watches cannot use up the peer's stream limit.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
-use crate::address::Address;
+use crate::address::{Address, ADDRESS_CORE_LEN};
 use crate::connection::{self, ConnCode};
-use crate::error::{DialError, SendError};
+use crate::error::{DialError, MonitorError, SendError};
 use crate::frame::{self, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
+use crate::mailbox::lock;
 use crate::node::NodeInner;
 
 /// Why a watched mailbox or peer is down.
@@ -38,14 +42,28 @@ pub enum DownReason {
     Unreachable(DialError),
     /// This node is shutting down, so the watch ends.
     LocalShutdown,
+    /// The watched node stayed connected but did not take the watch: no stream credit, or
+    /// no answer to `MONITOR`, within `open_timeout`, on every attempt for longer than
+    /// `monitor_grace`.
+    NoAnswer,
+    /// The watched node ended the watch with a `CLOSE` code that has no specific meaning to
+    /// a watcher (docs/PROTOCOL.md §11.4): at once for a protocol error (`TOO_LARGE`,
+    /// `PROTOCOL`, `FROM_MISMATCH`), after `monitor_grace` of retries for any other code.
+    Rejected {
+        /// The `CLOSE` code.
+        code: u64,
+        /// The watched node's reason.
+        reason: String,
+    },
 }
 
 /// A watch on a mailbox or a peer. Await it for the [`DownReason`]; dropping it stops
-/// watching.
+/// watching (the watch itself ends once no [`Monitor`] of the same address is left).
 #[must_use = "a Monitor reports nothing unless awaited; dropping it stops watching"]
 pub struct Monitor {
-    down: oneshot::Receiver<DownReason>,
-    _stop: DropGuard,
+    down: Pin<Box<dyn Future<Output = DownReason> + Send>>,
+    /// Keeps the watch running.
+    _watch: Arc<Watch>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -58,17 +76,102 @@ impl Future for Monitor {
     type Output = DownReason;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DownReason> {
-        Pin::new(&mut self.down)
-            .poll(cx)
-            .map(|reason| reason.unwrap_or(DownReason::LocalShutdown))
+        self.down.as_mut().poll(cx)
     }
 }
 
-fn start<F>(node: &Arc<NodeInner>, watch: F) -> Monitor
+impl Monitor {
+    fn new(watch: Arc<Watch>) -> Self {
+        let mut down = watch.down.clone();
+        Self {
+            down: Box::pin(async move {
+                match down.wait_for(Option::is_some).await {
+                    Ok(reason) => reason.clone().unwrap_or(DownReason::LocalShutdown),
+                    Err(_) => DownReason::LocalShutdown,
+                }
+            }),
+            _watch: watch,
+        }
+    }
+}
+
+/// One running watch, shared by the [`Monitor`]s of one address; its task stops when the
+/// last of them is dropped.
+struct Watch {
+    down: watch::Receiver<Option<DownReason>>,
+    _stop: DropGuard,
+    /// Its entry in [`Watches`], for a watch of another node's mailbox.
+    entry: Option<WatchEntry>,
+}
+
+struct WatchEntry {
+    node: Weak<NodeInner>,
+    peer: NodeId,
+    key: [u8; ADDRESS_CORE_LEN],
+    id: u64,
+}
+
+impl WatchEntry {
+    fn forget(&self) {
+        if let Some(node) = self.node.upgrade() {
+            node.watches.forget(self.peer, &self.key, self.id);
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(entry) = &self.entry {
+            entry.forget();
+        }
+    }
+}
+
+/// The node's watches of other nodes' mailboxes, per peer and watched address (its core:
+/// mailbox, expiry and signature), so that watches of one address share one stream.
+#[derive(Default)]
+pub(crate) struct Watches {
+    table: std::sync::Mutex<WatchTable>,
+}
+
+/// The watches of one peer, by watched address core: (id, watch).
+type PeerWatches = HashMap<[u8; ADDRESS_CORE_LEN], (u64, Weak<Watch>)>;
+
+#[derive(Default)]
+struct WatchTable {
+    next_id: u64,
+    by_peer: HashMap<NodeId, PeerWatches>,
+}
+
+impl Watches {
+    /// Removes the watch `id` of `key` on `peer`, if it is still the registered one.
+    fn forget(&self, peer: NodeId, key: &[u8; ADDRESS_CORE_LEN], id: u64) {
+        let mut table = lock(&self.table);
+        if let Some(watched) = table.by_peer.get_mut(&peer) {
+            if watched
+                .get(key)
+                .is_some_and(|(registered, _)| *registered == id)
+            {
+                watched.remove(key);
+            }
+            if watched.is_empty() {
+                table.by_peer.remove(&peer);
+            }
+        }
+    }
+}
+
+/// Runs `watch` on a task of the node until it reports, the node shuts down
+/// (`LocalShutdown`), or the returned guard is dropped. `done` runs before the report.
+fn spawn<F>(
+    node: &Arc<NodeInner>,
+    watch: F,
+    done: impl FnOnce() + Send + 'static,
+) -> (watch::Receiver<Option<DownReason>>, DropGuard)
 where
     F: Future<Output = DownReason> + Send + 'static,
 {
-    let (report, down) = oneshot::channel();
+    let (report, down) = watch::channel(None);
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let shutdown = node.cancel.clone();
@@ -79,36 +182,102 @@ where
                 _ = shutdown.cancelled() => DownReason::LocalShutdown,
                 reason = watch => reason,
             };
-            let _ = report.send(reason);
+            done();
+            let _ = report.send(Some(reason));
         }
         .in_current_span(),
     );
-    Monitor {
-        down,
-        _stop: stop.drop_guard(),
-    }
+    (down, stop.drop_guard())
 }
 
-pub(crate) fn monitor_mailbox(node: &Arc<NodeInner>, address: Address) -> Monitor {
+pub(crate) fn monitor_mailbox(
+    node: &Arc<NodeInner>,
+    address: Address,
+) -> Result<Monitor, MonitorError> {
+    let peer = address.node();
+    if peer == node.id {
+        let watching = node.clone();
+        let (down, stop) = spawn(node, watch_own_mailbox(watching, address), || {});
+        return Ok(Monitor::new(Arc::new(Watch {
+            down,
+            _stop: stop,
+            entry: None,
+        })));
+    }
+    let key = address.core_bytes();
+    let mut table = lock(&node.watches.table);
+    let table = &mut *table;
+    let watched = table.by_peer.entry(peer).or_default();
+    if let Some(shared) = watched.get(&key).and_then(|(_, watch)| watch.upgrade()) {
+        return Ok(Monitor::new(shared));
+    }
+    watched.retain(|_, (_, watch)| watch.strong_count() > 0);
+    let max = node.config.max_monitors_per_peer;
+    if watched.len() >= max {
+        if watched.is_empty() {
+            table.by_peer.remove(&peer);
+        }
+        return Err(MonitorError::TooManyWatches { peer, max });
+    }
+    let id = table.next_id;
+    table.next_id += 1;
+    let entry = WatchEntry {
+        node: Arc::downgrade(node),
+        peer,
+        key,
+        id,
+    };
+    let finished = WatchEntry {
+        node: Arc::downgrade(node),
+        peer,
+        key,
+        id,
+    };
     let watching = node.clone();
-    start(node, async move { watch_mailbox(watching, address).await })
+    // Once it reported, the watch is forgotten: a later watch of the address starts afresh.
+    let (down, stop) = spawn(node, watch_mailbox(watching, address), move || {
+        finished.forget();
+    });
+    let watch = Arc::new(Watch {
+        down,
+        _stop: stop,
+        entry: Some(entry),
+    });
+    watched.insert(key, (id, Arc::downgrade(&watch)));
+    Ok(Monitor::new(watch))
 }
 
 pub(crate) fn monitor_peer(node: &Arc<NodeInner>, peer: NodeId, hints: Vec<SocketAddr>) -> Monitor {
     let watching = node.clone();
-    start(node, async move { watch_peer(watching, peer, hints).await })
+    let (down, stop) = spawn(node, watch_peer(watching, peer, hints), || {});
+    Monitor::new(Arc::new(Watch {
+        down,
+        _stop: stop,
+        entry: None,
+    }))
 }
 
 /// What one attempt at watching ended with.
 enum Outcome {
     Down(DownReason),
-    /// The connection or stream was lost; try again within the grace period.
-    Lost,
+    /// Lost, or refused for what may be a passing reason: try again within the grace period,
+    /// after which the watch is down for this reason.
+    Lost(DownReason),
+}
+
+fn lost() -> Outcome {
+    Outcome::Lost(DownReason::ConnectionLost)
+}
+
+fn not_admitted() -> Outcome {
+    Outcome::Down(DownReason::Unreachable(DialError::Refused(
+        "node not admitted".into(),
+    )))
 }
 
 fn fatal_dial(error: DialError) -> Outcome {
     match error {
-        DialError::Timeout | DialError::Failed(_) | DialError::TooManyConnections => Outcome::Lost,
+        DialError::Timeout | DialError::Failed(_) | DialError::TooManyConnections => lost(),
         DialError::NodeClosed => Outcome::Down(DownReason::LocalShutdown),
         other => Outcome::Down(DownReason::Unreachable(other)),
     }
@@ -128,11 +297,21 @@ fn connection_outcome(error: &quinn::ConnectionError) -> Outcome {
                 String::from_utf8_lossy(&close.reason).into_owned(),
             )))
         }
-        _ => Outcome::Lost,
+        _ => lost(),
     }
 }
 
-/// Retries `attempt` while the connection is lost, for at most the grace period in a row.
+fn write_outcome(error: quinn::WriteError) -> Outcome {
+    match error {
+        quinn::WriteError::Stopped(code) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
+            not_admitted()
+        }
+        quinn::WriteError::ConnectionLost(error) => connection_outcome(&error),
+        _ => lost(),
+    }
+}
+
+/// Retries `attempt` while it reports `Lost`, for at most the grace period in a row.
 async fn with_grace<F, Fut>(node: &NodeInner, mut attempt: F) -> DownReason
 where
     F: FnMut(Arc<std::sync::atomic::AtomicBool>) -> Fut,
@@ -150,10 +329,10 @@ where
         }
         match outcome {
             Outcome::Down(reason) => return reason,
-            Outcome::Lost => {
+            Outcome::Lost(reason) => {
                 let since = *lost_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= node.config.monitor_grace {
-                    return DownReason::ConnectionLost;
+                    return reason;
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(1));
@@ -162,21 +341,106 @@ where
     }
 }
 
-async fn watch_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason {
-    if address.node() == node.id {
-        return match node.mailboxes.authorize(&node, &address) {
-            Ok(mailbox) => {
-                mailbox.closed.cancelled().await;
-                DownReason::MailboxClosed
-            }
-            Err(SendError::NoSuchMailbox) => DownReason::MailboxClosed,
-            Err(error) => DownReason::InvalidAddress(error),
-        };
+/// Watches a mailbox of this node: no stream, no network.
+async fn watch_own_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason {
+    match node.mailboxes.authorize(&node, &address) {
+        Ok(mailbox) => {
+            mailbox.closed.cancelled().await;
+            DownReason::MailboxClosed
+        }
+        Err(SendError::NoSuchMailbox) => DownReason::MailboxClosed,
+        Err(error) => DownReason::InvalidAddress(error),
     }
+}
+
+async fn watch_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason {
     with_grace(&node, |watching| {
         watch_mailbox_once(&node, &address, watching)
     })
     .await
+}
+
+/// The watched node's answers on a monitor stream.
+enum Answer {
+    Accept,
+    Close { code: ErrorCode, reason: String },
+}
+
+/// What quinn's `SendStream::stopped` resolves to.
+type Stopped = Result<Option<quinn::VarInt>, quinn::StoppedError>;
+
+/// Watches the sending half of a stream for `STOP_SENDING`.
+struct StopWatch {
+    stopped: Option<Pin<Box<dyn Future<Output = Stopped> + Send>>>,
+}
+
+impl StopWatch {
+    fn new(send: &quinn::SendStream) -> Self {
+        Self {
+            stopped: Some(Box::pin(send.stopped())),
+        }
+    }
+
+    /// The peer's `STOP_SENDING` code, once; `None` if the half ended otherwise. Pending
+    /// after it resolved.
+    async fn code(&mut self) -> Option<u64> {
+        let Some(stopped) = self.stopped.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = stopped.await;
+        self.stopped = None;
+        match result {
+            Ok(Some(code)) => Some(code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the watched node's next frame. A stream stopped with NOT_ADMITTED is a refusal
+/// (docs/PROTOCOL.md §2.6) even if no reset follows.
+async fn next_answer(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    stop: &mut StopWatch,
+) -> Result<Answer, Outcome> {
+    loop {
+        match frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN) {
+            Ok(Some((frame, used))) => {
+                let answer = match frame {
+                    Frame::Accept { .. } => Answer::Accept,
+                    Frame::Close { code, reason } => Answer::Close {
+                        code,
+                        reason: reason.to_owned(),
+                    },
+                    _ => return Err(lost()),
+                };
+                buf.advance(used);
+                return Ok(answer);
+            }
+            Ok(None) => {}
+            Err(_) => return Err(lost()),
+        }
+        let read = tokio::select! {
+            read = recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true) => read,
+            code = stop.code() => {
+                if code == Some(ErrorCode::NOT_ADMITTED.0) {
+                    return Err(not_admitted());
+                }
+                continue;
+            }
+        };
+        match read {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(lost()),
+            Err(quinn::ReadError::ConnectionLost(error)) => return Err(connection_outcome(&error)),
+            Err(quinn::ReadError::Reset(code))
+                if code.into_inner() == ErrorCode::NOT_ADMITTED.0 =>
+            {
+                return Err(not_admitted())
+            }
+            Err(_) => return Err(lost()),
+        }
+    }
 }
 
 async fn watch_mailbox_once(
@@ -188,65 +452,70 @@ async fn watch_mailbox_once(
         Ok(connection) => connection,
         Err(error) => return fatal_dial(error),
     };
-    let (mut send, mut recv) = match connection.open_bi().await {
-        Ok(stream) => stream,
-        Err(error) => return connection_outcome(&error),
-    };
     let mut head = vec![StreamKind::Monitor as u8];
     frame::put_frame(
         &mut head,
         &Frame::Monitor(Box::new(address.without_hints())),
     );
-    if send.write_all(&head).await.is_err() {
-        return Outcome::Lost;
-    }
-    let mut buf = BytesMut::new();
-    loop {
-        match frame::decode_frame(&buf, frame::MAX_CONTROL_FRAME_LEN) {
-            Ok(Some((frame, used))) => {
-                match frame {
-                    Frame::Accept { .. } => {
-                        watching.store(true, std::sync::atomic::Ordering::Release);
-                    }
-                    Frame::Close { code, .. } => return Outcome::Down(down_reason(code, address)),
-                    _ => return Outcome::Lost,
-                }
-                buf.advance(used);
-                continue;
-            }
-            Ok(None) => {}
-            Err(_) => return Outcome::Lost,
+    // Stream credit, the MONITOR and the answer within one open_timeout.
+    let opening = async {
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|error| connection_outcome(&error))?;
+        send.write_all(&head).await.map_err(write_outcome)?;
+        let mut stop = StopWatch::new(&send);
+        let mut buf = BytesMut::new();
+        match next_answer(&mut recv, &mut buf, &mut stop).await? {
+            Answer::Accept => Ok((send, recv, buf, stop)),
+            Answer::Close { code, reason } => Err(close_outcome(code, reason, address)),
         }
-        match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Outcome::Lost,
-            Err(quinn::ReadError::ConnectionLost(error)) => return connection_outcome(&error),
-            Err(quinn::ReadError::Reset(code))
-                if code.into_inner() == ErrorCode::NOT_ADMITTED.0 =>
-            {
-                return Outcome::Down(DownReason::Unreachable(DialError::Refused(
-                    "node not admitted".into(),
-                )))
-            }
-            Err(_) => return Outcome::Lost,
-        }
+    };
+    let (_send, mut recv, mut buf, mut stop) =
+        match tokio::time::timeout(node.config.open_timeout, opening).await {
+            Ok(Ok(watching)) => watching,
+            Ok(Err(outcome)) => return outcome,
+            Err(_) => return Outcome::Lost(DownReason::NoAnswer),
+        };
+    watching.store(true, std::sync::atomic::Ordering::Release);
+    match next_answer(&mut recv, &mut buf, &mut stop).await {
+        Ok(Answer::Close { code, reason }) => close_outcome(code, reason, address),
+        // A second ACCEPT breaks the protocol; watch again.
+        Ok(Answer::Accept) => lost(),
+        Err(outcome) => outcome,
     }
 }
 
-fn down_reason(code: ErrorCode, address: &Address) -> DownReason {
+/// What a CLOSE from the watched node means (docs/PROTOCOL.md §5.7, §11.4).
+fn close_outcome(code: ErrorCode, reason: String, address: &Address) -> Outcome {
     match code {
-        ErrorCode::NO_SUCH_MAILBOX => DownReason::MailboxClosed,
-        ErrorCode::FORGED => DownReason::InvalidAddress(SendError::Forged),
-        ErrorCode::EXPIRED => {
-            DownReason::InvalidAddress(SendError::Expired(address.expires().unwrap_or(0)))
+        ErrorCode::NO_SUCH_MAILBOX => Outcome::Down(DownReason::MailboxClosed),
+        ErrorCode::FORGED => Outcome::Down(DownReason::InvalidAddress(SendError::Forged)),
+        ErrorCode::EXPIRED => Outcome::Down(DownReason::InvalidAddress(SendError::Expired(
+            address.expires().unwrap_or(0),
+        ))),
+        ErrorCode::WRONG_NODE => Outcome::Down(DownReason::InvalidAddress(SendError::WrongNode)),
+        ErrorCode::SHUTTING_DOWN => Outcome::Down(DownReason::NodeShutdown),
+        // The watched node says this watcher broke the protocol: trying again cannot help.
+        ErrorCode::TOO_LARGE | ErrorCode::PROTOCOL | ErrorCode::FROM_MISMATCH => {
+            Outcome::Down(DownReason::Rejected {
+                code: code.0,
+                reason,
+            })
         }
-        ErrorCode::WRONG_NODE => DownReason::InvalidAddress(SendError::WrongNode),
-        ErrorCode::SHUTTING_DOWN => DownReason::NodeShutdown,
-        _ => DownReason::ConnectionLost,
+        // TIMEOUT (the MONITOR came late), LIMIT and codes without a meaning here may pass.
+        _ => Outcome::Lost(DownReason::Rejected {
+            code: code.0,
+            reason,
+        }),
     }
 }
 
 async fn watch_peer(node: Arc<NodeInner>, peer: NodeId, hints: Vec<SocketAddr>) -> DownReason {
+    if peer == node.id {
+        // The node itself is up until it shuts down (LocalShutdown).
+        return std::future::pending().await;
+    }
     with_grace(&node, |watching| {
         let node = node.clone();
         let hints = hints.clone();
@@ -320,5 +589,183 @@ pub(crate) async fn serve_stream(
         }
         // The watcher sends nothing more; its stream ending means it stopped watching.
         _ = recv.read(&mut sink) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::address::MailboxId;
+    use crate::fake_peer::{self, FakePeer};
+    use crate::{Node, NodeConfig, SecretKey};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn node_with(config: NodeConfig) -> Node {
+        Node::bind(SecretKey::generate(), config).await.unwrap()
+    }
+
+    fn watched(fake: &FakePeer) -> Address {
+        Address::mint(&fake.key, MailboxId(7), None, vec![fake.addr])
+    }
+
+    /// Serves every connection to `fake` with `serve` per stream; counts the streams.
+    fn serve_fake<F, Fut>(
+        fake: &FakePeer,
+        serve: F,
+    ) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>)
+    where
+        F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let counted = streams.clone();
+        let endpoint = fake.endpoint.clone();
+        let serve = Arc::new(serve);
+        let task = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Some(incoming) = endpoint.accept().await {
+                let Ok(connection) = incoming.await else {
+                    continue;
+                };
+                connections.push(connection.clone());
+                let counted = counted.clone();
+                let serve = serve.clone();
+                tokio::spawn(async move {
+                    while let Ok((send, recv)) = connection.accept_bi().await {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(serve(send, recv));
+                    }
+                });
+            }
+        });
+        (streams, task)
+    }
+
+    fn short() -> NodeConfig {
+        NodeConfig {
+            open_timeout: Duration::from_millis(300),
+            monitor_grace: Duration::from_millis(500),
+            ..NodeConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_nobody_answers_goes_down_instead_of_hanging() {
+        let node = node_with(short()).await;
+        // No stream credit at all.
+        let silent = FakePeer::bind(0);
+        let (_, task) = serve_fake(&silent, |_, _| async {});
+        let down = tokio::time::timeout(WAIT, node.monitor(&watched(&silent)).unwrap()).await;
+        assert_eq!(down.unwrap(), DownReason::NoAnswer);
+        task.abort();
+        // Streams, but no answer to MONITOR.
+        let mute = FakePeer::bind(16);
+        let (streams, task) = serve_fake(&mute, |send, recv| async move {
+            let _held = (send, recv);
+            std::future::pending::<()>().await;
+        });
+        let down = tokio::time::timeout(WAIT, node.monitor(&watched(&mute)).unwrap()).await;
+        assert_eq!(down.unwrap(), DownReason::NoAnswer);
+        assert!(
+            streams.load(Ordering::SeqCst) >= 2,
+            "retried within the grace"
+        );
+        task.abort();
+        node.shutdown(Duration::from_millis(100)).await;
+    }
+
+    /// A fake watched node answering every MONITOR with CLOSE `code`.
+    fn closing_with(
+        fake: &FakePeer,
+        code: ErrorCode,
+    ) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+        serve_fake(fake, move |mut send, mut recv| async move {
+            let mut buf = BytesMut::new();
+            let (kind, _) = fake_peer::read_opening(&mut recv, &mut buf).await;
+            assert_eq!(kind, StreamKind::Monitor as u8);
+            let close = fake_peer::encode(&Frame::Close {
+                code,
+                reason: "refused",
+            });
+            let _ = send.write_all(&close).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_codes_without_a_watcher_meaning_follow_the_documented_mapping() {
+        let grace = Duration::from_millis(800);
+        let node = node_with(NodeConfig {
+            monitor_grace: grace,
+            ..NodeConfig::default()
+        })
+        .await;
+        // A code that may be transient (TIMEOUT) is retried for the grace period.
+        let fake = FakePeer::bind(16);
+        let (streams, task) = closing_with(&fake, ErrorCode::TIMEOUT);
+        let started = Instant::now();
+        let down = tokio::time::timeout(WAIT, node.monitor(&watched(&fake)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            down,
+            DownReason::Rejected {
+                code: ErrorCode::TIMEOUT.0,
+                reason: "refused".into()
+            }
+        );
+        assert!(started.elapsed() >= grace, "{:?}", started.elapsed());
+        assert!(streams.load(Ordering::SeqCst) >= 2);
+        task.abort();
+        // A protocol error is final at once.
+        let fake = FakePeer::bind(16);
+        let (streams, task) = closing_with(&fake, ErrorCode::PROTOCOL);
+        let started = Instant::now();
+        let down = tokio::time::timeout(WAIT, node.monitor(&watched(&fake)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            down,
+            DownReason::Rejected {
+                code: ErrorCode::PROTOCOL.0,
+                reason: "refused".into()
+            }
+        );
+        assert!(started.elapsed() < grace);
+        assert_eq!(streams.load(Ordering::SeqCst), 1);
+        task.abort();
+        node.shutdown(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_monitor_stream_stopped_with_not_admitted_is_unreachable() {
+        let node = node_with(NodeConfig {
+            monitor_grace: Duration::from_secs(3),
+            ..NodeConfig::default()
+        })
+        .await;
+        let fake = FakePeer::bind(16);
+        let (_, task) = serve_fake(&fake, |send, mut recv| async move {
+            recv.stop(quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32))
+                .unwrap();
+            let _held = send;
+            std::future::pending::<()>().await;
+        });
+        let down = tokio::time::timeout(WAIT, node.monitor(&watched(&fake)).unwrap())
+            .await
+            .unwrap();
+        assert!(
+            matches!(down, DownReason::Unreachable(DialError::Refused(_))),
+            "{down:?}"
+        );
+        task.abort();
+        node.shutdown(Duration::from_millis(100)).await;
     }
 }

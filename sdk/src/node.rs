@@ -16,7 +16,9 @@ use crate::address::{Address, MailboxId};
 use crate::config::NodeConfig;
 use crate::connection::{self, ConnCode, Peers};
 use crate::conversation::Conversation;
-use crate::error::{BindError, DialError, OpenError, SendError, ServeError};
+use crate::error::{
+    BindError, DialError, MonitorError, OpenError, PingError, SendError, ServeError,
+};
 use crate::identity::{NodeId, SecretKey};
 use crate::inbound::DedupTable;
 use crate::mailbox::{lock, Durable, Mailbox, Mailboxes};
@@ -43,6 +45,12 @@ pub(crate) struct Stats {
     relayed_packets: AtomicU64,
     relayed_bytes: AtomicU64,
     relay_refused: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
+    streams_in: AtomicU64,
+    /// Failed sends by kind, indexed as [`SendFailures::KINDS`].
+    send_failures: [AtomicU64; SendFailures::KINDS.len()],
 }
 
 impl Stats {
@@ -62,6 +70,129 @@ impl Stats {
     }
     pub(crate) fn count_relay_refused(&self) {
         self.relay_refused.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_bytes_in(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn count_acked(&self, messages: u64, bytes: u64) {
+        self.messages_out.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn count_send_failure(&self, error: &SendError) {
+        let kind = SendFailures::kind_of(error);
+        if let Some(counter) = self.send_failures.get(kind) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// Counts an incoming stream as open until the returned guard drops.
+    pub(crate) fn stream_in(self: &Arc<Self>) -> StreamGuard {
+        self.streams_in.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+}
+
+/// Counts one open incoming stream while it lives.
+pub(crate) struct StreamGuard(Arc<Stats>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams_in.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Failed sends (conversation runs that failed) by kind of error, since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendFailures {
+    /// Forged or tampered addresses.
+    pub forged: u64,
+    /// Expired addresses.
+    pub expired: u64,
+    /// Addresses naming another node.
+    pub wrong_node: u64,
+    /// Unknown or closed mailboxes.
+    pub no_such_mailbox: u64,
+    /// Unreachable nodes (after `outbox_ttl`, or refused).
+    pub unreachable: u64,
+    /// Messages too large for the receiver.
+    pub too_large: u64,
+    /// No acknowledgement within `send_timeout`.
+    pub timeout: u64,
+    /// Protocol violations by the receiver.
+    pub protocol: u64,
+    /// Runs ended by this node's shutdown.
+    pub node_closed: u64,
+    /// Anything else.
+    pub other: u64,
+}
+
+impl SendFailures {
+    /// The kinds, in the order of the node's counters; also the `kind` label of the
+    /// `ferry_send_failures_total` metric.
+    pub const KINDS: [&'static str; 10] = [
+        "forged",
+        "expired",
+        "wrong_node",
+        "no_such_mailbox",
+        "unreachable",
+        "too_large",
+        "timeout",
+        "protocol",
+        "node_closed",
+        "other",
+    ];
+
+    fn kind_of(error: &SendError) -> usize {
+        match error {
+            SendError::Forged => 0,
+            SendError::Expired(_) => 1,
+            SendError::WrongNode => 2,
+            SendError::NoSuchMailbox => 3,
+            SendError::Unreachable(_) | SendError::OutboxFull { .. } => 4,
+            SendError::TooLarge { .. } => 5,
+            SendError::Timeout => 6,
+            SendError::Protocol(_) => 7,
+            SendError::NodeClosed => 8,
+            _ => 9,
+        }
+    }
+
+    /// (kind, count) pairs in the order of [`SendFailures::KINDS`].
+    pub fn by_kind(&self) -> [(&'static str, u64); 10] {
+        let counts = [
+            self.forged,
+            self.expired,
+            self.wrong_node,
+            self.no_such_mailbox,
+            self.unreachable,
+            self.too_large,
+            self.timeout,
+            self.protocol,
+            self.node_closed,
+            self.other,
+        ];
+        let mut out = [("", 0); 10];
+        for (slot, (kind, count)) in out.iter_mut().zip(Self::KINDS.iter().zip(counts)) {
+            *slot = (kind, count);
+        }
+        out
+    }
+
+    fn load(counters: &[AtomicU64; 10]) -> Self {
+        let [forged, expired, wrong_node, no_such_mailbox, unreachable, too_large, timeout, protocol, node_closed, other] =
+            counters.each_ref().map(|c| c.load(Ordering::Relaxed));
+        Self {
+            forged,
+            expired,
+            wrong_node,
+            no_such_mailbox,
+            unreachable,
+            too_large,
+            timeout,
+            protocol,
+            node_closed,
+            other,
+        }
     }
 }
 
@@ -91,6 +222,21 @@ pub struct NodeStats {
     pub relayed_bytes: u64,
     /// Packets this node refused to relay (policy, budget, or destination not connected).
     pub relay_refused: u64,
+    /// Payload bytes of the messages accepted from other nodes.
+    pub bytes_in: u64,
+    /// Messages this node sent that the target node acknowledged.
+    pub messages_out: u64,
+    /// Payload bytes of those messages.
+    pub bytes_out: u64,
+    /// Streams opened by peers that are being served now.
+    pub streams_in: u64,
+    /// Messages waiting in this node's mailboxes for the application.
+    pub mailbox_depth: u64,
+    /// Bytes of messages waiting in the outbox: queued or sent and not yet acknowledged
+    /// (each counted as its size + 32, like `send_window`).
+    pub outbox_bytes: u64,
+    /// Failed sends by kind.
+    pub send_failures: SendFailures,
 }
 
 impl NodeInner {
@@ -106,6 +252,18 @@ impl NodeInner {
     /// Whether shutdown has begun: no new messages are accepted for sending.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// Where this node dials itself: the bound address, a wildcard IP replaced by loopback.
+    pub(crate) fn loopback_addr(&self) -> SocketAddr {
+        let mut addr = self.local_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        addr
     }
 }
 
@@ -124,7 +282,7 @@ pub(crate) struct NodeInner {
     pub(crate) services: crate::service::Services,
     pub(crate) conversations: Mutex<HashMap<ConversationKey, Arc<Outbound>>>,
     pub(crate) dedup: DedupTable,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
     /// Set at the start of shutdown; an atomic load where the token would take a lock.
     closing: std::sync::atomic::AtomicBool,
@@ -132,6 +290,13 @@ pub(crate) struct NodeInner {
     local_addr: SocketAddr,
     /// Dial hints put into every address this node mints.
     hints: Vec<SocketAddr>,
+    /// Cancelled once shutdown's grace for tasks has passed: service handlers still running
+    /// then are dropped, so a handler that never returns cannot hold the shutdown up.
+    pub(crate) halt: CancellationToken,
+    /// This run's certificate serial, which tells this node's connection to itself apart.
+    pub(crate) serial: u64,
+    /// Watches of other nodes' mailboxes, shared per watched address.
+    pub(crate) watches: crate::monitor::Watches,
 }
 
 /// A ferry node: an ed25519 identity, one QUIC endpoint, and mailboxes reachable by
@@ -173,13 +338,19 @@ impl Node {
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(tls.client));
         client.transport_config(transport);
-        let mut endpoint =
-            quinn::Endpoint::server(server.clone(), config.listen).map_err(|source| {
-                BindError::Socket {
-                    addr: config.listen,
-                    source,
-                }
-            })?;
+        let socket_error = |source| BindError::Socket {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(socket_error)?;
+        let endpoint_config = endpoint_config(&key);
+        let mut endpoint = quinn::Endpoint::new(
+            endpoint_config.clone(),
+            Some(server.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(socket_error)?;
         endpoint.set_default_client_config(client.clone());
         let relay_socket = Arc::new(RelaySocket::new());
         let mut relay_transport = transport_config(&config);
@@ -191,7 +362,7 @@ impl Node {
         server.transport_config(relay_transport.clone());
         client.transport_config(relay_transport);
         let mut relay_endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             relay_socket.clone(),
             Arc::new(quinn::TokioRuntime),
@@ -221,10 +392,13 @@ impl Node {
             services: crate::service::Services::default(),
             conversations: Mutex::new(HashMap::new()),
             dedup: DedupTable::default(),
-            stats: Stats::default(),
+            stats: Arc::new(Stats::default()),
             cancel: CancellationToken::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
+            halt: CancellationToken::new(),
+            serial: tls::incarnation_as_serial(u64::from_be_bytes(incarnation)),
+            watches: crate::monitor::Watches::default(),
             local_addr,
             hints,
         });
@@ -370,7 +544,20 @@ impl Node {
     /// Opens a conversation on its own stream with a service (by name) or with the service
     /// behind a capability address.
     pub async fn open(&self, target: impl Into<Target>) -> Result<Conversation, OpenError> {
-        crate::service::open(&self.inner, &target.into()).await
+        let target = target.into();
+        self.learn_relays(&target);
+        crate::service::open(&self.inner, &target).await
+    }
+
+    /// Remembers the relays an address target names, for dialing its node.
+    fn learn_relays(&self, target: &Target) {
+        if let Target::Address(address) = target {
+            for (relay, relay_addr) in address.relays() {
+                self.inner
+                    .peers
+                    .add_relay(address.node(), relay, relay_addr);
+            }
+        }
     }
 
     /// A call: sends `request` to the service and resolves to its response. Set a deadline
@@ -390,7 +577,9 @@ impl Node {
         target: impl Into<Target>,
         request: &Req,
     ) -> Call<Resp> {
-        Call::new(self.inner.clone(), target.into(), request)
+        let target = target.into();
+        self.learn_relays(&target);
+        Call::new(self.inner.clone(), target, request)
     }
 
     /// Registers a service under `name`; take its conversations with [`Service::accept`].
@@ -424,15 +613,29 @@ impl Node {
         crate::service::lookup(&self.inner, peer, name, hints).await
     }
 
+    /// Measures one round trip to `peer` with the `ferry.ping` service every node has built
+    /// in, dialing it at `hints` (or a known address) first if there is no connection; the
+    /// dial is not part of the measured time. Fails with [`PingError::Timeout`] after the
+    /// node's `call_timeout`, dial included.
+    pub async fn ping(&self, peer: NodeId, hints: &[SocketAddr]) -> Result<Duration, PingError> {
+        crate::ping::ping(&self.inner, peer, hints).await
+    }
+
     /// Watches the mailbox (or service) of `address`: the [`Monitor`] resolves with the
-    /// reason once it closes, its node shuts down, or the connection stays lost longer than
-    /// `monitor_grace`.
-    pub fn monitor(&self, address: &Address) -> Monitor {
+    /// reason once it closes, its node shuts down, or the connection stays lost (or the node
+    /// does not answer) longer than `monitor_grace`.
+    ///
+    /// Watches of the same address share one stream to its node. Fails with
+    /// [`MonitorError::TooManyWatches`] if this node already watches
+    /// `max_monitors_per_peer` other addresses on that node.
+    pub fn monitor(&self, address: &Address) -> Result<Monitor, MonitorError> {
+        self.learn_relays(&Target::Address(address.clone()));
         crate::monitor::monitor_mailbox(&self.inner, address.clone())
     }
 
     /// Watches a peer: the [`Monitor`] resolves once it shuts down or the connection stays lost
-    /// longer than `monitor_grace`.
+    /// longer than `monitor_grace`. A watch of this node itself resolves (with
+    /// [`DownReason::LocalShutdown`](crate::DownReason::LocalShutdown)) when it shuts down.
     pub fn monitor_peer(&self, peer: NodeId, hints: &[SocketAddr]) -> Monitor {
         crate::monitor::monitor_peer(&self.inner, peer, hints.to_vec())
     }
@@ -440,26 +643,46 @@ impl Node {
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
         let stats = &self.inner.stats;
+        let (conversations, outbox_bytes) = {
+            let conversations = lock(&self.inner.conversations);
+            let outbox_bytes = conversations
+                .values()
+                .map(|outbound| outbound.outstanding_bytes())
+                .sum();
+            (conversations.len(), outbox_bytes)
+        };
         NodeStats {
             signature_checks: stats.signature_checks.load(Ordering::Relaxed),
             forged_addresses: stats.forged.load(Ordering::Relaxed),
             messages_in: stats.messages_in.load(Ordering::Relaxed),
-            connected_peers: self.inner.peers.connected(),
+            // The node's connection to itself (docs/PROTOCOL.md §10.3) is no peer.
+            connected_peers: self.inner.peers.connected().saturating_sub(usize::from(
+                self.inner.peers.connection(&self.inner.id).is_some(),
+            )),
             open_connections: self.inner.endpoint.open_connections()
                 + self.inner.relay_endpoint.open_connections(),
             mailboxes: self.inner.mailboxes.len(),
-            conversations: lock(&self.inner.conversations).len(),
+            conversations,
             dedup_entries: self.inner.dedup.len(),
             relayed_packets: stats.relayed_packets.load(Ordering::Relaxed),
             relayed_bytes: stats.relayed_bytes.load(Ordering::Relaxed),
             relay_refused: stats.relay_refused.load(Ordering::Relaxed),
+            bytes_in: stats.bytes_in.load(Ordering::Relaxed),
+            messages_out: stats.messages_out.load(Ordering::Relaxed),
+            bytes_out: stats.bytes_out.load(Ordering::Relaxed),
+            streams_in: stats.streams_in.load(Ordering::Relaxed),
+            mailbox_depth: self.inner.mailboxes.depth(),
+            outbox_bytes,
+            send_failures: SendFailures::load(&stats.send_failures),
         }
     }
 
     /// Shuts down in order: refuses new sends, waits up to `grace` for messages in flight to
     /// be acknowledged, stops every task (receiving streams acknowledge what they delivered and
-    /// tell their senders why they end, for up to `grace` again), closes every connection with
-    /// a reason, and waits for all tasks.
+    /// tell their senders why they end, service handlers finish, for up to `grace` again),
+    /// drops the service handlers still running, closes every connection with a reason, and
+    /// waits up to `grace` once more for the remaining tasks. So it returns within about
+    /// 3 × `grace` + 1 s, whatever handlers do (docs/PROTOCOL.md §6.9).
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::Release);
@@ -468,6 +691,7 @@ impl Node {
         inner.tasks.close();
         // Closing the endpoint drops unsent stream data, so let the tasks finish first.
         let _ = tokio::time::timeout(grace, inner.tasks.wait()).await;
+        inner.halt.cancel();
         inner
             .endpoint
             .close(ConnCode::SHUTDOWN.into(), b"node shutting down");
@@ -476,7 +700,9 @@ impl Node {
             .close(ConnCode::SHUTDOWN.into(), b"node shutting down");
         inner.peers.close_all();
         inner.mailboxes.clear();
-        inner.tasks.wait().await;
+        // What is left ends as the connections close, except application code that never
+        // returns (a mailbox handler, say): that is not waited for beyond the grace.
+        let _ = tokio::time::timeout(grace, inner.tasks.wait()).await;
         let idle = async {
             inner.endpoint.wait_idle().await;
             inner.relay_endpoint.wait_idle().await;
@@ -505,6 +731,31 @@ fn dial_hints(config: &NodeConfig, local_addr: SocketAddr) -> Vec<SocketAddr> {
         });
     }
     vec![addr]
+}
+
+/// The endpoint configuration, with the keys of stateless resets and of connection ids
+/// derived from the node's secret key: a node restarted with the same key recognises the
+/// connection ids of its previous run and answers packets for them with a stateless reset its
+/// peers can verify, so they learn at once that their old connections are gone instead of
+/// waiting for the idle timeout.
+fn endpoint_config(key: &SecretKey) -> quinn::EndpointConfig {
+    let derive = |label: &[u8]| {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(label);
+        context.update(&key.to_bytes());
+        context.finish()
+    };
+    let reset = derive(b"ferry/stateless-reset/v1");
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let cid = derive(b"ferry/connection-id/v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }
 
 fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {

@@ -24,7 +24,7 @@ use crate::connection::{self, ConnCode};
 use crate::error::{DialError, SendError};
 use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
 use crate::mailbox::{lock, MailboxHandle, Message};
-use crate::node::NodeInner;
+use crate::node::{NodeInner, Stats};
 
 /// Per-message cost charged against the send window on top of the payload, so floods of tiny
 /// messages are bounded too.
@@ -77,11 +77,21 @@ pub(crate) struct Outbound {
     target: Address,
     from: Address,
     window: Semaphore,
+    /// The window's size, `send_window`.
+    window_size: usize,
     queue: Mutex<Queue>,
     wake: Notify,
     progress: watch::Sender<Progress>,
     /// Set while the target cannot be reached: a full window then fails sends at once.
     unreachable: std::sync::atomic::AtomicBool,
+}
+
+impl Outbound {
+    /// Bytes of the window in use: messages queued or unacknowledged.
+    pub(crate) fn outstanding_bytes(&self) -> u64 {
+        self.window_size
+            .saturating_sub(self.window.available_permits()) as u64
+    }
 }
 
 fn cost(payload: &Bytes) -> u32 {
@@ -104,6 +114,7 @@ fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<
         target: target.clone(),
         from: from.clone(),
         window: Semaphore::new(node.config.send_window),
+        window_size: node.config.send_window,
         queue: Mutex::new(Queue::default()),
         wake: Notify::new(),
         progress: watch::Sender::new(Progress::default()),
@@ -465,7 +476,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     last_activity = Instant::now();
                     outbound.wake.notify_one();
                     // The receiver may have answered more than `Accept` already.
-                    match process_frames(&outbound, &mut flight) {
+                    match process_frames(&outbound, &node.stats, &mut flight) {
                         Ok(true) => last_progress = Instant::now(),
                         Ok(false) => {}
                         Err(StreamFailure::Fatal(error)) => {
@@ -513,7 +524,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed);
             }
             chunk = open.recv.read_chunk(64 * 1024, true) => {
-                match handle_incoming(&outbound, &mut flight, chunk) {
+                match handle_incoming(&outbound, &node.stats, &mut flight, chunk) {
                     Ok(advanced) => {
                         if advanced {
                             last_progress = Instant::now();
@@ -690,6 +701,7 @@ async fn write_queued(
 /// Processes acknowledgements and closes from the receiver. Returns whether anything advanced.
 fn handle_incoming(
     outbound: &Outbound,
+    stats: &Stats,
     flight: &mut Flight,
     chunk: Result<Option<quinn::Chunk>, quinn::ReadError>,
 ) -> Result<bool, StreamFailure> {
@@ -703,11 +715,15 @@ fn handle_incoming(
         Err(error) => return Err(read_error(error)),
     };
     flight.read_buf.extend_from_slice(&chunk.bytes);
-    process_frames(outbound, flight)
+    process_frames(outbound, stats, flight)
 }
 
 /// Processes every complete frame in `flight.read_buf`.
-fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, StreamFailure> {
+fn process_frames(
+    outbound: &Outbound,
+    stats: &Stats,
+    flight: &mut Flight,
+) -> Result<bool, StreamFailure> {
     let mut advanced = false;
     loop {
         let decoded = frame::decode_frame(&flight.read_buf, frame::MAX_CONTROL_FRAME_LEN)
@@ -718,6 +734,8 @@ fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, Stre
         match frame {
             Frame::Ack { next_seq } => {
                 let mut released = 0usize;
+                let mut messages = 0u64;
+                let mut bytes = 0u64;
                 while flight.base_seq < next_seq {
                     let Some((_, payload)) = flight.unacked.pop_front() else {
                         return Err(StreamFailure::Fatal(SendError::Protocol(
@@ -725,10 +743,13 @@ fn process_frames(outbound: &Outbound, flight: &mut Flight) -> Result<bool, Stre
                         )));
                     };
                     released += cost(&payload) as usize;
+                    messages += 1;
+                    bytes += payload.len() as u64;
                     flight.base_seq += 1;
                 }
                 if released > 0 {
                     outbound.window.add_permits(released);
+                    stats.count_acked(messages, bytes);
                     advanced = true;
                 }
             }
@@ -940,6 +961,7 @@ fn close_if_idle(outbound: &Arc<Outbound>, node: &NodeInner) -> bool {
 /// Ends the conversation, failing every message not yet acknowledged with `error`.
 fn fail_all(outbound: &Arc<Outbound>, node: &NodeInner, flight: &mut Flight, error: SendError) {
     debug!(%error, "conversation failed");
+    node.stats.count_send_failure(&error);
     {
         let mut map = lock(&node.conversations);
         let mut queue = lock(&outbound.queue);

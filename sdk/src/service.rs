@@ -98,6 +98,8 @@ pub struct Service {
     mailbox: Mailbox,
     incoming: mpsc::Receiver<Conversation>,
     node: Weak<NodeInner>,
+    /// The node's shutdown signal.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Service {
@@ -117,17 +119,41 @@ impl Service {
         self.mailbox.address()
     }
 
-    /// The next incoming conversation; `None` once the node shuts down.
+    /// The next incoming conversation; `None` once the node shuts down (conversations still
+    /// waiting in the backlog then are reset with [`ErrorCode::SHUTTING_DOWN`]).
     pub async fn accept(&mut self) -> Option<Conversation> {
-        self.incoming.recv().await
+        if !self.shutdown.is_cancelled() {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {}
+                conversation = self.incoming.recv() => return conversation,
+            }
+        }
+        self.abandon_backlog(ErrorCode::SHUTTING_DOWN);
+        None
+    }
+
+    /// Takes no more conversations and resets those waiting in the backlog with `why`.
+    fn abandon_backlog(&mut self, why: ErrorCode) {
+        self.incoming.close();
+        while let Ok(conversation) = self.incoming.try_recv() {
+            conversation.abandon(why);
+        }
     }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if let Some(node) = self.node.upgrade() {
+        let node = self.node.upgrade();
+        if let Some(node) = &node {
             node.services.remove(&self.name, self.mailbox.id());
         }
+        let shutting_down = node.is_none_or(|node| node.is_closing());
+        self.abandon_backlog(if shutting_down {
+            ErrorCode::SHUTTING_DOWN
+        } else {
+            ErrorCode::HANDLER_FAILED
+        });
     }
 }
 
@@ -174,11 +200,18 @@ pub(crate) fn register(
     if !frame::valid_service_name(name) {
         return Err(ServeError::InvalidName(name.to_owned()));
     }
+    if crate::ping::is_reserved(name) {
+        return Err(ServeError::Reserved(name.to_owned()));
+    }
     let mut registry = node.services.write();
     if registry.by_name.contains_key(name) {
         return Err(ServeError::AlreadyRegistered(name.to_owned()));
     }
     let mailbox = crate::node::new_mailbox(node, MailboxId::random(), None);
+    // A service's mailbox takes conversations, not messages: without a receiver, a message
+    // for it is refused with NO_SUCH_MAILBOX (docs/PROTOCOL.md §10.1) instead of piling up
+    // unread.
+    drop(mailbox.messages());
     let (incoming, receiver) = mpsc::channel(options.backlog.max(1));
     let entry = Arc::new(ServiceEntry {
         mailbox: mailbox.id(),
@@ -193,6 +226,7 @@ pub(crate) fn register(
         mailbox,
         incoming: receiver,
         node: Arc::downgrade(node),
+        shutdown: node.cancel.clone(),
     })
 }
 
@@ -214,6 +248,8 @@ where
         stop: stop.clone(),
     };
     let tasks = node.tasks.clone();
+    // Handlers get the shutdown grace to finish; then they are dropped (docs/PROTOCOL.md §6.9).
+    let halt = node.halt.clone();
     let span = tracing::debug_span!("service", name);
     node.tasks.spawn(
         async move {
@@ -227,7 +263,17 @@ where
                 };
                 // Each conversation on its own task: a handler holding one open (HBI's "work"
                 // stage) blocks no other.
-                tasks.spawn(handler(conversation).in_current_span());
+                let work = handler(conversation);
+                let halt = halt.clone();
+                tasks.spawn(
+                    async move {
+                        tokio::select! {
+                            _ = halt.cancelled() => {}
+                            _ = work => {}
+                        }
+                    }
+                    .in_current_span(),
+                );
             }
             drop(service);
         }
@@ -270,7 +316,8 @@ impl Target {
         }
     }
 
-    fn node(&self) -> NodeId {
+    /// The node the target is on.
+    pub fn node(&self) -> NodeId {
         match self {
             Self::Address(address) => address.node(),
             Self::Service { node, .. } => *node,
@@ -319,84 +366,128 @@ fn close_to_open_error(code: ErrorCode, reason: &str, target: &Target) -> OpenEr
         }),
         ErrorCode::WRONG_NODE => OpenError::WrongNode,
         ErrorCode::LIMIT => OpenError::Busy,
+        ErrorCode::SHUTTING_DOWN => OpenError::PeerShuttingDown,
         _ => OpenError::Protocol(format!("refused ({}): {reason}", code.0)),
     }
 }
 
-/// Opens a stream of kind `Conversation`, sends `first`, and reads the acceptor's answer.
+/// The error of a failed write of the opening: a stream stopped with NOT_ADMITTED is a refusal
+/// (docs/PROTOCOL.md §2.6), anything else a failure to reach the service.
+fn opening_write_error(error: quinn::WriteError) -> OpenError {
+    match error {
+        quinn::WriteError::Stopped(code) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
+            not_admitted()
+        }
+        other => OpenError::Unreachable(DialError::Failed(other.to_string())),
+    }
+}
+
+fn not_admitted() -> OpenError {
+    OpenError::Unreachable(DialError::Refused("node not admitted".into()))
+}
+
+/// Opens a stream of kind `Conversation`, sends `first` (and, for a conversation, this node's
+/// limit), and reads the acceptor's answer. `open_timeout` covers waiting for stream credit,
+/// writing and the answer. Until the answer is read the stream is held by a [`Conversation`]
+/// of the opener, so giving up for any reason (an error, the timeout, the caller dropping the
+/// future) resets it with CANCELLED (docs/PROTOCOL.md §10.3, §10.8).
 async fn start(
     node: &Arc<NodeInner>,
     target: &Target,
     first: &Frame<'_>,
-) -> Result<
-    (
-        quinn::SendStream,
-        quinn::RecvStream,
-        BytesMut,
-        Frame<'static>,
-    ),
-    OpenError,
-> {
+) -> Result<(Conversation, Frame<'static>), OpenError> {
     if node.is_closing() {
         return Err(OpenError::NodeClosed);
     }
     let connection = connection::connect(node, target.node(), target.hints())
         .await
         .map_err(open_error_from_dial)?;
-    let (mut send, mut recv) = connection
-        .open_bi()
-        .await
-        .map_err(|e| OpenError::Unreachable(DialError::Failed(e.to_string())))?;
     let mut head = vec![StreamKind::Conversation as u8];
     frame::put_frame(&mut head, first);
-    let answer = async {
-        send.write_all(&head)
+    if let Frame::Converse(_) = first {
+        frame::put_frame(
+            &mut head,
+            &Frame::Accept {
+                max_message: node.config.max_message_size as u64,
+            },
+        );
+    }
+    let opening = async {
+        let (send, recv) = connection
+            .open_bi()
             .await
             .map_err(|e| OpenError::Unreachable(DialError::Failed(e.to_string())))?;
-        let mut buf = BytesMut::new();
-        loop {
-            let decoded = frame::decode_frame(&buf, frame::MAX_CONTROL_FRAME_LEN)
-                .map_err(|e| OpenError::Protocol(e.to_string()))?;
-            if let Some((frame, used)) = decoded {
-                let owned = match frame {
-                    Frame::Accept { max_message } => Frame::Accept { max_message },
-                    Frame::Found(address) => Frame::Found(address),
-                    Frame::Close { code, reason } => {
-                        return Err(close_to_open_error(code, reason, target))
-                    }
-                    _ => return Err(OpenError::Protocol("unexpected answer".into())),
-                };
-                let _ = buf.split_to(used);
-                return Ok((buf, owned));
-            }
-            match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => return Err(OpenError::Protocol("stream ended before answer".into())),
-                Err(quinn::ReadError::Reset(code))
-                    if code.into_inner() == ErrorCode::NOT_ADMITTED.0 =>
-                {
-                    return Err(OpenError::Unreachable(DialError::Refused(
-                        "node not admitted".into(),
-                    )))
-                }
-                // The service accepted, then its handler gave up before we read the accept.
-                Err(quinn::ReadError::Reset(code)) => {
-                    return Err(OpenError::Failed(code.into_inner()))
-                }
-                Err(error) => {
-                    return Err(OpenError::Unreachable(DialError::Failed(error.to_string())))
-                }
-            }
-        }
+        let mut conversation = Conversation::new(
+            target.node(),
+            send,
+            recv,
+            BytesMut::new(),
+            node.config.max_message_size,
+            true,
+        );
+        let answer = read_answer(&mut conversation, &head, target).await?;
+        Ok((conversation, answer))
     };
-    let result = tokio::time::timeout(node.config.open_timeout, answer)
+    tokio::time::timeout(node.config.open_timeout, opening)
         .await
-        .unwrap_or(Err(OpenError::Timeout));
-    match result {
-        Ok((buf, frame)) => Ok((send, recv, buf, frame)),
-        Err(error) => {
-            let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::CANCELLED.0 as u32));
-            Err(error)
+        .unwrap_or(Err(OpenError::Timeout))
+}
+
+/// Writes the opening and reads the acceptor's first frame.
+async fn read_answer(
+    conversation: &mut Conversation,
+    head: &[u8],
+    target: &Target,
+) -> Result<Frame<'static>, OpenError> {
+    conversation
+        .send
+        .write_all(head)
+        .await
+        .map_err(opening_write_error)?;
+    // A peer that does not admit this node may only stop the stream (STOP_SENDING 11).
+    let stopped = conversation.send.stopped();
+    tokio::pin!(stopped);
+    let mut watch_stop = true;
+    loop {
+        let decoded = frame::decode_frame(&conversation.buf, frame::MAX_CONTROL_FRAME_LEN)
+            .map_err(|e| OpenError::Protocol(e.to_string()))?;
+        if let Some((frame, used)) = decoded {
+            let owned = match frame {
+                Frame::Accept { max_message } => Frame::Accept { max_message },
+                Frame::Found(address) => Frame::Found(address),
+                Frame::Close { code, reason } => {
+                    return Err(close_to_open_error(code, reason, target))
+                }
+                _ => return Err(OpenError::Protocol("unexpected answer".into())),
+            };
+            conversation.buf.advance(used);
+            return Ok(owned);
+        }
+        let read = tokio::select! {
+            read = conversation.recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true) => read,
+            stop = &mut stopped, if watch_stop => {
+                match stop {
+                    Ok(Some(code)) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
+                        return Err(not_admitted())
+                    }
+                    // Any other stop (or the end of the stream) decides nothing: the answer,
+                    // a reset or the connection's end follows on the read side.
+                    _ => watch_stop = false,
+                }
+                continue;
+            }
+        };
+        match read {
+            Ok(Some(chunk)) => conversation.buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(OpenError::Protocol("stream ended before answer".into())),
+            Err(quinn::ReadError::Reset(code))
+                if code.into_inner() == ErrorCode::NOT_ADMITTED.0 =>
+            {
+                return Err(not_admitted())
+            }
+            // The service accepted, then its handler gave up before we read the accept.
+            Err(quinn::ReadError::Reset(code)) => return Err(OpenError::Failed(code.into_inner())),
+            Err(error) => return Err(OpenError::Unreachable(DialError::Failed(error.to_string()))),
         }
     }
 }
@@ -416,16 +507,9 @@ pub(crate) async fn open(
             Frame::Converse(ConverseTarget::Service(name))
         }
     };
-    let (send, recv, buf, answer) = start(node, target, &first).await?;
+    let (conversation, answer) = start(node, target, &first).await?;
     match answer {
-        Frame::Accept { .. } => Ok(Conversation::new(
-            target.node(),
-            send,
-            recv,
-            buf,
-            node.config.max_message_size,
-            true,
-        )),
+        Frame::Accept { max_message } => Ok(conversation.with_peer_limit(max_message)),
         _ => Err(OpenError::Protocol("expected accept".into())),
     }
 }
@@ -444,9 +528,10 @@ pub(crate) async fn lookup(
         name: name.to_owned(),
         hints: hints.to_vec(),
     };
-    let (_send, _recv, _buf, answer) = start(node, &target, &Frame::Lookup(name)).await?;
+    let (conversation, answer) = start(node, &target, &Frame::Lookup(name)).await?;
     match answer {
         Frame::Found(address) if address.node() == peer => {
+            conversation.close_quietly();
             let mut hints = hints.to_vec();
             if hints.is_empty() {
                 if let Some(connection) = node.peers.connection(&peer) {
@@ -459,6 +544,51 @@ pub(crate) async fn lookup(
     }
 }
 
+/// What a conversation stream opens with: the request, and for a conversation the opener's
+/// limit (the `Accept` following its `Converse`; `None` if another frame follows).
+async fn read_opening(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> Result<(Request, Option<u64>), &'static str> {
+    const EXPECTED: &str = "expected converse or lookup";
+    let request = loop {
+        if let Some((frame, used)) =
+            frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN).map_err(|_| EXPECTED)?
+        {
+            let request = match frame {
+                Frame::Converse(ConverseTarget::Address(address)) => Request::ByAddress(*address),
+                Frame::Converse(ConverseTarget::Service(name)) => Request::ByName(name.to_owned()),
+                Frame::Lookup(name) => Request::Lookup(name.to_owned()),
+                _ => return Err(EXPECTED),
+            };
+            buf.advance(used);
+            break request;
+        }
+        match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            _ => return Err(EXPECTED),
+        }
+    };
+    if let Request::Lookup(_) = request {
+        return Ok((request, None));
+    }
+    loop {
+        match frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN) {
+            Ok(Some((Frame::Accept { max_message }, used))) => {
+                buf.advance(used);
+                return Ok((request, Some(max_message)));
+            }
+            // Something else, or a frame too long to be an Accept: left for the conversation.
+            Ok(Some(_)) | Err(_) => return Ok((request, None)),
+            Ok(None) => {}
+        }
+        match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            _ => return Ok((request, None)),
+        }
+    }
+}
+
 /// Serves one conversation or lookup stream opened by `peer`. The kind byte was read.
 pub(crate) async fn serve_stream(
     node: Arc<NodeInner>,
@@ -468,44 +598,30 @@ pub(crate) async fn serve_stream(
     deadline: tokio::time::Instant,
 ) {
     let mut buf = BytesMut::new();
-    let first = tokio::time::timeout_at(deadline, async {
-        loop {
-            match frame::decode_frame(&buf, frame::MAX_CONTROL_FRAME_LEN) {
-                Ok(Some((frame, used))) => {
-                    let request = match frame {
-                        Frame::Converse(ConverseTarget::Address(address)) => {
-                            Some(Request::ByAddress(*address))
-                        }
-                        Frame::Converse(ConverseTarget::Service(name)) => {
-                            Some(Request::ByName(name.to_owned()))
-                        }
-                        Frame::Lookup(name) => Some(Request::Lookup(name.to_owned())),
-                        _ => None,
-                    };
-                    buf.advance(used);
-                    return request;
-                }
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-            match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                _ => return None,
-            }
-        }
-    })
-    .await;
-    let request = match first {
-        Ok(Some(request)) => request,
-        Ok(None) => {
+    let opening = tokio::time::timeout_at(deadline, read_opening(&mut recv, &mut buf)).await;
+    let (request, opener_limit) = match opening {
+        Ok(Ok(opening)) => opening,
+        Ok(Err(reason)) => return refuse(&mut send, ErrorCode::PROTOCOL, reason).await,
+        Err(_) => return refuse(&mut send, ErrorCode::TIMEOUT, "no opening frame in time").await,
+    };
+    // The built-in ping takes its request without the opener's limit (docs/PROTOCOL.md §10).
+    if matches!(&request, Request::ByName(name) if name == crate::ping::PING_SERVICE) {
+        return crate::ping::answer(peer, send, recv, buf, deadline).await;
+    }
+    if node.is_closing() {
+        return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
+    }
+    let opener_limit = match (&request, opener_limit) {
+        (Request::Lookup(_), _) => 0,
+        (_, Some(limit)) => limit,
+        (_, None) => {
             return refuse(
                 &mut send,
                 ErrorCode::PROTOCOL,
-                "expected converse or lookup",
+                "expected accept after converse",
             )
             .await
         }
-        Err(_) => return refuse(&mut send, ErrorCode::TIMEOUT, "no opening frame in time").await,
     };
     let entry = match resolve(&node, peer, &request) {
         Ok(entry) => entry,
@@ -520,9 +636,19 @@ pub(crate) async fn serve_stream(
         }
         return;
     }
-    let Ok(permit) = entry.incoming.try_reserve() else {
-        debug!(peer = %peer.short(), "service busy or gone; refusing conversation");
-        return refuse(&mut send, ErrorCode::LIMIT, "service busy").await;
+    let permit = match entry.incoming.try_reserve() {
+        Ok(permit) => permit,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            debug!(peer = %peer.short(), "service busy; refusing conversation");
+            return refuse(&mut send, ErrorCode::LIMIT, "service busy").await;
+        }
+        // The service's application stopped taking conversations: it is going away.
+        Err(mpsc::error::TrySendError::Closed(())) if node.is_closing() => {
+            return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => {
+            return refuse(&mut send, ErrorCode::NO_SUCH_SERVICE, "service stopped").await;
+        }
     };
     let mut out = Vec::new();
     frame::put_frame(
@@ -534,14 +660,10 @@ pub(crate) async fn serve_stream(
     if send.write_all(&out).await.is_err() {
         return;
     }
-    permit.send(Conversation::new(
-        peer,
-        send,
-        recv,
-        buf,
-        node.config.max_message_size,
-        false,
-    ));
+    permit.send(
+        Conversation::new(peer, send, recv, buf, node.config.max_message_size, false)
+            .with_peer_limit(opener_limit),
+    );
 }
 
 enum Request {
@@ -667,6 +789,9 @@ impl<Resp: DeserializeOwned + Send + 'static> IntoFuture for Call<Resp> {
                 let mut conversation = open(&self.node, &self.target).await?;
                 let sent = match conversation.send_encoded(&request).await {
                     Ok(()) => conversation.finish(),
+                    // Beyond the callee's announced limit: nothing was sent, and dropping the
+                    // conversation cancels it.
+                    Err(error @ ConversationError::TooLarge { .. }) => return Err(error.into()),
                     Err(error) => Err(error),
                 };
                 // A callee may answer (or fail) without reading the whole request, which makes
@@ -683,5 +808,238 @@ impl<Resp: DeserializeOwned + Send + 'static> IntoFuture for Call<Resp> {
                 .await
                 .unwrap_or(Err(CallError::Timeout))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::fake_peer::{self, FakePeer};
+    use crate::{Node, NodeConfig, SecretKey};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn node_with(config: NodeConfig) -> Node {
+        Node::bind(SecretKey::generate(), config).await.unwrap()
+    }
+
+    fn fake_target(fake: &FakePeer) -> Target {
+        Target::service(fake.id, "svc").with_hints(vec![fake.addr])
+    }
+
+    /// What the fake acceptor reads after the opening, until its end.
+    async fn read_rest(recv: &mut quinn::RecvStream) -> Result<(), quinn::ReadError> {
+        while recv.read_chunk(64 * 1024, true).await?.is_some() {}
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_abandoned_before_the_answer_resets_with_cancelled() {
+        let fake = FakePeer::bind(16);
+        let node = node_with(NodeConfig::default()).await;
+        let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+        let connection = fake.accept();
+        let acceptor = tokio::spawn(async move {
+            let connection = connection.await;
+            // The acceptor reads the opening and never answers.
+            loop {
+                let Ok((send, mut recv)) = connection.accept_bi().await else {
+                    return;
+                };
+                let mut buf = BytesMut::new();
+                let (kind, _) = fake_peer::read_opening(&mut recv, &mut buf).await;
+                assert_eq!(kind, StreamKind::Conversation as u8);
+                opened_tx.send(()).unwrap();
+                let ended = read_rest(&mut recv).await;
+                let stopped = send.stopped().await;
+                ended_tx.send((ended, stopped)).unwrap();
+            }
+        });
+
+        // A call whose deadline passes before the answer.
+        let call: Result<String, CallError> = node
+            .call(fake_target(&fake), "work")
+            .timeout(Duration::from_millis(300))
+            .await;
+        assert_eq!(call, Err(CallError::Timeout));
+        let (ended, stopped) = tokio::time::timeout(WAIT, ended_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let cancelled = quinn::VarInt::from_u32(ErrorCode::CANCELLED.0 as u32);
+        assert_eq!(ended, Err(quinn::ReadError::Reset(cancelled)));
+        assert_eq!(stopped.unwrap(), Some(cancelled));
+        opened_rx.recv().await.unwrap();
+
+        // An open whose future is dropped before the answer.
+        let opening = tokio::spawn({
+            let node = node.clone();
+            let target = fake_target(&fake);
+            async move { node.open(target).await }
+        });
+        tokio::time::timeout(WAIT, opened_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        opening.abort();
+        let (ended, stopped) = tokio::time::timeout(WAIT, ended_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended, Err(quinn::ReadError::Reset(cancelled)));
+        assert_eq!(stopped.unwrap(), Some(cancelled));
+        node.shutdown(Duration::from_millis(100)).await;
+        acceptor.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_waits_no_longer_than_open_timeout_for_stream_credit() {
+        // The peer grants no stream at all.
+        let fake = FakePeer::bind(0);
+        let node = node_with(NodeConfig {
+            open_timeout: Duration::from_millis(300),
+            ..NodeConfig::default()
+        })
+        .await;
+        let connection = tokio::spawn(fake.accept());
+        let open = tokio::time::timeout(WAIT, node.open(fake_target(&fake))).await;
+        assert_eq!(open.unwrap().unwrap_err(), OpenError::Timeout);
+        drop(connection);
+        node.shutdown(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_stopped_with_not_admitted_is_a_refusal() {
+        let fake = FakePeer::bind(16);
+        let node = node_with(NodeConfig {
+            open_timeout: Duration::from_secs(3),
+            ..NodeConfig::default()
+        })
+        .await;
+        let acceptor = tokio::spawn({
+            let accepted = fake.accept();
+            async move {
+                let connection = accepted.await;
+                let mut held = Vec::new();
+                // Stop every stream with NOT_ADMITTED, without resetting the other direction.
+                while let Ok((send, mut recv)) = connection.accept_bi().await {
+                    recv.stop(quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32))
+                        .unwrap();
+                    held.push(send);
+                }
+            }
+        });
+        let open = tokio::time::timeout(WAIT, node.open(fake_target(&fake)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(open, Err(OpenError::Unreachable(DialError::Refused(_)))),
+            "{open:?}"
+        );
+        node.shutdown(Duration::from_millis(100)).await;
+        acceptor.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_and_unexpected_frames_are_reported_once() {
+        let node = node_with(NodeConfig {
+            max_message_size: 1000,
+            send_window: 1000,
+            ..NodeConfig::default()
+        })
+        .await;
+        let mut service = node.service("svc", ServiceOptions::default()).unwrap();
+        let fake = FakePeer::bind(16);
+        let connection = fake.connect(node.id(), node.local_addr()).await;
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        let mut head = vec![StreamKind::Conversation as u8];
+        head.extend(fake_peer::encode(&Frame::Converse(
+            ConverseTarget::Service("svc"),
+        )));
+        head.extend(fake_peer::encode(&Frame::Accept {
+            max_message: 1 << 20,
+        }));
+        send.write_all(&head).await.unwrap();
+        let mut buf = BytesMut::new();
+        let accept = fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
+        assert_eq!(
+            accept,
+            fake_peer::encode(&Frame::Accept { max_message: 1000 })
+        );
+        let object = |value: &str| postcard::to_allocvec(value).unwrap();
+        let mut out = Vec::new();
+        for frame in [
+            Frame::Object(&object(&"x".repeat(2000))),
+            Frame::Object(&object("small")),
+            Frame::Data(b"abc"),
+            Frame::DataEnd,
+            Frame::Object(&object(&"y".repeat(100_000))),
+            Frame::Object(&object("after")),
+        ] {
+            frame::put_frame(&mut out, &frame);
+        }
+        send.write_all(&out).await.unwrap();
+        send.finish().unwrap();
+
+        let mut conversation = tokio::time::timeout(WAIT, service.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        // An object beyond the limit is consumed: the next read goes on after it.
+        assert_eq!(
+            conversation.recv_obj::<String>().await,
+            Err(ConversationError::TooLarge {
+                size: 2002,
+                max: 1000
+            })
+        );
+        assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "small");
+        // Data where an object was asked for is left unread, for recv_chunk.
+        assert_eq!(
+            conversation.recv_obj::<String>().await,
+            Err(ConversationError::Unexpected("data"))
+        );
+        assert_eq!(
+            conversation.recv_chunk().await.unwrap().unwrap().as_ref(),
+            b"abc"
+        );
+        assert_eq!(conversation.recv_chunk().await.unwrap(), None);
+        // Also an object beyond every frame bound is skipped, not buffered.
+        assert_eq!(
+            conversation.recv_obj::<String>().await,
+            Err(ConversationError::TooLarge {
+                size: 100_003,
+                max: 1000
+            })
+        );
+        assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "after");
+        assert_eq!(
+            conversation.recv_obj::<String>().await,
+            Err(ConversationError::Ended)
+        );
+        node.shutdown(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_departed_service_is_not_reported_busy() {
+        let server = node_with(NodeConfig::default()).await;
+        let client = node_with(NodeConfig::default()).await;
+        let mut service = server.service("gone", ServiceOptions::default()).unwrap();
+        // The service takes no more conversations but is still registered (the moment
+        // between its application leaving and the registry forgetting it).
+        service.incoming.close();
+        let open = client
+            .open(Target::service(server.id(), "gone").with_hints(vec![server.local_addr()]))
+            .await;
+        assert_eq!(open.unwrap_err(), OpenError::NoSuchService("gone".into()));
+        client.shutdown(Duration::from_millis(100)).await;
+        server.shutdown(Duration::from_millis(100)).await;
     }
 }

@@ -3,14 +3,17 @@
 //! Every figure is measured for ferry and, in the same process and the same run, for a
 //! baseline of raw quinn doing the same job on one stream, so that noise of the machine
 //! affects both alike. Each measurement is repeated (5 runs, 3 with `--quick`), ferry and
-//! baseline alternating which goes first; the table reports the medians over the runs and the
-//! ratio ferry / baseline. Nothing passes or fails on speed.
+//! baseline alternating which goes first (the HOL figure, bound by its link's delay rather
+//! than the CPU, measures both at the same time); the table reports the medians over the runs
+//! and the ratio ferry / baseline. Nothing passes or fails on speed.
 //!
 //! ```text
 //! cargo run --release -p ferry-interop --bin bench -- [--quick] [--json PATH]
 //! ```
 //!
-//! Everything runs on loopback (127.0.0.1), on tokio's multi-thread runtime.
+//! Everything runs on loopback (127.0.0.1), on tokio's multi-thread runtime. The head-of-line
+//! figure (`hol`) sends both ferry and its baseline through a [`LossyLink`] each (2 % loss,
+//! 10 ms one-way delay), identically configured and seeded.
 //!
 //! Adding a figure: write an `async fn` that measures it for ferry and for the baseline in
 //! [`Settings::runs`] runs and returns one or more [`Row`]s, then list it in [`FIGURES`].
@@ -20,17 +23,20 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Parser;
-use ferry::{Mailbox, Node, NodeConfig, SecretKey};
+use ferry::{Conversation, Mailbox, Node, NodeConfig, SecretKey, ServiceOptions, Target};
+use ferry_interop::lossy::{LinkConfig, LossyLink};
+use futures::StreamExt as _;
 use hdrhistogram::Histogram;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 
-/// Size of the messages of every figure so far.
+/// Size of the small messages: throughput, round trip, and conversation B of the HOL figure.
 const MESSAGE_LEN: usize = 64;
 static PAYLOAD: [u8; MESSAGE_LEN] = [0u8; MESSAGE_LEN];
 /// No single measurement may take longer than this.
@@ -53,7 +59,7 @@ struct Cli {
     /// Runs per measurement (default 5, 3 with --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only the figures whose id contains this text (ids: throughput, rtt).
+    /// Only the figures whose id contains this text (ids: throughput, rtt, bulk, hol).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -76,6 +82,11 @@ struct Settings {
     /// Measured round trips per latency run (after the warm-up).
     rtt_rounds: u64,
     rtt_warmup: u64,
+    /// Bytes of the bulk transfer per run (after a warm-up transfer of [`BULK_WARMUP`]).
+    bulk_bytes: u64,
+    /// Measured round trips of conversation B per case (alone, with bulk) of the HOL figure.
+    hol_rounds: u64,
+    hol_warmup: u64,
 }
 
 impl Settings {
@@ -88,6 +99,9 @@ impl Settings {
                 throughput_warmup: 20_000,
                 rtt_rounds: 5_000,
                 rtt_warmup: 200,
+                bulk_bytes: 200 << 20,
+                hol_rounds: 100,
+                hol_warmup: 10,
             }
         } else {
             Self {
@@ -97,6 +111,9 @@ impl Settings {
                 throughput_warmup: 50_000,
                 rtt_rounds: 20_000,
                 rtt_warmup: 500,
+                bulk_bytes: 1 << 30,
+                hol_rounds: 300,
+                hol_warmup: 20,
             }
         };
         if let Some(runs) = cli.runs {
@@ -179,6 +196,14 @@ const FIGURES: &[Figure] = &[
     Figure {
         id: "rtt",
         measure: |settings| Box::pin(figure_round_trip(settings)),
+    },
+    Figure {
+        id: "bulk",
+        measure: |settings| Box::pin(figure_bulk(settings)),
+    },
+    Figure {
+        id: "hol",
+        measure: |settings| Box::pin(figure_head_of_line(settings)),
     },
 ];
 
@@ -529,6 +554,532 @@ async fn quinn_round_trips(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Figure 3: bulk throughput of one conversation, direct loopback.
+
+/// Chunk size of every bulk writer: ferry's largest data frame payload (64 KiB).
+const BULK_CHUNK: usize = 64 * 1024;
+static BULK_DATA: [u8; BULK_CHUNK] = [7u8; BULK_CHUNK];
+/// Bytes sent before the measured transfer, on the same connection.
+const BULK_WARMUP: u64 = 16 << 20;
+
+async fn figure_bulk(settings: Settings) -> Result<Vec<Row>> {
+    let mut row = Row::new(
+        "bulk: 1 conversation send_data -> sink",
+        "MB/s",
+        Better::Higher,
+    );
+    let n = settings.bulk_bytes;
+    for run in 0..settings.runs {
+        let ferry_first = run % 2 == 0;
+        if ferry_first {
+            row.ferry.push(measure(ferry_bulk(n)).await?);
+        }
+        if !settings.ferry_only {
+            row.baseline.push(measure(quinn_bulk(n)).await?);
+        }
+        if !ferry_first {
+            row.ferry.push(measure(ferry_bulk(n)).await?);
+        }
+    }
+    Ok(vec![row])
+}
+
+/// `n` bytes as 64 KiB chunks (the last one shorter), without copying.
+fn bulk_chunks(n: u64) -> impl futures::Stream<Item = &'static [u8]> + Unpin {
+    let full = n / BULK_CHUNK as u64;
+    let rest = (n % BULK_CHUNK as u64) as usize;
+    let chunks = std::iter::repeat_n(&BULK_DATA[..], full as usize)
+        .chain((rest > 0).then(|| &BULK_DATA[..rest]));
+    futures::stream::iter(chunks)
+}
+
+/// MB/s (10^6 bytes per second) of one conversation's `send_data_stream` of `n` bytes into a
+/// service that `recv_data`s into a sink and then answers the byte count. The clock runs from
+/// the first chunk until the answer arrived; a warm-up transfer on another conversation opens
+/// the connection first.
+async fn ferry_bulk(n: u64) -> Result<f64> {
+    let (client, server) = ferry_pair().await?;
+    let _sink = server.serve(
+        "sink",
+        ServiceOptions::default(),
+        |mut conversation| async move {
+            if let Ok(total) = conversation.recv_data(tokio::io::sink()).await {
+                let _ = conversation.reply(&total).await;
+            }
+        },
+    )?;
+    let target = Target::service(server.id(), "sink").with_hints(vec![server.local_addr()]);
+    let transfer = |bytes: u64| {
+        let (client, target) = (&client, target.clone());
+        async move {
+            let mut conversation = client.open(target).await?;
+            let start = Instant::now();
+            let sent = conversation.send_data_stream(bulk_chunks(bytes)).await?;
+            let received: u64 = conversation.recv_obj().await?;
+            let elapsed = start.elapsed();
+            ensure!(
+                sent == bytes && received == bytes,
+                "sent {sent}, received {received}"
+            );
+            conversation.finish()?;
+            anyhow::Ok(elapsed)
+        }
+    };
+    transfer(BULK_WARMUP).await?;
+    let elapsed = transfer(n).await?;
+    shutdown(&[client, server]).await;
+    Ok(n as f64 / 1e6 / elapsed.as_secs_f64())
+}
+
+/// The same with raw quinn: one bidirectional stream, `write_all` of the same 64 KiB chunks,
+/// `finish`; the server reads to the end (`read_chunk`) and answers the byte count (u64). A
+/// warm-up transfer on another stream goes first.
+async fn quinn_bulk(n: u64) -> Result<f64> {
+    let pair = QuinnPair::connect().await?;
+    let server_conn = pair.server_conn.clone();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut send, mut recv) = server_conn.accept_bi().await?;
+            let mut total = 0u64;
+            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+                total += chunk.bytes.len() as u64;
+            }
+            send.write_all(&total.to_be_bytes()).await?;
+            send.finish()?;
+        }
+        anyhow::Ok(())
+    });
+    let mut elapsed = Duration::ZERO;
+    for bytes in [BULK_WARMUP, n] {
+        let (mut send, mut recv) = pair.client_conn.open_bi().await?;
+        let start = Instant::now();
+        let mut chunks = bulk_chunks(bytes);
+        while let Some(chunk) = chunks.next().await {
+            send.write_all(chunk).await?;
+        }
+        send.finish()?;
+        let mut answer = [0u8; 8];
+        recv.read_exact(&mut answer).await?;
+        elapsed = start.elapsed();
+        let received = u64::from_be_bytes(answer);
+        ensure!(received == bytes, "server received {received} of {bytes}");
+    }
+    server.await.context("server panicked")??;
+    pair.close().await;
+    Ok(n as f64 / 1e6 / elapsed.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figure 4: head-of-line blocking. Through a lossy link, conversation A streams bulk data while
+// conversation B does sequential 64-byte echoes; B's latency alone and with A running.
+
+/// Loss of the HOL figure's link, per packet and direction.
+const HOL_LOSS: f64 = 0.02;
+/// One-way delay of the HOL figure's link.
+const HOL_DELAY: Duration = Duration::from_millis(10);
+/// How long bulk A runs before B's rounds with bulk are measured (slow start is over by then).
+const HOL_RAMP: Duration = Duration::from_millis(500);
+/// Bulk frame of the one-stream baseline.
+const HOL_BULK_FRAME: usize = 16 * 1024;
+/// Bulk bytes the one-stream baseline keeps written but not yet read by its server, like the
+/// send buffer of a TCP socket: Linux (`tcp_sndbuf_expand`) sizes it for 2 × max(10, cwnd)
+/// segments, about 24–43 KB of data at the 4–18-packet windows this link allows. Without a
+/// bound quinn would queue up to the 4 MiB stream window ahead of every request, and at the
+/// loss-limited rate (≈ 0.5 MB/s) a round would take seconds.
+const HOL_BASELINE_BUDGET: u64 = 32 * 1024;
+/// Frame kinds of the one-stream baseline (client → server; server → client: a request's kind
+/// marks its response, a bulk kind the cumulative count of bulk bytes read).
+const KIND_BULK: u8 = 0;
+const KIND_REQUEST: u8 = 1;
+
+/// The lossy link of one HOL measurement; ferry's and the baseline's get the same seed.
+fn hol_link(seed: u64) -> LinkConfig {
+    LinkConfig {
+        loss: HOL_LOSS,
+        delay: HOL_DELAY,
+        seed: Some(seed),
+        ..LinkConfig::default()
+    }
+}
+
+/// B's round trips alone and with bulk A running, and A's goodput meanwhile.
+struct HolRun {
+    alone: Histogram<u64>,
+    with_bulk: Histogram<u64>,
+    /// MB/s of bulk A's bytes read by the receiving application during B's rounds with bulk.
+    goodput: f64,
+}
+
+async fn figure_head_of_line(settings: Settings) -> Result<Vec<Row>> {
+    let latency = |what: &str| {
+        Row::new(
+            format!("HOL B {what} (2% loss, 10 ms)"),
+            "ms",
+            Better::Lower,
+        )
+    };
+    let mut rows = [
+        latency("64 B echo p50, alone"),
+        latency("p50, with bulk A"),
+        latency("p90, alone"),
+        latency("p90, with bulk A"),
+        latency("p99, alone"),
+        latency("p99, with bulk A"),
+        Row::new("HOL: B p99 with bulk / B p99 alone", "x", Better::Lower),
+        Row::new("HOL: bulk A goodput while B runs", "MB/s", Better::Higher),
+    ];
+    let (rounds, warmup) = (settings.hol_rounds, settings.hol_warmup);
+    let mut record = |ferry: bool, run: HolRun| {
+        let ms = |histogram: &Histogram<u64>, quantile: f64| {
+            histogram.value_at_quantile(quantile) as f64 / 1e6
+        };
+        let p99_alone = ms(&run.alone, 0.99);
+        let p99_bulk = ms(&run.with_bulk, 0.99);
+        let values = [
+            ms(&run.alone, 0.50),
+            ms(&run.with_bulk, 0.50),
+            ms(&run.alone, 0.90),
+            ms(&run.with_bulk, 0.90),
+            p99_alone,
+            p99_bulk,
+            p99_bulk / p99_alone,
+            run.goodput,
+        ];
+        for (row, value) in rows.iter_mut().zip(values) {
+            if ferry {
+                row.ferry.push(value);
+            } else {
+                row.baseline.push(value);
+            }
+        }
+    };
+    for run in 0..settings.runs {
+        let seed = 1000 + run as u64;
+        // Ferry and baseline run at the same time, each through its own link: the figure is
+        // bound by the link's delay (a round takes at least 20 ms) and uses about 1 % of the
+        // CPU, so they do not disturb each other at this scale, and it takes half as long.
+        if settings.ferry_only {
+            record(true, measure(ferry_hol(rounds, warmup, seed)).await?);
+        } else {
+            let (ferry, baseline) = tokio::try_join!(
+                measure(ferry_hol(rounds, warmup, seed)),
+                measure(quinn_hol(rounds, warmup, seed)),
+            )?;
+            record(true, ferry);
+            record(false, baseline);
+        }
+    }
+    Ok(rows.into())
+}
+
+/// MB/s of `bytes` read during `elapsed`.
+fn megabytes_per_second(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64()
+}
+
+/// Two ferry nodes, the client reaching the server only through a lossy link. The server
+/// offers "bulk" (reads data chunks and counts them) and "echo" (answers each object with
+/// itself). B is one "echo" conversation; A one "bulk" conversation whose `send_data_stream`
+/// runs until the measurement ends.
+async fn ferry_hol(rounds: u64, warmup: u64, seed: u64) -> Result<HolRun> {
+    let (client, server) = ferry_pair().await?;
+    let link = LossyLink::start(hol_link(seed), server.local_addr()).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let _bulk_service = server.serve("bulk", ServiceOptions::default(), move |conversation| {
+        hol_bulk_sink(conversation, counter.clone())
+    })?;
+    let _echo_service = server.serve(
+        "echo",
+        ServiceOptions::default(),
+        |mut conversation| async move {
+            while let Ok(request) = conversation.recv_obj::<Vec<u8>>().await {
+                if conversation.send_obj(&request).await.is_err() {
+                    return;
+                }
+            }
+            let _ = conversation.finish();
+        },
+    )?;
+    let target =
+        |name: &str| Target::service(server.id(), name).with_hints(vec![link.local_addr()]);
+
+    let mut echo = client.open(target("echo")).await?;
+    let alone = ferry_echo_rounds(&mut echo, warmup, rounds).await?;
+
+    // A sends 64 KiB chunks without end, until it is aborted below.
+    let mut bulk = client.open(target("bulk")).await?;
+    let sender = tokio::spawn(async move {
+        bulk.send_data_stream(futures::stream::repeat(&BULK_DATA[..]))
+            .await?;
+        anyhow::Ok(bulk)
+    });
+    tokio::time::sleep(HOL_RAMP).await;
+    let (before, start) = (received.load(Ordering::Relaxed), Instant::now());
+    let with_bulk = ferry_echo_rounds(&mut echo, 0, rounds).await;
+    let goodput = megabytes_per_second(received.load(Ordering::Relaxed) - before, start.elapsed());
+    // Stop A at once: aborting its task drops the conversation, which resets the stream and
+    // discards the data still queued (up to the 4 MiB stream window; draining that at the
+    // loss-limited rate would take seconds). Awaiting the task makes sure it is gone.
+    sender.abort();
+    match sender.await {
+        Ok(result) => drop(result.context("bulk conversation A")?),
+        Err(error) if error.is_cancelled() => {}
+        Err(error) => return Err(error).context("bulk sender panicked"),
+    }
+    let with_bulk = with_bulk?;
+    drop(echo);
+    shutdown_quickly(&[client, server]).await;
+    link.shutdown().await;
+    Ok(HolRun {
+        alone,
+        with_bulk,
+        goodput,
+    })
+}
+
+/// The "bulk" service of the HOL figure: reads data chunks until the end (or a reset) and
+/// adds their length to `counter`.
+async fn hol_bulk_sink(mut conversation: Conversation, counter: Arc<AtomicU64>) {
+    while let Ok(Some(chunk)) = conversation.recv_chunk().await {
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// `warmup` unrecorded, then `rounds` recorded sequential round trips of a 64-byte object on
+/// the echo conversation B.
+async fn ferry_echo_rounds(
+    echo: &mut Conversation,
+    warmup: u64,
+    rounds: u64,
+) -> Result<Histogram<u64>> {
+    let mut histogram = histogram()?;
+    for index in 0..warmup + rounds {
+        let start = Instant::now();
+        echo.send_obj(&PAYLOAD[..]).await?;
+        let reply: Vec<u8> = echo.recv_obj().await?;
+        let elapsed = start.elapsed();
+        ensure!(reply.len() == MESSAGE_LEN, "bad reply length");
+        if index >= warmup {
+            record_ns(&mut histogram, elapsed)?;
+        }
+    }
+    Ok(histogram)
+}
+
+/// The same for the one-stream baseline: ask the writer for a request, wait for the reader to
+/// see its response.
+async fn quinn_echo_rounds(
+    commands: &mpsc::UnboundedSender<Command>,
+    responses: &mut mpsc::UnboundedReceiver<()>,
+    warmup: u64,
+    rounds: u64,
+) -> Result<Histogram<u64>> {
+    let mut histogram = histogram()?;
+    for index in 0..warmup + rounds {
+        let start = Instant::now();
+        commands
+            .send(Command::Request)
+            .map_err(|_| anyhow!("writer ended"))?;
+        responses
+            .recv()
+            .await
+            .ok_or_else(|| anyhow!("reader ended"))?;
+        let elapsed = start.elapsed();
+        if index >= warmup {
+            record_ns(&mut histogram, elapsed)?;
+        }
+    }
+    Ok(histogram)
+}
+
+/// What the one-stream baseline's client asks its writer task to do.
+enum Command {
+    /// Write one 64-byte request frame (ahead of further bulk frames).
+    Request,
+    /// Start or stop writing bulk frames.
+    Bulk(bool),
+}
+
+/// The baseline: raw quinn through an identically configured lossy link, both flows on ONE
+/// bidirectional stream, as HBI over TCP does. Frames are `[kind u8][len u32][payload]`; a
+/// writer task writes a pending request before the next bulk frame, and keeps at most
+/// [`HOL_BASELINE_BUDGET`] bulk bytes written but not yet read by the server. The server
+/// answers each request in order on the same stream and reports the bulk bytes it read.
+async fn quinn_hol(rounds: u64, warmup: u64, seed: u64) -> Result<HolRun> {
+    let pair = QuinnPair::connect_via(Some(hol_link(seed))).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let server = tokio::spawn(hol_server(pair.server_conn.clone(), received.clone()));
+    let (send, recv) = pair.client_conn.open_bi().await?;
+    let (consumed_tx, consumed_rx) = watch::channel(0u64);
+    let (response_tx, mut responses) = mpsc::unbounded_channel();
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(hol_writer(send, command_rx, consumed_rx));
+    let reader = tokio::spawn(hol_reader(recv, consumed_tx, response_tx));
+
+    let alone = quinn_echo_rounds(&commands, &mut responses, warmup, rounds).await?;
+    commands
+        .send(Command::Bulk(true))
+        .map_err(|_| anyhow!("writer ended"))?;
+    tokio::time::sleep(HOL_RAMP).await;
+    let (before, start) = (received.load(Ordering::Relaxed), Instant::now());
+    let with_bulk = quinn_echo_rounds(&commands, &mut responses, 0, rounds).await?;
+    let goodput = megabytes_per_second(received.load(Ordering::Relaxed) - before, start.elapsed());
+
+    // Stop writing bulk and finish the stream; the server reads the rest (at most the budget)
+    // and finishes too.
+    let _ = commands.send(Command::Bulk(false));
+    drop(commands);
+    let ends = async {
+        writer.await.context("writer panicked")??;
+        reader.await.context("reader panicked")??;
+        server.await.context("server panicked")??;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), ends)
+        .await
+        .map_err(|_| anyhow!("the one-stream baseline did not end in time"))??;
+    pair.close().await;
+    Ok(HolRun {
+        alone,
+        with_bulk,
+        goodput,
+    })
+}
+
+fn frame_header(kind: u8, len: usize) -> Result<[u8; 5]> {
+    let len = u32::try_from(len)?.to_be_bytes();
+    Ok([kind, len[0], len[1], len[2], len[3]])
+}
+
+/// The baseline client's writer: requests first, then bulk frames while bulk is on and the
+/// server has read all but [`HOL_BASELINE_BUDGET`] bytes of what was written.
+async fn hol_writer(
+    mut send: quinn::SendStream,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut consumed: watch::Receiver<u64>,
+) -> Result<()> {
+    let mut request = frame_header(KIND_REQUEST, MESSAGE_LEN)?.to_vec();
+    request.extend_from_slice(&PAYLOAD);
+    let mut bulk_frame = frame_header(KIND_BULK, HOL_BULK_FRAME)?.to_vec();
+    bulk_frame.extend_from_slice(&BULK_DATA[..HOL_BULK_FRAME]);
+    let mut bulk = false;
+    let mut written = 0u64;
+    loop {
+        let room = written.saturating_sub(*consumed.borrow_and_update()) < HOL_BASELINE_BUDGET;
+        let command = if bulk && room {
+            match commands.try_recv() {
+                Ok(command) => Some(command),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        } else if bulk {
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(command) => Some(command),
+                    None => break,
+                },
+                changed = consumed.changed() => {
+                    changed.map_err(|_| anyhow!("reader ended"))?;
+                    continue;
+                }
+            }
+        } else {
+            match commands.recv().await {
+                Some(command) => Some(command),
+                None => break,
+            }
+        };
+        match command {
+            Some(Command::Request) => send.write_all(&request).await?,
+            Some(Command::Bulk(on)) => bulk = on,
+            None => {
+                send.write_all(&bulk_frame).await?;
+                written += HOL_BULK_FRAME as u64;
+            }
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// The baseline client's reader: responses go to `responses`, bulk counts to `consumed`.
+async fn hol_reader(
+    mut recv: quinn::RecvStream,
+    consumed: watch::Sender<u64>,
+    responses: mpsc::UnboundedSender<()>,
+) -> Result<()> {
+    let mut kind = [0u8; 1];
+    loop {
+        match recv.read_exact(&mut kind).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        }
+        match kind[0] {
+            KIND_REQUEST => {
+                let mut response = [0u8; MESSAGE_LEN];
+                recv.read_exact(&mut response).await?;
+                // The measuring loop may be gone already; the stream still has to be read.
+                let _ = responses.send(());
+            }
+            KIND_BULK => {
+                let mut count = [0u8; 8];
+                recv.read_exact(&mut count).await?;
+                consumed.send_replace(u64::from_be_bytes(count));
+            }
+            other => bail!("unknown frame kind {other}"),
+        }
+    }
+}
+
+/// The baseline server: reads the one stream in order, answers each request at once, counts
+/// bulk bytes into `received` and reports them (after every complete bulk frame).
+async fn hol_server(connection: quinn::Connection, received: Arc<AtomicU64>) -> Result<()> {
+    let (mut send, mut recv) = connection.accept_bi().await?;
+    let mut buf = BytesMut::with_capacity(2 * HOL_BULK_FRAME);
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut reported = 0u64;
+    while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
+        buf.extend_from_slice(&chunk.bytes);
+        out.clear();
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 5 + len {
+                break;
+            }
+            let kind = buf[0];
+            buf.advance(5);
+            let payload = buf.split_to(len);
+            match kind {
+                KIND_REQUEST => {
+                    ensure!(payload.len() == MESSAGE_LEN, "bad request length");
+                    out.push(KIND_REQUEST);
+                    out.extend_from_slice(&payload);
+                }
+                KIND_BULK => {
+                    total += len as u64;
+                    received.store(total, Ordering::Relaxed);
+                }
+                other => bail!("unknown frame kind {other}"),
+            }
+        }
+        if total > reported {
+            out.push(KIND_BULK);
+            out.extend_from_slice(&total.to_be_bytes());
+            reported = total;
+        }
+        if !out.is_empty() {
+            send.write_all(&out).await?;
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shared set-up.
 
 /// Runs one measurement with a time limit.
@@ -551,6 +1102,14 @@ async fn shutdown(nodes: &[Node]) {
     }
 }
 
+/// Shuts the nodes down with a short grace: for measurements whose conversations were given
+/// up (nothing is waiting to be acknowledged), so the lossy link does not stretch the run.
+async fn shutdown_quickly(nodes: &[Node]) {
+    for node in nodes {
+        node.shutdown(Duration::from_millis(200)).await;
+    }
+}
+
 /// A raw quinn client and server connected over loopback, with the same TLS provider (rustls
 /// with ring, TLS 1.3 only) and the same flow-control windows as a ferry node.
 struct QuinnPair {
@@ -558,10 +1117,18 @@ struct QuinnPair {
     server: quinn::Endpoint,
     client_conn: quinn::Connection,
     server_conn: quinn::Connection,
+    /// The lossy link the client reaches the server through, if any.
+    link: Option<LossyLink>,
 }
 
 impl QuinnPair {
+    /// Connected directly.
     async fn connect() -> Result<Self> {
+        Self::connect_via(None).await
+    }
+
+    /// Connected directly, or through a lossy link with this configuration.
+    async fn connect_via(link: Option<LinkConfig>) -> Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         let cert =
@@ -596,7 +1163,14 @@ impl QuinnPair {
         let server = quinn::Endpoint::server(server_config, loopback)?;
         let mut client = quinn::Endpoint::client(loopback)?;
         client.set_default_client_config(client_config);
-        let server_addr = server.local_addr()?;
+        let link = match link {
+            Some(config) => Some(LossyLink::start(config, server.local_addr()?).await?),
+            None => None,
+        };
+        let server_addr = match &link {
+            Some(link) => link.local_addr(),
+            None => server.local_addr()?,
+        };
 
         let accept = async {
             let incoming = server
@@ -612,6 +1186,7 @@ impl QuinnPair {
             server,
             client_conn,
             server_conn,
+            link,
         })
     }
 
@@ -620,6 +1195,9 @@ impl QuinnPair {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.wait_idle()).await;
         self.server.close(0u32.into(), b"done");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.server.wait_idle()).await;
+        if let Some(link) = self.link {
+            link.shutdown().await;
+        }
     }
 }
 
@@ -643,6 +1221,8 @@ fn format_value(value: Option<f64>, unit: &str) -> String {
     };
     if unit == "msg/s" {
         thousands(value.round() as u64)
+    } else if unit == "ms" || unit == "x" {
+        format!("{value:.2}")
     } else {
         format!("{value:.1}")
     }
@@ -652,7 +1232,7 @@ fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -740,6 +1320,16 @@ fn table(rows: &[Row], settings: &Settings) -> String {
         settings.throughput_warmup,
         settings.rtt_rounds,
         settings.rtt_warmup
+    );
+    let _ = writeln!(
+        out,
+        "       bulk {} bytes per run (+{} warm-up); HOL {} rounds per case and run (+{} warm-up), \
+         bulk running {} ms before B's rounds with bulk",
+        settings.bulk_bytes,
+        BULK_WARMUP,
+        settings.hol_rounds,
+        settings.hol_warmup,
+        HOL_RAMP.as_millis()
     );
     out
 }

@@ -1,0 +1,151 @@
+//! The command line: clap types only; the commands live in `commands/`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::duration::parse_duration;
+use crate::peer::Peer;
+
+/// ferry: a QUIC peer-to-peer messaging node with capability addresses.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Write a new secret key (mode 0600) and print its node id.
+    Keygen {
+        /// Where to write the key. Default: the key file in the default data directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the node id of a key.
+    Id {
+        /// The key file. Default: the key file in the default data directory.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Run a long-lived node; prints its node id, listen address and inbox address, then one
+    /// line per message to the inbox.
+    Run {
+        /// Where the node runs, from flags and the config file.
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Open one mailbox, print its address as the first line, then one line per message.
+    Listen {
+        /// Where the node runs, from flags and the config file.
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print each message as a JSON object with `from` and `payload`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one message to ADDRESS; exits 0 once the target node has accepted it.
+    Send {
+        /// The capability address to send to (as printed by `ferry listen`).
+        address: String,
+        /// The message text; `-` or nothing reads it from standard input.
+        message: Option<String>,
+        /// How long to wait for the target node's acknowledgement, e.g. `10s`, `500ms`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Reach the target through this relay node if it cannot be dialed directly.
+        #[arg(long, value_name = "NODEID@HOST:PORT")]
+        via: Option<Peer>,
+    },
+    /// Call a service: send MESSAGE as the request and print the reply.
+    ///
+    /// The request is the message as a postcard byte string (a varint length, then the
+    /// bytes), which is exactly a postcard `String` when the message is UTF-8, so a service
+    /// reads it with `recv_obj::<String>()` (or `Vec<u8>`). The reply must be a postcard
+    /// `String` or `Vec<u8>`; its bytes are written to standard output, then a newline.
+    Call(CallArgs),
+    /// Measure round trips to a node, like ping(8): one line per round, then min/avg/p50/max
+    /// and loss. Every ferry node answers (the built-in `ferry.ping` service).
+    Ping(PingArgs),
+    /// Print a commented config file with every key at its default value.
+    ConfigExample,
+}
+
+/// Where a long-lived node (`run`, `listen`) runs. A flag replaces the config file's value.
+#[derive(Debug, Default, Args)]
+pub(crate) struct NodeArgs {
+    /// A TOML config file (see `ferry config-example` and docs/CONFIG.md).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+    /// UDP address to listen on. Default: the config file's `listen`, else 127.0.0.1:0.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// The secret key file; created if missing. Default: the config file's `key_file`, else
+    /// `key` in the data directory.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) key: Option<PathBuf>,
+    /// The data directory. Default: the config file's `data_dir`, else $FERRY_DATA, else
+    /// $XDG_DATA_HOME/ferry, else ~/.local/share/ferry.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+    /// A peer to connect to at start (repeatable); replaces the config file's `peers`.
+    #[arg(long = "peer", value_name = "NODEID@HOST:PORT")]
+    pub(crate) peers: Vec<Peer>,
+    /// Serve /health and /metrics on this TCP address (`ferry run`). Default: the config
+    /// file's `http`, else 127.0.0.1:0 (a free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http: Option<SocketAddr>,
+    /// Stay reachable through this relay node and name it in minted addresses (repeatable);
+    /// replaces the config file's `relays`.
+    #[arg(long = "relay", value_name = "NODEID@HOST:PORT")]
+    pub(crate) relays: Vec<Peer>,
+    /// Relay packets for any peer (the config file's `relay = "any"`).
+    #[arg(long)]
+    pub(crate) serve_relay: bool,
+}
+
+/// `ferry call`.
+#[derive(Debug, Args)]
+pub(crate) struct CallArgs {
+    /// The service: its capability address (`ferry1…`), or NODEID@HOST:PORT/NAME for a
+    /// service registered under NAME.
+    pub(crate) target: String,
+    /// The request text; `-` or nothing reads it from standard input.
+    pub(crate) message: Option<String>,
+    /// How long to wait for the reply (dialing included), e.g. `10s`, `500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Call with this node identity (a key file, as written by `ferry keygen`) instead of a
+    /// fresh one, for services that allow only some nodes.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) key: Option<PathBuf>,
+    /// Reach the target through this relay node if it cannot be dialed directly.
+    #[arg(long, value_name = "NODEID@HOST:PORT")]
+    pub(crate) via: Option<Peer>,
+}
+
+/// `ferry ping`.
+#[derive(Debug, Args)]
+pub(crate) struct PingArgs {
+    /// The node to ping.
+    #[arg(value_name = "NODEID@HOST:PORT")]
+    pub(crate) peer: Peer,
+    /// Stop after this many rounds. Default: until Ctrl-C.
+    #[arg(short = 'c', long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+    /// Time between the starts of two rounds, e.g. `1s`, `200ms`.
+    #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) interval: Duration,
+    /// How long to wait for each echo, and for the first connection.
+    #[arg(short = 'W', long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Ping with this node identity (a key file) instead of a fresh one, for nodes that admit
+    /// only some nodes.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) key: Option<PathBuf>,
+}

@@ -1,0 +1,233 @@
+//! The daemon's HTTP endpoint (`ferry run --http ADDR`): `/health` for liveness checks and
+//! `/metrics` in the Prometheus (OpenMetrics) text format.
+//!
+//! Metrics are read from the node's counters at each scrape ([`ferry::NodeStats`]), so serving
+//! them costs nothing between scrapes.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use ferry::Node;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::RedbStore;
+
+/// What the endpoint reports on.
+#[derive(Clone)]
+struct Observed {
+    node: Node,
+    store: Option<Arc<RedbStore>>,
+    registry: Arc<Registry>,
+}
+
+/// Serves `/health` and `/metrics` for `node` (and its `store`) on `listener` until `shutdown`
+/// is cancelled; requests in progress then finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    store: Option<Arc<RedbStore>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(NodeCollector {
+        node: node.clone(),
+        store: store.clone(),
+    }));
+    let observed = Observed {
+        node,
+        store,
+        registry: Arc::new(registry),
+    };
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(observed);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn health(State(observed): State<Observed>) -> impl IntoResponse {
+    let stats = observed.node.stats();
+    Json(serde_json::json!({
+        "status": "ok",
+        "node": observed.node.id().to_string(),
+        "connected_peers": stats.connected_peers,
+        "store": observed.store.is_some(),
+    }))
+}
+
+async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &observed.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "encoding metrics failed\n".to_string(),
+        ),
+    }
+}
+
+/// Encodes the node's counters at each scrape.
+#[derive(Debug)]
+struct NodeCollector {
+    node: Node,
+    store: Option<Arc<RedbStore>>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let stats = self.node.stats();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "ferry_connected_peers",
+            "Peers with a live connection.",
+            stats.connected_peers as u64,
+        )?;
+        gauge(
+            e,
+            "ferry_connections",
+            "QUIC connections, including closing ones.",
+            stats.open_connections as u64,
+        )?;
+        gauge(
+            e,
+            "ferry_streams_in",
+            "Streams opened by peers, being served.",
+            stats.streams_in,
+        )?;
+        gauge(
+            e,
+            "ferry_conversations",
+            "Outgoing conversations with a running task.",
+            stats.conversations as u64,
+        )?;
+        gauge(
+            e,
+            "ferry_mailboxes",
+            "Open mailboxes.",
+            stats.mailboxes as u64,
+        )?;
+        gauge(
+            e,
+            "ferry_mailbox_depth",
+            "Messages waiting in mailboxes for the application.",
+            stats.mailbox_depth,
+        )?;
+        gauge(
+            e,
+            "ferry_outbox_bytes",
+            "Bytes queued or unacknowledged in the outbox.",
+            stats.outbox_bytes,
+        )?;
+        counter(
+            e,
+            "ferry_messages_in",
+            "Messages accepted from other nodes.",
+            stats.messages_in,
+        )?;
+        counter(
+            e,
+            "ferry_bytes_in",
+            "Payload bytes accepted from other nodes.",
+            stats.bytes_in,
+        )?;
+        counter(
+            e,
+            "ferry_messages_out",
+            "Messages sent and acknowledged.",
+            stats.messages_out,
+        )?;
+        counter(
+            e,
+            "ferry_bytes_out",
+            "Payload bytes sent and acknowledged.",
+            stats.bytes_out,
+        )?;
+        counter(
+            e,
+            "ferry_signature_checks",
+            "Address signatures verified.",
+            stats.signature_checks,
+        )?;
+        counter(
+            e,
+            "ferry_forged_addresses",
+            "Addresses refused for a bad signature.",
+            stats.forged_addresses,
+        )?;
+        counter(
+            e,
+            "ferry_relayed_packets",
+            "Packets forwarded as a relay.",
+            stats.relayed_packets,
+        )?;
+        counter(
+            e,
+            "ferry_relayed_bytes",
+            "Bytes forwarded as a relay.",
+            stats.relayed_bytes,
+        )?;
+        counter(
+            e,
+            "ferry_relay_refused",
+            "Packets refused as a relay.",
+            stats.relay_refused,
+        )?;
+        {
+            let metric_type = ConstCounter::new(0u64).metric_type();
+            let mut family = e.encode_descriptor(
+                "ferry_send_failures",
+                "Failed sends by kind of error.",
+                None,
+                metric_type,
+            )?;
+            for (kind, count) in stats.send_failures.by_kind() {
+                let labels = [("kind", kind)];
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(store) = &self.store {
+            gauge(
+                e,
+                "ferry_store_bytes",
+                "Size of the store file.",
+                store.size_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! The daemon as people run it: real `ferry run` / `ferry listen` / `ferry send` processes on
+//! loopback, with SDK nodes in this test process as the other side where a test needs many
+//! messages. Every child is killed by a guard when its test ends.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::time::Duration;
+
+use common::{free_port, run, stderr, Daemon};
+use ferry::{Address, Node, NodeConfig, SecretKey};
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?}: {error}"))
+}
+
+async fn sdk_node() -> Node {
+    Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap()
+}
+
+/// Starts `ferry listen --json --data DIR --listen 127.0.0.1:PORT`, retrying while a previous
+/// process still holds the port; returns it with the address it printed.
+fn listen_on(dir: &std::path::Path, port: u16) -> (Daemon, String) {
+    let listen = format!("127.0.0.1:{port}");
+    for _ in 0..50 {
+        let daemon = Daemon::start(&[
+            "listen",
+            "--json",
+            "--data",
+            dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ]);
+        if let Ok(address) = daemon.lines.recv_timeout(Duration::from_secs(5)) {
+            return (daemon, address);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("ferry listen never started on {listen}");
+}
+
+/// One received JSON line: (payload number, message id).
+fn received(line: &str) -> (u64, u64) {
+    let value = json(line);
+    let payload: u64 = value["payload"].as_str().unwrap().parse().unwrap();
+    (payload, value["id"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_killed_and_restarted_mid_stream_loses_nothing_acknowledged() {
+    const TOTAL: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (mut listener, address) = listen_on(dir.path(), port);
+    let target: Address = address.parse().unwrap();
+    let sender = sdk_node().await;
+    let sending = {
+        let sender = sender.sender(&target);
+        tokio::spawn(async move {
+            let mut last = None;
+            for n in 0..TOTAL {
+                last = Some(sender.enqueue_bytes(n.to_string().into()).await.unwrap());
+            }
+            last.unwrap().await
+        })
+    };
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    let record = |line: &str, seen: &mut HashMap<u64, u64>| {
+        let (n, id) = received(line);
+        if let Some(first) = seen.insert(n, id) {
+            // Printed again after the restart: it was printed, not yet acknowledged to the
+            // store, when the process died. The same stored message, never a second copy.
+            assert_eq!(first, id, "message {n} stored twice");
+        }
+    };
+    while seen.len() < (TOTAL / 3) as usize {
+        let line = tokio::task::block_in_place(|| listener.line());
+        record(&line, &mut seen);
+    }
+    // SIGKILL: no chance to flush or say goodbye.
+    listener.child.kill().unwrap();
+    listener.child.wait().unwrap();
+    // Everything it printed before it died, up to the end of its output.
+    while let Ok(line) = listener.lines.recv_timeout(Duration::from_secs(10)) {
+        record(&line, &mut seen);
+    }
+    let before = seen.len();
+    assert!(before < TOTAL as usize, "the kill came mid-stream");
+    let (mut listener, again) = tokio::task::block_in_place(|| listen_on(dir.path(), port));
+    assert_eq!(again, address, "same key, same mailbox, same address");
+    while seen.len() < TOTAL as usize {
+        let line = tokio::task::block_in_place(|| listener.line());
+        record(&line, &mut seen);
+    }
+    // Every message was acknowledged to the sender, and each arrived.
+    tokio::time::timeout(Duration::from_secs(60), sending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!((0..TOTAL).all(|n| seen.contains_key(&n)));
+    sender.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_an_offline_listener_arrive_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (listener, address) = listen_on(dir.path(), port);
+    drop(listener); // killed: offline
+    let target: Address = address.parse().unwrap();
+    let sender = sdk_node().await;
+    let outbox = sender.sender(&target);
+    let mut deliveries = Vec::new();
+    for n in 0..100u64 {
+        deliveries.push(outbox.enqueue_bytes(n.to_string().into()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut listener, _) = tokio::task::block_in_place(|| listen_on(dir.path(), port));
+    for delivery in deliveries {
+        tokio::time::timeout(Duration::from_secs(30), delivery)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for n in 0..100u64 {
+        let line = tokio::task::block_in_place(|| listener.line());
+        assert_eq!(received(&line).0, n, "in order");
+    }
+    sender.shutdown(Duration::from_secs(1)).await;
+}
+
+#[test]
+fn send_reports_every_failure_with_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listener = Daemon::start(&["listen", "--data", dir.path().to_str().unwrap()]);
+    let address: Address = listener.line().parse().unwrap();
+    let cases: Vec<(String, Vec<String>, i32, &str)> = {
+        let text = address.to_string();
+        // Malformed: not an address at all.
+        let malformed = "ferry1notanaddress".to_string();
+        // Forged: another signature (the checksum fixed up so only the signature is wrong).
+        let forged = {
+            let mut bytes = address.to_bytes();
+            bytes[60] ^= 1;
+            let body = bytes.len() - 4;
+            let crc = crc32(&bytes[..body]);
+            bytes[body..].copy_from_slice(&crc.to_be_bytes());
+            Address::from_bytes(&bytes).unwrap().to_string()
+        };
+        // Unknown mailbox: a valid address of a mailbox that was never opened needs the key.
+        let key_path = dir.path().join("key");
+        let key = SecretKey::load(&key_path).unwrap();
+        let unknown = Address::mint(
+            &key,
+            ferry::MailboxId(12345),
+            None,
+            address.hints().to_vec(),
+        )
+        .to_string();
+        let expired =
+            Address::mint(&key, address.mailbox(), Some(1), address.hints().to_vec()).to_string();
+        // Unreachable: a node nobody runs, at a port nobody listens on.
+        let nobody = Address::mint(
+            &SecretKey::generate(),
+            ferry::MailboxId(1),
+            None,
+            vec![format!("127.0.0.1:{}", free_port()).parse().unwrap()],
+        )
+        .to_string();
+        let big = "x".repeat(2 << 20);
+        vec![
+            (malformed, vec!["hi".into()], 2, "malformed address"),
+            (forged, vec!["hi".into()], 3, "forged"),
+            (expired, vec!["hi".into()], 3, "expired"),
+            (unknown, vec!["hi".into()], 4, "no such mailbox"),
+            (
+                nobody,
+                vec!["hi".into(), "--timeout".into(), "2s".into()],
+                6,
+                "",
+            ),
+            (text, vec![big], 7, "exceeds"),
+        ]
+    };
+    for (target, rest, code, words) in cases {
+        let mut args = vec!["send", target.as_str()];
+        args.extend(rest.iter().map(String::as_str));
+        let output = if args.get(2).is_some_and(|message| message.len() > 1000) {
+            // Too long for the command line: from standard input.
+            let message = args.remove(2).as_bytes().to_vec();
+            args.push("-");
+            run_with_input(&args, &message)
+        } else {
+            run(&args)
+        };
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(code), "{target}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(words), "{err}");
+    }
+    // Nothing of that reached the mailbox.
+    assert!(listener.lines.try_recv().is_err());
+}
+
+/// Runs `ferry ARGS` with `input` on its standard input.
+fn run_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = common::ferry()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    // CRC-32/ISO-HDLC, bit by bit: the address checksum (docs/PROTOCOL.md §4.3).
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn send_through_a_relay_run_by_ferry() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut relay = Daemon::start(&[
+        "run",
+        "--serve-relay",
+        "--data",
+        relay_dir.path().to_str().unwrap(),
+    ]);
+    let relay_id = relay.field("node id: ");
+    let relay_addr = relay.field("listening on: ");
+    let relay_arg = format!("{relay_id}@{relay_addr}");
+    let listen_dir = tempfile::tempdir().unwrap();
+    let mut listener = Daemon::start(&[
+        "listen",
+        "--relay",
+        &relay_arg,
+        "--data",
+        listen_dir.path().to_str().unwrap(),
+    ]);
+    let address: Address = listener.line().parse().unwrap();
+    assert_eq!(
+        address.relays().len(),
+        1,
+        "the relay is named in the address"
+    );
+    // Without any socket address of the listener: through the relay hint alone...
+    let relay_only = address
+        .without_hints()
+        .with_relay(relay_id.parse().unwrap(), relay_addr.parse().unwrap());
+    // (the listener connects to its relay in the background: retry until it did)
+    let mut sent = false;
+    for _ in 0..50 {
+        let output = run(&[
+            "send",
+            &relay_only.to_string(),
+            "via hint",
+            "--timeout",
+            "3s",
+        ]);
+        if output.status.success() {
+            sent = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sent, "send through the relay hint never succeeded");
+    assert_eq!(listener.line(), "via hint");
+    // ...and with no hint at all, through `--via`.
+    let output = run(&[
+        "send",
+        &address.without_hints().to_string(),
+        "via flag",
+        "--via",
+        &relay_arg,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(listener.line(), "via flag");
+}
+
+#[test]
+fn a_node_that_admits_only_others_refuses_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = SecretKey::generate().public();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, format!("admission = [\"{other}\"]\n")).unwrap();
+    let mut node = Daemon::start(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]);
+    node.field("node id: ");
+    node.field("listening on: ");
+    let inbox = node.field("inbox address: ");
+    let output = run(&["send", &inbox, "let me in"]);
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not admitted"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Daemon::start(&["run", "--data", dir.path().to_str().unwrap()]);
+    node.field("node id: ");
+    node.field("listening on: ");
+    let inbox = node.field("inbox address: ");
+    let metrics = node.field("metrics: http://");
+    node.field("health: http://");
+    let output = run(&["send", &inbox, "counted"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(node.line(), "counted");
+    let (host, path) = metrics.split_once('/').unwrap();
+    let body = http_get(host, &format!("/{path}"));
+    assert!(body.contains("ferry_messages_in_total 1"), "{body}");
+    assert!(body.contains("ferry_store_bytes"), "{body}");
+    // SIGTERM: a graceful shutdown, exit 0.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = node.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+}
+
+fn http_get(host: &str, path: &str) -> String {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
