@@ -12,6 +12,10 @@
 //!         quit
 //! ```
 //!
+//! It also serves `last`: a call (with any postcard string as the request) is answered with
+//! the payload of the last message its mailbox received, as a postcard string (what
+//! `ferry call NODEID@HOST:PORT/last` prints).
+//!
 //! With `--data`, the key and a durable mailbox live in DIR: a restarted agent has the same
 //! address and delivers every acknowledged message; each message is printed, stdout is
 //! flushed, and only then is the message acknowledged to the store.
@@ -24,7 +28,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use ferry::{Address, Mailbox, Message, Node, NodeConfig, NodeId, RelayAccess, SecretKey};
+use ferry::{
+    Address, Mailbox, Message, Node, NodeConfig, NodeId, RelayAccess, SecretKey, ServiceOptions,
+};
 use ferry_node::store::{RedbStore, StoreConfig};
 use tokio::io::AsyncBufReadExt as _;
 
@@ -103,8 +109,23 @@ async fn main() -> anyhow::Result<()> {
         Some(store) => node.durable_mailbox(store.named_mailbox("agent")?, store.clone())?,
         None => node.mailbox(),
     };
+    let last: Arc<std::sync::Mutex<String>> = Arc::default();
+    let answering = last.clone();
+    let _last_service = node.serve("last", ServiceOptions::default(), move |conversation| {
+        let answering = answering.clone();
+        async move {
+            let mut conversation = conversation;
+            if conversation.recv_obj::<String>().await.is_ok() {
+                let text = answering
+                    .lock()
+                    .map(|text| text.clone())
+                    .unwrap_or_default();
+                let _ = conversation.reply(&text).await;
+            }
+        }
+    })?;
     println!("ready {} {}", node.id(), mailbox.address());
-    let receiving = tokio::spawn(print_messages(Arc::new(mailbox)));
+    let receiving = tokio::spawn(print_messages(Arc::new(mailbox), last));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -146,12 +167,18 @@ async fn send_many(node: &Node, address: &Address, count: u64, tag: &str) -> any
     Ok(())
 }
 
-async fn print_messages(mailbox: Arc<Mailbox>) -> anyhow::Result<()> {
+async fn print_messages(
+    mailbox: Arc<Mailbox>,
+    last: Arc<std::sync::Mutex<String>>,
+) -> anyhow::Result<()> {
     loop {
         let first = mailbox.recv().await?;
         let mut batch = vec![first];
         batch.extend(mailbox.try_recv_many(1023)?);
         print_batch(&batch)?;
+        if let (Some(message), Ok(mut last)) = (batch.last(), last.lock()) {
+            *last = String::from_utf8_lossy(message.payload()).into_owned();
+        }
         for message in &batch {
             message.ack();
         }
