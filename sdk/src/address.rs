@@ -44,20 +44,25 @@ const HINT_V6_LEN: usize = 1 + 16 + 2;
 /// 19-byte form of tag 0x04 or 0x06).
 pub const HINT_RELAY: u8 = 0x52;
 
+/// Appends `addr` as a socket-address hint: tag, IP address, port.
+fn put_socket_hint(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(HINT_V4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(HINT_V6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
 fn encode_relay_hint(relay: &NodeId, addr: SocketAddr) -> Vec<u8> {
     let mut value = Vec::with_capacity(NODE_ID_LEN + HINT_V6_LEN);
     value.extend_from_slice(relay.as_bytes());
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            value.push(HINT_V4);
-            value.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            value.push(HINT_V6);
-            value.extend_from_slice(&ip.octets());
-        }
-    }
-    value.extend_from_slice(&addr.port().to_be_bytes());
+    put_socket_hint(&mut value, addr);
     value
 }
 
@@ -344,17 +349,7 @@ impl Address {
         let mut out = Vec::with_capacity(MAX_BYTES);
         out.extend_from_slice(&self.core_bytes());
         for hint in &self.hints {
-            match hint.ip() {
-                IpAddr::V4(ip) => {
-                    out.push(HINT_V4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(HINT_V6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
-            out.extend_from_slice(&hint.port().to_be_bytes());
+            put_socket_hint(&mut out, *hint);
         }
         for (tag, value) in &self.extensions {
             out.push(*tag);
