@@ -327,13 +327,21 @@ fn churn_leaves_no_leaks_and_no_panics() {
 fn cli_send_to_an_sdk_mailbox_and_the_sdk_answers_a_cli_call() {
     let mut app = agent("app", &[]);
     let ferry = ferry_interop::harness::ferry_binary();
-    assert!(ferry.exists(), "build the ferry binary first: {}", ferry.display());
+    assert!(
+        ferry.exists(),
+        "build the ferry binary first: {}",
+        ferry.display()
+    );
     let output = Command::new(&ferry)
         .args(["send", &app.address.to_string(), "hello from the cli"])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let line = app.process.wait_for_prefix("recv ", WAIT).unwrap();
     assert!(line.ends_with("- hello from the cli"), "{line}");
     let target = format!("{}@{}/last", app.node, app.address.hints()[0]);
@@ -342,6 +350,13 @@ fn cli_send_to_an_sdk_mailbox_and_the_sdk_answers_a_cli_call() {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello from the cli\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hello from the cli\n"
+    );
 }
