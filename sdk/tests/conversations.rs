@@ -664,10 +664,11 @@ async fn opens_during_shutdown_are_answered_shutting_down() {
     let gone = node().await;
     let unreachable = gone.mailbox().address().clone();
     gone.shutdown(Duration::from_millis(100)).await;
-    let pending = tokio::spawn({
-        let server = server.clone();
-        async move { server.send(&unreachable, "never acknowledged").await }
-    });
+    let pending = server
+        .sender(&unreachable)
+        .enqueue("never acknowledged")
+        .await
+        .unwrap();
     let stopping = tokio::spawn({
         let server = server.clone();
         async move { server.shutdown(Duration::from_secs(3)).await }
@@ -694,7 +695,7 @@ async fn opens_during_shutdown_are_answered_shutting_down() {
         Err(OpenError::PeerShuttingDown)
     );
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
-    assert!(pending.await.unwrap().is_err());
+    assert!(pending.await.is_err());
     client.shutdown(Duration::from_secs(1)).await;
 }
 
