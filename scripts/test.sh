@@ -9,9 +9,35 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The browser test (node/tests/browser.rs) drives Debian's headless Chromium with
+# chromedriver; install them when missing. The test fails, never skips, without them.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "installing chromium and chromium-driver for the browser test" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    chromium chromium-driver
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$test_log"
 # Examples must run, not only compile.
 cargo run --locked --example ping_pong
 cargo run --locked --example file_transfer -- --bytes 20000000
+cargo run --locked -p ferry-node --example playground -- --smoke
+# The benchmark suite once, as a smoke check: figures are printed, nothing passes or fails on
+# speed. NATS (Debian's nats-server) is one of its baselines; without it those rows say so.
+if ! command -v nats-server >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server \
+    || echo "nats-server could not be installed; the bench skips its NATS rows" >&2
+fi
+cargo run --release --locked -p ferry-interop --bin bench -- --quick
+# One closing line for the whole suite (cargo prints one summary per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"

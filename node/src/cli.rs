@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::GatewayListen;
 use crate::duration::parse_duration;
 use crate::peer::Peer;
 
@@ -107,6 +108,11 @@ pub(crate) struct NodeArgs {
     /// Relay packets for any peer (the config file's `relay = "any"`).
     #[arg(long)]
     pub(crate) serve_relay: bool,
+    /// Serve the browser gateway (WebSocket at /ws, the JS client at /ferry.js) on this TCP
+    /// address, or `off` (`ferry run`). Default: the config file's `gateway`, else
+    /// 127.0.0.1:0 (a free port, printed at start).
+    #[arg(long, value_name = "ADDR|off")]
+    pub(crate) gateway: Option<GatewayListen>,
 }
 
 /// `ferry call`.

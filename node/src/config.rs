@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::cli::NodeArgs;
 use crate::duration::{format_duration, parse_duration};
 use crate::peer::Peer;
+use ferry_node::gateway::{AuthConfig, GatewayConfig, Limits, Permissions, StaticToken};
 use ferry_node::store::StoreConfig;
 
 /// How long `run` and `listen` give messages in flight at shutdown, unless configured.
@@ -28,6 +29,8 @@ pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Where `run` serves /health and /metrics, unless configured: a free loopback port.
 pub(crate) const DEFAULT_HTTP: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+/// Where `run` serves the browser gateway, unless configured: a free loopback port.
+pub(crate) const DEFAULT_GATEWAY: SocketAddr = DEFAULT_HTTP;
 
 /// The config file as written: every key optional.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -81,6 +84,20 @@ pub(crate) struct FileConfig {
     pub(crate) max_incoming_streams: Option<u32>,
     /// [`NodeConfig::max_dedup_entries`].
     pub(crate) max_dedup_entries: Option<usize>,
+    /// [`NodeConfig::handshake_rate_per_ip`], per second.
+    pub(crate) handshake_rate_per_ip: Option<u32>,
+    /// [`NodeConfig::frame_timeout`].
+    pub(crate) frame_timeout: Option<TomlDuration>,
+    /// [`NodeConfig::receive_window`], bytes.
+    pub(crate) receive_window: Option<usize>,
+    /// [`NodeConfig::max_buffered_per_peer`], bytes.
+    pub(crate) max_buffered_per_peer: Option<usize>,
+    /// [`NodeConfig::max_buffered_bytes`], bytes.
+    pub(crate) max_buffered_bytes: Option<usize>,
+    /// [`NodeConfig::max_violations`].
+    pub(crate) max_violations: Option<u32>,
+    /// [`NodeConfig::ban_duration`].
+    pub(crate) ban_duration: Option<TomlDuration>,
     /// [`NodeConfig::admission`]: `"any"`, `"nobody"` or a list of node ids.
     pub(crate) admission: Option<NodeSet>,
     /// [`NodeConfig::relay`]: `"nobody"`, `"any"` or a list of node ids.
@@ -91,6 +108,100 @@ pub(crate) struct FileConfig {
     pub(crate) relays: Option<Vec<Peer>>,
     /// [`NodeConfig::max_monitors_per_peer`].
     pub(crate) max_monitors_per_peer: Option<usize>,
+    /// TCP address of the browser gateway, or `"off"`.
+    pub(crate) gateway: Option<GatewayListen>,
+    /// [`GatewayConfig::session_ttl`].
+    pub(crate) gateway_session_ttl: Option<TomlDuration>,
+    /// [`GatewayConfig::origins`].
+    pub(crate) gateway_origins: Option<Vec<String>>,
+    /// [`GatewayConfig::client_config`]: a table.
+    pub(crate) gateway_client_config: Option<serde_json::Value>,
+    /// [`GatewayConfig::static_dir`].
+    pub(crate) gateway_static_dir: Option<PathBuf>,
+    /// [`AuthConfig::tokens`].
+    pub(crate) gateway_tokens: Option<Vec<StaticToken>>,
+    /// [`AuthConfig::jwt_hs256_secret`], as text.
+    pub(crate) gateway_jwt_hs256_secret: Option<String>,
+    /// [`AuthConfig::jwt_ed25519_public_key`], base64 or base64url of 32 bytes.
+    pub(crate) gateway_jwt_ed25519_public_key: Option<String>,
+    /// [`AuthConfig::jwt_audience`].
+    pub(crate) gateway_jwt_audience: Option<String>,
+    /// [`Permissions::join`].
+    pub(crate) gateway_join: Option<Vec<String>>,
+    /// [`Permissions::publish`].
+    pub(crate) gateway_publish: Option<Vec<String>>,
+    /// [`Permissions::direct`].
+    pub(crate) gateway_direct: Option<bool>,
+    /// [`Limits::max_connections`].
+    pub(crate) gateway_max_connections: Option<usize>,
+    /// [`Limits::max_sessions`].
+    pub(crate) gateway_max_sessions: Option<usize>,
+    /// [`Limits::max_connection_age`]: a duration or `"off"`.
+    pub(crate) gateway_max_connection_age: Option<DurationOrOff>,
+    /// [`Limits::idle_timeout`].
+    pub(crate) gateway_idle_timeout: Option<TomlDuration>,
+    /// [`Limits::ping_interval`].
+    pub(crate) gateway_ping_interval: Option<TomlDuration>,
+    /// [`Limits::rate_limit`].
+    pub(crate) gateway_rate_limit: Option<u32>,
+    /// [`Limits::rate_window`].
+    pub(crate) gateway_rate_window: Option<TomlDuration>,
+    /// [`Limits::max_message_size`].
+    pub(crate) gateway_max_message_size: Option<usize>,
+    /// [`Limits::max_queue_bytes`].
+    pub(crate) gateway_max_queue_bytes: Option<usize>,
+    /// [`Limits::write_timeout`].
+    pub(crate) gateway_write_timeout: Option<TomlDuration>,
+    /// [`Limits::connection_rate`].
+    pub(crate) gateway_connection_rate: Option<u32>,
+    /// [`Limits::max_channels_per_session`].
+    pub(crate) gateway_max_channels: Option<usize>,
+    /// [`Limits::max_inflight`].
+    pub(crate) gateway_max_inflight: Option<usize>,
+    /// [`Limits::max_call_timeout`].
+    pub(crate) gateway_max_call_timeout: Option<TomlDuration>,
+}
+
+/// Where the gateway listens: a TCP address, or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub(crate) struct GatewayListen(pub(crate) Option<SocketAddr>);
+
+impl std::str::FromStr for GatewayListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "off" {
+            return Ok(Self(None));
+        }
+        text.parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT or \"off\")"))
+    }
+}
+
+impl TryFrom<String> for GatewayListen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+/// A duration, or `"off"` for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub(crate) struct DurationOrOff(pub(crate) Option<Duration>);
+
+impl TryFrom<String> for DurationOrOff {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        if text == "off" {
+            return Ok(Self(None));
+        }
+        parse_duration(&text).map(|d| Self(Some(d)))
+    }
 }
 
 /// A duration written as a string with a unit.
@@ -205,6 +316,14 @@ pub(crate) enum ConfigFileError {
         /// What `NodeConfig::validate` refused.
         error: ferry::ConfigError,
     },
+    /// The gateway's keys are not a usable gateway configuration.
+    #[error("config file {}: invalid gateway configuration: {message}", path.display())]
+    Gateway {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 fn location(line: Option<usize>, key: Option<&str>) -> String {
@@ -264,9 +383,13 @@ impl FileConfig {
             message: failure.message,
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        for relative in [&mut file.data_dir, &mut file.key_file]
-            .into_iter()
-            .flatten()
+        for relative in [
+            &mut file.data_dir,
+            &mut file.key_file,
+            &mut file.gateway_static_dir,
+        ]
+        .into_iter()
+        .flatten()
         {
             if relative.is_relative() {
                 *relative = base.join(&*relative);
@@ -303,6 +426,19 @@ impl FileConfig {
                 .max_incoming_streams
                 .unwrap_or(default.max_incoming_streams),
             max_dedup_entries: self.max_dedup_entries.unwrap_or(default.max_dedup_entries),
+            handshake_rate_per_ip: self
+                .handshake_rate_per_ip
+                .unwrap_or(default.handshake_rate_per_ip),
+            frame_timeout: duration(self.frame_timeout, default.frame_timeout),
+            receive_window: self.receive_window.unwrap_or(default.receive_window),
+            max_buffered_per_peer: self
+                .max_buffered_per_peer
+                .unwrap_or(default.max_buffered_per_peer),
+            max_buffered_bytes: self
+                .max_buffered_bytes
+                .unwrap_or(default.max_buffered_bytes),
+            max_violations: self.max_violations.unwrap_or(default.max_violations),
+            ban_duration: duration(self.ban_duration, default.ban_duration),
             admission: self
                 .admission
                 .as_ref()
@@ -316,6 +452,79 @@ impl FileConfig {
                 .max_monitors_per_peer
                 .unwrap_or(default.max_monitors_per_peer),
         }
+    }
+}
+
+impl FileConfig {
+    /// The gateway's configuration: each key that is set, the default for every other one.
+    pub(crate) fn gateway_config(&self) -> Result<GatewayConfig, String> {
+        let d = GatewayConfig::default();
+        let l = Limits::default();
+        let duration = |value: Option<TomlDuration>, default: Duration| {
+            value.map_or(default, |TomlDuration(duration)| duration)
+        };
+        let ed25519 = match &self.gateway_jwt_ed25519_public_key {
+            None => None,
+            Some(text) => {
+                let text = text.trim_end_matches('=');
+                let bytes = data_encoding::BASE64URL_NOPAD
+                    .decode(text.as_bytes())
+                    .or_else(|_| data_encoding::BASE64_NOPAD.decode(text.as_bytes()))
+                    .map_err(|e| format!("gateway_jwt_ed25519_public_key: {e}"))?;
+                Some(<[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                    format!(
+                        "gateway_jwt_ed25519_public_key: {} bytes, expected 32",
+                        bytes.len()
+                    )
+                })?)
+            }
+        };
+        let config = GatewayConfig {
+            auth: AuthConfig {
+                tokens: self.gateway_tokens.clone().unwrap_or_default(),
+                jwt_hs256_secret: self
+                    .gateway_jwt_hs256_secret
+                    .as_ref()
+                    .map(|secret| secret.as_bytes().to_vec()),
+                jwt_ed25519_public_key: ed25519,
+                jwt_audience: self.gateway_jwt_audience.clone(),
+            },
+            permissions: Permissions {
+                join: self.gateway_join.clone().unwrap_or_default(),
+                publish: self.gateway_publish.clone().unwrap_or_default(),
+                direct: self.gateway_direct.unwrap_or(false),
+            },
+            limits: Limits {
+                max_connections: self.gateway_max_connections.unwrap_or(l.max_connections),
+                max_sessions: self.gateway_max_sessions.unwrap_or(l.max_sessions),
+                max_connection_age: self
+                    .gateway_max_connection_age
+                    .map_or(l.max_connection_age, |DurationOrOff(age)| age),
+                idle_timeout: duration(self.gateway_idle_timeout, l.idle_timeout),
+                ping_interval: duration(self.gateway_ping_interval, l.ping_interval),
+                rate_limit: self.gateway_rate_limit.unwrap_or(l.rate_limit),
+                rate_window: duration(self.gateway_rate_window, l.rate_window),
+                max_message_size: self.gateway_max_message_size.unwrap_or(l.max_message_size),
+                max_queue_bytes: self.gateway_max_queue_bytes.unwrap_or(l.max_queue_bytes),
+                write_timeout: duration(self.gateway_write_timeout, l.write_timeout),
+                connection_rate: self.gateway_connection_rate.unwrap_or(l.connection_rate),
+                max_channels_per_session: self
+                    .gateway_max_channels
+                    .unwrap_or(l.max_channels_per_session),
+                max_inflight: self.gateway_max_inflight.unwrap_or(l.max_inflight),
+                max_call_timeout: duration(self.gateway_max_call_timeout, l.max_call_timeout),
+            },
+            session_ttl: duration(self.gateway_session_ttl, d.session_ttl),
+            origins: self.gateway_origins.clone().unwrap_or_default(),
+            client_config: self
+                .gateway_client_config
+                .clone()
+                .unwrap_or(d.client_config),
+            static_dir: self.gateway_static_dir.clone(),
+            drain: duration(self.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 }
 
@@ -359,6 +568,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) store: StoreConfig,
     /// The node's configuration, validated.
     pub(crate) node: NodeConfig,
+    /// Where the browser gateway listens (`run`), and its configuration; `None`: off.
+    pub(crate) gateway: Option<(SocketAddr, GatewayConfig)>,
 }
 
 impl DaemonConfig {
@@ -419,7 +630,27 @@ impl DaemonConfig {
                 None => anyhow!("invalid configuration: {error}"),
             });
         }
+        let gateway_addr = match args.gateway.or(file.gateway) {
+            Some(GatewayListen(addr)) => addr,
+            None => Some(DEFAULT_GATEWAY),
+        };
+        let gateway = match gateway_addr {
+            None => None,
+            Some(addr) => {
+                let config = file
+                    .gateway_config()
+                    .map_err(|message| match &args.config {
+                        Some(path) => anyhow::Error::from(ConfigFileError::Gateway {
+                            path: path.clone(),
+                            message,
+                        }),
+                        None => anyhow!("invalid gateway configuration: {message}"),
+                    })?;
+                Some((addr, config))
+            }
+        };
         Ok(Self {
+            gateway,
             data_dir,
             key_file,
             peers,
@@ -536,6 +767,33 @@ max_incoming_streams = {max_incoming_streams}
 # Conversation runs remembered for duplicate suppression.
 max_dedup_entries = {max_dedup_entries}
 
+# Handshakes accepted per second from one source IP address (an IPv6 address counts by its
+# /64), with a burst of as many; beyond, they are refused before any cryptography. 0: no limit.
+handshake_rate_per_ip = {handshake_rate_per_ip}
+
+# Once a frame has begun to arrive (mailbox streams, conversations), the rest must arrive
+# within this much waiting; otherwise the stream is cut off.
+frame_timeout = "{frame_timeout}"
+
+# Bytes a peer may send on a connection before this node reads them (QUIC connection receive
+# window); max_connections times this bounds what QUIC buffers.
+receive_window = {receive_window}
+
+# Bytes all mailbox streams of one peer may hold in receive buffers (partly received
+# messages); beyond, the stream is closed with LIMIT and its sender retries.
+max_buffered_per_peer = {max_buffered_per_peer}
+
+# The same, for all peers together.
+max_buffered_bytes = {max_buffered_bytes}
+
+# Streams of one connection a peer may have cut off for breaking the protocol (malformed or
+# oversized frames, missed open_timeout or frame_timeout) before the whole connection is
+# closed and the peer refused for ban_duration. 0: never.
+max_violations = {max_violations}
+
+# How long a peer that reached max_violations is refused.
+ban_duration = "{ban_duration}"
+
 # Distinct addresses this node watches at most on one peer (each watch takes one of that
 # peer's incoming streams); 0 forbids watching other nodes' mailboxes.
 max_monitors_per_peer = {max_monitors_per_peer}
@@ -553,7 +811,94 @@ relay_rate = {relay_rate}
 # Relay nodes to stay connected to and name in every minted address, as "NODEID@HOST:PORT"
 # (at most 4, and at most 4 hints in all with advertise).
 relays = []
+
+# --- the browser gateway (`ferry run`; docs/GATEWAY.md) ---
+
+# TCP address of the gateway (WebSocket /ws, the JS client /ferry.js), or "off"; port 0 picks
+# a free port, printed at start.
+gateway = "{gateway}"
+
+# How long a disconnected browser session is kept (address valid, messages stored) to resume.
+gateway_session_ttl = "{session_ttl}"
+
+# Origins allowed to connect, e.g. ["https://app.example"], or ["*"]; empty: the gateway's own.
+gateway_origins = []
+
+# The configuration object every browser receives (client.config), e.g. service addresses.
+gateway_client_config = {{}}
+
+# A directory of pages served at / (next to /ferry.js).
+# gateway_static_dir = "www"
+
+# Authentication (none of these set: anonymous sessions). Static tokens (bearer, ?token=, or
+# basic auth with the token as password), JWT secrets; a JWT's `sub` is the user id.
+gateway_tokens = []
+# gateway_jwt_hs256_secret = "a long random secret"
+# gateway_jwt_ed25519_public_key = "base64url of the 32-byte key"
+# gateway_jwt_audience = "my-app"
+
+# Channels browsers may join / publish to: names, prefixes ending in "*", "{{user}}" patterns.
+gateway_join = []
+gateway_publish = []
+
+# Whether browsers may send to {{user}} and {{session}} targets.
+gateway_direct = false
+
+# Connected browsers at most; beyond, new upgrades are answered 503.
+gateway_max_connections = {gw_max_connections}
+
+# Sessions at most, connected or waiting to be resumed.
+gateway_max_sessions = {max_sessions}
+
+# A connection is closed after this long (the client resumes at once), or "off".
+gateway_max_connection_age = "off"
+
+# A connection that sends nothing (not even a pong) this long is closed.
+gateway_idle_timeout = "{idle}"
+
+# How often the gateway pings each connection; below gateway_idle_timeout.
+gateway_ping_interval = "{ping}"
+
+# Frames a connection may send per gateway_rate_window; more closes it.
+gateway_rate_limit = {rate_limit}
+gateway_rate_window = "{rate_window}"
+
+# Largest WebSocket message a browser may send, in bytes.
+gateway_max_message_size = {max_ws_message}
+
+# Bytes queued for one connection at most.
+gateway_max_queue_bytes = {max_queue}
+
+# A connection whose queue stays full this long is a slow consumer and is closed.
+gateway_write_timeout = "{write_timeout}"
+
+# New connections per second at most (one second of burst); beyond, 503.
+gateway_connection_rate = {connection_rate}
+
+# Channels per session at most.
+gateway_max_channels = {max_channels}
+
+# Sends and calls of one connection in flight at once.
+gateway_max_inflight = {max_inflight}
+
+# Longest call a browser may ask for (also its default).
+gateway_max_call_timeout = "{max_call_timeout}"
 "#,
+        gateway = DEFAULT_GATEWAY,
+        session_ttl = dur(GatewayConfig::default().session_ttl),
+        gw_max_connections = Limits::default().max_connections,
+        max_sessions = Limits::default().max_sessions,
+        idle = dur(Limits::default().idle_timeout),
+        ping = dur(Limits::default().ping_interval),
+        rate_limit = Limits::default().rate_limit,
+        rate_window = dur(Limits::default().rate_window),
+        max_ws_message = Limits::default().max_message_size,
+        max_queue = Limits::default().max_queue_bytes,
+        write_timeout = dur(Limits::default().write_timeout),
+        connection_rate = Limits::default().connection_rate,
+        max_channels = Limits::default().max_channels_per_session,
+        max_inflight = Limits::default().max_inflight,
+        max_call_timeout = dur(Limits::default().max_call_timeout),
         shutdown_grace = dur(DEFAULT_SHUTDOWN_GRACE),
         http = DEFAULT_HTTP,
         store_max_pending = StoreConfig::default().max_pending_per_mailbox,
@@ -574,6 +919,13 @@ relays = []
         max_connections = d.max_connections,
         max_incoming_streams = d.max_incoming_streams,
         max_dedup_entries = d.max_dedup_entries,
+        handshake_rate_per_ip = d.handshake_rate_per_ip,
+        frame_timeout = dur(d.frame_timeout),
+        receive_window = d.receive_window,
+        max_buffered_per_peer = d.max_buffered_per_peer,
+        max_buffered_bytes = d.max_buffered_bytes,
+        max_violations = d.max_violations,
+        ban_duration = dur(d.ban_duration),
         relay_rate = d.relay_rate,
         max_monitors_per_peer = d.max_monitors_per_peer,
     )
@@ -605,6 +957,91 @@ mod tests {
         );
         assert_eq!(file.data_dir, None);
         assert_eq!(file.key_file, None);
+        assert_eq!(file.gateway, Some(GatewayListen(Some(DEFAULT_GATEWAY))));
+        assert_eq!(file.gateway_config(), Ok(GatewayConfig::default()));
+    }
+
+    #[test]
+    fn gateway_keys() {
+        let text = r#"
+            gateway = "off"
+            gateway_session_ttl = "1m"
+            gateway_origins = ["*"]
+            gateway_client_config = { logger = "ferry1x", nested = { a = 1 } }
+            gateway_tokens = [{ user = "alice", token = "s3cr3t" }]
+            gateway_jwt_hs256_secret = "k"
+            gateway_jwt_ed25519_public_key = "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"
+            gateway_jwt_audience = "app"
+            gateway_join = ["lobby"]
+            gateway_publish = ["lobby"]
+            gateway_direct = true
+            gateway_max_connections = 5
+            gateway_max_sessions = 6
+            gateway_max_connection_age = "1h"
+            gateway_idle_timeout = "30s"
+            gateway_ping_interval = "10s"
+            gateway_rate_limit = 7
+            gateway_rate_window = "2s"
+            gateway_max_message_size = 8
+            gateway_max_queue_bytes = 9
+            gateway_write_timeout = "3s"
+            gateway_connection_rate = 10
+            gateway_max_channels = 11
+            gateway_max_inflight = 12
+            gateway_max_call_timeout = "4s"
+        "#;
+        let file = FileConfig::parse(text).unwrap();
+        assert_eq!(file.gateway, Some(GatewayListen(None)));
+        let config = file.gateway_config().unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(config.session_ttl, secs(60));
+        assert_eq!(config.origins, ["*"]);
+        assert_eq!(config.client_config["nested"]["a"], 1);
+        assert_eq!(config.auth.tokens[0].user, "alice");
+        assert_eq!(config.auth.jwt_hs256_secret.as_deref(), Some(&b"k"[..]));
+        assert_eq!(config.auth.jwt_ed25519_public_key.unwrap()[0], 0x8a);
+        assert_eq!(config.auth.jwt_audience.as_deref(), Some("app"));
+        assert_eq!(config.permissions.join, ["lobby"]);
+        assert_eq!(config.permissions.publish, ["lobby"]);
+        assert!(config.permissions.direct);
+        let l = &config.limits;
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_sessions,
+                l.rate_limit,
+                l.max_message_size
+            ),
+            (5, 6, 7, 8)
+        );
+        assert_eq!(
+            (
+                l.max_queue_bytes,
+                l.connection_rate,
+                l.max_channels_per_session,
+                l.max_inflight
+            ),
+            (9, 10, 11, 12)
+        );
+        assert_eq!(l.max_connection_age, Some(secs(3600)));
+        assert_eq!(
+            [
+                l.idle_timeout,
+                l.ping_interval,
+                l.rate_window,
+                l.write_timeout,
+                l.max_call_timeout
+            ],
+            [secs(30), secs(10), secs(2), secs(3), secs(4)]
+        );
+        let bad = FileConfig::parse(r#"gateway_jwt_ed25519_public_key = "abcd""#).unwrap();
+        assert!(bad.gateway_config().is_err());
+        let bad = FileConfig::parse(r#"gateway_ping_interval = "2m""#).unwrap();
+        assert!(bad.gateway_config().unwrap_err().contains("ping_interval"));
+        assert_eq!(
+            parse_error(r#"gateway = "nowhere""#).key.as_deref(),
+            Some("gateway")
+        );
     }
 
     /// Every key of the example (commented ones too) is documented in docs/CONFIG.md.
@@ -616,7 +1053,7 @@ mod tests {
             .map(|line| line.trim_start_matches("# "))
             .filter_map(|line| line.split_once(" = ").map(|(key, _)| key.to_owned()))
             .collect();
-        assert_eq!(keys.len(), 29, "{keys:?}");
+        assert_eq!(keys.len(), 62, "{keys:?}");
         for key in keys {
             assert!(
                 doc.contains(&format!("| `{key}` |")),
@@ -665,6 +1102,13 @@ mod tests {
             max_connections = 9
             max_incoming_streams = 10
             max_dedup_entries = 11
+            handshake_rate_per_ip = 14
+            frame_timeout = "15s"
+            receive_window = 1048576
+            max_buffered_per_peer = 2000000
+            max_buffered_bytes = 3000000
+            max_violations = 16
+            ban_duration = "17s"
             admission = ["{a}"]
             relay = ["{a}"]
             relay_rate = 12
@@ -691,6 +1135,13 @@ mod tests {
             max_connections,
             max_incoming_streams,
             max_dedup_entries,
+            handshake_rate_per_ip,
+            frame_timeout,
+            receive_window,
+            max_buffered_per_peer,
+            max_buffered_bytes,
+            max_violations,
+            ban_duration,
             admission,
             relay,
             relay_rate,
@@ -732,6 +1183,13 @@ mod tests {
             [1000, 7, 2000, 9]
         );
         assert_eq!((max_incoming_streams, max_dedup_entries), (10, 11));
+        assert_eq!(handshake_rate_per_ip, 14);
+        assert_eq!(frame_timeout, secs(15));
+        assert_eq!(
+            (receive_window, max_buffered_per_peer, max_buffered_bytes),
+            (1 << 20, 2_000_000, 3_000_000)
+        );
+        assert_eq!((max_violations, ban_duration), (16, secs(17)));
         assert_eq!(outbox_ttl, secs(12));
         assert_eq!(admission, Admission::Only([a].into_iter().collect()));
         assert_eq!(relay, RelayAccess::Only([a].into_iter().collect()));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ferry::{Mailbox, Message, Node, SecretKey};
+use ferry_node::gateway::{Gateway, GatewayConfig, NoHooks};
 use ferry_node::store::RedbStore;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,10 @@ pub(crate) struct Daemon {
     store: Option<Arc<RedbStore>>,
     /// What stops the HTTP endpoint, and its task.
     http: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// What drains the browser gateway, and its task.
+    gateway: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The gateway's handle, for /metrics.
+    gateway_handle: Option<ferry_node::gateway::GatewayHandle>,
 }
 
 impl Daemon {
@@ -37,7 +42,9 @@ impl Daemon {
         } else {
             (SecretKey::generate(), None)
         };
-        let node = Node::bind(key, config.node.clone()).await?;
+        // Paused: no stream is taken before the durable mailboxes are open again
+        // (`receive_until_signal` starts serving them).
+        let node = Node::bind_paused(key, config.node.clone()).await?;
         for peer in &config.peers {
             node.add_peer_addr(peer.id, peer.addr);
             if let Err(error) = node.connect(peer.id, Some(peer.addr)).await {
@@ -48,6 +55,8 @@ impl Daemon {
             node,
             store,
             http: None,
+            gateway: None,
+            gateway_handle: None,
         })
     }
 
@@ -63,17 +72,19 @@ impl Daemon {
         })
     }
 
-    /// Serves /health and /metrics on `addr`; returns the bound address.
+    /// Serves /health and /metrics on `addr` (with the gateway's figures if it was started
+    /// first); returns the bound address.
     pub(crate) async fn serve_http(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP endpoint on {addr}"))?;
         let bound = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let serving = ferry_node::http::serve(
+        let serving = ferry_node::http::serve_with_gateway(
             listener,
             self.node.clone(),
             self.store.clone(),
+            self.gateway_handle.clone(),
             stop.clone(),
         );
         let task = tokio::spawn(async move {
@@ -85,15 +96,53 @@ impl Daemon {
         Ok(bound)
     }
 
+    /// Serves the browser gateway on `addr` (a store is required: sessions are durable
+    /// mailboxes); returns the bound address. `inbox` is put into the clients' config as
+    /// `inbox` unless the config sets that key.
+    pub(crate) async fn serve_gateway(
+        &mut self,
+        addr: SocketAddr,
+        mut config: GatewayConfig,
+        inbox: &ferry::Address,
+    ) -> anyhow::Result<SocketAddr> {
+        let store = self
+            .store
+            .clone()
+            .context("the gateway needs the durable store")?;
+        if let Some(object) = config.client_config.as_object_mut() {
+            object
+                .entry("inbox")
+                .or_insert_with(|| inbox.to_string().into());
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the gateway on {addr}"))?;
+        let bound = listener.local_addr()?;
+        let gateway = Gateway::new(self.node.clone(), store, config, Arc::new(NoHooks))?;
+        self.gateway_handle = Some(gateway.handle());
+        let stop = CancellationToken::new();
+        let serving = gateway.serve(listener, stop.clone());
+        let task = tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "gateway failed");
+            }
+        });
+        self.gateway = Some((stop, task));
+        Ok(bound)
+    }
+
     /// Prints every message of `mailbox` until a signal, acknowledging each to the store once
-    /// it is printed and flushed, then shuts down in order: the node (drain, then close), the
-    /// HTTP endpoint, and last the store, so that every acknowledgement is written.
+    /// it is printed and flushed, then shuts down in order: the gateway (browsers are told to
+    /// go away, sessions end), the node (drain, then close), the HTTP endpoint, and last the
+    /// store, so that every acknowledgement is written.
     pub(crate) async fn receive_until_signal(
         self,
         mailbox: Mailbox,
         json: bool,
         config: &DaemonConfig,
     ) -> anyhow::Result<()> {
+        // Every mailbox is open now: peers' streams may come in.
+        self.node.serve_streams();
         let signal = shutdown_signal();
         tokio::pin!(signal);
         let result = loop {
@@ -116,6 +165,10 @@ impl Daemon {
             }
         };
         drop(mailbox);
+        if let Some((stop, task)) = self.gateway {
+            stop.cancel();
+            let _ = task.await;
+        }
         self.node.shutdown(config.shutdown_grace).await;
         if let Some((stop, task)) = self.http {
             stop.cancel();

@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::GatewayHandle;
 use crate::store::RedbStore;
 
 /// What the endpoint reports on.
@@ -37,10 +38,22 @@ pub async fn serve(
     store: Option<Arc<RedbStore>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with_gateway(listener, node, store, None, shutdown).await
+}
+
+/// Like [`serve`], with the browser gateway's figures (`ferry_gateway_*`) in `/metrics`.
+pub async fn serve_with_gateway(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    store: Option<Arc<RedbStore>>,
+    gateway: Option<GatewayHandle>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(NodeCollector {
         node: node.clone(),
         store: store.clone(),
+        gateway,
     }));
     let observed = Observed {
         node,
@@ -90,6 +103,7 @@ async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {
 struct NodeCollector {
     node: Node,
     store: Option<Arc<RedbStore>>,
+    gateway: Option<GatewayHandle>,
 }
 
 fn counter(
@@ -191,6 +205,30 @@ impl Collector for NodeCollector {
         )?;
         counter(
             e,
+            "ferry_handshakes_refused",
+            "Incoming handshakes refused (handshake_rate_per_ip, max_connections).",
+            stats.handshakes_refused,
+        )?;
+        counter(
+            e,
+            "ferry_streams_cut_off",
+            "Incoming streams cut off by a limit (open_timeout, frame_timeout, buffers, protocol violations).",
+            stats.streams_cut_off,
+        )?;
+        counter(
+            e,
+            "ferry_peers_banned",
+            "Connections closed for too many protocol violations.",
+            stats.peers_banned,
+        )?;
+        gauge(
+            e,
+            "ferry_buffered_bytes",
+            "Bytes held in the receive buffers of mailbox streams.",
+            stats.buffered_bytes,
+        )?;
+        counter(
+            e,
             "ferry_relayed_packets",
             "Packets forwarded as a relay.",
             stats.relayed_packets,
@@ -226,6 +264,57 @@ impl Collector for NodeCollector {
                 "ferry_store_bytes",
                 "Size of the store file.",
                 store.size_bytes(),
+            )?;
+        }
+        if let Some(gateway) = &self.gateway {
+            let g = gateway.stats();
+            gauge(
+                e,
+                "ferry_gateway_connections",
+                "Browsers connected to the gateway.",
+                g.connections as u64,
+            )?;
+            gauge(
+                e,
+                "ferry_gateway_sessions",
+                "Gateway sessions, connected or waiting to be resumed.",
+                g.sessions as u64,
+            )?;
+            gauge(
+                e,
+                "ferry_gateway_channels",
+                "Channels with at least one member.",
+                g.channels as u64,
+            )?;
+            counter(
+                e,
+                "ferry_gateway_delivered",
+                "Messages handed to browser connections.",
+                g.delivered,
+            )?;
+            counter(
+                e,
+                "ferry_gateway_requests",
+                "Frames received from browsers.",
+                g.requests,
+            )?;
+            counter(
+                e,
+                "ferry_gateway_refused_upgrades",
+                "WebSocket upgrades refused (401, 403, 503).",
+                g.refused_upgrades,
+            )?;
+            counter(
+                e,
+                "ferry_gateway_slow_consumers",
+                "Connections closed as slow consumers.",
+                g.slow_consumers,
+            )?;
+            counter(
+                e,
+                "ferry_gateway_rate_limited",
+                "Connections closed for exceeding the rate limit.",
+                g.rate_limited,
             )?;
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! The parts of the `ferry` daemon that tests and embedders use as a library: the durable
-//! store that backs `ferry run`'s and `ferry listen --data`'s mailboxes, and the HTTP endpoint
-//! with `/health` and `/metrics`.
+//! store that backs `ferry run`'s and `ferry listen --data`'s mailboxes, the HTTP endpoint
+//! with `/health` and `/metrics`, and the browser gateway.
 
+pub mod gateway;
 pub mod http;
 pub mod store;

@@ -6,10 +6,14 @@
 //! acknowledged to its sender only after that commit.
 //!
 //! Tables (all integers big-endian inside redb's own tuple encoding):
-//! - `messages`: (mailbox, index) → u16 address length, the sender's address bytes, payload
+//! - `messages`: (mailbox, index) → u16 address length, the sender's address bytes, payload;
+//!   when bit 15 of the length is set, a u16 tag length and the tag follow the address (tags
+//!   are the gateway's delivery metadata, [`RedbStore::append_tagged`])
 //! - `runs`: (mailbox, sender node, sender mailbox, epoch) → (next_seq, unix seconds of update)
 //! - `mailboxes`: mailbox → (next index, unacknowledged count)
 //! - `names`: name → mailbox id, for mailboxes that keep their id across restarts
+//! - `temporary`: mailboxes emptied at the next open (the gateway's sessions, which do not
+//!   survive a restart)
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -30,6 +34,9 @@ type RunKey<'a> = (u64, &'a [u8], u64, u64);
 const RUNS: TableDefinition<RunKey, (u64, u64)> = TableDefinition::new("runs");
 const MAILBOXES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("mailboxes");
 const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
+/// Mailboxes whose messages do not outlive the process (the gateway's sessions): emptied when
+/// the store opens.
+const TEMPORARY: TableDefinition<u64, ()> = TableDefinition::new("temporary");
 
 /// Limits of a [`RedbStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,12 +75,36 @@ pub enum OpenStoreError {
     Thread(std::io::Error),
 }
 
+/// One message to store: sender, tag (empty: none), payload.
+type Row = (Address, Bytes, Bytes);
+
+/// A stored message with its tag, as read by [`RedbStore::read_from`].
+#[derive(Debug, Clone)]
+pub struct TaggedMessage {
+    /// Its index in the mailbox.
+    pub index: u64,
+    /// The sender's reply address.
+    pub from: Address,
+    /// The tag given to [`RedbStore::append_tagged`] (empty for other messages).
+    pub tag: Bytes,
+    /// The payload.
+    pub payload: Bytes,
+}
+
 enum Op {
     Append {
         mailbox: MailboxId,
         run: Option<(RunId, u64)>,
-        messages: Vec<(Address, Bytes)>,
+        messages: Vec<Row>,
         reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    },
+    /// Removes every message of a mailbox (the gateway's expired sessions).
+    Purge {
+        mailbox: MailboxId,
+    },
+    /// Marks a mailbox temporary: it is emptied when the store next opens.
+    Temporary {
+        mailbox: MailboxId,
     },
     Remove {
         mailbox: MailboxId,
@@ -191,6 +222,93 @@ impl RedbStore {
         }
     }
 
+    /// Like [`MailboxStore::append`] without a run, with a tag stored beside each message
+    /// (at most 65,535 bytes; longer tags are cut).
+    pub fn append_tagged(
+        &self,
+        mailbox: MailboxId,
+        messages: Vec<(Address, Bytes, Bytes)>,
+    ) -> StoreFuture<Vec<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.submit(Op::Append {
+            mailbox,
+            run: None,
+            messages,
+            reply,
+        });
+        Box::pin(async move {
+            if submitted.is_err() {
+                return Err(StoreError::Failed("store is closed".into()));
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
+        })
+    }
+
+    /// The unacknowledged messages of `mailbox` with an index of at least `from`, oldest
+    /// first: at most `max_count` of them, and no more once `max_bytes` of payload are taken
+    /// (but always at least one if there is one).
+    pub fn read_from(
+        &self,
+        mailbox: MailboxId,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<TaggedMessage>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let messages = match txn.open_table(MESSAGES) {
+            Ok(messages) => messages,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(failed(error)),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in messages
+            .range((mailbox.0, from)..=(mailbox.0, u64::MAX))
+            .map_err(failed)?
+        {
+            if out.len() >= max_count || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            let (key, value) = row.map_err(failed)?;
+            let (from, tag, payload) = decode_row(value.value())?;
+            bytes = bytes.saturating_add(payload.len());
+            out.push(TaggedMessage {
+                index: key.value().1,
+                from,
+                tag,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The index the next message of `mailbox` will get (0 for a mailbox never used).
+    pub fn next_index(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let mailboxes = match txn.open_table(MAILBOXES) {
+            Ok(mailboxes) => mailboxes,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(error) => return Err(failed(error)),
+        };
+        Ok(mailboxes
+            .get(mailbox.0)
+            .map_err(failed)?
+            .map_or(0, |v| v.value().0))
+    }
+
+    /// Removes every message of `mailbox` (later, in the writer's next batch).
+    pub fn purge(&self, mailbox: MailboxId) {
+        let _ = self.submit(Op::Purge { mailbox });
+    }
+
+    /// Marks `mailbox` temporary: if the process ends before [`RedbStore::purge`] removes it,
+    /// its messages are removed when the store next opens.
+    pub fn mark_temporary(&self, mailbox: MailboxId) {
+        let _ = self.submit(Op::Temporary { mailbox });
+    }
+
     fn submit(&self, op: Op) -> Result<(), Op> {
         match lock(&self.ops).as_ref() {
             Some(ops) => ops.send(op).map_err(|mpsc::SendError(op)| op),
@@ -216,7 +334,10 @@ impl MailboxStore for RedbStore {
         let submitted = self.submit(Op::Append {
             mailbox,
             run,
-            messages,
+            messages: messages
+                .into_iter()
+                .map(|(from, payload)| (from, Bytes::new(), payload))
+                .collect(),
             reply,
         });
         Box::pin(async move {
@@ -260,7 +381,7 @@ impl MailboxStore for RedbStore {
             .map_err(failed)?
         {
             let (key, value) = row.map_err(failed)?;
-            let (from, payload) = decode_row(value.value())?;
+            let (from, _tag, payload) = decode_row(value.value())?;
             out.push(StoredMessage {
                 index: key.value().1,
                 from,
@@ -285,36 +406,80 @@ fn run_key(mailbox: MailboxId, run: &RunId) -> RunKey<'_> {
     )
 }
 
-fn encode_row(from: &Address, payload: &[u8]) -> Vec<u8> {
+/// Set in the address length of a row that carries a tag.
+const TAGGED: u16 = 0x8000;
+
+fn encode_row(from: &Address, tag: &[u8], payload: &[u8]) -> Vec<u8> {
     let address = from.to_bytes();
-    let mut row = Vec::with_capacity(2 + address.len() + payload.len());
-    // Address bytes are at most a few hundred bytes (core + at most 4 hints + extensions).
-    row.extend_from_slice(&(address.len() as u16).to_be_bytes());
+    let tag = &tag[..tag.len().min(usize::from(u16::MAX))];
+    let mut row = Vec::with_capacity(4 + address.len() + tag.len() + payload.len());
+    // Address bytes are at most a few hundred bytes (core + at most 4 hints + extensions),
+    // far below the flag bit.
+    let mut len = address.len() as u16;
+    if !tag.is_empty() {
+        len |= TAGGED;
+    }
+    row.extend_from_slice(&len.to_be_bytes());
     row.extend_from_slice(&address);
+    if !tag.is_empty() {
+        row.extend_from_slice(&(tag.len() as u16).to_be_bytes());
+        row.extend_from_slice(tag);
+    }
     row.extend_from_slice(payload);
     row
 }
 
-fn decode_row(row: &[u8]) -> Result<(Address, Bytes), StoreError> {
+fn decode_row(row: &[u8]) -> Result<(Address, Bytes, Bytes), StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("stored message: {what}"));
     let (len, rest) = row
         .split_first_chunk::<2>()
         .ok_or_else(|| corrupt("truncated"))?;
-    let len = usize::from(u16::from_be_bytes(*len));
+    let len = u16::from_be_bytes(*len);
+    let tagged = len & TAGGED != 0;
+    let len = usize::from(len & !TAGGED);
     if rest.len() < len {
         return Err(corrupt("address truncated"));
     }
-    let (address, payload) = rest.split_at(len);
+    let (address, mut rest) = rest.split_at(len);
     let from = Address::from_bytes(address).map_err(|e| corrupt(&e.to_string()))?;
-    Ok((from, Bytes::copy_from_slice(payload)))
+    let mut tag = Bytes::new();
+    if tagged {
+        let (tag_len, after) = rest
+            .split_first_chunk::<2>()
+            .ok_or_else(|| corrupt("tag truncated"))?;
+        let tag_len = usize::from(u16::from_be_bytes(*tag_len));
+        if after.len() < tag_len {
+            return Err(corrupt("tag truncated"));
+        }
+        let (bytes, after) = after.split_at(tag_len);
+        tag = Bytes::copy_from_slice(bytes);
+        rest = after;
+    }
+    Ok((from, tag, Bytes::copy_from_slice(rest)))
 }
 
+/// At open, in one transaction: forgets runs older than `ttl`, and empties the mailboxes
+/// marked temporary by an earlier run.
 fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
     let oldest = unix_now().saturating_sub(ttl.as_secs());
     let txn = db.begin_write()?;
     {
         let mut runs = txn.open_table(RUNS)?;
         runs.retain(|_, (_, updated)| updated >= oldest)?;
+        let mut temporary = txn.open_table(TEMPORARY)?;
+        let ids: Vec<u64> = temporary
+            .iter()?
+            .filter_map(|row| row.ok().map(|(key, _)| key.value()))
+            .collect();
+        if !ids.is_empty() {
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut mailboxes = txn.open_table(MAILBOXES)?;
+            for id in ids {
+                messages.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                mailboxes.remove(id)?;
+                temporary.remove(id)?;
+            }
+        }
     }
     txn.commit()?;
     Ok(())
@@ -366,6 +531,7 @@ fn apply(
         let mut messages = txn.open_table(MESSAGES).map_err(failed)?;
         let mut runs = txn.open_table(RUNS).map_err(failed)?;
         let mut mailboxes = txn.open_table(MAILBOXES).map_err(failed)?;
+        let mut temporary = txn.open_table(TEMPORARY).map_err(failed)?;
         let now = unix_now();
         for op in batch {
             match op {
@@ -382,10 +548,13 @@ fn apply(
                     let room = config.max_pending_per_mailbox.saturating_sub(pending);
                     let take = rows.len().min(usize::try_from(room).unwrap_or(usize::MAX));
                     let mut indexes = Vec::with_capacity(take);
-                    for (offset, (from, payload)) in rows.iter().take(take).enumerate() {
+                    for (offset, (from, tag, payload)) in rows.iter().take(take).enumerate() {
                         let index = next + offset as u64;
                         messages
-                            .insert((mailbox.0, index), encode_row(from, payload).as_slice())
+                            .insert(
+                                (mailbox.0, index),
+                                encode_row(from, tag, payload).as_slice(),
+                            )
                             .map_err(failed)?;
                         indexes.push(index);
                     }
@@ -415,6 +584,21 @@ fn apply(
                             .insert(mailbox.0, (next, pending.saturating_sub(1)))
                             .map_err(failed)?;
                     }
+                }
+                Op::Purge { mailbox } => {
+                    let indexes: Vec<u64> = messages
+                        .range((mailbox.0, 0)..=(mailbox.0, u64::MAX))
+                        .map_err(failed)?
+                        .filter_map(|row| row.ok().map(|(key, _)| key.value().1))
+                        .collect();
+                    for index in indexes {
+                        messages.remove((mailbox.0, index)).map_err(failed)?;
+                    }
+                    mailboxes.remove(mailbox.0).map_err(failed)?;
+                    temporary.remove(mailbox.0).map_err(failed)?;
+                }
+                Op::Temporary { mailbox } => {
+                    temporary.insert(mailbox.0, ()).map_err(failed)?;
                 }
                 Op::EndRun { mailbox, run } => {
                     runs.remove(run_key(mailbox, &run)).map_err(failed)?;

@@ -317,6 +317,11 @@ fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     let inbox = node.field("inbox address: ");
     let metrics = node.field("metrics: http://");
     node.field("health: http://");
+    // The browser gateway is on by default: its JS client is served beside /ws.
+    let gateway = node.field("gateway: ws://");
+    let (gateway_host, _) = gateway.split_once('/').unwrap();
+    let script = http_get(gateway_host, "/ferry.js");
+    assert!(script.contains("export async function connect"), "{script}");
     let output = run(&["send", &inbox, "counted"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(node.line(), "counted");
@@ -324,6 +329,7 @@ fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     let body = http_get(host, &format!("/{path}"));
     assert!(body.contains("ferry_messages_in_total 1"), "{body}");
     assert!(body.contains("ferry_store_bytes"), "{body}");
+    assert!(body.contains("ferry_gateway_sessions 0"), "{body}");
     // SIGTERM: a graceful shutdown, exit 0.
     let status = std::process::Command::new("kill")
         .args(["-TERM", &node.child.id().to_string()])

@@ -11,7 +11,8 @@ use ferry_node::store::{RedbStore, StoreConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Binds a node with `key` on `listen`. A restarted node wants its old port, which the old
+/// Binds a node with `key` on `listen`, paused: the test opens its durable mailbox, then lets
+/// streams in, as the daemon does. A restarted node wants its old port, which the old
 /// endpoint's driver task releases asynchronously, so the bind is retried briefly.
 async fn node_on(key: &SecretKey, listen: std::net::SocketAddr) -> Node {
     let config = NodeConfig {
@@ -20,7 +21,7 @@ async fn node_on(key: &SecretKey, listen: std::net::SocketAddr) -> Node {
     };
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match Node::bind(SecretKey::from_bytes(&key.to_bytes()), config.clone()).await {
+        match Node::bind_paused(SecretKey::from_bytes(&key.to_bytes()), config.clone()).await {
             Ok(node) => return node,
             Err(error) if tokio::time::Instant::now() < deadline => {
                 let _ = error;
@@ -47,6 +48,7 @@ async fn acked_messages_survive_a_restart_until_the_application_acks_them() {
     let store = open_store(dir.path());
     let id = store.named_mailbox("test").unwrap();
     let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
     let address = mailbox.address().clone();
 
     // Fewer than the mailbox's queue holds, so all are acknowledged before anything is read.
@@ -76,6 +78,7 @@ async fn acked_messages_survive_a_restart_until_the_application_acks_them() {
     let store = open_store(dir.path());
     assert_eq!(store.named_mailbox("test").unwrap(), id);
     let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
     assert_eq!(mailbox.address().without_hints(), address.without_hints());
     let mut ids = Vec::new();
     for n in N / 4..N {
@@ -120,6 +123,7 @@ async fn a_receiver_restarted_mid_stream_loses_and_duplicates_nothing() {
     let store = open_store(dir.path());
     let id = store.named_mailbox("inbox").unwrap();
     let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
     let address = mailbox.address().clone();
 
     const N: u32 = 20_000;
@@ -150,6 +154,7 @@ async fn a_receiver_restarted_mid_stream_loses_and_duplicates_nothing() {
     let receiver = node_on(&key, listen).await;
     let store = open_store(dir.path());
     let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
     while seen.len() < N as usize {
         let message = mailbox.recv_timeout(WAIT).await.unwrap();
         seen.push(message.decode::<u32>().unwrap());

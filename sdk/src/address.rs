@@ -18,6 +18,8 @@
 //! signed: changing one only changes where a sender looks for the node, and the TLS handshake
 //! still proves the node's identity. The CRC-32 catches transcription errors in the whole
 //! address (hints included) before any signature check.
+// Parsing takes bytes from anyone: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -38,7 +40,6 @@ pub const MAX_HINTS: usize = 4;
 
 const HINT_V4: u8 = 0x04;
 const HINT_V6: u8 = 0x06;
-const HINT_V4_LEN: usize = 1 + 4 + 2;
 const HINT_V6_LEN: usize = 1 + 16 + 2;
 /// Extension-hint tag of a relay hint: `relay node id[32] | socket-address hint` (the 7- or
 /// 19-byte form of tag 0x04 or 0x06).
@@ -320,16 +321,25 @@ impl Address {
 
     /// Parses a 112-byte core (no hints, no checksum), as carried inside frames.
     pub fn from_core_bytes(core: &[u8; ADDRESS_CORE_LEN]) -> Result<Self, AddressError> {
-        let (node, rest) = core.split_at(NODE_ID_LEN);
-        let (mailbox, rest) = rest.split_at(8);
-        let (expires, signature) = rest.split_at(8);
-        let node = NodeId::from_bytes(&array(node))?;
-        let mailbox = MailboxId(u64::from_be_bytes(array(mailbox)));
-        let expires = match u64::from_be_bytes(array(expires)) {
+        let fields = core
+            .split_first_chunk::<NODE_ID_LEN>()
+            .and_then(|(node, rest)| Some((node, rest.split_first_chunk::<8>()?)))
+            .and_then(|(node, (mailbox, rest))| {
+                Some((node, mailbox, rest.split_first_chunk::<8>()?))
+            });
+        // The array type fixes the layout, so the split cannot fail.
+        let Some((node, mailbox, (expires, signature))) = fields else {
+            return Err(AddressError::Length(ADDRESS_CORE_LEN));
+        };
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| AddressError::Length(ADDRESS_CORE_LEN))?;
+        let node = NodeId::from_bytes(node)?;
+        let mailbox = MailboxId(u64::from_be_bytes(*mailbox));
+        let expires = match u64::from_be_bytes(*expires) {
             0 => None,
             at => Some(at),
         };
-        let signature: [u8; 64] = array(signature);
         // A canonical scalar is below the group order, so its top three bits are clear.
         if signature[63] & 0xe0 != 0 {
             return Err(AddressError::SignatureEncoding);
@@ -367,12 +377,16 @@ impl Address {
         if !(MIN_BYTES..=MAX_BYTES).contains(&bytes.len()) {
             return Err(AddressError::Length(bytes.len()));
         }
-        let (body, crc) = bytes.split_at(bytes.len() - CRC_LEN);
+        let (body, crc) = bytes
+            .split_last_chunk::<CRC_LEN>()
+            .ok_or(AddressError::Length(bytes.len()))?;
         if crc32fast::hash(body).to_be_bytes() != *crc {
             return Err(AddressError::Checksum);
         }
-        let (core, mut rest) = body.split_at(ADDRESS_CORE_LEN);
-        let mut address = Self::from_core_bytes(&array(core))?;
+        let (core, mut rest) = body
+            .split_first_chunk::<ADDRESS_CORE_LEN>()
+            .ok_or(AddressError::Length(bytes.len()))?;
+        let mut address = Self::from_core_bytes(core)?;
         while let Some((&tag, tail)) = rest.split_first() {
             if address.hints.len() + address.extensions.len() == MAX_HINTS {
                 return Err(AddressError::TooManyHints);
@@ -381,29 +395,28 @@ impl Address {
                 HINT_V4 | HINT_V6 if !address.extensions.is_empty() => {
                     return Err(AddressError::Hint)
                 }
-                HINT_V4 if tail.len() >= HINT_V4_LEN - 1 => {
-                    let (ip, tail) = tail.split_at(4);
-                    (Ipv4Addr::from(array::<4>(ip)).into(), tail)
+                HINT_V4 => {
+                    let (ip, tail) = tail.split_first_chunk::<4>().ok_or(AddressError::Hint)?;
+                    (Ipv4Addr::from(*ip).into(), tail)
                 }
-                HINT_V6 if tail.len() >= HINT_V6_LEN - 1 => {
-                    let (ip, tail) = tail.split_at(16);
-                    (Ipv6Addr::from(array::<16>(ip)).into(), tail)
+                HINT_V6 => {
+                    let (ip, tail) = tail.split_first_chunk::<16>().ok_or(AddressError::Hint)?;
+                    (Ipv6Addr::from(*ip).into(), tail)
                 }
-                HINT_V4 | HINT_V6 => return Err(AddressError::Hint),
                 _ => {
                     let (&len, tail) = tail.split_first().ok_or(AddressError::Hint)?;
                     let len = usize::from(len);
-                    if len > MAX_EXTENSION_LEN || tail.len() < len {
+                    if len > MAX_EXTENSION_LEN {
                         return Err(AddressError::Hint);
                     }
-                    let (value, tail) = tail.split_at(len);
+                    let value = tail.get(..len).ok_or(AddressError::Hint)?;
                     address.extensions.push((tag, value.to_vec()));
-                    rest = tail;
+                    rest = tail.get(len..).unwrap_or_default();
                     continue;
                 }
             };
-            let (port, tail) = tail.split_at(2);
-            let hint = SocketAddr::new(ip, u16::from_be_bytes(array(port)));
+            let (port, tail) = tail.split_first_chunk::<2>().ok_or(AddressError::Hint)?;
+            let hint = SocketAddr::new(ip, u16::from_be_bytes(*port));
             if address.hints.contains(&hint) {
                 return Err(AddressError::DuplicateHint);
             }
@@ -422,13 +435,6 @@ fn signed_message(node: &NodeId, mailbox: MailboxId, expires: Option<u64>) -> [u
     message[48..56].copy_from_slice(&mailbox.0.to_be_bytes());
     message[56..].copy_from_slice(&expires.unwrap_or(0).to_be_bytes());
     message
-}
-
-/// Copies a slice whose length the caller has already fixed into an array.
-fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&slice[..N]);
-    out
 }
 
 fn dedup_in_order(hints: &mut Vec<SocketAddr>) {
@@ -664,5 +670,613 @@ mod tests {
             format!(" {}", &text[1..]).parse::<Address>(),
             Err(AddressError::Prefix)
         );
+    }
+}
+
+/// The bad-address suite (issue 7): every kind of malformed, forged or misused address is
+/// refused with its own typed error. Parsing errors come from `from_str` / `from_bytes`
+/// (docs/PROTOCOL.md §4.8), signature errors from `verify_signature` (§4.5), and the
+/// receiver's checks from `check_cheap` (§4.9; revocation is `NO_SUCH_MAILBOX`, tested end to
+/// end in sdk/tests/peer.rs and sdk/src/hostile_tests.rs).
+#[cfg(test)]
+mod bad_addresses {
+    use super::*;
+    use data_encoding::BASE64URL_NOPAD;
+
+    fn key(seed: u8) -> SecretKey {
+        SecretKey::from_bytes(&[seed; 32])
+    }
+
+    fn plain() -> Address {
+        Address::mint(&key(1), MailboxId(7), None, vec![])
+    }
+
+    /// Addresses of many binary lengths: no hints, socket-address hints of both families, and
+    /// extension hints of every value length, up to the longest address (380 bytes).
+    fn addresses_of_every_shape() -> Vec<Address> {
+        let v4: SocketAddr = "192.0.2.1:4433".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:4433".parse().unwrap();
+        let base = Address::mint(&key(1), MailboxId(7), Some(1_900_000_000), vec![]);
+        let mut out = vec![
+            base.clone(),
+            base.with_hints(vec![v4]),
+            base.with_hints(vec![v6]),
+            base.with_hints(vec![v4, v6]),
+        ];
+        for len in 0..=MAX_EXTENSION_LEN {
+            let mut bytes = base.to_bytes();
+            bytes.truncate(bytes.len() - CRC_LEN);
+            for _ in 0..MAX_HINTS {
+                bytes.extend_from_slice(&[0x77, len as u8]);
+                bytes.extend(std::iter::repeat_n(0xab, len));
+            }
+            out.push(Address::from_bytes(&with_crc(bytes)).unwrap());
+        }
+        out
+    }
+
+    /// `body` with its CRC-32 appended.
+    fn with_crc(mut body: Vec<u8>) -> Vec<u8> {
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_be_bytes());
+        body
+    }
+
+    /// `core` with a valid checksum, parsed as a binary address.
+    fn parse_core(core: &[u8; ADDRESS_CORE_LEN]) -> Result<Address, AddressError> {
+        Address::from_bytes(&with_crc(core.to_vec()))
+    }
+
+    /// What §4.8 steps 1–5 say about `text`, for texts that fail at one of those steps: the
+    /// independent statement of the rules the parser must follow.
+    fn expected_text_error(text: &str) -> AddressError {
+        let Some(body) = text.strip_prefix("ferry1") else {
+            return AddressError::Prefix;
+        };
+        if !(155..=507).contains(&body.len()) {
+            return AddressError::Length(text.len());
+        }
+        let Ok(bytes) = BASE64URL_NOPAD.decode(body.as_bytes()) else {
+            return AddressError::Encoding;
+        };
+        if !(116..=380).contains(&bytes.len()) {
+            return AddressError::Length(bytes.len());
+        }
+        let (data, crc) = bytes.split_at(bytes.len() - 4);
+        assert_ne!(crc32fast::hash(data).to_be_bytes(), crc, "checksum matches");
+        AddressError::Checksum
+    }
+
+    #[test]
+    fn empty_and_wrong_prefixes() {
+        let text = plain().to_string();
+        let body = &text[ADDRESS_PREFIX.len()..];
+        for prefix in [
+            "", "f", "ferry", "ferry0", "ferry2", "ferry9", "Ferry1", "fERRY1", "FERRY1", "ferrY1",
+            "ferri1", "ferry_", "ferryl", "ferryI", "erry1", "ferry11x", " ferry1",
+        ] {
+            let candidate = format!("{prefix}{body}");
+            if candidate.starts_with(ADDRESS_PREFIX) {
+                continue; // e.g. "ferry11x": a prefix followed by a longer body
+            }
+            assert_eq!(
+                candidate.parse::<Address>(),
+                Err(AddressError::Prefix),
+                "{prefix:?}"
+            );
+        }
+        assert_eq!("".parse::<Address>(), Err(AddressError::Prefix));
+        assert_eq!("ferry1".parse::<Address>(), Err(AddressError::Length(6)));
+        // The right prefix twice: the second `1` is part of the body, which then decodes to
+        // one byte too many for its checksum.
+        let doubled = format!("ferry11{body}");
+        assert_eq!(doubled.parse::<Address>(), Err(AddressError::Checksum));
+        assert_eq!(expected_text_error(&doubled), AddressError::Checksum);
+    }
+
+    #[test]
+    fn every_length_plus_and_minus_one() {
+        for address in addresses_of_every_shape() {
+            let bytes = address.to_bytes();
+            let len = bytes.len();
+            // One byte short or long: the checksum no longer sits where the parser looks.
+            let shorter = Address::from_bytes(&bytes[..len - 1]);
+            let mut longer = bytes.clone();
+            longer.push(0);
+            let longer = Address::from_bytes(&longer);
+            if len == MIN_BYTES {
+                assert_eq!(shorter, Err(AddressError::Length(len - 1)));
+            } else {
+                assert_eq!(shorter, Err(AddressError::Checksum), "{len}");
+            }
+            if len == MAX_BYTES {
+                assert_eq!(longer, Err(AddressError::Length(len + 1)));
+            } else {
+                assert_eq!(longer, Err(AddressError::Checksum), "{len}");
+            }
+            // One character short or long, at the end and in the middle.
+            let text = address.to_string();
+            let middle = text.len() / 2;
+            for mutated in [
+                text[..text.len() - 1].to_owned(),
+                format!("{text}A"),
+                format!("{text}g"),
+                format!("{}{}", &text[..middle], &text[middle + 1..]),
+                format!("{}A{}", &text[..middle], &text[middle..]),
+            ] {
+                assert_eq!(
+                    mutated.parse::<Address>(),
+                    Err(expected_text_error(&mutated)),
+                    "{} chars from {}",
+                    mutated.len(),
+                    text.len()
+                );
+            }
+        }
+        // Every impossible byte length, and every impossible text length.
+        for len in (0..MIN_BYTES).chain(MAX_BYTES + 1..MAX_BYTES + 64) {
+            assert_eq!(
+                Address::from_bytes(&vec![0u8; len]),
+                Err(AddressError::Length(len))
+            );
+        }
+        for len in (0..155).chain(508..600) {
+            let text = format!("ferry1{}", "A".repeat(len));
+            assert_eq!(text.parse::<Address>(), Err(AddressError::Length(len + 6)));
+        }
+        // The extremes are accepted: 161 and 513 characters.
+        let shapes = addresses_of_every_shape();
+        let lengths: Vec<usize> = shapes.iter().map(|a| a.to_string().len()).collect();
+        assert!(
+            lengths.contains(&161) && lengths.contains(&513),
+            "{lengths:?}"
+        );
+    }
+
+    #[test]
+    fn whitespace_padding_and_non_ascii() {
+        let text = plain().to_string();
+        let (head, tail) = text.split_at(80);
+        for (mutated, expected) in [
+            (format!(" {text}"), AddressError::Prefix),
+            (format!("\t{text}"), AddressError::Prefix),
+            (format!("\n{text}"), AddressError::Prefix),
+            (format!("\u{feff}{text}"), AddressError::Prefix),
+            (format!("{text} "), AddressError::Encoding),
+            (format!("{text}\n"), AddressError::Encoding),
+            (format!("{text}\r\n"), AddressError::Encoding),
+            (format!("{head} {tail}"), AddressError::Encoding),
+            (format!("{head}\n{tail}"), AddressError::Encoding),
+            (format!("{head}\0{tail}"), AddressError::Encoding),
+            (format!("{text}="), AddressError::Encoding),
+            (format!("{text}=="), AddressError::Encoding),
+            (format!("{text}==="), AddressError::Encoding),
+            (format!("{head}={tail}"), AddressError::Encoding),
+            // Standard base64's characters instead of the URL-safe ones.
+            (format!("{head}+{}", &tail[1..]), AddressError::Encoding),
+            (format!("{head}/{}", &tail[1..]), AddressError::Encoding),
+            // Non-ASCII: look-alike prefixes, and multi-byte characters in the body.
+            (
+                text.replacen("ferry1", "ferry\u{ff11}", 1),
+                AddressError::Prefix,
+            ),
+            (
+                text.replacen("ferry1", "f\u{435}rry1", 1),
+                AddressError::Prefix,
+            ),
+            (
+                text.replacen("ferry1", "ferry\u{661}", 1),
+                AddressError::Prefix,
+            ),
+            (format!("{head}é{}", &tail[1..]), AddressError::Encoding),
+            (format!("{head}\u{200b}{tail}"), AddressError::Encoding),
+        ] {
+            assert_eq!(mutated.parse::<Address>(), Err(expected), "{mutated:?}");
+        }
+        // Non-zero trailing bits in the last character: two texts would decode to one address.
+        let last = text.as_bytes()[text.len() - 1];
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let position = alphabet.iter().position(|&c| c == last).unwrap();
+        // 155 characters carry 116 bytes and 2 spare bits: the low two bits of the last one.
+        let sibling = alphabet[position ^ 1] as char;
+        let mutated = format!("{}{sibling}", &text[..text.len() - 1]);
+        assert_eq!(mutated.parse::<Address>(), Err(AddressError::Encoding));
+    }
+
+    /// The eight points of small order (the identity, the point of order 2, two of order 4,
+    /// four of order 8), in their canonical encodings.
+    const SMALL_ORDER: [&str; 8] = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    ];
+
+    fn hex32(text: &str) -> [u8; 32] {
+        data_encoding::HEXLOWER
+            .decode(text.as_bytes())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
+    #[test]
+    fn all_zero_small_order_and_non_canonical_keys() {
+        let core = plain().core_bytes();
+        let with_node = |node: [u8; 32]| {
+            let mut core = core;
+            core[..32].copy_from_slice(&node);
+            core
+        };
+        for point in SMALL_ORDER {
+            let core = with_node(hex32(point));
+            let expected = Err(AddressError::NodeId(NodeIdError::Weak));
+            assert_eq!(parse_core(&core), expected, "{point}");
+            assert_eq!(Address::from_core_bytes(&core), expected, "{point}");
+        }
+        // All zero is one of them (order 4).
+        assert_eq!(
+            parse_core(&with_node([0; 32])),
+            Err(AddressError::NodeId(NodeIdError::Weak))
+        );
+        // Non-canonical encodings: y = p (≡ 0), y = p + 1 (≡ 1), y = 2^255 - 1, and the
+        // identity with the sign bit set (x = 0 has no negative).
+        let mut y_p = [0xff; 32];
+        y_p[0] = 0xed;
+        y_p[31] = 0x7f;
+        let mut y_p1 = y_p;
+        y_p1[0] = 0xee;
+        let mut y_max = [0xff; 32];
+        y_max[31] = 0x7f;
+        let mut negative_identity = [0u8; 32];
+        negative_identity[0] = 1;
+        negative_identity[31] = 0x80;
+        for node in [y_p, y_p1, y_max, negative_identity] {
+            assert_eq!(
+                parse_core(&with_node(node)),
+                Err(AddressError::NodeId(NodeIdError::NotCanonical)),
+                "{node:02x?}"
+            );
+        }
+        // Bytes that are no curve point at all (y = 2: x² = 3/(4d + 1) has no root).
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        assert_eq!(
+            parse_core(&with_node(not_a_point)),
+            Err(AddressError::NodeId(NodeIdError::NotCanonical))
+        );
+    }
+
+    /// ℓ, the order of the prime subgroup, as little-endian 64-bit limbs.
+    const ELL: [u64; 4] = [
+        0x5812631a5cf5d3ed,
+        0x14def9dea2f79cd6,
+        0,
+        0x1000000000000000,
+    ];
+
+    fn ge(a: &[u64; 4], b: &[u64; 4]) -> bool {
+        for i in (0..4).rev() {
+            if a[i] != b[i] {
+                return a[i] > b[i];
+            }
+        }
+        true
+    }
+
+    fn sub(a: &mut [u64; 4], b: &[u64; 4]) {
+        let mut borrow = 0u64;
+        for i in 0..4 {
+            let (d, b1) = a[i].overflowing_sub(b[i]);
+            let (d, b2) = d.overflowing_sub(borrow);
+            a[i] = d;
+            borrow = u64::from(b1 || b2);
+        }
+    }
+
+    /// 2a + bit mod ℓ, for a < ℓ.
+    fn double_add(a: &mut [u64; 4], bit: u64) {
+        let mut carry = bit;
+        for limb in a.iter_mut() {
+            let next = *limb >> 63;
+            *limb = (*limb << 1) | carry;
+            carry = next;
+        }
+        if ge(a, &ELL) {
+            sub(a, &ELL);
+        }
+    }
+
+    /// A little-endian integer of any length, reduced mod ℓ.
+    fn reduce(bytes: &[u8]) -> [u64; 4] {
+        let mut r = [0u64; 4];
+        for byte in bytes.iter().rev() {
+            for bit in (0..8).rev() {
+                double_add(&mut r, u64::from((byte >> bit) & 1));
+            }
+        }
+        r
+    }
+
+    /// a·b mod ℓ.
+    fn mul(a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
+        let mut r = [0u64; 4];
+        for i in (0..256).rev() {
+            double_add(&mut r, 0);
+            if (a[i / 64] >> (i % 64)) & 1 == 1 {
+                let mut carry = false;
+                for j in 0..4 {
+                    let (s, c1) = r[j].overflowing_add(b[j]);
+                    let (s, c2) = s.overflowing_add(u64::from(carry));
+                    r[j] = s;
+                    carry = c1 || c2;
+                }
+                if ge(&r, &ELL) {
+                    sub(&mut r, &ELL);
+                }
+            }
+        }
+        r
+    }
+
+    fn to_bytes(a: &[u64; 4]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (chunk, limb) in out.chunks_mut(8).zip(a) {
+            chunk.copy_from_slice(&limb.to_le_bytes());
+        }
+        out
+    }
+
+    fn sha512(parts: &[&[u8]]) -> Vec<u8> {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA512);
+        for part in parts {
+            context.update(part);
+        }
+        context.finish().as_ref().to_vec()
+    }
+
+    /// A signature whose R is the identity point (small order) and S = k·a: the cofactorless
+    /// equation holds, so `verify` accepts it; `verify_strict` refuses the small-order R.
+    fn small_order_r_signature(seed: u8, message: &[u8]) -> [u8; 64] {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&sha512(&[&[seed; 32]])[..32]);
+        a[0] &= 248;
+        a[31] &= 127;
+        a[31] |= 64;
+        let public = key(seed).public();
+        let mut r = [0u8; 32];
+        r[0] = 1;
+        let k = reduce(&sha512(&[&r, public.as_bytes(), message]));
+        let s = mul(&k, &reduce(&a));
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&r);
+        signature[32..].copy_from_slice(&to_bytes(&s));
+        signature
+    }
+
+    fn with_signature(address: &Address, signature: &[u8; 64]) -> [u8; ADDRESS_CORE_LEN] {
+        let mut core = address.core_bytes();
+        core[48..].copy_from_slice(signature);
+        core
+    }
+
+    #[test]
+    fn passes_verify_but_not_verify_strict() {
+        let address = plain();
+        let message = signed_message(&address.node(), address.mailbox(), address.expires());
+        let signature = small_order_r_signature(1, &message);
+        let verifying = address.node().verifying_key();
+        let parsed = Signature::from_bytes(&signature);
+        assert!(
+            verifying.verify(&message, &parsed).is_ok(),
+            "verify accepts"
+        );
+        assert!(verifying.verify_strict(&message, &parsed).is_err());
+        let forged = parse_core(&with_signature(&address, &signature)).unwrap();
+        assert_eq!(forged.verify_signature(), Err(VerifyError::Forged));
+    }
+
+    #[test]
+    fn non_canonical_signature_encodings() {
+        let address = plain();
+        let signature = *address.signature();
+        // S + ℓ: the same scalar, not reduced (still below 2^253, so it parses).
+        let mut s = [0u64; 4];
+        for (limb, chunk) in s.iter_mut().zip(signature[32..].chunks(8)) {
+            *limb = u64::from_le_bytes(chunk.try_into().unwrap());
+        }
+        let mut carry = false;
+        for (limb, ell) in s.iter_mut().zip(ELL) {
+            let (sum, c1) = limb.overflowing_add(ell);
+            let (sum, c2) = sum.overflowing_add(u64::from(carry));
+            *limb = sum;
+            carry = c1 || c2;
+        }
+        assert!(!carry);
+        let mut unreduced = signature;
+        unreduced[32..].copy_from_slice(&to_bytes(&s));
+        if unreduced[63] & 0xe0 == 0 {
+            let parsed = parse_core(&with_signature(&address, &unreduced)).unwrap();
+            assert_eq!(parsed.verify_signature(), Err(VerifyError::Forged));
+        } else {
+            assert_eq!(
+                parse_core(&with_signature(&address, &unreduced)),
+                Err(AddressError::SignatureEncoding)
+            );
+        }
+        // S = ℓ exactly, and S = 2^253 - 1: unreduced, top bits clear.
+        for s in [to_bytes(&ELL), {
+            let mut max = [0xff; 32];
+            max[31] = 0x1f;
+            max
+        }] {
+            let mut bad = signature;
+            bad[32..].copy_from_slice(&s);
+            let parsed = parse_core(&with_signature(&address, &bad)).unwrap();
+            assert_eq!(parsed.verify_signature(), Err(VerifyError::Forged));
+        }
+        // Any of the top three bits of S set: refused by the parser, before any check.
+        for bit in [0x20u8, 0x40, 0x80] {
+            let mut bad = signature;
+            bad[63] |= bit;
+            assert_eq!(
+                parse_core(&with_signature(&address, &bad)),
+                Err(AddressError::SignatureEncoding)
+            );
+            assert_eq!(
+                Address::from_core_bytes(&with_signature(&address, &bad)),
+                Err(AddressError::SignatureEncoding)
+            );
+        }
+        // A non-canonical R (y = p), and R of small order with the original S.
+        let mut bad = signature;
+        bad[..32].copy_from_slice(&{
+            let mut y_p = [0xff; 32];
+            y_p[0] = 0xed;
+            y_p[31] = 0x7f;
+            y_p
+        });
+        let parsed = parse_core(&with_signature(&address, &bad)).unwrap();
+        assert_eq!(parsed.verify_signature(), Err(VerifyError::Forged));
+        for point in SMALL_ORDER {
+            let mut bad = signature;
+            bad[..32].copy_from_slice(&hex32(point));
+            let parsed = parse_core(&with_signature(&address, &bad)).unwrap();
+            assert_eq!(
+                parsed.verify_signature(),
+                Err(VerifyError::Forged),
+                "{point}"
+            );
+        }
+        // All-zero signature.
+        let parsed = parse_core(&with_signature(&address, &[0; 64])).unwrap();
+        assert_eq!(parsed.verify_signature(), Err(VerifyError::Forged));
+    }
+
+    #[test]
+    fn signatures_without_the_domain_label_or_with_another() {
+        let address = Address::mint(&key(1), MailboxId(7), Some(1_900_000_000), vec![]);
+        let message = signed_message(&address.node(), address.mailbox(), address.expires());
+        let (_label, body) = message.split_at(ADDRESS_SIGNING_DOMAIN.len());
+        let mut relabelled = message;
+        relabelled[..16].copy_from_slice(b"ferry/address/v2");
+        let mut other_domain = b"ferry/something!".to_vec();
+        other_domain.extend_from_slice(body);
+        for signed in [body.to_vec(), relabelled.to_vec(), other_domain] {
+            let signature = key(1).sign(&signed);
+            let parsed = parse_core(&with_signature(&address, &signature)).unwrap();
+            assert_eq!(parsed.verify_signature(), Err(VerifyError::Forged));
+        }
+        // The genuine one, for contrast.
+        assert_eq!(address.verify_signature(), Ok(()));
+    }
+
+    #[test]
+    fn every_single_bit_flip() {
+        for address in [
+            plain(),
+            Address::mint(
+                &key(2),
+                MailboxId(u64::MAX),
+                Some(1_900_000_000),
+                vec!["192.0.2.1:4433".parse().unwrap()],
+            )
+            .with_relay(key(3).public(), "[2001:db8::1]:1".parse().unwrap()),
+        ] {
+            // Binary form: CRC-32 detects every single-bit error.
+            let bytes = address.to_bytes();
+            for bit in 0..bytes.len() * 8 {
+                let mut flipped = bytes.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(
+                    Address::from_bytes(&flipped),
+                    Err(AddressError::Checksum),
+                    "bit {bit}"
+                );
+            }
+            // Text form: a flip in the prefix is `Prefix`; elsewhere the character is no
+            // longer base64url (or leaves non-zero trailing bits), or it decodes to bytes with
+            // a burst error of at most 6 bits, which CRC-32 detects.
+            let text = address.to_string();
+            for bit in 0..text.len() * 8 {
+                let mut flipped = text.clone().into_bytes();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                let Ok(flipped) = String::from_utf8(flipped) else {
+                    continue; // not text at all
+                };
+                let expected = expected_text_error(&flipped);
+                assert_eq!(flipped.parse::<Address>(), Err(expected), "bit {bit}");
+            }
+            // The core inside frames has no checksum: a flip is refused by the parser (node
+            // id, signature encoding) or by the signature check; a flipped node id that is
+            // still a valid key names another node, refused as `WrongNode` first.
+            let core = address.core_bytes();
+            for bit in 0..ADDRESS_CORE_LEN * 8 {
+                let mut flipped = core;
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                match Address::from_core_bytes(&flipped) {
+                    Err(AddressError::NodeId(_) | AddressError::SignatureEncoding) => {}
+                    Err(other) => panic!("bit {bit}: {other:?}"),
+                    Ok(parsed) if bit < 256 => assert!(
+                        matches!(
+                            parsed.check_cheap(&address.node(), 0),
+                            Err(VerifyError::WrongNode { .. })
+                        ),
+                        "bit {bit}"
+                    ),
+                    Ok(parsed) => {
+                        assert_eq!(
+                            parsed.verify_signature(),
+                            Err(VerifyError::Forged),
+                            "bit {bit}"
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_exactly_now_and_one_second_either_side() {
+        let node = key(1).public();
+        let now = 1_900_000_000;
+        for (expires, result) in [
+            (now - 1, Err(VerifyError::Expired(now - 1))),
+            (now, Err(VerifyError::Expired(now))),
+            (now + 1, Ok(())),
+        ] {
+            let address = Address::mint(&key(1), MailboxId(7), Some(expires), vec![]);
+            assert_eq!(address.check_cheap(&node, now), result, "{expires}");
+            // The signature is fine: only the clock refuses it.
+            assert_eq!(address.verify_signature(), Ok(()));
+        }
+        // 0 on the wire means "never", and minting "at the epoch" is already past.
+        let never = Address::mint(&key(1), MailboxId(7), None, vec![]);
+        assert_eq!(never.check_cheap(&node, u64::MAX), Ok(()));
+        let epoch = Address::mint(&key(1), MailboxId(7), Some(0), vec![]);
+        assert_eq!(epoch.check_cheap(&node, 1), Err(VerifyError::Expired(1)));
+    }
+
+    #[test]
+    fn valid_but_for_another_node() {
+        let address = plain();
+        let this_node = key(2).public();
+        assert_eq!(
+            address.check_cheap(&this_node, 0),
+            Err(VerifyError::WrongNode {
+                address_node: address.node(),
+                this_node,
+            })
+        );
+        // Valid in every other respect.
+        assert_eq!(address.verify_signature(), Ok(()));
+        // Another node's genuine signature over this node's id and mailbox is a forgery.
+        let other = Address::mint(&key(2), address.mailbox(), None, vec![]);
+        let mixed = parse_core(&with_signature(&address, other.signature())).unwrap();
+        assert_eq!(mixed.verify_signature(), Err(VerifyError::Forged));
     }
 }

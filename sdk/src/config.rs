@@ -75,8 +75,46 @@ pub struct NodeConfig {
     pub open_timeout: Duration,
     /// Connections (incoming and outgoing) at most; further handshakes are refused. Default 1024.
     pub max_connections: usize,
-    /// Concurrent streams a peer may open towards this node on one connection. Default 4096.
+    /// Concurrent streams a peer may open towards this node on one connection (QUIC
+    /// `initial_max_streams_bidi`), of every kind together: mailbox streams, conversations
+    /// (and calls, lookups, pings) and watches. This is also the bound on the conversations one
+    /// peer holds open with this node at once. Default 4096.
     pub max_incoming_streams: u32,
+    /// Handshakes (incoming connection attempts) accepted per second from one source IP
+    /// address, an IPv6 address counting by its /64 prefix, with a burst of as many; beyond,
+    /// an attempt is refused before any cryptography (QUIC `CONNECTION_REFUSED`). Default 100
+    /// per second; 0: no limit.
+    pub handshake_rate_per_ip: u32,
+    /// Once the first byte of a frame has arrived on a mailbox stream or in a conversation, the
+    /// rest of the frame must arrive within this much time spent waiting for it (time this node
+    /// is not reading, e.g. while a mailbox is full, does not count). Otherwise the stream is
+    /// cut off: a mailbox stream with CLOSE TIMEOUT, a conversation with a `Protocol` error for
+    /// its reader (and a reset). Default 10 s.
+    pub frame_timeout: Duration,
+    /// Bytes one peer may have sent on a connection that this node has not read yet (the QUIC
+    /// connection receive window, `initial_max_data`; each stream's own window is the smaller
+    /// of 4 MiB and this). Bounds what QUIC buffers per peer; `max_connections` times this
+    /// bounds it for the node. Default 32 MiB; 64 KiB to 1 GiB.
+    pub receive_window: usize,
+    /// Bytes all mailbox streams of one peer may hold together in this node's receive buffers
+    /// (data read from QUIC, not yet delivered: in practice partly received messages). A
+    /// stream whose buffer would go beyond is closed with CLOSE LIMIT (its sender retries on
+    /// a new stream). Default 64 MiB; at least `max_message_size` + 64 KiB + 11 (one whole
+    /// frame and one read past it).
+    pub max_buffered_per_peer: usize,
+    /// The same bound for all peers together. Default 1 GiB; at least `max_buffered_per_peer`.
+    pub max_buffered_bytes: usize,
+    /// Streams of one connection a peer may have cut off for breaking the protocol (a
+    /// malformed, unexpected or oversized frame, a `from` address of another node, a stream
+    /// that ends inside a frame, a missed `open_timeout` or `frame_timeout`) before this node
+    /// closes the whole connection (application code PROTOCOL, reason `too many protocol
+    /// violations`) and refuses the peer's node id for `ban_duration`. Refusals about
+    /// addresses (forged, expired, unknown mailbox), resource limits, and streams that end
+    /// before their opening frame do not count. Default 16; 0: never.
+    pub max_violations: u32,
+    /// How long a peer that reached `max_violations` is refused: its handshakes are closed
+    /// with ADMISSION_REFUSED (reason `banned for protocol violations`). Default 60 s.
+    pub ban_duration: Duration,
     /// Conversation runs remembered for duplicate suppression, each keyed by (sending node,
     /// sending mailbox, target mailbox, epoch). Default 65 536; beyond that the oldest run no
     /// stream is using is forgotten. A run is also forgotten when its sender ends it cleanly.
@@ -145,6 +183,13 @@ impl Default for NodeConfig {
             open_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_incoming_streams: 4096,
+            handshake_rate_per_ip: 100,
+            frame_timeout: Duration::from_secs(10),
+            receive_window: 32 << 20,
+            max_buffered_per_peer: 64 << 20,
+            max_buffered_bytes: 1 << 30,
+            max_violations: 16,
+            ban_duration: Duration::from_secs(60),
             max_dedup_entries: 65_536,
             admission: Admission::Any,
             relay: RelayAccess::Nobody,
@@ -180,6 +225,9 @@ pub enum ConfigError {
     /// A value is beyond what the protocol or QUIC can express.
     #[error("{0} is too large")]
     TooLarge(&'static str),
+    /// A value is below its minimum (see the field's documentation).
+    #[error("{0} is too small")]
+    TooSmall(&'static str),
     /// An `advertise` address cannot be dialed (wildcard IP or port 0), or there are too many.
     #[error("advertise: {0}")]
     Advertise(String),
@@ -213,6 +261,24 @@ impl NodeConfig {
         }
         if self.max_message_size > (1 << 30) {
             return Err(ConfigError::TooLarge("max_message_size"));
+        }
+        if self.receive_window < (64 << 10) {
+            return Err(ConfigError::TooSmall("receive_window"));
+        }
+        if self.receive_window > (1 << 30) {
+            return Err(ConfigError::TooLarge("receive_window"));
+        }
+        // One whole MESSAGE frame (length prefix, type byte, payload) and one read past it
+        // must fit.
+        let one_frame = self.max_message_size + 1 + crate::frame::MAX_VARINT_LEN + (64 << 10);
+        if self.max_buffered_per_peer < one_frame {
+            return Err(ConfigError::TooSmall("max_buffered_per_peer"));
+        }
+        if self.max_buffered_bytes < self.max_buffered_per_peer {
+            return Err(ConfigError::TooSmall("max_buffered_bytes"));
+        }
+        if self.frame_timeout.is_zero() {
+            return Err(ConfigError::Zero("frame_timeout"));
         }
         if self.advertise.len() > crate::address::MAX_HINTS {
             return Err(ConfigError::Advertise(format!(
@@ -255,6 +321,47 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(NodeConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn limits_against_hostile_peers_are_validated() {
+        let config = |change: fn(&mut NodeConfig)| {
+            let mut config = NodeConfig::default();
+            change(&mut config);
+            config.validate()
+        };
+        assert_eq!(
+            config(|c| c.max_buffered_per_peer = c.max_message_size + 11),
+            Err(ConfigError::TooSmall("max_buffered_per_peer"))
+        );
+        assert_eq!(
+            config(|c| c.max_buffered_per_peer = c.max_message_size + 11 + 65_536),
+            Ok(())
+        );
+        assert_eq!(
+            config(|c| c.max_buffered_bytes = c.max_buffered_per_peer - 1),
+            Err(ConfigError::TooSmall("max_buffered_bytes"))
+        );
+        assert_eq!(
+            config(|c| c.receive_window = 1000),
+            Err(ConfigError::TooSmall("receive_window"))
+        );
+        assert_eq!(
+            config(|c| c.receive_window = 2 << 30),
+            Err(ConfigError::TooLarge("receive_window"))
+        );
+        assert_eq!(
+            config(|c| c.frame_timeout = Duration::ZERO),
+            Err(ConfigError::Zero("frame_timeout"))
+        );
+        // 0 switches these off.
+        assert_eq!(
+            config(|c| {
+                c.handshake_rate_per_ip = 0;
+                c.max_violations = 0;
+            }),
+            Ok(())
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! dialed by the node with the smaller NodeId and closes the other with `DUPLICATE`. Both sides
 //! apply the same rule, so they agree without talking. A connection from a new incarnation
 //! (the peer restarted) always replaces the old one.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -444,7 +446,24 @@ pub(crate) async fn accept_loop(node: Arc<NodeInner>, endpoint: quinn::Endpoint,
         let Some(incoming) = incoming else { return };
         if open_connections(&node) >= node.config.max_connections {
             warn!("connection limit reached; refusing a handshake");
+            node.stats.count_handshake_refused();
             incoming.refuse();
+            continue;
+        }
+        let source = incoming.remote_address();
+        let validated = incoming.remote_address_validated();
+        let rate = node.config.handshake_rate_per_ip;
+        if !node.handshakes.allow(source.ip(), validated, rate) {
+            node.stats.count_handshake_refused();
+            if validated {
+                debug!(%source, "handshake rate limit reached; refusing");
+                incoming.refuse();
+            } else {
+                // Over the limit for unproven addresses: a stateless Retry makes the source
+                // prove it owns the address, so that forged packets cannot use up the owner's
+                // budget (validated sources are counted apart).
+                let _ = incoming.retry();
+            }
             continue;
         }
         let accepting = node.clone();
@@ -491,6 +510,14 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) 
         connection.close(ConnCode::ADMISSION_REFUSED.into(), b"node not admitted");
         return;
     }
+    if node.bans.is_banned(&cert.node) {
+        debug!(peer = %cert.node.short(), %remote, "refusing a banned peer");
+        connection.close(
+            ConnCode::ADMISSION_REFUSED.into(),
+            b"banned for protocol violations",
+        );
+        return;
+    }
     // quinn sends from the socket it listens on, so the source address is dialable; a
     // relayed connection's is a made-up one.
     if !relayed {
@@ -504,6 +531,17 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
     node.tasks.spawn(
         crate::relay::serve_datagrams(node.clone(), connection.clone(), peer).in_current_span(),
     );
+    // What this peer's mailbox streams hold in their receive buffers, and its violations.
+    let guard = Arc::new(crate::limits::PeerGuard::new(
+        peer,
+        connection.clone(),
+        node.config.max_buffered_per_peer,
+    ));
+    // A node bound paused takes no stream before its application is ready for them.
+    tokio::select! {
+        _ = node.serving.cancelled() => {}
+        _ = node.cancel.cancelled() => return,
+    }
     // Admission also covers connections this node dialed: a peer that is not admitted may be
     // sent to, but may not open streams here.
     let admitted = peer == node.id || node.config.admission.admits(&peer);
@@ -519,21 +557,25 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
                 break;
             }
         };
-        if !admitted {
+        if !admitted || node.bans.is_banned(&peer) {
             let code = quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32);
             let _ = send.reset(code);
             let _ = recv.stop(code);
             continue;
         }
         let serving = node.clone();
+        let guard = guard.clone();
         node.tasks.spawn(
             async move {
                 let _open = serving.stats.stream_in();
                 // One deadline covers the stream kind byte and the opening frame.
                 let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
                 let mut kind = [0u8; 1];
-                let read = tokio::time::timeout_at(deadline, recv.read_exact(&mut kind));
-                if !matches!(read.await, Ok(Ok(()))) {
+                let read = tokio::time::timeout_at(deadline, recv.read_exact(&mut kind)).await;
+                if !matches!(read, Ok(Ok(()))) {
+                    if read.is_err() {
+                        guard.violation(&serving, "no stream kind within open_timeout");
+                    }
                     let code = quinn::VarInt::from_u32(ErrorCode::TIMEOUT.0 as u32);
                     let _ = recv.stop(code);
                     let _ = send.reset(code);
@@ -541,16 +583,18 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
                 }
                 match StreamKind::from_byte(kind[0]) {
                     Ok(StreamKind::Mailbox) => {
-                        crate::inbound::serve(serving, peer, send, recv, deadline).await
+                        crate::inbound::serve(serving, guard, send, recv, deadline).await
                     }
                     Ok(StreamKind::Conversation) => {
-                        crate::service::serve_stream(serving, peer, send, recv, deadline).await
+                        crate::service::serve_stream(serving, peer, send, recv, deadline, guard)
+                            .await
                     }
                     Ok(StreamKind::Monitor) => {
-                        crate::monitor::serve_stream(serving, send, recv, deadline).await
+                        crate::monitor::serve_stream(serving, send, recv, deadline, guard).await
                     }
                     Err(error) => {
                         debug!(%error, "refusing stream");
+                        guard.violation(&serving, "unknown stream kind");
                         let code = quinn::VarInt::from_u32(ErrorCode::PROTOCOL.0 as u32);
                         let _ = recv.stop(code);
                         let _ = send.reset(code);

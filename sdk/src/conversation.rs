@@ -1,5 +1,7 @@
 //! Conversations (HBI's): one bidirectional QUIC stream between two nodes carrying objects and
 //! streamed data in both directions, so a slow or long conversation never stalls another.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::pin::Pin;
 
@@ -34,7 +36,8 @@ use crate::identity::NodeId;
 /// only a peer ignoring the announced limit sends) is read past, without being buffered, and
 /// reported once as [`ConversationError::TooLarge`], the next read continuing after it; a
 /// protocol violation ([`ConversationError::Protocol`]) is final, every later read reports it
-/// again.
+/// again. So is a frame the peer began but did not complete within the node's
+/// `frame_timeout` of waiting for it: the reader gets `Protocol`, and the stream is stopped.
 pub struct Conversation {
     peer: NodeId,
     pub(crate) send: quinn::SendStream,
@@ -54,6 +57,10 @@ pub struct Conversation {
     /// Whether this side opened the conversation: dropping it unfinished then means
     /// "cancelled"; on the accepting side it means "the handler failed".
     opened_here: bool,
+    /// How long a begun frame may take to complete, in time spent waiting for it.
+    frame_timeout: std::time::Duration,
+    /// Time spent waiting for the rest of the frame the buffer holds the start of.
+    frame_waited: std::time::Duration,
 }
 
 impl std::fmt::Debug for Conversation {
@@ -127,7 +134,16 @@ impl Conversation {
             finished: false,
             ended: false,
             opened_here,
+            frame_timeout: crate::config::NodeConfig::default().frame_timeout,
+            frame_waited: std::time::Duration::ZERO,
         }
+    }
+
+    /// Sets how long a frame the peer began may take to complete (the node's
+    /// `frame_timeout`).
+    pub(crate) fn with_frame_timeout(mut self, frame_timeout: std::time::Duration) -> Self {
+        self.frame_timeout = frame_timeout;
+        self
     }
 
     /// Sets the largest object the peer reads, as it announced (`max_message` of its
@@ -236,7 +252,11 @@ impl Conversation {
             if read == 0 {
                 break;
             }
-            self.write_payload(true, &chunk[..read]).await?;
+            // `read` is at most the chunk's length (the AsyncRead contract); trust no reader.
+            let Some(piece) = chunk.get(..read) else {
+                return Err(ConversationError::Io("reader overran its buffer".into()));
+            };
+            self.write_payload(true, piece).await?;
             total += read as u64;
         }
         self.write_frame(&Frame::DataEnd).await?;
@@ -372,13 +392,14 @@ impl Conversation {
                 self.buf.advance(skipped);
                 if skipped == left {
                     self.skip = None;
+                    self.frame_waited = std::time::Duration::ZERO;
                     return Err(ConversationError::TooLarge {
                         size,
                         max: self.max_recv,
                     });
                 }
                 self.skip = Some((left - skipped, size));
-                self.read_more().await?;
+                self.read_more_within().await?;
                 continue;
             }
             let decoded = match frame::decode_frame(&self.buf, max_frame) {
@@ -409,7 +430,7 @@ impl Conversation {
                             )))
                         }
                         None => {
-                            self.read_more().await?;
+                            self.read_more_within().await?;
                             continue;
                         }
                     }
@@ -417,9 +438,11 @@ impl Conversation {
                 Err(error) => return Err(ConversationError::Protocol(error.to_string())),
             };
             let Some((frame, used)) = decoded else {
-                self.read_more().await?;
+                self.read_more_within().await?;
                 continue;
             };
+            // A whole frame: the next one gets its own frame_timeout.
+            self.frame_waited = std::time::Duration::ZERO;
             let header = used - frame_payload_len(&frame);
             let incoming = match frame {
                 Frame::Object(_) if want != Want::Object => {
@@ -465,6 +488,30 @@ impl Conversation {
                 }
             };
             return Ok(incoming);
+        }
+    }
+
+    /// Like [`read_more`](Self::read_more), but while a frame has begun (part of it is in
+    /// the buffer, or an oversized object is being read past), the wait for its rest counts
+    /// against `frame_timeout`; when that runs out, the stream is stopped and the read fails
+    /// with `Protocol`. Waiting for a frame that has not begun is the application's business.
+    async fn read_more_within(&mut self) -> Result<(), ConversationError> {
+        if self.buf.is_empty() && self.skip.is_none() {
+            return self.read_more().await;
+        }
+        let left = self.frame_timeout.saturating_sub(self.frame_waited);
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(left, self.read_more()).await {
+            Ok(read) => {
+                self.frame_waited += started.elapsed();
+                read
+            }
+            Err(_) => {
+                let _ = self.recv.stop(code(ErrorCode::TIMEOUT));
+                Err(ConversationError::Protocol(
+                    "frame not completed within frame_timeout".into(),
+                ))
+            }
         }
     }
 

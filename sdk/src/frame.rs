@@ -10,6 +10,8 @@
 //! `varint` is unsigned LEB128, the varint postcard uses: 7 bits per byte, least significant
 //! group first, high bit set on every byte but the last; at most 10 bytes; the canonical
 //! (shortest) encoding only. See docs/PROTOCOL.md §5 for every frame byte by byte.
+// Decoding takes bytes from any peer: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use crate::address::{Address, AddressError, ADDRESS_CORE_LEN};
 
@@ -404,7 +406,8 @@ pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(Frame<'_>, usi
     }
     // len <= max_len, which is a usize.
     let len = len as usize;
-    let Some(body) = buf.get(prefix..prefix + len) else {
+    // (Not `prefix + len`, which a caller allowing `usize::MAX` could overflow.)
+    let Some(body) = buf.get(prefix..).and_then(|rest| rest.get(..len)) else {
         return Ok(None);
     };
     let (&kind, fields) = body.split_first().ok_or(FrameError::Empty)?;
@@ -451,25 +454,22 @@ pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(Frame<'_>, usi
 }
 
 fn decode_open(fields: &[u8]) -> Result<Open, FrameError> {
-    let malformed = FrameError::Malformed("open");
+    let malformed = || FrameError::Malformed("open");
     if fields.len() < 2 * ADDRESS_CORE_LEN + 8 + 1 {
-        return Err(malformed);
+        return Err(malformed());
     }
-    let (target, rest) = fields.split_at(ADDRESS_CORE_LEN);
-    let (from, rest) = rest.split_at(ADDRESS_CORE_LEN);
-    let (epoch, rest) = rest.split_at(8);
+    let (target, rest) = fields
+        .split_first_chunk::<ADDRESS_CORE_LEN>()
+        .ok_or_else(malformed)?;
+    let (from, rest) = rest
+        .split_first_chunk::<ADDRESS_CORE_LEN>()
+        .ok_or_else(malformed)?;
+    let (epoch, rest) = rest.split_first_chunk::<8>().ok_or_else(malformed)?;
     let first_seq = exact_varint(rest, "open")?;
-    let core = |bytes: &[u8]| {
-        let mut core = [0u8; ADDRESS_CORE_LEN];
-        core.copy_from_slice(bytes);
-        core
-    };
-    let mut epoch_bytes = [0u8; 8];
-    epoch_bytes.copy_from_slice(epoch);
     Ok(Open {
-        target: Address::from_core_bytes(&core(target))?,
-        from: Address::from_core_bytes(&core(from))?,
-        epoch: u64::from_be_bytes(epoch_bytes),
+        target: Address::from_core_bytes(target)?,
+        from: Address::from_core_bytes(from)?,
+        epoch: u64::from_be_bytes(*epoch),
         first_seq,
     })
 }
@@ -622,6 +622,181 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = decode_frame(&bytes, 4096);
+        }
+    }
+}
+
+/// Every frame type cut at every byte offset (issue 7: no panic on input). At the decode
+/// level a prefix of a frame is "incomplete" or a typed error, never a panic and never a
+/// different frame; a frame whose length prefix agrees with cut-short (or lengthened) fields
+/// is a typed error unless the shorter fields are themselves a valid frame of that type.
+#[cfg(test)]
+mod truncation {
+    use super::*;
+    use crate::address::MailboxId;
+    use crate::identity::SecretKey;
+
+    /// One frame of every type, each in its shortest and longest form where that differs.
+    fn every_frame_type(reason: &str, name: &str) -> Vec<Frame<'static>> {
+        let key = SecretKey::from_bytes(&[5; 32]);
+        let address = |mailbox| Address::mint(&key, MailboxId(mailbox), Some(u64::MAX), vec![]);
+        let reason: &'static str = Box::leak(reason.to_owned().into_boxed_str());
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        let mut frames = Vec::new();
+        for value in [0, u64::MAX] {
+            frames.push(Frame::Open(Box::new(Open {
+                target: address(1),
+                from: address(2),
+                epoch: value,
+                first_seq: value,
+            })));
+            frames.push(Frame::Accept { max_message: value });
+            frames.push(Frame::Ack { next_seq: value });
+            frames.push(Frame::Close {
+                code: ErrorCode(value),
+                reason,
+            });
+            frames.push(Frame::Fail {
+                code: ErrorCode(value),
+                reason,
+            });
+        }
+        frames.extend([
+            Frame::Message(b""),
+            Frame::Message(b"\x05hello"),
+            Frame::Converse(ConverseTarget::Address(Box::new(address(3)))),
+            Frame::Converse(ConverseTarget::Service(name)),
+            Frame::Lookup(name),
+            Frame::Found(Box::new(address(4))),
+            Frame::Monitor(Box::new(address(5))),
+            Frame::Object(b""),
+            Frame::Object(b"\x01\x02\x03"),
+            Frame::Data(b"chunk"),
+            Frame::DataEnd,
+        ]);
+        frames
+    }
+
+    fn frames() -> Vec<Frame<'static>> {
+        let mut frames = every_frame_type("", "a");
+        // Longest reason (with a multi-byte character at the end) and longest service name.
+        let long_reason = format!("{}é", "r".repeat(MAX_REASON_LEN - 2));
+        frames.extend(every_frame_type(
+            &long_reason,
+            &"n".repeat(MAX_SERVICE_NAME_LEN),
+        ));
+        frames
+    }
+
+    fn encode(frame: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_frame(&mut out, frame);
+        out
+    }
+
+    /// Whether a frame of this type has a fixed layout (no field of variable length that a
+    /// cut could leave valid).
+    fn fixed_layout(frame: &Frame<'_>) -> bool {
+        matches!(
+            frame,
+            Frame::Open(_)
+                | Frame::Converse(ConverseTarget::Address(_))
+                | Frame::Found(_)
+                | Frame::Monitor(_)
+                | Frame::DataEnd
+        )
+    }
+
+    #[test]
+    fn every_prefix_with_every_limit_is_incomplete_or_too_large() {
+        let limits = [0, 1, 11, MAX_CONTROL_FRAME_LEN, (1 << 20) + 1, usize::MAX];
+        for frame in frames() {
+            let bytes = encode(&frame);
+            let (len, prefix) = get_varint(&bytes).unwrap().unwrap();
+            for limit in limits {
+                for cut in 0..bytes.len() {
+                    let result = decode_frame(&bytes[..cut], limit);
+                    if cut >= prefix && len > limit as u64 {
+                        assert_eq!(
+                            result,
+                            Err(FrameError::TooLarge { len, max: limit }),
+                            "{frame:?} at {cut}, limit {limit}"
+                        );
+                    } else {
+                        assert_eq!(result, Ok(None), "{frame:?} at {cut}, limit {limit}");
+                    }
+                }
+                let whole = decode_frame(&bytes, limit);
+                if len > limit as u64 {
+                    assert!(matches!(whole, Err(FrameError::TooLarge { .. })));
+                } else {
+                    assert_eq!(whole, Ok(Some((frame.clone(), bytes.len()))));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fields_cut_short_or_lengthened_are_typed_errors() {
+        for frame in frames() {
+            let bytes = encode(&frame);
+            let (_, prefix) = get_varint(&bytes).unwrap().unwrap();
+            let body = &bytes[prefix..];
+            // body = type byte | fields: keep the type, cut the fields at every offset, and
+            // write a length prefix that agrees.
+            for cut in 0..body.len() {
+                let mut cut_short = Vec::new();
+                put_varint(&mut cut_short, cut as u64);
+                cut_short.extend_from_slice(&body[..cut]);
+                match decode_frame(&cut_short, usize::MAX) {
+                    Ok(Some((decoded, used))) => {
+                        assert!(!fixed_layout(&frame), "{frame:?} cut at {cut}: {decoded:?}");
+                        assert_eq!(used, cut_short.len());
+                        assert_eq!(encode(&decoded), cut_short, "{frame:?} cut at {cut}");
+                    }
+                    Ok(None) => panic!("{frame:?} cut at {cut}: complete, yet incomplete"),
+                    Err(FrameError::Empty) => assert_eq!(cut, 0),
+                    Err(FrameError::Malformed(_) | FrameError::Address(_)) => {}
+                    Err(other) => panic!("{frame:?} cut at {cut}: {other:?}"),
+                }
+            }
+            // One byte more than the layout: trailing bytes never extend a frame in place.
+            for extra in [0x00u8, 0x01, 0xff] {
+                let mut longer = Vec::new();
+                put_varint(&mut longer, body.len() as u64 + 1);
+                longer.extend_from_slice(body);
+                longer.push(extra);
+                match decode_frame(&longer, usize::MAX) {
+                    Ok(Some((decoded, _))) => {
+                        assert!(!fixed_layout(&frame), "{frame:?} + {extra}: {decoded:?}");
+                        assert_eq!(encode(&decoded), longer);
+                    }
+                    Err(FrameError::Malformed(_)) => {}
+                    other => panic!("{frame:?} + {extra}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Regression: with no limit (`usize::MAX`), a length prefix near 2^64 made the end of the
+    /// frame, `prefix + len`, overflow (a panic in debug builds) instead of "incomplete".
+    #[test]
+    fn length_prefix_near_the_top_of_the_range_does_not_overflow() {
+        for len in [u64::MAX, u64::MAX - 9, u64::MAX - 10, 1 << 63] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, len);
+            buf.extend_from_slice(&[tag::MESSAGE, 1, 2, 3]);
+            assert_eq!(decode_frame(&buf, usize::MAX), Ok(None), "{len}");
+        }
+    }
+
+    #[test]
+    fn every_stream_kind_byte() {
+        for byte in 0..=u8::MAX {
+            match StreamKind::from_byte(byte) {
+                Ok(kind) => assert_eq!(kind as u8, byte),
+                Err(error) => assert_eq!(error, FrameError::UnknownStreamKind(byte)),
+            }
         }
     }
 }

@@ -2,6 +2,14 @@
 //! then delivers messages in order into the target mailbox and acknowledges them cumulatively.
 //! Waiting for room in a full mailbox stops reading the stream, so QUIC flow control slows
 //! that one sender and no other.
+//!
+//! Limits against hostile senders (docs/SECURITY.md): the opening frame must arrive within
+//! `open_timeout`, each later frame within `frame_timeout` of waiting once it has begun, no
+//! frame may announce more than `max_message_size` + 1 bytes, and the bytes a stream holds in
+//! its buffer count against its peer's `max_buffered_per_peer` and the node's
+//! `max_buffered_bytes`.
+// Frames come from any peer: no input may panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,6 +23,7 @@ use crate::address::{Address, MailboxId};
 use crate::error::SendError;
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
+use crate::limits::{Held, OverBudget, PeerGuard};
 use crate::mailbox::{lock, MailboxHandle, Message};
 use crate::node::NodeInner;
 use crate::store::RunId;
@@ -89,19 +98,38 @@ impl DedupTable {
 /// Serves one mailbox stream opened by `peer`. The stream kind byte was already read.
 pub(crate) async fn serve(
     node: Arc<NodeInner>,
-    peer: NodeId,
+    guard: Arc<PeerGuard>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     open_deadline: tokio::time::Instant,
 ) {
+    let peer = guard.peer;
+    let mut held = Held::new(node.buffered.clone(), guard.buffered.clone());
+    // Ends the stream for a protocol violation, which counts against the peer.
+    let violation = |code: ErrorCode, reason: &str| {
+        guard.violation(&node, reason);
+        (code, reason.to_owned())
+    };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let open = match read_open(&mut recv, &mut buf, open_deadline).await {
         Ok(open) => open,
-        Err((code, reason)) => return refuse(&mut send, code, &reason).await,
+        // An opener that gives up early resets its stream: no violation.
+        Err((code, reason)) if reason == ENDED_BEFORE_OPEN => {
+            return refuse(&mut send, code, &reason).await;
+        }
+        Err((code, reason)) => {
+            let (code, reason) = violation(code, &reason);
+            return refuse(&mut send, code, &reason).await;
+        }
     };
     let mailbox = match authorize(&node, peer, &open) {
         Ok(mailbox) => mailbox,
-        Err((code, reason)) => return refuse(&mut send, code, &reason).await,
+        Err((code, reason)) => {
+            if code == ErrorCode::FROM_MISMATCH {
+                guard.violation(&node, &reason);
+            }
+            return refuse(&mut send, code, &reason).await;
+        }
     };
     let from = Arc::new(open.from);
     let dedup_key = (peer, from.mailbox(), open.target.mailbox(), open.epoch);
@@ -149,6 +177,8 @@ pub(crate) async fn serve(
     }
     // Messages of a durable mailbox wait here until they are stored.
     let mut to_store: Vec<(Arc<Address>, Bytes)> = Vec::new();
+    // Time spent waiting for the rest of the frame the buffer holds the start of.
+    let mut waited = std::time::Duration::ZERO;
     loop {
         if expires.is_some_and(|at| crate::node::unix_now() >= at) {
             return refuse(&mut send, ErrorCode::EXPIRED, "address expired").await;
@@ -164,21 +194,25 @@ pub(crate) async fn serve(
                     Ok(decoded) => decoded,
                     Err(frame::FrameError::TooLarge { len, max }) => {
                         let reason = format!("frame of {len} bytes exceeds {max}");
-                        return refuse(&mut send, ErrorCode::TOO_LARGE, &reason).await;
+                        let (code, reason) = violation(ErrorCode::TOO_LARGE, &reason);
+                        return refuse(&mut send, code, &reason).await;
                     }
                     Err(error) => {
-                        return refuse(&mut send, ErrorCode::PROTOCOL, &error.to_string()).await;
+                        let (code, reason) = violation(ErrorCode::PROTOCOL, &error.to_string());
+                        return refuse(&mut send, code, &reason).await;
                     }
                 };
                 let Some((frame, used)) = decoded else {
                     break;
                 };
                 let Frame::Message(payload) = frame else {
-                    return refuse(&mut send, ErrorCode::PROTOCOL, "expected message frame").await;
+                    let (code, reason) = violation(ErrorCode::PROTOCOL, "expected message frame");
+                    return refuse(&mut send, code, &reason).await;
                 };
                 let header = used - payload.len();
                 let mut frame_bytes = buf.split_to(used);
                 frame_bytes.advance(header);
+                waited = std::time::Duration::ZERO;
                 if state.next_seq.is_some_and(|next| seq < next) {
                     seq += 1; // already delivered on an earlier stream
                     continue;
@@ -249,6 +283,8 @@ pub(crate) async fn serve(
                 }
             }
         }
+        // Only the start of a frame is left: this is what the stream holds.
+        let _ = held.set(buf.len());
         if seq > acked {
             // Let the woken receiver (and a reply it sends) run first, so this acknowledgement
             // can share a packet with that reply instead of costing one of its own.
@@ -260,28 +296,49 @@ pub(crate) async fn serve(
                 return;
             }
         }
+        // A frame that has begun must be complete within frame_timeout of waiting for it.
+        let frame_deadline = (!buf.is_empty()).then(|| {
+            tokio::time::Instant::now() + node.config.frame_timeout.saturating_sub(waited)
+        });
+        let waiting = tokio::time::Instant::now();
         let chunk = tokio::select! {
             chunk = recv.read_chunk(64 * 1024, true) => chunk,
             _ = &mut cancelled => {
                 return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
             }
+            _ = sleep_until(frame_deadline) => {
+                let reason = "frame not completed within frame_timeout";
+                let (code, reason) = violation(ErrorCode::TIMEOUT, reason);
+                return refuse(&mut send, code, &reason).await;
+            }
         };
+        if frame_deadline.is_some() {
+            waited += waiting.elapsed();
+        }
         match chunk {
             Ok(Some(chunk)) => {
                 // Bound the buffer: a partial frame never exceeds one maximum frame.
                 if buf.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + 64 * 1024 {
-                    return refuse(&mut send, ErrorCode::TOO_LARGE, "frame too large").await;
+                    let (code, reason) = violation(ErrorCode::TOO_LARGE, "frame too large");
+                    return refuse(&mut send, code, &reason).await;
                 }
                 buf.extend_from_slice(&chunk.bytes);
+                if let Err(over) = held.set(buf.len()) {
+                    node.stats.count_stream_cut_off();
+                    let reason = match over {
+                        OverBudget::Peer => {
+                            "this peer's buffered bytes reached max_buffered_per_peer"
+                        }
+                        OverBudget::Node => "the node's buffered bytes reached max_buffered_bytes",
+                    };
+                    return refuse(&mut send, ErrorCode::LIMIT, reason).await;
+                }
             }
             Ok(None) => {
                 if buf.has_remaining() {
-                    return refuse(
-                        &mut send,
-                        ErrorCode::PROTOCOL,
-                        "stream ended inside a frame",
-                    )
-                    .await;
+                    let (code, reason) =
+                        violation(ErrorCode::PROTOCOL, "stream ended inside a frame");
+                    return refuse(&mut send, code, &reason).await;
                 }
                 node.dedup.remove(&dedup_key);
                 if let Some(durable) = &durable {
@@ -295,6 +352,14 @@ pub(crate) async fn serve(
                 return;
             }
         }
+    }
+}
+
+/// Waits until `deadline`, or forever if there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -328,6 +393,8 @@ async fn enqueue(
     Ok(())
 }
 
+const ENDED_BEFORE_OPEN: &str = "stream ended before open";
+
 async fn read_open(
     recv: &mut quinn::RecvStream,
     buf: &mut BytesMut,
@@ -346,7 +413,7 @@ async fn read_open(
             }
             match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                _ => return Err((ErrorCode::PROTOCOL, "stream ended before open".into())),
+                _ => return Err((ErrorCode::PROTOCOL, ENDED_BEFORE_OPEN.into())),
             }
         }
     };

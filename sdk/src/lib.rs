@@ -77,8 +77,11 @@ mod error;
 #[cfg(test)]
 mod fake_peer;
 pub mod frame;
+#[cfg(test)]
+mod hostile_tests;
 mod identity;
 mod inbound;
+mod limits;
 mod mailbox;
 mod monitor;
 mod node;

@@ -1,4 +1,6 @@
 //! Mailboxes: where messages for one capability address arrive.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -205,6 +207,14 @@ impl Mailboxes {
 
     pub(crate) fn len(&self) -> usize {
         read(&self.map).len()
+    }
+
+    /// How many verified signatures mailbox `id` remembers (tests: the cache stays bounded).
+    #[cfg(test)]
+    pub(crate) fn verified_len(&self, id: MailboxId) -> usize {
+        read(&self.map)
+            .get(&id)
+            .map_or(0, |entry| lock(&entry.verified).len())
     }
 
     /// Messages queued in all open mailboxes, not yet taken by the application.

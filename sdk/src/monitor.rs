@@ -5,6 +5,8 @@
 //! stays lost longer than `monitor_grace` is the watch reported down. Watches of the same
 //! address share one stream, and the distinct addresses watched on one peer are bounded by
 //! `max_monitors_per_peer`, so watches cannot use up the peer's stream limit.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -537,29 +539,37 @@ pub(crate) async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     deadline: Instant,
+    guard: Arc<crate::limits::PeerGuard>,
 ) {
     let mut buf = BytesMut::new();
+    // Err(true): a frame other than MONITOR; Err(false): the stream ended first.
     let first = tokio::time::timeout_at(deadline, async {
         loop {
             match frame::decode_frame(&buf, frame::MAX_CONTROL_FRAME_LEN) {
-                Ok(Some((Frame::Monitor(address), _))) => return Some(*address),
+                Ok(Some((Frame::Monitor(address), _))) => return Ok(*address),
                 Ok(None) => {}
-                _ => return None,
+                _ => return Err(true),
             }
             match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                _ => return None,
+                _ => return Err(false),
             }
         }
     })
     .await;
     let address = match first {
-        Ok(Some(address)) => address,
-        Ok(None) => {
-            return crate::inbound::refuse(&mut send, ErrorCode::PROTOCOL, "expected monitor").await
+        Ok(Ok(address)) => address,
+        Ok(Err(malformed)) => {
+            // A watcher that gives up early resets its stream: no violation.
+            if malformed {
+                guard.violation(&node, "expected monitor");
+            }
+            return crate::inbound::refuse(&mut send, ErrorCode::PROTOCOL, "expected monitor")
+                .await;
         }
         Err(_) => {
-            return crate::inbound::refuse(&mut send, ErrorCode::TIMEOUT, "no monitor frame").await
+            guard.violation(&node, "no monitor frame");
+            return crate::inbound::refuse(&mut send, ErrorCode::TIMEOUT, "no monitor frame").await;
         }
     };
     let mailbox = match node.mailboxes.authorize(&node, &address) {

@@ -49,6 +49,9 @@ pub(crate) struct Stats {
     messages_out: AtomicU64,
     bytes_out: AtomicU64,
     streams_in: AtomicU64,
+    handshakes_refused: AtomicU64,
+    streams_cut_off: AtomicU64,
+    peers_banned: AtomicU64,
     /// Failed sends by kind, indexed as [`SendFailures::KINDS`].
     send_failures: [AtomicU64; SendFailures::KINDS.len()],
 }
@@ -67,6 +70,15 @@ impl Stats {
         self.relayed_packets.fetch_add(1, Ordering::Relaxed);
         self.relayed_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn count_handshake_refused(&self) {
+        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_stream_cut_off(&self) {
+        self.streams_cut_off.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_peer_banned(&self) {
+        self.peers_banned.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn count_relay_refused(&self) {
         self.relay_refused.fetch_add(1, Ordering::Relaxed);
@@ -230,6 +242,17 @@ pub struct NodeStats {
     pub bytes_out: u64,
     /// Streams opened by peers that are being served now.
     pub streams_in: u64,
+    /// Incoming handshakes refused by `handshake_rate_per_ip` or `max_connections`.
+    pub handshakes_refused: u64,
+    /// Incoming streams cut off by a limit: no opening frame within `open_timeout`, a frame
+    /// not completed within `frame_timeout`, or a buffer limit (`max_buffered_per_peer`,
+    /// `max_buffered_bytes`).
+    pub streams_cut_off: u64,
+    /// Connections closed because their peer reached `max_violations` (the peer is then
+    /// refused for `ban_duration`).
+    pub peers_banned: u64,
+    /// Bytes held now in the receive buffers of mailbox streams (`max_buffered_bytes`).
+    pub buffered_bytes: u64,
     /// Messages waiting in this node's mailboxes for the application.
     pub mailbox_depth: u64,
     /// Bytes of messages waiting in the outbox: queued or sent and not yet acknowledged
@@ -282,11 +305,19 @@ pub(crate) struct NodeInner {
     pub(crate) services: crate::service::Services,
     pub(crate) conversations: Mutex<HashMap<ConversationKey, Arc<Outbound>>>,
     pub(crate) dedup: DedupTable,
+    /// Handshakes per source IP address (`handshake_rate_per_ip`).
+    pub(crate) handshakes: crate::limits::HandshakeLimiter,
+    /// Bytes in the receive buffers of all mailbox streams (`max_buffered_bytes`).
+    pub(crate) buffered: Arc<crate::limits::ByteBudget>,
+    /// Peers refused for breaking the protocol too often (`max_violations`).
+    pub(crate) bans: crate::limits::Bans,
     pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
     /// Set at the start of shutdown; an atomic load where the token would take a lock.
     closing: std::sync::atomic::AtomicBool,
     pub(crate) tasks: TaskTracker,
+    /// Cancelled once the node takes streams from its peers ([`Node::serve_streams`]).
+    pub(crate) serving: CancellationToken,
     local_addr: SocketAddr,
     /// Dial hints put into every address this node mints.
     hints: Vec<SocketAddr>,
@@ -316,14 +347,39 @@ impl std::fmt::Debug for Node {
     }
 }
 
+#[cfg(test)]
+impl Node {
+    /// The node's internals, for in-crate tests.
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+}
+
 impl Node {
     /// Starts a node with `key` on `config.listen`. Must be called inside a tokio runtime.
     pub async fn bind(key: SecretKey, config: NodeConfig) -> Result<Self, BindError> {
+        let node = Self::bind_paused(key, config).await?;
+        node.serve_streams();
+        Ok(node)
+    }
+
+    /// Like [`Node::bind`], but the node takes no streams from its peers until
+    /// [`Node::serve_streams`]: connections are accepted, and the streams peers open wait (in
+    /// QUIC, within `max_incoming_streams`; their openers' `open_timeout` covers the wait).
+    /// A node that serves durable mailboxes binds this way and reopens them first, so that a
+    /// sender retransmitting across a restart never hears "no such mailbox".
+    pub async fn bind_paused(key: SecretKey, config: NodeConfig) -> Result<Self, BindError> {
         Self::bind_with_alpn(key, config, tls::ALPN).await
     }
 
+    /// Starts taking the streams peers open (a node from [`Node::bind`] already does).
+    pub fn serve_streams(&self) {
+        self.inner.serving.cancel();
+    }
+
     #[doc(hidden)]
-    /// Like [`Node::bind`] but speaking another ALPN protocol id; for version-negotiation tests.
+    /// Like [`Node::bind_paused`] but speaking another ALPN protocol id; for
+    /// version-negotiation tests.
     pub async fn bind_with_alpn(
         key: SecretKey,
         config: NodeConfig,
@@ -378,6 +434,7 @@ impl Node {
         })?;
         let id = key.public();
         let hints = dial_hints(&config, local_addr);
+        let buffered = Arc::new(crate::limits::ByteBudget::new(config.max_buffered_bytes));
         let inner = Arc::new(NodeInner {
             key,
             id,
@@ -392,10 +449,14 @@ impl Node {
             services: crate::service::Services::default(),
             conversations: Mutex::new(HashMap::new()),
             dedup: DedupTable::default(),
+            handshakes: crate::limits::HandshakeLimiter::default(),
+            buffered,
+            bans: crate::limits::Bans::default(),
             stats: Arc::new(Stats::default()),
             cancel: CancellationToken::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
+            serving: CancellationToken::new(),
             halt: CancellationToken::new(),
             serial: tls::incarnation_as_serial(u64::from_be_bytes(incarnation)),
             watches: crate::monitor::Watches::default(),
@@ -671,6 +732,10 @@ impl Node {
             messages_out: stats.messages_out.load(Ordering::Relaxed),
             bytes_out: stats.bytes_out.load(Ordering::Relaxed),
             streams_in: stats.streams_in.load(Ordering::Relaxed),
+            handshakes_refused: stats.handshakes_refused.load(Ordering::Relaxed),
+            streams_cut_off: stats.streams_cut_off.load(Ordering::Relaxed),
+            peers_banned: stats.peers_banned.load(Ordering::Relaxed),
+            buffered_bytes: self.inner.buffered.used() as u64,
             mailbox_depth: self.inner.mailboxes.depth(),
             outbox_bytes,
             send_failures: SendFailures::load(&stats.send_failures),
@@ -758,6 +823,11 @@ fn endpoint_config(key: &SecretKey) -> quinn::EndpointConfig {
     config
 }
 
+/// A flow-control window; validate() bounds it to 1 GiB, well within QUIC's varint range.
+fn window(bytes: usize) -> quinn::VarInt {
+    quinn::VarInt::from_u64(bytes as u64).unwrap_or(quinn::VarInt::MAX)
+}
+
 fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     // validate() bounds idle_timeout to one day, well within QUIC's varint range.
@@ -767,8 +837,8 @@ fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
         .keep_alive_interval(Some(config.keep_alive))
         .max_concurrent_bidi_streams(config.max_incoming_streams.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((4u32 << 20).into())
-        .receive_window((32u32 << 20).into())
+        .stream_receive_window(window(config.receive_window.min(4 << 20)))
+        .receive_window(window(config.receive_window))
         .send_window(32 << 20);
     transport
 }

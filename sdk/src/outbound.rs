@@ -6,6 +6,8 @@
 //! new stream after a lost connection), and publishes progress on a watch channel that every
 //! [`Delivery`] waits on. Memory is bounded by the send window (bytes), which also makes
 //! `send` wait when the receiver is slow.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::{Future, IntoFuture};

@@ -8,6 +8,8 @@
 //!
 //! Because it is an ordinary service conversation, an application can also call it:
 //! `node.call(Target::service(peer, "ferry.ping"), &7u64)` resolves to `7`.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

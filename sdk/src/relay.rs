@@ -16,6 +16,8 @@
 //! FORWARD   = 0x01 | destination node id[32] | packet     (peer -> relay)
 //! FORWARDED = 0x02 | origin node id[32]      | packet     (relay -> peer)
 //! ```
+// Datagrams come from any peer: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -254,7 +256,9 @@ impl quinn::AsyncUdpSocket for RelaySocket {
             };
             let (from, packet) = next;
             let len = packet.len().min(buf.len());
-            buf[..len].copy_from_slice(&packet[..len]);
+            if let (Some(to), Some(from)) = (buf.get_mut(..len), packet.get(..len)) {
+                to.copy_from_slice(from);
+            }
             *meta = RecvMeta {
                 addr: from,
                 len,

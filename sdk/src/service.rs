@@ -5,6 +5,8 @@
 //! [`ServiceOptions::allow`] restricts name-based access (conversations and lookups) to a set
 //! of nodes. The service's address is a capability of its own: whoever holds it may open
 //! conversations with the service, like sending to a mailbox.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::{HashMap, HashSet};
 use std::future::{Future, IntoFuture};
@@ -424,7 +426,8 @@ async fn start(
             BytesMut::new(),
             node.config.max_message_size,
             true,
-        );
+        )
+        .with_frame_timeout(node.config.frame_timeout);
         let answer = read_answer(&mut conversation, &head, target).await?;
         Ok((conversation, answer))
     };
@@ -544,6 +547,10 @@ pub(crate) async fn lookup(
     }
 }
 
+/// Why an opening failed when the stream ended (FIN or reset) before it: no protocol
+/// violation, as an opener that gives up early resets its stream.
+const ENDED_BEFORE_OPENING: &str = "stream ended before the opening frame";
+
 /// What a conversation stream opens with: the request, and for a conversation the opener's
 /// limit (the `Accept` following its `Converse`; `None` if another frame follows).
 async fn read_opening(
@@ -566,7 +573,7 @@ async fn read_opening(
         }
         match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            _ => return Err(EXPECTED),
+            _ => return Err(ENDED_BEFORE_OPENING),
         }
     };
     if let Request::Lookup(_) = request {
@@ -596,13 +603,23 @@ pub(crate) async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     deadline: tokio::time::Instant,
+    guard: Arc<crate::limits::PeerGuard>,
 ) {
     let mut buf = BytesMut::new();
     let opening = tokio::time::timeout_at(deadline, read_opening(&mut recv, &mut buf)).await;
     let (request, opener_limit) = match opening {
         Ok(Ok(opening)) => opening,
-        Ok(Err(reason)) => return refuse(&mut send, ErrorCode::PROTOCOL, reason).await,
-        Err(_) => return refuse(&mut send, ErrorCode::TIMEOUT, "no opening frame in time").await,
+        Ok(Err(reason)) => {
+            if reason != ENDED_BEFORE_OPENING {
+                guard.violation(&node, reason);
+            }
+            return refuse(&mut send, ErrorCode::PROTOCOL, reason).await;
+        }
+        Err(_) => {
+            let reason = "no opening frame in time";
+            guard.violation(&node, reason);
+            return refuse(&mut send, ErrorCode::TIMEOUT, reason).await;
+        }
     };
     // The built-in ping takes its request without the opener's limit (docs/PROTOCOL.md §10).
     if matches!(&request, Request::ByName(name) if name == crate::ping::PING_SERVICE) {
@@ -615,12 +632,13 @@ pub(crate) async fn serve_stream(
         (Request::Lookup(_), _) => 0,
         (_, Some(limit)) => limit,
         (_, None) => {
+            // (Also when the stream ended before the ACCEPT: no violation counted.)
             return refuse(
                 &mut send,
                 ErrorCode::PROTOCOL,
                 "expected accept after converse",
             )
-            .await
+            .await;
         }
     };
     let entry = match resolve(&node, peer, &request) {
@@ -662,7 +680,8 @@ pub(crate) async fn serve_stream(
     }
     permit.send(
         Conversation::new(peer, send, recv, buf, node.config.max_message_size, false)
-            .with_peer_limit(opener_limit),
+            .with_peer_limit(opener_limit)
+            .with_frame_timeout(node.config.frame_timeout),
     );
 }
 

@@ -5,6 +5,8 @@
 //! `CertificateVerify` signature made with that key over the handshake transcript. Each side
 //! takes the peer's NodeId from the certificate's subject public key; the dialer additionally
 //! requires it to equal the NodeId it passed as the server name.
+// Certificates come from any peer: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -70,14 +72,13 @@ pub(crate) fn parse_cert(der: &[u8]) -> Result<PeerCert, CertError> {
         .try_into()
         .map_err(|_| CertError::NotEd25519)?;
     let node = NodeId::from_bytes(&key).map_err(|_| CertError::BadKey)?;
+    // The incarnation is the serial's last (at most) 8 bytes, big-endian.
     let serial = cert.raw_serial();
-    let mut incarnation = [0u8; 8];
-    let take = serial.len().min(8);
-    incarnation[8 - take..].copy_from_slice(&serial[serial.len() - take..]);
-    Ok(PeerCert {
-        node,
-        incarnation: u64::from_be_bytes(incarnation),
-    })
+    let incarnation = serial
+        .iter()
+        .skip(serial.len().saturating_sub(8))
+        .fold(0u64, |value, &byte| (value << 8) | u64::from(byte));
+    Ok(PeerCert { node, incarnation })
 }
 
 /// Why a peer's certificate is not acceptable.

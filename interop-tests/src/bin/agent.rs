@@ -124,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     })?;
+    // Bound paused: streams are taken only now that the (durable) mailbox is open again.
+    node.serve_streams();
     println!("ready {} {}", node.id(), mailbox.address());
     let receiving = tokio::spawn(print_messages(Arc::new(mailbox), last));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

@@ -1,7 +1,9 @@
 //! The ferry benchmark suite.
 //!
 //! Every figure is measured for ferry and, in the same process and the same run, for a
-//! baseline of raw quinn doing the same job on one stream, so that noise of the machine
+//! baseline doing the same job: raw quinn (on one stream, a stream per request, a fresh
+//! connection, bare connections; the table's "baseline is" column says which) or NATS (a
+//! loopback `nats-server` the bench starts when it is installed), so that noise of the machine
 //! affects both alike. Each measurement is repeated (5 runs, 3 with `--quick`), ferry and
 //! baseline alternating which goes first (the HOL figure, bound by its link's delay rather
 //! than the CPU, measures both at the same time); the table reports the medians over the runs
@@ -15,8 +17,12 @@
 //! figure (`hol`) sends both ferry and its baseline through a [`LossyLink`] each (2 % loss,
 //! 10 ms one-way delay), identically configured and seeded.
 //!
+//! The memory figure runs the node it measures in a child process (this binary with the hidden
+//! `--memory-hub` option) and counts its heap with a counting global allocator ([`ALLOCATOR`]).
+//!
 //! Adding a figure: write an `async fn` that measures it for ferry and for the baseline in
-//! [`Settings::runs`] runs and returns one or more [`Row`]s, then list it in [`FIGURES`].
+//! [`Settings::runs`] runs and returns one or more [`Row`]s, then list it in [`FIGURES`]. The
+//! newer figures live in modules under `interop-tests/src/bench/`.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -35,6 +41,22 @@ use ferry_interop::lossy::{LinkConfig, LossyLink};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
+
+#[path = "../bench/call.rs"]
+mod call;
+#[path = "../bench/dial.rs"]
+mod dial;
+#[path = "../bench/memory.rs"]
+mod memory;
+#[path = "../bench/nats.rs"]
+mod nats;
+
+/// Counts live heap bytes, for the memory figure: one atomic add or subtract per allocation,
+/// free and reallocation, with no limit. The hot paths of the other figures allocate rarely
+/// (ferry's throughput run: about one allocation per 17 messages), so this does not show in
+/// them.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
 /// Size of the small messages: throughput, round trip, and conversation B of the HOL figure.
 const MESSAGE_LEN: usize = 64;
@@ -59,7 +81,8 @@ struct Cli {
     /// Runs per measurement (default 5, 3 with --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only the figures whose id contains this text (ids: throughput, rtt, bulk, hol).
+    /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
+    /// hol, memory).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -69,6 +92,10 @@ struct Cli {
     /// Worker threads of the tokio runtime (default: one per CPU); for diagnosis.
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
+    /// Internal: run as the measured node of the memory figure ("ferry" or "quinn"), driven
+    /// through stdin and stdout by the parent bench process.
+    #[arg(long, value_name = "KIND", hide = true)]
+    memory_hub: Option<String>,
 }
 
 /// How big each measurement is.
@@ -87,6 +114,15 @@ struct Settings {
     /// Measured round trips of conversation B per case (alone, with bulk) of the HOL figure.
     hol_rounds: u64,
     hol_warmup: u64,
+    /// Measured calls per run of the call figure (after the warm-up).
+    call_rounds: u64,
+    call_warmup: u64,
+    /// Measured dials per run of the dial figure (after the warm-up).
+    dial_rounds: u64,
+    dial_warmup: u64,
+    /// Peers connected to the measured node, and idle conversations into it, per memory run.
+    memory_peers: usize,
+    memory_conversations: usize,
 }
 
 impl Settings {
@@ -102,6 +138,12 @@ impl Settings {
                 bulk_bytes: 200 << 20,
                 hol_rounds: 100,
                 hol_warmup: 10,
+                call_rounds: 2_000,
+                call_warmup: 100,
+                dial_rounds: 50,
+                dial_warmup: 5,
+                memory_peers: 200,
+                memory_conversations: 200,
             }
         } else {
             Self {
@@ -114,6 +156,12 @@ impl Settings {
                 bulk_bytes: 1 << 30,
                 hol_rounds: 300,
                 hol_warmup: 20,
+                call_rounds: 10_000,
+                call_warmup: 500,
+                dial_rounds: 200,
+                dial_warmup: 10,
+                memory_peers: 1000,
+                memory_conversations: 1000,
             }
         };
         if let Some(runs) = cli.runs {
@@ -137,20 +185,42 @@ struct Row {
     figure: String,
     unit: &'static str,
     better: Better,
+    /// What the baseline is (the table's last column).
+    against: &'static str,
     /// One value per run.
     ferry: Vec<f64>,
-    /// One value per run (empty with `--ferry-only`).
+    /// One value per run (empty with `--ferry-only`, or when the baseline was skipped).
     baseline: Vec<f64>,
+    /// Why there is no baseline (shown in the ratio column), e.g. NATS not installed.
+    note: Option<String>,
 }
 
 impl Row {
+    /// A row whose baseline is raw quinn on one stream.
     fn new(figure: impl Into<String>, unit: &'static str, better: Better) -> Self {
         Self {
             figure: figure.into(),
             unit,
             better,
+            against: "raw quinn, 1 stream",
             ferry: Vec::new(),
             baseline: Vec::new(),
+            note: None,
+        }
+    }
+
+    /// The same row with another baseline.
+    fn against(mut self, against: &'static str) -> Self {
+        self.against = against;
+        self
+    }
+
+    /// Records one run's value, for ferry or for the baseline.
+    fn push(&mut self, ferry: bool, value: f64) {
+        if ferry {
+            self.ferry.push(value);
+        } else {
+            self.baseline.push(value);
         }
     }
 
@@ -198,6 +268,14 @@ const FIGURES: &[Figure] = &[
         measure: |settings| Box::pin(figure_round_trip(settings)),
     },
     Figure {
+        id: "call",
+        measure: |settings| Box::pin(call::figure_call(settings)),
+    },
+    Figure {
+        id: "dial",
+        measure: |settings| Box::pin(dial::figure_dial(settings)),
+    },
+    Figure {
         id: "bulk",
         measure: |settings| Box::pin(figure_bulk(settings)),
     },
@@ -205,10 +283,17 @@ const FIGURES: &[Figure] = &[
         id: "hol",
         measure: |settings| Box::pin(figure_head_of_line(settings)),
     },
+    Figure {
+        id: "memory",
+        measure: |settings| Box::pin(memory::figure_memory(settings)),
+    },
 ];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(kind) = &cli.memory_hub {
+        return memory::run_hub(kind);
+    }
     let settings = Settings::new(&cli);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.worker_threads {
@@ -219,8 +304,9 @@ fn main() -> Result<()> {
         .build()
         .context("building the tokio runtime")?;
     let started = Instant::now();
-    let rows = runtime.block_on(async {
+    let (rows, times) = runtime.block_on(async {
         let mut rows = Vec::new();
+        let mut times = Vec::new();
         for figure in FIGURES {
             if cli
                 .only
@@ -230,17 +316,27 @@ fn main() -> Result<()> {
                 continue;
             }
             // Measure on a worker thread, like application code would run.
+            let figure_started = Instant::now();
             let measured = tokio::spawn((figure.measure)(settings.clone()))
                 .await
                 .with_context(|| format!("figure {} panicked", figure.id))?
                 .with_context(|| format!("figure {}", figure.id))?;
             rows.extend(measured);
+            times.push(format!(
+                "{} {:.1} s",
+                figure.id,
+                figure_started.elapsed().as_secs_f64()
+            ));
         }
-        anyhow::Ok(rows)
+        anyhow::Ok((rows, times))
     })?;
     let elapsed = started.elapsed();
     print!("{}", table(&rows, &settings));
-    println!("total time: {:.1} s", elapsed.as_secs_f64());
+    println!(
+        "total time: {:.1} s ({})",
+        elapsed.as_secs_f64(),
+        times.join(", ")
+    );
     if let Some(path) = &cli.json {
         std::fs::write(path, json(&rows, &settings, cli.quick))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -252,27 +348,45 @@ fn main() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Figure 1: acked 64-byte messages per second, node to remote mailbox.
 
+/// Also measures NATS publish -> subscribe of the same messages (without acknowledgements),
+/// when `nats-server` is installed, as a second baseline of the same ferry runs.
 async fn figure_throughput(settings: Settings) -> Result<Vec<Row>> {
-    let mut row = Row::new(
-        "acked 64 B msgs/s, node -> remote mailbox",
-        "msg/s",
-        Better::Higher,
-    );
+    let figure = "acked 64 B msgs/s, node -> remote mailbox";
+    let mut row = Row::new(figure, "msg/s", Better::Higher);
+    let mut nats_row = Row::new(figure, "msg/s", Better::Higher).against(nats::PUBSUB);
+    let server = if settings.ferry_only {
+        None
+    } else {
+        nats::NatsServer::start().await?
+    };
+    if server.is_none() && !settings.ferry_only {
+        nats_row.note = Some(nats::NOT_INSTALLED.to_owned());
+    }
     let (n, warmup) = (settings.throughput_messages, settings.throughput_warmup);
     for run in 0..settings.runs {
-        let ferry_first = run % 2 == 0;
-        if ferry_first {
-            row.ferry.push(measure(ferry_throughput(n, warmup)).await?);
-        }
-        if !settings.ferry_only {
-            row.baseline
-                .push(measure(quinn_throughput(n, warmup)).await?);
-        }
-        if !ferry_first {
-            row.ferry.push(measure(ferry_throughput(n, warmup)).await?);
+        // Ferry, quinn and NATS take turns going first.
+        for turn in 0..3 {
+            match (run + turn) % 3 {
+                0 => row.ferry.push(measure(ferry_throughput(n, warmup)).await?),
+                1 if !settings.ferry_only => row
+                    .baseline
+                    .push(measure(quinn_throughput(n, warmup)).await?),
+                2 => {
+                    if let Some(server) = &server {
+                        nats_row
+                            .baseline
+                            .push(measure(nats::throughput(server.url(), n, warmup)).await?);
+                    }
+                }
+                _ => {}
+            }
         }
     }
-    Ok(vec![row])
+    nats_row.ferry = row.ferry.clone();
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    Ok(vec![row, nats_row])
 }
 
 /// Messages per second from the first enqueue until the last delivery resolved and the
@@ -423,8 +537,10 @@ async fn quinn_throughput(n: u64, warmup: u64) -> Result<f64> {
 // Figure 2: round trip of a 64-byte message, p50 and p99.
 
 async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
-    let mut p50 = Row::new("round trip 64 B, p50", "us", Better::Lower);
-    let mut p99 = Row::new("round trip 64 B, p99", "us", Better::Lower);
+    let mut p50 = Row::new("round trip 64 B, p50", "us", Better::Lower)
+        .against("raw quinn, open stream echo");
+    let mut p99 = Row::new("round trip 64 B, p99", "us", Better::Lower)
+        .against("raw quinn, open stream echo");
     let (rounds, warmup) = (settings.rtt_rounds, settings.rtt_warmup);
     let mut record = |ferry: bool, histogram: Histogram<u64>| {
         let (p50_us, p99_us) = (
@@ -717,6 +833,7 @@ async fn figure_head_of_line(settings: Settings) -> Result<Vec<Row>> {
             "ms",
             Better::Lower,
         )
+        .against("raw quinn, A and B on 1 stream")
     };
     let mut rows = [
         latency("64 B echo p50, alone"),
@@ -725,8 +842,10 @@ async fn figure_head_of_line(settings: Settings) -> Result<Vec<Row>> {
         latency("p90, with bulk A"),
         latency("p99, alone"),
         latency("p99, with bulk A"),
-        Row::new("HOL: B p99 with bulk / B p99 alone", "x", Better::Lower),
-        Row::new("HOL: bulk A goodput while B runs", "MB/s", Better::Higher),
+        Row::new("HOL: B p99 with bulk / B p99 alone", "x", Better::Lower)
+            .against("raw quinn, A and B on 1 stream"),
+        Row::new("HOL: bulk A goodput while B runs", "MB/s", Better::Higher)
+            .against("raw quinn, A and B on 1 stream"),
     ];
     let (rounds, warmup) = (settings.hol_rounds, settings.hol_warmup);
     let mut record = |ferry: bool, run: HolRun| {
@@ -1129,35 +1248,10 @@ impl QuinnPair {
 
     /// Connected directly, or through a lossy link with this configuration.
     async fn connect_via(link: Option<LinkConfig>) -> Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-        let cert =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key_pair)?;
-        let cert_der = cert.der().clone();
-        let key_der = rustls::pki_types::PrivatePkcs8KeyDer::from(key_pair.serialize_der());
-
-        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(vec![cert_der.clone()], key_der.into())?;
-        server_tls.alpn_protocols = vec![BASELINE_ALPN.to_vec()];
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert_der)?;
-        let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client_tls.alpn_protocols = vec![BASELINE_ALPN.to_vec()];
-
+        let identity = BaselineIdentity::generate()?;
         let transport = Arc::new(transport_config());
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
-            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?,
-        ));
-        server_config.transport_config(transport.clone());
-        let mut client_config = quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?,
-        ));
-        client_config.transport_config(transport);
+        let server_config = identity.server_config(transport.clone())?;
+        let client_config = baseline_client_config(identity.cert.clone(), transport)?;
 
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let server = quinn::Endpoint::server(server_config, loopback)?;
@@ -1201,6 +1295,61 @@ impl QuinnPair {
     }
 }
 
+/// The raw quinn baseline server's self-signed certificate (ed25519, for "localhost").
+struct BaselineIdentity {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivatePkcs8KeyDer<'static>,
+}
+
+impl BaselineIdentity {
+    fn generate() -> Result<Self> {
+        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key_pair)?;
+        Ok(Self {
+            cert: cert.der().clone(),
+            key: rustls::pki_types::PrivatePkcs8KeyDer::from(key_pair.serialize_der()),
+        })
+    }
+
+    /// A quinn server configuration with this certificate: rustls with the ring provider
+    /// passed explicitly, TLS 1.3 only, no client authentication.
+    fn server_config(&self, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key().into())?;
+        server_tls.alpn_protocols = vec![BASELINE_ALPN.to_vec()];
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?,
+        ));
+        server_config.transport_config(transport);
+        Ok(server_config)
+    }
+}
+
+/// A quinn client configuration that trusts `cert` as its only root (same provider and TLS
+/// version as the server).
+fn baseline_client_config(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_tls.alpn_protocols = vec![BASELINE_ALPN.to_vec()];
+    let mut client_config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?,
+    ));
+    client_config.transport_config(transport);
+    Ok(client_config)
+}
+
 /// The windows a ferry node configures (sdk/src/node.rs `transport_config`), so the baseline
 /// gets the same room in flight.
 fn transport_config() -> quinn::TransportConfig {
@@ -1221,7 +1370,7 @@ fn format_value(value: Option<f64>, unit: &str) -> String {
     };
     if unit == "msg/s" {
         thousands(value.round() as u64)
-    } else if unit == "ms" || unit == "x" {
+    } else if unit == "ms" || unit == "x" || unit == "KiB" {
         format!("{value:.2}")
     } else {
         format!("{value:.1}")
@@ -1242,11 +1391,18 @@ fn thousands(value: u64) -> String {
 
 /// The result table: medians over the runs, then every run's value.
 fn table(rows: &[Row], settings: &Settings) -> String {
-    let header = ["figure", "unit", "ferry", "baseline", "ratio"];
-    let mut cells: Vec<[String; 5]> = vec![header.map(str::to_owned)];
+    let header = [
+        "figure",
+        "unit",
+        "ferry",
+        "baseline",
+        "ratio",
+        "baseline is",
+    ];
+    let mut cells: Vec<[String; 6]> = vec![header.map(str::to_owned)];
     for row in rows {
         let ratio = row.ratio().map_or_else(
-            || "-".to_owned(),
+            || row.note.clone().unwrap_or_else(|| "-".to_owned()),
             |ratio| {
                 let hint = match row.better {
                     Better::Higher => "higher is better",
@@ -1261,9 +1417,10 @@ fn table(rows: &[Row], settings: &Settings) -> String {
             format_value(row.ferry_median(), row.unit),
             format_value(row.baseline_median(), row.unit),
             ratio,
+            row.against.to_owned(),
         ]);
     }
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; 6];
     for line in &cells {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
@@ -1272,8 +1429,8 @@ fn table(rows: &[Row], settings: &Settings) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "medians of {} runs; baseline = raw quinn on one stream, same process and run; \
-         ratio = ferry / baseline",
+        "medians of {} runs; baseline = the same job done by raw quinn or NATS (last column), \
+         same process and run; ratio = ferry / baseline",
         settings.runs
     );
     for (index, line) in cells.iter().enumerate() {
@@ -1282,8 +1439,8 @@ fn table(rows: &[Row], settings: &Settings) -> String {
             if column > 0 {
                 text.push_str(" | ");
             }
-            // Text columns left-aligned, numbers right-aligned.
-            if column < 2 || column == 4 {
+            // Numbers (columns 2 and 3) right-aligned, text left-aligned.
+            if !(2..4).contains(&column) {
                 let _ = write!(text, "{cell:<width$}");
             } else {
                 let _ = write!(text, "{cell:>width$}");
@@ -1306,8 +1463,9 @@ fn table(rows: &[Row], settings: &Settings) -> String {
         };
         let _ = writeln!(
             out,
-            "  {}: ferry [{}] / baseline [{}] {}",
+            "  {} (vs {}): ferry [{}] / baseline [{}] {}",
             row.figure,
+            row.against,
             list(&row.ferry),
             list(&row.baseline),
             row.unit
@@ -1330,6 +1488,17 @@ fn table(rows: &[Row], settings: &Settings) -> String {
         settings.hol_rounds,
         settings.hol_warmup,
         HOL_RAMP.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "       call {} rounds per run (+{} warm-up); dial {} fresh connections per run (+{} \
+         warm-up); memory {} peers and {} idle conversations per run",
+        settings.call_rounds,
+        settings.call_warmup,
+        settings.dial_rounds,
+        settings.dial_warmup,
+        settings.memory_peers,
+        settings.memory_conversations
     );
     out
 }
@@ -1377,16 +1546,21 @@ fn json(rows: &[Row], settings: &Settings, quick: bool) -> String {
         };
         let _ = write!(
             out,
-            "    {{\"figure\": {}, \"unit\": {}, \"better\": {}, \"ferry\": {}, \"baseline\": {}, \
-             \"ratio\": {}, \"ferry_runs\": {}, \"baseline_runs\": {}}}",
+            "    {{\"figure\": {}, \"unit\": {}, \"better\": {}, \"baseline_is\": {}, \
+             \"ferry\": {}, \"baseline\": {}, \"ratio\": {}, \"ferry_runs\": {}, \
+             \"baseline_runs\": {}, \"note\": {}}}",
             json_string(&row.figure),
             json_string(row.unit),
             json_string(better),
+            json_string(row.against),
             json_number(row.ferry_median()),
             json_number(row.baseline_median()),
             json_number(row.ratio()),
             json_list(&row.ferry),
             json_list(&row.baseline),
+            row.note
+                .as_deref()
+                .map_or_else(|| "null".to_owned(), json_string),
         );
         out.push_str(if index + 1 < rows.len() { ",\n" } else { "\n" });
     }

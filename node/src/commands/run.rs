@@ -4,18 +4,29 @@ use crate::cli::NodeArgs;
 use crate::config::DaemonConfig;
 use crate::daemon::Daemon;
 
-/// Runs a node until a signal, with its store and HTTP endpoint: prints its id, listen
-/// address, inbox address and URLs, then every message to its (durable) inbox.
+/// Runs a node until a signal, with its store, HTTP endpoint and browser gateway: prints its
+/// id, listen address, inbox address and URLs, then every message to its (durable) inbox.
 pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = DaemonConfig::load(&args)?;
     let mut daemon = Daemon::start(&config, true).await?;
     let inbox = daemon.mailbox("inbox")?;
+    let gateway = match &config.gateway {
+        Some((addr, gateway)) => Some(
+            daemon
+                .serve_gateway(*addr, gateway.clone(), inbox.address())
+                .await?,
+        ),
+        None => None,
+    };
     let http = daemon.serve_http(config.http).await?;
     println!("node id: {}", daemon.node.id());
     println!("listening on: {}", daemon.node.local_addr());
     println!("inbox address: {}", inbox.address());
     println!("metrics: http://{http}/metrics");
     println!("health: http://{http}/health");
+    if let Some(gateway) = gateway {
+        println!("gateway: ws://{gateway}/ws");
+    }
     daemon.receive_until_signal(inbox, false, &config).await
 }
 

@@ -1,0 +1,862 @@
+//! The browser gateway (`ferry run --gateway ADDR`): browsers connect over WebSocket, and each
+//! connection is a **session**, a durable mailbox on the node with its own capability
+//! address, so peers and other browsers reach it like any other address. Browsers send to
+//! addresses, call services, join channels, and get what was sent to them while they were
+//! away when they resume. docs/GATEWAY.md specifies the protocol.
+//!
+//! ```no_run
+//! # async fn demo(node: ferry::Node, store: std::sync::Arc<ferry_node::store::RedbStore>)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use ferry_node::gateway::{self, GatewayConfig, NoHooks};
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! gateway::serve(listener, node, store, GatewayConfig::default(), std::sync::Arc::new(NoHooks), shutdown)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`protocol`] (frames, pure), [`auth`], [`session`], [`channels`], [`hooks`],
+//! [`config`], and the private `limits` and `connection` (the WebSocket loop).
+
+pub mod auth;
+pub mod channels;
+pub mod config;
+mod connection;
+pub mod hooks;
+mod limits;
+pub mod protocol;
+pub mod session;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use ferry::Node;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{AuthError, AuthRequest, Identity};
+pub use config::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions, StaticToken};
+pub use hooks::{Disconnect, EndReason, HookFuture, Hooks, NoHooks, Verdict};
+pub use protocol::Via;
+pub use session::{DeliverError, SessionInfo};
+
+use crate::store::RedbStore;
+use limits::Bucket;
+use session::{lock, ResumeKeys, Session};
+
+/// The JS client, served at `/ferry.js`.
+pub const FERRY_JS: &str = include_str!("../../js/ferry.js");
+/// Its TypeScript declarations, served at `/ferry.d.ts`.
+pub const FERRY_D_TS: &str = include_str!("../../js/ferry.d.ts");
+
+/// Why the gateway could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration is inconsistent.
+    #[error("invalid gateway configuration: {0}")]
+    Config(#[from] GatewayConfigError),
+    /// Serving the listener failed.
+    #[error("gateway: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sessions by id and by user.
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<String, Arc<Session>>,
+    by_user: HashMap<String, HashSet<String>>,
+}
+
+/// The gateway's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) refused_upgrades: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+}
+
+/// A snapshot of the gateway's counters ([`GatewayHandle::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewayStats {
+    /// Browsers connected now.
+    pub connections: usize,
+    /// Sessions now, connected or waiting to be resumed.
+    pub sessions: usize,
+    /// Channels with at least one member.
+    pub channels: usize,
+    /// Messages handed to browser connections since the start.
+    pub delivered: u64,
+    /// Requests (frames) received from browsers.
+    pub requests: u64,
+    /// Upgrades refused (401, 403, 503).
+    pub refused_upgrades: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Connections closed for exceeding the rate limit.
+    pub rate_limited: u64,
+}
+
+/// What every part of the gateway shares.
+pub(crate) struct Shared {
+    pub(crate) node: Node,
+    pub(crate) store: Arc<RedbStore>,
+    pub(crate) config: GatewayConfig,
+    client_config: RwLock<Box<RawValue>>,
+    pub(crate) hooks: Arc<dyn Hooks>,
+    pub(crate) verifier: auth::Verifier,
+    resume: ResumeKeys,
+    registry: Mutex<Registry>,
+    pub(crate) channels: channels::Channels,
+    connections: AtomicUsize,
+    next_connection: AtomicU64,
+    connection_rate: Mutex<Bucket>,
+    /// Counters for [`GatewayHandle::stats`].
+    pub(crate) counters: Counters,
+    /// Cancelled when the gateway drains: every connection closes with 1001.
+    pub(crate) stopping: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Shared {
+    pub(crate) fn session(&self, id: &str) -> Option<Arc<Session>> {
+        lock(&self.registry).by_id.get(id).cloned()
+    }
+
+    fn user_sessions(&self, user: &str) -> Vec<Arc<Session>> {
+        let registry = lock(&self.registry);
+        registry
+            .by_user
+            .get(user)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| registry.by_id.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Ends a session: it leaves its channels, its address is revoked, its messages dropped.
+    pub(crate) fn end(&self, session: &Arc<Session>, reason: EndReason) {
+        {
+            let mut registry = lock(&self.registry);
+            if registry.by_id.remove(&session.info.id).is_none() {
+                return; // ended already
+            }
+            if let Some(ids) = registry.by_user.get_mut(&session.info.user) {
+                ids.remove(&session.info.id);
+                if ids.is_empty() {
+                    registry.by_user.remove(&session.info.user);
+                }
+            }
+        }
+        let (channels, attached) = {
+            let mut state = lock(&session.state);
+            (std::mem::take(&mut state.channels), state.attached.take())
+        };
+        for channel in channels {
+            self.channels.leave(&channel, &session.info.id);
+        }
+        if let Some(attached) = attached {
+            let message = match &reason {
+                EndReason::Closed(why) => why.clone(),
+                EndReason::Expired => "session expired".into(),
+                EndReason::Shutdown => "server shutting down".into(),
+            };
+            let code = if reason == EndReason::Shutdown {
+                1001
+            } else {
+                4003
+            };
+            *lock(&attached.reason) = Some((code, message, Disconnect::SessionEnded));
+            attached.kick.cancel();
+        }
+        session.close(&self.store);
+        // Messages from peers whose delivery was under way when the mailbox closed may still
+        // be stored; purge once more when they are through.
+        let store = self.store.clone();
+        let mailbox = session.mailbox_id;
+        let grace = self.node.config().send_timeout.min(Duration::from_secs(10));
+        // (Not a tracked task: a drain does not wait for it; after a restart the store
+        // empties session mailboxes anyway.)
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            store.purge(mailbox);
+        });
+        tracing::debug!(session = %session.info.id, ?reason, "session ended");
+        self.hooks.ended(&session.info, &reason);
+    }
+
+    /// Puts `payload` into the mailboxes of `sessions` at once; how many took it.
+    async fn deliver_all(
+        &self,
+        sessions: Vec<Arc<Session>>,
+        from: &ferry::Address,
+        via: &Via,
+        payload: Bytes,
+    ) -> Result<usize, DeliverError> {
+        let max = self.node.config().max_message_size;
+        if payload.len() > max {
+            return Err(DeliverError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        if sessions.is_empty() {
+            return Err(DeliverError::NoSuchSession);
+        }
+        let store = &self.store;
+        let results = futures::future::join_all(
+            sessions
+                .iter()
+                .map(|session| session.deliver(store, from, via, payload.clone())),
+        )
+        .await;
+        let delivered = results.iter().filter(|result| result.is_ok()).count();
+        match results.into_iter().find_map(Result::err) {
+            Some(error) if delivered == 0 => Err(error),
+            _ => Ok(delivered),
+        }
+    }
+
+    pub(crate) fn channel_members(&self, channel: &str) -> Vec<Arc<Session>> {
+        self.channels
+            .members(channel)
+            .iter()
+            .filter_map(|id| self.session(id))
+            .collect()
+    }
+
+    pub(crate) async fn deliver_channel(
+        &self,
+        channel: &str,
+        from: &ferry::Address,
+        payload: Bytes,
+    ) -> Result<usize, DeliverError> {
+        let via = Via {
+            channel: Some(channel.to_owned()),
+            ..Via::default()
+        };
+        self.deliver_all(self.channel_members(channel), from, &via, payload)
+            .await
+    }
+
+    pub(crate) async fn deliver_user(
+        &self,
+        user: &str,
+        from: &ferry::Address,
+        push: bool,
+        payload: Bytes,
+    ) -> Result<usize, DeliverError> {
+        let via = Via {
+            user: Some(user.to_owned()),
+            push,
+            ..Via::default()
+        };
+        self.deliver_all(self.user_sessions(user), from, &via, payload)
+            .await
+    }
+
+    pub(crate) async fn deliver_session(
+        &self,
+        session: &str,
+        from: &ferry::Address,
+        push: bool,
+        payload: Bytes,
+    ) -> Result<usize, DeliverError> {
+        let via = Via {
+            push,
+            ..Via::default()
+        };
+        let sessions = self.session(session).into_iter().collect();
+        self.deliver_all(sessions, from, &via, payload).await
+    }
+
+    /// Joins `session` to `channel` (no permission check).
+    pub(crate) fn join(&self, session: &Session, channel: &str) -> Result<(), String> {
+        channels::check_name(channel).map_err(|e| e.to_string())?;
+        let mut state = lock(&session.state);
+        if state.ended {
+            return Err("the session ended".into());
+        }
+        if !state.channels.contains(channel)
+            && state.channels.len() >= self.config.limits.max_channels_per_session
+        {
+            return Err(format!(
+                "at most {} channels per session",
+                self.config.limits.max_channels_per_session
+            ));
+        }
+        state.channels.insert(channel.to_owned());
+        self.channels.join(channel, &session.info.id);
+        Ok(())
+    }
+
+    pub(crate) fn leave(&self, session: &Session, channel: &str) {
+        lock(&session.state).channels.remove(channel);
+        self.channels.leave(channel, &session.info.id);
+    }
+
+    fn client_config(&self) -> Box<RawValue> {
+        self.client_config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn resume_token(&self, session: &Session) -> String {
+        self.resume.token(session.mailbox_id, &session.info.id)
+    }
+}
+
+/// The browser gateway of a node.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+fn raw_json(value: &serde_json::Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+impl Gateway {
+    /// A gateway for `node`, keeping session messages in `store`.
+    pub fn new(
+        node: Node,
+        store: Arc<RedbStore>,
+        config: GatewayConfig,
+        hooks: Arc<dyn Hooks>,
+    ) -> Result<Self, GatewayError> {
+        config.validate()?;
+        let shared = Arc::new(Shared {
+            node,
+            store,
+            client_config: RwLock::new(raw_json(&config.client_config)),
+            verifier: auth::Verifier::new(&config.auth),
+            connection_rate: Mutex::new(Bucket::new(
+                config.limits.connection_rate,
+                Duration::from_secs(1),
+            )),
+            config,
+            hooks,
+            resume: ResumeKeys::new(),
+            registry: Mutex::new(Registry::default()),
+            channels: channels::Channels::default(),
+            connections: AtomicUsize::new(0),
+            counters: Counters::default(),
+            next_connection: AtomicU64::new(1),
+            stopping: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        Ok(Self { shared })
+    }
+
+    /// A handle for the embedding application: push, close, channels, sessions.
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The gateway's routes: `/ws`, `/ferry.js`, `/ferry.d.ts`, and the static directory at
+    /// `/` if configured. Merge it into an application's own router, or use [`Gateway::serve`].
+    pub fn router(&self) -> Router {
+        let mut router = Router::new()
+            .route("/ws", get(upgrade))
+            .route(
+                "/ferry.js",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                        FERRY_JS,
+                    )
+                }),
+            )
+            .route(
+                "/ferry.d.ts",
+                get(|| async {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/typescript; charset=utf-8",
+                        )],
+                        FERRY_D_TS,
+                    )
+                }),
+            );
+        if self.shared.config.static_dir.is_some() {
+            router = router
+                .route("/", get(|state| static_file(state, Path(String::new()))))
+                .route("/{*path}", get(static_file));
+        }
+        router.with_state(self.shared.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then drains: no new connections,
+    /// every connection is closed with 1001 (going away; clients resume elsewhere or later),
+    /// up to the configured `drain` for them to finish, and every session ends.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), GatewayError> {
+        /// Stops the reaper however `serve` ends (also when its future is dropped).
+        struct AbortOnDrop(tokio::task::JoinHandle<()>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let shared = self.shared.clone();
+        let _reaper = AbortOnDrop(tokio::spawn(reap(shared.clone(), shutdown.clone())));
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        self.handle().drain().await;
+        result.map_err(GatewayError::from)
+    }
+}
+
+/// Serves the gateway of `node` on `listener` until `shutdown` (mini-redis style): see
+/// [`Gateway::new`] and [`Gateway::serve`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    store: Arc<RedbStore>,
+    config: GatewayConfig,
+    hooks: Arc<dyn Hooks>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    Gateway::new(node, store, config, hooks)?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// Ends sessions that stayed disconnected longer than `session_ttl`.
+async fn reap(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let ttl = shared.config.session_ttl;
+    let period = (ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let expired: Vec<Arc<Session>> = lock(&shared.registry)
+            .by_id
+            .values()
+            .filter(|session| {
+                let state = lock(&session.state);
+                state.attached.is_none()
+                    && state
+                        .detached_at
+                        .is_some_and(|at| now.saturating_duration_since(at) >= ttl)
+            })
+            .cloned()
+            .collect();
+        for session in expired {
+            shared.end(&session, EndReason::Expired);
+        }
+    }
+}
+
+/// What the embedding application holds: push to sessions, users and channels, close
+/// sessions, manage channel membership, list sessions.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle").finish_non_exhaustive()
+    }
+}
+
+impl GatewayHandle {
+    /// Every live session (connected or waiting to be resumed).
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        lock(&self.shared.registry)
+            .by_id
+            .values()
+            .map(|session| session.info.clone())
+            .collect()
+    }
+
+    /// The session with this id.
+    pub fn session(&self, id: &str) -> Option<SessionInfo> {
+        self.shared.session(id).map(|session| session.info.clone())
+    }
+
+    /// Whether the session has a connection now.
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.shared
+            .session(id)
+            .is_some_and(|session| lock(&session.state).attached.is_some())
+    }
+
+    /// Browsers connected now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Channels with at least one member.
+    pub fn channel_count(&self) -> usize {
+        self.shared.channels.count()
+    }
+
+    /// The gateway's counters.
+    pub fn stats(&self) -> GatewayStats {
+        let c = &self.shared.counters;
+        GatewayStats {
+            connections: self.connections(),
+            sessions: lock(&self.shared.registry).by_id.len(),
+            channels: self.channel_count(),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            refused_upgrades: c.refused_upgrades.load(Ordering::Relaxed),
+            slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Puts `payload` into a session's mailbox (delivered now, or when it resumes); the
+    /// message's `from` is the node's inbox and it is marked `push`. Returns its id.
+    pub async fn push(&self, session: &str, payload: Bytes) -> Result<u64, DeliverError> {
+        let session = self
+            .shared
+            .session(session)
+            .ok_or(DeliverError::NoSuchSession)?;
+        let via = Via {
+            push: true,
+            ..Via::default()
+        };
+        session
+            .deliver(
+                &self.shared.store,
+                self.shared.node.inbox().address(),
+                &via,
+                payload,
+            )
+            .await
+    }
+
+    /// Pushes `value` as JSON (see [`GatewayHandle::push`]).
+    pub async fn push_json<T: serde::Serialize + ?Sized>(
+        &self,
+        session: &str,
+        value: &T,
+    ) -> Result<u64, DeliverError> {
+        self.push(session, json_payload(value)).await
+    }
+
+    /// Puts `payload` into every session of `user`; how many.
+    pub async fn push_user(&self, user: &str, payload: Bytes) -> Result<usize, DeliverError> {
+        let from = self.shared.node.inbox().address().clone();
+        self.shared.deliver_user(user, &from, true, payload).await
+    }
+
+    /// Publishes `payload` to every member of `channel`; how many.
+    pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, DeliverError> {
+        let from = self.shared.node.inbox().address().clone();
+        self.shared.deliver_channel(channel, &from, payload).await
+    }
+
+    /// Makes a session a member of `channel` (no permission check).
+    pub fn join(&self, session: &str, channel: &str) -> Result<(), String> {
+        let session = self
+            .shared
+            .session(session)
+            .ok_or_else(|| "no such session".to_owned())?;
+        self.shared.join(&session, channel)
+    }
+
+    /// Removes a session from `channel`.
+    pub fn leave(&self, session: &str, channel: &str) {
+        if let Some(session) = self.shared.session(session) {
+            self.shared.leave(&session, channel);
+        }
+    }
+
+    /// Ends a session: its connection is closed with code 4003 and `reason` (the client does
+    /// not reconnect), its address revoked. Returns whether it existed.
+    pub fn close(&self, session: &str, reason: &str) -> bool {
+        match self.shared.session(session) {
+            Some(session) => {
+                self.shared.end(
+                    &session,
+                    EndReason::Closed(reason.chars().take(100).collect()),
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces the configuration object sent to clients that connect from now on.
+    pub fn set_client_config(&self, config: &serde_json::Value) {
+        *self
+            .shared
+            .client_config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = raw_json(config);
+    }
+
+    /// Drains: closes every connection with 1001, waits up to `drain` for them, and ends
+    /// every session. [`Gateway::serve`] does this when its shutdown is cancelled.
+    pub async fn drain(&self) {
+        let shared = &self.shared;
+        shared.stopping.cancel();
+        shared.tasks.close();
+        let _ = tokio::time::timeout(shared.config.drain, shared.tasks.wait()).await;
+        let sessions: Vec<Arc<Session>> = lock(&shared.registry).by_id.values().cloned().collect();
+        for session in sessions {
+            shared.end(&session, EndReason::Shutdown);
+        }
+    }
+}
+
+/// A JSON payload (what browsers read as a value).
+pub fn json_payload<T: serde::Serialize + ?Sized>(value: &T) -> Bytes {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .unwrap_or_default()
+}
+
+fn unavailable(why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+/// Whether the request's `Origin` may connect.
+fn origin_allowed(config: &GatewayConfig, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true; // not a browser, or a same-origin request of an old browser
+    };
+    if config
+        .origins
+        .iter()
+        .any(|allowed| allowed == "*" || allowed == origin)
+    {
+        return true;
+    }
+    if !config.origins.is_empty() {
+        return false;
+    }
+    // Same origin: the Origin's host:port is the Host the request was sent to.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority == host)
+}
+
+/// Counts a connection while it lives.
+pub(crate) struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /ws`: admission, authentication, the session, then the WebSocket.
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let counters = shared.clone();
+    let response = admit(shared, ws, headers, query).await;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        counters
+            .counters
+            .refused_upgrades
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+async fn admit(
+    shared: Arc<Shared>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+) -> Response {
+    if shared.stopping.is_cancelled() {
+        return unavailable("the gateway is shutting down");
+    }
+    if !origin_allowed(&shared.config, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    if !lock(&shared.connection_rate).take(Instant::now()) {
+        return unavailable("too many new connections; try again shortly");
+    }
+    let limits = &shared.config.limits;
+    if shared.connections.load(Ordering::Relaxed) >= limits.max_connections {
+        return unavailable("too many connections");
+    }
+    let request = AuthRequest::new(headers, query.clone());
+    let identity = match shared.hooks.authenticate(request.clone()).await {
+        Some(result) => result.map(Some),
+        None => shared.verifier.verify(&request),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::debug!(%error, "gateway authentication refused");
+            return error.response(shared.verifier.basic());
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // The session: the one the resume token names, if it lives and belongs to this user.
+    let mut expired = false;
+    let mut existing = None;
+    if let Some(token) = query.get("resume") {
+        match shared
+            .resume
+            .verify(token)
+            .and_then(|(mailbox, id)| Some((mailbox, shared.session(&id)?)))
+        {
+            Some((mailbox, session)) if session.mailbox_id == mailbox => {
+                if let Some(identity) = &identity {
+                    if identity.user != session.info.user {
+                        return (
+                            StatusCode::FORBIDDEN,
+                            "the resume token belongs to another user\n",
+                        )
+                            .into_response();
+                    }
+                }
+                existing = Some(session);
+            }
+            _ => expired = true,
+        }
+    }
+    let cursor = query.get("cursor").and_then(|c| c.parse::<u64>().ok());
+    let auth_expires = identity.as_ref().and_then(|identity| identity.expires);
+    let (session, resumed) = match existing {
+        Some(session) => {
+            if auth_expires.is_some() || identity.is_some() {
+                lock(&session.state).auth_expires = auth_expires;
+            }
+            (session, true)
+        }
+        None => {
+            if lock(&shared.registry).by_id.len() >= limits.max_sessions {
+                return unavailable("too many sessions");
+            }
+            let id = session::new_session_id();
+            let user = match identity {
+                Some(identity) => identity.user,
+                None => format!("anon-{id}"),
+            };
+            let session = match Session::open(&shared.node, &shared.store, id, user, auth_expires) {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::error!(%error, "opening a session mailbox");
+                    return unavailable("the store failed");
+                }
+            };
+            lock(&session.state).detached_at = Some(Instant::now());
+            {
+                let mut registry = lock(&shared.registry);
+                registry
+                    .by_id
+                    .insert(session.info.id.clone(), session.clone());
+                registry
+                    .by_user
+                    .entry(session.info.user.clone())
+                    .or_default()
+                    .insert(session.info.id.clone());
+            }
+            shared.hooks.started(&session.info);
+            (session, false)
+        }
+    };
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let slot = ConnectionSlot(shared.clone());
+    let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let max = limits.max_message_size;
+    let tasks = shared.tasks.clone();
+    // Small read buffers: an idle connection should cost little memory.
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .on_upgrade(move |socket| {
+            tasks.track_future(connection::run(
+                shared,
+                session,
+                socket,
+                connection::Start {
+                    resumed,
+                    expired,
+                    cursor,
+                    connection,
+                },
+                slot,
+            ))
+        })
+}
+
+/// Files of the static directory.
+async fn static_file(State(shared): State<Arc<Shared>>, Path(path): Path<String>) -> Response {
+    let Some(dir) = &shared.config.static_dir else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let path = if path.is_empty() || path.ends_with('/') {
+        format!("{path}index.html")
+    } else {
+        path
+    };
+    // Only plain relative names: no `..`, no absolute paths, no hidden files.
+    if path
+        .split('/')
+        .any(|part| part.is_empty() || part.starts_with('.') || part.contains('\\'))
+    {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let file = dir.join(&path);
+    let content_type = match file.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}

@@ -1,0 +1,994 @@
+//! The gateway's WebSocket protocol: frames as values, and their encoding. Pure code on
+//! strings and byte buffers, no IO; docs/GATEWAY.md is the specification.
+//!
+//! Every frame is a JSON object with a string `type`. A text frame is that object; a binary
+//! frame is `header_len` (u32, big-endian) | the JSON object (`header_len` bytes) | payload
+//! bytes, the payload taking the place of the object's `data` field. A payload that is a JSON
+//! text travels in a text frame (as the value `data`), any other payload in a binary frame.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use ferry::{Address, NodeId};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+/// Where a browser's message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A capability address (a peer's mailbox, another session, a service's mailbox).
+    Address(Address),
+    /// Every member of a channel.
+    Channel(String),
+    /// Every session of a user.
+    User(String),
+    /// One session, by session id.
+    Session(String),
+}
+
+/// What a browser calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallTarget {
+    /// A service's capability address.
+    Address(Address),
+    /// A service by name on a node (`NODEID/NAME` or `NODEID@HOST:PORT/NAME`).
+    Service {
+        /// The node.
+        node: NodeId,
+        /// Where to dial it, if given.
+        addr: Option<SocketAddr>,
+        /// The service name.
+        name: String,
+    },
+}
+
+/// A frame from the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// Send `data` to `to`; answered with `ok` once the target accepted it.
+    Send {
+        /// The request number the answer carries.
+        reference: u64,
+        /// Where to.
+        to: Target,
+        /// The payload.
+        data: Bytes,
+    },
+    /// Call a service with `data`; answered with `ok` carrying the reply.
+    Call {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The service.
+        to: CallTarget,
+        /// The request payload.
+        data: Bytes,
+        /// The caller's deadline in milliseconds, if given.
+        timeout_ms: Option<u64>,
+    },
+    /// Join a channel.
+    Join {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The channel.
+        channel: String,
+    },
+    /// Leave a channel.
+    Leave {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The channel.
+        channel: String,
+    },
+    /// Every delivered message with an id up to `id` is processed: the node forgets them.
+    Ack {
+        /// The highest processed message id.
+        id: u64,
+    },
+    /// A new token for the session's user, before the current one expires.
+    Refresh {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The token.
+        token: String,
+    },
+    /// An application-level ping, answered with `ok`.
+    Ping {
+        /// The request number the answer carries.
+        reference: u64,
+    },
+}
+
+/// The stable error codes of `error` frames (docs/GATEWAY.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is well-formed JSON but a field is missing or invalid.
+    BadRequest,
+    /// The frame's `type` is not known.
+    UnknownType,
+    /// The payload exceeds the limit.
+    TooLarge,
+    /// Not allowed by the gateway's configuration or the application.
+    Forbidden,
+    /// The address's mailbox does not exist or was closed.
+    NoSuchMailbox,
+    /// The address is forged or tampered.
+    Forged,
+    /// The address has expired.
+    Expired,
+    /// The address names another node than the one that answered.
+    WrongNode,
+    /// The target node could not be reached.
+    Unreachable,
+    /// No acknowledgement or reply in time.
+    Timeout,
+    /// The target is unreachable and the outbox towards it is full.
+    OutboxFull,
+    /// No such service (unknown, closed, or not allowed).
+    NoSuchService,
+    /// The callee refused (busy, not allowed).
+    Refused,
+    /// The callee failed the call.
+    Failed,
+    /// No session with that id, or no session of that user.
+    NoSuchSession,
+    /// The node is shutting down.
+    NodeClosed,
+    /// The node could not store the message.
+    StoreFailed,
+    /// A token was refused.
+    Unauthorized,
+    /// Anything else.
+    Internal,
+}
+
+/// What an `error` frame says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// The request it answers, if any.
+    pub reference: Option<u64>,
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// How a message reached the session, beside its sender.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Via {
+    /// Published to this channel.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub channel: Option<String>,
+    /// Sent to every session of this user.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user: Option<String>,
+    /// Sent by the application embedding the gateway (a push).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub push: bool,
+}
+
+impl Via {
+    /// The tag stored with the message (empty for a plain message).
+    pub fn to_tag(&self) -> Bytes {
+        if *self == Self::default() {
+            return Bytes::new();
+        }
+        serde_json::to_vec(self)
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+
+    /// The tag read back (a tag that does not decode reads as none).
+    pub fn from_tag(tag: &[u8]) -> Self {
+        if tag.is_empty() {
+            return Self::default();
+        }
+        serde_json::from_slice(tag).unwrap_or_default()
+    }
+}
+
+/// The first frame of every connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct Welcome {
+    /// The session id.
+    pub session: String,
+    /// The user id.
+    pub user: String,
+    /// The session's capability address.
+    pub address: String,
+    /// The node's id.
+    pub node: String,
+    /// The token to resume this session with.
+    pub resume: String,
+    /// Whether this connection resumed an existing session.
+    pub resumed: bool,
+    /// Whether every message since the client's cursor will be delivered.
+    pub recovered: bool,
+    /// Whether the connection asked to resume a session that is gone (expired or unknown).
+    pub expired: bool,
+    /// Messages waiting for the session, delivered next.
+    pub pending: u64,
+    /// When the credentials expire (unix seconds), if they do.
+    pub auth_expires: Option<u64>,
+    /// The gateway's limits, so a client can keep within them.
+    pub limits: WelcomeLimits,
+    /// The configuration object for the client.
+    pub config: Box<RawValue>,
+}
+
+/// The limits announced in the welcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct WelcomeLimits {
+    /// Largest WebSocket message accepted, bytes.
+    pub max_message_size: usize,
+    /// Frames allowed per `rate_window_ms`.
+    pub rate_limit: u32,
+    /// The rate window, milliseconds.
+    pub rate_window_ms: u64,
+    /// A connection that sends nothing for this long is closed, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// The server pings this often, milliseconds.
+    pub ping_interval_ms: u64,
+    /// A disconnected session is kept this long, milliseconds.
+    pub session_ttl_ms: u64,
+}
+
+/// A frame to the browser.
+#[derive(Debug, Clone)]
+pub enum ServerFrame {
+    /// The first frame.
+    Welcome(Box<Welcome>),
+    /// A message for the session.
+    Message {
+        /// Its id: increasing within the session; acknowledge and resume with it.
+        id: u64,
+        /// The sender's address (reply to it).
+        from: String,
+        /// How it came.
+        via: Via,
+        /// The payload.
+        data: Bytes,
+    },
+    /// A request succeeded; a call's reply carries `data`.
+    Ok {
+        /// The request.
+        reference: u64,
+        /// The reply of a call.
+        data: Option<Bytes>,
+    },
+    /// A request failed.
+    Error(ErrorFrame),
+}
+
+/// An encoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoded {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+}
+
+impl Encoded {
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether it is empty (never, for an encoded frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a frame from the browser could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a JSON object with a string `type` (or a binary frame whose header is not one):
+    /// the connection is closed (4400).
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A known `type` with a missing or invalid field: answered with `bad_request`.
+    #[error("bad request: {message}")]
+    BadRequest {
+        /// The frame's `ref`, if it had one.
+        reference: Option<u64>,
+        /// What is wrong.
+        message: String,
+    },
+    /// An unknown `type`: answered with `unknown_type`.
+    #[error("unknown frame type {kind:?}")]
+    UnknownType {
+        /// The frame's `ref`, if it had one.
+        reference: Option<u64>,
+        /// The type.
+        kind: String,
+    },
+}
+
+impl DecodeError {
+    /// The `error` frame that answers it, or `None` when the connection must close.
+    pub fn answer(&self) -> Option<ErrorFrame> {
+        match self {
+            Self::Malformed(_) => None,
+            Self::BadRequest { reference, message } => Some(ErrorFrame {
+                reference: *reference,
+                code: ErrorCode::BadRequest,
+                message: message.clone(),
+            }),
+            Self::UnknownType { reference, kind } => Some(ErrorFrame {
+                reference: *reference,
+                code: ErrorCode::UnknownType,
+                message: format!("unknown frame type {kind:?}"),
+            }),
+        }
+    }
+}
+
+/// Deserializes a present field as `Some`, also when it is `null`.
+fn some_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The fields any client frame may have.
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(rename = "ref", default)]
+    reference: Option<u64>,
+    #[serde(default, borrow)]
+    to: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "some_raw")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// A target written as an object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetObject {
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+}
+
+/// Decodes a text frame.
+pub fn decode_text(text: &str) -> Result<ClientFrame, DecodeError> {
+    let header: Header<'_> =
+        serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let data = header
+        .data
+        .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
+    decode_header(header, data)
+}
+
+/// Decodes a binary frame: `header_len` u32be | JSON header | payload.
+pub fn decode_binary(frame: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let (len, rest) = frame
+        .split_first_chunk::<4>()
+        .ok_or_else(|| DecodeError::Malformed("binary frame shorter than 4 bytes".into()))?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+    if rest.len() < len {
+        return Err(DecodeError::Malformed(format!(
+            "binary frame header of {len} bytes, but {} bytes follow",
+            rest.len()
+        )));
+    }
+    let (header, payload) = rest.split_at(len);
+    let header: Header<'_> =
+        serde_json::from_slice(header).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if header.data.is_some() {
+        return Err(DecodeError::BadRequest {
+            reference: header.reference,
+            message: "a binary frame's header must not have `data`".into(),
+        });
+    }
+    decode_header(header, Some(Bytes::copy_from_slice(payload)))
+}
+
+fn decode_header(header: Header<'_>, data: Option<Bytes>) -> Result<ClientFrame, DecodeError> {
+    let reference = header.reference;
+    let bad = |message: &str| DecodeError::BadRequest {
+        reference,
+        message: message.to_owned(),
+    };
+    let need_ref = || reference.ok_or_else(|| bad("`ref` is missing"));
+    Ok(match header.kind.as_str() {
+        "send" => ClientFrame::Send {
+            reference: need_ref()?,
+            to: parse_target(header.to.ok_or_else(|| bad("`to` is missing"))?)
+                .map_err(|m| bad(&m))?,
+            data: data.ok_or_else(|| bad("`data` is missing"))?,
+        },
+        "call" => ClientFrame::Call {
+            reference: need_ref()?,
+            to: parse_call_target(header.to.ok_or_else(|| bad("`to` is missing"))?)
+                .map_err(|m| bad(&m))?,
+            data: data.ok_or_else(|| bad("`data` is missing"))?,
+            timeout_ms: header.timeout_ms,
+        },
+        "join" => ClientFrame::Join {
+            reference: need_ref()?,
+            channel: header.channel.ok_or_else(|| bad("`channel` is missing"))?,
+        },
+        "leave" => ClientFrame::Leave {
+            reference: need_ref()?,
+            channel: header.channel.ok_or_else(|| bad("`channel` is missing"))?,
+        },
+        "ack" => ClientFrame::Ack {
+            id: header.id.ok_or_else(|| bad("`id` is missing"))?,
+        },
+        "refresh" => ClientFrame::Refresh {
+            reference: need_ref()?,
+            token: header.token.ok_or_else(|| bad("`token` is missing"))?,
+        },
+        "ping" => ClientFrame::Ping {
+            reference: need_ref()?,
+        },
+        _ => {
+            return Err(DecodeError::UnknownType {
+                reference,
+                kind: header.kind.chars().take(64).collect(),
+            })
+        }
+    })
+}
+
+fn parse_target(raw: &RawValue) -> Result<Target, String> {
+    if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
+        return text
+            .parse::<Address>()
+            .map(Target::Address)
+            .map_err(|e| format!("`to`: malformed address: {e}"));
+    }
+    let object: TargetObject = serde_json::from_str(raw.get())
+        .map_err(|e| format!("`to`: expected an address or {{channel|user|session}}: {e}"))?;
+    match (object.channel, object.user, object.session) {
+        (Some(channel), None, None) => Ok(Target::Channel(channel)),
+        (None, Some(user), None) => Ok(Target::User(user)),
+        (None, None, Some(session)) => Ok(Target::Session(session)),
+        _ => Err("`to`: exactly one of channel, user, session".into()),
+    }
+}
+
+/// Parses a call target: `ferry1…`, `NODEID/NAME` or `NODEID@HOST:PORT/NAME`.
+pub fn parse_call_target_text(text: &str) -> Result<CallTarget, String> {
+    if text.starts_with("ferry1") {
+        return text
+            .parse::<Address>()
+            .map(CallTarget::Address)
+            .map_err(|e| format!("malformed address: {e}"));
+    }
+    let (peer, name) = text
+        .rsplit_once('/')
+        .ok_or_else(|| "expected ferry1…, NODEID/NAME or NODEID@HOST:PORT/NAME".to_owned())?;
+    if name.is_empty() {
+        return Err("the service name after '/' is empty".into());
+    }
+    let (node, addr) = match peer.split_once('@') {
+        Some((node, addr)) => (
+            node,
+            Some(
+                addr.parse::<SocketAddr>()
+                    .map_err(|e| format!("address {addr:?}: {e}"))?,
+            ),
+        ),
+        None => (peer, None),
+    };
+    Ok(CallTarget::Service {
+        node: node.parse().map_err(|e| format!("node id: {e}"))?,
+        addr,
+        name: name.to_owned(),
+    })
+}
+
+fn parse_call_target(raw: &RawValue) -> Result<CallTarget, String> {
+    let text: String =
+        serde_json::from_str(raw.get()).map_err(|_| "`to`: expected a string".to_owned())?;
+    parse_call_target_text(&text).map_err(|e| format!("`to`: {e}"))
+}
+
+/// Whether `payload` is a JSON text (and so travels in a text frame).
+pub fn is_json(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+}
+
+/// Builds a frame: `fields` is the JSON object without `data`; `data`, if any, goes into the
+/// object when it is a JSON text, else into a binary frame.
+fn frame(mut fields: serde_json::Map<String, serde_json::Value>, data: Option<&Bytes>) -> Encoded {
+    let Some(data) = data else {
+        return Encoded::Text(serde_json::Value::Object(fields).to_string());
+    };
+    if is_json(data) {
+        // `data` is valid JSON, hence valid UTF-8; splice it in verbatim.
+        if let Ok(text) = std::str::from_utf8(data) {
+            let head = serde_json::Value::Object(fields).to_string();
+            let mut out = String::with_capacity(head.len() + text.len() + 8);
+            out.push_str(&head[..head.len() - 1]);
+            if head.len() > 2 {
+                out.push(',');
+            }
+            out.push_str("\"data\":");
+            out.push_str(text.trim());
+            out.push('}');
+            return Encoded::Text(out);
+        }
+    }
+    fields.remove("data");
+    let head = serde_json::Value::Object(fields).to_string();
+    let mut out = Vec::with_capacity(4 + head.len() + data.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(data);
+    Encoded::Binary(out)
+}
+
+fn object(pairs: Vec<(&str, serde_json::Value)>) -> serde_json::Map<String, serde_json::Value> {
+    pairs
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+}
+
+impl ServerFrame {
+    /// Encodes the frame.
+    pub fn encode(&self) -> Encoded {
+        use serde_json::json;
+        match self {
+            Self::Welcome(welcome) => {
+                let mut value = serde_json::to_value(welcome).unwrap_or_default();
+                if let Some(fields) = value.as_object_mut() {
+                    fields.insert("type".into(), json!("welcome"));
+                }
+                Encoded::Text(value.to_string())
+            }
+            Self::Message {
+                id,
+                from,
+                via,
+                data,
+            } => frame(
+                object(vec![
+                    ("type", json!("message")),
+                    ("id", json!(id)),
+                    ("from", json!(from)),
+                    ("channel", json!(via.channel)),
+                    ("user", json!(via.user)),
+                    ("push", if via.push { json!(true) } else { json!(null) }),
+                ]),
+                Some(data),
+            ),
+            Self::Ok { reference, data } => frame(
+                object(vec![("type", json!("ok")), ("ref", json!(reference))]),
+                data.as_ref(),
+            ),
+            Self::Error(error) => frame(
+                object(vec![
+                    ("type", json!("error")),
+                    ("ref", json!(error.reference)),
+                    ("code", json!(error.code)),
+                    ("message", json!(error.message)),
+                ]),
+                None,
+            ),
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Encodes the frame as a client would (for tests and Rust clients).
+    pub fn encode(&self) -> Encoded {
+        use serde_json::json;
+        let target = |to: &Target| match to {
+            Target::Address(address) => json!(address.to_string()),
+            Target::Channel(channel) => json!({ "channel": channel }),
+            Target::User(user) => json!({ "user": user }),
+            Target::Session(session) => json!({ "session": session }),
+        };
+        let call_target = |to: &CallTarget| match to {
+            CallTarget::Address(address) => json!(address.to_string()),
+            CallTarget::Service { node, addr, name } => match addr {
+                Some(addr) => json!(format!("{node}@{addr}/{name}")),
+                None => json!(format!("{node}/{name}")),
+            },
+        };
+        match self {
+            Self::Send {
+                reference,
+                to,
+                data,
+            } => frame(
+                object(vec![
+                    ("type", json!("send")),
+                    ("ref", json!(reference)),
+                    ("to", target(to)),
+                ]),
+                Some(data),
+            ),
+            Self::Call {
+                reference,
+                to,
+                data,
+                timeout_ms,
+            } => frame(
+                object(vec![
+                    ("type", json!("call")),
+                    ("ref", json!(reference)),
+                    ("to", call_target(to)),
+                    ("timeout_ms", json!(timeout_ms)),
+                ]),
+                Some(data),
+            ),
+            Self::Join { reference, channel } => frame(
+                object(vec![
+                    ("type", json!("join")),
+                    ("ref", json!(reference)),
+                    ("channel", json!(channel)),
+                ]),
+                None,
+            ),
+            Self::Leave { reference, channel } => frame(
+                object(vec![
+                    ("type", json!("leave")),
+                    ("ref", json!(reference)),
+                    ("channel", json!(channel)),
+                ]),
+                None,
+            ),
+            Self::Ack { id } => frame(
+                object(vec![("type", json!("ack")), ("id", json!(id))]),
+                None,
+            ),
+            Self::Refresh { reference, token } => frame(
+                object(vec![
+                    ("type", json!("refresh")),
+                    ("ref", json!(reference)),
+                    ("token", json!(token)),
+                ]),
+                None,
+            ),
+            Self::Ping { reference } => frame(
+                object(vec![("type", json!("ping")), ("ref", json!(reference))]),
+                None,
+            ),
+        }
+    }
+}
+
+/// Decodes a client frame from its encoding.
+pub fn decode(frame: &Encoded) -> Result<ClientFrame, DecodeError> {
+    match frame {
+        Encoded::Text(text) => decode_text(text),
+        Encoded::Binary(bytes) => decode_binary(bytes),
+    }
+}
+
+/// A server frame as a client reads it (for tests and Rust clients).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The JSON object (for binary frames, the header).
+    pub header: serde_json::Value,
+    /// The payload: the raw `data` text of a text frame, or a binary frame's payload.
+    pub data: Option<Bytes>,
+}
+
+impl Received {
+    /// The frame's `type`.
+    pub fn kind(&self) -> &str {
+        self.header["type"].as_str().unwrap_or("")
+    }
+}
+
+/// Reads a server frame (for tests and Rust clients).
+pub fn read_server_frame(frame: &Encoded) -> Result<Received, DecodeError> {
+    match frame {
+        Encoded::Text(text) => {
+            #[derive(Deserialize)]
+            struct WithData<'a> {
+                #[serde(default, borrow, deserialize_with = "some_raw")]
+                data: Option<&'a RawValue>,
+            }
+            let with: WithData<'_> =
+                serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            let header: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            Ok(Received {
+                header,
+                data: with
+                    .data
+                    .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes())),
+            })
+        }
+        Encoded::Binary(bytes) => {
+            let (len, rest) = bytes
+                .split_first_chunk::<4>()
+                .ok_or_else(|| DecodeError::Malformed("short binary frame".into()))?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+            if rest.len() < len {
+                return Err(DecodeError::Malformed("binary header truncated".into()));
+            }
+            let (head, payload) = rest.split_at(len);
+            Ok(Received {
+                header: serde_json::from_slice(head)
+                    .map_err(|e| DecodeError::Malformed(e.to_string()))?,
+                data: Some(Bytes::copy_from_slice(payload)),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+    use ferry::{MailboxId, SecretKey};
+    use proptest::prelude::*;
+
+    fn address() -> Address {
+        Address::mint(&SecretKey::from_bytes(&[1; 32]), MailboxId(7), None, vec![])
+    }
+
+    #[test]
+    fn text_send_keeps_the_json_verbatim() {
+        let text = format!(
+            r#"{{"type":"send","ref":3,"to":"{}","data":{{"a": [1, 2]}}}}"#,
+            address()
+        );
+        let frame = decode_text(&text).unwrap();
+        assert_eq!(
+            frame,
+            ClientFrame::Send {
+                reference: 3,
+                to: Target::Address(address()),
+                data: Bytes::from_static(br#"{"a": [1, 2]}"#),
+            }
+        );
+    }
+
+    #[test]
+    fn null_data_is_a_payload() {
+        let frame = decode_text(r#"{"type":"send","ref":1,"to":{"channel":"c"},"data":null}"#);
+        assert_eq!(
+            frame.unwrap(),
+            ClientFrame::Send {
+                reference: 1,
+                to: Target::Channel("c".into()),
+                data: Bytes::from_static(b"null"),
+            }
+        );
+    }
+
+    #[test]
+    fn binary_frames() {
+        let frame = ClientFrame::Send {
+            reference: 9,
+            to: Target::User("bob".into()),
+            data: Bytes::from_static(&[0, 159, 146, 150]),
+        };
+        let encoded = frame.encode();
+        assert!(matches!(encoded, Encoded::Binary(_)));
+        assert_eq!(decode(&encoded).unwrap(), frame);
+        assert!(matches!(
+            decode_binary(&[0, 0, 0, 9, b'{']),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_binary(&[0]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            decode_text("not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_text(r#"{"ref":1}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(
+            decode_text(r#"{"type":"fly","ref":4}"#),
+            Err(DecodeError::UnknownType {
+                reference: Some(4),
+                kind: "fly".into()
+            })
+        );
+        let missing = decode_text(r#"{"type":"send","ref":5,"data":1}"#).unwrap_err();
+        assert_eq!(missing.answer().unwrap().reference, Some(5));
+        assert_eq!(missing.answer().unwrap().code, ErrorCode::BadRequest);
+        assert!(matches!(
+            decode_text(r#"{"type":"send","ref":5,"to":"ferry1xx","data":1}"#),
+            Err(DecodeError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            decode_text(r#"{"type":"send","ref":5,"to":{"user":"a","channel":"b"},"data":1}"#),
+            Err(DecodeError::BadRequest { .. })
+        ));
+    }
+
+    #[test]
+    fn call_targets() {
+        let node = SecretKey::from_bytes(&[2; 32]).public();
+        assert_eq!(
+            parse_call_target_text(&format!("{node}/echo")).unwrap(),
+            CallTarget::Service {
+                node,
+                addr: None,
+                name: "echo".into()
+            }
+        );
+        assert_eq!(
+            parse_call_target_text(&format!("{node}@127.0.0.1:9/echo")).unwrap(),
+            CallTarget::Service {
+                node,
+                addr: Some("127.0.0.1:9".parse().unwrap()),
+                name: "echo".into()
+            }
+        );
+        assert!(parse_call_target_text("nonsense").is_err());
+        assert!(parse_call_target_text(&format!("{node}/")).is_err());
+    }
+
+    #[test]
+    fn server_frames() {
+        let message = ServerFrame::Message {
+            id: 4,
+            from: "ferry1abc".into(),
+            via: Via {
+                channel: Some("lobby".into()),
+                ..Via::default()
+            },
+            data: Bytes::from_static(br#"{"hi":1}"#),
+        };
+        let Encoded::Text(text) = message.encode() else {
+            panic!("a JSON payload travels as text")
+        };
+        assert_eq!(
+            text,
+            r#"{"channel":"lobby","from":"ferry1abc","id":4,"type":"message","data":{"hi":1}}"#
+        );
+        let binary = ServerFrame::Ok {
+            reference: 2,
+            data: Some(Bytes::from_static(b"\xff\x00")),
+        }
+        .encode();
+        let read = read_server_frame(&binary).unwrap();
+        assert_eq!(read.kind(), "ok");
+        assert_eq!(read.data.unwrap(), Bytes::from_static(b"\xff\x00"));
+        let error = ServerFrame::Error(ErrorFrame {
+            reference: None,
+            code: ErrorCode::NoSuchMailbox,
+            message: "gone".into(),
+        })
+        .encode();
+        assert_eq!(
+            read_server_frame(&error).unwrap().header["code"],
+            "no_such_mailbox"
+        );
+    }
+
+    #[test]
+    fn tags() {
+        assert!(Via::default().to_tag().is_empty());
+        let via = Via {
+            user: Some("u".into()),
+            push: true,
+            ..Via::default()
+        };
+        assert_eq!(Via::from_tag(&via.to_tag()), via);
+        assert_eq!(Via::from_tag(b"garbage"), Via::default());
+    }
+
+    fn target() -> impl Strategy<Value = Target> {
+        prop_oneof![
+            "[a-z]{1,8}".prop_map(Target::Channel),
+            "[a-z]{1,8}".prop_map(Target::User),
+            "[a-z0-9]{1,8}".prop_map(Target::Session),
+            Just(Target::Address(address())),
+        ]
+    }
+
+    fn payload() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from),
+            any::<i64>().prop_map(|n| Bytes::from(n.to_string())),
+            "[ -~]{0,20}".prop_map(|s| Bytes::from(serde_json::to_string(&s).unwrap())),
+        ]
+    }
+
+    fn client_frame() -> impl Strategy<Value = ClientFrame> {
+        prop_oneof![
+            (any::<u64>(), target(), payload()).prop_map(|(reference, to, data)| {
+                ClientFrame::Send {
+                    reference,
+                    to,
+                    data,
+                }
+            }),
+            (any::<u64>(), payload(), proptest::option::of(any::<u64>())).prop_map(
+                |(reference, data, timeout_ms)| ClientFrame::Call {
+                    reference,
+                    to: CallTarget::Address(address()),
+                    data,
+                    timeout_ms,
+                }
+            ),
+            (any::<u64>(), "[a-z.]{0,12}")
+                .prop_map(|(reference, channel)| ClientFrame::Join { reference, channel }),
+            (any::<u64>(), "[a-z.]{0,12}")
+                .prop_map(|(reference, channel)| ClientFrame::Leave { reference, channel }),
+            any::<u64>().prop_map(|id| ClientFrame::Ack { id }),
+            (any::<u64>(), "[ -~]{0,30}")
+                .prop_map(|(reference, token)| ClientFrame::Refresh { reference, token }),
+            any::<u64>().prop_map(|reference| ClientFrame::Ping { reference }),
+        ]
+    }
+
+    proptest! {
+        /// Every frame decodes to itself after encoding.
+        #[test]
+        fn client_frames_round_trip(frame in client_frame()) {
+            let encoded = frame.encode();
+            let decoded = decode(&encoded).unwrap();
+            // A JSON payload may gain or lose surrounding whitespace, nothing else.
+            match (&frame, &decoded) {
+                (ClientFrame::Send { data: a, .. }, ClientFrame::Send { data: b, .. })
+                | (ClientFrame::Call { data: a, .. }, ClientFrame::Call { data: b, .. }) => {
+                    prop_assert_eq!(a.trim_ascii(), b.trim_ascii());
+                }
+                _ => prop_assert_eq!(&frame, &decoded),
+            }
+        }
+
+        /// Arbitrary input never panics the decoder.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_binary(&bytes);
+            let _ = decode_text(&String::from_utf8_lossy(&bytes));
+        }
+
+        /// Arbitrary JSON objects with a type never panic the decoder.
+        #[test]
+        fn arbitrary_objects_never_panic(
+            kind in "(send|call|join|leave|ack|refresh|ping|x)",
+            reference in proptest::option::of(any::<i64>()),
+            to in proptest::option::of("[ -~]{0,12}"),
+        ) {
+            let value = serde_json::json!({"type": kind, "ref": reference, "to": to, "data": 1});
+            let _ = decode_text(&value.to_string());
+        }
+
+        /// Server frames read back with the same payload.
+        #[test]
+        fn server_payloads_round_trip(data in payload(), id in any::<u64>()) {
+            let frame = ServerFrame::Message {
+                id,
+                from: "ferry1x".into(),
+                via: Via::default(),
+                data: data.clone(),
+            };
+            let read = read_server_frame(&frame.encode()).unwrap();
+            prop_assert_eq!(read.header["id"].as_u64(), Some(id));
+            let got = read.data.unwrap();
+            prop_assert_eq!(got.trim_ascii(), data.trim_ascii());
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Sessions: one per browser client, each a durable mailbox on the node with its own
+//! capability address. A session outlives its connections: while it is disconnected its
+//! messages are kept in the store, and a connection presenting its resume token gets them.
+//!
+//! Every message for a session is in the store before anything else happens: messages from
+//! peers and other sessions arrive through the session's durable mailbox (the mailbox's queue
+//! is only a wake-up), messages from the gateway itself (channels, users, pushes) are
+//! appended directly. A connection delivers from the store in index order, so what it sends
+//! is exactly the store's order whatever path a message took.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use ferry::{Address, Mailbox, MailboxId};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::hooks::Disconnect;
+use super::protocol::Via;
+use crate::store::RedbStore;
+
+/// What the embedder and the hooks see of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session id (random, 22 characters).
+    pub id: String,
+    /// The user id (from authentication; random for anonymous sessions).
+    pub user: String,
+    /// The session's capability address.
+    pub address: Address,
+}
+
+/// The connection attached to a session.
+#[derive(Debug, Clone)]
+pub(crate) struct Attached {
+    /// Tells this connection from later ones.
+    pub(crate) connection: u64,
+    /// Cancelled to close the connection, with the reason set first.
+    pub(crate) kick: CancellationToken,
+    /// Why it is being closed, when kicked.
+    pub(crate) reason: Arc<Mutex<Option<(u16, String, Disconnect)>>>,
+}
+
+/// A session's changing state.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// The index of the next message to hand to the connection.
+    pub(crate) next: u64,
+    /// Every index below this was acknowledged (and removed from the store).
+    pub(crate) acked: u64,
+    /// The highest store position at which a message for the session was dropped (its
+    /// mailbox's store was full).
+    pub(crate) lost_at: Option<u64>,
+    /// The connection, while one is attached.
+    pub(crate) attached: Option<Attached>,
+    /// When the last connection ended (the session expires `session_ttl` later).
+    pub(crate) detached_at: Option<Instant>,
+    /// The channels it is a member of.
+    pub(crate) channels: HashSet<String>,
+    /// When its credentials expire (unix seconds).
+    pub(crate) auth_expires: Option<u64>,
+    /// Set once the session ended.
+    pub(crate) ended: bool,
+}
+
+/// A session.
+pub(crate) struct Session {
+    pub(crate) info: SessionInfo,
+    pub(crate) mailbox_id: MailboxId,
+    /// Woken when a message for the session was stored.
+    pub(crate) notify: Notify,
+    pub(crate) state: Mutex<State>,
+    /// The session's mailbox: dropping it revokes the address.
+    mailbox: Mutex<Option<Mailbox>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.info.id)
+            .field("user", &self.info.user)
+            .finish()
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a message could not be put into a session's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// No session with that id (or of that user, or member of that channel).
+    #[error("no such session")]
+    NoSuchSession,
+    /// The session's store is full: the message was dropped (and the session's next resume
+    /// reports `recovered: false`).
+    #[error("the session's mailbox is full")]
+    Full,
+    /// The store failed.
+    #[error("storing the message: {0}")]
+    Store(ferry::StoreError),
+    /// The payload exceeds the node's `max_message_size`.
+    #[error("message of {size} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Session {
+    /// Opens a session with a fresh durable mailbox.
+    pub(crate) fn open(
+        node: &ferry::Node,
+        store: &Arc<RedbStore>,
+        id: String,
+        user: String,
+        auth_expires: Option<u64>,
+    ) -> Result<Arc<Self>, ferry::StoreError> {
+        let mailbox_id = MailboxId::random();
+        // Sessions do not survive a restart: their messages go then.
+        store.mark_temporary(mailbox_id);
+        let mailbox = node.durable_mailbox(mailbox_id, store.clone())?;
+        let session = Arc::new(Self {
+            info: SessionInfo {
+                id,
+                user,
+                address: mailbox.address().clone(),
+            },
+            mailbox_id,
+            notify: Notify::new(),
+            state: Mutex::new(State {
+                next: 0,
+                acked: 0,
+                lost_at: None,
+                attached: None,
+                detached_at: None,
+                channels: HashSet::new(),
+                auth_expires,
+                ended: false,
+            }),
+            mailbox: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&session);
+        // The store has every message; the queue only says that one arrived.
+        let attached = mailbox.set_handler(move |_message| {
+            if let Some(session) = weak.upgrade() {
+                session.notify.notify_one();
+            }
+            async {}
+        });
+        if let Err(error) = attached {
+            tracing::error!(%error, "session mailbox refused its handler");
+        }
+        *lock(&session.mailbox) = Some(mailbox);
+        Ok(session)
+    }
+
+    /// Appends a message from the gateway (channel, user, push) to the store and wakes the
+    /// connection.
+    pub(crate) async fn deliver(
+        &self,
+        store: &RedbStore,
+        from: &Address,
+        via: &Via,
+        payload: Bytes,
+    ) -> Result<u64, DeliverError> {
+        if lock(&self.state).ended {
+            return Err(DeliverError::NoSuchSession);
+        }
+        let indexes = store
+            .append_tagged(self.mailbox_id, vec![(from.clone(), via.to_tag(), payload)])
+            .await
+            .map_err(DeliverError::Store)?;
+        match indexes.first() {
+            Some(&index) => {
+                if lock(&self.state).ended {
+                    // Ended while the message was being stored: drop it with the rest.
+                    store.purge(self.mailbox_id);
+                    return Err(DeliverError::NoSuchSession);
+                }
+                self.notify.notify_one();
+                Ok(index)
+            }
+            None => {
+                let position = store.next_index(self.mailbox_id).unwrap_or(u64::MAX);
+                let mut state = lock(&self.state);
+                state.lost_at = Some(state.lost_at.map_or(position, |p| p.max(position)));
+                Err(DeliverError::Full)
+            }
+        }
+    }
+
+    /// A sender from the session's mailbox to `to`; `None` once the session ended.
+    pub(crate) fn sender(&self, to: &Address) -> Option<Result<ferry::Sender, ferry::SendError>> {
+        lock(&self.mailbox)
+            .as_ref()
+            .map(|mailbox| mailbox.sender(to))
+    }
+
+    /// Removes every delivered message with an index up to `id` from the store.
+    pub(crate) fn ack(&self, store: &RedbStore, id: u64) {
+        let mut state = lock(&self.state);
+        let upto = id.saturating_add(1).min(state.next);
+        for index in state.acked..upto {
+            ferry::MailboxStore::remove(store, self.mailbox_id, index);
+        }
+        state.acked = state.acked.max(upto);
+    }
+
+    /// Prepares a resume from `cursor` (the last message id the client processed; `None`:
+    /// every unacknowledged message) and tells whether every message after it is still there.
+    pub(crate) fn rewind(&self, store: &RedbStore, cursor: Option<u64>) -> (bool, u64) {
+        let stored_next = store.next_index(self.mailbox_id).unwrap_or(0);
+        let mut state = lock(&self.state);
+        let from = match cursor {
+            Some(cursor) => cursor.saturating_add(1),
+            None => state.acked,
+        };
+        let lost = state.lost_at.is_some_and(|position| position >= from)
+            || from < state.acked
+            || from > stored_next;
+        state.next = from.clamp(state.acked, stored_next.max(state.acked));
+        let pending = stored_next.saturating_sub(state.next);
+        (!lost, pending)
+    }
+
+    /// Closes the mailbox (revoking the address) and forgets the stored messages.
+    pub(crate) fn close(&self, store: &RedbStore) {
+        lock(&self.state).ended = true;
+        drop(lock(&self.mailbox).take());
+        store.purge(self.mailbox_id);
+        self.notify.notify_one();
+    }
+}
+
+/// Random bytes from the system's generator.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // SystemRandom fails only if the OS generator does; then the bytes stay zero and
+    // the resume MAC (keyed separately) still protects sessions.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        tracing::error!("system random generator failed");
+    }
+    bytes
+}
+
+/// A new session id: 16 random bytes, base64url.
+pub(crate) fn new_session_id() -> String {
+    data_encoding::BASE64URL_NOPAD.encode(&random::<16>())
+}
+
+/// Resume tokens: `mailbox id (8) | session id (16) | HMAC-SHA256 (first 16 bytes)`,
+/// base64url. The cursor travels beside it, unsigned (GenBrowser's proposal): the token
+/// proves the session, the cursor only chooses where to restart.
+pub(crate) struct ResumeKeys {
+    key: ring::hmac::Key,
+}
+
+impl ResumeKeys {
+    pub(crate) fn new() -> Self {
+        Self {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &random::<32>()),
+        }
+    }
+
+    fn tag(&self, mailbox: MailboxId, session: &[u8]) -> [u8; 16] {
+        let mut context = ring::hmac::Context::with_key(&self.key);
+        context.update(b"ferry/gateway-resume/v1");
+        context.update(&mailbox.0.to_be_bytes());
+        context.update(session);
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&context.sign().as_ref()[..16]);
+        tag
+    }
+
+    pub(crate) fn token(&self, mailbox: MailboxId, session_id: &str) -> String {
+        let session = data_encoding::BASE64URL_NOPAD
+            .decode(session_id.as_bytes())
+            .unwrap_or_default();
+        let mut bytes = Vec::with_capacity(40);
+        bytes.extend_from_slice(&mailbox.0.to_be_bytes());
+        bytes.extend_from_slice(&session);
+        bytes.extend_from_slice(&self.tag(mailbox, &session));
+        data_encoding::BASE64URL_NOPAD.encode(&bytes)
+    }
+
+    /// The (mailbox, session id) of a genuine token.
+    pub(crate) fn verify(&self, token: &str) -> Option<(MailboxId, String)> {
+        let bytes = data_encoding::BASE64URL_NOPAD
+            .decode(token.as_bytes())
+            .ok()?;
+        if bytes.len() != 40 {
+            return None;
+        }
+        let (mailbox, rest) = bytes.split_at(8);
+        let (session, tag) = rest.split_at(16);
+        let mailbox = MailboxId(u64::from_be_bytes(mailbox.try_into().ok()?));
+        let expected = self.tag(mailbox, session);
+        // Constant time: the comparison must not tell how much of a guessed tag was right.
+        let mut difference = 0u8;
+        for (a, b) in expected.iter().zip(tag) {
+            difference |= a ^ b;
+        }
+        (difference == 0).then(|| (mailbox, data_encoding::BASE64URL_NOPAD.encode(session)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    #[test]
+    fn resume_tokens() {
+        let keys = ResumeKeys::new();
+        let id = new_session_id();
+        let token = keys.token(MailboxId(42), &id);
+        assert_eq!(keys.verify(&token), Some((MailboxId(42), id.clone())));
+        let mut forged = token.into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(keys.verify(&String::from_utf8(forged).unwrap()), None);
+        assert_eq!(keys.verify("short"), None);
+        assert_eq!(
+            ResumeKeys::new().verify(&keys.token(MailboxId(1), &id)),
+            None
+        );
+    }
+}
