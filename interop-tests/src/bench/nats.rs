@@ -180,6 +180,16 @@ pub(super) async fn request_rounds(url: &str, rounds: u64, warmup: u64) -> Resul
     let payload = Bytes::from_static(&PAYLOAD);
     let mut histogram = histogram()?;
     let result = async {
+        // `flush` only empties the client's buffer: the server may not have the responder's
+        // subscription yet ("no responders"). Wait until a request gets through.
+        let ready_by = Instant::now() + Duration::from_secs(10);
+        while let Err(error) = requester.request(subject.clone(), payload.clone()).await {
+            ensure!(
+                Instant::now() < ready_by,
+                "NATS responder never became ready: {error}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for round in 0..warmup + rounds {
             let start = Instant::now();
             let reply = requester.request(subject.clone(), payload.clone()).await?;
