@@ -175,6 +175,22 @@ async fn address_flood_costs_signature_checks_only_past_the_cheap_checks() {
     }
 
     let connection = fake.connect(node.id(), node.local_addr()).await;
+    // The valid addresses once each first, one after the other: one signature check each,
+    // then cached. (Streams presenting a new address at the same moment may each check it.)
+    let warm = node.stats().signature_checks;
+    for address in &valid {
+        let open = Frame::Open(Box::new(Open {
+            target: address.without_hints(),
+            from: from.clone(),
+            epoch: 0,
+            first_seq: 0,
+        }));
+        assert_eq!(
+            present(&connection, &opening(StreamKind::Mailbox, &open)).await,
+            None
+        );
+    }
+    assert_eq!(node.stats().signature_checks - warm, VALID_DISTINCT as u64);
     let before = node.stats();
     let started = Instant::now();
     let inputs = Arc::new(inputs);
@@ -232,10 +248,10 @@ async fn address_flood_costs_signature_checks_only_past_the_cheap_checks() {
         "every stream answered"
     );
 
-    // Signature checks: one per forgery, one per distinct valid address; none for the rest.
+    // Signature checks: one per forgery; none for the rest (the valid ones are cached).
     assert_eq!(
         after.signature_checks - before.signature_checks,
-        (FORGED + VALID_DISTINCT) as u64
+        FORGED as u64
     );
     assert_eq!(
         after.forged_addresses - before.forged_addresses,
@@ -771,8 +787,9 @@ struct CutOffs {
     trickle: std::sync::atomic::AtomicU64,
     huge: std::sync::atomic::AtomicU64,
     garbage: std::sync::atomic::AtomicU64,
-    /// Connections closed by the node (the peer reached `max_violations`).
-    disconnected: std::sync::atomic::AtomicU64,
+    /// Connections closed by the node (the peer reached `max_violations`), by the behaviour
+    /// of the identity thrown out: silent, trickle, huge, garbage.
+    thrown_out: [std::sync::atomic::AtomicU64; 4],
     /// Connections refused by the node (handshake rate, or a ban).
     refused: std::sync::atomic::AtomicU64,
 }
@@ -901,7 +918,7 @@ async fn hostile_session(
     }
     let closed = hostile.connection.closed().await;
     if matches!(closed, quinn::ConnectionError::ApplicationClosed(_)) {
-        cut.disconnected.fetch_add(1, Relaxed);
+        cut.thrown_out[behaviour as usize].fetch_add(1, Relaxed);
     }
     tasks.shutdown().await;
 }
@@ -965,11 +982,10 @@ const HOSTILE_TARGET: &str = "FERRY_TEST_HOSTILE_TARGET";
 /// The line the hostile peer's process prints its tally on.
 const HOSTILE_TALLY: &str = "FERRY-HOSTILE-TALLY";
 
-/// The hostile peer as a process of its own (started by the throughput test below, which
-/// gives it a low CPU priority: it stands for a machine of its own, so that on a test box its
-/// own work does not compete with the honest peer's). Reads `attack` / `pause` lines on
-/// standard input; prints its tally when the input ends. Does nothing unless started so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The hostile peer as a process of its own, on one thread (started by the throughput test
+/// below: it stands for a machine of its own). Reads `attack` / `pause` lines on standard
+/// input; prints its tally when the input ends. Does nothing unless started so.
+#[tokio::test(flavor = "current_thread")]
 #[ignore = "the hostile peer of an_honest_peer_keeps_its_throughput_while_a_hostile_one_is_cut_off"]
 async fn hostile_peer_process() {
     use std::io::BufRead;
@@ -1003,28 +1019,38 @@ async fn hostile_peer_process() {
         active.store(line.trim() == "attack", Relaxed);
     }
     attacker.abort();
+    let thrown_out = cut.thrown_out.each_ref().map(|n| n.load(Relaxed));
     println!(
-        "{HOSTILE_TALLY} {} {} {} {} {} {}",
+        "{HOSTILE_TALLY} {} {} {} {} {} {} {} {} {}",
         cut.silent.load(Relaxed),
         cut.trickle.load(Relaxed),
         cut.huge.load(Relaxed),
         cut.garbage.load(Relaxed),
-        cut.disconnected.load(Relaxed),
+        thrown_out[0],
+        thrown_out[1],
+        thrown_out[2],
+        thrown_out[3],
         cut.refused.load(Relaxed),
     );
 }
 
 /// One hostile peer and one honest one, measured side by side: the honest sender's
 /// throughput to a node while a hostile peer attacks it is at least 90 % of its throughput
-/// without the attack. The hostile peer (a process of its own, at a low CPU priority, standing
-/// for another machine) opens streams that send nothing, trickles frames, announces
-/// 4 GB frames and sends garbage; thrown out, it comes back with a new identity. Rounds with
-/// and without the attack alternate, and the medians are compared.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// without the attack. The hostile peer opens streams that send nothing, trickles frames,
+/// announces 4 GB frames and sends garbage; thrown out, it comes back with a new identity.
+/// Rounds with and without the attack alternate, and the medians are compared.
+///
+/// The node and the honest peer share this test's one thread; the hostile peer is a process
+/// of its own on one thread, standing for a machine of its own. So on a two-core machine the
+/// attacker's own work does not compete with the honest peer's; the node's handling of the
+/// attack does, and that is what is measured. (With all three in one process, attacking
+/// *another* node cost the honest sender as much as attacking this one: the loss was the
+/// attacker's CPU, not the node's.)
+#[tokio::test(flavor = "current_thread")]
 async fn an_honest_peer_keeps_its_throughput_while_a_hostile_one_is_cut_off() {
     use std::io::Write;
     let _heavy = HEAVY.lock().await;
-    const ROUNDS: usize = 9;
+    const ROUNDS: usize = 11;
     const MESSAGES: usize = 3000;
     const SIZE: usize = 16 * 1024;
     let node = node_with(strict_config()).await;
@@ -1052,19 +1078,9 @@ async fn an_honest_peer_keeps_its_throughput_while_a_hostile_one_is_cut_off() {
             .stdout(std::process::Stdio::piped())
             .spawn()
     };
-    // A low priority (not the lowest, which would starve the attack while the honest peer
-    // keeps both cores busy): the attacker's own work stands for a machine of its own.
-    let nice = std::env::var("FERRY_TEST_HOSTILE_NICE").unwrap_or_else(|_| "10".into());
-    let mut niced = std::process::Command::new("nice");
-    niced.args(["-n", &nice]).arg(&exe).args(args);
-    let mut child = match spawn(niced) {
-        Ok(child) => child,
-        Err(_) => {
-            let mut plain = std::process::Command::new(&exe);
-            plain.args(args);
-            spawn(plain).unwrap()
-        }
-    };
+    let mut command = std::process::Command::new(&exe);
+    command.args(args);
+    let mut child = spawn(command).unwrap();
     let mut control = child.stdin.take().unwrap();
     let command = |control: &mut std::process::ChildStdin, line: &str| {
         control.write_all(format!("{line}\n").as_bytes()).unwrap();
@@ -1129,24 +1145,37 @@ async fn an_honest_peer_keeps_its_throughput_while_a_hostile_one_is_cut_off() {
     };
     let (quiet_median, attacked_median) = (median(&mut quiet), median(&mut attacked));
     let ratio = attacked_median / quiet_median;
+    let [silent, trickled, huge, garbage, out0, out1, out2, out3, refused] = tally[..] else {
+        panic!("{tally:?}");
+    };
+    let thrown_out = [out0, out1, out2, out3];
     eprintln!(
         "honest throughput: {:.1} MB/s quiet, {:.1} MB/s attacked (ratio {ratio:.3}); \
-         hostile peer cut off: {} silent, {} trickled, {} huge, {} garbage streams, \
-         {} connections closed, {} refused; cut off per attacked round (streams, peers): \
-         {cut_per_round:?}; quiet {quiet:.0?}, attacked {attacked:.0?}",
+         hostile streams cut off: {silent} silent, {trickled} trickled, {huge} huge, \
+         {garbage} garbage; hostile identities thrown out (silent, trickle, huge, garbage): \
+         {thrown_out:?}; handshakes refused: {refused}; cut off per attacked round \
+         (streams, peers): {cut_per_round:?}; quiet {quiet:.0?}, attacked {attacked:.0?}",
         quiet_median / 1e6,
         attacked_median / 1e6,
-        tally[0],
-        tally[1],
-        tally[2],
-        tally[3],
-        tally[4],
-        tally[5],
     );
-    // The hostile peer was cut off, each behaviour with its reason, and thrown out; and the
-    // attack was on during every attacked round.
-    assert!(tally[..5].iter().all(|&n| n > 0), "{tally:?}");
-    assert_eq!(node.stats().peers_banned, tally[4]);
+    // Each behaviour was cut off with its reason: its streams closed with TIMEOUT, TIMEOUT,
+    // TOO_LARGE and PROTOCOL, and the identity thrown out for too many violations (when the
+    // silent streams of an identity all time out at once, the connection may close before
+    // their CLOSE frames arrive).
+    for (streams, out) in [silent, trickled, huge, garbage]
+        .into_iter()
+        .zip(thrown_out)
+    {
+        assert!(streams + out > 0, "{tally:?}");
+    }
+    assert!(huge > 0 && garbage > 0, "{tally:?}");
+    // (The last identity may be thrown out after the hostile peer made its tally.)
+    let banned = node.stats().peers_banned;
+    let out: u64 = thrown_out.iter().sum();
+    assert!(
+        banned == out || banned == out + 1,
+        "{banned} banned: {tally:?}"
+    );
     // The attack was on while the honest peer was measured: in most rounds at least one
     // hostile identity's worth of streams was cut off (on a loaded machine the low-priority
     // attacker may get little CPU in a round or two).

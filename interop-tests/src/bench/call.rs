@@ -64,7 +64,7 @@ pub(super) async fn figure_call(settings: Settings) -> Result<Vec<Row>> {
                 2 => {
                     if let Some(server) = &server {
                         let histogram =
-                            measure(nats::request_rounds(server.url(), rounds, warmup)).await?;
+                            measure(nats::request_rounds(server.addr(), rounds, warmup)).await?;
                         let [p50, p99] = quantiles(&histogram);
                         rows[2].push(false, p50);
                         rows[3].push(false, p99);

@@ -375,7 +375,7 @@ async fn figure_throughput(settings: Settings) -> Result<Vec<Row>> {
                     if let Some(server) = &server {
                         nats_row
                             .baseline
-                            .push(measure(nats::throughput(server.url(), n, warmup)).await?);
+                            .push(measure(nats::throughput(server.addr(), n, warmup)).await?);
                     }
                 }
                 _ => {}
