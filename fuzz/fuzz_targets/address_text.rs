@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(address) = text.parse::<Address>() {
         assert_eq!(address.to_string(), text, "text form is not canonical");
-        assert_eq!(Address::from_bytes(&address.to_bytes()), Ok(address.clone()));
+        assert_eq!(
+            Address::from_bytes(&address.to_bytes()),
+            Ok(address.clone())
+        );
         let _ = address.relays();
         // The expensive check never panics either (only reached past the checksum).
         let _ = address.verify_signature();

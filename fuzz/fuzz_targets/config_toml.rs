@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
             // Errors are one line, with a line number inside the file.
             assert!(!failure.message.contains('\n'), "{failure:?}");
             if let Some(line) = failure.line {
-                assert!(line >= 1 && line <= text.lines().count().max(1) + 1, "{failure:?}");
+                assert!(
+                    line >= 1 && line <= text.lines().count().max(1) + 1,
+                    "{failure:?}"
+                );
             }
         }
     }

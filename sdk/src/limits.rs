@@ -12,8 +12,9 @@ use std::time::Instant;
 use crate::mailbox::lock;
 
 /// Source addresses whose handshake buckets a node remembers at most. Beyond, buckets that
-/// are full again (their address has been quiet for a second) are forgotten; if that is not
-/// enough, all are (a fresh bucket is full, so forgetting one only ever lets a burst through).
+/// are full again (their address has been quiet for a while) are forgotten; if that frees less
+/// than a quarter, all are (a fresh bucket is full, so forgetting one only ever lets a burst
+/// through).
 const MAX_TRACKED_SOURCES: usize = 4096;
 
 /// Token buckets of handshakes per source IP address (an IPv6 address counts by its /64
@@ -45,7 +46,9 @@ impl HandshakeLimiter {
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < rate
             });
-            if buckets.len() >= MAX_TRACKED_SOURCES {
+            // Unless a quarter went, forget all: a sweep then costs O(1) per new source even
+            // under a flood of (forged) source addresses.
+            if buckets.len() > MAX_TRACKED_SOURCES * 3 / 4 {
                 buckets.clear();
             }
         }

@@ -122,10 +122,11 @@ async fn pings_fail_with_typed_errors() {
 
     // A node that admits no one, on a connection it dialed itself: the ping stream is reset.
     closed.connect(a.id(), Some(a.local_addr())).await.unwrap();
-    assert!(matches!(
-        a.ping(closed.id(), &[]).await.unwrap_err(),
-        PingError::Unreachable(DialError::Refused(_))
-    ));
+    let reset = a.ping(closed.id(), &[]).await.unwrap_err();
+    assert!(
+        matches!(reset, PingError::Unreachable(DialError::Refused(_))),
+        "{reset:?}"
+    );
 
     a.shutdown(Duration::from_secs(1)).await;
     assert_eq!(
