@@ -110,7 +110,7 @@ pub(crate) async fn serve(
         guard.violation(&node, reason);
         (code, reason.to_owned())
     };
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::new();
     let open = match read_open(&mut recv, &mut buf, open_deadline).await {
         Ok(open) => open,
         // An opener that gives up early resets its stream: no violation.
@@ -285,6 +285,11 @@ pub(crate) async fn serve(
         }
         // Only the start of a frame is left: this is what the stream holds.
         let _ = held.set(buf.len());
+        if buf.is_empty() {
+            // Give back the rest of the last chunk's allocation: an idle conversation holds no
+            // buffer (the next chunk allocates what it needs).
+            buf = BytesMut::new();
+        }
         if seq > acked {
             // Let the woken receiver (and a reply it sends) run first, so this acknowledgement
             // can share a packet with that reply instead of costing one of its own.

@@ -33,6 +33,9 @@ use crate::node::{NodeInner, Stats};
 const MESSAGE_OVERHEAD: usize = 32;
 /// Per-message failures remembered for their [`Delivery`]s (they are rare: oversize only).
 const MAX_REMEMBERED_FAILURES: usize = 1024;
+/// Bytes of a conversation's write buffer kept between batches; a burst that needed more gives
+/// the rest back once written.
+const RETAINED_WRITE_BUF: usize = 16 * 1024;
 /// Upper bound of the pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -364,8 +367,10 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
         epoch: u64::from_be_bytes(epoch),
         base_seq: 0,
         unacked: VecDeque::new(),
-        write_buf: Vec::with_capacity(64 * 1024),
-        read_buf: BytesMut::with_capacity(4096),
+        // Grown on demand: most conversations are idle most of the time, and memory per idle
+        // conversation is what bounds how many a node can hold.
+        write_buf: Vec::new(),
+        read_buf: BytesMut::new(),
     };
     let config = &node.config;
     let mut stream: Option<OpenStream> = None;
@@ -695,9 +700,13 @@ async fn write_queued(
         });
         publish_resolved(outbound, flight);
     }
-    send.write_all(&flight.write_buf)
+    let written = send
+        .write_all(&flight.write_buf)
         .await
-        .map_err(write_failure)
+        .map_err(write_failure);
+    flight.write_buf.clear();
+    flight.write_buf.shrink_to(RETAINED_WRITE_BUF);
+    written
 }
 
 /// Processes acknowledgements and closes from the receiver. Returns whether anything advanced.
