@@ -14,6 +14,11 @@
 //! - `names`: name → mailbox id, for mailboxes that keep their id across restarts
 //! - `temporary`: mailboxes emptied at the next open (the gateway's sessions, which do not
 //!   survive a restart)
+//! - `shared`: id → a message stored once for several mailboxes (a gateway channel message,
+//!   [`RedbStore::append_shared`]), in the row format of `messages`; each member's row in
+//!   `messages` is then a reference: a u16 with bit 14 set, then the u64 id
+//! - `shared_refs`: id → how many `messages` rows still reference it; the shared row goes with
+//!   the last reference (acknowledged, purged, or emptied at open)
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -25,7 +30,9 @@ use bytes::Bytes;
 use ferry::address::{Address, MailboxId};
 use ferry::store::{MailboxStore, RunId, StoreFuture, StoredMessage};
 use ferry::StoreError;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use tokio::sync::oneshot;
 
 const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
@@ -37,6 +44,10 @@ const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
 /// Mailboxes whose messages do not outlive the process (the gateway's sessions): emptied when
 /// the store opens.
 const TEMPORARY: TableDefinition<u64, ()> = TableDefinition::new("temporary");
+/// Messages stored once for several mailboxes: id → row (the format of `messages`).
+const SHARED: TableDefinition<u64, &[u8]> = TableDefinition::new("shared");
+/// References left to each shared message: id → count.
+const SHARED_REFS: TableDefinition<u64, u64> = TableDefinition::new("shared_refs");
 
 /// Limits of a [`RedbStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,12 +102,31 @@ pub struct TaggedMessage {
     pub payload: Bytes,
 }
 
+/// What [`RedbStore::append_shared`] did for one mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored at this index.
+    Stored(u64),
+    /// Not stored: the mailbox holds `max_pending_per_mailbox` messages. `position` is the
+    /// index the message would have had.
+    Full {
+        /// The mailbox's next index when the message was dropped.
+        position: u64,
+    },
+}
+
 enum Op {
     Append {
         mailbox: MailboxId,
         run: Option<(RunId, u64)>,
         messages: Vec<Row>,
         reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    },
+    /// One message for several mailboxes, stored once.
+    AppendShared {
+        mailboxes: Vec<MailboxId>,
+        message: Box<Row>,
+        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
     },
     /// Removes every message of a mailbox (the gateway's expired sessions).
     Purge {
@@ -246,6 +276,47 @@ impl RedbStore {
         })
     }
 
+    /// Stores one message (sender, tag, payload) for every mailbox of `mailboxes` in one
+    /// write: the message is kept once, and each mailbox gets a small row referring to it at
+    /// its next index (a single mailbox gets the message itself). The shared message is
+    /// removed with its last reference (acknowledged with [`MailboxStore::remove`], or
+    /// [`RedbStore::purge`]d). Like [`RedbStore::append_tagged`] it is durable when the
+    /// future resolves; the answer tells, per mailbox in order, its index or that the mailbox
+    /// was full.
+    pub fn append_shared(
+        &self,
+        mailboxes: Vec<MailboxId>,
+        from: Address,
+        tag: Bytes,
+        payload: Bytes,
+    ) -> StoreFuture<Vec<Appended>> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.submit(Op::AppendShared {
+            mailboxes,
+            message: Box::new((from, tag, payload)),
+            reply,
+        });
+        Box::pin(async move {
+            if submitted.is_err() {
+                return Err(StoreError::Failed("store is closed".into()));
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
+        })
+    }
+
+    /// How many messages are stored once for several mailboxes
+    /// ([`RedbStore::append_shared`]) and still referenced by one.
+    pub fn shared_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        match txn.open_table(SHARED) {
+            Ok(shared) => shared.len().map_err(failed),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(failed(error)),
+        }
+    }
+
     /// The unacknowledged messages of `mailbox` with an index of at least `from`, oldest
     /// first: at most `max_count` of them, and no more once `max_bytes` of payload are taken
     /// (but always at least one if there is one).
@@ -262,6 +333,7 @@ impl RedbStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(error) => return Err(failed(error)),
         };
+        let shared = open_shared(&txn)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for row in messages
@@ -272,7 +344,7 @@ impl RedbStore {
                 break;
             }
             let (key, value) = row.map_err(failed)?;
-            let (from, tag, payload) = decode_row(value.value())?;
+            let (from, tag, payload) = resolve_row(value.value(), shared.as_ref())?;
             bytes = bytes.saturating_add(payload.len());
             out.push(TaggedMessage {
                 index: key.value().1,
@@ -375,13 +447,14 @@ impl MailboxStore for RedbStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(error) => return Err(failed(error)),
         };
+        let shared = open_shared(&txn)?;
         let mut out = Vec::new();
         for row in messages
             .range((mailbox.0, 0)..=(mailbox.0, u64::MAX))
             .map_err(failed)?
         {
             let (key, value) = row.map_err(failed)?;
-            let (from, _tag, payload) = decode_row(value.value())?;
+            let (from, _tag, payload) = resolve_row(value.value(), shared.as_ref())?;
             out.push(StoredMessage {
                 index: key.value().1,
                 from,
@@ -429,6 +502,90 @@ fn encode_row(from: &Address, tag: &[u8], payload: &[u8]) -> Vec<u8> {
     row
 }
 
+/// Set in the first u16 of a row that refers to a shared message (then a u64 id follows).
+/// Address lengths never reach it.
+const SHARED_REF: u16 = 0x4000;
+
+fn encode_ref(id: u64) -> [u8; 10] {
+    let mut row = [0u8; 10];
+    row[..2].copy_from_slice(&SHARED_REF.to_be_bytes());
+    row[2..].copy_from_slice(&id.to_be_bytes());
+    row
+}
+
+/// The shared message a row refers to, if it is a reference.
+fn shared_id(row: &[u8]) -> Option<u64> {
+    let (flags, rest) = row.split_first_chunk::<2>()?;
+    if u16::from_be_bytes(*flags) != SHARED_REF {
+        return None;
+    }
+    rest.first_chunk::<8>().copied().map(u64::from_be_bytes)
+}
+
+type SharedTable = redb::ReadOnlyTable<u64, &'static [u8]>;
+
+/// The `shared` table of a read transaction (`None` if it was never created).
+fn open_shared(txn: &redb::ReadTransaction) -> Result<Option<SharedTable>, StoreError> {
+    match txn.open_table(SHARED) {
+        Ok(shared) => Ok(Some(shared)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(failed(error)),
+    }
+}
+
+/// Decodes a row of `messages`, following a reference to its shared message.
+fn resolve_row(
+    row: &[u8],
+    shared: Option<&SharedTable>,
+) -> Result<(Address, Bytes, Bytes), StoreError> {
+    let Some(id) = shared_id(row) else {
+        return decode_row(row);
+    };
+    let missing = || StoreError::Corrupt(format!("stored message: shared message {id} missing"));
+    let value = shared
+        .ok_or_else(missing)?
+        .get(id)
+        .map_err(failed)?
+        .ok_or_else(missing)?;
+    decode_row(value.value())
+}
+
+/// Drops one reference to shared message `id`, and the message with the last one.
+fn release(
+    shared: &mut redb::Table<u64, &[u8]>,
+    refs: &mut redb::Table<u64, u64>,
+    id: u64,
+) -> Result<(), redb::Error> {
+    let left = refs.get(id)?.map_or(0, |v| v.value()).saturating_sub(1);
+    if left == 0 {
+        refs.remove(id)?;
+        shared.remove(id)?;
+    } else {
+        refs.insert(id, left)?;
+    }
+    Ok(())
+}
+
+/// Removes every message of `mailbox` (releasing shared ones).
+fn purge_mailbox(
+    messages: &mut redb::Table<(u64, u64), &[u8]>,
+    shared: &mut redb::Table<u64, &[u8]>,
+    refs: &mut redb::Table<u64, u64>,
+    mailbox: u64,
+) -> Result<(), redb::Error> {
+    let mut references = Vec::new();
+    messages.retain_in((mailbox, 0)..=(mailbox, u64::MAX), |_, row| {
+        if let Some(id) = shared_id(row) {
+            references.push(id);
+        }
+        false
+    })?;
+    for id in references {
+        release(shared, refs, id)?;
+    }
+    Ok(())
+}
+
 fn decode_row(row: &[u8]) -> Result<(Address, Bytes, Bytes), StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("stored message: {what}"));
     let (len, rest) = row
@@ -474,8 +631,10 @@ fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
         if !ids.is_empty() {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut mailboxes = txn.open_table(MAILBOXES)?;
+            let mut shared = txn.open_table(SHARED)?;
+            let mut refs = txn.open_table(SHARED_REFS)?;
             for id in ids {
-                messages.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                purge_mailbox(&mut messages, &mut shared, &mut refs, id)?;
                 mailboxes.remove(id)?;
                 temporary.remove(id)?;
             }
@@ -489,6 +648,14 @@ fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
 const MAX_BATCH: usize = 4096;
 
 fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
+    // Shared message ids only grow: the next one is past the highest stored.
+    let mut next_shared = match last_shared(db) {
+        Ok(last) => last.map_or(0, |id| id + 1),
+        Err(error) => {
+            tracing::error!(%error, "reading the store's shared messages");
+            0
+        }
+    };
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -498,14 +665,17 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
             }
         }
         let mut replies = Vec::new();
-        let result = apply(db, batch, config, &mut replies);
-        for (reply, outcome) in replies {
-            let outcome = match (&result, outcome) {
-                (Ok(()), outcome) => outcome,
-                (Err(error), _) => Err(error.clone()),
-            };
+        let result = apply(db, batch, config, &mut next_shared, &mut replies);
+        for reply in replies {
             // The caller may have given up waiting; nothing to tell then.
-            let _ = reply.send(outcome);
+            match reply {
+                Reply::Indexes(reply, outcome) => {
+                    let _ = reply.send(result.clone().and(outcome));
+                }
+                Reply::Shared(reply, outcome) => {
+                    let _ = reply.send(result.clone().and(outcome));
+                }
+            }
         }
         if let Err(error) = result {
             tracing::error!(%error, "store commit failed");
@@ -513,15 +683,33 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
     }
 }
 
-type Reply = (
-    oneshot::Sender<Result<Vec<u64>, StoreError>>,
-    Result<Vec<u64>, StoreError>,
-);
+/// The highest id in `shared`, if any.
+fn last_shared(db: &Database) -> Result<Option<u64>, redb::Error> {
+    let txn = db.begin_read()?;
+    match txn.open_table(SHARED) {
+        Ok(shared) => Ok(shared.last()?.map(|(key, _)| key.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// An answer to send once the batch is committed.
+enum Reply {
+    Indexes(
+        oneshot::Sender<Result<Vec<u64>, StoreError>>,
+        Result<Vec<u64>, StoreError>,
+    ),
+    Shared(
+        oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+        Result<Vec<Appended>, StoreError>,
+    ),
+}
 
 fn apply(
     db: &Database,
     batch: Vec<Op>,
     config: &StoreConfig,
+    next_shared: &mut u64,
     replies: &mut Vec<Reply>,
 ) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(failed)?;
@@ -532,6 +720,8 @@ fn apply(
         let mut runs = txn.open_table(RUNS).map_err(failed)?;
         let mut mailboxes = txn.open_table(MAILBOXES).map_err(failed)?;
         let mut temporary = txn.open_table(TEMPORARY).map_err(failed)?;
+        let mut shared = txn.open_table(SHARED).map_err(failed)?;
+        let mut refs = txn.open_table(SHARED_REFS).map_err(failed)?;
         let now = unix_now();
         for op in batch {
             match op {
@@ -568,14 +758,63 @@ fn apply(
                                 .map_err(failed)?;
                         }
                     }
-                    replies.push((reply, Ok(indexes)));
+                    replies.push(Reply::Indexes(reply, Ok(indexes)));
+                }
+                Op::AppendShared {
+                    mailboxes: members,
+                    message,
+                    reply,
+                } => {
+                    let (from, tag, payload) = *message;
+                    let row = encode_row(&from, &tag, &payload);
+                    let id = *next_shared;
+                    // One member: the message itself, no reference.
+                    let is_shared = members.len() > 1;
+                    let reference = encode_ref(id);
+                    let member_row: &[u8] = if is_shared { &reference } else { &row };
+                    // In key order: neighbouring rows share pages.
+                    let mut order: Vec<usize> = (0..members.len()).collect();
+                    order.sort_unstable_by_key(|&i| members.get(i).map(|m| m.0));
+                    let mut outcome = vec![Appended::Full { position: 0 }; members.len()];
+                    let mut stored = 0u64;
+                    for i in order {
+                        let (Some(mailbox), Some(slot)) = (members.get(i), outcome.get_mut(i))
+                        else {
+                            continue;
+                        };
+                        let (next, pending) = mailboxes
+                            .get(mailbox.0)
+                            .map_err(failed)?
+                            .map_or((0, 0), |v| v.value());
+                        if pending >= config.max_pending_per_mailbox {
+                            *slot = Appended::Full { position: next };
+                            continue;
+                        }
+                        messages
+                            .insert((mailbox.0, next), member_row)
+                            .map_err(failed)?;
+                        mailboxes
+                            .insert(mailbox.0, (next + 1, pending + 1))
+                            .map_err(failed)?;
+                        *slot = Appended::Stored(next);
+                        stored += 1;
+                    }
+                    if is_shared && stored > 0 {
+                        shared.insert(id, row.as_slice()).map_err(failed)?;
+                        refs.insert(id, stored).map_err(failed)?;
+                        *next_shared += 1;
+                    }
+                    replies.push(Reply::Shared(reply, Ok(outcome)));
                 }
                 Op::Remove { mailbox, index } => {
-                    if messages
+                    let removed = messages
                         .remove((mailbox.0, index))
                         .map_err(failed)?
-                        .is_some()
-                    {
+                        .map(|row| shared_id(row.value()));
+                    if let Some(reference) = removed {
+                        if let Some(id) = reference {
+                            release(&mut shared, &mut refs, id).map_err(failed)?;
+                        }
                         let (next, pending) = mailboxes
                             .get(mailbox.0)
                             .map_err(failed)?
@@ -586,14 +825,8 @@ fn apply(
                     }
                 }
                 Op::Purge { mailbox } => {
-                    let indexes: Vec<u64> = messages
-                        .range((mailbox.0, 0)..=(mailbox.0, u64::MAX))
-                        .map_err(failed)?
-                        .filter_map(|row| row.ok().map(|(key, _)| key.value().1))
-                        .collect();
-                    for index in indexes {
-                        messages.remove((mailbox.0, index)).map_err(failed)?;
-                    }
+                    purge_mailbox(&mut messages, &mut shared, &mut refs, mailbox.0)
+                        .map_err(failed)?;
                     mailboxes.remove(mailbox.0).map_err(failed)?;
                     temporary.remove(mailbox.0).map_err(failed)?;
                 }

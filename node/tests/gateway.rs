@@ -30,6 +30,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Env {
     node: Node,
+    store: Arc<RedbStore>,
     handle: GatewayHandle,
     addr: SocketAddr,
     shutdown: CancellationToken,
@@ -45,13 +46,14 @@ async fn start_with(config: GatewayConfig, hooks: Arc<dyn Hooks>, store: StoreCo
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let gateway = gateway::Gateway::new(node.clone(), store, config, hooks).unwrap();
+    let gateway = gateway::Gateway::new(node.clone(), store.clone(), config, hooks).unwrap();
     let handle = gateway.handle();
     let shutdown = CancellationToken::new();
     let serving = gateway.serve(listener, shutdown.clone());
     let task = tokio::spawn(async move { serving.await.unwrap() });
     Env {
         node,
+        store,
         handle,
         addr,
         shutdown,
@@ -1002,4 +1004,244 @@ async fn session_messages_do_not_outlive_the_process() {
     let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
     assert_eq!(store.pending_count(session).unwrap(), 0);
     assert_eq!(store.pending_count(kept).unwrap(), 1);
+}
+
+/// Waits until the store's writer applied every request submitted so far (it applies them in
+/// order, and answers an append only after its batch is committed).
+async fn flushed(store: &RedbStore) {
+    let from = ferry::Address::mint(&SecretKey::generate(), ferry::MailboxId(1), None, vec![]);
+    let scratch = ferry::MailboxId(u64::MAX);
+    store
+        .append_tagged(scratch, vec![(from, Bytes::new(), Bytes::new())])
+        .await
+        .unwrap();
+    store.purge(scratch);
+}
+
+#[tokio::test]
+async fn a_message_for_many_mailboxes_is_stored_once_and_survives_a_restart() {
+    use ferry::MailboxStore as _;
+    use ferry_node::store::Appended;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let from = ferry::Address::mint(&SecretKey::generate(), ferry::MailboxId(1), None, vec![]);
+    let [a, b, c, temporary] = [11, 12, 13, 14].map(ferry::MailboxId);
+    let tag = Bytes::from_static(br#"{"channel":"room"}"#);
+    {
+        let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+        store.mark_temporary(temporary);
+        store
+            .append_tagged(
+                b,
+                vec![(from.clone(), Bytes::new(), Bytes::from_static(b"b0"))],
+            )
+            .await
+            .unwrap();
+        let appended = store
+            .append_shared(
+                vec![a, b, c, temporary],
+                from.clone(),
+                tag.clone(),
+                Bytes::from_static(b"shared"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            appended,
+            [
+                Appended::Stored(0),
+                Appended::Stored(1),
+                Appended::Stored(0),
+                Appended::Stored(0)
+            ]
+        );
+        assert_eq!(store.shared_count().unwrap(), 1);
+        // For one mailbox the message is stored in place.
+        let appended = store
+            .append_shared(
+                vec![a],
+                from.clone(),
+                tag.clone(),
+                Bytes::from_static(b"a1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(appended, [Appended::Stored(1)]);
+        assert_eq!(store.shared_count().unwrap(), 1);
+        store.close();
+    }
+    // After a restart: every (non-temporary) member still has it, in its place.
+    let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(store.shared_count().unwrap(), 1);
+    assert_eq!(store.pending_count(temporary).unwrap(), 0);
+    let read = store.read_from(a, 0, 10, 1 << 20).unwrap();
+    let got: Vec<(u64, &[u8], &[u8])> = read
+        .iter()
+        .map(|m| (m.index, &m.tag[..], &m.payload[..]))
+        .collect();
+    assert_eq!(
+        got,
+        [(0, &tag[..], &b"shared"[..]), (1, &tag[..], &b"a1"[..])]
+    );
+    assert_eq!(read[0].from, from);
+    let pending: Vec<(u64, Bytes)> = store
+        .pending(b)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.index, m.payload))
+        .collect();
+    assert_eq!(
+        pending,
+        [
+            (0, Bytes::from_static(b"b0")),
+            (1, Bytes::from_static(b"shared"))
+        ]
+    );
+    assert_eq!(store.read_from(c, 1, 10, 1 << 20).unwrap().len(), 0);
+    // The shared message goes with its last reference: acknowledged or purged.
+    store.remove(a, 0);
+    store.remove(b, 1);
+    flushed(&store).await;
+    assert_eq!(store.shared_count().unwrap(), 1);
+    assert_eq!(
+        store.read_from(c, 0, 10, 1 << 20).unwrap()[0].payload,
+        "shared"
+    );
+    store.purge(c);
+    flushed(&store).await;
+    assert_eq!(store.shared_count().unwrap(), 0);
+    assert_eq!(store.pending_count(a).unwrap(), 1);
+    assert_eq!(store.pending_count(b).unwrap(), 1);
+
+    // A full mailbox is skipped, and told where the message would have gone.
+    store.close();
+    drop(store);
+    let store = RedbStore::open(
+        &path,
+        StoreConfig {
+            max_pending_per_mailbox: 1,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let appended = store
+        .append_shared(vec![a, c], from.clone(), tag, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        appended,
+        [Appended::Full { position: 2 }, Appended::Stored(0)]
+    );
+    assert_eq!(store.shared_count().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn channel_messages_reach_offline_members_in_order_and_go_with_the_last_ack() {
+    let mut config = GatewayConfig {
+        session_ttl: Duration::from_millis(500),
+        ..GatewayConfig::default()
+    };
+    config.permissions.join = vec!["room".into()];
+    let env = start(config).await;
+    let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let mut members = Vec::new();
+    for reference in 0..3 {
+        let (mut ws, welcome) = connect(env.addr, "").await;
+        let (answer, _) = ask(
+            &mut ws,
+            json!({"type": "join", "ref": reference, "channel": "room"}),
+        )
+        .await;
+        assert_eq!(answer.kind(), "ok");
+        members.push((ws, welcome));
+    }
+    // Member 2 goes away; a peer message and two channel messages arrive meanwhile.
+    let (away, away_welcome) = members.pop().unwrap();
+    drop(away);
+    let away_session = away_welcome["session"].as_str().unwrap().to_owned();
+    while env.handle.is_connected(&away_session) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    env.handle
+        .publish("room", gateway::json_payload("first"))
+        .await
+        .unwrap();
+    let away_address: ferry::Address = away_welcome["address"].as_str().unwrap().parse().unwrap();
+    peer.send_bytes(&away_address, Bytes::from_static(b"\"direct\""))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.handle
+            .publish("room", gateway::json_payload("second"))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(env.store.shared_count().unwrap(), 2);
+    // The connected members got both at once.
+    for (ws, _) in &mut members {
+        for (id, text) in [(0, "first"), (1, "second")] {
+            let message = next(ws).await;
+            assert_eq!(message.header["id"], id);
+            assert_eq!(message.header["channel"], "room");
+            assert_eq!(data_json(&message), json!(text));
+        }
+    }
+    // The absent one resumes and gets all three, in order.
+    let resume = away_welcome["resume"].as_str().unwrap();
+    let (mut back, welcome) = connect(env.addr, &format!("resume={resume}")).await;
+    assert_eq!(welcome["resumed"], true);
+    assert_eq!(welcome["recovered"], true);
+    assert_eq!(welcome["pending"], 3);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let message = next(&mut back).await;
+        got.push((
+            message.header["id"].as_u64().unwrap(),
+            message.header["channel"].as_str().map(str::to_owned),
+            data_json(&message),
+        ));
+    }
+    let room = Some("room".to_owned());
+    assert_eq!(
+        got,
+        [
+            (0, room.clone(), json!("first")),
+            (1, None, json!("direct")),
+            (2, room, json!("second")),
+        ]
+    );
+    // Caught up: the next one comes straight away.
+    env.handle
+        .publish("room", gateway::json_payload("third"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut back).await.header["id"], 3);
+    // The stored copies go once every member acknowledged them ...
+    for (ws, _) in &mut members {
+        assert_eq!(data_json(&next(ws).await), json!("third"));
+        put(ws, json!({"type": "ack", "id": 2})).await;
+    }
+    put(&mut back, json!({"type": "ack", "id": 0})).await;
+    let (answer, _) = ask(&mut back, json!({"type": "ping", "ref": 9})).await;
+    assert_eq!(answer.kind(), "ok");
+    flushed(&env.store).await;
+    assert_eq!(
+        env.store.shared_count().unwrap(),
+        2,
+        "`second` and `third` are still unacknowledged"
+    );
+    // ... or once the last holder's session ended (TTL).
+    drop(back);
+    drop(members);
+    tokio::time::timeout(WAIT, async {
+        while env.store.shared_count().unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the shared messages go with their sessions");
+    assert_eq!(env.handle.sessions().len(), 0);
 }

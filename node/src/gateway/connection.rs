@@ -1,5 +1,6 @@
 //! One WebSocket connection of a session: the welcome, the reader (requests, acks, limits),
 //! the writer (the byte-bounded queue, pings) and the pump (stored messages, in order).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,9 +72,16 @@ pub(crate) async fn run(
         connection: start.connection,
         kick: CancellationToken::new(),
         reason: Arc::default(),
+        queue: queue.clone(),
     };
-    // Attach, taking the session over from an older connection.
-    let previous = lock(&session.state).attached.replace(attached.clone());
+    // Attach, taking the session over from an older connection. Nothing is handed to the
+    // new connection before its welcome: its pump starts after it, and clears `pumping`
+    // once it has caught up.
+    let previous = {
+        let mut state = lock(&session.state);
+        state.pumping = true;
+        state.attached.replace(attached.clone())
+    };
     if let Some(previous) = previous {
         *lock(&previous.reason) = Some((
             code::TAKEN_OVER,
@@ -245,7 +253,7 @@ async fn pump(
     loop {
         loop {
             let next = {
-                let state = lock(&session.state);
+                let mut state = lock(&session.state);
                 let current = state
                     .attached
                     .as_ref()
@@ -256,6 +264,7 @@ async fn pump(
                     session.notify.notify_one();
                     return;
                 }
+                state.pumping = true;
                 state.next
             };
             let rows = match shared
@@ -269,6 +278,17 @@ async fn pump(
                 }
             };
             if rows.is_empty() {
+                // Caught up: from now on new messages are handed over as they are stored
+                // (a message stored since the read above found `pumping` set and woke this
+                // pump, which reads again).
+                let mut state = lock(&session.state);
+                if state
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.connection == connection)
+                {
+                    state.pumping = false;
+                }
                 break;
             }
             for row in rows {

@@ -199,14 +199,16 @@ impl Shared {
         self.hooks.ended(&session.info, &reason);
     }
 
-    /// Puts `payload` into the mailboxes of `sessions` at once; how many took it.
-    async fn deliver_all(
+    /// Puts `payload` into the mailboxes of `sessions` at once: stored once (one write, one
+    /// row shared by every member's mailbox), then handed to the connections that are caught
+    /// up, or read back by the others. Each session's outcome, in order.
+    async fn deliver_each(
         &self,
         sessions: Vec<Arc<Session>>,
         from: &ferry::Address,
         via: &Via,
         payload: Bytes,
-    ) -> Result<usize, DeliverError> {
+    ) -> Result<Vec<Result<u64, DeliverError>>, DeliverError> {
         let max = self.node.config().max_message_size;
         if payload.len() > max {
             return Err(DeliverError::TooLarge {
@@ -214,16 +216,42 @@ impl Shared {
                 max,
             });
         }
+        let sessions: Vec<Arc<Session>> = sessions
+            .into_iter()
+            .filter(|session| !lock(&session.state).ended)
+            .collect();
         if sessions.is_empty() {
             return Err(DeliverError::NoSuchSession);
         }
-        let store = &self.store;
-        let results = futures::future::join_all(
-            sessions
-                .iter()
-                .map(|session| session.deliver(store, from, via, payload.clone())),
-        )
-        .await;
+        let template = protocol::MessageTemplate::new(&from.to_string(), via, payload.clone());
+        let appended = self
+            .store
+            .append_shared(
+                sessions.iter().map(|session| session.mailbox_id).collect(),
+                from.clone(),
+                via.to_tag(),
+                payload,
+            )
+            .await
+            .map_err(DeliverError::Store)?;
+        Ok(sessions
+            .iter()
+            .zip(appended)
+            .map(|(session, appended)| {
+                session.stored(&self.store, appended, &template, &self.counters.delivered)
+            })
+            .collect())
+    }
+
+    /// Like [`Shared::deliver_each`]: how many took it.
+    async fn deliver_all(
+        &self,
+        sessions: Vec<Arc<Session>>,
+        from: &ferry::Address,
+        via: &Via,
+        payload: Bytes,
+    ) -> Result<usize, DeliverError> {
+        let results = self.deliver_each(sessions, from, via, payload).await?;
         let delivered = results.iter().filter(|result| result.is_ok()).count();
         match results.into_iter().find_map(Result::err) {
             Some(error) if delivered == 0 => Err(error),
@@ -549,14 +577,13 @@ impl GatewayHandle {
             push: true,
             ..Via::default()
         };
-        session
-            .deliver(
-                &self.shared.store,
-                self.shared.node.inbox().address(),
-                &via,
-                payload,
-            )
-            .await
+        let from = self.shared.node.inbox().address();
+        self.shared
+            .deliver_each(vec![session], from, &via, payload)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(Err(DeliverError::NoSuchSession))
     }
 
     /// Pushes `value` as JSON (see [`GatewayHandle::push`]).

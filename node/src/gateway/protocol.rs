@@ -5,6 +5,7 @@
 //! frame is `header_len` (u32, big-endian) | the JSON object (`header_len` bytes) | payload
 //! bytes, the payload taking the place of the object's `data` field. A payload that is a JSON
 //! text travels in a text frame (as the value `data`), any other payload in a binary frame.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
 
@@ -545,6 +546,79 @@ fn object(pairs: Vec<(&str, serde_json::Value)>) -> serde_json::Map<String, serd
         .collect()
 }
 
+/// A `message` frame prepared once for many recipients, which differ only in the message id:
+/// the JSON (keys in the order [`ServerFrame::encode`] writes them: `channel`, `from`, `id`,
+/// `push`, `type`, `user`, then `data`) is split around the id.
+#[derive(Debug, Clone)]
+pub struct MessageTemplate {
+    /// `{` and the members before `"id":`, ending with `"id":`.
+    head: String,
+    /// The members after the id (`,"push":…,"type":"message",…`), without the closing `}`.
+    tail: String,
+    /// The payload, and whether it is a JSON text (then spliced into a text frame).
+    data: Bytes,
+    json: bool,
+}
+
+impl MessageTemplate {
+    /// The frame of a message from `from`, come `via`, carrying `data`.
+    pub fn new(from: &str, via: &Via, data: Bytes) -> Self {
+        let string = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+        let mut head = String::from("{");
+        if let Some(channel) = &via.channel {
+            head.push_str("\"channel\":");
+            head.push_str(&string(channel));
+            head.push(',');
+        }
+        head.push_str("\"from\":");
+        head.push_str(&string(from));
+        head.push_str(",\"id\":");
+        let mut tail = String::new();
+        if via.push {
+            tail.push_str(",\"push\":true");
+        }
+        tail.push_str(",\"type\":\"message\"");
+        if let Some(user) = &via.user {
+            tail.push_str(",\"user\":");
+            tail.push_str(&string(user));
+        }
+        let json = is_json(&data);
+        Self {
+            head,
+            tail,
+            data,
+            json,
+        }
+    }
+
+    /// The frame for message `id`.
+    pub fn encode(&self, id: u64) -> Encoded {
+        use std::fmt::Write as _;
+        let text = self
+            .json
+            .then(|| std::str::from_utf8(&self.data).ok())
+            .flatten();
+        let mut header = String::with_capacity(
+            self.head.len() + 20 + self.tail.len() + 9 + text.map_or(0, str::len),
+        );
+        header.push_str(&self.head);
+        let _ = write!(header, "{id}");
+        header.push_str(&self.tail);
+        if let Some(text) = text {
+            header.push_str(",\"data\":");
+            header.push_str(text.trim());
+            header.push('}');
+            return Encoded::Text(header);
+        }
+        header.push('}');
+        let mut out = Vec::with_capacity(4 + header.len() + self.data.len());
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&self.data);
+        Encoded::Binary(out)
+    }
+}
+
 impl ServerFrame {
     /// Encodes the frame.
     pub fn encode(&self) -> Encoded {
@@ -562,17 +636,7 @@ impl ServerFrame {
                 from,
                 via,
                 data,
-            } => frame(
-                object(vec![
-                    ("type", json!("message")),
-                    ("id", json!(id)),
-                    ("from", json!(from)),
-                    ("channel", json!(via.channel)),
-                    ("user", json!(via.user)),
-                    ("push", if via.push { json!(true) } else { json!(null) }),
-                ]),
-                Some(data),
-            ),
+            } => MessageTemplate::new(from, via, data.clone()).encode(*id),
             Self::Ok { reference, data } => frame(
                 object(vec![("type", json!("ok")), ("ref", json!(reference))]),
                 data.as_ref(),
@@ -690,7 +754,10 @@ pub struct Received {
 impl Received {
     /// The frame's `type`.
     pub fn kind(&self) -> &str {
-        self.header["type"].as_str().unwrap_or("")
+        self.header
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
     }
 }
 
@@ -845,6 +912,41 @@ mod tests {
         );
         assert!(parse_call_target_text("nonsense").is_err());
         assert!(parse_call_target_text(&format!("{node}/")).is_err());
+    }
+
+    #[test]
+    fn message_templates_match_the_generic_encoding() {
+        use serde_json::json;
+        let vias = [
+            Via::default(),
+            Via {
+                channel: Some("room.1".into()),
+                ..Via::default()
+            },
+            Via {
+                user: Some("bo\"b".into()),
+                push: true,
+                ..Via::default()
+            },
+        ];
+        for via in &vias {
+            for data in [&b" {\"a\":[1,2]} "[..], b"\xff\x00", b"7", b""] {
+                let data = Bytes::copy_from_slice(data);
+                let generic = frame(
+                    object(vec![
+                        ("type", json!("message")),
+                        ("id", json!(12345)),
+                        ("from", json!("ferry1x")),
+                        ("channel", json!(via.channel)),
+                        ("user", json!(via.user)),
+                        ("push", if via.push { json!(true) } else { json!(null) }),
+                    ]),
+                    Some(&data),
+                );
+                let template = MessageTemplate::new("ferry1x", via, data);
+                assert_eq!(template.encode(12345), generic);
+            }
+        }
     }
 
     #[test]

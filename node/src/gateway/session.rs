@@ -7,19 +7,20 @@
 //! is only a wake-up), messages from the gateway itself (channels, users, pushes) are
 //! appended directly. A connection delivers from the store in index order, so what it sends
 //! is exactly the store's order whatever path a message took.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use ferry::{Address, Mailbox, MailboxId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::Disconnect;
-use super::protocol::Via;
-use crate::store::RedbStore;
+use super::limits::OutQueue;
+use super::protocol::MessageTemplate;
+use crate::store::{Appended, RedbStore};
 
 /// What the embedder and the hooks see of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,9 @@ pub(crate) struct Attached {
     pub(crate) kick: CancellationToken,
     /// Why it is being closed, when kicked.
     pub(crate) reason: Arc<Mutex<Option<(u16, String, Disconnect)>>>,
+    /// Its outgoing frames: a message stored while the connection is caught up goes here
+    /// straight away, without being read back from the store.
+    pub(crate) queue: OutQueue,
 }
 
 /// A session's changing state.
@@ -48,6 +52,10 @@ pub(crate) struct Attached {
 pub(crate) struct State {
     /// The index of the next message to hand to the connection.
     pub(crate) next: u64,
+    /// Whether the connection's pump is reading stored messages (from `next` on): only the
+    /// pump hands messages over then. Otherwise (the connection is caught up) a newly stored
+    /// message whose index is `next` is handed to the connection's queue at once.
+    pub(crate) pumping: bool,
     /// Every index below this was acknowledged (and removed from the store).
     pub(crate) acked: u64,
     /// The highest store position at which a message for the session was dropped (its
@@ -137,6 +145,7 @@ impl Session {
             notify: Notify::new(),
             state: Mutex::new(State {
                 next: 0,
+                pumping: false,
                 acked: 0,
                 lost_at: None,
                 attached: None,
@@ -162,39 +171,43 @@ impl Session {
         Ok(session)
     }
 
-    /// Appends a message from the gateway (channel, user, push) to the store and wakes the
-    /// connection.
-    pub(crate) async fn deliver(
+    /// Takes note of a message from the gateway (channel, user, push) that the store
+    /// answered `appended` for: hands it to the connection if that is attached and caught up
+    /// (`template` makes its frame), else wakes the connection's pump, which reads it back.
+    /// Returns whether the session took it.
+    pub(crate) fn stored(
         &self,
         store: &RedbStore,
-        from: &Address,
-        via: &Via,
-        payload: Bytes,
+        appended: Appended,
+        template: &MessageTemplate,
+        delivered: &std::sync::atomic::AtomicU64,
     ) -> Result<u64, DeliverError> {
-        if lock(&self.state).ended {
+        let mut state = lock(&self.state);
+        let index = match appended {
+            Appended::Stored(index) => index,
+            Appended::Full { position } => {
+                state.lost_at = Some(state.lost_at.map_or(position, |p| p.max(position)));
+                return Err(DeliverError::Full);
+            }
+        };
+        if state.ended {
+            // Ended while the message was being stored: drop it with the rest.
+            drop(state);
+            store.purge(self.mailbox_id);
             return Err(DeliverError::NoSuchSession);
         }
-        let indexes = store
-            .append_tagged(self.mailbox_id, vec![(from.clone(), via.to_tag(), payload)])
-            .await
-            .map_err(DeliverError::Store)?;
-        match indexes.first() {
-            Some(&index) => {
-                if lock(&self.state).ended {
-                    // Ended while the message was being stored: drop it with the rest.
-                    store.purge(self.mailbox_id);
-                    return Err(DeliverError::NoSuchSession);
+        if !state.pumping && state.next == index {
+            if let Some(attached) = &state.attached {
+                if attached.queue.try_push(template.encode(index)).is_ok() {
+                    state.next = index + 1;
+                    delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(index);
                 }
-                self.notify.notify_one();
-                Ok(index)
-            }
-            None => {
-                let position = store.next_index(self.mailbox_id).unwrap_or(u64::MAX);
-                let mut state = lock(&self.state);
-                state.lost_at = Some(state.lost_at.map_or(position, |p| p.max(position)));
-                Err(DeliverError::Full)
             }
         }
+        drop(state);
+        self.notify.notify_one();
+        Ok(index)
     }
 
     /// A sender from the session's mailbox to `to`; `None` once the session ended.
@@ -276,7 +289,10 @@ impl ResumeKeys {
         context.update(&mailbox.0.to_be_bytes());
         context.update(session);
         let mut tag = [0u8; 16];
-        tag.copy_from_slice(&context.sign().as_ref()[..16]);
+        // The first 16 bytes of the 32-byte HMAC-SHA256.
+        for (out, byte) in tag.iter_mut().zip(context.sign().as_ref()) {
+            *out = *byte;
+        }
         tag
     }
 
