@@ -1,5 +1,6 @@
 //! Durations as people write them: `500ms`, `10s`, `5m`, `1h`, the same syntax in flags and
 //! in the config file.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
 //! A peer as `NODEID@HOST:PORT`: a node's identity and where to dial it.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
 use std::str::FromStr;

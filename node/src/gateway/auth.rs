@@ -1,6 +1,7 @@
 //! Authentication of browsers (Riverside's `authenticate`): credentials from a bearer token,
 //! basic auth or `?token=`, verified by static tokens, JWTs (HS256, EdDSA) or the
 //! embedder's hook. Failure is HTTP 401 with `WWW-Authenticate`.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 
