@@ -1,6 +1,12 @@
-//! Tests only: a QUIC endpoint with a ferry identity that speaks the wire protocol by hand, to
-//! play peers that misbehave (never answer, stop streams, ignore limits) against a real node.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! Test support (feature `test-util`, off by default; always in this crate's own tests): a QUIC
+//! endpoint with a ferry identity that speaks the wire protocol by hand, to play peers that
+//! misbehave (never answer, stop streams, ignore limits, flood garbage) against a real node.
+//!
+//! Not for applications: nothing here checks what it sends, and every function panics where a
+//! test would fail. The wire helpers it needs besides this are public in [`crate::frame`] and
+//! [`crate::Address::mint`]. The hostile peer of the throughput test
+//! (interop-tests/src/bin/hostile_peer.rs, docs/SECURITY.md §5) is built on it.
+#![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,17 +16,27 @@ use bytes::BytesMut;
 use crate::frame::{self, Frame};
 use crate::identity::{NodeId, SecretKey};
 
-/// A hand-driven peer.
-pub(crate) struct FakePeer {
-    pub(crate) key: SecretKey,
-    pub(crate) id: NodeId,
-    pub(crate) endpoint: quinn::Endpoint,
-    pub(crate) addr: SocketAddr,
+/// A hand-driven peer: a QUIC endpoint on loopback whose TLS certificate proves `key`, as a
+/// node's does, and nothing else; the test drives its connections and streams itself.
+pub struct FakePeer {
+    /// Its identity.
+    pub key: SecretKey,
+    /// Its node id (`key.public()`).
+    pub id: NodeId,
+    /// The endpoint: accepts connections from nodes and dials them (ALPN `ferry/1`).
+    pub endpoint: quinn::Endpoint,
+    /// The endpoint's local address.
+    pub addr: SocketAddr,
 }
 
 impl FakePeer {
-    /// A peer on loopback granting `streams` concurrent bidirectional streams to its peers.
-    pub(crate) fn bind(streams: u32) -> Self {
+    /// A peer with a new identity on loopback granting `streams` concurrent bidirectional
+    /// streams to its peers.
+    ///
+    /// # Panics
+    ///
+    /// If the TLS configuration or the socket cannot be made.
+    pub fn bind(streams: u32) -> Self {
         let key = SecretKey::generate();
         let tls = crate::tls::configs(&key, 7, crate::tls::ALPN).unwrap();
         let mut transport = quinn::TransportConfig::default();
@@ -43,15 +59,21 @@ impl FakePeer {
     }
 
     /// The next connection a node makes to this peer.
-    pub(crate) fn accept(
-        &self,
-    ) -> impl std::future::Future<Output = quinn::Connection> + Send + 'static {
+    ///
+    /// # Panics
+    ///
+    /// The future panics if the endpoint is closed or the handshake fails.
+    pub fn accept(&self) -> impl std::future::Future<Output = quinn::Connection> + Send + 'static {
         let endpoint = self.endpoint.clone();
         async move { endpoint.accept().await.unwrap().await.unwrap() }
     }
 
     /// Connects to `node` at `addr`.
-    pub(crate) async fn connect(&self, node: NodeId, addr: SocketAddr) -> quinn::Connection {
+    ///
+    /// # Panics
+    ///
+    /// If the connection cannot be made (for instance refused by the node).
+    pub async fn connect(&self, node: NodeId, addr: SocketAddr) -> quinn::Connection {
         self.endpoint
             .connect(addr, &node.to_string())
             .unwrap()
@@ -61,11 +83,12 @@ impl FakePeer {
 }
 
 /// Reads from `recv` until one whole frame is in `buf`; returns its encoding and removes it
-/// from `buf`. `None` if the stream ends (FIN) first; panics on a reset.
-pub(crate) async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    buf: &mut BytesMut,
-) -> Option<Vec<u8>> {
+/// from `buf`. `None` if the stream ends (FIN) first.
+///
+/// # Panics
+///
+/// If the stream is reset or the bytes are not a frame.
+pub async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<Vec<u8>> {
     loop {
         if let Some((_, used)) = frame::decode_frame(buf, 1 << 30).unwrap() {
             return Some(buf.split_to(used).to_vec());
@@ -78,10 +101,11 @@ pub(crate) async fn read_frame(
 }
 
 /// Reads the stream kind byte and the opening frame of a stream a node opened.
-pub(crate) async fn read_opening(
-    recv: &mut quinn::RecvStream,
-    buf: &mut BytesMut,
-) -> (u8, Vec<u8>) {
+///
+/// # Panics
+///
+/// If the stream ends, is reset, or does not begin with a kind byte and a frame.
+pub async fn read_opening(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> (u8, Vec<u8>) {
     let mut kind = [0u8; 1];
     recv.read_exact(&mut kind).await.unwrap();
     let opening = read_frame(recv, buf).await.unwrap();
@@ -89,7 +113,7 @@ pub(crate) async fn read_opening(
 }
 
 /// The encoding of one frame.
-pub(crate) fn encode(frame: &Frame<'_>) -> Vec<u8> {
+pub fn encode(frame: &Frame<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     frame::put_frame(&mut out, frame);
     out

@@ -74,8 +74,8 @@ mod config;
 mod connection;
 mod conversation;
 mod error;
-#[cfg(test)]
-mod fake_peer;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake_peer;
 pub mod frame;
 #[cfg(test)]
 mod hostile_tests;
