@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::AuthRequest;
 use super::hooks::{Disconnect, Verdict};
-use super::limits::{Bucket, OutQueue, Outgoing, QueueError};
+use super::limits::{Bucket, OutQueue, OutReceiver, Outgoing, QueueError};
 use super::protocol::{
     self, CallTarget, ClientFrame, DecodeError, Encoded, ErrorCode, ErrorFrame, ServerFrame,
     Target, Via, Welcome, WelcomeLimits,
@@ -68,11 +68,22 @@ pub(crate) async fn run(
 ) {
     let limits = shared.config.limits.clone();
     let (queue, outgoing) = OutQueue::new(limits.max_queue_bytes);
+    let start_pump: Arc<dyn Fn() + Send + Sync> = {
+        let (weak_shared, weak_session) = (Arc::downgrade(&shared), Arc::downgrade(&session));
+        let (queue, connection) = (queue.clone(), start.connection);
+        Arc::new(move || {
+            if let (Some(shared), Some(session)) = (weak_shared.upgrade(), weak_session.upgrade()) {
+                let tasks = shared.tasks.clone();
+                tasks.spawn(pump(shared, session, queue.clone(), connection));
+            }
+        })
+    };
     let attached = Attached {
         connection: start.connection,
         kick: CancellationToken::new(),
         reason: Arc::default(),
         queue: queue.clone(),
+        start_pump: start_pump.clone(),
     };
     // Attach, taking the session over from an older connection. Nothing is handed to the
     // new connection before its welcome: its pump starts after it, and clears `pumping`
@@ -137,13 +148,8 @@ pub(crate) async fn run(
         done.clone(),
         stuck.clone(),
     ));
-    let pump = tokio::spawn(pump(
-        shared.clone(),
-        session.clone(),
-        queue.clone(),
-        start.connection,
-        done.clone(),
-    ));
+    // Stored messages (a resume's backlog, or none): `pumping` is set since the attach.
+    start_pump();
     let mut reader = Reader {
         shared: shared.clone(),
         session: session.clone(),
@@ -179,7 +185,6 @@ pub(crate) async fn run(
     })
     .await;
     done.cancel();
-    pump.abort();
     {
         let mut state = lock(&session.state);
         if state
@@ -198,7 +203,7 @@ pub(crate) async fn run(
 /// Writes the queue's frames and pings; ends at a close frame, a failed or stuck write.
 async fn write(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+    mut outgoing: OutReceiver,
     ping_interval: Duration,
     write_timeout: Duration,
     done: CancellationToken,
@@ -211,11 +216,11 @@ async fn write(
             _ = done.cancelled() => break,
             _ = ping.tick() => Message::Ping(Bytes::new()),
             item = outgoing.recv() => match item {
-                Some(Outgoing::Frame(frame, _permit)) => match frame {
+                Outgoing::Frame(frame, _permit) => match frame {
                     Encoded::Text(text) => Message::Text(text.into()),
                     Encoded::Binary(bytes) => Message::Binary(bytes.into()),
                 },
-                Some(Outgoing::Close(code, reason)) => {
+                Outgoing::Close(code, reason) => {
                     let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
                     let _ = tokio::time::timeout(write_timeout, async {
                         let _ = sink.send(close).await;
@@ -224,7 +229,6 @@ async fn write(
                     .await;
                     break;
                 }
-                None => break,
             },
         };
         match tokio::time::timeout(write_timeout, sink.send(message)).await {
@@ -239,97 +243,83 @@ async fn write(
     done.cancel();
 }
 
-/// Hands the session's stored messages to the queue in index order, whenever some arrive.
-async fn pump(
-    shared: Arc<Shared>,
-    session: Arc<Session>,
-    queue: OutQueue,
-    connection: u64,
-    done: CancellationToken,
-) {
+/// Hands the session's stored messages from `next` on to the queue in index order, until it
+/// has caught up; then clears `pumping` and ends (the session starts it again when a message
+/// is stored that cannot be handed over at once). Ends too when the connection is replaced,
+/// closed, or its queue stays full.
+async fn pump(shared: Arc<Shared>, session: Arc<Session>, queue: OutQueue, connection: u64) {
     const BATCH: usize = 256;
     const BATCH_BYTES: usize = 256 * 1024;
     let write_timeout = shared.config.limits.write_timeout;
+    let current = |state: &super::session::State| {
+        !state.ended
+            && state
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.connection == connection)
+    };
     loop {
-        loop {
-            let next = {
+        let next = {
+            let mut state = lock(&session.state);
+            if !current(&state) {
+                // A later connection runs its own pump.
+                return;
+            }
+            state.again = false;
+            state.next
+        };
+        let rows = shared
+            .store
+            .read_from(session.mailbox_id, next, BATCH, BATCH_BYTES);
+        let rows = match rows {
+            Ok(rows) if !rows.is_empty() => rows,
+            result => {
+                if let Err(error) = result {
+                    tracing::error!(%error, session = %session.info.id, "reading stored messages");
+                }
+                // Caught up (or the store failed: the next stored message tries again). A
+                // message stored since the read above set `again`: read once more.
                 let mut state = lock(&session.state);
-                let current = state
-                    .attached
-                    .as_ref()
-                    .is_some_and(|a| a.connection == connection);
-                if state.ended || !current {
-                    // A wake-up this pump took may have been meant for the connection that
-                    // replaced it: pass it on.
-                    session.notify.notify_one();
+                if !current(&state) {
                     return;
                 }
-                state.pumping = true;
-                state.next
-            };
-            let rows = match shared
-                .store
-                .read_from(session.mailbox_id, next, BATCH, BATCH_BYTES)
-            {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::error!(%error, session = %session.info.id, "reading stored messages");
-                    break;
+                if state.again {
+                    continue;
                 }
-            };
-            if rows.is_empty() {
-                // Caught up: from now on new messages are handed over as they are stored
-                // (a message stored since the read above found `pumping` set and woke this
-                // pump, which reads again).
-                let mut state = lock(&session.state);
-                if state
-                    .attached
-                    .as_ref()
-                    .is_some_and(|a| a.connection == connection)
-                {
-                    state.pumping = false;
-                }
-                break;
+                state.pumping = false;
+                return;
             }
-            for row in rows {
-                let frame = ServerFrame::Message {
-                    id: row.index,
-                    from: row.from.to_string(),
-                    via: Via::from_tag(&row.tag),
-                    data: row.payload,
-                };
-                match queue.push(frame.encode(), write_timeout).await {
-                    Ok(()) => {
-                        shared
-                            .counters
-                            .delivered
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(QueueError::Slow) => {
-                        kick(
-                            &session,
-                            connection,
-                            code::SLOW,
-                            "slow consumer",
-                            Disconnect::SlowConsumer,
-                        );
-                        return;
-                    }
-                    Err(QueueError::Closed) => return,
+        };
+        for row in rows {
+            let frame = ServerFrame::Message {
+                id: row.index,
+                from: row.from.to_string(),
+                via: Via::from_tag(&row.tag),
+                data: row.payload,
+            };
+            match queue.push(frame.encode(), write_timeout).await {
+                Ok(()) => {
+                    shared
+                        .counters
+                        .delivered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                let mut state = lock(&session.state);
-                if state
-                    .attached
-                    .as_ref()
-                    .is_some_and(|a| a.connection == connection)
-                {
-                    state.next = state.next.max(row.index + 1);
+                Err(QueueError::Slow) => {
+                    kick(
+                        &session,
+                        connection,
+                        code::SLOW,
+                        "slow consumer",
+                        Disconnect::SlowConsumer,
+                    );
+                    return;
                 }
+                Err(QueueError::Closed) => return,
             }
-        }
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = session.notify.notified() => {}
+            let mut state = lock(&session.state);
+            if current(&state) {
+                state.next = state.next.max(row.index + 1);
+            }
         }
     }
 }
@@ -466,7 +456,9 @@ impl Reader {
                     continue;
                 }
             };
-            if let Err(closing) = self.handle(frame, connection).await {
+            // Boxed: the request's future (sends, calls) lives only while it is handled, not
+            // in every idle connection's task.
+            if let Err(closing) = Box::pin(self.handle(frame, connection)).await {
                 return closing;
             }
         }

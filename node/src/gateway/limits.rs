@@ -1,9 +1,10 @@
 //! Rate limits and the byte-bounded outgoing queue.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::Encoded;
 
@@ -59,26 +60,93 @@ pub(crate) enum QueueError {
     Closed,
 }
 
-/// The byte-bounded queue of one connection's outgoing frames.
+/// The byte-bounded queue of one connection's outgoing frames. Its deque is allocated only
+/// while frames wait (an idle connection holds none), and given back when it empties.
 #[derive(Debug, Clone)]
 pub(crate) struct OutQueue {
-    frames: mpsc::UnboundedSender<Outgoing>,
+    shared: Arc<Frames>,
     bytes: Arc<Semaphore>,
     max: usize,
 }
 
+/// The frames waiting, and the writer's wake-up.
+#[derive(Debug, Default)]
+struct Frames {
+    waiting: Mutex<Waiting>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    frames: VecDeque<Outgoing>,
+    /// The writer is gone: nothing is taken any more.
+    closed: bool,
+}
+
+/// The writer's end of an [`OutQueue`].
+#[derive(Debug)]
+pub(crate) struct OutReceiver {
+    shared: Arc<Frames>,
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl OutReceiver {
+    /// The next frame, waiting for one.
+    pub(crate) async fn recv(&mut self) -> Outgoing {
+        loop {
+            let notified = self.shared.ready.notified();
+            {
+                let mut waiting = lock(&self.shared.waiting);
+                if let Some(item) = waiting.frames.pop_front() {
+                    if waiting.frames.is_empty() {
+                        waiting.frames = VecDeque::new();
+                    }
+                    return item;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OutReceiver {
+    fn drop(&mut self) {
+        let mut waiting = lock(&self.shared.waiting);
+        waiting.closed = true;
+        waiting.frames = VecDeque::new();
+    }
+}
+
 impl OutQueue {
-    pub(crate) fn new(max_bytes: usize) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
-        let (frames, receiver) = mpsc::unbounded_channel();
+    pub(crate) fn new(max_bytes: usize) -> (Self, OutReceiver) {
+        let shared = Arc::new(Frames::default());
         let max = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
         (
             Self {
-                frames,
+                shared: shared.clone(),
                 bytes: Arc::new(Semaphore::new(max)),
                 max,
             },
-            receiver,
+            OutReceiver { shared },
         )
+    }
+
+    /// Hands `item` to the writer.
+    fn send(&self, item: Outgoing) -> Result<(), QueueError> {
+        {
+            let mut waiting = lock(&self.shared.waiting);
+            if waiting.closed {
+                return Err(QueueError::Closed);
+            }
+            waiting.frames.push_back(item);
+        }
+        self.shared.ready.notify_one();
+        Ok(())
     }
 
     fn cost(&self, frame: &Encoded) -> u32 {
@@ -96,9 +164,7 @@ impl OutQueue {
                 tokio::sync::TryAcquireError::NoPermits => QueueError::Slow,
                 tokio::sync::TryAcquireError::Closed => QueueError::Closed,
             })?;
-        self.frames
-            .send(Outgoing::Frame(frame, Some(permit)))
-            .map_err(|_| QueueError::Closed)
+        self.send(Outgoing::Frame(frame, Some(permit)))
     }
 
     /// Queues `frame`, waiting at most `timeout` for room.
@@ -108,9 +174,7 @@ impl OutQueue {
             .await
             .map_err(|_| QueueError::Slow)?
             .map_err(|_| QueueError::Closed)?;
-        self.frames
-            .send(Outgoing::Frame(frame, Some(permit)))
-            .map_err(|_| QueueError::Closed)
+        self.send(Outgoing::Frame(frame, Some(permit)))
     }
 
     /// Queues a close frame, regardless of room. The reason is cut to 123 bytes (the most a
@@ -120,9 +184,7 @@ impl OutQueue {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        let _ = self
-            .frames
-            .send(Outgoing::Close(code, reason[..end].to_owned()));
+        let _ = self.send(Outgoing::Close(code, reason[..end].to_owned()));
         self.bytes.close();
     }
 
@@ -164,12 +226,20 @@ mod tests {
         );
         // Writing the first frame frees its bytes.
         drop(receiver.recv().await);
+        assert_eq!(lock(&queue.shared.waiting).frames.capacity(), 0);
         assert_eq!(queue.queued(), 0);
         queue
             .push(Encoded::Text("123".into()), Duration::from_millis(10))
             .await
             .unwrap();
         queue.close(1000, "bye");
+        assert_eq!(
+            queue.try_push(Encoded::Text("1".into())),
+            Err(QueueError::Closed)
+        );
+        // Once the writer is gone, nothing more is queued.
+        let (queue, receiver) = OutQueue::new(10);
+        drop(receiver);
         assert_eq!(
             queue.try_push(Encoded::Text("1".into())),
             Err(QueueError::Closed)

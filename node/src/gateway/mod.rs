@@ -834,10 +834,10 @@ async fn admit(
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let max = limits.max_message_size;
     let tasks = shared.tasks.clone();
-    // Small read buffers: an idle connection should cost little memory.
+    // Small buffers: an idle connection should cost little memory.
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4096)
         .on_upgrade(move |socket| {
             tasks.track_future(connection::run(
@@ -854,6 +854,11 @@ async fn admit(
             ))
         })
 }
+
+/// Bytes a connection's WebSocket reads at most per read call, and the buffer it keeps for
+/// them: small, since an idle connection should cost little memory (larger frames are read in
+/// several calls).
+pub const READ_BUFFER: usize = 2048;
 
 /// Files of the static directory.
 async fn static_file(State(shared): State<Arc<Shared>>, Path(path): Path<String>) -> Response {

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ferry::{Address, Mailbox, MailboxId};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::Disconnect;
@@ -34,7 +33,7 @@ pub struct SessionInfo {
 }
 
 /// The connection attached to a session.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Attached {
     /// Tells this connection from later ones.
     pub(crate) connection: u64,
@@ -45,6 +44,17 @@ pub(crate) struct Attached {
     /// Its outgoing frames: a message stored while the connection is caught up goes here
     /// straight away, without being read back from the store.
     pub(crate) queue: OutQueue,
+    /// Starts the connection's pump (a task that reads stored messages into `queue` until it
+    /// has caught up, then ends).
+    pub(crate) start_pump: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A session's changing state.
@@ -52,10 +62,13 @@ pub(crate) struct Attached {
 pub(crate) struct State {
     /// The index of the next message to hand to the connection.
     pub(crate) next: u64,
-    /// Whether the connection's pump is reading stored messages (from `next` on): only the
-    /// pump hands messages over then. Otherwise (the connection is caught up) a newly stored
-    /// message whose index is `next` is handed to the connection's queue at once.
+    /// Whether the connection's pump is running (reading stored messages from `next` on):
+    /// only the pump hands messages over then. Otherwise (the connection is caught up) a newly
+    /// stored message whose index is `next` is handed to the connection's queue at once, and
+    /// any other is left to a pump started for it.
     pub(crate) pumping: bool,
+    /// Set when a message was stored while the pump ran: it reads once more before it ends.
+    pub(crate) again: bool,
     /// Every index below this was acknowledged (and removed from the store).
     pub(crate) acked: u64,
     /// The highest store position at which a message for the session was dropped (its
@@ -77,8 +90,6 @@ pub(crate) struct State {
 pub(crate) struct Session {
     pub(crate) info: SessionInfo,
     pub(crate) mailbox_id: MailboxId,
-    /// Woken when a message for the session was stored.
-    pub(crate) notify: Notify,
     pub(crate) state: Mutex<State>,
     /// The session's mailbox: dropping it revokes the address.
     mailbox: Mutex<Option<Mailbox>>,
@@ -142,10 +153,10 @@ impl Session {
                 address: mailbox.address().clone(),
             },
             mailbox_id,
-            notify: Notify::new(),
             state: Mutex::new(State {
                 next: 0,
                 pumping: false,
+                again: false,
                 acked: 0,
                 lost_at: None,
                 attached: None,
@@ -160,7 +171,7 @@ impl Session {
         // The store has every message; the queue only says that one arrived.
         let attached = mailbox.set_handler(move |_message| {
             if let Some(session) = weak.upgrade() {
-                session.notify.notify_one();
+                session.wake();
             }
             async {}
         });
@@ -206,8 +217,28 @@ impl Session {
             }
         }
         drop(state);
-        self.notify.notify_one();
+        self.wake();
         Ok(index)
+    }
+
+    /// A message was stored: makes sure the attached connection's pump reads it (starts the
+    /// pump, or tells the running one to read again). Without a connection there is nothing
+    /// to do: the next connection's pump reads what is stored.
+    pub(crate) fn wake(&self) {
+        let mut state = lock(&self.state);
+        if state.pumping {
+            state.again = true;
+            return;
+        }
+        if state.ended {
+            return;
+        }
+        if let Some(start) = state.attached.as_ref().map(|a| a.start_pump.clone()) {
+            state.pumping = true;
+            state.again = false;
+            drop(state);
+            start();
+        }
     }
 
     /// A sender from the session's mailbox to `to`; `None` once the session ended.
@@ -249,7 +280,6 @@ impl Session {
         lock(&self.state).ended = true;
         drop(lock(&self.mailbox).take());
         store.purge(self.mailbox_id);
-        self.notify.notify_one();
     }
 }
 
