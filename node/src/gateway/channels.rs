@@ -1,7 +1,7 @@
 //! Channels: named groups of sessions; a message published to a channel is delivered to every
 //! member (into each member's mailbox, so members that are offline get it when they resume).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// The longest channel name, bytes.
@@ -42,10 +42,19 @@ pub fn allowed(patterns: &[String], channel: &str, user: &str) -> bool {
     })
 }
 
-/// Channel membership: channel → sessions.
-#[derive(Debug, Default)]
-pub(crate) struct Channels {
-    members: Mutex<HashMap<String, HashSet<String>>>,
+/// Channel membership: channel → session id → the member (the session itself, so that a
+/// publication to many members needs no lookup per member).
+#[derive(Debug)]
+pub(crate) struct Channels<T> {
+    members: Mutex<HashMap<String, HashMap<String, T>>>,
+}
+
+impl<T> Default for Channels<T> {
+    fn default() -> Self {
+        Self {
+            members: Mutex::default(),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -54,12 +63,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Channels {
-    pub(crate) fn join(&self, channel: &str, session: &str) {
+impl<T: Clone> Channels<T> {
+    pub(crate) fn join(&self, channel: &str, session: &str, member: T) {
         lock(&self.members)
             .entry(channel.to_owned())
             .or_default()
-            .insert(session.to_owned());
+            .insert(session.to_owned(), member);
     }
 
     pub(crate) fn leave(&self, channel: &str, session: &str) {
@@ -72,10 +81,10 @@ impl Channels {
         }
     }
 
-    pub(crate) fn members(&self, channel: &str) -> Vec<String> {
+    pub(crate) fn members(&self, channel: &str) -> Vec<T> {
         lock(&self.members)
             .get(channel)
-            .map(|set| set.iter().cloned().collect())
+            .map(|set| set.values().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -105,8 +114,9 @@ mod tests {
     #[test]
     fn membership() {
         let channels = Channels::default();
-        channels.join("c", "s1");
-        channels.join("c", "s2");
+        channels.join("c", "s1", 1);
+        channels.join("c", "s2", 2);
+        channels.join("c", "s2", 2);
         assert_eq!(channels.members("c").len(), 2);
         channels.leave("c", "s1");
         channels.leave("c", "s2");

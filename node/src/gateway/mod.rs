@@ -119,7 +119,7 @@ pub(crate) struct Shared {
     pub(crate) verifier: auth::Verifier,
     resume: ResumeKeys,
     registry: Mutex<Registry>,
-    pub(crate) channels: channels::Channels,
+    pub(crate) channels: channels::Channels<Arc<Session>>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
     connection_rate: Mutex<Bucket>,
@@ -260,11 +260,7 @@ impl Shared {
     }
 
     pub(crate) fn channel_members(&self, channel: &str) -> Vec<Arc<Session>> {
-        self.channels
-            .members(channel)
-            .iter()
-            .filter_map(|id| self.session(id))
-            .collect()
+        self.channels.members(channel)
     }
 
     pub(crate) async fn deliver_channel(
@@ -313,7 +309,7 @@ impl Shared {
     }
 
     /// Joins `session` to `channel` (no permission check).
-    pub(crate) fn join(&self, session: &Session, channel: &str) -> Result<(), String> {
+    pub(crate) fn join(&self, session: &Arc<Session>, channel: &str) -> Result<(), String> {
         channels::check_name(channel).map_err(|e| e.to_string())?;
         let mut state = lock(&session.state);
         if state.ended {
@@ -328,7 +324,8 @@ impl Shared {
             ));
         }
         state.channels.insert(channel.to_owned());
-        self.channels.join(channel, &session.info.id);
+        self.channels
+            .join(channel, &session.info.id, session.clone());
         Ok(())
     }
 
