@@ -12,8 +12,10 @@
 //! - `runs`: (mailbox, sender node, sender mailbox, epoch) → (next_seq, unix seconds of update)
 //! - `mailboxes`: mailbox → (next index, unacknowledged count)
 //! - `names`: name → mailbox id, for mailboxes that keep their id across restarts
-//! - `temporary`: mailboxes emptied at the next open (the gateway's sessions, which do not
-//!   survive a restart)
+//! - `temporary`: mailboxes emptied at the next open (for mailboxes that must not outlive
+//!   the process)
+//! - `records`: key → bytes, small records of the components built on the store (the
+//!   gateway's sessions and its resume-token key), [`RedbStore::put_record`]
 //! - `shared`: id → a message stored once for several mailboxes (a gateway channel message,
 //!   [`RedbStore::append_shared`]), in the row format of `messages`; each member's row in
 //!   `messages` is then a reference: a u16 with bit 14 set, then the u64 id
@@ -44,6 +46,8 @@ const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
 /// Mailboxes whose messages do not outlive the process (the gateway's sessions): emptied when
 /// the store opens.
 const TEMPORARY: TableDefinition<u64, ()> = TableDefinition::new("temporary");
+/// Small records of the components built on the store: key → bytes.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Messages stored once for several mailboxes: id → row (the format of `messages`).
 const SHARED: TableDefinition<u64, &[u8]> = TableDefinition::new("shared");
 /// References left to each shared message: id → count.
@@ -139,6 +143,15 @@ enum Op {
     Remove {
         mailbox: MailboxId,
         index: u64,
+    },
+    /// Writes (or overwrites) a record.
+    PutRecord {
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Removes a record.
+    DeleteRecord {
+        key: String,
     },
     EndRun {
         mailbox: MailboxId,
@@ -368,6 +381,85 @@ impl RedbStore {
             .get(mailbox.0)
             .map_err(failed)?
             .map_or(0, |v| v.value().0))
+    }
+
+    /// The index of the oldest unacknowledged message of `mailbox`, or its next index if it
+    /// holds none.
+    pub fn first_pending_index(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
+        let next = self.next_index(mailbox)?;
+        let txn = self.db.begin_read().map_err(failed)?;
+        let messages = match txn.open_table(MESSAGES) {
+            Ok(messages) => messages,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(next),
+            Err(error) => return Err(failed(error)),
+        };
+        let first = messages
+            .range((mailbox.0, 0)..=(mailbox.0, u64::MAX))
+            .map_err(failed)?
+            .next()
+            .transpose()
+            .map_err(failed)?
+            .map(|(key, _)| key.value().1);
+        Ok(first.unwrap_or(next))
+    }
+
+    /// Writes the record `key` (later, in the writer's next batch, in order with every other
+    /// request).
+    pub fn put_record(&self, key: &str, value: Vec<u8>) {
+        let _ = self.submit(Op::PutRecord {
+            key: key.to_owned(),
+            value,
+        });
+    }
+
+    /// Removes the record `key` (later, in the writer's next batch).
+    pub fn delete_record(&self, key: &str) {
+        let _ = self.submit(Op::DeleteRecord {
+            key: key.to_owned(),
+        });
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let records = match txn.open_table(RECORDS) {
+            Ok(records) => records,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(failed(error)),
+        };
+        let mut out = Vec::new();
+        for row in records.range(prefix..).map_err(failed)? {
+            let (key, value) = row.map_err(failed)?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            out.push((key.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The record `key`, written now from `make` if there is none (at once, not through the
+    /// writer: for values made once, such as keys).
+    pub fn record_or_insert(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        let value = {
+            let mut records = txn.open_table(RECORDS).map_err(failed)?;
+            let existing = records.get(key).map_err(failed)?.map(|v| v.value().to_vec());
+            match existing {
+                Some(value) => value,
+                None => {
+                    let value = make();
+                    records.insert(key, value.as_slice()).map_err(failed)?;
+                    value
+                }
+            }
+        };
+        txn.commit().map_err(failed)?;
+        Ok(value)
     }
 
     /// Removes every message of `mailbox` (later, in the writer's next batch).
@@ -722,6 +814,7 @@ fn apply(
         let mut temporary = txn.open_table(TEMPORARY).map_err(failed)?;
         let mut shared = txn.open_table(SHARED).map_err(failed)?;
         let mut refs = txn.open_table(SHARED_REFS).map_err(failed)?;
+        let mut records = txn.open_table(RECORDS).map_err(failed)?;
         let now = unix_now();
         for op in batch {
             match op {
@@ -832,6 +925,12 @@ fn apply(
                 }
                 Op::Temporary { mailbox } => {
                     temporary.insert(mailbox.0, ()).map_err(failed)?;
+                }
+                Op::PutRecord { key, value } => {
+                    records.insert(key.as_str(), value.as_slice()).map_err(failed)?;
+                }
+                Op::DeleteRecord { key } => {
+                    records.remove(key.as_str()).map_err(failed)?;
                 }
                 Op::EndRun { mailbox, run } => {
                     runs.remove(run_key(mailbox, &run)).map_err(failed)?;

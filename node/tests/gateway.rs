@@ -978,10 +978,126 @@ async fn idle_connections_and_old_connections_close() {
     assert_eq!(closed(&mut quiet).await.0, 4000);
 }
 
+/// A gateway on its own node (with `key`) and the store at `path`, as a restarted daemon has.
+async fn start_on(
+    key: &SecretKey,
+    path: &std::path::Path,
+) -> (
+    Node,
+    Arc<RedbStore>,
+    GatewayHandle,
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = Arc::new(RedbStore::open(path, StoreConfig::default()).unwrap());
+    let node = Node::bind(key.clone(), NodeConfig::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = gateway::Gateway::new(
+        node.clone(),
+        store.clone(),
+        GatewayConfig::default(),
+        Arc::new(NoHooks),
+    )
+    .unwrap();
+    let handle = gateway.handle();
+    let shutdown = CancellationToken::new();
+    let serving = gateway.serve(listener, shutdown.clone());
+    let task = tokio::spawn(async move { serving.await.unwrap() });
+    (node, store, handle, addr, shutdown, task)
+}
+
 #[tokio::test]
-async fn session_messages_do_not_outlive_the_process() {
-    // Sessions live in memory: their stored messages are dropped when the store next opens
-    // (after a crash; a drain purges them at once).
+async fn sessions_survive_a_restart_of_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = SecretKey::generate();
+    let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+
+    // First run: a session joins a channel, gets and acknowledges one message, goes away;
+    // a peer and the channel send it one more each while it is away.
+    let (node, store, handle, addr, shutdown, task) = start_on(&key, &path).await;
+    let (mut ws, welcome) = connect(addr, "").await;
+    let session = welcome["session"].as_str().unwrap().to_owned();
+    let address: ferry::Address = welcome["address"].as_str().unwrap().parse().unwrap();
+    let resume = welcome["resume"].as_str().unwrap().to_owned();
+    handle.join(&session, "room.1").unwrap();
+    peer.send_bytes(&address, Bytes::from_static(b"\"acked\""))
+        .await
+        .unwrap();
+    let first = next(&mut ws).await;
+    assert_eq!(data_json(&first), json!("acked"));
+    put(&mut ws, json!({"type": "ack", "id": first.header["id"]})).await;
+    let (answer, _) = ask(&mut ws, json!({"type": "ping", "ref": 2})).await;
+    assert_eq!(answer.kind(), "ok");
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    peer.send_bytes(&address, Bytes::from_static(b"\"while away\""))
+        .await
+        .unwrap();
+    assert_eq!(
+        handle
+            .publish("room.1", Bytes::from_static(b"\"to the room\""))
+            .await,
+        Ok(1)
+    );
+    // A graceful stop: drain, node, store.
+    shutdown.cancel();
+    task.await.unwrap();
+    node.shutdown(Duration::from_secs(1)).await;
+    store.close();
+    // The process ends here: nothing of it may keep the database open.
+    drop((store, handle, node));
+
+    // Second run on the same key and store: the session is back, with its address, its
+    // messages and its channel.
+    let (node, _store, handle, addr, _shutdown, _task) = start_on(&key, &path).await;
+    assert_eq!(
+        handle.session(&session).unwrap().address.without_hints(),
+        address.without_hints()
+    );
+    peer.connect(node.id(), Some(node.local_addr()))
+        .await
+        .unwrap();
+    peer.send_bytes(&address, Bytes::from_static(b"\"after the restart\""))
+        .await
+        .unwrap();
+    let (mut ws, welcome) = connect(addr, &format!("resume={resume}&cursor=0")).await;
+    assert_eq!(welcome["resumed"], true, "{welcome:?}");
+    assert_eq!(welcome["recovered"], true, "{welcome:?}");
+    assert_eq!(welcome["session"], session.as_str());
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let message = next(&mut ws).await;
+        got.push((message.header["id"].as_u64().unwrap(), data_json(&message)));
+    }
+    assert_eq!(
+        got,
+        [
+            (1, json!("while away")),
+            (2, json!("to the room")),
+            (3, json!("after the restart"))
+        ]
+    );
+    // Still a member of its channel.
+    assert_eq!(
+        handle
+            .publish("room.1", Bytes::from_static(b"\"again\""))
+            .await,
+        Ok(1)
+    );
+    let message = next(&mut ws).await;
+    assert_eq!(data_json(&message), json!("again"));
+    assert_eq!(message.header["channel"], "room.1", "{message:?}");
+}
+
+#[tokio::test]
+async fn temporary_mailboxes_are_emptied_when_the_store_opens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let from = ferry::Address::mint(&SecretKey::generate(), ferry::MailboxId(1), None, vec![]);

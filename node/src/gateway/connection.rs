@@ -581,6 +581,7 @@ impl Reader {
         match identity {
             Ok(Some(identity)) if identity.user == self.session.info.user => {
                 lock(&self.session.state).auth_expires = identity.expires;
+                self.session.save(&self.shared.store);
                 self.auth_deadline = identity.expires.map_or_else(far_future, instant_of);
                 self.ok(reference)
             }

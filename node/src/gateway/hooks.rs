@@ -51,8 +51,6 @@ pub enum EndReason {
     Expired,
     /// The application closed it, with this reason.
     Closed(String),
-    /// The gateway shut down.
-    Shutdown,
 }
 
 /// The embedder's hooks.

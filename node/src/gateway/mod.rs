@@ -68,6 +68,9 @@ pub enum GatewayError {
     /// Serving the listener failed.
     #[error("gateway: {0}")]
     Io(#[from] std::io::Error),
+    /// The store could not give the gateway its resume key or its sessions.
+    #[error("gateway: reading its sessions from the store: {0}")]
+    Store(#[from] ferry::StoreError),
 }
 
 /// Sessions by id and by user.
@@ -148,6 +151,50 @@ impl Shared {
             .unwrap_or_default()
     }
 
+    /// Brings back the sessions of an earlier run from their records (`key`, `value`): each
+    /// detached, expiring `session_ttl` from now unless a client resumes it.
+    fn restore(&self, records: Vec<(String, Vec<u8>)>) {
+        for (key, value) in records {
+            let Some(id) = key.strip_prefix(session::RECORD_PREFIX) else {
+                continue;
+            };
+            let record: session::SessionRecord = match serde_json::from_slice(&value) {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::warn!(%error, %key, "dropping an unreadable session record");
+                    self.store.delete_record(&key);
+                    continue;
+                }
+            };
+            let session = match Session::restore(&self.node, &self.store, id.to_owned(), record)
+            {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::error!(%error, session = %id, "restoring a session");
+                    continue;
+                }
+            };
+            {
+                let mut registry = lock(&self.registry);
+                registry
+                    .by_id
+                    .insert(session.info.id.clone(), session.clone());
+                registry
+                    .by_user
+                    .entry(session.info.user.clone())
+                    .or_default()
+                    .insert(session.info.id.clone());
+            }
+            let channels: Vec<String> = lock(&session.state).channels.iter().cloned().collect();
+            for channel in channels {
+                self.channels
+                    .join(&channel, &session.info.id, session.clone());
+            }
+            tracing::debug!(session = %session.info.id, "session restored");
+            self.hooks.started(&session.info);
+        }
+    }
+
     /// Ends a session: it leaves its channels, its address is revoked, its messages dropped.
     pub(crate) fn end(&self, session: &Arc<Session>, reason: EndReason) {
         {
@@ -173,14 +220,8 @@ impl Shared {
             let message = match &reason {
                 EndReason::Closed(why) => why.clone(),
                 EndReason::Expired => "session expired".into(),
-                EndReason::Shutdown => "server shutting down".into(),
             };
-            let code = if reason == EndReason::Shutdown {
-                1001
-            } else {
-                4003
-            };
-            *lock(&attached.reason) = Some((code, message, Disconnect::SessionEnded));
+            *lock(&attached.reason) = Some((4003, message, Disconnect::SessionEnded));
             attached.kick.cancel();
         }
         session.close(&self.store);
@@ -323,15 +364,23 @@ impl Shared {
                 self.config.limits.max_channels_per_session
             ));
         }
-        state.channels.insert(channel.to_owned());
+        let joined = state.channels.insert(channel.to_owned());
+        // Still under the session's lock: an `end` cannot come between and miss the channel.
         self.channels
             .join(channel, &session.info.id, session.clone());
+        drop(state);
+        if joined {
+            session.save(&self.store);
+        }
         Ok(())
     }
 
     pub(crate) fn leave(&self, session: &Session, channel: &str) {
-        lock(&session.state).channels.remove(channel);
+        let left = lock(&session.state).channels.remove(channel);
         self.channels.leave(channel, &session.info.id);
+        if left {
+            session.save(&self.store);
+        }
     }
 
     fn client_config(&self) -> Box<RawValue> {
@@ -370,6 +419,10 @@ impl Gateway {
         hooks: Arc<dyn Hooks>,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
+        let resume_secret = store.record_or_insert(RESUME_KEY_RECORD, || {
+            session::random::<32>().to_vec()
+        })?;
+        let records = store.records(session::RECORD_PREFIX)?;
         let shared = Arc::new(Shared {
             node,
             store,
@@ -381,7 +434,7 @@ impl Gateway {
             )),
             config,
             hooks,
-            resume: ResumeKeys::new(),
+            resume: ResumeKeys::new(&resume_secret),
             registry: Mutex::new(Registry::default()),
             channels: channels::Channels::default(),
             connections: AtomicUsize::new(0),
@@ -390,6 +443,7 @@ impl Gateway {
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
+        shared.restore(records);
         Ok(Self { shared })
     }
 
@@ -644,17 +698,15 @@ impl GatewayHandle {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = raw_json(config);
     }
 
-    /// Drains: closes every connection with 1001, waits up to `drain` for them, and ends
-    /// every session. [`Gateway::serve`] does this when its shutdown is cancelled.
+    /// Drains: closes every connection with 1001 (going away) and waits up to `drain` for
+    /// them. Sessions stay: their records and messages are in the store, and they are back,
+    /// with the same addresses, when a gateway next starts on the same store (clients resume
+    /// them then). [`Gateway::serve`] does this when its shutdown is cancelled.
     pub async fn drain(&self) {
         let shared = &self.shared;
         shared.stopping.cancel();
         shared.tasks.close();
         let _ = tokio::time::timeout(shared.config.drain, shared.tasks.wait()).await;
-        let sessions: Vec<Arc<Session>> = lock(&shared.registry).by_id.values().cloned().collect();
-        for session in sessions {
-            shared.end(&session, EndReason::Shutdown);
-        }
     }
 }
 
@@ -791,6 +843,7 @@ async fn admit(
         Some(session) => {
             if auth_expires.is_some() || identity.is_some() {
                 lock(&session.state).auth_expires = auth_expires;
+                session.save(&shared.store);
             }
             (session, true)
         }
@@ -851,6 +904,9 @@ async fn admit(
             ))
         })
 }
+
+/// The store record holding the key of resume tokens.
+const RESUME_KEY_RECORD: &str = "gateway/resume-key";
 
 /// Bytes a connection's WebSocket reads at most per read call, and the buffer it keeps for
 /// them: small, since an idle connection should cost little memory (larger frames are read in

@@ -1,6 +1,8 @@
 //! Sessions: one per browser client, each a durable mailbox on the node with its own
 //! capability address. A session outlives its connections: while it is disconnected its
 //! messages are kept in the store, and a connection presenting its resume token gets them.
+//! It also outlives the node's process: its record in the store (mailbox, user, channels)
+//! brings it back, with the same address and its stored messages, when the gateway starts.
 //!
 //! Every message for a session is in the store before anything else happens: messages from
 //! peers and other sessions arrive through the session's durable mailbox (the mailbox's queue
@@ -30,6 +32,32 @@ pub struct SessionInfo {
     pub user: String,
     /// The session's capability address.
     pub address: Address,
+}
+
+/// The store's record of a session (`records` key [`record_key`], JSON), written when the
+/// session starts and when its channels or credentials change, removed when it ends.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SessionRecord {
+    /// The session's mailbox id.
+    pub(crate) mailbox: u64,
+    /// Its user id.
+    pub(crate) user: String,
+    /// The channels it is a member of.
+    pub(crate) channels: Vec<String>,
+    /// When its credentials expire (unix seconds).
+    pub(crate) auth_expires: Option<u64>,
+    /// The highest mailbox position at which a message for it was dropped (its store was
+    /// full), so that a resume after a restart still reports `recovered: false`.
+    #[serde(default)]
+    pub(crate) lost_at: Option<u64>,
+}
+
+/// The prefix of every session record's key.
+pub(crate) const RECORD_PREFIX: &str = "gateway/session/";
+
+/// The key of the record of session `id`.
+pub(crate) fn record_key(id: &str) -> String {
+    format!("{RECORD_PREFIX}{id}")
 }
 
 /// The connection attached to a session.
@@ -134,7 +162,7 @@ pub enum DeliverError {
 }
 
 impl Session {
-    /// Opens a session with a fresh durable mailbox.
+    /// Opens a session with a fresh durable mailbox, and records it in the store.
     pub(crate) fn open(
         node: &ferry::Node,
         store: &Arc<RedbStore>,
@@ -142,27 +170,60 @@ impl Session {
         user: String,
         auth_expires: Option<u64>,
     ) -> Result<Arc<Self>, ferry::StoreError> {
-        let mailbox_id = MailboxId::random();
-        // Sessions do not survive a restart: their messages go then.
-        store.mark_temporary(mailbox_id);
+        let record = SessionRecord {
+            mailbox: MailboxId::random().0,
+            user,
+            channels: Vec::new(),
+            auth_expires,
+            lost_at: None,
+        };
+        let session = Self::with_mailbox(node, store, id, record, 0)?;
+        session.save(store);
+        Ok(session)
+    }
+
+    /// Brings back the session `id` from its record after a restart: the same mailbox (so the
+    /// same address) with its stored messages, its channels, detached from now on.
+    pub(crate) fn restore(
+        node: &ferry::Node,
+        store: &Arc<RedbStore>,
+        id: String,
+        record: SessionRecord,
+    ) -> Result<Arc<Self>, ferry::StoreError> {
+        let first = store.first_pending_index(MailboxId(record.mailbox))?;
+        let session = Self::with_mailbox(node, store, id, record, first)?;
+        lock(&session.state).detached_at = Some(Instant::now());
+        Ok(session)
+    }
+
+    /// A session on the durable mailbox of `record`, whose messages below `first` were
+    /// acknowledged.
+    fn with_mailbox(
+        node: &ferry::Node,
+        store: &Arc<RedbStore>,
+        id: String,
+        record: SessionRecord,
+        first: u64,
+    ) -> Result<Arc<Self>, ferry::StoreError> {
+        let mailbox_id = MailboxId(record.mailbox);
         let mailbox = node.durable_mailbox(mailbox_id, store.clone())?;
         let session = Arc::new(Self {
             info: SessionInfo {
                 id,
-                user,
+                user: record.user,
                 address: mailbox.address().clone(),
             },
             mailbox_id,
             state: Mutex::new(State {
-                next: 0,
+                next: first,
                 pumping: false,
                 again: false,
-                acked: 0,
-                lost_at: None,
+                acked: first,
+                lost_at: record.lost_at,
                 attached: None,
                 detached_at: None,
-                channels: HashSet::new(),
-                auth_expires,
+                channels: record.channels.into_iter().collect(),
+                auth_expires: record.auth_expires,
                 ended: false,
             }),
             mailbox: Mutex::new(None),
@@ -198,6 +259,7 @@ impl Session {
             Appended::Stored(index) => index,
             Appended::Full { position } => {
                 state.lost_at = Some(state.lost_at.map_or(position, |p| p.max(position)));
+                self.save_locked(&state, store);
                 return Err(DeliverError::Full);
             }
         };
@@ -275,11 +337,45 @@ impl Session {
         (!lost, pending)
     }
 
-    /// Closes the mailbox (revoking the address) and forgets the stored messages.
+    /// Closes the mailbox (revoking the address) and forgets the stored messages and the
+    /// session's record.
     pub(crate) fn close(&self, store: &RedbStore) {
-        lock(&self.state).ended = true;
+        {
+            // Under the lock, so that no save can come between and write the record again.
+            let mut state = lock(&self.state);
+            state.ended = true;
+            store.delete_record(&record_key(&self.info.id));
+        }
         drop(lock(&self.mailbox).take());
         store.purge(self.mailbox_id);
+    }
+
+    /// Writes the session's record (after it started, or its channels or credentials
+    /// changed). Not once it ended: a late save must not bring back a deleted record.
+    pub(crate) fn save(&self, store: &RedbStore) {
+        self.save_locked(&lock(&self.state), store);
+    }
+
+    /// [`Session::save`] with the session's state locked by the caller. Submitting under the
+    /// lock orders this write before the deletion of a `close` that follows (the writer
+    /// applies requests in order).
+    fn save_locked(&self, state: &State, store: &RedbStore) {
+        if state.ended {
+            return;
+        }
+        let mut channels: Vec<String> = state.channels.iter().cloned().collect();
+        channels.sort();
+        let record = SessionRecord {
+            mailbox: self.mailbox_id.0,
+            user: self.info.user.clone(),
+            channels,
+            auth_expires: state.auth_expires,
+            lost_at: state.lost_at,
+        };
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => store.put_record(&record_key(&self.info.id), bytes),
+            Err(error) => tracing::error!(%error, "encoding a session record"),
+        }
     }
 }
 
@@ -307,9 +403,11 @@ pub(crate) struct ResumeKeys {
 }
 
 impl ResumeKeys {
-    pub(crate) fn new() -> Self {
+    /// Keys made from `secret` (the gateway keeps a random one in its store, so that tokens
+    /// stay valid across restarts).
+    pub(crate) fn new(secret: &[u8]) -> Self {
         Self {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &random::<32>()),
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
         }
     }
 
@@ -366,7 +464,7 @@ mod tests {
 
     #[test]
     fn resume_tokens() {
-        let keys = ResumeKeys::new();
+        let keys = ResumeKeys::new(&random::<32>());
         let id = new_session_id();
         let token = keys.token(MailboxId(42), &id);
         assert_eq!(keys.verify(&token), Some((MailboxId(42), id.clone())));
@@ -376,7 +474,7 @@ mod tests {
         assert_eq!(keys.verify(&String::from_utf8(forged).unwrap()), None);
         assert_eq!(keys.verify("short"), None);
         assert_eq!(
-            ResumeKeys::new().verify(&keys.token(MailboxId(1), &id)),
+            ResumeKeys::new(&random::<32>()).verify(&keys.token(MailboxId(1), &id)),
             None
         );
     }
