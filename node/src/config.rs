@@ -77,6 +77,8 @@ pub(crate) struct FileConfig {
     pub(crate) call_timeout: Option<TomlDuration>,
     /// [`NodeConfig::stream_idle_timeout`].
     pub(crate) stream_idle_timeout: Option<TomlDuration>,
+    /// [`NodeConfig::duplicate_grace`].
+    pub(crate) duplicate_grace: Option<TomlDuration>,
     /// [`NodeConfig::open_timeout`].
     pub(crate) open_timeout: Option<TomlDuration>,
     /// [`NodeConfig::max_connections`].
@@ -421,6 +423,7 @@ impl FileConfig {
             monitor_grace: duration(self.monitor_grace, default.monitor_grace),
             call_timeout: duration(self.call_timeout, default.call_timeout),
             stream_idle_timeout: duration(self.stream_idle_timeout, default.stream_idle_timeout),
+            duplicate_grace: duration(self.duplicate_grace, default.duplicate_grace),
             open_timeout: duration(self.open_timeout, default.open_timeout),
             max_connections: self.max_connections.unwrap_or(default.max_connections),
             max_incoming_streams: self
@@ -756,6 +759,10 @@ call_timeout = "{call_timeout}"
 # An idle conversation stream is finished after this long; the next message opens a new one.
 stream_idle_timeout = "{stream_idle_timeout}"
 
+# When both nodes dial each other at once, the connection that loses stays open this long for
+# the streams already started on it.
+duplicate_grace = "{duplicate_grace}"
+
 # Time a peer has to send a stream's opening frame.
 open_timeout = "{open_timeout}"
 
@@ -916,6 +923,7 @@ gateway_max_call_timeout = "{max_call_timeout}"
         monitor_grace = dur(d.monitor_grace),
         call_timeout = dur(d.call_timeout),
         stream_idle_timeout = dur(d.stream_idle_timeout),
+        duplicate_grace = dur(d.duplicate_grace),
         open_timeout = dur(d.open_timeout),
         max_connections = d.max_connections,
         max_incoming_streams = d.max_incoming_streams,
@@ -1054,7 +1062,7 @@ mod tests {
             .map(|line| line.trim_start_matches("# "))
             .filter_map(|line| line.split_once(" = ").map(|(key, _)| key.to_owned()))
             .collect();
-        assert_eq!(keys.len(), 62, "{keys:?}");
+        assert_eq!(keys.len(), 63, "{keys:?}");
         for key in keys {
             assert!(
                 doc.contains(&format!("| `{key}` |")),
@@ -1099,6 +1107,7 @@ mod tests {
             monitor_grace = "5s"
             call_timeout = "6s"
             stream_idle_timeout = "7s"
+            duplicate_grace = "18s"
             open_timeout = "8s"
             max_connections = 9
             max_incoming_streams = 10
@@ -1132,6 +1141,7 @@ mod tests {
             monitor_grace,
             call_timeout,
             stream_idle_timeout,
+            duplicate_grace,
             open_timeout,
             max_connections,
             max_incoming_streams,
@@ -1186,6 +1196,7 @@ mod tests {
         assert_eq!((max_incoming_streams, max_dedup_entries), (10, 11));
         assert_eq!(handshake_rate_per_ip, 14);
         assert_eq!(frame_timeout, secs(15));
+        assert_eq!(duplicate_grace, secs(18));
         assert_eq!(
             (receive_window, max_buffered_per_peer, max_buffered_bytes),
             (1 << 20, 2_000_000, 3_000_000)

@@ -448,7 +448,10 @@ impl RedbStore {
         let txn = self.db.begin_write().map_err(failed)?;
         let value = {
             let mut records = txn.open_table(RECORDS).map_err(failed)?;
-            let existing = records.get(key).map_err(failed)?.map(|v| v.value().to_vec());
+            let existing = records
+                .get(key)
+                .map_err(failed)?
+                .map(|v| v.value().to_vec());
             match existing {
                 Some(value) => value,
                 None => {
@@ -927,7 +930,9 @@ fn apply(
                     temporary.insert(mailbox.0, ()).map_err(failed)?;
                 }
                 Op::PutRecord { key, value } => {
-                    records.insert(key.as_str(), value.as_slice()).map_err(failed)?;
+                    records
+                        .insert(key.as_str(), value.as_slice())
+                        .map_err(failed)?;
                 }
                 Op::DeleteRecord { key } => {
                     records.remove(key.as_str()).map_err(failed)?;

@@ -71,6 +71,11 @@ pub struct NodeConfig {
     /// A conversation stream with nothing to send or acknowledge for this long is finished;
     /// the next message opens a new one. Default 30 s.
     pub stream_idle_timeout: Duration,
+    /// How long a connection that lost the one-connection-per-pair rule to another live
+    /// connection with the same peer (both nodes dialed each other at once) stays open, so
+    /// that streams either node started on it before learning of the other can finish; new
+    /// streams go to the kept connection. Default 10 s.
+    pub duplicate_grace: Duration,
     /// How long a peer has to send a stream's opening frame. Default 10 s.
     pub open_timeout: Duration,
     /// Connections (incoming and outgoing) at most; further handshakes are refused. Default 1024.
@@ -180,6 +185,7 @@ impl Default for NodeConfig {
             call_timeout: Duration::from_secs(30),
             monitor_grace: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(30),
+            duplicate_grace: Duration::from_secs(10),
             open_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_incoming_streams: 4096,

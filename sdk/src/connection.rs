@@ -404,7 +404,7 @@ fn install(
             _ => false,
         };
         if keep_old {
-            connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+            retire(node, connection.clone());
             match slots.get(&peer) {
                 Some(Slot::Connected(old)) => old.connection.clone(),
                 _ => connection.clone(),
@@ -422,8 +422,13 @@ fn install(
                 }),
             );
             if let Some(Slot::Connected(old)) = previous {
-                old.connection
-                    .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+                if old.incarnation == cert.incarnation {
+                    retire(node, old.connection);
+                } else {
+                    // The peer restarted: the old connection is dead already.
+                    old.connection
+                        .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+                }
             }
             connection.clone()
         }
@@ -433,6 +438,23 @@ fn install(
     node.tasks
         .spawn(serve_connection(serving, connection, peer).instrument(span));
     winner
+}
+
+/// Closes `connection`, which lost the one-connection rule to another live connection with
+/// the same peer, with DUPLICATE once `duplicate_grace` has passed (or at once when the node
+/// shuts down): both nodes may have started streams on it before they learnt of the other
+/// connection, and those finish on it (new streams go to the kept one).
+fn retire(node: &Arc<NodeInner>, connection: quinn::Connection) {
+    let cancel = node.cancel.clone();
+    let grace = node.config.duplicate_grace;
+    node.tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = cancel.cancelled() => {}
+            _ = connection.closed() => return,
+        }
+        connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+    });
 }
 
 /// Accepts incoming connections on `endpoint` (the node's own, or its relay endpoint for

@@ -141,6 +141,37 @@ async fn calls_complete_out_of_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_opened_while_both_nodes_dial_each_other_complete() {
+    // Each node opens a conversation to the other at the same moment: two connections come
+    // up, one loses the one-connection rule, and a conversation may have started on it.
+    for round in 0..20 {
+        let a = node().await;
+        let b = node().await;
+        let _echo_a = a.serve("echo", ServiceOptions::default(), echo).unwrap();
+        let _echo_b = b.serve("echo", ServiceOptions::default(), echo).unwrap();
+        let talk = |from: &Node, to: &Node| {
+            let (from, target) = (from.clone(), target(to, "echo"));
+            async move {
+                let mut conversation = from.open(target).await?;
+                for n in 0..3 {
+                    let text = format!("round {round} message {n}");
+                    conversation.send_obj(&text).await?;
+                    let back: String = conversation.recv_obj().await?;
+                    assert_eq!(back, text);
+                }
+                conversation.finish()?;
+                anyhow::Ok(())
+            }
+        };
+        let (ab, ba) = tokio::join!(talk(&a, &b), talk(&b, &a));
+        ab.unwrap();
+        ba.unwrap();
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_conversations_on_one_connection() {
     let server = node().await;
     let client = node().await;

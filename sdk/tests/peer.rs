@@ -283,16 +283,22 @@ async fn oversize_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dial_gives_one_connection() {
+    // The losing connection stays open for streams already on it, this long.
+    let config = NodeConfig {
+        duplicate_grace: Duration::from_millis(200),
+        ..NodeConfig::default()
+    };
     for _ in 0..10 {
-        let a = node().await;
-        let b = node().await;
+        let a = node_with(config.clone()).await;
+        let b = node_with(config.clone()).await;
         let (ab, ba) = tokio::join!(
             a.connect(b.id(), Some(b.local_addr())),
             b.connect(a.id(), Some(a.local_addr()))
         );
         ab.unwrap();
         ba.unwrap();
-        // Both sides settle on the same single connection: the losing one is closed.
+        // Both sides settle on the same single connection: the losing one is closed once its
+        // grace has passed.
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let settled = a.stats().open_connections == 1 && b.stats().open_connections == 1;

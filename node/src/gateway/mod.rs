@@ -166,8 +166,7 @@ impl Shared {
                     continue;
                 }
             };
-            let session = match Session::restore(&self.node, &self.store, id.to_owned(), record)
-            {
+            let session = match Session::restore(&self.node, &self.store, id.to_owned(), record) {
                 Ok(session) => session,
                 Err(error) => {
                     tracing::error!(%error, session = %id, "restoring a session");
@@ -419,9 +418,8 @@ impl Gateway {
         hooks: Arc<dyn Hooks>,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
-        let resume_secret = store.record_or_insert(RESUME_KEY_RECORD, || {
-            session::random::<32>().to_vec()
-        })?;
+        let resume_secret =
+            store.record_or_insert(RESUME_KEY_RECORD, || session::random::<32>().to_vec())?;
         let records = store.records(session::RECORD_PREFIX)?;
         let shared = Arc::new(Shared {
             node,
