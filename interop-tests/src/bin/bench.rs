@@ -19,6 +19,10 @@
 //!
 //! The memory figure runs the node it measures in a child process (this binary with the hidden
 //! `--memory-hub` option) and counts its heap with a counting global allocator ([`ALLOCATOR`]).
+//! The gateway figure (`gateway`) does the same with two children: the WebSocket server
+//! (ferry's gateway, or a plain axum WebSocket server as its baseline) and the WebSocket
+//! clients standing in for browsers; this process raises its soft limit of open files to the
+//! hard limit first (the children inherit it).
 //!
 //! Adding a figure: write an `async fn` that measures it for ferry and for the baseline in
 //! [`Settings::runs`] runs and returns one or more [`Row`]s, then list it in [`FIGURES`]. The
@@ -46,6 +50,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod call;
 #[path = "../bench/dial.rs"]
 mod dial;
+#[path = "../bench/gateway.rs"]
+mod gateway;
 #[path = "../bench/memory.rs"]
 mod memory;
 #[path = "../bench/nats.rs"]
@@ -82,7 +88,7 @@ struct Cli {
     #[arg(long)]
     runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
-    /// hol, memory).
+    /// hol, memory, gateway).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -96,6 +102,24 @@ struct Cli {
     /// through stdin and stdout by the parent bench process.
     #[arg(long, value_name = "KIND", hide = true)]
     memory_hub: Option<String>,
+    /// WebSocket sessions of the gateway figure (default 10,000; 1,000 with --quick). Each is
+    /// an open file in the server and in the clients process: at most the hard limit of open
+    /// files (`ulimit -Hn`) minus a few hundred.
+    #[arg(long, value_name = "N")]
+    gateway_sessions: Option<usize>,
+    /// Fan-out rounds per run of the gateway figure (default 20; 5 with --quick).
+    #[arg(long, value_name = "N")]
+    gateway_rounds: Option<u64>,
+    /// Messages to 100 sessions per run of the gateway figure's messages/s (default 20,000;
+    /// 5,000 with --quick).
+    #[arg(long, value_name = "N")]
+    gateway_messages: Option<usize>,
+    /// Internal: run as the gateway figure's server ("ferry" or "plain").
+    #[arg(long, value_name = "KIND", hide = true)]
+    gateway_server: Option<String>,
+    /// Internal: run as the gateway figure's WebSocket clients (URL, count).
+    #[arg(long, value_names = ["URL", "N"], num_args = 2, hide = true)]
+    gateway_clients: Option<Vec<String>>,
 }
 
 /// How big each measurement is.
@@ -123,6 +147,12 @@ struct Settings {
     /// Peers connected to the measured node, and idle conversations into it, per memory run.
     memory_peers: usize,
     memory_conversations: usize,
+    /// WebSocket sessions, fan-out rounds and messages/s messages per gateway run.
+    gateway_sessions: usize,
+    gateway_rounds: u64,
+    gateway_messages: usize,
+    /// How long the gateway figure's server settles before its memory is read, ms.
+    gateway_settle_ms: u64,
 }
 
 impl Settings {
@@ -144,6 +174,10 @@ impl Settings {
                 dial_warmup: 5,
                 memory_peers: 200,
                 memory_conversations: 200,
+                gateway_sessions: 1_000,
+                gateway_rounds: 5,
+                gateway_messages: 5_000,
+                gateway_settle_ms: 150,
             }
         } else {
             Self {
@@ -162,12 +196,25 @@ impl Settings {
                 dial_warmup: 10,
                 memory_peers: 1000,
                 memory_conversations: 1000,
+                gateway_sessions: 10_000,
+                gateway_rounds: 20,
+                gateway_messages: 20_000,
+                gateway_settle_ms: 1000,
             }
         };
         if let Some(runs) = cli.runs {
             settings.runs = runs.max(1);
         }
         settings.ferry_only = cli.ferry_only;
+        if let Some(n) = cli.gateway_sessions {
+            settings.gateway_sessions = n.max(1);
+        }
+        if let Some(n) = cli.gateway_rounds {
+            settings.gateway_rounds = n.max(1);
+        }
+        if let Some(n) = cli.gateway_messages {
+            settings.gateway_messages = n.max(1);
+        }
         settings
     }
 }
@@ -287,12 +334,44 @@ const FIGURES: &[Figure] = &[
         id: "memory",
         measure: |settings| Box::pin(memory::figure_memory(settings)),
     },
+    Figure {
+        id: "gateway",
+        measure: |settings| Box::pin(gateway::figure_gateway(settings)),
+    },
 ];
+
+/// The gateway figure's session count for `cli`.
+fn settings_sessions(cli: &Cli) -> usize {
+    Settings::new(cli).gateway_sessions
+}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(kind) = &cli.memory_hub {
         return memory::run_hub(kind);
+    }
+    // Every WebSocket session of the gateway figure is an open file (children inherit this).
+    let open_files = gateway::raise_open_files_limit();
+    if let Some(kind) = &cli.gateway_server {
+        return gateway::run_child(gateway::server(kind));
+    }
+    if let Some([url, n]) = cli.gateway_clients.as_deref() {
+        let n = n.parse().context("--gateway-clients N")?;
+        return gateway::run_child(gateway::clients(url, n));
+    }
+    if let Some(hard) = open_files {
+        let wanted = settings_sessions(&cli) as u64 + 500;
+        if hard < wanted
+            && cli
+                .only
+                .as_deref()
+                .is_none_or(|only| "gateway".contains(only))
+        {
+            eprintln!(
+                "warning: {} gateway sessions need about {wanted} open files per process; the limit is {hard}",
+                settings_sessions(&cli)
+            );
+        }
     }
     let settings = Settings::new(&cli);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -1429,8 +1508,8 @@ fn table(rows: &[Row], settings: &Settings) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "medians of {} runs; baseline = the same job done by raw quinn or NATS (last column), \
-         same process and run; ratio = ferry / baseline",
+        "medians of {} runs; baseline = the same job done by raw quinn, NATS or a plain axum \
+         WebSocket server (last column), same run; ratio = ferry / baseline",
         settings.runs
     );
     for (index, line) in cells.iter().enumerate() {
@@ -1499,6 +1578,12 @@ fn table(rows: &[Row], settings: &Settings) -> String {
         settings.dial_warmup,
         settings.memory_peers,
         settings.memory_conversations
+    );
+    let _ = writeln!(
+        out,
+        "       gateway {} WebSocket sessions, {} fan-out rounds and {} messages to 100 sessions \
+         per run",
+        settings.gateway_sessions, settings.gateway_rounds, settings.gateway_messages
     );
     out
 }

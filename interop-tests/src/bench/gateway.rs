@@ -1,0 +1,629 @@
+//! The browser gateway: memory per idle WebSocket session, fan-out latency of one channel
+//! message to every session, and messages per second from a Rust peer to browser sessions.
+//!
+//! Three processes, so that the measured server's memory is its own: the parent (this figure),
+//! the **server** (this binary with the hidden `--gateway-server ferry|plain`) and the
+//! **clients** (this binary with `--gateway-clients URL N`: N tokio-tungstenite WebSocket
+//! clients standing in for browsers). The server is either ferry's gateway (a node, its redb
+//! store in a temporary directory, and `ferry_node::gateway` with every client a session that
+//! joined the channel `bench`) or the baseline: a plain axum WebSocket server with the same
+//! buffer sizes, one task and one unbounded queue per socket, no store, whose "channel" is a
+//! loop over the sockets' queues.
+//!
+//! | parent → server | server → parent |
+//! |---|---|
+//! | (start) | `ready <ws url>` |
+//! | `memory MS` | `memory <heap bytes> <RSS bytes>`, MS milliseconds after the command |
+//! | `publish` | `ok` once one message `{"t": <unix µs>}` went to the channel (ferry: stored and handed over) |
+//! | `push M` | `ok` once M messages `{"n": k}` were queued to the first 100 sockets (plain only) |
+//!
+//! | parent → clients | clients → parent |
+//! |---|---|
+//! | (start) | `ready <JSON array of the first 100 session addresses>` once all N joined |
+//! | `round` | `latencies <JSON array>`: per client, µs from the `t` in the message to its receipt |
+//! | `count M` | `counted <µs>` once M `n` messages arrived, µs since the command |
+//!
+//! Both children end when their stdin closes (the parent kills them once measured).
+//! Latencies compare clocks of one machine.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use axum::extract::ws::{Message as AxumMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use ferry::{Node, NodeConfig, SecretKey};
+use ferry_node::gateway::{self, GatewayConfig, NoHooks};
+use ferry_node::store::{RedbStore, StoreConfig};
+use futures::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{Better, Row, Settings, ALLOCATOR};
+
+/// The channel every session joins.
+const CHANNEL: &str = "bench";
+/// Sessions the peer (and the plain server's pusher) sends to in the messages/s figure.
+const TARGETS: usize = 100;
+/// WebSocket clients connecting at once.
+const CONNECT_BATCH: usize = 500;
+/// How long one client may take to connect and join (a server out of open files leaves the
+/// upgrade unanswered).
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How long the children may take for one step.
+const STEP_WAIT: Duration = Duration::from_secs(300);
+/// Pause between fan-out rounds, so that one round's stragglers do not meet the next.
+const ROUND_GAP: Duration = Duration::from_millis(100);
+/// The WebSocket read buffer of both servers (the gateway's own).
+const BUFFER: usize = gateway::READ_BUFFER;
+
+/// What the baseline is.
+const PLAIN: &str = "plain axum WebSocket server, no store";
+
+/// The rows, in this order: one value each per run.
+const ROWS: usize = 5;
+
+pub(super) async fn figure_gateway(settings: Settings) -> Result<Vec<Row>> {
+    let n = settings.gateway_sessions;
+    let mut rows: [Row; ROWS] = [
+        Row::new(
+            format!("RSS per idle WebSocket session ({n} sessions)"),
+            "KiB",
+            Better::Lower,
+        )
+        .against(PLAIN),
+        Row::new(
+            format!("heap per idle WebSocket session ({n} sessions)"),
+            "KiB",
+            Better::Lower,
+        )
+        .against(PLAIN),
+        Row::new(
+            format!("fan-out: 1 channel msg -> {n} sessions, p50"),
+            "ms",
+            Better::Lower,
+        )
+        .against(PLAIN),
+        Row::new(
+            format!("fan-out: 1 channel msg -> {n} sessions, p99"),
+            "ms",
+            Better::Lower,
+        )
+        .against(PLAIN),
+        Row::new(
+            format!("peer -> {TARGETS} sessions, msgs/s delivered"),
+            "msg/s",
+            Better::Higher,
+        )
+        .against(PLAIN),
+    ];
+    for run in 0..settings.runs {
+        let ferry_first = run % 2 == 0;
+        for ferry in [ferry_first, !ferry_first] {
+            if !ferry && settings.ferry_only {
+                continue;
+            }
+            let values = measure_server(ferry, &settings).await?;
+            for (row, value) in rows.iter_mut().zip(values) {
+                row.push(ferry, value);
+            }
+        }
+    }
+    Ok(rows.into())
+}
+
+/// One run against one server: the five row values.
+async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]> {
+    let n = settings.gateway_sessions;
+    let kind = if ferry { "ferry" } else { "plain" };
+    let settle = settings.gateway_settle_ms;
+    let (mut server, url) = Child2::start(&["--gateway-server", kind]).await?;
+    let before = server.memory(settle).await?;
+    let (mut clients, addresses) =
+        Child2::start(&["--gateway-clients", &url, &n.to_string()]).await?;
+    let after = server.memory(settle).await?;
+    let kib = |bytes: i64| bytes as f64 / n.max(1) as f64 / 1024.0;
+    let rss = kib(after.1 - before.1);
+    let heap = kib(after.0 - before.0);
+
+    // Fan-out rounds.
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for _ in 0..settings.gateway_rounds {
+        tokio::time::sleep(ROUND_GAP).await;
+        clients.send("round").await?;
+        server.send("publish").await?;
+        server.answer("ok").await?;
+        let latencies: Vec<u64> = serde_json::from_str(&clients.answer("latencies").await?)?;
+        for latency in latencies {
+            histogram.record(latency.max(1))?;
+        }
+    }
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    let (p50, p99) = (ms(0.5), ms(0.99));
+
+    // Messages per second to the first TARGETS sessions: a warm-up of one message each (the
+    // peer dials and opens its streams), then the measured ones.
+    let total = settings.gateway_messages;
+    let peer = if ferry {
+        let addresses: Vec<ferry::Address> = serde_json::from_str::<Vec<String>>(&addresses)?
+            .iter()
+            .map(|a| a.parse().map_err(|e| anyhow!("session address {a}: {e}")))
+            .collect::<Result<_>>()?;
+        Some(Peer::new(addresses).await?)
+    } else {
+        None
+    };
+    let mut rate = 0.0;
+    for count in [TARGETS, total] {
+        clients.send(&format!("count {count}")).await?;
+        let started = Instant::now();
+        match &peer {
+            Some(peer) => peer.send(count).await?,
+            None => {
+                server.send(&format!("push {count}")).await?;
+                server.answer("ok").await?;
+            }
+        }
+        clients.answer("counted").await?;
+        rate = count as f64 / started.elapsed().as_secs_f64();
+    }
+    if let Some(peer) = peer {
+        peer.node.shutdown(Duration::from_secs(1)).await;
+    }
+
+    clients.finish().await;
+    server.finish().await;
+    Ok([rss, heap, p50, p99, rate])
+}
+
+/// A Rust peer on another node, with a sender to each session.
+struct Peer {
+    node: Node,
+    senders: Vec<ferry::Sender>,
+}
+
+impl Peer {
+    async fn new(targets: Vec<ferry::Address>) -> Result<Self> {
+        let node = Node::bind(SecretKey::generate(), NodeConfig::default()).await?;
+        let senders = targets.iter().map(|t| node.sender(t)).collect();
+        Ok(Self { node, senders })
+    }
+
+    /// Sends `total` JSON messages round-robin to the sessions, all enqueued at once, and
+    /// waits for every delivery (acknowledged: stored by the gateway's node).
+    async fn send(&self, total: usize) -> Result<()> {
+        let mut deliveries = Vec::with_capacity(total);
+        for k in 0..total {
+            let sender = self
+                .senders
+                .get(k % self.senders.len().max(1))
+                .ok_or_else(|| anyhow!("no sessions to send to"))?;
+            deliveries.push(
+                sender
+                    .enqueue_bytes(Bytes::from(format!("{{\"n\":{k}}}")))
+                    .await?,
+            );
+        }
+        for delivery in deliveries {
+            delivery.await?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes, seen from the parent.
+
+/// A child process of this binary, driven through stdin and stdout; killed if dropped.
+struct Child2 {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Child2 {
+    /// Starts this binary with `args` and returns it with the rest of its `ready` line.
+    async fn start(args: &[&str]) -> Result<(Self, String)> {
+        let exe = std::env::current_exe().context("finding the bench binary")?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {args:?}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("child without stdout"))?;
+        let mut child = Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout).lines(),
+        };
+        let ready = child.answer("ready").await?;
+        Ok((child, ready))
+    }
+
+    /// The next line, which must start with `word`; returns the rest.
+    async fn answer(&mut self, word: &str) -> Result<String> {
+        let line = tokio::time::timeout(STEP_WAIT, self.stdout.next_line())
+            .await
+            .map_err(|_| anyhow!("no answer {word} in {STEP_WAIT:?}"))??
+            .ok_or_else(|| anyhow!("the child exited (expected {word})"))?;
+        if let Some(error) = line.strip_prefix("error ") {
+            bail!("child: {error}");
+        }
+        match line.split_once(' ') {
+            Some((first, rest)) if first == word => Ok(rest.to_owned()),
+            None if line == word => Ok(String::new()),
+            _ => bail!("the child answered {:?}, expected {word}", truncate(&line)),
+        }
+    }
+
+    async fn send(&mut self, command: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("child stdin closed"))?;
+        stdin.write_all(format!("{command}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Heap and RSS of the child, bytes, `settle_ms` after asking.
+    async fn memory(&mut self, settle_ms: u64) -> Result<(i64, i64)> {
+        self.send(&format!("memory {settle_ms}")).await?;
+        let answer = self.answer("memory").await?;
+        let (heap, rss) = answer
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("bad memory answer {answer:?}"))?;
+        Ok((heap.parse()?, rss.parse()?))
+    }
+
+    /// Ends the child (measured already: nothing to wait for, no orderly shutdown).
+    async fn finish(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn truncate(line: &str) -> &str {
+    line.get(..200).unwrap_or(line)
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `VmRSS` of this process, bytes.
+fn rss() -> Result<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    let kib: i64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/self/status"))?
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// Runs `main` on a multi-thread runtime (a child process's entry point).
+pub(super) fn run_child(main: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let result = runtime.block_on(main);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Prints one answer line and flushes it.
+fn answer(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process.
+
+/// What the server publishes with.
+enum Server {
+    Ferry {
+        handle: gateway::GatewayHandle,
+        // Kept alive for the process's lifetime.
+        _node: Node,
+        _store: Arc<RedbStore>,
+        _dir: tempfile::TempDir,
+    },
+    Plain(Arc<Plain>),
+}
+
+/// The baseline server's sockets: one queue each, in connection order.
+#[derive(Default)]
+struct Plain {
+    sockets: Mutex<Vec<mpsc::UnboundedSender<Utf8Bytes>>>,
+}
+
+/// Runs this process as the figure's server of `kind` ("ferry" or "plain") until stdin ends.
+pub(super) async fn server(kind: &str) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let server = match kind {
+        "ferry" => {
+            let dir = tempfile::tempdir()?;
+            let store = Arc::new(RedbStore::open(
+                &dir.path().join("store.redb"),
+                StoreConfig::default(),
+            )?);
+            let node = Node::bind(SecretKey::generate(), NodeConfig::default()).await?;
+            let mut config = GatewayConfig::default();
+            config.permissions.join = vec![CHANNEL.into()];
+            let limits = &mut config.limits;
+            limits.connection_rate = 1_000_000;
+            limits.max_connections = 1_000_000;
+            limits.max_sessions = 1_000_000;
+            let gateway =
+                gateway::Gateway::new(node.clone(), store.clone(), config, Arc::new(NoHooks))?;
+            let handle = gateway.handle();
+            tokio::spawn(gateway.serve(listener, shutdown.clone()));
+            Server::Ferry {
+                handle,
+                _node: node,
+                _store: store,
+                _dir: dir,
+            }
+        }
+        "plain" => {
+            let plain = Arc::new(Plain::default());
+            let router = axum::Router::new()
+                .route("/ws", axum::routing::get(plain_upgrade))
+                .with_state(plain.clone());
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            });
+            Server::Plain(plain)
+        }
+        other => bail!("unknown server kind {other:?}"),
+    };
+    answer(&format!("ready ws://{addr}/ws"));
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(command) = commands.next_line().await? {
+        match server_command(&server, &command).await {
+            Ok(line) => answer(&line),
+            Err(error) => answer(&format!("error {error:#}")),
+        }
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+async fn server_command(server: &Server, command: &str) -> Result<String> {
+    let (word, argument) = command.split_once(' ').unwrap_or((command, ""));
+    match (word, server) {
+        ("memory", _) => {
+            let settle: u64 = argument.parse().context("memory settle time")?;
+            tokio::time::sleep(Duration::from_millis(settle)).await;
+            Ok(format!(
+                "memory {} {}",
+                i64::try_from(ALLOCATOR.allocated())?,
+                rss()?
+            ))
+        }
+        ("publish", Server::Ferry { handle, .. }) => {
+            let payload = gateway::json_payload(&json!({ "t": unix_micros() }));
+            handle.publish(CHANNEL, payload).await?;
+            Ok("ok".into())
+        }
+        ("publish", Server::Plain(plain)) => {
+            // The same frame shape as a gateway message, built once and shared.
+            let frame = Utf8Bytes::from(
+                json!({"type": "message", "data": {"t": unix_micros()}}).to_string(),
+            );
+            let sockets = plain
+                .sockets
+                .lock()
+                .map_err(|_| anyhow!("poisoned"))?
+                .clone();
+            for socket in sockets {
+                let _ = socket.send(frame.clone());
+            }
+            Ok("ok".into())
+        }
+        ("push", Server::Plain(plain)) => {
+            let total: usize = argument.parse().context("push count")?;
+            let sockets: Vec<_> = plain
+                .sockets
+                .lock()
+                .map_err(|_| anyhow!("poisoned"))?
+                .iter()
+                .take(TARGETS)
+                .cloned()
+                .collect();
+            for k in 0..total {
+                let frame = json!({"type": "message", "data": {"n": k}}).to_string();
+                if let Some(socket) = sockets.get(k % sockets.len().max(1)) {
+                    let _ = socket.send(frame.into());
+                }
+            }
+            Ok("ok".into())
+        }
+        (other, _) => bail!("unknown command {other:?}"),
+    }
+}
+
+async fn plain_upgrade(State(plain): State<Arc<Plain>>, ws: WebSocketUpgrade) -> Response {
+    ws.read_buffer_size(BUFFER)
+        .write_buffer_size(4096)
+        .on_upgrade(move |socket| plain_socket(plain, socket))
+}
+
+/// One socket of the plain server: a welcome, `ok` to every text frame, and whatever its
+/// queue holds.
+async fn plain_socket(plain: Arc<Plain>, mut socket: WebSocket) {
+    let (queue, mut frames) = mpsc::unbounded_channel();
+    if let Ok(mut sockets) = plain.sockets.lock() {
+        sockets.push(queue);
+    }
+    let welcome = AxumMessage::Text(Utf8Bytes::from_static(r#"{"type":"welcome"}"#));
+    if socket.send(welcome).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(frame) => {
+                    if socket.send(AxumMessage::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            message = socket.recv() => match message {
+                Some(Ok(AxumMessage::Text(_))) => {
+                    let ok = AxumMessage::Text(Utf8Bytes::from_static(r#"{"type":"ok","ref":1}"#));
+                    if socket.send(ok).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clients process.
+
+/// Runs this process as `n` WebSocket clients of the server at `url` until stdin ends.
+pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
+    let (events, mut received) = mpsc::unbounded_channel::<Value>();
+    let mut addresses = Vec::new();
+    let connected = Arc::new(AtomicUsize::new(0));
+    for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
+        let mut connecting = Vec::new();
+        for _ in batch {
+            let (url, events) = (url.to_owned(), events.clone());
+            let connected = connected.clone();
+            connecting.push(async move {
+                let (mut ws, welcome) = tokio::time::timeout(CONNECT_WAIT, async {
+                    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                        .await
+                        .context("connecting")?;
+                    let welcome = next_text(&mut ws).await?;
+                    let join = json!({"type": "join", "ref": 1, "channel": CHANNEL});
+                    ws.send(Message::Text(join.to_string().into())).await?;
+                    let joined = next_text(&mut ws).await?;
+                    if joined["type"] != "ok" {
+                        bail!("join answered {joined}");
+                    }
+                    anyhow::Ok((ws, welcome))
+                })
+                .await
+                .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))??;
+                connected.fetch_add(1, Ordering::Relaxed);
+                // Every message frame goes to the driver.
+                tokio::spawn(async move {
+                    while let Some(Ok(message)) = ws.next().await {
+                        if let Message::Text(text) = message {
+                            if let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) {
+                                if frame["type"] == "message" {
+                                    let _ = events.send(frame);
+                                }
+                            }
+                        }
+                    }
+                });
+                anyhow::Ok(welcome["address"].as_str().unwrap_or("").to_owned())
+            });
+        }
+        for address in futures::future::join_all(connecting).await {
+            let address = address?;
+            if addresses.len() < TARGETS {
+                addresses.push(address);
+            }
+        }
+    }
+    answer(&format!("ready {}", serde_json::to_string(&addresses)?));
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(command) = commands.next_line().await? {
+        let (word, argument) = command.split_once(' ').unwrap_or((&command, ""));
+        match word {
+            "round" => {
+                let mut latencies = Vec::with_capacity(n);
+                while latencies.len() < n {
+                    let frame = received.recv().await.context("clients ended")?;
+                    if let Some(t) = frame["data"]["t"].as_u64() {
+                        latencies.push(unix_micros().saturating_sub(t));
+                    }
+                }
+                answer(&format!("latencies {}", serde_json::to_string(&latencies)?));
+            }
+            "count" => {
+                let total: usize = argument.parse().context("count")?;
+                let started = Instant::now();
+                let mut count = 0;
+                while count < total {
+                    let frame = received.recv().await.context("clients ended")?;
+                    if frame["data"]["n"].is_u64() {
+                        count += 1;
+                    }
+                }
+                answer(&format!("counted {}", started.elapsed().as_micros()));
+            }
+            other => answer(&format!("error unknown command {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame, as JSON.
+async fn next_text(ws: &mut Ws) -> Result<Value> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(text.as_str())?),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(error.into()),
+            None => bail!("closed before a frame"),
+        }
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (each session is a
+/// socket in the server and one in the clients process; children inherit the limit).
+pub(super) fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum?;
+    if limit.current != Some(hard) {
+        limit.current = Some(hard);
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "raising the open-files limit");
+        }
+    }
+    Some(hard)
+}
