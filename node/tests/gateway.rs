@@ -1361,3 +1361,46 @@ async fn channel_messages_reach_offline_members_in_order_and_go_with_the_last_ac
     .expect("the shared messages go with their sessions");
     assert_eq!(env.handle.sessions().len(), 0);
 }
+
+#[tokio::test]
+async fn concurrent_senders_reach_a_connected_session_in_id_order_without_gaps() {
+    // Messages from peers are handed to a caught-up connection as they arrive, and read back
+    // from the store when they arrive out of order: either way every id comes once, in order.
+    let env = start(GatewayConfig::default()).await;
+    let (mut ws, welcome) = connect(env.addr, "").await;
+    let address: ferry::Address = welcome["address"].as_str().unwrap().parse().unwrap();
+    let per_peer = 200;
+    let mut senders = Vec::new();
+    for name in ["a", "b"] {
+        let address = address.clone();
+        senders.push(tokio::spawn(async move {
+            let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
+                .await
+                .unwrap();
+            let sender = peer.sender(&address);
+            let mut last = None;
+            for n in 0..per_peer {
+                let payload = serde_json::to_vec(&json!([name, n])).unwrap();
+                last = Some(sender.enqueue_bytes(Bytes::from(payload)).await.unwrap());
+            }
+            last.unwrap().await.unwrap();
+            peer
+        }));
+    }
+    let mut next_of = std::collections::HashMap::new();
+    for expected in 0..2 * per_peer {
+        let message = next(&mut ws).await;
+        assert_eq!(message.header["id"], expected);
+        let value = data_json(&message);
+        let (name, n) = (
+            value[0].as_str().unwrap().to_owned(),
+            value[1].as_u64().unwrap(),
+        );
+        let next_n = next_of.entry(name).or_insert(0);
+        assert_eq!(n, *next_n, "each peer's messages in order");
+        *next_n += 1;
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+}

@@ -84,6 +84,7 @@ pub(crate) async fn run(
         reason: Arc::default(),
         queue: queue.clone(),
         start_pump: start_pump.clone(),
+        delivered: shared.counters.delivered.clone(),
     };
     // Attach, taking the session over from an older connection. Nothing is handed to the
     // new connection before its welcome: its pump starts after it, and clears `pumping`

@@ -83,7 +83,8 @@ struct Registry {
 /// The gateway's counters.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) delivered: AtomicU64,
+    /// Shared with the connections, which count what they hand over.
+    pub(crate) delivered: Arc<AtomicU64>,
     pub(crate) requests: AtomicU64,
     pub(crate) refused_upgrades: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,

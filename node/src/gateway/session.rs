@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hooks::Disconnect;
 use super::limits::OutQueue;
-use super::protocol::MessageTemplate;
+use super::protocol::{MessageTemplate, ServerFrame, Via};
 use crate::store::{Appended, RedbStore};
 
 /// What the embedder and the hooks see of a session.
@@ -75,6 +75,8 @@ pub(crate) struct Attached {
     /// Starts the connection's pump (a task that reads stored messages into `queue` until it
     /// has caught up, then ends).
     pub(crate) start_pump: Arc<dyn Fn() + Send + Sync>,
+    /// The gateway's count of messages handed to connections.
+    pub(crate) delivered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Attached {
@@ -230,9 +232,9 @@ impl Session {
         });
         let weak = Arc::downgrade(&session);
         // The store has every message; the queue only says that one arrived.
-        let attached = mailbox.set_handler(move |_message| {
+        let attached = mailbox.set_handler(move |message| {
             if let Some(session) = weak.upgrade() {
-                session.wake();
+                session.arrived(&message);
             }
             async {}
         });
@@ -281,6 +283,32 @@ impl Session {
         drop(state);
         self.wake();
         Ok(index)
+    }
+
+    /// A message from a peer or another session arrived in the mailbox (it is stored): handed
+    /// to the connection at once if that is attached and caught up, else left to the pump.
+    fn arrived(&self, message: &ferry::Message) {
+        if let Some(index) = message.id() {
+            let mut state = lock(&self.state);
+            if !state.pumping && !state.ended && state.next == index {
+                if let Some(attached) = &state.attached {
+                    let frame = ServerFrame::Message {
+                        id: index,
+                        from: message.from().to_string(),
+                        via: Via::default(),
+                        data: message.payload().clone(),
+                    };
+                    if attached.queue.try_push(frame.encode()).is_ok() {
+                        attached
+                            .delivered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state.next = index + 1;
+                        return;
+                    }
+                }
+            }
+        }
+        self.wake();
     }
 
     /// A message was stored: makes sure the attached connection's pump reads it (starts the
