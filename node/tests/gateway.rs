@@ -1404,3 +1404,52 @@ async fn concurrent_senders_reach_a_connected_session_in_id_order_without_gaps()
         sender.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_channel_message_stored_once_reaches_offline_members_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = SecretKey::generate();
+    // Two sessions of one channel, both away when a message is published to it.
+    let (node, store, handle, addr, shutdown, task) = start_on(&key, &path).await;
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let (ws, welcome) = connect(addr, "").await;
+        let session = welcome["session"].as_str().unwrap().to_owned();
+        handle.join(&session, "room.2").unwrap();
+        drop(ws);
+        while handle.is_connected(&session) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        members.push(welcome["resume"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        handle
+            .publish("room.2", Bytes::from_static(b"\"once\""))
+            .await,
+        Ok(2)
+    );
+    assert_eq!(store.shared_count().unwrap(), 1);
+    shutdown.cancel();
+    task.await.unwrap();
+    node.shutdown(Duration::from_secs(1)).await;
+    store.close();
+    drop((store, handle, node));
+
+    // After the restart both get it on resume, and the one stored copy goes with the last ack.
+    let (_node, store, _handle, addr, _shutdown, _task) = start_on(&key, &path).await;
+    assert_eq!(store.shared_count().unwrap(), 1);
+    for (n, resume) in members.iter().enumerate() {
+        let (mut ws, welcome) = connect(addr, &format!("resume={resume}")).await;
+        assert_eq!(welcome["resumed"], true);
+        assert_eq!(welcome["recovered"], true);
+        let message = next(&mut ws).await;
+        assert_eq!(message.header["channel"], "room.2");
+        assert_eq!(data_json(&message), json!("once"));
+        put(&mut ws, json!({"type": "ack", "id": message.header["id"]})).await;
+        let (answer, _) = ask(&mut ws, json!({"type": "ping", "ref": 1})).await;
+        assert_eq!(answer.kind(), "ok");
+        flushed(&store).await;
+        assert_eq!(store.shared_count().unwrap(), 1 - n as u64);
+    }
+}
