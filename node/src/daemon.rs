@@ -32,7 +32,7 @@ impl Daemon {
     pub(crate) async fn start(config: &DaemonConfig, durable: bool) -> anyhow::Result<Self> {
         let on_disk = durable || config.persistent;
         let (key, store) = if on_disk {
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            create_private_dir(&config.data_dir).with_context(|| {
                 format!("creating data directory {}", config.data_dir.display())
             })?;
             let key = SecretKey::load_or_generate(&config.key_file)?;
@@ -225,4 +225,18 @@ fn print_batch(batch: &[Message], json: bool) -> anyhow::Result<()> {
         }
     }
     out.flush().context("writing to standard output")
+}
+
+/// Creates `dir` (and its parents) if it is missing. A directory made here is readable by its
+/// owner only (0700 on Unix): it holds the node's secret key, every stored message and the
+/// gateway's resume-token key. An existing directory keeps its permissions.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }

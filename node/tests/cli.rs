@@ -282,6 +282,23 @@ async fn call_reaches_an_sdk_service() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The data directory `ferry run` creates holds the key, every stored message and the
+/// gateway's resume-token key: its owner only may read it.
+#[cfg(unix)]
+#[test]
+fn a_new_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new").join("data");
+    let _node = start_run(&["--data", data.to_str().unwrap()]);
+    for created in [&data, &dir.path().join("new")] {
+        let mode = std::fs::metadata(created).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", created.display());
+    }
+    let key = std::fs::metadata(data.join("key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}
+
 #[test]
 fn ping_a_running_node() {
     let dir = tempfile::tempdir().unwrap();
