@@ -185,6 +185,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The answer to a request the writer was given (`submitted`), as a future.
+fn answered<T: Send + 'static>(
+    submitted: Result<(), Op>,
+    answer: oneshot::Receiver<Result<T, StoreError>>,
+) -> StoreFuture<T> {
+    Box::pin(async move {
+        if submitted.is_err() {
+            return Err(StoreError::Failed("store is closed".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
+    })
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -279,14 +294,7 @@ impl RedbStore {
             messages,
             reply,
         });
-        Box::pin(async move {
-            if submitted.is_err() {
-                return Err(StoreError::Failed("store is closed".into()));
-            }
-            answer
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
-        })
+        answered(submitted, answer)
     }
 
     /// Stores one message (sender, tag, payload) for every mailbox of `mailboxes` in one
@@ -309,14 +317,7 @@ impl RedbStore {
             message: Box::new((from, tag, payload)),
             reply,
         });
-        Box::pin(async move {
-            if submitted.is_err() {
-                return Err(StoreError::Failed("store is closed".into()));
-            }
-            answer
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
-        })
+        answered(submitted, answer)
     }
 
     /// How many messages are stored once for several mailboxes
@@ -507,14 +508,7 @@ impl MailboxStore for RedbStore {
                 .collect(),
             reply,
         });
-        Box::pin(async move {
-            if submitted.is_err() {
-                return Err(StoreError::Failed("store is closed".into()));
-            }
-            answer
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
-        })
+        answered(submitted, answer)
     }
 
     fn delivered(&self, mailbox: MailboxId, run: RunId) -> Result<Option<u64>, StoreError> {

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 
 use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
 use crate::fake_peer::FakePeer;
+use crate::fake_peer::Rng;
 use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
 use crate::{Node, NodeConfig, SecretKey, SendError};
 
@@ -21,26 +22,6 @@ async fn node_with(config: NodeConfig) -> Node {
 
 fn unix_now() -> u64 {
     crate::node::unix_now()
-}
-
-/// A small deterministic generator, so that a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, bytes: &mut [u8]) {
-        for chunk in bytes.chunks_mut(8) {
-            let value = self.next().to_le_bytes();
-            chunk.copy_from_slice(&value[..chunk.len()]);
-        }
-    }
 }
 
 /// The encoding of `kind` followed by one frame.
@@ -133,29 +114,29 @@ async fn address_flood_costs_signature_checks_only_past_the_cheap_checks() {
         core[48..].copy_from_slice(&signature);
         match kind {
             Junk::Garbage => {
-                let mut bytes = vec![0u8; (rng.next() % 300) as usize];
+                let mut bytes = vec![0u8; (rng.next_u64() % 300) as usize];
                 rng.fill(&mut bytes);
                 bytes.insert(0, StreamKind::Mailbox as u8);
                 inputs.push((kind, bytes));
                 continue;
             }
             Junk::Malformed => {
-                if rng.next().is_multiple_of(2) {
+                if rng.next_u64().is_multiple_of(2) {
                     core[..32].copy_from_slice(&[0; 32]); // small order
                 } else {
                     core[111] |= 0x80; // S not canonical
                 }
             }
             Junk::WrongNode => {
-                let other = others[(rng.next() % 16) as usize];
+                let other = others[(rng.next_u64() % 16) as usize];
                 core[..32].copy_from_slice(other.as_bytes());
             }
             Junk::Expired => {
-                let at = 1 + rng.next() % unix_now();
+                let at = 1 + rng.next_u64() % unix_now();
                 core[40..48].copy_from_slice(&at.to_be_bytes());
             }
             Junk::NoSuchMailbox => {
-                core[32..40].copy_from_slice(&rng.next().to_be_bytes());
+                core[32..40].copy_from_slice(&rng.next_u64().to_be_bytes());
             }
             Junk::Forged => {}
             Junk::Valid => core = valid[i / 100 % VALID_DISTINCT].core_bytes(),
@@ -166,7 +147,7 @@ async fn address_flood_costs_signature_checks_only_past_the_cheap_checks() {
         fields.push(0x01);
         fields.extend_from_slice(&core);
         fields.extend_from_slice(&from.core_bytes());
-        fields.extend_from_slice(&rng.next().to_be_bytes());
+        fields.extend_from_slice(&rng.next_u64().to_be_bytes());
         fields.push(0);
         frame::put_varint(&mut bytes, fields.len() as u64);
         bytes.extend_from_slice(&fields);

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bytes::BytesMut;
-use ferry::fake_peer::FakePeer;
+use ferry::fake_peer::{FakePeer, Rng};
 use ferry::frame::{self, ErrorCode, Frame, Open, StreamKind};
 use ferry::{Address, MailboxId, NodeId};
 use tokio::io::AsyncBufReadExt as _;
@@ -88,26 +88,6 @@ impl Hostile {
             }
             let chunk = recv.read_chunk(1024, true).await.ok()??;
             buf.extend_from_slice(&chunk.bytes);
-        }
-    }
-}
-
-/// A small deterministic generator for the garbage.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, bytes: &mut [u8]) {
-        for chunk in bytes.chunks_mut(8) {
-            let value = self.next().to_le_bytes();
-            chunk.copy_from_slice(&value[..chunk.len()]);
         }
     }
 }

@@ -174,17 +174,7 @@ impl Shared {
                     continue;
                 }
             };
-            {
-                let mut registry = lock(&self.registry);
-                registry
-                    .by_id
-                    .insert(session.info.id.clone(), session.clone());
-                registry
-                    .by_user
-                    .entry(session.info.user.clone())
-                    .or_default()
-                    .insert(session.info.id.clone());
-            }
+            self.register(&session);
             let channels: Vec<String> = lock(&session.state).channels.iter().cloned().collect();
             for channel in channels {
                 self.channels
@@ -193,6 +183,19 @@ impl Shared {
             tracing::debug!(session = %session.info.id, "session restored");
             self.hooks.started(&session.info);
         }
+    }
+
+    /// Lists a session by its id and its user.
+    fn register(&self, session: &Arc<Session>) {
+        let mut registry = lock(&self.registry);
+        registry
+            .by_id
+            .insert(session.info.id.clone(), session.clone());
+        registry
+            .by_user
+            .entry(session.info.user.clone())
+            .or_default()
+            .insert(session.info.id.clone());
     }
 
     /// Ends a session: it leaves its channels, its address is revoked, its messages dropped.
@@ -863,17 +866,7 @@ async fn admit(
                 }
             };
             lock(&session.state).detached_at = Some(Instant::now());
-            {
-                let mut registry = lock(&shared.registry);
-                registry
-                    .by_id
-                    .insert(session.info.id.clone(), session.clone());
-                registry
-                    .by_user
-                    .entry(session.info.user.clone())
-                    .or_default()
-                    .insert(session.info.id.clone());
-            }
+            shared.register(&session);
             shared.hooks.started(&session.info);
             (session, false)
         }
