@@ -257,16 +257,21 @@ impl RedbStore {
 
     /// How many messages of `mailbox` are stored and not yet acknowledged.
     pub fn pending_count(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
+        Ok(self.counters(mailbox)?.1)
+    }
+
+    /// The (next index, unacknowledged count) of `mailbox`; (0, 0) for one never used.
+    fn counters(&self, mailbox: MailboxId) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
         let mailboxes = match txn.open_table(MAILBOXES) {
             Ok(mailboxes) => mailboxes,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
             Err(error) => return Err(failed(error)),
         };
         Ok(mailboxes
             .get(mailbox.0)
             .map_err(failed)?
-            .map_or(0, |v| v.value().1))
+            .map_or((0, 0), |v| v.value()))
     }
 
     /// Applies every request queued so far and stops the writer. Called at shutdown, after the
@@ -372,16 +377,7 @@ impl RedbStore {
 
     /// The index the next message of `mailbox` will get (0 for a mailbox never used).
     pub fn next_index(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
-        let mailboxes = match txn.open_table(MAILBOXES) {
-            Ok(mailboxes) => mailboxes,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(error) => return Err(failed(error)),
-        };
-        Ok(mailboxes
-            .get(mailbox.0)
-            .map_err(failed)?
-            .map_or(0, |v| v.value().0))
+        Ok(self.counters(mailbox)?.0)
     }
 
     /// The index of the oldest unacknowledged message of `mailbox`, or its next index if it

@@ -141,3 +141,24 @@ impl Rng {
         }
     }
 }
+
+/// Reads what the node sends on a stream until it ends, and returns the CLOSE frame's code and
+/// reason, if one came.
+pub async fn read_close(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> Option<(crate::frame::ErrorCode, String)> {
+    let mut close = None;
+    loop {
+        while let Ok(Some((frame, used))) = frame::decode_frame(buf, 1 << 20) {
+            if let Frame::Close { code, reason } = frame {
+                close = Some((code, reason.to_owned()));
+            }
+            let _ = buf.split_to(used);
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            _ => return close,
+        }
+    }
+}

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
 use crate::fake_peer::FakePeer;
-use crate::fake_peer::Rng;
+use crate::fake_peer::{read_close, Rng};
 use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
 use crate::{Node, NodeConfig, SecretKey, SendError};
 
@@ -370,23 +370,6 @@ impl Hostile {
     }
 }
 
-/// Reads what the node sends until the stream ends: the CLOSE code and reason, if any.
-async fn closed(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<(ErrorCode, String)> {
-    let mut close = None;
-    loop {
-        while let Ok(Some((frame, used))) = frame::decode_frame(buf, 1 << 20) {
-            if let Frame::Close { code, reason } = frame {
-                close = Some((code, reason.to_owned()));
-            }
-            let _ = buf.split_to(used);
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            _ => return close,
-        }
-    }
-}
-
 /// A peer that opens streams and sends nothing, or only the kind byte, is cut off at
 /// `open_timeout`: reset with TIMEOUT, or CLOSE TIMEOUT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +384,7 @@ async fn silent_streams_are_cut_off_at_the_open_timeout() {
     let (mut send2, mut recv2) = connection.open_bi().await.unwrap();
     send2.write_all(&[StreamKind::Mailbox as u8]).await.unwrap();
     let mut buf = BytesMut::new();
-    let (code, reason) = closed(&mut recv2, &mut buf).await.unwrap();
+    let (code, reason) = read_close(&mut recv2, &mut buf).await.unwrap();
     assert_eq!(code, ErrorCode::TIMEOUT, "{reason}");
     let timeout = quinn::VarInt::from_u32(ErrorCode::TIMEOUT.0 as u32);
     assert_eq!(
@@ -432,7 +415,7 @@ async fn a_four_gigabyte_length_prefix_is_refused_at_once() {
     prefix.push(0x03);
     let started = Instant::now();
     send.write_all(&prefix).await.unwrap();
-    let (code, reason) = closed(&mut recv, &mut buf).await.unwrap();
+    let (code, reason) = read_close(&mut recv, &mut buf).await.unwrap();
     assert_eq!(code, ErrorCode::TOO_LARGE, "{reason}");
     assert!(reason.contains("4294967296"), "{reason}");
     assert!(started.elapsed() < Duration::from_millis(450));
@@ -468,7 +451,7 @@ async fn a_trickled_frame_is_cut_off_at_the_frame_timeout() {
             }
         }
     });
-    let (code, reason) = closed(&mut recv, &mut buf).await.unwrap();
+    let (code, reason) = read_close(&mut recv, &mut buf).await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(code, ErrorCode::TIMEOUT, "{reason}");
     assert!(reason.contains("frame_timeout"), "{reason}");
@@ -518,7 +501,7 @@ async fn a_full_mailbox_does_not_count_against_the_frame_timeout() {
         assert_eq!(message.decode::<String>().unwrap(), text);
     }
     send.finish().unwrap();
-    assert_eq!(closed(&mut recv, &mut buf).await, None);
+    assert_eq!(read_close(&mut recv, &mut buf).await, None);
     assert_eq!(node.stats().streams_cut_off, 0);
     node.shutdown(Duration::from_millis(100)).await;
 }
@@ -542,7 +525,7 @@ async fn garbage_is_cut_off_with_a_reason() {
         garbage[0] = 0x05; // a length of 5 ...
         garbage[1] = 0x42; // ... and an unknown type
         let _ = send.write_all(&garbage).await;
-        let (code, _) = closed(&mut recv, &mut buf).await.unwrap();
+        let (code, _) = read_close(&mut recv, &mut buf).await.unwrap();
         assert_eq!(code, ErrorCode::PROTOCOL);
     }
     // An unknown stream kind: stopped and reset with PROTOCOL, nothing written.
@@ -616,7 +599,7 @@ async fn every_opening_frame_cut_at_every_offset_over_a_real_stream() {
         let (mut send, mut recv, mut buf) = hostile.open_stream().await;
         send.write_all(&message[..cut]).await.unwrap();
         send.finish().unwrap();
-        let (code, reason) = closed(&mut recv, &mut buf).await.unwrap();
+        let (code, reason) = read_close(&mut recv, &mut buf).await.unwrap();
         assert_eq!(code, ErrorCode::PROTOCOL, "cut at {cut}");
         assert_eq!(reason, "stream ended inside a frame");
     }
@@ -701,7 +684,7 @@ async fn partly_received_messages_count_against_the_buffer_limit() {
     // A fourth would take the peer to 360 016 bytes.
     let (mut send, mut recv, mut buf) = hostile.open_stream().await;
     send.write_all(&message[..held]).await.unwrap();
-    let (code, reason) = closed(&mut recv, &mut buf).await.unwrap();
+    let (code, reason) = read_close(&mut recv, &mut buf).await.unwrap();
     assert_eq!(code, ErrorCode::LIMIT, "{reason}");
     assert!(reason.contains("max_buffered_per_peer"), "{reason}");
     wait_for(3 * held as u64).await;
@@ -790,7 +773,7 @@ async fn a_peer_that_keeps_breaking_the_protocol_is_disconnected_and_banned() {
     for n in 1..=4 {
         let (mut send, mut recv, mut buf) = hostile.open_stream().await;
         send.write_all(&[0x02, 0x42, 0x00]).await.unwrap();
-        let close = closed(&mut recv, &mut buf).await.map(|(code, _)| code);
+        let close = read_close(&mut recv, &mut buf).await.map(|(code, _)| code);
         if n < 4 {
             assert_eq!(close, Some(ErrorCode::PROTOCOL), "{n}");
         }
@@ -1004,7 +987,7 @@ fn addresses_never_appear_in_logs() {
             let hostile = Hostile::connect(&b, b.inbox().address()).await;
             let (mut send, mut recv, mut buf) = hostile.open_stream().await;
             send.write_all(&[0x02, 0x42, 0x00]).await.unwrap();
-            let _ = closed(&mut recv, &mut buf).await;
+            let _ = read_close(&mut recv, &mut buf).await;
             seen.extend([address, forged, expired, wrong, service.address().clone()]);
             seen.push(a.inbox().address().clone());
             seen.push(b.inbox().address().clone());

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bytes::BytesMut;
-use ferry::fake_peer::{FakePeer, Rng};
+use ferry::fake_peer::{read_close, FakePeer, Rng};
 use ferry::frame::{self, ErrorCode, Frame, Open, StreamKind};
 use ferry::{Address, MailboxId, NodeId};
 use tokio::io::AsyncBufReadExt as _;
@@ -92,23 +92,6 @@ impl Hostile {
     }
 }
 
-/// Reads what the node sends until the stream ends: the CLOSE code and reason, if any.
-async fn closed(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<(ErrorCode, String)> {
-    let mut close = None;
-    loop {
-        while let Ok(Some((frame, used))) = frame::decode_frame(buf, 1 << 20) {
-            if let Frame::Close { code, reason } = frame {
-                close = Some((code, reason.to_owned()));
-            }
-            let _ = buf.split_to(used);
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            _ => return close,
-        }
-    }
-}
-
 /// One identity: misbehaves on its connection while `active` is set, until the node closes
 /// it, recording the CLOSE code each stream is cut off with.
 async fn session(
@@ -139,7 +122,7 @@ async fn session(
                             return;
                         };
                         let _ = send.write_all(&[StreamKind::Mailbox as u8]).await;
-                        let close = closed(&mut recv, &mut BytesMut::new()).await;
+                        let close = read_close(&mut recv, &mut BytesMut::new()).await;
                         if let Some((ErrorCode::TIMEOUT, _)) = close {
                             cut.silent.fetch_add(1, Relaxed);
                         }
@@ -162,7 +145,7 @@ async fn session(
                         };
                         tokio::select! {
                             _ = trickle => {}
-                            close = closed(&mut recv, &mut buf) => {
+                            close = read_close(&mut recv, &mut buf) => {
                                 if let Some((ErrorCode::TIMEOUT, _)) = close {
                                     cut.trickle.fetch_add(1, Relaxed);
                                 }
@@ -186,7 +169,7 @@ async fn session(
                             bytes.push(0x03);
                         }
                         let _ = send.write_all(&bytes).await;
-                        match (behaviour, closed(&mut recv, &mut buf).await) {
+                        match (behaviour, read_close(&mut recv, &mut buf).await) {
                             (Behaviour::Garbage, Some((ErrorCode::PROTOCOL, _))) => {
                                 cut.garbage.fetch_add(1, Relaxed);
                             }
