@@ -51,77 +51,39 @@ pub(crate) async fn ping(
         return Err(PingError::NodeClosed);
     }
     let exchange = async {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match exchange(node, peer, hints).await {
-                // The connection lost the one-connection-per-pair rule to one the peer dialed
-                // at the same moment; the ping is idempotent, so it goes again on the winner.
-                Err(Superseded) if attempts < 3 => continue,
-                Err(Superseded) => {
-                    return Err(PingError::ConnectionLost("connection replaced".into()))
-                }
-                Ok(result) => return result,
-            }
+        let connection =
+            connection::connect(node, peer, hints)
+                .await
+                .map_err(|error| match error {
+                    DialError::NodeClosed => PingError::NodeClosed,
+                    other => PingError::Unreachable(other),
+                })?;
+        let mut nonce = [0u8; 8];
+        crate::identity::fill_random(&mut nonce);
+        let (request, payload) = request(u64::from_be_bytes(nonce));
+
+        let started = Instant::now();
+        let (mut send, mut recv) = connection.open_bi().await.map_err(connection_lost)?;
+        send.write_all(&request)
+            .await
+            .map_err(|error| match error {
+                quinn::WriteError::ConnectionLost(error) => connection_lost(error),
+                quinn::WriteError::Stopped(code) => stream_reset(code, false),
+                other => PingError::Protocol(other.to_string()),
+            })?;
+        let _ = send.finish();
+        let echo = read_echo(&mut recv).await?;
+        let elapsed = started.elapsed();
+        if echo != payload {
+            return Err(PingError::Protocol(
+                "the echo differs from the request".into(),
+            ));
         }
+        Ok(elapsed)
     };
     tokio::time::timeout(node.config.call_timeout, exchange)
         .await
         .unwrap_or(Err(PingError::Timeout))
-}
-
-/// The connection a ping ran on was closed by this node in favour of another one.
-struct Superseded;
-
-/// One ping on the current connection to `peer`.
-async fn exchange(
-    node: &Arc<NodeInner>,
-    peer: NodeId,
-    hints: &[SocketAddr],
-) -> Result<Result<Duration, PingError>, Superseded> {
-    let connection = match connection::connect(node, peer, hints).await {
-        Ok(connection) => connection,
-        Err(DialError::NodeClosed) => return Ok(Err(PingError::NodeClosed)),
-        Err(other) => return Ok(Err(PingError::Unreachable(other))),
-    };
-    let result = round_trip(&connection).await;
-    let superseded = matches!(result, Err(PingError::ConnectionLost(_)))
-        && matches!(
-            connection.close_reason(),
-            Some(quinn::ConnectionError::LocallyClosed)
-        )
-        && !node.is_closing();
-    if superseded {
-        Err(Superseded)
-    } else {
-        Ok(result)
-    }
-}
-
-/// Sends one ping request on a new stream of `connection` and times its echo.
-async fn round_trip(connection: &quinn::Connection) -> Result<Duration, PingError> {
-    let mut nonce = [0u8; 8];
-    crate::identity::fill_random(&mut nonce);
-    let (request, payload) = request(u64::from_be_bytes(nonce));
-
-    let started = Instant::now();
-    let (mut send, mut recv) = connection.open_bi().await.map_err(connection_lost)?;
-    send.write_all(&request)
-        .await
-        .map_err(|error| match error {
-            quinn::WriteError::ConnectionLost(error) => connection_lost(error),
-            quinn::WriteError::Stopped(code) => stream_reset(code, false),
-            other => PingError::Protocol(other.to_string()),
-        })?;
-    let _ = send.finish();
-    let echo = read_echo(&mut recv).await?;
-    let elapsed = started.elapsed();
-    if echo != payload {
-        return Err(PingError::Protocol(
-            "the echo differs from the request".into(),
-        ));
-    }
-    Ok(elapsed)
 }
 
 /// The opener's bytes: kind, `Converse`, `Object` (the nonce as a postcard u64, which is its
