@@ -383,21 +383,10 @@ impl RedbStore {
     /// The index of the oldest unacknowledged message of `mailbox`, or its next index if it
     /// holds none.
     pub fn first_pending_index(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
-        let next = self.next_index(mailbox)?;
-        let txn = self.db.begin_read().map_err(failed)?;
-        let messages = match txn.open_table(MESSAGES) {
-            Ok(messages) => messages,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(next),
-            Err(error) => return Err(failed(error)),
-        };
-        let first = messages
-            .range((mailbox.0, 0)..=(mailbox.0, u64::MAX))
-            .map_err(failed)?
-            .next()
-            .transpose()
-            .map_err(failed)?
-            .map(|(key, _)| key.value().1);
-        Ok(first.unwrap_or(next))
+        match self.read_from(mailbox, 0, 1, 0)?.first() {
+            Some(oldest) => Ok(oldest.index),
+            None => self.next_index(mailbox),
+        }
     }
 
     /// Writes the record `key` (later, in the writer's next batch, in order with every other

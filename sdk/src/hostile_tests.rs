@@ -9,15 +9,27 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
-use crate::fake_peer::FakePeer;
-use crate::fake_peer::{read_close, Rng};
+use crate::fake_peer::{read_close, FakePeer, Rng};
 use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
-use crate::{Node, NodeConfig, SecretKey, SendError};
+use crate::{Node, NodeConfig, NodeStats, SecretKey, SendError};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn node_with(config: NodeConfig) -> Node {
     Node::bind(SecretKey::generate(), config).await.unwrap()
+}
+
+/// Waits (up to WAIT) until `read` of the node's stats gives `expected`, then asserts it.
+async fn settles<T: PartialEq + std::fmt::Debug>(
+    node: &Node,
+    read: impl Fn(&NodeStats) -> T,
+    expected: T,
+) {
+    let deadline = Instant::now() + WAIT;
+    while read(&node.stats()) != expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(read(&node.stats()), expected);
 }
 
 fn unix_now() -> u64 {
@@ -243,11 +255,7 @@ async fn address_flood_costs_signature_checks_only_past_the_cheap_checks() {
     assert_eq!(after.dedup_entries, 0);
     assert_eq!(after.connected_peers, 1);
     // Streams are not left open.
-    let deadline = Instant::now() + WAIT;
-    while node.stats().streams_in > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(node.stats().streams_in, 0);
+    settles(&node, |stats| stats.streams_in, 0).await;
     eprintln!("{TOTAL} addresses in {elapsed:?}");
     node.shutdown(Duration::from_millis(100)).await;
 }
@@ -395,11 +403,7 @@ async fn silent_streams_are_cut_off_at_the_open_timeout() {
     assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     assert_eq!(node.stats().streams_cut_off, 2);
-    let deadline = Instant::now() + WAIT;
-    while node.stats().streams_in > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(node.stats().streams_in, 0);
+    settles(&node, |stats| stats.streams_in, 0).await;
     node.shutdown(Duration::from_millis(100)).await;
 }
 
@@ -420,11 +424,7 @@ async fn a_four_gigabyte_length_prefix_is_refused_at_once() {
     assert!(reason.contains("4294967296"), "{reason}");
     assert!(started.elapsed() < Duration::from_millis(450));
     // The 6 bytes read (prefix and type) are given back when the stream ends.
-    let deadline = Instant::now() + WAIT;
-    while node.stats().buffered_bytes > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(node.stats().buffered_bytes, 0);
+    settles(&node, |stats| stats.buffered_bytes, 0).await;
     node.shutdown(Duration::from_millis(100)).await;
 }
 
@@ -667,11 +667,7 @@ async fn partly_received_messages_count_against_the_buffer_limit() {
     let wait_for = |bytes: u64| {
         let node = node.clone();
         async move {
-            let deadline = Instant::now() + WAIT;
-            while node.stats().buffered_bytes != bytes && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert_eq!(node.stats().buffered_bytes, bytes);
+            settles(&node, |stats| stats.buffered_bytes, bytes).await;
         }
     };
     let mut streams = Vec::new();
