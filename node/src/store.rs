@@ -140,9 +140,10 @@ enum Op {
     Temporary {
         mailbox: MailboxId,
     },
+    /// Removes the messages of a mailbox at these indexes (acknowledged).
     Remove {
         mailbox: MailboxId,
-        index: u64,
+        indexes: std::ops::RangeInclusive<u64>,
     },
     /// Writes (or overwrites) a record.
     PutRecord {
@@ -451,6 +452,18 @@ impl RedbStore {
         Ok(value)
     }
 
+    /// Removes the messages of `mailbox` below index `end` (acknowledged cumulatively; later,
+    /// in the writer's next batch).
+    pub fn remove_below(&self, mailbox: MailboxId, end: u64) {
+        if let Some(last) = end.checked_sub(1) {
+            // After close, the messages stay stored and are delivered again: at least once.
+            let _ = self.submit(Op::Remove {
+                mailbox,
+                indexes: 0..=last,
+            });
+        }
+    }
+
     /// Removes every message of `mailbox` (later, in the writer's next batch).
     pub fn purge(&self, mailbox: MailboxId) {
         let _ = self.submit(Op::Purge { mailbox });
@@ -540,7 +553,10 @@ impl MailboxStore for RedbStore {
 
     fn remove(&self, mailbox: MailboxId, index: u64) {
         // After close, the message stays stored and is delivered again: at least once.
-        let _ = self.submit(Op::Remove { mailbox, index });
+        let _ = self.submit(Op::Remove {
+            mailbox,
+            indexes: index..=index,
+        });
     }
 }
 
@@ -624,40 +640,52 @@ fn resolve_row(
     decode_row(value.value())
 }
 
-/// Drops one reference to shared message `id`, and the message with the last one.
-fn release(
+/// References to shared messages dropped in one transaction, per shared id: applied together
+/// at its end ([`release_all`]), so that ten thousand acknowledgements of one channel message
+/// update its count once.
+type Released = std::collections::HashMap<u64, u64>;
+
+/// Drops the references counted in `released`, and each shared message with its last one.
+fn release_all(
     shared: &mut redb::Table<u64, &[u8]>,
     refs: &mut redb::Table<u64, u64>,
-    id: u64,
+    released: Released,
 ) -> Result<(), redb::Error> {
-    let left = refs.get(id)?.map_or(0, |v| v.value()).saturating_sub(1);
-    if left == 0 {
-        refs.remove(id)?;
-        shared.remove(id)?;
-    } else {
-        refs.insert(id, left)?;
+    for (id, count) in released {
+        let left = refs.get(id)?.map_or(0, |v| v.value()).saturating_sub(count);
+        if left == 0 {
+            refs.remove(id)?;
+            shared.remove(id)?;
+        } else {
+            refs.insert(id, left)?;
+        }
     }
     Ok(())
 }
 
-/// Removes every message of `mailbox` (releasing shared ones).
-fn purge_mailbox(
+/// Removes the messages of `mailbox` in `indexes`, counting the shared ones they referred to
+/// in `released`. Returns how many were removed.
+fn remove_messages(
     messages: &mut redb::Table<(u64, u64), &[u8]>,
-    shared: &mut redb::Table<u64, &[u8]>,
-    refs: &mut redb::Table<u64, u64>,
+    released: &mut Released,
     mailbox: u64,
-) -> Result<(), redb::Error> {
-    let mut references = Vec::new();
-    messages.retain_in((mailbox, 0)..=(mailbox, u64::MAX), |_, row| {
-        if let Some(id) = shared_id(row) {
-            references.push(id);
+    indexes: std::ops::RangeInclusive<u64>,
+) -> Result<u64, redb::Error> {
+    // Read first, then remove by key: a range holds few rows (an acknowledgement's), and
+    // removing by key touches only the pages that hold them.
+    let mut keys = Vec::new();
+    for row in messages.range((mailbox, *indexes.start())..=(mailbox, *indexes.end()))? {
+        let (key, row) = row?;
+        if let Some(id) = shared_id(row.value()) {
+            *released.entry(id).or_default() += 1;
         }
-        false
-    })?;
-    for id in references {
-        release(shared, refs, id)?;
+        keys.push(key.value());
     }
-    Ok(())
+    for key in &keys {
+        messages.remove(key)?;
+    }
+    let removed = keys.len() as u64;
+    Ok(removed)
 }
 
 fn decode_row(row: &[u8]) -> Result<(Address, Bytes, Bytes), StoreError> {
@@ -705,13 +733,17 @@ fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
         if !ids.is_empty() {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut mailboxes = txn.open_table(MAILBOXES)?;
-            let mut shared = txn.open_table(SHARED)?;
-            let mut refs = txn.open_table(SHARED_REFS)?;
+            let mut released = Released::new();
             for id in ids {
-                purge_mailbox(&mut messages, &mut shared, &mut refs, id)?;
+                remove_messages(&mut messages, &mut released, id, 0..=u64::MAX)?;
                 mailboxes.remove(id)?;
                 temporary.remove(id)?;
             }
+            release_all(
+                &mut txn.open_table(SHARED)?,
+                &mut txn.open_table(SHARED_REFS)?,
+                released,
+            )?;
         }
     }
     txn.commit()?;
@@ -798,6 +830,7 @@ fn apply(
         let mut refs = txn.open_table(SHARED_REFS).map_err(failed)?;
         let mut records = txn.open_table(RECORDS).map_err(failed)?;
         let now = unix_now();
+        let mut released = Released::new();
         for op in batch {
             match op {
                 Op::Append {
@@ -881,26 +914,21 @@ fn apply(
                     }
                     replies.push(Reply::Shared(reply, Ok(outcome)));
                 }
-                Op::Remove { mailbox, index } => {
-                    let removed = messages
-                        .remove((mailbox.0, index))
-                        .map_err(failed)?
-                        .map(|row| shared_id(row.value()));
-                    if let Some(reference) = removed {
-                        if let Some(id) = reference {
-                            release(&mut shared, &mut refs, id).map_err(failed)?;
-                        }
+                Op::Remove { mailbox, indexes } => {
+                    let removed = remove_messages(&mut messages, &mut released, mailbox.0, indexes)
+                        .map_err(failed)?;
+                    if removed > 0 {
                         let (next, pending) = mailboxes
                             .get(mailbox.0)
                             .map_err(failed)?
                             .map_or((0, 0), |v| v.value());
                         mailboxes
-                            .insert(mailbox.0, (next, pending.saturating_sub(1)))
+                            .insert(mailbox.0, (next, pending.saturating_sub(removed)))
                             .map_err(failed)?;
                     }
                 }
                 Op::Purge { mailbox } => {
-                    purge_mailbox(&mut messages, &mut shared, &mut refs, mailbox.0)
+                    remove_messages(&mut messages, &mut released, mailbox.0, 0..=u64::MAX)
                         .map_err(failed)?;
                     mailboxes.remove(mailbox.0).map_err(failed)?;
                     temporary.remove(mailbox.0).map_err(failed)?;
@@ -921,6 +949,7 @@ fn apply(
                 }
             }
         }
+        release_all(&mut shared, &mut refs, released).map_err(failed)?;
     }
     txn.commit().map_err(failed)
 }

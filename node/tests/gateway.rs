@@ -979,30 +979,34 @@ async fn idle_connections_and_old_connections_close() {
 }
 
 /// A gateway on its own node (with `key`) and the store at `path`, as a restarted daemon has.
-async fn start_on(
-    key: &SecretKey,
-    path: &std::path::Path,
-) -> (
+/// A running gateway: its node, store, handle, address, shutdown and serving task.
+type Started = (
     Node,
     Arc<RedbStore>,
     GatewayHandle,
     SocketAddr,
     CancellationToken,
     tokio::task::JoinHandle<()>,
-) {
+);
+
+async fn start_on(key: &SecretKey, path: &std::path::Path) -> Started {
+    start_configured(key, path, GatewayConfig::default()).await
+}
+
+/// [`start_on`] with `config`.
+async fn start_configured(
+    key: &SecretKey,
+    path: &std::path::Path,
+    config: GatewayConfig,
+) -> Started {
     let store = Arc::new(RedbStore::open(path, StoreConfig::default()).unwrap());
     let node = Node::bind(key.clone(), NodeConfig::default())
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let gateway = gateway::Gateway::new(
-        node.clone(),
-        store.clone(),
-        GatewayConfig::default(),
-        Arc::new(NoHooks),
-    )
-    .unwrap();
+    let gateway =
+        gateway::Gateway::new(node.clone(), store.clone(), config, Arc::new(NoHooks)).unwrap();
     let handle = gateway.handle();
     let shutdown = CancellationToken::new();
     let serving = gateway.serve(listener, shutdown.clone());
@@ -1094,6 +1098,53 @@ async fn sessions_survive_a_restart_of_the_node() {
     let message = next(&mut ws).await;
     assert_eq!(data_json(&message), json!("again"));
     assert_eq!(message.header["channel"], "room.1", "{message:?}");
+}
+
+#[tokio::test]
+async fn the_time_a_session_is_away_counts_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = SecretKey::generate();
+    let ttl = Duration::from_secs(4);
+    let config = || GatewayConfig {
+        session_ttl: ttl,
+        ..GatewayConfig::default()
+    };
+
+    // First run: two sessions; `away` goes before the stop, `kept` is connected through it.
+    let (node, store, handle, addr, shutdown, task) = start_configured(&key, &path, config()).await;
+    let (ws, welcome) = connect(addr, "").await;
+    let away = welcome["session"].as_str().unwrap().to_owned();
+    let away_resume = welcome["resume"].as_str().unwrap().to_owned();
+    drop(ws);
+    let (_kept_ws, welcome) = connect(addr, "").await;
+    let kept = welcome["session"].as_str().unwrap().to_owned();
+    let kept_resume = welcome["resume"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    node.shutdown(Duration::from_secs(1)).await;
+    store.close();
+    drop((store, handle, node));
+    // Down for a while: `away` has been away longer than its TTL when the node is back,
+    // `kept` (its connection ended with the stop) has not.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+
+    let (_node, _store, handle, addr, _shutdown, _task) =
+        start_configured(&key, &path, config()).await;
+    let (_ws, welcome) = connect(addr, &format!("resume={away_resume}")).await;
+    assert_eq!(welcome["resumed"], false, "{welcome:?}");
+    assert_eq!(welcome["expired"], true, "{welcome:?}");
+    assert_ne!(welcome["session"], away.as_str());
+    let (_ws, welcome) = connect(addr, &format!("resume={kept_resume}")).await;
+    assert_eq!(welcome["resumed"], true, "{welcome:?}");
+    assert_eq!(welcome["session"], kept.as_str());
+    // The reaper ends the expired one (well before a fresh TTL would have run out).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2_500);
+    while handle.session(&away).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "not reaped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -1249,6 +1300,66 @@ async fn a_message_for_many_mailboxes_is_stored_once_and_survives_a_restart() {
         [Appended::Full { position: 2 }, Appended::Stored(0)]
     );
     assert_eq!(store.shared_count().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn cumulative_acknowledgements_remove_every_message_below_and_release_shared_ones() {
+    use ferry_node::store::Appended;
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let from = ferry::Address::mint(&SecretKey::generate(), ferry::MailboxId(1), None, vec![]);
+    let members = [21, 22, 23].map(ferry::MailboxId);
+    let [a, b, c] = members;
+    let own: Vec<_> = ["a0", "a1", "a2"]
+        .into_iter()
+        .map(|p| (from.clone(), Bytes::new(), Bytes::from(p)))
+        .collect();
+    assert_eq!(store.append_tagged(a, own).await.unwrap(), [0, 1, 2]);
+    let appended = store
+        .append_shared(members.to_vec(), from.clone(), Bytes::new(), "all".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        appended,
+        [
+            Appended::Stored(3),
+            Appended::Stored(0),
+            Appended::Stored(0)
+        ]
+    );
+    assert_eq!(store.shared_count().unwrap(), 1);
+
+    // Below 2: a0 and a1 go, a2 and the shared message stay.
+    store.remove_below(a, 2);
+    flushed(&store).await;
+    assert_eq!(store.pending_count(a).unwrap(), 2);
+    let left: Vec<u64> = store
+        .read_from(a, 0, 10, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|m| m.index)
+        .collect();
+    assert_eq!(left, [2, 3]);
+    // Nothing below 0; a range past the end takes what is there.
+    store.remove_below(b, 0);
+    flushed(&store).await;
+    assert_eq!(store.pending_count(b).unwrap(), 1);
+
+    // Every member acknowledges in the same batch: the shared message goes, once.
+    store.remove_below(a, 10);
+    store.remove_below(b, 1);
+    store.remove_below(c, 1);
+    flushed(&store).await;
+    for member in members {
+        assert_eq!(store.pending_count(member).unwrap(), 0);
+    }
+    assert_eq!(store.shared_count().unwrap(), 0);
+    // The indexes go on where they were.
+    let next = store
+        .append_tagged(a, vec![(from, Bytes::new(), "a4".into())])
+        .await
+        .unwrap();
+    assert_eq!(next, [4]);
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@
 //! | parent → clients | clients → parent |
 //! |---|---|
 //! | (start) | `ready <JSON array of the first 100 session addresses>` once all N joined |
-//! | `round` | `latencies <JSON array>`: per client, µs from the `t` in the message to its receipt |
+//! | `round` | `latencies <JSON array>`: per client, µs from the `t` in the message to its receipt (taken by the client's task as it parses the frame) |
 //! | `count M` | `counted <µs>` once M `n` messages arrived, µs since the command |
 //!
 //! Both children end when their stdin closes (the parent kills them once measured).
@@ -359,6 +359,8 @@ enum Server {
 #[derive(Default)]
 struct Plain {
     sockets: Mutex<Vec<mpsc::UnboundedSender<Utf8Bytes>>>,
+    /// The id of the next message frame (the clients acknowledge ids, as with ferry).
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 /// Runs this process as the figure's server of `kind` ("ferry" or "plain") until stdin ends.
@@ -438,7 +440,8 @@ async fn server_command(server: &Server, command: &str) -> Result<String> {
         ("publish", Server::Plain(plain)) => {
             // The same frame shape as a gateway message, built once and shared.
             let frame = Utf8Bytes::from(
-                json!({"type": "message", "data": {"t": unix_micros()}}).to_string(),
+                json!({"type": "message", "id": plain.next_id.fetch_add(1, Ordering::Relaxed), "data": {"t": unix_micros()}})
+                    .to_string(),
             );
             let sockets = plain
                 .sockets
@@ -461,7 +464,8 @@ async fn server_command(server: &Server, command: &str) -> Result<String> {
                 .cloned()
                 .collect();
             for k in 0..total {
-                let frame = json!({"type": "message", "data": {"n": k}}).to_string();
+                let id = plain.next_id.fetch_add(1, Ordering::Relaxed);
+                let frame = json!({"type": "message", "id": id, "data": {"n": k}}).to_string();
                 if let Some(socket) = sockets.get(k % sockets.len().max(1)) {
                     let _ = socket.send(frame.into());
                 }
@@ -500,7 +504,10 @@ async fn plain_socket(plain: Arc<Plain>, mut socket: WebSocket) {
                 None => return,
             },
             message = socket.recv() => match message {
-                Some(Ok(AxumMessage::Text(_))) => {
+                Some(Ok(AxumMessage::Text(text))) => {
+                    if text.as_str().contains(r#""type":"ack""#) {
+                        continue;
+                    }
                     let ok = AxumMessage::Text(Utf8Bytes::from_static(r#"{"type":"ok","ref":1}"#));
                     if socket.send(ok).await.is_err() {
                         return;
@@ -518,7 +525,7 @@ async fn plain_socket(plain: Arc<Plain>, mut socket: WebSocket) {
 
 /// Runs this process as `n` WebSocket clients of the server at `url` until stdin ends.
 pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
-    let (events, mut received) = mpsc::unbounded_channel::<Value>();
+    let (events, mut received) = mpsc::unbounded_channel::<Received>();
     let mut addresses = Vec::new();
     let connected = Arc::new(AtomicUsize::new(0));
     for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
@@ -527,7 +534,7 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
             let (url, events) = (url.to_owned(), events.clone());
             let connected = connected.clone();
             connecting.push(async move {
-                let (mut ws, welcome) = tokio::time::timeout(CONNECT_WAIT, async {
+                let (ws, welcome) = tokio::time::timeout(CONNECT_WAIT, async {
                     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                         .await
                         .context("connecting")?;
@@ -543,18 +550,7 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
                 .await
                 .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))??;
                 connected.fetch_add(1, Ordering::Relaxed);
-                // Every message frame goes to the driver.
-                tokio::spawn(async move {
-                    while let Some(Ok(message)) = ws.next().await {
-                        if let Message::Text(text) = message {
-                            if let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) {
-                                if frame["type"] == "message" {
-                                    let _ = events.send(frame);
-                                }
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(read_messages(ws, events));
                 anyhow::Ok(welcome["address"].as_str().unwrap_or("").to_owned())
             });
         }
@@ -573,9 +569,10 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
             "round" => {
                 let mut latencies = Vec::with_capacity(n);
                 while latencies.len() < n {
-                    let frame = received.recv().await.context("clients ended")?;
-                    if let Some(t) = frame["data"]["t"].as_u64() {
-                        latencies.push(unix_micros().saturating_sub(t));
+                    if let Received::Latency(micros) =
+                        received.recv().await.context("clients ended")?
+                    {
+                        latencies.push(micros);
                     }
                 }
                 answer(&format!("latencies {}", serde_json::to_string(&latencies)?));
@@ -585,8 +582,7 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
                 let started = Instant::now();
                 let mut count = 0;
                 while count < total {
-                    let frame = received.recv().await.context("clients ended")?;
-                    if frame["data"]["n"].is_u64() {
+                    if let Received::Numbered = received.recv().await.context("clients ended")? {
                         count += 1;
                     }
                 }
@@ -596,6 +592,78 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a client tells the driver of a message frame it received.
+enum Received {
+    /// A fan-out message: µs from its `t` to its receipt.
+    Latency(u64),
+    /// A message of the messages/s figure (`n`).
+    Numbered,
+}
+
+/// The fields of a message frame the clients look at (the rest is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct Incoming {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<u64>,
+    data: Option<Stamp>,
+}
+
+#[derive(serde::Deserialize)]
+struct Stamp {
+    t: Option<u64>,
+    n: Option<u64>,
+}
+
+/// How long ferry.js waits after a message before acknowledging (cumulatively) what it
+/// processed.
+const ACK_DELAY: Duration = Duration::from_millis(50);
+
+/// One client's reading, as ferry.js does it: each message frame is timed the moment it is
+/// parsed, and the highest message id is acknowledged `ACK_DELAY` after the first
+/// unacknowledged one (the plain server ignores the acks).
+async fn read_messages(mut ws: Ws, events: mpsc::UnboundedSender<Received>) {
+    let mut cursor: Option<u64> = None;
+    let mut ack_at: Option<tokio::time::Instant> = None;
+    loop {
+        let ack_due = async {
+            match ack_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = ws.next() => {
+                let Some(Ok(message)) = message else { return };
+                let Message::Text(text) = message else { continue };
+                let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else { continue };
+                if frame.kind != "message" {
+                    continue;
+                }
+                let stamp = frame.data.as_ref();
+                if let Some(t) = stamp.and_then(|data| data.t) {
+                    let _ = events.send(Received::Latency(unix_micros().saturating_sub(t)));
+                } else if stamp.and_then(|data| data.n).is_some() {
+                    let _ = events.send(Received::Numbered);
+                }
+                if let Some(id) = frame.id {
+                    cursor = Some(cursor.map_or(id, |c| c.max(id)));
+                    ack_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+                }
+            }
+            () = ack_due => {
+                ack_at = None;
+                if let Some(id) = cursor {
+                    let ack = json!({"type": "ack", "id": id}).to_string();
+                    if ws.send(Message::Text(ack.into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 type Ws =

@@ -19,7 +19,7 @@ use super::protocol::{
     self, CallTarget, ClientFrame, DecodeError, Encoded, ErrorCode, ErrorFrame, ServerFrame,
     Target, Via, Welcome, WelcomeLimits,
 };
-use super::session::{lock, Attached, DeliverError, Session};
+use super::session::{lock, unix_now, Attached, DeliverError, Session};
 use super::{channels, ConnectionSlot, Shared};
 
 /// How a connection starts.
@@ -41,12 +41,6 @@ mod code {
     pub(super) const RATE: u16 = 4029;
     pub(super) const PROTOCOL: u16 = 4400;
     pub(super) const TAKEN_OVER: u16 = 4409;
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The instant at which unix time `at` is reached.
@@ -103,6 +97,10 @@ pub(crate) async fn run(
         previous.kick.cancel();
     }
     lock(&session.state).detached_at = None;
+    if start.resumed {
+        // The record says it is away no more (a new session's record says so already).
+        session.save(&shared.store);
+    }
     if lock(&session.state).ended {
         // Ended between the upgrade and now.
         let _ = socket.close().await;
@@ -195,6 +193,7 @@ pub(crate) async fn run(
         {
             state.attached = None;
             state.detached_at = Some(Instant::now());
+            session.save_locked(&state, &shared.store);
         }
     }
     tracing::debug!(session = %session.info.id, ?disconnect, "browser disconnected");
@@ -367,34 +366,52 @@ impl Reader {
             .max_connection_age
             .map_or_else(far_future, |age| Instant::now() + age);
         let mut last_seen = Instant::now();
+        // Made once, not per frame: a future made inside the loop would register with its
+        // token or the timer wheel again for every frame the browser sends.
+        let kicked = attached.kick.clone().cancelled_owned();
+        let write_failed = done.clone().cancelled_owned();
+        let stopping = self.shared.stopping.clone().cancelled_owned();
+        // The earliest of the idle, age and credentials deadlines. The idle deadline only moves
+        // later as frames arrive, so it is checked when the timer fires, not moved per frame.
+        let mut armed = (last_seen + limits.idle_timeout)
+            .min(age_deadline)
+            .min(self.auth_deadline);
+        let deadline = tokio::time::sleep_until(armed.into());
+        tokio::pin!(kicked, write_failed, stopping, deadline);
         loop {
-            let idle_deadline = last_seen + limits.idle_timeout;
             let message = tokio::select! {
                 message = stream.next() => message,
-                _ = attached.kick.cancelled() => {
+                () = &mut kicked => {
                     return lock(&attached.reason).take().unwrap_or((
                         code::GOING_AWAY,
                         "closed".into(),
                         Disconnect::SessionEnded,
                     ));
                 }
-                _ = done.cancelled() => {
+                () = &mut write_failed => {
                     if stuck.load(std::sync::atomic::Ordering::Relaxed) {
                         return self.slow();
                     }
                     return (code::GOING_AWAY, "write failed".into(), Disconnect::Client);
                 }
-                _ = self.shared.stopping.cancelled() => {
+                () = &mut stopping => {
                     return (code::GOING_AWAY, "server shutting down".into(), Disconnect::SessionEnded);
                 }
-                _ = tokio::time::sleep_until(idle_deadline.into()) => {
-                    return (code::IDLE, "idle timeout".into(), Disconnect::Idle);
-                }
-                _ = tokio::time::sleep_until(age_deadline.into()) => {
-                    return (code::AGE, "maximum connection age; resume".into(), Disconnect::Age);
-                }
-                _ = tokio::time::sleep_until(self.auth_deadline.into()) => {
-                    return (code::AUTH_EXPIRED, "token expired".into(), Disconnect::AuthExpired);
+                () = &mut deadline => {
+                    let now = Instant::now();
+                    let idle_deadline = last_seen + limits.idle_timeout;
+                    if now >= idle_deadline {
+                        return (code::IDLE, "idle timeout".into(), Disconnect::Idle);
+                    }
+                    if now >= age_deadline {
+                        return (code::AGE, "maximum connection age; resume".into(), Disconnect::Age);
+                    }
+                    if now >= self.auth_deadline {
+                        return (code::AUTH_EXPIRED, "token expired".into(), Disconnect::AuthExpired);
+                    }
+                    armed = idle_deadline.min(age_deadline).min(self.auth_deadline);
+                    deadline.as_mut().reset(armed.into());
+                    continue;
                 }
             };
             let message = match message {
@@ -461,6 +478,11 @@ impl Reader {
             // in every idle connection's task.
             if let Err(closing) = Box::pin(self.handle(frame, connection)).await {
                 return closing;
+            }
+            // A refresh may have brought the credentials' expiry closer.
+            if self.auth_deadline < armed {
+                armed = self.auth_deadline;
+                deadline.as_mut().reset(armed.into());
             }
         }
     }

@@ -153,7 +153,8 @@ impl Shared {
     }
 
     /// Brings back the sessions of an earlier run from their records (`key`, `value`): each
-    /// detached, expiring `session_ttl` from now unless a client resumes it.
+    /// detached, expiring `session_ttl` after its last connection ended (the time the node
+    /// was down counts) unless a client resumes it.
     fn restore(&self, records: Vec<(String, Vec<u8>)>) {
         for (key, value) in records {
             let Some(id) = key.strip_prefix(session::RECORD_PREFIX) else {
@@ -167,13 +168,15 @@ impl Shared {
                     continue;
                 }
             };
-            let session = match Session::restore(&self.node, &self.store, id.to_owned(), record) {
-                Ok(session) => session,
-                Err(error) => {
-                    tracing::error!(%error, session = %id, "restoring a session");
-                    continue;
-                }
-            };
+            let ttl = self.config.session_ttl;
+            let session =
+                match Session::restore(&self.node, &self.store, id.to_owned(), record, ttl) {
+                    Ok(session) => session,
+                    Err(error) => {
+                        tracing::error!(%error, session = %id, "restoring a session");
+                        continue;
+                    }
+                };
             self.register(&session);
             let channels: Vec<String> = lock(&session.state).channels.iter().cloned().collect();
             for channel in channels {
@@ -544,13 +547,7 @@ async fn reap(shared: Arc<Shared>, shutdown: CancellationToken) {
         let expired: Vec<Arc<Session>> = lock(&shared.registry)
             .by_id
             .values()
-            .filter(|session| {
-                let state = lock(&session.state);
-                state.attached.is_none()
-                    && state
-                        .detached_at
-                        .is_some_and(|at| now.saturating_duration_since(at) >= ttl)
-            })
+            .filter(|session| session.away_for(ttl, now))
             .cloned()
             .collect();
         for session in expired {
@@ -824,7 +821,10 @@ async fn admit(
             .verify(token)
             .and_then(|(mailbox, id)| Some((mailbox, shared.session(&id)?)))
         {
-            Some((mailbox, session)) if session.mailbox_id == mailbox => {
+            Some((mailbox, session))
+                if session.mailbox_id == mailbox
+                    && !session.away_for(shared.config.session_ttl, Instant::now()) =>
+            {
                 if let Some(identity) = &identity {
                     if identity.user != session.info.user {
                         return (

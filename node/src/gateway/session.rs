@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferry::{Address, Mailbox, MailboxId};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,10 @@ pub(crate) struct SessionRecord {
     /// full), so that a resume after a restart still reports `recovered: false`.
     #[serde(default)]
     pub(crate) lost_at: Option<u64>,
+    /// When its last connection ended (unix seconds); `None` while one is attached. A
+    /// restart does not restart the countdown of `session_ttl`.
+    #[serde(default)]
+    pub(crate) detached_at: Option<u64>,
 }
 
 /// The prefix of every session record's key.
@@ -134,6 +138,13 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Seconds since the unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -178,6 +189,7 @@ impl Session {
             channels: Vec::new(),
             auth_expires,
             lost_at: None,
+            detached_at: None,
         };
         let session = Self::with_mailbox(node, store, id, record, 0)?;
         session.save(store);
@@ -185,17 +197,39 @@ impl Session {
     }
 
     /// Brings back the session `id` from its record after a restart: the same mailbox (so the
-    /// same address) with its stored messages, its channels, detached from now on.
+    /// same address) with its stored messages, its channels, detached since its last
+    /// connection ended (or from now on, if one was attached when the node stopped). One
+    /// away for `ttl` or longer is restored expired: the gateway ends it.
     pub(crate) fn restore(
         node: &ferry::Node,
         store: &Arc<RedbStore>,
         id: String,
         record: SessionRecord,
+        ttl: Duration,
     ) -> Result<Arc<Self>, ferry::StoreError> {
         let first = store.first_pending_index(MailboxId(record.mailbox))?;
+        let away = record.detached_at.map_or(Duration::ZERO, |at| {
+            Duration::from_secs(unix_now().saturating_sub(at))
+        });
         let session = Self::with_mailbox(node, store, id, record, first)?;
-        lock(&session.state).detached_at = Some(Instant::now());
+        let now = Instant::now();
+        // An instant before the monotonic clock's start cannot be made: one `ttl` back is
+        // enough to be expired.
+        let detached_at = now
+            .checked_sub(away)
+            .or_else(|| now.checked_sub(ttl))
+            .unwrap_or(now);
+        lock(&session.state).detached_at = Some(detached_at);
         Ok(session)
+    }
+
+    /// Whether the session has had no connection for `ttl` or longer.
+    pub(crate) fn away_for(&self, ttl: Duration, now: Instant) -> bool {
+        let state = lock(&self.state);
+        state.attached.is_none()
+            && state
+                .detached_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= ttl)
     }
 
     /// A session on the durable mailbox of `record`, whose messages below `first` were
@@ -342,10 +376,10 @@ impl Session {
     pub(crate) fn ack(&self, store: &RedbStore, id: u64) {
         let mut state = lock(&self.state);
         let upto = id.saturating_add(1).min(state.next);
-        for index in state.acked..upto {
-            ferry::MailboxStore::remove(store, self.mailbox_id, index);
+        if upto > state.acked {
+            store.remove_below(self.mailbox_id, upto);
+            state.acked = upto;
         }
-        state.acked = state.acked.max(upto);
     }
 
     /// Prepares a resume from `cursor` (the last message id the client processed; `None`:
@@ -387,7 +421,7 @@ impl Session {
     /// [`Session::save`] with the session's state locked by the caller. Submitting under the
     /// lock orders this write before the deletion of a `close` that follows (the writer
     /// applies requests in order).
-    fn save_locked(&self, state: &State, store: &RedbStore) {
+    pub(crate) fn save_locked(&self, state: &State, store: &RedbStore) {
         if state.ended {
             return;
         }
@@ -399,6 +433,9 @@ impl Session {
             channels,
             auth_expires: state.auth_expires,
             lost_at: state.lost_at,
+            detached_at: state
+                .detached_at
+                .map(|at| unix_now().saturating_sub(at.elapsed().as_secs())),
         };
         match serde_json::to_vec(&record) {
             Ok(bytes) => store.put_record(&record_key(&self.info.id), bytes),
