@@ -8,9 +8,16 @@
 //! Tables (all integers big-endian inside redb's own tuple encoding):
 //! - `messages`: (mailbox, index) → u16 address length, the sender's address bytes, payload;
 //!   when bit 15 of the length is set, a u16 tag length and the tag follow the address (tags
-//!   are the gateway's delivery metadata, [`RedbStore::append_tagged`])
+//!   are the gateway's delivery metadata, [`RedbStore::append_tagged`]). Two other kinds of
+//!   row: a reference to a shared message (below), and a **tombstone**, the two bytes
+//!   `0x20 0x00`: a removed message that had the mailbox's highest index, kept so that the
+//!   mailbox's indexes go on from there after a restart. A mailbox's next index is one past
+//!   its highest row; its unacknowledged messages are its rows other than tombstones. The
+//!   writer counts both in memory (read from the rows the first time it uses a mailbox), so a
+//!   stored message is one row written and nothing else.
 //! - `runs`: (mailbox, sender node, sender mailbox, epoch) → (next_seq, unix seconds of update)
-//! - `mailboxes`: mailbox → (next index, unacknowledged count)
+//! - `mailboxes`: mailbox → (next index, unacknowledged count), written by earlier versions:
+//!   its next index is read as a lower bound, and the row goes when the mailbox is purged
 //! - `names`: name → mailbox id, for mailboxes that keep their id across restarts
 //! - `temporary`: mailboxes emptied at the next open (for mailboxes that must not outlive
 //!   the process)
@@ -261,18 +268,25 @@ impl RedbStore {
         Ok(self.counters(mailbox)?.1)
     }
 
-    /// The (next index, unacknowledged count) of `mailbox`; (0, 0) for one never used.
+    /// The (next index, unacknowledged count) of `mailbox` as committed (read from its
+    /// rows); (0, 0) for one never used.
     fn counters(&self, mailbox: MailboxId) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        let mailboxes = match txn.open_table(MAILBOXES) {
-            Ok(mailboxes) => mailboxes,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
+        let floor = match txn.open_table(MAILBOXES) {
+            Ok(mailboxes) => mailboxes
+                .get(mailbox.0)
+                .map_err(failed)?
+                .map_or(0, |v| v.value().0),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
             Err(error) => return Err(failed(error)),
         };
-        Ok(mailboxes
-            .get(mailbox.0)
-            .map_err(failed)?
-            .map_or((0, 0), |v| v.value()))
+        let messages = match txn.open_table(MESSAGES) {
+            Ok(messages) => messages,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((floor, 0)),
+            Err(error) => return Err(failed(error)),
+        };
+        let count = count_rows(&messages, mailbox.0, floor).map_err(failed)?;
+        Ok((count.next, count.pending))
     }
 
     /// Applies every request queued so far and stops the writer. Called at shutdown, after the
@@ -364,6 +378,9 @@ impl RedbStore {
                 break;
             }
             let (key, value) = row.map_err(failed)?;
+            if is_tombstone(value.value()) {
+                continue;
+            }
             let (from, tag, payload) = resolve_row(value.value(), shared.as_ref())?;
             bytes = bytes.saturating_add(payload.len());
             out.push(TaggedMessage {
@@ -541,6 +558,9 @@ impl MailboxStore for RedbStore {
             .map_err(failed)?
         {
             let (key, value) = row.map_err(failed)?;
+            if is_tombstone(value.value()) {
+                continue;
+            }
             let (from, _tag, payload) = resolve_row(value.value(), shared.as_ref())?;
             out.push(StoredMessage {
                 index: key.value().1,
@@ -595,6 +615,112 @@ fn encode_row(from: &Address, tag: &[u8], payload: &[u8]) -> Vec<u8> {
 /// Set in the first u16 of a row that refers to a shared message (then a u64 id follows).
 /// Address lengths never reach it.
 const SHARED_REF: u16 = 0x4000;
+
+/// The whole row of a tombstone. A message row this short cannot start with these bytes: its
+/// address would be 8,192 bytes long.
+const TOMBSTONE: [u8; 2] = 0x2000u16.to_be_bytes();
+
+fn is_tombstone(row: &[u8]) -> bool {
+    row == TOMBSTONE
+}
+
+/// What the writer knows of one mailbox.
+#[derive(Debug, Clone, Copy, Default)]
+struct Count {
+    /// The index of its next message.
+    next: u64,
+    /// Its rows other than tombstones.
+    pending: u64,
+    /// The index of its tombstone, if it has one.
+    tombstone: Option<u64>,
+}
+
+/// The writer's counts, per mailbox.
+type Counts = std::collections::HashMap<u64, Count>;
+
+/// Most mailboxes whose counts the writer keeps in memory; past it, it forgets them all and
+/// reads each again from its rows when next used.
+const MAX_COUNTED: usize = 1_000_000;
+
+/// The count of `mailbox`: the writer's, or read from its rows (and the lower bound of an
+/// earlier version's `mailboxes` row).
+fn count_of(
+    counts: &Counts,
+    messages: &redb::Table<(u64, u64), &[u8]>,
+    mailboxes: &redb::Table<u64, (u64, u64)>,
+    mailbox: u64,
+) -> Result<Count, redb::Error> {
+    if let Some(count) = counts.get(&mailbox) {
+        return Ok(*count);
+    }
+    let floor = mailboxes.get(mailbox)?.map_or(0, |v| v.value().0);
+    count_rows(messages, mailbox, floor)
+}
+
+/// The count of `mailbox` read from its rows; its next index is at least `floor`.
+fn count_rows(
+    messages: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    mailbox: u64,
+    floor: u64,
+) -> Result<Count, redb::Error> {
+    let mut count = Count {
+        next: floor,
+        ..Count::default()
+    };
+    for row in messages.range((mailbox, 0)..=(mailbox, u64::MAX))? {
+        let (key, row) = row?;
+        let index = key.value().1;
+        count.next = count.next.max(index.saturating_add(1));
+        if is_tombstone(row.value()) {
+            count.tombstone = Some(index);
+        } else {
+            count.pending += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Removes the messages of `mailbox` in `indexes` (acknowledged), counting the shared ones
+/// they referred to in `released`. The one at the mailbox's highest index becomes its
+/// tombstone (and the previous tombstone goes).
+fn acknowledge(
+    messages: &mut redb::Table<(u64, u64), &[u8]>,
+    released: &mut Released,
+    count: &mut Count,
+    mailbox: u64,
+    indexes: std::ops::RangeInclusive<u64>,
+) -> Result<(), redb::Error> {
+    let mut rows = Vec::new();
+    for row in messages.range((mailbox, *indexes.start())..=(mailbox, *indexes.end()))? {
+        let (key, row) = row?;
+        let row = row.value();
+        rows.push((key.value().1, is_tombstone(row), shared_id(row)));
+    }
+    let last = count.next.checked_sub(1);
+    for (index, tombstone, shared) in rows {
+        if let Some(id) = shared {
+            *released.entry(id).or_default() += 1;
+        }
+        if !tombstone {
+            count.pending = count.pending.saturating_sub(1);
+        }
+        if Some(index) == last {
+            if !tombstone {
+                messages.insert((mailbox, index), TOMBSTONE.as_slice())?;
+            }
+            if let Some(old) = count.tombstone.filter(|&old| old != index) {
+                messages.remove((mailbox, old))?;
+            }
+            count.tombstone = Some(index);
+        } else {
+            messages.remove((mailbox, index))?;
+            if count.tombstone == Some(index) {
+                count.tombstone = None;
+            }
+        }
+    }
+    Ok(())
+}
 
 fn encode_ref(id: u64) -> [u8; 10] {
     let mut row = [0u8; 10];
@@ -663,29 +789,24 @@ fn release_all(
     Ok(())
 }
 
-/// Removes the messages of `mailbox` in `indexes`, counting the shared ones they referred to
-/// in `released`. Returns how many were removed.
+/// Removes the messages of `mailbox` in `indexes` (tombstones too), counting the shared ones
+/// they referred to in `released`.
 fn remove_messages(
     messages: &mut redb::Table<(u64, u64), &[u8]>,
     released: &mut Released,
     mailbox: u64,
     indexes: std::ops::RangeInclusive<u64>,
-) -> Result<u64, redb::Error> {
-    // Read first, then remove by key: a range holds few rows (an acknowledgement's), and
-    // removing by key touches only the pages that hold them.
-    let mut keys = Vec::new();
-    for row in messages.range((mailbox, *indexes.start())..=(mailbox, *indexes.end()))? {
-        let (key, row) = row?;
-        if let Some(id) = shared_id(row.value()) {
-            *released.entry(id).or_default() += 1;
-        }
-        keys.push(key.value());
-    }
-    for key in &keys {
-        messages.remove(key)?;
-    }
-    let removed = keys.len() as u64;
-    Ok(removed)
+) -> Result<(), redb::Error> {
+    messages.retain_in(
+        (mailbox, *indexes.start())..=(mailbox, *indexes.end()),
+        |_, row| {
+            if let Some(id) = shared_id(row) {
+                *released.entry(id).or_default() += 1;
+            }
+            false
+        },
+    )?;
+    Ok(())
 }
 
 fn decode_row(row: &[u8]) -> Result<(Address, Bytes, Bytes), StoreError> {
@@ -753,6 +874,9 @@ fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// How long a batch of removals alone waits for more requests (see [`gather`]).
+const REMOVALS_WAIT: Duration = Duration::from_millis(20);
+
 fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
     // Shared message ids only grow: the next one is past the highest stored.
     let mut next_shared = match last_shared(db) {
@@ -762,16 +886,25 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
             0
         }
     };
+    let mut counts = Counts::new();
     while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        let batch = gather(queue, first);
+        if counts.len() > MAX_COUNTED {
+            counts.clear();
         }
         let mut replies = Vec::new();
-        let result = apply(db, batch, config, &mut next_shared, &mut replies);
+        let result = apply(
+            db,
+            batch,
+            config,
+            &mut counts,
+            &mut next_shared,
+            &mut replies,
+        );
+        if result.is_err() {
+            // The counts may include what the failed transaction did not keep.
+            counts.clear();
+        }
         for reply in replies {
             // The caller may have given up waiting; nothing to tell then.
             match reply {
@@ -787,6 +920,31 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
             tracing::error!(%error, "store commit failed");
         }
     }
+}
+
+/// The batch that starts with `first`: every request already waiting, up to `MAX_BATCH`. A
+/// batch of removals alone waits up to `REMOVALS_WAIT` for more requests, until one that is
+/// not a removal arrives: nobody waits for a removal, and a browser's acknowledgements
+/// trickle in one by one, each costing a transaction of its own otherwise.
+fn gather(queue: &mpsc::Receiver<Op>, first: Op) -> Vec<Op> {
+    let mut wait_until =
+        matches!(first, Op::Remove { .. }).then(|| std::time::Instant::now() + REMOVALS_WAIT);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        let next = match wait_until {
+            None => queue.try_recv().ok(),
+            Some(until) => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                queue.recv_timeout(left).ok()
+            }
+        };
+        let Some(op) = next else { break };
+        if !matches!(op, Op::Remove { .. }) {
+            wait_until = None;
+        }
+        batch.push(op);
+    }
+    batch
 }
 
 /// The highest id in `shared`, if any.
@@ -815,6 +973,7 @@ fn apply(
     db: &Database,
     batch: Vec<Op>,
     config: &StoreConfig,
+    counts: &mut Counts,
     next_shared: &mut u64,
     replies: &mut Vec<Reply>,
 ) -> Result<(), StoreError> {
@@ -839,30 +998,27 @@ fn apply(
                     messages: rows,
                     reply,
                 } => {
-                    let (next, pending) = mailboxes
-                        .get(mailbox.0)
-                        .map_err(failed)?
-                        .map_or((0, 0), |v| v.value());
-                    let room = config.max_pending_per_mailbox.saturating_sub(pending);
+                    let mut count =
+                        count_of(counts, &messages, &mailboxes, mailbox.0).map_err(failed)?;
+                    let room = config.max_pending_per_mailbox.saturating_sub(count.pending);
                     let take = rows.len().min(usize::try_from(room).unwrap_or(usize::MAX));
                     let mut indexes = Vec::with_capacity(take);
-                    for (offset, (from, tag, payload)) in rows.iter().take(take).enumerate() {
-                        let index = next + offset as u64;
+                    for (from, tag, payload) in rows.iter().take(take) {
                         messages
                             .insert(
-                                (mailbox.0, index),
+                                (mailbox.0, count.next),
                                 encode_row(from, tag, payload).as_slice(),
                             )
                             .map_err(failed)?;
-                        indexes.push(index);
+                        indexes.push(count.next);
+                        count.next += 1;
+                        count.pending += 1;
                     }
-                    let count = take as u64;
-                    if count > 0 {
-                        mailboxes
-                            .insert(mailbox.0, (next + count, pending + count))
-                            .map_err(failed)?;
+                    counts.insert(mailbox.0, count);
+                    let stored = take as u64;
+                    if stored > 0 {
                         if let Some((run, first_seq)) = run {
-                            runs.insert(run_key(mailbox, &run), (first_seq + count, now))
+                            runs.insert(run_key(mailbox, &run), (first_seq + stored, now))
                                 .map_err(failed)?;
                         }
                     }
@@ -890,21 +1046,21 @@ fn apply(
                         else {
                             continue;
                         };
-                        let (next, pending) = mailboxes
-                            .get(mailbox.0)
-                            .map_err(failed)?
-                            .map_or((0, 0), |v| v.value());
-                        if pending >= config.max_pending_per_mailbox {
-                            *slot = Appended::Full { position: next };
+                        let mut count =
+                            count_of(counts, &messages, &mailboxes, mailbox.0).map_err(failed)?;
+                        if count.pending >= config.max_pending_per_mailbox {
+                            *slot = Appended::Full {
+                                position: count.next,
+                            };
                             continue;
                         }
                         messages
-                            .insert((mailbox.0, next), member_row)
+                            .insert((mailbox.0, count.next), member_row)
                             .map_err(failed)?;
-                        mailboxes
-                            .insert(mailbox.0, (next + 1, pending + 1))
-                            .map_err(failed)?;
-                        *slot = Appended::Stored(next);
+                        *slot = Appended::Stored(count.next);
+                        count.next += 1;
+                        count.pending += 1;
+                        counts.insert(mailbox.0, count);
                         stored += 1;
                     }
                     if is_shared && stored > 0 {
@@ -915,21 +1071,16 @@ fn apply(
                     replies.push(Reply::Shared(reply, Ok(outcome)));
                 }
                 Op::Remove { mailbox, indexes } => {
-                    let removed = remove_messages(&mut messages, &mut released, mailbox.0, indexes)
+                    let mut count =
+                        count_of(counts, &messages, &mailboxes, mailbox.0).map_err(failed)?;
+                    acknowledge(&mut messages, &mut released, &mut count, mailbox.0, indexes)
                         .map_err(failed)?;
-                    if removed > 0 {
-                        let (next, pending) = mailboxes
-                            .get(mailbox.0)
-                            .map_err(failed)?
-                            .map_or((0, 0), |v| v.value());
-                        mailboxes
-                            .insert(mailbox.0, (next, pending.saturating_sub(removed)))
-                            .map_err(failed)?;
-                    }
+                    counts.insert(mailbox.0, count);
                 }
                 Op::Purge { mailbox } => {
                     remove_messages(&mut messages, &mut released, mailbox.0, 0..=u64::MAX)
                         .map_err(failed)?;
+                    counts.remove(&mailbox.0);
                     mailboxes.remove(mailbox.0).map_err(failed)?;
                     temporary.remove(mailbox.0).map_err(failed)?;
                 }

@@ -1354,12 +1354,88 @@ async fn cumulative_acknowledgements_remove_every_message_below_and_release_shar
         assert_eq!(store.pending_count(member).unwrap(), 0);
     }
     assert_eq!(store.shared_count().unwrap(), 0);
-    // The indexes go on where they were.
+    // The indexes go on where they were, after a restart too (the store keeps a tombstone of
+    // each emptied mailbox's last message).
     let next = store
-        .append_tagged(a, vec![(from, Bytes::new(), "a4".into())])
+        .append_tagged(a, vec![(from.clone(), Bytes::new(), "a4".into())])
         .await
         .unwrap();
     assert_eq!(next, [4]);
+    ferry::MailboxStore::remove(&store, a, 4);
+    store.close();
+    drop(store);
+    let store = RedbStore::open(&dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    assert_eq!(store.next_index(a).unwrap(), 5);
+    assert_eq!(store.next_index(b).unwrap(), 1);
+    assert_eq!(store.first_pending_index(c).unwrap(), 1);
+    for member in members {
+        assert_eq!(store.pending_count(member).unwrap(), 0);
+        assert!(store.read_from(member, 0, 10, 1 << 20).unwrap().is_empty());
+        assert!(ferry::MailboxStore::pending(&store, member)
+            .unwrap()
+            .is_empty());
+    }
+    let next = store
+        .append_tagged(a, vec![(from, Bytes::new(), "a5".into())])
+        .await
+        .unwrap();
+    assert_eq!(next, [5]);
+    let read = store.read_from(a, 0, 10, 1 << 20).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!((read[0].index, &read[0].payload[..]), (5, &b"a5"[..]));
+    assert_eq!(store.pending_count(a).unwrap(), 1);
+}
+
+#[tokio::test]
+async fn removals_in_any_order_keep_a_mailbox_s_indexes_across_restarts() {
+    use ferry::MailboxStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let from = ferry::Address::mint(&SecretKey::generate(), ferry::MailboxId(1), None, vec![]);
+    let mailbox = ferry::MailboxId(31);
+    let rows = |payloads: &[&'static str]| -> Vec<(ferry::Address, Bytes)> {
+        payloads
+            .iter()
+            .map(|p| (from.clone(), Bytes::from_static(p.as_bytes())))
+            .collect()
+    };
+    let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+    let stored = store.append(mailbox, None, rows(&["m0", "m1", "m2"])).await;
+    assert_eq!(stored.unwrap(), [0, 1, 2]);
+    // The newest first, then the oldest: only m1 is left.
+    store.remove(mailbox, 2);
+    store.remove(mailbox, 0);
+    flushed(&store).await;
+    let left = |store: &RedbStore| -> Vec<u64> {
+        store
+            .pending(mailbox)
+            .unwrap()
+            .iter()
+            .map(|m| m.index)
+            .collect()
+    };
+    assert_eq!(left(&store), [1]);
+    store.close();
+    drop(store);
+
+    let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(left(&store), [1]);
+    assert_eq!(store.pending_count(mailbox).unwrap(), 1);
+    assert_eq!(store.next_index(mailbox).unwrap(), 3);
+    store.remove(mailbox, 1);
+    let stored = store.append(mailbox, None, rows(&["m3"])).await;
+    assert_eq!(stored.unwrap(), [3]);
+    store.remove(mailbox, 3);
+    flushed(&store).await;
+    assert!(left(&store).is_empty());
+    store.close();
+    drop(store);
+
+    let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+    assert!(left(&store).is_empty());
+    let stored = store.append(mailbox, None, rows(&["m4"])).await;
+    assert_eq!(stored.unwrap(), [4]);
+    assert_eq!(left(&store), [4]);
 }
 
 #[tokio::test]
