@@ -31,7 +31,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -147,11 +147,10 @@ enum Op {
     Temporary {
         mailbox: MailboxId,
     },
-    /// Removes the messages of a mailbox at these indexes (acknowledged).
-    Remove {
-        mailbox: MailboxId,
-        indexes: std::ops::RangeInclusive<u64>,
-    },
+    /// Removals are waiting (in [`RedbStore::removals`]): the first one wakes the writer.
+    Removals,
+    /// Removes messages (made by the writer from the waiting removals).
+    Remove(Removal),
     /// Writes (or overwrites) a record.
     PutRecord {
         key: String,
@@ -167,13 +166,23 @@ enum Op {
     },
 }
 
+/// Messages of a mailbox to remove (acknowledged).
+#[derive(Debug)]
+struct Removal {
+    mailbox: MailboxId,
+    indexes: std::ops::RangeInclusive<u64>,
+}
+
 /// A [`MailboxStore`] in one redb file.
 pub struct RedbStore {
     path: PathBuf,
-    db: std::sync::Arc<Database>,
+    db: Arc<Database>,
     /// Unbounded by design: appends are bounded by the streams waiting on them, removals by
     /// the messages stored. `None` once closed.
     ops: Mutex<Option<mpsc::Sender<Op>>>,
+    /// Removals waiting for the writer's next batch: handed over without waking the writer
+    /// each time (the first one wakes it, with [`Op::Removals`]).
+    removals: Arc<Mutex<Vec<Removal>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -223,17 +232,20 @@ impl RedbStore {
         };
         let db = Database::create(path).map_err(|e| database_error(e.into()))?;
         prune_runs(&db, config.run_ttl).map_err(database_error)?;
-        let db = std::sync::Arc::new(db);
+        let db = Arc::new(db);
         let (ops, queue) = mpsc::channel();
         let writing = db.clone();
+        let removals = Arc::new(Mutex::new(Vec::new()));
+        let waiting = removals.clone();
         let writer = std::thread::Builder::new()
             .name("ferry-store".into())
-            .spawn(move || write_loop(&writing, &queue, &config))
+            .spawn(move || write_loop(&writing, &queue, &waiting, &config))
             .map_err(OpenStoreError::Thread)?;
         Ok(Self {
             path: path.to_owned(),
             db,
             ops: Mutex::new(Some(ops)),
+            removals,
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -473,11 +485,7 @@ impl RedbStore {
     /// in the writer's next batch).
     pub fn remove_below(&self, mailbox: MailboxId, end: u64) {
         if let Some(last) = end.checked_sub(1) {
-            // After close, the messages stay stored and are delivered again: at least once.
-            let _ = self.submit(Op::Remove {
-                mailbox,
-                indexes: 0..=last,
-            });
+            self.remove_range(mailbox, 0..=last);
         }
     }
 
@@ -490,6 +498,19 @@ impl RedbStore {
     /// its messages are removed when the store next opens.
     pub fn mark_temporary(&self, mailbox: MailboxId) {
         let _ = self.submit(Op::Temporary { mailbox });
+    }
+
+    /// Hands a removal to the writer's next batch.
+    fn remove_range(&self, mailbox: MailboxId, indexes: std::ops::RangeInclusive<u64>) {
+        let first = {
+            let mut removals = lock(&self.removals);
+            removals.push(Removal { mailbox, indexes });
+            removals.len() == 1
+        };
+        if first {
+            // After close, the messages stay stored and are delivered again: at least once.
+            let _ = self.submit(Op::Removals);
+        }
     }
 
     fn submit(&self, op: Op) -> Result<(), Op> {
@@ -572,11 +593,7 @@ impl MailboxStore for RedbStore {
     }
 
     fn remove(&self, mailbox: MailboxId, index: u64) {
-        // After close, the message stays stored and is delivered again: at least once.
-        let _ = self.submit(Op::Remove {
-            mailbox,
-            indexes: index..=index,
-        });
+        self.remove_range(mailbox, index..=index);
     }
 }
 
@@ -874,10 +891,15 @@ fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// How long a batch of removals alone waits for more requests (see [`gather`]).
+/// How long the writer, woken by removals alone, waits for more (see [`gather`]).
 const REMOVALS_WAIT: Duration = Duration::from_millis(20);
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
+fn write_loop(
+    db: &Database,
+    queue: &mpsc::Receiver<Op>,
+    removals: &Mutex<Vec<Removal>>,
+    config: &StoreConfig,
+) {
     // Shared message ids only grow: the next one is past the highest stored.
     let mut next_shared = match last_shared(db) {
         Ok(last) => last.map_or(0, |id| id + 1),
@@ -887,8 +909,21 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
         }
     };
     let mut counts = Counts::new();
-    while let Ok(first) = queue.recv() {
-        let batch = gather(queue, first);
+    let mut open = true;
+    while open {
+        let first = queue.recv().ok();
+        // Closed: one last batch for the removals left.
+        open = first.is_some();
+        let mut batch = gather(queue, first);
+        // Last: they concern messages stored (and delivered) before.
+        batch.extend(
+            std::mem::take(&mut *lock(removals))
+                .into_iter()
+                .map(Op::Remove),
+        );
+        if batch.is_empty() {
+            continue;
+        }
         if counts.len() > MAX_COUNTED {
             counts.clear();
         }
@@ -922,27 +957,32 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Op>, config: &StoreConfig) {
     }
 }
 
-/// The batch that starts with `first`: every request already waiting, up to `MAX_BATCH`. A
-/// batch of removals alone waits up to `REMOVALS_WAIT` for more requests, until one that is
-/// not a removal arrives: nobody waits for a removal, and a browser's acknowledgements
-/// trickle in one by one, each costing a transaction of its own otherwise.
-fn gather(queue: &mpsc::Receiver<Op>, first: Op) -> Vec<Op> {
+/// The batch that starts with `first`: every request already waiting, up to `MAX_BATCH`.
+/// When removals alone wake the writer, it waits up to `REMOVALS_WAIT` for more, unless
+/// another request comes: nobody waits for a removal, and a browser's acknowledgements come
+/// one by one, each costing a transaction of its own otherwise.
+fn gather(queue: &mpsc::Receiver<Op>, first: Option<Op>) -> Vec<Op> {
+    let mut batch = Vec::new();
+    let Some(first) = first else {
+        return batch;
+    };
     let mut wait_until =
-        matches!(first, Op::Remove { .. }).then(|| std::time::Instant::now() + REMOVALS_WAIT);
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        let next = match wait_until {
+        matches!(first, Op::Removals).then(|| std::time::Instant::now() + REMOVALS_WAIT);
+    let mut next = Some(first);
+    // Wake-ups count towards the limit too, so that they cannot hold a batch open forever.
+    for _ in 0..MAX_BATCH {
+        let Some(op) = next.take() else { break };
+        if !matches!(op, Op::Removals) {
+            wait_until = None;
+            batch.push(op);
+        }
+        next = match wait_until {
             None => queue.try_recv().ok(),
             Some(until) => {
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 queue.recv_timeout(left).ok()
             }
         };
-        let Some(op) = next else { break };
-        if !matches!(op, Op::Remove { .. }) {
-            wait_until = None;
-        }
-        batch.push(op);
     }
     batch
 }
@@ -1070,7 +1110,8 @@ fn apply(
                     }
                     replies.push(Reply::Shared(reply, Ok(outcome)));
                 }
-                Op::Remove { mailbox, indexes } => {
+                Op::Removals => {}
+                Op::Remove(Removal { mailbox, indexes }) => {
                     let mut count =
                         count_of(counts, &messages, &mailboxes, mailbox.0).map_err(failed)?;
                     acknowledge(&mut messages, &mut released, &mut count, mailbox.0, indexes)

@@ -1436,6 +1436,13 @@ async fn removals_in_any_order_keep_a_mailbox_s_indexes_across_restarts() {
     let stored = store.append(mailbox, None, rows(&["m4"])).await;
     assert_eq!(stored.unwrap(), [4]);
     assert_eq!(left(&store), [4]);
+    // A removal just before the store closes is applied by the close.
+    store.remove(mailbox, 4);
+    store.close();
+    drop(store);
+    let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+    assert!(left(&store).is_empty());
+    assert_eq!(store.next_index(mailbox).unwrap(), 5);
 }
 
 #[tokio::test]
