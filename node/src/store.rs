@@ -3,7 +3,10 @@
 //! All writes go through one writer thread that takes every request waiting in its queue,
 //! applies them in one transaction and commits once with `Durability::Immediate` (fsync), so
 //! many streams storing at the same time share one disk flush (group commit). A message is
-//! acknowledged to its sender only after that commit.
+//! acknowledged to its sender only after that commit. Removals (messages the application or a
+//! browser acknowledged) go to the writer through a list it takes whole with each batch, so
+//! they do not wake it one by one; a crash before their commit only delivers those messages
+//! again.
 //!
 //! Tables (all integers big-endian inside redb's own tuple encoding):
 //! - `messages`: (mailbox, index) → u16 address length, the sender's address bytes, payload;
