@@ -71,10 +71,11 @@ pub struct NodeConfig {
     /// A conversation stream with nothing to send or acknowledge for this long is finished;
     /// the next message opens a new one. Default 30 s.
     pub stream_idle_timeout: Duration,
-    /// How long a connection that lost the one-connection-per-pair rule to another live
-    /// connection with the same peer (both nodes dialed each other at once) stays open, so
-    /// that streams either node started on it before learning of the other can finish; new
-    /// streams go to the kept connection. Default 10 s.
+    /// A connection that lost the one-connection-per-pair rule to another live connection
+    /// with the same peer (both nodes dialed each other at once) is closed once it has carried
+    /// no stream data for this long, so that streams either node started on it before
+    /// learning of the other finish, however long they last; new streams go to the kept
+    /// connection. Default 10 s.
     pub duplicate_grace: Duration,
     /// How long a peer has to send a stream's opening frame. Default 10 s.
     pub open_timeout: Duration,

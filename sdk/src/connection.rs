@@ -441,17 +441,30 @@ fn install(
 }
 
 /// Closes `connection`, which lost the one-connection rule to another live connection with
-/// the same peer, with DUPLICATE once `duplicate_grace` has passed (or at once when the node
-/// shuts down): both nodes may have started streams on it before they learnt of the other
-/// connection, and those finish on it (new streams go to the kept one).
+/// the same peer, with DUPLICATE once a whole `duplicate_grace` has passed without stream
+/// data on it (or at once when the node shuts down): both nodes may have started streams on it
+/// before they learnt of the other connection, and those finish on it, however long they
+/// last (new streams go to the kept one).
 fn retire(node: &Arc<NodeInner>, connection: quinn::Connection) {
     let cancel = node.cancel.clone();
     let grace = node.config.duplicate_grace;
     node.tasks.spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(grace) => {}
-            _ = cancel.cancelled() => {}
-            _ = connection.closed() => return,
+        let stream_frames = |connection: &quinn::Connection| {
+            let stats = connection.stats();
+            stats.frame_tx.stream.wrapping_add(stats.frame_rx.stream)
+        };
+        let mut seen = stream_frames(&connection);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = cancel.cancelled() => break,
+                _ = connection.closed() => return,
+            }
+            let now = stream_frames(&connection);
+            if now == seen {
+                break;
+            }
+            seen = now;
         }
         connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
     });

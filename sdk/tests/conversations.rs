@@ -172,6 +172,46 @@ async fn conversations_opened_while_both_nodes_dial_each_other_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_on_the_connection_that_lost_a_simultaneous_dial_outlast_the_grace() {
+    // As above, but each conversation goes on for five times `duplicate_grace`: the losing
+    // connection is closed only once it has been quiet for a whole grace.
+    let config = NodeConfig {
+        duplicate_grace: Duration::from_millis(200),
+        ..NodeConfig::default()
+    };
+    for round in 0..10 {
+        let a = Node::bind(SecretKey::generate(), config.clone())
+            .await
+            .unwrap();
+        let b = Node::bind(SecretKey::generate(), config.clone())
+            .await
+            .unwrap();
+        let _echo_a = a.serve("echo", ServiceOptions::default(), echo).unwrap();
+        let _echo_b = b.serve("echo", ServiceOptions::default(), echo).unwrap();
+        let talk = |from: &Node, to: &Node| {
+            let (from, target) = (from.clone(), target(to, "echo"));
+            async move {
+                let mut conversation = from.open(target).await?;
+                for n in 0..20 {
+                    let text = format!("round {round} message {n}");
+                    conversation.send_obj(&text).await?;
+                    let back: String = conversation.recv_obj().await?;
+                    assert_eq!(back, text);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                conversation.finish()?;
+                anyhow::Ok(())
+            }
+        };
+        let (ab, ba) = tokio::join!(talk(&a, &b), talk(&b, &a));
+        ab.unwrap();
+        ba.unwrap();
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_conversations_on_one_connection() {
     let server = node().await;
     let client = node().await;

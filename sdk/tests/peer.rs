@@ -283,7 +283,7 @@ async fn oversize_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dial_gives_one_connection() {
-    // The losing connection stays open for streams already on it, this long.
+    // The losing connection is closed once it carried no stream data for this long.
     let config = NodeConfig {
         duplicate_grace: Duration::from_millis(200),
         ..NodeConfig::default()
@@ -297,8 +297,8 @@ async fn simultaneous_dial_gives_one_connection() {
         );
         ab.unwrap();
         ba.unwrap();
-        // Both sides settle on the same single connection: the losing one is closed once its
-        // grace has passed.
+        // Both sides settle on the same single connection: the losing one, which carries
+        // nothing, is closed after one grace.
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let settled = a.stats().open_connections == 1 && b.stats().open_connections == 1;
