@@ -1105,7 +1105,7 @@ async fn the_time_a_session_is_away_counts_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let key = SecretKey::generate();
-    let ttl = Duration::from_secs(4);
+    let ttl = Duration::from_secs(5);
     let config = || GatewayConfig {
         session_ttl: ttl,
         ..GatewayConfig::default()
@@ -1120,7 +1120,7 @@ async fn the_time_a_session_is_away_counts_across_a_restart() {
     let (_kept_ws, welcome) = connect(addr, "").await;
     let kept = welcome["session"].as_str().unwrap().to_owned();
     let kept_resume = welcome["resume"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     shutdown.cancel();
     task.await.unwrap();
     node.shutdown(Duration::from_secs(1)).await;
@@ -1128,7 +1128,7 @@ async fn the_time_a_session_is_away_counts_across_a_restart() {
     drop((store, handle, node));
     // Down for a while: `away` has been away longer than its TTL when the node is back,
     // `kept` (its connection ended with the stop) has not.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
 
     let (_node, _store, handle, addr, _shutdown, _task) =
         start_configured(&key, &path, config()).await;

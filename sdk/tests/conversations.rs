@@ -144,42 +144,30 @@ async fn calls_complete_out_of_order() {
 async fn conversations_opened_while_both_nodes_dial_each_other_complete() {
     // Each node opens a conversation to the other at the same moment: two connections come
     // up, one loses the one-connection rule, and a conversation may have started on it.
-    for round in 0..20 {
-        let a = node().await;
-        let b = node().await;
-        let _echo_a = a.serve("echo", ServiceOptions::default(), echo).unwrap();
-        let _echo_b = b.serve("echo", ServiceOptions::default(), echo).unwrap();
-        let talk = |from: &Node, to: &Node| {
-            let (from, target) = (from.clone(), target(to, "echo"));
-            async move {
-                let mut conversation = from.open(target).await?;
-                for n in 0..3 {
-                    let text = format!("round {round} message {n}");
-                    conversation.send_obj(&text).await?;
-                    let back: String = conversation.recv_obj().await?;
-                    assert_eq!(back, text);
-                }
-                conversation.finish()?;
-                anyhow::Ok(())
-            }
-        };
-        let (ab, ba) = tokio::join!(talk(&a, &b), talk(&b, &a));
-        ab.unwrap();
-        ba.unwrap();
-        a.shutdown(Duration::from_secs(1)).await;
-        b.shutdown(Duration::from_secs(1)).await;
-    }
+    simultaneous_conversations(NodeConfig::default(), 20, 3, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_on_the_connection_that_lost_a_simultaneous_dial_outlast_the_grace() {
-    // As above, but each conversation goes on for five times `duplicate_grace`: the losing
-    // connection is closed only once it has been quiet for a whole grace.
+    // As above, but each conversation goes on for about four times `duplicate_grace` (30
+    // messages 50 ms apart): the losing connection is closed only once it has been quiet for
+    // a whole grace.
     let config = NodeConfig {
-        duplicate_grace: Duration::from_millis(200),
+        duplicate_grace: Duration::from_millis(400),
         ..NodeConfig::default()
     };
-    for round in 0..10 {
+    simultaneous_conversations(config, 10, 30, Duration::from_millis(50)).await;
+}
+
+/// `rounds` times, two new nodes open an echo conversation to each other at the same moment
+/// and exchange `messages` messages on it, `pause` apart; every one must come back.
+async fn simultaneous_conversations(
+    config: NodeConfig,
+    rounds: usize,
+    messages: usize,
+    pause: Duration,
+) {
+    for round in 0..rounds {
         let a = Node::bind(SecretKey::generate(), config.clone())
             .await
             .unwrap();
@@ -192,12 +180,12 @@ async fn conversations_on_the_connection_that_lost_a_simultaneous_dial_outlast_t
             let (from, target) = (from.clone(), target(to, "echo"));
             async move {
                 let mut conversation = from.open(target).await?;
-                for n in 0..20 {
+                for n in 0..messages {
                     let text = format!("round {round} message {n}");
                     conversation.send_obj(&text).await?;
                     let back: String = conversation.recv_obj().await?;
                     assert_eq!(back, text);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(pause).await;
                 }
                 conversation.finish()?;
                 anyhow::Ok(())
