@@ -26,7 +26,6 @@
 //! Both children end when their stdin closes (the parent kills them once measured).
 //! Latencies compare clocks of one machine.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,12 +41,12 @@ use ferry_node::store::{RedbStore, StoreConfig};
 use futures::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::child::{rss, Child};
 use super::{Better, Row, Settings, ALLOCATOR};
 
 /// The channel every session joins.
@@ -126,11 +125,11 @@ async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]>
     let n = settings.gateway_sessions;
     let kind = if ferry { "ferry" } else { "plain" };
     let settle = settings.gateway_settle_ms;
-    let (mut server, url) = Child2::start(&["--gateway-server", kind]).await?;
-    let before = server.memory(settle).await?;
+    let (mut server, url) = Child::start(&["--gateway-server", kind], STEP_WAIT).await?;
+    let before = server.memory(&format!("memory {settle}")).await?;
     let (mut clients, addresses) =
-        Child2::start(&["--gateway-clients", &url, &n.to_string()]).await?;
-    let after = server.memory(settle).await?;
+        Child::start(&["--gateway-clients", &url, &n.to_string()], STEP_WAIT).await?;
+    let after = server.memory(&format!("memory {settle}")).await?;
     let kib = |bytes: i64| bytes as f64 / n.max(1) as f64 / 1024.0;
     let rss = kib(after.1 - before.1);
     let heap = kib(after.0 - before.0);
@@ -180,8 +179,8 @@ async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]>
         peer.node.shutdown(Duration::from_secs(1)).await;
     }
 
-    clients.finish().await;
-    server.finish().await;
+    clients.kill().await;
+    server.kill().await;
     Ok([rss, heap, p50, p99, rate])
 }
 
@@ -220,124 +219,10 @@ impl Peer {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Child processes, seen from the parent.
-
-/// A child process of this binary, driven through stdin and stdout; killed if dropped.
-struct Child2 {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Child2 {
-    /// Starts this binary with `args` and returns it with the rest of its `ready` line.
-    async fn start(args: &[&str]) -> Result<(Self, String)> {
-        let exe = std::env::current_exe().context("finding the bench binary")?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {args:?}"))?;
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("child without stdout"))?;
-        let mut child = Self {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout).lines(),
-        };
-        let ready = child.answer("ready").await?;
-        Ok((child, ready))
-    }
-
-    /// The next line, which must start with `word`; returns the rest.
-    async fn answer(&mut self, word: &str) -> Result<String> {
-        let line = tokio::time::timeout(STEP_WAIT, self.stdout.next_line())
-            .await
-            .map_err(|_| anyhow!("no answer {word} in {STEP_WAIT:?}"))??
-            .ok_or_else(|| anyhow!("the child exited (expected {word})"))?;
-        if let Some(error) = line.strip_prefix("error ") {
-            bail!("child: {error}");
-        }
-        match line.split_once(' ') {
-            Some((first, rest)) if first == word => Ok(rest.to_owned()),
-            None if line == word => Ok(String::new()),
-            _ => bail!("the child answered {:?}, expected {word}", truncate(&line)),
-        }
-    }
-
-    async fn send(&mut self, command: &str) -> Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| anyhow!("child stdin closed"))?;
-        stdin.write_all(format!("{command}\n").as_bytes()).await?;
-        stdin.flush().await?;
-        Ok(())
-    }
-
-    /// Heap and RSS of the child, bytes, `settle_ms` after asking.
-    async fn memory(&mut self, settle_ms: u64) -> Result<(i64, i64)> {
-        self.send(&format!("memory {settle_ms}")).await?;
-        let answer = self.answer("memory").await?;
-        let (heap, rss) = answer
-            .split_once(' ')
-            .ok_or_else(|| anyhow!("bad memory answer {answer:?}"))?;
-        Ok((heap.parse()?, rss.parse()?))
-    }
-
-    /// Ends the child (measured already: nothing to wait for, no orderly shutdown).
-    async fn finish(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-fn truncate(line: &str) -> &str {
-    line.get(..200).unwrap_or(line)
-}
-
 fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// `VmRSS` of this process, bytes.
-fn rss() -> Result<i64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
-    let kib: i64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/self/status"))?
-        .trim()
-        .parse()?;
-    Ok(kib * 1024)
-}
-
-/// Runs `main` on a multi-thread runtime (a child process's entry point).
-pub(super) fn run_child(main: impl std::future::Future<Output = Result<()>>) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    let result = runtime.block_on(main);
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
-}
-
-/// Prints one answer line and flushes it.
-fn answer(line: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,12 +293,12 @@ pub(super) async fn server(kind: &str) -> Result<()> {
         }
         other => bail!("unknown server kind {other:?}"),
     };
-    answer(&format!("ready ws://{addr}/ws"));
+    println!("ready ws://{addr}/ws");
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {
         match server_command(&server, &command).await {
-            Ok(line) => answer(&line),
-            Err(error) => answer(&format!("error {error:#}")),
+            Ok(line) => println!("{line}"),
+            Err(error) => println!("error {error:#}"),
         }
     }
     shutdown.cancel();
@@ -561,7 +446,7 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
             }
         }
     }
-    answer(&format!("ready {}", serde_json::to_string(&addresses)?));
+    println!("ready {}", serde_json::to_string(&addresses)?);
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {
         let (word, argument) = command.split_once(' ').unwrap_or((&command, ""));
@@ -575,7 +460,7 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
                         latencies.push(micros);
                     }
                 }
-                answer(&format!("latencies {}", serde_json::to_string(&latencies)?));
+                println!("latencies {}", serde_json::to_string(&latencies)?);
             }
             "count" => {
                 let total: usize = argument.parse().context("count")?;
@@ -586,9 +471,9 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
                         count += 1;
                     }
                 }
-                answer(&format!("counted {}", started.elapsed().as_micros()));
+                println!("counted {}", started.elapsed().as_micros());
             }
-            other => answer(&format!("error unknown command {other:?}")),
+            other => println!("error unknown command {other:?}"),
         }
     }
     Ok(())

@@ -16,7 +16,6 @@
 //! live bytes ([`super::ALLOCATOR`]), the RSS `VmRSS` of `/proc/self/status`.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +24,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
 use ferry::{Address, Mailbox, Node, NodeConfig, SecretKey};
 use futures::{StreamExt as _, TryStreamExt as _};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+use super::child::{rss, Child};
 use super::{
     baseline_client_config, measure, transport_config, BaselineIdentity, Better, Row, Settings,
     ALLOCATOR, MESSAGE_LEN, PAYLOAD,
@@ -119,22 +118,6 @@ impl Memory {
             rss: rss()?,
         })
     }
-}
-
-/// `VmRSS` of this process, in bytes.
-fn rss() -> Result<i64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/self/status"))?;
-    let kib: i64 = line
-        .trim()
-        .strip_suffix("kB")
-        .ok_or_else(|| anyhow!("VmRSS not in kB: {line}"))?
-        .trim()
-        .parse()?;
-    Ok(kib * 1024)
 }
 
 /// The five row values of one run, in KiB: per peer (heap, RSS) from `before` to `peers`, per
@@ -309,94 +292,31 @@ fn from_hex(text: &str) -> Result<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // The parent's side of the hub.
 
-/// The hub child process, with its stdin and stdout; killed if dropped before [`Hub::finish`].
-struct Hub {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
+/// The hub child process; killed if dropped before [`Hub::finish`].
+struct Hub(Child);
 
 impl Hub {
     /// Starts this binary as a hub of `kind` and returns it with the rest of its `ready` line.
     async fn start(kind: &str) -> Result<(Self, String)> {
-        let exe = std::env::current_exe().context("finding the bench binary")?;
-        let mut child = Command::new(exe)
-            .args(["--memory-hub", kind])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the memory hub")?;
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("hub without stdout"))?;
-        let mut hub = Self {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout).lines(),
-        };
-        let ready = hub.answer("ready").await?;
-        Ok((hub, ready))
-    }
-
-    /// The next line from the hub, which must start with `word`; returns the rest.
-    async fn answer(&mut self, word: &str) -> Result<String> {
-        let line = tokio::time::timeout(HUB_WAIT + SETTLE * 2, self.stdout.next_line())
-            .await
-            .map_err(|_| anyhow!("the hub did not answer"))??
-            .ok_or_else(|| anyhow!("the hub exited"))?;
-        if let Some(error) = line.strip_prefix("error ") {
-            bail!("hub: {error}");
-        }
-        match line.split_once(' ') {
-            Some((first, rest)) if first == word => Ok(rest.to_owned()),
-            None if line == word => Ok(String::new()),
-            _ => bail!("the hub answered {line:?}, expected {word}"),
-        }
-    }
-
-    /// Sends one command line.
-    async fn send(&mut self, command: &str) -> Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| anyhow!("hub stdin closed"))?;
-        stdin.write_all(format!("{command}\n").as_bytes()).await?;
-        stdin.flush().await?;
-        Ok(())
+        let (child, ready) = Child::start(&["--memory-hub", kind], HUB_WAIT + SETTLE * 2).await?;
+        Ok((Self(child), ready))
     }
 
     /// Sends `command` and waits for `ok`.
     async fn expect(&mut self, command: &str) -> Result<()> {
-        self.send(command).await?;
-        self.answer("ok").await.map(drop)
+        self.0.send(command).await?;
+        self.0.answer("ok").await.map(drop)
     }
 
     /// The hub's memory.
     async fn memory(&mut self) -> Result<Memory> {
-        self.send("memory").await?;
-        let answer = self.answer("memory").await?;
-        let (heap, rss) = answer
-            .split_once(' ')
-            .ok_or_else(|| anyhow!("bad memory answer {answer:?}"))?;
-        Ok(Memory {
-            heap: heap.parse()?,
-            rss: rss.parse()?,
-        })
+        let (heap, rss) = self.0.memory("memory").await?;
+        Ok(Memory { heap, rss })
     }
 
-    /// Closes the hub's stdin, which ends it; kills it if it takes more than 5 s.
-    async fn finish(mut self) {
-        drop(self.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+    /// Ends the hub (closing its stdin).
+    async fn finish(self) {
+        self.0.finish().await;
     }
 }
 
@@ -406,13 +326,7 @@ impl Hub {
 /// Runs this process as the memory figure's hub of `kind` ("ferry" or "quinn") until its stdin
 /// ends.
 pub(super) fn run_hub(kind: &str) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    let result = runtime.block_on(hub(kind));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    super::child::run(hub(kind))
 }
 
 /// What the hub counts for `peers` and `streams`.

@@ -48,6 +48,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 #[path = "../bench/call.rs"]
 mod call;
+#[path = "../bench/child.rs"]
+mod child;
 #[path = "../bench/dial.rs"]
 mod dial;
 #[path = "../bench/gateway.rs"]
@@ -353,11 +355,11 @@ fn main() -> Result<()> {
     // Every WebSocket session of the gateway figure is an open file (children inherit this).
     let open_files = gateway::raise_open_files_limit();
     if let Some(kind) = &cli.gateway_server {
-        return gateway::run_child(gateway::server(kind));
+        return child::run(gateway::server(kind));
     }
     if let Some([url, n]) = cli.gateway_clients.as_deref() {
         let n = n.parse().context("--gateway-clients N")?;
-        return gateway::run_child(gateway::clients(url, n));
+        return child::run(gateway::clients(url, n));
     }
     if let Some(hard) = open_files {
         let wanted = settings_sessions(&cli) as u64 + 500;
