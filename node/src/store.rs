@@ -809,23 +809,19 @@ fn release_all(
     Ok(())
 }
 
-/// Removes the messages of `mailbox` in `indexes` (tombstones too), counting the shared ones
-/// they referred to in `released`.
-fn remove_messages(
+/// Removes every row of `mailbox` (tombstones too), counting the shared messages they
+/// referred to in `released`.
+fn remove_all(
     messages: &mut redb::Table<(u64, u64), &[u8]>,
     released: &mut Released,
     mailbox: u64,
-    indexes: std::ops::RangeInclusive<u64>,
 ) -> Result<(), redb::Error> {
-    messages.retain_in(
-        (mailbox, *indexes.start())..=(mailbox, *indexes.end()),
-        |_, row| {
-            if let Some(id) = shared_id(row) {
-                *released.entry(id).or_default() += 1;
-            }
-            false
-        },
-    )?;
+    messages.retain_in((mailbox, 0)..=(mailbox, u64::MAX), |_, row| {
+        if let Some(id) = shared_id(row) {
+            *released.entry(id).or_default() += 1;
+        }
+        false
+    })?;
     Ok(())
 }
 
@@ -876,7 +872,7 @@ fn prune_runs(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
             let mut mailboxes = txn.open_table(MAILBOXES)?;
             let mut released = Released::new();
             for id in ids {
-                remove_messages(&mut messages, &mut released, id, 0..=u64::MAX)?;
+                remove_all(&mut messages, &mut released, id)?;
                 mailboxes.remove(id)?;
                 temporary.remove(id)?;
             }
@@ -1122,8 +1118,7 @@ fn apply(
                     counts.insert(mailbox.0, count);
                 }
                 Op::Purge { mailbox } => {
-                    remove_messages(&mut messages, &mut released, mailbox.0, 0..=u64::MAX)
-                        .map_err(failed)?;
+                    remove_all(&mut messages, &mut released, mailbox.0).map_err(failed)?;
                     counts.remove(&mailbox.0);
                     mailboxes.remove(mailbox.0).map_err(failed)?;
                     temporary.remove(mailbox.0).map_err(failed)?;
