@@ -109,6 +109,8 @@ pub(crate) struct FileConfig {
     pub(crate) relay_rate: Option<u64>,
     /// [`NodeConfig::relays`].
     pub(crate) relays: Option<Vec<Peer>>,
+    /// [`NodeConfig::hole_punching`].
+    pub(crate) hole_punching: Option<bool>,
     /// [`NodeConfig::max_monitors_per_peer`].
     pub(crate) max_monitors_per_peer: Option<usize>,
     /// TCP address of the browser gateway, or `"off"`.
@@ -452,6 +454,7 @@ impl FileConfig {
             relays: self.relays.as_ref().map_or(default.relays, |relays| {
                 relays.iter().map(|peer| (peer.id, peer.addr)).collect()
             }),
+            hole_punching: self.hole_punching.unwrap_or(default.hole_punching),
             max_monitors_per_peer: self
                 .max_monitors_per_peer
                 .unwrap_or(default.max_monitors_per_peer),
@@ -820,6 +823,10 @@ relay_rate = {relay_rate}
 # (at most 4, and at most 4 hints in all with advertise).
 relays = []
 
+# Whether to punch holes towards peers reached through a relay so that the two connect
+# directly; false keeps relayed connections relayed (peers then never learn this address).
+hole_punching = true
+
 # --- the browser gateway (`ferry run`; docs/GATEWAY.md) ---
 
 # TCP address of the gateway (WebSocket /ws, the JS client /ferry.js), or "off"; port 0 picks
@@ -1123,6 +1130,7 @@ mod tests {
             relay = ["{a}"]
             relay_rate = 12
             relays = ["{a}@192.0.2.2:4433"]
+            hole_punching = false
             max_monitors_per_peer = 13
             "#
         );
@@ -1157,8 +1165,10 @@ mod tests {
             relay,
             relay_rate,
             relays,
+            hole_punching,
             max_monitors_per_peer,
         } = file.node_config();
+        assert!(!hole_punching);
         let secs = Duration::from_secs;
         assert_eq!(listen, "127.0.0.1:4000".parse().unwrap());
         assert_eq!(advertise, vec!["192.0.2.1:4000".parse().unwrap()]);

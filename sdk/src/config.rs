@@ -137,6 +137,11 @@ pub struct NodeConfig {
     /// peers that cannot reach it directly reach it through them. At most 4, and together with
     /// the socket-address hints at most 4 hints fit in an address. Default none.
     pub relays: Vec<(NodeId, SocketAddr)>,
+    /// Whether this node punches holes towards peers it reaches through a relay, so that the
+    /// two connect directly (docs/PROTOCOL.md §10.13): it offers its candidate addresses and
+    /// dials the peer's. `false` keeps relayed connections relayed, e.g. so that peers do not
+    /// learn this node's address. Default `true`.
+    pub hole_punching: bool,
     /// Distinct addresses this node watches at most on one peer ([`Node::monitor`]): each
     /// takes one stream of that peer's `max_incoming_streams` for as long as it is watched
     /// (watches of the same address share one). Beyond, `monitor` fails with
@@ -202,6 +207,7 @@ impl Default for NodeConfig {
             relay: RelayAccess::Nobody,
             relay_rate: 4 << 20,
             relays: Vec::new(),
+            hole_punching: true,
             max_monitors_per_peer: 1024,
         }
     }

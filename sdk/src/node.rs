@@ -14,7 +14,7 @@ use tracing::{info, Instrument};
 
 use crate::address::{Address, MailboxId};
 use crate::config::NodeConfig;
-use crate::connection::{self, ConnCode, Peers};
+use crate::connection::{self, ConnCode, Peers, Route};
 use crate::conversation::Conversation;
 use crate::error::{
     BindError, DialError, MonitorError, OpenError, PingError, SendError, ServeError,
@@ -28,6 +28,7 @@ use crate::relay::{RelayBudget, RelaySocket};
 use crate::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 use crate::store::{MailboxStore, StoreError};
 use crate::tls::{self, Mismatches};
+use crate::transport::QuicConfigs;
 
 /// Seconds since the Unix epoch, the clock address expiry is checked against.
 pub(crate) fn unix_now() -> u64 {
@@ -272,6 +273,11 @@ impl NodeInner {
         address
     }
 
+    /// The socket-address hints this node puts into the addresses it mints.
+    pub(crate) fn dial_hints(&self) -> Vec<SocketAddr> {
+        self.hints.clone()
+    }
+
     /// Whether shutdown has begun: no new messages are accepted for sending.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
@@ -300,6 +306,12 @@ pub(crate) struct NodeInner {
     pub(crate) relay_socket: Arc<RelaySocket>,
     pub(crate) relay_budget: RelayBudget,
     pub(crate) mismatches: Arc<Mismatches>,
+    /// The client and server configurations of each connection.
+    pub(crate) quic: QuicConfigs,
+    /// The addresses peers see this node at (docs/PROTOCOL.md §10.12).
+    pub(crate) observations: crate::observe::Observations,
+    /// Hole punching towards peers reached through relays.
+    pub(crate) punches: crate::punch::Punches,
     pub(crate) mailboxes: Mailboxes,
     pub(crate) peers: Peers,
     pub(crate) services: crate::service::Services,
@@ -389,37 +401,24 @@ impl Node {
         let mut incarnation = [0u8; 8];
         crate::identity::fill_random(&mut incarnation);
         let tls = tls::configs(&key, u64::from_be_bytes(incarnation), alpn)?;
-        let transport = Arc::new(transport_config(&config));
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server));
-        server.transport_config(transport.clone());
-        let mut client = quinn::ClientConfig::new(Arc::new(tls.client));
-        client.transport_config(transport);
+        let quic = QuicConfigs::new(&config, tls.client, tls.server);
         let socket_error = |source| BindError::Socket {
             addr: config.listen,
             source,
         };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(socket_error)?;
-        let endpoint_config = endpoint_config(&key);
-        let mut endpoint = quinn::Endpoint::new(
+        let endpoint_config = crate::transport::endpoint_config(&key);
+        let endpoint = quinn::Endpoint::new(
             endpoint_config.clone(),
-            Some(server.clone()),
+            Some(quic.endpoint_server()),
             socket,
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(socket_error)?;
-        endpoint.set_default_client_config(client.clone());
         let relay_socket = Arc::new(RelaySocket::new());
-        let mut relay_transport = transport_config(&config);
-        // Relayed packets travel inside datagrams of the relay connection: keep them small.
-        relay_transport
-            .initial_mtu(crate::relay::RELAYED_MTU)
-            .mtu_discovery_config(None);
-        let relay_transport = Arc::new(relay_transport);
-        server.transport_config(relay_transport.clone());
-        client.transport_config(relay_transport);
-        let mut relay_endpoint = quinn::Endpoint::new_with_abstract_socket(
+        let relay_endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
-            Some(server),
+            Some(quic.endpoint_server()),
             relay_socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )
@@ -427,7 +426,6 @@ impl Node {
             addr: config.listen,
             source,
         })?;
-        relay_endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(|source| BindError::Socket {
             addr: config.listen,
             source,
@@ -444,6 +442,9 @@ impl Node {
             relay_socket,
             relay_budget: RelayBudget::default(),
             mismatches: tls.mismatches,
+            quic,
+            observations: crate::observe::Observations::default(),
+            punches: crate::punch::Punches::default(),
             mailboxes: Mailboxes::default(),
             peers: Peers::default(),
             services: crate::service::Services::default(),
@@ -574,6 +575,18 @@ impl Node {
     /// Whether a live connection to `peer` exists.
     pub fn is_connected(&self, peer: &NodeId) -> bool {
         self.inner.peers.connection(peer).is_some()
+    }
+
+    /// The addresses this node's relays see it at (docs/PROTOCOL.md §10.12), most recent
+    /// first: behind a NAT, the addresses the NAT gave it.
+    pub fn observed_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.observations.addrs()
+    }
+
+    /// How this node reaches `peer` now: directly or through a relay; `None` without a
+    /// connection.
+    pub fn route(&self, peer: &NodeId) -> Option<Route> {
+        self.inner.peers.link(peer).map(|link| link.route)
     }
 
     /// How many connections this node has taken into use since it started (dialed or
@@ -796,49 +809,4 @@ fn dial_hints(config: &NodeConfig, local_addr: SocketAddr) -> Vec<SocketAddr> {
         });
     }
     vec![addr]
-}
-
-/// The endpoint configuration, with the keys of stateless resets and of connection ids
-/// derived from the node's secret key: a node restarted with the same key recognises the
-/// connection ids of its previous run and answers packets for them with a stateless reset its
-/// peers can verify, so they learn at once that their old connections are gone instead of
-/// waiting for the idle timeout.
-fn endpoint_config(key: &SecretKey) -> quinn::EndpointConfig {
-    let derive = |label: &[u8]| {
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        context.update(label);
-        context.update(&key.to_bytes());
-        context.finish()
-    };
-    let reset = derive(b"ferry/stateless-reset/v1");
-    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
-    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    let cid = derive(b"ferry/connection-id/v1");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&cid.as_ref()[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
-    config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
-    config
-}
-
-/// A flow-control window; validate() bounds it to 1 GiB, well within QUIC's varint range.
-fn window(bytes: usize) -> quinn::VarInt {
-    quinn::VarInt::from_u64(bytes as u64).unwrap_or(quinn::VarInt::MAX)
-}
-
-fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
-    let mut transport = quinn::TransportConfig::default();
-    // validate() bounds idle_timeout to one day, well within QUIC's varint range.
-    let idle = quinn::IdleTimeout::try_from(config.idle_timeout).ok();
-    transport
-        .max_idle_timeout(idle)
-        .keep_alive_interval(Some(config.keep_alive))
-        .max_concurrent_bidi_streams(config.max_incoming_streams.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(window(config.receive_window.min(4 << 20)))
-        .receive_window(window(config.receive_window))
-        .send_window(32 << 20);
-    transport
 }
