@@ -94,7 +94,7 @@ pub(crate) struct NodeArgs {
     /// A TOML config file (see `ferry config-example` and docs/CONFIG.md).
     #[arg(long, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
-    /// UDP address to listen on: 0.0.0.0:PORT (or [::]:PORT) to be reachable from other
+    /// UDP address to listen on: `0.0.0.0:PORT` (or `[::]:PORT`) to be reachable from other
     /// hosts. Default: the config file's `listen`, else 127.0.0.1:0. Port 0 with a data
     /// directory: the port of the last run if it is free.
     #[arg(long, value_name = "ADDR")]
