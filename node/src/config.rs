@@ -721,11 +721,13 @@ store_run_ttl = "{store_run_ttl}"
 
 # --- the node (ferry::NodeConfig) ---
 
-# UDP address to bind.
+# UDP address to bind; "0.0.0.0:PORT" or "[::]:PORT" to be reachable from other hosts. Port 0:
+# the port of the last run (remembered in the data directory's `udp-port`) if free, else any.
 listen = "{listen}"
 
 # Dial hints put into the addresses this node mints (at most 4), e.g. ["203.0.113.7:4433"].
-# Empty: the bound address (a wildcard IP replaced by loopback).
+# Empty: a specific bound IP as bound; a wildcard IP replaced by the machine's interface
+# addresses (not loopback or link-local), and the public addresses peers observe.
 advertise = []
 
 # A connection without traffic for this long is closed (both sides' values: the smaller).

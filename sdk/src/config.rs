@@ -31,11 +31,18 @@ impl Admission {
 /// Configuration of a [`Node`](crate::Node). Every field has a documented default.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port).
+    /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port): reachable from
+    /// this host only. Bind a wildcard (`0.0.0.0:PORT`, or `[::]:PORT` for IPv6 and, where
+    /// the system allows, IPv4 too) to be reachable from other hosts.
     pub listen: SocketAddr,
-    /// Dial hints put into the addresses this node mints (at most 4): where other
-    /// nodes should dial it. Default empty: the bound address, with a wildcard IP (`0.0.0.0`,
-    /// `::`) replaced by loopback; set it when listening on a wildcard or behind a NAT.
+    /// Dial hints put into the addresses this node mints (at most 4), exactly as given: where
+    /// other nodes should dial it. Default empty: derived from the bound address
+    /// (docs/PROTOCOL.md §4.2) — a specific IP is advertised as bound; a wildcard IP is
+    /// replaced by the machine's interface addresses that are up and not loopback or
+    /// link-local (of the bound family; both for a dual-stack `[::]`, IPv4 first), as many as
+    /// fit next to the relay hints, or by loopback on a machine without any; public addresses
+    /// that peers observe for this node go first. Set it behind a NAT with a forwarded port
+    /// (to the public address), or to choose among the machine's addresses.
     pub advertise: Vec<SocketAddr>,
     /// A connection with no traffic for this long is closed. Default 30 s. Both sides'
     /// values are negotiated down to the smaller one.

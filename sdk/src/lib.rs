@@ -79,6 +79,7 @@ mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake_peer;
 pub mod frame;
+mod hints;
 #[cfg(test)]
 mod hostile_tests;
 mod identity;

@@ -19,6 +19,7 @@ use crate::conversation::Conversation;
 use crate::error::{
     BindError, DialError, MonitorError, OpenError, PingError, SendError, ServeError,
 };
+use crate::hints::MintedHints;
 use crate::identity::{NodeId, SecretKey};
 use crate::inbound::DedupTable;
 use crate::mailbox::{lock, Durable, Mailbox, Mailboxes};
@@ -266,16 +267,26 @@ pub struct NodeStats {
 impl NodeInner {
     /// A capability address for `mailbox` with this node's dial hints and relay hints.
     pub(crate) fn mint(&self, mailbox: MailboxId, expires: Option<u64>) -> Address {
-        let mut address = Address::mint(&self.key, mailbox, expires, self.hints.clone());
+        let hints = lock(&self.hints).current();
+        let mut address = Address::mint(&self.key, mailbox, expires, hints);
         for (relay, relay_addr) in &self.config.relays {
             address = address.with_relay(*relay, *relay_addr);
         }
         address
     }
 
-    /// The socket-address hints this node puts into the addresses it mints.
+    /// The socket-address hints this node puts into the addresses it mints now.
     pub(crate) fn dial_hints(&self) -> Vec<SocketAddr> {
-        self.hints.clone()
+        lock(&self.hints).current()
+    }
+
+    /// Puts `addr`, where a peer saw this node's packets come from (its public address behind
+    /// a NAT), first among the dial hints of the addresses minted from now on (docs/PROTOCOL.md
+    /// §4.2). Addresses minted before keep their hints.
+    pub(crate) fn add_observed_addr(&self, addr: SocketAddr) {
+        if lock(&self.hints).add_observed(addr) {
+            info!(id = %self.id.short(), %addr, "observed address added to minted addresses");
+        }
     }
 
     /// Whether shutdown has begun: no new messages are accepted for sending.
@@ -331,8 +342,8 @@ pub(crate) struct NodeInner {
     /// Cancelled once the node takes streams from its peers ([`Node::serve_streams`]).
     pub(crate) serving: CancellationToken,
     local_addr: SocketAddr,
-    /// Dial hints put into every address this node mints.
-    hints: Vec<SocketAddr>,
+    /// Dial hints put into every address this node mints from now on.
+    hints: Mutex<MintedHints>,
     /// Cancelled once shutdown's grace for tasks has passed: service handlers still running
     /// then are dropped, so a handler that never returns cannot hold the shutdown up.
     pub(crate) halt: CancellationToken,
@@ -407,6 +418,7 @@ impl Node {
             source,
         };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(socket_error)?;
+        let dual_stack = crate::hints::is_dual_stack(&socket);
         let endpoint_config = crate::transport::endpoint_config(&key);
         let endpoint = quinn::Endpoint::new(
             endpoint_config.clone(),
@@ -431,7 +443,17 @@ impl Node {
             source,
         })?;
         let id = key.public();
-        let hints = dial_hints(&config, local_addr);
+        let interfaces = if local_addr.ip().is_unspecified() && config.advertise.is_empty() {
+            crate::hints::machine_interfaces()
+        } else {
+            Vec::new()
+        };
+        let hints = Mutex::new(MintedHints::new(
+            &config,
+            local_addr,
+            dual_stack,
+            &interfaces,
+        ));
         let buffered = Arc::new(crate::limits::ByteBudget::new(config.max_buffered_bytes));
         let inner = Arc::new(NodeInner {
             key,
@@ -793,20 +815,4 @@ impl Node {
 pub(crate) fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
     let address = node.mint(id, expires);
     Mailbox::new(id, address, node, node.config.mailbox_capacity, None)
-}
-
-/// The dial hints put into addresses: the configured ones, else the bound address, with a
-/// wildcard IP (which no one can dial) replaced by loopback.
-fn dial_hints(config: &NodeConfig, local_addr: SocketAddr) -> Vec<SocketAddr> {
-    if !config.advertise.is_empty() {
-        return config.advertise.clone();
-    }
-    let mut addr = local_addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    vec![addr]
 }

@@ -121,6 +121,7 @@ pub(crate) async fn learn_from(
     match ask(connection).await {
         Ok(addr) => {
             debug!(observer = %observer.short(), %addr, "observed address");
+            node.add_observed_addr(addr);
             if let Some(before) = node.observations.record(observer, addr) {
                 info!(%before, now = %addr, "this node's public address changed");
                 crate::punch::network_changed(node);
