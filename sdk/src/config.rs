@@ -64,11 +64,13 @@ pub struct NodeConfig {
     /// than `idle_timeout`, so that a receiver that died shows as a lost connection (and its
     /// messages wait in the outbox, `outbox_ttl`) rather than as a timeout.
     pub send_timeout: Duration,
-    /// How long messages wait in the sender's outbox for a target node that cannot be reached
-    /// (dials fail, or the connection was lost and redials fail) before their sends fail with
-    /// `Unreachable`. Redials back off exponentially with jitter, up to 2 s apart. While the
-    /// target is unreachable, a conversation whose `send_window` is full fails further sends
-    /// at once with `OutboxFull` instead of waiting. Default 10 min; at least `send_timeout`.
+    /// How long messages wait in the sender's outbox for a target node that was reachable (it
+    /// had a connection in use within this long) but cannot be reached now (its connection was
+    /// lost and dials fail) before their sends fail with `Unreachable`; meanwhile the node
+    /// keeps dialing. A target not reached within this long fails the send with `Unreachable`
+    /// after one dial (`dial_timeout`). While the target is unreachable, a conversation whose
+    /// `send_window` is full fails further sends at once with `OutboxFull` instead of waiting.
+    /// Default 10 min; at least `send_timeout`.
     pub outbox_ttl: Duration,
     /// How long a watched mailbox or peer may stay unreachable (connection lost, redials
     /// failing) before its [`Monitor`](crate::Monitor) reports it down. Default 10 s.

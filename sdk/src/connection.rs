@@ -334,6 +334,7 @@ pub(crate) fn refresh(node: &Arc<NodeInner>, peer: NodeId) {
     if peer == node.id || node.cancel.is_cancelled() || !node.peers.start_refresh(peer) {
         return;
     }
+    node.stats.count_redial();
     let dialing = node.clone();
     node.tasks.spawn(
         async move {

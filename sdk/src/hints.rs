@@ -154,6 +154,8 @@ pub(crate) struct MintedHints {
     observed: Vec<SocketAddr>,
     /// Hints at most, with the relay hints minted next to them.
     limit: usize,
+    /// Whether the socket is a dual-stack `[::]` one.
+    dual_stack: bool,
 }
 
 impl MintedHints {
@@ -170,6 +172,7 @@ impl MintedHints {
                 advertised: false,
                 observed: Vec::new(),
                 limit: derived_limit(config),
+                dual_stack,
             }
         } else {
             Self {
@@ -177,7 +180,21 @@ impl MintedHints {
                 advertised: true,
                 observed: Vec::new(),
                 limit: MAX_HINTS,
+                dual_stack,
             }
+        }
+    }
+
+    /// Derives the base hints again from the machine's `interfaces` (unless `advertise` is
+    /// set), after they changed.
+    pub(crate) fn set_interfaces(
+        &mut self,
+        config: &NodeConfig,
+        bound: SocketAddr,
+        interfaces: &[InterfaceAddr],
+    ) {
+        if !self.advertised {
+            self.base = derived_hints(config, bound, self.dual_stack, interfaces);
         }
     }
 

@@ -88,6 +88,7 @@ mod limits;
 mod liveness;
 mod mailbox;
 mod monitor;
+mod network;
 mod node;
 pub mod observe;
 mod outbound;

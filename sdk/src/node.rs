@@ -54,6 +54,8 @@ pub(crate) struct Stats {
     handshakes_refused: AtomicU64,
     streams_cut_off: AtomicU64,
     peers_banned: AtomicU64,
+    path_probes: AtomicU64,
+    redials: AtomicU64,
     /// Failed sends by kind, indexed as [`SendFailures::KINDS`].
     send_failures: [AtomicU64; SendFailures::KINDS.len()],
 }
@@ -81,6 +83,12 @@ impl Stats {
     }
     pub(crate) fn count_peer_banned(&self) {
         self.peers_banned.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_path_probe(&self) {
+        self.path_probes.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_redial(&self) {
+        self.redials.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn count_relay_refused(&self) {
         self.relay_refused.fetch_add(1, Ordering::Relaxed);
@@ -255,6 +263,12 @@ pub struct NodeStats {
     pub peers_banned: u64,
     /// Bytes held now in the receive buffers of mailbox streams (`max_buffered_bytes`).
     pub buffered_bytes: u64,
+    /// Probes sent on paths that stopped acknowledging while messages waited
+    /// (docs/PROTOCOL.md §6.3).
+    pub path_probes: u64,
+    /// Peers dialed again while a connection to them existed: its path stopped answering, or
+    /// this node's network changed.
+    pub redials: u64,
     /// Messages waiting in this node's mailboxes for the application.
     pub mailbox_depth: u64,
     /// Bytes of messages waiting in the outbox: queued or sent and not yet acknowledged
@@ -278,6 +292,11 @@ impl NodeInner {
     /// The socket-address hints this node puts into the addresses it mints now.
     pub(crate) fn dial_hints(&self) -> Vec<SocketAddr> {
         lock(&self.hints).current()
+    }
+
+    /// The machine's interfaces changed: addresses minted from now on carry the new ones.
+    pub(crate) fn interfaces_changed(&self, interfaces: &[crate::hints::InterfaceAddr]) {
+        lock(&self.hints).set_interfaces(&self.config, self.local_addr, interfaces);
     }
 
     /// Puts `addr`, where a peer saw this node's packets come from (its public address behind
@@ -454,6 +473,7 @@ impl Node {
             dual_stack,
             &interfaces,
         ));
+        let watch_network = local_addr.ip().is_unspecified();
         let buffered = Arc::new(crate::limits::ByteBudget::new(config.max_buffered_bytes));
         let inner = Arc::new(NodeInner {
             key,
@@ -501,6 +521,11 @@ impl Node {
                 connection::stay_connected(inner.clone(), relay, relay_addr)
                     .instrument(span.clone()),
             );
+        }
+        if watch_network {
+            inner
+                .tasks
+                .spawn(crate::network::watch(inner.clone(), interfaces).instrument(span.clone()));
         }
         let inbox = Arc::new(new_mailbox(&inner, MailboxId::random(), None));
         info!(parent: &span, %local_addr, "node started");
@@ -771,6 +796,8 @@ impl Node {
             streams_cut_off: stats.streams_cut_off.load(Ordering::Relaxed),
             peers_banned: stats.peers_banned.load(Ordering::Relaxed),
             buffered_bytes: self.inner.buffered.used() as u64,
+            path_probes: stats.path_probes.load(Ordering::Relaxed),
+            redials: stats.redials.load(Ordering::Relaxed),
             mailbox_depth: self.inner.mailboxes.depth(),
             outbox_bytes,
             send_failures: SendFailures::load(&stats.send_failures),

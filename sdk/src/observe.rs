@@ -26,6 +26,8 @@ pub const OBSERVE_SERVICE: &str = "ferry.observe";
 
 /// How long an observation may take.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait for an observation asked for right before a hole punch.
+const QUICK_OBSERVE: Duration = Duration::from_secs(1);
 /// Observers remembered at most (only a node's relays are asked).
 const MAX_OBSERVERS: usize = 16;
 
@@ -109,6 +111,18 @@ pub(crate) async fn ask(connection: &quinn::Connection) -> Result<SocketAddr, Ex
     .map_err(|_| ExchangeError::Lost("no answer in time".into()))??;
     decode_observed(&answer)
         .ok_or_else(|| ExchangeError::Protocol("the answer is not a socket address".into()))
+}
+
+/// Asks the relay of a relayed `route` where it sees this node now (a NAT may have given it
+/// another address since the last observation), waiting at most [`QUICK_OBSERVE`].
+pub(crate) async fn refresh_via(node: &Arc<NodeInner>, route: crate::connection::Route) {
+    let crate::connection::Route::Relayed { relay } = route else {
+        return;
+    };
+    if let Some(link) = node.peers.link(&relay) {
+        let _ =
+            tokio::time::timeout(QUICK_OBSERVE, learn_from(node, relay, &link.connection)).await;
+    }
 }
 
 /// Asks `observer` (over `connection`) and records the answer; a changed answer means this

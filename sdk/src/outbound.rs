@@ -394,7 +394,11 @@ impl Stall {
         link: &Link,
         now: Instant,
     ) {
-        match link.probe() {
+        let probed = link.probe();
+        if probed == Probed::Sent {
+            node.stats.count_path_probe();
+        }
+        match probed {
             Probed::Answered => {
                 self.unanswered_since = None;
                 self.next_probe = Some(now + SLOW_RECEIVER_PROBE);

@@ -201,6 +201,7 @@ async fn punch(
     peer: NodeId,
     link: &Link,
 ) -> Result<bool, builtin::ExchangeError> {
+    crate::observe::refresh_via(node, link.route).await;
     let offer = encode_candidates(&local_candidates(node));
     let answer = tokio::time::timeout(
         OFFER_TIMEOUT,
@@ -247,6 +248,9 @@ pub(crate) async fn answer(
             return;
         }
     };
+    if let Some(relay) = node.relay_socket.route_of(origin.remote_address()) {
+        crate::observe::refresh_via(&node, crate::connection::Route::Relayed { relay }).await;
+    }
     let ours = encode_candidates(&local_candidates(&node));
     if conversation.send_encoded(&ours).await.is_err() {
         return;
@@ -326,6 +330,31 @@ mod tests {
         );
         assert_eq!(decode_candidates(&bytes), Ok(addrs));
         assert_eq!(decode_candidates(&[0]), Ok(vec![]));
+    }
+
+    /// The bytes of docs/PROTOCOL.md §10.13's example.
+    #[test]
+    fn wire_bytes() {
+        let offer = encode_candidates(&[
+            "198.51.100.7:4433".parse().unwrap(),
+            "10.0.0.2:4433".parse().unwrap(),
+        ]);
+        let mut expected = vec![0x02, 0x0d, 0x10, 0x02];
+        expected.extend_from_slice(b"ferry.punch");
+        expected.extend_from_slice(&[0x10, 0x13, 0x02]);
+        expected.extend_from_slice(&[0x04, 198, 51, 100, 7, 0x11, 0x51]);
+        expected.extend_from_slice(&[0x04, 10, 0, 0, 2, 0x11, 0x51]);
+        let request = builtin::request(PUNCH_SERVICE, Some(&offer));
+        assert_eq!(request, expected);
+        assert_eq!(request.len(), 32);
+        let mut accept = Vec::new();
+        frame::put_frame(
+            &mut accept,
+            &Frame::Accept {
+                max_message: MAX_OFFER_LEN as u64,
+            },
+        );
+        assert_eq!(accept, [0x03, 0x02, 0x99, 0x01]);
     }
 
     #[test]
