@@ -38,7 +38,7 @@ impl Daemon {
             create_private_dir(&config.data_dir).with_context(|| {
                 format!("creating data directory {}", config.data_dir.display())
             })?;
-            let key = SecretKey::load_or_generate(&config.key_file)?;
+            let key = ferry_node::keyfile::load_or_generate(&config.key_file)?;
             let path = config.data_dir.join("store.redb");
             let store = RedbStore::open(&path, config.store.clone())?;
             let (node, _) =

@@ -1,7 +1,8 @@
 //! The parts of the `ferry` daemon that tests and embedders use as a library: the durable
 //! store that backs `ferry run`'s and `ferry listen --data`'s mailboxes, the HTTP endpoint
-//! with `/health` and `/metrics`, and the browser gateway.
+//! with `/health` and `/metrics`, the browser gateway, and the node's key file.
 
 pub mod gateway;
 pub mod http;
+pub mod keyfile;
 pub mod store;

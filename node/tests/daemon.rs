@@ -154,7 +154,7 @@ fn send_reports_every_failure_with_its_exit_code() {
         };
         // Unknown mailbox: a valid address of a mailbox that was never opened needs the key.
         let key_path = dir.path().join("key");
-        let key = SecretKey::load(&key_path).unwrap();
+        let key = ferry_node::keyfile::load(&key_path).unwrap();
         let unknown = Address::mint(
             &key,
             ferry::MailboxId(12345),

@@ -23,7 +23,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::dial::Candidate;
 use crate::error::DialError;
 use crate::frame::{ErrorCode, StreamKind};
 use crate::identity::NodeId;
@@ -31,6 +30,8 @@ use crate::liveness::PathProbe;
 use crate::mailbox::lock;
 use crate::node::NodeInner;
 use crate::tls::{parse_cert, PeerCert};
+use ferry_proto::route::{Candidate, Route};
+use ferry_proto::rule::{rule, Contender, Verdict};
 
 /// Application error codes of QUIC `CONNECTION_CLOSE` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,35 +54,6 @@ impl From<ConnCode> for quinn::VarInt {
     }
 }
 
-/// How a connection reaches its peer ([`Node::route`](crate::Node::route)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Route {
-    /// Straight to the peer's UDP socket address.
-    Direct(SocketAddr),
-    /// Through the relay node `relay` (docs/PROTOCOL.md §12).
-    Relayed {
-        /// The relay.
-        relay: NodeId,
-    },
-}
-
-impl Route {
-    /// Whether packets travel through a relay.
-    pub fn is_relayed(&self) -> bool {
-        matches!(self, Self::Relayed { .. })
-    }
-}
-
-impl std::fmt::Display for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Direct(addr) => write!(f, "direct {addr}"),
-            Self::Relayed { relay } => write!(f, "relayed {relay}"),
-        }
-    }
-}
-
 /// A connection in use, with what its users need beside it: the token cancelled once another
 /// connection to the same peer takes over (mailbox streams on it then move), and its probe.
 #[derive(Clone)]
@@ -93,6 +65,13 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Whether the connection is not closed. Never called with `Peers::slots` locked: it takes
+    /// the connection's own lock, which quinn holds while it sends through the relay socket,
+    /// which looks up `slots` (a lock-order deadlock).
+    fn is_open(&self) -> bool {
+        self.connection.close_reason().is_none()
+    }
+
     /// Probes the path if nothing arrived lately (see [`PathProbe::probe`]).
     pub(crate) fn probe(&self) -> crate::liveness::Probed {
         self.probe.probe(&self.connection)
@@ -108,7 +87,7 @@ struct Live {
 
 enum Slot {
     Connected(Live),
-    Dialing(watch::Receiver<Option<Result<Link, DialError>>>),
+    Dialing(DialWaiter),
 }
 
 /// A freshly established connection, before the rule decided whether it is kept.
@@ -212,12 +191,11 @@ impl Peers {
 
     /// The connection in use to `peer`, if any.
     pub(crate) fn link(&self, peer: &NodeId) -> Option<Link> {
-        match lock(&self.slots).get(peer) {
-            Some(Slot::Connected(live)) if live.link.connection.close_reason().is_none() => {
-                Some(live.link.clone())
-            }
+        let link = match lock(&self.slots).get(peer) {
+            Some(Slot::Connected(live)) => Some(live.link.clone()),
             _ => None,
-        }
+        };
+        link.filter(Link::is_open)
     }
 
     /// The live connection to `peer`, if any.
@@ -227,23 +205,22 @@ impl Peers {
 
     /// Every peer with a connection in use, and its link.
     pub(crate) fn links(&self) -> Vec<(NodeId, Link)> {
-        lock(&self.slots)
+        let links: Vec<(NodeId, Link)> = lock(&self.slots)
             .iter()
             .filter_map(|(peer, slot)| match slot {
-                Slot::Connected(live) if live.link.connection.close_reason().is_none() => {
-                    Some((*peer, live.link.clone()))
-                }
-                _ => None,
+                Slot::Connected(live) => Some((*peer, live.link.clone())),
+                Slot::Dialing(_) => None,
             })
+            .collect();
+        links
+            .into_iter()
+            .filter(|(_, link)| link.is_open())
             .collect()
     }
 
     /// How many peers have a live connection.
     pub(crate) fn connected(&self) -> usize {
-        lock(&self.slots)
-            .values()
-            .filter(|slot| matches!(slot, Slot::Connected(live) if live.link.connection.close_reason().is_none()))
-            .count()
+        self.links().len()
     }
 
     /// How many connections were installed since the node started.
@@ -284,37 +261,25 @@ pub(crate) async fn connect_link(
     hints: &[SocketAddr],
 ) -> Result<Link, DialError> {
     loop {
-        let mut waiter = {
-            let mut slots = lock(&node.peers.slots);
-            match slots.get(&peer) {
-                Some(Slot::Connected(live)) if live.link.connection.close_reason().is_none() => {
-                    return Ok(live.link.clone());
-                }
-                Some(Slot::Dialing(waiter)) => waiter.clone(),
-                _ => {
-                    if node.cancel.is_cancelled() {
-                        return Err(DialError::NodeClosed);
-                    }
-                    let (done, waiter) = watch::channel(None);
-                    slots.insert(peer, Slot::Dialing(waiter.clone()));
-                    let dialing = node.clone();
-                    let hints = hints.to_vec();
-                    node.tasks.spawn(
-                        async move {
-                            let result = crate::dial::dial(&dialing, peer, hints).await;
-                            if result.is_err() {
-                                let mut slots = lock(&dialing.peers.slots);
-                                if matches!(slots.get(&peer), Some(Slot::Dialing(_))) {
-                                    slots.remove(&peer);
-                                }
-                            }
-                            let _ = done.send(Some(result));
-                        }
-                        .in_current_span(),
-                    );
-                    waiter
+        // Looked at under the lock, judged outside it (see `Link::is_open`).
+        let seen = match lock(&node.peers.slots).get(&peer) {
+            Some(Slot::Connected(live)) => Seen::Link(live.link.clone()),
+            Some(Slot::Dialing(waiter)) => Seen::Dialing(waiter.clone()),
+            None => Seen::Nothing,
+        };
+        let mut waiter = match seen {
+            Seen::Link(link) if link.is_open() => return Ok(link),
+            Seen::Dialing(waiter) => waiter,
+            Seen::Link(dead) => {
+                match start_dial(node, peer, hints, Some(dead.connection.stable_id())) {
+                    Some(waiter) => waiter,
+                    None => continue, // the slot changed meanwhile
                 }
             }
+            Seen::Nothing => match start_dial(node, peer, hints, None) {
+                Some(waiter) => waiter,
+                None => continue,
+            },
         };
         let answer = match waiter.wait_for(Option::is_some).await {
             Ok(result) => result.clone(),
@@ -325,6 +290,58 @@ pub(crate) async fn connect_link(
             return result;
         }
     }
+}
+
+/// What a peer's slot held when looked at.
+enum Seen {
+    Link(Link),
+    Dialing(DialWaiter),
+    Nothing,
+}
+
+type DialWaiter = watch::Receiver<Option<Result<Link, DialError>>>;
+
+/// Starts the shared dial of `peer` if its slot still holds what the caller saw: nothing, or
+/// the closed connection `dead`. `None` if it changed meanwhile.
+fn start_dial(
+    node: &Arc<NodeInner>,
+    peer: NodeId,
+    hints: &[SocketAddr],
+    dead: Option<usize>,
+) -> Option<DialWaiter> {
+    let mut slots = lock(&node.peers.slots);
+    let unchanged = match (slots.get(&peer), dead) {
+        (None, None) => true,
+        (Some(Slot::Connected(live)), Some(dead)) => live.link.connection.stable_id() == dead,
+        _ => false,
+    };
+    if !unchanged {
+        return None;
+    }
+    if node.cancel.is_cancelled() {
+        let (done, waiter) = watch::channel(None);
+        let _ = done.send(Some(Err(DialError::NodeClosed)));
+        return Some(waiter);
+    }
+    let (done, waiter) = watch::channel(None);
+    slots.insert(peer, Slot::Dialing(waiter.clone()));
+    drop(slots);
+    let dialing = node.clone();
+    let hints = hints.to_vec();
+    node.tasks.spawn(
+        async move {
+            let result = crate::dial::dial(&dialing, peer, hints).await;
+            if result.is_err() {
+                let mut slots = lock(&dialing.peers.slots);
+                if matches!(slots.get(&peer), Some(Slot::Dialing(_))) {
+                    slots.remove(&peer);
+                }
+            }
+            let _ = done.send(Some(result));
+        }
+        .in_current_span(),
+    );
+    Some(waiter)
 }
 
 /// Dials `peer` again in the background although a connection exists (it stopped answering,
@@ -357,7 +374,7 @@ pub(crate) async fn stay_connected(node: Arc<NodeInner>, relay: NodeId, relay_ad
         match connect(&node, relay, &[relay_addr]).await {
             Ok(connection) => {
                 pause = Duration::from_millis(100);
-                crate::observe::learn_from(&node, relay, &connection).await;
+                crate::observation::learn_from(&node, relay, &connection).await;
                 tokio::select! {
                     _ = node.cancel.cancelled() => return,
                     _ = connection.closed() => {}
@@ -406,36 +423,6 @@ pub(crate) fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
     parse_cert(certs.first()?.as_ref()).ok()
 }
 
-/// What the rule says of two connections to the same peer, before the liveness check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// The new connection is used; the old one is closed (after its streams finished).
-    Replace,
-    /// The old connection is used, if it still answers.
-    KeepOld,
-}
-
-/// One side of the rule's comparison.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Contender {
-    pub(crate) incarnation: u64,
-    pub(crate) dialed_by: NodeId,
-    pub(crate) relayed: bool,
-}
-
-/// The one-connection rule of docs/PROTOCOL.md §2.4, seen from node `me` with peer `peer`.
-pub(crate) fn rule(me: NodeId, peer: NodeId, old: Contender, new: Contender) -> Verdict {
-    if old.incarnation != new.incarnation {
-        return Verdict::Replace;
-    }
-    match (old.relayed, new.relayed) {
-        (true, false) => Verdict::Replace,
-        (false, true) => Verdict::KeepOld,
-        _ if old.dialed_by != new.dialed_by && old.dialed_by == me.min(peer) => Verdict::KeepOld,
-        _ => Verdict::Replace,
-    }
-}
-
 /// Registers a new connection and starts serving the streams the peer opens on it. Returns the
 /// link to use, which is the older one if the rule keeps that.
 pub(crate) async fn install(node: &Arc<NodeInner>, fresh: Fresh) -> Link {
@@ -481,7 +468,7 @@ pub(crate) async fn install(node: &Arc<NodeInner>, fresh: Fresh) -> Link {
         None => {
             debug!(peer = %peer.short(), route = %link.route, "connection in use");
             if link.route.is_relayed() && new.dialed_by == node.id {
-                crate::punch::upgrade_later(node, peer, &link);
+                crate::hole_punch::upgrade_later(node, peer, &link);
             }
             link
         }
@@ -498,63 +485,79 @@ enum Decision {
     Installed,
 }
 
-/// Applies the rule to `new` and the peer's connection in use; installs `new` if it wins.
+/// Applies the rule to `new` and the peer's connection in use; installs `new` if it wins. The
+/// slot is looked at under the lock and the connections judged outside it (see
+/// `Link::is_open`); `new` is installed only if the slot still holds what was judged.
 fn decide(
     node: &Arc<NodeInner>,
     peer: NodeId,
     new: &Live,
     checked: Option<(usize, bool)>,
 ) -> Decision {
-    let mut slots = lock(&node.peers.slots);
-    if let Some(Slot::Connected(old)) = slots.get(&peer) {
-        if old.link.connection.close_reason().is_none()
-            && rule(node.id, peer, old.contender(), new.contender()) == Verdict::KeepOld
-        {
-            let id = old.link.connection.stable_id();
-            match checked {
-                Some((checked_id, true)) if checked_id == id => {
-                    return Decision::KeepOld(old.link.clone())
+    loop {
+        let old = match lock(&node.peers.slots).get(&peer) {
+            Some(Slot::Connected(old)) => Some(old.snapshot()),
+            _ => None,
+        };
+        if let Some(old) = old.as_ref().filter(|old| old.link.is_open()) {
+            if rule(node.id, peer, old.contender(), new.contender()) == Verdict::KeepOld {
+                let id = old.link.connection.stable_id();
+                match checked {
+                    Some((checked_id, true)) if checked_id == id => {
+                        return Decision::KeepOld(old.link.clone())
+                    }
+                    Some((checked_id, false)) if checked_id == id => {}
+                    _ if old.established.elapsed() < FRESH => {
+                        return Decision::KeepOld(old.link.clone())
+                    }
+                    _ => return Decision::Check(old.link.clone()),
                 }
-                Some((checked_id, false)) if checked_id == id => {}
-                _ if old.established.elapsed() < FRESH => {
-                    return Decision::KeepOld(old.link.clone())
-                }
-                _ => return Decision::Check(old.link.clone()),
             }
         }
-    }
-    node.peers
-        .installed
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let replaced = slots.insert(
-        peer,
-        Slot::Connected(Live {
-            link: new.link.clone(),
-            incarnation: new.incarnation,
-            dialed_by: new.dialed_by,
-            established: new.established,
-        }),
-    );
-    drop(slots);
-    if let Some(Slot::Connected(old)) = replaced {
-        old.link.superseded.cancel();
-        let old_id = old.link.connection.stable_id();
-        let dead = old.link.connection.close_reason().is_some()
-            || old.incarnation != new.incarnation
-            || checked == Some((old_id, false));
-        if dead {
-            // The peer restarted, or the path died: nothing will finish on it.
-            old.link
-                .connection
-                .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
-        } else {
-            retire(node, old.link.connection);
+        let old_id = old.as_ref().map(|old| old.link.connection.stable_id());
+        let replaced = {
+            let mut slots = lock(&node.peers.slots);
+            let current_id = match slots.get(&peer) {
+                Some(Slot::Connected(current)) => Some(current.link.connection.stable_id()),
+                _ => None,
+            };
+            if current_id != old_id {
+                continue; // another connection was installed meanwhile: decide again
+            }
+            node.peers
+                .installed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            slots.insert(peer, Slot::Connected(new.snapshot()))
+        };
+        if let Some(Slot::Connected(old)) = replaced {
+            old.link.superseded.cancel();
+            let old_id = old.link.connection.stable_id();
+            let dead = !old.link.is_open()
+                || old.incarnation != new.incarnation
+                || checked == Some((old_id, false));
+            if dead {
+                // The peer restarted, or the path died: nothing will finish on it.
+                old.link
+                    .connection
+                    .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+            } else {
+                retire(node, old.link.connection);
+            }
         }
+        return Decision::Installed;
     }
-    Decision::Installed
 }
 
 impl Live {
+    fn snapshot(&self) -> Self {
+        Self {
+            link: self.link.clone(),
+            incarnation: self.incarnation,
+            dialed_by: self.dialed_by,
+            established: self.established,
+        }
+    }
+
     fn contender(&self) -> Contender {
         Contender {
             incarnation: self.incarnation,
@@ -710,7 +713,8 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) 
 /// Serves the streams `peer` opens on `connection` until it closes.
 async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: NodeId) {
     node.tasks.spawn(
-        crate::relay::serve_datagrams(node.clone(), connection.clone(), peer).in_current_span(),
+        crate::forwarding::serve_datagrams(node.clone(), connection.clone(), peer)
+            .in_current_span(),
     );
     // What this peer's mailbox streams hold in their receive buffers, and its violations.
     let guard = Arc::new(crate::limits::PeerGuard::new(
@@ -795,62 +799,6 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
             slots.remove(&peer);
             drop(slots);
             node.peers.touch(peer);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::SecretKey;
-
-    fn contender(incarnation: u64, dialed_by: NodeId, relayed: bool) -> Contender {
-        Contender {
-            incarnation,
-            dialed_by,
-            relayed,
-        }
-    }
-
-    #[test]
-    fn the_rule_agrees_on_both_sides() {
-        let (a, b) = (
-            SecretKey::generate().public(),
-            SecretKey::generate().public(),
-        );
-        let (small, large) = (a.min(b), a.max(b));
-        // Simultaneous dials: both keep the one the smaller node dialed.
-        let by_small = contender(1, small, false);
-        let by_large = contender(1, large, false);
-        // Seen from the small node, its own dial came first, then the large node's.
-        assert_eq!(rule(small, large, by_small, by_large), Verdict::KeepOld);
-        // Seen from the large node, its own dial came first, then the small node's.
-        assert_eq!(rule(large, small, by_large, by_small), Verdict::Replace);
-        // The same node dialing again replaces its own older connection.
-        assert_eq!(rule(small, large, by_large, by_large), Verdict::Replace);
-        // A restarted peer always replaces.
-        assert_eq!(
-            rule(small, large, by_small, contender(2, large, false)),
-            Verdict::Replace
-        );
-    }
-
-    #[test]
-    fn a_direct_connection_beats_a_relayed_one() {
-        let (a, b) = (
-            SecretKey::generate().public(),
-            SecretKey::generate().public(),
-        );
-        let (small, large) = (a.min(b), a.max(b));
-        for (me, peer) in [(small, large), (large, small)] {
-            for dialer in [small, large] {
-                for punched_by in [small, large] {
-                    let relayed = contender(7, dialer, true);
-                    let direct = contender(7, punched_by, false);
-                    assert_eq!(rule(me, peer, relayed, direct), Verdict::Replace);
-                    assert_eq!(rule(me, peer, direct, relayed), Verdict::KeepOld);
-                }
-            }
         }
     }
 }

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 
 use crate::address::VerifyError;
 use crate::config::ConfigError;
-use crate::connection::Route;
+use crate::frame::{ErrorCode, Refusal};
 use crate::identity::NodeId;
 use crate::tls::TlsSetupError;
+use crate::Route;
 
 /// Why [`Node::bind`](crate::Node::bind) failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,45 @@ pub enum SendError {
     /// The target is a durable mailbox of this node and its store failed to keep the message.
     #[error("storing the message: {0}")]
     Store(crate::store::StoreError),
+}
+
+impl SendError {
+    /// The error for an address the receiver refused with `refusal` (`target`'s expiry for
+    /// an expired one).
+    pub(crate) fn refused(refusal: Refusal, target: &crate::Address) -> Self {
+        match refusal {
+            Refusal::NoSuchMailbox => Self::NoSuchMailbox,
+            Refusal::Forged => Self::Forged,
+            Refusal::Expired => Self::Expired(target.expires().unwrap_or(0)),
+            Refusal::WrongNode => Self::WrongNode,
+        }
+    }
+
+    /// The refusal of an address this error is, if it is one (what a receiver answers with).
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::NoSuchMailbox => Some(Refusal::NoSuchMailbox),
+            Self::Forged => Some(Refusal::Forged),
+            Self::Expired(_) => Some(Refusal::Expired),
+            Self::WrongNode => Some(Refusal::WrongNode),
+            _ => None,
+        }
+    }
+
+    /// The wire code a receiver refuses a stream with for this error: the refusal's, else
+    /// PROTOCOL.
+    pub(crate) fn wire_code(&self) -> ErrorCode {
+        self.refusal().map_or(ErrorCode::PROTOCOL, Refusal::code)
+    }
+
+    /// The error a sender reports for a stream the receiver closed with `code` when retrying
+    /// cannot help: a refusal of the address, else a protocol error with the reason.
+    pub(crate) fn from_close(code: ErrorCode, reason: &str, target: &crate::Address) -> Self {
+        match Refusal::from_code(code) {
+            Some(refusal) => Self::refused(refusal, target),
+            None => Self::Protocol(format!("receiver closed the stream ({}): {reason}", code.0)),
+        }
+    }
 }
 
 impl From<VerifyError> for SendError {

@@ -11,7 +11,6 @@
 // Frames come from any peer: no input may panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -20,78 +19,46 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
 use crate::address::{Address, MailboxId};
-use crate::error::SendError;
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
 use crate::limits::{Held, OverBudget, PeerGuard};
 use crate::mailbox::{lock, MailboxHandle, Message};
 use crate::node::NodeInner;
 use crate::store::RunId;
-
-/// Duplicate suppression state of one conversation run, as seen by the receiver.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct DedupState {
-    /// Every message below this sequence number was delivered.
-    next_seq: Option<u64>,
-}
+use ferry_proto::receiver::{self, Incoming, Receiver, RunState, Violation};
 
 /// (sending node, sending mailbox, target mailbox, epoch): one run of one conversation.
 type DedupKey = (NodeId, MailboxId, MailboxId, u64);
 
-/// Per-conversation-run duplicate suppression, bounded by `max_dedup_entries`.
+/// Per-conversation-run duplicate suppression, bounded by `max_dedup_entries`. A run's state
+/// is locked (asynchronously) by the stream delivering a batch of it; a run some stream holds
+/// is in use and is not forgotten.
 #[derive(Default)]
 pub(crate) struct DedupTable {
-    inner: std::sync::Mutex<DedupInner>,
-}
-
-#[derive(Default)]
-struct DedupInner {
-    entries: HashMap<DedupKey, Arc<AsyncMutex<DedupState>>>,
-    /// Keys in insertion order, oldest first; may hold keys already removed (skipped lazily).
-    order: VecDeque<DedupKey>,
+    inner: std::sync::Mutex<receiver::DedupTable<DedupKey, Arc<AsyncMutex<RunState>>>>,
 }
 
 impl DedupTable {
-    fn entry(&self, key: DedupKey, max: usize) -> Arc<AsyncMutex<DedupState>> {
-        let mut inner = lock(&self.inner);
-        if let Some(state) = inner.entries.get(&key) {
-            return state.clone();
-        }
-        // Forget the oldest runs no stream is using. Runs in use go to the back; if every run
-        // is in use the table briefly exceeds `max` (runs in use are bounded by streams).
-        let mut tries = inner.order.len();
-        while inner.entries.len() >= max && tries > 0 {
-            tries -= 1;
-            let Some(oldest) = inner.order.pop_front() else {
-                break;
-            };
-            match inner.entries.get(&oldest) {
-                Some(state) if Arc::strong_count(state) > 1 => inner.order.push_back(oldest),
-                Some(_) => {
-                    inner.entries.remove(&oldest);
-                }
-                None => {}
-            }
-        }
-        if inner.order.len() > 2 * inner.entries.len().max(64) {
-            let DedupInner { entries, order } = &mut *inner;
-            order.retain(|key| entries.contains_key(key));
-        }
-        let state = Arc::new(AsyncMutex::new(DedupState::default()));
-        inner.entries.insert(key, state.clone());
-        inner.order.push_back(key);
-        state
+    fn entry(&self, key: DedupKey, max: usize) -> Arc<AsyncMutex<RunState>> {
+        lock(&self.inner)
+            .entry(
+                key,
+                max,
+                |state| Arc::strong_count(state) > 1,
+                || Arc::new(AsyncMutex::new(RunState::default())),
+            )
+            .clone()
     }
 
     /// Forgets a run the sender ended: it finishes a stream only when everything was
     /// acknowledged and it will never use that epoch again.
     fn remove(&self, key: &DedupKey) {
-        lock(&self.inner).entries.remove(key);
+        lock(&self.inner).remove(key);
     }
 
     /// Number of runs remembered.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.inner).entries.len()
+        lock(&self.inner).len()
     }
 }
 
@@ -146,8 +113,6 @@ pub(crate) async fn serve(
         return;
     }
     let max_frame = node.config.max_message_size + 1;
-    let mut seq = open.first_seq;
-    let mut acked = seq;
     let cancelled = node.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
     let durable = mailbox.durable.clone();
@@ -156,7 +121,7 @@ pub(crate) async fn serve(
         mailbox: from.mailbox(),
         epoch: open.epoch,
     };
-    {
+    let mut receiver = {
         let mut state = dedup.lock().await;
         if state.next_seq.is_none() {
             if let Some(durable) = &durable {
@@ -169,12 +134,8 @@ pub(crate) async fn serve(
                 }
             }
         }
-        // A sender only forgets messages that were acknowledged, so a first_seq beyond what we
-        // delivered means our state was evicted: trust the sender.
-        if state.next_seq.is_none_or(|next| seq > next) {
-            state.next_seq = Some(seq);
-        }
-    }
+        Receiver::open(open.first_seq, node.config.max_message_size, &mut state)
+    };
     // Messages of a durable mailbox wait here until they are stored.
     let mut to_store: Vec<(Arc<Address>, Bytes)> = Vec::new();
     // Time spent waiting for the rest of the frame the buffer holds the start of.
@@ -190,52 +151,35 @@ pub(crate) async fn serve(
         {
             let mut state = dedup.lock().await;
             loop {
-                let decoded = match frame::decode_frame(&buf, max_frame) {
-                    Ok(decoded) => decoded,
-                    Err(frame::FrameError::TooLarge { len, max }) => {
-                        let reason = format!("frame of {len} bytes exceeds {max}");
-                        let (code, reason) = violation(ErrorCode::TOO_LARGE, &reason);
-                        return refuse(&mut send, code, &reason).await;
-                    }
-                    Err(error) => {
-                        let (code, reason) = violation(ErrorCode::PROTOCOL, &error.to_string());
+                let incoming = match receiver.next(&mut buf, &state) {
+                    Ok(Some(incoming)) => incoming,
+                    Ok(None) => break,
+                    Err(Violation { code, reason }) => {
+                        let (code, reason) = violation(code, &reason);
                         return refuse(&mut send, code, &reason).await;
                     }
                 };
-                let Some((frame, used)) = decoded else {
-                    break;
-                };
-                let Frame::Message(payload) = frame else {
-                    let (code, reason) = violation(ErrorCode::PROTOCOL, "expected message frame");
-                    return refuse(&mut send, code, &reason).await;
-                };
-                let header = used - payload.len();
-                let mut frame_bytes = buf.split_to(used);
-                frame_bytes.advance(header);
                 waited = std::time::Duration::ZERO;
-                if state.next_seq.is_some_and(|next| seq < next) {
-                    seq += 1; // already delivered on an earlier stream
-                    continue;
-                }
+                let Incoming::Message { seq, payload } = incoming else {
+                    continue; // already delivered on an earlier stream
+                };
                 if durable.is_some() {
-                    to_store.push((from.clone(), frame_bytes.freeze()));
-                    seq += 1;
+                    to_store.push((from.clone(), payload));
                     continue;
                 }
                 let message = Message {
                     from: from.clone(),
-                    payload: frame_bytes.freeze(),
+                    payload,
                     receipt: None,
                 };
                 if let Err((code, reason)) = enqueue(&node, &mailbox, message).await {
                     return refuse(&mut send, code, reason).await;
                 }
-                seq += 1;
-                state.next_seq = Some(seq);
+                receiver.delivered(&mut state, seq + 1);
             }
             if let Some(durable) = &durable {
                 let mut batch = std::mem::take(&mut to_store);
-                let mut first = seq - batch.len() as u64;
+                let mut first = receiver.seq() - batch.len() as u64;
                 while !batch.is_empty() {
                     let stored = match durable.store(Some((run, first)), batch.clone()).await {
                         Ok(stored) => stored,
@@ -261,10 +205,14 @@ pub(crate) async fn serve(
                     first += stored.len() as u64;
                     // Stored: from here on the messages survive, so they are acknowledged now,
                     // before they wait for room in the mailbox's queue.
-                    state.next_seq = Some(first);
-                    acked = first;
+                    receiver.delivered(&mut state, first);
                     out.clear();
-                    frame::put_frame(&mut out, &Frame::Ack { next_seq: first });
+                    frame::put_frame(
+                        &mut out,
+                        &Frame::Ack {
+                            next_seq: receiver.ack_stored(first),
+                        },
+                    );
                     if send.write_all(&out).await.is_err() {
                         return;
                     }
@@ -290,13 +238,12 @@ pub(crate) async fn serve(
             // buffer (the next chunk allocates what it needs).
             buf = BytesMut::new();
         }
-        if seq > acked {
+        if let Some(next_seq) = receiver.ack() {
             // Let the woken receiver (and a reply it sends) run first, so this acknowledgement
             // can share a packet with that reply instead of costing one of its own.
             tokio::task::yield_now().await;
-            acked = seq;
             out.clear();
-            frame::put_frame(&mut out, &Frame::Ack { next_seq: seq });
+            frame::put_frame(&mut out, &Frame::Ack { next_seq });
             if send.write_all(&out).await.is_err() {
                 return;
             }
@@ -340,9 +287,8 @@ pub(crate) async fn serve(
                 }
             }
             Ok(None) => {
-                if buf.has_remaining() {
-                    let (code, reason) =
-                        violation(ErrorCode::PROTOCOL, "stream ended inside a frame");
+                if let Err(Violation { code, reason }) = receiver.finished(&buf) {
+                    let (code, reason) = violation(code, &reason);
                     return refuse(&mut send, code, &reason).await;
                 }
                 node.dedup.remove(&dedup_key);
@@ -440,17 +386,7 @@ fn authorize(
     }
     node.mailboxes
         .authorize(node, &open.target)
-        .map_err(|error| (error_code(&error), error.to_string()))
-}
-
-pub(crate) fn error_code(error: &SendError) -> ErrorCode {
-    match error {
-        SendError::Forged => ErrorCode::FORGED,
-        SendError::Expired(_) => ErrorCode::EXPIRED,
-        SendError::WrongNode => ErrorCode::WRONG_NODE,
-        SendError::NoSuchMailbox => ErrorCode::NO_SUCH_MAILBOX,
-        _ => ErrorCode::PROTOCOL,
-    }
+        .map_err(|error| (error.wire_code(), error.to_string()))
 }
 
 pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {

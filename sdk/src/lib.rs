@@ -57,7 +57,7 @@
 //! ## Errors
 //!
 //! Each operation has its own error enum: [`BindError`], [`DialError`], [`SendError`],
-//! [`RecvError`], [`AttachError`], [`AddressError`], [`VerifyError`], [`KeyFileError`],
+//! [`RecvError`], [`AttachError`], [`AddressError`], [`VerifyError`],
 //! [`StoreError`], [`PingError`].
 //!
 //! ## Durable mailboxes
@@ -69,7 +69,7 @@
 //! The core (addresses in [`address`], frames in [`frame`]) is pure code on byte buffers with
 //! no IO; the runtime (QUIC, tasks) is a thin layer over it.
 
-pub mod address;
+pub use ferry_proto::{address, frame, observe, punch, relay};
 mod builtin;
 mod config;
 mod connection;
@@ -78,11 +78,12 @@ mod dial;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake_peer;
-pub mod frame;
 mod hints;
 #[cfg(test)]
 mod hostile_tests;
-mod identity;
+use ferry_proto::identity;
+mod forwarding;
+mod hole_punch;
 mod inbound;
 mod limits;
 mod liveness;
@@ -90,11 +91,9 @@ mod mailbox;
 mod monitor;
 mod network;
 mod node;
-pub mod observe;
+mod observation;
 mod outbound;
 mod ping;
-pub mod punch;
-pub mod relay;
 mod service;
 pub mod store;
 mod tls;
@@ -102,14 +101,14 @@ mod transport;
 
 pub use address::{Address, AddressError, MailboxId, VerifyError};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
-pub use connection::Route;
 pub use conversation::Conversation;
 pub use error::{
     AttachError, BindError, CallError, ConversationError, DecodeError, DialError, MonitorError,
     OpenError, PingError, RecvError, RouteFailure, SendError, ServeError,
 };
+pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;
-pub use identity::{KeyFileError, NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
+pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
 pub use monitor::{DownReason, Monitor};
 pub use node::{Node, NodeStats, SendFailures};

@@ -575,7 +575,7 @@ pub(crate) async fn serve_stream(
     let mailbox = match node.mailboxes.authorize(&node, &address) {
         Ok(mailbox) => mailbox,
         Err(error) => {
-            let code = crate::inbound::error_code(&error);
+            let code = error.wire_code();
             return crate::inbound::refuse(&mut send, code, &error.to_string()).await;
         }
     };

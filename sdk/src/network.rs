@@ -57,11 +57,11 @@ pub(crate) fn changed(node: &Arc<NodeInner>) {
             let observing = node.clone();
             let relay = *relay;
             node.tasks.spawn(async move {
-                crate::observe::learn_from(&observing, relay, &link.connection).await;
+                crate::observation::learn_from(&observing, relay, &link.connection).await;
             });
         }
     }
-    crate::punch::network_changed(node);
+    crate::hole_punch::network_changed(node);
 }
 
 #[cfg(test)]

@@ -14,22 +14,23 @@ use tracing::{info, Instrument};
 
 use crate::address::{Address, MailboxId};
 use crate::config::NodeConfig;
-use crate::connection::{self, ConnCode, Peers, Route};
+use crate::connection::{self, ConnCode, Peers};
 use crate::conversation::Conversation;
 use crate::error::{
     BindError, DialError, MonitorError, OpenError, PingError, SendError, ServeError,
 };
+use crate::forwarding::{RelayBudget, RelaySocket};
 use crate::hints::MintedHints;
 use crate::identity::{NodeId, SecretKey};
 use crate::inbound::DedupTable;
 use crate::mailbox::{lock, Durable, Mailbox, Mailboxes};
 use crate::monitor::Monitor;
 use crate::outbound::{ConversationKey, Outbound, Sender};
-use crate::relay::{RelayBudget, RelaySocket};
 use crate::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 use crate::store::{MailboxStore, StoreError};
 use crate::tls::{self, Mismatches};
 use crate::transport::QuicConfigs;
+use crate::Route;
 
 /// Seconds since the Unix epoch, the clock address expiry is checked against.
 pub(crate) fn unix_now() -> u64 {
@@ -339,9 +340,9 @@ pub(crate) struct NodeInner {
     /// The client and server configurations of each connection.
     pub(crate) quic: QuicConfigs,
     /// The addresses peers see this node at (docs/PROTOCOL.md §10.12).
-    pub(crate) observations: crate::observe::Observations,
+    pub(crate) observations: crate::observation::Observations,
     /// Hole punching towards peers reached through relays.
-    pub(crate) punches: crate::punch::Punches,
+    pub(crate) punches: crate::hole_punch::Punches,
     pub(crate) mailboxes: Mailboxes,
     pub(crate) peers: Peers,
     pub(crate) services: crate::service::Services,
@@ -485,8 +486,8 @@ impl Node {
             relay_budget: RelayBudget::default(),
             mismatches: tls.mismatches,
             quic,
-            observations: crate::observe::Observations::default(),
-            punches: crate::punch::Punches::default(),
+            observations: crate::observation::Observations::default(),
+            punches: crate::hole_punch::Punches::default(),
             mailboxes: Mailboxes::default(),
             peers: Peers::default(),
             services: crate::service::Services::default(),

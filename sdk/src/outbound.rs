@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -24,33 +24,14 @@ use tracing::{debug, Instrument};
 use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
 use crate::connection::{self, ConnCode, Link};
 use crate::error::{DialError, SendError};
-use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
-use crate::liveness::{Probed, PROBE_INTERVAL};
+use crate::frame::ErrorCode;
+use crate::liveness::Probed;
 use crate::mailbox::{lock, MailboxHandle, Message};
-use crate::node::{NodeInner, Stats};
+use crate::node::NodeInner;
+use ferry_proto::sender::{self as proto, Action, Loss, RunFailure};
 
-/// Per-message cost charged against the send window on top of the payload, so floods of tiny
-/// messages are bounded too.
-const MESSAGE_OVERHEAD: usize = 32;
 /// Per-message failures remembered for their [`Delivery`]s (they are rare: oversize only).
 const MAX_REMEMBERED_FAILURES: usize = 1024;
-/// Bytes of a conversation's write buffer kept between batches; a burst that needed more gives
-/// the rest back once written.
-const RETAINED_WRITE_BUF: usize = 16 * 1024;
-/// Upper bound of the pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Upper bound of the pause after a failed dial: the dial itself tried every route for up to
-/// `dial_timeout`, each again every half second.
-const MAX_REDIAL_PAUSE: Duration = Duration::from_millis(250);
-/// Time without an acknowledgement, with messages outstanding, after which the path is probed
-/// (every [`PROBE_INTERVAL`]).
-const STALL_AFTER: Duration = Duration::from_millis(300);
-/// Time the probes of a stalled path may go unanswered before the peer is dialed again (its
-/// address, or this node's, may have changed).
-const REDIAL_AFTER: Duration = Duration::from_secs(1);
-/// The pause between probes of a path that answers but whose receiver does not acknowledge
-/// (it is slow, or its mailbox is full).
-const SLOW_RECEIVER_PROBE: Duration = Duration::from_secs(1);
 
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
 /// The whole signed core is part of the key, so every distinct address (another expiry, or a
@@ -114,7 +95,7 @@ impl Outbound {
 
 fn cost(payload: &Bytes) -> u32 {
     // max_message_size is validated to at most 1 GiB, so this fits.
-    u32::try_from(payload.len() + MESSAGE_OVERHEAD).unwrap_or(u32::MAX)
+    u32::try_from(proto::cost(payload.len())).unwrap_or(u32::MAX)
 }
 
 /// Returns the live conversation for `key`, starting one if needed.
@@ -348,336 +329,246 @@ impl IntoFuture for Delivery {
     }
 }
 
-/// Why opening a stream failed.
-enum StreamFailure {
-    /// Trying again may help (connection lost, peer restarting).
-    Retry(SendError),
-    /// Every queued message fails with this.
-    Fatal(SendError),
-}
-
+/// The stream a run writes to, on the connection it was opened on.
 struct OpenStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    peer_max: usize,
     /// The connection the stream is on.
     link: Link,
     /// Resolves once another connection to the peer took over: the stream moves there.
     superseded: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
-/// Probing a stalled path (see [`crate::liveness`]).
-#[derive(Default)]
-struct Stall {
-    /// When the next probe is due, while messages wait for an acknowledgement.
-    next_probe: Option<Instant>,
-    /// Since when probes went unanswered.
-    unanswered_since: Option<Instant>,
-    /// Whether the peer was dialed again during this stall.
-    redialed: bool,
-}
-
-impl Stall {
-    /// Progress (an acknowledgement, a new stream): the next probe only after a new stall.
-    fn reset(&mut self, now: Instant) {
-        *self = Self {
-            next_probe: Some(now + STALL_AFTER),
-            ..Self::default()
-        };
-    }
-
-    /// Probes `link` now; dials the peer again if probes go unanswered too long.
-    fn probe(
-        &mut self,
-        node: &Arc<NodeInner>,
-        peer: crate::identity::NodeId,
-        link: &Link,
-        now: Instant,
-    ) {
-        let probed = link.probe();
-        if probed == Probed::Sent {
-            node.stats.count_path_probe();
-        }
-        match probed {
-            Probed::Answered => {
-                self.unanswered_since = None;
-                self.next_probe = Some(now + SLOW_RECEIVER_PROBE);
-            }
-            Probed::Sent | Probed::Waiting => {
-                let since = *self.unanswered_since.get_or_insert(now);
-                if !self.redialed && now.duration_since(since) >= REDIAL_AFTER {
-                    debug!("the path does not answer; dialing the peer again");
-                    self.redialed = true;
-                    connection::refresh(node, peer);
-                }
-                self.next_probe = Some(now + PROBE_INTERVAL);
-            }
-        }
-    }
-}
-
-/// The state the conversation task owns.
-struct Flight {
-    epoch: u64,
-    /// Sequence number of `unacked.front()`.
-    base_seq: u64,
-    /// Written (or to be rewritten) but not acknowledged, in sequence order.
-    unacked: VecDeque<(u64, Bytes)>,
-    write_buf: Vec<u8>,
-    read_buf: BytesMut,
-}
-
+/// Drives one conversation run: the protocol is [`proto::Sender`]; this task carries out what
+/// it asks (open streams, write, reset, probe, redial) and feeds it what happens (bytes read,
+/// streams lost, messages queued, the time).
 async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
-    let mut epoch = [0u8; 8];
-    crate::identity::fill_random(&mut epoch);
-    let mut flight = Flight {
-        epoch: u64::from_be_bytes(epoch),
-        base_seq: 0,
-        unacked: VecDeque::new(),
-        // Grown on demand: most conversations are idle most of the time, and memory per idle
-        // conversation is what bounds how many a node can hold.
-        write_buf: Vec::new(),
-        read_buf: BytesMut::new(),
-    };
     let config = &node.config;
-    let mut stream: Option<OpenStream> = None;
-    let mut attempts = 0u32;
-    let mut last_error = SendError::Timeout;
-    // When the receiver last acknowledged something, or the conversation last became busy:
-    // with messages outstanding, nothing for `send_timeout` after this fails them all.
-    let mut last_progress = Instant::now();
-    // When the stream last carried anything, for closing it when idle.
-    let mut last_activity = Instant::now();
-    let mut was_busy = false;
-    let mut stall = Stall::default();
+    let mut random = [0u8; 16];
+    crate::identity::fill_random(&mut random);
+    let [epoch, seed] = [&random[..8], &random[8..]].map(|half| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(half);
+        u64::from_be_bytes(bytes)
+    });
+    let mut sm: proto::Sender<SendError> = proto::Sender::new(
+        proto::SenderConfig {
+            send_timeout: config.send_timeout,
+            outbox_ttl: config.outbox_ttl,
+            stream_idle_timeout: config.stream_idle_timeout,
+            open_timeout: config.open_timeout,
+        },
+        outbound.target.clone(),
+        outbound.from.clone(),
+        epoch,
+        seed,
+        Instant::now().into_std(),
+    );
     let peer = outbound.target.node();
+    let mut stream: Option<OpenStream> = None;
     // Made once: creating a cancellation future or a timer per iteration showed in profiles.
     let cancelled = node.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
-    let timer = tokio::time::sleep_until(last_activity + config.stream_idle_timeout);
+    let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     loop {
-        let queued = !lock(&outbound.queue).items.is_empty();
-        let busy = queued || !flight.unacked.is_empty();
-        if busy && !was_busy {
-            last_progress = Instant::now();
-        }
-        was_busy = busy;
-        let progress_deadline = last_progress + config.send_timeout;
-        let Some(open) = stream.as_mut() else {
-            if !busy {
-                tokio::select! {
-                    _ = node.cancel.cancelled() => return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed),
-                    _ = outbound.wake.notified() => {
-                        // Put the wake-up back for the drain after the stream opens.
-                        outbound.wake.notify_one();
-                        continue;
-                    }
-                    _ = tokio::time::sleep_until(last_activity + config.stream_idle_timeout) => {
-                        if close_if_idle(&outbound, &node) {
-                            return;
+        pull_queued(&outbound, &mut sm);
+        while let Some(action) = sm.poll_action() {
+            match action {
+                Action::Open(head) => {
+                    let deadline = Instant::from_std(sm.deadline());
+                    let hints = outbound.target.hints();
+                    match tokio::time::timeout_at(deadline, open(&node, peer, hints, &head)).await {
+                        Ok(Ok(opened)) => {
+                            stream = Some(opened);
+                            sm.opened(now());
                         }
-                        continue;
+                        Ok(Err((error, loss))) => {
+                            let unreachable = matches!(error, SendError::Unreachable(_));
+                            sm.open_failed(now(), error, loss, unreachable);
+                        }
+                        // The run's deadline passed while opening.
+                        Err(_) => sm.handle_timeout(now()),
                     }
                 }
-            }
-            // An unreachable target gets the outbox's time; a reachable one that does not
-            // answer gets send_timeout.
-            let unreachable = matches!(last_error, SendError::Unreachable(_));
-            let deadline = if unreachable {
-                last_progress + config.outbox_ttl.max(config.send_timeout)
-            } else {
-                progress_deadline
-            };
-            if Instant::now() >= deadline {
-                // Without a stream, the last reason we could not open one says most.
-                let error = if unreachable {
-                    last_error
-                } else {
-                    SendError::Timeout
-                };
-                return fail_all(&outbound, &node, &mut flight, error);
-            }
-            let opened =
-                tokio::time::timeout_at(deadline, open_stream(&outbound, &node, &mut flight))
-                    .await
-                    .unwrap_or_else(|_| {
-                        // Cut off by the deadline: the target is as unreachable as it was.
-                        let error = if unreachable {
-                            last_error.clone()
-                        } else {
-                            SendError::Timeout
-                        };
-                        Err(StreamFailure::Retry(error))
-                    });
-            match opened {
-                Ok(mut opened) => {
-                    attempts = 0;
-                    outbound
-                        .unreachable
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                    if unreachable {
-                        // Back in touch: the receiver gets send_timeout from now on.
-                        last_progress = Instant::now();
-                    }
-                    // Everything unacknowledged goes again; the receiver drops duplicates.
-                    flight.write_buf.clear();
-                    for (_, payload) in &flight.unacked {
-                        frame::put_message_header(&mut flight.write_buf, payload.len());
-                        flight.write_buf.extend_from_slice(payload);
-                    }
-                    let written = tokio::time::timeout_at(
-                        progress_deadline,
-                        opened.send.write_all(&flight.write_buf),
-                    )
-                    .await;
-                    match written {
+                Action::Write(bytes) => {
+                    let Some(open) = stream.as_mut() else {
+                        continue;
+                    };
+                    let deadline = Instant::from_std(sm.deadline());
+                    match tokio::time::timeout_at(deadline, open.send.write_all(&bytes)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
-                            let _ = opened.send.reset(code(ErrorCode::DONE));
-                            match write_failure(error) {
-                                StreamFailure::Fatal(error) => {
-                                    return fail_all(&outbound, &node, &mut flight, error)
-                                }
-                                StreamFailure::Retry(error) => last_error = error,
-                            }
-                            continue;
+                            let (error, loss) = write_failure(error);
+                            let unreachable = matches!(error, SendError::Unreachable(_));
+                            sm.stream_failed(now(), error, loss, unreachable);
                         }
-                        Err(_) => {
-                            let _ = opened.send.reset(code(ErrorCode::TIMEOUT));
-                            return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
-                        }
-                    }
-                    stream = Some(opened);
-                    last_activity = Instant::now();
-                    stall.reset(last_activity);
-                    outbound.wake.notify_one();
-                    // The receiver may have answered more than `Accept` already.
-                    match process_frames(&outbound, &node.stats, &mut flight) {
-                        Ok(true) => last_progress = Instant::now(),
-                        Ok(false) => {}
-                        Err(StreamFailure::Fatal(error)) => {
-                            return fail_all(&outbound, &node, &mut flight, error);
-                        }
-                        Err(StreamFailure::Retry(error)) => {
-                            last_error = error;
-                            abandon(&mut stream);
-                        }
-                    }
-                }
-                Err(StreamFailure::Fatal(error)) => {
-                    return fail_all(&outbound, &node, &mut flight, error);
-                }
-                Err(StreamFailure::Retry(error)) => {
-                    debug!(%error, attempts, "opening conversation stream failed; retrying");
-                    if matches!(error, SendError::Unreachable(_)) {
-                        outbound
-                            .unreachable
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    let pause = if matches!(error, SendError::Unreachable(_)) {
-                        backoff(attempts).min(MAX_REDIAL_PAUSE)
-                    } else {
-                        backoff(attempts)
-                    };
-                    last_error = error;
-                    attempts = attempts.saturating_add(1);
-                    tokio::select! {
-                        _ = node.cancel.cancelled() => return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed),
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-            }
-            continue;
-        };
-
-        let probe_at = stall.next_probe.filter(|_| !flight.unacked.is_empty());
-        let deadline = if busy {
-            probe_at.map_or(progress_deadline, |at| at.min(progress_deadline))
-        } else {
-            last_activity + config.stream_idle_timeout
-        };
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
-        tokio::select! {
-            biased;
-            _ = &mut cancelled => {
-                return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed);
-            }
-            chunk = open.recv.read_chunk(64 * 1024, true) => {
-                match handle_incoming(&outbound, &node.stats, &mut flight, chunk) {
-                    Ok(advanced) => {
-                        if advanced {
-                            last_progress = Instant::now();
-                            last_activity = last_progress;
-                            stall.reset(last_progress);
-                        }
-                    }
-                    Err(StreamFailure::Fatal(error)) => {
-                        return fail_all(&outbound, &node, &mut flight, error);
-                    }
-                    Err(StreamFailure::Retry(error)) => {
-                        last_error = error;
-                        abandon(&mut stream);
-                    }
-                }
-            }
-            _ = &mut open.superseded => {
-                // Another connection took over (a punched direct one, or a redial after the
-                // path died): the run moves there at once, resending what is unacknowledged.
-                debug!("connection superseded; moving the stream");
-                abandon(&mut stream);
-                attempts = 0;
-            }
-            _ = outbound.wake.notified() => {
-                if flight.unacked.is_empty() {
-                    last_progress = Instant::now();
-                    stall.reset(last_progress);
-                }
-                let peer_max = open.peer_max;
-                let written = tokio::time::timeout_at(
-                    last_progress + config.send_timeout,
-                    write_queued(&outbound, &mut flight, &mut open.send, peer_max),
-                )
-                .await;
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(StreamFailure::Fatal(error))) => {
-                        return fail_all(&outbound, &node, &mut flight, error);
-                    }
-                    Ok(Err(StreamFailure::Retry(error))) => {
-                        last_error = error;
-                        abandon(&mut stream);
-                    }
-                    Err(_) => {
                         // Blocked by flow control for send_timeout: the receiver stopped reading.
-                        let _ = open.send.reset(code(ErrorCode::TIMEOUT));
-                        return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
+                        Err(_) => sm.handle_timeout(now()),
                     }
                 }
-                last_activity = Instant::now();
-            }
-            _ = &mut timer => {
-                let now = Instant::now();
-                if busy && now < progress_deadline {
-                    // Messages wait for an acknowledgement: is the path still there?
-                    let link = open.link.clone();
-                    stall.probe(&node, peer, &link, now);
-                    continue;
+                Action::Reset(code) => {
+                    if let Some(mut open) = stream.take() {
+                        let _ = open.send.reset(varint(code));
+                    }
                 }
-                if busy {
-                    // No acknowledgement for send_timeout: the receiver is stuck or gone.
-                    return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
-                }
-                if close_if_idle(&outbound, &node) {
+                Action::Finish => {
                     if let Some(mut open) = stream.take() {
                         let _ = open.send.finish();
                     }
-                    return;
+                }
+                Action::Probe => {
+                    if let Some(open) = &stream {
+                        let probed = open.link.probe();
+                        if probed == Probed::Sent {
+                            node.stats.count_path_probe();
+                        }
+                        sm.probed(now(), probed == Probed::Answered);
+                    }
+                }
+                Action::Redial => {
+                    debug!("the path does not answer; dialing the peer again");
+                    connection::refresh(&node, peer);
+                }
+                Action::Acknowledged {
+                    below,
+                    messages,
+                    bytes,
+                } => {
+                    if messages > 0 {
+                        let released = bytes as usize + messages as usize * proto::MESSAGE_OVERHEAD;
+                        outbound.window.add_permits(released);
+                        node.stats.count_acked(messages, bytes);
+                    }
+                    outbound.progress.send_if_modified(|progress| {
+                        let advanced = progress.resolved_below < below;
+                        progress.resolved_below = progress.resolved_below.max(below);
+                        advanced
+                    });
+                }
+                Action::TooLarge { ticket, size, max } => {
+                    outbound.window.add_permits(proto::cost(size));
+                    outbound.progress.send_modify(|progress| {
+                        progress
+                            .failed
+                            .insert(ticket, SendError::TooLarge { size, max });
+                        while progress.failed.len() > MAX_REMEMBERED_FAILURES {
+                            progress.failed.pop_first();
+                        }
+                    });
+                }
+                Action::Failed(failure) => {
+                    let error = send_error(failure, &outbound.target);
+                    if let Some(mut open) = stream.take() {
+                        // Dropping a stream finishes it; a failed run's stream is reset.
+                        let _ = open.send.reset(varint(ErrorCode::DONE));
+                    }
+                    return fail_all(&outbound, &node, error);
+                }
+                Action::Idle => {
+                    if close_if_idle(&outbound, &node) {
+                        sm.end_idle();
+                    }
                 }
             }
         }
+        // A full window fails further sends at once while the target cannot be reached.
+        outbound
+            .unreachable
+            .store(sm.is_unreachable(), std::sync::atomic::Ordering::Relaxed);
+        if sm.is_ended() {
+            if let Some(mut open) = stream.take() {
+                let _ = open.send.finish();
+            }
+            return;
+        }
+        if let Some(at) = sm.poll_timeout() {
+            let at = Instant::from_std(at);
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+        }
+        match stream.as_mut() {
+            Some(open) => tokio::select! {
+                biased;
+                _ = &mut cancelled => sm.shutdown(),
+                chunk = open.recv.read_chunk(64 * 1024, true) => match chunk {
+                    Ok(Some(chunk)) => sm.received(now(), &chunk.bytes),
+                    Ok(None) => sm.stream_finished(now()),
+                    Err(error) => {
+                        let (error, loss) = read_failure(error);
+                        let unreachable = matches!(error, SendError::Unreachable(_));
+                        sm.stream_failed(now(), error, loss, unreachable);
+                    }
+                },
+                _ = &mut open.superseded => {
+                    // Another connection took over (a punched direct one, or a redial after
+                    // the path died): the run moves there, resending what is unacknowledged.
+                    debug!("connection superseded; moving the stream");
+                    sm.superseded(now());
+                }
+                _ = outbound.wake.notified() => {}
+                _ = &mut timer => sm.handle_timeout(now()),
+            },
+            None => tokio::select! {
+                biased;
+                _ = &mut cancelled => sm.shutdown(),
+                _ = outbound.wake.notified() => {}
+                _ = &mut timer => sm.handle_timeout(now()),
+            },
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// Moves what senders queued into the run.
+fn pull_queued(outbound: &Outbound, sm: &mut proto::Sender<SendError>) {
+    let batch: Vec<(u64, Bytes)> = lock(&outbound.queue).items.drain(..).collect();
+    let at = now();
+    for (ticket, payload) in batch {
+        sm.push(at, ticket, payload);
+    }
+}
+
+/// Opens a stream to `peer` (dialing it at `hints` if needed) and writes `head` (kind and
+/// OPEN).
+async fn open(
+    node: &Arc<NodeInner>,
+    peer: crate::identity::NodeId,
+    hints: &[std::net::SocketAddr],
+    head: &[u8],
+) -> Result<OpenStream, (SendError, Loss)> {
+    let link = connection::connect_link(node, peer, hints)
+        .await
+        .map_err(|error| dial_failure(node, peer, error))?;
+    let (mut send, recv) = link
+        .connection
+        .open_bi()
+        .await
+        .map_err(|error| connection_failure(&error))?;
+    if let Err(error) = send.write_all(head).await {
+        let _ = send.reset(varint(ErrorCode::DONE));
+        return Err(write_failure(error));
+    }
+    Ok(OpenStream {
+        send,
+        recv,
+        superseded: Box::pin(link.superseded.clone().cancelled_owned()),
+        link,
+    })
+}
+
+/// The error senders see for a failed run.
+fn send_error(failure: RunFailure<SendError>, target: &Address) -> SendError {
+    match failure {
+        RunFailure::Unreachable(error) | RunFailure::Fatal(error) => error,
+        RunFailure::Timeout => SendError::Timeout,
+        RunFailure::Closed { code, reason } => SendError::from_close(code, &reason, target),
+        RunFailure::Protocol(why) => SendError::Protocol(why),
+        RunFailure::NodeClosed => SendError::NodeClosed,
     }
 }
 
@@ -722,211 +613,8 @@ async fn deliver_locally(
     }
 }
 
-/// Gives up a stream without ending the conversation run: reset, never finished, because the
-/// receiver takes a clean finish to mean the run is over and forgets its duplicate state.
-fn abandon(stream: &mut Option<OpenStream>) {
-    if let Some(mut open) = stream.take() {
-        let _ = open.send.reset(code(ErrorCode::DONE));
-    }
-}
-
-fn code(code: ErrorCode) -> quinn::VarInt {
+fn varint(code: ErrorCode) -> quinn::VarInt {
     quinn::VarInt::from_u64(code.0).unwrap_or(quinn::VarInt::MAX)
-}
-
-fn backoff(attempts: u32) -> Duration {
-    if attempts == 0 {
-        return Duration::ZERO;
-    }
-    let base = Duration::from_millis(25).saturating_mul(1 << attempts.min(7));
-    let base = base.min(MAX_BACKOFF);
-    let mut jitter = [0u8; 2];
-    crate::identity::fill_random(&mut jitter);
-    // Full jitter in [base/2, base).
-    base / 2 + base.mul_f64(f64::from(u16::from_be_bytes(jitter)) / 131_072.0)
-}
-
-/// Moves queued messages into the stream.
-async fn write_queued(
-    outbound: &Outbound,
-    flight: &mut Flight,
-    send: &mut quinn::SendStream,
-    peer_max: usize,
-) -> Result<(), StreamFailure> {
-    let batch: Vec<(u64, Bytes)> = {
-        let mut queue = lock(&outbound.queue);
-        queue.items.drain(..).collect()
-    };
-    if batch.is_empty() {
-        return Ok(());
-    }
-    flight.write_buf.clear();
-    let mut refused = Vec::new();
-    let mut released = 0usize;
-    for (ticket, payload) in batch {
-        if payload.len() > peer_max {
-            released += cost(&payload) as usize;
-            refused.push((
-                ticket,
-                SendError::TooLarge {
-                    size: payload.len(),
-                    max: peer_max,
-                },
-            ));
-            continue;
-        }
-        frame::put_message_header(&mut flight.write_buf, payload.len());
-        flight.write_buf.extend_from_slice(&payload);
-        flight.unacked.push_back((ticket, payload));
-    }
-    if !refused.is_empty() {
-        outbound.window.add_permits(released);
-        outbound.progress.send_modify(|progress| {
-            for (ticket, error) in refused {
-                progress.failed.insert(ticket, error);
-            }
-            while progress.failed.len() > MAX_REMEMBERED_FAILURES {
-                progress.failed.pop_first();
-            }
-        });
-        publish_resolved(outbound, flight);
-    }
-    let written = send
-        .write_all(&flight.write_buf)
-        .await
-        .map_err(write_failure);
-    flight.write_buf.clear();
-    flight.write_buf.shrink_to(RETAINED_WRITE_BUF);
-    written
-}
-
-/// Processes acknowledgements and closes from the receiver. Returns whether anything advanced.
-fn handle_incoming(
-    outbound: &Outbound,
-    stats: &Stats,
-    flight: &mut Flight,
-    chunk: Result<Option<quinn::Chunk>, quinn::ReadError>,
-) -> Result<bool, StreamFailure> {
-    let chunk = match chunk {
-        Ok(Some(chunk)) => chunk,
-        Ok(None) => {
-            return Err(StreamFailure::Retry(SendError::Protocol(
-                "receiver finished the stream".into(),
-            )))
-        }
-        Err(error) => return Err(read_error(error)),
-    };
-    flight.read_buf.extend_from_slice(&chunk.bytes);
-    process_frames(outbound, stats, flight)
-}
-
-/// Processes every complete frame in `flight.read_buf`.
-fn process_frames(
-    outbound: &Outbound,
-    stats: &Stats,
-    flight: &mut Flight,
-) -> Result<bool, StreamFailure> {
-    let mut advanced = false;
-    loop {
-        let decoded = frame::decode_frame(&flight.read_buf, frame::MAX_CONTROL_FRAME_LEN)
-            .map_err(|e| StreamFailure::Fatal(SendError::Protocol(e.to_string())))?;
-        let Some((frame, used)) = decoded else {
-            break;
-        };
-        match frame {
-            Frame::Ack { next_seq } => {
-                let mut released = 0usize;
-                let mut messages = 0u64;
-                let mut bytes = 0u64;
-                while flight.base_seq < next_seq {
-                    let Some((_, payload)) = flight.unacked.pop_front() else {
-                        return Err(StreamFailure::Fatal(SendError::Protocol(
-                            "acknowledgement beyond what was sent".into(),
-                        )));
-                    };
-                    released += cost(&payload) as usize;
-                    messages += 1;
-                    bytes += payload.len() as u64;
-                    flight.base_seq += 1;
-                }
-                if released > 0 {
-                    outbound.window.add_permits(released);
-                    stats.count_acked(messages, bytes);
-                    advanced = true;
-                }
-            }
-            Frame::Close { code, reason } => {
-                // Acknowledgements before the close still count.
-                if advanced {
-                    publish_resolved(outbound, flight);
-                }
-                return Err(close_error(code, reason, &outbound.target));
-            }
-            _ => {
-                return Err(StreamFailure::Fatal(SendError::Protocol(
-                    "unexpected frame from receiver".into(),
-                )))
-            }
-        }
-        let _ = flight.read_buf.split_to(used);
-    }
-    if advanced {
-        publish_resolved(outbound, flight);
-    }
-    Ok(advanced)
-}
-
-fn publish_resolved(outbound: &Outbound, flight: &Flight) {
-    let resolved_below = match flight.unacked.front() {
-        Some((ticket, _)) => *ticket,
-        None => {
-            let queue = lock(&outbound.queue);
-            queue
-                .items
-                .front()
-                .map_or(queue.next_ticket, |(ticket, _)| *ticket)
-        }
-    };
-    outbound.progress.send_if_modified(|progress| {
-        if progress.resolved_below < resolved_below {
-            progress.resolved_below = resolved_below;
-            true
-        } else {
-            false
-        }
-    });
-}
-
-/// Opens a stream and presents the capability. On success `flight.read_buf` holds whatever the
-/// receiver sent after its `Accept` (acknowledgements, or a `Close`).
-async fn open_stream(
-    outbound: &Outbound,
-    node: &Arc<NodeInner>,
-    flight: &mut Flight,
-) -> Result<OpenStream, StreamFailure> {
-    flight.read_buf.clear();
-    let peer = outbound.target.node();
-    let link = connection::connect_link(node, peer, outbound.target.hints())
-        .await
-        .map_err(|error| dial_failure(node, peer, error))?;
-    let (mut send, mut recv) = link
-        .connection
-        .open_bi()
-        .await
-        .map_err(|e| connection_error(&e))?;
-    match present(outbound, node, flight, &mut send, &mut recv).await {
-        Ok(peer_max) => Ok(OpenStream {
-            send,
-            recv,
-            peer_max,
-            superseded: Box::pin(link.superseded.clone().cancelled_owned()),
-            link,
-        }),
-        Err(error) => {
-            let _ = send.reset(code(ErrorCode::DONE));
-            Err(error)
-        }
-    }
 }
 
 /// What a failed dial means for the run. A target that was reachable within `outbox_ttl` is
@@ -937,9 +625,9 @@ fn dial_failure(
     node: &NodeInner,
     peer: crate::identity::NodeId,
     error: DialError,
-) -> StreamFailure {
+) -> (SendError, Loss) {
     let worth_waiting = match &error {
-        DialError::NodeClosed => return StreamFailure::Fatal(SendError::NodeClosed),
+        DialError::NodeClosed => return (SendError::NodeClosed, Loss::Fatal),
         DialError::TooManyConnections => true,
         DialError::WrongNode { .. }
         | DialError::IncompatibleVersion
@@ -950,121 +638,58 @@ fn dial_failure(
             node.peers.reached_within(&peer, node.config.outbox_ttl)
         }
     };
-    if worth_waiting {
-        StreamFailure::Retry(SendError::Unreachable(error))
+    let loss = if worth_waiting {
+        Loss::Retry
     } else {
-        StreamFailure::Fatal(SendError::Unreachable(error))
-    }
-}
-
-/// Writes the stream kind and `Open`, and reads the receiver's answer: its maximum message
-/// size, or why it refused.
-async fn present(
-    outbound: &Outbound,
-    node: &NodeInner,
-    flight: &mut Flight,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-) -> Result<usize, StreamFailure> {
-    let mut head = vec![StreamKind::Mailbox as u8];
-    frame::put_frame(
-        &mut head,
-        &Frame::Open(Box::new(Open {
-            target: outbound.target.without_hints(),
-            from: outbound.from.clone(),
-            epoch: flight.epoch,
-            first_seq: flight.base_seq,
-        })),
-    );
-    send.write_all(&head).await.map_err(write_failure)?;
-    let buf = &mut flight.read_buf;
-    let answer = tokio::time::timeout(node.config.open_timeout, async {
-        loop {
-            if let Some((frame, used)) = frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN)
-                .map_err(|e| StreamFailure::Fatal(SendError::Protocol(e.to_string())))?
-            {
-                let answer = match frame {
-                    Frame::Accept { max_message } => {
-                        Ok(usize::try_from(max_message).unwrap_or(usize::MAX))
-                    }
-                    Frame::Close { code, reason } => {
-                        Err(close_error(code, reason, &outbound.target))
-                    }
-                    _ => Err(StreamFailure::Fatal(SendError::Protocol(
-                        "expected accept or close".into(),
-                    ))),
-                };
-                buf.advance(used);
-                return answer;
-            }
-            match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
-                    return Err(StreamFailure::Retry(SendError::Protocol(
-                        "stream ended before accept".into(),
-                    )))
-                }
-                Err(error) => return Err(read_error(error)),
-            }
-        }
-    })
-    .await
-    .map_err(|_| StreamFailure::Retry(SendError::Timeout))?;
-    answer
-}
-
-fn close_error(code: ErrorCode, reason: &str, target: &Address) -> StreamFailure {
-    let fatal = match code {
-        ErrorCode::NO_SUCH_MAILBOX => SendError::NoSuchMailbox,
-        ErrorCode::FORGED => SendError::Forged,
-        ErrorCode::EXPIRED => SendError::Expired(target.expires().unwrap_or(0)),
-        ErrorCode::WRONG_NODE => SendError::WrongNode,
-        ErrorCode::TOO_LARGE | ErrorCode::PROTOCOL | ErrorCode::FROM_MISMATCH => {
-            SendError::Protocol(format!("receiver closed the stream: {reason}"))
-        }
-        _ => {
-            return StreamFailure::Retry(SendError::Protocol(format!(
-                "receiver closed the stream ({}): {reason}",
-                code.0
-            )))
-        }
+        Loss::Fatal
     };
-    StreamFailure::Fatal(fatal)
+    (SendError::Unreachable(error), loss)
 }
 
-fn connection_error(error: &quinn::ConnectionError) -> StreamFailure {
+fn connection_failure(error: &quinn::ConnectionError) -> (SendError, Loss) {
     if let quinn::ConnectionError::ApplicationClosed(close) = error {
         if close.error_code == ConnCode::ADMISSION_REFUSED.into() {
             let reason = String::from_utf8_lossy(&close.reason).into_owned();
-            return StreamFailure::Fatal(SendError::Unreachable(DialError::Refused(reason)));
+            return (
+                SendError::Unreachable(DialError::Refused(reason)),
+                Loss::Fatal,
+            );
         }
     }
-    StreamFailure::Retry(SendError::Unreachable(DialError::Failed(error.to_string())))
+    (
+        SendError::Unreachable(DialError::Failed(error.to_string())),
+        Loss::Retry,
+    )
 }
 
-fn write_failure(error: quinn::WriteError) -> StreamFailure {
+fn write_failure(error: quinn::WriteError) -> (SendError, Loss) {
     match error {
-        quinn::WriteError::ConnectionLost(error) => connection_error(&error),
-        quinn::WriteError::Stopped(code) if code == self::code(ErrorCode::NOT_ADMITTED) => {
+        quinn::WriteError::ConnectionLost(error) => connection_failure(&error),
+        quinn::WriteError::Stopped(code) if code == varint(ErrorCode::NOT_ADMITTED) => {
             not_admitted()
         }
-        other => StreamFailure::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
+        other => (
+            SendError::Unreachable(DialError::Failed(other.to_string())),
+            Loss::Retry,
+        ),
     }
 }
 
-fn not_admitted() -> StreamFailure {
-    StreamFailure::Fatal(SendError::Unreachable(DialError::Refused(
-        "node not admitted".into(),
-    )))
+fn not_admitted() -> (SendError, Loss) {
+    (
+        SendError::Unreachable(DialError::Refused("node not admitted".into())),
+        Loss::Fatal,
+    )
 }
 
-fn read_error(error: quinn::ReadError) -> StreamFailure {
+fn read_failure(error: quinn::ReadError) -> (SendError, Loss) {
     match error {
-        quinn::ReadError::ConnectionLost(error) => connection_error(&error),
-        quinn::ReadError::Reset(code) if code == self::code(ErrorCode::NOT_ADMITTED) => {
-            not_admitted()
-        }
-        other => StreamFailure::Retry(SendError::Unreachable(DialError::Failed(other.to_string()))),
+        quinn::ReadError::ConnectionLost(error) => connection_failure(&error),
+        quinn::ReadError::Reset(code) if code == varint(ErrorCode::NOT_ADMITTED) => not_admitted(),
+        other => (
+            SendError::Unreachable(DialError::Failed(other.to_string())),
+            Loss::Retry,
+        ),
     }
 }
 
@@ -1087,7 +712,7 @@ fn close_if_idle(outbound: &Arc<Outbound>, node: &NodeInner) -> bool {
 }
 
 /// Ends the conversation, failing every message not yet acknowledged with `error`.
-fn fail_all(outbound: &Arc<Outbound>, node: &NodeInner, flight: &mut Flight, error: SendError) {
+fn fail_all(outbound: &Arc<Outbound>, node: &NodeInner, error: SendError) {
     debug!(%error, "conversation failed");
     node.stats.count_send_failure(&error);
     {
@@ -1102,7 +727,6 @@ fn fail_all(outbound: &Arc<Outbound>, node: &NodeInner, flight: &mut Flight, err
             map.remove(&outbound.key);
         }
     }
-    flight.unacked.clear();
     outbound.window.close();
     outbound.progress.send_modify(|progress| {
         progress.fatal = Some(error);

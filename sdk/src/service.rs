@@ -25,7 +25,8 @@ use tracing::{debug, Instrument};
 use crate::address::{Address, MailboxId};
 use crate::connection;
 use crate::conversation::Conversation;
-use crate::error::{CallError, ConversationError, DialError, OpenError, SendError, ServeError};
+use crate::error::{CallError, ConversationError, DialError, OpenError, ServeError};
+use crate::frame::Refusal;
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
 use crate::mailbox::Mailbox;
@@ -360,16 +361,18 @@ fn close_to_open_error(code: ErrorCode, reason: &str, target: &Target) -> OpenEr
             Target::Address(_) => reason.to_owned(),
         }),
         ErrorCode::NOT_ALLOWED => OpenError::NotAllowed,
-        ErrorCode::NO_SUCH_MAILBOX => OpenError::NoSuchMailbox,
-        ErrorCode::FORGED => OpenError::Forged,
-        ErrorCode::EXPIRED => OpenError::Expired(match target {
-            Target::Address(address) => address.expires().unwrap_or(0),
-            Target::Service { .. } => 0,
-        }),
-        ErrorCode::WRONG_NODE => OpenError::WrongNode,
         ErrorCode::LIMIT => OpenError::Busy,
         ErrorCode::SHUTTING_DOWN => OpenError::PeerShuttingDown,
-        _ => OpenError::Protocol(format!("refused ({}): {reason}", code.0)),
+        code => match Refusal::from_code(code) {
+            Some(Refusal::NoSuchMailbox) => OpenError::NoSuchMailbox,
+            Some(Refusal::Forged) => OpenError::Forged,
+            Some(Refusal::Expired) => OpenError::Expired(match target {
+                Target::Address(address) => address.expires().unwrap_or(0),
+                Target::Service { .. } => 0,
+            }),
+            Some(Refusal::WrongNode) => OpenError::WrongNode,
+            None => OpenError::Protocol(format!("refused ({}): {reason}", code.0)),
+        },
     }
 }
 
@@ -629,16 +632,16 @@ pub(crate) async fn serve_stream(
             crate::ping::PING_SERVICE => {
                 return crate::ping::answer(peer, send, recv, buf, deadline).await
             }
-            crate::observe::OBSERVE_SERVICE => {
+            ferry_proto::observe::OBSERVE_SERVICE => {
                 let remote = node
                     .relay_socket
                     .route_of(origin.remote_address())
                     .is_none()
                     .then(|| origin.remote_address());
-                return crate::observe::answer(send, remote).await;
+                return crate::observation::answer(send, remote).await;
             }
-            crate::punch::PUNCH_SERVICE => {
-                return crate::punch::answer(node, peer, send, recv, buf, origin).await
+            ferry_proto::punch::PUNCH_SERVICE => {
+                return crate::hole_punch::answer(node, peer, send, recv, buf, origin).await
             }
             _ => {}
         }
@@ -735,7 +738,7 @@ fn resolve(
         Request::ByAddress(address) => {
             node.mailboxes
                 .authorize(node, address)
-                .map_err(|error| (error_code(&error), error.to_string()))?;
+                .map_err(|error| (error.wire_code(), error.to_string()))?;
             node.services
                 .read()
                 .by_mailbox
@@ -748,15 +751,6 @@ fn resolve(
                     )
                 })
         }
-    }
-}
-
-fn error_code(error: &SendError) -> ErrorCode {
-    match error {
-        SendError::Forged => ErrorCode::FORGED,
-        SendError::Expired(_) => ErrorCode::EXPIRED,
-        SendError::WrongNode => ErrorCode::WRONG_NODE,
-        _ => ErrorCode::NO_SUCH_MAILBOX,
     }
 }
 

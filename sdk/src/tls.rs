@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -245,16 +244,21 @@ pub(crate) struct TlsConfigs {
 
 /// Makes the node's certificate and both TLS configs. `alpn` is normally [`ALPN`]; tests pass
 /// others to check version negotiation.
+/// The key in PKCS#8 DER, the form rcgen and rustls take.
+fn pkcs8_of(key: &SecretKey) -> Result<ed25519_dalek::pkcs8::SecretDocument, TlsSetupError> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    ed25519_dalek::SigningKey::from_bytes(&key.to_bytes())
+        .to_pkcs8_der()
+        .map_err(|e| TlsSetupError::KeyEncoding(e.to_string()))
+}
+
 pub(crate) fn configs(
     key: &SecretKey,
     incarnation: u64,
     alpn: &[u8],
 ) -> Result<TlsConfigs, TlsSetupError> {
     let provider = provider();
-    let pkcs8 = key
-        .signing_key()
-        .to_pkcs8_der()
-        .map_err(|e| TlsSetupError::KeyEncoding(e.to_string()))?;
+    let pkcs8 = pkcs8_of(key)?;
     let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
     let mut params = rcgen::CertificateParams::new(vec![key.public().to_string()])?;
@@ -311,7 +315,7 @@ mod tests {
     #[test]
     fn certificate_carries_node_id_and_incarnation() {
         let key = SecretKey::generate();
-        let pkcs8 = key.signing_key().to_pkcs8_der().unwrap();
+        let pkcs8 = pkcs8_of(&key).unwrap();
         let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
         let key_pair =
             rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).unwrap();

@@ -103,7 +103,7 @@ pub(crate) fn transport_config(config: &NodeConfig, relayed: bool) -> quinn::Tra
         .send_window(32 << 20);
     if relayed {
         transport
-            .initial_mtu(crate::relay::RELAYED_MTU)
+            .initial_mtu(ferry_proto::relay::RELAYED_MTU)
             .mtu_discovery_config(None);
     }
     transport

@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| args.data.as_ref().map(|dir| dir.join("key")));
     let key = match &key_path {
-        Some(path) => SecretKey::load_or_generate(path)?,
+        Some(path) => ferry_node::keyfile::load_or_generate(path)?,
         None => SecretKey::generate(),
     };
     let relays = args

@@ -33,7 +33,7 @@ fn parse_target(text: &str) -> Result<Target, String> {
 /// The identity to call with: the key file if given, else a fresh key.
 pub(super) fn identity(key: Option<&Path>) -> anyhow::Result<SecretKey> {
     Ok(match key {
-        Some(path) => SecretKey::load(path)?,
+        Some(path) => ferry_node::keyfile::load(path)?,
         None => SecretKey::generate(),
     })
 }

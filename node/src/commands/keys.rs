@@ -20,14 +20,14 @@ pub(super) fn keygen(out: Option<PathBuf>) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let key = SecretKey::generate();
-    key.save(&path)?;
+    ferry_node::keyfile::save(&key, &path)?;
     println!("{}", key.public());
     Ok(())
 }
 
 /// Prints the node id of a key file.
 pub(super) fn id(key: Option<PathBuf>) -> anyhow::Result<()> {
-    let key = SecretKey::load(&key_path(key)?)?;
+    let key = ferry_node::keyfile::load(&key_path(key)?)?;
     println!("{}", key.public());
     Ok(())
 }

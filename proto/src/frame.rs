@@ -58,7 +58,7 @@ mod tag {
 }
 
 /// The type byte of an `Object` frame, for readers that skip an oversized one.
-pub(crate) const OBJECT_TYPE: u8 = tag::OBJECT;
+pub const OBJECT_TYPE: u8 = tag::OBJECT;
 
 /// Longest close reason, in bytes of UTF-8.
 pub const MAX_REASON_LEN: usize = 256;
@@ -120,6 +120,53 @@ impl ErrorCode {
     pub const HANDLER_FAILED: Self = Self(15);
     /// The receiver could not store the messages of a durable mailbox; the sender retries.
     pub const STORE_FAILED: Self = Self(16);
+}
+
+/// Why a node refuses an address presented to it (docs/PROTOCOL.md §4.9): the four refusals
+/// and their wire codes, in one table for every stream kind that presents addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The mailbox does not exist or was closed.
+    NoSuchMailbox,
+    /// The signature does not verify.
+    Forged,
+    /// The address expired.
+    Expired,
+    /// The address names another node.
+    WrongNode,
+}
+
+impl Refusal {
+    /// Its wire code.
+    pub const fn code(self) -> ErrorCode {
+        match self {
+            Self::NoSuchMailbox => ErrorCode::NO_SUCH_MAILBOX,
+            Self::Forged => ErrorCode::FORGED,
+            Self::Expired => ErrorCode::EXPIRED,
+            Self::WrongNode => ErrorCode::WRONG_NODE,
+        }
+    }
+
+    /// The refusal a wire code stands for, if it stands for one.
+    pub const fn from_code(code: ErrorCode) -> Option<Self> {
+        match code {
+            ErrorCode::NO_SUCH_MAILBOX => Some(Self::NoSuchMailbox),
+            ErrorCode::FORGED => Some(Self::Forged),
+            ErrorCode::EXPIRED => Some(Self::Expired),
+            ErrorCode::WRONG_NODE => Some(Self::WrongNode),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::address::VerifyError> for Refusal {
+    fn from(error: crate::address::VerifyError) -> Self {
+        match error {
+            crate::address::VerifyError::WrongNode { .. } => Self::WrongNode,
+            crate::address::VerifyError::Expired(_) => Self::Expired,
+            crate::address::VerifyError::Forged => Self::Forged,
+        }
+    }
 }
 
 /// The opening frame of a mailbox stream.
@@ -491,6 +538,24 @@ fn truncate_utf8(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_round_trips_through_its_code() {
+        for refusal in [
+            Refusal::NoSuchMailbox,
+            Refusal::Forged,
+            Refusal::Expired,
+            Refusal::WrongNode,
+        ] {
+            assert_eq!(Refusal::from_code(refusal.code()), Some(refusal));
+        }
+        assert_eq!(Refusal::from_code(ErrorCode::PROTOCOL), None);
+    }
 }
 
 #[cfg(test)]

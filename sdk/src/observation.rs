@@ -1,7 +1,7 @@
 //! Address observation: the built-in `ferry.observe` service tells a peer the UDP address it
 //! sees the peer's packets come from (docs/PROTOCOL.md §10.12). Behind a NAT that is the
 //! address the NAT gave the node's socket, which the node cannot learn any other way; it
-//! offers it to peers it punches holes towards ([`crate::punch`]) and puts it into the
+//! offers it to peers it punches holes towards (`crate::hole_punch`) and puts it into the
 //! addresses it mints.
 //!
 //! A node asks each of its relays (`NodeConfig::relays`) every time it connects to them. An
@@ -20,9 +20,7 @@ use crate::builtin::{self, ExchangeError};
 use crate::identity::NodeId;
 use crate::mailbox::lock;
 use crate::node::NodeInner;
-
-/// The name of the built-in observation service.
-pub const OBSERVE_SERVICE: &str = "ferry.observe";
+use ferry_proto::observe::{decode_observed, encode_observed, OBSERVE_SERVICE};
 
 /// How long an observation may take.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,26 +63,6 @@ impl Observations {
     }
 }
 
-/// The observation answer: the address in the form of a socket-address hint.
-pub fn encode_observed(addr: SocketAddr) -> Vec<u8> {
-    let mut out = Vec::with_capacity(19);
-    crate::address::put_socket_hint(&mut out, canonical(addr));
-    out
-}
-
-/// Reads an observation answer; `None` if it is not exactly one socket-address hint.
-pub fn decode_observed(bytes: &[u8]) -> Option<SocketAddr> {
-    match crate::address::take_socket_hint(bytes)? {
-        (addr, []) => Some(addr),
-        _ => None,
-    }
-}
-
-/// An IPv4 peer seen through a dual-stack socket as `::ffff:a.b.c.d` is `a.b.c.d`.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
 /// Answers an observation request that arrived on a connection whose peer's packets come
 /// from `remote` (`None` for a relayed connection, which has no address to tell).
 pub(crate) async fn answer(mut send: quinn::SendStream, remote: Option<SocketAddr>) {
@@ -115,8 +93,8 @@ pub(crate) async fn ask(connection: &quinn::Connection) -> Result<SocketAddr, Ex
 
 /// Asks the relay of a relayed `route` where it sees this node now (a NAT may have given it
 /// another address since the last observation), waiting at most [`QUICK_OBSERVE`].
-pub(crate) async fn refresh_via(node: &Arc<NodeInner>, route: crate::connection::Route) {
-    let crate::connection::Route::Relayed { relay } = route else {
+pub(crate) async fn refresh_via(node: &Arc<NodeInner>, route: crate::Route) {
+    let crate::Route::Relayed { relay } = route else {
         return;
     };
     if let Some(link) = node.peers.link(&relay) {
@@ -138,7 +116,7 @@ pub(crate) async fn learn_from(
             node.add_observed_addr(addr);
             if let Some(before) = node.observations.record(observer, addr) {
                 info!(%before, now = %addr, "this node's public address changed");
-                crate::punch::network_changed(node);
+                crate::hole_punch::network_changed(node);
             }
         }
         Err(error) => debug!(observer = %observer.short(), %error, "no address observation"),
@@ -151,22 +129,6 @@ mod tests {
     use crate::identity::SecretKey;
 
     #[test]
-    fn answers_round_trip_and_mapped_addresses_are_canonical() {
-        let v4: SocketAddr = "192.0.2.7:4433".parse().unwrap();
-        assert_eq!(encode_observed(v4), [0x04, 192, 0, 2, 7, 0x11, 0x51]);
-        assert_eq!(decode_observed(&encode_observed(v4)), Some(v4));
-        let mapped: SocketAddr = "[::ffff:192.0.2.7]:4433".parse().unwrap();
-        assert_eq!(decode_observed(&encode_observed(mapped)), Some(v4));
-        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
-        assert_eq!(decode_observed(&encode_observed(v6)), Some(v6));
-        assert_eq!(decode_observed(&[]), None);
-        assert_eq!(decode_observed(&[0x04, 1, 2, 3]), None);
-        let mut long = encode_observed(v4);
-        long.push(0);
-        assert_eq!(decode_observed(&long), None);
-    }
-
-    #[test]
     fn a_changed_observation_is_reported() {
         let observations = Observations::default();
         let relay = SecretKey::generate().public();
@@ -176,12 +138,5 @@ mod tests {
         assert_eq!(observations.record(relay, first), None);
         assert_eq!(observations.record(relay, second), Some(first));
         assert_eq!(observations.addrs(), vec![second]);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn arbitrary_answers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
-            let _ = decode_observed(&bytes);
-        }
     }
 }

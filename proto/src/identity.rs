@@ -5,7 +5,6 @@
 //! why it can be used as the TLS server name when dialing.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
@@ -135,36 +134,6 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// Why a key file could not be saved or loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
-    /// No file at the path.
-    #[error("key file {0} does not exist")]
-    Missing(PathBuf),
-    /// The file exists but could not be read or written.
-    #[error("key file {path}: {source}")]
-    Io {
-        /// The key file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The file does not hold a ferry secret key.
-    #[error("key file {0} is malformed: expected one line of 64 lower-case hex characters")]
-    Malformed(PathBuf),
-    /// Group or others may read the file, so the key may be known to others.
-    #[error("key file {path} is too open (mode {mode:o}): run chmod 600 on it")]
-    TooOpen {
-        /// The key file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The key's public half is weak or non-canonical (cannot happen for generated keys).
-    #[error("key file {0} holds a key whose public half is not usable: {1}")]
-    BadKey(PathBuf, NodeIdError),
-}
-
 impl SecretKey {
     /// Generates a new key from the operating system's random source.
     pub fn generate() -> Self {
@@ -192,99 +161,17 @@ impl SecretKey {
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).to_bytes()
     }
-
-    pub(crate) fn signing_key(&self) -> &SigningKey {
-        &self.0
-    }
-
-    /// Writes the key as one line of hex to `path`, creating it with mode 0600.
-    /// Fails if the file exists, so a key is never overwritten by accident.
-    pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
-        use std::io::Write;
-        let io = |source| KeyFileError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(io)?;
-        let mut line = hex(&self.to_bytes());
-        line.push('\n');
-        file.write_all(line.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)
-    }
-
-    /// Reads a key written by [`SecretKey::save`].
-    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let metadata = match std::fs::metadata(path) {
-            Ok(metadata) => metadata,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Err(KeyFileError::Missing(path.to_owned()))
-            }
-            Err(source) => {
-                return Err(KeyFileError::Io {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = metadata.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::TooOpen {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-        }
-        let text = std::fs::read(path).map_err(|source| KeyFileError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let malformed = || KeyFileError::Malformed(path.to_owned());
-        let line = text.strip_suffix(b"\n").unwrap_or(&text);
-        let bytes = unhex32(line).ok_or_else(malformed)?;
-        let key = Self::from_bytes(&bytes);
-        NodeId::from_bytes(&key.public().0)
-            .map_err(|e| KeyFileError::BadKey(path.to_owned(), e))?;
-        Ok(key)
-    }
-
-    /// Loads the key at `path`, or generates and saves a new one if there is none.
-    pub fn load_or_generate(path: &Path) -> Result<Self, KeyFileError> {
-        match Self::load(path) {
-            Err(KeyFileError::Missing(_)) => {
-                let key = Self::generate();
-                key.save(path)?;
-                Ok(key)
-            }
-            other => other,
-        }
-    }
 }
 
-pub(crate) fn fill_random(buf: &mut [u8]) {
-    // The OS random source failing is unrecoverable: no key or id could be safe.
+/// Fills `buf` from the operating system's random source.
+///
+/// # Panics
+///
+/// If the operating system has no random source to give: nothing random (keys, mailbox ids,
+/// epochs, tokens) could be safe then, so the process must not go on.
+pub fn fill_random(buf: &mut [u8]) {
     #[allow(clippy::expect_used)]
     getrandom::getrandom(buf).expect("operating system random source is available");
-}
-
-fn hex(bytes: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(bytes)
-}
-
-fn unhex32(text: &[u8]) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    data_encoding::HEXLOWER.decode(text).ok()?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -318,36 +205,5 @@ mod tests {
         non_canonical[0] = 0xed;
         non_canonical[31] = 0x7f;
         assert!(NodeId::from_bytes(&non_canonical).is_err());
-    }
-
-    #[test]
-    fn key_file_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        assert!(matches!(
-            SecretKey::load(&path),
-            Err(KeyFileError::Missing(_))
-        ));
-        let key = SecretKey::generate();
-        key.save(&path).unwrap();
-        assert_eq!(SecretKey::load(&path).unwrap().public(), key.public());
-        assert!(matches!(key.save(&path), Err(KeyFileError::Io { .. })));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(matches!(
-                SecretKey::load(&path),
-                Err(KeyFileError::TooOpen { mode: 0o644, .. })
-            ));
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        std::fs::write(&path, "not a key\n").unwrap();
-        assert!(matches!(
-            SecretKey::load(&path),
-            Err(KeyFileError::Malformed(_))
-        ));
     }
 }

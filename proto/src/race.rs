@@ -1,0 +1,256 @@
+//! The race of a dial (docs/PROTOCOL.md §2.5): which candidate routes start when, when a
+//! silent one gets a fresh attempt, which attempts to abandon, and what the dial reports when
+//! every route failed. Pure bookkeeping on the time it is given; the runtime makes the
+//! attempts.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::route::{Candidate, Route};
+
+/// Time between the starts of two direct candidates.
+pub const STAGGER: Duration = Duration::from_millis(150);
+/// Time from the start of a dial to the start of its first relay candidate, when it has direct
+/// candidates too: a relayed connection costs the relay's bandwidth, so a direct route that
+/// answers quickly should win.
+pub const RELAY_DELAY: Duration = Duration::from_millis(300);
+/// Time after which a candidate that has not answered gets a fresh attempt (QUIC's own
+/// retransmissions of a handshake back off to seconds).
+pub const REATTEMPT: Duration = Duration::from_millis(500);
+/// Attempts of one candidate in flight at once; a fresh one replaces the oldest.
+pub const LIVE_ATTEMPTS: usize = 2;
+/// Candidates of one dial at most.
+pub const MAX_CANDIDATES: usize = 12;
+
+/// One attempt at one candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttemptId(u64);
+
+/// How an attempt failed, for the race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The candidate will answer the same way again (another node, another protocol, an
+    /// address that cannot be sent to): no more attempts there.
+    EndsCandidate,
+    /// Nothing answered in time (or the attempt was replaced by a fresh one).
+    Timeout,
+    /// Anything else; the candidate stays in the race.
+    Other,
+}
+
+/// The state of one dial's candidates. `E` is the runtime's error type.
+#[derive(Debug)]
+pub struct Race<E> {
+    entries: Vec<Entry<E>>,
+    reattempt: Duration,
+    next_attempt: u64,
+}
+
+#[derive(Debug)]
+struct Entry<E> {
+    candidate: Candidate,
+    next_start: Option<Instant>,
+    live: VecDeque<AttemptId>,
+    /// The most telling failure so far; with `next_start` None, the candidate is out.
+    error: Option<(E, Failure)>,
+}
+
+impl<E> Race<E> {
+    /// A race of `candidates` (in the order they start) begun at `start`, giving each silent
+    /// candidate a fresh attempt every `reattempt`.
+    pub fn new(candidates: Vec<Candidate>, start: Instant, reattempt: Duration) -> Self {
+        let has_direct = candidates.iter().any(|candidate| !candidate.is_relay());
+        let preferred_relay = candidates.first().is_some_and(Candidate::is_relay);
+        let relay_start = if has_direct && !preferred_relay {
+            start + RELAY_DELAY
+        } else {
+            start
+        };
+        let (mut directs, mut relays) = (0u32, 0u32);
+        let entries = candidates
+            .into_iter()
+            .map(|candidate| {
+                let at = if candidate.is_relay() {
+                    relays += 1;
+                    relay_start + STAGGER * (relays - 1)
+                } else {
+                    directs += 1;
+                    start + STAGGER * (directs - 1)
+                };
+                Entry {
+                    candidate,
+                    next_start: Some(at),
+                    live: VecDeque::new(),
+                    error: None,
+                }
+            })
+            .collect();
+        Self {
+            entries,
+            reattempt,
+            next_attempt: 0,
+        }
+    }
+
+    /// The candidate at `index`.
+    pub fn candidate(&self, index: usize) -> Option<Candidate> {
+        self.entries.get(index).map(|entry| entry.candidate)
+    }
+
+    /// When the next attempt starts, if any is still to start.
+    pub fn next_start(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter_map(|entry| entry.next_start)
+            .min()
+    }
+
+    /// The candidates whose next attempt is due at `now`.
+    pub fn due(&self, now: Instant) -> Vec<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.next_start.is_some_and(|at| at <= now))
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    /// Records an attempt of candidate `index` started at `now`: its id, and the attempt of the
+    /// same candidate to abandon to make room for it, if any.
+    pub fn started(&mut self, index: usize, now: Instant) -> (AttemptId, Option<AttemptId>) {
+        let id = AttemptId(self.next_attempt);
+        self.next_attempt += 1;
+        let mut abandoned = None;
+        if let Some(entry) = self.entries.get_mut(index) {
+            if entry.live.len() >= LIVE_ATTEMPTS {
+                abandoned = entry.live.pop_front();
+            }
+            entry.live.push_back(id);
+            entry.next_start = Some(now + self.reattempt);
+        }
+        (id, abandoned)
+    }
+
+    /// Records that `attempt` of candidate `index` failed with `error`. Returns the attempts
+    /// of that candidate to abandon (all of them, when the failure ends the candidate).
+    pub fn failed(
+        &mut self,
+        index: usize,
+        attempt: AttemptId,
+        error: E,
+        failure: Failure,
+    ) -> Vec<AttemptId> {
+        let Some(entry) = self.entries.get_mut(index) else {
+            return Vec::new();
+        };
+        entry.live.retain(|live| *live != attempt);
+        let abandoned = if failure == Failure::EndsCandidate {
+            entry.next_start = None;
+            entry.live.drain(..).collect()
+        } else {
+            Vec::new()
+        };
+        // A timeout says less than what the candidate said before.
+        let more_telling = match &entry.error {
+            None => true,
+            Some(_) => failure != Failure::Timeout,
+        };
+        if more_telling {
+            entry.error = Some((error, failure));
+        }
+        abandoned
+    }
+
+    /// Whether every candidate is out of the race.
+    pub fn exhausted(&self) -> bool {
+        self.entries.iter().all(|entry| entry.next_start.is_none())
+    }
+
+    /// Every candidate's route and its most telling failure (`None`: it never failed, i.e.
+    /// the dial's time ran out).
+    pub fn failures(self) -> Vec<(Route, Option<E>)> {
+        self.entries
+            .into_iter()
+            .map(|entry| (entry.candidate.route(), entry.error.map(|(error, _)| error)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+    use std::net::SocketAddr;
+
+    fn direct(port: u16) -> Candidate {
+        Candidate::Direct(SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    fn relay(port: u16) -> Candidate {
+        Candidate::Relay {
+            relay: SecretKey::generate().public(),
+            relay_addr: SocketAddr::from(([192, 0, 2, 1], port)),
+        }
+    }
+
+    #[test]
+    fn direct_candidates_are_staggered_and_relays_wait() {
+        let start = Instant::now();
+        let race: Race<()> = Race::new(vec![direct(1), direct(2), relay(3)], start, REATTEMPT);
+        assert_eq!(race.due(start), vec![0]);
+        assert_eq!(race.due(start + STAGGER), vec![0, 1]);
+        assert_eq!(race.due(start + RELAY_DELAY), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn relays_start_at_once_without_direct_candidates_or_when_preferred() {
+        let start = Instant::now();
+        let only_relays: Race<()> = Race::new(vec![relay(1), relay(2)], start, REATTEMPT);
+        assert_eq!(only_relays.due(start), vec![0]);
+        let preferred: Race<()> = Race::new(vec![relay(1), direct(2)], start, REATTEMPT);
+        assert_eq!(preferred.due(start), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_silent_candidate_is_tried_again_and_its_oldest_attempt_replaced() {
+        let start = Instant::now();
+        let mut race: Race<()> = Race::new(vec![direct(1)], start, REATTEMPT);
+        let (first, none) = race.started(0, start);
+        assert_eq!(none, None);
+        assert_eq!(race.next_start(), Some(start + REATTEMPT));
+        let (_second, none) = race.started(0, start + REATTEMPT);
+        assert_eq!(none, None);
+        let (_third, abandoned) = race.started(0, start + REATTEMPT * 2);
+        assert_eq!(abandoned, Some(first), "the oldest attempt makes way");
+    }
+
+    #[test]
+    fn a_failure_that_ends_a_candidate_leaves_the_others_running() {
+        let start = Instant::now();
+        let mut race = Race::new(vec![direct(1), relay(2)], start, REATTEMPT);
+        let (attempt, _) = race.started(0, start);
+        let (other, _) = race.started(0, start + REATTEMPT);
+        let abandoned = race.failed(0, attempt, "wrong node", Failure::EndsCandidate);
+        assert_eq!(abandoned, vec![other]);
+        assert!(!race.exhausted());
+        let (relay_attempt, _) = race.started(1, start + RELAY_DELAY);
+        race.failed(1, relay_attempt, "incompatible", Failure::EndsCandidate);
+        assert!(race.exhausted());
+        let failures = race.failures();
+        assert_eq!(failures[0].1, Some("wrong node"));
+        assert_eq!(failures[1].1, Some("incompatible"));
+    }
+
+    #[test]
+    fn timeouts_do_not_hide_a_more_telling_failure() {
+        let start = Instant::now();
+        let mut race = Race::new(vec![direct(1)], start, REATTEMPT);
+        let (first, _) = race.started(0, start);
+        let (second, _) = race.started(0, start + REATTEMPT);
+        race.failed(0, first, "reset", Failure::Other);
+        race.failed(0, second, "timeout", Failure::Timeout);
+        assert_eq!(race.failures()[0].1, Some("reset"));
+        let untried: Race<&str> = Race::new(vec![direct(1)], start, REATTEMPT);
+        assert_eq!(untried.failures()[0].1, None);
+    }
+}

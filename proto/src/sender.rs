@@ -1,0 +1,989 @@
+//! The sending side of one conversation run (docs/PROTOCOL.md §6.3) as a state machine: the
+//! epoch and sequence numbers, the messages written but not acknowledged, cumulative ACKs,
+//! resending everything unacknowledged on a new stream, the send timeout and the outbox
+//! deadline, probing a stalled path, and ending the run when it is idle.
+//!
+//! It does no IO and reads no clock. The runtime feeds it events — messages queued, a stream
+//! opened or lost, bytes read from the stream, the time passing — and carries out the
+//! [`Action`]s it asks for: open a stream and write the OPEN frame it gives, write bytes,
+//! reset or finish the stream, probe the path, dial again, and tell the waiting senders which
+//! messages were acknowledged or why they failed.
+//!
+//! ```text
+//!            push ──► queued ──(stream open: Write)──► unacked ──(ACK n)──► Resolved
+//!  Open ─► opened ─► (ACCEPT) Open ──────────────────────────────── stream lost ─► Open again,
+//!                                                                    resending unacked
+//! ```
+// Frames come from the receiver: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::address::Address;
+use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
+
+/// A message's place among everything queued on its conversation: 0, 1, 2, … in queue order.
+pub type Ticket = u64;
+
+/// Bytes a message costs against the send window on top of its payload, so floods of tiny
+/// messages are bounded too.
+pub const MESSAGE_OVERHEAD: usize = 32;
+/// Time without an acknowledgement, with messages outstanding, after which the path is probed.
+pub const STALL_AFTER: Duration = Duration::from_millis(300);
+/// The pause between probes of a path that does not answer.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// Time the probes of a stalled path may go unanswered before the peer is dialed again (its
+/// address, or this node's, may have changed).
+pub const REDIAL_AFTER: Duration = Duration::from_secs(1);
+/// The pause between probes of a path that answers but whose receiver does not acknowledge
+/// (it is slow, or its mailbox is full).
+pub const SLOW_RECEIVER_PROBE: Duration = Duration::from_secs(1);
+/// Upper bound of the pause between attempts to open a stream.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Upper bound of the pause after a failed dial: the dial itself tried every route for up to
+/// `dial_timeout`, each again every half second.
+pub const MAX_REDIAL_PAUSE: Duration = Duration::from_millis(250);
+
+/// The cost of a message against the send window.
+pub fn cost(payload_len: usize) -> usize {
+    payload_len + MESSAGE_OVERHEAD
+}
+
+/// The timeouts a run obeys (the node's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderConfig {
+    /// Without progress for this long while messages are outstanding, the run fails.
+    pub send_timeout: Duration,
+    /// For a target that cannot be reached (and was reachable lately), how long messages wait.
+    pub outbox_ttl: Duration,
+    /// An idle stream is finished after this long; an idle run ends.
+    pub stream_idle_timeout: Duration,
+    /// The receiver's answer to OPEN must arrive within this long.
+    pub open_timeout: Duration,
+}
+
+/// Why a run ended before every message was acknowledged. `E` is the runtime's error for a
+/// stream or a connection that could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunFailure<E> {
+    /// The target could not be reached: the error of the last attempt.
+    Unreachable(E),
+    /// No progress within `send_timeout`.
+    Timeout,
+    /// The receiver closed the stream with a code that retrying cannot change.
+    Closed {
+        /// The code.
+        code: ErrorCode,
+        /// The receiver's reason.
+        reason: String,
+    },
+    /// The receiver broke the protocol.
+    Protocol(String),
+    /// A failure the runtime found final (e.g. the node was refused).
+    Fatal(E),
+    /// The node is shutting down.
+    NodeClosed,
+}
+
+/// What the runtime is asked to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<E> {
+    /// Get a connection to the target (dialing if needed), open a stream on it, and write
+    /// these bytes (the stream kind and OPEN); then report [`Sender::opened`], or
+    /// [`Sender::open_failed`].
+    Open(Vec<u8>),
+    /// Write these bytes to the stream; a failure is [`Sender::stream_failed`].
+    Write(Vec<u8>),
+    /// Reset the stream with this code and forget it (the run goes on, or failed).
+    Reset(ErrorCode),
+    /// Finish the stream (the run is over and its epoch will not be used again).
+    Finish,
+    /// Probe the path of the stream's connection and report [`Sender::probed`].
+    Probe,
+    /// Dial the target again in the background (the path stopped answering).
+    Redial,
+    /// Every message with a ticket below `below` is acknowledged. `messages` and `bytes`
+    /// (payload bytes) were acknowledged just now.
+    Acknowledged {
+        /// The first ticket not acknowledged.
+        below: Ticket,
+        /// How many messages this acknowledgement covered.
+        messages: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
+    /// The message `ticket` is larger than the receiver takes; it was not sent.
+    TooLarge {
+        /// The message.
+        ticket: Ticket,
+        /// Its size.
+        size: usize,
+        /// The receiver's limit.
+        max: usize,
+    },
+    /// The run failed: every message not acknowledged fails with this.
+    Failed(RunFailure<E>),
+    /// The run is idle: it ends unless messages are queued (then push them).
+    Idle,
+}
+
+/// How a stream or a connection was lost, as the runtime classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Trying again may help.
+    Retry,
+    /// Trying again will not help (e.g. the node is not admitted).
+    Fatal,
+}
+
+#[derive(Debug)]
+enum Stream {
+    /// No stream; opening one is due at `retry_at`.
+    None,
+    /// The runtime is opening a stream ([`Action::Open`] was given).
+    Requested,
+    /// OPEN written; waiting for ACCEPT since `since`.
+    Presented { since: Instant },
+    /// ACCEPT read: messages flow.
+    Open { peer_max: usize },
+}
+
+/// Probing a stalled path.
+#[derive(Debug, Default)]
+struct Stall {
+    next_probe: Option<Instant>,
+    unanswered_since: Option<Instant>,
+    redialed: bool,
+}
+
+/// The last reason a stream could not be had, for the error the run fails with.
+#[derive(Debug)]
+enum LastError<E> {
+    None,
+    Unreachable(E),
+    Other,
+}
+
+/// One conversation run's sending side.
+#[derive(Debug)]
+pub struct Sender<E> {
+    config: SenderConfig,
+    target: Address,
+    from: Address,
+    epoch: u64,
+    /// Sequence number of `unacked.front()`.
+    base_seq: u64,
+    unacked: VecDeque<(Ticket, Bytes)>,
+    queued: VecDeque<(Ticket, Bytes)>,
+    /// The ticket the next pushed message must carry.
+    next_ticket: Ticket,
+    stream: Stream,
+    read_buf: BytesMut,
+    last_progress: Instant,
+    last_activity: Instant,
+    was_busy: bool,
+    attempts: u32,
+    retry_at: Instant,
+    last_error: LastError<E>,
+    stall: Stall,
+    rng: u64,
+    actions: VecDeque<Action<E>>,
+    ended: bool,
+}
+
+impl<E: Clone> Sender<E> {
+    /// A run from `from` to `target` (its hints are not sent) with a random `epoch`, begun at
+    /// `now`; `seed` seeds the jitter of its retry pauses.
+    pub fn new(
+        config: SenderConfig,
+        target: Address,
+        from: Address,
+        epoch: u64,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        Self {
+            config,
+            target: target.without_hints(),
+            from,
+            epoch,
+            base_seq: 0,
+            unacked: VecDeque::new(),
+            queued: VecDeque::new(),
+            next_ticket: 0,
+            stream: Stream::None,
+            read_buf: BytesMut::new(),
+            last_progress: now,
+            last_activity: now,
+            was_busy: false,
+            attempts: 0,
+            retry_at: now,
+            last_error: LastError::None,
+            stall: Stall::default(),
+            rng: seed | 1,
+            actions: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The run's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether the run ended (failed, or idle and confirmed by [`Sender::end_idle`]).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Messages queued or written and not yet acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.unacked.len() + self.queued.len()
+    }
+
+    /// Whether the target cannot be reached now: the last attempt to open a stream failed to
+    /// reach it, and no stream is open (the outbox's time applies).
+    pub fn is_unreachable(&self) -> bool {
+        !self.is_open() && matches!(self.last_error, LastError::Unreachable(_))
+    }
+
+    /// Whether the run has a stream on which ACCEPT was read.
+    pub fn is_open(&self) -> bool {
+        matches!(self.stream, Stream::Open { .. })
+    }
+
+    /// The next action for the runtime.
+    pub fn poll_action(&mut self) -> Option<Action<E>> {
+        self.actions.pop_front()
+    }
+
+    /// Queues a message; `ticket` must be the next one (0, 1, 2, …).
+    pub fn push(&mut self, now: Instant, ticket: Ticket, payload: Bytes) {
+        if self.ended {
+            return;
+        }
+        debug_assert_eq!(ticket, self.next_ticket);
+        self.next_ticket = ticket + 1;
+        if self.unacked.is_empty() && self.queued.is_empty() {
+            self.last_progress = now;
+            self.stall = Stall::default();
+        }
+        self.queued.push_back((ticket, payload));
+        self.was_busy = true;
+        match self.stream {
+            Stream::Open { peer_max } => self.write_queued(now, peer_max),
+            Stream::None => self.drive(now),
+            Stream::Requested | Stream::Presented { .. } => {}
+        }
+    }
+
+    fn busy(&self) -> bool {
+        !self.queued.is_empty() || !self.unacked.is_empty()
+    }
+
+    /// The deadline of the run's progress: send_timeout after the last progress, or the
+    /// outbox's time while the target cannot be reached. Opening a stream and writing into
+    /// one are cut off there.
+    pub fn deadline(&self) -> Instant {
+        match self.last_error {
+            LastError::Unreachable(_) if !self.is_open() => {
+                self.last_progress + self.config.outbox_ttl.max(self.config.send_timeout)
+            }
+            _ => self.last_progress + self.config.send_timeout,
+        }
+    }
+
+    /// When the runtime must call [`Sender::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
+        let idle = self.last_activity + self.config.stream_idle_timeout;
+        Some(match self.stream {
+            Stream::None if self.busy() => self.retry_at.min(self.deadline()),
+            Stream::None => idle,
+            Stream::Requested => self.deadline(),
+            Stream::Presented { since } => (since + self.config.open_timeout).min(self.deadline()),
+            Stream::Open { .. } if self.busy() => {
+                let probe = self.stall.next_probe.filter(|_| !self.unacked.is_empty());
+                probe.map_or(self.deadline(), |at| at.min(self.deadline()))
+            }
+            Stream::Open { .. } => idle,
+        })
+    }
+
+    /// The time passed: deadlines, retries, probes, idleness.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ended {
+            return;
+        }
+        let busy = self.busy();
+        if busy && now >= self.deadline() {
+            // Without a stream, the last reason one could not be opened says most.
+            let failure = match (&self.stream, &self.last_error) {
+                (Stream::Open { .. }, _) => RunFailure::Timeout,
+                (_, LastError::Unreachable(error)) => RunFailure::Unreachable(error.clone()),
+                _ => RunFailure::Timeout,
+            };
+            if matches!(self.stream, Stream::Open { .. } | Stream::Presented { .. }) {
+                self.actions.push_back(Action::Reset(ErrorCode::TIMEOUT));
+            }
+            return self.fail(failure);
+        }
+        match self.stream {
+            Stream::None if busy => {
+                if now >= self.retry_at {
+                    self.request_stream();
+                }
+            }
+            Stream::None => {
+                if now >= self.last_activity + self.config.stream_idle_timeout {
+                    self.actions.push_back(Action::Idle);
+                }
+            }
+            Stream::Requested => {}
+            Stream::Presented { since } => {
+                if now >= since + self.config.open_timeout {
+                    self.abandon();
+                    self.retry_later(now, LastError::Other);
+                }
+            }
+            Stream::Open { .. } if busy => {
+                if self
+                    .stall
+                    .next_probe
+                    .is_some_and(|at| now >= at && !self.unacked.is_empty())
+                {
+                    self.stall.next_probe = Some(now + PROBE_INTERVAL);
+                    self.actions.push_back(Action::Probe);
+                }
+            }
+            Stream::Open { .. } => {
+                if now >= self.last_activity + self.config.stream_idle_timeout {
+                    self.actions.push_back(Action::Idle);
+                }
+            }
+        }
+    }
+
+    /// The runtime ended the idle run (nothing was queued): finish the stream, if any.
+    pub fn end_idle(&mut self) {
+        if matches!(self.stream, Stream::Open { .. }) {
+            self.actions.push_back(Action::Finish);
+        }
+        self.stream = Stream::None;
+        self.ended = true;
+    }
+
+    /// Asks for a stream if messages wait and none is there.
+    fn drive(&mut self, now: Instant) {
+        if matches!(self.stream, Stream::None) && self.busy() && now >= self.retry_at {
+            self.request_stream();
+        }
+    }
+
+    fn request_stream(&mut self) {
+        self.read_buf.clear();
+        let mut head = vec![StreamKind::Mailbox as u8];
+        frame::put_frame(
+            &mut head,
+            &Frame::Open(Box::new(Open {
+                target: self.target.clone(),
+                from: self.from.clone(),
+                epoch: self.epoch,
+                first_seq: self.base_seq,
+            })),
+        );
+        self.stream = Stream::Requested;
+        self.actions.push_back(Action::Open(head));
+    }
+
+    /// The stream asked for is open and its OPEN written.
+    pub fn opened(&mut self, now: Instant) {
+        if matches!(self.stream, Stream::Requested) {
+            self.stream = Stream::Presented { since: now };
+        }
+    }
+
+    /// No stream could be had (dial, connection or write failure). `unreachable`: the target
+    /// node could not be reached (the outbox's time applies, not send_timeout).
+    pub fn open_failed(&mut self, now: Instant, error: E, loss: Loss, unreachable: bool) {
+        if self.ended {
+            return;
+        }
+        self.stream = Stream::None;
+        if loss == Loss::Fatal {
+            return self.fail(RunFailure::Fatal(error));
+        }
+        let last = if unreachable {
+            LastError::Unreachable(error)
+        } else {
+            LastError::Other
+        };
+        self.retry_later(now, last);
+    }
+
+    /// Schedules the next opening attempt after a failure, with backoff.
+    fn retry_later(&mut self, now: Instant, last: LastError<E>) {
+        let pause = self.backoff();
+        let pause = if matches!(last, LastError::Unreachable(_)) {
+            pause.min(MAX_REDIAL_PAUSE)
+        } else {
+            pause
+        };
+        self.last_error = last;
+        self.attempts = self.attempts.saturating_add(1);
+        self.retry_at = now + pause;
+        self.stream = Stream::None;
+    }
+
+    /// Full jitter in [base/2, base) with base = 25 ms · 2^min(n−1, 7), at most 2 s; none for
+    /// the first retry.
+    fn backoff(&mut self) -> Duration {
+        if self.attempts == 0 {
+            return Duration::ZERO;
+        }
+        let base = Duration::from_millis(25)
+            .saturating_mul(1 << self.attempts.min(7))
+            .min(MAX_BACKOFF);
+        // xorshift64: the jitter needs spread, not secrecy.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let r = (self.rng >> 48) as u16;
+        base / 2 + base.mul_f64(f64::from(r) / 131_072.0)
+    }
+
+    /// Bytes arrived on the stream.
+    pub fn received(&mut self, now: Instant, bytes: &[u8]) {
+        if self.ended || matches!(self.stream, Stream::None | Stream::Requested) {
+            return;
+        }
+        self.read_buf.extend_from_slice(bytes);
+        self.process(now);
+    }
+
+    /// The receiver finished its side of the stream (it never does while the run is on).
+    pub fn stream_finished(&mut self, now: Instant) {
+        if self.ended || matches!(self.stream, Stream::None) {
+            return;
+        }
+        self.abandon();
+        self.retry_later(now, LastError::Other);
+    }
+
+    /// Reading or writing the stream failed, or its connection was lost.
+    pub fn stream_failed(&mut self, now: Instant, error: E, loss: Loss, unreachable: bool) {
+        if self.ended || matches!(self.stream, Stream::None) {
+            return;
+        }
+        self.actions.push_back(Action::Reset(ErrorCode::DONE));
+        self.stream = Stream::None;
+        if loss == Loss::Fatal {
+            return self.fail(RunFailure::Fatal(error));
+        }
+        let last = if unreachable {
+            LastError::Unreachable(error)
+        } else {
+            LastError::Other
+        };
+        self.retry_later(now, last);
+    }
+
+    /// Another connection to the target took over: move the stream there at once.
+    pub fn superseded(&mut self, now: Instant) {
+        if self.ended || matches!(self.stream, Stream::None) {
+            return;
+        }
+        self.abandon();
+        self.attempts = 0;
+        self.retry_at = now;
+        self.drive(now);
+    }
+
+    /// What a probe found: `answered` if something arrived on the connection since the last
+    /// probe (the path works; the receiver is slow).
+    pub fn probed(&mut self, now: Instant, answered: bool) {
+        if answered {
+            self.stall.unanswered_since = None;
+            self.stall.next_probe = Some(now + SLOW_RECEIVER_PROBE);
+            return;
+        }
+        let since = *self.stall.unanswered_since.get_or_insert(now);
+        if !self.stall.redialed && now.duration_since(since) >= REDIAL_AFTER {
+            self.stall.redialed = true;
+            self.actions.push_back(Action::Redial);
+        }
+    }
+
+    /// The node shuts down: the run fails.
+    pub fn shutdown(&mut self) {
+        if !self.ended {
+            self.fail(RunFailure::NodeClosed);
+        }
+    }
+
+    /// Resets the stream without ending the run (never FIN: the receiver would forget the
+    /// run's duplicate state).
+    fn abandon(&mut self) {
+        if !matches!(self.stream, Stream::None) {
+            self.actions.push_back(Action::Reset(ErrorCode::DONE));
+        }
+        self.stream = Stream::None;
+    }
+
+    fn fail(&mut self, failure: RunFailure<E>) {
+        self.queued.clear();
+        self.unacked.clear();
+        self.stream = Stream::None;
+        self.ended = true;
+        self.actions.push_back(Action::Failed(failure));
+    }
+
+    /// Handles the complete frames in the read buffer.
+    fn process(&mut self, now: Instant) {
+        loop {
+            let decoded = match frame::decode_frame(&self.read_buf, frame::MAX_CONTROL_FRAME_LEN) {
+                Ok(decoded) => decoded,
+                Err(error) => return self.protocol(error.to_string()),
+            };
+            let Some((frame, used)) = decoded else {
+                return;
+            };
+            match (&self.stream, frame) {
+                (Stream::Presented { .. }, Frame::Accept { max_message }) => {
+                    let peer_max = usize::try_from(max_message).unwrap_or(usize::MAX);
+                    self.read_buf.advance(used);
+                    self.accepted(now, peer_max);
+                }
+                (Stream::Open { .. }, Frame::Ack { next_seq }) => {
+                    self.read_buf.advance(used);
+                    if let Err(why) = self.acknowledge(now, next_seq) {
+                        return self.protocol(why.into());
+                    }
+                }
+                (Stream::Presented { .. } | Stream::Open { .. }, Frame::Close { code, reason }) => {
+                    let reason = reason.to_owned();
+                    return self.closed(now, code, reason);
+                }
+                (Stream::Presented { .. }, _) => {
+                    return self.protocol("expected accept or close".into())
+                }
+                _ => return self.protocol("unexpected frame from receiver".into()),
+            }
+            if self.ended || !matches!(self.stream, Stream::Presented { .. } | Stream::Open { .. })
+            {
+                return;
+            }
+        }
+    }
+
+    fn protocol(&mut self, why: String) {
+        self.actions.push_back(Action::Reset(ErrorCode::DONE));
+        self.fail(RunFailure::Protocol(why));
+    }
+
+    /// ACCEPT: resend everything unacknowledged, then what is queued.
+    fn accepted(&mut self, now: Instant, peer_max: usize) {
+        if !self.unacked.is_empty() && self.last_error_was_unreachable() {
+            // Back in touch: the receiver gets send_timeout from now on.
+            self.last_progress = now;
+        }
+        self.attempts = 0;
+        self.last_error = LastError::None;
+        self.stream = Stream::Open { peer_max };
+        self.last_activity = now;
+        self.stall = Stall {
+            next_probe: Some(now + STALL_AFTER),
+            ..Stall::default()
+        };
+        if !self.unacked.is_empty() {
+            let mut out = Vec::new();
+            for (_, payload) in &self.unacked {
+                frame::put_message_header(&mut out, payload.len());
+                out.extend_from_slice(payload);
+            }
+            self.actions.push_back(Action::Write(out));
+        }
+        self.write_queued(now, peer_max);
+    }
+
+    fn last_error_was_unreachable(&self) -> bool {
+        matches!(self.last_error, LastError::Unreachable(_))
+    }
+
+    /// Moves queued messages into the stream.
+    fn write_queued(&mut self, now: Instant, peer_max: usize) {
+        if self.queued.is_empty() {
+            return;
+        }
+        if self.unacked.is_empty() {
+            self.last_progress = now;
+            self.stall.next_probe = Some(now + STALL_AFTER);
+        }
+        let mut out = Vec::new();
+        while let Some((ticket, payload)) = self.queued.pop_front() {
+            if payload.len() > peer_max {
+                self.actions.push_back(Action::TooLarge {
+                    ticket,
+                    size: payload.len(),
+                    max: peer_max,
+                });
+                continue;
+            }
+            frame::put_message_header(&mut out, payload.len());
+            out.extend_from_slice(&payload);
+            self.unacked.push_back((ticket, payload));
+        }
+        self.last_activity = now;
+        if out.is_empty() {
+            self.resolve_below(0, 0);
+        } else {
+            self.actions.push_back(Action::Write(out));
+        }
+    }
+
+    /// ACK(n): every message with seq below n is in the target mailbox.
+    fn acknowledge(&mut self, now: Instant, next_seq: u64) -> Result<(), &'static str> {
+        let mut messages = 0u64;
+        let mut bytes = 0u64;
+        while self.base_seq < next_seq {
+            let Some((_, payload)) = self.unacked.pop_front() else {
+                return Err("acknowledgement beyond what was sent");
+            };
+            messages += 1;
+            bytes += payload.len() as u64;
+            self.base_seq += 1;
+        }
+        if messages > 0 {
+            self.last_progress = now;
+            self.last_activity = now;
+            self.stall = Stall {
+                next_probe: Some(now + STALL_AFTER),
+                ..Stall::default()
+            };
+            self.resolve_below(messages, bytes);
+        }
+        Ok(())
+    }
+
+    /// Publishes how far acknowledgement got: below the oldest unacknowledged message, or
+    /// below the oldest queued one, or below the next ticket.
+    fn resolve_below(&mut self, messages: u64, bytes: u64) {
+        let below = self
+            .unacked
+            .front()
+            .or(self.queued.front())
+            .map_or(self.next_ticket, |(ticket, _)| *ticket);
+        self.actions.push_back(Action::Acknowledged {
+            below,
+            messages,
+            bytes,
+        });
+    }
+
+    /// CLOSE from the receiver: ACKs before it already counted; codes that retrying cannot
+    /// change fail the run, others abandon the stream and retry.
+    fn closed(&mut self, now: Instant, code: ErrorCode, reason: String) {
+        let final_code = crate::frame::Refusal::from_code(code).is_some()
+            || matches!(
+                code,
+                ErrorCode::TOO_LARGE | ErrorCode::PROTOCOL | ErrorCode::FROM_MISMATCH
+            );
+        self.abandon();
+        if final_code {
+            self.fail(RunFailure::Closed { code, reason });
+        } else {
+            self.retry_later(now, LastError::Other);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::MailboxId;
+    use crate::identity::SecretKey;
+
+    const CONFIG: SenderConfig = SenderConfig {
+        send_timeout: Duration::from_secs(60),
+        outbox_ttl: Duration::from_secs(600),
+        stream_idle_timeout: Duration::from_secs(30),
+        open_timeout: Duration::from_secs(10),
+    };
+
+    fn sender(now: Instant) -> Sender<&'static str> {
+        let target = Address::mint(&SecretKey::generate(), MailboxId(1), None, vec![]);
+        let from = Address::mint(&SecretKey::generate(), MailboxId(2), None, vec![]);
+        Sender::new(CONFIG, target, from, 7, 1, now)
+    }
+
+    fn actions(sender: &mut Sender<&'static str>) -> Vec<Action<&'static str>> {
+        std::iter::from_fn(|| sender.poll_action()).collect()
+    }
+
+    fn frame_bytes(frame: Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame::put_frame(&mut out, &frame);
+        out
+    }
+
+    /// Opens the stream the sender asked for and accepts it.
+    fn open(
+        sender: &mut Sender<&'static str>,
+        now: Instant,
+        max: u64,
+    ) -> Vec<Action<&'static str>> {
+        let asked = actions(sender);
+        assert!(matches!(asked.last(), Some(Action::Open(_))), "{asked:?}");
+        sender.opened(now);
+        sender.received(now, &frame_bytes(Frame::Accept { max_message: max }));
+        actions(sender)
+    }
+
+    #[test]
+    fn messages_are_written_then_acknowledged_cumulatively() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        let written = open(&mut s, now, 100);
+        assert!(matches!(&written[..], [Action::Write(_)]), "{written:?}");
+        s.push(now, 1, Bytes::from_static(b"bb"));
+        assert!(matches!(&actions(&mut s)[..], [Action::Write(_)]));
+        s.received(now, &frame_bytes(Frame::Ack { next_seq: 2 }));
+        assert_eq!(
+            actions(&mut s),
+            vec![Action::Acknowledged {
+                below: 2,
+                messages: 2,
+                bytes: 3
+            }]
+        );
+        assert_eq!(s.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_lost_stream_resends_everything_unacknowledged_from_the_base() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        for ticket in 0..3 {
+            s.push(now, ticket, Bytes::from(vec![ticket as u8]));
+        }
+        open(&mut s, now, 100);
+        s.received(now, &frame_bytes(Frame::Ack { next_seq: 1 }));
+        actions(&mut s);
+        s.stream_failed(now, "connection lost", Loss::Retry, false);
+        assert_eq!(actions(&mut s), vec![Action::Reset(ErrorCode::DONE)]);
+        // The first retry is immediate.
+        s.handle_timeout(now);
+        let asked = actions(&mut s);
+        let Some(Action::Open(head)) = asked.first() else {
+            panic!("{asked:?}")
+        };
+        let (opened, _) = frame::decode_frame(&head[1..], frame::MAX_CONTROL_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        let Frame::Open(open_frame) = opened else {
+            panic!("{opened:?}")
+        };
+        assert_eq!((open_frame.epoch, open_frame.first_seq), (7, 1));
+        s.opened(now);
+        s.received(now, &frame_bytes(Frame::Accept { max_message: 100 }));
+        let resent = actions(&mut s);
+        let [Action::Write(bytes)] = &resent[..] else {
+            panic!("{resent:?}")
+        };
+        assert_eq!(
+            bytes,
+            &[0x02, 0x03, 0x01, 0x02, 0x03, 0x02],
+            "messages 1 and 2 again"
+        );
+    }
+
+    #[test]
+    fn no_progress_for_send_timeout_fails_the_run() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        open(&mut s, now, 100);
+        let later = now + CONFIG.send_timeout;
+        assert!(s.poll_timeout().unwrap() <= later);
+        // Probes first, while waiting.
+        s.handle_timeout(now + STALL_AFTER);
+        assert_eq!(actions(&mut s), vec![Action::Probe]);
+        s.handle_timeout(later);
+        assert_eq!(
+            actions(&mut s),
+            vec![
+                Action::Reset(ErrorCode::TIMEOUT),
+                Action::Failed(RunFailure::Timeout)
+            ]
+        );
+        assert!(s.is_ended());
+    }
+
+    #[test]
+    fn an_unreachable_target_gets_the_outbox_time() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        actions(&mut s);
+        s.open_failed(now, "no route", Loss::Retry, true);
+        assert!(s.poll_timeout().unwrap() <= now + MAX_REDIAL_PAUSE);
+        s.handle_timeout(now + CONFIG.send_timeout);
+        assert!(
+            matches!(actions(&mut s)[..], [Action::Open(_)]),
+            "still trying after send_timeout"
+        );
+        s.open_failed(now + CONFIG.send_timeout, "no route", Loss::Retry, true);
+        s.handle_timeout(now + CONFIG.outbox_ttl);
+        assert_eq!(
+            actions(&mut s),
+            vec![Action::Failed(RunFailure::Unreachable("no route"))]
+        );
+    }
+
+    #[test]
+    fn a_fatal_close_fails_and_a_retryable_one_reopens() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        open(&mut s, now, 100);
+        s.received(
+            now,
+            &frame_bytes(Frame::Close {
+                code: ErrorCode::SHUTTING_DOWN,
+                reason: "bye",
+            }),
+        );
+        assert_eq!(actions(&mut s), vec![Action::Reset(ErrorCode::DONE)]);
+        s.handle_timeout(now);
+        open(&mut s, now, 100);
+        let mut both = frame_bytes(Frame::Ack { next_seq: 1 });
+        both.extend(frame_bytes(Frame::Close {
+            code: ErrorCode::NO_SUCH_MAILBOX,
+            reason: "gone",
+        }));
+        s.push(now, 1, Bytes::from_static(b"b"));
+        actions(&mut s);
+        s.received(now, &both);
+        assert_eq!(
+            actions(&mut s),
+            vec![
+                Action::Acknowledged {
+                    below: 1,
+                    messages: 1,
+                    bytes: 1
+                },
+                Action::Reset(ErrorCode::DONE),
+                Action::Failed(RunFailure::Closed {
+                    code: ErrorCode::NO_SUCH_MAILBOX,
+                    reason: "gone".into()
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_sent_is_a_protocol_violation() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        open(&mut s, now, 100);
+        s.received(now, &frame_bytes(Frame::Ack { next_seq: 2 }));
+        assert!(matches!(
+            actions(&mut s)[..],
+            [Action::Reset(_), Action::Failed(RunFailure::Protocol(_))]
+        ));
+    }
+
+    #[test]
+    fn a_message_over_the_receivers_limit_fails_alone() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from(vec![0u8; 10]));
+        s.push(now, 1, Bytes::from(vec![0u8; 2]));
+        let written = open(&mut s, now, 5);
+        assert!(matches!(
+            &written[..],
+            [
+                Action::TooLarge {
+                    ticket: 0,
+                    size: 10,
+                    max: 5
+                },
+                Action::Write(_)
+            ]
+        ));
+        s.received(now, &frame_bytes(Frame::Ack { next_seq: 1 }));
+        assert_eq!(
+            actions(&mut s),
+            vec![Action::Acknowledged {
+                below: 2,
+                messages: 1,
+                bytes: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn unanswered_probes_lead_to_a_redial_once() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        open(&mut s, now, 100);
+        let mut at = now + STALL_AFTER;
+        let mut redials = 0;
+        while at < now + STALL_AFTER + REDIAL_AFTER * 3 {
+            s.handle_timeout(at);
+            for action in actions(&mut s) {
+                if action == Action::Probe {
+                    s.probed(at, false);
+                }
+            }
+            redials += actions(&mut s)
+                .iter()
+                .filter(|action| **action == Action::Redial)
+                .count();
+            at += PROBE_INTERVAL;
+        }
+        assert_eq!(redials, 1);
+    }
+
+    #[test]
+    fn a_superseded_stream_moves_at_once() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        open(&mut s, now, 100);
+        s.superseded(now);
+        let moved = actions(&mut s);
+        assert!(
+            matches!(
+                &moved[..],
+                [Action::Reset(ErrorCode::DONE), Action::Open(_)]
+            ),
+            "{moved:?}"
+        );
+    }
+
+    #[test]
+    fn an_idle_run_ends_and_finishes_its_stream() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        open(&mut s, now, 100);
+        s.received(now, &frame_bytes(Frame::Ack { next_seq: 1 }));
+        actions(&mut s);
+        let idle = now + CONFIG.stream_idle_timeout;
+        assert_eq!(s.poll_timeout(), Some(idle));
+        s.handle_timeout(idle);
+        assert_eq!(actions(&mut s), vec![Action::Idle]);
+        s.end_idle();
+        assert_eq!(actions(&mut s), vec![Action::Finish]);
+        assert!(s.is_ended());
+    }
+}
