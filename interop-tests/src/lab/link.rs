@@ -1,12 +1,16 @@
-//! Impairments of one lab link: loss, partition and delay as nftables rules in the namespace
-//! at the link's inner end (a host's `eth0`, a router's `wan`), bandwidth as `tc tbf` on both
-//! ends.
+//! Impairments of one lab link: loss and partition as nftables rules on both ends' ingress,
+//! delay as an NFQUEUE rule at the inner end read by the lab's stage, bandwidth as `tc tbf` on
+//! both ends' egress.
 //!
-//! Every link of the lab joins a namespace with an IP stack (its inner end: one link per such
-//! namespace) to a bridge one level up (a router's network or the public segment). The rules sit
-//! at the inner end's prerouting hook (packets arriving over the link, before connection
-//! tracking sees them) and postrouting hook (packets leaving over it, after NAT), so each
-//! impairment applies to both directions.
+//! Every link of the lab joins a namespace with an IP stack (its inner end: a host's `eth0`, a
+//! router's `wan`; one link per such namespace) to a port of a bridge one level up (a router's
+//! network or the public segment). Drops happen where a packet comes off the wire, at the
+//! ingress hook of the end that receives it, so a sender never learns of them (a drop in the
+//! sender's own output path would fail its `send` with EPERM, which no real network does).
+//!
+//! This kernel has no `nft_queue` expression, so the delay rule is the iptables NFQUEUE target
+//! (`iptables-nft`, from the Debian package iptables): mangle PREROUTING for packets arriving
+//! over the link, mangle POSTROUTING for packets leaving over it.
 
 use std::time::Duration;
 
@@ -30,13 +34,13 @@ pub struct Bandwidth {
     pub kbit_per_second: u32,
 }
 
-/// The nftables queue the delay stage of a namespace reads (queues are per namespace, and each
+/// The netfilter queue the delay stage of a namespace reads (queues are per namespace, and each
 /// namespace has one link inner end).
 pub(crate) const DELAY_QUEUE: u16 = 0;
 
-/// The table `inet lab_link` for a link whose inner end is `interface`: applied whole, so each
-/// change replaces the previous rules in one transaction.
-pub(crate) fn ruleset(interface: &str, shape: &LinkShape) -> String {
+/// The nftables table that drops what `shape` drops of the packets arriving on `device`:
+/// applied whole, so each change replaces the previous rules in one transaction.
+pub(crate) fn drop_ruleset(table: &str, device: &str, shape: &LinkShape) -> String {
     let mut rules = String::new();
     if shape.partitioned {
         rules.push_str("    drop\n");
@@ -47,26 +51,60 @@ pub(crate) fn ruleset(interface: &str, shape: &LinkShape) -> String {
             shape.loss_percent.min(100)
         ));
     }
-    if !shape.delay.is_zero() {
-        // No `bypass`: without its stage the link carries nothing, which shows.
-        rules.push_str(&format!("    queue num {DELAY_QUEUE}\n"));
-    }
-    let chain = |name: &str, hook: &str, priority: i32, matching: &str| {
-        let body: String = rules
-            .lines()
-            .map(|rule| format!("    {matching} \"{interface}\" {}\n", rule.trim()))
-            .collect();
-        format!(
-            "  chain {name} {{\n    type filter hook {hook} priority {priority}; policy accept;\n{body}  }}\n"
-        )
-    };
     format!(
-        "add table inet lab_link\ndelete table inet lab_link\ntable inet lab_link {{\n{}{}}}\n",
-        // Before connection tracking (-200): a dropped packet leaves no state.
-        chain("arriving", "prerouting", -300, "iifname"),
-        // After NAT (100): what leaves is what the wire carries.
-        chain("leaving", "postrouting", 300, "oifname"),
+        "add table netdev {table}
+delete table netdev {table}
+table netdev {table} {{
+  chain arriving {{
+    type filter hook ingress device \"{device}\" priority 0; policy accept;
+{rules}  }}
+}}
+"
     )
+}
+
+/// The `iptables` commands (arguments) that make the delay rules of `interface`: the mangle
+/// chains flushed, then, with a delay, every packet arriving or leaving over `interface` sent
+/// to [`DELAY_QUEUE`] (no `--queue-bypass`: without its stage the link carries nothing, which
+/// shows).
+pub(crate) fn delay_rules(interface: &str, delayed: bool) -> Vec<Vec<String>> {
+    let mut commands = vec![
+        vec!["-w", "-t", "mangle", "-F", "PREROUTING"],
+        vec!["-w", "-t", "mangle", "-F", "POSTROUTING"],
+    ];
+    let queue = DELAY_QUEUE.to_string();
+    if delayed {
+        commands.push(vec![
+            "-w",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            interface,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue,
+        ]);
+        commands.push(vec![
+            "-w",
+            "-t",
+            "mangle",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            interface,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue,
+        ]);
+    }
+    commands
+        .into_iter()
+        .map(|args| args.into_iter().map(str::to_string).collect())
+        .collect()
 }
 
 /// `tc` arguments that shape `interface`'s egress to `bandwidth`, or remove the shaping.

@@ -1,13 +1,13 @@
 //! A lab of real hosts (issue 12, points 1 and 2): topologies built from Linux network
 //! namespaces — hosts, NAT routers, a public segment — running the real `ferry` binary or SDK
 //! agents, with link impairments and the changes a real network goes through. Needs root,
-//! iproute2 and nftables (`conntrack` for NAT rebinding); LAB.md in this crate describes the
-//! addresses, the NAT kinds' nftables rules and how to run it.
+//! iproute2 and nftables, iptables for link delay and conntrack for NAT rebinding; LAB.md in
+//! this crate describes the addresses, the NAT kinds' nftables rules and how to run it.
 //!
-//! Everything the lab makes lives in namespaces named `ferrylab-<pid>-<random>-<role>`:
-//! dropping the [`Lab`] (also while a panic unwinds) removes them and kills what runs there;
-//! [`tear_down_all`] does it from a signal handler; [`Lab::new`] removes those of runs that no
-//! longer run.
+//! Everything the lab makes lives in namespaces named `ferrylab-<pid>-<random>-public` (the
+//! public segment), `…-h-<host>` and `…-r-<router>`: dropping the [`Lab`] (also while a panic
+//! unwinds) removes them and kills what runs there; [`tear_down_all`] does it from a signal
+//! handler; [`Lab::new`] removes those of runs that no longer run.
 
 mod agent;
 mod delay;

@@ -194,7 +194,7 @@ impl Lab {
 
     /// Adds a host on `upstream`'s network.
     pub fn add_host(&mut self, name: &str, upstream: Upstream) -> Result<HostId, LabError> {
-        let namespace = Namespace::create(&format!("{}-{name}", self.prefix), false)?;
+        let namespace = Namespace::create(&format!("{}-h-{name}", self.prefix), false)?;
         let uplink = self.attach(namespace.name(), HOST_INTERFACE, upstream)?;
         self.hosts.push(Host {
             station: Station::new(name, namespace, HOST_INTERFACE, uplink),
@@ -234,7 +234,7 @@ impl Lab {
         upstream: Upstream,
         network: Ipv4Addr,
     ) -> Result<RouterId, LabError> {
-        let namespace = Namespace::create(&format!("{}-{name}", self.prefix), true)?;
+        let namespace = Namespace::create(&format!("{}-r-{name}", self.prefix), true)?;
         namespace.ip(&["link", "add", LAN, "type", "bridge"])?;
         let [a, b, c, _] = network.octets();
         namespace.ip(&["addr", "add", &format!("{a}.{b}.{c}.1/24"), "dev", LAN])?;
@@ -365,25 +365,49 @@ impl Lab {
             self.upstream_namespace_name(self.station(link)?.uplink.upstream)?;
         let station = self.station_mut(link)?;
         let before = station.shape;
+        let namespace = &station.namespace;
+        let port = &station.uplink.port;
+        // Arriving over the link: dropped at the inner end; leaving: at the bridge port.
+        namespace.nft(&link::drop_ruleset("lab_link", station.interface, &shape))?;
+        run(
+            "ip",
+            &["netns", "exec", &upstream_namespace, "nft", "-f", "-"],
+            Some(&link::drop_ruleset(
+                &format!("lab_link_{port}"),
+                port,
+                &shape,
+            )),
+        )?;
         // The stage exists before any rule queues packets to it, and goes after they stop.
-        match (&station.stage, shape.delay.is_zero()) {
-            (None, false) => {
-                station.stage = Some(DelayStage::start(station.namespace.name(), shape.delay)?)
+        let delayed = !shape.delay.is_zero();
+        match &station.stage {
+            None if delayed => {
+                station.stage = Some(DelayStage::start(namespace.name(), shape.delay)?)
             }
-            (Some(stage), false) => stage.set_delay(shape.delay),
+            Some(stage) if delayed => stage.set_delay(shape.delay),
             _ => {}
         }
-        station
-            .namespace
-            .nft(&link::ruleset(station.interface, &shape))?;
-        if shape.delay.is_zero() {
+        let was_delayed = !before.delay.is_zero();
+        if delayed != was_delayed {
+            for args in link::delay_rules(station.interface, delayed) {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                namespace
+                    .exec("iptables-nft", &args)
+                    .map_err(|source| LabError::MissingTool {
+                        tool: "iptables-nft",
+                        package: "iptables",
+                        source,
+                    })?;
+            }
+        }
+        if !delayed {
             station.stage = None;
         }
         if shape.bandwidth != before.bandwidth {
             let inner = link::tbf_args(station.interface, shape.bandwidth);
             let inner: Vec<&str> = inner.iter().map(String::as_str).collect();
-            run_tc(station.namespace.name(), &inner)?;
-            let outer = link::tbf_args(&station.uplink.port, shape.bandwidth);
+            run_tc(namespace.name(), &inner)?;
+            let outer = link::tbf_args(port, shape.bandwidth);
             let outer: Vec<&str> = outer.iter().map(String::as_str).collect();
             run_tc(&upstream_namespace, &outer)?;
         }
@@ -422,14 +446,30 @@ impl Lab {
     pub fn move_host(&mut self, id: HostId, upstream: Upstream) -> Result<Ipv4Addr, LabError> {
         let station = &self.host(id)?.station;
         let shape = station.shape;
-        // Deleting one end of a veth pair deletes both (and the old link's shaping with it).
+        // The old port's drop rules go with it; deleting one end of a veth pair deletes both
+        // (and their bandwidth limits).
+        let port = station.uplink.port.clone();
+        let upstream_namespace = self.upstream_namespace_name(station.uplink.upstream)?;
+        run(
+            "ip",
+            &["netns", "exec", &upstream_namespace, "nft", "-f", "-"],
+            Some(&format!(
+                "add table netdev lab_link_{port}\ndelete table netdev lab_link_{port}\n"
+            )),
+        )?;
+        let station = &self.host(id)?.station;
         station.namespace.ip(&["link", "del", station.interface])?;
         let namespace = self.host(id)?.station.namespace.name().to_string();
         let uplink = self.attach(&namespace, HOST_INTERFACE, upstream)?;
         let address = uplink.address;
         let station = self.station_mut(Link::Host(id))?;
         station.uplink = uplink;
-        station.shape = LinkShape::default();
+        // Everything but the delay is gone with the old link (the delay rules name the
+        // interface, which has the same name again).
+        station.shape = LinkShape {
+            delay: station.shape.delay,
+            ..LinkShape::default()
+        };
         self.reshape(Link::Host(id), shape)?;
         Ok(address)
     }

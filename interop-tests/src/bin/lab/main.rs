@@ -21,7 +21,7 @@ use std::process::Command;
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::{Parser, Subcommand};
 use ferry_interop::lab::matrix::{self, MatrixSettings};
-use ferry_interop::lab::{nat_check, NatKind};
+use ferry_interop::lab::{nat_check, Lab, NatKind};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -57,6 +57,19 @@ enum LabCommand {
     /// Figures across NATs: direct vs relayed round trip and throughput, time to a direct
     /// connection, resume time after outages. Nothing passes or fails on speed.
     Bench(figures::BenchArgs),
+    /// Builds a public host and a host behind each kind, prints their namespaces and
+    /// addresses, then waits until standard input closes (or a signal): a lab to explore by
+    /// hand with `ip netns exec NAMESPACE …`.
+    Up {
+        /// The kinds, comma-separated.
+        #[arg(
+            long,
+            value_name = "KINDS",
+            value_delimiter = ',',
+            default_value = "none,full-cone,home,symmetric,two-layers"
+        )]
+        kinds: Vec<NatKind>,
+    },
     /// Removes the namespaces of lab runs that no longer run.
     Cleanup,
 }
@@ -144,6 +157,27 @@ fn main() -> Result<()> {
             ensure!(wrong == 0, "{wrong} kinds do not behave as claimed");
         }
         LabCommand::Bench(args) => figures::run(&args, &sibling_binaries()?)?,
+        LabCommand::Up { kinds } => {
+            let mut lab = Lab::new()?;
+            let public = lab.add_public_host("public")?;
+            let mut hosts = vec![public];
+            for kind in kinds {
+                hosts.push(lab.add_host_behind(kind.name(), kind)?);
+            }
+            for id in hosts {
+                let host = lab.host(id)?;
+                println!(
+                    "host {} namespace {} address {} public {}",
+                    host.name(),
+                    host.namespace().name(),
+                    host.address(),
+                    lab.public_address(id)?
+                );
+            }
+            println!("ready {}", lab.prefix());
+            // Until standard input closes: the lab lives as long as whoever started it wants.
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+        }
         LabCommand::Cleanup => {
             let removed = ferry_interop::lab::remove_stale()?;
             println!("removed {} namespaces", removed.len());
