@@ -14,6 +14,7 @@ use ferry::Address;
 
 use crate::harness::{HarnessError, Process};
 
+use super::tally::Tally;
 use super::topology::{HostId, Lab};
 use super::LabError;
 
@@ -45,8 +46,8 @@ pub enum AgentError {
     },
     /// The agent does not know the `path` command (it answered "unknown command").
     #[error(
-        "{name} does not support `path <node id>` (answered {answer:?}): direct and relayed \
-         cannot be told apart until the agent reports its paths"
+        "{name}: the agent has no `path <node id>` command (it answered {answer:?}): direct and \
+         relayed cannot be told apart until it reports its paths"
     )]
     PathUnsupported {
         /// The agent's name.
@@ -232,6 +233,30 @@ impl LabAgent {
         received
     }
 
+    /// Counts the messages the agent receives into `tally` until `done(tally)` holds or
+    /// `timeout` passes, then what else already came (a duplicate right behind the last
+    /// message). Returns whether `done` was reached; missing messages are the caller's to count
+    /// as lost.
+    pub fn receive_until(
+        &mut self,
+        tally: &mut Tally,
+        timeout: Duration,
+        done: impl Fn(&Tally) -> bool,
+    ) -> Result<bool, AgentError> {
+        let deadline = Instant::now() + timeout;
+        while !done(tally) {
+            match self.next_received(deadline.saturating_duration_since(Instant::now())) {
+                Ok(message) => tally.record(&message),
+                Err(AgentError::Harness(HarnessError::Timeout { .. })) => break,
+                Err(error) => return Err(error),
+            }
+        }
+        for message in self.received_now() {
+            tally.record(&message);
+        }
+        Ok(done(tally))
+    }
+
     /// Asks how the agent reaches `node` (`path NODE`).
     pub fn path(&mut self, node: &str) -> Result<PathState, AgentError> {
         self.process.send_line(&format!("path {node}"))?;
@@ -251,7 +276,8 @@ impl LabAgent {
         let Some(rest) = line.strip_prefix(&answer) else {
             return Err(AgentError::PathUnsupported {
                 name: self.name.clone(),
-                answer: line,
+                // "error unknown command: path <node id>": the node id says nothing more.
+                answer: line.split(": ").next().unwrap_or_default().to_string(),
             });
         };
         let bad = || AgentError::Unexpected {

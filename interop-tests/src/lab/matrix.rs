@@ -23,6 +23,8 @@ use super::topology::{HostId, Lab};
 
 /// How often A is asked how it reaches C while the path may change.
 pub const PATH_POLL: Duration = Duration::from_millis(50);
+/// The tags of a pair's three phases.
+const TAGS: [&str; 3] = ["first", "during", "after"];
 /// The relay's UDP port.
 const RELAY_PORT: u16 = 7000;
 
@@ -365,28 +367,17 @@ fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<
 }
 
 /// Reads C's messages from A until every acknowledged one is there (they are printed just
-/// after they are acknowledged) or the stream timeout passes; then what else already came.
+/// after they are acknowledged) or the stream timeout passes.
 fn collect(c: &mut LabAgent, from: &str, settings: &MatrixSettings) -> Result<Tally, String> {
     let mut tally = Tally::default();
     let total = 1 + 2 * settings.messages;
-    let deadline = Instant::now() + settings.stream_timeout;
-    let counted = |tally: &Tally| {
-        ["first", "during", "after"]
-            .iter()
+    c.receive_until(&mut tally, settings.stream_timeout, |tally| {
+        TAGS.iter()
             .map(|tag| tally.received(from, tag))
             .sum::<u64>()
-    };
-    while counted(&tally) < total {
-        match c.next_received(deadline.saturating_duration_since(Instant::now())) {
-            Ok(message) => tally.record(&message),
-            // Missing messages are counted as lost, not reported as an error.
-            Err(AgentError::Harness(crate::harness::HarnessError::Timeout { .. })) => break,
-            Err(error) => return Err(error.to_string()),
-        }
-    }
-    for message in c.received_now() {
-        tally.record(&message);
-    }
+            >= total
+    })
+    .map_err(|error| error.to_string())?;
     Ok(tally)
 }
 
