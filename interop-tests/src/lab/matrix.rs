@@ -22,7 +22,7 @@ use super::tally::Tally;
 use super::topology::{HostId, Lab};
 
 /// How often A is asked how it reaches C while the path may change.
-pub const PATH_POLL: Duration = Duration::from_millis(50);
+pub const PATH_POLL: Duration = Duration::from_millis(20);
 /// The tags of a pair's three phases.
 const TAGS: [&str; 3] = ["first", "during", "after"];
 /// The relay's UDP port.
@@ -220,18 +220,24 @@ pub fn run_pair(settings: &MatrixSettings, from: NatKind, to: NatKind) -> PairOu
     outcome
 }
 
-/// A relay on the public segment, A behind `outcome.from`, C behind `outcome.to`.
-pub(crate) struct PairLab {
-    /// Dropped last: the agents go first.
-    pub(crate) lab: Lab,
-    pub(crate) a_host: HostId,
-    pub(crate) c_host: HostId,
-    pub(crate) relay_arg: String,
+/// The matrix's topology: a relay host on the public segment, host A behind one NAT kind,
+/// host C behind another. Also the figures' (`lab bench`).
+pub struct PairLab {
+    /// The lab (declare agents after it, so they are dropped first).
+    pub lab: Lab,
+    /// The relay's host.
+    pub relay_host: HostId,
+    /// A's host (the sender).
+    pub a_host: HostId,
+    /// C's host (the receiver).
+    pub c_host: HostId,
+    /// The relay as a `--relay` argument: `NODEID@HOST:PORT`.
+    pub relay_arg: String,
 }
 
 impl PairLab {
-    /// Builds the lab and starts the relay; returns the relay agent too.
-    pub(crate) fn build(
+    /// Builds the lab and starts the relay agent (returned beside the lab).
+    pub fn build(
         agent: &std::path::Path,
         from: NatKind,
         to: NatKind,
@@ -257,6 +263,7 @@ impl PairLab {
         Ok((
             Self {
                 lab,
+                relay_host,
                 a_host,
                 c_host,
                 relay_arg,
@@ -266,7 +273,7 @@ impl PairLab {
     }
 
     /// Starts an agent on `host` listening on a wildcard address, reachable through the relay.
-    pub(crate) fn start_node(
+    pub fn start_node(
         &self,
         agent: &std::path::Path,
         host: HostId,
@@ -312,19 +319,10 @@ fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<
     outcome.sent += settings.messages;
     let mut path_error = None;
     if outcome.direct_possible {
-        let deadline = Instant::now() + settings.direct_timeout;
-        while Instant::now() < deadline {
-            match a.path(&c_node) {
-                Ok(PathState::Direct(_)) => {
-                    outcome.direct_after = Some(started.elapsed());
-                    break;
-                }
-                Ok(_) => std::thread::sleep(PATH_POLL),
-                Err(error) => {
-                    path_error = Some(error.to_string());
-                    break;
-                }
-            }
+        match wait_for_direct(&mut a, &c_node, settings.direct_timeout) {
+            Ok(true) => outcome.direct_after = Some(started.elapsed()),
+            Ok(false) => {}
+            Err(error) => path_error = Some(error.to_string()),
         }
     }
     a.wait_sent("during", settings.stream_timeout)
@@ -364,6 +362,23 @@ fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<
     outcome.duplicates = tally.duplicates;
     outcome.order_violations = tally.order_violations;
     Ok(())
+}
+
+/// Asks `a` every [`PATH_POLL`] how it reaches `node` until it says directly (`true`) or
+/// `timeout` passes (`false`).
+pub fn wait_for_direct(
+    a: &mut LabAgent,
+    node: &str,
+    timeout: Duration,
+) -> Result<bool, AgentError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let PathState::Direct(_) = a.path(node)? {
+            return Ok(true);
+        }
+        std::thread::sleep(PATH_POLL);
+    }
+    Ok(false)
 }
 
 /// Reads C's messages from A until every acknowledged one is there (they are printed just

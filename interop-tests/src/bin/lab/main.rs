@@ -8,8 +8,8 @@
 //! cargo run --release -p ferry-interop --bin lab -- cleanup
 //! ```
 //!
-//! Needs root. Builds the `agent` and `ferry` binaries of its own profile first (when run by
-//! cargo), since `cargo run --bin lab` builds only this one. Ctrl-C or SIGTERM removes the
+//! Needs root. Builds the `agent` binary of its own profile first (when run by cargo), since
+//! `cargo run --bin lab` builds only this one. Ctrl-C or SIGTERM removes the
 //! lab's namespaces before exiting; a run killed harder leaves them for the next run (or
 //! `cleanup`) to remove.
 
@@ -223,32 +223,24 @@ fn tear_down_on_signal() -> Result<()> {
 pub(crate) struct Binaries {
     /// The SDK agent (`src/bin/agent.rs`).
     pub(crate) agent: PathBuf,
-    /// The `ferry` binary.
-    #[allow(dead_code)] // kept for figures that drive the CLI
-    pub(crate) ferry: PathBuf,
 }
 
-/// The `agent` and `ferry` binaries next to this one, built first when cargo runs this one
-/// (`cargo run --bin lab` builds only the lab).
+/// The `agent` binary next to this one, built first when cargo runs this one (`cargo run
+/// --bin lab` builds only the lab).
 fn sibling_binaries() -> Result<Binaries> {
     let exe = std::env::current_exe().context("finding the lab binary")?;
     let dir = exe.parent().context("the lab binary's directory")?;
     if let Some(cargo) = std::env::var_os("CARGO") {
         build_siblings(Path::new(&cargo), dir)?;
     }
-    let binaries = Binaries {
-        agent: dir.join("agent"),
-        ferry: dir.join("ferry"),
-    };
-    for path in [&binaries.agent, &binaries.ferry] {
-        ensure!(
-            path.exists(),
-            "{} is missing: build it with `cargo build -p ferry-interop --bins -p ferry-node` \
-             in the profile of this binary",
-            path.display()
-        );
-    }
-    Ok(binaries)
+    let agent = dir.join("agent");
+    ensure!(
+        agent.exists(),
+        "{} is missing: build it with `cargo build -p ferry-interop --bin agent` in the profile \
+         of this binary",
+        agent.display()
+    );
+    Ok(Binaries { agent })
 }
 
 fn build_siblings(cargo: &Path, dir: &Path) -> Result<()> {
@@ -262,10 +254,6 @@ fn build_siblings(cargo: &Path, dir: &Path) -> Result<()> {
         "ferry-interop",
         "--bin",
         "agent",
-        "-p",
-        "ferry-node",
-        "--bin",
-        "ferry",
     ]);
     match dir.file_name().and_then(|name| name.to_str()) {
         Some("debug") | None => {}
