@@ -41,11 +41,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// One-way delay of every access link, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 15)]
+    #[arg(long, value_name = "MS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
     delay_ms: u64,
     /// Tries per NAT pair of the time-to-direct figure (default 20; 3 with --quick).
-    #[arg(long, value_name = "N")]
-    tries: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    tries: Option<u16>,
     /// Only the figures whose id contains this text (stage, rtt, throughput, direct, resume).
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
@@ -102,7 +103,9 @@ pub(crate) fn run(args: &BenchArgs, binaries: &Binaries) -> Result<()> {
         }
     }
     if wanted("direct") {
-        let tries = args.tries.unwrap_or(if args.quick { 3 } else { 20 });
+        let tries = args
+            .tries
+            .map_or(if args.quick { 3 } else { 20 }, usize::from);
         report(time_to_direct(&binaries.agent, delay, tries)?);
     }
     if wanted("resume") {

@@ -5,6 +5,7 @@
 //! cargo run --release -p ferry-interop --bin lab -- matrix [--quick] [--json PATH]
 //! cargo run --release -p ferry-interop --bin lab -- nat-check
 //! cargo run --release -p ferry-interop --bin lab -- bench [--quick] [--json PATH]
+//! cargo run --release -p ferry-interop --bin lab -- up [--kinds home,symmetric]
 //! cargo run --release -p ferry-interop --bin lab -- cleanup
 //! ```
 //!
@@ -43,11 +44,11 @@ enum LabCommand {
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
         /// Messages per stream (each pair sends one, then two streams of this many).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         messages: Option<u64>,
-        /// Pairs run at the same time.
-        #[arg(long, value_name = "N")]
-        jobs: Option<usize>,
+        /// Pairs run at the same time (each its own lab and three agents).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=25))]
+        jobs: Option<u16>,
         /// Only these kinds (comma-separated: none, full-cone, home, symmetric, two-layers).
         #[arg(long, value_name = "KINDS", value_delimiter = ',')]
         kinds: Vec<NatKind>,
@@ -102,7 +103,7 @@ fn main() -> Result<()> {
                 settings.messages = messages;
             }
             if let Some(jobs) = jobs {
-                settings.jobs = jobs;
+                settings.jobs = usize::from(jobs);
             }
             if !kinds.is_empty() {
                 settings.kinds = kinds;
