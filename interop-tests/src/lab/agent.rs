@@ -96,6 +96,21 @@ pub enum PathState {
     None,
 }
 
+impl PathState {
+    /// Parses what follows `path <node id> ` in an agent's answer: `direct <socket address>`,
+    /// `relayed <relay node id>` or `none`.
+    pub fn parse(answer: &str) -> Option<Self> {
+        match answer.split_once(' ') {
+            Some(("direct", addr)) => addr.parse().ok().map(PathState::Direct),
+            Some(("relayed", relay)) if !relay.is_empty() && !relay.contains(' ') => {
+                Some(PathState::Relayed(relay.to_string()))
+            }
+            None if answer == "none" => Some(PathState::None),
+            _ => None,
+        }
+    }
+}
+
 /// One message an agent handed to its application (a `recv` line of a payload `TAG N`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -280,16 +295,10 @@ impl LabAgent {
                 answer: line.split(": ").next().unwrap_or_default().to_string(),
             });
         };
-        let bad = || AgentError::Unexpected {
+        PathState::parse(rest).ok_or_else(|| AgentError::Unexpected {
             name: self.name.clone(),
             line: line.clone(),
-        };
-        match rest.split_once(' ') {
-            Some(("direct", addr)) => Ok(PathState::Direct(addr.parse().map_err(|_| bad())?)),
-            Some(("relayed", relay)) => Ok(PathState::Relayed(relay.to_string())),
-            None if rest == "none" => Ok(PathState::None),
-            _ => Err(bad()),
-        }
+        })
     }
 
     /// Asks `quit` and waits up to `timeout` for the process to end.
@@ -325,5 +334,59 @@ impl LabAgent {
             });
         }
         Ok(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_answers_parse_in_their_three_forms_and_nothing_else() {
+        assert_eq!(
+            PathState::parse("direct 198.18.0.11:20001"),
+            Some(PathState::Direct(
+                "198.18.0.11:20001"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!())
+            ))
+        );
+        assert_eq!(
+            PathState::parse("relayed abc"),
+            Some(PathState::Relayed("abc".to_string()))
+        );
+        assert_eq!(PathState::parse("none"), Some(PathState::None));
+        for bad in [
+            "",
+            "direct",
+            "direct nowhere",
+            "relayed ",
+            "relayed a b",
+            "none x",
+            "up",
+        ] {
+            assert_eq!(PathState::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recv_lines_parse_into_sender_id_tag_and_number() {
+        assert_eq!(
+            Received::parse("recv node1 - during 17"),
+            Some(Received {
+                from: "node1".to_string(),
+                id: "-".to_string(),
+                tag: "during".to_string(),
+                number: 17,
+            })
+        );
+        for bad in [
+            "recv node1 - during",
+            "recv node1 - during x",
+            "sent during 17",
+            "recv",
+        ] {
+            assert_eq!(Received::parse(bad), None, "{bad:?}");
+        }
     }
 }

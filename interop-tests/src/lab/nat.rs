@@ -212,3 +212,39 @@ table ip lab_nat {{
 "
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_symmetric_facing_strict_filtering_cannot_be_direct() {
+        let mut impossible: Vec<(NatKind, NatKind)> = Vec::new();
+        for from in NatKind::ALL {
+            for to in NatKind::ALL {
+                if !from.direct_possible(to) {
+                    impossible.push((from, to));
+                }
+            }
+        }
+        use NatKind::{Home, Symmetric, TwoLayers};
+        assert_eq!(
+            impossible,
+            vec![
+                (Home, Symmetric),
+                (Symmetric, Home),
+                (Symmetric, Symmetric),
+                (Symmetric, TwoLayers),
+                (TwoLayers, Symmetric),
+            ]
+        );
+    }
+
+    #[test]
+    fn kinds_parse_from_their_names() {
+        for kind in NatKind::ALL {
+            assert_eq!(kind.name().parse::<NatKind>().ok(), Some(kind));
+        }
+        assert!("cone".parse::<NatKind>().is_err());
+    }
+}
