@@ -74,6 +74,63 @@ async fn partition_that_kills_the_connection_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_shorter_than_the_idle_timeout_is_probed_and_loses_nothing() {
+    // Default idle timeout (30 s): the connection outlives the outage, and without probes its
+    // retransmissions would have backed off to seconds apart.
+    let a = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let b = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let link = LossyLink::start(LinkConfig::default(), b.local_addr())
+        .await
+        .unwrap();
+    let target = b.mailbox();
+    let via_link = target.address().with_hints(vec![link.local_addr()]);
+    let sender = a.sender(&via_link);
+    sender.send(&0u32).await.unwrap();
+    assert_eq!(
+        target
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .decode::<u32>()
+            .unwrap(),
+        0
+    );
+    link.partition(true);
+    let mut deliveries = Vec::new();
+    for n in 1..=500u32 {
+        deliveries.push(sender.enqueue(&n).await.unwrap());
+    }
+    // The sender notices the silence and probes the path until it is back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.stats().path_probes < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", a.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        target.try_recv_many(10).unwrap().is_empty(),
+        "nothing crossed the outage"
+    );
+    link.partition(false);
+    for delivery in deliveries {
+        tokio::time::timeout(WAIT, delivery).await.unwrap().unwrap();
+    }
+    for n in 1..=500u32 {
+        let message = target.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), n, "in order, once each");
+    }
+    assert!(
+        target.try_recv_many(10).unwrap().is_empty(),
+        "nothing twice"
+    );
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_and_delay_keep_order_and_lose_nothing() {
     let a = Node::bind(SecretKey::generate(), NodeConfig::default())
         .await

@@ -10,6 +10,15 @@ use crate::config::GatewayListen;
 use crate::duration::parse_duration;
 use crate::peer::Peer;
 
+/// `ferry send --timeout`'s default: the SDK's `send_timeout` default, longer than a dial
+/// (`dial_timeout`) and a relayed first message need.
+const SEND_TIMEOUT: &str = "60s";
+/// `ferry call --timeout`'s default: the SDK's `call_timeout` default.
+const CALL_TIMEOUT: &str = "30s";
+/// `ferry ping -W`'s default: the SDK's `dial_timeout` default, so the first connection gets
+/// as long as any node's dial.
+const PING_TIMEOUT: &str = "10s";
+
 /// ferry: a QUIC peer-to-peer messaging node with capability addresses.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -56,8 +65,10 @@ pub(crate) enum Command {
         address: String,
         /// The message text; `-` or nothing reads it from standard input.
         message: Option<String>,
-        /// How long to wait for the target node's acknowledgement, e.g. `10s`, `500ms`.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        /// How long to wait for the target node's acknowledgement (dialing included), e.g.
+        /// `10s`, `500ms`; also the node's `send_timeout`. A target no route reaches fails
+        /// sooner, with `unreachable`, once its dials fail (`dial_timeout`, 10 s).
+        #[arg(long, default_value = SEND_TIMEOUT, value_parser = parse_duration)]
         timeout: Duration,
         /// Reach the target through this relay node if it cannot be dialed directly.
         #[arg(long, value_name = "NODEID@HOST:PORT")]
@@ -83,7 +94,9 @@ pub(crate) struct NodeArgs {
     /// A TOML config file (see `ferry config-example` and docs/CONFIG.md).
     #[arg(long, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
-    /// UDP address to listen on. Default: the config file's `listen`, else 127.0.0.1:0.
+    /// UDP address to listen on: `0.0.0.0:PORT` (or `[::]:PORT`) to be reachable from other
+    /// hosts. Default: the config file's `listen`, else 127.0.0.1:0. Port 0 with a data
+    /// directory: the port of the last run if it is free.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<SocketAddr>,
     /// The secret key file; created if missing. Default: the config file's `key_file`, else
@@ -124,7 +137,7 @@ pub(crate) struct CallArgs {
     /// The request text; `-` or nothing reads it from standard input.
     pub(crate) message: Option<String>,
     /// How long to wait for the reply (dialing included), e.g. `10s`, `500ms`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = CALL_TIMEOUT, value_parser = parse_duration)]
     pub(crate) timeout: Duration,
     /// Call with this node identity (a key file, as written by `ferry keygen`) instead of a
     /// fresh one, for services that allow only some nodes.
@@ -148,10 +161,42 @@ pub(crate) struct PingArgs {
     #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
     pub(crate) interval: Duration,
     /// How long to wait for each echo, and for the first connection.
-    #[arg(short = 'W', long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(short = 'W', long, default_value = PING_TIMEOUT, value_parser = parse_duration)]
     pub(crate) timeout: Duration,
     /// Ping with this node identity (a key file) instead of a fresh one, for nodes that admit
     /// only some nodes.
     #[arg(long, value_name = "PATH")]
     pub(crate) key: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command line's timeouts agree with the SDK's defaults (and so with the docs).
+    #[test]
+    fn timeout_defaults_agree_with_the_node_defaults() {
+        let node = ferry::NodeConfig::default();
+        assert_eq!(parse_duration(SEND_TIMEOUT), Ok(node.send_timeout));
+        assert_eq!(parse_duration(CALL_TIMEOUT), Ok(node.call_timeout));
+        assert_eq!(parse_duration(PING_TIMEOUT), Ok(node.dial_timeout));
+        assert!(node.send_timeout > node.dial_timeout);
+        assert!(node.call_timeout > node.dial_timeout);
+
+        let parsed = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
+        let id = ferry::SecretKey::generate().public();
+        let peer = format!("{id}@127.0.0.1:1");
+        match parsed(&["ferry", "send", "ferry1x"]) {
+            Command::Send { timeout, .. } => assert_eq!(timeout, node.send_timeout),
+            other => panic!("{other:?}"),
+        }
+        match parsed(&["ferry", "call", "ferry1x"]) {
+            Command::Call(args) => assert_eq!(args.timeout, node.call_timeout),
+            other => panic!("{other:?}"),
+        }
+        match parsed(&["ferry", "ping", &peer]) {
+            Command::Ping(args) => assert_eq!(args.timeout, node.dial_timeout),
+            other => panic!("{other:?}"),
+        }
+    }
 }

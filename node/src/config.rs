@@ -109,6 +109,8 @@ pub(crate) struct FileConfig {
     pub(crate) relay_rate: Option<u64>,
     /// [`NodeConfig::relays`].
     pub(crate) relays: Option<Vec<Peer>>,
+    /// [`NodeConfig::hole_punching`].
+    pub(crate) hole_punching: Option<bool>,
     /// [`NodeConfig::max_monitors_per_peer`].
     pub(crate) max_monitors_per_peer: Option<usize>,
     /// TCP address of the browser gateway, or `"off"`.
@@ -452,6 +454,7 @@ impl FileConfig {
             relays: self.relays.as_ref().map_or(default.relays, |relays| {
                 relays.iter().map(|peer| (peer.id, peer.addr)).collect()
             }),
+            hole_punching: self.hole_punching.unwrap_or(default.hole_punching),
             max_monitors_per_peer: self
                 .max_monitors_per_peer
                 .unwrap_or(default.max_monitors_per_peer),
@@ -718,11 +721,13 @@ store_run_ttl = "{store_run_ttl}"
 
 # --- the node (ferry::NodeConfig) ---
 
-# UDP address to bind.
+# UDP address to bind; "0.0.0.0:PORT" or "[::]:PORT" to be reachable from other hosts. Port 0:
+# the port of the last run (remembered in the data directory's `udp-port`) if free, else any.
 listen = "{listen}"
 
 # Dial hints put into the addresses this node mints (at most 4), e.g. ["203.0.113.7:4433"].
-# Empty: the bound address (a wildcard IP replaced by loopback).
+# Empty: a specific bound IP as bound; a wildcard IP replaced by the machine's interface
+# addresses (not loopback or link-local), and the public addresses peers observe.
 advertise = []
 
 # A connection without traffic for this long is closed (both sides' values: the smaller).
@@ -819,6 +824,10 @@ relay_rate = {relay_rate}
 # Relay nodes to stay connected to and name in every minted address, as "NODEID@HOST:PORT"
 # (at most 4, and at most 4 hints in all with advertise).
 relays = []
+
+# Whether to punch holes towards peers reached through a relay so that the two connect
+# directly; false keeps relayed connections relayed (peers then never learn this address).
+hole_punching = true
 
 # --- the browser gateway (`ferry run`; docs/GATEWAY.md) ---
 
@@ -1062,7 +1071,7 @@ mod tests {
             .map(|line| line.trim_start_matches("# "))
             .filter_map(|line| line.split_once(" = ").map(|(key, _)| key.to_owned()))
             .collect();
-        assert_eq!(keys.len(), 63, "{keys:?}");
+        assert_eq!(keys.len(), 64, "{keys:?}");
         for key in keys {
             assert!(
                 doc.contains(&format!("| `{key}` |")),
@@ -1123,6 +1132,7 @@ mod tests {
             relay = ["{a}"]
             relay_rate = 12
             relays = ["{a}@192.0.2.2:4433"]
+            hole_punching = false
             max_monitors_per_peer = 13
             "#
         );
@@ -1157,8 +1167,10 @@ mod tests {
             relay,
             relay_rate,
             relays,
+            hole_punching,
             max_monitors_per_peer,
         } = file.node_config();
+        assert!(!hole_punching);
         let secs = Duration::from_secs;
         assert_eq!(listen, "127.0.0.1:4000".parse().unwrap());
         assert_eq!(advertise, vec!["192.0.2.1:4000".parse().unwrap()]);

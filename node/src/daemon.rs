@@ -27,24 +27,27 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts the node: loads (or creates) the key, binds with `config.node`, and connects to
     /// `config.peers` (a peer that cannot be reached is logged). With `durable`, or when a data
-    /// directory or key was configured, the key and the store live in the data directory
-    /// (created if needed); otherwise the node has a fresh key and nothing touches the disk.
+    /// directory or key was configured, the key, the store and the UDP port (see
+    /// [`crate::udp_port`]) live in the data directory (created if needed); otherwise the node
+    /// has a fresh key and nothing touches the disk.
     pub(crate) async fn start(config: &DaemonConfig, durable: bool) -> anyhow::Result<Self> {
         let on_disk = durable || config.persistent;
-        let (key, store) = if on_disk {
+        // Paused: no stream is taken before the durable mailboxes are open again
+        // (`receive_until_signal` starts serving them).
+        let (node, store) = if on_disk {
             create_private_dir(&config.data_dir).with_context(|| {
                 format!("creating data directory {}", config.data_dir.display())
             })?;
             let key = SecretKey::load_or_generate(&config.key_file)?;
             let path = config.data_dir.join("store.redb");
             let store = RedbStore::open(&path, config.store.clone())?;
-            (key, Some(Arc::new(store)))
+            let (node, _) =
+                crate::udp_port::bind_keeping_port(key, &config.node, &config.data_dir).await?;
+            (node, Some(Arc::new(store)))
         } else {
-            (SecretKey::generate(), None)
+            let node = Node::bind_paused(SecretKey::generate(), config.node.clone()).await?;
+            (node, None)
         };
-        // Paused: no stream is taken before the durable mailboxes are open again
-        // (`receive_until_signal` starts serving them).
-        let node = Node::bind_paused(key, config.node.clone()).await?;
         for peer in &config.peers {
             node.add_peer_addr(peer.id, peer.addr);
             if let Err(error) = node.connect(peer.id, Some(peer.addr)).await {

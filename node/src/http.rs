@@ -221,6 +221,18 @@ impl Collector for NodeCollector {
             "Connections closed for too many protocol violations.",
             stats.peers_banned,
         )?;
+        counter(
+            e,
+            "ferry_path_probes",
+            "Probes sent on paths that stopped acknowledging while messages waited.",
+            stats.path_probes,
+        )?;
+        counter(
+            e,
+            "ferry_redials",
+            "Peers dialed again while connected (the path stopped answering, or the network changed).",
+            stats.redials,
+        )?;
         gauge(
             e,
             "ferry_buffered_bytes",

@@ -1,7 +1,8 @@
 //! The `ferry` command-line tool and daemon.
 //!
 //! `cli` holds the clap types, `config` the TOML config file, `daemon` the long-lived node of
-//! `run`/`listen`, `commands` one module per command group, `exit` the exit codes.
+//! `run`/`listen`, `commands` one module per command group, `exit` the exit codes,
+//! `udp_port` the UDP port a node with a data directory keeps across restarts.
 
 mod cli;
 mod commands;
@@ -10,6 +11,7 @@ mod daemon;
 mod duration;
 mod exit;
 mod peer;
+mod udp_port;
 
 use std::process::ExitCode;
 

@@ -372,3 +372,43 @@ fn send_reaches_listen() {
     let output = run(&["send", "not-an-address", "x"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// `--listen 0.0.0.0:0`: the printed address names the machine's interface addresses that
+/// other hosts can dial, with the bound port, never loopback (unless the machine has nothing
+/// else); the node answers on every interface, loopback included.
+#[test]
+fn a_wildcard_listener_advertises_its_interfaces_not_loopback() {
+    let mut listener = Daemon::start(&["listen", "--listen", "0.0.0.0:0"]);
+    let address: ferry::Address = listener.line().parse().unwrap();
+    let usable: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .unwrap()
+        .into_iter()
+        .filter(|interface| {
+            interface.is_oper_up()
+                && interface.ip().is_ipv4()
+                && !interface.is_loopback()
+                && !interface.is_link_local()
+        })
+        .map(|interface| interface.ip())
+        .collect();
+    let hints = address.hints();
+    assert!(!hints.is_empty() && hints.len() <= 4, "{hints:?}");
+    let port = hints[0].port();
+    assert!(
+        port != 0 && hints.iter().all(|hint| hint.port() == port),
+        "{hints:?}"
+    );
+    if usable.is_empty() {
+        assert_eq!(hints, [SocketAddr::from(([127, 0, 0, 1], port))]);
+    } else {
+        assert!(
+            hints.iter().all(|hint| usable.contains(&hint.ip())),
+            "{hints:?} not among {usable:?}"
+        );
+    }
+    // The wildcard socket takes loopback traffic too (this test sends nowhere else).
+    let local = address.with_hints(vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+    let output = run(&["send", &local.to_string(), "to the wildcard"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(listener.line(), "to the wildcard");
+}

@@ -365,3 +365,110 @@ fn http_get(host: &str, path: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+/// The UDP port of the dial hint in a printed address.
+fn hint_port(address: &str) -> u16 {
+    let address: Address = address.parse().unwrap();
+    address.hints()[0].port()
+}
+
+/// Sends `text` to `address` with `ferry send` and waits until the listener printed it.
+fn send_and_see(listener: &mut Daemon, address: &str, text: &str) {
+    let output = run(&["send", address, text]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(listener.line(), text);
+}
+
+/// Kills the child with SIGKILL, reaps it, and returns what it wrote to standard error.
+fn kill_9(mut daemon: Daemon) -> String {
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let mut err = String::new();
+    daemon
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+#[test]
+fn listen_with_a_data_directory_prints_the_same_address_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // No --listen: any free port the first time, then the same one.
+    let mut listener = Daemon::start(&["listen", "--data", data]);
+    let address = listener.line();
+    send_and_see(&mut listener, &address, "before");
+    let port = hint_port(&address);
+    let err = kill_9(listener);
+    assert!(!err.contains("cannot be bound"), "{err}");
+
+    let mut listener = Daemon::start(&["listen", "--data", data]);
+    assert_eq!(listener.line(), address, "the same address after a restart");
+    // The address printed before reaches the restarted node.
+    send_and_see(&mut listener, &address, "after");
+    let err = kill_9(listener);
+    assert!(!err.contains("cannot be bound"), "{err}");
+
+    // `ferry run` on the same data directory: the same port (and key).
+    let mut node = Daemon::start(&["run", "--data", data]);
+    node.field("node id: ");
+    assert_eq!(
+        node.field("listening on: "),
+        format!("127.0.0.1:{port}"),
+        "the port remembered by listen"
+    );
+}
+
+#[test]
+fn a_taken_port_is_replaced_by_a_free_one_and_said_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut listener = Daemon::start(&["listen", "--data", data]);
+    let address = listener.line();
+    let port = hint_port(&address);
+    kill_9(listener);
+    // Someone else takes the port while the node is down.
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+
+    let mut listener = Daemon::start(&["listen", "--data", data]);
+    let moved = listener.line();
+    let new_port = hint_port(&moved);
+    assert_ne!(new_port, port);
+    // A working node at the new address.
+    send_and_see(&mut listener, &moved, "at the new port");
+    let err = kill_9(listener);
+    assert!(
+        err.contains(&format!(
+            "UDP port {port}, which this node had before, cannot be bound"
+        )) && err.contains(&format!("listening on 127.0.0.1:{new_port} instead"))
+            && err.contains("addresses it printed before no longer reach it"),
+        "{err}"
+    );
+
+    // The new port is the one remembered now.
+    drop(squatter);
+    let mut listener = Daemon::start(&["listen", "--data", data]);
+    assert_eq!(listener.line(), moved);
+
+    // An explicit port is used as given: taken, the node does not start.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let other = tempfile::tempdir().unwrap();
+    let output = run(&[
+        "listen",
+        "--data",
+        other.path().to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!("binding UDP {listen}")),
+        "{}",
+        stderr(&output)
+    );
+}

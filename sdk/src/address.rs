@@ -46,7 +46,7 @@ const HINT_V6_LEN: usize = 1 + 16 + 2;
 pub const HINT_RELAY: u8 = 0x52;
 
 /// Appends `addr` as a socket-address hint: tag, IP address, port.
-fn put_socket_hint(out: &mut Vec<u8>, addr: SocketAddr) {
+pub(crate) fn put_socket_hint(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr.ip() {
         IpAddr::V4(ip) => {
             out.push(HINT_V4);
@@ -60,6 +60,24 @@ fn put_socket_hint(out: &mut Vec<u8>, addr: SocketAddr) {
     out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
+/// Reads one socket-address hint from the front of `bytes`: the address and what follows it.
+pub(crate) fn take_socket_hint(bytes: &[u8]) -> Option<(SocketAddr, &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (ip, rest): (IpAddr, &[u8]) = match tag {
+        HINT_V4 => {
+            let (ip, rest) = rest.split_first_chunk::<4>()?;
+            (Ipv4Addr::from(*ip).into(), rest)
+        }
+        HINT_V6 => {
+            let (ip, rest) = rest.split_first_chunk::<16>()?;
+            (Ipv6Addr::from(*ip).into(), rest)
+        }
+        _ => return None,
+    };
+    let (port, rest) = rest.split_first_chunk::<2>()?;
+    Some((SocketAddr::new(ip, u16::from_be_bytes(*port)), rest))
+}
+
 fn encode_relay_hint(relay: &NodeId, addr: SocketAddr) -> Vec<u8> {
     let mut value = Vec::with_capacity(NODE_ID_LEN + HINT_V6_LEN);
     value.extend_from_slice(relay.as_bytes());
@@ -70,14 +88,10 @@ fn encode_relay_hint(relay: &NodeId, addr: SocketAddr) -> Vec<u8> {
 fn decode_relay_hint(value: &[u8]) -> Option<(NodeId, SocketAddr)> {
     let (node, rest) = value.split_first_chunk::<NODE_ID_LEN>()?;
     let node = NodeId::from_bytes(node).ok()?;
-    let (&tag, rest) = rest.split_first()?;
-    let ip: IpAddr = match (tag, rest.len()) {
-        (HINT_V4, 6) => Ipv4Addr::from(*rest.first_chunk::<4>()?).into(),
-        (HINT_V6, 18) => Ipv6Addr::from(*rest.first_chunk::<16>()?).into(),
-        _ => return None,
-    };
-    let port = u16::from_be_bytes(*rest.last_chunk::<2>()?);
-    Some((node, SocketAddr::new(ip, port)))
+    match take_socket_hint(rest)? {
+        (addr, []) => Some((node, addr)),
+        _ => None,
+    }
 }
 
 /// Longest value of an extension hint, in bytes.

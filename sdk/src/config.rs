@@ -31,11 +31,18 @@ impl Admission {
 /// Configuration of a [`Node`](crate::Node). Every field has a documented default.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port).
+    /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port): reachable from
+    /// this host only. Bind a wildcard (`0.0.0.0:PORT`, or `[::]:PORT` for IPv6 and, where
+    /// the system allows, IPv4 too) to be reachable from other hosts.
     pub listen: SocketAddr,
-    /// Dial hints put into the addresses this node mints (at most 4): where other
-    /// nodes should dial it. Default empty: the bound address, with a wildcard IP (`0.0.0.0`,
-    /// `::`) replaced by loopback; set it when listening on a wildcard or behind a NAT.
+    /// Dial hints put into the addresses this node mints (at most 4), exactly as given: where
+    /// other nodes should dial it. Default empty: derived from the bound address
+    /// (docs/PROTOCOL.md §4.2) — a specific IP is advertised as bound; a wildcard IP is
+    /// replaced by the machine's interface addresses that are up and not loopback or
+    /// link-local (of the bound family; both for a dual-stack `[::]`, IPv4 first), as many as
+    /// fit next to the relay hints, or by loopback on a machine without any; public addresses
+    /// that peers observe for this node go first. Set it behind a NAT with a forwarded port
+    /// (to the public address), or to choose among the machine's addresses.
     pub advertise: Vec<SocketAddr>,
     /// A connection with no traffic for this long is closed. Default 30 s. Both sides'
     /// values are negotiated down to the smaller one.
@@ -57,11 +64,13 @@ pub struct NodeConfig {
     /// than `idle_timeout`, so that a receiver that died shows as a lost connection (and its
     /// messages wait in the outbox, `outbox_ttl`) rather than as a timeout.
     pub send_timeout: Duration,
-    /// How long messages wait in the sender's outbox for a target node that cannot be reached
-    /// (dials fail, or the connection was lost and redials fail) before their sends fail with
-    /// `Unreachable`. Redials back off exponentially with jitter, up to 2 s apart. While the
-    /// target is unreachable, a conversation whose `send_window` is full fails further sends
-    /// at once with `OutboxFull` instead of waiting. Default 10 min; at least `send_timeout`.
+    /// How long messages wait in the sender's outbox for a target node that was reachable (it
+    /// had a connection in use within this long) but cannot be reached now (its connection was
+    /// lost and dials fail) before their sends fail with `Unreachable`; meanwhile the node
+    /// keeps dialing. A target not reached within this long fails the send with `Unreachable`
+    /// after one dial (`dial_timeout`). While the target is unreachable, a conversation whose
+    /// `send_window` is full fails further sends at once with `OutboxFull` instead of waiting.
+    /// Default 10 min; at least `send_timeout`.
     pub outbox_ttl: Duration,
     /// How long a watched mailbox or peer may stay unreachable (connection lost, redials
     /// failing) before its [`Monitor`](crate::Monitor) reports it down. Default 10 s.
@@ -137,6 +146,11 @@ pub struct NodeConfig {
     /// peers that cannot reach it directly reach it through them. At most 4, and together with
     /// the socket-address hints at most 4 hints fit in an address. Default none.
     pub relays: Vec<(NodeId, SocketAddr)>,
+    /// Whether this node punches holes towards peers it reaches through a relay, so that the
+    /// two connect directly (docs/PROTOCOL.md §10.13): it offers its candidate addresses and
+    /// dials the peer's. `false` keeps relayed connections relayed, e.g. so that peers do not
+    /// learn this node's address. Default `true`.
+    pub hole_punching: bool,
     /// Distinct addresses this node watches at most on one peer ([`Node::monitor`]): each
     /// takes one stream of that peer's `max_incoming_streams` for as long as it is watched
     /// (watches of the same address share one). Beyond, `monitor` fails with
@@ -202,6 +216,7 @@ impl Default for NodeConfig {
             relay: RelayAccess::Nobody,
             relay_rate: 4 << 20,
             relays: Vec::new(),
+            hole_punching: true,
             max_monitors_per_peer: 1024,
         }
     }

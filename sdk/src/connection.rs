@@ -1,24 +1,33 @@
-//! Connections between nodes: dialing, accepting, admission, and keeping exactly one live
-//! connection per pair of nodes, also when both dial each other at the same moment.
+//! Connections between nodes: accepting, admission, and keeping exactly one connection in use
+//! per pair of nodes, also when both dial each other at the same moment, when a punched direct
+//! connection takes over from a relayed one, and when a path died without either side hearing
+//! of it. Dialing is in [`crate::dial`].
 //!
-//! The rule (docs/PROTOCOL.md §2.4): when a node has two live connections to the same peer
-//! and the peer's certificate serial (its incarnation) is the same on both, it keeps the one
-//! dialed by the node with the smaller NodeId and closes the other with `DUPLICATE`. Both sides
-//! apply the same rule, so they agree without talking. A connection from a new incarnation
-//! (the peer restarted) always replaces the old one.
+//! The rule (docs/PROTOCOL.md §2.4), applied by each node on its own whenever a second
+//! connection to a peer is established: a direct connection replaces a relayed one; a
+//! connection from a new incarnation (the peer restarted) replaces the old one; otherwise the
+//! one dialed by the node with the smaller NodeId is kept when the two were dialed by
+//! different nodes, and the newer one when both were dialed by the same node. Before keeping
+//! the old connection a node checks that it still answers: one that does not is replaced, so
+//! a node whose address changed can take its connections over by dialing again.
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::dial::Candidate;
 use crate::error::DialError;
 use crate::frame::{ErrorCode, StreamKind};
 use crate::identity::NodeId;
+use crate::liveness::PathProbe;
 use crate::mailbox::lock;
 use crate::node::NodeInner;
 use crate::tls::{parse_cert, PeerCert};
@@ -44,18 +53,74 @@ impl From<ConnCode> for quinn::VarInt {
     }
 }
 
+/// How a connection reaches its peer ([`Node::route`](crate::Node::route)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Route {
+    /// Straight to the peer's UDP socket address.
+    Direct(SocketAddr),
+    /// Through the relay node `relay` (docs/PROTOCOL.md §12).
+    Relayed {
+        /// The relay.
+        relay: NodeId,
+    },
+}
+
+impl Route {
+    /// Whether packets travel through a relay.
+    pub fn is_relayed(&self) -> bool {
+        matches!(self, Self::Relayed { .. })
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(addr) => write!(f, "direct {addr}"),
+            Self::Relayed { relay } => write!(f, "relayed {relay}"),
+        }
+    }
+}
+
+/// A connection in use, with what its users need beside it: the token cancelled once another
+/// connection to the same peer takes over (mailbox streams on it then move), and its probe.
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub(crate) connection: quinn::Connection,
+    pub(crate) superseded: CancellationToken,
+    pub(crate) probe: Arc<PathProbe>,
+    pub(crate) route: Route,
+}
+
+impl Link {
+    /// Probes the path if nothing arrived lately (see [`PathProbe::probe`]).
+    pub(crate) fn probe(&self) -> crate::liveness::Probed {
+        self.probe.probe(&self.connection)
+    }
+}
+
 struct Live {
-    connection: quinn::Connection,
+    link: Link,
     incarnation: u64,
     dialed_by: NodeId,
+    established: Instant,
 }
 
 enum Slot {
     Connected(Live),
-    Dialing(watch::Receiver<Option<Result<quinn::Connection, DialError>>>),
+    Dialing(watch::Receiver<Option<Result<Link, DialError>>>),
 }
 
-/// The node's connections, one per peer.
+/// A freshly established connection, before the rule decided whether it is kept.
+pub(crate) struct Fresh {
+    pub(crate) connection: quinn::Connection,
+    pub(crate) probe: Arc<PathProbe>,
+    pub(crate) route: Route,
+    pub(crate) cert: PeerCert,
+    pub(crate) dialed_by: NodeId,
+}
+
+/// The node's connections, one in use per peer, and what it knows about reaching peers.
 #[derive(Default)]
 pub(crate) struct Peers {
     slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
@@ -65,10 +130,27 @@ pub(crate) struct Peers {
     installed: std::sync::atomic::AtomicU64,
     /// Relays through which each peer can be reached, most recent first.
     relays: std::sync::Mutex<HashMap<NodeId, Vec<(NodeId, SocketAddr)>>>,
+    /// The route of each peer's last successful dial: tried first next time.
+    preferred: std::sync::Mutex<HashMap<NodeId, Candidate>>,
+    /// When each peer last had a connection in use (now, for connected peers).
+    last_connected: std::sync::Mutex<HashMap<NodeId, Instant>>,
+    /// Peers being dialed again in the background while a connection exists.
+    refreshing: std::sync::Mutex<HashSet<NodeId>>,
 }
 
 const MAX_KNOWN_ADDRS: usize = 4;
 const MAX_KNOWN_PEERS: usize = 65_536;
+/// A connection established this recently is taken to be alive without a probe: the other
+/// connection of a simultaneous dial.
+const FRESH: Duration = Duration::from_secs(2);
+
+/// Inserts `value` into a per-peer map bounded at [`MAX_KNOWN_PEERS`] entries.
+fn bounded_insert<V>(map: &mut HashMap<NodeId, V>, peer: NodeId, value: V) {
+    if map.len() >= MAX_KNOWN_PEERS && !map.contains_key(&peer) {
+        return;
+    }
+    map.insert(peer, value);
+}
 
 impl Peers {
     pub(crate) fn add_addr(&self, peer: NodeId, addr: SocketAddr) {
@@ -97,29 +179,70 @@ impl Peers {
         routes.truncate(MAX_KNOWN_ADDRS);
     }
 
-    fn relays(&self, peer: &NodeId) -> Vec<(NodeId, SocketAddr)> {
+    pub(crate) fn relays(&self, peer: &NodeId) -> Vec<(NodeId, SocketAddr)> {
         lock(&self.relays).get(peer).cloned().unwrap_or_default()
     }
 
-    fn addrs(&self, peer: &NodeId) -> Vec<SocketAddr> {
+    pub(crate) fn addrs(&self, peer: &NodeId) -> Vec<SocketAddr> {
         lock(&self.known).get(peer).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn preferred(&self, peer: &NodeId) -> Option<Candidate> {
+        lock(&self.preferred).get(peer).copied()
+    }
+
+    pub(crate) fn set_preferred(&self, peer: NodeId, candidate: Candidate) {
+        bounded_insert(&mut lock(&self.preferred), peer, candidate);
+    }
+
+    /// Whether `peer` had a connection in use within `window`: a peer that was reachable
+    /// then is worth waiting for (the outbox); one that was not is reported unreachable.
+    pub(crate) fn reached_within(&self, peer: &NodeId, window: Duration) -> bool {
+        if self.link(peer).is_some() {
+            return true;
+        }
+        lock(&self.last_connected)
+            .get(peer)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
+    fn touch(&self, peer: NodeId) {
+        bounded_insert(&mut lock(&self.last_connected), peer, Instant::now());
+    }
+
+    /// The connection in use to `peer`, if any.
+    pub(crate) fn link(&self, peer: &NodeId) -> Option<Link> {
+        match lock(&self.slots).get(peer) {
+            Some(Slot::Connected(live)) if live.link.connection.close_reason().is_none() => {
+                Some(live.link.clone())
+            }
+            _ => None,
+        }
     }
 
     /// The live connection to `peer`, if any.
     pub(crate) fn connection(&self, peer: &NodeId) -> Option<quinn::Connection> {
-        match lock(&self.slots).get(peer) {
-            Some(Slot::Connected(live)) if live.connection.close_reason().is_none() => {
-                Some(live.connection.clone())
-            }
-            _ => None,
-        }
+        self.link(peer).map(|link| link.connection)
+    }
+
+    /// Every peer with a connection in use, and its link.
+    pub(crate) fn links(&self) -> Vec<(NodeId, Link)> {
+        lock(&self.slots)
+            .iter()
+            .filter_map(|(peer, slot)| match slot {
+                Slot::Connected(live) if live.link.connection.close_reason().is_none() => {
+                    Some((*peer, live.link.clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// How many peers have a live connection.
     pub(crate) fn connected(&self) -> usize {
         lock(&self.slots)
             .values()
-            .filter(|slot| matches!(slot, Slot::Connected(live) if live.connection.close_reason().is_none()))
+            .filter(|slot| matches!(slot, Slot::Connected(live) if live.link.connection.close_reason().is_none()))
             .count()
     }
 
@@ -131,21 +254,41 @@ impl Peers {
     pub(crate) fn close_all(&self) {
         lock(&self.slots).clear();
     }
+
+    /// Marks `peer` as being dialed again in the background; false if it already is.
+    pub(crate) fn start_refresh(&self, peer: NodeId) -> bool {
+        lock(&self.refreshing).insert(peer)
+    }
+
+    pub(crate) fn end_refresh(&self, peer: &NodeId) {
+        lock(&self.refreshing).remove(peer);
+    }
 }
 
-/// Returns the connection to `peer`, dialing it if there is none. Concurrent callers share one
-/// dial; the dial runs on its own task, so a caller giving up does not abort it.
+/// Returns the connection to `peer`, dialing it if there is none.
 pub(crate) async fn connect(
     node: &Arc<NodeInner>,
     peer: NodeId,
     hints: &[SocketAddr],
 ) -> Result<quinn::Connection, DialError> {
+    connect_link(node, peer, hints)
+        .await
+        .map(|link| link.connection)
+}
+
+/// Returns the link to `peer`, dialing it if there is none. Concurrent callers share one
+/// dial; the dial runs on its own task, so a caller giving up does not abort it.
+pub(crate) async fn connect_link(
+    node: &Arc<NodeInner>,
+    peer: NodeId,
+    hints: &[SocketAddr],
+) -> Result<Link, DialError> {
     loop {
         let mut waiter = {
             let mut slots = lock(&node.peers.slots);
             match slots.get(&peer) {
-                Some(Slot::Connected(live)) if live.connection.close_reason().is_none() => {
-                    return Ok(live.connection.clone());
+                Some(Slot::Connected(live)) if live.link.connection.close_reason().is_none() => {
+                    return Ok(live.link.clone());
                 }
                 Some(Slot::Dialing(waiter)) => waiter.clone(),
                 _ => {
@@ -154,21 +297,11 @@ pub(crate) async fn connect(
                     }
                     let (done, waiter) = watch::channel(None);
                     slots.insert(peer, Slot::Dialing(waiter.clone()));
-                    let mut addrs = hints.to_vec();
-                    for addr in node.peers.addrs(&peer) {
-                        if !addrs.contains(&addr) {
-                            addrs.push(addr);
-                        }
-                    }
-                    if peer == node.id {
-                        // The node's connection to itself (conversations, calls and lookups
-                        // with its own services): its own socket, whatever it advertises.
-                        addrs = vec![node.loopback_addr()];
-                    }
                     let dialing = node.clone();
+                    let hints = hints.to_vec();
                     node.tasks.spawn(
                         async move {
-                            let result = dial(&dialing, peer, addrs).await;
+                            let result = crate::dial::dial(&dialing, peer, hints).await;
                             if result.is_err() {
                                 let mut slots = lock(&dialing.peers.slots);
                                 if matches!(slots.get(&peer), Some(Slot::Dialing(_))) {
@@ -194,127 +327,37 @@ pub(crate) async fn connect(
     }
 }
 
-async fn dial(
-    node: &Arc<NodeInner>,
-    peer: NodeId,
-    addrs: Vec<SocketAddr>,
-) -> Result<quinn::Connection, DialError> {
-    let relays = node.peers.relays(&peer);
-    if addrs.is_empty() && relays.is_empty() {
-        return Err(DialError::NoAddress(peer));
+/// Dials `peer` again in the background although a connection exists (it stopped answering,
+/// or this node's address changed): the new connection takes over if the old one is dead.
+/// At most one such dial per peer at a time.
+pub(crate) fn refresh(node: &Arc<NodeInner>, peer: NodeId) {
+    if peer == node.id || node.cancel.is_cancelled() || !node.peers.start_refresh(peer) {
+        return;
     }
-    if open_connections(node) >= node.config.max_connections {
-        return Err(DialError::TooManyConnections);
-    }
-    let mut last_error = DialError::NoAddress(peer);
-    for addr in addrs {
-        match dial_via(node, &node.endpoint, peer, addr).await {
-            Ok(connection) => {
-                node.peers.add_addr(peer, addr);
-                debug!(peer = %peer.short(), %addr, "dialed");
-                return Ok(connection);
+    node.stats.count_redial();
+    let dialing = node.clone();
+    node.tasks.spawn(
+        async move {
+            let result = crate::dial::dial(&dialing, peer, Vec::new()).await;
+            if let Err(error) = result {
+                debug!(peer = %peer.short(), %error, "redial failed");
             }
-            Err(error) if is_final(&error) => return Err(error),
-            Err(error) => last_error = error,
+            dialing.peers.end_refresh(&peer);
         }
-    }
-    // Directly unreachable: through a relay, end to end all the same.
-    for (relay, relay_addr) in relays {
-        if relay == node.id {
-            continue;
-        }
-        // Not `connect`, which would make dialing recursive; a second connection racing with
-        // another dial of the relay is resolved by the one-connection rule.
-        let relay_connection = match node.peers.connection(&relay) {
-            Some(connection) => Ok(connection),
-            None => dial_via(node, &node.endpoint, relay, relay_addr).await,
-        };
-        let relay_connection = match relay_connection {
-            Ok(connection) => connection,
-            Err(error) => {
-                debug!(relay = %relay.short(), %error, "relay unreachable");
-                last_error = error;
-                continue;
-            }
-        };
-        wait_for_datagram_room(&relay_connection).await;
-        let Some(virtual_addr) = node.relay_socket.address_of(relay, peer) else {
-            continue;
-        };
-        match dial_via(node, &node.relay_endpoint, peer, virtual_addr).await {
-            Ok(connection) => {
-                debug!(peer = %peer.short(), relay = %relay.short(), "dialed through relay");
-                return Ok(connection);
-            }
-            Err(error) if is_final(&error) => return Err(error),
-            Err(error) => last_error = error,
-        }
-    }
-    Err(last_error)
-}
-
-/// Errors that trying another address or relay cannot fix.
-fn is_final(error: &DialError) -> bool {
-    matches!(
-        error,
-        DialError::WrongNode { .. } | DialError::IncompatibleVersion | DialError::Refused(_)
-    )
-}
-
-/// Connections of both endpoints.
-fn open_connections(node: &NodeInner) -> usize {
-    node.endpoint.open_connections() + node.relay_endpoint.open_connections()
-}
-
-/// A relayed packet must fit into one datagram of the relay connection, whose path MTU
-/// discovery may still be growing it past the initial 1200 bytes.
-async fn wait_for_datagram_room(relay: &quinn::Connection) {
-    let needed = usize::from(crate::relay::RELAYED_MTU) + crate::relay::RELAY_OVERHEAD;
-    for _ in 0..100 {
-        if relay.max_datagram_size().is_some_and(|max| max >= needed) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-/// One dial attempt of `peer` at `addr` on `endpoint`.
-async fn dial_via(
-    node: &Arc<NodeInner>,
-    endpoint: &quinn::Endpoint,
-    peer: NodeId,
-    addr: SocketAddr,
-) -> Result<quinn::Connection, DialError> {
-    let server_name = peer.to_string();
-    let connecting = endpoint
-        .connect(addr, &server_name)
-        .map_err(|error| DialError::Failed(error.to_string()))?;
-    let connection = match tokio::time::timeout(node.config.dial_timeout, connecting).await {
-        Err(_) => return Err(DialError::Timeout),
-        Ok(Err(error)) => return Err(dial_error(node, &peer, &error)),
-        Ok(Ok(connection)) => connection,
-    };
-    let cert = peer_cert(&connection)
-        .ok_or_else(|| DialError::Failed("peer presented no usable certificate".into()))?;
-    if cert.node != peer {
-        // The verifier already refuses this; keep the check where the result is used.
-        connection.close(ConnCode::PROTOCOL.into(), b"wrong node");
-        return Err(DialError::WrongNode {
-            expected: peer,
-            actual: cert.node,
-        });
-    }
-    Ok(install(node, connection, cert, node.id))
+        .in_current_span(),
+    );
 }
 
 /// Keeps a connection to the relay `relay` (one of `NodeConfig::relays`) open, redialing with
-/// backoff whenever it is lost, so that peers can reach this node through it.
+/// backoff whenever it is lost, so that peers can reach this node through it; asks the relay,
+/// each time, which address it sees this node at (docs/PROTOCOL.md §10.12).
 pub(crate) async fn stay_connected(node: Arc<NodeInner>, relay: NodeId, relay_addr: SocketAddr) {
-    let mut pause = std::time::Duration::from_millis(100);
+    let mut pause = Duration::from_millis(100);
     loop {
         match connect(&node, relay, &[relay_addr]).await {
             Ok(connection) => {
-                pause = std::time::Duration::from_millis(100);
+                pause = Duration::from_millis(100);
+                crate::observe::learn_from(&node, relay, &connection).await;
                 tokio::select! {
                     _ = node.cancel.cancelled() => return,
                     _ = connection.closed() => {}
@@ -322,7 +365,7 @@ pub(crate) async fn stay_connected(node: Arc<NodeInner>, relay: NodeId, relay_ad
             }
             Err(error) => {
                 debug!(relay = %relay.short(), %error, "relay unreachable; retrying");
-                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
         tokio::select! {
@@ -342,7 +385,7 @@ fn log_failed_handshake(remote: SocketAddr, error: &quinn::ConnectionError) {
 }
 
 /// Whether a handshake failed because the two sides share no ALPN protocol (TLS alert 120).
-fn is_alpn_mismatch(error: &quinn::ConnectionError) -> bool {
+pub(crate) fn is_alpn_mismatch(error: &quinn::ConnectionError) -> bool {
     let no_application_protocol = quinn::TransportErrorCode::crypto(0x78);
     match error {
         quinn::ConnectionError::TransportError(transport) => {
@@ -355,28 +398,7 @@ fn is_alpn_mismatch(error: &quinn::ConnectionError) -> bool {
     }
 }
 
-fn dial_error(node: &NodeInner, peer: &NodeId, error: &quinn::ConnectionError) -> DialError {
-    if let Some(actual) = node.mismatches.take(peer) {
-        return DialError::WrongNode {
-            expected: *peer,
-            actual,
-        };
-    }
-    if is_alpn_mismatch(error) {
-        return DialError::IncompatibleVersion;
-    }
-    match error {
-        quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code == ConnCode::ADMISSION_REFUSED.into() =>
-        {
-            DialError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
-        }
-        quinn::ConnectionError::TimedOut => DialError::Timeout,
-        other => DialError::Failed(other.to_string()),
-    }
-}
-
-fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
+pub(crate) fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
     let identity = connection.peer_identity()?;
     let certs = identity
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
@@ -384,60 +406,162 @@ fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
     parse_cert(certs.first()?.as_ref()).ok()
 }
 
+/// What the rule says of two connections to the same peer, before the liveness check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The new connection is used; the old one is closed (after its streams finished).
+    Replace,
+    /// The old connection is used, if it still answers.
+    KeepOld,
+}
+
+/// One side of the rule's comparison.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Contender {
+    pub(crate) incarnation: u64,
+    pub(crate) dialed_by: NodeId,
+    pub(crate) relayed: bool,
+}
+
+/// The one-connection rule of docs/PROTOCOL.md §2.4, seen from node `me` with peer `peer`.
+pub(crate) fn rule(me: NodeId, peer: NodeId, old: Contender, new: Contender) -> Verdict {
+    if old.incarnation != new.incarnation {
+        return Verdict::Replace;
+    }
+    match (old.relayed, new.relayed) {
+        (true, false) => Verdict::Replace,
+        (false, true) => Verdict::KeepOld,
+        _ if old.dialed_by != new.dialed_by && old.dialed_by == me.min(peer) => Verdict::KeepOld,
+        _ => Verdict::Replace,
+    }
+}
+
 /// Registers a new connection and starts serving the streams the peer opens on it. Returns the
-/// connection to use, which is the older one if the rule keeps that.
-fn install(
-    node: &Arc<NodeInner>,
-    connection: quinn::Connection,
-    cert: PeerCert,
-    dialed_by: NodeId,
-) -> quinn::Connection {
-    let peer = cert.node;
-    let winner = {
-        let mut slots = lock(&node.peers.slots);
-        let keep_old = match slots.get(&peer) {
-            Some(Slot::Connected(old)) if old.connection.close_reason().is_none() => {
-                old.incarnation == cert.incarnation
-                    && old.dialed_by != dialed_by
-                    && old.dialed_by == node.id.min(peer)
-            }
-            _ => false,
-        };
-        if keep_old {
-            retire(node, connection.clone());
-            match slots.get(&peer) {
-                Some(Slot::Connected(old)) => old.connection.clone(),
-                _ => connection.clone(),
-            }
-        } else {
-            node.peers
-                .installed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let previous = slots.insert(
-                peer,
-                Slot::Connected(Live {
-                    connection: connection.clone(),
-                    incarnation: cert.incarnation,
-                    dialed_by,
-                }),
-            );
-            if let Some(Slot::Connected(old)) = previous {
-                if old.incarnation == cert.incarnation {
-                    retire(node, old.connection);
-                } else {
-                    // The peer restarted: the old connection is dead already.
-                    old.connection
-                        .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
-                }
-            }
-            connection.clone()
-        }
+/// link to use, which is the older one if the rule keeps that.
+pub(crate) async fn install(node: &Arc<NodeInner>, fresh: Fresh) -> Link {
+    let peer = fresh.cert.node;
+    let link = Link {
+        connection: fresh.connection.clone(),
+        superseded: CancellationToken::new(),
+        probe: fresh.probe,
+        route: fresh.route,
     };
     let serving = node.clone();
     let span = tracing::debug_span!("peer", peer = %peer.short());
     node.tasks
-        .spawn(serve_connection(serving, connection, peer).instrument(span));
-    winner
+        .spawn(serve_connection(serving, fresh.connection, peer).instrument(span));
+    let new = Live {
+        link: link.clone(),
+        incarnation: fresh.cert.incarnation,
+        dialed_by: fresh.dialed_by,
+        established: Instant::now(),
+    };
+    // Whether the old connection answered, asked outside the lock (it takes a round trip).
+    let mut checked: Option<(usize, bool)> = None;
+    let kept = loop {
+        match decide(node, peer, &new, checked) {
+            Decision::Check(old) => {
+                let alive = old.probe.answers(&old.connection).await;
+                if !alive {
+                    debug!(peer = %peer.short(), "the old connection does not answer; replacing it");
+                }
+                checked = Some((old.connection.stable_id(), alive));
+            }
+            Decision::KeepOld(old) => break Some(old),
+            Decision::Installed => break None,
+        }
+    };
+    node.peers.touch(peer);
+    match kept {
+        Some(old) => {
+            link.superseded.cancel();
+            retire(node, link.connection);
+            old
+        }
+        None => {
+            debug!(peer = %peer.short(), route = %link.route, "connection in use");
+            if link.route.is_relayed() && new.dialed_by == node.id {
+                crate::punch::upgrade_later(node, peer, &link);
+            }
+            link
+        }
+    }
+}
+
+/// What [`install`] does next.
+enum Decision {
+    /// Ask the old connection whether it still answers, then decide again.
+    Check(Link),
+    /// The old connection stays in use.
+    KeepOld(Link),
+    /// The new connection is in use now.
+    Installed,
+}
+
+/// Applies the rule to `new` and the peer's connection in use; installs `new` if it wins.
+fn decide(
+    node: &Arc<NodeInner>,
+    peer: NodeId,
+    new: &Live,
+    checked: Option<(usize, bool)>,
+) -> Decision {
+    let mut slots = lock(&node.peers.slots);
+    if let Some(Slot::Connected(old)) = slots.get(&peer) {
+        if old.link.connection.close_reason().is_none()
+            && rule(node.id, peer, old.contender(), new.contender()) == Verdict::KeepOld
+        {
+            let id = old.link.connection.stable_id();
+            match checked {
+                Some((checked_id, true)) if checked_id == id => {
+                    return Decision::KeepOld(old.link.clone())
+                }
+                Some((checked_id, false)) if checked_id == id => {}
+                _ if old.established.elapsed() < FRESH => {
+                    return Decision::KeepOld(old.link.clone())
+                }
+                _ => return Decision::Check(old.link.clone()),
+            }
+        }
+    }
+    node.peers
+        .installed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let replaced = slots.insert(
+        peer,
+        Slot::Connected(Live {
+            link: new.link.clone(),
+            incarnation: new.incarnation,
+            dialed_by: new.dialed_by,
+            established: new.established,
+        }),
+    );
+    drop(slots);
+    if let Some(Slot::Connected(old)) = replaced {
+        old.link.superseded.cancel();
+        let old_id = old.link.connection.stable_id();
+        let dead = old.link.connection.close_reason().is_some()
+            || old.incarnation != new.incarnation
+            || checked == Some((old_id, false));
+        if dead {
+            // The peer restarted, or the path died: nothing will finish on it.
+            old.link
+                .connection
+                .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
+        } else {
+            retire(node, old.link.connection);
+        }
+    }
+    Decision::Installed
+}
+
+impl Live {
+    fn contender(&self) -> Contender {
+        Contender {
+            incarnation: self.incarnation,
+            dialed_by: self.dialed_by,
+            relayed: self.link.route.is_relayed(),
+        }
+    }
 }
 
 /// Closes `connection`, which lost the one-connection rule to another live connection with
@@ -468,6 +592,11 @@ fn retire(node: &Arc<NodeInner>, connection: quinn::Connection) {
         }
         connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
     });
+}
+
+/// Connections of both endpoints.
+pub(crate) fn open_connections(node: &NodeInner) -> usize {
+    node.endpoint.open_connections() + node.relay_endpoint.open_connections()
 }
 
 /// Accepts incoming connections on `endpoint` (the node's own, or its relay endpoint for
@@ -509,7 +638,8 @@ pub(crate) async fn accept_loop(node: Arc<NodeInner>, endpoint: quinn::Endpoint,
 
 async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) {
     let remote = incoming.remote_address();
-    let connecting = match incoming.accept() {
+    let probe = Arc::new(PathProbe::default());
+    let connecting = match incoming.accept_with(node.quic.server(relayed, &probe)) {
         Ok(connecting) => connecting,
         Err(error) => {
             log_failed_handshake(remote, &error);
@@ -553,12 +683,28 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) 
         );
         return;
     }
-    // quinn sends from the socket it listens on, so the source address is dialable; a
-    // relayed connection's is a made-up one.
-    if !relayed {
+    let route = if relayed {
+        match node.relay_socket.route_of(remote) {
+            Some(relay) => Route::Relayed { relay },
+            None => return,
+        }
+    } else {
+        // quinn sends from the socket it listens on, so the source address is dialable; a
+        // relayed connection's is a made-up one.
         node.peers.add_addr(cert.node, remote);
-    }
-    install(&node, connection, cert, cert.node);
+        Route::Direct(remote)
+    };
+    install(
+        &node,
+        Fresh {
+            connection,
+            probe,
+            route,
+            cert,
+            dialed_by: cert.node,
+        },
+    )
+    .await;
 }
 
 /// Serves the streams `peer` opens on `connection` until it closes.
@@ -600,6 +746,7 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
         }
         let serving = node.clone();
         let guard = guard.clone();
+        let origin = connection.clone();
         node.tasks.spawn(
             async move {
                 let _open = serving.stats.stream_in();
@@ -621,8 +768,10 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
                         crate::inbound::serve(serving, guard, send, recv, deadline).await
                     }
                     Ok(StreamKind::Conversation) => {
-                        crate::service::serve_stream(serving, peer, send, recv, deadline, guard)
-                            .await
+                        crate::service::serve_stream(
+                            serving, peer, origin, send, recv, deadline, guard,
+                        )
+                        .await
                     }
                     Ok(StreamKind::Monitor) => {
                         crate::monitor::serve_stream(serving, send, recv, deadline, guard).await
@@ -641,8 +790,67 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
     }
     let mut slots = lock(&node.peers.slots);
     if let Some(Slot::Connected(live)) = slots.get(&peer) {
-        if live.connection.stable_id() == connection.stable_id() {
+        if live.link.connection.stable_id() == connection.stable_id() {
+            live.link.superseded.cancel();
             slots.remove(&peer);
+            drop(slots);
+            node.peers.touch(peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+
+    fn contender(incarnation: u64, dialed_by: NodeId, relayed: bool) -> Contender {
+        Contender {
+            incarnation,
+            dialed_by,
+            relayed,
+        }
+    }
+
+    #[test]
+    fn the_rule_agrees_on_both_sides() {
+        let (a, b) = (
+            SecretKey::generate().public(),
+            SecretKey::generate().public(),
+        );
+        let (small, large) = (a.min(b), a.max(b));
+        // Simultaneous dials: both keep the one the smaller node dialed.
+        let by_small = contender(1, small, false);
+        let by_large = contender(1, large, false);
+        // Seen from the small node, its own dial came first, then the large node's.
+        assert_eq!(rule(small, large, by_small, by_large), Verdict::KeepOld);
+        // Seen from the large node, its own dial came first, then the small node's.
+        assert_eq!(rule(large, small, by_large, by_small), Verdict::Replace);
+        // The same node dialing again replaces its own older connection.
+        assert_eq!(rule(small, large, by_large, by_large), Verdict::Replace);
+        // A restarted peer always replaces.
+        assert_eq!(
+            rule(small, large, by_small, contender(2, large, false)),
+            Verdict::Replace
+        );
+    }
+
+    #[test]
+    fn a_direct_connection_beats_a_relayed_one() {
+        let (a, b) = (
+            SecretKey::generate().public(),
+            SecretKey::generate().public(),
+        );
+        let (small, large) = (a.min(b), a.max(b));
+        for (me, peer) in [(small, large), (large, small)] {
+            for dialer in [small, large] {
+                for punched_by in [small, large] {
+                    let relayed = contender(7, dialer, true);
+                    let direct = contender(7, punched_by, false);
+                    assert_eq!(rule(me, peer, relayed, direct), Verdict::Replace);
+                    assert_eq!(rule(me, peer, direct, relayed), Verdict::KeepOld);
+                }
+            }
         }
     }
 }

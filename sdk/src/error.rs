@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use crate::address::VerifyError;
 use crate::config::ConfigError;
+use crate::connection::Route;
 use crate::identity::NodeId;
 use crate::tls::TlsSetupError;
 
@@ -58,6 +59,43 @@ pub enum DialError {
     /// This node is shutting down.
     #[error("node is shutting down")]
     NodeClosed,
+    /// The socket address cannot be dialed from this node (e.g. an IPv6 address from an
+    /// IPv4-only socket).
+    #[error("cannot dial {addr}: {reason}")]
+    Undialable {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Several routes to the node were tried and none reached it within the dial timeout
+    /// (with a single route, that route's own error is reported instead).
+    #[error("no route to node {node}: {}", RouteFailure::list(tried))]
+    NoRoute {
+        /// The node dialed.
+        node: NodeId,
+        /// Every route tried, with why it failed.
+        tried: Vec<RouteFailure>,
+    },
+}
+
+/// One route of a failed dial, and why it failed ([`DialError::NoRoute`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFailure {
+    /// The route.
+    pub route: Route,
+    /// Why it failed.
+    pub error: DialError,
+}
+
+impl RouteFailure {
+    fn list(tried: &[RouteFailure]) -> String {
+        tried
+            .iter()
+            .map(|failure| format!("{}: {}", failure.route, failure.error))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// Why a message could not be sent (the target node did not accept it).

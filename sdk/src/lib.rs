@@ -70,34 +70,43 @@
 //! no IO; the runtime (QUIC, tasks) is a thin layer over it.
 
 pub mod address;
+mod builtin;
 mod config;
 mod connection;
 mod conversation;
+mod dial;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake_peer;
 pub mod frame;
+mod hints;
 #[cfg(test)]
 mod hostile_tests;
 mod identity;
 mod inbound;
 mod limits;
+mod liveness;
 mod mailbox;
 mod monitor;
+mod network;
 mod node;
+pub mod observe;
 mod outbound;
 mod ping;
+pub mod punch;
 pub mod relay;
 mod service;
 pub mod store;
 mod tls;
+mod transport;
 
 pub use address::{Address, AddressError, MailboxId, VerifyError};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
+pub use connection::Route;
 pub use conversation::Conversation;
 pub use error::{
     AttachError, BindError, CallError, ConversationError, DecodeError, DialError, MonitorError,
-    OpenError, PingError, RecvError, SendError, ServeError,
+    OpenError, PingError, RecvError, RouteFailure, SendError, ServeError,
 };
 pub use frame::ErrorCode;
 pub use identity::{KeyFileError, NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};

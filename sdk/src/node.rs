@@ -14,11 +14,12 @@ use tracing::{info, Instrument};
 
 use crate::address::{Address, MailboxId};
 use crate::config::NodeConfig;
-use crate::connection::{self, ConnCode, Peers};
+use crate::connection::{self, ConnCode, Peers, Route};
 use crate::conversation::Conversation;
 use crate::error::{
     BindError, DialError, MonitorError, OpenError, PingError, SendError, ServeError,
 };
+use crate::hints::MintedHints;
 use crate::identity::{NodeId, SecretKey};
 use crate::inbound::DedupTable;
 use crate::mailbox::{lock, Durable, Mailbox, Mailboxes};
@@ -28,6 +29,7 @@ use crate::relay::{RelayBudget, RelaySocket};
 use crate::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 use crate::store::{MailboxStore, StoreError};
 use crate::tls::{self, Mismatches};
+use crate::transport::QuicConfigs;
 
 /// Seconds since the Unix epoch, the clock address expiry is checked against.
 pub(crate) fn unix_now() -> u64 {
@@ -52,6 +54,8 @@ pub(crate) struct Stats {
     handshakes_refused: AtomicU64,
     streams_cut_off: AtomicU64,
     peers_banned: AtomicU64,
+    path_probes: AtomicU64,
+    redials: AtomicU64,
     /// Failed sends by kind, indexed as [`SendFailures::KINDS`].
     send_failures: [AtomicU64; SendFailures::KINDS.len()],
 }
@@ -79,6 +83,12 @@ impl Stats {
     }
     pub(crate) fn count_peer_banned(&self) {
         self.peers_banned.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_path_probe(&self) {
+        self.path_probes.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_redial(&self) {
+        self.redials.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn count_relay_refused(&self) {
         self.relay_refused.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +263,12 @@ pub struct NodeStats {
     pub peers_banned: u64,
     /// Bytes held now in the receive buffers of mailbox streams (`max_buffered_bytes`).
     pub buffered_bytes: u64,
+    /// Probes sent on paths that stopped acknowledging while messages waited
+    /// (docs/PROTOCOL.md §6.3).
+    pub path_probes: u64,
+    /// Peers dialed again while a connection to them existed: its path stopped answering, or
+    /// this node's network changed.
+    pub redials: u64,
     /// Messages waiting in this node's mailboxes for the application.
     pub mailbox_depth: u64,
     /// Bytes of messages waiting in the outbox: queued or sent and not yet acknowledged
@@ -265,11 +281,31 @@ pub struct NodeStats {
 impl NodeInner {
     /// A capability address for `mailbox` with this node's dial hints and relay hints.
     pub(crate) fn mint(&self, mailbox: MailboxId, expires: Option<u64>) -> Address {
-        let mut address = Address::mint(&self.key, mailbox, expires, self.hints.clone());
+        let hints = lock(&self.hints).current();
+        let mut address = Address::mint(&self.key, mailbox, expires, hints);
         for (relay, relay_addr) in &self.config.relays {
             address = address.with_relay(*relay, *relay_addr);
         }
         address
+    }
+
+    /// The socket-address hints this node puts into the addresses it mints now.
+    pub(crate) fn dial_hints(&self) -> Vec<SocketAddr> {
+        lock(&self.hints).current()
+    }
+
+    /// The machine's interfaces changed: addresses minted from now on carry the new ones.
+    pub(crate) fn interfaces_changed(&self, interfaces: &[crate::hints::InterfaceAddr]) {
+        lock(&self.hints).set_interfaces(&self.config, self.local_addr, interfaces);
+    }
+
+    /// Puts `addr`, where a peer saw this node's packets come from (its public address behind
+    /// a NAT), first among the dial hints of the addresses minted from now on (docs/PROTOCOL.md
+    /// §4.2). Addresses minted before keep their hints.
+    pub(crate) fn add_observed_addr(&self, addr: SocketAddr) {
+        if lock(&self.hints).add_observed(addr) {
+            info!(id = %self.id.short(), %addr, "observed address added to minted addresses");
+        }
     }
 
     /// Whether shutdown has begun: no new messages are accepted for sending.
@@ -300,6 +336,12 @@ pub(crate) struct NodeInner {
     pub(crate) relay_socket: Arc<RelaySocket>,
     pub(crate) relay_budget: RelayBudget,
     pub(crate) mismatches: Arc<Mismatches>,
+    /// The client and server configurations of each connection.
+    pub(crate) quic: QuicConfigs,
+    /// The addresses peers see this node at (docs/PROTOCOL.md §10.12).
+    pub(crate) observations: crate::observe::Observations,
+    /// Hole punching towards peers reached through relays.
+    pub(crate) punches: crate::punch::Punches,
     pub(crate) mailboxes: Mailboxes,
     pub(crate) peers: Peers,
     pub(crate) services: crate::service::Services,
@@ -319,8 +361,8 @@ pub(crate) struct NodeInner {
     /// Cancelled once the node takes streams from its peers ([`Node::serve_streams`]).
     pub(crate) serving: CancellationToken,
     local_addr: SocketAddr,
-    /// Dial hints put into every address this node mints.
-    hints: Vec<SocketAddr>,
+    /// Dial hints put into every address this node mints from now on.
+    hints: Mutex<MintedHints>,
     /// Cancelled once shutdown's grace for tasks has passed: service handlers still running
     /// then are dropped, so a handler that never returns cannot hold the shutdown up.
     pub(crate) halt: CancellationToken,
@@ -389,37 +431,25 @@ impl Node {
         let mut incarnation = [0u8; 8];
         crate::identity::fill_random(&mut incarnation);
         let tls = tls::configs(&key, u64::from_be_bytes(incarnation), alpn)?;
-        let transport = Arc::new(transport_config(&config));
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server));
-        server.transport_config(transport.clone());
-        let mut client = quinn::ClientConfig::new(Arc::new(tls.client));
-        client.transport_config(transport);
+        let quic = QuicConfigs::new(&config, tls.client, tls.server);
         let socket_error = |source| BindError::Socket {
             addr: config.listen,
             source,
         };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(socket_error)?;
-        let endpoint_config = endpoint_config(&key);
-        let mut endpoint = quinn::Endpoint::new(
+        let dual_stack = crate::hints::is_dual_stack(&socket);
+        let endpoint_config = crate::transport::endpoint_config(&key);
+        let endpoint = quinn::Endpoint::new(
             endpoint_config.clone(),
-            Some(server.clone()),
+            Some(quic.endpoint_server()),
             socket,
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(socket_error)?;
-        endpoint.set_default_client_config(client.clone());
         let relay_socket = Arc::new(RelaySocket::new());
-        let mut relay_transport = transport_config(&config);
-        // Relayed packets travel inside datagrams of the relay connection: keep them small.
-        relay_transport
-            .initial_mtu(crate::relay::RELAYED_MTU)
-            .mtu_discovery_config(None);
-        let relay_transport = Arc::new(relay_transport);
-        server.transport_config(relay_transport.clone());
-        client.transport_config(relay_transport);
-        let mut relay_endpoint = quinn::Endpoint::new_with_abstract_socket(
+        let relay_endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
-            Some(server),
+            Some(quic.endpoint_server()),
             relay_socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )
@@ -427,13 +457,23 @@ impl Node {
             addr: config.listen,
             source,
         })?;
-        relay_endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(|source| BindError::Socket {
             addr: config.listen,
             source,
         })?;
         let id = key.public();
-        let hints = dial_hints(&config, local_addr);
+        let interfaces = if local_addr.ip().is_unspecified() && config.advertise.is_empty() {
+            crate::hints::machine_interfaces()
+        } else {
+            Vec::new()
+        };
+        let hints = Mutex::new(MintedHints::new(
+            &config,
+            local_addr,
+            dual_stack,
+            &interfaces,
+        ));
+        let watch_network = local_addr.ip().is_unspecified();
         let buffered = Arc::new(crate::limits::ByteBudget::new(config.max_buffered_bytes));
         let inner = Arc::new(NodeInner {
             key,
@@ -444,6 +484,9 @@ impl Node {
             relay_socket,
             relay_budget: RelayBudget::default(),
             mismatches: tls.mismatches,
+            quic,
+            observations: crate::observe::Observations::default(),
+            punches: crate::punch::Punches::default(),
             mailboxes: Mailboxes::default(),
             peers: Peers::default(),
             services: crate::service::Services::default(),
@@ -478,6 +521,11 @@ impl Node {
                 connection::stay_connected(inner.clone(), relay, relay_addr)
                     .instrument(span.clone()),
             );
+        }
+        if watch_network {
+            inner
+                .tasks
+                .spawn(crate::network::watch(inner.clone(), interfaces).instrument(span.clone()));
         }
         let inbox = Arc::new(new_mailbox(&inner, MailboxId::random(), None));
         info!(parent: &span, %local_addr, "node started");
@@ -574,6 +622,18 @@ impl Node {
     /// Whether a live connection to `peer` exists.
     pub fn is_connected(&self, peer: &NodeId) -> bool {
         self.inner.peers.connection(peer).is_some()
+    }
+
+    /// The addresses this node's relays see it at (docs/PROTOCOL.md §10.12), most recent
+    /// first: behind a NAT, the addresses the NAT gave it.
+    pub fn observed_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.observations.addrs()
+    }
+
+    /// How this node reaches `peer` now: directly or through a relay; `None` without a
+    /// connection.
+    pub fn route(&self, peer: &NodeId) -> Option<Route> {
+        self.inner.peers.link(peer).map(|link| link.route)
     }
 
     /// How many connections this node has taken into use since it started (dialed or
@@ -736,6 +796,8 @@ impl Node {
             streams_cut_off: stats.streams_cut_off.load(Ordering::Relaxed),
             peers_banned: stats.peers_banned.load(Ordering::Relaxed),
             buffered_bytes: self.inner.buffered.used() as u64,
+            path_probes: stats.path_probes.load(Ordering::Relaxed),
+            redials: stats.redials.load(Ordering::Relaxed),
             mailbox_depth: self.inner.mailboxes.depth(),
             outbox_bytes,
             send_failures: SendFailures::load(&stats.send_failures),
@@ -780,65 +842,4 @@ impl Node {
 pub(crate) fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
     let address = node.mint(id, expires);
     Mailbox::new(id, address, node, node.config.mailbox_capacity, None)
-}
-
-/// The dial hints put into addresses: the configured ones, else the bound address, with a
-/// wildcard IP (which no one can dial) replaced by loopback.
-fn dial_hints(config: &NodeConfig, local_addr: SocketAddr) -> Vec<SocketAddr> {
-    if !config.advertise.is_empty() {
-        return config.advertise.clone();
-    }
-    let mut addr = local_addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    vec![addr]
-}
-
-/// The endpoint configuration, with the keys of stateless resets and of connection ids
-/// derived from the node's secret key: a node restarted with the same key recognises the
-/// connection ids of its previous run and answers packets for them with a stateless reset its
-/// peers can verify, so they learn at once that their old connections are gone instead of
-/// waiting for the idle timeout.
-fn endpoint_config(key: &SecretKey) -> quinn::EndpointConfig {
-    let derive = |label: &[u8]| {
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        context.update(label);
-        context.update(&key.to_bytes());
-        context.finish()
-    };
-    let reset = derive(b"ferry/stateless-reset/v1");
-    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
-    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    let cid = derive(b"ferry/connection-id/v1");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&cid.as_ref()[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
-    config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
-    config
-}
-
-/// A flow-control window; validate() bounds it to 1 GiB, well within QUIC's varint range.
-fn window(bytes: usize) -> quinn::VarInt {
-    quinn::VarInt::from_u64(bytes as u64).unwrap_or(quinn::VarInt::MAX)
-}
-
-fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
-    let mut transport = quinn::TransportConfig::default();
-    // validate() bounds idle_timeout to one day, well within QUIC's varint range.
-    let idle = quinn::IdleTimeout::try_from(config.idle_timeout).ok();
-    transport
-        .max_idle_timeout(idle)
-        .keep_alive_interval(Some(config.keep_alive))
-        .max_concurrent_bidi_streams(config.max_incoming_streams.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(window(config.receive_window.min(4 << 20)))
-        .receive_window(window(config.receive_window))
-        .send_window(32 << 20);
-    transport
 }

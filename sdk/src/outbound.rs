@@ -22,9 +22,10 @@ use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
-use crate::connection::{self, ConnCode};
+use crate::connection::{self, ConnCode, Link};
 use crate::error::{DialError, SendError};
 use crate::frame::{self, ErrorCode, Frame, Open, StreamKind};
+use crate::liveness::{Probed, PROBE_INTERVAL};
 use crate::mailbox::{lock, MailboxHandle, Message};
 use crate::node::{NodeInner, Stats};
 
@@ -38,6 +39,18 @@ const MAX_REMEMBERED_FAILURES: usize = 1024;
 const RETAINED_WRITE_BUF: usize = 16 * 1024;
 /// Upper bound of the pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Upper bound of the pause after a failed dial: the dial itself tried every route for up to
+/// `dial_timeout`, each again every half second.
+const MAX_REDIAL_PAUSE: Duration = Duration::from_millis(250);
+/// Time without an acknowledgement, with messages outstanding, after which the path is probed
+/// (every [`PROBE_INTERVAL`]).
+const STALL_AFTER: Duration = Duration::from_millis(300);
+/// Time the probes of a stalled path may go unanswered before the peer is dialed again (its
+/// address, or this node's, may have changed).
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+/// The pause between probes of a path that answers but whose receiver does not acknowledge
+/// (it is slow, or its mailbox is full).
+const SLOW_RECEIVER_PROBE: Duration = Duration::from_secs(1);
 
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
 /// The whole signed core is part of the key, so every distinct address (another expiry, or a
@@ -347,6 +360,60 @@ struct OpenStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     peer_max: usize,
+    /// The connection the stream is on.
+    link: Link,
+    /// Resolves once another connection to the peer took over: the stream moves there.
+    superseded: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+/// Probing a stalled path (see [`crate::liveness`]).
+#[derive(Default)]
+struct Stall {
+    /// When the next probe is due, while messages wait for an acknowledgement.
+    next_probe: Option<Instant>,
+    /// Since when probes went unanswered.
+    unanswered_since: Option<Instant>,
+    /// Whether the peer was dialed again during this stall.
+    redialed: bool,
+}
+
+impl Stall {
+    /// Progress (an acknowledgement, a new stream): the next probe only after a new stall.
+    fn reset(&mut self, now: Instant) {
+        *self = Self {
+            next_probe: Some(now + STALL_AFTER),
+            ..Self::default()
+        };
+    }
+
+    /// Probes `link` now; dials the peer again if probes go unanswered too long.
+    fn probe(
+        &mut self,
+        node: &Arc<NodeInner>,
+        peer: crate::identity::NodeId,
+        link: &Link,
+        now: Instant,
+    ) {
+        let probed = link.probe();
+        if probed == Probed::Sent {
+            node.stats.count_path_probe();
+        }
+        match probed {
+            Probed::Answered => {
+                self.unanswered_since = None;
+                self.next_probe = Some(now + SLOW_RECEIVER_PROBE);
+            }
+            Probed::Sent | Probed::Waiting => {
+                let since = *self.unanswered_since.get_or_insert(now);
+                if !self.redialed && now.duration_since(since) >= REDIAL_AFTER {
+                    debug!("the path does not answer; dialing the peer again");
+                    self.redialed = true;
+                    connection::refresh(node, peer);
+                }
+                self.next_probe = Some(now + PROBE_INTERVAL);
+            }
+        }
+    }
 }
 
 /// The state the conversation task owns.
@@ -382,6 +449,8 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
     // When the stream last carried anything, for closing it when idle.
     let mut last_activity = Instant::now();
     let mut was_busy = false;
+    let mut stall = Stall::default();
+    let peer = outbound.target.node();
     // Made once: creating a cancellation future or a timer per iteration showed in profiles.
     let cancelled = node.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
@@ -481,6 +550,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     }
                     stream = Some(opened);
                     last_activity = Instant::now();
+                    stall.reset(last_activity);
                     outbound.wake.notify_one();
                     // The receiver may have answered more than `Accept` already.
                     match process_frames(&outbound, &node.stats, &mut flight) {
@@ -505,8 +575,12 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                             .unreachable
                             .store(true, std::sync::atomic::Ordering::Relaxed);
                     }
+                    let pause = if matches!(error, SendError::Unreachable(_)) {
+                        backoff(attempts).min(MAX_REDIAL_PAUSE)
+                    } else {
+                        backoff(attempts)
+                    };
                     last_error = error;
-                    let pause = backoff(attempts);
                     attempts = attempts.saturating_add(1);
                     tokio::select! {
                         _ = node.cancel.cancelled() => return fail_all(&outbound, &node, &mut flight, SendError::NodeClosed),
@@ -517,8 +591,9 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
             continue;
         };
 
+        let probe_at = stall.next_probe.filter(|_| !flight.unacked.is_empty());
         let deadline = if busy {
-            progress_deadline
+            probe_at.map_or(progress_deadline, |at| at.min(progress_deadline))
         } else {
             last_activity + config.stream_idle_timeout
         };
@@ -536,6 +611,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                         if advanced {
                             last_progress = Instant::now();
                             last_activity = last_progress;
+                            stall.reset(last_progress);
                         }
                     }
                     Err(StreamFailure::Fatal(error)) => {
@@ -547,9 +623,17 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                     }
                 }
             }
+            _ = &mut open.superseded => {
+                // Another connection took over (a punched direct one, or a redial after the
+                // path died): the run moves there at once, resending what is unacknowledged.
+                debug!("connection superseded; moving the stream");
+                abandon(&mut stream);
+                attempts = 0;
+            }
             _ = outbound.wake.notified() => {
                 if flight.unacked.is_empty() {
                     last_progress = Instant::now();
+                    stall.reset(last_progress);
                 }
                 let peer_max = open.peer_max;
                 let written = tokio::time::timeout_at(
@@ -575,6 +659,13 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 last_activity = Instant::now();
             }
             _ = &mut timer => {
+                let now = Instant::now();
+                if busy && now < progress_deadline {
+                    // Messages wait for an acknowledgement: is the path still there?
+                    let link = open.link.clone();
+                    stall.probe(&node, peer, &link, now);
+                    continue;
+                }
                 if busy {
                     // No acknowledgement for send_timeout: the receiver is stuck or gone.
                     return fail_all(&outbound, &node, &mut flight, SendError::Timeout);
@@ -814,16 +905,12 @@ async fn open_stream(
     flight: &mut Flight,
 ) -> Result<OpenStream, StreamFailure> {
     flight.read_buf.clear();
-    let connection = connection::connect(node, outbound.target.node(), outbound.target.hints())
+    let peer = outbound.target.node();
+    let link = connection::connect_link(node, peer, outbound.target.hints())
         .await
-        .map_err(|error| match error {
-            DialError::Timeout | DialError::Failed(_) | DialError::TooManyConnections => {
-                StreamFailure::Retry(SendError::Unreachable(error))
-            }
-            DialError::NodeClosed => StreamFailure::Fatal(SendError::NodeClosed),
-            other => StreamFailure::Fatal(SendError::Unreachable(other)),
-        })?;
-    let (mut send, mut recv) = connection
+        .map_err(|error| dial_failure(node, peer, error))?;
+    let (mut send, mut recv) = link
+        .connection
         .open_bi()
         .await
         .map_err(|e| connection_error(&e))?;
@@ -832,11 +919,41 @@ async fn open_stream(
             send,
             recv,
             peer_max,
+            superseded: Box::pin(link.superseded.clone().cancelled_owned()),
+            link,
         }),
         Err(error) => {
             let _ = send.reset(code(ErrorCode::DONE));
             Err(error)
         }
+    }
+}
+
+/// What a failed dial means for the run. A target that was reachable within `outbox_ttl` is
+/// waited for (its messages stay in the outbox, and the node keeps dialing); one that was
+/// not, or whose own answer will not change (another identity, another protocol version, a
+/// refusal), fails the run now.
+fn dial_failure(
+    node: &NodeInner,
+    peer: crate::identity::NodeId,
+    error: DialError,
+) -> StreamFailure {
+    let worth_waiting = match &error {
+        DialError::NodeClosed => return StreamFailure::Fatal(SendError::NodeClosed),
+        DialError::TooManyConnections => true,
+        DialError::WrongNode { .. }
+        | DialError::IncompatibleVersion
+        | DialError::Refused(_)
+        | DialError::NoAddress(_)
+        | DialError::Undialable { .. } => false,
+        DialError::Timeout | DialError::Failed(_) | DialError::NoRoute { .. } => {
+            node.peers.reached_within(&peer, node.config.outbox_ttl)
+        }
+    };
+    if worth_waiting {
+        StreamFailure::Retry(SendError::Unreachable(error))
+    } else {
+        StreamFailure::Fatal(SendError::Unreachable(error))
     }
 }
 

@@ -190,6 +190,14 @@ impl RelaySocket {
         Some(addr)
     }
 
+    /// The relay of the made-up address `addr`.
+    pub(crate) fn route_of(&self, addr: SocketAddr) -> Option<NodeId> {
+        lock(&self.routes)
+            .by_addr
+            .get(&addr)
+            .map(|(relay, _)| *relay)
+    }
+
     /// Queues a packet `origin` sent through `relay`; dropped when the queue is full, as UDP
     /// would.
     fn receive(&self, relay: NodeId, origin: NodeId, packet: Bytes) {

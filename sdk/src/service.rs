@@ -600,6 +600,7 @@ async fn read_opening(
 pub(crate) async fn serve_stream(
     node: Arc<NodeInner>,
     peer: NodeId,
+    origin: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     deadline: tokio::time::Instant,
@@ -621,9 +622,26 @@ pub(crate) async fn serve_stream(
             return refuse(&mut send, ErrorCode::TIMEOUT, reason).await;
         }
     };
-    // The built-in ping takes its request without the opener's limit (docs/PROTOCOL.md §10).
-    if matches!(&request, Request::ByName(name) if name == crate::ping::PING_SERVICE) {
-        return crate::ping::answer(peer, send, recv, buf, deadline).await;
+    // The built-in services take their request without the opener's limit
+    // (docs/PROTOCOL.md §10.11).
+    if let Request::ByName(name) = &request {
+        match name.as_str() {
+            crate::ping::PING_SERVICE => {
+                return crate::ping::answer(peer, send, recv, buf, deadline).await
+            }
+            crate::observe::OBSERVE_SERVICE => {
+                let remote = node
+                    .relay_socket
+                    .route_of(origin.remote_address())
+                    .is_none()
+                    .then(|| origin.remote_address());
+                return crate::observe::answer(send, remote).await;
+            }
+            crate::punch::PUNCH_SERVICE => {
+                return crate::punch::answer(node, peer, send, recv, buf, origin).await
+            }
+            _ => {}
+        }
     }
     if node.is_closing() {
         return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
@@ -742,7 +760,7 @@ fn error_code(error: &SendError) -> ErrorCode {
     }
 }
 
-async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
+pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
     let mut out = Vec::new();
     frame::put_frame(&mut out, &Frame::Close { code, reason });
     if send.write_all(&out).await.is_ok() {

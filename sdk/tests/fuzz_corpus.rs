@@ -162,3 +162,25 @@ fn relay_datagram_corpus() {
         }
     }
 }
+
+#[test]
+fn punch_candidates_corpus() {
+    use ferry::observe::{decode_observed, encode_observed};
+    use ferry::punch::{decode_candidates, encode_candidates, MAX_OFFER_LEN};
+    let inputs = corpus("punch_candidates");
+    assert!(
+        !inputs.is_empty(),
+        "the punch_candidates corpus is committed"
+    );
+    for (path, data) in inputs {
+        if let Ok(addrs) = decode_candidates(&data) {
+            assert_eq!(encode_candidates(&addrs), data, "{}", path.display());
+            assert!(data.len() <= MAX_OFFER_LEN);
+        }
+        if let Some(addr) = decode_observed(&data) {
+            if !matches!(addr.ip(), std::net::IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some()) {
+                assert_eq!(encode_observed(addr), data, "{}", path.display());
+            }
+        }
+    }
+}

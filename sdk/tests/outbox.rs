@@ -1,5 +1,6 @@
-//! The outbox: messages for a node that cannot be reached wait (bounded by `send_window` and
-//! `outbox_ttl`) and go out, in order, once it is back.
+//! The outbox: messages for a node that was reachable but cannot be reached now wait (bounded
+//! by `send_window` and `outbox_ttl`) and go out, in order, once it is back; a node that was not
+//! reached within `outbox_ttl` is reported unreachable within `dial_timeout`.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
@@ -29,14 +30,25 @@ async fn bind_again(key: &SecretKey, listen: SocketAddr) -> Node {
     }
 }
 
-/// A receiver that is started, has its address taken, and is stopped again.
-async fn stopped_receiver() -> (SecretKey, SocketAddr, ferry::Address) {
+/// A receiver that is started, reached by `sender` (one message delivered), and stopped again.
+async fn stopped_receiver(sender: &Node) -> (SecretKey, SocketAddr, ferry::Address) {
     let key = SecretKey::generate();
     let b = Node::bind(key.clone(), NodeConfig::default())
         .await
         .unwrap();
     let listen = b.local_addr();
-    let address = b.mailbox_with_id(MailboxId(7)).address().clone();
+    let mailbox = b.mailbox_with_id(MailboxId(7));
+    let address = mailbox.address().clone();
+    sender.send(&address, &u32::MAX).await.unwrap();
+    assert_eq!(
+        mailbox
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .decode::<u32>()
+            .unwrap(),
+        u32::MAX
+    );
     b.shutdown(Duration::from_millis(100)).await;
     drop(b);
     (key, listen, address)
@@ -44,7 +56,6 @@ async fn stopped_receiver() -> (SecretKey, SocketAddr, ferry::Address) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_wait_for_an_unreachable_node_and_go_out_in_order_when_it_is_back() {
-    let (key, listen, address) = stopped_receiver().await;
     // send_timeout is short: only the outbox's time keeps these messages waiting.
     let a = Node::bind(
         SecretKey::generate(),
@@ -56,6 +67,7 @@ async fn messages_wait_for_an_unreachable_node_and_go_out_in_order_when_it_is_ba
     )
     .await
     .unwrap();
+    let (key, listen, address) = stopped_receiver(&a).await;
     let sender = a.sender(&address);
     let mut deliveries = Vec::new();
     for n in 0..200u32 {
@@ -78,7 +90,6 @@ async fn messages_wait_for_an_unreachable_node_and_go_out_in_order_when_it_is_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
-    let (_key, _listen, address) = stopped_receiver().await;
     let a = Node::bind(
         SecretKey::generate(),
         NodeConfig {
@@ -92,6 +103,7 @@ async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
     )
     .await
     .unwrap();
+    let (_key, _listen, address) = stopped_receiver(&a).await;
     let sender = a.sender(&address);
     let first = sender.enqueue_bytes(vec![0u8; 1000].into()).await.unwrap();
     // Once the first dial has failed, a full window refuses at once.
@@ -125,5 +137,39 @@ async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
             .unwrap_err();
         assert!(matches!(error, SendError::Unreachable(_)), "{error:?}");
     }
+    a.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_never_reached_is_reported_unreachable_within_the_dial_timeout() {
+    let dial_timeout = Duration::from_millis(600);
+    let a = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            dial_timeout,
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    // A node that is gone: its address's hint answers nothing.
+    let b = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let address = b.mailbox().address().clone();
+    b.shutdown(Duration::from_millis(100)).await;
+    drop(b);
+    let started = Instant::now();
+    let error = tokio::time::timeout(WAIT, a.send(&address, "hello"))
+        .await
+        .expect("the send ends by itself")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(error, SendError::Unreachable(ferry::DialError::Timeout)),
+        "{error:?}"
+    );
+    // Not the outbox's ten minutes, nor send_timeout's minute: one dial.
+    assert!(took < WAIT, "took {took:?}");
     a.shutdown(Duration::from_secs(1)).await;
 }

@@ -8,9 +8,18 @@
 //!         recv <sender node id> <message id|-> <payload>
 //!         sent <tag> <count>                          every message of a `send` acknowledged
 //!         error <text>
+//!         path <node id> direct <socket address>      answers `path`: how the node is reached
+//!         path <node id> relayed <relay node id>
+//!         path <node id> none                         (no connection)
+//!         observed <socket address>...                answers `observed` (may be empty)
 //! stdin:  send <address> <count> <tag>                sends "<tag> <n>" for n in 0..count
+//!         path <node id>
+//!         observed                                    the addresses relays see this node at
 //!         quit
 //! ```
+//!
+//! `--listen 0.0.0.0:0` binds every interface (the addresses it mints then carry the host's
+//! interface addresses); `--no-punch` keeps relayed connections relayed.
 //!
 //! It also serves `last`: a call (with any postcard string as the request) is answered with
 //! the payload of the last message its mailbox received, as a postcard string (what
@@ -29,7 +38,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use ferry::{
-    Address, Mailbox, Message, Node, NodeConfig, NodeId, RelayAccess, SecretKey, ServiceOptions,
+    Address, Mailbox, Message, Node, NodeConfig, NodeId, RelayAccess, Route, SecretKey,
+    ServiceOptions,
 };
 use ferry_node::store::{RedbStore, StoreConfig};
 use tokio::io::AsyncBufReadExt as _;
@@ -51,6 +61,9 @@ struct Args {
     /// Stay reachable through this relay, as NODEID@HOST:PORT (repeatable).
     #[arg(long = "relay", value_name = "NODEID@HOST:PORT")]
     relays: Vec<String>,
+    /// Do not punch holes towards peers reached through a relay.
+    #[arg(long)]
+    no_punch: bool,
     /// Speak this ALPN protocol id instead of ferry/1 (version-negotiation tests).
     #[arg(long, default_value = "ferry/1")]
     alpn: String,
@@ -92,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             RelayAccess::Nobody
         },
         relays,
+        hole_punching: !args.no_punch,
         ..NodeConfig::default()
     };
     let node = Node::bind_with_alpn(key, config, args.alpn.as_bytes()).await?;
@@ -143,6 +157,23 @@ async fn main() -> anyhow::Result<()> {
                         Err(error) => println!("error sending {tag}: {error:#}"),
                     }
                 });
+            }
+            ["path", peer] => match peer.parse::<NodeId>() {
+                Ok(peer) => match node.route(&peer) {
+                    Some(Route::Direct(addr)) => println!("path {peer} direct {addr}"),
+                    Some(Route::Relayed { relay }) => println!("path {peer} relayed {relay}"),
+                    Some(other) => println!("path {peer} {other}"),
+                    None => println!("path {peer} none"),
+                },
+                Err(error) => println!("error bad node id {peer}: {error}"),
+            },
+            ["observed"] => {
+                let addrs: Vec<String> = node
+                    .observed_addrs()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                println!("{}", format!("observed {}", addrs.join(" ")).trim_end());
             }
             ["quit"] => break,
             [] => {}

@@ -61,7 +61,16 @@ pub(super) async fn call(args: CallArgs) -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
+    let routes = match &target {
+        Target::Address(address) => super::routes_of(address),
+        Target::Service { hints, .. } => hints.clone(),
+    };
     let config = NodeConfig {
+        listen: super::ephemeral_listen(
+            routes
+                .into_iter()
+                .chain(args.via.iter().map(|relay| relay.addr)),
+        ),
         call_timeout: args.timeout,
         ..NodeConfig::default()
     };

@@ -50,6 +50,7 @@ pub(super) async fn ping(args: PingArgs) -> ExitCode {
         }
     };
     let config = NodeConfig {
+        listen: super::ephemeral_listen([args.peer.addr]),
         dial_timeout: args.timeout,
         call_timeout: args.timeout,
         ..NodeConfig::default()

@@ -29,7 +29,11 @@ pub(super) async fn send(
             return ExitCode::from(exit::INPUT);
         }
     };
+    let routes = super::routes_of(&address);
     let config = NodeConfig {
+        listen: super::ephemeral_listen(
+            routes.into_iter().chain(via.iter().map(|relay| relay.addr)),
+        ),
         send_timeout: timeout,
         ..NodeConfig::default()
     };

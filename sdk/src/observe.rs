@@ -1,0 +1,187 @@
+//! Address observation: the built-in `ferry.observe` service tells a peer the UDP address it
+//! sees the peer's packets come from (docs/PROTOCOL.md §10.12). Behind a NAT that is the
+//! address the NAT gave the node's socket, which the node cannot learn any other way; it
+//! offers it to peers it punches holes towards ([`crate::punch`]) and puts it into the
+//! addresses it mints.
+//!
+//! A node asks each of its relays (`NodeConfig::relays`) every time it connects to them. An
+//! observation that differs from the one before means the node's network changed: its
+//! relayed peers are offered a new hole punch.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{debug, info};
+
+use crate::builtin::{self, ExchangeError};
+use crate::identity::NodeId;
+use crate::mailbox::lock;
+use crate::node::NodeInner;
+
+/// The name of the built-in observation service.
+pub const OBSERVE_SERVICE: &str = "ferry.observe";
+
+/// How long an observation may take.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait for an observation asked for right before a hole punch.
+const QUICK_OBSERVE: Duration = Duration::from_secs(1);
+/// Observers remembered at most (only a node's relays are asked).
+const MAX_OBSERVERS: usize = 16;
+
+/// The address each observer saw this node at, newest last.
+#[derive(Debug, Default)]
+pub(crate) struct Observations {
+    by_observer: Mutex<Vec<(NodeId, SocketAddr)>>,
+}
+
+impl Observations {
+    /// Records what `observer` saw; returns the address it saw before, if it differs.
+    fn record(&self, observer: NodeId, addr: SocketAddr) -> Option<SocketAddr> {
+        let mut seen = lock(&self.by_observer);
+        let before = seen
+            .iter()
+            .position(|(node, _)| *node == observer)
+            .map(|at| seen.remove(at).1);
+        if seen.len() >= MAX_OBSERVERS {
+            seen.remove(0);
+        }
+        seen.push((observer, addr));
+        before.filter(|before| *before != addr)
+    }
+
+    /// The distinct observed addresses, most recent first.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        let seen = lock(&self.by_observer);
+        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(seen.len());
+        for (_, addr) in seen.iter().rev() {
+            if !addrs.contains(addr) {
+                addrs.push(*addr);
+            }
+        }
+        addrs
+    }
+}
+
+/// The observation answer: the address in the form of a socket-address hint.
+pub fn encode_observed(addr: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19);
+    crate::address::put_socket_hint(&mut out, canonical(addr));
+    out
+}
+
+/// Reads an observation answer; `None` if it is not exactly one socket-address hint.
+pub fn decode_observed(bytes: &[u8]) -> Option<SocketAddr> {
+    match crate::address::take_socket_hint(bytes)? {
+        (addr, []) => Some(addr),
+        _ => None,
+    }
+}
+
+/// An IPv4 peer seen through a dual-stack socket as `::ffff:a.b.c.d` is `a.b.c.d`.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Answers an observation request that arrived on a connection whose peer's packets come
+/// from `remote` (`None` for a relayed connection, which has no address to tell).
+pub(crate) async fn answer(mut send: quinn::SendStream, remote: Option<SocketAddr>) {
+    match remote {
+        Some(remote) => builtin::reply(&mut send, &encode_observed(remote)).await,
+        None => {
+            crate::service::refuse(
+                &mut send,
+                crate::frame::ErrorCode::NOT_ALLOWED,
+                "no address to observe on a relayed connection",
+            )
+            .await
+        }
+    }
+}
+
+/// Asks the peer of `connection` which address it sees this node at.
+pub(crate) async fn ask(connection: &quinn::Connection) -> Result<SocketAddr, ExchangeError> {
+    let answer = tokio::time::timeout(
+        OBSERVE_TIMEOUT,
+        builtin::exchange(connection, OBSERVE_SERVICE, None),
+    )
+    .await
+    .map_err(|_| ExchangeError::Lost("no answer in time".into()))??;
+    decode_observed(&answer)
+        .ok_or_else(|| ExchangeError::Protocol("the answer is not a socket address".into()))
+}
+
+/// Asks the relay of a relayed `route` where it sees this node now (a NAT may have given it
+/// another address since the last observation), waiting at most [`QUICK_OBSERVE`].
+pub(crate) async fn refresh_via(node: &Arc<NodeInner>, route: crate::connection::Route) {
+    let crate::connection::Route::Relayed { relay } = route else {
+        return;
+    };
+    if let Some(link) = node.peers.link(&relay) {
+        let _ =
+            tokio::time::timeout(QUICK_OBSERVE, learn_from(node, relay, &link.connection)).await;
+    }
+}
+
+/// Asks `observer` (over `connection`) and records the answer; a changed answer means this
+/// node's network changed, and its relayed peers are offered a new hole punch.
+pub(crate) async fn learn_from(
+    node: &Arc<NodeInner>,
+    observer: NodeId,
+    connection: &quinn::Connection,
+) {
+    match ask(connection).await {
+        Ok(addr) => {
+            debug!(observer = %observer.short(), %addr, "observed address");
+            node.add_observed_addr(addr);
+            if let Some(before) = node.observations.record(observer, addr) {
+                info!(%before, now = %addr, "this node's public address changed");
+                crate::punch::network_changed(node);
+            }
+        }
+        Err(error) => debug!(observer = %observer.short(), %error, "no address observation"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+
+    #[test]
+    fn answers_round_trip_and_mapped_addresses_are_canonical() {
+        let v4: SocketAddr = "192.0.2.7:4433".parse().unwrap();
+        assert_eq!(encode_observed(v4), [0x04, 192, 0, 2, 7, 0x11, 0x51]);
+        assert_eq!(decode_observed(&encode_observed(v4)), Some(v4));
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:4433".parse().unwrap();
+        assert_eq!(decode_observed(&encode_observed(mapped)), Some(v4));
+        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        assert_eq!(decode_observed(&encode_observed(v6)), Some(v6));
+        assert_eq!(decode_observed(&[]), None);
+        assert_eq!(decode_observed(&[0x04, 1, 2, 3]), None);
+        let mut long = encode_observed(v4);
+        long.push(0);
+        assert_eq!(decode_observed(&long), None);
+    }
+
+    #[test]
+    fn a_changed_observation_is_reported() {
+        let observations = Observations::default();
+        let relay = SecretKey::generate().public();
+        let first: SocketAddr = "198.51.100.1:1000".parse().unwrap();
+        let second: SocketAddr = "198.51.100.1:2000".parse().unwrap();
+        assert_eq!(observations.record(relay, first), None);
+        assert_eq!(observations.record(relay, first), None);
+        assert_eq!(observations.record(relay, second), Some(first));
+        assert_eq!(observations.addrs(), vec![second]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_answers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let _ = decode_observed(&bytes);
+        }
+    }
+}

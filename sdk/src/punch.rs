@@ -1,0 +1,396 @@
+//! Hole punching: two nodes that reach each other only through a relay make a direct
+//! connection (docs/PROTOCOL.md §10.13).
+//!
+//! The relayed connection is end to end, so the two nodes talk over it: the node that dialed
+//! it opens the built-in `ferry.punch` service and offers its candidate addresses (the
+//! addresses its relays observed it at, §10.12, then its own dial hints); the other answers
+//! with its own. Then both dial each other's candidates from their one UDP socket at the same
+//! time, the answering node half a round trip later (so both start together), each candidate
+//! getting a fresh handshake every [`PUNCH_REATTEMPT`] for [`PUNCH_WINDOW`]. Each node's
+//! outgoing handshake packets open its own NAT for the other's, so behind most NATs one of
+//! the handshakes gets through. The direct connection then replaces the relayed one under
+//! the one-connection rule (a direct connection beats a relayed one, §2.4): mailbox streams
+//! move over, retransmitting what was not acknowledged, and the receiver's duplicate
+//! suppression keeps every message once and in order.
+//!
+//! When no handshake gets through (a symmetric NAT facing another, or facing port-dependent
+//! filtering), the nodes stay on the relay, and the dialer tries again after
+//! [`FIRST_RETRY`], doubling up to [`MAX_RETRY`], and at once when its network changed.
+// Handles what peers send: no input may panic (docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{debug, Instrument};
+
+use crate::builtin;
+use crate::connection::Link;
+use crate::conversation::Conversation;
+use crate::dial::{self, Candidate};
+use crate::frame::{self, Frame};
+use crate::identity::NodeId;
+use crate::mailbox::lock;
+use crate::node::NodeInner;
+
+/// The name of the built-in hole-punching service.
+pub const PUNCH_SERVICE: &str = "ferry.punch";
+/// Candidate addresses in one offer or answer at most.
+pub const MAX_PUNCH_CANDIDATES: usize = 8;
+/// Largest offer: a count and that many IPv6 socket-address hints.
+pub const MAX_OFFER_LEN: usize = 1 + MAX_PUNCH_CANDIDATES * 19;
+
+/// How long both nodes dial each other's candidates.
+pub(crate) const PUNCH_WINDOW: Duration = Duration::from_secs(5);
+/// How often a candidate gets a fresh handshake while punching.
+pub(crate) const PUNCH_REATTEMPT: Duration = Duration::from_millis(250);
+/// The pause after a failed punch before the next.
+pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(15);
+/// The longest pause between two punches.
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(300);
+/// The shortest time between two punches a peer asks this node for.
+const MIN_ANSWER_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the offer may take to arrive.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Peers remembered for [`MIN_ANSWER_INTERVAL`] at most.
+const MAX_ANSWERED: usize = 4096;
+
+/// Why a candidate list cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CandidatesError {
+    /// The list is empty: no count byte.
+    #[error("empty candidate list")]
+    Empty,
+    /// More candidates than [`MAX_PUNCH_CANDIDATES`].
+    #[error("{0} candidates, more than {MAX_PUNCH_CANDIDATES}")]
+    TooMany(usize),
+    /// A candidate is not a socket-address hint (tag 0x04 or 0x06 with its full length).
+    #[error("candidate {0} is not a socket address")]
+    Malformed(usize),
+    /// Bytes follow the last candidate.
+    #[error("{0} bytes after the last candidate")]
+    Trailing(usize),
+}
+
+/// Encodes a candidate list: a count byte, then each address as a socket-address hint
+/// (docs/PROTOCOL.md §4.2). At most [`MAX_PUNCH_CANDIDATES`] are taken.
+pub fn encode_candidates(addrs: &[SocketAddr]) -> Vec<u8> {
+    let addrs = addrs.get(..MAX_PUNCH_CANDIDATES).unwrap_or(addrs);
+    let mut out = Vec::with_capacity(1 + addrs.len() * 19);
+    out.push(addrs.len() as u8);
+    for addr in addrs {
+        crate::address::put_socket_hint(&mut out, *addr);
+    }
+    out
+}
+
+/// Decodes a candidate list.
+pub fn decode_candidates(bytes: &[u8]) -> Result<Vec<SocketAddr>, CandidatesError> {
+    let (&count, mut rest) = bytes.split_first().ok_or(CandidatesError::Empty)?;
+    let count = usize::from(count);
+    if count > MAX_PUNCH_CANDIDATES {
+        return Err(CandidatesError::TooMany(count));
+    }
+    let mut addrs = Vec::with_capacity(count);
+    for index in 0..count {
+        let (addr, tail) =
+            crate::address::take_socket_hint(rest).ok_or(CandidatesError::Malformed(index))?;
+        addrs.push(addr);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(CandidatesError::Trailing(rest.len()));
+    }
+    Ok(addrs)
+}
+
+/// The node's hole punching: which peers it is punching towards, when it last answered each
+/// peer, and the signal of a network change.
+#[derive(Default)]
+pub(crate) struct Punches {
+    running: Mutex<HashSet<NodeId>>,
+    answered: Mutex<HashMap<NodeId, Instant>>,
+    network_changed: Notify,
+}
+
+/// This node's network changed: every waiting punch tries again now, and every direct
+/// connection is dialed again (one whose path died is then replaced, §2.4).
+pub(crate) fn network_changed(node: &Arc<NodeInner>) {
+    node.punches.network_changed.notify_waiters();
+    for (peer, link) in node.peers.links() {
+        if !link.route.is_relayed() {
+            crate::connection::refresh(node, peer);
+        }
+    }
+}
+
+/// Starts punching towards `peer`, now reached over the relayed `link` this node dialed,
+/// unless a punch towards it runs already.
+pub(crate) fn upgrade_later(node: &Arc<NodeInner>, peer: NodeId, link: &Link) {
+    if !node.config.hole_punching
+        || node.cancel.is_cancelled()
+        || !lock(&node.punches.running).insert(peer)
+    {
+        return;
+    }
+    let punching = node.clone();
+    let link = link.clone();
+    let span = tracing::debug_span!("punch", peer = %peer.short());
+    node.tasks.spawn(
+        async move {
+            keep_punching(&punching, peer, &link).await;
+            lock(&punching.punches.running).remove(&peer);
+        }
+        .instrument(span),
+    );
+}
+
+/// Punches until a direct connection replaces `link`, `link` closes, or the node stops.
+async fn keep_punching(node: &Arc<NodeInner>, peer: NodeId, link: &Link) {
+    let mut pause = FIRST_RETRY;
+    loop {
+        if link.superseded.is_cancelled() || link.connection.close_reason().is_some() {
+            return;
+        }
+        match punch(node, peer, link).await {
+            Ok(true) => return,
+            Ok(false) => debug!("no direct path yet; staying on the relay"),
+            Err(error) => debug!(%error, "hole punch failed"),
+        }
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            _ = link.superseded.cancelled() => return,
+            _ = link.connection.closed() => return,
+            _ = node.punches.network_changed.notified() => pause = FIRST_RETRY,
+            _ = tokio::time::sleep(pause) => pause = (pause * 2).min(MAX_RETRY),
+        }
+    }
+}
+
+/// The addresses this node offers: where its relays see it, then its dial hints; none when
+/// it does not punch.
+fn local_candidates(node: &NodeInner) -> Vec<SocketAddr> {
+    if !node.config.hole_punching {
+        return Vec::new();
+    }
+    let mut addrs = node.observations.addrs();
+    for addr in node.dial_hints() {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    addrs.retain(|addr| addr.port() != 0 && !addr.ip().is_unspecified());
+    addrs.truncate(MAX_PUNCH_CANDIDATES);
+    addrs
+}
+
+/// Candidates to dial, from a peer's list.
+fn to_dial(addrs: Vec<SocketAddr>) -> Vec<Candidate> {
+    addrs.into_iter().map(Candidate::Direct).collect()
+}
+
+/// One punch as the node that dialed the relayed connection: offer, read the answer, dial.
+/// Returns whether the peer is now reached directly.
+async fn punch(
+    node: &Arc<NodeInner>,
+    peer: NodeId,
+    link: &Link,
+) -> Result<bool, builtin::ExchangeError> {
+    crate::observe::refresh_via(node, link.route).await;
+    let offer = encode_candidates(&local_candidates(node));
+    let answer = tokio::time::timeout(
+        OFFER_TIMEOUT,
+        builtin::exchange(&link.connection, PUNCH_SERVICE, Some(&offer)),
+    )
+    .await
+    .map_err(|_| builtin::ExchangeError::Lost("no answer in time".into()))??;
+    let theirs = decode_candidates(&answer)
+        .map_err(|error| builtin::ExchangeError::Protocol(error.to_string()))?;
+    debug!(candidates = ?theirs, "punching");
+    let result = dial::race(node, peer, to_dial(theirs), PUNCH_REATTEMPT, PUNCH_WINDOW).await;
+    Ok(result.is_ok_and(|link| !link.route.is_relayed()))
+}
+
+/// Answers a `ferry.punch` conversation `peer` opened on `origin`: reads the offer, answers
+/// with this node's candidates, and dials the offered ones half a round trip later.
+pub(crate) async fn answer(
+    node: Arc<NodeInner>,
+    peer: NodeId,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    origin: quinn::Connection,
+) {
+    let mut accept = Vec::new();
+    frame::put_frame(
+        &mut accept,
+        &Frame::Accept {
+            max_message: MAX_OFFER_LEN as u64,
+        },
+    );
+    if send.write_all(&accept).await.is_err() {
+        return;
+    }
+    let mut conversation = Conversation::new(peer, send, recv, buf, MAX_OFFER_LEN, false);
+    let offer = match tokio::time::timeout(OFFER_TIMEOUT, conversation.recv_object_bytes()).await {
+        Ok(Ok(offer)) => offer,
+        _ => return, // dropping the conversation resets it with HANDLER_FAILED
+    };
+    let theirs = match decode_candidates(&offer) {
+        Ok(theirs) => theirs,
+        Err(error) => {
+            let _ = conversation.fail(&error.to_string()).await;
+            return;
+        }
+    };
+    if let Some(relay) = node.relay_socket.route_of(origin.remote_address()) {
+        crate::observe::refresh_via(&node, crate::connection::Route::Relayed { relay }).await;
+    }
+    let ours = encode_candidates(&local_candidates(&node));
+    if conversation.send_encoded(&ours).await.is_err() {
+        return;
+    }
+    let _ = conversation.finish();
+    if !node.config.hole_punching {
+        return;
+    }
+    if !may_answer(&node, peer) {
+        debug!(peer = %peer.short(), "punch asked for too soon; not dialing");
+        return;
+    }
+    dial_after(&node, peer, theirs, origin.rtt() / 2);
+}
+
+/// Dials `peer`'s candidates after `delay`, unless a direct connection exists by then.
+fn dial_after(node: &Arc<NodeInner>, peer: NodeId, theirs: Vec<SocketAddr>, delay: Duration) {
+    let dialing = node.clone();
+    let dial: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let still_relayed = dialing
+                .peers
+                .link(&peer)
+                .is_none_or(|link| link.route.is_relayed());
+            if still_relayed {
+                let _ = dial::race(
+                    &dialing,
+                    peer,
+                    to_dial(theirs),
+                    PUNCH_REATTEMPT,
+                    PUNCH_WINDOW,
+                )
+                .await;
+            }
+        });
+    node.tasks.spawn(dial.in_current_span());
+}
+
+/// Whether this node may dial for `peer`'s punch now: a peer cannot make it dial arbitrary
+/// addresses more often than every [`MIN_ANSWER_INTERVAL`].
+fn may_answer(node: &NodeInner, peer: NodeId) -> bool {
+    let now = Instant::now();
+    let mut answered = lock(&node.punches.answered);
+    if answered
+        .get(&peer)
+        .is_some_and(|at| now.duration_since(*at) < MIN_ANSWER_INTERVAL)
+    {
+        return false;
+    }
+    if answered.len() >= MAX_ANSWERED {
+        answered.retain(|_, at| now.duration_since(*at) < MIN_ANSWER_INTERVAL);
+        if answered.len() >= MAX_ANSWERED {
+            return false;
+        }
+    }
+    answered.insert(peer, now);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn candidate_lists_round_trip() {
+        let addrs: Vec<SocketAddr> = vec![
+            "198.51.100.7:4433".parse().unwrap(),
+            "[2001:db8::5]:9".parse().unwrap(),
+        ];
+        let bytes = encode_candidates(&addrs);
+        assert_eq!(
+            bytes[..8],
+            [0x02, 0x04, 198, 51, 100, 7, 0x11, 0x51],
+            "count, then the first address as a socket-address hint"
+        );
+        assert_eq!(decode_candidates(&bytes), Ok(addrs));
+        assert_eq!(decode_candidates(&[0]), Ok(vec![]));
+    }
+
+    /// The bytes of docs/PROTOCOL.md §10.13's example.
+    #[test]
+    fn wire_bytes() {
+        let offer = encode_candidates(&[
+            "198.51.100.7:4433".parse().unwrap(),
+            "10.0.0.2:4433".parse().unwrap(),
+        ]);
+        let mut expected = vec![0x02, 0x0d, 0x10, 0x02];
+        expected.extend_from_slice(b"ferry.punch");
+        expected.extend_from_slice(&[0x10, 0x13, 0x02]);
+        expected.extend_from_slice(&[0x04, 198, 51, 100, 7, 0x11, 0x51]);
+        expected.extend_from_slice(&[0x04, 10, 0, 0, 2, 0x11, 0x51]);
+        let request = builtin::request(PUNCH_SERVICE, Some(&offer));
+        assert_eq!(request, expected);
+        assert_eq!(request.len(), 32);
+        let mut accept = Vec::new();
+        frame::put_frame(
+            &mut accept,
+            &Frame::Accept {
+                max_message: MAX_OFFER_LEN as u64,
+            },
+        );
+        assert_eq!(accept, [0x03, 0x02, 0x99, 0x01]);
+    }
+
+    #[test]
+    fn malformed_lists_are_refused() {
+        assert_eq!(decode_candidates(&[]), Err(CandidatesError::Empty));
+        assert_eq!(decode_candidates(&[9]), Err(CandidatesError::TooMany(9)));
+        assert_eq!(
+            decode_candidates(&[1, 0x05, 1, 2]),
+            Err(CandidatesError::Malformed(0))
+        );
+        assert_eq!(
+            decode_candidates(&[1, 0x04, 1, 2, 3, 4, 0]),
+            Err(CandidatesError::Malformed(0))
+        );
+        assert_eq!(
+            decode_candidates(&[1, 0x04, 1, 2, 3, 4, 0, 1, 0xff]),
+            Err(CandidatesError::Trailing(1))
+        );
+    }
+
+    #[test]
+    fn at_most_eight_candidates_are_encoded() {
+        let addrs: Vec<SocketAddr> = (1..=12)
+            .map(|port| SocketAddr::from(([10, 0, 0, 1], port)))
+            .collect();
+        let decoded = decode_candidates(&encode_candidates(&addrs)).unwrap();
+        assert_eq!(decoded, addrs[..MAX_PUNCH_CANDIDATES]);
+        assert!(encode_candidates(&decoded).len() <= MAX_OFFER_LEN);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_lists_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(addrs) = decode_candidates(&bytes) {
+                prop_assert_eq!(encode_candidates(&addrs), bytes);
+            }
+        }
+    }
+}
