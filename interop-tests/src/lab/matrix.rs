@@ -4,10 +4,10 @@
 //! relayed, time to the first acknowledged message, time until A's connection to C is direct,
 //! and what C's application was handed (lost, duplicated, out of order).
 //!
-//! A pair runs in three phases: one message (`first`: the time to the first acknowledgement),
-//! a stream sent while A asks its agent every [`PATH_POLL`] how it reaches C (`during`: the
-//! messages in flight while a relayed connection is replaced by a direct one), and a stream
-//! once the path is settled (`after`).
+//! A pair runs in three phases: one message (`first`: the time to the first acknowledgement)
+//! and, sent at the same moment, a stream (`during`: messages in flight while a relayed
+//! connection is replaced by a direct one), while A is asked every [`PATH_POLL`] how it
+//! reaches C; then a stream once the path is settled (`after`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,7 +53,7 @@ impl MatrixSettings {
         Self {
             agent,
             kinds: NatKind::ALL.to_vec(),
-            messages: 50,
+            messages: 200,
             connect_timeout: Duration::from_secs(30),
             direct_timeout: Duration::from_secs(15),
             stream_timeout: Duration::from_secs(60),
@@ -306,17 +306,17 @@ fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<
     let target = c.address().clone();
     let c_node = c.node().to_string();
 
+    // The first message and a stream at once: the stream is in flight while the connection
+    // may go from relayed to direct.
     let started = Instant::now();
     a.send(&target, 1, "first").map_err(text)?;
-    outcome.sent = 1;
+    a.send(&target, settings.messages, "during").map_err(text)?;
+    outcome.sent = 1 + settings.messages;
     a.wait_sent("first", settings.connect_timeout)
         .map_err(text)?;
     outcome.first_ack = Some(started.elapsed());
     outcome.connected = true;
     outcome.acknowledged = 1;
-
-    a.send(&target, settings.messages, "during").map_err(text)?;
-    outcome.sent += settings.messages;
     let mut path_error = None;
     if outcome.direct_possible {
         match wait_for_direct(&mut a, &c_node, settings.direct_timeout) {
