@@ -45,6 +45,9 @@ pub struct MatrixSettings {
     pub stream_timeout: Duration,
     /// Pairs run at the same time (each in its own lab).
     pub jobs: usize,
+    /// Where to keep, for each pair that fails, every agent's log and the routers' rules and
+    /// connection tracking tables (`DIR/<A's kind>-<C's kind>/`).
+    pub logs: Option<PathBuf>,
 }
 
 impl MatrixSettings {
@@ -58,6 +61,7 @@ impl MatrixSettings {
             direct_timeout: Duration::from_secs(15),
             stream_timeout: Duration::from_secs(60),
             jobs: 4,
+            logs: None,
         }
     }
 
@@ -295,7 +299,7 @@ impl PairLab {
 }
 
 fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<(), String> {
-    let (pair, _relay) = PairLab::build(&settings.agent, outcome.from, outcome.to)?;
+    let (pair, mut relay) = PairLab::build(&settings.agent, outcome.from, outcome.to)?;
     let text = |error: AgentError| error.to_string();
     let mut c = pair
         .start_node(&settings.agent, pair.c_host, "c")
@@ -303,6 +307,42 @@ fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<
     let mut a = pair
         .start_node(&settings.agent, pair.a_host, "a")
         .map_err(text)?;
+    let result = exchange(settings, outcome, &mut a, &mut c);
+    if let (Err(_), Some(dir)) = (&result, &settings.logs) {
+        let dir = dir.join(format!("{}-{}", outcome.from, outcome.to));
+        let saved = save_logs(&dir, &pair.lab, [&mut a, &mut c, &mut relay]);
+        if let Err(error) = saved {
+            tracing::warn!(%error, dir = %dir.display(), "keeping the failed pair's logs");
+        }
+    }
+    result
+}
+
+/// Copies each agent's log and the routers' state into `dir`.
+fn save_logs<'a>(
+    dir: &std::path::Path,
+    lab: &Lab,
+    agents: impl IntoIterator<Item = &'a mut LabAgent>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for agent in agents {
+        let name = agent.name().to_string();
+        std::fs::copy(
+            agent.process().stderr_path(),
+            dir.join(format!("{name}.log")),
+        )?;
+    }
+    std::fs::write(dir.join("routers.txt"), lab.router_state())
+}
+
+/// A's sends to C and C's deliveries, into `outcome`.
+fn exchange(
+    settings: &MatrixSettings,
+    outcome: &mut PairOutcome,
+    a: &mut LabAgent,
+    c: &mut LabAgent,
+) -> Result<(), String> {
+    let text = |error: AgentError| error.to_string();
     let target = c.address().clone();
     let c_node = c.node().to_string();
 
@@ -319,7 +359,7 @@ fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<
     outcome.acknowledged = 1;
     let mut path_error = None;
     if outcome.direct_possible {
-        match wait_for_direct(&mut a, &c_node, settings.direct_timeout) {
+        match wait_for_direct(a, &c_node, settings.direct_timeout) {
             Ok(true) => outcome.direct_after = Some(started.elapsed()),
             Ok(false) => {}
             Err(error) => path_error = Some(error.to_string()),
@@ -349,7 +389,7 @@ fn measure_pair(settings: &MatrixSettings, outcome: &mut PairOutcome) -> Result<
         }
     }
 
-    let tally = collect(&mut c, a.node(), settings)?;
+    let tally = collect(c, a.node(), settings)?;
     let expected = [
         ("first", 1),
         ("during", settings.messages),

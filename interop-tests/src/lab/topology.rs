@@ -314,6 +314,32 @@ impl Lab {
         Ok(&self.router(id)?.station.namespace)
     }
 
+    /// What every router knows, for diagnosing a failure: its nftables ruleset (with the full
+    /// cone's map) and its connection tracking table (the NAT mappings). Best effort: a
+    /// tool's failure is written in its place.
+    pub fn router_state(&self) -> String {
+        let mut text = String::new();
+        for router in &self.routers {
+            let namespace = &router.station.namespace;
+            text.push_str(&format!(
+                "== router {} ({}, wan {})\n",
+                router.station.name,
+                namespace.name(),
+                router.station.uplink.address
+            ));
+            for (program, args) in [
+                ("nft", &["list", "ruleset"][..]),
+                ("conntrack", &["-L"][..]),
+            ] {
+                match namespace.exec(program, args) {
+                    Ok(output) => text.push_str(&output),
+                    Err(error) => text.push_str(&format!("{error}\n")),
+                }
+            }
+        }
+        text
+    }
+
     /// The impairments `link` has now.
     pub fn shape(&self, link: Link) -> Result<LinkShape, LabError> {
         Ok(self.station(link)?.shape)

@@ -52,6 +52,9 @@ enum LabCommand {
         /// Only these kinds (comma-separated: none, full-cone, home, symmetric, two-layers).
         #[arg(long, value_name = "KINDS", value_delimiter = ',')]
         kinds: Vec<NatKind>,
+        /// Keep each failed pair's agent logs and router state here (DIR/<kind>-<kind>/).
+        #[arg(long, value_name = "DIR")]
+        logs: Option<PathBuf>,
     },
     /// Measures each NAT kind with plain UDP sockets and prints what it does.
     NatCheck,
@@ -92,6 +95,7 @@ fn main() -> Result<()> {
             messages,
             jobs,
             kinds,
+            logs,
         } => {
             let agent = sibling_binaries()?.agent;
             let mut settings = if quick {
@@ -108,6 +112,7 @@ fn main() -> Result<()> {
             if !kinds.is_empty() {
                 settings.kinds = kinds;
             }
+            settings.logs = logs;
             let outcomes = matrix::run(&settings, |outcome| {
                 eprintln!(
                     "{} -> {}: {}",
