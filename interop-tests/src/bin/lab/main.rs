@@ -52,7 +52,7 @@ enum LabCommand {
         /// Only these kinds (comma-separated: none, full-cone, home, symmetric, two-layers).
         #[arg(long, value_name = "KINDS", value_delimiter = ',')]
         kinds: Vec<NatKind>,
-        /// Keep each failed pair's agent logs and router state here (DIR/<kind>-<kind>/).
+        /// Keep each failed pair's agent logs and router state here (`DIR/<kind>-<kind>/`).
         #[arg(long, value_name = "DIR")]
         logs: Option<PathBuf>,
     },
