@@ -20,6 +20,18 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     chromium chromium-driver
 fi
 
+# The lab of real hosts (interop-tests/LAB.md) builds network namespaces with nftables NAT
+# routers, delays links through an iptables NFQUEUE rule and flushes NAT mappings with
+# conntrack; install them when missing. Its tests fail, never skip, without them (or root).
+if ! command -v nft >/dev/null 2>&1 || ! command -v iptables-nft >/dev/null 2>&1 \
+  || ! command -v conntrack >/dev/null 2>&1; then
+  echo "installing nftables, iptables and conntrack for the lab tests" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables iptables conntrack
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 test_log="$(mktemp)"

@@ -112,6 +112,11 @@ impl Process {
         self.child.id()
     }
 
+    /// The file the process's stderr goes to (removed with the `Process`).
+    pub fn stderr_path(&self) -> &Path {
+        &self.stderr_path
+    }
+
     /// The end of what the process wrote to stderr.
     pub fn stderr_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
