@@ -45,7 +45,11 @@ impl Daemon {
                 crate::udp_port::bind_keeping_port(key, &config.node, &config.data_dir).await?;
             (node, Some(Arc::new(store)))
         } else {
-            let node = Node::bind_paused(SecretKey::generate(), config.node.clone()).await?;
+            let node = Node::builder(SecretKey::generate())
+                .config(config.node.clone())
+                .paused()
+                .bind()
+                .await?;
             (node, None)
         };
         for peer in &config.peers {

@@ -22,7 +22,7 @@ pub(crate) struct PortChange {
     pub(crate) reason: String,
 }
 
-/// Binds a paused node (see [`Node::bind_paused`]) with `config`, on the remembered port if
+/// Binds a paused node (see [`ferry::Builder::paused`]) with `config`, on the remembered port if
 /// `config.listen` has port 0 and the data directory `dir` remembers one that is free, and
 /// remembers the port bound. When the remembered port cannot be bound, a free port is, and the
 /// change is logged (a warning: addresses printed before no longer reach the node) and
@@ -41,7 +41,12 @@ pub(crate) async fn bind_keeping_port(
     if let Some(previous) = remembered {
         let mut wanted = config.clone();
         wanted.listen.set_port(previous);
-        match Node::bind_paused(key.clone(), wanted).await {
+        match Node::builder(key.clone())
+            .config(wanted)
+            .paused()
+            .bind()
+            .await
+        {
             Ok(node) => {
                 remember(dir, &node);
                 return Ok((node, None));
@@ -56,7 +61,11 @@ pub(crate) async fn bind_keeping_port(
             Err(other) => return Err(other),
         }
     }
-    let node = Node::bind_paused(key, config.clone()).await?;
+    let node = Node::builder(key)
+        .config(config.clone())
+        .paused()
+        .bind()
+        .await?;
     if let Some(PortChange { previous, reason }) = &change {
         tracing::warn!(
             "UDP port {previous}, which this node had before, cannot be bound ({reason}): \

@@ -21,7 +21,12 @@ async fn node_on(key: &SecretKey, listen: std::net::SocketAddr) -> Node {
     };
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match Node::bind_paused(SecretKey::from_bytes(&key.to_bytes()), config.clone()).await {
+        match Node::builder(SecretKey::from_bytes(&key.to_bytes()))
+            .config(config.clone())
+            .paused()
+            .bind()
+            .await
+        {
             Ok(node) => return node,
             Err(error) if tokio::time::Instant::now() < deadline => {
                 let _ = error;

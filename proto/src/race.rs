@@ -13,7 +13,7 @@ pub const STAGGER: Duration = Duration::from_millis(150);
 /// Time from the start of a dial to the start of its first relay candidate, when it has direct
 /// candidates too: a relayed connection costs the relay's bandwidth, so a direct route that
 /// answers quickly should win.
-pub const RELAY_DELAY: Duration = Duration::from_millis(300);
+pub const RELAY_DELAY: Duration = Duration::from_millis(100);
 /// Time after which a candidate that has not answered gets a fresh attempt (QUIC's own
 /// retransmissions of a handshake back off to seconds).
 pub const REATTEMPT: Duration = Duration::from_millis(500);

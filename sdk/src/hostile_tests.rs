@@ -33,7 +33,7 @@ async fn settles<T: PartialEq + std::fmt::Debug>(
 }
 
 fn unix_now() -> u64 {
-    crate::node::unix_now()
+    crate::clock::Clock::unix_now(&crate::clock::SystemClock)
 }
 
 /// The encoding of `kind` followed by one frame.

@@ -141,7 +141,7 @@ pub(crate) async fn serve(
     // Time spent waiting for the rest of the frame the buffer holds the start of.
     let mut waited = std::time::Duration::ZERO;
     loop {
-        if expires.is_some_and(|at| crate::node::unix_now() >= at) {
+        if expires.is_some_and(|at| node.clock.unix_now() >= at) {
             return refuse(&mut send, ErrorCode::EXPIRED, "address expired").await;
         }
         if mailbox.closed.is_cancelled() {

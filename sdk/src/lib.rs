@@ -71,6 +71,7 @@
 
 pub use ferry_proto::{address, frame, observe, punch, relay};
 mod builtin;
+mod clock;
 mod config;
 mod connection;
 mod conversation;
@@ -100,6 +101,7 @@ mod tls;
 mod transport;
 
 pub use address::{Address, AddressError, MailboxId, VerifyError};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
 pub use conversation::Conversation;
 pub use error::{
@@ -111,7 +113,7 @@ pub use frame::ErrorCode;
 pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
 pub use monitor::{DownReason, Monitor};
-pub use node::{Node, NodeStats, SendFailures};
+pub use node::{Builder, Node, NodeStats, SendFailures};
 pub use outbound::{Delivery, Sender};
 pub use ping::{PING_SERVICE, RESERVED_PREFIX};
 pub use service::{Call, Service, ServiceHandle, ServiceOptions, Target};

@@ -235,7 +235,7 @@ impl Mailboxes {
         node: &NodeInner,
         address: &Address,
     ) -> Result<MailboxHandle, SendError> {
-        address.check_cheap(&node.id, crate::node::unix_now())?;
+        address.check_cheap(&node.id, node.clock.unix_now())?;
         let entry = read(&self.map)
             .get(&address.mailbox())
             .cloned()

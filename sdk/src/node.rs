@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
 use crate::address::{Address, MailboxId};
+use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::connection::{self, ConnCode, Peers};
 use crate::conversation::Conversation;
@@ -31,13 +32,6 @@ use crate::store::{MailboxStore, StoreError};
 use crate::tls::{self, Mismatches};
 use crate::transport::QuicConfigs;
 use crate::Route;
-
-/// Seconds since the Unix epoch, the clock address expiry is checked against.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
-}
 
 /// Counters a node keeps; read them with [`Node::stats`].
 #[derive(Debug, Default)]
@@ -371,6 +365,8 @@ pub(crate) struct NodeInner {
     pub(crate) serial: u64,
     /// Watches of other nodes' mailboxes, shared per watched address.
     pub(crate) watches: crate::monitor::Watches,
+    /// The wall clock addresses' expiry is checked against.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// A ferry node: an ed25519 identity, one QUIC endpoint, and mailboxes reachable by
@@ -398,36 +394,100 @@ impl Node {
     }
 }
 
-impl Node {
-    /// Starts a node with `key` on `config.listen`. Must be called inside a tokio runtime.
-    pub async fn bind(key: SecretKey, config: NodeConfig) -> Result<Self, BindError> {
-        let node = Self::bind_paused(key, config).await?;
-        node.serve_streams();
+/// Builds a [`Node`]: `Node::builder(key).config(config).bind().await` (or [`Node::bind`]
+/// for a node with default options).
+#[must_use = "a builder does nothing until bind() is awaited"]
+pub struct Builder {
+    key: SecretKey,
+    config: NodeConfig,
+    paused: bool,
+    alpn: Vec<u8>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("node", &self.key.public())
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// The node's configuration (default: [`NodeConfig::default`]).
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The node takes no streams from its peers until [`Node::serve_streams`]: connections
+    /// are accepted, and the streams peers open wait (in QUIC, within `max_incoming_streams`;
+    /// their openers' `open_timeout` covers the wait). A node that serves durable mailboxes
+    /// starts this way and reopens them first, so that a sender retransmitting across a
+    /// restart never hears "no such mailbox".
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+
+    /// Speaks the ALPN protocol id `alpn` instead of `ferry/1` (docs/PROTOCOL.md §2.2): a
+    /// node of another protocol version, as interop tests need.
+    pub fn alpn(mut self, alpn: &[u8]) -> Self {
+        self.alpn = alpn.to_vec();
+        self
+    }
+
+    /// The wall clock addresses' expiry is checked against (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Starts the node on `config.listen`. Must be called inside a tokio runtime.
+    pub async fn bind(self) -> Result<Node, BindError> {
+        let paused = self.paused;
+        let node = Node::start(self).await?;
+        if !paused {
+            node.serve_streams();
+        }
         Ok(node)
     }
+}
 
-    /// Like [`Node::bind`], but the node takes no streams from its peers until
-    /// [`Node::serve_streams`]: connections are accepted, and the streams peers open wait (in
-    /// QUIC, within `max_incoming_streams`; their openers' `open_timeout` covers the wait).
-    /// A node that serves durable mailboxes binds this way and reopens them first, so that a
-    /// sender retransmitting across a restart never hears "no such mailbox".
-    pub async fn bind_paused(key: SecretKey, config: NodeConfig) -> Result<Self, BindError> {
-        Self::bind_with_alpn(key, config, tls::ALPN).await
+impl Node {
+    /// A builder of a node with `key`.
+    pub fn builder(key: SecretKey) -> Builder {
+        Builder {
+            key,
+            config: NodeConfig::default(),
+            paused: false,
+            alpn: tls::ALPN.to_vec(),
+            clock: Arc::new(SystemClock),
+        }
     }
 
-    /// Starts taking the streams peers open (a node from [`Node::bind`] already does).
+    /// Starts a node with `key` on `config.listen` and default options (see
+    /// [`Node::builder`]). Must be called inside a tokio runtime.
+    pub async fn bind(key: SecretKey, config: NodeConfig) -> Result<Self, BindError> {
+        Self::builder(key).config(config).bind().await
+    }
+
+    /// Starts taking the streams peers open (a node not built [`Builder::paused`] already
+    /// does).
     pub fn serve_streams(&self) {
         self.inner.serving.cancel();
     }
 
-    #[doc(hidden)]
-    /// Like [`Node::bind_paused`] but speaking another ALPN protocol id; for
-    /// version-negotiation tests.
-    pub async fn bind_with_alpn(
-        key: SecretKey,
-        config: NodeConfig,
-        alpn: &[u8],
-    ) -> Result<Self, BindError> {
+    async fn start(builder: Builder) -> Result<Self, BindError> {
+        let Builder {
+            key,
+            config,
+            alpn,
+            clock,
+            ..
+        } = builder;
+        let alpn = &alpn[..];
         config.validate()?;
         let mut incarnation = [0u8; 8];
         crate::identity::fill_random(&mut incarnation);
@@ -504,6 +564,7 @@ impl Node {
             halt: CancellationToken::new(),
             serial: tls::incarnation_as_serial(u64::from_be_bytes(incarnation)),
             watches: crate::monitor::Watches::default(),
+            clock,
             local_addr,
             hints,
         });

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry::address::ADDRESS_CORE_LEN;
 use ferry::{
-    Address, Admission, AttachError, DialError, MailboxId, Node, NodeConfig, RecvError, SecretKey,
-    SendError,
+    Address, Admission, AttachError, Clock as _, DialError, MailboxId, Node, NodeConfig, RecvError,
+    SecretKey, SendError,
 };
 use futures::StreamExt;
 
@@ -183,11 +183,24 @@ async fn forged_tampered_expired_and_revoked_addresses_are_refused() {
     target.close();
     assert_eq!(a.send(&revoked, "x").await, Err(SendError::NoSuchMailbox));
 
-    // An expiring address works until it expires.
-    let soon = b.mailbox_expiring(unix_now() + 2);
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_address_works_until_it_expires_also_on_an_open_stream() {
+    let clock = std::sync::Arc::new(ferry::ManualClock::from_system());
+    let a = node().await;
+    let b = Node::builder(SecretKey::generate())
+        .clock(clock.clone())
+        .bind()
+        .await
+        .unwrap();
+    let soon = b.mailbox_expiring(clock.unix_now() + 2);
     a.send(soon.address(), "in time").await.unwrap();
     soon.recv_timeout(WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Expiry is a date on B's clock: moving it is the same as waiting.
+    clock.advance(2);
     assert!(matches!(
         a.send(soon.address(), "late").await,
         Err(SendError::Expired(_))
@@ -415,7 +428,9 @@ async fn admission_refusal_is_reported_to_the_dialer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_alpn_is_refused_on_both_sides() {
-    let a = Node::bind_with_alpn(SecretKey::generate(), NodeConfig::default(), b"ferry/999")
+    let a = Node::builder(SecretKey::generate())
+        .alpn(b"ferry/999")
+        .bind()
         .await
         .unwrap();
     let b = node().await;

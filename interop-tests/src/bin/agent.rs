@@ -108,7 +108,12 @@ async fn main() -> anyhow::Result<()> {
         hole_punching: !args.no_punch,
         ..NodeConfig::default()
     };
-    let node = Node::bind_with_alpn(key, config, args.alpn.as_bytes()).await?;
+    let node = Node::builder(key)
+        .config(config)
+        .alpn(args.alpn.as_bytes())
+        .paused()
+        .bind()
+        .await?;
     let store = match &args.data {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
