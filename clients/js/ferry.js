@@ -440,13 +440,16 @@ export class Client {
     return new Promise((resolve, reject) => this._waiting.push({ resolve, reject }))
   }
 
-  /** Opens a connection (fetching a token first with `getToken` when asked to). */
-  async _dial (freshToken = false) {
+  /** Opens a connection; a reconnect first asks `getToken` for a fresh token, unless the
+   *  token in hand was just given by it. */
+  async _dial () {
     if (this._closed || this._manual || this._ws || this._dialing) return
     if (!this._online()) return this._setState('offline')
     this._setState('connecting')
     const getToken = this._options.getToken
-    if ((freshToken || this.session !== null) && typeof getToken === 'function') {
+    const fresh = this._freshToken
+    this._freshToken = false
+    if (!fresh && this.session !== null && typeof getToken === 'function') {
       this._dialing = true
       try {
         this._token = await getToken()
@@ -564,6 +567,7 @@ export class Client {
         `the gateway refused the credentials (${code}${reason ? ': ' + reason : ''})`))
     }
     this._token = token
+    this._freshToken = true
     this._setState('offline')
     clearTimeout(this._retryTimer)
     this._retryTimer = setTimeout(() => this._dial(), this._backoff())

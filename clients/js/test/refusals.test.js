@@ -4,6 +4,7 @@
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { createHmac } from 'node:crypto'
 import * as Ferry from 'ferry-client'
 import { WebSocket, connect, freePort, nodeAndListener, until } from './harness.js'
 
@@ -11,7 +12,8 @@ const scene = nodeAndListener([
   'max_message_size = 4096',
   'gateway_max_message_size = 4096',
   'gateway_session_ttl = "1s"',
-  'gateway_tokens = [{ user = "alice", token = "alice-token" }]'
+  'gateway_tokens = [{ user = "alice", token = "alice-token" }]',
+  'gateway_jwt_hs256_secret = "a secret for the tests of ferry-client"'
 ].join('\n'))
 const options = { WebSocket }
 
@@ -124,4 +126,26 @@ test('a session gone when the client comes back is reported expired, with its ne
   assert.deepEqual(expired, [{ previous: first, address: client.address }])
   await client.send(scene.listener.address, 'after expiry')
   client.close()
+})
+
+/** An HS256 JWT for `sub`, expiring `seconds` from now. */
+function jwt (sub, seconds) {
+  const part = value => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub, exp: Math.floor(Date.now() / 1000) + seconds })}`
+  const signature = createHmac('sha256', 'a secret for the tests of ferry-client').update(unsigned).digest('base64url')
+  return `${unsigned}.${signature}`
+}
+
+test('credentials that expire: refreshed with getToken, else the client stops unauthorized', async () => {
+  const refreshed = await connect(scene.node.url, { token: jwt('bob', 2), getToken: () => jwt('bob', 60) })
+  const lapsed = await connect(scene.node.url, { token: jwt('carol', 2) })
+  const closes = []
+  lapsed.on('close', close => closes.push(close.code))
+  assert.ok(await until(() => lapsed.state === 'closed', 10000))
+  assert.deepEqual(closes, [Ferry.CLOSE.AUTH_EXPIRED])
+  assert.equal(lapsed.error.code, 'unauthorized')
+  // The refreshed client's first token has expired by now: it is still connected.
+  await refreshed.ping()
+  assert.equal(refreshed.state, 'open')
+  assert.equal(refreshed.user, 'bob')
 })
