@@ -553,6 +553,7 @@ export class Client {
   async _unauthorized (code, reason) {
     const refused = this._triedToken
     const getToken = this._options.getToken
+    this._setState('offline')
     let token
     if (typeof getToken === 'function') {
       try {
@@ -568,7 +569,6 @@ export class Client {
     }
     this._token = token
     this._freshToken = true
-    this._setState('offline')
     clearTimeout(this._retryTimer)
     this._retryTimer = setTimeout(() => this._dial(), this._backoff())
   }
@@ -717,7 +717,7 @@ export class Client {
   }
 
   _scheduleAck () {
-    if (this._ackTimer) return
+    if (this._ackTimer || this._closed) return
     this._ackTimer = setTimeout(() => {
       this._ackTimer = null
       this._ackDue = true

@@ -22,7 +22,7 @@ use super::protocol::Encoded;
 pub(crate) enum Arrival {
     /// Not taken before: carry it out (it is now in progress).
     New,
-    /// Being carried out: its answer will go to the connection that sent it now.
+    /// Being carried out: its answer goes to the newest connection that sent it.
     InProgress,
     /// Answered before: this is the answer, to send again.
     Answered(Encoded),
@@ -32,7 +32,8 @@ pub(crate) enum Arrival {
 
 #[derive(Debug)]
 enum Entry {
-    /// Being carried out; the answer goes to this connection (the last to send the request).
+    /// Being carried out; the answer goes to this connection (the newest to send the
+    /// request).
     InProgress {
         connection: u64,
     },
@@ -68,7 +69,9 @@ impl Journal {
     pub(crate) fn arrive(&mut self, reference: u64, connection: u64) -> Arrival {
         match self.entries.get_mut(&reference) {
             Some(Entry::InProgress { connection: asker }) => {
-                *asker = connection;
+                // Connection ids grow: an older connection still reading (one taken over)
+                // never takes the answer from a newer one.
+                *asker = (*asker).max(connection);
                 Arrival::InProgress
             }
             Some(Entry::Answered(answer)) => Arrival::Answered(answer.clone()),
@@ -151,8 +154,10 @@ mod tests {
     fn a_request_is_taken_once() {
         let mut journal = Journal::new(8, 1 << 20);
         assert_eq!(journal.arrive(1, 10), Arrival::New);
-        // Sent again on another connection while in progress: the answer goes there.
+        // Sent again on a newer connection while in progress: the answer goes there, also if
+        // the older one sends it once more.
         assert_eq!(journal.arrive(1, 11), Arrival::InProgress);
+        assert_eq!(journal.arrive(1, 10), Arrival::InProgress);
         assert_eq!(journal.answer(1, &ok(1)), Some(11));
         assert_eq!(journal.arrive(1, 12), Arrival::Answered(ok(1)));
         // Answering twice does nothing.

@@ -2,7 +2,7 @@
 //! and acknowledgements. Requests of a session start one at a time, in the order they arrive,
 //! after the session's journal said they are new (docs/GATEWAY.md §5.8); whatever starts
 //! them (a store write, a conversation's queue) keeps that order, and the answer goes through
-//! the journal to the connection that asked last.
+//! the journal to the newest connection that sent it.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::future::Future;

@@ -399,9 +399,9 @@ impl Session {
         lock(&self.journal).confirm(reference);
     }
 
-    /// The answer of request `reference`: kept in the journal, and queued to the connection
-    /// that sent the request last if that one is attached. A connection whose queue has no
-    /// room for it is closed as a slow consumer (the client sends the request again on its
+    /// The answer of request `reference`: kept in the journal, and queued to the newest
+    /// connection that sent the request, if that one is attached. A connection whose queue has
+    /// no room for it is closed as a slow consumer (the client sends the request again on its
     /// next connection and gets the answer from the journal).
     pub(crate) fn answer(&self, reference: u64, answer: Encoded) {
         let Some(connection) = lock(&self.journal).answer(reference, &answer) else {
