@@ -6,7 +6,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHmac } from 'node:crypto'
 import * as Ferry from 'ferry-client'
-import { WebSocket, connect, freePort, nodeAndListener, until } from './harness.js'
+import { WebSocket, connect, freePort, nodeAndListener, startListener, until } from './harness.js'
 
 const scene = nodeAndListener([
   'max_message_size = 4096',
@@ -108,12 +108,18 @@ test('a page of another origin is forbidden, a gateway that is down unavailable'
   assert.ok(Date.now() - started >= 1000)
 })
 
-test('a session gone when the client comes back is reported expired, with its new address', async () => {
+test('a session gone when the client comes back: expired, a new address; requests in doubt fail', async () => {
+  const gone = await startListener()
+  await gone.stop()
   const client = await connect(scene.node.url, alice)
   const first = client.address
   const expired = []
   client.on('expired', change => expired.push(change))
+  // Under way on the gateway (its target's node is gone) when the session expires.
+  const inDoubt = client.send(gone.address, 'to a node that is gone')
+  await client.ping() // answered after the send was read: requests are taken in order
   client.disconnect()
+  const notSent = client.send(scene.listener.address, 'made while offline')
   // The session ends once it was away for gateway_session_ttl (1 s).
   const sessions = async () => {
     const metrics = await (await fetch(`http://${await scene.node.child.field('metrics: http://')}`)).text()
@@ -124,7 +130,9 @@ test('a session gone when the client comes back is reported expired, with its ne
   assert.equal(client.expired, true)
   assert.notEqual(client.address, first)
   assert.deepEqual(expired, [{ previous: first, address: client.address }])
-  await client.send(scene.listener.address, 'after expiry')
+  await assert.rejects(inDoubt, { code: 'expired' })
+  await notSent
+  assert.ok(await until(() => scene.listener.messages().some(m => m.payload === 'made while offline')))
   client.close()
 })
 
