@@ -9,8 +9,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# The browser test (node/tests/browser.rs) drives Debian's headless Chromium with
-# chromedriver; install them when missing. The test fails, never skips, without them.
+# The browser tests (node/tests/browser/) drive Debian's headless Chromium with
+# chromedriver; install them when missing. The tests fail, never skip, without them.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   echo "installing chromium and chromium-driver for the browser test" >&2
   SUDO=""
@@ -37,6 +37,21 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"
+# The JS client's package (clients/js): its declarations checked with tsc, and its tests under
+# Node's test runner against the `ferry` binary the cargo tests built (target/debug/ferry).
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing nodejs and npm for the JS client's tests" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+fi
+(
+  cd clients/js
+  npm ci --no-audit --no-fund
+  npm run typecheck
+  npm test
+) 2>&1 | tee -a "$test_log"
 # Examples must run, not only compile.
 cargo run --locked --example ping_pong
 cargo run --locked --example file_transfer -- --bytes 20000000
@@ -52,4 +67,5 @@ fi
 cargo run --release --locked -p ferry-interop --bin bench -- --quick
 # One closing line for the whole suite (cargo prints one summary per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"

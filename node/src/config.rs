@@ -165,6 +165,10 @@ pub(crate) struct FileConfig {
     pub(crate) gateway_max_inflight: Option<usize>,
     /// [`Limits::max_call_timeout`].
     pub(crate) gateway_max_call_timeout: Option<TomlDuration>,
+    /// [`Limits::max_remembered_answers`].
+    pub(crate) gateway_max_remembered_answers: Option<usize>,
+    /// [`Limits::max_remembered_answer_bytes`].
+    pub(crate) gateway_max_remembered_answer_bytes: Option<usize>,
 }
 
 /// Where the gateway listens: a TCP address, or `"off"`.
@@ -520,6 +524,12 @@ impl FileConfig {
                     .unwrap_or(l.max_channels_per_session),
                 max_inflight: self.gateway_max_inflight.unwrap_or(l.max_inflight),
                 max_call_timeout: duration(self.gateway_max_call_timeout, l.max_call_timeout),
+                max_remembered_answers: self
+                    .gateway_max_remembered_answers
+                    .unwrap_or(l.max_remembered_answers),
+                max_remembered_answer_bytes: self
+                    .gateway_max_remembered_answer_bytes
+                    .unwrap_or(l.max_remembered_answer_bytes),
             },
             session_ttl: duration(self.gateway_session_ttl, d.session_ttl),
             origins: self.gateway_origins.clone().unwrap_or_default(),
@@ -873,7 +883,8 @@ gateway_max_connection_age = "off"
 # A connection that sends nothing (not even a pong) this long is closed.
 gateway_idle_timeout = "{idle}"
 
-# How often the gateway pings each connection; below gateway_idle_timeout.
+# How often the gateway sends each connection a heartbeat frame and a ping (clients call a
+# connection dead after a silence a little longer); below gateway_idle_timeout.
 gateway_ping_interval = "{ping}"
 
 # Frames a connection may send per gateway_rate_window; more closes it.
@@ -900,6 +911,11 @@ gateway_max_inflight = {max_inflight}
 
 # Longest call a browser may ask for (also its default).
 gateway_max_call_timeout = "{max_call_timeout}"
+
+# Answers (and their bytes) a session keeps for requests its client sends again after a lost
+# connection; the oldest are forgotten first (a request sent again then: unknown_outcome).
+gateway_max_remembered_answers = {max_answers}
+gateway_max_remembered_answer_bytes = {max_answer_bytes}
 "#,
         gateway = DEFAULT_GATEWAY,
         session_ttl = dur(GatewayConfig::default().session_ttl),
@@ -916,6 +932,8 @@ gateway_max_call_timeout = "{max_call_timeout}"
         max_channels = Limits::default().max_channels_per_session,
         max_inflight = Limits::default().max_inflight,
         max_call_timeout = dur(Limits::default().max_call_timeout),
+        max_answers = Limits::default().max_remembered_answers,
+        max_answer_bytes = Limits::default().max_remembered_answer_bytes,
         shutdown_grace = dur(DEFAULT_SHUTDOWN_GRACE),
         http = DEFAULT_HTTP,
         store_max_pending = StoreConfig::default().max_pending_per_mailbox,
@@ -1007,6 +1025,8 @@ mod tests {
             gateway_max_channels = 11
             gateway_max_inflight = 12
             gateway_max_call_timeout = "4s"
+            gateway_max_remembered_answers = 13
+            gateway_max_remembered_answer_bytes = 14
         "#;
         let file = FileConfig::parse(text).unwrap();
         assert_eq!(file.gateway, Some(GatewayListen(None)));
@@ -1041,6 +1061,10 @@ mod tests {
             ),
             (9, 10, 11, 12)
         );
+        assert_eq!(
+            (l.max_remembered_answers, l.max_remembered_answer_bytes),
+            (13, 14)
+        );
         assert_eq!(l.max_connection_age, Some(secs(3600)));
         assert_eq!(
             [
@@ -1071,7 +1095,7 @@ mod tests {
             .map(|line| line.trim_start_matches("# "))
             .filter_map(|line| line.split_once(" = ").map(|(key, _)| key.to_owned()))
             .collect();
-        assert_eq!(keys.len(), 64, "{keys:?}");
+        assert_eq!(keys.len(), 66, "{keys:?}");
         for key in keys {
             assert!(
                 doc.contains(&format!("| `{key}` |")),

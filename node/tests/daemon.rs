@@ -321,7 +321,7 @@ fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     let gateway = node.field("gateway: ws://");
     let (gateway_host, _) = gateway.split_once('/').unwrap();
     let script = http_get(gateway_host, "/ferry.js");
-    assert!(script.contains("export async function connect"), "{script}");
+    assert!(script.contains("export function connect"), "{script}");
     let output = run(&["send", &inbox, "counted"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(node.line(), "counted");

@@ -554,11 +554,16 @@ async fn read_messages(mut ws: Ws, events: mpsc::UnboundedSender<Received>) {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// The next text frame, as JSON.
+/// The next text frame but heartbeats, as JSON.
 async fn next_text(ws: &mut Ws) -> Result<Value> {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(text.as_str())?),
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(text.as_str())?;
+                if frame["type"] != "heartbeat" {
+                    return Ok(frame);
+                }
+            }
             Some(Ok(_)) => continue,
             Some(Err(error)) => return Err(error.into()),
             None => bail!("closed before a frame"),

@@ -63,7 +63,8 @@ pub struct Limits {
     /// A connection that sends nothing (not even a pong) for this long is closed (4000).
     /// Default 60 s.
     pub idle_timeout: Duration,
-    /// The gateway pings each connection this often. Default 20 s.
+    /// The gateway sends each connection a heartbeat frame and a WebSocket ping this often
+    /// (clients call a connection dead after a silence a little longer than this). Default 5 s.
     pub ping_interval: Duration,
     /// Frames a connection may send per `rate_window`; more closes it (4029). Default 200.
     pub rate_limit: u32,
@@ -85,6 +86,11 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Longest call a browser may ask for; also the default. Default 30 s.
     pub max_call_timeout: Duration,
+    /// Answers a session's journal keeps for requests sent again (the oldest forgotten
+    /// first). Default 1024.
+    pub max_remembered_answers: usize,
+    /// Bytes of answers a session's journal keeps at most. Default 256 KiB.
+    pub max_remembered_answer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -94,7 +100,7 @@ impl Default for Limits {
             max_sessions: 100_000,
             max_connection_age: None,
             idle_timeout: Duration::from_secs(60),
-            ping_interval: Duration::from_secs(20),
+            ping_interval: Duration::from_secs(5),
             rate_limit: 200,
             rate_window: Duration::from_secs(1),
             max_message_size: 1 << 20,
@@ -104,6 +110,8 @@ impl Default for Limits {
             max_channels_per_session: 64,
             max_inflight: 64,
             max_call_timeout: Duration::from_secs(30),
+            max_remembered_answers: 1024,
+            max_remembered_answer_bytes: 256 * 1024,
         }
     }
 }
@@ -173,6 +181,11 @@ impl GatewayConfig {
             ("max_queue_bytes", l.max_queue_bytes as u64),
             ("connection_rate", u64::from(l.connection_rate)),
             ("max_inflight", l.max_inflight as u64),
+            ("max_remembered_answers", l.max_remembered_answers as u64),
+            (
+                "max_remembered_answer_bytes",
+                l.max_remembered_answer_bytes as u64,
+            ),
             ("rate_window", l.rate_window.as_millis() as u64),
             ("idle_timeout", l.idle_timeout.as_millis() as u64),
             ("ping_interval", l.ping_interval.as_millis() as u64),

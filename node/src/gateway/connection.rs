@@ -1,5 +1,6 @@
-//! One WebSocket connection of a session: the welcome, the reader (requests, acks, limits),
-//! the writer (the byte-bounded queue, pings) and the pump (stored messages, in order).
+//! One WebSocket connection of a session: the welcome, the reader (frames, limits; the
+//! requests are carried out by `requests`), the writer (the byte-bounded queue, heartbeats)
+//! and the pump (stored messages, in order).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::Arc;
@@ -7,20 +8,17 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use ferry::{CallError, OpenError, SendError, Target as NodeTarget};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::AuthRequest;
-use super::hooks::{Disconnect, Verdict};
+use super::hooks::Disconnect;
 use super::limits::{Bucket, OutQueue, OutReceiver, Outgoing, QueueError};
 use super::protocol::{
-    self, CallTarget, ClientFrame, DecodeError, Encoded, ErrorCode, ErrorFrame, ServerFrame,
-    Target, Via, Welcome, WelcomeLimits,
+    self, close as code, DecodeError, Encoded, ServerFrame, Via, Welcome, WelcomeLimits,
 };
-use super::session::{lock, unix_now, Attached, DeliverError, Session};
-use super::{channels, ConnectionSlot, Shared};
+use super::requests::{far_future, Closing, Requests};
+use super::session::{lock, Attached, Session};
+use super::{ConnectionSlot, Shared};
 
 /// How a connection starts.
 pub(crate) struct Start {
@@ -28,28 +26,6 @@ pub(crate) struct Start {
     pub(crate) expired: bool,
     pub(crate) cursor: Option<u64>,
     pub(crate) connection: u64,
-}
-
-/// Close codes (docs/GATEWAY.md §7).
-mod code {
-    pub(super) const GOING_AWAY: u16 = 1001;
-    pub(super) const TOO_BIG: u16 = 1009;
-    pub(super) const IDLE: u16 = 4000;
-    pub(super) const AGE: u16 = 4001;
-    pub(super) const AUTH_EXPIRED: u16 = 4002;
-    pub(super) const SLOW: u16 = 4008;
-    pub(super) const RATE: u16 = 4029;
-    pub(super) const PROTOCOL: u16 = 4400;
-    pub(super) const TAKEN_OVER: u16 = 4409;
-}
-
-/// The instant at which unix time `at` is reached.
-fn instant_of(at: u64) -> Instant {
-    Instant::now() + Duration::from_secs(at.saturating_sub(unix_now()))
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// Runs the connection until it closes; the session lives on.
@@ -124,6 +100,7 @@ pub(crate) async fn run(
         auth_expires: lock(&session.state).auth_expires,
         limits: WelcomeLimits {
             max_message_size: limits.max_message_size,
+            max_payload_size: shared.node.config().max_message_size,
             rate_limit: limits.rate_limit,
             rate_window_ms: limits.rate_window.as_millis() as u64,
             idle_timeout_ms: limits.idle_timeout.as_millis() as u64,
@@ -150,17 +127,15 @@ pub(crate) async fn run(
     // Stored messages (a resume's backlog, or none): `pumping` is set since the attach.
     start_pump();
     let mut reader = Reader {
-        shared: shared.clone(),
-        session: session.clone(),
-        queue: queue.clone(),
-        inflight: Arc::new(Semaphore::new(limits.max_inflight)),
-        auth_deadline: lock(&session.state)
-            .auth_expires
-            .map_or_else(far_future, instant_of),
+        requests: Requests::new(
+            shared.clone(),
+            session.clone(),
+            start.connection,
+            queue.clone(),
+        ),
     };
-    let (close_code, close_reason, mut disconnect) = reader
-        .read(&mut stream, &attached, &done, start.connection, &stuck)
-        .await;
+    let (close_code, close_reason, mut disconnect) =
+        reader.read(&mut stream, &attached, &done, &stuck).await;
     if stuck.load(std::sync::atomic::Ordering::Relaxed) {
         disconnect = Disconnect::SlowConsumer;
     }
@@ -200,7 +175,9 @@ pub(crate) async fn run(
     shared.hooks.disconnected(&session.info, &disconnect);
 }
 
-/// Writes the queue's frames and pings; ends at a close frame, a failed or stuck write.
+/// Writes the queue's frames, and every `ping_interval` a ping (for the gateway's idle check:
+/// browsers answer it by themselves) and a heartbeat frame (for the client's liveness check:
+/// browsers do not show pings to pages); ends at a close frame, a failed or stuck write.
 async fn write(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut outgoing: OutReceiver,
@@ -211,10 +188,22 @@ async fn write(
 ) {
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let heartbeat = || match ServerFrame::Heartbeat.encode() {
+        Encoded::Text(text) => Message::Text(text.into()),
+        Encoded::Binary(bytes) => Message::Binary(bytes.into()),
+    };
     loop {
         let message = tokio::select! {
             _ = done.cancelled() => break,
-            _ = ping.tick() => Message::Ping(Bytes::new()),
+            _ = ping.tick() => {
+                if !matches!(
+                    tokio::time::timeout(write_timeout, sink.feed(Message::Ping(Bytes::new()))).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+                heartbeat()
+            }
             item = outgoing.recv() => match item {
                 Outgoing::Frame(frame, _permit) => match frame {
                     Encoded::Text(text) => Message::Text(text.into()),
@@ -305,8 +294,7 @@ async fn pump(shared: Arc<Shared>, session: Arc<Session>, queue: OutQueue, conne
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(QueueError::Slow) => {
-                    kick(
-                        &session,
+                    session.kick(
                         connection,
                         code::SLOW,
                         "slow consumer",
@@ -324,32 +312,10 @@ async fn pump(shared: Arc<Shared>, session: Arc<Session>, queue: OutQueue, conne
     }
 }
 
-/// Closes the session's connection `connection`, if it is still the attached one.
-fn kick(session: &Session, connection: u64, code: u16, reason: &str, disconnect: Disconnect) {
-    let state = lock(&session.state);
-    if let Some(attached) = state
-        .attached
-        .as_ref()
-        .filter(|a| a.connection == connection)
-    {
-        let mut slot = lock(&attached.reason);
-        if slot.is_none() {
-            *slot = Some((code, reason.to_owned(), disconnect));
-        }
-        attached.kick.cancel();
-    }
-}
-
+/// Reads a connection's frames and hands them to its [`Requests`], within the limits.
 struct Reader {
-    shared: Arc<Shared>,
-    session: Arc<Session>,
-    queue: OutQueue,
-    inflight: Arc<Semaphore>,
-    auth_deadline: Instant,
+    requests: Requests,
 }
-
-/// Why the reader stops: the close frame's code and reason, and what hooks are told.
-type Closing = (u16, String, Disconnect);
 
 impl Reader {
     async fn read(
@@ -357,10 +323,10 @@ impl Reader {
         stream: &mut futures::stream::SplitStream<WebSocket>,
         attached: &Attached,
         done: &CancellationToken,
-        connection: u64,
         stuck: &std::sync::atomic::AtomicBool,
     ) -> Closing {
-        let limits = self.shared.config.limits.clone();
+        let shared = self.requests.shared.clone();
+        let limits = shared.config.limits.clone();
         let mut rate = Bucket::new(limits.rate_limit, limits.rate_window);
         let age_deadline = limits
             .max_connection_age
@@ -370,17 +336,19 @@ impl Reader {
         // token or the timer wheel again for every frame the browser sends.
         let kicked = attached.kick.clone().cancelled_owned();
         let write_failed = done.clone().cancelled_owned();
-        let stopping = self.shared.stopping.clone().cancelled_owned();
+        let stopping = shared.stopping.clone().cancelled_owned();
         // The earliest of the idle, age and credentials deadlines. The idle deadline only moves
         // later as frames arrive, so it is checked when the timer fires, not moved per frame.
         let mut armed = (last_seen + limits.idle_timeout)
             .min(age_deadline)
-            .min(self.auth_deadline);
+            .min(self.requests.auth_deadline);
         let deadline = tokio::time::sleep_until(armed.into());
         tokio::pin!(kicked, write_failed, stopping, deadline);
         loop {
+            // Biased: a connection told to close (taken over, ended, slow) reads no further
+            // frame; they are the next connection's to carry out, in order.
             let message = tokio::select! {
-                message = stream.next() => message,
+                biased;
                 () = &mut kicked => {
                     return lock(&attached.reason).take().unwrap_or((
                         code::GOING_AWAY,
@@ -390,11 +358,14 @@ impl Reader {
                 }
                 () = &mut write_failed => {
                     if stuck.load(std::sync::atomic::Ordering::Relaxed) {
-                        return self.slow();
+                        return Requests::slow();
                     }
                     return (code::GOING_AWAY, "write failed".into(), Disconnect::Client);
                 }
                 () = &mut stopping => {
+                    // The answers of requests under way go out before the close: the client
+                    // does not send them again to the next gateway.
+                    self.requests.settle(shared.config.drain / 2).await;
                     return (code::GOING_AWAY, "server shutting down".into(), Disconnect::SessionEnded);
                 }
                 () = &mut deadline => {
@@ -406,13 +377,14 @@ impl Reader {
                     if now >= age_deadline {
                         return (code::AGE, "maximum connection age; resume".into(), Disconnect::Age);
                     }
-                    if now >= self.auth_deadline {
+                    if now >= self.requests.auth_deadline {
                         return (code::AUTH_EXPIRED, "token expired".into(), Disconnect::AuthExpired);
                     }
-                    armed = idle_deadline.min(age_deadline).min(self.auth_deadline);
+                    armed = idle_deadline.min(age_deadline).min(self.requests.auth_deadline);
                     deadline.as_mut().reset(armed.into());
                     continue;
                 }
+                message = stream.next() => message,
             };
             let message = match message {
                 None => return (code::GOING_AWAY, String::new(), Disconnect::Client),
@@ -434,7 +406,7 @@ impl Reader {
             };
             last_seen = Instant::now();
             if matches!(message, Message::Text(_) | Message::Binary(_)) {
-                self.shared
+                shared
                     .counters
                     .requests
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -443,10 +415,10 @@ impl Reader {
                 Message::Text(text) => protocol::decode_text(text.as_str()),
                 Message::Binary(bytes) => protocol::decode_binary(bytes),
                 Message::Ping(_) | Message::Pong(_) => continue,
-                Message::Close(_) => return (1000, String::new(), Disconnect::Client),
+                Message::Close(_) => return (code::NORMAL, String::new(), Disconnect::Client),
             };
             if !rate.take(last_seen) {
-                self.shared
+                shared
                     .counters
                     .rate_limited
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -467,8 +439,10 @@ impl Reader {
                 }
                 Err(error) => {
                     if let Some(answer) = error.answer() {
-                        if self.reply(ServerFrame::Error(answer)).is_err() {
-                            return self.slow();
+                        if let Err(closing) =
+                            self.requests.reply(ServerFrame::Error(answer).encode())
+                        {
+                            return closing;
                         }
                     }
                     continue;
@@ -476,361 +450,14 @@ impl Reader {
             };
             // Boxed: the request's future (sends, calls) lives only while it is handled, not
             // in every idle connection's task.
-            if let Err(closing) = Box::pin(self.handle(frame, connection)).await {
+            if let Err(closing) = Box::pin(self.requests.handle(frame)).await {
                 return closing;
             }
             // A refresh may have brought the credentials' expiry closer.
-            if self.auth_deadline < armed {
-                armed = self.auth_deadline;
+            if self.requests.auth_deadline < armed {
+                armed = self.requests.auth_deadline;
                 deadline.as_mut().reset(armed.into());
             }
         }
     }
-
-    fn slow(&self) -> Closing {
-        (code::SLOW, "slow consumer".into(), Disconnect::SlowConsumer)
-    }
-
-    fn reply(&self, frame: ServerFrame) -> Result<(), QueueError> {
-        match self.queue.try_push(frame.encode()) {
-            Err(QueueError::Closed) => Ok(()),
-            other => other,
-        }
-    }
-
-    fn error(
-        &self,
-        reference: u64,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) -> Result<(), Closing> {
-        self.reply(ServerFrame::Error(ErrorFrame {
-            reference: Some(reference),
-            code,
-            message: message.into(),
-        }))
-        .map_err(|_| self.slow())
-    }
-
-    fn ok(&self, reference: u64) -> Result<(), Closing> {
-        self.reply(ServerFrame::Ok {
-            reference,
-            data: None,
-        })
-        .map_err(|_| self.slow())
-    }
-
-    async fn handle(&mut self, frame: ClientFrame, _connection: u64) -> Result<(), Closing> {
-        match &frame {
-            ClientFrame::Ack { id } => {
-                self.session.ack(&self.shared.store, *id);
-                return Ok(());
-            }
-            ClientFrame::Ping { reference } => return self.ok(*reference),
-            _ => {}
-        }
-        if let Verdict::Refuse(reason) = self.shared.hooks.message(&self.session.info, &frame) {
-            let reference = match &frame {
-                ClientFrame::Send { reference, .. }
-                | ClientFrame::Call { reference, .. }
-                | ClientFrame::Join { reference, .. }
-                | ClientFrame::Leave { reference, .. }
-                | ClientFrame::Refresh { reference, .. }
-                | ClientFrame::Ping { reference } => *reference,
-                ClientFrame::Ack { .. } => return Ok(()),
-            };
-            return self.error(reference, ErrorCode::Forbidden, reason);
-        }
-        match frame {
-            ClientFrame::Send {
-                reference,
-                to,
-                data,
-            } => self.send(reference, to, data).await,
-            ClientFrame::Call {
-                reference,
-                to,
-                data,
-                timeout_ms,
-            } => self.call(reference, to, data, timeout_ms).await,
-            ClientFrame::Join { reference, channel } => {
-                if !self.may(&channel, false) {
-                    return self.error(
-                        reference,
-                        ErrorCode::Forbidden,
-                        format!("may not join {channel:?}"),
-                    );
-                }
-                match self.shared.join(&self.session, &channel) {
-                    Ok(()) => self.ok(reference),
-                    Err(why) => self.error(reference, ErrorCode::BadRequest, why),
-                }
-            }
-            ClientFrame::Leave { reference, channel } => {
-                self.shared.leave(&self.session, &channel);
-                self.ok(reference)
-            }
-            ClientFrame::Refresh { reference, token } => self.refresh(reference, token).await,
-            ClientFrame::Ack { .. } | ClientFrame::Ping { .. } => Ok(()),
-        }
-    }
-
-    /// Whether the session may join (or publish to) `channel`: the hook, else the patterns.
-    fn may(&self, channel: &str, publish: bool) -> bool {
-        if channels::check_name(channel).is_err() {
-            return false;
-        }
-        let info = &self.session.info;
-        match self.shared.hooks.authorize_channel(info, channel, publish) {
-            Some(allowed) => allowed,
-            None => {
-                let permissions = &self.shared.config.permissions;
-                let patterns = if publish {
-                    &permissions.publish
-                } else {
-                    &permissions.join
-                };
-                channels::allowed(patterns, channel, &info.user)
-            }
-        }
-    }
-
-    async fn refresh(&mut self, reference: u64, token: String) -> Result<(), Closing> {
-        let request = AuthRequest::token(token);
-        let identity = match self.shared.hooks.authenticate(request.clone()).await {
-            Some(result) => result.map(Some),
-            None => self.shared.verifier.verify(&request),
-        };
-        match identity {
-            Ok(Some(identity)) if identity.user == self.session.info.user => {
-                lock(&self.session.state).auth_expires = identity.expires;
-                self.session.save(&self.shared.store);
-                self.auth_deadline = identity.expires.map_or_else(far_future, instant_of);
-                self.ok(reference)
-            }
-            Ok(Some(_)) => self.error(
-                reference,
-                ErrorCode::Unauthorized,
-                "the token is another user's",
-            ),
-            Ok(None) => self.ok(reference),
-            Err(error) => self.error(reference, ErrorCode::Unauthorized, error.to_string()),
-        }
-    }
-
-    /// A permit for one more request in flight (waits: the browser's reading pauses).
-    async fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.inflight.clone().acquire_owned().await.ok()
-    }
-
-    async fn send(&mut self, reference: u64, to: Target, data: Bytes) -> Result<(), Closing> {
-        let max = self.shared.node.config().max_message_size;
-        if data.len() > max {
-            return self.error(
-                reference,
-                ErrorCode::TooLarge,
-                format!("message of {} bytes exceeds the limit of {max}", data.len()),
-            );
-        }
-        let from = self.session.info.address.clone();
-        let shared = self.shared.clone();
-        let queue = self.queue.clone();
-        let Some(permit) = self.permit().await else {
-            return Ok(());
-        };
-        match to {
-            Target::Address(address) => {
-                // Queued here, in the order the browser sent, then awaited apart.
-                let sender = {
-                    let mailbox = self.session.sender(&address);
-                    match mailbox {
-                        Some(Ok(sender)) => sender,
-                        Some(Err(error)) => return self.send_error(reference, &error),
-                        None => {
-                            return self.error(reference, ErrorCode::NoSuchSession, "session ended")
-                        }
-                    }
-                };
-                let delivery = match sender.enqueue_bytes(data).await {
-                    Ok(delivery) => delivery,
-                    Err(error) => return self.send_error(reference, &error),
-                };
-                self.shared.tasks.spawn(async move {
-                    let _permit = permit;
-                    let frame = match delivery.await {
-                        Ok(()) => ServerFrame::Ok {
-                            reference,
-                            data: None,
-                        },
-                        Err(error) => send_error_frame(reference, &error),
-                    };
-                    let _ = queue.try_push(frame.encode());
-                });
-                Ok(())
-            }
-            Target::Channel(channel) => {
-                let member = lock(&self.session.state).channels.contains(&channel);
-                if !member || !self.may(&channel, true) {
-                    return self.error(
-                        reference,
-                        ErrorCode::Forbidden,
-                        format!("may not publish to {channel:?}"),
-                    );
-                }
-                self.shared.tasks.spawn(async move {
-                    let _permit = permit;
-                    let result = shared.deliver_channel(&channel, &from, data).await;
-                    let _ = queue.try_push(deliver_answer(reference, result).encode());
-                });
-                Ok(())
-            }
-            Target::User(user) => {
-                if !self.shared.config.permissions.direct {
-                    return self.error(
-                        reference,
-                        ErrorCode::Forbidden,
-                        "sending to users is not allowed",
-                    );
-                }
-                self.shared.tasks.spawn(async move {
-                    let _permit = permit;
-                    let result = shared.deliver_user(&user, &from, false, data).await;
-                    let _ = queue.try_push(deliver_answer(reference, result).encode());
-                });
-                Ok(())
-            }
-            Target::Session(id) => {
-                if !self.shared.config.permissions.direct {
-                    return self.error(
-                        reference,
-                        ErrorCode::Forbidden,
-                        "sending to sessions is not allowed",
-                    );
-                }
-                self.shared.tasks.spawn(async move {
-                    let _permit = permit;
-                    let result = shared.deliver_session(&id, &from, false, data).await;
-                    let _ = queue.try_push(deliver_answer(reference, result).encode());
-                });
-                Ok(())
-            }
-        }
-    }
-
-    fn send_error(&self, reference: u64, error: &SendError) -> Result<(), Closing> {
-        self.reply(send_error_frame(reference, error))
-            .map_err(|_| self.slow())
-    }
-
-    async fn call(
-        &mut self,
-        reference: u64,
-        to: CallTarget,
-        data: Bytes,
-        timeout_ms: Option<u64>,
-    ) -> Result<(), Closing> {
-        let max_timeout = self.shared.config.limits.max_call_timeout;
-        let timeout = timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(max_timeout)
-            .min(max_timeout);
-        let target = match to {
-            CallTarget::Address(address) => NodeTarget::Address(address),
-            CallTarget::Service { node, addr, name } => {
-                NodeTarget::service(node, name).with_hints(addr.into_iter().collect())
-            }
-        };
-        let Some(permit) = self.permit().await else {
-            return Ok(());
-        };
-        let node = self.shared.node.clone();
-        let queue = self.queue.clone();
-        self.shared.tasks.spawn(async move {
-            let _permit = permit;
-            let result: Result<Vec<u8>, CallError> = node
-                .call::<[u8], Vec<u8>>(target, &data[..])
-                .timeout(timeout)
-                .await;
-            let frame = match result {
-                Ok(reply) => ServerFrame::Ok {
-                    reference,
-                    data: Some(Bytes::from(reply)),
-                },
-                Err(error) => call_error_frame(reference, &error),
-            };
-            let _ = queue.try_push(frame.encode());
-        });
-        Ok(())
-    }
-}
-
-fn deliver_answer(reference: u64, result: Result<usize, DeliverError>) -> ServerFrame {
-    match result {
-        Ok(_) => ServerFrame::Ok {
-            reference,
-            data: None,
-        },
-        Err(error) => {
-            let code = match &error {
-                DeliverError::NoSuchSession => ErrorCode::NoSuchSession,
-                DeliverError::Full => ErrorCode::StoreFailed,
-                DeliverError::Store(_) => ErrorCode::StoreFailed,
-                DeliverError::TooLarge { .. } => ErrorCode::TooLarge,
-            };
-            ServerFrame::Error(ErrorFrame {
-                reference: Some(reference),
-                code,
-                message: error.to_string(),
-            })
-        }
-    }
-}
-
-fn send_error_frame(reference: u64, error: &SendError) -> ServerFrame {
-    let code = match error {
-        SendError::Forged => ErrorCode::Forged,
-        SendError::Expired(_) => ErrorCode::Expired,
-        SendError::WrongNode => ErrorCode::WrongNode,
-        SendError::NoSuchMailbox => ErrorCode::NoSuchMailbox,
-        SendError::Unreachable(_) => ErrorCode::Unreachable,
-        SendError::TooLarge { .. } => ErrorCode::TooLarge,
-        SendError::Timeout => ErrorCode::Timeout,
-        SendError::NodeClosed => ErrorCode::NodeClosed,
-        SendError::OutboxFull { .. } => ErrorCode::OutboxFull,
-        SendError::Store(_) => ErrorCode::StoreFailed,
-        _ => ErrorCode::Internal,
-    };
-    ServerFrame::Error(ErrorFrame {
-        reference: Some(reference),
-        code,
-        message: error.to_string(),
-    })
-}
-
-fn call_error_frame(reference: u64, error: &CallError) -> ServerFrame {
-    let code = match error {
-        CallError::Timeout => ErrorCode::Timeout,
-        CallError::Failed { .. } | CallError::NoResponse | CallError::Decode(_) => {
-            ErrorCode::Failed
-        }
-        CallError::TooLarge { .. } => ErrorCode::TooLarge,
-        CallError::Open(open) => match open {
-            OpenError::Unreachable(_) | OpenError::PeerShuttingDown => ErrorCode::Unreachable,
-            OpenError::NoSuchService(_) | OpenError::InvalidName(_) => ErrorCode::NoSuchService,
-            OpenError::NotAllowed | OpenError::Busy => ErrorCode::Refused,
-            OpenError::NoSuchMailbox => ErrorCode::NoSuchMailbox,
-            OpenError::Forged => ErrorCode::Forged,
-            OpenError::Expired(_) => ErrorCode::Expired,
-            OpenError::WrongNode => ErrorCode::WrongNode,
-            OpenError::Timeout => ErrorCode::Timeout,
-            OpenError::NodeClosed => ErrorCode::NodeClosed,
-            _ => ErrorCode::Failed,
-        },
-        _ => ErrorCode::Internal,
-    };
-    ServerFrame::Error(ErrorFrame {
-        reference: Some(reference),
-        code,
-        message: error.to_string(),
-    })
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::protocol::Encoded;
+use super::protocol::{close, Encoded};
 
 /// A token bucket: `capacity` tokens, refilled at `capacity` per `window`.
 #[derive(Debug)]
@@ -177,14 +177,9 @@ impl OutQueue {
         self.send(Outgoing::Frame(frame, Some(permit)))
     }
 
-    /// Queues a close frame, regardless of room. The reason is cut to 123 bytes (the most a
-    /// close frame holds), at a character boundary.
+    /// Queues a close frame, regardless of room (the reason cut to what a close frame holds).
     pub(crate) fn close(&self, code: u16, reason: &str) {
-        let mut end = reason.len().min(123);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let _ = self.send(Outgoing::Close(code, reason[..end].to_owned()));
+        let _ = self.send(Outgoing::Close(code, close::reason(reason).to_owned()));
         self.bytes.close();
     }
 

@@ -23,8 +23,10 @@ pub mod channels;
 pub mod config;
 mod connection;
 pub mod hooks;
+mod journal;
 mod limits;
 pub mod protocol;
+mod requests;
 pub mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -32,7 +34,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::ws::{
+    rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocketUpgrade,
+};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,14 +54,16 @@ pub use hooks::{Disconnect, EndReason, HookFuture, Hooks, NoHooks, Verdict};
 pub use protocol::Via;
 pub use session::{DeliverError, SessionInfo};
 
-use crate::store::RedbStore;
+use crate::store::{Appended, RedbStore};
+use ferry::store::StoreFuture;
 use limits::Bucket;
 use session::{lock, ResumeKeys, Session};
+use std::future::Future;
 
 /// The JS client, served at `/ferry.js`.
-pub const FERRY_JS: &str = include_str!("../../js/ferry.js");
+pub const FERRY_JS: &str = include_str!("../../../clients/js/ferry.js");
 /// Its TypeScript declarations, served at `/ferry.d.ts`.
-pub const FERRY_D_TS: &str = include_str!("../../js/ferry.d.ts");
+pub const FERRY_D_TS: &str = include_str!("../../../clients/js/ferry.d.ts");
 
 /// Why the gateway could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -169,14 +175,21 @@ impl Shared {
                 }
             };
             let ttl = self.config.session_ttl;
-            let session =
-                match Session::restore(&self.node, &self.store, id.to_owned(), record, ttl) {
-                    Ok(session) => session,
-                    Err(error) => {
-                        tracing::error!(%error, session = %id, "restoring a session");
-                        continue;
-                    }
-                };
+            let restored = Session::restore(
+                &self.node,
+                &self.store,
+                self.journal(),
+                id.to_owned(),
+                record,
+                ttl,
+            );
+            let session = match restored {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::error!(%error, session = %id, "restoring a session");
+                    continue;
+                }
+            };
             self.register(&session);
             let channels: Vec<String> = lock(&session.state).channels.iter().cloned().collect();
             for channel in channels {
@@ -246,16 +259,56 @@ impl Shared {
         self.hooks.ended(&session.info, &reason);
     }
 
-    /// Puts `payload` into the mailboxes of `sessions` at once: stored once (one write, one
-    /// row shared by every member's mailbox), then handed to the connections that are caught
-    /// up, or read back by the others. Each session's outcome, in order.
-    async fn deliver_each(
+    /// Puts `payload` into the mailboxes of `sessions`, stored once (one write, one row
+    /// shared by every member's mailbox). The write is submitted to the store now, and the
+    /// store applies writes in the order submitted: deliveries submitted one after another
+    /// get their ids, and reach every session, in that order. The future waits for the write
+    /// and hands the message to the connections that are caught up (the others read it
+    /// back); it gives each session's outcome, in order.
+    fn submit_each(
+        self: &Arc<Self>,
+        sessions: Vec<Arc<Session>>,
+        from: &ferry::Address,
+        via: &Via,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<Vec<Result<u64, DeliverError>>, DeliverError>> + Send + 'static
+    {
+        let submitted = self.submit_append(sessions, from, via, payload);
+        let shared = self.clone();
+        async move {
+            let (sessions, template, appended) = submitted?;
+            let appended = appended.await.map_err(DeliverError::Store)?;
+            Ok(sessions
+                .iter()
+                .zip(appended)
+                .map(|(session, appended)| {
+                    session.stored(
+                        &shared.store,
+                        appended,
+                        &template,
+                        &shared.counters.delivered,
+                    )
+                })
+                .collect())
+        }
+    }
+
+    /// The store write of [`Shared::submit_each`], submitted.
+    #[allow(clippy::type_complexity)]
+    fn submit_append(
         &self,
         sessions: Vec<Arc<Session>>,
         from: &ferry::Address,
         via: &Via,
         payload: Bytes,
-    ) -> Result<Vec<Result<u64, DeliverError>>, DeliverError> {
+    ) -> Result<
+        (
+            Vec<Arc<Session>>,
+            protocol::MessageTemplate,
+            StoreFuture<Vec<Appended>>,
+        ),
+        DeliverError,
+    > {
         let max = self.node.config().max_message_size;
         if payload.len() > max {
             return Err(DeliverError::TooLarge {
@@ -271,38 +324,31 @@ impl Shared {
             return Err(DeliverError::NoSuchSession);
         }
         let template = protocol::MessageTemplate::new(&from.to_string(), via, payload.clone());
-        let appended = self
-            .store
-            .append_shared(
-                sessions.iter().map(|session| session.mailbox_id).collect(),
-                from.clone(),
-                via.to_tag(),
-                payload,
-            )
-            .await
-            .map_err(DeliverError::Store)?;
-        Ok(sessions
-            .iter()
-            .zip(appended)
-            .map(|(session, appended)| {
-                session.stored(&self.store, appended, &template, &self.counters.delivered)
-            })
-            .collect())
+        let appended = self.store.append_shared(
+            sessions.iter().map(|session| session.mailbox_id).collect(),
+            from.clone(),
+            via.to_tag(),
+            payload,
+        );
+        Ok((sessions, template, appended))
     }
 
-    /// Like [`Shared::deliver_each`]: how many took it.
-    async fn deliver_all(
-        &self,
+    /// Like [`Shared::submit_each`]: how many sessions took it.
+    fn submit_all(
+        self: &Arc<Self>,
         sessions: Vec<Arc<Session>>,
         from: &ferry::Address,
         via: &Via,
         payload: Bytes,
-    ) -> Result<usize, DeliverError> {
-        let results = self.deliver_each(sessions, from, via, payload).await?;
-        let delivered = results.iter().filter(|result| result.is_ok()).count();
-        match results.into_iter().find_map(Result::err) {
-            Some(error) if delivered == 0 => Err(error),
-            _ => Ok(delivered),
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
+        let each = self.submit_each(sessions, from, via, payload);
+        async move {
+            let results = each.await?;
+            let delivered = results.iter().filter(|result| result.is_ok()).count();
+            match results.into_iter().find_map(Result::err) {
+                Some(error) if delivered == 0 => Err(error),
+                _ => Ok(delivered),
+            }
         }
     }
 
@@ -310,49 +356,60 @@ impl Shared {
         self.channels.members(channel)
     }
 
-    pub(crate) async fn deliver_channel(
-        &self,
+    /// Delivers `payload` to every member of `channel` (submitted now, see
+    /// [`Shared::submit_each`]).
+    pub(crate) fn deliver_channel(
+        self: &Arc<Self>,
         channel: &str,
         from: &ferry::Address,
         payload: Bytes,
-    ) -> Result<usize, DeliverError> {
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
         let via = Via {
             channel: Some(channel.to_owned()),
             ..Via::default()
         };
-        self.deliver_all(self.channel_members(channel), from, &via, payload)
-            .await
+        self.submit_all(self.channel_members(channel), from, &via, payload)
     }
 
-    pub(crate) async fn deliver_user(
-        &self,
+    /// Delivers `payload` to every session of `user` (submitted now).
+    pub(crate) fn deliver_user(
+        self: &Arc<Self>,
         user: &str,
         from: &ferry::Address,
         push: bool,
         payload: Bytes,
-    ) -> Result<usize, DeliverError> {
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
         let via = Via {
             user: Some(user.to_owned()),
             push,
             ..Via::default()
         };
-        self.deliver_all(self.user_sessions(user), from, &via, payload)
-            .await
+        self.submit_all(self.user_sessions(user), from, &via, payload)
     }
 
-    pub(crate) async fn deliver_session(
-        &self,
+    /// Delivers `payload` to session `session` (submitted now).
+    pub(crate) fn deliver_session(
+        self: &Arc<Self>,
         session: &str,
         from: &ferry::Address,
         push: bool,
         payload: Bytes,
-    ) -> Result<usize, DeliverError> {
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
         let via = Via {
             push,
             ..Via::default()
         };
         let sessions = self.session(session).into_iter().collect();
-        self.deliver_all(sessions, from, &via, payload).await
+        self.submit_all(sessions, from, &via, payload)
+    }
+
+    /// A journal for a new or restored session.
+    fn journal(&self) -> journal::Journal {
+        let limits = &self.config.limits;
+        journal::Journal::new(
+            limits.max_remembered_answers,
+            limits.max_remembered_answer_bytes,
+        )
     }
 
     /// Joins `session` to `channel` (no permission check).
@@ -629,7 +686,7 @@ impl GatewayHandle {
         };
         let from = self.shared.node.inbox().address();
         self.shared
-            .deliver_each(vec![session], from, &via, payload)
+            .submit_each(vec![session], from, &via, payload)
             .await?
             .into_iter()
             .next()
@@ -750,6 +807,44 @@ fn origin_allowed(config: &GatewayConfig, headers: &HeaderMap) -> bool {
         .is_some_and(|(_, authority)| authority == host)
 }
 
+/// Refuses an upgrade. A WebSocket upgrade is completed and closed at once with `code` and
+/// `reason` (docs/GATEWAY.md §2): a browser cannot see the status of a refused upgrade, only
+/// that it failed. Any other request gets `status`.
+fn refuse(
+    shared: &Shared,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    code: u16,
+    reason: String,
+    status: Response,
+) -> Response {
+    let Ok(ws) = ws else {
+        return status;
+    };
+    shared
+        .counters
+        .refused_upgrades
+        .fetch_add(1, Ordering::Relaxed);
+    let reason = protocol::close::reason(&reason).to_owned();
+    ws.on_upgrade(move |mut socket| async move {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            // Until the client's close frame, so that closing does not reset the connection
+            // under the frame.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    })
+}
+
 /// Counts a connection while it lives.
 pub(crate) struct ConnectionSlot(Arc<Shared>);
 
@@ -787,7 +882,14 @@ async fn admit(
         return unavailable("the gateway is shutting down");
     }
     if !origin_allowed(&shared.config, &headers) {
-        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        let status = (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        return refuse(
+            &shared,
+            ws,
+            protocol::close::FORBIDDEN,
+            "origin not allowed".into(),
+            status,
+        );
     }
     if !lock(&shared.connection_rate).take(Instant::now()) {
         return unavailable("too many new connections; try again shortly");
@@ -805,7 +907,14 @@ async fn admit(
         Ok(identity) => identity,
         Err(error) => {
             tracing::debug!(%error, "gateway authentication refused");
-            return error.response(shared.verifier.basic());
+            let status = error.response(shared.verifier.basic());
+            return refuse(
+                &shared,
+                ws,
+                protocol::close::UNAUTHORIZED,
+                error.to_string(),
+                status,
+            );
         }
     };
     let ws = match ws {
@@ -827,11 +936,15 @@ async fn admit(
             {
                 if let Some(identity) = &identity {
                     if identity.user != session.info.user {
-                        return (
-                            StatusCode::FORBIDDEN,
-                            "the resume token belongs to another user\n",
-                        )
-                            .into_response();
+                        let why = "the resume token belongs to another user";
+                        let status = (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+                        return refuse(
+                            &shared,
+                            Ok(ws),
+                            protocol::close::FORBIDDEN,
+                            why.into(),
+                            status,
+                        );
                     }
                 }
                 existing = Some(session);
@@ -858,7 +971,15 @@ async fn admit(
                 Some(identity) => identity.user,
                 None => format!("anon-{id}"),
             };
-            let session = match Session::open(&shared.node, &shared.store, id, user, auth_expires) {
+            let opened = Session::open(
+                &shared.node,
+                &shared.store,
+                shared.journal(),
+                id,
+                user,
+                auth_expires,
+            );
+            let session = match opened {
                 Ok(session) => session,
                 Err(error) => {
                     tracing::error!(%error, "opening a session mailbox");

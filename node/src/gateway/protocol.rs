@@ -14,6 +14,46 @@ use ferry::{Address, NodeId};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+/// The close codes of the gateway (docs/GATEWAY.md §8).
+pub mod close {
+    /// The client closed.
+    pub const NORMAL: u16 = 1000;
+    /// The gateway is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket message exceeded `max_message_size`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Nothing received for `idle_timeout`.
+    pub const IDLE: u16 = 4000;
+    /// The connection reached `max_connection_age`.
+    pub const AGE: u16 = 4001;
+    /// The credentials expired.
+    pub const AUTH_EXPIRED: u16 = 4002;
+    /// The application ended the session.
+    pub const ENDED: u16 = 4003;
+    /// The queue towards the client stayed full.
+    pub const SLOW: u16 = 4008;
+    /// More frames than the rate limit allows.
+    pub const RATE: u16 = 4029;
+    /// A malformed frame.
+    pub const PROTOCOL: u16 = 4400;
+    /// The upgrade's credentials are missing, invalid or expired (the connection never had a
+    /// session).
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The page's origin may not connect, or the resume token is another user's.
+    pub const FORBIDDEN: u16 = 4403;
+    /// Another connection took the session over.
+    pub const TAKEN_OVER: u16 = 4409;
+
+    /// `reason` cut to the 123 bytes a close frame holds, at a character boundary.
+    pub fn reason(reason: &str) -> &str {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        &reason[..end]
+    }
+}
+
 /// Where a browser's message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -80,10 +120,14 @@ pub enum ClientFrame {
         /// The channel.
         channel: String,
     },
-    /// Every delivered message with an id up to `id` is processed: the node forgets them.
+    /// Every delivered message with an id up to `id` is processed: the node forgets them;
+    /// the client has the answer of every request with a `ref` up to `answered`: the gateway
+    /// forgets those answers. At least one of the two is present.
     Ack {
         /// The highest processed message id.
-        id: u64,
+        id: Option<u64>,
+        /// The highest `ref` below which (and at which) the client wants no answer any more.
+        answered: Option<u64>,
     },
     /// A new token for the session's user, before the current one expires.
     Refresh {
@@ -139,6 +183,9 @@ pub enum ErrorCode {
     StoreFailed,
     /// A token was refused.
     Unauthorized,
+    /// The request was received before on this session (a `ref` sent again) and its answer is
+    /// no longer remembered: it was not carried out again, and its outcome is unknown.
+    UnknownOutcome,
     /// Anything else.
     Internal,
 }
@@ -222,13 +269,15 @@ pub struct Welcome {
 pub struct WelcomeLimits {
     /// Largest WebSocket message accepted, bytes.
     pub max_message_size: usize,
+    /// Largest payload of a send or call, bytes (the node's `max_message_size`).
+    pub max_payload_size: usize,
     /// Frames allowed per `rate_window_ms`.
     pub rate_limit: u32,
     /// The rate window, milliseconds.
     pub rate_window_ms: u64,
     /// A connection that sends nothing for this long is closed, milliseconds.
     pub idle_timeout_ms: u64,
-    /// The server pings this often, milliseconds.
+    /// The server sends a heartbeat (and a WebSocket ping) this often, milliseconds.
     pub ping_interval_ms: u64,
     /// A disconnected session is kept this long, milliseconds.
     pub session_ttl_ms: u64,
@@ -259,6 +308,8 @@ pub enum ServerFrame {
     },
     /// A request failed.
     Error(ErrorFrame),
+    /// Sent every `ping_interval`, so that a client notices a connection gone silent.
+    Heartbeat,
 }
 
 /// An encoded frame.
@@ -353,6 +404,10 @@ struct Header<'a> {
     token: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    text: Option<bool>,
+    #[serde(default)]
+    answered: Option<u64>,
 }
 
 /// A target written as an object.
@@ -367,14 +422,32 @@ struct TargetObject {
     session: Option<String>,
 }
 
-/// Decodes a text frame.
+/// Decodes a text frame. Its `data` is the payload's JSON text, verbatim; with `"text":
+/// true`, `data` is a JSON string and the payload is that string's UTF-8.
 pub fn decode_text(text: &str) -> Result<ClientFrame, DecodeError> {
     let header: Header<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    let data = header
-        .data
-        .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
+    let data = match header.data {
+        Some(raw) => Some(
+            payload_of(raw, header.text).ok_or_else(|| DecodeError::BadRequest {
+                reference: header.reference,
+                message: "with `text`, `data` must be a string".into(),
+            })?,
+        ),
+        None => None,
+    };
     decode_header(header, data)
+}
+
+/// The payload a text frame's `data` stands for: its JSON text verbatim, or with `text` set,
+/// the UTF-8 of the string it is (`None` if it is not a string).
+fn payload_of(raw: &RawValue, text: Option<bool>) -> Option<Bytes> {
+    if text == Some(true) {
+        return serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Bytes::from);
+    }
+    Some(Bytes::copy_from_slice(raw.get().as_bytes()))
 }
 
 /// Decodes a binary frame: `header_len` u32be | JSON header | payload.
@@ -430,9 +503,15 @@ fn decode_header(header: Header<'_>, data: Option<Bytes>) -> Result<ClientFrame,
             reference: need_ref()?,
             channel: header.channel.ok_or_else(|| bad("`channel` is missing"))?,
         },
-        "ack" => ClientFrame::Ack {
-            id: header.id.ok_or_else(|| bad("`id` is missing"))?,
-        },
+        "ack" => {
+            if header.id.is_none() && header.answered.is_none() {
+                return Err(bad("`id` or `answered` is missing"));
+            }
+            ClientFrame::Ack {
+                id: header.id,
+                answered: header.answered,
+            }
+        }
         "refresh" => ClientFrame::Refresh {
             reference: need_ref()?,
             token: header.token.ok_or_else(|| bad("`token` is missing"))?,
@@ -503,34 +582,68 @@ fn parse_call_target(raw: &RawValue) -> Result<CallTarget, String> {
     parse_call_target_text(&text).map_err(|e| format!("`to`: {e}"))
 }
 
-/// Whether `payload` is a JSON text (and so travels in a text frame).
+/// Whether `payload` is a JSON text (and so travels in a text frame as its value).
 pub fn is_json(payload: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
 }
 
+/// How a payload travels to a client (docs/GATEWAY.md §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body<'a> {
+    /// A JSON text: spliced verbatim into a text frame as the value of `data`.
+    Json(&'a str),
+    /// Other valid UTF-8: a text frame with `"text":true` and `data` the JSON string of it.
+    Text(String),
+    /// Anything else: the payload of a binary frame.
+    Binary,
+}
+
+impl<'a> Body<'a> {
+    fn of(payload: &'a [u8]) -> Self {
+        match std::str::from_utf8(payload) {
+            Ok(text) if is_json(payload) => Self::Json(text.trim()),
+            Ok(text) => Self::Text(serde_json::to_string(text).unwrap_or_default()),
+            Err(_) => Self::Binary,
+        }
+    }
+
+    /// The JSON value of `data` in a text frame; `None` for a binary frame.
+    fn value(&self) -> Option<&str> {
+        match self {
+            Self::Json(text) => Some(text),
+            Self::Text(string) => Some(string),
+            Self::Binary => None,
+        }
+    }
+}
+
+/// Appends `"data":VALUE}` to a frame's JSON object without its closing brace.
+fn close_with_data(out: &mut String, value: &str) {
+    out.push_str("\"data\":");
+    out.push_str(value);
+    out.push('}');
+}
+
 /// Builds a frame: `fields` is the JSON object without `data`; `data`, if any, goes into the
-/// object when it is a JSON text, else into a binary frame.
+/// object when it is text (JSON, or UTF-8 marked `text`), else into a binary frame.
 fn frame(mut fields: serde_json::Map<String, serde_json::Value>, data: Option<&Bytes>) -> Encoded {
     let Some(data) = data else {
         return Encoded::Text(serde_json::Value::Object(fields).to_string());
     };
-    if is_json(data) {
-        // `data` is valid JSON, hence valid UTF-8; splice it in verbatim.
-        if let Ok(text) = std::str::from_utf8(data) {
-            let head = serde_json::Value::Object(fields).to_string();
-            let mut out = String::with_capacity(head.len() + text.len() + 8);
-            out.push_str(&head[..head.len() - 1]);
-            if head.len() > 2 {
-                out.push(',');
-            }
-            out.push_str("\"data\":");
-            out.push_str(text.trim());
-            out.push('}');
-            return Encoded::Text(out);
-        }
+    let body = Body::of(data);
+    if matches!(body, Body::Text(_)) {
+        fields.insert("text".into(), serde_json::Value::Bool(true));
     }
-    fields.remove("data");
     let head = serde_json::Value::Object(fields).to_string();
+    if let Some(value) = body.value() {
+        let mut out = String::with_capacity(head.len() + value.len() + 8);
+        out.push_str(&head[..head.len() - 1]);
+        if head.len() > 2 {
+            out.push(',');
+        }
+        close_with_data(&mut out, value);
+        return Encoded::Text(out);
+    }
     let mut out = Vec::with_capacity(4 + head.len() + data.len());
     out.extend_from_slice(&(head.len() as u32).to_be_bytes());
     out.extend_from_slice(head.as_bytes());
@@ -548,15 +661,18 @@ fn object(pairs: Vec<(&str, serde_json::Value)>) -> serde_json::Map<String, serd
 
 /// A `message` frame prepared once for many recipients, which differ only in the message id:
 /// the JSON (keys in the order [`ServerFrame::encode`] writes them: `channel`, `from`, `id`,
-/// `push`, `type`, `user`, then `data`) is split around the id.
+/// `push`, `text`, `type`, `user`, then `data`) is split around the id.
 #[derive(Debug, Clone)]
 pub struct MessageTemplate {
     /// `{` and the members before `"id":`, ending with `"id":`.
     head: String,
     /// The members after the id (`,"push":…,"type":"message",…`), without the closing `}`.
     tail: String,
-    /// The payload, and whether it is a JSON text (then spliced into a text frame).
+    /// The payload.
     data: Bytes,
+    /// The JSON string of a payload that is UTF-8 but no JSON text.
+    text: Option<String>,
+    /// Whether the payload is a JSON text.
     json: bool,
 }
 
@@ -573,20 +689,28 @@ impl MessageTemplate {
         head.push_str("\"from\":");
         head.push_str(&string(from));
         head.push_str(",\"id\":");
+        let (json, text) = match Body::of(&data) {
+            Body::Json(_) => (true, None),
+            Body::Text(text) => (false, Some(text)),
+            Body::Binary => (false, None),
+        };
         let mut tail = String::new();
         if via.push {
             tail.push_str(",\"push\":true");
+        }
+        if text.is_some() {
+            tail.push_str(",\"text\":true");
         }
         tail.push_str(",\"type\":\"message\"");
         if let Some(user) = &via.user {
             tail.push_str(",\"user\":");
             tail.push_str(&string(user));
         }
-        let json = is_json(&data);
         Self {
             head,
             tail,
             data,
+            text,
             json,
         }
     }
@@ -594,20 +718,22 @@ impl MessageTemplate {
     /// The frame for message `id`.
     pub fn encode(&self, id: u64) -> Encoded {
         use std::fmt::Write as _;
-        let text = self
-            .json
-            .then(|| std::str::from_utf8(&self.data).ok())
-            .flatten();
+        let value = match &self.text {
+            Some(text) => Some(text.as_str()),
+            None => self
+                .json
+                .then(|| std::str::from_utf8(&self.data).ok().map(str::trim))
+                .flatten(),
+        };
         let mut header = String::with_capacity(
-            self.head.len() + 20 + self.tail.len() + 9 + text.map_or(0, str::len),
+            self.head.len() + 20 + self.tail.len() + 9 + value.map_or(0, str::len),
         );
         header.push_str(&self.head);
         let _ = write!(header, "{id}");
         header.push_str(&self.tail);
-        if let Some(text) = text {
-            header.push_str(",\"data\":");
-            header.push_str(text.trim());
-            header.push('}');
+        if let Some(value) = value {
+            header.push(',');
+            close_with_data(&mut header, value);
             return Encoded::Text(header);
         }
         header.push('}');
@@ -650,6 +776,7 @@ impl ServerFrame {
                 ]),
                 None,
             ),
+            Self::Heartbeat => Encoded::Text(r#"{"type":"heartbeat"}"#.into()),
         }
     }
 }
@@ -714,8 +841,12 @@ impl ClientFrame {
                 ]),
                 None,
             ),
-            Self::Ack { id } => frame(
-                object(vec![("type", json!("ack")), ("id", json!(id))]),
+            Self::Ack { id, answered } => frame(
+                object(vec![
+                    ("type", json!("ack")),
+                    ("id", json!(id)),
+                    ("answered", json!(answered)),
+                ]),
                 None,
             ),
             Self::Refresh { reference, token } => frame(
@@ -747,7 +878,8 @@ pub fn decode(frame: &Encoded) -> Result<ClientFrame, DecodeError> {
 pub struct Received {
     /// The JSON object (for binary frames, the header).
     pub header: serde_json::Value,
-    /// The payload: the raw `data` text of a text frame, or a binary frame's payload.
+    /// The payload: the raw `data` text of a text frame (the string's UTF-8 when the frame
+    /// says `"text":true`), or a binary frame's payload.
     pub data: Option<Bytes>,
 }
 
@@ -769,17 +901,20 @@ pub fn read_server_frame(frame: &Encoded) -> Result<Received, DecodeError> {
             struct WithData<'a> {
                 #[serde(default, borrow, deserialize_with = "some_raw")]
                 data: Option<&'a RawValue>,
+                #[serde(default)]
+                text: Option<bool>,
             }
             let with: WithData<'_> =
                 serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
             let header: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-            Ok(Received {
-                header,
-                data: with
-                    .data
-                    .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes())),
-            })
+            let data = match with.data {
+                Some(raw) => Some(payload_of(raw, with.text).ok_or_else(|| {
+                    DecodeError::Malformed("with `text`, `data` must be a string".into())
+                })?),
+                None => None,
+            };
+            Ok(Received { header, data })
         }
         Encoded::Binary(bytes) => {
             let (len, rest) = bytes
@@ -988,6 +1123,59 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_no_json_travels_as_a_string() {
+        let message = ServerFrame::Message {
+            id: 1,
+            from: "ferry1abc".into(),
+            via: Via::default(),
+            data: Bytes::from_static("héllo \"you\"".as_bytes()),
+        };
+        let encoded = message.encode();
+        assert_eq!(
+            encoded,
+            Encoded::Text(
+                r#"{"from":"ferry1abc","id":1,"text":true,"type":"message","data":"héllo \"you\""}"#
+                    .into()
+            )
+        );
+        let read = read_server_frame(&encoded).unwrap();
+        assert_eq!(
+            read.data.unwrap(),
+            Bytes::from_static("héllo \"you\"".as_bytes())
+        );
+        // A client's text: `data` is the string, the payload its UTF-8 (not its JSON).
+        let frame =
+            decode_text(r#"{"type":"send","ref":1,"to":{"channel":"c"},"text":true,"data":"hi"}"#);
+        assert_eq!(
+            frame.unwrap(),
+            ClientFrame::Send {
+                reference: 1,
+                to: Target::Channel("c".into()),
+                data: Bytes::from_static(b"hi"),
+            }
+        );
+        let error =
+            decode_text(r#"{"type":"send","ref":2,"to":{"channel":"c"},"text":true,"data":1}"#)
+                .unwrap_err();
+        assert_eq!(error.answer().unwrap().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn acks_carry_an_id_or_the_answered_refs() {
+        assert_eq!(
+            decode_text(r#"{"type":"ack","answered":7}"#).unwrap(),
+            ClientFrame::Ack {
+                id: None,
+                answered: Some(7)
+            }
+        );
+        assert!(matches!(
+            decode_text(r#"{"type":"ack"}"#),
+            Err(DecodeError::BadRequest { .. })
+        ));
+    }
+
+    #[test]
     fn tags() {
         assert!(Via::default().to_tag().is_empty());
         let via = Via {
@@ -1037,7 +1225,14 @@ mod tests {
                 .prop_map(|(reference, channel)| ClientFrame::Join { reference, channel }),
             (any::<u64>(), "[a-z.]{0,12}")
                 .prop_map(|(reference, channel)| ClientFrame::Leave { reference, channel }),
-            any::<u64>().prop_map(|id| ClientFrame::Ack { id }),
+            (
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_filter("an ack has an id or answered", |(id, answered)| {
+                    id.is_some() || answered.is_some()
+                })
+                .prop_map(|(id, answered)| ClientFrame::Ack { id, answered }),
             (any::<u64>(), "[ -~]{0,30}")
                 .prop_map(|(reference, token)| ClientFrame::Refresh { reference, token }),
             any::<u64>().prop_map(|reference| ClientFrame::Ping { reference }),

@@ -19,8 +19,9 @@ use ferry::{Address, Mailbox, MailboxId};
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::Disconnect;
-use super::limits::OutQueue;
-use super::protocol::{MessageTemplate, ServerFrame, Via};
+use super::journal::{Arrival, Journal};
+use super::limits::{OutQueue, QueueError};
+use super::protocol::{close, Encoded, MessageTemplate, ServerFrame, Via};
 use crate::store::{Appended, RedbStore};
 
 /// What the embedder and the hooks see of a session.
@@ -83,6 +84,18 @@ pub(crate) struct Attached {
     pub(crate) delivered: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Attached {
+    /// Closes the connection with `code` and `reason`, unless a reason to close it was given
+    /// already.
+    pub(crate) fn close(&self, code: u16, reason: &str, disconnect: Disconnect) {
+        let mut slot = lock(&self.reason);
+        if slot.is_none() {
+            *slot = Some((code, reason.to_owned(), disconnect));
+        }
+        self.kick.cancel();
+    }
+}
+
 impl std::fmt::Debug for Attached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Attached")
@@ -125,6 +138,12 @@ pub(crate) struct Session {
     pub(crate) info: SessionInfo,
     pub(crate) mailbox_id: MailboxId,
     pub(crate) state: Mutex<State>,
+    /// The requests taken from the client, and the answers remembered.
+    journal: Mutex<Journal>,
+    /// Held while a request is looked up in the journal and started, so that the requests of
+    /// a session are started one at a time in the order they arrived, also when two
+    /// connections (one taking over from the other) read at once.
+    pub(crate) order: tokio::sync::Mutex<()>,
     /// The session's mailbox: dropping it revokes the address.
     mailbox: Mutex<Option<Mailbox>>,
 }
@@ -179,6 +198,7 @@ impl Session {
     pub(crate) fn open(
         node: &ferry::Node,
         store: &Arc<RedbStore>,
+        journal: Journal,
         id: String,
         user: String,
         auth_expires: Option<u64>,
@@ -191,7 +211,7 @@ impl Session {
             lost_at: None,
             detached_at: None,
         };
-        let session = Self::with_mailbox(node, store, id, record, 0)?;
+        let session = Self::with_mailbox(node, store, journal, id, record, 0)?;
         session.save(store);
         Ok(session)
     }
@@ -203,6 +223,7 @@ impl Session {
     pub(crate) fn restore(
         node: &ferry::Node,
         store: &Arc<RedbStore>,
+        journal: Journal,
         id: String,
         record: SessionRecord,
         ttl: Duration,
@@ -211,7 +232,7 @@ impl Session {
         let away = record.detached_at.map_or(Duration::ZERO, |at| {
             Duration::from_secs(unix_now().saturating_sub(at))
         });
-        let session = Self::with_mailbox(node, store, id, record, first)?;
+        let session = Self::with_mailbox(node, store, journal, id, record, first)?;
         let now = Instant::now();
         // An instant before the monotonic clock's start cannot be made: one `ttl` back is
         // enough to be expired.
@@ -237,6 +258,7 @@ impl Session {
     fn with_mailbox(
         node: &ferry::Node,
         store: &Arc<RedbStore>,
+        journal: Journal,
         id: String,
         record: SessionRecord,
         first: u64,
@@ -262,6 +284,8 @@ impl Session {
                 auth_expires: record.auth_expires,
                 ended: false,
             }),
+            journal: Mutex::new(journal),
+            order: tokio::sync::Mutex::new(()),
             mailbox: Mutex::new(None),
         });
         let weak = Arc::downgrade(&session);
@@ -362,6 +386,49 @@ impl Session {
             state.again = false;
             drop(state);
             start();
+        }
+    }
+
+    /// Request `reference` arrived on `connection` (call with `order` held).
+    pub(crate) fn arrive(&self, reference: u64, connection: u64) -> Arrival {
+        lock(&self.journal).arrive(reference, connection)
+    }
+
+    /// The client has the answers of every request up to `reference`.
+    pub(crate) fn confirm(&self, reference: u64) {
+        lock(&self.journal).confirm(reference);
+    }
+
+    /// The answer of request `reference`: kept in the journal, and queued to the newest
+    /// connection that sent the request, if that one is attached. A connection whose queue has
+    /// no room for it is closed as a slow consumer (the client sends the request again on its
+    /// next connection and gets the answer from the journal).
+    pub(crate) fn answer(&self, reference: u64, answer: Encoded) {
+        let Some(connection) = lock(&self.journal).answer(reference, &answer) else {
+            return;
+        };
+        let state = lock(&self.state);
+        let Some(attached) = state
+            .attached
+            .as_ref()
+            .filter(|a| a.connection == connection)
+        else {
+            return;
+        };
+        if attached.queue.try_push(answer) == Err(QueueError::Slow) {
+            attached.close(close::SLOW, "slow consumer", Disconnect::SlowConsumer);
+        }
+    }
+
+    /// Closes the session's connection `connection`, if it is still the attached one.
+    pub(crate) fn kick(&self, connection: u64, code: u16, reason: &str, disconnect: Disconnect) {
+        let state = lock(&self.state);
+        if let Some(attached) = state
+            .attached
+            .as_ref()
+            .filter(|a| a.connection == connection)
+        {
+            attached.close(code, reason, disconnect);
         }
     }
 

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod requests;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,6 +78,33 @@ async fn connect(addr: SocketAddr, query: &str) -> (Ws, Value) {
     (ws, welcome.header)
 }
 
+/// The close code and reason of a refused WebSocket upgrade: it is completed and closed at once,
+/// as a browser can read no HTTP status.
+async fn closed_at_once(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (u16, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    closed(&mut ws).await
+}
+
+/// The status and `WWW-Authenticate` headers of a plain (not upgrading) `GET path`.
+async fn plain_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, Vec<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let challenges = response
+        .lines()
+        .filter_map(|line| line.strip_prefix("www-authenticate: "))
+        .map(str::to_owned)
+        .collect();
+    (status, challenges)
+}
+
 /// The status and headers a refused upgrade gets.
 async fn refused(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
@@ -109,7 +138,10 @@ async fn next(ws: &mut Ws) -> Received {
             Message::Close(frame) => panic!("closed: {frame:?}"),
             _ => continue,
         };
-        return protocol::read_server_frame(&encoded).unwrap();
+        let received = protocol::read_server_frame(&encoded).unwrap();
+        if received.kind() != "heartbeat" {
+            return received;
+        }
     }
 }
 
@@ -289,20 +321,14 @@ async fn authentication_and_401s() {
     let env = start(token_config()).await;
     let url = format!("ws://{}/ws", env.addr);
 
-    // No credentials, a wrong token, a wrong password: 401 with WWW-Authenticate.
-    let (status, challenge) = refused(url.as_str().into_client_request().unwrap()).await;
-    assert_eq!(status, 401);
-    assert_eq!(
-        challenge,
-        [r#"Bearer realm="ferry""#, r#"Basic realm="ferry""#]
-    );
-    let (status, challenge) =
-        refused(format!("{url}?token=nope").into_client_request().unwrap()).await;
-    assert_eq!(status, 401);
-    assert!(
-        challenge[0].contains(r#"error="invalid_token""#),
-        "{challenge:?}"
-    );
+    // No credentials, a wrong token, a wrong password, an expired token: the upgrade is
+    // completed and closed at once with 4401 and the reason.
+    let refusal = closed_at_once(url.as_str().into_client_request().unwrap()).await;
+    assert_eq!(refusal, (4401, "credentials required".to_owned()));
+    let (code, reason) =
+        closed_at_once(format!("{url}?token=nope").into_client_request().unwrap()).await;
+    assert_eq!(code, 4401);
+    assert!(reason.starts_with("invalid credentials"), "{reason}");
     let mut request = url.as_str().into_client_request().unwrap();
     request.headers_mut().insert(
         "authorization",
@@ -310,16 +336,29 @@ async fn authentication_and_401s() {
             .parse()
             .unwrap(),
     );
-    assert_eq!(refused(request).await.0, 401);
+    assert_eq!(closed_at_once(request).await.0, 4401);
     let expired = hs256("carol", now() - 3600);
-    let (status, challenge) = refused(
+    let refusal = closed_at_once(
         format!("{url}?token={expired}")
             .into_client_request()
             .unwrap(),
     )
     .await;
+    assert_eq!(refusal, (4401, "credentials expired".to_owned()));
+    // A request that is no upgrade gets the HTTP answer: 401 with WWW-Authenticate.
+    let (status, challenge) = plain_get(env.addr, "/ws", "").await;
     assert_eq!(status, 401);
-    assert!(challenge[0].contains("expired"), "{challenge:?}");
+    assert_eq!(
+        challenge,
+        [r#"Bearer realm="ferry""#, r#"Basic realm="ferry""#]
+    );
+    let (status, challenge) = plain_get(env.addr, "/ws?token=nope", "").await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge[0].contains(r#"error="invalid_token""#),
+        "{challenge:?}"
+    );
+    assert_eq!(env.handle.stats().refused_upgrades, 6);
 
     // Query token, bearer header, basic auth, HS256 JWT.
     let (_ws, welcome) = connect(env.addr, "token=alice-token").await;
@@ -392,7 +431,10 @@ async fn eddsa_jwts() {
     assert_eq!(welcome["user"], "frank");
     // An HS256 token is not accepted when only EdDSA is configured.
     let url = format!("ws://{}/ws?token={}", env.addr, hs256("frank", now() + 60));
-    assert_eq!(refused(url.into_client_request().unwrap()).await.0, 401);
+    assert_eq!(
+        closed_at_once(url.into_client_request().unwrap()).await.0,
+        4401
+    );
 }
 
 #[tokio::test]
@@ -921,7 +963,10 @@ async fn connection_limits_answer_503() {
     request
         .headers_mut()
         .insert("origin", "http://evil.example".parse().unwrap());
-    assert_eq!(refused(request).await.0, 403);
+    assert_eq!(
+        closed_at_once(request).await,
+        (4403, "origin not allowed".to_owned())
+    );
     let stats = env.handle.stats();
     assert_eq!(stats.refused_upgrades, 3);
     assert_eq!(stats.connections, 2);

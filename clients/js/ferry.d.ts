@@ -1,0 +1,180 @@
+// Type declarations of ferry.js, the client of the ferry gateway (docs/GATEWAY.md §11).
+
+/** Where a message goes: a capability address (`ferry1…`), a channel, a user or a session. */
+export type Target = string | { channel: string } | { user: string } | { session: string }
+
+/** A message payload: a string (sent as its UTF-8 text), bytes, or any other JSON value
+ *  (sent as its JSON text). */
+export type Payload = string | ArrayBuffer | ArrayBufferView | number | boolean | null | object
+
+/** How a received payload was read: a JSON text (`data` is its value), other UTF-8 text
+ *  (`data` is the string), or other bytes (`data` is a Uint8Array). */
+export type Encoding = 'json' | 'text' | 'bytes'
+
+/** A message delivered to this session. */
+export interface Message {
+  /** Increasing within the session. */
+  id: number
+  /** The sender's address, without dial hints: reply with `client.send(message.from, …)`,
+   *  compare with `sameAddress`. */
+  from: string
+  /** The payload: a JSON value, a string, or a Uint8Array (see `encoding`). */
+  data: unknown
+  encoding: Encoding
+  /** Whether `encoding` is 'bytes'. */
+  binary: boolean
+  /** Set when it was published to a channel. */
+  channel?: string
+  /** Set when it was sent to every session of a user. */
+  user?: string
+  /** Set when the application embedding the gateway pushed it. */
+  push?: true
+}
+
+/** The stable codes of a FerryError: the gateway's error codes (GATEWAY.md §6.2) and the
+ *  client's own. */
+export type ErrorCode =
+  | 'bad_request' | 'unknown_type' | 'too_large' | 'forbidden' | 'no_such_mailbox'
+  | 'forged' | 'expired' | 'wrong_node' | 'unreachable' | 'timeout' | 'outbox_full'
+  | 'no_such_service' | 'refused' | 'failed' | 'no_such_session' | 'node_closed'
+  | 'store_failed' | 'unauthorized' | 'unknown_outcome' | 'internal'
+  | 'unavailable' | 'closed' | 'ended' | 'protocol' | 'taken_over' | 'queue_full'
+  | 'no_websocket' | 'mailbox_has_handler' | 'mailbox_receiving'
+
+/** An error with a stable code. */
+export class FerryError extends Error {
+  constructor (code: ErrorCode, message?: string)
+  code: ErrorCode
+}
+
+/** The gateway's close codes (GATEWAY.md §8). */
+export const CLOSE: {
+  readonly NORMAL: 1000
+  readonly GOING_AWAY: 1001
+  readonly ABNORMAL: 1006
+  readonly TOO_BIG: 1009
+  readonly IDLE: 4000
+  readonly AGE: 4001
+  readonly AUTH_EXPIRED: 4002
+  readonly ENDED: 4003
+  readonly SLOW: 4008
+  readonly RATE: 4029
+  readonly PROTOCOL: 4400
+  readonly UNAUTHORIZED: 4401
+  readonly FORBIDDEN: 4403
+  readonly TAKEN_OVER: 4409
+}
+
+export interface Mailbox {
+  /** The next message; rejects with FerryError('timeout') after `timeout` ms. */
+  receive (options?: { timeout?: number }): Promise<Message>
+  /** Calls `handler` for every message, in order. Not together with `receive`. */
+  setHandler (handler: (message: Message) => void | Promise<void>): void
+}
+
+/** `connecting`: a connection is being opened; `open`: connected (welcomed); `offline`: no
+ *  connection, another attempt follows (after a pause, when the browser is back online, or
+ *  at `reconnect()` after `disconnect()`); `closed`: stopped for good (`client.error`). */
+export type State = 'connecting' | 'open' | 'offline' | 'closed'
+
+/** The limits a gateway announces (GATEWAY.md §4). */
+export interface Limits {
+  max_message_size: number
+  max_payload_size: number
+  rate_limit: number
+  rate_window_ms: number
+  idle_timeout_ms: number
+  ping_interval_ms: number
+  session_ttl_ms: number
+}
+
+export interface Welcome {
+  session: string
+  user: string
+  address: string
+  node: string
+  resume: string
+  resumed: boolean
+  recovered: boolean
+  expired: boolean
+  pending: number
+  auth_expires: number | null
+  limits: Limits
+  config: Record<string, unknown>
+}
+
+/** Something like `sessionStorage`. */
+export interface Storage {
+  getItem (key: string): string | null
+  setItem (key: string, value: string): void
+}
+
+export interface Options {
+  /** A credential, sent as `?token=`. */
+  token?: string
+  /** Gives a fresh token: on reconnects, before `auth_expires`, and after a refusal (which is
+   *  tried again only if it gives another token). */
+  getToken?: () => Promise<string> | string
+  /** Requests made and not answered yet, at most (default 10000); beyond, 'queue_full'. */
+  maxQueue?: number
+  /** Keeps the session (resume token, cursor, request refs) across page loads. */
+  persist?: Storage
+  /** A connection silent this long (ms) is given up and replaced (default: the gateway's
+   *  `ping_interval_ms` + 3000). */
+  heartbeatTimeout?: number
+  /** `connect` gives up ('unavailable') after trying this long (ms; default 15000). */
+  connectTimeout?: number
+  /** The WebSocket class (default: the global one), e.g. the `ws` package's in Node. */
+  WebSocket?: unknown
+}
+
+export class Client {
+  constructor (url?: string, options?: Options)
+  /** This session's capability address. */
+  address: string
+  /** The configuration object from the node. */
+  config: Record<string, any>
+  session: string
+  user: string
+  node: string
+  state: State
+  /** Why the client stopped (state 'closed'), else null. */
+  error: FerryError | null
+  limits: Limits
+  /** Whether the last connection resumed the session, and recovered everything missed. */
+  resumed: boolean
+  recovered: boolean
+  /** Whether the last connection found the session gone (a new address, see 'expired'). */
+  expired: boolean
+  mailbox: Mailbox
+  on (event: 'state', listener: (state: State) => void): () => void
+  on (event: 'welcome', listener: (welcome: Welcome) => void): () => void
+  on (event: 'expired', listener: (change: { previous: string, address: string }) => void): () => void
+  on (event: 'close', listener: (close: { code: number, reason: string }) => void): () => void
+  send (to: Target, message: Payload): Promise<void>
+  call (to: string, request: Payload, options?: { timeout?: number }): Promise<unknown>
+  join (channel: string): Promise<void>
+  leave (channel: string): Promise<void>
+  ping (): Promise<void>
+  refresh (token: string): Promise<void>
+  disconnect (): void
+  reconnect (): Promise<Client>
+  close (): void
+}
+
+export function connect (url?: string, options?: Options): Promise<Client>
+export const start: typeof connect
+/** Whether two addresses name the same mailbox, whatever dial hints they carry. */
+export function sameAddress (a: string, b: string): boolean
+/** A string equal for addresses of the same mailbox: a key for maps. */
+export function addressKey (address: string): string
+declare const _default: {
+  connect: typeof connect
+  start: typeof connect
+  sameAddress: typeof sameAddress
+  addressKey: typeof addressKey
+  Client: typeof Client
+  FerryError: typeof FerryError
+  CLOSE: typeof CLOSE
+}
+export default _default

@@ -1,0 +1,920 @@
+// ferry.js: the client of the ferry gateway, for browsers and Node. One ES module, no
+// dependencies, no build step; the gateway serves this very file at /ferry.js (types at
+// /ferry.d.ts), and it is the npm package `ferry-client`.
+//
+//   import * as Ferry from '/ferry.js'
+//   const client = await Ferry.connect(location.origin, {token})
+//   client.address                          // this session's capability address
+//   client.mailbox.setHandler(m => …)       // or: await client.mailbox.receive({timeout})
+//   await client.send(address, {any: 'json'})
+//   const reply = await client.call(service, 'text', {timeout: 5000})
+//   await client.join('room.1'); await client.send({channel: 'room.1'}, 'hi')
+//
+// The wire protocol is docs/GATEWAY.md; what this client promises is §11 there and the
+// package's README. In short: the requests of a session reach each target once, in the order
+// they were made, whatever happens to connections (requests carry increasing refs, the
+// gateway's journal recognises one sent again); the client paces itself within the gateway's
+// rate limit and never sends what the gateway would refuse for its size; it notices a silent
+// connection (heartbeats) and the browser going offline, and resumes its session.
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder()
+
+/** An error with a stable `code`: the gateway's error codes and the client's own. */
+export class FerryError extends Error {
+  constructor (code, message) {
+    super(message || code)
+    this.name = 'FerryError'
+    this.code = code
+  }
+}
+
+/** The gateway's close codes (docs/GATEWAY.md §8). */
+export const CLOSE = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ABNORMAL: 1006,
+  TOO_BIG: 1009,
+  IDLE: 4000,
+  AGE: 4001,
+  AUTH_EXPIRED: 4002,
+  ENDED: 4003,
+  SLOW: 4008,
+  RATE: 4029,
+  PROTOCOL: 4400,
+  UNAUTHORIZED: 4401,
+  FORBIDDEN: 4403,
+  TAKEN_OVER: 4409
+})
+
+/** Close codes after which the client stops for good, and the error it reports. */
+const FINAL = new Map([
+  [CLOSE.ENDED, 'ended'],
+  [CLOSE.PROTOCOL, 'protocol'],
+  [CLOSE.FORBIDDEN, 'forbidden'],
+  [CLOSE.TAKEN_OVER, 'taken_over']
+])
+
+const BACKOFF_MIN_MS = 250
+const BACKOFF_MAX_MS = 10000
+/** How long a session's state is kept between acks (ms). */
+const ACK_DELAY_MS = 50
+/** Refs reserved in the persisted state at once (a reloaded page starts above them). */
+const REF_BLOCK = 1024
+
+function wsUrl (url) {
+  const here = typeof location !== 'undefined' ? location : undefined
+  const parsed = new URL(url || (here ? here.origin : ''), here ? here.href : undefined)
+  if (parsed.protocol === 'http:') parsed.protocol = 'ws:'
+  if (parsed.protocol === 'https:') parsed.protocol = 'wss:'
+  if (parsed.pathname === '/' || parsed.pathname === '') parsed.pathname = '/ws'
+  return parsed
+}
+
+// --- values -------------------------------------------------------------------------------
+
+function isBytes (value) {
+  return value instanceof ArrayBuffer || ArrayBuffer.isView(value)
+}
+
+function bytesOf (value) {
+  if (value instanceof ArrayBuffer) return new Uint8Array(value)
+  return new Uint8Array(value.buffer, value.byteOffset, value.byteLength)
+}
+
+/** Bytes of `text` in UTF-8, without encoding it. */
+function utf8Length (text) {
+  let length = text.length
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if (code >= 0x80) length += code >= 0x800 && (code < 0xd800 || code > 0xdfff) ? 2 : 1
+  }
+  return length
+}
+
+/** A payload as it goes on the wire (docs/GATEWAY.md §3): a string as its UTF-8 text, bytes
+ *  as they are, any other value as its JSON text. */
+function payloadOf (value) {
+  if (typeof value === 'string') return { text: value, size: utf8Length(value) }
+  if (isBytes(value)) {
+    const bytes = bytesOf(value)
+    return { bytes, size: bytes.length }
+  }
+  let json
+  try {
+    json = JSON.stringify(value)
+  } catch (error) {
+    throw new FerryError('bad_request', `a message must be JSON, text or bytes: ${error.message}`)
+  }
+  if (json === undefined) throw new FerryError('bad_request', `a message cannot be ${typeof value}`)
+  return { json, size: utf8Length(json) }
+}
+
+/** A request frame: the fields, and the payload if any. Its size in bytes is `size`. */
+function requestFrame (fields, payload) {
+  if (payload && payload.bytes) {
+    const header = encoder.encode(JSON.stringify(fields))
+    const out = new Uint8Array(4 + header.length + payload.bytes.length)
+    new DataView(out.buffer).setUint32(0, header.length)
+    out.set(header, 4)
+    out.set(payload.bytes, 4 + header.length)
+    return { frame: out.buffer, size: out.length }
+  }
+  let text
+  if (payload && payload.json !== undefined) {
+    const head = JSON.stringify(fields)
+    text = head.slice(0, -1) + ',"data":' + payload.json + '}'
+  } else if (payload) {
+    text = JSON.stringify({ ...fields, text: true, data: payload.text })
+  } else {
+    text = JSON.stringify(fields)
+  }
+  return { frame: text, size: utf8Length(text) }
+}
+
+/** A frame from the gateway; `encoding` says what its `data` is: 'json' (a value), 'text'
+ *  (a string), or 'bytes' (a Uint8Array). */
+function readFrame (data) {
+  if (typeof data === 'string') {
+    const frame = JSON.parse(data)
+    frame.encoding = frame.text === true ? 'text' : 'json'
+    return frame
+  }
+  const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : bytesOf(data)
+  const length = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0)
+  const frame = JSON.parse(decoder.decode(bytes.subarray(4, 4 + length)))
+  frame.data = bytes.slice(4 + length)
+  frame.encoding = 'bytes'
+  return frame
+}
+
+// --- addresses ----------------------------------------------------------------------------
+
+/** The 112-byte core of a capability address (docs/PROTOCOL.md §4), or null. */
+function addressCore (address) {
+  if (typeof address !== 'string' || !address.startsWith('ferry1')) return null
+  const body = address.slice(6)
+  if (body.length < 155 || body.length > 507 || !/^[A-Za-z0-9_-]+$/.test(body)) return null
+  let binary
+  try {
+    const base64 = body.replace(/-/g, '+').replace(/_/g, '/')
+    binary = atob(base64 + '='.repeat((4 - base64.length % 4) % 4))
+  } catch (_) {
+    return null
+  }
+  if (binary.length < 116) return null
+  const core = new Uint8Array(112)
+  for (let i = 0; i < 112; i++) core[i] = binary.charCodeAt(i)
+  return core
+}
+
+/** Whether two addresses name the same mailbox (the same node, mailbox, expiry and
+ *  signature), whatever dial hints they carry: a message's `from` lacks the sender's hints. */
+export function sameAddress (a, b) {
+  const x = addressCore(a)
+  const y = addressCore(b)
+  return x !== null && y !== null && x.every((byte, i) => byte === y[i])
+}
+
+/** A string that is equal for addresses of the same mailbox (see `sameAddress`): a key for
+ *  maps. Throws FerryError('bad_request') for a string that is no address. */
+export function addressKey (address) {
+  const core = addressCore(address)
+  if (core === null) throw new FerryError('bad_request', 'not a ferry address')
+  return String.fromCharCode(...core)
+}
+
+// --- pacing -------------------------------------------------------------------------------
+
+/** A token bucket kept inside the gateway's (`rate_limit` frames per `rate_window_ms`): half
+ *  its burst and nine tenths of its rate, so that frames bunched on the way still fit. */
+class Pacer {
+  constructor () {
+    this.configure(1, 1000)
+  }
+
+  configure (limit, windowMs) {
+    this.capacity = Math.max(1, Math.floor(limit / 2))
+    this.perMs = (0.9 * limit) / Math.max(1, windowMs)
+    this.tokens = this.capacity
+    this.last = Date.now()
+  }
+
+  _refill () {
+    const now = Date.now()
+    this.tokens = Math.min(this.capacity, this.tokens + (now - this.last) * this.perMs)
+    this.last = now
+  }
+
+  take () {
+    this._refill()
+    if (this.tokens < 1) return false
+    this.tokens -= 1
+    return true
+  }
+
+  /** Milliseconds until a token is there. */
+  wait () {
+    this._refill()
+    return Math.max(1, Math.ceil((1 - this.tokens) / this.perMs))
+  }
+}
+
+// --- the mailbox --------------------------------------------------------------------------
+
+/** A session's mailbox: `receive` or `setHandler`, one or the other. */
+class Mailbox {
+  constructor (client) {
+    this._client = client
+    this._handler = null
+    this._buffer = []
+    this._waiters = []
+  }
+
+  /** Resolves with the next message; rejects with FerryError('timeout') after `timeout` ms. */
+  receive ({ timeout } = {}) {
+    if (this._handler) {
+      return Promise.reject(new FerryError('mailbox_has_handler',
+        'this mailbox has a handler (setHandler): receive() cannot be used as well'))
+    }
+    const message = this._buffer.shift()
+    if (message) {
+      this._client._processed(message)
+      return Promise.resolve(message)
+    }
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject, timer: null }
+      if (timeout !== undefined && timeout !== null) {
+        waiter.timer = setTimeout(() => {
+          this._waiters = this._waiters.filter(w => w !== waiter)
+          reject(new FerryError('timeout', `no message within ${timeout} ms`))
+        }, timeout)
+      }
+      this._waiters.push(waiter)
+    })
+  }
+
+  /** Calls `handler(message)` for every message, in order (awaiting a returned promise). */
+  setHandler (handler) {
+    if (typeof handler !== 'function') throw new TypeError('setHandler needs a function')
+    if (this._handler) throw new FerryError('mailbox_has_handler', 'this mailbox already has a handler')
+    if (this._waiters.length > 0) {
+      throw new FerryError('mailbox_receiving',
+        'receive() is waiting on this mailbox: setHandler cannot be used as well')
+    }
+    this._handler = handler
+    this._chain = Promise.resolve()
+    const buffered = this._buffer
+    this._buffer = []
+    for (const message of buffered) this._run(message)
+  }
+
+  _run (message) {
+    this._chain = this._chain.then(async () => {
+      try {
+        await this._handler(message)
+      } catch (error) {
+        console.error('ferry: message handler failed', error)
+      }
+      this._client._processed(message)
+    })
+  }
+
+  _deliver (message) {
+    if (this._handler) return this._run(message)
+    const waiter = this._waiters.shift()
+    if (waiter) {
+      if (waiter.timer) clearTimeout(waiter.timer)
+      this._client._processed(message)
+      waiter.resolve(message)
+      return
+    }
+    this._buffer.push(message)
+  }
+}
+
+// --- the client ---------------------------------------------------------------------------
+
+/** A client of one session: connected, or reconnecting. Made by `connect`. */
+export class Client {
+  constructor (url, options = {}) {
+    this._url = wsUrl(url)
+    this._options = options
+    this._WebSocket = options.WebSocket || globalThis.WebSocket
+    if (typeof this._WebSocket !== 'function') {
+      throw new FerryError('no_websocket',
+        'no WebSocket: pass one as the WebSocket option (e.g. from the ws package)')
+    }
+    this._token = options.token
+    this._maxQueue = options.maxQueue ?? 10000
+    this._connectTimeout = options.connectTimeout ?? 15000
+    this._persist = options.persist || null
+    this._listeners = new Map()
+    this._requests = new Map() // ref → request not settled yet, in ref order
+    this._outbox = [] // requests still to go out on this connection, in ref order
+    this._nextRef = 1
+    this._reservedRef = 0
+    this._cursor = null // id of the last message the application processed
+    this._received = null // id of the last message received
+    this._acked = null // the last cursor sent in an ack
+    this._confirmed = 0 // the last `answered` sent in an ack
+    this._ackDue = false
+    this._ackTimer = null
+    this._pacer = new Pacer()
+    this._attempt = 0
+    this._ws = null
+    this._welcomed = false
+    this._manual = false
+    this._closed = false
+    this._started = Date.now()
+    this._waiting = [] // {resolve, reject} of connect() / reconnect(): the next welcome
+    this.state = 'connecting'
+    this.error = null
+    this.mailbox = new Mailbox(this)
+    this.address = null
+    this.config = {}
+    this.session = null
+    this.user = null
+    this.node = null
+    this.limits = null
+    this.resumed = false
+    this.recovered = true
+    this.expired = false
+    this._restore()
+    this._watchNetwork()
+  }
+
+  /** Listens to `state` (the new state), `welcome` (the welcome frame), `expired` (the
+   *  session was gone when the client came back: a new address), `close` (a connection
+   *  ended: {code, reason}). Returns a function that stops listening. */
+  on (event, listener) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set())
+    this._listeners.get(event).add(listener)
+    return () => this._listeners.get(event).delete(listener)
+  }
+
+  _emit (event, value) {
+    for (const listener of this._listeners.get(event) || []) {
+      try { listener(value) } catch (error) { console.error('ferry: listener failed', error) }
+    }
+  }
+
+  _setState (state) {
+    if (this.state === state) return
+    this.state = state
+    this._emit('state', state)
+  }
+
+  // --- persistence ---
+
+  _restore () {
+    if (!this._persist) return
+    try {
+      const saved = JSON.parse(this._persist.getItem('ferry.session') || 'null')
+      if (!saved || saved.url !== String(this._url)) return
+      this._resume = saved.resume
+      this._cursor = saved.cursor
+      this._received = saved.cursor
+      this._acked = saved.cursor
+      this.address = saved.address || null
+      this._nextRef = this._reservedRef = saved.nextRef || 1
+    } catch (_) {}
+  }
+
+  _save () {
+    if (!this._persist) return
+    try {
+      this._persist.setItem('ferry.session', JSON.stringify({
+        url: String(this._url),
+        resume: this._resume,
+        cursor: this._cursor,
+        address: this.address,
+        nextRef: this._reservedRef
+      }))
+    } catch (_) {}
+  }
+
+  /** The next request ref: increasing for the session, also across page loads with
+   *  `persist` (refs are reserved in blocks, so a reloaded page never reuses one). */
+  _takeRef () {
+    const ref = this._nextRef++
+    if (this._persist && this._nextRef > this._reservedRef) {
+      this._reservedRef = this._nextRef + REF_BLOCK
+      this._save()
+    }
+    return ref
+  }
+
+  // --- the network ---
+
+  _watchNetwork () {
+    const target = globalThis
+    if (typeof target.addEventListener !== 'function' || typeof navigator === 'undefined' ||
+        typeof navigator.onLine !== 'boolean') {
+      return
+    }
+    this._onOffline = () => {
+      if (this._closed || this._manual) return
+      clearTimeout(this._retryTimer)
+      if (this._ws) this._drop(CLOSE.ABNORMAL, 'the browser is offline')
+      this._setState('offline')
+    }
+    this._onOnline = () => {
+      if (this._closed || this._manual || this._ws) return
+      clearTimeout(this._retryTimer)
+      this._attempt = 0
+      this._dial()
+    }
+    target.addEventListener('offline', this._onOffline)
+    target.addEventListener('online', this._onOnline)
+  }
+
+  _online () {
+    return typeof navigator === 'undefined' || navigator.onLine !== false
+  }
+
+  // --- connections ---
+
+  /** Resolves at the next welcome; rejects if the client stops for good first. */
+  _nextWelcome () {
+    return new Promise((resolve, reject) => this._waiting.push({ resolve, reject }))
+  }
+
+  /** Opens a connection; a reconnect first asks `getToken` for a fresh token, unless the
+   *  token in hand was just given by it. */
+  async _dial () {
+    if (this._closed || this._manual || this._ws || this._dialing) return
+    if (!this._online()) return this._setState('offline')
+    this._setState('connecting')
+    const getToken = this._options.getToken
+    const fresh = this._freshToken
+    this._freshToken = false
+    if (!fresh && this.session !== null && typeof getToken === 'function') {
+      this._dialing = true
+      try {
+        this._token = await getToken()
+      } catch (error) {
+        console.error('ferry: getToken failed', error)
+      } finally {
+        this._dialing = false
+      }
+      if (this._closed || this._manual || this._ws) return
+    }
+    const url = new URL(this._url)
+    if (this._token) url.searchParams.set('token', this._token)
+    if (this._resume) url.searchParams.set('resume', this._resume)
+    // Resume after the last message received: those not processed yet are still in memory.
+    if (this._resume && this._received !== null) url.searchParams.set('cursor', String(this._received))
+    let ws
+    try {
+      ws = new this._WebSocket(String(url))
+    } catch (error) {
+      return this._lost(CLOSE.ABNORMAL, String(error), false)
+    }
+    ws.binaryType = 'arraybuffer'
+    this._ws = ws
+    this._welcomed = false
+    this._triedToken = this._token
+    this._lastSeen = Date.now()
+    this._watchdog = setInterval(() => this._checkAlive(), 250)
+    ws.onmessage = (event) => {
+      if (this._ws !== ws) return
+      this._lastSeen = Date.now()
+      this._receive(event.data)
+    }
+    ws.onclose = (event) => {
+      if (this._ws === ws) this._lost(event.code, event.reason, this._welcomed)
+    }
+    ws.onerror = () => {} // a close event follows
+  }
+
+  /** How long a connection may stay silent before it counts as dead (ms). */
+  _silence () {
+    if (this._options.heartbeatTimeout) return this._options.heartbeatTimeout
+    if (this.limits && this._welcomed) return this.limits.ping_interval_ms + 3000
+    return 10000
+  }
+
+  _checkAlive () {
+    if (this._ws && Date.now() - this._lastSeen > this._silence()) {
+      this._drop(CLOSE.ABNORMAL, `nothing received for ${this._silence()} ms`)
+    }
+  }
+
+  /** Gives up the current connection without waiting for its closing handshake (which a dead
+   *  network would never complete). */
+  _drop (code, reason) {
+    const ws = this._ws
+    if (!ws) return
+    try { ws.close(CLOSE.NORMAL) } catch (_) {}
+    this._lost(code, reason, this._welcomed)
+  }
+
+  /** The connection ended with `code`: stop, or try again after the pause it calls for. */
+  _lost (code, reason, welcomed) {
+    const ws = this._ws
+    if (ws) {
+      ws.onmessage = ws.onclose = ws.onerror = null
+      this._ws = null
+    }
+    clearInterval(this._watchdog)
+    clearTimeout(this._pumpTimer)
+    this._pumpTimer = null
+    this._welcomed = false
+    this._emit('close', { code, reason })
+    if (this._closed) return this._setState('closed')
+    if (this._manual) return this._setState('offline')
+    if (FINAL.has(code)) {
+      return this._stop(new FerryError(FINAL.get(code), `connection closed (${code}${reason ? ': ' + reason : ''})`))
+    }
+    if (code === CLOSE.UNAUTHORIZED || (code === CLOSE.AUTH_EXPIRED && welcomed)) {
+      return this._unauthorized(code, reason)
+    }
+    if (code === CLOSE.TOO_BIG) this._refuseTooBig()
+    if (this.session === null && Date.now() - this._started >= this._connectTimeout) {
+      return this._stop(new FerryError('unavailable',
+        `could not connect to ${this._url} within ${this._connectTimeout} ms (last close ${code}${reason ? ': ' + reason : ''})`))
+    }
+    let pause = this._backoff()
+    if (code === CLOSE.AGE) pause = 0
+    if (code === CLOSE.RATE) pause += (this.limits ? this.limits.rate_window_ms : 1000)
+    this._setState('offline')
+    clearTimeout(this._retryTimer)
+    this._retryTimer = setTimeout(() => this._dial(), pause)
+  }
+
+  _backoff () {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(this._attempt, 6))
+    this._attempt += 1
+    return base / 2 + Math.random() * base / 2
+  }
+
+  /** Refused credentials: tried again only with a different token from `getToken`. */
+  async _unauthorized (code, reason) {
+    const refused = this._triedToken
+    const getToken = this._options.getToken
+    this._setState('offline')
+    let token
+    if (typeof getToken === 'function') {
+      try {
+        token = await getToken()
+      } catch (error) {
+        console.error('ferry: getToken failed', error)
+      }
+    }
+    if (this._closed || this._manual) return
+    if (!token || token === refused) {
+      return this._stop(new FerryError('unauthorized',
+        `the gateway refused the credentials (${code}${reason ? ': ' + reason : ''})`))
+    }
+    this._token = token
+    this._freshToken = true
+    clearTimeout(this._retryTimer)
+    this._retryTimer = setTimeout(() => this._dial(), this._backoff())
+  }
+
+  /** The gateway closed with 1009: the request it could not take is refused, not sent again. */
+  _refuseTooBig () {
+    const max = this.limits ? this.limits.max_message_size : Infinity
+    const sent = [...this._requests.values()].filter(request => request.sent)
+    let refused = sent.filter(request => request.size > max)
+    if (refused.length === 0 && sent.length > 0) {
+      refused = [sent.reduce((a, b) => (b.size > a.size ? b : a))]
+    }
+    for (const request of refused) {
+      this._settle(request, new FerryError('too_large', `a request of ${request.size} bytes is more than the gateway takes`))
+    }
+  }
+
+  /** Stops for good: every request not settled fails with `error`. */
+  _stop (error) {
+    this._closed = true
+    this.error = error
+    clearTimeout(this._retryTimer)
+    clearTimeout(this._refreshTimer)
+    clearTimeout(this._ackTimer)
+    clearInterval(this._watchdog)
+    if (this._onOffline) {
+      globalThis.removeEventListener('offline', this._onOffline)
+      globalThis.removeEventListener('online', this._onOnline)
+    }
+    if (this._ws) {
+      const ws = this._ws
+      this._ws = null
+      ws.onmessage = ws.onclose = ws.onerror = null
+      try { ws.close(CLOSE.NORMAL) } catch (_) {}
+    }
+    for (const request of [...this._requests.values()]) this._settle(request, error)
+    this._outbox = []
+    for (const waiter of this._waiting.splice(0)) waiter.reject(error)
+    this._setState('closed')
+  }
+
+  // --- frames from the gateway ---
+
+  _receive (data) {
+    let frame
+    try {
+      frame = readFrame(data)
+    } catch (error) {
+      console.error('ferry: unreadable frame', error)
+      return
+    }
+    if (frame.type === 'welcome') return this._welcome(frame)
+    if (!this._welcomed) return
+    if (frame.type === 'message') return this._message(frame)
+    if (frame.type === 'ok' || frame.type === 'error') return this._answer(frame)
+    // 'heartbeat', and types this client does not know: their arrival is all that counts.
+  }
+
+  _welcome (frame) {
+    const previous = this.address
+    const expired = frame.expired || (this.session !== null && !frame.resumed)
+    if (!frame.resumed) {
+      // A new session: ids start again.
+      this._cursor = null
+      this._received = null
+      this._acked = null
+    }
+    if (expired) {
+      // Requests that went out to the old session may or may not have been carried out.
+      for (const request of [...this._requests.values()]) {
+        if (request.sent) {
+          this._settle(request, new FerryError('expired',
+            'the session expired before this request was answered: it may or may not have been carried out'))
+        }
+      }
+    }
+    this.address = frame.address
+    this.config = frame.config
+    this.session = frame.session
+    this.user = frame.user
+    this.node = frame.node
+    this.resumed = frame.resumed
+    this.recovered = frame.recovered
+    this.expired = expired
+    this.limits = frame.limits
+    this._resume = frame.resume
+    this._attempt = 0
+    this._welcomed = true
+    this._confirmed = 0
+    this._pacer.configure(frame.limits.rate_limit, frame.limits.rate_window_ms)
+    // What the (possibly new) limits no longer allow is refused before it goes out.
+    for (const request of [...this._requests.values()]) {
+      const refusal = this._tooLarge(request.payloadSize, request.size)
+      if (refusal) this._settle(request, refusal)
+    }
+    // Every request not answered goes (again), in ref order: the gateway carries out the
+    // ones it has not taken yet and answers the others from its journal.
+    this._outbox = [...this._requests.values()]
+    this._ackDue = true
+    this._save()
+    this._scheduleRefresh(frame.auth_expires)
+    this._setState('open')
+    if (expired && previous) this._emit('expired', { previous, address: frame.address })
+    this._emit('welcome', frame)
+    for (const waiter of this._waiting.splice(0)) waiter.resolve(this)
+    this._pump()
+  }
+
+  _message (frame) {
+    // Already received (before a reconnect): delivered once only.
+    if (this._received !== null && frame.id <= this._received) return
+    this._received = frame.id
+    const message = {
+      id: frame.id,
+      from: frame.from,
+      data: frame.data,
+      encoding: frame.encoding,
+      binary: frame.encoding === 'bytes'
+    }
+    if (frame.channel !== undefined) message.channel = frame.channel
+    if (frame.user !== undefined) message.user = frame.user
+    if (frame.push) message.push = true
+    this.mailbox._deliver(message)
+  }
+
+  _answer (frame) {
+    const request = this._requests.get(frame.ref)
+    if (!request) return // answered before, or given up (timeout)
+    if (frame.type === 'ok') this._settle(request, null, frame.data)
+    else this._settle(request, new FerryError(frame.code || 'internal', frame.message))
+  }
+
+  /** Settles `request` (with `error`, or with `value`) and forgets it; the gateway is told
+   *  with the next ack that its answer is no longer needed. */
+  _settle (request, error, value) {
+    if (!this._requests.delete(request.ref)) return
+    if (request.timer) clearTimeout(request.timer)
+    if (error) request.reject(error)
+    else request.resolve(value)
+    this._scheduleAck()
+  }
+
+  _processed (message) {
+    if (this._cursor === null || message.id > this._cursor) this._cursor = message.id
+    this._scheduleAck()
+  }
+
+  _scheduleAck () {
+    if (this._ackTimer || this._closed) return
+    this._ackTimer = setTimeout(() => {
+      this._ackTimer = null
+      this._ackDue = true
+      this._save()
+      this._pump()
+    }, ACK_DELAY_MS)
+  }
+
+  /** The ack to send now, if anything changed: messages processed, answers received. */
+  _ackFrame () {
+    const ack = { type: 'ack' }
+    if (this._cursor !== null && this._cursor !== this._acked) ack.id = this._cursor
+    const lowest = this._requests.size > 0 ? this._requests.keys().next().value : this._nextRef
+    if (lowest - 1 > this._confirmed) ack.answered = lowest - 1
+    if (ack.id === undefined && ack.answered === undefined) return null
+    return ack
+  }
+
+  // --- frames to the gateway ---
+
+  /** Sends what is due, within the pace the gateway allows; waits for the pace otherwise. */
+  _pump () {
+    clearTimeout(this._pumpTimer)
+    this._pumpTimer = null
+    const ws = this._ws
+    if (!ws || !this._welcomed) return
+    while (this._outbox.length > 0 && !this._requests.has(this._outbox[0].ref)) this._outbox.shift()
+    while (this._ackDue || this._outbox.length > 0) {
+      const ack = this._ackDue ? this._ackFrame() : null
+      if (ack === null) this._ackDue = false
+      if (ack === null && this._outbox.length === 0) break
+      if (!this._pacer.take()) {
+        this._pumpTimer = setTimeout(() => this._pump(), this._pacer.wait())
+        return
+      }
+      try {
+        if (ack !== null) {
+          ws.send(JSON.stringify(ack))
+          this._ackDue = false
+          if (ack.id !== undefined) this._acked = ack.id
+          if (ack.answered !== undefined) this._confirmed = ack.answered
+          continue
+        }
+        const request = this._outbox.shift()
+        request.sent = true
+        ws.send(request.frame)
+      } catch (_) {
+        return // the socket is closing: what is left goes on the next connection
+      }
+      while (this._outbox.length > 0 && !this._requests.has(this._outbox[0].ref)) this._outbox.shift()
+    }
+  }
+
+  /** The FerryError for a payload or frame the gateway would not take, or null. */
+  _tooLarge (payloadSize, frameSize) {
+    if (!this.limits) return null
+    if (payloadSize > this.limits.max_payload_size) {
+      return new FerryError('too_large',
+        `a message of ${payloadSize} bytes is more than the node takes (${this.limits.max_payload_size})`)
+    }
+    if (frameSize > this.limits.max_message_size) {
+      return new FerryError('too_large',
+        `a request of ${frameSize} bytes is more than the gateway takes (${this.limits.max_message_size})`)
+    }
+    return null
+  }
+
+  _request (fields, data, hasData, timeout) {
+    if (this._closed) return Promise.reject(this.error || new FerryError('closed', 'the client is closed'))
+    if (this._requests.size >= this._maxQueue) {
+      return Promise.reject(new FerryError('queue_full',
+        `${this._maxQueue} requests are already waiting for their answers (maxQueue)`))
+    }
+    let payload = null
+    let built
+    try {
+      if (hasData) payload = payloadOf(data)
+      const payloadSize = payload ? payload.size : 0
+      const early = this._tooLarge(payloadSize, 0)
+      if (early) throw early
+      const ref = this._takeRef()
+      built = requestFrame({ ...fields, ref }, payload)
+      built.ref = ref
+      built.payloadSize = payloadSize
+      const late = this._tooLarge(0, built.size)
+      if (late) throw late
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return new Promise((resolve, reject) => {
+      const request = { ...built, resolve, reject, timer: null, sent: false }
+      if (timeout) {
+        request.timer = setTimeout(() => {
+          this._settle(request, new FerryError('timeout', `no answer within ${timeout} ms`))
+        }, timeout + 1000)
+      }
+      this._requests.set(request.ref, request)
+      this._outbox.push(request)
+      this._pump()
+    })
+  }
+
+  /** Sends `message` to an address (`ferry1…`), `{channel}`, `{user}` or `{session}`: a
+   *  string as UTF-8 text, bytes (ArrayBuffer, typed array) as they are, anything else as
+   *  JSON. Resolves once the target accepted it. */
+  send (to, message) {
+    return this._request({ type: 'send', to }, message, true).then(() => undefined)
+  }
+
+  /** Calls a service (`ferry1…`, `NODEID/NAME` or `NODEID@HOST:PORT/NAME`) with `request`
+   *  (as `send` encodes it) and resolves with its reply (a JSON value, a string, or a
+   *  Uint8Array: GATEWAY.md §3). `timeout` in milliseconds. */
+  call (to, request, { timeout } = {}) {
+    const fields = { type: 'call', to }
+    if (timeout) fields.timeout_ms = timeout
+    return this._request(fields, request, true, timeout)
+  }
+
+  /** Joins a channel. */
+  join (channel) {
+    return this._request({ type: 'join', channel }, undefined, false).then(() => undefined)
+  }
+
+  /** Leaves a channel. */
+  leave (channel) {
+    return this._request({ type: 'leave', channel }, undefined, false).then(() => undefined)
+  }
+
+  /** A round trip to the gateway. */
+  ping () {
+    return this._request({ type: 'ping' }, undefined, false).then(() => undefined)
+  }
+
+  /** Hands the gateway a fresh token for the same user, without dropping the session. */
+  refresh (token) {
+    this._token = token
+    return this._request({ type: 'refresh', token }, undefined, false).then(() => undefined)
+  }
+
+  _scheduleRefresh (expires) {
+    clearTimeout(this._refreshTimer)
+    if (!expires || typeof this._options.getToken !== 'function') return
+    const ms = Math.max(1000, (expires * 1000 - Date.now()) * 0.8)
+    this._refreshTimer = setTimeout(async () => {
+      try {
+        const token = await this._options.getToken()
+        await this.refresh(token)
+      } catch (error) {
+        console.error('ferry: token refresh failed', error)
+      }
+    }, ms)
+  }
+
+  /** Drops the connection and stays offline until `reconnect()` (requests wait meanwhile). */
+  disconnect () {
+    this._manual = true
+    clearTimeout(this._retryTimer)
+    if (this._ws) this._drop(CLOSE.NORMAL, 'disconnect()')
+    this._setState('offline')
+  }
+
+  /** Connects again now (after `disconnect()`, or to skip a pause); resolves at the welcome. */
+  reconnect () {
+    if (this._closed) return Promise.reject(this.error || new FerryError('closed', 'the client is closed'))
+    this._manual = false
+    clearTimeout(this._retryTimer)
+    if (this._ws && this._welcomed) return Promise.resolve(this)
+    const welcome = this._nextWelcome()
+    this._attempt = 0
+    this._dial()
+    return welcome
+  }
+
+  /** Closes the client for good (its requests not answered yet fail with 'closed'); the
+   *  session ends on the node after its TTL. */
+  close () {
+    if (this._closed) return
+    this._stop(new FerryError('closed', 'the client was closed'))
+  }
+}
+
+/** Connects to the gateway at `url` (`http(s)://host:port`, or its `ws(s)://…/ws`; default:
+ *  this page's origin). Resolves once the first welcome arrived; rejects with a FerryError:
+ *  `unauthorized`, `forbidden`, or `unavailable` after `connectTimeout` ms of trying. */
+export function connect (url, options = {}) {
+  let client
+  try {
+    client = new Client(url, options)
+  } catch (error) {
+    return Promise.reject(error)
+  }
+  const welcome = client._nextWelcome()
+  client._dial()
+  return welcome
+}
+
+/** GenBrowser's name for `connect`. */
+export const start = connect
+
+export default { connect, start, sameAddress, addressKey, Client, FerryError, CLOSE }

@@ -1,0 +1,444 @@
+//! Carrying out a connection's requests (`send`, `call`, `join`, `leave`, `refresh`, `ping`)
+//! and acknowledgements. Requests of a session start one at a time, in the order they arrive,
+//! after the session's journal said they are new (docs/GATEWAY.md §5.8); whatever starts
+//! them (a store write, a conversation's queue) keeps that order, and the answer goes through
+//! the journal to the newest connection that sent it.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry::{CallError, OpenError, SendError, Target as NodeTarget};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::auth::AuthRequest;
+use super::hooks::{Disconnect, Verdict};
+use super::journal::Arrival;
+use super::limits::{OutQueue, QueueError};
+use super::protocol::{
+    close, CallTarget, ClientFrame, Encoded, ErrorCode, ErrorFrame, ServerFrame, Target,
+};
+use super::session::{lock, unix_now, DeliverError, Session};
+use super::{channels, Shared};
+
+/// Why a connection stops: the close frame's code and reason, and what hooks are told.
+pub(crate) type Closing = (u16, String, Disconnect);
+
+/// The instant at which unix time `at` is reached.
+pub(crate) fn instant_of(at: u64) -> Instant {
+    Instant::now() + Duration::from_secs(at.saturating_sub(unix_now()))
+}
+
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// The requests of one connection.
+pub(crate) struct Requests {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) session: Arc<Session>,
+    pub(crate) connection: u64,
+    pub(crate) queue: OutQueue,
+    /// Permits for requests in flight (`max_inflight`).
+    pub(crate) inflight: Arc<Semaphore>,
+    /// When the credentials expire.
+    pub(crate) auth_deadline: Instant,
+}
+
+impl Requests {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        session: Arc<Session>,
+        connection: u64,
+        queue: OutQueue,
+    ) -> Self {
+        let inflight = Arc::new(Semaphore::new(shared.config.limits.max_inflight));
+        let auth_deadline = lock(&session.state)
+            .auth_expires
+            .map_or_else(far_future, instant_of);
+        Self {
+            shared,
+            session,
+            connection,
+            queue,
+            inflight,
+            auth_deadline,
+        }
+    }
+
+    pub(crate) fn slow() -> Closing {
+        (
+            close::SLOW,
+            "slow consumer".into(),
+            Disconnect::SlowConsumer,
+        )
+    }
+
+    /// Queues `frame` on this connection (a frame that is no answer to a new request).
+    pub(crate) fn reply(&self, frame: Encoded) -> Result<(), Closing> {
+        match self.queue.try_push(frame) {
+            Err(QueueError::Slow) => Err(Self::slow()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers request `reference`, through the journal.
+    fn answer(&self, frame: &ServerFrame, reference: u64) -> Result<(), Closing> {
+        self.session.answer(reference, frame.encode());
+        Ok(())
+    }
+
+    fn fail(
+        &self,
+        reference: u64,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), Closing> {
+        let frame = ServerFrame::Error(ErrorFrame {
+            reference: Some(reference),
+            code,
+            message: message.into(),
+        });
+        self.answer(&frame, reference)
+    }
+
+    fn succeed(&self, reference: u64) -> Result<(), Closing> {
+        let frame = ServerFrame::Ok {
+            reference,
+            data: None,
+        };
+        self.answer(&frame, reference)
+    }
+
+    /// Waits (up to `limit`) until every request in flight on this connection is answered.
+    pub(crate) async fn settle(&self, limit: Duration) {
+        let all = u32::try_from(self.shared.config.limits.max_inflight).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(limit, self.inflight.acquire_many(all)).await;
+    }
+
+    /// Carries out `frame`.
+    pub(crate) async fn handle(&mut self, frame: ClientFrame) -> Result<(), Closing> {
+        let reference = match &frame {
+            ClientFrame::Ack { id, answered } => {
+                if let Some(id) = id {
+                    self.session.ack(&self.shared.store, *id);
+                }
+                if let Some(answered) = answered {
+                    self.session.confirm(*answered);
+                }
+                return Ok(());
+            }
+            ClientFrame::Send { reference, .. }
+            | ClientFrame::Call { reference, .. }
+            | ClientFrame::Join { reference, .. }
+            | ClientFrame::Leave { reference, .. }
+            | ClientFrame::Refresh { reference, .. }
+            | ClientFrame::Ping { reference } => *reference,
+        };
+        let session = self.session.clone();
+        let _order = session.order.lock().await;
+        match session.arrive(reference, self.connection) {
+            Arrival::New => {}
+            Arrival::InProgress => return Ok(()),
+            Arrival::Answered(answer) => return self.reply(answer),
+            Arrival::Forgotten => {
+                let frame = ServerFrame::Error(ErrorFrame {
+                    reference: Some(reference),
+                    code: ErrorCode::UnknownOutcome,
+                    message: "this request was received before and its answer is forgotten; \
+                              it was not carried out again"
+                        .into(),
+                });
+                return self.reply(frame.encode());
+            }
+        }
+        // From here on, every path answers `reference` exactly once.
+        if let ClientFrame::Ping { reference } = frame {
+            return self.succeed(reference);
+        }
+        if let Verdict::Refuse(reason) = self.shared.hooks.message(&self.session.info, &frame) {
+            return self.fail(reference, ErrorCode::Forbidden, reason);
+        }
+        match frame {
+            ClientFrame::Send {
+                reference,
+                to,
+                data,
+            } => self.send(reference, to, data).await,
+            ClientFrame::Call {
+                reference,
+                to,
+                data,
+                timeout_ms,
+            } => self.call(reference, to, data, timeout_ms).await,
+            ClientFrame::Join { reference, channel } => {
+                if !self.may(&channel, false) {
+                    return self.fail(
+                        reference,
+                        ErrorCode::Forbidden,
+                        format!("may not join {channel:?}"),
+                    );
+                }
+                match self.shared.join(&self.session, &channel) {
+                    Ok(()) => self.succeed(reference),
+                    Err(why) => self.fail(reference, ErrorCode::BadRequest, why),
+                }
+            }
+            ClientFrame::Leave { reference, channel } => {
+                self.shared.leave(&self.session, &channel);
+                self.succeed(reference)
+            }
+            ClientFrame::Refresh { reference, token } => self.refresh(reference, token).await,
+            ClientFrame::Ack { .. } | ClientFrame::Ping { .. } => Ok(()),
+        }
+    }
+
+    /// Whether the session may join (or publish to) `channel`: the hook, else the patterns.
+    fn may(&self, channel: &str, publish: bool) -> bool {
+        if channels::check_name(channel).is_err() {
+            return false;
+        }
+        let info = &self.session.info;
+        match self.shared.hooks.authorize_channel(info, channel, publish) {
+            Some(allowed) => allowed,
+            None => {
+                let permissions = &self.shared.config.permissions;
+                let patterns = if publish {
+                    &permissions.publish
+                } else {
+                    &permissions.join
+                };
+                channels::allowed(patterns, channel, &info.user)
+            }
+        }
+    }
+
+    async fn refresh(&mut self, reference: u64, token: String) -> Result<(), Closing> {
+        let request = AuthRequest::token(token);
+        let identity = match self.shared.hooks.authenticate(request.clone()).await {
+            Some(result) => result.map(Some),
+            None => self.shared.verifier.verify(&request),
+        };
+        match identity {
+            Ok(Some(identity)) if identity.user == self.session.info.user => {
+                lock(&self.session.state).auth_expires = identity.expires;
+                self.session.save(&self.shared.store);
+                self.auth_deadline = identity.expires.map_or_else(far_future, instant_of);
+                self.succeed(reference)
+            }
+            Ok(Some(_)) => self.fail(
+                reference,
+                ErrorCode::Unauthorized,
+                "the token is another user's",
+            ),
+            Ok(None) => self.succeed(reference),
+            Err(error) => self.fail(reference, ErrorCode::Unauthorized, error.to_string()),
+        }
+    }
+
+    /// A permit for one more request in flight (waits: the browser's reading pauses).
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inflight.clone().acquire_owned().await.ok()
+    }
+
+    /// Answers `reference` with the outcome of `delivery` once it completes, in a task.
+    fn answer_later(
+        &self,
+        reference: u64,
+        permit: OwnedSemaphorePermit,
+        delivery: impl Future<Output = ServerFrame> + Send + 'static,
+    ) {
+        let session = self.session.clone();
+        self.shared.tasks.spawn(async move {
+            let frame = delivery.await;
+            session.answer(reference, frame.encode());
+            drop(permit);
+        });
+    }
+
+    async fn send(&mut self, reference: u64, to: Target, data: Bytes) -> Result<(), Closing> {
+        let max = self.shared.node.config().max_message_size;
+        if data.len() > max {
+            return self.fail(
+                reference,
+                ErrorCode::TooLarge,
+                format!("message of {} bytes exceeds the limit of {max}", data.len()),
+            );
+        }
+        let from = self.session.info.address.clone();
+        let Some(permit) = self.permit().await else {
+            return Ok(());
+        };
+        // Each branch starts the delivery here, before the next request is read: the
+        // conversation's queue and the store keep the order in which they were started.
+        match to {
+            Target::Address(address) => {
+                let sender = match self.session.sender(&address) {
+                    Some(Ok(sender)) => sender,
+                    Some(Err(error)) => {
+                        return self.answer(&send_error_frame(reference, &error), reference)
+                    }
+                    None => return self.fail(reference, ErrorCode::NoSuchSession, "session ended"),
+                };
+                let delivery = match sender.enqueue_bytes(data).await {
+                    Ok(delivery) => delivery,
+                    Err(error) => {
+                        return self.answer(&send_error_frame(reference, &error), reference)
+                    }
+                };
+                self.answer_later(reference, permit, async move {
+                    match delivery.await {
+                        Ok(()) => ServerFrame::Ok {
+                            reference,
+                            data: None,
+                        },
+                        Err(error) => send_error_frame(reference, &error),
+                    }
+                });
+                Ok(())
+            }
+            Target::Channel(channel) => {
+                let member = lock(&self.session.state).channels.contains(&channel);
+                if !member || !self.may(&channel, true) {
+                    return self.fail(
+                        reference,
+                        ErrorCode::Forbidden,
+                        format!("may not publish to {channel:?}"),
+                    );
+                }
+                let delivery = self.shared.deliver_channel(&channel, &from, data);
+                self.answer_later(reference, permit, async move {
+                    deliver_answer(reference, delivery.await)
+                });
+                Ok(())
+            }
+            Target::User(_) | Target::Session(_) if !self.shared.config.permissions.direct => self
+                .fail(
+                    reference,
+                    ErrorCode::Forbidden,
+                    "sending to users and sessions is not allowed",
+                ),
+            Target::User(user) => {
+                let delivery = self.shared.deliver_user(&user, &from, false, data);
+                self.answer_later(reference, permit, async move {
+                    deliver_answer(reference, delivery.await)
+                });
+                Ok(())
+            }
+            Target::Session(id) => {
+                let delivery = self.shared.deliver_session(&id, &from, false, data);
+                self.answer_later(reference, permit, async move {
+                    deliver_answer(reference, delivery.await)
+                });
+                Ok(())
+            }
+        }
+    }
+
+    async fn call(
+        &mut self,
+        reference: u64,
+        to: CallTarget,
+        data: Bytes,
+        timeout_ms: Option<u64>,
+    ) -> Result<(), Closing> {
+        let max_timeout = self.shared.config.limits.max_call_timeout;
+        let timeout = timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(max_timeout)
+            .min(max_timeout);
+        let target = match to {
+            CallTarget::Address(address) => NodeTarget::Address(address),
+            CallTarget::Service { node, addr, name } => {
+                NodeTarget::service(node, name).with_hints(addr.into_iter().collect())
+            }
+        };
+        let Some(permit) = self.permit().await else {
+            return Ok(());
+        };
+        let node = self.shared.node.clone();
+        self.answer_later(reference, permit, async move {
+            let result: Result<Vec<u8>, CallError> = node
+                .call::<[u8], Vec<u8>>(target, &data[..])
+                .timeout(timeout)
+                .await;
+            match result {
+                Ok(reply) => ServerFrame::Ok {
+                    reference,
+                    data: Some(Bytes::from(reply)),
+                },
+                Err(error) => call_error_frame(reference, &error),
+            }
+        });
+        Ok(())
+    }
+}
+
+fn error_frame(reference: u64, code: ErrorCode, message: String) -> ServerFrame {
+    ServerFrame::Error(ErrorFrame {
+        reference: Some(reference),
+        code,
+        message,
+    })
+}
+
+fn deliver_answer(reference: u64, result: Result<usize, DeliverError>) -> ServerFrame {
+    match result {
+        Ok(_) => ServerFrame::Ok {
+            reference,
+            data: None,
+        },
+        Err(error) => {
+            let code = match &error {
+                DeliverError::NoSuchSession => ErrorCode::NoSuchSession,
+                DeliverError::Full => ErrorCode::StoreFailed,
+                DeliverError::Store(_) => ErrorCode::StoreFailed,
+                DeliverError::TooLarge { .. } => ErrorCode::TooLarge,
+            };
+            error_frame(reference, code, error.to_string())
+        }
+    }
+}
+
+fn send_error_frame(reference: u64, error: &SendError) -> ServerFrame {
+    let code = match error {
+        SendError::Forged => ErrorCode::Forged,
+        SendError::Expired(_) => ErrorCode::Expired,
+        SendError::WrongNode => ErrorCode::WrongNode,
+        SendError::NoSuchMailbox => ErrorCode::NoSuchMailbox,
+        SendError::Unreachable(_) => ErrorCode::Unreachable,
+        SendError::TooLarge { .. } => ErrorCode::TooLarge,
+        SendError::Timeout => ErrorCode::Timeout,
+        SendError::NodeClosed => ErrorCode::NodeClosed,
+        SendError::OutboxFull { .. } => ErrorCode::OutboxFull,
+        SendError::Store(_) => ErrorCode::StoreFailed,
+        _ => ErrorCode::Internal,
+    };
+    error_frame(reference, code, error.to_string())
+}
+
+fn call_error_frame(reference: u64, error: &CallError) -> ServerFrame {
+    let code = match error {
+        CallError::Timeout => ErrorCode::Timeout,
+        CallError::Failed { .. } | CallError::NoResponse | CallError::Decode(_) => {
+            ErrorCode::Failed
+        }
+        CallError::TooLarge { .. } => ErrorCode::TooLarge,
+        CallError::Open(open) => match open {
+            OpenError::Unreachable(_) | OpenError::PeerShuttingDown => ErrorCode::Unreachable,
+            OpenError::NoSuchService(_) | OpenError::InvalidName(_) => ErrorCode::NoSuchService,
+            OpenError::NotAllowed | OpenError::Busy => ErrorCode::Refused,
+            OpenError::NoSuchMailbox => ErrorCode::NoSuchMailbox,
+            OpenError::Forged => ErrorCode::Forged,
+            OpenError::Expired(_) => ErrorCode::Expired,
+            OpenError::WrongNode => ErrorCode::WrongNode,
+            OpenError::Timeout => ErrorCode::Timeout,
+            OpenError::NodeClosed => ErrorCode::NodeClosed,
+            _ => ErrorCode::Failed,
+        },
+        _ => ErrorCode::Internal,
+    };
+    error_frame(reference, code, error.to_string())
+}

@@ -1,0 +1,203 @@
+//! Where a browser test plays: a gateway serving the test page ([`Site`]), on its own node,
+//! opened in a browser, with a Rust peer (the sink) whose mailbox records what pages send it
+//! ([`Scene`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::{Mailbox, Node, NodeConfig, SecretKey};
+use ferry_node::gateway::{self, GatewayConfig, NoHooks};
+use ferry_node::store::{RedbStore, StoreConfig};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::webdriver::Browser;
+
+/// The test page: the client, and helpers the scripts below use.
+const PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>ferry browser test</title>
+<script type="module">
+  import * as Ferry from '/ferry.js'
+  // True once cond() holds, false if it did not within ms.
+  window.until = async (cond, ms = 15000) => {
+    const end = Date.now() + ms
+    while (!cond()) {
+      if (Date.now() > end) return false
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    return true
+  }
+  // What a promise came to within ms: {ok: value}, {error: code}, or 'pending'.
+  window.settled = (promise, ms = 10000) => Promise.race([
+    promise.then(value => ({ ok: value === undefined ? null : value }),
+      error => ({ error: (error && error.code) || String(error) })),
+    new Promise(resolve => setTimeout(() => resolve('pending'), ms))
+  ])
+  // A connected client keeping its messages (got), states and close codes.
+  window.member = async (url, options) => {
+    const client = await Ferry.connect(url, options)
+    client.got = []
+    client.states = []
+    client.closes = []
+    client.mailbox.setHandler(message => { client.got.push(message) })
+    client.on('state', state => client.states.push(state))
+    client.on('close', close => client.closes.push(close.code))
+    return client
+  }
+  window.Ferry = Ferry
+</script>
+"#;
+
+/// A gateway on `node` serving the test page.
+pub(crate) struct Site {
+    pub(crate) addr: SocketAddr,
+    pub(crate) handle: gateway::GatewayHandle,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub(crate) async fn start(node: &Node, config: GatewayConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), PAGE).unwrap();
+        let config = GatewayConfig {
+            static_dir: Some(dir.path().to_owned()),
+            ..config
+        };
+        let store = Arc::new(
+            RedbStore::open(&dir.path().join("store.redb"), StoreConfig::default()).unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let gateway =
+            gateway::Gateway::new(node.clone(), store, config, Arc::new(NoHooks)).unwrap();
+        let handle = gateway.handle();
+        let serving = gateway.serve(listener, shutdown.clone());
+        let task = tokio::spawn(async move { serving.await.unwrap() });
+        Self {
+            addr,
+            handle,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// The JSON payloads' member `n`, in the order received.
+pub(crate) fn numbers(payloads: &[Bytes]) -> Vec<u64> {
+    payloads
+        .iter()
+        .map(|payload| {
+            let value: Value = serde_json::from_slice(payload)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
+            value["n"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// Starts a browser with one tab open at `url`.
+async fn browser_at(url: String) -> Arc<Browser> {
+    tokio::task::spawn_blocking(move || {
+        let browser = Browser::start();
+        browser.open(&url);
+        Arc::new(browser)
+    })
+    .await
+    .unwrap()
+}
+
+/// A gateway on its own node serving the test page, opened in a browser, and the sink: a Rust
+/// peer whose mailbox address pages find in `client.config.sink`.
+pub(crate) struct Scene {
+    pub(crate) sink: Node,
+    pub(crate) mailbox: Mailbox,
+    pub(crate) node: Node,
+    pub(crate) site: Site,
+    pub(crate) browser: Arc<Browser>,
+}
+
+impl Scene {
+    /// `configure` adjusts the gateway's configuration (the sink's address is in its client
+    /// configuration already); the sink is passed for more of its addresses.
+    pub(crate) async fn start(configure: impl FnOnce(&mut GatewayConfig, &Node)) -> Self {
+        let sink = Node::bind(SecretKey::generate(), NodeConfig::default())
+            .await
+            .unwrap();
+        let mailbox = sink.mailbox();
+        let node = Node::bind(SecretKey::generate(), NodeConfig::default())
+            .await
+            .unwrap();
+        let mut config = GatewayConfig {
+            client_config: json!({"sink": mailbox.address().to_string()}),
+            ..GatewayConfig::default()
+        };
+        configure(&mut config, &sink);
+        let site = Site::start(&node, config).await;
+        let browser = browser_at(site.url()).await;
+        Self {
+            sink,
+            mailbox,
+            node,
+            site,
+            browser,
+        }
+    }
+
+    /// Runs a script body in the page.
+    pub(crate) async fn run(&self, body: impl Into<String>) -> Value {
+        let body = body.into();
+        self.with(move |b| b.run(&body)).await
+    }
+
+    /// Runs `f` with the browser on a blocking thread (WebDriver calls block).
+    pub(crate) async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Browser) -> T + Send + 'static,
+    ) -> T {
+        let browser = self.browser.clone();
+        tokio::task::spawn_blocking(move || f(&browser))
+            .await
+            .unwrap()
+    }
+
+    /// The payloads the sink receives up to `marker` (not included).
+    pub(crate) async fn received_until(&self, marker: &[u8]) -> Vec<Bytes> {
+        let mut payloads = Vec::new();
+        loop {
+            let message = self
+                .mailbox
+                .recv_timeout(Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|e| panic!("no marker after {} messages: {e}", payloads.len()));
+            if message.payload().as_ref() == marker {
+                return payloads;
+            }
+            payloads.push(message.payload().clone());
+        }
+    }
+
+    pub(crate) async fn finish(self) {
+        let browser = self.browser;
+        tokio::task::spawn_blocking(move || drop(browser))
+            .await
+            .unwrap();
+        self.site.stop().await;
+        self.node.shutdown(Duration::from_secs(1)).await;
+        self.sink.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,213 @@
+//! A minimal WebDriver client: one chromedriver process driving one headless Debian Chromium,
+//! scripts run in the page, and Chrome DevTools commands through chromedriver.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// One HTTP/1.1 request to chromedriver; the JSON answer's `value`.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    eprintln!(
+        "webdriver: {method} {path} {}",
+        body.chars().take(200).collect::<String>()
+    );
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // chromedriver keeps the connection open: read the head, then Content-Length bytes.
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "chromedriver closed the connection");
+        response.extend_from_slice(&buf[..n]);
+        if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&response[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    while response.len() < head_end + length {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "chromedriver closed the connection");
+        response.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&response[head_end..head_end + length]).into_owned();
+    let value: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("chromedriver answered {body}: {e}"));
+    value["value"].clone()
+}
+
+/// A chromedriver process and one browser session.
+pub(crate) struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub(crate) fn start() -> Self {
+        assert!(
+            Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+            "{CHROMIUM} and {CHROMEDRIVER} are required: apt-get install -y chromium chromium-driver \
+             (scripts/test.sh installs them)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            },
+        }}});
+        let created = http(addr, "POST", "/session", Some(&capabilities));
+        let session = created["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {created}"))
+            .to_owned();
+        let browser = Self {
+            driver,
+            addr,
+            session,
+            _profile: profile,
+        };
+        browser.post("timeouts", &json!({"script": 120_000}));
+        browser
+    }
+
+    fn post(&self, command: &str, body: &Value) -> Value {
+        http(
+            self.addr,
+            "POST",
+            &format!("/session/{}/{command}", self.session),
+            Some(body),
+        )
+    }
+
+    pub(crate) fn window(&self) -> String {
+        http(
+            self.addr,
+            "GET",
+            &format!("/session/{}/window", self.session),
+            None,
+        )
+        .as_str()
+        .unwrap()
+        .to_owned()
+    }
+
+    pub(crate) fn new_window(&self) -> String {
+        self.post("window/new", &json!({"type": "tab"}))["handle"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub(crate) fn switch(&self, handle: &str) {
+        self.post("window", &json!({"handle": handle}));
+    }
+
+    /// Loads `url` and waits for its module script to have made `window.Ferry`.
+    pub(crate) fn open(&self, url: &str) {
+        self.post("url", &json!({"url": url}));
+        self.run("while (!window.Ferry) await new Promise(r => setTimeout(r, 20)); return true");
+    }
+
+    /// Runs an async function body in the page: its value, or the error it threw as
+    /// `{error, code}`.
+    fn execute(&self, body: &str) -> Value {
+        let script = format!(
+            "const done = arguments[arguments.length - 1];
+             (async () => {{ {body} }})().then(
+               value => done({{ok: value === undefined ? null : value}}),
+               error => done({{error: String(error), code: error && error.code}}));"
+        );
+        self.post("execute/async", &json!({"script": script, "args": []}))
+    }
+
+    /// Runs an async function body in the page; its return value, or panics with the error it
+    /// threw.
+    pub(crate) fn run(&self, body: &str) -> Value {
+        let result = self.execute(body);
+        match result.get("ok") {
+            Some(value) => value.clone(),
+            None => panic!("script failed: {result}\n{body}"),
+        }
+    }
+
+    /// Runs a body expected to throw; the error's code.
+    pub(crate) fn fails(&self, body: &str) -> Value {
+        let result = self.execute(body);
+        assert!(
+            result.get("error").is_some(),
+            "expected a failure: {result}"
+        );
+        result["code"].clone()
+    }
+
+    /// A Chrome DevTools Protocol command on the current tab.
+    pub(crate) fn cdp(&self, command: &str, params: Value) -> Value {
+        self.post(
+            "goog/cdp/execute",
+            &json!({"cmd": command, "params": params}),
+        )
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            http(
+                self.addr,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                None,
+            )
+        });
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
