@@ -34,6 +34,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Every public item documented, every intra-doc link resolving.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"

@@ -198,8 +198,8 @@ mod tests {
         let start = Instant::now();
         let race: Race<()> = Race::new(vec![direct(1), direct(2), relay(3)], start, REATTEMPT);
         assert_eq!(race.due(start), vec![0]);
-        assert_eq!(race.due(start + STAGGER), vec![0, 1]);
-        assert_eq!(race.due(start + RELAY_DELAY), vec![0, 1, 2]);
+        assert_eq!(race.due(start + RELAY_DELAY), vec![0, 2]);
+        assert_eq!(race.due(start + STAGGER.max(RELAY_DELAY)), vec![0, 1, 2]);
     }
 
     #[test]

@@ -286,8 +286,11 @@ mod tests {
             messages(&[b"0", b"1", b"2", b"3"]),
         );
         let mut delivered = Vec::new();
-        // Interleaved, as the lock serializes them.
-        for turn in 0..7 {
+        // Interleaved, as the lock serializes them, until both streams are read.
+        for turn in 0.. {
+            if old_buf.is_empty() && new_buf.is_empty() {
+                break;
+            }
             let (receiver, buf) = if turn % 2 == 0 {
                 (&mut old, &mut old_buf)
             } else {
