@@ -687,6 +687,11 @@ mod tests {
     }
 }
 
+/// Arithmetic mod ℓ for signatures made by hand, shared with the test vectors.
+#[cfg(test)]
+#[path = "../tests/support/scalar.rs"]
+mod scalar;
+
 /// The bad-address suite (issue 7): every kind of malformed, forged or misused address is
 /// refused with its own typed error. Parsing errors come from `from_str` / `from_bytes`
 /// (docs/PROTOCOL.md §4.8), signature errors from `verify_signature` (§4.5), and the
@@ -694,6 +699,7 @@ mod tests {
 /// end in sdk/tests/peer.rs and sdk/src/hostile_tests.rs).
 #[cfg(test)]
 mod bad_addresses {
+    use super::scalar::{limbs_to_bytes, small_order_r_signature, ELL};
     use super::*;
     use data_encoding::BASE64URL_NOPAD;
 
@@ -965,113 +971,6 @@ mod bad_addresses {
         );
     }
 
-    /// ℓ, the order of the prime subgroup, as little-endian 64-bit limbs.
-    const ELL: [u64; 4] = [
-        0x5812631a5cf5d3ed,
-        0x14def9dea2f79cd6,
-        0,
-        0x1000000000000000,
-    ];
-
-    fn ge(a: &[u64; 4], b: &[u64; 4]) -> bool {
-        for i in (0..4).rev() {
-            if a[i] != b[i] {
-                return a[i] > b[i];
-            }
-        }
-        true
-    }
-
-    fn sub(a: &mut [u64; 4], b: &[u64; 4]) {
-        let mut borrow = 0u64;
-        for i in 0..4 {
-            let (d, b1) = a[i].overflowing_sub(b[i]);
-            let (d, b2) = d.overflowing_sub(borrow);
-            a[i] = d;
-            borrow = u64::from(b1 || b2);
-        }
-    }
-
-    /// 2a + bit mod ℓ, for a < ℓ.
-    fn double_add(a: &mut [u64; 4], bit: u64) {
-        let mut carry = bit;
-        for limb in a.iter_mut() {
-            let next = *limb >> 63;
-            *limb = (*limb << 1) | carry;
-            carry = next;
-        }
-        if ge(a, &ELL) {
-            sub(a, &ELL);
-        }
-    }
-
-    /// A little-endian integer of any length, reduced mod ℓ.
-    fn reduce(bytes: &[u8]) -> [u64; 4] {
-        let mut r = [0u64; 4];
-        for byte in bytes.iter().rev() {
-            for bit in (0..8).rev() {
-                double_add(&mut r, u64::from((byte >> bit) & 1));
-            }
-        }
-        r
-    }
-
-    /// a·b mod ℓ.
-    fn mul(a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
-        let mut r = [0u64; 4];
-        for i in (0..256).rev() {
-            double_add(&mut r, 0);
-            if (a[i / 64] >> (i % 64)) & 1 == 1 {
-                let mut carry = false;
-                for j in 0..4 {
-                    let (s, c1) = r[j].overflowing_add(b[j]);
-                    let (s, c2) = s.overflowing_add(u64::from(carry));
-                    r[j] = s;
-                    carry = c1 || c2;
-                }
-                if ge(&r, &ELL) {
-                    sub(&mut r, &ELL);
-                }
-            }
-        }
-        r
-    }
-
-    fn to_bytes(a: &[u64; 4]) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (chunk, limb) in out.chunks_mut(8).zip(a) {
-            chunk.copy_from_slice(&limb.to_le_bytes());
-        }
-        out
-    }
-
-    fn sha512(parts: &[&[u8]]) -> Vec<u8> {
-        let mut context = ring::digest::Context::new(&ring::digest::SHA512);
-        for part in parts {
-            context.update(part);
-        }
-        context.finish().as_ref().to_vec()
-    }
-
-    /// A signature whose R is the identity point (small order) and S = k·a: the cofactorless
-    /// equation holds, so `verify` accepts it; `verify_strict` refuses the small-order R.
-    fn small_order_r_signature(seed: u8, message: &[u8]) -> [u8; 64] {
-        let mut a = [0u8; 32];
-        a.copy_from_slice(&sha512(&[&[seed; 32]])[..32]);
-        a[0] &= 248;
-        a[31] &= 127;
-        a[31] |= 64;
-        let public = key(seed).public();
-        let mut r = [0u8; 32];
-        r[0] = 1;
-        let k = reduce(&sha512(&[&r, public.as_bytes(), message]));
-        let s = mul(&k, &reduce(&a));
-        let mut signature = [0u8; 64];
-        signature[..32].copy_from_slice(&r);
-        signature[32..].copy_from_slice(&to_bytes(&s));
-        signature
-    }
-
     fn with_signature(address: &Address, signature: &[u8; 64]) -> [u8; ADDRESS_CORE_LEN] {
         let mut core = address.core_bytes();
         core[48..].copy_from_slice(signature);
@@ -1112,7 +1011,7 @@ mod bad_addresses {
         }
         assert!(!carry);
         let mut unreduced = signature;
-        unreduced[32..].copy_from_slice(&to_bytes(&s));
+        unreduced[32..].copy_from_slice(&limbs_to_bytes(&s));
         if unreduced[63] & 0xe0 == 0 {
             let parsed = parse_core(&with_signature(&address, &unreduced)).unwrap();
             assert_eq!(parsed.verify_signature(), Err(VerifyError::Forged));
@@ -1123,7 +1022,7 @@ mod bad_addresses {
             );
         }
         // S = ℓ exactly, and S = 2^253 - 1: unreduced, top bits clear.
-        for s in [to_bytes(&ELL), {
+        for s in [limbs_to_bytes(&ELL), {
             let mut max = [0xff; 32];
             max[31] = 0x1f;
             max
