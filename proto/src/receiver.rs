@@ -1,4 +1,4 @@
-//! The receiving side of mailbox streams (docs/PROTOCOL.md §6.4, §6.4a) as pure state:
+//! The receiving side of mailbox streams (docs/PROTOCOL.md §6.4, docs/IMPLEMENTATION.md §6.4a) as pure state:
 //! duplicate suppression per conversation run, sequence numbers on a stream, cumulative ACKs,
 //! and the bounded table of runs.
 //!
