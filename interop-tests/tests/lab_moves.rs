@@ -36,14 +36,20 @@ fn both_ways_across(lab: &mut Lab, a: HostId, b: HostId, change: impl FnOnce(&mu
     alice.send(&bob.address().clone(), TOTAL, "ab").unwrap();
     bob.send(&alice.address().clone(), TOTAL, "ba").unwrap();
     let (mut at_bob, mut at_alice) = (Tally::default(), Tally::default());
-    bob.receive_until(&mut at_bob, WAIT, |tally| tally.received(&alice_node, "ab") >= 300)
-        .unwrap();
+    bob.receive_until(&mut at_bob, WAIT, |tally| {
+        tally.received(&alice_node, "ab") >= 300
+    })
+    .unwrap();
     alice
-        .receive_until(&mut at_alice, WAIT, |tally| tally.received(&bob_node, "ba") >= 300)
+        .receive_until(&mut at_alice, WAIT, |tally| {
+            tally.received(&bob_node, "ba") >= 300
+        })
         .unwrap();
     change(lab);
-    bob.receive_until(&mut at_bob, WAIT, |tally| tally.received(&alice_node, "ab") >= TOTAL)
-        .unwrap_or_else(|error| panic!("alice -> bob after the change: {error}"));
+    bob.receive_until(&mut at_bob, WAIT, |tally| {
+        tally.received(&alice_node, "ab") >= TOTAL
+    })
+    .unwrap_or_else(|error| panic!("alice -> bob after the change: {error}"));
     alice
         .receive_until(&mut at_alice, WAIT, |tally| {
             tally.received(&bob_node, "ba") >= TOTAL

@@ -6,7 +6,7 @@ use crate::address::VerifyError;
 use crate::config::ConfigError;
 use crate::frame::{ErrorCode, Refusal};
 use crate::identity::NodeId;
-use crate::tls::TlsSetupError;
+use crate::net::tls::TlsSetupError;
 use crate::Route;
 
 /// Why [`Node::bind`](crate::Node::bind) failed.

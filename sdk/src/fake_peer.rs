@@ -38,7 +38,7 @@ impl FakePeer {
     /// If the TLS configuration or the socket cannot be made.
     pub fn bind(streams: u32) -> Self {
         let key = SecretKey::generate();
-        let tls = crate::tls::configs(&key, 7, crate::tls::ALPN).unwrap();
+        let tls = crate::net::tls::configs(&key, 7, crate::net::tls::ALPN).unwrap();
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(streams.into());
         let transport = Arc::new(transport);

@@ -781,7 +781,7 @@ async fn a_peer_that_keeps_breaking_the_protocol_is_disconnected_and_banned() {
         quinn::ConnectionError::ApplicationClosed(close) => {
             assert_eq!(
                 close.error_code,
-                crate::connection::ConnCode::PROTOCOL.into()
+                crate::net::connection::ConnCode::PROTOCOL.into()
             );
             assert_eq!(&close.reason[..], b"too many protocol violations");
         }
@@ -802,7 +802,7 @@ async fn a_peer_that_keeps_breaking_the_protocol_is_disconnected_and_banned() {
         quinn::ConnectionError::ApplicationClosed(close) => {
             assert_eq!(
                 close.error_code,
-                crate::connection::ConnCode::ADMISSION_REFUSED.into()
+                crate::net::connection::ConnCode::ADMISSION_REFUSED.into()
             );
             assert_eq!(&close.reason[..], b"banned for protocol violations");
         }
@@ -820,7 +820,7 @@ async fn a_peer_that_keeps_breaking_the_protocol_is_disconnected_and_banned() {
         _fake: hostile._fake,
     };
     let _ = hostile.open_stream().await;
-    assert!(node.inner().bans.len() <= 1);
+    assert!(node.inner().net.bans.len() <= 1);
     honest.shutdown(Duration::from_millis(100)).await;
     node.shutdown(Duration::from_millis(100)).await;
 }

@@ -70,40 +70,26 @@
 //! no IO; the runtime (QUIC, tasks) is a thin layer over it.
 
 pub use ferry_proto::{address, frame, observe, punch, relay};
-mod builtin;
 mod clock;
 mod config;
-mod connection;
-mod conversation;
-mod dial;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake_peer;
-mod hints;
 #[cfg(test)]
 mod hostile_tests;
 use ferry_proto::identity;
-mod forwarding;
-mod hole_punch;
-mod inbound;
-mod limits;
-mod liveness;
 mod mailbox;
-mod monitor;
-mod network;
+mod net;
 mod node;
-mod observation;
 mod outbound;
-mod ping;
-mod service;
+mod stats;
 pub mod store;
-mod tls;
-mod transport;
+mod streams;
+mod sync;
 
 pub use address::{Address, AddressError, MailboxId, VerifyError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
-pub use conversation::Conversation;
 pub use error::{
     AttachError, BindError, CallError, ConversationError, DecodeError, DialError, MonitorError,
     OpenError, PingError, RecvError, RouteFailure, SendError, ServeError,
@@ -112,10 +98,12 @@ pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;
 pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
-pub use monitor::{DownReason, Monitor};
-pub use node::{Builder, Node, NodeStats, SendFailures};
+pub use net::tls::{TlsSetupError, ALPN};
+pub use node::{Builder, Node};
 pub use outbound::{Delivery, Sender};
-pub use ping::{PING_SERVICE, RESERVED_PREFIX};
-pub use service::{Call, Service, ServiceHandle, ServiceOptions, Target};
+pub use stats::{NodeStats, SendFailures};
 pub use store::{MailboxStore, StoreError};
-pub use tls::{TlsSetupError, ALPN};
+pub use streams::conversation::Conversation;
+pub use streams::monitor::{DownReason, Monitor};
+pub use streams::ping::{PING_SERVICE, RESERVED_PREFIX};
+pub use streams::service::{Call, Service, ServiceHandle, ServiceOptions, Target};

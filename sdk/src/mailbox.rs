@@ -10,15 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{Address, MailboxId, VerifyError};
 use crate::error::{AttachError, DecodeError, RecvError, SendError};
 use crate::node::NodeInner;
-use crate::outbound::Sender;
 use crate::store::{MailboxStore, RunId, StoreError, StoredMessage};
+use crate::sync::{lock, read, write};
 
 /// A message delivered to a mailbox.
 #[derive(Clone)]
@@ -257,21 +257,6 @@ impl Mailboxes {
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn queue_of(node: &NodeInner, id: MailboxId) -> Option<mpsc::Sender<Message>> {
     read(&node.mailboxes.map)
         .get(&id)
@@ -315,7 +300,7 @@ pub struct Mailbox {
     generation: u64,
     closed: CancellationToken,
     address: Address,
-    node: Weak<NodeInner>,
+    pub(crate) node: Weak<NodeInner>,
     receiver: tokio::sync::Mutex<Option<mpsc::Receiver<Message>>>,
     /// Whether the receiver was given to a handler or stream.
     attached: std::sync::atomic::AtomicBool,
@@ -464,26 +449,6 @@ impl Mailbox {
         let mut receiver = self.take_receiver()?;
         let closed = Box::pin(self.closed.clone().cancelled_owned());
         Ok(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).take_until(closed))
-    }
-
-    /// A [`Sender`] from this mailbox to `to`: replies to its messages come here.
-    pub fn sender(&self, to: &Address) -> Result<Sender, SendError> {
-        let node = self.node.upgrade().ok_or(SendError::NodeClosed)?;
-        Ok(Sender::new(&node, self.address.without_hints(), to))
-    }
-
-    /// Sends `message` (postcard-encoded) to `to` and waits until the target node accepted it.
-    pub async fn send<T: Serialize + ?Sized>(
-        &self,
-        to: &Address,
-        message: &T,
-    ) -> Result<(), SendError> {
-        self.sender(to)?.send(message).await
-    }
-
-    /// Sends raw bytes to `to` and waits until the target node accepted them.
-    pub async fn send_bytes(&self, to: &Address, payload: Bytes) -> Result<(), SendError> {
-        self.sender(to)?.send_bytes(payload).await
     }
 
     /// Closes the mailbox now, revoking its address.

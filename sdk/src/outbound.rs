@@ -22,12 +22,13 @@ use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
-use crate::connection::{self, ConnCode, Link};
 use crate::error::{DialError, SendError};
 use crate::frame::ErrorCode;
-use crate::liveness::Probed;
-use crate::mailbox::{lock, MailboxHandle, Message};
+use crate::mailbox::{MailboxHandle, Message};
+use crate::net::connection::{self, ConnCode, Link};
+use crate::net::liveness::Probed;
 use crate::node::NodeInner;
+use crate::sync::lock;
 use ferry_proto::sender::{self as proto, Action, Loss, RunFailure};
 
 /// Per-message failures remembered for their [`Delivery`]s (they are rare: oversize only).
@@ -163,7 +164,7 @@ impl std::fmt::Debug for Sender {
 impl Sender {
     pub(crate) fn new(node: &Arc<NodeInner>, from: Address, target: &Address) -> Self {
         for (relay, relay_addr) in target.relays() {
-            node.peers.add_relay(target.node(), relay, relay_addr);
+            node.net.peers.add_relay(target.node(), relay, relay_addr);
         }
         let local = (target.node() == node.id).then(|| node.mailboxes.authorize(node, target));
         Self {
@@ -273,6 +274,29 @@ impl Sender {
             }
             return Ok(Delivery(DeliveryState::Pending { outbound, ticket }));
         }
+    }
+}
+
+/// Sending from a mailbox (so replies come back to it).
+impl crate::mailbox::Mailbox {
+    /// A [`Sender`] from this mailbox to `to`: replies to its messages come here.
+    pub fn sender(&self, to: &Address) -> Result<Sender, SendError> {
+        let node = self.node.upgrade().ok_or(SendError::NodeClosed)?;
+        Ok(Sender::new(&node, self.address().without_hints(), to))
+    }
+
+    /// Sends `message` (postcard-encoded) to `to` and waits until the target node accepted it.
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        to: &Address,
+        message: &T,
+    ) -> Result<(), SendError> {
+        self.sender(to)?.send(message).await
+    }
+
+    /// Sends raw bytes to `to` and waits until the target node accepted them.
+    pub async fn send_bytes(&self, to: &Address, payload: Bytes) -> Result<(), SendError> {
+        self.sender(to)?.send_bytes(payload).await
     }
 }
 
@@ -428,7 +452,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
                 }
                 Action::Redial => {
                     debug!("the path does not answer; dialing the peer again");
-                    connection::refresh(&node, peer);
+                    connection::refresh(&node.net, peer);
                 }
                 Action::Acknowledged {
                     below,
@@ -541,7 +565,7 @@ async fn open(
     hints: &[std::net::SocketAddr],
     head: &[u8],
 ) -> Result<OpenStream, (SendError, Loss)> {
-    let link = connection::connect_link(node, peer, hints)
+    let link = connection::connect_link(&node.net, peer, hints)
         .await
         .map_err(|error| dial_failure(node, peer, error))?;
     let (mut send, recv) = link
@@ -635,7 +659,7 @@ fn dial_failure(
         | DialError::NoAddress(_)
         | DialError::Undialable { .. } => false,
         DialError::Timeout | DialError::Failed(_) | DialError::NoRoute { .. } => {
-            node.peers.reached_within(&peer, node.config.outbox_ttl)
+            node.net.peers.reached_within(&peer, node.config.outbox_ttl)
         }
     };
     let loss = if worth_waiting {

@@ -23,14 +23,15 @@ use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
 
 use crate::address::{Address, MailboxId};
-use crate::connection;
-use crate::conversation::Conversation;
 use crate::error::{CallError, ConversationError, DialError, OpenError, ServeError};
 use crate::frame::Refusal;
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
 use crate::mailbox::Mailbox;
+use crate::net::builtin::refuse;
+use crate::net::connection;
 use crate::node::NodeInner;
+use crate::streams::conversation::Conversation;
 
 /// How a service is offered.
 #[derive(Debug, Clone)]
@@ -203,7 +204,7 @@ pub(crate) fn register(
     if !frame::valid_service_name(name) {
         return Err(ServeError::InvalidName(name.to_owned()));
     }
-    if crate::ping::is_reserved(name) {
+    if crate::streams::ping::is_reserved(name) {
         return Err(ServeError::Reserved(name.to_owned()));
     }
     let mut registry = node.services.write();
@@ -404,7 +405,7 @@ async fn start(
     if node.is_closing() {
         return Err(OpenError::NodeClosed);
     }
-    let connection = connection::connect(node, target.node(), target.hints())
+    let connection = connection::connect(&node.net, target.node(), target.hints())
         .await
         .map_err(open_error_from_dial)?;
     let mut head = vec![StreamKind::Conversation as u8];
@@ -540,7 +541,7 @@ pub(crate) async fn lookup(
             conversation.close_quietly();
             let mut hints = hints.to_vec();
             if hints.is_empty() {
-                if let Some(connection) = node.peers.connection(&peer) {
+                if let Some(connection) = node.net.peers.connection(&peer) {
                     hints.push(connection.remote_address());
                 }
             }
@@ -607,7 +608,7 @@ pub(crate) async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     deadline: tokio::time::Instant,
-    guard: Arc<crate::limits::PeerGuard>,
+    guard: Arc<crate::net::limits::PeerGuard>,
 ) {
     let mut buf = BytesMut::new();
     let opening = tokio::time::timeout_at(deadline, read_opening(&mut recv, &mut buf)).await;
@@ -615,13 +616,13 @@ pub(crate) async fn serve_stream(
         Ok(Ok(opening)) => opening,
         Ok(Err(reason)) => {
             if reason != ENDED_BEFORE_OPENING {
-                guard.violation(&node, reason);
+                guard.violation(&node.net, reason);
             }
             return refuse(&mut send, ErrorCode::PROTOCOL, reason).await;
         }
         Err(_) => {
             let reason = "no opening frame in time";
-            guard.violation(&node, reason);
+            guard.violation(&node.net, reason);
             return refuse(&mut send, ErrorCode::TIMEOUT, reason).await;
         }
     };
@@ -629,19 +630,28 @@ pub(crate) async fn serve_stream(
     // (docs/PROTOCOL.md §10.11).
     if let Request::ByName(name) = &request {
         match name.as_str() {
-            crate::ping::PING_SERVICE => {
-                return crate::ping::answer(peer, send, recv, buf, deadline).await
+            crate::streams::ping::PING_SERVICE => {
+                return crate::streams::ping::answer(peer, send, recv, buf, deadline).await
             }
             ferry_proto::observe::OBSERVE_SERVICE => {
                 let remote = node
+                    .net
                     .relay_socket
                     .route_of(origin.remote_address())
                     .is_none()
                     .then(|| origin.remote_address());
-                return crate::observation::answer(send, remote).await;
+                return crate::net::observation::answer(send, remote).await;
             }
             ferry_proto::punch::PUNCH_SERVICE => {
-                return crate::hole_punch::answer(node, peer, send, recv, buf, origin).await
+                return crate::net::hole_punch::answer(
+                    node.net.clone(),
+                    peer,
+                    send,
+                    recv,
+                    buf,
+                    origin,
+                )
+                .await
             }
             _ => {}
         }
@@ -751,15 +761,6 @@ fn resolve(
                     )
                 })
         }
-    }
-}
-
-pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
-    let mut out = Vec::new();
-    frame::put_frame(&mut out, &Frame::Close { code, reason });
-    if send.write_all(&out).await.is_ok() {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
 }
 

@@ -18,12 +18,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::time::Instant;
 
-use crate::connection::{self, ConnCode};
-use crate::conversation::Conversation;
 use crate::error::{DialError, PingError};
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
+use crate::net::connection::{self, ConnCode};
 use crate::node::NodeInner;
+use crate::streams::conversation::Conversation;
 
 /// Service names starting with this prefix are reserved for services built into every node;
 /// [`Node::service`](crate::Node::service) and [`Node::serve`](crate::Node::serve) refuse them
@@ -51,13 +51,12 @@ pub(crate) async fn ping(
         return Err(PingError::NodeClosed);
     }
     let exchange = async {
-        let connection =
-            connection::connect(node, peer, hints)
-                .await
-                .map_err(|error| match error {
-                    DialError::NodeClosed => PingError::NodeClosed,
-                    other => PingError::Unreachable(other),
-                })?;
+        let connection = connection::connect(&node.net, peer, hints)
+            .await
+            .map_err(|error| match error {
+                DialError::NodeClosed => PingError::NodeClosed,
+                other => PingError::Unreachable(other),
+            })?;
         let mut nonce = [0u8; 8];
         crate::identity::fill_random(&mut nonce);
         let (request, payload) = request(u64::from_be_bytes(nonce));

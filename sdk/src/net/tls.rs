@@ -18,6 +18,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::identity::{NodeId, SecretKey};
+use crate::sync::lock;
 
 /// The ALPN protocol id; the protocol version lives here.
 pub const ALPN: &[u8] = b"ferry/1";
@@ -110,12 +111,6 @@ impl Mismatches {
     pub(crate) fn take(&self, expected: &NodeId) -> Option<NodeId> {
         lock(&self.0).remove(expected)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(Debug)]

@@ -22,12 +22,12 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use crate::address::{Address, ADDRESS_CORE_LEN};
-use crate::connection::{self, ConnCode};
 use crate::error::{DialError, MonitorError, SendError};
 use crate::frame::{self, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
-use crate::mailbox::lock;
+use crate::net::connection::{self, ConnCode};
 use crate::node::NodeInner;
+use crate::sync::lock;
 
 /// Why a watched mailbox or peer is down.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,7 +450,7 @@ async fn watch_mailbox_once(
     address: &Address,
     watching: Arc<std::sync::atomic::AtomicBool>,
 ) -> Outcome {
-    let connection = match connection::connect(node, address.node(), address.hints()).await {
+    let connection = match connection::connect(&node.net, address.node(), address.hints()).await {
         Ok(connection) => connection,
         Err(error) => return fatal_dial(error),
     };
@@ -522,7 +522,7 @@ async fn watch_peer(node: Arc<NodeInner>, peer: NodeId, hints: Vec<SocketAddr>) 
         let node = node.clone();
         let hints = hints.clone();
         async move {
-            let connection = match connection::connect(&node, peer, &hints).await {
+            let connection = match connection::connect(&node.net, peer, &hints).await {
                 Ok(connection) => connection,
                 Err(error) => return fatal_dial(error),
             };
@@ -539,7 +539,7 @@ pub(crate) async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     deadline: Instant,
-    guard: Arc<crate::limits::PeerGuard>,
+    guard: Arc<crate::net::limits::PeerGuard>,
 ) {
     let mut buf = BytesMut::new();
     // Err(true): a frame other than MONITOR; Err(false): the stream ended first.
@@ -562,21 +562,30 @@ pub(crate) async fn serve_stream(
         Ok(Err(malformed)) => {
             // A watcher that gives up early resets its stream: no violation.
             if malformed {
-                guard.violation(&node, "expected monitor");
+                guard.violation(&node.net, "expected monitor");
             }
-            return crate::inbound::refuse(&mut send, ErrorCode::PROTOCOL, "expected monitor")
-                .await;
+            return crate::streams::inbound::refuse(
+                &mut send,
+                ErrorCode::PROTOCOL,
+                "expected monitor",
+            )
+            .await;
         }
         Err(_) => {
-            guard.violation(&node, "no monitor frame");
-            return crate::inbound::refuse(&mut send, ErrorCode::TIMEOUT, "no monitor frame").await;
+            guard.violation(&node.net, "no monitor frame");
+            return crate::streams::inbound::refuse(
+                &mut send,
+                ErrorCode::TIMEOUT,
+                "no monitor frame",
+            )
+            .await;
         }
     };
     let mailbox = match node.mailboxes.authorize(&node, &address) {
         Ok(mailbox) => mailbox,
         Err(error) => {
             let code = error.wire_code();
-            return crate::inbound::refuse(&mut send, code, &error.to_string()).await;
+            return crate::streams::inbound::refuse(&mut send, code, &error.to_string()).await;
         }
     };
     let mut out = Vec::new();
@@ -592,10 +601,10 @@ pub(crate) async fn serve_stream(
     let mut sink = [0u8; 64];
     tokio::select! {
         _ = mailbox.closed.cancelled() => {
-            crate::inbound::refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+            crate::streams::inbound::refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
         }
         _ = node.cancel.cancelled() => {
-            crate::inbound::refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
+            crate::streams::inbound::refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
         }
         // The watcher sends nothing more; its stream ending means it stopped watching.
         _ = recv.read(&mut sink) => {}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::mailbox::lock;
+use crate::sync::lock;
 
 /// Source addresses whose handshake buckets a node remembers at most. Beyond, buckets that
 /// are full again (their address has been quiet for a while) are forgotten; if that frees less
@@ -330,7 +330,7 @@ impl PeerGuard {
 
     /// Counts one stream cut off for breaking the protocol (`why`). At `max_violations`
     /// the connection is closed and the peer refused for `ban_duration`.
-    pub(crate) fn violation(&self, node: &crate::node::NodeInner, why: &str) {
+    pub(crate) fn violation(&self, node: &crate::net::Net, why: &str) {
         node.stats.count_stream_cut_off();
         let max = node.config.max_violations;
         let count = self.violations.fetch_add(1, Ordering::AcqRel) + 1;
@@ -346,7 +346,7 @@ impl PeerGuard {
         node.bans
             .ban(self.peer, Instant::now() + node.config.ban_duration);
         self.connection.close(
-            crate::connection::ConnCode::PROTOCOL.into(),
+            crate::net::connection::ConnCode::PROTOCOL.into(),
             b"too many protocol violations",
         );
     }

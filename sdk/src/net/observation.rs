@@ -1,7 +1,7 @@
 //! Address observation: the built-in `ferry.observe` service tells a peer the UDP address it
 //! sees the peer's packets come from (docs/PROTOCOL.md §10.12). Behind a NAT that is the
 //! address the NAT gave the node's socket, which the node cannot learn any other way; it
-//! offers it to peers it punches holes towards (`crate::hole_punch`) and puts it into the
+//! offers it to peers it punches holes towards (`crate::net::hole_punch`) and puts it into the
 //! addresses it mints.
 //!
 //! A node asks each of its relays (`NodeConfig::relays`) every time it connects to them. An
@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
-use crate::builtin::{self, ExchangeError};
 use crate::identity::NodeId;
-use crate::mailbox::lock;
-use crate::node::NodeInner;
+use crate::net::builtin::{self, ExchangeError};
+use crate::net::Net;
+use crate::sync::lock;
 use ferry_proto::observe::{decode_observed, encode_observed, OBSERVE_SERVICE};
 
 /// How long an observation may take.
@@ -69,7 +69,7 @@ pub(crate) async fn answer(mut send: quinn::SendStream, remote: Option<SocketAdd
     match remote {
         Some(remote) => builtin::reply(&mut send, &encode_observed(remote)).await,
         None => {
-            crate::service::refuse(
+            crate::net::builtin::refuse(
                 &mut send,
                 crate::frame::ErrorCode::NOT_ALLOWED,
                 "no address to observe on a relayed connection",
@@ -93,7 +93,7 @@ pub(crate) async fn ask(connection: &quinn::Connection) -> Result<SocketAddr, Ex
 
 /// Asks the relay of a relayed `route` where it sees this node now (a NAT may have given it
 /// another address since the last observation), waiting at most [`QUICK_OBSERVE`].
-pub(crate) async fn refresh_via(node: &Arc<NodeInner>, route: crate::Route) {
+pub(crate) async fn refresh_via(node: &Arc<Net>, route: crate::Route) {
     let crate::Route::Relayed { relay } = route else {
         return;
     };
@@ -105,18 +105,14 @@ pub(crate) async fn refresh_via(node: &Arc<NodeInner>, route: crate::Route) {
 
 /// Asks `observer` (over `connection`) and records the answer; a changed answer means this
 /// node's network changed, and its relayed peers are offered a new hole punch.
-pub(crate) async fn learn_from(
-    node: &Arc<NodeInner>,
-    observer: NodeId,
-    connection: &quinn::Connection,
-) {
+pub(crate) async fn learn_from(node: &Arc<Net>, observer: NodeId, connection: &quinn::Connection) {
     match ask(connection).await {
         Ok(addr) => {
             debug!(observer = %observer.short(), %addr, "observed address");
             node.add_observed_addr(addr);
             if let Some(before) = node.observations.record(observer, addr) {
                 info!(%before, now = %addr, "this node's public address changed");
-                crate::hole_punch::network_changed(node);
+                crate::net::hole_punch::network_changed(node);
             }
         }
         Err(error) => debug!(observer = %observer.short(), %error, "no address observation"),

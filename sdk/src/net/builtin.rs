@@ -91,6 +91,57 @@ pub(crate) async fn exchange(
     }
 }
 
+/// Reads the opener's request: one OBJECT of at most `max` bytes (an ACCEPT the opener may
+/// send before it is skipped, docs/PROTOCOL.md §10.11), from what `buf` holds and then `recv`.
+pub(crate) async fn read_request(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Vec<u8>, &'static str> {
+    let limit = max.max(frame::MAX_CONTROL_FRAME_LEN);
+    loop {
+        match frame::decode_frame(buf, limit) {
+            Ok(Some((Frame::Accept { .. }, used))) => buf.advance(used),
+            Ok(Some((Frame::Object(payload), _))) if payload.len() > max => {
+                return Err("request too large")
+            }
+            Ok(Some((Frame::Object(payload), _))) => return Ok(payload.to_vec()),
+            Ok(Some(_)) => return Err("expected one object"),
+            Err(_) => return Err("malformed request"),
+            Ok(None) => match recv.read_chunk(limit, true).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                _ => return Err("the stream ended before the request"),
+            },
+        }
+    }
+}
+
+/// Ends a built-in's stream because its request failed: FAIL with `reason`, then FIN.
+pub(crate) async fn fail(send: &mut quinn::SendStream, reason: &str) {
+    let mut out = Vec::new();
+    frame::put_frame(
+        &mut out,
+        &Frame::Fail {
+            code: ErrorCode::HANDLER_FAILED,
+            reason,
+        },
+    );
+    if send.write_all(&out).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Refuses a stream before its conversation starts: CLOSE with `code` and `reason`, FIN, and
+/// up to a second for the peer to read them.
+pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
+    let mut out = Vec::new();
+    frame::put_frame(&mut out, &Frame::Close { code, reason });
+    if send.write_all(&out).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
+    }
+}
+
 /// Answers with `object` on `send` and finishes it.
 pub(crate) async fn reply(send: &mut quinn::SendStream, object: &[u8]) {
     if send.write_all(&answer(object)).await.is_ok() {

@@ -1,7 +1,7 @@
 //! Connections between nodes: accepting, admission, and keeping exactly one connection in use
 //! per pair of nodes, also when both dial each other at the same moment, when a punched direct
 //! connection takes over from a relayed one, and when a path died without either side hearing
-//! of it. Dialing is in [`crate::dial`].
+//! of it. Dialing is in [`crate::net::dial`].
 //!
 //! The rule (docs/PROTOCOL.md §2.4), applied by each node on its own whenever a second
 //! connection to a peer is established: a direct connection replaces a relayed one; a
@@ -24,12 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::DialError;
-use crate::frame::{ErrorCode, StreamKind};
 use crate::identity::NodeId;
-use crate::liveness::PathProbe;
-use crate::mailbox::lock;
-use crate::node::NodeInner;
-use crate::tls::{parse_cert, PeerCert};
+use crate::net::liveness::PathProbe;
+use crate::net::tls::{parse_cert, PeerCert};
+use crate::net::Net;
+use crate::sync::lock;
 use ferry_proto::route::{Candidate, Route};
 use ferry_proto::rule::{rule, Contender, Verdict};
 
@@ -73,7 +72,7 @@ impl Link {
     }
 
     /// Probes the path if nothing arrived lately (see [`PathProbe::probe`]).
-    pub(crate) fn probe(&self) -> crate::liveness::Probed {
+    pub(crate) fn probe(&self) -> crate::net::liveness::Probed {
         self.probe.probe(&self.connection)
     }
 }
@@ -244,7 +243,7 @@ impl Peers {
 
 /// Returns the connection to `peer`, dialing it if there is none.
 pub(crate) async fn connect(
-    node: &Arc<NodeInner>,
+    node: &Arc<Net>,
     peer: NodeId,
     hints: &[SocketAddr],
 ) -> Result<quinn::Connection, DialError> {
@@ -256,7 +255,7 @@ pub(crate) async fn connect(
 /// Returns the link to `peer`, dialing it if there is none. Concurrent callers share one
 /// dial; the dial runs on its own task, so a caller giving up does not abort it.
 pub(crate) async fn connect_link(
-    node: &Arc<NodeInner>,
+    node: &Arc<Net>,
     peer: NodeId,
     hints: &[SocketAddr],
 ) -> Result<Link, DialError> {
@@ -304,7 +303,7 @@ type DialWaiter = watch::Receiver<Option<Result<Link, DialError>>>;
 /// Starts the shared dial of `peer` if its slot still holds what the caller saw: nothing, or
 /// the closed connection `dead`. `None` if it changed meanwhile.
 fn start_dial(
-    node: &Arc<NodeInner>,
+    node: &Arc<Net>,
     peer: NodeId,
     hints: &[SocketAddr],
     dead: Option<usize>,
@@ -330,7 +329,7 @@ fn start_dial(
     let hints = hints.to_vec();
     node.tasks.spawn(
         async move {
-            let result = crate::dial::dial(&dialing, peer, hints).await;
+            let result = crate::net::dial::dial(&dialing, peer, hints).await;
             if result.is_err() {
                 let mut slots = lock(&dialing.peers.slots);
                 if matches!(slots.get(&peer), Some(Slot::Dialing(_))) {
@@ -347,7 +346,7 @@ fn start_dial(
 /// Dials `peer` again in the background although a connection exists (it stopped answering,
 /// or this node's address changed): the new connection takes over if the old one is dead.
 /// At most one such dial per peer at a time.
-pub(crate) fn refresh(node: &Arc<NodeInner>, peer: NodeId) {
+pub(crate) fn refresh(node: &Arc<Net>, peer: NodeId) {
     if peer == node.id || node.cancel.is_cancelled() || !node.peers.start_refresh(peer) {
         return;
     }
@@ -355,7 +354,7 @@ pub(crate) fn refresh(node: &Arc<NodeInner>, peer: NodeId) {
     let dialing = node.clone();
     node.tasks.spawn(
         async move {
-            let result = crate::dial::dial(&dialing, peer, Vec::new()).await;
+            let result = crate::net::dial::dial(&dialing, peer, Vec::new()).await;
             if let Err(error) = result {
                 debug!(peer = %peer.short(), %error, "redial failed");
             }
@@ -368,13 +367,13 @@ pub(crate) fn refresh(node: &Arc<NodeInner>, peer: NodeId) {
 /// Keeps a connection to the relay `relay` (one of `NodeConfig::relays`) open, redialing with
 /// backoff whenever it is lost, so that peers can reach this node through it; asks the relay,
 /// each time, which address it sees this node at (docs/PROTOCOL.md §10.12).
-pub(crate) async fn stay_connected(node: Arc<NodeInner>, relay: NodeId, relay_addr: SocketAddr) {
+pub(crate) async fn stay_connected(node: Arc<Net>, relay: NodeId, relay_addr: SocketAddr) {
     let mut pause = Duration::from_millis(100);
     loop {
         match connect(&node, relay, &[relay_addr]).await {
             Ok(connection) => {
                 pause = Duration::from_millis(100);
-                crate::observation::learn_from(&node, relay, &connection).await;
+                crate::net::observation::learn_from(&node, relay, &connection).await;
                 tokio::select! {
                     _ = node.cancel.cancelled() => return,
                     _ = connection.closed() => {}
@@ -425,7 +424,7 @@ pub(crate) fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
 
 /// Registers a new connection and starts serving the streams the peer opens on it. Returns the
 /// link to use, which is the older one if the rule keeps that.
-pub(crate) async fn install(node: &Arc<NodeInner>, fresh: Fresh) -> Link {
+pub(crate) async fn install(node: &Arc<Net>, fresh: Fresh) -> Link {
     let peer = fresh.cert.node;
     let link = Link {
         connection: fresh.connection.clone(),
@@ -433,10 +432,8 @@ pub(crate) async fn install(node: &Arc<NodeInner>, fresh: Fresh) -> Link {
         probe: fresh.probe,
         route: fresh.route,
     };
-    let serving = node.clone();
-    let span = tracing::debug_span!("peer", peer = %peer.short());
-    node.tasks
-        .spawn(serve_connection(serving, fresh.connection, peer).instrument(span));
+    serve_connection(node, fresh.connection.clone(), peer);
+    node.serve_streams(peer, fresh.connection);
     let new = Live {
         link: link.clone(),
         incarnation: fresh.cert.incarnation,
@@ -468,7 +465,7 @@ pub(crate) async fn install(node: &Arc<NodeInner>, fresh: Fresh) -> Link {
         None => {
             debug!(peer = %peer.short(), route = %link.route, "connection in use");
             if link.route.is_relayed() && new.dialed_by == node.id {
-                crate::hole_punch::upgrade_later(node, peer, &link);
+                crate::net::hole_punch::upgrade_later(node, peer, &link);
             }
             link
         }
@@ -488,12 +485,7 @@ enum Decision {
 /// Applies the rule to `new` and the peer's connection in use; installs `new` if it wins. The
 /// slot is looked at under the lock and the connections judged outside it (see
 /// `Link::is_open`); `new` is installed only if the slot still holds what was judged.
-fn decide(
-    node: &Arc<NodeInner>,
-    peer: NodeId,
-    new: &Live,
-    checked: Option<(usize, bool)>,
-) -> Decision {
+fn decide(node: &Arc<Net>, peer: NodeId, new: &Live, checked: Option<(usize, bool)>) -> Decision {
     loop {
         let old = match lock(&node.peers.slots).get(&peer) {
             Some(Slot::Connected(old)) => Some(old.snapshot()),
@@ -572,7 +564,7 @@ impl Live {
 /// data on it (or at once when the node shuts down): both nodes may have started streams on it
 /// before they learnt of the other connection, and those finish on it, however long they
 /// last (new streams go to the kept one).
-fn retire(node: &Arc<NodeInner>, connection: quinn::Connection) {
+fn retire(node: &Arc<Net>, connection: quinn::Connection) {
     let cancel = node.cancel.clone();
     let grace = node.config.duplicate_grace;
     node.tasks.spawn(async move {
@@ -598,13 +590,13 @@ fn retire(node: &Arc<NodeInner>, connection: quinn::Connection) {
 }
 
 /// Connections of both endpoints.
-pub(crate) fn open_connections(node: &NodeInner) -> usize {
+pub(crate) fn open_connections(node: &Net) -> usize {
     node.endpoint.open_connections() + node.relay_endpoint.open_connections()
 }
 
 /// Accepts incoming connections on `endpoint` (the node's own, or its relay endpoint for
 /// `relayed` connections) until the node shuts down.
-pub(crate) async fn accept_loop(node: Arc<NodeInner>, endpoint: quinn::Endpoint, relayed: bool) {
+pub(crate) async fn accept_loop(node: Arc<Net>, endpoint: quinn::Endpoint, relayed: bool) {
     loop {
         let incoming = tokio::select! {
             _ = node.cancel.cancelled() => return,
@@ -639,7 +631,7 @@ pub(crate) async fn accept_loop(node: Arc<NodeInner>, endpoint: quinn::Endpoint,
     }
 }
 
-async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) {
+async fn accept(node: Arc<Net>, incoming: quinn::Incoming, relayed: bool) {
     let remote = incoming.remote_address();
     let probe = Arc::new(PathProbe::default());
     let connecting = match incoming.accept_with(node.quic.server(relayed, &probe)) {
@@ -668,9 +660,7 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) 
         // This node dialed itself. The dialing end is its connection to itself; this end
         // only serves the streams opened on it. Installing it too would make the
         // one-connection rule close the one connection both ends belong to.
-        let span = tracing::debug_span!("loopback");
-        node.tasks
-            .spawn(serve_connection(node.clone(), connection, cert.node).instrument(span));
+        node.serve_streams(cert.node, connection);
         return;
     }
     if !node.config.admission.admits(&cert.node) {
@@ -710,95 +700,25 @@ async fn accept(node: Arc<NodeInner>, incoming: quinn::Incoming, relayed: bool) 
     .await;
 }
 
-/// Serves the streams `peer` opens on `connection` until it closes.
-async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: NodeId) {
+/// Serves a connection in use: its datagrams here (relaying, §12), its streams in the
+/// stream server; once it closes, the peer's slot is freed if it still holds it.
+fn serve_connection(node: &Arc<Net>, connection: quinn::Connection, peer: NodeId) {
+    let serving = node.clone();
+    let span = tracing::debug_span!("peer", peer = %peer.short());
     node.tasks.spawn(
-        crate::forwarding::serve_datagrams(node.clone(), connection.clone(), peer)
-            .in_current_span(),
+        async move {
+            crate::net::forwarding::serve_datagrams(serving.clone(), connection.clone(), peer)
+                .await;
+            let mut slots = lock(&serving.peers.slots);
+            if let Some(Slot::Connected(live)) = slots.get(&peer) {
+                if live.link.connection.stable_id() == connection.stable_id() {
+                    live.link.superseded.cancel();
+                    slots.remove(&peer);
+                    drop(slots);
+                    serving.peers.touch(peer);
+                }
+            }
+        }
+        .instrument(span),
     );
-    // What this peer's mailbox streams hold in their receive buffers, and its violations.
-    let guard = Arc::new(crate::limits::PeerGuard::new(
-        peer,
-        connection.clone(),
-        node.config.max_buffered_per_peer,
-    ));
-    // A node bound paused takes no stream before its application is ready for them.
-    tokio::select! {
-        _ = node.serving.cancelled() => {}
-        _ = node.cancel.cancelled() => return,
-    }
-    // Admission also covers connections this node dialed: a peer that is not admitted may be
-    // sent to, but may not open streams here.
-    let admitted = peer == node.id || node.config.admission.admits(&peer);
-    loop {
-        let stream = tokio::select! {
-            _ = node.cancel.cancelled() => break,
-            stream = connection.accept_bi() => stream,
-        };
-        let (mut send, mut recv) = match stream {
-            Ok(stream) => stream,
-            Err(error) => {
-                debug!(%error, "connection ended");
-                break;
-            }
-        };
-        if !admitted || node.bans.is_banned(&peer) {
-            let code = quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32);
-            let _ = send.reset(code);
-            let _ = recv.stop(code);
-            continue;
-        }
-        let serving = node.clone();
-        let guard = guard.clone();
-        let origin = connection.clone();
-        node.tasks.spawn(
-            async move {
-                let _open = serving.stats.stream_in();
-                // One deadline covers the stream kind byte and the opening frame.
-                let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
-                let mut kind = [0u8; 1];
-                let read = tokio::time::timeout_at(deadline, recv.read_exact(&mut kind)).await;
-                if !matches!(read, Ok(Ok(()))) {
-                    if read.is_err() {
-                        guard.violation(&serving, "no stream kind within open_timeout");
-                    }
-                    let code = quinn::VarInt::from_u32(ErrorCode::TIMEOUT.0 as u32);
-                    let _ = recv.stop(code);
-                    let _ = send.reset(code);
-                    return;
-                }
-                match StreamKind::from_byte(kind[0]) {
-                    Ok(StreamKind::Mailbox) => {
-                        crate::inbound::serve(serving, guard, send, recv, deadline).await
-                    }
-                    Ok(StreamKind::Conversation) => {
-                        crate::service::serve_stream(
-                            serving, peer, origin, send, recv, deadline, guard,
-                        )
-                        .await
-                    }
-                    Ok(StreamKind::Monitor) => {
-                        crate::monitor::serve_stream(serving, send, recv, deadline, guard).await
-                    }
-                    Err(error) => {
-                        debug!(%error, "refusing stream");
-                        guard.violation(&serving, "unknown stream kind");
-                        let code = quinn::VarInt::from_u32(ErrorCode::PROTOCOL.0 as u32);
-                        let _ = recv.stop(code);
-                        let _ = send.reset(code);
-                    }
-                }
-            }
-            .in_current_span(),
-        );
-    }
-    let mut slots = lock(&node.peers.slots);
-    if let Some(Slot::Connected(live)) = slots.get(&peer) {
-        if live.link.connection.stable_id() == connection.stable_id() {
-            live.link.superseded.cancel();
-            slots.remove(&peer);
-            drop(slots);
-            node.peers.touch(peer);
-        }
-    }
 }

@@ -23,7 +23,7 @@ use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics, 
 use quinn_proto::RttEstimator;
 use tokio::time::Instant;
 
-use crate::mailbox::lock;
+use crate::sync::lock;
 
 /// The shortest pause between two probes of one connection.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(200);

@@ -551,7 +551,7 @@ mod tests {
         assert_eq!(loopback_hints, !usable, "{expected:?}");
 
         let observed: SocketAddr = "203.0.113.9:5000".parse().unwrap();
-        node.inner().add_observed_addr(observed);
+        node.inner().net.add_observed_addr(observed);
         let after = node.mailbox();
         assert_eq!(after.address().hints().first(), Some(&observed));
         assert!(after.address().hints().len() <= MAX_HINTS);

@@ -8,7 +8,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::config::NodeConfig;
 use crate::identity::SecretKey;
-use crate::liveness::PathProbe;
+use crate::net::liveness::PathProbe;
 
 /// What a node needs to make the QUIC configuration of each of its connections.
 pub(crate) struct QuicConfigs {

@@ -24,16 +24,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::connection::{self, ConnCode, Fresh, Link};
 use crate::error::{DialError, RouteFailure};
 use crate::identity::NodeId;
-use crate::liveness::PathProbe;
-use crate::node::NodeInner;
+use crate::net::connection::{self, ConnCode, Fresh, Link};
+use crate::net::liveness::PathProbe;
+use crate::net::Net;
 use ferry_proto::race::{AttemptId, Failure, Race, MAX_CANDIDATES, REATTEMPT};
 use ferry_proto::route::{Candidate, Route};
 
 /// The candidates for `peer`, in the order they start.
-fn candidates(node: &NodeInner, peer: NodeId, hints: &[SocketAddr]) -> Vec<Candidate> {
+fn candidates(node: &Net, peer: NodeId, hints: &[SocketAddr]) -> Vec<Candidate> {
     if peer == node.id {
         // The node's connection to itself (conversations, calls and lookups with its own
         // services): its own socket, whatever it advertises.
@@ -57,7 +57,7 @@ fn candidates(node: &NodeInner, peer: NodeId, hints: &[SocketAddr]) -> Vec<Candi
 
 /// Dials `peer` at every known route (plus `hints`), and installs the first connection made.
 pub(crate) async fn dial(
-    node: &Arc<NodeInner>,
+    node: &Arc<Net>,
     peer: NodeId,
     hints: Vec<SocketAddr>,
 ) -> Result<Link, DialError> {
@@ -74,7 +74,7 @@ pub(crate) async fn dial(
 /// Races `candidates` for `timeout`, giving each a fresh attempt every `reattempt`; installs
 /// the winner and remembers its route.
 pub(crate) async fn race(
-    node: &Arc<NodeInner>,
+    node: &Arc<Net>,
     peer: NodeId,
     candidates: Vec<Candidate>,
     reattempt: Duration,
@@ -168,7 +168,7 @@ fn dial_failed(peer: NodeId, race: Race<DialError>) -> DialError {
 type Attempt = Pin<Box<dyn Future<Output = ((usize, AttemptId), Result<Fresh, DialError>)> + Send>>;
 
 /// Installs the attempts that still complete after a dial was won.
-async fn install_remaining(node: Arc<NodeInner>, mut attempts: FuturesUnordered<Attempt>) {
+async fn install_remaining(node: Arc<Net>, mut attempts: FuturesUnordered<Attempt>) {
     while let Some((_, result)) = attempts.next().await {
         if let Ok(fresh) = result {
             connection::install(&node, fresh).await;
@@ -177,7 +177,7 @@ async fn install_remaining(node: Arc<NodeInner>, mut attempts: FuturesUnordered<
 }
 
 fn attempt(
-    node: Arc<NodeInner>,
+    node: Arc<Net>,
     peer: NodeId,
     index: (usize, AttemptId),
     candidate: Candidate,
@@ -196,7 +196,7 @@ fn attempt(
 
 /// One attempt at one candidate: a QUIC handshake that proves `peer`'s identity.
 async fn handshake(
-    node: &Arc<NodeInner>,
+    node: &Arc<Net>,
     peer: NodeId,
     candidate: Candidate,
     deadline: Instant,
@@ -247,7 +247,7 @@ async fn wait_for_datagram_room(relay: &quinn::Connection) {
 
 /// A handshake with `peer` at `addr` on the node's own endpoint, or its relay endpoint.
 async fn connect_on(
-    node: &Arc<NodeInner>,
+    node: &Arc<Net>,
     relayed: bool,
     peer: NodeId,
     addr: SocketAddr,
@@ -290,7 +290,7 @@ async fn connect_on(
     })
 }
 
-fn dial_error(node: &NodeInner, peer: &NodeId, error: &quinn::ConnectionError) -> DialError {
+fn dial_error(node: &Net, peer: &NodeId, error: &quinn::ConnectionError) -> DialError {
     if let Some(actual) = node.mismatches.take(peer) {
         return DialError::WrongNode {
             expected: *peer,

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::hints::{machine_interfaces, InterfaceAddr};
-use crate::node::NodeInner;
+use crate::net::hints::{machine_interfaces, InterfaceAddr};
+use crate::net::Net;
 
 /// How often the interfaces are looked at.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,7 +28,7 @@ fn usable(interfaces: &[InterfaceAddr]) -> BTreeSet<IpAddr> {
 }
 
 /// Watches the interfaces until the node shuts down; `known` is what the node was bound with.
-pub(crate) async fn watch(node: Arc<NodeInner>, known: Vec<InterfaceAddr>) {
+pub(crate) async fn watch(node: Arc<Net>, known: Vec<InterfaceAddr>) {
     let mut known = usable(&known);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -51,17 +51,17 @@ pub(crate) async fn watch(node: Arc<NodeInner>, known: Vec<InterfaceAddr>) {
 
 /// This node's network changed: relays are asked again where they see it, direct connections
 /// are dialed again, relayed peers are offered a new punch.
-pub(crate) fn changed(node: &Arc<NodeInner>) {
+pub(crate) fn changed(node: &Arc<Net>) {
     for (relay, _) in &node.config.relays {
         if let Some(link) = node.peers.link(relay) {
             let observing = node.clone();
             let relay = *relay;
             node.tasks.spawn(async move {
-                crate::observation::learn_from(&observing, relay, &link.connection).await;
+                crate::net::observation::learn_from(&observing, relay, &link.connection).await;
             });
         }
     }
-    crate::hole_punch::network_changed(node);
+    crate::net::hole_punch::network_changed(node);
 }
 
 #[cfg(test)]

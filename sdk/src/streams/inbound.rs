@@ -21,10 +21,11 @@ use tracing::debug;
 use crate::address::{Address, MailboxId};
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
-use crate::limits::{Held, OverBudget, PeerGuard};
-use crate::mailbox::{lock, MailboxHandle, Message};
+use crate::mailbox::{MailboxHandle, Message};
+use crate::net::limits::{Held, OverBudget, PeerGuard};
 use crate::node::NodeInner;
 use crate::store::RunId;
+use crate::sync::lock;
 use ferry_proto::receiver::{self, Incoming, Receiver, RunState, Violation};
 
 /// (sending node, sending mailbox, target mailbox, epoch): one run of one conversation.
@@ -74,7 +75,7 @@ pub(crate) async fn serve(
     let mut held = Held::new(node.buffered.clone(), guard.buffered.clone());
     // Ends the stream for a protocol violation, which counts against the peer.
     let violation = |code: ErrorCode, reason: &str| {
-        guard.violation(&node, reason);
+        guard.violation(&node.net, reason);
         (code, reason.to_owned())
     };
     let mut buf = BytesMut::new();
@@ -93,7 +94,7 @@ pub(crate) async fn serve(
         Ok(mailbox) => mailbox,
         Err((code, reason)) => {
             if code == ErrorCode::FROM_MISMATCH {
-                guard.violation(&node, &reason);
+                guard.violation(&node.net, &reason);
             }
             return refuse(&mut send, code, &reason).await;
         }

@@ -29,14 +29,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
-use crate::builtin;
-use crate::connection::Link;
-use crate::conversation::Conversation;
-use crate::dial;
 use crate::frame::{self, Frame};
 use crate::identity::NodeId;
-use crate::mailbox::lock;
-use crate::node::NodeInner;
+use crate::net::builtin;
+use crate::net::connection::Link;
+use crate::net::dial;
+use crate::net::Net;
+use crate::sync::lock;
 use ferry_proto::punch::{
     decode_candidates, encode_candidates, MAX_OFFER_LEN, MAX_PUNCH_CANDIDATES, PUNCH_SERVICE,
 };
@@ -69,18 +68,18 @@ pub(crate) struct Punches {
 
 /// This node's network changed: every waiting punch tries again now, and every direct
 /// connection is dialed again (one whose path died is then replaced, §2.4).
-pub(crate) fn network_changed(node: &Arc<NodeInner>) {
+pub(crate) fn network_changed(node: &Arc<Net>) {
     node.punches.network_changed.notify_waiters();
     for (peer, link) in node.peers.links() {
         if !link.route.is_relayed() {
-            crate::connection::refresh(node, peer);
+            crate::net::connection::refresh(node, peer);
         }
     }
 }
 
 /// Starts punching towards `peer`, now reached over the relayed `link` this node dialed,
 /// unless a punch towards it runs already.
-pub(crate) fn upgrade_later(node: &Arc<NodeInner>, peer: NodeId, link: &Link) {
+pub(crate) fn upgrade_later(node: &Arc<Net>, peer: NodeId, link: &Link) {
     if !node.config.hole_punching
         || node.cancel.is_cancelled()
         || !lock(&node.punches.running).insert(peer)
@@ -100,7 +99,7 @@ pub(crate) fn upgrade_later(node: &Arc<NodeInner>, peer: NodeId, link: &Link) {
 }
 
 /// Punches until a direct connection replaces `link`, `link` closes, or the node stops.
-async fn keep_punching(node: &Arc<NodeInner>, peer: NodeId, link: &Link) {
+async fn keep_punching(node: &Arc<Net>, peer: NodeId, link: &Link) {
     let mut pause = FIRST_RETRY;
     loop {
         if link.superseded.is_cancelled() || link.connection.close_reason().is_some() {
@@ -123,7 +122,7 @@ async fn keep_punching(node: &Arc<NodeInner>, peer: NodeId, link: &Link) {
 
 /// The addresses this node offers: where its relays see it, then its dial hints; none when
 /// it does not punch.
-fn local_candidates(node: &NodeInner) -> Vec<SocketAddr> {
+fn local_candidates(node: &Net) -> Vec<SocketAddr> {
     if !node.config.hole_punching {
         return Vec::new();
     }
@@ -145,12 +144,8 @@ fn to_dial(addrs: Vec<SocketAddr>) -> Vec<Candidate> {
 
 /// One punch as the node that dialed the relayed connection: offer, read the answer, dial.
 /// Returns whether the peer is now reached directly.
-async fn punch(
-    node: &Arc<NodeInner>,
-    peer: NodeId,
-    link: &Link,
-) -> Result<bool, builtin::ExchangeError> {
-    crate::observation::refresh_via(node, link.route).await;
+async fn punch(node: &Arc<Net>, peer: NodeId, link: &Link) -> Result<bool, builtin::ExchangeError> {
+    crate::net::observation::refresh_via(node, link.route).await;
     let offer = encode_candidates(&local_candidates(node));
     let answer = tokio::time::timeout(
         OFFER_TIMEOUT,
@@ -168,7 +163,7 @@ async fn punch(
 /// Answers a `ferry.punch` conversation `peer` opened on `origin`: reads the offer, answers
 /// with this node's candidates, and dials the offered ones half a round trip later.
 pub(crate) async fn answer(
-    node: Arc<NodeInner>,
+    node: Arc<Net>,
     peer: NodeId,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -185,26 +180,31 @@ pub(crate) async fn answer(
     if send.write_all(&accept).await.is_err() {
         return;
     }
-    let mut conversation = Conversation::new(peer, send, recv, buf, MAX_OFFER_LEN, false);
-    let offer = match tokio::time::timeout(OFFER_TIMEOUT, conversation.recv_object_bytes()).await {
+    let (mut recv, mut buf) = (recv, buf);
+    let offer = match tokio::time::timeout(
+        OFFER_TIMEOUT,
+        builtin::read_request(&mut recv, &mut buf, MAX_OFFER_LEN),
+    )
+    .await
+    {
         Ok(Ok(offer)) => offer,
-        _ => return, // dropping the conversation resets it with HANDLER_FAILED
+        Ok(Err(why)) => return builtin::fail(&mut send, why).await,
+        Err(_) => return builtin::fail(&mut send, "no offer in time").await,
     };
     let theirs = match decode_candidates(&offer) {
         Ok(theirs) => theirs,
-        Err(error) => {
-            let _ = conversation.fail(&error.to_string()).await;
-            return;
-        }
+        Err(error) => return builtin::fail(&mut send, &error.to_string()).await,
     };
     if let Some(relay) = node.relay_socket.route_of(origin.remote_address()) {
-        crate::observation::refresh_via(&node, crate::Route::Relayed { relay }).await;
+        crate::net::observation::refresh_via(&node, crate::Route::Relayed { relay }).await;
     }
     let ours = encode_candidates(&local_candidates(&node));
-    if conversation.send_encoded(&ours).await.is_err() {
+    let mut object = Vec::new();
+    frame::put_frame(&mut object, &Frame::Object(&ours));
+    if send.write_all(&object).await.is_err() {
         return;
     }
-    let _ = conversation.finish();
+    let _ = send.finish();
     if !node.config.hole_punching {
         return;
     }
@@ -216,7 +216,7 @@ pub(crate) async fn answer(
 }
 
 /// Dials `peer`'s candidates after `delay`, unless a direct connection exists by then.
-fn dial_after(node: &Arc<NodeInner>, peer: NodeId, theirs: Vec<SocketAddr>, delay: Duration) {
+fn dial_after(node: &Arc<Net>, peer: NodeId, theirs: Vec<SocketAddr>, delay: Duration) {
     let dialing = node.clone();
     let dial: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
         Box::pin(async move {
@@ -241,7 +241,7 @@ fn dial_after(node: &Arc<NodeInner>, peer: NodeId, theirs: Vec<SocketAddr>, dela
 
 /// Whether this node may dial for `peer`'s punch now: a peer cannot make it dial arbitrary
 /// addresses more often than every [`MIN_ANSWER_INTERVAL`].
-fn may_answer(node: &NodeInner, peer: NodeId) -> bool {
+fn may_answer(node: &Net, peer: NodeId) -> bool {
     let now = Instant::now();
     let mut answered = lock(&node.punches.answered);
     if answered

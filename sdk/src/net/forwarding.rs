@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::identity::NodeId;
-use crate::mailbox::lock;
-use crate::node::NodeInner;
+use crate::net::Net;
+use crate::sync::lock;
 
 use ferry_proto::relay::RelayDatagram;
 
@@ -47,7 +47,7 @@ struct Routes {
 /// The UDP socket of the relay endpoint: sends by wrapping packets into datagrams to the relay,
 /// receives what relays forwarded.
 pub(crate) struct RelaySocket {
-    node: OnceLock<Weak<NodeInner>>,
+    node: OnceLock<Weak<Net>>,
     routes: Mutex<Routes>,
     incoming: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
     deliver: mpsc::Sender<(SocketAddr, Bytes)>,
@@ -70,7 +70,7 @@ impl RelaySocket {
         }
     }
 
-    pub(crate) fn attach(&self, node: &Arc<NodeInner>) {
+    pub(crate) fn attach(&self, node: &Arc<Net>) {
         // Set once, right after the node is built.
         let _ = self.node.set(Arc::downgrade(node));
     }
@@ -246,11 +246,7 @@ impl RelayBudget {
 
 /// Reads the datagrams `peer` sends on `connection` until it closes: packets to forward (this
 /// node is their relay) and packets forwarded to this node.
-pub(crate) async fn serve_datagrams(
-    node: Arc<NodeInner>,
-    connection: quinn::Connection,
-    peer: NodeId,
-) {
+pub(crate) async fn serve_datagrams(node: Arc<Net>, connection: quinn::Connection, peer: NodeId) {
     loop {
         let datagram = tokio::select! {
             _ = node.cancel.cancelled() => return,
@@ -273,7 +269,7 @@ pub(crate) async fn serve_datagrams(
 }
 
 /// Relays a packet from `origin` to `destination`, if the policy and budget allow.
-fn forward(node: &NodeInner, origin: NodeId, destination: NodeId, packet: Bytes) {
+fn forward(node: &Net, origin: NodeId, destination: NodeId, packet: Bytes) {
     let config = &node.config;
     let allowed = config.relay.allows(&origin) && config.relay.allows(&destination);
     if !allowed {

@@ -236,14 +236,6 @@ impl Conversation {
         }
     }
 
-    /// Receives one object as its bytes.
-    pub(crate) async fn recv_object_bytes(&mut self) -> Result<Bytes, ConversationError> {
-        match self.next(Want::Object).await? {
-            Incoming::Object(bytes) => Ok(bytes),
-            Incoming::Data(_) | Incoming::DataEnd => Err(ConversationError::Unexpected("data")),
-        }
-    }
-
     /// Streams everything `reader` yields, in chunks of at most 64 KiB, then marks the end of
     /// the data. Memory use is one chunk, whatever the size. Returns the bytes sent.
     pub async fn send_data<R: AsyncRead + Unpin>(
