@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 
 use super::nats::{self, NatsServer};
 use super::{
-    ferry_pair, histogram, measure, record_ns, shutdown, Better, QuinnPair, Row, Settings,
+    ferry_pair, histogram, measure, record_ns, shutdown, streams, Better, QuinnPair, Row, Settings,
     MESSAGE_LEN, PAYLOAD,
 };
 
@@ -83,7 +83,7 @@ pub(super) async fn figure_call(settings: Settings) -> Result<Vec<Row>> {
 /// Sequential `node.call`s of 64 bytes (as a byte slice: postcard adds a 1-byte length) to an
 /// "echo" service on a second node, whose handler answers each request with itself. Every call
 /// is a new conversation, on a new stream of the one connection.
-async fn ferry_calls(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
+pub(crate) async fn ferry_calls(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
     let (client, server) = ferry_pair().await?;
     let _echo = server.serve(
         "echo",
@@ -111,35 +111,13 @@ async fn ferry_calls(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
 
 /// The same with raw quinn on an open connection: per request, open a bidirectional stream,
 /// write 64 bytes and finish; the server (a task per stream, like a ferry service handler)
-/// reads to the end, writes the bytes back and finishes; the client reads to the end.
-async fn quinn_calls(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
+/// reads to the end, writes the bytes back and finishes; the client reads to the end
+/// ([`streams::call_rounds`]).
+pub(crate) async fn quinn_calls(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
     let pair = QuinnPair::connect().await?;
-    let server_conn = pair.server_conn.clone();
-    let server = tokio::spawn(async move {
-        // Ends when the client closes the connection.
-        while let Ok((mut send, mut recv)) = server_conn.accept_bi().await {
-            tokio::spawn(async move {
-                let request = recv.read_to_end(2 * MESSAGE_LEN).await?;
-                send.write_all(&request).await?;
-                send.finish()?;
-                anyhow::Ok(())
-            });
-        }
-    });
-
-    let mut histogram = histogram()?;
-    for round in 0..warmup + rounds {
-        let start = Instant::now();
-        let (mut send, mut recv) = pair.client_conn.open_bi().await?;
-        send.write_all(&PAYLOAD).await?;
-        send.finish()?;
-        let reply = recv.read_to_end(2 * MESSAGE_LEN).await?;
-        let elapsed = start.elapsed();
-        ensure!(reply.len() == MESSAGE_LEN, "bad reply length");
-        if round >= warmup {
-            record_ns(&mut histogram, elapsed)?;
-        }
-    }
+    // Ends when the client closes the connection.
+    let server = tokio::spawn(streams::serve_calls(pair.server_conn.clone()));
+    let histogram = streams::call_rounds(&pair.client_conn, rounds, warmup).await?;
     pair.close().await;
     server
         .await

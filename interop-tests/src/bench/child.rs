@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 
 /// A child process of this binary; killed if dropped.
-pub(super) struct Child {
+pub(crate) struct Child {
     child: tokio::process::Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -23,7 +23,7 @@ pub(super) struct Child {
 impl Child {
     /// Starts this binary with `args` and returns it with the rest of its `ready` line; each
     /// answer may take `wait`.
-    pub(super) async fn start(args: &[&str], wait: Duration) -> Result<(Self, String)> {
+    pub(crate) async fn start(args: &[&str], wait: Duration) -> Result<(Self, String)> {
         let exe = std::env::current_exe().context("finding the bench binary")?;
         let mut child = Command::new(exe)
             .args(args)
@@ -49,7 +49,7 @@ impl Child {
     }
 
     /// The next line, which must start with `word`; returns the rest.
-    pub(super) async fn answer(&mut self, word: &str) -> Result<String> {
+    pub(crate) async fn answer(&mut self, word: &str) -> Result<String> {
         let wait = self.wait;
         let line = tokio::time::timeout(wait, self.stdout.next_line())
             .await
@@ -69,7 +69,7 @@ impl Child {
     }
 
     /// Sends one command line.
-    pub(super) async fn send(&mut self, command: &str) -> Result<()> {
+    pub(crate) async fn send(&mut self, command: &str) -> Result<()> {
         let stdin = self
             .stdin
             .as_mut()
@@ -80,7 +80,7 @@ impl Child {
     }
 
     /// Sends `command` and reads the answer `memory <heap bytes> <RSS bytes>`.
-    pub(super) async fn memory(&mut self, command: &str) -> Result<(i64, i64)> {
+    pub(crate) async fn memory(&mut self, command: &str) -> Result<(i64, i64)> {
         self.send(command).await?;
         let answer = self.answer("memory").await?;
         let (heap, rss) = answer
@@ -90,7 +90,7 @@ impl Child {
     }
 
     /// Closes the child's stdin, which ends it; kills it if it takes more than 5 s.
-    pub(super) async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         drop(self.stdin.take());
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
             .await
@@ -101,13 +101,13 @@ impl Child {
     }
 
     /// Kills the child (measured already: nothing to wait for, no orderly shutdown).
-    pub(super) async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
 }
 
 /// Runs `main` on a multi-thread runtime (a child process's entry point).
-pub(super) fn run(main: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+pub(crate) fn run(main: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,7 +118,7 @@ pub(super) fn run(main: impl std::future::Future<Output = Result<()>>) -> Result
 }
 
 /// `VmRSS` of this process, in bytes.
-pub(super) fn rss() -> Result<i64> {
+pub(crate) fn rss() -> Result<i64> {
     let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
     let line = status
         .lines()

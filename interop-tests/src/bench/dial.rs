@@ -2,7 +2,6 @@
 //! 64-byte message to another node is acknowledged, against raw quinn connect + open stream +
 //! 64-byte echo on a fresh connection.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
@@ -11,7 +10,8 @@ use ferry::{Node, NodeConfig, SecretKey};
 use hdrhistogram::Histogram;
 
 use super::{
-    histogram, measure, record_ns, shutdown, Better, QuinnPair, Row, Settings, MESSAGE_LEN, PAYLOAD,
+    histogram, measure, record_ns, shutdown, streams, Better, QuinnPair, Row, Settings,
+    MESSAGE_LEN, PAYLOAD,
 };
 
 /// Grace of each sender node's shutdown: it has nothing in flight by then.
@@ -19,7 +19,7 @@ const SENDER_GRACE: Duration = Duration::from_millis(100);
 /// Rounds start at most this often. A sender's shutdown (in the background) mostly waits for
 /// its endpoint to drain (about 3 probe timeouts, some 80 ms on loopback); the pacing keeps
 /// the number of senders still shutting down small.
-const PACE: Duration = Duration::from_millis(5);
+pub(crate) const PACE: Duration = Duration::from_millis(5);
 
 pub(super) async fn figure_dial(settings: Settings) -> Result<Vec<Row>> {
     let row = |what: &str| {
@@ -56,7 +56,7 @@ pub(super) async fn figure_dial(settings: Settings) -> Result<Vec<Row>> {
 /// mailbox on a long-lived target node, which dials the target (the address carries its
 /// socket address as a dial hint), opens a conversation and waits for the acknowledgement.
 /// The sender then shuts down in the background (awaited at the end of the run).
-async fn ferry_dials(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
+pub(crate) async fn ferry_dials(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
     // Every sender dials from 127.0.0.1, faster than the default per-address handshake limit
     // (100/s) allows: the limit is not what this figure measures.
     let config = NodeConfig {
@@ -102,41 +102,20 @@ async fn ferry_dials(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
 /// Each round times a new connection from the client endpoint to the server endpoint, a
 /// bidirectional stream on it, 64 bytes written and the 64-byte echo read; then the client
 /// closes the connection (not timed). The server accepts each connection on a task, echoes
-/// one stream and waits for the close.
-async fn quinn_dials(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
+/// one stream and waits for the close ([`streams::dial_rounds`]).
+pub(crate) async fn quinn_dials(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
     let pair = QuinnPair::connect().await?;
     let server_endpoint = pair.server.clone();
     let server = tokio::spawn(async move {
         while let Some(incoming) = server_endpoint.accept().await {
-            tokio::spawn(async move {
-                let connection = incoming.await?;
-                let (mut send, mut recv) = connection.accept_bi().await?;
-                let mut buf = [0u8; MESSAGE_LEN];
-                recv.read_exact(&mut buf).await?;
-                send.write_all(&buf).await?;
-                send.finish()?;
-                connection.closed().await;
-                anyhow::Ok(())
-            });
+            tokio::spawn(async move { streams::serve_dial(incoming.await?).await });
         }
     });
-    let server_addr: SocketAddr = pair.server.local_addr()?;
-    let mut histogram = histogram()?;
-    for round in 0..warmup + rounds {
-        let next = tokio::time::Instant::now() + PACE;
-        let start = Instant::now();
-        let connection = pair.client.connect(server_addr, "localhost")?.await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(&PAYLOAD).await?;
-        let mut buf = [0u8; MESSAGE_LEN];
-        recv.read_exact(&mut buf).await?;
-        let elapsed = start.elapsed();
-        if round >= warmup {
-            record_ns(&mut histogram, elapsed)?;
-        }
-        connection.close(0u32.into(), b"done");
-        tokio::time::sleep_until(next).await;
-    }
+    let mut dialer = streams::QuinnDialer {
+        endpoint: pair.client.clone(),
+        server: pair.server.local_addr()?,
+    };
+    let histogram = streams::dial_rounds(&mut dialer, rounds, warmup).await?;
     pair.close().await;
     server
         .await

@@ -573,7 +573,7 @@ async fn next_text(ws: &mut Ws) -> Result<Value> {
 
 /// Raises this process's soft limit of open files to its hard limit (each session is a
 /// socket in the server and one in the clients process; children inherit the limit).
-pub(super) fn raise_open_files_limit() -> Option<u64> {
+pub(crate) fn raise_open_files_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     let hard = limit.maximum?;

@@ -38,14 +38,14 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Handshakes, or first messages, in flight at once. With 32, bursts of Initial packets
 /// overflowed a loopback socket's receive buffer (`RcvbufErrors` in `/proc/net/snmp`) and the
 /// lost handshakes waited for quinn's first probe timeout (1 s).
-const CONCURRENCY: usize = 8;
+pub(crate) const CONCURRENCY: usize = 8;
 /// How long the hub waits for the peers or streams it was told to expect.
 const HUB_WAIT: Duration = Duration::from_secs(60);
 /// Concurrent incoming streams the quinn hub allows a peer (ferry's `max_incoming_streams`).
 const QUINN_MAX_STREAMS: u32 = 4096;
 
 /// The rows, in this order: one value each per run.
-const ROWS: usize = 5;
+pub(crate) const ROWS: usize = 5;
 
 pub(super) async fn figure_memory(settings: Settings) -> Result<Vec<Row>> {
     let peers = "raw quinn, bare connections";
@@ -105,7 +105,7 @@ pub(super) async fn figure_memory(settings: Settings) -> Result<Vec<Row>> {
 
 /// Heap and RSS of a process, in bytes.
 #[derive(Debug, Clone, Copy)]
-struct Memory {
+pub(crate) struct Memory {
     heap: i64,
     rss: i64,
 }
@@ -123,7 +123,7 @@ impl Memory {
 /// The five row values of one run, in KiB: per peer (heap, RSS) from `before` to `peers`, per
 /// conversation (heap, RSS) from `peers` to `conversations`, and per conversation on the
 /// sending side from `sender_before` to `sender_after` (heap only).
-fn per_item(
+pub(crate) fn per_item(
     n: usize,
     m: usize,
     [before, peers, conversations]: [Memory; 3],
@@ -150,7 +150,7 @@ async fn settled_heap() -> Result<i64> {
 /// hub's mailbox, one per sending mailbox (`mailbox.sender(hub address)`), each sending one
 /// acknowledged 64-byte message and then idle (a conversation stays open 30 s without
 /// traffic, `stream_idle_timeout`).
-async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
+pub(crate) async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
     let (mut hub, ready) = Hub::start("ferry").await?;
     let address: Address = ready
         .parse()
@@ -216,7 +216,7 @@ async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
 /// task per stream, which reads one 64-byte message, answers an 8-byte acknowledgement and
 /// waits for more. One client endpoint makes `n` connections; then `m` streams on the first
 /// one each carry one acknowledged message and stay open.
-async fn quinn_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
+pub(crate) async fn quinn_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
     let (mut hub, ready) = Hub::start("quinn").await?;
     let (addr, cert) = ready
         .split_once(' ')
@@ -293,29 +293,29 @@ fn from_hex(text: &str) -> Result<Vec<u8>> {
 // The parent's side of the hub.
 
 /// The hub child process; killed if dropped before [`Hub::finish`].
-struct Hub(Child);
+pub(crate) struct Hub(Child);
 
 impl Hub {
     /// Starts this binary as a hub of `kind` and returns it with the rest of its `ready` line.
-    async fn start(kind: &str) -> Result<(Self, String)> {
+    pub(crate) async fn start(kind: &str) -> Result<(Self, String)> {
         let (child, ready) = Child::start(&["--memory-hub", kind], HUB_WAIT + SETTLE * 2).await?;
         Ok((Self(child), ready))
     }
 
     /// Sends `command` and waits for `ok`.
-    async fn expect(&mut self, command: &str) -> Result<()> {
+    pub(crate) async fn expect(&mut self, command: &str) -> Result<()> {
         self.0.send(command).await?;
         self.0.answer("ok").await.map(drop)
     }
 
     /// The hub's memory.
-    async fn memory(&mut self) -> Result<Memory> {
+    pub(crate) async fn memory(&mut self) -> Result<Memory> {
         let (heap, rss) = self.0.memory("memory").await?;
         Ok(Memory { heap, rss })
     }
 
     /// Ends the hub (closing its stdin).
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.0.finish().await;
     }
 }
@@ -325,7 +325,7 @@ impl Hub {
 
 /// Runs this process as the memory figure's hub of `kind` ("ferry" or "quinn") until its stdin
 /// ends.
-pub(super) fn run_hub(kind: &str) -> Result<()> {
+pub(crate) fn run_hub(kind: &str) -> Result<()> {
     super::child::run(hub(kind))
 }
 
@@ -340,7 +340,15 @@ enum HubNode {
     },
 }
 
-impl HubNode {
+/// What a hub process answers `peers` and `streams` with.
+pub(crate) trait HubCounts: Sync {
+    /// Peers connected to the hub.
+    fn peers(&self) -> u64;
+    /// Streams (conversations) open into the hub whose first message arrived.
+    fn streams(&self) -> u64;
+}
+
+impl HubCounts for HubNode {
     fn peers(&self) -> u64 {
         match self {
             Self::Ferry(node) => node.stats().connected_peers as u64,
@@ -402,9 +410,14 @@ async fn hub(kind: &str) -> Result<()> {
         }
         other => bail!("unknown hub kind {other:?}"),
     };
+    serve_commands(&node).await
+}
+
+/// Answers the parent's commands (stdin) about `node` until stdin ends.
+pub(crate) async fn serve_commands<N: HubCounts>(node: &N) -> Result<()> {
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {
-        match hub_command(&node, &command).await {
+        match hub_command(node, &command).await {
             Ok(answer) => println!("{answer}"),
             Err(error) => println!("error {error:#}"),
         }
@@ -413,9 +426,9 @@ async fn hub(kind: &str) -> Result<()> {
     Ok(())
 }
 
-async fn hub_command(node: &HubNode, command: &str) -> Result<String> {
+async fn hub_command<N: HubCounts>(node: &N, command: &str) -> Result<String> {
     let (word, count) = command.split_once(' ').unwrap_or((command, ""));
-    let wait_for = |what: &'static str, count: &str, current: fn(&HubNode) -> u64| {
+    let wait_for = |what: &'static str, count: &str, current: fn(&N) -> u64| {
         let count: Result<u64> = count.parse().with_context(|| format!("{what} count"));
         async move {
             let count = count?;
@@ -437,8 +450,8 @@ async fn hub_command(node: &HubNode, command: &str) -> Result<String> {
             let memory = Memory::now()?;
             Ok(format!("memory {} {}", memory.heap, memory.rss))
         }
-        "peers" => wait_for("peers", count, HubNode::peers).await,
-        "streams" => wait_for("streams", count, HubNode::streams).await,
+        "peers" => wait_for("peers", count, N::peers).await,
+        "streams" => wait_for("streams", count, N::streams).await,
         other => bail!("unknown command {other:?}"),
     }
 }

@@ -28,11 +28,11 @@ use tokio::sync::watch;
 use super::{histogram, record_ns, MESSAGE_LEN, PAYLOAD};
 
 /// The "baseline is" text of the throughput row measured against NATS.
-pub(super) const PUBSUB: &str = "NATS pub -> sub (no acks)";
+pub(crate) const PUBSUB: &str = "NATS pub -> sub (no acks)";
 /// The "baseline is" text of the request/reply rows.
-pub(super) const REQUEST_REPLY: &str = "NATS request/reply";
+pub(crate) const REQUEST_REPLY: &str = "NATS request/reply";
 /// Shown instead of a ratio when `nats-server` is not on `PATH`.
-pub(super) const NOT_INSTALLED: &str = "NATS not installed: skipped";
+pub(crate) const NOT_INSTALLED: &str = "NATS not installed: skipped";
 
 /// Messages the publisher may be ahead of the subscriber. Core NATS has no flow control: a
 /// publisher that runs ahead fills the server's buffer for the subscriber's connection, and
@@ -49,14 +49,14 @@ const ECHO_SUBJECT: &str = "bench.echo";
 const REPLY_SUBJECT: &str = "_INBOX.bench";
 
 /// A `nats-server` child process listening on a loopback port; killed when dropped.
-pub(super) struct NatsServer {
+pub(crate) struct NatsServer {
     child: Child,
     addr: SocketAddr,
 }
 
 impl NatsServer {
     /// Starts `nats-server` on a free loopback port, or returns `None` if it is not installed.
-    pub(super) async fn start() -> Result<Option<Self>> {
+    pub(crate) async fn start() -> Result<Option<Self>> {
         let spawned = Command::new("nats-server")
             // -p -1: a random free port, which the server logs once it listens.
             .args(["-a", "127.0.0.1", "-p", "-1"])
@@ -95,12 +95,12 @@ impl NatsServer {
     }
 
     /// The server's client address.
-    pub(super) fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Kills the server and waits for it to exit.
-    pub(super) async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
@@ -241,7 +241,7 @@ fn text(bytes: &[u8]) -> String {
 /// Messages per second of `n` 64-byte messages published on one connection and received by a
 /// subscriber on another, after `warmup` unmeasured ones; the clock runs from the first
 /// publish until the subscriber counted the last message.
-pub(super) async fn throughput(addr: SocketAddr, n: u64, warmup: u64) -> Result<f64> {
+pub(crate) async fn throughput(addr: SocketAddr, n: u64, warmup: u64) -> Result<f64> {
     let mut subscriber = Connection::connect(addr).await?;
     let mut publisher = Connection::connect(addr).await?;
     subscriber.subscribe(THROUGHPUT_SUBJECT).await?;
@@ -299,7 +299,7 @@ pub(super) async fn throughput(addr: SocketAddr, n: u64, warmup: u64) -> Result<
 /// echo subject publishes each request's payload to its reply subject; the requester (another
 /// connection, subscribed to its reply subject) publishes a request with that reply subject
 /// and waits for the answer.
-pub(super) async fn request_rounds(
+pub(crate) async fn request_rounds(
     addr: SocketAddr,
     rounds: u64,
     warmup: u64,

@@ -47,108 +47,122 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
 
 #[path = "../bench/call.rs"]
-mod call;
+pub(crate) mod call;
 #[path = "../bench/child.rs"]
-mod child;
+pub(crate) mod child;
 #[path = "../bench/dial.rs"]
-mod dial;
+pub(crate) mod dial;
 #[path = "../bench/gateway.rs"]
-mod gateway;
+pub(crate) mod gateway;
+#[path = "../bench/instructions.rs"]
+pub(crate) mod instructions;
 #[path = "../bench/memory.rs"]
-mod memory;
+pub(crate) mod memory;
 #[path = "../bench/nats.rs"]
-mod nats;
+pub(crate) mod nats;
+#[path = "../bench/streams.rs"]
+pub(crate) mod streams;
 
 /// Counts live heap bytes, for the memory figure: one atomic add or subtract per allocation,
 /// free and reallocation, with no limit. The hot paths of the other figures allocate rarely
 /// (ferry's throughput run: about one allocation per 17 messages), so this does not show in
 /// them.
 #[global_allocator]
-static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+pub(crate) static ALLOCATOR: cap::Cap<std::alloc::System> =
+    cap::Cap::new(std::alloc::System, usize::MAX);
 
 /// Size of the small messages: throughput, round trip, and conversation B of the HOL figure.
-const MESSAGE_LEN: usize = 64;
-static PAYLOAD: [u8; MESSAGE_LEN] = [0u8; MESSAGE_LEN];
+pub(crate) const MESSAGE_LEN: usize = 64;
+pub(crate) static PAYLOAD: [u8; MESSAGE_LEN] = [0u8; MESSAGE_LEN];
 /// No single measurement may take longer than this.
 const MEASUREMENT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Messages the raw quinn client writes per `write_all` (about 64 KiB, like ferry's batches).
-const BASELINE_BATCH: usize = 1000;
 /// ALPN of the raw quinn baseline.
 const BASELINE_ALPN: &[u8] = b"ferry-bench-baseline";
 
 /// Command line.
 #[derive(Debug, Parser)]
 #[command(about = "ferry benchmarks, each beside a raw quinn baseline measured in the same run")]
-struct Cli {
+pub(crate) struct Cli {
     /// Fewer runs and smaller measurements (well under a minute in total).
     #[arg(long)]
-    quick: bool,
+    pub(crate) quick: bool,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Runs per measurement (default 5, 3 with --quick).
     #[arg(long)]
-    runs: Option<usize>,
+    pub(crate) runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
     /// hol, memory, gateway).
     #[arg(long, value_name = "TEXT")]
-    only: Option<String>,
+    pub(crate) only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
     /// "-" then, so do not publish such output).
     #[arg(long)]
-    ferry_only: bool,
+    pub(crate) ferry_only: bool,
     /// Worker threads of the tokio runtime (default: one per CPU); for diagnosis.
     #[arg(long, value_name = "N")]
-    worker_threads: Option<usize>,
+    pub(crate) worker_threads: Option<usize>,
     /// Internal: run as the measured node of the memory figure ("ferry" or "quinn"), driven
     /// through stdin and stdout by the parent bench process.
     #[arg(long, value_name = "KIND", hide = true)]
-    memory_hub: Option<String>,
+    pub(crate) memory_hub: Option<String>,
     /// WebSocket sessions of the gateway figure (default 10,000; 1,000 with --quick). Each is
     /// an open file in the server and in the clients process: at most the hard limit of open
     /// files (`ulimit -Hn`) minus a few hundred.
     #[arg(long, value_name = "N")]
-    gateway_sessions: Option<usize>,
+    pub(crate) gateway_sessions: Option<usize>,
     /// Fan-out rounds per run of the gateway figure (default 20; 5 with --quick).
     #[arg(long, value_name = "N")]
-    gateway_rounds: Option<u64>,
+    pub(crate) gateway_rounds: Option<u64>,
     /// Messages to 100 sessions per run of the gateway figure's messages/s (default 20,000;
     /// 5,000 with --quick).
     #[arg(long, value_name = "N")]
-    gateway_messages: Option<usize>,
+    pub(crate) gateway_messages: Option<usize>,
     /// Internal: run as the gateway figure's server ("ferry" or "plain").
     #[arg(long, value_name = "KIND", hide = true)]
-    gateway_server: Option<String>,
+    pub(crate) gateway_server: Option<String>,
     /// Internal: run as the gateway figure's WebSocket clients (URL, count).
     #[arg(long, value_names = ["URL", "N"], num_args = 2, hide = true)]
-    gateway_clients: Option<Vec<String>>,
+    pub(crate) gateway_clients: Option<Vec<String>>,
+    /// Instead of the timed figures, count the instructions per acknowledged message, round
+    /// trip and call of ferry and raw quinn under valgrind (cachegrind), which must be
+    /// installed.
+    #[arg(long)]
+    pub(crate) instructions: bool,
+    /// Counted messages per workload run of --instructions (default 2,000; 500 with --quick).
+    #[arg(long, value_name = "N")]
+    pub(crate) instructions_count: Option<u64>,
+    /// Internal: run one workload of --instructions (stack, job, count).
+    #[arg(long, value_names = ["STACK", "JOB", "COUNT"], num_args = 3, hide = true)]
+    pub(crate) instructions_workload: Option<Vec<String>>,
 }
 
 /// How big each measurement is.
 #[derive(Debug, Clone)]
-struct Settings {
-    runs: usize,
-    ferry_only: bool,
+pub(crate) struct Settings {
+    pub(crate) runs: usize,
+    pub(crate) ferry_only: bool,
     /// Acked messages per throughput run (after the warm-up).
-    throughput_messages: u64,
-    throughput_warmup: u64,
+    pub(crate) throughput_messages: u64,
+    pub(crate) throughput_warmup: u64,
     /// Measured round trips per latency run (after the warm-up).
-    rtt_rounds: u64,
-    rtt_warmup: u64,
+    pub(crate) rtt_rounds: u64,
+    pub(crate) rtt_warmup: u64,
     /// Bytes of the bulk transfer per run (after a warm-up transfer of [`BULK_WARMUP`]).
     bulk_bytes: u64,
     /// Measured round trips of conversation B per case (alone, with bulk) of the HOL figure.
     hol_rounds: u64,
     hol_warmup: u64,
     /// Measured calls per run of the call figure (after the warm-up).
-    call_rounds: u64,
-    call_warmup: u64,
+    pub(crate) call_rounds: u64,
+    pub(crate) call_warmup: u64,
     /// Measured dials per run of the dial figure (after the warm-up).
-    dial_rounds: u64,
-    dial_warmup: u64,
+    pub(crate) dial_rounds: u64,
+    pub(crate) dial_warmup: u64,
     /// Peers connected to the measured node, and idle conversations into it, per memory run.
-    memory_peers: usize,
-    memory_conversations: usize,
+    pub(crate) memory_peers: usize,
+    pub(crate) memory_conversations: usize,
     /// WebSocket sessions, fan-out rounds and messages/s messages per gateway run.
     gateway_sessions: usize,
     gateway_rounds: u64,
@@ -158,7 +172,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn new(cli: &Cli) -> Self {
+    pub(crate) fn new(cli: &Cli) -> Self {
         let mut settings = if cli.quick {
             Self {
                 runs: 3,
@@ -223,7 +237,7 @@ impl Settings {
 
 /// Whether a larger or a smaller value of a figure is better.
 #[derive(Debug, Clone, Copy)]
-enum Better {
+pub(crate) enum Better {
     Higher,
     Lower,
 }
@@ -287,7 +301,7 @@ impl Row {
     }
 }
 
-fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
@@ -351,6 +365,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(kind) = &cli.memory_hub {
         return memory::run_hub(kind);
+    }
+    if let Some(args) = &cli.instructions_workload {
+        return instructions::run_workload(&instructions::WORKLOADS, args);
+    }
+    if cli.instructions {
+        return child::run(print_instructions(&cli, &instructions::WORKLOADS));
     }
     // Every WebSocket session of the gateway figure is an open file (children inherit this).
     let open_files = gateway::raise_open_files_limit();
@@ -426,6 +446,28 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The `--instructions` mode: counts `workloads` and prints the table.
+pub(crate) async fn print_instructions(
+    cli: &Cli,
+    workloads: &[instructions::Workload],
+) -> Result<()> {
+    let count = cli
+        .instructions_count
+        .unwrap_or(if cli.quick { 500 } else { 2_000 })
+        .max(1);
+    let repeats = cli.runs.unwrap_or(if cli.quick { 2 } else { 3 });
+    let started = Instant::now();
+    match instructions::count(workloads, count, repeats).await? {
+        Some(results) => print!("{}", instructions::table(&results, count)),
+        None => println!("valgrind is not installed: no instruction counts"),
+    }
+    println!(
+        "total time: {:.1} s ({repeats} repetitions)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Figure 1: acked 64-byte messages per second, node to remote mailbox.
 
@@ -472,7 +514,7 @@ async fn figure_throughput(settings: Settings) -> Result<Vec<Row>> {
 
 /// Messages per second from the first enqueue until the last delivery resolved and the
 /// receiving mailbox counted every message.
-async fn ferry_throughput(n: u64, warmup: u64) -> Result<f64> {
+pub(crate) async fn ferry_throughput(n: u64, warmup: u64) -> Result<f64> {
     let (a, b) = ferry_pair().await?;
     let mailbox = b.mailbox();
     let address = mailbox.address().clone();
@@ -540,78 +582,15 @@ async fn count_messages(
 
 /// The same with raw quinn: one bidirectional stream, the client writes length-prefixed
 /// messages in batches, the server parses them and answers the cumulative count (u64) after
-/// each read; done when the count reaches the total.
-async fn quinn_throughput(n: u64, warmup: u64) -> Result<f64> {
+/// each read; done when the count reaches the total ([`streams::send_counted`]).
+pub(crate) async fn quinn_throughput(n: u64, warmup: u64) -> Result<f64> {
     let pair = QuinnPair::connect().await?;
-    let server_conn = pair.server_conn.clone();
-    let server = tokio::spawn(async move {
-        let (mut send, mut recv) = server_conn.accept_bi().await?;
-        let mut buf = BytesMut::with_capacity(128 * 1024);
-        let mut count = 0u64;
-        while let Some(chunk) = recv.read_chunk(64 * 1024, true).await? {
-            buf.extend_from_slice(&chunk.bytes);
-            while buf.len() >= 2 {
-                let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
-                if buf.len() < 2 + len {
-                    break;
-                }
-                buf.advance(2);
-                let message = buf.split_to(len);
-                ensure!(message.len() == MESSAGE_LEN, "bad message length");
-                count += 1;
-            }
-            send.write_all(&count.to_be_bytes()).await?;
-        }
-        anyhow::Ok(count)
-    });
-
-    let (mut send, mut recv) = pair.client_conn.open_bi().await?;
-    let mut batch = Vec::with_capacity(BASELINE_BATCH * (2 + MESSAGE_LEN));
-    let mut acked = 0u64;
-    let mut ack_buf = Vec::with_capacity(64);
-    let mut sent = 0u64;
-    let mut start = Instant::now();
-    for (phase, goal) in [(0, warmup), (1, warmup + n)] {
-        if phase == 1 {
-            start = Instant::now();
-        }
-        let writer = async {
-            while sent < goal {
-                let k = (goal - sent).min(BASELINE_BATCH as u64);
-                batch.clear();
-                for _ in 0..k {
-                    batch.extend_from_slice(&(MESSAGE_LEN as u16).to_be_bytes());
-                    batch.extend_from_slice(&PAYLOAD);
-                }
-                send.write_all(&batch).await?;
-                sent += k;
-            }
-            anyhow::Ok(())
-        };
-        let reader = async {
-            while acked < goal {
-                let chunk = recv
-                    .read_chunk(4096, true)
-                    .await?
-                    .ok_or_else(|| anyhow!("server finished early"))?;
-                ack_buf.extend_from_slice(&chunk.bytes);
-                let whole = ack_buf.len() / 8 * 8;
-                if whole > 0 {
-                    let last = &ack_buf[whole - 8..whole];
-                    acked = u64::from_be_bytes(last.try_into()?);
-                    ack_buf.drain(..whole);
-                }
-            }
-            anyhow::Ok(())
-        };
-        tokio::try_join!(writer, reader)?;
-    }
-    let elapsed = start.elapsed();
-    send.finish()?;
+    let server = tokio::spawn(streams::serve_counted(pair.server_conn.clone()));
+    let rate = streams::send_counted(&pair.client_conn, n, warmup).await?;
     let count = server.await.context("server panicked")??;
     ensure!(count == warmup + n, "server counted {count}");
     pair.close().await;
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok(rate)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -651,12 +630,12 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
     Ok(vec![p50, p99])
 }
 
-fn histogram() -> Result<Histogram<u64>> {
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
     // Nanoseconds, 1 ns .. 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| anyhow!("histogram: {e:?}"))
 }
 
-fn record_ns(histogram: &mut Histogram<u64>, elapsed: Duration) -> Result<()> {
+pub(crate) fn record_ns(histogram: &mut Histogram<u64>, elapsed: Duration) -> Result<()> {
     let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
     histogram
         .record(ns)
@@ -665,7 +644,7 @@ fn record_ns(histogram: &mut Histogram<u64>, elapsed: Duration) -> Result<()> {
 
 /// Node A sends 64 bytes to a mailbox on node B, whose task replies to `message.from()`;
 /// one round ends when the reply is in A's inbox.
-async fn ferry_round_trips(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
+pub(crate) async fn ferry_round_trips(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
     let (a, b) = ferry_pair().await?;
     let mailbox = b.mailbox();
     let address = mailbox.address().clone();
@@ -715,36 +694,11 @@ async fn ferry_round_trips(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
 }
 
 /// Raw quinn echo on an already open bidirectional stream: write 64 bytes, the server echoes
-/// them, read 64 bytes.
-async fn quinn_round_trips(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
+/// them, read 64 bytes ([`streams::echo_rounds`]).
+pub(crate) async fn quinn_round_trips(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
     let pair = QuinnPair::connect().await?;
-    let server_conn = pair.server_conn.clone();
-    let server = tokio::spawn(async move {
-        let (mut send, mut recv) = server_conn.accept_bi().await?;
-        let mut buf = [0u8; MESSAGE_LEN];
-        loop {
-            match recv.read_exact(&mut buf).await {
-                Ok(()) => send.write_all(&buf).await?,
-                Err(quinn::ReadExactError::FinishedEarly(0)) => break,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        anyhow::Ok(())
-    });
-
-    let (mut send, mut recv) = pair.client_conn.open_bi().await?;
-    let mut histogram = histogram()?;
-    let mut buf = [0u8; MESSAGE_LEN];
-    for round in 0..warmup + rounds {
-        let start = Instant::now();
-        send.write_all(&PAYLOAD).await?;
-        recv.read_exact(&mut buf).await?;
-        let elapsed = start.elapsed();
-        if round >= warmup {
-            record_ns(&mut histogram, elapsed)?;
-        }
-    }
-    send.finish()?;
+    let server = tokio::spawn(streams::serve_echo(pair.server_conn.clone()));
+    let histogram = streams::echo_rounds(&pair.client_conn, rounds, warmup).await?;
     server.await.context("echo server panicked")??;
     pair.close().await;
     Ok(histogram)
@@ -1283,7 +1237,7 @@ async fn hol_server(connection: quinn::Connection, received: Arc<AtomicU64>) -> 
 // Shared set-up.
 
 /// Runs one measurement with a time limit.
-async fn measure<T>(measurement: impl Future<Output = Result<T>>) -> Result<T> {
+pub(crate) async fn measure<T>(measurement: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::time::timeout(MEASUREMENT_TIMEOUT, measurement)
         .await
         .map_err(|_| anyhow!("measurement took more than {MEASUREMENT_TIMEOUT:?}"))?
@@ -1445,7 +1399,7 @@ fn transport_config() -> quinn::TransportConfig {
 // ---------------------------------------------------------------------------------------------
 // Output.
 
-fn format_value(value: Option<f64>, unit: &str) -> String {
+pub(crate) fn format_value(value: Option<f64>, unit: &str) -> String {
     let Some(value) = value else {
         return "-".to_owned();
     };
@@ -1458,7 +1412,7 @@ fn format_value(value: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn thousands(value: u64) -> String {
+pub(crate) fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
@@ -1590,7 +1544,7 @@ fn table(rows: &[Row], settings: &Settings) -> String {
     out
 }
 
-fn json_string(text: &str) -> String {
+pub(crate) fn json_string(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
         match c {
@@ -1606,14 +1560,14 @@ fn json_string(text: &str) -> String {
     out
 }
 
-fn json_number(value: Option<f64>) -> String {
+pub(crate) fn json_number(value: Option<f64>) -> String {
     match value {
         Some(value) if value.is_finite() => format!("{value}"),
         _ => "null".to_owned(),
     }
 }
 
-fn json_list(values: &[f64]) -> String {
+pub(crate) fn json_list(values: &[f64]) -> String {
     let items: Vec<String> = values.iter().map(|v| json_number(Some(*v))).collect();
     format!("[{}]", items.join(", "))
 }
