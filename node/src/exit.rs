@@ -46,12 +46,12 @@ pub(crate) fn call(error: &CallError) -> u8 {
             OpenError::InvalidName(_) => INPUT,
             OpenError::Forged | OpenError::Expired(_) | OpenError::WrongNode => BAD_ADDRESS,
             OpenError::Failed(_) => CALL_FAILED,
-            OpenError::Protocol(_) | OpenError::NodeClosed => FAILURE,
+            _ => FAILURE,
         },
         CallError::Timeout => TIMEOUT,
         CallError::Failed { .. } | CallError::NoResponse => CALL_FAILED,
         CallError::Encode(_) | CallError::TooLarge { .. } => TOO_LARGE,
-        CallError::Decode(_) | CallError::Conversation(_) => FAILURE,
+        _ => FAILURE,
     }
 }
 
@@ -63,6 +63,6 @@ pub(crate) fn ping(error: &PingError) -> u8 {
         PingError::Unsupported => NOT_FOUND,
         PingError::Refused { .. } | PingError::Reset(_) => REFUSED,
         PingError::ConnectionLost(_) => UNREACHABLE,
-        PingError::Protocol(_) | PingError::NodeClosed => FAILURE,
+        _ => FAILURE,
     }
 }

@@ -224,6 +224,7 @@ impl Default for NodeConfig {
 
 /// Why a [`NodeConfig`] cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// `keep_alive` must be shorter than `idle_timeout`, or idle connections would drop.
     #[error("keep_alive ({keep_alive:?}) must be shorter than idle_timeout ({idle_timeout:?})")]
@@ -250,9 +251,14 @@ pub enum ConfigError {
     /// A value is below its minimum (see the field's documentation).
     #[error("{0} is too small")]
     TooSmall(&'static str),
-    /// An `advertise` address cannot be dialed (wildcard IP or port 0), or there are too many.
-    #[error("advertise: {0}")]
-    Advertise(String),
+    /// An address of `advertise` or `relays` cannot be dialed (wildcard IP or port 0).
+    #[error("{key}: {addr} cannot be dialed (wildcard IP or port 0)")]
+    Undialable {
+        /// The key: `advertise` or `relays`.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+    },
 }
 
 impl NodeConfig {
@@ -303,19 +309,17 @@ impl NodeConfig {
             return Err(ConfigError::Zero("frame_timeout"));
         }
         if self.advertise.len() > crate::address::MAX_HINTS {
-            return Err(ConfigError::Advertise(format!(
-                "at most {} addresses",
-                crate::address::MAX_HINTS
-            )));
+            return Err(ConfigError::TooLarge("advertise"));
         }
         if let Some(bad) = self
             .advertise
             .iter()
             .find(|addr| addr.ip().is_unspecified() || addr.port() == 0)
         {
-            return Err(ConfigError::Advertise(format!(
-                "{bad} cannot be dialed (wildcard IP or port 0)"
-            )));
+            return Err(ConfigError::Undialable {
+                key: "advertise",
+                addr: *bad,
+            });
         }
         if self.idle_timeout > Duration::from_secs(3600 * 24) {
             return Err(ConfigError::TooLarge("idle_timeout"));
@@ -328,9 +332,10 @@ impl NodeConfig {
             .iter()
             .find(|(_, addr)| addr.ip().is_unspecified() || addr.port() == 0)
         {
-            return Err(ConfigError::Advertise(format!(
-                "relay address {bad} cannot be dialed (wildcard IP or port 0)"
-            )));
+            return Err(ConfigError::Undialable {
+                key: "relays",
+                addr: *bad,
+            });
         }
         Ok(())
     }
@@ -414,8 +419,12 @@ mod tests {
                 advertise: vec![bad.parse().unwrap()],
                 ..NodeConfig::default()
             };
-            assert!(
-                matches!(config.validate(), Err(ConfigError::Advertise(_))),
+            assert_eq!(
+                config.validate(),
+                Err(ConfigError::Undialable {
+                    key: "advertise",
+                    addr: bad.parse().unwrap()
+                }),
                 "{bad}"
             );
         }

@@ -11,6 +11,7 @@ use crate::Route;
 
 /// Why [`Node::bind`](crate::Node::bind) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BindError {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
@@ -30,6 +31,7 @@ pub enum BindError {
 
 /// Why a connection to a peer could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DialError {
     /// Neither the address's hints nor the address book tell where the peer is.
     #[error("no known socket address for node {0}")]
@@ -54,9 +56,19 @@ pub enum DialError {
     /// This node has reached `max_connections`.
     #[error("connection limit reached")]
     TooManyConnections,
-    /// The connection failed for another reason (network, TLS, peer reset).
+    /// The connection failed or was lost (network, TLS, the peer closed it).
     #[error("connection failed: {0}")]
-    Failed(String),
+    Connection(#[source] quinn::ConnectionError),
+    /// A stream on the connection failed (the peer stopped or reset it, or the connection
+    /// was lost under it).
+    #[error("stream failed: {0}")]
+    Stream(#[source] StreamError),
+    /// The peer presented no certificate this node could read.
+    #[error("peer presented no usable certificate")]
+    NoCertificate,
+    /// This node keeps made-up addresses for at most 65,536 (relay, peer) pairs.
+    #[error("too many peers reached through relays")]
+    TooManyRelayedPeers,
     /// This node is shutting down.
     #[error("node is shutting down")]
     NodeClosed,
@@ -101,6 +113,7 @@ impl RouteFailure {
 
 /// Why a message could not be sent (the target node did not accept it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The address's signature is invalid: forged or tampered.
     #[error("address is forged or tampered")]
@@ -131,7 +144,7 @@ pub enum SendError {
     Timeout,
     /// The message could not be serialized.
     #[error("encoding message: {0}")]
-    Encode(String),
+    Encode(#[source] postcard::Error),
     /// The peer broke the protocol.
     #[error("protocol violation by peer: {0}")]
     Protocol(String),
@@ -201,6 +214,7 @@ impl From<VerifyError> for SendError {
 
 /// Why [`Mailbox::recv`](crate::Mailbox::recv) returned no message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The node shut down: no message will ever arrive.
     #[error("node is shut down")]
@@ -215,6 +229,7 @@ pub enum RecvError {
 
 /// Why a handler or stream could not be attached to a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// A handler or stream is already attached.
     #[error("mailbox already has a handler or stream attached")]
@@ -227,10 +242,65 @@ pub enum AttachError {
 /// Why a message payload could not be decoded as the requested type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("decoding message: {0}")]
-pub struct DecodeError(pub(crate) String);
+pub struct DecodeError(#[source] pub(crate) PayloadError);
+
+/// Why bytes are not the requested type (postcard, docs/PROTOCOL.md §7).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// postcard could not read (or write) the value.
+    #[error("{0}")]
+    Postcard(#[from] postcard::Error),
+    /// The value was read with bytes left over: the payload is of another type.
+    #[error("{0} bytes left over: the payload is not of the requested type")]
+    TrailingBytes(usize),
+}
+
+/// A stream that failed under its user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// Opening the stream failed: the connection was lost.
+    #[error("opening: {0}")]
+    Open(#[source] quinn::ConnectionError),
+    /// Writing failed (the peer stopped the stream, or the connection was lost).
+    #[error("writing: {0}")]
+    Write(#[source] quinn::WriteError),
+    /// Reading failed (the peer reset the stream, or the connection was lost).
+    #[error("reading: {0}")]
+    Read(#[source] quinn::ReadError),
+}
+
+/// An I/O error of an application's data source or sink, kept for the error's callers (who may
+/// clone and compare errors: compared by kind).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct IoError(#[source] pub(crate) std::sync::Arc<std::io::Error>);
+
+impl IoError {
+    /// The kind of the I/O error.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+}
+
+impl PartialEq for IoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind()
+    }
+}
+
+impl Eq for IoError {}
+
+impl From<std::io::Error> for IoError {
+    fn from(error: std::io::Error) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+}
 
 /// Why a conversation could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The target node could not be reached.
     #[error("node unreachable: {0}")]
@@ -279,6 +349,7 @@ pub enum OpenError {
 
 /// Why a step of an open conversation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConversationError {
     /// The peer finished its side cleanly: nothing more will arrive.
     #[error("the peer ended the conversation")]
@@ -296,7 +367,7 @@ pub enum ConversationError {
     },
     /// The connection to the peer was lost.
     #[error("connection lost: {0}")]
-    ConnectionLost(String),
+    ConnectionLost(#[source] quinn::ConnectionError),
     /// Something else arrived than was asked for: data while an object was expected, or the
     /// other way round. It is left unread, for the matching method.
     #[error("unexpected {0} in the conversation")]
@@ -314,13 +385,16 @@ pub enum ConversationError {
     },
     /// An object could not be serialized.
     #[error("encoding object: {0}")]
-    Encode(String),
+    Encode(#[source] postcard::Error),
     /// An object could not be deserialized as the requested type.
     #[error("decoding object: {0}")]
-    Decode(String),
+    Decode(#[source] PayloadError),
     /// Reading the data source or writing the data sink failed.
     #[error("data source or sink: {0}")]
-    Io(String),
+    Io(#[source] IoError),
+    /// The data source yielded more bytes than it was asked for.
+    #[error("the data source overran its buffer")]
+    Overrun,
     /// This side already finished: nothing more can be sent.
     #[error("this side of the conversation is already finished")]
     Finished,
@@ -331,6 +405,7 @@ pub enum ConversationError {
 
 /// Why a call returned no response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The conversation could not be opened (no such service, not allowed, unreachable…).
     #[error("{0}")]
@@ -351,10 +426,10 @@ pub enum CallError {
     NoResponse,
     /// The response could not be decoded as the requested type.
     #[error("decoding response: {0}")]
-    Decode(String),
+    Decode(#[source] PayloadError),
     /// The request could not be encoded.
     #[error("encoding request: {0}")]
-    Encode(String),
+    Encode(#[source] postcard::Error),
     /// The request is larger than the callee announced it accepts; it was not sent.
     #[error("request of {size} bytes exceeds the callee's limit of {max}")]
     TooLarge {
@@ -399,6 +474,7 @@ impl From<ConversationError> for CallError {
 
 /// Why a service could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The name is not 1–64 ASCII letters, digits, `.`, `_` or `-`.
     #[error("invalid service name {0:?}")]
@@ -414,6 +490,7 @@ pub enum ServeError {
 
 /// Why [`Node::ping`](crate::Node::ping) measured no round trip.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PingError {
     /// The peer could not be reached (no address, dial failed or timed out, or it refused this
     /// node).
@@ -436,7 +513,7 @@ pub enum PingError {
     Reset(u64),
     /// The connection was lost during the ping.
     #[error("connection lost: {0}")]
-    ConnectionLost(String),
+    ConnectionLost(#[source] quinn::ConnectionError),
     /// No echo within the node's `call_timeout`.
     #[error("no echo within the timeout")]
     Timeout,
@@ -450,6 +527,7 @@ pub enum PingError {
 
 /// Why a watch could not be started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MonitorError {
     /// This node already watches `max_monitors_per_peer` distinct addresses on that peer (each
     /// takes one stream of the peer's stream limit); drop a watch or raise the limit.

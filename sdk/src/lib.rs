@@ -91,8 +91,9 @@ pub use address::{Address, AddressError, MailboxId, VerifyError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
 pub use error::{
-    AttachError, BindError, CallError, ConversationError, DecodeError, DialError, MonitorError,
-    OpenError, PingError, RecvError, RouteFailure, SendError, ServeError,
+    AttachError, BindError, CallError, ConversationError, DecodeError, DialError, IoError,
+    MonitorError, OpenError, PayloadError, PingError, RecvError, RouteFailure, SendError,
+    ServeError, StreamError,
 };
 pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{Address, MailboxId, VerifyError};
-use crate::error::{AttachError, DecodeError, RecvError, SendError};
+use crate::error::{AttachError, DecodeError, PayloadError, RecvError, SendError};
 use crate::node::NodeInner;
 use crate::store::{MailboxStore, RunId, StoreError, StoredMessage};
 use crate::sync::{lock, read, write};
@@ -137,14 +137,11 @@ pub(crate) struct MailboxHandle {
 }
 
 /// Decodes postcard bytes as exactly one `T`, with nothing left over.
-pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
     match postcard::take_from_bytes(bytes) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(format!(
-            "{} bytes left over: the payload is not of the requested type",
-            rest.len()
-        )),
-        Err(error) => Err(error.to_string()),
+        Ok((_, rest)) => Err(PayloadError::TrailingBytes(rest.len())),
+        Err(error) => Err(PayloadError::Postcard(error)),
     }
 }
 

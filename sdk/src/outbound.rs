@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
-use crate::error::{DialError, SendError};
+use crate::error::{DialError, SendError, StreamError};
 use crate::frame::ErrorCode;
 use crate::mailbox::{MailboxHandle, Message};
 use crate::net::connection::{self, ConnCode, Link};
@@ -208,8 +208,7 @@ impl Sender {
     /// room in the send window. Await the returned [`Delivery`] to learn that the target node
     /// accepted it; many may be in flight at once.
     pub async fn enqueue<T: Serialize + ?Sized>(&self, message: &T) -> Result<Delivery, SendError> {
-        let payload =
-            postcard::to_allocvec(message).map_err(|e| SendError::Encode(e.to_string()))?;
+        let payload = postcard::to_allocvec(message).map_err(SendError::Encode)?;
         self.enqueue_bytes(payload.into()).await
     }
 
@@ -657,10 +656,13 @@ fn dial_failure(
         | DialError::IncompatibleVersion
         | DialError::Refused(_)
         | DialError::NoAddress(_)
+        | DialError::NoCertificate
         | DialError::Undialable { .. } => false,
-        DialError::Timeout | DialError::Failed(_) | DialError::NoRoute { .. } => {
-            node.net.peers.reached_within(&peer, node.config.outbox_ttl)
-        }
+        DialError::TooManyRelayedPeers
+        | DialError::Timeout
+        | DialError::Connection(_)
+        | DialError::Stream(_)
+        | DialError::NoRoute { .. } => node.net.peers.reached_within(&peer, node.config.outbox_ttl),
     };
     let loss = if worth_waiting {
         Loss::Retry
@@ -681,7 +683,7 @@ fn connection_failure(error: &quinn::ConnectionError) -> (SendError, Loss) {
         }
     }
     (
-        SendError::Unreachable(DialError::Failed(error.to_string())),
+        SendError::Unreachable(DialError::Connection(error.clone())),
         Loss::Retry,
     )
 }
@@ -693,7 +695,7 @@ fn write_failure(error: quinn::WriteError) -> (SendError, Loss) {
             not_admitted()
         }
         other => (
-            SendError::Unreachable(DialError::Failed(other.to_string())),
+            SendError::Unreachable(DialError::Stream(StreamError::Write(other))),
             Loss::Retry,
         ),
     }
@@ -711,7 +713,7 @@ fn read_failure(error: quinn::ReadError) -> (SendError, Loss) {
         quinn::ReadError::ConnectionLost(error) => connection_failure(&error),
         quinn::ReadError::Reset(code) if code == varint(ErrorCode::NOT_ADMITTED) => not_admitted(),
         other => (
-            SendError::Unreachable(DialError::Failed(other.to_string())),
+            SendError::Unreachable(DialError::Stream(StreamError::Read(other))),
             Loss::Retry,
         ),
     }

@@ -42,8 +42,10 @@ pub struct StoredMessage {
     pub payload: Bytes,
 }
 
-/// Why a store operation failed.
+/// Why a store operation failed. Stores are written by applications on any storage, so the
+/// cause is carried as text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// Reading or writing the store failed (disk full, I/O error, store closed).
     #[error("store failed: {0}")]

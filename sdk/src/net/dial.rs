@@ -219,7 +219,7 @@ async fn handshake(
             let virtual_addr = node
                 .relay_socket
                 .address_of(relay, peer)
-                .ok_or_else(|| DialError::Failed("too many relayed peers".into()))?;
+                .ok_or(DialError::TooManyRelayedPeers)?;
             connect_on(
                 node,
                 true,
@@ -271,8 +271,7 @@ async fn connect_on(
         Ok(Err(error)) => return Err(dial_error(node, &peer, &error)),
         Ok(Ok(connection)) => connection,
     };
-    let cert = connection::peer_cert(&connection)
-        .ok_or_else(|| DialError::Failed("peer presented no usable certificate".into()))?;
+    let cert = connection::peer_cert(&connection).ok_or(DialError::NoCertificate)?;
     if cert.node != peer {
         // The verifier already refuses this; keep the check where the result is used.
         connection.close(ConnCode::PROTOCOL.into(), b"wrong node");
@@ -307,7 +306,7 @@ fn dial_error(node: &Net, peer: &NodeId, error: &quinn::ConnectionError) -> Dial
             DialError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
         }
         quinn::ConnectionError::TimedOut => DialError::Timeout,
-        other => DialError::Failed(other.to_string()),
+        other => DialError::Connection(other.clone()),
     }
 }
 
@@ -317,6 +316,7 @@ fn failure_of(error: &DialError) -> Failure {
         DialError::WrongNode { .. }
         | DialError::IncompatibleVersion
         | DialError::Undialable { .. }
+        | DialError::NoCertificate
         | DialError::NoAddress(_)
         | DialError::NoRoute { .. }
         | DialError::TooManyConnections => Failure::EndsCandidate,

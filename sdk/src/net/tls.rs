@@ -30,10 +30,11 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsSetupError {
     /// The key could not be encoded for rcgen.
     #[error("encoding the node key: {0}")]
-    KeyEncoding(String),
+    KeyEncoding(#[source] ed25519_dalek::pkcs8::Error),
     /// rcgen refused to make the certificate.
     #[error("making the certificate: {0}")]
     Certificate(#[from] rcgen::Error),
@@ -42,7 +43,7 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
     /// quinn refused the rustls configuration.
     #[error("configuring QUIC crypto: {0}")]
-    Quic(String),
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// What a certificate says about the peer.
@@ -244,7 +245,7 @@ fn pkcs8_of(key: &SecretKey) -> Result<ed25519_dalek::pkcs8::SecretDocument, Tls
     use ed25519_dalek::pkcs8::EncodePrivateKey as _;
     ed25519_dalek::SigningKey::from_bytes(&key.to_bytes())
         .to_pkcs8_der()
-        .map_err(|e| TlsSetupError::KeyEncoding(e.to_string()))
+        .map_err(TlsSetupError::KeyEncoding)
 }
 
 pub(crate) fn configs(
@@ -288,9 +289,9 @@ pub(crate) fn configs(
 
     Ok(TlsConfigs {
         server: quinn::crypto::rustls::QuicServerConfig::try_from(server)
-            .map_err(|e| TlsSetupError::Quic(e.to_string()))?,
+            .map_err(TlsSetupError::Quic)?,
         client: quinn::crypto::rustls::QuicClientConfig::try_from(client)
-            .map_err(|e| TlsSetupError::Quic(e.to_string()))?,
+            .map_err(TlsSetupError::Quic)?,
         mismatches,
     })
 }

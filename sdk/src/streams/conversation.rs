@@ -79,9 +79,7 @@ fn code(code: ErrorCode) -> quinn::VarInt {
 fn write_error(error: quinn::WriteError) -> ConversationError {
     match error {
         quinn::WriteError::Stopped(code) => ConversationError::Reset(code.into_inner()),
-        quinn::WriteError::ConnectionLost(error) => {
-            ConversationError::ConnectionLost(error.to_string())
-        }
+        quinn::WriteError::ConnectionLost(error) => ConversationError::ConnectionLost(error),
         quinn::WriteError::ClosedStream => ConversationError::Finished,
         other => ConversationError::Protocol(other.to_string()),
     }
@@ -90,9 +88,7 @@ fn write_error(error: quinn::WriteError) -> ConversationError {
 fn read_error(error: quinn::ReadError) -> ConversationError {
     match error {
         quinn::ReadError::Reset(code) => ConversationError::Reset(code.into_inner()),
-        quinn::ReadError::ConnectionLost(error) => {
-            ConversationError::ConnectionLost(error.to_string())
-        }
+        quinn::ReadError::ConnectionLost(error) => ConversationError::ConnectionLost(error),
         other => ConversationError::Protocol(other.to_string()),
     }
 }
@@ -180,8 +176,7 @@ impl Conversation {
         &mut self,
         object: &T,
     ) -> Result<(), ConversationError> {
-        let encoded =
-            postcard::to_allocvec(object).map_err(|e| ConversationError::Encode(e.to_string()))?;
+        let encoded = postcard::to_allocvec(object).map_err(ConversationError::Encode)?;
         self.send_encoded(&encoded).await
     }
 
@@ -248,13 +243,13 @@ impl Conversation {
             let read = reader
                 .read(&mut chunk)
                 .await
-                .map_err(|e| ConversationError::Io(e.to_string()))?;
+                .map_err(|e| ConversationError::Io(e.into()))?;
             if read == 0 {
                 break;
             }
             // `read` is at most the chunk's length (the AsyncRead contract); trust no reader.
             let Some(piece) = chunk.get(..read) else {
-                return Err(ConversationError::Io("reader overran its buffer".into()));
+                return Err(ConversationError::Overrun);
             };
             self.write_payload(true, piece).await?;
             total += read as u64;
@@ -291,13 +286,13 @@ impl Conversation {
             writer
                 .write_all(&chunk)
                 .await
-                .map_err(|e| ConversationError::Io(e.to_string()))?;
+                .map_err(|e| ConversationError::Io(e.into()))?;
             total += chunk.len() as u64;
         }
         writer
             .flush()
             .await
-            .map_err(|e| ConversationError::Io(e.to_string()))?;
+            .map_err(|e| ConversationError::Io(e.into()))?;
         Ok(total)
     }
 
@@ -372,7 +367,7 @@ impl Conversation {
             Ok(Some(code)) => Ok(code.into_inner()),
             Ok(None) => Err(ConversationError::Finished),
             Err(quinn::StoppedError::ConnectionLost(error)) => {
-                Err(ConversationError::ConnectionLost(error.to_string()))
+                Err(ConversationError::ConnectionLost(error))
             }
             Err(other) => Err(ConversationError::Protocol(other.to_string())),
         }

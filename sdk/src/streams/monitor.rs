@@ -279,7 +279,10 @@ fn not_admitted() -> Outcome {
 
 fn fatal_dial(error: DialError) -> Outcome {
     match error {
-        DialError::Timeout | DialError::Failed(_) | DialError::TooManyConnections => lost(),
+        DialError::Timeout
+        | DialError::Connection(_)
+        | DialError::Stream(_)
+        | DialError::TooManyConnections => lost(),
         DialError::NodeClosed => Outcome::Down(DownReason::LocalShutdown),
         other => Outcome::Down(DownReason::Unreachable(other)),
     }

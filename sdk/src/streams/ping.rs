@@ -154,7 +154,7 @@ fn connection_lost(error: quinn::ConnectionError) -> PingError {
                 String::from_utf8_lossy(&close.reason).into_owned(),
             ))
         }
-        other => PingError::ConnectionLost(other.to_string()),
+        other => PingError::ConnectionLost(other),
     }
 }
 

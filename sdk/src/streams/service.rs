@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
 
 use crate::address::{Address, MailboxId};
-use crate::error::{CallError, ConversationError, DialError, OpenError, ServeError};
+use crate::error::{CallError, ConversationError, DialError, OpenError, ServeError, StreamError};
 use crate::frame::Refusal;
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
@@ -384,7 +384,7 @@ fn opening_write_error(error: quinn::WriteError) -> OpenError {
         quinn::WriteError::Stopped(code) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
             not_admitted()
         }
-        other => OpenError::Unreachable(DialError::Failed(other.to_string())),
+        other => OpenError::Unreachable(DialError::Stream(StreamError::Write(other))),
     }
 }
 
@@ -422,7 +422,7 @@ async fn start(
         let (send, recv) = connection
             .open_bi()
             .await
-            .map_err(|e| OpenError::Unreachable(DialError::Failed(e.to_string())))?;
+            .map_err(|e| OpenError::Unreachable(DialError::Stream(StreamError::Open(e))))?;
         let mut conversation = Conversation::new(
             target.node(),
             send,
@@ -494,7 +494,11 @@ async fn read_answer(
             }
             // The service accepted, then its handler gave up before we read the accept.
             Err(quinn::ReadError::Reset(code)) => return Err(OpenError::Failed(code.into_inner())),
-            Err(error) => return Err(OpenError::Unreachable(DialError::Failed(error.to_string()))),
+            Err(error) => {
+                return Err(OpenError::Unreachable(DialError::Stream(
+                    StreamError::Read(error),
+                )))
+            }
         }
     }
 }
@@ -791,7 +795,7 @@ impl<Resp> Call<Resp> {
         target: Target,
         request: &Req,
     ) -> Self {
-        let request = postcard::to_allocvec(request).map_err(|e| CallError::Encode(e.to_string()));
+        let request = postcard::to_allocvec(request).map_err(CallError::Encode);
         let timeout = node.config.call_timeout;
         Self {
             node,
