@@ -306,7 +306,10 @@ impl<E: Clone> Sender<E> {
             Stream::None if self.busy() => self.retry_at.min(self.deadline()),
             Stream::None => idle,
             Stream::Requested => self.deadline(),
-            Stream::Presented { since } => (since + self.config.open_timeout).min(self.deadline()),
+            Stream::Presented { since } => {
+                let opening = (since + self.config.open_timeout).min(self.deadline());
+                self.stall.next_probe.map_or(opening, |at| at.min(opening))
+            }
             Stream::Open { .. } if self.busy() => {
                 let probe = self.stall.next_probe.filter(|_| !self.unacked.is_empty());
                 probe.map_or(self.deadline(), |at| at.min(self.deadline()))
@@ -349,6 +352,9 @@ impl<E: Clone> Sender<E> {
                 if now >= since + self.config.open_timeout {
                     self.abandon();
                     self.retry_later(now, LastError::Other);
+                } else if self.stall.next_probe.is_some_and(|at| now >= at) {
+                    self.stall.next_probe = Some(now + PROBE_INTERVAL);
+                    self.actions.push_back(Action::Probe);
                 }
             }
             Stream::Open { .. } if busy => {
@@ -405,6 +411,13 @@ impl<E: Clone> Sender<E> {
     pub fn opened(&mut self, now: Instant) {
         if matches!(self.stream, Stream::Requested) {
             self.stream = Stream::Presented { since: now };
+            // An ACCEPT that does not come is a stall like a missing ACK: the path may have
+            // died just after the OPEN went out, and QUIC's backed-off retransmissions would
+            // notice its return seconds late.
+            self.stall = Stall {
+                next_probe: Some(now + STALL_AFTER),
+                ..Stall::default()
+            };
         }
     }
 
@@ -951,6 +964,42 @@ mod tests {
             at += PROBE_INTERVAL;
         }
         assert_eq!(redials, 1);
+    }
+
+    #[test]
+    fn a_stream_waiting_for_its_accept_probes_the_path_and_redials() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        let asked = actions(&mut s);
+        assert!(matches!(asked.last(), Some(Action::Open(_))), "{asked:?}");
+        s.opened(now);
+        assert_eq!(s.poll_timeout(), Some(now + STALL_AFTER));
+        let mut at = now + STALL_AFTER;
+        let (mut probes, mut redials) = (0, 0);
+        while at < now + STALL_AFTER + REDIAL_AFTER * 2 {
+            s.handle_timeout(at);
+            for action in actions(&mut s) {
+                match action {
+                    Action::Probe => {
+                        probes += 1;
+                        s.probed(at, false);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            redials += actions(&mut s)
+                .iter()
+                .filter(|action| **action == Action::Redial)
+                .count();
+            assert!(s.poll_timeout().unwrap() <= at + PROBE_INTERVAL);
+            at += PROBE_INTERVAL;
+        }
+        assert!(probes >= 5, "{probes} probes");
+        assert_eq!(redials, 1);
+        // The ACCEPT arrives: messages flow, and the stall starts over.
+        s.received(at, &frame_bytes(Frame::Accept { max_message: 100 }));
+        assert!(matches!(&actions(&mut s)[..], [Action::Write(_)]));
     }
 
     #[test]
