@@ -1,19 +1,18 @@
 //! Connections between nodes: dialing, the one-connection rule (`ferry_proto::rule`, §2.4)
 //! applied by each end on its own when a connection is established at its side, the
 //! retirement of the connection that lost (closed once it carried no stream data for
-//! `duplicate_grace`), and losses — a crash, a long partition, a path that died — that each
-//! end notices at its own time.
+//! `duplicate_grace`, or at once if it no longer answered), and losses — a crash, a long
+//! partition, a path that died — that each end notices at its own time.
 //!
-//! Like the SDK (`decide` in `sdk/src/connection.rs`), an end keeps its old connection over a
-//! new one only if the old one still answers (a probe), unless the old one is younger than
-//! `FRESH`: a probe answers if the connection is alive and no partition cuts the pair.
+//! Like the SDK (`decide` in `sdk/src/net/connection.rs`), an end keeps its old connection
+//! over a new one only if the old one still answers (a probe), unless the old one is younger
+//! than `FRESH`: a probe answers if the connection is alive and no partition cuts the pair.
 //!
-//! One difference from the SDK, on purpose: when the connection an end kept is lost, it takes
-//! up again a connection to the same peer it had retired that is still alive (the rule
-//! applied among them), where the SDK forgets the peer and dials anew. Without that, an end
-//! that kept a dead connection younger than `FRESH` retires the peer's new one, then dials a
-//! third that the peer retires: both ends keep different connections (§2.4 broken) as long as
-//! both send (found by the simulation, seed 723 of the first version).
+//! As in the SDK, an end that loses the connection it kept forgets the peer and dials anew when
+//! it next needs it; a connection it retired is not taken up again. The ends may therefore use
+//! different connections for a while (one kept a dead connection younger than `FRESH`, or
+//! judged the old one alive a moment before a partition while the other found it dead): the
+//! invariant is that this ends, not that it never happens.
 //!
 //! A dial takes a round trip; the dialer knows the connection then, the acceptor half a round
 //! trip later or when the first stream data arrives, whichever is first (the handshake's last
@@ -214,40 +213,6 @@ impl World {
         self.check_rule_agreement(node, peer);
     }
 
-    /// The connection `node` kept to `peer` was lost: a retired one that is still alive is
-    /// used again, the rule choosing among them in the order they were established.
-    fn take_up_retired(&mut self, node: usize, peer: usize) {
-        let mut alive: Vec<(Duration, ConnId, usize)> = (0..self.conns.len())
-            .filter_map(|c| {
-                let conn = &self.conns[c];
-                let side = conn.side_of(node)?;
-                (conn.nodes[1 - side] == peer && self.usable(c, node)).then_some((
-                    conn.known_at[side],
-                    c,
-                    side,
-                ))
-            })
-            .collect();
-        alive.sort_unstable();
-        let mut kept: Option<ConnId> = None;
-        for (_, conn, _) in alive {
-            let keep_new = match kept {
-                None => true,
-                Some(old) => self.verdict(node, peer, old, conn) == Verdict::Replace,
-            };
-            if keep_new {
-                kept = Some(conn);
-            }
-        }
-        if let Some(conn) = kept {
-            if let Some(side) = self.conns[conn].side_of(node) {
-                self.conns[conn].retired[side] = false;
-            }
-            self.trace(|| format!("node {node}: takes up connection {conn} to node {peer} again"));
-            self.nodes[node].peer(peer).current = Some(conn);
-        }
-    }
-
     /// The one-connection rule at `node` between its connections `old` and `new` to `peer`.
     fn verdict(&self, node: usize, peer: usize, old: ConnId, new: ConnId) -> Verdict {
         let contender = |c: ConnId| {
@@ -298,7 +263,6 @@ impl World {
         let Some(side) = self.conns[conn].side_of(node) else {
             return;
         };
-        self.conns[conn].retired[side] = true;
         let grace = self.scenario.limits.duplicate_grace;
         self.schedule(grace, Event::RetireCheck { conn, side });
     }
@@ -306,7 +270,7 @@ impl World {
     /// Closes a retired connection if it has been quiet for the grace.
     pub(crate) fn retire_check(&mut self, conn: ConnId, side: usize) {
         let c = &self.conns[conn];
-        if c.is_dead(self.now) || c.lost[side] || !c.retired[side] {
+        if c.is_dead(self.now) || c.lost[side] {
             return;
         }
         let grace = self.scenario.limits.duplicate_grace;
@@ -396,7 +360,6 @@ impl World {
         self.trace(|| format!("node {node}: connection {conn} to node {peer} lost"));
         if self.nodes[node].peer(peer).current == Some(conn) {
             self.nodes[node].peer(peer).current = None;
-            self.take_up_retired(node, peer);
         }
         let streams = self.conns[conn].streams.clone();
         for stream in streams {
@@ -434,9 +397,9 @@ impl World {
     /// Both ends of a pair use the same connection when they know the same live ones (§2.4:
     /// each decides alone, from what both know). Right after a decision they may not yet (one
     /// end judged the old connection alive, the other found it dead a moment later, or kept a
-    /// dead one younger than `FRESH`): the one that closed or loses a connection takes the
-    /// other's up. A disagreement is tracked from when it is seen, and must be over within
-    /// the bound of [`World::check_agreements`].
+    /// dead one younger than `FRESH`); the connection one end closed or retired goes, and the
+    /// other end then moves. A disagreement is tracked from when it is seen, and must be over
+    /// within the bound of [`World::check_agreements`].
     pub(crate) fn check_rule_agreement(&mut self, a: usize, b: usize) {
         let pair = (a.min(b), a.max(b));
         if self.disagreement(a, b).is_some() {

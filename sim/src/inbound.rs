@@ -1,19 +1,19 @@
-//! The receiving side: each mailbox stream served as `sdk/src/inbound.rs` serves it, with the
-//! proto [`Receiver`] deciding what is new and what to acknowledge, the run's state shared
-//! through the node's [`DedupTable`](ferry_proto::receiver::DedupTable), and the run's lock
-//! held across a whole batch, waits included (a second stream of the run waits for it).
+//! The receiving side: each mailbox stream served as `sdk/src/streams/inbound.rs` serves it,
+//! with the proto [`Receiver`] deciding what is new and what to acknowledge, the run's state
+//! shared through the node's [`DedupTable`](ferry_proto::receiver::DedupTable), and the run's
+//! lock held across a whole batch, waits included (a second stream of the run waits for it).
 //!
 //! A volatile mailbox's message is acknowledged once it is in the mailbox's queue. A durable
 //! mailbox's batch is stored (messages and the run's next sequence number in one durable
 //! write) and acknowledged, then queued once the mailbox's replay is done and there is room.
 //! Waiting for room, or for the store to have room, stops reading the stream.
 //!
-//! One difference from `sdk/src/inbound.rs`, on purpose: when the ACK of a stored batch cannot
-//! be written (the opener reset the stream and stopped reading it, e.g. after moving to a new
-//! connection), the SDK returns at once and the stored messages never reach the mailbox's
-//! queue until the node restarts — while the run's next stream skips them as duplicates and
-//! acknowledges them. The simulation found this (seed 56 of the first version); here the
-//! stored batch is queued first and the stream ends after.
+//! When the ACK of a stored batch cannot be written (the opener reset the stream and stopped
+//! reading it, e.g. after moving to a new connection), the stored batch is queued first and
+//! the stream ends after, as in the SDK. The SDK used to return at once, and the stored
+//! messages never reached the mailbox's queue until the mailbox was opened again (a restart)
+//! — while the run's next stream skipped them as duplicates and acknowledged them. The
+//! simulation found it (seed 56 of its first version, seed 1 of this one); the SDK was fixed.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -697,8 +697,9 @@ impl World {
         }
         if let Some(next_seq) = ack {
             if !self.send_frame(stream, &Frame::Ack { next_seq }) {
-                // Stored: the batch goes to the mailbox's queue all the same (the SDK ends the
-                // stream here, leaving it in the store only).
+                // Stored: the batch goes to the mailbox's queue all the same, then the stream
+                // ends (as the SDK does since the simulation found it left the batch in the
+                // store only).
                 if let Some(inbound) = self.nodes[node].inbound.get_mut(&stream) {
                     inbound.ack_failed = true;
                 }

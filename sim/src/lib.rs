@@ -31,8 +31,8 @@
 //!   quiet for `duplicate_grace`, or at once if it did not answer. Some connections are
 //!   relayed (a direct one beats them).
 //! - **Nodes** (modules `outbound`, `inbound`, `mailbox`, `node`) drive the state machines as
-//!   the runtime (`sdk/src/outbound.rs`, `sdk/src/inbound.rs`) does: actions carried out on
-//!   the network, events and the time fed back, the send window in front of each run, the
+//!   the runtime (`sdk/src/outbound.rs`, `sdk/src/streams/inbound.rs`) does: actions carried
+//!   out on the network, events and the time fed back, the send window in front of each run, the
 //!   run's lock at the receiver held across a batch including its waits, mailboxes with
 //!   bounded queues, durable mailboxes that store, acknowledge, then queue, and replay what
 //!   they hold when they reopen. A **crash** loses every volatile thing (conversations,
@@ -45,11 +45,12 @@
 //!   senders' `send_timeout` makes them time out and send again, which it may never catch up
 //!   with — the application's choice, not the protocol's.
 //!
-//! The model departs from the SDK in two places, both found by the simulation and described
-//! where they are: a durable mailbox's stream whose ACK cannot be written still queues the
-//! batch it stored (module `inbound`; the SDK leaves it in the store until a restart), and an
-//! end that loses the connection it kept takes up a live one it had retired (module
-//! `connections`; the SDK dials anew, and both ends may then keep different connections).
+//! Where the model and the SDK disagreed, the simulation found a bug in the SDK, and the SDK
+//! was fixed to do what the model does (module `inbound`): a durable mailbox's stream whose
+//! ACK cannot be written still queues the batch it stored before it ends. The SDK used to end
+//! the stream at once, leaving the batch in the store — and the run counting it as delivered,
+//! so its resend was skipped as duplicates — until the mailbox was opened again (seed 1 with
+//! the old behaviour; `sdk/tests/durable.rs` is the regression test).
 //!
 //! The invariants (module `invariants`, and the checks after every step in module `world`)
 //! are: no acknowledged message lost; per-sender order; nothing handed twice beyond the
@@ -68,10 +69,11 @@
 //! tokio-rs/turmoil simulates hosts, UDP and TCP, time, partitions (and, behind a feature,
 //! a file system with torn writes) on one thread, and quinn's `Runtime` and `AsyncUdpSocket`
 //! traits could put the real runtime on it. It was weighed and not chosen, because the
-//! requirement that a failing seed replays exactly could not be met that way: quinn-proto
-//! and rustls draw connection ids, keys and nonces from the operating system's random source,
-//! the runtime reads `std::time::Instant::now()` directly and draws epochs from `getrandom`,
-//! and the store writes on a thread of its own; turmoil controls none of these. Running real
+//! requirement that a failing seed replays exactly could not be met that way: the runtime's
+//! timers run on tokio's clock, which turmoil drives, but quinn-proto and rustls draw
+//! connection ids, keys and nonces from the operating system's random source, the runtime
+//! draws epochs and mailbox ids from `getrandom`, and the daemon's store commits on a thread
+//! of its own; turmoil controls none of these. Running real
 //! QUIC and TLS handshakes per connection would also cost milliseconds each in a debug build,
 //! far too many for thousands of seeds a test run. The protocol's decisions, which the
 //! simulation is for, live in `ferry-proto` and take the time as an argument, so they are

@@ -51,8 +51,6 @@ pub(crate) struct Conn {
     pub(crate) known_at: [Duration; 2],
     /// Whether each end noticed it is gone.
     pub(crate) lost: [bool; 2],
-    /// Whether each end stopped using it (it lost the rule).
-    pub(crate) retired: [bool; 2],
     /// From when nothing crosses it.
     pub(crate) dead_at: Option<Duration>,
     /// When stream data last crossed it.
@@ -78,7 +76,6 @@ impl Conn {
             known: [false; 2],
             known_at: [now; 2],
             lost: [false; 2],
-            retired: [false; 2],
             dead_at: None,
             last_data: now,
             last_rx: [now; 2],

@@ -1,8 +1,8 @@
 //! Thousands of seeds, each a whole network run with its faults, every invariant checked
 //! after every step.
 //!
-//! - `FERRY_SIM_SEEDS=N`: how many seeds (default 2000, about 25 s in a debug build on two
-//!   busy cores), from `FERRY_SIM_FIRST_SEED` (default 0).
+//! - `FERRY_SIM_SEEDS=N`: how many seeds (default 2000, about 32 s of CPU in a debug build,
+//!   run on every core), from `FERRY_SIM_FIRST_SEED` (default 0).
 //! - `FERRY_SIM_SEED=S`: only seed `S`, with its trace printed (the replay of a failure).
 //! - `FERRY_SIM_TRACE=N`: lines of trace printed (default 300).
 #![allow(clippy::unwrap_used)]
