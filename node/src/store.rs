@@ -229,12 +229,37 @@ fn unix_now() -> u64 {
 impl RedbStore {
     /// Opens (or creates) the store at `path`, forgetting runs older than `config.run_ttl`.
     pub fn open(path: &Path, config: StoreConfig) -> Result<Self, OpenStoreError> {
-        let database_error = |source: redb::Error| OpenStoreError::Database {
+        let db = Database::create(path).map_err(|e| OpenStoreError::Database {
             path: path.to_owned(),
+            source: e.into(),
+        })?;
+        Self::start(db, path.to_owned(), config)
+    }
+
+    /// Opens (or creates) the store on `backend`, redb's storage interface, instead of a file:
+    /// the deterministic simulation (crate `ferry-sim`) runs the store on a disk that loses
+    /// every write not yet synced when it loses power. Errors name the path `<backend>`, and
+    /// [`RedbStore::size_bytes`] is 0.
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        config: StoreConfig,
+    ) -> Result<Self, OpenStoreError> {
+        let path = PathBuf::from("<backend>");
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|e| OpenStoreError::Database {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Self::start(db, path, config)
+    }
+
+    /// Prunes old runs and starts the writer thread on an opened database.
+    fn start(db: Database, path: PathBuf, config: StoreConfig) -> Result<Self, OpenStoreError> {
+        prune_runs(&db, config.run_ttl).map_err(|source| OpenStoreError::Database {
+            path: path.clone(),
             source,
-        };
-        let db = Database::create(path).map_err(|e| database_error(e.into()))?;
-        prune_runs(&db, config.run_ttl).map_err(database_error)?;
+        })?;
         let db = Arc::new(db);
         let (ops, queue) = mpsc::channel();
         let writing = db.clone();
@@ -245,7 +270,7 @@ impl RedbStore {
             .spawn(move || write_loop(&writing, &queue, &waiting, &config))
             .map_err(OpenStoreError::Thread)?;
         Ok(Self {
-            path: path.to_owned(),
+            path,
             db,
             ops: Mutex::new(Some(ops)),
             removals,

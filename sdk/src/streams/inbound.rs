@@ -214,9 +214,11 @@ pub(crate) async fn serve(
                             next_seq: receiver.ack_stored(first),
                         },
                     );
-                    if send.write_all(&out).await.is_err() {
-                        return;
-                    }
+                    // The ACK may not go out (the sender reset or stopped the stream, or the
+                    // connection is gone). The batch is stored and the run counts it as
+                    // delivered all the same — the run's next stream skips it as duplicates —
+                    // so it still goes to the mailbox's queue, and the stream ends after.
+                    let acked = send.write_all(&out).await.is_ok();
                     tokio::select! {
                         _ = durable.replayed.cancelled() => {}
                         _ = node.cancel.cancelled() => {
@@ -228,6 +230,9 @@ pub(crate) async fn serve(
                             // Stored messages are delivered when the mailbox opens again.
                             return refuse(&mut send, code, reason).await;
                         }
+                    }
+                    if !acked {
+                        return;
                     }
                 }
             }
