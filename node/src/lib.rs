@@ -2,7 +2,10 @@
 //! store that backs `ferry run`'s and `ferry listen --data`'s mailboxes, the HTTP endpoint
 //! with `/health` and `/metrics`, the browser gateway, and the node's key file.
 
+mod clock;
 pub mod gateway;
 pub mod http;
 pub mod keyfile;
+mod random;
 pub mod store;
+mod sync;

@@ -338,10 +338,7 @@ mod tests {
             )
             .unwrap()
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = crate::clock::unix_now();
         let good = sign(serde_json::json!({"sub": "carol", "exp": now + 60}));
         let identity = verifier.verify(&AuthRequest::token(good)).unwrap().unwrap();
         assert_eq!(identity.user, "carol");

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::sync::lock;
+
 /// The longest channel name, bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
 
@@ -55,12 +57,6 @@ impl<T> Default for Channels<T> {
             members: Mutex::default(),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<T: Clone> Channels<T> {

@@ -54,10 +54,12 @@ pub use hooks::{Disconnect, EndReason, HookFuture, Hooks, NoHooks, Verdict};
 pub use protocol::Via;
 pub use session::{DeliverError, SessionInfo};
 
-use crate::store::{Appended, RedbStore};
+use crate::random::random;
+use crate::store::{Appended, SessionStore};
+use crate::sync::lock;
 use ferry::store::StoreFuture;
 use limits::Bucket;
-use session::{lock, ResumeKeys, Session};
+use session::{ResumeKeys, Session};
 use std::future::Future;
 
 /// The JS client, served at `/ferry.js`.
@@ -122,7 +124,7 @@ pub struct GatewayStats {
 /// What every part of the gateway shares.
 pub(crate) struct Shared {
     pub(crate) node: Node,
-    pub(crate) store: Arc<RedbStore>,
+    pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) config: GatewayConfig,
     client_config: RwLock<Box<RawValue>>,
     pub(crate) hooks: Arc<dyn Hooks>,
@@ -243,7 +245,7 @@ impl Shared {
             *lock(&attached.reason) = Some((4003, message, Disconnect::SessionEnded));
             attached.kick.cancel();
         }
-        session.close(&self.store);
+        session.close();
         // Messages from peers whose delivery was under way when the mailbox closed may still
         // be stored; purge once more when they are through.
         let store = self.store.clone();
@@ -282,12 +284,7 @@ impl Shared {
                 .iter()
                 .zip(appended)
                 .map(|(session, appended)| {
-                    session.stored(
-                        &shared.store,
-                        appended,
-                        &template,
-                        &shared.counters.delivered,
-                    )
+                    session.stored(appended, &template, &shared.counters.delivered)
                 })
                 .collect())
         }
@@ -433,7 +430,7 @@ impl Shared {
             .join(channel, &session.info.id, session.clone());
         drop(state);
         if joined {
-            session.save(&self.store);
+            session.save();
         }
         Ok(())
     }
@@ -442,15 +439,12 @@ impl Shared {
         let left = lock(&session.state).channels.remove(channel);
         self.channels.leave(channel, &session.info.id);
         if left {
-            session.save(&self.store);
+            session.save();
         }
     }
 
     fn client_config(&self) -> Box<RawValue> {
-        self.client_config
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        crate::sync::read(&self.client_config).clone()
     }
 
     pub(crate) fn resume_token(&self, session: &Session) -> String {
@@ -477,13 +471,12 @@ impl Gateway {
     /// A gateway for `node`, keeping session messages in `store`.
     pub fn new(
         node: Node,
-        store: Arc<RedbStore>,
+        store: Arc<dyn SessionStore>,
         config: GatewayConfig,
         hooks: Arc<dyn Hooks>,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
-        let resume_secret =
-            store.record_or_insert(RESUME_KEY_RECORD, || session::random::<32>().to_vec())?;
+        let resume_secret = store.record_or_insert(RESUME_KEY_RECORD, random::<32>().to_vec())?;
         let records = store.records(session::RECORD_PREFIX)?;
         let shared = Arc::new(Shared {
             node,
@@ -580,7 +573,7 @@ impl Gateway {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
-    store: Arc<RedbStore>,
+    store: Arc<dyn SessionStore>,
     config: GatewayConfig,
     hooks: Arc<dyn Hooks>,
     shutdown: CancellationToken,
@@ -747,11 +740,7 @@ impl GatewayHandle {
 
     /// Replaces the configuration object sent to clients that connect from now on.
     pub fn set_client_config(&self, config: &serde_json::Value) {
-        *self
-            .shared
-            .client_config
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = raw_json(config);
+        *crate::sync::write(&self.shared.client_config) = raw_json(config);
     }
 
     /// Drains: closes every connection with 1001 (going away) and waits up to `drain` for
@@ -958,7 +947,7 @@ async fn admit(
         Some(session) => {
             if auth_expires.is_some() || identity.is_some() {
                 lock(&session.state).auth_expires = auth_expires;
-                session.save(&shared.store);
+                session.save();
             }
             (session, true)
         }

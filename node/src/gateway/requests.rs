@@ -20,8 +20,10 @@ use super::limits::{OutQueue, QueueError};
 use super::protocol::{
     close, CallTarget, ClientFrame, Encoded, ErrorCode, ErrorFrame, ServerFrame, Target,
 };
-use super::session::{lock, unix_now, DeliverError, Session};
+use super::session::{DeliverError, Session};
 use super::{channels, Shared};
+use crate::clock::unix_now;
+use crate::sync::lock;
 
 /// Why a connection stops: the close frame's code and reason, and what hooks are told.
 pub(crate) type Closing = (u16, String, Disconnect);
@@ -123,7 +125,7 @@ impl Requests {
         let reference = match &frame {
             ClientFrame::Ack { id, answered } => {
                 if let Some(id) = id {
-                    self.session.ack(&self.shared.store, *id);
+                    self.session.ack(*id);
                 }
                 if let Some(answered) = answered {
                     self.session.confirm(*answered);
@@ -224,7 +226,7 @@ impl Requests {
         match identity {
             Ok(Some(identity)) if identity.user == self.session.info.user => {
                 lock(&self.session.state).auth_expires = identity.expires;
-                self.session.save(&self.shared.store);
+                self.session.save();
                 self.auth_deadline = identity.expires.map_or_else(far_future, instant_of);
                 self.succeed(reference)
             }

@@ -22,7 +22,10 @@ use super::hooks::Disconnect;
 use super::journal::{Arrival, Journal};
 use super::limits::{OutQueue, QueueError};
 use super::protocol::{close, Encoded, MessageTemplate, ServerFrame, Via};
-use crate::store::{Appended, RedbStore};
+use crate::clock::unix_now;
+use crate::random::random;
+use crate::store::{Appended, SessionStore};
+use crate::sync::lock;
 
 /// What the embedder and the hooks see of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +149,8 @@ pub(crate) struct Session {
     pub(crate) order: tokio::sync::Mutex<()>,
     /// The session's mailbox: dropping it revokes the address.
     mailbox: Mutex<Option<Mailbox>>,
+    /// Where its messages and its record are kept.
+    store: Arc<dyn SessionStore>,
 }
 
 impl std::fmt::Debug for Session {
@@ -155,19 +160,6 @@ impl std::fmt::Debug for Session {
             .field("user", &self.info.user)
             .finish()
     }
-}
-
-/// Seconds since the unix epoch (0 if the clock is before it).
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why a message could not be put into a session's mailbox.
@@ -197,7 +189,7 @@ impl Session {
     /// Opens a session with a fresh durable mailbox, and records it in the store.
     pub(crate) fn open(
         node: &ferry::Node,
-        store: &Arc<RedbStore>,
+        store: &Arc<dyn SessionStore>,
         journal: Journal,
         id: String,
         user: String,
@@ -212,7 +204,7 @@ impl Session {
             detached_at: None,
         };
         let session = Self::with_mailbox(node, store, journal, id, record, 0)?;
-        session.save(store);
+        session.save();
         Ok(session)
     }
 
@@ -222,7 +214,7 @@ impl Session {
     /// away for `ttl` or longer is restored expired: the gateway ends it.
     pub(crate) fn restore(
         node: &ferry::Node,
-        store: &Arc<RedbStore>,
+        store: &Arc<dyn SessionStore>,
         journal: Journal,
         id: String,
         record: SessionRecord,
@@ -257,7 +249,7 @@ impl Session {
     /// acknowledged.
     fn with_mailbox(
         node: &ferry::Node,
-        store: &Arc<RedbStore>,
+        store: &Arc<dyn SessionStore>,
         journal: Journal,
         id: String,
         record: SessionRecord,
@@ -287,6 +279,7 @@ impl Session {
             journal: Mutex::new(journal),
             order: tokio::sync::Mutex::new(()),
             mailbox: Mutex::new(None),
+            store: store.clone(),
         });
         let weak = Arc::downgrade(&session);
         // The store has every message; the queue only says that one arrived.
@@ -309,7 +302,6 @@ impl Session {
     /// Returns whether the session took it.
     pub(crate) fn stored(
         &self,
-        store: &RedbStore,
         appended: Appended,
         template: &MessageTemplate,
         delivered: &std::sync::atomic::AtomicU64,
@@ -319,14 +311,14 @@ impl Session {
             Appended::Stored(index) => index,
             Appended::Full { position } => {
                 state.lost_at = Some(state.lost_at.map_or(position, |p| p.max(position)));
-                self.save_locked(&state, store);
+                self.save_locked(&state);
                 return Err(DeliverError::Full);
             }
         };
         if state.ended {
             // Ended while the message was being stored: drop it with the rest.
             drop(state);
-            store.purge(self.mailbox_id);
+            self.store.purge(self.mailbox_id);
             return Err(DeliverError::NoSuchSession);
         }
         if !state.pumping && state.next == index {
@@ -440,19 +432,19 @@ impl Session {
     }
 
     /// Removes every delivered message with an index up to `id` from the store.
-    pub(crate) fn ack(&self, store: &RedbStore, id: u64) {
+    pub(crate) fn ack(&self, id: u64) {
         let mut state = lock(&self.state);
         let upto = id.saturating_add(1).min(state.next);
         if upto > state.acked {
-            store.remove_below(self.mailbox_id, upto);
+            self.store.remove_below(self.mailbox_id, upto);
             state.acked = upto;
         }
     }
 
     /// Prepares a resume from `cursor` (the last message id the client processed; `None`:
     /// every unacknowledged message) and tells whether every message after it is still there.
-    pub(crate) fn rewind(&self, store: &RedbStore, cursor: Option<u64>) -> (bool, u64) {
-        let stored_next = store.next_index(self.mailbox_id).unwrap_or(0);
+    pub(crate) fn rewind(&self, cursor: Option<u64>) -> (bool, u64) {
+        let stored_next = self.store.next_index(self.mailbox_id).unwrap_or(0);
         let mut state = lock(&self.state);
         let from = match cursor {
             Some(cursor) => cursor.saturating_add(1),
@@ -468,27 +460,27 @@ impl Session {
 
     /// Closes the mailbox (revoking the address) and forgets the stored messages and the
     /// session's record.
-    pub(crate) fn close(&self, store: &RedbStore) {
+    pub(crate) fn close(&self) {
         {
             // Under the lock, so that no save can come between and write the record again.
             let mut state = lock(&self.state);
             state.ended = true;
-            store.delete_record(&record_key(&self.info.id));
+            self.store.delete_record(&record_key(&self.info.id));
         }
         drop(lock(&self.mailbox).take());
-        store.purge(self.mailbox_id);
+        self.store.purge(self.mailbox_id);
     }
 
     /// Writes the session's record (after it started, or its channels or credentials
     /// changed). Not once it ended: a late save must not bring back a deleted record.
-    pub(crate) fn save(&self, store: &RedbStore) {
-        self.save_locked(&lock(&self.state), store);
+    pub(crate) fn save(&self) {
+        self.save_locked(&lock(&self.state));
     }
 
     /// [`Session::save`] with the session's state locked by the caller. Submitting under the
     /// lock orders this write before the deletion of a `close` that follows (the writer
     /// applies requests in order).
-    pub(crate) fn save_locked(&self, state: &State, store: &RedbStore) {
+    pub(crate) fn save_locked(&self, state: &State) {
         if state.ended {
             return;
         }
@@ -505,21 +497,10 @@ impl Session {
                 .map(|at| unix_now().saturating_sub(at.elapsed().as_secs())),
         };
         match serde_json::to_vec(&record) {
-            Ok(bytes) => store.put_record(&record_key(&self.info.id), bytes),
+            Ok(bytes) => self.store.put_record(&record_key(&self.info.id), bytes),
             Err(error) => tracing::error!(%error, "encoding a session record"),
         }
     }
-}
-
-/// Random bytes from the system's generator.
-pub(crate) fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    // SystemRandom fails only if the OS generator does; then the bytes stay zero and
-    // the resume MAC (keyed separately) still protects sessions.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        tracing::error!("system random generator failed");
-    }
-    bytes
 }
 
 /// A new session id: 16 random bytes, base64url.
