@@ -14,14 +14,16 @@ use ferry::{CallError, OpenError, SendError, Target as NodeTarget};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::AuthRequest;
+use super::channels;
+use super::delivery::DeliverError;
 use super::hooks::{Disconnect, Verdict};
 use super::journal::Arrival;
 use super::limits::{OutQueue, QueueError};
 use super::protocol::{
     close, CallTarget, ClientFrame, Encoded, ErrorCode, ErrorFrame, ServerFrame, Target,
 };
-use super::session::{DeliverError, Session};
-use super::{channels, Shared};
+use super::session::Session;
+use super::shared::Shared;
 use crate::clock::unix_now;
 use crate::sync::lock;
 
@@ -185,7 +187,7 @@ impl Requests {
                 }
                 match self.shared.join(&self.session, &channel) {
                     Ok(()) => self.succeed(reference),
-                    Err(why) => self.fail(reference, ErrorCode::BadRequest, why),
+                    Err(why) => self.fail(reference, ErrorCode::BadRequest, why.to_string()),
                 }
             }
             ClientFrame::Leave { reference, channel } => {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use ferry::{Address, Mailbox, MailboxId};
 use tokio_util::sync::CancellationToken;
 
+use super::delivery::DeliverError;
 use super::hooks::Disconnect;
 use super::journal::{Arrival, Journal};
 use super::limits::{OutQueue, QueueError};
@@ -160,29 +161,6 @@ impl std::fmt::Debug for Session {
             .field("user", &self.info.user)
             .finish()
     }
-}
-
-/// Why a message could not be put into a session's mailbox.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliverError {
-    /// No session with that id (or of that user, or member of that channel).
-    #[error("no such session")]
-    NoSuchSession,
-    /// The session's store is full: the message was dropped (and the session's next resume
-    /// reports `recovered: false`).
-    #[error("the session's mailbox is full")]
-    Full,
-    /// The store failed.
-    #[error("storing the message: {0}")]
-    Store(ferry::StoreError),
-    /// The payload exceeds the node's `max_message_size`.
-    #[error("message of {size} bytes exceeds the limit of {max}")]
-    TooLarge {
-        /// The payload size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
 }
 
 impl Session {
@@ -506,89 +484,4 @@ impl Session {
 /// A new session id: 16 random bytes, base64url.
 pub(crate) fn new_session_id() -> String {
     data_encoding::BASE64URL_NOPAD.encode(&random::<16>())
-}
-
-/// Resume tokens: `mailbox id (8) | session id (16) | HMAC-SHA256 (first 16 bytes)`,
-/// base64url. The cursor travels beside it, unsigned (GenBrowser's proposal): the token
-/// proves the session, the cursor only chooses where to restart.
-pub(crate) struct ResumeKeys {
-    key: ring::hmac::Key,
-}
-
-impl ResumeKeys {
-    /// Keys made from `secret` (the gateway keeps a random one in its store, so that tokens
-    /// stay valid across restarts).
-    pub(crate) fn new(secret: &[u8]) -> Self {
-        Self {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
-        }
-    }
-
-    fn tag(&self, mailbox: MailboxId, session: &[u8]) -> [u8; 16] {
-        let mut context = ring::hmac::Context::with_key(&self.key);
-        context.update(b"ferry/gateway-resume/v1");
-        context.update(&mailbox.0.to_be_bytes());
-        context.update(session);
-        let mut tag = [0u8; 16];
-        // The first 16 bytes of the 32-byte HMAC-SHA256.
-        for (out, byte) in tag.iter_mut().zip(context.sign().as_ref()) {
-            *out = *byte;
-        }
-        tag
-    }
-
-    pub(crate) fn token(&self, mailbox: MailboxId, session_id: &str) -> String {
-        let session = data_encoding::BASE64URL_NOPAD
-            .decode(session_id.as_bytes())
-            .unwrap_or_default();
-        let mut bytes = Vec::with_capacity(40);
-        bytes.extend_from_slice(&mailbox.0.to_be_bytes());
-        bytes.extend_from_slice(&session);
-        bytes.extend_from_slice(&self.tag(mailbox, &session));
-        data_encoding::BASE64URL_NOPAD.encode(&bytes)
-    }
-
-    /// The (mailbox, session id) of a genuine token.
-    pub(crate) fn verify(&self, token: &str) -> Option<(MailboxId, String)> {
-        let bytes = data_encoding::BASE64URL_NOPAD
-            .decode(token.as_bytes())
-            .ok()?;
-        if bytes.len() != 40 {
-            return None;
-        }
-        let (mailbox, rest) = bytes.split_at(8);
-        let (session, tag) = rest.split_at(16);
-        let mailbox = MailboxId(u64::from_be_bytes(mailbox.try_into().ok()?));
-        let expected = self.tag(mailbox, session);
-        // Constant time: the comparison must not tell how much of a guessed tag was right.
-        let mut difference = 0u8;
-        for (a, b) in expected.iter().zip(tag) {
-            difference |= a ^ b;
-        }
-        (difference == 0).then(|| (mailbox, data_encoding::BASE64URL_NOPAD.encode(session)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-    use super::*;
-
-    #[test]
-    fn resume_tokens() {
-        let keys = ResumeKeys::new(&random::<32>());
-        let id = new_session_id();
-        let token = keys.token(MailboxId(42), &id);
-        assert_eq!(keys.verify(&token), Some((MailboxId(42), id.clone())));
-        let mut forged = token.into_bytes();
-        let last = forged.len() - 2;
-        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-        assert_eq!(keys.verify(&String::from_utf8(forged).unwrap()), None);
-        assert_eq!(keys.verify("short"), None);
-        assert_eq!(
-            ResumeKeys::new(&random::<32>()).verify(&keys.token(MailboxId(1), &id)),
-            None
-        );
-    }
 }
