@@ -11,6 +11,7 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 
 /// Why a channel name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChannelNameError {
     /// Empty, longer than [`MAX_CHANNEL_LEN`], or with characters other than ASCII letters,
     /// digits and `.`, `_`, `-`, `:`, `@`, `/`.

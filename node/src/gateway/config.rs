@@ -157,6 +157,7 @@ impl Default for GatewayConfig {
 
 /// Why a configuration is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GatewayConfigError {
     /// A limit that must be at least 1 is 0.
     #[error("gateway limit `{0}` must be at least 1")]

@@ -49,7 +49,7 @@ use ferry::Node;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::READ_BUFFER;
-pub use auth::{AuthError, AuthRequest, Identity};
+pub use auth::{AuthError, AuthRequest, Identity, InvalidCredentials};
 pub use config::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions, StaticToken};
 pub use delivery::DeliverError;
 pub use handle::{json_payload, GatewayHandle};
