@@ -10,7 +10,7 @@ use ferry_node::gateway::{Gateway, GatewayConfig, NoHooks};
 use ferry_node::store::RedbStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DaemonConfig;
+use crate::daemon_config::DaemonConfig;
 
 /// A running daemon: the node, and its store and HTTP endpoint if it has them.
 pub(crate) struct Daemon {

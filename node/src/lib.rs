@@ -3,6 +3,7 @@
 //! with `/health` and `/metrics`, the browser gateway, and the node's key file.
 
 mod clock;
+pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod keyfile;

@@ -6,11 +6,9 @@
 
 mod cli;
 mod commands;
-mod config;
 mod daemon;
-mod duration;
+mod daemon_config;
 mod exit;
-mod peer;
 mod udp_port;
 
 use std::process::ExitCode;

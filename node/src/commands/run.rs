@@ -1,8 +1,8 @@
 //! `ferry run` and `ferry listen`: long-lived nodes.
 
 use crate::cli::NodeArgs;
-use crate::config::DaemonConfig;
 use crate::daemon::Daemon;
+use crate::daemon_config::DaemonConfig;
 
 /// Runs a node until a signal, with its store, HTTP endpoint and browser gateway: prints its
 /// id, listen address, inbox address and URLs, then every message to its (durable) inbox.

@@ -35,15 +35,19 @@ pub use redb_store::RedbStore;
 use row::RowError;
 pub use session_store::{Appended, SessionStore, TaggedMessage};
 
-/// Limits of a [`RedbStore`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Limits of a [`RedbStore`]. Deserializes (serde) from its field names, as the `ferry`
+/// config file writes them after the `store_` prefix; an absent key keeps its default.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Unacknowledged messages one mailbox may hold; beyond it the node stops reading the
     /// senders' streams (QUIC flow control slows them) until the application acknowledges
-    /// messages. Default 1,000,000.
+    /// messages. Default 1,000,000. (The config file's key is `store_max_pending`.)
+    #[serde(alias = "max_pending")]
     pub max_pending_per_mailbox: u64,
     /// How long the duplicate-suppression record of a conversation run is kept after its last
     /// message. A sender that resends after a longer silence is not recognised. Default 7 days.
+    #[serde(with = "ferry::duration")]
     pub run_ttl: Duration,
 }
 
