@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use ferry::{NodeConfig, RelayAccess};
 use ferry_node::config::{ConfigFileError, FileConfig, Peer};
 use ferry_node::gateway::GatewayConfig;
+use ferry_node::server::ServerConfig;
 use ferry_node::store::StoreConfig;
 
 use crate::cli::{GatewayListen, NodeArgs};
@@ -114,6 +115,33 @@ impl DaemonConfig {
             store: file.store.clone(),
             node,
         })
+    }
+}
+
+impl DaemonConfig {
+    /// The server of `ferry run` (`durable`: always with its data directory; with HTTP and
+    /// the gateway; mailbox `inbox`) or of `ferry listen` (its data directory only when one
+    /// was configured; mailbox `listen`; no HTTP, no gateway).
+    pub(crate) fn server(&self, run: bool) -> ServerConfig {
+        let mut server = ServerConfig::new(self.data_dir.clone());
+        if run || self.persistent {
+            server.key_file = Some(self.key_file.clone());
+        } else {
+            server.data_dir = None;
+        }
+        server.peers = self.peers.clone();
+        server.shutdown_grace = self.shutdown_grace;
+        server.store = self.store.clone();
+        server.node = self.node.clone();
+        if run {
+            server.http = Some(self.http);
+            server.gateway = self.gateway.clone();
+        } else {
+            server.http = None;
+            server.gateway = None;
+            server.mailbox = "listen".to_owned();
+        }
+        server
     }
 }
 
