@@ -1,32 +1,17 @@
 //! The daemon's TOML config file (`ferry run --config PATH`): `FileConfig::parse`, then the
-//! node and gateway configurations built from it, exactly as `ferry run` does.
-//!
-//! The parser lives in the `ferry` binary (node/src/config.rs), not in a library, so the
-//! binary's modules it needs are compiled into this target as they are; nothing is copied.
+//! node and gateway configurations validated, exactly as `ferry run` does.
 #![no_main]
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../node/src/cli.rs"]
-mod cli;
-#[allow(dead_code, unused_imports)]
-#[path = "../../node/src/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../../node/src/duration.rs"]
-mod duration;
-#[allow(dead_code)]
-#[path = "../../node/src/peer.rs"]
-mod peer;
-
+use ferry_node::config::FileConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match config::FileConfig::parse(text) {
+    match FileConfig::parse(text) {
         Ok(file) => {
-            let _ = file.node_config().validate();
+            let _ = file.node.validate();
             let _ = file.gateway_config();
         }
         Err(failure) => {

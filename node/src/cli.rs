@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::GatewayListen;
-use crate::duration::parse_duration;
-use crate::peer::Peer;
+use ferry::duration::parse_duration;
+use ferry_node::config::{parse_addr_or_off, Peer};
 
 /// `ferry send --timeout`'s default: the SDK's `send_timeout` default, longer than a dial
 /// (`dial_timeout`) and a relayed first message need.
@@ -198,5 +197,20 @@ mod tests {
             Command::Ping(args) => assert_eq!(args.timeout, node.dial_timeout),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// `--gateway`: a TCP address, or `off`. (A newtype: clap reads `Option<Option<_>>` as a flag
+/// whose value is optional.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GatewayListen(pub(crate) Option<SocketAddr>);
+
+impl std::str::FromStr for GatewayListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_addr_or_off(text)
+            .map(Self)
+            .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT or \"off\")"))
     }
 }

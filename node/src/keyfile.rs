@@ -7,6 +7,7 @@ use ferry::{NodeId, NodeIdError, SecretKey};
 
 /// Why a key file could not be saved or loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyFileError {
     /// No file at the path.
     #[error("key file {0} does not exist")]

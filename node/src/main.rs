@@ -1,17 +1,15 @@
 //! The `ferry` command-line tool and daemon.
 //!
-//! `cli` holds the clap types, `config` the TOML config file, `daemon` the long-lived node of
-//! `run`/`listen`, `commands` one module per command group, `exit` the exit codes,
-//! `udp_port` the UDP port a node with a data directory keeps across restarts.
+//! `cli` holds the clap types, `daemon_config` lays the flags over the config file (read by
+//! `ferry_node::config`), `daemon` the signals and printing around `ferry_node::server` (the
+//! long-lived node of `run`/`listen`), `commands` one module per command group, `exit` the
+//! exit codes.
 
 mod cli;
 mod commands;
-mod config;
 mod daemon;
-mod duration;
+mod daemon_config;
 mod exit;
-mod peer;
-mod udp_port;
 
 use std::process::ExitCode;
 

@@ -72,6 +72,7 @@
 pub use ferry_proto::{address, frame, observe, punch, relay};
 mod clock;
 mod config;
+pub mod duration;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake_peer;

@@ -9,7 +9,7 @@ use ferry::{Address, CallError, Node, NodeConfig, SecretKey, Target};
 
 use crate::cli::CallArgs;
 use crate::exit;
-use crate::peer::Peer;
+use ferry_node::config::Peer;
 
 /// A capability address (`ferry1…`), or `NODEID@HOST:PORT/NAME` for a service by name.
 fn parse_target(text: &str) -> Result<Target, String> {
@@ -17,7 +17,9 @@ fn parse_target(text: &str) -> Result<Target, String> {
         let (peer, name) = text
             .rsplit_once('/')
             .ok_or_else(|| format!("{text:?}: expected NODEID@HOST:PORT/SERVICE"))?;
-        let peer: Peer = peer.parse()?;
+        let peer: Peer = peer
+            .parse()
+            .map_err(|e: ferry_node::config::PeerError| e.to_string())?;
         if name.is_empty() {
             return Err(format!("{text:?}: the service name after '/' is empty"));
         }

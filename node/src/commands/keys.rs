@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ferry::SecretKey;
 
-use crate::config::default_data_dir;
+use crate::daemon_config::default_data_dir;
 
 fn key_path(key: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match key {

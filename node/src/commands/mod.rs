@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
-use crate::config::ConfigFileError;
 use crate::exit;
+use ferry_node::config::ConfigFileError;
 
 /// Runs the command and returns the process exit code.
 pub(crate) async fn run(cli: Cli) -> ExitCode {
@@ -30,7 +30,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         Command::Call(args) => return call::call(args).await,
         Command::Ping(args) => return ping::ping(args).await,
         Command::ConfigExample => {
-            print!("{}", crate::config::example());
+            print!("{}", ferry_node::config::example());
             Ok(())
         }
     };

@@ -1,33 +1,29 @@
-//! `ferry run` and `ferry listen`: long-lived nodes.
+//! `ferry run` and `ferry listen`: long-lived nodes ([`ferry_node::server`]), stopped by
+//! SIGINT or SIGTERM, printing what arrives.
+
+use ferry_node::server::Server;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::NodeArgs;
-use crate::config::DaemonConfig;
-use crate::daemon::Daemon;
+use crate::daemon::{print_batch, shutdown_signal};
+use crate::daemon_config::DaemonConfig;
 
 /// Runs a node until a signal, with its store, HTTP endpoint and browser gateway: prints its
 /// id, listen address, inbox address and URLs, then every message to its (durable) inbox.
 pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = DaemonConfig::load(&args)?;
-    let mut daemon = Daemon::start(&config, true).await?;
-    let inbox = daemon.mailbox("inbox")?;
-    let gateway = match &config.gateway {
-        Some((addr, gateway)) => Some(
-            daemon
-                .serve_gateway(*addr, gateway.clone(), inbox.address())
-                .await?,
-        ),
-        None => None,
-    };
-    let http = daemon.serve_http(config.http).await?;
-    println!("node id: {}", daemon.node.id());
-    println!("listening on: {}", daemon.node.local_addr());
-    println!("inbox address: {}", inbox.address());
-    println!("metrics: http://{http}/metrics");
-    println!("health: http://{http}/health");
-    if let Some(gateway) = gateway {
+    let server = Server::start(config.server(true)).await?;
+    println!("node id: {}", server.node().id());
+    println!("listening on: {}", server.node().local_addr());
+    println!("inbox address: {}", server.mailbox_address());
+    if let Some(http) = server.http_addr() {
+        println!("metrics: http://{http}/metrics");
+        println!("health: http://{http}/health");
+    }
+    if let Some(gateway) = server.gateway_addr() {
         println!("gateway: ws://{gateway}/ws");
     }
-    daemon.receive_until_signal(inbox, false, &config).await
+    serve_until_signal(server, false).await
 }
 
 /// Opens one mailbox, prints its address, then every message to it until a signal. With a
@@ -35,8 +31,21 @@ pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
 /// and its messages persist there.
 pub(super) async fn listen(args: NodeArgs, json: bool) -> anyhow::Result<()> {
     let config = DaemonConfig::load(&args)?;
-    let daemon = Daemon::start(&config, false).await?;
-    let mailbox = daemon.mailbox("listen")?;
-    println!("{}", mailbox.address());
-    daemon.receive_until_signal(mailbox, json, &config).await
+    let server = Server::start(config.server(false)).await?;
+    println!("{}", server.mailbox_address());
+    serve_until_signal(server, json).await
+}
+
+/// Serves until SIGINT or SIGTERM, printing every message (one line each, or JSON lines).
+async fn serve_until_signal(server: Server, json: bool) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    server
+        .run(|batch| print_batch(batch, json), shutdown)
+        .await?;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry::{Address, Node, NodeConfig, SecretKey, SendError};
 
 use crate::exit;
-use crate::peer::Peer;
+use ferry_node::config::Peer;
 
 /// Sends one message from a fresh node and exits once the target node accepted it.
 pub(super) async fn send(

@@ -87,16 +87,38 @@ pub struct Identity {
 
 /// Why authentication failed. The upgrade is answered 401 with `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// Credentials are required and none were given.
     #[error("credentials required")]
     Missing,
     /// The credentials were refused.
     #[error("invalid credentials: {0}")]
-    Invalid(String),
+    Invalid(#[source] InvalidCredentials),
     /// The credentials are valid but expired.
     #[error("credentials expired")]
     Expired,
+}
+
+/// Why credentials were refused ([`AuthError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidCredentials {
+    /// HTTP Basic credentials that match no static token's user and token.
+    #[error("unknown user or password")]
+    UnknownUser,
+    /// A bearer token that is no static token, and no JWT (or no JWT key is configured).
+    #[error("unknown token")]
+    UnknownToken,
+    /// A JWT signed with an algorithm no configured key is for (HS256 and EdDSA are accepted).
+    #[error("JWT algorithm {0:?} not accepted")]
+    Algorithm(Algorithm),
+    /// A JWT that is malformed, badly signed, or whose claims do not validate.
+    #[error(transparent)]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    /// A JWT whose `sub` (the user id) is empty.
+    #[error("empty `sub`")]
+    EmptySubject,
 }
 
 impl AuthError {
@@ -193,7 +215,7 @@ impl Verifier {
                     expires: None,
                 }))
             } else {
-                Err(AuthError::Invalid("unknown user or password".into()))
+                Err(AuthError::Invalid(InvalidCredentials::UnknownUser))
             };
         }
         let token = request.bearer.as_deref().ok_or(AuthError::Missing)?;
@@ -211,20 +233,20 @@ impl Verifier {
         if token.split('.').count() == 3 && (self.hs256.is_some() || self.ed25519.is_some()) {
             return self.verify_jwt(token).map(Some);
         }
-        Err(AuthError::Invalid("unknown token".into()))
+        Err(AuthError::Invalid(InvalidCredentials::UnknownToken))
     }
 
     fn verify_jwt(&self, token: &str) -> Result<Identity, AuthError> {
         let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.into()))?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
             Algorithm::EdDSA => self.ed25519.as_ref(),
             _ => None,
         }
-        .ok_or_else(|| {
-            AuthError::Invalid(format!("JWT algorithm {:?} not accepted", header.alg))
-        })?;
+        .ok_or(AuthError::Invalid(InvalidCredentials::Algorithm(
+            header.alg,
+        )))?;
         let mut validation = Validation::new(header.alg);
         validation.set_required_spec_claims(&["sub"]);
         validation.leeway = 5;
@@ -237,10 +259,10 @@ impl Verifier {
                 .kind()
             {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(error.to_string()),
+                _ => AuthError::Invalid(error.into()),
             })?;
         if data.claims.sub.is_empty() {
-            return Err(AuthError::Invalid("empty `sub`".into()));
+            return Err(AuthError::Invalid(InvalidCredentials::EmptySubject));
         }
         Ok(Identity {
             user: data.claims.sub,
@@ -338,10 +360,7 @@ mod tests {
             )
             .unwrap()
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = crate::clock::unix_now();
         let good = sign(serde_json::json!({"sub": "carol", "exp": now + 60}));
         let identity = verifier.verify(&AuthRequest::token(good)).unwrap().unwrap();
         assert_eq!(identity.user, "carol");

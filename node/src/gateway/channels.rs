@@ -4,11 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::sync::lock;
+
 /// The longest channel name, bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
 
 /// Why a channel name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChannelNameError {
     /// Empty, longer than [`MAX_CHANNEL_LEN`], or with characters other than ASCII letters,
     /// digits and `.`, `_`, `-`, `:`, `@`, `/`.
@@ -55,12 +58,6 @@ impl<T> Default for Channels<T> {
             members: Mutex::default(),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<T: Clone> Channels<T> {

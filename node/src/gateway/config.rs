@@ -1,6 +1,15 @@
 //! The gateway's configuration: typed, every field with its default and unit.
+//!
+//! Each part deserializes (serde) from its field names, as the `ferry` config file writes them
+//! after the `gateway_` prefix: an absent key keeps its default; durations are strings with a
+//! unit (`"10s"`, see [`ferry::duration`]). [`GatewayConfig`]'s own fields deserialize apart
+//! from its `auth`, `permissions` and `limits`, because the config file writes all of them in
+//! one flat list (`gateway_session_ttl`, `gateway_tokens`, `gateway_join`,
+//! `gateway_max_connections`, …).
 
 use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
 
 /// A static credential: a token (bearer or `?token=`), or a user name and password (basic
 /// auth, the password being the token).
@@ -15,13 +24,17 @@ pub struct StaticToken {
 
 /// How browsers authenticate. With nothing configured (and no `authenticate` hook), every
 /// connection is anonymous: a random user id per session.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Static tokens. Default none.
     pub tokens: Vec<StaticToken>,
-    /// The HS256 secret of JWTs (their `sub` is the user id). Default none.
+    /// The HS256 secret of JWTs (their `sub` is the user id); written as text. Default none.
+    #[serde(deserialize_with = "text_bytes")]
     pub jwt_hs256_secret: Option<Vec<u8>>,
-    /// The Ed25519 public key (32 bytes) of EdDSA JWTs. Default none.
+    /// The Ed25519 public key (32 bytes) of EdDSA JWTs; written in base64 or base64url.
+    /// Default none.
+    #[serde(deserialize_with = "ed25519_key")]
     pub jwt_ed25519_public_key: Option<[u8; 32]>,
     /// The audience JWTs must name (`aud`); unchecked when `None`. Default none.
     pub jwt_audience: Option<String>,
@@ -37,7 +50,8 @@ impl AuthConfig {
 }
 
 /// What browsers may do besides sending to addresses they hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Permissions {
     /// Channels browsers may join: exact names, or prefixes ending in `*` (`"room.*"`), and
     /// `"user.{user}"`-style patterns where `{user}` stands for the session's user id.
@@ -51,24 +65,29 @@ pub struct Permissions {
 }
 
 /// Limits of the gateway. Every one is enforced; none is unlimited unless it says so.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Connected browsers at most; further upgrades are answered 503. Default 10,000.
     pub max_connections: usize,
     /// Sessions at most, connected or waiting to be resumed. Default 100,000.
     pub max_sessions: usize,
     /// A connection is closed (code 4001, to be resumed at once) after this long; `None`
-    /// for no limit. Default none.
+    /// (written `"off"`) for no limit. Default none.
+    #[serde(deserialize_with = "duration_or_off")]
     pub max_connection_age: Option<Duration>,
     /// A connection that sends nothing (not even a pong) for this long is closed (4000).
     /// Default 60 s.
+    #[serde(with = "ferry::duration")]
     pub idle_timeout: Duration,
     /// The gateway sends each connection a heartbeat frame and a WebSocket ping this often
     /// (clients call a connection dead after a silence a little longer than this). Default 5 s.
+    #[serde(with = "ferry::duration")]
     pub ping_interval: Duration,
     /// Frames a connection may send per `rate_window`; more closes it (4029). Default 200.
     pub rate_limit: u32,
     /// The window of `rate_limit`. Default 1 s.
+    #[serde(with = "ferry::duration")]
     pub rate_window: Duration,
     /// Largest WebSocket message a browser may send, bytes (frame header included); a
     /// payload is also bounded by the node's `max_message_size`. Default 1 MiB.
@@ -77,14 +96,18 @@ pub struct Limits {
     pub max_queue_bytes: usize,
     /// A connection whose queue stays full this long is a slow consumer and is closed
     /// (4008). Default 10 s.
+    #[serde(with = "ferry::duration")]
     pub write_timeout: Duration,
     /// New connections per second at most (one second of burst); beyond, 503. Default 500.
     pub connection_rate: u32,
-    /// Channels one session may be a member of. Default 64.
+    /// Channels one session may be a member of. Default 64. (The config file's key is
+    /// `gateway_max_channels`.)
+    #[serde(alias = "max_channels")]
     pub max_channels_per_session: usize,
     /// Calls and sends of one connection in flight at once. Default 64.
     pub max_inflight: usize,
     /// Longest call a browser may ask for; also the default. Default 30 s.
+    #[serde(with = "ferry::duration")]
     pub max_call_timeout: Duration,
     /// Answers a session's journal keeps for requests sent again (the oldest forgotten
     /// first). Default 1024.
@@ -116,17 +139,24 @@ impl Default for Limits {
     }
 }
 
-/// The gateway's configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// The gateway's configuration. Its serde form holds its own fields only (see the module's
+/// documentation): `auth`, `permissions` and `limits` deserialize each on their own, and
+/// `drain` is the daemon's `shutdown_grace`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     /// How browsers authenticate.
+    #[serde(skip)]
     pub auth: AuthConfig,
     /// What browsers may do.
+    #[serde(skip)]
     pub permissions: Permissions,
     /// The limits.
+    #[serde(skip)]
     pub limits: Limits,
     /// How long a disconnected session is kept (its address valid, its messages stored)
     /// for the browser to resume. Default 5 min.
+    #[serde(with = "ferry::duration")]
     pub session_ttl: Duration,
     /// Origins allowed to connect (`Origin` header), e.g. `"https://app.example"`; `"*"` for
     /// any. Empty (the default): the gateway's own origin, and clients without `Origin`.
@@ -137,6 +167,7 @@ pub struct GatewayConfig {
     /// A directory served at `/` (pages using `/ferry.js`); none by default.
     pub static_dir: Option<std::path::PathBuf>,
     /// At shutdown, how long connections get to close before sessions end. Default 2 s.
+    #[serde(skip)]
     pub drain: Duration,
 }
 
@@ -155,8 +186,41 @@ impl Default for GatewayConfig {
     }
 }
 
+/// `jwt_hs256_secret`: the secret's text, as bytes.
+fn text_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+    Ok(Some(String::deserialize(deserializer)?.into_bytes()))
+}
+
+/// `jwt_ed25519_public_key`: 32 bytes in base64url or base64, padded or not.
+fn ed25519_key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[u8; 32]>, D::Error> {
+    use serde::de::Error;
+    let text = String::deserialize(deserializer)?;
+    let text = text.trim_end_matches('=');
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(text.as_bytes())
+        .or_else(|_| data_encoding::BASE64_NOPAD.decode(text.as_bytes()))
+        .map_err(D::Error::custom)?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{} bytes, expected 32", bytes.len())))
+}
+
+/// `max_connection_age`: a duration, or `"off"` for none.
+fn duration_or_off<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text == "off" {
+        return Ok(None);
+    }
+    ferry::duration::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 /// Why a configuration is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GatewayConfigError {
     /// A limit that must be at least 1 is 0.
     #[error("gateway limit `{0}` must be at least 1")]

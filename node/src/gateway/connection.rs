@@ -11,14 +11,16 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::ConnectionSlot;
 use super::hooks::Disconnect;
 use super::limits::{Bucket, OutQueue, OutReceiver, Outgoing, QueueError};
 use super::protocol::{
     self, close as code, DecodeError, Encoded, ServerFrame, Via, Welcome, WelcomeLimits,
 };
 use super::requests::{far_future, Closing, Requests};
-use super::session::{lock, Attached, Session};
-use super::{ConnectionSlot, Shared};
+use super::session::{Attached, Session};
+use super::shared::Shared;
+use crate::sync::lock;
 
 /// How a connection starts.
 pub(crate) struct Start {
@@ -75,7 +77,7 @@ pub(crate) async fn run(
     lock(&session.state).detached_at = None;
     if start.resumed {
         // The record says it is away no more (a new session's record says so already).
-        session.save(&shared.store);
+        session.save();
     }
     if lock(&session.state).ended {
         // Ended between the upgrade and now.
@@ -83,7 +85,7 @@ pub(crate) async fn run(
         return;
     }
     let (recovered, pending) = if start.resumed {
-        session.rewind(&shared.store, start.cursor)
+        session.rewind(start.cursor)
     } else {
         (!start.expired, 0)
     };
@@ -168,7 +170,7 @@ pub(crate) async fn run(
         {
             state.attached = None;
             state.detached_at = Some(Instant::now());
-            session.save_locked(&state, &shared.store);
+            session.save_locked(&state);
         }
     }
     tracing::debug!(session = %session.info.id, ?disconnect, "browser disconnected");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::{close, Encoded};
+use crate::sync::lock;
 
 /// A token bucket: `capacity` tokens, refilled at `capacity` per `window`.
 #[derive(Debug)]
@@ -87,12 +88,6 @@ struct Waiting {
 #[derive(Debug)]
 pub(crate) struct OutReceiver {
     shared: Arc<Frames>,
-}
-
-fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
-    waiting
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl OutReceiver {

@@ -338,6 +338,7 @@ impl Encoded {
 
 /// Why a frame from the browser could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Not a JSON object with a string `type` (or a binary frame whose header is not one):
     /// the connection is closed (4400).
@@ -545,32 +546,59 @@ fn parse_target(raw: &RawValue) -> Result<Target, String> {
     }
 }
 
+/// Why a call target is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallTargetError {
+    /// It starts with `ferry1` but is no valid address.
+    #[error("malformed address: {0}")]
+    Address(#[source] ferry::AddressError),
+    /// Neither an address nor `NODE/NAME`.
+    #[error("expected ferry1…, NODEID/NAME or NODEID@HOST:PORT/NAME")]
+    Form,
+    /// Nothing follows the last `/`.
+    #[error("the service name after '/' is empty")]
+    EmptyName,
+    /// The part after `@` is no socket address.
+    #[error("address {text:?}: {source}")]
+    SocketAddr {
+        /// The text after `@`.
+        text: String,
+        /// Why it does not parse.
+        source: std::net::AddrParseError,
+    },
+    /// The part before `/` (or `@`) is no node id.
+    #[error("node id: {0}")]
+    NodeId(#[source] ferry::NodeIdError),
+}
+
 /// Parses a call target: `ferry1…`, `NODEID/NAME` or `NODEID@HOST:PORT/NAME`.
-pub fn parse_call_target_text(text: &str) -> Result<CallTarget, String> {
+pub fn parse_call_target_text(text: &str) -> Result<CallTarget, CallTargetError> {
     if text.starts_with("ferry1") {
         return text
             .parse::<Address>()
             .map(CallTarget::Address)
-            .map_err(|e| format!("malformed address: {e}"));
+            .map_err(CallTargetError::Address);
     }
-    let (peer, name) = text
-        .rsplit_once('/')
-        .ok_or_else(|| "expected ferry1…, NODEID/NAME or NODEID@HOST:PORT/NAME".to_owned())?;
+    let (peer, name) = text.rsplit_once('/').ok_or(CallTargetError::Form)?;
     if name.is_empty() {
-        return Err("the service name after '/' is empty".into());
+        return Err(CallTargetError::EmptyName);
     }
     let (node, addr) = match peer.split_once('@') {
         Some((node, addr)) => (
             node,
             Some(
                 addr.parse::<SocketAddr>()
-                    .map_err(|e| format!("address {addr:?}: {e}"))?,
+                    .map_err(|source| CallTargetError::SocketAddr {
+                        text: addr.to_owned(),
+                        source,
+                    })?,
             ),
         ),
         None => (peer, None),
     };
     Ok(CallTarget::Service {
-        node: node.parse().map_err(|e| format!("node id: {e}"))?,
+        node: node.parse().map_err(CallTargetError::NodeId)?,
         addr,
         name: name.to_owned(),
     })

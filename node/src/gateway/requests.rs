@@ -14,14 +14,18 @@ use ferry::{CallError, OpenError, SendError, Target as NodeTarget};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::AuthRequest;
+use super::channels;
+use super::delivery::DeliverError;
 use super::hooks::{Disconnect, Verdict};
 use super::journal::Arrival;
 use super::limits::{OutQueue, QueueError};
 use super::protocol::{
     close, CallTarget, ClientFrame, Encoded, ErrorCode, ErrorFrame, ServerFrame, Target,
 };
-use super::session::{lock, unix_now, DeliverError, Session};
-use super::{channels, Shared};
+use super::session::Session;
+use super::shared::Shared;
+use crate::clock::unix_now;
+use crate::sync::lock;
 
 /// Why a connection stops: the close frame's code and reason, and what hooks are told.
 pub(crate) type Closing = (u16, String, Disconnect);
@@ -123,7 +127,7 @@ impl Requests {
         let reference = match &frame {
             ClientFrame::Ack { id, answered } => {
                 if let Some(id) = id {
-                    self.session.ack(&self.shared.store, *id);
+                    self.session.ack(*id);
                 }
                 if let Some(answered) = answered {
                     self.session.confirm(*answered);
@@ -183,7 +187,7 @@ impl Requests {
                 }
                 match self.shared.join(&self.session, &channel) {
                     Ok(()) => self.succeed(reference),
-                    Err(why) => self.fail(reference, ErrorCode::BadRequest, why),
+                    Err(why) => self.fail(reference, ErrorCode::BadRequest, why.to_string()),
                 }
             }
             ClientFrame::Leave { reference, channel } => {
@@ -224,7 +228,7 @@ impl Requests {
         match identity {
             Ok(Some(identity)) if identity.user == self.session.info.user => {
                 lock(&self.session.state).auth_expires = identity.expires;
-                self.session.save(&self.shared.store);
+                self.session.save();
                 self.auth_deadline = identity.expires.map_or_else(far_future, instant_of);
                 self.succeed(reference)
             }

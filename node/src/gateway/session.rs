@@ -18,11 +18,15 @@ use std::time::{Duration, Instant};
 use ferry::{Address, Mailbox, MailboxId};
 use tokio_util::sync::CancellationToken;
 
+use super::delivery::DeliverError;
 use super::hooks::Disconnect;
 use super::journal::{Arrival, Journal};
 use super::limits::{OutQueue, QueueError};
 use super::protocol::{close, Encoded, MessageTemplate, ServerFrame, Via};
-use crate::store::{Appended, RedbStore};
+use crate::clock::unix_now;
+use crate::random::random;
+use crate::store::{Appended, SessionStore};
+use crate::sync::lock;
 
 /// What the embedder and the hooks see of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +150,8 @@ pub(crate) struct Session {
     pub(crate) order: tokio::sync::Mutex<()>,
     /// The session's mailbox: dropping it revokes the address.
     mailbox: Mutex<Option<Mailbox>>,
+    /// Where its messages and its record are kept.
+    store: Arc<dyn SessionStore>,
 }
 
 impl std::fmt::Debug for Session {
@@ -157,47 +163,11 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Seconds since the unix epoch (0 if the clock is before it).
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Why a message could not be put into a session's mailbox.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliverError {
-    /// No session with that id (or of that user, or member of that channel).
-    #[error("no such session")]
-    NoSuchSession,
-    /// The session's store is full: the message was dropped (and the session's next resume
-    /// reports `recovered: false`).
-    #[error("the session's mailbox is full")]
-    Full,
-    /// The store failed.
-    #[error("storing the message: {0}")]
-    Store(ferry::StoreError),
-    /// The payload exceeds the node's `max_message_size`.
-    #[error("message of {size} bytes exceeds the limit of {max}")]
-    TooLarge {
-        /// The payload size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-}
-
 impl Session {
     /// Opens a session with a fresh durable mailbox, and records it in the store.
     pub(crate) fn open(
         node: &ferry::Node,
-        store: &Arc<RedbStore>,
+        store: &Arc<dyn SessionStore>,
         journal: Journal,
         id: String,
         user: String,
@@ -212,7 +182,7 @@ impl Session {
             detached_at: None,
         };
         let session = Self::with_mailbox(node, store, journal, id, record, 0)?;
-        session.save(store);
+        session.save();
         Ok(session)
     }
 
@@ -222,7 +192,7 @@ impl Session {
     /// away for `ttl` or longer is restored expired: the gateway ends it.
     pub(crate) fn restore(
         node: &ferry::Node,
-        store: &Arc<RedbStore>,
+        store: &Arc<dyn SessionStore>,
         journal: Journal,
         id: String,
         record: SessionRecord,
@@ -257,7 +227,7 @@ impl Session {
     /// acknowledged.
     fn with_mailbox(
         node: &ferry::Node,
-        store: &Arc<RedbStore>,
+        store: &Arc<dyn SessionStore>,
         journal: Journal,
         id: String,
         record: SessionRecord,
@@ -287,6 +257,7 @@ impl Session {
             journal: Mutex::new(journal),
             order: tokio::sync::Mutex::new(()),
             mailbox: Mutex::new(None),
+            store: store.clone(),
         });
         let weak = Arc::downgrade(&session);
         // The store has every message; the queue only says that one arrived.
@@ -309,7 +280,6 @@ impl Session {
     /// Returns whether the session took it.
     pub(crate) fn stored(
         &self,
-        store: &RedbStore,
         appended: Appended,
         template: &MessageTemplate,
         delivered: &std::sync::atomic::AtomicU64,
@@ -319,14 +289,14 @@ impl Session {
             Appended::Stored(index) => index,
             Appended::Full { position } => {
                 state.lost_at = Some(state.lost_at.map_or(position, |p| p.max(position)));
-                self.save_locked(&state, store);
+                self.save_locked(&state);
                 return Err(DeliverError::Full);
             }
         };
         if state.ended {
             // Ended while the message was being stored: drop it with the rest.
             drop(state);
-            store.purge(self.mailbox_id);
+            self.store.purge(self.mailbox_id);
             return Err(DeliverError::NoSuchSession);
         }
         if !state.pumping && state.next == index {
@@ -440,19 +410,19 @@ impl Session {
     }
 
     /// Removes every delivered message with an index up to `id` from the store.
-    pub(crate) fn ack(&self, store: &RedbStore, id: u64) {
+    pub(crate) fn ack(&self, id: u64) {
         let mut state = lock(&self.state);
         let upto = id.saturating_add(1).min(state.next);
         if upto > state.acked {
-            store.remove_below(self.mailbox_id, upto);
+            self.store.remove_below(self.mailbox_id, upto);
             state.acked = upto;
         }
     }
 
     /// Prepares a resume from `cursor` (the last message id the client processed; `None`:
     /// every unacknowledged message) and tells whether every message after it is still there.
-    pub(crate) fn rewind(&self, store: &RedbStore, cursor: Option<u64>) -> (bool, u64) {
-        let stored_next = store.next_index(self.mailbox_id).unwrap_or(0);
+    pub(crate) fn rewind(&self, cursor: Option<u64>) -> (bool, u64) {
+        let stored_next = self.store.next_index(self.mailbox_id).unwrap_or(0);
         let mut state = lock(&self.state);
         let from = match cursor {
             Some(cursor) => cursor.saturating_add(1),
@@ -468,27 +438,27 @@ impl Session {
 
     /// Closes the mailbox (revoking the address) and forgets the stored messages and the
     /// session's record.
-    pub(crate) fn close(&self, store: &RedbStore) {
+    pub(crate) fn close(&self) {
         {
             // Under the lock, so that no save can come between and write the record again.
             let mut state = lock(&self.state);
             state.ended = true;
-            store.delete_record(&record_key(&self.info.id));
+            self.store.delete_record(&record_key(&self.info.id));
         }
         drop(lock(&self.mailbox).take());
-        store.purge(self.mailbox_id);
+        self.store.purge(self.mailbox_id);
     }
 
     /// Writes the session's record (after it started, or its channels or credentials
     /// changed). Not once it ended: a late save must not bring back a deleted record.
-    pub(crate) fn save(&self, store: &RedbStore) {
-        self.save_locked(&lock(&self.state), store);
+    pub(crate) fn save(&self) {
+        self.save_locked(&lock(&self.state));
     }
 
     /// [`Session::save`] with the session's state locked by the caller. Submitting under the
     /// lock orders this write before the deletion of a `close` that follows (the writer
     /// applies requests in order).
-    pub(crate) fn save_locked(&self, state: &State, store: &RedbStore) {
+    pub(crate) fn save_locked(&self, state: &State) {
         if state.ended {
             return;
         }
@@ -505,109 +475,13 @@ impl Session {
                 .map(|at| unix_now().saturating_sub(at.elapsed().as_secs())),
         };
         match serde_json::to_vec(&record) {
-            Ok(bytes) => store.put_record(&record_key(&self.info.id), bytes),
+            Ok(bytes) => self.store.put_record(&record_key(&self.info.id), bytes),
             Err(error) => tracing::error!(%error, "encoding a session record"),
         }
     }
 }
 
-/// Random bytes from the system's generator.
-pub(crate) fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    // SystemRandom fails only if the OS generator does; then the bytes stay zero and
-    // the resume MAC (keyed separately) still protects sessions.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        tracing::error!("system random generator failed");
-    }
-    bytes
-}
-
 /// A new session id: 16 random bytes, base64url.
 pub(crate) fn new_session_id() -> String {
     data_encoding::BASE64URL_NOPAD.encode(&random::<16>())
-}
-
-/// Resume tokens: `mailbox id (8) | session id (16) | HMAC-SHA256 (first 16 bytes)`,
-/// base64url. The cursor travels beside it, unsigned (GenBrowser's proposal): the token
-/// proves the session, the cursor only chooses where to restart.
-pub(crate) struct ResumeKeys {
-    key: ring::hmac::Key,
-}
-
-impl ResumeKeys {
-    /// Keys made from `secret` (the gateway keeps a random one in its store, so that tokens
-    /// stay valid across restarts).
-    pub(crate) fn new(secret: &[u8]) -> Self {
-        Self {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
-        }
-    }
-
-    fn tag(&self, mailbox: MailboxId, session: &[u8]) -> [u8; 16] {
-        let mut context = ring::hmac::Context::with_key(&self.key);
-        context.update(b"ferry/gateway-resume/v1");
-        context.update(&mailbox.0.to_be_bytes());
-        context.update(session);
-        let mut tag = [0u8; 16];
-        // The first 16 bytes of the 32-byte HMAC-SHA256.
-        for (out, byte) in tag.iter_mut().zip(context.sign().as_ref()) {
-            *out = *byte;
-        }
-        tag
-    }
-
-    pub(crate) fn token(&self, mailbox: MailboxId, session_id: &str) -> String {
-        let session = data_encoding::BASE64URL_NOPAD
-            .decode(session_id.as_bytes())
-            .unwrap_or_default();
-        let mut bytes = Vec::with_capacity(40);
-        bytes.extend_from_slice(&mailbox.0.to_be_bytes());
-        bytes.extend_from_slice(&session);
-        bytes.extend_from_slice(&self.tag(mailbox, &session));
-        data_encoding::BASE64URL_NOPAD.encode(&bytes)
-    }
-
-    /// The (mailbox, session id) of a genuine token.
-    pub(crate) fn verify(&self, token: &str) -> Option<(MailboxId, String)> {
-        let bytes = data_encoding::BASE64URL_NOPAD
-            .decode(token.as_bytes())
-            .ok()?;
-        if bytes.len() != 40 {
-            return None;
-        }
-        let (mailbox, rest) = bytes.split_at(8);
-        let (session, tag) = rest.split_at(16);
-        let mailbox = MailboxId(u64::from_be_bytes(mailbox.try_into().ok()?));
-        let expected = self.tag(mailbox, session);
-        // Constant time: the comparison must not tell how much of a guessed tag was right.
-        let mut difference = 0u8;
-        for (a, b) in expected.iter().zip(tag) {
-            difference |= a ^ b;
-        }
-        (difference == 0).then(|| (mailbox, data_encoding::BASE64URL_NOPAD.encode(session)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-    use super::*;
-
-    #[test]
-    fn resume_tokens() {
-        let keys = ResumeKeys::new(&random::<32>());
-        let id = new_session_id();
-        let token = keys.token(MailboxId(42), &id);
-        assert_eq!(keys.verify(&token), Some((MailboxId(42), id.clone())));
-        let mut forged = token.into_bytes();
-        let last = forged.len() - 2;
-        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-        assert_eq!(keys.verify(&String::from_utf8(forged).unwrap()), None);
-        assert_eq!(keys.verify("short"), None);
-        assert_eq!(
-            ResumeKeys::new(&random::<32>()).verify(&keys.token(MailboxId(1), &id)),
-            None
-        );
-    }
 }

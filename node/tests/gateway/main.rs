@@ -16,7 +16,7 @@ use ferry_node::gateway::{
     self, AuthConfig, Disconnect, EndReason, GatewayConfig, GatewayHandle, Hooks, NoHooks,
     SessionInfo, StaticToken, Verdict,
 };
-use ferry_node::store::{RedbStore, StoreConfig};
+use ferry_node::store::{RedbStore, SessionStore, StoreConfig};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

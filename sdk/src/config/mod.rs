@@ -1,5 +1,11 @@
 //! Typed node configuration with documented defaults. Libraries never read files or the
 //! environment: the `ferry` binary turns TOML, env and flags into a [`NodeConfig`].
+//!
+//! The field documentation here is the one description of each setting; `NodeConfig`
+//! deserializes (serde) from exactly the keys of the `ferry` config file, and
+//! docs/CONFIG.md is checked against these fields and their defaults by the binary's tests.
+
+mod deserialize;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -29,7 +35,14 @@ impl Admission {
 }
 
 /// Configuration of a [`Node`](crate::Node). Every field has a documented default.
-#[derive(Debug, Clone)]
+///
+/// It deserializes (serde) from a map of its field names, as the `ferry` config file writes
+/// them: an absent key keeps its default, an unknown key is an error; durations are strings
+/// with a unit (`"500ms"`, `"10s"`, `"5m"`, `"1h"`; see [`duration`](crate::duration)),
+/// sizes integers in bytes; `admission` and `relay` are `"any"`, `"nobody"` or a list of node
+/// ids; `relays` a list of `"NODEID@HOST:PORT"`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// UDP address to bind. Default `127.0.0.1:0` (loopback, any free port): reachable from
     /// this host only. Bind a wildcard (`0.0.0.0:PORT`, or `[::]:PORT` for IPv6 and, where
@@ -46,11 +59,14 @@ pub struct NodeConfig {
     pub advertise: Vec<SocketAddr>,
     /// A connection with no traffic for this long is closed. Default 30 s. Both sides'
     /// values are negotiated down to the smaller one.
+    #[serde(with = "crate::duration")]
     pub idle_timeout: Duration,
     /// Interval of QUIC keep-alive pings on an open connection, so an idle connection stays
     /// up and a dead one is noticed. Default 10 s; must be below `idle_timeout`.
+    #[serde(with = "crate::duration")]
     pub keep_alive: Duration,
     /// How long a dial (UDP path + TLS handshake) may take. Default 10 s.
+    #[serde(with = "crate::duration")]
     pub dial_timeout: Duration,
     /// Largest message payload accepted or sent, in bytes. Default 1 MiB.
     pub max_message_size: usize,
@@ -63,6 +79,7 @@ pub struct NodeConfig {
     /// with `Timeout` (the receiver is connected but stopped reading). Default 60 s: longer
     /// than `idle_timeout`, so that a receiver that died shows as a lost connection (and its
     /// messages wait in the outbox, `outbox_ttl`) rather than as a timeout.
+    #[serde(with = "crate::duration")]
     pub send_timeout: Duration,
     /// How long messages wait in the sender's outbox for a target node that was reachable (it
     /// had a connection in use within this long) but cannot be reached now (its connection was
@@ -71,22 +88,28 @@ pub struct NodeConfig {
     /// after one dial (`dial_timeout`). While the target is unreachable, a conversation whose
     /// `send_window` is full fails further sends at once with `OutboxFull` instead of waiting.
     /// Default 10 min; at least `send_timeout`.
+    #[serde(with = "crate::duration")]
     pub outbox_ttl: Duration,
     /// How long a watched mailbox or peer may stay unreachable (connection lost, redials
     /// failing) before its [`Monitor`](crate::Monitor) reports it down. Default 10 s.
+    #[serde(with = "crate::duration")]
     pub monitor_grace: Duration,
     /// Default deadline of a [`call`](crate::Node::call) (open, request, response). Default 30 s.
+    #[serde(with = "crate::duration")]
     pub call_timeout: Duration,
     /// A conversation stream with nothing to send or acknowledge for this long is finished;
     /// the next message opens a new one. Default 30 s.
+    #[serde(with = "crate::duration")]
     pub stream_idle_timeout: Duration,
     /// A connection that lost the one-connection-per-pair rule to another live connection
     /// with the same peer (both nodes dialed each other at once) is closed once it has carried
     /// no stream data for this long, so that streams either node started on it before
     /// learning of the other finish, however long they last; new streams go to the kept
     /// connection. Default 10 s.
+    #[serde(with = "crate::duration")]
     pub duplicate_grace: Duration,
     /// How long a peer has to send a stream's opening frame. Default 10 s.
+    #[serde(with = "crate::duration")]
     pub open_timeout: Duration,
     /// Connections (incoming and outgoing) at most; further handshakes are refused. Default 1024.
     pub max_connections: usize,
@@ -105,6 +128,7 @@ pub struct NodeConfig {
     /// is not reading, e.g. while a mailbox is full, does not count). Otherwise the stream is
     /// cut off: a mailbox stream with CLOSE TIMEOUT, a conversation with a `Protocol` error for
     /// its reader (and a reset). Default 10 s.
+    #[serde(with = "crate::duration")]
     pub frame_timeout: Duration,
     /// Bytes one peer may have sent on a connection that this node has not read yet (the QUIC
     /// connection receive window, `initial_max_data`; each stream's own window is the smaller
@@ -129,6 +153,7 @@ pub struct NodeConfig {
     pub max_violations: u32,
     /// How long a peer that reached `max_violations` is refused: its handshakes are closed
     /// with ADMISSION_REFUSED (reason `banned for protocol violations`). Default 60 s.
+    #[serde(with = "crate::duration")]
     pub ban_duration: Duration,
     /// Conversation runs remembered for duplicate suppression, each keyed by (sending node,
     /// sending mailbox, target mailbox, epoch). Default 65 536; beyond that the oldest run no
@@ -145,6 +170,7 @@ pub struct NodeConfig {
     /// Relay nodes this node stays connected to and names in every address it mints, so that
     /// peers that cannot reach it directly reach it through them. At most 4, and together with
     /// the socket-address hints at most 4 hints fit in an address. Default none.
+    #[serde(deserialize_with = "deserialize::relays")]
     pub relays: Vec<(NodeId, SocketAddr)>,
     /// Whether this node punches holes towards peers it reaches through a relay, so that the
     /// two connect directly (docs/PROTOCOL.md §10.13): it offers its candidate addresses and

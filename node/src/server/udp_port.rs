@@ -11,7 +11,7 @@ use ferry::{BindError, Node, NodeConfig, SecretKey};
 
 /// The file in the data directory holding the UDP port of the last run: the port number in
 /// decimal, then a newline.
-pub(crate) const PORT_FILE: &str = "udp-port";
+pub const PORT_FILE: &str = "udp-port";
 
 /// Why the remembered port was not bound.
 #[derive(Debug, Clone, PartialEq, Eq)]

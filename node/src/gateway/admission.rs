@@ -1,0 +1,273 @@
+//! `GET /ws`: who may connect (shutdown, origin, connection rate and limits, credentials),
+//! which session the connection gets (the one its resume token names, or a new one), then
+//! the upgrade to a WebSocket. Refusals of a WebSocket upgrade are told in a close frame,
+//! since a browser cannot see the status of a refused upgrade.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{
+    rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocketUpgrade,
+};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::AuthRequest;
+use super::config::GatewayConfig;
+use super::connection;
+use super::protocol;
+use super::session::{self, Session};
+use super::shared::Shared;
+use crate::sync::lock;
+
+fn unavailable(why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+/// Whether the request's `Origin` may connect.
+fn origin_allowed(config: &GatewayConfig, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true; // not a browser, or a same-origin request of an old browser
+    };
+    if config
+        .origins
+        .iter()
+        .any(|allowed| allowed == "*" || allowed == origin)
+    {
+        return true;
+    }
+    if !config.origins.is_empty() {
+        return false;
+    }
+    // Same origin: the Origin's host:port is the Host the request was sent to.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority == host)
+}
+
+/// Refuses an upgrade. A WebSocket upgrade is completed and closed at once with `code` and
+/// `reason` (docs/GATEWAY.md §2): a browser cannot see the status of a refused upgrade, only
+/// that it failed. Any other request gets `status`.
+fn refuse(
+    shared: &Shared,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    code: u16,
+    reason: String,
+    status: Response,
+) -> Response {
+    let Ok(ws) = ws else {
+        return status;
+    };
+    shared
+        .counters
+        .refused_upgrades
+        .fetch_add(1, Ordering::Relaxed);
+    let reason = protocol::close::reason(&reason).to_owned();
+    ws.on_upgrade(move |mut socket| async move {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            // Until the client's close frame, so that closing does not reset the connection
+            // under the frame.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    })
+}
+
+/// Counts a connection while it lives.
+pub(crate) struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /ws`: admission, authentication, the session, then the WebSocket.
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let counters = shared.clone();
+    let response = admit(shared, ws, headers, query).await;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        counters
+            .counters
+            .refused_upgrades
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+async fn admit(
+    shared: Arc<Shared>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+) -> Response {
+    if shared.stopping.is_cancelled() {
+        return unavailable("the gateway is shutting down");
+    }
+    if !origin_allowed(&shared.config, &headers) {
+        let status = (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        return refuse(
+            &shared,
+            ws,
+            protocol::close::FORBIDDEN,
+            "origin not allowed".into(),
+            status,
+        );
+    }
+    if !lock(&shared.connection_rate).take(Instant::now()) {
+        return unavailable("too many new connections; try again shortly");
+    }
+    let limits = &shared.config.limits;
+    if shared.connections.load(Ordering::Relaxed) >= limits.max_connections {
+        return unavailable("too many connections");
+    }
+    let request = AuthRequest::new(headers, query.clone());
+    let identity = match shared.hooks.authenticate(request.clone()).await {
+        Some(result) => result.map(Some),
+        None => shared.verifier.verify(&request),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::debug!(%error, "gateway authentication refused");
+            let status = error.response(shared.verifier.basic());
+            return refuse(
+                &shared,
+                ws,
+                protocol::close::UNAUTHORIZED,
+                error.to_string(),
+                status,
+            );
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // The session: the one the resume token names, if it lives and belongs to this user.
+    let mut expired = false;
+    let mut existing = None;
+    if let Some(token) = query.get("resume") {
+        match shared
+            .verify_resume_token(token)
+            .and_then(|(mailbox, id)| Some((mailbox, shared.session(&id)?)))
+        {
+            Some((mailbox, session))
+                if session.mailbox_id == mailbox
+                    && !session.away_for(shared.config.session_ttl, Instant::now()) =>
+            {
+                if let Some(identity) = &identity {
+                    if identity.user != session.info.user {
+                        let why = "the resume token belongs to another user";
+                        let status = (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+                        return refuse(
+                            &shared,
+                            Ok(ws),
+                            protocol::close::FORBIDDEN,
+                            why.into(),
+                            status,
+                        );
+                    }
+                }
+                existing = Some(session);
+            }
+            _ => expired = true,
+        }
+    }
+    let cursor = query.get("cursor").and_then(|c| c.parse::<u64>().ok());
+    let auth_expires = identity.as_ref().and_then(|identity| identity.expires);
+    let (session, resumed) = match existing {
+        Some(session) => {
+            if auth_expires.is_some() || identity.is_some() {
+                lock(&session.state).auth_expires = auth_expires;
+                session.save();
+            }
+            (session, true)
+        }
+        None => {
+            if lock(&shared.registry).len() >= limits.max_sessions {
+                return unavailable("too many sessions");
+            }
+            let id = session::new_session_id();
+            let user = match identity {
+                Some(identity) => identity.user,
+                None => format!("anon-{id}"),
+            };
+            let opened = Session::open(
+                &shared.node,
+                &shared.store,
+                shared.journal(),
+                id,
+                user,
+                auth_expires,
+            );
+            let session = match opened {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::error!(%error, "opening a session mailbox");
+                    return unavailable("the store failed");
+                }
+            };
+            lock(&session.state).detached_at = Some(Instant::now());
+            shared.register(&session);
+            shared.hooks.started(&session.info);
+            (session, false)
+        }
+    };
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let slot = ConnectionSlot(shared.clone());
+    let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let max = limits.max_message_size;
+    let tasks = shared.tasks.clone();
+    // Small buffers: an idle connection should cost little memory.
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(4096)
+        .on_upgrade(move |socket| {
+            tasks.track_future(connection::run(
+                shared,
+                session,
+                socket,
+                connection::Start {
+                    resumed,
+                    expired,
+                    cursor,
+                    connection,
+                },
+                slot,
+            ))
+        })
+}
+
+/// Bytes a connection's WebSocket reads at most per read call, and the buffer it keeps for
+/// them: small, since an idle connection should cost little memory (larger frames are read in
+/// several calls).
+pub const READ_BUFFER: usize = 2048;

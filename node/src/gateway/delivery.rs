@@ -1,0 +1,180 @@
+//! Deliveries from the gateway itself (channel publications, messages to a user's sessions,
+//! to a session, pushes): stored once for every recipient session, then handed to the
+//! connections that are caught up.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry::store::StoreFuture;
+
+use super::protocol::{self, Via};
+use super::session::Session;
+use super::shared::Shared;
+use crate::store::Appended;
+use crate::sync::lock;
+
+/// Why a message could not be put into a session's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliverError {
+    /// No session with that id (or of that user, or member of that channel).
+    #[error("no such session")]
+    NoSuchSession,
+    /// The session's store is full: the message was dropped (and the session's next resume
+    /// reports `recovered: false`).
+    #[error("the session's mailbox is full")]
+    Full,
+    /// The store failed.
+    #[error("storing the message: {0}")]
+    Store(ferry::StoreError),
+    /// The payload exceeds the node's `max_message_size`.
+    #[error("message of {size} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Shared {
+    /// Puts `payload` into the mailboxes of `sessions`, stored once (one write, one row
+    /// shared by every member's mailbox). The write is submitted to the store now, and the
+    /// store applies writes in the order submitted: deliveries submitted one after another
+    /// get their ids, and reach every session, in that order. The future waits for the write
+    /// and hands the message to the connections that are caught up (the others read it
+    /// back); it gives each session's outcome, in order.
+    pub(crate) fn submit_each(
+        self: &Arc<Self>,
+        sessions: Vec<Arc<Session>>,
+        from: &ferry::Address,
+        via: &Via,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<Vec<Result<u64, DeliverError>>, DeliverError>> + Send + 'static
+    {
+        let submitted = self.submit_append(sessions, from, via, payload);
+        let shared = self.clone();
+        async move {
+            let (sessions, template, appended) = submitted?;
+            let appended = appended.await.map_err(DeliverError::Store)?;
+            Ok(sessions
+                .iter()
+                .zip(appended)
+                .map(|(session, appended)| {
+                    session.stored(appended, &template, &shared.counters.delivered)
+                })
+                .collect())
+        }
+    }
+
+    /// The store write of [`Shared::submit_each`], submitted.
+    #[allow(clippy::type_complexity)]
+    fn submit_append(
+        &self,
+        sessions: Vec<Arc<Session>>,
+        from: &ferry::Address,
+        via: &Via,
+        payload: Bytes,
+    ) -> Result<
+        (
+            Vec<Arc<Session>>,
+            protocol::MessageTemplate,
+            StoreFuture<Vec<Appended>>,
+        ),
+        DeliverError,
+    > {
+        let max = self.node.config().max_message_size;
+        if payload.len() > max {
+            return Err(DeliverError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        let sessions: Vec<Arc<Session>> = sessions
+            .into_iter()
+            .filter(|session| !lock(&session.state).ended)
+            .collect();
+        if sessions.is_empty() {
+            return Err(DeliverError::NoSuchSession);
+        }
+        let template = protocol::MessageTemplate::new(&from.to_string(), via, payload.clone());
+        let appended = self.store.append_shared(
+            sessions.iter().map(|session| session.mailbox_id).collect(),
+            from.clone(),
+            via.to_tag(),
+            payload,
+        );
+        Ok((sessions, template, appended))
+    }
+
+    /// Like [`Shared::submit_each`]: how many sessions took it.
+    fn submit_all(
+        self: &Arc<Self>,
+        sessions: Vec<Arc<Session>>,
+        from: &ferry::Address,
+        via: &Via,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
+        let each = self.submit_each(sessions, from, via, payload);
+        async move {
+            let results = each.await?;
+            let delivered = results.iter().filter(|result| result.is_ok()).count();
+            match results.into_iter().find_map(Result::err) {
+                Some(error) if delivered == 0 => Err(error),
+                _ => Ok(delivered),
+            }
+        }
+    }
+
+    pub(crate) fn channel_members(&self, channel: &str) -> Vec<Arc<Session>> {
+        self.channels.members(channel)
+    }
+
+    /// Delivers `payload` to every member of `channel` (submitted now, see
+    /// [`Shared::submit_each`]).
+    pub(crate) fn deliver_channel(
+        self: &Arc<Self>,
+        channel: &str,
+        from: &ferry::Address,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
+        let via = Via {
+            channel: Some(channel.to_owned()),
+            ..Via::default()
+        };
+        self.submit_all(self.channel_members(channel), from, &via, payload)
+    }
+
+    /// Delivers `payload` to every session of `user` (submitted now).
+    pub(crate) fn deliver_user(
+        self: &Arc<Self>,
+        user: &str,
+        from: &ferry::Address,
+        push: bool,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
+        let via = Via {
+            user: Some(user.to_owned()),
+            push,
+            ..Via::default()
+        };
+        self.submit_all(self.user_sessions(user), from, &via, payload)
+    }
+
+    /// Delivers `payload` to session `session` (submitted now).
+    pub(crate) fn deliver_session(
+        self: &Arc<Self>,
+        session: &str,
+        from: &ferry::Address,
+        push: bool,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
+        let via = Via {
+            push,
+            ..Via::default()
+        };
+        let sessions = self.session(session).into_iter().collect();
+        self.submit_all(sessions, from, &via, payload)
+    }
+}

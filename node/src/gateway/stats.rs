@@ -1,0 +1,38 @@
+//! The gateway's counters ([`Counters`], counted where things happen) and their snapshot
+//! ([`GatewayStats`], for the embedder and `/metrics`).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// The gateway's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Shared with the connections, which count what they hand over.
+    pub(crate) delivered: Arc<AtomicU64>,
+    pub(crate) requests: AtomicU64,
+    pub(crate) refused_upgrades: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+}
+
+/// A snapshot of the gateway's counters ([`GatewayHandle::stats`](super::GatewayHandle::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewayStats {
+    /// Browsers connected now.
+    pub connections: usize,
+    /// Sessions now, connected or waiting to be resumed.
+    pub sessions: usize,
+    /// Channels with at least one member.
+    pub channels: usize,
+    /// Messages handed to browser connections since the start.
+    pub delivered: u64,
+    /// Requests (frames) received from browsers.
+    pub requests: u64,
+    /// Upgrades refused (401, 403, 503).
+    pub refused_upgrades: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Connections closed for exceeding the rate limit.
+    pub rate_limited: u64,
+}

@@ -1,0 +1,326 @@
+//! [`RedbStore`]: the handle of the store. Opening (creating) the database, starting and
+//! stopping its writer thread, handing requests to it; the node's durable mailboxes
+//! ([`MailboxStore`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::address::{Address, MailboxId};
+use ferry::store::{MailboxStore, RunId, StoreFuture, StoredMessage};
+use ferry::StoreError;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tokio::sync::oneshot;
+
+use super::counts::count_rows;
+use super::removal::{remove_all, Removal};
+use super::schema::{run_key, MAILBOXES, MESSAGES, NAMES, RUNS, SHARED, SHARED_REFS, TEMPORARY};
+use super::shared::{self, Released};
+use super::writer::{self, Op};
+use super::{failed, OpenStoreError, SessionStore, StoreConfig};
+use crate::clock::unix_now;
+use crate::sync::lock;
+
+/// A [`MailboxStore`] in one redb file, which the browser gateway also runs on
+/// ([`SessionStore`](super::SessionStore)).
+pub struct RedbStore {
+    path: PathBuf,
+    pub(super) db: Arc<Database>,
+    /// Unbounded by design: appends are bounded by the streams waiting on them, removals by
+    /// the messages stored. `None` once closed.
+    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    /// Removals waiting for the writer's next batch: handed over without waking the writer
+    /// each time (the first one wakes it, with [`Op::Removals`]).
+    removals: Arc<Mutex<Vec<Removal>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path`, forgetting runs older than `config.run_ttl`.
+    pub fn open(path: &Path, config: StoreConfig) -> Result<Self, OpenStoreError> {
+        let db = Database::create(path).map_err(|e| OpenStoreError::Database {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
+        Self::start(db, path.to_owned(), config)
+    }
+
+    /// Opens (or creates) the store on `backend`, redb's storage interface, instead of a file:
+    /// the deterministic simulation (crate `ferry-sim`) runs the store on a disk that loses
+    /// every write not yet synced when it loses power. Errors name the path `<backend>`, and
+    /// [`RedbStore::size_bytes`] is 0.
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        config: StoreConfig,
+    ) -> Result<Self, OpenStoreError> {
+        let path = PathBuf::from("<backend>");
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|e| OpenStoreError::Database {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Self::start(db, path, config)
+    }
+
+    /// Tidies an opened database (see [`prune_at_open`]) and starts its writer thread. Every
+    /// way of opening the store ends here; `path` names the database in errors.
+    fn start(db: Database, path: PathBuf, config: StoreConfig) -> Result<Self, OpenStoreError> {
+        prune_at_open(&db, config.run_ttl).map_err(|source| OpenStoreError::Database {
+            path: path.clone(),
+            source,
+        })?;
+        let db = Arc::new(db);
+        let (ops, queue) = mpsc::channel();
+        let writing = db.clone();
+        let removals = Arc::new(Mutex::new(Vec::new()));
+        let waiting = removals.clone();
+        let writer = std::thread::Builder::new()
+            .name("ferry-store".into())
+            .spawn(move || writer::run(&writing, &queue, &waiting, &config))
+            .map_err(OpenStoreError::Thread)?;
+        Ok(Self {
+            path,
+            db,
+            ops: Mutex::new(Some(ops)),
+            removals,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Applies every request queued so far and stops the writer. Called at shutdown, after the
+    /// node stopped; later requests fail.
+    pub fn close(&self) {
+        drop(lock(&self.ops).take());
+        if let Some(writer) = lock(&self.writer).take() {
+            if writer.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+    }
+
+    /// The id of the mailbox called `name`, made (at random) the first time it is asked for
+    /// and the same ever after: a durable mailbox keeps its address across restarts.
+    pub fn named_mailbox(&self, name: &str) -> Result<MailboxId, StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        let id = {
+            let mut names = txn.open_table(NAMES).map_err(failed)?;
+            let existing = names.get(name).map_err(failed)?.map(|id| id.value());
+            match existing {
+                Some(id) => id,
+                None => {
+                    let id = MailboxId::random().0;
+                    names.insert(name, id).map_err(failed)?;
+                    id
+                }
+            }
+        };
+        txn.commit().map_err(failed)?;
+        Ok(MailboxId(id))
+    }
+
+    /// The size of the store's file in bytes (0 if it cannot be read).
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |meta| meta.len())
+    }
+
+    /// How many messages of `mailbox` are stored and not yet acknowledged.
+    pub fn pending_count(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
+        Ok(self.counters(mailbox)?.1)
+    }
+
+    /// The (next index, unacknowledged count) of `mailbox` as committed (read from its
+    /// rows); (0, 0) for one never used.
+    pub(super) fn counters(&self, mailbox: MailboxId) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let floor = match txn.open_table(MAILBOXES) {
+            Ok(mailboxes) => mailboxes
+                .get(mailbox.0)
+                .map_err(failed)?
+                .map_or(0, |v| v.value().0),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(error) => return Err(failed(error)),
+        };
+        let messages = match txn.open_table(MESSAGES) {
+            Ok(messages) => messages,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((floor, 0)),
+            Err(error) => return Err(failed(error)),
+        };
+        let count = count_rows(&messages, mailbox.0, floor).map_err(failed)?;
+        Ok((count.next, count.pending))
+    }
+
+    /// Like [`MailboxStore::append`] without a run, with a tag stored beside each message
+    /// (at most 65,535 bytes; longer tags are cut).
+    pub fn append_tagged(
+        &self,
+        mailbox: MailboxId,
+        messages: Vec<(Address, Bytes, Bytes)>,
+    ) -> StoreFuture<Vec<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.submit(Op::Append {
+            mailbox,
+            run: None,
+            messages,
+            reply,
+        });
+        answered(submitted, answer)
+    }
+
+    /// How many messages are stored once for several mailboxes
+    /// ([`SessionStore::append_shared`](super::SessionStore::append_shared)) and still
+    /// referenced by one.
+    pub fn shared_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        match txn.open_table(SHARED) {
+            Ok(shared) => shared.len().map_err(failed),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(failed(error)),
+        }
+    }
+
+    /// Marks `mailbox` temporary: if the process ends before it is purged, its messages are
+    /// removed when the store next opens.
+    pub fn mark_temporary(&self, mailbox: MailboxId) {
+        let _ = self.submit(Op::Temporary { mailbox });
+    }
+
+    /// Hands a removal to the writer's next batch.
+    pub(super) fn remove_range(&self, mailbox: MailboxId, indexes: std::ops::RangeInclusive<u64>) {
+        let first = {
+            let mut removals = lock(&self.removals);
+            removals.push(Removal { mailbox, indexes });
+            removals.len() == 1
+        };
+        if first {
+            // After close, the messages stay stored and are delivered again: at least once.
+            let _ = self.submit(Op::Removals);
+        }
+    }
+
+    /// Hands `op` to the writer; gives it back if the store is closed.
+    pub(super) fn submit(&self, op: Op) -> Result<(), Op> {
+        match lock(&self.ops).as_ref() {
+            Some(ops) => ops.send(op).map_err(|mpsc::SendError(op)| op),
+            None => Err(op),
+        }
+    }
+}
+
+/// The answer to a request the writer was given (`submitted`), as a future.
+pub(super) fn answered<T: Send + 'static>(
+    submitted: Result<(), Op>,
+    answer: oneshot::Receiver<Result<T, StoreError>>,
+) -> StoreFuture<T> {
+    Box::pin(async move {
+        if submitted.is_err() {
+            return Err(StoreError::Failed("store is closed".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Failed("store writer stopped".into())))
+    })
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// At open, in one transaction: forgets runs older than `ttl`, and empties the mailboxes
+/// marked temporary by an earlier run.
+fn prune_at_open(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
+    let oldest = unix_now().saturating_sub(ttl.as_secs());
+    let txn = db.begin_write()?;
+    {
+        let mut runs = txn.open_table(RUNS)?;
+        runs.retain(|_, (_, updated)| updated >= oldest)?;
+        let mut temporary = txn.open_table(TEMPORARY)?;
+        let ids: Vec<u64> = temporary
+            .iter()?
+            .filter_map(|row| row.ok().map(|(key, _)| key.value()))
+            .collect();
+        if !ids.is_empty() {
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut mailboxes = txn.open_table(MAILBOXES)?;
+            let mut released = Released::new();
+            for id in ids {
+                remove_all(&mut messages, &mut released, id)?;
+                mailboxes.remove(id)?;
+                temporary.remove(id)?;
+            }
+            shared::release_all(
+                &mut txn.open_table(SHARED)?,
+                &mut txn.open_table(SHARED_REFS)?,
+                released,
+            )?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+impl MailboxStore for RedbStore {
+    fn append(
+        &self,
+        mailbox: MailboxId,
+        run: Option<(RunId, u64)>,
+        messages: Vec<(Address, Bytes)>,
+    ) -> StoreFuture<Vec<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.submit(Op::Append {
+            mailbox,
+            run,
+            messages: messages
+                .into_iter()
+                .map(|(from, payload)| (from, Bytes::new(), payload))
+                .collect(),
+            reply,
+        });
+        answered(submitted, answer)
+    }
+
+    fn delivered(&self, mailbox: MailboxId, run: RunId) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let runs = match txn.open_table(RUNS) {
+            Ok(runs) => runs,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(failed(error)),
+        };
+        Ok(runs
+            .get(run_key(mailbox, &run))
+            .map_err(failed)?
+            .map(|v| v.value().0))
+    }
+
+    fn end_run(&self, mailbox: MailboxId, run: RunId) {
+        // A closed store has nothing left to forget.
+        let _ = self.submit(Op::EndRun { mailbox, run });
+    }
+
+    fn pending(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>, StoreError> {
+        let all = SessionStore::read_from(self, mailbox, 0, usize::MAX, usize::MAX)?;
+        Ok(all
+            .into_iter()
+            .map(|message| StoredMessage {
+                index: message.index,
+                from: message.from,
+                payload: message.payload,
+            })
+            .collect())
+    }
+
+    fn remove(&self, mailbox: MailboxId, index: u64) {
+        self.remove_range(mailbox, index..=index);
+    }
+}

@@ -1,0 +1,58 @@
+//! The store's tables and their key layouts (redb encodes integers and tuples itself; the
+//! bytes of `messages` and `shared` rows are [`super::row`]'s).
+//!
+//! - `messages`: (mailbox, index) → a row: a message, a reference to a shared message, or a
+//!   tombstone. A mailbox's next index is one past its highest row; its unacknowledged
+//!   messages are its rows other than tombstones. The writer counts both in memory (read
+//!   from the rows the first time it uses a mailbox), so a stored message is one row written
+//!   and nothing else.
+//! - `runs`: (mailbox, sender node, sender mailbox, epoch) → (next_seq, unix seconds of update)
+//! - `mailboxes`: mailbox → (next index, unacknowledged count), written by earlier versions:
+//!   its next index is read as a lower bound, and the row goes when the mailbox is purged
+//! - `names`: name → mailbox id, for mailboxes that keep their id across restarts
+//! - `temporary`: mailboxes emptied at the next open (for mailboxes that must not outlive
+//!   the process)
+//! - `records`: key → bytes, small records of the components built on the store (the
+//!   gateway's sessions and its resume-token key)
+//! - `shared`: id → a message stored once for several mailboxes (a gateway channel message),
+//!   a message row; each member's row in `messages` is then a reference to it
+//! - `shared_refs`: id → how many `messages` rows still reference it; the shared row goes with
+//!   the last reference (acknowledged, purged, or emptied at open)
+
+use ferry::address::MailboxId;
+use ferry::store::RunId;
+use redb::TableDefinition;
+
+/// (mailbox, index) → row.
+pub(crate) const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
+/// (mailbox, sender node, sender mailbox, epoch).
+pub(crate) type RunKey<'a> = (u64, &'a [u8], u64, u64);
+/// Run → (next sequence number, unix seconds of its last update).
+pub(crate) const RUNS: TableDefinition<RunKey, (u64, u64)> = TableDefinition::new("runs");
+/// Mailbox → (next index, unacknowledged count), as earlier versions wrote it.
+pub(crate) const MAILBOXES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("mailboxes");
+/// Name → mailbox id.
+pub(crate) const NAMES: TableDefinition<&str, u64> = TableDefinition::new("names");
+/// Mailboxes whose messages do not outlive the process: emptied when the store opens.
+pub(crate) const TEMPORARY: TableDefinition<u64, ()> = TableDefinition::new("temporary");
+/// Small records of the components built on the store: key → bytes.
+pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// Messages stored once for several mailboxes: id → message row.
+pub(crate) const SHARED: TableDefinition<u64, &[u8]> = TableDefinition::new("shared");
+/// References left to each shared message: id → count.
+pub(crate) const SHARED_REFS: TableDefinition<u64, u64> = TableDefinition::new("shared_refs");
+
+/// The key of `run`'s row for `mailbox` in `runs`.
+pub(crate) fn run_key(mailbox: MailboxId, run: &RunId) -> RunKey<'_> {
+    (
+        mailbox.0,
+        run.node.as_bytes().as_slice(),
+        run.mailbox.0,
+        run.epoch,
+    )
+}
+
+/// The first key of `mailbox` in `messages` through its last.
+pub(crate) fn mailbox_rows(mailbox: u64) -> std::ops::RangeInclusive<(u64, u64)> {
+    (mailbox, 0)..=(mailbox, u64::MAX)
+}
