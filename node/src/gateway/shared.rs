@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     /// Cancelled when the gateway drains: every connection closes with 1001.
     pub(crate) stopping: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// The WebTransport endpoint, once served (for `GET /webtransport`).
+    pub(crate) webtransport: std::sync::OnceLock<Arc<super::webtransport::Published>>,
 }
 
 /// Why a session could not join a channel.
@@ -96,6 +98,7 @@ impl Shared {
             next_connection: AtomicU64::new(1),
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            webtransport: std::sync::OnceLock::new(),
         })
     }
 
