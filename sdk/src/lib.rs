@@ -100,7 +100,7 @@ pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;
 pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
-pub use net::tls::{TlsSetupError, ALPN};
+pub use net::tls::{endpoint_configs, EndpointConfigs, TlsSetupError, ALPN};
 pub use node::{Builder, Node};
 pub use outbound::{Delivery, Sender};
 pub use stats::{NodeStats, SendFailures};
