@@ -233,7 +233,7 @@ fn the_cli_sends_and_calls_from_behind_a_home_router_to_a_public_node() {
     let app_host = lab.add_public_host("app").unwrap();
     let cli_host = lab.add_host_behind("cli", NatKind::Home).unwrap();
     let mut app = agent(&lab, app_host, "app", &[]);
-    let ferry = ferry_interop::harness::ferry_binary();
+    let ferry = ferry_testkit::harness::ferry_binary();
     assert!(
         ferry.exists(),
         "build the ferry binary first: {}",

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ferry::{Node, NodeConfig, SecretKey};
-use ferry_interop::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
 
 const WAIT: Duration = Duration::from_secs(30);
 

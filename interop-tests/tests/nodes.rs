@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferry::Address;
-use ferry_interop::harness::Process;
-use ferry_interop::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::harness::Process;
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
 
 const READY: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(120);
@@ -304,14 +304,14 @@ fn churn_leaves_no_leaks_and_no_panics() {
         }
         if round == 2 {
             baseline = Some((
-                ferry_interop::harness::open_fds(pid).unwrap(),
-                ferry_interop::harness::rss_kib(pid).unwrap(),
+                ferry_testkit::harness::open_fds(pid).unwrap(),
+                ferry_testkit::harness::rss_kib(pid).unwrap(),
             ));
         }
     }
     let (fds_before, rss_before) = baseline.unwrap();
-    let fds_after = ferry_interop::harness::open_fds(pid).unwrap();
-    let rss_after = ferry_interop::harness::rss_kib(pid).unwrap();
+    let fds_after = ferry_testkit::harness::open_fds(pid).unwrap();
+    let rss_after = ferry_testkit::harness::rss_kib(pid).unwrap();
     assert!(
         fds_after <= fds_before + 4,
         "fds {fds_before} -> {fds_after}"
@@ -326,7 +326,7 @@ fn churn_leaves_no_leaks_and_no_panics() {
 #[test]
 fn cli_send_to_an_sdk_mailbox_and_the_sdk_answers_a_cli_call() {
     let mut app = agent("app", &[]);
-    let ferry = ferry_interop::harness::ferry_binary();
+    let ferry = ferry_testkit::harness::ferry_binary();
     assert!(
         ferry.exists(),
         "build the ferry binary first: {}",

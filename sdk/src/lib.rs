@@ -74,10 +74,6 @@ mod clock;
 mod config;
 pub mod duration;
 mod error;
-#[cfg(any(test, feature = "test-util"))]
-pub mod fake_peer;
-#[cfg(test)]
-mod hostile_tests;
 use ferry_proto::identity;
 mod mailbox;
 mod net;

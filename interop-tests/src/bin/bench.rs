@@ -41,7 +41,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Parser;
 use ferry::{Conversation, Mailbox, Node, NodeConfig, SecretKey, ServiceOptions, Target};
-use ferry_interop::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
