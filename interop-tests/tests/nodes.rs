@@ -10,6 +10,7 @@ use std::time::Duration;
 use ferry::Address;
 use ferry_testkit::harness::Process;
 use ferry_testkit::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::wait::{wait_for_blocking, wait_for_value_blocking};
 
 const READY: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(120);
@@ -188,16 +189,16 @@ fn a_receiver_killed_mid_stream_loses_nothing_acknowledged() {
     }
     let before = seen.len();
     // Same data directory and port: same key, same address, same stored messages.
-    let mut receiver = loop {
+    // The old socket may linger for a moment: a start that fails is tried again.
+    let mut receiver = wait_for_value_blocking("the receiver to start again on its port", || {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agent"));
         command.args(["--data", &data_arg, "--listen", &listen]);
         let mut process = Process::start("receiver again", command).unwrap();
-        match process.wait_for_prefix("ready ", READY) {
-            Ok(_) => break process,
-            // The old socket may linger for a moment.
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
+        process
+            .wait_for_prefix("ready ", READY)
+            .ok()
+            .map(|_| process)
+    });
     while seen.len() < TOTAL as usize {
         let line = receiver.wait_for("recv", WAIT, parse_recv, |_| {}).unwrap();
         record(line, &mut seen);
@@ -234,6 +235,7 @@ fn a_ten_second_partition_then_heal_delivers_everything_in_order() {
     let mut next = HashMap::new();
     receive_more_in_order(&mut receiver, 200, &mut next);
     link.partition(true);
+    // The outage itself, in real time: what is tested, not a wait for something.
     std::thread::sleep(Duration::from_secs(10));
     link.partition(false);
     receive_more_in_order(&mut receiver, 1800, &mut next);
@@ -253,19 +255,12 @@ fn a_peer_speaking_an_unknown_version_is_refused_on_both_sides() {
     let error = future.process.wait_for_prefix("error ", WAIT).unwrap();
     assert!(error.contains("does not speak protocol ferry/1"), "{error}");
     // The accepting side says so in its log.
-    let deadline = std::time::Instant::now() + READY;
-    while !current
-        .process
-        .stderr_tail()
-        .contains("does not speak ferry/1")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            current.process.stderr_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_blocking("the refusal in the accepting side's log", || {
+        current
+            .process
+            .stderr_tail()
+            .contains("does not speak ferry/1")
+    });
     assert!(current
         .process
         .drain()
