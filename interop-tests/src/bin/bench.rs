@@ -24,6 +24,11 @@
 //! clients standing in for browsers; this process raises its soft limit of open files to the
 //! hard limit first (the children inherit it).
 //!
+//! The hostile-peer figure (`hostile`) runs the hostile peer of `ferry-testkit` as a child
+//! process (this binary with the hidden `--hostile-peer` option, at a lower priority) and
+//! compares an honest peer's throughput to the attacked node with its throughput while the
+//! attacker is paused ([`hostile`]).
+//!
 //! Adding a figure: write an `async fn` that measures it for ferry and for the baseline in
 //! [`Settings::runs`] runs and returns one or more [`Row`]s, then list it in [`FIGURES`]. The
 //! newer figures live in modules under `interop-tests/src/bench/`.
@@ -41,7 +46,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Parser;
 use ferry::{Conversation, Mailbox, Node, NodeConfig, SecretKey, ServiceOptions, Target};
-use ferry_interop::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -54,6 +59,8 @@ pub(crate) mod child;
 pub(crate) mod dial;
 #[path = "../bench/gateway.rs"]
 pub(crate) mod gateway;
+#[path = "../bench/hostile.rs"]
+pub(crate) mod hostile;
 #[path = "../bench/instructions.rs"]
 pub(crate) mod instructions;
 #[path = "../bench/memory.rs"]
@@ -93,7 +100,7 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
-    /// hol, memory, gateway).
+    /// hol, hostile, memory, gateway).
     #[arg(long, value_name = "TEXT")]
     pub(crate) only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -119,6 +126,10 @@ pub(crate) struct Cli {
     /// 5,000 with --quick).
     #[arg(long, value_name = "N")]
     pub(crate) gateway_messages: Option<usize>,
+    /// Internal: run as the hostile peer of the hostile figure (node id, node socket address,
+    /// mailbox address), driven through stdin and stdout by the parent bench process.
+    #[arg(long, value_names = ["NODE", "ADDR", "MAILBOX"], num_args = 3, hide = true)]
+    pub(crate) hostile_peer: Option<Vec<String>>,
     /// Internal: run as the gateway figure's server ("ferry" or "plain").
     #[arg(long, value_name = "KIND", hide = true)]
     pub(crate) gateway_server: Option<String>,
@@ -160,6 +171,8 @@ pub(crate) struct Settings {
     /// Measured dials per run of the dial figure (after the warm-up).
     pub(crate) dial_rounds: u64,
     pub(crate) dial_warmup: u64,
+    /// How long each round (quiet, attacked) of the hostile figure sends.
+    hostile_round: Duration,
     /// Peers connected to the measured node, and idle conversations into it, per memory run.
     pub(crate) memory_peers: usize,
     pub(crate) memory_conversations: usize,
@@ -188,6 +201,7 @@ impl Settings {
                 call_warmup: 100,
                 dial_rounds: 50,
                 dial_warmup: 5,
+                hostile_round: Duration::from_secs(1),
                 memory_peers: 200,
                 memory_conversations: 200,
                 gateway_sessions: 1_000,
@@ -210,6 +224,7 @@ impl Settings {
                 call_warmup: 500,
                 dial_rounds: 200,
                 dial_warmup: 10,
+                hostile_round: Duration::from_secs(2),
                 memory_peers: 1000,
                 memory_conversations: 1000,
                 gateway_sessions: 10_000,
@@ -347,6 +362,10 @@ const FIGURES: &[Figure] = &[
         measure: |settings| Box::pin(figure_head_of_line(settings)),
     },
     Figure {
+        id: "hostile",
+        measure: |settings| Box::pin(hostile::figure_hostile(settings)),
+    },
+    Figure {
         id: "memory",
         measure: |settings| Box::pin(memory::figure_memory(settings)),
     },
@@ -365,6 +384,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(kind) = &cli.memory_hub {
         return memory::run_hub(kind);
+    }
+    if let Some(args) = &cli.hostile_peer {
+        return ferry_testkit::hostile_peer::main(args);
     }
     if let Some(args) = &cli.instructions_workload {
         return instructions::run_workload(&instructions::WORKLOADS, args);

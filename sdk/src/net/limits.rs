@@ -184,6 +184,25 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::time::Duration;
 
+    /// An ended ban is forgotten when asked about, and the table holds at most `MAX_BANS`
+    /// (the end to end test of bans is sdk/tests/hostile.rs).
+    #[test]
+    fn bans_end_and_the_table_stays_bounded() {
+        let bans = Bans::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        let banned = crate::identity::SecretKey::generate().public();
+        bans.ban(banned, later);
+        assert!(bans.is_banned(&banned));
+        let ended = crate::identity::SecretKey::generate().public();
+        bans.ban(ended, Instant::now());
+        assert!(!bans.is_banned(&ended));
+        assert_eq!(bans.len(), 1);
+        for _ in 0..MAX_BANS + 10 {
+            bans.ban(crate::identity::SecretKey::generate().public(), later);
+        }
+        assert_eq!(bans.len(), MAX_BANS);
+    }
+
     #[test]
     fn handshakes_refill_per_source() {
         let limiter = HandshakeLimiter::default();
