@@ -275,7 +275,12 @@ fn send_through_a_relay_run_by_ferry() {
         &relay_arg,
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(listener.line(), "via flag");
+    // A try of the loop above that timed out on the sender's side may still have been
+    // delivered (its sender gave up, not the network): skip such copies.
+    let line = std::iter::repeat_with(|| listener.line())
+        .find(|line| line != "via hint")
+        .unwrap();
+    assert_eq!(line, "via flag");
 }
 
 #[test]

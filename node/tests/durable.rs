@@ -143,8 +143,11 @@ async fn a_receiver_restarted_mid_stream_loses_and_duplicates_nothing() {
         seen.push(message.decode::<u32>().unwrap());
         message.ack();
     }
-    drop(mailbox);
+    // The node stops first, as a process that exits does: its peers see it go away and
+    // resend later. Closing the mailbox while the node still runs would answer the messages
+    // in flight NO_SUCH_MAILBOX, which is final.
     receiver.shutdown(Duration::from_millis(200)).await;
+    drop(mailbox);
     drop(receiver);
     store.close();
     drop(store);
