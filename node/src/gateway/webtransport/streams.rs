@@ -127,7 +127,7 @@ pub enum FrameError {
 
 /// Decodes one whole frame at the start of `bytes`: the frame (as the WebSocket message it
 /// stands for) and its length in bytes, or `Ok(None)` when `bytes` holds only a part of it.
-/// What [`read_frame`] does on a stream, for a buffer (the fuzz target's way in).
+/// What the gateway does on a stream, for a buffer (the fuzz target's way in).
 pub fn decode_frame(bytes: &[u8], max: usize) -> Result<Option<(Message, usize)>, FrameError> {
     let Some(header) = bytes.get(..5) else {
         if let Some(&kind) = bytes.first() {
