@@ -125,6 +125,11 @@ pub(crate) struct NodeArgs {
     /// 127.0.0.1:0 (a free port, printed at start).
     #[arg(long, value_name = "ADDR|off")]
     pub(crate) gateway: Option<GatewayListen>,
+    /// Serve the gateway over WebTransport (HTTP/3) on this UDP address, `auto` (the
+    /// gateway's IP and port number, or a free port when that is taken on UDP), or `off`
+    /// (`ferry run`). Default: the config file's `webtransport`, else `auto`.
+    #[arg(long, value_name = "ADDR|auto|off")]
+    pub(crate) webtransport: Option<WebTransportFlag>,
 }
 
 /// `ferry call`.
@@ -212,5 +217,19 @@ impl std::str::FromStr for GatewayListen {
         parse_addr_or_off(text)
             .map(Self)
             .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT or \"off\")"))
+    }
+}
+
+/// `--webtransport`: a UDP address, `auto`, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WebTransportFlag(pub(crate) Option<ferry_node::gateway::webtransport::Listen>);
+
+impl std::str::FromStr for WebTransportFlag {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ferry_node::config::parse_webtransport_or_off(text)
+            .map(Self)
+            .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT, \"auto\" or \"off\")"))
     }
 }

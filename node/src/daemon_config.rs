@@ -12,7 +12,9 @@ use ferry_node::gateway::GatewayConfig;
 use ferry_node::server::ServerConfig;
 use ferry_node::store::StoreConfig;
 
-use crate::cli::{GatewayListen, NodeArgs};
+use ferry_node::gateway::webtransport::{Listen as WebTransportListen, WebTransportConfig};
+
+use crate::cli::{GatewayListen, NodeArgs, WebTransportFlag};
 
 /// What `run` and `listen` start with: flags over the config file over defaults.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) node: NodeConfig,
     /// Where the browser gateway listens (`run`), and its configuration; `None`: off.
     pub(crate) gateway: Option<(SocketAddr, GatewayConfig)>,
+    /// Where its WebTransport endpoint listens, and its configuration; `None`: off.
+    pub(crate) webtransport: Option<(WebTransportListen, WebTransportConfig)>,
 }
 
 impl DaemonConfig {
@@ -104,8 +108,21 @@ impl DaemonConfig {
                 Some((addr, config))
             }
         };
+        let webtransport = args
+            .webtransport
+            .map_or(daemon.webtransport, |WebTransportFlag(listen)| listen)
+            .map(|listen| (listen, file.webtransport.clone()));
+        if let Some((_, config)) = &webtransport {
+            if let Err(error) = config.validate() {
+                return Err(match &args.config {
+                    Some(path) => anyhow!("config file {}: {error}", path.display()),
+                    None => anyhow!("{error}"),
+                });
+            }
+        }
         Ok(Self {
             gateway,
+            webtransport,
             data_dir,
             key_file,
             peers,
@@ -136,9 +153,11 @@ impl DaemonConfig {
         if run {
             server.http = Some(self.http);
             server.gateway = self.gateway.clone();
+            server.webtransport = self.webtransport.clone();
         } else {
             server.http = None;
             server.gateway = None;
+            server.webtransport = None;
             server.mailbox = "listen".to_owned();
         }
         server

@@ -322,6 +322,14 @@ fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     let (gateway_host, _) = gateway.split_once('/').unwrap();
     let script = http_get(gateway_host, "/ferry.js");
     assert!(script.contains("export function connect"), "{script}");
+    // WebTransport too, on the gateway's port number (over UDP).
+    let webtransport = node.field("webtransport: https://");
+    assert_eq!(webtransport, format!("{gateway_host}/webtransport"));
+    let info = http_get(gateway_host, "/webtransport");
+    assert!(
+        info.contains(&format!("\"url\":\"https://{gateway_host}/webtransport\"")),
+        "{info}"
+    );
     let output = run(&["send", &inbox, "counted"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(node.line(), "counted");

@@ -2,7 +2,8 @@
 //! read straight into the structs they configure — the daemon's own keys ([`DaemonKeys`]),
 //! [`ferry::NodeConfig`], the store's [`StoreConfig`] after the prefix `store_`, and the
 //! gateway's [`GatewayConfig`], [`AuthConfig`], [`Permissions`] and [`Limits`] after the
-//! prefix `gateway_`. Each key is described once, on its field; docs/CONFIG.md is checked
+//! prefix `gateway_`, and the WebTransport endpoint's [`WebTransportConfig`] after
+//! `gateway_webtransport_`. Each key is described once, on its field; docs/CONFIG.md is checked
 //! against the fields and their defaults (see `reference`), and `ferry config-example` is
 //! made from docs/CONFIG.md.
 //!
@@ -26,6 +27,7 @@ use serde::{Deserialize, Deserializer};
 pub use peer::{Peer, PeerError};
 pub use reference::example;
 
+use crate::gateway::webtransport::{Listen as WebTransportListen, WebTransportConfig};
 use crate::gateway::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions};
 use crate::store::StoreConfig;
 
@@ -62,6 +64,11 @@ pub struct DaemonKeys {
     /// `127.0.0.1:0`.
     #[serde(deserialize_with = "addr_or_off")]
     pub gateway: Option<SocketAddr>,
+    /// UDP address of the gateway's WebTransport endpoint: `"auto"` (the gateway's IP and TCP
+    /// port number, on UDP; a free UDP port when that one is taken), `"HOST:PORT"`, or `None`
+    /// (written `"off"`). No gateway, no WebTransport. Default `"auto"`.
+    #[serde(deserialize_with = "webtransport_or_off")]
+    pub webtransport: Option<WebTransportListen>,
 }
 
 impl Default for DaemonKeys {
@@ -73,6 +80,7 @@ impl Default for DaemonKeys {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             http: DEFAULT_HTTP,
             gateway: Some(DEFAULT_GATEWAY),
+            webtransport: Some(WebTransportListen::Gateway),
         }
     }
 }
@@ -92,6 +100,28 @@ fn addr_or_off<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Sock
     })
 }
 
+/// `"auto"`, `"HOST:PORT"`, or `"off"` for none (the `webtransport` key and the
+/// `--webtransport` flag).
+pub fn parse_webtransport_or_off(
+    text: &str,
+) -> Result<Option<WebTransportListen>, std::net::AddrParseError> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some)
+}
+
+fn webtransport_or_off<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<WebTransportListen>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_webtransport_or_off(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?}: {e} (expected \"auto\", HOST:PORT or \"off\")"
+        ))
+    })
+}
+
 /// A config file, read: every key that is set, the default for every other one.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -105,6 +135,8 @@ pub struct FileConfig {
     /// The keys that start with `gateway_`; `drain` is `shutdown_grace`. Not validated yet:
     /// see [`FileConfig::gateway_config`].
     pub gateway: GatewayConfig,
+    /// The keys that start with `gateway_webtransport_` (validated when the endpoint binds).
+    pub webtransport: WebTransportConfig,
 }
 
 /// Why a config file cannot be used. Each renders as one line naming the file (and, where
@@ -192,11 +224,14 @@ impl FileConfig {
         gateway_config.permissions = read(&part(Section::GatewayPermissions)).map_err(failure)?;
         gateway_config.limits = read(&part(Section::GatewayLimits)).map_err(failure)?;
         gateway_config.drain = daemon.shutdown_grace;
+        let webtransport: WebTransportConfig =
+            read(&part(Section::GatewayWebTransport)).map_err(failure)?;
         Ok(Self {
             daemon,
             node,
             store,
             gateway: gateway_config,
+            webtransport,
         })
     }
 
@@ -216,6 +251,8 @@ impl FileConfig {
             &mut file.daemon.data_dir,
             &mut file.daemon.key_file,
             &mut file.gateway.static_dir,
+            &mut file.webtransport.cert,
+            &mut file.webtransport.key,
         ]
         .into_iter()
         .flatten()
@@ -244,12 +281,15 @@ enum Section {
     GatewayAuth,
     GatewayPermissions,
     GatewayLimits,
+    GatewayWebTransport,
 }
 
 /// The prefix of the store's keys.
 const STORE_PREFIX: &str = "store_";
 /// The prefix of the gateway's keys.
 const GATEWAY_PREFIX: &str = "gateway_";
+/// The prefix of the WebTransport endpoint's keys.
+const WEBTRANSPORT_PREFIX: &str = "gateway_webtransport_";
 
 /// Each section with the prefix of its keys and its field names.
 struct Owner {
@@ -283,6 +323,11 @@ impl Owner {
                     Section::GatewayLimits,
                     GATEWAY_PREFIX,
                     field_names::<Limits>(),
+                ),
+                (
+                    Section::GatewayWebTransport,
+                    WEBTRANSPORT_PREFIX,
+                    field_names::<WebTransportConfig>(),
                 ),
             ],
         }

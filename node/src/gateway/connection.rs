@@ -201,8 +201,8 @@ pub(crate) trait Wire: Send + 'static {
     /// Frames from the client, as WebSocket messages (a WebTransport session merges its
     /// streams' frames into one such stream, and reports the peer's liveness as pongs).
     type Reader: futures::Stream<Item = Result<Message, Self::Error>> + Unpin + Send;
-    /// A read error.
-    type Error: std::fmt::Display;
+    /// A read error, which says what it means for the close code.
+    type Error: WireFault;
     /// Starts the writer of `outgoing`; returns the reader and the writer's task.
     fn start(
         self,
@@ -236,6 +236,40 @@ impl Wire for WebSocket {
 
     async fn abandon(mut self) {
         let _ = self.close().await;
+    }
+}
+
+/// What a failed read means for the connection (its close code), as the transport's error
+/// type says it: no matching of error texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFault {
+    /// A message beyond `gateway_max_message_size`: 1009.
+    TooBig,
+    /// A frame the transport cannot read as one (WebTransport's framing): 4400.
+    Malformed(&'static str),
+    /// The connection failed or the client went away: 1001, nobody to tell.
+    Gone,
+}
+
+/// A transport's read error, classified.
+pub(crate) trait WireFault: std::fmt::Display {
+    /// What the error means for the connection.
+    fn fault(&self) -> ReadFault;
+}
+
+impl WireFault for axum::Error {
+    fn fault(&self) -> ReadFault {
+        // axum hands tungstenite's error on as this one's source.
+        let mut source = std::error::Error::source(self);
+        while let Some(error) = source {
+            if let Some(tungstenite::Error::Capacity(_)) =
+                error.downcast_ref::<tungstenite::Error>()
+            {
+                return ReadFault::TooBig;
+            }
+            source = error.source();
+        }
+        ReadFault::Gone
     }
 }
 
@@ -382,7 +416,7 @@ struct Reader {
 }
 
 impl Reader {
-    async fn read<E: std::fmt::Display>(
+    async fn read<E: WireFault>(
         &mut self,
         stream: &mut (impl futures::Stream<Item = Result<Message, E>> + Unpin),
         attached: &Attached,
@@ -453,18 +487,19 @@ impl Reader {
             let message = match message {
                 None => return (code::GOING_AWAY, String::new(), Disconnect::Client),
                 Some(Err(error)) => {
-                    let text = error.to_string();
-                    if text.contains("too long")
-                        || text.contains("Space limit")
-                        || text.contains("size")
-                    {
-                        return (
+                    return match error.fault() {
+                        ReadFault::TooBig => (
                             code::TOO_BIG,
                             "message too big".into(),
-                            Disconnect::Protocol(text),
-                        );
-                    }
-                    return (code::GOING_AWAY, String::new(), Disconnect::Client);
+                            Disconnect::Protocol(error.to_string()),
+                        ),
+                        ReadFault::Malformed(why) => (
+                            code::PROTOCOL,
+                            "malformed frame".into(),
+                            Disconnect::Protocol(why.into()),
+                        ),
+                        ReadFault::Gone => (code::GOING_AWAY, String::new(), Disconnect::Client),
+                    };
                 }
                 Some(Ok(message)) => message,
             };

@@ -36,6 +36,10 @@ struct Env {
 }
 
 async fn start(config: GatewayConfig) -> Env {
+    start_with(config, WebTransportConfig::default()).await
+}
+
+async fn start_with(config: GatewayConfig, wt_config: WebTransportConfig) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let store =
         Arc::new(RedbStore::open(&dir.path().join("store.redb"), StoreConfig::default()).unwrap());
@@ -53,7 +57,7 @@ async fn start(config: GatewayConfig) -> Env {
     let endpoint = WebTransport::bind(
         "127.0.0.1:0".parse().unwrap(),
         Arc::new(certificates),
-        WebTransportConfig::default(),
+        wt_config,
     )
     .unwrap();
     let wt = endpoint.local_addr().unwrap();
@@ -137,7 +141,8 @@ struct Client {
     session: Session,
     control: (SendStream, RecvStream),
     welcome: Value,
-    deliveries: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    /// Each delivery's stream (numbered as the gateway opened them) and frame.
+    deliveries: tokio::sync::mpsc::UnboundedReceiver<(usize, Value)>,
 }
 
 impl Client {
@@ -159,6 +164,7 @@ impl Client {
         let (tx, deliveries) = tokio::sync::mpsc::unbounded_channel();
         let accepting = session.clone();
         tokio::spawn(async move {
+            let mut number = 0;
             while let Ok(mut recv) = accepting.accept_uni().await {
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -166,9 +172,10 @@ impl Client {
                     recv.read_exact(&mut kind).await.unwrap();
                     assert_eq!(kind[0], STREAM_DELIVERIES);
                     while let Some(frame) = read_frame(&mut recv).await {
-                        let _ = tx.send(frame);
+                        let _ = tx.send((number, frame));
                     }
                 });
+                number += 1;
             }
         });
         Client {
@@ -187,6 +194,11 @@ impl Client {
     }
 
     async fn delivered(&mut self) -> Value {
+        self.delivered_on().await.1
+    }
+
+    /// The next delivery and the number of its stream.
+    async fn delivered_on(&mut self) -> (usize, Value) {
         tokio::time::timeout(WAIT, self.deliveries.recv())
             .await
             .unwrap()
@@ -460,6 +472,116 @@ async fn streams_beyond_the_limit_and_unknown_streams_are_refused() {
     while env.handle.stats().webtransport_refused_streams < 1 {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    env.shutdown.cancel();
+}
+
+/// Each source (here: three senders) gets a delivery stream of its own; beyond
+/// `max_delivery_streams` the least recently used is finished, and the source's next message
+/// comes on a new stream.
+#[tokio::test]
+async fn each_source_has_its_own_delivery_stream_within_the_limit() {
+    let mut wt = WebTransportConfig::default();
+    wt.max_delivery_streams = 2;
+    let env = start_with(GatewayConfig::default(), wt).await;
+    let mut client = Client::connect(&env, "").await;
+    let address: ferry::Address = client.welcome["address"].as_str().unwrap().parse().unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(
+            Node::bind(SecretKey::generate(), NodeConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut stream_of = std::collections::HashMap::new();
+    // a, b: two streams; c: a third (a's, the least recently used, is finished); a again: a
+    // fourth stream, after the first.
+    for (step, peer) in [0usize, 1, 2, 0].into_iter().enumerate() {
+        peers[peer]
+            .send_bytes(&address, json!({ "step": step }).to_string().into())
+            .await
+            .unwrap();
+        let (stream, message) = client.delivered_on().await;
+        assert_eq!(message["data"], json!({ "step": step }));
+        assert_eq!(message["id"], step as u64);
+        stream_of.insert(step, stream);
+    }
+    assert_eq!(stream_of.len(), 4);
+    let streams: std::collections::HashSet<_> = stream_of.values().collect();
+    assert_eq!(
+        streams.len(),
+        4,
+        "a stream per source, a new one after eviction: {stream_of:?}"
+    );
+    env.shutdown.cancel();
+}
+
+/// A frame of an unknown kind closes the session with 4400, a frame longer than
+/// `gateway_max_message_size` with 1009: typed, on any stream.
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_with_their_codes() {
+    let mut config = GatewayConfig::default();
+    config.limits.max_message_size = 1000;
+    let env = start(config).await;
+    for (frame, code) in [
+        (vec![0x07u8, 0, 0, 0, 1, b'x'], "4400"),
+        (vec![FRAME_TEXT, 0, 0, 0x10, 0], "1009"),
+    ] {
+        let mut client = Client::connect(&env, "").await;
+        client.control.0.write_all(&frame).await.unwrap();
+        let closed = tokio::time::timeout(WAIT, client.session.closed())
+            .await
+            .unwrap();
+        assert!(closed.to_string().contains(code), "{closed}");
+        // On a request stream, the same.
+        let client = Client::connect(&env, "").await;
+        let (mut send, _recv) = client.stream().await;
+        send.write_all(&frame).await.unwrap();
+        let closed = tokio::time::timeout(WAIT, client.session.closed())
+            .await
+            .unwrap();
+        assert!(closed.to_string().contains(code), "{closed}");
+    }
+    env.shutdown.cancel();
+}
+
+/// The stream limit counts the request streams the client has not finished: finished ones,
+/// answered or not, do not hold it.
+#[tokio::test]
+async fn finished_request_streams_do_not_hold_the_limit() {
+    let mut wt = WebTransportConfig::default();
+    wt.max_streams = 2;
+    let env = start_with(GatewayConfig::default(), wt).await;
+    let client = Client::connect(&env, "").await;
+    for round in 0..3u64 {
+        let mut open = Vec::new();
+        for i in 0..2u64 {
+            let (mut send, mut recv) = client.stream().await;
+            let reference = round * 10 + i;
+            write_frame(&mut send, &json!({"type":"ping","ref":reference})).await;
+            assert_eq!(
+                answer(&mut recv).await,
+                json!({"type":"ok","ref":reference})
+            );
+            open.push((send, recv));
+        }
+        // Both open: a third is refused.
+        let (mut send, mut recv) = client.stream().await;
+        write_frame(&mut send, &json!({"type":"ping","ref":99})).await;
+        let refused = tokio::time::timeout(WAIT, read_frame(&mut recv))
+            .await
+            .unwrap();
+        assert!(refused.is_none());
+        assert_eq!(env.handle.stats().webtransport_refused_streams, round + 1);
+        // Finished, and all answered: the gateway finishes its side too, and there is room.
+        for (mut send, mut recv) in open {
+            send.finish().unwrap();
+            let end = tokio::time::timeout(WAIT, read_frame(&mut recv))
+                .await
+                .unwrap();
+            assert!(end.is_none());
+        }
     }
     env.shutdown.cancel();
 }

@@ -20,6 +20,7 @@ pub(crate) mod streams;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -33,8 +34,9 @@ pub use certificate::{
     CertificateError, CertificateHash, Certificates, Clock, ManualClock, SystemClock,
 };
 pub use streams::{
-    FRAME_BINARY, FRAME_TEXT, RESET_STUCK, RESET_TOO_MANY_STREAMS, RESET_UNKNOWN_STREAM,
-    STREAM_CONTROL, STREAM_DELIVERIES, STREAM_REQUESTS,
+    check_frame_header, decode_frame, FrameError, FRAME_BINARY, FRAME_TEXT, RESET_STUCK,
+    RESET_TOO_MANY_STREAMS, RESET_UNKNOWN_STREAM, STREAM_CONTROL, STREAM_DELIVERIES,
+    STREAM_REQUESTS,
 };
 
 use super::admission::{authorize, take_session, Admitted, Refusal};
@@ -46,27 +48,107 @@ use super::{connection, protocol};
 /// HTTP port).
 pub const PATH: &str = "/webtransport";
 
-/// The WebTransport endpoint's settings.
-#[derive(Debug, Clone)]
+/// The WebTransport endpoint's settings: the config file's keys after `gateway_webtransport_`
+/// (docs/CONFIG.md), each described once, here.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct WebTransportConfig {
-    /// Request streams a session may have open at once (beyond: the stream is reset with
-    /// [`RESET_TOO_MANY_STREAMS`]). Default 100.
+    /// A PEM certificate chain (e.g. CA-signed) to serve instead of self-made certificates;
+    /// browsers then verify it as any web certificate and no hashes are published. Set with
+    /// `key`. Default none.
+    pub cert: Option<PathBuf>,
+    /// The PEM private key of `cert`. Default none.
+    pub key: Option<PathBuf>,
+    /// Request streams a session may have open at once (a stream the client finished counts
+    /// no more, even while its answers are under way); beyond, a new stream is reset with
+    /// [`RESET_TOO_MANY_STREAMS`]. Default 100.
     pub max_streams: usize,
-    /// Delivery streams the gateway opens per session, onto which conversations are hashed.
-    /// Default 16.
-    pub delivery_streams: usize,
+    /// Delivery streams the gateway keeps open per session, one per source (conversation
+    /// sender, channel, user, push); beyond, the least recently used one is finished. Default
+    /// 32.
+    pub max_delivery_streams: usize,
+    /// A delivery stream with nothing to carry for this long is finished (the next message
+    /// of its source opens another). Default 30 s.
+    #[serde(with = "ferry::duration")]
+    pub delivery_idle_timeout: Duration,
+    /// Bytes one session's streams may hold together beyond the connection's queue
+    /// (`gateway_max_queue_bytes`); a frame that finds no room waits in that queue instead,
+    /// and a full queue makes the connection a slow consumer. Default 4 MiB.
+    pub max_connection_bytes: usize,
+    /// How long the unanswered requests of a request stream the client finished keep the
+    /// stream (its answers then go nowhere: the client sends them again after a resume and
+    /// gets them from the journal). Default 60 s.
+    #[serde(with = "ferry::duration")]
+    pub answer_timeout: Duration,
     /// How long the QUIC and HTTP/3 handshakes and the control stream may take. Default 10 s.
+    #[serde(with = "ferry::duration")]
     pub handshake_timeout: Duration,
 }
 
 impl Default for WebTransportConfig {
     fn default() -> Self {
         Self {
+            cert: None,
+            key: None,
             max_streams: 100,
-            delivery_streams: 16,
+            max_delivery_streams: 32,
+            delivery_idle_timeout: Duration::from_secs(30),
+            max_connection_bytes: 4 << 20,
+            answer_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl WebTransportConfig {
+    /// Checks the limits (each at least 1) and that `cert` and `key` come together.
+    pub fn validate(&self) -> Result<(), WebTransportError> {
+        for (name, value) in [
+            ("max_streams", self.max_streams),
+            ("max_delivery_streams", self.max_delivery_streams),
+            ("max_connection_bytes", self.max_connection_bytes),
+        ] {
+            if value == 0 {
+                return Err(WebTransportError::Zero(name));
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(WebTransportError::CertWithoutKey);
+        }
+        Ok(())
+    }
+
+    /// The certificates: `cert` and `key` if set, else self-made ones for `names` rotated on
+    /// the system clock.
+    pub fn certificates(&self, names: Vec<String>) -> Result<Certificates, WebTransportError> {
+        self.validate()?;
+        Ok(match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Certificates::from_pem_files(cert, key)?,
+            _ => Certificates::self_signed(names, Arc::new(SystemClock))?,
+        })
+    }
+}
+
+/// Where `ferry run` serves WebTransport (the `webtransport` key, `--webtransport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Listen {
+    /// The gateway's IP and TCP port number, on UDP (`"auto"`); a free UDP port when that one
+    /// is taken.
+    Gateway,
+    /// This UDP address (port 0: a free one).
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "auto" {
+            return Ok(Self::Gateway);
+        }
+        text.parse().map(Self::At)
     }
 }
 
@@ -86,8 +168,11 @@ pub enum WebTransportError {
     #[error("the WebTransport TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     /// A limit is 0.
-    #[error("webtransport `{0}` must be at least 1")]
+    #[error("gateway_webtransport_{0} must be at least 1")]
     Zero(&'static str),
+    /// Only one of `cert` and `key` is set.
+    #[error("gateway_webtransport_cert and gateway_webtransport_key go together")]
+    CertWithoutKey,
     /// The certificates.
     #[error(transparent)]
     Certificate(#[from] CertificateError),
@@ -138,12 +223,7 @@ impl WebTransport {
         certificates: Arc<Certificates>,
         config: WebTransportConfig,
     ) -> Result<Self, WebTransportError> {
-        if config.max_streams == 0 {
-            return Err(WebTransportError::Zero("max_streams"));
-        }
-        if config.delivery_streams == 0 {
-            return Err(WebTransportError::Zero("delivery_streams"));
-        }
+        config.validate()?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -176,7 +256,8 @@ impl WebTransport {
     }
 }
 
-/// The QUIC configuration: the CONNECT stream, the control stream and the request streams;
+/// The QUIC configuration: the CONNECT stream, the control stream and the request streams
+/// (twice the limit: a stream the client finished may wait for its answers, uncounted);
 /// the client's HTTP/3 control and QPACK streams; small windows (an idle session costs
 /// little); keep-alives every ping interval and the gateway's idle timeout as QUIC's.
 fn server_config(
@@ -186,7 +267,8 @@ fn server_config(
 ) -> quinn::ServerConfig {
     let mut server = quinn::ServerConfig::with_crypto(crypto.clone());
     let mut transport = quinn::TransportConfig::default();
-    let bidi = u32::try_from(config.max_streams.saturating_add(2)).unwrap_or(u32::MAX);
+    let bidi =
+        u32::try_from(config.max_streams.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX);
     transport
         .max_concurrent_bidi_streams(bidi.into())
         .max_concurrent_uni_streams(8u32.into())
@@ -342,8 +424,11 @@ async fn connecting_session(
         control,
         limits: streams::StreamLimits {
             max_request_streams: config.max_streams,
-            delivery_streams: config.delivery_streams,
+            max_delivery_streams: config.max_delivery_streams,
+            delivery_idle_timeout: config.delivery_idle_timeout,
             lane_bytes: shared.config.limits.max_queue_bytes,
+            connection_bytes: config.max_connection_bytes,
+            answer_timeout: config.answer_timeout,
             max_message_size: shared.config.limits.max_message_size,
         },
         counters,

@@ -27,8 +27,8 @@ pub const STREAM_CONTROL: u8 = 0x00;
 /// First byte of a request stream (bidirectional, opened by the client: one per conversation
 /// target or call; the answers to its requests come back on it).
 pub const STREAM_REQUESTS: u8 = 0x01;
-/// First byte of a delivery stream (unidirectional, opened by the gateway: the messages of
-/// the conversations, channels and users hashed onto it, in id order per conversation).
+/// First byte of a delivery stream (unidirectional, opened by the gateway: the messages of one
+/// source — a sender's conversation, a channel, the user, pushes — in id order).
 pub const STREAM_DELIVERIES: u8 = 0x02;
 
 /// A frame's kind byte: a text frame (a JSON object, UTF-8).
@@ -54,9 +54,23 @@ pub(crate) enum WireError {
     /// A frame larger than `gateway_max_message_size` (the connection closes with 1009).
     #[error("frame of {0} bytes exceeds the message size limit")]
     TooBig(usize),
+    /// A frame of an unknown kind, or a text frame that is not UTF-8 (closes with 4400).
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
     /// The stream or the session failed.
     #[error("stream failed: {0}")]
     Stream(String),
+}
+
+impl crate::gateway::connection::WireFault for WireError {
+    fn fault(&self) -> crate::gateway::connection::ReadFault {
+        use crate::gateway::connection::ReadFault;
+        match self {
+            Self::TooBig(_) => ReadFault::TooBig,
+            Self::Malformed(why) => ReadFault::Malformed(why),
+            Self::Stream(_) => ReadFault::Gone,
+        }
+    }
 }
 
 /// One frame on a stream: kind (1 byte), length (u32 big-endian), then its bytes.
@@ -82,81 +96,159 @@ async fn write_frame(send: &mut SendStream, frame: Encoded) -> Result<(), WireEr
         .map_err(|e| WireError::Stream(e.to_string()))
 }
 
-/// Reads one frame; `None` at a clean end of the stream between frames. A frame whose kind
-/// is unknown, or a text frame that is not UTF-8, comes back as an empty binary frame, which
-/// the session's reader refuses as malformed (4400).
+/// A frame's header (kind, length) checked against the limit before its body is read: the
+/// length of its body. Shared by the reader below and the fuzz target.
+pub fn check_frame_header(header: [u8; 5], max: usize) -> Result<(u8, usize), FrameError> {
+    let [kind, a, b, c, d] = header;
+    if kind != FRAME_TEXT && kind != FRAME_BINARY {
+        return Err(FrameError::UnknownKind(kind));
+    }
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    if len > max {
+        return Err(FrameError::TooBig(len));
+    }
+    Ok((kind, len))
+}
+
+/// Why a frame of a stream cannot be read (docs/GATEWAY.md §13.3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The kind byte is neither [`FRAME_TEXT`] nor [`FRAME_BINARY`] (4400).
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    /// The length is beyond `gateway_max_message_size` (1009).
+    #[error("frame of {0} bytes exceeds the message size limit")]
+    TooBig(usize),
+    /// A text frame that is not UTF-8 (4400).
+    #[error("text frame that is not UTF-8")]
+    NotUtf8,
+}
+
+/// Decodes one whole frame at the start of `bytes`: the frame (as the WebSocket message it
+/// stands for) and its length in bytes, or `Ok(None)` when `bytes` holds only a part of it.
+/// What the gateway does on a stream, for a buffer (the fuzz target's way in).
+pub fn decode_frame(bytes: &[u8], max: usize) -> Result<Option<(Message, usize)>, FrameError> {
+    let Some(header) = bytes.get(..5) else {
+        if let Some(&kind) = bytes.first() {
+            if kind != FRAME_TEXT && kind != FRAME_BINARY {
+                return Err(FrameError::UnknownKind(kind));
+            }
+        }
+        return Ok(None);
+    };
+    let mut fixed = [0u8; 5];
+    fixed.copy_from_slice(header);
+    let (kind, len) = check_frame_header(fixed, max)?;
+    let Some(body) = bytes.get(5..5 + len) else {
+        return Ok(None);
+    };
+    Ok(Some((frame_message(kind, body.to_vec())?, 5 + len)))
+}
+
+fn frame_message(kind: u8, body: Vec<u8>) -> Result<Message, FrameError> {
+    if kind == FRAME_TEXT {
+        String::from_utf8(body)
+            .map(|text| Message::Text(text.into()))
+            .map_err(|_| FrameError::NotUtf8)
+    } else {
+        Ok(Message::Binary(body.into()))
+    }
+}
+
+impl From<FrameError> for WireError {
+    fn from(error: FrameError) -> Self {
+        match error {
+            FrameError::TooBig(len) => Self::TooBig(len),
+            FrameError::UnknownKind(_) => Self::Malformed("unknown frame kind"),
+            FrameError::NotUtf8 => Self::Malformed("text frame that is not UTF-8"),
+        }
+    }
+}
+
+/// Reads one frame; `None` at a clean end of the stream between frames.
 async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Message>, WireError> {
-    let mut kind = [0u8; 1];
-    match recv.read(&mut kind).await {
+    let mut header = [0u8; 5];
+    match recv.read(&mut header[..1]).await {
         Ok(None) => return Ok(None),
         Ok(Some(_)) => {}
         Err(error) => return Err(WireError::Stream(error.to_string())),
     }
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
+    recv.read_exact(&mut header[1..])
         .await
         .map_err(|e| WireError::Stream(e.to_string()))?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(WireError::TooBig(len));
-    }
+    let (kind, len) = check_frame_header(header, max)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
         .map_err(|e| WireError::Stream(e.to_string()))?;
-    let [kind] = kind;
-    Ok(Some(match kind {
-        FRAME_TEXT => match String::from_utf8(body) {
-            Ok(text) => Message::Text(text.into()),
-            Err(_) => Message::Binary(Bytes::new()),
-        },
-        FRAME_BINARY => Message::Binary(body.into()),
-        _ => Message::Binary(Bytes::new()),
-    }))
+    Ok(Some(frame_message(kind, body)?))
 }
 
 /// The limits of one connection's streams.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StreamLimits {
-    /// Request streams open at once.
+    /// Request streams open at once (those the client finished count no more).
     pub(crate) max_request_streams: usize,
-    /// Delivery streams of the gateway.
-    pub(crate) delivery_streams: usize,
+    /// Delivery streams open at once (one per source, least recently used finished first).
+    pub(crate) max_delivery_streams: usize,
+    /// A delivery stream idle this long is finished.
+    pub(crate) delivery_idle_timeout: Duration,
     /// Bytes each stream may hold on its own, beyond the connection's queue.
     pub(crate) lane_bytes: usize,
+    /// Bytes all the streams of the connection may hold together, beyond its queue.
+    pub(crate) connection_bytes: usize,
+    /// How long a finished request stream waits for its answers.
+    pub(crate) answer_timeout: Duration,
     /// The largest frame.
     pub(crate) max_message_size: usize,
 }
 
-/// A frame on its way to a stream, holding its share of its lane's bytes (or, when the lane
-/// had no room, of the connection's queue).
-type Queued = (Encoded, Option<OwnedSemaphorePermit>);
+/// What a queued frame holds: its share of the connection's queue, or (when its lane and the
+/// connection's stream budget had room) its share of both of those.
+type Held = (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>);
 
-/// A lane's sending end and its byte budget.
+/// A frame on its way to a stream, with the bytes it holds.
+type Queued = (Encoded, Held);
+
+/// A lane's sending end and its byte budget, within the connection's.
 #[derive(Clone)]
 struct LaneTx {
     tx: mpsc::UnboundedSender<Queued>,
     budget: Arc<Semaphore>,
+    connection: Arc<Semaphore>,
 }
 
 impl LaneTx {
-    fn new(bytes: usize) -> (Self, mpsc::UnboundedReceiver<Queued>) {
+    fn new(bytes: usize, connection: &Arc<Semaphore>) -> (Self, mpsc::UnboundedReceiver<Queued>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(bytes.clamp(1, Semaphore::MAX_PERMITS)));
-        (Self { tx, budget }, rx)
+        let connection = connection.clone();
+        (
+            Self {
+                tx,
+                budget,
+                connection,
+            },
+            rx,
+        )
     }
 
     /// Hands `frame` to the lane. It moves from the connection's queue to the lane's budget
-    /// if that has room (so a stalled stream holds its own bytes, not the connection's);
-    /// else it keeps its share of the queue.
+    /// and the connection's stream budget if both have room (so a stalled stream holds its
+    /// own bytes, not the queue, and all the streams together no more than the connection's
+    /// budget); else it keeps its share of the queue (a full queue is a slow consumer).
     fn send(&self, frame: Encoded, permit: Option<OwnedSemaphorePermit>, lane_bytes: usize) {
         let cost = u32::try_from(frame.len().clamp(1, lane_bytes.max(1))).unwrap_or(u32::MAX);
-        let permit = match self.budget.clone().try_acquire_many_owned(cost) {
-            Ok(own) => Some(own),
-            Err(_) => permit,
+        let held = match self.budget.clone().try_acquire_many_owned(cost) {
+            Ok(own) => match self.connection.clone().try_acquire_many_owned(cost) {
+                Ok(shared) => (Some(own), Some(shared)),
+                Err(_) => (permit, None),
+            },
+            Err(_) => (permit, None),
         };
         // A lane that ended (its request stream was reset) drops the frame.
-        let _ = self.tx.send((frame, permit));
+        let _ = self.tx.send((frame, held));
     }
 }
 
@@ -165,8 +257,9 @@ struct RequestLane {
     tx: LaneTx,
     /// Requests taken on it whose answers have not gone out.
     pending: usize,
-    /// The client finished its side: the lane ends once `pending` is 0.
-    ended: bool,
+    /// When the client finished its side: the lane ends once `pending` is 0, or
+    /// `answer_timeout` after this.
+    ended: Option<tokio::time::Instant>,
 }
 
 /// Which stream each answer goes to.
@@ -187,10 +280,22 @@ impl Routes {
     fn settle(&mut self, stream: u64) {
         if let Some(lane) = self.lanes.get_mut(&stream) {
             lane.pending = lane.pending.saturating_sub(1);
-            if lane.ended && lane.pending == 0 {
+            if lane.ended.is_some() && lane.pending == 0 {
                 self.lanes.remove(&stream);
             }
         }
+    }
+
+    /// Request streams the client has not finished (what the limit counts).
+    fn open(&self) -> usize {
+        self.lanes.values().filter(|l| l.ended.is_none()).count()
+    }
+
+    /// Ends the lanes the client finished longer than `timeout` ago: their answers (if they
+    /// ever come) go to the control stream.
+    fn expire(&mut self, now: tokio::time::Instant, timeout: Duration) {
+        self.lanes
+            .retain(|_, lane| lane.ended.is_none_or(|at| now < at + timeout));
     }
 
     fn took(&mut self, reference: u64, stream: u64) {
@@ -209,7 +314,7 @@ impl Routes {
 
     fn ended(&mut self, stream: u64) {
         if let Some(lane) = self.lanes.get_mut(&stream) {
-            lane.ended = true;
+            lane.ended.get_or_insert_with(tokio::time::Instant::now);
             if lane.pending == 0 {
                 self.lanes.remove(&stream);
             }
@@ -324,6 +429,9 @@ impl Wire for WebTransportWire {
             counters,
         } = self;
         let routes = Arc::new(Mutex::new(Routes::default()));
+        let budget = Arc::new(Semaphore::new(
+            limits.connection_bytes.clamp(1, Semaphore::MAX_PERMITS),
+        ));
         let lanes = TaskTracker::new();
         let (tx, rx) = mpsc::channel(64);
         let done = writing.done.clone();
@@ -349,6 +457,7 @@ impl Wire for WebTransportWire {
             writing.write_timeout,
             done.clone(),
             counters,
+            budget.clone(),
         ));
         // The peer's liveness, for the session's idle check: the QUIC connection closes by
         // itself when nothing (not even an acknowledgement of the keep-alives) came for the
@@ -381,6 +490,7 @@ impl Wire for WebTransportWire {
             lanes,
             limits,
             closer,
+            budget,
         ));
         (Reader { rx, routes }, writer)
     }
@@ -441,6 +551,7 @@ async fn accept(
     write_timeout: Duration,
     done: CancellationToken,
     counters: Arc<super::Counters>,
+    budget: Arc<Semaphore>,
 ) {
     let mut next_stream = 1u64;
     loop {
@@ -463,17 +574,17 @@ async fn accept(
         next_stream += 1;
         let admitted = {
             let mut routes = lock(&routes);
-            let open = routes.lanes.len();
-            if routes.closing || open >= limits.max_request_streams {
+            routes.expire(tokio::time::Instant::now(), limits.answer_timeout);
+            if routes.closing || routes.open() >= limits.max_request_streams {
                 None
             } else {
-                let (lane_tx, lane_rx) = LaneTx::new(limits.lane_bytes);
+                let (lane_tx, lane_rx) = LaneTx::new(limits.lane_bytes, &budget);
                 routes.lanes.insert(
                     stream,
                     RequestLane {
                         tx: lane_tx,
                         pending: 0,
-                        ended: false,
+                        ended: None,
                     },
                 );
                 Some(lane_rx)
@@ -510,10 +621,15 @@ async fn accept(
     }
 }
 
-/// A lane's stream: open, or to be opened (a delivery stream, on its first frame).
+/// A lane's stream: open, or to be opened (a delivery stream, on its first frame, once the
+/// previous delivery stream of its source, if any, was wholly received).
 enum LaneStream {
     Open(SendStream),
-    Uni(Box<Session>),
+    Uni {
+        session: Box<Session>,
+        after: Option<CancellationToken>,
+        ended: tokio_util::sync::DropGuard,
+    },
 }
 
 /// Writes a lane's frames to its stream, each within `write_timeout` (else the connection is
@@ -538,15 +654,29 @@ async fn lane(
             done.cancel();
         }
     };
+    let mut _ended = None;
     let mut send = match stream {
         LaneStream::Open(send) => send,
-        LaneStream::Uni(session) => {
+        LaneStream::Uni {
+            session,
+            after,
+            ended,
+        } => {
+            _ended = Some(ended);
             // Opened when there is something to send.
             let first = tokio::select! {
                 () = done.cancelled() => return,
                 first = rx.recv() => first,
             };
             let Some(first) = first else { return };
+            // The source's previous stream first: the client has all of it before this one
+            // starts, so a source's messages stay in order across its streams.
+            if let Some(after) = after {
+                tokio::select! {
+                    () = done.cancelled() => return,
+                    () = after.cancelled() => {}
+                }
+            }
             let opened = tokio::time::timeout(write_timeout, async {
                 let mut send = session.open_uni().await.ok()?;
                 send.write_all(&[STREAM_DELIVERIES]).await.ok()?;
@@ -595,13 +725,25 @@ struct Head {
 }
 
 /// Where a frame from the gateway goes.
+#[derive(Debug, PartialEq, Eq)]
 enum Route {
     Control,
     Answer(u64),
-    Deliveries(usize),
+    /// A message, to the delivery stream of its source.
+    Deliveries(Source),
 }
 
-fn route(frame: &Encoded, delivery_streams: usize) -> Route {
+/// The source of a message, whose messages share a delivery stream (in id order): a channel,
+/// the user (messages to `{user}`), pushes, or a sender's conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    Channel(String),
+    User(String),
+    Push,
+    From(Option<String>),
+}
+
+fn route(frame: &Encoded) -> Route {
     let head: Option<Head> = match frame {
         Encoded::Text(text) => serde_json::from_str(text).ok(),
         Encoded::Binary(bytes) => bytes.get(..4).and_then(|len| {
@@ -614,26 +756,99 @@ fn route(frame: &Encoded, delivery_streams: usize) -> Route {
     };
     match (head.kind.as_str(), head.reference) {
         ("ok" | "error", Some(reference)) => Route::Answer(reference),
-        ("message", _) => {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            match (&head.channel, &head.user, head.push, &head.from) {
-                (Some(channel), _, _, _) => ("channel", channel).hash(&mut hasher),
-                (None, Some(user), _, _) => ("user", user).hash(&mut hasher),
-                (None, None, Some(true), _) => "push".hash(&mut hasher),
-                (None, None, _, from) => ("from", from).hash(&mut hasher),
-            }
-            let lanes = delivery_streams.max(1) as u64;
-            Route::Deliveries((hasher.finish() % lanes) as usize)
-        }
+        ("message", _) => Route::Deliveries(match (head.channel, head.user, head.push) {
+            (Some(channel), _, _) => Source::Channel(channel),
+            (None, Some(user), _) => Source::User(user),
+            (None, None, Some(true)) => Source::Push,
+            (None, None, _) => Source::From(head.from),
+        }),
         _ => Route::Control,
+    }
+}
+
+/// A delivery stream of the writer.
+struct Delivery {
+    tx: LaneTx,
+    /// When it last took a frame (the least recent is finished first; an idle one is).
+    used: tokio::time::Instant,
+    /// Cancelled once its stream is wholly received (or given up).
+    ended: CancellationToken,
+}
+
+/// The delivery streams of a connection, one per source, at most `max` open.
+struct Deliveries {
+    open: HashMap<Source, Delivery>,
+    /// Streams finished but perhaps not yet wholly received, by source: the source's next
+    /// stream waits for it.
+    finishing: HashMap<Source, CancellationToken>,
+    max: usize,
+}
+
+impl Deliveries {
+    /// The lane of `source`: its open stream, or a new one (finishing the least recently used
+    /// stream if `max` are open).
+    fn lane(
+        &mut self,
+        source: Source,
+        now: tokio::time::Instant,
+        spawn: impl FnOnce(Option<CancellationToken>, CancellationToken) -> LaneTx,
+    ) -> LaneTx {
+        if let Some(delivery) = self.open.get_mut(&source) {
+            delivery.used = now;
+            return delivery.tx.clone();
+        }
+        if self.open.len() >= self.max {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, d)| d.used)
+                .map(|(source, _)| source.clone());
+            if let Some(oldest) = oldest {
+                self.finish(&oldest);
+            }
+        }
+        self.finishing.retain(|_, ended| !ended.is_cancelled());
+        let after = self.finishing.remove(&source);
+        let ended = CancellationToken::new();
+        let tx = spawn(after, ended.clone());
+        self.open.insert(
+            source,
+            Delivery {
+                tx: tx.clone(),
+                used: now,
+                ended,
+            },
+        );
+        tx
+    }
+
+    /// Finishes `source`'s stream (once what it holds is written).
+    fn finish(&mut self, source: &Source) {
+        if let Some(delivery) = self.open.remove(source) {
+            self.finishing.insert(source.clone(), delivery.ended);
+        }
+    }
+
+    /// Finishes the streams idle since before `before`.
+    fn finish_idle(&mut self, before: tokio::time::Instant) {
+        let idle: Vec<Source> = self
+            .open
+            .iter()
+            .filter(|(_, d)| d.used < before)
+            .map(|(source, _)| source.clone())
+            .collect();
+        for source in idle {
+            self.finish(&source);
+        }
     }
 }
 
 /// The connection's writer: routes each frame of the queue to its lane (never waiting for a
 /// lane: each writes on its own stream, so a stalled stream does not stall the others), sends
-/// a heartbeat on the control stream every `ping_interval`; at the close, lets the lanes
-/// finish (up to `write_timeout`) and closes the session with the code and reason.
+/// a heartbeat on the control stream every `ping_interval` (and then finishes idle delivery
+/// streams and forgets finished request streams whose answers are overdue); at the close,
+/// lets the lanes finish (up to `write_timeout`) and closes the session with the code and
+/// reason.
 #[allow(clippy::too_many_arguments)]
 async fn write(
     session: Session,
@@ -644,6 +859,7 @@ async fn write(
     lanes: TaskTracker,
     limits: StreamLimits,
     closer: Arc<Closer>,
+    budget: Arc<Semaphore>,
 ) {
     let Writing {
         ping_interval,
@@ -652,7 +868,7 @@ async fn write(
         stuck,
     } = writing;
     let spawn_lane = |stream: LaneStream| {
-        let (tx, rx) = LaneTx::new(limits.lane_bytes);
+        let (tx, rx) = LaneTx::new(limits.lane_bytes, &budget);
         lanes.spawn(lane(
             stream,
             rx,
@@ -664,8 +880,11 @@ async fn write(
         tx
     };
     let control = spawn_lane(LaneStream::Open(control));
-    let mut deliveries: Vec<Option<LaneTx>> =
-        (0..limits.delivery_streams.max(1)).map(|_| None).collect();
+    let mut deliveries = Deliveries {
+        open: HashMap::new(),
+        finishing: HashMap::new(),
+        max: limits.max_delivery_streams.max(1),
+    };
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     let (code, reason) = loop {
@@ -673,25 +892,29 @@ async fn write(
             () = done.cancelled() => break (crate::gateway::protocol::close::GOING_AWAY, String::new()),
             _ = ping.tick() => {
                 control.send(ServerFrame::Heartbeat.encode(), None, limits.lane_bytes);
+                let now = tokio::time::Instant::now();
+                deliveries.finish_idle(now.checked_sub(limits.delivery_idle_timeout).unwrap_or(now));
+                lock(&routes).expire(now, limits.answer_timeout);
                 continue;
             }
             item = outgoing.recv() => item,
         };
         match item {
             Outgoing::Frame(frame, permit) => {
-                let tx = match route(&frame, limits.delivery_streams) {
+                let tx = match route(&frame) {
                     Route::Control => control.clone(),
                     Route::Answer(reference) => lock(&routes)
                         .answer(reference)
                         .unwrap_or_else(|| control.clone()),
-                    Route::Deliveries(index) => match deliveries.get_mut(index) {
-                        Some(slot) => slot
-                            .get_or_insert_with(|| {
-                                spawn_lane(LaneStream::Uni(Box::new(session.clone())))
+                    Route::Deliveries(source) => {
+                        deliveries.lane(source, tokio::time::Instant::now(), |after, ended| {
+                            spawn_lane(LaneStream::Uni {
+                                session: Box::new(session.clone()),
+                                after,
+                                ended: ended.drop_guard(),
                             })
-                            .clone(),
-                        None => control.clone(),
-                    },
+                        })
+                    }
                 };
                 tx.send(frame, permit, limits.lane_bytes);
             }
@@ -705,7 +928,7 @@ async fn write(
         routes.lanes.clear();
     }
     drop(control);
-    deliveries.clear();
+    drop(deliveries);
     lanes.close();
     let _ = tokio::time::timeout(write_timeout, lanes.wait()).await;
     closer.close(code, &reason);
@@ -724,42 +947,42 @@ mod tests {
                 r#"{{"type":"message","id":1,"from":"ferry1x"{extra},"data":{{"a":1}}}}"#
             ))
         };
-        let lane = |frame: &Encoded| match route(frame, 16) {
-            Route::Deliveries(index) => index,
+        let lane = |frame: &Encoded| match route(frame) {
+            Route::Deliveries(source) => source,
             _ => panic!("not a delivery"),
         };
-        assert_eq!(lane(&message("")), lane(&message("")));
+        assert_eq!(lane(&message("")), Source::From(Some("ferry1x".into())));
         let channels: std::collections::HashSet<_> = (0..64)
             .map(|i| lane(&message(&format!(r#","channel":"room.{i}""#))))
             .collect();
-        assert!(channels.len() > 8, "{channels:?}");
-        assert!(matches!(
-            route(
-                &Encoded::Text(r#"{"type":"ok","ref":7,"data":"x"}"#.into()),
-                16
-            ),
+        assert_eq!(channels.len(), 64);
+        assert_eq!(
+            lane(&message(r#","user":"alice""#)),
+            Source::User("alice".into())
+        );
+        assert_eq!(lane(&message(r#","push":true"#)), Source::Push);
+        assert_eq!(
+            route(&Encoded::Text(r#"{"type":"ok","ref":7,"data":"x"}"#.into())),
             Route::Answer(7)
-        ));
-        assert!(matches!(
-            route(&Encoded::Text(r#"{"type":"heartbeat"}"#.into()), 16),
+        );
+        assert_eq!(
+            route(&Encoded::Text(r#"{"type":"heartbeat"}"#.into())),
             Route::Control
-        ));
-        assert!(matches!(
-            route(&Encoded::Binary(vec![0, 0, 0, 1]), 16),
-            Route::Control
-        ));
+        );
+        assert_eq!(route(&Encoded::Binary(vec![0, 0, 0, 1])), Route::Control);
     }
 
     #[test]
     fn routes_end_lanes_once_answered() {
         let mut routes = Routes::default();
-        let (tx, _rx) = LaneTx::new(10);
+        let budget = Arc::new(Semaphore::new(100));
+        let (tx, _rx) = LaneTx::new(10, &budget);
         routes.lanes.insert(
             1,
             RequestLane {
                 tx,
                 pending: 0,
-                ended: false,
+                ended: None,
             },
         );
         routes.took(10, 1);
