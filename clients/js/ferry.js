@@ -517,7 +517,10 @@ export class Client {
     this._WebTransport = options.WebTransport !== undefined ? options.WebTransport : globalThis.WebTransport
     this._webTransportTimeout = options.webTransportTimeout ?? 3000
     this._wtFailed = options.transport === 'websocket'
-    this._fetch = options.fetch || globalThis.fetch
+    // Called as a plain function: a browser's fetch throws "Illegal invocation" when called
+    // as a method of another object (this._fetch(…)).
+    this._fetch = options.fetch ||
+      (typeof globalThis.fetch === 'function' ? (...args) => globalThis.fetch(...args) : null)
     this.transport = null
     this._ids = new ContiguousIds(0) // ids received: `_received` is its last()
     this._done = new ContiguousIds(0) // ids processed: `_cursor` is its last()

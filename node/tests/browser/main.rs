@@ -14,6 +14,7 @@
 mod proxy;
 mod scene;
 mod webdriver;
+mod webtransport;
 
 use std::time::Duration;
 
