@@ -85,6 +85,8 @@ pub(crate) struct FileConfig {
     pub(crate) max_connections: Option<usize>,
     /// [`NodeConfig::max_incoming_streams`].
     pub(crate) max_incoming_streams: Option<u32>,
+    /// [`NodeConfig::initial_incoming_streams`].
+    pub(crate) initial_incoming_streams: Option<u32>,
     /// [`NodeConfig::max_dedup_entries`].
     pub(crate) max_dedup_entries: Option<usize>,
     /// [`NodeConfig::handshake_rate_per_ip`], per second.
@@ -435,6 +437,9 @@ impl FileConfig {
             max_incoming_streams: self
                 .max_incoming_streams
                 .unwrap_or(default.max_incoming_streams),
+            initial_incoming_streams: self
+                .initial_incoming_streams
+                .unwrap_or(default.initial_incoming_streams),
             max_dedup_entries: self.max_dedup_entries.unwrap_or(default.max_dedup_entries),
             handshake_rate_per_ip: self
                 .handshake_rate_per_ip
@@ -787,6 +792,10 @@ max_connections = {max_connections}
 # Concurrent streams a peer may open towards this node on one connection.
 max_incoming_streams = {max_incoming_streams}
 
+# Streams a peer may open on a new connection at first; doubled whenever half are in use, up
+# to max_incoming_streams.
+initial_incoming_streams = {initial_incoming_streams}
+
 # Conversation runs remembered for duplicate suppression.
 max_dedup_entries = {max_dedup_entries}
 
@@ -954,6 +963,7 @@ gateway_max_remembered_answer_bytes = {max_answer_bytes}
         open_timeout = dur(d.open_timeout),
         max_connections = d.max_connections,
         max_incoming_streams = d.max_incoming_streams,
+        initial_incoming_streams = d.initial_incoming_streams,
         max_dedup_entries = d.max_dedup_entries,
         handshake_rate_per_ip = d.handshake_rate_per_ip,
         frame_timeout = dur(d.frame_timeout),
@@ -1144,6 +1154,7 @@ mod tests {
             open_timeout = "8s"
             max_connections = 9
             max_incoming_streams = 10
+            initial_incoming_streams = 19
             max_dedup_entries = 11
             handshake_rate_per_ip = 14
             frame_timeout = "15s"
@@ -1179,6 +1190,7 @@ mod tests {
             open_timeout,
             max_connections,
             max_incoming_streams,
+            initial_incoming_streams,
             max_dedup_entries,
             handshake_rate_per_ip,
             frame_timeout,
@@ -1230,6 +1242,7 @@ mod tests {
             [1000, 7, 2000, 9]
         );
         assert_eq!((max_incoming_streams, max_dedup_entries), (10, 11));
+        assert_eq!(initial_incoming_streams, 19);
         assert_eq!(handshake_rate_per_ip, 14);
         assert_eq!(frame_timeout, secs(15));
         assert_eq!(duplicate_grace, secs(18));

@@ -48,6 +48,12 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
         connection.clone(),
         node.config.max_buffered_per_peer,
     ));
+    // The streams this peer may open, granted as it uses them.
+    let mut credit = crate::net::limits::StreamCredit::new(
+        connection.clone(),
+        crate::net::transport::initial_streams(&node.config),
+        node.config.max_incoming_streams,
+    );
     // A node bound paused takes no stream before its application is ready for them.
     tokio::select! {
         _ = node.serving.cancelled() => {}
@@ -74,11 +80,13 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
             let _ = recv.stop(code);
             continue;
         }
+        let in_use = credit.opened();
         let serving = node.clone();
         let guard = guard.clone();
         let origin = connection.clone();
         node.tasks.spawn(
             async move {
+                let _in_use = in_use;
                 let _open = serving.stats.stream_in();
                 // One deadline covers the stream kind byte and the opening frame.
                 let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
