@@ -86,7 +86,9 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
         let origin = connection.clone();
         node.tasks.spawn(
             async move {
-                let _in_use = in_use;
+                // Counts against the peer's stream credit until the stream is done with: the end
+                // of this task, or of the conversation it hands to a service.
+                let in_use = in_use;
                 let _open = serving.stats.stream_in();
                 // One deadline covers the stream kind byte and the opening frame.
                 let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
@@ -107,7 +109,7 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
                     }
                     Ok(StreamKind::Conversation) => {
                         crate::streams::service::serve_stream(
-                            serving, peer, origin, send, recv, deadline, guard,
+                            serving, peer, origin, send, recv, deadline, guard, in_use,
                         )
                         .await
                     }
