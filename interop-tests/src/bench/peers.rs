@@ -19,8 +19,10 @@
 //! | clients | `rtt R W` | `rtt <p50 ns> <p99 ns>`: the process's first node sends W + R messages of 64 bytes to the hub's mailbox one after the other, each answered by the hub with 64 bytes to the sender's inbox; the last R are timed |
 //!
 //! The round trip is measured by a probe process of one node: first with only the probe
-//! connected (the baseline, same hub, same run), then again once all N peers are connected and
-//! idle (their keep-alives still run: one QUIC PING per peer every `keep_alive`, 10 s).
+//! connected, before the client processes start (the baseline, same hub, same run), then again
+//! once all N peers are connected and idle (their keep-alives still run: one QUIC PING per peer
+//! every `keep_alive`, 10 s). The hub's memory per peer is its growth from after the probe's
+//! round trips to once all N are connected, divided by N.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,10 @@ pub(crate) const RTT_WARMUP: u64 = 200;
 /// How long one step (binding or connecting a process's nodes, a round-trip measurement) may
 /// take.
 const STEP_WAIT: Duration = Duration::from_secs(300);
+/// Pause between connecting (the probe; the peers) and measuring a round trip, for the work the
+/// handshakes started (a new connection's address observation and path checks, acknowledgements,
+/// timers) to settle.
+const SETTLE: Duration = Duration::from_secs(2);
 
 pub(crate) async fn figure_peers(settings: Settings) -> Result<Vec<Row>> {
     let n = settings.many_peers;
@@ -92,26 +98,23 @@ pub(crate) async fn figure_peers(settings: Settings) -> Result<Vec<Row>> {
 /// One run with `n` peers: (ferry, baseline) of each row.
 async fn peers(n: usize) -> Result<[(f64, Option<f64>); 4]> {
     let (mut hub, address) = Child::start(&["--peers-hub", &n.to_string()], STEP_WAIT).await?;
-    let counts = split(n, PEERS_PER_PROCESS);
-    // Bind every process's nodes (in parallel), none connected yet.
-    let mut clients: Vec<Child> = futures::future::try_join_all(counts.iter().map(|count| {
-        let (address, count) = (address.clone(), count.to_string());
-        async move {
-            let (child, _) =
-                Child::start(&["--peers-clients", &address, &count], STEP_WAIT).await?;
-            anyhow::Ok(child)
-        }
-    }))
-    .await?;
     let (mut probe, _) = Child::start(&["--peers-clients", &address, "1"], STEP_WAIT).await?;
     let result = async {
-        let before = memory(&mut hub).await?;
+        // The round trip with the probe alone, before any other peer node exists.
         probe.send("connect 1").await?;
         probe.answer("ok").await?;
+        tokio::time::sleep(SETTLE).await;
         let alone = round_trips(&mut probe).await?;
-        // Connect the processes' nodes, every process at once.
+        let before = memory(&mut hub).await?;
+        // Bind every process's nodes (in parallel), then connect them, every process at once.
+        let starts = split(n, PEERS_PER_PROCESS).into_iter().map(|count| {
+            let (address, count) = (address.clone(), count.to_string());
+            async move { Child::start(&["--peers-clients", &address, &count], STEP_WAIT).await }
+        });
+        // (Killed when dropped, also on an error.)
+        let mut clients = futures::future::try_join_all(starts).await?;
         let share = (CONCURRENCY / clients.len().max(1)).max(1);
-        futures::future::try_join_all(clients.iter_mut().map(|client| async move {
+        futures::future::try_join_all(clients.iter_mut().map(|(client, _)| async move {
             client.send(&format!("connect {share}")).await?;
             client.answer("ok").await.map(drop)
         }))
@@ -119,8 +122,12 @@ async fn peers(n: usize) -> Result<[(f64, Option<f64>); 4]> {
         hub.send(&format!("peers {}", n + 1)).await?;
         hub.answer("ok").await?;
         let after = memory(&mut hub).await?;
+        tokio::time::sleep(SETTLE).await;
         let crowded = round_trips(&mut probe).await?;
-        let kib = |bytes: i64| bytes as f64 / (n + 1) as f64 / 1024.0;
+        for (client, _) in clients {
+            client.kill().await;
+        }
+        let kib = |bytes: i64| bytes as f64 / n as f64 / 1024.0;
         anyhow::Ok([
             (kib(after.heap - before.heap), None),
             (kib(after.rss - before.rss), None),
@@ -131,9 +138,6 @@ async fn peers(n: usize) -> Result<[(f64, Option<f64>); 4]> {
     .await;
     hub.kill().await;
     probe.kill().await;
-    for client in clients {
-        client.kill().await;
-    }
     result
 }
 
