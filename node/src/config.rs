@@ -1105,7 +1105,7 @@ mod tests {
             .map(|line| line.trim_start_matches("# "))
             .filter_map(|line| line.split_once(" = ").map(|(key, _)| key.to_owned()))
             .collect();
-        assert_eq!(keys.len(), 66, "{keys:?}");
+        assert_eq!(keys.len(), 67, "{keys:?}");
         for key in keys {
             assert!(
                 doc.contains(&format!("| `{key}` |")),

@@ -390,12 +390,6 @@ impl StreamCredit {
         }
         OpenStream(self.open.clone())
     }
-
-    /// Streams granted so far.
-    #[cfg(test)]
-    pub(crate) fn granted(&self) -> u32 {
-        self.granted
-    }
 }
 
 /// One stream of a peer in use, for its connection's [`StreamCredit`].
