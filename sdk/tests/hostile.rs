@@ -415,6 +415,39 @@ async fn silent_streams_are_cut_off_at_the_open_timeout() {
     node.shutdown(Duration::from_millis(100)).await;
 }
 
+/// A peer is granted `initial_incoming_streams` at first, more whenever half of its grant is
+/// in use, and never more than `max_incoming_streams`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_credit_grows_with_use_up_to_max_incoming_streams() {
+    let node = node_with(NodeConfig {
+        initial_incoming_streams: 4,
+        max_incoming_streams: 20,
+        ..NodeConfig::default()
+    })
+    .await;
+    let fake = FakePeer::bind(0);
+    let connection = fake.connect(node.id(), node.local_addr()).await;
+    // Each stream sends its kind byte only: the node holds it until `open_timeout` (10 s).
+    let mut held = Vec::new();
+    for opened in 0..20 {
+        let (mut send, recv) = tokio::time::timeout(WAIT, connection.open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("no credit for stream {} of 20", opened + 1))
+            .unwrap();
+        send.write_all(&[StreamKind::Mailbox as u8]).await.unwrap();
+        held.push((send, recv));
+    }
+    settles(&node, |stats| stats.streams_in, 20).await;
+    // The 21st waits: 20 is the most this peer is granted.
+    let beyond = tokio::time::timeout(Duration::from_millis(500), connection.open_bi()).await;
+    assert!(
+        beyond.is_err(),
+        "a stream beyond max_incoming_streams opened"
+    );
+    assert_eq!(node.stats().streams_in, 20);
+    node.shutdown(Duration::from_millis(100)).await;
+}
+
 /// A length prefix of 4 GB is refused at once, before anything is buffered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_four_gigabyte_length_prefix_is_refused_at_once() {

@@ -67,6 +67,8 @@ pub(crate) mod instructions;
 pub(crate) mod memory;
 #[path = "../bench/nats.rs"]
 pub(crate) mod nats;
+#[path = "../bench/peers.rs"]
+pub(crate) mod peers;
 #[path = "../bench/streams.rs"]
 pub(crate) mod streams;
 
@@ -100,7 +102,7 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
-    /// hol, hostile, memory, gateway).
+    /// hol, hostile, memory, peers, gateway).
     #[arg(long, value_name = "TEXT")]
     pub(crate) only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -130,6 +132,17 @@ pub(crate) struct Cli {
     /// mailbox address), driven through stdin and stdout by the parent bench process.
     #[arg(long, value_names = ["NODE", "ADDR", "MAILBOX"], num_args = 3, hide = true)]
     pub(crate) hostile_peer: Option<Vec<String>>,
+    /// Peers connected to the measured node in the many-peers figure (`peers`; default 10,000,
+    /// 1,000 with --quick). They live in client processes of 2,500 nodes each (one open file
+    /// per node).
+    #[arg(long, value_name = "N")]
+    pub(crate) peers: Option<usize>,
+    /// Internal: run as the many-peers figure's hub, for N peers.
+    #[arg(long, value_name = "N", hide = true)]
+    pub(crate) peers_hub: Option<usize>,
+    /// Internal: run as one of the many-peers figure's client processes (hub address, count).
+    #[arg(long, value_names = ["ADDRESS", "N"], num_args = 2, hide = true)]
+    pub(crate) peers_clients: Option<Vec<String>>,
     /// Internal: run as the gateway figure's server ("ferry" or "plain").
     #[arg(long, value_name = "KIND", hide = true)]
     pub(crate) gateway_server: Option<String>,
@@ -176,6 +189,8 @@ pub(crate) struct Settings {
     /// Peers connected to the measured node, and idle conversations into it, per memory run.
     pub(crate) memory_peers: usize,
     pub(crate) memory_conversations: usize,
+    /// Peers connected to the measured node in the many-peers figure, per run.
+    pub(crate) many_peers: usize,
     /// WebSocket sessions, fan-out rounds and messages/s messages per gateway run.
     gateway_sessions: usize,
     gateway_rounds: u64,
@@ -204,6 +219,7 @@ impl Settings {
                 hostile_round: Duration::from_secs(1),
                 memory_peers: 200,
                 memory_conversations: 200,
+                many_peers: 1_000,
                 gateway_sessions: 1_000,
                 gateway_rounds: 5,
                 gateway_messages: 5_000,
@@ -227,6 +243,7 @@ impl Settings {
                 hostile_round: Duration::from_secs(2),
                 memory_peers: 1000,
                 memory_conversations: 1000,
+                many_peers: 10_000,
                 gateway_sessions: 10_000,
                 gateway_rounds: 20,
                 gateway_messages: 20_000,
@@ -237,6 +254,9 @@ impl Settings {
             settings.runs = runs.max(1);
         }
         settings.ferry_only = cli.ferry_only;
+        if let Some(n) = cli.peers {
+            settings.many_peers = n.max(1);
+        }
         if let Some(n) = cli.gateway_sessions {
             settings.gateway_sessions = n.max(1);
         }
@@ -370,6 +390,10 @@ const FIGURES: &[Figure] = &[
         measure: |settings| Box::pin(memory::figure_memory(settings)),
     },
     Figure {
+        id: "peers",
+        measure: |settings| Box::pin(peers::figure_peers(settings)),
+    },
+    Figure {
         id: "gateway",
         measure: |settings| Box::pin(gateway::figure_gateway(settings)),
     },
@@ -396,6 +420,12 @@ fn main() -> Result<()> {
     }
     // Every WebSocket session of the gateway figure is an open file (children inherit this).
     let open_files = gateway::raise_open_files_limit();
+    if let Some(n) = cli.peers_hub {
+        return peers::run_hub(n);
+    }
+    if let Some([address, count]) = cli.peers_clients.as_deref() {
+        return peers::run_clients(address, count);
+    }
     if let Some(kind) = &cli.gateway_server {
         return child::run(gateway::server(kind));
     }
@@ -1556,6 +1586,14 @@ fn table(rows: &[Row], settings: &Settings) -> String {
         settings.dial_warmup,
         settings.memory_peers,
         settings.memory_conversations
+    );
+    let _ = writeln!(
+        out,
+        "       peers: {} peer nodes connected to one hub node per run, round trip {} rounds \
+         (+{} warm-up) alone and with them",
+        settings.many_peers,
+        peers::RTT_ROUNDS,
+        peers::RTT_WARMUP
     );
     let _ = writeln!(
         out,

@@ -38,7 +38,7 @@ fn every_key_is_documented_and_every_documented_key_is_read() {
         unread.is_empty(),
         "CONFIG.md keys nothing reads: {unread:?}"
     );
-    assert_eq!(documented.len(), 75);
+    assert_eq!(documented.len(), 76);
 }
 
 /// The default column of every row is what the structs default to: `key = default` reads
@@ -261,6 +261,7 @@ fn every_key_reaches_the_node_config() {
         open_timeout = "8s"
         max_connections = 9
         max_incoming_streams = 10
+        initial_incoming_streams = 5
         max_dedup_entries = 11
         handshake_rate_per_ip = 14
         frame_timeout = "15s"
@@ -298,6 +299,7 @@ fn every_key_reaches_the_node_config() {
         open_timeout,
         max_connections,
         max_incoming_streams,
+        initial_incoming_streams,
         max_dedup_entries,
         handshake_rate_per_ip,
         frame_timeout,
@@ -314,6 +316,7 @@ fn every_key_reaches_the_node_config() {
         max_monitors_per_peer,
     } = file.node.clone();
     assert!(!hole_punching);
+    assert_eq!((max_incoming_streams, initial_incoming_streams), (10, 5));
     let secs = Duration::from_secs;
     assert_eq!(listen, "127.0.0.1:4000".parse().unwrap());
     assert_eq!(advertise, vec!["192.0.2.1:4000".parse().unwrap()]);

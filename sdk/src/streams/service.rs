@@ -605,6 +605,9 @@ async fn read_opening(
 }
 
 /// Serves one conversation or lookup stream opened by `peer`. The kind byte was read.
+/// `in_use` counts the stream against the peer's stream credit; an accepted conversation keeps
+/// it until it is dropped.
+#[allow(clippy::too_many_arguments)] // one per thing a stream's server needs
 pub(crate) async fn serve_stream(
     node: Arc<NodeInner>,
     peer: NodeId,
@@ -613,6 +616,7 @@ pub(crate) async fn serve_stream(
     mut recv: quinn::RecvStream,
     deadline: tokio::time::Instant,
     guard: Arc<crate::net::limits::PeerGuard>,
+    in_use: crate::net::limits::OpenStream,
 ) {
     let mut buf = BytesMut::new();
     let opening = tokio::time::timeout_at(deadline, read_opening(&mut recv, &mut buf)).await;
@@ -716,7 +720,8 @@ pub(crate) async fn serve_stream(
     permit.send(
         Conversation::new(peer, send, recv, buf, node.config.max_message_size, false)
             .with_peer_limit(opener_limit)
-            .with_frame_timeout(node.config.frame_timeout),
+            .with_frame_timeout(node.config.frame_timeout)
+            .with_credit(in_use),
     );
 }
 
