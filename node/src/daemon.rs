@@ -1,7 +1,9 @@
 //! What `run` and `listen` add to the library's [`ferry_node::server`]: the signals that stop
-//! them, and how they print what arrives.
+//! them, how they print what arrives, and `ferry listen --commands`' commands.
 
+use ferry::address::GrantId;
 use ferry::Message;
+use ferry_node::server::Grants;
 
 /// Resolves on SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {
@@ -47,4 +49,57 @@ pub(crate) fn print_batch(batch: &[Message], json: bool) -> std::io::Result<()> 
         }
     }
     out.flush()
+}
+
+/// Reads `ferry listen --commands`' commands from standard input until it ends, one per line
+/// (`grant [DURATION]`, `revoke GRANT`), and answers each on standard output; a wrong one is
+/// reported on standard error and skipped.
+pub(crate) async fn read_commands(grants: &Grants) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Err(error) = command(grants, &line).await {
+            eprintln!("ferry: {error:#}");
+        }
+    }
+}
+
+/// One command: `grant [DURATION]` prints `grant GRANT ADDRESS`, `revoke GRANT` prints
+/// `revoked GRANT` once the revocation is stored.
+async fn command(grants: &Grants, line: &str) -> anyhow::Result<()> {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (None, _, _) => Ok(()),
+        (Some("grant"), after, None) => {
+            let expires = match after {
+                Some(after) => {
+                    let after = ferry::duration::parse_duration(after)
+                        .map_err(|error| anyhow::anyhow!("grant: {error}"))?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |elapsed| elapsed.as_secs());
+                    Some(now.saturating_add(after.as_secs().max(1)))
+                }
+                None => None,
+            };
+            let address = grants.grant(expires)?;
+            print_line(&format!("grant {} {address}", address.grant()))
+        }
+        (Some("revoke"), Some(grant), None) => {
+            let grant: GrantId = grant
+                .parse()
+                .map_err(|error| anyhow::anyhow!("revoke: a grant is 16 hex digits: {error}"))?;
+            grants.revoke(grant).await?;
+            print_line(&format!("revoked {grant}"))
+        }
+        _ => anyhow::bail!("unknown command {line:?} (grant [DURATION] | revoke GRANT)"),
+    }
+}
+
+fn print_line(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }

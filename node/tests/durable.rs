@@ -215,3 +215,67 @@ async fn a_full_store_slows_the_sender_instead_of_losing_messages() {
     sender.shutdown(Duration::from_secs(1)).await;
     receiver.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Revocations and the counts of "max messages" caveats of a durable mailbox are in the store
+/// (written before the revocation returns, and in the transaction that stores the messages):
+/// a restarted node still refuses the revoked grant and still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_and_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let key = SecretKey::generate();
+    let receiver = node_on(&key, "127.0.0.1:0".parse().unwrap()).await;
+    let listen = receiver.local_addr();
+    let store = open_store(dir.path());
+    let id = store.named_mailbox("caps").unwrap();
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
+    let revoked = mailbox.grant(None);
+    let kept = mailbox.grant(None);
+    let three = mailbox
+        .address()
+        .attenuate()
+        .max_messages(3)
+        .build()
+        .unwrap();
+    sender.send(&three, "1").await.unwrap();
+    sender.send(&three, "2").await.unwrap();
+    sender.send(&revoked, "before").await.unwrap();
+    mailbox.revoke(revoked.grant()).await.unwrap();
+    assert_eq!(
+        sender.send(&revoked, "x").await,
+        Err(ferry::SendError::Revoked)
+    );
+    drop(mailbox);
+    receiver.shutdown(Duration::from_secs(1)).await;
+    drop(receiver);
+    store.close();
+    drop(store);
+
+    let receiver = node_on(&key, listen).await;
+    let store = open_store(dir.path());
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
+    assert!(mailbox.is_revoked(revoked.grant()));
+    assert_eq!(
+        sender.send(&revoked, "x").await,
+        Err(ferry::SendError::Revoked)
+    );
+    sender.send(&kept, "kept").await.unwrap();
+    sender.send(&three, "3").await.unwrap();
+    assert_eq!(
+        sender.send(&three, "4").await,
+        Err(ferry::SendError::Exhausted)
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        seen.push(message.decode::<String>().unwrap());
+        message.ack();
+    }
+    assert_eq!(seen, ["1", "2", "before", "kept", "3"]);
+    receiver.shutdown(Duration::from_secs(1)).await;
+    sender.shutdown(Duration::from_secs(1)).await;
+}

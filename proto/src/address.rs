@@ -577,6 +577,12 @@ impl Address {
         }
     }
 
+    /// This address usable only by the node `holder`, whose TLS handshake must prove it (a
+    /// third-party handoff: a copy in anyone else's hands is refused with CAVEAT).
+    pub fn handoff(&self, holder: NodeId) -> Result<Self, AttenuateError> {
+        self.attenuate().only(holder).build()
+    }
+
     /// This address with `caveats` appended (PROTOCOL.md §4.11). Needs no key: whoever holds an
     /// address can narrow it. The result keeps this address's hints.
     pub fn with_caveats(&self, caveats: &[Caveat]) -> Result<Self, AttenuateError> {

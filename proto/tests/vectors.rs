@@ -558,7 +558,10 @@ fn invalid_address_texts() -> Vec<(&'static str, String)> {
         ("empty", String::new()),
         ("the prefix alone", "ferry1".to_owned()),
         ("another version", format!("ferry3{body}")),
-        ("a ferry1 body under the ferry2 prefix", format!("ferry2{body}")),
+        (
+            "a ferry1 body under the ferry2 prefix",
+            format!("ferry2{body}"),
+        ),
         ("upper-case prefix", format!("FERRY1{body}")),
         ("one character short", text[..text.len() - 1].to_owned()),
         (
