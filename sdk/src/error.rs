@@ -183,7 +183,7 @@ impl SendError {
         match refusal {
             Refusal::NoSuchMailbox => Self::NoSuchMailbox,
             Refusal::Forged => Self::Forged,
-            Refusal::Expired => Self::Expired(target.expires().unwrap_or(0)),
+            Refusal::Expired => Self::Expired(target.effective_expiry().unwrap_or(0)),
             Refusal::WrongNode => Self::WrongNode,
             Refusal::Revoked => Self::Revoked,
             Refusal::Caveat => Self::Caveat("refused by the receiver".into()),

@@ -53,8 +53,14 @@ async fn revoking_a_grant_voids_it_and_its_derivations_only() {
         let message = target.recv_timeout(WAIT).await.unwrap();
         assert_eq!(message.decode::<String>().unwrap(), expected);
     }
-    // Local senders are refused alike.
+    // Local senders are refused alike, and so are watches (through MONITOR_CAP).
     assert_eq!(b.send(&granted, "x").await, Err(SendError::Revoked));
+    assert_eq!(
+        tokio::time::timeout(WAIT, a.monitor(&derived).unwrap())
+            .await
+            .unwrap(),
+        ferry::DownReason::InvalidAddress(SendError::Revoked)
+    );
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
 }

@@ -500,9 +500,12 @@ fn close_outcome(code: ErrorCode, reason: String, address: &Address) -> Outcome 
         ErrorCode::NO_SUCH_MAILBOX => Outcome::Down(DownReason::MailboxClosed),
         ErrorCode::FORGED => Outcome::Down(DownReason::InvalidAddress(SendError::Forged)),
         ErrorCode::EXPIRED => Outcome::Down(DownReason::InvalidAddress(SendError::Expired(
-            address.expires().unwrap_or(0),
+            address.effective_expiry().unwrap_or(0),
         ))),
         ErrorCode::WRONG_NODE => Outcome::Down(DownReason::InvalidAddress(SendError::WrongNode)),
+        ErrorCode::REVOKED => Outcome::Down(DownReason::InvalidAddress(SendError::Revoked)),
+        ErrorCode::CAVEAT => Outcome::Down(DownReason::InvalidAddress(SendError::Caveat(reason))),
+        ErrorCode::EXHAUSTED => Outcome::Down(DownReason::InvalidAddress(SendError::Exhausted)),
         ErrorCode::SHUTTING_DOWN => Outcome::Down(DownReason::NodeShutdown),
         // The watched node says this watcher broke the protocol: trying again cannot help.
         ErrorCode::TOO_LARGE | ErrorCode::PROTOCOL | ErrorCode::FROM_MISMATCH => {

@@ -371,7 +371,7 @@ fn close_to_open_error(code: ErrorCode, reason: &str, target: &Target) -> OpenEr
             Some(Refusal::NoSuchMailbox) => OpenError::NoSuchMailbox,
             Some(Refusal::Forged) => OpenError::Forged,
             Some(Refusal::Expired) => OpenError::Expired(match target {
-                Target::Address(address) => address.expires().unwrap_or(0),
+                Target::Address(address) => address.effective_expiry().unwrap_or(0),
                 Target::Service { .. } => 0,
             }),
             Some(Refusal::WrongNode) => OpenError::WrongNode,
