@@ -54,10 +54,28 @@ pub(crate) fn print_batch(batch: &[Message], json: bool) -> std::io::Result<()> 
 /// Reads `ferry listen --commands`' commands from standard input until it ends, one per line
 /// (`grant [DURATION]`, `revoke GRANT`), and answers each on standard output; a wrong one is
 /// reported on standard error and skipped.
+///
+/// Standard input is read on a thread of its own, not with `tokio::io::stdin`: a read of that
+/// cannot be cancelled, and the runtime would wait for it at exit, so that a signal would not
+/// stop the process until a line or the end of input came. The thread dies with the process.
 pub(crate) async fn read_commands(grants: &Grants) {
-    use tokio::io::AsyncBufReadExt as _;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let (lines, mut next) = tokio::sync::mpsc::channel::<String>(16);
+    let reader = std::thread::Builder::new()
+        .name("ferry-commands".into())
+        .spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { return };
+                if lines.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(error) = reader {
+        eprintln!("ferry: cannot read commands: {error}");
+        return;
+    }
+    while let Some(line) = next.recv().await {
         if let Err(error) = command(grants, &line).await {
             eprintln!("ferry: {error:#}");
         }

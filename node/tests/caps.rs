@@ -140,3 +140,32 @@ fn a_running_listener_revokes_a_grant_durably() {
     let output = run(&["send", &other, "x"]);
     assert_eq!(output.status.code(), Some(9), "{}", stderr(&output));
 }
+
+/// SIGTERM stops a listener that reads commands, though its standard input stays open and no
+/// line comes: the read of standard input does not hold the process.
+#[test]
+fn sigterm_stops_a_listener_waiting_for_commands() {
+    let (mut listener, mut stdin) = Daemon::start_with_stdin(&["listen", "--commands"]);
+    assert!(listener.line().starts_with("ferry1"));
+    // Reading commands: a grant is answered.
+    writeln!(stdin, "grant").unwrap();
+    assert!(line_starting(&mut listener, "grant ").contains(" ferry2"));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &listener.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = listener.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM with standard input open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+    drop(stdin);
+}

@@ -279,3 +279,43 @@ async fn revocations_and_counts_survive_a_restart() {
     receiver.shutdown(Duration::from_secs(1)).await;
     sender.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A mailbox purged (the gateway's ended sessions) or emptied at open (temporary) takes its
+/// counters and revocations along; other mailboxes keep theirs.
+#[tokio::test]
+async fn a_purged_or_temporary_mailbox_takes_its_counts_and_revocations_along() {
+    use ferry::address::{Address, CounterKey, GrantId, MailboxId};
+    use ferry::MailboxStore as _;
+    use ferry_node::store::SessionStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let from = Address::mint(&SecretKey::generate(), MailboxId(1), None, vec![]);
+    let (purged, temporary, kept) = (MailboxId(21), MailboxId(22), MailboxId(23));
+    let counter = CounterKey([7; 16]);
+    {
+        let store = open_store(dir.path());
+        store.mark_temporary(temporary);
+        for mailbox in [purged, temporary, kept] {
+            let message = (from.clone(), bytes::Bytes::from_static(b"1"));
+            store
+                .append_counted(mailbox, None, vec![message], vec![counter])
+                .await
+                .unwrap();
+            store.revoke(mailbox, GrantId(5)).await.unwrap();
+            assert_eq!(store.counts(mailbox).unwrap(), [(counter, 1)]);
+            assert_eq!(store.revoked(mailbox).unwrap(), [GrantId(5)]);
+        }
+        store.purge(purged);
+        // The writer applies requests in order: once this one is answered, the purge is
+        // committed.
+        store.revoke(kept, GrantId(6)).await.unwrap();
+        assert_eq!(store.counts(purged).unwrap(), []);
+        assert_eq!(store.revoked(purged).unwrap(), []);
+        store.close();
+    }
+    let store = open_store(dir.path());
+    assert_eq!(store.counts(temporary).unwrap(), []);
+    assert_eq!(store.revoked(temporary).unwrap(), []);
+    assert_eq!(store.counts(kept).unwrap(), [(counter, 1)]);
+    assert_eq!(store.revoked(kept).unwrap(), [GrantId(5), GrantId(6)]);
+    store.close();
+}
