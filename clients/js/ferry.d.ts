@@ -40,6 +40,7 @@ export type ErrorCode =
   | 'store_failed' | 'unauthorized' | 'unknown_outcome' | 'internal'
   | 'unavailable' | 'closed' | 'ended' | 'protocol' | 'taken_over' | 'queue_full'
   | 'no_websocket' | 'mailbox_has_handler' | 'mailbox_receiving'
+  | 'revoked' | 'caveat' | 'exhausted' | 'no_webcrypto'
 
 /** An error with a stable code. */
 export class FerryError extends Error {
@@ -169,6 +170,13 @@ export class Client {
   leave (channel: string): Promise<void>
   ping (): Promise<void>
   refresh (token: string): Promise<void>
+  /** Narrows this session's address (or `address`) offline: see `attenuate`. */
+  attenuate (options?: Attenuation): Promise<string>
+  attenuate (address: string, options?: Attenuation): Promise<string>
+  /** An address of this session's mailbox under a new grant, and the grant's id. */
+  grant (options?: { expires?: Date | number }): Promise<Grant>
+  /** Revokes a grant of this session's mailbox; resolves once the revocation is stored. */
+  revoke (grant: string): Promise<void>
   disconnect (): void
   reconnect (): Promise<Client>
   close (): void
@@ -176,6 +184,31 @@ export class Client {
 
 export function connect (url?: string, options?: Options): Promise<Client>
 export const start: typeof connect
+/** What `attenuate` narrows (docs/PROTOCOL.md §4.11); the caveats are appended in this order. */
+export interface Attenuation {
+  /** Void at and after this time (a Date, or seconds since the epoch): earlier than the
+   *  address's expiry. */
+  expires?: Date | number
+  /** At most this many messages, counted together with every address derived from the result. */
+  max?: number
+  /** At most `messages` messages per `per` seconds. */
+  rate?: { messages: number, per: number }
+  /** Conversations with this service only (no messages). */
+  service?: string
+  /** Only this node (its id) may use the address: a handoff. */
+  only?: string
+}
+
+/** A grant of the session's mailbox (GATEWAY.md §5.9). */
+export interface Grant {
+  /** An address under the grant (`ferry2…`). */
+  address: string
+  /** The grant's id, 16 hex digits: what `revoke` takes. */
+  grant: string
+}
+
+/** Derives a narrower `ferry2` address from `address` offline (HMAC chain with WebCrypto). */
+export function attenuate (address: string, options?: Attenuation): Promise<string>
 /** Whether two addresses name the same mailbox, whatever dial hints they carry. */
 export function sameAddress (a: string, b: string): boolean
 /** A string equal for addresses of the same mailbox: a key for maps. */
@@ -185,6 +218,7 @@ declare const _default: {
   start: typeof connect
   sameAddress: typeof sameAddress
   addressKey: typeof addressKey
+  attenuate: typeof attenuate
   Client: typeof Client
   FerryError: typeof FerryError
   CLOSE: typeof CLOSE

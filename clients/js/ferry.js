@@ -1206,6 +1206,273 @@ export class Client {
   }
 }
 
+// --- capabilities (docs/PROTOCOL.md §4.11, docs/GATEWAY.md §5.9) ---------------------------
+// Offline attenuation of addresses (the HMAC chain, computed with WebCrypto), and the session's
+// grants. Kept apart from the rest of the client: pure functions, and three methods added to
+// Client's prototype at the end of this section.
+
+const CAVEAT_EXPIRES = 0x01
+const CAVEAT_MAX_MESSAGES = 0x02
+const CAVEAT_RATE = 0x03
+const CAVEAT_SERVICE = 0x04
+const CAVEAT_HOLDER = 0x05
+const MAX_CAVEATS = 8
+const MAX_CAVEAT_VALUE_LEN = 64
+const U32_MAX = 0xffffffff
+
+let crcTable = null
+
+/** CRC-32/ISO-HDLC (zlib's), docs/PROTOCOL.md §4.3. */
+function crc32 (bytes) {
+  if (crcTable === null) {
+    crcTable = new Uint32Array(256)
+    for (let n = 0; n < 256; n++) {
+      let c = n
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1
+      crcTable[n] = c >>> 0
+    }
+  }
+  let crc = 0xffffffff
+  for (const byte of bytes) crc = crcTable[(crc ^ byte) & 0xff] ^ (crc >>> 8)
+  return (crc ^ 0xffffffff) >>> 0
+}
+
+function fromBase64url (text) {
+  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return null
+  const base64 = text.replace(/-/g, '+').replace(/_/g, '/')
+  const binary = atob(base64 + '='.repeat((4 - base64.length % 4) % 4))
+  return Uint8Array.from(binary, c => c.charCodeAt(0))
+}
+
+function toBase64url (bytes) {
+  let binary = ''
+  for (const byte of bytes) binary += String.fromCharCode(byte)
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
+}
+
+function concat (...parts) {
+  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0))
+  let at = 0
+  for (const part of parts) {
+    out.set(part, at)
+    at += part.length
+  }
+  return out
+}
+
+function u64be (value) {
+  const out = new Uint8Array(8)
+  new DataView(out.buffer).setBigUint64(0, BigInt(value))
+  return out
+}
+
+function readU64 (bytes, at) {
+  return new DataView(bytes.buffer, bytes.byteOffset + at, 8).getBigUint64(0)
+}
+
+function notAddress (why) {
+  return new FerryError('bad_request', `not a ferry address: ${why}`)
+}
+
+/** The parts of a `ferry1` or `ferry2` address (§4.1, §4.11): node, mailbox, expires, grant
+ *  (their bytes), its caveats (each `kind | len | value`), its proof (signature or tag) and its
+ *  hints (kept verbatim). Checks the form and the checksum, not the proof (only the node can). */
+function parseCapability (address) {
+  if (typeof address !== 'string') throw notAddress('not a string')
+  const format = address.slice(0, 6)
+  if (format !== 'ferry1' && format !== 'ferry2') throw notAddress('no ferry1/ferry2 prefix')
+  const bytes = address.length <= 1186 ? fromBase64url(address.slice(6)) : null
+  if (bytes === null || bytes.length < 95) throw notAddress('malformed text')
+  const body = bytes.subarray(0, bytes.length - 4)
+  const crc = new DataView(bytes.buffer, bytes.length - 4, 4).getUint32(0)
+  if (crc32(body) !== crc) throw notAddress('checksum mismatch')
+  const parts = {
+    node: body.slice(0, 32),
+    mailbox: body.slice(32, 40),
+    expires: body.slice(40, 48),
+    grant: new Uint8Array(8),
+    caveats: [],
+    signature: null,
+    tag: null,
+    hints: null
+  }
+  let at
+  if (format === 'ferry1') {
+    if (body.length < 112) throw notAddress('too short')
+    parts.signature = body.slice(48, 112)
+    at = 112
+  } else {
+    parts.grant = body.slice(48, 56)
+    const count = body[56]
+    if (count > MAX_CAVEATS) throw notAddress('too many caveats')
+    at = 57
+    for (let i = 0; i < count; i++) {
+      if (at + 2 > body.length) throw notAddress('truncated caveat')
+      const len = body[at + 1]
+      if (len > MAX_CAVEAT_VALUE_LEN || at + 2 + len > body.length) throw notAddress('invalid caveat')
+      parts.caveats.push(body.slice(at, at + 2 + len))
+      at += 2 + len
+    }
+    const proofLen = count === 0 ? 64 : 32
+    if (at + proofLen > body.length) throw notAddress('truncated proof')
+    if (count === 0) parts.signature = body.slice(at, at + 64)
+    else parts.tag = body.slice(at, at + 32)
+    at += proofLen
+  }
+  parts.hints = body.slice(at)
+  return parts
+}
+
+/** The earliest of an address's expiry and its expiry caveats (unix seconds), or null. */
+function effectiveExpiry (parts) {
+  let earliest = readU64(parts.expires, 0)
+  for (const caveat of parts.caveats) {
+    if (caveat[0] === CAVEAT_EXPIRES && caveat[1] === 8) {
+      const at = readU64(caveat, 2)
+      if (earliest === 0n || at < earliest) earliest = at
+    }
+  }
+  return earliest === 0n ? null : earliest
+}
+
+function unixSeconds (when, what) {
+  const secs = when instanceof Date ? Math.floor(when.getTime() / 1000) : when
+  if (!Number.isSafeInteger(secs) || secs <= 0) {
+    throw new FerryError('bad_request', `${what}: a Date or seconds since the epoch`)
+  }
+  return secs
+}
+
+function count32 (value, what) {
+  if (!Number.isInteger(value) || value < 0 || value > U32_MAX) {
+    throw new FerryError('bad_request', `${what}: an integer from 0 to ${U32_MAX}`)
+  }
+  const out = new Uint8Array(4)
+  new DataView(out.buffer).setUint32(0, value)
+  return out
+}
+
+const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567'
+
+/** A NodeId's 32 bytes from its text (52 characters of lowercase base32, no padding). */
+function nodeIdBytes (text) {
+  if (typeof text !== 'string' || !/^[a-z2-7]{52}$/.test(text)) {
+    throw new FerryError('bad_request', 'only: a node id (52 characters of base32)')
+  }
+  const out = new Uint8Array(32)
+  let bits = 0
+  let value = 0
+  let at = 0
+  for (const char of text) {
+    value = (value << 5) | BASE32.indexOf(char)
+    bits += 5
+    if (bits >= 8) {
+      bits -= 8
+      if (at < 32) out[at++] = (value >>> bits) & 0xff
+    }
+  }
+  return out
+}
+
+/** The caveats `options` ask for, in the order `ferry address attenuate` appends them:
+ *  expires, max, rate, service, only. */
+function caveatsOf (options, current) {
+  const caveat = (kind, value) => concat(Uint8Array.of(kind, value.length), value)
+  const out = []
+  const { expires, max, rate, service, only } = options || {}
+  if (expires !== undefined) {
+    const at = BigInt(unixSeconds(expires, 'expires'))
+    if (current !== null && at >= current) {
+      throw new FerryError('bad_request', `expires: ${at} is not earlier than the address's ${current}`)
+    }
+    out.push(caveat(CAVEAT_EXPIRES, u64be(at)))
+  }
+  if (max !== undefined) out.push(caveat(CAVEAT_MAX_MESSAGES, count32(max, 'max')))
+  if (rate !== undefined) {
+    const { messages, per } = rate || {}
+    if (!(messages >= 1) || !(per >= 1)) {
+      throw new FerryError('bad_request', 'rate: {messages, per} with at least 1 message per at least 1 second')
+    }
+    out.push(caveat(CAVEAT_RATE, concat(count32(messages, 'rate.messages'), count32(per, 'rate.per'))))
+  }
+  if (service !== undefined) {
+    if (typeof service !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(service)) {
+      throw new FerryError('bad_request', 'service: 1 to 64 of A-Z a-z 0-9 . _ -')
+    }
+    out.push(caveat(CAVEAT_SERVICE, encoder.encode(service)))
+  }
+  if (only !== undefined) out.push(caveat(CAVEAT_HOLDER, nodeIdBytes(only)))
+  return out
+}
+
+async function hmacSha256 (key, message) {
+  const subtle = globalThis.crypto && globalThis.crypto.subtle
+  if (!subtle) {
+    throw new FerryError('no_webcrypto',
+      'attenuating an address needs WebCrypto (crypto.subtle: a secure context, or Node 18+)')
+  }
+  const imported = await subtle.importKey('raw', key, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign'])
+  return new Uint8Array(await subtle.sign('HMAC', imported, message))
+}
+
+/** Derives a narrower address from `address` (`ferry1…` or `ferry2…`), offline: whoever holds
+ *  an address can, and nobody can undo it. `expires` (a Date or seconds since the epoch, earlier
+ *  than the address's expiry), `max` (at most that many messages, counted together with every
+ *  address derived from the result), `rate` (`{messages, per}`: at most `messages` per `per`
+ *  seconds), `service` (conversations with that service only), `only` (a NodeId: only that
+ *  node may use it, a handoff). Resolves with the `ferry2…` address (the same address when no
+ *  option is given); rejects with FerryError `bad_request` (no address, an invalid option,
+ *  more than 8 caveats) or `no_webcrypto`. The node checks the result (docs/PROTOCOL.md §4.11). */
+export async function attenuate (address, options = {}) {
+  const parts = parseCapability(address)
+  const added = caveatsOf(options, effectiveExpiry(parts))
+  if (added.length === 0) return address
+  const caveats = parts.caveats.concat(added)
+  if (caveats.length > MAX_CAVEATS) {
+    throw new FerryError('bad_request', `an address carries at most ${MAX_CAVEATS} caveats`)
+  }
+  let tag = parts.tag
+  if (tag === null) {
+    const base = concat(encoder.encode('ferry/caveat/v1'), parts.node, parts.mailbox, parts.expires, parts.grant)
+    tag = await hmacSha256(parts.signature, base)
+  }
+  for (const caveat of added) tag = await hmacSha256(tag, caveat)
+  const body = concat(parts.node, parts.mailbox, parts.expires, parts.grant,
+    Uint8Array.of(caveats.length), ...caveats, tag, parts.hints)
+  const crc = new Uint8Array(4)
+  new DataView(crc.buffer).setUint32(0, crc32(body))
+  return 'ferry2' + toBase64url(concat(body, crc))
+}
+
+/** Attenuates this session's address (or `address`): see `attenuate`. */
+Client.prototype.attenuate = function (address, options) {
+  if (options === undefined && address !== null && typeof address === 'object') {
+    options = address
+    address = undefined
+  }
+  return attenuate(address === undefined ? this.address : address, options)
+}
+
+/** Mints an address of this session's mailbox under a new grant (expiring at `expires`, a Date
+ *  or seconds since the epoch, if given): resolves with `{address, grant}`. Revoking `grant`
+ *  later voids that address and every address derived from it, and nothing else. */
+Client.prototype.grant = function ({ expires } = {}) {
+  const fields = { type: 'grant' }
+  try {
+    if (expires !== undefined) fields.expires = unixSeconds(expires, 'expires')
+  } catch (error) {
+    return Promise.reject(error)
+  }
+  return this._request(fields, undefined, false)
+}
+
+/** Revokes a grant of this session's mailbox (its 16 hex digits, as `grant()` gave them):
+ *  resolves once the node stored the revocation. Senders holding its addresses then fail with
+ *  FerryError `revoked`. */
+Client.prototype.revoke = function (grant) {
+  return this._request({ type: 'revoke', grant }, undefined, false).then(() => undefined)
+}
+
 /** Connects to the gateway at `url` (`http(s)://host:port`, or its `ws(s)://…/ws`; default:
  *  this page's origin). Resolves once the first welcome arrived; rejects with a FerryError:
  *  `unauthorized`, `forbidden`, or `unavailable` after `connectTimeout` ms of trying. */
@@ -1224,4 +1491,4 @@ export function connect (url, options = {}) {
 /** GenBrowser's name for `connect`. */
 export const start = connect
 
-export default { connect, start, sameAddress, addressKey, Client, FerryError, CLOSE }
+export default { connect, start, sameAddress, addressKey, attenuate, Client, FerryError, CLOSE }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use ferry::address::GrantId;
 use ferry::duration::parse_duration;
 use ferry_node::config::{parse_addr_or_off, Peer};
 
@@ -57,6 +58,15 @@ pub(crate) enum Command {
         /// Print each message as a JSON object with `from` and `payload`.
         #[arg(long)]
         json: bool,
+        /// Grants and revocations of the mailbox.
+        #[command(flatten)]
+        caps: ListenCaps,
+    },
+    /// Work with capability addresses offline: narrow one, or show what it holds.
+    Address {
+        /// What to do.
+        #[command(subcommand)]
+        command: AddressCommand,
     },
     /// Send one message to ADDRESS; exits 0 once the target node has accepted it.
     Send {
@@ -85,6 +95,85 @@ pub(crate) enum Command {
     Ping(PingArgs),
     /// Print a commented config file with every key at its default value.
     ConfigExample,
+}
+
+/// `ferry listen`'s grants: revoke one without closing the mailbox (docs/PROTOCOL.md §4.11).
+#[derive(Debug, Default, Args)]
+pub(crate) struct ListenCaps {
+    /// Print an address under a new grant as the first line instead of the mailbox's plain
+    /// address (its grant id goes to standard error), so that it can be revoked later.
+    #[arg(long)]
+    pub(crate) grant: bool,
+    /// Revoke this grant (16 hex digits, as `ferry address inspect` prints) before taking
+    /// messages; repeatable. With a data directory the revocation is stored and lasts.
+    #[arg(long = "revoke", value_name = "GRANT", value_parser = parse_grant)]
+    pub(crate) revoke: Vec<GrantId>,
+    /// Read commands from standard input while running, one per line: `grant [DURATION]`
+    /// prints `grant GRANT ADDRESS` for a new grant (expiring after DURATION if given),
+    /// `revoke GRANT` revokes one and prints `revoked GRANT` once it is stored.
+    #[arg(long)]
+    pub(crate) commands: bool,
+}
+
+/// `ferry address …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AddressCommand {
+    /// Print a narrower address derived from ADDRESS, without contacting its node: anyone who
+    /// holds an address can do this, and nobody can undo it.
+    Attenuate(AttenuateArgs),
+    /// Print what an address holds: node, mailbox, grant, expiry, caveats, hints.
+    Inspect {
+        /// The address.
+        address: String,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `ferry address attenuate`.
+#[derive(Debug, Args)]
+pub(crate) struct AttenuateArgs {
+    /// The address to narrow (`ferry1…` or `ferry2…`).
+    pub(crate) address: String,
+    /// Void after this long from now (e.g. `1h`); must be earlier than its expiry.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) expires: Option<Duration>,
+    /// Void at this time (seconds since the Unix epoch).
+    #[arg(long, value_name = "UNIX_SECS", conflicts_with = "expires")]
+    pub(crate) expires_at: Option<u64>,
+    /// At most N messages, counted together with every address derived from the result.
+    #[arg(long, value_name = "N")]
+    pub(crate) max: Option<u32>,
+    /// At most N messages per DURATION, e.g. `10/1m`.
+    #[arg(long, value_name = "N/DURATION", value_parser = parse_rate)]
+    pub(crate) rate: Option<(u32, u32)>,
+    /// Conversations with this service only (no messages, no watches).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) service: Option<String>,
+    /// Usable only by this node (its TLS identity): a handoff.
+    #[arg(long, value_name = "NODEID")]
+    pub(crate) only: Option<ferry::NodeId>,
+}
+
+fn parse_grant(text: &str) -> Result<GrantId, String> {
+    text.parse()
+        .map_err(|error| format!("a grant is 16 hex digits: {error}"))
+}
+
+fn parse_rate(text: &str) -> Result<(u32, u32), String> {
+    let (count, per) = text
+        .split_once('/')
+        .ok_or_else(|| "a rate is N/DURATION, e.g. 10/1m".to_string())?;
+    let count: u32 = count
+        .parse()
+        .map_err(|error| format!("rate count: {error}"))?;
+    let per = parse_duration(per).map_err(|error| error.to_string())?;
+    let secs = u32::try_from(per.as_secs()).map_err(|_| "rate window too long".to_string())?;
+    if count == 0 || secs == 0 {
+        return Err("a rate needs at least 1 message per at least 1 s".into());
+    }
+    Ok((count, secs))
 }
 
 /// Where a long-lived node (`run`, `listen`) runs. A flag replaces the config file's value.

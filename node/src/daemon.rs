@@ -1,7 +1,9 @@
 //! What `run` and `listen` add to the library's [`ferry_node::server`]: the signals that stop
-//! them, and how they print what arrives.
+//! them, how they print what arrives, and `ferry listen --commands`' commands.
 
+use ferry::address::GrantId;
 use ferry::Message;
+use ferry_node::server::Grants;
 
 /// Resolves on SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {
@@ -47,4 +49,75 @@ pub(crate) fn print_batch(batch: &[Message], json: bool) -> std::io::Result<()> 
         }
     }
     out.flush()
+}
+
+/// Reads `ferry listen --commands`' commands from standard input until it ends, one per line
+/// (`grant [DURATION]`, `revoke GRANT`), and answers each on standard output; a wrong one is
+/// reported on standard error and skipped.
+///
+/// Standard input is read on a thread of its own, not with `tokio::io::stdin`: a read of that
+/// cannot be cancelled, and the runtime would wait for it at exit, so that a signal would not
+/// stop the process until a line or the end of input came. The thread dies with the process.
+pub(crate) async fn read_commands(grants: &Grants) {
+    let (lines, mut next) = tokio::sync::mpsc::channel::<String>(16);
+    let reader = std::thread::Builder::new()
+        .name("ferry-commands".into())
+        .spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { return };
+                if lines.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(error) = reader {
+        eprintln!("ferry: cannot read commands: {error}");
+        return;
+    }
+    while let Some(line) = next.recv().await {
+        if let Err(error) = command(grants, &line).await {
+            eprintln!("ferry: {error:#}");
+        }
+    }
+}
+
+/// One command: `grant [DURATION]` prints `grant GRANT ADDRESS`, `revoke GRANT` prints
+/// `revoked GRANT` once the revocation is stored.
+async fn command(grants: &Grants, line: &str) -> anyhow::Result<()> {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (None, _, _) => Ok(()),
+        (Some("grant"), after, None) => {
+            let expires = match after {
+                Some(after) => {
+                    let after = ferry::duration::parse_duration(after)
+                        .map_err(|error| anyhow::anyhow!("grant: {error}"))?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |elapsed| elapsed.as_secs());
+                    Some(now.saturating_add(after.as_secs().max(1)))
+                }
+                None => None,
+            };
+            let address = grants.grant(expires)?;
+            print_line(&format!("grant {} {address}", address.grant()))
+        }
+        (Some("revoke"), Some(grant), None) => {
+            let grant: GrantId = grant
+                .parse()
+                .map_err(|error| anyhow::anyhow!("revoke: a grant is 16 hex digits: {error}"))?;
+            grants.revoke(grant).await?;
+            print_line(&format!("revoked {grant}"))
+        }
+        _ => anyhow::bail!("unknown command {line:?} (grant [DURATION] | revoke GRANT)"),
+    }
+}
+
+fn print_line(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }

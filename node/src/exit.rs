@@ -30,6 +30,7 @@ pub(crate) fn send(error: &SendError) -> u8 {
         SendError::Unreachable(DialError::Timeout) | SendError::Timeout => TIMEOUT,
         SendError::Unreachable(_) => UNREACHABLE,
         SendError::TooLarge { .. } => TOO_LARGE,
+        SendError::Revoked | SendError::Caveat(_) | SendError::Exhausted => REFUSED,
         _ => FAILURE,
     }
 }
@@ -42,6 +43,7 @@ pub(crate) fn call(error: &CallError) -> u8 {
             OpenError::Unreachable(_) => UNREACHABLE,
             OpenError::NoSuchService(_) | OpenError::NoSuchMailbox => NOT_FOUND,
             OpenError::NotAllowed | OpenError::Busy => REFUSED,
+            OpenError::Revoked | OpenError::Caveat(_) | OpenError::Exhausted => REFUSED,
             OpenError::PeerShuttingDown => UNREACHABLE,
             OpenError::InvalidName(_) => INPUT,
             OpenError::Forged | OpenError::Expired(_) | OpenError::WrongNode => BAD_ADDRESS,

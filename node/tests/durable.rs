@@ -212,3 +212,107 @@ async fn a_full_store_slows_the_sender_instead_of_losing_messages() {
     sender.shutdown(Duration::from_secs(1)).await;
     receiver.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Revocations and the counts of "max messages" caveats of a durable mailbox are in the store
+/// (written before the revocation returns, and in the transaction that stores the messages):
+/// a restarted node still refuses the revoked grant and still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_and_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let key = SecretKey::generate();
+    let receiver = node_on(&key, "127.0.0.1:0".parse().unwrap()).await;
+    let listen = receiver.local_addr();
+    let store = open_store(dir.path());
+    let id = store.named_mailbox("caps").unwrap();
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
+    let revoked = mailbox.grant(None);
+    let kept = mailbox.grant(None);
+    let three = mailbox
+        .address()
+        .attenuate()
+        .max_messages(3)
+        .build()
+        .unwrap();
+    sender.send(&three, "1").await.unwrap();
+    sender.send(&three, "2").await.unwrap();
+    sender.send(&revoked, "before").await.unwrap();
+    mailbox.revoke(revoked.grant()).await.unwrap();
+    assert_eq!(
+        sender.send(&revoked, "x").await,
+        Err(ferry::SendError::Revoked)
+    );
+    drop(mailbox);
+    receiver.shutdown(Duration::from_secs(1)).await;
+    drop(receiver);
+    store.close();
+    drop(store);
+
+    let receiver = node_on(&key, listen).await;
+    let store = open_store(dir.path());
+    let mailbox = receiver.durable_mailbox(id, store.clone()).unwrap();
+    receiver.serve_streams();
+    assert!(mailbox.is_revoked(revoked.grant()));
+    assert_eq!(
+        sender.send(&revoked, "x").await,
+        Err(ferry::SendError::Revoked)
+    );
+    sender.send(&kept, "kept").await.unwrap();
+    sender.send(&three, "3").await.unwrap();
+    assert_eq!(
+        sender.send(&three, "4").await,
+        Err(ferry::SendError::Exhausted)
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let message = mailbox.recv_timeout(WAIT).await.unwrap();
+        seen.push(message.decode::<String>().unwrap());
+        message.ack();
+    }
+    assert_eq!(seen, ["1", "2", "before", "kept", "3"]);
+    receiver.shutdown(Duration::from_secs(1)).await;
+    sender.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A mailbox purged (the gateway's ended sessions) or emptied at open (temporary) takes its
+/// counters and revocations along; other mailboxes keep theirs.
+#[tokio::test]
+async fn a_purged_or_temporary_mailbox_takes_its_counts_and_revocations_along() {
+    use ferry::address::{Address, CounterKey, GrantId, MailboxId};
+    use ferry::MailboxStore as _;
+    use ferry_node::store::SessionStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let from = Address::mint(&SecretKey::generate(), MailboxId(1), None, vec![]);
+    let (purged, temporary, kept) = (MailboxId(21), MailboxId(22), MailboxId(23));
+    let counter = CounterKey([7; 16]);
+    {
+        let store = open_store(dir.path());
+        store.mark_temporary(temporary);
+        for mailbox in [purged, temporary, kept] {
+            let message = (from.clone(), bytes::Bytes::from_static(b"1"));
+            store
+                .append_counted(mailbox, None, vec![message], vec![counter])
+                .await
+                .unwrap();
+            store.revoke(mailbox, GrantId(5)).await.unwrap();
+            assert_eq!(store.counts(mailbox).unwrap(), [(counter, 1)]);
+            assert_eq!(store.revoked(mailbox).unwrap(), [GrantId(5)]);
+        }
+        store.purge(purged);
+        // The writer applies requests in order: once this one is answered, the purge is
+        // committed.
+        store.revoke(kept, GrantId(6)).await.unwrap();
+        assert_eq!(store.counts(purged).unwrap(), []);
+        assert_eq!(store.revoked(purged).unwrap(), []);
+        store.close();
+    }
+    let store = open_store(dir.path());
+    assert_eq!(store.counts(temporary).unwrap(), []);
+    assert_eq!(store.revoked(temporary).unwrap(), []);
+    assert_eq!(store.counts(kept).unwrap(), [(counter, 1)]);
+    assert_eq!(store.revoked(kept).unwrap(), [GrantId(5), GrantId(6)]);
+    store.close();
+}

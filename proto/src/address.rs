@@ -18,6 +18,21 @@
 //! signed: changing one only changes where a sender looks for the node, and the TLS handshake
 //! still proves the node's identity. The CRC-32 catches transcription errors in the whole
 //! address (hints included) before any signature check.
+//!
+//! **Grants and caveats** (PROTOCOL.md §4.11): an address minted under a grant other than 0,
+//! or attenuated with caveats ([`crate::caveat`]), has the second format, text prefix
+//! `ferry2`:
+//!
+//! ```text
+//! cap2  = node_id[32] | mailbox_id[8] | expires[8] | grant[8] | count[1] | caveat{count} | proof
+//! proof = signature[64] (count = 0, grant ≠ 0)  |  tag[32] (count ≥ 1)
+//! bytes2 = cap2 | hint* | crc32[4]
+//! signed message (grant ≠ 0) = "ferry/address/v2" | node_id | mailbox_id | expires | grant
+//! text  = "ferry2" | base64url-nopad(bytes2)
+//! ```
+//!
+//! Grant 0 without caveats is exactly the first format: every `ferry1` address is the base of
+//! grant 0.
 // Parsing takes bytes from anyone: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -27,12 +42,18 @@ use std::str::FromStr;
 
 use ed25519_dalek::{Signature, Verifier as _};
 
+use crate::caveat::{self, Tag, MAX_CAVEAT_VALUE_LEN, TAG_LEN};
+pub use crate::caveat::{Caveat, CaveatError, CounterKey, Limit, LimitKind, MAX_CAVEATS};
 use crate::identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN};
 
 /// The text prefix of every address. The `1` is the format version.
 pub const ADDRESS_PREFIX: &str = "ferry1";
+/// The text prefix of addresses with a grant or caveats (PROTOCOL.md §4.11).
+pub const ADDRESS_PREFIX_V2: &str = "ferry2";
 /// Domain-separation label signed in front of every address body.
 pub const ADDRESS_SIGNING_DOMAIN: &[u8; 16] = b"ferry/address/v1";
+/// Domain-separation label signed in front of the body of a grant's base address.
+pub const GRANT_SIGNING_DOMAIN: &[u8; 16] = b"ferry/address/v2";
 /// Length of the signed core of an address in bytes.
 pub const ADDRESS_CORE_LEN: usize = NODE_ID_LEN + 8 + 8 + 64;
 /// At most this many dial hints fit in one address.
@@ -99,7 +120,25 @@ pub const MAX_EXTENSION_LEN: usize = 64;
 const EXTENSION_MAX_LEN: usize = 2 + MAX_EXTENSION_LEN;
 const CRC_LEN: usize = 4;
 const MIN_BYTES: usize = ADDRESS_CORE_LEN + CRC_LEN;
-const MAX_BYTES: usize = ADDRESS_CORE_LEN + MAX_HINTS * EXTENSION_MAX_LEN + CRC_LEN;
+const MAX_HINT_BYTES: usize = MAX_HINTS * EXTENSION_MAX_LEN;
+const MAX_BYTES: usize = ADDRESS_CORE_LEN + MAX_HINT_BYTES + CRC_LEN;
+/// The fixed fields at the start of a `cap2`: node, mailbox, expires, grant, caveat count.
+const CAP2_HEAD_LEN: usize = NODE_ID_LEN + 8 + 8 + 8 + 1;
+/// Shortest `cap2`: one caveat with an empty value, and a tag.
+pub const MIN_CAP2_LEN: usize = CAP2_HEAD_LEN + 2 + TAG_LEN;
+/// Longest `cap2`: [`MAX_CAVEATS`] caveats of 64-byte values, and a tag (617 bytes).
+pub const MAX_CAP2_LEN: usize = CAP2_HEAD_LEN + MAX_CAVEATS * (2 + MAX_CAVEAT_VALUE_LEN) + TAG_LEN;
+const MIN_BYTES_V2: usize = MIN_CAP2_LEN + CRC_LEN;
+const MAX_BYTES_V2: usize = MAX_CAP2_LEN + MAX_HINT_BYTES + CRC_LEN;
+/// Longest address in any form: the text form of the longest `ferry2` address (1186
+/// characters; its binary form is 891 bytes with the `ferry2` marker).
+pub const MAX_ADDRESS_TEXT_LEN: usize = ADDRESS_PREFIX_V2.len() + (MAX_BYTES_V2 * 4).div_ceil(3);
+/// Longest capability field inside a frame ([`Address::to_cap_bytes`]): 618 bytes.
+pub const MAX_CAP_LEN: usize = 1 + MAX_CAP2_LEN;
+/// First byte of a capability field holding a `ferry1` core.
+const CAP_CORE: u8 = 0x01;
+/// First byte of a capability field holding a `cap2`.
+const CAP_V2: u8 = 0x02;
 
 /// The identifier of a mailbox, unique on its node. Random, never reused.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,13 +165,65 @@ impl fmt::Debug for MailboxId {
     }
 }
 
+/// Identifies a grant: a set of addresses of one mailbox that the node revokes together.
+/// Grant 0 is the mailbox's default grant, which every `ferry1` address belongs to; the node
+/// mints other grants with random ids.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct GrantId(pub u64);
+
+impl GrantId {
+    /// The default grant of every mailbox: its `ferry1` addresses.
+    pub const DEFAULT: Self = Self(0);
+
+    /// A new random grant id, never 0.
+    pub fn random() -> Self {
+        loop {
+            let mut bytes = [0u8; 8];
+            crate::identity::fill_random(&mut bytes);
+            let id = u64::from_be_bytes(bytes);
+            if id != 0 {
+                return Self(id);
+            }
+        }
+    }
+}
+
+impl fmt::Display for GrantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for GrantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GrantId({self})")
+    }
+}
+
+impl FromStr for GrantId {
+    type Err = std::num::ParseIntError;
+
+    /// 16 hex digits, as displayed (fewer are accepted).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(text, 16).map(Self)
+    }
+}
+
+/// What proves an address: the node's signature, or the HMAC chain of its caveats.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Proof {
+    Signature([u8; 64]),
+    Chain { caveats: Vec<Caveat>, tag: Tag },
+}
+
 /// A signed capability address of a mailbox, with optional dial hints.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Address {
     node: NodeId,
     mailbox: MailboxId,
     expires: Option<u64>,
-    signature: [u8; 64],
+    grant: GrantId,
+    proof: Proof,
     hints: Vec<SocketAddr>,
     /// Hints of kinds this version does not know, as (tag, value), kept so that an address
     /// passes through unchanged. They follow the socket-address hints.
@@ -141,9 +232,10 @@ pub struct Address {
 
 /// Why bytes or text are not a well-formed address. Nothing here involves a signature check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AddressError {
-    /// The text does not start with `ferry1`.
-    #[error("address must start with \"{ADDRESS_PREFIX}\"")]
+    /// The text does not start with `ferry1` or `ferry2`.
+    #[error("address must start with \"{ADDRESS_PREFIX}\" or \"{ADDRESS_PREFIX_V2}\"")]
     Prefix,
     /// The text or byte length is impossible for an address.
     #[error("address has an impossible length ({0})")]
@@ -170,10 +262,24 @@ pub enum AddressError {
     /// The same dial hint appears twice.
     #[error("address repeats a dial hint")]
     DuplicateHint,
+    /// A `ferry2` address with grant 0 and no caveats: it must be written as `ferry1`.
+    #[error("address of the default grant without caveats must use the ferry1 form")]
+    NotCanonical,
+    /// More than [`MAX_CAVEATS`] caveats.
+    #[error("address has more than {MAX_CAVEATS} caveats")]
+    TooManyCaveats,
+    /// A caveat is malformed.
+    #[error("address caveat: {0}")]
+    Caveat(#[from] CaveatError),
+    /// The capability field of a frame does not start with a known format byte, or does not
+    /// fill its field exactly.
+    #[error("malformed capability field")]
+    Field,
 }
 
 /// Why an address does not grant access to a mailbox on this node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// The address names another node.
     #[error("address is for node {address_node}, presented to node {this_node}")]
@@ -186,23 +292,144 @@ pub enum VerifyError {
     /// The address expired at this time (seconds since the Unix epoch).
     #[error("address expired at {0} (unix seconds)")]
     Expired(u64),
-    /// The signature does not verify under `verify_strict`: forged or tampered.
+    /// The signature does not verify under `verify_strict`, or the caveat chain does not
+    /// check: forged or tampered.
     #[error("address signature is invalid (forged or tampered)")]
     Forged,
+    /// A caveat of the address forbids this use.
+    #[error("address caveat forbids this: {0}")]
+    Caveat(#[from] CaveatViolation),
+}
+
+/// Which caveat forbids a use of an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaveatViolation {
+    /// The address may be used only by another node than the one presenting it.
+    #[error("usable only by node {holder}, presented by {peer}")]
+    Holder {
+        /// The node the caveat names.
+        holder: NodeId,
+        /// The node that presented the address.
+        peer: NodeId,
+    },
+    /// The address is for conversations with one service, and this is not one.
+    #[error("usable only for conversations with service {0:?}")]
+    Service(String),
+    /// A caveat of a kind this node does not know: refused, since it may forbid anything.
+    #[error("unknown caveat kind {0:#04x}")]
+    Unknown(u8),
+}
+
+/// What an address is presented for, as far as caveats care (PROTOCOL.md §4.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Usage<'a> {
+    /// A mailbox stream: messages for the mailbox.
+    Messages,
+    /// A conversation with the service registered under this name (`None`: the mailbox is
+    /// not a service's).
+    Conversation(Option<&'a str>),
+    /// A watch on the mailbox.
+    Monitor,
+}
+
+/// Why an address cannot be attenuated as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttenuateError {
+    /// The address would carry more than [`MAX_CAVEATS`] caveats.
+    #[error("an address carries at most {MAX_CAVEATS} caveats")]
+    TooManyCaveats,
+    /// A caveat is not well-formed (an invalid service name, a rate of 0, an expiry of 0, a
+    /// value longer than 64 bytes).
+    #[error("invalid caveat: {0}")]
+    Invalid(#[from] CaveatError),
+    /// An expiry caveat not earlier than the address's expiry: it would not narrow anything.
+    #[error("expiry {asked} is not earlier than the address's {current}")]
+    NotEarlier {
+        /// The expiry asked for.
+        asked: u64,
+        /// The address's effective expiry.
+        current: u64,
+    },
+}
+
+/// A builder of attenuated addresses: [`Address::attenuate`].
+#[derive(Debug, Clone)]
+#[must_use = "an attenuation does nothing until built"]
+pub struct Attenuation<'a> {
+    address: &'a Address,
+    caveats: Vec<Caveat>,
+}
+
+impl Attenuation<'_> {
+    /// Void at and after `unix_secs`; must be earlier than the address's expiry.
+    pub fn expires_at(mut self, unix_secs: u64) -> Self {
+        self.caveats.push(Caveat::ExpiresBefore(unix_secs));
+        self
+    }
+
+    /// At most `n` messages, counted with every address derived from the result.
+    pub fn max_messages(mut self, n: u32) -> Self {
+        self.caveats.push(Caveat::MaxMessages(n));
+        self
+    }
+
+    /// At most `messages` messages per `per_secs` seconds.
+    pub fn rate(mut self, messages: u32, per_secs: u32) -> Self {
+        self.caveats.push(Caveat::Rate { messages, per_secs });
+        self
+    }
+
+    /// Conversations with the service `name` only.
+    pub fn service(mut self, name: &str) -> Self {
+        self.caveats.push(Caveat::Service(name.to_owned()));
+        self
+    }
+
+    /// Usable only by the node `holder` (as its TLS handshake proves): a handoff.
+    pub fn only(mut self, holder: NodeId) -> Self {
+        self.caveats.push(Caveat::Holder(holder));
+        self
+    }
+
+    /// Any caveat.
+    pub fn caveat(mut self, caveat: Caveat) -> Self {
+        self.caveats.push(caveat);
+        self
+    }
+
+    /// The attenuated address.
+    pub fn build(self) -> Result<Address, AttenuateError> {
+        self.address.with_caveats(&self.caveats)
+    }
 }
 
 impl Address {
-    /// Signs a new address. Only the node holding `key` can do this.
+    /// Signs a new address of the default grant. Only the node holding `key` can do this.
     pub fn mint(
         key: &SecretKey,
         mailbox: MailboxId,
         expires: Option<u64>,
         hints: Vec<SocketAddr>,
     ) -> Self {
+        Self::mint_grant(key, mailbox, GrantId::DEFAULT, expires, hints)
+    }
+
+    /// Signs a new address of `grant` (grant 0: a `ferry1` address, as [`Address::mint`]).
+    pub fn mint_grant(
+        key: &SecretKey,
+        mailbox: MailboxId,
+        grant: GrantId,
+        expires: Option<u64>,
+        hints: Vec<SocketAddr>,
+    ) -> Self {
         // 0 encodes "never"; an expiry at the epoch itself is already past anyway.
         let expires = expires.map(|t| t.max(1));
         let node = key.public();
-        let signature = key.sign(&signed_message(&node, mailbox, expires));
+        let (message, len) = signed_message(&node, mailbox, expires, grant);
+        let signature = key.sign(message.get(..len).unwrap_or_default());
         let mut hints = hints;
         dedup_in_order(&mut hints);
         hints.truncate(MAX_HINTS);
@@ -210,7 +437,8 @@ impl Address {
             node,
             mailbox,
             expires,
-            signature,
+            grant,
+            proof: Proof::Signature(signature),
             hints,
             extensions: Vec::new(),
         }
@@ -226,9 +454,40 @@ impl Address {
         self.mailbox
     }
 
-    /// When the address stops working, in seconds since the Unix epoch.
+    /// The expiry of the base address (signed by the node), in seconds since the Unix epoch.
+    /// Caveats may set an earlier one: [`Address::effective_expiry`].
     pub fn expires(&self) -> Option<u64> {
         self.expires
+    }
+
+    /// When the address stops working: the earliest of its base expiry and its expiry caveats.
+    pub fn effective_expiry(&self) -> Option<u64> {
+        self.caveats()
+            .iter()
+            .filter_map(|caveat| match caveat {
+                Caveat::ExpiresBefore(at) => Some(*at),
+                _ => None,
+            })
+            .chain(self.expires)
+            .min()
+    }
+
+    /// The grant the address belongs to (0 for every `ferry1` address).
+    pub fn grant(&self) -> GrantId {
+        self.grant
+    }
+
+    /// The caveats, in order (none for an address the node signed).
+    pub fn caveats(&self) -> &[Caveat] {
+        match &self.proof {
+            Proof::Signature(_) => &[],
+            Proof::Chain { caveats, .. } => caveats,
+        }
+    }
+
+    /// Whether this is a `ferry1` address: grant 0, no caveats.
+    pub fn is_plain(&self) -> bool {
+        self.grant == GrantId::DEFAULT && matches!(self.proof, Proof::Signature(_))
     }
 
     /// Where the node may be reached (unsigned, advisory).
@@ -291,13 +550,86 @@ impl Address {
             .collect()
     }
 
-    /// The signature bytes.
-    pub fn signature(&self) -> &[u8; 64] {
-        &self.signature
+    /// The signature bytes; `None` for an attenuated address, which carries a chain tag
+    /// instead.
+    pub fn signature(&self) -> Option<&[u8; 64]> {
+        match &self.proof {
+            Proof::Signature(signature) => Some(signature),
+            Proof::Chain { .. } => None,
+        }
+    }
+
+    /// The chain tag of an attenuated address (`None` for a signed one). As secret as the
+    /// address itself: whoever knows it can derive from it.
+    pub fn tag(&self) -> Option<&Tag> {
+        match &self.proof {
+            Proof::Signature(_) => None,
+            Proof::Chain { tag, .. } => Some(tag),
+        }
+    }
+
+    /// Starts an attenuation: a narrower address derived offline from this one, e.g.
+    /// `address.attenuate().expires_at(t).max_messages(100).build()`.
+    pub fn attenuate(&self) -> Attenuation<'_> {
+        Attenuation {
+            address: self,
+            caveats: Vec::new(),
+        }
+    }
+
+    /// This address usable only by the node `holder`, whose TLS handshake must prove it (a
+    /// third-party handoff: a copy in anyone else's hands is refused with CAVEAT).
+    pub fn handoff(&self, holder: NodeId) -> Result<Self, AttenuateError> {
+        self.attenuate().only(holder).build()
+    }
+
+    /// This address with `caveats` appended (PROTOCOL.md §4.11). Needs no key: whoever holds an
+    /// address can narrow it. The result keeps this address's hints.
+    pub fn with_caveats(&self, caveats: &[Caveat]) -> Result<Self, AttenuateError> {
+        let (mut all, mut tag) = match &self.proof {
+            Proof::Signature(signature) => (Vec::new(), self.root_tag_of(signature)),
+            Proof::Chain { caveats, tag } => (caveats.clone(), *tag),
+        };
+        if all.len() + caveats.len() > MAX_CAVEATS {
+            return Err(AttenuateError::TooManyCaveats);
+        }
+        let mut current = self.effective_expiry();
+        for caveat in caveats {
+            caveat.validate()?;
+            if let Caveat::ExpiresBefore(asked) = caveat {
+                if let Some(current) = current.filter(|current| asked >= current) {
+                    return Err(AttenuateError::NotEarlier {
+                        asked: *asked,
+                        current,
+                    });
+                }
+                current = Some(*asked);
+            }
+            tag = caveat::next_tag(&tag, caveat);
+            all.push(caveat.clone());
+        }
+        if all.is_empty() {
+            return Ok(self.clone());
+        }
+        Ok(Self {
+            proof: Proof::Chain { caveats: all, tag },
+            ..self.clone()
+        })
+    }
+
+    fn root_tag_of(&self, signature: &[u8; 64]) -> Tag {
+        caveat::root_tag(
+            signature,
+            &self.node,
+            self.mailbox.0,
+            self.expires.unwrap_or(0),
+            self.grant.0,
+        )
     }
 
     /// The cheap checks, in order: the address names `this_node`, and has not expired at
-    /// `now_secs`. Run these before [`Address::verify_signature`].
+    /// `now_secs` (neither its base expiry nor an expiry caveat). Run these before
+    /// [`Address::verify_signature`] / [`Address::verify_chain`].
     pub fn check_cheap(&self, this_node: &NodeId, now_secs: u64) -> Result<(), VerifyError> {
         if self.node != *this_node {
             return Err(VerifyError::WrongNode {
@@ -305,75 +637,192 @@ impl Address {
                 this_node: *this_node,
             });
         }
-        match self.expires {
+        match self.effective_expiry() {
             Some(at) if now_secs >= at => Err(VerifyError::Expired(at)),
             _ => Ok(()),
         }
     }
 
-    /// Checks the signature with `verify_strict` (about 40 µs): the expensive check.
-    pub fn verify_signature(&self) -> Result<(), VerifyError> {
-        let message = signed_message(&self.node, self.mailbox, self.expires);
-        let signature = Signature::from_bytes(&self.signature);
-        let key = self.node.verifying_key();
-        key.verify_strict(&message, &signature)
-            .map_err(|_| VerifyError::Forged)?;
-        // verify_strict and verify agree on every canonical input; keep the invariant visible.
-        debug_assert!(key.verify(&message, &signature).is_ok());
+    /// The caveats that need no state: the holder caveats name `peer` (the TLS-proven node
+    /// presenting the address), the service caveats allow `usage`, and every caveat is of a
+    /// known kind. Cheap; run before the proof check.
+    pub fn check_usage(&self, peer: &NodeId, usage: Usage<'_>) -> Result<(), VerifyError> {
+        for caveat in self.caveats() {
+            match caveat {
+                Caveat::Holder(holder) if holder != peer => {
+                    return Err(CaveatViolation::Holder {
+                        holder: *holder,
+                        peer: *peer,
+                    }
+                    .into())
+                }
+                Caveat::Service(name) if usage != Usage::Conversation(Some(name.as_str())) => {
+                    return Err(CaveatViolation::Service(name.clone()).into())
+                }
+                Caveat::Unknown { kind, .. } => return Err(CaveatViolation::Unknown(*kind).into()),
+                _ => {}
+            }
+        }
         Ok(())
     }
 
-    /// The 112-byte signed core, as carried inside frames.
-    pub fn core_bytes(&self) -> [u8; ADDRESS_CORE_LEN] {
+    /// Checks the signature with `verify_strict` (about 40 µs): the expensive check. An
+    /// attenuated address has no signature and fails it (`Forged`): check it with
+    /// [`Address::verify_chain`] or [`Address::verify`].
+    pub fn verify_signature(&self) -> Result<(), VerifyError> {
+        let Proof::Signature(signature) = &self.proof else {
+            return Err(VerifyError::Forged);
+        };
+        let (message, len) = signed_message(&self.node, self.mailbox, self.expires, self.grant);
+        let message = message.get(..len).unwrap_or_default();
+        let signature = Signature::from_bytes(signature);
+        let key = self.node.verifying_key();
+        key.verify_strict(message, &signature)
+            .map_err(|_| VerifyError::Forged)?;
+        // verify_strict and verify agree on every canonical input; keep the invariant visible.
+        debug_assert!(key.verify(message, &signature).is_ok());
+        Ok(())
+    }
+
+    /// tag_0 of this address's chain as the node computes it: from its own signature of the
+    /// base (node, mailbox, expires, grant), which is deterministic (one ed25519 signing,
+    /// about 20 µs). Meaningful only with the key of [`Address::node`].
+    pub fn root_tag(&self, key: &SecretKey) -> Tag {
+        let (message, len) = signed_message(&self.node, self.mailbox, self.expires, self.grant);
+        let signature = key.sign(message.get(..len).unwrap_or_default());
+        self.root_tag_of(&signature)
+    }
+
+    /// Checks the caveat chain of an attenuated address against `root` (its tag_0, from
+    /// [`Address::root_tag`]): one HMAC per caveat. Returns the counting caveats the node must
+    /// charge every message to. An address without caveats has no chain: `Forged`.
+    pub fn verify_chain(&self, root: &Tag) -> Result<Vec<Limit>, VerifyError> {
+        let Proof::Chain { caveats, tag } = &self.proof else {
+            return Err(VerifyError::Forged);
+        };
+        let mut current = *root;
+        let mut limits = Vec::new();
+        for caveat in caveats {
+            current = caveat::next_tag(&current, caveat);
+            let kind = match caveat {
+                Caveat::MaxMessages(n) => LimitKind::Messages(*n),
+                Caveat::Rate { messages, per_secs } => LimitKind::Rate {
+                    messages: *messages,
+                    per_secs: *per_secs,
+                },
+                _ => continue,
+            };
+            limits.push(Limit {
+                key: CounterKey::of(&current),
+                kind,
+            });
+        }
+        if !caveat::tags_equal(&current, tag) {
+            return Err(VerifyError::Forged);
+        }
+        Ok(limits)
+    }
+
+    /// The whole proof check by the node that owns `key`: the signature of a signed address,
+    /// or the chain of an attenuated one. Returns the counting caveats.
+    pub fn verify(&self, key: &SecretKey) -> Result<Vec<Limit>, VerifyError> {
+        match &self.proof {
+            Proof::Signature(_) => self.verify_signature().map(|()| Vec::new()),
+            Proof::Chain { .. } => self.verify_chain(&self.root_tag(key)),
+        }
+    }
+
+    /// The 112-byte signed core of a `ferry1` address, as carried inside the frames of
+    /// PROTOCOL.md §5; `None` for an address of another grant or with caveats, which frames
+    /// carry as a capability field ([`Address::to_cap_bytes`]).
+    pub fn core_bytes(&self) -> Option<[u8; ADDRESS_CORE_LEN]> {
+        let Proof::Signature(signature) = &self.proof else {
+            return None;
+        };
+        if self.grant != GrantId::DEFAULT {
+            return None;
+        }
         let mut out = [0u8; ADDRESS_CORE_LEN];
         out[..32].copy_from_slice(self.node.as_bytes());
         out[32..40].copy_from_slice(&self.mailbox.0.to_be_bytes());
         out[40..48].copy_from_slice(&self.expires.unwrap_or(0).to_be_bytes());
-        out[48..].copy_from_slice(&self.signature);
-        out
+        out[48..].copy_from_slice(signature);
+        Some(out)
     }
 
     /// Parses a 112-byte core (no hints, no checksum), as carried inside frames.
     pub fn from_core_bytes(core: &[u8; ADDRESS_CORE_LEN]) -> Result<Self, AddressError> {
-        let fields = core
-            .split_first_chunk::<NODE_ID_LEN>()
-            .and_then(|(node, rest)| Some((node, rest.split_first_chunk::<8>()?)))
-            .and_then(|(node, (mailbox, rest))| {
-                Some((node, mailbox, rest.split_first_chunk::<8>()?))
-            });
-        // The array type fixes the layout, so the split cannot fail.
-        let Some((node, mailbox, (expires, signature))) = fields else {
-            return Err(AddressError::Length(ADDRESS_CORE_LEN));
-        };
-        let signature: [u8; 64] = signature
-            .try_into()
-            .map_err(|_| AddressError::Length(ADDRESS_CORE_LEN))?;
-        let node = NodeId::from_bytes(node)?;
-        let mailbox = MailboxId(u64::from_be_bytes(*mailbox));
-        let expires = match u64::from_be_bytes(*expires) {
-            0 => None,
-            at => Some(at),
-        };
-        // A canonical scalar is below the group order, so its top three bits are clear.
-        if signature[63] & 0xe0 != 0 {
-            return Err(AddressError::SignatureEncoding);
-        }
+        let (head, signature) = core.split_at(48);
+        let (node, mailbox, expires) = parse_head(head)?;
+        let signature = parse_signature(signature)?;
         Ok(Self {
             node,
             mailbox,
             expires,
-            signature,
+            grant: GrantId::DEFAULT,
+            proof: Proof::Signature(signature),
             hints: Vec::new(),
             extensions: Vec::new(),
         })
     }
 
-    /// The full binary form: core, hints and checksum.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAX_BYTES);
-        out.extend_from_slice(&self.core_bytes());
+    /// The capability field of the frames that carry any address (PROTOCOL.md §4.11):
+    /// `0x01 | core[112]` for a `ferry1` address, `0x02 | cap2` for any other. No hints.
+    pub fn to_cap_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_CAP_LEN);
+        match self.core_bytes() {
+            Some(core) => {
+                out.push(CAP_CORE);
+                out.extend_from_slice(&core);
+            }
+            None => {
+                out.push(CAP_V2);
+                self.put_cap2(&mut out);
+            }
+        }
+        out
+    }
+
+    /// Parses a capability field, which must fill `bytes` exactly.
+    pub fn from_cap_bytes(bytes: &[u8]) -> Result<Self, AddressError> {
+        match bytes.split_first() {
+            Some((&CAP_CORE, core)) => {
+                let core: &[u8; ADDRESS_CORE_LEN] =
+                    core.try_into().map_err(|_| AddressError::Field)?;
+                Self::from_core_bytes(core)
+            }
+            Some((&CAP_V2, cap)) => match parse_cap2(cap)? {
+                (address, []) => Ok(address),
+                _ => Err(AddressError::Field),
+            },
+            _ => Err(AddressError::Field),
+        }
+    }
+
+    fn put_cap2(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.node.as_bytes());
+        out.extend_from_slice(&self.mailbox.0.to_be_bytes());
+        out.extend_from_slice(&self.expires.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&self.grant.0.to_be_bytes());
+        match &self.proof {
+            Proof::Signature(signature) => {
+                out.push(0);
+                out.extend_from_slice(signature);
+            }
+            Proof::Chain { caveats, tag } => {
+                // At most MAX_CAVEATS (8): checked when parsed or attenuated.
+                out.push(caveats.len() as u8);
+                for caveat in caveats {
+                    caveat.encode_unchecked(out);
+                }
+                out.extend_from_slice(tag);
+            }
+        }
+    }
+
+    fn put_hints(&self, out: &mut Vec<u8>) {
         for hint in &self.hints {
-            put_socket_hint(&mut out, *hint);
+            put_socket_hint(out, *hint);
         }
         for (tag, value) in &self.extensions {
             out.push(*tag);
@@ -381,34 +830,74 @@ impl Address {
             out.push(value.len() as u8);
             out.extend_from_slice(value);
         }
+    }
+
+    /// What the text form encodes: the `ferry1` bytes, or `bytes2` of a `ferry2` address.
+    fn body_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_BYTES_V2);
+        match self.core_bytes() {
+            Some(core) => out.extend_from_slice(&core),
+            None => self.put_cap2(&mut out),
+        }
+        self.put_hints(&mut out);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
     }
 
+    /// The full binary form: core, hints and checksum; for a `ferry2` address, the six
+    /// ASCII bytes `ferry2` followed by `bytes2` (PROTOCOL.md §4.11).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if self.is_plain() {
+            return self.body_bytes();
+        }
+        let mut out = ADDRESS_PREFIX_V2.as_bytes().to_vec();
+        out.extend_from_slice(&self.body_bytes());
+        out
+    }
+
     /// Parses the full binary form, rejecting every non-canonical input.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AddressError> {
+        match bytes.strip_prefix(ADDRESS_PREFIX_V2.as_bytes()) {
+            // A ferry1 address whose node id starts with those six bytes parses as ferry1.
+            Some(body) => Self::from_bytes_v2(body).or_else(|error| match bytes.len() {
+                MIN_BYTES..=MAX_BYTES => Self::from_bytes_v1(bytes).map_err(|_| error),
+                _ => Err(error),
+            }),
+            None => Self::from_bytes_v1(bytes),
+        }
+    }
+
+    fn from_bytes_v1(bytes: &[u8]) -> Result<Self, AddressError> {
         if !(MIN_BYTES..=MAX_BYTES).contains(&bytes.len()) {
             return Err(AddressError::Length(bytes.len()));
         }
-        let (body, crc) = bytes
-            .split_last_chunk::<CRC_LEN>()
-            .ok_or(AddressError::Length(bytes.len()))?;
-        if crc32fast::hash(body).to_be_bytes() != *crc {
-            return Err(AddressError::Checksum);
-        }
-        let (core, mut rest) = body
+        let body = check_crc(bytes)?;
+        let (core, rest) = body
             .split_first_chunk::<ADDRESS_CORE_LEN>()
             .ok_or(AddressError::Length(bytes.len()))?;
         let mut address = Self::from_core_bytes(core)?;
+        address.parse_hints(rest)?;
+        Ok(address)
+    }
+
+    fn from_bytes_v2(bytes: &[u8]) -> Result<Self, AddressError> {
+        if !(MIN_BYTES_V2..=MAX_BYTES_V2).contains(&bytes.len()) {
+            return Err(AddressError::Length(bytes.len()));
+        }
+        let body = check_crc(bytes)?;
+        let (mut address, rest) = parse_cap2(body)?;
+        address.parse_hints(rest)?;
+        Ok(address)
+    }
+
+    fn parse_hints(&mut self, mut rest: &[u8]) -> Result<(), AddressError> {
         while let Some((&tag, tail)) = rest.split_first() {
-            if address.hints.len() + address.extensions.len() == MAX_HINTS {
+            if self.hints.len() + self.extensions.len() == MAX_HINTS {
                 return Err(AddressError::TooManyHints);
             }
             let (ip, tail): (IpAddr, &[u8]) = match tag {
-                HINT_V4 | HINT_V6 if !address.extensions.is_empty() => {
-                    return Err(AddressError::Hint)
-                }
+                HINT_V4 | HINT_V6 if !self.extensions.is_empty() => return Err(AddressError::Hint),
                 HINT_V4 => {
                     let (ip, tail) = tail.split_first_chunk::<4>().ok_or(AddressError::Hint)?;
                     (Ipv4Addr::from(*ip).into(), tail)
@@ -424,31 +913,124 @@ impl Address {
                         return Err(AddressError::Hint);
                     }
                     let value = tail.get(..len).ok_or(AddressError::Hint)?;
-                    address.extensions.push((tag, value.to_vec()));
+                    self.extensions.push((tag, value.to_vec()));
                     rest = tail.get(len..).unwrap_or_default();
                     continue;
                 }
             };
             let (port, tail) = tail.split_first_chunk::<2>().ok_or(AddressError::Hint)?;
             let hint = SocketAddr::new(ip, u16::from_be_bytes(*port));
-            if address.hints.contains(&hint) {
+            if self.hints.contains(&hint) {
                 return Err(AddressError::DuplicateHint);
             }
-            address.hints.push(hint);
+            self.hints.push(hint);
             rest = tail;
         }
-        Ok(address)
+        Ok(())
     }
 }
 
-/// The exact bytes an address signature covers.
-fn signed_message(node: &NodeId, mailbox: MailboxId, expires: Option<u64>) -> [u8; 64] {
-    let mut message = [0u8; 64];
-    message[..16].copy_from_slice(ADDRESS_SIGNING_DOMAIN);
+/// The bytes before the checksum, if the checksum matches.
+fn check_crc(bytes: &[u8]) -> Result<&[u8], AddressError> {
+    let (body, crc) = bytes
+        .split_last_chunk::<CRC_LEN>()
+        .ok_or(AddressError::Length(bytes.len()))?;
+    if crc32fast::hash(body).to_be_bytes() != *crc {
+        return Err(AddressError::Checksum);
+    }
+    Ok(body)
+}
+
+/// node_id | mailbox_id | expires (48 bytes).
+fn parse_head(head: &[u8]) -> Result<(NodeId, MailboxId, Option<u64>), AddressError> {
+    let short = || AddressError::Length(head.len());
+    let (node, rest) = head.split_first_chunk::<NODE_ID_LEN>().ok_or_else(short)?;
+    let (mailbox, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let (expires, _) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let node = NodeId::from_bytes(node)?;
+    let expires = match u64::from_be_bytes(*expires) {
+        0 => None,
+        at => Some(at),
+    };
+    Ok((node, MailboxId(u64::from_be_bytes(*mailbox)), expires))
+}
+
+fn parse_signature(bytes: &[u8]) -> Result<[u8; 64], AddressError> {
+    let signature: [u8; 64] = bytes
+        .try_into()
+        .map_err(|_| AddressError::Length(bytes.len()))?;
+    // A canonical scalar is below the group order, so its top three bits are clear.
+    if signature[63] & 0xe0 != 0 {
+        return Err(AddressError::SignatureEncoding);
+    }
+    Ok(signature)
+}
+
+/// Reads a `cap2` from the front of `bytes` (PROTOCOL.md §4.11): the address (no hints) and
+/// what follows it.
+fn parse_cap2(bytes: &[u8]) -> Result<(Address, &[u8]), AddressError> {
+    let short = || AddressError::Length(bytes.len());
+    let (head, rest) = bytes.split_first_chunk::<48>().ok_or_else(short)?;
+    let (node, mailbox, expires) = parse_head(head)?;
+    let (grant, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let grant = GrantId(u64::from_be_bytes(*grant));
+    let (&count, mut rest) = rest.split_first().ok_or_else(short)?;
+    let count = usize::from(count);
+    if count > MAX_CAVEATS {
+        return Err(AddressError::TooManyCaveats);
+    }
+    let proof = if count == 0 {
+        if grant == GrantId::DEFAULT {
+            return Err(AddressError::NotCanonical);
+        }
+        let (signature, tail) = rest.split_first_chunk::<64>().ok_or_else(short)?;
+        rest = tail;
+        Proof::Signature(parse_signature(signature)?)
+    } else {
+        let mut caveats = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (caveat, tail) = Caveat::decode(rest)?;
+            caveats.push(caveat);
+            rest = tail;
+        }
+        let (tag, tail) = rest.split_first_chunk::<TAG_LEN>().ok_or_else(short)?;
+        rest = tail;
+        Proof::Chain { caveats, tag: *tag }
+    };
+    let address = Address {
+        node,
+        mailbox,
+        expires,
+        grant,
+        proof,
+        hints: Vec::new(),
+        extensions: Vec::new(),
+    };
+    Ok((address, rest))
+}
+
+/// The exact bytes an address signature covers: 64 bytes for grant 0, 72 for any other; the
+/// array and how much of it is used.
+fn signed_message(
+    node: &NodeId,
+    mailbox: MailboxId,
+    expires: Option<u64>,
+    grant: GrantId,
+) -> ([u8; 72], usize) {
+    let mut message = [0u8; 72];
+    message[..16].copy_from_slice(if grant == GrantId::DEFAULT {
+        ADDRESS_SIGNING_DOMAIN
+    } else {
+        GRANT_SIGNING_DOMAIN
+    });
     message[16..48].copy_from_slice(node.as_bytes());
     message[48..56].copy_from_slice(&mailbox.0.to_be_bytes());
-    message[56..].copy_from_slice(&expires.unwrap_or(0).to_be_bytes());
-    message
+    message[56..64].copy_from_slice(&expires.unwrap_or(0).to_be_bytes());
+    if grant == GrantId::DEFAULT {
+        return (message, 64);
+    }
+    message[64..].copy_from_slice(&grant.0.to_be_bytes());
+    (message, 72)
 }
 
 fn dedup_in_order(hints: &mut Vec<SocketAddr>) {
@@ -465,21 +1047,26 @@ fn dedup_in_order(hints: &mut Vec<SocketAddr>) {
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(ADDRESS_PREFIX)?;
-        f.write_str(&data_encoding::BASE64URL_NOPAD.encode(&self.to_bytes()))
+        f.write_str(if self.is_plain() {
+            ADDRESS_PREFIX
+        } else {
+            ADDRESS_PREFIX_V2
+        })?;
+        f.write_str(&data_encoding::BASE64URL_NOPAD.encode(&self.body_bytes()))
     }
 }
 
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Addresses are bearer capabilities: never print the whole thing in debug output/logs.
-        write!(
-            f,
-            "Address({}/{}, hints: {:?})",
-            self.node.short(),
-            self.mailbox,
-            self.hints
-        )
+        write!(f, "Address({}/{}", self.node.short(), self.mailbox)?;
+        if self.grant != GrantId::DEFAULT {
+            write!(f, ", grant {}", self.grant)?;
+        }
+        if !self.caveats().is_empty() {
+            write!(f, ", caveats: {:?}", self.caveats())?;
+        }
+        write!(f, ", hints: {:?})", self.hints)
     }
 }
 
@@ -488,17 +1075,24 @@ impl FromStr for Address {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let encoding = &data_encoding::BASE64URL_NOPAD;
-        let body = text
-            .strip_prefix(ADDRESS_PREFIX)
-            .ok_or(AddressError::Prefix)?;
-        if !(encoding.encode_len(MIN_BYTES)..=encoding.encode_len(MAX_BYTES)).contains(&body.len())
-        {
+        let (body, min, max, v2) = if let Some(body) = text.strip_prefix(ADDRESS_PREFIX) {
+            (body, MIN_BYTES, MAX_BYTES, false)
+        } else if let Some(body) = text.strip_prefix(ADDRESS_PREFIX_V2) {
+            (body, MIN_BYTES_V2, MAX_BYTES_V2, true)
+        } else {
+            return Err(AddressError::Prefix);
+        };
+        if !(encoding.encode_len(min)..=encoding.encode_len(max)).contains(&body.len()) {
             return Err(AddressError::Length(text.len()));
         }
         let bytes = encoding
             .decode(body.as_bytes())
             .map_err(|_| AddressError::Encoding)?;
-        Self::from_bytes(&bytes)
+        if v2 {
+            Self::from_bytes_v2(&bytes)
+        } else {
+            Self::from_bytes_v1(&bytes)
+        }
     }
 }
 
@@ -596,7 +1190,7 @@ mod tests {
         fn swapped_node_key_is_rejected(address in address_strategy(), other in any::<u8>()) {
             let other_node = key(other).public();
             prop_assume!(other_node != address.node());
-            let mut core = address.core_bytes();
+            let mut core = address.core_bytes().unwrap();
             core[..32].copy_from_slice(other_node.as_bytes());
             let swapped = Address::from_core_bytes(&core).unwrap();
             prop_assert_eq!(swapped.verify_signature(), Err(VerifyError::Forged));
@@ -772,7 +1366,7 @@ mod bad_addresses {
         let text = plain().to_string();
         let body = &text[ADDRESS_PREFIX.len()..];
         for prefix in [
-            "", "f", "ferry", "ferry0", "ferry2", "ferry9", "Ferry1", "fERRY1", "FERRY1", "ferrY1",
+            "", "f", "ferry", "ferry0", "ferry3", "ferry9", "Ferry1", "fERRY1", "FERRY1", "ferrY1",
             "ferri1", "ferry_", "ferryl", "ferryI", "erry1", "ferry11x", " ferry1",
         ] {
             let candidate = format!("{prefix}{body}");
@@ -787,6 +1381,9 @@ mod bad_addresses {
         }
         assert_eq!("".parse::<Address>(), Err(AddressError::Prefix));
         assert_eq!("ferry1".parse::<Address>(), Err(AddressError::Length(6)));
+        // A ferry1 body under the ferry2 prefix is no ferry2 address.
+        assert!(format!("ferry2{body}").parse::<Address>().is_err());
+        assert_eq!("ferry2".parse::<Address>(), Err(AddressError::Length(6)));
         // The right prefix twice: the second `1` is part of the body, which then decodes to
         // one byte too many for its checksum.
         let doubled = format!("ferry11{body}");
@@ -926,7 +1523,7 @@ mod bad_addresses {
 
     #[test]
     fn all_zero_small_order_and_non_canonical_keys() {
-        let core = plain().core_bytes();
+        let core = plain().core_bytes().unwrap();
         let with_node = |node: [u8; 32]| {
             let mut core = core;
             core[..32].copy_from_slice(&node);
@@ -972,7 +1569,7 @@ mod bad_addresses {
     }
 
     fn with_signature(address: &Address, signature: &[u8; 64]) -> [u8; ADDRESS_CORE_LEN] {
-        let mut core = address.core_bytes();
+        let mut core = address.core_bytes().unwrap();
         core[48..].copy_from_slice(signature);
         core
     }
@@ -980,7 +1577,15 @@ mod bad_addresses {
     #[test]
     fn passes_verify_but_not_verify_strict() {
         let address = plain();
-        let message = signed_message(&address.node(), address.mailbox(), address.expires());
+        let message: [u8; 64] = signed_message(
+            &address.node(),
+            address.mailbox(),
+            address.expires(),
+            GrantId::DEFAULT,
+        )
+        .0[..64]
+            .try_into()
+            .unwrap();
         let signature = small_order_r_signature(1, &message);
         let verifying = address.node().verifying_key();
         let parsed = Signature::from_bytes(&signature);
@@ -996,7 +1601,7 @@ mod bad_addresses {
     #[test]
     fn non_canonical_signature_encodings() {
         let address = plain();
-        let signature = *address.signature();
+        let signature = *address.signature().unwrap();
         // S + ℓ: the same scalar, not reduced (still below 2^253, so it parses).
         let mut s = [0u64; 4];
         for (limb, chunk) in s.iter_mut().zip(signature[32..].chunks(8)) {
@@ -1073,7 +1678,15 @@ mod bad_addresses {
     #[test]
     fn signatures_without_the_domain_label_or_with_another() {
         let address = Address::mint(&key(1), MailboxId(7), Some(1_900_000_000), vec![]);
-        let message = signed_message(&address.node(), address.mailbox(), address.expires());
+        let message: [u8; 64] = signed_message(
+            &address.node(),
+            address.mailbox(),
+            address.expires(),
+            GrantId::DEFAULT,
+        )
+        .0[..64]
+            .try_into()
+            .unwrap();
         let (_label, body) = message.split_at(ADDRESS_SIGNING_DOMAIN.len());
         let mut relabelled = message;
         relabelled[..16].copy_from_slice(b"ferry/address/v2");
@@ -1127,7 +1740,7 @@ mod bad_addresses {
             // The core inside frames has no checksum: a flip is refused by the parser (node
             // id, signature encoding) or by the signature check; a flipped node id that is
             // still a valid key names another node, refused as `WrongNode` first.
-            let core = address.core_bytes();
+            let core = address.core_bytes().unwrap();
             for bit in 0..ADDRESS_CORE_LEN * 8 {
                 let mut flipped = core;
                 flipped[bit / 8] ^= 1 << (bit % 8);
@@ -1189,7 +1802,405 @@ mod bad_addresses {
         assert_eq!(address.verify_signature(), Ok(()));
         // Another node's genuine signature over this node's id and mailbox is a forgery.
         let other = Address::mint(&key(2), address.mailbox(), None, vec![]);
-        let mixed = parse_core(&with_signature(&address, other.signature())).unwrap();
+        let mixed = parse_core(&with_signature(&address, other.signature().unwrap())).unwrap();
         assert_eq!(mixed.verify_signature(), Err(VerifyError::Forged));
+    }
+}
+
+/// Grants, caveats and the HMAC chain (docs/PROTOCOL.md §4.11): the proofs of issue 17.
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(seed: u8) -> SecretKey {
+        SecretKey::from_bytes(&[seed; 32])
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    /// Everything the node checks without state, in its order; Ok with the counting caveats.
+    fn node_accepts(
+        address: &Address,
+        node_key: &SecretKey,
+        peer: &NodeId,
+        usage: Usage<'_>,
+        now: u64,
+    ) -> Result<Vec<Limit>, VerifyError> {
+        address.check_cheap(&node_key.public(), now)?;
+        address.check_usage(peer, usage)?;
+        address.verify(node_key)
+    }
+
+    fn caveat_strategy() -> impl Strategy<Value = Caveat> {
+        prop_oneof![
+            (NOW - 10..NOW + 1000).prop_map(Caveat::ExpiresBefore),
+            (0u32..5).prop_map(Caveat::MaxMessages),
+            (1u32..5, 1u32..100)
+                .prop_map(|(messages, per_secs)| Caveat::Rate { messages, per_secs }),
+            prop_oneof![Just("echo"), Just("time")].prop_map(|s| Caveat::Service(s.into())),
+            (1u8..4).prop_map(|seed| Caveat::Holder(key(seed).public())),
+            (0x40u8..0x50, proptest::collection::vec(any::<u8>(), 0..8))
+                .prop_map(|(kind, value)| Caveat::Unknown { kind, value }),
+        ]
+    }
+
+    fn base_strategy() -> impl Strategy<Value = Address> {
+        (
+            any::<u64>(),
+            prop_oneof![Just(0u64), 1u64..u64::MAX],
+            proptest::option::of(NOW - 5..NOW + 2000),
+        )
+            .prop_map(|(mailbox, grant, expires)| {
+                Address::mint_grant(&key(9), MailboxId(mailbox), GrantId(grant), expires, vec![])
+            })
+    }
+
+    /// Appends caveats one at a time, skipping those the builder refuses (later expiries).
+    fn derive(base: &Address, caveats: &[Caveat]) -> Address {
+        let mut address = base.clone();
+        for caveat in caveats {
+            if address.caveats().len() == MAX_CAVEATS {
+                break;
+            }
+            if let Ok(next) = address.with_caveats(std::slice::from_ref(caveat)) {
+                address = next;
+            }
+        }
+        address
+    }
+
+    fn usage_strategy() -> impl Strategy<Value = Usage<'static>> {
+        prop_oneof![
+            Just(Usage::Messages),
+            Just(Usage::Monitor),
+            Just(Usage::Conversation(None)),
+            Just(Usage::Conversation(Some("echo"))),
+            Just(Usage::Conversation(Some("time"))),
+        ]
+    }
+
+    /// A chain with its caveats replaced (tag unchanged): what a tamperer can build.
+    fn with_caveat_list(address: &Address, caveats: Vec<Caveat>) -> Address {
+        let Proof::Chain { tag, .. } = &address.proof else {
+            panic!("not attenuated")
+        };
+        Address {
+            proof: Proof::Chain { caveats, tag: *tag },
+            ..address.clone()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A derived address never permits more than its parent: whatever the derived one is
+        /// accepted for (peer, use, time), the parent is accepted for too, and the derived one
+        /// is charged to every counter the parent is charged to.
+        #[test]
+        fn derived_never_permits_more_than_parent(
+            base in base_strategy(),
+            first in proptest::collection::vec(caveat_strategy(), 0..4),
+            more in proptest::collection::vec(caveat_strategy(), 1..4),
+            peer_seed in 1u8..4,
+            usage in usage_strategy(),
+            now in NOW - 20..NOW + 3000,
+        ) {
+            let parent = derive(&base, &first);
+            let child = derive(&parent, &more);
+            let node_key = key(9);
+            let peer = key(peer_seed).public();
+            if let Ok(child_limits) = node_accepts(&child, &node_key, &peer, usage, now) {
+                let parent_limits = node_accepts(&parent, &node_key, &peer, usage, now);
+                prop_assert!(parent_limits.is_ok(), "child accepted, parent {:?}", parent_limits);
+                let parent_limits = parent_limits.unwrap();
+                prop_assert!(child_limits.len() >= parent_limits.len());
+                prop_assert_eq!(&child_limits[..parent_limits.len()], &parent_limits[..]);
+            }
+            // And the chain always checks: attenuation needs no key.
+            prop_assert!(child.verify(&node_key).is_ok());
+            // Every form round-trips.
+            let text = child.to_string();
+            prop_assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            prop_assert_eq!(&text.parse::<Address>().unwrap(), &child);
+            prop_assert_eq!(&Address::from_bytes(&child.to_bytes()).unwrap(), &child);
+            prop_assert_eq!(&Address::from_cap_bytes(&child.to_cap_bytes()).unwrap(), &child);
+        }
+
+        /// Every single-bit flip of an attenuated address is refused: by the parser, the
+        /// cheap checks or the chain, in the binary form, the text form and the capability
+        /// field of frames (which has no checksum).
+        #[test]
+        fn every_single_bit_flip_of_a_chain_is_refused(
+            base in base_strategy(),
+            caveats in proptest::collection::vec(caveat_strategy(), 1..4),
+        ) {
+            let node_key = key(9);
+            let address = derive(&base, &caveats);
+            prop_assume!(!address.caveats().is_empty());
+            let accepted = |candidate: &Address| {
+                candidate.check_cheap(&node_key.public(), 0).is_ok()
+                    && candidate.verify(&node_key).is_ok()
+            };
+            let cap = address.to_cap_bytes();
+            for bit in 0..cap.len() * 8 {
+                let mut flipped = cap.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                if let Ok(parsed) = Address::from_cap_bytes(&flipped) {
+                    prop_assert!(!accepted(&parsed), "cap bit {} accepted", bit);
+                }
+            }
+            let bytes = address.to_bytes();
+            for bit in 0..bytes.len() * 8 {
+                let mut flipped = bytes.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                if let Ok(parsed) = Address::from_bytes(&flipped) {
+                    prop_assert!(!accepted(&parsed), "bytes bit {} accepted", bit);
+                }
+            }
+            let text = address.to_string().into_bytes();
+            for bit in 0..text.len() * 8 {
+                let mut flipped = text.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                let parsed = std::str::from_utf8(&flipped).ok().and_then(|t| t.parse::<Address>().ok());
+                if let Some(parsed) = parsed {
+                    prop_assert!(!accepted(&parsed), "text bit {} accepted", bit);
+                }
+            }
+        }
+
+        /// Reordered, duplicated, dropped (anywhere) and truncated caveats are refused: the
+        /// chain's tag covers the list exactly.
+        #[test]
+        fn reordered_duplicated_or_truncated_caveats_are_refused(
+            base in base_strategy(),
+            caveats in proptest::collection::vec(caveat_strategy(), 2..6),
+            i in any::<proptest::sample::Index>(),
+            j in any::<proptest::sample::Index>(),
+        ) {
+            let node_key = key(9);
+            let address = derive(&base, &caveats);
+            let list = address.caveats().to_vec();
+            prop_assume!(list.len() >= 2);
+            let (i, j) = (i.index(list.len()), j.index(list.len()));
+            let mut variants = Vec::new();
+            if list[i] != list[j] {
+                let mut swapped = list.clone();
+                swapped.swap(i, j);
+                variants.push(swapped);
+            }
+            let mut duplicated = list.clone();
+            duplicated.insert(i, list[i].clone());
+            variants.push(duplicated);
+            let mut dropped = list.clone();
+            dropped.remove(i);
+            variants.push(dropped);
+            variants.push(list[..list.len() - 1].to_vec());
+            variants.push(list[1..].to_vec());
+            for variant in variants {
+                prop_assume!(variant.len() <= MAX_CAVEATS);
+                let tampered = with_caveat_list(&address, variant.clone());
+                prop_assert_eq!(tampered.verify(&node_key), Err(VerifyError::Forged), "{:?}", variant);
+                // Also after a trip through the wire form.
+                let reparsed = Address::from_cap_bytes(&tampered.to_cap_bytes()).unwrap();
+                prop_assert_eq!(reparsed.verify(&node_key), Err(VerifyError::Forged));
+            }
+            // Stripping every caveat leaves no signature to show.
+            let stripped = Address { proof: Proof::Signature([0; 64]), ..address.clone() };
+            prop_assert_eq!(stripped.verify(&node_key), Err(VerifyError::Forged));
+        }
+
+        #[test]
+        fn arbitrary_v2_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..900)) {
+            let _ = Address::from_cap_bytes(&bytes);
+            let mut marked = ADDRESS_PREFIX_V2.as_bytes().to_vec();
+            marked.extend_from_slice(&bytes);
+            let _ = Address::from_bytes(&marked);
+        }
+    }
+
+    fn granted() -> Address {
+        Address::mint_grant(
+            &key(1),
+            MailboxId(7),
+            GrantId(0x0102_0304_0506_0708),
+            None,
+            vec![],
+        )
+    }
+
+    #[test]
+    fn a_grant_is_signed_and_has_the_second_form() {
+        let address = granted();
+        assert!(!address.is_plain());
+        assert_eq!(address.core_bytes(), None);
+        assert_eq!(address.verify_signature(), Ok(()));
+        let text = address.to_string();
+        assert!(text.starts_with("ferry2"));
+        assert_eq!(text.parse::<Address>().unwrap(), address);
+        // 121-byte cap2 + 4-byte CRC = 125 bytes: 167 characters, 6 more than ferry1.
+        assert_eq!(text.len(), 6 + 167);
+        // Another grant id under the same signature is a forgery.
+        let mut other = address.clone();
+        other.grant = GrantId(1);
+        assert_eq!(other.verify_signature(), Err(VerifyError::Forged));
+        // And so is grant 0 with the grant's signature, written as ferry1.
+        other.grant = GrantId::DEFAULT;
+        assert_eq!(other.verify_signature(), Err(VerifyError::Forged));
+        // The default grant without caveats is never written as ferry2.
+        let plain = Address::mint(&key(1), MailboxId(7), None, vec![]);
+        let mut cap = vec![CAP_V2];
+        plain.put_cap2(&mut cap);
+        assert_eq!(
+            Address::from_cap_bytes(&cap),
+            Err(AddressError::NotCanonical)
+        );
+    }
+
+    #[test]
+    fn attenuation_narrows_and_checks() {
+        let holder = key(2).public();
+        let address = Address::mint(&key(1), MailboxId(7), Some(NOW + 3600), vec![])
+            .attenuate()
+            .expires_at(NOW + 60)
+            .max_messages(100)
+            .only(holder)
+            .build()
+            .unwrap();
+        assert_eq!(address.effective_expiry(), Some(NOW + 60));
+        assert_eq!(address.expires(), Some(NOW + 3600));
+        assert_eq!(address.signature(), None);
+        assert_eq!(address.core_bytes(), None);
+        assert_eq!(address.check_cheap(&key(1).public(), NOW + 59), Ok(()));
+        assert_eq!(
+            address.check_cheap(&key(1).public(), NOW + 60),
+            Err(VerifyError::Expired(NOW + 60))
+        );
+        assert_eq!(address.check_usage(&holder, Usage::Messages), Ok(()));
+        assert_eq!(
+            address.check_usage(&key(3).public(), Usage::Messages),
+            Err(VerifyError::Caveat(CaveatViolation::Holder {
+                holder,
+                peer: key(3).public()
+            }))
+        );
+        let limits = address.verify(&key(1)).unwrap();
+        assert_eq!(limits.len(), 1);
+        assert_eq!(limits[0].kind, LimitKind::Messages(100));
+        // The same caveats on another node's key do not check.
+        assert_eq!(address.verify(&key(2)), Err(VerifyError::Forged));
+        // Later expiries are refused by the builder; an earlier one again is fine.
+        assert_eq!(
+            address.attenuate().expires_at(NOW + 60).build(),
+            Err(AttenuateError::NotEarlier {
+                asked: NOW + 60,
+                current: NOW + 60
+            })
+        );
+        assert!(address.attenuate().expires_at(NOW + 59).build().is_ok());
+        assert_eq!(
+            address.attenuate().service("not a name").build(),
+            Err(AttenuateError::Invalid(CaveatError::Value(
+                caveat::kind::SERVICE
+            )))
+        );
+        // At most MAX_CAVEATS in all.
+        let mut full = address.clone();
+        while full.caveats().len() < MAX_CAVEATS {
+            full = full.attenuate().max_messages(1).build().unwrap();
+        }
+        assert_eq!(
+            full.attenuate().max_messages(1).build(),
+            Err(AttenuateError::TooManyCaveats)
+        );
+        assert!(full.to_string().parse::<Address>().is_ok());
+        // Each max caveat is a counter of its own: a derived address is charged to all.
+        let limits = full.verify(&key(1)).unwrap();
+        assert_eq!(limits.len(), MAX_CAVEATS - 2);
+        let keys: std::collections::HashSet<_> = limits.iter().map(|l| l.key).collect();
+        assert_eq!(keys.len(), limits.len());
+    }
+
+    #[test]
+    fn service_caveats_allow_that_service_only() {
+        let address = granted().attenuate().service("echo").build().unwrap();
+        let peer = key(5).public();
+        assert_eq!(
+            address.check_usage(&peer, Usage::Conversation(Some("echo"))),
+            Ok(())
+        );
+        for usage in [
+            Usage::Messages,
+            Usage::Monitor,
+            Usage::Conversation(None),
+            Usage::Conversation(Some("time")),
+        ] {
+            assert_eq!(
+                address.check_usage(&peer, usage),
+                Err(VerifyError::Caveat(CaveatViolation::Service("echo".into()))),
+                "{usage:?}"
+            );
+        }
+        let unknown = granted()
+            .with_caveats(&[Caveat::Unknown {
+                kind: 0x77,
+                value: vec![1],
+            }])
+            .unwrap();
+        assert_eq!(
+            unknown.check_usage(&peer, Usage::Messages),
+            Err(VerifyError::Caveat(CaveatViolation::Unknown(0x77)))
+        );
+        // Parsed and re-encoded unchanged.
+        assert_eq!(unknown.to_string().parse::<Address>().unwrap(), unknown);
+    }
+
+    #[test]
+    fn the_longest_address_is_within_the_documented_bounds() {
+        let hints = vec![];
+        let mut address = Address::mint_grant(
+            &key(1),
+            MailboxId(u64::MAX),
+            GrantId(u64::MAX),
+            Some(u64::MAX),
+            hints,
+        );
+        for kind in 0x40..0x40 + MAX_CAVEATS as u8 {
+            address = address
+                .with_caveats(&[Caveat::Unknown {
+                    kind,
+                    value: vec![0xab; MAX_CAVEAT_VALUE_LEN],
+                }])
+                .unwrap();
+        }
+        // Four extension hints of 64 bytes: the longest hints.
+        address.extensions = (0..MAX_HINTS as u8)
+            .map(|tag| (0x60 + tag, vec![0; MAX_EXTENSION_LEN]))
+            .collect();
+        assert_eq!(address.to_cap_bytes().len(), MAX_CAP_LEN);
+        let text = address.to_string();
+        assert_eq!(text.len(), MAX_ADDRESS_TEXT_LEN);
+        assert_eq!(MAX_ADDRESS_TEXT_LEN, 1186);
+        assert_eq!(text.parse::<Address>().unwrap(), address);
+        assert_eq!(address.to_bytes().len(), 6 + MAX_BYTES_V2);
+        // One byte more is refused by length, before decoding.
+        assert_eq!(
+            format!("{text}A").parse::<Address>(),
+            Err(AddressError::Length(1187))
+        );
+    }
+
+    #[test]
+    fn bytes_per_caveat() {
+        let base = Address::mint(&key(1), MailboxId(7), None, vec![]);
+        let len = |a: &Address| a.to_string().len();
+        let one = base.attenuate().max_messages(100).build().unwrap();
+        // ferry1 (112-byte core) → ferry2 with one 6-byte caveat and a 32-byte tag: 57 + 6 + 32.
+        assert_eq!(one.to_cap_bytes().len(), 1 + 57 + 6 + 32);
+        assert_eq!(len(&base), 161);
+        // 95 + 4 (CRC) = 99 bytes: 132 base64url characters after `ferry2`.
+        assert_eq!(len(&one), 138);
+        let two = one.attenuate().only(key(2).public()).build().unwrap();
+        assert_eq!(two.to_cap_bytes().len() - one.to_cap_bytes().len(), 34);
     }
 }

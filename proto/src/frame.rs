@@ -13,7 +13,7 @@
 // Decoding takes bytes from any peer: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use crate::address::{Address, AddressError, ADDRESS_CORE_LEN};
+use crate::address::{Address, AddressError, ADDRESS_CORE_LEN, MAX_CAP_LEN};
 
 /// The first byte of every stream: what the stream is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,9 @@ mod tag {
     pub(super) const DATA_END: u8 = 0x15;
     pub(super) const FAIL: u8 = 0x16;
     pub(super) const MONITOR: u8 = 0x17;
+    pub(super) const OPEN_CAP: u8 = 0x18;
+    pub(super) const MONITOR_CAP: u8 = 0x19;
+    pub(super) const FOUND_CAP: u8 = 0x1a;
 }
 
 /// The type byte of an `Object` frame, for readers that skip an oversized one.
@@ -77,6 +80,19 @@ pub const MAX_CONTROL_FRAME_LEN: usize = if MAX_OPEN_LEN > MAX_CLOSE_LEN {
     MAX_OPEN_LEN
 } else {
     MAX_CLOSE_LEN
+};
+
+/// Body length of the longest `OPEN_CAP` frame: two capability fields of
+/// [`MAX_CAP_LEN`](crate::address::MAX_CAP_LEN) bytes with their 2-byte length varints, the
+/// epoch and the longest `first_seq` (1259 bytes).
+const MAX_OPEN_CAP_LEN: usize = 1 + 2 * (2 + MAX_CAP_LEN) + 8 + MAX_VARINT_LEN;
+/// Largest body of an opening frame (and of a lookup's answer) once frames carrying
+/// capability fields (PROTOCOL.md §4.11) are understood: the longest `OPEN_CAP`, 1259 bytes.
+/// Acceptors read openings, and openers read lookup answers, with this bound.
+pub const MAX_OPENING_FRAME_LEN: usize = if MAX_OPEN_CAP_LEN > MAX_CONTROL_FRAME_LEN {
+    MAX_OPEN_CAP_LEN
+} else {
+    MAX_CONTROL_FRAME_LEN
 };
 
 /// A reason code carried by [`Frame::Close`] and by QUIC stream resets.
@@ -120,6 +136,15 @@ impl ErrorCode {
     pub const HANDLER_FAILED: Self = Self(15);
     /// The receiver could not store the messages of a durable mailbox; the sender retries.
     pub const STORE_FAILED: Self = Self(16);
+    /// The grant of the target address was revoked (or was never granted): the address and
+    /// everything derived from it are void. Also ends streams opened under it. Final.
+    pub const REVOKED: Self = Self(17);
+    /// A caveat of the target address forbids this use: another holder node, another
+    /// service, a service-only address used for messages, or a caveat kind the node does not
+    /// know. Final.
+    pub const CAVEAT: Self = Self(18);
+    /// A counting caveat of the target address (at most N messages) is used up. Final.
+    pub const EXHAUSTED: Self = Self(19);
 }
 
 /// Why a node refuses an address presented to it (docs/PROTOCOL.md §4.9): the four refusals
@@ -134,6 +159,12 @@ pub enum Refusal {
     Expired,
     /// The address names another node.
     WrongNode,
+    /// The address's grant was revoked.
+    Revoked,
+    /// A caveat of the address forbids this use.
+    Caveat,
+    /// A counting caveat of the address is used up.
+    Exhausted,
 }
 
 impl Refusal {
@@ -144,6 +175,9 @@ impl Refusal {
             Self::Forged => ErrorCode::FORGED,
             Self::Expired => ErrorCode::EXPIRED,
             Self::WrongNode => ErrorCode::WRONG_NODE,
+            Self::Revoked => ErrorCode::REVOKED,
+            Self::Caveat => ErrorCode::CAVEAT,
+            Self::Exhausted => ErrorCode::EXHAUSTED,
         }
     }
 
@@ -154,6 +188,9 @@ impl Refusal {
             ErrorCode::FORGED => Some(Self::Forged),
             ErrorCode::EXPIRED => Some(Self::Expired),
             ErrorCode::WRONG_NODE => Some(Self::WrongNode),
+            ErrorCode::REVOKED => Some(Self::Revoked),
+            ErrorCode::CAVEAT => Some(Self::Caveat),
+            ErrorCode::EXHAUSTED => Some(Self::Exhausted),
             _ => None,
         }
     }
@@ -165,6 +202,10 @@ impl From<crate::address::VerifyError> for Refusal {
             crate::address::VerifyError::WrongNode { .. } => Self::WrongNode,
             crate::address::VerifyError::Expired(_) => Self::Expired,
             crate::address::VerifyError::Forged => Self::Forged,
+            crate::address::VerifyError::Caveat(_) => Self::Caveat,
+            // VerifyError is non-exhaustive: a refusal this version does not name is a forgery.
+            #[allow(unreachable_patterns)]
+            _ => Self::Forged,
         }
     }
 }
@@ -318,15 +359,36 @@ pub fn put_message_header(out: &mut Vec<u8>, payload_len: usize) {
 /// Appends one encoded frame.
 pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
     match frame {
-        Frame::Open(open) => {
-            let len = 1 + 2 * ADDRESS_CORE_LEN + 8 + varint_len(open.first_seq);
-            put_varint(out, len as u64);
-            out.push(tag::OPEN);
-            out.extend_from_slice(&open.target.core_bytes());
-            out.extend_from_slice(&open.from.core_bytes());
-            out.extend_from_slice(&open.epoch.to_be_bytes());
-            put_varint(out, open.first_seq);
-        }
+        Frame::Open(open) => match (open.target.core_bytes(), open.from.core_bytes()) {
+            (Some(target), Some(from)) => {
+                let len = 1 + 2 * ADDRESS_CORE_LEN + 8 + varint_len(open.first_seq);
+                put_varint(out, len as u64);
+                out.push(tag::OPEN);
+                out.extend_from_slice(&target);
+                out.extend_from_slice(&from);
+                out.extend_from_slice(&open.epoch.to_be_bytes());
+                put_varint(out, open.first_seq);
+            }
+            _ => {
+                let target = open.target.to_cap_bytes();
+                let from = open.from.to_cap_bytes();
+                let len = 1
+                    + varint_len(target.len() as u64)
+                    + target.len()
+                    + varint_len(from.len() as u64)
+                    + from.len()
+                    + 8
+                    + varint_len(open.first_seq);
+                put_varint(out, len as u64);
+                out.push(tag::OPEN_CAP);
+                put_varint(out, target.len() as u64);
+                out.extend_from_slice(&target);
+                put_varint(out, from.len() as u64);
+                out.extend_from_slice(&from);
+                out.extend_from_slice(&open.epoch.to_be_bytes());
+                put_varint(out, open.first_seq);
+            }
+        },
         Frame::Accept { max_message } => {
             put_varint(out, 1 + varint_len(*max_message) as u64);
             out.push(tag::ACCEPT);
@@ -343,12 +405,21 @@ pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
         }
         Frame::Close { code, reason } => put_reason(out, tag::CLOSE, *code, reason),
         Frame::Fail { code, reason } => put_reason(out, tag::FAIL, *code, reason),
-        Frame::Converse(ConverseTarget::Address(address)) => {
-            put_varint(out, (2 + ADDRESS_CORE_LEN) as u64);
-            out.push(tag::CONVERSE);
-            out.push(TARGET_ADDRESS);
-            out.extend_from_slice(&address.core_bytes());
-        }
+        Frame::Converse(ConverseTarget::Address(address)) => match address.core_bytes() {
+            Some(core) => {
+                put_varint(out, (2 + ADDRESS_CORE_LEN) as u64);
+                out.push(tag::CONVERSE);
+                out.push(TARGET_ADDRESS);
+                out.extend_from_slice(&core);
+            }
+            None => {
+                let cap = address.to_cap_bytes();
+                put_varint(out, (2 + cap.len()) as u64);
+                out.push(tag::CONVERSE);
+                out.push(TARGET_CAP);
+                out.extend_from_slice(&cap);
+            }
+        },
         Frame::Converse(ConverseTarget::Service(name)) => {
             let name = truncate_utf8(name, MAX_SERVICE_NAME_LEN);
             put_varint(out, (2 + name.len()) as u64);
@@ -362,16 +433,8 @@ pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
             out.push(tag::LOOKUP);
             out.extend_from_slice(name.as_bytes());
         }
-        Frame::Found(address) => {
-            put_varint(out, (1 + ADDRESS_CORE_LEN) as u64);
-            out.push(tag::FOUND);
-            out.extend_from_slice(&address.core_bytes());
-        }
-        Frame::Monitor(address) => {
-            put_varint(out, (1 + ADDRESS_CORE_LEN) as u64);
-            out.push(tag::MONITOR);
-            out.extend_from_slice(&address.core_bytes());
-        }
+        Frame::Found(address) => put_address(out, tag::FOUND, tag::FOUND_CAP, address),
+        Frame::Monitor(address) => put_address(out, tag::MONITOR, tag::MONITOR_CAP, address),
         Frame::Object(payload) => put_payload(out, tag::OBJECT, payload),
         Frame::Data(payload) => put_payload(out, tag::DATA, payload),
         Frame::DataEnd => {
@@ -383,6 +446,25 @@ pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
 
 const TARGET_ADDRESS: u8 = 0x01;
 const TARGET_SERVICE: u8 = 0x02;
+const TARGET_CAP: u8 = 0x03;
+
+/// A frame holding one address: the `ferry1` core under `core_tag`, any other address as a
+/// capability field under `cap_tag`.
+fn put_address(out: &mut Vec<u8>, core_tag: u8, cap_tag: u8, address: &Address) {
+    match address.core_bytes() {
+        Some(core) => {
+            put_varint(out, (1 + ADDRESS_CORE_LEN) as u64);
+            out.push(core_tag);
+            out.extend_from_slice(&core);
+        }
+        None => {
+            let cap = address.to_cap_bytes();
+            put_varint(out, (1 + cap.len()) as u64);
+            out.push(cap_tag);
+            out.extend_from_slice(&cap);
+        }
+    }
+}
 
 fn put_reason(out: &mut Vec<u8>, kind: u8, code: ErrorCode, reason: &str) {
     let reason = truncate_utf8(reason, MAX_REASON_LEN);
@@ -479,6 +561,9 @@ pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(Frame<'_>, usi
             Some((&TARGET_ADDRESS, core)) => Frame::Converse(ConverseTarget::Address(Box::new(
                 decode_core(core, "converse")?,
             ))),
+            Some((&TARGET_CAP, cap)) => Frame::Converse(ConverseTarget::Address(Box::new(
+                decode_cap(cap, "converse")?,
+            ))),
             Some((&TARGET_SERVICE, name)) => {
                 Frame::Converse(ConverseTarget::Service(decode_name(name, "converse")?))
             }
@@ -487,6 +572,9 @@ pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(Frame<'_>, usi
         tag::LOOKUP => Frame::Lookup(decode_name(fields, "lookup")?),
         tag::FOUND => Frame::Found(Box::new(decode_core(fields, "found")?)),
         tag::MONITOR => Frame::Monitor(Box::new(decode_core(fields, "monitor")?)),
+        tag::OPEN_CAP => Frame::Open(Box::new(decode_open_cap(fields)?)),
+        tag::MONITOR_CAP => Frame::Monitor(Box::new(decode_cap(fields, "monitor")?)),
+        tag::FOUND_CAP => Frame::Found(Box::new(decode_cap(fields, "found")?)),
         tag::OBJECT => Frame::Object(fields),
         tag::DATA => Frame::Data(fields),
         tag::DATA_END => {
@@ -516,6 +604,49 @@ fn decode_open(fields: &[u8]) -> Result<Open, FrameError> {
     Ok(Open {
         target: Address::from_core_bytes(target)?,
         from: Address::from_core_bytes(from)?,
+        epoch: u64::from_be_bytes(*epoch),
+        first_seq,
+    })
+}
+
+/// A capability field that fills `bytes`; one that holds a `ferry1` core is not canonical
+/// here (the frame with a core field says it shorter).
+fn decode_cap(bytes: &[u8], frame: &'static str) -> Result<Address, FrameError> {
+    let address = Address::from_cap_bytes(bytes)?;
+    if address.is_plain() {
+        return Err(FrameError::Malformed(frame));
+    }
+    Ok(address)
+}
+
+/// `target_len:varint | target | from_len:varint | from | epoch:u64be | first_seq:varint`.
+fn decode_open_cap(fields: &[u8]) -> Result<Open, FrameError> {
+    let malformed = || FrameError::Malformed("open");
+    let field = |rest: &mut &[u8]| -> Result<Address, FrameError> {
+        let (len, used) = get_varint(rest)?.ok_or_else(malformed)?;
+        let len = usize::try_from(len).map_err(|_| malformed())?;
+        if len > MAX_CAP_LEN {
+            return Err(malformed());
+        }
+        let bytes = rest
+            .get(used..)
+            .and_then(|tail| tail.get(..len))
+            .ok_or_else(malformed)?;
+        *rest = rest.get(used + len..).ok_or_else(malformed)?;
+        Ok(Address::from_cap_bytes(bytes)?)
+    };
+    let mut rest = fields;
+    let target = field(&mut rest)?;
+    let from = field(&mut rest)?;
+    // The frame with two cores says it shorter.
+    if target.is_plain() && from.is_plain() {
+        return Err(malformed());
+    }
+    let (epoch, rest) = rest.split_first_chunk::<8>().ok_or_else(malformed)?;
+    let first_seq = exact_varint(rest, "open")?;
+    Ok(Open {
+        target,
+        from,
         epoch: u64::from_be_bytes(*epoch),
         first_seq,
     })
@@ -604,6 +735,79 @@ mod tests {
                 reason: "boom",
             },
         ]
+        .into_iter()
+        .chain(capability_frames())
+        .collect()
+    }
+
+    /// The frames of addresses with grants or caveats (PROTOCOL.md §4.11).
+    fn capability_frames() -> Vec<Frame<'static>> {
+        let key = SecretKey::from_bytes(&[3; 32]);
+        let granted =
+            Address::mint_grant(&key, MailboxId(1), crate::address::GrantId(5), None, vec![]);
+        let attenuated = granted
+            .attenuate()
+            .max_messages(3)
+            .service("echo")
+            .build()
+            .unwrap();
+        let plain = Address::mint(&key, MailboxId(2), None, vec![]);
+        // The longest capability field, on both sides of an OPEN_CAP.
+        let mut longest = granted.clone();
+        for kind in 0x40..0x48 {
+            longest = longest
+                .with_caveats(&[crate::caveat::Caveat::Unknown {
+                    kind,
+                    value: vec![7; 64],
+                }])
+                .unwrap();
+        }
+        vec![
+            Frame::Open(Box::new(Open {
+                target: attenuated.clone(),
+                from: plain.clone(),
+                epoch: 1,
+                first_seq: 0,
+            })),
+            Frame::Open(Box::new(Open {
+                target: plain,
+                from: granted.clone(),
+                epoch: 2,
+                first_seq: 7,
+            })),
+            Frame::Open(Box::new(Open {
+                target: longest.clone(),
+                from: longest.clone(),
+                epoch: u64::MAX,
+                first_seq: u64::MAX,
+            })),
+            Frame::Converse(ConverseTarget::Address(Box::new(attenuated.clone()))),
+            Frame::Converse(ConverseTarget::Address(Box::new(granted.clone()))),
+            Frame::Found(Box::new(granted)),
+            Frame::Monitor(Box::new(attenuated)),
+            Frame::Monitor(Box::new(longest)),
+        ]
+    }
+
+    #[test]
+    fn the_longest_opening_is_max_opening_frame_len() {
+        let longest = &capability_frames()[2];
+        let mut buf = Vec::new();
+        put_frame(&mut buf, longest);
+        let (len, prefix) = get_varint(&buf).unwrap().unwrap();
+        assert_eq!(len as usize, MAX_OPENING_FRAME_LEN);
+        assert_eq!(buf.len(), prefix + MAX_OPENING_FRAME_LEN);
+        assert_eq!(MAX_OPENING_FRAME_LEN, 1259);
+        // A ferry1 core in a capability frame is not canonical.
+        let key = SecretKey::from_bytes(&[3; 32]);
+        let plain = Address::mint(&key, MailboxId(2), None, vec![]);
+        // length 114 = type + 0x01 + core.
+        let mut monitor = vec![(2 + ADDRESS_CORE_LEN) as u8, tag::MONITOR_CAP];
+        monitor.extend_from_slice(&plain.to_cap_bytes());
+        assert_eq!(
+            decode_frame(&monitor, MAX_OPENING_FRAME_LEN),
+            Err(FrameError::Malformed("monitor"))
+        );
     }
 
     #[test]
@@ -611,7 +815,7 @@ mod tests {
         for frame in sample_frames() {
             let mut buf = Vec::new();
             put_frame(&mut buf, &frame);
-            let (decoded, used) = decode_frame(&buf, 1024).unwrap().unwrap();
+            let (decoded, used) = decode_frame(&buf, MAX_OPENING_FRAME_LEN).unwrap().unwrap();
             assert_eq!(used, buf.len());
             assert_eq!(decoded, frame);
         }
@@ -624,7 +828,7 @@ mod tests {
             put_frame(&mut buf, &frame);
             for cut in 0..buf.len() {
                 assert_eq!(
-                    decode_frame(&buf[..cut], 1024),
+                    decode_frame(&buf[..cut], MAX_OPENING_FRAME_LEN),
                     Ok(None),
                     "{frame:?} at {cut}"
                 );

@@ -17,6 +17,7 @@
 //!   side (§6.4).
 
 pub mod address;
+pub mod caveat;
 pub mod frame;
 pub mod identity;
 pub mod observe;
@@ -29,7 +30,10 @@ pub mod route;
 pub mod rule;
 pub mod sender;
 
-pub use address::{Address, AddressError, MailboxId, VerifyError};
+pub use address::{
+    Address, AddressError, AttenuateError, CaveatViolation, GrantId, MailboxId, Usage, VerifyError,
+};
+pub use caveat::Caveat;
 pub use frame::ErrorCode;
 pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use route::Route;

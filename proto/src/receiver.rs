@@ -135,6 +135,17 @@ impl Receiver {
         })
     }
 
+    /// The ACK to send when the stream ends at the message `next_seq` (not delivered: e.g. an
+    /// address's message budget is used up), if it would acknowledge more than the last one:
+    /// the messages before it only.
+    pub fn ack_until(&mut self, next_seq: u64) -> Option<u64> {
+        let next_seq = next_seq.min(self.seq);
+        (next_seq > self.acked).then(|| {
+            self.acked = next_seq;
+            next_seq
+        })
+    }
+
     /// An ACK for a durable batch stored up to `next_seq` (before the rest of the stream is
     /// read): acknowledged as soon as it is on disk.
     pub fn ack_stored(&mut self, next_seq: u64) -> u64 {

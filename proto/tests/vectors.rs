@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 // Files
 
 /// Every vector file, with the test that checks it.
-const FILES: [&str; 9] = [
+const FILES: [&str; 10] = [
     "node_ids.json",
     "varints.json",
     "addresses.json",
@@ -41,6 +41,7 @@ const FILES: [&str; 9] = [
     "relay.json",
     "builtins.json",
     "conversation.json",
+    "capabilities.json",
     "README.md",
 ];
 
@@ -142,8 +143,8 @@ fn describe(frame: &Frame<'_>) -> Value {
     match frame {
         Frame::Open(open) => json!({
             "type": "OPEN",
-            "target": hex(&open.target.core_bytes()),
-            "from": hex(&open.from.core_bytes()),
+            "target": hex(&open.target.core_bytes().unwrap()),
+            "from": hex(&open.from.core_bytes().unwrap()),
             "epoch": format!("{:016x}", open.epoch),
             "first_seq": open.first_seq,
         }),
@@ -155,15 +156,17 @@ fn describe(frame: &Frame<'_>) -> Value {
         Frame::Converse(ConverseTarget::Address(address)) => json!({
             "type": "CONVERSE",
             "target_tag": 1,
-            "address": hex(&address.core_bytes()),
+            "address": hex(&address.core_bytes().unwrap()),
         }),
         Frame::Converse(ConverseTarget::Service(name)) => {
             json!({"type": "CONVERSE", "target_tag": 2, "service": name})
         }
         Frame::Lookup(name) => json!({"type": "LOOKUP", "service": name}),
-        Frame::Found(address) => json!({"type": "FOUND", "address": hex(&address.core_bytes())}),
+        Frame::Found(address) => {
+            json!({"type": "FOUND", "address": hex(&address.core_bytes().unwrap())})
+        }
         Frame::Monitor(address) => {
-            json!({"type": "MONITOR", "address": hex(&address.core_bytes())})
+            json!({"type": "MONITOR", "address": hex(&address.core_bytes().unwrap())})
         }
         Frame::Object(payload) => json!({"type": "OBJECT", "payload": hex(payload)}),
         Frame::Data(chunk) => json!({"type": "DATA", "chunk": hex(chunk)}),
@@ -451,8 +454,8 @@ fn describe_address(name: &str, seed: u8, address: &Address) -> Value {
             .map(|(node, addr)| json!({"node_id": node.to_string(), "addr": addr.to_string()}))
             .collect::<Vec<_>>(),
         "signed_message": hex(&signed_message(&address.node(), address.mailbox().0, expires)),
-        "signature": hex(address.signature()),
-        "core": hex(&address.core_bytes()),
+        "signature": hex(address.signature().unwrap()),
+        "core": hex(&address.core_bytes().unwrap()),
         "bytes": hex(&address.to_bytes()),
         "text": address.to_string(),
     })
@@ -554,7 +557,11 @@ fn invalid_address_texts() -> Vec<(&'static str, String)> {
     vec![
         ("empty", String::new()),
         ("the prefix alone", "ferry1".to_owned()),
-        ("another version", format!("ferry2{body}")),
+        ("another version", format!("ferry3{body}")),
+        (
+            "a ferry1 body under the ferry2 prefix",
+            format!("ferry2{body}"),
+        ),
         ("upper-case prefix", format!("FERRY1{body}")),
         ("one character short", text[..text.len() - 1].to_owned()),
         (
@@ -576,7 +583,7 @@ fn invalid_address_texts() -> Vec<(&'static str, String)> {
 
 fn invalid_address_bytes() -> Vec<(&'static str, Vec<u8>)> {
     let bytes = plain().to_bytes();
-    let core = plain().core_bytes();
+    let core = plain().core_bytes().unwrap();
     let with_core = |f: &dyn Fn(&mut [u8; ADDRESS_CORE_LEN])| {
         let mut core = core;
         f(&mut core);
@@ -685,7 +692,7 @@ fn addresses() {
             (expires != 0).then_some(expires),
             vec![],
         );
-        assert_eq!(hex(minted.signature()), str_of(case, "signature"));
+        assert_eq!(hex(minted.signature().unwrap()), str_of(case, "signature"));
     }
     for case in list(&file, "invalid_text") {
         let error = str_of(case, "text").parse::<Address>().unwrap_err();
@@ -725,8 +732,8 @@ fn unreduced(signature: &[u8; 64]) -> [u8; 64] {
 /// The edge cases: (name, core). Most are the §4.10 address with one thing changed.
 fn signature_cases() -> Vec<(String, [u8; ADDRESS_CORE_LEN])> {
     let address = plain();
-    let core = address.core_bytes();
-    let signature = *address.signature();
+    let core = address.core_bytes().unwrap();
+    let signature = *address.signature().unwrap();
     let with_signature = |signature: &[u8; 64]| {
         let mut core = core;
         core[48..].copy_from_slice(signature);
@@ -741,7 +748,7 @@ fn signature_cases() -> Vec<(String, [u8; ADDRESS_CORE_LEN])> {
     let expiring = Address::mint(&key(1), MailboxId(7), Some(1_900_000_000), vec![]);
     cases.push((
         "genuine, expires 1900000000".to_owned(),
-        expiring.core_bytes(),
+        expiring.core_bytes().unwrap(),
     ));
     for (point, what) in SMALL_ORDER {
         cases.push((
@@ -759,7 +766,7 @@ fn signature_cases() -> Vec<(String, [u8; ADDRESS_CORE_LEN])> {
         with_signature(&small_order_r_signature(1, &message)),
     ));
     let message = signed_message(&address.node(), 7, 1_900_000_000);
-    let mut lax = expiring.core_bytes();
+    let mut lax = expiring.core_bytes().unwrap();
     lax[48..].copy_from_slice(&small_order_r_signature(1, &message));
     cases.push((
         "R = identity, S = k·a, expires 1900000000: passes a lax verify, not verify_strict"
@@ -818,7 +825,7 @@ fn signature_cases() -> Vec<(String, [u8; ADDRESS_CORE_LEN])> {
     let other = Address::mint(&key(2), MailboxId(7), None, vec![]);
     cases.push((
         "another node's genuine signature of the same mailbox".to_owned(),
-        with_signature(other.signature()),
+        with_signature(other.signature().unwrap()),
     ));
     cases
 }
@@ -1070,7 +1077,7 @@ fn invalid_frames() -> Vec<(&'static str, Vec<u8>, usize)> {
     weak_target[..32].fill(0);
     let mut bad_from_signature = open_fields.to_vec();
     bad_from_signature[112 + 111] |= 0x20;
-    let core = plain().core_bytes();
+    let core = plain().core_bytes().unwrap();
     let mut weak_core = core;
     weak_core[..32].fill(0);
     let mut top_bits = core;
@@ -1096,7 +1103,7 @@ fn invalid_frames() -> Vec<(&'static str, Vec<u8>, usize)> {
         ("unknown type 0x00", vec![0x01, 0x00], control),
         ("unknown type 0x06", vec![0x01, 0x06], control),
         ("unknown type 0x0f", vec![0x01, 0x0f], control),
-        ("unknown type 0x18", vec![0x01, 0x18], control),
+        ("unknown type 0x1b", vec![0x01, 0x1b], control),
         ("unknown type 0xff", vec![0x01, 0xff], control),
         ("ACCEPT without its varint", vec![0x01, 0x02], control),
         (
@@ -1894,4 +1901,287 @@ fn readme_lists_every_file() {
             assert!(readme.contains(name), "README.md does not describe {name}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grants, caveats and chains (§4.11)
+
+use ferry_proto::address::{AddressError, GrantId, Usage, VerifyError};
+use ferry_proto::caveat::Caveat;
+
+const CAP_NOW: u64 = 1_800_000_000;
+
+/// (name, node seed, base address, caveats appended one by one).
+fn capability_cases() -> Vec<(&'static str, u8, Address, Vec<Caveat>)> {
+    let plain = plain().without_hints();
+    let grant = Address::mint_grant(
+        &key(1),
+        MailboxId(7),
+        GrantId(0x0102_0304_0506_0708),
+        Some(1_900_000_000),
+        vec![],
+    );
+    vec![
+        (
+            "grant base: grant 0102030405060708, expires 1900000000, signed with ferry/address/v2",
+            1,
+            grant.clone(),
+            vec![],
+        ),
+        (
+            "ferry1 address (grant 0) attenuated: at most 100 messages",
+            1,
+            plain.clone(),
+            vec![Caveat::MaxMessages(100)],
+        ),
+        (
+            "ferry1 address: expires before 1800003600, then only node of seed 2 (a handoff)",
+            1,
+            plain.clone(),
+            vec![
+                Caveat::ExpiresBefore(1_800_003_600),
+                Caveat::Holder(key(2).public()),
+            ],
+        ),
+        (
+            "grant attenuated: service echo, 10 messages per 60 s, with an IPv4 hint",
+            1,
+            grant.with_hints(vec![sock("192.0.2.1:4433")]),
+            vec![
+                Caveat::Service("echo".into()),
+                Caveat::Rate {
+                    messages: 10,
+                    per_secs: 60,
+                },
+            ],
+        ),
+        (
+            "unknown caveat kind 0x40 (kept; a node refuses it)",
+            1,
+            plain,
+            vec![Caveat::Unknown {
+                kind: 0x40,
+                value: vec![1, 2, 3],
+            }],
+        ),
+    ]
+}
+
+fn describe_capability(name: &str, seed: u8, base: &Address, caveats: &[Caveat]) -> Value {
+    let mut address = base.clone();
+    let mut steps = Vec::new();
+    for caveat in caveats {
+        address = address.with_caveats(std::slice::from_ref(caveat)).unwrap();
+        steps.push(json!({
+            "caveat": caveat.to_string(),
+            "bytes": hex(&caveat.to_bytes()),
+            "tag": hex(address.tag().unwrap()),
+        }));
+    }
+    let limits: Vec<Value> = match address.verify(&key(seed)) {
+        Ok(limits) => limits
+            .iter()
+            .map(|l| json!({"kind": format!("{:?}", l.kind), "counter_key": hex(&l.key.0)}))
+            .collect(),
+        Err(error) => vec![json!(format!("{error:?}"))],
+    };
+    json!({
+        "name": name,
+        "seed": hex(&[seed]),
+        "mailbox_id": format!("{:016x}", address.mailbox().0),
+        "grant": format!("{:016x}", address.grant().0),
+        "expires": address.expires().unwrap_or(0).to_string(),
+        "base_signature": hex(base.signature().unwrap()),
+        "tag0": hex(&base.root_tag(&key(seed))),
+        "steps": steps,
+        "effective_expiry": address.effective_expiry().unwrap_or(0).to_string(),
+        "cap": hex(&address.to_cap_bytes()),
+        "bytes": hex(&address.to_bytes()),
+        "text": address.to_string(),
+        "text_len": address.to_string().len(),
+        "limits": limits,
+    })
+}
+
+fn capability_frames() -> Vec<(&'static str, Frame<'static>)> {
+    let cases = capability_cases();
+    let handoff = {
+        let (_, _, base, caveats) = &cases[2];
+        base.with_caveats(caveats).unwrap()
+    };
+    let service = {
+        let (_, _, base, caveats) = &cases[3];
+        base.with_caveats(caveats).unwrap().without_hints()
+    };
+    vec![
+        (
+            "OPEN_CAP: attenuated target, ferry1 from, epoch 0011223344556677, first_seq 0",
+            Frame::Open(Box::new(Open {
+                target: handoff.clone(),
+                from: second(),
+                epoch: 0x0011_2233_4455_6677,
+                first_seq: 0,
+            })),
+        ),
+        (
+            "CONVERSE by capability (target tag 0x03)",
+            Frame::Converse(ConverseTarget::Address(Box::new(service))),
+        ),
+        ("MONITOR_CAP", Frame::Monitor(Box::new(handoff))),
+    ]
+}
+
+fn generate_capabilities() -> Value {
+    let valid: Vec<Value> = capability_cases()
+        .iter()
+        .map(|(name, seed, base, caveats)| describe_capability(name, *seed, base, caveats))
+        .collect();
+    let frames: Vec<Value> = capability_frames()
+        .iter()
+        .map(|(name, frame)| json!({"name": name, "bytes": hex(&encode(frame))}))
+        .collect();
+    let handoff = {
+        let cases = capability_cases();
+        let (_, _, base, caveats) = &cases[2];
+        base.with_caveats(caveats).unwrap()
+    };
+    let cap = handoff.to_cap_bytes();
+    let mut tampered: Vec<(&str, Vec<u8>)> = Vec::new();
+    // Caveat 1 starts after 0x02 and the 57-byte head; caveat 2 after its 10 bytes.
+    let (first, second_caveat) = (1 + 57, 1 + 57 + 10);
+    let mut swapped = cap[..first].to_vec();
+    swapped.extend_from_slice(&cap[second_caveat..second_caveat + 34]);
+    swapped.extend_from_slice(&cap[first..second_caveat]);
+    swapped.extend_from_slice(&cap[second_caveat + 34..]);
+    tampered.push(("caveats swapped", swapped));
+    let mut dropped = cap[..first].to_vec();
+    dropped[first - 1] = 1;
+    dropped.extend_from_slice(&cap[first..second_caveat]);
+    dropped.extend_from_slice(&cap[second_caveat + 34..]);
+    tampered.push(("last caveat dropped, tag kept", dropped));
+    let mut later = cap.clone();
+    later[first + 2 + 7] ^= 0x01; // expiry 1800003600 → 1800003601
+    tampered.push(("expiry caveat changed", later));
+    let mut other_mailbox = cap.clone();
+    other_mailbox[1 + 32 + 7] ^= 0x01;
+    tampered.push(("mailbox id changed", other_mailbox));
+    let mut other_tag = cap.clone();
+    *other_tag.last_mut().unwrap() ^= 0x80;
+    tampered.push(("tag changed", other_tag));
+    let tampered: Vec<Value> = tampered
+        .into_iter()
+        .map(|(name, bytes)| {
+            let parsed = Address::from_cap_bytes(&bytes).unwrap();
+            json!({"name": name, "cap": hex(&bytes), "error": format!("{:?}", parsed.verify(&key(1)).unwrap_err())})
+        })
+        .collect();
+    let mut invalid: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut not_canonical = vec![0x02];
+    not_canonical.extend_from_slice(&plain().core_bytes().unwrap()[..48]);
+    not_canonical.extend_from_slice(&[0; 8]);
+    not_canonical.push(0);
+    not_canonical.extend_from_slice(&plain().core_bytes().unwrap()[48..]);
+    invalid.push(("grant 0 without caveats in cap2 form", not_canonical));
+    let mut nine = cap[..first].to_vec();
+    nine[first - 1] = 9;
+    invalid.push(("9 caveats", nine));
+    let mut bad_expiry = cap.clone();
+    bad_expiry[first + 2..first + 10].fill(0);
+    invalid.push(("expiry caveat of 0", bad_expiry));
+    let mut bad_len = cap.clone();
+    bad_len[first + 1] = 65;
+    invalid.push(("caveat value of 65 bytes", bad_len));
+    let mut short = cap.clone();
+    short.pop();
+    invalid.push(("tag cut short", short));
+    let mut long = cap.clone();
+    long.push(0);
+    invalid.push(("a trailing byte", long));
+    let mut unknown_format = cap.clone();
+    unknown_format[0] = 0x03;
+    invalid.push(("unknown capability field format 0x03", unknown_format));
+    let invalid: Vec<Value> = invalid
+        .into_iter()
+        .map(|(name, bytes)| {
+            json!({"name": name, "cap": hex(&bytes), "error": format!("{:?}", Address::from_cap_bytes(&bytes).unwrap_err())})
+        })
+        .collect();
+    let refusals: Vec<Value> = [
+        (
+            "handoff presented by seed 3's node",
+            handoff.check_usage(&key(3).public(), Usage::Messages),
+        ),
+        (
+            "handoff presented by seed 2's node",
+            handoff.check_usage(&key(2).public(), Usage::Messages),
+        ),
+        (
+            "handoff at 1800003600",
+            handoff.check_cheap(&key(1).public(), 1_800_003_600),
+        ),
+        (
+            "handoff at 1800003599",
+            handoff.check_cheap(&key(1).public(), CAP_NOW + 3599),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, result)| json!({"name": name, "result": format!("{result:?}")}))
+    .collect();
+    json!({
+        "description": "Grants, caveats and HMAC chains (docs/PROTOCOL.md §4.11). Each valid case: the base address (seed, mailbox, grant, expires, its signature), tag0 = HMAC-SHA256(signature, \"ferry/caveat/v1\" | node | mailbox | expires | grant), then per caveat its bytes (kind | len | value) and tag_i = HMAC-SHA256(tag_{i-1}, caveat bytes); the capability field of frames (cap: 0x01 | core or 0x02 | cap2), the binary form (\"ferry2\" | cap2 | hints | crc32) and the text form; limits are the counting caveats with their counter keys (first 16 bytes of HMAC-SHA256(tag_i, \"ferry/count/v1\")). frames: the new frame forms. tampered: well-formed fields whose chain the node refuses; invalid: capability fields the parser refuses; refusals: the cheap and usage checks.",
+        "valid": valid,
+        "frames": frames,
+        "tampered": tampered,
+        "invalid": invalid,
+        "refusals": refusals,
+    })
+}
+
+#[test]
+fn capabilities() {
+    let file = vector_file("capabilities.json", generate_capabilities());
+    for case in list(&file, "valid") {
+        let from_text: Address = str_of(case, "text").parse().unwrap();
+        let from_bytes = Address::from_bytes(&bytes_of(case, "bytes")).unwrap();
+        let from_cap = Address::from_cap_bytes(&bytes_of(case, "cap")).unwrap();
+        assert_eq!(from_text, from_bytes);
+        assert_eq!(from_text.without_hints(), from_cap);
+        let seed = bytes_of(case, "seed")[0];
+        assert_eq!(from_text.node(), key(seed).public());
+        let grant = &str_of(case, "grant").to_string();
+        assert_eq!(format!("{:016x}", from_text.grant().0), *grant);
+        if from_text.caveats().is_empty() {
+            assert_eq!(from_text.verify_signature(), Ok(()));
+        } else {
+            assert_eq!(
+                hex(from_text.tag().unwrap()),
+                str_of(list(case, "steps").last().unwrap(), "tag")
+            );
+        }
+    }
+    for case in list(&file, "frames") {
+        let bytes = bytes_of(case, "bytes");
+        let (frame, used) = decode_frame(&bytes, ferry_proto::frame::MAX_OPENING_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(encode(&frame), bytes);
+        // Old acceptors' bound: every one of these fits in 267 bytes or is refused as too large.
+        if let Err(error) = decode_frame(&bytes, MAX_CONTROL_FRAME_LEN) {
+            assert!(
+                matches!(error, ferry_proto::frame::FrameError::TooLarge { .. }),
+                "{error:?}"
+            );
+        }
+    }
+    for case in list(&file, "tampered") {
+        let parsed = Address::from_cap_bytes(&bytes_of(case, "cap")).unwrap();
+        assert_eq!(parsed.verify(&key(1)), Err(VerifyError::Forged));
+        assert_eq!(str_of(case, "error"), "Forged");
+    }
+    for case in list(&file, "invalid") {
+        let error: AddressError = Address::from_cap_bytes(&bytes_of(case, "cap")).unwrap_err();
+        assert_eq!(format!("{error:?}"), str_of(case, "error"), "{case}");
+    }
+    assert!(!list(&file, "refusals").is_empty());
 }

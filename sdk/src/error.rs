@@ -161,6 +161,19 @@ pub enum SendError {
     /// The target is a durable mailbox of this node and its store failed to keep the message.
     #[error("storing the message: {0}")]
     Store(crate::store::StoreError),
+    /// The grant of the target address was revoked (wire code REVOKED): the address and every
+    /// address derived from it are void. Final.
+    #[error("address revoked")]
+    Revoked,
+    /// A caveat of the target address forbids this (wire code CAVEAT): it is for another
+    /// holder node, or for conversations with a service only, or has a caveat the target node
+    /// does not know. Final.
+    #[error("a caveat of the address forbids this: {0}")]
+    Caveat(String),
+    /// A "max messages" caveat of the target address is used up (wire code EXHAUSTED); the
+    /// messages accepted before it were delivered. Final.
+    #[error("the address's message budget is used up")]
+    Exhausted,
 }
 
 impl SendError {
@@ -170,8 +183,11 @@ impl SendError {
         match refusal {
             Refusal::NoSuchMailbox => Self::NoSuchMailbox,
             Refusal::Forged => Self::Forged,
-            Refusal::Expired => Self::Expired(target.expires().unwrap_or(0)),
+            Refusal::Expired => Self::Expired(target.effective_expiry().unwrap_or(0)),
             Refusal::WrongNode => Self::WrongNode,
+            Refusal::Revoked => Self::Revoked,
+            Refusal::Caveat => Self::Caveat("refused by the receiver".into()),
+            Refusal::Exhausted => Self::Exhausted,
         }
     }
 
@@ -182,6 +198,9 @@ impl SendError {
             Self::Forged => Some(Refusal::Forged),
             Self::Expired(_) => Some(Refusal::Expired),
             Self::WrongNode => Some(Refusal::WrongNode),
+            Self::Revoked => Some(Refusal::Revoked),
+            Self::Caveat(_) => Some(Refusal::Caveat),
+            Self::Exhausted => Some(Refusal::Exhausted),
             _ => None,
         }
     }
@@ -208,6 +227,9 @@ impl From<VerifyError> for SendError {
             VerifyError::WrongNode { .. } => Self::WrongNode,
             VerifyError::Expired(at) => Self::Expired(at),
             VerifyError::Forged => Self::Forged,
+            VerifyError::Caveat(violation) => Self::Caveat(violation.to_string()),
+            // A refusal this version does not name: treat like a forgery (final).
+            _ => Self::Forged,
         }
     }
 }
@@ -326,6 +348,16 @@ pub enum OpenError {
     /// The address names another node than the one that answered.
     #[error("address names another node")]
     WrongNode,
+    /// The address's grant was revoked (wire code REVOKED).
+    #[error("address revoked")]
+    Revoked,
+    /// A caveat of the address forbids this conversation (wire code CAVEAT): another holder
+    /// node or another service.
+    #[error("a caveat of the address forbids this: {0}")]
+    Caveat(String),
+    /// A counting caveat of the address is used up (wire code EXHAUSTED).
+    #[error("the address's budget is used up")]
+    Exhausted,
     /// The service is at its limit of waiting conversations; try again later.
     #[error("the service is busy")]
     Busy,

@@ -69,7 +69,7 @@
 //! The core (addresses in [`address`], frames in [`frame`]) is pure code on byte buffers with
 //! no IO; the runtime (QUIC, tasks) is a thin layer over it.
 
-pub use ferry_proto::{address, frame, observe, punch, relay};
+pub use ferry_proto::{address, caveat, frame, observe, punch, relay};
 mod clock;
 mod config;
 pub mod duration;
@@ -84,7 +84,7 @@ pub mod store;
 mod streams;
 mod sync;
 
-pub use address::{Address, AddressError, MailboxId, VerifyError};
+pub use address::{Address, AddressError, AttenuateError, GrantId, MailboxId, VerifyError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
 pub use error::{
@@ -95,7 +95,7 @@ pub use error::{
 pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;
 pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
-pub use mailbox::{Mailbox, Message};
+pub use mailbox::{Mailbox, Message, MAX_COUNTERS};
 pub use net::tls::{endpoint_configs, EndpointConfigs, TlsSetupError, ALPN};
 pub use node::{Builder, Node};
 pub use outbound::{Delivery, Sender};

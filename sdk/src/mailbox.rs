@@ -14,8 +14,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::address::{Address, MailboxId, VerifyError};
+use crate::address::{
+    Address, CounterKey, GrantId, Limit, LimitKind, MailboxId, Usage, VerifyError,
+};
+use crate::caveat::Tag;
 use crate::error::{AttachError, DecodeError, PayloadError, RecvError, SendError};
+use crate::identity::NodeId;
 use crate::node::NodeInner;
 use crate::store::{MailboxStore, RunId, StoreError, StoredMessage};
 use crate::sync::{lock, read, write};
@@ -43,6 +47,8 @@ pub(crate) struct Durable {
     /// Cancelled once the messages stored before the mailbox opened are queued: new messages
     /// wait for it, so each sender's messages reach the application in order.
     pub(crate) replayed: CancellationToken,
+    /// The mailbox's revocations and counters, loaded from the store.
+    pub(crate) caps: Arc<Caps>,
 }
 
 impl Durable {
@@ -52,12 +58,16 @@ impl Durable {
         self: &Arc<Self>,
         run: Option<(RunId, u64)>,
         messages: Vec<(Arc<Address>, Bytes)>,
+        counters: Vec<CounterKey>,
     ) -> Result<Vec<Message>, StoreError> {
         let rows = messages
             .iter()
             .map(|(from, payload)| ((**from).clone(), payload.clone()))
             .collect();
-        let indexes = self.store.append(self.mailbox, run, rows).await?;
+        let indexes = self
+            .store
+            .append_counted(self.mailbox, run, rows, counters)
+            .await?;
         if indexes.len() > messages.len() {
             return Err(StoreError::Failed(format!(
                 "store returned {} indexes for {} messages",
@@ -103,6 +113,13 @@ impl Message {
         &self.from
     }
 
+    /// The sender's reply address, usable only by the node `holder`: hand it to that node
+    /// so that it can reply to the sender in your place, while a copy in anyone else's hands
+    /// is refused (docs/PROTOCOL.md §4.11). Needs no round trip to the sender.
+    pub fn from_for(&self, holder: NodeId) -> Result<Address, crate::address::AttenuateError> {
+        self.from.handoff(holder)
+    }
+
     /// The raw payload bytes.
     pub fn payload(&self) -> &Bytes {
         &self.payload
@@ -134,6 +151,174 @@ pub(crate) struct MailboxHandle {
     pub(crate) closed: CancellationToken,
     /// Set for a durable mailbox: messages are stored before they are acknowledged.
     pub(crate) durable: Option<Arc<Durable>>,
+    /// Revoked grants and the counters of counting caveats.
+    pub(crate) caps: Arc<Caps>,
+}
+
+/// At most this many counters (one per counting caveat of an address chain that was used) a
+/// mailbox keeps; an address whose counting caveat would need another is refused with LIMIT
+/// (retryable) until the mailbox is closed. Counters are never forgotten while the mailbox is
+/// open, so a count can never start again.
+pub const MAX_COUNTERS: usize = 4096;
+/// tag_0 of chains, cached per mailbox by (grant, base expiry): each distinct base costs one
+/// signing, however many chains on it are presented.
+const ROOT_CACHE: usize = 8;
+
+/// A base address of a mailbox, as far as its signature goes: grant and expiry.
+type BaseId = (GrantId, Option<u64>);
+/// A verified signature: of which base.
+type Verified = (GrantId, Option<u64>, [u8; 64]);
+
+/// A rate caveat's window: messages delivered since `start` (unix seconds).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: u64,
+    used: u32,
+}
+
+/// What a mailbox keeps for its capabilities: revoked grants, the counters of counting
+/// caveats, and the roots of chains it checked.
+#[derive(Default)]
+pub(crate) struct Caps {
+    revoked: RwLock<std::collections::HashSet<GrantId>>,
+    counts: Mutex<HashMap<CounterKey, u64>>,
+    windows: Mutex<HashMap<CounterKey, Window>>,
+    roots: Mutex<Vec<(BaseId, Tag)>>,
+}
+
+/// Why a message may not be delivered under an address's counting caveats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Budget {
+    /// A "max messages" caveat is used up: final.
+    Exhausted,
+    /// A rate caveat's window is full: wait this many seconds (at most).
+    Wait(u64),
+    /// The mailbox keeps [`MAX_COUNTERS`] counters already.
+    TooManyCounters,
+}
+
+impl Caps {
+    pub(crate) fn with(revoked: Vec<GrantId>, counts: Vec<(CounterKey, u64)>) -> Self {
+        Self {
+            revoked: RwLock::new(revoked.into_iter().collect()),
+            counts: Mutex::new(counts.into_iter().collect()),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn is_revoked(&self, grant: GrantId) -> bool {
+        read(&self.revoked).contains(&grant)
+    }
+
+    pub(crate) fn revoke(&self, grant: GrantId) {
+        write(&self.revoked).insert(grant);
+    }
+
+    /// Reserves one message under `limits` at `now`: every counter is charged, or none.
+    pub(crate) fn reserve(&self, limits: &[Limit], now: u64) -> Result<(), Budget> {
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let mut counts = lock(&self.counts);
+        let mut windows = lock(&self.windows);
+        let new_keys = limits
+            .iter()
+            .filter(|limit| !counts.contains_key(&limit.key) && !windows.contains_key(&limit.key))
+            .count();
+        if counts.len() + windows.len() + new_keys > MAX_COUNTERS {
+            return Err(Budget::TooManyCounters);
+        }
+        for limit in limits {
+            match limit.kind {
+                LimitKind::Messages(max) => {
+                    if counts.get(&limit.key).copied().unwrap_or(0) >= u64::from(max) {
+                        return Err(Budget::Exhausted);
+                    }
+                }
+                LimitKind::Rate { messages, per_secs } => {
+                    if let Some(window) = windows.get(&limit.key) {
+                        let end = window.start.saturating_add(u64::from(per_secs));
+                        if now < end && window.used >= messages {
+                            return Err(Budget::Wait(end - now));
+                        }
+                    }
+                }
+                _ => return Err(Budget::Exhausted),
+            }
+        }
+        for limit in limits {
+            match limit.kind {
+                LimitKind::Messages(_) => *counts.entry(limit.key).or_insert(0) += 1,
+                LimitKind::Rate { per_secs, .. } => {
+                    let window = windows.entry(limit.key).or_insert(Window {
+                        start: now,
+                        used: 0,
+                    });
+                    if now >= window.start.saturating_add(u64::from(per_secs)) {
+                        *window = Window {
+                            start: now,
+                            used: 0,
+                        };
+                    }
+                    window.used += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back `n` reserved messages that were not delivered.
+    pub(crate) fn release(&self, limits: &[Limit], n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut counts = lock(&self.counts);
+        for limit in limits {
+            if let LimitKind::Messages(_) = limit.kind {
+                if let Some(count) = counts.get_mut(&limit.key) {
+                    *count = count.saturating_sub(n);
+                }
+            }
+        }
+    }
+
+    /// How many messages were delivered under the counter `key`.
+    pub(crate) fn count(&self, key: &CounterKey) -> u64 {
+        lock(&self.counts).get(key).copied().unwrap_or(0)
+    }
+
+    fn root(&self, address: &Address, key: &crate::SecretKey) -> Tag {
+        let id = (address.grant(), address.expires());
+        if let Some((_, tag)) = lock(&self.roots).iter().find(|(k, _)| *k == id) {
+            return *tag;
+        }
+        let tag = address.root_tag(key);
+        let mut roots = lock(&self.roots);
+        if roots.len() == ROOT_CACHE {
+            roots.remove(0);
+        }
+        roots.push((id, tag));
+        tag
+    }
+}
+
+/// The counter keys of the "max messages" caveats among `limits`: what a durable mailbox
+/// counts in its store.
+pub(crate) fn durable_counters(limits: &[Limit]) -> Vec<CounterKey> {
+    limits
+        .iter()
+        .filter(|limit| matches!(limit.kind, LimitKind::Messages(_)))
+        .map(|limit| limit.key)
+        .collect()
+}
+
+/// An address that passed every check: where its messages go and what they are charged to.
+#[derive(Clone)]
+pub(crate) struct Authorized {
+    pub(crate) handle: MailboxHandle,
+    pub(crate) grant: GrantId,
+    pub(crate) limits: Vec<Limit>,
 }
 
 /// Decodes postcard bytes as exactly one `T`, with nothing left over.
@@ -153,7 +338,7 @@ struct MailboxEntry {
     /// (expiry, signature) of addresses of this mailbox that passed `verify_strict`, so each
     /// distinct address costs one signature check however many streams present it. The expiry
     /// is part of the key because the signature covers it; node and mailbox are this entry's.
-    verified: Mutex<Vec<(Option<u64>, [u8; 64])>>,
+    verified: Mutex<Vec<Verified>>,
 }
 
 const VERIFIED_CACHE: usize = 8;
@@ -217,32 +402,66 @@ impl Mailboxes {
             .sum()
     }
 
-    /// Checks that `address` grants access to an open mailbox of this node, cheapest checks
-    /// first: node id and expiry, then the mailbox exists, then the signature (cached).
+    /// Checks that `address` grants `peer` the `usage` of an open mailbox of this node,
+    /// cheapest checks first (PROTOCOL.md §4.9, §4.11): node id and expiry, the mailbox
+    /// exists, its grant is not revoked, the stateless caveats (holder, service, unknown
+    /// kinds), then the proof: the signature (cached) or the caveat chain (its root cached),
+    /// and last whether the counting caveats have room.
     pub(crate) fn authorize(
         &self,
         node: &NodeInner,
         address: &Address,
-    ) -> Result<MailboxHandle, SendError> {
+        peer: &NodeId,
+        usage: Usage<'_>,
+    ) -> Result<Authorized, SendError> {
         address.check_cheap(&node.id, node.clock.unix_now())?;
         let entry = read(&self.map)
             .get(&address.mailbox())
             .cloned()
             .ok_or(SendError::NoSuchMailbox)?;
-        let signed = (address.expires(), *address.signature());
-        if !lock(&entry.verified).contains(&signed) {
-            node.stats.count_signature_check();
-            address.verify_signature().map_err(|e: VerifyError| {
-                node.stats.count_forged();
-                SendError::from(e)
-            })?;
-            let mut verified = lock(&entry.verified);
-            if verified.len() == VERIFIED_CACHE {
-                verified.remove(0);
-            }
-            verified.push(signed);
+        let caps = &entry.handle.caps;
+        if caps.is_revoked(address.grant()) {
+            return Err(SendError::Revoked);
         }
-        Ok(entry.handle.clone())
+        address.check_usage(peer, usage)?;
+        let limits = match address.signature() {
+            Some(signature) => {
+                let signed = (address.grant(), address.expires(), *signature);
+                if !lock(&entry.verified).contains(&signed) {
+                    node.stats.count_signature_check();
+                    address.verify_signature().map_err(|e: VerifyError| {
+                        node.stats.count_forged();
+                        SendError::from(e)
+                    })?;
+                    let mut verified = lock(&entry.verified);
+                    if verified.len() == VERIFIED_CACHE {
+                        verified.remove(0);
+                    }
+                    verified.push(signed);
+                }
+                Vec::new()
+            }
+            None => {
+                let root = caps.root(address, &node.net.key);
+                address.verify_chain(&root).map_err(|e: VerifyError| {
+                    node.stats.count_forged();
+                    SendError::from(e)
+                })?
+            }
+        };
+        // A "max messages" caveat already used up is refused at once.
+        for limit in &limits {
+            if let LimitKind::Messages(max) = limit.kind {
+                if caps.count(&limit.key) >= u64::from(max) {
+                    return Err(SendError::Exhausted);
+                }
+            }
+        }
+        Ok(Authorized {
+            handle: entry.handle.clone(),
+            grant: address.grant(),
+            limits,
+        })
     }
 }
 
@@ -293,6 +512,8 @@ pub struct Mailbox {
     receiver: tokio::sync::Mutex<Option<mpsc::Receiver<Message>>>,
     /// Whether the receiver was given to a handler or stream.
     attached: std::sync::atomic::AtomicBool,
+    caps: Arc<Caps>,
+    durable: Option<Arc<Durable>>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -314,6 +535,9 @@ impl Mailbox {
             Some((durable, pending)) => (Some(durable), pending),
             None => (None, Vec::new()),
         };
+        let caps = durable
+            .as_ref()
+            .map_or_else(Arc::default, |durable| durable.caps.clone());
         // Not a child of the node's token: at shutdown, streams must answer SHUTTING_DOWN
         // (retry later), not NO_SUCH_MAILBOX (final). Shutdown closes mailboxes last.
         let closed = CancellationToken::new();
@@ -323,11 +547,16 @@ impl Mailbox {
                 queue,
                 closed: closed.clone(),
                 durable: durable.clone(),
+                caps: caps.clone(),
             },
         );
-        if let Some(durable) = durable {
-            node.tasks
-                .spawn(replay(durable, pending, queue_of(node, id), closed.clone()));
+        if let Some(durable) = &durable {
+            node.tasks.spawn(replay(
+                durable.clone(),
+                pending,
+                queue_of(node, id),
+                closed.clone(),
+            ));
         }
         let node = Arc::downgrade(node);
         Self {
@@ -338,7 +567,42 @@ impl Mailbox {
             node,
             receiver: tokio::sync::Mutex::new(Some(receiver)),
             attached: std::sync::atomic::AtomicBool::new(false),
+            caps,
+            durable,
         }
+    }
+
+    /// Mints an address of this mailbox under a new grant (PROTOCOL.md §4.11), with the
+    /// node's dial hints, expiring at `expires` (unix seconds) if given. Hand it out; revoke it
+    /// (and everything derived from it) with [`Mailbox::revoke`] without touching the mailbox
+    /// or its other grants. Its grant id is [`Address::grant`].
+    pub fn grant(&self, expires: Option<u64>) -> Address {
+        let grant = GrantId::random();
+        let Some(node) = self.node.upgrade() else {
+            // The node is gone: the address can never be used anyway.
+            return self.address.clone();
+        };
+        node.mint_grant(self.id, grant, expires)
+    }
+
+    /// Revokes `grant`: its addresses and every address derived from them are refused from
+    /// now on with [`SendError::Revoked`] (wire code REVOKED), and streams already open under
+    /// it stop before their next batch. The mailbox and its other grants are untouched.
+    /// Revoking [`GrantId::DEFAULT`] voids every `ferry1` address of the mailbox, including
+    /// [`Mailbox::address`]. For a durable mailbox the revocation is stored before this
+    /// returns, so it survives a restart and a crash; the revocation is in force (in memory)
+    /// even when storing fails.
+    pub async fn revoke(&self, grant: GrantId) -> Result<(), StoreError> {
+        self.caps.revoke(grant);
+        if let Some(durable) = &self.durable {
+            durable.store.revoke(self.id, grant).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `grant` is revoked.
+    pub fn is_revoked(&self, grant: GrantId) -> bool {
+        self.caps.is_revoked(grant)
     }
 
     /// The mailbox's capability address, with the node's dial hints: everything another node

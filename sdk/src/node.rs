@@ -12,14 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::address::{Address, MailboxId};
+use crate::address::{Address, GrantId, MailboxId};
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::error::{
     BindError, DialError, MonitorError, OpenError, PingError, SendError, ServeError,
 };
 use crate::identity::{NodeId, SecretKey};
-use crate::mailbox::{Durable, Mailbox, Mailboxes};
+use crate::mailbox::{Caps, Durable, Mailbox, Mailboxes};
 use crate::net::connection::{self};
 use crate::net::tls::{self};
 use crate::net::Net;
@@ -37,7 +37,23 @@ use crate::Route;
 impl NodeInner {
     /// A capability address for `mailbox` with this node's dial hints and relay hints.
     pub(crate) fn mint(&self, mailbox: MailboxId, expires: Option<u64>) -> Address {
-        let mut address = Address::mint(&self.net.key, mailbox, expires, self.net.dial_hints());
+        self.mint_grant(mailbox, GrantId::DEFAULT, expires)
+    }
+
+    /// Signs an address of `mailbox` under `grant`, with the node's hints.
+    pub(crate) fn mint_grant(
+        &self,
+        mailbox: MailboxId,
+        grant: GrantId,
+        expires: Option<u64>,
+    ) -> Address {
+        let mut address = Address::mint_grant(
+            &self.net.key,
+            mailbox,
+            grant,
+            expires,
+            self.net.dial_hints(),
+        );
         for (relay, relay_addr) in &self.config.relays {
             address = address.with_relay(*relay, *relay_addr);
         }
@@ -278,10 +294,12 @@ impl Node {
         store: Arc<dyn MailboxStore>,
     ) -> Result<Mailbox, StoreError> {
         let pending = store.pending(id)?;
+        let caps = Arc::new(Caps::with(store.revoked(id)?, store.counts(id)?));
         let durable = Arc::new(Durable {
             store,
             mailbox: id,
             replayed: CancellationToken::new(),
+            caps,
         });
         let address = self.inner.mint(id, None);
         Ok(Mailbox::new(

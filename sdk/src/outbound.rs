@@ -21,10 +21,10 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
-use crate::address::{Address, MailboxId, ADDRESS_CORE_LEN};
+use crate::address::{Address, LimitKind, MailboxId, Usage};
 use crate::error::{DialError, SendError, StreamError};
 use crate::frame::ErrorCode;
-use crate::mailbox::{MailboxHandle, Message};
+use crate::mailbox::{durable_counters, Authorized, Budget, Message};
 use crate::net::connection::{self, ConnCode, Link};
 use crate::net::liveness::Probed;
 use crate::node::NodeInner;
@@ -37,10 +37,11 @@ const MAX_REMEMBERED_FAILURES: usize = 1024;
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
 /// The whole signed core is part of the key, so every distinct address (another expiry, or a
 /// tampered copy) is presented to, and checked by, the receiver on its own stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ConversationKey {
     from: MailboxId,
-    target: [u8; ADDRESS_CORE_LEN],
+    /// The target's capability field (its core, or its grant and caveat chain).
+    target: Box<[u8]>,
 }
 
 impl std::hash::Hash for ConversationKey {
@@ -48,8 +49,14 @@ impl std::hash::Hash for ConversationKey {
         // The mailbox ids and the tail of the signature already spread keys well; hashing all
         // 120 bytes showed up in profiles.
         self.from.hash(state);
-        state.write(&self.target[32..40]);
-        state.write(&self.target[ADDRESS_CORE_LEN - 16..]);
+        // The field's format byte, then the mailbox id; then the last 16 bytes (signature or
+        // tag).
+        state.write(self.target.get(33..41).unwrap_or_default());
+        state.write(
+            self.target
+                .get(self.target.len().saturating_sub(16)..)
+                .unwrap_or_default(),
+        );
     }
 }
 
@@ -103,14 +110,14 @@ fn cost(payload: &Bytes) -> u32 {
 fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<Outbound> {
     let key = ConversationKey {
         from: from.mailbox(),
-        target: target.core_bytes(),
+        target: target.to_cap_bytes().into_boxed_slice(),
     };
     let mut map = lock(&node.conversations);
     if let Some(existing) = map.get(&key) {
         return existing.clone();
     }
     let outbound = Arc::new(Outbound {
-        key,
+        key: key.clone(),
         target: target.clone(),
         from: from.clone(),
         window: Semaphore::new(node.config.send_window),
@@ -135,7 +142,7 @@ pub struct Sender {
     from: Address,
     target: Address,
     /// For a mailbox on this node: its queue, skipping the network.
-    local: Option<Result<MailboxHandle, SendError>>,
+    local: Option<Result<Authorized, SendError>>,
     /// The conversation last used, so the node's table is consulted only when it ended.
     cached: Mutex<Option<Arc<Outbound>>>,
 }
@@ -166,7 +173,10 @@ impl Sender {
         for (relay, relay_addr) in target.relays() {
             node.net.peers.add_relay(target.node(), relay, relay_addr);
         }
-        let local = (target.node() == node.id).then(|| node.mailboxes.authorize(node, target));
+        let local = (target.node() == node.id).then(|| {
+            node.mailboxes
+                .authorize(node, target, &node.id, Usage::Messages)
+        });
         Self {
             node: node.clone(),
             from,
@@ -225,9 +235,32 @@ impl Sender {
             return Err(SendError::NodeClosed);
         }
         if let Some(local) = &self.local {
-            let mailbox = local.as_ref().map_err(Clone::clone)?;
+            let authorized = local.as_ref().map_err(Clone::clone)?;
+            let caps = &authorized.handle.caps;
+            if caps.is_revoked(authorized.grant) {
+                return Err(SendError::Revoked);
+            }
+            if authorized
+                .limits
+                .iter()
+                .any(|limit| matches!(limit.kind, LimitKind::Rate { .. }))
+            {
+                // A rate caveat between mailboxes of one node is not worth a timer: refuse.
+                return Err(SendError::Caveat(
+                    "rate caveats apply to remote senders only".into(),
+                ));
+            }
+            match caps.reserve(&authorized.limits, self.node.clock.unix_now()) {
+                Ok(()) => {}
+                Err(Budget::TooManyCounters) => {
+                    return Err(SendError::Caveat(
+                        "the mailbox keeps too many counters".into(),
+                    ))
+                }
+                Err(_) => return Err(SendError::Exhausted),
+            }
             let result = deliver_locally(
-                mailbox,
+                authorized,
                 Arc::new(self.from.clone()),
                 payload,
                 self.node.config.send_timeout,
@@ -597,11 +630,15 @@ fn send_error(failure: RunFailure<SendError>, target: &Address) -> SendError {
 
 /// Delivers to a mailbox of this node: stored first if it is durable.
 async fn deliver_locally(
-    mailbox: &MailboxHandle,
+    authorized: &Authorized,
     from: Arc<Address>,
     payload: Bytes,
     timeout: Duration,
 ) -> Result<(), SendError> {
+    let mailbox = &authorized.handle;
+    let counters = durable_counters(&authorized.limits);
+    // Set once a durable store kept (and counted) the message: it is delivered from then on.
+    let stored_flag = std::sync::atomic::AtomicBool::new(false);
     let deliver = async {
         let message = match &mailbox.durable {
             None => Message {
@@ -611,11 +648,16 @@ async fn deliver_locally(
             },
             Some(durable) => loop {
                 let mut stored = durable
-                    .store(None, vec![(from.clone(), payload.clone())])
+                    .store(
+                        None,
+                        vec![(from.clone(), payload.clone())],
+                        counters.clone(),
+                    )
                     .await
                     .map_err(SendError::Store)?;
                 match stored.pop() {
                     Some(message) => {
+                        stored_flag.store(true, std::sync::atomic::Ordering::Release);
                         durable.replayed.cancelled().await;
                         break message;
                     }
@@ -630,10 +672,16 @@ async fn deliver_locally(
             .await
             .map_err(|_| SendError::NoSuchMailbox)
     };
-    tokio::select! {
+    let result = tokio::select! {
         _ = mailbox.closed.cancelled() => Err(SendError::NoSuchMailbox),
         sent = tokio::time::timeout(timeout, deliver) => sent.unwrap_or(Err(SendError::Timeout)),
+    };
+    if result.is_err() && !stored_flag.load(std::sync::atomic::Ordering::Acquire) {
+        // Not delivered: give the reservation back. (A message a durable store kept is
+        // counted there, and delivered.)
+        authorized.handle.caps.release(&authorized.limits, 1);
     }
+    result
 }
 
 fn varint(code: ErrorCode) -> quinn::VarInt {

@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::address::{Address, MailboxId};
+use crate::address::{Address, CounterKey, GrantId, MailboxId};
 use crate::identity::NodeId;
 
 /// One run of one sender's conversation into a mailbox (docs/PROTOCOL.md §6.1): the unit of
@@ -73,6 +73,53 @@ pub trait MailboxStore: Send + Sync + 'static {
         run: Option<(RunId, u64)>,
         messages: Vec<(Address, Bytes)>,
     ) -> StoreFuture<Vec<u64>>;
+
+    /// [`append`](Self::append), adding the number stored, in the same atomic write, to each
+    /// counter of `counters`: the "max messages" caveats the messages were sent under
+    /// (docs/PROTOCOL.md §4.11), so that a count is exact across restarts and crashes. The
+    /// default takes no counters: it fails for messages under a counting caveat, which the
+    /// sender then sees as `STORE_FAILED` (retryable); a store that keeps counts overrides it
+    /// and [`counts`](Self::counts).
+    fn append_counted(
+        &self,
+        mailbox: MailboxId,
+        run: Option<(RunId, u64)>,
+        messages: Vec<(Address, Bytes)>,
+        counters: Vec<CounterKey>,
+    ) -> StoreFuture<Vec<u64>> {
+        if counters.is_empty() {
+            return self.append(mailbox, run, messages);
+        }
+        Box::pin(async {
+            Err(StoreError::Failed(
+                "this store does not keep the counts of counting caveats".into(),
+            ))
+        })
+    }
+
+    /// The counters of `mailbox` that [`append_counted`](Self::append_counted) added to,
+    /// with their values. The default: none.
+    fn counts(&self, mailbox: MailboxId) -> Result<Vec<(CounterKey, u64)>, StoreError> {
+        let _ = mailbox;
+        Ok(Vec::new())
+    }
+
+    /// Records durably that `grant` of `mailbox` is revoked; the future resolves once it is
+    /// on disk. The default fails: the revocation then lasts until the mailbox closes.
+    fn revoke(&self, mailbox: MailboxId, grant: GrantId) -> StoreFuture<()> {
+        let _ = (mailbox, grant);
+        Box::pin(async {
+            Err(StoreError::Failed(
+                "this store does not keep revocations".into(),
+            ))
+        })
+    }
+
+    /// The revoked grants of `mailbox`. The default: none.
+    fn revoked(&self, mailbox: MailboxId) -> Result<Vec<GrantId>, StoreError> {
+        let _ = mailbox;
+        Ok(Vec::new())
+    }
 
     /// The `next_seq` last recorded for `run` in `mailbox`, if any.
     fn delivered(&self, mailbox: MailboxId, run: RunId) -> Result<Option<u64>, StoreError>;

@@ -53,7 +53,7 @@ fn check_address_bytes(data: &[u8]) {
     }
     if let Some(core) = data.first_chunk::<ADDRESS_CORE_LEN>() {
         if let Ok(address) = Address::from_core_bytes(core) {
-            assert_eq!(&address.core_bytes(), core);
+            assert_eq!(address.core_bytes().as_ref(), Some(core));
         }
     }
 }
@@ -183,4 +183,73 @@ fn punch_candidates_corpus() {
             }
         }
     }
+}
+
+/// The checks of fuzz/fuzz_targets/address_cap.rs.
+fn exercise_capability(address: &Address) {
+    use ferry::address::Usage;
+    let key = ferry::SecretKey::from_bytes(&[1; 32]);
+    let _ = address.check_cheap(&key.public(), 1_800_000_000);
+    let _ = address.check_usage(&key.public(), Usage::Messages);
+    let _ = address.check_usage(&key.public(), Usage::Conversation(Some("echo")));
+    let checked = address.verify(&key).is_ok();
+    assert_eq!(
+        Address::from_cap_bytes(&address.to_cap_bytes()).as_ref(),
+        Ok(&address.without_hints())
+    );
+    assert_eq!(address.to_string().parse::<Address>().as_ref(), Ok(address));
+    if let Ok(narrower) = address.attenuate().max_messages(1).build() {
+        if checked {
+            assert!(narrower.verify(&key).is_ok());
+        }
+        assert!(narrower.caveats().len() > address.caveats().len());
+    }
+}
+
+#[test]
+fn address_cap_corpus() {
+    let inputs = corpus("address_cap");
+    for (path, data) in &inputs {
+        let Some((&mode, rest)) = data.split_first() else {
+            continue;
+        };
+        match mode {
+            0 => {
+                if let Ok(address) = Address::from_cap_bytes(rest) {
+                    assert_eq!(address.to_cap_bytes(), rest, "{}", path.display());
+                    exercise_capability(&address);
+                }
+            }
+            1 if rest.len() >= 4 => {
+                let mut fixed = b"ferry2".to_vec();
+                fixed.extend_from_slice(rest);
+                let body = fixed.len() - 4;
+                let crc = crc32fast::hash(&fixed[6..body]);
+                fixed[body..].copy_from_slice(&crc.to_be_bytes());
+                if let Ok(address) = Address::from_bytes(&fixed) {
+                    assert_eq!(address.to_bytes(), fixed, "{}", path.display());
+                    exercise_capability(&address);
+                }
+            }
+            2 => {
+                if let Ok((caveat, tail)) = ferry::caveat::Caveat::decode(rest) {
+                    let used = rest.len() - tail.len();
+                    assert_eq!(caveat.to_bytes(), &rest[..used]);
+                }
+            }
+            _ => {
+                if let Ok(text) = std::str::from_utf8(rest) {
+                    if let Ok(address) = format!("ferry2{text}").parse::<Address>() {
+                        exercise_capability(&address);
+                    }
+                }
+            }
+        }
+    }
+    // The committed seeds parse: valid capabilities are among them.
+    assert!(
+        inputs.is_empty()
+            || inputs.iter().any(|(_, data)| data.first() == Some(&0)
+                && Address::from_cap_bytes(&data[1..]).is_ok_and(|a| !a.caveats().is_empty()))
+    );
 }

@@ -56,7 +56,7 @@ async fn down_at_once_for_unknown_or_forged_addresses() {
         DownReason::MailboxClosed
     );
     let live = b.mailbox();
-    let mut core = live.address().core_bytes();
+    let mut core = live.address().core_bytes().unwrap();
     core[40..48].copy_from_slice(&u64::MAX.to_be_bytes()); // tampered expiry
     let forged = Address::from_core_bytes(&core)
         .unwrap()

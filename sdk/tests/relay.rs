@@ -91,7 +91,7 @@ async fn a_and_c_talk_only_through_b() {
     let forged = {
         // A valid address of C with its signature swapped for another mailbox's.
         let mut bytes = other.address().to_bytes();
-        let signature = minted.signature();
+        let signature = minted.signature().unwrap();
         bytes[48..112].copy_from_slice(signature);
         let body = bytes.len() - 4;
         let crc = crc32fast::hash(&bytes[..body]);

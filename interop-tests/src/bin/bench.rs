@@ -53,6 +53,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 #[path = "../bench/call.rs"]
 pub(crate) mod call;
+#[path = "../bench/caps.rs"]
+pub(crate) mod caps;
 #[path = "../bench/child.rs"]
 pub(crate) mod child;
 #[path = "../bench/dial.rs"]
@@ -197,6 +199,8 @@ pub(crate) struct Settings {
     gateway_messages: usize,
     /// How long the gateway figure's server settles before its memory is read, ms.
     gateway_settle_ms: u64,
+    /// Checks timed per chain length and run of the capability figure.
+    pub(crate) caps_checks: u64,
 }
 
 impl Settings {
@@ -224,6 +228,7 @@ impl Settings {
                 gateway_rounds: 5,
                 gateway_messages: 5_000,
                 gateway_settle_ms: 150,
+                caps_checks: 2_000,
             }
         } else {
             Self {
@@ -248,6 +253,7 @@ impl Settings {
                 gateway_rounds: 20,
                 gateway_messages: 20_000,
                 gateway_settle_ms: 1000,
+                caps_checks: 20_000,
             }
         };
         if let Some(runs) = cli.runs {
@@ -396,6 +402,10 @@ const FIGURES: &[Figure] = &[
     Figure {
         id: "gateway",
         measure: |settings| Box::pin(gateway::figure_gateway(settings)),
+    },
+    Figure {
+        id: "caps",
+        measure: |settings| Box::pin(caps::figure_caps(settings)),
     },
 ];
 

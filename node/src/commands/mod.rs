@@ -1,5 +1,6 @@
 //! One module per command group; [`run()`] dispatches.
 
+mod address;
 mod call;
 mod keys;
 mod ping;
@@ -20,7 +21,8 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         Command::Keygen { out } => keys::keygen(out),
         Command::Id { key } => keys::id(key),
         Command::Run { node } => run::run(node).await,
-        Command::Listen { node, json } => run::listen(node, json).await,
+        Command::Listen { node, json, caps } => run::listen(node, json, caps).await,
+        Command::Address { command } => return address::address(command),
         Command::Send {
             address,
             message,

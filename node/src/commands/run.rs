@@ -1,11 +1,12 @@
 //! `ferry run` and `ferry listen`: long-lived nodes ([`ferry_node::server`]), stopped by
 //! SIGINT or SIGTERM, printing what arrives.
 
-use ferry_node::server::Server;
+use anyhow::Context as _;
+use ferry_node::server::{Grants, Server};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::NodeArgs;
-use crate::daemon::{print_batch, shutdown_signal};
+use crate::cli::{ListenCaps, NodeArgs};
+use crate::daemon::{print_batch, read_commands, shutdown_signal};
 use crate::daemon_config::DaemonConfig;
 
 /// Runs a node until a signal, with its store, HTTP endpoint and browser gateway: prints its
@@ -32,29 +33,62 @@ pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             println!("webtransport: https://{}/webtransport{note}", wt.addr);
         }
     }
-    serve_until_signal(server, false).await
+    serve_until_signal(server, false, None).await
 }
 
 /// Opens one mailbox, prints its address, then every message to it until a signal. With a
 /// data directory (`--data`, or `data_dir`/`key_file` in the config file) the key, the mailbox
 /// and its messages persist there.
-pub(super) async fn listen(args: NodeArgs, json: bool) -> anyhow::Result<()> {
+///
+/// `caps`: revoke grants before taking messages; print an address under a new grant instead of
+/// the plain one; take `grant` / `revoke` commands on standard input while running.
+pub(super) async fn listen(args: NodeArgs, json: bool, caps: ListenCaps) -> anyhow::Result<()> {
     let config = DaemonConfig::load(&args)?;
     let server = Server::start(config.server(false)).await?;
-    println!("{}", server.mailbox_address());
-    serve_until_signal(server, json).await
+    let grants = server.grants();
+    for grant in &caps.revoke {
+        grants
+            .revoke(*grant)
+            .await
+            .with_context(|| format!("revoking grant {grant}"))?;
+    }
+    if caps.grant {
+        let address = grants.grant(None)?;
+        eprintln!("grant: {}", address.grant());
+        println!("{address}");
+    } else {
+        println!("{}", server.mailbox_address());
+    }
+    serve_until_signal(server, json, caps.commands.then_some(grants)).await
 }
 
-/// Serves until SIGINT or SIGTERM, printing every message (one line each, or JSON lines).
-async fn serve_until_signal(server: Server, json: bool) -> anyhow::Result<()> {
+/// Serves until SIGINT or SIGTERM, printing every message (one line each, or JSON lines);
+/// with `commands`, takes `grant` / `revoke` commands on standard input meanwhile.
+async fn serve_until_signal(
+    server: Server,
+    json: bool,
+    commands: Option<Grants>,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         on_signal.cancel();
     });
-    server
-        .run(|batch| print_batch(batch, json), shutdown)
-        .await?;
+    let serving = server.run(|batch| print_batch(batch, json), shutdown);
+    match commands {
+        Some(grants) => {
+            let commands = async {
+                read_commands(&grants).await;
+                // Standard input ended: no more commands, the server runs on.
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                served = serving => served?,
+                () = commands => {}
+            }
+        }
+        None => serving.await?,
+    }
     Ok(())
 }

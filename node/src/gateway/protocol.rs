@@ -141,6 +141,22 @@ pub enum ClientFrame {
         /// The request number the answer carries.
         reference: u64,
     },
+    // Capabilities (docs/GATEWAY.md §5.9, docs/PROTOCOL.md §4.11).
+    /// Mint an address of the session's mailbox under a new grant; answered with `ok` whose
+    /// `data` is `{"address": "ferry2…", "grant": "16 hex digits"}`.
+    Grant {
+        /// The request number the answer carries.
+        reference: u64,
+        /// When the address expires (unix seconds), if it does.
+        expires: Option<u64>,
+    },
+    /// Revoke a grant of the session's mailbox (not grant 0, the session's own address).
+    Revoke {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The grant.
+        grant: ferry::address::GrantId,
+    },
 }
 
 /// The stable error codes of `error` frames (docs/GATEWAY.md §6).
@@ -188,6 +204,14 @@ pub enum ErrorCode {
     UnknownOutcome,
     /// Anything else.
     Internal,
+    // Capabilities (docs/PROTOCOL.md §4.11).
+    /// The address's grant was revoked.
+    Revoked,
+    /// A caveat of the address forbids this (another holder node, another service, a caveat
+    /// the node does not know, a rate the gateway's own sends cannot wait for).
+    Caveat,
+    /// The address's "max messages" caveat is used up.
+    Exhausted,
 }
 
 /// What an `error` frame says.
@@ -413,6 +437,12 @@ struct Header<'a> {
     text: Option<bool>,
     #[serde(default)]
     answered: Option<u64>,
+    /// `grant`: when the address expires (unix seconds); `revoke`: unused.
+    #[serde(default)]
+    expires: Option<u64>,
+    /// `revoke`: the grant (16 hex digits).
+    #[serde(default)]
+    grant: Option<String>,
 }
 
 /// A target written as an object.
@@ -523,6 +553,18 @@ fn decode_header(header: Header<'_>, data: Option<Bytes>) -> Result<ClientFrame,
         },
         "ping" => ClientFrame::Ping {
             reference: need_ref()?,
+        },
+        "grant" => ClientFrame::Grant {
+            reference: need_ref()?,
+            expires: header.expires,
+        },
+        "revoke" => ClientFrame::Revoke {
+            reference: need_ref()?,
+            grant: header
+                .grant
+                .ok_or_else(|| bad("`grant` is missing"))?
+                .parse()
+                .map_err(|_| bad("`grant`: 16 hex digits"))?,
         },
         _ => {
             return Err(DecodeError::UnknownType {
@@ -891,6 +933,22 @@ impl ClientFrame {
             ),
             Self::Ping { reference } => frame(
                 object(vec![("type", json!("ping")), ("ref", json!(reference))]),
+                None,
+            ),
+            Self::Grant { reference, expires } => frame(
+                object(vec![
+                    ("type", json!("grant")),
+                    ("ref", json!(reference)),
+                    ("expires", json!(expires)),
+                ]),
+                None,
+            ),
+            Self::Revoke { reference, grant } => frame(
+                object(vec![
+                    ("type", json!("revoke")),
+                    ("ref", json!(reference)),
+                    ("grant", json!(grant.to_string())),
+                ]),
                 None,
             ),
         }
@@ -1268,6 +1326,12 @@ mod tests {
             (any::<u64>(), "[ -~]{0,30}")
                 .prop_map(|(reference, token)| ClientFrame::Refresh { reference, token }),
             any::<u64>().prop_map(|reference| ClientFrame::Ping { reference }),
+            (any::<u64>(), proptest::option::of(any::<u64>()))
+                .prop_map(|(reference, expires)| ClientFrame::Grant { reference, expires }),
+            (any::<u64>(), any::<u64>()).prop_map(|(reference, grant)| ClientFrame::Revoke {
+                reference,
+                grant: ferry::address::GrantId(grant),
+            }),
         ]
     }
 

@@ -1,5 +1,5 @@
-//! Carrying out a connection's requests (`send`, `call`, `join`, `leave`, `refresh`, `ping`)
-//! and acknowledgements. Requests of a session start one at a time, in the order they arrive,
+//! Carrying out a connection's requests (`send`, `call`, `join`, `leave`, `refresh`, `ping`,
+//! `grant`, `revoke`) and acknowledgements. Requests of a session start one at a time, in the order they arrive,
 //! after the session's journal said they are new (docs/GATEWAY.md §5.8); whatever starts
 //! them (a store write, a conversation's queue) keeps that order, and the answer goes through
 //! the journal to the newest connection that sent it.
@@ -139,7 +139,9 @@ impl Requests {
             | ClientFrame::Join { reference, .. }
             | ClientFrame::Leave { reference, .. }
             | ClientFrame::Refresh { reference, .. }
-            | ClientFrame::Ping { reference } => *reference,
+            | ClientFrame::Ping { reference }
+            | ClientFrame::Grant { reference, .. }
+            | ClientFrame::Revoke { reference, .. } => *reference,
         };
         let session = self.session.clone();
         let _order = session.order.lock().await;
@@ -195,6 +197,8 @@ impl Requests {
                 self.succeed(reference)
             }
             ClientFrame::Refresh { reference, token } => self.refresh(reference, token).await,
+            ClientFrame::Grant { reference, expires } => self.grant(reference, expires),
+            ClientFrame::Revoke { reference, grant } => self.revoke(reference, grant).await,
             ClientFrame::Ack { .. } | ClientFrame::Ping { .. } => Ok(()),
         }
     }
@@ -239,6 +243,43 @@ impl Requests {
             ),
             Ok(None) => self.succeed(reference),
             Err(error) => self.fail(reference, ErrorCode::Unauthorized, error.to_string()),
+        }
+    }
+
+    // Capabilities (docs/GATEWAY.md §5.9).
+
+    /// `grant`: an address of the session's mailbox under a new grant.
+    fn grant(&self, reference: u64, expires: Option<u64>) -> Result<(), Closing> {
+        if expires.is_some_and(|at| at <= unix_now()) {
+            return self.fail(reference, ErrorCode::BadRequest, "`expires` is in the past");
+        }
+        let Some(address) = self.session.grant(expires) else {
+            return self.fail(reference, ErrorCode::NoSuchSession, "session ended");
+        };
+        let data = serde_json::json!({
+            "address": address.to_string(),
+            "grant": address.grant().to_string(),
+        });
+        let frame = ServerFrame::Ok {
+            reference,
+            data: Some(Bytes::from(data.to_string())),
+        };
+        self.answer(&frame, reference)
+    }
+
+    /// `revoke`: a grant of the session's mailbox, stored before the answer.
+    async fn revoke(&self, reference: u64, grant: ferry::address::GrantId) -> Result<(), Closing> {
+        if grant == ferry::address::GrantId::DEFAULT {
+            return self.fail(
+                reference,
+                ErrorCode::BadRequest,
+                "grant 0 is the session's own address: it cannot be revoked",
+            );
+        }
+        match self.session.revoke(grant).await {
+            Some(Ok(())) => self.succeed(reference),
+            Some(Err(error)) => self.fail(reference, ErrorCode::StoreFailed, error.to_string()),
+            None => self.fail(reference, ErrorCode::NoSuchSession, "session ended"),
         }
     }
 
@@ -418,6 +459,9 @@ fn send_error_frame(reference: u64, error: &SendError) -> ServerFrame {
         SendError::NodeClosed => ErrorCode::NodeClosed,
         SendError::OutboxFull { .. } => ErrorCode::OutboxFull,
         SendError::Store(_) => ErrorCode::StoreFailed,
+        SendError::Revoked => ErrorCode::Revoked,
+        SendError::Caveat(_) => ErrorCode::Caveat,
+        SendError::Exhausted => ErrorCode::Exhausted,
         _ => ErrorCode::Internal,
     };
     error_frame(reference, code, error.to_string())
@@ -440,6 +484,9 @@ fn call_error_frame(reference: u64, error: &CallError) -> ServerFrame {
             OpenError::WrongNode => ErrorCode::WrongNode,
             OpenError::Timeout => ErrorCode::Timeout,
             OpenError::NodeClosed => ErrorCode::NodeClosed,
+            OpenError::Revoked => ErrorCode::Revoked,
+            OpenError::Caveat(_) => ErrorCode::Caveat,
+            OpenError::Exhausted => ErrorCode::Exhausted,
             _ => ErrorCode::Failed,
         },
         _ => ErrorCode::Internal,

@@ -148,8 +148,9 @@ pub(crate) struct Session {
     /// a session are started one at a time in the order they arrived, also when two
     /// connections (one taking over from the other) read at once.
     pub(crate) order: tokio::sync::Mutex<()>,
-    /// The session's mailbox: dropping it revokes the address.
-    mailbox: Mutex<Option<Mailbox>>,
+    /// The session's mailbox: dropping it revokes the address. Shared only for a moment, by a
+    /// `revoke` request that waits for the store.
+    mailbox: Mutex<Option<Arc<Mailbox>>>,
     /// Where its messages and its record are kept.
     store: Arc<dyn SessionStore>,
 }
@@ -270,7 +271,7 @@ impl Session {
         if let Err(error) = attached {
             tracing::error!(%error, "session mailbox refused its handler");
         }
-        *lock(&session.mailbox) = Some(mailbox);
+        *lock(&session.mailbox) = Some(Arc::new(mailbox));
         Ok(session)
     }
 
@@ -407,6 +408,25 @@ impl Session {
         lock(&self.mailbox)
             .as_ref()
             .map(|mailbox| mailbox.sender(to))
+    }
+
+    // Capabilities (docs/GATEWAY.md §5.9).
+
+    /// An address of the session's mailbox under a new grant (`None` once the session ended).
+    pub(crate) fn grant(&self, expires: Option<u64>) -> Option<Address> {
+        lock(&self.mailbox)
+            .as_ref()
+            .map(|mailbox| mailbox.grant(expires))
+    }
+
+    /// Revokes `grant` of the session's mailbox, in force at once and stored (durable) when
+    /// this returns; `None` once the session ended.
+    pub(crate) async fn revoke(
+        &self,
+        grant: ferry::address::GrantId,
+    ) -> Option<Result<(), ferry::StoreError>> {
+        let mailbox = lock(&self.mailbox).clone()?;
+        Some(mailbox.revoke(grant).await)
     }
 
     /// Removes every delivered message with an index up to `id` from the store.

@@ -10,9 +10,10 @@ mod udp_port;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use ferry::address::GrantId;
 use ferry::{Address, BindError, Mailbox, Message, Node, NodeConfig, SecretKey};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -139,7 +140,9 @@ pub enum ServerError {
 pub struct Server {
     node: Node,
     store: Option<Arc<RedbStore>>,
-    mailbox: Mailbox,
+    /// Shared only with [`Grants`], which hold it weakly: [`Server::run`] drops the last
+    /// strong reference, which closes the mailbox.
+    mailbox: Arc<Mailbox>,
     /// Where HTTP is served, what stops it, and its task.
     http: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
     /// Where the gateway is served, what drains it, and its task.
@@ -218,7 +221,7 @@ impl Server {
         let mut server = Self {
             node,
             store,
-            mailbox,
+            mailbox: Arc::new(mailbox),
             http: None,
             gateway: None,
             webtransport: None,
@@ -247,6 +250,14 @@ impl Server {
     /// The address of the mailbox whose messages [`Server::run`] hands out.
     pub fn mailbox_address(&self) -> &Address {
         self.mailbox.address()
+    }
+
+    /// Mints and revokes grants of the mailbox whose messages [`Server::run`] hands out
+    /// (docs/PROTOCOL.md §4.11), before and while it runs.
+    pub fn grants(&self) -> Grants {
+        Grants {
+            mailbox: Arc::downgrade(&self.mailbox),
+        }
     }
 
     /// Where `/health` and `/metrics` are served, if they are.
@@ -424,6 +435,43 @@ fn bind_webtransport(
             }
             Err(error) => Err(error.into()),
         },
+    }
+}
+
+/// Grants of a [`Server`]'s mailbox: mint addresses under new grants, revoke grants
+/// (docs/PROTOCOL.md §4.11) — also while the server runs, e.g. on commands read from standard
+/// input. It does not keep the mailbox open: once the server has stopped, it refuses with
+/// [`GrantError::Stopped`].
+#[derive(Debug, Clone)]
+pub struct Grants {
+    mailbox: Weak<Mailbox>,
+}
+
+/// Why [`Grants`] could not mint or revoke.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrantError {
+    /// The server has stopped: its mailbox is closed.
+    #[error("the server has stopped")]
+    Stopped,
+    /// The revocation is in force but could not be stored, so it would not outlast a restart.
+    #[error("storing the revocation: {0}")]
+    Store(#[source] ferry::StoreError),
+}
+
+impl Grants {
+    /// An address of the mailbox under a new grant, expiring at `expires` (unix seconds) if
+    /// given; its grant id is [`Address::grant`]. See [`Mailbox::grant`].
+    pub fn grant(&self, expires: Option<u64>) -> Result<Address, GrantError> {
+        let mailbox = self.mailbox.upgrade().ok_or(GrantError::Stopped)?;
+        Ok(mailbox.grant(expires))
+    }
+
+    /// Revokes `grant` and everything derived from its addresses; for a durable mailbox,
+    /// returns once the revocation is stored. See [`Mailbox::revoke`].
+    pub async fn revoke(&self, grant: GrantId) -> Result<(), GrantError> {
+        let mailbox = self.mailbox.upgrade().ok_or(GrantError::Stopped)?;
+        mailbox.revoke(grant).await.map_err(GrantError::Store)
     }
 }
 

@@ -13,9 +13,11 @@
 //! `session_store` (the [`SessionStore`] trait the browser gateway runs on, and its
 //! implementation), `records` (small records: the gateway's sessions and resume-token key),
 //! `shared` (messages stored once for several mailboxes), `counts` and `removal` (what the
-//! writer knows of each mailbox; acknowledged and purged rows), `writer` (the writer thread:
-//! batches, group commit).
+//! writer knows of each mailbox; acknowledged and purged rows), `capabilities` (counts of
+//! "max messages" caveats and revoked grants), `writer` (the writer thread: batches, group
+//! commit).
 
+mod capabilities;
 mod counts;
 mod records;
 mod redb_store;

@@ -9,15 +9,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry::address::{Address, MailboxId};
+use ferry::address::{Address, CounterKey, GrantId, MailboxId};
 use ferry::store::{MailboxStore, RunId, StoreFuture, StoredMessage};
 use ferry::StoreError;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::oneshot;
 
+use super::capabilities;
 use super::counts::count_rows;
 use super::removal::{remove_all, Removal};
-use super::schema::{run_key, MAILBOXES, MESSAGES, NAMES, RUNS, SHARED, SHARED_REFS, TEMPORARY};
+use super::schema::{
+    run_key, COUNTERS, MAILBOXES, MESSAGES, NAMES, REVOKED, RUNS, SHARED, SHARED_REFS, TEMPORARY,
+};
 use super::shared::{self, Released};
 use super::writer::{self, Op};
 use super::{failed, OpenStoreError, SessionStore, StoreConfig};
@@ -171,6 +174,7 @@ impl RedbStore {
             mailbox,
             run: None,
             messages,
+            counters: Box::default(),
             reply,
         });
         answered(submitted, answer)
@@ -238,7 +242,7 @@ impl Drop for RedbStore {
 }
 
 /// At open, in one transaction: forgets runs older than `ttl`, and empties the mailboxes
-/// marked temporary by an earlier run.
+/// marked temporary by an earlier run (their counters and revocations too).
 fn prune_at_open(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
     let oldest = unix_now().saturating_sub(ttl.as_secs());
     let txn = db.begin_write()?;
@@ -253,9 +257,12 @@ fn prune_at_open(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
         if !ids.is_empty() {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut mailboxes = txn.open_table(MAILBOXES)?;
+            let mut counters = txn.open_table(COUNTERS)?;
+            let mut revoked = txn.open_table(REVOKED)?;
             let mut released = Released::new();
             for id in ids {
                 remove_all(&mut messages, &mut released, id)?;
+                capabilities::forget(&mut counters, &mut revoked, id)?;
                 mailboxes.remove(id)?;
                 temporary.remove(id)?;
             }
@@ -277,6 +284,16 @@ impl MailboxStore for RedbStore {
         run: Option<(RunId, u64)>,
         messages: Vec<(Address, Bytes)>,
     ) -> StoreFuture<Vec<u64>> {
+        self.append_counted(mailbox, run, messages, Vec::new())
+    }
+
+    fn append_counted(
+        &self,
+        mailbox: MailboxId,
+        run: Option<(RunId, u64)>,
+        messages: Vec<(Address, Bytes)>,
+        counters: Vec<CounterKey>,
+    ) -> StoreFuture<Vec<u64>> {
         let (reply, answer) = oneshot::channel();
         let submitted = self.submit(Op::Append {
             mailbox,
@@ -285,9 +302,28 @@ impl MailboxStore for RedbStore {
                 .into_iter()
                 .map(|(from, payload)| (from, Bytes::new(), payload))
                 .collect(),
+            counters: counters.into_boxed_slice(),
             reply,
         });
         answered(submitted, answer)
+    }
+
+    fn counts(&self, mailbox: MailboxId) -> Result<Vec<(CounterKey, u64)>, StoreError> {
+        capabilities::counts(&self.db, mailbox)
+    }
+
+    fn revoke(&self, mailbox: MailboxId, grant: GrantId) -> StoreFuture<()> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.submit(Op::Revoke {
+            mailbox,
+            grant,
+            reply,
+        });
+        answered(submitted, answer)
+    }
+
+    fn revoked(&self, mailbox: MailboxId) -> Result<Vec<GrantId>, StoreError> {
+        capabilities::revoked(&self.db, mailbox)
     }
 
     fn delivered(&self, mailbox: MailboxId, run: RunId) -> Result<Option<u64>, StoreError> {

@@ -18,6 +18,10 @@
 //!   a message row; each member's row in `messages` is then a reference to it
 //! - `shared_refs`: id → how many `messages` rows still reference it; the shared row goes with
 //!   the last reference (acknowledged, purged, or emptied at open)
+//! - `counters`: (mailbox, counter key) → messages stored under a "max messages" caveat
+//!   (docs/PROTOCOL.md §4.11), written in the transaction that stores them; they go when the
+//!   mailbox is purged (or emptied at open)
+//! - `revoked`: (mailbox, grant) → (), the mailbox's revoked grants; they go with its counters
 
 use ferry::address::MailboxId;
 use ferry::store::RunId;
@@ -41,6 +45,12 @@ pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("r
 pub(crate) const SHARED: TableDefinition<u64, &[u8]> = TableDefinition::new("shared");
 /// References left to each shared message: id → count.
 pub(crate) const SHARED_REFS: TableDefinition<u64, u64> = TableDefinition::new("shared_refs");
+
+/// Counters of "max messages" caveats: (mailbox, counter key as a big-endian u128) → messages
+/// stored under it.
+pub(crate) const COUNTERS: TableDefinition<(u64, u128), u64> = TableDefinition::new("counters");
+/// Revoked grants: (mailbox, grant).
+pub(crate) const REVOKED: TableDefinition<(u64, u64), ()> = TableDefinition::new("revoked");
 
 /// The key of `run`'s row for `mailbox` in `runs`.
 pub(crate) fn run_key(mailbox: MailboxId, run: &RunId) -> RunKey<'_> {

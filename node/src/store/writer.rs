@@ -8,15 +8,18 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry::address::{Address, MailboxId};
+use ferry::address::{Address, CounterKey, GrantId, MailboxId};
 use ferry::store::RunId;
 use ferry::StoreError;
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
+use super::capabilities;
 use super::counts::{count_of, Counts, MAX_COUNTED};
 use super::removal::{acknowledge, remove_all, Removal};
-use super::schema::{run_key, MAILBOXES, MESSAGES, RECORDS, RUNS, SHARED, SHARED_REFS, TEMPORARY};
+use super::schema::{
+    run_key, COUNTERS, MAILBOXES, MESSAGES, RECORDS, REVOKED, RUNS, SHARED, SHARED_REFS, TEMPORARY,
+};
 use super::session_store::Appended;
 use super::shared::{self, Released, SharedTables};
 use super::{failed, row, StoreConfig};
@@ -33,7 +36,16 @@ pub(crate) enum Op {
         mailbox: MailboxId,
         run: Option<(RunId, u64)>,
         messages: Vec<NewMessage>,
+        /// Counters of "max messages" caveats to add the number stored to, in the same
+        /// transaction (boxed: most appends have none, and the request stays small).
+        counters: Box<[CounterKey]>,
         reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    },
+    /// Records a revoked grant.
+    Revoke {
+        mailbox: MailboxId,
+        grant: GrantId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// One message for several mailboxes, stored once.
     AppendShared {
@@ -41,7 +53,8 @@ pub(crate) enum Op {
         message: Box<NewMessage>,
         reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
     },
-    /// Removes every message of a mailbox (the gateway's ended sessions).
+    /// Removes every message of a mailbox (the gateway's ended sessions), its counters and
+    /// its revocations.
     Purge { mailbox: MailboxId },
     /// Marks a mailbox temporary: it is emptied when the store next opens.
     Temporary { mailbox: MailboxId },
@@ -113,6 +126,9 @@ pub(crate) fn run(
         for reply in replies {
             // The caller may have given up waiting; nothing to tell then.
             match reply {
+                Reply::Done(reply) => {
+                    let _ = reply.send(result.clone());
+                }
                 Reply::Indexes(reply, outcome) => {
                     let _ = reply.send(result.clone().and(outcome));
                 }
@@ -158,6 +174,7 @@ fn gather(queue: &mpsc::Receiver<Op>, first: Option<Op>) -> Vec<Op> {
 
 /// An answer to send once the batch is committed.
 enum Reply {
+    Done(oneshot::Sender<Result<(), StoreError>>),
     Indexes(
         oneshot::Sender<Result<Vec<u64>, StoreError>>,
         Result<Vec<u64>, StoreError>,
@@ -189,6 +206,8 @@ fn apply(
         let mut shared = txn.open_table(SHARED).map_err(failed)?;
         let mut refs = txn.open_table(SHARED_REFS).map_err(failed)?;
         let mut records = txn.open_table(RECORDS).map_err(failed)?;
+        let mut counters_table = txn.open_table(COUNTERS).map_err(failed)?;
+        let mut revoked = txn.open_table(REVOKED).map_err(failed)?;
         let now = unix_now();
         let mut released = Released::new();
         for op in batch {
@@ -197,6 +216,7 @@ fn apply(
                     mailbox,
                     run,
                     messages: rows,
+                    counters,
                     reply,
                 } => {
                     let mut count =
@@ -220,6 +240,10 @@ fn apply(
                             runs.insert(run_key(mailbox, &run), (first_seq + stored, now))
                                 .map_err(failed)?;
                         }
+                        // In the transaction that stores the messages: a count is exact
+                        // across crashes.
+                        capabilities::add(&mut counters_table, mailbox, &counters, stored)
+                            .map_err(failed)?;
                     }
                     replies.push(Reply::Indexes(reply, Ok(indexes)));
                 }
@@ -254,6 +278,16 @@ fn apply(
                     counts.remove(&mailbox.0);
                     mailboxes.remove(mailbox.0).map_err(failed)?;
                     temporary.remove(mailbox.0).map_err(failed)?;
+                    capabilities::forget(&mut counters_table, &mut revoked, mailbox.0)
+                        .map_err(failed)?;
+                }
+                Op::Revoke {
+                    mailbox,
+                    grant,
+                    reply,
+                } => {
+                    revoked.insert((mailbox.0, grant.0), ()).map_err(failed)?;
+                    replies.push(Reply::Done(reply));
                 }
                 Op::Temporary { mailbox } => {
                     temporary.insert(mailbox.0, ()).map_err(failed)?;

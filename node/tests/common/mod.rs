@@ -42,9 +42,21 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_with(args, Stdio::null())
+    }
+
+    /// Like [`Daemon::start`], with standard input a pipe the test writes to.
+    #[allow(dead_code)] // not every test binary uses it
+    pub(crate) fn start_with_stdin(args: &[&str]) -> (Self, std::process::ChildStdin) {
+        let mut daemon = Self::start_with(args, Stdio::piped());
+        let stdin = daemon.child.stdin.take().unwrap();
+        (daemon, stdin)
+    }
+
+    fn start_with(args: &[&str], stdin: Stdio) -> Self {
         let mut child = ferry()
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

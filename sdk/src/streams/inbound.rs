@@ -18,10 +18,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
-use crate::address::{Address, MailboxId};
+use crate::address::{Address, Limit, MailboxId, Usage};
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
-use crate::mailbox::{MailboxHandle, Message};
+use crate::mailbox::{durable_counters, Authorized, Budget, Caps, MailboxHandle, Message};
 use crate::net::limits::{Held, OverBudget, PeerGuard};
 use crate::node::NodeInner;
 use crate::store::RunId;
@@ -90,8 +90,12 @@ pub(crate) async fn serve(
             return refuse(&mut send, code, &reason).await;
         }
     };
-    let mailbox = match authorize(&node, peer, &open) {
-        Ok(mailbox) => mailbox,
+    let Authorized {
+        handle: mailbox,
+        grant,
+        limits,
+    } = match authorize(&node, peer, &open) {
+        Ok(authorized) => authorized,
         Err((code, reason)) => {
             if code == ErrorCode::FROM_MISMATCH {
                 guard.violation(&node.net, &reason);
@@ -102,7 +106,15 @@ pub(crate) async fn serve(
     let from = Arc::new(open.from);
     let dedup_key = (peer, from.mailbox(), open.target.mailbox(), open.epoch);
     let dedup = node.dedup.entry(dedup_key, node.config.max_dedup_entries);
-    let expires = open.target.expires();
+    let expires = open.target.effective_expiry();
+    // Messages reserved under the counting caveats but not (yet) delivered: given back if the
+    // stream ends before they are.
+    let mut reserved = Reserved {
+        caps: &mailbox.caps,
+        limits: &limits,
+        count: 0,
+    };
+    let counters = durable_counters(&limits);
     let mut out = Vec::with_capacity(16);
     frame::put_frame(
         &mut out,
@@ -148,6 +160,11 @@ pub(crate) async fn serve(
         if mailbox.closed.is_cancelled() {
             return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
         }
+        if mailbox.caps.is_revoked(grant) {
+            return refuse(&mut send, ErrorCode::REVOKED, "address revoked").await;
+        }
+        // Set when a counting caveat ends the stream after what was delivered is acknowledged.
+        let mut exhausted = None;
         // Deliver every complete frame in the buffer, then acknowledge them together.
         {
             let mut state = dedup.lock().await;
@@ -164,6 +181,37 @@ pub(crate) async fn serve(
                 let Incoming::Message { seq, payload } = incoming else {
                     continue; // already delivered on an earlier stream
                 };
+                // Only messages delivered for the first time are counted: a resent duplicate
+                // was skipped above.
+                loop {
+                    match mailbox.caps.reserve(&limits, node.clock.unix_now()) {
+                        Ok(()) => break,
+                        Err(Budget::Wait(secs)) => {
+                            let pause = std::time::Duration::from_secs(secs.clamp(1, 3600));
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = mailbox.closed.cancelled() => {
+                                    return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+                                }
+                                _ = node.cancel.cancelled() => {
+                                    return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
+                                }
+                            }
+                        }
+                        Err(Budget::Exhausted) => {
+                            exhausted = Some((ErrorCode::EXHAUSTED, "address budget used up", seq));
+                            break;
+                        }
+                        Err(Budget::TooManyCounters) => {
+                            exhausted = Some((ErrorCode::LIMIT, "too many counters", seq));
+                            break;
+                        }
+                    }
+                }
+                if exhausted.is_some() {
+                    break;
+                }
+                reserved.count += 1;
                 if durable.is_some() {
                     to_store.push((from.clone(), payload));
                     continue;
@@ -176,13 +224,17 @@ pub(crate) async fn serve(
                 if let Err((code, reason)) = enqueue(&node, &mailbox, message).await {
                     return refuse(&mut send, code, reason).await;
                 }
+                reserved.count -= 1;
                 receiver.delivered(&mut state, seq + 1);
             }
             if let Some(durable) = &durable {
                 let mut batch = std::mem::take(&mut to_store);
                 let mut first = receiver.seq() - batch.len() as u64;
                 while !batch.is_empty() {
-                    let stored = match durable.store(Some((run, first)), batch.clone()).await {
+                    let stored = match durable
+                        .store(Some((run, first)), batch.clone(), counters.clone())
+                        .await
+                    {
                         Ok(stored) => stored,
                         Err(error) => {
                             return refuse(&mut send, ErrorCode::STORE_FAILED, &error.to_string())
@@ -204,6 +256,8 @@ pub(crate) async fn serve(
                     }
                     batch.drain(..stored.len());
                     first += stored.len() as u64;
+                    // Stored and counted by the store: delivered.
+                    reserved.count = reserved.count.saturating_sub(stored.len() as u64);
                     // Stored: from here on the messages survive, so they are acknowledged now,
                     // before they wait for room in the mailbox's queue.
                     receiver.delivered(&mut state, first);
@@ -243,6 +297,17 @@ pub(crate) async fn serve(
             // Give back the rest of the last chunk's allocation: an idle conversation holds no
             // buffer (the next chunk allocates what it needs).
             buf = BytesMut::new();
+        }
+        if let Some((code, reason, seq)) = exhausted {
+            // Acknowledge what was delivered before the message that is refused, then end.
+            if let Some(next_seq) = receiver.ack_until(seq) {
+                out.clear();
+                frame::put_frame(&mut out, &Frame::Ack { next_seq });
+                if send.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            return refuse(&mut send, code, reason).await;
         }
         if let Some(next_seq) = receiver.ack() {
             // Let the woken receiver (and a reply it sends) run first, so this acknowledgement
@@ -312,6 +377,20 @@ pub(crate) async fn serve(
     }
 }
 
+/// Messages charged to an address's counting caveats but not delivered: given back when the
+/// stream ends, so that a count says exactly how many were delivered.
+struct Reserved<'a> {
+    caps: &'a Caps,
+    limits: &'a [Limit],
+    count: u64,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.caps.release(self.limits, self.count);
+    }
+}
+
 /// Waits until `deadline`, or forever if there is none.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -359,7 +438,7 @@ async fn read_open(
 ) -> Result<Open, (ErrorCode, String)> {
     let read = async {
         loop {
-            match frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN) {
+            match frame::decode_frame(buf, frame::MAX_OPENING_FRAME_LEN) {
                 Ok(Some((Frame::Open(open), used))) => {
                     buf.advance(used);
                     return Ok(*open);
@@ -368,7 +447,7 @@ async fn read_open(
                 Ok(None) => {}
                 Err(error) => return Err((ErrorCode::PROTOCOL, error.to_string())),
             }
-            match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
+            match recv.read_chunk(frame::MAX_OPENING_FRAME_LEN, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
                 _ => return Err((ErrorCode::PROTOCOL, ENDED_BEFORE_OPEN.into())),
             }
@@ -383,7 +462,7 @@ fn authorize(
     node: &NodeInner,
     peer: NodeId,
     open: &Open,
-) -> Result<MailboxHandle, (ErrorCode, String)> {
+) -> Result<Authorized, (ErrorCode, String)> {
     if open.from.node() != peer {
         return Err((
             ErrorCode::FROM_MISMATCH,
@@ -391,7 +470,7 @@ fn authorize(
         ));
     }
     node.mailboxes
-        .authorize(node, &open.target)
+        .authorize(node, &open.target, &peer, Usage::Messages)
         .map_err(|error| (error.wire_code(), error.to_string()))
 }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
-use crate::address::{Address, ADDRESS_CORE_LEN};
+use crate::address::{Address, Usage};
 use crate::error::{DialError, MonitorError, SendError};
 use crate::frame::{self, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
@@ -109,7 +109,7 @@ struct Watch {
 struct WatchEntry {
     node: Weak<NodeInner>,
     peer: NodeId,
-    key: [u8; ADDRESS_CORE_LEN],
+    key: Vec<u8>,
     id: u64,
 }
 
@@ -137,7 +137,7 @@ pub(crate) struct Watches {
 }
 
 /// The watches of one peer, by watched address core: (id, watch).
-type PeerWatches = HashMap<[u8; ADDRESS_CORE_LEN], (u64, Weak<Watch>)>;
+type PeerWatches = HashMap<Vec<u8>, (u64, Weak<Watch>)>;
 
 #[derive(Default)]
 struct WatchTable {
@@ -147,7 +147,7 @@ struct WatchTable {
 
 impl Watches {
     /// Removes the watch `id` of `key` on `peer`, if it is still the registered one.
-    fn forget(&self, peer: NodeId, key: &[u8; ADDRESS_CORE_LEN], id: u64) {
+    fn forget(&self, peer: NodeId, key: &[u8], id: u64) {
         let mut table = lock(&self.table);
         if let Some(watched) = table.by_peer.get_mut(&peer) {
             if watched
@@ -206,7 +206,7 @@ pub(crate) fn monitor_mailbox(
             entry: None,
         })));
     }
-    let key = address.core_bytes();
+    let key = address.to_cap_bytes();
     let mut table = lock(&node.watches.table);
     let table = &mut *table;
     let watched = table.by_peer.entry(peer).or_default();
@@ -226,13 +226,13 @@ pub(crate) fn monitor_mailbox(
     let entry = WatchEntry {
         node: Arc::downgrade(node),
         peer,
-        key,
+        key: key.clone(),
         id,
     };
     let finished = WatchEntry {
         node: Arc::downgrade(node),
         peer,
-        key,
+        key: key.clone(),
         id,
     };
     let watching = node.clone();
@@ -245,7 +245,7 @@ pub(crate) fn monitor_mailbox(
         _stop: stop,
         entry: Some(entry),
     });
-    watched.insert(key, (id, Arc::downgrade(&watch)));
+    watched.insert(key.clone(), (id, Arc::downgrade(&watch)));
     Ok(Monitor::new(watch))
 }
 
@@ -348,9 +348,12 @@ where
 
 /// Watches a mailbox of this node: no stream, no network.
 async fn watch_own_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason {
-    match node.mailboxes.authorize(&node, &address) {
-        Ok(mailbox) => {
-            mailbox.closed.cancelled().await;
+    match node
+        .mailboxes
+        .authorize(&node, &address, &node.id, Usage::Monitor)
+    {
+        Ok(authorized) => {
+            authorized.handle.closed.cancelled().await;
             DownReason::MailboxClosed
         }
         Err(SendError::NoSuchMailbox) => DownReason::MailboxClosed,
@@ -497,9 +500,12 @@ fn close_outcome(code: ErrorCode, reason: String, address: &Address) -> Outcome 
         ErrorCode::NO_SUCH_MAILBOX => Outcome::Down(DownReason::MailboxClosed),
         ErrorCode::FORGED => Outcome::Down(DownReason::InvalidAddress(SendError::Forged)),
         ErrorCode::EXPIRED => Outcome::Down(DownReason::InvalidAddress(SendError::Expired(
-            address.expires().unwrap_or(0),
+            address.effective_expiry().unwrap_or(0),
         ))),
         ErrorCode::WRONG_NODE => Outcome::Down(DownReason::InvalidAddress(SendError::WrongNode)),
+        ErrorCode::REVOKED => Outcome::Down(DownReason::InvalidAddress(SendError::Revoked)),
+        ErrorCode::CAVEAT => Outcome::Down(DownReason::InvalidAddress(SendError::Caveat(reason))),
+        ErrorCode::EXHAUSTED => Outcome::Down(DownReason::InvalidAddress(SendError::Exhausted)),
         ErrorCode::SHUTTING_DOWN => Outcome::Down(DownReason::NodeShutdown),
         // The watched node says this watcher broke the protocol: trying again cannot help.
         ErrorCode::TOO_LARGE | ErrorCode::PROTOCOL | ErrorCode::FROM_MISMATCH => {
@@ -548,12 +554,12 @@ pub(crate) async fn serve_stream(
     // Err(true): a frame other than MONITOR; Err(false): the stream ended first.
     let first = tokio::time::timeout_at(deadline, async {
         loop {
-            match frame::decode_frame(&buf, frame::MAX_CONTROL_FRAME_LEN) {
+            match frame::decode_frame(&buf, frame::MAX_OPENING_FRAME_LEN) {
                 Ok(Some((Frame::Monitor(address), _))) => return Ok(*address),
                 Ok(None) => {}
                 _ => return Err(true),
             }
-            match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
+            match recv.read_chunk(frame::MAX_OPENING_FRAME_LEN, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
                 _ => return Err(false),
             }
@@ -584,8 +590,11 @@ pub(crate) async fn serve_stream(
             .await;
         }
     };
-    let mailbox = match node.mailboxes.authorize(&node, &address) {
-        Ok(mailbox) => mailbox,
+    let mailbox = match node
+        .mailboxes
+        .authorize(&node, &address, &guard.peer, Usage::Monitor)
+    {
+        Ok(authorized) => authorized.handle,
         Err(error) => {
             let code = error.wire_code();
             return crate::streams::inbound::refuse(&mut send, code, &error.to_string()).await;

@@ -22,11 +22,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
 
-use crate::address::{Address, MailboxId};
+use crate::address::{Address, MailboxId, Usage};
 use crate::error::{CallError, ConversationError, DialError, OpenError, ServeError, StreamError};
 use crate::frame::Refusal;
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
+use crate::mailbox::Budget;
 use crate::mailbox::Mailbox;
 use crate::net::builtin::refuse;
 use crate::net::connection;
@@ -54,6 +55,7 @@ impl Default for ServiceOptions {
 }
 
 struct ServiceEntry {
+    name: String,
     mailbox: MailboxId,
     allow: Option<HashSet<NodeId>>,
     incoming: mpsc::Sender<Conversation>,
@@ -218,6 +220,7 @@ pub(crate) fn register(
     drop(mailbox.messages());
     let (incoming, receiver) = mpsc::channel(options.backlog.max(1));
     let entry = Arc::new(ServiceEntry {
+        name: name.to_owned(),
         mailbox: mailbox.id(),
         allow: options.allow,
         incoming,
@@ -368,10 +371,13 @@ fn close_to_open_error(code: ErrorCode, reason: &str, target: &Target) -> OpenEr
             Some(Refusal::NoSuchMailbox) => OpenError::NoSuchMailbox,
             Some(Refusal::Forged) => OpenError::Forged,
             Some(Refusal::Expired) => OpenError::Expired(match target {
-                Target::Address(address) => address.expires().unwrap_or(0),
+                Target::Address(address) => address.effective_expiry().unwrap_or(0),
                 Target::Service { .. } => 0,
             }),
             Some(Refusal::WrongNode) => OpenError::WrongNode,
+            Some(Refusal::Revoked) => OpenError::Revoked,
+            Some(Refusal::Caveat) => OpenError::Caveat(reason.to_owned()),
+            Some(Refusal::Exhausted) => OpenError::Exhausted,
             None => OpenError::Protocol(format!("refused ({}): {reason}", code.0)),
         },
     }
@@ -456,7 +462,7 @@ async fn read_answer(
     tokio::pin!(stopped);
     let mut watch_stop = true;
     loop {
-        let decoded = frame::decode_frame(&conversation.buf, frame::MAX_CONTROL_FRAME_LEN)
+        let decoded = frame::decode_frame(&conversation.buf, frame::MAX_OPENING_FRAME_LEN)
             .map_err(|e| OpenError::Protocol(e.to_string()))?;
         if let Some((frame, used)) = decoded {
             let owned = match frame {
@@ -471,7 +477,7 @@ async fn read_answer(
             return Ok(owned);
         }
         let read = tokio::select! {
-            read = conversation.recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true) => read,
+            read = conversation.recv.read_chunk(frame::MAX_OPENING_FRAME_LEN, true) => read,
             stop = &mut stopped, if watch_stop => {
                 match stop {
                     Ok(Some(code)) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
@@ -568,7 +574,7 @@ async fn read_opening(
     const EXPECTED: &str = "expected converse or lookup";
     let request = loop {
         if let Some((frame, used)) =
-            frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN).map_err(|_| EXPECTED)?
+            frame::decode_frame(buf, frame::MAX_OPENING_FRAME_LEN).map_err(|_| EXPECTED)?
         {
             let request = match frame {
                 Frame::Converse(ConverseTarget::Address(address)) => Request::ByAddress(*address),
@@ -579,7 +585,7 @@ async fn read_opening(
             buf.advance(used);
             break request;
         }
-        match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
+        match recv.read_chunk(frame::MAX_OPENING_FRAME_LEN, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             _ => return Err(ENDED_BEFORE_OPENING),
         }
@@ -755,9 +761,35 @@ fn resolve(
     match request {
         Request::ByName(name) | Request::Lookup(name) => by_name(name),
         Request::ByAddress(address) => {
-            node.mailboxes
-                .authorize(node, address)
+            // The service caveat needs the name of the mailbox's service; whether there is
+            // one at all is told only after the proof (below).
+            let name = node
+                .services
+                .read()
+                .by_mailbox
+                .get(&address.mailbox())
+                .map(|entry| entry.name.clone());
+            let authorized = node
+                .mailboxes
+                .authorize(node, address, &peer, Usage::Conversation(name.as_deref()))
                 .map_err(|error| (error.wire_code(), error.to_string()))?;
+            // Under counting caveats, each conversation counts as one message.
+            match authorized
+                .handle
+                .caps
+                .reserve(&authorized.limits, node.clock.unix_now())
+            {
+                Ok(()) => {}
+                Err(Budget::Exhausted) => {
+                    return Err((ErrorCode::EXHAUSTED, "address budget used up".into()))
+                }
+                Err(Budget::Wait(_)) => {
+                    return Err((ErrorCode::LIMIT, "address rate reached".into()))
+                }
+                Err(Budget::TooManyCounters) => {
+                    return Err((ErrorCode::LIMIT, "too many counters".into()))
+                }
+            }
             node.services
                 .read()
                 .by_mailbox
