@@ -262,16 +262,29 @@ impl<E: Clone> Sender<E> {
 
     /// Queues a message; `ticket` must be the next one (0, 1, 2, …).
     pub fn push(&mut self, now: Instant, ticket: Ticket, payload: Bytes) {
+        self.push_all(now, [(ticket, payload)]);
+    }
+
+    /// Queues messages in ticket order (each ticket the next one); one [`Action::Write`]
+    /// carries all of them, where pushing them one by one would ask for a write each.
+    pub fn push_all(&mut self, now: Instant, messages: impl IntoIterator<Item = (Ticket, Bytes)>) {
         if self.ended {
             return;
         }
-        debug_assert_eq!(ticket, self.next_ticket);
-        self.next_ticket = ticket + 1;
-        if self.unacked.is_empty() && self.queued.is_empty() {
-            self.last_progress = now;
-            self.stall = Stall::default();
+        let mut pushed = false;
+        for (ticket, payload) in messages {
+            debug_assert_eq!(ticket, self.next_ticket);
+            self.next_ticket = ticket + 1;
+            if self.unacked.is_empty() && self.queued.is_empty() {
+                self.last_progress = now;
+                self.stall = Stall::default();
+            }
+            self.queued.push_back((ticket, payload));
+            pushed = true;
         }
-        self.queued.push_back((ticket, payload));
+        if !pushed {
+            return;
+        }
         self.was_busy = true;
         match self.stream {
             Stream::Open { peer_max } => self.write_queued(now, peer_max),
@@ -964,6 +977,27 @@ mod tests {
             at += PROBE_INTERVAL;
         }
         assert_eq!(redials, 1);
+    }
+
+    #[test]
+    fn messages_pushed_together_go_out_in_one_write() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        open(&mut s, now, 100);
+        s.push_all(
+            now,
+            (1..=3).map(|ticket| (ticket, Bytes::from(vec![ticket as u8]))),
+        );
+        let written = actions(&mut s);
+        let [Action::Write(bytes)] = &written[..] else {
+            panic!("{written:?}")
+        };
+        assert_eq!(
+            bytes,
+            &[0x02, 0x03, 0x01, 0x02, 0x03, 0x02, 0x02, 0x03, 0x03]
+        );
+        assert_eq!(s.outstanding(), 4);
     }
 
     #[test]

@@ -583,10 +583,7 @@ fn now() -> std::time::Instant {
 /// Moves what senders queued into the run.
 fn pull_queued(outbound: &Outbound, sm: &mut proto::Sender<SendError>) {
     let batch: Vec<(u64, Bytes)> = lock(&outbound.queue).items.drain(..).collect();
-    let at = now();
-    for (ticket, payload) in batch {
-        sm.push(at, ticket, payload);
-    }
+    sm.push_all(now(), batch);
 }
 
 /// Opens a stream to `peer` (dialing it at `hints` if needed) and writes `head` (kind and
