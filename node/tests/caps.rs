@@ -155,17 +155,11 @@ fn sigterm_stops_a_listener_waiting_for_commands() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = listener.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM with standard input open"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let exit = ferry_testkit::wait::wait_for_value_blocking_within(
+        "an exit after SIGTERM with standard input open",
+        std::time::Duration::from_secs(10),
+        || listener.child.try_wait().unwrap(),
+    );
     assert_eq!(exit.code(), Some(0));
     drop(stdin);
 }

@@ -142,15 +142,28 @@ pub fn wait_for_blocking(what: &str, mut condition: impl FnMut() -> bool) {
 /// # Panics
 ///
 /// At the deadline, naming `what`.
-pub fn wait_for_value_blocking<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for_value_blocking<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    wait_for_value_blocking_within(what, DEADLINE, probe)
+}
+
+/// Waits until `probe` gives a value, up to `deadline`, blocking the thread, and returns it.
+///
+/// # Panics
+///
+/// At the deadline, naming `what`.
+pub fn wait_for_value_blocking_within<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let started = Instant::now();
     loop {
         if let Some(value) = probe() {
             return value;
         }
         assert!(
-            started.elapsed() < DEADLINE,
-            "waited {DEADLINE:?} for {what}"
+            started.elapsed() < deadline,
+            "waited {deadline:?} for {what}"
         );
         std::thread::sleep(POLL);
     }
