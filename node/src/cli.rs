@@ -125,6 +125,11 @@ pub(crate) struct NodeArgs {
     /// 127.0.0.1:0 (a free port, printed at start).
     #[arg(long, value_name = "ADDR|off")]
     pub(crate) gateway: Option<GatewayListen>,
+    /// Run the gateway as one node of a cluster on these NATS servers (`nats://HOST:PORT`,
+    /// repeatable or comma-separated, for failover; `ferry run`). Default: the config file's
+    /// `cluster`, else none (the gateway alone).
+    #[arg(long, value_name = "nats://HOST:PORT", value_delimiter = ',')]
+    pub(crate) cluster: Vec<String>,
 }
 
 /// `ferry call`.

@@ -26,6 +26,7 @@ use serde::{Deserialize, Deserializer};
 pub use peer::{Peer, PeerError};
 pub use reference::example;
 
+use crate::cluster::ClusterConfig;
 use crate::gateway::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions};
 use crate::store::StoreConfig;
 
@@ -62,6 +63,9 @@ pub struct DaemonKeys {
     /// `127.0.0.1:0`.
     #[serde(deserialize_with = "addr_or_off")]
     pub gateway: Option<SocketAddr>,
+    /// The NATS servers of the gateway's cluster (`nats://HOST:PORT`, several for failover;
+    /// the `cluster_*` keys configure it). Default none: the gateway alone.
+    pub cluster: Vec<String>,
 }
 
 impl Default for DaemonKeys {
@@ -73,6 +77,7 @@ impl Default for DaemonKeys {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             http: DEFAULT_HTTP,
             gateway: Some(DEFAULT_GATEWAY),
+            cluster: Vec::new(),
         }
     }
 }
@@ -105,6 +110,9 @@ pub struct FileConfig {
     /// The keys that start with `gateway_`; `drain` is `shutdown_grace`. Not validated yet:
     /// see [`FileConfig::gateway_config`].
     pub gateway: GatewayConfig,
+    /// The `cluster` key (its servers) and the keys that start with `cluster_`. Not
+    /// validated yet: see [`FileConfig::cluster_config`].
+    pub cluster: ClusterConfig,
 }
 
 /// Why a config file cannot be used. Each renders as one line naming the file (and, where
@@ -143,6 +151,14 @@ pub enum ConfigFileError {
         path: PathBuf,
         /// What `GatewayConfig::validate` refused.
         error: GatewayConfigError,
+    },
+    /// The cluster's keys are not a usable cluster configuration.
+    #[error("config file {}: invalid cluster configuration: {error}", path.display())]
+    Cluster {
+        /// The config file.
+        path: PathBuf,
+        /// What `ClusterConfig::validate` refused.
+        error: crate::cluster::config::ClusterConfigError,
     },
 }
 
@@ -192,11 +208,14 @@ impl FileConfig {
         gateway_config.permissions = read(&part(Section::GatewayPermissions)).map_err(failure)?;
         gateway_config.limits = read(&part(Section::GatewayLimits)).map_err(failure)?;
         gateway_config.drain = daemon.shutdown_grace;
+        let mut cluster: ClusterConfig = read(&part(Section::Cluster)).map_err(failure)?;
+        cluster.servers = daemon.cluster.clone();
         Ok(Self {
             daemon,
             node,
             store,
             gateway: gateway_config,
+            cluster,
         })
     }
 
@@ -227,6 +246,17 @@ impl FileConfig {
         Ok(file)
     }
 
+    /// The cluster's configuration, validated; `None` without servers (no cluster).
+    pub fn cluster_config(
+        &self,
+    ) -> Result<Option<ClusterConfig>, crate::cluster::config::ClusterConfigError> {
+        if self.cluster.servers.is_empty() {
+            return Ok(None);
+        }
+        self.cluster.validate()?;
+        Ok(Some(self.cluster.clone()))
+    }
+
     /// The gateway's configuration, validated.
     pub fn gateway_config(&self) -> Result<GatewayConfig, GatewayConfigError> {
         self.gateway.validate()?;
@@ -244,12 +274,15 @@ enum Section {
     GatewayAuth,
     GatewayPermissions,
     GatewayLimits,
+    Cluster,
 }
 
 /// The prefix of the store's keys.
 const STORE_PREFIX: &str = "store_";
 /// The prefix of the gateway's keys.
 const GATEWAY_PREFIX: &str = "gateway_";
+/// The prefix of the cluster's keys.
+const CLUSTER_PREFIX: &str = "cluster_";
 
 /// Each section with the prefix of its keys and its field names.
 struct Owner {
@@ -283,6 +316,11 @@ impl Owner {
                     Section::GatewayLimits,
                     GATEWAY_PREFIX,
                     field_names::<Limits>(),
+                ),
+                (
+                    Section::Cluster,
+                    CLUSTER_PREFIX,
+                    field_names::<ClusterConfig>(),
                 ),
             ],
         }

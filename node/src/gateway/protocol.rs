@@ -141,6 +141,14 @@ pub enum ClientFrame {
         /// The request number the answer carries.
         reference: u64,
     },
+    /// Who is in a channel (on every node of a cluster): answered with `ok` whose `data` is
+    /// `{"members":[{"session":…,"user":…},…]}`.
+    Presence {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The channel.
+        channel: String,
+    },
 }
 
 /// The stable error codes of `error` frames (docs/GATEWAY.md §6).
@@ -149,6 +157,9 @@ pub enum ClientFrame {
 pub enum ErrorCode {
     /// The frame is well-formed JSON but a field is missing or invalid.
     BadRequest,
+    /// The cluster (NATS) did not confirm a publication in time: it is refused (it may still
+    /// arrive, if only the confirmation was lost).
+    Unavailable,
     /// The frame's `type` is not known.
     UnknownType,
     /// The payload exceeds the limit.
@@ -213,6 +224,12 @@ pub struct Via {
     /// Sent by the application embedding the gateway (a push).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub push: bool,
+    /// In a cluster: the epoch of the history the publication is kept in.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub epoch: Option<String>,
+    /// In a cluster: the publication's offset in that history (increasing within a channel).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub offset: Option<u64>,
 }
 
 impl Via {
@@ -310,6 +327,18 @@ pub enum ServerFrame {
     Error(ErrorFrame),
     /// Sent every `ping_interval`, so that a client notices a connection gone silent.
     Heartbeat,
+    /// A session joined (`join`) or left (`leave`) a channel the session is a member of
+    /// (`gateway_join_leave`); not stored, not numbered.
+    Presence {
+        /// The channel.
+        channel: String,
+        /// Joined (`true`) or left.
+        joined: bool,
+        /// The session that joined or left.
+        session: String,
+        /// Its user.
+        user: String,
+    },
 }
 
 /// An encoded frame.
@@ -520,6 +549,10 @@ fn decode_header(header: Header<'_>, data: Option<Bytes>) -> Result<ClientFrame,
         "ping" => ClientFrame::Ping {
             reference: need_ref()?,
         },
+        "presence" => ClientFrame::Presence {
+            reference: need_ref()?,
+            channel: header.channel.ok_or_else(|| bad("`channel` is missing"))?,
+        },
         _ => {
             return Err(DecodeError::UnknownType {
                 reference,
@@ -714,6 +747,11 @@ impl MessageTemplate {
             head.push_str(&string(channel));
             head.push(',');
         }
+        if let Some(epoch) = &via.epoch {
+            head.push_str("\"epoch\":");
+            head.push_str(&string(epoch));
+            head.push(',');
+        }
         head.push_str("\"from\":");
         head.push_str(&string(from));
         head.push_str(",\"id\":");
@@ -723,6 +761,10 @@ impl MessageTemplate {
             Body::Binary => (false, None),
         };
         let mut tail = String::new();
+        if let Some(offset) = via.offset {
+            tail.push_str(",\"offset\":");
+            tail.push_str(&offset.to_string());
+        }
         if via.push {
             tail.push_str(",\"push\":true");
         }
@@ -805,6 +847,20 @@ impl ServerFrame {
                 None,
             ),
             Self::Heartbeat => Encoded::Text(r#"{"type":"heartbeat"}"#.into()),
+            Self::Presence {
+                channel,
+                joined,
+                session,
+                user,
+            } => frame(
+                object(vec![
+                    ("type", json!(if *joined { "join" } else { "leave" })),
+                    ("channel", json!(channel)),
+                    ("session", json!(session)),
+                    ("user", json!(user)),
+                ]),
+                None,
+            ),
         }
     }
 }
@@ -887,6 +943,14 @@ impl ClientFrame {
             ),
             Self::Ping { reference } => frame(
                 object(vec![("type", json!("ping")), ("ref", json!(reference))]),
+                None,
+            ),
+            Self::Presence { reference, channel } => frame(
+                object(vec![
+                    ("type", json!("presence")),
+                    ("ref", json!(reference)),
+                    ("channel", json!(channel)),
+                ]),
                 None,
             ),
         }
@@ -1091,6 +1155,12 @@ mod tests {
                 push: true,
                 ..Via::default()
             },
+            Via {
+                channel: Some("room.2".into()),
+                epoch: Some("k3x".into()),
+                offset: Some(77),
+                ..Via::default()
+            },
         ];
         for via in &vias {
             for data in [&b" {\"a\":[1,2]} "[..], b"\xff\x00", b"7", b""] {
@@ -1103,6 +1173,8 @@ mod tests {
                         ("channel", json!(via.channel)),
                         ("user", json!(via.user)),
                         ("push", if via.push { json!(true) } else { json!(null) }),
+                        ("epoch", json!(via.epoch)),
+                        ("offset", json!(via.offset)),
                     ]),
                     Some(&data),
                 );
@@ -1264,6 +1336,8 @@ mod tests {
             (any::<u64>(), "[ -~]{0,30}")
                 .prop_map(|(reference, token)| ClientFrame::Refresh { reference, token }),
             any::<u64>().prop_map(|reference| ClientFrame::Ping { reference }),
+            (any::<u64>(), "[a-z.]{1,20}")
+                .prop_map(|(reference, channel)| ClientFrame::Presence { reference, channel }),
         ]
     }
 

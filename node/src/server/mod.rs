@@ -17,6 +17,7 @@ use ferry::{Address, BindError, Mailbox, Message, Node, NodeConfig, SecretKey};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterConfig;
 use crate::config::Peer;
 use crate::gateway::{self, Gateway, GatewayConfig, GatewayHandle, NoHooks};
 use crate::keyfile::KeyFileError;
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     /// Where the browser gateway listens, and its configuration; `None`: no gateway.
     pub gateway: Option<(SocketAddr, GatewayConfig)>,
+    /// The gateway's cluster (`--cluster`, the `cluster` and `cluster_*` keys): `None` (no
+    /// servers) for a gateway alone.
+    pub cluster: Option<ClusterConfig>,
     /// The name of the mailbox whose messages the server hands out (`inbox` for `ferry run`,
     /// `listen` for `ferry listen`): durable, with the same address at every start, when
     /// there is a data directory.
@@ -70,6 +74,7 @@ impl ServerConfig {
                 .gateway
                 .map(|addr| (addr, GatewayConfig::default())),
             mailbox: "inbox".to_owned(),
+            cluster: None,
         }
     }
 }
@@ -117,6 +122,10 @@ pub enum ServerError {
     /// The gateway could not start.
     #[error(transparent)]
     Gateway(#[from] gateway::StartError),
+    /// The gateway could not join its cluster (NATS unreachable after every try, or its
+    /// JetStream unusable).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::nats::ConnectError),
     /// The messages could not be handed out (e.g. standard output is gone); those not handed
     /// out stay stored.
     #[error("handing out messages: {0}")]
@@ -212,7 +221,8 @@ impl Server {
         // The gateway first, so that /metrics has its figures.
         let mut gateway_handle = None;
         if let Some((addr, gateway)) = config.gateway {
-            gateway_handle = Some(server.serve_gateway(addr, gateway).await?);
+            let cluster = config.cluster.filter(|cluster| !cluster.servers.is_empty());
+            gateway_handle = Some(server.serve_gateway(addr, gateway, cluster).await?);
         }
         if let Some(addr) = config.http {
             server.serve_http(addr, gateway_handle).await?;
@@ -270,6 +280,7 @@ impl Server {
         &mut self,
         addr: SocketAddr,
         mut config: GatewayConfig,
+        cluster: Option<ClusterConfig>,
     ) -> Result<GatewayHandle, ServerError> {
         let store = self.store.clone().ok_or(ServerError::GatewayWithoutStore)?;
         if let Some(object) = config.client_config.as_object_mut() {
@@ -279,7 +290,14 @@ impl Server {
         }
         let listener = listen("gateway", addr).await?;
         let bound = bound_addr("gateway", addr, &listener)?;
-        let gateway = Gateway::new(self.node.clone(), store, config, Arc::new(NoHooks))?;
+        let gateway = match cluster {
+            Some(cluster) => {
+                let cluster: Arc<dyn crate::cluster::Cluster> =
+                    crate::cluster::nats::NatsCluster::connect(cluster).await?;
+                Gateway::with_cluster(self.node.clone(), store, config, Arc::new(NoHooks), cluster)?
+            }
+            None => Gateway::new(self.node.clone(), store, config, Arc::new(NoHooks))?,
+        };
         let handle = gateway.handle();
         let stop = CancellationToken::new();
         let serving = gateway.serve(listener, stop.clone());
