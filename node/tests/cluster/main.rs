@@ -437,3 +437,82 @@ async fn async_nats_drops_what_overflows_a_subscription_and_a_pull_consumer_does
         assert_eq!(message.payload, n.to_string().as_bytes());
     }
 }
+
+/// NATS stops and comes back (same port, same JetStream store): the nodes reconnect by
+/// themselves; a publication made while NATS is down is either confirmed (kept, delivered
+/// after) or refused with `unavailable`, never confirmed and lost.
+#[tokio::test]
+async fn a_nats_restart_loses_no_confirmed_publication() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(dir.path());
+    let servers = vec![nats.url()];
+    let mut cluster = cluster_config(&servers);
+    cluster.publish_timeout = Duration::from_millis(1500);
+    let one = start_node(&dir.path().join("one"), Some(cluster.clone())).await;
+    let two = start_node(&dir.path().join("two"), Some(cluster)).await;
+    let (mut a, _) = connect(one.gateway, "").await;
+    let (mut b, _) = connect(two.gateway, "").await;
+    for ws in [&mut a, &mut b] {
+        let (ok, _) = ask(ws, json!({"type":"join","ref":1,"channel":"room.r"})).await;
+        assert_eq!(ok.kind(), "ok");
+    }
+    let mut confirmed = Vec::new();
+    let mut refused = 0;
+    let mut reference = 10;
+    let mut publish = async |ws: &mut Ws, n: u64| {
+        reference += 1;
+        let (answer, _) = ask(
+            ws,
+            json!({"type":"send","ref":reference,"to":{"channel":"room.r"},"data":{"n":n}}),
+        )
+        .await;
+        answer
+    };
+    let answer = publish(&mut a, 0).await;
+    assert_eq!(answer.kind(), "ok", "{answer:?}");
+    confirmed.push(0);
+
+    nats.stop();
+    for n in 1..=3 {
+        let answer = publish(&mut a, n).await;
+        match answer.kind() {
+            "ok" => confirmed.push(n),
+            "error" => {
+                assert_eq!(answer.header["code"], "unavailable", "{answer:?}");
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    nats.restart();
+    // The nodes reconnect by themselves: publications are confirmed again.
+    let mut n = 100;
+    loop {
+        n += 1;
+        let answer = publish(&mut a, n).await;
+        if answer.kind() == "ok" {
+            confirmed.push(n);
+            break;
+        }
+        assert_eq!(answer.header["code"], "unavailable", "{answer:?}");
+    }
+    let answer = publish(&mut a, 1000).await;
+    assert_eq!(answer.kind(), "ok", "{answer:?}");
+    confirmed.push(1000);
+    eprintln!("confirmed {confirmed:?}, refused {refused} while NATS was down");
+
+    // Every confirmed publication reaches the member on the other node, in order.
+    let mut got = Vec::new();
+    while got.last() != Some(&1000) {
+        let message = next_of(&mut b, "message").await;
+        got.push(data_json(&message)["n"].as_u64().unwrap());
+    }
+    for n in &confirmed {
+        assert!(got.contains(n), "confirmed {n} lost: got {got:?}");
+    }
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(got, sorted, "in order");
+    one.stop().await;
+    two.stop().await;
+}

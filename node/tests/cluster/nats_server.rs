@@ -44,7 +44,6 @@ impl NatsServer {
     }
 
     /// Starts it again on the same port with the same store.
-    #[allow(dead_code)] // the fault tests
     pub(crate) fn restart(&mut self) {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(20);
