@@ -42,6 +42,10 @@ pub struct ClusterConfig {
     pub presence_timeout: Duration,
     /// Publications of the history read ahead by a node (a pull consumer's batch). Default 256.
     pub read_batch: usize,
+    /// The URL other nodes reach this node's gateway at (`ws://HOST:PORT/ws`), to forward a
+    /// session's connections to the node where it lives. Default: the gateway's bound
+    /// address (right when it is bound to a specific address the other nodes reach).
+    pub advertise: Option<String>,
     /// Messages a core NATS subscription (presence) buffers before the client drops them
     /// (counted and logged as a slow consumer). Default 65536.
     pub subscription_capacity: usize,
@@ -60,6 +64,7 @@ impl Default for ClusterConfig {
             history_replicas: 1,
             presence_timeout: Duration::from_millis(250),
             read_batch: 256,
+            advertise: None,
             subscription_capacity: 65536,
         }
     }

@@ -130,6 +130,8 @@ pub trait Inbound: Send + Sync + 'static {
     fn members(&self, channel: &str) -> Vec<Member>;
     /// Tells this node's members of a channel that someone joined or left it.
     fn presence(&self, event: &PresenceEvent);
+    /// Whether the session `id` lives on this node.
+    fn has_session(&self, id: &str) -> bool;
 }
 
 /// What the gateway asks of its cluster.
@@ -154,6 +156,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn clustered(&self) -> bool;
     /// Stops taking publications (the gateway stopped).
     fn stop(&self) {}
+    /// The WebSocket URL (`ws://HOST:PORT/ws`) of the node of the cluster where session `id`
+    /// lives, if another node has it (a node alone: never).
+    fn locate(&self, id: &str) -> ClusterFuture<Option<String>> {
+        let _ = id;
+        Box::pin(async { None })
+    }
 }
 
 /// One node alone: publications are delivered to the node's own sessions at once.

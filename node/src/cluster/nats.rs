@@ -394,10 +394,14 @@ impl NatsCluster {
                     .client
                     .subscribe(format!("{}.who.>", self.prefix))
                     .await?;
-                Ok::<_, async_nats::SubscribeError>((events, queries))
+                let wheres = self
+                    .client
+                    .subscribe(format!("{}.where.>", self.prefix))
+                    .await?;
+                Ok::<_, async_nats::SubscribeError>((events, queries, wheres))
             }
             .await;
-            let (mut events, mut queries) = match subscribed {
+            let (mut events, mut queries, mut wheres) = match subscribed {
                 Ok(subscriptions) => subscriptions,
                 Err(error) => {
                     tracing::warn!(%error, "cluster: subscribing to presence; retrying");
@@ -415,6 +419,15 @@ impl NatsCluster {
                         let Some(inbound) = self.inbound() else { return };
                         if let Ok(event) = serde_json::from_slice::<PresenceEvent>(&event.payload) {
                             inbound.presence(&event);
+                        }
+                    }
+                    query = wheres.next() => {
+                        let Some(query) = query else { break };
+                        let Some(inbound) = self.inbound() else { return };
+                        let id = query.subject.as_str().rsplit('.').next().and_then(unhex);
+                        let here = id.is_some_and(|id| inbound.has_session(&id));
+                        if let (true, Some(reply), Some(url)) = (here, query.reply, &self.config.advertise) {
+                            let _ = self.client.publish(reply, url.clone().into_bytes().into()).await;
                         }
                     }
                     query = queries.next() => {
@@ -595,6 +608,21 @@ impl Cluster for NatsCluster {
 
     fn clustered(&self) -> bool {
         true
+    }
+
+    fn locate(&self, id: &str) -> ClusterFuture<Option<String>> {
+        let client = self.client.clone();
+        let subject = format!("{}.where.{}", self.prefix, hex(id));
+        let window = self.config.presence_timeout;
+        let own = self.config.advertise.clone();
+        Box::pin(async move {
+            let answer = tokio::time::timeout(window, client.request(subject, Bytes::new()))
+                .await
+                .ok()?
+                .ok()?;
+            let url = String::from_utf8(answer.payload.to_vec()).ok()?;
+            (Some(&url) != own.as_ref()).then_some(url)
+        })
     }
 
     fn stop(&self) {

@@ -98,6 +98,13 @@ fn refuse(
 /// Counts a connection while it lives.
 pub(crate) struct ConnectionSlot(Arc<Shared>);
 
+impl ConnectionSlot {
+    /// The slot of a connection counted already.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self(shared)
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
@@ -148,7 +155,7 @@ async fn admit(
     if shared.connections.load(Ordering::Relaxed) >= limits.max_connections {
         return unavailable("too many connections");
     }
-    let request = AuthRequest::new(headers, query.clone());
+    let request = AuthRequest::new(headers.clone(), query.clone());
     let identity = match shared.hooks.authenticate(request.clone()).await {
         Some(result) => result.map(Some),
         None => shared.verifier.verify(&request),
@@ -201,6 +208,15 @@ async fn admit(
             _ => expired = true,
         }
     }
+    // Cluster: a session that lives on another node is served there, through this one.
+    let ws = if expired {
+        match super::cluster_link::forward(&shared, ws, &headers, &query).await {
+            Ok(forwarded) => return forwarded,
+            Err(ws) => ws,
+        }
+    } else {
+        ws
+    };
     let cursor = query.get("cursor").and_then(|c| c.parse::<u64>().ok());
     let auth_expires = identity.as_ref().and_then(|identity| identity.expires);
     let (session, resumed) = match existing {

@@ -79,6 +79,10 @@ impl Inbound for Shared {
             .collect()
     }
 
+    fn has_session(&self, id: &str) -> bool {
+        self.session(id).is_some()
+    }
+
     fn presence(&self, event: &PresenceEvent) {
         if !self.config.permissions.join_leave {
             return;
@@ -174,5 +178,159 @@ impl Shared {
     /// This gateway's `Shared` as an `Arc`.
     fn me(&self) -> Option<Arc<Shared>> {
         self.this.upgrade()
+    }
+}
+
+/// A connection resuming a session that lives on another node of the cluster is served
+/// there, through this node: the browser's WebSocket is piped to that node's gateway (with
+/// the same query, so the same resume token and cursor, and the same `Authorization`), so
+/// the session keeps its address, its message ids and its journal. `Err` gives `ws` back
+/// when there is nothing to forward (no cluster, no resume, the session is here or nowhere).
+pub(crate) async fn forward(
+    shared: &Arc<Shared>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+    headers: &axum::http::HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Result<axum::response::Response, axum::extract::ws::WebSocketUpgrade> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    if !shared.cluster.clustered() {
+        return Err(ws);
+    }
+    let Some(id) = query
+        .get("resume")
+        .and_then(|token| super::resume_token::ResumeKeys::session_of(token))
+    else {
+        return Err(ws);
+    };
+    if shared.session(&id).is_some() {
+        return Err(ws);
+    }
+    let Some(url) = shared.cluster.locate(&id).await else {
+        return Err(ws);
+    };
+    let query: Vec<String> = query
+        .iter()
+        .map(|(key, value)| format!("{}={}", percent(key), percent(value)))
+        .collect();
+    let target = format!("{url}?{}", query.join("&"));
+    let Ok(mut request) = target.as_str().into_client_request() else {
+        return Err(ws);
+    };
+    if let Some(authorization) = headers.get(axum::http::header::AUTHORIZATION) {
+        request
+            .headers_mut()
+            .insert(axum::http::header::AUTHORIZATION, authorization.clone());
+    }
+    let limit = shared.config.limits.write_timeout;
+    let upstream =
+        match tokio::time::timeout(limit, tokio_tungstenite::connect_async(request)).await {
+            Ok(Ok((upstream, _))) => upstream,
+            _ => {
+                tracing::debug!(session = %id, %url, "cluster: the session's node did not answer");
+                return Err(ws);
+            }
+        };
+    tracing::debug!(session = %id, %url, "cluster: forwarding a connection to the session's node");
+    shared
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = super::admission::ConnectionSlot::new(shared.clone());
+    let stopping = shared.stopping.clone();
+    let max = shared.config.limits.max_message_size;
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(super::READ_BUFFER)
+        .on_upgrade(move |socket| async move {
+            pipe(socket, upstream, stopping).await;
+            drop(slot);
+        }))
+}
+
+/// `text` percent-encoded for a query (everything but unreserved characters).
+fn percent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Pipes frames between the browser and the session's node until either side closes (its
+/// close frame is passed on) or this gateway stops (1001: the browser resumes elsewhere).
+async fn pipe(
+    browser: axum::extract::ws::WebSocket,
+    upstream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    stopping: tokio_util::sync::CancellationToken,
+) {
+    use axum::extract::ws::{CloseFrame as DownClose, Message as Down};
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame as UpClose;
+    use tokio_tungstenite::tungstenite::Message as Up;
+    let (mut down_tx, mut down_rx) = browser.split();
+    let (mut up_tx, mut up_rx) = upstream.split();
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => {
+                let frame = DownClose { code: 1001, reason: "server shutting down".into() };
+                let _ = down_tx.send(Down::Close(Some(frame))).await;
+                let _ = up_tx.send(Up::Close(None)).await;
+                return;
+            }
+            message = down_rx.next() => {
+                let message = match message {
+                    Some(Ok(Down::Text(text))) => Up::text(text.as_str()),
+                    Some(Ok(Down::Binary(bytes))) => Up::binary(bytes),
+                    Some(Ok(Down::Ping(_) | Down::Pong(_))) => continue,
+                    Some(Ok(Down::Close(frame))) => {
+                        let frame = frame.map(|frame| UpClose {
+                            code: frame.code.into(),
+                            reason: frame.reason.as_str().to_owned().into(),
+                        });
+                        let _ = up_tx.send(Up::Close(frame)).await;
+                        return;
+                    }
+                    Some(Err(_)) | None => {
+                        let _ = up_tx.send(Up::Close(None)).await;
+                        return;
+                    }
+                };
+                if up_tx.send(message).await.is_err() {
+                    let frame = DownClose { code: 1001, reason: "the session's node went away".into() };
+                    let _ = down_tx.send(Down::Close(Some(frame))).await;
+                    return;
+                }
+            }
+            message = up_rx.next() => {
+                let message = match message {
+                    Some(Ok(Up::Text(text))) => Down::text(text.as_str()),
+                    Some(Ok(Up::Binary(bytes))) => Down::binary(bytes),
+                    Some(Ok(Up::Close(frame))) => {
+                        let frame = frame.map(|frame| DownClose {
+                            code: frame.code.into(),
+                            reason: frame.reason.as_str().to_owned().into(),
+                        });
+                        let _ = down_tx.send(Down::Close(frame)).await;
+                        return;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        let frame = DownClose { code: 1001, reason: "the session's node went away".into() };
+                        let _ = down_tx.send(Down::Close(Some(frame))).await;
+                        return;
+                    }
+                };
+                if down_tx.send(message).await.is_err() {
+                    let _ = up_tx.send(Up::Close(None)).await;
+                    return;
+                }
+            }
+        }
     }
 }

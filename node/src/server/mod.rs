@@ -291,7 +291,10 @@ impl Server {
         let listener = listen("gateway", addr).await?;
         let bound = bound_addr("gateway", addr, &listener)?;
         let gateway = match cluster {
-            Some(cluster) => {
+            Some(mut cluster) => {
+                if cluster.advertise.is_none() {
+                    cluster.advertise = Some(format!("ws://{bound}/ws"));
+                }
                 let cluster: Arc<dyn crate::cluster::Cluster> =
                     crate::cluster::nats::NatsCluster::connect(cluster).await?;
                 Gateway::with_cluster(self.node.clone(), store, config, Arc::new(NoHooks), cluster)?

@@ -516,3 +516,78 @@ async fn a_nats_restart_loses_no_confirmed_publication() {
     one.stop().await;
     two.stop().await;
 }
+
+/// A browser that reconnects to another node of the cluster resumes its session there: the
+/// node it reaches forwards the connection to the node where the session lives, so the
+/// session keeps its address, its ids, its channels, and gets what it missed.
+#[tokio::test]
+async fn a_session_resumes_through_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let servers = vec![nats.url()];
+    let one = start_node(&dir.path().join("one"), Some(cluster_config(&servers))).await;
+    let two = start_node(&dir.path().join("two"), Some(cluster_config(&servers))).await;
+    let (mut a, welcome) = connect(one.gateway, "").await;
+    let (ok, _) = ask(&mut a, json!({"type":"join","ref":1,"channel":"room.m"})).await;
+    assert_eq!(ok.kind(), "ok");
+    let (mut other, _) = connect(two.gateway, "").await;
+    let (ok, _) = ask(
+        &mut other,
+        json!({"type":"join","ref":1,"channel":"room.m"}),
+    )
+    .await;
+    assert_eq!(ok.kind(), "ok");
+    let (ok, _) = ask(
+        &mut other,
+        json!({"type":"send","ref":2,"to":{"channel":"room.m"},"data":{"n":0}}),
+    )
+    .await;
+    assert_eq!(ok.kind(), "ok");
+    let first = next_of(&mut a, "message").await;
+    let cursor = first.header["id"].as_u64().unwrap();
+    a.close(None).await.unwrap();
+    drop(a);
+    // While it is away: a channel message and a message to its address.
+    let (ok, _) = ask(
+        &mut other,
+        json!({"type":"send","ref":3,"to":{"channel":"room.m"},"data":{"n":1}}),
+    )
+    .await;
+    assert_eq!(ok.kind(), "ok");
+    let (ok, _) = ask(
+        &mut other,
+        json!({"type":"send","ref":4,"to":welcome["address"],"data":{"n":2}}),
+    )
+    .await;
+    assert_eq!(ok.kind(), "ok", "{ok:?}");
+
+    // It comes back through node two.
+    let resume = welcome["resume"].as_str().unwrap();
+    let (mut a, again) = connect(two.gateway, &format!("resume={resume}&cursor={cursor}")).await;
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!(again["recovered"], true, "{again}");
+    assert_eq!(again["session"], welcome["session"]);
+    assert_eq!(again["address"], welcome["address"]);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let message = next_of(&mut a, "message").await;
+        assert!(message.header["id"].as_u64().unwrap() > cursor);
+        got.push(data_json(&message)["n"].as_u64().unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, [1, 2]);
+    // And it keeps working: publications, requests, acks.
+    let (ok, _) = ask(
+        &mut other,
+        json!({"type":"send","ref":5,"to":{"channel":"room.m"},"data":{"n":3}}),
+    )
+    .await;
+    assert_eq!(ok.kind(), "ok");
+    let message = next_of(&mut a, "message").await;
+    assert_eq!(data_json(&message)["n"], 3);
+    put(&mut a, json!({"type":"ack","id":message.header["id"]})).await;
+    let (ok, _) = ask(&mut a, json!({"type":"ping","ref":9})).await;
+    assert_eq!(ok.kind(), "ok");
+    one.stop().await;
+    two.stop().await;
+}
