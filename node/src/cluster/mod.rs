@@ -73,6 +73,16 @@ pub enum Published {
     Kept(Position),
 }
 
+/// Publications read back from the history ([`Cluster::history`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct History {
+    /// The publications: position, sender, payload.
+    pub publications: Vec<(Position, Address, Bytes)>,
+    /// Whether they are all that came after the position asked for.
+    pub complete: bool,
+}
+
 /// A member of a channel, as presence lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
@@ -156,6 +166,18 @@ pub trait Cluster: Send + Sync + 'static {
     fn clustered(&self) -> bool;
     /// Stops taking publications (the gateway stopped).
     fn stop(&self) {}
+    /// The publications of `channel` after `after`, oldest first, at most `max`; `complete`
+    /// when they are every one since `after` (same epoch, none dropped from the history, not
+    /// cut at `max`). A node alone keeps no history: none, incomplete.
+    fn history(
+        &self,
+        channel: &str,
+        after: &Position,
+        max: usize,
+    ) -> ClusterFuture<Result<History, ClusterError>> {
+        let _ = (channel, after, max);
+        Box::pin(async { Ok(History::default()) })
+    }
     /// The WebSocket URL (`ws://HOST:PORT/ws`) of the node of the cluster where session `id`
     /// lives, if another node has it (a node alone: never).
     fn locate(&self, id: &str) -> ClusterFuture<Option<String>> {

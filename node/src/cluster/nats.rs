@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Cluster, ClusterConfig, ClusterError, ClusterFuture, Inbound, Member, Position, PresenceEvent,
-    Published, Route,
+    Cluster, ClusterConfig, ClusterError, ClusterFuture, History, Inbound, Member, Position,
+    PresenceEvent, Published, Route,
 };
 
 /// The header carrying the sender's address.
@@ -574,6 +574,91 @@ impl Cluster for NatsCluster {
         {
             tracing::debug!("cluster: presence event dropped (queue full)");
         }
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        after: &Position,
+        max: usize,
+    ) -> ClusterFuture<Result<History, ClusterError>> {
+        let stream = self.stream.clone();
+        let subject = self.subject(&Route::Channel(channel.to_owned()));
+        let epoch = self.epoch.clone();
+        let batch = i64::try_from(self.config.read_batch).unwrap_or(i64::MAX);
+        let wait = self.config.publish_timeout;
+        let after = after.clone();
+        Box::pin(async move {
+            let unavailable = |error: &dyn std::fmt::Display| {
+                ClusterError::Unavailable(format!("history: {error}"))
+            };
+            if after.epoch != epoch {
+                // Another history: what the client had is not in this one.
+                return Ok(History::default());
+            }
+            let mut info_of = stream.clone();
+            let info = info_of.info().await.map_err(|e| unavailable(&e))?;
+            let start = after.offset.saturating_add(1);
+            // Publications before the oldest kept one were dropped (size or age).
+            let mut complete = info.state.messages == 0 || info.state.first_sequence <= start;
+            let last = info.state.last_sequence;
+            let mut history = History::default();
+            if last < start {
+                history.complete = complete;
+                return Ok(history);
+            }
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: subject,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    max_batch: batch,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if consumer.cached_info().num_pending == 0 {
+                history.complete = complete;
+                return Ok(history);
+            }
+            let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+            loop {
+                if history.publications.len() >= max {
+                    complete = false;
+                    break;
+                }
+                let message = match tokio::time::timeout(wait, messages.next()).await {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(error))) => return Err(unavailable(&error)),
+                    Ok(None) | Err(_) => return Err(unavailable(&"no answer from NATS")),
+                };
+                let Ok(info) = message.info() else { continue };
+                let (offset, pending) = (info.stream_sequence, info.pending);
+                if offset > last {
+                    break;
+                }
+                let from = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(FROM))
+                    .and_then(|from| from.as_str().parse::<Address>().ok());
+                if let Some(from) = from {
+                    let position = Position {
+                        epoch: epoch.clone(),
+                        offset,
+                    };
+                    history
+                        .publications
+                        .push((position, from, message.payload.clone()));
+                }
+                if pending == 0 || offset == last {
+                    break;
+                }
+            }
+            history.complete = complete;
+            Ok(history)
+        })
     }
 
     fn members(&self, channel: &str) -> ClusterFuture<Result<Vec<Member>, ClusterError>> {

@@ -18,6 +18,9 @@ use crate::cluster::{
 };
 use crate::sync::lock;
 
+/// Publications one `recover` request delivers at most (more: `recovered: false`).
+pub(crate) const RECOVER_MAX: usize = 10_000;
+
 impl Inbound for Shared {
     fn deliver(
         &self,
@@ -171,6 +174,53 @@ impl Shared {
                     )),
                 },
                 Err(error) => super::requests::cluster_error(reference, &error),
+            }
+        }
+    }
+
+    /// Stores for `session` the publications of `channel` after `after` (at most
+    /// [`RECOVER_MAX`] of them), then answers `reference` with whether that was all of them.
+    pub(crate) fn recover_answer(
+        &self,
+        reference: u64,
+        session: &Arc<super::session::Session>,
+        channel: &str,
+        after: Position,
+    ) -> impl Future<Output = ServerFrame> + Send + 'static {
+        let history = self.cluster.history(channel, &after, RECOVER_MAX);
+        let shared = self.me();
+        let session = session.clone();
+        let channel = channel.to_owned();
+        async move {
+            let history = match history.await {
+                Ok(history) => history,
+                Err(error) => return super::requests::cluster_error(reference, &error),
+            };
+            let Some(shared) = shared else {
+                return super::requests::deliver_error(reference, &DeliverError::NoSuchSession);
+            };
+            let mut count = 0usize;
+            let mut complete = history.complete;
+            for (position, from, payload) in history.publications {
+                let via = Via {
+                    channel: Some(channel.clone()),
+                    epoch: Some(position.epoch),
+                    offset: Some(position.offset),
+                    ..Via::default()
+                };
+                match shared
+                    .submit_all(vec![session.clone()], &from, &via, payload)
+                    .await
+                {
+                    Ok(_) => count += 1,
+                    Err(_) => complete = false,
+                }
+            }
+            ServerFrame::Ok {
+                reference,
+                data: Some(super::json_payload(
+                    &serde_json::json!({ "recovered": complete, "count": count }),
+                )),
             }
         }
     }

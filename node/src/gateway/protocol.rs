@@ -141,6 +141,20 @@ pub enum ClientFrame {
         /// The request number the answer carries.
         reference: u64,
     },
+    /// Delivers again the publications of a channel the session is a member of that came
+    /// after `offset` in the history of epoch `epoch` (a cluster's history); answered with
+    /// `ok` whose `data` is `{"recovered":bool,"count":n}` once they are stored for the
+    /// session.
+    Recover {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The channel.
+        channel: String,
+        /// The epoch of the history the client's offset is in.
+        epoch: String,
+        /// The last offset the client has.
+        offset: u64,
+    },
     /// Who is in a channel (on every node of a cluster): answered with `ok` whose `data` is
     /// `{"members":[{"session":…,"user":…},…]}`.
     Presence {
@@ -438,6 +452,10 @@ struct Header<'a> {
     text: Option<bool>,
     #[serde(default)]
     answered: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    offset: Option<u64>,
 }
 
 /// A target written as an object.
@@ -548,6 +566,12 @@ fn decode_header(header: Header<'_>, data: Option<Bytes>) -> Result<ClientFrame,
         },
         "ping" => ClientFrame::Ping {
             reference: need_ref()?,
+        },
+        "recover" => ClientFrame::Recover {
+            reference: need_ref()?,
+            channel: header.channel.ok_or_else(|| bad("`channel` is missing"))?,
+            epoch: header.epoch.ok_or_else(|| bad("`epoch` is missing"))?,
+            offset: header.offset.ok_or_else(|| bad("`offset` is missing"))?,
         },
         "presence" => ClientFrame::Presence {
             reference: need_ref()?,
@@ -945,6 +969,21 @@ impl ClientFrame {
                 object(vec![("type", json!("ping")), ("ref", json!(reference))]),
                 None,
             ),
+            Self::Recover {
+                reference,
+                channel,
+                epoch,
+                offset,
+            } => frame(
+                object(vec![
+                    ("type", json!("recover")),
+                    ("ref", json!(reference)),
+                    ("channel", json!(channel)),
+                    ("epoch", json!(epoch)),
+                    ("offset", json!(offset)),
+                ]),
+                None,
+            ),
             Self::Presence { reference, channel } => frame(
                 object(vec![
                     ("type", json!("presence")),
@@ -1338,6 +1377,14 @@ mod tests {
             any::<u64>().prop_map(|reference| ClientFrame::Ping { reference }),
             (any::<u64>(), "[a-z.]{1,20}")
                 .prop_map(|(reference, channel)| ClientFrame::Presence { reference, channel }),
+            (any::<u64>(), "[a-z.]{1,20}", "[a-z0-9]{1,10}", any::<u64>()).prop_map(
+                |(reference, channel, epoch, offset)| ClientFrame::Recover {
+                    reference,
+                    channel,
+                    epoch,
+                    offset,
+                }
+            ),
         ]
     }
 

@@ -141,7 +141,8 @@ impl Requests {
             | ClientFrame::Leave { reference, .. }
             | ClientFrame::Refresh { reference, .. }
             | ClientFrame::Ping { reference }
-            | ClientFrame::Presence { reference, .. } => *reference,
+            | ClientFrame::Presence { reference, .. }
+            | ClientFrame::Recover { reference, .. } => *reference,
         };
         let session = self.session.clone();
         let _order = session.order.lock().await;
@@ -198,6 +199,15 @@ impl Requests {
             }
             ClientFrame::Refresh { reference, token } => self.refresh(reference, token).await,
             ClientFrame::Presence { reference, channel } => self.presence(reference, channel).await,
+            ClientFrame::Recover {
+                reference,
+                channel,
+                epoch,
+                offset,
+            } => {
+                let position = crate::cluster::Position { epoch, offset };
+                self.recover(reference, channel, position).await
+            }
             ClientFrame::Ack { .. } | ClientFrame::Ping { .. } => Ok(()),
         }
     }
@@ -340,6 +350,31 @@ impl Requests {
                 Ok(())
             }
         }
+    }
+
+    /// Stores again for the session the publications of `channel` after `after`.
+    async fn recover(
+        &mut self,
+        reference: u64,
+        channel: String,
+        after: crate::cluster::Position,
+    ) -> Result<(), Closing> {
+        let member = lock(&self.session.state).channels.contains(&channel);
+        if !member {
+            return self.fail(
+                reference,
+                ErrorCode::Forbidden,
+                format!("not a member of {channel:?}"),
+            );
+        }
+        let Some(permit) = self.permit().await else {
+            return Ok(());
+        };
+        let answer = self
+            .shared
+            .recover_answer(reference, &self.session, &channel, after);
+        self.answer_later(reference, permit, answer);
+        Ok(())
     }
 
     /// Who is in `channel` (every node): members and those who may join may ask.

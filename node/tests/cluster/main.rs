@@ -591,3 +591,146 @@ async fn a_session_resumes_through_another_node() {
     one.stop().await;
     two.stop().await;
 }
+
+/// A `ferry run` process of the cluster, started from the binary.
+struct Process {
+    child: std::process::Child,
+    gateway: SocketAddr,
+}
+
+impl Process {
+    fn start(dir: &std::path::Path, nats: &str) -> Self {
+        use std::io::BufRead as _;
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("ferry.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\nhttp = \"127.0.0.1:0\"\ngateway = \"127.0.0.1:0\"\n\
+                 gateway_join = [\"room.*\"]\ngateway_publish = [\"room.*\"]\n\
+                 cluster = [{nats:?}]\ncluster_retry_interval = \"200ms\"\n",
+                data = dir.join("data"),
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut gateway = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(url) = line.strip_prefix("gateway: ws://") {
+                gateway = Some(url.trim_end_matches("/ws").parse().unwrap());
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            gateway: gateway.expect("the gateway's address on standard output"),
+        }
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL: no drain, no goodbye.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kill -9 of one gateway process of three while messages flow: its session comes back on
+/// another node (a new session: its node is gone for good) and recovers from the cluster's
+/// history every channel publication that was confirmed, from the offset it had.
+#[tokio::test]
+async fn a_node_killed_loses_no_confirmed_channel_publication() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let mut processes: Vec<Process> = (0..3)
+        .map(|i| Process::start(&dir.path().join(format!("p{i}")), &nats.url()))
+        .collect();
+    let (mut a, welcome) = connect(processes[0].gateway, "").await;
+    let (mut publisher, _) = connect(processes[1].gateway, "").await;
+    for ws in [&mut a, &mut publisher] {
+        let (ok, _) = ask(ws, json!({"type":"join","ref":1,"channel":"room.k"})).await;
+        assert_eq!(ok.kind(), "ok");
+    }
+    let mut reference = 10;
+    let mut confirmed = Vec::new();
+    let mut publish = async |ws: &mut Ws, n: u64| {
+        reference += 1;
+        let (answer, _) = ask(
+            ws,
+            json!({"type":"send","ref":reference,"to":{"channel":"room.k"},"data":{"n":n}}),
+        )
+        .await;
+        assert_eq!(answer.kind(), "ok", "{answer:?}");
+        n
+    };
+    for n in 0..10 {
+        confirmed.push(publish(&mut publisher, n).await);
+    }
+    let mut got = std::collections::BTreeSet::new();
+    let mut last = (String::new(), 0);
+    let mut cursor = 0;
+    while got.len() < 5 {
+        let message = next_of(&mut a, "message").await;
+        got.insert(data_json(&message)["n"].as_u64().unwrap());
+        last = (
+            message.header["epoch"].as_str().unwrap().to_owned(),
+            message.header["offset"].as_u64().unwrap(),
+        );
+        cursor = message.header["id"].as_u64().unwrap();
+    }
+    processes[0].kill();
+    drop(a);
+    for n in 10..20 {
+        confirmed.push(publish(&mut publisher, n).await);
+    }
+
+    // Back through another node: its node is gone, so a new session (expired), which joins
+    // again and recovers from where it was.
+    let resume = welcome["resume"].as_str().unwrap();
+    let (mut a, again) = connect(
+        processes[2].gateway,
+        &format!("resume={resume}&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(again["expired"], true, "{again}");
+    let (ok, _) = ask(&mut a, json!({"type":"join","ref":1,"channel":"room.k"})).await;
+    assert_eq!(ok.kind(), "ok");
+    let (answer, mut early) = ask(
+        &mut a,
+        json!({"type":"recover","ref":2,"channel":"room.k","epoch":last.0,"offset":last.1}),
+    )
+    .await;
+    assert_eq!(answer.kind(), "ok", "{answer:?}");
+    assert_eq!(data_json(&answer)["recovered"], true, "{answer:?}");
+    for n in 20..25 {
+        confirmed.push(publish(&mut publisher, n).await);
+    }
+    while !confirmed.iter().all(|n| got.contains(n)) {
+        let message = match early.pop() {
+            Some(message) if message.kind() == "message" => message,
+            Some(_) => continue,
+            None => next_of(&mut a, "message").await,
+        };
+        let n = data_json(&message)["n"].as_u64().unwrap();
+        assert!(message.header["offset"].as_u64().unwrap() > 0);
+        got.insert(n);
+    }
+    drop(processes);
+}
