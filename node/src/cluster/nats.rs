@@ -233,10 +233,20 @@ impl NatsCluster {
             allow_direct: true,
             ..Default::default()
         };
-        let info = js
-            .create_or_update_stream(stream_config.clone())
-            .await
-            .map_err(|error| ConnectError::JetStream(error.to_string()))?;
+        // A NATS cluster that just started may not have elected its JetStream leader yet:
+        // tried as often as the connection.
+        let mut tries = 0;
+        let info = loop {
+            tries += 1;
+            match js.create_or_update_stream(stream_config.clone()).await {
+                Ok(info) => break info,
+                Err(error) if tries < attempts => {
+                    tracing::warn!(%error, "cluster: making the history stream; retrying");
+                    tokio::time::sleep(config.retry_interval).await;
+                }
+                Err(error) => return Err(ConnectError::JetStream(error.to_string())),
+            }
+        };
         let stream = js
             .get_stream(&stream_config.name)
             .await

@@ -734,3 +734,52 @@ async fn a_node_killed_loses_no_confirmed_channel_publication() {
     }
     drop(processes);
 }
+
+/// The nodes know three NATS servers forming a NATS cluster (the history in three replicas):
+/// one of them is killed while publications flow; the nodes carry on through the others and
+/// every confirmed publication reaches the members.
+#[tokio::test]
+async fn a_nats_server_of_three_killed_loses_no_confirmed_publication() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = NatsServer::start_cluster(dir.path());
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let mut cluster = cluster_config(&urls);
+    cluster.history_replicas = 3;
+    cluster.start_retries = 50;
+    let one = start_node(&dir.path().join("one"), Some(cluster.clone())).await;
+    let two = start_node(&dir.path().join("two"), Some(cluster)).await;
+    let (mut a, _) = connect(one.gateway, "").await;
+    let (mut b, _) = connect(two.gateway, "").await;
+    for ws in [&mut a, &mut b] {
+        let (ok, _) = ask(ws, json!({"type":"join","ref":1,"channel":"room.f"})).await;
+        assert_eq!(ok.kind(), "ok");
+    }
+    let mut confirmed = Vec::new();
+    let mut reference = 10;
+    for n in 0..40u64 {
+        if n == 10 {
+            servers[0].stop();
+        }
+        reference += 1;
+        let (answer, _) = ask(
+            &mut a,
+            json!({"type":"send","ref":reference,"to":{"channel":"room.f"},"data":{"n":n}}),
+        )
+        .await;
+        match answer.kind() {
+            "ok" => confirmed.push(n),
+            _ => assert_eq!(answer.header["code"], "unavailable", "{answer:?}"),
+        }
+    }
+    assert!(
+        confirmed.len() >= 30,
+        "the others carried on: {confirmed:?}"
+    );
+    let mut got = std::collections::BTreeSet::new();
+    while !confirmed.iter().all(|n| got.contains(n)) {
+        let message = next_of(&mut b, "message").await;
+        got.insert(data_json(&message)["n"].as_u64().unwrap());
+    }
+    one.stop().await;
+    two.stop().await;
+}

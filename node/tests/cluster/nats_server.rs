@@ -30,6 +30,44 @@ impl NatsServer {
         }
     }
 
+    /// Three servers forming one NATS cluster with clustered JetStream (each with its own
+    /// store under `dir`), on free loopback ports.
+    pub(crate) fn start_cluster(dir: &Path) -> Vec<Self> {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map(|addr| addr.port())
+                .expect("a free port")
+        };
+        let routes: Vec<u16> = (0..3).map(|_| free()).collect();
+        let clients: Vec<u16> = (0..3).map(|_| free()).collect();
+        let urls: Vec<String> = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        let mut children = Vec::new();
+        for i in 0..3 {
+            let store = dir.join(format!("jetstream{i}"));
+            let args = vec![
+                "-n".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "ferrytest".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{}", routes[i]),
+                "--routes".to_owned(),
+                urls.join(","),
+            ];
+            let (child, port) = spawn_with(&store, Some(clients[i]), &args, false);
+            children.push(Self {
+                child: Some(child.expect("nats-server of the cluster did not start")),
+                port,
+                store,
+            });
+        }
+        children
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -78,6 +116,17 @@ fn spawn(store: &Path, port: Option<u16>) -> (Child, u16) {
 
 /// Starts `nats-server` and reads its log until it listens; `None` if it exited first.
 fn spawn_maybe(store: &Path, port: Option<u16>) -> (Option<Child>, u16) {
+    spawn_with(store, port, &[], true)
+}
+
+/// Starts `nats-server` with `extra` arguments; waits for "Server is ready" when `ready`
+/// (a clustered server is ready only once its peers are there), else for its client port.
+fn spawn_with(
+    store: &Path,
+    port: Option<u16>,
+    extra: &[String],
+    ready: bool,
+) -> (Option<Child>, u16) {
     assert!(
         Path::new(NATS_SERVER).exists(),
         "{NATS_SERVER} is missing: apt-get install nats-server (scripts/test.sh does)"
@@ -86,6 +135,7 @@ fn spawn_maybe(store: &Path, port: Option<u16>) -> (Option<Child>, u16) {
     let mut child = Command::new(NATS_SERVER)
         .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
         .arg(store)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -100,6 +150,9 @@ fn spawn_maybe(store: &Path, port: Option<u16>) -> (Option<Child>, u16) {
         if let Some(at) = line.find(marker) {
             let addr = &line[at + marker.len()..];
             found = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+            if !ready {
+                break;
+            }
         }
         if line.contains("Server is ready") {
             break;
