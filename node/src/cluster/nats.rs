@@ -102,6 +102,8 @@ pub struct NatsCluster {
     inbound: OnceLock<Weak<dyn Inbound>>,
     stop: CancellationToken,
     slow_consumers: Arc<AtomicU64>,
+    /// Told when the client connected again after a disconnection.
+    reconnected: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for NatsCluster {
@@ -156,11 +158,13 @@ impl NatsCluster {
             .filter_map(|server| server.parse().ok())
             .collect();
         let slow_consumers = Arc::new(AtomicU64::new(0));
+        let reconnected = Arc::new(tokio::sync::Notify::new());
         let attempts = config.start_retries.saturating_add(1);
         let mut last = String::new();
         let mut client = None;
         for attempt in 1..=attempts {
             let counter = slow_consumers.clone();
+            let connected = reconnected.clone();
             let retry = config.retry_interval;
             let options = async_nats::ConnectOptions::new()
                 .name(format!("ferry-gateway {}", config.name))
@@ -173,6 +177,7 @@ impl NatsCluster {
                 })
                 .event_callback(move |event| {
                     let counter = counter.clone();
+                    let connected = connected.clone();
                     async move {
                         match event {
                             async_nats::Event::SlowConsumer(sid) => {
@@ -188,6 +193,9 @@ impl NatsCluster {
                             }
                             async_nats::Event::Connected => {
                                 tracing::info!("cluster: connected to NATS");
+                                // The history's reader starts again at once, rather than
+                                // when its consumer's heartbeats are missed.
+                                connected.notify_one();
                             }
                             other => tracing::debug!(event = %other, "cluster: NATS event"),
                         }
@@ -266,6 +274,7 @@ impl NatsCluster {
             inbound: OnceLock::new(),
             stop,
             slow_consumers,
+            reconnected,
             config,
         }))
     }
@@ -345,6 +354,10 @@ impl NatsCluster {
             loop {
                 let message = tokio::select! {
                     _ = self.stop.cancelled() => return,
+                    _ = self.reconnected.notified() => {
+                        tracing::debug!("cluster: reconnected; reading the history again");
+                        break;
+                    }
                     message = messages.next() => message,
                 };
                 let message = match message {
