@@ -42,6 +42,12 @@ pub struct ClusterConfig {
     pub presence_timeout: Duration,
     /// Publications of the history read ahead by a node (a pull consumer's batch). Default 256.
     pub read_batch: usize,
+    /// Publications waiting to be handed to the NATS client at most (while NATS is slow or
+    /// away); one more is refused `unavailable` at once. Default 4096.
+    pub publish_queue: usize,
+    /// Publications one `recover` request delivers again at most; beyond, it answers
+    /// `recovered: false`. Default 10,000.
+    pub recover_max: usize,
     /// The URL other nodes reach this node's gateway at (`ws://HOST:PORT/ws`), to forward a
     /// session's connections to the node where it lives. Default: the gateway's bound
     /// address (right when it is bound to a specific address the other nodes reach).
@@ -65,6 +71,8 @@ impl Default for ClusterConfig {
             presence_timeout: Duration::from_millis(250),
             read_batch: 256,
             advertise: None,
+            publish_queue: 4096,
+            recover_max: 10_000,
             subscription_capacity: 65536,
         }
     }
@@ -120,6 +128,12 @@ impl ClusterConfig {
             return Err(ClusterConfigError::Range {
                 key: "cluster_read_batch",
                 range: "1 to 65536",
+            });
+        }
+        if self.publish_queue == 0 {
+            return Err(ClusterConfigError::Range {
+                key: "cluster_publish_queue",
+                range: "at least 1",
             });
         }
         if self.subscription_capacity < self.read_batch {

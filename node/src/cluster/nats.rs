@@ -43,8 +43,6 @@ use super::{
 const FROM: &str = "Ferry-From";
 /// The header marking a push from the embedding application.
 const PUSH: &str = "Ferry-Push";
-/// Publications waiting to be handed to the NATS client.
-const PUBLISH_QUEUE: usize = 4096;
 
 /// Why a node could not join its cluster.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +258,7 @@ impl NatsCluster {
             .await
             .map_err(|error| ConnectError::JetStream(error.to_string()))?;
         let epoch = base36(u128::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0));
-        let (jobs, jobs_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (jobs, jobs_rx) = mpsc::channel(config.publish_queue);
         let stop = CancellationToken::new();
         tokio::spawn(publisher(js, jobs_rx, config.publish_timeout, stop.clone()));
         Ok(Arc::new_cyclic(|this| Self {
@@ -611,6 +609,7 @@ impl Cluster for NatsCluster {
         let batch = i64::try_from(self.config.read_batch).unwrap_or(i64::MAX);
         let wait = self.config.publish_timeout;
         let after = after.clone();
+        let max = max.min(self.config.recover_max);
         Box::pin(async move {
             let unavailable = |error: &dyn std::fmt::Display| {
                 ClusterError::Unavailable(format!("history: {error}"))

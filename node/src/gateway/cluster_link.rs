@@ -18,9 +18,6 @@ use crate::cluster::{
 };
 use crate::sync::lock;
 
-/// Publications one `recover` request delivers at most (more: `recovered: false`).
-pub(crate) const RECOVER_MAX: usize = 10_000;
-
 impl Inbound for Shared {
     fn deliver(
         &self,
@@ -179,7 +176,8 @@ impl Shared {
     }
 
     /// Stores for `session` the publications of `channel` after `after` (at most
-    /// [`RECOVER_MAX`] of them), then answers `reference` with whether that was all of them.
+    /// `cluster_recover_max` of them), then answers `reference` with whether that was all of
+    /// them.
     pub(crate) fn recover_answer(
         &self,
         reference: u64,
@@ -187,7 +185,7 @@ impl Shared {
         channel: &str,
         after: Position,
     ) -> impl Future<Output = ServerFrame> + Send + 'static {
-        let history = self.cluster.history(channel, &after, RECOVER_MAX);
+        let history = self.cluster.history(channel, &after, usize::MAX);
         let shared = self.me();
         let session = session.clone();
         let channel = channel.to_owned();
