@@ -130,9 +130,21 @@ export interface Options {
   connectTimeout?: number
   /** The WebSocket class (default: the global one), e.g. the `ws` package's in Node. */
   WebSocket?: unknown
+  /** The WebTransport class (default: the global one, if any); `null`: WebSocket only. */
+  WebTransport?: unknown
+  /** `'websocket'`: never WebTransport. Default `'auto'`: WebTransport when the runtime has
+   *  it and the node offers it (`GET /webtransport`), else WebSocket. */
+  transport?: 'auto' | 'websocket'
+  /** How long WebTransport may take to bring a welcome before the client falls back to
+   *  WebSocket for good (ms). Default 3000. */
+  webTransportTimeout?: number
+  /** The fetch function for `GET /webtransport` (default: the global one). */
+  fetch?: unknown
 }
 
 export class Client {
+  /** The transport of the current (or last) connection, `null` before the first welcome. */
+  transport: 'webtransport' | 'websocket' | null
   constructor (url?: string, options?: Options)
   /** This session's capability address. */
   address: string
@@ -188,3 +200,21 @@ declare const _default: {
   CLOSE: typeof CLOSE
 }
 export default _default
+
+/** Message ids taken in any order, with the last id up to which all were taken (the cursor
+ *  over WebTransport, where messages of different sources come on different streams). */
+export class ContiguousIds {
+  constructor (next?: number)
+  /** The next id expected. */
+  next: number
+  /** Expects `next` first; forgets every id taken. */
+  reset (next: number): void
+  /** Expects `next` first, keeping the ids taken at or above it. */
+  rebase (next: number): void
+  /** Takes `id`: true if it is new. */
+  take (id: number): boolean
+  /** The last id up to which every id was taken, or null. */
+  last (): number | null
+  /** Ids taken above the contiguous run. */
+  readonly pending: number
+}

@@ -148,6 +148,215 @@ function readFrame (data) {
   return frame
 }
 
+// --- message ids --------------------------------------------------------------------------
+
+/** Message ids of a session, taken in any order, with the last id up to which every id was
+ *  taken (GATEWAY.md §13.6): over WebTransport the messages of different sources come on
+ *  different streams, so ids arrive out of order; the cursor (and the ack) only moves over
+ *  ids all of whose predecessors were taken too. */
+export class ContiguousIds {
+  /** `next`: the first id to expect (the welcome's `next`). */
+  constructor (next = 0) {
+    this.reset(next)
+  }
+
+  /** Expects `next` first; forgets every id taken. */
+  reset (next) {
+    this.next = next
+    this._above = new Set()
+  }
+
+  /** Expects `next` first, keeping the ids taken at or above it (a resumed session goes on
+   *  from `next`: ids taken above it before are not taken twice). */
+  rebase (next) {
+    for (const id of this._above) if (id < next) this._above.delete(id)
+    this.next = next
+    while (this._above.delete(this.next)) this.next++
+  }
+
+  /** Takes `id`: true if it is new (not below `next`, not taken before). */
+  take (id) {
+    if (id < this.next || this._above.has(id)) return false
+    this._above.add(id)
+    while (this._above.delete(this.next)) this.next++
+    return true
+  }
+
+  /** The last id up to which every id was taken, or null if none. */
+  last () {
+    return this.next > 0 ? this.next - 1 : null
+  }
+
+  /** Ids taken above the contiguous run. */
+  get pending () {
+    return this._above.size
+  }
+}
+
+// --- WebTransport --------------------------------------------------------------------------
+
+/** Stream types and frame kinds of the WebTransport mapping (GATEWAY.md §13). */
+const WT_CONTROL = 0x00
+const WT_REQUESTS = 0x01
+const WT_DELIVERIES = 0x02
+const WT_TEXT = 0x00
+const WT_BINARY = 0x01
+/** Request streams a client keeps open at once (the gateway allows 100); the least recently
+ *  used is finished beyond. */
+const WT_MAX_LANES = 64
+
+/** One frame on a stream: kind, u32 big-endian length, bytes. */
+function wtEncode (frame) {
+  const text = typeof frame === 'string'
+  const body = text ? encoder.encode(frame) : bytesOf(frame)
+  const out = new Uint8Array(5 + body.length)
+  out[0] = text ? WT_TEXT : WT_BINARY
+  new DataView(out.buffer).setUint32(1, body.length)
+  out.set(body, 5)
+  return out
+}
+
+/** Reads frames from a stream's reader, handing each (string or ArrayBuffer) to `onFrame`;
+ *  `skipType`: the stream's first byte is read (and checked) first. */
+async function wtReadFrames (readable, onFrame, skipType) {
+  const reader = readable.getReader()
+  let buffer = new Uint8Array(0)
+  let typeRead = skipType === undefined
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) return
+    const joined = new Uint8Array(buffer.length + value.length)
+    joined.set(buffer)
+    joined.set(value, buffer.length)
+    buffer = joined
+    if (!typeRead) {
+      if (buffer[0] !== skipType) throw new Error(`unexpected stream type ${buffer[0]}`)
+      buffer = buffer.subarray(1)
+      typeRead = true
+    }
+    while (buffer.length >= 5) {
+      const length = new DataView(buffer.buffer, buffer.byteOffset, 5).getUint32(1)
+      if (buffer.length < 5 + length) break
+      const body = buffer.slice(5, 5 + length)
+      const kind = buffer[0]
+      buffer = buffer.subarray(5 + length)
+      onFrame(kind === WT_TEXT ? decoder.decode(body) : body.buffer)
+    }
+  }
+}
+
+/** A WebTransport session that looks like a WebSocket to the client (`send`, `close`,
+ *  `onmessage`, `onclose`), with its streams (GATEWAY.md §13): requests go on a stream per
+ *  target (sends) or per call, the rest on the control stream; messages come on the
+ *  gateway's delivery streams. */
+class WebTransportSocket {
+  constructor (WebTransportClass, url, hashes) {
+    const options = {}
+    if (hashes.length > 0) {
+      options.serverCertificateHashes = hashes.map(h => ({
+        algorithm: h.algorithm,
+        value: Uint8Array.from(atob(h.value), c => c.charCodeAt(0))
+      }))
+    }
+    this.onmessage = null
+    this.onclose = null
+    this.onerror = null
+    this._closed = false
+    this._lanes = new Map() // lane key → {writer, chain}
+    this._wt = new WebTransportClass(url, options)
+    this._wt.closed.then(
+      info => this._end((info && info.closeCode) || CLOSE.ABNORMAL, (info && info.reason) || ''),
+      error => this._end(CLOSE.ABNORMAL, String(error && error.message ? error.message : error)))
+    this._control = this._wt.ready.then(async () => {
+      const stream = await this._wt.createBidirectionalStream()
+      const writer = stream.writable.getWriter()
+      await writer.write(new Uint8Array([WT_CONTROL]))
+      this._read(stream.readable)
+      this._acceptDeliveries()
+      return writer
+    })
+    this._control.catch(error => this._end(CLOSE.ABNORMAL, String(error)))
+  }
+
+  _frame (data) {
+    if (!this._closed && this.onmessage) this.onmessage({ data })
+  }
+
+  _read (readable, type) {
+    wtReadFrames(readable, data => this._frame(data), type).catch(() => {})
+  }
+
+  async _acceptDeliveries () {
+    const reader = this._wt.incomingUnidirectionalStreams.getReader()
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ done: true }))
+      if (done) return
+      this._read(value, WT_DELIVERIES)
+    }
+  }
+
+  /** Sends `frame` on the control stream, or on the stream of `lane` (opened at its first
+   *  frame, finished when `last`). */
+  send (frame, lane, last) {
+    if (this._closed) throw new Error('closed')
+    const bytes = wtEncode(frame)
+    if (!lane) {
+      this._control.then(writer => writer.write(bytes)).catch(() => {})
+      return
+    }
+    let entry = this._lanes.get(lane)
+    if (entry) {
+      this._lanes.delete(lane) // re-inserted: the map is in order of use
+    } else {
+      entry = {
+        chain: this._control.then(async () => {
+          const stream = await this._wt.createBidirectionalStream()
+          this._read(stream.readable, undefined)
+          const writer = stream.writable.getWriter()
+          await writer.write(new Uint8Array([WT_REQUESTS]))
+          return writer
+        })
+      }
+      entry.writer = entry.chain
+    }
+    entry.chain = entry.chain.then(async (writer) => { await writer.write(bytes); return writer })
+    if (last) {
+      entry.chain.then(writer => writer.close()).catch(() => {})
+      return
+    }
+    this._lanes.set(lane, entry)
+    if (this._lanes.size > WT_MAX_LANES) {
+      const [oldest, old] = this._lanes.entries().next().value
+      this._lanes.delete(oldest)
+      old.chain.then(writer => writer.close()).catch(() => {})
+    }
+    entry.chain.catch(() => {})
+  }
+
+  close (code = CLOSE.NORMAL, reason = '') {
+    try { this._wt.close({ closeCode: code, reason }) } catch (_) {}
+    this._end(code, reason)
+  }
+
+  _end (code, reason) {
+    if (this._closed) return
+    this._closed = true
+    if (this.onclose) this.onclose({ code, reason })
+  }
+}
+
+/** The lane of a request over WebTransport: a send's target, a call of its own (`last`: the
+ *  stream is finished after it), or the control stream (null). */
+function laneOf (fields) {
+  if (fields.type === 'send') {
+    let key
+    try { key = addressKey(fields.to) } catch (_) { key = JSON.stringify(fields.to) }
+    return { lane: 'to:' + key, last: false }
+  }
+  if (fields.type === 'call') return { lane: 'call:' + fields.ref, last: true }
+  return { lane: null, last: false }
+}
+
 // --- addresses ----------------------------------------------------------------------------
 
 /** The 112-byte core of a capability address (docs/PROTOCOL.md §4), or null. */
@@ -305,6 +514,16 @@ export class Client {
       throw new FerryError('no_websocket',
         'no WebSocket: pass one as the WebSocket option (e.g. from the ws package)')
     }
+    this._WebTransport = options.WebTransport !== undefined ? options.WebTransport : globalThis.WebTransport
+    this._webTransportTimeout = options.webTransportTimeout ?? 3000
+    this._wtFailed = options.transport === 'websocket'
+    // Called as a plain function: a browser's fetch throws "Illegal invocation" when called
+    // as a method of another object (this._fetch(…)).
+    this._fetch = options.fetch ||
+      (typeof globalThis.fetch === 'function' ? (...args) => globalThis.fetch(...args) : null)
+    this.transport = null
+    this._ids = new ContiguousIds(0) // ids received: `_received` is its last()
+    this._done = new ContiguousIds(0) // ids processed: `_cursor` is its last()
     this._token = options.token
     this._maxQueue = options.maxQueue ?? 10000
     this._connectTimeout = options.connectTimeout ?? 15000
@@ -376,6 +595,10 @@ export class Client {
       this._cursor = saved.cursor
       this._received = saved.cursor
       this._acked = saved.cursor
+      if (saved.cursor !== null && saved.cursor !== undefined) {
+        this._ids.reset(saved.cursor + 1)
+        this._done.reset(saved.cursor + 1)
+      }
       this.address = saved.address || null
       this._nextRef = this._reservedRef = saved.nextRef || 1
     } catch (_) {}
@@ -465,13 +688,43 @@ export class Client {
     if (this._resume) url.searchParams.set('resume', this._resume)
     // Resume after the last message received: those not processed yet are still in memory.
     if (this._resume && this._received !== null) url.searchParams.set('cursor', String(this._received))
-    let ws
-    try {
-      ws = new this._WebSocket(String(url))
-    } catch (error) {
-      return this._lost(CLOSE.ABNORMAL, String(error), false)
+    let ws = null
+    if (typeof this._WebTransport === 'function' && !this._wtFailed) {
+      // WebTransport when the node offers it (GATEWAY.md §13.1), else WebSocket.
+      this._dialing = true
+      let info = null
+      try {
+        info = await this._webTransportInfo()
+      } finally {
+        this._dialing = false
+      }
+      if (this._closed || this._manual || this._ws) return
+      if (info) {
+        const wtUrl = new URL(info.url)
+        for (const [key, value] of url.searchParams) wtUrl.searchParams.set(key, value)
+        try {
+          ws = new WebTransportSocket(this._WebTransport, String(wtUrl), info.hashes || [])
+        } catch (error) {
+          ws = null
+        }
+      }
+      if (!ws) this._wtFailed = true
     }
-    ws.binaryType = 'arraybuffer'
+    if (ws) {
+      // Not welcomed within the timeout: WebSocket instead, for the rest of this client.
+      const socket = ws
+      clearTimeout(this._wtTimer)
+      this._wtTimer = setTimeout(() => {
+        if (this._ws === socket && !this._welcomed) this._fallBack(socket)
+      }, this._webTransportTimeout)
+    } else {
+      try {
+        ws = new this._WebSocket(String(url))
+      } catch (error) {
+        return this._lost(CLOSE.ABNORMAL, String(error), false)
+      }
+      ws.binaryType = 'arraybuffer'
+    }
     this._ws = ws
     this._welcomed = false
     this._triedToken = this._token
@@ -483,9 +736,46 @@ export class Client {
       this._receive(event.data)
     }
     ws.onclose = (event) => {
-      if (this._ws === ws) this._lost(event.code, event.reason, this._welcomed)
+      if (this._ws !== ws) return
+      if (ws instanceof WebTransportSocket && !this._welcomed && event.code === CLOSE.ABNORMAL) {
+        return this._fallBack(ws)
+      }
+      this._lost(event.code, event.reason, this._welcomed)
     }
     ws.onerror = () => {} // a close event follows
+  }
+
+  /** `GET /webtransport` of the gateway: {url, hashes, …}, or null (none, or no answer in
+   *  time). */
+  async _webTransportInfo () {
+    if (typeof this._fetch !== 'function') return null
+    const where = new URL(this._url)
+    where.protocol = where.protocol === 'wss:' ? 'https:' : 'http:'
+    where.pathname = where.pathname.replace(/\/ws$/, '') + '/webtransport'
+    where.search = ''
+    const abort = new AbortController()
+    const timer = setTimeout(() => abort.abort(), this._webTransportTimeout)
+    try {
+      const response = await this._fetch(String(where), { signal: abort.signal, cache: 'no-store' })
+      if (!response.ok) return null
+      const info = await response.json()
+      return info && typeof info.url === 'string' ? info : null
+    } catch (_) {
+      return null
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /** WebTransport did not bring a welcome: WebSocket from now on, at once. */
+  _fallBack (socket) {
+    this._wtFailed = true
+    socket.onmessage = socket.onclose = null
+    try { socket.close() } catch (_) {}
+    if (this._ws !== socket) return
+    this._ws = null
+    clearInterval(this._watchdog)
+    this._dial()
   }
 
   /** How long a connection may stay silent before it counts as dead (ms). */
@@ -593,6 +883,7 @@ export class Client {
     clearTimeout(this._retryTimer)
     clearTimeout(this._refreshTimer)
     clearTimeout(this._ackTimer)
+    clearTimeout(this._wtTimer)
     clearInterval(this._watchdog)
     if (this._onOffline) {
       globalThis.removeEventListener('offline', this._onOffline)
@@ -634,12 +925,24 @@ export class Client {
   _welcome (frame) {
     const previous = this.address
     const expired = frame.expired || (this.session !== null && !frame.resumed)
+    const next = frame.next ?? (frame.resumed && this._received !== null ? this._received + 1 : 0)
     if (!frame.resumed) {
       // A new session: ids start again.
       this._cursor = null
       this._received = null
       this._acked = null
+      this._done.reset(next)
+    } else if (this._done.next < next && this._done.pending === 0 && this._done.last() === this._ids.last()) {
+      // Everything received was processed; ids below `next` will not come.
+      this._done.reset(next)
+      this._cursor = this._done.last()
     }
+    // Messages come from `next` on; ids below it were received already (or are gone).
+    if (frame.resumed) this._ids.rebase(next)
+    else this._ids.reset(next)
+    this._received = this._ids.last()
+    clearTimeout(this._wtTimer)
+    this.transport = this._ws instanceof WebTransportSocket ? 'webtransport' : 'websocket'
     if (expired) {
       // Requests that went out to the old session may or may not have been carried out.
       for (const request of [...this._requests.values()]) {
@@ -682,9 +985,10 @@ export class Client {
   }
 
   _message (frame) {
-    // Already received (before a reconnect): delivered once only.
-    if (this._received !== null && frame.id <= this._received) return
-    this._received = frame.id
+    // Already received (before a reconnect, or on another stream): delivered once only.
+    // Over WebTransport ids arrive in order per source only: the cursor moves contiguously.
+    if (!this._ids.take(frame.id)) return
+    this._received = this._ids.last()
     const message = {
       id: frame.id,
       from: frame.from,
@@ -694,7 +998,7 @@ export class Client {
     }
     if (frame.channel !== undefined) message.channel = frame.channel
     if (frame.user !== undefined) message.user = frame.user
-    // In a cluster: where the publication is in the cluster's history (GATEWAY.md §13).
+    // In a cluster: where the publication is in the cluster's history (GATEWAY.md §14).
     if (frame.epoch !== undefined) message.epoch = frame.epoch
     if (frame.offset !== undefined) message.offset = frame.offset
     if (frame.push) message.push = true
@@ -719,7 +1023,8 @@ export class Client {
   }
 
   _processed (message) {
-    if (this._cursor === null || message.id > this._cursor) this._cursor = message.id
+    this._done.take(message.id)
+    this._cursor = this._done.last()
     this._scheduleAck()
   }
 
@@ -770,7 +1075,8 @@ export class Client {
         }
         const request = this._outbox.shift()
         request.sent = true
-        ws.send(request.frame)
+        if (ws instanceof WebTransportSocket) ws.send(request.frame, request.lane, request.last)
+        else ws.send(request.frame)
       } catch (_) {
         return // the socket is closing: what is left goes on the next connection
       }
@@ -809,6 +1115,7 @@ export class Client {
       built = requestFrame({ ...fields, ref }, payload)
       built.ref = ref
       built.payloadSize = payloadSize
+      Object.assign(built, laneOf({ ...fields, ref }))
       const late = this._tooLarge(0, built.size)
       if (late) throw late
     } catch (error) {

@@ -211,19 +211,12 @@ fn a_peer_of_an_unknown_version_behind_a_nat_is_refused_on_both_sides() {
     let error = future.wait_sent("v", WAIT).unwrap_err().to_string();
     assert!(error.contains("does not speak protocol ferry/1"), "{error}");
     // The accepting side says so in its log.
-    let deadline = std::time::Instant::now() + WAIT;
-    while !current
-        .process()
-        .stderr_tail()
-        .contains("does not speak ferry/1")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            current.process().stderr_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ferry_testkit::wait::wait_for_blocking("the refusal in the accepting side's log", || {
+        current
+            .process()
+            .stderr_tail()
+            .contains("does not speak ferry/1")
+    });
     assert_eq!(current.received_now(), Vec::new());
 }
 
@@ -233,7 +226,7 @@ fn the_cli_sends_and_calls_from_behind_a_home_router_to_a_public_node() {
     let app_host = lab.add_public_host("app").unwrap();
     let cli_host = lab.add_host_behind("cli", NatKind::Home).unwrap();
     let mut app = agent(&lab, app_host, "app", &[]);
-    let ferry = ferry_interop::harness::ferry_binary();
+    let ferry = ferry_testkit::harness::ferry_binary();
     assert!(
         ferry.exists(),
         "build the ferry binary first: {}",

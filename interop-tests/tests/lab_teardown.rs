@@ -6,8 +6,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_interop::harness::Process;
 use ferry_interop::lab::{Lab, NatKind};
+use ferry_testkit::harness::Process;
 
 fn namespaces() -> Vec<String> {
     let output = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ferry::{Node, NodeConfig, SecretKey};
-use ferry_interop::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -56,9 +57,11 @@ async fn partition_that_kills_the_connection_loses_and_duplicates_nothing() {
         }
         deliveries.push(sender.enqueue(&n).await.unwrap());
         if n == TOTAL / 2 + 10 {
-            // Long enough for both sides' idle timeout to close the connection.
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-            assert!(!a.is_connected(&b.id()), "connection should have died");
+            // Until both sides' idle timeout closed the connection.
+            wait_for("the connection to die on both sides", || {
+                !a.is_connected(&b.id()) && !b.is_connected(&a.id())
+            })
+            .await;
             link.partition(false);
         }
     }
@@ -105,11 +108,7 @@ async fn an_outage_shorter_than_the_idle_timeout_is_probed_and_loses_nothing() {
         deliveries.push(sender.enqueue(&n).await.unwrap());
     }
     // The sender notices the silence and probes the path until it is back.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.stats().path_probes < 5 {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", a.stats());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("five path probes", || a.stats().path_probes >= 5).await;
     assert!(
         target.try_recv_many(10).unwrap().is_empty(),
         "nothing crossed the outage"
@@ -206,10 +205,15 @@ async fn monitors_report_down_only_after_the_grace_period() {
     let via_link = watched.address().with_hints(vec![link.local_addr()]);
     let mut mailbox_monitor = a.monitor(&via_link).unwrap();
     let mut peer_monitor = a.monitor_peer(b.id(), &[link.local_addr()]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The watches are in place: connected, and b serves the mailbox watch's stream.
+    wait_for("the watches to be in place", || {
+        a.is_connected(&b.id()) && b.stats().streams_in >= 1
+    })
+    .await;
 
     // A partition that kills the connection but heals within the grace period: no Down.
     link.partition(true);
+    // The outage's length and the quiet after it are what is tested: real time.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     link.partition(false);
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -8,8 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferry::Address;
-use ferry_interop::harness::Process;
-use ferry_interop::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::harness::Process;
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::wait::{wait_for_blocking, wait_for_value_blocking};
 
 const READY: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(120);
@@ -188,16 +189,16 @@ fn a_receiver_killed_mid_stream_loses_nothing_acknowledged() {
     }
     let before = seen.len();
     // Same data directory and port: same key, same address, same stored messages.
-    let mut receiver = loop {
+    // The old socket may linger for a moment: a start that fails is tried again.
+    let mut receiver = wait_for_value_blocking("the receiver to start again on its port", || {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agent"));
         command.args(["--data", &data_arg, "--listen", &listen]);
         let mut process = Process::start("receiver again", command).unwrap();
-        match process.wait_for_prefix("ready ", READY) {
-            Ok(_) => break process,
-            // The old socket may linger for a moment.
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
+        process
+            .wait_for_prefix("ready ", READY)
+            .ok()
+            .map(|_| process)
+    });
     while seen.len() < TOTAL as usize {
         let line = receiver.wait_for("recv", WAIT, parse_recv, |_| {}).unwrap();
         record(line, &mut seen);
@@ -234,6 +235,7 @@ fn a_ten_second_partition_then_heal_delivers_everything_in_order() {
     let mut next = HashMap::new();
     receive_more_in_order(&mut receiver, 200, &mut next);
     link.partition(true);
+    // The outage itself, in real time: what is tested, not a wait for something.
     std::thread::sleep(Duration::from_secs(10));
     link.partition(false);
     receive_more_in_order(&mut receiver, 1800, &mut next);
@@ -253,19 +255,12 @@ fn a_peer_speaking_an_unknown_version_is_refused_on_both_sides() {
     let error = future.process.wait_for_prefix("error ", WAIT).unwrap();
     assert!(error.contains("does not speak protocol ferry/1"), "{error}");
     // The accepting side says so in its log.
-    let deadline = std::time::Instant::now() + READY;
-    while !current
-        .process
-        .stderr_tail()
-        .contains("does not speak ferry/1")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            current.process.stderr_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_blocking("the refusal in the accepting side's log", || {
+        current
+            .process
+            .stderr_tail()
+            .contains("does not speak ferry/1")
+    });
     assert!(current
         .process
         .drain()
@@ -304,14 +299,14 @@ fn churn_leaves_no_leaks_and_no_panics() {
         }
         if round == 2 {
             baseline = Some((
-                ferry_interop::harness::open_fds(pid).unwrap(),
-                ferry_interop::harness::rss_kib(pid).unwrap(),
+                ferry_testkit::harness::open_fds(pid).unwrap(),
+                ferry_testkit::harness::rss_kib(pid).unwrap(),
             ));
         }
     }
     let (fds_before, rss_before) = baseline.unwrap();
-    let fds_after = ferry_interop::harness::open_fds(pid).unwrap();
-    let rss_after = ferry_interop::harness::rss_kib(pid).unwrap();
+    let fds_after = ferry_testkit::harness::open_fds(pid).unwrap();
+    let rss_after = ferry_testkit::harness::rss_kib(pid).unwrap();
     assert!(
         fds_after <= fds_before + 4,
         "fds {fds_before} -> {fds_after}"
@@ -326,7 +321,7 @@ fn churn_leaves_no_leaks_and_no_panics() {
 #[test]
 fn cli_send_to_an_sdk_mailbox_and_the_sdk_answers_a_cli_call() {
     let mut app = agent("app", &[]);
-    let ferry = ferry_interop::harness::ferry_binary();
+    let ferry = ferry_testkit::harness::ferry_binary();
     assert!(
         ferry.exists(),
         "build the ferry binary first: {}",

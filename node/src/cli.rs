@@ -130,6 +130,11 @@ pub(crate) struct NodeArgs {
     /// `cluster`, else none (the gateway alone).
     #[arg(long, value_name = "nats://HOST:PORT", value_delimiter = ',')]
     pub(crate) cluster: Vec<String>,
+    /// Serve the gateway over WebTransport (HTTP/3) on this UDP address, `auto` (the
+    /// gateway's IP and port number, or a free port when that is taken on UDP), or `off`
+    /// (`ferry run`). Default: the config file's `webtransport`, else `auto`.
+    #[arg(long, value_name = "ADDR|auto|off")]
+    pub(crate) webtransport: Option<WebTransportFlag>,
 }
 
 /// `ferry call`.
@@ -217,5 +222,19 @@ impl std::str::FromStr for GatewayListen {
         parse_addr_or_off(text)
             .map(Self)
             .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT or \"off\")"))
+    }
+}
+
+/// `--webtransport`: a UDP address, `auto`, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WebTransportFlag(pub(crate) Option<ferry_node::gateway::webtransport::Listen>);
+
+impl std::str::FromStr for WebTransportFlag {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ferry_node::config::parse_webtransport_or_off(text)
+            .map(Self)
+            .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT, \"auto\" or \"off\")"))
     }
 }

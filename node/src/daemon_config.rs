@@ -13,7 +13,9 @@ use ferry_node::gateway::GatewayConfig;
 use ferry_node::server::ServerConfig;
 use ferry_node::store::StoreConfig;
 
-use crate::cli::{GatewayListen, NodeArgs};
+use ferry_node::gateway::webtransport::{Listen as WebTransportListen, WebTransportConfig};
+
+use crate::cli::{GatewayListen, NodeArgs, WebTransportFlag};
 
 /// What `run` and `listen` start with: flags over the config file over defaults.
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) gateway: Option<(SocketAddr, GatewayConfig)>,
     /// The gateway's cluster (`run`); `None`: the gateway alone.
     pub(crate) cluster: Option<ClusterConfig>,
+    /// Where its WebTransport endpoint listens, and its configuration; `None`: off.
+    pub(crate) webtransport: Option<(WebTransportListen, WebTransportConfig)>,
 }
 
 impl DaemonConfig {
@@ -120,9 +124,22 @@ impl DaemonConfig {
                 }),
                 None => anyhow!("invalid cluster configuration: {error}"),
             })?;
+        let webtransport = args
+            .webtransport
+            .map_or(daemon.webtransport, |WebTransportFlag(listen)| listen)
+            .map(|listen| (listen, file.webtransport.clone()));
+        if let Some((_, config)) = &webtransport {
+            if let Err(error) = config.validate() {
+                return Err(match &args.config {
+                    Some(path) => anyhow!("config file {}: {error}", path.display()),
+                    None => anyhow!("{error}"),
+                });
+            }
+        }
         Ok(Self {
             cluster,
             gateway,
+            webtransport,
             data_dir,
             key_file,
             peers,
@@ -154,9 +171,11 @@ impl DaemonConfig {
             server.http = Some(self.http);
             server.gateway = self.gateway.clone();
             server.cluster = self.cluster.clone();
+            server.webtransport = self.webtransport.clone();
         } else {
             server.http = None;
             server.gateway = None;
+            server.webtransport = None;
             server.mailbox = "listen".to_owned();
         }
         server

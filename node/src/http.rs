@@ -328,6 +328,30 @@ impl Collector for NodeCollector {
                 "Connections closed for exceeding the rate limit.",
                 g.rate_limited,
             )?;
+            for (name, help, value) in [
+                (
+                    "ferry_gateway_webtransport_sessions",
+                    "WebTransport sessions accepted.",
+                    g.webtransport_sessions,
+                ),
+                (
+                    "ferry_gateway_webtransport_refused",
+                    "WebTransport sessions refused (401, 403, 404, 503).",
+                    g.webtransport_refused,
+                ),
+                (
+                    "ferry_gateway_webtransport_streams",
+                    "WebTransport request streams accepted.",
+                    g.webtransport_streams,
+                ),
+                (
+                    "ferry_gateway_webtransport_refused_streams",
+                    "WebTransport streams refused (beyond the limit, or of an unknown type).",
+                    g.webtransport_refused_streams,
+                ),
+            ] {
+                counter(e, name, help, value)?;
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ferry::{Node, NodeConfig, SecretKey};
 use ferry_node::store::{RedbStore, StoreConfig};
+use ferry_testkit::wait::{wait_for, wait_for_ok};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -19,22 +20,14 @@ async fn node_on(key: &SecretKey, listen: std::net::SocketAddr) -> Node {
         listen,
         ..NodeConfig::default()
     };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match Node::builder(SecretKey::from_bytes(&key.to_bytes()))
+    // The old endpoint releases the UDP port asynchronously.
+    wait_for_ok(&format!("rebinding {listen}"), || {
+        Node::builder(SecretKey::from_bytes(&key.to_bytes()))
             .config(config.clone())
             .paused()
             .bind()
-            .await
-        {
-            Ok(node) => return node,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                let _ = error;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("rebinding {listen}: {error}"),
-        }
-    }
+    })
+    .await
 }
 
 fn open_store(dir: &std::path::Path) -> Arc<RedbStore> {
@@ -150,8 +143,11 @@ async fn a_receiver_restarted_mid_stream_loses_and_duplicates_nothing() {
         seen.push(message.decode::<u32>().unwrap());
         message.ack();
     }
-    drop(mailbox);
+    // The node stops first, as a process that exits does: its peers see it go away and
+    // resend later. Closing the mailbox while the node still runs would answer the messages
+    // in flight NO_SUCH_MAILBOX, which is final.
     receiver.shutdown(Duration::from_millis(200)).await;
+    drop(mailbox);
     drop(receiver);
     store.close();
     drop(store);
@@ -203,7 +199,8 @@ async fn a_full_store_slows_the_sender_instead_of_losing_messages() {
         deliveries.push(outbox.enqueue(&n).await.unwrap());
     }
     // Ten fit; the rest wait until the application acknowledges.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("ten messages stored", || sender.stats().messages_out >= 10).await;
+    assert_eq!(sender.stats().messages_out, 10);
     for n in 0..30u32 {
         let message = mailbox.recv_timeout(WAIT).await.unwrap();
         assert_eq!(message.decode::<u32>().unwrap(), n);

@@ -102,3 +102,73 @@ async fn a_refused_configuration_is_a_typed_error() {
         "{error}"
     );
 }
+
+/// WebTransport is on by default, on the gateway's port number over UDP; when that UDP port
+/// is taken it takes a free one (and says so); `None` turns it off. `GET /webtransport` on
+/// the gateway says where it is.
+#[tokio::test]
+async fn webtransport_takes_the_gateway_port_number_or_a_free_one() {
+    use ferry_node::gateway::webtransport::Listen;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::new(dir.path().join("a")))
+        .await
+        .unwrap();
+    let gateway = server.gateway_addr().unwrap();
+    let wt = server.webtransport().expect("on by default");
+    assert_eq!(wt.addr, gateway, "the gateway's IP and port number, on UDP");
+    assert!(!wt.own_port);
+    let info = tokio::task::spawn_blocking(move || http_get(gateway, "/webtransport"))
+        .await
+        .unwrap();
+    assert!(
+        info.contains(&format!(
+            "\"url\":\"https://127.0.0.1:{}/webtransport\"",
+            gateway.port()
+        )),
+        "{info}"
+    );
+
+    // A gateway port whose number is taken on UDP (by the first server's endpoint, which
+    // the second gateway cannot bind over TCP: so take a UDP socket at a free TCP port's
+    // number).
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap();
+    drop(probe);
+    let _udp = std::net::UdpSocket::bind(port).unwrap();
+    let mut config = ServerConfig::new(dir.path().join("b"));
+    if let Some((addr, _)) = &mut config.gateway {
+        *addr = port;
+    }
+    let second = Server::start(config).await.unwrap();
+    assert_eq!(second.gateway_addr(), Some(port));
+    let wt = second.webtransport().unwrap();
+    assert!(wt.own_port, "{wt:?}");
+    assert_ne!(wt.addr.port(), port.port());
+
+    let mut config = ServerConfig::new(dir.path().join("c"));
+    config.webtransport = None;
+    let third = Server::start(config).await.unwrap();
+    assert!(third.webtransport().is_none());
+    let gateway = third.gateway_addr().unwrap();
+    let info = tokio::task::spawn_blocking(move || http_get(gateway, "/webtransport"))
+        .await
+        .unwrap();
+    assert!(info.starts_with("HTTP/1.1 404"), "{info}");
+    let mut config = ServerConfig::new(dir.path().join("d"));
+    let free = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    config.webtransport = Some((Listen::At(free), Default::default()));
+    let fourth = Server::start(config).await.unwrap();
+    assert_eq!(fourth.webtransport().unwrap().addr, free);
+    for server in [server, second, third, fourth] {
+        server.run(|_| Ok(()), cancelled()).await.unwrap();
+    }
+}
+
+fn cancelled() -> CancellationToken {
+    let token = CancellationToken::new();
+    token.cancel();
+    token
+}

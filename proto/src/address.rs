@@ -696,7 +696,7 @@ mod scalar;
 /// refused with its own typed error. Parsing errors come from `from_str` / `from_bytes`
 /// (docs/PROTOCOL.md §4.8), signature errors from `verify_signature` (§4.5), and the
 /// receiver's checks from `check_cheap` (§4.9; revocation is `NO_SUCH_MAILBOX`, tested end to
-/// end in sdk/tests/peer.rs and sdk/src/hostile_tests.rs).
+/// end in sdk/tests/peer.rs and sdk/tests/hostile.rs).
 #[cfg(test)]
 mod bad_addresses {
     use super::scalar::{limbs_to_bytes, small_order_r_signature, ELL};

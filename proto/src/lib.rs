@@ -21,6 +21,7 @@ pub mod frame;
 pub mod identity;
 pub mod observe;
 pub mod punch;
+pub mod punch_schedule;
 pub mod race;
 pub mod receiver;
 pub mod relay;

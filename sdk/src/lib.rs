@@ -74,10 +74,6 @@ mod clock;
 mod config;
 pub mod duration;
 mod error;
-#[cfg(any(test, feature = "test-util"))]
-pub mod fake_peer;
-#[cfg(test)]
-mod hostile_tests;
 use ferry_proto::identity;
 mod mailbox;
 mod net;
@@ -100,7 +96,7 @@ pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;
 pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
 pub use mailbox::{Mailbox, Message};
-pub use net::tls::{TlsSetupError, ALPN};
+pub use net::tls::{endpoint_configs, EndpointConfigs, TlsSetupError, ALPN};
 pub use node::{Builder, Node};
 pub use outbound::{Delivery, Sender};
 pub use stats::{NodeStats, SendFailures};

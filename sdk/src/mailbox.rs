@@ -206,14 +206,6 @@ impl Mailboxes {
         read(&self.map).len()
     }
 
-    /// How many verified signatures mailbox `id` remembers (tests: the cache stays bounded).
-    #[cfg(test)]
-    pub(crate) fn verified_len(&self, id: MailboxId) -> usize {
-        read(&self.map)
-            .get(&id)
-            .map_or(0, |entry| lock(&entry.verified).len())
-    }
-
     /// Messages queued in all open mailboxes, not yet taken by the application.
     pub(crate) fn depth(&self) -> u64 {
         read(&self.map)

@@ -131,7 +131,7 @@ impl Builder {
     }
 
     /// The node takes no streams from its peers until [`Node::serve_streams`]: connections
-    /// are accepted, and the streams peers open wait (in QUIC, within `max_incoming_streams`;
+    /// are accepted, and the streams peers open wait (in QUIC, within `initial_incoming_streams`;
     /// their openers' `open_timeout` covers the wait). A node that serves durable mailboxes
     /// starts this way and reopens them first, so that a sender retransmitting across a
     /// restart never hears "no such mailbox".

@@ -3,12 +3,17 @@
 
 use std::collections::HashSet;
 use std::future::IntoFuture;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ferry::{
     CallError, Conversation, ConversationError, ErrorCode, Node, NodeConfig, OpenError, SecretKey,
     ServeError, ServiceOptions, Target,
 };
+use ferry_testkit::wait::{wait_for, wait_for_async};
 use futures::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -98,6 +103,28 @@ async fn objects_and_data_both_ways_in_one_conversation() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A sink that counts the bytes written to it.
+struct Counting(Arc<AtomicU64>);
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -114,6 +141,7 @@ async fn calls_complete_out_of_order() {
             ServiceOptions::default(),
             |mut conversation| async move {
                 let delay_ms: u64 = conversation.recv_obj().await.unwrap();
+                // Real time is under test: a slow handler, so that answers come out of order.
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 conversation.reply(&delay_ms).await.unwrap();
             },
@@ -185,6 +213,8 @@ async fn simultaneous_conversations(
                     conversation.send_obj(&text).await?;
                     let back: String = conversation.recv_obj().await?;
                     assert_eq!(back, text);
+                    // Real time is under test: conversations that stay open for a while
+                    // (`pause` between messages) while the other direction opens its own.
                     tokio::time::sleep(pause).await;
                 }
                 conversation.finish()?;
@@ -231,21 +261,20 @@ async fn a_thousand_concurrent_conversations_on_one_connection() {
 async fn cancelling_a_call_stops_the_callee() {
     let server = node().await;
     let client = node().await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let (stopped_tx, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel();
     let _service = server
         .serve(
             "long",
             ServiceOptions::default(),
             move |mut conversation| {
-                let stopped = stopped_tx.clone();
+                let (started, stopped) = (started_tx.clone(), stopped_tx.clone());
                 async move {
                     let _request: String = conversation.recv_obj().await.unwrap();
-                    tokio::select! {
-                        code = conversation.cancelled() => stopped.send(code).unwrap(),
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                            let _ = conversation.reply("too late").await;
-                        }
-                    }
+                    started.send(()).unwrap();
+                    // Work that never ends by itself: only the cancellation stops it.
+                    let code = conversation.cancelled().await;
+                    stopped.send(code).unwrap();
                 }
             },
         )
@@ -263,11 +292,15 @@ async fn cancelling_a_call_stops_the_callee() {
         .unwrap()
         .unwrap();
     assert_eq!(code, Ok(ErrorCode::CANCELLED.0));
+    started_rx.recv().await.unwrap();
 
-    // Dropping the call future cancels too.
+    // Dropping the call future cancels too (once the callee is at work).
     let call = client.call::<_, String>(target(&server, "long"), "work");
     let pending = tokio::spawn(call.into_future());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(WAIT, started_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     pending.abort();
     let code = tokio::time::timeout(WAIT, stopped_rx.recv())
         .await
@@ -393,7 +426,13 @@ async fn allow_list_and_lookup() {
     assert_eq!(via_address, "by address");
     // Stopping the service revokes it.
     drop(logger);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_async("the service to stop", || async {
+        friend
+            .lookup(server.id(), "logger", &[server.local_addr()])
+            .await
+            == Err(OpenError::NoSuchService("logger".into()))
+    })
+    .await;
     let revoked: Result<String, _> = stranger.call(&address, "x").await;
     assert_eq!(revoked, Err(CallError::Open(OpenError::NoSuchMailbox)));
     for node in [server, friend, stranger] {
@@ -405,15 +444,18 @@ async fn allow_list_and_lookup() {
 async fn bulk_transfer_does_not_stall_another_conversation() {
     let server = node().await;
     let client = node().await;
+    let received = Arc::new(AtomicU64::new(0));
     let _bulk = server
-        .serve(
-            "bulk",
-            ServiceOptions::default(),
-            |mut conversation| async move {
-                let _ = conversation.recv_data(tokio::io::sink()).await;
-                let _ = conversation.reply(&()).await;
-            },
-        )
+        .serve("bulk", ServiceOptions::default(), {
+            let received = received.clone();
+            move |mut conversation| {
+                let received = received.clone();
+                async move {
+                    let _ = conversation.recv_data(Counting(received)).await;
+                    let _ = conversation.reply(&()).await;
+                }
+            }
+        })
         .unwrap();
     let _echo = server
         .serve("echo", ServiceOptions::default(), echo)
@@ -427,7 +469,11 @@ async fn bulk_transfer_does_not_stall_another_conversation() {
         bulk.send_data_stream(chunks).await.unwrap();
         bulk.recv_obj::<()>().await.unwrap();
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The transfer is under way before the small conversation starts.
+    wait_for("the bulk transfer to be under way", || {
+        received.load(Ordering::Relaxed) >= 1 << 20
+    })
+    .await;
     let mut echo_conversation = client.open(target(&server, "echo")).await.unwrap();
     let mut answered_during_transfer = 0;
     for n in 0..50 {

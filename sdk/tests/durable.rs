@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferry::address::{Address, MailboxId};
 use ferry::store::{MailboxStore, RunId, StoreError, StoreFuture, StoredMessage};
 use ferry::{Node, NodeConfig, SecretKey};
+use ferry_testkit::wait::wait_for;
 use tokio::sync::{mpsc, Semaphore};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -116,11 +117,10 @@ async fn a_stored_batch_whose_ack_cannot_be_written_still_reaches_the_mailbox() 
         .unwrap()
         .unwrap();
     sender.shutdown(Duration::from_millis(50)).await;
-    let deadline = Instant::now() + WAIT;
-    while receiver.is_connected(&sender.id()) {
-        assert!(Instant::now() < deadline, "the connection never closed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the connection to close", || {
+        !receiver.is_connected(&sender.id())
+    })
+    .await;
     gate.add_permits(1);
 
     let message = mailbox.recv_timeout(WAIT).await.unwrap();

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ferry::{Address, DownReason, MailboxId, MonitorError, Node, NodeConfig, SecretKey, SendError};
+use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -84,7 +85,11 @@ async fn down_when_the_peer_shuts_down() {
     let watched = b.mailbox();
     let mailbox_monitor = a.monitor(watched.address()).unwrap();
     let peer_monitor = a.monitor_peer(b.id(), &[b.local_addr()]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The watches are in place: connected, and b serves the mailbox watch's stream.
+    wait_for("the watches to be in place", || {
+        a.is_connected(&b.id()) && b.stats().streams_in >= 1
+    })
+    .await;
     b.shutdown(Duration::from_millis(200)).await;
     assert_eq!(
         tokio::time::timeout(WAIT, mailbox_monitor).await.unwrap(),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry::address::MailboxId;
 use ferry::{Node, NodeConfig, SecretKey, SendError};
+use ferry_testkit::wait::wait_for_ok;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -17,17 +18,11 @@ async fn bind_again(key: &SecretKey, listen: SocketAddr) -> Node {
         listen,
         ..NodeConfig::default()
     };
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match Node::bind(key.clone(), config.clone()).await {
-            Ok(node) => return node,
-            Err(error) if Instant::now() < deadline => {
-                let _ = error;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("rebinding {listen}: {error}"),
-        }
-    }
+    // The old endpoint releases the UDP port asynchronously.
+    wait_for_ok(&format!("rebinding {listen}"), || {
+        Node::bind(key.clone(), config.clone())
+    })
+    .await
 }
 
 /// A receiver that is started, reached by `sender` (one message delivered), and stopped again.
@@ -73,7 +68,8 @@ async fn messages_wait_for_an_unreachable_node_and_go_out_in_order_when_it_is_ba
     for n in 0..200u32 {
         deliveries.push(sender.enqueue(&n).await.unwrap());
     }
-    // Longer than send_timeout, with the target down all along.
+    // Longer than send_timeout, with the target down all along (real time is under test: the
+    // timeout runs on the real clock).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let b = bind_again(&key, listen).await;
     let mailbox = b.mailbox_with_id(MailboxId(7));
@@ -106,14 +102,18 @@ async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
     let (_key, _listen, address) = stopped_receiver(&a).await;
     let sender = a.sender(&address);
     let first = sender.enqueue_bytes(vec![0u8; 1000].into()).await.unwrap();
-    // Once the first dial has failed, a full window refuses at once.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The window fills; while the first dial is under way a send waits for room in it, and
+    // once the dial has failed, a full window refuses at once.
     let mut queued = vec![first];
+    let waiting_since = Instant::now();
     let refused = loop {
         let started = Instant::now();
-        match sender.enqueue_bytes(vec![0u8; 1000].into()).await {
-            Ok(delivery) => queued.push(delivery),
-            Err(error) => break (error, started.elapsed()),
+        let enqueue = sender.enqueue_bytes(vec![0u8; 1000].into());
+        match tokio::time::timeout(Duration::from_millis(100), enqueue).await {
+            Ok(Ok(delivery)) => queued.push(delivery),
+            Ok(Err(error)) => break (error, started.elapsed()),
+            // Waiting for room: the dial has not failed yet (a dropped wait queues nothing).
+            Err(_) => assert!(waiting_since.elapsed() < WAIT, "never refused"),
         }
         assert!(
             queued.len() <= 4,

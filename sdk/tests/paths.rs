@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry::{Node, NodeConfig, RelayAccess, Route, SecretKey};
-use tokio::time::Instant;
+use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -38,14 +38,6 @@ async fn behind(relay: &Node, hole_punching: bool) -> Node {
     })
     .await;
     node
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A UDP socket that takes packets and never answers: a hint into a black hole.

@@ -10,6 +10,7 @@ use ferry::{
     Address, Admission, AttachError, Clock as _, DialError, MailboxId, Node, NodeConfig, RecvError,
     SecretKey, SendError,
 };
+use ferry_testkit::wait::{wait_for, wait_for_ok};
 use futures::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -312,20 +313,10 @@ async fn simultaneous_dial_gives_one_connection() {
         ba.unwrap();
         // Both sides settle on the same single connection: the losing one, which carries
         // nothing, is closed after one grace.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let settled = a.stats().open_connections == 1 && b.stats().open_connections == 1;
-            if settled {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "still {} and {} connections",
-                a.stats().open_connections,
-                b.stats().open_connections
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for("one connection on each side", || {
+            a.stats().open_connections == 1 && b.stats().open_connections == 1
+        })
+        .await;
         // And traffic flows both ways over it.
         let box_a = a.mailbox();
         let box_b = b.mailbox();
@@ -516,18 +507,10 @@ async fn restarted_receiver_is_reached_again_at_the_same_address() {
         listen: port,
         ..NodeConfig::default()
     };
-    let mut tries = 0;
-    let b = loop {
-        match Node::bind(key.clone(), config.clone()).await {
-            Ok(node) => break node,
-            Err(error) if tries < 100 => {
-                tries += 1;
-                let _ = error;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("could not rebind: {error}"),
-        }
-    };
+    let b = wait_for_ok("rebinding the port", || {
+        Node::bind(key.clone(), config.clone())
+    })
+    .await;
     let second = b.mailbox_with_id(mailbox_id);
     assert_eq!(second.address(), &address);
     a.send(&address, "after").await.unwrap();
@@ -556,14 +539,10 @@ async fn idle_streams_close_and_reopen_on_demand() {
     let sender = a.sender(target.address());
     sender.send(&1u32).await.unwrap();
     assert_eq!(a.stats().conversations, 1);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.stats().conversations != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "idle conversation never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the idle conversation to close", || {
+        a.stats().conversations == 0
+    })
+    .await;
     // The same sender keeps working: a new stream opens on demand, order is kept.
     sender.send(&2u32).await.unwrap();
     sender.send(&3u32).await.unwrap();
@@ -721,14 +700,10 @@ async fn finished_conversations_leave_no_dedup_state() {
         from.send(target.address(), &n).await.unwrap();
     }
     assert_eq!(b.stats().dedup_entries, 5);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while b.stats().dedup_entries != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "dedup state never released"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the dedup state to be released", || {
+        b.stats().dedup_entries == 0
+    })
+    .await;
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
 }

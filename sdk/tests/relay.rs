@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ferry::{Node, NodeConfig, RelayAccess, SecretKey, SendError};
+use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -34,14 +35,10 @@ async fn behind(relay: &Node) -> Node {
     .await
     .unwrap();
     // Wait until the relay knows it: it forwards only to connected peers.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !relay.is_connected(&node.id()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never connected to the relay"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the relay to know the node", || {
+        relay.is_connected(&node.id())
+    })
+    .await;
     node
 }
 

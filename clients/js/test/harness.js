@@ -3,6 +3,7 @@
 // connections go silent, and the `ws` package as Node's WebSocket.
 
 import { spawn } from 'node:child_process'
+import dgram from 'node:dgram'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
@@ -48,16 +49,25 @@ export async function until (condition, ms = 15000) {
   return true
 }
 
-/** A free TCP port on the loopback interface. */
-export function freePort () {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
+/** A port number free on the loopback interface over TCP and over UDP both (a node's
+ *  gateway port is its WebTransport port too, and its listen port is UDP). */
+export async function freePort () {
+  for (;;) {
+    const port = await new Promise((resolve, reject) => {
+      const server = net.createServer()
+      server.on('error', reject)
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address()
+        server.close(() => resolve(port))
+      })
     })
-  })
+    const udpFree = await new Promise(resolve => {
+      const socket = dgram.createSocket('udp4')
+      socket.on('error', () => resolve(false))
+      socket.bind(port, '127.0.0.1', () => socket.close(() => resolve(true)))
+    })
+    if (udpFree) return port
+  }
 }
 
 /** A child process whose standard output is read line by line. */
@@ -112,7 +122,7 @@ export async function startNode ({ config = '', dataDir, gatewayPort = 0, listen
     inbox,
     url: `http://${gateway.replace(/\/ws$/, '')}`,
     /** The lines the inbox printed (one per message). */
-    printed: () => child.lines.filter(line => !/^(node id|listening on|inbox address|metrics|health|gateway): /.test(line)),
+    printed: () => child.lines.filter(line => !/^(node id|listening on|inbox address|metrics|health|gateway|webtransport): /.test(line)),
     stop: (signal) => child.stop(signal),
     remove: () => rmSync(dir, { recursive: true, force: true })
   }

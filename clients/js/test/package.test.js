@@ -30,7 +30,7 @@ test('the packed tarball installs and imports as ferry-client', () => {
       "import * as Ferry from 'ferry-client'; console.log(Object.keys(Ferry).sort().join(' '))"],
     { cwd: project, encoding: 'utf8' })
     assert.equal(exported.trim(),
-      'CLOSE Client FerryError addressKey connect default sameAddress start')
+      'CLOSE Client ContiguousIds FerryError addressKey connect default sameAddress start')
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }

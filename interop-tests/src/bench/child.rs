@@ -25,14 +25,24 @@ impl Child {
     /// answer may take `wait`.
     pub(crate) async fn start(args: &[&str], wait: Duration) -> Result<(Self, String)> {
         let exe = std::env::current_exe().context("finding the bench binary")?;
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut command = Command::new(exe);
+        command.args(args).stderr(Stdio::inherit());
+        Self::start_command(command, wait).await
+    }
+
+    /// Starts `command` (this binary, maybe through a wrapper such as `nice`) with piped stdin
+    /// and stdout, and returns it with the rest of its `ready` line; each answer may take
+    /// `wait`.
+    pub(crate) async fn start_command(
+        mut command: Command,
+        wait: Duration,
+    ) -> Result<(Self, String)> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {args:?}"))?;
+            .with_context(|| format!("starting {command:?}"))?;
         let stdin = child.stdin.take();
         let stdout = child
             .stdout

@@ -41,8 +41,11 @@ const SETTLE: Duration = Duration::from_millis(100);
 pub(crate) const CONCURRENCY: usize = 8;
 /// How long the hub waits for the peers or streams it was told to expect.
 const HUB_WAIT: Duration = Duration::from_secs(60);
-/// Concurrent incoming streams the quinn hub allows a peer (ferry's `max_incoming_streams`).
+/// Concurrent incoming streams the quinn hub allows a peer at most (ferry's
+/// `max_incoming_streams`), and at first (ferry's `initial_incoming_streams`): like ferry, the
+/// hub doubles a connection's grant whenever half of it is in use.
 const QUINN_MAX_STREAMS: u32 = 4096;
+const QUINN_INITIAL_STREAMS: u32 = 100;
 
 /// The rows, in this order: one value each per run.
 pub(crate) const ROWS: usize = 5;
@@ -106,8 +109,8 @@ pub(super) async fn figure_memory(settings: Settings) -> Result<Vec<Row>> {
 /// Heap and RSS of a process, in bytes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Memory {
-    heap: i64,
-    rss: i64,
+    pub(crate) heap: i64,
+    pub(crate) rss: i64,
 }
 
 impl Memory {
@@ -211,10 +214,10 @@ pub(crate) async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
     result
 }
 
-/// Raw quinn: the hub is a server endpoint (same TLS and windows as the other baselines,
-/// [`QUINN_MAX_STREAMS`] concurrent streams) with a task per connection accepting streams and a
-/// task per stream, which reads one 64-byte message, answers an 8-byte acknowledgement and
-/// waits for more. One client endpoint makes `n` connections; then `m` streams on the first
+/// Raw quinn: the hub is a server endpoint (same TLS and windows as the other baselines, a
+/// grant of [`QUINN_INITIAL_STREAMS`] concurrent streams growing to [`QUINN_MAX_STREAMS`])
+/// with a task per connection accepting streams and a task per stream, which reads one
+/// 64-byte message, answers an 8-byte acknowledgement and waits for more. One client endpoint makes `n` connections; then `m` streams on the first
 /// one each carry one acknowledged message and stay open.
 pub(crate) async fn quinn_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
     let (mut hub, ready) = Hub::start("quinn").await?;
@@ -385,7 +388,7 @@ async fn hub(kind: &str) -> Result<()> {
         "quinn" => {
             let identity = BaselineIdentity::generate()?;
             let mut transport = transport_config();
-            transport.max_concurrent_bidi_streams(QUINN_MAX_STREAMS.into());
+            transport.max_concurrent_bidi_streams(QUINN_INITIAL_STREAMS.into());
             let endpoint = quinn::Endpoint::server(
                 identity.server_config(Arc::new(transport))?,
                 SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -458,7 +461,8 @@ async fn hub_command<N: HubCounts>(node: &N, command: &str) -> Result<String> {
 
 /// The quinn hub's accept loop: a task per connection, which accepts its streams and gives
 /// each a task that reads one 64-byte message, acknowledges it (8 bytes) and then waits for
-/// more until the stream or connection ends.
+/// more until the stream or connection ends. The connection's stream grant doubles whenever
+/// half of it is in use, as ferry's does.
 async fn quinn_hub_accept(
     endpoint: quinn::Endpoint,
     peers: Arc<AtomicU64>,
@@ -469,9 +473,16 @@ async fn quinn_hub_accept(
         tokio::spawn(async move {
             let connection = incoming.await?;
             peers.fetch_add(1, Ordering::Relaxed);
+            let (mut granted, open) = (QUINN_INITIAL_STREAMS, Arc::new(AtomicU64::new(0)));
             while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-                let streams = streams.clone();
+                let in_use = open.fetch_add(1, Ordering::Relaxed) + 1;
+                if in_use * 2 >= u64::from(granted) && granted < QUINN_MAX_STREAMS {
+                    granted = (granted * 2).min(QUINN_MAX_STREAMS);
+                    connection.set_max_concurrent_bi_streams(granted.into());
+                }
+                let (streams, open) = (streams.clone(), open.clone());
                 tokio::spawn(async move {
+                    let _in_use = InUse(open);
                     let mut message = [0u8; MESSAGE_LEN];
                     recv.read_exact(&mut message).await?;
                     let count = streams.fetch_add(1, Ordering::Relaxed) + 1;
@@ -482,5 +493,14 @@ async fn quinn_hub_accept(
             }
             anyhow::Ok(())
         });
+    }
+}
+
+/// One stream in use on a quinn hub connection, counted until dropped.
+struct InUse(Arc<AtomicU64>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

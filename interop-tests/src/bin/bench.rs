@@ -24,6 +24,11 @@
 //! clients standing in for browsers; this process raises its soft limit of open files to the
 //! hard limit first (the children inherit it).
 //!
+//! The hostile-peer figure (`hostile`) runs the hostile peer of `ferry-testkit` as a child
+//! process (this binary with the hidden `--hostile-peer` option, at a lower priority) and
+//! compares an honest peer's throughput to the attacked node with its throughput while the
+//! attacker is paused ([`hostile`]).
+//!
 //! Adding a figure: write an `async fn` that measures it for ferry and for the baseline in
 //! [`Settings::runs`] runs and returns one or more [`Row`]s, then list it in [`FIGURES`]. The
 //! newer figures live in modules under `interop-tests/src/bench/`.
@@ -41,7 +46,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Parser;
 use ferry::{Conversation, Mailbox, Node, NodeConfig, SecretKey, ServiceOptions, Target};
-use ferry_interop::lossy::{LinkConfig, LossyLink};
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -54,12 +59,16 @@ pub(crate) mod child;
 pub(crate) mod dial;
 #[path = "../bench/gateway.rs"]
 pub(crate) mod gateway;
+#[path = "../bench/hostile.rs"]
+pub(crate) mod hostile;
 #[path = "../bench/instructions.rs"]
 pub(crate) mod instructions;
 #[path = "../bench/memory.rs"]
 pub(crate) mod memory;
 #[path = "../bench/nats.rs"]
 pub(crate) mod nats;
+#[path = "../bench/peers.rs"]
+pub(crate) mod peers;
 #[path = "../bench/streams.rs"]
 pub(crate) mod streams;
 
@@ -93,7 +102,7 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
-    /// hol, memory, gateway).
+    /// hol, hostile, memory, peers, gateway).
     #[arg(long, value_name = "TEXT")]
     pub(crate) only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -119,6 +128,21 @@ pub(crate) struct Cli {
     /// 5,000 with --quick).
     #[arg(long, value_name = "N")]
     pub(crate) gateway_messages: Option<usize>,
+    /// Internal: run as the hostile peer of the hostile figure (node id, node socket address,
+    /// mailbox address), driven through stdin and stdout by the parent bench process.
+    #[arg(long, value_names = ["NODE", "ADDR", "MAILBOX"], num_args = 3, hide = true)]
+    pub(crate) hostile_peer: Option<Vec<String>>,
+    /// Peers connected to the measured node in the many-peers figure (`peers`; default 10,000,
+    /// 1,000 with --quick). They live in client processes of 2,500 nodes each (one open file
+    /// per node).
+    #[arg(long, value_name = "N")]
+    pub(crate) peers: Option<usize>,
+    /// Internal: run as the many-peers figure's hub, for N peers.
+    #[arg(long, value_name = "N", hide = true)]
+    pub(crate) peers_hub: Option<usize>,
+    /// Internal: run as one of the many-peers figure's client processes (hub address, count).
+    #[arg(long, value_names = ["ADDRESS", "N"], num_args = 2, hide = true)]
+    pub(crate) peers_clients: Option<Vec<String>>,
     /// Internal: run as the gateway figure's server ("ferry" or "plain").
     #[arg(long, value_name = "KIND", hide = true)]
     pub(crate) gateway_server: Option<String>,
@@ -160,9 +184,13 @@ pub(crate) struct Settings {
     /// Measured dials per run of the dial figure (after the warm-up).
     pub(crate) dial_rounds: u64,
     pub(crate) dial_warmup: u64,
+    /// How long each round (quiet, attacked) of the hostile figure sends.
+    hostile_round: Duration,
     /// Peers connected to the measured node, and idle conversations into it, per memory run.
     pub(crate) memory_peers: usize,
     pub(crate) memory_conversations: usize,
+    /// Peers connected to the measured node in the many-peers figure, per run.
+    pub(crate) many_peers: usize,
     /// WebSocket sessions, fan-out rounds and messages/s messages per gateway run.
     gateway_sessions: usize,
     gateway_rounds: u64,
@@ -188,8 +216,10 @@ impl Settings {
                 call_warmup: 100,
                 dial_rounds: 50,
                 dial_warmup: 5,
+                hostile_round: Duration::from_secs(1),
                 memory_peers: 200,
                 memory_conversations: 200,
+                many_peers: 1_000,
                 gateway_sessions: 1_000,
                 gateway_rounds: 5,
                 gateway_messages: 5_000,
@@ -210,8 +240,10 @@ impl Settings {
                 call_warmup: 500,
                 dial_rounds: 200,
                 dial_warmup: 10,
+                hostile_round: Duration::from_secs(2),
                 memory_peers: 1000,
                 memory_conversations: 1000,
+                many_peers: 10_000,
                 gateway_sessions: 10_000,
                 gateway_rounds: 20,
                 gateway_messages: 20_000,
@@ -222,6 +254,9 @@ impl Settings {
             settings.runs = runs.max(1);
         }
         settings.ferry_only = cli.ferry_only;
+        if let Some(n) = cli.peers {
+            settings.many_peers = n.max(1);
+        }
         if let Some(n) = cli.gateway_sessions {
             settings.gateway_sessions = n.max(1);
         }
@@ -347,8 +382,16 @@ const FIGURES: &[Figure] = &[
         measure: |settings| Box::pin(figure_head_of_line(settings)),
     },
     Figure {
+        id: "hostile",
+        measure: |settings| Box::pin(hostile::figure_hostile(settings)),
+    },
+    Figure {
         id: "memory",
         measure: |settings| Box::pin(memory::figure_memory(settings)),
+    },
+    Figure {
+        id: "peers",
+        measure: |settings| Box::pin(peers::figure_peers(settings)),
     },
     Figure {
         id: "gateway",
@@ -366,6 +409,9 @@ fn main() -> Result<()> {
     if let Some(kind) = &cli.memory_hub {
         return memory::run_hub(kind);
     }
+    if let Some(args) = &cli.hostile_peer {
+        return ferry_testkit::hostile_peer::main(args);
+    }
     if let Some(args) = &cli.instructions_workload {
         return instructions::run_workload(&instructions::WORKLOADS, args);
     }
@@ -374,6 +420,12 @@ fn main() -> Result<()> {
     }
     // Every WebSocket session of the gateway figure is an open file (children inherit this).
     let open_files = gateway::raise_open_files_limit();
+    if let Some(n) = cli.peers_hub {
+        return peers::run_hub(n);
+    }
+    if let Some([address, count]) = cli.peers_clients.as_deref() {
+        return peers::run_clients(address, count);
+    }
     if let Some(kind) = &cli.gateway_server {
         return child::run(gateway::server(kind));
     }
@@ -1534,6 +1586,14 @@ fn table(rows: &[Row], settings: &Settings) -> String {
         settings.dial_warmup,
         settings.memory_peers,
         settings.memory_conversations
+    );
+    let _ = writeln!(
+        out,
+        "       peers: {} peer nodes connected to one hub node per run, round trip {} rounds \
+         (+{} warm-up) alone and with them",
+        settings.many_peers,
+        peers::RTT_ROUNDS,
+        peers::RTT_WARMUP
     );
     let _ = writeln!(
         out,

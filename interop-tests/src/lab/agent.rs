@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferry::Address;
 
-use crate::harness::{HarnessError, Process};
+use ferry_testkit::harness::{HarnessError, Process};
 
 use super::tally::Tally;
 use super::topology::{HostId, Lab};

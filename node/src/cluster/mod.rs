@@ -6,7 +6,7 @@
 //! once, exactly as before there was a cluster. `ferry run --cluster nats://HOST:PORT` uses
 //! [`NatsCluster`](nats::NatsCluster): every publication goes through a NATS JetStream stream
 //! (kept, bounded by size and age), and every node of the cluster reads the stream and
-//! delivers to its own members; presence goes through core NATS. docs/GATEWAY.md §13 states
+//! delivers to its own members; presence goes through core NATS. docs/GATEWAY.md §14 states
 //! what is guaranteed.
 //!
 //! The gateway gives the cluster an [`Inbound`] (its own delivery code): the cluster calls it

@@ -22,6 +22,15 @@ pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(gateway) = server.gateway_addr() {
         println!("gateway: ws://{gateway}/ws");
+        if let Some(wt) = server.webtransport() {
+            let note = if wt.own_port {
+                " (UDP port {gateway_port} was taken: a port of its own)"
+                    .replace("{gateway_port}", &gateway.port().to_string())
+            } else {
+                String::new()
+            };
+            println!("webtransport: https://{}/webtransport{note}", wt.addr);
+        }
     }
     serve_until_signal(server, false).await
 }

@@ -2,7 +2,8 @@
 //! read straight into the structs they configure — the daemon's own keys ([`DaemonKeys`]),
 //! [`ferry::NodeConfig`], the store's [`StoreConfig`] after the prefix `store_`, and the
 //! gateway's [`GatewayConfig`], [`AuthConfig`], [`Permissions`] and [`Limits`] after the
-//! prefix `gateway_`. Each key is described once, on its field; docs/CONFIG.md is checked
+//! prefix `gateway_`, and the WebTransport endpoint's [`WebTransportConfig`] after
+//! `gateway_webtransport_`. Each key is described once, on its field; docs/CONFIG.md is checked
 //! against the fields and their defaults (see `reference`), and `ferry config-example` is
 //! made from docs/CONFIG.md.
 //!
@@ -27,6 +28,7 @@ pub use peer::{Peer, PeerError};
 pub use reference::example;
 
 use crate::cluster::ClusterConfig;
+use crate::gateway::webtransport::{Listen as WebTransportListen, WebTransportConfig};
 use crate::gateway::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions};
 use crate::store::StoreConfig;
 
@@ -66,6 +68,11 @@ pub struct DaemonKeys {
     /// The NATS servers of the gateway's cluster (`nats://HOST:PORT`, several for failover;
     /// the `cluster_*` keys configure it). Default none: the gateway alone.
     pub cluster: Vec<String>,
+    /// UDP address of the gateway's WebTransport endpoint: `"auto"` (the gateway's IP and TCP
+    /// port number, on UDP; a free UDP port when that one is taken), `"HOST:PORT"`, or `None`
+    /// (written `"off"`). No gateway, no WebTransport. Default `"auto"`.
+    #[serde(deserialize_with = "webtransport_or_off")]
+    pub webtransport: Option<WebTransportListen>,
 }
 
 impl Default for DaemonKeys {
@@ -78,6 +85,7 @@ impl Default for DaemonKeys {
             http: DEFAULT_HTTP,
             gateway: Some(DEFAULT_GATEWAY),
             cluster: Vec::new(),
+            webtransport: Some(WebTransportListen::Gateway),
         }
     }
 }
@@ -97,6 +105,28 @@ fn addr_or_off<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Sock
     })
 }
 
+/// `"auto"`, `"HOST:PORT"`, or `"off"` for none (the `webtransport` key and the
+/// `--webtransport` flag).
+pub fn parse_webtransport_or_off(
+    text: &str,
+) -> Result<Option<WebTransportListen>, std::net::AddrParseError> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some)
+}
+
+fn webtransport_or_off<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<WebTransportListen>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_webtransport_or_off(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?}: {e} (expected \"auto\", HOST:PORT or \"off\")"
+        ))
+    })
+}
+
 /// A config file, read: every key that is set, the default for every other one.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -113,6 +143,8 @@ pub struct FileConfig {
     /// The `cluster` key (its servers) and the keys that start with `cluster_`. Not
     /// validated yet: see [`FileConfig::cluster_config`].
     pub cluster: ClusterConfig,
+    /// The keys that start with `gateway_webtransport_` (validated when the endpoint binds).
+    pub webtransport: WebTransportConfig,
 }
 
 /// Why a config file cannot be used. Each renders as one line naming the file (and, where
@@ -210,12 +242,15 @@ impl FileConfig {
         gateway_config.drain = daemon.shutdown_grace;
         let mut cluster: ClusterConfig = read(&part(Section::Cluster)).map_err(failure)?;
         cluster.servers = daemon.cluster.clone();
+        let webtransport: WebTransportConfig =
+            read(&part(Section::GatewayWebTransport)).map_err(failure)?;
         Ok(Self {
             daemon,
             node,
             store,
             gateway: gateway_config,
             cluster,
+            webtransport,
         })
     }
 
@@ -235,6 +270,8 @@ impl FileConfig {
             &mut file.daemon.data_dir,
             &mut file.daemon.key_file,
             &mut file.gateway.static_dir,
+            &mut file.webtransport.cert,
+            &mut file.webtransport.key,
         ]
         .into_iter()
         .flatten()
@@ -275,6 +312,7 @@ enum Section {
     GatewayPermissions,
     GatewayLimits,
     Cluster,
+    GatewayWebTransport,
 }
 
 /// The prefix of the store's keys.
@@ -283,6 +321,8 @@ const STORE_PREFIX: &str = "store_";
 const GATEWAY_PREFIX: &str = "gateway_";
 /// The prefix of the cluster's keys.
 const CLUSTER_PREFIX: &str = "cluster_";
+/// The prefix of the WebTransport endpoint's keys.
+const WEBTRANSPORT_PREFIX: &str = "gateway_webtransport_";
 
 /// Each section with the prefix of its keys and its field names.
 struct Owner {
@@ -321,6 +361,11 @@ impl Owner {
                     Section::Cluster,
                     CLUSTER_PREFIX,
                     field_names::<ClusterConfig>(),
+                ),
+                (
+                    Section::GatewayWebTransport,
+                    WEBTRANSPORT_PREFIX,
+                    field_names::<WebTransportConfig>(),
                 ),
             ],
         }

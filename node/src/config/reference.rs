@@ -88,9 +88,10 @@ pub fn example() -> String {
     let mut out = String::from(
         "# ferry config file: `ferry run --config PATH` (also `ferry listen`).\n\
          # Every key is optional; a flag (--listen, --key, --data, --peer, --http, --gateway,\n\
-         # --relay, --serve-relay) replaces the file's value. Durations are strings with a unit:\n\
-         # \"500ms\", \"10s\", \"5m\", \"1h\". Sizes are integers in bytes. Relative paths are\n\
-         # relative to the directory of this file. Made from docs/CONFIG.md, which says more.\n",
+         # --webtransport, --relay, --serve-relay) replaces the file's value. Durations are\n\
+         # strings with a unit: \"500ms\", \"10s\", \"5m\", \"1h\". Sizes are integers in bytes.\n\
+         # Relative paths are relative to the directory of this file. Made from\n\
+         # docs/CONFIG.md, which says more.\n",
     );
     for section in sections() {
         out.push_str(&format!("\n# --- {} ---\n", section.title.replace('`', "")));

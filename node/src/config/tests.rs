@@ -38,7 +38,7 @@ fn every_key_is_documented_and_every_documented_key_is_read() {
         unread.is_empty(),
         "CONFIG.md keys nothing reads: {unread:?}"
     );
-    assert_eq!(documented.len(), 81);
+    assert_eq!(documented.len(), 91);
 }
 
 /// The default column of every row is what the structs default to: `key = default` reads
@@ -261,6 +261,7 @@ fn every_key_reaches_the_node_config() {
         open_timeout = "8s"
         max_connections = 9
         max_incoming_streams = 10
+        initial_incoming_streams = 5
         max_dedup_entries = 11
         handshake_rate_per_ip = 14
         frame_timeout = "15s"
@@ -298,6 +299,7 @@ fn every_key_reaches_the_node_config() {
         open_timeout,
         max_connections,
         max_incoming_streams,
+        initial_incoming_streams,
         max_dedup_entries,
         handshake_rate_per_ip,
         frame_timeout,
@@ -314,6 +316,7 @@ fn every_key_reaches_the_node_config() {
         max_monitors_per_peer,
     } = file.node.clone();
     assert!(!hole_punching);
+    assert_eq!((max_incoming_streams, initial_incoming_streams), (10, 5));
     let secs = Duration::from_secs;
     assert_eq!(listen, "127.0.0.1:4000".parse().unwrap());
     assert_eq!(advertise, vec!["192.0.2.1:4000".parse().unwrap()]);
@@ -484,4 +487,55 @@ fn fuzz_corpus_replays() {
         replayed += 1;
     }
     assert!(replayed > 0, "no input in {dir:?}");
+}
+
+/// The WebTransport keys: the address (`auto`, an address, `off`) and the endpoint's own.
+#[test]
+fn webtransport_keys() {
+    use crate::gateway::webtransport::Listen;
+    let file = FileConfig::parse(
+        r#"
+        webtransport = "127.0.0.1:4443"
+        gateway_webtransport_cert = "cert.pem"
+        gateway_webtransport_key = "key.pem"
+        gateway_webtransport_max_streams = 5
+        gateway_webtransport_max_delivery_streams = 6
+        gateway_webtransport_delivery_idle_timeout = "7s"
+        gateway_webtransport_max_connection_bytes = 8
+        gateway_webtransport_answer_timeout = "9s"
+        gateway_webtransport_handshake_timeout = "10s"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        file.daemon.webtransport,
+        Some(Listen::At("127.0.0.1:4443".parse().unwrap()))
+    );
+    let wt = &file.webtransport;
+    assert_eq!(wt.cert.as_deref(), Some(std::path::Path::new("cert.pem")));
+    assert_eq!(wt.key.as_deref(), Some(std::path::Path::new("key.pem")));
+    assert_eq!(
+        (
+            wt.max_streams,
+            wt.max_delivery_streams,
+            wt.max_connection_bytes
+        ),
+        (5, 6, 8)
+    );
+    assert_eq!(wt.delivery_idle_timeout, Duration::from_secs(7));
+    assert_eq!(wt.answer_timeout, Duration::from_secs(9));
+    assert_eq!(wt.handshake_timeout, Duration::from_secs(10));
+    assert!(wt.validate().is_ok());
+    let off = FileConfig::parse(r#"webtransport = "off""#).unwrap();
+    assert_eq!(off.daemon.webtransport, None);
+    let auto = FileConfig::parse(r#"webtransport = "auto""#).unwrap();
+    assert_eq!(auto.daemon.webtransport, Some(Listen::Gateway));
+    let failure = parse_error(r#"webtransport = "nowhere""#);
+    assert_eq!(failure.key.as_deref(), Some("webtransport"));
+    let failure = parse_error("gateway_webtransport_max_stream = 1");
+    assert!(failure.message.contains("unknown key"), "{failure:?}");
+    let half = FileConfig::parse(r#"gateway_webtransport_cert = "c.pem""#).unwrap();
+    assert!(half.webtransport.validate().is_err());
+    let zero = FileConfig::parse("gateway_webtransport_max_streams = 0").unwrap();
+    assert!(zero.webtransport.validate().is_err());
 }

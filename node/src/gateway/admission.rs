@@ -15,7 +15,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::AuthRequest;
+use super::auth::{AuthError, AuthRequest, Identity};
 use super::config::GatewayConfig;
 use super::connection;
 use super::protocol;
@@ -129,56 +129,65 @@ pub(crate) async fn upgrade(
     response
 }
 
-async fn admit(
-    shared: Arc<Shared>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    headers: HeaderMap,
-    query: HashMap<String, String>,
-) -> Response {
+/// Why a connection is not admitted (docs/GATEWAY.md §2): each transport tells it its way.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// 503: shutting down, too many connections, sessions or new connections.
+    Unavailable(&'static str),
+    /// 403 / 4403, with the reason.
+    Forbidden(String),
+    /// 401 / 4401.
+    Unauthorized(AuthError),
+}
+
+/// A connection admitted: its session and how it starts.
+pub(crate) struct Admitted {
+    pub(crate) session: Arc<Session>,
+    pub(crate) start: connection::Start,
+    pub(crate) slot: ConnectionSlot,
+}
+
+/// The checks before any session is touched: shutdown, origin, connection rate and count,
+/// credentials. `headers` carry `Origin` and `Host` (a WebTransport CONNECT's authority).
+pub(crate) async fn authorize(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Option<Identity>, Refusal> {
     if shared.stopping.is_cancelled() {
-        return unavailable("the gateway is shutting down");
+        return Err(Refusal::Unavailable("the gateway is shutting down"));
     }
-    if !origin_allowed(&shared.config, &headers) {
-        let status = (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
-        return refuse(
-            &shared,
-            ws,
-            protocol::close::FORBIDDEN,
-            "origin not allowed".into(),
-            status,
-        );
+    if !origin_allowed(&shared.config, headers) {
+        return Err(Refusal::Forbidden("origin not allowed".into()));
     }
     if !lock(&shared.connection_rate).take(Instant::now()) {
-        return unavailable("too many new connections; try again shortly");
+        return Err(Refusal::Unavailable(
+            "too many new connections; try again shortly",
+        ));
     }
     let limits = &shared.config.limits;
     if shared.connections.load(Ordering::Relaxed) >= limits.max_connections {
-        return unavailable("too many connections");
+        return Err(Refusal::Unavailable("too many connections"));
     }
     let request = AuthRequest::new(headers.clone(), query.clone());
     let identity = match shared.hooks.authenticate(request.clone()).await {
         Some(result) => result.map(Some),
         None => shared.verifier.verify(&request),
     };
-    let identity = match identity {
-        Ok(identity) => identity,
-        Err(error) => {
-            tracing::debug!(%error, "gateway authentication refused");
-            let status = error.response(shared.verifier.basic());
-            return refuse(
-                &shared,
-                ws,
-                protocol::close::UNAUTHORIZED,
-                error.to_string(),
-                status,
-            );
-        }
-    };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
-    };
-    // The session: the one the resume token names, if it lives and belongs to this user.
+    identity.map_err(|error| {
+        tracing::debug!(%error, "gateway authentication refused");
+        Refusal::Unauthorized(error)
+    })
+}
+
+/// The session of an authorized connection: the one its resume token names, if it lives
+/// and belongs to this user, else a new one; and the connection's slot.
+pub(crate) fn take_session(
+    shared: &Arc<Shared>,
+    identity: Option<Identity>,
+    query: &HashMap<String, String>,
+) -> Result<Admitted, Refusal> {
+    let limits = &shared.config.limits;
     let mut expired = false;
     let mut existing = None;
     if let Some(token) = query.get("resume") {
@@ -192,15 +201,9 @@ async fn admit(
             {
                 if let Some(identity) = &identity {
                     if identity.user != session.info.user {
-                        let why = "the resume token belongs to another user";
-                        let status = (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
-                        return refuse(
-                            &shared,
-                            Ok(ws),
-                            protocol::close::FORBIDDEN,
-                            why.into(),
-                            status,
-                        );
+                        return Err(Refusal::Forbidden(
+                            "the resume token belongs to another user".into(),
+                        ));
                     }
                 }
                 existing = Some(session);
@@ -208,15 +211,6 @@ async fn admit(
             _ => expired = true,
         }
     }
-    // Cluster: a session that lives on another node is served there, through this one.
-    let ws = if expired {
-        match super::cluster_link::forward(&shared, ws, &headers, &query).await {
-            Ok(forwarded) => return forwarded,
-            Err(ws) => ws,
-        }
-    } else {
-        ws
-    };
     let cursor = query.get("cursor").and_then(|c| c.parse::<u64>().ok());
     let auth_expires = identity.as_ref().and_then(|identity| identity.expires);
     let (session, resumed) = match existing {
@@ -229,7 +223,7 @@ async fn admit(
         }
         None => {
             if lock(&shared.registry).len() >= limits.max_sessions {
-                return unavailable("too many sessions");
+                return Err(Refusal::Unavailable("too many sessions"));
             }
             let id = session::new_session_id();
             let user = match identity {
@@ -248,7 +242,7 @@ async fn admit(
                 Ok(session) => session,
                 Err(error) => {
                     tracing::error!(%error, "opening a session mailbox");
-                    return unavailable("the store failed");
+                    return Err(Refusal::Unavailable("the store failed"));
                 }
             };
             lock(&session.state).detached_at = Some(Instant::now());
@@ -260,7 +254,63 @@ async fn admit(
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let slot = ConnectionSlot(shared.clone());
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let max = limits.max_message_size;
+    Ok(Admitted {
+        session,
+        start: connection::Start {
+            resumed,
+            expired,
+            cursor,
+            connection,
+        },
+        slot,
+    })
+}
+
+async fn admit(
+    shared: Arc<Shared>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+) -> Response {
+    let refused = |shared: &Shared, ws, refusal: Refusal| match refusal {
+        Refusal::Unavailable(why) => unavailable(why),
+        Refusal::Forbidden(why) => {
+            let status = (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+            refuse(shared, ws, protocol::close::FORBIDDEN, why, status)
+        }
+        Refusal::Unauthorized(error) => {
+            let status = error.response(shared.verifier.basic());
+            refuse(
+                shared,
+                ws,
+                protocol::close::UNAUTHORIZED,
+                error.to_string(),
+                status,
+            )
+        }
+    };
+    let identity = match authorize(&shared, &headers, &query).await {
+        Ok(identity) => identity,
+        Err(refusal) => return refused(&shared, ws, refusal),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // Cluster: a session that lives on another node is served there, through this one.
+    let ws = match super::cluster_link::forward(&shared, ws, &headers, &query).await {
+        Ok(forwarded) => return forwarded,
+        Err(ws) => ws,
+    };
+    let Admitted {
+        session,
+        start,
+        slot,
+    } = match take_session(&shared, identity, &query) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(&shared, Ok(ws), refusal),
+    };
+    let max = shared.config.limits.max_message_size;
     let tasks = shared.tasks.clone();
     // Small buffers: an idle connection should cost little memory.
     ws.max_message_size(max)
@@ -268,18 +318,7 @@ async fn admit(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4096)
         .on_upgrade(move |socket| {
-            tasks.track_future(connection::run(
-                shared,
-                session,
-                socket,
-                connection::Start {
-                    resumed,
-                    expired,
-                    cursor,
-                    connection,
-                },
-                slot,
-            ))
+            tasks.track_future(connection::run(shared, session, socket, start, slot))
         })
 }
 

@@ -34,7 +34,7 @@ pub(crate) struct Start {
 pub(crate) async fn run(
     shared: Arc<Shared>,
     session: Arc<Session>,
-    mut socket: WebSocket,
+    socket: impl Wire,
     start: Start,
     _slot: ConnectionSlot,
 ) {
@@ -81,7 +81,7 @@ pub(crate) async fn run(
     }
     if lock(&session.state).ended {
         // Ended between the upgrade and now.
-        let _ = socket.close().await;
+        socket.abandon().await;
         return;
     }
     let (recovered, pending) = if start.resumed {
@@ -89,6 +89,7 @@ pub(crate) async fn run(
     } else {
         (!start.expired, 0)
     };
+    let next = lock(&session.state).next;
     let welcome = Welcome {
         session: session.info.id.clone(),
         user: session.info.user.clone(),
@@ -99,6 +100,7 @@ pub(crate) async fn run(
         recovered,
         expired: start.expired,
         pending,
+        next,
         auth_expires: lock(&session.state).auth_expires,
         limits: WelcomeLimits {
             max_message_size: limits.max_message_size,
@@ -117,15 +119,15 @@ pub(crate) async fn run(
 
     let done = CancellationToken::new();
     let stuck = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write(
-        sink,
+    let (mut stream, writer) = socket.start(
         outgoing,
-        limits.ping_interval,
-        limits.write_timeout,
-        done.clone(),
-        stuck.clone(),
-    ));
+        Writing {
+            ping_interval: limits.ping_interval,
+            write_timeout: limits.write_timeout,
+            done: done.clone(),
+            stuck: stuck.clone(),
+        },
+    );
     // Stored messages (a resume's backlog, or none): `pumping` is set since the attach.
     start_pump();
     let mut reader = Reader {
@@ -161,6 +163,7 @@ pub(crate) async fn run(
     })
     .await;
     done.cancel();
+    drop(stream);
     {
         let mut state = lock(&session.state);
         if state
@@ -175,6 +178,99 @@ pub(crate) async fn run(
     }
     tracing::debug!(session = %session.info.id, ?disconnect, "browser disconnected");
     shared.hooks.disconnected(&session.info, &disconnect);
+}
+
+// --- transports ----------------------------------------------------------------------------
+
+/// What the writer of a connection needs, whatever carries its frames.
+pub(crate) struct Writing {
+    /// How often a heartbeat (and, on a WebSocket, a ping) goes out.
+    pub(crate) ping_interval: Duration,
+    /// A write that takes longer makes the connection a slow consumer.
+    pub(crate) write_timeout: Duration,
+    /// Cancelled when the writer ends (and by the connection when it is done).
+    pub(crate) done: CancellationToken,
+    /// Set when a write got stuck (`write_timeout`).
+    pub(crate) stuck: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What carries a connection's frames: a WebSocket, or a WebTransport session
+/// (`webtransport::streams`). One session semantics, two transports: the welcome, the
+/// requests, the limits and the pump above are the same for both.
+pub(crate) trait Wire: Send + 'static {
+    /// Frames from the client, as WebSocket messages (a WebTransport session merges its
+    /// streams' frames into one such stream, and reports the peer's liveness as pongs).
+    type Reader: futures::Stream<Item = Result<Message, Self::Error>> + Unpin + Send;
+    /// A read error, which says what it means for the close code.
+    type Error: WireFault;
+    /// Starts the writer of `outgoing`; returns the reader and the writer's task.
+    fn start(
+        self,
+        outgoing: OutReceiver,
+        writing: Writing,
+    ) -> (Self::Reader, tokio::task::JoinHandle<()>);
+    /// Closes without a welcome (the session ended before the connection started).
+    fn abandon(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Wire for WebSocket {
+    type Reader = futures::stream::SplitStream<WebSocket>;
+    type Error = axum::Error;
+
+    fn start(
+        self,
+        outgoing: OutReceiver,
+        writing: Writing,
+    ) -> (Self::Reader, tokio::task::JoinHandle<()>) {
+        let (sink, stream) = self.split();
+        let writer = tokio::spawn(write(
+            sink,
+            outgoing,
+            writing.ping_interval,
+            writing.write_timeout,
+            writing.done,
+            writing.stuck,
+        ));
+        (stream, writer)
+    }
+
+    async fn abandon(mut self) {
+        let _ = self.close().await;
+    }
+}
+
+/// What a failed read means for the connection (its close code), as the transport's error
+/// type says it: no matching of error texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFault {
+    /// A message beyond `gateway_max_message_size`: 1009.
+    TooBig,
+    /// A frame the transport cannot read as one (WebTransport's framing): 4400.
+    Malformed(&'static str),
+    /// The connection failed or the client went away: 1001, nobody to tell.
+    Gone,
+}
+
+/// A transport's read error, classified.
+pub(crate) trait WireFault: std::fmt::Display {
+    /// What the error means for the connection.
+    fn fault(&self) -> ReadFault;
+}
+
+impl WireFault for axum::Error {
+    fn fault(&self) -> ReadFault {
+        // axum hands tungstenite's error on as this one's source.
+        let mut source = std::error::Error::source(self);
+        while let Some(error) = source {
+            if let Some(tungstenite::Error::Capacity(_)) =
+                error.downcast_ref::<tungstenite::Error>()
+            {
+                return ReadFault::TooBig;
+            }
+            source = error.source();
+        }
+        ReadFault::Gone
+    }
 }
 
 /// Writes the queue's frames, and every `ping_interval` a ping (for the gateway's idle check:
@@ -320,9 +416,9 @@ struct Reader {
 }
 
 impl Reader {
-    async fn read(
+    async fn read<E: WireFault>(
         &mut self,
-        stream: &mut futures::stream::SplitStream<WebSocket>,
+        stream: &mut (impl futures::Stream<Item = Result<Message, E>> + Unpin),
         attached: &Attached,
         done: &CancellationToken,
         stuck: &std::sync::atomic::AtomicBool,
@@ -391,18 +487,19 @@ impl Reader {
             let message = match message {
                 None => return (code::GOING_AWAY, String::new(), Disconnect::Client),
                 Some(Err(error)) => {
-                    let text = error.to_string();
-                    if text.contains("too long")
-                        || text.contains("Space limit")
-                        || text.contains("size")
-                    {
-                        return (
+                    return match error.fault() {
+                        ReadFault::TooBig => (
                             code::TOO_BIG,
                             "message too big".into(),
-                            Disconnect::Protocol(text),
-                        );
-                    }
-                    return (code::GOING_AWAY, String::new(), Disconnect::Client);
+                            Disconnect::Protocol(error.to_string()),
+                        ),
+                        ReadFault::Malformed(why) => (
+                            code::PROTOCOL,
+                            "malformed frame".into(),
+                            Disconnect::Protocol(why.into()),
+                        ),
+                        ReadFault::Gone => (code::GOING_AWAY, String::new(), Disconnect::Client),
+                    };
                 }
                 Some(Ok(message)) => message,
             };

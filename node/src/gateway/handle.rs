@@ -75,6 +75,7 @@ impl GatewayHandle {
             refused_upgrades: c.refused_upgrades.load(Ordering::Relaxed),
             slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            ..super::webtransport::stats(&self.shared)
         }
     }
 

@@ -21,6 +21,7 @@ pub const FERRY_D_TS: &str = include_str!("../../../clients/js/ferry.d.ts");
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut router = Router::new()
         .route("/ws", get(upgrade))
+        .route(super::webtransport::PATH, get(super::webtransport::info))
         .route(
             "/ferry.js",
             get(|| async {

@@ -41,6 +41,7 @@ mod resume_token;
 pub mod session;
 mod shared;
 mod stats;
+pub mod webtransport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,6 +147,17 @@ impl Gateway {
     /// `/` if configured. Merge it into an application's own router, or use [`Gateway::serve`].
     pub fn router(&self) -> Router {
         http::router(self.shared.clone())
+    }
+
+    /// Serves WebTransport sessions on `endpoint` until `shutdown` (docs/GATEWAY.md §13),
+    /// beside the WebSocket endpoint of [`Gateway::serve`] (which drains both), and publishes
+    /// it at `GET /webtransport`.
+    pub fn serve_webtransport(
+        &self,
+        endpoint: webtransport::WebTransport,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        webtransport::serve(self.shared.clone(), endpoint, shutdown)
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then drains: no new connections,

@@ -287,6 +287,10 @@ pub struct Welcome {
     pub expired: bool,
     /// Messages waiting for the session, delivered next.
     pub pending: u64,
+    /// The id the messages of this connection start from: every message below it was
+    /// acknowledged, or is before the client's cursor. Over WebTransport messages arrive on
+    /// several streams, so a client counts its cursor up from here (docs/GATEWAY.md §13).
+    pub next: u64,
     /// When the credentials expire (unix seconds), if they do.
     pub auth_expires: Option<u64>,
     /// The gateway's limits, so a client can keep within them.

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) cluster: Arc<dyn crate::cluster::Cluster>,
     /// This `Shared` itself (the cluster's deliveries need an `Arc`).
     pub(crate) this: std::sync::Weak<Shared>,
+    /// The WebTransport endpoint, once served (for `GET /webtransport`).
+    pub(crate) webtransport: std::sync::OnceLock<Arc<super::webtransport::Published>>,
 }
 
 /// Why a session could not join a channel.
@@ -103,6 +105,7 @@ impl Shared {
             next_connection: AtomicU64::new(1),
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            webtransport: std::sync::OnceLock::new(),
         })
     }
 

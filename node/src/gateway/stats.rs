@@ -35,4 +35,12 @@ pub struct GatewayStats {
     pub slow_consumers: u64,
     /// Connections closed for exceeding the rate limit.
     pub rate_limited: u64,
+    /// WebTransport sessions accepted.
+    pub webtransport_sessions: u64,
+    /// WebTransport sessions refused (also counted in `refused_upgrades`) or not found (404).
+    pub webtransport_refused: u64,
+    /// WebTransport request streams accepted.
+    pub webtransport_streams: u64,
+    /// WebTransport streams refused: beyond the limit, or of an unknown type.
+    pub webtransport_refused_streams: u64,
 }

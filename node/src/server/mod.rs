@@ -1,6 +1,6 @@
 //! A whole long-lived node, as `ferry run` and `ferry listen` run it, in the calling process:
 //! the node with its key and durable store, the HTTP endpoint (`/health`, `/metrics`), the
-//! browser gateway, and the mailbox whose messages it hands out. [`Server::start`] binds
+//! browser gateway (WebSocket, and WebTransport on UDP), and the mailbox whose messages it hands out. [`Server::start`] binds
 //! everything (port 0 is fine: the bound addresses are there to read), [`Server::run`] serves
 //! until a [`CancellationToken`] is cancelled, then shuts down in order; [`run`] does both, as
 //! mini-redis's `server::run`. Signals are the binary's business: it cancels the token on
@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterConfig;
 use crate::config::Peer;
+use crate::gateway::webtransport::{
+    Listen as WebTransportListen, WebTransport, WebTransportConfig, WebTransportError,
+};
 use crate::gateway::{self, Gateway, GatewayConfig, GatewayHandle, NoHooks};
 use crate::keyfile::KeyFileError;
 use crate::store::{OpenStoreError, RedbStore, StoreConfig};
@@ -50,6 +53,9 @@ pub struct ServerConfig {
     /// The gateway's cluster (`--cluster`, the `cluster` and `cluster_*` keys): `None` (no
     /// servers) for a gateway alone.
     pub cluster: Option<ClusterConfig>,
+    /// Where the gateway's WebTransport endpoint listens (UDP), and its configuration;
+    /// `None`: WebSocket only. Nothing without `gateway`.
+    pub webtransport: Option<(WebTransportListen, WebTransportConfig)>,
     /// The name of the mailbox whose messages the server hands out (`inbox` for `ferry run`,
     /// `listen` for `ferry listen`): durable, with the same address at every start, when
     /// there is a data directory.
@@ -73,6 +79,9 @@ impl ServerConfig {
             gateway: defaults
                 .gateway
                 .map(|addr| (addr, GatewayConfig::default())),
+            webtransport: defaults
+                .webtransport
+                .map(|listen| (listen, WebTransportConfig::default())),
             mailbox: "inbox".to_owned(),
             cluster: None,
         }
@@ -126,6 +135,9 @@ pub enum ServerError {
     /// JetStream unusable).
     #[error(transparent)]
     Cluster(#[from] crate::cluster::nats::ConnectError),
+    /// The WebTransport endpoint could not start (its UDP port, its certificates).
+    #[error(transparent)]
+    WebTransport(#[from] WebTransportError),
     /// The messages could not be handed out (e.g. standard output is gone); those not handed
     /// out stay stored.
     #[error("handing out messages: {0}")]
@@ -141,6 +153,8 @@ pub struct Server {
     http: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
     /// Where the gateway is served, what drains it, and its task.
     gateway: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
+    /// Where WebTransport is served, what stops it (after the gateway's drain), its task.
+    webtransport: Option<(WebTransportBound, CancellationToken, JoinHandle<()>)>,
     shutdown_grace: Duration,
 }
 
@@ -216,13 +230,18 @@ impl Server {
             mailbox,
             http: None,
             gateway: None,
+            webtransport: None,
             shutdown_grace: config.shutdown_grace,
         };
         // The gateway first, so that /metrics has its figures.
         let mut gateway_handle = None;
         if let Some((addr, gateway)) = config.gateway {
             let cluster = config.cluster.filter(|cluster| !cluster.servers.is_empty());
-            gateway_handle = Some(server.serve_gateway(addr, gateway, cluster).await?);
+            gateway_handle = Some(
+                server
+                    .serve_gateway(addr, gateway, config.webtransport, cluster)
+                    .await?,
+            );
         }
         if let Some(addr) = config.http {
             server.serve_http(addr, gateway_handle).await?;
@@ -248,6 +267,11 @@ impl Server {
     /// Where the gateway is served (WebSocket at `/ws`), if it is.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.gateway.as_ref().map(|(addr, _, _)| *addr)
+    }
+
+    /// Where the gateway's WebTransport endpoint is served (UDP), if it is.
+    pub fn webtransport(&self) -> Option<WebTransportBound> {
+        self.webtransport.as_ref().map(|(bound, _, _)| *bound)
     }
 
     async fn serve_http(
@@ -280,6 +304,7 @@ impl Server {
         &mut self,
         addr: SocketAddr,
         mut config: GatewayConfig,
+        webtransport: Option<(WebTransportListen, WebTransportConfig)>,
         cluster: Option<ClusterConfig>,
     ) -> Result<GatewayHandle, ServerError> {
         let store = self.store.clone().ok_or(ServerError::GatewayWithoutStore)?;
@@ -302,6 +327,21 @@ impl Server {
             None => Gateway::new(self.node.clone(), store, config, Arc::new(NoHooks))?,
         };
         let handle = gateway.handle();
+        if let Some((listen, config)) = webtransport {
+            let (endpoint, own_port) = bind_webtransport(bound, listen, config)?;
+            let bound = WebTransportBound {
+                addr: endpoint
+                    .local_addr()
+                    .map_err(|source| WebTransportError::Bind {
+                        addr: bound,
+                        source,
+                    })?,
+                own_port,
+            };
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(gateway.serve_webtransport(endpoint, stop.clone()));
+            self.webtransport = Some((bound, stop, task));
+        }
         let stop = CancellationToken::new();
         let serving = gateway.serve(listener, stop.clone());
         let task = tokio::spawn(async move {
@@ -350,6 +390,11 @@ impl Server {
             stop.cancel();
             let _ = task.await;
         }
+        // After the gateway's drain, which closed its WebTransport sessions too (1001).
+        if let Some((_, stop, task)) = self.webtransport {
+            stop.cancel();
+            let _ = task.await;
+        }
         self.node.shutdown(self.shutdown_grace).await;
         if let Some((_, stop, task)) = self.http {
             stop.cancel();
@@ -359,6 +404,47 @@ impl Server {
             store.close();
         }
         result
+    }
+}
+
+/// Where the WebTransport endpoint was bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WebTransportBound {
+    /// The UDP address.
+    pub addr: SocketAddr,
+    /// `"auto"` found the gateway's port number taken on UDP and bound a free port instead.
+    pub own_port: bool,
+}
+
+/// Binds the WebTransport endpoint beside the gateway bound at `gateway`: at the gateway's IP
+/// and port number (falling back to a free port, `own_port`), or where configured.
+fn bind_webtransport(
+    gateway: SocketAddr,
+    listen: WebTransportListen,
+    config: WebTransportConfig,
+) -> Result<(WebTransport, bool), ServerError> {
+    let mut names = vec!["localhost".to_owned()];
+    let ip = match listen {
+        WebTransportListen::At(addr) => addr.ip(),
+        _ => gateway.ip(),
+    };
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    let certificates = Arc::new(config.certificates(names)?);
+    match listen {
+        WebTransportListen::At(addr) => {
+            Ok((WebTransport::bind(addr, certificates, config)?, false))
+        }
+        _ => match WebTransport::bind(gateway, certificates.clone(), config.clone()) {
+            Ok(endpoint) => Ok((endpoint, false)),
+            Err(WebTransportError::Bind { .. }) => {
+                let free = SocketAddr::new(gateway.ip(), 0);
+                Ok((WebTransport::bind(free, certificates, config)?, true))
+            }
+            Err(error) => Err(error.into()),
+        },
     }
 }
 

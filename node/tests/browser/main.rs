@@ -14,6 +14,7 @@
 mod proxy;
 mod scene;
 mod webdriver;
+mod webtransport;
 
 use std::time::Duration;
 
@@ -58,7 +59,8 @@ async fn browsers_talk_through_the_gateway() {
             "silent",
             ServiceOptions::default(),
             |conversation| async move {
-                tokio::time::sleep(Duration::from_secs(20)).await;
+                // Never answers: holds the conversation until the node stops.
+                std::future::pending::<()>().await;
                 drop(conversation);
             },
         )

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry::{Mailbox, Node, NodeConfig, SecretKey};
+use ferry_node::gateway::webtransport::{
+    Certificates, SystemClock, WebTransport, WebTransportConfig,
+};
 use ferry_node::gateway::{self, GatewayConfig, NoHooks};
 use ferry_node::store::{RedbStore, StoreConfig};
 use serde_json::{json, Value};
@@ -62,6 +65,13 @@ pub(crate) struct Site {
 
 impl Site {
     pub(crate) async fn start(node: &Node, config: GatewayConfig) -> Self {
+        Self::serve(node, config, false).await
+    }
+
+    /// A gateway (serving WebTransport too if `webtransport`: on UDP at its TCP port number,
+    /// so that its pages' origin is the CONNECT's authority, as under `ferry run`'s `auto`,
+    /// with self-made certificates for `localhost` and 127.0.0.1).
+    async fn serve(node: &Node, config: GatewayConfig, webtransport: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("index.html"), PAGE).unwrap();
         let config = GatewayConfig {
@@ -71,12 +81,21 @@ impl Site {
         let store = Arc::new(
             RedbStore::open(&dir.path().join("store.redb"), StoreConfig::default()).unwrap(),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, endpoint) = if webtransport {
+            let (listener, endpoint) = bind_both().await;
+            (listener, Some(endpoint))
+        } else {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            (listener, None)
+        };
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let gateway =
             gateway::Gateway::new(node.clone(), store, config, Arc::new(NoHooks)).unwrap();
         let handle = gateway.handle();
+        if let Some(endpoint) = endpoint {
+            tokio::spawn(gateway.serve_webtransport(endpoint, shutdown.clone()));
+        }
         let serving = gateway.serve(listener, shutdown.clone());
         let task = tokio::spawn(async move { serving.await.unwrap() });
         Self {
@@ -98,6 +117,28 @@ impl Site {
     }
 }
 
+/// A TCP listener and a WebTransport endpoint on the same port number of 127.0.0.1 (another
+/// free port when that UDP port is taken).
+async fn bind_both() -> (tokio::net::TcpListener, WebTransport) {
+    let certificates = Arc::new(
+        Certificates::self_signed(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
+    for _ in 0..20 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        if let Ok(endpoint) =
+            WebTransport::bind(addr, certificates.clone(), WebTransportConfig::default())
+        {
+            return (listener, endpoint);
+        }
+    }
+    panic!("no port free over both TCP and UDP");
+}
+
 /// The JSON payloads' member `n`, in the order received.
 pub(crate) fn numbers(payloads: &[Bytes]) -> Vec<u64> {
     payloads
@@ -110,10 +151,14 @@ pub(crate) fn numbers(payloads: &[Bytes]) -> Vec<u64> {
         .collect()
 }
 
-/// Starts a browser with one tab open at `url`.
-async fn browser_at(url: String) -> Arc<Browser> {
+/// Starts a browser (with QUIC if `quic`) with one tab open at `url`.
+async fn browser_at(url: String, quic: bool) -> Arc<Browser> {
     tokio::task::spawn_blocking(move || {
-        let browser = Browser::start();
+        let browser = if quic {
+            Browser::with_quic()
+        } else {
+            Browser::start()
+        };
         browser.open(&url);
         Arc::new(browser)
     })
@@ -135,6 +180,23 @@ impl Scene {
     /// `configure` adjusts the gateway's configuration (the sink's address is in its client
     /// configuration already); the sink is passed for more of its addresses.
     pub(crate) async fn start(configure: impl FnOnce(&mut GatewayConfig, &Node)) -> Self {
+        Self::launch(configure, false, false).await
+    }
+
+    /// A scene whose browser has QUIC, and whose gateway serves WebTransport if
+    /// `webtransport`.
+    pub(crate) async fn with_quic(
+        webtransport: bool,
+        configure: impl FnOnce(&mut GatewayConfig, &Node),
+    ) -> Self {
+        Self::launch(configure, webtransport, true).await
+    }
+
+    async fn launch(
+        configure: impl FnOnce(&mut GatewayConfig, &Node),
+        webtransport: bool,
+        quic: bool,
+    ) -> Self {
         let sink = Node::bind(SecretKey::generate(), NodeConfig::default())
             .await
             .unwrap();
@@ -147,8 +209,8 @@ impl Scene {
             ..GatewayConfig::default()
         };
         configure(&mut config, &sink);
-        let site = Site::start(&node, config).await;
-        let browser = browser_at(site.url()).await;
+        let site = Site::serve(&node, config, webtransport).await;
+        let browser = browser_at(site.url(), quic).await;
         Self {
             sink,
             mailbox,

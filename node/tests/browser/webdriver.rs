@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -66,7 +66,19 @@ pub(crate) struct Browser {
 }
 
 impl Browser {
+    /// A browser with QUIC disabled (the WebSocket tests: nothing of theirs goes over UDP).
     pub(crate) fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// A browser with QUIC (and so WebTransport) enabled, for the WebTransport tests. Pages
+    /// served over `http://127.0.0.1` are a secure context, so they have `WebTransport`, and
+    /// certificates pinned with `serverCertificateHashes` need no flag.
+    pub(crate) fn with_quic() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(quic: bool) -> Self {
         assert!(
             Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
             "{CHROMIUM} and {CHROMEDRIVER} are required: apt-get install -y chromium chromium-driver \
@@ -84,24 +96,27 @@ impl Browser {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        ferry_testkit::wait::wait_for_blocking("chromedriver to start", || {
+            TcpStream::connect(addr).is_ok()
+        });
         let profile = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--headless".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        if !quic {
+            args.push("--disable-quic".into());
+        }
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            },
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
         let created = http(addr, "POST", "/session", Some(&capabilities));
         let session = created["sessionId"]

@@ -17,6 +17,7 @@ use ferry_node::gateway::{
     SessionInfo, StaticToken, Verdict,
 };
 use ferry_node::store::{RedbStore, SessionStore, StoreConfig};
+use ferry_testkit::wait::{wait_for, wait_for_within};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -62,6 +63,14 @@ async fn start_with(config: GatewayConfig, hooks: Arc<dyn Hooks>, store: StoreCo
         task,
         _dir: dir,
     }
+}
+
+/// Waits until the gateway saw the connection of `session` end.
+async fn gone(handle: &GatewayHandle, session: &str) {
+    wait_for("the gateway to see the session's connection end", || {
+        !handle.is_connected(session)
+    })
+    .await;
 }
 
 async fn start(config: GatewayConfig) -> Env {
@@ -399,7 +408,8 @@ async fn authentication_and_401s() {
     )
     .await;
     assert_eq!(answer.kind(), "ok");
-    // Still connected after the first token's expiry.
+    // Still connected after the first token's expiry (real time is under test: tokens
+    // expire on the real clock, in whole seconds).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (answer, _) = ask(&mut carol, json!({"type": "ping", "ref": 3})).await;
     assert_eq!(answer.kind(), "ok");
@@ -443,6 +453,7 @@ async fn resume_gets_exactly_what_was_missed_in_order() {
     let (mut ws, welcome) = connect(env.addr, "").await;
     let address: ferry::Address = welcome["address"].as_str().unwrap().parse().unwrap();
     let resume = welcome["resume"].as_str().unwrap().to_owned();
+    let session = welcome["session"].as_str().unwrap().to_owned();
     let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
         .await
         .unwrap();
@@ -458,17 +469,15 @@ async fn resume_gets_exactly_what_was_missed_in_order() {
     // The browser processed 0..=1 (acked 0), then drops off.
     ws.close(None).await.unwrap();
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone(&env.handle, &session).await;
     for n in 3..6 {
         peer.send_bytes(&address, Bytes::from(format!("{n}")))
             .await
             .unwrap();
     }
     // A session pushes too, while it is away.
-    let session = welcome["session"].as_str().unwrap();
-    assert!(!env.handle.is_connected(session));
     env.handle
-        .push_json(session, &json!("pushed"))
+        .push_json(&session, &json!("pushed"))
         .await
         .unwrap();
 
@@ -495,14 +504,14 @@ async fn resume_gets_exactly_what_was_missed_in_order() {
 
     // Resuming from a cursor below what was acknowledged cannot recover everything.
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone(&env.handle, &session).await;
     let (_ws, welcome) = connect(env.addr, &format!("resume={resume}")).await;
     assert_eq!(
         welcome["recovered"], true,
         "no cursor: every unacknowledged message"
     );
     drop(_ws);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone(&env.handle, &session).await;
     let (_ws, welcome) = connect(env.addr, &format!("resume={resume}&cursor=0")).await;
     assert_eq!(welcome["recovered"], true);
     let (mut ws2, welcome) = connect(env.addr, &format!("resume={resume}&cursor=0")).await;
@@ -514,7 +523,7 @@ async fn resume_gets_exactly_what_was_missed_in_order() {
     let (answer, _) = ask(&mut ws2, json!({"type": "ping", "ref": 1})).await;
     assert_eq!(answer.kind(), "ok");
     drop(ws2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone(&env.handle, &session).await;
     let (_ws, welcome) = connect(env.addr, &format!("resume={resume}&cursor=3")).await;
     assert_eq!(
         welcome["recovered"], false,
@@ -573,7 +582,7 @@ async fn recovery_is_incomplete_when_messages_were_dropped() {
     let (ws, welcome) = connect(env.addr, "").await;
     drop(ws);
     let session = welcome["session"].as_str().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone(&env.handle, session).await;
     env.handle.push_json(session, &1).await.unwrap();
     env.handle.push_json(session, &2).await.unwrap();
     assert_eq!(
@@ -715,7 +724,8 @@ async fn calls_reach_services_and_time_out() {
             "silent",
             ServiceOptions::default(),
             |conversation| async move {
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                // Never answers: holds the conversation until the node stops.
+                std::future::pending::<()>().await;
                 drop(conversation);
             },
         )
@@ -831,10 +841,10 @@ async fn hooks_are_told_and_can_push_and_close() {
     assert!(env.handle.close(session, "bye now"));
     assert_eq!(closed(&mut ws).await, (4003, "bye now".to_owned()));
     drop(ws);
-    let deadline = std::time::Instant::now() + WAIT;
-    while recorder.events.lock().unwrap().len() < 5 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("five hook events", || {
+        recorder.events.lock().unwrap().len() >= 5
+    })
+    .await;
     let events = recorder.events.lock().unwrap().clone();
     assert_eq!(
         events,
@@ -881,10 +891,10 @@ async fn rate_limit_closes_the_connection() {
         }
     }
     assert_eq!(answers, 5);
-    let deadline = std::time::Instant::now() + WAIT;
-    while env.handle.stats().rate_limited == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the rate limit counted", || {
+        env.handle.stats().rate_limited > 0
+    })
+    .await;
     assert_eq!(env.handle.stats().rate_limited, 1);
 }
 
@@ -949,12 +959,16 @@ async fn connection_limits_answer_503() {
         503
     );
     drop(_a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for("the gateway to count the connection gone", || {
+        env.handle.connections() == 1
+    })
+    .await;
     // The rate: 3 per second were used up.
     assert_eq!(
         refused(url.as_str().into_client_request().unwrap()).await.0,
         503
     );
+    // A second later there is room again (real time is under test: a rate per second).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_c, _) = connect(env.addr, "").await;
 
@@ -1017,7 +1031,8 @@ async fn idle_connections_and_old_connections_close() {
     let resume = welcome["resume"].as_str().unwrap();
     let (_again, welcome) = connect(env.addr, &format!("resume={resume}")).await;
     assert_eq!(welcome["resumed"], true);
-    // A client that does not read sends no pongs: idle.
+    // A client that does not read sends no pongs: idle (real time is under test: the idle
+    // timeout).
     let (mut quiet, _) = connect(env.addr, "").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(closed(&mut quiet).await.0, 4000);
@@ -1085,7 +1100,7 @@ async fn sessions_survive_a_restart_of_the_node() {
     let (answer, _) = ask(&mut ws, json!({"type": "ping", "ref": 2})).await;
     assert_eq!(answer.kind(), "ok");
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone(&handle, &session).await;
     peer.send_bytes(&address, Bytes::from_static(b"\"while away\""))
         .await
         .unwrap();
@@ -1165,6 +1180,8 @@ async fn the_time_a_session_is_away_counts_across_a_restart() {
     let (_kept_ws, welcome) = connect(addr, "").await;
     let kept = welcome["session"].as_str().unwrap().to_owned();
     let kept_resume = welcome["resume"].as_str().unwrap().to_owned();
+    // Real time is under test: `away` ages towards its session TTL while `kept` stays
+    // connected.
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     shutdown.cancel();
     task.await.unwrap();
@@ -1172,7 +1189,7 @@ async fn the_time_a_session_is_away_counts_across_a_restart() {
     store.close();
     drop((store, handle, node));
     // Down for a while: `away` has been away longer than its TTL when the node is back,
-    // `kept` (its connection ended with the stop) has not.
+    // `kept` (its connection ended with the stop) has not (real time is under test).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
 
     let (_node, _store, handle, addr, _shutdown, _task) =
@@ -1185,11 +1202,12 @@ async fn the_time_a_session_is_away_counts_across_a_restart() {
     assert_eq!(welcome["resumed"], true, "{welcome:?}");
     assert_eq!(welcome["session"], kept.as_str());
     // The reaper ends the expired one (well before a fresh TTL would have run out).
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(2_500);
-    while handle.session(&away).is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "not reaped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_within(
+        "the expired session to be reaped",
+        Duration::from_millis(2_500),
+        || handle.session(&away).is_none(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1516,9 +1534,7 @@ async fn channel_messages_reach_offline_members_in_order_and_go_with_the_last_ac
     let (away, away_welcome) = members.pop().unwrap();
     drop(away);
     let away_session = away_welcome["session"].as_str().unwrap().to_owned();
-    while env.handle.is_connected(&away_session) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gone(&env.handle, &away_session).await;
     env.handle
         .publish("room", gateway::json_payload("first"))
         .await
@@ -1591,13 +1607,10 @@ async fn channel_messages_reach_offline_members_in_order_and_go_with_the_last_ac
     // ... or once the last holder's session ended (TTL).
     drop(back);
     drop(members);
-    tokio::time::timeout(WAIT, async {
-        while env.store.shared_count().unwrap() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    wait_for("the shared messages to go with their sessions", || {
+        env.store.shared_count().unwrap() == 0
     })
-    .await
-    .expect("the shared messages go with their sessions");
+    .await;
     assert_eq!(env.handle.sessions().len(), 0);
 }
 
@@ -1657,9 +1670,7 @@ async fn a_channel_message_stored_once_reaches_offline_members_after_a_restart()
         let session = welcome["session"].as_str().unwrap().to_owned();
         handle.join(&session, "room.2").unwrap();
         drop(ws);
-        while handle.is_connected(&session) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        gone(&handle, &session).await;
         members.push(welcome["resume"].as_str().unwrap().to_owned());
     }
     assert_eq!(

@@ -68,6 +68,7 @@ async fn counting_service(delay: Duration) -> (Node, ServiceHandle, Arc<AtomicUs
                 async move {
                     if let Ok(text) = conversation.recv_obj::<String>().await {
                         counted.fetch_add(1, Ordering::SeqCst);
+                        // Real time is under test: a slow service, `delay` per request.
                         tokio::time::sleep(delay).await;
                         let _ = conversation.reply(&text.to_uppercase()).await;
                     }
@@ -80,11 +81,7 @@ async fn counting_service(delay: Duration) -> (Node, ServiceHandle, Arc<AtomicUs
 }
 
 async fn settles(condition: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(std::time::Instant::now() < deadline, "condition not met");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    ferry_testkit::wait::wait_for("the gateway to settle", condition).await;
 }
 
 #[tokio::test]

@@ -117,7 +117,17 @@ pub struct NodeConfig {
     /// `initial_max_streams_bidi`), of every kind together: mailbox streams, conversations
     /// (and calls, lookups, pings) and watches. This is also the bound on the conversations one
     /// peer holds open with this node at once. Default 4096.
+    ///
+    /// The peer is not granted all of them up front: see `initial_incoming_streams`.
     pub max_incoming_streams: u32,
+    /// Concurrent streams a peer may open on a new connection before this node grants more
+    /// (the QUIC `initial_max_streams_bidi` it announces). Whenever the peer's streams in use
+    /// reach half of what it was granted, the node doubles the grant (QUIC `MAX_STREAMS`), up
+    /// to `max_incoming_streams`; a grant is never taken back. quinn keeps about 84 bytes of
+    /// state for every stream a peer may open, from the moment it is granted, so a grant of
+    /// all 4096 streams up front cost every connection 337 KiB of heap, used or not. Default
+    /// 100 (quinn's own default); at least 1, and at most `max_incoming_streams` is used.
+    pub initial_incoming_streams: u32,
     /// Handshakes (incoming connection attempts) accepted per second from one source IP
     /// address, an IPv6 address counting by its /64 prefix, with a burst of as many; beyond,
     /// an attempt is refused before any cryptography (QUIC `CONNECTION_REFUSED`). Default 100
@@ -230,6 +240,7 @@ impl Default for NodeConfig {
             open_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_incoming_streams: 4096,
+            initial_incoming_streams: 100,
             handshake_rate_per_ip: 100,
             frame_timeout: Duration::from_secs(10),
             receive_window: 32 << 20,
@@ -307,6 +318,10 @@ impl NodeConfig {
             ("mailbox_capacity", self.mailbox_capacity),
             ("max_connections", self.max_connections),
             ("max_incoming_streams", self.max_incoming_streams as usize),
+            (
+                "initial_incoming_streams",
+                self.initial_incoming_streams as usize,
+            ),
             ("max_dedup_entries", self.max_dedup_entries),
         ] {
             if value == 0 {
@@ -407,6 +422,12 @@ mod tests {
             config(|c| c.frame_timeout = Duration::ZERO),
             Err(ConfigError::Zero("frame_timeout"))
         );
+        assert_eq!(
+            config(|c| c.initial_incoming_streams = 0),
+            Err(ConfigError::Zero("initial_incoming_streams"))
+        );
+        // Above max_incoming_streams, the maximum is granted at once.
+        assert_eq!(config(|c| c.initial_incoming_streams = 10_000), Ok(()));
         // 0 switches these off.
         assert_eq!(
             config(|c| {

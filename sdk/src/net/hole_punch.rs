@@ -15,11 +15,12 @@
 //!
 //! When no handshake gets through (a symmetric NAT facing another, or facing port-dependent
 //! filtering), the nodes stay on the relay, and the dialer tries again after
-//! [`FIRST_RETRY`], doubling up to [`MAX_RETRY`], and at once when its network changed.
+//! [`FIRST_RETRY`](ferry_proto::punch_schedule::FIRST_RETRY), doubling up to
+//! [`MAX_RETRY`](ferry_proto::punch_schedule::MAX_RETRY), and at once when its network changed.
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,22 +40,15 @@ use crate::sync::lock;
 use ferry_proto::punch::{
     decode_candidates, encode_candidates, MAX_OFFER_LEN, MAX_PUNCH_CANDIDATES, PUNCH_SERVICE,
 };
+use ferry_proto::punch_schedule::{AnswerLimiter, PunchRetries};
 use ferry_proto::route::Candidate;
 
 /// How long both nodes dial each other's candidates.
 pub(crate) const PUNCH_WINDOW: Duration = Duration::from_secs(5);
 /// How often a candidate gets a fresh handshake while punching.
 pub(crate) const PUNCH_REATTEMPT: Duration = Duration::from_millis(250);
-/// The pause after a failed punch before the next.
-pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(15);
-/// The longest pause between two punches.
-pub(crate) const MAX_RETRY: Duration = Duration::from_secs(300);
-/// The shortest time between two punches a peer asks this node for.
-const MIN_ANSWER_INTERVAL: Duration = Duration::from_secs(2);
 /// How long the offer may take to arrive.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Peers remembered for [`MIN_ANSWER_INTERVAL`] at most.
-const MAX_ANSWERED: usize = 4096;
 
 /// Encodes a candidate list: a count byte, then each address as a socket-address hint
 /// The node's hole punching: which peers it is punching towards, when it last answered each
@@ -62,7 +56,7 @@ const MAX_ANSWERED: usize = 4096;
 #[derive(Default)]
 pub(crate) struct Punches {
     running: Mutex<HashSet<NodeId>>,
-    answered: Mutex<HashMap<NodeId, Instant>>,
+    answered: Mutex<AnswerLimiter<NodeId>>,
     network_changed: Notify,
 }
 
@@ -100,7 +94,7 @@ pub(crate) fn upgrade_later(node: &Arc<Net>, peer: NodeId, link: &Link) {
 
 /// Punches until a direct connection replaces `link`, `link` closes, or the node stops.
 async fn keep_punching(node: &Arc<Net>, peer: NodeId, link: &Link) {
-    let mut pause = FIRST_RETRY;
+    let mut retries = PunchRetries::default();
     loop {
         if link.superseded.is_cancelled() || link.connection.close_reason().is_some() {
             return;
@@ -114,8 +108,8 @@ async fn keep_punching(node: &Arc<Net>, peer: NodeId, link: &Link) {
             _ = node.cancel.cancelled() => return,
             _ = link.superseded.cancelled() => return,
             _ = link.connection.closed() => return,
-            _ = node.punches.network_changed.notified() => pause = FIRST_RETRY,
-            _ = tokio::time::sleep(pause) => pause = (pause * 2).min(MAX_RETRY),
+            _ = node.punches.network_changed.notified() => retries.network_changed(),
+            _ = tokio::time::sleep_until(Instant::from_std(retries.failed(std::time::Instant::now()))) => {}
         }
     }
 }
@@ -239,25 +233,9 @@ fn dial_after(node: &Arc<Net>, peer: NodeId, theirs: Vec<SocketAddr>, delay: Dur
     node.tasks.spawn(dial.in_current_span());
 }
 
-/// Whether this node may dial for `peer`'s punch now: a peer cannot make it dial arbitrary
-/// addresses more often than every [`MIN_ANSWER_INTERVAL`].
+/// Whether this node may dial for `peer`'s punch now (see [`AnswerLimiter`]).
 fn may_answer(node: &Net, peer: NodeId) -> bool {
-    let now = Instant::now();
-    let mut answered = lock(&node.punches.answered);
-    if answered
-        .get(&peer)
-        .is_some_and(|at| now.duration_since(*at) < MIN_ANSWER_INTERVAL)
-    {
-        return false;
-    }
-    if answered.len() >= MAX_ANSWERED {
-        answered.retain(|_, at| now.duration_since(*at) < MIN_ANSWER_INTERVAL);
-        if answered.len() >= MAX_ANSWERED {
-            return false;
-        }
-    }
-    answered.insert(peer, now);
-    true
+    lock(&node.punches.answered).may_answer(peer, std::time::Instant::now())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -184,6 +184,25 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::time::Duration;
 
+    /// An ended ban is forgotten when asked about, and the table holds at most `MAX_BANS`
+    /// (the end to end test of bans is sdk/tests/hostile.rs).
+    #[test]
+    fn bans_end_and_the_table_stays_bounded() {
+        let bans = Bans::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        let banned = crate::identity::SecretKey::generate().public();
+        bans.ban(banned, later);
+        assert!(bans.is_banned(&banned));
+        let ended = crate::identity::SecretKey::generate().public();
+        bans.ban(ended, Instant::now());
+        assert!(!bans.is_banned(&ended));
+        assert_eq!(bans.len(), 1);
+        for _ in 0..MAX_BANS + 10 {
+            bans.ban(crate::identity::SecretKey::generate().public(), later);
+        }
+        assert_eq!(bans.len(), MAX_BANS);
+    }
+
     #[test]
     fn handshakes_refill_per_source() {
         let limiter = HandshakeLimiter::default();
@@ -349,5 +368,55 @@ impl PeerGuard {
             crate::net::connection::ConnCode::PROTOCOL.into(),
             b"too many protocol violations",
         );
+    }
+}
+
+/// The streams a peer may open on one connection: granted `initial_incoming_streams` at first
+/// (the connection's transport parameters), then doubled whenever half of the grant is in use,
+/// up to `max_incoming_streams`. quinn keeps state for every granted stream from the moment it
+/// is granted, so granting all of them up front would cost every connection that memory
+/// whether its peer ever opens a stream or not.
+#[derive(Debug)]
+pub(crate) struct StreamCredit {
+    connection: quinn::Connection,
+    /// Streams granted so far.
+    granted: u32,
+    /// The most that may be granted.
+    max: u32,
+    /// The peer's streams in use: taken and not yet done with.
+    open: Arc<AtomicU32>,
+}
+
+impl StreamCredit {
+    /// The credit of `connection`, whose transport parameters granted `initial` streams.
+    pub(crate) fn new(connection: quinn::Connection, initial: u32, max: u32) -> Self {
+        Self {
+            connection,
+            granted: initial.min(max),
+            max,
+            open: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Counts a stream the peer opened as in use until the returned token is dropped, and
+    /// grants more streams if at least half of the grant is now in use.
+    pub(crate) fn opened(&mut self) -> OpenStream {
+        let open = self.open.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if open.saturating_mul(2) >= self.granted && self.granted < self.max {
+            self.granted = self.granted.saturating_mul(2).min(self.max);
+            self.connection
+                .set_max_concurrent_bi_streams(quinn::VarInt::from_u32(self.granted));
+        }
+        OpenStream(self.open.clone())
+    }
+}
+
+/// One stream of a peer in use, for its connection's [`StreamCredit`].
+#[derive(Debug)]
+pub(crate) struct OpenStream(Arc<AtomicU32>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

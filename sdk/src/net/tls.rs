@@ -296,6 +296,44 @@ pub(crate) fn configs(
     })
 }
 
+/// QUIC configurations that present `key` as a ferry node does, for another QUIC endpoint of
+/// an application that wants its node's identity: a protocol of its own next to ferry's, a
+/// tool, a test peer. They are quinn's (the quinn version ferry depends on), with quinn's
+/// default transport parameters; set `transport_config` on them as needed.
+///
+/// - The certificate is self-signed from `key`, made as a node's is (docs/PROTOCOL.md §2.3).
+/// - [`EndpointConfigs::server`] asks every client for such a certificate: a connection it
+///   accepts has a client proving a [`NodeId`] (read it from the certificate).
+/// - [`EndpointConfigs::client`] dials a node by its [`NodeId`] as the server name (its text
+///   form): the handshake fails unless the server proves exactly that id.
+///
+/// Both speak only TLS 1.3 and only the ALPN protocol id `alpn` ([`ALPN`] to speak with
+/// ferry nodes).
+///
+/// # Errors
+///
+/// If rcgen, rustls or quinn refuse the key or the configuration ([`TlsSetupError`]).
+pub fn endpoint_configs(key: &SecretKey, alpn: &[u8]) -> Result<EndpointConfigs, TlsSetupError> {
+    let mut incarnation = [0u8; 8];
+    crate::identity::fill_random(&mut incarnation);
+    let tls = configs(key, u64::from_be_bytes(incarnation), alpn)?;
+    Ok(EndpointConfigs {
+        server: quinn::ServerConfig::with_crypto(Arc::new(tls.server)),
+        client: quinn::ClientConfig::new(Arc::new(tls.client)),
+    })
+}
+
+/// What [`endpoint_configs`] makes: both sides of a QUIC endpoint with a node's identity.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EndpointConfigs {
+    /// For accepting connections (`quinn::Endpoint::server`).
+    pub server: quinn::ServerConfig,
+    /// For dialing nodes (`quinn::Endpoint::set_default_client_config`), with a node id's text
+    /// as the server name.
+    pub client: quinn::ClientConfig,
+}
+
 /// The serial an incarnation number becomes, as [`parse_cert`] reads it back: a positive DER
 /// integer (top bit clear) that is never zero.
 pub(crate) fn incarnation_as_serial(incarnation: u64) -> u64 {

@@ -87,6 +87,13 @@ fn window(bytes: usize) -> quinn::VarInt {
     quinn::VarInt::from_u64(bytes as u64).unwrap_or(quinn::VarInt::MAX)
 }
 
+/// The streams a peer may open on a new connection before the node grants more.
+pub(crate) fn initial_streams(config: &NodeConfig) -> u32 {
+    config
+        .initial_incoming_streams
+        .min(config.max_incoming_streams)
+}
+
 /// The transport parameters of a connection; a `relayed` one keeps its packets small enough
 /// to travel inside the relay connection's datagrams.
 pub(crate) fn transport_config(config: &NodeConfig, relayed: bool) -> quinn::TransportConfig {
@@ -96,7 +103,8 @@ pub(crate) fn transport_config(config: &NodeConfig, relayed: bool) -> quinn::Tra
     transport
         .max_idle_timeout(idle)
         .keep_alive_interval(Some(config.keep_alive))
-        .max_concurrent_bidi_streams(config.max_incoming_streams.into())
+        // The first grant of streams; `StreamCredit` raises it with use.
+        .max_concurrent_bidi_streams(initial_streams(config).into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window(window(config.receive_window.min(4 << 20)))
         .receive_window(window(config.receive_window))

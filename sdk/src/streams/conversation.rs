@@ -61,6 +61,8 @@ pub struct Conversation {
     frame_timeout: std::time::Duration,
     /// Time spent waiting for the rest of the frame the buffer holds the start of.
     frame_waited: std::time::Duration,
+    /// A conversation the peer opened counts against the peer's stream credit while it lives.
+    _credit: Option<crate::net::limits::OpenStream>,
 }
 
 impl std::fmt::Debug for Conversation {
@@ -132,7 +134,15 @@ impl Conversation {
             opened_here,
             frame_timeout: crate::config::NodeConfig::default().frame_timeout,
             frame_waited: std::time::Duration::ZERO,
+            _credit: None,
         }
+    }
+
+    /// Counts this conversation, which the peer opened, against the peer's stream credit
+    /// until it is dropped.
+    pub(crate) fn with_credit(mut self, in_use: crate::net::limits::OpenStream) -> Self {
+        self._credit = Some(in_use);
+        self
     }
 
     /// Sets how long a frame the peer began may take to complete (the node's

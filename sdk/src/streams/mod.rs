@@ -48,6 +48,12 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
         connection.clone(),
         node.config.max_buffered_per_peer,
     ));
+    // The streams this peer may open, granted as it uses them.
+    let mut credit = crate::net::limits::StreamCredit::new(
+        connection.clone(),
+        crate::net::transport::initial_streams(&node.config),
+        node.config.max_incoming_streams,
+    );
     // A node bound paused takes no stream before its application is ready for them.
     tokio::select! {
         _ = node.serving.cancelled() => {}
@@ -74,11 +80,15 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
             let _ = recv.stop(code);
             continue;
         }
+        let in_use = credit.opened();
         let serving = node.clone();
         let guard = guard.clone();
         let origin = connection.clone();
         node.tasks.spawn(
             async move {
+                // Counts against the peer's stream credit until the stream is done with: the end
+                // of this task, or of the conversation it hands to a service.
+                let in_use = in_use;
                 let _open = serving.stats.stream_in();
                 // One deadline covers the stream kind byte and the opening frame.
                 let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
@@ -99,7 +109,7 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
                     }
                     Ok(StreamKind::Conversation) => {
                         crate::streams::service::serve_stream(
-                            serving, peer, origin, send, recv, deadline, guard,
+                            serving, peer, origin, send, recv, deadline, guard, in_use,
                         )
                         .await
                     }

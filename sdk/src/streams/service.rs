@@ -605,6 +605,9 @@ async fn read_opening(
 }
 
 /// Serves one conversation or lookup stream opened by `peer`. The kind byte was read.
+/// `in_use` counts the stream against the peer's stream credit; an accepted conversation keeps
+/// it until it is dropped.
+#[allow(clippy::too_many_arguments)] // one per thing a stream's server needs
 pub(crate) async fn serve_stream(
     node: Arc<NodeInner>,
     peer: NodeId,
@@ -613,6 +616,7 @@ pub(crate) async fn serve_stream(
     mut recv: quinn::RecvStream,
     deadline: tokio::time::Instant,
     guard: Arc<crate::net::limits::PeerGuard>,
+    in_use: crate::net::limits::OpenStream,
 ) {
     let mut buf = BytesMut::new();
     let opening = tokio::time::timeout_at(deadline, read_opening(&mut recv, &mut buf)).await;
@@ -716,7 +720,8 @@ pub(crate) async fn serve_stream(
     permit.send(
         Conversation::new(peer, send, recv, buf, node.config.max_message_size, false)
             .with_peer_limit(opener_limit)
-            .with_frame_timeout(node.config.frame_timeout),
+            .with_frame_timeout(node.config.frame_timeout)
+            .with_credit(in_use),
     );
 }
 
@@ -853,214 +858,14 @@ mod tests {
 
     use std::time::Duration;
 
-    use bytes::BytesMut;
-
     use super::*;
-    use crate::fake_peer::{self, FakePeer};
     use crate::{Node, NodeConfig, SecretKey};
 
-    const WAIT: Duration = Duration::from_secs(10);
+    // Conversations with a peer played by hand (abandoned opens, stopped streams, oversized
+    // frames) are in sdk/tests/fake_peer.rs.
 
     async fn node_with(config: NodeConfig) -> Node {
         Node::bind(SecretKey::generate(), config).await.unwrap()
-    }
-
-    fn fake_target(fake: &FakePeer) -> Target {
-        Target::service(fake.id, "svc").with_hints(vec![fake.addr])
-    }
-
-    /// What the fake acceptor reads after the opening, until its end.
-    async fn read_rest(recv: &mut quinn::RecvStream) -> Result<(), quinn::ReadError> {
-        while recv.read_chunk(64 * 1024, true).await?.is_some() {}
-        Ok(())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn open_abandoned_before_the_answer_resets_with_cancelled() {
-        let fake = FakePeer::bind(16);
-        let node = node_with(NodeConfig::default()).await;
-        let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
-        let connection = fake.accept();
-        let acceptor = tokio::spawn(async move {
-            let connection = connection.await;
-            // The acceptor reads the opening and never answers.
-            loop {
-                let Ok((send, mut recv)) = connection.accept_bi().await else {
-                    return;
-                };
-                let mut buf = BytesMut::new();
-                let (kind, _) = fake_peer::read_opening(&mut recv, &mut buf).await;
-                assert_eq!(kind, StreamKind::Conversation as u8);
-                opened_tx.send(()).unwrap();
-                let ended = read_rest(&mut recv).await;
-                let stopped = send.stopped().await;
-                ended_tx.send((ended, stopped)).unwrap();
-            }
-        });
-
-        // A call whose deadline passes before the answer.
-        let call: Result<String, CallError> = node
-            .call(fake_target(&fake), "work")
-            .timeout(Duration::from_millis(300))
-            .await;
-        assert_eq!(call, Err(CallError::Timeout));
-        let (ended, stopped) = tokio::time::timeout(WAIT, ended_rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let cancelled = quinn::VarInt::from_u32(ErrorCode::CANCELLED.0 as u32);
-        assert_eq!(ended, Err(quinn::ReadError::Reset(cancelled)));
-        assert_eq!(stopped.unwrap(), Some(cancelled));
-        opened_rx.recv().await.unwrap();
-
-        // An open whose future is dropped before the answer.
-        let opening = tokio::spawn({
-            let node = node.clone();
-            let target = fake_target(&fake);
-            async move { node.open(target).await }
-        });
-        tokio::time::timeout(WAIT, opened_rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        opening.abort();
-        let (ended, stopped) = tokio::time::timeout(WAIT, ended_rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(ended, Err(quinn::ReadError::Reset(cancelled)));
-        assert_eq!(stopped.unwrap(), Some(cancelled));
-        node.shutdown(Duration::from_millis(100)).await;
-        acceptor.abort();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn open_waits_no_longer_than_open_timeout_for_stream_credit() {
-        // The peer grants no stream at all.
-        let fake = FakePeer::bind(0);
-        let node = node_with(NodeConfig {
-            open_timeout: Duration::from_millis(300),
-            ..NodeConfig::default()
-        })
-        .await;
-        let connection = tokio::spawn(fake.accept());
-        let open = tokio::time::timeout(WAIT, node.open(fake_target(&fake))).await;
-        assert_eq!(open.unwrap().unwrap_err(), OpenError::Timeout);
-        drop(connection);
-        node.shutdown(Duration::from_millis(100)).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stream_stopped_with_not_admitted_is_a_refusal() {
-        let fake = FakePeer::bind(16);
-        let node = node_with(NodeConfig {
-            open_timeout: Duration::from_secs(3),
-            ..NodeConfig::default()
-        })
-        .await;
-        let acceptor = tokio::spawn({
-            let accepted = fake.accept();
-            async move {
-                let connection = accepted.await;
-                let mut held = Vec::new();
-                // Stop every stream with NOT_ADMITTED, without resetting the other direction.
-                while let Ok((send, mut recv)) = connection.accept_bi().await {
-                    recv.stop(quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32))
-                        .unwrap();
-                    held.push(send);
-                }
-            }
-        });
-        let open = tokio::time::timeout(WAIT, node.open(fake_target(&fake)))
-            .await
-            .unwrap();
-        assert!(
-            matches!(open, Err(OpenError::Unreachable(DialError::Refused(_)))),
-            "{open:?}"
-        );
-        node.shutdown(Duration::from_millis(100)).await;
-        acceptor.abort();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn oversized_and_unexpected_frames_are_reported_once() {
-        let node = node_with(NodeConfig {
-            max_message_size: 1000,
-            send_window: 1000,
-            ..NodeConfig::default()
-        })
-        .await;
-        let mut service = node.service("svc", ServiceOptions::default()).unwrap();
-        let fake = FakePeer::bind(16);
-        let connection = fake.connect(node.id(), node.local_addr()).await;
-        let (mut send, mut recv) = connection.open_bi().await.unwrap();
-        let mut head = vec![StreamKind::Conversation as u8];
-        head.extend(fake_peer::encode(&Frame::Converse(
-            ConverseTarget::Service("svc"),
-        )));
-        head.extend(fake_peer::encode(&Frame::Accept {
-            max_message: 1 << 20,
-        }));
-        send.write_all(&head).await.unwrap();
-        let mut buf = BytesMut::new();
-        let accept = fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
-        assert_eq!(
-            accept,
-            fake_peer::encode(&Frame::Accept { max_message: 1000 })
-        );
-        let object = |value: &str| postcard::to_allocvec(value).unwrap();
-        let mut out = Vec::new();
-        for frame in [
-            Frame::Object(&object(&"x".repeat(2000))),
-            Frame::Object(&object("small")),
-            Frame::Data(b"abc"),
-            Frame::DataEnd,
-            Frame::Object(&object(&"y".repeat(100_000))),
-            Frame::Object(&object("after")),
-        ] {
-            frame::put_frame(&mut out, &frame);
-        }
-        send.write_all(&out).await.unwrap();
-        send.finish().unwrap();
-
-        let mut conversation = tokio::time::timeout(WAIT, service.accept())
-            .await
-            .unwrap()
-            .unwrap();
-        // An object beyond the limit is consumed: the next read goes on after it.
-        assert_eq!(
-            conversation.recv_obj::<String>().await,
-            Err(ConversationError::TooLarge {
-                size: 2002,
-                max: 1000
-            })
-        );
-        assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "small");
-        // Data where an object was asked for is left unread, for recv_chunk.
-        assert_eq!(
-            conversation.recv_obj::<String>().await,
-            Err(ConversationError::Unexpected("data"))
-        );
-        assert_eq!(
-            conversation.recv_chunk().await.unwrap().unwrap().as_ref(),
-            b"abc"
-        );
-        assert_eq!(conversation.recv_chunk().await.unwrap(), None);
-        // Also an object beyond every frame bound is skipped, not buffered.
-        assert_eq!(
-            conversation.recv_obj::<String>().await,
-            Err(ConversationError::TooLarge {
-                size: 100_003,
-                max: 1000
-            })
-        );
-        assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "after");
-        assert_eq!(
-            conversation.recv_obj::<String>().await,
-            Err(ConversationError::Ended)
-        );
-        node.shutdown(Duration::from_millis(100)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,11 @@
-//! Test support (feature `test-util`, off by default; always in this crate's own tests): a QUIC
-//! endpoint with a ferry identity that speaks the wire protocol by hand, to play peers that
-//! misbehave (never answer, stop streams, ignore limits, flood garbage) against a real node.
+//! A QUIC endpoint with a ferry identity that speaks the wire protocol by hand, to play peers
+//! that misbehave (never answer, stop streams, ignore limits, flood garbage) against a real
+//! node.
 //!
-//! Not for applications: nothing here checks what it sends, and every function panics where a
-//! test would fail. The wire helpers it needs besides this are public in [`crate::frame`] and
-//! [`crate::Address::mint`]. The hostile peer of the throughput test
-//! (interop-tests/src/bin/hostile_peer.rs, docs/SECURITY.md §5) is built on it.
+//! Nothing here checks what it sends, and every function panics where a test would fail. Its
+//! TLS configuration is the node's own ([`ferry::endpoint_configs`]); the wire helpers it needs
+//! besides this are public in [`ferry::frame`] and [`ferry::Address::mint`]. The hostile peer
+//! process ([`crate::hostile_peer`], docs/SECURITY.md §5) is built on it.
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::frame::{self, Frame};
-use crate::identity::{NodeId, SecretKey};
+use ferry::frame::{self, Frame};
+use ferry::{NodeId, SecretKey};
 
 /// A hand-driven peer: a QUIC endpoint on loopback whose TLS certificate proves `key`, as a
 /// node's does, and nothing else; the test drives its connections and streams itself.
@@ -38,13 +38,13 @@ impl FakePeer {
     /// If the TLS configuration or the socket cannot be made.
     pub fn bind(streams: u32) -> Self {
         let key = SecretKey::generate();
-        let tls = crate::net::tls::configs(&key, 7, crate::net::tls::ALPN).unwrap();
+        let configs = ferry::endpoint_configs(&key, ferry::ALPN).unwrap();
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(streams.into());
         let transport = Arc::new(transport);
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server));
+        let mut server = configs.server;
         server.transport_config(transport.clone());
-        let mut client = quinn::ClientConfig::new(Arc::new(tls.client));
+        let mut client = configs.client;
         client.transport_config(transport);
         let mut endpoint =
             quinn::Endpoint::server(server, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
@@ -147,7 +147,7 @@ impl Rng {
 pub async fn read_close(
     recv: &mut quinn::RecvStream,
     buf: &mut BytesMut,
-) -> Option<(crate::frame::ErrorCode, String)> {
+) -> Option<(ferry::ErrorCode, String)> {
     let mut close = None;
     loop {
         while let Ok(Some((frame, used))) = frame::decode_frame(buf, 1 << 20) {

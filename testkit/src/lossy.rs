@@ -56,7 +56,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use ferry_interop::lossy::{LinkConfig, LossyLink};
+//! use ferry_testkit::lossy::{LinkConfig, LossyLink};
 //!
 //! # async fn demo(server: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 //! let link = LossyLink::start(
@@ -122,7 +122,7 @@ pub const MAX_LINK_DELAY: Duration = Duration::from_secs(3600);
 ///
 /// ```
 /// use std::time::Duration;
-/// use ferry_interop::lossy::LinkConfig;
+/// use ferry_testkit::lossy::LinkConfig;
 ///
 /// let config = LinkConfig {
 ///     loss: 0.05,
@@ -973,6 +973,7 @@ async fn run_scheduler(shared: Arc<Shared>, direction: Direction) {
             state.record_send(result, packet.data.len());
         }
 
+        // The delay line runs on real time: the next packet is released when it is due.
         let sleep = async {
             match next {
                 Some(at) => tokio::time::sleep_until(at).await,

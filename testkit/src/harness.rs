@@ -239,6 +239,7 @@ impl Process {
             if Instant::now() >= deadline {
                 return None;
             }
+            // Polling for the exit (std has no wait with a timeout), up to the deadline.
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -1,6 +1,8 @@
-//! The hostile peer of the throughput test (interop-tests/tests/hostile_peer.rs,
-//! docs/SECURITY.md §5): a process of its own, on one thread, standing for a machine of its
-//! own, that attacks one node while told to.
+//! The hostile peer (docs/SECURITY.md §5): a process of its own, on one thread, standing for a
+//! machine of its own, that attacks one node while told to. The binary `hostile_peer` of this
+//! crate runs it (its test: testkit/tests/hostile_peer.rs), and so does the benchmark's
+//! `hostile` figure (interop-tests/src/bench/hostile.rs), which measures what the attack costs
+//! an honest peer's throughput.
 //!
 //! ```text
 //! hostile_peer <node id> <node socket address> <address of a mailbox of the node>
@@ -8,9 +10,12 @@
 //! stdout: ready                      first line, once its first identities are made
 //!         tally <silent> <trickled> <huge> <garbage> <out silent> <out trickle> <out huge>
 //!               <out garbage> <refused>
-//!                                    last line, when standard input ends
+//!                                    on `tally`, and as the last line when standard input ends
 //! stdin:  attack | pause             attack from now on, or stop (it starts paused)
+//!         tally                      print the tally so far
 //! ```
+//!
+//! [`Tally::parse`] reads a tally line.
 //!
 //! While attacking, it connects to the node with a fresh identity and misbehaves on that
 //! connection in one of four ways, the next identity in the next way: streams that send their
@@ -20,17 +25,17 @@
 //!
 //! The tally counts the streams the node cut off with the expected reason (TIMEOUT, TIMEOUT,
 //! TOO_LARGE, PROTOCOL), the identities thrown out by the behaviour they had, and the
-//! handshakes the node refused (rate limit or ban). It is built on `ferry::fake_peer`
-//! (feature `test-util`), a peer that speaks the wire protocol by hand.
+//! handshakes the node refused (rate limit or ban). It is built on [`crate::fake_peer`], a
+//! peer that speaks the wire protocol by hand.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fake_peer::{read_close, FakePeer, Rng};
 use anyhow::{bail, Context as _};
 use bytes::BytesMut;
-use ferry::fake_peer::{read_close, FakePeer, Rng};
 use ferry::frame::{self, ErrorCode, Frame, Open, StreamKind};
 use ferry::{Address, MailboxId, NodeId};
 use tokio::io::AsyncBufReadExt as _;
@@ -101,6 +106,8 @@ async fn session(
     cut: Arc<CutOffs>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
+    // While paused, and between the opens of huge frames and garbage: the attack's pace in
+    // real time.
     let idle = || tokio::time::sleep(Duration::from_millis(10));
     let parallel = match behaviour {
         Behaviour::Silent => 100,
@@ -137,6 +144,7 @@ async fn session(
                         let _ = send.write_all(&header).await;
                         let trickle = async {
                             loop {
+                                // The behaviour itself: a byte every 50 ms of real time.
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 if send.write_all(&[0x55]).await.is_err() {
                                     return;
@@ -214,6 +222,7 @@ async fn attack(
             if spare.len() < 64 {
                 spare.push(FakePeer::bind(0));
             }
+            // Paused: looks at the flag again every 10 ms (the `attack` line sets it).
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let fake = spare.pop().unwrap_or_else(|| FakePeer::bind(0));
@@ -223,6 +232,7 @@ async fn attack(
             .context("dialing the node")?;
         let Ok(connection) = connecting.await else {
             cut.refused.fetch_add(1, Relaxed);
+            // Refused (rate limit, ban): the attacker's pace in real time before the next try.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -246,16 +256,30 @@ async fn attack(
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [node, addr, target] = args.as_slice() else {
+/// Runs the hostile peer with its command line `args` (without the program's name) on a
+/// one-thread runtime of its own, until its standard input ends.
+///
+/// # Errors
+///
+/// If the arguments are not a node id, a socket address and a mailbox address, standard input
+/// carries an unknown command, or dialing fails locally.
+pub fn main(args: &[String]) -> anyhow::Result<()> {
+    let [node, addr, target] = args else {
         bail!("usage: hostile_peer <node id> <node socket address> <address of a mailbox>");
     };
     let node: NodeId = node.parse().context("node id")?;
     let addr: SocketAddr = addr.parse().context("socket address")?;
     let target: Address = target.parse().context("mailbox address")?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?
+        .block_on(run(node, addr, target))
+}
 
+/// The hostile peer against `node` at `addr`, with `target` (an address of one of its
+/// mailboxes) to get past OPEN; see the module's documentation for its input and output.
+async fn run(node: NodeId, addr: SocketAddr, target: Address) -> anyhow::Result<()> {
     let active = Arc::new(AtomicBool::new(false));
     let cut = Arc::new(CutOffs::default());
     let spare = (0..8).map(|_| FakePeer::bind(0)).collect();
@@ -274,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
         match line.trim() {
             "attack" => active.store(true, Relaxed),
             "pause" => active.store(false, Relaxed),
+            "tally" => println!("{}", Tally::of(&cut)),
             other => bail!("unknown command {other:?}"),
         }
         if attacker.is_finished() {
@@ -284,12 +309,89 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(Ok(Err(error))) = tokio::time::timeout(Duration::from_secs(1), attacker).await {
         return Err(error);
     }
-    let [silent, trickle, huge, garbage] =
-        [&cut.silent, &cut.trickle, &cut.huge, &cut.garbage].map(|n| n.load(Relaxed));
-    let [out0, out1, out2, out3] = cut.thrown_out.each_ref().map(|n| n.load(Relaxed));
-    println!(
-        "tally {silent} {trickle} {huge} {garbage} {out0} {out1} {out2} {out3} {}",
-        cut.refused.load(Relaxed)
-    );
+    println!("{}", Tally::of(&cut));
     Ok(())
+}
+
+/// What the hostile peer reports (its `tally` line): what the node did to it, by behaviour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Silent streams the node cut off with TIMEOUT.
+    pub silent: u64,
+    /// Trickled frames the node cut off with TIMEOUT.
+    pub trickled: u64,
+    /// 4 GB length prefixes the node refused with TOO_LARGE.
+    pub huge: u64,
+    /// Garbage the node refused with PROTOCOL.
+    pub garbage: u64,
+    /// Identities whose connection the node closed (too many violations), by behaviour:
+    /// silent, trickle, huge, garbage.
+    pub thrown_out: [u64; 4],
+    /// Handshakes the node refused (rate limit or ban).
+    pub refused: u64,
+}
+
+impl Tally {
+    fn of(cut: &CutOffs) -> Self {
+        Self {
+            silent: cut.silent.load(Relaxed),
+            trickled: cut.trickle.load(Relaxed),
+            huge: cut.huge.load(Relaxed),
+            garbage: cut.garbage.load(Relaxed),
+            thrown_out: cut.thrown_out.each_ref().map(|n| n.load(Relaxed)),
+            refused: cut.refused.load(Relaxed),
+        }
+    }
+
+    /// Reads a `tally ...` line; `None` if it is not one.
+    pub fn parse(line: &str) -> Option<Self> {
+        let numbers: Vec<u64> = line
+            .strip_prefix("tally ")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [silent, trickled, huge, garbage, out0, out1, out2, out3, refused] = numbers[..] else {
+            return None;
+        };
+        Some(Self {
+            silent,
+            trickled,
+            huge,
+            garbage,
+            thrown_out: [out0, out1, out2, out3],
+            refused,
+        })
+    }
+
+    /// Whether every behaviour was cut off with its reason: streams closed with TIMEOUT,
+    /// TIMEOUT, TOO_LARGE and PROTOCOL, or the identity thrown out for too many violations
+    /// (when the silent streams of an identity all time out at once, the connection may close
+    /// before their CLOSE frames arrive); 4 GB frames and garbage are answered one by one, so
+    /// each of them has answers counted.
+    pub fn every_behaviour_cut_off(&self) -> bool {
+        let streams = [self.silent, self.trickled, self.huge, self.garbage];
+        streams
+            .iter()
+            .zip(self.thrown_out)
+            .all(|(&streams, out)| streams + out > 0)
+            && self.huge > 0
+            && self.garbage > 0
+    }
+
+    /// Identities thrown out, all behaviours together.
+    pub fn thrown_out_total(&self) -> u64 {
+        self.thrown_out.iter().sum()
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [out0, out1, out2, out3] = self.thrown_out;
+        write!(
+            f,
+            "tally {} {} {} {} {out0} {out1} {out2} {out3} {}",
+            self.silent, self.trickled, self.huge, self.garbage, self.refused
+        )
+    }
 }

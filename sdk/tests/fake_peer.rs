@@ -1,0 +1,379 @@
+//! Watches and conversations with a peer played by hand ([`FakePeer`]): what a node does when
+//! the other side answers in ways a ferry node never would (no stream credit, no answer, CLOSE
+//! with odd codes, streams stopped with NOT_ADMITTED, oversized and unexpected frames).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ferry::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
+use ferry::{
+    Address, CallError, ConversationError, DialError, DownReason, MailboxId, Node, NodeConfig,
+    OpenError, SecretKey, ServiceOptions, Target,
+};
+use ferry_testkit::fake_peer::{self, FakePeer};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn node_with(config: NodeConfig) -> Node {
+    Node::bind(SecretKey::generate(), config).await.unwrap()
+}
+
+fn watched(fake: &FakePeer) -> Address {
+    Address::mint(&fake.key, MailboxId(7), None, vec![fake.addr])
+}
+
+/// Serves every connection to `fake` with `serve` per stream; counts the streams.
+fn serve_fake<F, Fut>(fake: &FakePeer, serve: F) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>)
+where
+    F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let streams = Arc::new(AtomicUsize::new(0));
+    let counted = streams.clone();
+    let endpoint = fake.endpoint.clone();
+    let serve = Arc::new(serve);
+    let task = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(connection) = incoming.await else {
+                continue;
+            };
+            connections.push(connection.clone());
+            let counted = counted.clone();
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(serve(send, recv));
+                }
+            });
+        }
+    });
+    (streams, task)
+}
+
+fn short() -> NodeConfig {
+    NodeConfig {
+        open_timeout: Duration::from_millis(300),
+        monitor_grace: Duration::from_millis(500),
+        ..NodeConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_nobody_answers_goes_down_instead_of_hanging() {
+    let node = node_with(short()).await;
+    // No stream credit at all.
+    let silent = FakePeer::bind(0);
+    let (_, task) = serve_fake(&silent, |_, _| async {});
+    let down = tokio::time::timeout(WAIT, node.monitor(&watched(&silent)).unwrap()).await;
+    assert_eq!(down.unwrap(), DownReason::NoAnswer);
+    task.abort();
+    // Streams, but no answer to MONITOR.
+    let mute = FakePeer::bind(16);
+    let (streams, task) = serve_fake(&mute, |send, recv| async move {
+        let _held = (send, recv);
+        std::future::pending::<()>().await;
+    });
+    let down = tokio::time::timeout(WAIT, node.monitor(&watched(&mute)).unwrap()).await;
+    assert_eq!(down.unwrap(), DownReason::NoAnswer);
+    assert!(
+        streams.load(Ordering::SeqCst) >= 2,
+        "retried within the grace"
+    );
+    task.abort();
+    node.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A fake watched node answering every MONITOR with CLOSE `code`.
+fn closing_with(
+    fake: &FakePeer,
+    code: ErrorCode,
+) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    serve_fake(fake, move |mut send, mut recv| async move {
+        let mut buf = BytesMut::new();
+        let (kind, _) = fake_peer::read_opening(&mut recv, &mut buf).await;
+        assert_eq!(kind, StreamKind::Monitor as u8);
+        let close = fake_peer::encode(&Frame::Close {
+            code,
+            reason: "refused",
+        });
+        let _ = send.write_all(&close).await;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_codes_without_a_watcher_meaning_follow_the_documented_mapping() {
+    let grace = Duration::from_millis(800);
+    let node = node_with(NodeConfig {
+        monitor_grace: grace,
+        ..NodeConfig::default()
+    })
+    .await;
+    // A code that may be transient (TIMEOUT) is retried for the grace period.
+    let fake = FakePeer::bind(16);
+    let (streams, task) = closing_with(&fake, ErrorCode::TIMEOUT);
+    let started = Instant::now();
+    let down = tokio::time::timeout(WAIT, node.monitor(&watched(&fake)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        down,
+        DownReason::Rejected {
+            code: ErrorCode::TIMEOUT.0,
+            reason: "refused".into()
+        }
+    );
+    assert!(started.elapsed() >= grace, "{:?}", started.elapsed());
+    assert!(streams.load(Ordering::SeqCst) >= 2);
+    task.abort();
+    // A protocol error is final at once.
+    let fake = FakePeer::bind(16);
+    let (streams, task) = closing_with(&fake, ErrorCode::PROTOCOL);
+    let started = Instant::now();
+    let down = tokio::time::timeout(WAIT, node.monitor(&watched(&fake)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        down,
+        DownReason::Rejected {
+            code: ErrorCode::PROTOCOL.0,
+            reason: "refused".into()
+        }
+    );
+    assert!(started.elapsed() < grace);
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+    task.abort();
+    node.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_stream_stopped_with_not_admitted_is_unreachable() {
+    let node = node_with(NodeConfig {
+        monitor_grace: Duration::from_secs(3),
+        ..NodeConfig::default()
+    })
+    .await;
+    let fake = FakePeer::bind(16);
+    let (_, task) = serve_fake(&fake, |send, mut recv| async move {
+        recv.stop(quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32))
+            .unwrap();
+        let _held = send;
+        std::future::pending::<()>().await;
+    });
+    let down = tokio::time::timeout(WAIT, node.monitor(&watched(&fake)).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(down, DownReason::Unreachable(DialError::Refused(_))),
+        "{down:?}"
+    );
+    task.abort();
+    node.shutdown(Duration::from_millis(100)).await;
+}
+
+// Conversations and calls.
+
+fn fake_target(fake: &FakePeer) -> Target {
+    Target::service(fake.id, "svc").with_hints(vec![fake.addr])
+}
+
+/// What the fake acceptor reads after the opening, until its end.
+async fn read_rest(recv: &mut quinn::RecvStream) -> Result<(), quinn::ReadError> {
+    while recv.read_chunk(64 * 1024, true).await?.is_some() {}
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_abandoned_before_the_answer_resets_with_cancelled() {
+    let fake = FakePeer::bind(16);
+    let node = node_with(NodeConfig::default()).await;
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+    let connection = fake.accept();
+    let acceptor = tokio::spawn(async move {
+        let connection = connection.await;
+        // The acceptor reads the opening and never answers.
+        loop {
+            let Ok((send, mut recv)) = connection.accept_bi().await else {
+                return;
+            };
+            let mut buf = BytesMut::new();
+            let (kind, _) = fake_peer::read_opening(&mut recv, &mut buf).await;
+            assert_eq!(kind, StreamKind::Conversation as u8);
+            opened_tx.send(()).unwrap();
+            let ended = read_rest(&mut recv).await;
+            let stopped = send.stopped().await;
+            ended_tx.send((ended, stopped)).unwrap();
+        }
+    });
+
+    // A call whose deadline passes before the answer.
+    let call: Result<String, CallError> = node
+        .call(fake_target(&fake), "work")
+        .timeout(Duration::from_millis(300))
+        .await;
+    assert_eq!(call, Err(CallError::Timeout));
+    let (ended, stopped) = tokio::time::timeout(WAIT, ended_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let cancelled = quinn::VarInt::from_u32(ErrorCode::CANCELLED.0 as u32);
+    assert_eq!(ended, Err(quinn::ReadError::Reset(cancelled)));
+    assert_eq!(stopped.unwrap(), Some(cancelled));
+    opened_rx.recv().await.unwrap();
+
+    // An open whose future is dropped before the answer.
+    let opening = tokio::spawn({
+        let node = node.clone();
+        let target = fake_target(&fake);
+        async move { node.open(target).await }
+    });
+    tokio::time::timeout(WAIT, opened_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    opening.abort();
+    let (ended, stopped) = tokio::time::timeout(WAIT, ended_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended, Err(quinn::ReadError::Reset(cancelled)));
+    assert_eq!(stopped.unwrap(), Some(cancelled));
+    node.shutdown(Duration::from_millis(100)).await;
+    acceptor.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_waits_no_longer_than_open_timeout_for_stream_credit() {
+    // The peer grants no stream at all.
+    let fake = FakePeer::bind(0);
+    let node = node_with(NodeConfig {
+        open_timeout: Duration::from_millis(300),
+        ..NodeConfig::default()
+    })
+    .await;
+    let connection = tokio::spawn(fake.accept());
+    let open = tokio::time::timeout(WAIT, node.open(fake_target(&fake))).await;
+    assert_eq!(open.unwrap().unwrap_err(), OpenError::Timeout);
+    drop(connection);
+    node.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stopped_with_not_admitted_is_a_refusal() {
+    let fake = FakePeer::bind(16);
+    let node = node_with(NodeConfig {
+        open_timeout: Duration::from_secs(3),
+        ..NodeConfig::default()
+    })
+    .await;
+    let acceptor = tokio::spawn({
+        let accepted = fake.accept();
+        async move {
+            let connection = accepted.await;
+            let mut held = Vec::new();
+            // Stop every stream with NOT_ADMITTED, without resetting the other direction.
+            while let Ok((send, mut recv)) = connection.accept_bi().await {
+                recv.stop(quinn::VarInt::from_u32(ErrorCode::NOT_ADMITTED.0 as u32))
+                    .unwrap();
+                held.push(send);
+            }
+        }
+    });
+    let open = tokio::time::timeout(WAIT, node.open(fake_target(&fake)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(open, Err(OpenError::Unreachable(DialError::Refused(_)))),
+        "{open:?}"
+    );
+    node.shutdown(Duration::from_millis(100)).await;
+    acceptor.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_unexpected_frames_are_reported_once() {
+    let node = node_with(NodeConfig {
+        max_message_size: 1000,
+        send_window: 1000,
+        ..NodeConfig::default()
+    })
+    .await;
+    let mut service = node.service("svc", ServiceOptions::default()).unwrap();
+    let fake = FakePeer::bind(16);
+    let connection = fake.connect(node.id(), node.local_addr()).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let mut head = vec![StreamKind::Conversation as u8];
+    head.extend(fake_peer::encode(&Frame::Converse(
+        ConverseTarget::Service("svc"),
+    )));
+    head.extend(fake_peer::encode(&Frame::Accept {
+        max_message: 1 << 20,
+    }));
+    send.write_all(&head).await.unwrap();
+    let mut buf = BytesMut::new();
+    let accept = fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
+    assert_eq!(
+        accept,
+        fake_peer::encode(&Frame::Accept { max_message: 1000 })
+    );
+    let object = |value: &str| postcard::to_allocvec(value).unwrap();
+    let mut out = Vec::new();
+    for frame in [
+        Frame::Object(&object(&"x".repeat(2000))),
+        Frame::Object(&object("small")),
+        Frame::Data(b"abc"),
+        Frame::DataEnd,
+        Frame::Object(&object(&"y".repeat(100_000))),
+        Frame::Object(&object("after")),
+    ] {
+        frame::put_frame(&mut out, &frame);
+    }
+    send.write_all(&out).await.unwrap();
+    send.finish().unwrap();
+
+    let mut conversation = tokio::time::timeout(WAIT, service.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    // An object beyond the limit is consumed: the next read goes on after it.
+    assert_eq!(
+        conversation.recv_obj::<String>().await,
+        Err(ConversationError::TooLarge {
+            size: 2002,
+            max: 1000
+        })
+    );
+    assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "small");
+    // Data where an object was asked for is left unread, for recv_chunk.
+    assert_eq!(
+        conversation.recv_obj::<String>().await,
+        Err(ConversationError::Unexpected("data"))
+    );
+    assert_eq!(
+        conversation.recv_chunk().await.unwrap().unwrap().as_ref(),
+        b"abc"
+    );
+    assert_eq!(conversation.recv_chunk().await.unwrap(), None);
+    // Also an object beyond every frame bound is skipped, not buffered.
+    assert_eq!(
+        conversation.recv_obj::<String>().await,
+        Err(ConversationError::TooLarge {
+            size: 100_003,
+            max: 1000
+        })
+    );
+    assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "after");
+    assert_eq!(
+        conversation.recv_obj::<String>().await,
+        Err(ConversationError::Ended)
+    );
+    node.shutdown(Duration::from_millis(100)).await;
+}
