@@ -32,6 +32,16 @@ if ! command -v nft >/dev/null 2>&1 || ! command -v iptables-nft >/dev/null 2>&1
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables iptables conntrack
 fi
 
+# The cluster tests (node/tests/cluster/) start Debian's nats-server (with JetStream, -js) on
+# free loopback ports; install it when missing. The tests fail, never skip, without it.
+if [ ! -x /usr/sbin/nats-server ]; then
+  echo "installing nats-server for the cluster tests" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Every public item documented, every intra-doc link resolving.

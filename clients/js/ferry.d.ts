@@ -25,6 +25,10 @@ export interface Message {
   binary: boolean
   /** Set when it was published to a channel. */
   channel?: string
+  /** In a cluster: the epoch of the cluster's history the publication is in. */
+  epoch?: string
+  /** In a cluster: the publication's offset in that history (increasing within a channel). */
+  offset?: number
   /** Set when it was sent to every session of a user. */
   user?: string
   /** Set when the application embedding the gateway pushed it. */
@@ -164,10 +168,16 @@ export class Client {
   on (event: 'welcome', listener: (welcome: Welcome) => void): () => void
   on (event: 'expired', listener: (change: { previous: string, address: string }) => void): () => void
   on (event: 'close', listener: (close: { code: number, reason: string }) => void): () => void
+  /** `gateway_join_leave`: a session joined or left a channel this one is a member of. */
+  on (event: 'join' | 'leave', listener: (event: { channel: string, session: string, user: string }) => void): () => void
   send (to: Target, message: Payload): Promise<void>
   call (to: string, request: Payload, options?: { timeout?: number }): Promise<unknown>
   join (channel: string): Promise<void>
   leave (channel: string): Promise<void>
+  /** Who is in a channel (on every node of a cluster). */
+  presence (channel: string): Promise<Array<{ session: string, user: string }>>
+  /** In a cluster: the channel's publications after `offset` of history `epoch` again. */
+  recover (channel: string, epoch: string, offset: number): Promise<{ recovered: boolean, count: number }>
   ping (): Promise<void>
   refresh (token: string): Promise<void>
   /** Narrows this session's address (or `address`) offline: see `attenuate`. */

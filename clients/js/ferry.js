@@ -915,6 +915,10 @@ export class Client {
     if (!this._welcomed) return
     if (frame.type === 'message') return this._message(frame)
     if (frame.type === 'ok' || frame.type === 'error') return this._answer(frame)
+    if (frame.type === 'join' || frame.type === 'leave') {
+      // gateway_join_leave: a session joined or left a channel this one is a member of.
+      return this._emit(frame.type, { channel: frame.channel, session: frame.session, user: frame.user })
+    }
     // 'heartbeat', and types this client does not know: their arrival is all that counts.
   }
 
@@ -994,6 +998,9 @@ export class Client {
     }
     if (frame.channel !== undefined) message.channel = frame.channel
     if (frame.user !== undefined) message.user = frame.user
+    // In a cluster: where the publication is in the cluster's history (GATEWAY.md §14).
+    if (frame.epoch !== undefined) message.epoch = frame.epoch
+    if (frame.offset !== undefined) message.offset = frame.offset
     if (frame.push) message.push = true
     this.mailbox._deliver(message)
   }
@@ -1151,6 +1158,20 @@ export class Client {
   /** Leaves a channel. */
   leave (channel) {
     return this._request({ type: 'leave', channel }, undefined, false).then(() => undefined)
+  }
+
+  /** Who is in a channel (on every node of a cluster): `[{ session, user }, …]`. */
+  presence (channel) {
+    return this._request({ type: 'presence', channel }, undefined, false)
+      .then(answer => (answer && answer.members) || [])
+  }
+
+  /** In a cluster: has the gateway deliver again the channel's publications after `offset`
+   *  of history `epoch` (those of the last channel message received); resolves with
+   *  `{ recovered, count }` (GATEWAY.md §5.3). Publications may then come twice: compare
+   *  `message.epoch` and `message.offset`. */
+  recover (channel, epoch, offset) {
+    return this._request({ type: 'recover', channel, epoch, offset }, undefined, false)
   }
 
   /** A round trip to the gateway. */

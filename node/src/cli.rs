@@ -214,6 +214,11 @@ pub(crate) struct NodeArgs {
     /// 127.0.0.1:0 (a free port, printed at start).
     #[arg(long, value_name = "ADDR|off")]
     pub(crate) gateway: Option<GatewayListen>,
+    /// Run the gateway as one node of a cluster on these NATS servers (`nats://HOST:PORT`,
+    /// repeatable or comma-separated, for failover; `ferry run`). Default: the config file's
+    /// `cluster`, else none (the gateway alone).
+    #[arg(long, value_name = "nats://HOST:PORT", value_delimiter = ',')]
+    pub(crate) cluster: Vec<String>,
     /// Serve the gateway over WebTransport (HTTP/3) on this UDP address, `auto` (the
     /// gateway's IP and port number, or a free port when that is taken on UDP), or `off`
     /// (`ferry run`). Default: the config file's `webtransport`, else `auto`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use ferry::{NodeConfig, RelayAccess};
+use ferry_node::cluster::ClusterConfig;
 use ferry_node::config::{ConfigFileError, FileConfig, Peer};
 use ferry_node::gateway::GatewayConfig;
 use ferry_node::server::ServerConfig;
@@ -38,6 +39,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) node: NodeConfig,
     /// Where the browser gateway listens (`run`), and its configuration; `None`: off.
     pub(crate) gateway: Option<(SocketAddr, GatewayConfig)>,
+    /// The gateway's cluster (`run`); `None`: the gateway alone.
+    pub(crate) cluster: Option<ClusterConfig>,
     /// Where its WebTransport endpoint listens, and its configuration; `None`: off.
     pub(crate) webtransport: Option<(WebTransportListen, WebTransportConfig)>,
 }
@@ -108,6 +111,19 @@ impl DaemonConfig {
                 Some((addr, config))
             }
         };
+        let mut cluster_file = file.clone();
+        if !args.cluster.is_empty() {
+            cluster_file.cluster.servers = args.cluster.clone();
+        }
+        let cluster = cluster_file
+            .cluster_config()
+            .map_err(|error| match &args.config {
+                Some(path) => anyhow::Error::from(ConfigFileError::Cluster {
+                    path: path.clone(),
+                    error,
+                }),
+                None => anyhow!("invalid cluster configuration: {error}"),
+            })?;
         let webtransport = args
             .webtransport
             .map_or(daemon.webtransport, |WebTransportFlag(listen)| listen)
@@ -121,6 +137,7 @@ impl DaemonConfig {
             }
         }
         Ok(Self {
+            cluster,
             gateway,
             webtransport,
             data_dir,
@@ -153,6 +170,7 @@ impl DaemonConfig {
         if run {
             server.http = Some(self.http);
             server.gateway = self.gateway.clone();
+            server.cluster = self.cluster.clone();
             server.webtransport = self.webtransport.clone();
         } else {
             server.http = None;

@@ -4,6 +4,7 @@
 //! `/health` and `/metrics`, the browser gateway, and the node's key file.
 
 mod clock;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod http;

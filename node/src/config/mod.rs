@@ -27,6 +27,7 @@ use serde::{Deserialize, Deserializer};
 pub use peer::{Peer, PeerError};
 pub use reference::example;
 
+use crate::cluster::ClusterConfig;
 use crate::gateway::webtransport::{Listen as WebTransportListen, WebTransportConfig};
 use crate::gateway::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions};
 use crate::store::StoreConfig;
@@ -64,6 +65,9 @@ pub struct DaemonKeys {
     /// `127.0.0.1:0`.
     #[serde(deserialize_with = "addr_or_off")]
     pub gateway: Option<SocketAddr>,
+    /// The NATS servers of the gateway's cluster (`nats://HOST:PORT`, several for failover;
+    /// the `cluster_*` keys configure it). Default none: the gateway alone.
+    pub cluster: Vec<String>,
     /// UDP address of the gateway's WebTransport endpoint: `"auto"` (the gateway's IP and TCP
     /// port number, on UDP; a free UDP port when that one is taken), `"HOST:PORT"`, or `None`
     /// (written `"off"`). No gateway, no WebTransport. Default `"auto"`.
@@ -80,6 +84,7 @@ impl Default for DaemonKeys {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             http: DEFAULT_HTTP,
             gateway: Some(DEFAULT_GATEWAY),
+            cluster: Vec::new(),
             webtransport: Some(WebTransportListen::Gateway),
         }
     }
@@ -135,6 +140,9 @@ pub struct FileConfig {
     /// The keys that start with `gateway_`; `drain` is `shutdown_grace`. Not validated yet:
     /// see [`FileConfig::gateway_config`].
     pub gateway: GatewayConfig,
+    /// The `cluster` key (its servers) and the keys that start with `cluster_`. Not
+    /// validated yet: see [`FileConfig::cluster_config`].
+    pub cluster: ClusterConfig,
     /// The keys that start with `gateway_webtransport_` (validated when the endpoint binds).
     pub webtransport: WebTransportConfig,
 }
@@ -175,6 +183,14 @@ pub enum ConfigFileError {
         path: PathBuf,
         /// What `GatewayConfig::validate` refused.
         error: GatewayConfigError,
+    },
+    /// The cluster's keys are not a usable cluster configuration.
+    #[error("config file {}: invalid cluster configuration: {error}", path.display())]
+    Cluster {
+        /// The config file.
+        path: PathBuf,
+        /// What `ClusterConfig::validate` refused.
+        error: crate::cluster::config::ClusterConfigError,
     },
 }
 
@@ -224,6 +240,8 @@ impl FileConfig {
         gateway_config.permissions = read(&part(Section::GatewayPermissions)).map_err(failure)?;
         gateway_config.limits = read(&part(Section::GatewayLimits)).map_err(failure)?;
         gateway_config.drain = daemon.shutdown_grace;
+        let mut cluster: ClusterConfig = read(&part(Section::Cluster)).map_err(failure)?;
+        cluster.servers = daemon.cluster.clone();
         let webtransport: WebTransportConfig =
             read(&part(Section::GatewayWebTransport)).map_err(failure)?;
         Ok(Self {
@@ -231,6 +249,7 @@ impl FileConfig {
             node,
             store,
             gateway: gateway_config,
+            cluster,
             webtransport,
         })
     }
@@ -264,6 +283,17 @@ impl FileConfig {
         Ok(file)
     }
 
+    /// The cluster's configuration, validated; `None` without servers (no cluster).
+    pub fn cluster_config(
+        &self,
+    ) -> Result<Option<ClusterConfig>, crate::cluster::config::ClusterConfigError> {
+        if self.cluster.servers.is_empty() {
+            return Ok(None);
+        }
+        self.cluster.validate()?;
+        Ok(Some(self.cluster.clone()))
+    }
+
     /// The gateway's configuration, validated.
     pub fn gateway_config(&self) -> Result<GatewayConfig, GatewayConfigError> {
         self.gateway.validate()?;
@@ -281,6 +311,7 @@ enum Section {
     GatewayAuth,
     GatewayPermissions,
     GatewayLimits,
+    Cluster,
     GatewayWebTransport,
 }
 
@@ -288,6 +319,8 @@ enum Section {
 const STORE_PREFIX: &str = "store_";
 /// The prefix of the gateway's keys.
 const GATEWAY_PREFIX: &str = "gateway_";
+/// The prefix of the cluster's keys.
+const CLUSTER_PREFIX: &str = "cluster_";
 /// The prefix of the WebTransport endpoint's keys.
 const WEBTRANSPORT_PREFIX: &str = "gateway_webtransport_";
 
@@ -323,6 +356,11 @@ impl Owner {
                     Section::GatewayLimits,
                     GATEWAY_PREFIX,
                     field_names::<Limits>(),
+                ),
+                (
+                    Section::Cluster,
+                    CLUSTER_PREFIX,
+                    field_names::<ClusterConfig>(),
                 ),
                 (
                     Section::GatewayWebTransport,

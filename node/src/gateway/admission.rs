@@ -98,6 +98,13 @@ fn refuse(
 /// Counts a connection while it lives.
 pub(crate) struct ConnectionSlot(Arc<Shared>);
 
+impl ConnectionSlot {
+    /// The slot of a connection counted already.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self(shared)
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
@@ -289,6 +296,11 @@ async fn admit(
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
+    };
+    // Cluster: a session that lives on another node is served there, through this one.
+    let ws = match super::cluster_link::forward(&shared, ws, &headers, &query).await {
+        Ok(forwarded) => return forwarded,
+        Err(ws) => ws,
     };
     let Admitted {
         session,

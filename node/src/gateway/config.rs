@@ -62,6 +62,9 @@ pub struct Permissions {
     pub publish: Vec<String>,
     /// Whether browsers may send to `{user}` and `{session}` targets. Default false.
     pub direct: bool,
+    /// Whether members of a channel are told when a session joins or leaves it (`join` and
+    /// `leave` frames; in a cluster, sessions of every node). Default false.
+    pub join_leave: bool,
 }
 
 /// Limits of the gateway. Every one is enforced; none is unlimited unless it says so.

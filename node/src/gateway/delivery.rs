@@ -28,6 +28,9 @@ pub enum DeliverError {
     /// The store failed.
     #[error("storing the message: {0}")]
     Store(ferry::StoreError),
+    /// The cluster did not take the message (NATS unavailable).
+    #[error("{0}")]
+    Unavailable(String),
     /// The payload exceeds the node's `max_message_size`.
     #[error("message of {size} bytes exceeds the limit of {max}")]
     TooLarge {
@@ -109,7 +112,7 @@ impl Shared {
     }
 
     /// Like [`Shared::submit_each`]: how many sessions took it.
-    fn submit_all(
+    pub(crate) fn submit_all(
         self: &Arc<Self>,
         sessions: Vec<Arc<Session>>,
         from: &ferry::Address,
@@ -129,52 +132,5 @@ impl Shared {
 
     pub(crate) fn channel_members(&self, channel: &str) -> Vec<Arc<Session>> {
         self.channels.members(channel)
-    }
-
-    /// Delivers `payload` to every member of `channel` (submitted now, see
-    /// [`Shared::submit_each`]).
-    pub(crate) fn deliver_channel(
-        self: &Arc<Self>,
-        channel: &str,
-        from: &ferry::Address,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
-        let via = Via {
-            channel: Some(channel.to_owned()),
-            ..Via::default()
-        };
-        self.submit_all(self.channel_members(channel), from, &via, payload)
-    }
-
-    /// Delivers `payload` to every session of `user` (submitted now).
-    pub(crate) fn deliver_user(
-        self: &Arc<Self>,
-        user: &str,
-        from: &ferry::Address,
-        push: bool,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
-        let via = Via {
-            user: Some(user.to_owned()),
-            push,
-            ..Via::default()
-        };
-        self.submit_all(self.user_sessions(user), from, &via, payload)
-    }
-
-    /// Delivers `payload` to session `session` (submitted now).
-    pub(crate) fn deliver_session(
-        self: &Arc<Self>,
-        session: &str,
-        from: &ferry::Address,
-        push: bool,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<usize, DeliverError>> + Send + 'static {
-        let via = Via {
-            push,
-            ..Via::default()
-        };
-        let sessions = self.session(session).into_iter().collect();
-        self.submit_all(sessions, from, &via, payload)
     }
 }

@@ -12,6 +12,7 @@ use super::session::SessionInfo;
 use super::shared::{JoinError, Shared};
 use super::stats::GatewayStats;
 use super::DeliverError;
+use crate::cluster::{ClusterError, Published, Route};
 use crate::sync::lock;
 
 /// What the embedding application holds: push to sessions, users and channels, close
@@ -107,16 +108,41 @@ impl GatewayHandle {
         self.push(session, json_payload(value)).await
     }
 
-    /// Puts `payload` into every session of `user`; how many.
+    /// Puts `payload` into every session of `user`; how many (in a cluster: 0, once the
+    /// cluster kept it; every node delivers it to the user's sessions there).
     pub async fn push_user(&self, user: &str, payload: Bytes) -> Result<usize, DeliverError> {
-        let from = self.shared.node.inbox().address().clone();
-        self.shared.deliver_user(user, &from, true, payload).await
+        let route = Route::User {
+            user: user.to_owned(),
+            push: true,
+        };
+        self.publish_to(route, payload).await
     }
 
-    /// Publishes `payload` to every member of `channel`; how many.
+    /// Publishes `payload` to every member of `channel`; how many (in a cluster: 0, once the
+    /// cluster kept it; every node delivers it to its members).
     pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, DeliverError> {
+        self.publish_to(Route::Channel(channel.to_owned()), payload)
+            .await
+    }
+
+    /// Publishes `payload` on `route` through the gateway's cluster (a single node: delivered
+    /// here), from the node's inbox; what became of it.
+    pub async fn publish_route(
+        &self,
+        route: Route,
+        payload: Bytes,
+    ) -> Result<Published, ClusterError> {
         let from = self.shared.node.inbox().address().clone();
-        self.shared.deliver_channel(channel, &from, payload).await
+        self.shared.cluster.publish(route, &from, payload).await
+    }
+
+    async fn publish_to(&self, route: Route, payload: Bytes) -> Result<usize, DeliverError> {
+        match self.publish_route(route, payload).await {
+            Ok(Published::Delivered(count)) => Ok(count),
+            Ok(_) => Ok(0),
+            Err(ClusterError::Deliver(error)) => Err(error),
+            Err(error) => Err(DeliverError::Unavailable(error.to_string())),
+        }
     }
 
     /// Makes a session a member of `channel` (no permission check).

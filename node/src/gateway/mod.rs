@@ -25,6 +25,7 @@
 mod admission;
 pub mod auth;
 pub mod channels;
+mod cluster_link;
 pub mod config;
 mod connection;
 mod delivery;
@@ -61,6 +62,7 @@ pub use session::SessionInfo;
 pub use shared::JoinError;
 pub use stats::GatewayStats;
 
+use crate::cluster::Cluster;
 use crate::random::random;
 use crate::store::SessionStore;
 use crate::sync::lock;
@@ -111,12 +113,28 @@ impl Gateway {
         config: GatewayConfig,
         hooks: Arc<dyn Hooks>,
     ) -> Result<Self, StartError> {
+        let local: Arc<dyn Cluster> = Arc::new(crate::cluster::Local::default());
+        Self::with_cluster(node, store, config, hooks, local)
+    }
+
+    /// Like [`Gateway::new`], one node of `cluster` (e.g. a
+    /// [`NatsCluster`](crate::cluster::nats::NatsCluster)): channel publications, deliveries
+    /// to users and sessions, and presence go through it.
+    pub fn with_cluster(
+        node: Node,
+        store: Arc<dyn SessionStore>,
+        config: GatewayConfig,
+        hooks: Arc<dyn Hooks>,
+        cluster: Arc<dyn Cluster>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         // Kept in the store, so that resume tokens stay valid across restarts.
         let resume_secret = store.record_or_insert(RESUME_KEY_RECORD, random::<32>().to_vec())?;
         let records = store.records(session::RECORD_PREFIX)?;
-        let shared = Shared::new(node, store, config, hooks, &resume_secret);
+        let shared = Shared::new(node, store, config, hooks, &resume_secret, cluster);
         shared.restore(records);
+        let inbound: Arc<dyn crate::cluster::Inbound> = shared.clone();
+        shared.cluster.start(Arc::downgrade(&inbound));
         Ok(Self { shared })
     }
 
@@ -163,6 +181,7 @@ impl Gateway {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         self.handle().drain().await;
+        self.shared.cluster.stop();
         result
     }
 }

@@ -157,6 +157,28 @@ pub enum ClientFrame {
         /// The grant.
         grant: ferry::address::GrantId,
     },
+    /// Delivers again the publications of a channel the session is a member of that came
+    /// after `offset` in the history of epoch `epoch` (a cluster's history); answered with
+    /// `ok` whose `data` is `{"recovered":bool,"count":n}` once they are stored for the
+    /// session.
+    Recover {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The channel.
+        channel: String,
+        /// The epoch of the history the client's offset is in.
+        epoch: String,
+        /// The last offset the client has.
+        offset: u64,
+    },
+    /// Who is in a channel (on every node of a cluster): answered with `ok` whose `data` is
+    /// `{"members":[{"session":…,"user":…},…]}`.
+    Presence {
+        /// The request number the answer carries.
+        reference: u64,
+        /// The channel.
+        channel: String,
+    },
 }
 
 /// The stable error codes of `error` frames (docs/GATEWAY.md §6).
@@ -165,6 +187,9 @@ pub enum ClientFrame {
 pub enum ErrorCode {
     /// The frame is well-formed JSON but a field is missing or invalid.
     BadRequest,
+    /// The cluster (NATS) did not confirm a publication in time: it is refused (it may still
+    /// arrive, if only the confirmation was lost).
+    Unavailable,
     /// The frame's `type` is not known.
     UnknownType,
     /// The payload exceeds the limit.
@@ -237,6 +262,12 @@ pub struct Via {
     /// Sent by the application embedding the gateway (a push).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub push: bool,
+    /// In a cluster: the epoch of the history the publication is kept in.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub epoch: Option<String>,
+    /// In a cluster: the publication's offset in that history (increasing within a channel).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub offset: Option<u64>,
 }
 
 impl Via {
@@ -338,6 +369,18 @@ pub enum ServerFrame {
     Error(ErrorFrame),
     /// Sent every `ping_interval`, so that a client notices a connection gone silent.
     Heartbeat,
+    /// A session joined (`join`) or left (`leave`) a channel the session is a member of
+    /// (`gateway_join_leave`); not stored, not numbered.
+    Presence {
+        /// The channel.
+        channel: String,
+        /// Joined (`true`) or left.
+        joined: bool,
+        /// The session that joined or left.
+        session: String,
+        /// Its user.
+        user: String,
+    },
 }
 
 /// An encoded frame.
@@ -443,6 +486,10 @@ struct Header<'a> {
     /// `revoke`: the grant (16 hex digits).
     #[serde(default)]
     grant: Option<String>,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    offset: Option<u64>,
 }
 
 /// A target written as an object.
@@ -565,6 +612,16 @@ fn decode_header(header: Header<'_>, data: Option<Bytes>) -> Result<ClientFrame,
                 .ok_or_else(|| bad("`grant` is missing"))?
                 .parse()
                 .map_err(|_| bad("`grant`: 16 hex digits"))?,
+        },
+        "recover" => ClientFrame::Recover {
+            reference: need_ref()?,
+            channel: header.channel.ok_or_else(|| bad("`channel` is missing"))?,
+            epoch: header.epoch.ok_or_else(|| bad("`epoch` is missing"))?,
+            offset: header.offset.ok_or_else(|| bad("`offset` is missing"))?,
+        },
+        "presence" => ClientFrame::Presence {
+            reference: need_ref()?,
+            channel: header.channel.ok_or_else(|| bad("`channel` is missing"))?,
         },
         _ => {
             return Err(DecodeError::UnknownType {
@@ -760,6 +817,11 @@ impl MessageTemplate {
             head.push_str(&string(channel));
             head.push(',');
         }
+        if let Some(epoch) = &via.epoch {
+            head.push_str("\"epoch\":");
+            head.push_str(&string(epoch));
+            head.push(',');
+        }
         head.push_str("\"from\":");
         head.push_str(&string(from));
         head.push_str(",\"id\":");
@@ -769,6 +831,10 @@ impl MessageTemplate {
             Body::Binary => (false, None),
         };
         let mut tail = String::new();
+        if let Some(offset) = via.offset {
+            tail.push_str(",\"offset\":");
+            tail.push_str(&offset.to_string());
+        }
         if via.push {
             tail.push_str(",\"push\":true");
         }
@@ -851,6 +917,20 @@ impl ServerFrame {
                 None,
             ),
             Self::Heartbeat => Encoded::Text(r#"{"type":"heartbeat"}"#.into()),
+            Self::Presence {
+                channel,
+                joined,
+                session,
+                user,
+            } => frame(
+                object(vec![
+                    ("type", json!(if *joined { "join" } else { "leave" })),
+                    ("channel", json!(channel)),
+                    ("session", json!(session)),
+                    ("user", json!(user)),
+                ]),
+                None,
+            ),
         }
     }
 }
@@ -948,6 +1028,29 @@ impl ClientFrame {
                     ("type", json!("revoke")),
                     ("ref", json!(reference)),
                     ("grant", json!(grant.to_string())),
+                ]),
+                None,
+            ),
+            Self::Recover {
+                reference,
+                channel,
+                epoch,
+                offset,
+            } => frame(
+                object(vec![
+                    ("type", json!("recover")),
+                    ("ref", json!(reference)),
+                    ("channel", json!(channel)),
+                    ("epoch", json!(epoch)),
+                    ("offset", json!(offset)),
+                ]),
+                None,
+            ),
+            Self::Presence { reference, channel } => frame(
+                object(vec![
+                    ("type", json!("presence")),
+                    ("ref", json!(reference)),
+                    ("channel", json!(channel)),
                 ]),
                 None,
             ),
@@ -1153,6 +1256,12 @@ mod tests {
                 push: true,
                 ..Via::default()
             },
+            Via {
+                channel: Some("room.2".into()),
+                epoch: Some("k3x".into()),
+                offset: Some(77),
+                ..Via::default()
+            },
         ];
         for via in &vias {
             for data in [&b" {\"a\":[1,2]} "[..], b"\xff\x00", b"7", b""] {
@@ -1165,6 +1274,8 @@ mod tests {
                         ("channel", json!(via.channel)),
                         ("user", json!(via.user)),
                         ("push", if via.push { json!(true) } else { json!(null) }),
+                        ("epoch", json!(via.epoch)),
+                        ("offset", json!(via.offset)),
                     ]),
                     Some(&data),
                 );
@@ -1332,6 +1443,16 @@ mod tests {
                 reference,
                 grant: ferry::address::GrantId(grant),
             }),
+            (any::<u64>(), "[a-z.]{1,20}")
+                .prop_map(|(reference, channel)| ClientFrame::Presence { reference, channel }),
+            (any::<u64>(), "[a-z.]{1,20}", "[a-z0-9]{1,10}", any::<u64>()).prop_map(
+                |(reference, channel, epoch, offset)| ClientFrame::Recover {
+                    reference,
+                    channel,
+                    epoch,
+                    offset,
+                }
+            ),
         ]
     }
 

@@ -25,6 +25,7 @@ use super::protocol::{
 use super::session::Session;
 use super::shared::Shared;
 use crate::clock::unix_now;
+use crate::cluster::{ClusterError, Route};
 use crate::sync::lock;
 
 /// Why a connection stops: the close frame's code and reason, and what hooks are told.
@@ -141,7 +142,9 @@ impl Requests {
             | ClientFrame::Refresh { reference, .. }
             | ClientFrame::Ping { reference }
             | ClientFrame::Grant { reference, .. }
-            | ClientFrame::Revoke { reference, .. } => *reference,
+            | ClientFrame::Revoke { reference, .. }
+            | ClientFrame::Presence { reference, .. }
+            | ClientFrame::Recover { reference, .. } => *reference,
         };
         let session = self.session.clone();
         let _order = session.order.lock().await;
@@ -199,6 +202,16 @@ impl Requests {
             ClientFrame::Refresh { reference, token } => self.refresh(reference, token).await,
             ClientFrame::Grant { reference, expires } => self.grant(reference, expires),
             ClientFrame::Revoke { reference, grant } => self.revoke(reference, grant).await,
+            ClientFrame::Presence { reference, channel } => self.presence(reference, channel).await,
+            ClientFrame::Recover {
+                reference,
+                channel,
+                epoch,
+                offset,
+            } => {
+                let position = crate::cluster::Position { epoch, offset };
+                self.recover(reference, channel, position).await
+            }
             ClientFrame::Ack { .. } | ClientFrame::Ping { .. } => Ok(()),
         }
     }
@@ -353,10 +366,10 @@ impl Requests {
                         format!("may not publish to {channel:?}"),
                     );
                 }
-                let delivery = self.shared.deliver_channel(&channel, &from, data);
-                self.answer_later(reference, permit, async move {
-                    deliver_answer(reference, delivery.await)
-                });
+                let delivery =
+                    self.shared
+                        .publish_answer(reference, Route::Channel(channel), &from, data);
+                self.answer_later(reference, permit, delivery);
                 Ok(())
             }
             Target::User(_) | Target::Session(_) if !self.shared.config.permissions.direct => self
@@ -366,20 +379,61 @@ impl Requests {
                     "sending to users and sessions is not allowed",
                 ),
             Target::User(user) => {
-                let delivery = self.shared.deliver_user(&user, &from, false, data);
-                self.answer_later(reference, permit, async move {
-                    deliver_answer(reference, delivery.await)
-                });
+                let route = Route::User { user, push: false };
+                let delivery = self.shared.publish_answer(reference, route, &from, data);
+                self.answer_later(reference, permit, delivery);
                 Ok(())
             }
             Target::Session(id) => {
-                let delivery = self.shared.deliver_session(&id, &from, false, data);
-                self.answer_later(reference, permit, async move {
-                    deliver_answer(reference, delivery.await)
-                });
+                let route = Route::Session { id, push: false };
+                let delivery = self.shared.publish_answer(reference, route, &from, data);
+                self.answer_later(reference, permit, delivery);
                 Ok(())
             }
         }
+    }
+
+    /// Stores again for the session the publications of `channel` after `after`.
+    async fn recover(
+        &mut self,
+        reference: u64,
+        channel: String,
+        after: crate::cluster::Position,
+    ) -> Result<(), Closing> {
+        let member = lock(&self.session.state).channels.contains(&channel);
+        if !member {
+            return self.fail(
+                reference,
+                ErrorCode::Forbidden,
+                format!("not a member of {channel:?}"),
+            );
+        }
+        let Some(permit) = self.permit().await else {
+            return Ok(());
+        };
+        let answer = self
+            .shared
+            .recover_answer(reference, &self.session, &channel, after);
+        self.answer_later(reference, permit, answer);
+        Ok(())
+    }
+
+    /// Who is in `channel` (every node): members and those who may join may ask.
+    async fn presence(&mut self, reference: u64, channel: String) -> Result<(), Closing> {
+        let member = lock(&self.session.state).channels.contains(&channel);
+        if !member && !self.may(&channel, false) {
+            return self.fail(
+                reference,
+                ErrorCode::Forbidden,
+                format!("may not see who is in {channel:?}"),
+            );
+        }
+        let Some(permit) = self.permit().await else {
+            return Ok(());
+        };
+        let answer = self.shared.presence_answer(reference, &channel);
+        self.answer_later(reference, permit, answer);
+        Ok(())
     }
 
     async fn call(
@@ -429,21 +483,26 @@ fn error_frame(reference: u64, code: ErrorCode, message: String) -> ServerFrame 
     })
 }
 
-fn deliver_answer(reference: u64, result: Result<usize, DeliverError>) -> ServerFrame {
-    match result {
-        Ok(_) => ServerFrame::Ok {
-            reference,
-            data: None,
-        },
-        Err(error) => {
-            let code = match &error {
-                DeliverError::NoSuchSession => ErrorCode::NoSuchSession,
-                DeliverError::Full => ErrorCode::StoreFailed,
-                DeliverError::Store(_) => ErrorCode::StoreFailed,
-                DeliverError::TooLarge { .. } => ErrorCode::TooLarge,
-            };
-            error_frame(reference, code, error.to_string())
+/// The `error` answer of a delivery that failed.
+pub(crate) fn deliver_error(reference: u64, error: &DeliverError) -> ServerFrame {
+    let code = match error {
+        DeliverError::NoSuchSession => ErrorCode::NoSuchSession,
+        DeliverError::Full => ErrorCode::StoreFailed,
+        DeliverError::Store(_) => ErrorCode::StoreFailed,
+        DeliverError::TooLarge { .. } => ErrorCode::TooLarge,
+        DeliverError::Unavailable(_) => ErrorCode::Unavailable,
+    };
+    error_frame(reference, code, error.to_string())
+}
+
+/// The `error` answer of a publication the cluster refused.
+pub(crate) fn cluster_error(reference: u64, error: &ClusterError) -> ServerFrame {
+    match error {
+        ClusterError::Deliver(error) => deliver_error(reference, error),
+        ClusterError::TooLarge { .. } => {
+            error_frame(reference, ErrorCode::TooLarge, error.to_string())
         }
+        _ => error_frame(reference, ErrorCode::Unavailable, error.to_string()),
     }
 }
 

@@ -46,6 +46,16 @@ impl ResumeKeys {
         data_encoding::BASE64URL_NOPAD.encode(&bytes)
     }
 
+    /// The session id a token names, unverified (another node of the cluster, which made
+    /// it, verifies it).
+    pub(crate) fn session_of(token: &str) -> Option<String> {
+        let bytes = data_encoding::BASE64URL_NOPAD
+            .decode(token.as_bytes())
+            .ok()?;
+        let session = bytes.get(8..24).filter(|_| bytes.len() == 40)?;
+        Some(data_encoding::BASE64URL_NOPAD.encode(session))
+    }
+
     /// The (mailbox, session id) of a genuine token.
     pub(crate) fn verify(&self, token: &str) -> Option<(MailboxId, String)> {
         let bytes = data_encoding::BASE64URL_NOPAD

@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     /// Cancelled when the gateway drains: every connection closes with 1001.
     pub(crate) stopping: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Where publications go (and presence is asked): this node alone, or its cluster.
+    pub(crate) cluster: Arc<dyn crate::cluster::Cluster>,
+    /// This `Shared` itself (the cluster's deliveries need an `Arc`).
+    pub(crate) this: std::sync::Weak<Shared>,
     /// The WebTransport endpoint, once served (for `GET /webtransport`).
     pub(crate) webtransport: std::sync::OnceLock<Arc<super::webtransport::Published>>,
 }
@@ -78,8 +82,11 @@ impl Shared {
         config: GatewayConfig,
         hooks: Arc<dyn Hooks>,
         resume_secret: &[u8],
+        cluster: Arc<dyn crate::cluster::Cluster>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|this| Self {
+            cluster,
+            this: this.clone(),
             node,
             store,
             client_config: RwLock::new(raw_json(&config.client_config)),
@@ -171,6 +178,7 @@ impl Shared {
         };
         for channel in channels {
             self.channels.leave(&channel, &session.info.id);
+            self.presence_changed(&channel, false, session);
         }
         if let Some(attached) = attached {
             let message = match &reason {
@@ -223,6 +231,7 @@ impl Shared {
         drop(state);
         if joined {
             session.save();
+            self.presence_changed(channel, true, session);
         }
         Ok(())
     }
@@ -232,6 +241,7 @@ impl Shared {
         self.channels.leave(channel, &session.info.id);
         if left {
             session.save();
+            self.presence_changed(channel, false, session);
         }
     }
 

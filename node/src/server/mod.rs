@@ -18,6 +18,7 @@ use ferry::{Address, BindError, Mailbox, Message, Node, NodeConfig, SecretKey};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterConfig;
 use crate::config::Peer;
 use crate::gateway::webtransport::{
     Listen as WebTransportListen, WebTransport, WebTransportConfig, WebTransportError,
@@ -50,6 +51,9 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     /// Where the browser gateway listens, and its configuration; `None`: no gateway.
     pub gateway: Option<(SocketAddr, GatewayConfig)>,
+    /// The gateway's cluster (`--cluster`, the `cluster` and `cluster_*` keys): `None` (no
+    /// servers) for a gateway alone.
+    pub cluster: Option<ClusterConfig>,
     /// Where the gateway's WebTransport endpoint listens (UDP), and its configuration;
     /// `None`: WebSocket only. Nothing without `gateway`.
     pub webtransport: Option<(WebTransportListen, WebTransportConfig)>,
@@ -80,6 +84,7 @@ impl ServerConfig {
                 .webtransport
                 .map(|listen| (listen, WebTransportConfig::default())),
             mailbox: "inbox".to_owned(),
+            cluster: None,
         }
     }
 }
@@ -127,6 +132,10 @@ pub enum ServerError {
     /// The gateway could not start.
     #[error(transparent)]
     Gateway(#[from] gateway::StartError),
+    /// The gateway could not join its cluster (NATS unreachable after every try, or its
+    /// JetStream unusable).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::nats::ConnectError),
     /// The WebTransport endpoint could not start (its UDP port, its certificates).
     #[error(transparent)]
     WebTransport(#[from] WebTransportError),
@@ -230,9 +239,10 @@ impl Server {
         // The gateway first, so that /metrics has its figures.
         let mut gateway_handle = None;
         if let Some((addr, gateway)) = config.gateway {
+            let cluster = config.cluster.filter(|cluster| !cluster.servers.is_empty());
             gateway_handle = Some(
                 server
-                    .serve_gateway(addr, gateway, config.webtransport)
+                    .serve_gateway(addr, gateway, config.webtransport, cluster)
                     .await?,
             );
         }
@@ -306,6 +316,7 @@ impl Server {
         addr: SocketAddr,
         mut config: GatewayConfig,
         webtransport: Option<(WebTransportListen, WebTransportConfig)>,
+        cluster: Option<ClusterConfig>,
     ) -> Result<GatewayHandle, ServerError> {
         let store = self.store.clone().ok_or(ServerError::GatewayWithoutStore)?;
         if let Some(object) = config.client_config.as_object_mut() {
@@ -315,7 +326,17 @@ impl Server {
         }
         let listener = listen("gateway", addr).await?;
         let bound = bound_addr("gateway", addr, &listener)?;
-        let gateway = Gateway::new(self.node.clone(), store, config, Arc::new(NoHooks))?;
+        let gateway = match cluster {
+            Some(mut cluster) => {
+                if cluster.advertise.is_none() {
+                    cluster.advertise = Some(format!("ws://{bound}/ws"));
+                }
+                let cluster: Arc<dyn crate::cluster::Cluster> =
+                    crate::cluster::nats::NatsCluster::connect(cluster).await?;
+                Gateway::with_cluster(self.node.clone(), store, config, Arc::new(NoHooks), cluster)?
+            }
+            None => Gateway::new(self.node.clone(), store, config, Arc::new(NoHooks))?,
+        };
         let handle = gateway.handle();
         if let Some((listen, config)) = webtransport {
             let (endpoint, own_port) = bind_webtransport(bound, listen, config)?;
