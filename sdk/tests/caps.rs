@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ferry::address::GrantId;
-use ferry::{Node, NodeConfig, OpenError, SecretKey, SendError, ServiceOptions};
+use ferry::{DownReason, Node, NodeConfig, OpenError, SecretKey, SendError, ServiceOptions};
+use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -63,6 +64,87 @@ async fn revoking_a_grant_voids_it_and_its_derivations_only() {
     );
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Receives the next message as a `u32`.
+async fn recv_u32(mailbox: &ferry::Mailbox) -> u32 {
+    mailbox
+        .recv_timeout(WAIT)
+        .await
+        .unwrap()
+        .decode::<u32>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_grant_ends_the_streams_and_watches_open_under_it() {
+    let a = node().await;
+    let c = node().await;
+    // Two messages fill the target's queue, so a third waits on its stream for room.
+    let b = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            mailbox_capacity: 2,
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let target = b.mailbox();
+    let g = target.grant(None);
+    let h = target.grant(None);
+    // A watch of an address derived from G, open before the revocation.
+    let watch = c
+        .monitor(&g.attenuate().max_messages(100).build().unwrap())
+        .unwrap();
+    wait_for("the watch to be open", || b.stats().streams_in >= 1).await;
+    let from_a = a.mailbox();
+    let to_g = from_a.sender(&g).unwrap();
+    to_g.send(&1u32).await.unwrap();
+    to_g.send(&2u32).await.unwrap();
+    let waiting_g = to_g.enqueue(&3u32).await.unwrap();
+    wait_for("G's third message to wait for room", || {
+        b.stats().buffered_bytes > 0
+    })
+    .await;
+    let held_by_g = b.stats().buffered_bytes;
+    let from_c = c.mailbox();
+    let to_h = from_c.sender(&h).unwrap();
+    let waiting_h = to_h.enqueue(&10u32).await.unwrap();
+    wait_for("H's message to wait for room", || {
+        b.stats().buffered_bytes > held_by_g
+    })
+    .await;
+    let open = b.stats().streams_in;
+    target.revoke(g.grant()).await.unwrap();
+    // The stream under G ends at once with REVOKED, its waiting message undelivered, and so
+    // does the watch; nothing has to be read from the mailbox for that.
+    assert_eq!(
+        tokio::time::timeout(WAIT, waiting_g).await.unwrap(),
+        Err(SendError::Revoked)
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, watch).await.unwrap(),
+        DownReason::InvalidAddress(SendError::Revoked)
+    );
+    wait_for("G's stream and the watch to end", || {
+        b.stats().streams_in + 2 <= open
+    })
+    .await;
+    // What G's sender had acknowledged is delivered; H's stream, waiting all along, goes on.
+    for expected in [1, 2, 10] {
+        assert_eq!(recv_u32(&target).await, expected);
+    }
+    assert_eq!(tokio::time::timeout(WAIT, waiting_h).await.unwrap(), Ok(()));
+    to_h.send(&11u32).await.unwrap();
+    assert_eq!(recv_u32(&target).await, 11);
+    assert_eq!(to_g.send(&4u32).await, Err(SendError::Revoked));
+    from_a.send(target.address(), &5u32).await.unwrap();
+    assert_eq!(recv_u32(&target).await, 5);
+    assert!(target.try_recv_many(10).unwrap().is_empty());
+    for node in [a, b, c] {
+        node.shutdown(Duration::from_secs(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
