@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use ferry::address::GrantId;
-use ferry::{DownReason, Node, NodeConfig, OpenError, SecretKey, SendError, ServiceOptions};
+use ferry::{
+    DownReason, Node, NodeConfig, OpenError, RevokeError, SecretKey, SendError, ServiceOptions,
+};
 use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -145,6 +147,40 @@ async fn revoking_a_grant_ends_the_streams_and_watches_open_under_it() {
     for node in [a, b, c] {
         node.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_keeps_at_most_max_revocations() {
+    let b = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            max_revocations: 2,
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let target = b.mailbox();
+    let [one, two, three] = [(); 3].map(|()| target.grant(None));
+    target.revoke(one.grant()).await.unwrap();
+    target.revoke(two.grant()).await.unwrap();
+    // Revoking again is not counted.
+    target.revoke(two.grant()).await.unwrap();
+    assert_eq!(
+        target.revoke(three.grant()).await,
+        Err(RevokeError::TooMany { max: 2 })
+    );
+    assert_eq!(target.revocations(), 2);
+    assert!(!target.is_revoked(three.grant()));
+    b.send(&three, "still valid").await.unwrap();
+    assert_eq!(b.send(&two, "x").await, Err(SendError::Revoked));
+    // A smaller bound of the caller's own (a gateway session's) applies too.
+    let other = b.mailbox();
+    assert_eq!(
+        other.revoke_within(GrantId(7), 0).await,
+        Err(RevokeError::TooMany { max: 0 })
+    );
+    b.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
