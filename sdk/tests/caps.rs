@@ -150,6 +150,71 @@ async fn revoking_a_grant_ends_the_streams_and_watches_open_under_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_under_a_revoked_grant_ends_at_once() {
+    // The sender would keep an idle stream open for an hour.
+    let a = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            stream_idle_timeout: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let b = node().await;
+    let target = b.mailbox();
+    let [g, h] = [(); 2].map(|()| target.grant(None));
+    let from = a.mailbox();
+    from.send(&g, &1u32).await.unwrap();
+    from.send(&h, &2u32).await.unwrap();
+    wait_for("both streams to be open", || b.stats().streams_in == 2).await;
+    assert_eq!(a.stats().conversations, 2);
+    target.revoke(g.grant()).await.unwrap();
+    // Nothing is sent under G: its stream ends at both ends all the same.
+    wait_for("G's idle stream to end", || {
+        b.stats().streams_in == 1 && a.stats().conversations == 1
+    })
+    .await;
+    from.send(&h, &3u32).await.unwrap();
+    for expected in [1, 2, 3] {
+        assert_eq!(recv_u32(&target).await, expected);
+    }
+    assert_eq!(from.send(&g, &4u32).await, Err(SendError::Revoked));
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+// One thread: the spawned send runs until it waits for room before the test goes on.
+#[tokio::test]
+async fn a_local_send_waiting_under_a_revoked_grant_is_refused() {
+    let b = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            mailbox_capacity: 1,
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let target = b.mailbox();
+    let g = target.grant(None);
+    b.send(&g, &1u32).await.unwrap();
+    let sender = b.clone();
+    let to = g.clone();
+    let waiting = tokio::spawn(async move { sender.send(&to, &2u32).await });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    target.revoke(g.grant()).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap(),
+        Err(SendError::Revoked)
+    );
+    assert_eq!(recv_u32(&target).await, 1);
+    assert!(target.try_recv_many(10).unwrap().is_empty());
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_keeps_at_most_max_revocations() {
     let b = Node::bind(
         SecretKey::generate(),
