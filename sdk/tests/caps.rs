@@ -13,9 +13,11 @@ use ferry_testkit::wait::wait_for;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn node() -> Node {
-    Node::bind(SecretKey::generate(), NodeConfig::default())
-        .await
-        .unwrap()
+    node_with(NodeConfig::default()).await
+}
+
+async fn node_with(config: NodeConfig) -> Node {
+    Node::bind(SecretKey::generate(), config).await.unwrap()
 }
 
 fn unix_now() -> u64 {
@@ -83,15 +85,11 @@ async fn revoking_a_grant_ends_the_streams_and_watches_open_under_it() {
     let a = node().await;
     let c = node().await;
     // Two messages fill the target's queue, so a third waits on its stream for room.
-    let b = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            mailbox_capacity: 2,
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = node_with(NodeConfig {
+        mailbox_capacity: 2,
+        ..NodeConfig::default()
+    })
+    .await;
     let target = b.mailbox();
     let g = target.grant(None);
     let h = target.grant(None);
@@ -152,15 +150,11 @@ async fn revoking_a_grant_ends_the_streams_and_watches_open_under_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_under_a_revoked_grant_ends_at_once() {
     // The sender would keep an idle stream open for an hour.
-    let a = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            stream_idle_timeout: Duration::from_secs(3600),
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let a = node_with(NodeConfig {
+        stream_idle_timeout: Duration::from_secs(3600),
+        ..NodeConfig::default()
+    })
+    .await;
     let b = node().await;
     let target = b.mailbox();
     let [g, h] = [(); 2].map(|()| target.grant(None));
@@ -187,15 +181,11 @@ async fn an_idle_stream_under_a_revoked_grant_ends_at_once() {
 // One thread: the spawned send runs until it waits for room before the test goes on.
 #[tokio::test]
 async fn a_local_send_waiting_under_a_revoked_grant_is_refused() {
-    let b = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            mailbox_capacity: 1,
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = node_with(NodeConfig {
+        mailbox_capacity: 1,
+        ..NodeConfig::default()
+    })
+    .await;
     let target = b.mailbox();
     let g = target.grant(None);
     b.send(&g, &1u32).await.unwrap();
@@ -216,15 +206,11 @@ async fn a_local_send_waiting_under_a_revoked_grant_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_keeps_at_most_max_revocations() {
-    let b = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            max_revocations: 2,
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = node_with(NodeConfig {
+        max_revocations: 2,
+        ..NodeConfig::default()
+    })
+    .await;
     let target = b.mailbox();
     let [one, two, three] = [(); 3].map(|()| target.grant(None));
     target.revoke(one.grant()).await.unwrap();

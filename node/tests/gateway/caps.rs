@@ -13,19 +13,12 @@ use ferry_node::store::StoreConfig;
 use ferry_testkit::wait::wait_for;
 use serde_json::{json, Value};
 
-use super::{ask, connect, data_json, limited, next, start, start_with, Ws, WAIT};
+use super::{ask, connect, data_json, limited, next, now, start, start_with, Ws, WAIT};
 
 async fn peer() -> Node {
     Node::bind(SecretKey::generate(), NodeConfig::default())
         .await
         .unwrap()
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// The session's own address, from its welcome.
@@ -89,7 +82,7 @@ async fn caveats_on_a_session_s_address_are_enforced() {
     .await;
     assert_eq!(answer.header["code"], "exhausted", "{answer:?}");
     // Expired, and held by another node than the sender: refused.
-    let past = own.attenuate().expires_at(unix_now() - 1).build().unwrap();
+    let past = own.attenuate().expires_at(now() - 1).build().unwrap();
     assert!(matches!(
         sender.send(&past, "x").await,
         Err(SendError::Expired(_))
