@@ -178,6 +178,32 @@ async fn an_idle_stream_under_a_revoked_grant_ends_at_once() {
     b.shutdown(Duration::from_secs(1)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_a_rate_window_under_a_revoked_grant_ends_at_once() {
+    let a = node().await;
+    let b = node().await;
+    let target = b.mailbox();
+    let g = target.grant(None);
+    // One message an hour: the second waits on the stream for the window to end.
+    let hourly = g.attenuate().rate(1, 3600).build().unwrap();
+    let sender = a.mailbox().sender(&hourly).unwrap();
+    sender.send(&1u32).await.unwrap();
+    let waiting = sender.enqueue(&2u32).await.unwrap();
+    wait_for("the second message to wait for the rate window", || {
+        b.stats().buffered_bytes > 0
+    })
+    .await;
+    target.revoke(g.grant()).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, waiting).await.unwrap(),
+        Err(SendError::Revoked)
+    );
+    assert_eq!(recv_u32(&target).await, 1);
+    assert!(target.try_recv_many(10).unwrap().is_empty());
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
 // One thread: the spawned send runs until it waits for room before the test goes on.
 #[tokio::test]
 async fn a_local_send_waiting_under_a_revoked_grant_is_refused() {
