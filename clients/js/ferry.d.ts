@@ -185,7 +185,11 @@ export class Client {
   attenuate (address: string, options?: Attenuation): Promise<string>
   /** An address of this session's mailbox under a new grant, and the grant's id. */
   grant (options?: { expires?: Date | number }): Promise<Grant>
-  /** Revokes a grant of this session's mailbox; resolves once the revocation is stored. */
+  /**
+   * Revokes a grant of this session's mailbox; resolves once the revocation is stored.
+   * Conversations open under it end (their unacknowledged messages fail with `revoked`).
+   * Rejected with `forbidden` beyond the gateway's `gateway_max_revocations` (default 64).
+   */
   revoke (grant: string): Promise<void>
   disconnect (): void
   reconnect (): Promise<Client>

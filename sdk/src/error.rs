@@ -557,6 +557,24 @@ pub enum PingError {
     NodeClosed,
 }
 
+/// Why [`Mailbox::revoke`](crate::Mailbox::revoke) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevokeError {
+    /// The mailbox keeps `max` revoked grants already (the node's `max_revocations`, or the
+    /// smaller bound given to [`Mailbox::revoke_within`](crate::Mailbox::revoke_within)):
+    /// nothing was revoked.
+    #[error("the mailbox has {max} revoked grants already")]
+    TooMany {
+        /// The bound.
+        max: usize,
+    },
+    /// The revocation is in force but could not be stored: it lasts until the mailbox
+    /// closes.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Why a watch could not be started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

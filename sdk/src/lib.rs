@@ -89,8 +89,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
 pub use error::{
     AttachError, BindError, CallError, ConversationError, DecodeError, DialError, IoError,
-    MonitorError, OpenError, PayloadError, PingError, RecvError, RouteFailure, SendError,
-    ServeError, StreamError,
+    MonitorError, OpenError, PayloadError, PingError, RecvError, RevokeError, RouteFailure,
+    SendError, ServeError, StreamError,
 };
 pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;

@@ -18,7 +18,7 @@ use crate::address::{
     Address, CounterKey, GrantId, Limit, LimitKind, MailboxId, Usage, VerifyError,
 };
 use crate::caveat::Tag;
-use crate::error::{AttachError, DecodeError, PayloadError, RecvError, SendError};
+use crate::error::{AttachError, DecodeError, PayloadError, RecvError, RevokeError, SendError};
 use crate::identity::NodeId;
 use crate::node::NodeInner;
 use crate::store::{MailboxStore, RunId, StoreError, StoredMessage};
@@ -178,9 +178,11 @@ struct Window {
 
 /// What a mailbox keeps for its capabilities: revoked grants, the counters of counting
 /// caveats, and the roots of chains it checked.
-#[derive(Default)]
 pub(crate) struct Caps {
     revoked: RwLock<std::collections::HashSet<GrantId>>,
+    /// Notified of every revocation: streams and watches open under a grant wait on it to end
+    /// as soon as their grant is revoked. (Inline in the mailbox: no allocation of its own.)
+    revocations: tokio::sync::Notify,
     counts: Mutex<HashMap<CounterKey, u64>>,
     windows: Mutex<HashMap<CounterKey, Window>>,
     roots: Mutex<Vec<(BaseId, Tag)>>,
@@ -197,12 +199,20 @@ pub(crate) enum Budget {
     TooManyCounters,
 }
 
+impl Default for Caps {
+    fn default() -> Self {
+        Self::with(Vec::new(), Vec::new())
+    }
+}
+
 impl Caps {
     pub(crate) fn with(revoked: Vec<GrantId>, counts: Vec<(CounterKey, u64)>) -> Self {
         Self {
             revoked: RwLock::new(revoked.into_iter().collect()),
+            revocations: tokio::sync::Notify::new(),
             counts: Mutex::new(counts.into_iter().collect()),
-            ..Self::default()
+            windows: Mutex::default(),
+            roots: Mutex::default(),
         }
     }
 
@@ -210,8 +220,37 @@ impl Caps {
         read(&self.revoked).contains(&grant)
     }
 
-    pub(crate) fn revoke(&self, grant: GrantId) {
-        write(&self.revoked).insert(grant);
+    /// Revokes `grant` unless `max` grants are revoked already (one already revoked is
+    /// not counted again), and wakes whatever waits in [`Caps::revoked`].
+    fn revoke_within(&self, grant: GrantId, max: usize) -> Result<(), RevokeError> {
+        {
+            let mut revoked = write(&self.revoked);
+            if !revoked.contains(&grant) && revoked.len() >= max {
+                return Err(RevokeError::TooMany { max });
+            }
+            revoked.insert(grant);
+        }
+        self.revocations.notify_waiters();
+        Ok(())
+    }
+
+    /// How many grants are revoked.
+    fn revoked_count(&self) -> usize {
+        read(&self.revoked).len()
+    }
+
+    /// Resolves once `grant` is revoked (at once if it is already).
+    pub(crate) async fn revoked(&self, grant: GrantId) {
+        loop {
+            // Enabled before the check: a revocation after it wakes this waiter.
+            let notified = self.revocations.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_revoked(grant) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Reserves one message under `limits` at `now`: every counter is charged, or none.
@@ -319,6 +358,16 @@ pub(crate) struct Authorized {
     pub(crate) handle: MailboxHandle,
     pub(crate) grant: GrantId,
     pub(crate) limits: Vec<Limit>,
+}
+
+impl Authorized {
+    /// Resolves once the address's grant is revoked: what a stream or watch opened under it
+    /// waits on, to end with REVOKED (PROTOCOL.md §4.11).
+    pub(crate) fn revoked(&self) -> impl Future<Output = ()> + Send + 'static {
+        let caps = self.handle.caps.clone();
+        let grant = self.grant;
+        async move { caps.revoked(grant).await }
+    }
 }
 
 /// Decodes postcard bytes as exactly one `T`, with nothing left over.
@@ -586,18 +635,40 @@ impl Mailbox {
     }
 
     /// Revokes `grant`: its addresses and every address derived from them are refused from
-    /// now on with [`SendError::Revoked`] (wire code REVOKED), and streams already open under
-    /// it stop before their next batch. The mailbox and its other grants are untouched.
-    /// Revoking [`GrantId::DEFAULT`] voids every `ferry1` address of the mailbox, including
-    /// [`Mailbox::address`]. For a durable mailbox the revocation is stored before this
-    /// returns, so it survives a restart and a crash; the revocation is in force (in memory)
-    /// even when storing fails.
-    pub async fn revoke(&self, grant: GrantId) -> Result<(), StoreError> {
-        self.caps.revoke(grant);
+    /// now on with [`SendError::Revoked`] (wire code REVOKED). Streams already open under it
+    /// deliver no further message and are closed with REVOKED at once (their senders'
+    /// unacknowledged messages fail with [`SendError::Revoked`]; what was acknowledged stays
+    /// delivered), and watches of its addresses end with
+    /// [`DownReason::InvalidAddress`](crate::DownReason::InvalidAddress)`(Revoked)`. The
+    /// mailbox and its other grants are untouched. Revoking [`GrantId::DEFAULT`] voids every
+    /// `ferry1` address of the mailbox, including [`Mailbox::address`].
+    ///
+    /// A mailbox keeps at most `max_revocations` (a [`NodeConfig`](crate::NodeConfig) key)
+    /// revoked grants: a further one fails with [`RevokeError::TooMany`] and revokes nothing;
+    /// revoking a grant again is not counted. For a durable mailbox the revocation is stored
+    /// before this returns, so it survives a restart and a crash; the revocation is in force
+    /// (in memory) even when storing fails.
+    pub async fn revoke(&self, grant: GrantId) -> Result<(), RevokeError> {
+        self.revoke_within(grant, usize::MAX).await
+    }
+
+    /// [`Mailbox::revoke`] with a bound of `max` revoked grants (at most the node's
+    /// `max_revocations`), for a holder that allows fewer, such as a gateway session.
+    pub async fn revoke_within(&self, grant: GrantId, max: usize) -> Result<(), RevokeError> {
+        let node_max = self
+            .node
+            .upgrade()
+            .map_or(usize::MAX, |node| node.config.max_revocations);
+        self.caps.revoke_within(grant, max.min(node_max))?;
         if let Some(durable) = &self.durable {
             durable.store.revoke(self.id, grant).await?;
         }
         Ok(())
+    }
+
+    /// How many grants of the mailbox are revoked.
+    pub fn revocations(&self) -> usize {
+        self.caps.revoked_count()
     }
 
     /// Whether `grant` is revoked.

@@ -636,6 +636,10 @@ async fn deliver_locally(
     let counters = durable_counters(&authorized.limits);
     // Set once a durable store kept (and counted) the message: it is delivered from then on.
     let stored_flag = std::sync::atomic::AtomicBool::new(false);
+    // A revocation while the message waits (for room in a store, or in the queue of a mailbox
+    // that is not durable) refuses it, as it ends a remote sender's stream.
+    let revoked = authorized.revoked();
+    tokio::pin!(revoked);
     let deliver = async {
         let message = match &mailbox.durable {
             None => Message {
@@ -659,15 +663,24 @@ async fn deliver_locally(
                         break message;
                     }
                     // Full: wait for the application to acknowledge (bounded by send_timeout).
-                    None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    None => tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = &mut revoked => return Err(SendError::Revoked),
+                    },
                 }
             },
         };
-        mailbox
-            .queue
-            .send(message)
-            .await
-            .map_err(|_| SendError::NoSuchMailbox)
+        let queued = mailbox.queue.send(message);
+        let sent = if mailbox.durable.is_some() {
+            // Stored: delivered, revoked or not.
+            queued.await
+        } else {
+            tokio::select! {
+                sent = queued => sent,
+                _ = &mut revoked => return Err(SendError::Revoked),
+            }
+        };
+        sent.map_err(|_| SendError::NoSuchMailbox)
     };
     let result = tokio::select! {
         _ = mailbox.closed.cancelled() => Err(SendError::NoSuchMailbox),

@@ -5,14 +5,19 @@
 use std::time::Duration;
 
 use ferry::address::GrantId;
-use ferry::{Node, NodeConfig, OpenError, SecretKey, SendError, ServiceOptions};
+use ferry::{
+    DownReason, Node, NodeConfig, OpenError, RevokeError, SecretKey, SendError, ServiceOptions,
+};
+use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn node() -> Node {
-    Node::bind(SecretKey::generate(), NodeConfig::default())
-        .await
-        .unwrap()
+    node_with(NodeConfig::default()).await
+}
+
+async fn node_with(config: NodeConfig) -> Node {
+    Node::bind(SecretKey::generate(), config).await.unwrap()
 }
 
 fn unix_now() -> u64 {
@@ -62,6 +67,196 @@ async fn revoking_a_grant_voids_it_and_its_derivations_only() {
         ferry::DownReason::InvalidAddress(SendError::Revoked)
     );
     a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Receives the next message as a `u32`.
+async fn recv_u32(mailbox: &ferry::Mailbox) -> u32 {
+    mailbox
+        .recv_timeout(WAIT)
+        .await
+        .unwrap()
+        .decode::<u32>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_grant_ends_the_streams_and_watches_open_under_it() {
+    let a = node().await;
+    let c = node().await;
+    // Two messages fill the target's queue, so a third waits on its stream for room.
+    let b = node_with(NodeConfig {
+        mailbox_capacity: 2,
+        ..NodeConfig::default()
+    })
+    .await;
+    let target = b.mailbox();
+    let g = target.grant(None);
+    let h = target.grant(None);
+    // A watch of an address derived from G, open before the revocation.
+    let watch = c
+        .monitor(&g.attenuate().max_messages(100).build().unwrap())
+        .unwrap();
+    wait_for("the watch to be open", || b.stats().streams_in >= 1).await;
+    let from_a = a.mailbox();
+    let to_g = from_a.sender(&g).unwrap();
+    to_g.send(&1u32).await.unwrap();
+    to_g.send(&2u32).await.unwrap();
+    let waiting_g = to_g.enqueue(&3u32).await.unwrap();
+    wait_for("G's third message to wait for room", || {
+        b.stats().buffered_bytes > 0
+    })
+    .await;
+    let held_by_g = b.stats().buffered_bytes;
+    let from_c = c.mailbox();
+    let to_h = from_c.sender(&h).unwrap();
+    let waiting_h = to_h.enqueue(&10u32).await.unwrap();
+    wait_for("H's message to wait for room", || {
+        b.stats().buffered_bytes > held_by_g
+    })
+    .await;
+    let open = b.stats().streams_in;
+    target.revoke(g.grant()).await.unwrap();
+    // The stream under G ends at once with REVOKED, its waiting message undelivered, and so
+    // does the watch; nothing has to be read from the mailbox for that.
+    assert_eq!(
+        tokio::time::timeout(WAIT, waiting_g).await.unwrap(),
+        Err(SendError::Revoked)
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, watch).await.unwrap(),
+        DownReason::InvalidAddress(SendError::Revoked)
+    );
+    wait_for("G's stream and the watch to end", || {
+        b.stats().streams_in + 2 <= open
+    })
+    .await;
+    // What G's sender had acknowledged is delivered; H's stream, waiting all along, goes on.
+    for expected in [1, 2, 10] {
+        assert_eq!(recv_u32(&target).await, expected);
+    }
+    assert_eq!(tokio::time::timeout(WAIT, waiting_h).await.unwrap(), Ok(()));
+    to_h.send(&11u32).await.unwrap();
+    assert_eq!(recv_u32(&target).await, 11);
+    assert_eq!(to_g.send(&4u32).await, Err(SendError::Revoked));
+    from_a.send(target.address(), &5u32).await.unwrap();
+    assert_eq!(recv_u32(&target).await, 5);
+    assert!(target.try_recv_many(10).unwrap().is_empty());
+    for node in [a, b, c] {
+        node.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_under_a_revoked_grant_ends_at_once() {
+    // The sender would keep an idle stream open for an hour.
+    let a = node_with(NodeConfig {
+        stream_idle_timeout: Duration::from_secs(3600),
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node().await;
+    let target = b.mailbox();
+    let [g, h] = [(); 2].map(|()| target.grant(None));
+    let from = a.mailbox();
+    from.send(&g, &1u32).await.unwrap();
+    from.send(&h, &2u32).await.unwrap();
+    wait_for("both streams to be open", || b.stats().streams_in == 2).await;
+    assert_eq!(a.stats().conversations, 2);
+    target.revoke(g.grant()).await.unwrap();
+    // Nothing is sent under G: its stream ends at both ends all the same.
+    wait_for("G's idle stream to end", || {
+        b.stats().streams_in == 1 && a.stats().conversations == 1
+    })
+    .await;
+    from.send(&h, &3u32).await.unwrap();
+    for expected in [1, 2, 3] {
+        assert_eq!(recv_u32(&target).await, expected);
+    }
+    assert_eq!(from.send(&g, &4u32).await, Err(SendError::Revoked));
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_a_rate_window_under_a_revoked_grant_ends_at_once() {
+    let a = node().await;
+    let b = node().await;
+    let target = b.mailbox();
+    let g = target.grant(None);
+    // One message an hour: the second waits on the stream for the window to end.
+    let hourly = g.attenuate().rate(1, 3600).build().unwrap();
+    let sender = a.mailbox().sender(&hourly).unwrap();
+    sender.send(&1u32).await.unwrap();
+    let waiting = sender.enqueue(&2u32).await.unwrap();
+    wait_for("the second message to wait for the rate window", || {
+        b.stats().buffered_bytes > 0
+    })
+    .await;
+    target.revoke(g.grant()).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, waiting).await.unwrap(),
+        Err(SendError::Revoked)
+    );
+    assert_eq!(recv_u32(&target).await, 1);
+    assert!(target.try_recv_many(10).unwrap().is_empty());
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+// One thread: the spawned send runs until it waits for room before the test goes on.
+#[tokio::test]
+async fn a_local_send_waiting_under_a_revoked_grant_is_refused() {
+    let b = node_with(NodeConfig {
+        mailbox_capacity: 1,
+        ..NodeConfig::default()
+    })
+    .await;
+    let target = b.mailbox();
+    let g = target.grant(None);
+    b.send(&g, &1u32).await.unwrap();
+    let sender = b.clone();
+    let to = g.clone();
+    let waiting = tokio::spawn(async move { sender.send(&to, &2u32).await });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    target.revoke(g.grant()).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap(),
+        Err(SendError::Revoked)
+    );
+    assert_eq!(recv_u32(&target).await, 1);
+    assert!(target.try_recv_many(10).unwrap().is_empty());
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_keeps_at_most_max_revocations() {
+    let b = node_with(NodeConfig {
+        max_revocations: 2,
+        ..NodeConfig::default()
+    })
+    .await;
+    let target = b.mailbox();
+    let [one, two, three] = [(); 3].map(|()| target.grant(None));
+    target.revoke(one.grant()).await.unwrap();
+    target.revoke(two.grant()).await.unwrap();
+    // Revoking again is not counted.
+    target.revoke(two.grant()).await.unwrap();
+    assert_eq!(
+        target.revoke(three.grant()).await,
+        Err(RevokeError::TooMany { max: 2 })
+    );
+    assert_eq!(target.revocations(), 2);
+    assert!(!target.is_revoked(three.grant()));
+    b.send(&three, "still valid").await.unwrap();
+    assert_eq!(b.send(&two, "x").await, Err(SendError::Revoked));
+    // A smaller bound of the caller's own (a gateway session's) applies too.
+    let other = b.mailbox();
+    assert_eq!(
+        other.revoke_within(GrantId(7), 0).await,
+        Err(RevokeError::TooMany { max: 0 })
+    );
     b.shutdown(Duration::from_secs(1)).await;
 }
 

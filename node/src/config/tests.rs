@@ -38,7 +38,7 @@ fn every_key_is_documented_and_every_documented_key_is_read() {
         unread.is_empty(),
         "CONFIG.md keys nothing reads: {unread:?}"
     );
-    assert_eq!(documented.len(), 91);
+    assert_eq!(documented.len(), 93);
 }
 
 /// The default column of every row is what the structs default to: `key = default` reads
@@ -136,6 +136,7 @@ fn gateway_keys() {
         gateway_max_call_timeout = "4s"
         gateway_max_remembered_answers = 13
         gateway_max_remembered_answer_bytes = 14
+        gateway_max_revocations = 15
         shutdown_grace = "5s"
     "#;
     let file = FileConfig::parse(text).unwrap();
@@ -177,8 +178,12 @@ fn gateway_keys() {
         (9, 10, 11, 12)
     );
     assert_eq!(
-        (l.max_remembered_answers, l.max_remembered_answer_bytes),
-        (13, 14)
+        (
+            l.max_remembered_answers,
+            l.max_remembered_answer_bytes,
+            l.max_revocations
+        ),
+        (13, 14, 15)
     );
     assert_eq!(l.max_connection_age, Some(secs(3600)));
     assert_eq!(
@@ -276,6 +281,7 @@ fn every_key_reaches_the_node_config() {
         relays = ["{a}@192.0.2.2:4433"]
         hole_punching = false
         max_monitors_per_peer = 13
+        max_revocations = 19
         "#
     );
     let file = FileConfig::parse(&text).unwrap();
@@ -314,6 +320,7 @@ fn every_key_reaches_the_node_config() {
         relays,
         hole_punching,
         max_monitors_per_peer,
+        max_revocations,
     } = file.node.clone();
     assert!(!hole_punching);
     assert_eq!((max_incoming_streams, initial_incoming_streams), (10, 5));
@@ -356,6 +363,7 @@ fn every_key_reaches_the_node_config() {
     assert_eq!(relay, RelayAccess::Only([a].into_iter().collect()));
     assert_eq!(relay_rate, 12);
     assert_eq!(max_monitors_per_peer, 13);
+    assert_eq!(max_revocations, 19);
     assert_eq!(relays, vec![(a, "192.0.2.2:4433".parse().unwrap())]);
     let daemon = &file.daemon;
     assert_eq!(daemon.data_dir, Some(PathBuf::from("/d")));

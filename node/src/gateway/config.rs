@@ -117,6 +117,11 @@ pub struct Limits {
     pub max_remembered_answers: usize,
     /// Bytes of answers a session's journal keeps at most. Default 256 KiB.
     pub max_remembered_answer_bytes: usize,
+    /// Grants one session may revoke (its `revoke` requests); each revoked grant is kept, in
+    /// memory and in the store, for as long as the session lives. Beyond, `revoke` is
+    /// answered `forbidden`. Also bounded by the node's `max_revocations`. Default 64; 0
+    /// forbids revoking.
+    pub max_revocations: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +143,7 @@ impl Default for Limits {
             max_call_timeout: Duration::from_secs(30),
             max_remembered_answers: 1024,
             max_remembered_answer_bytes: 256 * 1024,
+            max_revocations: 64,
         }
     }
 }

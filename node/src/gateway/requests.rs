@@ -289,8 +289,14 @@ impl Requests {
                 "grant 0 is the session's own address: it cannot be revoked",
             );
         }
-        match self.session.revoke(grant).await {
+        let max = self.shared.config.limits.max_revocations;
+        match self.session.revoke(grant, max).await {
             Some(Ok(())) => self.succeed(reference),
+            Some(Err(ferry::RevokeError::TooMany { max })) => self.fail(
+                reference,
+                ErrorCode::Forbidden,
+                format!("this session has {max} revoked grants already"),
+            ),
             Some(Err(error)) => self.fail(reference, ErrorCode::StoreFailed, error.to_string()),
             None => self.fail(reference, ErrorCode::NoSuchSession, "session ended"),
         }

@@ -419,14 +419,16 @@ impl Session {
             .map(|mailbox| mailbox.grant(expires))
     }
 
-    /// Revokes `grant` of the session's mailbox, in force at once and stored (durable) when
-    /// this returns; `None` once the session ended.
+    /// Revokes `grant` of the session's mailbox unless `max` grants are revoked already, in
+    /// force at once (streams open under it end) and stored (durable) when this returns;
+    /// `None` once the session ended.
     pub(crate) async fn revoke(
         &self,
         grant: ferry::address::GrantId,
-    ) -> Option<Result<(), ferry::StoreError>> {
+        max: usize,
+    ) -> Option<Result<(), ferry::RevokeError>> {
         let mailbox = lock(&self.mailbox).clone()?;
-        Some(mailbox.revoke(grant).await)
+        Some(mailbox.revoke_within(grant, max).await)
     }
 
     /// Removes every delivered message with an index up to `id` from the store.

@@ -478,6 +478,12 @@ pub enum GrantError {
     /// The revocation is in force but could not be stored, so it would not outlast a restart.
     #[error("storing the revocation: {0}")]
     Store(#[source] ferry::StoreError),
+    /// The mailbox keeps `max_revocations` revoked grants already: nothing was revoked.
+    #[error("the mailbox has {max} revoked grants already (max_revocations)")]
+    TooManyRevocations {
+        /// The bound, `max_revocations`.
+        max: usize,
+    },
 }
 
 impl Grants {
@@ -492,7 +498,12 @@ impl Grants {
     /// returns once the revocation is stored. See [`Mailbox::revoke`].
     pub async fn revoke(&self, grant: GrantId) -> Result<(), GrantError> {
         let mailbox = self.mailbox.upgrade().ok_or(GrantError::Stopped)?;
-        mailbox.revoke(grant).await.map_err(GrantError::Store)
+        mailbox.revoke(grant).await.map_err(|error| match error {
+            ferry::RevokeError::TooMany { max } => GrantError::TooManyRevocations { max },
+            ferry::RevokeError::Store(error) => GrantError::Store(error),
+            // A kind this version does not name: said as a store failure.
+            other => GrantError::Store(ferry::StoreError::Failed(other.to_string())),
+        })
     }
 }
 

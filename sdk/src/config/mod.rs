@@ -195,6 +195,14 @@ pub struct NodeConfig {
     ///
     /// [`Node::monitor`]: crate::Node::monitor
     pub max_monitors_per_peer: usize,
+    /// Revoked grants one mailbox keeps at most ([`Mailbox::revoke`]): each is kept for as
+    /// long as the mailbox lives (and stored, for a durable mailbox), so this bounds what
+    /// revoking costs in memory and on disk. Beyond, `revoke` fails with
+    /// [`RevokeError::TooMany`](crate::RevokeError) and revokes nothing. Default 4096; 0
+    /// forbids revoking.
+    ///
+    /// [`Mailbox::revoke`]: crate::Mailbox::revoke
+    pub max_revocations: usize,
 }
 
 /// Which peers may relay through a node.
@@ -255,6 +263,7 @@ impl Default for NodeConfig {
             relays: Vec::new(),
             hole_punching: true,
             max_monitors_per_peer: 1024,
+            max_revocations: 4096,
         }
     }
 }

@@ -90,11 +90,7 @@ pub(crate) async fn serve(
             return refuse(&mut send, code, &reason).await;
         }
     };
-    let Authorized {
-        handle: mailbox,
-        grant,
-        limits,
-    } = match authorize(&node, peer, &open) {
+    let authorized = match authorize(&node, peer, &open) {
         Ok(authorized) => authorized,
         Err((code, reason)) => {
             if code == ErrorCode::FROM_MISMATCH {
@@ -103,6 +99,15 @@ pub(crate) async fn serve(
             return refuse(&mut send, code, &reason).await;
         }
     };
+    // Resolves once the grant is revoked: the stream then ends with REVOKED wherever it
+    // waits (for the sender, for room in the mailbox, for a rate window, for room in a store).
+    let revoked = authorized.revoked();
+    tokio::pin!(revoked);
+    let Authorized {
+        handle: mailbox,
+        grant,
+        limits,
+    } = authorized;
     let from = Arc::new(open.from);
     let dedup_key = (peer, from.mailbox(), open.target.mailbox(), open.epoch);
     let dedup = node.dedup.entry(dedup_key, node.config.max_dedup_entries);
@@ -161,7 +166,7 @@ pub(crate) async fn serve(
             return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
         }
         if mailbox.caps.is_revoked(grant) {
-            return refuse(&mut send, ErrorCode::REVOKED, "address revoked").await;
+            return refuse_revoked(&mut send).await;
         }
         // Set when a counting caveat ends the stream after what was delivered is acknowledged.
         let mut exhausted = None;
@@ -181,6 +186,12 @@ pub(crate) async fn serve(
                 let Incoming::Message { seq, payload } = incoming else {
                     continue; // already delivered on an earlier stream
                 };
+                // A grant revoked while this batch is delivered: what came before is
+                // acknowledged, nothing from here on is delivered.
+                if mailbox.caps.is_revoked(grant) {
+                    exhausted = Some((ErrorCode::REVOKED, REVOKED, seq));
+                    break;
+                }
                 // Only messages delivered for the first time are counted: a resent duplicate
                 // was skipped above.
                 loop {
@@ -193,6 +204,7 @@ pub(crate) async fn serve(
                                 _ = mailbox.closed.cancelled() => {
                                     return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
                                 }
+                                _ = &mut revoked => return refuse_revoked(&mut send).await,
                                 _ = node.cancel.cancelled() => {
                                     return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
                                 }
@@ -221,7 +233,12 @@ pub(crate) async fn serve(
                     payload,
                     receipt: None,
                 };
-                if let Err((code, reason)) = enqueue(&node, &mailbox, message).await {
+                // Not acknowledged yet: a revocation while it waits for room drops it.
+                let queued = tokio::select! {
+                    queued = enqueue(&node, &mailbox, message) => queued,
+                    _ = &mut revoked => Err((ErrorCode::REVOKED, REVOKED)),
+                };
+                if let Err((code, reason)) = queued {
                     return refuse(&mut send, code, reason).await;
                 }
                 reserved.count -= 1;
@@ -249,6 +266,8 @@ pub(crate) async fn serve(
                             _ = mailbox.closed.cancelled() => {
                                 return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
                             }
+                            // Not stored, so not acknowledged: the sender sees REVOKED.
+                            _ = &mut revoked => return refuse_revoked(&mut send).await,
                             _ = node.cancel.cancelled() => {
                                 return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
                             }
@@ -329,6 +348,8 @@ pub(crate) async fn serve(
             _ = &mut cancelled => {
                 return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
             }
+            // An idle stream under a revoked grant ends at once, not at its next message.
+            _ = &mut revoked => return refuse_revoked(&mut send).await,
             _ = sleep_until(frame_deadline) => {
                 let reason = "frame not completed within frame_timeout";
                 let (code, reason) = violation(ErrorCode::TIMEOUT, reason);
@@ -472,6 +493,14 @@ fn authorize(
     node.mailboxes
         .authorize(node, &open.target, &peer, Usage::Messages)
         .map_err(|error| (error.wire_code(), error.to_string()))
+}
+
+/// The reason sent with REVOKED.
+const REVOKED: &str = "address revoked";
+
+/// Ends a stream whose grant was revoked (PROTOCOL.md §4.11).
+pub(crate) async fn refuse_revoked(send: &mut quinn::SendStream) {
+    refuse(send, ErrorCode::REVOKED, REVOKED).await;
 }
 
 pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {

@@ -1,7 +1,8 @@
 //! Link/monitor (fabric's): watch a mailbox or a peer and learn, once, why it went down.
 //!
 //! A mailbox watch is a stream of kind `Monitor` on which the mailbox's node answers `Close`
-//! when the mailbox closes or the node shuts down. A lost connection is redialed; only if it
+//! when the mailbox closes, the watched address's grant is revoked (REVOKED), or the node
+//! shuts down. A lost connection is redialed; only if it
 //! stays lost longer than `monitor_grace` is the watch reported down. Watches of the same
 //! address share one stream, and the distinct addresses watched on one peer are bounded by
 //! `max_monitors_per_peer`, so watches cannot use up the peer's stream limit.
@@ -352,10 +353,10 @@ async fn watch_own_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason
         .mailboxes
         .authorize(&node, &address, &node.id, Usage::Monitor)
     {
-        Ok(authorized) => {
-            authorized.handle.closed.cancelled().await;
-            DownReason::MailboxClosed
-        }
+        Ok(authorized) => tokio::select! {
+            _ = authorized.handle.closed.cancelled() => DownReason::MailboxClosed,
+            _ = authorized.revoked() => DownReason::InvalidAddress(SendError::Revoked),
+        },
         Err(SendError::NoSuchMailbox) => DownReason::MailboxClosed,
         Err(error) => DownReason::InvalidAddress(error),
     }
@@ -590,11 +591,11 @@ pub(crate) async fn serve_stream(
             .await;
         }
     };
-    let mailbox = match node
+    let authorized = match node
         .mailboxes
         .authorize(&node, &address, &guard.peer, Usage::Monitor)
     {
-        Ok(authorized) => authorized.handle,
+        Ok(authorized) => authorized,
         Err(error) => {
             let code = error.wire_code();
             return crate::streams::inbound::refuse(&mut send, code, &error.to_string()).await;
@@ -612,9 +613,11 @@ pub(crate) async fn serve_stream(
     }
     let mut sink = [0u8; 64];
     tokio::select! {
-        _ = mailbox.closed.cancelled() => {
+        _ = authorized.handle.closed.cancelled() => {
             crate::streams::inbound::refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
         }
+        // A watch of an address whose grant is revoked ends as if it had been refused.
+        _ = authorized.revoked() => crate::streams::inbound::refuse_revoked(&mut send).await,
         _ = node.cancel.cancelled() => {
             crate::streams::inbound::refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
         }
