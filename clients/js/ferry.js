@@ -275,7 +275,9 @@ class WebTransportSocket {
       this._acceptDeliveries()
       return writer
     })
-    this._control.catch(error => this._end(CLOSE.ABNORMAL, String(error)))
+    // A control stream that could not be opened ends the session; its `closed` then says
+    // how (a refusal's code, say, which the failed stream must not hide as 1006).
+    this._control.catch(() => { try { this._wt.close() } catch (_) {} })
   }
 
   _frame (data) {
@@ -543,6 +545,7 @@ export class Client {
     this._attempt = 0
     this._ws = null
     this._welcomed = false
+    this._early = [] // messages that came before the welcome (WebTransport)
     this._manual = false
     this._closed = false
     this._started = Date.now()
@@ -727,6 +730,7 @@ export class Client {
     }
     this._ws = ws
     this._welcomed = false
+    this._early = []
     this._triedToken = this._token
     this._lastSeen = Date.now()
     this._watchdog = setInterval(() => this._checkAlive(), 250)
@@ -912,7 +916,13 @@ export class Client {
       return
     }
     if (frame.type === 'welcome') return this._welcome(frame)
-    if (!this._welcomed) return
+    if (!this._welcomed) {
+      // Over WebTransport messages come on delivery streams of their own, which may overtake
+      // the welcome on the control stream (GATEWAY.md §13.6): kept until it has come. One
+      // left out (more than maxQueue) leaves a gap the next resume fills.
+      if (frame.type === 'message' && this._early.length < this._maxQueue) this._early.push(frame)
+      return
+    }
     if (frame.type === 'message') return this._message(frame)
     if (frame.type === 'ok' || frame.type === 'error') return this._answer(frame)
     if (frame.type === 'join' || frame.type === 'leave') {
@@ -981,6 +991,7 @@ export class Client {
     if (expired && previous) this._emit('expired', { previous, address: frame.address })
     this._emit('welcome', frame)
     for (const waiter of this._waiting.splice(0)) waiter.resolve(this)
+    for (const early of this._early.splice(0)) this._message(early)
     this._pump()
   }
 

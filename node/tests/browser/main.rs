@@ -23,8 +23,8 @@ use ferry::{Node, ServiceOptions};
 use ferry_node::gateway::{self, AuthConfig, GatewayConfig, StaticToken};
 use serde_json::{json, Value};
 
-use proxy::Proxy;
-use scene::{numbers, Scene, Site};
+use proxy::Proxies;
+use scene::{numbers, Scene, Site, Transport};
 
 /// Serves the README's service on `node`: `ferry call NODE/shout hello` answers HELLO.
 fn shout(node: &Node) -> ferry::ServiceHandle {
@@ -44,9 +44,8 @@ fn service(node: &Node, name: &str) -> String {
     format!("{}@{}/{name}", node.id(), node.local_addr())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browsers_talk_through_the_gateway() {
-    let scene = Scene::start(|config, sink| {
+async fn browsers_talk_through_the_gateway(transport: Transport) {
+    let scene = Scene::over(transport, |config, sink| {
         config.client_config["peer"] = json!(sink.inbox().address().to_string());
         config.client_config["shout"] = json!(service(sink, "shout"));
         config.client_config["silent"] = json!(service(sink, "silent"));
@@ -67,7 +66,7 @@ async fn browsers_talk_through_the_gateway() {
         .unwrap();
 
     // Two tabs, two sessions.
-    let url = scene.site.url();
+    let url = scene.page_url(scene.site.addr);
     let tabs = scene
         .with(move |b| {
             let tab_a = b.window();
@@ -219,9 +218,8 @@ async fn browsers_talk_through_the_gateway() {
 
 /// 400 sends made without awaiting each, while the gateway closes the connection for its rate
 /// limit: every one reaches the peer once, in the order made.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unawaited_sends_across_rate_limit_closes_arrive_once_in_order() {
-    let scene = Scene::start(|config, _| {
+async fn unawaited_sends_across_rate_limit_closes_arrive_once_in_order(transport: Transport) {
+    let scene = Scene::over(transport, |config, _| {
         config.limits.rate_limit = 100;
         config.limits.rate_window = Duration::from_secs(1);
     })
@@ -254,9 +252,8 @@ async fn unawaited_sends_across_rate_limit_closes_arrive_once_in_order() {
 
 /// A send larger than the gateway takes is refused at once, without closing the connection,
 /// and the next send goes out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_send_is_refused_and_the_next_one_goes_out() {
-    let scene = Scene::start(|config, _| config.limits.max_message_size = 8192).await;
+async fn an_oversized_send_is_refused_and_the_next_one_goes_out(transport: Transport) {
+    let scene = Scene::over(transport, |config, _| config.limits.max_message_size = 8192).await;
     let outcome = scene
         .run(
             "const client = await member()
@@ -277,9 +274,8 @@ async fn an_oversized_send_is_refused_and_the_next_one_goes_out() {
 
 /// 100 publishes to a channel made without awaiting each: every member gets them in the
 /// order made.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unawaited_channel_publishes_arrive_in_order_at_every_member() {
-    let scene = Scene::start(|config, _| {
+async fn unawaited_channel_publishes_arrive_in_order_at_every_member(transport: Transport) {
+    let scene = Scene::over(transport, |config, _| {
         config.permissions.join = vec!["room".into()];
         config.permissions.publish = vec!["room".into()];
     })
@@ -312,15 +308,16 @@ async fn unawaited_channel_publishes_arrive_in_order_at_every_member() {
 /// The connection goes silent without closing (a proxy stops forwarding): the client notices
 /// within its heartbeat timeout, connects again and resumes; what was sent to it meanwhile
 /// arrives, and its own send goes out once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_connection_is_noticed_and_resumed() {
-    let scene =
-        Scene::start(|config, _| config.limits.ping_interval = Duration::from_millis(250)).await;
-    let proxy = Proxy::start(scene.site.addr).await;
-    let url = format!("http://{}/", proxy.addr);
+async fn a_silent_connection_is_noticed_and_resumed(transport: Transport) {
+    let scene = Scene::over(transport, |config, _| {
+        config.limits.ping_interval = Duration::from_millis(250)
+    })
+    .await;
+    let proxy = Proxies::start(scene.site.addr, transport == Transport::WebTransport).await;
+    let url = scene.page_url(proxy.addr);
     scene.with(move |b| b.open(&url)).await;
     let address = scene
-        .run("window.client = await member(undefined, {heartbeatTimeout: 1500}); return client.address")
+        .run("window.client = await member(undefined, {heartbeatTimeout: 1500, fetch: samePort}); return client.address")
         .await;
     proxy.freeze();
     scene
@@ -362,9 +359,8 @@ async fn a_silent_connection_is_noticed_and_resumed() {
 
 /// The browser goes offline (DevTools' network emulation): the client says so at once, and
 /// once the browser is back online it resumes and gets what was sent to it meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_browser_going_offline_and_online_is_followed() {
-    let scene = Scene::start(|_, _| {}).await;
+async fn the_browser_going_offline_and_online_is_followed(transport: Transport) {
+    let scene = Scene::over(transport, |_, _| {}).await;
     let address = scene
         .run("window.client = await member(); return client.address")
         .await;
@@ -397,10 +393,10 @@ async fn the_browser_going_offline_and_online_is_followed() {
 
 /// A bad token is `unauthorized` (and not tried again, unless `getToken` supplies another), a
 /// page of another origin `forbidden`, a gateway that is down `unavailable`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_failures_are_typed() {
-    let scene = Scene::start(|_, _| {}).await;
-    let secured = Site::start(
+async fn connect_failures_are_typed(transport: Transport) {
+    let scene = Scene::over(transport, |_, _| {}).await;
+    let secured = Site::start_over(
+        transport,
         &scene.node,
         GatewayConfig {
             auth: AuthConfig {
@@ -415,7 +411,8 @@ async fn connect_failures_are_typed() {
         },
     )
     .await;
-    let elsewhere = Site::start(
+    let elsewhere = Site::start_over(
+        transport,
         &scene.node,
         GatewayConfig {
             origins: vec!["http://elsewhere.example".into()],
@@ -452,7 +449,15 @@ async fn connect_failures_are_typed() {
         json!({"user": "alice", "forbidden": {"error": "forbidden"}, "down": {"error": "unavailable"}})
     );
     // One refusal for the wrong token, one for the first try before `getToken`: none again.
-    assert_eq!(secured.handle.stats().refused_upgrades, 2);
+    // Over WebTransport both refusals were on it (a refusal is no reason to fall back).
+    let stats = secured.handle.stats();
+    assert_eq!(stats.refused_upgrades, 2, "{stats:?}");
+    let over_webtransport = if transport == Transport::WebTransport {
+        2
+    } else {
+        0
+    };
+    assert_eq!(stats.webtransport_refused, over_webtransport, "{stats:?}");
     secured.stop().await;
     elsewhere.stop().await;
     scene.finish().await;
@@ -462,9 +467,8 @@ async fn connect_failures_are_typed() {
 /// string, JSON as its value), a page's string reaches a peer as its UTF-8 bytes, a page
 /// calls a service as `ferry call` does, and `Ferry.sameAddress` tells a sender's `from`
 /// from its address.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_cross_the_boundary_as_documented() {
-    let scene = Scene::start(|config, sink| {
+async fn values_cross_the_boundary_as_documented(transport: Transport) {
+    let scene = Scene::over(transport, |config, sink| {
         config.client_config["shout"] = json!(service(sink, "shout"));
     })
     .await;
@@ -519,3 +523,31 @@ async fn values_cross_the_boundary_as_documented() {
     assert_eq!(received, [Bytes::from_static(b"hi there")]);
     scene.finish().await;
 }
+
+/// Each scenario as two tests, `NAME::over_websocket` and `NAME::over_webtransport`.
+macro_rules! over_both {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_websocket() {
+                super::$scenario(super::Transport::WebSocket).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_webtransport() {
+                super::$scenario(super::Transport::WebTransport).await
+            }
+        }
+    )*};
+}
+
+over_both!(
+    browsers_talk_through_the_gateway,
+    unawaited_sends_across_rate_limit_closes_arrive_once_in_order,
+    an_oversized_send_is_refused_and_the_next_one_goes_out,
+    unawaited_channel_publishes_arrive_in_order_at_every_member,
+    a_silent_connection_is_noticed_and_resumed,
+    the_browser_going_offline_and_online_is_followed,
+    connect_failures_are_typed,
+    values_cross_the_boundary_as_documented
+);

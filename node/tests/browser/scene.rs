@@ -39,9 +39,15 @@ const PAGE: &str = r#"<!doctype html>
       error => ({ error: (error && error.code) || String(error) })),
     new Promise(resolve => setTimeout(() => resolve('pending'), ms))
   ])
-  // A connected client keeping its messages (got), states and close codes.
+  // The transport the test runs over (`?transport=` of the page's URL), if it says.
+  const expected = new URLSearchParams(location.search).get('transport')
+  // A connected client keeping its messages (got), states and close codes; connected over
+  // the expected transport, or an error.
   window.member = async (url, options) => {
     const client = await Ferry.connect(url, options)
+    if (expected && client.transport !== expected) {
+      throw new Error(`connected over ${client.transport}, not ${expected}`)
+    }
     client.got = []
     client.states = []
     client.closes = []
@@ -50,9 +56,39 @@ const PAGE: &str = r#"<!doctype html>
     client.on('close', close => client.closes.push(close.code))
     return client
   }
+  // A fetch for the client's `fetch` option: the WebTransport endpoint it finds is at the
+  // page's own port (where a test's proxy forwards UDP as well as TCP).
+  window.samePort = async (url, init) => {
+    const response = await fetch(url, init)
+    if (!String(url).endsWith('/webtransport') || !response.ok) return response
+    const info = await response.json()
+    const endpoint = new URL(info.url)
+    endpoint.port = location.port
+    info.url = endpoint.href
+    return new Response(JSON.stringify(info), { headers: { 'content-type': 'application/json' } })
+  }
   window.Ferry = Ferry
 </script>
 "#;
+
+/// The transport a scenario runs over: each runs over both (`over_both!` in main.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// WebSocket, in a browser without QUIC.
+    WebSocket,
+    /// WebTransport, in a browser with QUIC, from a gateway that serves it.
+    WebTransport,
+}
+
+impl Transport {
+    /// As `client.transport` says it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::WebTransport => "webtransport",
+        }
+    }
+}
 
 /// A gateway on `node` serving the test page.
 pub(crate) struct Site {
@@ -64,8 +100,13 @@ pub(crate) struct Site {
 }
 
 impl Site {
-    pub(crate) async fn start(node: &Node, config: GatewayConfig) -> Self {
-        Self::serve(node, config, false).await
+    /// A gateway serving WebTransport too when `transport` is WebTransport.
+    pub(crate) async fn start_over(
+        transport: Transport,
+        node: &Node,
+        config: GatewayConfig,
+    ) -> Self {
+        Self::serve(node, config, transport == Transport::WebTransport).await
     }
 
     /// A gateway (serving WebTransport too if `webtransport`: on UDP at its TCP port number,
@@ -174,13 +215,30 @@ pub(crate) struct Scene {
     pub(crate) node: Node,
     pub(crate) site: Site,
     pub(crate) browser: Arc<Browser>,
+    /// What the scenario runs over (WebSocket for scenes not made by `over`).
+    pub(crate) transport: Transport,
 }
 
 impl Scene {
-    /// `configure` adjusts the gateway's configuration (the sink's address is in its client
-    /// configuration already); the sink is passed for more of its addresses.
-    pub(crate) async fn start(configure: impl FnOnce(&mut GatewayConfig, &Node)) -> Self {
-        Self::launch(configure, false, false).await
+    /// A scene over `transport`: its page's `member()` fails unless the client connected
+    /// over it. `configure` adjusts the gateway's configuration (the sink's address is in its
+    /// client configuration already); the sink is passed for more of its addresses.
+    pub(crate) async fn over(
+        transport: Transport,
+        configure: impl FnOnce(&mut GatewayConfig, &Node),
+    ) -> Self {
+        let webtransport = transport == Transport::WebTransport;
+        let mut scene = Self::launch(configure, webtransport, webtransport).await;
+        scene.transport = transport;
+        let url = scene.page_url(scene.site.addr);
+        scene.with(move |b| b.open(&url)).await;
+        scene
+    }
+
+    /// The test page at `addr` (the gateway, or a proxy in front of it), telling the page
+    /// which transport to expect.
+    pub(crate) fn page_url(&self, addr: SocketAddr) -> String {
+        format!("http://{addr}/?transport={}", self.transport.name())
     }
 
     /// A scene whose browser has QUIC, and whose gateway serves WebTransport if
@@ -217,6 +275,7 @@ impl Scene {
             node,
             site,
             browser,
+            transport: Transport::WebSocket,
         }
     }
 

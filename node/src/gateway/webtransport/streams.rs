@@ -932,8 +932,15 @@ async fn write(
     lanes.close();
     let _ = tokio::time::timeout(write_timeout, lanes.wait()).await;
     closer.close(code, &reason);
+    // Until the client has the close capsule: the session's streams dropped before that
+    // (the control stream stopped, the CONNECT stream's reading side) make Chromium report
+    // a lost connection (1006) instead of the code.
+    let _ = tokio::time::timeout(CLOSE_WAIT, session.closed()).await;
     done.cancel();
 }
+
+/// How long a closing session waits for the client to take its close capsule.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
