@@ -31,25 +31,20 @@ pub(crate) fn check(data: &[u8]) {
         _ => usize::from(selector / 5),
     };
     let mut buf = rest;
-    loop {
-        match decode_frame(buf, limit) {
-            Ok(Some((decoded, used))) => {
-                assert!(used <= buf.len());
-                let consumed = &buf[..used];
-                let mut again = Vec::new();
-                frame::put_frame(&mut again, &decoded);
-                assert_eq!(again, consumed, "{decoded:?} does not encode back");
-                let (len, prefix) = frame::get_varint(consumed).unwrap().unwrap();
-                assert!(len as usize <= limit);
-                assert_eq!(prefix + len as usize, used);
-                if used <= 1024 {
-                    for cut in 0..used {
-                        assert_eq!(decode_frame(&consumed[..cut], limit), Ok(None));
-                    }
-                }
-                buf = &buf[used..];
+    while let Ok(Some((decoded, used))) = decode_frame(buf, limit) {
+        assert!(used <= buf.len());
+        let consumed = &buf[..used];
+        let mut again = Vec::new();
+        frame::put_frame(&mut again, &decoded);
+        assert_eq!(again, consumed, "{decoded:?} does not encode back");
+        let (len, prefix) = frame::get_varint(consumed).unwrap().unwrap();
+        assert!(len as usize <= limit);
+        assert_eq!(prefix + len as usize, used);
+        if used <= 1024 {
+            for cut in 0..used {
+                assert_eq!(decode_frame(&consumed[..cut], limit), Ok(None));
             }
-            Ok(None) | Err(_) => break,
         }
+        buf = &buf[used..];
     }
 }
