@@ -7,42 +7,7 @@
 //! parsing behind the checksum; even — the bytes as they are.
 #![no_main]
 
-use ferry::address::ADDRESS_CORE_LEN;
-use ferry::Address;
-use libfuzzer_sys::fuzz_target;
+#[path = "../oracles/address_bytes.rs"]
+mod oracle;
 
-fn check(data: &[u8]) {
-    if let Ok(address) = Address::from_bytes(data) {
-        assert_eq!(address.to_bytes(), data, "binary form is not canonical");
-        let text = address.to_string();
-        assert_eq!(text.parse::<Address>(), Ok(address.clone()));
-        if let Some(core) = address.core_bytes() {
-            let bare = Address::from_core_bytes(&core).expect("a parsed core parses again");
-            assert_eq!(bare, address.without_hints());
-        }
-        let cap = Address::from_cap_bytes(&address.to_cap_bytes()).expect("a capability field parses");
-        assert_eq!(cap, address.without_hints());
-        let _ = address.relays();
-        let _ = address.verify_signature();
-    }
-    if let Some(core) = data.first_chunk::<ADDRESS_CORE_LEN>() {
-        if let Ok(address) = Address::from_core_bytes(core) {
-            assert_eq!(address.core_bytes().as_ref(), Some(core));
-        }
-    }
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    if mode & 1 == 1 && rest.len() >= 4 {
-        let mut fixed = rest.to_vec();
-        let body = fixed.len() - 4;
-        let crc = crc32fast::hash(&fixed[..body]);
-        fixed[body..].copy_from_slice(&crc.to_be_bytes());
-        check(&fixed);
-    } else {
-        check(rest);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| oracle::check(data));

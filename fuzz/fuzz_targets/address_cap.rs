@@ -9,65 +9,7 @@
 //! checksum); 2 — one caveat; otherwise — the rest as the text after `ferry2`.
 #![no_main]
 
-use ferry::address::{Caveat, Usage};
-use ferry::{Address, SecretKey};
-use libfuzzer_sys::fuzz_target;
+#[path = "../oracles/address_cap.rs"]
+mod oracle;
 
-fn exercise(address: &Address) {
-    let key = SecretKey::from_bytes(&[1; 32]);
-    let _ = address.check_cheap(&key.public(), 1_800_000_000);
-    let _ = address.check_usage(&key.public(), Usage::Messages);
-    let _ = address.check_usage(&key.public(), Usage::Conversation(Some("echo")));
-    let checked = address.verify(&key).is_ok();
-    assert_eq!(
-        Address::from_cap_bytes(&address.to_cap_bytes()).as_ref(),
-        Ok(&address.without_hints())
-    );
-    assert_eq!(address.to_string().parse::<Address>().as_ref(), Ok(address));
-    if let Ok(narrower) = address.attenuate().max_messages(1).build() {
-        // Attenuation needs no key and keeps a valid chain valid.
-        if checked {
-            assert!(narrower.verify(&key).is_ok());
-        }
-        assert!(narrower.caveats().len() > address.caveats().len());
-    }
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    match mode {
-        0 => {
-            if let Ok(address) = Address::from_cap_bytes(rest) {
-                assert_eq!(address.to_cap_bytes(), rest, "capability field is not canonical");
-                exercise(&address);
-            }
-        }
-        1 if rest.len() >= 4 => {
-            let mut fixed = b"ferry2".to_vec();
-            fixed.extend_from_slice(rest);
-            let body = fixed.len() - 4;
-            let crc = crc32fast::hash(&fixed[6..body]);
-            fixed[body..].copy_from_slice(&crc.to_be_bytes());
-            if let Ok(address) = Address::from_bytes(&fixed) {
-                assert_eq!(address.to_bytes(), fixed, "binary form is not canonical");
-                exercise(&address);
-            }
-        }
-        2 => {
-            if let Ok((caveat, tail)) = Caveat::decode(rest) {
-                let used = rest.len() - tail.len();
-                assert_eq!(caveat.to_bytes(), &rest[..used]);
-                assert_eq!(caveat.validate(), Ok(()));
-            }
-        }
-        _ => {
-            if let Ok(text) = std::str::from_utf8(rest) {
-                if let Ok(address) = format!("ferry2{text}").parse::<Address>() {
-                    exercise(&address);
-                }
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| oracle::check(data));

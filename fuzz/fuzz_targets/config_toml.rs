@@ -2,27 +2,7 @@
 //! node and gateway configurations validated, exactly as `ferry run` does.
 #![no_main]
 
-use ferry_node::config::FileConfig;
-use libfuzzer_sys::fuzz_target;
+#[path = "../oracles/config_toml.rs"]
+mod oracle;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    match FileConfig::parse(text) {
-        Ok(file) => {
-            let _ = file.node.validate();
-            let _ = file.gateway_config();
-        }
-        Err(failure) => {
-            // Errors are one line, with a line number inside the file.
-            assert!(!failure.message.contains('\n'), "{failure:?}");
-            if let Some(line) = failure.line {
-                assert!(
-                    line >= 1 && line <= text.lines().count().max(1) + 1,
-                    "{failure:?}"
-                );
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| oracle::check(data));

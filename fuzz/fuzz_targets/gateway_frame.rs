@@ -2,30 +2,7 @@
 //! (`decode_binary`: header length, JSON header, payload) and textual call targets.
 #![no_main]
 
-use ferry_node::gateway::protocol::{decode_binary, decode_text, parse_call_target_text};
-use libfuzzer_sys::fuzz_target;
+#[path = "../oracles/gateway_frame.rs"]
+mod oracle;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else {
-        return;
-    };
-    match selector % 3 {
-        0 => {
-            if let Ok(text) = std::str::from_utf8(rest) {
-                if let Err(error) = decode_text(text) {
-                    let _ = error.answer();
-                }
-            }
-        }
-        1 => {
-            if let Err(error) = decode_binary(rest) {
-                let _ = error.answer();
-            }
-        }
-        _ => {
-            if let Ok(text) = std::str::from_utf8(rest) {
-                let _ = parse_call_target_text(text);
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| oracle::check(data));

@@ -3,19 +3,7 @@
 //! decodes encodes back to the same bytes.
 #![no_main]
 
-use ferry::observe::{decode_observed, encode_observed};
-use ferry::punch::{decode_candidates, encode_candidates, MAX_OFFER_LEN};
-use libfuzzer_sys::fuzz_target;
+#[path = "../oracles/punch_candidates.rs"]
+mod oracle;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(addrs) = decode_candidates(data) {
-        assert_eq!(encode_candidates(&addrs), data, "candidate lists have one form");
-        assert!(data.len() <= MAX_OFFER_LEN);
-    }
-    if let Some(addr) = decode_observed(data) {
-        // An IPv4-mapped IPv6 address is written as IPv4; every other answer is canonical.
-        if !matches!(addr.ip(), std::net::IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some()) {
-            assert_eq!(encode_observed(addr), data, "observations have one form");
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| oracle::check(data));

@@ -17,6 +17,20 @@ fn namespaces() -> Vec<String> {
         .collect()
 }
 
+/// Waits until process `pid` runs inside namespace `name`: `ip netns exec` joins it only after
+/// it has started, and a teardown before that would miss it.
+fn wait_inside(name: &str, pid: u32) {
+    ferry_testkit::wait::wait_for_blocking(&format!("pid {pid} inside {name}"), || {
+        let output = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .any(|inside| inside == pid.to_string())
+    });
+}
+
 fn with_prefix(prefix: &str) -> Vec<String> {
     namespaces()
         .into_iter()
@@ -30,8 +44,9 @@ fn a_panic_removes_the_labs_namespaces_and_what_ran_in_them() {
     let result = std::thread::spawn(move || {
         let mut lab = Lab::new().unwrap();
         let host = lab.add_host_behind("host", NatKind::TwoLayers).unwrap();
-        let mut command = lab.host(host).unwrap().namespace().command("sleep");
-        let child = command.arg("600").spawn().unwrap();
+        let namespace = lab.host(host).unwrap().namespace();
+        let child = namespace.command("sleep").arg("600").spawn().unwrap();
+        wait_inside(namespace.name(), child.id());
         sender
             .send((lab.prefix().to_string(), with_prefix(lab.prefix()), child))
             .unwrap();
@@ -65,6 +80,7 @@ fn namespaces_of_a_run_that_died_are_removed_by_the_next() {
         .args(["netns", "exec", &name, "sleep", "600"])
         .spawn()
         .unwrap();
+    wait_inside(&name, inside.id());
     let _lab = Lab::new().unwrap();
     assert!(!namespaces().contains(&name));
     assert!(!inside.wait().unwrap().success(), "its process was killed");

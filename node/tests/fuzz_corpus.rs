@@ -1,96 +1,49 @@
-//! Replays the committed fuzz corpora of the gateway's frames (fuzz/corpus/gateway_frame and
-//! fuzz/corpus/webtransport_frame, see
-//! fuzz/README.md) through its decoders on the stable toolchain: every input the fuzzer found
-//! interesting stays a regression test.
+//! Replays the committed fuzz corpora of the node's decoders (fuzz/corpus/gateway_frame,
+//! webtransport_frame and config_toml, see fuzz/README.md) through the oracles of the fuzz
+//! targets (fuzz/oracles/, the same files) on the stable toolchain: every input the fuzzer
+//! found interesting stays a regression test.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::path::PathBuf;
 
-use ferry_node::gateway::protocol::{decode_binary, decode_text, parse_call_target_text};
-use ferry_node::gateway::webtransport::{check_frame_header, decode_frame, FRAME_TEXT};
+#[path = "../../fuzz/oracles/config_toml.rs"]
+mod config_toml;
+#[path = "../../fuzz/oracles/gateway_frame.rs"]
+mod gateway_frame;
+#[path = "../../fuzz/oracles/webtransport_frame.rs"]
+mod webtransport_frame;
+
+/// Runs `check` on every input of `target`'s committed corpus, naming the input that fails.
+fn replay(target: &str, check: fn(&[u8])) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("the {target} corpus at {}: {e}", dir.display()));
+    let mut count = 0;
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        if let Err(panic) = std::panic::catch_unwind(|| check(&data)) {
+            eprintln!("{target}: the input {} fails", path.display());
+            std::panic::resume_unwind(panic);
+        }
+        count += 1;
+    }
+    assert!(count > 0, "an empty corpus at {}", dir.display());
+}
 
 #[test]
 fn gateway_frame_corpus() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/gateway_frame");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return; // a packaged crate has no corpus
-    };
-    for entry in entries {
-        let data = std::fs::read(entry.unwrap().path()).unwrap();
-        let Some((&selector, rest)) = data.split_first() else {
-            continue;
-        };
-        match selector % 3 {
-            0 => {
-                if let Ok(text) = std::str::from_utf8(rest) {
-                    if let Err(error) = decode_text(text) {
-                        let _ = error.answer();
-                    }
-                }
-            }
-            1 => {
-                if let Err(error) = decode_binary(rest) {
-                    let _ = error.answer();
-                }
-            }
-            _ => {
-                if let Ok(text) = std::str::from_utf8(rest) {
-                    let _ = parse_call_target_text(text);
-                }
-            }
-        }
-    }
-}
-
-/// The WebTransport stream frames (fuzz/fuzz_targets/webtransport_frame.rs, the same oracle).
-fn webtransport_frame(data: &[u8]) {
-    let Some((limit, mut rest)) = data.split_first_chunk::<2>() else {
-        return;
-    };
-    // Small limits, to reach "too big" as often as the frames themselves.
-    let max = usize::from(u16::from_be_bytes(*limit));
-    loop {
-        let decoded = decode_frame(rest, max);
-        if let Some(header) = rest.first_chunk::<5>() {
-            // The header check is what decode_frame applies first.
-            match (check_frame_header(*header, max), &decoded) {
-                (Err(a), Err(b)) => assert_eq!(&a, b),
-                (Err(error), Ok(_)) => panic!("header refused ({error}) but frame decoded"),
-                (Ok((_, len)), _) => assert!(len <= max),
-            }
-        }
-        match decoded {
-            Ok(Some((message, used))) => {
-                assert!(used >= 5 && used <= rest.len());
-                let (frame, tail) = rest.split_at(used);
-                let body = message.into_data();
-                // The frame is its header and its body, nothing more, nothing less.
-                assert_eq!(&body[..], &frame[5..]);
-                assert!(body.len() <= max);
-                if frame[0] == FRAME_TEXT {
-                    assert!(std::str::from_utf8(&body).is_ok());
-                }
-                // Every proper prefix is incomplete.
-                for cut in [0, 1, 4, used - 1] {
-                    assert!(matches!(decode_frame(&frame[..cut], max), Ok(None)));
-                }
-                rest = tail;
-            }
-            Ok(None) | Err(_) => return,
-        }
-    }
+    replay("gateway_frame", gateway_frame::check);
 }
 
 #[test]
 fn webtransport_frame_corpus() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/webtransport_frame");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return; // a packaged crate has no corpus
-    };
-    let mut count = 0;
-    for entry in entries {
-        webtransport_frame(&std::fs::read(entry.unwrap().path()).unwrap());
-        count += 1;
-    }
-    assert!(count > 0, "an empty corpus at {}", dir.display());
+    replay("webtransport_frame", webtransport_frame::check);
+}
+
+#[test]
+fn config_toml_corpus() {
+    replay("config_toml", config_toml::check);
 }
