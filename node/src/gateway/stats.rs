@@ -43,4 +43,15 @@ pub struct GatewayStats {
     pub webtransport_streams: u64,
     /// WebTransport streams refused: beyond the limit, or of an unknown type.
     pub webtransport_refused_streams: u64,
+    /// WebTransport data streams (uploads, downloads) accepted.
+    pub webtransport_data_streams: u64,
+    /// Bytes uploaded by browsers on data streams and taken by the services.
+    pub webtransport_data_bytes_in: u64,
+    /// Bytes downloaded from services on data streams and taken by the browsers' streams.
+    pub webtransport_data_bytes_out: u64,
+    /// Bytes the data streams hold now between the browser and the service (at most one
+    /// piece of 64 KiB per data stream).
+    pub webtransport_data_buffered: u64,
+    /// The most bytes the data streams have held at once since the start.
+    pub webtransport_data_buffered_peak: u64,
 }

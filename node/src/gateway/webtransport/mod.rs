@@ -16,6 +16,7 @@
 //! ```
 
 pub mod certificate;
+pub(crate) mod data;
 pub(crate) mod streams;
 
 use std::collections::HashMap;
@@ -32,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use certificate::{
     CertificateError, CertificateHash, Certificates, Clock, ManualClock, SystemClock,
+};
+pub use data::{
+    decode_data_frame, decode_data_header, encode_data_header, DataFrame, DataFrameError,
+    DataHeader, DataHeaderError, FRAME_DATA, MAX_DATA_PIECE, STOP_DATA_ANSWERED, STREAM_DATA,
 };
 pub use streams::{
     check_frame_header, decode_frame, FrameError, FRAME_BINARY, FRAME_TEXT, RESET_STUCK,
@@ -84,6 +89,12 @@ pub struct WebTransportConfig {
     /// How long the QUIC and HTTP/3 handshakes and the control stream may take. Default 10 s.
     #[serde(with = "ferry::duration")]
     pub handshake_timeout: Duration,
+    /// Data streams (uploads and downloads, docs/GATEWAY.md §13.11) a session may have under
+    /// way at once; beyond, a new one is reset with [`RESET_TOO_MANY_STREAMS`]. Default 4.
+    pub max_data_streams: usize,
+    /// Bytes one data stream may carry each way (the upload, the download); beyond, it is
+    /// answered `too_large` and the conversation with the service is cancelled. Default 1 GiB.
+    pub max_data_bytes: u64,
 }
 
 impl Default for WebTransportConfig {
@@ -97,6 +108,8 @@ impl Default for WebTransportConfig {
             max_connection_bytes: 4 << 20,
             answer_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            max_data_streams: 4,
+            max_data_bytes: 1 << 30,
         }
     }
 }
@@ -108,6 +121,7 @@ impl WebTransportConfig {
             ("max_streams", self.max_streams),
             ("max_delivery_streams", self.max_delivery_streams),
             ("max_connection_bytes", self.max_connection_bytes),
+            ("max_data_streams", self.max_data_streams),
         ] {
             if value == 0 {
                 return Err(WebTransportError::Zero(name));
@@ -189,6 +203,17 @@ pub(crate) struct Counters {
     pub(crate) streams: AtomicU64,
     /// Streams refused (beyond the limit, or of an unknown type).
     pub(crate) refused_streams: AtomicU64,
+    /// Data streams accepted.
+    pub(crate) data_streams: AtomicU64,
+    /// Bytes uploaded: read from browsers and taken by the services' streams.
+    pub(crate) data_in: AtomicU64,
+    /// Bytes downloaded: read from the services and taken by the browsers' streams.
+    pub(crate) data_out: AtomicU64,
+    /// Bytes the data streams' bridges hold now (read from one side, not yet taken by the
+    /// other).
+    pub(crate) data_buffered: AtomicU64,
+    /// The most `data_buffered` has been.
+    pub(crate) data_buffered_peak: AtomicU64,
 }
 
 /// What the gateway's HTTP side publishes about the endpoint.
@@ -431,6 +456,14 @@ async fn connecting_session(
             answer_timeout: config.answer_timeout,
             max_message_size: shared.config.limits.max_message_size,
         },
+        data: Arc::new(data::DataContext {
+            node: shared.node.clone(),
+            max_bytes: config.max_data_bytes,
+            open_timeout: shared.config.limits.max_call_timeout,
+            max_message_size: shared.config.limits.max_message_size,
+            counters: counters.clone(),
+        }),
+        max_data_streams: config.max_data_streams,
         counters,
     };
     connection::run(shared, session, wire, start, slot).await;
@@ -500,6 +533,11 @@ pub(crate) fn stats(shared: &Shared) -> super::GatewayStats {
         webtransport_refused: c.refused.load(Ordering::Relaxed),
         webtransport_streams: c.streams.load(Ordering::Relaxed),
         webtransport_refused_streams: c.refused_streams.load(Ordering::Relaxed),
+        webtransport_data_streams: c.data_streams.load(Ordering::Relaxed),
+        webtransport_data_bytes_in: c.data_in.load(Ordering::Relaxed),
+        webtransport_data_bytes_out: c.data_out.load(Ordering::Relaxed),
+        webtransport_data_buffered: c.data_buffered.load(Ordering::Relaxed),
+        webtransport_data_buffered_peak: c.data_buffered_peak.load(Ordering::Relaxed),
         ..super::GatewayStats::default()
     }
 }
