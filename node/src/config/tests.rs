@@ -38,7 +38,7 @@ fn every_key_is_documented_and_every_documented_key_is_read() {
         unread.is_empty(),
         "CONFIG.md keys nothing reads: {unread:?}"
     );
-    assert_eq!(documented.len(), 91);
+    assert_eq!(documented.len(), 93);
 }
 
 /// The default column of every row is what the structs default to: `key = default` reads
@@ -504,6 +504,8 @@ fn webtransport_keys() {
         gateway_webtransport_max_connection_bytes = 8
         gateway_webtransport_answer_timeout = "9s"
         gateway_webtransport_handshake_timeout = "10s"
+        gateway_webtransport_max_data_streams = 11
+        gateway_webtransport_max_data_bytes = 12
         "#,
     )
     .unwrap();
@@ -525,6 +527,7 @@ fn webtransport_keys() {
     assert_eq!(wt.delivery_idle_timeout, Duration::from_secs(7));
     assert_eq!(wt.answer_timeout, Duration::from_secs(9));
     assert_eq!(wt.handshake_timeout, Duration::from_secs(10));
+    assert_eq!((wt.max_data_streams, wt.max_data_bytes), (11, 12));
     assert!(wt.validate().is_ok());
     let off = FileConfig::parse(r#"webtransport = "off""#).unwrap();
     assert_eq!(off.daemon.webtransport, None);

@@ -8,7 +8,8 @@
 //! `GET /webtransport`.
 
 use bytes::Bytes;
-use serde_json::json;
+use ferry_testkit::files;
+use serde_json::{json, Value};
 
 use super::scene::{numbers, Scene};
 use super::{service, shout};
@@ -101,6 +102,94 @@ async fn without_the_endpoint_the_page_uses_websocket() {
     assert_eq!(
         numbers(&scene.received_until(br#"{"end":true}"#).await),
         [1]
+    );
+    scene.finish().await;
+}
+
+/// Issue 14.5: a page uploads 8 MB to a Rust service on a data stream of its own (a Blob, read
+/// as fast as the network takes it) and downloads 8 MB back into a `ReadableStream`; the
+/// service hashes what it got, the page hashes what it got, and both sides' progress events
+/// come in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_uploads_and_downloads_8_mb_on_data_streams() {
+    let scene = Scene::with_quic(true, |config, sink| {
+        config.client_config["files"] = json!(service(sink, "files"));
+    })
+    .await;
+    let _files = files::serve(&scene.sink, "files", None);
+    let size = 8 << 20;
+    let got = scene
+        .run(
+            "window.client = await member()
+             const size = 8 << 20
+             const bytes = new Uint8Array(size)
+             for (let i = 0; i < size; i++) bytes[i] = i % 251
+             const hex = async data => [...new Uint8Array(await crypto.subtle.digest('SHA-256', data))]
+               .map(b => b.toString(16).padStart(2, '0')).join('')
+             const ordered = list => list.every((v, i) => i === 0 || v >= list[i - 1])
+             const sent = []
+             let started = performance.now()
+             const up = await client.sendData(client.config.files, new Blob([bytes]),
+               {request: {op: 'upload'}, onProgress: p => sent.push(p.sent)})
+             const upMs = performance.now() - started
+             const received = []
+             started = performance.now()
+             const {readable, done} = client.recvData(client.config.files,
+               {request: {op: 'download', bytes: size}, onProgress: p => received.push(p.received)})
+             const got = new Uint8Array(size)
+             let at = 0
+             for (const reader = readable.getReader(); ;) {
+               const {value, done: end} = await reader.read()
+               if (end) break
+               if (at + value.length > size) throw new Error('more than asked for')
+               got.set(value, at)
+               at += value.length
+             }
+             const down = await done
+             const downMs = performance.now() - started
+             let same = at === size
+             for (let i = 0; same && i < size; i++) same = got[i] === i % 251
+             return {transport: client.transport, expected: await hex(bytes),
+                     up: up.reply, upSent: up.sent, upEvents: sent.length, upLast: sent.at(-1),
+                     upOrdered: ordered(sent), down: down.reply, downReceived: down.received,
+                     downHash: await hex(got), same, downEvents: received.length,
+                     downLast: received.at(-1), downOrdered: ordered(received), upMs, downMs}",
+        )
+        .await;
+    let expected = files::sha256_hex(&files::pattern(0, size));
+    assert_eq!(got["transport"], "webtransport", "{got}");
+    assert_eq!(got["expected"], expected.as_str());
+    assert_eq!(
+        got["up"],
+        json!({"bytes": size, "sha256": expected}),
+        "{got}"
+    );
+    assert_eq!(got["upSent"], size);
+    assert_eq!(got["upLast"], size);
+    assert_eq!(got["upOrdered"], true);
+    assert!(got["upEvents"].as_u64().unwrap() > 8, "{got}");
+    assert_eq!(
+        got["down"],
+        json!({"bytes": size, "sha256": expected}),
+        "{got}"
+    );
+    assert_eq!(got["downReceived"], size);
+    assert_eq!(got["downHash"], expected.as_str());
+    assert_eq!(got["same"], true);
+    assert_eq!(got["downLast"], size);
+    assert_eq!(got["downOrdered"], true);
+    assert!(got["downEvents"].as_u64().unwrap() > 8, "{got}");
+    let rate = |ms: &Value| size as f64 / 1e6 / (ms.as_f64().unwrap() / 1000.0);
+    eprintln!(
+        "8 MB over data streams: upload {:.1} MB/s, download {:.1} MB/s",
+        rate(&got["upMs"]),
+        rate(&got["downMs"])
+    );
+    let stats = scene.site.handle.stats();
+    assert_eq!(stats.webtransport_data_streams, 2);
+    assert!(
+        stats.webtransport_data_buffered_peak <= 64 * 1024,
+        "{stats:?}"
     );
     scene.finish().await;
 }
