@@ -282,6 +282,18 @@ fn error_answer(code: ErrorCode, message: String) -> Encoded {
     )
 }
 
+/// The answer of a data stream the service replied to.
+fn ok_answer(sent: u64, received: u64, reply: Bytes) -> Encoded {
+    frame(
+        object(vec![
+            ("type", serde_json::json!("ok")),
+            ("sent", serde_json::json!(sent)),
+            ("received", serde_json::json!(received)),
+        ]),
+        Some(&reply),
+    )
+}
+
 fn conversation_answer(error: &ConversationError) -> Encoded {
     let code = match error {
         ConversationError::TooLarge { .. } => ErrorCode::TooLarge,
@@ -461,14 +473,7 @@ async fn bridge(
     match reply {
         Ok(reply) => {
             let _ = conversation.finish();
-            Ok(frame(
-                object(vec![
-                    ("type", serde_json::json!("ok")),
-                    ("sent", serde_json::json!(sent)),
-                    ("received", serde_json::json!(received)),
-                ]),
-                Some(&Bytes::from(reply)),
-            ))
+            Ok(ok_answer(sent, received, Bytes::from(reply)))
         }
         Err(error) => Ok(conversation_answer(&error)),
     }
@@ -505,6 +510,25 @@ mod tests {
             .0
             .request
             .is_empty());
+    }
+
+    /// The worked exchange of docs/GATEWAY.md §13.11, byte for byte.
+    #[test]
+    fn the_worked_exchange_of_the_doc() {
+        let header = encode_data_header("NODEID/files", Some(r#"{"op":"upload"}"#), false);
+        assert_eq!(&header[..5], &[0, 0, 0, 0, 0x3a]);
+        let reply = br#"{"bytes":5,"sha256":"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}"#;
+        let Encoded::Text(answer) = ok_answer(5, 0, Bytes::from_static(reply)) else {
+            panic!("not text")
+        };
+        assert_eq!(
+            answer,
+            r#"{"received":0,"sent":5,"type":"ok","data":{"bytes":5,"sha256":"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}}"#
+        );
+        assert_eq!(answer.len(), 0x82);
+        let mut download = piece_header(3).to_vec();
+        download.extend_from_slice(&[0, 1, 2]);
+        assert_eq!(download, [0x02, 0, 0, 0, 3, 0, 1, 2]);
     }
 
     #[test]
