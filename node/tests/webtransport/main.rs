@@ -603,6 +603,14 @@ async fn files_node(window: usize, gate: Option<Arc<Gate>>) -> (Node, ServiceHan
     (node, service, target)
 }
 
+/// A gateway with `wt`, a `files` service node (ungated, default window) and a client.
+async fn data_scene(wt: WebTransportConfig) -> (Env, Node, ServiceHandle, String, Client) {
+    let env = start_with(GatewayConfig::default(), wt).await;
+    let (service_node, service, to) = files_node(32 << 20, None).await;
+    let client = Client::connect(&env, "").await;
+    (env, service_node, service, to, client)
+}
+
 /// Opens a data stream and writes its type byte and header.
 async fn data_stream(client: &Client, to: &str, request: &Value) -> (SendStream, RecvStream) {
     let (mut send, recv) = client.session.open_bi().await.unwrap();
@@ -640,9 +648,7 @@ async fn data_answer(recv: &mut RecvStream) -> (Vec<u8>, Value) {
 
 #[tokio::test]
 async fn data_streams_carry_an_upload_to_a_service_and_a_download_back() {
-    let env = start(GatewayConfig::default()).await;
-    let (service_node, _service, to) = files_node(32 << 20, None).await;
-    let client = Client::connect(&env, "").await;
+    let (env, service_node, _service, to, client) = data_scene(WebTransportConfig::default()).await;
 
     let upload = files::pattern(0, 3 << 20);
     let (mut send, mut recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
@@ -675,6 +681,36 @@ async fn data_streams_carry_an_upload_to_a_service_and_a_download_back() {
     })
     .await;
     assert!(env.handle.stats().webtransport_data_buffered_peak <= MAX_DATA_PIECE as u64);
+    // A service that refuses the upload: its reason.
+    let _refuse = service_node
+        .serve(
+            "refuse",
+            ServiceOptions::default(),
+            |conversation| async move {
+                let _ = conversation.fail("no room for it").await;
+            },
+        )
+        .unwrap();
+    let refuse = to.replace("/files", "/refuse");
+    let (mut send, mut recv) = data_stream(&client, &refuse, &json!({"op": "upload"})).await;
+    let writing = tokio::spawn(async move {
+        for piece in files::pattern(0, 4 << 20).chunks(64 * 1024) {
+            if send.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["code"], "failed", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no room for it"),
+        "{answer}"
+    );
+    writing.await.unwrap();
     service_node.shutdown(Duration::from_secs(1)).await;
     env.shutdown.cancel();
 }
@@ -745,9 +781,7 @@ async fn a_slow_service_holds_the_upload_back_without_the_gateway_buffering_it()
 async fn bad_data_streams_are_answered_with_typed_errors() {
     let mut wt = WebTransportConfig::default();
     wt.max_data_bytes = 1000;
-    let env = start_with(GatewayConfig::default(), wt).await;
-    let (service_node, _service, to) = files_node(32 << 20, None).await;
-    let mut client = Client::connect(&env, "").await;
+    let (env, service_node, _service, to, mut client) = data_scene(wt).await;
     // A header that is not one.
     let (mut send, mut recv) = client.session.open_bi().await.unwrap();
     send.write_all(&[STREAM_DATA]).await.unwrap();
@@ -779,9 +813,7 @@ async fn bad_data_streams_are_answered_with_typed_errors() {
 async fn data_streams_beyond_the_limit_are_reset() {
     let mut wt = WebTransportConfig::default();
     wt.max_data_streams = 1;
-    let env = start_with(GatewayConfig::default(), wt).await;
-    let (service_node, _service, to) = files_node(32 << 20, None).await;
-    let client = Client::connect(&env, "").await;
+    let (env, service_node, _service, to, client) = data_scene(wt).await;
     // One data stream at a time: a second one while the first is under way is reset.
     let (mut first, mut first_recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
     wait::wait_for("the first data stream", || {

@@ -36,6 +36,9 @@ pub const MAX_DATA_PIECE: usize = 64 * 1024;
 /// answered the data stream already (an error), the answer says why.
 pub const STOP_DATA_ANSWERED: u32 = 0x13;
 
+/// How long the service's answer may take once it stopped taking the upload.
+const EARLY_ANSWER: Duration = Duration::from_secs(1);
+
 /// How long a client has to write the header frame of a data stream.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -99,22 +102,11 @@ pub fn decode_data_header(
     bytes: &[u8],
     max: usize,
 ) -> Result<Option<(DataHeader, usize)>, DataHeaderError> {
-    let Some(&kind) = bytes.first() else {
-        return Ok(None);
+    let limit = |kind| match kind {
+        FRAME_TEXT => Ok(max),
+        other => Err(DataHeaderError::NotText(other)),
     };
-    if kind != FRAME_TEXT {
-        return Err(DataHeaderError::NotText(kind));
-    }
-    let Some(len) = bytes.get(1..5) else {
-        return Ok(None);
-    };
-    let mut be = [0u8; 4];
-    be.copy_from_slice(len);
-    let len = u32::from_be_bytes(be) as usize;
-    if len > max {
-        return Err(DataHeaderError::TooBig(len));
-    }
-    let Some(body) = bytes.get(5..5 + len) else {
+    let Some((_, body, used)) = split_frame(bytes, limit, DataHeaderError::TooBig)? else {
         return Ok(None);
     };
     let text = std::str::from_utf8(body).map_err(|_| DataHeaderError::NotUtf8)?;
@@ -131,7 +123,34 @@ pub fn decode_data_header(
         Some(raw) => payload_of(raw, json.text).ok_or(DataHeaderError::TextNotString)?,
         None => Bytes::new(),
     };
-    Ok(Some((DataHeader { to, request }, 5 + len)))
+    Ok(Some((DataHeader { to, request }, used)))
+}
+
+/// A frame's kind, body, and length in all.
+type Split<'a> = (u8, &'a [u8], usize);
+
+/// The whole frame (`kind | length u32 BE | body`) at the start of `bytes`: its kind, its body
+/// and its length in all, or `Ok(None)` while it is incomplete. `limit` gives the largest body
+/// of a kind (or refuses the kind), checked as soon as the length is there.
+fn split_frame<E>(
+    bytes: &[u8],
+    limit: impl Fn(u8) -> Result<usize, E>,
+    too_big: impl Fn(usize) -> E,
+) -> Result<Option<Split<'_>>, E> {
+    let Some(&kind) = bytes.first() else {
+        return Ok(None);
+    };
+    let max = limit(kind)?;
+    let Some(len) = bytes.get(1..5) else {
+        return Ok(None);
+    };
+    let mut be = [0u8; 4];
+    be.copy_from_slice(len);
+    let len = u32::from_be_bytes(be) as usize;
+    if len > max {
+        return Err(too_big(len));
+    }
+    Ok(bytes.get(5..5 + len).map(|body| (kind, body, 5 + len)))
 }
 
 /// The header frame of a data stream to `to` (a call target's text) with the request `data`
@@ -195,24 +214,12 @@ pub fn decode_data_frame(
     bytes: &[u8],
     max: usize,
 ) -> Result<Option<(DataFrame, usize)>, DataFrameError> {
-    let Some(&kind) = bytes.first() else {
-        return Ok(None);
+    let limit = |kind| match kind {
+        FRAME_DATA => Ok(MAX_DATA_PIECE),
+        FRAME_TEXT | FRAME_BINARY => Ok(max),
+        other => Err(DataFrameError::UnknownKind(other)),
     };
-    let limit = match kind {
-        FRAME_DATA => MAX_DATA_PIECE,
-        FRAME_TEXT | FRAME_BINARY => max,
-        other => return Err(DataFrameError::UnknownKind(other)),
-    };
-    let Some(len) = bytes.get(1..5) else {
-        return Ok(None);
-    };
-    let mut be = [0u8; 4];
-    be.copy_from_slice(len);
-    let len = u32::from_be_bytes(be) as usize;
-    if len > limit {
-        return Err(DataFrameError::TooBig(len));
-    }
-    let Some(body) = bytes.get(5..5 + len) else {
+    let Some((kind, body, used)) = split_frame(bytes, limit, DataFrameError::TooBig)? else {
         return Ok(None);
     };
     let body = Bytes::copy_from_slice(body);
@@ -221,7 +228,7 @@ pub fn decode_data_frame(
     } else {
         DataFrame::Answer { kind, body }
     };
-    Ok(Some((frame, 5 + len)))
+    Ok(Some((frame, used)))
 }
 
 /// The header of a [`FRAME_DATA`] frame of `len` bytes.
@@ -301,6 +308,21 @@ fn conversation_answer(error: &ConversationError) -> Encoded {
         _ => ErrorCode::Failed,
     };
     error_answer(code, error.to_string())
+}
+
+/// The answer when the service stopped taking the upload: its own, if it gave one (a FAIL
+/// with its reason, or a reply sent early) within a second, else the write's error.
+async fn early_answer(
+    conversation: &mut ferry::Conversation,
+    error: &ConversationError,
+    sent: u64,
+) -> Encoded {
+    let answer = tokio::time::timeout(EARLY_ANSWER, conversation.recv_obj::<Vec<u8>>()).await;
+    match answer {
+        Ok(Ok(reply)) => ok_answer(sent, 0, Bytes::from(reply)),
+        Ok(Err(failed @ ConversationError::Failed { .. })) => conversation_answer(&failed),
+        _ => conversation_answer(error),
+    }
 }
 
 fn too_large(max: u64) -> Encoded {
@@ -408,7 +430,7 @@ async fn bridge(
         }
     };
     if let Err(error) = conversation.send_obj(&header.request[..]).await {
-        return Ok(conversation_answer(&error));
+        return Ok(early_answer(&mut conversation, &error, 0).await);
     }
     // The upload: a piece is read from the browser only once the service's stream took the
     // previous one.
@@ -421,7 +443,9 @@ async fn bridge(
             }
             let _held = Held::new(counters, piece.len());
             if let Err(error) = conversation.send_chunk(&piece).await {
-                return Ok(conversation_answer(&error));
+                return Ok(
+                    early_answer(&mut conversation, &error, sent - piece.len() as u64).await,
+                );
             }
             counters
                 .data_in
@@ -435,7 +459,7 @@ async fn bridge(
     }
     *upload_done = true;
     if let Err(error) = conversation.end_data().await {
-        return Ok(conversation_answer(&error));
+        return Ok(early_answer(&mut conversation, &error, sent).await);
     }
     // The service's data, then its reply; the browser may give up meanwhile.
     let mut received = 0u64;
