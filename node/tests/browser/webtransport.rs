@@ -7,8 +7,11 @@
 //! gateway's self-made certificate is pinned with `serverCertificateHashes` from
 //! `GET /webtransport`.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use bytes::Bytes;
-use ferry_testkit::files;
+use ferry_testkit::{files, wait};
 use serde_json::{json, Value};
 
 use super::scene::{numbers, Scene};
@@ -190,6 +193,66 @@ async fn a_page_uploads_and_downloads_8_mb_on_data_streams() {
     assert!(
         stats.webtransport_data_buffered_peak <= 64 * 1024,
         "{stats:?}"
+    );
+    scene.finish().await;
+}
+
+/// Backpressure from a slow Rust service to the page: the service stops reading after 1 MiB;
+/// the gateway passes on only what the service's stream takes (its QUIC window) and holds at
+/// most one piece, and the page's upload stops short of its end until the service reads on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_service_holds_the_pages_upload_back() {
+    let scene = Scene::with_quic(true, |config, sink| {
+        config.client_config["files"] = json!(service(sink, "files"));
+    })
+    .await;
+    let gate = files::Gate::pausing_after(1 << 20);
+    let _files = files::serve(&scene.sink, "files", Some(gate.clone()));
+    let size: u64 = 24 << 20;
+    scene
+        .run(
+            "window.client = await member()
+             const size = 24 << 20
+             const bytes = new Uint8Array(size)
+             for (let i = 0; i < size; i++) bytes[i] = i % 251
+             window.sent = 0
+             window.upload = client.sendData(client.config.files, new Blob([bytes]),
+               {request: {op: 'upload'}, onProgress: p => { window.sent = p.sent }})
+               .then(answer => answer.reply, error => ({error: error.code}))",
+        )
+        .await;
+    // The service's stream window (4 MiB, the node's default) fills behind what it read.
+    let stats = || scene.site.handle.stats();
+    wait::wait_for_within("the upload to stall", Duration::from_secs(60), || {
+        let s = stats();
+        s.webtransport_data_buffered > 0
+            && s.webtransport_data_bytes_in >= gate.read.load(Ordering::Relaxed) + (3 << 20)
+    })
+    .await;
+    let read = gate.read.load(Ordering::Relaxed);
+    let s = stats();
+    // The service's stream window, and a piece its conversation may have read ahead.
+    assert!(
+        s.webtransport_data_bytes_in <= read + (4 << 20) + 2 * 64 * 1024,
+        "the gateway passed on {} bytes to a service that read {read}",
+        s.webtransport_data_bytes_in
+    );
+    assert!(s.webtransport_data_buffered_peak <= 64 * 1024, "{s:?}");
+    let sent = scene.run("return window.sent").await.as_u64().unwrap();
+    eprintln!(
+        "stalled: the service read {read} B, the gateway passed on {} B, the page's upload \
+         is at {sent} B of {size}",
+        s.webtransport_data_bytes_in
+    );
+    assert!(
+        sent < size,
+        "the page wrote everything: nothing held it back"
+    );
+    gate.resume();
+    let reply = scene.run("return await window.upload").await;
+    assert_eq!(
+        reply,
+        json!({"bytes": size, "sha256": files::sha256_hex(&files::pattern(0, size as usize))})
     );
     scene.finish().await;
 }
