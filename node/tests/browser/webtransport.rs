@@ -256,3 +256,42 @@ async fn a_slow_service_holds_the_pages_upload_back() {
     );
     scene.finish().await;
 }
+
+/// The example page (node/examples/playground/files.html) against the files service: a
+/// download and an upload, each checked by its hash, with their progress bars full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_example_page_downloads_and_uploads() {
+    let scene = Scene::with_quic(true, |config, sink| {
+        config.client_config["files"] = json!(service(sink, "files"));
+    })
+    .await;
+    let _files = files::serve(&scene.sink, "files", None);
+    let url = format!("{}files.html", scene.site.url());
+    scene.with(move |browser| browser.open(&url)).await;
+    let page = scene
+        .run(
+            "const log = () => document.querySelector('#log').textContent
+             const wait = async text => {
+               const end = Date.now() + 60000
+               while (!log().includes(text)) {
+                 if (Date.now() > end) throw new Error(`no ${text} in ${log()}`)
+                 await new Promise(resolve => setTimeout(resolve, 20))
+               }
+             }
+             await wait('connected over')
+             document.querySelector('#size').value = '3'
+             document.querySelector('#download').click()
+             await wait('downloaded')
+             document.querySelector('#upload').click() // no file chosen: 4 MiB of zeros
+             await wait('uploaded')
+             return {log: log(), down: document.querySelector('#down').value,
+                     up: document.querySelector('#up').value}",
+        )
+        .await;
+    let log = page["log"].as_str().unwrap();
+    assert!(log.contains("connected over webtransport"), "{log}");
+    assert_eq!(log.matches("the hash matches").count(), 2, "{log}");
+    assert_eq!(page["down"], 1.0, "{page}");
+    assert_eq!(page["up"], 1.0, "{page}");
+    scene.finish().await;
+}
