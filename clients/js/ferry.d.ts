@@ -172,6 +172,15 @@ export interface DataOptions {
   signal?: AbortSignal
 }
 
+/** What comes with a peer's data for the session (GATEWAY.md §13.12). */
+export interface IncomingData {
+  /** The sender's node id. */
+  from: string
+  /** Its metadata: a JSON value, a string, or a Uint8Array (see `encoding`). */
+  data: unknown
+  encoding: Encoding
+}
+
 /** A data stream under way: the service's data, and its answer. */
 export interface DataStream {
   readable: ReadableStream<Uint8Array>
@@ -232,6 +241,9 @@ export class Client {
   sendData (to: string, body: DataBody, options?: DataOptions): Promise<DataResult>
   /** Downloads from the service. */
   recvData (to: string, options?: DataOptions): DataStream
+  /** Takes peers' data for this session (WebTransport): the handler's result (JSON or text)
+   *  answers the sender; a rejection fails it. */
+  onData (handler: (meta: IncomingData, readable: ReadableStream<Uint8Array>) => unknown): void
 }
 
 export function connect (url?: string, options?: Options): Promise<Client>

@@ -273,6 +273,7 @@ class WebTransportSocket {
       await writer.write(new Uint8Array([WT_CONTROL]))
       this._read(stream.readable)
       this._acceptDeliveries()
+      this._acceptIncoming()
       return writer
     })
     this._control.catch(error => this._end(CLOSE.ABNORMAL, String(error)))
@@ -292,6 +293,17 @@ class WebTransportSocket {
       const { value, done } = await reader.read().catch(() => ({ done: true }))
       if (done) return
       this._read(value, WT_DELIVERIES)
+    }
+  }
+
+  /** Peers' data for the session (GATEWAY.md §13.12): streams the gateway opens. */
+  async _acceptIncoming () {
+    const reader = this._wt.incomingBidirectionalStreams.getReader()
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ done: true }))
+      if (done) return
+      if (this.ondata) this.ondata(value)
+      else value.readable.cancel().catch(() => {})
     }
   }
 
@@ -504,6 +516,61 @@ function dataStream (wt, header, body, onProgress, signal) {
   return { readable, done }
 }
 
+const WT_INCOMING = 0x04
+
+/** A peer's data for the session on a stream the gateway opened (GATEWAY.md §13.12): its
+ *  header, then raw bytes to the FIN; `handler(meta, readable)` reads them and its result is
+ *  the answer, one frame on the stream's other side. */
+async function incomingData (stream, handler) {
+  const reader = stream.readable.getReader()
+  const writer = stream.writable.getWriter()
+  let buffer = new Uint8Array(0)
+  const more = async () => {
+    const { value, done } = await reader.read()
+    if (done) throw new FerryError('interrupted', 'the data stream ended inside its header')
+    const joined = new Uint8Array(buffer.length + value.length)
+    joined.set(buffer)
+    joined.set(value, buffer.length)
+    buffer = joined
+  }
+  while (buffer.length < 6) await more()
+  if (buffer[0] !== WT_INCOMING) throw new FerryError('protocol', `unexpected stream type ${buffer[0]}`)
+  const length = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength).getUint32(2)
+  while (buffer.length < 6 + length) await more()
+  const body = buffer.slice(6, 6 + length)
+  const header = readFrame(buffer[1] === WT_TEXT ? decoder.decode(body) : body.buffer)
+  const rest = buffer.slice(6 + length)
+  const readable = new ReadableStream({
+    start (controller) {
+      if (rest.length > 0) controller.enqueue(rest)
+    },
+    async pull (controller) {
+      try {
+        const { value, done } = await reader.read()
+        if (done) controller.close()
+        else controller.enqueue(value)
+      } catch (error) {
+        controller.error(new FerryError('interrupted', `the sender's data broke off: ${error}`))
+      }
+    },
+    cancel (reason) { return reader.cancel(reason) }
+  })
+  const meta = { from: header.from, data: header.data, encoding: header.encoding }
+  let answer
+  try {
+    if (!handler) throw new Error('no data handler (client.onData)')
+    const reply = await handler(meta, readable)
+    const payload = reply === undefined ? undefined : payloadOf(reply)
+    if (payload && payload.bytes) throw new Error('a data answer is JSON or text, not bytes')
+    answer = requestFrame({ type: 'ok' }, payload).frame
+  } catch (error) {
+    readable.cancel().catch(() => {})
+    answer = JSON.stringify({ type: 'error', message: String((error && error.message) || error) })
+  }
+  await writer.write(wtEncode(answer))
+  await writer.close()
+}
+
 /** The lane of a request over WebTransport: a send's target, a call of its own (`last`: the
  *  stream is finished after it), or the control stream (null). */
 function laneOf (fields) {
@@ -681,6 +748,7 @@ export class Client {
     this._fetch = options.fetch ||
       (typeof globalThis.fetch === 'function' ? (...args) => globalThis.fetch(...args) : null)
     this.transport = null
+    this._dataHandler = null
     this._ids = new ContiguousIds(0) // ids received: `_received` is its last()
     this._done = new ContiguousIds(0) // ids processed: `_cursor` is its last()
     this._token = options.token
@@ -863,6 +931,7 @@ export class Client {
         for (const [key, value] of url.searchParams) wtUrl.searchParams.set(key, value)
         try {
           ws = new WebTransportSocket(this._WebTransport, String(wtUrl), info.hashes || [])
+          ws.ondata = stream => { incomingData(stream, this._dataHandler).catch(() => {}) }
         } catch (error) {
           ws = null
         }
@@ -1346,6 +1415,16 @@ export class Client {
     } catch (error) {
       return failed(error instanceof FerryError ? error : new FerryError('bad_request', String(error)))
     }
+  }
+
+  /** Takes peers' data for this session (GATEWAY.md §13.12, WebTransport only):
+   *  `handler({ from, data, encoding }, readable)` gets the sender's node id, its metadata (a
+   *  JSON value, text or bytes, as messages' `data`) and the bytes as a ReadableStream of
+   *  Uint8Array (read at the handler's pace: the sender waits); what it resolves with (JSON or
+   *  text) is the sender's answer, a rejection fails the sender's conversation with its
+   *  message. Without a handler, incoming data is refused. */
+  onData (handler) {
+    this._dataHandler = handler
   }
 
   /** Uploads `body` to the service `to` (see `data`); resolves with `{ reply, encoding, sent,

@@ -53,6 +53,15 @@ export async function usage (storage: Ferry.Storage): Promise<void> {
     console.log(value.length)
   }
   console.log((await download.done).received, client.data(service, { body: 'text' }).done)
+  client.onData(async (meta: Ferry.IncomingData, readable: ReadableStream<Uint8Array>) => {
+    let bytes = 0
+    for (const reader = readable.getReader(); ;) {
+      const { value, done } = await reader.read()
+      if (done) break
+      bytes += value.length
+    }
+    return { from: meta.from, bytes }
+  })
   client.disconnect()
   const again: Client = await client.reconnect()
   again.close()

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_node::gateway::webtransport;
 use ferry_testkit::{files, wait};
 use serde_json::{json, Value};
 
@@ -293,5 +294,54 @@ async fn the_files_example_page_downloads_and_uploads() {
     assert_eq!(log.matches("the hash matches").count(), 2, "{log}");
     assert_eq!(page["down"], 1.0, "{page}");
     assert_eq!(page["up"], 1.0, "{page}");
+    scene.finish().await;
+}
+
+/// A Rust peer sends 8 MB to a page's session (`send_to_session`): the page's `onData`
+/// handler reads them from a `ReadableStream`, hashes them, and its answer is the peer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_peer_sends_8_mb_into_a_page() {
+    let scene = Scene::with_quic(true, |_, _| {}).await;
+    let address = scene
+        .run(
+            "window.client = await member()
+             window.incoming = []
+             client.onData(async (meta, readable) => {
+               const pieces = []
+               let bytes = 0
+               for (const reader = readable.getReader(); ;) {
+                 const {value, done} = await reader.read()
+                 if (done) break
+                 pieces.push(value)
+                 bytes += value.length
+               }
+               const digest = await crypto.subtle.digest('SHA-256', await new Blob(pieces).arrayBuffer())
+               const sha256 = [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('')
+               window.incoming.push({meta: meta.data, from: meta.from, bytes})
+               return {bytes, sha256}
+             })
+             return client.address",
+        )
+        .await;
+    let address: ferry::Address = address.as_str().unwrap().parse().unwrap();
+    let data = files::pattern(0, 8 << 20);
+    let started = std::time::Instant::now();
+    let answer =
+        webtransport::send_to_session(&scene.sink, &address, br#"{"name":"big.bin"}"#, &data[..])
+            .await
+            .unwrap();
+    eprintln!(
+        "8 MB from a Rust peer into the page: {:.1} MB/s",
+        8.388608 / started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer).unwrap(),
+        json!({"bytes": 8 << 20, "sha256": files::sha256_hex(&data)})
+    );
+    let seen = scene.run("return window.incoming").await;
+    assert_eq!(
+        seen,
+        json!([{"meta": {"name": "big.bin"}, "from": scene.sink.id().to_string(), "bytes": 8 << 20}])
+    );
     scene.finish().await;
 }

@@ -15,7 +15,7 @@ use ferry::{Node, NodeConfig, SecretKey, ServiceHandle, ServiceOptions};
 use ferry_node::gateway::webtransport::{
     self, decode_data_frame, encode_data_header, Certificates, DataFrame, ManualClock,
     WebTransport, WebTransportConfig, FRAME_TEXT, MAX_DATA_PIECE, STREAM_CONTROL, STREAM_DATA,
-    STREAM_DELIVERIES, STREAM_REQUESTS,
+    STREAM_DELIVERIES, STREAM_INCOMING, STREAM_REQUESTS,
 };
 use ferry_node::gateway::{self, AuthConfig, GatewayConfig, GatewayHandle, NoHooks, StaticToken};
 use ferry_node::store::{RedbStore, StoreConfig};
@@ -832,5 +832,75 @@ async fn data_streams_beyond_the_limit_are_reset() {
     let (_, answer) = data_answer(&mut first_recv).await;
     assert_eq!(answer["data"]["bytes"], 3, "{answer}");
     service_node.shutdown(Duration::from_secs(1)).await;
+    env.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_peers_data_reaches_the_session_on_a_stream_the_gateway_opens() {
+    let env = start(GatewayConfig::default()).await;
+    let client = Client::connect(&env, "").await;
+    let address: ferry::Address = client.welcome["address"].as_str().unwrap().parse().unwrap();
+    let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let data = files::pattern(0, 3 << 20);
+    let sending = tokio::spawn({
+        let (peer, address, data) = (peer.clone(), address.clone(), data.clone());
+        async move {
+            webtransport::send_to_session(&peer, &address, br#"{"name":"a.bin"}"#, &data[..]).await
+        }
+    });
+    // The page's side: the stream, its header, the bytes to the FIN, then the answer.
+    let (mut send, mut recv) = tokio::time::timeout(WAIT, client.session.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut kind = [0u8; 1];
+    recv.read_exact(&mut kind).await.unwrap();
+    assert_eq!(kind[0], STREAM_INCOMING);
+    let header = read_frame(&mut recv).await.unwrap();
+    assert_eq!(
+        header,
+        json!({"type": "data", "from": peer.id().to_string(), "data": {"name": "a.bin"}})
+    );
+    let got = tokio::time::timeout(WAIT, recv.read_to_end(8 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got == data, "the bytes differ");
+    write_frame(
+        &mut send,
+        &json!({"type": "ok", "data": {"got": got.len()}}),
+    )
+    .await;
+    send.finish().unwrap();
+    let answer = sending.await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer).unwrap(),
+        json!({"got": 3 << 20})
+    );
+
+    // The page refuses: the sender gets its reason.
+    let refused = tokio::spawn({
+        let (peer, address) = (peer.clone(), address.clone());
+        async move { webtransport::send_to_session(&peer, &address, b"", &b"x"[..]).await }
+    });
+    let (mut send, _recv) = tokio::time::timeout(WAIT, client.session.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    write_frame(&mut send, &json!({"type": "error", "message": "not now"})).await;
+    send.finish().unwrap();
+    let error = refused.await.unwrap().unwrap_err().to_string();
+    assert!(error.contains("not now"), "{error}");
+
+    // An address that is no session's: refused by the gateway.
+    let stranger = env.node.mailbox();
+    let error = webtransport::send_to_session(&peer, stranger.address(), b"", &b"x"[..])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no such session"), "{error}");
+    peer.shutdown(Duration::from_secs(1)).await;
     env.shutdown.cancel();
 }

@@ -28,6 +28,11 @@ use crate::gateway::requests::{node_target, open_error_code};
 
 /// First byte of a data stream (bidirectional, opened by the client: one upload or download).
 pub const STREAM_DATA: u8 = 0x03;
+/// First byte of an incoming data stream (bidirectional, opened by the gateway: a peer's data
+/// for the session, §13.12).
+pub const STREAM_INCOMING: u8 = 0x04;
+/// The service, on a gateway's node, that takes peers' data for its sessions (§13.12).
+pub const INCOMING_SERVICE: &str = "ferry-gateway.data";
 /// A frame's kind byte, gateway → client on a data stream: a piece of the service's data.
 pub const FRAME_DATA: u8 = 0x02;
 /// The largest piece of data in one [`FRAME_DATA`] frame (the conversation's DATA chunk).
@@ -501,6 +506,211 @@ async fn bridge(
         }
         Err(error) => Ok(conversation_answer(&error)),
     }
+}
+
+/// A peer's data for a session, on its way to the session's WebTransport connection.
+pub(crate) struct Incoming {
+    conversation: ferry::Conversation,
+    meta: Bytes,
+}
+
+impl Incoming {
+    /// Fails the peer's conversation with `reason`, without a stream to the browser.
+    pub(crate) fn refuse(self, reason: &'static str) {
+        tokio::spawn(async move {
+            let _ = self.conversation.fail(reason).await;
+        });
+    }
+}
+
+/// Where a session's connection takes incoming data (its sessions' `incoming`).
+pub(crate) type IncomingTx = tokio::sync::mpsc::Sender<Incoming>;
+
+/// Why [`send_to_session`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendToSessionError {
+    /// The gateway's node could not be reached, or has no [`INCOMING_SERVICE`] (it serves no
+    /// WebTransport).
+    #[error("opening the gateway's data service: {0}")]
+    Open(#[from] ferry::OpenError),
+    /// The gateway refused (no such session, no WebTransport connection, busy) or the page
+    /// did (its reason), or the exchange broke.
+    #[error(transparent)]
+    Conversation(#[from] ConversationError),
+}
+
+/// Sends `data` to the browser session whose address is `session` (docs/GATEWAY.md §13.12),
+/// with `meta` (bytes, shown to the page as a message's payload: JSON, text or bytes), at the
+/// page's pace; resolves with the page's answer (bytes, as its reply maps to them).
+pub async fn send_to_session<R: tokio::io::AsyncRead + Unpin>(
+    node: &ferry::Node,
+    session: &ferry::Address,
+    meta: &[u8],
+    data: R,
+) -> Result<Vec<u8>, SendToSessionError> {
+    let target = ferry::Target::service(session.node(), INCOMING_SERVICE)
+        .with_hints(session.hints().to_vec());
+    let mut conversation = node.open(target).await?;
+    conversation
+        .send_obj(session.without_hints().to_string().as_bytes())
+        .await?;
+    conversation.send_obj(meta).await?;
+    conversation.send_data(data).await?;
+    let answer: Vec<u8> = conversation.recv_obj().await?;
+    Ok(answer)
+}
+
+/// The gateway's service [`INCOMING_SERVICE`]: a peer's conversation carrying data for a
+/// session goes to the session's WebTransport connection, or is failed with the reason.
+pub(crate) async fn take_incoming(
+    shared: &crate::gateway::shared::Shared,
+    mut conversation: ferry::Conversation,
+) {
+    let refusal = async {
+        let to: Vec<u8> = conversation.recv_obj().await.map_err(|e| e.to_string())?;
+        let meta: Vec<u8> = conversation.recv_obj().await.map_err(|e| e.to_string())?;
+        let to = std::str::from_utf8(&to)
+            .ok()
+            .and_then(|text| text.parse::<ferry::Address>().ok())
+            .ok_or("the first object is not an address")?
+            .without_hints();
+        let session = crate::sync::lock(&shared.registry)
+            .sessions()
+            .find(|session| session.info.address.without_hints() == to)
+            .cloned()
+            .ok_or("no such session (or not its own address)")?;
+        let tx = crate::sync::lock(&session.incoming)
+            .clone()
+            .ok_or("the session has no WebTransport connection")?;
+        let permit = tx.try_reserve_owned().map_err(|error| match error {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => "the session is busy with data",
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                "the session has no WebTransport connection"
+            }
+        })?;
+        Ok::<_, String>((permit, Bytes::from(meta)))
+    }
+    .await;
+    match refusal {
+        Ok((permit, meta)) => {
+            permit.send(Incoming { conversation, meta });
+        }
+        Err(reason) => {
+            let _ = conversation.fail(&reason).await;
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AnswerJson<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, borrow, deserialize_with = "some_raw")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    text: Option<bool>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Carries a peer's data to the browser on a stream the gateway opens (§13.12), then the
+/// page's answer back to the peer. `_permit` is its place among the connection's data streams.
+pub(crate) async fn serve_incoming(
+    context: Arc<DataContext>,
+    _permit: OwnedSemaphorePermit,
+    session: web_transport_quinn::Session,
+    incoming: Incoming,
+    done: CancellationToken,
+) {
+    let Incoming {
+        mut conversation,
+        meta,
+    } = incoming;
+    context
+        .counters
+        .data_streams
+        .fetch_add(1, Ordering::Relaxed);
+    let from = conversation.peer().to_string();
+    let carried = tokio::select! {
+        () = done.cancelled() => Err("the session's connection ended".to_owned()),
+        carried = carry_incoming(&context, &session, &mut conversation, &from, meta) => carried,
+    };
+    let _ = match carried {
+        Ok(Ok(reply)) => conversation.reply(&reply.to_vec()).await,
+        Ok(Err(reason)) | Err(reason) => conversation.fail(&reason).await,
+    };
+}
+
+/// Opens the stream, writes the header and the data, reads the page's answer: `Ok(Ok(reply))`,
+/// `Ok(Err(the page's error))`, or `Err(why it broke)`.
+async fn carry_incoming(
+    context: &DataContext,
+    session: &web_transport_quinn::Session,
+    conversation: &mut ferry::Conversation,
+    from: &str,
+    meta: Bytes,
+) -> Result<Result<Bytes, String>, String> {
+    let counters = &context.counters;
+    let (mut send, mut recv) = session.open_bi().await.map_err(|e| e.to_string())?;
+    let header = frame(
+        object(vec![
+            ("type", serde_json::json!("data")),
+            ("from", serde_json::json!(from)),
+        ]),
+        Some(&meta),
+    );
+    let gone = |_| "the page gave the stream up".to_owned();
+    send.write_all(&[STREAM_INCOMING]).await.map_err(gone)?;
+    super::streams::write_frame(&mut send, header)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut carried = 0u64;
+    loop {
+        let next = tokio::select! {
+            _ = send.stopped() => return Err("the page gave the stream up".into()),
+            next = conversation.recv_chunk() => next,
+        };
+        let piece = match next {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(error) => {
+                let _ = send.reset(STOP_DATA_ANSWERED);
+                return Err(error.to_string());
+            }
+        };
+        carried += piece.len() as u64;
+        if carried > context.max_bytes {
+            let _ = send.reset(STOP_DATA_ANSWERED);
+            return Err(format!(
+                "more than {} bytes (gateway_webtransport_max_data_bytes)",
+                context.max_bytes
+            ));
+        }
+        let _held = Held::new(counters, piece.len());
+        let len = piece.len() as u64;
+        send.write_chunk(piece).await.map_err(gone)?;
+        counters.data_out.fetch_add(len, Ordering::Relaxed);
+    }
+    let _ = send.finish();
+    let answer = super::streams::read_frame(&mut recv, context.max_message_size)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the page answered nothing")?;
+    let axum::extract::ws::Message::Text(text) = answer else {
+        return Err("the page's answer is not a text frame".into());
+    };
+    let answer: AnswerJson<'_> =
+        serde_json::from_str(text.as_str()).map_err(|e| format!("the page's answer: {e}"))?;
+    Ok(match answer.kind.as_str() {
+        "ok" => Ok(match answer.data {
+            Some(raw) => payload_of(raw, answer.text).unwrap_or_default(),
+            None => Bytes::new(),
+        }),
+        _ => Err(answer
+            .message
+            .unwrap_or_else(|| "the page refused the data".into())),
+    })
 }
 
 #[cfg(test)]

@@ -35,8 +35,9 @@ pub use certificate::{
     CertificateError, CertificateHash, Certificates, Clock, ManualClock, SystemClock,
 };
 pub use data::{
-    decode_data_frame, decode_data_header, encode_data_header, DataFrame, DataFrameError,
-    DataHeader, DataHeaderError, FRAME_DATA, MAX_DATA_PIECE, STOP_DATA_ANSWERED, STREAM_DATA,
+    decode_data_frame, decode_data_header, encode_data_header, send_to_session, DataFrame,
+    DataFrameError, DataHeader, DataHeaderError, SendToSessionError, FRAME_DATA, INCOMING_SERVICE,
+    MAX_DATA_PIECE, STOP_DATA_ANSWERED, STREAM_DATA, STREAM_INCOMING,
 };
 pub use streams::{
     check_frame_header, decode_frame, FrameError, FRAME_BINARY, FRAME_TEXT, RESET_STUCK,
@@ -324,6 +325,21 @@ pub(crate) async fn serve(
         &endpoint.config,
         &shared.config.limits,
     )));
+    // Peers' data for sessions (§13.12): a service of the gateway's node while it serves.
+    let _incoming = {
+        let shared = shared.clone();
+        shared.node.clone().serve(
+            data::INCOMING_SERVICE,
+            ferry::ServiceOptions::default(),
+            move |conversation| {
+                let shared = shared.clone();
+                async move { data::take_incoming(&shared, conversation).await }
+            },
+        )
+    };
+    if let Err(error) = &_incoming {
+        tracing::warn!("gateway: no {} service: {error}", data::INCOMING_SERVICE);
+    }
     let quinn_endpoint = endpoint.endpoint.clone();
     loop {
         let incoming = tokio::select! {
@@ -444,6 +460,9 @@ async fn connecting_session(
         );
         return;
     };
+    // Peers' data for the session comes to this connection from now on (§13.12).
+    let (incoming_tx, incoming) = tokio::sync::mpsc::channel(config.max_data_streams.max(1));
+    *crate::sync::lock(&session.incoming) = Some(incoming_tx);
     let wire = streams::WebTransportWire {
         session: wt,
         control,
@@ -464,6 +483,7 @@ async fn connecting_session(
             counters: counters.clone(),
         }),
         max_data_streams: config.max_data_streams,
+        incoming,
         counters,
     };
     connection::run(shared, session, wire, start, slot).await;

@@ -167,7 +167,10 @@ impl From<FrameError> for WireError {
 }
 
 /// Reads one frame; `None` at a clean end of the stream between frames.
-async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Message>, WireError> {
+pub(super) async fn read_frame(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<Message>, WireError> {
     let mut header = [0u8; 5];
     match recv.read(&mut header[..1]).await {
         Ok(None) => return Ok(None),
@@ -349,6 +352,8 @@ pub(crate) struct WebTransportWire {
     /// What data streams (§13.11) need, and how many a session may have at once.
     pub(crate) data: Arc<super::data::DataContext>,
     pub(crate) max_data_streams: usize,
+    /// Peers' data for the session (§13.12).
+    pub(crate) incoming: mpsc::Receiver<super::data::Incoming>,
     pub(crate) counters: Arc<super::Counters>,
 }
 
@@ -431,9 +436,13 @@ impl Wire for WebTransportWire {
             limits,
             data,
             max_data_streams,
+            mut incoming,
             counters,
         } = self;
         let routes = Arc::new(Mutex::new(Routes::default()));
+        let data_streams = Arc::new(Semaphore::new(
+            max_data_streams.clamp(1, Semaphore::MAX_PERMITS),
+        ));
         let budget = Arc::new(Semaphore::new(
             limits.connection_bytes.clamp(1, Semaphore::MAX_PERMITS),
         ));
@@ -463,13 +472,32 @@ impl Wire for WebTransportWire {
             done.clone(),
             counters,
             budget.clone(),
-            (
-                data,
-                Arc::new(Semaphore::new(
-                    max_data_streams.clamp(1, Semaphore::MAX_PERMITS),
-                )),
-            ),
+            (data.clone(), data_streams.clone()),
         ));
+        // Peers' data: each on a stream the gateway opens, within the same limit.
+        tokio::spawn({
+            let (session, done) = (session.clone(), done.clone());
+            async move {
+                loop {
+                    let next = tokio::select! {
+                        () = done.cancelled() => return,
+                        next = incoming.recv() => next,
+                    };
+                    let Some(next) = next else { return };
+                    let Ok(permit) = data_streams.clone().try_acquire_owned() else {
+                        next.refuse("the session has too many data streams under way");
+                        continue;
+                    };
+                    tokio::spawn(super::data::serve_incoming(
+                        data.clone(),
+                        permit,
+                        session.clone(),
+                        next,
+                        done.clone(),
+                    ));
+                }
+            }
+        });
         // The peer's liveness, for the session's idle check: the QUIC connection closes by
         // itself when nothing (not even an acknowledgement of the keep-alives) came for the
         // idle timeout, so while it is open the client is there.
