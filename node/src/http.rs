@@ -351,7 +351,7 @@ impl Collector for NodeCollector {
                 ),
                 (
                     "ferry_gateway_webtransport_data_streams",
-                    "WebTransport data streams (uploads, downloads) accepted.",
+                    "WebTransport data streams (uploads, downloads, incoming data) started.",
                     g.webtransport_data_streams,
                 ),
                 (
@@ -361,7 +361,7 @@ impl Collector for NodeCollector {
                 ),
                 (
                     "ferry_gateway_webtransport_data_bytes_out",
-                    "Bytes services sent on data streams, taken by the browsers' streams.",
+                    "Bytes to browsers on data streams (downloads, incoming data).",
                     g.webtransport_data_bytes_out,
                 ),
             ] {

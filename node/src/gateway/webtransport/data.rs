@@ -4,7 +4,9 @@
 //! stream, then the service's data stream and its reply OBJECT — HBI's `send_data` /
 //! `recv_data`). Backpressure is QUIC flow control on both sides: the bridge reads the next
 //! piece of one stream only once the other stream took the previous one, so it holds at most
-//! one piece (64 KiB) per data stream.
+//! one piece (64 KiB) per data stream. Also the other way (§13.12): a peer's data for a
+//! session, taken by the gateway's service `ferry-gateway.data` and carried to the page on a
+//! stream the gateway opens.
 // Handles what browsers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -568,8 +570,15 @@ pub(crate) async fn take_incoming(
     mut conversation: ferry::Conversation,
 ) {
     let refusal = async {
-        let to: Vec<u8> = conversation.recv_obj().await.map_err(|e| e.to_string())?;
-        let meta: Vec<u8> = conversation.recv_obj().await.map_err(|e| e.to_string())?;
+        // The address and the metadata come at once, or the peer holds nothing here.
+        let (to, meta) = tokio::time::timeout(HEADER_TIMEOUT, async {
+            let to: Vec<u8> = conversation.recv_obj().await?;
+            let meta: Vec<u8> = conversation.recv_obj().await?;
+            Ok::<_, ConversationError>((to, meta))
+        })
+        .await
+        .map_err(|_| "the address and the metadata did not come in time".to_owned())?
+        .map_err(|e| e.to_string())?;
         let to = std::str::from_utf8(&to)
             .ok()
             .and_then(|text| text.parse::<ferry::Address>().ok())

@@ -204,11 +204,11 @@ pub(crate) struct Counters {
     pub(crate) streams: AtomicU64,
     /// Streams refused (beyond the limit, or of an unknown type).
     pub(crate) refused_streams: AtomicU64,
-    /// Data streams accepted.
+    /// Data streams started (uploads, downloads, incoming data).
     pub(crate) data_streams: AtomicU64,
     /// Bytes uploaded: read from browsers and taken by the services' streams.
     pub(crate) data_in: AtomicU64,
-    /// Bytes downloaded: read from the services and taken by the browsers' streams.
+    /// Bytes to browsers (downloads, a peer's incoming data), taken by their streams.
     pub(crate) data_out: AtomicU64,
     /// Bytes the data streams' bridges hold now (read from one side, not yet taken by the
     /// other).
