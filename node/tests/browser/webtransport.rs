@@ -8,6 +8,7 @@
 //! `GET /webtransport`.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -110,17 +111,24 @@ async fn without_the_endpoint_the_page_uses_websocket() {
     scene.finish().await;
 }
 
+/// A scene whose sink serves `files` (ferry_testkit::files, behind `gate`), at
+/// `client.config.files`.
+async fn files_scene(gate: Option<Arc<files::Gate>>) -> (Scene, ferry::ServiceHandle) {
+    let scene = Scene::with_quic(true, |config, sink| {
+        config.client_config["files"] = json!(service(sink, "files"));
+    })
+    .await;
+    let service = files::serve(&scene.sink, "files", gate);
+    (scene, service)
+}
+
 /// Issue 14.5: a page uploads 8 MB to a Rust service on a data stream of its own (a Blob, read
 /// as fast as the network takes it) and downloads 8 MB back into a `ReadableStream`; the
 /// service hashes what it got, the page hashes what it got, and both sides' progress events
 /// come in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_uploads_and_downloads_8_mb_on_data_streams() {
-    let scene = Scene::with_quic(true, |config, sink| {
-        config.client_config["files"] = json!(service(sink, "files"));
-    })
-    .await;
-    let _files = files::serve(&scene.sink, "files", None);
+    let (scene, _files) = files_scene(None).await;
     let size = 8 << 20;
     let got = scene
         .run(
@@ -203,12 +211,8 @@ async fn a_page_uploads_and_downloads_8_mb_on_data_streams() {
 /// most one piece, and the page's upload stops short of its end until the service reads on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_service_holds_the_pages_upload_back() {
-    let scene = Scene::with_quic(true, |config, sink| {
-        config.client_config["files"] = json!(service(sink, "files"));
-    })
-    .await;
     let gate = files::Gate::pausing_after(1 << 20);
-    let _files = files::serve(&scene.sink, "files", Some(gate.clone()));
+    let (scene, _files) = files_scene(Some(gate.clone())).await;
     let size: u64 = 24 << 20;
     scene
         .run(
@@ -262,11 +266,7 @@ async fn a_slow_service_holds_the_pages_upload_back() {
 /// download and an upload, each checked by its hash, with their progress bars full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_files_example_page_downloads_and_uploads() {
-    let scene = Scene::with_quic(true, |config, sink| {
-        config.client_config["files"] = json!(service(sink, "files"));
-    })
-    .await;
-    let _files = files::serve(&scene.sink, "files", None);
+    let (scene, _files) = files_scene(None).await;
     let url = format!("{}files.html", scene.site.url());
     scene.with(move |browser| browser.open(&url)).await;
     let page = scene
