@@ -45,6 +45,9 @@ pub struct GatewayStats {
     pub webtransport_refused_streams: u64,
     /// WebTransport data streams (uploads, downloads, a peer's incoming data) under way or done.
     pub webtransport_data_streams: u64,
+    /// WebTransport data streams under way now (each holds a place of
+    /// `gateway_webtransport_max_data_streams` until its answer is written).
+    pub webtransport_data_open: u64,
     /// Bytes uploaded by browsers on data streams and taken by the services.
     pub webtransport_data_bytes_in: u64,
     /// Bytes to browsers on data streams (downloads from services, peers' incoming data),

@@ -831,6 +831,29 @@ async fn data_streams_beyond_the_limit_are_reset() {
     first.finish().unwrap();
     let (_, answer) = data_answer(&mut first_recv).await;
     assert_eq!(answer["data"]["bytes"], 3, "{answer}");
+    // A page that gives an upload up (resets its stream) frees its place: the gateway cancels
+    // the service's conversation, and the next data stream is taken.
+    wait::wait_for("the first's place to be free", || {
+        env.handle.stats().webtransport_data_open == 0
+    })
+    .await;
+    let (mut given_up, _given_up_recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    given_up.write_all(&[7u8; 100_000]).await.unwrap();
+    wait::wait_for("the upload to reach the service", || {
+        env.handle.stats().webtransport_data_bytes_in > 3
+    })
+    .await;
+    given_up.reset(0u32).unwrap();
+    wait::wait_for("the given-up stream to let go", || {
+        let stats = env.handle.stats();
+        stats.webtransport_data_open == 0 && stats.webtransport_data_buffered == 0
+    })
+    .await;
+    let (mut send, mut recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    send.write_all(b"again").await.unwrap();
+    send.finish().unwrap();
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["data"]["bytes"], 5, "{answer}");
     service_node.shutdown(Duration::from_secs(1)).await;
     env.shutdown.cancel();
 }

@@ -340,19 +340,16 @@ fn too_large(max: u64) -> Encoded {
 }
 
 /// Serves one data stream whose type byte was read: bridges it to a conversation with its
-/// service, answers on it, and finishes it. `_permit` is its place among the connection's
-/// data streams.
+/// service, answers on it, and finishes it. `permit` is its place among the connection's
+/// data streams, given back once the answer is written.
 pub(crate) async fn serve(
     context: Arc<DataContext>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     mut send: SendStream,
     mut recv: RecvStream,
     done: CancellationToken,
 ) {
-    context
-        .counters
-        .data_streams
-        .fetch_add(1, Ordering::Relaxed);
+    let place = Place::new(&context.counters, permit);
     let mut upload_done = false;
     let outcome = tokio::select! {
         () = done.cancelled() => Err(Gone),
@@ -379,7 +376,32 @@ pub(crate) async fn serve(
         return;
     }
     let _ = send.finish();
+    drop(place);
     let _ = tokio::time::timeout(HEADER_TIMEOUT, send.stopped()).await;
+}
+
+/// A data stream's place among its connection's (`gateway_webtransport_max_data_streams`),
+/// counted in the gateway's figures while held.
+struct Place<'a> {
+    counters: &'a super::Counters,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> Place<'a> {
+    fn new(counters: &'a super::Counters, permit: OwnedSemaphorePermit) -> Self {
+        counters.data_streams.fetch_add(1, Ordering::Relaxed);
+        counters.data_open.fetch_add(1, Ordering::Relaxed);
+        Self {
+            counters,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.counters.data_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Reads the header frame (and whatever upload bytes came with it).
@@ -624,10 +646,10 @@ struct AnswerJson<'a> {
 }
 
 /// Carries a peer's data to the browser on a stream the gateway opens (§13.12), then the
-/// page's answer back to the peer. `_permit` is its place among the connection's data streams.
+/// page's answer back to the peer. `permit` is its place among the connection's data streams.
 pub(crate) async fn serve_incoming(
     context: Arc<DataContext>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     session: web_transport_quinn::Session,
     incoming: Incoming,
     done: CancellationToken,
@@ -636,10 +658,7 @@ pub(crate) async fn serve_incoming(
         mut conversation,
         meta,
     } = incoming;
-    context
-        .counters
-        .data_streams
-        .fetch_add(1, Ordering::Relaxed);
+    let _place = Place::new(&context.counters, permit);
     let from = conversation.peer().to_string();
     let carried = tokio::select! {
         () = done.cancelled() => Err("the session's connection ended".to_owned()),

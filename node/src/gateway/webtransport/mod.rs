@@ -206,6 +206,8 @@ pub(crate) struct Counters {
     pub(crate) refused_streams: AtomicU64,
     /// Data streams started (uploads, downloads, incoming data).
     pub(crate) data_streams: AtomicU64,
+    /// Data streams under way now.
+    pub(crate) data_open: AtomicU64,
     /// Bytes uploaded: read from browsers and taken by the services' streams.
     pub(crate) data_in: AtomicU64,
     /// Bytes to browsers (downloads, a peer's incoming data), taken by their streams.
@@ -554,6 +556,7 @@ pub(crate) fn stats(shared: &Shared) -> super::GatewayStats {
         webtransport_streams: c.streams.load(Ordering::Relaxed),
         webtransport_refused_streams: c.refused_streams.load(Ordering::Relaxed),
         webtransport_data_streams: c.data_streams.load(Ordering::Relaxed),
+        webtransport_data_open: c.data_open.load(Ordering::Relaxed),
         webtransport_data_bytes_in: c.data_in.load(Ordering::Relaxed),
         webtransport_data_bytes_out: c.data_out.load(Ordering::Relaxed),
         webtransport_data_buffered: c.data_buffered.load(Ordering::Relaxed),
