@@ -45,6 +45,7 @@ export type ErrorCode =
   | 'unavailable' | 'closed' | 'ended' | 'protocol' | 'taken_over' | 'queue_full'
   | 'no_websocket' | 'mailbox_has_handler' | 'mailbox_receiving'
   | 'revoked' | 'caveat' | 'exhausted' | 'no_webcrypto'
+  | 'unsupported' | 'offline' | 'interrupted' | 'cancelled'
 
 /** An error with a stable code. */
 export class FerryError extends Error {
@@ -143,6 +144,49 @@ export interface Options {
   fetch?: unknown
 }
 
+/** What a data stream's body may be (GATEWAY.md §13.11). */
+export type DataBody = Blob | ReadableStream<Uint8Array> | ArrayBuffer | ArrayBufferView | string
+
+/** Progress of a data stream: bytes uploaded (taken by the network), downloaded, and the
+ *  body's size when known. */
+export interface DataProgress {
+  sent: number
+  received: number
+  total?: number
+}
+
+/** The service's answer to a data stream. */
+export interface DataResult {
+  /** The service's reply (a JSON value, a string, or a Uint8Array: see `encoding`). */
+  reply: unknown
+  encoding: Encoding
+  /** Bytes the service took of the upload, and sent. */
+  sent: number
+  received: number
+}
+
+export interface DataOptions {
+  /** The request object for the service (JSON or text, as `send` encodes it). */
+  request?: Payload
+  onProgress?: (progress: DataProgress) => void
+  signal?: AbortSignal
+}
+
+/** What comes with a peer's data for the session (GATEWAY.md §13.12). */
+export interface IncomingData {
+  /** The sender's node id. */
+  from: string
+  /** Its metadata: a JSON value, a string, or a Uint8Array (see `encoding`). */
+  data: unknown
+  encoding: Encoding
+}
+
+/** A data stream under way: the service's data, and its answer. */
+export interface DataStream {
+  readable: ReadableStream<Uint8Array>
+  done: Promise<DataResult>
+}
+
 export class Client {
   /** The transport of the current (or last) connection, `null` before the first welcome. */
   transport: 'webtransport' | 'websocket' | null
@@ -194,6 +238,16 @@ export class Client {
   disconnect (): void
   reconnect (): Promise<Client>
   close (): void
+  /** A data stream with a service over WebTransport (GATEWAY.md §13.11): uploads `body`,
+   *  gives the service's data and its answer. FerryError 'unsupported' over WebSocket. */
+  data (to: string, options?: DataOptions & { body?: DataBody }): DataStream
+  /** Uploads `body` to the service; resolves once the service read all of it and answered. */
+  sendData (to: string, body: DataBody, options?: DataOptions): Promise<DataResult>
+  /** Downloads from the service. */
+  recvData (to: string, options?: DataOptions): DataStream
+  /** Takes peers' data for this session (WebTransport): the handler's result (JSON or text)
+   *  answers the sender; a rejection fails it. */
+  onData (handler: (meta: IncomingData, readable: ReadableStream<Uint8Array>) => unknown): void
 }
 
 export function connect (url?: string, options?: Options): Promise<Client>

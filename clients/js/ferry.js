@@ -273,6 +273,7 @@ class WebTransportSocket {
       await writer.write(new Uint8Array([WT_CONTROL]))
       this._read(stream.readable)
       this._acceptDeliveries()
+      this._acceptIncoming()
       return writer
     })
     // A control stream that could not be opened ends the session; its `closed` then says
@@ -294,6 +295,17 @@ class WebTransportSocket {
       const { value, done } = await reader.read().catch(() => ({ done: true }))
       if (done) return
       this._read(value, WT_DELIVERIES)
+    }
+  }
+
+  /** Peers' data for the session (GATEWAY.md §13.12): streams the gateway opens. */
+  async _acceptIncoming () {
+    const reader = this._wt.incomingBidirectionalStreams.getReader()
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ done: true }))
+      if (done) return
+      if (this.ondata) this.ondata(value)
+      else value.readable.cancel().catch(() => {})
     }
   }
 
@@ -345,6 +357,220 @@ class WebTransportSocket {
     this._closed = true
     if (this.onclose) this.onclose({ code, reason })
   }
+}
+
+// --- data streams (GATEWAY.md §13.11) ------------------------------------------------------
+
+const WT_DATA = 0x03
+const WT_PIECE = 0x02
+const WT_DATA_PIECE = 64 * 1024
+
+/** An upload's body as a ReadableStream of bytes, with its size when known. */
+function bodyStream (body) {
+  if (body === undefined || body === null) return { stream: null, total: 0 }
+  if (typeof ReadableStream !== 'undefined' && body instanceof ReadableStream) return { stream: body, total: undefined }
+  if (typeof Blob !== 'undefined' && body instanceof Blob) return { stream: body.stream(), total: body.size }
+  const bytes = typeof body === 'string' ? encoder.encode(body) : isBytes(body) ? bytesOf(body) : null
+  if (bytes === null) {
+    throw new FerryError('bad_request', 'a data body is a Blob, a ReadableStream, bytes or a string')
+  }
+  const stream = new ReadableStream({
+    start (controller) {
+      if (bytes.length > 0) controller.enqueue(bytes)
+      controller.close()
+    }
+  })
+  return { stream, total: bytes.length }
+}
+
+/** One data stream on WebTransport session `wt`: writes the header frame and the body, and
+ *  reads the service's data into `readable` and the answer into `done`. */
+function dataStream (wt, header, body, onProgress, signal) {
+  const { stream: source, total } = bodyStream(body)
+  const state = { sent: 0, received: 0, uploadError: null, over: false }
+  let settle
+  const done = new Promise((resolve, reject) => { settle = { resolve, reject } })
+  done.catch(() => {}) // a page that only reads `readable` sees the error there
+  const progress = () => {
+    if (!onProgress) return
+    try { onProgress({ sent: state.sent, received: state.received, total }) } catch (_) {}
+  }
+  const opened = (async () => {
+    const stream = await wt.createBidirectionalStream()
+    const writer = stream.writable.getWriter()
+    const head = wtEncode(header)
+    const first = new Uint8Array(1 + head.length)
+    first[0] = WT_DATA
+    first.set(head, 1)
+    await writer.write(first)
+    upload(writer).catch(() => {})
+    return { writer, reader: stream.readable.getReader() }
+  })()
+  opened.catch(() => {})
+  // The body, one chunk at a time: each write waits for the stream to take it (QUIC flow
+  // control is the backpressure), then FIN.
+  async function upload (writer) {
+    try {
+      if (source) {
+        const reader = source.getReader()
+        for (;;) {
+          const { value, done: end } = await reader.read()
+          if (end) break
+          if (state.over) { reader.cancel().catch(() => {}); return }
+          const bytes = value instanceof Uint8Array ? value : bytesOf(value)
+          // In pieces of 64 KiB: progress as the network takes them (a Blob's stream
+          // may hand over megabytes at once).
+          for (let at = 0; at < bytes.length; at += WT_DATA_PIECE) {
+            const piece = bytes.subarray(at, at + WT_DATA_PIECE)
+            await writer.ready
+            await writer.write(piece)
+            state.sent += piece.length
+            progress()
+          }
+        }
+      }
+      await writer.close()
+    } catch (error) {
+      // The gateway answered early (and stopped reading), or the body failed: the answer,
+      // or the reset, comes on the other side.
+      if (!state.over) {
+        state.uploadError = error
+        writer.abort(error).catch(() => {})
+      }
+    }
+  }
+  const fail = (error) => {
+    if (state.over) return error
+    state.over = true
+    settle.reject(error)
+    opened.then(({ writer, reader }) => {
+      writer.abort(error).catch(() => {})
+      reader.cancel(error).catch(() => {})
+    }).catch(() => {})
+    return error
+  }
+  let buffer = new Uint8Array(0)
+  const readable = new ReadableStream({
+    async pull (controller) {
+      let parts
+      try {
+        parts = await opened
+      } catch (error) {
+        controller.error(fail(new FerryError('interrupted', `the data stream could not be opened: ${error}`)))
+        return
+      }
+      for (;;) {
+        while (buffer.length >= 5) {
+          const kind = buffer[0]
+          const length = new DataView(buffer.buffer, buffer.byteOffset, 5).getUint32(1)
+          if (buffer.length < 5 + length) break
+          const piece = buffer.slice(5, 5 + length)
+          buffer = buffer.subarray(5 + length)
+          if (kind === WT_PIECE) {
+            state.received += length
+            progress()
+            controller.enqueue(piece)
+            return
+          }
+          const frame = readFrame(kind === WT_TEXT ? decoder.decode(piece) : piece.buffer)
+          if (frame.type === 'ok') {
+            state.over = true
+            controller.close()
+            settle.resolve({ reply: frame.data, encoding: frame.encoding, sent: frame.sent, received: frame.received })
+          } else {
+            controller.error(fail(new FerryError(frame.code || 'internal', frame.message)))
+          }
+          parts.reader.cancel().catch(() => {})
+          return
+        }
+        let next
+        try {
+          next = await parts.reader.read()
+        } catch (error) {
+          next = { done: true, error }
+        }
+        if (next.done) {
+          const why = state.uploadError || next.error
+          const error = why instanceof FerryError
+            ? why
+            : new FerryError('interrupted', `the data stream broke before its answer${why ? `: ${why}` : ''}`)
+          controller.error(fail(error))
+          return
+        }
+        const joined = new Uint8Array(buffer.length + next.value.length)
+        joined.set(buffer)
+        joined.set(next.value, buffer.length)
+        buffer = joined
+      }
+    },
+    cancel (reason) {
+      fail(new FerryError('cancelled', `the download was cancelled${reason ? `: ${reason}` : ''}`))
+    }
+  })
+  if (signal) {
+    const abort = () => {
+      const error = fail(new FerryError('cancelled', 'aborted'))
+      readable.cancel(error).catch(() => {})
+    }
+    if (signal.aborted) abort()
+    else signal.addEventListener('abort', abort, { once: true })
+  }
+  return { readable, done }
+}
+
+const WT_INCOMING = 0x04
+
+/** A peer's data for the session on a stream the gateway opened (GATEWAY.md §13.12): its
+ *  header, then raw bytes to the FIN; `handler(meta, readable)` reads them and its result is
+ *  the answer, one frame on the stream's other side. */
+async function incomingData (stream, handler) {
+  const reader = stream.readable.getReader()
+  const writer = stream.writable.getWriter()
+  let buffer = new Uint8Array(0)
+  const more = async () => {
+    const { value, done } = await reader.read()
+    if (done) throw new FerryError('interrupted', 'the data stream ended inside its header')
+    const joined = new Uint8Array(buffer.length + value.length)
+    joined.set(buffer)
+    joined.set(value, buffer.length)
+    buffer = joined
+  }
+  while (buffer.length < 6) await more()
+  if (buffer[0] !== WT_INCOMING) throw new FerryError('protocol', `unexpected stream type ${buffer[0]}`)
+  const length = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength).getUint32(2)
+  while (buffer.length < 6 + length) await more()
+  const body = buffer.slice(6, 6 + length)
+  const header = readFrame(buffer[1] === WT_TEXT ? decoder.decode(body) : body.buffer)
+  const rest = buffer.slice(6 + length)
+  const readable = new ReadableStream({
+    start (controller) {
+      if (rest.length > 0) controller.enqueue(rest)
+    },
+    async pull (controller) {
+      try {
+        const { value, done } = await reader.read()
+        if (done) controller.close()
+        else controller.enqueue(value)
+      } catch (error) {
+        controller.error(new FerryError('interrupted', `the sender's data broke off: ${error}`))
+      }
+    },
+    cancel (reason) { return reader.cancel(reason) }
+  })
+  const meta = { from: header.from, data: header.data, encoding: header.encoding }
+  let answer
+  try {
+    if (!handler) throw new Error('no data handler (client.onData)')
+    const reply = await handler(meta, readable)
+    const payload = reply === undefined ? undefined : payloadOf(reply)
+    if (payload && payload.bytes) throw new Error('a data answer is JSON or text, not bytes')
+    answer = requestFrame({ type: 'ok' }, payload).frame
+  } catch (error) {
+    readable.cancel().catch(() => {})
+    answer = JSON.stringify({ type: 'error', message: String((error && error.message) || error) })
+  }
+  await writer.write(wtEncode(answer))
+  await writer.close()
 }
 
 /** The lane of a request over WebTransport: a send's target, a call of its own (`last`: the
@@ -524,6 +750,7 @@ export class Client {
     this._fetch = options.fetch ||
       (typeof globalThis.fetch === 'function' ? (...args) => globalThis.fetch(...args) : null)
     this.transport = null
+    this._dataHandler = null
     this._ids = new ContiguousIds(0) // ids received: `_received` is its last()
     this._done = new ContiguousIds(0) // ids processed: `_cursor` is its last()
     this._token = options.token
@@ -707,6 +934,7 @@ export class Client {
         for (const [key, value] of url.searchParams) wtUrl.searchParams.set(key, value)
         try {
           ws = new WebTransportSocket(this._WebTransport, String(wtUrl), info.hashes || [])
+          ws.ondata = stream => { incomingData(stream, this._dataHandler).catch(() => {}) }
         } catch (error) {
           ws = null
         }
@@ -1159,6 +1387,68 @@ export class Client {
     const fields = { type: 'call', to }
     if (timeout) fields.timeout_ms = timeout
     return this._request(fields, request, true, timeout)
+  }
+
+  /** A data stream with a service (GATEWAY.md §13.11): uploads `body` (a Blob, a
+   *  ReadableStream of bytes, bytes or a string) to the service `to` (as `call` takes it) with
+   *  the request object `request` (as `send` encodes it; not bytes), and gives the service's
+   *  data as `readable` (a ReadableStream of Uint8Array) and its reply as `done` (resolved
+   *  with `{ reply, encoding, sent, received }` once the service read the whole upload and
+   *  answered). Backpressure both ways: the body is read only as fast as the network takes
+   *  it, the service's data only as fast as `readable` is read. `onProgress({ sent,
+   *  received, total })` after every chunk. WebTransport only: over WebSocket it fails with
+   *  FerryError('unsupported'); not connected, with 'offline' (closed: as the client's
+   *  requests); a connection lost meanwhile
+   *  fails it with 'interrupted' (data streams are not resumed). */
+  data (to, { request, body, onProgress, signal } = {}) {
+    const failed = (error) => {
+      const done = Promise.reject(error)
+      done.catch(() => {})
+      const readable = new ReadableStream({ start (controller) { controller.error(error) } })
+      return { readable, done }
+    }
+    if (this._closed) return failed(this.error || new FerryError('closed', 'the client is closed'))
+    const ws = this._ws
+    if (!(ws instanceof WebTransportSocket) || !this._welcomed) {
+      const noWebTransport = this._wtFailed || typeof this._WebTransport !== 'function'
+      if ((ws && !(ws instanceof WebTransportSocket)) || (!ws && noWebTransport)) {
+        return failed(new FerryError('unsupported',
+          'data streams need WebTransport (GATEWAY.md §13.11); this connection is a WebSocket'))
+      }
+      return failed(new FerryError('offline', 'not connected: data streams are not queued'))
+    }
+    let header
+    try {
+      const payload = request === undefined ? undefined : payloadOf(request)
+      if (payload && payload.bytes) throw new FerryError('bad_request', 'a data request is JSON or text, not bytes')
+      header = requestFrame({ type: 'data', to }, payload).frame
+      return dataStream(ws._wt, header, body, onProgress, signal)
+    } catch (error) {
+      return failed(error instanceof FerryError ? error : new FerryError('bad_request', String(error)))
+    }
+  }
+
+  /** Takes peers' data for this session (GATEWAY.md §13.12, WebTransport only):
+   *  `handler({ from, data, encoding }, readable)` gets the sender's node id, its metadata (a
+   *  JSON value, text or bytes, as messages' `data`) and the bytes as a ReadableStream of
+   *  Uint8Array (read at the handler's pace: the sender waits); what it resolves with (JSON or
+   *  text) is the sender's answer, a rejection fails the sender's conversation with its
+   *  message. Without a handler, incoming data is refused. */
+  onData (handler) {
+    this._dataHandler = handler
+  }
+
+  /** Uploads `body` to the service `to` (see `data`); resolves with `{ reply, encoding, sent,
+   *  received }` once the service read all of it and answered. */
+  sendData (to, body, { request, onProgress, signal } = {}) {
+    const { readable, done } = this.data(to, { request, body, onProgress, signal })
+    readable.pipeTo(new WritableStream()).catch(() => {})
+    return done
+  }
+
+  /** Downloads from the service `to` (see `data`): `{ readable, done }` at once. */
+  recvData (to, { request, onProgress, signal } = {}) {
+    return this.data(to, { request, onProgress, signal })
   }
 
   /** Joins a channel. */

@@ -1,10 +1,14 @@
 //! The GenBrowser playground on ferry: a node with its browser gateway serving a pinger and a
 //! ponger page, a Rust ponger mailbox that answers browsers' pings, a Rust service browsers
-//! call, and a logger (the node's inbox, printed here).
+//! call, a logger (the node's inbox, printed here), and a files page that uploads a file to a
+//! Rust service counting and hashing its bytes and downloads one back, with progress bars
+//! (data streams over WebTransport, docs/GATEWAY.md §13.11; the service is
+//! `ferry_testkit::files`).
 //!
 //! ```sh
 //! cargo run -p ferry-node --example playground -- [--port 8080] [--smoke]
-//! # then open http://127.0.0.1:8080/ponger.html and http://127.0.0.1:8080/pinger.html
+//! # then open http://127.0.0.1:8080/ponger.html and http://127.0.0.1:8080/pinger.html,
+//! # and http://127.0.0.1:8080/files.html (WebTransport: on UDP at the same port)
 //! ```
 //!
 //! `--smoke` starts everything, checks that the pages and the JS client are served, and exits.
@@ -16,6 +20,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use ferry::{Node, NodeConfig, SecretKey, ServiceOptions};
+use ferry_node::gateway::webtransport::{
+    Certificates, SystemClock, WebTransport, WebTransportConfig,
+};
 use ferry_node::gateway::{self, GatewayConfig, NoHooks};
 use ferry_node::store::{RedbStore, StoreConfig};
 use serde_json::json;
@@ -67,6 +74,9 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
 
+    // The files service of files.html: counts and hashes uploads, sends downloads.
+    let _files = ferry_testkit::files::serve(&node, "files", None);
+
     let pages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/playground");
     let config = GatewayConfig {
         static_dir: Some(pages),
@@ -74,24 +84,36 @@ async fn main() -> anyhow::Result<()> {
             "logger": node.inbox().address().to_string(),
             "ponger": ponger.address().to_string(),
             "shout": format!("{}/shout", node.id()),
+            "files": format!("{}/files", node.id()),
         }),
         ..GatewayConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let serving = tokio::spawn(gateway::serve(
-        listener,
-        node.clone(),
-        store.clone(),
-        config,
-        Arc::new(NoHooks),
-        shutdown.clone(),
-    ));
-    println!("playground: http://{addr}/  (pinger.html, ponger.html)");
+    let gateway = gateway::Gateway::new(node.clone(), store.clone(), config, Arc::new(NoHooks))?;
+    // WebTransport on UDP at the same port number (the pages' origin is then its authority).
+    let certificates = Certificates::self_signed(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        Arc::new(SystemClock),
+    )?;
+    match WebTransport::bind(addr, Arc::new(certificates), WebTransportConfig::default()) {
+        Ok(endpoint) => {
+            tokio::spawn(gateway.serve_webtransport(endpoint, shutdown.clone()));
+        }
+        Err(error) => println!("playground: no WebTransport ({error}): files.html will not work"),
+    }
+    let serving = tokio::spawn(gateway.serve(listener, shutdown.clone()));
+    println!("playground: http://{addr}/  (pinger.html, ponger.html, files.html)");
 
     if smoke {
-        for path in ["/ponger.html", "/pinger.html", "/ferry.js"] {
+        for path in [
+            "/ponger.html",
+            "/pinger.html",
+            "/files.html",
+            "/ferry.js",
+            "/webtransport",
+        ] {
             let body = get(addr, path).await?;
             anyhow::ensure!(body.starts_with("HTTP/1.1 200"), "{path}: {body}");
         }

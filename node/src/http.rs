@@ -349,6 +349,21 @@ impl Collector for NodeCollector {
                     "WebTransport streams refused (beyond the limit, or of an unknown type).",
                     g.webtransport_refused_streams,
                 ),
+                (
+                    "ferry_gateway_webtransport_data_streams",
+                    "WebTransport data streams (uploads, downloads, incoming data) started.",
+                    g.webtransport_data_streams,
+                ),
+                (
+                    "ferry_gateway_webtransport_data_bytes_in",
+                    "Bytes browsers uploaded on data streams, taken by the services.",
+                    g.webtransport_data_bytes_in,
+                ),
+                (
+                    "ferry_gateway_webtransport_data_bytes_out",
+                    "Bytes to browsers on data streams (downloads, incoming data).",
+                    g.webtransport_data_bytes_out,
+                ),
             ] {
                 counter(e, name, help, value)?;
             }

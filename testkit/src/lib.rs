@@ -9,12 +9,15 @@
 //!   duplicates, rate-limits and partitions packets;
 //! - [`harness`]: real processes (the `ferry` binary, SDK programs) with their output read line
 //!   by line;
-//! - [`wait`]: waiting on a condition with a deadline instead of sleeping.
+//! - [`wait`]: waiting on a condition with a deadline instead of sleeping;
+//! - [`files`]: a service that takes uploads (counting and hashing them) and sends downloads
+//!   (a known pattern), for the gateway's data streams (docs/GATEWAY.md §13.11).
 //!
 //! Used by the SDK's integration tests (sdk/tests/hostile.rs and others), the node's, the
 //! multi-process tests, the lab and the benchmark (interop-tests).
 
 pub mod fake_peer;
+pub mod files;
 pub mod harness;
 pub mod hostile_peer;
 pub mod lossy;

@@ -75,3 +75,17 @@ test('a WebTransport that fails at once falls back at once', async () => {
   assert.equal(client.transport, 'websocket')
   client.close()
 })
+
+test('data streams need WebTransport: over WebSocket they fail with unsupported', async () => {
+  const client = await connect(scene.node.url)
+  assert.equal(client.transport, 'websocket')
+  await assert.rejects(client.sendData('NODEID/files', 'bytes', { request: { op: 'upload' } }),
+    error => error.code === 'unsupported')
+  const { readable, done } = client.recvData('NODEID/files')
+  await assert.rejects(done, error => error.code === 'unsupported')
+  await assert.rejects(readable.getReader().read(), error => error.code === 'unsupported')
+  client.disconnect() // and the next connection is a WebSocket too
+  await assert.rejects(client.data('NODEID/files').done, error => error.code === 'unsupported')
+  client.close()
+  await assert.rejects(client.data('NODEID/files').done, error => error.code === 'closed')
+})

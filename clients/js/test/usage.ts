@@ -40,6 +40,28 @@ export async function usage (storage: Ferry.Storage): Promise<void> {
   await client.attenuate(granted.address, { max: 1 })
   await client.revoke(granted.grant)
   console.log(handed)
+  const service = 'NODEID@127.0.0.1:4433/files'
+  const uploaded: Ferry.DataResult = await client.sendData(service, new Blob(['bytes']), {
+    request: { op: 'upload' },
+    onProgress: ({ sent, total }: Ferry.DataProgress) => console.log(sent, total)
+  })
+  console.log(uploaded.reply, uploaded.sent)
+  const download: Ferry.DataStream = client.recvData(service, { request: { op: 'download' }, signal: new AbortController().signal })
+  for (const reader = download.readable.getReader(); ;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    console.log(value.length)
+  }
+  console.log((await download.done).received, client.data(service, { body: 'text' }).done)
+  client.onData(async (meta: Ferry.IncomingData, readable: ReadableStream<Uint8Array>) => {
+    let bytes = 0
+    for (const reader = readable.getReader(); ;) {
+      const { value, done } = await reader.read()
+      if (done) break
+      bytes += value.length
+    }
+    return { from: meta.from, bytes }
+  })
   client.disconnect()
   const again: Client = await client.reconnect()
   again.close()

@@ -512,6 +512,8 @@ fn webtransport_keys() {
         gateway_webtransport_max_connection_bytes = 8
         gateway_webtransport_answer_timeout = "9s"
         gateway_webtransport_handshake_timeout = "10s"
+        gateway_webtransport_max_data_streams = 11
+        gateway_webtransport_max_data_bytes = 12
         "#,
     )
     .unwrap();
@@ -533,6 +535,7 @@ fn webtransport_keys() {
     assert_eq!(wt.delivery_idle_timeout, Duration::from_secs(7));
     assert_eq!(wt.answer_timeout, Duration::from_secs(9));
     assert_eq!(wt.handshake_timeout, Duration::from_secs(10));
+    assert_eq!((wt.max_data_streams, wt.max_data_bytes), (11, 12));
     assert!(wt.validate().is_ok());
     let off = FileConfig::parse(r#"webtransport = "off""#).unwrap();
     assert_eq!(off.daemon.webtransport, None);

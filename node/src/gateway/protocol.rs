@@ -453,7 +453,7 @@ impl DecodeError {
 }
 
 /// Deserializes a present field as `Some`, also when it is `null`.
-fn some_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+pub(crate) fn some_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -523,7 +523,7 @@ pub fn decode_text(text: &str) -> Result<ClientFrame, DecodeError> {
 
 /// The payload a text frame's `data` stands for: its JSON text verbatim, or with `text` set,
 /// the UTF-8 of the string it is (`None` if it is not a string).
-fn payload_of(raw: &RawValue, text: Option<bool>) -> Option<Bytes> {
+pub(crate) fn payload_of(raw: &RawValue, text: Option<bool>) -> Option<Bytes> {
     if text == Some(true) {
         return serde_json::from_str::<String>(raw.get())
             .ok()
@@ -707,7 +707,7 @@ pub fn parse_call_target_text(text: &str) -> Result<CallTarget, CallTargetError>
     })
 }
 
-fn parse_call_target(raw: &RawValue) -> Result<CallTarget, String> {
+pub(crate) fn parse_call_target(raw: &RawValue) -> Result<CallTarget, String> {
     let text: String =
         serde_json::from_str(raw.get()).map_err(|_| "`to`: expected a string".to_owned())?;
     parse_call_target_text(&text).map_err(|e| format!("`to`: {e}"))
@@ -757,7 +757,10 @@ fn close_with_data(out: &mut String, value: &str) {
 
 /// Builds a frame: `fields` is the JSON object without `data`; `data`, if any, goes into the
 /// object when it is text (JSON, or UTF-8 marked `text`), else into a binary frame.
-fn frame(mut fields: serde_json::Map<String, serde_json::Value>, data: Option<&Bytes>) -> Encoded {
+pub(crate) fn frame(
+    mut fields: serde_json::Map<String, serde_json::Value>,
+    data: Option<&Bytes>,
+) -> Encoded {
     let Some(data) = data else {
         return Encoded::Text(serde_json::Value::Object(fields).to_string());
     };
@@ -782,7 +785,9 @@ fn frame(mut fields: serde_json::Map<String, serde_json::Value>, data: Option<&B
     Encoded::Binary(out)
 }
 
-fn object(pairs: Vec<(&str, serde_json::Value)>) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn object(
+    pairs: Vec<(&str, serde_json::Value)>,
+) -> serde_json::Map<String, serde_json::Value> {
     pairs
         .into_iter()
         .filter(|(_, value)| !value.is_null())

@@ -454,12 +454,7 @@ impl Requests {
             .map(Duration::from_millis)
             .unwrap_or(max_timeout)
             .min(max_timeout);
-        let target = match to {
-            CallTarget::Address(address) => NodeTarget::Address(address),
-            CallTarget::Service { node, addr, name } => {
-                NodeTarget::service(node, name).with_hints(addr.into_iter().collect())
-            }
-        };
+        let target = node_target(to);
         let Some(permit) = self.permit().await else {
             return Ok(());
         };
@@ -539,22 +534,37 @@ fn call_error_frame(reference: u64, error: &CallError) -> ServerFrame {
             ErrorCode::Failed
         }
         CallError::TooLarge { .. } => ErrorCode::TooLarge,
-        CallError::Open(open) => match open {
-            OpenError::Unreachable(_) | OpenError::PeerShuttingDown => ErrorCode::Unreachable,
-            OpenError::NoSuchService(_) | OpenError::InvalidName(_) => ErrorCode::NoSuchService,
-            OpenError::NotAllowed | OpenError::Busy => ErrorCode::Refused,
-            OpenError::NoSuchMailbox => ErrorCode::NoSuchMailbox,
-            OpenError::Forged => ErrorCode::Forged,
-            OpenError::Expired(_) => ErrorCode::Expired,
-            OpenError::WrongNode => ErrorCode::WrongNode,
-            OpenError::Timeout => ErrorCode::Timeout,
-            OpenError::NodeClosed => ErrorCode::NodeClosed,
-            OpenError::Revoked => ErrorCode::Revoked,
-            OpenError::Caveat(_) => ErrorCode::Caveat,
-            OpenError::Exhausted => ErrorCode::Exhausted,
-            _ => ErrorCode::Failed,
-        },
+        CallError::Open(open) => open_error_code(open),
         _ => ErrorCode::Internal,
     };
     error_frame(reference, code, error.to_string())
+}
+
+/// The node's target for a call's (or a data stream's) `to`.
+pub(crate) fn node_target(to: CallTarget) -> NodeTarget {
+    match to {
+        CallTarget::Address(address) => NodeTarget::Address(address),
+        CallTarget::Service { node, addr, name } => {
+            NodeTarget::service(node, name).with_hints(addr.into_iter().collect())
+        }
+    }
+}
+
+/// The error code of a conversation that could not be opened (a call's, a data stream's).
+pub(crate) fn open_error_code(error: &OpenError) -> ErrorCode {
+    match error {
+        OpenError::Unreachable(_) | OpenError::PeerShuttingDown => ErrorCode::Unreachable,
+        OpenError::NoSuchService(_) | OpenError::InvalidName(_) => ErrorCode::NoSuchService,
+        OpenError::NotAllowed | OpenError::Busy => ErrorCode::Refused,
+        OpenError::NoSuchMailbox => ErrorCode::NoSuchMailbox,
+        OpenError::Forged => ErrorCode::Forged,
+        OpenError::Expired(_) => ErrorCode::Expired,
+        OpenError::WrongNode => ErrorCode::WrongNode,
+        OpenError::Timeout => ErrorCode::Timeout,
+        OpenError::NodeClosed => ErrorCode::NodeClosed,
+        OpenError::Revoked => ErrorCode::Revoked,
+        OpenError::Caveat(_) => ErrorCode::Caveat,
+        OpenError::Exhausted => ErrorCode::Exhausted,
+        _ => ErrorCode::Failed,
+    }
 }

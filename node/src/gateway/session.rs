@@ -153,6 +153,9 @@ pub(crate) struct Session {
     mailbox: Mutex<Option<Arc<Mailbox>>>,
     /// Where its messages and its record are kept.
     store: Arc<dyn SessionStore>,
+    /// Where its WebTransport connection, if it has one, takes peers' data (docs/GATEWAY.md
+    /// §13.12); set by each WebTransport connection, closed when it ends.
+    pub(crate) incoming: Mutex<Option<crate::gateway::webtransport::data::IncomingTx>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -259,6 +262,7 @@ impl Session {
             order: tokio::sync::Mutex::new(()),
             mailbox: Mutex::new(None),
             store: store.clone(),
+            incoming: Mutex::new(None),
         });
         let weak = Arc::downgrade(&session);
         // The store has every message; the queue only says that one arrived.

@@ -43,4 +43,19 @@ pub struct GatewayStats {
     pub webtransport_streams: u64,
     /// WebTransport streams refused: beyond the limit, or of an unknown type.
     pub webtransport_refused_streams: u64,
+    /// WebTransport data streams (uploads, downloads, a peer's incoming data) under way or done.
+    pub webtransport_data_streams: u64,
+    /// WebTransport data streams under way now (each holds a place of
+    /// `gateway_webtransport_max_data_streams` until its answer is written).
+    pub webtransport_data_open: u64,
+    /// Bytes uploaded by browsers on data streams and taken by the services.
+    pub webtransport_data_bytes_in: u64,
+    /// Bytes to browsers on data streams (downloads from services, peers' incoming data),
+    /// taken by the browsers' streams.
+    pub webtransport_data_bytes_out: u64,
+    /// Bytes the data streams hold now between the browser and the service (at most one
+    /// piece of 64 KiB per data stream).
+    pub webtransport_data_buffered: u64,
+    /// The most bytes the data streams have held at once since the start.
+    pub webtransport_data_buffered_peak: u64,
 }

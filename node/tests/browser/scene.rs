@@ -115,6 +115,12 @@ impl Site {
     async fn serve(node: &Node, config: GatewayConfig, webtransport: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("index.html"), PAGE).unwrap();
+        // The playground's files page, whose service tests register as `files`.
+        std::fs::write(
+            dir.path().join("files.html"),
+            include_str!("../../examples/playground/files.html"),
+        )
+        .unwrap();
         let config = GatewayConfig {
             static_dir: Some(dir.path().to_owned()),
             ..config

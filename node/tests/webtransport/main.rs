@@ -9,13 +9,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ferry::{Node, NodeConfig, SecretKey, ServiceOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry::{Node, NodeConfig, SecretKey, ServiceHandle, ServiceOptions};
 use ferry_node::gateway::webtransport::{
-    self, Certificates, ManualClock, WebTransport, WebTransportConfig, FRAME_TEXT, STREAM_CONTROL,
-    STREAM_DELIVERIES, STREAM_REQUESTS,
+    self, decode_data_frame, encode_data_header, Certificates, DataFrame, ManualClock,
+    WebTransport, WebTransportConfig, FRAME_TEXT, MAX_DATA_PIECE, STREAM_CONTROL, STREAM_DATA,
+    STREAM_DELIVERIES, STREAM_INCOMING, STREAM_REQUESTS,
 };
 use ferry_node::gateway::{self, AuthConfig, GatewayConfig, GatewayHandle, NoHooks, StaticToken};
 use ferry_node::store::{RedbStore, StoreConfig};
+use ferry_testkit::files::{self, Gate};
+use ferry_testkit::wait;
 use futures::StreamExt;
 
 use serde_json::{json, Value};
@@ -582,5 +587,343 @@ async fn finished_request_streams_do_not_hold_the_limit() {
             assert!(end.is_none());
         }
     }
+    env.shutdown.cancel();
+}
+
+/// A service node for data streams: `files` (ferry_testkit::files) behind `gate`, with a
+/// QUIC receive window of `window` bytes per stream; and its call target text.
+async fn files_node(window: usize, gate: Option<Arc<Gate>>) -> (Node, ServiceHandle, String) {
+    let config = NodeConfig {
+        receive_window: window,
+        ..NodeConfig::default()
+    };
+    let node = Node::bind(SecretKey::generate(), config).await.unwrap();
+    let service = files::serve(&node, "files", gate);
+    let target = format!("{}@{}/files", node.id(), node.local_addr());
+    (node, service, target)
+}
+
+/// A gateway with `wt`, a `files` service node (ungated, default window) and a client.
+async fn data_scene(wt: WebTransportConfig) -> (Env, Node, ServiceHandle, String, Client) {
+    let env = start_with(GatewayConfig::default(), wt).await;
+    let (service_node, service, to) = files_node(32 << 20, None).await;
+    let client = Client::connect(&env, "").await;
+    (env, service_node, service, to, client)
+}
+
+/// Opens a data stream and writes its type byte and header.
+async fn data_stream(client: &Client, to: &str, request: &Value) -> (SendStream, RecvStream) {
+    let (mut send, recv) = client.session.open_bi().await.unwrap();
+    send.write_all(&[STREAM_DATA]).await.unwrap();
+    let header = encode_data_header(to, Some(&request.to_string()), false);
+    send.write_all(&header).await.unwrap();
+    (send, recv)
+}
+
+/// Reads the gateway's side of a data stream: the pieces (joined) and the answer.
+async fn data_answer(recv: &mut RecvStream) -> (Vec<u8>, Value) {
+    let mut buf = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        match decode_data_frame(&buf, 1 << 20).unwrap() {
+            Some((DataFrame::Piece(piece), used)) => {
+                data.extend_from_slice(&piece);
+                buf.drain(..used);
+            }
+            Some((DataFrame::Answer { kind, body }, _)) => {
+                assert_eq!(kind, FRAME_TEXT);
+                return (data, serde_json::from_slice(&body).unwrap());
+            }
+            None => {
+                let chunk = tokio::time::timeout(WAIT, recv.read_chunk(1 << 16, true))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .expect("the stream ended before its answer");
+                buf.extend_from_slice(&chunk.bytes);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn data_streams_carry_an_upload_to_a_service_and_a_download_back() {
+    let (env, service_node, _service, to, client) = data_scene(WebTransportConfig::default()).await;
+
+    let upload = files::pattern(0, 3 << 20);
+    let (mut send, mut recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    for piece in upload.chunks(100_000) {
+        send.write_all(piece).await.unwrap();
+    }
+    send.finish().unwrap();
+    let (data, answer) = data_answer(&mut recv).await;
+    assert!(data.is_empty());
+    assert_eq!(
+        answer,
+        json!({"type": "ok", "sent": upload.len(), "received": 0,
+               "data": {"bytes": upload.len(), "sha256": files::sha256_hex(&upload)}})
+    );
+
+    let (mut send, mut recv) =
+        data_stream(&client, &to, &json!({"op": "download", "bytes": 5_000_000})).await;
+    send.finish().unwrap();
+    let (data, answer) = data_answer(&mut recv).await;
+    assert_eq!(data.len(), 5_000_000);
+    assert!(data == files::pattern(0, 5_000_000), "the download differs");
+    assert_eq!(answer["received"], 5_000_000);
+    assert_eq!(answer["data"]["sha256"], files::sha256_hex(&data));
+    let stats = env.handle.stats();
+    assert_eq!(stats.webtransport_data_streams, 2);
+    assert_eq!(stats.webtransport_data_bytes_in, upload.len() as u64);
+    assert_eq!(stats.webtransport_data_bytes_out, 5_000_000);
+    wait::wait_for("the bridges to let go", || {
+        env.handle.stats().webtransport_data_buffered == 0
+    })
+    .await;
+    assert!(env.handle.stats().webtransport_data_buffered_peak <= MAX_DATA_PIECE as u64);
+    // A service that refuses the upload: its reason.
+    let _refuse = service_node
+        .serve(
+            "refuse",
+            ServiceOptions::default(),
+            |conversation| async move {
+                let _ = conversation.fail("no room for it").await;
+            },
+        )
+        .unwrap();
+    let refuse = to.replace("/files", "/refuse");
+    let (mut send, mut recv) = data_stream(&client, &refuse, &json!({"op": "upload"})).await;
+    let writing = tokio::spawn(async move {
+        for piece in files::pattern(0, 4 << 20).chunks(64 * 1024) {
+            if send.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["code"], "failed", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no room for it"),
+        "{answer}"
+    );
+    writing.await.unwrap();
+    service_node.shutdown(Duration::from_secs(1)).await;
+    env.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_slow_service_holds_the_upload_back_without_the_gateway_buffering_it() {
+    let mut wt = WebTransportConfig::default();
+    wt.max_data_bytes = 8 << 20;
+    let env = start_with(GatewayConfig::default(), wt).await;
+    // The service reads 1 MiB, then stops; its stream takes 1 MiB more (its QUIC window).
+    let window = 1 << 20;
+    let gate = Gate::pausing_after(1 << 20);
+    let (service_node, _service, to) = files_node(window, Some(gate.clone())).await;
+    let client = Client::connect(&env, "").await;
+    let (mut send, mut recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn({
+        let written = written.clone();
+        async move {
+            for piece in files::pattern(0, 8 << 20).chunks(32 * 1024) {
+                send.write_all(piece).await.unwrap();
+                written.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            }
+            send.finish().unwrap();
+        }
+    });
+    // The browser's side fills the gateway's stream window (2 MiB) too, and the bridge holds
+    // a piece the service's stream does not take.
+    wait::wait_for("the upload to stall", || {
+        written.load(Ordering::Relaxed) >= 3 << 20
+            && env.handle.stats().webtransport_data_buffered > 0
+    })
+    .await;
+    let read = gate.read.load(Ordering::Relaxed);
+    let stats = env.handle.stats();
+    // What the gateway passed on: what the service's stream took (what the service read, a
+    // piece its conversation may have read ahead, and its window), and at most one piece in
+    // hand.
+    assert!(
+        stats.webtransport_data_bytes_in <= read + window as u64 + 2 * MAX_DATA_PIECE as u64,
+        "gateway passed {} bytes to a service that read {read}",
+        stats.webtransport_data_bytes_in
+    );
+    assert!(
+        stats.webtransport_data_buffered <= MAX_DATA_PIECE as u64,
+        "{stats:?}"
+    );
+    assert!(
+        stats.webtransport_data_buffered_peak <= MAX_DATA_PIECE as u64,
+        "{stats:?}"
+    );
+    assert!(
+        written.load(Ordering::Relaxed) < 8 << 20,
+        "the browser wrote everything"
+    );
+    gate.resume();
+    writer.await.unwrap();
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["data"]["bytes"], 8 << 20, "{answer}");
+    assert_eq!(
+        answer["data"]["sha256"],
+        files::sha256_hex(&files::pattern(0, 8 << 20))
+    );
+    service_node.shutdown(Duration::from_secs(1)).await;
+    env.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn bad_data_streams_are_answered_with_typed_errors() {
+    let mut wt = WebTransportConfig::default();
+    wt.max_data_bytes = 1000;
+    let (env, service_node, _service, to, mut client) = data_scene(wt).await;
+    // A header that is not one.
+    let (mut send, mut recv) = client.session.open_bi().await.unwrap();
+    send.write_all(&[STREAM_DATA]).await.unwrap();
+    write_frame(&mut send, &json!({"type": "call", "to": to})).await;
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["code"], "bad_request", "{answer}");
+    // No such service.
+    let nowhere = to.replace("/files", "/nothing");
+    let (mut send, mut recv) = data_stream(&client, &nowhere, &json!({"op": "upload"})).await;
+    send.finish().unwrap();
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["code"], "no_such_service", "{answer}");
+    // More than max_data_bytes.
+    let (mut send, mut recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    let _ = send.write_all(&[0u8; 5000]).await;
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["code"], "too_large", "{answer}");
+    // The session goes on.
+    write_frame(&mut client.control.0, &json!({"type": "ping", "ref": 1})).await;
+    assert_eq!(
+        self::answer(&mut client.control.1).await,
+        json!({"type": "ok", "ref": 1})
+    );
+    service_node.shutdown(Duration::from_secs(1)).await;
+    env.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn data_streams_beyond_the_limit_are_reset() {
+    let mut wt = WebTransportConfig::default();
+    wt.max_data_streams = 1;
+    let (env, service_node, _service, to, client) = data_scene(wt).await;
+    // One data stream at a time: a second one while the first is under way is reset.
+    let (mut first, mut first_recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    wait::wait_for("the first data stream", || {
+        env.handle.stats().webtransport_data_streams == 1
+    })
+    .await;
+    let (_second, mut second_recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    let refused = tokio::time::timeout(WAIT, second_recv.read_chunk(16, true))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+    // The first goes on.
+    first.write_all(b"abc").await.unwrap();
+    first.finish().unwrap();
+    let (_, answer) = data_answer(&mut first_recv).await;
+    assert_eq!(answer["data"]["bytes"], 3, "{answer}");
+    // A page that gives an upload up (resets its stream) frees its place: the gateway cancels
+    // the service's conversation, and the next data stream is taken.
+    wait::wait_for("the first's place to be free", || {
+        env.handle.stats().webtransport_data_open == 0
+    })
+    .await;
+    let (mut given_up, _given_up_recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    given_up.write_all(&[7u8; 100_000]).await.unwrap();
+    wait::wait_for("the upload to reach the service", || {
+        env.handle.stats().webtransport_data_bytes_in > 3
+    })
+    .await;
+    given_up.reset(0u32).unwrap();
+    wait::wait_for("the given-up stream to let go", || {
+        let stats = env.handle.stats();
+        stats.webtransport_data_open == 0 && stats.webtransport_data_buffered == 0
+    })
+    .await;
+    let (mut send, mut recv) = data_stream(&client, &to, &json!({"op": "upload"})).await;
+    send.write_all(b"again").await.unwrap();
+    send.finish().unwrap();
+    let (_, answer) = data_answer(&mut recv).await;
+    assert_eq!(answer["data"]["bytes"], 5, "{answer}");
+    service_node.shutdown(Duration::from_secs(1)).await;
+    env.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_peers_data_reaches_the_session_on_a_stream_the_gateway_opens() {
+    let env = start(GatewayConfig::default()).await;
+    let client = Client::connect(&env, "").await;
+    let address: ferry::Address = client.welcome["address"].as_str().unwrap().parse().unwrap();
+    let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
+        .await
+        .unwrap();
+    let data = files::pattern(0, 3 << 20);
+    let sending = tokio::spawn({
+        let (peer, address, data) = (peer.clone(), address.clone(), data.clone());
+        async move {
+            webtransport::send_to_session(&peer, &address, br#"{"name":"a.bin"}"#, &data[..]).await
+        }
+    });
+    // The page's side: the stream, its header, the bytes to the FIN, then the answer.
+    let (mut send, mut recv) = tokio::time::timeout(WAIT, client.session.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut kind = [0u8; 1];
+    recv.read_exact(&mut kind).await.unwrap();
+    assert_eq!(kind[0], STREAM_INCOMING);
+    let header = read_frame(&mut recv).await.unwrap();
+    assert_eq!(
+        header,
+        json!({"type": "data", "from": peer.id().to_string(), "data": {"name": "a.bin"}})
+    );
+    let got = tokio::time::timeout(WAIT, recv.read_to_end(8 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got == data, "the bytes differ");
+    write_frame(
+        &mut send,
+        &json!({"type": "ok", "data": {"got": got.len()}}),
+    )
+    .await;
+    send.finish().unwrap();
+    let answer = sending.await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer).unwrap(),
+        json!({"got": 3 << 20})
+    );
+
+    // The page refuses: the sender gets its reason.
+    let refused = tokio::spawn({
+        let (peer, address) = (peer.clone(), address.clone());
+        async move { webtransport::send_to_session(&peer, &address, b"", &b"x"[..]).await }
+    });
+    let (mut send, _recv) = tokio::time::timeout(WAIT, client.session.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    write_frame(&mut send, &json!({"type": "error", "message": "not now"})).await;
+    send.finish().unwrap();
+    let error = refused.await.unwrap().unwrap_err().to_string();
+    assert!(error.contains("not now"), "{error}");
+
+    // An address that is no session's: refused by the gateway.
+    let stranger = env.node.mailbox();
+    let error = webtransport::send_to_session(&peer, stranger.address(), b"", &b"x"[..])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no such session"), "{error}");
+    peer.shutdown(Duration::from_secs(1)).await;
     env.shutdown.cancel();
 }

@@ -277,13 +277,28 @@ impl Conversation {
     {
         let mut total = 0u64;
         while let Some(chunk) = chunks.next().await {
-            for piece in chunk.as_ref().chunks(frame::MAX_DATA_CHUNK) {
-                self.write_payload(true, piece).await?;
-                total += piece.len() as u64;
-            }
+            self.send_chunk(chunk.as_ref()).await?;
+            total += chunk.as_ref().len() as u64;
         }
-        self.write_frame(&Frame::DataEnd).await?;
+        self.end_data().await?;
         Ok(total)
+    }
+
+    /// Sends `chunk` as part of the current data stream (split into DATA frames of at most
+    /// 64 KiB), for a writer that gets its bytes piece by piece and must not end the data when
+    /// its source fails (a bridge from another stream: a reset source is a cancelled
+    /// conversation, not a shorter one). [`end_data`](Self::end_data) marks the end.
+    pub async fn send_chunk(&mut self, chunk: &[u8]) -> Result<(), ConversationError> {
+        for piece in chunk.chunks(frame::MAX_DATA_CHUNK) {
+            self.write_payload(true, piece).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the end of the current data stream (after [`send_chunk`](Self::send_chunk)s, or
+    /// none: an empty data stream).
+    pub async fn end_data(&mut self) -> Result<(), ConversationError> {
+        self.write_frame(&Frame::DataEnd).await
     }
 
     /// Receives one data stream into `writer`, until its end mark. Returns the bytes received.

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod certificate;
+pub(crate) mod data;
 pub(crate) mod streams;
 
 use std::collections::HashMap;
@@ -32,6 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use certificate::{
     CertificateError, CertificateHash, Certificates, Clock, ManualClock, SystemClock,
+};
+pub use data::{
+    decode_data_frame, decode_data_header, encode_data_header, send_to_session, DataFrame,
+    DataFrameError, DataHeader, DataHeaderError, SendToSessionError, FRAME_DATA, INCOMING_SERVICE,
+    MAX_DATA_PIECE, STOP_DATA_ANSWERED, STREAM_DATA, STREAM_INCOMING,
 };
 pub use streams::{
     check_frame_header, decode_frame, FrameError, FRAME_BINARY, FRAME_TEXT, RESET_STUCK,
@@ -84,6 +90,12 @@ pub struct WebTransportConfig {
     /// How long the QUIC and HTTP/3 handshakes and the control stream may take. Default 10 s.
     #[serde(with = "ferry::duration")]
     pub handshake_timeout: Duration,
+    /// Data streams (uploads and downloads, docs/GATEWAY.md §13.11) a session may have under
+    /// way at once; beyond, a new one is reset with [`RESET_TOO_MANY_STREAMS`]. Default 4.
+    pub max_data_streams: usize,
+    /// Bytes one data stream may carry each way (the upload, the download); beyond, it is
+    /// answered `too_large` and the conversation with the service is cancelled. Default 1 GiB.
+    pub max_data_bytes: u64,
 }
 
 impl Default for WebTransportConfig {
@@ -97,6 +109,8 @@ impl Default for WebTransportConfig {
             max_connection_bytes: 4 << 20,
             answer_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            max_data_streams: 4,
+            max_data_bytes: 1 << 30,
         }
     }
 }
@@ -108,6 +122,7 @@ impl WebTransportConfig {
             ("max_streams", self.max_streams),
             ("max_delivery_streams", self.max_delivery_streams),
             ("max_connection_bytes", self.max_connection_bytes),
+            ("max_data_streams", self.max_data_streams),
         ] {
             if value == 0 {
                 return Err(WebTransportError::Zero(name));
@@ -189,6 +204,19 @@ pub(crate) struct Counters {
     pub(crate) streams: AtomicU64,
     /// Streams refused (beyond the limit, or of an unknown type).
     pub(crate) refused_streams: AtomicU64,
+    /// Data streams started (uploads, downloads, incoming data).
+    pub(crate) data_streams: AtomicU64,
+    /// Data streams under way now.
+    pub(crate) data_open: AtomicU64,
+    /// Bytes uploaded: read from browsers and taken by the services' streams.
+    pub(crate) data_in: AtomicU64,
+    /// Bytes to browsers (downloads, a peer's incoming data), taken by their streams.
+    pub(crate) data_out: AtomicU64,
+    /// Bytes the data streams' bridges hold now (read from one side, not yet taken by the
+    /// other).
+    pub(crate) data_buffered: AtomicU64,
+    /// The most `data_buffered` has been.
+    pub(crate) data_buffered_peak: AtomicU64,
 }
 
 /// What the gateway's HTTP side publishes about the endpoint.
@@ -299,6 +327,21 @@ pub(crate) async fn serve(
         &endpoint.config,
         &shared.config.limits,
     )));
+    // Peers' data for sessions (§13.12): a service of the gateway's node while it serves.
+    let _incoming = {
+        let shared = shared.clone();
+        shared.node.clone().serve(
+            data::INCOMING_SERVICE,
+            ferry::ServiceOptions::default(),
+            move |conversation| {
+                let shared = shared.clone();
+                async move { data::take_incoming(&shared, conversation).await }
+            },
+        )
+    };
+    if let Err(error) = &_incoming {
+        tracing::warn!("gateway: no {} service: {error}", data::INCOMING_SERVICE);
+    }
     let quinn_endpoint = endpoint.endpoint.clone();
     loop {
         let incoming = tokio::select! {
@@ -419,6 +462,9 @@ async fn connecting_session(
         );
         return;
     };
+    // Peers' data for the session comes to this connection from now on (§13.12).
+    let (incoming_tx, incoming) = tokio::sync::mpsc::channel(config.max_data_streams.max(1));
+    *crate::sync::lock(&session.incoming) = Some(incoming_tx);
     let wire = streams::WebTransportWire {
         session: wt,
         control,
@@ -431,6 +477,15 @@ async fn connecting_session(
             answer_timeout: config.answer_timeout,
             max_message_size: shared.config.limits.max_message_size,
         },
+        data: Arc::new(data::DataContext {
+            node: shared.node.clone(),
+            max_bytes: config.max_data_bytes,
+            open_timeout: shared.config.limits.max_call_timeout,
+            max_message_size: shared.config.limits.max_message_size,
+            counters: counters.clone(),
+        }),
+        max_data_streams: config.max_data_streams,
+        incoming,
         counters,
     };
     connection::run(shared, session, wire, start, slot).await;
@@ -500,6 +555,12 @@ pub(crate) fn stats(shared: &Shared) -> super::GatewayStats {
         webtransport_refused: c.refused.load(Ordering::Relaxed),
         webtransport_streams: c.streams.load(Ordering::Relaxed),
         webtransport_refused_streams: c.refused_streams.load(Ordering::Relaxed),
+        webtransport_data_streams: c.data_streams.load(Ordering::Relaxed),
+        webtransport_data_open: c.data_open.load(Ordering::Relaxed),
+        webtransport_data_bytes_in: c.data_in.load(Ordering::Relaxed),
+        webtransport_data_bytes_out: c.data_out.load(Ordering::Relaxed),
+        webtransport_data_buffered: c.data_buffered.load(Ordering::Relaxed),
+        webtransport_data_buffered_peak: c.data_buffered_peak.load(Ordering::Relaxed),
         ..super::GatewayStats::default()
     }
 }

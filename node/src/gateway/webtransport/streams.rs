@@ -84,7 +84,7 @@ fn frame_header(frame: &Encoded) -> [u8; 5] {
     [kind, a, b, c, d]
 }
 
-async fn write_frame(send: &mut SendStream, frame: Encoded) -> Result<(), WireError> {
+pub(super) async fn write_frame(send: &mut SendStream, frame: Encoded) -> Result<(), WireError> {
     let header = frame_header(&frame);
     let body = match frame {
         Encoded::Text(text) => Bytes::from(text.into_bytes()),
@@ -167,7 +167,10 @@ impl From<FrameError> for WireError {
 }
 
 /// Reads one frame; `None` at a clean end of the stream between frames.
-async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Message>, WireError> {
+pub(super) async fn read_frame(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<Message>, WireError> {
     let mut header = [0u8; 5];
     match recv.read(&mut header[..1]).await {
         Ok(None) => return Ok(None),
@@ -346,6 +349,11 @@ pub(crate) struct WebTransportWire {
     pub(crate) session: Session,
     pub(crate) control: (SendStream, RecvStream),
     pub(crate) limits: StreamLimits,
+    /// What data streams (§13.11) need, and how many a session may have at once.
+    pub(crate) data: Arc<super::data::DataContext>,
+    pub(crate) max_data_streams: usize,
+    /// Peers' data for the session (§13.12).
+    pub(crate) incoming: mpsc::Receiver<super::data::Incoming>,
     pub(crate) counters: Arc<super::Counters>,
 }
 
@@ -426,9 +434,15 @@ impl Wire for WebTransportWire {
             session,
             control: (control_send, control_recv),
             limits,
+            data,
+            max_data_streams,
+            mut incoming,
             counters,
         } = self;
         let routes = Arc::new(Mutex::new(Routes::default()));
+        let data_streams = Arc::new(Semaphore::new(
+            max_data_streams.clamp(1, Semaphore::MAX_PERMITS),
+        ));
         let budget = Arc::new(Semaphore::new(
             limits.connection_bytes.clamp(1, Semaphore::MAX_PERMITS),
         ));
@@ -458,7 +472,32 @@ impl Wire for WebTransportWire {
             done.clone(),
             counters,
             budget.clone(),
+            (data.clone(), data_streams.clone()),
         ));
+        // Peers' data: each on a stream the gateway opens, within the same limit.
+        tokio::spawn({
+            let (session, done) = (session.clone(), done.clone());
+            async move {
+                loop {
+                    let next = tokio::select! {
+                        () = done.cancelled() => return,
+                        next = incoming.recv() => next,
+                    };
+                    let Some(next) = next else { return };
+                    let Ok(permit) = data_streams.clone().try_acquire_owned() else {
+                        next.refuse("the session has too many data streams under way");
+                        continue;
+                    };
+                    tokio::spawn(super::data::serve_incoming(
+                        data.clone(),
+                        permit,
+                        session.clone(),
+                        next,
+                        done.clone(),
+                    ));
+                }
+            }
+        });
         // The peer's liveness, for the session's idle check: the QUIC connection closes by
         // itself when nothing (not even an acknowledgement of the keep-alives) came for the
         // idle timeout, so while it is open the client is there.
@@ -552,6 +591,7 @@ async fn accept(
     done: CancellationToken,
     counters: Arc<super::Counters>,
     budget: Arc<Semaphore>,
+    (data, data_streams): (Arc<super::data::DataContext>, Arc<Semaphore>),
 ) {
     let mut next_stream = 1u64;
     loop {
@@ -597,25 +637,47 @@ async fn accept(
             continue;
         };
         counters.streams.fetch_add(1, Ordering::Relaxed);
-        let (tx, routes, done, counters) =
-            (tx.clone(), routes.clone(), done.clone(), counters.clone());
-        lanes.spawn(lane(
-            LaneStream::Open(send),
-            lane_rx,
-            write_timeout,
-            false,
+        let (tx, routes, done, counters, lanes) = (
+            tx.clone(),
+            routes.clone(),
             done.clone(),
-            None,
-        ));
+            counters.clone(),
+            lanes.clone(),
+        );
+        let (data, data_streams) = (data.clone(), data_streams.clone());
         tokio::spawn(async move {
             let mut header = [0u8; 1];
             let first = tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut header)).await;
-            if !matches!(first, Ok(Ok(()))) || header != [STREAM_REQUESTS] {
-                let _ = recv.stop(RESET_UNKNOWN_STREAM);
-                lock(&routes).ended(stream);
-                counters.refused_streams.fetch_add(1, Ordering::Relaxed);
-                return;
+            match (first, header) {
+                (Ok(Ok(())), [STREAM_REQUESTS]) => {}
+                (Ok(Ok(())), [super::data::STREAM_DATA]) => {
+                    // Not a request stream: it leaves the request streams' count.
+                    lock(&routes).ended(stream);
+                    drop(lane_rx);
+                    let Ok(permit) = data_streams.try_acquire_owned() else {
+                        let _ = send.reset(RESET_TOO_MANY_STREAMS);
+                        let _ = recv.stop(RESET_TOO_MANY_STREAMS);
+                        counters.refused_streams.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    super::data::serve(data, permit, send, recv, done).await;
+                    return;
+                }
+                _ => {
+                    let _ = recv.stop(RESET_UNKNOWN_STREAM);
+                    lock(&routes).ended(stream);
+                    counters.refused_streams.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
+            lanes.spawn(lane(
+                LaneStream::Open(send),
+                lane_rx,
+                write_timeout,
+                false,
+                done.clone(),
+                None,
+            ));
             read_stream(recv, Some(stream), tx, limits.max_message_size, done).await;
         });
     }
