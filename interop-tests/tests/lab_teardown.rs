@@ -70,12 +70,25 @@ fn namespaces_of_a_run_that_died_are_removed_by_the_next() {
     // A pid that no longer runs.
     let mut gone = Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
-    let name = format!("ferrylab-{}-0dead0-host", gone.id());
+    // The random part keeps a reused pid from meeting a namespace of an earlier run.
+    let name = format!(
+        "ferrylab-{}-{:06x}-host",
+        gone.id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            & 0xff_ffff
+    );
     let created = Command::new("ip")
         .args(["netns", "add", &name])
-        .status()
+        .output()
         .unwrap();
-    assert!(created.success());
+    assert!(
+        created.status.success(),
+        "ip netns add {name}: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let mut inside = Command::new("ip")
         .args(["netns", "exec", &name, "sleep", "600"])
         .spawn()
