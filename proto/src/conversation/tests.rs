@@ -681,15 +681,7 @@ proptest! {
     ) {
         let bytes = encode(&sent);
         let whole = read_all(max_recv, &[&bytes]);
-        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(bytes.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut pieces: Vec<&[u8]> = Vec::new();
-        let mut from = 0;
-        for cut in cuts {
-            pieces.push(&bytes[from..cut]);
-            from = cut;
-        }
-        pieces.push(&bytes[from..]);
+        let pieces = split(&bytes, &cuts);
         prop_assert_eq!(read_all(max_recv, &pieces), whole.clone());
         let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
         prop_assert_eq!(read_all(max_recv, &bytewise), whole);
@@ -746,5 +738,80 @@ proptest! {
         // Once the stream ended, the acceptor never asks for more.
         let asks_more = matches!(acceptor.poll(), Ok(Opening::NeedBytes { .. }));
         prop_assert!(!asks_more);
+    }
+}
+
+/// Cuts `bytes` at the given points (taken modulo its length).
+fn split<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut from = 0;
+    for cut in cuts {
+        pieces.push(&bytes[from..cut]);
+        from = cut;
+    }
+    pieces.push(&bytes[from..]);
+    pieces
+}
+
+proptest! {
+    #[test]
+    fn an_opening_reads_the_same_however_it_arrives(
+        name in "[a-z0-9._-]{1,64}",
+        limit in any::<u64>(),
+        after in proptest::collection::vec(any::<u8>(), 0..20),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let mut bytes = opening(&Frame::Converse(ConverseTarget::Service(&name)), limit);
+        bytes.extend(object(&after));
+        let mut acceptor = Acceptor::new();
+        let mut pieces = split(&bytes[1..], &cuts).into_iter();
+        let ready = loop {
+            match acceptor.poll() {
+                Ok(Opening::NeedBytes { .. }) => match pieces.next() {
+                    Some(piece) => acceptor.receive(piece),
+                    None => acceptor.receive_fin(),
+                },
+                other => break other,
+            }
+        };
+        prop_assert_eq!(
+            ready,
+            Ok(Opening::Ready { request: Request::ByName(name), opener_limit: Some(limit) })
+        );
+        let mut rest = acceptor.into_rest().to_vec();
+        for piece in pieces {
+            rest.extend_from_slice(piece);
+        }
+        prop_assert_eq!(rest, object(&after));
+    }
+
+    #[test]
+    fn an_answer_reads_the_same_however_it_arrives(
+        limit in any::<u64>(),
+        after in proptest::collection::vec(any::<u8>(), 0..20),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let mut bytes = accept(limit);
+        bytes.extend(object(&after));
+        let mut opener = Opener::new();
+        let mut pieces = split(&bytes, &cuts).into_iter();
+        let answer = loop {
+            match opener.answer() {
+                Ok(None) => match pieces.next() {
+                    Some(piece) => opener.receive(piece),
+                    None => break Err(opener.on_fin()),
+                },
+                Ok(Some(answer)) => break Ok(answer),
+                Err(error) => break Err(error),
+            }
+        };
+        prop_assert_eq!(answer, Ok(Answer::Accepted { peer_limit: limit }));
+        let mut rest = opener.into_rest().to_vec();
+        for piece in pieces {
+            rest.extend_from_slice(piece);
+        }
+        prop_assert_eq!(rest, object(&after));
     }
 }
