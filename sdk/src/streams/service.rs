@@ -390,13 +390,17 @@ fn open_error(error: proto::OpenError, target: &Target) -> OpenError {
 
 /// The error of a failed write of the opening: a stream stopped with NOT_ADMITTED is a refusal
 /// (docs/PROTOCOL.md §2.6), anything else a failure to reach the service.
-fn opening_write_error(error: quinn::WriteError) -> OpenError {
-    match error {
-        quinn::WriteError::Stopped(code) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
-            not_admitted()
+fn opening_write_error(
+    opener: &proto::Opener,
+    target: &Target,
+    error: quinn::WriteError,
+) -> OpenError {
+    if let quinn::WriteError::Stopped(code) = &error {
+        if let Some(refused) = opener.on_stopped(ErrorCode(code.into_inner())) {
+            return open_error(refused, target);
         }
-        other => OpenError::Unreachable(DialError::Stream(StreamError::Write(other))),
     }
+    OpenError::Unreachable(DialError::Stream(StreamError::Write(error)))
 }
 
 fn not_admitted() -> OpenError {
@@ -449,12 +453,12 @@ async fn read_answer(
     head: &[u8],
     target: &Target,
 ) -> Result<Answer, OpenError> {
+    let mut opener = proto::Opener::new();
     conversation
         .send
         .write_all(head)
         .await
-        .map_err(opening_write_error)?;
-    let mut opener = proto::Opener::new();
+        .map_err(|error| opening_write_error(&opener, target, error))?;
     // A peer that does not admit this node may only stop the stream (STOP_SENDING 11).
     let stopped = conversation.send.stopped();
     tokio::pin!(stopped);
