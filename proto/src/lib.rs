@@ -15,9 +15,12 @@
 //!   [`race`]: which route of a dial to try when (§2.5).
 //! - [`sender`]: the sending side of a conversation run (§6.3); [`receiver`]: the receiving
 //!   side (§6.4).
+//! - [`conversation`]: conversation streams (§10): the opening exchange on both sides, the
+//!   reader of a conversation's frames and what ending or abandoning one sends.
 
 pub mod address;
 pub mod caveat;
+pub mod conversation;
 pub mod frame;
 pub mod identity;
 pub mod observe;

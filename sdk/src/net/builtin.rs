@@ -134,8 +134,7 @@ pub(crate) async fn fail(send: &mut quinn::SendStream, reason: &str) {
 /// Refuses a stream before its conversation starts: CLOSE with `code` and `reason`, FIN, and
 /// up to a second for the peer to read them.
 pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
-    let mut out = Vec::new();
-    frame::put_frame(&mut out, &Frame::Close { code, reason });
+    let out = ferry_proto::conversation::refusal(code, reason);
     if send.write_all(&out).await.is_ok() {
         let _ = send.finish();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;

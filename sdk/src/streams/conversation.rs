@@ -5,14 +5,15 @@
 
 use std::pin::Pin;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use ferry_proto::conversation::{self as proto, Step, Want};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ConversationError;
-use crate::frame::{self, ErrorCode, Frame};
+use crate::frame::{self, ErrorCode};
 use crate::identity::NodeId;
 
 /// One conversation on its own QUIC stream.
@@ -38,29 +39,22 @@ use crate::identity::NodeId;
 /// protocol violation ([`ConversationError::Protocol`]) is final, every later read reports it
 /// again. So is a frame the peer began but did not complete within the node's
 /// `frame_timeout` of waiting for it: the reader gets `Protocol`, and the stream is stopped.
+///
+/// The decisions are [`ferry_proto::conversation`]'s ([`Reader`](proto::Reader),
+/// [`Writer`](proto::Writer), [`dropped`](proto::dropped)); this type moves the bytes over
+/// quinn and keeps the timers.
 pub struct Conversation {
     peer: NodeId,
     pub(crate) send: quinn::SendStream,
     pub(crate) recv: quinn::RecvStream,
-    pub(crate) buf: BytesMut,
-    /// Largest object this side reads: its own `max_message_size`.
-    max_recv: usize,
-    /// Largest object the peer reads, as it announced.
-    max_send: usize,
-    /// Bytes of an oversized object still to be read past, and that object's size.
-    skip: Option<(usize, usize)>,
+    /// The peer's direction: what it sent and what it means.
+    reader: proto::Reader,
+    /// This side's direction: the peer's limit and whether this side finished.
+    writer: proto::Writer,
     write_buf: Vec<u8>,
-    /// This side finished (or failed): nothing more may be sent.
-    finished: bool,
-    /// The peer finished its side and everything it sent was read.
-    ended: bool,
     /// Whether this side opened the conversation: dropping it unfinished then means
     /// "cancelled"; on the accepting side it means "the handler failed".
     opened_here: bool,
-    /// How long a begun frame may take to complete, in time spent waiting for it.
-    frame_timeout: std::time::Duration,
-    /// Time spent waiting for the rest of the frame the buffer holds the start of.
-    frame_waited: std::time::Duration,
     /// A conversation the peer opened counts against the peer's stream credit while it lives.
     _credit: Option<crate::net::limits::OpenStream>,
 }
@@ -95,18 +89,31 @@ fn read_error(error: quinn::ReadError) -> ConversationError {
     }
 }
 
-/// What the next frame of the peer is, with its payload copied out of the read buffer.
-enum Incoming {
-    Object(Bytes),
-    Data(Bytes),
-    DataEnd,
+/// The error of a read the reader answered without content.
+fn read_refused(error: proto::ReadError) -> ConversationError {
+    match error {
+        proto::ReadError::Ended => ConversationError::Ended,
+        proto::ReadError::Failed { code, reason } => ConversationError::Failed {
+            code: code.0,
+            reason,
+        },
+        proto::ReadError::Unexpected(content) => ConversationError::Unexpected(content.as_str()),
+        proto::ReadError::TooLarge { size, max } => ConversationError::TooLarge { size, max },
+        other => ConversationError::Protocol(other.to_string()),
+    }
 }
 
-/// What a read asks for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Want {
-    Object,
-    Data,
+/// The error of a write the writer refused.
+fn write_refused(error: proto::WriteError) -> ConversationError {
+    match error {
+        proto::WriteError::TooLarge { size, max } => ConversationError::TooLarge { size, max },
+        _ => ConversationError::Finished,
+    }
+}
+
+/// The time the protocol's state machines are given: tokio's (virtual in paused tests).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Conversation {
@@ -124,16 +131,14 @@ impl Conversation {
             peer,
             send,
             recv,
-            buf,
-            max_recv: max_object,
-            max_send: max_object,
-            skip: None,
+            reader: proto::Reader::new(
+                max_object,
+                crate::config::NodeConfig::default().frame_timeout,
+                buf,
+            ),
+            writer: proto::Writer::new(max_object),
             write_buf: Vec::new(),
-            finished: false,
-            ended: false,
             opened_here,
-            frame_timeout: crate::config::NodeConfig::default().frame_timeout,
-            frame_waited: std::time::Duration::ZERO,
             _credit: None,
         }
     }
@@ -148,14 +153,19 @@ impl Conversation {
     /// Sets how long a frame the peer began may take to complete (the node's
     /// `frame_timeout`).
     pub(crate) fn with_frame_timeout(mut self, frame_timeout: std::time::Duration) -> Self {
-        self.frame_timeout = frame_timeout;
+        self.reader.set_frame_timeout(frame_timeout);
         self
+    }
+
+    /// Bytes of the peer's direction read before the conversation began (after its opening).
+    pub(crate) fn received(&mut self, bytes: &[u8]) {
+        self.reader.receive(bytes, now());
     }
 
     /// Sets the largest object the peer reads, as it announced (`max_message` of its
     /// `Accept`).
     pub(crate) fn with_peer_limit(mut self, max_message: u64) -> Self {
-        self.max_send = usize::try_from(max_message).unwrap_or(usize::MAX);
+        self.writer.set_peer_limit(max_message);
         self
     }
 
@@ -163,16 +173,16 @@ impl Conversation {
     pub(crate) fn abandon(mut self, why: ErrorCode) {
         let _ = self.send.reset(code(why));
         let _ = self.recv.stop(code(why));
-        self.finished = true;
-        self.ended = true;
+        self.writer.close();
+        self.reader.close();
     }
 
     /// Ends a conversation whose exchange is complete (a lookup's answer was read): finishes
     /// this side and drops the rest without a cancellation.
     pub(crate) fn close_quietly(mut self) {
         let _ = self.send.finish();
-        self.finished = true;
-        self.ended = true;
+        self.writer.close();
+        self.reader.close();
     }
 
     /// The node on the other side, as proven by the TLS handshake.
@@ -191,34 +201,28 @@ impl Conversation {
     }
 
     pub(crate) async fn send_encoded(&mut self, encoded: &[u8]) -> Result<(), ConversationError> {
-        if encoded.len() > self.max_send {
-            return Err(ConversationError::TooLarge {
-                size: encoded.len(),
-                max: self.max_send,
-            });
-        }
-        self.write_payload(false, encoded).await
+        self.writer
+            .object(encoded, &mut self.write_buf)
+            .map_err(write_refused)?;
+        self.write_out().await
     }
 
-    async fn write_payload(&mut self, data: bool, payload: &[u8]) -> Result<(), ConversationError> {
-        if self.finished {
-            return Err(ConversationError::Finished);
-        }
-        self.write_buf.clear();
-        frame::put_payload_header(&mut self.write_buf, data, payload.len());
-        self.write_buf.extend_from_slice(payload);
-        self.send
-            .write_all(&self.write_buf)
-            .await
-            .map_err(write_error)
+    async fn write_data(&mut self, chunk: &[u8]) -> Result<(), ConversationError> {
+        self.writer
+            .data(chunk, &mut self.write_buf)
+            .map_err(write_refused)?;
+        self.write_out().await
     }
 
-    async fn write_frame(&mut self, frame: &Frame<'_>) -> Result<(), ConversationError> {
-        if self.finished {
-            return Err(ConversationError::Finished);
-        }
-        self.write_buf.clear();
-        frame::put_frame(&mut self.write_buf, frame);
+    async fn write_data_end(&mut self) -> Result<(), ConversationError> {
+        self.writer
+            .data_end(&mut self.write_buf)
+            .map_err(write_refused)?;
+        self.write_out().await
+    }
+
+    /// Writes what the writer put in the write buffer.
+    async fn write_out(&mut self) -> Result<(), ConversationError> {
         self.send
             .write_all(&self.write_buf)
             .await
@@ -234,10 +238,10 @@ impl Conversation {
     /// reported as [`ConversationError::Decode`].
     pub async fn recv_obj<T: DeserializeOwned>(&mut self) -> Result<T, ConversationError> {
         match self.next(Want::Object).await? {
-            Incoming::Object(bytes) => {
+            Step::Object(bytes) => {
                 crate::mailbox::decode_exact(&bytes).map_err(ConversationError::Decode)
             }
-            Incoming::Data(_) | Incoming::DataEnd => Err(ConversationError::Unexpected("data")),
+            _ => Err(ConversationError::Unexpected("data")),
         }
     }
 
@@ -261,10 +265,10 @@ impl Conversation {
             let Some(piece) = chunk.get(..read) else {
                 return Err(ConversationError::Overrun);
             };
-            self.write_payload(true, piece).await?;
+            self.write_data(piece).await?;
             total += read as u64;
         }
-        self.write_frame(&Frame::DataEnd).await?;
+        self.write_data_end().await?;
         Ok(total)
     }
 
@@ -290,7 +294,7 @@ impl Conversation {
     /// conversation, not a shorter one). [`end_data`](Self::end_data) marks the end.
     pub async fn send_chunk(&mut self, chunk: &[u8]) -> Result<(), ConversationError> {
         for piece in chunk.chunks(frame::MAX_DATA_CHUNK) {
-            self.write_payload(true, piece).await?;
+            self.write_data(piece).await?;
         }
         Ok(())
     }
@@ -298,7 +302,7 @@ impl Conversation {
     /// Marks the end of the current data stream (after [`send_chunk`](Self::send_chunk)s, or
     /// none: an empty data stream).
     pub async fn end_data(&mut self) -> Result<(), ConversationError> {
-        self.write_frame(&Frame::DataEnd).await
+        self.write_data_end().await
     }
 
     /// Receives one data stream into `writer`, until its end mark. Returns the bytes received.
@@ -326,9 +330,9 @@ impl Conversation {
     /// [`recv_obj`](Self::recv_obj).
     pub async fn recv_chunk(&mut self) -> Result<Option<Bytes>, ConversationError> {
         match self.next(Want::Data).await? {
-            Incoming::Data(bytes) => Ok(Some(bytes)),
-            Incoming::DataEnd => Ok(None),
-            Incoming::Object(_) => Err(ConversationError::Unexpected("object")),
+            Step::Data(bytes) => Ok(Some(bytes)),
+            Step::DataEnd => Ok(None),
+            _ => Err(ConversationError::Unexpected("object")),
         }
     }
 
@@ -353,10 +357,7 @@ impl Conversation {
 
     /// Ends this side: the peer reads [`ConversationError::Ended`] after what was sent.
     pub fn finish(&mut self) -> Result<(), ConversationError> {
-        if self.finished {
-            return Err(ConversationError::Finished);
-        }
-        self.finished = true;
+        self.writer.finish().map_err(write_refused)?;
         self.send.finish().map_err(|_| ConversationError::Finished)
     }
 
@@ -372,11 +373,10 @@ impl Conversation {
     /// Gives the conversation up with a reason the peer receives as
     /// [`ConversationError::Failed`] (a call's caller as [`CallError::Failed`](crate::CallError)).
     pub async fn fail(mut self, reason: &str) -> Result<(), ConversationError> {
-        self.write_frame(&Frame::Fail {
-            code: ErrorCode::HANDLER_FAILED,
-            reason,
-        })
-        .await?;
+        self.writer
+            .fail(reason, &mut self.write_buf)
+            .map_err(write_refused)?;
+        self.write_out().await?;
         self.finish()
     }
 
@@ -399,186 +399,56 @@ impl Conversation {
     }
 
     /// Reads the next frame that carries content, if it is what `want` asks for; a frame of
-    /// the other kind stays unread.
-    async fn next(&mut self, want: Want) -> Result<Incoming, ConversationError> {
-        if self.ended {
-            return Err(ConversationError::Ended);
-        }
-        let max_frame = self.max_recv.max(frame::MAX_DATA_CHUNK) + 1;
+    /// the other kind stays unread. Never [`Step::NeedBytes`].
+    async fn next(&mut self, want: Want) -> Result<Step, ConversationError> {
         loop {
-            if let Some((left, size)) = self.skip {
-                // Reading past an oversized object: never more than one read in memory.
-                let skipped = left.min(self.buf.len());
-                self.buf.advance(skipped);
-                if skipped == left {
-                    self.skip = None;
-                    self.frame_waited = std::time::Duration::ZERO;
-                    return Err(ConversationError::TooLarge {
-                        size,
-                        max: self.max_recv,
-                    });
-                }
-                self.skip = Some((left - skipped, size));
-                self.read_more_within().await?;
-                continue;
+            match self.reader.next(want, now()).map_err(read_refused)? {
+                Step::NeedBytes { deadline } => self.read_more(deadline).await?,
+                step => return Ok(step),
             }
-            let decoded = match frame::decode_frame(&self.buf, max_frame) {
-                Ok(decoded) => decoded,
-                Err(frame::FrameError::TooLarge { len, .. }) => {
-                    // Only an object may be too large to keep: read past it. Anything else
-                    // that long breaks the protocol.
-                    let prefix = frame::varint_len(len);
-                    match self.buf.get(prefix) {
-                        Some(&frame::OBJECT_TYPE) if want == Want::Object => {
-                            let whole = usize::try_from(len)
-                                .ok()
-                                .and_then(|len| len.checked_add(prefix));
-                            let Some(whole) = whole else {
-                                return Err(ConversationError::Protocol(
-                                    "object length beyond this machine's address space".into(),
-                                ));
-                            };
-                            self.skip = Some((whole, whole - prefix - 1));
-                            continue;
+        }
+    }
+
+    /// Reads the next piece of the peer's direction into the reader. While a frame has begun
+    /// (`deadline`), the wait for its rest counts against `frame_timeout`: when the reader
+    /// says it ran out, the stream is stopped, and the reader reports `Protocol` from then
+    /// on. Waiting for a frame that has not begun is the application's business.
+    async fn read_more(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), ConversationError> {
+        let read = match deadline {
+            None => self.recv.read_chunk(64 * 1024, true).await,
+            Some(deadline) => {
+                let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+                tokio::select! {
+                    biased;
+                    read = self.recv.read_chunk(64 * 1024, true) => read,
+                    () = timer => {
+                        if self.reader.handle_timeout(now()) {
+                            let _ = self.recv.stop(code(ErrorCode::TIMEOUT));
                         }
-                        Some(&frame::OBJECT_TYPE) => {
-                            return Err(ConversationError::Unexpected("object"))
-                        }
-                        Some(_) => {
-                            return Err(ConversationError::Protocol(format!(
-                                "frame of {len} bytes exceeds the limit of {max_frame}"
-                            )))
-                        }
-                        None => {
-                            self.read_more_within().await?;
-                            continue;
-                        }
+                        return Ok(());
                     }
                 }
-                Err(error) => return Err(ConversationError::Protocol(error.to_string())),
-            };
-            let Some((frame, used)) = decoded else {
-                self.read_more_within().await?;
-                continue;
-            };
-            // A whole frame: the next one gets its own frame_timeout.
-            self.frame_waited = std::time::Duration::ZERO;
-            let header = used - frame_payload_len(&frame);
-            let incoming = match frame {
-                Frame::Object(_) if want != Want::Object => {
-                    return Err(ConversationError::Unexpected("object"))
-                }
-                Frame::Data(_) | Frame::DataEnd if want != Want::Data => {
-                    return Err(ConversationError::Unexpected("data"))
-                }
-                Frame::Object(payload) if payload.len() > self.max_recv => {
-                    let size = payload.len();
-                    self.buf.advance(used);
-                    return Err(ConversationError::TooLarge {
-                        size,
-                        max: self.max_recv,
-                    });
-                }
-                Frame::Object(_) => {
-                    let mut bytes = self.buf.split_to(used);
-                    bytes.advance(header);
-                    Incoming::Object(bytes.freeze())
-                }
-                Frame::Data(_) => {
-                    let mut bytes = self.buf.split_to(used);
-                    bytes.advance(header);
-                    Incoming::Data(bytes.freeze())
-                }
-                Frame::DataEnd => {
-                    self.buf.advance(used);
-                    Incoming::DataEnd
-                }
-                Frame::Fail { code, reason } => {
-                    let error = ConversationError::Failed {
-                        code: code.0,
-                        reason: reason.to_owned(),
-                    };
-                    self.ended = true;
-                    return Err(error);
-                }
-                _ => {
-                    return Err(ConversationError::Protocol(
-                        "unexpected frame in a conversation".into(),
-                    ))
-                }
-            };
-            return Ok(incoming);
-        }
-    }
-
-    /// Like [`read_more`](Self::read_more), but while a frame has begun (part of it is in
-    /// the buffer, or an oversized object is being read past), the wait for its rest counts
-    /// against `frame_timeout`; when that runs out, the stream is stopped and the read fails
-    /// with `Protocol`. Waiting for a frame that has not begun is the application's business.
-    async fn read_more_within(&mut self) -> Result<(), ConversationError> {
-        if self.buf.is_empty() && self.skip.is_none() {
-            return self.read_more().await;
-        }
-        let left = self.frame_timeout.saturating_sub(self.frame_waited);
-        let started = tokio::time::Instant::now();
-        match tokio::time::timeout(left, self.read_more()).await {
-            Ok(read) => {
-                self.frame_waited += started.elapsed();
-                read
             }
-            Err(_) => {
-                let _ = self.recv.stop(code(ErrorCode::TIMEOUT));
-                Err(ConversationError::Protocol(
-                    "frame not completed within frame_timeout".into(),
-                ))
-            }
+        };
+        match read {
+            Ok(Some(chunk)) => self.reader.receive(&chunk.bytes, now()),
+            Ok(None) => self.reader.receive_fin(now()),
+            Err(error) => return Err(read_error(error)),
         }
-    }
-
-    /// Reads the next piece of the peer's direction into the buffer.
-    async fn read_more(&mut self) -> Result<(), ConversationError> {
-        match self.recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => {
-                self.buf.extend_from_slice(&chunk.bytes);
-                Ok(())
-            }
-            Ok(None) => {
-                if !self.buf.is_empty() || self.skip.is_some() {
-                    return Err(ConversationError::Protocol(
-                        "stream ended inside a frame".into(),
-                    ));
-                }
-                self.ended = true;
-                Err(ConversationError::Ended)
-            }
-            Err(error) => Err(read_error(error)),
-        }
-    }
-}
-
-/// The payload length of an `Object` or `Data` frame (0 for others).
-fn frame_payload_len(frame: &Frame<'_>) -> usize {
-    match frame {
-        Frame::Object(payload) | Frame::Data(payload) => payload.len(),
-        _ => 0,
+        Ok(())
     }
 }
 
 impl Drop for Conversation {
     fn drop(&mut self) {
-        let why = if self.opened_here {
-            // The opener leaving before the peer finished gives the conversation up.
-            ErrorCode::CANCELLED
-        } else if self.finished {
-            // The service answered; it just wants nothing more.
-            ErrorCode::DONE
-        } else {
-            ErrorCode::HANDLER_FAILED
-        };
-        if !self.finished {
+        let dropped = proto::dropped(self.opened_here, &self.writer, &self.reader);
+        if let Some(why) = dropped.reset {
             let _ = self.send.reset(code(why));
         }
-        if !self.ended {
+        if let Some(why) = dropped.stop {
             let _ = self.recv.stop(code(why));
         }
     }

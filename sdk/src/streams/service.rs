@@ -16,7 +16,8 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
+use ferry_proto::conversation::{self as proto, Answer, Opening, Request};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -25,7 +26,7 @@ use tracing::{debug, Instrument};
 use crate::address::{Address, MailboxId, Usage};
 use crate::error::{CallError, ConversationError, DialError, OpenError, ServeError, StreamError};
 use crate::frame::Refusal;
-use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
+use crate::frame::{self, ConverseTarget, ErrorCode, Frame};
 use crate::identity::NodeId;
 use crate::mailbox::Budget;
 use crate::mailbox::Mailbox;
@@ -358,40 +359,48 @@ fn open_error_from_dial(error: DialError) -> OpenError {
     }
 }
 
-fn close_to_open_error(code: ErrorCode, reason: &str, target: &Target) -> OpenError {
-    match code {
-        ErrorCode::NO_SUCH_SERVICE => OpenError::NoSuchService(match target {
+/// The opener's error of what [`proto::Opener`] made of the answer, with what `target` adds.
+fn open_error(error: proto::OpenError, target: &Target) -> OpenError {
+    match error {
+        proto::OpenError::NoSuchService { reason } => OpenError::NoSuchService(match target {
             Target::Service { name, .. } => name.clone(),
-            Target::Address(_) => reason.to_owned(),
+            Target::Address(_) => reason,
         }),
-        ErrorCode::NOT_ALLOWED => OpenError::NotAllowed,
-        ErrorCode::LIMIT => OpenError::Busy,
-        ErrorCode::SHUTTING_DOWN => OpenError::PeerShuttingDown,
-        code => match Refusal::from_code(code) {
-            Some(Refusal::NoSuchMailbox) => OpenError::NoSuchMailbox,
-            Some(Refusal::Forged) => OpenError::Forged,
-            Some(Refusal::Expired) => OpenError::Expired(match target {
+        proto::OpenError::NotAllowed => OpenError::NotAllowed,
+        proto::OpenError::Busy => OpenError::Busy,
+        proto::OpenError::ShuttingDown => OpenError::PeerShuttingDown,
+        proto::OpenError::Refused { refusal, reason } => match refusal {
+            Refusal::NoSuchMailbox => OpenError::NoSuchMailbox,
+            Refusal::Forged => OpenError::Forged,
+            Refusal::Expired => OpenError::Expired(match target {
                 Target::Address(address) => address.effective_expiry().unwrap_or(0),
                 Target::Service { .. } => 0,
             }),
-            Some(Refusal::WrongNode) => OpenError::WrongNode,
-            Some(Refusal::Revoked) => OpenError::Revoked,
-            Some(Refusal::Caveat) => OpenError::Caveat(reason.to_owned()),
-            Some(Refusal::Exhausted) => OpenError::Exhausted,
-            None => OpenError::Protocol(format!("refused ({}): {reason}", code.0)),
+            Refusal::WrongNode => OpenError::WrongNode,
+            Refusal::Revoked => OpenError::Revoked,
+            Refusal::Caveat => OpenError::Caveat(reason),
+            Refusal::Exhausted => OpenError::Exhausted,
         },
+        proto::OpenError::NotAdmitted => not_admitted(),
+        proto::OpenError::Failed(code) => OpenError::Failed(code.0),
+        // Another refusal code, a malformed or unexpected answer, the stream's end.
+        other => OpenError::Protocol(other.to_string()),
     }
 }
 
 /// The error of a failed write of the opening: a stream stopped with NOT_ADMITTED is a refusal
 /// (docs/PROTOCOL.md §2.6), anything else a failure to reach the service.
-fn opening_write_error(error: quinn::WriteError) -> OpenError {
-    match error {
-        quinn::WriteError::Stopped(code) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
-            not_admitted()
+fn opening_write_error(
+    opener: &proto::Opener,
+    target: &Target,
+    error: quinn::WriteError,
+) -> OpenError {
+    if let quinn::WriteError::Stopped(code) = &error {
+        if let Some(refused) = opener.on_stopped(ErrorCode(code.into_inner())) {
+            return open_error(refused, target);
         }
-        other => OpenError::Unreachable(DialError::Stream(StreamError::Write(other))),
     }
+    OpenError::Unreachable(DialError::Stream(StreamError::Write(error)))
 }
 
 fn not_admitted() -> OpenError {
@@ -407,23 +416,14 @@ async fn start(
     node: &Arc<NodeInner>,
     target: &Target,
     first: &Frame<'_>,
-) -> Result<(Conversation, Frame<'static>), OpenError> {
+) -> Result<(Conversation, Answer), OpenError> {
     if node.is_closing() {
         return Err(OpenError::NodeClosed);
     }
     let connection = connection::connect(&node.net, target.node(), target.hints())
         .await
         .map_err(open_error_from_dial)?;
-    let mut head = vec![StreamKind::Conversation as u8];
-    frame::put_frame(&mut head, first);
-    if let Frame::Converse(_) = first {
-        frame::put_frame(
-            &mut head,
-            &Frame::Accept {
-                max_message: node.config.max_message_size as u64,
-            },
-        );
-    }
+    let head = proto::opening(first, node.config.max_message_size as u64);
     let opening = async {
         let (send, recv) = connection
             .open_bi()
@@ -446,60 +446,53 @@ async fn start(
         .unwrap_or(Err(OpenError::Timeout))
 }
 
-/// Writes the opening and reads the acceptor's first frame.
+/// Writes the opening and reads the acceptor's answer; what follows it goes to the
+/// conversation.
 async fn read_answer(
     conversation: &mut Conversation,
     head: &[u8],
     target: &Target,
-) -> Result<Frame<'static>, OpenError> {
+) -> Result<Answer, OpenError> {
+    let mut opener = proto::Opener::new();
     conversation
         .send
         .write_all(head)
         .await
-        .map_err(opening_write_error)?;
+        .map_err(|error| opening_write_error(&opener, target, error))?;
     // A peer that does not admit this node may only stop the stream (STOP_SENDING 11).
     let stopped = conversation.send.stopped();
     tokio::pin!(stopped);
     let mut watch_stop = true;
     loop {
-        let decoded = frame::decode_frame(&conversation.buf, frame::MAX_OPENING_FRAME_LEN)
-            .map_err(|e| OpenError::Protocol(e.to_string()))?;
-        if let Some((frame, used)) = decoded {
-            let owned = match frame {
-                Frame::Accept { max_message } => Frame::Accept { max_message },
-                Frame::Found(address) => Frame::Found(address),
-                Frame::Close { code, reason } => {
-                    return Err(close_to_open_error(code, reason, target))
-                }
-                _ => return Err(OpenError::Protocol("unexpected answer".into())),
-            };
-            conversation.buf.advance(used);
-            return Ok(owned);
+        if let Some(answer) = opener.answer().map_err(|e| open_error(e, target))? {
+            conversation.received(&opener.into_rest());
+            return Ok(answer);
         }
         let read = tokio::select! {
             read = conversation.recv.read_chunk(frame::MAX_OPENING_FRAME_LEN, true) => read,
             stop = &mut stopped, if watch_stop => {
-                match stop {
-                    Ok(Some(code)) if code.into_inner() == ErrorCode::NOT_ADMITTED.0 => {
-                        return Err(not_admitted())
+                if let Ok(Some(code)) = stop {
+                    if let Some(error) = opener.on_stopped(ErrorCode(code.into_inner())) {
+                        return Err(open_error(error, target));
                     }
-                    // Any other stop (or the end of the stream) decides nothing: the answer,
-                    // a reset or the connection's end follows on the read side.
-                    _ => watch_stop = false,
                 }
+                // Any other stop (or the end of the stream) decides nothing: the answer, a
+                // reset or the connection's end follows on the read side.
+                watch_stop = false;
                 continue;
             }
         };
         match read {
-            Ok(Some(chunk)) => conversation.buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Err(OpenError::Protocol("stream ended before answer".into())),
-            Err(quinn::ReadError::Reset(code))
-                if code.into_inner() == ErrorCode::NOT_ADMITTED.0 =>
-            {
-                return Err(not_admitted())
+            Ok(Some(chunk)) => opener.receive(&chunk.bytes),
+            Ok(None) => return Err(open_error(opener.on_fin(), target)),
+            // NOT_ADMITTED; or the service accepted, then its handler gave up before we read
+            // the accept.
+            Err(quinn::ReadError::Reset(code)) => {
+                return Err(open_error(
+                    opener.on_reset(ErrorCode(code.into_inner())),
+                    target,
+                ))
             }
-            // The service accepted, then its handler gave up before we read the accept.
-            Err(quinn::ReadError::Reset(code)) => return Err(OpenError::Failed(code.into_inner())),
             Err(error) => {
                 return Err(OpenError::Unreachable(DialError::Stream(
                     StreamError::Read(error),
@@ -526,7 +519,7 @@ pub(crate) async fn open(
     };
     let (conversation, answer) = start(node, target, &first).await?;
     match answer {
-        Frame::Accept { max_message } => Ok(conversation.with_peer_limit(max_message)),
+        Answer::Accepted { peer_limit } => Ok(conversation.with_peer_limit(peer_limit)),
         _ => Err(OpenError::Protocol("expected accept".into())),
     }
 }
@@ -547,7 +540,7 @@ pub(crate) async fn lookup(
     };
     let (conversation, answer) = start(node, &target, &Frame::Lookup(name)).await?;
     match answer {
-        Frame::Found(address) if address.node() == peer => {
+        Answer::Found(address) if address.node() == peer => {
             conversation.close_quietly();
             let mut hints = hints.to_vec();
             if hints.is_empty() {
@@ -561,51 +554,24 @@ pub(crate) async fn lookup(
     }
 }
 
-/// Why an opening failed when the stream ended (FIN or reset) before it: no protocol
-/// violation, as an opener that gives up early resets its stream.
-const ENDED_BEFORE_OPENING: &str = "stream ended before the opening frame";
-
-/// What a conversation stream opens with: the request, and for a conversation the opener's
-/// limit (the `Accept` following its `Converse`; `None` if another frame follows).
+/// What a conversation stream opens with: the request, for a conversation the opener's limit
+/// (the `Accept` following its `Converse`; `None` if another frame follows), and what the
+/// opener sent after them.
 async fn read_opening(
     recv: &mut quinn::RecvStream,
-    buf: &mut BytesMut,
-) -> Result<(Request, Option<u64>), &'static str> {
-    const EXPECTED: &str = "expected converse or lookup";
-    let request = loop {
-        if let Some((frame, used)) =
-            frame::decode_frame(buf, frame::MAX_OPENING_FRAME_LEN).map_err(|_| EXPECTED)?
-        {
-            let request = match frame {
-                Frame::Converse(ConverseTarget::Address(address)) => Request::ByAddress(*address),
-                Frame::Converse(ConverseTarget::Service(name)) => Request::ByName(name.to_owned()),
-                Frame::Lookup(name) => Request::Lookup(name.to_owned()),
-                _ => return Err(EXPECTED),
-            };
-            buf.advance(used);
-            break request;
-        }
-        match recv.read_chunk(frame::MAX_OPENING_FRAME_LEN, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            _ => return Err(ENDED_BEFORE_OPENING),
-        }
-    };
-    if let Request::Lookup(_) = request {
-        return Ok((request, None));
-    }
+) -> Result<(Request, Option<u64>, BytesMut), proto::OpeningError> {
+    let mut acceptor = proto::Acceptor::new();
     loop {
-        match frame::decode_frame(buf, frame::MAX_CONTROL_FRAME_LEN) {
-            Ok(Some((Frame::Accept { max_message }, used))) => {
-                buf.advance(used);
-                return Ok((request, Some(max_message)));
-            }
-            // Something else, or a frame too long to be an Accept: left for the conversation.
-            Ok(Some(_)) | Err(_) => return Ok((request, None)),
-            Ok(None) => {}
-        }
-        match recv.read_chunk(frame::MAX_CONTROL_FRAME_LEN, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            _ => return Ok((request, None)),
+        match acceptor.poll()? {
+            Opening::Ready {
+                request,
+                opener_limit,
+            } => return Ok((request, opener_limit, acceptor.into_rest())),
+            Opening::NeedBytes { max } => match recv.read_chunk(max, true).await {
+                Ok(Some(chunk)) => acceptor.receive(&chunk.bytes),
+                // The end of the stream, a reset or a lost connection.
+                _ => acceptor.receive_fin(),
+            },
         }
     }
 }
@@ -624,15 +590,15 @@ pub(crate) async fn serve_stream(
     guard: Arc<crate::net::limits::PeerGuard>,
     in_use: crate::net::limits::OpenStream,
 ) {
-    let mut buf = BytesMut::new();
-    let opening = tokio::time::timeout_at(deadline, read_opening(&mut recv, &mut buf)).await;
-    let (request, opener_limit) = match opening {
+    let opening = tokio::time::timeout_at(deadline, read_opening(&mut recv)).await;
+    let (request, opener_limit, buf) = match opening {
         Ok(Ok(opening)) => opening,
-        Ok(Err(reason)) => {
-            if reason != ENDED_BEFORE_OPENING {
-                guard.violation(&node.net, reason);
+        Ok(Err(error)) => {
+            let reason = error.to_string();
+            if error.is_violation() {
+                guard.violation(&node.net, &reason);
             }
-            return refuse(&mut send, ErrorCode::PROTOCOL, reason).await;
+            return refuse(&mut send, ErrorCode::PROTOCOL, &reason).await;
         }
         Err(_) => {
             let reason = "no opening frame in time";
@@ -673,27 +639,17 @@ pub(crate) async fn serve_stream(
     if node.is_closing() {
         return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
     }
-    let opener_limit = match (&request, opener_limit) {
-        (Request::Lookup(_), _) => 0,
-        (_, Some(limit)) => limit,
-        (_, None) => {
-            // (Also when the stream ended before the ACCEPT: no violation counted.)
-            return refuse(
-                &mut send,
-                ErrorCode::PROTOCOL,
-                "expected accept after converse",
-            )
-            .await;
-        }
+    let opener_limit = match proto::opener_limit(&request, opener_limit) {
+        Ok(limit) => limit,
+        // (Also when the stream ended before the ACCEPT: no violation counted.)
+        Err((code, reason)) => return refuse(&mut send, code, reason).await,
     };
     let entry = match resolve(&node, peer, &request) {
         Ok(entry) => entry,
         Err((code, reason)) => return refuse(&mut send, code, &reason).await,
     };
     if let Request::Lookup(_) = request {
-        let mut out = Vec::new();
-        frame::put_frame(&mut out, &Frame::Found(Box::new(entry.address.clone())));
-        if send.write_all(&out).await.is_ok() {
+        if send.write_all(&proto::found(&entry.address)).await.is_ok() {
             let _ = send.finish();
             let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
         }
@@ -713,14 +669,8 @@ pub(crate) async fn serve_stream(
             return refuse(&mut send, ErrorCode::NO_SUCH_SERVICE, "service stopped").await;
         }
     };
-    let mut out = Vec::new();
-    frame::put_frame(
-        &mut out,
-        &Frame::Accept {
-            max_message: node.config.max_message_size as u64,
-        },
-    );
-    if send.write_all(&out).await.is_err() {
+    let accept = proto::accept(node.config.max_message_size as u64);
+    if send.write_all(&accept).await.is_err() {
         return;
     }
     permit.send(
@@ -729,12 +679,6 @@ pub(crate) async fn serve_stream(
             .with_frame_timeout(node.config.frame_timeout)
             .with_credit(in_use),
     );
-}
-
-enum Request {
-    ByAddress(Address),
-    ByName(String),
-    Lookup(String),
 }
 
 fn resolve(
