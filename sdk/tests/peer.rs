@@ -689,7 +689,7 @@ async fn send_timeout_fails_sends_to_a_mailbox_that_is_never_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_conversations_leave_no_dedup_state() {
     let a = node_with(NodeConfig {
-        stream_idle_timeout: Duration::from_millis(100),
+        stream_idle_timeout: Duration::from_millis(300),
         ..NodeConfig::default()
     })
     .await;
@@ -698,8 +698,10 @@ async fn finished_conversations_leave_no_dedup_state() {
     for n in 0..5u32 {
         let from = a.mailbox();
         from.send(target.address(), &n).await.unwrap();
+        // The conversation just acknowledged has its entry (earlier ones may have gone idle
+        // and been released already: on a loaded machine five sends can take 100 ms).
+        assert!(b.stats().dedup_entries >= 1);
     }
-    assert_eq!(b.stats().dedup_entries, 5);
     wait_for("the dedup state to be released", || {
         b.stats().dedup_entries == 0
     })
