@@ -9,6 +9,7 @@
 //!   duplicates, rate-limits and partitions packets;
 //! - [`harness`]: real processes (the `ferry` binary, SDK programs) with their output read line
 //!   by line;
+//! - [`nats`]: a real `nats-server -js` on a free loopback port;
 //! - [`wait`]: waiting on a condition with a deadline instead of sleeping.
 //!
 //! Used by the SDK's integration tests (sdk/tests/hostile.rs and others), the node's, the
@@ -18,4 +19,5 @@ pub mod fake_peer;
 pub mod harness;
 pub mod hostile_peer;
 pub mod lossy;
+pub mod nats;
 pub mod wait;
