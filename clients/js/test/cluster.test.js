@@ -2,7 +2,8 @@
 // `ferry run --cluster` nodes, a browser reaching them through a proxy (the load balancer).
 // When the browser's node is gone for good, its resume is answered by a new session on the
 // other node: ferry.js joins its channels again and recovers each from the last publication it
-// had, so the application gets every publication once, in order.
+// had, so the application gets every publication once: in order when nothing is published
+// during the rejoin, and without duplicates when publications overlap it.
 
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -70,6 +71,45 @@ test('a node gone for good: ferry.js rejoins its channels and recovers what it m
   assert.ok(await until(() => received.includes('end')))
   assert.deepEqual(received, [...all, 'end'])
 
+  proxy.close()
+  await b.stop()
+  a.remove()
+  b.remove()
+})
+
+test('publications during the rejoin: both live and recovered, handed over once', async () => {
+  const a = await startNode({ config: config(nats.url) })
+  const b = await startNode({ config: config(nats.url) })
+  const portOf = node => Number(new URL(node.url).port)
+  const proxy = await startProxy(portOf(a))
+  const received = []
+  const browser = await connect(proxy.url, { transport: 'websocket' })
+  browser.mailbox.setHandler(message => { received.push(message.data.n) })
+  await browser.join('room.3')
+  const publisher = await connect(b.url, { transport: 'websocket' })
+  await publisher.join('room.3')
+  const publish = async (from, to) => {
+    for (let n = from; n < to; n++) await publisher.send({ channel: 'room.3' }, { n })
+  }
+  await publish(0, 5)
+  assert.ok(await until(() => received.length === 5), `received ${received}`)
+  await a.stop('SIGKILL')
+  await publish(5, 10)
+  // Publishing goes on while the client rejoins and recovers: whatever is published between
+  // its join and its recover comes live and recovered both.
+  let publishing = null
+  let rejoined = null
+  browser.on('expired', () => { publishing = publish(10, 60) })
+  browser.on('rejoined', change => { rejoined = change })
+  proxy.retarget(portOf(b))
+  assert.ok(await until(() => rejoined !== null, 30000))
+  assert.equal(rejoined.channels[0].recovered, true)
+  await publishing
+  await publisher.send({ channel: 'room.3' }, { n: 'end' })
+  assert.ok(await until(() => received.includes('end'), 30000), `received ${received}`)
+  const numbers = received.filter(n => n !== 'end')
+  assert.equal(new Set(numbers).size, numbers.length, `a publication came twice: ${received}`)
+  assert.deepEqual([...numbers].sort((x, y) => x - y), [...Array(60).keys()])
   proxy.close()
   await b.stop()
   a.remove()
