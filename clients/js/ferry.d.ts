@@ -115,6 +115,16 @@ export interface Storage {
   setItem (key: string, value: string): void
 }
 
+/** One channel of a 'rejoined' event. */
+export interface Rejoined {
+  channel: string
+  /** Every publication of the channel since the last one received is (or will be) delivered. */
+  recovered: boolean
+  /** Publications the history delivered again. */
+  count: number
+  error?: FerryError
+}
+
 export interface Options {
   /** A credential, sent as `?token=`. */
   token?: string
@@ -142,6 +152,10 @@ export interface Options {
   webTransportTimeout?: number
   /** The fetch function for `GET /webtransport` (default: the global one). */
   fetch?: unknown
+  /** When the session is gone and a new one takes its place ('expired'), join its channels
+   *  again and recover each from the last publication received, dropping publications that
+   *  come twice ('rejoined' tells how it went). Default true. */
+  rejoin?: boolean
 }
 
 /** What a data stream's body may be (GATEWAY.md §13.11). */
@@ -211,6 +225,10 @@ export class Client {
   on (event: 'state', listener: (state: State) => void): () => void
   on (event: 'welcome', listener: (welcome: Welcome) => void): () => void
   on (event: 'expired', listener: (change: { previous: string, address: string }) => void): () => void
+  /** After 'expired' (with `rejoin`): the old session's channels joined again, each recovered
+   *  from the last publication received (`recovered`: nothing missed; `count`: delivered
+   *  again; `error`: the join or recover failed). */
+  on (event: 'rejoined', listener: (change: { previous: string, address: string, channels: Rejoined[] }) => void): () => void
   on (event: 'close', listener: (close: { code: number, reason: string }) => void): () => void
   /** `gateway_join_leave`: a session joined or left a channel this one is a member of. */
   on (event: 'join' | 'leave', listener: (event: { channel: string, session: string, user: string }) => void): () => void

@@ -55,6 +55,9 @@ const FINAL = new Map([
   [CLOSE.TAKEN_OVER, 'taken_over']
 ])
 
+/** Offsets of one channel remembered after a session change, to drop publications that come
+ *  both live and recovered (at most `cluster_recover_max`, 10,000 by default, are recovered). */
+const SEEN_MAX = 20000
 const BACKOFF_MIN_MS = 250
 const BACKOFF_MAX_MS = 10000
 /** How long a session's state is kept between acks (ms). */
@@ -789,13 +792,21 @@ export class Client {
     this.resumed = false
     this.recovered = true
     this.expired = false
+    // Channels joined: name → where the last channel message received was in the cluster's
+    // history ({epoch, offset}, or null), and the offsets taken since the session last
+    // changed (`seen`, to drop a publication both recovered and live). A new session joins
+    // them again and recovers each from there (GATEWAY.md §11, §14).
+    this._channels = new Map()
+    this._rejoin = options.rejoin !== false
     this._restore()
     this._watchNetwork()
   }
 
   /** Listens to `state` (the new state), `welcome` (the welcome frame), `expired` (the
-   *  session was gone when the client came back: a new address), `close` (a connection
-   *  ended: {code, reason}). Returns a function that stops listening. */
+   *  session was gone when the client came back: a new address), `rejoined` (after
+   *  `expired`: the channels joined again and recovered, {previous, address, channels:
+   *  [{channel, recovered, count, error?}]}), `close` (a connection ended: {code, reason}).
+   *  Returns a function that stops listening. */
   on (event, listener) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set())
     this._listeners.get(event).add(listener)
@@ -1221,6 +1232,51 @@ export class Client {
     for (const waiter of this._waiting.splice(0)) waiter.resolve(this)
     for (const early of this._early.splice(0)) this._message(early)
     this._pump()
+    if (expired && previous && this._rejoin && this._channels.size > 0) {
+      this._rejoinChannels(previous, frame.address)
+    }
+  }
+
+  /** A new session took the place of one that is gone (its node gone for good, or its TTL
+   *  over): joins every channel the old one had joined and recovers each from the last
+   *  publication received, then emits `rejoined` with what came of it. */
+  async _rejoinChannels (previous, address) {
+    const session = this.session
+    const channels = await Promise.all([...this._channels].map(async ([channel, state]) => {
+      const position = state.position
+      state.base = position ? position.offset : -1
+      // From now on, what is taken is remembered (up to SEEN_MAX) so that a publication
+      // that comes both live and recovered reaches the application once.
+      state.seen = new Set()
+      try {
+        await this.join(channel)
+        if (!position) return { channel, recovered: false, count: 0 }
+        const answer = await this.recover(channel, position.epoch, position.offset)
+        return { channel, recovered: Boolean(answer && answer.recovered), count: (answer && answer.count) || 0 }
+      } catch (error) {
+        return { channel, recovered: false, count: 0, error }
+      }
+    }))
+    if (this.session !== session || this._closed) return // changed again meanwhile
+    this._emit('rejoined', { previous, address, channels })
+  }
+
+  /** Whether a channel message is one the application had (recovered and live both, or
+   *  recovered again): remembers its position otherwise. */
+  _duplicate (frame) {
+    const state = this._channels.get(frame.channel)
+    if (!state || frame.epoch === undefined || frame.offset === undefined) return false
+    const position = state.position
+    if (state.seen) {
+      if (position && position.epoch === frame.epoch && frame.offset <= state.base) return true
+      if (state.seen.has(frame.offset)) return true
+      state.seen.add(frame.offset)
+      if (state.seen.size > SEEN_MAX) state.seen.delete(state.seen.values().next().value)
+    }
+    if (!position || position.epoch !== frame.epoch || frame.offset > position.offset) {
+      state.position = { epoch: frame.epoch, offset: frame.offset }
+    }
+    return false
   }
 
   _message (frame) {
@@ -1241,6 +1297,7 @@ export class Client {
     if (frame.epoch !== undefined) message.epoch = frame.epoch
     if (frame.offset !== undefined) message.offset = frame.offset
     if (frame.push) message.push = true
+    if (frame.channel !== undefined && this._duplicate(frame)) return this._processed(message)
     this.mailbox._deliver(message)
   }
 
@@ -1453,11 +1510,14 @@ export class Client {
 
   /** Joins a channel. */
   join (channel) {
-    return this._request({ type: 'join', channel }, undefined, false).then(() => undefined)
+    return this._request({ type: 'join', channel }, undefined, false).then(() => {
+      if (!this._channels.has(channel)) this._channels.set(channel, { position: null, seen: null, base: -1 })
+    })
   }
 
   /** Leaves a channel. */
   leave (channel) {
+    this._channels.delete(channel)
     return this._request({ type: 'leave', channel }, undefined, false).then(() => undefined)
   }
 

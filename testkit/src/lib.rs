@@ -9,6 +9,7 @@
 //!   duplicates, rate-limits and partitions packets;
 //! - [`harness`]: real processes (the `ferry` binary, SDK programs) with their output read line
 //!   by line;
+//! - [`nats`]: a real `nats-server -js` on a free loopback port;
 //! - [`wait`]: waiting on a condition with a deadline instead of sleeping;
 //! - [`files`]: a service that takes uploads (counting and hashing them) and sends downloads
 //!   (a known pattern), for the gateway's data streams (docs/GATEWAY.md §13.11).
@@ -21,4 +22,5 @@ pub mod files;
 pub mod harness;
 pub mod hostile_peer;
 pub mod lossy;
+pub mod nats;
 pub mod wait;

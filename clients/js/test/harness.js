@@ -170,13 +170,16 @@ export class MemoryStorage {
 }
 
 /** A TCP proxy to `port`; `freeze()` makes every connection it carries go silent (no more
- *  bytes either way, nothing closed), as a network that vanished; later ones work. */
+ *  bytes either way, nothing closed), as a network that vanished; later ones work.
+ *  `retarget(port)` sends later connections to another port (a load balancer moving a
+ *  browser to another node). */
 export async function startProxy (port) {
+  let target = port
   let generation = 0
   const sockets = new Set()
   const server = net.createServer(client => {
     const mine = generation
-    const upstream = net.connect(port, '127.0.0.1')
+    const upstream = net.connect(target, '127.0.0.1')
     for (const socket of [client, upstream]) {
       sockets.add(socket)
       socket.on('error', () => {})
@@ -194,9 +197,41 @@ export async function startProxy (port) {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     freeze: () => { generation += 1 },
+    retarget: (port) => { target = port },
     close: () => {
       for (const socket of sockets) socket.destroy()
       server.close()
     }
   }
+}
+
+/** Debian's `nats-server -js` on a free loopback port (`-p -1`), its JetStream store in a
+ *  temporary directory: `url` (`nats://127.0.0.1:PORT`), `stop()`. */
+export async function startNats () {
+  const server = '/usr/sbin/nats-server'
+  if (!existsSync(server)) throw new Error(`${server} is missing: apt-get install nats-server`)
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-js-nats-'))
+  const child = spawn(server, ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', dir], {
+    stdio: ['ignore', 'ignore', 'pipe']
+  })
+  const exited = new Promise(resolve => child.on('exit', resolve))
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    await exited
+    rmSync(dir, { recursive: true, force: true })
+  }
+  children.add({ stop })
+  let log = ''
+  const port = await new Promise((resolve, reject) => {
+    let port = null
+    const lines = createInterface({ input: child.stderr })
+    lines.on('line', line => {
+      log += line + '\n'
+      const found = /Listening for client connections on [^:]+:(\d+)/.exec(line)
+      if (found) port = Number(found[1])
+      if (port !== null && line.includes('Server is ready')) resolve(port)
+    })
+    child.on('exit', () => reject(new Error(`nats-server exited: ${log}`)))
+  })
+  return { url: `nats://127.0.0.1:${port}`, stop }
 }

@@ -19,7 +19,7 @@
 //!
 //! | parent → clients | clients → parent |
 //! |---|---|
-//! | (start) | `ready <JSON array of the first 100 session addresses>` once all N joined |
+//! | (start) | `ready {"addresses": […], "users": […]}` (of the first 100 sessions) once all N joined |
 //! | `round` | `latencies <JSON array>`: per client, µs from the `t` in the message to its receipt (taken by the client's task as it parses the frame) |
 //! | `count M` | `counted <µs>` once M `n` messages arrived, µs since the command |
 //!
@@ -50,7 +50,7 @@ use super::child::{rss, Child};
 use super::{Better, Row, Settings, ALLOCATOR};
 
 /// The channel every session joins.
-const CHANNEL: &str = "bench";
+pub(crate) const CHANNEL: &str = "bench";
 /// Sessions the peer (and the plain server's pusher) sends to in the messages/s figure.
 const TARGETS: usize = 100;
 /// WebSocket clients connecting at once.
@@ -127,7 +127,7 @@ async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]>
     let settle = settings.gateway_settle_ms;
     let (mut server, url) = Child::start(&["--gateway-server", kind], STEP_WAIT).await?;
     let before = server.memory(&format!("memory {settle}")).await?;
-    let (mut clients, addresses) =
+    let (mut clients, joined) =
         Child::start(&["--gateway-clients", &url, &n.to_string()], STEP_WAIT).await?;
     let after = server.memory(&format!("memory {settle}")).await?;
     let kib = |bytes: i64| bytes as f64 / n.max(1) as f64 / 1024.0;
@@ -153,7 +153,8 @@ async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]>
     // peer dials and opens its streams), then the measured ones.
     let total = settings.gateway_messages;
     let peer = if ferry {
-        let addresses: Vec<ferry::Address> = serde_json::from_str::<Vec<String>>(&addresses)?
+        let addresses: Vec<ferry::Address> = serde_json::from_str::<Joined>(&joined)?
+            .addresses
             .iter()
             .map(|a| a.parse().map_err(|e| anyhow!("session address {a}: {e}")))
             .collect::<Result<_>>()?;
@@ -219,7 +220,7 @@ impl Peer {
     }
 }
 
-fn unix_micros() -> u64 {
+pub(crate) fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -411,7 +412,7 @@ async fn plain_socket(plain: Arc<Plain>, mut socket: WebSocket) {
 /// Runs this process as `n` WebSocket clients of the server at `url` until stdin ends.
 pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
     let (events, mut received) = mpsc::unbounded_channel::<Received>();
-    let mut addresses = Vec::new();
+    let mut first = Joined::default();
     let connected = Arc::new(AtomicUsize::new(0));
     for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
         let mut connecting = Vec::new();
@@ -436,17 +437,19 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
                 .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))??;
                 connected.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(read_messages(ws, events));
-                anyhow::Ok(welcome["address"].as_str().unwrap_or("").to_owned())
+                let text = |key: &str| welcome[key].as_str().unwrap_or("").to_owned();
+                anyhow::Ok((text("address"), text("user")))
             });
         }
-        for address in futures::future::join_all(connecting).await {
-            let address = address?;
-            if addresses.len() < TARGETS {
-                addresses.push(address);
+        for welcome in futures::future::join_all(connecting).await {
+            let (address, user) = welcome?;
+            if first.addresses.len() < TARGETS {
+                first.addresses.push(address);
+                first.users.push(user);
             }
         }
     }
-    println!("ready {}", serde_json::to_string(&addresses)?);
+    println!("ready {}", serde_json::to_string(&first)?);
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {
         let (word, argument) = command.split_once(' ').unwrap_or((&command, ""));
@@ -477,6 +480,14 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `ready` answer of the clients process: the addresses and user ids of its first
+/// `TARGETS` sessions.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Joined {
+    pub(crate) addresses: Vec<String>,
+    pub(crate) users: Vec<String>,
 }
 
 /// What a client tells the driver of a message frame it received.
@@ -551,11 +562,11 @@ async fn read_messages(mut ws: Ws, events: mpsc::UnboundedSender<Received>) {
     }
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next text frame but heartbeats, as JSON.
-async fn next_text(ws: &mut Ws) -> Result<Value> {
+pub(crate) async fn next_text(ws: &mut Ws) -> Result<Value> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {

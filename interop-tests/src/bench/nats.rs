@@ -1,5 +1,5 @@
-//! The NATS baseline: a `nats-server` the bench starts on a loopback port (when it is on
-//! `PATH`), reached with a minimal client of the NATS text protocol written here (`CONNECT`,
+//! The NATS baseline: a `nats-server` the bench starts on a loopback port (when Debian's is
+//! installed, `/usr/sbin/nats-server`), reached with a minimal client of the NATS text protocol written here (`CONNECT`,
 //! `PING`/`PONG`, `SUB`, `PUB`, `MSG`, plain TCP).
 //!
 //! Why not the async-nats crate: with async-nats 0.51 the throughput measurement stalled in
@@ -11,18 +11,14 @@
 //! acknowledgements) and 64-byte request/reply round trips.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::{
-    AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, BufWriter,
-};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::{histogram, record_ns, MESSAGE_LEN, PAYLOAD};
@@ -48,60 +44,33 @@ const THROUGHPUT_SUBJECT: &str = "bench.throughput";
 const ECHO_SUBJECT: &str = "bench.echo";
 const REPLY_SUBJECT: &str = "_INBOX.bench";
 
-/// A `nats-server` child process listening on a loopback port; killed when dropped.
+/// A `nats-server` on a loopback port ([`ferry_testkit::nats`], with JetStream on, unused
+/// here), its store in a temporary directory; killed when dropped.
 pub(crate) struct NatsServer {
-    child: Child,
-    addr: SocketAddr,
+    server: ferry_testkit::nats::NatsServer,
+    _dir: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts `nats-server` on a free loopback port, or returns `None` if it is not installed.
     pub(crate) async fn start() -> Result<Option<Self>> {
-        let spawned = Command::new("nats-server")
-            // -p -1: a random free port, which the server logs once it listens.
-            .args(["-a", "127.0.0.1", "-p", "-1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(error).context("starting nats-server"),
-        };
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow!("nats-server without stderr"))?;
-        let mut lines = BufReader::new(stderr).lines();
-        let listening = async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
-                    return anyhow::Ok(addr.trim().to_owned());
-                }
-            }
-            bail!("nats-server exited before listening")
-        };
-        let addr = tokio::time::timeout(START_TIMEOUT, listening)
-            .await
-            .map_err(|_| anyhow!("nats-server did not listen within {START_TIMEOUT:?}"))??;
-        let addr = addr
-            .parse()
-            .with_context(|| format!("nats-server address {addr:?}"))?;
-        // Keep reading its log, so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Some(Self { child, addr }))
+        if !ferry_testkit::nats::NatsServer::installed() {
+            return Ok(None);
+        }
+        let dir = tempfile::tempdir()?;
+        let server =
+            tokio::task::block_in_place(|| ferry_testkit::nats::NatsServer::start(dir.path()));
+        Ok(Some(Self { server, _dir: dir }))
     }
 
     /// The server's client address.
     pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+        SocketAddr::from(([127, 0, 0, 1], self.server.port))
     }
 
     /// Kills the server and waits for it to exit.
     pub(crate) async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        tokio::task::block_in_place(|| self.server.stop());
     }
 }
 

@@ -24,6 +24,10 @@
 //! clients standing in for browsers; this process raises its soft limit of open files to the
 //! hard limit first (the children inherit it).
 //!
+//! The cluster figure (`cluster`, [`cluster`]) runs real `ferry run --cluster` gateways (the
+//! release `ferry` binary next to this one) on a `nats-server -js` it starts, against one
+//! gateway alone, with the gateway figure's clients in processes of their own.
+//!
 //! The hostile-peer figure (`hostile`) runs the hostile peer of `ferry-testkit` as a child
 //! process (this binary with the hidden `--hostile-peer` option, at a lower priority) and
 //! compares an honest peer's throughput to the attacked node with its throughput while the
@@ -57,6 +61,8 @@ pub(crate) mod call;
 pub(crate) mod caps;
 #[path = "../bench/child.rs"]
 pub(crate) mod child;
+#[path = "../bench/cluster.rs"]
+pub(crate) mod cluster;
 #[path = "../bench/dial.rs"]
 pub(crate) mod dial;
 #[path = "../bench/gateway.rs"]
@@ -104,7 +110,7 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
-    /// hol, hostile, memory, peers, gateway).
+    /// hol, hostile, memory, peers, gateway, cluster, caps).
     #[arg(long, value_name = "TEXT")]
     pub(crate) only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -130,6 +136,14 @@ pub(crate) struct Cli {
     /// 5,000 with --quick).
     #[arg(long, value_name = "N")]
     pub(crate) gateway_messages: Option<usize>,
+    /// WebSocket sessions of the cluster figure (`cluster`) over its three gateways (default
+    /// 50,000; 3,000 with --quick), in client processes of at most 18,000 each.
+    #[arg(long, value_name = "N")]
+    pub(crate) cluster_sessions: Option<usize>,
+    /// WebSocket sessions of the cluster figure's one gateway alone (default 18,000, what
+    /// fits one process's 20,000 open files; 1,000 with --quick).
+    #[arg(long, value_name = "N")]
+    pub(crate) cluster_node_sessions: Option<usize>,
     /// Internal: run as the hostile peer of the hostile figure (node id, node socket address,
     /// mailbox address), driven through stdin and stdout by the parent bench process.
     #[arg(long, value_names = ["NODE", "ADDR", "MAILBOX"], num_args = 3, hide = true)]
@@ -201,6 +215,14 @@ pub(crate) struct Settings {
     gateway_settle_ms: u64,
     /// Checks timed per chain length and run of the capability figure.
     pub(crate) caps_checks: u64,
+    /// Sessions of the cluster figure on its three gateways, and on one gateway alone.
+    pub(crate) cluster_sessions: usize,
+    pub(crate) cluster_node_sessions: usize,
+    /// Runs (each setting up every session again: 1 unless `--runs`), fan-out rounds per run,
+    /// and messages of the user messages/s figure per run.
+    pub(crate) cluster_runs: usize,
+    pub(crate) cluster_rounds: u64,
+    pub(crate) cluster_messages: usize,
 }
 
 impl Settings {
@@ -229,6 +251,11 @@ impl Settings {
                 gateway_messages: 5_000,
                 gateway_settle_ms: 150,
                 caps_checks: 2_000,
+                cluster_sessions: 3_000,
+                cluster_node_sessions: 1_000,
+                cluster_runs: 1,
+                cluster_rounds: 5,
+                cluster_messages: 2_000,
             }
         } else {
             Self {
@@ -254,10 +281,22 @@ impl Settings {
                 gateway_messages: 20_000,
                 gateway_settle_ms: 1000,
                 caps_checks: 20_000,
+                cluster_sessions: 50_000,
+                cluster_node_sessions: 18_000,
+                cluster_runs: 1,
+                cluster_rounds: 20,
+                cluster_messages: 20_000,
             }
         };
         if let Some(runs) = cli.runs {
             settings.runs = runs.max(1);
+            settings.cluster_runs = runs.max(1);
+        }
+        if let Some(n) = cli.cluster_sessions {
+            settings.cluster_sessions = n.max(cluster::NODES);
+        }
+        if let Some(n) = cli.cluster_node_sessions {
+            settings.cluster_node_sessions = n.max(1);
         }
         settings.ferry_only = cli.ferry_only;
         if let Some(n) = cli.peers {
@@ -402,6 +441,10 @@ const FIGURES: &[Figure] = &[
     Figure {
         id: "gateway",
         measure: |settings| Box::pin(gateway::figure_gateway(settings)),
+    },
+    Figure {
+        id: "cluster",
+        measure: |settings| Box::pin(cluster::figure_cluster(settings)),
     },
     Figure {
         id: "caps",
@@ -1610,6 +1653,17 @@ fn table(rows: &[Row], settings: &Settings) -> String {
         "       gateway {} WebSocket sessions, {} fan-out rounds and {} messages to 100 sessions \
          per run",
         settings.gateway_sessions, settings.gateway_rounds, settings.gateway_messages
+    );
+    let _ = writeln!(
+        out,
+        "       cluster {} WebSocket sessions on 3 gateways (NATS) / {} on one, {} run(s) of {} \
+         fan-out rounds and {} messages to 100 users; load {}",
+        settings.cluster_sessions,
+        settings.cluster_node_sessions,
+        settings.cluster_runs,
+        settings.cluster_rounds,
+        settings.cluster_messages,
+        cluster::load()
     );
     out
 }

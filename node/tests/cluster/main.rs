@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-mod nats_server;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,8 +11,8 @@ use ferry_node::cluster::ClusterConfig;
 use ferry_node::gateway::protocol::{self, Encoded, Received};
 use ferry_node::gateway::GatewayConfig;
 use ferry_node::server::{Server, ServerConfig};
+use ferry_testkit::nats::NatsServer;
 use futures::{SinkExt, StreamExt};
-use nats_server::NatsServer;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

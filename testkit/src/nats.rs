@@ -1,4 +1,5 @@
-//! A real `nats-server` (Debian's, with JetStream) on a free loopback port, for the tests.
+//! A real `nats-server` (Debian's, with JetStream) on a free loopback port, for the tests
+//! (node/tests/cluster) and the benchmark's cluster figure (interop-tests/src/bench/cluster.rs).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -6,21 +7,26 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where Debian installs it (scripts/test.sh installs it when missing).
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
+pub const NATS_SERVER: &str = "/usr/sbin/nats-server";
 
 /// A running `nats-server -js`, killed on drop.
-pub(crate) struct NatsServer {
+pub struct NatsServer {
     child: Option<Child>,
     /// Its client port.
-    pub(crate) port: u16,
+    pub port: u16,
     /// Its JetStream store directory (kept across [`NatsServer::restart`]).
     store: PathBuf,
 }
 
 impl NatsServer {
+    /// Whether `nats-server` is installed where Debian puts it.
+    pub fn installed() -> bool {
+        Path::new(NATS_SERVER).exists()
+    }
+
     /// Starts one on a free port chosen by the server itself (`-p -1`), its JetStream store
     /// under `dir`.
-    pub(crate) fn start(dir: &Path) -> Self {
+    pub fn start(dir: &Path) -> Self {
         let store = dir.join("jetstream");
         let (child, port) = spawn(&store, None);
         Self {
@@ -32,7 +38,7 @@ impl NatsServer {
 
     /// Three servers forming one NATS cluster with clustered JetStream (each with its own
     /// store under `dir`), on free loopback ports.
-    pub(crate) fn start_cluster(dir: &Path) -> Vec<Self> {
+    pub fn start_cluster(dir: &Path) -> Vec<Self> {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|listener| listener.local_addr())
@@ -69,12 +75,12 @@ impl NatsServer {
     }
 
     /// `nats://127.0.0.1:PORT`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// Stops it (SIGKILL) and waits until it is gone.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -82,7 +88,7 @@ impl NatsServer {
     }
 
     /// Starts it again on the same port with the same store.
-    pub(crate) fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
