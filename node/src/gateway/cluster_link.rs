@@ -100,7 +100,7 @@ impl Inbound for Shared {
             }
             if let Some(attached) = &lock(&session.state).attached {
                 // An event is not kept: a connection whose queue is full misses it.
-                let _ = attached.queue.try_push(frame.clone());
+                let _ = attached.queue.try_push_message(frame.clone());
             }
         }
     }

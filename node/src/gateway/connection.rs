@@ -384,7 +384,7 @@ async fn pump(shared: Arc<Shared>, session: Arc<Session>, queue: OutQueue, conne
                 via: Via::from_tag(&row.tag),
                 data: row.payload,
             };
-            match queue.push(frame.encode(), write_timeout).await {
+            match queue.push_message(frame.encode(), write_timeout).await {
                 Ok(()) => {
                     shared
                         .counters

@@ -47,7 +47,7 @@ impl Bucket {
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     /// A frame, holding its share of the queue's bytes until written.
-    Frame(Encoded, Option<OwnedSemaphorePermit>),
+    Frame(Encoded, Option<Share>),
     /// A close frame, then the end.
     Close(u16, String),
 }
@@ -61,12 +61,26 @@ pub(crate) enum QueueError {
     Closed,
 }
 
+/// A queued frame's share of its connection's queue, given back when it is written: of all the
+/// queue's bytes, and for a message also of the part messages may fill.
+#[derive(Debug)]
+pub(crate) struct Share {
+    _bytes: OwnedSemaphorePermit,
+    _messages: Option<OwnedSemaphorePermit>,
+}
+
 /// The byte-bounded queue of one connection's outgoing frames. Its deque is allocated only
 /// while frames wait (an idle connection holds none), and given back when it empties.
+///
+/// Messages may fill at most three quarters of it: the last quarter is kept for the answers
+/// to the browser's requests (and the other frames that are not messages), so that a long
+/// stream of messages the browser reads slowly (a download through a slow link) never makes
+/// an answer find the queue full, which would close the connection as a slow consumer.
 #[derive(Debug, Clone)]
 pub(crate) struct OutQueue {
     shared: Arc<Frames>,
     bytes: Arc<Semaphore>,
+    messages: Arc<Semaphore>,
     max: usize,
 }
 
@@ -125,6 +139,7 @@ impl OutQueue {
             Self {
                 shared: shared.clone(),
                 bytes: Arc::new(Semaphore::new(max)),
+                messages: Arc::new(Semaphore::new((max - max / 4).max(1))),
                 max,
             },
             OutReceiver { shared },
@@ -148,34 +163,78 @@ impl OutQueue {
         u32::try_from(frame.len().clamp(1, self.max)).unwrap_or(u32::MAX)
     }
 
-    /// Queues `frame` if its bytes fit now (answers to requests: a browser that sends
-    /// requests without reading the answers is a slow consumer).
+    /// Queues `frame` if its bytes fit now (answers to requests, and every frame that is not a
+    /// message: a browser that sends requests without reading the answers is a slow consumer).
     pub(crate) fn try_push(&self, frame: Encoded) -> Result<(), QueueError> {
-        let permit = self
-            .bytes
-            .clone()
-            .try_acquire_many_owned(self.cost(&frame))
-            .map_err(|error| match error {
-                tokio::sync::TryAcquireError::NoPermits => QueueError::Slow,
-                tokio::sync::TryAcquireError::Closed => QueueError::Closed,
-            })?;
-        self.send(Outgoing::Frame(frame, Some(permit)))
+        let bytes = self.try_take(&self.bytes, &frame)?;
+        self.send(Outgoing::Frame(
+            frame,
+            Some(Share {
+                _bytes: bytes,
+                _messages: None,
+            }),
+        ))
     }
 
-    /// Queues `frame`, waiting at most `timeout` for room.
-    pub(crate) async fn push(&self, frame: Encoded, timeout: Duration) -> Result<(), QueueError> {
+    /// Queues the message `frame` if its bytes fit now within the part of the queue messages
+    /// may fill.
+    pub(crate) fn try_push_message(&self, frame: Encoded) -> Result<(), QueueError> {
+        let messages = self.try_take(&self.messages, &frame)?;
+        let bytes = self.try_take(&self.bytes, &frame)?;
+        self.send(Outgoing::Frame(
+            frame,
+            Some(Share {
+                _bytes: bytes,
+                _messages: Some(messages),
+            }),
+        ))
+    }
+
+    /// Queues the message `frame`, waiting at most `timeout` for room within the part of the
+    /// queue messages may fill.
+    pub(crate) async fn push_message(
+        &self,
+        frame: Encoded,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
         let cost = self.cost(&frame);
-        let permit = tokio::time::timeout(timeout, self.bytes.clone().acquire_many_owned(cost))
+        let take = async {
+            let messages = self.messages.clone().acquire_many_owned(cost).await?;
+            let bytes = self.bytes.clone().acquire_many_owned(cost).await?;
+            Ok::<_, tokio::sync::AcquireError>((messages, bytes))
+        };
+        let (messages, bytes) = tokio::time::timeout(timeout, take)
             .await
             .map_err(|_| QueueError::Slow)?
             .map_err(|_| QueueError::Closed)?;
-        self.send(Outgoing::Frame(frame, Some(permit)))
+        self.send(Outgoing::Frame(
+            frame,
+            Some(Share {
+                _bytes: bytes,
+                _messages: Some(messages),
+            }),
+        ))
+    }
+
+    fn try_take(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        frame: &Encoded,
+    ) -> Result<OwnedSemaphorePermit, QueueError> {
+        semaphore
+            .clone()
+            .try_acquire_many_owned(self.cost(frame))
+            .map_err(|error| match error {
+                tokio::sync::TryAcquireError::NoPermits => QueueError::Slow,
+                tokio::sync::TryAcquireError::Closed => QueueError::Closed,
+            })
     }
 
     /// Queues a close frame, regardless of room (the reason cut to what a close frame holds).
     pub(crate) fn close(&self, code: u16, reason: &str) {
         let _ = self.send(Outgoing::Close(code, close::reason(reason).to_owned()));
         self.bytes.close();
+        self.messages.close();
     }
 
     /// Bytes queued and not yet written.
@@ -210,7 +269,7 @@ mod tests {
         );
         assert_eq!(
             queue
-                .push(Encoded::Text("123".into()), Duration::from_millis(10))
+                .push_message(Encoded::Text("123".into()), Duration::from_millis(10))
                 .await,
             Err(QueueError::Slow)
         );
@@ -219,7 +278,7 @@ mod tests {
         assert_eq!(lock(&queue.shared.waiting).frames.capacity(), 0);
         assert_eq!(queue.queued(), 0);
         queue
-            .push(Encoded::Text("123".into()), Duration::from_millis(10))
+            .push_message(Encoded::Text("123".into()), Duration::from_millis(10))
             .await
             .unwrap();
         queue.close(1000, "bye");
@@ -234,5 +293,39 @@ mod tests {
             queue.try_push(Encoded::Text("1".into())),
             Err(QueueError::Closed)
         );
+    }
+
+    #[tokio::test]
+    async fn messages_leave_a_quarter_of_the_queue_to_answers() {
+        let (queue, mut receiver) = OutQueue::new(100);
+        // Messages fill 75 bytes, then no more, whether waiting or not.
+        for _ in 0..3 {
+            queue
+                .push_message(Encoded::Text("x".repeat(25)), Duration::from_millis(10))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            queue.try_push_message(Encoded::Text("1".into())),
+            Err(QueueError::Slow)
+        );
+        assert_eq!(
+            queue
+                .push_message(Encoded::Text("1".into()), Duration::from_millis(10))
+                .await,
+            Err(QueueError::Slow)
+        );
+        // An answer still fits in the last quarter; only past it is the browser slow.
+        queue.try_push(Encoded::Text("a".repeat(25))).unwrap();
+        assert_eq!(queue.queued(), 100);
+        assert_eq!(
+            queue.try_push(Encoded::Text("1".into())),
+            Err(QueueError::Slow)
+        );
+        // A written message makes room for the next.
+        drop(receiver.recv().await);
+        queue
+            .try_push_message(Encoded::Text("y".repeat(25)))
+            .unwrap();
     }
 }

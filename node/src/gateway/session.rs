@@ -306,7 +306,11 @@ impl Session {
         }
         if !state.pumping && state.next == index {
             if let Some(attached) = &state.attached {
-                if attached.queue.try_push(template.encode(index)).is_ok() {
+                if attached
+                    .queue
+                    .try_push_message(template.encode(index))
+                    .is_ok()
+                {
                     state.next = index + 1;
                     delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(index);
@@ -331,7 +335,7 @@ impl Session {
                         via: Via::default(),
                         data: message.payload().clone(),
                     };
-                    if attached.queue.try_push(frame.encode()).is_ok() {
+                    if attached.queue.try_push_message(frame.encode()).is_ok() {
                         attached
                             .delivered
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

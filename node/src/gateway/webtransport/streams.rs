@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use crate::gateway::connection::{Wire, Writing};
-use crate::gateway::limits::{OutReceiver, Outgoing};
+use crate::gateway::limits::{OutReceiver, Outgoing, Share};
 use crate::gateway::protocol::{Encoded, ServerFrame};
 
 /// First byte of the control stream (bidirectional, opened by the client first).
@@ -207,9 +207,18 @@ pub(crate) struct StreamLimits {
     pub(crate) max_message_size: usize,
 }
 
-/// What a queued frame holds: its share of the connection's queue, or (when its lane and the
-/// connection's stream budget had room) its share of both of those.
-type Held = (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>);
+/// What a queued frame holds until written: its share of the connection's queue, or (when its
+/// lane and the connection's stream budget had room) its share of both of those.
+#[derive(Debug)]
+enum Held {
+    Queue {
+        _share: Option<Share>,
+    },
+    Lane {
+        _own: OwnedSemaphorePermit,
+        _shared: OwnedSemaphorePermit,
+    },
+}
 
 /// A frame on its way to a stream, with the bytes it holds.
 type Queued = (Encoded, Held);
@@ -241,14 +250,17 @@ impl LaneTx {
     /// and the connection's stream budget if both have room (so a stalled stream holds its
     /// own bytes, not the queue, and all the streams together no more than the connection's
     /// budget); else it keeps its share of the queue (a full queue is a slow consumer).
-    fn send(&self, frame: Encoded, permit: Option<OwnedSemaphorePermit>, lane_bytes: usize) {
+    fn send(&self, frame: Encoded, permit: Option<Share>, lane_bytes: usize) {
         let cost = u32::try_from(frame.len().clamp(1, lane_bytes.max(1))).unwrap_or(u32::MAX);
         let held = match self.budget.clone().try_acquire_many_owned(cost) {
             Ok(own) => match self.connection.clone().try_acquire_many_owned(cost) {
-                Ok(shared) => (Some(own), Some(shared)),
-                Err(_) => (permit, None),
+                Ok(shared) => Held::Lane {
+                    _own: own,
+                    _shared: shared,
+                },
+                Err(_) => Held::Queue { _share: permit },
             },
-            Err(_) => (permit, None),
+            Err(_) => Held::Queue { _share: permit },
         };
         // A lane that ended (its request stream was reset) drops the frame.
         let _ = self.tx.send((frame, held));
