@@ -21,8 +21,8 @@ pub struct ClusterConfig {
     /// How many times a node tries to reach NATS at start before it gives up with an error
     /// (`0`: once). Default 5.
     pub start_retries: u32,
-    /// The wait between those tries, and the longest wait between reconnection attempts
-    /// later. Default 1 s.
+    /// The wait between those tries, the longest wait between reconnection attempts later,
+    /// and how often an idle node checks that it has read the whole history. Default 1 s.
     #[serde(with = "ferry::duration")]
     pub retry_interval: Duration,
     /// How long a publication waits for NATS to confirm it kept it; without the confirmation

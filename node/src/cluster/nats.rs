@@ -349,6 +349,13 @@ impl NatsCluster {
                     }
                 }
             };
+            // A consumer can stall without an error (its stream's leader moved to another
+            // NATS server of a cluster): an idle reader checks the history's end every
+            // `retry_interval` and starts again when publications it has not read are there.
+            let mut idle_check = tokio::time::interval(self.config.retry_interval);
+            idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            idle_check.tick().await;
+            let mut read_since_check = false;
             loop {
                 let message = tokio::select! {
                     _ = self.stop.cancelled() => return,
@@ -356,8 +363,16 @@ impl NatsCluster {
                         tracing::debug!("cluster: reconnected; reading the history again");
                         break;
                     }
+                    _ = idle_check.tick() => {
+                        if std::mem::take(&mut read_since_check) || !self.unread(next).await {
+                            continue;
+                        }
+                        tracing::debug!("cluster: the history's consumer stalled; recreating");
+                        break;
+                    }
                     message = messages.next() => message,
                 };
+                read_since_check = true;
                 let message = match message {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
@@ -401,6 +416,16 @@ impl NatsCluster {
                 });
             }
         }
+    }
+
+    /// Whether the history holds publications from `next` on (false when NATS does not answer
+    /// within `publish_timeout`: the reader goes on waiting).
+    async fn unread(&self, next: u64) -> bool {
+        let mut stream = self.stream.clone();
+        matches!(
+            tokio::time::timeout(self.config.publish_timeout, stream.info()).await,
+            Ok(Ok(info)) if info.state.last_sequence >= next
+        )
     }
 
     /// Answers presence queries and hands presence events to this node's sessions.
