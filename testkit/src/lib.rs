@@ -9,7 +9,9 @@
 //!   duplicates, rate-limits and partitions packets;
 //! - [`harness`]: real processes (the `ferry` binary, SDK programs) with their output read line
 //!   by line;
-//! - [`wait`]: waiting on a condition with a deadline instead of sleeping.
+//! - [`wait`]: waiting on a condition with a deadline instead of sleeping;
+//! - [`webdriver`]: headless Chromium driven through chromedriver, for pages served by the
+//!   gateway.
 //!
 //! Used by the SDK's integration tests (sdk/tests/hostile.rs and others), the node's, the
 //! multi-process tests, the lab and the benchmark (interop-tests).
@@ -19,3 +21,4 @@ pub mod harness;
 pub mod hostile_peer;
 pub mod lossy;
 pub mod wait;
+pub mod webdriver;
