@@ -50,14 +50,14 @@ use super::child::{rss, Child};
 use super::{Better, Row, Settings, ALLOCATOR};
 
 /// The channel every session joins.
-const CHANNEL: &str = "bench";
+pub(crate) const CHANNEL: &str = "bench";
 /// Sessions the peer (and the plain server's pusher) sends to in the messages/s figure.
-const TARGETS: usize = 100;
-/// WebSocket clients connecting at once.
-const CONNECT_BATCH: usize = 500;
+pub(crate) const TARGETS: usize = 100;
+/// Clients connecting at once.
+pub(crate) const CONNECT_BATCH: usize = 500;
 /// How long one client may take to connect and join (a server out of open files leaves the
 /// upgrade unanswered).
-const CONNECT_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// How long the children may take for one step.
 const STEP_WAIT: Duration = Duration::from_secs(300);
 /// Pause between fan-out rounds, so that one round's stragglers do not meet the next.
@@ -122,32 +122,13 @@ pub(super) async fn figure_gateway(settings: Settings) -> Result<Vec<Row>> {
 
 /// One run against one server: the five row values.
 async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]> {
-    let n = settings.gateway_sessions;
     let kind = if ferry { "ferry" } else { "plain" };
-    let settle = settings.gateway_settle_ms;
-    let (mut server, url) = Child::start(&["--gateway-server", kind], STEP_WAIT).await?;
-    let before = server.memory(&format!("memory {settle}")).await?;
-    let (mut clients, addresses) =
-        Child::start(&["--gateway-clients", &url, &n.to_string()], STEP_WAIT).await?;
-    let after = server.memory(&format!("memory {settle}")).await?;
-    let kib = |bytes: i64| bytes as f64 / n.max(1) as f64 / 1024.0;
-    let rss = kib(after.1 - before.1);
-    let heap = kib(after.0 - before.0);
-
-    // Fan-out rounds.
-    let mut histogram = Histogram::<u64>::new(3)?;
-    for _ in 0..settings.gateway_rounds {
-        tokio::time::sleep(ROUND_GAP).await;
-        clients.send("round").await?;
-        server.send("publish").await?;
-        server.answer("ok").await?;
-        let latencies: Vec<u64> = serde_json::from_str(&clients.answer("latencies").await?)?;
-        for latency in latencies {
-            histogram.record(latency.max(1))?;
-        }
-    }
-    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-    let (p50, p99) = (ms(0.5), ms(0.99));
+    let Sessions {
+        mut server,
+        mut clients,
+        addresses,
+        figures: [rss, heap, p50, p99],
+    } = measure_sessions(kind, false, settings, settings.gateway_sessions).await?;
 
     // Messages per second to the first TARGETS sessions: a warm-up of one message each (the
     // peer dials and opens its streams), then the measured ones.
@@ -182,6 +163,60 @@ async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]>
     clients.kill().await;
     server.kill().await;
     Ok([rss, heap, p50, p99, rate])
+}
+
+/// A server with `n` idle sessions of its clients, and what was measured of them.
+pub(crate) struct Sessions {
+    pub(crate) server: Child,
+    pub(crate) clients: Child,
+    /// The first [`TARGETS`] session addresses (JSON).
+    pub(crate) addresses: String,
+    /// KiB of RSS and of heap per idle session; fan-out p50 and p99, ms.
+    pub(crate) figures: [f64; 4],
+}
+
+/// Starts the server of `kind` and `n` clients over WebSocket, or over WebTransport if
+/// `webtransport` (ferry only); measures the memory per idle session and the fan-out of
+/// `settings.gateway_rounds` channel messages to all of them.
+pub(crate) async fn measure_sessions(
+    kind: &str,
+    webtransport: bool,
+    settings: &Settings,
+    n: usize,
+) -> Result<Sessions> {
+    let settle = settings.gateway_settle_ms;
+    let (mut server, url) = Child::start(&["--gateway-server", kind], STEP_WAIT).await?;
+    let before = server.memory(&format!("memory {settle}")).await?;
+    let count = n.to_string();
+    let mut args = vec!["--gateway-clients", &url, &count];
+    if webtransport {
+        args.push("--webtransport-clients");
+    }
+    let (mut clients, addresses) = Child::start(&args, STEP_WAIT).await?;
+    let after = server.memory(&format!("memory {settle}")).await?;
+    let kib = |bytes: i64| bytes as f64 / n.max(1) as f64 / 1024.0;
+    let rss = kib(after.1 - before.1);
+    let heap = kib(after.0 - before.0);
+
+    // Fan-out rounds.
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for _ in 0..settings.gateway_rounds {
+        tokio::time::sleep(ROUND_GAP).await;
+        clients.send("round").await?;
+        server.send("publish").await?;
+        server.answer("ok").await?;
+        let latencies: Vec<u64> = serde_json::from_str(&clients.answer("latencies").await?)?;
+        for latency in latencies {
+            histogram.record(latency.max(1))?;
+        }
+    }
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    Ok(Sessions {
+        server,
+        clients,
+        addresses,
+        figures: [rss, heap, ms(0.5), ms(0.99)],
+    })
 }
 
 /// A Rust peer on another node, with a sender to each session.
@@ -250,7 +285,14 @@ struct Plain {
 
 /// Runs this process as the figure's server of `kind` ("ferry" or "plain") until stdin ends.
 pub(super) async fn server(kind: &str) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // ferry's gateway also serves WebTransport, on UDP at the TCP port number (as `ferry run
+    // --webtransport auto`), for the browser figure's WebTransport sessions.
+    let (listener, endpoint) = if kind == "ferry" {
+        let (listener, endpoint) = super::browser::bind_both([127, 0, 0, 1].into()).await?;
+        (listener, Some(endpoint))
+    } else {
+        (tokio::net::TcpListener::bind("127.0.0.1:0").await?, None)
+    };
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let server = match kind {
@@ -270,6 +312,9 @@ pub(super) async fn server(kind: &str) -> Result<()> {
             let gateway =
                 gateway::Gateway::new(node.clone(), store.clone(), config, Arc::new(NoHooks))?;
             let handle = gateway.handle();
+            if let Some(endpoint) = endpoint {
+                tokio::spawn(gateway.serve_webtransport(endpoint, shutdown.clone()));
+            }
             tokio::spawn(gateway.serve(listener, shutdown.clone()));
             Server::Ferry {
                 handle,
@@ -408,9 +453,26 @@ async fn plain_socket(plain: Arc<Plain>, mut socket: WebSocket) {
 // ---------------------------------------------------------------------------------------------
 // The clients process.
 
-/// Runs this process as `n` WebSocket clients of the server at `url` until stdin ends.
-pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
-    let (events, mut received) = mpsc::unbounded_channel::<Received>();
+/// Runs this process as `n` clients of the server at `url` (its WebSocket URL), over
+/// WebTransport if `webtransport`, until stdin ends.
+pub(super) async fn clients(url: &str, n: usize, webtransport: bool) -> Result<()> {
+    let (events, received) = mpsc::unbounded_channel::<Received>();
+    let addresses = if webtransport {
+        super::wt_clients::connect(url, n, events).await?
+    } else {
+        connect_websockets(url, n, events).await?
+    };
+    println!("ready {}", serde_json::to_string(&addresses)?);
+    answer_commands(received, n).await
+}
+
+/// Connects `n` WebSocket clients that joined the channel, each reading its messages into
+/// `events`; the first [`TARGETS`] session addresses.
+async fn connect_websockets(
+    url: &str,
+    n: usize,
+    events: mpsc::UnboundedSender<Received>,
+) -> Result<Vec<String>> {
     let mut addresses = Vec::new();
     let connected = Arc::new(AtomicUsize::new(0));
     for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
@@ -446,7 +508,12 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
             }
         }
     }
-    println!("ready {}", serde_json::to_string(&addresses)?);
+    Ok(addresses)
+}
+
+/// The clients' side of the commands (`round`, `count M`), with what the clients tell of the
+/// messages they read.
+async fn answer_commands(mut received: mpsc::UnboundedReceiver<Received>, n: usize) -> Result<()> {
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {
         let (word, argument) = command.split_once(' ').unwrap_or((&command, ""));
@@ -480,7 +547,7 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
 }
 
 /// What a client tells the driver of a message frame it received.
-enum Received {
+pub(crate) enum Received {
     /// A fan-out message: µs from its `t` to its receipt.
     Latency(u64),
     /// A message of the messages/s figure (`n`).
@@ -489,11 +556,27 @@ enum Received {
 
 /// The fields of a message frame the clients look at (the rest is skipped unparsed).
 #[derive(serde::Deserialize)]
-struct Incoming {
+pub(crate) struct Incoming {
     #[serde(rename = "type")]
     kind: String,
     id: Option<u64>,
     data: Option<Stamp>,
+}
+
+impl Incoming {
+    /// Tells `events` of this frame if it is a message; its id.
+    pub(crate) fn report(&self, events: &mpsc::UnboundedSender<Received>) -> Option<u64> {
+        if self.kind != "message" {
+            return None;
+        }
+        let stamp = self.data.as_ref();
+        if let Some(t) = stamp.and_then(|data| data.t) {
+            let _ = events.send(Received::Latency(unix_micros().saturating_sub(t)));
+        } else if stamp.and_then(|data| data.n).is_some() {
+            let _ = events.send(Received::Numbered);
+        }
+        self.id
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -504,7 +587,7 @@ struct Stamp {
 
 /// How long ferry.js waits after a message before acknowledging (cumulatively) what it
 /// processed.
-const ACK_DELAY: Duration = Duration::from_millis(50);
+pub(crate) const ACK_DELAY: Duration = Duration::from_millis(50);
 
 /// One client's reading, as ferry.js does it: each message frame is timed the moment it is
 /// parsed, and the highest message id is acknowledged `ACK_DELAY` after the first
@@ -524,16 +607,7 @@ async fn read_messages(mut ws: Ws, events: mpsc::UnboundedSender<Received>) {
                 let Some(Ok(message)) = message else { return };
                 let Message::Text(text) = message else { continue };
                 let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else { continue };
-                if frame.kind != "message" {
-                    continue;
-                }
-                let stamp = frame.data.as_ref();
-                if let Some(t) = stamp.and_then(|data| data.t) {
-                    let _ = events.send(Received::Latency(unix_micros().saturating_sub(t)));
-                } else if stamp.and_then(|data| data.n).is_some() {
-                    let _ = events.send(Received::Numbered);
-                }
-                if let Some(id) = frame.id {
+                if let Some(id) = frame.report(&events) {
                     cursor = Some(cursor.map_or(id, |c| c.max(id)));
                     ack_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
                 }

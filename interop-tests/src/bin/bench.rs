@@ -51,6 +51,8 @@ use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
 
+#[path = "../bench/browser.rs"]
+pub(crate) mod browser;
 #[path = "../bench/call.rs"]
 pub(crate) mod call;
 #[path = "../bench/caps.rs"]
@@ -73,6 +75,8 @@ pub(crate) mod nats;
 pub(crate) mod peers;
 #[path = "../bench/streams.rs"]
 pub(crate) mod streams;
+#[path = "../bench/wt_clients.rs"]
+pub(crate) mod wt_clients;
 
 /// Counts live heap bytes, for the memory figure: one atomic add or subtract per allocation,
 /// free and reallocation, with no limit. The hot paths of the other figures allocate rarely
@@ -104,7 +108,7 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
-    /// hol, hostile, memory, peers, gateway).
+    /// hol, hostile, memory, peers, gateway, caps, browser).
     #[arg(long, value_name = "TEXT")]
     pub(crate) only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -145,12 +149,18 @@ pub(crate) struct Cli {
     /// Internal: run as one of the many-peers figure's client processes (hub address, count).
     #[arg(long, value_names = ["ADDRESS", "N"], num_args = 2, hide = true)]
     pub(crate) peers_clients: Option<Vec<String>>,
+    /// Internal: run as the browser figure's gateway side on this IP address.
+    #[arg(long, value_name = "IP", hide = true)]
+    pub(crate) browser_far: Option<String>,
     /// Internal: run as the gateway figure's server ("ferry" or "plain").
     #[arg(long, value_name = "KIND", hide = true)]
     pub(crate) gateway_server: Option<String>,
     /// Internal: run as the gateway figure's WebSocket clients (URL, count).
     #[arg(long, value_names = ["URL", "N"], num_args = 2, hide = true)]
     pub(crate) gateway_clients: Option<Vec<String>>,
+    /// Internal: the gateway figure's clients connect over WebTransport.
+    #[arg(long, hide = true)]
+    pub(crate) webtransport_clients: bool,
     /// Instead of the timed figures, count the instructions per acknowledged message, round
     /// trip and call of ferry and raw quinn under valgrind (cachegrind), which must be
     /// installed.
@@ -201,6 +211,8 @@ pub(crate) struct Settings {
     gateway_settle_ms: u64,
     /// Checks timed per chain length and run of the capability figure.
     pub(crate) caps_checks: u64,
+    /// Calls and download size of the browser figure.
+    pub(crate) browser: browser::Sizes,
 }
 
 impl Settings {
@@ -229,6 +241,7 @@ impl Settings {
                 gateway_messages: 5_000,
                 gateway_settle_ms: 150,
                 caps_checks: 2_000,
+                browser: browser::Sizes::new(true),
             }
         } else {
             Self {
@@ -254,6 +267,7 @@ impl Settings {
                 gateway_messages: 20_000,
                 gateway_settle_ms: 1000,
                 caps_checks: 20_000,
+                browser: browser::Sizes::new(false),
             }
         };
         if let Some(runs) = cli.runs {
@@ -407,6 +421,10 @@ const FIGURES: &[Figure] = &[
         id: "caps",
         measure: |settings| Box::pin(caps::figure_caps(settings)),
     },
+    Figure {
+        id: "browser",
+        measure: |settings| Box::pin(browser::figure_browser(settings)),
+    },
 ];
 
 /// The gateway figure's session count for `cli`.
@@ -436,12 +454,15 @@ fn main() -> Result<()> {
     if let Some([address, count]) = cli.peers_clients.as_deref() {
         return peers::run_clients(address, count);
     }
+    if let Some(ip) = &cli.browser_far {
+        return child::run(browser::far(ip));
+    }
     if let Some(kind) = &cli.gateway_server {
         return child::run(gateway::server(kind));
     }
     if let Some([url, n]) = cli.gateway_clients.as_deref() {
         let n = n.parse().context("--gateway-clients N")?;
-        return child::run(gateway::clients(url, n));
+        return child::run(gateway::clients(url, n, cli.webtransport_clients));
     }
     if let Some(hard) = open_files {
         let wanted = settings_sessions(&cli) as u64 + 500;
