@@ -26,7 +26,7 @@
 //! Both children end when their stdin closes (the parent kills them once measured).
 //! Latencies compare clocks of one machine.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,9 +52,9 @@ use super::{Better, Row, Settings, ALLOCATOR};
 /// The channel every session joins.
 pub(crate) const CHANNEL: &str = "bench";
 /// Sessions the peer (and the plain server's pusher) sends to in the messages/s figure.
-pub(crate) const TARGETS: usize = 100;
-/// Clients connecting at once.
-pub(crate) const CONNECT_BATCH: usize = 500;
+const TARGETS: usize = 100;
+/// WebSocket clients connecting at once.
+const CONNECT_BATCH: usize = 500;
 /// How long one client may take to connect and join (a server out of open files leaves the
 /// upgrade unanswered).
 pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
@@ -169,7 +169,7 @@ async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]>
 pub(crate) struct Sessions {
     pub(crate) server: Child,
     pub(crate) clients: Child,
-    /// The first [`TARGETS`] session addresses (JSON).
+    /// The first 100 session addresses (JSON).
     pub(crate) addresses: String,
     /// KiB of RSS and of heap per idle session; fan-out p50 and p99, ms.
     pub(crate) figures: [f64; 4],
@@ -473,34 +473,47 @@ async fn connect_websockets(
     n: usize,
     events: mpsc::UnboundedSender<Received>,
 ) -> Result<Vec<String>> {
-    let mut addresses = Vec::new();
-    let connected = Arc::new(AtomicUsize::new(0));
-    for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
-        let mut connecting = Vec::new();
-        for _ in batch {
-            let (url, events) = (url.to_owned(), events.clone());
-            let connected = connected.clone();
-            connecting.push(async move {
-                let (ws, welcome) = tokio::time::timeout(CONNECT_WAIT, async {
-                    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-                        .await
-                        .context("connecting")?;
-                    let welcome = next_text(&mut ws).await?;
-                    let join = json!({"type": "join", "ref": 1, "channel": CHANNEL});
-                    ws.send(Message::Text(join.to_string().into())).await?;
-                    let joined = next_text(&mut ws).await?;
-                    if joined["type"] != "ok" {
-                        bail!("join answered {joined}");
-                    }
-                    anyhow::Ok((ws, welcome))
-                })
+    connect_in_batches(n, CONNECT_BATCH, || {
+        let (url, events) = (url.to_owned(), events.clone());
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
-                .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))??;
-                connected.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(read_messages(ws, events));
-                anyhow::Ok(welcome["address"].as_str().unwrap_or("").to_owned())
-            });
+                .context("connecting")?;
+            let welcome = next_text(&mut ws).await?;
+            let join = json!({"type": "join", "ref": 1, "channel": CHANNEL});
+            ws.send(Message::Text(join.to_string().into())).await?;
+            let joined = next_text(&mut ws).await?;
+            if joined["type"] != "ok" {
+                bail!("join answered {joined}");
+            }
+            tokio::spawn(read_messages(ws, events));
+            anyhow::Ok(welcome["address"].as_str().unwrap_or("").to_owned())
         }
+    })
+    .await
+}
+
+/// Connects `n` clients with `connect` (which returns its session's address once welcomed and
+/// joined), `batch` at a time, each within [`CONNECT_WAIT`]; the first [`TARGETS`] addresses.
+pub(crate) async fn connect_in_batches<F, Fut>(
+    n: usize,
+    batch: usize,
+    connect: F,
+) -> Result<Vec<String>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
+    let mut addresses = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let now = left.min(batch.max(1));
+        left -= now;
+        let connecting = (0..now).map(|_| async {
+            tokio::time::timeout(CONNECT_WAIT, connect())
+                .await
+                .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))?
+        });
         for address in futures::future::join_all(connecting).await {
             let address = address?;
             if addresses.len() < TARGETS {
@@ -587,40 +600,58 @@ struct Stamp {
 
 /// How long ferry.js waits after a message before acknowledging (cumulatively) what it
 /// processed.
-pub(crate) const ACK_DELAY: Duration = Duration::from_millis(50);
+const ACK_DELAY: Duration = Duration::from_millis(50);
 
 /// One client's reading, as ferry.js does it: each message frame is timed the moment it is
 /// parsed, and the highest message id is acknowledged `ACK_DELAY` after the first
 /// unacknowledged one (the plain server ignores the acks).
 async fn read_messages(mut ws: Ws, events: mpsc::UnboundedSender<Received>) {
-    let mut cursor: Option<u64> = None;
-    let mut ack_at: Option<tokio::time::Instant> = None;
+    let mut acks = Acks::default();
     loop {
-        let ack_due = async {
-            match ack_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             message = ws.next() => {
                 let Some(Ok(message)) = message else { return };
                 let Message::Text(text) = message else { continue };
                 let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else { continue };
                 if let Some(id) = frame.report(&events) {
-                    cursor = Some(cursor.map_or(id, |c| c.max(id)));
-                    ack_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+                    acks.saw(id);
                 }
             }
-            () = ack_due => {
-                ack_at = None;
-                if let Some(id) = cursor {
-                    let ack = json!({"type": "ack", "id": id}).to_string();
-                    if ws.send(Message::Text(ack.into())).await.is_err() {
-                        return;
-                    }
+            id = acks.due() => {
+                let ack = json!({"type": "ack", "id": id}).to_string();
+                if ws.send(Message::Text(ack.into())).await.is_err() {
+                    return;
                 }
             }
+        }
+    }
+}
+
+/// When a client acknowledges, as ferry.js does: the highest id it saw, [`ACK_DELAY`] after the
+/// first message it has not acknowledged.
+#[derive(Default)]
+pub(crate) struct Acks {
+    cursor: Option<u64>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Acks {
+    /// A message with `id` arrived.
+    pub(crate) fn saw(&mut self, id: u64) {
+        self.cursor = Some(self.cursor.map_or(id, |c| c.max(id)));
+        self.at
+            .get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+    }
+
+    /// Once an acknowledgement is due: the id to acknowledge (pending while none is).
+    pub(crate) async fn due(&mut self) -> u64 {
+        match (self.at, self.cursor) {
+            (Some(at), Some(id)) => {
+                tokio::time::sleep_until(at).await;
+                self.at = None;
+                id
+            }
+            _ => std::future::pending().await,
         }
     }
 }

@@ -10,9 +10,13 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use web_transport_quinn::{Client, RecvStream, SendStream, Session};
 
-use super::gateway::{
-    Incoming, Received, ACK_DELAY, CHANNEL, CONNECT_BATCH, CONNECT_WAIT, TARGETS,
-};
+use super::gateway::{connect_in_batches, Acks, Incoming, Received, CHANNEL, CONNECT_WAIT};
+
+/// Sessions connecting at once: the gateway drops a QUIC connection whose handshakes, CONNECT
+/// and control stream take more than 10 s (`gateway_webtransport_handshake_timeout`), and
+/// hundreds of TLS handshakes at once on two loaded cores take longer than that (500 at once
+/// failed so).
+const CONNECT_BATCH: usize = 100;
 
 /// Connects `n` WebTransport sessions to the gateway whose WebSocket URL is `url`, each joined
 /// to the channel and reading its messages into `events`; the first [`TARGETS`] session
@@ -45,28 +49,16 @@ pub(crate) async fn connect(
     let client = web_transport_quinn::ClientBuilder::new()
         .with_server_certificate_hashes(hashes)
         .context("the WebTransport client")?;
-    let mut addresses = Vec::new();
-    for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
-        let connecting = batch.iter().map(|_| {
-            let (client, events) = (client.clone(), events.clone());
-            let url = session_url.clone();
-            async move {
-                let (session, control, welcome) =
-                    tokio::time::timeout(CONNECT_WAIT, join(&client, &url))
-                        .await
-                        .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))??;
-                tokio::spawn(read_messages(session, control, events));
-                anyhow::Ok(welcome["address"].as_str().unwrap_or("").to_owned())
-            }
-        });
-        for address in futures::future::join_all(connecting).await {
-            let address = address?;
-            if addresses.len() < TARGETS {
-                addresses.push(address);
-            }
+    connect_in_batches(n, CONNECT_BATCH, || {
+        let (client, events) = (client.clone(), events.clone());
+        let url = session_url.clone();
+        async move {
+            let (session, control, welcome) = join(&client, &url).await?;
+            tokio::spawn(read_messages(session, control, events));
+            anyhow::Ok(welcome["address"].as_str().unwrap_or("").to_owned())
         }
-    }
-    Ok(addresses)
+    })
+    .await
 }
 
 /// `GET /webtransport` on the gateway's HTTP address.
@@ -142,7 +134,7 @@ async fn next_frame(recv: &mut RecvStream) -> Result<Value> {
 }
 
 /// One session's reading: every delivery stream's messages are timed as they are parsed, and
-/// the highest id is acknowledged on the control stream [`ACK_DELAY`] after the first
+/// the highest id is acknowledged on the control stream (`Acks`) 50 ms after the first
 /// unacknowledged one, as ferry.js does (the highest, not the contiguous cursor of §13.6: these
 /// clients never resume, and each figure's messages come from one source).
 async fn read_messages(
@@ -171,28 +163,16 @@ async fn read_messages(
             });
         }
     });
-    let mut cursor: Option<u64> = None;
-    let mut ack_at: Option<tokio::time::Instant> = None;
+    let mut acks = Acks::default();
     loop {
-        let ack_due = async {
-            match ack_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             id = received_ids.recv() => {
                 let Some(id) = id else { return };
-                cursor = Some(cursor.map_or(id, |c| c.max(id)));
-                ack_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+                acks.saw(id);
             }
-            () = ack_due => {
-                ack_at = None;
-                if let Some(id) = cursor {
-                    let ack = json!({"type": "ack", "id": id});
-                    if write_frame(&mut control, &ack).await.is_err() {
-                        return;
-                    }
+            id = acks.due() => {
+                if write_frame(&mut control, &json!({"type": "ack", "id": id})).await.is_err() {
+                    return;
                 }
             }
         }
