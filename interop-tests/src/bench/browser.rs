@@ -90,12 +90,19 @@ const PAGE: &str = r#"<!doctype html>
     const times = []
     for (let i = 0; i < n && !stop(); i++) {
       const start = performance.now()
-      const reply = await client.call(to, payload, { timeout: 30000 })
+      try {
+        const reply = await client.call(to, payload, { timeout: CALL_TIMEOUT })
+        if (reply !== payload) throw new Error('the echo answered ' + JSON.stringify(reply))
+      } catch (error) {
+        // A call without an answer in time counts with its whole wait (and is counted).
+        if (error.code !== 'timeout') throw error
+        client.timeouts = (client.timeouts || 0) + 1
+      }
       times.push(performance.now() - start)
-      if (reply !== payload) throw new Error('the echo answered ' + JSON.stringify(reply))
     }
     return times
   }
+  const CALL_TIMEOUT = 10000
   window.Ferry = Ferry
 </script>
 "#;
@@ -206,6 +213,11 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
             Better::Higher,
         ),
         Row::new(
+            "browser echo calls unanswered in 10 s (counted as 10 s)",
+            "calls",
+            Better::Lower,
+        ),
+        Row::new(
             format!("RSS per idle gateway session ({n} sessions)"),
             "KiB",
             Better::Lower,
@@ -233,7 +245,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
         for transport in transports(run) {
             let webtransport = transport == WEBTRANSPORT;
             let sessions = measure_sessions("ferry", webtransport, &settings, n).await?;
-            for (row, value) in rows[7..].iter_mut().zip(sessions.figures) {
+            for (row, value) in rows[8..].iter_mut().zip(sessions.figures) {
                 row.push(webtransport, value);
             }
             sessions.clients.kill().await;
@@ -281,6 +293,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
             rows[4].push(webtransport, with_download / alone);
             rows[5].push(webtransport, run.goodput);
             rows[6].push(webtransport, run.with_download.len() as f64);
+            rows[7].push(webtransport, run.timeouts);
         }
         close_browser(browser).await;
         far.child.kill().await;
@@ -403,6 +416,8 @@ struct HolRun {
     alone: Vec<f64>,
     with_download: Vec<f64>,
     goodput: f64,
+    /// Calls that had no answer within the page's timeout (10 s).
+    timeouts: f64,
 }
 
 async fn head_of_line(
@@ -437,7 +452,8 @@ async fn head_of_line(
             "if (!await until(() => hol.bytes > 0, 60000)) throw new Error('the download did not start')
              const during = await echoes(hol, {echo:?}, {}, () => hol.bytes >= {total})
              if (!await until(() => hol.bytes >= {total}, 600000)) throw new Error('the download did not end')
-             const result = {{alone: window.alone, during, ms: hol.last - hol.first, bytes: hol.bytes}}
+             const result = {{alone: window.alone, during, ms: hol.last - hol.first, bytes: hol.bytes,
+                             timeouts: hol.timeouts || 0}}
              hol.close()
              return result",
             sizes.hol_max_calls
@@ -450,6 +466,7 @@ async fn head_of_line(
         alone: numbers(&outcome["alone"])?,
         with_download: numbers(&outcome["during"])?,
         goodput: total as f64 * 8.0 / 1e6 / (ms / 1000.0),
+        timeouts: outcome["timeouts"].as_f64().unwrap_or(f64::NAN),
     })
 }
 
@@ -510,7 +527,11 @@ pub(super) async fn far(ip: &str) -> Result<()> {
         StoreConfig::default(),
     )?);
     let node = Node::bind(SecretKey::generate(), NodeConfig::default()).await?;
+    // The echo service and the download's sender are on two nodes, so that the two
+    // conversations share nothing on the way to the gateway's node (one QUIC connection between
+    // two nodes carries both otherwise), only the session to the browser.
     let peer = Node::bind(SecretKey::generate(), NodeConfig::default()).await?;
+    let downloader = Node::bind(SecretKey::generate(), NodeConfig::default()).await?;
     let _echo = peer.serve(
         "echo",
         ServiceOptions::default(),
@@ -542,7 +563,7 @@ pub(super) async fn far(ip: &str) -> Result<()> {
     );
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {
-        match far_command(&peer, &command).await {
+        match far_command(&downloader, &command).await {
             Ok(line) => println!("{line}"),
             Err(error) => println!("error {error:#}"),
         }
@@ -551,7 +572,7 @@ pub(super) async fn far(ip: &str) -> Result<()> {
     Ok(())
 }
 
-async fn far_command(peer: &Node, command: &str) -> Result<String> {
+async fn far_command(downloader: &Node, command: &str) -> Result<String> {
     let mut words = command.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("download"), Some(address), Some(total)) => {
@@ -560,7 +581,7 @@ async fn far_command(peer: &Node, command: &str) -> Result<String> {
                 .map_err(|e| anyhow!("session address {address}: {e}"))?;
             let total: usize = total.parse().context("download size")?;
             let started = Instant::now();
-            let sender = peer.sender(&address);
+            let sender = downloader.sender(&address);
             // 0xFF is no UTF-8: the messages go as binary frames (docs/GATEWAY.md §3).
             let chunk = Bytes::from(vec![0xFF; CHUNK]);
             let mut deliveries = Vec::new();

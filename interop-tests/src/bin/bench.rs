@@ -149,6 +149,9 @@ pub(crate) struct Cli {
     /// Internal: run as one of the many-peers figure's client processes (hub address, count).
     #[arg(long, value_names = ["ADDRESS", "N"], num_args = 2, hide = true)]
     pub(crate) peers_clients: Option<Vec<String>>,
+    /// Bytes of the browser figure's download (default 20 MiB; 1 MiB with --quick).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) browser_download: Option<usize>,
     /// Internal: run as the browser figure's gateway side on this IP address.
     #[arg(long, value_name = "IP", hide = true)]
     pub(crate) browser_far: Option<String>,
@@ -282,6 +285,9 @@ impl Settings {
         }
         if let Some(n) = cli.gateway_rounds {
             settings.gateway_rounds = n.max(1);
+        }
+        if let Some(bytes) = cli.browser_download {
+            settings.browser.download = bytes.max(1);
         }
         if let Some(n) = cli.gateway_messages {
             settings.gateway_messages = n.max(1);
