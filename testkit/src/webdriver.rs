@@ -28,6 +28,9 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// connection made from inside it).
 pub type Connect = Arc<dyn Fn(SocketAddr) -> std::io::Result<TcpStream> + Send + Sync>;
 
+/// Makes the command that runs a program (its argument), e.g. inside a network namespace.
+pub type MakeCommand = Arc<dyn Fn(&str) -> Command + Send + Sync>;
+
 /// How to launch a [`Browser`]; the default is a browser with QUIC disabled, started here.
 #[derive(Clone, Default)]
 pub struct Launch {
@@ -37,7 +40,7 @@ pub struct Launch {
     pub args: Vec<String>,
     /// Makes the command that runs chromedriver (its program is the argument), e.g. inside a
     /// network namespace; `None`: chromedriver itself.
-    pub command: Option<Arc<dyn Fn(&str) -> Command + Send + Sync>>,
+    pub command: Option<MakeCommand>,
     /// Connects to chromedriver; `None`: a plain connection from here.
     pub connect: Option<Connect>,
 }
@@ -127,7 +130,7 @@ impl Browser {
         );
         let connect: Connect = launch
             .connect
-            .unwrap_or_else(|| Arc::new(|addr| TcpStream::connect(addr)));
+            .unwrap_or_else(|| Arc::new(TcpStream::connect::<SocketAddr>));
         // A free port here; inside another namespace any port is free.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

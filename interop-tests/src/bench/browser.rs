@@ -304,7 +304,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
 
 /// Which transport goes first in run `run` (alternating, as ferry and baseline do elsewhere).
 fn transports(run: usize) -> [&'static str; 2] {
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         [WEBTRANSPORT, WEBSOCKET]
     } else {
         [WEBSOCKET, WEBTRANSPORT]
