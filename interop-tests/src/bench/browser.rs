@@ -76,6 +76,8 @@ const PAGE: &str = r#"<!doctype html>
     client.bytes = 0
     client.first = null
     client.last = null
+    client.closes = []
+    client.on('close', close => client.closes.push(close.code))
     client.mailbox.setHandler(message => {
       const now = performance.now()
       if (client.first === null) client.first = now
@@ -218,6 +220,11 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
             Better::Lower,
         ),
         Row::new(
+            "browser session closed by the gateway during the download",
+            "times",
+            Better::Lower,
+        ),
+        Row::new(
             format!("RSS per idle gateway session ({n} sessions)"),
             "KiB",
             Better::Lower,
@@ -245,7 +252,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
         for transport in transports(run) {
             let webtransport = transport == WEBTRANSPORT;
             let sessions = measure_sessions("ferry", webtransport, &settings, n).await?;
-            for (row, value) in rows[8..].iter_mut().zip(sessions.figures) {
+            for (row, value) in rows[9..].iter_mut().zip(sessions.figures) {
                 row.push(webtransport, value);
             }
             sessions.clients.kill().await;
@@ -294,6 +301,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
             rows[5].push(webtransport, run.goodput);
             rows[6].push(webtransport, run.with_download.len() as f64);
             rows[7].push(webtransport, run.timeouts);
+            rows[8].push(webtransport, run.closes);
         }
         close_browser(browser).await;
         far.child.kill().await;
@@ -418,6 +426,8 @@ struct HolRun {
     goodput: f64,
     /// Calls that had no answer within the page's timeout (10 s).
     timeouts: f64,
+    /// Times the client's connection was closed (it resumed each time).
+    closes: f64,
 }
 
 async fn head_of_line(
@@ -453,7 +463,7 @@ async fn head_of_line(
              const during = await echoes(hol, {echo:?}, {}, () => hol.bytes >= {total})
              if (!await until(() => hol.bytes >= {total}, 600000)) throw new Error('the download did not end')
              const result = {{alone: window.alone, during, ms: hol.last - hol.first, bytes: hol.bytes,
-                             timeouts: hol.timeouts || 0}}
+                             timeouts: hol.timeouts || 0, closes: hol.closes}}
              hol.close()
              return result",
             sizes.hol_max_calls
@@ -462,11 +472,19 @@ async fn head_of_line(
     .await?;
     far.child.answer("downloaded").await?;
     let ms = outcome["ms"].as_f64().unwrap_or(f64::NAN);
+    let closes = outcome["closes"].as_array().map_or(0, Vec::len);
+    if closes > 0 {
+        eprintln!(
+            "browser figure: the {transport} session was closed during the download with codes {}",
+            outcome["closes"]
+        );
+    }
     Ok(HolRun {
         alone: numbers(&outcome["alone"])?,
         with_download: numbers(&outcome["during"])?,
         goodput: total as f64 * 8.0 / 1e6 / (ms / 1000.0),
         timeouts: outcome["timeouts"].as_f64().unwrap_or(f64::NAN),
+        closes: closes as f64,
     })
 }
 
