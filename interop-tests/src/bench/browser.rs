@@ -48,7 +48,6 @@ use ferry_node::gateway::{self, GatewayConfig, NoHooks};
 use ferry_node::store::{RedbStore, StoreConfig};
 use ferry_testkit::webdriver::{Browser, Launch};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_util::sync::CancellationToken;
 
 use super::child::Child;
@@ -579,13 +578,7 @@ pub(super) async fn far(ip: &str) -> Result<()> {
         peer.id(),
         peer.local_addr()
     );
-    let mut commands = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(command) = commands.next_line().await? {
-        match far_command(&downloader, &command).await {
-            Ok(line) => println!("{line}"),
-            Err(error) => println!("error {error:#}"),
-        }
-    }
+    super::child::answer_commands(async |command| far_command(&downloader, command).await).await?;
     shutdown.cancel();
     Ok(())
 }

@@ -339,13 +339,7 @@ pub(super) async fn server(kind: &str) -> Result<()> {
         other => bail!("unknown server kind {other:?}"),
     };
     println!("ready ws://{addr}/ws");
-    let mut commands = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(command) = commands.next_line().await? {
-        match server_command(&server, &command).await {
-            Ok(line) => println!("{line}"),
-            Err(error) => println!("error {error:#}"),
-        }
-    }
+    super::child::answer_commands(async |command| server_command(&server, command).await).await?;
     shutdown.cancel();
     Ok(())
 }
