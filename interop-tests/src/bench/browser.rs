@@ -255,7 +255,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
                 row.push(webtransport, value);
             }
             sessions.clients.kill().await;
-            sessions.server.kill().await;
+            sessions.server.finish().await; // its store's directory goes with it
         }
     }
 
@@ -277,7 +277,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
             rows[1].push(webtransport, quantile(&times, 0.99));
         }
         close_browser(browser).await;
-        far.child.kill().await;
+        far.child.finish().await;
     }
 
     let (lab, gateway_host, browser_host) = lossy_lab()?;
@@ -303,7 +303,7 @@ pub(super) async fn figure_browser(settings: Settings) -> Result<Vec<Row>> {
             rows[8].push(webtransport, run.closes);
         }
         close_browser(browser).await;
-        far.child.kill().await;
+        far.child.finish().await; // ends by itself, removing its store's directory
     }
     drop(lab);
     Ok(rows.into())
