@@ -12,7 +12,9 @@
 //! - [`nats`]: a real `nats-server -js` on a free loopback port;
 //! - [`wait`]: waiting on a condition with a deadline instead of sleeping;
 //! - [`files`]: a service that takes uploads (counting and hashing them) and sends downloads
-//!   (a known pattern), for the gateway's data streams (docs/GATEWAY.md §13.11).
+//!   (a known pattern), for the gateway's data streams (docs/GATEWAY.md §13.11);
+//! - [`webdriver`]: headless Chromium driven through chromedriver, for pages served by the
+//!   gateway.
 //!
 //! Used by the SDK's integration tests (sdk/tests/hostile.rs and others), the node's, the
 //! multi-process tests, the lab and the benchmark (interop-tests).
@@ -24,3 +26,4 @@ pub mod hostile_peer;
 pub mod lossy;
 pub mod nats;
 pub mod wait;
+pub mod webdriver;

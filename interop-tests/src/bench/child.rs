@@ -116,6 +116,21 @@ impl Child {
     }
 }
 
+/// A child's side of the conversation: answers each command line read from stdin with the
+/// line `answer` makes of it (or `error <text>`), until stdin ends.
+pub(crate) async fn answer_commands(
+    mut answer: impl AsyncFnMut(&str) -> Result<String>,
+) -> Result<()> {
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(command) = commands.next_line().await? {
+        match answer(&command).await {
+            Ok(line) => println!("{line}"),
+            Err(error) => println!("error {error:#}"),
+        }
+    }
+    Ok(())
+}
+
 /// Runs `main` on a multi-thread runtime (a child process's entry point).
 pub(crate) fn run(main: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()

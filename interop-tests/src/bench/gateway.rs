@@ -26,7 +26,7 @@
 //! Both children end when their stdin closes (the parent kills them once measured).
 //! Latencies compare clocks of one machine.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,7 @@ const TARGETS: usize = 100;
 const CONNECT_BATCH: usize = 500;
 /// How long one client may take to connect and join (a server out of open files leaves the
 /// upgrade unanswered).
-const CONNECT_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// How long the children may take for one step.
 const STEP_WAIT: Duration = Duration::from_secs(300);
 /// Pause between fan-out rounds, so that one round's stragglers do not meet the next.
@@ -122,38 +122,19 @@ pub(super) async fn figure_gateway(settings: Settings) -> Result<Vec<Row>> {
 
 /// One run against one server: the five row values.
 async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]> {
-    let n = settings.gateway_sessions;
     let kind = if ferry { "ferry" } else { "plain" };
-    let settle = settings.gateway_settle_ms;
-    let (mut server, url) = Child::start(&["--gateway-server", kind], STEP_WAIT).await?;
-    let before = server.memory(&format!("memory {settle}")).await?;
-    let (mut clients, joined) =
-        Child::start(&["--gateway-clients", &url, &n.to_string()], STEP_WAIT).await?;
-    let after = server.memory(&format!("memory {settle}")).await?;
-    let kib = |bytes: i64| bytes as f64 / n.max(1) as f64 / 1024.0;
-    let rss = kib(after.1 - before.1);
-    let heap = kib(after.0 - before.0);
-
-    // Fan-out rounds.
-    let mut histogram = Histogram::<u64>::new(3)?;
-    for _ in 0..settings.gateway_rounds {
-        tokio::time::sleep(ROUND_GAP).await;
-        clients.send("round").await?;
-        server.send("publish").await?;
-        server.answer("ok").await?;
-        let latencies: Vec<u64> = serde_json::from_str(&clients.answer("latencies").await?)?;
-        for latency in latencies {
-            histogram.record(latency.max(1))?;
-        }
-    }
-    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-    let (p50, p99) = (ms(0.5), ms(0.99));
+    let Sessions {
+        mut server,
+        mut clients,
+        addresses,
+        figures: [rss, heap, p50, p99],
+    } = measure_sessions(kind, false, settings, settings.gateway_sessions).await?;
 
     // Messages per second to the first TARGETS sessions: a warm-up of one message each (the
     // peer dials and opens its streams), then the measured ones.
     let total = settings.gateway_messages;
     let peer = if ferry {
-        let addresses: Vec<ferry::Address> = serde_json::from_str::<Joined>(&joined)?
+        let addresses: Vec<ferry::Address> = serde_json::from_str::<Joined>(&addresses)?
             .addresses
             .iter()
             .map(|a| a.parse().map_err(|e| anyhow!("session address {a}: {e}")))
@@ -183,6 +164,60 @@ async fn measure_server(ferry: bool, settings: &Settings) -> Result<[f64; ROWS]>
     clients.kill().await;
     server.kill().await;
     Ok([rss, heap, p50, p99, rate])
+}
+
+/// A server with `n` idle sessions of its clients, and what was measured of them.
+pub(crate) struct Sessions {
+    pub(crate) server: Child,
+    pub(crate) clients: Child,
+    /// The first 100 session addresses (JSON).
+    pub(crate) addresses: String,
+    /// KiB of RSS and of heap per idle session; fan-out p50 and p99, ms.
+    pub(crate) figures: [f64; 4],
+}
+
+/// Starts the server of `kind` and `n` clients over WebSocket, or over WebTransport if
+/// `webtransport` (ferry only); measures the memory per idle session and the fan-out of
+/// `settings.gateway_rounds` channel messages to all of them.
+pub(crate) async fn measure_sessions(
+    kind: &str,
+    webtransport: bool,
+    settings: &Settings,
+    n: usize,
+) -> Result<Sessions> {
+    let settle = settings.gateway_settle_ms;
+    let (mut server, url) = Child::start(&["--gateway-server", kind], STEP_WAIT).await?;
+    let before = server.memory(&format!("memory {settle}")).await?;
+    let count = n.to_string();
+    let mut args = vec!["--gateway-clients", &url, &count];
+    if webtransport {
+        args.push("--webtransport-clients");
+    }
+    let (mut clients, addresses) = Child::start(&args, STEP_WAIT).await?;
+    let after = server.memory(&format!("memory {settle}")).await?;
+    let kib = |bytes: i64| bytes as f64 / n.max(1) as f64 / 1024.0;
+    let rss = kib(after.1 - before.1);
+    let heap = kib(after.0 - before.0);
+
+    // Fan-out rounds.
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for _ in 0..settings.gateway_rounds {
+        tokio::time::sleep(ROUND_GAP).await;
+        clients.send("round").await?;
+        server.send("publish").await?;
+        server.answer("ok").await?;
+        let latencies: Vec<u64> = serde_json::from_str(&clients.answer("latencies").await?)?;
+        for latency in latencies {
+            histogram.record(latency.max(1))?;
+        }
+    }
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    Ok(Sessions {
+        server,
+        clients,
+        addresses,
+        figures: [rss, heap, ms(0.5), ms(0.99)],
+    })
 }
 
 /// A Rust peer on another node, with a sender to each session.
@@ -251,7 +286,14 @@ struct Plain {
 
 /// Runs this process as the figure's server of `kind` ("ferry" or "plain") until stdin ends.
 pub(super) async fn server(kind: &str) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // ferry's gateway also serves WebTransport, on UDP at the TCP port number (as `ferry run
+    // --webtransport auto`), for the browser figure's WebTransport sessions.
+    let (listener, endpoint) = if kind == "ferry" {
+        let (listener, endpoint) = super::browser::bind_both([127, 0, 0, 1].into()).await?;
+        (listener, Some(endpoint))
+    } else {
+        (tokio::net::TcpListener::bind("127.0.0.1:0").await?, None)
+    };
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let server = match kind {
@@ -271,6 +313,9 @@ pub(super) async fn server(kind: &str) -> Result<()> {
             let gateway =
                 gateway::Gateway::new(node.clone(), store.clone(), config, Arc::new(NoHooks))?;
             let handle = gateway.handle();
+            if let Some(endpoint) = endpoint {
+                tokio::spawn(gateway.serve_webtransport(endpoint, shutdown.clone()));
+            }
             tokio::spawn(gateway.serve(listener, shutdown.clone()));
             Server::Ferry {
                 handle,
@@ -295,13 +340,7 @@ pub(super) async fn server(kind: &str) -> Result<()> {
         other => bail!("unknown server kind {other:?}"),
     };
     println!("ready ws://{addr}/ws");
-    let mut commands = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(command) = commands.next_line().await? {
-        match server_command(&server, &command).await {
-            Ok(line) => println!("{line}"),
-            Err(error) => println!("error {error:#}"),
-        }
-    }
+    super::child::answer_commands(async |command| server_command(&server, command).await).await?;
     shutdown.cancel();
     Ok(())
 }
@@ -409,47 +448,99 @@ async fn plain_socket(plain: Arc<Plain>, mut socket: WebSocket) {
 // ---------------------------------------------------------------------------------------------
 // The clients process.
 
-/// Runs this process as `n` WebSocket clients of the server at `url` until stdin ends.
-pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
-    let (events, mut received) = mpsc::unbounded_channel::<Received>();
-    let mut first = Joined::default();
-    let connected = Arc::new(AtomicUsize::new(0));
-    for batch in (0..n).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
-        let mut connecting = Vec::new();
-        for _ in batch {
-            let (url, events) = (url.to_owned(), events.clone());
-            let connected = connected.clone();
-            connecting.push(async move {
-                let (ws, welcome) = tokio::time::timeout(CONNECT_WAIT, async {
-                    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-                        .await
-                        .context("connecting")?;
-                    let welcome = next_text(&mut ws).await?;
-                    let join = json!({"type": "join", "ref": 1, "channel": CHANNEL});
-                    ws.send(Message::Text(join.to_string().into())).await?;
-                    let joined = next_text(&mut ws).await?;
-                    if joined["type"] != "ok" {
-                        bail!("join answered {joined}");
-                    }
-                    anyhow::Ok((ws, welcome))
-                })
+/// Runs this process as `n` clients of the server at `url` (its WebSocket URL), over
+/// WebTransport if `webtransport`, until stdin ends.
+pub(super) async fn clients(url: &str, n: usize, webtransport: bool) -> Result<()> {
+    let (events, received) = mpsc::unbounded_channel::<Received>();
+    let first = if webtransport {
+        super::wt_clients::connect(url, n, events).await?
+    } else {
+        connect_websockets(url, n, events).await?
+    };
+    let joined = Joined {
+        addresses: first.iter().map(|(address, _)| address.clone()).collect(),
+        users: first.into_iter().map(|(_, user)| user).collect(),
+    };
+    println!("ready {}", serde_json::to_string(&joined)?);
+    answer_commands(received, n).await
+}
+
+/// The `ready` answer of the clients process: the addresses and user ids of its first
+/// `TARGETS` sessions.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Joined {
+    pub(crate) addresses: Vec<String>,
+    pub(crate) users: Vec<String>,
+}
+
+/// A session's address and user id, from its welcome.
+pub(crate) fn address_and_user(welcome: &Value) -> (String, String) {
+    let text = |key: &str| welcome[key].as_str().unwrap_or("").to_owned();
+    (text("address"), text("user"))
+}
+
+/// Connects `n` WebSocket clients that joined the channel, each reading its messages into
+/// `events`; the first [`TARGETS`] sessions' addresses and users.
+async fn connect_websockets(
+    url: &str,
+    n: usize,
+    events: mpsc::UnboundedSender<Received>,
+) -> Result<Vec<(String, String)>> {
+    connect_in_batches(n, CONNECT_BATCH, || {
+        let (url, events) = (url.to_owned(), events.clone());
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
-                .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))??;
-                connected.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(read_messages(ws, events));
-                let text = |key: &str| welcome[key].as_str().unwrap_or("").to_owned();
-                anyhow::Ok((text("address"), text("user")))
-            });
+                .context("connecting")?;
+            let welcome = next_text(&mut ws).await?;
+            let join = json!({"type": "join", "ref": 1, "channel": CHANNEL});
+            ws.send(Message::Text(join.to_string().into())).await?;
+            let joined = next_text(&mut ws).await?;
+            if joined["type"] != "ok" {
+                bail!("join answered {joined}");
+            }
+            tokio::spawn(read_messages(ws, events));
+            anyhow::Ok(address_and_user(&welcome))
         }
-        for welcome in futures::future::join_all(connecting).await {
-            let (address, user) = welcome?;
-            if first.addresses.len() < TARGETS {
-                first.addresses.push(address);
-                first.users.push(user);
+    })
+    .await
+}
+
+/// Connects `n` clients with `connect` (which returns what identifies its session once
+/// welcomed and joined), `batch` at a time, each within [`CONNECT_WAIT`]; the first
+/// [`TARGETS`] of those.
+pub(crate) async fn connect_in_batches<F, Fut, T>(
+    n: usize,
+    batch: usize,
+    connect: F,
+) -> Result<Vec<T>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut addresses = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let now = left.min(batch.max(1));
+        left -= now;
+        let connecting = (0..now).map(|_| async {
+            tokio::time::timeout(CONNECT_WAIT, connect())
+                .await
+                .map_err(|_| anyhow!("no welcome and join in {CONNECT_WAIT:?}"))?
+        });
+        for address in futures::future::join_all(connecting).await {
+            let address = address?;
+            if addresses.len() < TARGETS {
+                addresses.push(address);
             }
         }
     }
-    println!("ready {}", serde_json::to_string(&first)?);
+    Ok(addresses)
+}
+
+/// The clients' side of the commands (`round`, `count M`), with what the clients tell of the
+/// messages they read.
+async fn answer_commands(mut received: mpsc::UnboundedReceiver<Received>, n: usize) -> Result<()> {
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {
         let (word, argument) = command.split_once(' ').unwrap_or((&command, ""));
@@ -482,16 +573,8 @@ pub(super) async fn clients(url: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The `ready` answer of the clients process: the addresses and user ids of its first
-/// `TARGETS` sessions.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Joined {
-    pub(crate) addresses: Vec<String>,
-    pub(crate) users: Vec<String>,
-}
-
 /// What a client tells the driver of a message frame it received.
-enum Received {
+pub(crate) enum Received {
     /// A fan-out message: µs from its `t` to its receipt.
     Latency(u64),
     /// A message of the messages/s figure (`n`).
@@ -500,11 +583,27 @@ enum Received {
 
 /// The fields of a message frame the clients look at (the rest is skipped unparsed).
 #[derive(serde::Deserialize)]
-struct Incoming {
+pub(crate) struct Incoming {
     #[serde(rename = "type")]
     kind: String,
     id: Option<u64>,
     data: Option<Stamp>,
+}
+
+impl Incoming {
+    /// Tells `events` of this frame if it is a message; its id.
+    pub(crate) fn report(&self, events: &mpsc::UnboundedSender<Received>) -> Option<u64> {
+        if self.kind != "message" {
+            return None;
+        }
+        let stamp = self.data.as_ref();
+        if let Some(t) = stamp.and_then(|data| data.t) {
+            let _ = events.send(Received::Latency(unix_micros().saturating_sub(t)));
+        } else if stamp.and_then(|data| data.n).is_some() {
+            let _ = events.send(Received::Numbered);
+        }
+        self.id
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -521,43 +620,52 @@ const ACK_DELAY: Duration = Duration::from_millis(50);
 /// parsed, and the highest message id is acknowledged `ACK_DELAY` after the first
 /// unacknowledged one (the plain server ignores the acks).
 async fn read_messages(mut ws: Ws, events: mpsc::UnboundedSender<Received>) {
-    let mut cursor: Option<u64> = None;
-    let mut ack_at: Option<tokio::time::Instant> = None;
+    let mut acks = Acks::default();
     loop {
-        let ack_due = async {
-            match ack_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             message = ws.next() => {
                 let Some(Ok(message)) = message else { return };
                 let Message::Text(text) = message else { continue };
                 let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else { continue };
-                if frame.kind != "message" {
-                    continue;
-                }
-                let stamp = frame.data.as_ref();
-                if let Some(t) = stamp.and_then(|data| data.t) {
-                    let _ = events.send(Received::Latency(unix_micros().saturating_sub(t)));
-                } else if stamp.and_then(|data| data.n).is_some() {
-                    let _ = events.send(Received::Numbered);
-                }
-                if let Some(id) = frame.id {
-                    cursor = Some(cursor.map_or(id, |c| c.max(id)));
-                    ack_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+                if let Some(id) = frame.report(&events) {
+                    acks.saw(id);
                 }
             }
-            () = ack_due => {
-                ack_at = None;
-                if let Some(id) = cursor {
-                    let ack = json!({"type": "ack", "id": id}).to_string();
-                    if ws.send(Message::Text(ack.into())).await.is_err() {
-                        return;
-                    }
+            id = acks.due() => {
+                let ack = json!({"type": "ack", "id": id}).to_string();
+                if ws.send(Message::Text(ack.into())).await.is_err() {
+                    return;
                 }
             }
+        }
+    }
+}
+
+/// When a client acknowledges, as ferry.js does: the highest id it saw, [`ACK_DELAY`] after the
+/// first message it has not acknowledged.
+#[derive(Default)]
+pub(crate) struct Acks {
+    cursor: Option<u64>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Acks {
+    /// A message with `id` arrived.
+    pub(crate) fn saw(&mut self, id: u64) {
+        self.cursor = Some(self.cursor.map_or(id, |c| c.max(id)));
+        self.at
+            .get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+    }
+
+    /// Once an acknowledgement is due: the id to acknowledge (pending while none is).
+    pub(crate) async fn due(&mut self) -> u64 {
+        match (self.at, self.cursor) {
+            (Some(at), Some(id)) => {
+                tokio::time::sleep_until(at).await;
+                self.at = None;
+                id
+            }
+            _ => std::future::pending().await,
         }
     }
 }

@@ -55,6 +55,8 @@ use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
 
+#[path = "../bench/browser.rs"]
+pub(crate) mod browser;
 #[path = "../bench/call.rs"]
 pub(crate) mod call;
 #[path = "../bench/caps.rs"]
@@ -79,6 +81,8 @@ pub(crate) mod nats;
 pub(crate) mod peers;
 #[path = "../bench/streams.rs"]
 pub(crate) mod streams;
+#[path = "../bench/wt_clients.rs"]
+pub(crate) mod wt_clients;
 
 /// Counts live heap bytes, for the memory figure: one atomic add or subtract per allocation,
 /// free and reallocation, with no limit. The hot paths of the other figures allocate rarely
@@ -110,7 +114,7 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) runs: Option<usize>,
     /// Only the figures whose id contains this text (ids: throughput, rtt, call, dial, bulk,
-    /// hol, hostile, memory, peers, gateway, cluster, caps).
+    /// hol, hostile, memory, peers, gateway, cluster, caps, browser).
     #[arg(long, value_name = "TEXT")]
     pub(crate) only: Option<String>,
     /// Skip the baseline measurements; only for profiling ferry (the baseline column shows
@@ -159,12 +163,21 @@ pub(crate) struct Cli {
     /// Internal: run as one of the many-peers figure's client processes (hub address, count).
     #[arg(long, value_names = ["ADDRESS", "N"], num_args = 2, hide = true)]
     pub(crate) peers_clients: Option<Vec<String>>,
+    /// Bytes of the browser figure's download (default 20 MiB; 1 MiB with --quick).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) browser_download: Option<usize>,
+    /// Internal: run as the browser figure's gateway side on this IP address.
+    #[arg(long, value_name = "IP", hide = true)]
+    pub(crate) browser_far: Option<String>,
     /// Internal: run as the gateway figure's server ("ferry" or "plain").
     #[arg(long, value_name = "KIND", hide = true)]
     pub(crate) gateway_server: Option<String>,
     /// Internal: run as the gateway figure's WebSocket clients (URL, count).
     #[arg(long, value_names = ["URL", "N"], num_args = 2, hide = true)]
     pub(crate) gateway_clients: Option<Vec<String>>,
+    /// Internal: the gateway figure's clients connect over WebTransport.
+    #[arg(long, hide = true)]
+    pub(crate) webtransport_clients: bool,
     /// Instead of the timed figures, count the instructions per acknowledged message, round
     /// trip and call of ferry and raw quinn under valgrind (cachegrind), which must be
     /// installed.
@@ -223,6 +236,8 @@ pub(crate) struct Settings {
     pub(crate) cluster_runs: usize,
     pub(crate) cluster_rounds: u64,
     pub(crate) cluster_messages: usize,
+    /// Calls and download size of the browser figure.
+    pub(crate) browser: browser::Sizes,
 }
 
 impl Settings {
@@ -256,6 +271,7 @@ impl Settings {
                 cluster_runs: 1,
                 cluster_rounds: 5,
                 cluster_messages: 2_000,
+                browser: browser::Sizes::new(true),
             }
         } else {
             Self {
@@ -286,6 +302,7 @@ impl Settings {
                 cluster_runs: 1,
                 cluster_rounds: 20,
                 cluster_messages: 20_000,
+                browser: browser::Sizes::new(false),
             }
         };
         if let Some(runs) = cli.runs {
@@ -307,6 +324,9 @@ impl Settings {
         }
         if let Some(n) = cli.gateway_rounds {
             settings.gateway_rounds = n.max(1);
+        }
+        if let Some(bytes) = cli.browser_download {
+            settings.browser.download = bytes.max(1);
         }
         if let Some(n) = cli.gateway_messages {
             settings.gateway_messages = n.max(1);
@@ -450,6 +470,10 @@ const FIGURES: &[Figure] = &[
         id: "caps",
         measure: |settings| Box::pin(caps::figure_caps(settings)),
     },
+    Figure {
+        id: "browser",
+        measure: |settings| Box::pin(browser::figure_browser(settings)),
+    },
 ];
 
 /// The gateway figure's session count for `cli`.
@@ -479,12 +503,15 @@ fn main() -> Result<()> {
     if let Some([address, count]) = cli.peers_clients.as_deref() {
         return peers::run_clients(address, count);
     }
+    if let Some(ip) = &cli.browser_far {
+        return child::run(browser::far(ip));
+    }
     if let Some(kind) = &cli.gateway_server {
         return child::run(gateway::server(kind));
     }
     if let Some([url, n]) = cli.gateway_clients.as_deref() {
         let n = n.parse().context("--gateway-clients N")?;
-        return child::run(gateway::clients(url, n));
+        return child::run(gateway::clients(url, n, cli.webtransport_clients));
     }
     if let Some(hard) = open_files {
         let wanted = settings_sessions(&cli) as u64 + 500;

@@ -1,5 +1,5 @@
 //! The JS client in a real browser: headless Debian Chromium driven by chromedriver over
-//! WebDriver (`webdriver.rs`), loading pages served by the gateway (`scene.rs`). Sessions
+//! WebDriver (`ferry_testkit::webdriver`), loading pages served by the gateway (`scene.rs`). Sessions
 //! exchange messages with each other, Rust peers and the CLI; each promise of
 //! docs/GATEWAY.md §11 is tried where it broke: unawaited sends across rate-limit closes, an
 //! oversized send, unawaited channel publishes, a connection that goes silent (`proxy.rs`),
@@ -13,7 +13,6 @@
 
 mod proxy;
 mod scene;
-mod webdriver;
 mod webtransport;
 
 use std::time::Duration;

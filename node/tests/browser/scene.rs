@@ -16,7 +16,7 @@ use ferry_node::store::{RedbStore, StoreConfig};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::webdriver::Browser;
+use ferry_testkit::webdriver::Browser;
 
 /// The test page: the client, and helpers the scripts below use.
 const PAGE: &str = r#"<!doctype html>

@@ -1,27 +1,66 @@
 //! A minimal WebDriver client: one chromedriver process driving one headless Debian Chromium,
-//! scripts run in the page, and Chrome DevTools commands through chromedriver.
+//! scripts run in the page, and Chrome DevTools commands through chromedriver. Used by the
+//! node's browser tests (node/tests/browser/) and the benchmark's browser figure
+//! (interop-tests/src/bench/browser.rs).
+//!
+//! Chromium and chromedriver come from Debian's `chromium` and `chromium-driver`
+//! (`scripts/test.sh` installs them). Every failure panics with what chromedriver said: the
+//! tests are made of these calls, and the benchmark runs them on a blocking thread whose panic
+//! it reports.
+
+#![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Debian's Chromium.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// Debian's chromedriver.
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Opens a TCP connection to chromedriver (for a chromedriver in another network namespace, a
+/// connection made from inside it).
+pub type Connect = Arc<dyn Fn(SocketAddr) -> std::io::Result<TcpStream> + Send + Sync>;
+
+/// Makes the command that runs a program (its argument), e.g. inside a network namespace.
+pub type MakeCommand = Arc<dyn Fn(&str) -> Command + Send + Sync>;
+
+/// How to launch a [`Browser`]; the default is a browser with QUIC disabled, started here.
+#[derive(Clone, Default)]
+pub struct Launch {
+    /// QUIC (and so WebTransport) enabled; without it Chromium gets `--disable-quic`.
+    pub quic: bool,
+    /// More Chromium arguments (e.g. `--unsafely-treat-insecure-origin-as-secure=…`).
+    pub args: Vec<String>,
+    /// Makes the command that runs chromedriver (its program is the argument), e.g. inside a
+    /// network namespace; `None`: chromedriver itself.
+    pub command: Option<MakeCommand>,
+    /// Connects to chromedriver; `None`: a plain connection from here.
+    pub connect: Option<Connect>,
+}
 
 /// One HTTP/1.1 request to chromedriver; the JSON answer's `value`.
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Value {
+fn http(
+    connect: &Connect,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Value {
     let body = body.map(Value::to_string).unwrap_or_default();
     eprintln!(
         "webdriver: {method} {path} {}",
         body.chars().take(200).collect::<String>()
     );
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut stream = connect(addr).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
+        .set_read_timeout(Some(Duration::from_secs(180)))
         .unwrap();
     write!(
         stream,
@@ -58,47 +97,58 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Val
 }
 
 /// A chromedriver process and one browser session.
-pub(crate) struct Browser {
+pub struct Browser {
     driver: Child,
     addr: SocketAddr,
+    connect: Connect,
     session: String,
     _profile: tempfile::TempDir,
 }
 
 impl Browser {
     /// A browser with QUIC disabled (the WebSocket tests: nothing of theirs goes over UDP).
-    pub(crate) fn start() -> Self {
-        Self::launch(false)
+    pub fn start() -> Self {
+        Self::launch(Launch::default())
     }
 
     /// A browser with QUIC (and so WebTransport) enabled, for the WebTransport tests. Pages
     /// served over `http://127.0.0.1` are a secure context, so they have `WebTransport`, and
     /// certificates pinned with `serverCertificateHashes` need no flag.
-    pub(crate) fn with_quic() -> Self {
-        Self::launch(true)
+    pub fn with_quic() -> Self {
+        Self::launch(Launch {
+            quic: true,
+            ..Launch::default()
+        })
     }
 
-    fn launch(quic: bool) -> Self {
+    /// A browser launched as `launch` says.
+    pub fn launch(launch: Launch) -> Self {
         assert!(
             Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
             "{CHROMIUM} and {CHROMEDRIVER} are required: apt-get install -y chromium chromium-driver \
              (scripts/test.sh installs them)"
         );
+        let connect: Connect = launch
+            .connect
+            .unwrap_or_else(|| Arc::new(TcpStream::connect::<SocketAddr>));
+        // A free port here; inside another namespace any port is free.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new(CHROMEDRIVER)
+        let mut command = match &launch.command {
+            Some(make) => make(CHROMEDRIVER),
+            None => Command::new(CHROMEDRIVER),
+        };
+        let driver = command
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        ferry_testkit::wait::wait_for_blocking("chromedriver to start", || {
-            TcpStream::connect(addr).is_ok()
-        });
+        crate::wait::wait_for_blocking("chromedriver to start", || connect(addr).is_ok());
         let profile = tempfile::tempdir().unwrap();
         let mut args = vec![
             "--headless".to_owned(),
@@ -111,14 +161,15 @@ impl Browser {
             "--disable-dev-shm-usage".into(),
             format!("--user-data-dir={}", profile.path().display()),
         ];
-        if !quic {
+        if !launch.quic {
             args.push("--disable-quic".into());
         }
+        args.extend(launch.args);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
-        let created = http(addr, "POST", "/session", Some(&capabilities));
+        let created = http(&connect, addr, "POST", "/session", Some(&capabilities));
         let session = created["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {created}"))
@@ -126,15 +177,17 @@ impl Browser {
         let browser = Self {
             driver,
             addr,
+            connect,
             session,
             _profile: profile,
         };
-        browser.post("timeouts", &json!({"script": 120_000}));
+        browser.post("timeouts", &json!({"script": 170_000}));
         browser
     }
 
     fn post(&self, command: &str, body: &Value) -> Value {
         http(
+            &self.connect,
             self.addr,
             "POST",
             &format!("/session/{}/{command}", self.session),
@@ -142,8 +195,10 @@ impl Browser {
         )
     }
 
-    pub(crate) fn window(&self) -> String {
+    /// The current tab's handle.
+    pub fn window(&self) -> String {
         http(
+            &self.connect,
             self.addr,
             "GET",
             &format!("/session/{}/window", self.session),
@@ -154,19 +209,21 @@ impl Browser {
         .to_owned()
     }
 
-    pub(crate) fn new_window(&self) -> String {
+    /// Opens a new tab; its handle.
+    pub fn new_window(&self) -> String {
         self.post("window/new", &json!({"type": "tab"}))["handle"]
             .as_str()
             .unwrap()
             .to_owned()
     }
 
-    pub(crate) fn switch(&self, handle: &str) {
+    /// Makes the tab `handle` the current one.
+    pub fn switch(&self, handle: &str) {
         self.post("window", &json!({"handle": handle}));
     }
 
     /// Loads `url` and waits for its module script to have made `window.Ferry`.
-    pub(crate) fn open(&self, url: &str) {
+    pub fn open(&self, url: &str) {
         self.post("url", &json!({"url": url}));
         self.run("while (!window.Ferry) await new Promise(r => setTimeout(r, 20)); return true");
     }
@@ -185,7 +242,7 @@ impl Browser {
 
     /// Runs an async function body in the page; its return value, or panics with the error it
     /// threw.
-    pub(crate) fn run(&self, body: &str) -> Value {
+    pub fn run(&self, body: &str) -> Value {
         let result = self.execute(body);
         match result.get("ok") {
             Some(value) => value.clone(),
@@ -194,7 +251,7 @@ impl Browser {
     }
 
     /// Runs a body expected to throw; the error's code.
-    pub(crate) fn fails(&self, body: &str) -> Value {
+    pub fn fails(&self, body: &str) -> Value {
         let result = self.execute(body);
         assert!(
             result.get("error").is_some(),
@@ -204,7 +261,7 @@ impl Browser {
     }
 
     /// A Chrome DevTools Protocol command on the current tab.
-    pub(crate) fn cdp(&self, command: &str, params: Value) -> Value {
+    pub fn cdp(&self, command: &str, params: Value) -> Value {
         self.post(
             "goog/cdp/execute",
             &json!({"cmd": command, "params": params}),
@@ -214,14 +271,15 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             http(
+                &self.connect,
                 self.addr,
                 "DELETE",
                 &format!("/session/{}", self.session),
                 None,
             )
-        });
+        }));
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
