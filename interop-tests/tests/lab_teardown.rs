@@ -9,6 +9,16 @@ use std::time::Duration;
 use ferry_interop::lab::{Lab, NatKind};
 use ferry_testkit::harness::Process;
 
+/// Held by each test: a lab made by one test removes the namespaces of dead runs, which
+/// includes the one another test plants as a dead run's (while `ip netns add` is making it).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn namespaces() -> Vec<String> {
     let output = Command::new("ip").args(["netns", "list"]).output().unwrap();
     String::from_utf8_lossy(&output.stdout)
@@ -40,6 +50,7 @@ fn with_prefix(prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_panic_removes_the_labs_namespaces_and_what_ran_in_them() {
+    let _serial = one_at_a_time();
     let (sender, built) = std::sync::mpsc::channel();
     let result = std::thread::spawn(move || {
         let mut lab = Lab::new().unwrap();
@@ -67,6 +78,7 @@ fn a_panic_removes_the_labs_namespaces_and_what_ran_in_them() {
 
 #[test]
 fn namespaces_of_a_run_that_died_are_removed_by_the_next() {
+    let _serial = one_at_a_time();
     // A pid that no longer runs.
     let mut gone = Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
@@ -101,6 +113,7 @@ fn namespaces_of_a_run_that_died_are_removed_by_the_next() {
 
 #[test]
 fn the_lab_binary_removes_its_namespaces_on_sigterm() {
+    let _serial = one_at_a_time();
     let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
     command.args(["up", "--kinds", "home,symmetric"]);
     let mut lab = Process::start("lab up", command).unwrap();
@@ -116,6 +129,7 @@ fn the_lab_binary_removes_its_namespaces_on_sigterm() {
 
 #[test]
 fn without_root_the_lab_fails_and_says_why() {
+    let _serial = one_at_a_time();
     // As nobody, from a copy nobody may run.
     let dir = tempfile::tempdir().unwrap();
     let lab = dir.path().join("lab");
