@@ -21,8 +21,8 @@ use super::gateway::{
 const CONNECT_BATCH: usize = 100;
 
 /// Connects `n` WebTransport sessions to the gateway whose WebSocket URL is `url`, each joined
-/// to the channel and reading its messages into `events`; the first [`TARGETS`] session
-/// addresses.
+/// to the channel and reading its messages into `events`; the addresses and users of the first
+/// sessions (as many as the gateway figure sends to).
 pub(crate) async fn connect(
     url: &str,
     n: usize,
