@@ -82,6 +82,7 @@ pub(crate) struct OutQueue {
     bytes: Arc<Semaphore>,
     messages: Arc<Semaphore>,
     max: usize,
+    max_messages: usize,
 }
 
 /// The frames waiting, and the writer's wake-up.
@@ -135,12 +136,14 @@ impl OutQueue {
     pub(crate) fn new(max_bytes: usize) -> (Self, OutReceiver) {
         let shared = Arc::new(Frames::default());
         let max = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let max_messages = (max - max / 4).max(1);
         (
             Self {
                 shared: shared.clone(),
                 bytes: Arc::new(Semaphore::new(max)),
-                messages: Arc::new(Semaphore::new((max - max / 4).max(1))),
+                messages: Arc::new(Semaphore::new(max_messages)),
                 max,
+                max_messages,
             },
             OutReceiver { shared },
         )
@@ -163,10 +166,16 @@ impl OutQueue {
         u32::try_from(frame.len().clamp(1, self.max)).unwrap_or(u32::MAX)
     }
 
+    /// A message's cost in the part messages may fill: a message larger than that part takes
+    /// all of it (else it could never be queued).
+    fn message_cost(&self, frame: &Encoded) -> u32 {
+        u32::try_from(frame.len().clamp(1, self.max_messages)).unwrap_or(u32::MAX)
+    }
+
     /// Queues `frame` if its bytes fit now (answers to requests, and every frame that is not a
     /// message: a browser that sends requests without reading the answers is a slow consumer).
     pub(crate) fn try_push(&self, frame: Encoded) -> Result<(), QueueError> {
-        let bytes = self.try_take(&self.bytes, &frame)?;
+        let bytes = self.try_take(&self.bytes, self.cost(&frame))?;
         self.send(Outgoing::Frame(
             frame,
             Some(Share {
@@ -179,8 +188,8 @@ impl OutQueue {
     /// Queues the message `frame` if its bytes fit now within the part of the queue messages
     /// may fill.
     pub(crate) fn try_push_message(&self, frame: Encoded) -> Result<(), QueueError> {
-        let messages = self.try_take(&self.messages, &frame)?;
-        let bytes = self.try_take(&self.bytes, &frame)?;
+        let messages = self.try_take(&self.messages, self.message_cost(&frame))?;
+        let bytes = self.try_take(&self.bytes, self.cost(&frame))?;
         self.send(Outgoing::Frame(
             frame,
             Some(Share {
@@ -198,8 +207,13 @@ impl OutQueue {
         timeout: Duration,
     ) -> Result<(), QueueError> {
         let cost = self.cost(&frame);
+        let message_cost = self.message_cost(&frame);
         let take = async {
-            let messages = self.messages.clone().acquire_many_owned(cost).await?;
+            let messages = self
+                .messages
+                .clone()
+                .acquire_many_owned(message_cost)
+                .await?;
             let bytes = self.bytes.clone().acquire_many_owned(cost).await?;
             Ok::<_, tokio::sync::AcquireError>((messages, bytes))
         };
@@ -219,11 +233,11 @@ impl OutQueue {
     fn try_take(
         &self,
         semaphore: &Arc<Semaphore>,
-        frame: &Encoded,
+        cost: u32,
     ) -> Result<OwnedSemaphorePermit, QueueError> {
         semaphore
             .clone()
-            .try_acquire_many_owned(self.cost(frame))
+            .try_acquire_many_owned(cost)
             .map_err(|error| match error {
                 tokio::sync::TryAcquireError::NoPermits => QueueError::Slow,
                 tokio::sync::TryAcquireError::Closed => QueueError::Closed,
@@ -326,6 +340,23 @@ mod tests {
         drop(receiver.recv().await);
         queue
             .try_push_message(Encoded::Text("y".repeat(25)))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_messages_part_is_queued_alone() {
+        let (queue, mut receiver) = OutQueue::new(100);
+        queue
+            .push_message(Encoded::Text("x".repeat(90)), Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.try_push_message(Encoded::Text("1".into())),
+            Err(QueueError::Slow)
+        );
+        drop(receiver.recv().await);
+        queue
+            .try_push_message(Encoded::Text("x".repeat(90)))
             .unwrap();
     }
 }
