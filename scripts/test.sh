@@ -76,6 +76,8 @@ if ! command -v nats-server >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server \
     || echo "nats-server could not be installed; the bench skips its NATS rows" >&2
 fi
+# The cluster and browser figures run the `ferry` binary of the same profile.
+cargo build --release --locked -p ferry-node --bin ferry
 cargo run --release --locked -p ferry-interop --bin bench -- --quick
 # One closing line for the whole suite (cargo prints one summary per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
