@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where Debian installs it (scripts/test.sh installs it when missing).
 pub const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -90,20 +90,17 @@ impl NatsServer {
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            // The port may linger briefly; try again until it binds.
-            let (child, port) = spawn_maybe(&self.store, Some(self.port));
-            match child {
-                Some(child) => {
-                    assert_eq!(port, self.port);
-                    self.child = Some(child);
-                    return;
-                }
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-                None => panic!("nats-server did not restart on port {}", self.port),
-            }
-        }
+        // The port may linger briefly; try again until it binds.
+        let child = crate::wait::wait_for_value_blocking_within(
+            &format!("nats-server to restart on port {}", self.port),
+            Duration::from_secs(20),
+            || {
+                let (child, port) = spawn_maybe(&self.store, Some(self.port));
+                assert!(child.is_none() || port == self.port);
+                child
+            },
+        );
+        self.child = Some(child);
     }
 }
 

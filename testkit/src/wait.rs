@@ -84,19 +84,29 @@ pub async fn wait_for_value_within<T>(
 /// # Panics
 ///
 /// At the deadline, naming `what`.
-pub async fn wait_for_async<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+pub async fn wait_for_async(what: &str, check: impl AsyncFnMut() -> bool) {
+    wait_for_async_within(what, DEADLINE, check).await;
+}
+
+/// Waits until the future `check` makes gives `true`, up to `deadline`; `check` may borrow
+/// what the test holds mutably (a connection it sends a request on).
+///
+/// # Panics
+///
+/// At the deadline, naming `what`.
+pub async fn wait_for_async_within(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
     let started = Instant::now();
     loop {
         if check().await {
             return;
         }
         assert!(
-            started.elapsed() < DEADLINE,
-            "waited {DEADLINE:?} for {what}"
+            started.elapsed() < deadline,
+            "waited {deadline:?} for {what}"
         );
         tokio::time::sleep(POLL).await;
     }

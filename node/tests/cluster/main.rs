@@ -12,6 +12,7 @@ use ferry_node::gateway::protocol::{self, Encoded, Received};
 use ferry_node::gateway::GatewayConfig;
 use ferry_node::server::{Server, ServerConfig};
 use ferry_testkit::nats::NatsServer;
+use ferry_testkit::wait::wait_for_async_within;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -135,18 +136,6 @@ async fn ask(ws: &mut Ws, frame: Value) -> (Received, Vec<Received>) {
 
 fn data_json(received: &Received) -> Value {
     serde_json::from_slice(received.data.as_ref().unwrap()).unwrap()
-}
-
-/// Waits for `condition` (checked every 20 ms) for at most `WAIT`.
-async fn until(mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -275,7 +264,7 @@ async fn channels_users_sessions_and_presence_span_the_cluster() {
     let event = next_of(&mut a, "leave").await;
     assert_eq!(event.header["session"], welcome_c["session"]);
     let mut reference = 400;
-    until(async || {
+    wait_for_async_within("presence without c", WAIT, async || {
         reference += 1;
         let (answer, _) = ask(
             &mut b,
@@ -397,7 +386,10 @@ async fn async_nats_drops_what_overflows_a_subscription_and_a_pull_consumer_does
         received < SENT / 10,
         "received {received} of {SENT}: the rest overflowed the buffer of 16 and were dropped"
     );
-    until(async || slow.load(Ordering::Relaxed) > 0).await;
+    wait_for_async_within("a slow consumer event", WAIT, async || {
+        slow.load(Ordering::Relaxed) > 0
+    })
+    .await;
 
     // The same traffic through JetStream, read by a pull consumer whose batches fit in the
     // subscription's buffer (a batch larger than the buffer overflows it the same way): all
