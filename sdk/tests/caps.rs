@@ -10,22 +10,9 @@ use ferry::{
 };
 use ferry_testkit::wait::wait_for;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-async fn node() -> Node {
-    node_with(NodeConfig::default()).await
-}
-
-async fn node_with(config: NodeConfig) -> Node {
-    Node::bind(SecretKey::generate(), config).await.unwrap()
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use common::{node, node_with, unix_now, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_grant_voids_it_and_its_derivations_only() {

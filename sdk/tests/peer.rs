@@ -13,22 +13,9 @@ use ferry::{
 use ferry_testkit::wait::{wait_for, wait_for_ok};
 use futures::StreamExt;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-async fn node() -> Node {
-    node_with(NodeConfig::default()).await
-}
-
-async fn node_with(config: NodeConfig) -> Node {
-    Node::bind(SecretKey::generate(), config).await.unwrap()
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use common::{node, node_with, unix_now, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_both_ways_with_reply_address() {
