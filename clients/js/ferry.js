@@ -252,6 +252,9 @@ async function wtReadFrames (readable, onFrame, skipType) {
  *  `onmessage`, `onclose`), with its streams (GATEWAY.md §13): requests go on a stream per
  *  target (sends) or per call, the rest on the control stream; messages come on the
  *  gateway's delivery streams. */
+/** How long a session whose control stream failed waits for its close code (ms). */
+const CONTROL_FAILED_GRACE_MS = 2000
+
 class WebTransportSocket {
   constructor (WebTransportClass, url, hashes) {
     const options = {}
@@ -279,9 +282,15 @@ class WebTransportSocket {
       this._acceptIncoming()
       return writer
     })
-    // A control stream that could not be opened ends the session; its `closed` then says
-    // how (a refusal's code, say, which the failed stream must not hide as 1006).
-    this._control.catch(() => { try { this._wt.close() } catch (_) {} })
+    // A control stream that could not be opened ends the session. The gateway's refusal
+    // (4401, 4403) stops the stream before its close capsule is read: `closed` is given
+    // time to bring the code, which closing at once would replace with 1006.
+    this._control.catch(() => {
+      const grace = new Promise(resolve => setTimeout(resolve, CONTROL_FAILED_GRACE_MS))
+      Promise.race([this._wt.closed, grace]).catch(() => {}).then(() => {
+        try { this._wt.close() } catch (_) {}
+      })
+    })
   }
 
   _frame (data) {
