@@ -20,8 +20,8 @@ use std::fmt;
 
 use ring::hmac;
 
-use crate::frame::valid_service_name;
 use crate::identity::{NodeId, NODE_ID_LEN};
+use crate::service_name::valid_service_name;
 
 /// At most this many caveats in one address.
 pub const MAX_CAVEATS: usize = 8;

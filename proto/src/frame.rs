@@ -65,8 +65,7 @@ pub const OBJECT_TYPE: u8 = tag::OBJECT;
 
 /// Longest close reason, in bytes of UTF-8.
 pub const MAX_REASON_LEN: usize = 256;
-/// Longest service name, in bytes.
-pub const MAX_SERVICE_NAME_LEN: usize = 64;
+pub use crate::service_name::{valid_service_name, MAX_SERVICE_NAME_LEN};
 /// Largest chunk of streamed data in one `Data` frame, in bytes.
 pub const MAX_DATA_CHUNK: usize = 64 * 1024;
 /// Longest varint encoding.
@@ -497,14 +496,6 @@ fn decode_reason<'a>(
     }
     let reason = std::str::from_utf8(reason).map_err(|_| FrameError::Malformed(frame))?;
     Ok((ErrorCode(code), reason))
-}
-
-/// A service name: 1 to 64 bytes of ASCII letters, digits, `.`, `_` and `-`.
-pub fn valid_service_name(name: &str) -> bool {
-    (1..=MAX_SERVICE_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn decode_name<'a>(bytes: &'a [u8], frame: &'static str) -> Result<&'a str, FrameError> {

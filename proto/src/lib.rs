@@ -32,6 +32,7 @@ pub mod relay;
 pub mod route;
 pub mod rule;
 pub mod sender;
+pub mod service_name;
 
 pub use address::{
     Address, AddressError, AttenuateError, CaveatViolation, GrantId, MailboxId, Usage, VerifyError,

@@ -6,7 +6,6 @@ use crate::address::VerifyError;
 use crate::config::ConfigError;
 use crate::frame::{ErrorCode, Refusal};
 use crate::identity::NodeId;
-use crate::net::tls::TlsSetupError;
 use crate::Route;
 
 /// Why [`Node::bind`](crate::Node::bind) failed.
@@ -588,4 +587,22 @@ pub enum MonitorError {
         /// The limit, `NodeConfig::max_monitors_per_peer`.
         max: usize,
     },
+}
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// The key could not be encoded for rcgen.
+    #[error("encoding the node key: {0}")]
+    KeyEncoding(#[source] ed25519_dalek::pkcs8::Error),
+    /// rcgen refused to make the certificate.
+    #[error("making the certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("configuring TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// quinn refused the rustls configuration.
+    #[error("configuring QUIC crypto: {0}")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
 }

@@ -75,10 +75,14 @@ mod config;
 pub mod duration;
 mod error;
 use ferry_proto::identity;
+mod conversation;
 mod mailbox;
 mod net;
 mod node;
 mod outbound;
+mod payload;
+mod registry;
+mod runtime;
 mod stats;
 pub mod store;
 mod streams;
@@ -87,21 +91,23 @@ mod sync;
 pub use address::{Address, AddressError, AttenuateError, GrantId, MailboxId, VerifyError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Admission, ConfigError, NodeConfig, RelayAccess};
+pub use conversation::Conversation;
 pub use error::{
     AttachError, BindError, CallError, ConversationError, DecodeError, DialError, IoError,
     MonitorError, OpenError, PayloadError, PingError, RecvError, RevokeError, RouteFailure,
-    SendError, ServeError, StreamError,
+    SendError, ServeError, StreamError, TlsSetupError,
 };
 pub use ferry_proto::route::Route;
 pub use frame::ErrorCode;
 pub use identity::{NodeId, NodeIdError, SecretKey, NODE_ID_LEN, NODE_ID_TEXT_LEN};
-pub use mailbox::{Mailbox, Message, MAX_COUNTERS};
-pub use net::tls::{endpoint_configs, EndpointConfigs, TlsSetupError, ALPN};
+pub use mailbox::Mailbox;
+pub use net::tls::{endpoint_configs, EndpointConfigs, ALPN};
 pub use node::{Builder, Node};
 pub use outbound::{Delivery, Sender};
+pub use registry::mailboxes::{Message, MAX_COUNTERS};
+pub use registry::watches::DownReason;
 pub use stats::{NodeStats, SendFailures};
 pub use store::{MailboxStore, StoreError};
-pub use streams::conversation::Conversation;
-pub use streams::monitor::{DownReason, Monitor};
+pub use streams::monitor::Monitor;
 pub use streams::ping::{PING_SERVICE, RESERVED_PREFIX};
 pub use streams::service::{Call, Service, ServiceHandle, ServiceOptions, Target};

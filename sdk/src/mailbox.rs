@@ -2,523 +2,19 @@
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde::de::DeserializeOwned;
-
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::address::{
-    Address, CounterKey, GrantId, Limit, LimitKind, MailboxId, Usage, VerifyError,
-};
-use crate::caveat::Tag;
-use crate::error::{AttachError, DecodeError, PayloadError, RecvError, RevokeError, SendError};
-use crate::identity::NodeId;
-use crate::node::NodeInner;
-use crate::store::{MailboxStore, RunId, StoreError, StoredMessage};
-use crate::sync::{lock, read, write};
-
-/// A message delivered to a mailbox.
-#[derive(Clone)]
-pub struct Message {
-    pub(crate) from: Arc<Address>,
-    pub(crate) payload: Bytes,
-    /// Where the message is stored, for a durable mailbox.
-    pub(crate) receipt: Option<Receipt>,
-}
-
-/// A stored message's place in its durable mailbox.
-#[derive(Clone)]
-pub(crate) struct Receipt {
-    pub(crate) durable: Arc<Durable>,
-    pub(crate) index: u64,
-}
-
-/// What a durable mailbox adds to a plain one.
-pub(crate) struct Durable {
-    pub(crate) store: Arc<dyn MailboxStore>,
-    pub(crate) mailbox: MailboxId,
-    /// Cancelled once the messages stored before the mailbox opened are queued: new messages
-    /// wait for it, so each sender's messages reach the application in order.
-    pub(crate) replayed: CancellationToken,
-    /// The mailbox's revocations and counters, loaded from the store.
-    pub(crate) caps: Arc<Caps>,
-}
-
-impl Durable {
-    /// Stores `messages`, or the first of them that fit, and returns those stored with their
-    /// receipts, ready to queue.
-    pub(crate) async fn store(
-        self: &Arc<Self>,
-        run: Option<(RunId, u64)>,
-        messages: Vec<(Arc<Address>, Bytes)>,
-        counters: Vec<CounterKey>,
-    ) -> Result<Vec<Message>, StoreError> {
-        let rows = messages
-            .iter()
-            .map(|(from, payload)| ((**from).clone(), payload.clone()))
-            .collect();
-        let indexes = self
-            .store
-            .append_counted(self.mailbox, run, rows, counters)
-            .await?;
-        if indexes.len() > messages.len() {
-            return Err(StoreError::Failed(format!(
-                "store returned {} indexes for {} messages",
-                indexes.len(),
-                messages.len()
-            )));
-        }
-        Ok(messages
-            .into_iter()
-            .zip(indexes)
-            .map(|((from, payload), index)| Message {
-                from,
-                payload,
-                receipt: Some(Receipt {
-                    durable: self.clone(),
-                    index,
-                }),
-            })
-            .collect())
-    }
-}
-
-impl Message {
-    /// Acknowledges the message to a durable mailbox's store, which then forgets it; until
-    /// then it is delivered again after a restart. Does nothing for other mailboxes.
-    pub fn ack(&self) {
-        if let Some(receipt) = &self.receipt {
-            receipt
-                .durable
-                .store
-                .remove(receipt.durable.mailbox, receipt.index);
-        }
-    }
-
-    /// The message's index in its durable mailbox (increasing, never reused), which tells a
-    /// message delivered again after a restart apart; `None` for other mailboxes.
-    pub fn id(&self) -> Option<u64> {
-        self.receipt.as_ref().map(|receipt| receipt.index)
-    }
-
-    /// The sender's mailbox address: send to it to reply (GenBrowser's `message.from`).
-    pub fn from(&self) -> &Address {
-        &self.from
-    }
-
-    /// The sender's reply address, usable only by the node `holder`: hand it to that node
-    /// so that it can reply to the sender in your place, while a copy in anyone else's hands
-    /// is refused (docs/PROTOCOL.md §4.11). Needs no round trip to the sender.
-    pub fn from_for(&self, holder: NodeId) -> Result<Address, crate::address::AttenuateError> {
-        self.from.handoff(holder)
-    }
-
-    /// The raw payload bytes.
-    pub fn payload(&self) -> &Bytes {
-        &self.payload
-    }
-
-    /// Decodes the payload as a postcard-encoded `T` (what [`Mailbox::send`] encodes). The
-    /// whole payload must be used: postcard is not self-describing, so trailing bytes mean the
-    /// payload is of another type.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
-        decode_exact(&self.payload).map_err(DecodeError)
-    }
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message")
-            .field("from", &self.from)
-            .field("len", &self.payload.len())
-            .finish()
-    }
-}
-
-/// Where messages for an open mailbox go, and the signal that it closed.
-#[derive(Clone)]
-pub(crate) struct MailboxHandle {
-    pub(crate) queue: mpsc::Sender<Message>,
-    /// Cancelled when the mailbox closes: delivery stops even while a handler or stream still
-    /// holds the receiving end.
-    pub(crate) closed: CancellationToken,
-    /// Set for a durable mailbox: messages are stored before they are acknowledged.
-    pub(crate) durable: Option<Arc<Durable>>,
-    /// Revoked grants and the counters of counting caveats.
-    pub(crate) caps: Arc<Caps>,
-}
-
-/// At most this many counters (one per counting caveat of an address chain that was used) a
-/// mailbox keeps; an address whose counting caveat would need another is refused with LIMIT
-/// (retryable) until the mailbox is closed. Counters are never forgotten while the mailbox is
-/// open, so a count can never start again.
-pub const MAX_COUNTERS: usize = 4096;
-/// tag_0 of chains, cached per mailbox by (grant, base expiry): each distinct base costs one
-/// signing, however many chains on it are presented.
-const ROOT_CACHE: usize = 8;
-
-/// A base address of a mailbox, as far as its signature goes: grant and expiry.
-type BaseId = (GrantId, Option<u64>);
-/// A verified signature: of which base.
-type Verified = (GrantId, Option<u64>, [u8; 64]);
-
-/// A rate caveat's window: messages delivered since `start` (unix seconds).
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: u64,
-    used: u32,
-}
-
-/// What a mailbox keeps for its capabilities: revoked grants, the counters of counting
-/// caveats, and the roots of chains it checked.
-pub(crate) struct Caps {
-    revoked: RwLock<std::collections::HashSet<GrantId>>,
-    /// Notified of every revocation: streams and watches open under a grant wait on it to end
-    /// as soon as their grant is revoked. (Inline in the mailbox: no allocation of its own.)
-    revocations: tokio::sync::Notify,
-    counts: Mutex<HashMap<CounterKey, u64>>,
-    windows: Mutex<HashMap<CounterKey, Window>>,
-    roots: Mutex<Vec<(BaseId, Tag)>>,
-}
-
-/// Why a message may not be delivered under an address's counting caveats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Budget {
-    /// A "max messages" caveat is used up: final.
-    Exhausted,
-    /// A rate caveat's window is full: wait this many seconds (at most).
-    Wait(u64),
-    /// The mailbox keeps [`MAX_COUNTERS`] counters already.
-    TooManyCounters,
-}
-
-impl Default for Caps {
-    fn default() -> Self {
-        Self::with(Vec::new(), Vec::new())
-    }
-}
-
-impl Caps {
-    pub(crate) fn with(revoked: Vec<GrantId>, counts: Vec<(CounterKey, u64)>) -> Self {
-        Self {
-            revoked: RwLock::new(revoked.into_iter().collect()),
-            revocations: tokio::sync::Notify::new(),
-            counts: Mutex::new(counts.into_iter().collect()),
-            windows: Mutex::default(),
-            roots: Mutex::default(),
-        }
-    }
-
-    pub(crate) fn is_revoked(&self, grant: GrantId) -> bool {
-        read(&self.revoked).contains(&grant)
-    }
-
-    /// Revokes `grant` unless `max` grants are revoked already (one already revoked is
-    /// not counted again), and wakes whatever waits in [`Caps::revoked`].
-    fn revoke_within(&self, grant: GrantId, max: usize) -> Result<(), RevokeError> {
-        {
-            let mut revoked = write(&self.revoked);
-            if !revoked.contains(&grant) && revoked.len() >= max {
-                return Err(RevokeError::TooMany { max });
-            }
-            revoked.insert(grant);
-        }
-        self.revocations.notify_waiters();
-        Ok(())
-    }
-
-    /// How many grants are revoked.
-    fn revoked_count(&self) -> usize {
-        read(&self.revoked).len()
-    }
-
-    /// Resolves once `grant` is revoked (at once if it is already).
-    pub(crate) async fn revoked(&self, grant: GrantId) {
-        loop {
-            // Enabled before the check: a revocation after it wakes this waiter.
-            let notified = self.revocations.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_revoked(grant) {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Reserves one message under `limits` at `now`: every counter is charged, or none.
-    pub(crate) fn reserve(&self, limits: &[Limit], now: u64) -> Result<(), Budget> {
-        if limits.is_empty() {
-            return Ok(());
-        }
-        let mut counts = lock(&self.counts);
-        let mut windows = lock(&self.windows);
-        let new_keys = limits
-            .iter()
-            .filter(|limit| !counts.contains_key(&limit.key) && !windows.contains_key(&limit.key))
-            .count();
-        if counts.len() + windows.len() + new_keys > MAX_COUNTERS {
-            return Err(Budget::TooManyCounters);
-        }
-        for limit in limits {
-            match limit.kind {
-                LimitKind::Messages(max) => {
-                    if counts.get(&limit.key).copied().unwrap_or(0) >= u64::from(max) {
-                        return Err(Budget::Exhausted);
-                    }
-                }
-                LimitKind::Rate { messages, per_secs } => {
-                    if let Some(window) = windows.get(&limit.key) {
-                        let end = window.start.saturating_add(u64::from(per_secs));
-                        if now < end && window.used >= messages {
-                            return Err(Budget::Wait(end - now));
-                        }
-                    }
-                }
-                _ => return Err(Budget::Exhausted),
-            }
-        }
-        for limit in limits {
-            match limit.kind {
-                LimitKind::Messages(_) => *counts.entry(limit.key).or_insert(0) += 1,
-                LimitKind::Rate { per_secs, .. } => {
-                    let window = windows.entry(limit.key).or_insert(Window {
-                        start: now,
-                        used: 0,
-                    });
-                    if now >= window.start.saturating_add(u64::from(per_secs)) {
-                        *window = Window {
-                            start: now,
-                            used: 0,
-                        };
-                    }
-                    window.used += 1;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives back `n` reserved messages that were not delivered.
-    pub(crate) fn release(&self, limits: &[Limit], n: u64) {
-        if n == 0 {
-            return;
-        }
-        let mut counts = lock(&self.counts);
-        for limit in limits {
-            if let LimitKind::Messages(_) = limit.kind {
-                if let Some(count) = counts.get_mut(&limit.key) {
-                    *count = count.saturating_sub(n);
-                }
-            }
-        }
-    }
-
-    /// How many messages were delivered under the counter `key`.
-    pub(crate) fn count(&self, key: &CounterKey) -> u64 {
-        lock(&self.counts).get(key).copied().unwrap_or(0)
-    }
-
-    fn root(&self, address: &Address, key: &crate::SecretKey) -> Tag {
-        let id = (address.grant(), address.expires());
-        if let Some((_, tag)) = lock(&self.roots).iter().find(|(k, _)| *k == id) {
-            return *tag;
-        }
-        let tag = address.root_tag(key);
-        let mut roots = lock(&self.roots);
-        if roots.len() == ROOT_CACHE {
-            roots.remove(0);
-        }
-        roots.push((id, tag));
-        tag
-    }
-}
-
-/// The counter keys of the "max messages" caveats among `limits`: what a durable mailbox
-/// counts in its store.
-pub(crate) fn durable_counters(limits: &[Limit]) -> Vec<CounterKey> {
-    limits
-        .iter()
-        .filter(|limit| matches!(limit.kind, LimitKind::Messages(_)))
-        .map(|limit| limit.key)
-        .collect()
-}
-
-/// An address that passed every check: where its messages go and what they are charged to.
-#[derive(Clone)]
-pub(crate) struct Authorized {
-    pub(crate) handle: MailboxHandle,
-    pub(crate) grant: GrantId,
-    pub(crate) limits: Vec<Limit>,
-}
-
-impl Authorized {
-    /// Resolves once the address's grant is revoked: what a stream or watch opened under it
-    /// waits on, to end with REVOKED (PROTOCOL.md §4.11).
-    pub(crate) fn revoked(&self) -> impl Future<Output = ()> + Send + 'static {
-        let caps = self.handle.caps.clone();
-        let grant = self.grant;
-        async move { caps.revoked(grant).await }
-    }
-}
-
-/// Decodes postcard bytes as exactly one `T`, with nothing left over.
-pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
-    match postcard::take_from_bytes(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(PayloadError::TrailingBytes(rest.len())),
-        Err(error) => Err(PayloadError::Postcard(error)),
-    }
-}
-
-/// What the node keeps per open mailbox.
-struct MailboxEntry {
-    handle: MailboxHandle,
-    /// Tells this mailbox from a later one re-created with the same id.
-    generation: u64,
-    /// (expiry, signature) of addresses of this mailbox that passed `verify_strict`, so each
-    /// distinct address costs one signature check however many streams present it. The expiry
-    /// is part of the key because the signature covers it; node and mailbox are this entry's.
-    verified: Mutex<Vec<Verified>>,
-}
-
-const VERIFIED_CACHE: usize = 8;
-
-/// The node's table of open mailboxes.
-#[derive(Default)]
-pub(crate) struct Mailboxes {
-    map: RwLock<HashMap<MailboxId, Arc<MailboxEntry>>>,
-    generations: std::sync::atomic::AtomicU64,
-}
-
-impl Mailboxes {
-    /// Opens mailbox `id`, replacing (and closing) any open one with the same id. Returns the
-    /// generation to close it by.
-    pub(crate) fn insert(&self, id: MailboxId, handle: MailboxHandle) -> u64 {
-        let generation = self
-            .generations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let entry = Arc::new(MailboxEntry {
-            handle,
-            generation,
-            verified: Mutex::new(Vec::new()),
-        });
-        if let Some(previous) = write(&self.map).insert(id, entry) {
-            previous.handle.closed.cancel();
-        }
-        generation
-    }
-
-    /// Closes mailbox `id` if it is still the one opened as `generation`.
-    pub(crate) fn remove(&self, id: MailboxId, generation: u64) {
-        let mut map = write(&self.map);
-        if map
-            .get(&id)
-            .is_some_and(|entry| entry.generation == generation)
-        {
-            if let Some(entry) = map.remove(&id) {
-                entry.handle.closed.cancel();
-            }
-        }
-    }
-
-    pub(crate) fn clear(&self) {
-        for (_, entry) in write(&self.map).drain() {
-            entry.handle.closed.cancel();
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        read(&self.map).len()
-    }
-
-    /// Messages queued in all open mailboxes, not yet taken by the application.
-    pub(crate) fn depth(&self) -> u64 {
-        read(&self.map)
-            .values()
-            .map(|entry| {
-                let queue = &entry.handle.queue;
-                (queue.max_capacity() - queue.capacity()) as u64
-            })
-            .sum()
-    }
-
-    /// Checks that `address` grants `peer` the `usage` of an open mailbox of this node,
-    /// cheapest checks first (PROTOCOL.md §4.9, §4.11): node id and expiry, the mailbox
-    /// exists, its grant is not revoked, the stateless caveats (holder, service, unknown
-    /// kinds), then the proof: the signature (cached) or the caveat chain (its root cached),
-    /// and last whether the counting caveats have room.
-    pub(crate) fn authorize(
-        &self,
-        node: &NodeInner,
-        address: &Address,
-        peer: &NodeId,
-        usage: Usage<'_>,
-    ) -> Result<Authorized, SendError> {
-        address.check_cheap(&node.id, node.clock.unix_now())?;
-        let entry = read(&self.map)
-            .get(&address.mailbox())
-            .cloned()
-            .ok_or(SendError::NoSuchMailbox)?;
-        let caps = &entry.handle.caps;
-        if caps.is_revoked(address.grant()) {
-            return Err(SendError::Revoked);
-        }
-        address.check_usage(peer, usage)?;
-        let limits = match address.signature() {
-            Some(signature) => {
-                let signed = (address.grant(), address.expires(), *signature);
-                if !lock(&entry.verified).contains(&signed) {
-                    node.stats.count_signature_check();
-                    address.verify_signature().map_err(|e: VerifyError| {
-                        node.stats.count_forged();
-                        SendError::from(e)
-                    })?;
-                    let mut verified = lock(&entry.verified);
-                    if verified.len() == VERIFIED_CACHE {
-                        verified.remove(0);
-                    }
-                    verified.push(signed);
-                }
-                Vec::new()
-            }
-            None => {
-                let root = caps.root(address, &node.net.key);
-                address.verify_chain(&root).map_err(|e: VerifyError| {
-                    node.stats.count_forged();
-                    SendError::from(e)
-                })?
-            }
-        };
-        // A "max messages" caveat already used up is refused at once.
-        for limit in &limits {
-            if let LimitKind::Messages(max) = limit.kind {
-                if caps.count(&limit.key) >= u64::from(max) {
-                    return Err(SendError::Exhausted);
-                }
-            }
-        }
-        Ok(Authorized {
-            handle: entry.handle.clone(),
-            grant: address.grant(),
-            limits,
-        })
-    }
-}
-
-fn queue_of(node: &NodeInner, id: MailboxId) -> Option<mpsc::Sender<Message>> {
-    read(&node.mailboxes.map)
-        .get(&id)
-        .map(|entry| entry.handle.queue.clone())
-}
+use crate::address::{Address, GrantId, MailboxId};
+use crate::error::{AttachError, RecvError, RevokeError};
+use crate::registry::mailboxes::{Caps, Durable, MailboxHandle, Message, Receipt};
+use crate::runtime::Runtime;
+use crate::store::StoredMessage;
 
 /// Queues the messages a durable mailbox held when it opened, then lets new ones through.
 async fn replay(
@@ -551,13 +47,13 @@ async fn replay(
 /// Receive with [`recv`](Mailbox::recv) / [`recv_timeout`](Mailbox::recv_timeout), or attach
 /// a [`handler`](Mailbox::set_handler) or take a [`stream`](Mailbox::messages): one form only,
 /// the others then fail with a clear error. Dropping the mailbox (or [`close`](Mailbox::close))
-/// revokes its address: senders get [`SendError::NoSuchMailbox`].
+/// revokes its address: senders get [`SendError::NoSuchMailbox`](crate::SendError::NoSuchMailbox).
 pub struct Mailbox {
     id: MailboxId,
     generation: u64,
     closed: CancellationToken,
     address: Address,
-    pub(crate) node: Weak<NodeInner>,
+    pub(crate) node: Weak<Runtime>,
     receiver: tokio::sync::Mutex<Option<mpsc::Receiver<Message>>>,
     /// Whether the receiver was given to a handler or stream.
     attached: std::sync::atomic::AtomicBool,
@@ -575,7 +71,7 @@ impl Mailbox {
     pub(crate) fn new(
         id: MailboxId,
         address: Address,
-        node: &Arc<NodeInner>,
+        node: &Arc<Runtime>,
         capacity: usize,
         durable: Option<(Arc<Durable>, Vec<StoredMessage>)>,
     ) -> Self {
@@ -603,7 +99,7 @@ impl Mailbox {
             node.tasks.spawn(replay(
                 durable.clone(),
                 pending,
-                queue_of(node, id),
+                node.mailboxes.queue(id),
                 closed.clone(),
             ));
         }
@@ -635,9 +131,9 @@ impl Mailbox {
     }
 
     /// Revokes `grant`: its addresses and every address derived from them are refused from
-    /// now on with [`SendError::Revoked`] (wire code REVOKED). Streams already open under it
+    /// now on with [`SendError::Revoked`](crate::SendError::Revoked) (wire code REVOKED). Streams already open under it
     /// deliver no further message and are closed with REVOKED at once (their senders'
-    /// unacknowledged messages fail with [`SendError::Revoked`]; what was acknowledged stays
+    /// unacknowledged messages fail with [`SendError::Revoked`](crate::SendError::Revoked); what was acknowledged stays
     /// delivered), and watches of its addresses end with
     /// [`DownReason::InvalidAddress`](crate::DownReason::InvalidAddress)`(Revoked)`. The
     /// mailbox and its other grants are untouched. Revoking [`GrantId::DEFAULT`] voids every
@@ -788,4 +284,9 @@ impl Drop for Mailbox {
             node.mailboxes.remove(self.id, self.generation);
         }
     }
+}
+
+pub(crate) fn new_mailbox(node: &Arc<Runtime>, id: MailboxId, expires: Option<u64>) -> Mailbox {
+    let address = node.mint(id, expires);
+    Mailbox::new(id, address, node, node.config.mailbox_capacity, None)
 }

@@ -1,9 +1,8 @@
 //! The node: one QUIC endpoint, its mailboxes, its connections and conversations.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,93 +11,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::address::{Address, GrantId, MailboxId};
+use crate::address::{Address, MailboxId};
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
+use crate::conversation::Conversation;
 use crate::error::{
     BindError, DialError, MonitorError, OpenError, PingError, SendError, ServeError,
 };
 use crate::identity::{NodeId, SecretKey};
-use crate::mailbox::{Caps, Durable, Mailbox, Mailboxes};
+use crate::mailbox::{self, Mailbox};
 use crate::net::connection::{self};
 use crate::net::tls::{self};
 use crate::net::Net;
-use crate::outbound::{ConversationKey, Outbound, Sender};
+use crate::outbound::Sender;
+use crate::registry::mailboxes::{Caps, Durable};
+use crate::runtime::Runtime;
 use crate::stats::NodeStats;
 use crate::stats::{SendFailures, Stats};
 use crate::store::{MailboxStore, StoreError};
-use crate::streams::conversation::Conversation;
-use crate::streams::inbound::DedupTable;
 use crate::streams::monitor::Monitor;
 use crate::streams::service::{Call, Service, ServiceHandle, ServiceOptions, Target};
 use crate::sync::lock;
 use crate::Route;
 
-impl NodeInner {
-    /// A capability address for `mailbox` with this node's dial hints and relay hints.
-    pub(crate) fn mint(&self, mailbox: MailboxId, expires: Option<u64>) -> Address {
-        self.mint_grant(mailbox, GrantId::DEFAULT, expires)
-    }
-
-    /// Signs an address of `mailbox` under `grant`, with the node's hints.
-    pub(crate) fn mint_grant(
-        &self,
-        mailbox: MailboxId,
-        grant: GrantId,
-        expires: Option<u64>,
-    ) -> Address {
-        let mut address = Address::mint_grant(
-            &self.net.key,
-            mailbox,
-            grant,
-            expires,
-            self.net.dial_hints(),
-        );
-        for (relay, relay_addr) in &self.config.relays {
-            address = address.with_relay(*relay, *relay_addr);
-        }
-        address
-    }
-
-    /// Whether shutdown has begun: no new messages are accepted for sending.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-}
-
-/// A node: its network ([`Net`]: endpoints, connections, routes) and what it serves and sends
-/// over it (mailboxes, services, conversations, watches).
-pub(crate) struct NodeInner {
-    pub(crate) id: NodeId,
-    pub(crate) config: NodeConfig,
-    pub(crate) net: Arc<Net>,
-    pub(crate) mailboxes: Mailboxes,
-    pub(crate) services: crate::streams::service::Services,
-    pub(crate) conversations: Mutex<HashMap<ConversationKey, Arc<Outbound>>>,
-    pub(crate) dedup: DedupTable,
-    /// Bytes in the receive buffers of all mailbox streams (`max_buffered_bytes`).
-    pub(crate) buffered: Arc<crate::net::limits::ByteBudget>,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) cancel: CancellationToken,
-    /// Set at the start of shutdown; an atomic load where the token would take a lock.
-    closing: std::sync::atomic::AtomicBool,
-    pub(crate) tasks: TaskTracker,
-    /// Cancelled once the node takes streams from its peers ([`Node::serve_streams`]).
-    pub(crate) serving: CancellationToken,
-    /// Cancelled once shutdown's grace for tasks has passed: service handlers still running
-    /// then are dropped, so a handler that never returns cannot hold the shutdown up.
-    pub(crate) halt: CancellationToken,
-    /// Watches of other nodes' mailboxes, shared per watched address.
-    pub(crate) watches: crate::streams::monitor::Watches,
-    /// The wall clock addresses' expiry is checked against.
-    pub(crate) clock: Arc<dyn Clock>,
-}
-
 /// A ferry node: an ed25519 identity, one QUIC endpoint, and mailboxes reachable by
 /// capability addresses. Cheap to clone; all clones are the same node.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<NodeInner>,
+    inner: Arc<Runtime>,
     inbox: Arc<Mailbox>,
 }
 
@@ -114,7 +54,7 @@ impl std::fmt::Debug for Node {
 #[cfg(test)]
 impl Node {
     /// The node's internals, for in-crate tests.
-    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+    pub(crate) fn inner(&self) -> &Arc<Runtime> {
         &self.inner
     }
 }
@@ -223,32 +163,12 @@ impl Node {
         };
         let net = Net::bind(key, config.clone(), alpn, shared)?;
         let id = net.id;
-        let buffered = Arc::new(crate::net::limits::ByteBudget::new(
-            config.max_buffered_bytes,
-        ));
-        let inner = Arc::new(NodeInner {
-            id,
-            config,
-            net,
-            mailboxes: Mailboxes::default(),
-            services: crate::streams::service::Services::default(),
-            conversations: Mutex::new(HashMap::new()),
-            dedup: DedupTable::default(),
-            buffered,
-            stats,
-            cancel,
-            closing: std::sync::atomic::AtomicBool::new(false),
-            tasks,
-            serving: CancellationToken::new(),
-            halt: CancellationToken::new(),
-            watches: crate::streams::monitor::Watches::default(),
-            clock,
-        });
+        let inner = Arc::new(Runtime::new(config, net, stats, cancel, tasks, clock));
         let span = tracing::info_span!("node", id = %id.short());
         inner
             .net
             .start(Arc::new(crate::streams::Server::new(&inner)), &span);
-        let inbox = Arc::new(new_mailbox(&inner, MailboxId::random(), None));
+        let inbox = Arc::new(mailbox::new_mailbox(&inner, MailboxId::random(), None));
         Ok(Self { inner, inbox })
     }
 
@@ -269,19 +189,19 @@ impl Node {
 
     /// Creates a mailbox with a fresh random id and an address that never expires.
     pub fn mailbox(&self) -> Mailbox {
-        new_mailbox(&self.inner, MailboxId::random(), None)
+        mailbox::new_mailbox(&self.inner, MailboxId::random(), None)
     }
 
     /// Creates a mailbox whose address expires at `expires` (seconds since the Unix epoch).
     pub fn mailbox_expiring(&self, expires: u64) -> Mailbox {
-        new_mailbox(&self.inner, MailboxId::random(), Some(expires))
+        mailbox::new_mailbox(&self.inner, MailboxId::random(), Some(expires))
     }
 
     /// Creates (or re-creates, after a restart) the mailbox with a given id, so its address
     /// stays the same across restarts of a node with the same key. Any open mailbox with the
     /// same id stops receiving.
     pub fn mailbox_with_id(&self, id: MailboxId) -> Mailbox {
-        new_mailbox(&self.inner, id, None)
+        mailbox::new_mailbox(&self.inner, id, None)
     }
 
     /// Opens mailbox `id` backed by `store` (see [`crate::store`]): every message is stored
@@ -534,7 +454,7 @@ impl Node {
     /// 3 × `grace` + 1 s, whatever handlers do (docs/PROTOCOL.md §6.9).
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
-        inner.closing.store(true, Ordering::Release);
+        inner.begin_closing();
         crate::outbound::drain(inner, grace).await;
         inner.cancel.cancel();
         inner.tasks.close();
@@ -549,9 +469,4 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.net.wait_idle()).await;
         info!(id = %inner.id.short(), "node stopped");
     }
-}
-
-pub(crate) fn new_mailbox(node: &Arc<NodeInner>, id: MailboxId, expires: Option<u64>) -> Mailbox {
-    let address = node.mint(id, expires);
-    Mailbox::new(id, address, node, node.config.mailbox_capacity, None)
 }

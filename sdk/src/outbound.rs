@@ -9,7 +9,6 @@
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::{BTreeMap, VecDeque};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -21,85 +20,19 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
-use crate::address::{Address, LimitKind, MailboxId, Usage};
+use crate::address::{Address, LimitKind, Usage};
 use crate::error::{DialError, SendError, StreamError};
 use crate::frame::ErrorCode;
-use crate::mailbox::{durable_counters, Authorized, Budget, Message};
 use crate::net::connection::{self, ConnCode, Link};
 use crate::net::liveness::Probed;
-use crate::node::NodeInner;
+use crate::registry::mailboxes::{durable_counters, Authorized, Budget, Message};
+use crate::registry::outbound::{ConversationKey, Outbound, Progress, Queue};
+use crate::runtime::Runtime;
 use crate::sync::lock;
 use ferry_proto::sender::{self as proto, Action, Loss, RunFailure};
 
 /// Per-message failures remembered for their [`Delivery`]s (they are rare: oversize only).
 const MAX_REMEMBERED_FAILURES: usize = 1024;
-
-/// Identifies a conversation: all messages from one mailbox to one target address share it.
-/// The whole signed core is part of the key, so every distinct address (another expiry, or a
-/// tampered copy) is presented to, and checked by, the receiver on its own stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ConversationKey {
-    from: MailboxId,
-    /// The target's capability field (its core, or its grant and caveat chain).
-    target: Box<[u8]>,
-}
-
-impl std::hash::Hash for ConversationKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The mailbox ids and the tail of the signature already spread keys well; hashing all
-        // 120 bytes showed up in profiles.
-        self.from.hash(state);
-        // The field's format byte, then the mailbox id; then the last 16 bytes (signature or
-        // tag).
-        state.write(self.target.get(33..41).unwrap_or_default());
-        state.write(
-            self.target
-                .get(self.target.len().saturating_sub(16)..)
-                .unwrap_or_default(),
-        );
-    }
-}
-
-/// How far a conversation has got, as seen by waiting [`Delivery`]s.
-#[derive(Debug, Default)]
-struct Progress {
-    /// Every ticket below this is resolved: acknowledged, or listed in `failed`.
-    resolved_below: u64,
-    failed: BTreeMap<u64, SendError>,
-    /// The conversation ended with this error: every unresolved ticket failed with it.
-    fatal: Option<SendError>,
-}
-
-#[derive(Default)]
-struct Queue {
-    next_ticket: u64,
-    items: VecDeque<(u64, Bytes)>,
-    /// Set when the task ended (idle or failed): senders must start a new conversation.
-    closed: bool,
-}
-
-/// The shared state of one outgoing conversation.
-pub(crate) struct Outbound {
-    key: ConversationKey,
-    target: Address,
-    from: Address,
-    window: Semaphore,
-    /// The window's size, `send_window`.
-    window_size: usize,
-    queue: Mutex<Queue>,
-    wake: Notify,
-    progress: watch::Sender<Progress>,
-    /// Set while the target cannot be reached: a full window then fails sends at once.
-    unreachable: std::sync::atomic::AtomicBool,
-}
-
-impl Outbound {
-    /// Bytes of the window in use: messages queued or unacknowledged.
-    pub(crate) fn outstanding_bytes(&self) -> u64 {
-        self.window_size
-            .saturating_sub(self.window.available_permits()) as u64
-    }
-}
 
 fn cost(payload: &Bytes) -> u32 {
     // max_message_size is validated to at most 1 GiB, so this fits.
@@ -107,7 +40,7 @@ fn cost(payload: &Bytes) -> u32 {
 }
 
 /// Returns the live conversation for `key`, starting one if needed.
-fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<Outbound> {
+fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Outbound> {
     let key = ConversationKey {
         from: from.mailbox(),
         target: target.to_cap_bytes().into_boxed_slice(),
@@ -138,7 +71,7 @@ fn conversation(node: &Arc<NodeInner>, from: &Address, target: &Address) -> Arc<
 /// Sends messages from one mailbox to one address, in order. Cheap to clone; all clones and
 /// all other senders between the same two mailboxes share one ordered stream.
 pub struct Sender {
-    node: Arc<NodeInner>,
+    node: Arc<Runtime>,
     from: Address,
     target: Address,
     /// For a mailbox on this node: its queue, skipping the network.
@@ -169,14 +102,12 @@ impl std::fmt::Debug for Sender {
 }
 
 impl Sender {
-    pub(crate) fn new(node: &Arc<NodeInner>, from: Address, target: &Address) -> Self {
+    pub(crate) fn new(node: &Arc<Runtime>, from: Address, target: &Address) -> Self {
         for (relay, relay_addr) in target.relays() {
             node.net.peers.add_relay(target.node(), relay, relay_addr);
         }
-        let local = (target.node() == node.id).then(|| {
-            node.mailboxes
-                .authorize(node, target, &node.id, Usage::Messages)
-        });
+        let local =
+            (target.node() == node.id).then(|| node.authorize(target, &node.id, Usage::Messages));
         Self {
             node: node.clone(),
             from,
@@ -398,7 +329,7 @@ struct OpenStream {
 /// Drives one conversation run: the protocol is [`proto::Sender`]; this task carries out what
 /// it asks (open streams, write, reset, probe, redial) and feeds it what happens (bytes read,
 /// streams lost, messages queued, the time).
-async fn run(outbound: Arc<Outbound>, node: Arc<NodeInner>) {
+async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
     let config = &node.config;
     let mut random = [0u8; 16];
     crate::identity::fill_random(&mut random);
@@ -589,7 +520,7 @@ fn pull_queued(outbound: &Outbound, sm: &mut proto::Sender<SendError>) {
 /// Opens a stream to `peer` (dialing it at `hints` if needed) and writes `head` (kind and
 /// OPEN).
 async fn open(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     peer: crate::identity::NodeId,
     hints: &[std::net::SocketAddr],
     head: &[u8],
@@ -703,7 +634,7 @@ fn varint(code: ErrorCode) -> quinn::VarInt {
 /// not, or whose own answer will not change (another identity, another protocol version, a
 /// refusal), fails the run now.
 fn dial_failure(
-    node: &NodeInner,
+    node: &Runtime,
     peer: crate::identity::NodeId,
     error: DialError,
 ) -> (SendError, Loss) {
@@ -778,7 +709,7 @@ fn read_failure(error: quinn::ReadError) -> (SendError, Loss) {
 }
 
 /// Ends the conversation if nothing is queued. Returns whether it ended.
-fn close_if_idle(outbound: &Arc<Outbound>, node: &NodeInner) -> bool {
+fn close_if_idle(outbound: &Arc<Outbound>, node: &Runtime) -> bool {
     let mut map = lock(&node.conversations);
     let mut queue = lock(&outbound.queue);
     if !queue.items.is_empty() {
@@ -796,7 +727,7 @@ fn close_if_idle(outbound: &Arc<Outbound>, node: &NodeInner) -> bool {
 }
 
 /// Ends the conversation, failing every message not yet acknowledged with `error`.
-fn fail_all(outbound: &Arc<Outbound>, node: &NodeInner, error: SendError) {
+fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
     debug!(%error, "conversation failed");
     node.stats.count_send_failure(&error);
     {
@@ -818,7 +749,7 @@ fn fail_all(outbound: &Arc<Outbound>, node: &NodeInner, error: SendError) {
 }
 
 /// Waits until no conversation has messages in flight, or `grace` passes.
-pub(crate) async fn drain(node: &NodeInner, grace: Duration) {
+pub(crate) async fn drain(node: &Runtime, grace: Duration) {
     let deadline = Instant::now() + grace;
     loop {
         let pending: Vec<Arc<Outbound>> = lock(&node.conversations).values().cloned().collect();

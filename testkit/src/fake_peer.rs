@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use ferry::frame::{self, Frame};
-use ferry::{NodeId, SecretKey};
+use ferry::frame::{self, Frame, Open, StreamKind};
+use ferry::{Address, MailboxId, Node, NodeId, SecretKey};
 
 /// A hand-driven peer: a QUIC endpoint on loopback whose TLS certificate proves `key`, as a
 /// node's does, and nothing else; the test drives its connections and streams itself.
@@ -160,5 +160,54 @@ pub async fn read_close(
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             _ => return close,
         }
+    }
+}
+
+/// A fake peer connected to `node`, with an address of one of its mailboxes, so that it gets
+/// past OPEN and can misbehave inside a mailbox stream.
+pub struct Intruder {
+    /// Its connection to the node.
+    pub connection: quinn::Connection,
+    /// The stream kind byte and the OPEN frame that start a mailbox stream to the target.
+    pub open: Vec<u8>,
+    /// The fake peer it is (its key signs its own addresses).
+    pub fake: FakePeer,
+}
+
+impl Intruder {
+    /// Connects to `node`, to send to `target` (one of its mailboxes) from a mailbox of its own.
+    pub async fn connect(node: &Node, target: &Address) -> Self {
+        let fake = FakePeer::bind(0);
+        let connection = fake.connect(node.id(), node.local_addr()).await;
+        let from = Address::mint(&fake.key, MailboxId(1), None, vec![]);
+        let mut epoch = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut epoch)
+            .expect("the system RNG");
+        let mut open = vec![StreamKind::Mailbox as u8];
+        frame::put_frame(
+            &mut open,
+            &Frame::Open(Box::new(Open {
+                target: target.without_hints(),
+                from,
+                epoch: u64::from_be_bytes(epoch),
+                first_seq: 0,
+            })),
+        );
+        Self {
+            connection,
+            open,
+            fake,
+        }
+    }
+
+    /// Opens a mailbox stream, writes OPEN and reads the node's ACCEPT.
+    pub async fn open_stream(&self) -> (quinn::SendStream, quinn::RecvStream, BytesMut) {
+        let (mut send, mut recv) = self.connection.open_bi().await.unwrap();
+        send.write_all(&self.open).await.unwrap();
+        let mut buf = BytesMut::new();
+        let accept = read_frame(&mut recv, &mut buf).await.unwrap();
+        let (frame, _) = frame::decode_frame(&accept, 64).unwrap().unwrap();
+        assert!(matches!(frame, Frame::Accept { .. }), "{frame:?}");
+        (send, recv, buf)
     }
 }

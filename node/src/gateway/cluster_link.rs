@@ -10,9 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry::Address;
 
-use super::delivery::DeliverError;
 use super::protocol::{ServerFrame, Via};
 use super::shared::Shared;
+use crate::cluster::DeliverError;
 use crate::cluster::{
     ClusterError, ClusterFuture, Inbound, Member, Position, PresenceEvent, Route,
 };

@@ -11,35 +11,9 @@ use ferry::store::StoreFuture;
 use super::protocol::{self, Via};
 use super::session::Session;
 use super::shared::Shared;
+use crate::cluster::DeliverError;
 use crate::store::Appended;
 use crate::sync::lock;
-
-/// Why a message could not be put into a session's mailbox.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DeliverError {
-    /// No session with that id (or of that user, or member of that channel).
-    #[error("no such session")]
-    NoSuchSession,
-    /// The session's store is full: the message was dropped (and the session's next resume
-    /// reports `recovered: false`).
-    #[error("the session's mailbox is full")]
-    Full,
-    /// The store failed.
-    #[error("storing the message: {0}")]
-    Store(ferry::StoreError),
-    /// The cluster did not take the message (NATS unavailable).
-    #[error("{0}")]
-    Unavailable(String),
-    /// The payload exceeds the node's `max_message_size`.
-    #[error("message of {size} bytes exceeds the limit of {max}")]
-    TooLarge {
-        /// The payload size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-}
 
 impl Shared {
     /// Puts `payload` into the mailboxes of `sessions`, stored once (one write, one row

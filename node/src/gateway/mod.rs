@@ -50,10 +50,10 @@ use axum::Router;
 use ferry::Node;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::cluster::DeliverError;
 pub use admission::READ_BUFFER;
 pub use auth::{AuthError, AuthRequest, Identity, InvalidCredentials};
 pub use config::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions, StaticToken};
-pub use delivery::DeliverError;
 pub use handle::{json_payload, GatewayHandle};
 pub use hooks::{Disconnect, EndReason, HookFuture, Hooks, NoHooks, Verdict};
 pub use http::{FERRY_D_TS, FERRY_JS};

@@ -15,7 +15,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::AuthRequest;
 use super::channels;
-use super::delivery::DeliverError;
 use super::hooks::{Disconnect, Verdict};
 use super::journal::Arrival;
 use super::limits::{OutQueue, QueueError};
@@ -25,6 +24,7 @@ use super::protocol::{
 use super::session::Session;
 use super::shared::Shared;
 use crate::clock::unix_now;
+use crate::cluster::DeliverError;
 use crate::cluster::{ClusterError, Route};
 use crate::sync::lock;
 

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use ferry::{Address, Mailbox, MailboxId};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::DeliverError;
 use super::hooks::Disconnect;
 use super::journal::{Arrival, Journal};
 use super::limits::{OutQueue, QueueError};
 use super::protocol::{close, Encoded, MessageTemplate, ServerFrame, Via};
 use crate::clock::unix_now;
+use crate::cluster::DeliverError;
 use crate::random::random;
 use crate::store::{Appended, SessionStore};
 use crate::sync::lock;

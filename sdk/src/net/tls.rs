@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use crate::error::TlsSetupError;
 use crate::identity::{NodeId, SecretKey};
 use crate::sync::lock;
 
@@ -26,24 +27,6 @@ pub const ALPN: &[u8] = b"ferry/1";
 /// The crypto provider ferry uses everywhere (ring), passed explicitly to every config.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Why the TLS configuration could not be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsSetupError {
-    /// The key could not be encoded for rcgen.
-    #[error("encoding the node key: {0}")]
-    KeyEncoding(#[source] ed25519_dalek::pkcs8::Error),
-    /// rcgen refused to make the certificate.
-    #[error("making the certificate: {0}")]
-    Certificate(#[from] rcgen::Error),
-    /// rustls refused the configuration.
-    #[error("configuring TLS: {0}")]
-    Rustls(#[from] rustls::Error),
-    /// quinn refused the rustls configuration.
-    #[error("configuring QUIC crypto: {0}")]
-    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// What a certificate says about the peer.

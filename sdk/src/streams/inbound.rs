@@ -15,57 +15,22 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
-use crate::address::{Address, Limit, MailboxId, Usage};
+use crate::address::{Address, Limit, Usage};
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
-use crate::mailbox::{durable_counters, Authorized, Budget, Caps, MailboxHandle, Message};
 use crate::net::limits::{Held, OverBudget, PeerGuard};
-use crate::node::NodeInner;
+use crate::registry::mailboxes::{
+    durable_counters, Authorized, Budget, Caps, MailboxHandle, Message,
+};
+use crate::runtime::Runtime;
 use crate::store::RunId;
-use crate::sync::lock;
-use ferry_proto::receiver::{self, Incoming, Receiver, RunState, Violation};
-
-/// (sending node, sending mailbox, target mailbox, epoch): one run of one conversation.
-type DedupKey = (NodeId, MailboxId, MailboxId, u64);
-
-/// Per-conversation-run duplicate suppression, bounded by `max_dedup_entries`. A run's state
-/// is locked (asynchronously) by the stream delivering a batch of it; a run some stream holds
-/// is in use and is not forgotten.
-#[derive(Default)]
-pub(crate) struct DedupTable {
-    inner: std::sync::Mutex<receiver::DedupTable<DedupKey, Arc<AsyncMutex<RunState>>>>,
-}
-
-impl DedupTable {
-    fn entry(&self, key: DedupKey, max: usize) -> Arc<AsyncMutex<RunState>> {
-        lock(&self.inner)
-            .entry(
-                key,
-                max,
-                |state| Arc::strong_count(state) > 1,
-                || Arc::new(AsyncMutex::new(RunState::default())),
-            )
-            .clone()
-    }
-
-    /// Forgets a run the sender ended: it finishes a stream only when everything was
-    /// acknowledged and it will never use that epoch again.
-    fn remove(&self, key: &DedupKey) {
-        lock(&self.inner).remove(key);
-    }
-
-    /// Number of runs remembered.
-    pub(crate) fn len(&self) -> usize {
-        lock(&self.inner).len()
-    }
-}
+use ferry_proto::receiver::{Incoming, Receiver, Violation};
 
 /// Serves one mailbox stream opened by `peer`. The stream kind byte was already read.
 pub(crate) async fn serve(
-    node: Arc<NodeInner>,
+    node: Arc<Runtime>,
     guard: Arc<PeerGuard>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -426,7 +391,7 @@ const STORE_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(5
 /// Queues `message` in the mailbox, waiting for room (which stops reading the stream, so only
 /// this sender slows down).
 async fn enqueue(
-    node: &NodeInner,
+    node: &Runtime,
     mailbox: &MailboxHandle,
     message: Message,
 ) -> Result<(), (ErrorCode, &'static str)> {
@@ -479,19 +444,14 @@ async fn read_open(
         .unwrap_or_else(|_| Err((ErrorCode::TIMEOUT, "no open frame in time".into())))
 }
 
-fn authorize(
-    node: &NodeInner,
-    peer: NodeId,
-    open: &Open,
-) -> Result<Authorized, (ErrorCode, String)> {
+fn authorize(node: &Runtime, peer: NodeId, open: &Open) -> Result<Authorized, (ErrorCode, String)> {
     if open.from.node() != peer {
         return Err((
             ErrorCode::FROM_MISMATCH,
             "from address is not the sending node's".into(),
         ));
     }
-    node.mailboxes
-        .authorize(node, &open.target, &peer, Usage::Messages)
+    node.authorize(&open.target, &peer, Usage::Messages)
         .map_err(|error| (error.wire_code(), error.to_string()))
 }
 

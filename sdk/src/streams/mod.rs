@@ -1,9 +1,8 @@
 //! What flows over connections: the stream kinds of docs/PROTOCOL.md §5.1 and the node's
 //! side of each — mailbox streams into this node's mailboxes ([`inbound`]), conversations,
-//! calls and lookups with its services ([`service`], [`conversation`]), watches of its
+//! calls and lookups with its services ([`service`], [`crate::conversation`]), watches of its
 //! mailboxes ([`monitor`]), and the built-in ping ([`ping`]).
 
-pub(crate) mod conversation;
 pub(crate) mod inbound;
 pub(crate) mod monitor;
 pub(crate) mod ping;
@@ -15,15 +14,15 @@ use tracing::{debug, Instrument};
 
 use crate::frame::{ErrorCode, StreamKind};
 use crate::identity::NodeId;
-use crate::node::NodeInner;
+use crate::runtime::Runtime;
 
 /// The node's stream server: every connection the network takes into use gets a task that
 /// takes the streams its peer opens and hands each to its kind's handler (the one dispatch
 /// point of stream kinds).
-pub(crate) struct Server(Weak<NodeInner>);
+pub(crate) struct Server(Weak<Runtime>);
 
 impl Server {
-    pub(crate) fn new(node: &Arc<NodeInner>) -> Self {
+    pub(crate) fn new(node: &Arc<Runtime>) -> Self {
         Self(Arc::downgrade(node))
     }
 }
@@ -41,7 +40,7 @@ impl crate::net::StreamServer for Server {
 }
 
 /// Serves the streams `peer` opens on `connection` until it closes.
-async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: NodeId) {
+async fn serve_connection(node: Arc<Runtime>, connection: quinn::Connection, peer: NodeId) {
     // What this peer's mailbox streams hold in their receive buffers, and its violations.
     let guard = Arc::new(crate::net::limits::PeerGuard::new(
         peer,

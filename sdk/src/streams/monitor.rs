@@ -9,11 +9,10 @@
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
@@ -27,38 +26,9 @@ use crate::error::{DialError, MonitorError, SendError};
 use crate::frame::{self, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
 use crate::net::connection::{self, ConnCode};
-use crate::node::NodeInner;
+use crate::registry::watches::{DownReason, Watch, WatchEntry};
+use crate::runtime::Runtime;
 use crate::sync::lock;
-
-/// Why a watched mailbox or peer is down.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DownReason {
-    /// The mailbox was closed (its address revoked), or did not exist when the watch began.
-    MailboxClosed,
-    /// The address was refused: forged, expired, or naming another node.
-    InvalidAddress(SendError),
-    /// The watched node shut down.
-    NodeShutdown,
-    /// The connection stayed lost longer than the grace period (`monitor_grace`).
-    ConnectionLost,
-    /// The node cannot be reached at all (refused, wrong identity, no known address).
-    Unreachable(DialError),
-    /// This node is shutting down, so the watch ends.
-    LocalShutdown,
-    /// The watched node stayed connected but did not take the watch: no stream credit, or
-    /// no answer to `MONITOR`, within `open_timeout`, on every attempt for longer than
-    /// `monitor_grace`.
-    NoAnswer,
-    /// The watched node ended the watch with a `CLOSE` code that has no specific meaning to
-    /// a watcher (docs/PROTOCOL.md §11.4): at once for a protocol error (`TOO_LARGE`,
-    /// `PROTOCOL`, `FROM_MISMATCH`), after `monitor_grace` of retries for any other code.
-    Rejected {
-        /// The `CLOSE` code.
-        code: u64,
-        /// The watched node's reason.
-        reason: String,
-    },
-}
 
 /// A watch on a mailbox or a peer. Await it for the [`DownReason`]; dropping it stops
 /// watching (the watch itself ends once no [`Monitor`] of the same address is left).
@@ -98,76 +68,10 @@ impl Monitor {
     }
 }
 
-/// One running watch, shared by the [`Monitor`]s of one address; its task stops when the
-/// last of them is dropped.
-struct Watch {
-    down: watch::Receiver<Option<DownReason>>,
-    _stop: DropGuard,
-    /// Its entry in [`Watches`], for a watch of another node's mailbox.
-    entry: Option<WatchEntry>,
-}
-
-struct WatchEntry {
-    node: Weak<NodeInner>,
-    peer: NodeId,
-    key: Vec<u8>,
-    id: u64,
-}
-
-impl WatchEntry {
-    fn forget(&self) {
-        if let Some(node) = self.node.upgrade() {
-            node.watches.forget(self.peer, &self.key, self.id);
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if let Some(entry) = &self.entry {
-            entry.forget();
-        }
-    }
-}
-
-/// The node's watches of other nodes' mailboxes, per peer and watched address (its core:
-/// mailbox, expiry and signature), so that watches of one address share one stream.
-#[derive(Default)]
-pub(crate) struct Watches {
-    table: std::sync::Mutex<WatchTable>,
-}
-
-/// The watches of one peer, by watched address core: (id, watch).
-type PeerWatches = HashMap<Vec<u8>, (u64, Weak<Watch>)>;
-
-#[derive(Default)]
-struct WatchTable {
-    next_id: u64,
-    by_peer: HashMap<NodeId, PeerWatches>,
-}
-
-impl Watches {
-    /// Removes the watch `id` of `key` on `peer`, if it is still the registered one.
-    fn forget(&self, peer: NodeId, key: &[u8], id: u64) {
-        let mut table = lock(&self.table);
-        if let Some(watched) = table.by_peer.get_mut(&peer) {
-            if watched
-                .get(key)
-                .is_some_and(|(registered, _)| *registered == id)
-            {
-                watched.remove(key);
-            }
-            if watched.is_empty() {
-                table.by_peer.remove(&peer);
-            }
-        }
-    }
-}
-
 /// Runs `watch` on a task of the node until it reports, the node shuts down
 /// (`LocalShutdown`), or the returned guard is dropped. `done` runs before the report.
 fn spawn<F>(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     watch: F,
     done: impl FnOnce() + Send + 'static,
 ) -> (watch::Receiver<Option<DownReason>>, DropGuard)
@@ -194,7 +98,7 @@ where
 }
 
 pub(crate) fn monitor_mailbox(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     address: Address,
 ) -> Result<Monitor, MonitorError> {
     let peer = address.node();
@@ -225,13 +129,13 @@ pub(crate) fn monitor_mailbox(
     let id = table.next_id;
     table.next_id += 1;
     let entry = WatchEntry {
-        node: Arc::downgrade(node),
+        table: Arc::downgrade(&node.watches),
         peer,
         key: key.clone(),
         id,
     };
     let finished = WatchEntry {
-        node: Arc::downgrade(node),
+        table: Arc::downgrade(&node.watches),
         peer,
         key: key.clone(),
         id,
@@ -250,7 +154,7 @@ pub(crate) fn monitor_mailbox(
     Ok(Monitor::new(watch))
 }
 
-pub(crate) fn monitor_peer(node: &Arc<NodeInner>, peer: NodeId, hints: Vec<SocketAddr>) -> Monitor {
+pub(crate) fn monitor_peer(node: &Arc<Runtime>, peer: NodeId, hints: Vec<SocketAddr>) -> Monitor {
     let watching = node.clone();
     let (down, stop) = spawn(node, watch_peer(watching, peer, hints), || {});
     Monitor::new(Arc::new(Watch {
@@ -318,7 +222,7 @@ fn write_outcome(error: quinn::WriteError) -> Outcome {
 }
 
 /// Retries `attempt` while it reports `Lost`, for at most the grace period in a row.
-async fn with_grace<F, Fut>(node: &NodeInner, mut attempt: F) -> DownReason
+async fn with_grace<F, Fut>(node: &Runtime, mut attempt: F) -> DownReason
 where
     F: FnMut(Arc<std::sync::atomic::AtomicBool>) -> Fut,
     Fut: Future<Output = Outcome>,
@@ -348,11 +252,8 @@ where
 }
 
 /// Watches a mailbox of this node: no stream, no network.
-async fn watch_own_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason {
-    match node
-        .mailboxes
-        .authorize(&node, &address, &node.id, Usage::Monitor)
-    {
+async fn watch_own_mailbox(node: Arc<Runtime>, address: Address) -> DownReason {
+    match node.authorize(&address, &node.id, Usage::Monitor) {
         Ok(authorized) => tokio::select! {
             _ = authorized.handle.closed.cancelled() => DownReason::MailboxClosed,
             _ = authorized.revoked() => DownReason::InvalidAddress(SendError::Revoked),
@@ -362,7 +263,7 @@ async fn watch_own_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason
     }
 }
 
-async fn watch_mailbox(node: Arc<NodeInner>, address: Address) -> DownReason {
+async fn watch_mailbox(node: Arc<Runtime>, address: Address) -> DownReason {
     with_grace(&node, |watching| {
         watch_mailbox_once(&node, &address, watching)
     })
@@ -453,7 +354,7 @@ async fn next_answer(
 }
 
 async fn watch_mailbox_once(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     address: &Address,
     watching: Arc<std::sync::atomic::AtomicBool>,
 ) -> Outcome {
@@ -523,7 +424,7 @@ fn close_outcome(code: ErrorCode, reason: String, address: &Address) -> Outcome 
     }
 }
 
-async fn watch_peer(node: Arc<NodeInner>, peer: NodeId, hints: Vec<SocketAddr>) -> DownReason {
+async fn watch_peer(node: Arc<Runtime>, peer: NodeId, hints: Vec<SocketAddr>) -> DownReason {
     if peer == node.id {
         // The node itself is up until it shuts down (LocalShutdown).
         return std::future::pending().await;
@@ -545,7 +446,7 @@ async fn watch_peer(node: Arc<NodeInner>, peer: NodeId, hints: Vec<SocketAddr>) 
 
 /// Serves a monitor stream opened by a peer: answers `Close` when the mailbox goes away.
 pub(crate) async fn serve_stream(
-    node: Arc<NodeInner>,
+    node: Arc<Runtime>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     deadline: Instant,
@@ -591,10 +492,7 @@ pub(crate) async fn serve_stream(
             .await;
         }
     };
-    let authorized = match node
-        .mailboxes
-        .authorize(&node, &address, &guard.peer, Usage::Monitor)
-    {
+    let authorized = match node.authorize(&address, &guard.peer, Usage::Monitor) {
         Ok(authorized) => authorized,
         Err(error) => {
             let code = error.wire_code();

@@ -18,12 +18,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::time::Instant;
 
+use crate::conversation::Conversation;
 use crate::error::{DialError, PingError};
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
 use crate::net::connection::{self, ConnCode};
-use crate::node::NodeInner;
-use crate::streams::conversation::Conversation;
+use crate::runtime::Runtime;
 
 /// Service names starting with this prefix are reserved for services built into every node;
 /// [`Node::service`](crate::Node::service) and [`Node::serve`](crate::Node::serve) refuse them
@@ -43,7 +43,7 @@ pub(crate) fn is_reserved(name: &str) -> bool {
 
 /// Measures one round trip to `peer` (dialing it first if needed, which is not timed).
 pub(crate) async fn ping(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     peer: NodeId,
     hints: &[SocketAddr],
 ) -> Result<Duration, PingError> {

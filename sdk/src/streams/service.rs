@@ -8,12 +8,12 @@
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,16 +24,17 @@ use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
 
 use crate::address::{Address, MailboxId, Usage};
+use crate::conversation::Conversation;
 use crate::error::{CallError, ConversationError, DialError, OpenError, ServeError, StreamError};
 use crate::frame::Refusal;
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame};
 use crate::identity::NodeId;
-use crate::mailbox::Budget;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{self, Mailbox};
 use crate::net::builtin::refuse;
 use crate::net::connection;
-use crate::node::NodeInner;
-use crate::streams::conversation::Conversation;
+use crate::registry::mailboxes::Budget;
+use crate::registry::services::ServiceEntry;
+use crate::runtime::Runtime;
 
 /// How a service is offered.
 #[derive(Debug, Clone)]
@@ -55,48 +56,6 @@ impl Default for ServiceOptions {
     }
 }
 
-struct ServiceEntry {
-    name: String,
-    mailbox: MailboxId,
-    allow: Option<HashSet<NodeId>>,
-    incoming: mpsc::Sender<Conversation>,
-    address: Address,
-}
-
-/// The node's registered services, by name and by mailbox id.
-#[derive(Default)]
-pub(crate) struct Services {
-    inner: RwLock<Registry>,
-}
-
-#[derive(Default)]
-struct Registry {
-    by_name: HashMap<String, Arc<ServiceEntry>>,
-    by_mailbox: HashMap<MailboxId, Arc<ServiceEntry>>,
-}
-
-impl Services {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn remove(&self, name: &str, mailbox: MailboxId) {
-        let mut registry = self.write();
-        if registry
-            .by_name
-            .get(name)
-            .is_some_and(|entry| entry.mailbox == mailbox)
-        {
-            registry.by_name.remove(name);
-        }
-        registry.by_mailbox.remove(&mailbox);
-    }
-}
-
 /// A registered service: accept its conversations with [`Service::accept`]. Dropping it
 /// unregisters the name and revokes its address.
 #[must_use = "dropping a Service unregisters it at once"]
@@ -104,7 +63,7 @@ pub struct Service {
     name: String,
     mailbox: Mailbox,
     incoming: mpsc::Receiver<Conversation>,
-    node: Weak<NodeInner>,
+    node: Weak<Runtime>,
     /// The node's shutdown signal.
     shutdown: tokio_util::sync::CancellationToken,
 }
@@ -200,7 +159,7 @@ impl Drop for ServiceHandle {
 }
 
 pub(crate) fn register(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     name: &str,
     options: ServiceOptions,
 ) -> Result<Service, ServeError> {
@@ -214,7 +173,7 @@ pub(crate) fn register(
     if registry.by_name.contains_key(name) {
         return Err(ServeError::AlreadyRegistered(name.to_owned()));
     }
-    let mailbox = crate::node::new_mailbox(node, MailboxId::random(), None);
+    let mailbox = mailbox::new_mailbox(node, MailboxId::random(), None);
     // A service's mailbox takes conversations, not messages: without a receiver, a message
     // for it is refused with NO_SUCH_MAILBOX (docs/PROTOCOL.md §10.1) instead of piling up
     // unread.
@@ -239,7 +198,7 @@ pub(crate) fn register(
 }
 
 pub(crate) fn serve<F, Fut>(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     name: &str,
     options: ServiceOptions,
     handler: F,
@@ -413,7 +372,7 @@ fn not_admitted() -> OpenError {
 /// of the opener, so giving up for any reason (an error, the timeout, the caller dropping the
 /// future) resets it with CANCELLED (docs/PROTOCOL.md §10.3, §10.8).
 async fn start(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     target: &Target,
     first: &Frame<'_>,
 ) -> Result<(Conversation, Answer), OpenError> {
@@ -502,10 +461,7 @@ async fn read_answer(
     }
 }
 
-pub(crate) async fn open(
-    node: &Arc<NodeInner>,
-    target: &Target,
-) -> Result<Conversation, OpenError> {
+pub(crate) async fn open(node: &Arc<Runtime>, target: &Target) -> Result<Conversation, OpenError> {
     let first = match target {
         Target::Address(address) => {
             Frame::Converse(ConverseTarget::Address(Box::new(address.without_hints())))
@@ -525,7 +481,7 @@ pub(crate) async fn open(
 }
 
 pub(crate) async fn lookup(
-    node: &Arc<NodeInner>,
+    node: &Arc<Runtime>,
     peer: NodeId,
     name: &str,
     hints: &[SocketAddr],
@@ -581,7 +537,7 @@ async fn read_opening(
 /// it until it is dropped.
 #[allow(clippy::too_many_arguments)] // one per thing a stream's server needs
 pub(crate) async fn serve_stream(
-    node: Arc<NodeInner>,
+    node: Arc<Runtime>,
     peer: NodeId,
     origin: quinn::Connection,
     mut send: quinn::SendStream,
@@ -682,7 +638,7 @@ pub(crate) async fn serve_stream(
 }
 
 fn resolve(
-    node: &NodeInner,
+    node: &Runtime,
     peer: NodeId,
     request: &Request,
 ) -> Result<Arc<ServiceEntry>, (ErrorCode, String)> {
@@ -714,8 +670,7 @@ fn resolve(
                 .get(&address.mailbox())
                 .map(|entry| entry.name.clone());
             let authorized = node
-                .mailboxes
-                .authorize(node, address, &peer, Usage::Conversation(name.as_deref()))
+                .authorize(address, &peer, Usage::Conversation(name.as_deref()))
                 .map_err(|error| (error.wire_code(), error.to_string()))?;
             // Under counting caveats, each conversation counts as one message.
             match authorized
@@ -754,7 +709,7 @@ fn resolve(
 /// Dropping it (or the timeout passing) cancels the conversation, so the callee can stop.
 #[must_use = "a call does nothing unless awaited"]
 pub struct Call<Resp> {
-    node: Arc<NodeInner>,
+    node: Arc<Runtime>,
     target: Target,
     request: Result<Vec<u8>, CallError>,
     timeout: Duration,
@@ -772,7 +727,7 @@ impl<Resp> std::fmt::Debug for Call<Resp> {
 
 impl<Resp> Call<Resp> {
     pub(crate) fn new<Req: Serialize + ?Sized>(
-        node: Arc<NodeInner>,
+        node: Arc<Runtime>,
         target: Target,
         request: &Req,
     ) -> Self {

@@ -239,7 +239,7 @@ impl Conversation {
     pub async fn recv_obj<T: DeserializeOwned>(&mut self) -> Result<T, ConversationError> {
         match self.next(Want::Object).await? {
             Step::Object(bytes) => {
-                crate::mailbox::decode_exact(&bytes).map_err(ConversationError::Decode)
+                crate::payload::decode_exact(&bytes).map_err(ConversationError::Decode)
             }
             _ => Err(ConversationError::Unexpected("data")),
         }

@@ -1,0 +1,207 @@
+//! The layout's rule (issue 13): in each library crate the top-level modules form layers —
+//! every module imports only from modules below it, never in a cycle. The test reads the
+//! sources: a path `crate::m::…` (or `super::m::…` from a top-level module) in module `a` is
+//! an edge from `a` to `m`; test modules (`#[cfg(test)] mod tests`) and comments are skipped.
+//! Inside one top-level module (a folder) parts may refer to each other and to its `mod.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The crates whose layering is checked. `sim` is not among them: its world drives every
+/// simulated part and each part reports to it, by design of a test harness.
+const CRATES: &[&str] = &["proto", "sdk", "node", "testkit", "bench-peers"];
+
+/// Every `.rs` file under `dir`, recursively.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a source file belongs to, or `None` for the crate root and binaries.
+fn top_module(src: &Path, file: &Path) -> Option<String> {
+    let relative = file.strip_prefix(src).expect("a file under src");
+    let mut parts = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy());
+    let first = parts.next()?.into_owned();
+    if first == "bin" || first == "lib.rs" || first == "main.rs" {
+        return None;
+    }
+    Some(first.trim_end_matches(".rs").to_owned())
+}
+
+/// The file's code without comments and without its test module.
+fn code(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]\nmod tests") {
+        Some(at) => &text[..at],
+        None => text,
+    };
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first path segment after each occurrence of `prefix` (`crate::` or `super::`).
+fn segments_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(prefix) {
+        let preceded_by_ident = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        rest = &rest[at + prefix.len()..];
+        if preceded_by_ident {
+            continue;
+        }
+        let end = rest
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(rest.len());
+        if end > 0 {
+            found.push(&rest[..end]);
+        }
+    }
+    found
+}
+
+/// The edges between top-level modules of the crate at `src`.
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut files = Vec::new();
+    sources(src, &mut files);
+    let modules: BTreeSet<String> = files
+        .iter()
+        .filter_map(|file| top_module(src, file))
+        .collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = modules
+        .iter()
+        .map(|module| (module.clone(), BTreeSet::new()))
+        .collect();
+    for file in &files {
+        let Some(from) = top_module(src, file) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(file).expect("a readable source file");
+        let code = code(&text);
+        let mut targets = segments_after(&code, "crate::");
+        // In a top-level module's own file, `super::` is the crate root.
+        let depth = file
+            .strip_prefix(src)
+            .expect("under src")
+            .components()
+            .count();
+        let is_top_file = depth == 1 || (depth == 2 && file.ends_with("mod.rs"));
+        if is_top_file {
+            targets.extend(segments_after(&code, "super::"));
+        }
+        for to in targets {
+            if to != from && modules.contains(to) {
+                graph
+                    .get_mut(&from)
+                    .expect("a module")
+                    .insert(to.to_owned());
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle in `graph`, as the modules along it, if there is one.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        marks: &mut BTreeMap<String, Mark>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        marks.insert(node.to_owned(), Mark::Open);
+        path.push(node.to_owned());
+        for next in &graph[node] {
+            match marks.get(next.as_str()) {
+                Some(Mark::Open) => {
+                    let start = path.iter().position(|m| m == next).expect("on the path");
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                Some(Mark::Done) => {}
+                None => {
+                    if let Some(cycle) = visit(next, graph, marks, path) {
+                        return Some(cycle);
+                    }
+                }
+            }
+        }
+        path.pop();
+        marks.insert(node.to_owned(), Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for node in graph.keys() {
+        if !marks.contains_key(node) {
+            if let Some(cycle) = visit(node, graph, &mut marks, &mut Vec::new()) {
+                return Some(cycle);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn top_level_modules_import_in_layers_without_cycles() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in CRATES {
+        let graph = module_graph(&workspace.join(krate).join("src"));
+        assert!(graph.len() > 1, "{krate}: found no modules");
+        if let Some(cycle) = find_cycle(&graph) {
+            panic!(
+                "{krate}: modules import each other in a cycle: {}",
+                cycle.join(" → ")
+            );
+        }
+    }
+}
+
+/// The check itself finds a cycle, and the edges it reads are the real ones.
+#[test]
+fn the_check_sees_imports_and_cycles() {
+    let graph = module_graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/src"));
+    // The node handle sits above the runtime, which sits above the tables.
+    assert!(graph["node"].contains("runtime"), "{:?}", graph["node"]);
+    assert!(
+        graph["runtime"].contains("registry"),
+        "{:?}",
+        graph["runtime"]
+    );
+    assert!(!graph["registry"].contains("runtime"));
+    let mut cyclic = graph.clone();
+    cyclic
+        .get_mut("registry")
+        .expect("the registry module")
+        .insert("node".into());
+    let cycle = find_cycle(&cyclic).expect("a cycle through registry and node");
+    assert!(cycle.contains(&"registry".to_owned()) && cycle.contains(&"node".to_owned()));
+    assert_eq!(
+        segments_after("use crate::a::b; xcrate::c; crate::D", "crate::"),
+        ["a"]
+    );
+    assert_eq!(
+        code("x\n// crate::a\n#[cfg(test)]\nmod tests { crate::b }"),
+        "x"
+    );
+}
