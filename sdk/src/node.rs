@@ -20,7 +20,7 @@ use crate::error::{
 };
 use crate::identity::{NodeId, SecretKey};
 use crate::mailbox::{self, Mailbox};
-use crate::net::connection::{self};
+use crate::net::dial;
 use crate::net::tls::{self};
 use crate::net::Net;
 use crate::outbound::Sender;
@@ -256,9 +256,7 @@ impl Node {
     /// Connects to `peer` now (normally connections are made on first use).
     pub async fn connect(&self, peer: NodeId, addr: Option<SocketAddr>) -> Result<(), DialError> {
         let hints: Vec<SocketAddr> = addr.into_iter().collect();
-        connection::connect(&self.inner.net, peer, &hints)
-            .await
-            .map(drop)
+        dial::connect(&self.inner.net, peer, &hints).await.map(drop)
     }
 
     /// Whether a live connection to `peer` exists.

@@ -23,7 +23,8 @@ use tracing::{debug, Instrument};
 use crate::address::{Address, LimitKind, Usage};
 use crate::error::{DialError, SendError, StreamError};
 use crate::frame::ErrorCode;
-use crate::net::connection::{self, ConnCode, Link};
+use crate::net::connection::{ConnCode, Link};
+use crate::net::dial;
 use crate::net::liveness::Probed;
 use crate::registry::mailboxes::{durable_counters, Authorized, Budget, Message};
 use crate::registry::outbound::{ConversationKey, Outbound, Progress, Queue};
@@ -415,7 +416,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                 }
                 Action::Redial => {
                     debug!("the path does not answer; dialing the peer again");
-                    connection::refresh(&node.net, peer);
+                    dial::refresh(&node.net, peer);
                 }
                 Action::Acknowledged {
                     below,
@@ -525,7 +526,7 @@ async fn open(
     hints: &[std::net::SocketAddr],
     head: &[u8],
 ) -> Result<OpenStream, (SendError, Loss)> {
-    let link = connection::connect_link(&node.net, peer, hints)
+    let link = dial::connect_link(&node.net, peer, hints)
         .await
         .map_err(|error| dial_failure(node, peer, error))?;
     let (mut send, recv) = link

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::SendError;
 
-/// Counters a node keeps; read them with [`Node::stats`].
+/// Counters a node keeps; read them with [`Node::stats`](crate::Node::stats).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) signature_checks: AtomicU64,

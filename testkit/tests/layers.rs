@@ -1,8 +1,9 @@
 //! The layout's rule (issue 13): in each library crate the top-level modules form layers —
-//! every module imports only from modules below it, never in a cycle. The test reads the
-//! sources: a path `crate::m::…` (or `super::m::…` from a top-level module) in module `a` is
-//! an edge from `a` to `m`; test modules (`#[cfg(test)] mod tests`) and comments are skipped.
-//! Inside one top-level module (a folder) parts may refer to each other and to its `mod.rs`.
+//! every module imports only from modules below it, never in a cycle — and so do the modules
+//! of each folder among themselves. The test reads the sources: a path `crate::m::…` (or
+//! `super::m::…` from a top-level module) in module `a` is an edge from `a` to `m`; test
+//! modules (`#[cfg(test)] mod tests`) and comments are skipped. A folder's `mod.rs` and its
+//! modules may refer to each other (quinn-proto's `connection/` is built the same way).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,17 +28,25 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The top-level module a source file belongs to, or `None` for the crate root and binaries.
-fn top_module(src: &Path, file: &Path) -> Option<String> {
+/// The module directly inside `folder` (a path of modules, empty for the crate root) that a
+/// source file belongs to, or `None` for the folder's own file, binaries and other folders.
+fn module_in(src: &Path, folder: &[&str], file: &Path) -> Option<String> {
     let relative = file.strip_prefix(src).expect("a file under src");
-    let mut parts = relative
+    let parts: Vec<String> = relative
         .components()
-        .map(|c| c.as_os_str().to_string_lossy());
-    let first = parts.next()?.into_owned();
-    if first == "bin" || first == "lib.rs" || first == "main.rs" {
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.first().is_some_and(|first| first == "bin") || parts.len() <= folder.len() {
         return None;
     }
-    Some(first.trim_end_matches(".rs").to_owned())
+    if parts.iter().zip(folder).any(|(part, want)| part != want) {
+        return None;
+    }
+    let name = parts[folder.len()].trim_end_matches(".rs");
+    if ["lib", "main", "mod"].contains(&name) {
+        return None;
+    }
+    Some(name.to_owned())
 }
 
 /// The file's code without comments and without its test module.
@@ -75,33 +84,36 @@ fn segments_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
     found
 }
 
-/// The edges between top-level modules of the crate at `src`.
-fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+/// The edges between the modules of `folder` (a path of modules from the crate root at `src`;
+/// empty: the top-level modules).
+fn module_graph(src: &Path, folder: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
     sources(src, &mut files);
     let modules: BTreeSet<String> = files
         .iter()
-        .filter_map(|file| top_module(src, file))
+        .filter_map(|file| module_in(src, folder, file))
         .collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = modules
         .iter()
         .map(|module| (module.clone(), BTreeSet::new()))
         .collect();
+    let prefix: String = folder.iter().map(|m| format!("{m}::")).collect();
     for file in &files {
-        let Some(from) = top_module(src, file) else {
+        let Some(from) = module_in(src, folder, file) else {
             continue;
         };
         let text = std::fs::read_to_string(file).expect("a readable source file");
         let code = code(&text);
-        let mut targets = segments_after(&code, "crate::");
-        // In a top-level module's own file, `super::` is the crate root.
+        let mut targets = segments_after(&code, &format!("crate::{prefix}"));
+        // In the file of a module directly inside the folder, `super::` is the folder.
         let depth = file
             .strip_prefix(src)
             .expect("under src")
             .components()
             .count();
-        let is_top_file = depth == 1 || (depth == 2 && file.ends_with("mod.rs"));
-        if is_top_file {
+        let own_file =
+            depth == folder.len() + 1 || (depth == folder.len() + 2 && file.ends_with("mod.rs"));
+        if own_file {
             targets.extend(segments_after(&code, "super::"));
         }
         for to in targets {
@@ -162,11 +174,34 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
     None
 }
 
+/// The folders (top-level modules with modules of their own) of the crate at `src`.
+fn folders(src: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(src)
+        .expect("src")
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.is_dir() && path.file_name().is_some_and(|name| name != "bin"))
+        .map(|path| {
+            path.file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Folders whose modules still import each other in a cycle (issue 13: the gateway's shared
+/// state is used by every part and holds their types, as the SDK's `NodeInner` did; the
+/// store's writer and its tables likewise). Listed so that no other folder gains one.
+const NOT_YET_LAYERED: &[(&str, &str)] = &[("node", "gateway"), ("node", "store")];
+
 #[test]
-fn top_level_modules_import_in_layers_without_cycles() {
+fn modules_import_in_layers_without_cycles() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for krate in CRATES {
-        let graph = module_graph(&workspace.join(krate).join("src"));
+        let src = workspace.join(krate).join("src");
+        let graph = module_graph(&src, &[]);
         assert!(graph.len() > 1, "{krate}: found no modules");
         if let Some(cycle) = find_cycle(&graph) {
             panic!(
@@ -174,13 +209,28 @@ fn top_level_modules_import_in_layers_without_cycles() {
                 cycle.join(" → ")
             );
         }
+        for folder in folders(&src) {
+            let cycle = find_cycle(&module_graph(&src, &[folder.as_str()]));
+            if NOT_YET_LAYERED.contains(&(*krate, folder.as_str())) {
+                assert!(
+                    cycle.is_some(),
+                    "{krate}/{folder} is layered now: take it off the list"
+                );
+            } else if let Some(cycle) = cycle {
+                panic!(
+                    "{krate}/{folder}: modules import each other in a cycle: {}",
+                    cycle.join(" → ")
+                );
+            }
+        }
     }
 }
 
 /// The check itself finds a cycle, and the edges it reads are the real ones.
 #[test]
 fn the_check_sees_imports_and_cycles() {
-    let graph = module_graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/src"));
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/src");
+    let graph = module_graph(&sdk, &[]);
     // The node handle sits above the runtime, which sits above the tables.
     assert!(graph["node"].contains("runtime"), "{:?}", graph["node"]);
     assert!(
@@ -196,6 +246,19 @@ fn the_check_sees_imports_and_cycles() {
         .insert("node".into());
     let cycle = find_cycle(&cyclic).expect("a cycle through registry and node");
     assert!(cycle.contains(&"registry".to_owned()) && cycle.contains(&"node".to_owned()));
+    // Inside net/: hole punching sits above dialing, which sits above connections.
+    let net = module_graph(&sdk, &["net"]);
+    assert!(
+        net["hole_punch"].contains("dial"),
+        "{:?}",
+        net["hole_punch"]
+    );
+    assert!(net["dial"].contains("connection"), "{:?}", net["dial"]);
+    assert!(
+        !net["connection"].contains("dial"),
+        "{:?}",
+        net["connection"]
+    );
     assert_eq!(
         segments_after("use crate::a::b; xcrate::c; crate::D", "crate::"),
         ["a"]

@@ -67,7 +67,7 @@ impl Link {
     /// Whether the connection is not closed. Never called with `Peers::slots` locked: it takes
     /// the connection's own lock, which quinn holds while it sends through the relay socket,
     /// which looks up `slots` (a lock-order deadlock).
-    fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.connection.close_reason().is_none()
     }
 
@@ -77,17 +77,22 @@ impl Link {
     }
 }
 
-struct Live {
-    link: Link,
+/// A connection in use and what the rule needs to know of it.
+pub(crate) struct Live {
+    pub(crate) link: Link,
     incarnation: u64,
     dialed_by: NodeId,
     established: Instant,
 }
 
-enum Slot {
+/// A peer's entry in [`Peers`]: its connection in use, or the dial under way.
+pub(crate) enum Slot {
     Connected(Live),
     Dialing(DialWaiter),
 }
+
+/// Where the callers of a shared dial wait for its outcome.
+pub(crate) type DialWaiter = watch::Receiver<Option<Result<Link, DialError>>>;
 
 /// A freshly established connection, before the rule decided whether it is kept.
 pub(crate) struct Fresh {
@@ -101,7 +106,7 @@ pub(crate) struct Fresh {
 /// The node's connections, one in use per peer, and what it knows about reaching peers.
 #[derive(Default)]
 pub(crate) struct Peers {
-    slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
+    pub(crate) slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
     /// Socket addresses that reached each peer, most recent first.
     known: std::sync::Mutex<HashMap<NodeId, Vec<SocketAddr>>>,
     /// Connections installed since the node started (dialed or accepted, duplicates included).
@@ -241,156 +246,6 @@ impl Peers {
     }
 }
 
-/// Returns the connection to `peer`, dialing it if there is none.
-pub(crate) async fn connect(
-    node: &Arc<Net>,
-    peer: NodeId,
-    hints: &[SocketAddr],
-) -> Result<quinn::Connection, DialError> {
-    connect_link(node, peer, hints)
-        .await
-        .map(|link| link.connection)
-}
-
-/// Returns the link to `peer`, dialing it if there is none. Concurrent callers share one
-/// dial; the dial runs on its own task, so a caller giving up does not abort it.
-pub(crate) async fn connect_link(
-    node: &Arc<Net>,
-    peer: NodeId,
-    hints: &[SocketAddr],
-) -> Result<Link, DialError> {
-    loop {
-        // Looked at under the lock, judged outside it (see `Link::is_open`).
-        let seen = match lock(&node.peers.slots).get(&peer) {
-            Some(Slot::Connected(live)) => Seen::Link(live.link.clone()),
-            Some(Slot::Dialing(waiter)) => Seen::Dialing(waiter.clone()),
-            None => Seen::Nothing,
-        };
-        let mut waiter = match seen {
-            Seen::Link(link) if link.is_open() => return Ok(link),
-            Seen::Dialing(waiter) => waiter,
-            Seen::Link(dead) => {
-                match start_dial(node, peer, hints, Some(dead.connection.stable_id())) {
-                    Some(waiter) => waiter,
-                    None => continue, // the slot changed meanwhile
-                }
-            }
-            Seen::Nothing => match start_dial(node, peer, hints, None) {
-                Some(waiter) => waiter,
-                None => continue,
-            },
-        };
-        let answer = match waiter.wait_for(Option::is_some).await {
-            Ok(result) => result.clone(),
-            // The dial task ended without an answer (node shutting down).
-            Err(_) => return Err(DialError::NodeClosed),
-        };
-        if let Some(result) = answer {
-            return result;
-        }
-    }
-}
-
-/// What a peer's slot held when looked at.
-enum Seen {
-    Link(Link),
-    Dialing(DialWaiter),
-    Nothing,
-}
-
-type DialWaiter = watch::Receiver<Option<Result<Link, DialError>>>;
-
-/// Starts the shared dial of `peer` if its slot still holds what the caller saw: nothing, or
-/// the closed connection `dead`. `None` if it changed meanwhile.
-fn start_dial(
-    node: &Arc<Net>,
-    peer: NodeId,
-    hints: &[SocketAddr],
-    dead: Option<usize>,
-) -> Option<DialWaiter> {
-    let mut slots = lock(&node.peers.slots);
-    let unchanged = match (slots.get(&peer), dead) {
-        (None, None) => true,
-        (Some(Slot::Connected(live)), Some(dead)) => live.link.connection.stable_id() == dead,
-        _ => false,
-    };
-    if !unchanged {
-        return None;
-    }
-    if node.cancel.is_cancelled() {
-        let (done, waiter) = watch::channel(None);
-        let _ = done.send(Some(Err(DialError::NodeClosed)));
-        return Some(waiter);
-    }
-    let (done, waiter) = watch::channel(None);
-    slots.insert(peer, Slot::Dialing(waiter.clone()));
-    drop(slots);
-    let dialing = node.clone();
-    let hints = hints.to_vec();
-    node.tasks.spawn(
-        async move {
-            let result = crate::net::dial::dial(&dialing, peer, hints).await;
-            if result.is_err() {
-                let mut slots = lock(&dialing.peers.slots);
-                if matches!(slots.get(&peer), Some(Slot::Dialing(_))) {
-                    slots.remove(&peer);
-                }
-            }
-            let _ = done.send(Some(result));
-        }
-        .in_current_span(),
-    );
-    Some(waiter)
-}
-
-/// Dials `peer` again in the background although a connection exists (it stopped answering,
-/// or this node's address changed): the new connection takes over if the old one is dead.
-/// At most one such dial per peer at a time.
-pub(crate) fn refresh(node: &Arc<Net>, peer: NodeId) {
-    if peer == node.id || node.cancel.is_cancelled() || !node.peers.start_refresh(peer) {
-        return;
-    }
-    node.stats.count_redial();
-    let dialing = node.clone();
-    node.tasks.spawn(
-        async move {
-            let result = crate::net::dial::dial(&dialing, peer, Vec::new()).await;
-            if let Err(error) = result {
-                debug!(peer = %peer.short(), %error, "redial failed");
-            }
-            dialing.peers.end_refresh(&peer);
-        }
-        .in_current_span(),
-    );
-}
-
-/// Keeps a connection to the relay `relay` (one of `NodeConfig::relays`) open, redialing with
-/// backoff whenever it is lost, so that peers can reach this node through it; asks the relay,
-/// each time, which address it sees this node at (docs/PROTOCOL.md §10.12).
-pub(crate) async fn stay_connected(node: Arc<Net>, relay: NodeId, relay_addr: SocketAddr) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match connect(&node, relay, &[relay_addr]).await {
-            Ok(connection) => {
-                pause = Duration::from_millis(100);
-                crate::net::observation::learn_from(&node, relay, &connection).await;
-                tokio::select! {
-                    _ = node.cancel.cancelled() => return,
-                    _ = connection.closed() => {}
-                }
-            }
-            Err(error) => {
-                debug!(relay = %relay.short(), %error, "relay unreachable; retrying");
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
-}
-
 fn log_failed_handshake(remote: SocketAddr, error: &quinn::ConnectionError) {
     if is_alpn_mismatch(error) {
         // An operator wants to know that a peer runs an incompatible version.
@@ -465,7 +320,7 @@ pub(crate) async fn install(node: &Arc<Net>, fresh: Fresh) -> Link {
         None => {
             debug!(peer = %peer.short(), route = %link.route, "connection in use");
             if link.route.is_relayed() && new.dialed_by == node.id {
-                crate::net::hole_punch::upgrade_later(node, peer, &link);
+                (node.hooks.relayed_link_dialed)(node, peer, &link);
             }
             link
         }

@@ -9,6 +9,9 @@
 //! identity, another protocol, or an error that will repeat is out of the race; a refusal by
 //! the peer itself ends the dial. The dial reports every route's failure when all have failed
 //! or `dial_timeout` passed.
+//!
+//! [`connect_link`] is the way in for everything above: the connection in use, or one shared
+//! dial of the peer; [`refresh`] dials again beside a connection that may have died.
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -20,15 +23,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::error::{DialError, RouteFailure};
 use crate::identity::NodeId;
-use crate::net::connection::{self, ConnCode, Fresh, Link};
+use crate::net::connection::{self, ConnCode, DialWaiter, Fresh, Link, Slot};
 use crate::net::liveness::PathProbe;
 use crate::net::Net;
+use crate::sync::lock;
 use ferry_proto::race::{AttemptId, Failure, Race, MAX_CANDIDATES, REATTEMPT};
 use ferry_proto::route::{Candidate, Route};
 
@@ -208,12 +213,9 @@ async fn handshake(
         Candidate::Relay { relay, relay_addr } => {
             let relay_link = match node.peers.link(&relay) {
                 Some(link) => link,
-                None => tokio::time::timeout_at(
-                    deadline,
-                    connection::connect_link(node, relay, &[relay_addr]),
-                )
-                .await
-                .map_err(|_| DialError::Timeout)??,
+                None => tokio::time::timeout_at(deadline, connect_link(node, relay, &[relay_addr]))
+                    .await
+                    .map_err(|_| DialError::Timeout)??,
             };
             wait_for_datagram_room(&relay_link.connection).await;
             let virtual_addr = node
@@ -323,4 +325,125 @@ fn failure_of(error: &DialError) -> Failure {
         DialError::Timeout => Failure::Timeout,
         _ => Failure::Other,
     }
+}
+
+/// Returns the connection to `peer`, dialing it if there is none.
+pub(crate) async fn connect(
+    node: &Arc<Net>,
+    peer: NodeId,
+    hints: &[SocketAddr],
+) -> Result<quinn::Connection, DialError> {
+    connect_link(node, peer, hints)
+        .await
+        .map(|link| link.connection)
+}
+
+/// Returns the link to `peer`, dialing it if there is none. Concurrent callers share one
+/// dial; the dial runs on its own task, so a caller giving up does not abort it.
+pub(crate) async fn connect_link(
+    node: &Arc<Net>,
+    peer: NodeId,
+    hints: &[SocketAddr],
+) -> Result<Link, DialError> {
+    loop {
+        // Looked at under the lock, judged outside it (see `Link::is_open`).
+        let seen = match lock(&node.peers.slots).get(&peer) {
+            Some(Slot::Connected(live)) => Seen::Link(live.link.clone()),
+            Some(Slot::Dialing(waiter)) => Seen::Dialing(waiter.clone()),
+            None => Seen::Nothing,
+        };
+        let mut waiter = match seen {
+            Seen::Link(link) if link.is_open() => return Ok(link),
+            Seen::Dialing(waiter) => waiter,
+            Seen::Link(dead) => {
+                match start_dial(node, peer, hints, Some(dead.connection.stable_id())) {
+                    Some(waiter) => waiter,
+                    None => continue, // the slot changed meanwhile
+                }
+            }
+            Seen::Nothing => match start_dial(node, peer, hints, None) {
+                Some(waiter) => waiter,
+                None => continue,
+            },
+        };
+        let answer = match waiter.wait_for(Option::is_some).await {
+            Ok(result) => result.clone(),
+            // The dial task ended without an answer (node shutting down).
+            Err(_) => return Err(DialError::NodeClosed),
+        };
+        if let Some(result) = answer {
+            return result;
+        }
+    }
+}
+
+/// What a peer's slot held when looked at.
+enum Seen {
+    Link(Link),
+    Dialing(DialWaiter),
+    Nothing,
+}
+
+/// Starts the shared dial of `peer` if its slot still holds what the caller saw: nothing, or
+/// the closed connection `dead`. `None` if it changed meanwhile.
+fn start_dial(
+    node: &Arc<Net>,
+    peer: NodeId,
+    hints: &[SocketAddr],
+    dead: Option<usize>,
+) -> Option<DialWaiter> {
+    let mut slots = lock(&node.peers.slots);
+    let unchanged = match (slots.get(&peer), dead) {
+        (None, None) => true,
+        (Some(Slot::Connected(live)), Some(dead)) => live.link.connection.stable_id() == dead,
+        _ => false,
+    };
+    if !unchanged {
+        return None;
+    }
+    if node.cancel.is_cancelled() {
+        let (done, waiter) = watch::channel(None);
+        let _ = done.send(Some(Err(DialError::NodeClosed)));
+        return Some(waiter);
+    }
+    let (done, waiter) = watch::channel(None);
+    slots.insert(peer, Slot::Dialing(waiter.clone()));
+    drop(slots);
+    let dialing = node.clone();
+    let hints = hints.to_vec();
+    node.tasks.spawn(
+        async move {
+            let result = dial(&dialing, peer, hints).await;
+            if result.is_err() {
+                let mut slots = lock(&dialing.peers.slots);
+                if matches!(slots.get(&peer), Some(Slot::Dialing(_))) {
+                    slots.remove(&peer);
+                }
+            }
+            let _ = done.send(Some(result));
+        }
+        .in_current_span(),
+    );
+    Some(waiter)
+}
+
+/// Dials `peer` again in the background although a connection exists (it stopped answering,
+/// or this node's address changed): the new connection takes over if the old one is dead.
+/// At most one such dial per peer at a time.
+pub(crate) fn refresh(node: &Arc<Net>, peer: NodeId) {
+    if peer == node.id || node.cancel.is_cancelled() || !node.peers.start_refresh(peer) {
+        return;
+    }
+    node.stats.count_redial();
+    let dialing = node.clone();
+    node.tasks.spawn(
+        async move {
+            let result = dial(&dialing, peer, Vec::new()).await;
+            if let Err(error) = result {
+                debug!(peer = %peer.short(), %error, "redial failed");
+            }
+            dialing.peers.end_refresh(&peer);
+        }
+        .in_current_span(),
+    );
 }

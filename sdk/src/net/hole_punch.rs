@@ -66,7 +66,7 @@ pub(crate) fn network_changed(node: &Arc<Net>) {
     node.punches.network_changed.notify_waiters();
     for (peer, link) in node.peers.links() {
         if !link.route.is_relayed() {
-            crate::net::connection::refresh(node, peer);
+            crate::net::dial::refresh(node, peer);
         }
     }
 }

@@ -42,6 +42,18 @@ pub(crate) trait StreamServer: Send + Sync {
     fn serve(&self, peer: NodeId, connection: quinn::Connection);
 }
 
+/// What the lower parts of the network call upward, without importing what they call: the
+/// modules layer as connection ← dial ← observation ← hole punching, and these two events go
+/// the other way.
+pub(crate) struct Hooks {
+    /// A connection this node dialed went into use over a relay (connection.rs): punch a
+    /// direct path to the peer ([`hole_punch::upgrade_later`]).
+    pub(crate) relayed_link_dialed: fn(&Arc<Net>, NodeId, &connection::Link),
+    /// A relay sees this node at a new address (observation.rs): punch again, redial direct
+    /// connections ([`hole_punch::network_changed`]).
+    pub(crate) network_changed: fn(&Arc<Net>),
+}
+
 /// A node's network: its endpoints, its connections and what it knows of reaching peers.
 pub(crate) struct Net {
     pub(crate) key: SecretKey,
@@ -63,6 +75,7 @@ pub(crate) struct Net {
     /// Hole punching towards peers reached through relays.
     pub(crate) punches: hole_punch::Punches,
     pub(crate) peers: Peers,
+    pub(crate) hooks: Hooks,
     /// Handshakes per source IP address (`handshake_rate_per_ip`).
     pub(crate) handshakes: limits::HandshakeLimiter,
     /// Peers refused for breaking the protocol too often (`max_violations`).
@@ -146,6 +159,10 @@ impl Net {
             observations: observation::Observations::default(),
             punches: hole_punch::Punches::default(),
             peers: Peers::default(),
+            hooks: Hooks {
+                relayed_link_dialed: hole_punch::upgrade_later,
+                network_changed: hole_punch::network_changed,
+            },
             handshakes: limits::HandshakeLimiter::default(),
             bans: limits::Bans::default(),
             serial: tls::incarnation_as_serial(u64::from_be_bytes(incarnation)),
@@ -172,7 +189,7 @@ impl Net {
         }
         for (relay, relay_addr) in self.config.relays.clone() {
             self.tasks.spawn(
-                connection::stay_connected(self.clone(), relay, relay_addr)
+                observation::stay_connected(self.clone(), relay, relay_addr)
                     .instrument(span.clone()),
             );
         }

@@ -4,9 +4,10 @@
 //! offers it to peers it punches holes towards (`crate::net::hole_punch`) and puts it into the
 //! addresses it mints.
 //!
-//! A node asks each of its relays (`NodeConfig::relays`) every time it connects to them. An
-//! observation that differs from the one before means the node's network changed: its
-//! relayed peers are offered a new hole punch.
+//! A node stays connected to each of its relays (`NodeConfig::relays`, [`stay_connected`]) and
+//! asks it every time it connects. An observation that differs from the one before means the
+//! node's network changed: its relayed peers are offered a new hole punch (through
+//! [`Hooks::network_changed`](crate::net::Hooks), hole punching being the layer above).
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -18,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::identity::NodeId;
 use crate::net::builtin::{self, ExchangeError};
+use crate::net::dial::connect;
 use crate::net::Net;
 use crate::sync::lock;
 use ferry_proto::observe::{decode_observed, encode_observed, OBSERVE_SERVICE};
@@ -112,10 +114,37 @@ pub(crate) async fn learn_from(node: &Arc<Net>, observer: NodeId, connection: &q
             node.add_observed_addr(addr);
             if let Some(before) = node.observations.record(observer, addr) {
                 info!(%before, now = %addr, "this node's public address changed");
-                crate::net::hole_punch::network_changed(node);
+                (node.hooks.network_changed)(node);
             }
         }
         Err(error) => debug!(observer = %observer.short(), %error, "no address observation"),
+    }
+}
+
+/// Keeps a connection to the relay `relay` (one of `NodeConfig::relays`) open, redialing with
+/// backoff whenever it is lost, so that peers can reach this node through it; asks the relay,
+/// each time, which address it sees this node at (docs/PROTOCOL.md §10.12).
+pub(crate) async fn stay_connected(node: Arc<Net>, relay: NodeId, relay_addr: SocketAddr) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match connect(&node, relay, &[relay_addr]).await {
+            Ok(connection) => {
+                pause = Duration::from_millis(100);
+                crate::net::observation::learn_from(&node, relay, &connection).await;
+                tokio::select! {
+                    _ = node.cancel.cancelled() => return,
+                    _ = connection.closed() => {}
+                }
+            }
+            Err(error) => {
+                debug!(relay = %relay.short(), %error, "relay unreachable; retrying");
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
     }
 }
 

@@ -38,7 +38,7 @@ impl std::hash::Hash for ConversationKey {
     }
 }
 
-/// How far a conversation has got, as seen by waiting [`Delivery`]s.
+/// How far a conversation has got, as seen by waiting [`Delivery`](crate::Delivery)s.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     /// Every ticket below this is resolved: acknowledged, or listed in `failed`.

@@ -41,7 +41,7 @@ pub enum DownReason {
     },
 }
 
-/// One running watch, shared by the [`Monitor`]s of one address; its task stops when the
+/// One running watch, shared by the [`Monitor`](crate::Monitor)s of one address; its task stops when the
 /// last of them is dropped.
 pub(crate) struct Watch {
     pub(crate) down: watch::Receiver<Option<DownReason>>,

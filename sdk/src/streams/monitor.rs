@@ -25,7 +25,8 @@ use crate::address::{Address, Usage};
 use crate::error::{DialError, MonitorError, SendError};
 use crate::frame::{self, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
-use crate::net::connection::{self, ConnCode};
+use crate::net::connection::ConnCode;
+use crate::net::dial;
 use crate::registry::watches::{DownReason, Watch, WatchEntry};
 use crate::runtime::Runtime;
 use crate::sync::lock;
@@ -358,7 +359,7 @@ async fn watch_mailbox_once(
     address: &Address,
     watching: Arc<std::sync::atomic::AtomicBool>,
 ) -> Outcome {
-    let connection = match connection::connect(&node.net, address.node(), address.hints()).await {
+    let connection = match dial::connect(&node.net, address.node(), address.hints()).await {
         Ok(connection) => connection,
         Err(error) => return fatal_dial(error),
     };
@@ -433,7 +434,7 @@ async fn watch_peer(node: Arc<Runtime>, peer: NodeId, hints: Vec<SocketAddr>) ->
         let node = node.clone();
         let hints = hints.clone();
         async move {
-            let connection = match connection::connect(&node.net, peer, &hints).await {
+            let connection = match dial::connect(&node.net, peer, &hints).await {
                 Ok(connection) => connection,
                 Err(error) => return fatal_dial(error),
             };

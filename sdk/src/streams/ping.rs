@@ -22,7 +22,8 @@ use crate::conversation::Conversation;
 use crate::error::{DialError, PingError};
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
 use crate::identity::NodeId;
-use crate::net::connection::{self, ConnCode};
+use crate::net::connection::ConnCode;
+use crate::net::dial;
 use crate::runtime::Runtime;
 
 /// Service names starting with this prefix are reserved for services built into every node;
@@ -51,12 +52,13 @@ pub(crate) async fn ping(
         return Err(PingError::NodeClosed);
     }
     let exchange = async {
-        let connection = connection::connect(&node.net, peer, hints)
-            .await
-            .map_err(|error| match error {
-                DialError::NodeClosed => PingError::NodeClosed,
-                other => PingError::Unreachable(other),
-            })?;
+        let connection =
+            dial::connect(&node.net, peer, hints)
+                .await
+                .map_err(|error| match error {
+                    DialError::NodeClosed => PingError::NodeClosed,
+                    other => PingError::Unreachable(other),
+                })?;
         let mut nonce = [0u8; 8];
         crate::identity::fill_random(&mut nonce);
         let (request, payload) = request(u64::from_be_bytes(nonce));

@@ -31,7 +31,7 @@ use crate::frame::{self, ConverseTarget, ErrorCode, Frame};
 use crate::identity::NodeId;
 use crate::mailbox::{self, Mailbox};
 use crate::net::builtin::refuse;
-use crate::net::connection;
+use crate::net::dial;
 use crate::registry::mailboxes::Budget;
 use crate::registry::services::ServiceEntry;
 use crate::runtime::Runtime;
@@ -379,7 +379,7 @@ async fn start(
     if node.is_closing() {
         return Err(OpenError::NodeClosed);
     }
-    let connection = connection::connect(&node.net, target.node(), target.hints())
+    let connection = dial::connect(&node.net, target.node(), target.hints())
         .await
         .map_err(open_error_from_dial)?;
     let head = proto::opening(first, node.config.max_message_size as u64);
