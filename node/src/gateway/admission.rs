@@ -20,7 +20,7 @@ use super::config::GatewayConfig;
 use super::connection;
 use super::protocol;
 use super::session::{self, Session};
-use super::shared::Shared;
+use super::shared::{ConnectionSlot, Shared};
 use crate::sync::lock;
 
 fn unavailable(why: &str) -> Response {
@@ -93,22 +93,6 @@ fn refuse(
             .await;
         }
     })
-}
-
-/// Counts a connection while it lives.
-pub(crate) struct ConnectionSlot(Arc<Shared>);
-
-impl ConnectionSlot {
-    /// The slot of a connection counted already.
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self(shared)
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// `GET /ws`: admission, authentication, the session, then the WebSocket.
@@ -252,7 +236,7 @@ pub(crate) fn take_session(
         }
     };
     shared.connections.fetch_add(1, Ordering::Relaxed);
-    let slot = ConnectionSlot(shared.clone());
+    let slot = ConnectionSlot::new(shared.clone());
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     Ok(Admitted {
         session,

@@ -282,7 +282,7 @@ pub(crate) async fn forward(
     shared
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let slot = super::admission::ConnectionSlot::new(shared.clone());
+    let slot = super::shared::ConnectionSlot::new(shared.clone());
     let stopping = shared.stopping.clone();
     let max = shared.config.limits.max_message_size;
     Ok(ws

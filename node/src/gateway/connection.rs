@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::admission::ConnectionSlot;
 use super::hooks::Disconnect;
 use super::limits::{Bucket, OutQueue, OutReceiver, Outgoing, QueueError};
 use super::protocol::{
@@ -19,6 +18,7 @@ use super::protocol::{
 };
 use super::requests::{far_future, Closing, Requests};
 use super::session::{Attached, Session};
+use super::shared::ConnectionSlot;
 use super::shared::Shared;
 use crate::sync::lock;
 

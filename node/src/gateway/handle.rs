@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::hooks::EndReason;
+use super::hooks::SessionInfo;
 use super::protocol::Via;
-use super::session::SessionInfo;
 use super::shared::{JoinError, Shared};
 use super::stats::GatewayStats;
 use super::DeliverError;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use super::auth::{AuthError, AuthRequest, Identity};
 use super::protocol::ClientFrame;
-use super::session::SessionInfo;
+use ferry::Address;
 
 /// A boxed future returned by a hook.
 pub type HookFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -110,3 +110,14 @@ pub trait Hooks: Send + Sync + 'static {
 pub struct NoHooks;
 
 impl Hooks for NoHooks {}
+
+/// What the embedder and the hooks see of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session id (random, 22 characters).
+    pub id: String,
+    /// The user id (from authentication; random for anonymous sessions).
+    pub user: String,
+    /// The session's capability address.
+    pub address: Address,
+}

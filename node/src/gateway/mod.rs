@@ -24,6 +24,7 @@
 //! [`SessionStore`].
 mod admission;
 pub mod auth;
+mod certificate;
 pub mod channels;
 mod cluster_link;
 pub mod config;
@@ -55,10 +56,9 @@ pub use admission::READ_BUFFER;
 pub use auth::{AuthError, AuthRequest, Identity, InvalidCredentials};
 pub use config::{AuthConfig, GatewayConfig, GatewayConfigError, Limits, Permissions, StaticToken};
 pub use handle::{json_payload, GatewayHandle};
-pub use hooks::{Disconnect, EndReason, HookFuture, Hooks, NoHooks, Verdict};
+pub use hooks::{Disconnect, EndReason, HookFuture, Hooks, NoHooks, SessionInfo, Verdict};
 pub use http::{FERRY_D_TS, FERRY_JS};
 pub use protocol::Via;
-pub use session::SessionInfo;
 pub use shared::JoinError;
 pub use stats::GatewayStats;
 

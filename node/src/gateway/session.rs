@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ferry::{Address, Mailbox, MailboxId};
 use tokio_util::sync::CancellationToken;
 
-use super::hooks::Disconnect;
+use super::hooks::{Disconnect, SessionInfo};
 use super::journal::{Arrival, Journal};
 use super::limits::{OutQueue, QueueError};
 use super::protocol::{close, Encoded, MessageTemplate, ServerFrame, Via};
@@ -27,17 +27,6 @@ use crate::cluster::DeliverError;
 use crate::random::random;
 use crate::store::{Appended, SessionStore};
 use crate::sync::lock;
-
-/// What the embedder and the hooks see of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    /// The session id (random, 22 characters).
-    pub id: String,
-    /// The user id (from authentication; random for anonymous sessions).
-    pub user: String,
-    /// The session's capability address.
-    pub address: Address,
-}
 
 /// The store's record of a session (`records` key [`record_key`], JSON), written when the
 /// session starts and when its channels or credentials change, removed when it ends.
@@ -155,7 +144,7 @@ pub(crate) struct Session {
     store: Arc<dyn SessionStore>,
     /// Where its WebTransport connection, if it has one, takes peers' data (docs/GATEWAY.md
     /// §13.12); set by each WebTransport connection, closed when it ends.
-    pub(crate) incoming: Mutex<Option<crate::gateway::webtransport::data::IncomingTx>>,
+    pub(crate) incoming: Mutex<Option<IncomingTx>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -515,3 +504,21 @@ impl Session {
 pub(crate) fn new_session_id() -> String {
     data_encoding::BASE64URL_NOPAD.encode(&random::<16>())
 }
+
+/// A peer's data for a session, on its way to the session's WebTransport connection.
+pub(crate) struct Incoming {
+    pub(crate) conversation: ferry::Conversation,
+    pub(crate) meta: bytes::Bytes,
+}
+
+impl Incoming {
+    /// Fails the peer's conversation with `reason`, without a stream to the browser.
+    pub(crate) fn refuse(self, reason: &'static str) {
+        tokio::spawn(async move {
+            let _ = self.conversation.fail(reason).await;
+        });
+    }
+}
+
+/// Where a session's connection takes incoming data (its sessions' `incoming`).
+pub(crate) type IncomingTx = tokio::sync::mpsc::Sender<Incoming>;

@@ -1,7 +1,7 @@
 //! What every part of the gateway shares ([`Shared`]), and what it does with sessions:
 //! brings them back after a restart, lists and ends them, joins them to channels.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::auth;
+use super::certificate::Certificates;
 use super::channels::{self, ChannelNameError};
 use super::config::GatewayConfig;
 use super::hooks::{Disconnect, EndReason, Hooks};
@@ -19,7 +20,7 @@ use super::limits::Bucket;
 use super::registry::Registry;
 use super::resume_token::ResumeKeys;
 use super::session::{self, Session};
-use super::stats::Counters;
+use super::stats::{Counters, WebTransportCounters};
 use crate::store::SessionStore;
 use crate::sync::lock;
 
@@ -49,7 +50,7 @@ pub(crate) struct Shared {
     /// This `Shared` itself (the cluster's deliveries need an `Arc`).
     pub(crate) this: std::sync::Weak<Shared>,
     /// The WebTransport endpoint, once served (for `GET /webtransport`).
-    pub(crate) webtransport: std::sync::OnceLock<Arc<super::webtransport::Published>>,
+    pub(crate) webtransport: std::sync::OnceLock<Arc<Published>>,
 }
 
 /// Why a session could not join a channel.
@@ -269,4 +270,28 @@ impl Shared {
 /// `value` as raw JSON, sent as it is in every welcome.
 fn raw_json(value: &serde_json::Value) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// Counts a connection while it lives.
+pub(crate) struct ConnectionSlot(Arc<Shared>);
+
+impl ConnectionSlot {
+    /// The slot of a connection counted already.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self(shared)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the gateway's HTTP side publishes about the endpoint.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) port: u16,
+    pub(crate) certificates: Arc<Certificates>,
+    pub(crate) counters: Arc<WebTransportCounters>,
 }

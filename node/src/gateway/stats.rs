@@ -59,3 +59,29 @@ pub struct GatewayStats {
     /// The most bytes the data streams have held at once since the start.
     pub webtransport_data_buffered_peak: u64,
 }
+
+/// The WebTransport figures of `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct WebTransportCounters {
+    /// Sessions accepted (CONNECT answered 200).
+    pub(crate) sessions: AtomicU64,
+    /// CONNECTs refused (any status, or closed at once with 4401/4403).
+    pub(crate) refused: AtomicU64,
+    /// Request streams accepted.
+    pub(crate) streams: AtomicU64,
+    /// Streams refused (beyond the limit, or of an unknown type).
+    pub(crate) refused_streams: AtomicU64,
+    /// Data streams started (uploads, downloads, incoming data).
+    pub(crate) data_streams: AtomicU64,
+    /// Data streams under way now.
+    pub(crate) data_open: AtomicU64,
+    /// Bytes uploaded: read from browsers and taken by the services' streams.
+    pub(crate) data_in: AtomicU64,
+    /// Bytes to browsers (downloads, a peer's incoming data), taken by their streams.
+    pub(crate) data_out: AtomicU64,
+    /// Bytes the data streams' bridges hold now (read from one side, not yet taken by the
+    /// other).
+    pub(crate) data_buffered: AtomicU64,
+    /// The most `data_buffered` has been.
+    pub(crate) data_buffered_peak: AtomicU64,
+}

@@ -21,9 +21,10 @@ use super::removal::{remove_all, Removal};
 use super::schema::{
     run_key, COUNTERS, MAILBOXES, MESSAGES, NAMES, REVOKED, RUNS, SHARED, SHARED_REFS, TEMPORARY,
 };
+use super::session_store::{Appended, SessionStore, TaggedMessage};
 use super::shared::{self, Released};
 use super::writer::{self, Op};
-use super::{failed, OpenStoreError, SessionStore, StoreConfig};
+use super::{failed, records, OpenStoreError, StoreConfig};
 use crate::clock::unix_now;
 use crate::sync::lock;
 
@@ -358,5 +359,96 @@ impl MailboxStore for RedbStore {
 
     fn remove(&self, mailbox: MailboxId, index: u64) {
         self.remove_range(mailbox, index..=index);
+    }
+}
+
+impl SessionStore for RedbStore {
+    fn append_shared(
+        &self,
+        mailboxes: Vec<MailboxId>,
+        from: Address,
+        tag: Bytes,
+        payload: Bytes,
+    ) -> StoreFuture<Vec<Appended>> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.submit(Op::AppendShared {
+            mailboxes,
+            message: Box::new((from, tag, payload)),
+            reply,
+        });
+        answered(submitted, answer)
+    }
+
+    fn read_from(
+        &self,
+        mailbox: MailboxId,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<TaggedMessage>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let messages = match txn.open_table(MESSAGES) {
+            Ok(messages) => messages,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(failed(error)),
+        };
+        let shared = shared::open(&txn)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in messages
+            .range((mailbox.0, from)..=(mailbox.0, u64::MAX))
+            .map_err(failed)?
+        {
+            if out.len() >= max_count || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            let (key, value) = row.map_err(failed)?;
+            let Some(message) = shared::resolve(value.value(), shared.as_ref())? else {
+                continue; // a tombstone
+            };
+            bytes = bytes.saturating_add(message.payload.len());
+            out.push(TaggedMessage {
+                index: key.value().1,
+                from: message.from,
+                tag: message.tag,
+                payload: message.payload,
+            });
+        }
+        Ok(out)
+    }
+
+    fn next_index(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
+        Ok(self.counters(mailbox)?.0)
+    }
+
+    fn remove_below(&self, mailbox: MailboxId, end: u64) {
+        if let Some(last) = end.checked_sub(1) {
+            self.remove_range(mailbox, 0..=last);
+        }
+    }
+
+    fn purge(&self, mailbox: MailboxId) {
+        let _ = self.submit(Op::Purge { mailbox });
+    }
+
+    fn put_record(&self, key: &str, value: Vec<u8>) {
+        let _ = self.submit(Op::PutRecord {
+            key: key.to_owned(),
+            value,
+        });
+    }
+
+    fn delete_record(&self, key: &str) {
+        let _ = self.submit(Op::DeleteRecord {
+            key: key.to_owned(),
+        });
+    }
+
+    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        records::with_prefix(&self.db, prefix)
+    }
+
+    fn record_or_insert(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        records::record_or_insert(&self.db, key, value)
     }
 }

@@ -2,20 +2,13 @@
 //! mailboxes ([`MailboxStore`]) that it also fills itself (channel messages stored once for
 //! every member, pushes), reads back in order, trims as browsers acknowledge, and purges when
 //! a session ends; and small records (session records, the resume-token key) that bring its
-//! sessions back after a restart. [`RedbStore`] implements it; the gateway holds an
+//! sessions back after a restart. [`RedbStore`](super::RedbStore) implements it (redb_store.rs); the gateway holds an
 //! `Arc<dyn SessionStore>`, so it can run on another store.
 
 use bytes::Bytes;
 use ferry::address::{Address, MailboxId};
 use ferry::store::{MailboxStore, StoreFuture};
 use ferry::StoreError;
-use redb::ReadableDatabase;
-use tokio::sync::oneshot;
-
-use super::redb_store::{answered, RedbStore};
-use super::schema::MESSAGES;
-use super::writer::Op;
-use super::{failed, records, shared};
 
 /// A stored message with its tag, as read by [`SessionStore::read_from`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,95 +97,4 @@ pub trait SessionStore: MailboxStore {
     /// The record `key`; if there is none, `value` written at once (for values made once,
     /// such as keys) and returned.
     fn record_or_insert(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError>;
-}
-
-impl SessionStore for RedbStore {
-    fn append_shared(
-        &self,
-        mailboxes: Vec<MailboxId>,
-        from: Address,
-        tag: Bytes,
-        payload: Bytes,
-    ) -> StoreFuture<Vec<Appended>> {
-        let (reply, answer) = oneshot::channel();
-        let submitted = self.submit(Op::AppendShared {
-            mailboxes,
-            message: Box::new((from, tag, payload)),
-            reply,
-        });
-        answered(submitted, answer)
-    }
-
-    fn read_from(
-        &self,
-        mailbox: MailboxId,
-        from: u64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<TaggedMessage>, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
-        let messages = match txn.open_table(MESSAGES) {
-            Ok(messages) => messages,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(failed(error)),
-        };
-        let shared = shared::open(&txn)?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for row in messages
-            .range((mailbox.0, from)..=(mailbox.0, u64::MAX))
-            .map_err(failed)?
-        {
-            if out.len() >= max_count || (bytes >= max_bytes && !out.is_empty()) {
-                break;
-            }
-            let (key, value) = row.map_err(failed)?;
-            let Some(message) = shared::resolve(value.value(), shared.as_ref())? else {
-                continue; // a tombstone
-            };
-            bytes = bytes.saturating_add(message.payload.len());
-            out.push(TaggedMessage {
-                index: key.value().1,
-                from: message.from,
-                tag: message.tag,
-                payload: message.payload,
-            });
-        }
-        Ok(out)
-    }
-
-    fn next_index(&self, mailbox: MailboxId) -> Result<u64, StoreError> {
-        Ok(self.counters(mailbox)?.0)
-    }
-
-    fn remove_below(&self, mailbox: MailboxId, end: u64) {
-        if let Some(last) = end.checked_sub(1) {
-            self.remove_range(mailbox, 0..=last);
-        }
-    }
-
-    fn purge(&self, mailbox: MailboxId) {
-        let _ = self.submit(Op::Purge { mailbox });
-    }
-
-    fn put_record(&self, key: &str, value: Vec<u8>) {
-        let _ = self.submit(Op::PutRecord {
-            key: key.to_owned(),
-            value,
-        });
-    }
-
-    fn delete_record(&self, key: &str) {
-        let _ = self.submit(Op::DeleteRecord {
-            key: key.to_owned(),
-        });
-    }
-
-    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        records::with_prefix(&self.db, prefix)
-    }
-
-    fn record_or_insert(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        records::record_or_insert(&self.db, key, value)
-    }
 }

@@ -258,7 +258,7 @@ async fn certificates_rotate_on_the_clock_with_the_next_hash_published_ahead() {
     let old = hashes(&before);
     let url = before["url"].as_str().unwrap().to_owned();
     env.clock
-        .advance(webtransport::certificate::ROTATE_EVERY + Duration::from_secs(1));
+        .advance(webtransport::ROTATE_EVERY + Duration::from_secs(1));
     let after = hashes(&endpoint_info(env.http).await);
     // The announced next certificate is served now; a new next one is announced.
     assert_eq!(after[0], old[1]);

@@ -22,11 +22,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use web_transport_quinn::{RecvStream, SendStream};
 
-use super::streams::{FRAME_BINARY, FRAME_TEXT};
+use super::frame::{FRAME_BINARY, FRAME_TEXT};
 use crate::gateway::protocol::{
     frame, object, parse_call_target, payload_of, some_raw, CallTarget, Encoded, ErrorCode,
 };
 use crate::gateway::requests::{node_target, open_error_code};
+use crate::gateway::session::Incoming;
 
 /// First byte of a data stream (bidirectional, opened by the client: one upload or download).
 pub const STREAM_DATA: u8 = 0x03;
@@ -253,18 +254,18 @@ pub(crate) struct DataContext {
     pub(crate) open_timeout: Duration,
     /// The largest header frame.
     pub(crate) max_message_size: usize,
-    pub(crate) counters: Arc<super::Counters>,
+    pub(crate) counters: Arc<crate::gateway::stats::WebTransportCounters>,
 }
 
 /// Bytes the bridge holds (read from one stream, not yet taken by the other), counted in the
 /// gateway's figures while held.
 struct Held<'a> {
-    counters: &'a super::Counters,
+    counters: &'a crate::gateway::stats::WebTransportCounters,
     len: u64,
 }
 
 impl<'a> Held<'a> {
-    fn new(counters: &'a super::Counters, len: usize) -> Self {
+    fn new(counters: &'a crate::gateway::stats::WebTransportCounters, len: usize) -> Self {
         let len = len as u64;
         let now = counters.data_buffered.fetch_add(len, Ordering::Relaxed) + len;
         counters
@@ -369,7 +370,7 @@ pub(crate) async fn serve(
     }
     let written = tokio::select! {
         () = done.cancelled() => false,
-        written = super::streams::write_frame(&mut send, answer) => written.is_ok(),
+        written = super::frame::write_frame(&mut send, answer) => written.is_ok(),
     };
     if !written {
         let _ = send.reset(STOP_DATA_ANSWERED);
@@ -383,12 +384,15 @@ pub(crate) async fn serve(
 /// A data stream's place among its connection's (`gateway_webtransport_max_data_streams`),
 /// counted in the gateway's figures while held.
 struct Place<'a> {
-    counters: &'a super::Counters,
+    counters: &'a crate::gateway::stats::WebTransportCounters,
     _permit: OwnedSemaphorePermit,
 }
 
 impl<'a> Place<'a> {
-    fn new(counters: &'a super::Counters, permit: OwnedSemaphorePermit) -> Self {
+    fn new(
+        counters: &'a crate::gateway::stats::WebTransportCounters,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
         counters.data_streams.fetch_add(1, Ordering::Relaxed);
         counters.data_open.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -532,24 +536,6 @@ async fn bridge(
     }
 }
 
-/// A peer's data for a session, on its way to the session's WebTransport connection.
-pub(crate) struct Incoming {
-    conversation: ferry::Conversation,
-    meta: Bytes,
-}
-
-impl Incoming {
-    /// Fails the peer's conversation with `reason`, without a stream to the browser.
-    pub(crate) fn refuse(self, reason: &'static str) {
-        tokio::spawn(async move {
-            let _ = self.conversation.fail(reason).await;
-        });
-    }
-}
-
-/// Where a session's connection takes incoming data (its sessions' `incoming`).
-pub(crate) type IncomingTx = tokio::sync::mpsc::Sender<Incoming>;
-
 /// Why [`send_to_session`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -690,7 +676,7 @@ async fn carry_incoming(
     );
     let gone = |_| "the page gave the stream up".to_owned();
     send.write_all(&[STREAM_INCOMING]).await.map_err(gone)?;
-    super::streams::write_frame(&mut send, header)
+    super::frame::write_frame(&mut send, header)
         .await
         .map_err(|e| e.to_string())?;
     let mut carried = 0u64;
@@ -721,7 +707,7 @@ async fn carry_incoming(
         counters.data_out.fetch_add(len, Ordering::Relaxed);
     }
     let _ = send.finish();
-    let answer = super::streams::read_frame(&mut recv, context.max_message_size)
+    let answer = super::frame::read_frame(&mut recv, context.max_message_size)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the page answered nothing")?;

@@ -15,14 +15,14 @@
 //! # Ok(()) }
 //! ```
 
-pub mod certificate;
 pub(crate) mod data;
+mod frame;
 pub(crate) mod streams;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -31,15 +31,16 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
-pub use certificate::{
-    CertificateError, CertificateHash, Certificates, Clock, ManualClock, SystemClock,
+pub use super::certificate::{
+    CertificateError, CertificateHash, Certificates, Clock, ManualClock, SystemClock, ROTATE_EVERY,
+    VALIDITY,
 };
 pub use data::{
     decode_data_frame, decode_data_header, encode_data_header, send_to_session, DataFrame,
     DataFrameError, DataHeader, DataHeaderError, SendToSessionError, FRAME_DATA, INCOMING_SERVICE,
     MAX_DATA_PIECE, STOP_DATA_ANSWERED, STREAM_DATA, STREAM_INCOMING,
 };
-pub use streams::{
+pub use frame::{
     check_frame_header, decode_frame, FrameError, FRAME_BINARY, FRAME_TEXT, RESET_STUCK,
     RESET_TOO_MANY_STREAMS, RESET_UNKNOWN_STREAM, STREAM_CONTROL, STREAM_DELIVERIES,
     STREAM_REQUESTS,
@@ -47,6 +48,7 @@ pub use streams::{
 
 use super::admission::{authorize, take_session, Admitted, Refusal};
 use super::shared::Shared;
+use super::stats::WebTransportCounters;
 use super::{connection, protocol};
 
 /// The path of WebTransport sessions (`https://HOST:PORT/webtransport?token=…&resume=…&cursor=…`)
@@ -193,40 +195,6 @@ pub enum WebTransportError {
     Certificate(#[from] CertificateError),
 }
 
-/// The WebTransport figures of `/metrics`.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    /// Sessions accepted (CONNECT answered 200).
-    pub(crate) sessions: AtomicU64,
-    /// CONNECTs refused (any status, or closed at once with 4401/4403).
-    pub(crate) refused: AtomicU64,
-    /// Request streams accepted.
-    pub(crate) streams: AtomicU64,
-    /// Streams refused (beyond the limit, or of an unknown type).
-    pub(crate) refused_streams: AtomicU64,
-    /// Data streams started (uploads, downloads, incoming data).
-    pub(crate) data_streams: AtomicU64,
-    /// Data streams under way now.
-    pub(crate) data_open: AtomicU64,
-    /// Bytes uploaded: read from browsers and taken by the services' streams.
-    pub(crate) data_in: AtomicU64,
-    /// Bytes to browsers (downloads, a peer's incoming data), taken by their streams.
-    pub(crate) data_out: AtomicU64,
-    /// Bytes the data streams' bridges hold now (read from one side, not yet taken by the
-    /// other).
-    pub(crate) data_buffered: AtomicU64,
-    /// The most `data_buffered` has been.
-    pub(crate) data_buffered_peak: AtomicU64,
-}
-
-/// What the gateway's HTTP side publishes about the endpoint.
-#[derive(Debug)]
-pub(crate) struct Published {
-    pub(crate) port: u16,
-    pub(crate) certificates: Arc<Certificates>,
-    pub(crate) counters: Arc<Counters>,
-}
-
 /// A bound WebTransport endpoint, to be served with [`super::Gateway::serve_webtransport`].
 pub struct WebTransport {
     endpoint: quinn::Endpoint,
@@ -256,7 +224,7 @@ impl WebTransport {
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(certificate::Resolver(certificates.clone())));
+            .with_cert_resolver(Arc::new(super::certificate::Resolver(certificates.clone())));
         tls.alpn_protocols = vec![web_transport_quinn::ALPN.as_bytes().to_vec()];
         tls.max_early_data_size = 0;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -316,12 +284,14 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
-    let counters = Arc::new(Counters::default());
-    let _ = shared.webtransport.set(Arc::new(Published {
-        port,
-        certificates: endpoint.certificates.clone(),
-        counters: counters.clone(),
-    }));
+    let counters = Arc::new(WebTransportCounters::default());
+    let _ = shared
+        .webtransport
+        .set(Arc::new(crate::gateway::shared::Published {
+            port,
+            certificates: endpoint.certificates.clone(),
+            counters: counters.clone(),
+        }));
     endpoint.endpoint.set_server_config(Some(server_config(
         &endpoint.crypto,
         &endpoint.config,
@@ -374,7 +344,7 @@ async fn connecting_session(
     shared: Arc<Shared>,
     connecting: quinn::Connecting,
     config: WebTransportConfig,
-    counters: Arc<Counters>,
+    counters: Arc<WebTransportCounters>,
 ) {
     let timeout = config.handshake_timeout;
     let Ok(Ok(connection)) = tokio::time::timeout(timeout, connecting).await else {
