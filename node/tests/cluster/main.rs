@@ -4,25 +4,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../ws_client/mod.rs"]
+mod ws_client;
 use std::net::SocketAddr;
 use std::time::Duration;
+use ws_client::{ask, connect, data_json, next, put, Ws};
 
 use ferry_node::cluster::ClusterConfig;
-use ferry_node::gateway::protocol::{self, Encoded, Received};
+use ferry_node::gateway::protocol::Received;
 use ferry_node::gateway::GatewayConfig;
 use ferry_node::server::{Server, ServerConfig};
 use ferry_testkit::nats::NatsServer;
 use ferry_testkit::wait::wait_for_async_within;
-use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use futures::StreamExt;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One `ferry run` of the cluster, in the test's process.
 struct Node {
@@ -73,37 +71,6 @@ async fn start_node(dir: &std::path::Path, cluster: Option<ClusterConfig>) -> No
     }
 }
 
-/// Connects with `query` and returns the socket and the welcome.
-async fn connect(addr: SocketAddr, query: &str) -> (Ws, Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?{query}"))
-        .await
-        .unwrap();
-    let welcome = next(&mut ws).await;
-    assert_eq!(welcome.kind(), "welcome", "{welcome:?}");
-    (ws, welcome.header)
-}
-
-/// The next protocol frame (heartbeats skipped).
-async fn next(ws: &mut Ws) -> Received {
-    loop {
-        let message = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the connection is open")
-            .unwrap();
-        let encoded = match message {
-            Message::Text(text) => Encoded::Text(text.as_str().to_owned()),
-            Message::Binary(bytes) => Encoded::Binary(bytes.to_vec()),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => continue,
-        };
-        let received = protocol::read_server_frame(&encoded).unwrap();
-        if received.kind() != "heartbeat" {
-            return received;
-        }
-    }
-}
-
 /// The next frame of kind `kind`, skipping others.
 async fn next_of(ws: &mut Ws, kind: &str) -> Received {
     loop {
@@ -112,30 +79,6 @@ async fn next_of(ws: &mut Ws, kind: &str) -> Received {
             return received;
         }
     }
-}
-
-async fn put(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// Sends a request and returns its answer (other frames arriving meanwhile are returned too).
-async fn ask(ws: &mut Ws, frame: Value) -> (Received, Vec<Received>) {
-    let reference = frame["ref"].as_u64().unwrap();
-    put(ws, frame).await;
-    let mut others = Vec::new();
-    loop {
-        let received = next(ws).await;
-        if received.header["ref"].as_u64() == Some(reference) {
-            return (received, others);
-        }
-        others.push(received);
-    }
-}
-
-fn data_json(received: &Received) -> Value {
-    serde_json::from_slice(received.data.as_ref().unwrap()).unwrap()
 }
 
 #[tokio::test]

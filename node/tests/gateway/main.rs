@@ -6,13 +6,16 @@
 mod caps;
 mod requests;
 
+#[path = "../ws_client/mod.rs"]
+mod ws_client;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use ws_client::{ask, connect, data_json, next, put, Ws};
 
 use bytes::Bytes;
 use ferry::{Node, NodeConfig, SecretKey, ServiceOptions};
-use ferry_node::gateway::protocol::{self, Encoded, Received};
+use ferry_node::gateway::protocol;
 use ferry_node::gateway::{
     self, AuthConfig, Disconnect, EndReason, GatewayConfig, GatewayHandle, Hooks, NoHooks,
     SessionInfo, StaticToken, Verdict,
@@ -25,12 +28,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Env {
     node: Node,
@@ -76,16 +76,6 @@ async fn gone(handle: &GatewayHandle, session: &str) {
 
 async fn start(config: GatewayConfig) -> Env {
     start_with(config, Arc::new(NoHooks), StoreConfig::default()).await
-}
-
-/// Connects with `query` (e.g. `token=…`) and returns the socket and the welcome.
-async fn connect(addr: SocketAddr, query: &str) -> (Ws, Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?{query}"))
-        .await
-        .unwrap();
-    let welcome = next(&mut ws).await;
-    assert_eq!(welcome.kind(), "welcome", "{welcome:?}");
-    (ws, welcome.header)
 }
 
 /// The close code and reason of a refused WebSocket upgrade: it is completed and closed at once,
@@ -134,27 +124,6 @@ async fn refused(
     }
 }
 
-/// The next protocol frame (pings skipped).
-async fn next(ws: &mut Ws) -> Received {
-    loop {
-        let message = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the connection is open")
-            .unwrap();
-        let encoded = match message {
-            Message::Text(text) => Encoded::Text(text.as_str().to_owned()),
-            Message::Binary(bytes) => Encoded::Binary(bytes.to_vec()),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => continue,
-        };
-        let received = protocol::read_server_frame(&encoded).unwrap();
-        if received.kind() != "heartbeat" {
-            return received;
-        }
-    }
-}
-
 /// Waits for the close frame and returns its code and reason.
 async fn closed(ws: &mut Ws) -> (u16, String) {
     loop {
@@ -172,36 +141,12 @@ async fn closed(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-async fn put(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-}
-
 async fn put_binary(ws: &mut Ws, header: Value, payload: &[u8]) {
     let header = header.to_string();
     let mut bytes = (header.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(payload);
     ws.send(Message::Binary(bytes.into())).await.unwrap();
-}
-
-/// Sends a request and returns its answer (messages arriving meanwhile are returned too).
-async fn ask(ws: &mut Ws, frame: Value) -> (Received, Vec<Received>) {
-    let reference = frame["ref"].as_u64().unwrap();
-    put(ws, frame).await;
-    let mut others = Vec::new();
-    loop {
-        let received = next(ws).await;
-        if received.header["ref"].as_u64() == Some(reference) {
-            return (received, others);
-        }
-        others.push(received);
-    }
-}
-
-fn data_json(received: &Received) -> Value {
-    serde_json::from_slice(received.data.as_ref().unwrap()).unwrap()
 }
 
 #[tokio::test]
