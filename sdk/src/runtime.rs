@@ -2,7 +2,8 @@
 //! of [`crate::registry`], counters, clock, and the lifecycle (tasks and cancellation).
 //!
 //! The layers, bottom up: addresses, frames and state machines (`ferry-proto`); the network
-//! ([`crate::net`]: endpoint, connections, routes); the tables ([`crate::registry`]); this
+//! ([`crate::net`]: endpoint, connections, routes) and the stream types the tables hold
+//! ([`crate::conversation`], [`crate::payload`]); the tables ([`crate::registry`]); this
 //! runtime; the protocol modules that drive streams over it ([`crate::mailbox`],
 //! [`crate::outbound`], [`crate::streams`]); and [`crate::node`], the public handle. Each
 //! imports only from below.
