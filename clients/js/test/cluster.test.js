@@ -19,11 +19,40 @@ gateway_join = ["room.*"]
 gateway_publish = ["room.*"]
 `
 
-test('a node gone for good: ferry.js rejoins its channels and recovers what it missed', async () => {
+const portOf = node => Number(new URL(node.url).port)
+
+/** Two cluster nodes and a proxy (the load balancer) in front of the first: `failOver()`
+ *  points it at the second, `stop()` ends them all (the first is killed by the test). */
+async function twoNodes () {
   const a = await startNode({ config: config(nats.url) })
   const b = await startNode({ config: config(nats.url) })
-  const portOf = node => Number(new URL(node.url).port)
   const proxy = await startProxy(portOf(a))
+  return {
+    a,
+    b,
+    proxy,
+    failOver: () => proxy.retarget(portOf(b)),
+    stop: async () => {
+      proxy.close()
+      await b.stop()
+      a.remove()
+      b.remove()
+    }
+  }
+}
+
+/** A client of `node` that joined `channel`; `publish(from, to)` sends `{n}` for each n. */
+async function publisherTo (node, channel) {
+  const publisher = await connect(node.url, { transport: 'websocket' })
+  await publisher.join(channel)
+  const publish = async (from, to) => {
+    for (let n = from; n < to; n++) await publisher.send({ channel }, { n })
+  }
+  return { publisher, publish }
+}
+
+test('a node gone for good: ferry.js rejoins its channels and recovers what it missed', async () => {
+  const { a, b, proxy, failOver, stop } = await twoNodes()
 
   const received = []
   const browser = await connect(proxy.url, { transport: 'websocket' })
@@ -34,11 +63,7 @@ test('a node gone for good: ferry.js rejoins its channels and recovers what it m
   await browser.join('room.1')
   const first = browser.session
 
-  const publisher = await connect(b.url, { transport: 'websocket' })
-  await publisher.join('room.1')
-  const publish = async (from, to) => {
-    for (let n = from; n < to; n++) await publisher.send({ channel: 'room.1' }, { n })
-  }
+  const { publisher, publish } = await publisherTo(b, 'room.1')
 
   await publish(0, 10)
   assert.ok(await until(() => received.length === 10), `received ${received}`)
@@ -46,7 +71,7 @@ test('a node gone for good: ferry.js rejoins its channels and recovers what it m
   // Node a dies with the browser's session; while the browser is away, 10 more publications.
   await a.stop('SIGKILL')
   await publish(10, 20)
-  proxy.retarget(portOf(b))
+  failOver()
 
   assert.ok(await until(() => events.some(([kind]) => kind === 'rejoined'), 30000),
     `events: ${JSON.stringify(events)}`)
@@ -71,26 +96,16 @@ test('a node gone for good: ferry.js rejoins its channels and recovers what it m
   assert.ok(await until(() => received.includes('end')))
   assert.deepEqual(received, [...all, 'end'])
 
-  proxy.close()
-  await b.stop()
-  a.remove()
-  b.remove()
+  await stop()
 })
 
 test('publications during the rejoin: both live and recovered, handed over once', async () => {
-  const a = await startNode({ config: config(nats.url) })
-  const b = await startNode({ config: config(nats.url) })
-  const portOf = node => Number(new URL(node.url).port)
-  const proxy = await startProxy(portOf(a))
+  const { a, b, proxy, failOver, stop } = await twoNodes()
   const received = []
   const browser = await connect(proxy.url, { transport: 'websocket' })
   browser.mailbox.setHandler(message => { received.push(message.data.n) })
   await browser.join('room.3')
-  const publisher = await connect(b.url, { transport: 'websocket' })
-  await publisher.join('room.3')
-  const publish = async (from, to) => {
-    for (let n = from; n < to; n++) await publisher.send({ channel: 'room.3' }, { n })
-  }
+  const { publisher, publish } = await publisherTo(b, 'room.3')
   await publish(0, 5)
   assert.ok(await until(() => received.length === 5), `received ${received}`)
   await a.stop('SIGKILL')
@@ -101,7 +116,7 @@ test('publications during the rejoin: both live and recovered, handed over once'
   let rejoined = null
   browser.on('expired', () => { publishing = publish(10, 60) })
   browser.on('rejoined', change => { rejoined = change })
-  proxy.retarget(portOf(b))
+  failOver()
   assert.ok(await until(() => rejoined !== null, 30000))
   assert.equal(rejoined.channels[0].recovered, true)
   await publishing
@@ -110,32 +125,23 @@ test('publications during the rejoin: both live and recovered, handed over once'
   const numbers = received.filter(n => n !== 'end')
   assert.equal(new Set(numbers).size, numbers.length, `a publication came twice: ${received}`)
   assert.deepEqual([...numbers].sort((x, y) => x - y), [...Array(60).keys()])
-  proxy.close()
-  await b.stop()
-  a.remove()
-  b.remove()
+  await stop()
 })
 
 test('without rejoin: the application is told the session changed and nothing is joined', async () => {
-  const a = await startNode({ config: config(nats.url) })
-  const b = await startNode({ config: config(nats.url) })
-  const portOf = node => Number(new URL(node.url).port)
-  const proxy = await startProxy(portOf(a))
+  const { a, proxy, failOver, stop } = await twoNodes()
   const browser = await connect(proxy.url, { transport: 'websocket', rejoin: false })
   const events = []
   browser.on('expired', change => events.push('expired'))
   browser.on('rejoined', change => events.push('rejoined'))
   await browser.join('room.2')
   await a.stop('SIGKILL')
-  proxy.retarget(portOf(b))
+  failOver()
   assert.ok(await until(() => events.includes('expired'), 30000))
   // A round trip after the welcome: a rejoin would have been sent before it.
   await browser.ping()
   const members = await browser.presence('room.2')
   assert.deepEqual(members, [])
   assert.deepEqual(events, ['expired'])
-  proxy.close()
-  await b.stop()
-  a.remove()
-  b.remove()
+  await stop()
 })
