@@ -22,7 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use web_transport_quinn::{RecvStream, SendStream};
 
-use super::frame::{FRAME_BINARY, FRAME_TEXT};
+use super::frame::{header, split_frame, FRAME_BINARY, FRAME_TEXT};
 use crate::gateway::protocol::{
     frame, object, parse_call_target, payload_of, some_raw, CallTarget, Encoded, ErrorCode,
 };
@@ -134,33 +134,6 @@ pub fn decode_data_header(
     Ok(Some((DataHeader { to, request }, used)))
 }
 
-/// A frame's kind, body, and length in all.
-type Split<'a> = (u8, &'a [u8], usize);
-
-/// The whole frame (`kind | length u32 BE | body`) at the start of `bytes`: its kind, its body
-/// and its length in all, or `Ok(None)` while it is incomplete. `limit` gives the largest body
-/// of a kind (or refuses the kind), checked as soon as the length is there.
-fn split_frame<E>(
-    bytes: &[u8],
-    limit: impl Fn(u8) -> Result<usize, E>,
-    too_big: impl Fn(usize) -> E,
-) -> Result<Option<Split<'_>>, E> {
-    let Some(&kind) = bytes.first() else {
-        return Ok(None);
-    };
-    let max = limit(kind)?;
-    let Some(len) = bytes.get(1..5) else {
-        return Ok(None);
-    };
-    let mut be = [0u8; 4];
-    be.copy_from_slice(len);
-    let len = u32::from_be_bytes(be) as usize;
-    if len > max {
-        return Err(too_big(len));
-    }
-    Ok(bytes.get(5..5 + len).map(|body| (kind, body, 5 + len)))
-}
-
 /// The header frame of a data stream to `to` (a call target's text) with the request `data`
 /// (a JSON text, or with `text`, any string), as a client writes it after the type byte.
 pub fn encode_data_header(to: &str, data: Option<&str>, text: bool) -> Vec<u8> {
@@ -183,8 +156,7 @@ pub fn encode_data_header(to: &str, data: Option<&str>, text: bool) -> Vec<u8> {
         json.push('}');
     }
     let mut out = Vec::with_capacity(5 + json.len());
-    out.push(FRAME_TEXT);
-    out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&header(FRAME_TEXT, json.len()));
     out.extend_from_slice(json.as_bytes());
     out
 }
@@ -241,8 +213,7 @@ pub fn decode_data_frame(
 
 /// The header of a [`FRAME_DATA`] frame of `len` bytes.
 fn piece_header(len: usize) -> [u8; 5] {
-    let [a, b, c, d] = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
-    [FRAME_DATA, a, b, c, d]
+    header(FRAME_DATA, len)
 }
 
 /// What a connection's data streams share.

@@ -62,15 +62,46 @@ impl crate::gateway::connection::WireFault for WireError {
     }
 }
 
-/// One frame on a stream: kind (1 byte), length (u32 big-endian), then its bytes.
-fn frame_header(frame: &Encoded) -> [u8; 5] {
-    let (kind, len) = match frame {
-        Encoded::Text(text) => (FRAME_TEXT, text.len()),
-        Encoded::Binary(bytes) => (FRAME_BINARY, bytes.len()),
-    };
-    let len = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
-    let [a, b, c, d] = len;
+/// The header of a frame on a stream: kind (1 byte), then the length of its body (u32
+/// big-endian). Data streams' pieces (§13.11) use the same layout.
+pub(super) fn header(kind: u8, len: usize) -> [u8; 5] {
+    let [a, b, c, d] = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
     [kind, a, b, c, d]
+}
+
+/// The header of `frame`.
+fn frame_header(frame: &Encoded) -> [u8; 5] {
+    match frame {
+        Encoded::Text(text) => header(FRAME_TEXT, text.len()),
+        Encoded::Binary(bytes) => header(FRAME_BINARY, bytes.len()),
+    }
+}
+
+/// A frame's kind, body, and length in all.
+type Split<'a> = (u8, &'a [u8], usize);
+
+/// The whole frame (`kind | length u32 BE | body`) at the start of `bytes`: its kind, its body
+/// and its length in all, or `Ok(None)` while it is incomplete. `limit` gives the largest body
+/// of a kind (or refuses the kind), checked as soon as the length is there.
+pub(super) fn split_frame<E>(
+    bytes: &[u8],
+    limit: impl Fn(u8) -> Result<usize, E>,
+    too_big: impl Fn(usize) -> E,
+) -> Result<Option<Split<'_>>, E> {
+    let Some(&kind) = bytes.first() else {
+        return Ok(None);
+    };
+    let max = limit(kind)?;
+    let Some(len) = bytes.get(1..5) else {
+        return Ok(None);
+    };
+    let mut be = [0u8; 4];
+    be.copy_from_slice(len);
+    let len = u32::from_be_bytes(be) as usize;
+    if len > max {
+        return Err(too_big(len));
+    }
+    Ok(bytes.get(5..5 + len).map(|body| (kind, body, 5 + len)))
 }
 
 pub(super) async fn write_frame(send: &mut SendStream, frame: Encoded) -> Result<(), WireError> {
@@ -118,21 +149,14 @@ pub enum FrameError {
 /// stands for) and its length in bytes, or `Ok(None)` when `bytes` holds only a part of it.
 /// What the gateway does on a stream, for a buffer (the fuzz target's way in).
 pub fn decode_frame(bytes: &[u8], max: usize) -> Result<Option<(Message, usize)>, FrameError> {
-    let Some(header) = bytes.get(..5) else {
-        if let Some(&kind) = bytes.first() {
-            if kind != FRAME_TEXT && kind != FRAME_BINARY {
-                return Err(FrameError::UnknownKind(kind));
-            }
-        }
+    let limit = |kind| match kind {
+        FRAME_TEXT | FRAME_BINARY => Ok(max),
+        other => Err(FrameError::UnknownKind(other)),
+    };
+    let Some((kind, body, used)) = split_frame(bytes, limit, FrameError::TooBig)? else {
         return Ok(None);
     };
-    let mut fixed = [0u8; 5];
-    fixed.copy_from_slice(header);
-    let (kind, len) = check_frame_header(fixed, max)?;
-    let Some(body) = bytes.get(5..5 + len) else {
-        return Ok(None);
-    };
-    Ok(Some((frame_message(kind, body.to_vec())?, 5 + len)))
+    Ok(Some((frame_message(kind, body.to_vec())?, used)))
 }
 
 fn frame_message(kind: u8, body: Vec<u8>) -> Result<Message, FrameError> {
