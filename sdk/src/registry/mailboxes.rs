@@ -449,12 +449,12 @@ impl Mailboxes {
     /// and last whether the counting caveats have room.
     pub(crate) fn authorize(
         &self,
-        node: &Verifier<'_>,
+        verifier: &Verifier<'_>,
         address: &Address,
         peer: &NodeId,
         usage: Usage<'_>,
     ) -> Result<Authorized, SendError> {
-        address.check_cheap(node.id, node.now)?;
+        address.check_cheap(verifier.id, verifier.now)?;
         let entry = read(&self.map)
             .get(&address.mailbox())
             .cloned()
@@ -468,9 +468,9 @@ impl Mailboxes {
             Some(signature) => {
                 let signed = (address.grant(), address.expires(), *signature);
                 if !lock(&entry.verified).contains(&signed) {
-                    node.stats.count_signature_check();
+                    verifier.stats.count_signature_check();
                     address.verify_signature().map_err(|e: VerifyError| {
-                        node.stats.count_forged();
+                        verifier.stats.count_forged();
                         SendError::from(e)
                     })?;
                     let mut verified = lock(&entry.verified);
@@ -482,9 +482,9 @@ impl Mailboxes {
                 Vec::new()
             }
             None => {
-                let root = caps.root(address, node.key);
+                let root = caps.root(address, verifier.key);
                 address.verify_chain(&root).map_err(|e: VerifyError| {
-                    node.stats.count_forged();
+                    verifier.stats.count_forged();
                     SendError::from(e)
                 })?
             }
