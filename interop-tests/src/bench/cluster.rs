@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::child::Child;
-use super::gateway::{next_text, unix_micros, Joined, CHANNEL};
+use super::gateway::{connect_client, next_text, unix_micros, Joined, CHANNEL};
 use super::{Better, Row, Settings};
 
 /// Gateways of the cluster.
@@ -322,7 +322,7 @@ struct Publisher {
 
 impl Publisher {
     async fn connect(url: &str) -> Result<Self> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        let mut ws = connect_client(url)
             .await
             .context("connecting the publisher")?;
         let _welcome = next_text(&mut ws).await?;
