@@ -366,7 +366,10 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                 Action::Open(head) => {
                     let deadline = Instant::from_std(sm.deadline());
                     let hints = outbound.target.hints();
-                    match tokio::time::timeout_at(deadline, open(&node, peer, hints, &head)).await {
+                    // Boxed: opening is the largest wait of a conversation and happens once per
+                    // stream; inline, every idle conversation's task would keep room for it.
+                    let opening = Box::pin(open(&node, peer, hints, &head));
+                    match tokio::time::timeout_at(deadline, opening).await {
                         Ok(Ok(opened)) => {
                             stream = Some(opened);
                             sm.opened(now());

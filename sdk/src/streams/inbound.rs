@@ -11,6 +11,9 @@
 // Frames come from any peer: no input may panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -21,62 +24,124 @@ use crate::address::{Address, Limit, Usage};
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
 use crate::net::limits::{Held, OverBudget, PeerGuard};
+use crate::registry::dedup::DedupKey;
 use crate::registry::mailboxes::{
-    durable_counters, Authorized, Budget, Caps, MailboxHandle, Message,
+    durable_counters, Authorized, Budget, Caps, Durable, MailboxHandle, Message,
 };
 use crate::runtime::Runtime;
 use crate::store::RunId;
-use ferry_proto::receiver::{Incoming, Receiver, Violation};
+use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
 
 /// Serves one mailbox stream opened by `peer`. The stream kind byte was already read.
+///
+/// The future's size is what every idle conversation costs its receiving node (BENCHMARKS.md,
+/// memory), so its state is kept small: the CLOSE frame is written here, once `receive` is
+/// done, not at each of its exits (each kept room of its own in the future for the stream's
+/// whole life); rare waits are boxed; and it borrows what the stream's task owns instead of
+/// holding a second copy of it.
 pub(crate) async fn serve(
-    node: Arc<Runtime>,
-    guard: Arc<PeerGuard>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    node: &Arc<Runtime>,
+    guard: &PeerGuard,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
     open_deadline: tokio::time::Instant,
 ) {
+    if let Err(Refusal { code, reason }) = receive(node, guard, send, recv, open_deadline).await {
+        refuse(send, code, &reason).await;
+    }
+}
+
+/// Why a mailbox stream ends with a CLOSE frame.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    reason: Cow<'static, str>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn revoked() -> Self {
+        Self::new(ErrorCode::REVOKED, REVOKED)
+    }
+
+    fn mailbox_closed() -> Self {
+        Self::new(ErrorCode::NO_SUCH_MAILBOX, "mailbox closed")
+    }
+
+    fn shutting_down() -> Self {
+        Self::new(ErrorCode::SHUTTING_DOWN, "node shutting down")
+    }
+}
+
+/// The stream from its OPEN frame to its end: `Ok` when it ends without a CLOSE frame to
+/// write (the sender finished it, or it failed).
+async fn receive(
+    node: &Arc<Runtime>,
+    guard: &PeerGuard,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    open_deadline: tokio::time::Instant,
+) -> Result<(), Refusal> {
     let peer = guard.peer;
     let mut held = Held::new(node.buffered.clone(), guard.buffered.clone());
     // Ends the stream for a protocol violation, which counts against the peer.
-    let violation = |code: ErrorCode, reason: &str| {
-        guard.violation(&node.net, reason);
-        (code, reason.to_owned())
+    let violation = |code: ErrorCode, reason: Cow<'static, str>| {
+        guard.violation(&node.net, &reason);
+        Refusal::new(code, reason)
     };
     let mut buf = BytesMut::new();
-    let open = match read_open(&mut recv, &mut buf, open_deadline).await {
-        Ok(open) => open,
-        // An opener that gives up early resets its stream: no violation.
-        Err((code, reason)) if reason == ENDED_BEFORE_OPEN => {
-            return refuse(&mut send, code, &reason).await;
-        }
-        Err((code, reason)) => {
-            let (code, reason) = violation(code, &reason);
-            return refuse(&mut send, code, &reason).await;
-        }
-    };
-    let authorized = match authorize(&node, peer, &open) {
-        Ok(authorized) => authorized,
-        Err((code, reason)) => {
+    // In a block of its own, so that the OPEN frame and the checks' results are gone before
+    // the stream's first wait instead of kept in its future (see `serve`).
+    let (revoked, mailbox, grant, limits, from, dedup_key, expires, first_seq) = {
+        let open = match read_open(recv, &mut buf, open_deadline).await {
+            Ok(open) => open,
+            // An opener that gives up early resets its stream: no violation.
+            Err((code, reason)) if reason == ENDED_BEFORE_OPEN => {
+                return Err(Refusal::new(code, reason));
+            }
+            Err((code, reason)) => return Err(violation(code, reason.into())),
+        };
+        let authorized = authorize(node, peer, &open).map_err(|(code, reason)| {
             if code == ErrorCode::FROM_MISMATCH {
                 guard.violation(&node.net, &reason);
             }
-            return refuse(&mut send, code, &reason).await;
-        }
+            Refusal::new(code, reason)
+        })?;
+        let revoked = authorized.revoked();
+        let Authorized {
+            handle,
+            grant,
+            limits,
+        } = authorized;
+        let Open {
+            target,
+            from,
+            epoch,
+            first_seq,
+        } = open;
+        let dedup_key = (peer, from.mailbox(), target.mailbox(), epoch);
+        let expires = target.effective_expiry();
+        (
+            revoked,
+            handle,
+            grant,
+            limits,
+            Arc::new(from),
+            dedup_key,
+            expires,
+            first_seq,
+        )
     };
     // Resolves once the grant is revoked: the stream then ends with REVOKED wherever it
     // waits (for the sender, for room in the mailbox, for a rate window, for room in a store).
-    let revoked = authorized.revoked();
     tokio::pin!(revoked);
-    let Authorized {
-        handle: mailbox,
-        grant,
-        limits,
-    } = authorized;
-    let from = Arc::new(open.from);
-    let dedup_key = (peer, from.mailbox(), open.target.mailbox(), open.epoch);
     let dedup = node.dedup.entry(dedup_key, node.config.max_dedup_entries);
-    let expires = open.target.effective_expiry();
     // Messages reserved under the counting caveats but not (yet) delivered: given back if the
     // stream ends before they are.
     let mut reserved = Reserved {
@@ -84,7 +149,6 @@ pub(crate) async fn serve(
         limits: &limits,
         count: 0,
     };
-    let counters = durable_counters(&limits);
     let mut out = Vec::with_capacity(16);
     frame::put_frame(
         &mut out,
@@ -93,31 +157,24 @@ pub(crate) async fn serve(
         },
     );
     if send.write_all(&out).await.is_err() {
-        return;
+        return Ok(());
     }
     let max_frame = node.config.max_message_size + 1;
     let cancelled = node.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
     let durable = mailbox.durable.clone();
-    let run = RunId {
-        node: peer,
-        mailbox: from.mailbox(),
-        epoch: open.epoch,
-    };
     let mut receiver = {
         let mut state = dedup.lock().await;
         if state.next_seq.is_none() {
             if let Some(durable) = &durable {
                 // After a restart only the store knows how far this run got.
-                match durable.store.delivered(durable.mailbox, run) {
-                    Ok(delivered) => state.next_seq = delivered,
-                    Err(error) => {
-                        return refuse(&mut send, ErrorCode::STORE_FAILED, &error.to_string()).await
-                    }
-                }
+                state.next_seq = durable
+                    .store
+                    .delivered(durable.mailbox, run_of(&dedup_key))
+                    .map_err(|error| Refusal::new(ErrorCode::STORE_FAILED, error.to_string()))?;
             }
         }
-        Receiver::open(open.first_seq, node.config.max_message_size, &mut state)
+        Receiver::open(first_seq, node.config.max_message_size, &mut state)
     };
     // Messages of a durable mailbox wait here until they are stored.
     let mut to_store: Vec<(Arc<Address>, Bytes)> = Vec::new();
@@ -125,13 +182,13 @@ pub(crate) async fn serve(
     let mut waited = std::time::Duration::ZERO;
     loop {
         if expires.is_some_and(|at| node.clock.unix_now() >= at) {
-            return refuse(&mut send, ErrorCode::EXPIRED, "address expired").await;
+            return Err(Refusal::new(ErrorCode::EXPIRED, "address expired"));
         }
         if mailbox.closed.is_cancelled() {
-            return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
+            return Err(Refusal::mailbox_closed());
         }
         if mailbox.caps.is_revoked(grant) {
-            return refuse_revoked(&mut send).await;
+            return Err(Refusal::revoked());
         }
         // Set when a counting caveat ends the stream after what was delivered is acknowledged.
         let mut exhausted = None;
@@ -142,10 +199,7 @@ pub(crate) async fn serve(
                 let incoming = match receiver.next(&mut buf, &state) {
                     Ok(Some(incoming)) => incoming,
                     Ok(None) => break,
-                    Err(Violation { code, reason }) => {
-                        let (code, reason) = violation(code, &reason);
-                        return refuse(&mut send, code, &reason).await;
-                    }
+                    Err(Violation { code, reason }) => return Err(violation(code, reason.into())),
                 };
                 waited = std::time::Duration::ZERO;
                 let Incoming::Message { seq, payload } = incoming else {
@@ -164,16 +218,10 @@ pub(crate) async fn serve(
                         Ok(()) => break,
                         Err(Budget::Wait(secs)) => {
                             let pause = std::time::Duration::from_secs(secs.clamp(1, 3600));
-                            tokio::select! {
-                                _ = tokio::time::sleep(pause) => {}
-                                _ = mailbox.closed.cancelled() => {
-                                    return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
-                                }
-                                _ = &mut revoked => return refuse_revoked(&mut send).await,
-                                _ = node.cancel.cancelled() => {
-                                    return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
-                                }
-                            }
+                            // Boxed: a rate window is rare, and its wait would otherwise keep
+                            // room in every stream's future.
+                            Box::pin(wait_for_budget(node, &mailbox, revoked.as_mut(), pause))
+                                .await?;
                         }
                         Err(Budget::Exhausted) => {
                             exhausted = Some((ErrorCode::EXHAUSTED, "address budget used up", seq));
@@ -199,78 +247,42 @@ pub(crate) async fn serve(
                     receipt: None,
                 };
                 // Not acknowledged yet: a revocation while it waits for room drops it.
-                let queued = tokio::select! {
-                    queued = enqueue(&node, &mailbox, message) => queued,
-                    _ = &mut revoked => Err((ErrorCode::REVOKED, REVOKED)),
-                };
-                if let Err((code, reason)) = queued {
-                    return refuse(&mut send, code, reason).await;
+                if let Some(message) = try_enqueue(node, &mailbox, message)? {
+                    Box::pin(enqueue_or_revoked(
+                        node,
+                        &mailbox,
+                        message,
+                        revoked.as_mut(),
+                    ))
+                    .await?;
                 }
                 reserved.count -= 1;
                 receiver.delivered(&mut state, seq + 1);
             }
             if let Some(durable) = &durable {
-                let mut batch = std::mem::take(&mut to_store);
-                let mut first = receiver.seq() - batch.len() as u64;
-                while !batch.is_empty() {
-                    let stored = match durable
-                        .store(Some((run, first)), batch.clone(), counters.clone())
-                        .await
-                    {
-                        Ok(stored) => stored,
-                        Err(error) => {
-                            return refuse(&mut send, ErrorCode::STORE_FAILED, &error.to_string())
-                                .await
-                        }
-                    };
-                    if stored.is_empty() {
-                        // The mailbox's store is full: not reading slows this sender until the
-                        // application acknowledges messages.
-                        tokio::select! {
-                            _ = tokio::time::sleep(STORE_FULL_RETRY) => continue,
-                            _ = mailbox.closed.cancelled() => {
-                                return refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
-                            }
-                            // Not stored, so not acknowledged: the sender sees REVOKED.
-                            _ = &mut revoked => return refuse_revoked(&mut send).await,
-                            _ = node.cancel.cancelled() => {
-                                return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
-                            }
-                        }
-                    }
-                    batch.drain(..stored.len());
-                    first += stored.len() as u64;
-                    // Stored and counted by the store: delivered.
-                    reserved.count = reserved.count.saturating_sub(stored.len() as u64);
-                    // Stored: from here on the messages survive, so they are acknowledged now,
-                    // before they wait for room in the mailbox's queue.
-                    receiver.delivered(&mut state, first);
-                    out.clear();
-                    frame::put_frame(
-                        &mut out,
-                        &Frame::Ack {
-                            next_seq: receiver.ack_stored(first),
+                if !to_store.is_empty() {
+                    let batch = std::mem::take(&mut to_store);
+                    // Boxed: only durable mailboxes store, and a store write is no small
+                    // future to keep in every stream's.
+                    let stored = Box::pin(store_and_acknowledge(
+                        StoreBatch {
+                            node,
+                            mailbox: &mailbox,
+                            durable,
+                            run: run_of(&dedup_key),
+                            limits: &limits,
+                            receiver: &mut receiver,
+                            state: &mut state,
+                            reserved: &mut reserved,
+                            out: &mut out,
+                            send: &mut *send,
                         },
-                    );
-                    // The ACK may not go out (the sender reset or stopped the stream, or the
-                    // connection is gone). The batch is stored and the run counts it as
-                    // delivered all the same — the run's next stream skips it as duplicates —
-                    // so it still goes to the mailbox's queue, and the stream ends after.
-                    let acked = send.write_all(&out).await.is_ok();
-                    tokio::select! {
-                        _ = durable.replayed.cancelled() => {}
-                        _ = node.cancel.cancelled() => {
-                            return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
-                        }
-                    }
-                    for message in stored {
-                        if let Err((code, reason)) = enqueue(&node, &mailbox, message).await {
-                            // Stored messages are delivered when the mailbox opens again.
-                            return refuse(&mut send, code, reason).await;
-                        }
-                    }
-                    if !acked {
-                        return;
+                        batch,
+                        revoked.as_mut(),
+                    ))
+                    .await?;
+                    if stored == Acked::NotSent {
+                        return Ok(());
                     }
                 }
             }
@@ -288,10 +300,10 @@ pub(crate) async fn serve(
                 out.clear();
                 frame::put_frame(&mut out, &Frame::Ack { next_seq });
                 if send.write_all(&out).await.is_err() {
-                    return;
+                    return Ok(());
                 }
             }
-            return refuse(&mut send, code, reason).await;
+            return Err(Refusal::new(code, reason));
         }
         if let Some(next_seq) = receiver.ack() {
             // Let the woken receiver (and a reply it sends) run first, so this acknowledgement
@@ -300,7 +312,7 @@ pub(crate) async fn serve(
             out.clear();
             frame::put_frame(&mut out, &Frame::Ack { next_seq });
             if send.write_all(&out).await.is_err() {
-                return;
+                return Ok(());
             }
         }
         // A frame that has begun must be complete within frame_timeout of waiting for it.
@@ -310,15 +322,12 @@ pub(crate) async fn serve(
         let waiting = tokio::time::Instant::now();
         let chunk = tokio::select! {
             chunk = recv.read_chunk(64 * 1024, true) => chunk,
-            _ = &mut cancelled => {
-                return refuse(&mut send, ErrorCode::SHUTTING_DOWN, "node shutting down").await;
-            }
+            _ = &mut cancelled => return Err(Refusal::shutting_down()),
             // An idle stream under a revoked grant ends at once, not at its next message.
-            _ = &mut revoked => return refuse_revoked(&mut send).await,
+            _ = &mut revoked => return Err(Refusal::revoked()),
             _ = sleep_until(frame_deadline) => {
                 let reason = "frame not completed within frame_timeout";
-                let (code, reason) = violation(ErrorCode::TIMEOUT, reason);
-                return refuse(&mut send, code, &reason).await;
+                return Err(violation(ErrorCode::TIMEOUT, reason.into()));
             }
         };
         if frame_deadline.is_some() {
@@ -328,8 +337,7 @@ pub(crate) async fn serve(
             Ok(Some(chunk)) => {
                 // Bound the buffer: a partial frame never exceeds one maximum frame.
                 if buf.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + 64 * 1024 {
-                    let (code, reason) = violation(ErrorCode::TOO_LARGE, "frame too large");
-                    return refuse(&mut send, code, &reason).await;
+                    return Err(violation(ErrorCode::TOO_LARGE, "frame too large".into()));
                 }
                 buf.extend_from_slice(&chunk.bytes);
                 if let Err(over) = held.set(buf.len()) {
@@ -340,27 +348,145 @@ pub(crate) async fn serve(
                         }
                         OverBudget::Node => "the node's buffered bytes reached max_buffered_bytes",
                     };
-                    return refuse(&mut send, ErrorCode::LIMIT, reason).await;
+                    return Err(Refusal::new(ErrorCode::LIMIT, reason));
                 }
             }
             Ok(None) => {
                 if let Err(Violation { code, reason }) = receiver.finished(&buf) {
-                    let (code, reason) = violation(code, &reason);
-                    return refuse(&mut send, code, &reason).await;
+                    return Err(violation(code, reason.into()));
                 }
                 node.dedup.remove(&dedup_key);
                 if let Some(durable) = &durable {
-                    durable.store.end_run(durable.mailbox, run);
+                    durable.store.end_run(durable.mailbox, run_of(&dedup_key));
                 }
                 let _ = send.finish();
-                return;
+                return Ok(());
             }
             Err(error) => {
                 debug!(%error, "mailbox stream ended");
-                return;
+                return Ok(());
             }
         }
     }
+}
+
+/// The run a stream's dedup key names: derived, not kept beside the key in every stream's
+/// future.
+fn run_of(&(node, from, _target, epoch): &DedupKey) -> RunId {
+    RunId {
+        node,
+        mailbox: from,
+        epoch,
+    }
+}
+
+/// Waits `pause` for a rate window of the address's caveats to open again.
+async fn wait_for_budget(
+    node: &Runtime,
+    mailbox: &MailboxHandle,
+    revoked: Pin<&mut impl Future<Output = ()>>,
+    pause: std::time::Duration,
+) -> Result<(), Refusal> {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => Ok(()),
+        _ = mailbox.closed.cancelled() => Err(Refusal::mailbox_closed()),
+        _ = revoked => Err(Refusal::revoked()),
+        _ = node.cancel.cancelled() => Err(Refusal::shutting_down()),
+    }
+}
+
+/// What a durable stream's store write needs of the stream.
+struct StoreBatch<'a, 's> {
+    node: &'a Runtime,
+    mailbox: &'a MailboxHandle,
+    durable: &'a Arc<Durable>,
+    run: RunId,
+    limits: &'a [Limit],
+    receiver: &'a mut Receiver,
+    state: &'a mut RunState,
+    reserved: &'a mut Reserved<'s>,
+    out: &'a mut Vec<u8>,
+    send: &'a mut quinn::SendStream,
+}
+
+/// Whether the acknowledgement of a stored batch went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acked {
+    Sent,
+    NotSent,
+}
+
+/// Stores `batch` in a durable mailbox, waiting for room in its store while it is full,
+/// acknowledges what is stored (from then on it survives), then queues it in the mailbox.
+async fn store_and_acknowledge(
+    stream: StoreBatch<'_, '_>,
+    mut batch: Vec<(Arc<Address>, Bytes)>,
+    mut revoked: Pin<&mut impl Future<Output = ()>>,
+) -> Result<Acked, Refusal> {
+    let StoreBatch {
+        node,
+        mailbox,
+        durable,
+        run,
+        limits,
+        receiver,
+        state,
+        reserved,
+        out,
+        send,
+    } = stream;
+    let counters = durable_counters(limits);
+    let mut first = receiver.seq() - batch.len() as u64;
+    while !batch.is_empty() {
+        let stored = durable
+            .store(Some((run, first)), batch.clone(), counters.clone())
+            .await
+            .map_err(|error| Refusal::new(ErrorCode::STORE_FAILED, error.to_string()))?;
+        if stored.is_empty() {
+            // The mailbox's store is full: not reading slows this sender until the
+            // application acknowledges messages.
+            tokio::select! {
+                _ = tokio::time::sleep(STORE_FULL_RETRY) => continue,
+                _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
+                // Not stored, so not acknowledged: the sender sees REVOKED.
+                _ = &mut revoked => return Err(Refusal::revoked()),
+                _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
+            }
+        }
+        batch.drain(..stored.len());
+        first += stored.len() as u64;
+        // Stored and counted by the store: delivered.
+        reserved.count = reserved.count.saturating_sub(stored.len() as u64);
+        // Stored: from here on the messages survive, so they are acknowledged now, before
+        // they wait for room in the mailbox's queue.
+        receiver.delivered(state, first);
+        out.clear();
+        frame::put_frame(
+            out,
+            &Frame::Ack {
+                next_seq: receiver.ack_stored(first),
+            },
+        );
+        // The ACK may not go out (the sender reset or stopped the stream, or the connection is
+        // gone). The batch is stored and the run counts it as delivered all the same — the
+        // run's next stream skips it as duplicates — so it still goes to the mailbox's queue,
+        // and the stream ends after.
+        let acked = send.write_all(out).await.is_ok();
+        tokio::select! {
+            _ = durable.replayed.cancelled() => {}
+            _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
+        }
+        for message in stored {
+            // Stored messages are delivered when the mailbox opens again.
+            if let Some(message) = try_enqueue(node, mailbox, message)? {
+                enqueue(node, mailbox, message).await?;
+            }
+        }
+        if !acked {
+            return Ok(Acked::NotSent);
+        }
+    }
+    Ok(Acked::Sent)
 }
 
 /// Messages charged to an address's counting caveats but not delivered: given back when the
@@ -388,31 +514,51 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// How often a full durable mailbox is tried again.
 const STORE_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Queues `message` in the mailbox, waiting for room (which stops reading the stream, so only
-/// this sender slows down).
-async fn enqueue(
+/// Queues `message` in the mailbox if it has room now; gives the message back if it is full.
+fn try_enqueue(
     node: &Runtime,
     mailbox: &MailboxHandle,
     message: Message,
-) -> Result<(), (ErrorCode, &'static str)> {
-    let permit = match mailbox.queue.try_reserve() {
-        Ok(permit) => permit,
-        Err(TrySendError::Closed(())) => {
-            return Err((ErrorCode::NO_SUCH_MAILBOX, "mailbox closed"))
+) -> Result<Option<Message>, Refusal> {
+    match mailbox.queue.try_reserve() {
+        Ok(permit) => {
+            queue(node, permit, message);
+            Ok(None)
         }
-        Err(TrySendError::Full(())) => tokio::select! {
-            permit = mailbox.queue.reserve() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Err((ErrorCode::NO_SUCH_MAILBOX, "mailbox closed")),
-            },
-            _ = mailbox.closed.cancelled() => return Err((ErrorCode::NO_SUCH_MAILBOX, "mailbox closed")),
-            _ = node.cancel.cancelled() => return Err((ErrorCode::SHUTTING_DOWN, "node shutting down")),
-        },
+        Err(TrySendError::Closed(())) => Err(Refusal::mailbox_closed()),
+        Err(TrySendError::Full(())) => Ok(Some(message)),
+    }
+}
+
+/// Queues `message` in the mailbox, waiting for room (which stops reading the stream, so only
+/// this sender slows down).
+async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> Result<(), Refusal> {
+    let permit = tokio::select! {
+        permit = mailbox.queue.reserve() => permit.map_err(|_| Refusal::mailbox_closed())?,
+        _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
+        _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
     };
+    queue(node, permit, message);
+    Ok(())
+}
+
+/// [`enqueue`] for a message not acknowledged yet: a revocation while it waits drops it.
+async fn enqueue_or_revoked(
+    node: &Runtime,
+    mailbox: &MailboxHandle,
+    message: Message,
+    revoked: Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), Refusal> {
+    tokio::select! {
+        queued = enqueue(node, mailbox, message) => queued,
+        _ = revoked => Err(Refusal::revoked()),
+    }
+}
+
+fn queue(node: &Runtime, permit: tokio::sync::mpsc::Permit<'_, Message>, message: Message) {
     node.stats.count_bytes_in(message.payload.len());
     permit.send(message);
     node.stats.count_message_in();
-    Ok(())
 }
 
 const ENDED_BEFORE_OPEN: &str = "stream ended before open";

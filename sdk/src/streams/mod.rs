@@ -92,9 +92,14 @@ async fn serve_connection(node: Arc<Runtime>, connection: quinn::Connection, pee
                 // One deadline covers the stream kind byte and the opening frame.
                 let deadline = tokio::time::Instant::now() + serving.config.open_timeout;
                 let mut kind = [0u8; 1];
-                let read = tokio::time::timeout_at(deadline, recv.read_exact(&mut kind)).await;
-                if !matches!(read, Ok(Ok(()))) {
-                    if read.is_err() {
+                // Only what the read says is kept, not its result: that would stay in the
+                // task's future for the stream's life.
+                let (read, timed_out) = {
+                    let read = tokio::time::timeout_at(deadline, recv.read_exact(&mut kind)).await;
+                    (matches!(read, Ok(Ok(()))), read.is_err())
+                };
+                if !read {
+                    if timed_out {
                         guard.violation(&serving.net, "no stream kind within open_timeout");
                     }
                     let code = quinn::VarInt::from_u32(ErrorCode::TIMEOUT.0 as u32);
@@ -104,17 +109,24 @@ async fn serve_connection(node: Arc<Runtime>, connection: quinn::Connection, pee
                 }
                 match StreamKind::from_byte(kind[0]) {
                     Ok(StreamKind::Mailbox) => {
-                        crate::streams::inbound::serve(serving, guard, send, recv, deadline).await
-                    }
-                    Ok(StreamKind::Conversation) => {
-                        crate::streams::service::serve_stream(
-                            serving, peer, origin, send, recv, deadline, guard, in_use,
+                        crate::streams::inbound::serve(
+                            &serving, &guard, &mut send, &mut recv, deadline,
                         )
                         .await
                     }
+                    // Boxed, so that each kind of stream costs what its own state needs:
+                    // inline, every mailbox stream's task would be as large as the largest.
+                    Ok(StreamKind::Conversation) => {
+                        Box::pin(crate::streams::service::serve_stream(
+                            serving, peer, origin, send, recv, deadline, guard, in_use,
+                        ))
+                        .await
+                    }
                     Ok(StreamKind::Monitor) => {
-                        crate::streams::monitor::serve_stream(serving, send, recv, deadline, guard)
-                            .await
+                        Box::pin(crate::streams::monitor::serve_stream(
+                            serving, send, recv, deadline, guard,
+                        ))
+                        .await
                     }
                     Err(error) => {
                         debug!(%error, "refusing stream");
