@@ -290,9 +290,13 @@ async fn write(
         Encoded::Text(text) => Message::Text(text.into()),
         Encoded::Binary(bytes) => Message::Binary(bytes.into()),
     };
+    // Made once, not per frame: a future made in the loop registers with the token again for
+    // every frame (a fan-out to many sessions wakes every writer once).
+    let stop = done.clone().cancelled_owned();
+    tokio::pin!(stop);
     loop {
         let message = tokio::select! {
-            _ = done.cancelled() => break,
+            () = &mut stop => break,
             _ = ping.tick() => {
                 if !matches!(
                     tokio::time::timeout(write_timeout, sink.feed(Message::Ping(Bytes::new()))).await,
