@@ -39,6 +39,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Verifier as _};
 
@@ -217,8 +218,15 @@ enum Proof {
 }
 
 /// A signed capability address of a mailbox, with optional dial hints.
+///
+/// Cheap to clone: the fields are shared, so the many holders of one address (a mailbox, its
+/// senders, their conversations, the messages they carry) hold one copy of it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Address {
+pub struct Address(Arc<Fields>);
+
+/// What an [`Address`] is made of.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Fields {
     node: NodeId,
     mailbox: MailboxId,
     expires: Option<u64>,
@@ -407,6 +415,15 @@ impl Attenuation<'_> {
 }
 
 impl Address {
+    fn from_fields(fields: Fields) -> Self {
+        Self(Arc::new(fields))
+    }
+
+    /// The fields, to change: copied first if another holder shares them.
+    fn fields_mut(&mut self) -> &mut Fields {
+        Arc::make_mut(&mut self.0)
+    }
+
     /// Signs a new address of the default grant. Only the node holding `key` can do this.
     pub fn mint(
         key: &SecretKey,
@@ -433,7 +450,7 @@ impl Address {
         let mut hints = hints;
         dedup_in_order(&mut hints);
         hints.truncate(MAX_HINTS);
-        Self {
+        Self::from_fields(Fields {
             node,
             mailbox,
             expires,
@@ -441,23 +458,23 @@ impl Address {
             proof: Proof::Signature(signature),
             hints,
             extensions: Vec::new(),
-        }
+        })
     }
 
     /// The node that owns the mailbox.
     pub fn node(&self) -> NodeId {
-        self.node
+        self.0.node
     }
 
     /// The mailbox on that node.
     pub fn mailbox(&self) -> MailboxId {
-        self.mailbox
+        self.0.mailbox
     }
 
     /// The expiry of the base address (signed by the node), in seconds since the Unix epoch.
     /// Caveats may set an earlier one: [`Address::effective_expiry`].
     pub fn expires(&self) -> Option<u64> {
-        self.expires
+        self.0.expires
     }
 
     /// When the address stops working: the earliest of its base expiry and its expiry caveats.
@@ -468,18 +485,18 @@ impl Address {
                 Caveat::ExpiresBefore(at) => Some(*at),
                 _ => None,
             })
-            .chain(self.expires)
+            .chain(self.0.expires)
             .min()
     }
 
     /// The grant the address belongs to (0 for every `ferry1` address).
     pub fn grant(&self) -> GrantId {
-        self.grant
+        self.0.grant
     }
 
     /// The caveats, in order (none for an address the node signed).
     pub fn caveats(&self) -> &[Caveat] {
-        match &self.proof {
+        match &self.0.proof {
             Proof::Signature(_) => &[],
             Proof::Chain { caveats, .. } => caveats,
         }
@@ -487,12 +504,12 @@ impl Address {
 
     /// Whether this is a `ferry1` address: grant 0, no caveats.
     pub fn is_plain(&self) -> bool {
-        self.grant == GrantId::DEFAULT && matches!(self.proof, Proof::Signature(_))
+        self.0.grant == GrantId::DEFAULT && matches!(self.0.proof, Proof::Signature(_))
     }
 
     /// Where the node may be reached (unsigned, advisory).
     pub fn hints(&self) -> &[SocketAddr] {
-        &self.hints
+        &self.0.hints
     }
 
     /// The same address with other socket-address hints (at most [`MAX_HINTS`] hints in all
@@ -501,28 +518,28 @@ impl Address {
         let mut hints = hints;
         dedup_in_order(&mut hints);
         hints.truncate(MAX_HINTS);
-        let mut extensions = self.extensions.clone();
+        let mut extensions = self.0.extensions.clone();
         extensions.truncate(MAX_HINTS - hints.len());
-        Self {
+        Self::from_fields(Fields {
             hints,
             extensions,
-            ..self.clone()
-        }
+            ..(*self.0).clone()
+        })
     }
 
     /// The address without any hints: the capability alone.
     pub fn without_hints(&self) -> Self {
-        Self {
+        Self::from_fields(Fields {
             hints: Vec::new(),
             extensions: Vec::new(),
-            ..self.clone()
-        }
+            ..(*self.0).clone()
+        })
     }
 
     /// Extension hints, as (tag, value): relay hints ([`HINT_RELAY`]) and kinds this version
     /// does not know, kept verbatim.
     pub fn extension_hints(&self) -> &[(u8, Vec<u8>)] {
-        &self.extensions
+        &self.0.extensions
     }
 
     /// The same address with a relay hint added: the node can be reached through the relay
@@ -532,10 +549,10 @@ impl Address {
         let mut address = self.clone();
         let value = encode_relay_hint(&relay, relay_addr);
         let hint = (HINT_RELAY, value);
-        if address.hints.len() + address.extensions.len() < MAX_HINTS
-            && !address.extensions.contains(&hint)
+        if address.0.hints.len() + address.0.extensions.len() < MAX_HINTS
+            && !address.0.extensions.contains(&hint)
         {
-            address.extensions.push(hint);
+            address.fields_mut().extensions.push(hint);
         }
         address
     }
@@ -543,7 +560,8 @@ impl Address {
     /// The relays this address names: (relay node, its socket address), in order. Malformed
     /// relay hints are skipped.
     pub fn relays(&self) -> Vec<(NodeId, SocketAddr)> {
-        self.extensions
+        self.0
+            .extensions
             .iter()
             .filter(|(tag, _)| *tag == HINT_RELAY)
             .filter_map(|(_, value)| decode_relay_hint(value))
@@ -553,7 +571,7 @@ impl Address {
     /// The signature bytes; `None` for an attenuated address, which carries a chain tag
     /// instead.
     pub fn signature(&self) -> Option<&[u8; 64]> {
-        match &self.proof {
+        match &self.0.proof {
             Proof::Signature(signature) => Some(signature),
             Proof::Chain { .. } => None,
         }
@@ -562,7 +580,7 @@ impl Address {
     /// The chain tag of an attenuated address (`None` for a signed one). As secret as the
     /// address itself: whoever knows it can derive from it.
     pub fn tag(&self) -> Option<&Tag> {
-        match &self.proof {
+        match &self.0.proof {
             Proof::Signature(_) => None,
             Proof::Chain { tag, .. } => Some(tag),
         }
@@ -586,7 +604,7 @@ impl Address {
     /// This address with `caveats` appended (PROTOCOL.md §4.11). Needs no key: whoever holds an
     /// address can narrow it. The result keeps this address's hints.
     pub fn with_caveats(&self, caveats: &[Caveat]) -> Result<Self, AttenuateError> {
-        let (mut all, mut tag) = match &self.proof {
+        let (mut all, mut tag) = match &self.0.proof {
             Proof::Signature(signature) => (Vec::new(), self.root_tag_of(signature)),
             Proof::Chain { caveats, tag } => (caveats.clone(), *tag),
         };
@@ -611,19 +629,19 @@ impl Address {
         if all.is_empty() {
             return Ok(self.clone());
         }
-        Ok(Self {
+        Ok(Self::from_fields(Fields {
             proof: Proof::Chain { caveats: all, tag },
-            ..self.clone()
-        })
+            ..(*self.0).clone()
+        }))
     }
 
     fn root_tag_of(&self, signature: &[u8; 64]) -> Tag {
         caveat::root_tag(
             signature,
-            &self.node,
-            self.mailbox.0,
-            self.expires.unwrap_or(0),
-            self.grant.0,
+            &self.0.node,
+            self.0.mailbox.0,
+            self.0.expires.unwrap_or(0),
+            self.0.grant.0,
         )
     }
 
@@ -631,9 +649,9 @@ impl Address {
     /// `now_secs` (neither its base expiry nor an expiry caveat). Run these before
     /// [`Address::verify_signature`] / [`Address::verify_chain`].
     pub fn check_cheap(&self, this_node: &NodeId, now_secs: u64) -> Result<(), VerifyError> {
-        if self.node != *this_node {
+        if self.0.node != *this_node {
             return Err(VerifyError::WrongNode {
-                address_node: self.node,
+                address_node: self.0.node,
                 this_node: *this_node,
             });
         }
@@ -670,13 +688,14 @@ impl Address {
     /// attenuated address has no signature and fails it (`Forged`): check it with
     /// [`Address::verify_chain`] or [`Address::verify`].
     pub fn verify_signature(&self) -> Result<(), VerifyError> {
-        let Proof::Signature(signature) = &self.proof else {
+        let Proof::Signature(signature) = &self.0.proof else {
             return Err(VerifyError::Forged);
         };
-        let (message, len) = signed_message(&self.node, self.mailbox, self.expires, self.grant);
+        let (message, len) =
+            signed_message(&self.0.node, self.0.mailbox, self.0.expires, self.0.grant);
         let message = message.get(..len).unwrap_or_default();
         let signature = Signature::from_bytes(signature);
-        let key = self.node.verifying_key();
+        let key = self.0.node.verifying_key();
         key.verify_strict(message, &signature)
             .map_err(|_| VerifyError::Forged)?;
         // verify_strict and verify agree on every canonical input; keep the invariant visible.
@@ -688,7 +707,8 @@ impl Address {
     /// base (node, mailbox, expires, grant), which is deterministic (one ed25519 signing,
     /// about 20 µs). Meaningful only with the key of [`Address::node`].
     pub fn root_tag(&self, key: &SecretKey) -> Tag {
-        let (message, len) = signed_message(&self.node, self.mailbox, self.expires, self.grant);
+        let (message, len) =
+            signed_message(&self.0.node, self.0.mailbox, self.0.expires, self.0.grant);
         let signature = key.sign(message.get(..len).unwrap_or_default());
         self.root_tag_of(&signature)
     }
@@ -697,7 +717,7 @@ impl Address {
     /// [`Address::root_tag`]): one HMAC per caveat. Returns the counting caveats the node must
     /// charge every message to. An address without caveats has no chain: `Forged`.
     pub fn verify_chain(&self, root: &Tag) -> Result<Vec<Limit>, VerifyError> {
-        let Proof::Chain { caveats, tag } = &self.proof else {
+        let Proof::Chain { caveats, tag } = &self.0.proof else {
             return Err(VerifyError::Forged);
         };
         let mut current = *root;
@@ -726,7 +746,7 @@ impl Address {
     /// The whole proof check by the node that owns `key`: the signature of a signed address,
     /// or the chain of an attenuated one. Returns the counting caveats.
     pub fn verify(&self, key: &SecretKey) -> Result<Vec<Limit>, VerifyError> {
-        match &self.proof {
+        match &self.0.proof {
             Proof::Signature(_) => self.verify_signature().map(|()| Vec::new()),
             Proof::Chain { .. } => self.verify_chain(&self.root_tag(key)),
         }
@@ -736,16 +756,16 @@ impl Address {
     /// PROTOCOL.md §5; `None` for an address of another grant or with caveats, which frames
     /// carry as a capability field ([`Address::to_cap_bytes`]).
     pub fn core_bytes(&self) -> Option<[u8; ADDRESS_CORE_LEN]> {
-        let Proof::Signature(signature) = &self.proof else {
+        let Proof::Signature(signature) = &self.0.proof else {
             return None;
         };
-        if self.grant != GrantId::DEFAULT {
+        if self.0.grant != GrantId::DEFAULT {
             return None;
         }
         let mut out = [0u8; ADDRESS_CORE_LEN];
-        out[..32].copy_from_slice(self.node.as_bytes());
-        out[32..40].copy_from_slice(&self.mailbox.0.to_be_bytes());
-        out[40..48].copy_from_slice(&self.expires.unwrap_or(0).to_be_bytes());
+        out[..32].copy_from_slice(self.0.node.as_bytes());
+        out[32..40].copy_from_slice(&self.0.mailbox.0.to_be_bytes());
+        out[40..48].copy_from_slice(&self.0.expires.unwrap_or(0).to_be_bytes());
         out[48..].copy_from_slice(signature);
         Some(out)
     }
@@ -755,7 +775,7 @@ impl Address {
         let (head, signature) = core.split_at(48);
         let (node, mailbox, expires) = parse_head(head)?;
         let signature = parse_signature(signature)?;
-        Ok(Self {
+        Ok(Self::from_fields(Fields {
             node,
             mailbox,
             expires,
@@ -763,7 +783,7 @@ impl Address {
             proof: Proof::Signature(signature),
             hints: Vec::new(),
             extensions: Vec::new(),
-        })
+        }))
     }
 
     /// The capability field of the frames that carry any address (PROTOCOL.md §4.11):
@@ -800,11 +820,11 @@ impl Address {
     }
 
     fn put_cap2(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.node.as_bytes());
-        out.extend_from_slice(&self.mailbox.0.to_be_bytes());
-        out.extend_from_slice(&self.expires.unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(&self.grant.0.to_be_bytes());
-        match &self.proof {
+        out.extend_from_slice(self.0.node.as_bytes());
+        out.extend_from_slice(&self.0.mailbox.0.to_be_bytes());
+        out.extend_from_slice(&self.0.expires.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&self.0.grant.0.to_be_bytes());
+        match &self.0.proof {
             Proof::Signature(signature) => {
                 out.push(0);
                 out.extend_from_slice(signature);
@@ -821,10 +841,10 @@ impl Address {
     }
 
     fn put_hints(&self, out: &mut Vec<u8>) {
-        for hint in &self.hints {
+        for hint in &self.0.hints {
             put_socket_hint(out, *hint);
         }
-        for (tag, value) in &self.extensions {
+        for (tag, value) in &self.0.extensions {
             out.push(*tag);
             // Values are at most MAX_EXTENSION_LEN (64) bytes: checked when parsed.
             out.push(value.len() as u8);
@@ -893,11 +913,13 @@ impl Address {
 
     fn parse_hints(&mut self, mut rest: &[u8]) -> Result<(), AddressError> {
         while let Some((&tag, tail)) = rest.split_first() {
-            if self.hints.len() + self.extensions.len() == MAX_HINTS {
+            if self.0.hints.len() + self.0.extensions.len() == MAX_HINTS {
                 return Err(AddressError::TooManyHints);
             }
             let (ip, tail): (IpAddr, &[u8]) = match tag {
-                HINT_V4 | HINT_V6 if !self.extensions.is_empty() => return Err(AddressError::Hint),
+                HINT_V4 | HINT_V6 if !self.0.extensions.is_empty() => {
+                    return Err(AddressError::Hint)
+                }
                 HINT_V4 => {
                     let (ip, tail) = tail.split_first_chunk::<4>().ok_or(AddressError::Hint)?;
                     (Ipv4Addr::from(*ip).into(), tail)
@@ -913,17 +935,17 @@ impl Address {
                         return Err(AddressError::Hint);
                     }
                     let value = tail.get(..len).ok_or(AddressError::Hint)?;
-                    self.extensions.push((tag, value.to_vec()));
+                    self.fields_mut().extensions.push((tag, value.to_vec()));
                     rest = tail.get(len..).unwrap_or_default();
                     continue;
                 }
             };
             let (port, tail) = tail.split_first_chunk::<2>().ok_or(AddressError::Hint)?;
             let hint = SocketAddr::new(ip, u16::from_be_bytes(*port));
-            if self.hints.contains(&hint) {
+            if self.0.hints.contains(&hint) {
                 return Err(AddressError::DuplicateHint);
             }
-            self.hints.push(hint);
+            self.fields_mut().hints.push(hint);
             rest = tail;
         }
         Ok(())
@@ -997,7 +1019,7 @@ fn parse_cap2(bytes: &[u8]) -> Result<(Address, &[u8]), AddressError> {
         rest = tail;
         Proof::Chain { caveats, tag: *tag }
     };
-    let address = Address {
+    let address = Address::from_fields(Fields {
         node,
         mailbox,
         expires,
@@ -1005,7 +1027,7 @@ fn parse_cap2(bytes: &[u8]) -> Result<(Address, &[u8]), AddressError> {
         proof,
         hints: Vec::new(),
         extensions: Vec::new(),
-    };
+    });
     Ok((address, rest))
 }
 
@@ -1059,14 +1081,14 @@ impl fmt::Display for Address {
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Addresses are bearer capabilities: never print the whole thing in debug output/logs.
-        write!(f, "Address({}/{}", self.node.short(), self.mailbox)?;
-        if self.grant != GrantId::DEFAULT {
-            write!(f, ", grant {}", self.grant)?;
+        write!(f, "Address({}/{}", self.0.node.short(), self.0.mailbox)?;
+        if self.0.grant != GrantId::DEFAULT {
+            write!(f, ", grant {}", self.0.grant)?;
         }
         if !self.caveats().is_empty() {
             write!(f, ", caveats: {:?}", self.caveats())?;
         }
-        write!(f, ", hints: {:?})", self.hints)
+        write!(f, ", hints: {:?})", self.0.hints)
     }
 }
 
@@ -1882,13 +1904,13 @@ mod capability_tests {
 
     /// A chain with its caveats replaced (tag unchanged): what a tamperer can build.
     fn with_caveat_list(address: &Address, caveats: Vec<Caveat>) -> Address {
-        let Proof::Chain { tag, .. } = &address.proof else {
+        let Proof::Chain { tag, .. } = &address.0.proof else {
             panic!("not attenuated")
         };
-        Address {
+        Address::from_fields(Fields {
             proof: Proof::Chain { caveats, tag: *tag },
-            ..address.clone()
-        }
+            ..(*address.0).clone()
+        })
     }
 
     proptest! {
@@ -2006,7 +2028,7 @@ mod capability_tests {
                 prop_assert_eq!(reparsed.verify(&node_key), Err(VerifyError::Forged));
             }
             // Stripping every caveat leaves no signature to show.
-            let stripped = Address { proof: Proof::Signature([0; 64]), ..address.clone() };
+            let stripped = Address::from_fields(Fields { proof: Proof::Signature([0; 64]), ..(*address.0).clone() });
             prop_assert_eq!(stripped.verify(&node_key), Err(VerifyError::Forged));
         }
 
@@ -2042,10 +2064,10 @@ mod capability_tests {
         assert_eq!(text.len(), 6 + 167);
         // Another grant id under the same signature is a forgery.
         let mut other = address.clone();
-        other.grant = GrantId(1);
+        other.fields_mut().grant = GrantId(1);
         assert_eq!(other.verify_signature(), Err(VerifyError::Forged));
         // And so is grant 0 with the grant's signature, written as ferry1.
-        other.grant = GrantId::DEFAULT;
+        other.fields_mut().grant = GrantId::DEFAULT;
         assert_eq!(other.verify_signature(), Err(VerifyError::Forged));
         // The default grant without caveats is never written as ferry2.
         let plain = Address::mint(&key(1), MailboxId(7), None, vec![]);
@@ -2174,7 +2196,7 @@ mod capability_tests {
                 .unwrap();
         }
         // Four extension hints of 64 bytes: the longest hints.
-        address.extensions = (0..MAX_HINTS as u8)
+        address.fields_mut().extensions = (0..MAX_HINTS as u8)
             .map(|tag| (0x60 + tag, vec![0; MAX_EXTENSION_LEN]))
             .collect();
         assert_eq!(address.to_cap_bytes().len(), MAX_CAP_LEN);

@@ -26,7 +26,7 @@ async fn replay(
     if let Some(queue) = queue {
         for stored in pending {
             let message = Message {
-                from: Arc::new(stored.from),
+                from: stored.from,
                 payload: stored.payload,
                 receipt: Some(Receipt {
                     durable: durable.clone(),

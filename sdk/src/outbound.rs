@@ -193,7 +193,7 @@ impl Sender {
             }
             let result = deliver_locally(
                 authorized,
-                Arc::new(self.from.clone()),
+                self.from.clone(),
                 payload,
                 self.node.config.send_timeout,
             )
@@ -563,7 +563,7 @@ fn send_error(failure: RunFailure<SendError>, target: &Address) -> SendError {
 /// Delivers to a mailbox of this node: stored first if it is durable.
 async fn deliver_locally(
     authorized: &Authorized,
-    from: Arc<Address>,
+    from: Address,
     payload: Bytes,
     timeout: Duration,
 ) -> Result<(), SendError> {

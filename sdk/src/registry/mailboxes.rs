@@ -27,7 +27,7 @@ use crate::sync::{lock, read, write};
 /// A message delivered to a mailbox.
 #[derive(Clone)]
 pub struct Message {
-    pub(crate) from: Arc<Address>,
+    pub(crate) from: Address,
     pub(crate) payload: Bytes,
     /// Where the message is stored, for a durable mailbox.
     pub(crate) receipt: Option<Receipt>,
@@ -57,12 +57,12 @@ impl Durable {
     pub(crate) async fn store(
         self: &Arc<Self>,
         run: Option<(RunId, u64)>,
-        messages: Vec<(Arc<Address>, Bytes)>,
+        messages: Vec<(Address, Bytes)>,
         counters: Vec<CounterKey>,
     ) -> Result<Vec<Message>, StoreError> {
         let rows = messages
             .iter()
-            .map(|(from, payload)| ((**from).clone(), payload.clone()))
+            .map(|(from, payload)| (from.clone(), payload.clone()))
             .collect();
         let indexes = self
             .store

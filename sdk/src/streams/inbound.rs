@@ -132,7 +132,7 @@ async fn receive(
             handle,
             grant,
             limits,
-            Arc::new(from),
+            from,
             dedup_key,
             expires,
             first_seq,
@@ -177,7 +177,7 @@ async fn receive(
         Receiver::open(first_seq, node.config.max_message_size, &mut state)
     };
     // Messages of a durable mailbox wait here until they are stored.
-    let mut to_store: Vec<(Arc<Address>, Bytes)> = Vec::new();
+    let mut to_store: Vec<(Address, Bytes)> = Vec::new();
     // Time spent waiting for the rest of the frame the buffer holds the start of.
     let mut waited = std::time::Duration::ZERO;
     loop {
@@ -420,7 +420,7 @@ enum Acked {
 /// acknowledges what is stored (from then on it survives), then queues it in the mailbox.
 async fn store_and_acknowledge(
     stream: StoreBatch<'_, '_>,
-    mut batch: Vec<(Arc<Address>, Bytes)>,
+    mut batch: Vec<(Address, Bytes)>,
     mut revoked: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Acked, Refusal> {
     let StoreBatch {
