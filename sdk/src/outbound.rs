@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
@@ -27,7 +27,7 @@ use crate::net::connection::{ConnCode, Link};
 use crate::net::dial;
 use crate::net::liveness::Probed;
 use crate::registry::mailboxes::{durable_counters, Authorized, Budget, Message};
-use crate::registry::outbound::{ConversationKey, Outbound, Progress, Queue};
+use crate::registry::outbound::{ConversationKey, Outbound, ProgressCell, Queue};
 use crate::runtime::Runtime;
 use crate::sync::lock;
 use ferry_proto::sender::{self as proto, Action, Loss, RunFailure};
@@ -58,7 +58,7 @@ fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Ou
         window_size: node.config.send_window,
         queue: Mutex::new(Queue::default()),
         wake: Notify::new(),
-        progress: watch::Sender::new(Progress::default()),
+        progress: ProgressCell::default(),
         unreachable: std::sync::atomic::AtomicBool::new(false),
     });
     map.insert(key, outbound.clone());
@@ -295,24 +295,18 @@ impl IntoFuture for Delivery {
                 DeliveryState::Done(result) => return result,
                 DeliveryState::Pending { outbound, ticket } => (outbound, ticket),
             };
-            let mut progress = outbound.progress.subscribe();
-            loop {
-                {
-                    let state = progress.borrow_and_update();
+            outbound
+                .progress
+                .wait(|state| {
                     if let Some(error) = state.failed.get(&ticket) {
-                        return Err(error.clone());
+                        return Some(Err(error.clone()));
                     }
                     if state.resolved_below > ticket {
-                        return Ok(());
+                        return Some(Ok(()));
                     }
-                    if let Some(error) = &state.fatal {
-                        return Err(error.clone());
-                    }
-                }
-                if progress.changed().await.is_err() {
-                    return Err(SendError::NodeClosed);
-                }
-            }
+                    state.fatal.clone().map(Err)
+                })
+                .await
         })
     }
 }
@@ -431,7 +425,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                         outbound.window.add_permits(released);
                         node.stats.count_acked(messages, bytes);
                     }
-                    outbound.progress.send_if_modified(|progress| {
+                    outbound.progress.update(|progress| {
                         let advanced = progress.resolved_below < below;
                         progress.resolved_below = progress.resolved_below.max(below);
                         advanced
@@ -439,13 +433,14 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                 }
                 Action::TooLarge { ticket, size, max } => {
                     outbound.window.add_permits(proto::cost(size));
-                    outbound.progress.send_modify(|progress| {
+                    outbound.progress.update(|progress| {
                         progress
                             .failed
                             .insert(ticket, SendError::TooLarge { size, max });
                         while progress.failed.len() > MAX_REMEMBERED_FAILURES {
                             progress.failed.pop_first();
                         }
+                        true
                     });
                 }
                 Action::Failed(failure) => {
@@ -747,8 +742,9 @@ fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
         }
     }
     outbound.window.close();
-    outbound.progress.send_modify(|progress| {
+    outbound.progress.update(|progress| {
         progress.fatal = Some(error);
+        true
     });
 }
 
@@ -758,7 +754,7 @@ pub(crate) async fn drain(node: &Runtime, grace: Duration) {
     loop {
         let pending: Vec<Arc<Outbound>> = lock(&node.conversations).values().cloned().collect();
         let busy = pending.iter().any(|outbound| {
-            let progress = outbound.progress.borrow();
+            let progress = outbound.progress.read();
             let queue = lock(&outbound.queue);
             progress.fatal.is_none() && progress.resolved_below < queue.next_ticket
         });

@@ -4,13 +4,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::address::{Address, MailboxId};
 use crate::error::SendError;
+use crate::sync::lock;
 
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
 /// The whole signed core is part of the key, so every distinct address (another expiry, or a
@@ -48,6 +49,44 @@ pub(crate) struct Progress {
     pub(crate) fatal: Option<SendError>,
 }
 
+/// A conversation's [`Progress`] and the wake-up of the deliveries waiting on it. Not a
+/// `watch` channel: that holds eight lists of waiters, 440 bytes of every idle conversation's
+/// heap.
+#[derive(Debug, Default)]
+pub(crate) struct ProgressCell {
+    value: Mutex<Progress>,
+    changed: Notify,
+}
+
+impl ProgressCell {
+    /// The progress now.
+    pub(crate) fn read(&self) -> MutexGuard<'_, Progress> {
+        lock(&self.value)
+    }
+
+    /// Changes the progress; wakes the waiting deliveries if `change` says it changed it.
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Progress) -> bool) {
+        let changed = change(&mut lock(&self.value));
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until `answer` finds what it waits for in the progress.
+    pub(crate) async fn wait<T>(&self, mut answer: impl FnMut(&Progress) -> Option<T>) -> T {
+        loop {
+            // Enabled before the check: a change after it wakes this waiter.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(found) = answer(&self.read()) {
+                return found;
+            }
+            changed.await;
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Queue {
     pub(crate) next_ticket: u64,
@@ -66,7 +105,7 @@ pub(crate) struct Outbound {
     pub(crate) window_size: usize,
     pub(crate) queue: Mutex<Queue>,
     pub(crate) wake: Notify,
-    pub(crate) progress: watch::Sender<Progress>,
+    pub(crate) progress: ProgressCell,
     /// Set while the target cannot be reached: a full window then fails sends at once.
     pub(crate) unreachable: std::sync::atomic::AtomicBool,
 }

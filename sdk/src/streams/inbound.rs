@@ -128,14 +128,7 @@ async fn receive(
         let dedup_key = (peer, from.mailbox(), target.mailbox(), epoch);
         let expires = target.effective_expiry();
         (
-            revoked,
-            handle,
-            grant,
-            limits,
-            from,
-            dedup_key,
-            expires,
-            first_seq,
+            revoked, handle, grant, limits, from, dedup_key, expires, first_seq,
         )
     };
     // Resolves once the grant is revoked: the stream then ends with REVOKED wherever it
