@@ -124,8 +124,9 @@ pub enum Action<E> {
         /// The receiver's limit.
         max: usize,
     },
-    /// The run failed: every message not acknowledged fails with this.
-    Failed(RunFailure<E>),
+    /// The run failed: every message not acknowledged fails with this. (Boxed: the failure is
+    /// rare and large, and every conversation keeps room for a few actions.)
+    Failed(Box<RunFailure<E>>),
     /// The run is idle: it ends unless messages are queued (then push them).
     Idle,
 }
@@ -566,7 +567,7 @@ impl<E: Clone> Sender<E> {
         self.unacked.clear();
         self.stream = Stream::None;
         self.ended = true;
-        self.actions.push_back(Action::Failed(failure));
+        self.actions.push_back(Action::Failed(Box::new(failure)));
     }
 
     /// Handles the complete frames in the read buffer.
@@ -845,7 +846,7 @@ mod tests {
             actions(&mut s),
             vec![
                 Action::Reset(ErrorCode::TIMEOUT),
-                Action::Failed(RunFailure::Timeout)
+                Action::Failed(Box::new(RunFailure::Timeout))
             ]
         );
         assert!(s.is_ended());
@@ -868,7 +869,9 @@ mod tests {
         s.handle_timeout(now + CONFIG.outbox_ttl);
         assert_eq!(
             actions(&mut s),
-            vec![Action::Failed(RunFailure::Unreachable("no route"))]
+            vec![Action::Failed(Box::new(RunFailure::Unreachable(
+                "no route"
+            )))]
         );
     }
 
@@ -905,10 +908,10 @@ mod tests {
                     bytes: 1
                 },
                 Action::Reset(ErrorCode::DONE),
-                Action::Failed(RunFailure::Closed {
+                Action::Failed(Box::new(RunFailure::Closed {
                     code: ErrorCode::NO_SUCH_MAILBOX,
                     reason: "gone".into()
-                })
+                }))
             ]
         );
     }
@@ -920,10 +923,12 @@ mod tests {
         s.push(now, 0, Bytes::from_static(b"a"));
         open(&mut s, now, 100);
         s.received(now, &frame_bytes(Frame::Ack { next_seq: 2 }));
-        assert!(matches!(
-            actions(&mut s)[..],
-            [Action::Reset(_), Action::Failed(RunFailure::Protocol(_))]
-        ));
+        let actions = actions(&mut s);
+        assert!(
+            matches!(&actions[..], [Action::Reset(_), Action::Failed(failure)]
+                if matches!(**failure, RunFailure::Protocol(_))),
+            "{actions:?}"
+        );
     }
 
     #[test]

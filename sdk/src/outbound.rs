@@ -444,7 +444,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                     });
                 }
                 Action::Failed(failure) => {
-                    let error = send_error(failure, &outbound.target);
+                    let error = send_error(*failure, &outbound.target);
                     if let Some(mut open) = stream.take() {
                         // Dropping a stream finishes it; a failed run's stream is reset.
                         let _ = open.send.reset(varint(ErrorCode::DONE));

@@ -226,7 +226,7 @@ impl World {
                 "a message was refused as too large",
                 format!("ticket {ticket}: {size} bytes, limit {max}"),
             ),
-            Action::Failed(failure) => self.run_failed(node, source, failure),
+            Action::Failed(failure) => self.run_failed(node, source, *failure),
             Action::Idle => {
                 if let Some(conversation) = self.conversation(node, source) {
                     conversation.sm.end_idle();
