@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::{Address, GrantId, MailboxId};
 use crate::error::{AttachError, RecvError, RevokeError};
 use crate::registry::mailboxes::{Caps, Durable, MailboxHandle, Message, Receipt};
+use crate::registry::queue::MailboxQueue;
 use crate::runtime::Runtime;
 use crate::store::StoredMessage;
 
@@ -20,10 +21,11 @@ use crate::store::StoredMessage;
 async fn replay(
     durable: Arc<Durable>,
     pending: Vec<StoredMessage>,
-    queue: Option<mpsc::Sender<Message>>,
+    queue: Option<Arc<MailboxQueue<Message>>>,
     closed: CancellationToken,
 ) {
     if let Some(queue) = queue {
+        let queue = queue.sender();
         for stored in pending {
             let message = Message {
                 from: stored.from,
@@ -54,6 +56,8 @@ pub struct Mailbox {
     closed: CancellationToken,
     address: Address,
     pub(crate) node: Weak<Runtime>,
+    queue: Arc<MailboxQueue<Message>>,
+    /// The queue's receiving end once the mailbox was read (see [`MailboxQueue`]).
     receiver: tokio::sync::Mutex<Option<mpsc::Receiver<Message>>>,
     /// Whether the receiver was given to a handler or stream.
     attached: std::sync::atomic::AtomicBool,
@@ -75,7 +79,7 @@ impl Mailbox {
         capacity: usize,
         durable: Option<(Arc<Durable>, Vec<StoredMessage>)>,
     ) -> Self {
-        let (queue, receiver) = mpsc::channel(capacity);
+        let queue = Arc::new(MailboxQueue::new(capacity));
         let (durable, pending) = match durable {
             Some((durable, pending)) => (Some(durable), pending),
             None => (None, Vec::new()),
@@ -89,7 +93,7 @@ impl Mailbox {
         let generation = node.mailboxes.insert(
             id,
             MailboxHandle {
-                queue,
+                queue: queue.clone(),
                 closed: closed.clone(),
                 durable: durable.clone(),
                 caps: caps.clone(),
@@ -110,7 +114,8 @@ impl Mailbox {
             closed,
             address,
             node,
-            receiver: tokio::sync::Mutex::new(Some(receiver)),
+            queue,
+            receiver: tokio::sync::Mutex::new(None),
             attached: std::sync::atomic::AtomicBool::new(false),
             caps,
             durable,
@@ -189,6 +194,9 @@ impl Mailbox {
             return Err(RecvError::NotReceiving);
         }
         let mut guard = self.receiver.lock().await;
+        if guard.is_none() {
+            *guard = self.queue.take_receiver();
+        }
         let receiver = guard.as_mut().ok_or(RecvError::NotReceiving)?;
         receiver.recv().await.ok_or(RecvError::Closed)
     }
@@ -208,6 +216,9 @@ impl Mailbox {
         let Ok(mut guard) = self.receiver.try_lock() else {
             return Ok(Vec::new());
         };
+        if guard.is_none() {
+            *guard = self.queue.take_receiver();
+        }
         let receiver = guard.as_mut().ok_or(RecvError::NotReceiving)?;
         let mut out = Vec::new();
         while out.len() < max {
@@ -228,7 +239,10 @@ impl Mailbox {
             .receiver
             .try_lock()
             .map_err(|_| AttachError::Receiving)?;
-        let receiver = guard.take().ok_or(AttachError::AlreadyAttached)?;
+        let receiver = guard
+            .take()
+            .or_else(|| self.queue.take_receiver())
+            .ok_or(AttachError::AlreadyAttached)?;
         self.attached
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(receiver)
@@ -280,6 +294,9 @@ impl Mailbox {
 impl Drop for Mailbox {
     fn drop(&mut self) {
         self.closed.cancel();
+        // Senders must see the mailbox gone even if it was never read (its receiving end,
+        // never taken, is still in the queue).
+        self.queue.close();
         if let Some(node) = self.node.upgrade() {
             node.mailboxes.remove(self.id, self.generation);
         }

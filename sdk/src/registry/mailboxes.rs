@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::MailboxQueue;
 use crate::address::{
     Address, CounterKey, GrantId, Limit, LimitKind, MailboxId, Usage, VerifyError,
 };
@@ -145,7 +145,7 @@ impl std::fmt::Debug for Message {
 /// Where messages for an open mailbox go, and the signal that it closed.
 #[derive(Clone)]
 pub(crate) struct MailboxHandle {
-    pub(crate) queue: mpsc::Sender<Message>,
+    pub(crate) queue: Arc<MailboxQueue<Message>>,
     /// Cancelled when the mailbox closes: delivery stops even while a handler or stream still
     /// holds the receiving end.
     pub(crate) closed: CancellationToken,
@@ -435,10 +435,7 @@ impl Mailboxes {
     pub(crate) fn depth(&self) -> u64 {
         read(&self.map)
             .values()
-            .map(|entry| {
-                let queue = &entry.handle.queue;
-                (queue.max_capacity() - queue.capacity()) as u64
-            })
+            .map(|entry| entry.handle.queue.len() as u64)
             .sum()
     }
 
@@ -505,7 +502,7 @@ impl Mailboxes {
     }
 
     /// The queue of open mailbox `id`.
-    pub(crate) fn queue(&self, id: MailboxId) -> Option<mpsc::Sender<Message>> {
+    pub(crate) fn queue(&self, id: MailboxId) -> Option<Arc<MailboxQueue<Message>>> {
         read(&self.map)
             .get(&id)
             .map(|entry| entry.handle.queue.clone())

@@ -5,5 +5,6 @@
 pub(crate) mod dedup;
 pub(crate) mod mailboxes;
 pub(crate) mod outbound;
+pub(crate) mod queue;
 pub(crate) mod services;
 pub(crate) mod watches;

@@ -513,7 +513,7 @@ fn try_enqueue(
     mailbox: &MailboxHandle,
     message: Message,
 ) -> Result<Option<Message>, Refusal> {
-    match mailbox.queue.try_reserve() {
+    match mailbox.queue.sender().try_reserve() {
         Ok(permit) => {
             queue(node, permit, message);
             Ok(None)
@@ -527,7 +527,7 @@ fn try_enqueue(
 /// this sender slows down).
 async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> Result<(), Refusal> {
     let permit = tokio::select! {
-        permit = mailbox.queue.reserve() => permit.map_err(|_| Refusal::mailbox_closed())?,
+        permit = mailbox.queue.sender().reserve() => permit.map_err(|_| Refusal::mailbox_closed())?,
         _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
         _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
     };
