@@ -99,7 +99,9 @@ async fn receive(
     // In a block of its own, so that the OPEN frame and the checks' results are gone before
     // the stream's first wait instead of kept in its future (see `serve`).
     let (revoked, mailbox, grant, limits, from, dedup_key, expires, first_seq) = {
-        let open = match read_open(recv, &mut buf, open_deadline).await {
+        // Boxed: read once per stream, it would otherwise keep its room in the future for the
+        // stream's life.
+        let open = match Box::pin(read_open(recv, &mut buf, open_deadline)).await {
             Ok(open) => open,
             // An opener that gives up early resets its stream: no violation.
             Err((code, reason)) if reason == ENDED_BEFORE_OPEN => {
@@ -318,7 +320,7 @@ async fn receive(
             _ = &mut cancelled => return Err(Refusal::shutting_down()),
             // An idle stream under a revoked grant ends at once, not at its next message.
             _ = &mut revoked => return Err(Refusal::revoked()),
-            _ = sleep_until(frame_deadline) => {
+            _ = sleep_until(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
                 let reason = "frame not completed within frame_timeout";
                 return Err(violation(ErrorCode::TIMEOUT, reason.into()));
             }
@@ -497,9 +499,11 @@ impl Drop for Reserved<'_> {
 }
 
 /// Waits until `deadline`, or forever if there is none.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Waits for `timer`, or forever if there is none. The timer is boxed: a frame left half-read
+/// is rare, and a timer kept in every idle stream's future is not.
+async fn sleep_until(timer: Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.await,
         None => std::future::pending().await,
     }
 }
