@@ -48,13 +48,16 @@ pub(crate) async fn connect(
                 .map_err(|e| anyhow!("hash {value}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let client = web_transport_quinn::ClientBuilder::new()
-        .with_server_certificate_hashes(hashes)
-        .context("the WebTransport client")?;
     connect_in_batches(n, CONNECT_BATCH, || {
-        let (client, events) = (client.clone(), events.clone());
+        let (hashes, events) = (hashes.clone(), events.clone());
         let url = session_url.clone();
         async move {
+            // A client (a QUIC endpoint, a UDP socket) per session, as every browser has its
+            // own: one shared by all sessions put every packet of every session through one
+            // endpoint task, a queue no browser has (the fan-out tail measured that queue).
+            let client = web_transport_quinn::ClientBuilder::new()
+                .with_server_certificate_hashes(hashes)
+                .context("the WebTransport client")?;
             let (session, control, welcome) = join(&client, &url).await?;
             tokio::spawn(read_messages(session, control, events));
             anyhow::Ok(address_and_user(&welcome))
