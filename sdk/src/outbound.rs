@@ -4,8 +4,9 @@
 //! Messages are queued in order and given a local ticket. The task writes them in batches,
 //! keeps them until the receiver's cumulative `Ack` covers them (so they can be sent again on a
 //! new stream after a lost connection), and publishes its progress (a
-//! [`ProgressCell`](crate::registry::outbound::ProgressCell)) that every [`Delivery`] waits on. Memory is bounded by the send window (bytes), which also makes
-//! `send` wait when the receiver is slow.
+//! [`ProgressCell`](crate::registry::outbound::ProgressCell)) that every [`Delivery`] waits
+//! on. Memory is bounded by the send window (bytes), which also makes `send` wait when the
+//! receiver is slow.
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

@@ -22,7 +22,7 @@ use crate::identity::{NodeId, SecretKey};
 use crate::payload::decode_exact;
 use crate::stats::Stats;
 use crate::store::{MailboxStore, RunId, StoreError};
-use crate::sync::{lock, read, write};
+use crate::sync::{lock, read, wait_until, write};
 
 /// A message delivered to a mailbox.
 #[derive(Clone)]
@@ -240,17 +240,10 @@ impl Caps {
     }
 
     /// Resolves once `grant` is revoked (at once if it is already).
-    pub(crate) async fn revoked(&self, grant: GrantId) {
-        loop {
-            // Enabled before the check: a revocation after it wakes this waiter.
-            let notified = self.revocations.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_revoked(grant) {
-                return;
-            }
-            notified.await;
-        }
+    pub(crate) fn revoked(&self, grant: GrantId) -> impl Future<Output = ()> + '_ {
+        wait_until(&self.revocations, move || {
+            self.is_revoked(grant).then_some(())
+        })
     }
 
     /// Reserves one message under `limits` at `now`: every counter is charged, or none.

@@ -4,6 +4,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::address::{Address, MailboxId};
 use crate::error::SendError;
-use crate::sync::lock;
+use crate::sync::{lock, wait_until};
 
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
 /// The whole signed core is part of the key, so every distinct address (another expiry, or a
@@ -73,17 +74,11 @@ impl ProgressCell {
     }
 
     /// Waits until `answer` finds what it waits for in the progress.
-    pub(crate) async fn wait<T>(&self, mut answer: impl FnMut(&Progress) -> Option<T>) -> T {
-        loop {
-            // Enabled before the check: a change after it wakes this waiter.
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(found) = answer(&self.read()) {
-                return found;
-            }
-            changed.await;
-        }
+    pub(crate) fn wait<'a, T>(
+        &'a self,
+        answer: impl Fn(&Progress) -> Option<T> + 'a,
+    ) -> impl Future<Output = T> + 'a {
+        wait_until(&self.changed, move || answer(&self.read()))
     }
 }
 
