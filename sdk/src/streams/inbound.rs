@@ -320,7 +320,7 @@ async fn receive(
             _ = &mut cancelled => return Err(Refusal::shutting_down()),
             // An idle stream under a revoked grant ends at once, not at its next message.
             _ = &mut revoked => return Err(Refusal::revoked()),
-            _ = sleep_until(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
+            _ = timer_or_never(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
                 let reason = "frame not completed within frame_timeout";
                 return Err(violation(ErrorCode::TIMEOUT, reason.into()));
             }
@@ -501,7 +501,7 @@ impl Drop for Reserved<'_> {
 /// Waits until `deadline`, or forever if there is none.
 /// Waits for `timer`, or forever if there is none. The timer is boxed: a frame left half-read
 /// is rare, and a timer kept in every idle stream's future is not.
-async fn sleep_until(timer: Option<Pin<Box<tokio::time::Sleep>>>) {
+async fn timer_or_never(timer: Option<Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(timer) => timer.await,
         None => std::future::pending().await,
