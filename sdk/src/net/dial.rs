@@ -91,28 +91,38 @@ pub(crate) async fn race(
     let mut attempts: FuturesUnordered<Attempt> = FuturesUnordered::new();
     let mut cancels: HashMap<AttemptId, CancellationToken> = HashMap::new();
     loop {
+        // Due attempts start before any wait: tokio's timer rounds a deadline up to its next
+        // millisecond, so sleeping until "now" would delay the first handshake by up to 1 ms.
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        for index in race.due(now.into_std()) {
+            let (id, abandoned) = race.started(index, now.into_std());
+            if let Some(abandoned) = abandoned.and_then(|id| cancels.remove(&id)) {
+                abandoned.cancel();
+            }
+            let Some(candidate) = race.candidate(index) else {
+                continue;
+            };
+            let cancel = CancellationToken::new();
+            cancels.insert(id, cancel.clone());
+            attempts.push(attempt(
+                node.clone(),
+                peer,
+                (index, id),
+                candidate,
+                deadline,
+                cancel,
+            ));
+        }
         let wake = race
             .next_start()
             .map_or(deadline, Instant::from_std)
             .min(deadline);
         tokio::select! {
             _ = node.cancel.cancelled() => return Err(DialError::NodeClosed),
-            _ = tokio::time::sleep_until(wake) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                for index in race.due(now.into_std()) {
-                    let (id, abandoned) = race.started(index, now.into_std());
-                    if let Some(abandoned) = abandoned.and_then(|id| cancels.remove(&id)) {
-                        abandoned.cancel();
-                    }
-                    let Some(candidate) = race.candidate(index) else { continue };
-                    let cancel = CancellationToken::new();
-                    cancels.insert(id, cancel.clone());
-                    attempts.push(attempt(node.clone(), peer, (index, id), candidate, deadline, cancel));
-                }
-            }
+            _ = tokio::time::sleep_until(wake) => {}
             Some(((index, id), result)) = attempts.next() => match result {
                 Ok(fresh) => {
                     let link = connection::install(node, fresh).await;
