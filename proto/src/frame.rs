@@ -68,6 +68,13 @@ pub const MAX_REASON_LEN: usize = 256;
 pub use crate::service_name::{valid_service_name, MAX_SERVICE_NAME_LEN};
 /// Largest chunk of streamed data in one `Data` frame, in bytes.
 pub const MAX_DATA_CHUNK: usize = 64 * 1024;
+/// The least `max_message` a node announces for its mailboxes and the services of its
+/// applications: messages and objects up to this size may be sent before the answer to an
+/// opening (pipelined after it), when the opener cannot know the acceptor's limit yet.
+pub const EARLY_MESSAGE_MAX: usize = 1024;
+/// Payload bytes an opener sends in all before the answer to its opening, at most: a refused
+/// stream wastes no more.
+pub const EARLY_BYTES: usize = 16 * 1024;
 /// Longest varint encoding.
 pub const MAX_VARINT_LEN: usize = 10;
 /// Body length of the longest `Open` frame (longest `first_seq` varint).

@@ -10,7 +10,8 @@
 //! messages were acknowledged or why they failed.
 //!
 //! ```text
-//!            push ──► queued ──(stream open: Write)──► unacked ──(ACK n)──► Resolved
+//!            push ──► queued ──(small, pipelined after OPEN; or after ACCEPT: Write)──►
+//!                         unacked ──(ACK n)──► Resolved
 //!  Open ─► opened ─► (ACCEPT) Open ──────────────────────────────── stream lost ─► Open again,
 //!                                                                    resending unacked
 //! ```
@@ -144,12 +145,44 @@ pub enum Loss {
 enum Stream {
     /// No stream; opening one is due at `retry_at`.
     None,
-    /// The runtime is opening a stream ([`Action::Open`] was given).
-    Requested,
-    /// OPEN written; waiting for ACCEPT since `since`.
-    Presented { since: Instant },
+    /// The runtime is opening a stream ([`Action::Open`] was given, with the `early` messages
+    /// after the OPEN).
+    Requested { early: Early },
+    /// OPEN and the `early` messages written; waiting for ACCEPT since `since`.
+    Presented { since: Instant, early: Early },
     /// ACCEPT read: messages flow.
     Open { peer_max: usize },
+}
+
+/// The messages a stream carries before its ACCEPT (pipelined after the OPEN): the receiver
+/// takes them before it said how large messages may be, if each is at most
+/// [`frame::EARLY_MESSAGE_MAX`] bytes and together at most [`frame::EARLY_BYTES`].
+#[derive(Debug, Clone, Copy)]
+struct Early {
+    /// How many: the first `sent` unacknowledged messages.
+    sent: usize,
+    /// Payload bytes that may still go.
+    budget: usize,
+}
+
+impl Default for Early {
+    fn default() -> Self {
+        Self {
+            sent: 0,
+            budget: frame::EARLY_BYTES,
+        }
+    }
+}
+
+impl Early {
+    /// Whether a payload of `len` bytes may go before the ACCEPT; if so, it is counted.
+    fn take(&mut self, len: usize) -> bool {
+        let fits = len <= frame::EARLY_MESSAGE_MAX && len <= self.budget;
+        if fits {
+            self.budget -= len;
+        }
+        fits
+    }
 }
 
 /// Probing a stalled path.
@@ -290,7 +323,8 @@ impl<E: Clone> Sender<E> {
         match self.stream {
             Stream::Open { peer_max } => self.write_queued(now, peer_max),
             Stream::None => self.drive(now),
-            Stream::Requested | Stream::Presented { .. } => {}
+            Stream::Presented { .. } => self.write_early_on_stream(now),
+            Stream::Requested { .. } => {}
         }
     }
 
@@ -319,8 +353,8 @@ impl<E: Clone> Sender<E> {
         Some(match self.stream {
             Stream::None if self.busy() => self.retry_at.min(self.deadline()),
             Stream::None => idle,
-            Stream::Requested => self.deadline(),
-            Stream::Presented { since } => {
+            Stream::Requested { .. } => self.deadline(),
+            Stream::Presented { since, .. } => {
                 let opening = (since + self.config.open_timeout).min(self.deadline());
                 self.stall.next_probe.map_or(opening, |at| at.min(opening))
             }
@@ -353,7 +387,7 @@ impl<E: Clone> Sender<E> {
         match self.stream {
             Stream::None if busy => {
                 if now >= self.retry_at {
-                    self.request_stream();
+                    self.request_stream(now);
                 }
             }
             Stream::None => {
@@ -361,8 +395,8 @@ impl<E: Clone> Sender<E> {
                     self.actions.push_back(Action::Idle);
                 }
             }
-            Stream::Requested => {}
-            Stream::Presented { since } => {
+            Stream::Requested { .. } => {}
+            Stream::Presented { since, .. } => {
                 if now >= since + self.config.open_timeout {
                     self.abandon();
                     self.retry_later(now, LastError::Other);
@@ -401,11 +435,14 @@ impl<E: Clone> Sender<E> {
     /// Asks for a stream if messages wait and none is there.
     fn drive(&mut self, now: Instant) {
         if matches!(self.stream, Stream::None) && self.busy() && now >= self.retry_at {
-            self.request_stream();
+            self.request_stream(now);
         }
     }
 
-    fn request_stream(&mut self) {
+    /// Asks for a stream whose head is the OPEN and, pipelined after it, the first messages
+    /// that every receiver takes before it said how large they may be (§5.6): a run's first
+    /// message then costs one round trip, not two.
+    fn request_stream(&mut self, now: Instant) {
         self.read_buf.clear();
         let mut head = vec![StreamKind::Mailbox as u8];
         frame::put_frame(
@@ -417,14 +454,63 @@ impl<E: Clone> Sender<E> {
                 first_seq: self.base_seq,
             })),
         );
-        self.stream = Stream::Requested;
+        let early = self.write_early(now, Early::default(), &mut head);
+        self.stream = Stream::Requested { early };
         self.actions.push_back(Action::Open(head));
+    }
+
+    /// Appends to `out` the messages that may still go before the stream's ACCEPT, in order:
+    /// first the unacknowledged ones not yet on this stream, then queued ones (which become
+    /// unacknowledged). Stops at the first that does not fit, so order is kept.
+    fn write_early(&mut self, now: Instant, mut early: Early, out: &mut Vec<u8>) -> Early {
+        let before = out.len();
+        while let Some((_, payload)) = self.unacked.get(early.sent) {
+            if !early.take(payload.len()) {
+                return early;
+            }
+            frame::put_message_header(out, payload.len());
+            out.extend_from_slice(payload);
+            early.sent += 1;
+        }
+        while let Some((_, payload)) = self.queued.front() {
+            if !early.take(payload.len()) {
+                break;
+            }
+            let Some((ticket, payload)) = self.queued.pop_front() else {
+                break;
+            };
+            if self.unacked.is_empty() {
+                self.last_progress = now;
+            }
+            frame::put_message_header(out, payload.len());
+            out.extend_from_slice(&payload);
+            self.unacked.push_back((ticket, payload));
+            early.sent += 1;
+        }
+        if out.len() > before {
+            self.last_activity = now;
+        }
+        early
+    }
+
+    /// Writes what may still go before the ACCEPT of a stream that waits for it.
+    fn write_early_on_stream(&mut self, now: Instant) {
+        if let Stream::Presented { since, early } = self.stream {
+            let mut out = Vec::new();
+            let early = self.write_early(now, early, &mut out);
+            self.stream = Stream::Presented { since, early };
+            if !out.is_empty() {
+                self.actions.push_back(Action::Write(out));
+            }
+        }
     }
 
     /// The stream asked for is open and its OPEN written.
     pub fn opened(&mut self, now: Instant) {
-        if matches!(self.stream, Stream::Requested) {
-            self.stream = Stream::Presented { since: now };
+        if let Stream::Requested { early } = self.stream {
+            self.stream = Stream::Presented { since: now, early };
+            // Messages pushed while the stream was being opened.
+            self.write_early_on_stream(now);
             // An ACCEPT that does not come is a stall like a missing ACK: the path may have
             // died just after the OPEN went out, and QUIC's backed-off retransmissions would
             // notice its return seconds late.
@@ -486,7 +572,7 @@ impl<E: Clone> Sender<E> {
 
     /// Bytes arrived on the stream.
     pub fn received(&mut self, now: Instant, bytes: &[u8]) {
-        if self.ended || matches!(self.stream, Stream::None | Stream::Requested) {
+        if self.ended || matches!(self.stream, Stream::None | Stream::Requested { .. }) {
             return;
         }
         self.read_buf.extend_from_slice(bytes);
@@ -581,10 +667,10 @@ impl<E: Clone> Sender<E> {
                 return;
             };
             match (&self.stream, frame) {
-                (Stream::Presented { .. }, Frame::Accept { max_message }) => {
+                (&Stream::Presented { early, .. }, Frame::Accept { max_message }) => {
                     let peer_max = usize::try_from(max_message).unwrap_or(usize::MAX);
                     self.read_buf.advance(used);
-                    self.accepted(now, peer_max);
+                    self.accepted(now, peer_max, early.sent);
                 }
                 (Stream::Open { .. }, Frame::Ack { next_seq }) => {
                     self.read_buf.advance(used);
@@ -613,8 +699,9 @@ impl<E: Clone> Sender<E> {
         self.fail(RunFailure::Protocol(why));
     }
 
-    /// ACCEPT: resend everything unacknowledged, then what is queued.
-    fn accepted(&mut self, now: Instant, peer_max: usize) {
+    /// ACCEPT: resend everything unacknowledged but the `early` messages the OPEN carried,
+    /// then what is queued.
+    fn accepted(&mut self, now: Instant, peer_max: usize, early: usize) {
         if !self.unacked.is_empty() && self.last_error_was_unreachable() {
             // Back in touch: the receiver gets send_timeout from now on.
             self.last_progress = now;
@@ -627,9 +714,9 @@ impl<E: Clone> Sender<E> {
             next_probe: Some(now + STALL_AFTER),
             ..Stall::default()
         };
-        if !self.unacked.is_empty() {
+        if self.unacked.len() > early {
             let mut out = Vec::new();
-            for (_, payload) in &self.unacked {
+            for (_, payload) in self.unacked.iter().skip(early) {
                 frame::put_message_header(&mut out, payload.len());
                 out.extend_from_slice(payload);
             }
@@ -771,13 +858,25 @@ mod tests {
         actions(sender)
     }
 
+    /// The bytes an `Open` action's head carries after its kind byte and OPEN frame.
+    fn after_open(head: &[u8]) -> &[u8] {
+        let (frame, used) = frame::decode_frame(&head[1..], frame::MAX_CONTROL_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(frame, Frame::Open(_)), "{frame:?}");
+        &head[1 + used..]
+    }
+
     #[test]
     fn messages_are_written_then_acknowledged_cumulatively() {
         let now = Instant::now();
         let mut s = sender(now);
         s.push(now, 0, Bytes::from_static(b"a"));
-        let written = open(&mut s, now, 100);
-        assert!(matches!(&written[..], [Action::Write(_)]), "{written:?}");
+        let written = open(&mut s, now, 2000);
+        assert!(
+            written.is_empty(),
+            "the first message rode with the OPEN: {written:?}"
+        );
         s.push(now, 1, Bytes::from_static(b"bb"));
         assert!(matches!(&actions(&mut s)[..], [Action::Write(_)]));
         s.received(now, &frame_bytes(Frame::Ack { next_seq: 2 }));
@@ -817,17 +916,107 @@ mod tests {
             panic!("{opened:?}")
         };
         assert_eq!((open_frame.epoch, open_frame.first_seq), (7, 1));
-        s.opened(now);
-        s.received(now, &frame_bytes(Frame::Accept { max_message: 100 }));
-        let resent = actions(&mut s);
-        let [Action::Write(bytes)] = &resent[..] else {
-            panic!("{resent:?}")
-        };
         assert_eq!(
-            bytes,
+            after_open(head),
             &[0x02, 0x03, 0x01, 0x02, 0x03, 0x02],
-            "messages 1 and 2 again"
+            "messages 1 and 2 again, pipelined after the OPEN"
         );
+        s.opened(now);
+        s.received(now, &frame_bytes(Frame::Accept { max_message: 2000 }));
+        assert_eq!(actions(&mut s), vec![], "nothing written twice");
+    }
+
+    #[test]
+    fn small_messages_ride_with_the_open_and_large_ones_wait_for_the_accept() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from(vec![1u8; frame::EARLY_MESSAGE_MAX]));
+        s.push(now, 1, Bytes::from(vec![2u8; frame::EARLY_MESSAGE_MAX + 1]));
+        s.push(now, 2, Bytes::from_static(b"c"));
+        let asked = actions(&mut s);
+        let [Action::Open(head)] = &asked[..] else {
+            panic!("{asked:?}")
+        };
+        let mut expected = Vec::new();
+        frame::put_message_header(&mut expected, frame::EARLY_MESSAGE_MAX);
+        expected.extend(vec![1u8; frame::EARLY_MESSAGE_MAX]);
+        assert_eq!(
+            after_open(head),
+            &expected[..],
+            "only the first: the second is too large to go before the ACCEPT, the third keeps \
+             its place behind it"
+        );
+        s.opened(now);
+        s.received(now, &frame_bytes(Frame::Accept { max_message: 4096 }));
+        let written = actions(&mut s);
+        let [Action::Write(bytes)] = &written[..] else {
+            panic!("{written:?}")
+        };
+        let mut expected = Vec::new();
+        frame::put_message_header(&mut expected, frame::EARLY_MESSAGE_MAX + 1);
+        expected.extend(vec![2u8; frame::EARLY_MESSAGE_MAX + 1]);
+        expected.extend([0x02, 0x03, b'c']);
+        assert_eq!(bytes, &expected);
+        s.received(now, &frame_bytes(Frame::Ack { next_seq: 3 }));
+        assert_eq!(
+            actions(&mut s),
+            vec![Action::Acknowledged {
+                below: 3,
+                messages: 3,
+                bytes: 2 * frame::EARLY_MESSAGE_MAX as u64 + 2
+            }]
+        );
+    }
+
+    #[test]
+    fn what_rides_with_the_open_is_bounded() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        let each = frame::EARLY_MESSAGE_MAX;
+        let count = frame::EARLY_BYTES / each + 3;
+        s.push_all(
+            now,
+            (0..count as u64).map(|ticket| (ticket, Bytes::from(vec![0u8; each]))),
+        );
+        let asked = actions(&mut s);
+        let [Action::Open(head)] = &asked[..] else {
+            panic!("{asked:?}")
+        };
+        let early = after_open(head);
+        let one = early.len() / (frame::EARLY_BYTES / each);
+        assert_eq!(early.len() % one, 0);
+        assert_eq!(early.len() / one, frame::EARLY_BYTES / each);
+        s.opened(now);
+        s.received(now, &frame_bytes(Frame::Accept { max_message: 4096 }));
+        let written = actions(&mut s);
+        let [Action::Write(rest)] = &written[..] else {
+            panic!("{written:?}")
+        };
+        assert_eq!(rest.len(), 3 * one, "the rest after the ACCEPT, once");
+    }
+
+    #[test]
+    fn messages_a_refused_stream_carried_go_again_on_the_next() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        s.push(now, 0, Bytes::from_static(b"a"));
+        actions(&mut s);
+        s.opened(now);
+        s.received(
+            now,
+            &frame_bytes(Frame::Close {
+                code: ErrorCode::SHUTTING_DOWN,
+                reason: "bye",
+            }),
+        );
+        assert_eq!(actions(&mut s), vec![Action::Reset(ErrorCode::DONE)]);
+        assert_eq!(s.outstanding(), 1, "not acknowledged, so still owed");
+        s.handle_timeout(now);
+        let asked = actions(&mut s);
+        let [Action::Open(head)] = &asked[..] else {
+            panic!("{asked:?}")
+        };
+        assert_eq!(after_open(head), &[0x02, 0x03, b'a']);
     }
 
     #[test]
@@ -935,20 +1124,21 @@ mod tests {
     fn a_message_over_the_receivers_limit_fails_alone() {
         let now = Instant::now();
         let mut s = sender(now);
-        s.push(now, 0, Bytes::from(vec![0u8; 10]));
+        // Larger than what may ride with the OPEN, so it waits for the receiver's limit.
+        let large = frame::EARLY_MESSAGE_MAX + 10;
+        s.push(now, 0, Bytes::from(vec![0u8; large]));
         s.push(now, 1, Bytes::from(vec![0u8; 2]));
-        let written = open(&mut s, now, 5);
-        assert!(matches!(
-            &written[..],
-            [
-                Action::TooLarge {
-                    ticket: 0,
-                    size: 10,
-                    max: 5
-                },
-                Action::Write(_)
-            ]
-        ));
+        let written = open(&mut s, now, large as u64 - 5);
+        assert!(
+            matches!(
+                &written[..],
+                [
+                    Action::TooLarge { ticket: 0, size, max },
+                    Action::Write(_)
+                ] if *size == large && *max == large - 5
+            ),
+            "{written:?}"
+        );
         s.received(now, &frame_bytes(Frame::Ack { next_seq: 1 }));
         assert_eq!(
             actions(&mut s),
@@ -1037,7 +1227,9 @@ mod tests {
         assert!(probes >= 5, "{probes} probes");
         assert_eq!(redials, 1);
         // The ACCEPT arrives: messages flow, and the stall starts over.
-        s.received(at, &frame_bytes(Frame::Accept { max_message: 100 }));
+        s.received(at, &frame_bytes(Frame::Accept { max_message: 2000 }));
+        assert_eq!(actions(&mut s), vec![], "the message rode with the OPEN");
+        s.push(at, 1, Bytes::from_static(b"b"));
         assert!(matches!(&actions(&mut s)[..], [Action::Write(_)]));
     }
 

@@ -1710,13 +1710,13 @@ fn receiver_event(stream: u32, delivered: &[u64], duplicates: &[u64], run: &RunS
     })
 }
 
-/// The receiver's side of an OPEN: the run it names and its first sequence number.
-fn accept_open(head: &[u8], target: &Address, from: &Address) -> u64 {
+/// The receiver's side of an OPEN: the run it names, its first sequence number, and the
+/// messages pipelined after it.
+fn accept_open<'a>(head: &'a [u8], target: &Address, from: &Address) -> (u64, &'a [u8]) {
     assert_eq!(head[0], StreamKind::Mailbox as u8);
     let (frame, used) = decode_frame(&head[1..], MAX_CONTROL_FRAME_LEN)
         .unwrap()
         .unwrap();
-    assert_eq!(used, head.len() - 1);
     let Frame::Open(open) = frame else {
         panic!("expected OPEN")
     };
@@ -1724,7 +1724,7 @@ fn accept_open(head: &[u8], target: &Address, from: &Address) -> u64 {
     assert_eq!(open.from, *from);
     assert_eq!(open.epoch, EPOCH);
     assert_eq!(open.target.verify_signature(), Ok(()));
-    open.first_seq
+    (open.first_seq, &head[1 + used..])
 }
 
 fn generate_conversation() -> Value {
@@ -1740,20 +1740,26 @@ fn generate_conversation() -> Value {
     });
     let mut events = Vec::new();
 
-    // Stream 1: OPEN, ACCEPT, three messages, ACK(3).
-    for (ticket, payload) in payloads[..3].iter().enumerate() {
-        sender.push(t0, ticket as u64, payload.clone());
-    }
+    // Stream 1: OPEN with three messages pipelined after it, ACCEPT, ACK(3).
+    sender.push_all(
+        t0,
+        payloads[..3]
+            .iter()
+            .enumerate()
+            .map(|(ticket, payload)| (ticket as u64, payload.clone())),
+    );
     let head = one_open(&mut sender);
-    events.push(bytes_event(1, "sender", &head, true));
+    let mut event = bytes_event(1, "sender", &head, true);
+    event["note"] = json!("messages of at most EARLY_MESSAGE_MAX bytes ride with the OPEN (§5.6)");
+    events.push(event);
     sender.opened(t0);
-    let first_seq = accept_open(&head, &target, &from);
+    let (first_seq, early) = accept_open(&head, &target, &from);
     let mut receiver = Receiver::open(first_seq, MAX_MESSAGE, &mut run);
     events.push(bytes_event(1, "receiver", &accept, false));
     sender.received(t0, &accept);
-    let written = writes(&mut sender);
-    events.push(bytes_event(1, "sender", &written, false));
-    let (delivered, duplicates, ack) = receive(&mut receiver, &mut run, &written, &payloads);
+    let rest = actions(&mut sender);
+    assert!(rest.is_empty(), "nothing written twice: {rest:?}");
+    let (delivered, duplicates, ack) = receive(&mut receiver, &mut run, early, &payloads);
     events.push(receiver_event(1, &delivered, &duplicates, &run));
     let ack = ack.unwrap();
     events.push(bytes_event(1, "receiver", &ack, false));
@@ -1796,21 +1802,20 @@ fn generate_conversation() -> Value {
     // Stream 2, on a new connection: the same epoch from the oldest unacknowledged message.
     sender.handle_timeout(t1);
     let head = one_open(&mut sender);
-    events.push(bytes_event(2, "sender", &head, true));
+    let mut event = bytes_event(2, "sender", &head, true);
+    event["note"] = json!(
+        "retransmission of every unacknowledged message (seq 3 and 4), pipelined after the OPEN"
+    );
+    events.push(event);
     sender.opened(t1);
-    let first_seq = accept_open(&head, &target, &from);
+    let (first_seq, early) = accept_open(&head, &target, &from);
     assert_eq!(first_seq, 3);
+    let resent = early.to_vec();
     let mut receiver = Receiver::open(first_seq, MAX_MESSAGE, &mut run);
     events.push(bytes_event(2, "receiver", &accept, false));
     sender.received(t1, &accept);
-    let resent = writes(&mut sender);
-    events.push(json!({
-        "stream": 2,
-        "from": "sender",
-        "hex": hex(&resent),
-        "frames": describe_stream(&resent, false, MESSAGE_BOUND),
-        "note": "retransmission of every unacknowledged message (seq 3 and 4)",
-    }));
+    let rest = actions(&mut sender);
+    assert!(rest.is_empty(), "nothing written twice: {rest:?}");
     sender.push(t1, 5, payloads[5].clone());
     let written = writes(&mut sender);
     events.push(bytes_event(2, "sender", &written, false));
@@ -1843,7 +1848,7 @@ fn generate_conversation() -> Value {
     }));
 
     json!({
-        "description": "A whole mailbox conversation (docs/PROTOCOL.md §5.6, §6.3, §6.4) between ferry's sender and receiver state machines: stream 1 carries OPEN, ACCEPT, messages 0-4 and ACK(3); the connection is lost before ACK(5) arrives; stream 2 opens with the same epoch at first_seq 3, retransmits 3 and 4 (the receiver skips them as duplicates but acknowledges them), carries message 5, ACK(6), and ends with FIN both ways after the idle timeout. Each event is bytes one side writes on one stream (hex and the frames in it), the receiver's decision for a batch (run_next_seq: its run state after it), or a stream signal.",
+        "description": "A whole mailbox conversation (docs/PROTOCOL.md §5.6, §6.3, §6.4) between ferry's sender and receiver state machines: stream 1 carries OPEN with messages 0-2 pipelined after it, ACCEPT, ACK(3) and messages 3-4; the connection is lost before ACK(5) arrives; stream 2 opens with the same epoch at first_seq 3, retransmits 3 and 4 after its OPEN (the receiver skips them as duplicates but acknowledges them), carries message 5, ACK(6), and ends with FIN both ways after the idle timeout. Each event is bytes one side writes on one stream (hex and the frames in it), the receiver's decision for a batch (run_next_seq: its run state after it), or a stream signal.",
         "sender": {"seed": hex(&[2; 32]), "from": from.to_string()},
         "receiver": {"seed": hex(&[1; 32]), "target": target.to_string(), "max_message": MAX_MESSAGE},
         "epoch": format!("{EPOCH:016x}"),
@@ -1883,8 +1888,11 @@ fn conversation() {
         };
         let bytes = unhex(text);
         if bytes[0] == StreamKind::Mailbox as u8 && event["frames"][0].get("kind").is_some() {
-            let first_seq = accept_open(&bytes, &plain(), &second());
-            receiver = Some(Receiver::open(first_seq, MAX_MESSAGE, &mut run));
+            let (first_seq, early) = accept_open(&bytes, &plain(), &second());
+            let mut opened = Receiver::open(first_seq, MAX_MESSAGE, &mut run);
+            let (delivered, _, _) = receive(&mut opened, &mut run, early, &payloads);
+            delivered_all.extend(delivered);
+            receiver = Some(opened);
             continue;
         }
         let (delivered, _, _) = receive(receiver.as_mut().unwrap(), &mut run, &bytes, &payloads);

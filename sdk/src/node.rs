@@ -349,8 +349,11 @@ impl Node {
         crate::streams::service::register(&self.inner, name, options)
     }
 
-    /// Registers a service under `name` and runs `handler` on its own task for every
-    /// conversation, so a handler holding one open blocks no other.
+    /// Registers a service under `name` and runs `handler` for every conversation on the task
+    /// of the conversation's stream, so a handler holding one open blocks no other and no
+    /// queue stands between a request and its handler (`options.backlog` does not apply).
+    /// Dropping the [`ServiceHandle`] unregisters the service; running handlers go on until
+    /// they end or the node's shutdown grace passes.
     pub fn serve<F, Fut>(
         &self,
         name: &str,

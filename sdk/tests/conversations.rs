@@ -588,7 +588,7 @@ async fn conversations_calls_lookups_and_monitors_of_the_own_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_beyond_the_peers_announced_limit_are_refused_locally() {
     let small = NodeConfig {
-        max_message_size: 1000,
+        max_message_size: 1024,
         ..NodeConfig::default()
     };
     let server = Node::bind(SecretKey::generate(), small.clone())
@@ -611,14 +611,14 @@ async fn objects_beyond_the_peers_announced_limit_are_refused_locally() {
             },
         )
         .unwrap();
-    // The server announced 1000 bytes: a larger object never leaves the client.
+    // The server announced 1024 bytes: a larger object never leaves the client.
     let mut conversation = client.open(target(&server, "sink")).await.unwrap();
     let big = "x".repeat(2000);
     assert_eq!(
         conversation.send_obj(&big).await,
         Err(ConversationError::TooLarge {
             size: 2002,
-            max: 1000
+            max: 1024
         })
     );
     // The conversation is still usable.
@@ -633,7 +633,7 @@ async fn objects_beyond_the_peers_announced_limit_are_refused_locally() {
         call,
         Err(CallError::TooLarge {
             size: 2002,
-            max: 1000
+            max: 1024
         })
     );
 
@@ -655,7 +655,7 @@ async fn objects_beyond_the_peers_announced_limit_are_refused_locally() {
         sent_rx.recv().await.unwrap(),
         Err(ConversationError::TooLarge {
             size: 2002,
-            max: 1000
+            max: 1024
         })
     );
     assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "fits");

@@ -301,8 +301,8 @@ async fn a_stream_stopped_with_not_admitted_is_a_refusal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_unexpected_frames_are_reported_once() {
     let node = node_with(NodeConfig {
-        max_message_size: 1000,
-        send_window: 1000,
+        max_message_size: 1024,
+        send_window: 1024,
         ..NodeConfig::default()
     })
     .await;
@@ -322,7 +322,7 @@ async fn oversized_and_unexpected_frames_are_reported_once() {
     let accept = fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
     assert_eq!(
         accept,
-        fake_peer::encode(&Frame::Accept { max_message: 1000 })
+        fake_peer::encode(&Frame::Accept { max_message: 1024 })
     );
     let object = |value: &str| postcard::to_allocvec(value).unwrap();
     let mut out = Vec::new();
@@ -348,7 +348,7 @@ async fn oversized_and_unexpected_frames_are_reported_once() {
         conversation.recv_obj::<String>().await,
         Err(ConversationError::TooLarge {
             size: 2002,
-            max: 1000
+            max: 1024
         })
     );
     assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "small");
@@ -367,7 +367,7 @@ async fn oversized_and_unexpected_frames_are_reported_once() {
         conversation.recv_obj::<String>().await,
         Err(ConversationError::TooLarge {
             size: 100_003,
-            max: 1000
+            max: 1024
         })
     );
     assert_eq!(conversation.recv_obj::<String>().await.unwrap(), "after");
@@ -376,4 +376,56 @@ async fn oversized_and_unexpected_frames_are_reported_once() {
         Err(ConversationError::Ended)
     );
     node.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A small message and a small call request reach the acceptor before it answered the opening:
+/// they ride with it (docs/PROTOCOL.md §5.6, §10.3), so each costs one round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_messages_and_requests_ride_with_the_opening() {
+    let fake = FakePeer::bind(16);
+    let node = node_with(NodeConfig::default()).await;
+    let (_, acceptor) = serve_fake(&fake, |mut send, mut recv| async move {
+        let mut buf = BytesMut::new();
+        let (kind, _) = fake_peer::read_opening(&mut recv, &mut buf).await;
+        if kind == StreamKind::Conversation as u8 {
+            // The opener's ACCEPT, then its request: both before this side wrote anything.
+            let limit = fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
+            assert_eq!(
+                frame::decode_frame(&limit, 64).unwrap().unwrap().0,
+                Frame::Accept {
+                    max_message: NodeConfig::default().max_message_size as u64
+                }
+            );
+            let request = fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
+            let encoded = postcard::to_allocvec("ping").unwrap();
+            assert_eq!(request, fake_peer::encode(&Frame::Object(&encoded)));
+            let mut answer = fake_peer::encode(&Frame::Accept { max_message: 1024 });
+            let reply = postcard::to_allocvec("pong").unwrap();
+            answer.extend(fake_peer::encode(&Frame::Object(&reply)));
+            send.write_all(&answer).await.unwrap();
+            send.finish().unwrap();
+            let _ = send.stopped().await;
+        } else {
+            let message = fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
+            let payload = postcard::to_allocvec(&7u32).unwrap();
+            let mut expected = Vec::new();
+            frame::put_message_header(&mut expected, payload.len());
+            expected.extend(&payload);
+            assert_eq!(message, expected, "the message, before the ACCEPT");
+            let mut answer = fake_peer::encode(&Frame::Accept { max_message: 1024 });
+            answer.extend(fake_peer::encode(&Frame::Ack { next_seq: 1 }));
+            send.write_all(&answer).await.unwrap();
+            let _ = read_rest(&mut recv).await;
+        }
+    });
+    let from = node.mailbox();
+    let sent = tokio::time::timeout(WAIT, from.send(&watched(&fake), &7u32)).await;
+    assert_eq!(sent.unwrap(), Ok(()));
+    let answer: Result<String, CallError> =
+        tokio::time::timeout(WAIT, node.call(fake_target(&fake), "ping"))
+            .await
+            .unwrap();
+    assert_eq!(answer.unwrap(), "pong");
+    node.shutdown(Duration::from_millis(100)).await;
+    acceptor.abort();
 }

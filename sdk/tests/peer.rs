@@ -236,7 +236,7 @@ async fn oversize_messages_are_refused() {
     })
     .await;
     let b = node_with(NodeConfig {
-        max_message_size: 1000,
+        max_message_size: 1024,
         ..NodeConfig::default()
     })
     .await;
@@ -253,11 +253,11 @@ async fn oversize_messages_are_refused() {
     // Over the receiver's limit: refused with the receiver's limit; the conversation goes on.
     let sender = a.sender(target.address());
     let small = sender
-        .enqueue_bytes(Bytes::from(vec![1u8; 1000]))
+        .enqueue_bytes(Bytes::from(vec![1u8; 1024]))
         .await
         .unwrap();
     let big = sender
-        .enqueue_bytes(Bytes::from(vec![2u8; 1001]))
+        .enqueue_bytes(Bytes::from(vec![2u8; 1025]))
         .await
         .unwrap();
     let after = sender
@@ -268,14 +268,14 @@ async fn oversize_messages_are_refused() {
     assert_eq!(
         big.await,
         Err(SendError::TooLarge {
-            size: 1001,
-            max: 1000
+            size: 1025,
+            max: 1024
         })
     );
     assert_eq!(after.await, Ok(()));
     assert_eq!(
         target.recv_timeout(WAIT).await.unwrap().payload().len(),
-        1000
+        1024
     );
     assert_eq!(target.recv_timeout(WAIT).await.unwrap().payload().len(), 10);
     a.shutdown(Duration::from_secs(1)).await;

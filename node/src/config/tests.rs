@@ -254,7 +254,7 @@ fn every_key_reaches_the_node_config() {
         idle_timeout = "1m"
         keep_alive = "2s"
         dial_timeout = "3s"
-        max_message_size = 1000
+        max_message_size = 1024
         mailbox_capacity = 7
         send_window = 2000
         send_timeout = "4s"
@@ -347,7 +347,7 @@ fn every_key_reaches_the_node_config() {
             send_window,
             max_connections
         ],
-        [1000, 7, 2000, 9]
+        [1024, 7, 2000, 9]
     );
     assert_eq!((max_incoming_streams, max_dedup_entries), (10, 11));
     assert_eq!(handshake_rate_per_ip, 14);

@@ -68,7 +68,8 @@ pub struct NodeConfig {
     /// How long a dial (UDP path + TLS handshake) may take. Default 10 s.
     #[serde(with = "crate::duration")]
     pub dial_timeout: Duration,
-    /// Largest message payload accepted or sent, in bytes. Default 1 MiB.
+    /// Largest message payload accepted or sent, in bytes. Default 1 MiB; at least 1024
+    /// (peers send messages and objects that small before they know this limit).
     pub max_message_size: usize,
     /// Messages queued in one mailbox before its senders are slowed down. Default 1024.
     pub mailbox_capacity: usize,
@@ -340,6 +341,10 @@ impl NodeConfig {
         if self.max_message_size > (1 << 30) {
             return Err(ConfigError::TooLarge("max_message_size"));
         }
+        // Every peer may send messages and objects this small before it knows the limit.
+        if self.max_message_size < ferry_proto::frame::EARLY_MESSAGE_MAX {
+            return Err(ConfigError::TooSmall("max_message_size"));
+        }
         if self.receive_window < (64 << 10) {
             return Err(ConfigError::TooSmall("receive_window"));
         }
@@ -419,6 +424,11 @@ mod tests {
             config(|c| c.max_buffered_bytes = c.max_buffered_per_peer - 1),
             Err(ConfigError::TooSmall("max_buffered_bytes"))
         );
+        assert_eq!(
+            config(|c| c.max_message_size = 1023),
+            Err(ConfigError::TooSmall("max_message_size"))
+        );
+        assert_eq!(config(|c| c.max_message_size = 1024), Ok(()));
         assert_eq!(
             config(|c| c.receive_window = 1000),
             Err(ConfigError::TooSmall("receive_window"))

@@ -1,6 +1,8 @@
 //! The service table: the node's registered services, by name and by mailbox id.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
@@ -14,8 +16,21 @@ pub(crate) struct ServiceEntry {
     pub(crate) name: String,
     pub(crate) mailbox: MailboxId,
     pub(crate) allow: Option<HashSet<NodeId>>,
-    pub(crate) incoming: mpsc::Sender<Conversation>,
+    pub(crate) incoming: Incoming,
     pub(crate) address: Address,
+}
+
+/// What serves one conversation of a service run by a handler: its future.
+pub(crate) type Handler =
+    dyn Fn(Conversation) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+
+/// Where a service's conversations go.
+pub(crate) enum Incoming {
+    /// Into the backlog that the application takes them from (`Service::accept`).
+    Backlog(mpsc::Sender<Conversation>),
+    /// To the handler given to `Node::serve`, run on the task of the conversation's stream:
+    /// no hand-off to another task between the opener's request and the handler.
+    Handler(Arc<Handler>),
 }
 
 /// The node's registered services, by name and by mailbox id.

@@ -154,6 +154,8 @@ async fn receive(
     if send.write_all(&out).await.is_err() {
         return Ok(());
     }
+    // Messages pipelined after the OPEN (docs/PROTOCOL.md §5.6) are held like any read.
+    hold(node, &mut held, buf.len())?;
     let max_frame = node.config.max_message_size + 1;
     let cancelled = node.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
@@ -335,16 +337,7 @@ async fn receive(
                     return Err(violation(ErrorCode::TOO_LARGE, "frame too large".into()));
                 }
                 buf.extend_from_slice(&chunk.bytes);
-                if let Err(over) = held.set(buf.len()) {
-                    node.stats.count_stream_cut_off();
-                    let reason = match over {
-                        OverBudget::Peer => {
-                            "this peer's buffered bytes reached max_buffered_per_peer"
-                        }
-                        OverBudget::Node => "the node's buffered bytes reached max_buffered_bytes",
-                    };
-                    return Err(Refusal::new(ErrorCode::LIMIT, reason));
-                }
+                hold(node, &mut held, buf.len())?;
             }
             Ok(None) => {
                 if let Err(Violation { code, reason }) = receiver.finished(&buf) {
@@ -501,6 +494,19 @@ impl Drop for Reserved<'_> {
 /// Waits until `deadline`, or forever if there is none.
 /// Waits for `timer`, or forever if there is none. The timer is boxed: a frame left half-read
 /// is rare, and a timer kept in every idle stream's future is not.
+/// Records that the stream holds `len` bytes; beyond the peer's or the node's budget the stream
+/// is cut off with LIMIT.
+fn hold(node: &Runtime, held: &mut Held, len: usize) -> Result<(), Refusal> {
+    held.set(len).map_err(|over| {
+        node.stats.count_stream_cut_off();
+        let reason = match over {
+            OverBudget::Peer => "this peer's buffered bytes reached max_buffered_per_peer",
+            OverBudget::Node => "the node's buffered bytes reached max_buffered_bytes",
+        };
+        Refusal::new(ErrorCode::LIMIT, reason)
+    })
+}
+
 async fn timer_or_never(timer: Option<Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(timer) => timer.await,

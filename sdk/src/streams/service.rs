@@ -33,7 +33,7 @@ use crate::mailbox::{self, Mailbox};
 use crate::net::builtin::refuse;
 use crate::net::dial;
 use crate::registry::mailboxes::Budget;
-use crate::registry::services::ServiceEntry;
+use crate::registry::services::{Handler, Incoming, ServiceEntry};
 use crate::runtime::Runtime;
 
 /// How a service is offered.
@@ -42,8 +42,8 @@ pub struct ServiceOptions {
     /// Nodes that may reach the service by name (conversations, calls, lookups). Default
     /// `None`: every node this node admits.
     pub allow: Option<HashSet<NodeId>>,
-    /// Incoming conversations waiting to be accepted before new ones are refused as busy.
-    /// Default 1024.
+    /// Incoming conversations waiting to be accepted ([`Service::accept`]) before new ones are
+    /// refused as busy. Default 1024. (A handler of `Node::serve` takes each at once.)
     pub backlog: usize,
 }
 
@@ -60,29 +60,29 @@ impl Default for ServiceOptions {
 /// unregisters the name and revokes its address.
 #[must_use = "dropping a Service unregisters it at once"]
 pub struct Service {
-    name: String,
-    mailbox: Mailbox,
+    registration: Registration,
     incoming: mpsc::Receiver<Conversation>,
-    node: Weak<Runtime>,
     /// The node's shutdown signal.
     shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("name", &self.name).finish()
+        f.debug_struct("Service")
+            .field("name", &self.registration.name)
+            .finish()
     }
 }
 
 impl Service {
     /// The service's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.registration.name
     }
 
     /// The service's capability address: opening a conversation to it reaches the service.
     pub fn address(&self) -> &Address {
-        self.mailbox.address()
+        self.registration.mailbox.address()
     }
 
     /// The next incoming conversation; `None` once the node shuts down (conversations still
@@ -110,11 +110,13 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        let node = self.node.upgrade();
-        if let Some(node) = &node {
-            node.services.remove(&self.name, self.mailbox.id());
-        }
-        let shutting_down = node.is_none_or(|node| node.is_closing());
+        // Closed before the registration goes: a conversation that finds the service meanwhile
+        // is refused as a stopped service (NO_SUCH_SERVICE), as it would be once it is gone.
+        let shutting_down = self
+            .registration
+            .node
+            .upgrade()
+            .is_none_or(|node| node.is_closing());
         self.abandon_backlog(if shutting_down {
             ErrorCode::SHUTTING_DOWN
         } else {
@@ -123,19 +125,33 @@ impl Drop for Service {
     }
 }
 
+/// A service's place in the node's table; dropping it unregisters the name and revokes the
+/// service's address (its mailbox).
+struct Registration {
+    name: String,
+    mailbox: Mailbox,
+    node: Weak<Runtime>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.upgrade() {
+            node.services.remove(&self.name, self.mailbox.id());
+        }
+    }
+}
+
 /// A service run by [`Node::serve`](crate::Node::serve); dropping it stops accepting and
 /// unregisters the service (conversations already running go on).
 #[must_use = "dropping a ServiceHandle stops the service at once"]
 pub struct ServiceHandle {
-    address: Address,
-    name: String,
-    stop: tokio_util::sync::CancellationToken,
+    registration: Registration,
 }
 
 impl std::fmt::Debug for ServiceHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceHandle")
-            .field("name", &self.name)
+            .field("name", &self.registration.name)
             .finish()
     }
 }
@@ -143,26 +159,22 @@ impl std::fmt::Debug for ServiceHandle {
 impl ServiceHandle {
     /// The service's capability address.
     pub fn address(&self) -> &Address {
-        &self.address
+        self.registration.mailbox.address()
     }
 
     /// The service's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.registration.name
     }
 }
 
-impl Drop for ServiceHandle {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-pub(crate) fn register(
+/// Registers `name` with its own mailbox (its address), its conversations going to `incoming`.
+fn register_as(
     node: &Arc<Runtime>,
     name: &str,
-    options: ServiceOptions,
-) -> Result<Service, ServeError> {
+    allow: Option<HashSet<NodeId>>,
+    incoming: Incoming,
+) -> Result<Registration, ServeError> {
     if !frame::valid_service_name(name) {
         return Err(ServeError::InvalidName(name.to_owned()));
     }
@@ -178,25 +190,40 @@ pub(crate) fn register(
     // for it is refused with NO_SUCH_MAILBOX (docs/PROTOCOL.md §10.1) instead of piling up
     // unread.
     drop(mailbox.messages());
-    let (incoming, receiver) = mpsc::channel(options.backlog.max(1));
     let entry = Arc::new(ServiceEntry {
         name: name.to_owned(),
         mailbox: mailbox.id(),
-        allow: options.allow,
+        allow,
         incoming,
         address: mailbox.address().clone(),
     });
     registry.by_name.insert(name.to_owned(), entry.clone());
     registry.by_mailbox.insert(mailbox.id(), entry);
-    Ok(Service {
+    Ok(Registration {
         name: name.to_owned(),
         mailbox,
-        incoming: receiver,
         node: Arc::downgrade(node),
+    })
+}
+
+pub(crate) fn register(
+    node: &Arc<Runtime>,
+    name: &str,
+    options: ServiceOptions,
+) -> Result<Service, ServeError> {
+    let (backlog, incoming) = mpsc::channel(options.backlog.max(1));
+    let registration = register_as(node, name, options.allow, Incoming::Backlog(backlog))?;
+    Ok(Service {
+        registration,
+        incoming,
         shutdown: node.cancel.clone(),
     })
 }
 
+/// Registers `name`, each of its conversations served by `handler` on the conversation's own
+/// stream task: a handler holding one open (HBI's "work" stage) blocks no other, and no queue
+/// or task stands between the opener's request and the handler. `options.backlog` does not
+/// apply (nothing waits).
 pub(crate) fn serve<F, Fut>(
     node: &Arc<Runtime>,
     name: &str,
@@ -207,46 +234,24 @@ where
     F: Fn(Conversation) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut service = register(node, name, options)?;
-    let stop = node.cancel.child_token();
-    let handle = ServiceHandle {
-        address: service.address().clone(),
-        name: name.to_owned(),
-        stop: stop.clone(),
-    };
-    let tasks = node.tasks.clone();
     // Handlers get the shutdown grace to finish; then they are dropped (docs/PROTOCOL.md §6.9).
     let halt = node.halt.clone();
     let span = tracing::debug_span!("service", name);
-    node.tasks.spawn(
-        async move {
-            loop {
-                let conversation = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    conversation = service.accept() => conversation,
-                };
-                let Some(conversation) = conversation else {
-                    break;
-                };
-                // Each conversation on its own task: a handler holding one open (HBI's "work"
-                // stage) blocks no other.
-                let work = handler(conversation);
-                let halt = halt.clone();
-                tasks.spawn(
-                    async move {
-                        tokio::select! {
-                            _ = halt.cancelled() => {}
-                            _ = work => {}
-                        }
-                    }
-                    .in_current_span(),
-                );
+    let handler: Arc<Handler> = Arc::new(move |conversation| {
+        let work = handler(conversation);
+        let halt = halt.clone();
+        Box::pin(
+            async move {
+                tokio::select! {
+                    _ = halt.cancelled() => {}
+                    _ = work => {}
+                }
             }
-            drop(service);
-        }
-        .instrument(span),
-    );
-    Ok(handle)
+            .instrument(span.clone()),
+        )
+    });
+    let registration = register_as(node, name, options.allow, Incoming::Handler(handler))?;
+    Ok(ServiceHandle { registration })
 }
 
 /// Whom to open a conversation with.
@@ -367,7 +372,7 @@ fn not_admitted() -> OpenError {
 }
 
 /// Opens a stream of kind `Conversation`, sends `first` (and, for a conversation, this node's
-/// limit), and reads the acceptor's answer. `open_timeout` covers waiting for stream credit,
+/// limit and the `early` object pipelined after it), and reads the acceptor's answer. `open_timeout` covers waiting for stream credit,
 /// writing and the answer. Until the answer is read the stream is held by a [`Conversation`]
 /// of the opener, so giving up for any reason (an error, the timeout, the caller dropping the
 /// future) resets it with CANCELLED (docs/PROTOCOL.md §10.3, §10.8).
@@ -375,6 +380,7 @@ async fn start(
     node: &Arc<Runtime>,
     target: &Target,
     first: &Frame<'_>,
+    early: Option<&[u8]>,
 ) -> Result<(Conversation, Answer), OpenError> {
     if node.is_closing() {
         return Err(OpenError::NodeClosed);
@@ -382,7 +388,10 @@ async fn start(
     let connection = dial::connect(&node.net, target.node(), target.hints())
         .await
         .map_err(open_error_from_dial)?;
-    let head = proto::opening(first, node.config.max_message_size as u64);
+    let mut head = proto::opening(first, node.config.max_message_size as u64);
+    if let Some(object) = early {
+        frame::put_frame(&mut head, &Frame::Object(object));
+    }
     let opening = async {
         let (send, recv) = connection
             .open_bi()
@@ -462,6 +471,24 @@ async fn read_answer(
 }
 
 pub(crate) async fn open(node: &Arc<Runtime>, target: &Target) -> Result<Conversation, OpenError> {
+    open_with(node, target, None).await
+}
+
+/// Whether an object of `len` bytes may go to `target` before its answer: every acceptor
+/// takes that much from any opener, except the built-in services, which announce their own
+/// smaller limits (docs/PROTOCOL.md §10.3).
+fn may_go_early(target: &Target, len: usize) -> bool {
+    let builtin = matches!(target, Target::Service { name, .. } if name.starts_with("ferry."));
+    len <= frame::EARLY_MESSAGE_MAX && !builtin
+}
+
+/// Opens a conversation with `target`; `early`, an object small enough for
+/// [`may_go_early`], is sent pipelined after the opening rather than after the answer.
+async fn open_with(
+    node: &Arc<Runtime>,
+    target: &Target,
+    early: Option<&[u8]>,
+) -> Result<Conversation, OpenError> {
     let first = match target {
         Target::Address(address) => {
             Frame::Converse(ConverseTarget::Address(Box::new(address.without_hints())))
@@ -473,7 +500,7 @@ pub(crate) async fn open(node: &Arc<Runtime>, target: &Target) -> Result<Convers
             Frame::Converse(ConverseTarget::Service(name))
         }
     };
-    let (conversation, answer) = start(node, target, &first).await?;
+    let (conversation, answer) = start(node, target, &first, early).await?;
     match answer {
         Answer::Accepted { peer_limit } => Ok(conversation.with_peer_limit(peer_limit)),
         _ => Err(OpenError::Protocol("expected accept".into())),
@@ -494,7 +521,7 @@ pub(crate) async fn lookup(
         name: name.to_owned(),
         hints: hints.to_vec(),
     };
-    let (conversation, answer) = start(node, &target, &Frame::Lookup(name)).await?;
+    let (conversation, answer) = start(node, &target, &Frame::Lookup(name), None).await?;
     match answer {
         Answer::Found(address) if address.node() == peer => {
             conversation.close_quietly();
@@ -611,7 +638,24 @@ pub(crate) async fn serve_stream(
         }
         return;
     }
-    let permit = match entry.incoming.try_reserve() {
+    let backlog = match &entry.incoming {
+        Incoming::Backlog(backlog) => backlog,
+        Incoming::Handler(handler) => {
+            let handler = handler.clone();
+            drop(entry);
+            let accept = proto::accept(node.config.max_message_size as u64);
+            if send.write_all(&accept).await.is_err() {
+                return;
+            }
+            let conversation =
+                Conversation::new(peer, send, recv, buf, node.config.max_message_size, false)
+                    .with_peer_limit(opener_limit)
+                    .with_frame_timeout(node.config.frame_timeout)
+                    .with_credit(in_use);
+            return handler(conversation).await;
+        }
+    };
+    let permit = match backlog.try_reserve() {
         Ok(permit) => permit,
         Err(mpsc::error::TrySendError::Full(())) => {
             debug!(peer = %peer.short(), "service busy; refusing conversation");
@@ -758,8 +802,16 @@ impl<Resp: DeserializeOwned + Send + 'static> IntoFuture for Call<Resp> {
         Box::pin(async move {
             let request = self.request?;
             let exchange = async {
-                let mut conversation = open(&self.node, &self.target).await?;
-                let sent = match conversation.send_encoded(&request).await {
+                // A small request rides with the opening: the call takes one round trip.
+                let early = may_go_early(&self.target, request.len());
+                let mut conversation =
+                    open_with(&self.node, &self.target, early.then_some(&request[..])).await?;
+                let sent = if early {
+                    Ok(())
+                } else {
+                    conversation.send_encoded(&request).await
+                };
+                let sent = match sent {
                     Ok(()) => conversation.finish(),
                     // Beyond the callee's announced limit: nothing was sent, and dropping the
                     // conversation cancels it.
