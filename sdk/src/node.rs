@@ -458,6 +458,7 @@ impl Node {
         inner.begin_closing();
         crate::outbound::drain(inner, grace).await;
         inner.cancel.cancel();
+        inner.mailboxes.wake_all();
         inner.tasks.close();
         // Closing the endpoint drops unsent stream data, so let the tasks finish first.
         let _ = tokio::time::timeout(grace, inner.tasks.wait()).await;

@@ -361,6 +361,38 @@ impl Authorized {
         let grant = self.grant;
         async move { caps.revoked(grant).await }
     }
+
+    /// Resolves once the address's grant is revoked ([`Ended::Revoked`]) or `shutdown` is
+    /// cancelled ([`Ended::ShuttingDown`]; [`Mailboxes::wake_all`] wakes the wait then). One
+    /// wait for both, since every receiving stream keeps it for its whole life.
+    pub(crate) fn revoked_or(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Ended> + Send + 'static {
+        let caps = self.handle.caps.clone();
+        let grant = self.grant;
+        async move {
+            wait_until(&caps.revocations, || {
+                if caps.is_revoked(grant) {
+                    Some(Ended::Revoked)
+                } else if shutdown.is_cancelled() {
+                    Some(Ended::ShuttingDown)
+                } else {
+                    None
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// Why a wait of [`Authorized::revoked_or`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The grant was revoked.
+    Revoked,
+    /// The node shuts down.
+    ShuttingDown,
 }
 
 /// What the node keeps per open mailbox.
@@ -411,6 +443,14 @@ impl Mailboxes {
             if let Some(entry) = map.remove(&id) {
                 entry.handle.closed.cancel();
             }
+        }
+    }
+
+    /// Wakes every wait on a mailbox's revocations, so that [`Authorized::revoked_or`] sees
+    /// the node's shutdown.
+    pub(crate) fn wake_all(&self) {
+        for entry in read(&self.map).values() {
+            entry.handle.caps.revocations.notify_waiters();
         }
     }
 

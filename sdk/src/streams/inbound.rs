@@ -20,40 +20,26 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::debug;
 
-use crate::address::{Address, Limit, Usage};
+use crate::address::{Address, Limit, MailboxId, Usage};
 use crate::frame::{self, ErrorCode, Frame, Open};
 use crate::identity::NodeId;
 use crate::net::limits::{Held, OverBudget, PeerGuard};
 use crate::registry::dedup::DedupKey;
 use crate::registry::mailboxes::{
-    durable_counters, Authorized, Budget, Caps, Durable, MailboxHandle, Message,
+    durable_counters, Authorized, Budget, Caps, Durable, Ended, MailboxHandle, Message,
 };
 use crate::runtime::Runtime;
 use crate::store::RunId;
 use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
 
-/// Serves one mailbox stream opened by `peer`. The stream kind byte was already read.
-///
-/// The future's size is what every idle conversation costs its receiving node (BENCHMARKS.md,
-/// memory), so its state is kept small: the CLOSE frame is written here, once `receive` is
-/// done, not at each of its exits (each kept room of its own in the future for the stream's
-/// whole life); rare waits are boxed; and it borrows what the stream's task owns instead of
-/// holding a second copy of it.
-pub(crate) async fn serve(
-    node: &Arc<Runtime>,
-    guard: &PeerGuard,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    open_deadline: tokio::time::Instant,
-) {
-    if let Err(Refusal { code, reason }) = receive(node, guard, send, recv, open_deadline).await {
-        refuse(send, code, &reason).await;
-    }
+/// Ends a stream that [`serve`] returned a refusal for: its CLOSE frame, then FIN.
+pub(crate) async fn close(send: &mut quinn::SendStream, Refusal { code, reason }: Refusal) {
+    refuse(send, code, &reason).await;
 }
 
 /// Why a mailbox stream ends with a CLOSE frame.
 #[derive(Debug)]
-struct Refusal {
+pub(crate) struct Refusal {
     code: ErrorCode,
     reason: Cow<'static, str>,
 }
@@ -79,9 +65,41 @@ impl Refusal {
     }
 }
 
-/// The stream from its OPEN frame to its end: `Ok` when it ends without a CLOSE frame to
-/// write (the sender finished it, or it failed).
-async fn receive(
+impl From<Ended> for Refusal {
+    fn from(ended: Ended) -> Self {
+        match ended {
+            Ended::Revoked => Self::revoked(),
+            Ended::ShuttingDown => Self::shutting_down(),
+        }
+    }
+}
+
+/// A protocol violation by the peer: it counts against the peer, and ends the stream.
+fn violation(
+    node: &Runtime,
+    guard: &PeerGuard,
+    code: ErrorCode,
+    reason: Cow<'static, str>,
+) -> Refusal {
+    guard.violation(&node.net, &reason);
+    Refusal::new(code, reason)
+}
+
+/// The key of a run's duplicate state: the peer and the stream's `run`.
+fn dedup_key(peer: NodeId, (from, target, epoch): (MailboxId, MailboxId, u64)) -> DedupKey {
+    (peer, from, target, epoch)
+}
+
+/// Serves one mailbox stream opened by `guard.peer`, the stream kind byte already read, from
+/// its OPEN frame to its end: `Ok` when it ends without a CLOSE frame to write (the sender
+/// finished it, or it failed), else why to [`close`] it.
+///
+/// The future's size is what every idle conversation costs its receiving node (BENCHMARKS.md,
+/// memory), so its state is kept small: the CLOSE frame is written by the caller, once, not at
+/// each exit (each kept room of its own in the future for the stream's whole life); rare waits
+/// are boxed; one wait covers revocation and shutdown; and it borrows what the stream's task
+/// owns instead of holding a second copy of it.
+pub(crate) async fn serve(
     node: &Arc<Runtime>,
     guard: &PeerGuard,
     send: &mut quinn::SendStream,
@@ -90,15 +108,10 @@ async fn receive(
 ) -> Result<(), Refusal> {
     let peer = guard.peer;
     let mut held = Held::new(node.buffered.clone(), guard.buffered.clone());
-    // Ends the stream for a protocol violation, which counts against the peer.
-    let violation = |code: ErrorCode, reason: Cow<'static, str>| {
-        guard.violation(&node.net, &reason);
-        Refusal::new(code, reason)
-    };
     let mut buf = BytesMut::new();
     // In a block of its own, so that the OPEN frame and the checks' results are gone before
     // the stream's first wait instead of kept in its future (see `serve`).
-    let (revoked, mailbox, grant, limits, from, dedup_key, expires, first_seq) = {
+    let (revoked, mailbox, grant, limits, from, run, expires, first_seq) = {
         // Boxed: read once per stream, it would otherwise keep its room in the future for the
         // stream's life.
         let open = match Box::pin(read_open(recv, &mut buf, open_deadline)).await {
@@ -107,7 +120,7 @@ async fn receive(
             Err((code, reason)) if reason == ENDED_BEFORE_OPEN => {
                 return Err(Refusal::new(code, reason));
             }
-            Err((code, reason)) => return Err(violation(code, reason.into())),
+            Err((code, reason)) => return Err(violation(node, guard, code, reason.into())),
         };
         let authorized = authorize(node, peer, &open).map_err(|(code, reason)| {
             if code == ErrorCode::FROM_MISMATCH {
@@ -115,7 +128,7 @@ async fn receive(
             }
             Refusal::new(code, reason)
         })?;
-        let revoked = authorized.revoked();
+        let revoked = authorized.revoked_or(node.cancel.clone());
         let Authorized {
             handle,
             grant,
@@ -127,16 +140,19 @@ async fn receive(
             epoch,
             first_seq,
         } = open;
-        let dedup_key = (peer, from.mailbox(), target.mailbox(), epoch);
+        // Without the peer (the guard has it): this is kept for the stream's whole life.
+        let run = (from.mailbox(), target.mailbox(), epoch);
         let expires = target.effective_expiry();
         (
-            revoked, handle, grant, limits, from, dedup_key, expires, first_seq,
+            revoked, handle, grant, limits, from, run, expires, first_seq,
         )
     };
     // Resolves once the grant is revoked: the stream then ends with REVOKED wherever it
     // waits (for the sender, for room in the mailbox, for a rate window, for room in a store).
     tokio::pin!(revoked);
-    let dedup = node.dedup.entry(dedup_key, node.config.max_dedup_entries);
+    let dedup = node
+        .dedup
+        .entry(dedup_key(guard.peer, run), node.config.max_dedup_entries);
     // Messages reserved under the counting caveats but not (yet) delivered: given back if the
     // stream ends before they are.
     let mut reserved = Reserved {
@@ -156,18 +172,14 @@ async fn receive(
     }
     // Messages pipelined after the OPEN (docs/PROTOCOL.md §5.6) are held like any read.
     hold(node, &mut held, buf.len())?;
-    let max_frame = node.config.max_message_size + 1;
-    let cancelled = node.cancel.clone().cancelled_owned();
-    tokio::pin!(cancelled);
-    let durable = mailbox.durable.clone();
     let mut receiver = {
         let mut state = dedup.lock().await;
         if state.next_seq.is_none() {
-            if let Some(durable) = &durable {
+            if let Some(durable) = &mailbox.durable {
                 // After a restart only the store knows how far this run got.
                 state.next_seq = durable
                     .store
-                    .delivered(durable.mailbox, run_of(&dedup_key))
+                    .delivered(durable.mailbox, run_of(&dedup_key(guard.peer, run)))
                     .map_err(|error| Refusal::new(ErrorCode::STORE_FAILED, error.to_string()))?;
             }
         }
@@ -196,7 +208,9 @@ async fn receive(
                 let incoming = match receiver.next(&mut buf, &state) {
                     Ok(Some(incoming)) => incoming,
                     Ok(None) => break,
-                    Err(Violation { code, reason }) => return Err(violation(code, reason.into())),
+                    Err(Violation { code, reason }) => {
+                        return Err(violation(node, guard, code, reason.into()))
+                    }
                 };
                 waited = std::time::Duration::ZERO;
                 let Incoming::Message { seq, payload } = incoming else {
@@ -234,7 +248,7 @@ async fn receive(
                     break;
                 }
                 reserved.count += 1;
-                if durable.is_some() {
+                if mailbox.durable.is_some() {
                     to_store.push((from.clone(), payload));
                     continue;
                 }
@@ -244,7 +258,10 @@ async fn receive(
                     receipt: None,
                 };
                 // Not acknowledged yet: a revocation while it waits for room drops it.
-                if let Some(message) = try_enqueue(node, &mailbox, message)? {
+                // A binding of its own, so that the `?`'s temporaries are not kept across
+                // the wait below (in every stream's future).
+                let waiting = try_enqueue(node, &mailbox, message)?;
+                if let Some(message) = waiting {
                     Box::pin(enqueue_or_revoked(
                         node,
                         &mailbox,
@@ -256,7 +273,7 @@ async fn receive(
                 reserved.count -= 1;
                 receiver.delivered(&mut state, seq + 1);
             }
-            if let Some(durable) = &durable {
+            if let Some(durable) = &mailbox.durable {
                 if !to_store.is_empty() {
                     let batch = std::mem::take(&mut to_store);
                     // Boxed: only durable mailboxes store, and a store write is no small
@@ -266,7 +283,7 @@ async fn receive(
                             node,
                             mailbox: &mailbox,
                             durable,
-                            run: run_of(&dedup_key),
+                            run: run_of(&dedup_key(guard.peer, run)),
                             limits: &limits,
                             receiver: &mut receiver,
                             state: &mut state,
@@ -319,12 +336,12 @@ async fn receive(
         let waiting = tokio::time::Instant::now();
         let chunk = tokio::select! {
             chunk = recv.read_chunk(64 * 1024, true) => chunk,
-            _ = &mut cancelled => return Err(Refusal::shutting_down()),
-            // An idle stream under a revoked grant ends at once, not at its next message.
-            _ = &mut revoked => return Err(Refusal::revoked()),
+            // An idle stream under a revoked grant ends at once, not at its next message; so
+            // does every stream when the node shuts down.
+            ended = &mut revoked => return Err(ended.into()),
             _ = timer_or_never(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
                 let reason = "frame not completed within frame_timeout";
-                return Err(violation(ErrorCode::TIMEOUT, reason.into()));
+                return Err(violation(node, guard, ErrorCode::TIMEOUT, reason.into()));
             }
         };
         if frame_deadline.is_some() {
@@ -333,19 +350,27 @@ async fn receive(
         match chunk {
             Ok(Some(chunk)) => {
                 // Bound the buffer: a partial frame never exceeds one maximum frame.
+                let max_frame = node.config.max_message_size + 1;
                 if buf.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + 64 * 1024 {
-                    return Err(violation(ErrorCode::TOO_LARGE, "frame too large".into()));
+                    return Err(violation(
+                        node,
+                        guard,
+                        ErrorCode::TOO_LARGE,
+                        "frame too large".into(),
+                    ));
                 }
                 buf.extend_from_slice(&chunk.bytes);
                 hold(node, &mut held, buf.len())?;
             }
             Ok(None) => {
                 if let Err(Violation { code, reason }) = receiver.finished(&buf) {
-                    return Err(violation(code, reason.into()));
+                    return Err(violation(node, guard, code, reason.into()));
                 }
-                node.dedup.remove(&dedup_key);
-                if let Some(durable) = &durable {
-                    durable.store.end_run(durable.mailbox, run_of(&dedup_key));
+                node.dedup.remove(&dedup_key(guard.peer, run));
+                if let Some(durable) = &mailbox.durable {
+                    durable
+                        .store
+                        .end_run(durable.mailbox, run_of(&dedup_key(guard.peer, run)));
                 }
                 let _ = send.finish();
                 return Ok(());
@@ -372,13 +397,13 @@ fn run_of(&(node, from, _target, epoch): &DedupKey) -> RunId {
 async fn wait_for_budget(
     node: &Runtime,
     mailbox: &MailboxHandle,
-    revoked: Pin<&mut impl Future<Output = ()>>,
+    revoked: Pin<&mut impl Future<Output = Ended>>,
     pause: std::time::Duration,
 ) -> Result<(), Refusal> {
     tokio::select! {
         _ = tokio::time::sleep(pause) => Ok(()),
         _ = mailbox.closed.cancelled() => Err(Refusal::mailbox_closed()),
-        _ = revoked => Err(Refusal::revoked()),
+        ended = revoked => Err(ended.into()),
         _ = node.cancel.cancelled() => Err(Refusal::shutting_down()),
     }
 }
@@ -409,7 +434,7 @@ enum Acked {
 async fn store_and_acknowledge(
     stream: StoreBatch<'_, '_>,
     mut batch: Vec<(Address, Bytes)>,
-    mut revoked: Pin<&mut impl Future<Output = ()>>,
+    mut revoked: Pin<&mut impl Future<Output = Ended>>,
 ) -> Result<Acked, Refusal> {
     let StoreBatch {
         node,
@@ -437,7 +462,7 @@ async fn store_and_acknowledge(
                 _ = tokio::time::sleep(STORE_FULL_RETRY) => continue,
                 _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
                 // Not stored, so not acknowledged: the sender sees REVOKED.
-                _ = &mut revoked => return Err(Refusal::revoked()),
+                ended = &mut revoked => return Err(ended.into()),
                 _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
             }
         }
@@ -550,11 +575,11 @@ async fn enqueue_or_revoked(
     node: &Runtime,
     mailbox: &MailboxHandle,
     message: Message,
-    revoked: Pin<&mut impl Future<Output = ()>>,
+    revoked: Pin<&mut impl Future<Output = Ended>>,
 ) -> Result<(), Refusal> {
     tokio::select! {
         queued = enqueue(node, mailbox, message) => queued,
-        _ = revoked => Err(Refusal::revoked()),
+        ended = revoked => Err(ended.into()),
     }
 }
 

@@ -109,16 +109,21 @@ async fn serve_connection(node: Arc<Runtime>, connection: quinn::Connection, pee
                 }
                 match StreamKind::from_byte(kind[0]) {
                     Ok(StreamKind::Mailbox) => {
-                        crate::streams::inbound::serve(
+                        let served = crate::streams::inbound::serve(
                             &serving, &guard, &mut send, &mut recv, deadline,
                         )
-                        .await
+                        .await;
+                        if let Err(refusal) = served {
+                            // Boxed: written once, at the end; inline, its room would be kept
+                            // in every mailbox stream's future.
+                            Box::pin(crate::streams::inbound::close(&mut send, refusal)).await;
+                        }
                     }
                     // Boxed, so that each kind of stream costs what its own state needs:
                     // inline, every mailbox stream's task would be as large as the largest.
                     Ok(StreamKind::Conversation) => {
                         Box::pin(crate::streams::service::serve_stream(
-                            serving, peer, origin, send, recv, deadline, guard, in_use,
+                            serving, guard.peer, origin, send, recv, deadline, guard, in_use,
                         ))
                         .await
                     }
