@@ -22,31 +22,55 @@ const SENDER_GRACE: Duration = Duration::from_millis(100);
 pub(crate) const PACE: Duration = Duration::from_millis(5);
 
 pub(super) async fn figure_dial(settings: Settings) -> Result<Vec<Row>> {
-    let row = |what: &str| {
+    let row = |what: &str, against: &'static str| {
         Row::new(
             format!("dial + first 64 B acked (new node), {what}"),
             "ms",
             Better::Lower,
         )
-        .against("raw quinn, connect + stream echo")
+        .against(against)
     };
-    let mut rows = [row("p50"), row("p99")];
+    // The baseline is what ferry's figure is: a new endpoint each round (its bind untimed), as
+    // the iroh dialer in bench-peers does too. A client endpoint used for every round is
+    // shown beside it: its connects are some 0.3 ms faster on loopback, a new endpoint's
+    // first packets cost that much (BENCHMARKS.md, "One round trip less").
+    let fresh = "raw quinn, new endpoint: connect + stream echo";
+    let reused = "raw quinn, one endpoint for all: connect + stream echo";
+    let mut rows = [
+        row("p50", fresh),
+        row("p99", fresh),
+        row("p50", reused),
+        row("p99", reused),
+    ];
     let (rounds, warmup) = (settings.dial_rounds, settings.dial_warmup);
-    let mut record = |ferry: bool, histogram: Histogram<u64>| {
-        for (row, quantile) in rows.iter_mut().zip([0.50, 0.99]) {
-            row.push(ferry, histogram.value_at_quantile(quantile) as f64 / 1e6);
+    let mut record = |baseline: Option<Endpoints>, histogram: Histogram<u64>| {
+        let selected: Vec<(usize, bool)> = match baseline {
+            None => vec![(0, true), (1, true), (2, true), (3, true)],
+            Some(Endpoints::New) => vec![(0, false), (1, false)],
+            Some(Endpoints::One) => vec![(2, false), (3, false)],
+        };
+        for (index, ferry) in selected {
+            let quantile = if index % 2 == 0 { 0.50 } else { 0.99 };
+            if let Some(row) = rows.get_mut(index) {
+                row.push(ferry, histogram.value_at_quantile(quantile) as f64 / 1e6);
+            }
         }
     };
     for run in 0..settings.runs {
         let ferry_first = run % 2 == 0;
         if ferry_first {
-            record(true, measure(ferry_dials(rounds, warmup)).await?);
+            record(None, measure(ferry_dials(rounds, warmup)).await?);
         }
         if !settings.ferry_only {
-            record(false, measure(quinn_dials(rounds, warmup)).await?);
+            record(
+                Some(Endpoints::New),
+                measure(quinn_dials(rounds, warmup)).await?,
+            );
+            let one = quinn_dials_with(rounds, warmup, Endpoints::One);
+            record(Some(Endpoints::One), measure(one).await?);
         }
         if !ferry_first {
-            record(true, measure(ferry_dials(rounds, warmup)).await?);
+            record(None, measure(ferry_dials(rounds, warmup)).await?);
         }
     }
     Ok(rows.into())
@@ -99,11 +123,30 @@ pub(crate) async fn ferry_dials(rounds: u64, warmup: u64) -> Result<Histogram<u6
     Ok(histogram)
 }
 
-/// Each round times a new connection from the client endpoint to the server endpoint, a
-/// bidirectional stream on it, 64 bytes written and the 64-byte echo read; then the client
-/// closes the connection (not timed). The server accepts each connection on a task, echoes
-/// one stream and waits for the close ([`streams::dial_rounds`]).
+/// Which client endpoints a raw quinn dial uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoints {
+    /// A new one each round, bound before the round's timer starts (as a ferry node is).
+    New,
+    /// One for every round.
+    One,
+}
+
+/// Raw quinn dials from a new client endpoint each round ([`Endpoints::New`]): the baseline
+/// of the dial figure.
 pub(crate) async fn quinn_dials(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
+    quinn_dials_with(rounds, warmup, Endpoints::New).await
+}
+
+/// Each round times a new connection to the server endpoint, a bidirectional stream on it,
+/// 64 bytes written and the 64-byte echo read; then the client closes the connection (not
+/// timed). The server accepts each connection on a task, echoes one stream and waits for the
+/// close ([`streams::dial_rounds`]).
+pub(crate) async fn quinn_dials_with(
+    rounds: u64,
+    warmup: u64,
+    endpoints: Endpoints,
+) -> Result<Histogram<u64>> {
     let pair = QuinnPair::connect().await?;
     let server_endpoint = pair.server.clone();
     let server = tokio::spawn(async move {
@@ -111,15 +154,72 @@ pub(crate) async fn quinn_dials(rounds: u64, warmup: u64) -> Result<Histogram<u6
             tokio::spawn(async move { streams::serve_dial(incoming.await?).await });
         }
     });
-    let mut dialer = streams::QuinnDialer {
-        endpoint: pair.client.clone(),
-        server: pair.server.local_addr()?,
+    let server_addr = pair.server.local_addr()?;
+    let histogram = match endpoints {
+        Endpoints::One => {
+            let mut dialer = streams::QuinnDialer {
+                endpoint: pair.client.clone(),
+                server: server_addr,
+            };
+            streams::dial_rounds(&mut dialer, rounds, warmup).await?
+        }
+        Endpoints::New => {
+            let mut dialer = NewEndpointDialer {
+                config: pair.client_config.clone(),
+                server: server_addr,
+                current: None,
+                closing: Vec::new(),
+            };
+            let histogram = streams::dial_rounds(&mut dialer, rounds, warmup).await?;
+            for closing in dialer.closing {
+                closing.await.context("closing a client endpoint")?;
+            }
+            histogram
+        }
     };
-    let histogram = streams::dial_rounds(&mut dialer, rounds, warmup).await?;
     pair.close().await;
     server
         .await
         .map_err(|error| anyhow!("{error}"))
         .context("accept loop")?;
     Ok(histogram)
+}
+
+/// Dials from a new client endpoint each round, bound in [`streams::Dialer::prepare`].
+struct NewEndpointDialer {
+    config: quinn::ClientConfig,
+    server: std::net::SocketAddr,
+    /// The endpoint of the current round.
+    current: Option<quinn::Endpoint>,
+    /// Endpoints of past rounds, draining in the background.
+    closing: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl streams::Dialer for NewEndpointDialer {
+    type Connection = quinn::Connection;
+
+    async fn prepare(&mut self) -> Result<()> {
+        let mut endpoint =
+            quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        endpoint.set_default_client_config(self.config.clone());
+        self.current = Some(endpoint);
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> Result<quinn::Connection> {
+        let endpoint = self
+            .current
+            .as_ref()
+            .ok_or_else(|| anyhow!("no endpoint prepared"))?;
+        Ok(endpoint.connect(self.server, "localhost")?.await?)
+    }
+
+    async fn release(&mut self, connection: quinn::Connection) {
+        connection.close(0u32.into(), b"done");
+        if let Some(endpoint) = self.current.take() {
+            self.closing.push(tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            }));
+        }
+    }
 }

@@ -1400,6 +1400,8 @@ async fn shutdown_quickly(nodes: &[Node]) {
 /// with ring, TLS 1.3 only) and the same flow-control windows as a ferry node.
 struct QuinnPair {
     client: quinn::Endpoint,
+    /// The client endpoint's configuration, for more client endpoints.
+    client_config: quinn::ClientConfig,
     server: quinn::Endpoint,
     client_conn: quinn::Connection,
     server_conn: quinn::Connection,
@@ -1423,7 +1425,7 @@ impl QuinnPair {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let server = quinn::Endpoint::server(server_config, loopback)?;
         let mut client = quinn::Endpoint::client(loopback)?;
-        client.set_default_client_config(client_config);
+        client.set_default_client_config(client_config.clone());
         let link = match link {
             Some(config) => Some(LossyLink::start(config, server.local_addr()?).await?),
             None => None,
@@ -1444,6 +1446,7 @@ impl QuinnPair {
         let (server_conn, client_conn) = tokio::try_join!(accept, connect)?;
         Ok(Self {
             client,
+            client_config,
             server,
             client_conn,
             server_conn,

@@ -30,7 +30,9 @@ fn usable(interfaces: &[InterfaceAddr]) -> BTreeSet<IpAddr> {
 /// Watches the interfaces until the node shuts down; `known` is what the node was bound with.
 pub(crate) async fn watch(node: Arc<Net>, known: Vec<InterfaceAddr>) {
     let mut known = usable(&known);
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    // The first look is one interval after the bind, which has just read the interfaces.
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + POLL_INTERVAL, POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

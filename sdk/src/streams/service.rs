@@ -372,7 +372,8 @@ fn not_admitted() -> OpenError {
 }
 
 /// Opens a stream of kind `Conversation`, sends `first` (and, for a conversation, this node's
-/// limit and the `early` object pipelined after it), and reads the acceptor's answer. `open_timeout` covers waiting for stream credit,
+/// limit, and `early`: a call's request pipelined after it, and FIN), and reads the
+/// acceptor's answer. `open_timeout` covers waiting for stream credit,
 /// writing and the answer. Until the answer is read the stream is held by a [`Conversation`]
 /// of the opener, so giving up for any reason (an error, the timeout, the caller dropping the
 /// future) resets it with CANCELLED (docs/PROTOCOL.md §10.3, §10.8).
@@ -406,7 +407,7 @@ async fn start(
             true,
         )
         .with_frame_timeout(node.config.frame_timeout);
-        let answer = read_answer(&mut conversation, &head, target).await?;
+        let answer = read_answer(&mut conversation, &head, early.is_some(), target).await?;
         Ok((conversation, answer))
     };
     tokio::time::timeout(node.config.open_timeout, opening)
@@ -414,11 +415,12 @@ async fn start(
         .unwrap_or(Err(OpenError::Timeout))
 }
 
-/// Writes the opening and reads the acceptor's answer; what follows it goes to the
-/// conversation.
+/// Writes the opening (and, if `finish`, FIN) and reads the acceptor's answer; what follows it
+/// goes to the conversation.
 async fn read_answer(
     conversation: &mut Conversation,
     head: &[u8],
+    finish: bool,
     target: &Target,
 ) -> Result<Answer, OpenError> {
     let mut opener = proto::Opener::new();
@@ -427,6 +429,10 @@ async fn read_answer(
         .write_all(head)
         .await
         .map_err(|error| opening_write_error(&opener, target, error))?;
+    if finish {
+        // Fails only if the stream was stopped meanwhile, which the answer then tells.
+        let _ = conversation.finish();
+    }
     // A peer that does not admit this node may only stop the stream (STOP_SENDING 11).
     let stopped = conversation.send.stopped();
     tokio::pin!(stopped);
@@ -482,8 +488,9 @@ fn may_go_early(target: &Target, len: usize) -> bool {
     len <= frame::EARLY_MESSAGE_MAX && !builtin
 }
 
-/// Opens a conversation with `target`; `early`, an object small enough for
-/// [`may_go_early`], is sent pipelined after the opening rather than after the answer.
+/// Opens a conversation with `target`; `early`, a call's request small enough for
+/// [`may_go_early`], is sent pipelined after the opening, with FIN, rather than after the
+/// answer.
 async fn open_with(
     node: &Arc<Runtime>,
     target: &Target,
@@ -806,17 +813,17 @@ impl<Resp: DeserializeOwned + Send + 'static> IntoFuture for Call<Resp> {
                 let early = may_go_early(&self.target, request.len());
                 let mut conversation =
                     open_with(&self.node, &self.target, early.then_some(&request[..])).await?;
+                // (An early request went with its FIN.)
                 let sent = if early {
                     Ok(())
                 } else {
-                    conversation.send_encoded(&request).await
-                };
-                let sent = match sent {
-                    Ok(()) => conversation.finish(),
-                    // Beyond the callee's announced limit: nothing was sent, and dropping the
-                    // conversation cancels it.
-                    Err(error @ ConversationError::TooLarge { .. }) => return Err(error.into()),
-                    Err(error) => Err(error),
+                    match conversation.send_encoded(&request).await {
+                        Ok(()) => conversation.finish(),
+                        // Beyond the callee's announced limit: nothing was sent, and dropping
+                        // the conversation cancels it.
+                        Err(error @ ConversationError::TooLarge { .. }) => return Err(error.into()),
+                        Err(error) => Err(error),
+                    }
                 };
                 // A callee may answer (or fail) without reading the whole request, which makes
                 // the write fail: its answer says more than the write error.
