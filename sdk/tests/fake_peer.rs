@@ -14,7 +14,7 @@ use ferry::{
     Address, CallError, ConversationError, DialError, DownReason, MailboxId, Node, NodeConfig,
     OpenError, SecretKey, ServiceOptions, Target,
 };
-use ferry_testkit::fake_peer::{self, FakePeer};
+use ferry_testkit::fake_peer::{self, FakePeer, Intruder};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -434,4 +434,23 @@ async fn small_messages_and_requests_ride_with_the_opening() {
     assert_eq!(answer.unwrap(), "pong");
     node.shutdown(Duration::from_millis(100)).await;
     acceptor.abort();
+}
+
+/// An idle mailbox stream ends with CLOSE SHUTTING_DOWN when its node stops, rather than with
+/// the connection: its one wait covers its grant's revocation and the node's shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_is_closed_shutting_down_when_its_node_stops() {
+    let node = node_with(NodeConfig::default()).await;
+    let target = node.mailbox();
+    let intruder = Intruder::connect(&node, target.address()).await;
+    let (_send, mut recv, mut buf) = intruder.open_stream().await;
+    let stopping = tokio::spawn({
+        let node = node.clone();
+        async move { node.shutdown(Duration::from_secs(5)).await }
+    });
+    let close = tokio::time::timeout(WAIT, fake_peer::read_close(&mut recv, &mut buf))
+        .await
+        .unwrap();
+    assert_eq!(close.map(|(code, _)| code), Some(ErrorCode::SHUTTING_DOWN));
+    stopping.await.unwrap();
 }
