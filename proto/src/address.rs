@@ -529,6 +529,10 @@ impl Address {
 
     /// The address without any hints: the capability alone.
     pub fn without_hints(&self) -> Self {
+        if self.0.hints.is_empty() && self.0.extensions.is_empty() {
+            // Shared, not copied.
+            return self.clone();
+        }
         Self::from_fields(Fields {
             hints: Vec::new(),
             extensions: Vec::new(),

@@ -229,7 +229,8 @@ pub struct Sender<E> {
 }
 
 impl<E: Clone> Sender<E> {
-    /// A run from `from` to `target` (its hints are not sent) with a random `epoch`, begun at
+    /// A run from `from` to `target` (the OPEN carries its core or capability fields, never its
+    /// hints, so it is kept as given: no copy per run) with a random `epoch`, begun at
     /// `now`; `seed` seeds the jitter of its retry pauses.
     pub fn new(
         config: SenderConfig,
@@ -241,7 +242,7 @@ impl<E: Clone> Sender<E> {
     ) -> Self {
         Self {
             config,
-            target: target.without_hints(),
+            target,
             from,
             epoch,
             base_seq: 0,
