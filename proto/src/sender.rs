@@ -859,6 +859,18 @@ mod tests {
         actions(sender)
     }
 
+    /// The receiver closes the stream with a code worth retrying: the sender resets it.
+    fn close_retryably(s: &mut Sender<&'static str>, now: Instant) {
+        s.received(
+            now,
+            &frame_bytes(Frame::Close {
+                code: ErrorCode::SHUTTING_DOWN,
+                reason: "bye",
+            }),
+        );
+        assert_eq!(actions(s), vec![Action::Reset(ErrorCode::DONE)]);
+    }
+
     /// The bytes an `Open` action's head carries after its kind byte and OPEN frame.
     fn after_open(head: &[u8]) -> &[u8] {
         let (frame, used) = frame::decode_frame(&head[1..], frame::MAX_CONTROL_FRAME_LEN)
@@ -1003,14 +1015,7 @@ mod tests {
         s.push(now, 0, Bytes::from_static(b"a"));
         actions(&mut s);
         s.opened(now);
-        s.received(
-            now,
-            &frame_bytes(Frame::Close {
-                code: ErrorCode::SHUTTING_DOWN,
-                reason: "bye",
-            }),
-        );
-        assert_eq!(actions(&mut s), vec![Action::Reset(ErrorCode::DONE)]);
+        close_retryably(&mut s, now);
         assert_eq!(s.outstanding(), 1, "not acknowledged, so still owed");
         s.handle_timeout(now);
         let asked = actions(&mut s);
@@ -1071,14 +1076,7 @@ mod tests {
         let mut s = sender(now);
         s.push(now, 0, Bytes::from_static(b"a"));
         open(&mut s, now, 100);
-        s.received(
-            now,
-            &frame_bytes(Frame::Close {
-                code: ErrorCode::SHUTTING_DOWN,
-                reason: "bye",
-            }),
-        );
-        assert_eq!(actions(&mut s), vec![Action::Reset(ErrorCode::DONE)]);
+        close_retryably(&mut s, now);
         s.handle_timeout(now);
         open(&mut s, now, 100);
         let mut both = frame_bytes(Frame::Ack { next_seq: 1 });
