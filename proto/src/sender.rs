@@ -469,22 +469,21 @@ impl<E: Clone> Sender<E> {
             if !early.take(payload.len()) {
                 return early;
             }
-            frame::put_message_header(out, payload.len());
-            out.extend_from_slice(payload);
+            frame::put_frame(out, &Frame::Message(payload));
             early.sent += 1;
         }
-        while let Some((_, payload)) = self.queued.front() {
-            if !early.take(payload.len()) {
-                break;
-            }
+        while self
+            .queued
+            .front()
+            .is_some_and(|(_, payload)| early.take(payload.len()))
+        {
             let Some((ticket, payload)) = self.queued.pop_front() else {
                 break;
             };
             if self.unacked.is_empty() {
                 self.last_progress = now;
             }
-            frame::put_message_header(out, payload.len());
-            out.extend_from_slice(&payload);
+            frame::put_frame(out, &Frame::Message(&payload));
             self.unacked.push_back((ticket, payload));
             early.sent += 1;
         }
@@ -718,8 +717,7 @@ impl<E: Clone> Sender<E> {
         if self.unacked.len() > early {
             let mut out = Vec::new();
             for (_, payload) in self.unacked.iter().skip(early) {
-                frame::put_message_header(&mut out, payload.len());
-                out.extend_from_slice(payload);
+                frame::put_frame(&mut out, &Frame::Message(payload));
             }
             self.actions.push_back(Action::Write(out));
         }
@@ -749,8 +747,7 @@ impl<E: Clone> Sender<E> {
                 });
                 continue;
             }
-            frame::put_message_header(&mut out, payload.len());
-            out.extend_from_slice(&payload);
+            frame::put_frame(&mut out, &Frame::Message(&payload));
             self.unacked.push_back((ticket, payload));
         }
         self.last_activity = now;
