@@ -147,8 +147,9 @@ pub(crate) async fn serve(
             revoked, handle, grant, limits, from, run, expires, first_seq,
         )
     };
-    // Resolves once the grant is revoked: the stream then ends with REVOKED wherever it
-    // waits (for the sender, for room in the mailbox, for a rate window, for room in a store).
+    // Resolves once the grant is revoked or the node shuts down: the stream then ends with
+    // REVOKED or SHUTTING_DOWN wherever it waits (for the sender, for room in the mailbox, for
+    // a rate window, for room in a store).
     tokio::pin!(revoked);
     let dedup = node
         .dedup
@@ -231,8 +232,7 @@ pub(crate) async fn serve(
                             let pause = std::time::Duration::from_secs(secs.clamp(1, 3600));
                             // Boxed: a rate window is rare, and its wait would otherwise keep
                             // room in every stream's future.
-                            Box::pin(wait_for_budget(node, &mailbox, revoked.as_mut(), pause))
-                                .await?;
+                            Box::pin(wait_for_budget(&mailbox, revoked.as_mut(), pause)).await?;
                         }
                         Err(Budget::Exhausted) => {
                             exhausted = Some((ErrorCode::EXHAUSTED, "address budget used up", seq));
@@ -395,7 +395,6 @@ fn run_of(&(node, from, _target, epoch): &DedupKey) -> RunId {
 
 /// Waits `pause` for a rate window of the address's caveats to open again.
 async fn wait_for_budget(
-    node: &Runtime,
     mailbox: &MailboxHandle,
     revoked: Pin<&mut impl Future<Output = Ended>>,
     pause: std::time::Duration,
@@ -403,8 +402,8 @@ async fn wait_for_budget(
     tokio::select! {
         _ = tokio::time::sleep(pause) => Ok(()),
         _ = mailbox.closed.cancelled() => Err(Refusal::mailbox_closed()),
+        // Also the node's shutdown (`Authorized::revoked_or`).
         ended = revoked => Err(ended.into()),
-        _ = node.cancel.cancelled() => Err(Refusal::shutting_down()),
     }
 }
 
@@ -462,8 +461,8 @@ async fn store_and_acknowledge(
                 _ = tokio::time::sleep(STORE_FULL_RETRY) => continue,
                 _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
                 // Not stored, so not acknowledged: the sender sees REVOKED.
+                // Also the node's shutdown (`Authorized::revoked_or`).
                 ended = &mut revoked => return Err(ended.into()),
-                _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
             }
         }
         batch.drain(..stored.len());
@@ -516,9 +515,6 @@ impl Drop for Reserved<'_> {
     }
 }
 
-/// Waits until `deadline`, or forever if there is none.
-/// Waits for `timer`, or forever if there is none. The timer is boxed: a frame left half-read
-/// is rare, and a timer kept in every idle stream's future is not.
 /// Records that the stream holds `len` bytes; beyond the peer's or the node's budget the stream
 /// is cut off with LIMIT.
 fn hold(node: &Runtime, held: &mut Held, len: usize) -> Result<(), Refusal> {
@@ -532,6 +528,8 @@ fn hold(node: &Runtime, held: &mut Held, len: usize) -> Result<(), Refusal> {
     })
 }
 
+/// Waits for `timer`, or forever if there is none. The timer is boxed: a frame left half-read
+/// is rare, and a timer kept in every idle stream's future is not.
 async fn timer_or_never(timer: Option<Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(timer) => timer.await,
