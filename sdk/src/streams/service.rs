@@ -484,7 +484,8 @@ pub(crate) async fn open(node: &Arc<Runtime>, target: &Target) -> Result<Convers
 /// takes that much from any opener, except the built-in services, which announce their own
 /// smaller limits (docs/PROTOCOL.md §10.3).
 fn may_go_early(target: &Target, len: usize) -> bool {
-    let builtin = matches!(target, Target::Service { name, .. } if name.starts_with("ferry."));
+    let builtin =
+        matches!(target, Target::Service { name, .. } if crate::streams::ping::is_reserved(name));
     len <= frame::EARLY_MESSAGE_MAX && !builtin
 }
 
@@ -650,16 +651,12 @@ pub(crate) async fn serve_stream(
         Incoming::Handler(handler) => {
             let handler = handler.clone();
             drop(entry);
-            let accept = proto::accept(node.config.max_message_size as u64);
-            if send.write_all(&accept).await.is_err() {
-                return;
+            let accepted =
+                accepted_conversation(&node, peer, opener_limit, in_use, send, recv, buf);
+            if let Some(conversation) = accepted.await {
+                handler(conversation).await;
             }
-            let conversation =
-                Conversation::new(peer, send, recv, buf, node.config.max_message_size, false)
-                    .with_peer_limit(opener_limit)
-                    .with_frame_timeout(node.config.frame_timeout)
-                    .with_credit(in_use);
-            return handler(conversation).await;
+            return;
         }
     };
     let permit = match backlog.try_reserve() {
@@ -676,16 +673,32 @@ pub(crate) async fn serve_stream(
             return refuse(&mut send, ErrorCode::NO_SUCH_SERVICE, "service stopped").await;
         }
     };
-    let accept = proto::accept(node.config.max_message_size as u64);
-    if send.write_all(&accept).await.is_err() {
-        return;
+    let accepted = accepted_conversation(&node, peer, opener_limit, in_use, send, recv, buf);
+    if let Some(conversation) = accepted.await {
+        permit.send(conversation);
     }
-    permit.send(
-        Conversation::new(peer, send, recv, buf, node.config.max_message_size, false)
+}
+
+/// Writes ACCEPT on a conversation stream `peer` opened and makes the acceptor's side of the
+/// conversation, `buf` what the opener sent after its opening; `None` if the answer could not
+/// be written.
+async fn accepted_conversation(
+    node: &Runtime,
+    peer: NodeId,
+    opener_limit: u64,
+    in_use: crate::net::limits::OpenStream,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+) -> Option<Conversation> {
+    let limit = node.config.max_message_size;
+    send.write_all(&proto::accept(limit as u64)).await.ok()?;
+    Some(
+        Conversation::new(peer, send, recv, buf, limit, false)
             .with_peer_limit(opener_limit)
             .with_frame_timeout(node.config.frame_timeout)
             .with_credit(in_use),
-    );
+    )
 }
 
 fn resolve(
