@@ -194,10 +194,7 @@ impl Mailbox {
             return Err(RecvError::NotReceiving);
         }
         let mut guard = self.receiver.lock().await;
-        if guard.is_none() {
-            *guard = self.queue.take_receiver();
-        }
-        let receiver = guard.as_mut().ok_or(RecvError::NotReceiving)?;
+        let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
         receiver.recv().await.ok_or(RecvError::Closed)
     }
 
@@ -216,10 +213,7 @@ impl Mailbox {
         let Ok(mut guard) = self.receiver.try_lock() else {
             return Ok(Vec::new());
         };
-        if guard.is_none() {
-            *guard = self.queue.take_receiver();
-        }
-        let receiver = guard.as_mut().ok_or(RecvError::NotReceiving)?;
+        let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
         let mut out = Vec::new();
         while out.len() < max {
             match receiver.try_recv() {
@@ -232,6 +226,18 @@ impl Mailbox {
             }
         }
         Ok(out)
+    }
+
+    /// The receiving end kept in `slot` for reading, taken from the queue at the first read;
+    /// `None` once it was given away (attached).
+    fn reading<'s>(
+        &self,
+        slot: &'s mut Option<mpsc::Receiver<Message>>,
+    ) -> Option<&'s mut mpsc::Receiver<Message>> {
+        if slot.is_none() {
+            *slot = self.queue.take_receiver();
+        }
+        slot.as_mut()
     }
 
     fn take_receiver(&self) -> Result<mpsc::Receiver<Message>, AttachError> {
