@@ -31,49 +31,40 @@ pub(super) async fn figure_dial(settings: Settings) -> Result<Vec<Row>> {
         .against(against)
     };
     // The baseline is what ferry's figure is: a new endpoint each round (its bind untimed), as
-    // the iroh dialer in bench-peers does too. A client endpoint used for every round is
-    // shown beside it: its connects are some 0.3 ms faster on loopback, a new endpoint's
-    // first packets cost that much (BENCHMARKS.md, "One round trip less").
+    // the iroh dialer in bench-peers does too. Dials from one client endpoint for every round
+    // (the baseline before) are shown beside it; on loopback the two agree within noise.
     let fresh = "raw quinn, new endpoint: connect + stream echo";
     let reused = "raw quinn, one endpoint for all: connect + stream echo";
-    let mut rows = [
-        row("p50", fresh),
-        row("p99", fresh),
-        row("p50", reused),
-        row("p99", reused),
-    ];
+    let mut against_fresh = [row("p50", fresh), row("p99", fresh)];
+    let mut against_reused = [row("p50", reused), row("p99", reused)];
     let (rounds, warmup) = (settings.dial_rounds, settings.dial_warmup);
-    let mut record = |baseline: Option<Endpoints>, histogram: Histogram<u64>| {
-        let selected: Vec<(usize, bool)> = match baseline {
-            None => vec![(0, true), (1, true), (2, true), (3, true)],
-            Some(Endpoints::New) => vec![(0, false), (1, false)],
-            Some(Endpoints::One) => vec![(2, false), (3, false)],
-        };
-        for (index, ferry) in selected {
-            let quantile = if index % 2 == 0 { 0.50 } else { 0.99 };
-            if let Some(row) = rows.get_mut(index) {
-                row.push(ferry, histogram.value_at_quantile(quantile) as f64 / 1e6);
-            }
-        }
-    };
     for run in 0..settings.runs {
         let ferry_first = run % 2 == 0;
         if ferry_first {
-            record(None, measure(ferry_dials(rounds, warmup)).await?);
+            let ferry = measure(ferry_dials(rounds, warmup)).await?;
+            record(&mut against_fresh, true, &ferry);
+            record(&mut against_reused, true, &ferry);
         }
         if !settings.ferry_only {
-            record(
-                Some(Endpoints::New),
-                measure(quinn_dials(rounds, warmup)).await?,
-            );
-            let one = quinn_dials_with(rounds, warmup, Endpoints::One);
-            record(Some(Endpoints::One), measure(one).await?);
+            let quinn = measure(quinn_dials(rounds, warmup)).await?;
+            record(&mut against_fresh, false, &quinn);
+            let quinn = measure(quinn_dials_with(rounds, warmup, Endpoints::One)).await?;
+            record(&mut against_reused, false, &quinn);
         }
         if !ferry_first {
-            record(None, measure(ferry_dials(rounds, warmup)).await?);
+            let ferry = measure(ferry_dials(rounds, warmup)).await?;
+            record(&mut against_fresh, true, &ferry);
+            record(&mut against_reused, true, &ferry);
         }
     }
-    Ok(rows.into())
+    Ok(against_fresh.into_iter().chain(against_reused).collect())
+}
+
+/// Adds a run's p50 and p99, in ms, to the two rows of a comparison.
+fn record(rows: &mut [Row; 2], ferry: bool, histogram: &Histogram<u64>) {
+    for (row, quantile) in rows.iter_mut().zip([0.50, 0.99]) {
+        row.push(ferry, histogram.value_at_quantile(quantile) as f64 / 1e6);
+    }
 }
 
 /// Each round binds a new sender node (not timed), then times `send_bytes` of 64 bytes to a
