@@ -273,6 +273,14 @@ impl WireFault for axum::Error {
     }
 }
 
+/// Frames, and bytes, written with one flush at most: the frames already queued when the
+/// writer wakes go out together (tungstenite writes its buffer to the socket every 4 KiB and at
+/// the flush), so a burst to one session costs a system call per few dozen frames instead of
+/// one per frame. A batch is written within `write_timeout` as one frame was; the byte bound
+/// keeps that no stricter for large frames.
+const WRITE_BATCH: usize = 64;
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
 /// Writes the queue's frames, and every `ping_interval` a ping (for the gateway's idle check:
 /// browsers answer it by themselves) and a heartbeat frame (for the client's liveness check:
 /// browsers do not show pings to pages); ends at a close frame, a failed or stuck write.
@@ -295,34 +303,46 @@ async fn write(
     let stop = done.clone().cancelled_owned();
     tokio::pin!(stop);
     loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             () = &mut stop => break,
             _ = ping.tick() => {
-                if !matches!(
-                    tokio::time::timeout(write_timeout, sink.feed(Message::Ping(Bytes::new()))).await,
-                    Ok(Ok(()))
-                ) {
+                let beat = async {
+                    sink.feed(Message::Ping(Bytes::new())).await?;
+                    sink.send(heartbeat()).await
+                };
+                if !matches!(tokio::time::timeout(write_timeout, beat).await, Ok(Ok(()))) {
                     break;
                 }
-                heartbeat()
+                continue;
             }
-            item = outgoing.recv() => match item {
-                Outgoing::Frame(frame, _permit) => match frame {
-                    Encoded::Text(text) => Message::Text(text.into()),
-                    Encoded::Binary(bytes) => Message::Binary(bytes.into()),
-                },
-                Outgoing::Close(code, reason) => {
-                    let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-                    let _ = tokio::time::timeout(write_timeout, async {
-                        let _ = sink.send(close).await;
-                        let _ = sink.close().await;
-                    })
-                    .await;
-                    break;
-                }
-            },
+            item = outgoing.recv() => item,
         };
-        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+        let mut close = None;
+        let batch = async {
+            let mut next = Some(first);
+            let (mut fed, mut bytes) = (0, 0);
+            while let Some(item) = next.take() {
+                match item {
+                    Outgoing::Frame(frame, _share) => {
+                        bytes += frame.len();
+                        sink.feed(message(frame)).await?;
+                    }
+                    Outgoing::Close(code, reason) => {
+                        close = Some(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })));
+                        break;
+                    }
+                }
+                fed += 1;
+                if fed < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+                    next = outgoing.try_recv();
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(write_timeout, batch).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {
@@ -330,8 +350,23 @@ async fn write(
                 break;
             }
         }
+        if let Some(close) = close {
+            let _ = tokio::time::timeout(write_timeout, async {
+                let _ = sink.send(close).await;
+                let _ = sink.close().await;
+            })
+            .await;
+            break;
+        }
     }
     done.cancel();
+}
+
+fn message(frame: Encoded) -> Message {
+    match frame {
+        Encoded::Text(text) => Message::Text(text.into()),
+        Encoded::Binary(bytes) => Message::Binary(bytes.into()),
+    }
 }
 
 /// Hands the session's stored messages from `next` on to the queue in index order, until it

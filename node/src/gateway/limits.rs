@@ -110,17 +110,21 @@ impl OutReceiver {
     pub(crate) async fn recv(&mut self) -> Outgoing {
         loop {
             let notified = self.shared.ready.notified();
-            {
-                let mut waiting = lock(&self.shared.waiting);
-                if let Some(item) = waiting.frames.pop_front() {
-                    if waiting.frames.is_empty() {
-                        waiting.frames = VecDeque::new();
-                    }
-                    return item;
-                }
+            if let Some(item) = self.try_recv() {
+                return item;
             }
             notified.await;
         }
+    }
+
+    /// The next frame, if one is waiting.
+    pub(crate) fn try_recv(&self) -> Option<Outgoing> {
+        let mut waiting = lock(&self.shared.waiting);
+        let item = waiting.frames.pop_front();
+        if waiting.frames.is_empty() && waiting.frames.capacity() > 0 {
+            waiting.frames = VecDeque::new();
+        }
+        item
     }
 }
 
@@ -307,6 +311,28 @@ mod tests {
             queue.try_push(Encoded::Text("1".into())),
             Err(QueueError::Closed)
         );
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_what_waits_without_waiting() {
+        let (queue, receiver) = OutQueue::new(100);
+        assert!(receiver.try_recv().is_none());
+        for text in ["a", "bb", "ccc"] {
+            queue.try_push(Encoded::Text(text.into())).unwrap();
+        }
+        queue.close(1000, "bye");
+        let mut taken = Vec::new();
+        while let Some(item) = receiver.try_recv() {
+            taken.push(match item {
+                Outgoing::Frame(frame, _) => frame.len(),
+                Outgoing::Close(code, _) => usize::from(code),
+            });
+        }
+        // In order, the close last; each frame's bytes are free once taken, and the emptied
+        // queue keeps no allocation.
+        assert_eq!(taken, [1, 2, 3, 1000]);
+        assert_eq!(queue.queued(), 0);
+        assert_eq!(lock(&queue.shared.waiting).frames.capacity(), 0);
     }
 
     #[tokio::test]
