@@ -55,9 +55,13 @@ const ROUND_GAP: Duration = Duration::from_millis(200);
 
 /// What the baseline is.
 pub(crate) const ONE_NODE: &str = "one gateway alone (no NATS)";
+/// What the floor rows' baseline is.
+const PLAIN_SERVERS: &str = "3 plain axum WebSocket servers, same sessions (no store, no NATS)";
 
-/// The rows, in this order.
+/// The rows, in this order: the cluster against one gateway, then the fan-out of the cluster
+/// against the plain servers.
 const ROWS: usize = 4;
+const FLOOR_ROWS: usize = 2;
 
 pub(super) async fn figure_cluster(settings: Settings) -> Result<Vec<Row>> {
     let (n, m) = (settings.cluster_sessions, settings.cluster_node_sessions);
@@ -68,7 +72,7 @@ pub(super) async fn figure_cluster(settings: Settings) -> Result<Vec<Row>> {
         );
     }
     let sessions = format!("{n} sessions on {NODES} nodes / {m} on one");
-    let mut rows: [Row; ROWS] = [
+    let mut rows: [Row; ROWS + FLOOR_ROWS] = [
         Row::new(
             format!("cluster: RSS per idle session ({sessions})"),
             "KiB",
@@ -93,6 +97,18 @@ pub(super) async fn figure_cluster(settings: Settings) -> Result<Vec<Row>> {
             Better::Higher,
         )
         .against(ONE_NODE),
+        Row::new(
+            format!("cluster: fan-out 1 channel msg -> all, p50 ({n} sessions on {NODES} servers)"),
+            "ms",
+            Better::Lower,
+        )
+        .against(PLAIN_SERVERS),
+        Row::new(
+            format!("cluster: fan-out 1 channel msg -> all, p99 ({n} sessions on {NODES} servers)"),
+            "ms",
+            Better::Lower,
+        )
+        .against(PLAIN_SERVERS),
     ];
     for run in 0..settings.cluster_runs {
         let cluster_first = run % 2 == 0;
@@ -108,6 +124,21 @@ pub(super) async fn figure_cluster(settings: Settings) -> Result<Vec<Row>> {
             );
             for (row, value) in rows.iter_mut().zip(values) {
                 row.push(cluster, value);
+            }
+            if cluster {
+                let [_, p50, p99, _] = values;
+                rows[ROWS].push(true, p50);
+                rows[ROWS + 1].push(true, p99);
+            }
+        }
+        if !settings.ferry_only {
+            let floor = measure_plain(n, &settings).await?;
+            eprintln!(
+                "cluster figure: {NODES} plain servers, {n} sessions: {floor:?} (load {})",
+                load()
+            );
+            for (row, value) in rows[ROWS..].iter_mut().zip(floor) {
+                row.push(false, value);
             }
         }
     }
@@ -152,30 +183,8 @@ async fn measure(nodes: usize, sessions: usize, settings: &Settings) -> Result<[
     };
     let before = rss(&gateways)?;
 
-    // The clients: the sessions spread evenly over the gateways, each gateway's over processes
-    // of at most PER_PROCESS.
-    let mut starting = Vec::new();
-    for (i, gateway) in gateways.iter().enumerate() {
-        let share = sessions / nodes + usize::from(i < sessions % nodes);
-        let processes = share.div_ceil(PER_PROCESS).max(1);
-        for p in 0..processes {
-            let count = share / processes + usize::from(p < share % processes);
-            let url = gateway.url.clone();
-            starting.push(async move {
-                let (child, joined) =
-                    Child::start(&["--gateway-clients", &url, &count.to_string()], STEP_WAIT)
-                        .await?;
-                let joined: Joined = serde_json::from_str(&joined)?;
-                anyhow::Ok((i, count, child, joined))
-            });
-        }
-    }
-    let connecting = Instant::now();
-    let mut clients = futures::future::try_join_all(starting).await?;
-    eprintln!(
-        "cluster figure: {sessions} sessions joined in {:.1} s",
-        connecting.elapsed().as_secs_f64()
-    );
+    let urls: Vec<String> = gateways.iter().map(|gateway| gateway.url.clone()).collect();
+    let mut clients = start_clients(&urls, sessions).await?;
     tokio::time::sleep(settle).await;
     let after = rss(&gateways)?;
     let rss_per_session = after.saturating_sub(before) as f64 / sessions.max(1) as f64;
@@ -183,36 +192,18 @@ async fn measure(nodes: usize, sessions: usize, settings: &Settings) -> Result<[
     let mut publisher = Publisher::connect(&gateways[0].url).await?;
 
     // Fan-out rounds: published on the first node.
-    let mut histogram = Histogram::<u64>::new(3)?;
-    for _ in 0..settings.cluster_rounds {
-        tokio::time::sleep(ROUND_GAP).await;
-        for (_, _, child, _) in &mut clients {
-            child.send("round").await?;
-        }
-        let data = json!({ "t": unix_micros() });
-        publisher
-            .send_all(std::iter::once(
-                json!({"to": {"channel": CHANNEL}, "data": data}),
-            ))
-            .await?;
-        for (_, _, child, _) in &mut clients {
-            let latencies: Vec<u64> = serde_json::from_str(&child.answer("latencies").await?)?;
-            for latency in latencies {
-                histogram.record(latency.max(1))?;
-            }
-        }
-    }
-    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-    let (p50, p99) = (ms(0.5), ms(0.99));
+    let rounds = settings.cluster_rounds;
+    let (p50, p99) = fan_out(&mut clients, rounds, Publish::Gateway(&mut publisher)).await?;
 
     // User messages: to the first TARGETS sessions of the clients on the second gateway (on
     // one node, the only one); a warm-up of one message each first.
     let target_node = 1 % nodes;
-    let (_, _, target_clients, joined) = clients
+    let target = clients
         .iter_mut()
-        .find(|(node, ..)| *node == target_node)
+        .find(|clients| clients.server == target_node)
         .ok_or_else(|| anyhow!("no clients on gateway {target_node}"))?;
-    let users: Vec<String> = joined.users.iter().take(TARGETS).cloned().collect();
+    let users: Vec<String> = target.joined.users.iter().take(TARGETS).cloned().collect();
+    let target_clients = &mut target.child;
     ensure!(!users.is_empty(), "no target users");
     let mut rate = 0.0;
     for total in [users.len(), settings.cluster_messages] {
@@ -228,12 +219,131 @@ async fn measure(nodes: usize, sessions: usize, settings: &Settings) -> Result<[
     }
 
     publisher.close();
-    for (_, _, child, _) in clients {
-        child.kill().await;
+    for clients in clients {
+        clients.child.kill().await;
     }
     drop(gateways);
     drop(nats);
     Ok([rss_per_session, p50, p99, rate])
+}
+
+/// The floor of the fan-out on this machine: the same sessions and clients on [`NODES`] plain
+/// axum WebSocket servers (the gateway figure's baseline: a queue per socket, no store, no
+/// acknowledgement kept, no NATS), each publishing to its own sockets at once. Fan-out p50
+/// and p99, ms.
+async fn measure_plain(sessions: usize, settings: &Settings) -> Result<[f64; FLOOR_ROWS]> {
+    let mut servers = Vec::with_capacity(NODES);
+    let mut urls = Vec::with_capacity(NODES);
+    for _ in 0..NODES {
+        let (server, url) = Child::start(&["--gateway-server", "plain"], STEP_WAIT).await?;
+        servers.push(server);
+        urls.push(url);
+    }
+    let mut clients = start_clients(&urls, sessions).await?;
+    tokio::time::sleep(Duration::from_millis(settings.gateway_settle_ms)).await;
+    let rounds = settings.cluster_rounds;
+    let (p50, p99) = fan_out(&mut clients, rounds, Publish::Plain(&mut servers)).await?;
+    for clients in clients {
+        clients.child.kill().await;
+    }
+    for server in servers {
+        server.kill().await;
+    }
+    Ok([p50, p99])
+}
+
+/// One process of WebSocket clients.
+struct Clients {
+    /// Index of the server (in the `urls` given to [`start_clients`]) its sessions are on.
+    server: usize,
+    child: Child,
+    joined: Joined,
+}
+
+/// Client processes for `sessions` sessions spread evenly over the servers at `urls`, each
+/// server's over processes of at most [`PER_PROCESS`], every session a member of the channel.
+async fn start_clients(urls: &[String], sessions: usize) -> Result<Vec<Clients>> {
+    let mut starting = Vec::new();
+    for (server, url) in urls.iter().enumerate() {
+        let share = sessions / urls.len() + usize::from(server < sessions % urls.len());
+        let processes = share.div_ceil(PER_PROCESS).max(1);
+        for p in 0..processes {
+            let count = share / processes + usize::from(p < share % processes);
+            starting.push(async move {
+                let (child, joined) =
+                    Child::start(&["--gateway-clients", url, &count.to_string()], STEP_WAIT)
+                        .await?;
+                let joined: Joined = serde_json::from_str(&joined)?;
+                anyhow::Ok(Clients {
+                    server,
+                    child,
+                    joined,
+                })
+            });
+        }
+    }
+    let connecting = Instant::now();
+    let clients = futures::future::try_join_all(starting).await?;
+    eprintln!(
+        "cluster figure: {sessions} sessions joined in {:.1} s",
+        connecting.elapsed().as_secs_f64()
+    );
+    Ok(clients)
+}
+
+/// Who publishes a fan-out round's message.
+enum Publish<'a> {
+    /// This process's session on the first gateway, to the channel (the cluster delivers it
+    /// on every gateway).
+    Gateway(&'a mut Publisher),
+    /// Every plain server to its own sockets, at once.
+    Plain(&'a mut [Child]),
+}
+
+impl Publish<'_> {
+    async fn publish(&mut self) -> Result<()> {
+        match self {
+            Self::Gateway(publisher) => {
+                let data = json!({ "t": unix_micros() });
+                let request = json!({"to": {"channel": CHANNEL}, "data": data});
+                publisher.send_all(std::iter::once(request)).await
+            }
+            Self::Plain(servers) => {
+                for server in servers.iter_mut() {
+                    server.send("publish").await?;
+                }
+                for server in servers.iter_mut() {
+                    server.answer("ok").await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `rounds` fan-out rounds, [`ROUND_GAP`] apart: each tells every client process a round
+/// starts, publishes and gathers the clients' latencies. Their p50 and p99, ms.
+async fn fan_out(
+    clients: &mut [Clients],
+    rounds: u64,
+    mut publish: Publish<'_>,
+) -> Result<(f64, f64)> {
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for _ in 0..rounds {
+        tokio::time::sleep(ROUND_GAP).await;
+        for clients in clients.iter_mut() {
+            clients.child.send("round").await?;
+        }
+        publish.publish().await?;
+        for clients in clients.iter_mut() {
+            let answer = clients.child.answer("latencies").await?;
+            for latency in serde_json::from_str::<Vec<u64>>(&answer)? {
+                histogram.record(latency.max(1))?;
+            }
+        }
+    }
+    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    Ok((ms(0.5), ms(0.99)))
 }
 
 /// The config of every gateway of the figure, and why each key:
