@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt as _;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::debug;
 
@@ -31,6 +32,9 @@ use crate::registry::mailboxes::{
 use crate::runtime::Runtime;
 use crate::store::RunId;
 use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
+
+/// Bytes read from a mailbox stream at once at most.
+const READ_MAX: usize = 64 * 1024;
 
 /// Ends a stream that [`serve`] returned a refusal for: its CLOSE frame, then FIN.
 pub(crate) async fn close(send: &mut quinn::SendStream, Refusal { code, reason }: Refusal) {
@@ -334,15 +338,26 @@ pub(crate) async fn serve(
             tokio::time::Instant::now() + node.config.frame_timeout.saturating_sub(waited)
         });
         let waiting = tokio::time::Instant::now();
-        let chunk = tokio::select! {
-            chunk = recv.read_chunk(64 * 1024, true) => chunk,
-            // An idle stream under a revoked grant ends at once, not at its next message; so
-            // does every stream when the node shuts down.
-            ended = &mut revoked => return Err(ended.into()),
-            _ = timer_or_never(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
-                let reason = "frame not completed within frame_timeout";
-                return Err(violation(node, guard, ErrorCode::TIMEOUT, reason.into()));
-            }
+        // `backlog`: the read found data waiting (it was ready when first polled), so more may
+        // be waiting too (taken below); a read that had to wait was woken by what just came.
+        let (chunk, backlog) = {
+            let read = recv.read_chunk(READ_MAX, true);
+            tokio::pin!(read);
+            let mut polls = 0u32;
+            let chunk = tokio::select! {
+                chunk = std::future::poll_fn(|cx| {
+                    polls += 1;
+                    read.as_mut().poll(cx)
+                }) => chunk,
+                // An idle stream under a revoked grant ends at once, not at its next message;
+                // so does every stream when the node shuts down.
+                ended = &mut revoked => return Err(ended.into()),
+                _ = timer_or_never(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
+                    let reason = "frame not completed within frame_timeout";
+                    return Err(violation(node, guard, ErrorCode::TIMEOUT, reason.into()));
+                }
+            };
+            (chunk, polls == 1)
         };
         if frame_deadline.is_some() {
             waited += waiting.elapsed();
@@ -351,7 +366,7 @@ pub(crate) async fn serve(
             Ok(Some(chunk)) => {
                 // Bound the buffer: a partial frame never exceeds one maximum frame.
                 let max_frame = node.config.max_message_size + 1;
-                if buf.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + 64 * 1024 {
+                if buf.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + READ_MAX {
                     return Err(violation(
                         node,
                         guard,
@@ -360,6 +375,18 @@ pub(crate) async fn serve(
                     ));
                 }
                 buf.extend_from_slice(&chunk.bytes);
+                // The streams of a connection share its packets, so one read is often this
+                // stream's piece of one packet: when data was waiting, what else has arrived is
+                // taken now, without waiting, so that it costs one acknowledgement (and one
+                // store write) instead of one per piece. Only up to READ_MAX: the bound above
+                // holds.
+                while backlog && buf.len() < READ_MAX {
+                    match recv.read_chunk(READ_MAX - buf.len(), true).now_or_never() {
+                        Some(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
+                        // Nothing more yet, the end, or an error: the next read sees it.
+                        _ => break,
+                    }
+                }
                 hold(node, &mut held, buf.len())?;
             }
             Ok(None) => {
