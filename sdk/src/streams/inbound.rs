@@ -338,26 +338,17 @@ pub(crate) async fn serve(
             tokio::time::Instant::now() + node.config.frame_timeout.saturating_sub(waited)
         });
         let waiting = tokio::time::Instant::now();
-        // `backlog`: the read found data waiting (it was ready when first polled), so more may
-        // be waiting too (taken below); a read that had to wait was woken by what just came.
-        let (chunk, backlog) = {
-            let read = recv.read_chunk(READ_MAX, true);
-            tokio::pin!(read);
-            let mut polls = 0u32;
-            let chunk = tokio::select! {
-                chunk = std::future::poll_fn(|cx| {
-                    polls += 1;
-                    read.as_mut().poll(cx)
-                }) => chunk,
-                // An idle stream under a revoked grant ends at once, not at its next message;
-                // so does every stream when the node shuts down.
-                ended = &mut revoked => return Err(ended.into()),
-                _ = timer_or_never(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
-                    let reason = "frame not completed within frame_timeout";
-                    return Err(violation(node, guard, ErrorCode::TIMEOUT, reason.into()));
-                }
-            };
-            (chunk, polls == 1)
+        // `backlog`: the read found data waiting, so more may be waiting too (taken below); a
+        // read that had to wait was woken by what just came.
+        let (chunk, backlog) = tokio::select! {
+            read = ReadyAtOnce::new(recv.read_chunk(READ_MAX, true)) => read,
+            // An idle stream under a revoked grant ends at once, not at its next message; so
+            // does every stream when the node shuts down.
+            ended = &mut revoked => return Err(ended.into()),
+            _ = timer_or_never(frame_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)))) => {
+                let reason = "frame not completed within frame_timeout";
+                return Err(violation(node, guard, ErrorCode::TIMEOUT, reason.into()));
+            }
         };
         if frame_deadline.is_some() {
             waited += waiting.elapsed();
@@ -407,6 +398,37 @@ pub(crate) async fn serve(
                 return Ok(());
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future's output, and whether it was ready when first polled (nothing to wait for).
+    struct ReadyAtOnce<F> {
+        #[pin]
+        inner: F,
+        polled: bool,
+    }
+}
+
+impl<F> ReadyAtOnce<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner,
+            polled: false,
+        }
+    }
+}
+
+impl<F: Future> Future for ReadyAtOnce<F> {
+    type Output = (F::Output, bool);
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let first = !std::mem::replace(this.polled, true);
+        this.inner.poll(cx).map(|output| (output, first))
     }
 }
 
