@@ -97,8 +97,9 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Bytes queued for one connection at most. Default 1 MiB.
     pub max_queue_bytes: usize,
-    /// A connection whose queue stays full this long is a slow consumer and is closed
-    /// (4008). Default 10 s.
+    /// A connection whose queue stays full this long, or one of whose writes takes this long,
+    /// is a slow consumer and is closed (4008). A write is the frames queued when the writer
+    /// wakes: up to 64 frames, and no more once 64 KiB are taken. Default 10 s.
     #[serde(with = "ferry::duration")]
     pub write_timeout: Duration,
     /// New connections per second at most (one second of burst); beyond, 503. Default 500.

@@ -273,12 +273,13 @@ impl WireFault for axum::Error {
     }
 }
 
-/// Frames, and bytes, written with one flush at most: the frames already queued when the
-/// writer wakes go out together (tungstenite writes its buffer to the socket every 4 KiB and at
-/// the flush), so a burst to one session costs a system call per few dozen frames instead of
-/// one per frame. A batch is written within `write_timeout` as one frame was; the byte bound
-/// keeps that no stricter for large frames.
+/// Frames written with one flush at most: the frames already queued when the writer wakes go
+/// out together (tungstenite writes its buffer to the socket every 4 KiB and at the flush), so
+/// a burst to one session costs a system call per few dozen frames instead of one per frame.
 const WRITE_BATCH: usize = 64;
+/// A batch takes no more frames once this many bytes are fed: it must be written within
+/// `write_timeout` as one frame had to be, so it never needs much longer than one frame of
+/// the largest size.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Writes the queue's frames, and every `ping_interval` a ping (for the gateway's idle check:
@@ -294,10 +295,7 @@ async fn write(
 ) {
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    let heartbeat = || match ServerFrame::Heartbeat.encode() {
-        Encoded::Text(text) => Message::Text(text.into()),
-        Encoded::Binary(bytes) => Message::Binary(bytes.into()),
-    };
+    let heartbeat = || message(ServerFrame::Heartbeat.encode());
     // Made once, not per frame: a future made in the loop registers with the token again for
     // every frame (a fan-out to many sessions wakes every writer once).
     let stop = done.clone().cancelled_owned();
@@ -310,7 +308,7 @@ async fn write(
                     sink.feed(Message::Ping(Bytes::new())).await?;
                     sink.send(heartbeat()).await
                 };
-                if !matches!(tokio::time::timeout(write_timeout, beat).await, Ok(Ok(()))) {
+                if !written(tokio::time::timeout(write_timeout, beat).await, &stuck) {
                     break;
                 }
                 continue;
@@ -342,13 +340,8 @@ async fn write(
             }
             sink.flush().await
         };
-        match tokio::time::timeout(write_timeout, batch).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
-                stuck.store(true, std::sync::atomic::Ordering::Relaxed);
-                break;
-            }
+        if !written(tokio::time::timeout(write_timeout, batch).await, &stuck) {
+            break;
         }
         if let Some(close) = close {
             let _ = tokio::time::timeout(write_timeout, async {
@@ -362,6 +355,23 @@ async fn write(
     done.cancel();
 }
 
+/// Whether a write given `write_timeout` went out; one that took longer marks the connection
+/// stuck (a slow consumer).
+fn written(
+    result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    stuck: &std::sync::atomic::AtomicBool,
+) -> bool {
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            stuck.store(true, std::sync::atomic::Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// The WebSocket message carrying an encoded frame.
 fn message(frame: Encoded) -> Message {
     match frame {
         Encoded::Text(text) => Message::Text(text.into()),

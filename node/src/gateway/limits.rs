@@ -313,8 +313,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn the_writer_takes_what_waits_without_waiting() {
+    #[test]
+    fn the_writer_takes_what_waits_without_waiting() {
         let (queue, receiver) = OutQueue::new(100);
         assert!(receiver.try_recv().is_none());
         for text in ["a", "bb", "ccc"] {
