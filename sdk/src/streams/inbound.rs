@@ -338,9 +338,9 @@ pub(crate) async fn serve(
             tokio::time::Instant::now() + node.config.frame_timeout.saturating_sub(waited)
         });
         let waiting = tokio::time::Instant::now();
-        // `backlog`: the read found data waiting, so more may be waiting too (taken below); a
+        // A read ready at once found data waiting, so more may be waiting too (taken below); a
         // read that had to wait was woken by what just came.
-        let (chunk, backlog) = tokio::select! {
+        let (chunk, ready_at_once) = tokio::select! {
             read = ReadyAtOnce::new(recv.read_chunk(READ_MAX, true)) => read,
             // An idle stream under a revoked grant ends at once, not at its next message; so
             // does every stream when the node shuts down.
@@ -371,11 +371,17 @@ pub(crate) async fn serve(
                 // taken now, without waiting, so that it costs one acknowledgement (and one
                 // store write) instead of one per piece. Only up to READ_MAX: the bound above
                 // holds.
-                while backlog && buf.len() < READ_MAX {
+                while ready_at_once && buf.len() < READ_MAX {
                     match recv.read_chunk(READ_MAX - buf.len(), true).now_or_never() {
                         Some(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
-                        // Nothing more yet, the end, or an error: the next read sees it.
-                        _ => break,
+                        // Nothing more yet, or the end (which the next read reports again).
+                        Some(Ok(None)) | None => break,
+                        // Reported once (quinn reads past a reset as the end): handled as a
+                        // failed read, so unacknowledged messages are sent again.
+                        Some(Err(error)) => {
+                            debug!(%error, "mailbox stream ended");
+                            return Ok(());
+                        }
                     }
                 }
                 hold(node, &mut held, buf.len())?;
