@@ -38,7 +38,7 @@ const WIND_DOWN: Duration = Duration::from_millis(600);
 /// and trickles in place.
 const BUILD_UP: Duration = Duration::from_millis(300);
 
-pub(crate) async fn figure_hostile(settings: Settings) -> Result<Vec<Row>> {
+pub(super) async fn figure_hostile(settings: Settings) -> Result<Vec<Row>> {
     let mut throughput = Row::new(
         "honest 16 KiB msgs while a hostile peer attacks the node",
         "MB/s",

@@ -52,7 +52,7 @@ const STEP_WAIT: Duration = Duration::from_secs(300);
 /// timers) to settle.
 const SETTLE: Duration = Duration::from_secs(2);
 
-pub(crate) async fn figure_peers(settings: Settings) -> Result<Vec<Row>> {
+pub(super) async fn figure_peers(settings: Settings) -> Result<Vec<Row>> {
     let n = settings.many_peers;
     let alone = "the same hub, 1 connected peer";
     let mut rows = [
