@@ -454,3 +454,62 @@ async fn an_idle_stream_is_closed_shutting_down_when_its_node_stops() {
     assert_eq!(close.map(|(code, _)| code), Some(ErrorCode::SHUTTING_DOWN));
     stopping.await.unwrap();
 }
+
+/// A mailbox stream reset right behind its messages (as a sender resets a stream it gives up on,
+/// to send again elsewhere) has not ended its run: the same messages sent again on a new stream
+/// of the run are delivered once. Wherever the receiver reads the reset (quinn reports it once,
+/// then reads past it as the end), it must not take it for the sender's FIN, which would forget
+/// the run and deliver everything again. (Which read meets the reset depends on timing; the
+/// outcome must not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_behind_its_messages_keeps_its_run() {
+    const MESSAGES: u64 = 200;
+    const RUNS: u64 = 8;
+    let node = node_with(NodeConfig::default()).await;
+    let mailbox = node.mailbox();
+    for run in 0..RUNS {
+        let message = |seq: u64| {
+            let mut frame = Vec::new();
+            frame::put_message_header(&mut frame, 16);
+            frame.extend(run.to_be_bytes());
+            frame.extend(seq.to_be_bytes());
+            frame
+        };
+        let intruder = Intruder::connect(&node, mailbox.address()).await;
+        // Every message in a write of its own, so that they arrive in many packets, then the
+        // reset right behind them.
+        let (mut send, _recv, _) = intruder.open_stream().await;
+        for seq in 0..MESSAGES {
+            send.write_all(&message(seq)).await.unwrap();
+        }
+        send.reset(0u32.into()).unwrap();
+        // The same run again, from its first message.
+        let (mut send, mut recv, mut buf) = intruder.open_stream().await;
+        let all: Vec<u8> = (0..MESSAGES).flat_map(message).collect();
+        send.write_all(&all).await.unwrap();
+        send.finish().unwrap();
+        loop {
+            let ack = tokio::time::timeout(WAIT, fake_peer::read_frame(&mut recv, &mut buf))
+                .await
+                .unwrap()
+                .expect("an ACK of every message before the stream ends");
+            match frame::decode_frame(&ack, 64).unwrap().unwrap().0 {
+                Frame::Ack { next_seq } if next_seq == MESSAGES => break,
+                Frame::Ack { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Acknowledged means delivered: every message is in the mailbox, once.
+        let delivered = mailbox.try_recv_many(usize::MAX).unwrap();
+        let seqs: Vec<u64> = delivered
+            .iter()
+            .map(|message| {
+                let payload = message.payload();
+                assert_eq!(payload[..8], run.to_be_bytes(), "a message of this run");
+                u64::from_be_bytes(payload[8..16].try_into().unwrap())
+            })
+            .collect();
+        assert_eq!(seqs, (0..MESSAGES).collect::<Vec<_>>(), "run {run}");
+    }
+    node.shutdown(Duration::from_millis(100)).await;
+}
