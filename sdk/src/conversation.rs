@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::conversation::{self as proto, Step, Want};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -449,7 +449,16 @@ impl Drop for Conversation {
             let _ = self.send.reset(code(why));
         }
         if let Some(why) = dropped.stop {
-            let _ = self.recv.stop(code(why));
+            // The peer's FIN often came with its last object (a call's request, its response):
+            // taking it ends the stream with nothing more to send, where a STOP_SENDING would
+            // cost a frame, and often a packet, of its own.
+            let finished = matches!(
+                self.recv.read_chunk(usize::MAX, true).now_or_never(),
+                Some(Ok(None))
+            );
+            if !finished {
+                let _ = self.recv.stop(code(why));
+            }
         }
     }
 }

@@ -214,7 +214,8 @@ impl Mailbox {
             return Ok(Vec::new());
         };
         let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
-        let mut out = Vec::new();
+        // Sized once: growing it message by message moved every message several times.
+        let mut out = Vec::with_capacity(receiver.len().min(max));
         while out.len() < max {
             match receiver.try_recv() {
                 Ok(message) => out.push(message),

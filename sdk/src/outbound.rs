@@ -123,7 +123,8 @@ impl Sender {
     fn outbound(&self) -> Arc<Outbound> {
         let mut cached = lock(&self.cached);
         if let Some(outbound) = cached.as_ref() {
-            if !lock(&outbound.queue).closed {
+            // Closed right after the queue is (`close_if_idle`, `fail_all`): no lock to take.
+            if !outbound.window.is_closed() {
                 return outbound.clone();
             }
         }
@@ -183,7 +184,7 @@ impl Sender {
                     "rate caveats apply to remote senders only".into(),
                 ));
             }
-            match caps.reserve(&authorized.limits, self.node.clock.unix_now()) {
+            match caps.reserve(&authorized.limits, || self.node.clock.unix_now()) {
                 Ok(()) => {}
                 Err(Budget::TooManyCounters) => {
                     return Err(SendError::Caveat(
@@ -722,6 +723,7 @@ fn close_if_idle(outbound: &Arc<Outbound>, node: &Runtime) -> bool {
     {
         map.remove(&outbound.key);
     }
+    // While the queue is locked: a sender that finds it closed finds the window closed.
     outbound.window.close();
     true
 }
@@ -741,8 +743,9 @@ fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
         {
             map.remove(&outbound.key);
         }
+        // While the queue is locked: a sender that finds it closed finds the window closed.
+        outbound.window.close();
     }
-    outbound.window.close();
     outbound.progress.update(|progress| {
         progress.fatal = Some(error);
         true

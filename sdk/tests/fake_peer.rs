@@ -436,6 +436,47 @@ async fn small_messages_and_requests_ride_with_the_opening() {
     acceptor.abort();
 }
 
+/// A call whose reply came with its FIN ends without a STOP_SENDING from the caller: it takes
+/// the FIN when it drops the conversation (PROTOCOL.md §10.8), so a completed call costs no
+/// frame (often no packet) more. On one thread, so that the fake callee's reply and FIN always
+/// share a packet.
+#[tokio::test]
+async fn a_call_answered_with_its_fin_sends_no_stop() {
+    let fake = FakePeer::bind(16);
+    let node = node_with(NodeConfig::default()).await;
+    let connection = fake.accept();
+    let acceptor = tokio::spawn(async move {
+        let connection = connection.await;
+        for _ in 0..2 {
+            let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+            let mut buf = BytesMut::new();
+            let (kind, _) = fake_peer::read_opening(&mut recv, &mut buf).await;
+            assert_eq!(kind, StreamKind::Conversation as u8);
+            // The opener's ACCEPT and request, then its FIN.
+            fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
+            fake_peer::read_frame(&mut recv, &mut buf).await.unwrap();
+            assert!(fake_peer::read_frame(&mut recv, &mut buf).await.is_none());
+            let mut answer = fake_peer::encode(&Frame::Accept { max_message: 1024 });
+            let reply = postcard::to_allocvec("pong").unwrap();
+            answer.extend(fake_peer::encode(&Frame::Object(&reply)));
+            send.write_all(&answer).await.unwrap();
+            send.finish().unwrap();
+        }
+        connection
+    });
+    // A stop the first call's end sent would arrive before the second call's request.
+    for _ in 0..2 {
+        let answer: Result<String, CallError> =
+            tokio::time::timeout(WAIT, node.call(fake_target(&fake), "ping"))
+                .await
+                .unwrap();
+        assert_eq!(answer.unwrap(), "pong");
+    }
+    let connection = tokio::time::timeout(WAIT, acceptor).await.unwrap().unwrap();
+    assert_eq!(connection.stats().frame_rx.stop_sending, 0);
+    node.shutdown(Duration::from_millis(100)).await;
+}
+
 /// An idle mailbox stream ends with CLOSE SHUTTING_DOWN when its node stops, rather than with
 /// the connection: its one wait covers its grant's revocation and the node's shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

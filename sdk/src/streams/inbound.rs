@@ -230,7 +230,7 @@ pub(crate) async fn serve(
                 // Only messages delivered for the first time are counted: a resent duplicate
                 // was skipped above.
                 loop {
-                    match mailbox.caps.reserve(&limits, node.clock.unix_now()) {
+                    match mailbox.caps.reserve(&limits, || node.clock.unix_now()) {
                         Ok(()) => break,
                         Err(Budget::Wait(secs)) => {
                             let pause = std::time::Duration::from_secs(secs.clamp(1, 3600));

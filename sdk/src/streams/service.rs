@@ -740,7 +740,7 @@ fn resolve(
             match authorized
                 .handle
                 .caps
-                .reserve(&authorized.limits, node.clock.unix_now())
+                .reserve(&authorized.limits, || node.clock.unix_now())
             {
                 Ok(()) => {}
                 Err(Budget::Exhausted) => {
