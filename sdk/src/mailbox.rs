@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -216,17 +217,17 @@ impl Mailbox {
         let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
         // Sized once: growing it message by message moved every message several times.
         let mut out = Vec::with_capacity(receiver.len().min(max));
-        while out.len() < max {
-            match receiver.try_recv() {
-                Ok(message) => out.push(message),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) if out.is_empty() => {
-                    return Err(RecvError::Closed)
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            }
+        if max == 0 {
+            return Ok(out);
         }
-        Ok(out)
+        // One poll of `recv_many` gives the queue's room back once for all it takes (a
+        // `try_recv` per message took the queue's lock for each). Unconstrained: an exhausted
+        // task budget must not make messages that are there look absent.
+        match tokio::task::unconstrained(receiver.recv_many(&mut out, max)).now_or_never() {
+            // Only a closed queue with nothing left gives none.
+            Some(0) => Err(RecvError::Closed),
+            Some(_) | None => Ok(out),
+        }
     }
 
     /// The receiving end kept in `slot` for reading, taken from the queue at the first read;

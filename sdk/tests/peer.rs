@@ -44,6 +44,43 @@ async fn delivery_both_ways_with_reply_address() {
     b.shutdown(Duration::from_secs(1)).await;
 }
 
+/// `try_recv_many` takes what is queued, in order and never more than asked; the room it frees
+/// (given back once per batch) lets a sender waiting on a full mailbox go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_queued_messages_in_batches_keeps_order_and_frees_room() {
+    let a = node().await;
+    let b = node_with(NodeConfig {
+        mailbox_capacity: 4,
+        ..NodeConfig::default()
+    })
+    .await;
+    let mailbox = b.mailbox();
+    let sender = a.sender(mailbox.address());
+    let mut deliveries = Vec::new();
+    for i in 0..40u32 {
+        deliveries.push(sender.enqueue(&i).await.unwrap());
+    }
+    let mut received = Vec::new();
+    while received.len() < 40 {
+        let batch = mailbox.try_recv_many(3).unwrap();
+        assert!(batch.len() <= 3, "{} messages for a max of 3", batch.len());
+        if batch.is_empty() {
+            // Nothing queued yet: wait for the next one.
+            received.push(mailbox.recv_timeout(WAIT).await.unwrap());
+        }
+        received.extend(batch);
+    }
+    let values: Vec<u32> = received.iter().map(|m| m.decode().unwrap()).collect();
+    assert_eq!(values, (0..40).collect::<Vec<_>>());
+    for delivery in deliveries {
+        tokio::time::timeout(WAIT, delivery).await.unwrap().unwrap();
+    }
+    assert!(mailbox.try_recv_many(0).unwrap().is_empty());
+    for node in [a, b] {
+        node.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_and_local_delivery() {
     let a = node().await;
