@@ -12,6 +12,8 @@ use crate::daemon_config::DaemonConfig;
 /// Runs a node until a signal, with its store, HTTP endpoint and browser gateway: prints its
 /// id, listen address, inbox address and URLs, then every message to its (durable) inbox.
 pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    // Before anything is printed: from then on a signal must stop the node cleanly.
+    let signal = shutdown_signal();
     let config = DaemonConfig::load(&args)?;
     let server = Server::start(config.server(true)).await?;
     println!("node id: {}", server.node().id());
@@ -33,7 +35,7 @@ pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             println!("webtransport: https://{}/webtransport{note}", wt.addr);
         }
     }
-    serve_until_signal(server, false, None).await
+    serve_until_signal(server, false, None, signal).await
 }
 
 /// Opens one mailbox, prints its address, then every message to it until a signal. With a
@@ -43,6 +45,8 @@ pub(super) async fn run(args: NodeArgs) -> anyhow::Result<()> {
 /// `caps`: revoke grants before taking messages; print an address under a new grant instead of
 /// the plain one; take `grant` / `revoke` commands on standard input while running.
 pub(super) async fn listen(args: NodeArgs, json: bool, caps: ListenCaps) -> anyhow::Result<()> {
+    // Before anything is printed: from then on a signal must stop the node cleanly.
+    let signal = shutdown_signal();
     let config = DaemonConfig::load(&args)?;
     let server = Server::start(config.server(false)).await?;
     let grants = server.grants();
@@ -59,20 +63,21 @@ pub(super) async fn listen(args: NodeArgs, json: bool, caps: ListenCaps) -> anyh
     } else {
         println!("{}", server.mailbox_address());
     }
-    serve_until_signal(server, json, caps.commands.then_some(grants)).await
+    serve_until_signal(server, json, caps.commands.then_some(grants), signal).await
 }
 
-/// Serves until SIGINT or SIGTERM, printing every message (one line each, or JSON lines);
-/// with `commands`, takes `grant` / `revoke` commands on standard input meanwhile.
+/// Serves until `signal` (SIGINT or SIGTERM), printing every message (one line each, or JSON
+/// lines); with `commands`, takes `grant` / `revoke` commands on standard input meanwhile.
 async fn serve_until_signal(
     server: Server,
     json: bool,
     commands: Option<Grants>,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         on_signal.cancel();
     });
     let serving = server.run(|batch| print_batch(batch, json), shutdown);
