@@ -339,13 +339,7 @@ fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     assert!(body.contains("ferry_store_bytes"), "{body}");
     assert!(body.contains("ferry_gateway_sessions 0"), "{body}");
     // SIGTERM: a graceful shutdown, exit 0.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &node.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = wait_for_value_blocking("the exit after SIGTERM", || node.child.try_wait().unwrap());
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(node.terminate().code(), Some(0));
 }
 
 fn http_get(host: &str, path: &str) -> String {
@@ -479,14 +473,6 @@ fn sigterm_right_after_the_address_exits_cleanly() {
     for _ in 0..10 {
         let mut listener = Daemon::start(&["listen"]);
         assert!(listener.line().starts_with("ferry1"));
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &listener.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = wait_for_value_blocking("the exit after SIGTERM", || {
-            listener.child.try_wait().unwrap()
-        });
-        assert_eq!(exit.code(), Some(0));
+        assert_eq!(listener.terminate().code(), Some(0));
     }
 }

@@ -89,6 +89,18 @@ impl Daemon {
         }
     }
 
+    /// Sends SIGTERM and waits for the exit.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        ferry_testkit::wait::wait_for_value_blocking("the exit after SIGTERM", || {
+            self.child.try_wait().unwrap()
+        })
+    }
+
     /// The next line, which must start with `prefix`; returns the rest.
     pub(crate) fn field(&mut self, prefix: &str) -> String {
         let line = self.line();
