@@ -150,7 +150,8 @@ fn sigterm_stops_a_listener_waiting_for_commands() {
     // Reading commands: a grant is answered.
     writeln!(stdin, "grant").unwrap();
     assert!(line_starting(&mut listener, "grant ").contains(" ferry2"));
-    // An exit, though standard input is open.
-    assert_eq!(listener.terminate().code(), Some(0));
+    // An exit within 10 s, though standard input is open.
+    let exit = listener.terminate(std::time::Duration::from_secs(10));
+    assert_eq!(exit.code(), Some(0));
     drop(stdin);
 }

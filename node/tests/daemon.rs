@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{free_port, run, stderr, Daemon};
 use ferry::{Address, Node, NodeConfig, SecretKey};
-use ferry_testkit::wait::{wait_for_blocking, wait_for_value_blocking};
+use ferry_testkit::wait::{wait_for_blocking, wait_for_value_blocking, DEADLINE};
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?}: {error}"))
@@ -339,7 +339,7 @@ fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     assert!(body.contains("ferry_store_bytes"), "{body}");
     assert!(body.contains("ferry_gateway_sessions 0"), "{body}");
     // SIGTERM: a graceful shutdown, exit 0.
-    assert_eq!(node.terminate().code(), Some(0));
+    assert_eq!(node.terminate(DEADLINE).code(), Some(0));
 }
 
 fn http_get(host: &str, path: &str) -> String {
@@ -473,6 +473,6 @@ fn sigterm_right_after_the_address_exits_cleanly() {
     for _ in 0..10 {
         let mut listener = Daemon::start(&["listen"]);
         assert!(listener.line().starts_with("ferry1"));
-        assert_eq!(listener.terminate().code(), Some(0));
+        assert_eq!(listener.terminate(DEADLINE).code(), Some(0));
     }
 }

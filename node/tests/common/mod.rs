@@ -89,16 +89,18 @@ impl Daemon {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit.
-    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and waits up to `within` for the exit.
+    pub(crate) fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        ferry_testkit::wait::wait_for_value_blocking("the exit after SIGTERM", || {
-            self.child.try_wait().unwrap()
-        })
+        ferry_testkit::wait::wait_for_value_blocking_within(
+            "the exit after SIGTERM",
+            within,
+            || self.child.try_wait().unwrap(),
+        )
     }
 
     /// The next line, which must start with `prefix`; returns the rest.
