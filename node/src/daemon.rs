@@ -5,10 +5,11 @@ use ferry::address::GrantId;
 use ferry::Message;
 use ferry_node::server::Grants;
 
-/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call, not when the future
-/// is first polled: a command calls it before it says it is ready (prints an address), so that a
-/// signal from then on stops it cleanly instead of killing it. Without handlers (they could not
-/// be installed) it never resolves, and a signal acts as it would on any process.
+/// Resolves on SIGINT or SIGTERM. On unix the handlers are installed by this call, not when the
+/// future is first polled: a command calls it before it says it is ready (prints an address), so
+/// that a signal from then on stops it cleanly instead of killing it. (Elsewhere tokio installs
+/// its Ctrl-C handler at the first poll.) Without handlers (they could not be installed) it never
+/// resolves, and a signal acts as it would on any process.
 pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
