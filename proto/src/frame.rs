@@ -355,6 +355,12 @@ pub fn get_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     }
 }
 
+/// The encoded length of a MESSAGE frame carrying `payload_len` bytes, so a batch's buffer
+/// is sized once rather than grown (and copied) while its frames are written.
+pub fn message_frame_len(payload_len: usize) -> usize {
+    varint_len(payload_len as u64 + 1) + 1 + payload_len
+}
+
 /// Appends the header of a message frame whose payload (of `payload_len` bytes) follows.
 /// Lets the caller write the payload without copying it into a frame first.
 pub fn put_message_header(out: &mut Vec<u8>, payload_len: usize) {
@@ -693,6 +699,19 @@ mod tests {
     use crate::address::MailboxId;
     use crate::identity::SecretKey;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_message_frame_is_as_long_as_message_frame_len_says() {
+        // Around each step of the length's varint (7 bits per byte, the tag counted in).
+        for len in [
+            0, 1, 125, 126, 127, 16_382, 16_383, 16_384, 2_097_150, 2_097_151,
+        ] {
+            let payload = vec![7u8; len];
+            let mut out = Vec::new();
+            put_frame(&mut out, &Frame::Message(&payload));
+            assert_eq!(out.len(), message_frame_len(len), "payload of {len} bytes");
+        }
+    }
 
     fn sample_frames() -> Vec<Frame<'static>> {
         let key = SecretKey::from_bytes(&[3; 32]);

@@ -715,7 +715,13 @@ impl<E: Clone> Sender<E> {
             ..Stall::default()
         };
         if self.unacked.len() > early {
-            let mut out = Vec::new();
+            let len = self
+                .unacked
+                .iter()
+                .skip(early)
+                .map(|(_, payload)| frame::message_frame_len(payload.len()))
+                .sum();
+            let mut out = Vec::with_capacity(len);
             for (_, payload) in self.unacked.iter().skip(early) {
                 frame::put_frame(&mut out, &Frame::Message(payload));
             }
@@ -737,7 +743,12 @@ impl<E: Clone> Sender<E> {
             self.last_progress = now;
             self.stall.next_probe = Some(now + STALL_AFTER);
         }
-        let mut out = Vec::new();
+        let len = self
+            .queued
+            .iter()
+            .map(|(_, payload)| frame::message_frame_len(payload.len()))
+            .sum();
+        let mut out = Vec::with_capacity(len);
         while let Some((ticket, payload)) = self.queued.pop_front() {
             if payload.len() > peer_max {
                 self.actions.push_back(Action::TooLarge {

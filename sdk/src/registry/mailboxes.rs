@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -180,6 +181,10 @@ struct Window {
 /// caveats, and the roots of chains it checked.
 pub(crate) struct Caps {
     revoked: RwLock<std::collections::HashSet<GrantId>>,
+    /// Whether `revoked` holds any grant: every message is checked, almost no mailbox ever
+    /// revokes, and the read lock's two atomic operations per message showed in profiles.
+    /// Set while the write lock is held, never cleared (grants are never un-revoked).
+    any_revoked: AtomicBool,
     /// Notified of every revocation: streams and watches open under a grant wait on it to end
     /// as soon as their grant is revoked. (Inline in the mailbox: no allocation of its own.)
     revocations: tokio::sync::Notify,
@@ -208,6 +213,7 @@ impl Default for Caps {
 impl Caps {
     pub(crate) fn with(revoked: Vec<GrantId>, counts: Vec<(CounterKey, u64)>) -> Self {
         Self {
+            any_revoked: AtomicBool::new(!revoked.is_empty()),
             revoked: RwLock::new(revoked.into_iter().collect()),
             revocations: tokio::sync::Notify::new(),
             counts: Mutex::new(counts.into_iter().collect()),
@@ -217,7 +223,7 @@ impl Caps {
     }
 
     pub(crate) fn is_revoked(&self, grant: GrantId) -> bool {
-        read(&self.revoked).contains(&grant)
+        self.any_revoked.load(Ordering::Acquire) && read(&self.revoked).contains(&grant)
     }
 
     /// Revokes `grant` unless `max` grants are revoked already (one already revoked is
@@ -229,6 +235,7 @@ impl Caps {
                 return Err(RevokeError::TooMany { max });
             }
             revoked.insert(grant);
+            self.any_revoked.store(true, Ordering::Release);
         }
         self.revocations.notify_waiters();
         Ok(())
