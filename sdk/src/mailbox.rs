@@ -6,14 +6,13 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures::{FutureExt as _, Stream, StreamExt};
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{Address, GrantId, MailboxId};
 use crate::error::{AttachError, RecvError, RevokeError};
 use crate::registry::mailboxes::{Caps, Durable, MailboxHandle, Message, Receipt};
-use crate::registry::queue::MailboxQueue;
+use crate::registry::queue::{MailboxQueue, QueueReceiver};
 use crate::runtime::Runtime;
 use crate::store::StoredMessage;
 
@@ -25,7 +24,6 @@ async fn replay(
     closed: CancellationToken,
 ) {
     if let Some(queue) = queue {
-        let queue = queue.sender();
         for stored in pending {
             let message = Message {
                 from: stored.from,
@@ -36,7 +34,7 @@ async fn replay(
                 }),
             };
             tokio::select! {
-                sent = queue.send(message) => if sent.is_err() { break },
+                queued = queue.push(message) => if queued.is_err() { break },
                 _ = closed.cancelled() => break,
             }
         }
@@ -57,8 +55,9 @@ pub struct Mailbox {
     address: Address,
     pub(crate) node: Weak<Runtime>,
     queue: Arc<MailboxQueue<Message>>,
-    /// The queue's receiving end once the mailbox was read (see [`MailboxQueue`]).
-    receiver: tokio::sync::Mutex<Option<mpsc::Receiver<Message>>>,
+    /// The queue's receiving end once the mailbox was read (see [`MailboxQueue`]); boxed, as
+    /// most mailboxes only send and are never read.
+    receiver: tokio::sync::Mutex<Option<Box<QueueReceiver<Message>>>>,
     /// Whether the receiver was given to a handler or stream.
     attached: std::sync::atomic::AtomicBool,
     caps: Arc<Caps>,
@@ -219,13 +218,11 @@ impl Mailbox {
         if max == 0 {
             return Ok(out);
         }
-        // One poll of `recv_many` gives the queue's room back once for all it takes (a
-        // `try_recv` per message took the queue's lock for each). Unconstrained: an exhausted
-        // task budget must not make messages that are there look absent.
-        match tokio::task::unconstrained(receiver.recv_many(&mut out, max)).now_or_never() {
-            // Only a closed queue with nothing left gives none.
-            Some(0) => Err(RecvError::Closed),
-            Some(_) | None => Ok(out),
+        // The queue's room is given back once for all it takes.
+        match receiver.try_recv_many(&mut out, max) {
+            // Only a closed queue with nothing left.
+            None => Err(RecvError::Closed),
+            Some(_) => Ok(out),
         }
     }
 
@@ -233,21 +230,22 @@ impl Mailbox {
     /// `None` once it was given away (attached).
     fn reading<'s>(
         &self,
-        slot: &'s mut Option<mpsc::Receiver<Message>>,
-    ) -> Option<&'s mut mpsc::Receiver<Message>> {
+        slot: &'s mut Option<Box<QueueReceiver<Message>>>,
+    ) -> Option<&'s mut QueueReceiver<Message>> {
         if slot.is_none() {
-            *slot = self.queue.take_receiver();
+            *slot = self.queue.take_receiver().map(Box::new);
         }
-        slot.as_mut()
+        slot.as_deref_mut()
     }
 
-    fn take_receiver(&self) -> Result<mpsc::Receiver<Message>, AttachError> {
+    fn take_receiver(&self) -> Result<QueueReceiver<Message>, AttachError> {
         let mut guard = self
             .receiver
             .try_lock()
             .map_err(|_| AttachError::Receiving)?;
         let receiver = guard
             .take()
+            .map(|receiver| *receiver)
             .or_else(|| self.queue.take_receiver())
             .ok_or(AttachError::AlreadyAttached)?;
         self.attached

@@ -602,7 +602,7 @@ async fn deliver_locally(
                 }
             },
         };
-        let queued = mailbox.queue.sender().send(message);
+        let queued = mailbox.queue.push(message);
         let sent = if mailbox.durable.is_some() {
             // Stored: delivered, revoked or not.
             queued.await

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt as _;
-use tokio::sync::mpsc::error::TrySendError;
 use tracing::debug;
 
 use crate::address::{Address, Limit, MailboxId, Usage};
@@ -29,6 +28,7 @@ use crate::registry::dedup::DedupKey;
 use crate::registry::mailboxes::{
     durable_counters, Authorized, Budget, Caps, Durable, Ended, MailboxHandle, Message,
 };
+use crate::registry::queue::PushError;
 use crate::runtime::Runtime;
 use crate::store::RunId;
 use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
@@ -191,7 +191,12 @@ pub(crate) async fn serve(
         Receiver::open(first_seq, node.config.max_message_size, &mut state)
     };
     // Messages of a durable mailbox wait here until they are stored.
-    let mut to_store: Vec<(Address, Bytes)> = Vec::new();
+    // Messages delivered from the buffer and not yet handed over: to the mailbox's queue, all
+    // of one read together (one hand-over to the application per read, not one per message),
+    // or for a durable mailbox to its store first. Handed over before every wait and every
+    // exit, so none is ever held across one. (One vector for both: it lives across the
+    // stream's waits, and every byte of the stream's future is kept by each idle stream.)
+    let mut pending: Vec<Message> = Vec::new();
     // Time spent waiting for the rest of the frame the buffer holds the start of.
     let mut waited = std::time::Duration::ZERO;
     loop {
@@ -214,7 +219,9 @@ pub(crate) async fn serve(
                     Ok(Some(incoming)) => incoming,
                     Ok(None) => break,
                     Err(Violation { code, reason }) => {
-                        return Err(violation(node, guard, code, reason.into()))
+                        // What came before is delivered (and not acknowledged).
+                        hand_over(&mailbox, &mut pending);
+                        return Err(violation(node, guard, code, reason.into()));
                     }
                 };
                 waited = std::time::Duration::ZERO;
@@ -233,6 +240,7 @@ pub(crate) async fn serve(
                     match mailbox.caps.reserve(&limits, || node.clock.unix_now()) {
                         Ok(()) => break,
                         Err(Budget::Wait(secs)) => {
+                            hand_over(&mailbox, &mut pending);
                             let pause = std::time::Duration::from_secs(secs.clamp(1, 3600));
                             // Boxed: a rate window is rare, and its wait would otherwise keep
                             // room in every stream's future.
@@ -252,34 +260,44 @@ pub(crate) async fn serve(
                     break;
                 }
                 reserved.count += 1;
-                if mailbox.durable.is_some() {
-                    to_store.push((from.clone(), payload));
-                    continue;
-                }
                 let message = Message {
                     from: from.clone(),
                     payload,
                     receipt: None,
                 };
-                // Not acknowledged yet: a revocation while it waits for room drops it.
-                // A binding of its own, so that the `?`'s temporaries are not kept across
-                // the wait below (in every stream's future).
-                let waiting = try_enqueue(node, &mailbox, message)?;
-                if let Some(message) = waiting {
-                    Box::pin(enqueue_or_revoked(
-                        node,
-                        &mailbox,
-                        message,
-                        revoked.as_mut(),
-                    ))
-                    .await?;
+                if mailbox.durable.is_some() {
+                    pending.push(message);
+                    continue;
+                }
+                match mailbox.queue.try_reserve(&mut pending, message) {
+                    // (Its length read back: a local would be kept across the wait below, in
+                    // every stream's future.)
+                    Ok(()) => count_queued(node, pending.last().map_or(0, |m| m.payload.len())),
+                    Err(PushError::Closed(_)) => return Err(Refusal::mailbox_closed()),
+                    Err(PushError::Full(message)) => {
+                        // What is pending goes first: the application makes room by taking
+                        // it. Not acknowledged yet: a revocation while this one waits for
+                        // room drops it.
+                        hand_over(&mailbox, &mut pending);
+                        Box::pin(enqueue_or_revoked(
+                            node,
+                            &mailbox,
+                            message,
+                            revoked.as_mut(),
+                        ))
+                        .await?;
+                    }
                 }
                 reserved.count -= 1;
                 receiver.delivered(&mut state, seq + 1);
             }
+            hand_over(&mailbox, &mut pending);
             if let Some(durable) = &mailbox.durable {
-                if !to_store.is_empty() {
-                    let batch = std::mem::take(&mut to_store);
+                if !pending.is_empty() {
+                    let batch = std::mem::take(&mut pending)
+                        .into_iter()
+                        .map(|message| (message.from, message.payload))
+                        .collect();
                     // Boxed: only durable mailboxes store, and a store write is no small
                     // future to keep in every stream's.
                     let stored = Box::pin(store_and_acknowledge(
@@ -543,12 +561,20 @@ async fn store_and_acknowledge(
             _ = durable.replayed.cancelled() => {}
             _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
         }
+        let mut queued = Vec::new();
         for message in stored {
             // Stored messages are delivered when the mailbox opens again.
-            if let Some(message) = try_enqueue(node, mailbox, message)? {
-                enqueue(node, mailbox, message).await?;
+            let len = message.payload.len();
+            match mailbox.queue.try_reserve(&mut queued, message) {
+                Ok(()) => count_queued(node, len),
+                Err(PushError::Closed(_)) => return Err(Refusal::mailbox_closed()),
+                Err(PushError::Full(message)) => {
+                    mailbox.queue.hand_over(&mut queued);
+                    enqueue(node, mailbox, message).await?;
+                }
             }
         }
+        mailbox.queue.hand_over(&mut queued);
         if !acked {
             return Ok(Acked::NotSent);
         }
@@ -596,30 +622,16 @@ async fn timer_or_never(timer: Option<Pin<Box<tokio::time::Sleep>>>) {
 const STORE_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Queues `message` in the mailbox if it has room now; gives the message back if it is full.
-fn try_enqueue(
-    node: &Runtime,
-    mailbox: &MailboxHandle,
-    message: Message,
-) -> Result<Option<Message>, Refusal> {
-    match mailbox.queue.sender().try_reserve() {
-        Ok(permit) => {
-            queue(node, permit, message);
-            Ok(None)
-        }
-        Err(TrySendError::Closed(())) => Err(Refusal::mailbox_closed()),
-        Err(TrySendError::Full(())) => Ok(Some(message)),
-    }
-}
-
 /// Queues `message` in the mailbox, waiting for room (which stops reading the stream, so only
 /// this sender slows down).
 async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> Result<(), Refusal> {
-    let permit = tokio::select! {
-        permit = mailbox.queue.sender().reserve() => permit.map_err(|_| Refusal::mailbox_closed())?,
+    let len = message.payload.len();
+    tokio::select! {
+        queued = mailbox.queue.push(message) => queued.map_err(|_| Refusal::mailbox_closed())?,
         _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
         _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
     };
-    queue(node, permit, message);
+    count_queued(node, len);
     Ok(())
 }
 
@@ -636,9 +648,18 @@ async fn enqueue_or_revoked(
     }
 }
 
-fn queue(node: &Runtime, permit: tokio::sync::mpsc::Permit<'_, Message>, message: Message) {
-    node.stats.count_bytes_in(message.payload.len());
-    permit.send(message);
+/// Queues the messages `pending` holds (each with its room taken) in the mailbox's queue —
+/// unless the mailbox is durable: its pending messages are not stored yet, and go to its store
+/// first (then to its queue, see [`store_and_acknowledge`]).
+fn hand_over(mailbox: &MailboxHandle, pending: &mut Vec<Message>) {
+    if mailbox.durable.is_none() {
+        mailbox.queue.hand_over(pending);
+    }
+}
+
+/// Counts a message of `len` bytes queued in a mailbox.
+fn count_queued(node: &Runtime, len: usize) {
+    node.stats.count_bytes_in(len);
     node.stats.count_message_in();
 }
 
