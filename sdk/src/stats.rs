@@ -34,8 +34,8 @@ impl Stats {
     pub(crate) fn count_forged(&self) {
         self.forged.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn count_message_in(&self) {
-        self.messages_in.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_messages_in(&self, messages: u64) {
+        self.messages_in.fetch_add(messages, Ordering::Relaxed);
     }
     pub(crate) fn count_relayed(&self, bytes: usize) {
         self.relayed_packets.fetch_add(1, Ordering::Relaxed);

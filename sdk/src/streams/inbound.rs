@@ -220,7 +220,7 @@ pub(crate) async fn serve(
                     Ok(None) => break,
                     Err(Violation { code, reason }) => {
                         // What came before is delivered (and not acknowledged).
-                        hand_over(&mailbox, &mut pending);
+                        hand_over(node, &mailbox, &mut pending);
                         return Err(violation(node, guard, code, reason.into()));
                     }
                 };
@@ -240,7 +240,7 @@ pub(crate) async fn serve(
                     match mailbox.caps.reserve(&limits, || node.clock.unix_now()) {
                         Ok(()) => break,
                         Err(Budget::Wait(secs)) => {
-                            hand_over(&mailbox, &mut pending);
+                            hand_over(node, &mailbox, &mut pending);
                             let pause = std::time::Duration::from_secs(secs.clamp(1, 3600));
                             // Boxed: a rate window is rare, and its wait would otherwise keep
                             // room in every stream's future.
@@ -270,15 +270,13 @@ pub(crate) async fn serve(
                     continue;
                 }
                 match mailbox.queue.try_reserve(&mut pending, message) {
-                    // (Its length read back: a local would be kept across the wait below, in
-                    // every stream's future.)
-                    Ok(()) => count_queued(node, pending.last().map_or(0, |m| m.payload.len())),
+                    Ok(()) => {}
                     Err(PushError::Closed(_)) => return Err(Refusal::mailbox_closed()),
                     Err(PushError::Full(message)) => {
                         // What is pending goes first: the application makes room by taking
                         // it. Not acknowledged yet: a revocation while this one waits for
                         // room drops it.
-                        hand_over(&mailbox, &mut pending);
+                        hand_over(node, &mailbox, &mut pending);
                         Box::pin(enqueue_or_revoked(
                             node,
                             &mailbox,
@@ -291,7 +289,7 @@ pub(crate) async fn serve(
                 reserved.count -= 1;
                 receiver.delivered(&mut state, seq + 1);
             }
-            hand_over(&mailbox, &mut pending);
+            hand_over(node, &mailbox, &mut pending);
             if let Some(durable) = &mailbox.durable {
                 if !pending.is_empty() {
                     let batch = std::mem::take(&mut pending)
@@ -564,16 +562,17 @@ async fn store_and_acknowledge(
         let mut queued = Vec::new();
         for message in stored {
             // Stored messages are delivered when the mailbox opens again.
-            let len = message.payload.len();
             match mailbox.queue.try_reserve(&mut queued, message) {
-                Ok(()) => count_queued(node, len),
+                Ok(()) => {}
                 Err(PushError::Closed(_)) => return Err(Refusal::mailbox_closed()),
                 Err(PushError::Full(message)) => {
+                    count_queued(node, &queued);
                     mailbox.queue.hand_over(&mut queued);
                     enqueue(node, mailbox, message).await?;
                 }
             }
         }
+        count_queued(node, &queued);
         mailbox.queue.hand_over(&mut queued);
         if !acked {
             return Ok(Acked::NotSent);
@@ -631,7 +630,8 @@ async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> R
         _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
         _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
     };
-    count_queued(node, len);
+    node.stats.count_bytes_in(len);
+    node.stats.count_messages_in(1);
     Ok(())
 }
 
@@ -651,16 +651,21 @@ async fn enqueue_or_revoked(
 /// Queues the messages `pending` holds (each with its room taken) in the mailbox's queue —
 /// unless the mailbox is durable: its pending messages are not stored yet, and go to its store
 /// first (then to its queue, see [`store_and_acknowledge`]).
-fn hand_over(mailbox: &MailboxHandle, pending: &mut Vec<Message>) {
+fn hand_over(node: &Runtime, mailbox: &MailboxHandle, pending: &mut Vec<Message>) {
     if mailbox.durable.is_none() {
+        count_queued(node, pending);
         mailbox.queue.hand_over(pending);
     }
 }
 
-/// Counts a message of `len` bytes queued in a mailbox.
-fn count_queued(node: &Runtime, len: usize) {
-    node.stats.count_bytes_in(len);
-    node.stats.count_message_in();
+/// Counts `messages` queued in a mailbox (once per batch: the node's counters are shared by
+/// every stream).
+fn count_queued(node: &Runtime, messages: &[Message]) {
+    if !messages.is_empty() {
+        let bytes = messages.iter().map(|message| message.payload.len()).sum();
+        node.stats.count_bytes_in(bytes);
+        node.stats.count_messages_in(messages.len() as u64);
+    }
 }
 
 const ENDED_BEFORE_OPEN: &str = "stream ended before open";
