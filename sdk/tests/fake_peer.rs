@@ -554,3 +554,33 @@ async fn a_stream_reset_behind_its_messages_keeps_its_run() {
     }
     node.shutdown(Duration::from_millis(100)).await;
 }
+
+/// Messages delivered before a frame that breaks the protocol are in the mailbox when the stream
+/// ends with PROTOCOL: the messages of one read are handed to the mailbox together, and the run
+/// counts them as delivered (a resend on a new stream would skip them), so a violation later in
+/// the same read must not drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_before_a_protocol_violation_in_the_same_read_are_delivered() {
+    let node = node_with(NodeConfig::default()).await;
+    let mailbox = node.mailbox();
+    let intruder = Intruder::connect(&node, mailbox.address()).await;
+    let (mut send, mut recv, mut buf) = intruder.open_stream().await;
+    let mut out = Vec::new();
+    for payload in [b"one", b"two", b"six"] {
+        frame::put_frame(&mut out, &Frame::Message(payload));
+    }
+    // A frame no sender sends on a mailbox stream, in the same write as the messages.
+    frame::put_frame(&mut out, &Frame::Accept { max_message: 1 });
+    send.write_all(&out).await.unwrap();
+    let close = tokio::time::timeout(WAIT, fake_peer::read_close(&mut recv, &mut buf))
+        .await
+        .unwrap();
+    assert_eq!(close.map(|(code, _)| code), Some(ErrorCode::PROTOCOL));
+    let delivered = mailbox.try_recv_many(10).unwrap();
+    let payloads: Vec<&[u8]> = delivered
+        .iter()
+        .map(|message| message.payload().as_ref())
+        .collect();
+    assert_eq!(payloads, [&b"one"[..], b"two", b"six"]);
+    node.shutdown(Duration::from_millis(100)).await;
+}

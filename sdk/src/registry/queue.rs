@@ -3,9 +3,10 @@
 //! conversation is common) never pays for one.
 //!
 //! Messages travel in batches: a stream hands over everything one read of it held at once
-//! ([`MailboxQueue::try_reserve`], then [`MailboxQueue::hand_over`]), so the channel's synchronisation (a slot, a wake-up of the reader) is paid per
-//! batch, not per message — per message, profiles of a message stream showed the channel's
-//! push, its reader's wake-up and its pop as a tenth of the CPU. Room is counted per message,
+//! ([`MailboxQueue::try_reserve`], then [`MailboxQueue::hand_over`]), so the channel's
+//! synchronisation (a slot, a wake-up of the reader) is paid per batch, not per message — per
+//! message, profiles of a message stream showed the channel's push, its reader's wake-up and
+//! its pop as a tenth of the CPU. Room is counted per message,
 //! by a semaphore of `mailbox_capacity` permits: taken when a message is queued, given back
 //! when the application takes it.
 
@@ -34,6 +35,10 @@ struct Channel<T> {
     /// The receiving end, until the mailbox takes it (or closes the queue).
     receiver: Mutex<Option<QueueReceiver<T>>>,
 }
+
+/// The mailbox closed (its queue's receiving end is gone): nothing more is queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct QueueClosed;
 
 /// Why a message was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,17 +99,15 @@ impl<T> MailboxQueue<T> {
         }
     }
 
-    /// Queues `message` once there is room; gives it back if the mailbox closes first.
-    /// Cancel-safe: dropped while it waits, it queues nothing.
-    pub(crate) async fn push(&self, message: T) -> Result<(), T> {
+    /// Queues `message` once there is room, unless the mailbox closes first. Cancel-safe:
+    /// dropped while it waits, it queues nothing.
+    pub(crate) async fn push(&self, message: T) -> Result<(), QueueClosed> {
         let channel = self.channel();
         match channel.room.acquire().await {
             Ok(permit) => permit.forget(),
-            Err(_) => return Err(message),
+            Err(_) => return Err(QueueClosed),
         }
-        channel.sender.send(vec![message]).map_err(|error| {
-            first(error.0).unwrap_or_else(|| unreachable!("a batch of one message"))
-        })
+        channel.sender.send(vec![message]).map_err(|_| QueueClosed)
     }
 
     /// The receiving end, to the one that asks first; `None` after that or once closed.
@@ -128,10 +131,6 @@ impl<T> MailboxQueue<T> {
     }
 }
 
-fn first<T>(batch: Vec<T>) -> Option<T> {
-    batch.into_iter().next()
-}
-
 /// The receiving end of a [`MailboxQueue`]: hands out the messages of each batch in order.
 #[derive(Debug)]
 pub(crate) struct QueueReceiver<T> {
@@ -150,18 +149,16 @@ impl<T> QueueReceiver<T> {
 
     /// Polls for the next message; `Ready(None)` once the queue is closed and empty.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if self.taken.is_empty() {
-            match self.receiver.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.taken = batch.into(),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+        loop {
+            if let Some(message) = self.taken.pop_front() {
+                self.room.add_permits(1);
+                return Poll::Ready(Some(message));
+            }
+            match std::task::ready!(self.receiver.poll_recv(cx)) {
+                Some(batch) => self.taken = batch.into(),
+                None => return Poll::Ready(None),
             }
         }
-        let message = self.taken.pop_front();
-        if message.is_some() {
-            self.room.add_permits(1);
-        }
-        Poll::Ready(message)
     }
 
     /// Appends up to `max` messages that are already queued to `out`, giving their room
@@ -229,7 +226,7 @@ mod tests {
         assert_eq!(queue.len(), 0);
         drop(receiver);
         assert_eq!(queue.try_push(2), Err(PushError::Closed(2)));
-        assert_eq!(queue.push(3).await, Err(3));
+        assert_eq!(queue.push(3).await, Err(QueueClosed));
 
         let unused = MailboxQueue::<u32>::new(4);
         unused.close();
@@ -290,6 +287,6 @@ mod tests {
         });
         tokio::task::yield_now().await;
         drop(receiver);
-        assert_eq!(waiting.await.unwrap(), Err(4));
+        assert_eq!(waiting.await.unwrap(), Err(QueueClosed));
     }
 }

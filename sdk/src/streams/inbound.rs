@@ -190,7 +190,6 @@ pub(crate) async fn serve(
         }
         Receiver::open(first_seq, node.config.max_message_size, &mut state)
     };
-    // Messages of a durable mailbox wait here until they are stored.
     // Messages delivered from the buffer and not yet handed over: to the mailbox's queue, all
     // of one read together (one hand-over to the application per read, not one per message),
     // or for a durable mailbox to its store first. Handed over before every wait and every
@@ -620,7 +619,6 @@ async fn timer_or_never(timer: Option<Pin<Box<tokio::time::Sleep>>>) {
 /// How often a full durable mailbox is tried again.
 const STORE_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Queues `message` in the mailbox if it has room now; gives the message back if it is full.
 /// Queues `message` in the mailbox, waiting for room (which stops reading the stream, so only
 /// this sender slows down).
 async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> Result<(), Refusal> {
