@@ -48,6 +48,14 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// `dial_timeout`, each again every half second.
 pub const MAX_REDIAL_PAUSE: Duration = Duration::from_millis(250);
 
+/// The encoded length of the MESSAGE frames of `messages`, so that a batch's buffer is sized
+/// once rather than grown (and copied) while they are written.
+fn frames_len<'a>(messages: impl Iterator<Item = &'a (Ticket, Bytes)>) -> usize {
+    messages
+        .map(|(_, payload)| frame::message_frame_len(payload.len()))
+        .sum()
+}
+
 /// The cost of a message against the send window.
 pub fn cost(payload_len: usize) -> usize {
     payload_len + MESSAGE_OVERHEAD
@@ -715,13 +723,7 @@ impl<E: Clone> Sender<E> {
             ..Stall::default()
         };
         if self.unacked.len() > early {
-            let len = self
-                .unacked
-                .iter()
-                .skip(early)
-                .map(|(_, payload)| frame::message_frame_len(payload.len()))
-                .sum();
-            let mut out = Vec::with_capacity(len);
+            let mut out = Vec::with_capacity(frames_len(self.unacked.iter().skip(early)));
             for (_, payload) in self.unacked.iter().skip(early) {
                 frame::put_frame(&mut out, &Frame::Message(payload));
             }
@@ -743,12 +745,7 @@ impl<E: Clone> Sender<E> {
             self.last_progress = now;
             self.stall.next_probe = Some(now + STALL_AFTER);
         }
-        let len = self
-            .queued
-            .iter()
-            .map(|(_, payload)| frame::message_frame_len(payload.len()))
-            .sum();
-        let mut out = Vec::with_capacity(len);
+        let mut out = Vec::with_capacity(frames_len(self.queued.iter()));
         while let Some((ticket, payload)) = self.queued.pop_front() {
             if payload.len() > peer_max {
                 self.actions.push_back(Action::TooLarge {

@@ -21,7 +21,7 @@ use crate::sync::lock;
 /// The queue of one mailbox, shared by its [`Mailbox`](crate::Mailbox) and the node's table.
 #[derive(Debug)]
 pub(crate) struct MailboxQueue<T> {
-    /// Messages the queue holds at most (`mailbox_capacity`).
+    /// Messages the queue holds at most (`mailbox_capacity`, at least 1).
     capacity: usize,
     /// Boxed: a queue that is never used (most mailboxes only send) costs a pointer.
     channel: OnceLock<Box<Channel<T>>>,
@@ -52,7 +52,7 @@ pub(crate) enum PushError<T> {
 impl<T> MailboxQueue<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            capacity,
+            capacity: capacity.max(1),
             channel: OnceLock::new(),
         }
     }
@@ -60,7 +60,7 @@ impl<T> MailboxQueue<T> {
     fn channel(&self) -> &Channel<T> {
         self.channel.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            let room = Arc::new(Semaphore::new(self.capacity.max(1)));
+            let room = Arc::new(Semaphore::new(self.capacity));
             Box::new(Channel {
                 sender,
                 room: room.clone(),
@@ -68,7 +68,7 @@ impl<T> MailboxQueue<T> {
                     receiver,
                     taken: VecDeque::new(),
                     room,
-                    capacity: self.capacity.max(1),
+                    capacity: self.capacity,
                 })),
             })
         })
@@ -123,12 +123,15 @@ impl<T> MailboxQueue<T> {
 
     /// Messages queued, not yet taken by the application.
     pub(crate) fn len(&self) -> usize {
-        self.channel.get().map_or(0, |channel| {
-            self.capacity
-                .max(1)
-                .saturating_sub(channel.room.available_permits())
-        })
+        self.channel
+            .get()
+            .map_or(0, |channel| queued(self.capacity, &channel.room))
     }
+}
+
+/// Messages holding room in a queue of `capacity`: taken and not yet given back.
+fn queued(capacity: usize, room: &Semaphore) -> usize {
+    capacity.saturating_sub(room.available_permits())
 }
 
 /// The receiving end of a [`MailboxQueue`]: hands out the messages of each batch in order.
@@ -185,7 +188,7 @@ impl<T> QueueReceiver<T> {
     /// Messages queued, not yet taken (with those of batches not yet flushed: an upper bound
     /// of what [`Self::try_recv_many`] finds).
     pub(crate) fn len(&self) -> usize {
-        self.capacity.saturating_sub(self.room.available_permits())
+        queued(self.capacity, &self.room)
     }
 }
 

@@ -565,14 +565,12 @@ async fn store_and_acknowledge(
                 Ok(()) => {}
                 Err(PushError::Closed(_)) => return Err(Refusal::mailbox_closed()),
                 Err(PushError::Full(message)) => {
-                    count_queued(node, &queued);
-                    mailbox.queue.hand_over(&mut queued);
+                    queue_all(node, mailbox, &mut queued);
                     enqueue(node, mailbox, message).await?;
                 }
             }
         }
-        count_queued(node, &queued);
-        mailbox.queue.hand_over(&mut queued);
+        queue_all(node, mailbox, &mut queued);
         if !acked {
             return Ok(Acked::NotSent);
         }
@@ -651,18 +649,18 @@ async fn enqueue_or_revoked(
 /// first (then to its queue, see [`store_and_acknowledge`]).
 fn hand_over(node: &Runtime, mailbox: &MailboxHandle, pending: &mut Vec<Message>) {
     if mailbox.durable.is_none() {
-        count_queued(node, pending);
-        mailbox.queue.hand_over(pending);
+        queue_all(node, mailbox, pending);
     }
 }
 
-/// Counts `messages` queued in a mailbox (once per batch: the node's counters are shared by
-/// every stream).
-fn count_queued(node: &Runtime, messages: &[Message]) {
+/// Queues `messages` (each with its room taken) in the mailbox's queue as one batch, and counts
+/// them (once per batch: the node's counters are shared by every stream).
+fn queue_all(node: &Runtime, mailbox: &MailboxHandle, messages: &mut Vec<Message>) {
     if !messages.is_empty() {
         let bytes = messages.iter().map(|message| message.payload.len()).sum();
         node.stats.count_bytes_in(bytes);
         node.stats.count_messages_in(messages.len() as u64);
+        mailbox.queue.hand_over(messages);
     }
 }
 
