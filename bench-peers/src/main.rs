@@ -81,9 +81,16 @@ struct Job {
 const JOBS: [Job; 5] = [
     Job {
         id: "throughput",
-        lines: &[("acked 64 B msgs/s", "msg/s", Better::Higher)],
+        lines: &[
+            ("acked 64 B msgs/s", "msg/s", Better::Higher),
+            (
+                "acked 64 B msgs/s, ferry in batches",
+                "msg/s",
+                Better::Higher,
+            ),
+        ],
         does: [
-            Some("enqueue_bytes to a remote mailbox"),
+            Some("enqueue_bytes to a remote mailbox; enqueue_all of 1,000 (2nd line)"),
             Some("1 stream, length-prefixed, cumulative acks"),
             Some("the same as raw quinn"),
             Some("request + empty response, 100 in flight"),
@@ -319,19 +326,25 @@ async fn measure_one(
     let (dials, dial_warmup) = (s.dial_rounds, s.dial_warmup);
     let peers = s.memory_peers;
     let values = match (job, stack) {
-        ("throughput", Stack::Ferry) => vec![measure(bench::ferry_throughput(n, warmup)).await?],
-        ("throughput", Stack::Quinn) => vec![measure(bench::quinn_throughput(n, warmup)).await?],
-        ("throughput", Stack::Iroh) => vec![measure(iroh_stack::throughput(n, warmup)).await?],
+        // The other stacks have one way to send: the same value on both lines (quinn's and
+        // iroh's already write 1,000 messages per `write_all`).
+        ("throughput", Stack::Ferry) => vec![
+            measure(bench::ferry_throughput(n, warmup, 1)).await?,
+            measure(bench::ferry_throughput(n, warmup, bench::streams::BATCH)).await?,
+        ],
+        ("throughput", Stack::Quinn) => vec![measure(bench::quinn_throughput(n, warmup)).await?; 2],
+        ("throughput", Stack::Iroh) => vec![measure(iroh_stack::throughput(n, warmup)).await?; 2],
         // A tenth of the messages: at libp2p's rate the full count would take minutes.
         ("throughput", Stack::Libp2p) => vec![
             measure(libp2p_stack::throughput(
                 n / LIBP2P_THROUGHPUT_SHARE,
                 warmup / LIBP2P_THROUGHPUT_SHARE,
             ))
-            .await?,
+            .await?;
+            2
         ],
         ("throughput", Stack::Nats) => match nats {
-            Some(server) => vec![measure(nats::throughput(server.addr(), n, warmup)).await?],
+            Some(server) => vec![measure(nats::throughput(server.addr(), n, warmup)).await?; 2],
             None => return Ok(None),
         },
         ("rtt", Stack::Ferry) => quantiles(

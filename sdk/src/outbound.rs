@@ -36,6 +36,10 @@ use ferry_proto::sender::{self as proto, Action, Loss, RunFailure};
 /// Per-message failures remembered for their [`Delivery`]s (they are rare: oversize only).
 const MAX_REMEMBERED_FAILURES: usize = 1024;
 
+/// [`Sender::enqueue_all`] queues a batch in parts of at most `send_window` divided by this,
+/// so that a part finds room while the one before it is still unacknowledged.
+const BATCH_WINDOW_SHARE: usize = 4;
+
 fn cost(payload: &Bytes) -> u32 {
     // max_message_size is validated to at most 1 GiB, so this fits.
     u32::try_from(proto::cost(payload.len())).unwrap_or(u32::MAX)
@@ -203,6 +207,106 @@ impl Sender {
             return Ok(Delivery(DeliveryState::Done(result)));
         }
         let cost = cost(&payload);
+        let (outbound, ticket) = self.queue(cost, Some(payload)).await?;
+        Ok(Delivery(DeliveryState::Pending {
+            outbound,
+            first: ticket,
+            last: ticket,
+        }))
+    }
+
+    /// Queues `payloads` behind the ones already queued, in order, as few steps as the send
+    /// window allows: one wait for room, one lock and one wake-up of the conversation per
+    /// part of up to a quarter of `send_window`, where [`Sender::enqueue_bytes`] takes them
+    /// per message. The returned [`Delivery`] resolves once the target node accepted
+    /// every one of them, or with the first failure among them.
+    ///
+    /// If any payload is larger than `max_message_size`, nothing is queued. If the
+    /// conversation fails while the batch is being queued, the Delivery reports it and the
+    /// rest of the batch is not sent.
+    pub async fn enqueue_all(
+        &self,
+        payloads: impl IntoIterator<Item = Bytes>,
+    ) -> Result<Delivery, SendError> {
+        let payloads: Vec<Bytes> = payloads.into_iter().collect();
+        let max = self.node.config.max_message_size;
+        if let Some(payload) = payloads.iter().find(|payload| payload.len() > max) {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        if self.local.is_some() {
+            // Within the node there is no window nor stream to share: one by one.
+            let mut last = Delivery(DeliveryState::Done(Ok(())));
+            for payload in payloads {
+                last = self.enqueue_bytes(payload).await?;
+                if let DeliveryState::Done(Err(_)) = &last.0 {
+                    break;
+                }
+            }
+            return Ok(last);
+        }
+        if self.node.is_closing() {
+            return Err(SendError::NodeClosed);
+        }
+        let part_limit = (self.node.config.send_window / BATCH_WINDOW_SHARE) as u64;
+        let mut payloads = payloads.into_iter().peekable();
+        let mut queued: Option<(Arc<Outbound>, u64, u64)> = None;
+        while payloads.peek().is_some() {
+            let mut part = Vec::new();
+            let mut part_cost = 0u64;
+            while let Some(payload) = payloads.peek() {
+                let cost = u64::from(cost(payload));
+                if !part.is_empty() && part_cost + cost > part_limit {
+                    break;
+                }
+                part_cost += cost;
+                part.extend(payloads.next());
+            }
+            let part_len = part.len() as u64;
+            // At most the window (a part holds one message or fits `part_limit`): fits a u32.
+            let part_cost = u32::try_from(part_cost).unwrap_or(u32::MAX);
+            let (outbound, first) = self.queue(part_cost, part).await?;
+            let last = first + part_len - 1;
+            queued = match queued {
+                Some((previous, earlier, _)) if Arc::ptr_eq(&previous, &outbound) => {
+                    Some((outbound, earlier, last))
+                }
+                Some((previous, earlier, before)) => {
+                    // The conversation ended between two parts: the batch's Delivery follows
+                    // one conversation, so the earlier parts are waited for here.
+                    let delivery = Delivery(DeliveryState::Pending {
+                        outbound: previous,
+                        first: earlier,
+                        last: before,
+                    });
+                    if let Err(error) = delivery.await {
+                        // This part is queued all the same; its messages are not waited for.
+                        return Ok(Delivery(DeliveryState::Done(Err(error))));
+                    }
+                    Some((outbound, first, last))
+                }
+                None => Some((outbound, first, last)),
+            };
+        }
+        Ok(Delivery(match queued {
+            Some((outbound, first, last)) => DeliveryState::Pending {
+                outbound,
+                first,
+                last,
+            },
+            None => DeliveryState::Done(Ok(())),
+        }))
+    }
+
+    /// Takes `cost` bytes of the window and queues `payloads` (one or more messages) on the
+    /// live conversation under one lock; returns the conversation and the first one's ticket.
+    async fn queue(
+        &self,
+        cost: u32,
+        payloads: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(Arc<Outbound>, u64), SendError> {
         loop {
             let outbound = self.outbound();
             match outbound.window.try_acquire_many(cost) {
@@ -229,16 +333,19 @@ impl Sender {
                 outbound.window.add_permits(cost as usize);
                 continue;
             }
-            let ticket = queue.next_ticket;
-            queue.next_ticket += 1;
+            let first = queue.next_ticket;
             let was_empty = queue.items.is_empty();
-            queue.items.push_back((ticket, payload));
+            for payload in payloads {
+                let ticket = queue.next_ticket;
+                queue.next_ticket += 1;
+                queue.items.push_back((ticket, payload));
+            }
             drop(queue);
             // The task drains the whole queue per wake-up, so only the first item needs one.
             if was_empty {
                 outbound.wake.notify_one();
             }
-            return Ok(Delivery(DeliveryState::Pending { outbound, ticket }));
+            return Ok((outbound, first));
         }
     }
 }
@@ -272,9 +379,11 @@ pub struct Delivery(DeliveryState);
 
 enum DeliveryState {
     Done(Result<(), SendError>),
+    /// Waiting for the messages with tickets `first..=last` of `outbound`.
     Pending {
         outbound: Arc<Outbound>,
-        ticket: u64,
+        first: u64,
+        last: u64,
     },
 }
 
@@ -282,7 +391,12 @@ impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             DeliveryState::Done(result) => write!(f, "Delivery({result:?})"),
-            DeliveryState::Pending { ticket, .. } => write!(f, "Delivery(pending #{ticket})"),
+            DeliveryState::Pending { first, last, .. } if first == last => {
+                write!(f, "Delivery(pending #{last})")
+            }
+            DeliveryState::Pending { first, last, .. } => {
+                write!(f, "Delivery(pending #{first}..=#{last})")
+            }
         }
     }
 }
@@ -293,17 +407,21 @@ impl IntoFuture for Delivery {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let (outbound, ticket) = match self.0 {
+            let (outbound, first, last) = match self.0 {
                 DeliveryState::Done(result) => return result,
-                DeliveryState::Pending { outbound, ticket } => (outbound, ticket),
+                DeliveryState::Pending {
+                    outbound,
+                    first,
+                    last,
+                } => (outbound, first, last),
             };
             outbound
                 .progress
                 .wait(|state| {
-                    if let Some(error) = state.failed.get(&ticket) {
+                    if let Some((_, error)) = state.failed.range(first..=last).next() {
                         return Some(Err(error.clone()));
                     }
-                    if state.resolved_below > ticket {
+                    if state.resolved_below > last {
                         return Some(Ok(()));
                     }
                     state.fatal.clone().map(Err)
@@ -383,7 +501,9 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                         continue;
                     };
                     let deadline = Instant::from_std(sm.deadline());
-                    match tokio::time::timeout_at(deadline, open.send.write_all(&bytes)).await {
+                    // Handed to quinn as it is: `write_all` would copy the batch once more.
+                    let written = open.send.write_chunk(Bytes::from(bytes));
+                    match tokio::time::timeout_at(deadline, written).await {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
                             let (error, loss) = write_failure(error);

@@ -320,6 +320,100 @@ async fn oversize_messages_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_send_window_goes_out_in_order_between_single_messages() {
+    // A window of 4 KiB: the batch of 200 messages of 100 bytes (about 21 KiB) is queued in
+    // parts of a quarter of it, each waiting for the acknowledgement of the ones before.
+    let a = node_with(NodeConfig {
+        send_window: 4096,
+        max_message_size: 1024,
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node().await;
+    let target = b.mailbox();
+    let sender = a.sender(target.address());
+    let message = |n: u32| Bytes::from([n.to_be_bytes().as_slice(), &[0u8; 96]].concat());
+    let before = sender.enqueue_bytes(message(0)).await.unwrap();
+    let batch = sender.enqueue_all((1..=200).map(message)).await.unwrap();
+    let after = sender.enqueue_bytes(message(201)).await.unwrap();
+    assert_eq!(batch.await, Ok(()));
+    assert_eq!(before.await, Ok(()));
+    assert_eq!(after.await, Ok(()));
+    for n in 0..=201u32 {
+        let received = target.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(received.payload(), &message(n), "message {n}");
+    }
+    // An empty batch is delivered at once.
+    assert_eq!(sender.enqueue_all([]).await.unwrap().await, Ok(()));
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reports_a_message_the_receiver_refused_and_one_over_the_own_limit_sends_nothing() {
+    let a = node_with(NodeConfig {
+        max_message_size: 64 * 1024,
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node_with(NodeConfig {
+        max_message_size: 1024,
+        ..NodeConfig::default()
+    })
+    .await;
+    let target = b.mailbox();
+    let sender = a.sender(target.address());
+    // Over the sender's own limit: nothing of the batch is queued.
+    assert_eq!(
+        sender
+            .enqueue_all([
+                Bytes::from_static(b"first"),
+                Bytes::from(vec![0u8; 64 * 1024 + 1])
+            ])
+            .await
+            .err(),
+        Some(SendError::TooLarge {
+            size: 64 * 1024 + 1,
+            max: 64 * 1024
+        })
+    );
+    // Over the receiver's limit, in the middle: the batch fails with it, the others arrive.
+    let batch = sender
+        .enqueue_all([
+            Bytes::from(vec![1u8; 10]),
+            Bytes::from(vec![2u8; 1025]),
+            Bytes::from(vec![3u8; 20]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.await,
+        Err(SendError::TooLarge {
+            size: 1025,
+            max: 1024
+        })
+    );
+    assert_eq!(target.recv_timeout(WAIT).await.unwrap().payload().len(), 10);
+    assert_eq!(target.recv_timeout(WAIT).await.unwrap().payload().len(), 20);
+    // A batch to a mailbox of the same node.
+    let local = a.mailbox();
+    let to_local = a.sender(local.address());
+    let batch = to_local
+        .enqueue_all((0..5u8).map(|n| Bytes::from(vec![n; 3])))
+        .await
+        .unwrap();
+    assert_eq!(batch.await, Ok(()));
+    for n in 0..5u8 {
+        assert_eq!(
+            local.recv_timeout(WAIT).await.unwrap().payload(),
+            &vec![n; 3]
+        );
+    }
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dial_gives_one_connection() {
     // The losing connection is closed once it carried no stream data for this long.
     let config = NodeConfig {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+use super::streams::BATCH;
 use super::{call, ferry_round_trips, ferry_throughput, quinn_round_trips, quinn_throughput};
 
 /// Messages (round trips, calls) run before the counted ones, in both runs of a workload.
@@ -25,8 +26,14 @@ pub(crate) const WARMUP: u64 = 200;
 /// The message job runs this many times the count: a message costs some 30 to 50 times less
 /// than a round trip, and its count must stand well above the setup run's variation.
 pub(crate) const MESSAGE_FACTOR: u64 = 10;
-/// The jobs, in the order of the output.
-pub(crate) const JOBS: [&str; 3] = ["message", "round-trip", "call"];
+/// The jobs, in the order of the output ("batch": the message job with ferry queuing 1,000
+/// at a time, as raw quinn writes them).
+pub(crate) const JOBS: [&str; 4] = ["message", "batch", "round-trip", "call"];
+
+/// Whether `job` counts single messages (run [`MESSAGE_FACTOR`] times the count).
+fn counts_messages(job: &str) -> bool {
+    job == "message" || job == "batch"
+}
 
 /// One stack's workload for one job: runs `warmup` then `count` messages (round trips, calls).
 pub(crate) type WorkloadFn = fn(u64, u64) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -45,17 +52,31 @@ pub(crate) struct Workload {
 
 /// ferry's workloads and raw quinn's: the functions of the throughput, round trip and call
 /// figures.
-pub(crate) const WORKLOADS: [Workload; 6] = [
+pub(crate) const WORKLOADS: [Workload; 8] = [
     Workload {
         stack: "ferry",
         job: "message",
         what: "enqueue_bytes to a remote mailbox, acknowledged",
-        run: |n, warmup| Box::pin(async move { ferry_throughput(n, warmup).await.map(drop) }),
+        run: |n, warmup| Box::pin(async move { ferry_throughput(n, warmup, 1).await.map(drop) }),
     },
     Workload {
         stack: "quinn",
         job: "message",
         what: "length-prefixed on one stream, cumulative count back",
+        run: |n, warmup| Box::pin(async move { quinn_throughput(n, warmup).await.map(drop) }),
+    },
+    Workload {
+        stack: "ferry",
+        job: "batch",
+        what: "enqueue_all of 1,000 to a remote mailbox, acknowledged",
+        run: |n, warmup| {
+            Box::pin(async move { ferry_throughput(n, warmup, BATCH).await.map(drop) })
+        },
+    },
+    Workload {
+        stack: "quinn",
+        job: "batch",
+        what: "the message job (1,000 messages per write_all)",
         run: |n, warmup| Box::pin(async move { quinn_throughput(n, warmup).await.map(drop) }),
     },
     Workload {
@@ -132,7 +153,12 @@ pub(crate) async fn count(
         for workload in workloads.iter().filter(|workload| workload.job == job) {
             let mut per_message = Vec::new();
             let mut setup = 0;
-            let count = count * if job == "message" { MESSAGE_FACTOR } else { 1 };
+            let count = count
+                * if counts_messages(job) {
+                    MESSAGE_FACTOR
+                } else {
+                    1
+                };
             for _ in 0..repeats.max(1) {
                 setup = instructions(workload, 0).await?;
                 let with_messages = instructions(workload, count).await?;

@@ -609,6 +609,12 @@ async fn figure_throughput(settings: Settings) -> Result<Vec<Row>> {
     let figure = "acked 64 B msgs/s, node -> remote mailbox";
     let mut row = Row::new(figure, "msg/s", Better::Higher);
     let mut nats_row = Row::new(figure, "msg/s", Better::Higher).against(nats::PUBSUB);
+    let mut batched = Row::new(
+        "acked 64 B msgs/s, enqueue_all batches of 1,000",
+        "msg/s",
+        Better::Higher,
+    )
+    .against("raw quinn, one stream (1,000 messages per write_all)");
     let server = if settings.ferry_only {
         None
     } else {
@@ -619,10 +625,16 @@ async fn figure_throughput(settings: Settings) -> Result<Vec<Row>> {
     }
     let (n, warmup) = (settings.throughput_messages, settings.throughput_warmup);
     for run in 0..settings.runs {
-        // Ferry, quinn and NATS take turns going first.
+        // Ferry (per message, then batched), quinn and NATS take turns going first.
         for turn in 0..3 {
             match (run + turn) % 3 {
-                0 => row.ferry.push(measure(ferry_throughput(n, warmup)).await?),
+                0 => {
+                    row.ferry
+                        .push(measure(ferry_throughput(n, warmup, 1)).await?);
+                    batched
+                        .ferry
+                        .push(measure(ferry_throughput(n, warmup, streams::BATCH)).await?);
+                }
                 1 if !settings.ferry_only => row
                     .baseline
                     .push(measure(quinn_throughput(n, warmup)).await?),
@@ -638,15 +650,17 @@ async fn figure_throughput(settings: Settings) -> Result<Vec<Row>> {
         }
     }
     nats_row.ferry = row.ferry.clone();
+    batched.baseline = row.baseline.clone();
     if let Some(server) = server {
         server.stop().await;
     }
-    Ok(vec![row, nats_row])
+    Ok(vec![row, nats_row, batched])
 }
 
 /// Messages per second from the first enqueue until the last delivery resolved and the
-/// receiving mailbox counted every message.
-pub(crate) async fn ferry_throughput(n: u64, warmup: u64) -> Result<f64> {
+/// receiving mailbox counted every message; queued one by one (`batch` 1) or `batch` at a
+/// time with `enqueue_all`.
+pub(crate) async fn ferry_throughput(n: u64, warmup: u64, batch: usize) -> Result<f64> {
     let (a, b) = ferry_pair().await?;
     let mailbox = b.mailbox();
     let address = mailbox.address().clone();
@@ -655,11 +669,11 @@ pub(crate) async fn ferry_throughput(n: u64, warmup: u64) -> Result<f64> {
     let sender = a.sender(&address);
     let payload = Bytes::from_static(&PAYLOAD);
 
-    send_pipelined(&sender, &payload, warmup).await?;
+    send_pipelined(&sender, &payload, warmup, batch).await?;
     warm_rx.await.context("receiver ended during warm-up")?;
 
     let start = Instant::now();
-    send_pipelined(&sender, &payload, n).await?;
+    send_pipelined(&sender, &payload, n, batch).await?;
     let acked = Instant::now();
     let counted = receiver.await.context("receiver panicked")??;
     let elapsed = acked.max(counted) - start;
@@ -668,12 +682,27 @@ pub(crate) async fn ferry_throughput(n: u64, warmup: u64) -> Result<f64> {
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-/// Enqueues `count` messages back to back and waits for the last one's delivery, which
-/// (acknowledgements being cumulative) covers the others.
-async fn send_pipelined(sender: &ferry::Sender, payload: &Bytes, count: u64) -> Result<()> {
+/// Enqueues `count` messages back to back (`batch` at a time with `enqueue_all` when more
+/// than 1) and waits for the last delivery, which (acknowledgements being cumulative) covers
+/// the others.
+async fn send_pipelined(
+    sender: &ferry::Sender,
+    payload: &Bytes,
+    count: u64,
+    batch: usize,
+) -> Result<()> {
     let mut last = None;
-    for _ in 0..count {
-        last = Some(sender.enqueue_bytes(payload.clone()).await?);
+    let mut left = count;
+    while left > 0 {
+        if batch <= 1 {
+            last = Some(sender.enqueue_bytes(payload.clone()).await?);
+            left -= 1;
+        } else {
+            let k = left.min(batch as u64);
+            let part = (0..k).map(|_| payload.clone());
+            last = Some(sender.enqueue_all(part).await?);
+            left -= k;
+        }
     }
     if let Some(last) = last {
         last.await.context("delivery of the last message")?;
