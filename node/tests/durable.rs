@@ -316,3 +316,83 @@ async fn a_purged_or_temporary_mailbox_takes_its_counts_and_revocations_along() 
     assert_eq!(store.revoked(kept).unwrap(), [GrantId(5), GrantId(6)]);
     store.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_address_is_stored_once_and_goes_with_its_last_message() {
+    use ferry::address::{Address, MailboxId};
+    use ferry::MailboxStore as _;
+    use ferry_node::store::SessionStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        Address::mint(&SecretKey::generate(), MailboxId(1), None, vec![]),
+        Address::mint(&SecretKey::generate(), MailboxId(2), None, vec![]),
+    );
+    let (acked, purged, temporary) = (MailboxId(31), MailboxId(32), MailboxId(33));
+    let message = |from: &Address, n: u8| (from.clone(), bytes::Bytes::from(vec![n; 3]));
+    {
+        let store = open_store(dir.path());
+        store.mark_temporary(temporary);
+        // Alice in every mailbox, Bob in the first two: two addresses stored.
+        store
+            .append(
+                acked,
+                None,
+                vec![message(&alice, 0), message(&bob, 1), message(&alice, 2)],
+            )
+            .await
+            .unwrap();
+        store
+            .append(purged, None, vec![message(&bob, 3)])
+            .await
+            .unwrap();
+        store
+            .append(temporary, None, vec![message(&alice, 4)])
+            .await
+            .unwrap();
+        assert_eq!(store.sender_count().unwrap(), 2);
+        let read = store.read_from(acked, 0, 10, usize::MAX).unwrap();
+        let got: Vec<(Address, Vec<u8>)> = read
+            .iter()
+            .map(|m| (m.from.clone(), m.payload.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (alice.clone(), vec![0; 3]),
+                (bob.clone(), vec![1; 3]),
+                (alice.clone(), vec![2; 3])
+            ]
+        );
+        // Bob's last message in `acked` goes; his message in `purged` keeps him.
+        store.remove_below(acked, 2);
+        store.append(acked, None, vec![]).await.unwrap();
+        assert_eq!(store.sender_count().unwrap(), 2);
+        store.purge(purged);
+        store.append(acked, None, vec![]).await.unwrap();
+        assert_eq!(store.sender_count().unwrap(), 1);
+        store.close();
+    }
+    // Reopened: Alice is still named by two messages, read back with her address.
+    let store = open_store(dir.path());
+    assert_eq!(store.sender_count().unwrap(), 1);
+    assert_eq!(
+        store.read_from(acked, 0, 10, usize::MAX).unwrap()[0].from,
+        alice
+    );
+    // A new sender after the reopen gets an id of its own: both read back right.
+    store
+        .append(acked, None, vec![message(&bob, 5)])
+        .await
+        .unwrap();
+    let read = store.read_from(acked, 0, 10, usize::MAX).unwrap();
+    assert_eq!(
+        read.iter().map(|m| m.from.clone()).collect::<Vec<_>>(),
+        [alice.clone(), bob.clone()]
+    );
+    // The temporary mailbox was emptied at the open; the last of Alice's and Bob's messages
+    // take them along.
+    store.remove_below(acked, u64::MAX);
+    store.append(acked, None, vec![]).await.unwrap();
+    assert_eq!(store.sender_count().unwrap(), 0);
+    store.close();
+}

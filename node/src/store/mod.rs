@@ -12,7 +12,8 @@
 //! `redb_store` ([`RedbStore`]: opening, the node's [`MailboxStore`](ferry::MailboxStore)),
 //! `session_store` (the [`SessionStore`] trait the browser gateway runs on, and its
 //! implementation), `records` (small records: the gateway's sessions and resume-token key),
-//! `shared` (messages stored once for several mailboxes), `counts` and `removal` (what the
+//! `shared` (messages stored once for several mailboxes), `senders` (sender addresses stored
+//! once for the messages that name them), `counts` and `removal` (what the
 //! writer knows of each mailbox; acknowledged and purged rows), `capabilities` (counts of
 //! "max messages" caveats and revoked grants), `writer` (the writer thread: batches, group
 //! commit).
@@ -24,6 +25,7 @@ mod redb_store;
 mod removal;
 mod row;
 mod schema;
+mod senders;
 mod session_store;
 mod shared;
 mod writer;

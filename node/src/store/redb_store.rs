@@ -2,6 +2,7 @@
 //! stopping its writer thread, handing requests to it; the node's durable mailboxes
 //! ([`MailboxStore`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -19,8 +20,10 @@ use super::capabilities;
 use super::counts::count_rows;
 use super::removal::{remove_all, Removal};
 use super::schema::{
-    run_key, COUNTERS, MAILBOXES, MESSAGES, NAMES, REVOKED, RUNS, SHARED, SHARED_REFS, TEMPORARY,
+    run_key, COUNTERS, MAILBOXES, MESSAGES, NAMES, REVOKED, RUNS, SENDERS, SHARED, SHARED_REFS,
+    TEMPORARY,
 };
+use super::senders::{self, SenderTables};
 use super::session_store::{Appended, SessionStore, TaggedMessage};
 use super::shared::{self, Released};
 use super::writer::{self, Op};
@@ -193,6 +196,17 @@ impl RedbStore {
         }
     }
 
+    /// How many senders' addresses are stored for the messages that name them (each is
+    /// stored once, and goes with the last message from it).
+    pub fn sender_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        match txn.open_table(SENDERS) {
+            Ok(senders) => senders.len().map_err(failed),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(failed(error)),
+        }
+    }
+
     /// Marks `mailbox` temporary: if the process ends before it is purged, its messages are
     /// removed when the store next opens.
     pub fn mark_temporary(&self, mailbox: MailboxId) {
@@ -260,7 +274,7 @@ fn prune_at_open(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
             let mut mailboxes = txn.open_table(MAILBOXES)?;
             let mut counters = txn.open_table(COUNTERS)?;
             let mut revoked = txn.open_table(REVOKED)?;
-            let mut released = Released::new();
+            let mut released = Released::default();
             for id in ids {
                 remove_all(&mut messages, &mut released, id)?;
                 capabilities::forget(&mut counters, &mut revoked, id)?;
@@ -270,7 +284,13 @@ fn prune_at_open(db: &Database, ttl: Duration) -> Result<(), redb::Error> {
             shared::release_all(
                 &mut txn.open_table(SHARED)?,
                 &mut txn.open_table(SHARED_REFS)?,
-                released,
+                released.shared,
+            )?;
+            senders::settle(
+                &mut SenderTables::open(&txn)?,
+                None,
+                HashMap::new(),
+                released.senders,
             )?;
         }
     }
@@ -393,6 +413,7 @@ impl SessionStore for RedbStore {
             Err(error) => return Err(failed(error)),
         };
         let shared = shared::open(&txn)?;
+        let senders = shared::open_senders(&txn)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for row in messages
@@ -403,7 +424,8 @@ impl SessionStore for RedbStore {
                 break;
             }
             let (key, value) = row.map_err(failed)?;
-            let Some(message) = shared::resolve(value.value(), shared.as_ref())? else {
+            let Some(message) = shared::resolve(value.value(), shared.as_ref(), senders.as_ref())?
+            else {
                 continue; // a tombstone
             };
             bytes = bytes.saturating_add(message.payload.len());

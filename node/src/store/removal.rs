@@ -1,6 +1,7 @@
 //! Rows going away: messages acknowledged (a mailbox's highest one stays as its tombstone)
-//! and mailboxes purged. The shared messages they referred to are counted, to be released
-//! together at the end of the transaction ([`super::shared::release_all`]).
+//! and mailboxes purged. The shared messages and stored senders they referred to are counted,
+//! to be released together at the end of the transaction ([`super::shared::release_all`],
+//! [`super::senders::settle`]).
 
 use redb::ReadableTable as _;
 
@@ -18,8 +19,8 @@ pub(crate) struct Removal {
     pub(crate) indexes: std::ops::RangeInclusive<u64>,
 }
 
-/// Removes the messages of `mailbox` in `indexes` (acknowledged), counting the shared ones
-/// they referred to in `released`. The one at the mailbox's highest index becomes its
+/// Removes the messages of `mailbox` in `indexes` (acknowledged), counting the shared messages
+/// and stored senders they referred to in `released`. The one at the mailbox's highest index becomes its
 /// tombstone (and the previous tombstone goes).
 pub(crate) fn acknowledge(
     messages: &mut redb::Table<(u64, u64), &[u8]>,
@@ -35,9 +36,7 @@ pub(crate) fn acknowledge(
     }
     let last = count.next.checked_sub(1);
     for (index, kind) in rows {
-        if let Kind::Shared(id) = kind {
-            *released.entry(id).or_default() += 1;
-        }
+        release(released, kind);
         let tombstone = kind == Kind::Tombstone;
         if !tombstone {
             count.pending = count.pending.saturating_sub(1);
@@ -60,18 +59,25 @@ pub(crate) fn acknowledge(
     Ok(())
 }
 
-/// Removes every row of `mailbox` (tombstones too), counting the shared messages they
-/// referred to in `released`.
+/// Removes every row of `mailbox` (tombstones too), counting the shared messages and stored
+/// senders they referred to in `released`.
 pub(crate) fn remove_all(
     messages: &mut redb::Table<(u64, u64), &[u8]>,
     released: &mut Released,
     mailbox: u64,
 ) -> Result<(), redb::Error> {
     messages.retain_in(mailbox_rows(mailbox), |_, row| {
-        if let Kind::Shared(id) = row::kind(row) {
-            *released.entry(id).or_default() += 1;
-        }
+        release(released, row::kind(row));
         false
     })?;
     Ok(())
+}
+
+/// Counts what a removed row of `kind` referred to.
+fn release(released: &mut Released, kind: Kind) {
+    match kind {
+        Kind::Shared(id) => *released.shared.entry(id).or_default() += 1,
+        Kind::FromSender(id) => *released.senders.entry(id).or_default() += 1,
+        Kind::Message | Kind::Tombstone => {}
+    }
 }

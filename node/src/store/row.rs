@@ -1,11 +1,14 @@
 //! The rows of the `messages` and `shared` tables, encoded and decoded. Pure: bytes in, bytes
 //! out, no database.
 //!
-//! A row is one of three kinds, told apart by its first two bytes (a big-endian u16):
+//! A row is one of four kinds, told apart by its first two bytes (a big-endian u16):
 //! - a **message**: the u16 is the length of the sender's address bytes, which follow; when
 //!   bit 15 ([`TAGGED`]) is set, a u16 tag length and the tag come next (tags are the gateway's
 //!   delivery metadata); the rest is the payload. Address bytes are at most a few hundred
 //!   bytes long, far below the flag bits;
+//! - a **message from a stored sender**: the u16 without [`TAGGED`] is exactly
+//!   [`FROM_SENDER`], then the u64 id of the sender's row in `senders` (its address), then the
+//!   tag and the payload as in a message. Rows written by earlier versions are all messages;
 //! - a **reference** to a message stored once for several mailboxes (a gateway channel
 //!   message): the u16 is exactly [`SHARED_REF`], then the shared message's u64 id;
 //! - a **tombstone**, the whole row being [`TOMBSTONE`]: a removed message that had its
@@ -21,6 +24,11 @@ const TAGGED: u16 = 0x8000;
 
 /// The first u16 of a row that refers to a shared message (then a u64 id follows).
 const SHARED_REF: u16 = 0x4000;
+
+/// The first u16 (but [`TAGGED`]) of a message row whose sender is stored in `senders` (then
+/// the sender's u64 id follows). An address of 4,096 bytes, which this would be read as in a
+/// message row, does not exist.
+const FROM_SENDER: u16 = 0x1000;
 
 /// The whole row of a tombstone.
 pub(crate) const TOMBSTONE: [u8; 2] = 0x2000u16.to_be_bytes();
@@ -47,6 +55,15 @@ pub(crate) struct MessageRow {
 pub(crate) enum Row {
     /// A message.
     Message(MessageRow),
+    /// A message whose sender's address is the row `sender` of `senders`.
+    FromSender {
+        /// The id of the sender's row.
+        sender: u64,
+        /// As [`MessageRow::tag`].
+        tag: Bytes,
+        /// As [`MessageRow::payload`].
+        payload: Bytes,
+    },
     /// A reference to the shared message with this id.
     Shared(u64),
     /// A removed message kept for its index.
@@ -60,6 +77,8 @@ pub(crate) enum Row {
 pub(crate) enum Kind {
     /// A message (or malformed bytes).
     Message,
+    /// A message from the stored sender with this id.
+    FromSender(u64),
     /// A reference to the shared message with this id.
     Shared(u64),
     /// A tombstone.
@@ -76,6 +95,9 @@ pub(crate) enum RowError {
     /// A reference whose id is not 8 bytes.
     #[error("shared-message reference of {0} bytes instead of 10")]
     ReferenceTruncated(usize),
+    /// A message from a stored sender whose id is cut.
+    #[error("stored sender's id truncated")]
+    SenderTruncated,
     /// The address length says more bytes than the row has.
     #[error("address of {declared} bytes, but only {available} follow")]
     AddressTruncated {
@@ -95,16 +117,24 @@ pub(crate) enum RowError {
 /// Encodes a message row. A tag longer than [`MAX_TAG_LEN`] is cut.
 pub(crate) fn encode_message(from: &Address, tag: &[u8], payload: &[u8]) -> Vec<u8> {
     let address = from.to_bytes();
-    let tag = tag.get(..MAX_TAG_LEN).unwrap_or(tag);
-    let mut row = Vec::with_capacity(4 + address.len() + tag.len() + payload.len());
     // An address is at most a few hundred bytes (core, at most 4 hints, CRC), far below the
     // flag bits: the cast keeps it whole.
-    let mut len = address.len() as u16;
-    if !tag.is_empty() {
-        len |= TAGGED;
-    }
-    row.extend_from_slice(&len.to_be_bytes());
-    row.extend_from_slice(&address);
+    encode(address.len() as u16, &address, tag, payload)
+}
+
+/// Encodes a message row from the stored sender `sender`. A tag longer than [`MAX_TAG_LEN`]
+/// is cut.
+pub(crate) fn encode_from_sender(sender: u64, tag: &[u8], payload: &[u8]) -> Vec<u8> {
+    encode(FROM_SENDER, &sender.to_be_bytes(), tag, payload)
+}
+
+/// A message row: `head` (without the tag flag), the sender's bytes, the tag, the payload.
+fn encode(head: u16, sender: &[u8], tag: &[u8], payload: &[u8]) -> Vec<u8> {
+    let tag = tag.get(..MAX_TAG_LEN).unwrap_or(tag);
+    let mut row = Vec::with_capacity(4 + sender.len() + tag.len() + payload.len());
+    let head = if tag.is_empty() { head } else { head | TAGGED };
+    row.extend_from_slice(&head.to_be_bytes());
+    row.extend_from_slice(sender);
     if !tag.is_empty() {
         row.extend_from_slice(&(tag.len() as u16).to_be_bytes());
         row.extend_from_slice(tag);
@@ -129,8 +159,39 @@ pub(crate) fn kind(row: &[u8]) -> Kind {
     }
     match reference(row) {
         Some(Ok(id)) => Kind::Shared(id),
-        _ => Kind::Message,
+        _ => match stored_sender(row) {
+            Some(Ok(stored)) => Kind::FromSender(stored.id),
+            _ => Kind::Message,
+        },
     }
+}
+
+/// A message row from a stored sender, taken apart.
+struct StoredSender<'a> {
+    /// The sender's id in `senders`.
+    id: u64,
+    /// The tag (if `tagged`) and the payload.
+    rest: &'a [u8],
+    tagged: bool,
+}
+
+/// `row` taken apart if it is a message from a stored sender: `None` for other rows, an error
+/// for a cut one.
+fn stored_sender(row: &[u8]) -> Option<Result<StoredSender<'_>, RowError>> {
+    let (head, rest) = row.split_first_chunk::<2>()?;
+    let head = u16::from_be_bytes(*head);
+    if head & !TAGGED != FROM_SENDER {
+        return None;
+    }
+    Some(
+        rest.split_first_chunk::<8>()
+            .map(|(id, rest)| StoredSender {
+                id: u64::from_be_bytes(*id),
+                rest,
+                tagged: head & TAGGED != 0,
+            })
+            .ok_or(RowError::SenderTruncated),
+    )
 }
 
 /// The id of a reference row: `None` for other rows, an error for a cut one.
@@ -151,10 +212,19 @@ pub(crate) fn decode(row: &[u8]) -> Result<Row, RowError> {
     if row == TOMBSTONE {
         return Ok(Row::Tombstone);
     }
-    match reference(row) {
-        Some(id) => id.map(Row::Shared),
-        None => decode_message(row).map(Row::Message),
+    if let Some(id) = reference(row) {
+        return id.map(Row::Shared);
     }
+    if let Some(stored) = stored_sender(row) {
+        let stored = stored?;
+        let (tag, payload) = tag_and_payload(stored.rest, stored.tagged)?;
+        return Ok(Row::FromSender {
+            sender: stored.id,
+            tag,
+            payload,
+        });
+    }
+    decode_message(row).map(Row::Message)
 }
 
 /// Decodes a message row (the row of a `shared` message is always one).
@@ -171,8 +241,14 @@ pub(crate) fn decode_message(row: &[u8]) -> Result<MessageRow, RowError> {
             available: rest.len(),
         });
     }
-    let (address, mut rest) = rest.split_at(declared);
+    let (address, rest) = rest.split_at(declared);
     let from = Address::from_bytes(address).map_err(RowError::Address)?;
+    let (tag, payload) = tag_and_payload(rest, tagged)?;
+    Ok(MessageRow { from, tag, payload })
+}
+
+/// The tag (if `tagged`) and the payload that end a message row.
+fn tag_and_payload(mut rest: &[u8], tagged: bool) -> Result<(Bytes, Bytes), RowError> {
     let mut tag = Bytes::new();
     if tagged {
         let (tag_len, after) = rest
@@ -186,11 +262,7 @@ pub(crate) fn decode_message(row: &[u8]) -> Result<MessageRow, RowError> {
         tag = Bytes::copy_from_slice(bytes);
         rest = after;
     }
-    Ok(MessageRow {
-        from,
-        tag,
-        payload: Bytes::copy_from_slice(rest),
-    })
+    Ok((tag, Bytes::copy_from_slice(rest)))
 }
 
 #[cfg(test)]
@@ -230,6 +302,31 @@ mod tests {
             assert_eq!(decode(&row), Ok(Row::Message(expected.clone())));
             assert_eq!(decode_message(&row), Ok(expected));
         }
+    }
+
+    #[test]
+    fn rows_from_stored_senders_round_trip() {
+        for sender in [0, 1, u64::MAX] {
+            for (tag, payload) in [(&b""[..], &b"hello"[..]), (b"c:room", b""), (b"t", b"x")] {
+                let row = encode_from_sender(sender, tag, payload);
+                assert_eq!(kind(&row), Kind::FromSender(sender));
+                assert_eq!(
+                    decode(&row),
+                    Ok(Row::FromSender {
+                        sender,
+                        tag: Bytes::copy_from_slice(tag),
+                        payload: Bytes::copy_from_slice(payload),
+                    })
+                );
+                // Ten bytes of head and id in place of the address.
+                let tag_bytes = if tag.is_empty() { 0 } else { 2 + tag.len() };
+                assert_eq!(row.len(), 10 + tag_bytes + payload.len());
+            }
+        }
+        // A cut id is refused, and not counted as a stored sender's.
+        let row = encode_from_sender(5, b"", b"");
+        assert_eq!(decode(&row[..6]), Err(RowError::SenderTruncated));
+        assert_eq!(kind(&row[..6]), Kind::Message);
     }
 
     #[test]
@@ -299,7 +396,7 @@ mod tests {
             let _ = kind(&row[..end]);
         }
         for first in 0..=u8::MAX {
-            for second in [0u8, 1, 0x20, 0x40, 0x80, 0xff] {
+            for second in [0u8, 1, 0x10, 0x20, 0x40, 0x80, 0x90, 0xff] {
                 let _ = decode(&[first, second, 1, 2, 3]);
             }
         }

@@ -18,6 +18,10 @@
 //!   a message row; each member's row in `messages` is then a reference to it
 //! - `shared_refs`: id → how many `messages` rows still reference it; the shared row goes with
 //!   the last reference (acknowledged, purged, or emptied at open)
+//! - `senders`: id → (how many `messages` rows name it, the address bytes of a sender whose
+//!   messages a mailbox stores: a message row names it by id instead of holding its ~200
+//!   bytes); the row goes with the last message naming it
+//! - `sender_ids`: a stored sender's address bytes → its id in `senders`
 //! - `counters`: (mailbox, counter key) → messages stored under a "max messages" caveat
 //!   (docs/PROTOCOL.md §4.11), written in the transaction that stores them; they go when the
 //!   mailbox is purged (or emptied at open)
@@ -45,6 +49,10 @@ pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("r
 pub(crate) const SHARED: TableDefinition<u64, &[u8]> = TableDefinition::new("shared");
 /// References left to each shared message: id → count.
 pub(crate) const SHARED_REFS: TableDefinition<u64, u64> = TableDefinition::new("shared_refs");
+/// Stored senders: id → (message rows naming it, address bytes).
+pub(crate) const SENDERS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("senders");
+/// A stored sender's address bytes → its id.
+pub(crate) const SENDER_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("sender_ids");
 
 /// Counters of "max messages" caveats: (mailbox, counter key as a big-endian u128) → messages
 /// stored under it.

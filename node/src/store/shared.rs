@@ -4,17 +4,23 @@
 
 use super::counts::{count_of, Counts};
 use super::row::{self, MessageRow, Row};
-use super::schema::SHARED;
+use super::schema::{SENDERS, SHARED};
 use super::session_store::Appended;
 use super::{corrupt, failed, StoreConfig};
 use ferry::address::MailboxId;
 use ferry::StoreError;
 use redb::ReadableTable as _;
 
-/// References to shared messages dropped in one transaction, per shared id: applied together
-/// at its end ([`release_all`]), so that ten thousand acknowledgements of one channel message
-/// update its count once.
-pub(crate) type Released = std::collections::HashMap<u64, u64>;
+/// What the rows removed in one transaction referred to, counted per id and applied together
+/// at its end ([`release_all`], [`super::senders::settle`]), so that ten thousand
+/// acknowledgements of one channel message update its count once.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    /// References to shared messages, per shared id.
+    pub(crate) shared: std::collections::HashMap<u64, u64>,
+    /// Message rows naming a stored sender, per sender id.
+    pub(crate) senders: std::collections::HashMap<u64, u64>,
+}
 
 /// The tables one shared append writes.
 pub(crate) struct SharedTables<'a, 't> {
@@ -78,7 +84,7 @@ pub(crate) fn append(
 pub(crate) fn release_all(
     shared: &mut redb::Table<u64, &[u8]>,
     refs: &mut redb::Table<u64, u64>,
-    released: Released,
+    released: std::collections::HashMap<u64, u64>,
 ) -> Result<(), redb::Error> {
     for (id, count) in released {
         let left = refs.get(id)?.map_or(0, |v| v.value()).saturating_sub(count);
@@ -115,15 +121,46 @@ pub(crate) fn open(txn: &redb::ReadTransaction) -> Result<Option<SharedTable>, S
     }
 }
 
-/// The message a `messages` row holds, following a reference to its shared message; `None`
-/// for a tombstone.
+/// The `senders` table as a read transaction sees it.
+pub(crate) type SendersTable = redb::ReadOnlyTable<u64, (u64, &'static [u8])>;
+
+/// The `senders` table of a read transaction (`None` if it was never created).
+pub(crate) fn open_senders(
+    txn: &redb::ReadTransaction,
+) -> Result<Option<SendersTable>, StoreError> {
+    match txn.open_table(SENDERS) {
+        Ok(senders) => Ok(Some(senders)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(failed(error)),
+    }
+}
+
+/// The message a `messages` row holds, following a reference to its shared message or to its
+/// stored sender; `None` for a tombstone.
 pub(crate) fn resolve(
     row: &[u8],
     shared: Option<&SharedTable>,
+    senders: Option<&SendersTable>,
 ) -> Result<Option<MessageRow>, StoreError> {
     let id = match row::decode(row).map_err(corrupt)? {
         Row::Tombstone => return Ok(None),
         Row::Message(message) => return Ok(Some(message)),
+        Row::FromSender {
+            sender,
+            tag,
+            payload,
+        } => {
+            let missing =
+                || StoreError::Corrupt(format!("stored message: sender {sender} missing"));
+            let row = senders
+                .ok_or_else(missing)?
+                .get(sender)
+                .map_err(failed)?
+                .ok_or_else(missing)?;
+            let from = ferry::Address::from_bytes(row.value().1)
+                .map_err(|error| StoreError::Corrupt(format!("stored sender {sender}: {error}")))?;
+            return Ok(Some(MessageRow { from, tag, payload }));
+        }
         Row::Shared(id) => id,
     };
     let missing = || StoreError::Corrupt(format!("stored message: shared message {id} missing"));

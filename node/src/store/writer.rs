@@ -20,6 +20,7 @@ use super::removal::{acknowledge, remove_all, Removal};
 use super::schema::{
     run_key, COUNTERS, MAILBOXES, MESSAGES, RECORDS, REVOKED, RUNS, SHARED, SHARED_REFS, TEMPORARY,
 };
+use super::senders::{self, SenderTables, Senders};
 use super::session_store::Appended;
 use super::shared::{self, Released, SharedTables};
 use super::{failed, row, StoreConfig};
@@ -91,6 +92,11 @@ pub(crate) fn run(
             0
         }
     };
+    let mut senders = Senders::open(db).unwrap_or_else(|error| {
+        // New ids then start at 0 and skip those in use.
+        tracing::error!(%error, "reading the store's senders");
+        Senders::default()
+    });
     let mut counts = Counts::new();
     let mut open = true;
     while open {
@@ -115,13 +121,17 @@ pub(crate) fn run(
             db,
             batch,
             config,
-            &mut counts,
-            &mut next_shared,
+            State {
+                counts: &mut counts,
+                next_shared: &mut next_shared,
+                senders: &mut senders,
+            },
             &mut replies,
         );
         if result.is_err() {
-            // The counts may include what the failed transaction did not keep.
+            // The counts and sender ids may include what the failed transaction did not keep.
             counts.clear();
+            senders.forget();
         }
         for reply in replies {
             // The caller may have given up waiting; nothing to tell then.
@@ -185,16 +195,27 @@ enum Reply {
     ),
 }
 
+/// What the writer keeps in memory between transactions.
+struct State<'a> {
+    counts: &'a mut Counts,
+    next_shared: &'a mut u64,
+    senders: &'a mut Senders,
+}
+
 /// Applies `batch` in one transaction and commits it; the answers go to `replies`, to be
 /// sent once the outcome of the commit is known.
 fn apply(
     db: &Database,
     batch: Vec<Op>,
     config: &StoreConfig,
-    counts: &mut Counts,
-    next_shared: &mut u64,
+    state: State<'_>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), StoreError> {
+    let State {
+        counts,
+        next_shared,
+        senders,
+    } = state;
     let mut txn = db.begin_write().map_err(failed)?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| StoreError::Failed(e.to_string()))?;
@@ -208,8 +229,11 @@ fn apply(
         let mut records = txn.open_table(RECORDS).map_err(failed)?;
         let mut counters_table = txn.open_table(COUNTERS).map_err(failed)?;
         let mut revoked = txn.open_table(REVOKED).map_err(failed)?;
+        let mut sender_tables = SenderTables::open(&txn).map_err(failed)?;
+        // Message rows naming each stored sender, added in this transaction.
+        let mut named = std::collections::HashMap::<u64, u64>::new();
         let now = unix_now();
-        let mut released = Released::new();
+        let mut released = Released::default();
         for op in batch {
             match op {
                 Op::Append {
@@ -224,8 +248,18 @@ fn apply(
                     let room = config.max_pending_per_mailbox.saturating_sub(count.pending);
                     let take = rows.len().min(usize::try_from(room).unwrap_or(usize::MAX));
                     let mut indexes = Vec::with_capacity(take);
+                    // A stream's batch comes from one sender: its id is looked up once.
+                    let mut last: Option<(&Address, u64)> = None;
                     for (from, tag, payload) in rows.iter().take(take) {
-                        let row = row::encode_message(from, tag, payload);
+                        let sender = match last {
+                            Some((address, id)) if address == from => id,
+                            _ => senders
+                                .id(&mut sender_tables, &from.to_bytes())
+                                .map_err(failed)?,
+                        };
+                        last = Some((from, sender));
+                        *named.entry(sender).or_default() += 1;
+                        let row = row::encode_from_sender(sender, tag, payload);
                         messages
                             .insert((mailbox.0, count.next), row.as_slice())
                             .map_err(failed)?;
@@ -305,7 +339,9 @@ fn apply(
                 }
             }
         }
-        shared::release_all(&mut shared, &mut refs, released).map_err(failed)?;
+        shared::release_all(&mut shared, &mut refs, released.shared).map_err(failed)?;
+        senders::settle(&mut sender_tables, Some(senders), named, released.senders)
+            .map_err(failed)?;
     }
     txn.commit().map_err(failed)
 }
