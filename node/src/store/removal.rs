@@ -3,8 +3,6 @@
 //! to be released together at the end of the transaction ([`super::shared::release_all`],
 //! [`super::senders::settle`]).
 
-use redb::ReadableTable as _;
-
 use super::counts::Count;
 use super::row::{self, Kind, TOMBSTONE};
 use super::schema::mailbox_rows;
@@ -20,8 +18,8 @@ pub(crate) struct Removal {
 }
 
 /// Removes the messages of `mailbox` in `indexes` (acknowledged), counting the shared messages
-/// and stored senders they referred to in `released`. The one at the mailbox's highest index becomes its
-/// tombstone (and the previous tombstone goes).
+/// and stored senders they referred to in `released`. The one at the mailbox's highest index
+/// becomes its tombstone (and the previous tombstone goes).
 pub(crate) fn acknowledge(
     messages: &mut redb::Table<(u64, u64), &[u8]>,
     released: &mut Released,
@@ -29,32 +27,34 @@ pub(crate) fn acknowledge(
     mailbox: u64,
     indexes: std::ops::RangeInclusive<u64>,
 ) -> Result<(), redb::Error> {
-    let mut rows = Vec::new();
-    for row in messages.range((mailbox, *indexes.start())..=(mailbox, *indexes.end()))? {
-        let (key, row) = row?;
-        rows.push((key.value().1, row::kind(row.value())));
-    }
     let last = count.next.checked_sub(1);
-    for (index, kind) in rows {
-        release(released, kind);
-        let tombstone = kind == Kind::Tombstone;
-        if !tombstone {
-            count.pending = count.pending.saturating_sub(1);
+    let mut removed_last = false;
+    let mut removed_tombstone = false;
+    // One pass over the range removes every row in it (a `remove` per row cost a descent of
+    // the tree each); the highest row is put back as the tombstone after.
+    messages.retain_in(
+        (mailbox, *indexes.start())..=(mailbox, *indexes.end()),
+        |(_, index), row| {
+            let kind = row::kind(row);
+            release(released, kind);
+            if kind == Kind::Tombstone {
+                removed_tombstone |= count.tombstone == Some(index);
+            } else {
+                count.pending = count.pending.saturating_sub(1);
+            }
+            removed_last |= Some(index) == last;
+            false
+        },
+    )?;
+    if removed_tombstone {
+        count.tombstone = None;
+    }
+    if let (true, Some(index)) = (removed_last, last) {
+        messages.insert((mailbox, index), TOMBSTONE.as_slice())?;
+        if let Some(old) = count.tombstone.filter(|&old| old != index) {
+            messages.remove((mailbox, old))?;
         }
-        if Some(index) == last {
-            if !tombstone {
-                messages.insert((mailbox, index), TOMBSTONE.as_slice())?;
-            }
-            if let Some(old) = count.tombstone.filter(|&old| old != index) {
-                messages.remove((mailbox, old))?;
-            }
-            count.tombstone = Some(index);
-        } else {
-            messages.remove((mailbox, index))?;
-            if count.tombstone == Some(index) {
-                count.tombstone = None;
-            }
-        }
+        count.tombstone = Some(index);
     }
     Ok(())
 }
