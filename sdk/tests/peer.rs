@@ -266,7 +266,7 @@ async fn dialing_the_wrong_node_id_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversize_messages_are_refused() {
+async fn oversize_messages_are_refused_alone_and_in_batches() {
     let a = node_with(NodeConfig {
         max_message_size: 64 * 1024,
         ..NodeConfig::default()
@@ -315,55 +315,7 @@ async fn oversize_messages_are_refused() {
         1024
     );
     assert_eq!(target.recv_timeout(WAIT).await.unwrap().payload().len(), 10);
-    a.shutdown(Duration::from_secs(1)).await;
-    b.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_larger_than_the_send_window_goes_out_in_order_between_single_messages() {
-    // A window of 4 KiB: the batch of 200 messages of 100 bytes (about 21 KiB) is queued in
-    // parts of a quarter of it, each waiting for the acknowledgement of the ones before.
-    let a = node_with(NodeConfig {
-        send_window: 4096,
-        max_message_size: 1024,
-        ..NodeConfig::default()
-    })
-    .await;
-    let b = node().await;
-    let target = b.mailbox();
-    let sender = a.sender(target.address());
-    let message = |n: u32| Bytes::from([n.to_be_bytes().as_slice(), &[0u8; 96]].concat());
-    let before = sender.enqueue_bytes(message(0)).await.unwrap();
-    let batch = sender.enqueue_all((1..=200).map(message)).await.unwrap();
-    let after = sender.enqueue_bytes(message(201)).await.unwrap();
-    assert_eq!(batch.await, Ok(()));
-    assert_eq!(before.await, Ok(()));
-    assert_eq!(after.await, Ok(()));
-    for n in 0..=201u32 {
-        let received = target.recv_timeout(WAIT).await.unwrap();
-        assert_eq!(received.payload(), &message(n), "message {n}");
-    }
-    // An empty batch is delivered at once.
-    assert_eq!(sender.enqueue_all([]).await.unwrap().await, Ok(()));
-    a.shutdown(Duration::from_secs(1)).await;
-    b.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_reports_a_message_the_receiver_refused_and_one_over_the_own_limit_sends_nothing() {
-    let a = node_with(NodeConfig {
-        max_message_size: 64 * 1024,
-        ..NodeConfig::default()
-    })
-    .await;
-    let b = node_with(NodeConfig {
-        max_message_size: 1024,
-        ..NodeConfig::default()
-    })
-    .await;
-    let target = b.mailbox();
-    let sender = a.sender(target.address());
-    // Over the sender's own limit: nothing of the batch is queued.
+    // In batches (`enqueue_all`): over the sender's own limit, nothing of the batch is queued.
     assert_eq!(
         sender
             .enqueue_all([
@@ -395,6 +347,36 @@ async fn a_batch_reports_a_message_the_receiver_refused_and_one_over_the_own_lim
     );
     assert_eq!(target.recv_timeout(WAIT).await.unwrap().payload().len(), 10);
     assert_eq!(target.recv_timeout(WAIT).await.unwrap().payload().len(), 20);
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_send_window_goes_out_in_order_between_single_messages() {
+    // A window of 4 KiB: the batch of 200 messages of 100 bytes (about 21 KiB) is queued in
+    // parts of a quarter of it, each waiting for the acknowledgement of the ones before.
+    let a = node_with(NodeConfig {
+        send_window: 4096,
+        max_message_size: 1024,
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node().await;
+    let target = b.mailbox();
+    let sender = a.sender(target.address());
+    let message = |n: u32| Bytes::from([n.to_be_bytes().as_slice(), &[0u8; 96]].concat());
+    let before = sender.enqueue_bytes(message(0)).await.unwrap();
+    let batch = sender.enqueue_all((1..=200).map(message)).await.unwrap();
+    let after = sender.enqueue_bytes(message(201)).await.unwrap();
+    assert_eq!(batch.await, Ok(()));
+    assert_eq!(before.await, Ok(()));
+    assert_eq!(after.await, Ok(()));
+    for n in 0..=201u32 {
+        let received = target.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(received.payload(), &message(n), "message {n}");
+    }
+    // An empty batch is delivered at once.
+    assert_eq!(sender.enqueue_all([]).await.unwrap().await, Ok(()));
     // A batch to a mailbox of the same node.
     let local = a.mailbox();
     let to_local = a.sender(local.address());

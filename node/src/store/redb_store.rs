@@ -188,20 +188,23 @@ impl RedbStore {
     /// ([`SessionStore::append_shared`](super::SessionStore::append_shared)) and still
     /// referenced by one.
     pub fn shared_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(failed)?;
-        match txn.open_table(SHARED) {
-            Ok(shared) => shared.len().map_err(failed),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(error) => Err(failed(error)),
-        }
+        self.rows_in(SHARED)
     }
 
     /// How many senders' addresses are stored for the messages that name them (each is
     /// stored once, and goes with the last message from it).
     pub fn sender_count(&self) -> Result<u64, StoreError> {
+        self.rows_in(SENDERS)
+    }
+
+    /// The rows of `table` (none if it was never created).
+    fn rows_in<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<K, V>,
+    ) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        match txn.open_table(SENDERS) {
-            Ok(senders) => senders.len().map_err(failed),
+        match txn.open_table(table) {
+            Ok(table) => table.len().map_err(failed),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
             Err(error) => Err(failed(error)),
         }
