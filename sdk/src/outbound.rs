@@ -221,9 +221,10 @@ impl Sender {
     /// per message. The returned [`Delivery`] resolves once the target node accepted
     /// every one of them, or with the first failure among them.
     ///
-    /// If any payload is larger than `max_message_size`, nothing is queued. If the
-    /// conversation fails while the batch is being queued, the Delivery reports it and the
-    /// rest of the batch is not sent.
+    /// An error means that nothing of the batch was queued (a payload larger than
+    /// `max_message_size` is refused before any). A failure once part of it is queued (the
+    /// conversation failed, or the window stayed full while the target cannot be reached)
+    /// is the Delivery's, and the rest of the batch is not sent.
     pub async fn enqueue_all(
         &self,
         payloads: impl IntoIterator<Item = Bytes>,
@@ -239,8 +240,12 @@ impl Sender {
         if self.local.is_some() {
             // Within the node there is no window nor stream to share: one by one.
             let mut last = Delivery(DeliveryState::Done(Ok(())));
-            for payload in payloads {
-                last = self.enqueue_bytes(payload).await?;
+            for (sent, payload) in payloads.into_iter().enumerate() {
+                last = match self.enqueue_bytes(payload).await {
+                    Ok(delivery) => delivery,
+                    Err(error) if sent == 0 => return Err(error),
+                    Err(error) => Delivery(DeliveryState::Done(Err(error))),
+                };
                 if let DeliveryState::Done(Err(_)) = &last.0 {
                     break;
                 }
@@ -267,7 +272,11 @@ impl Sender {
             let part_len = part.len() as u64;
             // At most the window (a part holds one message or fits `part_limit`): fits a u32.
             let part_cost = u32::try_from(part_cost).unwrap_or(u32::MAX);
-            let (outbound, first) = self.queue(part_cost, part).await?;
+            let (outbound, first) = match self.queue(part_cost, part).await {
+                Ok(queued) => queued,
+                Err(error) if queued.is_none() => return Err(error),
+                Err(error) => return Ok(Delivery(DeliveryState::Done(Err(error)))),
+            };
             let last = first + part_len - 1;
             queued = match queued {
                 Some((previous, earlier, _)) if Arc::ptr_eq(&previous, &outbound) => {

@@ -129,6 +129,15 @@ async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
         refused.1 < Duration::from_millis(100),
         "refused at once, not after waiting"
     );
+    // A batch is refused the same way, nothing of it queued.
+    let batch = [bytes::Bytes::from(vec![0u8; 1000])];
+    assert!(
+        matches!(
+            sender.enqueue_all(batch).await,
+            Err(SendError::OutboxFull { window: 4096 })
+        ),
+        "a batch into a full outbox"
+    );
     // After outbox_ttl the waiting messages fail as unreachable.
     for delivery in queued {
         let error = tokio::time::timeout(WAIT, delivery)

@@ -19,7 +19,7 @@
 //! - `shared_refs`: id → how many `messages` rows still reference it; the shared row goes with
 //!   the last reference (acknowledged, purged, or emptied at open)
 //! - `senders`: id → (how many `messages` rows name it, the address bytes of a sender whose
-//!   messages a mailbox stores: a message row names it by id instead of holding its ~200
+//!   messages a mailbox stores: a message row names it by id instead of holding its ~120
 //!   bytes); the row goes with the last message naming it
 //! - `sender_ids`: a stored sender's address bytes → its id in `senders`
 //! - `counters`: (mailbox, counter key) → messages stored under a "max messages" caveat

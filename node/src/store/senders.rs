@@ -1,6 +1,6 @@
 //! Sender addresses stored once: a message row of [`Op::Append`](super::writer::Op) names its
-//! sender by an id of `senders`, whose row holds the address (some 200 bytes, ten to twenty
-//! times a small message) and how many message rows name it; `sender_ids` finds the id of an
+//! sender by an id of `senders`, whose row holds the address (some 120 bytes, ten times a
+//! small message) and how many message rows name it; `sender_ids` finds the id of an
 //! address. A sender's rows go with the last message that names it.
 
 use std::collections::HashMap;
