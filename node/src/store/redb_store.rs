@@ -20,8 +20,8 @@ use super::capabilities;
 use super::counts::count_rows;
 use super::removal::{remove_all, Removal};
 use super::schema::{
-    run_key, COUNTERS, MAILBOXES, MESSAGES, NAMES, REVOKED, RUNS, SENDERS, SHARED, SHARED_REFS,
-    TEMPORARY,
+    read_table, run_key, COUNTERS, MAILBOXES, MESSAGES, NAMES, REVOKED, RUNS, SENDERS, SHARED,
+    SHARED_REFS, TEMPORARY,
 };
 use super::senders::{self, SenderTables};
 use super::session_store::{Appended, SessionStore, TaggedMessage};
@@ -203,10 +203,9 @@ impl RedbStore {
         table: redb::TableDefinition<K, V>,
     ) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        match txn.open_table(table) {
-            Ok(table) => table.len().map_err(failed),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(error) => Err(failed(error)),
+        match read_table(&txn, table).map_err(failed)? {
+            Some(table) => table.len().map_err(failed),
+            None => Ok(0),
         }
     }
 
@@ -415,8 +414,8 @@ impl SessionStore for RedbStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(error) => return Err(failed(error)),
         };
-        let shared = shared::open(&txn)?;
-        let senders = shared::open_senders(&txn)?;
+        let shared = read_table(&txn, SHARED).map_err(failed)?;
+        let senders = read_table(&txn, SENDERS).map_err(failed)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for row in messages

@@ -29,7 +29,7 @@
 
 use ferry::address::MailboxId;
 use ferry::store::RunId;
-use redb::TableDefinition;
+use redb::{ReadOnlyTable, ReadTransaction, TableDefinition};
 
 /// (mailbox, index) → row.
 pub(crate) const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
@@ -68,6 +68,32 @@ pub(crate) fn run_key(mailbox: MailboxId, run: &RunId) -> RunKey<'_> {
         run.mailbox.0,
         run.epoch,
     )
+}
+
+/// `table` as the read transaction `txn` sees it; `None` if it was never created.
+pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, redb::TableError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The id after the highest key of `table` (0 when it has none): the ids of `shared` and
+/// `senders` only grow, so a new one goes past it.
+pub(crate) fn next_id<V: redb::Value + 'static>(
+    db: &redb::Database,
+    table: TableDefinition<u64, V>,
+) -> Result<u64, redb::Error> {
+    use redb::{ReadableDatabase as _, ReadableTable as _};
+    let Some(table) = read_table(&db.begin_read()?, table)? else {
+        return Ok(0);
+    };
+    let last = table.last()?.map(|(key, _)| key.value());
+    Ok(last.map_or(0, |id| id + 1))
 }
 
 /// The first key of `mailbox` in `messages` through its last.

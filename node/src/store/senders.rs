@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use redb::ReadableTable as _;
 
-use super::schema::{SENDERS, SENDER_IDS};
+use super::schema::{next_id, SENDERS, SENDER_IDS};
 
 /// Most addresses the writer remembers the id of; past it, it forgets them all.
 const MAX_CACHED: usize = 4096;
@@ -39,15 +39,8 @@ pub(crate) struct Senders {
 impl Senders {
     /// Starts past the highest id `db` holds.
     pub(crate) fn open(db: &redb::Database) -> Result<Self, redb::Error> {
-        use redb::ReadableDatabase as _;
-        let txn = db.begin_read()?;
-        let next = match txn.open_table(SENDERS) {
-            Ok(senders) => senders.last()?.map_or(0, |(key, _)| key.value() + 1),
-            Err(redb::TableError::TableDoesNotExist(_)) => 0,
-            Err(error) => return Err(error.into()),
-        };
         Ok(Self {
-            next,
+            next: next_id(db, SENDERS)?,
             cache: HashMap::new(),
         })
     }

@@ -4,7 +4,6 @@
 
 use super::counts::{count_of, Counts};
 use super::row::{self, MessageRow, Row};
-use super::schema::{SENDERS, SHARED};
 use super::session_store::Appended;
 use super::{corrupt, failed, StoreConfig};
 use ferry::address::MailboxId;
@@ -98,42 +97,11 @@ pub(crate) fn release_all(
     Ok(())
 }
 
-/// The highest id in `shared`, if any: shared ids only grow, the next one is past it.
-pub(crate) fn last_id(db: &redb::Database) -> Result<Option<u64>, redb::Error> {
-    use redb::ReadableDatabase as _;
-    let txn = db.begin_read()?;
-    match txn.open_table(SHARED) {
-        Ok(shared) => Ok(shared.last()?.map(|(key, _)| key.value())),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(error) => Err(error.into()),
-    }
-}
-
 /// The `shared` table as a read transaction sees it.
 pub(crate) type SharedTable = redb::ReadOnlyTable<u64, &'static [u8]>;
 
-/// The `shared` table of a read transaction (`None` if it was never created).
-pub(crate) fn open(txn: &redb::ReadTransaction) -> Result<Option<SharedTable>, StoreError> {
-    match txn.open_table(SHARED) {
-        Ok(shared) => Ok(Some(shared)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(error) => Err(failed(error)),
-    }
-}
-
 /// The `senders` table as a read transaction sees it.
 pub(crate) type SendersTable = redb::ReadOnlyTable<u64, (u64, &'static [u8])>;
-
-/// The `senders` table of a read transaction (`None` if it was never created).
-pub(crate) fn open_senders(
-    txn: &redb::ReadTransaction,
-) -> Result<Option<SendersTable>, StoreError> {
-    match txn.open_table(SENDERS) {
-        Ok(senders) => Ok(Some(senders)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(error) => Err(failed(error)),
-    }
-}
 
 /// The message a `messages` row holds, following a reference to its shared message or to its
 /// stored sender; `None` for a tombstone.

@@ -18,7 +18,8 @@ use super::capabilities;
 use super::counts::{count_of, Counts, MAX_COUNTED};
 use super::removal::{acknowledge, remove_all, Removal};
 use super::schema::{
-    run_key, COUNTERS, MAILBOXES, MESSAGES, RECORDS, REVOKED, RUNS, SHARED, SHARED_REFS, TEMPORARY,
+    next_id, run_key, COUNTERS, MAILBOXES, MESSAGES, RECORDS, REVOKED, RUNS, SHARED, SHARED_REFS,
+    TEMPORARY,
 };
 use super::senders::{self, SenderTables, Senders};
 use super::session_store::Appended;
@@ -85,8 +86,8 @@ pub(crate) fn run(
     removals: &Mutex<Vec<Removal>>,
     config: &StoreConfig,
 ) {
-    let mut next_shared = match shared::last_id(db) {
-        Ok(last) => last.map_or(0, |id| id + 1),
+    let mut next_shared = match next_id(db, SHARED) {
+        Ok(next) => next,
         Err(error) => {
             tracing::error!(%error, "reading the store's shared messages");
             0
