@@ -146,8 +146,14 @@ impl Collector for NodeCollector {
         gauge(
             e,
             "ferry_conversations",
-            "Outgoing conversations with a running task.",
+            "Outgoing conversations, open or waiting until stream_idle_timeout.",
             stats.conversations as u64,
+        )?;
+        gauge(
+            e,
+            "ferry_conversations_parked",
+            "Outgoing conversations quiet for a second or more, kept without a task.",
+            stats.parked_conversations as u64,
         )?;
         gauge(
             e,

@@ -341,6 +341,28 @@ impl<E: Clone> Sender<E> {
         !self.queued.is_empty() || !self.unacked.is_empty()
     }
 
+    /// Whether the run only waits: nothing queued or unacknowledged, no action to take, no
+    /// stream being opened. Until a message is pushed, its one event is its idle end at
+    /// [`Sender::poll_timeout`] (bytes from the receiver are not expected, and reading them
+    /// when the next message is pushed loses nothing), so the runtime may keep it without a
+    /// task until then.
+    pub fn is_quiet(&self) -> bool {
+        !self.ended
+            && !self.busy()
+            && self.actions.is_empty()
+            && matches!(self.stream, Stream::None | Stream::Open { .. })
+    }
+
+    /// Gives back the room its buffers grew to (a quiet run keeps none of it in use).
+    pub fn shrink(&mut self) {
+        self.unacked.shrink_to_fit();
+        self.queued.shrink_to_fit();
+        self.actions.shrink_to_fit();
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+        }
+    }
+
     /// The deadline of the run's progress: send_timeout after the last progress, or the
     /// outbox's time while the target cannot be reached. Opening a stream and writing into
     /// one are cut off there.
@@ -1269,5 +1291,26 @@ mod tests {
         s.end_idle();
         assert_eq!(actions(&mut s), vec![Action::Finish]);
         assert!(s.is_ended());
+    }
+
+    #[test]
+    fn a_run_is_quiet_only_with_nothing_to_send_acknowledge_or_open() {
+        let now = Instant::now();
+        let mut s = sender(now);
+        assert!(s.is_quiet(), "a new run waits for its first message");
+        s.push(now, 0, Bytes::from_static(b"a"));
+        assert!(!s.is_quiet(), "queued, and an Open to take");
+        open(&mut s, now, 100);
+        assert!(!s.is_quiet(), "written, not acknowledged");
+        s.received(now, &frame_bytes(Frame::Ack { next_seq: 1 }));
+        assert!(!s.is_quiet(), "the Acknowledged action is not taken yet");
+        actions(&mut s);
+        assert!(s.is_quiet());
+        s.shrink();
+        // Pushed again after a quiet spell: written on the same stream at once.
+        s.push(now, 1, Bytes::from_static(b"b"));
+        assert!(matches!(&actions(&mut s)[..], [Action::Write(_)]));
+        s.handle_timeout(now + CONFIG.send_timeout);
+        assert!(!s.is_quiet(), "failed");
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, Instrument};
 
 use crate::address::{Address, MailboxId};
 use crate::clock::{Clock, SystemClock};
@@ -168,6 +168,14 @@ impl Node {
         inner
             .net
             .start(Arc::new(crate::streams::Server::new(&inner)), &span);
+        inner.tasks.spawn(
+            crate::outbound::take_up_parked(
+                Arc::downgrade(&inner),
+                inner.parking.clone(),
+                inner.cancel.clone(),
+            )
+            .instrument(span.clone()),
+        );
         let inbox = Arc::new(mailbox::new_mailbox(&inner, MailboxId::random(), None));
         Ok(Self { inner, inbox })
     }
@@ -284,7 +292,7 @@ impl Node {
 
     /// A [`Sender`] from the node's inbox to `to`.
     pub fn sender(&self, to: &Address) -> Sender {
-        Sender::new(&self.inner, self.inbox.address().without_hints(), to)
+        Sender::new(&self.inner, self.inbox.address().clone(), to)
     }
 
     /// Sends `message` (postcard-encoded) from the node's inbox and waits until the target
@@ -416,6 +424,7 @@ impl Node {
                 .sum();
             (conversations.len(), outbox_bytes)
         };
+        let parked_conversations = self.inner.parking.len();
         NodeStats {
             signature_checks: stats.signature_checks.load(Ordering::Relaxed),
             forged_addresses: stats.forged.load(Ordering::Relaxed),
@@ -427,6 +436,7 @@ impl Node {
             open_connections: self.inner.net.open_connections(),
             mailboxes: self.inner.mailboxes.len(),
             conversations,
+            parked_conversations,
             dedup_entries: self.inner.dedup.len(),
             relayed_packets: stats.relayed_packets.load(Ordering::Relaxed),
             relayed_bytes: stats.relayed_bytes.load(Ordering::Relaxed),

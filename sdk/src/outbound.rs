@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -24,11 +25,13 @@ use tracing::{debug, Instrument};
 use crate::address::{Address, LimitKind, Usage};
 use crate::error::{DialError, SendError, StreamError};
 use crate::frame::ErrorCode;
-use crate::net::connection::{ConnCode, Link};
+use crate::net::connection::ConnCode;
 use crate::net::dial;
 use crate::net::liveness::Probed;
 use crate::registry::mailboxes::{durable_counters, Authorized, Budget, Message};
-use crate::registry::outbound::{ConversationKey, Outbound, ProgressCell, Queue};
+use crate::registry::outbound::{
+    ConversationKey, IdleEnd, OpenStream, Outbound, Parked, Parking, ProgressCell, Queue, Run,
+};
 use crate::runtime::Runtime;
 use crate::sync::lock;
 use ferry_proto::sender::{self as proto, Action, Loss, RunFailure};
@@ -40,6 +43,14 @@ const MAX_REMEMBERED_FAILURES: usize = 1024;
 /// so that a part finds room while the one before it is still unacknowledged.
 const BATCH_WINDOW_SHARE: usize = 4;
 
+/// A conversation with nothing to send or acknowledge for this long parks its run and ends its
+/// task (an idle task is most of an idle conversation's memory); its next message starts a
+/// task again. Long enough that a conversation in use never pays for the new task.
+const QUIET_BEFORE_PARKING: Duration = Duration::from_secs(1);
+
+/// The most a read of a conversation's stream takes (acknowledgements are a few bytes).
+const READ_CHUNK: usize = 64 * 1024;
+
 fn cost(payload: &Bytes) -> u32 {
     // max_message_size is validated to at most 1 GiB, so this fits.
     u32::try_from(proto::cost(payload.len())).unwrap_or(u32::MAX)
@@ -49,7 +60,7 @@ fn cost(payload: &Bytes) -> u32 {
 fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Outbound> {
     let key = ConversationKey {
         from: from.mailbox(),
-        target: target.to_cap_bytes().into_boxed_slice(),
+        target: target.to_cap_bytes().into(),
     };
     let mut map = lock(&node.conversations);
     if let Some(existing) = map.get(&key) {
@@ -68,9 +79,7 @@ fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Ou
     });
     map.insert(key, outbound.clone());
     drop(map);
-    let span = tracing::debug_span!("conversation", to = %target.node().short(), mailbox = %target.mailbox());
-    node.tasks
-        .spawn(run(outbound.clone(), node.clone()).instrument(span));
+    spawn_run(node, outbound.clone(), new_run(&outbound, &node.config));
     outbound
 }
 
@@ -114,6 +123,13 @@ impl Sender {
         }
         let local =
             (target.node() == node.id).then(|| node.authorize(target, &node.id, Usage::Messages));
+        // A local receiver sees `from` as a remote one would: without hints. A stream's OPEN
+        // carries no hints either, so a remote conversation shares the mailbox's address.
+        let from = if local.is_some() {
+            from.without_hints()
+        } else {
+            from
+        };
         Self {
             node: node.clone(),
             from,
@@ -349,9 +365,13 @@ impl Sender {
                 queue.next_ticket += 1;
                 queue.items.push_back((ticket, payload));
             }
+            let parked = queue.parked.take();
             drop(queue);
-            // The task drains the whole queue per wake-up, so only the first item needs one.
-            if was_empty {
+            if let Some(parked) = parked {
+                self.node.parking.remove(parked.idle_end);
+                spawn_run(&self.node, outbound.clone(), parked.run);
+            } else if was_empty {
+                // The task drains the whole queue per wake-up, so only the first item needs one.
                 outbound.wake.notify_one();
             }
             return Ok((outbound, first));
@@ -364,7 +384,7 @@ impl crate::mailbox::Mailbox {
     /// A [`Sender`] from this mailbox to `to`: replies to its messages come here.
     pub fn sender(&self, to: &Address) -> Result<Sender, SendError> {
         let node = self.node.upgrade().ok_or(SendError::NodeClosed)?;
-        Ok(Sender::new(&node, self.address().without_hints(), to))
+        Ok(Sender::new(&node, self.address().clone(), to))
     }
 
     /// Sends `message` (postcard-encoded) to `to` and waits until the target node accepted it.
@@ -440,21 +460,8 @@ impl IntoFuture for Delivery {
     }
 }
 
-/// The stream a run writes to, on the connection it was opened on.
-struct OpenStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    /// The connection the stream is on.
-    link: Link,
-    /// Resolves once another connection to the peer took over: the stream moves there.
-    superseded: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-}
-
-/// Drives one conversation run: the protocol is [`proto::Sender`]; this task carries out what
-/// it asks (open streams, write, reset, probe, redial) and feeds it what happens (bytes read,
-/// streams lost, messages queued, the time).
-async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
-    let config = &node.config;
+/// A new conversation's run.
+fn new_run(outbound: &Outbound, config: &crate::config::NodeConfig) -> Box<Run> {
     let mut random = [0u8; 16];
     crate::identity::fill_random(&mut random);
     let [epoch, seed] = [&random[..8], &random[8..]].map(|half| {
@@ -462,7 +469,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
         bytes.copy_from_slice(half);
         u64::from_be_bytes(bytes)
     });
-    let mut sm: proto::Sender<SendError> = proto::Sender::new(
+    let sm = proto::Sender::new(
         proto::SenderConfig {
             send_timeout: config.send_timeout,
             outbox_ttl: config.outbox_ttl,
@@ -475,41 +482,57 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
         seed,
         Instant::now().into_std(),
     );
+    Box::new(Run { sm, stream: None })
+}
+
+/// Starts a task driving `run` for `outbound`.
+fn spawn_run(node: &Arc<Runtime>, outbound: Arc<Outbound>, run: Box<Run>) {
+    let target = &outbound.target;
+    let span = tracing::debug_span!("conversation", to = %target.node().short(), mailbox = %target.mailbox());
+    node.tasks
+        .spawn(drive(outbound, node.clone(), run).instrument(span));
+}
+
+/// Drives one conversation run: the protocol is [`proto::Sender`]; this task carries out what
+/// it asks (open streams, write, reset, probe, redial) and feeds it what happens (bytes read,
+/// streams lost, messages queued, the time). After [`QUIET_BEFORE_PARKING`] with nothing to
+/// do, it parks the run (see [`Parked`]) and ends.
+async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
     let peer = outbound.target.node();
-    let mut stream: Option<OpenStream> = None;
+    let mut quiet_since: Option<Instant> = None;
     // Made once: creating a cancellation future or a timer per iteration showed in profiles.
     let cancelled = node.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     loop {
-        pull_queued(&outbound, &mut sm);
-        while let Some(action) = sm.poll_action() {
+        pull_queued(&outbound, &mut run.sm);
+        while let Some(action) = run.sm.poll_action() {
             match action {
                 Action::Open(head) => {
-                    let deadline = Instant::from_std(sm.deadline());
+                    let deadline = Instant::from_std(run.sm.deadline());
                     let hints = outbound.target.hints();
                     // Boxed: opening is the largest wait of a conversation and happens once per
                     // stream; inline, every idle conversation's task would keep room for it.
                     let opening = Box::pin(open(&node, peer, hints, &head));
                     match tokio::time::timeout_at(deadline, opening).await {
                         Ok(Ok(opened)) => {
-                            stream = Some(opened);
-                            sm.opened(now());
+                            run.stream = Some(opened);
+                            run.sm.opened(now());
                         }
                         Ok(Err((error, loss))) => {
                             let unreachable = matches!(error, SendError::Unreachable(_));
-                            sm.open_failed(now(), error, loss, unreachable);
+                            run.sm.open_failed(now(), error, loss, unreachable);
                         }
                         // The run's deadline passed while opening.
-                        Err(_) => sm.handle_timeout(now()),
+                        Err(_) => run.sm.handle_timeout(now()),
                     }
                 }
                 Action::Write(bytes) => {
-                    let Some(open) = stream.as_mut() else {
+                    let Some(open) = run.stream.as_mut() else {
                         continue;
                     };
-                    let deadline = Instant::from_std(sm.deadline());
+                    let deadline = Instant::from_std(run.sm.deadline());
                     // Handed to quinn as it is: `write_all` would copy the batch once more.
                     let written = open.send.write_chunk(Bytes::from(bytes));
                     match tokio::time::timeout_at(deadline, written).await {
@@ -517,29 +540,29 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                         Ok(Err(error)) => {
                             let (error, loss) = write_failure(error);
                             let unreachable = matches!(error, SendError::Unreachable(_));
-                            sm.stream_failed(now(), error, loss, unreachable);
+                            run.sm.stream_failed(now(), error, loss, unreachable);
                         }
                         // Blocked by flow control for send_timeout: the receiver stopped reading.
-                        Err(_) => sm.handle_timeout(now()),
+                        Err(_) => run.sm.handle_timeout(now()),
                     }
                 }
                 Action::Reset(code) => {
-                    if let Some(mut open) = stream.take() {
+                    if let Some(mut open) = run.stream.take() {
                         let _ = open.send.reset(varint(code));
                     }
                 }
                 Action::Finish => {
-                    if let Some(mut open) = stream.take() {
+                    if let Some(mut open) = run.stream.take() {
                         let _ = open.send.finish();
                     }
                 }
                 Action::Probe => {
-                    if let Some(open) = &stream {
+                    if let Some(open) = &run.stream {
                         let probed = open.link.probe();
                         if probed == Probed::Sent {
                             node.stats.count_path_probe();
                         }
-                        sm.probed(now(), probed == Probed::Answered);
+                        run.sm.probed(now(), probed == Probed::Answered);
                     }
                 }
                 Action::Redial => {
@@ -576,7 +599,7 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                 }
                 Action::Failed(failure) => {
                     let error = send_error(*failure, &outbound.target);
-                    if let Some(mut open) = stream.take() {
+                    if let Some(mut open) = run.stream.take() {
                         // Dropping a stream finishes it; a failed run's stream is reset.
                         let _ = open.send.reset(varint(ErrorCode::DONE));
                     }
@@ -584,54 +607,62 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
                 }
                 Action::Idle => {
                     if close_if_idle(&outbound, &node) {
-                        sm.end_idle();
+                        run.sm.end_idle();
                     }
                 }
             }
         }
         // A full window fails further sends at once while the target cannot be reached.
-        outbound
-            .unreachable
-            .store(sm.is_unreachable(), std::sync::atomic::Ordering::Relaxed);
-        if sm.is_ended() {
-            if let Some(mut open) = stream.take() {
+        outbound.unreachable.store(
+            run.sm.is_unreachable(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if run.sm.is_ended() {
+            if let Some(mut open) = run.stream.take() {
                 let _ = open.send.finish();
             }
             return;
         }
-        if let Some(at) = sm.poll_timeout() {
-            let at = Instant::from_std(at);
+        let mut wake_at = run.sm.poll_timeout().map(Instant::from_std);
+        if run.sm.is_quiet() {
+            let now = Instant::now();
+            let park_at = *quiet_since.get_or_insert(now) + QUIET_BEFORE_PARKING;
+            if now >= park_at {
+                match park(&outbound, &node, run) {
+                    Ok(()) => return,
+                    Err(back) => {
+                        // Messages or bytes came, the connection was superseded, or the node
+                        // shuts down.
+                        run = back;
+                        quiet_since = Some(now);
+                        continue;
+                    }
+                }
+            } else {
+                wake_at = wake_at.map(|at| at.min(park_at));
+            }
+        } else {
+            quiet_since = None;
+        }
+        if let Some(at) = wake_at {
             if timer.deadline() != at {
                 timer.as_mut().reset(at);
             }
         }
-        match stream.as_mut() {
+        match run.stream.as_mut() {
             Some(open) => tokio::select! {
                 biased;
-                _ = &mut cancelled => sm.shutdown(),
-                chunk = open.recv.read_chunk(64 * 1024, true) => match chunk {
-                    Ok(Some(chunk)) => sm.received(now(), &chunk.bytes),
-                    Ok(None) => sm.stream_finished(now()),
-                    Err(error) => {
-                        let (error, loss) = read_failure(error);
-                        let unreachable = matches!(error, SendError::Unreachable(_));
-                        sm.stream_failed(now(), error, loss, unreachable);
-                    }
-                },
-                _ = &mut open.superseded => {
-                    // Another connection took over (a punched direct one, or a redial after
-                    // the path died): the run moves there, resending what is unacknowledged.
-                    debug!("connection superseded; moving the stream");
-                    sm.superseded(now());
-                }
+                _ = &mut cancelled => run.sm.shutdown(),
+                read = open.recv.read_chunk(READ_CHUNK, true) => on_read(&mut run.sm, read),
+                _ = &mut open.superseded => on_superseded(&mut run.sm),
                 _ = outbound.wake.notified() => {}
-                _ = &mut timer => sm.handle_timeout(now()),
+                _ = &mut timer => run.sm.handle_timeout(now()),
             },
             None => tokio::select! {
                 biased;
-                _ = &mut cancelled => sm.shutdown(),
+                _ = &mut cancelled => run.sm.shutdown(),
                 _ = outbound.wake.notified() => {}
-                _ = &mut timer => sm.handle_timeout(now()),
+                _ = &mut timer => run.sm.handle_timeout(now()),
             },
         }
     }
@@ -639,6 +670,112 @@ async fn run(outbound: Arc<Outbound>, node: Arc<Runtime>) {
 
 fn now() -> std::time::Instant {
     std::time::Instant::now()
+}
+
+/// Hands what a read of the stream gave to the protocol.
+fn on_read(
+    sm: &mut proto::Sender<SendError>,
+    read: Result<Option<quinn::Chunk>, quinn::ReadError>,
+) {
+    match read {
+        Ok(Some(chunk)) => sm.received(now(), &chunk.bytes),
+        Ok(None) => sm.stream_finished(now()),
+        Err(error) => {
+            let (error, loss) = read_failure(error);
+            let unreachable = matches!(error, SendError::Unreachable(_));
+            sm.stream_failed(now(), error, loss, unreachable);
+        }
+    }
+}
+
+/// Another connection took over (a punched direct one, or a redial after the path died): the
+/// run moves there, resending what is unacknowledged.
+fn on_superseded(sm: &mut proto::Sender<SendError>) {
+    debug!("connection superseded; moving the stream");
+    sm.superseded(now());
+}
+
+/// Parks a quiet run (see [`Parked`]). Gives it back if messages were queued meanwhile or the
+/// node shuts down.
+fn park(outbound: &Arc<Outbound>, node: &Runtime, mut run: Box<Run>) -> Result<(), Box<Run>> {
+    let Some(idle_end) = run.sm.poll_timeout() else {
+        return Err(run);
+    };
+    if let Some(open) = run.stream.as_mut() {
+        // The task's last waits left its waker with the stream and the connection's token:
+        // kept, they would keep the ended task's memory. Polled with a no-op waker they
+        // hold that instead, or are ready, and the run goes on.
+        if let Some(read) = open.recv.read_chunk(READ_CHUNK, true).now_or_never() {
+            on_read(&mut run.sm, read);
+            return Err(run);
+        }
+        if open.superseded.as_mut().now_or_never().is_some() {
+            on_superseded(&mut run.sm);
+            return Err(run);
+        }
+    }
+    run.sm.shrink();
+    let mut queue = lock(&outbound.queue);
+    if !queue.items.is_empty() {
+        return Err(run);
+    }
+    let Some(idle_end) = node.parking.add(Instant::from_std(idle_end), outbound) else {
+        return Err(run);
+    };
+    queue.parked = Some(Parked { run, idle_end });
+    Ok(())
+}
+
+/// Takes up parked runs at their idle end (where they end, unless a message came first) and,
+/// once the node shuts down, all of them (they fail like running ones). One task per node.
+pub(crate) async fn take_up_parked(
+    node: std::sync::Weak<Runtime>,
+    parking: Arc<Parking>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let next = parking.next();
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return take_up(&node, parking.close()),
+            // An earlier idle end came: wait for it instead.
+            _ = parking.changed.notified() => {}
+            _ = due => take_up(&node, parking.take_due(Instant::now())),
+        }
+    }
+}
+
+/// Starts a task for each run still parked under its entry in `due`.
+fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(IdleEnd, std::sync::Weak<Outbound>)>) {
+    let Some(node) = node.upgrade() else {
+        return;
+    };
+    for (end, outbound) in due {
+        let Some(outbound) = outbound.upgrade() else {
+            continue;
+        };
+        let parked = {
+            let mut queue = lock(&outbound.queue);
+            // Not if a sender took it up meanwhile (it may have parked again since).
+            if queue
+                .parked
+                .as_ref()
+                .is_some_and(|parked| parked.idle_end == end)
+            {
+                queue.parked.take()
+            } else {
+                None
+            }
+        };
+        if let Some(parked) = parked {
+            spawn_run(&node, outbound, parked.run);
+        }
+    }
 }
 
 /// Moves what senders queued into the run.

@@ -23,7 +23,7 @@ use crate::net::limits::ByteBudget;
 use crate::net::Net;
 use crate::registry::dedup::DedupTable;
 use crate::registry::mailboxes::{Authorized, Mailboxes, Verifier};
-use crate::registry::outbound::Conversations;
+use crate::registry::outbound::{Conversations, Parking};
 use crate::registry::services::Services;
 use crate::registry::watches::Watches;
 use crate::stats::Stats;
@@ -37,6 +37,8 @@ pub(crate) struct Runtime {
     pub(crate) mailboxes: Mailboxes,
     pub(crate) services: Services,
     pub(crate) conversations: Conversations,
+    /// The idle ends of parked conversation runs.
+    pub(crate) parking: Arc<Parking>,
     pub(crate) dedup: DedupTable,
     /// Bytes in the receive buffers of all mailbox streams (`max_buffered_bytes`).
     pub(crate) buffered: Arc<ByteBudget>,
@@ -74,6 +76,7 @@ impl Runtime {
             mailboxes: Mailboxes::default(),
             services: Services::default(),
             conversations: Conversations::default(),
+            parking: Arc::default(),
             dedup: DedupTable::default(),
             buffered,
             stats,

@@ -201,8 +201,11 @@ pub struct NodeStats {
     pub open_connections: usize,
     /// Open mailboxes.
     pub mailboxes: usize,
-    /// Outgoing conversations with a running task.
+    /// Outgoing conversations (their stream open, or waiting for messages until
+    /// `stream_idle_timeout`).
     pub conversations: usize,
+    /// Of those, the ones parked without a task: quiet for a second or more.
+    pub parked_conversations: usize,
     /// Incoming conversation runs remembered for duplicate suppression.
     pub dedup_entries: usize,
     /// Packets this node forwarded as a relay.

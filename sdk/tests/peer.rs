@@ -586,6 +586,19 @@ async fn receiving_forms_are_exclusive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_receiver_is_reached_again_at_the_same_address() {
+    reach_a_restarted_receiver(false).await;
+}
+
+/// A parked conversation whose peer restarted meanwhile (its stream and connection are gone)
+/// delivers its next message on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_conversation_reaches_a_restarted_peer() {
+    reach_a_restarted_receiver(true).await;
+}
+
+/// A message, a restart of its receiver (after the conversation parked, if `parked`), and
+/// another message to the same address.
+async fn reach_a_restarted_receiver(parked: bool) {
     let a = node().await;
     let key = SecretKey::generate();
     let b = Node::bind(key.clone(), NodeConfig::default())
@@ -597,20 +610,18 @@ async fn restarted_receiver_is_reached_again_at_the_same_address() {
     let address = first.address().clone();
     a.send(&address, "before").await.unwrap();
     first.recv_timeout(WAIT).await.unwrap();
+    if parked {
+        wait_for("the quiet conversation to park", || {
+            a.stats().parked_conversations == 1
+        })
+        .await;
+    }
     drop(first);
     b.shutdown(Duration::from_millis(100)).await;
     drop(b);
 
-    // Same key, same port, same mailbox id: the same address works after the restart. The old
-    // endpoint's driver task releases the UDP port asynchronously, so retry the bind briefly.
-    let config = NodeConfig {
-        listen: port,
-        ..NodeConfig::default()
-    };
-    let b = wait_for_ok("rebinding the port", || {
-        Node::bind(key.clone(), config.clone())
-    })
-    .await;
+    // Same key, same port, same mailbox id: the same address works after the restart.
+    let b = rebind(&key, port).await;
     let second = b.mailbox_with_id(mailbox_id);
     assert_eq!(second.address(), &address);
     a.send(&address, "after").await.unwrap();
@@ -625,6 +636,19 @@ async fn restarted_receiver_is_reached_again_at_the_same_address() {
     );
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A node with `key` on `port`, where one just shut down. The old endpoint's driver task
+/// releases the UDP port asynchronously, so the bind is retried briefly.
+async fn rebind(key: &SecretKey, port: std::net::SocketAddr) -> Node {
+    let config = NodeConfig {
+        listen: port,
+        ..NodeConfig::default()
+    };
+    wait_for_ok("rebinding the port", || {
+        Node::bind(key.clone(), config.clone())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -807,5 +831,117 @@ async fn finished_conversations_leave_no_dedup_state() {
     })
     .await;
     a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A conversation quiet for a second parks its run without a task; its next message takes it
+/// up on the same stream, in order, and it parks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_conversation_parks_and_its_next_message_goes_on_the_same_stream() {
+    let a = node().await;
+    let b = node().await;
+    let target = b.mailbox();
+    let sender = a.sender(target.address());
+    sender.send(&1u32).await.unwrap();
+    wait_for("the quiet conversation to park", || {
+        a.stats().parked_conversations == 1
+    })
+    .await;
+    assert_eq!(a.stats().conversations, 1);
+    assert_eq!(b.stats().streams_in, 1);
+    // Taken up by the next message, and by a batch after it.
+    let delivery = sender.enqueue(&2u32).await.unwrap();
+    let batch = sender
+        .enqueue_all([3u32, 4].map(|n| Bytes::from(postcard::to_allocvec(&n).unwrap())))
+        .await
+        .unwrap();
+    delivery.await.unwrap();
+    batch.await.unwrap();
+    for expected in 1..=4u32 {
+        let message = target.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), expected);
+    }
+    // One stream carried them all: the receiver serves it alone.
+    assert_eq!(b.stats().streams_in, 1);
+    wait_for("the conversation to park again", || {
+        a.stats().parked_conversations == 1
+    })
+    .await;
+    sender.send(&5u32).await.unwrap();
+    assert_eq!(
+        target
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .decode::<u32>()
+            .unwrap(),
+        5
+    );
+    assert_eq!(b.stats().streams_in, 1);
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A parked conversation still ends at `stream_idle_timeout`: its stream is finished, and the
+/// next message opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_conversation_ends_at_its_idle_timeout() {
+    let a = node_with(NodeConfig {
+        stream_idle_timeout: Duration::from_secs(3),
+        ..NodeConfig::default()
+    })
+    .await;
+    let b = node().await;
+    let target = b.mailbox();
+    let sender = a.sender(target.address());
+    sender.send(&1u32).await.unwrap();
+    // Parked from 1 s to 3 s (a machine slow enough to miss that spell still checks the end).
+    wait_for("the quiet conversation to park", || {
+        let stats = a.stats();
+        stats.parked_conversations == 1 || stats.conversations == 0
+    })
+    .await;
+    wait_for("the parked conversation to end", || {
+        let stats = a.stats();
+        stats.conversations == 0 && stats.parked_conversations == 0
+    })
+    .await;
+    wait_for("the receiver to see its stream finished", || {
+        b.stats().streams_in == 0
+    })
+    .await;
+    sender.send(&2u32).await.unwrap();
+    for expected in 1..=2u32 {
+        let message = target.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(message.decode::<u32>().unwrap(), expected);
+    }
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Shutting down ends parked conversations like running ones: their streams close and the
+/// node forgets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_parked_conversations() {
+    let a = node().await;
+    let b = node().await;
+    let targets = [b.mailbox(), b.mailbox()];
+    for target in &targets {
+        a.send(target.address(), "hello").await.unwrap();
+    }
+    wait_for("both conversations to park", || {
+        a.stats().parked_conversations == 2
+    })
+    .await;
+    assert_eq!(b.stats().streams_in, 2);
+    tokio::time::timeout(WAIT, a.shutdown(Duration::from_secs(5)))
+        .await
+        .expect("shutdown returns");
+    let stats = a.stats();
+    assert_eq!((stats.conversations, stats.parked_conversations), (0, 0));
+    wait_for("the receiver to see both streams end", || {
+        b.stats().streams_in == 0
+    })
+    .await;
     b.shutdown(Duration::from_secs(1)).await;
 }

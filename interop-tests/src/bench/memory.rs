@@ -41,6 +41,9 @@ const SETTLE: Duration = Duration::from_millis(100);
 pub(crate) const CONCURRENCY: usize = 8;
 /// How long the hub waits for the peers or streams it was told to expect.
 const HUB_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest wait for the sending node's idle conversations to park (they do after a second).
+const PARKING_WAIT: Duration = Duration::from_secs(30);
 /// Concurrent incoming streams the quinn hub allows a peer at most (ferry's
 /// `max_incoming_streams`), and at first (ferry's `initial_incoming_streams`): like ferry, the
 /// hub doubles a connection's grant whenever half of it is in use.
@@ -152,7 +155,8 @@ async fn settled_heap() -> Result<i64> {
 /// first reading, `connect` to it; then the first client opens `m` conversations into the
 /// hub's mailbox, one per sending mailbox (`mailbox.sender(hub address)`), each sending one
 /// acknowledged 64-byte message and then idle (a conversation stays open 30 s without
-/// traffic, `stream_idle_timeout`).
+/// traffic, `stream_idle_timeout`). The sending node is measured once they all parked (after
+/// a second without traffic).
 pub(crate) async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
     let (mut hub, ready) = Hub::start("ferry").await?;
     let address: Address = ready
@@ -193,6 +197,14 @@ pub(crate) async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
             .await?;
         hub.expect(&format!("streams {m}")).await?;
         let with_conversations = hub.memory().await?;
+        // Idle: quiet for a second, a conversation parks its run and ends its task.
+        tokio::time::timeout(PARKING_WAIT, async {
+            while sending.stats().parked_conversations < m {
+                tokio::time::sleep(SETTLE).await;
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("the idle conversations did not park"))?;
         let sender_after = settled_heap().await?;
         drop(conversations);
         anyhow::Ok(per_item(

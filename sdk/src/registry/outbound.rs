@@ -5,13 +5,16 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 use crate::address::{Address, MailboxId};
 use crate::error::SendError;
+use crate::net::connection::Link;
 use crate::sync::{lock, wait_until};
 
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
@@ -20,8 +23,9 @@ use crate::sync::{lock, wait_until};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ConversationKey {
     pub(crate) from: MailboxId,
-    /// The target's capability field (its core, or its grant and caveat chain).
-    pub(crate) target: Box<[u8]>,
+    /// The target's capability field (its core, or its grant and caveat chain). Shared by the
+    /// table's key and the conversation's.
+    pub(crate) target: Arc<[u8]>,
 }
 
 impl std::hash::Hash for ConversationKey {
@@ -88,6 +92,108 @@ pub(crate) struct Queue {
     pub(crate) items: VecDeque<(u64, Bytes)>,
     /// Set when the task ended (idle or failed): senders must start a new conversation.
     pub(crate) closed: bool,
+    /// The run of a quiet conversation, kept without a task: the sender that queues next
+    /// starts a task with it, or [`Parking`] does at the run's idle end.
+    pub(crate) parked: Option<Parked>,
+}
+
+/// What a conversation's task drives: the protocol, and the stream it writes to.
+pub(crate) struct Run {
+    pub(crate) sm: ferry_proto::sender::Sender<SendError>,
+    pub(crate) stream: Option<OpenStream>,
+}
+
+/// The stream a run writes to, on the connection it was opened on.
+pub(crate) struct OpenStream {
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+    /// The connection the stream is on.
+    pub(crate) link: Link,
+    /// Resolves once another connection to the peer took over: the stream moves there.
+    pub(crate) superseded: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+/// A quiet conversation's run, waiting without a task.
+pub(crate) struct Parked {
+    pub(crate) run: Box<Run>,
+    /// Its entry in [`Parking`].
+    pub(crate) idle_end: IdleEnd,
+}
+
+/// When a parked run's idle end is due, and which park it was (a run parks again after it
+/// resumed, under a new id).
+pub(crate) type IdleEnd = (Instant, u64);
+
+/// The idle ends of the node's parked runs, in order of time.
+#[derive(Default)]
+pub(crate) struct Parking {
+    state: Mutex<ParkingState>,
+    /// Woken when an earlier idle end than the first was added, or parking closed.
+    pub(crate) changed: Notify,
+}
+
+#[derive(Default)]
+struct ParkingState {
+    due: BTreeMap<IdleEnd, Weak<Outbound>>,
+    next_id: u64,
+    /// The node shuts down: no more runs park.
+    closed: bool,
+}
+
+impl Parking {
+    /// Registers `outbound`'s idle end at `at`; `None` once parking closed.
+    pub(crate) fn add(&self, at: Instant, outbound: &Arc<Outbound>) -> Option<IdleEnd> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return None;
+        }
+        let end = (at, state.next_id);
+        state.next_id += 1;
+        let earliest = state
+            .due
+            .first_key_value()
+            .is_none_or(|(first, _)| end < *first);
+        state.due.insert(end, Arc::downgrade(outbound));
+        drop(state);
+        if earliest {
+            self.changed.notify_one();
+        }
+        Some(end)
+    }
+
+    /// Forgets an idle end (its run resumed).
+    pub(crate) fn remove(&self, end: IdleEnd) {
+        lock(&self.state).due.remove(&end);
+    }
+
+    /// The first idle end due, if any.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        lock(&self.state)
+            .due
+            .first_key_value()
+            .map(|((at, _), _)| *at)
+    }
+
+    /// Takes the idle ends due by `now`.
+    pub(crate) fn take_due(&self, now: Instant) -> Vec<(IdleEnd, Weak<Outbound>)> {
+        let mut state = lock(&self.state);
+        let later = state.due.split_off(&(now, u64::MAX));
+        std::mem::replace(&mut state.due, later)
+            .into_iter()
+            .collect()
+    }
+
+    /// Closes parking (the node shuts down) and takes every idle end.
+    pub(crate) fn close(&self) -> Vec<(IdleEnd, Weak<Outbound>)> {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        std::mem::take(&mut state.due).into_iter().collect()
+    }
+
+    /// How many runs are parked.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).due.len()
+    }
 }
 
 /// The shared state of one outgoing conversation.
