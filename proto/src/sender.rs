@@ -342,10 +342,10 @@ impl<E: Clone> Sender<E> {
     }
 
     /// Whether the run only waits: nothing queued or unacknowledged, no action to take, no
-    /// stream being opened. Until a message is pushed, its one event is its idle end at
-    /// [`Sender::poll_timeout`] (bytes from the receiver are not expected, and reading them
-    /// when the next message is pushed loses nothing), so the runtime may keep it without a
-    /// task until then.
+    /// stream being opened. Until a message is pushed, what can happen to it is its idle end at
+    /// [`Sender::poll_timeout`], or news from the stream (the receiver's CLOSE, a reset, a lost
+    /// or superseded connection): the runtime may keep it without a task if either takes it
+    /// up.
     pub fn is_quiet(&self) -> bool {
         !self.ended
             && !self.busy()

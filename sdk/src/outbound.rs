@@ -15,8 +15,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+
 use bytes::Bytes;
-use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -695,35 +697,76 @@ fn on_superseded(sm: &mut proto::Sender<SendError>) {
     sm.superseded(now());
 }
 
-/// Parks a quiet run (see [`Parked`]). Gives it back if messages were queued meanwhile or the
-/// node shuts down.
-fn park(outbound: &Arc<Outbound>, node: &Runtime, mut run: Box<Run>) -> Result<(), Box<Run>> {
+/// Parks a quiet run (see [`Parked`]). Gives it back if messages were queued meanwhile, the
+/// stream or the connection had news, or the node shuts down.
+fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Result<(), Box<Run>> {
     let Some(idle_end) = run.sm.poll_timeout() else {
         return Err(run);
     };
+    let idle_end = (Instant::from_std(idle_end), node.parking.reserve());
+    let waker = Arc::new(ParkWaker {
+        idle_end,
+        woken: AtomicBool::new(false),
+        node: Arc::downgrade(node),
+        outbound: Arc::downgrade(outbound),
+        runtime: tokio::runtime::Handle::current(),
+    });
     if let Some(open) = run.stream.as_mut() {
-        // The task's last waits left its waker with the stream and the connection's token:
-        // kept, they would keep the ended task's memory. Polled with a no-op waker they
-        // hold that instead, or are ready, and the run goes on.
-        if let Some(read) = open.recv.read_chunk(READ_CHUNK, true).now_or_never() {
+        // The task's last waits left its waker with the stream and the connection's token;
+        // the parked run's takes its place (the task's would keep the ended task's memory, and
+        // wake nothing). What is ready already is handled now, and the run goes on.
+        let waker = Waker::from(waker.clone());
+        let mut context = Context::from_waker(&waker);
+        let read = std::pin::pin!(open.recv.read_chunk(READ_CHUNK, true)).poll(&mut context);
+        if let Poll::Ready(read) = read {
             on_read(&mut run.sm, read);
             return Err(run);
         }
-        if open.superseded.as_mut().now_or_never().is_some() {
+        if open.superseded.as_mut().poll(&mut context).is_ready() {
             on_superseded(&mut run.sm);
             return Err(run);
         }
     }
     run.sm.shrink();
     let mut queue = lock(&outbound.queue);
-    if !queue.items.is_empty() {
+    // Woken since the polls: its take-up, which takes this lock, must not find it parked late.
+    if !queue.items.is_empty() || waker.woken.load(Ordering::Acquire) {
         return Err(run);
     }
-    let Some(idle_end) = node.parking.add(Instant::from_std(idle_end), outbound) else {
+    if !node.parking.add(idle_end, outbound) {
         return Err(run);
-    };
+    }
     queue.parked = Some(Parked { run, idle_end });
     Ok(())
+}
+
+/// The waker a parked run leaves with its stream and its connection's supersession: what comes
+/// meanwhile (the receiver's CLOSE when the grant is revoked or the mailbox closes, a reset, a
+/// lost connection, another connection taking over) takes the run up at once (PROTOCOL.md
+/// §4.11, §2.4), as the task would have handled it.
+struct ParkWaker {
+    idle_end: IdleEnd,
+    woken: AtomicBool,
+    node: std::sync::Weak<Runtime>,
+    outbound: std::sync::Weak<Outbound>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::task::Wake for ParkWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.woken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // quinn wakes under its connection's lock: the run is taken up by a task of its own.
+        let (node, outbound) = (self.node.clone(), self.outbound.clone());
+        let idle_end = self.idle_end;
+        self.runtime
+            .spawn(async move { take_up(&node, vec![(idle_end, outbound)]) });
+    }
 }
 
 /// Takes up parked runs at their idle end (where they end, unless a message came first) and,
@@ -773,6 +816,8 @@ fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(IdleEnd, std::sync::Weak<O
             }
         };
         if let Some(parked) = parked {
+            // Still registered when its waker took it up.
+            node.parking.remove(end);
             spawn_run(&node, outbound, parked.run);
         }
     }

@@ -136,6 +136,17 @@ async fn revoking_a_grant_ends_the_streams_and_watches_open_under_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_under_a_revoked_grant_ends_at_once() {
+    idle_stream_under_a_revoked_grant(false).await;
+}
+
+/// As above, once the sending conversations parked: the receiver's CLOSE takes the run up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_stream_under_a_revoked_grant_ends_at_once() {
+    idle_stream_under_a_revoked_grant(true).await;
+}
+
+/// Two idle streams (parked ones, if `parked`) under two grants; one grant is revoked.
+async fn idle_stream_under_a_revoked_grant(parked: bool) {
     // The sender would keep an idle stream open for an hour.
     let a = node_with(NodeConfig {
         stream_idle_timeout: Duration::from_secs(3600),
@@ -150,6 +161,12 @@ async fn an_idle_stream_under_a_revoked_grant_ends_at_once() {
     from.send(&h, &2u32).await.unwrap();
     wait_for("both streams to be open", || b.stats().streams_in == 2).await;
     assert_eq!(a.stats().conversations, 2);
+    if parked {
+        wait_for("both conversations to park", || {
+            a.stats().parked_conversations == 2
+        })
+        .await;
+    }
     target.revoke(g.grant()).await.unwrap();
     // Nothing is sent under G: its stream ends at both ends all the same.
     wait_for("G's idle stream to end", || {

@@ -141,14 +141,19 @@ struct ParkingState {
 }
 
 impl Parking {
-    /// Registers `outbound`'s idle end at `at`; `None` once parking closed.
-    pub(crate) fn add(&self, at: Instant, outbound: &Arc<Outbound>) -> Option<IdleEnd> {
+    /// An id for the next park.
+    pub(crate) fn reserve(&self) -> u64 {
+        let mut state = lock(&self.state);
+        state.next_id += 1;
+        state.next_id
+    }
+
+    /// Registers `outbound`'s idle end; false once parking closed.
+    pub(crate) fn add(&self, end: IdleEnd, outbound: &Arc<Outbound>) -> bool {
         let mut state = lock(&self.state);
         if state.closed {
-            return None;
+            return false;
         }
-        let end = (at, state.next_id);
-        state.next_id += 1;
         let earliest = state
             .due
             .first_key_value()
@@ -158,7 +163,7 @@ impl Parking {
         if earliest {
             self.changed.notify_one();
         }
-        Some(end)
+        true
     }
 
     /// Forgets an idle end (its run resumed).
