@@ -205,7 +205,8 @@ struct Stall {
 #[derive(Debug)]
 enum LastError<E> {
     None,
-    Unreachable(E),
+    /// Boxed: rare, and kept by every run, parked ones included.
+    Unreachable(Box<E>),
     Other,
 }
 
@@ -407,7 +408,7 @@ impl<E: Clone> Sender<E> {
             // Without a stream, the last reason one could not be opened says most.
             let failure = match (&self.stream, &self.last_error) {
                 (Stream::Open { .. }, _) => RunFailure::Timeout,
-                (_, LastError::Unreachable(error)) => RunFailure::Unreachable(error.clone()),
+                (_, LastError::Unreachable(error)) => RunFailure::Unreachable((**error).clone()),
                 _ => RunFailure::Timeout,
             };
             if matches!(self.stream, Stream::Open { .. } | Stream::Presented { .. }) {
@@ -562,7 +563,7 @@ impl<E: Clone> Sender<E> {
             return self.fail(RunFailure::Fatal(error));
         }
         let last = if unreachable {
-            LastError::Unreachable(error)
+            LastError::Unreachable(Box::new(error))
         } else {
             LastError::Other
         };
@@ -629,7 +630,7 @@ impl<E: Clone> Sender<E> {
             return self.fail(RunFailure::Fatal(error));
         }
         let last = if unreachable {
-            LastError::Unreachable(error)
+            LastError::Unreachable(Box::new(error))
         } else {
             LastError::Other
         };

@@ -455,7 +455,7 @@ impl IntoFuture for Delivery {
                     if state.resolved_below > last {
                         return Some(Ok(()));
                     }
-                    state.fatal.clone().map(Err)
+                    state.fatal.as_deref().cloned().map(Err)
                 })
                 .await
         })
@@ -1058,7 +1058,7 @@ fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
         outbound.window.close();
     }
     outbound.progress.update(|progress| {
-        progress.fatal = Some(error);
+        progress.fatal = Some(Box::new(error));
         true
     });
 }

@@ -207,6 +207,8 @@ impl MintedHints {
                 hints.push(*addr);
             }
         }
+        // Every address minted keeps these: not the room for `limit` of them.
+        hints.shrink_to_fit();
         hints
     }
 

@@ -51,7 +51,7 @@ pub(crate) struct Progress {
     pub(crate) resolved_below: u64,
     pub(crate) failed: BTreeMap<u64, SendError>,
     /// The conversation ended with this error: every unresolved ticket failed with it.
-    pub(crate) fatal: Option<SendError>,
+    pub(crate) fatal: Option<Box<SendError>>,
 }
 
 /// A conversation's [`Progress`] and the wake-up of the deliveries waiting on it. Not a
