@@ -92,8 +92,9 @@ pub(crate) struct Queue {
     pub(crate) items: VecDeque<(u64, Bytes)>,
     /// Set when the task ended (idle or failed): senders must start a new conversation.
     pub(crate) closed: bool,
-    /// The run of a quiet conversation, kept without a task: the sender that queues next
-    /// starts a task with it, or [`Parking`] does at the run's idle end.
+    /// The run of a quiet conversation, kept without a task: the sender that queues next, the
+    /// run's waker (news from its stream or connection), or [`Parking`] (at its idle end, or
+    /// at shutdown) starts a task with it.
     pub(crate) parked: Option<Parked>,
 }
 
@@ -128,7 +129,7 @@ pub(crate) type IdleEnd = (Instant, u64);
 #[derive(Default)]
 pub(crate) struct Parking {
     state: Mutex<ParkingState>,
-    /// Woken when an earlier idle end than the first was added, or parking closed.
+    /// Woken when an idle end earlier than the first was added.
     pub(crate) changed: Notify,
 }
 
