@@ -7,7 +7,7 @@ use ferry::StoreError;
 use redb::{ReadableDatabase, ReadableTable as _};
 
 use super::failed;
-use super::schema::{COUNTERS, REVOKED};
+use super::schema::{read_table, COUNTERS, REVOKED};
 
 /// Adds `stored` to each of `counters` of `mailbox` (in the writer's transaction).
 pub(crate) fn add(
@@ -41,10 +41,8 @@ pub(crate) fn counts(
     mailbox: MailboxId,
 ) -> Result<Vec<(CounterKey, u64)>, StoreError> {
     let txn = db.begin_read().map_err(failed)?;
-    let counters = match txn.open_table(COUNTERS) {
-        Ok(counters) => counters,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(error) => return Err(failed(error)),
+    let Some(counters) = read_table(&txn, COUNTERS).map_err(failed)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for row in counters
@@ -60,10 +58,8 @@ pub(crate) fn counts(
 /// The revoked grants of `mailbox`, as committed.
 pub(crate) fn revoked(db: &redb::Database, mailbox: MailboxId) -> Result<Vec<GrantId>, StoreError> {
     let txn = db.begin_read().map_err(failed)?;
-    let revoked = match txn.open_table(REVOKED) {
-        Ok(revoked) => revoked,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(error) => return Err(failed(error)),
+    let Some(revoked) = read_table(&txn, REVOKED).map_err(failed)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for row in revoked

@@ -5,7 +5,7 @@
 use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use super::failed;
-use super::schema::RECORDS;
+use super::schema::{read_table, RECORDS};
 use ferry::StoreError;
 
 /// Every record whose key starts with `prefix`, in key order.
@@ -14,10 +14,8 @@ pub(crate) fn with_prefix(
     prefix: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let txn = db.begin_read().map_err(failed)?;
-    let records = match txn.open_table(RECORDS) {
-        Ok(records) => records,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(error) => return Err(failed(error)),
+    let Some(records) = read_table(&txn, RECORDS).map_err(failed)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for row in records.range(prefix..).map_err(failed)? {

@@ -149,18 +149,15 @@ impl RedbStore {
     /// rows); (0, 0) for one never used.
     pub(super) fn counters(&self, mailbox: MailboxId) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        let floor = match txn.open_table(MAILBOXES) {
-            Ok(mailboxes) => mailboxes
+        let floor = match read_table(&txn, MAILBOXES).map_err(failed)? {
+            Some(mailboxes) => mailboxes
                 .get(mailbox.0)
                 .map_err(failed)?
                 .map_or(0, |v| v.value().0),
-            Err(redb::TableError::TableDoesNotExist(_)) => 0,
-            Err(error) => return Err(failed(error)),
+            None => 0,
         };
-        let messages = match txn.open_table(MESSAGES) {
-            Ok(messages) => messages,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((floor, 0)),
-            Err(error) => return Err(failed(error)),
+        let Some(messages) = read_table(&txn, MESSAGES).map_err(failed)? else {
+            return Ok((floor, 0));
         };
         let count = count_rows(&messages, mailbox.0, floor).map_err(failed)?;
         Ok((count.next, count.pending))
@@ -351,10 +348,8 @@ impl MailboxStore for RedbStore {
 
     fn delivered(&self, mailbox: MailboxId, run: RunId) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        let runs = match txn.open_table(RUNS) {
-            Ok(runs) => runs,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(failed(error)),
+        let Some(runs) = read_table(&txn, RUNS).map_err(failed)? else {
+            return Ok(None);
         };
         Ok(runs
             .get(run_key(mailbox, &run))
@@ -409,10 +404,8 @@ impl SessionStore for RedbStore {
         max_bytes: usize,
     ) -> Result<Vec<TaggedMessage>, StoreError> {
         let txn = self.db.begin_read().map_err(failed)?;
-        let messages = match txn.open_table(MESSAGES) {
-            Ok(messages) => messages,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(failed(error)),
+        let Some(messages) = read_table(&txn, MESSAGES).map_err(failed)? else {
+            return Ok(Vec::new());
         };
         let shared = read_table(&txn, SHARED).map_err(failed)?;
         let senders = read_table(&txn, SENDERS).map_err(failed)?;
