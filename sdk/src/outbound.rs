@@ -370,8 +370,7 @@ impl Sender {
             let parked = queue.parked.take();
             drop(queue);
             if let Some(parked) = parked {
-                self.node.parking.remove(parked.idle_end);
-                spawn_run(&self.node, outbound.clone(), parked.run);
+                resume(&self.node, outbound.clone(), parked);
             } else if was_empty {
                 // The task drains the whole queue per wake-up, so only the first item needs one.
                 outbound.wake.notify_one();
@@ -816,11 +815,16 @@ fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(IdleEnd, std::sync::Weak<O
             }
         };
         if let Some(parked) = parked {
-            // Still registered when its waker took it up.
-            node.parking.remove(end);
-            spawn_run(&node, outbound, parked.run);
+            resume(&node, outbound, parked);
         }
     }
+}
+
+/// Starts a task with a run taken out of its queue, and forgets its idle end (still registered
+/// unless the parking task took it up there).
+fn resume(node: &Arc<Runtime>, outbound: Arc<Outbound>, parked: Parked) {
+    node.parking.remove(parked.idle_end);
+    spawn_run(node, outbound, parked.run);
 }
 
 /// Moves what senders queued into the run.

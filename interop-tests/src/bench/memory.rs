@@ -41,9 +41,6 @@ const SETTLE: Duration = Duration::from_millis(100);
 pub(crate) const CONCURRENCY: usize = 8;
 /// How long the hub waits for the peers or streams it was told to expect.
 const HUB_WAIT: Duration = Duration::from_secs(60);
-
-/// The longest wait for the sending node's idle conversations to park (they do after a second).
-const PARKING_WAIT: Duration = Duration::from_secs(30);
 /// Concurrent incoming streams the quinn hub allows a peer at most (ferry's
 /// `max_incoming_streams`), and at first (ferry's `initial_incoming_streams`): like ferry, the
 /// hub doubles a connection's grant whenever half of it is in use.
@@ -198,13 +195,10 @@ pub(crate) async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
         hub.expect(&format!("streams {m}")).await?;
         let with_conversations = hub.memory().await?;
         // Idle: quiet for a second, a conversation parks its run and ends its task.
-        tokio::time::timeout(PARKING_WAIT, async {
-            while sending.stats().parked_conversations < m {
-                tokio::time::sleep(SETTLE).await;
-            }
+        ferry_testkit::wait::wait_for("the idle conversations to park", || {
+            sending.stats().parked_conversations >= m
         })
-        .await
-        .map_err(|_| anyhow!("the idle conversations did not park"))?;
+        .await;
         let sender_after = settled_heap().await?;
         drop(conversations);
         anyhow::Ok(per_item(
