@@ -19,6 +19,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -213,7 +214,8 @@ enum LastError<E> {
 /// One conversation run's sending side.
 #[derive(Debug)]
 pub struct Sender<E> {
-    config: SenderConfig,
+    /// Shared by a node's runs: every parked run keeps its state machine.
+    config: Arc<SenderConfig>,
     target: Address,
     from: Address,
     epoch: u64,
@@ -242,7 +244,7 @@ impl<E: Clone> Sender<E> {
     /// hints, so it is kept as given: no copy per run) with a random `epoch`, begun at
     /// `now`; `seed` seeds the jitter of its retry pauses.
     pub fn new(
-        config: SenderConfig,
+        config: Arc<SenderConfig>,
         target: Address,
         from: Address,
         epoch: u64,
@@ -861,7 +863,7 @@ mod tests {
     fn sender(now: Instant) -> Sender<&'static str> {
         let target = Address::mint(&SecretKey::generate(), MailboxId(1), None, vec![]);
         let from = Address::mint(&SecretKey::generate(), MailboxId(2), None, vec![]);
-        Sender::new(CONFIG, target, from, 7, 1, now)
+        Sender::new(Arc::new(CONFIG), target, from, 7, 1, now)
     }
 
     fn actions(sender: &mut Sender<&'static str>) -> Vec<Action<&'static str>> {

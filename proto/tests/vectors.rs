@@ -1732,8 +1732,14 @@ fn generate_conversation() -> Value {
     let from = second();
     let payloads = payloads();
     let t0 = Instant::now();
-    let mut sender: Sender<String> =
-        Sender::new(CONFIG, target.clone(), from.clone(), EPOCH, 1, t0);
+    let mut sender: Sender<String> = Sender::new(
+        std::sync::Arc::new(CONFIG),
+        target.clone(),
+        from.clone(),
+        EPOCH,
+        1,
+        t0,
+    );
     let mut run = RunState::default();
     let accept = encode(&Frame::Accept {
         max_message: MAX_MESSAGE as u64,

@@ -7,7 +7,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::address::{Address, GrantId, MailboxId};
 use crate::error::{AttachError, RecvError, RevokeError};
@@ -21,7 +20,6 @@ async fn replay(
     durable: Arc<Durable>,
     pending: Vec<StoredMessage>,
     queue: Option<Arc<MailboxQueue<Message>>>,
-    closed: CancellationToken,
 ) {
     if let Some(queue) = queue {
         for stored in pending {
@@ -35,7 +33,7 @@ async fn replay(
             };
             tokio::select! {
                 queued = queue.push(message) => if queued.is_err() { break },
-                _ = closed.cancelled() => break,
+                _ = queue.mailbox_closed.wait() => break,
             }
         }
     }
@@ -51,7 +49,6 @@ async fn replay(
 pub struct Mailbox {
     id: MailboxId,
     generation: u64,
-    closed: CancellationToken,
     address: Address,
     pub(crate) node: Weak<Runtime>,
     queue: Arc<MailboxQueue<Message>>,
@@ -86,31 +83,22 @@ impl Mailbox {
         let caps = durable
             .as_ref()
             .map_or_else(Arc::default, |durable| durable.caps.clone());
-        // Not a child of the node's token: at shutdown, streams must answer SHUTTING_DOWN
-        // (retry later), not NO_SUCH_MAILBOX (final). Shutdown closes mailboxes last.
-        let closed = CancellationToken::new();
         let generation = node.mailboxes.insert(
             id,
             MailboxHandle {
                 queue: queue.clone(),
-                closed: closed.clone(),
                 durable: durable.clone(),
                 caps: caps.clone(),
             },
         );
         if let Some(durable) = &durable {
-            node.tasks.spawn(replay(
-                durable.clone(),
-                pending,
-                node.mailboxes.queue(id),
-                closed.clone(),
-            ));
+            node.tasks
+                .spawn(replay(durable.clone(), pending, node.mailboxes.queue(id)));
         }
         let node = Arc::downgrade(node);
         Self {
             id,
             generation,
-            closed,
             address,
             node,
             queue,
@@ -261,12 +249,12 @@ impl Mailbox {
         let Some(node) = self.node.upgrade() else {
             return Ok(());
         };
-        let closed = self.closed.clone();
+        let queue = self.queue.clone();
         let shutdown = node.cancel.clone();
         node.tasks.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = closed.cancelled() => break,
+                    _ = queue.mailbox_closed.wait() => break,
                     _ = shutdown.cancelled() => break,
                     message = receiver.recv() => match message {
                         Some(message) => handler(message).await,
@@ -283,7 +271,8 @@ impl Mailbox {
         &self,
     ) -> Result<impl Stream<Item = Message> + Send + Unpin + 'static, AttachError> {
         let mut receiver = self.take_receiver()?;
-        let closed = Box::pin(self.closed.clone().cancelled_owned());
+        let queue = self.queue.clone();
+        let closed = Box::pin(async move { queue.mailbox_closed.wait().await });
         Ok(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).take_until(closed))
     }
 
@@ -295,7 +284,7 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.closed.cancel();
+        self.queue.mailbox_closed.set();
         // Senders must see the mailbox gone even if it was never read (its receiving end,
         // never taken, is still in the queue).
         self.queue.close();

@@ -62,7 +62,7 @@ fn cost(payload: &Bytes) -> u32 {
 fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Outbound> {
     let key = ConversationKey {
         from: from.mailbox(),
-        target: target.to_cap_bytes().into(),
+        target: target.clone(),
     };
     let mut map = lock(&node.conversations);
     if let Some(existing) = map.get(&key) {
@@ -70,7 +70,6 @@ fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Ou
     }
     let outbound = Arc::new(Outbound {
         key: key.clone(),
-        target: target.clone(),
         from: from.clone(),
         window: Semaphore::new(node.config.send_window),
         window_size: node.config.send_window,
@@ -81,7 +80,11 @@ fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Ou
     });
     map.insert(key, outbound.clone());
     drop(map);
-    spawn_run(node, outbound.clone(), new_run(&outbound, &node.config));
+    spawn_run(
+        node,
+        outbound.clone(),
+        new_run(&outbound, &node.sender_config),
+    );
     outbound
 }
 
@@ -91,8 +94,9 @@ pub struct Sender {
     node: Arc<Runtime>,
     from: Address,
     target: Address,
-    /// For a mailbox on this node: its queue, skipping the network.
-    local: Option<Result<Authorized, SendError>>,
+    /// For a mailbox on this node: its queue, skipping the network. Boxed: most targets are
+    /// remote, and every idle conversation keeps its senders.
+    local: Option<Box<Result<Authorized, SendError>>>,
     /// The conversation last used, so the node's table is consulted only when it ended.
     cached: Mutex<Option<Arc<Outbound>>>,
 }
@@ -123,8 +127,8 @@ impl Sender {
         for (relay, relay_addr) in target.relays() {
             node.net.peers.add_relay(target.node(), relay, relay_addr);
         }
-        let local =
-            (target.node() == node.id).then(|| node.authorize(target, &node.id, Usage::Messages));
+        let local = (target.node() == node.id)
+            .then(|| Box::new(node.authorize(target, &node.id, Usage::Messages)));
         // A local receiver sees `from` as a remote one would: without hints. A stream's OPEN
         // carries no hints either, so a remote conversation shares the mailbox's address.
         let from = if local.is_some() {
@@ -190,7 +194,7 @@ impl Sender {
         if self.node.is_closing() {
             return Err(SendError::NodeClosed);
         }
-        if let Some(local) = &self.local {
+        if let Some(local) = self.local.as_deref() {
             let authorized = local.as_ref().map_err(Clone::clone)?;
             let caps = &authorized.handle.caps;
             if caps.is_revoked(authorized.grant) {
@@ -462,7 +466,7 @@ impl IntoFuture for Delivery {
 }
 
 /// A new conversation's run.
-fn new_run(outbound: &Outbound, config: &crate::config::NodeConfig) -> Box<Run> {
+fn new_run(outbound: &Outbound, config: &Arc<proto::SenderConfig>) -> Box<Run> {
     let mut random = [0u8; 16];
     crate::identity::fill_random(&mut random);
     let [epoch, seed] = [&random[..8], &random[8..]].map(|half| {
@@ -471,13 +475,8 @@ fn new_run(outbound: &Outbound, config: &crate::config::NodeConfig) -> Box<Run> 
         u64::from_be_bytes(bytes)
     });
     let sm = proto::Sender::new(
-        proto::SenderConfig {
-            send_timeout: config.send_timeout,
-            outbox_ttl: config.outbox_ttl,
-            stream_idle_timeout: config.stream_idle_timeout,
-            open_timeout: config.open_timeout,
-        },
-        outbound.target.clone(),
+        config.clone(),
+        outbound.key.target.clone(),
         outbound.from.clone(),
         epoch,
         seed,
@@ -488,7 +487,7 @@ fn new_run(outbound: &Outbound, config: &crate::config::NodeConfig) -> Box<Run> 
 
 /// Starts a task driving `run` for `outbound`.
 fn spawn_run(node: &Arc<Runtime>, outbound: Arc<Outbound>, run: Box<Run>) {
-    let target = &outbound.target;
+    let target = &outbound.key.target;
     let span = tracing::debug_span!("conversation", to = %target.node().short(), mailbox = %target.mailbox());
     node.tasks
         .spawn(drive(outbound, node.clone(), run).instrument(span));
@@ -499,7 +498,7 @@ fn spawn_run(node: &Arc<Runtime>, outbound: Arc<Outbound>, run: Box<Run>) {
 /// streams lost, messages queued, the time). After [`QUIET_BEFORE_PARKING`] with nothing to
 /// do, it parks the run (see [`Parked`]) and ends.
 async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
-    let peer = outbound.target.node();
+    let peer = outbound.key.target.node();
     let mut quiet_since: Option<Instant> = None;
     // Made once: creating a cancellation future or a timer per iteration showed in profiles.
     let cancelled = node.cancel.clone().cancelled_owned();
@@ -512,7 +511,7 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
             match action {
                 Action::Open(head) => {
                     let deadline = Instant::from_std(run.sm.deadline());
-                    let hints = outbound.target.hints();
+                    let hints = outbound.key.target.hints();
                     // Boxed: opening is the largest wait of a conversation and happens once per
                     // stream; inline, every idle conversation's task would keep room for it.
                     let opening = Box::pin(open(&node, peer, hints, &head));
@@ -599,7 +598,7 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
                     });
                 }
                 Action::Failed(failure) => {
-                    let error = send_error(*failure, &outbound.target);
+                    let error = send_error(*failure, &outbound.key.target);
                     if let Some(mut open) = run.stream.take() {
                         // Dropping a stream finishes it; a failed run's stream is reset.
                         let _ = open.send.reset(varint(ErrorCode::DONE));
@@ -708,7 +707,6 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
         woken: AtomicBool::new(false),
         node: Arc::downgrade(node),
         outbound: Arc::downgrade(outbound),
-        runtime: tokio::runtime::Handle::current(),
     });
     if let Some(open) = run.stream.as_mut() {
         // The task's last waits left its waker with the stream and the connection's token;
@@ -736,6 +734,9 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
         return Err(run);
     }
     queue.parked = Some(Parked { run, idle_end });
+    // Empty, but with the room of its busiest moment (160 bytes for a conversation that sent
+    // one message at a time).
+    queue.items = std::collections::VecDeque::new();
     Ok(())
 }
 
@@ -748,7 +749,6 @@ struct ParkWaker {
     woken: AtomicBool,
     node: std::sync::Weak<Runtime>,
     outbound: std::sync::Weak<Outbound>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl std::task::Wake for ParkWaker {
@@ -761,10 +761,12 @@ impl std::task::Wake for ParkWaker {
             return;
         }
         // quinn wakes under its connection's lock: the run is taken up by a task of its own.
+        let Some(runtime) = self.node.upgrade().map(|node| node.handle.clone()) else {
+            return;
+        };
         let (node, outbound) = (self.node.clone(), self.outbound.clone());
         let idle_end = self.idle_end;
-        self.runtime
-            .spawn(async move { take_up(&node, vec![(idle_end, outbound)]) });
+        runtime.spawn(async move { take_up(&node, vec![(idle_end, outbound)]) });
     }
 }
 
@@ -930,7 +932,7 @@ async fn deliver_locally(
         sent.map_err(|_| SendError::NoSuchMailbox)
     };
     let result = tokio::select! {
-        _ = mailbox.closed.cancelled() => Err(SendError::NoSuchMailbox),
+        _ = mailbox.queue.mailbox_closed.wait() => Err(SendError::NoSuchMailbox),
         sent = tokio::time::timeout(timeout, deliver) => sent.unwrap_or(Err(SendError::Timeout)),
     };
     if result.is_err() && !stored_flag.load(std::sync::atomic::Ordering::Acquire) {

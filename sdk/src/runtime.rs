@@ -33,6 +33,8 @@ use crate::stats::Stats;
 pub(crate) struct Runtime {
     pub(crate) id: NodeId,
     pub(crate) config: NodeConfig,
+    /// The timeouts of every conversation run, from `config`.
+    pub(crate) sender_config: Arc<ferry_proto::sender::SenderConfig>,
     pub(crate) net: Arc<Net>,
     pub(crate) mailboxes: Mailboxes,
     pub(crate) services: Services,
@@ -56,6 +58,9 @@ pub(crate) struct Runtime {
     pub(crate) watches: Arc<Watches>,
     /// The wall clock addresses' expiry is checked against.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The runtime the node was bound on, for tasks started where there may be none (a
+    /// waker's call).
+    pub(crate) handle: tokio::runtime::Handle,
 }
 
 impl Runtime {
@@ -71,6 +76,12 @@ impl Runtime {
         let buffered = Arc::new(ByteBudget::new(config.max_buffered_bytes));
         Self {
             id: net.id,
+            sender_config: Arc::new(ferry_proto::sender::SenderConfig {
+                send_timeout: config.send_timeout,
+                outbox_ttl: config.outbox_ttl,
+                stream_idle_timeout: config.stream_idle_timeout,
+                open_timeout: config.open_timeout,
+            }),
             config,
             net,
             mailboxes: Mailboxes::default(),
@@ -87,6 +98,7 @@ impl Runtime {
             halt: CancellationToken::new(),
             watches: Arc::default(),
             clock,
+            handle: tokio::runtime::Handle::current(),
         }
     }
 

@@ -106,7 +106,7 @@ impl World {
         let seed = self.rng.next_u64();
         let run = self.check.run_started(source, epoch, target.node, self.now);
         let sm = Sender::new(
-            self.scenario.limits.sender,
+            std::sync::Arc::new(self.scenario.limits.sender),
             target_address,
             from,
             epoch,

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -146,10 +146,8 @@ impl std::fmt::Debug for Message {
 /// Where messages for an open mailbox go, and the signal that it closed.
 #[derive(Clone)]
 pub(crate) struct MailboxHandle {
+    /// The mailbox's queue, and its `mailbox_closed` signal.
     pub(crate) queue: Arc<MailboxQueue<Message>>,
-    /// Cancelled when the mailbox closes: delivery stops even while a handler or stream still
-    /// holds the receiving end.
-    pub(crate) closed: CancellationToken,
     /// Set for a durable mailbox: messages are stored before they are acknowledged.
     pub(crate) durable: Option<Arc<Durable>>,
     /// Revoked grants and the counters of counting caveats.
@@ -178,8 +176,15 @@ struct Window {
 }
 
 /// What a mailbox keeps for its capabilities: revoked grants, the counters of counting
-/// caveats, and the roots of chains it checked.
+/// caveats, and the roots of chains it checked. Allocated when first needed (a revocation, a
+/// counting caveat, a chain, a stream or watch waiting on revocations): most mailboxes only
+/// send, and the state was a quarter of a sending mailbox's heap.
+#[derive(Default)]
 pub(crate) struct Caps {
+    state: OnceLock<Box<CapsState>>,
+}
+
+struct CapsState {
     revoked: RwLock<std::collections::HashSet<GrantId>>,
     /// Whether `revoked` holds any grant: every message is checked, almost no mailbox ever
     /// revokes, and the read lock's two atomic operations per message showed in profiles.
@@ -204,14 +209,8 @@ pub(crate) enum Budget {
     TooManyCounters,
 }
 
-impl Default for Caps {
-    fn default() -> Self {
-        Self::with(Vec::new(), Vec::new())
-    }
-}
-
-impl Caps {
-    pub(crate) fn with(revoked: Vec<GrantId>, counts: Vec<(CounterKey, u64)>) -> Self {
+impl CapsState {
+    fn with(revoked: Vec<GrantId>, counts: Vec<(CounterKey, u64)>) -> Self {
         Self {
             any_revoked: AtomicBool::new(!revoked.is_empty()),
             revoked: RwLock::new(revoked.into_iter().collect()),
@@ -221,35 +220,79 @@ impl Caps {
             roots: Mutex::default(),
         }
     }
+}
+
+impl Caps {
+    pub(crate) fn with(revoked: Vec<GrantId>, counts: Vec<(CounterKey, u64)>) -> Self {
+        let caps = Self::default();
+        if !revoked.is_empty() || !counts.is_empty() {
+            let _ = caps.state.set(Box::new(CapsState::with(revoked, counts)));
+        }
+        caps
+    }
+
+    /// The state, allocated now if it was not yet.
+    fn state(&self) -> &CapsState {
+        self.state
+            .get_or_init(|| Box::new(CapsState::with(Vec::new(), Vec::new())))
+    }
+
+    /// Wakes every wait on revocations (there is none before the state exists).
+    pub(crate) fn wake_waiters(&self) {
+        if let Some(state) = self.state.get() {
+            state.revocations.notify_waiters();
+        }
+    }
 
     pub(crate) fn is_revoked(&self, grant: GrantId) -> bool {
-        self.any_revoked.load(Ordering::Acquire) && read(&self.revoked).contains(&grant)
+        self.state.get().is_some_and(|state| {
+            state.any_revoked.load(Ordering::Acquire) && read(&state.revoked).contains(&grant)
+        })
     }
 
     /// Revokes `grant` unless `max` grants are revoked already (one already revoked is
     /// not counted again), and wakes whatever waits in [`Caps::revoked`].
     pub(crate) fn revoke_within(&self, grant: GrantId, max: usize) -> Result<(), RevokeError> {
+        let state = self.state();
         {
-            let mut revoked = write(&self.revoked);
+            let mut revoked = write(&state.revoked);
             if !revoked.contains(&grant) && revoked.len() >= max {
                 return Err(RevokeError::TooMany { max });
             }
             revoked.insert(grant);
-            self.any_revoked.store(true, Ordering::Release);
+            state.any_revoked.store(true, Ordering::Release);
         }
-        self.revocations.notify_waiters();
+        state.revocations.notify_waiters();
         Ok(())
     }
 
     /// How many grants are revoked.
     pub(crate) fn revoked_count(&self) -> usize {
-        read(&self.revoked).len()
+        self.state
+            .get()
+            .map_or(0, |state| read(&state.revoked).len())
     }
 
     /// Resolves once `grant` is revoked (at once if it is already).
-    pub(crate) fn revoked(&self, grant: GrantId) -> impl Future<Output = ()> + '_ {
-        wait_until(&self.revocations, move || {
-            self.is_revoked(grant).then_some(())
+    pub(crate) async fn revoked(&self, grant: GrantId) {
+        self.revoked_or(grant, || false).await;
+    }
+
+    /// Resolves once `grant` is revoked ([`Ended::Revoked`]) or `stop` says so
+    /// ([`Ended::ShuttingDown`]; checked whenever revocations are notified).
+    fn revoked_or<'a>(
+        &'a self,
+        grant: GrantId,
+        stop: impl Fn() -> bool + 'a,
+    ) -> impl Future<Output = Ended> + 'a {
+        wait_until(&self.state().revocations, move || {
+            if self.is_revoked(grant) {
+                Some(Ended::Revoked)
+            } else if stop() {
+                Some(Ended::ShuttingDown)
+            } else {
+                None
+            }
         })
     }
 
@@ -265,8 +308,9 @@ impl Caps {
             return Ok(());
         }
         let now = now();
-        let mut counts = lock(&self.counts);
-        let mut windows = lock(&self.windows);
+        let state = self.state();
+        let mut counts = lock(&state.counts);
+        let mut windows = lock(&state.windows);
         let new_keys = limits
             .iter()
             .filter(|limit| !counts.contains_key(&limit.key) && !windows.contains_key(&limit.key))
@@ -316,10 +360,10 @@ impl Caps {
 
     /// Gives back `n` reserved messages that were not delivered.
     pub(crate) fn release(&self, limits: &[Limit], n: u64) {
-        if n == 0 {
+        let Some(state) = self.state.get().filter(|_| n > 0) else {
             return;
-        }
-        let mut counts = lock(&self.counts);
+        };
+        let mut counts = lock(&state.counts);
         for limit in limits {
             if let LimitKind::Messages(_) = limit.kind {
                 if let Some(count) = counts.get_mut(&limit.key) {
@@ -331,16 +375,19 @@ impl Caps {
 
     /// How many messages were delivered under the counter `key`.
     pub(crate) fn count(&self, key: &CounterKey) -> u64 {
-        lock(&self.counts).get(key).copied().unwrap_or(0)
+        self.state.get().map_or(0, |state| {
+            lock(&state.counts).get(key).copied().unwrap_or(0)
+        })
     }
 
     fn root(&self, address: &Address, key: &crate::SecretKey) -> Tag {
         let id = (address.grant(), address.expires());
-        if let Some((_, tag)) = lock(&self.roots).iter().find(|(k, _)| *k == id) {
+        let state = self.state();
+        if let Some((_, tag)) = lock(&state.roots).iter().find(|(k, _)| *k == id) {
             return *tag;
         }
         let tag = address.root_tag(key);
-        let mut roots = lock(&self.roots);
+        let mut roots = lock(&state.roots);
         if roots.len() == ROOT_CACHE {
             roots.remove(0);
         }
@@ -385,18 +432,7 @@ impl Authorized {
     ) -> impl Future<Output = Ended> + Send + 'static {
         let caps = self.handle.caps.clone();
         let grant = self.grant;
-        async move {
-            wait_until(&caps.revocations, || {
-                if caps.is_revoked(grant) {
-                    Some(Ended::Revoked)
-                } else if shutdown.is_cancelled() {
-                    Some(Ended::ShuttingDown)
-                } else {
-                    None
-                }
-            })
-            .await
-        }
+        async move { caps.revoked_or(grant, || shutdown.is_cancelled()).await }
     }
 }
 
@@ -442,7 +478,7 @@ impl Mailboxes {
             verified: Mutex::new(Vec::new()),
         });
         if let Some(previous) = write(&self.map).insert(id, entry) {
-            previous.handle.closed.cancel();
+            previous.handle.queue.mailbox_closed.set();
         }
         generation
     }
@@ -455,7 +491,7 @@ impl Mailboxes {
             .is_some_and(|entry| entry.generation == generation)
         {
             if let Some(entry) = map.remove(&id) {
-                entry.handle.closed.cancel();
+                entry.handle.queue.mailbox_closed.set();
             }
         }
     }
@@ -464,13 +500,13 @@ impl Mailboxes {
     /// the node's shutdown.
     pub(crate) fn wake_all(&self) {
         for entry in read(&self.map).values() {
-            entry.handle.caps.revocations.notify_waiters();
+            entry.handle.caps.wake_waiters();
         }
     }
 
     pub(crate) fn clear(&self) {
         for (_, entry) in write(&self.map).drain() {
-            entry.handle.closed.cancel();
+            entry.handle.queue.mailbox_closed.set();
         }
     }
 

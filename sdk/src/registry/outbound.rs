@@ -18,29 +18,27 @@ use crate::net::connection::Link;
 use crate::sync::{lock, wait_until};
 
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
-/// The whole signed core is part of the key, so every distinct address (another expiry, or a
-/// tampered copy) is presented to, and checked by, the receiver on its own stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The target's whole capability field is part of the key (not its hints), so every distinct
+/// address (another expiry, or a tampered copy) is presented to, and checked by, the receiver
+/// on its own stream.
+#[derive(Debug, Clone)]
 pub(crate) struct ConversationKey {
     pub(crate) from: MailboxId,
-    /// The target's capability field (its core, or its grant and caveat chain). Shared by the
-    /// table's key and the conversation's.
-    pub(crate) target: Arc<[u8]>,
+    pub(crate) target: Address,
 }
+
+impl PartialEq for ConversationKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.from == other.from && self.target.same_capability(&other.target)
+    }
+}
+
+impl Eq for ConversationKey {}
 
 impl std::hash::Hash for ConversationKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The mailbox ids and the tail of the signature already spread keys well; hashing all
-        // 120 bytes showed up in profiles.
         self.from.hash(state);
-        // The field's format byte, then the mailbox id; then the last 16 bytes (signature or
-        // tag).
-        state.write(self.target.get(33..41).unwrap_or_default());
-        state.write(
-            self.target
-                .get(self.target.len().saturating_sub(16)..)
-                .unwrap_or_default(),
-        );
+        self.target.hash_capability(state);
     }
 }
 
@@ -204,8 +202,8 @@ impl Parking {
 
 /// The shared state of one outgoing conversation.
 pub(crate) struct Outbound {
+    /// The sending mailbox's id and the target.
     pub(crate) key: ConversationKey,
-    pub(crate) target: Address,
     pub(crate) from: Address,
     pub(crate) window: Semaphore,
     /// The window's size, `send_window`.

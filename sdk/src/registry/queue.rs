@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::sync::lock;
+use crate::sync::{lock, Signal};
 
 /// The queue of one mailbox, shared by its [`Mailbox`](crate::Mailbox) and the node's table.
 #[derive(Debug)]
@@ -25,6 +25,10 @@ pub(crate) struct MailboxQueue<T> {
     capacity: usize,
     /// Boxed: a queue that is never used (most mailboxes only send) costs a pointer.
     channel: OnceLock<Box<Channel<T>>>,
+    /// Set when the mailbox closes: delivery stops even while a handler or stream still holds
+    /// the receiving end. Not the node's shutdown: at shutdown, streams must answer
+    /// SHUTTING_DOWN (retry later), not NO_SUCH_MAILBOX (final), so mailboxes close last.
+    pub(crate) mailbox_closed: Signal,
 }
 
 #[derive(Debug)]
@@ -54,6 +58,7 @@ impl<T> MailboxQueue<T> {
         Self {
             capacity: capacity.max(1),
             channel: OnceLock::new(),
+            mailbox_closed: Signal::default(),
         }
     }
 

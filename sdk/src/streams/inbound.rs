@@ -202,7 +202,7 @@ pub(crate) async fn serve(
         if expires.is_some_and(|at| node.clock.unix_now() >= at) {
             return Err(Refusal::new(ErrorCode::EXPIRED, "address expired"));
         }
-        if mailbox.closed.is_cancelled() {
+        if mailbox.queue.mailbox_closed.is_set() {
             return Err(Refusal::mailbox_closed());
         }
         if mailbox.caps.is_revoked(grant) {
@@ -471,7 +471,7 @@ async fn wait_for_budget(
 ) -> Result<(), Refusal> {
     tokio::select! {
         _ = tokio::time::sleep(pause) => Ok(()),
-        _ = mailbox.closed.cancelled() => Err(Refusal::mailbox_closed()),
+        _ = mailbox.queue.mailbox_closed.wait() => Err(Refusal::mailbox_closed()),
         // Also the node's shutdown (`Authorized::revoked_or`).
         ended = revoked => Err(ended.into()),
     }
@@ -529,7 +529,7 @@ async fn store_and_acknowledge(
             // application acknowledges messages.
             tokio::select! {
                 _ = tokio::time::sleep(STORE_FULL_RETRY) => continue,
-                _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
+                _ = mailbox.queue.mailbox_closed.wait() => return Err(Refusal::mailbox_closed()),
                 // Not stored, so not acknowledged: the sender sees REVOKED.
                 // Also the node's shutdown (`Authorized::revoked_or`).
                 ended = &mut revoked => return Err(ended.into()),
@@ -623,7 +623,7 @@ async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> R
     let len = message.payload.len();
     tokio::select! {
         queued = mailbox.queue.push(message) => queued.map_err(|_| Refusal::mailbox_closed())?,
-        _ = mailbox.closed.cancelled() => return Err(Refusal::mailbox_closed()),
+        _ = mailbox.queue.mailbox_closed.wait() => return Err(Refusal::mailbox_closed()),
         _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
     };
     node.stats.count_bytes_in(len);
