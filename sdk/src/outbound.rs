@@ -707,6 +707,7 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
         woken: AtomicBool::new(false),
         node: Arc::downgrade(node),
         outbound: Arc::downgrade(outbound),
+        runtime: tokio::runtime::Handle::current(),
     });
     if let Some(open) = run.stream.as_mut() {
         // The task's last waits left its waker with the stream and the connection's token;
@@ -749,6 +750,7 @@ struct ParkWaker {
     woken: AtomicBool,
     node: std::sync::Weak<Runtime>,
     outbound: std::sync::Weak<Outbound>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::task::Wake for ParkWaker {
@@ -761,12 +763,12 @@ impl std::task::Wake for ParkWaker {
             return;
         }
         // quinn wakes under its connection's lock: the run is taken up by a task of its own.
-        let Some(runtime) = self.node.upgrade().map(|node| node.handle.clone()) else {
-            return;
-        };
+        // The node is not upgraded here: were that the last reference, the node would be torn
+        // down under the lock, and its connections' drops take that lock.
         let (node, outbound) = (self.node.clone(), self.outbound.clone());
         let idle_end = self.idle_end;
-        runtime.spawn(async move { take_up(&node, vec![(idle_end, outbound)]) });
+        self.runtime
+            .spawn(async move { take_up(&node, vec![(idle_end, outbound)]) });
     }
 }
 

@@ -58,9 +58,6 @@ pub(crate) struct Runtime {
     pub(crate) watches: Arc<Watches>,
     /// The wall clock addresses' expiry is checked against.
     pub(crate) clock: Arc<dyn Clock>,
-    /// The runtime the node was bound on, for tasks started where there may be none (a
-    /// waker's call).
-    pub(crate) handle: tokio::runtime::Handle,
 }
 
 impl Runtime {
@@ -98,7 +95,6 @@ impl Runtime {
             halt: CancellationToken::new(),
             watches: Arc::default(),
             clock,
-            handle: tokio::runtime::Handle::current(),
         }
     }
 

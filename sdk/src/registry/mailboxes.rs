@@ -191,7 +191,7 @@ struct CapsState {
     /// Set while the write lock is held, never cleared (grants are never un-revoked).
     any_revoked: AtomicBool,
     /// Notified of every revocation: streams and watches open under a grant wait on it to end
-    /// as soon as their grant is revoked. (Inline in the mailbox: no allocation of its own.)
+    /// as soon as their grant is revoked. (Inside the capability state, allocated with it.)
     revocations: tokio::sync::Notify,
     counts: Mutex<HashMap<CounterKey, u64>>,
     windows: Mutex<HashMap<CounterKey, Window>>,
@@ -382,6 +382,7 @@ impl Caps {
 
     fn root(&self, address: &Address, key: &crate::SecretKey) -> Tag {
         let id = (address.grant(), address.expires());
+        // Even for a chain that then fails: one allocation per mailbox, however many come.
         let state = self.state();
         if let Some((_, tag)) = lock(&state.roots).iter().find(|(k, _)| *k == id) {
             return *tag;
