@@ -55,12 +55,24 @@ impl From<ConnCode> for quinn::VarInt {
 
 /// A connection in use, with what its users need beside it: the token cancelled once another
 /// connection to the same peer takes over (mailbox streams on it then move), and its probe.
+/// Shared: every conversation's stream on the connection keeps it, parked ones too.
 #[derive(Clone)]
-pub(crate) struct Link {
+pub(crate) struct Link(Arc<LinkState>);
+
+/// What a [`Link`] shares.
+pub(crate) struct LinkState {
     pub(crate) connection: quinn::Connection,
     pub(crate) superseded: CancellationToken,
     pub(crate) probe: Arc<PathProbe>,
     pub(crate) route: Route,
+}
+
+impl std::ops::Deref for Link {
+    type Target = LinkState;
+
+    fn deref(&self) -> &LinkState {
+        &self.0
+    }
 }
 
 impl Link {
@@ -204,7 +216,7 @@ impl Peers {
 
     /// The live connection to `peer`, if any.
     pub(crate) fn connection(&self, peer: &NodeId) -> Option<quinn::Connection> {
-        self.link(peer).map(|link| link.connection)
+        self.link(peer).map(|link| link.connection.clone())
     }
 
     /// Every peer with a connection in use, and its link.
@@ -281,12 +293,12 @@ pub(crate) fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
 /// link to use, which is the older one if the rule keeps that.
 pub(crate) async fn install(node: &Arc<Net>, fresh: Fresh) -> Link {
     let peer = fresh.cert.node;
-    let link = Link {
+    let link = Link(Arc::new(LinkState {
         connection: fresh.connection.clone(),
         superseded: CancellationToken::new(),
         probe: fresh.probe,
         route: fresh.route,
-    };
+    }));
     serve_connection(node, fresh.connection.clone(), peer);
     node.serve_streams(peer, fresh.connection);
     let new = Live {
@@ -314,7 +326,7 @@ pub(crate) async fn install(node: &Arc<Net>, fresh: Fresh) -> Link {
     match kept {
         Some(old) => {
             link.superseded.cancel();
-            retire(node, link.connection);
+            retire(node, link.connection.clone());
             old
         }
         None => {
@@ -388,7 +400,7 @@ fn decide(node: &Arc<Net>, peer: NodeId, new: &Live, checked: Option<(usize, boo
                     .connection
                     .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
             } else {
-                retire(node, old.link.connection);
+                retire(node, old.link.connection.clone());
             }
         }
         return Decision::Installed;

@@ -345,7 +345,7 @@ pub(crate) async fn connect(
 ) -> Result<quinn::Connection, DialError> {
     connect_link(node, peer, hints)
         .await
-        .map(|link| link.connection)
+        .map(|link| link.connection.clone())
 }
 
 /// Returns the link to `peer`, dialing it if there is none. Concurrent callers share one
