@@ -41,6 +41,8 @@ const SETTLE: Duration = Duration::from_millis(100);
 pub(crate) const CONCURRENCY: usize = 8;
 /// How long the hub waits for the peers or streams it was told to expect.
 const HUB_WAIT: Duration = Duration::from_secs(60);
+/// The longest wait for the sending node's idle conversations to park (they do after a second).
+const PARKING_WAIT: Duration = Duration::from_secs(30);
 /// Concurrent incoming streams the quinn hub allows a peer at most (ferry's
 /// `max_incoming_streams`), and at first (ferry's `initial_incoming_streams`): like ferry, the
 /// hub doubles a connection's grant whenever half of it is in use.
@@ -195,10 +197,10 @@ pub(crate) async fn ferry_memory(n: usize, m: usize) -> Result<[f64; ROWS]> {
         hub.expect(&format!("streams {m}")).await?;
         let with_conversations = hub.memory().await?;
         // Idle: quiet for a second, a conversation parks its run and ends its task.
-        ferry_testkit::wait::wait_for("the idle conversations to park", || {
-            sending.stats().parked_conversations >= m
+        wait_for_count("parked conversations", m as u64, PARKING_WAIT, || {
+            sending.stats().parked_conversations as u64
         })
-        .await;
+        .await?;
         let sender_after = settled_heap().await?;
         drop(conversations);
         anyhow::Ok(per_item(
@@ -440,16 +442,7 @@ async fn hub_command<N: HubCounts>(node: &N, command: &str) -> Result<String> {
     let wait_for = |what: &'static str, count: &str, current: fn(&N) -> u64| {
         let count: Result<u64> = count.parse().with_context(|| format!("{what} count"));
         async move {
-            let count = count?;
-            let deadline = Instant::now() + HUB_WAIT;
-            while current(node) < count {
-                ensure!(
-                    Instant::now() < deadline,
-                    "{} of {count} {what} after {HUB_WAIT:?}",
-                    current(node)
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_for_count(what, count?, HUB_WAIT, || current(node)).await?;
             Ok("ok".to_owned())
         }
     };
@@ -463,6 +456,26 @@ async fn hub_command<N: HubCounts>(node: &N, command: &str) -> Result<String> {
         "streams" => wait_for("streams", count, N::streams).await,
         other => bail!("unknown command {other:?}"),
     }
+}
+
+/// Waits until `current()` reaches `count`, for at most `wait`; fails saying how far it got
+/// (a figure reports the error instead of ending the whole run).
+async fn wait_for_count(
+    what: &str,
+    count: u64,
+    wait: Duration,
+    current: impl Fn() -> u64,
+) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    while current() < count {
+        ensure!(
+            Instant::now() < deadline,
+            "{} of {count} {what} after {wait:?}",
+            current()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 /// The quinn hub's accept loop: a task per connection, which accepts its streams and gives
