@@ -211,6 +211,60 @@ enum LastError<E> {
     Other,
 }
 
+/// A quiet run ([`Sender::is_quiet`]) kept without the room of its queues, buffers and
+/// actions, all empty: a node keeps one for every idle conversation, so it holds only what
+/// the run needs to go on. [`Sender::park`] makes it; [`ParkedSender::resume`] gives back a run
+/// that does exactly what the parked one would have done.
+#[derive(Debug)]
+pub struct ParkedSender<E> {
+    config: Arc<SenderConfig>,
+    target: Address,
+    from: Address,
+    epoch: u64,
+    base_seq: u64,
+    next_ticket: Ticket,
+    /// The receiver's limit if a stream is open (ACCEPT read); none otherwise.
+    peer_max: Option<usize>,
+    last_progress: Instant,
+    last_activity: Instant,
+    retry_at: Instant,
+    attempts: u32,
+    was_busy: bool,
+    last_error: LastError<E>,
+    rng: u64,
+}
+
+impl<E> ParkedSender<E> {
+    /// The run again, as it was parked.
+    pub fn resume(self) -> Sender<E> {
+        Sender {
+            config: self.config,
+            target: self.target,
+            from: self.from,
+            epoch: self.epoch,
+            base_seq: self.base_seq,
+            unacked: VecDeque::new(),
+            queued: VecDeque::new(),
+            next_ticket: self.next_ticket,
+            stream: match self.peer_max {
+                Some(peer_max) => Stream::Open { peer_max },
+                None => Stream::None,
+            },
+            read_buf: BytesMut::new(),
+            last_progress: self.last_progress,
+            last_activity: self.last_activity,
+            was_busy: self.was_busy,
+            attempts: self.attempts,
+            retry_at: self.retry_at,
+            last_error: self.last_error,
+            stall: Stall::default(),
+            rng: self.rng,
+            actions: VecDeque::new(),
+            ended: false,
+        }
+    }
+}
+
 /// One conversation run's sending side.
 #[derive(Debug)]
 pub struct Sender<E> {
@@ -356,14 +410,60 @@ impl<E: Clone> Sender<E> {
             && matches!(self.stream, Stream::None | Stream::Open { .. })
     }
 
-    /// Gives back the room its buffers grew to (a quiet run keeps none of it in use).
-    pub fn shrink(&mut self) {
-        self.unacked.shrink_to_fit();
-        self.queued.shrink_to_fit();
-        self.actions.shrink_to_fit();
-        if self.read_buf.is_empty() {
-            self.read_buf = BytesMut::new();
+    /// The quiet run kept small (see [`ParkedSender`]); `Err(self)` if it is not quiet
+    /// ([`Sender::is_quiet`]) or holds part of a frame read from the stream.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the run itself comes back, moved once per attempt to park"
+    )]
+    pub fn park(self) -> Result<ParkedSender<E>, Self> {
+        if !self.is_quiet() || !self.read_buf.is_empty() {
+            return Err(self);
         }
+        // Listed in full, so that a field added to the run must be placed here too.
+        let Sender {
+            config,
+            target,
+            from,
+            epoch,
+            base_seq,
+            unacked: _,
+            queued: _,
+            next_ticket,
+            stream,
+            read_buf: _,
+            last_progress,
+            last_activity,
+            was_busy,
+            attempts,
+            retry_at,
+            last_error,
+            // Read only while messages are outstanding, and started over by the next push.
+            stall: _,
+            rng,
+            actions: _,
+            ended: _,
+        } = self;
+        let peer_max = match stream {
+            Stream::Open { peer_max } => Some(peer_max),
+            _ => None,
+        };
+        Ok(ParkedSender {
+            config,
+            target,
+            from,
+            epoch,
+            base_seq,
+            next_ticket,
+            peer_max,
+            last_progress,
+            last_activity,
+            retry_at,
+            attempts,
+            was_busy,
+            last_error,
+            rng,
+        })
     }
 
     /// The deadline of the run's progress: send_timeout after the last progress, or the
@@ -1309,11 +1409,161 @@ mod tests {
         assert!(!s.is_quiet(), "the Acknowledged action is not taken yet");
         actions(&mut s);
         assert!(s.is_quiet());
-        s.shrink();
+        let mut s = s.park().expect("quiet").resume();
         // Pushed again after a quiet spell: written on the same stream at once.
         s.push(now, 1, Bytes::from_static(b"b"));
         assert!(matches!(&actions(&mut s)[..], [Action::Write(_)]));
         s.handle_timeout(now + CONFIG.send_timeout);
         assert!(!s.is_quiet(), "failed");
+    }
+
+    /// What can happen to a run, for [`parking_changes_nothing_a_run_does`].
+    #[derive(Debug, Clone)]
+    enum Event {
+        Push(usize),
+        Opened,
+        OpenFailed {
+            unreachable: bool,
+            fatal: bool,
+        },
+        Accept(u64),
+        Ack(u64),
+        Close {
+            retryable: bool,
+        },
+        /// The first byte of a frame: the run holds a partial frame.
+        PartOfAFrame,
+        StreamFinished,
+        StreamFailed {
+            unreachable: bool,
+            fatal: bool,
+        },
+        Superseded,
+        Probed(bool),
+        Wait(u64),
+        Shutdown,
+    }
+
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0usize..3000).prop_map(Event::Push),
+            2 => Just(Event::Opened),
+            1 => (any::<bool>(), any::<bool>())
+                .prop_map(|(unreachable, fatal)| Event::OpenFailed { unreachable, fatal }),
+            2 => (1u64..4000).prop_map(Event::Accept),
+            4 => (0u64..12).prop_map(Event::Ack),
+            1 => any::<bool>().prop_map(|retryable| Event::Close { retryable }),
+            1 => Just(Event::PartOfAFrame),
+            1 => Just(Event::StreamFinished),
+            1 => (any::<bool>(), any::<bool>())
+                .prop_map(|(unreachable, fatal)| Event::StreamFailed { unreachable, fatal }),
+            1 => Just(Event::Superseded),
+            1 => any::<bool>().prop_map(Event::Probed),
+            4 => prop_oneof![0u64..500, 0u64..40_000, 0u64..700_000].prop_map(Event::Wait),
+            1 => Just(Event::Shutdown),
+        ]
+    }
+
+    fn apply(s: &mut Sender<&'static str>, now: Instant, event: &Event, ticket: u64) {
+        let loss = |fatal: bool| if fatal { Loss::Fatal } else { Loss::Retry };
+        match *event {
+            Event::Push(len) => s.push(now, ticket, Bytes::from(vec![7u8; len])),
+            Event::Opened => s.opened(now),
+            Event::OpenFailed { unreachable, fatal } => {
+                s.open_failed(now, "unreachable", loss(fatal), unreachable)
+            }
+            Event::Accept(max) => s.received(now, &frame_bytes(Frame::Accept { max_message: max })),
+            Event::Ack(next_seq) => s.received(now, &frame_bytes(Frame::Ack { next_seq })),
+            Event::Close { retryable } => {
+                let code = if retryable {
+                    ErrorCode::SHUTTING_DOWN
+                } else {
+                    ErrorCode::NO_SUCH_MAILBOX
+                };
+                s.received(
+                    now,
+                    &frame_bytes(Frame::Close {
+                        code,
+                        reason: "bye",
+                    }),
+                )
+            }
+            Event::PartOfAFrame => s.received(now, &frame_bytes(Frame::Ack { next_seq: 3 })[..1]),
+            Event::StreamFinished => s.stream_finished(now),
+            Event::StreamFailed { unreachable, fatal } => {
+                s.stream_failed(now, "lost", loss(fatal), unreachable)
+            }
+            Event::Superseded => s.superseded(now),
+            Event::Probed(answered) => s.probed(now, answered),
+            Event::Wait(_) => s.handle_timeout(now),
+            Event::Shutdown => s.shutdown(),
+        }
+    }
+
+    /// What the runtime and the senders see of a run.
+    fn observed(s: &Sender<&'static str>) -> impl PartialEq + std::fmt::Debug {
+        (
+            s.poll_timeout(),
+            s.deadline(),
+            s.is_quiet(),
+            s.is_ended(),
+            s.is_open(),
+            s.is_unreachable(),
+            s.outstanding(),
+            s.epoch(),
+        )
+    }
+
+    proptest::proptest! {
+        /// A run parked at every quiet moment and resumed does what the same run kept whole
+        /// does: the same actions, timeouts and state, whatever happens to it.
+        #[test]
+        fn parking_changes_nothing_a_run_does(
+            events in proptest::collection::vec(event(), 1..60),
+        ) {
+            let mut now = Instant::now();
+            let target = Address::mint(&SecretKey::generate(), MailboxId(1), None, vec![]);
+            let from = Address::mint(&SecretKey::generate(), MailboxId(2), None, vec![]);
+            let config = Arc::new(CONFIG);
+            let mut whole: Sender<&'static str> =
+                Sender::new(config.clone(), target.clone(), from.clone(), 7, 1, now);
+            let mut parked = Some(Sender::new(config, target, from, 7, 1, now));
+            let mut ticket = 0;
+            // A probe's outcome answers a Probe action, taken just before.
+            let mut probe_asked = false;
+            for event in &events {
+                if matches!(event, Event::Probed(_)) && !std::mem::take(&mut probe_asked) {
+                    continue;
+                }
+                if let Event::Wait(millis) = event {
+                    now += Duration::from_millis(*millis);
+                }
+                let mut run = parked.take().expect("a run");
+                apply(&mut whole, now, event, ticket);
+                apply(&mut run, now, event, ticket);
+                if matches!(event, Event::Push(_)) {
+                    ticket += 1;
+                }
+                let mut taken = actions(&mut whole);
+                proptest::prop_assert_eq!(&taken, &actions(&mut run), "after {:?}", event);
+                // The runtime ends a run that says it is idle.
+                if taken.contains(&Action::Idle) {
+                    whole.end_idle();
+                    run.end_idle();
+                    taken = actions(&mut whole);
+                    proptest::prop_assert_eq!(&taken, &actions(&mut run));
+                }
+                probe_asked = taken.contains(&Action::Probe);
+                proptest::prop_assert_eq!(observed(&whole), observed(&run), "after {:?}", event);
+                parked = Some(match run.park() {
+                    Ok(quiet) => quiet.resume(),
+                    Err(run) => {
+                        proptest::prop_assert!(!run.is_quiet() || !run.read_buf.is_empty());
+                        run
+                    }
+                });
+            }
+        }
     }
 }

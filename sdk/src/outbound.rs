@@ -32,7 +32,7 @@ use crate::net::dial;
 use crate::net::liveness::Probed;
 use crate::registry::mailboxes::{durable_counters, Authorized, Budget, Message};
 use crate::registry::outbound::{
-    ConversationKey, IdleEnd, OpenStream, Outbound, Parked, Parking, ProgressCell, Queue, Run,
+    ConversationKey, OpenStream, Outbound, Parked, ParkedRun, Parking, ProgressCell, Queue, Run,
 };
 use crate::runtime::Runtime;
 use crate::sync::lock;
@@ -703,16 +703,16 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
     };
     let idle_end = (Instant::from_std(idle_end), node.parking.reserve());
     let waker = Arc::new(ParkWaker {
-        idle_end,
+        park: idle_end.1,
         woken: AtomicBool::new(false),
         node: Arc::downgrade(node),
         outbound: Arc::downgrade(outbound),
         runtime: tokio::runtime::Handle::current(),
     });
     if let Some(open) = run.stream.as_mut() {
-        // The task's last waits left its waker with the stream and the connection's token;
-        // the parked run's takes its place (the task's would keep the ended task's memory, and
-        // wake nothing). What is ready already is handled now, and the run goes on.
+        // The task's last wait left its waker with the stream; the parked run's takes its
+        // place (the task's would keep the ended task's memory, and wake nothing). What is
+        // ready already is handled now, and the run goes on.
         let waker = Waker::from(waker.clone());
         let mut context = Context::from_waker(&waker);
         let read = std::pin::pin!(open.recv.read_chunk(READ_CHUNK, true)).poll(&mut context);
@@ -720,33 +720,45 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
             on_read(&mut run.sm, read);
             return Err(run);
         }
-        if open.superseded.as_mut().poll(&mut context).is_ready() {
+        if open.link.superseded.is_cancelled() {
             on_superseded(&mut run.sm);
             return Err(run);
         }
     }
-    run.sm.shrink();
+    let Run { sm, stream } = *run;
+    let sm = match sm.park() {
+        Ok(sm) => sm,
+        // Part of a frame was read: the rest follows.
+        Err(sm) => return Err(Box::new(Run { sm, stream })),
+    };
+    let parked = Box::new(ParkedRun {
+        sm,
+        stream: stream.map(OpenStream::park),
+    });
     let mut queue = lock(&outbound.queue);
-    // Woken since the polls: its take-up, which takes this lock, must not find it parked late.
-    if !queue.items.is_empty() || waker.woken.load(Ordering::Acquire) {
-        return Err(run);
+    // Woken since the poll: its take-up, which takes this lock, must not find it parked late.
+    if !queue.items.is_empty()
+        || waker.woken.load(Ordering::Acquire)
+        || !node.parking.add(idle_end, outbound)
+    {
+        return Err(unpark(*parked));
     }
-    if !node.parking.add(idle_end, outbound) {
-        return Err(run);
-    }
-    queue.parked = Some(Parked { run, idle_end });
+    queue.parked = Some(Parked {
+        run: parked,
+        idle_end,
+    });
     // Empty, but with the room of its busiest moment (160 bytes for a conversation that sent
     // one message at a time).
     queue.items = std::collections::VecDeque::new();
     Ok(())
 }
 
-/// The waker a parked run leaves with its stream and its connection's supersession: what comes
-/// meanwhile (the receiver's CLOSE when the grant is revoked or the mailbox closes, a reset, a
-/// lost connection, another connection taking over) takes the run up at once (PROTOCOL.md
-/// §4.11, §2.4), as the task would have handled it.
+/// The waker a parked run leaves with its stream: what comes meanwhile (the receiver's CLOSE
+/// when the grant is revoked or the mailbox closes, a reset, a lost connection) takes the run
+/// up at once (PROTOCOL.md §4.11), as the task would have handled it.
 struct ParkWaker {
-    idle_end: IdleEnd,
+    /// Which park of the run (see [`Parking::reserve`]).
+    park: u64,
     woken: AtomicBool,
     node: std::sync::Weak<Runtime>,
     outbound: std::sync::Weak<Outbound>,
@@ -765,10 +777,9 @@ impl std::task::Wake for ParkWaker {
         // quinn wakes under its connection's lock: the run is taken up by a task of its own.
         // The node is not upgraded here: were that the last reference, the node would be torn
         // down under the lock, and its connections' drops take that lock.
-        let (node, outbound) = (self.node.clone(), self.outbound.clone());
-        let idle_end = self.idle_end;
+        let (node, outbound, park) = (self.node.clone(), self.outbound.clone(), self.park);
         self.runtime
-            .spawn(async move { take_up(&node, vec![(idle_end, outbound)]) });
+            .spawn(async move { take_up(&node, vec![(park, outbound)]) });
     }
 }
 
@@ -796,12 +807,12 @@ pub(crate) async fn take_up_parked(
     }
 }
 
-/// Starts a task for each run still parked under its entry in `due`.
-fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(IdleEnd, std::sync::Weak<Outbound>)>) {
+/// Starts a task for each run still parked under its park in `due`.
+fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(u64, std::sync::Weak<Outbound>)>) {
     let Some(node) = node.upgrade() else {
         return;
     };
-    for (end, outbound) in due {
+    for (park, outbound) in due {
         let Some(outbound) = outbound.upgrade() else {
             continue;
         };
@@ -811,7 +822,7 @@ fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(IdleEnd, std::sync::Weak<O
             if queue
                 .parked
                 .as_ref()
-                .is_some_and(|parked| parked.idle_end == end)
+                .is_some_and(|parked| parked.idle_end.1 == park)
             {
                 queue.parked.take()
             } else {
@@ -828,7 +839,24 @@ fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(IdleEnd, std::sync::Weak<O
 /// unless the parking task took it up there).
 fn resume(node: &Arc<Runtime>, outbound: Arc<Outbound>, parked: Parked) {
     node.parking.remove(parked.idle_end);
-    spawn_run(node, outbound, parked.run);
+    spawn_run(node, outbound, unpark(*parked.run));
+}
+
+/// The whole run of a parked one. Parked runs do not wait for their connection's supersession:
+/// the run moves now if it was superseded meanwhile, before it writes again.
+fn unpark(parked: ParkedRun) -> Box<Run> {
+    let mut run = Box::new(Run {
+        sm: parked.sm.resume(),
+        stream: parked.stream.map(|stream| stream.resume()),
+    });
+    if run
+        .stream
+        .as_ref()
+        .is_some_and(|open| open.link.superseded.is_cancelled())
+    {
+        on_superseded(&mut run.sm);
+    }
+    run
 }
 
 /// Moves what senders queued into the run.
@@ -857,12 +885,7 @@ async fn open(
         let _ = send.reset(varint(ErrorCode::DONE));
         return Err(write_failure(error));
     }
-    Ok(OpenStream {
-        send,
-        recv,
-        superseded: Box::pin(link.superseded.clone().cancelled_owned()),
-        link,
-    })
+    Ok(OpenStream::new(send, recv, link))
 }
 
 /// The error senders see for a failed run.

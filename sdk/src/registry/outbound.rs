@@ -114,9 +114,52 @@ pub(crate) struct OpenStream {
 
 /// A quiet conversation's run, waiting without a task.
 pub(crate) struct Parked {
-    pub(crate) run: Box<Run>,
+    pub(crate) run: Box<ParkedRun>,
     /// Its entry in [`Parking`].
     pub(crate) idle_end: IdleEnd,
+}
+
+/// A quiet run kept small: the protocol without its empty queues and buffers, and the stream's
+/// handles without the wait for the connection's supersession (a superseded connection is
+/// closed once its streams are quiet, which wakes the parked run; the next message finds it
+/// superseded anyway).
+pub(crate) struct ParkedRun {
+    pub(crate) sm: ferry_proto::sender::ParkedSender<SendError>,
+    pub(crate) stream: Option<ParkedStream>,
+}
+
+/// A parked run's stream.
+pub(crate) struct ParkedStream {
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+    pub(crate) link: Link,
+}
+
+impl OpenStream {
+    pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream, link: Link) -> Self {
+        Self {
+            superseded: Box::pin(link.superseded.clone().cancelled_owned()),
+            send,
+            recv,
+            link,
+        }
+    }
+
+    /// The stream's handles, kept while its run is parked.
+    pub(crate) fn park(self) -> ParkedStream {
+        ParkedStream {
+            send: self.send,
+            recv: self.recv,
+            link: self.link,
+        }
+    }
+}
+
+impl ParkedStream {
+    /// The stream again, waiting for its connection's supersession.
+    pub(crate) fn resume(self) -> OpenStream {
+        OpenStream::new(self.send, self.recv, self.link)
+    }
 }
 
 /// When a parked run's idle end is due, and which park it was (a run parks again after it
@@ -178,20 +221,24 @@ impl Parking {
             .map(|((at, _), _)| *at)
     }
 
-    /// Takes the idle ends due by `now`.
-    pub(crate) fn take_due(&self, now: Instant) -> Vec<(IdleEnd, Weak<Outbound>)> {
+    /// Takes the idle ends due by `now`: each run's park and conversation.
+    pub(crate) fn take_due(&self, now: Instant) -> Vec<(u64, Weak<Outbound>)> {
         let mut state = lock(&self.state);
         let later = state.due.split_off(&(now, u64::MAX));
         std::mem::replace(&mut state.due, later)
             .into_iter()
+            .map(|((_, park), outbound)| (park, outbound))
             .collect()
     }
 
     /// Closes parking (the node shuts down) and takes every idle end.
-    pub(crate) fn close(&self) -> Vec<(IdleEnd, Weak<Outbound>)> {
+    pub(crate) fn close(&self) -> Vec<(u64, Weak<Outbound>)> {
         let mut state = lock(&self.state);
         state.closed = true;
-        std::mem::take(&mut state.due).into_iter().collect()
+        std::mem::take(&mut state.due)
+            .into_iter()
+            .map(|((_, park), outbound)| (park, outbound))
+            .collect()
     }
 
     /// How many runs are parked.
