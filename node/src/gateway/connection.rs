@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::hooks::Disconnect;
 use super::limits::{Bucket, OutQueue, OutReceiver, Outgoing, QueueError};
 use super::protocol::{
-    self, close as code, DecodeError, Encoded, ServerFrame, Via, Welcome, WelcomeLimits,
+    self, close as code, DecodeError, Encoded, LastSender, MessageTemplate, ServerFrame, Via,
+    Welcome, WelcomeLimits,
 };
 use super::requests::{far_future, Closing, Requests};
 use super::session::{Attached, Session};
@@ -57,6 +58,7 @@ pub(crate) async fn run(
         queue: queue.clone(),
         start_pump: start_pump.clone(),
         delivered: shared.counters.delivered.clone(),
+        last_sender: LastSender::default(),
     };
     // Attach, taking the session over from an older connection. Nothing is handed to the
     // new connection before its welcome: its pump starts after it, and clears `pumping`
@@ -394,6 +396,7 @@ async fn pump(shared: Arc<Shared>, session: Arc<Session>, queue: OutQueue, conne
                 .as_ref()
                 .is_some_and(|a| a.connection == connection)
     };
+    let mut last_sender = LastSender::default();
     loop {
         let next = {
             let mut state = lock(&session.state);
@@ -427,13 +430,10 @@ async fn pump(shared: Arc<Shared>, session: Arc<Session>, queue: OutQueue, conne
             }
         };
         for row in rows {
-            let frame = ServerFrame::Message {
-                id: row.index,
-                from: row.from.to_string(),
-                via: Via::from_tag(&row.tag),
-                data: row.payload,
-            };
-            match queue.push_message(frame.encode(), write_timeout).await {
+            let via = Via::from_tag(&row.tag);
+            let head = last_sender.head(&row.from, &via);
+            let frame = MessageTemplate::with_head(head, &via, row.payload).encode(row.index);
+            match queue.push_message(frame, write_timeout).await {
                 Ok(()) => {
                     shared
                         .counters

@@ -7,7 +7,9 @@
 //! text travels in a text frame (as the value `data`), any other payload in a binary frame.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry::{Address, NodeId};
@@ -800,10 +802,10 @@ pub(crate) fn object(
 /// `push`, `text`, `type`, `user`, then `data`) is split around the id.
 #[derive(Debug, Clone)]
 pub struct MessageTemplate {
-    /// `{` and the members before `"id":`, ending with `"id":`.
-    head: String,
+    /// `{` and the members before `"id":`, ending with `"id":` (see [`MessageTemplate::head`]).
+    head: Arc<str>,
     /// The members after the id (`,"push":…,"type":"message",…`), without the closing `}`.
-    tail: String,
+    tail: Cow<'static, str>,
     /// The payload.
     data: Bytes,
     /// The JSON string of a payload that is UTF-8 but no JSON text.
@@ -812,45 +814,94 @@ pub struct MessageTemplate {
     json: bool,
 }
 
+/// The last sender of plain messages (from a peer or a session, not through a channel, a user
+/// or a push) to one connection, with its [`MessageTemplate::head`]: a run of messages from
+/// one sender encodes its address once.
+#[derive(Debug, Clone, Default)]
+pub struct LastSender(Option<(Address, Arc<str>)>);
+
+impl LastSender {
+    /// The head of a frame of a message from `from` come `via`.
+    pub fn head(&mut self, from: &Address, via: &Via) -> Arc<str> {
+        if *via != Via::default() {
+            return MessageTemplate::head(&from.to_string(), via);
+        }
+        match &self.0 {
+            Some((sender, head)) if sender == from => head.clone(),
+            _ => {
+                let head = MessageTemplate::head(&from.to_string(), via);
+                self.0 = Some((from.clone(), head.clone()));
+                head
+            }
+        }
+    }
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+}
+
 impl MessageTemplate {
     /// The frame of a message from `from`, come `via`, carrying `data`.
     pub fn new(from: &str, via: &Via, data: Bytes) -> Self {
-        let string = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+        Self::with_head(Self::head(from, via), via, data)
+    }
+
+    /// The part of the frame of every message from `from` come `via` before its id: kept by a
+    /// session for its last sender, whose messages then cost no encoding of the address.
+    pub fn head(from: &str, via: &Via) -> Arc<str> {
         let mut head = String::from("{");
         if let Some(channel) = &via.channel {
             head.push_str("\"channel\":");
-            head.push_str(&string(channel));
+            head.push_str(&json_string(channel));
             head.push(',');
         }
         if let Some(epoch) = &via.epoch {
             head.push_str("\"epoch\":");
-            head.push_str(&string(epoch));
+            head.push_str(&json_string(epoch));
             head.push(',');
         }
         head.push_str("\"from\":");
-        head.push_str(&string(from));
+        head.push_str(&json_string(from));
         head.push_str(",\"id\":");
+        head.into()
+    }
+
+    /// The frame of a message whose part before the id is `head` (made by
+    /// [`MessageTemplate::head`] for the same `via`).
+    pub fn with_head(head: Arc<str>, via: &Via, data: Bytes) -> Self {
         let (json, text) = match Body::of(&data) {
             Body::Json(_) => (true, None),
             Body::Text(text) => (false, Some(text)),
             Body::Binary => (false, None),
         };
-        let mut tail = String::new();
-        if let Some(offset) = via.offset {
-            tail.push_str(",\"offset\":");
-            tail.push_str(&offset.to_string());
-        }
-        if via.push {
-            tail.push_str(",\"push\":true");
-        }
-        if text.is_some() {
-            tail.push_str(",\"text\":true");
-        }
-        tail.push_str(",\"type\":\"message\"");
-        if let Some(user) = &via.user {
-            tail.push_str(",\"user\":");
-            tail.push_str(&string(user));
-        }
+        let tail = match (via.offset, via.push, &via.user) {
+            // A message from a peer or a session: no allocation.
+            (None, false, None) if text.is_some() => {
+                Cow::Borrowed(",\"text\":true,\"type\":\"message\"")
+            }
+            (None, false, None) => Cow::Borrowed(",\"type\":\"message\""),
+            _ => {
+                let mut tail = String::new();
+                if let Some(offset) = via.offset {
+                    tail.push_str(",\"offset\":");
+                    tail.push_str(&offset.to_string());
+                }
+                if via.push {
+                    tail.push_str(",\"push\":true");
+                }
+                if text.is_some() {
+                    tail.push_str(",\"text\":true");
+                }
+                tail.push_str(",\"type\":\"message\"");
+                if let Some(user) = &via.user {
+                    tail.push_str(",\"user\":");
+                    tail.push_str(&json_string(user));
+                }
+                Cow::Owned(tail)
+            }
+        };
         Self {
             head,
             tail,
@@ -1287,6 +1338,32 @@ mod tests {
                 let template = MessageTemplate::new("ferry1x", via, data);
                 assert_eq!(template.encode(12345), generic);
             }
+        }
+    }
+
+    #[test]
+    fn the_last_sender_s_head_is_reused_only_for_that_sender_and_plain_messages() {
+        let a = address();
+        let b = Address::mint(&SecretKey::from_bytes(&[2; 32]), MailboxId(8), None, vec![]);
+        assert_ne!(a, b);
+        let channel = Via {
+            channel: Some("lobby".into()),
+            ..Via::default()
+        };
+        let plain = Via::default();
+        let mut last = LastSender::default();
+        for (from, via) in [
+            (&a, &plain),
+            (&a, &plain),
+            (&b, &plain),
+            (&a, &channel),
+            (&a, &plain),
+        ] {
+            assert_eq!(
+                last.head(from, via),
+                MessageTemplate::head(&from.to_string(), via),
+                "{from} {via:?}"
+            );
         }
     }
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::hooks::{Disconnect, SessionInfo};
 use super::journal::{Arrival, Journal};
 use super::limits::{OutQueue, QueueError};
-use super::protocol::{close, Encoded, MessageTemplate, ServerFrame, Via};
+use super::protocol::{close, Encoded, LastSender, MessageTemplate, Via};
 use crate::clock::unix_now;
 use crate::cluster::DeliverError;
 use crate::random::random;
@@ -75,6 +75,8 @@ pub(crate) struct Attached {
     pub(crate) start_pump: Arc<dyn Fn() + Send + Sync>,
     /// The gateway's count of messages handed to connections.
     pub(crate) delivered: Arc<std::sync::atomic::AtomicU64>,
+    /// The last sender of a message handed over straight away.
+    pub(crate) last_sender: LastSender,
 }
 
 impl Attached {
@@ -317,14 +319,12 @@ impl Session {
         if let Some(index) = message.id() {
             let mut state = lock(&self.state);
             if !state.pumping && !state.ended && state.next == index {
-                if let Some(attached) = &state.attached {
-                    let frame = ServerFrame::Message {
-                        id: index,
-                        from: message.from().to_string(),
-                        via: Via::default(),
-                        data: message.payload().clone(),
-                    };
-                    if attached.queue.try_push_message(frame.encode()).is_ok() {
+                if let Some(attached) = state.attached.as_mut() {
+                    let via = Via::default();
+                    let head = attached.last_sender.head(message.from(), &via);
+                    let frame = MessageTemplate::with_head(head, &via, message.payload().clone())
+                        .encode(index);
+                    if attached.queue.try_push_message(frame).is_ok() {
                         attached
                             .delivered
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

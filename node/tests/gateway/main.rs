@@ -1563,7 +1563,8 @@ async fn channel_messages_reach_offline_members_in_order_and_go_with_the_last_ac
 #[tokio::test]
 async fn concurrent_senders_reach_a_connected_session_in_id_order_without_gaps() {
     // Messages from peers are handed to a caught-up connection as they arrive, and read back
-    // from the store when they arrive out of order: either way every id comes once, in order.
+    // from the store when they arrive out of order: either way every id comes once, in order,
+    // and names its own sender (the connection keeps its last sender's encoding).
     let env = start(GatewayConfig::default()).await;
     let (mut ws, welcome) = connect(env.addr, "").await;
     let address: ferry::Address = welcome["address"].as_str().unwrap().parse().unwrap();
@@ -1571,21 +1572,25 @@ async fn concurrent_senders_reach_a_connected_session_in_id_order_without_gaps()
     let mut senders = Vec::new();
     for name in ["a", "b"] {
         let address = address.clone();
-        senders.push(tokio::spawn(async move {
-            let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
-                .await
-                .unwrap();
-            let sender = peer.sender(&address);
-            let mut last = None;
-            for n in 0..per_peer {
-                let payload = serde_json::to_vec(&json!([name, n])).unwrap();
-                last = Some(sender.enqueue_bytes(Bytes::from(payload)).await.unwrap());
-            }
-            last.unwrap().await.unwrap();
-            peer
-        }));
+        senders.push((
+            name,
+            tokio::spawn(async move {
+                let peer = Node::bind(SecretKey::generate(), NodeConfig::default())
+                    .await
+                    .unwrap();
+                let sender = peer.sender(&address);
+                let mut last = None;
+                for n in 0..per_peer {
+                    let payload = serde_json::to_vec(&json!([name, n])).unwrap();
+                    last = Some(sender.enqueue_bytes(Bytes::from(payload)).await.unwrap());
+                }
+                last.unwrap().await.unwrap();
+                peer
+            }),
+        ));
     }
     let mut next_of = std::collections::HashMap::new();
+    let mut from_of = std::collections::HashMap::new();
     for expected in 0..2 * per_peer {
         let message = next(&mut ws).await;
         assert_eq!(message.header["id"], expected);
@@ -1594,12 +1599,22 @@ async fn concurrent_senders_reach_a_connected_session_in_id_order_without_gaps()
             value[0].as_str().unwrap().to_owned(),
             value[1].as_u64().unwrap(),
         );
+        let from = message.header["from"].as_str().unwrap().to_owned();
+        assert_eq!(
+            from_of.entry(name.clone()).or_insert_with(|| from.clone()),
+            &from,
+            "every message of a peer names that peer"
+        );
         let next_n = next_of.entry(name).or_insert(0);
         assert_eq!(n, *next_n, "each peer's messages in order");
         *next_n += 1;
     }
-    for sender in senders {
-        sender.await.unwrap();
+    for (name, sender) in senders {
+        let peer = sender.await.unwrap();
+        assert_eq!(
+            from_of[name],
+            peer.inbox().address().without_hints().to_string()
+        );
     }
 }
 
