@@ -411,6 +411,7 @@ impl SessionStore for RedbStore {
         let senders = read_table(&txn, SENDERS).map_err(failed)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let mut last_sender = None;
         for row in messages
             .range((mailbox.0, from)..=(mailbox.0, u64::MAX))
             .map_err(failed)?
@@ -419,8 +420,13 @@ impl SessionStore for RedbStore {
                 break;
             }
             let (key, value) = row.map_err(failed)?;
-            let Some(message) = shared::resolve(value.value(), shared.as_ref(), senders.as_ref())?
-            else {
+            let resolved = shared::resolve(
+                value.value(),
+                shared.as_ref(),
+                senders.as_ref(),
+                &mut last_sender,
+            )?;
+            let Some(message) = resolved else {
                 continue; // a tombstone
             };
             bytes = bytes.saturating_add(message.payload.len());

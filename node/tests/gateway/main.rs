@@ -1195,6 +1195,30 @@ async fn flushed(store: &RedbStore) {
 }
 
 #[tokio::test]
+async fn rows_of_alternating_senders_are_read_back_with_their_own_sender() {
+    // A read resolves a run of rows from one sender once; each row still names its own.
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let [a, b] = [1, 2]
+        .map(|id| ferry::Address::mint(&SecretKey::generate(), ferry::MailboxId(id), None, vec![]));
+    let mailbox = ferry::MailboxId(5);
+    let senders = [&a, &a, &b, &a, &b, &b];
+    for (n, from) in senders.iter().enumerate() {
+        let payload = Bytes::from(n.to_string());
+        store
+            .append_tagged(mailbox, vec![((*from).clone(), Bytes::new(), payload)])
+            .await
+            .unwrap();
+    }
+    let read = store.read_from(mailbox, 0, 100, usize::MAX).unwrap();
+    assert_eq!(read.len(), senders.len());
+    for (n, (message, from)) in read.iter().zip(senders).enumerate() {
+        assert_eq!(message.payload, Bytes::from(n.to_string()));
+        assert_eq!(&message.from, from, "row {n}");
+    }
+}
+
+#[tokio::test]
 async fn a_message_for_many_mailboxes_is_stored_once_and_survives_a_restart() {
     use ferry::MailboxStore as _;
     use ferry_node::store::Appended;
