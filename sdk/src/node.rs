@@ -172,6 +172,7 @@ impl Node {
             crate::outbound::take_up_parked(
                 Arc::downgrade(&inner),
                 inner.parking.clone(),
+                inner.net.links_superseded.clone(),
                 inner.cancel.clone(),
             )
             .instrument(span.clone()),

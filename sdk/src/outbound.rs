@@ -631,8 +631,9 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
                 match park(&outbound, &node, run) {
                     Ok(()) => return,
                     Err(back) => {
-                        // Messages or bytes came, the connection was superseded, or the node
-                        // shuts down.
+                        // Messages or bytes came, part of a frame waits for its rest, the
+                        // connection was superseded, or the node shuts down: tried again after
+                        // another quiet second.
                         run = back;
                         quiet_since = Some(now);
                         continue;
@@ -779,15 +780,17 @@ impl std::task::Wake for ParkWaker {
         // down under the lock, and its connections' drops take that lock.
         let (node, outbound, park) = (self.node.clone(), self.outbound.clone(), self.park);
         self.runtime
-            .spawn(async move { take_up(&node, vec![(park, outbound)]) });
+            .spawn(async move { take_up(&node, vec![(park, outbound)], |_| true) });
     }
 }
 
-/// Takes up parked runs at their idle end (where they end, unless a message came first) and,
-/// once the node shuts down, all of them (they fail like running ones). One task per node.
+/// Takes up parked runs at their idle end (where they end, unless a message came first), those
+/// on a link another connection took over (they move, as running ones do) and, once the node
+/// shuts down, all of them (they fail like running ones). One task per node.
 pub(crate) async fn take_up_parked(
     node: std::sync::Weak<Runtime>,
     parking: Arc<Parking>,
+    links_superseded: Arc<tokio::sync::Notify>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -799,16 +802,25 @@ pub(crate) async fn take_up_parked(
             }
         };
         tokio::select! {
-            _ = cancel.cancelled() => return take_up(&node, parking.close()),
+            _ = cancel.cancelled() => return take_up(&node, parking.close(), |_| true),
             // An earlier idle end came: wait for it instead.
             _ = parking.changed.notified() => {}
-            _ = due => take_up(&node, parking.take_due(Instant::now())),
+            // Rare (a punched direct path, a redial, a duplicate connection): every parked run
+            // is looked at.
+            _ = links_superseded.notified() => {
+                take_up(&node, parking.all(), ParkedRun::is_superseded);
+            }
+            _ = due => take_up(&node, parking.take_due(Instant::now()), |_| true),
         }
     }
 }
 
-/// Starts a task for each run still parked under its park in `due`.
-fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(u64, std::sync::Weak<Outbound>)>) {
+/// Starts a task for each run still parked under its park in `due` that is `wanted`.
+fn take_up(
+    node: &std::sync::Weak<Runtime>,
+    due: Vec<(u64, std::sync::Weak<Outbound>)>,
+    wanted: impl Fn(&ParkedRun) -> bool,
+) {
     let Some(node) = node.upgrade() else {
         return;
     };
@@ -822,7 +834,7 @@ fn take_up(node: &std::sync::Weak<Runtime>, due: Vec<(u64, std::sync::Weak<Outbo
             if queue
                 .parked
                 .as_ref()
-                .is_some_and(|parked| parked.idle_end.1 == park)
+                .is_some_and(|parked| parked.idle_end.1 == park && wanted(&parked.run))
             {
                 queue.parked.take()
             } else {
@@ -842,18 +854,25 @@ fn resume(node: &Arc<Runtime>, outbound: Arc<Outbound>, parked: Parked) {
     spawn_run(node, outbound, unpark(*parked.run));
 }
 
-/// The whole run of a parked one. Parked runs do not wait for their connection's supersession:
-/// the run moves now if it was superseded meanwhile, before it writes again.
+/// The whole run of a parked one. A parked run keeps no wait on its link's supersession (the
+/// parking task takes it up): found superseded here, it takes what its stream holds first (the
+/// receiver's CLOSE, as the running task's reads come before its other waits) and moves before
+/// it writes again.
 fn unpark(parked: ParkedRun) -> Box<Run> {
     let mut run = Box::new(Run {
         sm: parked.sm.resume(),
         stream: parked.stream.map(|stream| stream.resume()),
     });
-    if run
+    if let Some(open) = run
         .stream
-        .as_ref()
-        .is_some_and(|open| open.link.superseded.is_cancelled())
+        .as_mut()
+        .filter(|open| open.link.superseded.is_cancelled())
     {
+        let mut context = Context::from_waker(Waker::noop());
+        let read = std::pin::pin!(open.recv.read_chunk(READ_CHUNK, true)).poll(&mut context);
+        if let Poll::Ready(read) = read {
+            on_read(&mut run.sm, read);
+        }
         on_superseded(&mut run.sm);
     }
     run
@@ -1108,5 +1127,73 @@ pub(crate) async fn drain(node: &Runtime, grace: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Node, NodeConfig, SecretKey};
+    use ferry_testkit::wait::wait_for;
+
+    async fn node() -> Node {
+        Node::bind(SecretKey::generate(), NodeConfig::default())
+            .await
+            .unwrap()
+    }
+
+    /// A parked conversation keeps no wait of its own on its link: when another connection
+    /// takes the link over, the node's parking task takes it up and it moves at once, as a
+    /// running one does (its stream is reset); its next message goes on a new stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_conversation_moves_when_its_link_is_superseded() {
+        // Its idle end is far beyond the wait below: only the move can end its stream.
+        let a = Node::bind(
+            SecretKey::generate(),
+            NodeConfig {
+                stream_idle_timeout: Duration::from_secs(600),
+                ..NodeConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let b = node().await;
+        let target = b.mailbox();
+        let sender = a.sender(target.address());
+        sender.send(&1u32).await.unwrap();
+        wait_for("the quiet conversation to park", || {
+            a.stats().parked_conversations == 1
+        })
+        .await;
+        assert_eq!(b.stats().streams_in, 1);
+        // Another connection takes over: the link leaves the peer's slot (the next message
+        // dials again) and is superseded.
+        let net = &a.inner().net;
+        let link = net.peers.link(&b.id()).unwrap();
+        crate::sync::lock(&net.peers.slots).remove(&b.id());
+        link.supersede(net);
+        wait_for(
+            "the receiver to see the parked stream moved off the link",
+            || b.stats().streams_in == 0,
+        )
+        .await;
+        sender.send(&2u32).await.unwrap();
+        for expected in 1..=2u32 {
+            let message = target.recv_timeout(Duration::from_secs(20)).await.unwrap();
+            assert_eq!(message.decode::<u32>().unwrap(), expected);
+        }
+        assert_eq!(
+            b.stats().streams_in,
+            1,
+            "the next message opened a new stream"
+        );
+        assert_ne!(
+            net.peers.link(&b.id()).unwrap().connection.stable_id(),
+            link.connection.stable_id(),
+            "on a new connection"
+        );
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
     }
 }

@@ -815,25 +815,27 @@ pub struct MessageTemplate {
 }
 
 /// The last sender of plain messages (from a peer or a session, not through a channel, a user
-/// or a push) to one connection, with its [`MessageTemplate::head`]: a run of messages from
-/// one sender encodes its address once.
+/// or a push) that a connection (or its pump) handed over, with its [`MessageTemplate::head`]:
+/// a run of messages from one sender encodes its address once.
 #[derive(Debug, Clone, Default)]
 pub struct LastSender(Option<(Address, Arc<str>)>);
 
 impl LastSender {
     /// The head of a frame of a message from `from` come `via`.
     pub fn head(&mut self, from: &Address, via: &Via) -> Arc<str> {
-        if *via != Via::default() {
-            return MessageTemplate::head(&from.to_string(), via);
+        let plain = *via == Via::default();
+        if let Some((_, head)) = self
+            .0
+            .as_ref()
+            .filter(|(sender, _)| plain && sender == from)
+        {
+            return head.clone();
         }
-        match &self.0 {
-            Some((sender, head)) if sender == from => head.clone(),
-            _ => {
-                let head = MessageTemplate::head(&from.to_string(), via);
-                self.0 = Some((from.clone(), head.clone()));
-                head
-            }
+        let head = MessageTemplate::head(&from.to_string(), via);
+        if plain {
+            self.0 = Some((from.clone(), head.clone()));
         }
+        head
     }
 }
 

@@ -87,6 +87,13 @@ impl Link {
     pub(crate) fn probe(&self) -> crate::net::liveness::Probed {
         self.probe.probe(&self.connection)
     }
+
+    /// Another connection to the peer took over: the mailbox streams on this one move, the
+    /// parked ones too (`node` tells them).
+    pub(crate) fn supersede(&self, node: &Net) {
+        self.superseded.cancel();
+        node.links_superseded.notify_one();
+    }
 }
 
 /// A connection in use and what the rule needs to know of it.
@@ -325,7 +332,7 @@ pub(crate) async fn install(node: &Arc<Net>, fresh: Fresh) -> Link {
     node.peers.touch(peer);
     match kept {
         Some(old) => {
-            link.superseded.cancel();
+            link.supersede(node);
             retire(node, link.connection.clone());
             old
         }
@@ -389,7 +396,7 @@ fn decide(node: &Arc<Net>, peer: NodeId, new: &Live, checked: Option<(usize, boo
             slots.insert(peer, Slot::Connected(new.snapshot()))
         };
         if let Some(Slot::Connected(old)) = replaced {
-            old.link.superseded.cancel();
+            old.link.supersede(node);
             let old_id = old.link.connection.stable_id();
             let dead = !old.link.is_open()
                 || old.incarnation != new.incarnation
@@ -579,6 +586,7 @@ fn serve_connection(node: &Arc<Net>, connection: quinn::Connection, peer: NodeId
             let mut slots = lock(&serving.peers.slots);
             if let Some(Slot::Connected(live)) = slots.get(&peer) {
                 if live.link.connection.stable_id() == connection.stable_id() {
+                    // Closed: its streams, parked ones too, see that for themselves.
                     live.link.superseded.cancel();
                     slots.remove(&peer);
                     drop(slots);

@@ -88,6 +88,9 @@ pub(crate) struct Net {
     /// The machine's interfaces when the node started, for the network watch.
     interfaces: Vec<InterfaceAddr>,
     streams: OnceLock<Arc<dyn StreamServer>>,
+    /// Told whenever a link was superseded (see [`connection::Link::supersede`]): the node's
+    /// parked conversations, which keep no wait of their own, look for theirs then.
+    pub(crate) links_superseded: Arc<tokio::sync::Notify>,
 }
 
 /// What [`Net::bind`] needs besides the configuration.
@@ -170,6 +173,7 @@ impl Net {
             hints,
             interfaces,
             streams: OnceLock::new(),
+            links_superseded: Arc::default(),
         });
         net.relay_socket.attach(&net);
         Ok(net)

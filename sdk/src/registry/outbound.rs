@@ -91,8 +91,8 @@ pub(crate) struct Queue {
     /// Set when the task ended (idle or failed): senders must start a new conversation.
     pub(crate) closed: bool,
     /// The run of a quiet conversation, kept without a task: the sender that queues next, the
-    /// run's waker (news from its stream or connection), or [`Parking`] (at its idle end, or
-    /// at shutdown) starts a task with it.
+    /// run's waker (news from its stream), or the node's parking task (at its idle end, when
+    /// its link was superseded, or at shutdown) starts a task with it.
     pub(crate) parked: Option<Parked>,
 }
 
@@ -120,12 +120,20 @@ pub(crate) struct Parked {
 }
 
 /// A quiet run kept small: the protocol without its empty queues and buffers, and the stream's
-/// handles without the wait for the connection's supersession (a superseded connection is
-/// closed once its streams are quiet, which wakes the parked run; the next message finds it
-/// superseded anyway).
+/// handles without a wait on the link's supersession (the node's parking task looks at every
+/// parked run when a link was superseded).
 pub(crate) struct ParkedRun {
     pub(crate) sm: ferry_proto::sender::ParkedSender<SendError>,
     pub(crate) stream: Option<ParkedStream>,
+}
+
+impl ParkedRun {
+    /// Whether its stream is on a link another connection took over.
+    pub(crate) fn is_superseded(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(|stream| stream.link.superseded.is_cancelled())
+    }
 }
 
 /// A parked run's stream.
@@ -165,6 +173,13 @@ impl ParkedStream {
 /// When a parked run's idle end is due, and which park it was (a run parks again after it
 /// resumed, under a new id).
 pub(crate) type IdleEnd = (Instant, u64);
+
+/// Each run's park and conversation, of idle ends.
+fn parks(due: BTreeMap<IdleEnd, Weak<Outbound>>) -> Vec<(u64, Weak<Outbound>)> {
+    due.into_iter()
+        .map(|((_, park), outbound)| (park, outbound))
+        .collect()
+}
 
 /// The idle ends of the node's parked runs, in order of time.
 #[derive(Default)]
@@ -225,20 +240,19 @@ impl Parking {
     pub(crate) fn take_due(&self, now: Instant) -> Vec<(u64, Weak<Outbound>)> {
         let mut state = lock(&self.state);
         let later = state.due.split_off(&(now, u64::MAX));
-        std::mem::replace(&mut state.due, later)
-            .into_iter()
-            .map(|((_, park), outbound)| (park, outbound))
-            .collect()
+        parks(std::mem::replace(&mut state.due, later))
+    }
+
+    /// Every parked run's park and conversation, left registered.
+    pub(crate) fn all(&self) -> Vec<(u64, Weak<Outbound>)> {
+        parks(lock(&self.state).due.clone())
     }
 
     /// Closes parking (the node shuts down) and takes every idle end.
     pub(crate) fn close(&self) -> Vec<(u64, Weak<Outbound>)> {
         let mut state = lock(&self.state);
         state.closed = true;
-        std::mem::take(&mut state.due)
-            .into_iter()
-            .map(|((_, park), outbound)| (park, outbound))
-            .collect()
+        parks(std::mem::take(&mut state.due))
     }
 
     /// How many runs are parked.
