@@ -108,7 +108,8 @@ async fn a_refused_configuration_is_a_typed_error() {
 /// the gateway says where it is.
 #[tokio::test]
 async fn webtransport_takes_the_gateway_port_number_or_a_free_one() {
-    use ferry_node::gateway::webtransport::Listen;
+    use ferry_node::gateway::webtransport::{Listen, WebTransportError};
+    use ferry_node::server::ServerError;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(ServerConfig::new(dir.path().join("a")))
         .await
@@ -154,13 +155,26 @@ async fn webtransport_takes_the_gateway_port_number_or_a_free_one() {
         .await
         .unwrap();
     assert!(info.starts_with("HTTP/1.1 404"), "{info}");
-    let mut config = ServerConfig::new(dir.path().join("d"));
-    let free = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    config.webtransport = Some((Listen::At(free), Default::default()));
-    let fourth = Server::start(config).await.unwrap();
+    // A free port's number: another socket of this machine may take it between its probe and
+    // the server's bind, and then another is tried.
+    let mut attempt = 0;
+    let (fourth, free) = loop {
+        let mut config = ServerConfig::new(dir.path().join(format!("d{attempt}")));
+        let free = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        config.webtransport = Some((Listen::At(free), Default::default()));
+        match Server::start(config).await {
+            Ok(server) => break (server, free),
+            Err(ServerError::WebTransport(WebTransportError::Bind { source, .. }))
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempt < 20 =>
+            {
+                attempt += 1;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
     assert_eq!(fourth.webtransport().unwrap().addr, free);
     for server in [server, second, third, fourth] {
         server.run(|_| Ok(()), cancelled()).await.unwrap();
