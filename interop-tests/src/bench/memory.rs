@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
@@ -466,15 +466,13 @@ async fn wait_for_count(
     wait: Duration,
     current: impl Fn() -> u64,
 ) -> Result<()> {
-    let deadline = Instant::now() + wait;
-    while current() < count {
-        ensure!(
-            Instant::now() < deadline,
-            "{} of {count} {what} after {wait:?}",
-            current()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let reached =
+        ferry_testkit::wait::poll_until(wait, || (current() >= count).then_some(())).await;
+    ensure!(
+        reached.is_some(),
+        "{} of {count} {what} after {wait:?}",
+        current()
+    );
     Ok(())
 }
 

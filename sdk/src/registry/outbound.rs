@@ -175,7 +175,7 @@ impl ParkedStream {
 pub(crate) type IdleEnd = (Instant, u64);
 
 /// Each run's park and conversation, of idle ends.
-fn parks(due: BTreeMap<IdleEnd, Weak<Outbound>>) -> Vec<(u64, Weak<Outbound>)> {
+fn parks(due: impl IntoIterator<Item = (IdleEnd, Weak<Outbound>)>) -> Vec<(u64, Weak<Outbound>)> {
     due.into_iter()
         .map(|((_, park), outbound)| (park, outbound))
         .collect()
@@ -245,7 +245,13 @@ impl Parking {
 
     /// Every parked run's park and conversation, left registered.
     pub(crate) fn all(&self) -> Vec<(u64, Weak<Outbound>)> {
-        parks(lock(&self.state).due.clone())
+        let state = lock(&self.state);
+        parks(
+            state
+                .due
+                .iter()
+                .map(|(end, outbound)| (*end, outbound.clone())),
+        )
     }
 
     /// Closes parking (the node shuts down) and takes every idle end.
