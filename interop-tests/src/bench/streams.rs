@@ -165,6 +165,102 @@ pub(crate) async fn serve_echo<C: QuicConnection>(connection: C) -> Result<()> {
     Ok(())
 }
 
+/// Room of the channels between the tasks of the handed-off echo.
+const HAND_OFF_ROOM: usize = 16;
+
+/// Client half of the echo with a ferry node's hand-offs and none of its work: the stream's
+/// sending half is written by a task of its own (ferry: the conversation's task) and its
+/// receiving half read by another (ferry: the mailbox stream's task); the timed task hands
+/// each message to the first and takes each echo from the second over bounded channels.
+pub(crate) async fn echo_rounds_handed_off<C: QuicConnection>(
+    connection: &C,
+    rounds: u64,
+    warmup: u64,
+) -> Result<Histogram<u64>> {
+    let (send, recv) = connection.open_bi().await?;
+    let (to_writer, writer) = write_from_channel(send);
+    let (reader, mut from_reader) = read_into_channel(recv);
+    let mut histogram = histogram()?;
+    for round in 0..warmup + rounds {
+        let start = Instant::now();
+        to_writer
+            .send(PAYLOAD)
+            .await
+            .map_err(|_| anyhow!("writer ended"))?;
+        from_reader
+            .recv()
+            .await
+            .ok_or_else(|| anyhow!("echo ended early"))?;
+        let elapsed = start.elapsed();
+        if round >= warmup {
+            record_ns(&mut histogram, elapsed)?;
+        }
+    }
+    drop(to_writer);
+    writer.await??;
+    drop(from_reader);
+    reader.await??;
+    Ok(histogram)
+}
+
+/// Server half of [`echo_rounds_handed_off`]: a task reads the stream (ferry: the mailbox
+/// stream's task), the echoing task takes each message from it and hands it to a task that
+/// writes it back (ferry: the application's task and its reply's conversation task).
+pub(crate) async fn serve_echo_handed_off<C: QuicConnection>(connection: C) -> Result<()> {
+    let (send, recv) = connection.accept_bi().await?;
+    let (to_writer, writer) = write_from_channel(send);
+    let (reader, mut from_reader) = read_into_channel(recv);
+    while let Some(message) = from_reader.recv().await {
+        to_writer
+            .send(message)
+            .await
+            .map_err(|_| anyhow!("writer ended"))?;
+    }
+    drop(to_writer);
+    writer.await??;
+    reader.await?
+}
+
+type Message = [u8; MESSAGE_LEN];
+
+/// A task writing what the channel brings to `send`, finishing it when the channel closes.
+fn write_from_channel<S: QuicSend>(
+    mut send: S,
+) -> (
+    tokio::sync::mpsc::Sender<Message>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    let (to_writer, mut messages) = tokio::sync::mpsc::channel::<Message>(HAND_OFF_ROOM);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = messages.recv().await {
+            send.write_all(&message).await?;
+        }
+        send.finish()
+    });
+    (to_writer, writer)
+}
+
+/// A task reading 64-byte messages from `recv` into a channel until the stream or the channel
+/// ends.
+fn read_into_channel<R: QuicRecv>(
+    mut recv: R,
+) -> (
+    tokio::task::JoinHandle<Result<()>>,
+    tokio::sync::mpsc::Receiver<Message>,
+) {
+    let (to_reader, messages) = tokio::sync::mpsc::channel::<Message>(HAND_OFF_ROOM);
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; MESSAGE_LEN];
+        while recv.read_exact_or_end(&mut buf).await? {
+            if to_reader.send(buf).await.is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    (reader, messages)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A request on a new stream.
 

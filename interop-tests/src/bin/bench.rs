@@ -762,33 +762,40 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
         .against("raw quinn, open stream echo");
     let mut p99 = Row::new("round trip 64 B, p99", "us", Better::Lower)
         .against("raw quinn, open stream echo");
+    // The same echo with a ferry node's task hand-offs on both sides: what they cost on a
+    // multi-threaded runtime, apart from ferry's work ("Where a two-worker round trip waits").
+    let mut handed_off = Row::new("round trip 64 B, p50", "us", Better::Lower)
+        .against("raw quinn echo, ferry's hand-offs");
     let (rounds, warmup) = (settings.rtt_rounds, settings.rtt_warmup);
-    let mut record = |ferry: bool, histogram: Histogram<u64>| {
-        let (p50_us, p99_us) = (
+    let p50_p99 = |histogram: &Histogram<u64>| {
+        (
             histogram.value_at_quantile(0.50) as f64 / 1000.0,
             histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        );
-        if ferry {
-            p50.ferry.push(p50_us);
-            p99.ferry.push(p99_us);
-        } else {
-            p50.baseline.push(p50_us);
-            p99.baseline.push(p99_us);
-        }
+        )
     };
     for run in 0..settings.runs {
         let ferry_first = run % 2 == 0;
+        let mut ferry = |histogram: Histogram<u64>| {
+            let (p50_us, p99_us) = p50_p99(&histogram);
+            p50.ferry.push(p50_us);
+            p99.ferry.push(p99_us);
+            handed_off.ferry.push(p50_us);
+        };
         if ferry_first {
-            record(true, measure(ferry_round_trips(rounds, warmup)).await?);
+            ferry(measure(ferry_round_trips(rounds, warmup)).await?);
         }
         if !settings.ferry_only {
-            record(false, measure(quinn_round_trips(rounds, warmup)).await?);
+            let (p50_us, p99_us) = p50_p99(&measure(quinn_round_trips(rounds, warmup)).await?);
+            p50.baseline.push(p50_us);
+            p99.baseline.push(p99_us);
+            let histogram = measure(quinn_handed_off_round_trips(rounds, warmup)).await?;
+            handed_off.baseline.push(p50_p99(&histogram).0);
         }
         if !ferry_first {
-            record(true, measure(ferry_round_trips(rounds, warmup)).await?);
+            ferry(measure(ferry_round_trips(rounds, warmup)).await?);
         }
     }
-    Ok(vec![p50, p99])
+    Ok(vec![p50, p99, handed_off])
 }
 
 pub(crate) fn histogram() -> Result<Histogram<u64>> {
@@ -860,6 +867,20 @@ pub(crate) async fn quinn_round_trips(rounds: u64, warmup: u64) -> Result<Histog
     let pair = QuinnPair::connect().await?;
     let server = tokio::spawn(streams::serve_echo(pair.server_conn.clone()));
     let histogram = streams::echo_rounds(&pair.client_conn, rounds, warmup).await?;
+    server.await.context("echo server panicked")??;
+    pair.close().await;
+    Ok(histogram)
+}
+
+/// [`quinn_round_trips`] with a task between each side's stream and the task that sends and
+/// receives the messages ([`streams::echo_rounds_handed_off`]).
+pub(crate) async fn quinn_handed_off_round_trips(
+    rounds: u64,
+    warmup: u64,
+) -> Result<Histogram<u64>> {
+    let pair = QuinnPair::connect().await?;
+    let server = tokio::spawn(streams::serve_echo_handed_off(pair.server_conn.clone()));
+    let histogram = streams::echo_rounds_handed_off(&pair.client_conn, rounds, warmup).await?;
     server.await.context("echo server panicked")??;
     pair.close().await;
     Ok(histogram)
