@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::address::Address;
+use crate::address::{Address, ADDRESS_CORE_LEN};
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, FrameError, Refusal, StreamKind};
 
 /// What a read of a conversation asks for.
@@ -442,6 +442,7 @@ impl Writer {
             return Err(WriteError::Finished);
         }
         out.clear();
+        out.reserve(1 + frame::MAX_VARINT_LEN + payload.len());
         frame::put_payload_header(out, data, payload.len());
         out.extend_from_slice(payload);
         Ok(())
@@ -515,10 +516,16 @@ pub fn dropped(opened_here: bool, writer: &Writer, reader: &Reader) -> Dropped {
     }
 }
 
+/// Room for an opening by a service name or a plain address (kind, `Converse` and `Accept`
+/// frames): one allocation for the usual opening; a longer one grows.
+const OPENING_ROOM: usize = 1 + 2 * (1 + frame::MAX_VARINT_LEN) + ADDRESS_CORE_LEN;
+
 /// The opener's first bytes (§10.3): the stream kind, `first` (`Converse` or `Lookup`) and,
-/// after a `Converse`, this side's limit as an `Accept` with `max_message`.
-pub fn opening(first: &Frame<'_>, max_message: u64) -> Vec<u8> {
-    let mut head = vec![StreamKind::Conversation as u8];
+/// after a `Converse`, this side's limit as an `Accept` with `max_message`; with room for
+/// `then` more bytes (a request sent with the opening).
+pub fn opening(first: &Frame<'_>, max_message: u64, then: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(OPENING_ROOM + then);
+    head.push(StreamKind::Conversation as u8);
     frame::put_frame(&mut head, first);
     if let Frame::Converse(_) = first {
         frame::put_frame(&mut head, &Frame::Accept { max_message });

@@ -196,7 +196,8 @@ impl Conversation {
         &mut self,
         object: &T,
     ) -> Result<(), ConversationError> {
-        let encoded = postcard::to_allocvec(object).map_err(ConversationError::Encode)?;
+        let encoded =
+            crate::payload::encode_transient(object).map_err(ConversationError::Encode)?;
         self.send_encoded(&encoded).await
     }
 

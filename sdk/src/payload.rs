@@ -1,8 +1,19 @@
 //! Message payloads as values: postcard, one value per payload.
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::PayloadError;
+
+/// Room for a small value's encoding, so that it takes one allocation instead of one per
+/// growth; a larger value grows as usual.
+const ENCODING_ROOM: usize = 128;
+
+/// Encodes `value` for a frame that is written at once (a conversation's object, a call's
+/// request): the vector is dropped after the write, so its spare room costs nothing.
+pub(crate) fn encode_transient<T: Serialize + ?Sized>(value: &T) -> postcard::Result<Vec<u8>> {
+    postcard::to_extend(value, Vec::with_capacity(ENCODING_ROOM))
+}
 
 /// Decodes postcard bytes as exactly one `T`, with nothing left over.
 pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {

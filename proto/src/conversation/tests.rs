@@ -379,7 +379,7 @@ fn reset_codes_by_side() {
 #[test]
 fn the_opening_of_a_conversation_announces_the_limit() {
     let first = Frame::Converse(ConverseTarget::Service("echo"));
-    let bytes = opening(&first, 1234);
+    let bytes = opening(&first, 1234, 0);
     assert_eq!(bytes[0], StreamKind::Conversation as u8);
     let mut acceptor = Acceptor::new();
     // Byte by byte: the same result as at once.
@@ -413,6 +413,7 @@ fn the_acceptor_reads_each_opening() {
     let by_address = opening(
         &Frame::Converse(ConverseTarget::Address(Box::new(address.clone()))),
         5,
+        0,
     );
     let mut acceptor = Acceptor::new();
     acceptor.receive(&by_address[1..]);
@@ -424,7 +425,7 @@ fn the_acceptor_reads_each_opening() {
         })
     );
 
-    let lookup = opening(&Frame::Lookup("svc"), 5);
+    let lookup = opening(&Frame::Lookup("svc"), 5, 0);
     assert_eq!(lookup, {
         let mut head = vec![StreamKind::Conversation as u8];
         head.extend(frame_bytes(&Frame::Lookup("svc")));
@@ -763,7 +764,7 @@ proptest! {
         after in proptest::collection::vec(any::<u8>(), 0..20),
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
-        let mut bytes = opening(&Frame::Converse(ConverseTarget::Service(&name)), limit);
+        let mut bytes = opening(&Frame::Converse(ConverseTarget::Service(&name)), limit, 0);
         bytes.extend(object(&after));
         let mut acceptor = Acceptor::new();
         let mut pieces = split(&bytes[1..], &cuts).into_iter();

@@ -389,7 +389,8 @@ async fn start(
     let connection = dial::connect(&node.net, target.node(), target.hints())
         .await
         .map_err(open_error_from_dial)?;
-    let mut head = proto::opening(first, node.config.max_message_size as u64);
+    let then = early.map_or(0, |object| 1 + frame::MAX_VARINT_LEN + object.len());
+    let mut head = proto::opening(first, node.config.max_message_size as u64, then);
     if let Some(object) = early {
         frame::put_frame(&mut head, &Frame::Object(object));
     }
@@ -795,7 +796,7 @@ impl<Resp> Call<Resp> {
         target: Target,
         request: &Req,
     ) -> Self {
-        let request = postcard::to_allocvec(request).map_err(CallError::Encode);
+        let request = crate::payload::encode_transient(request).map_err(CallError::Encode);
         let timeout = node.config.call_timeout;
         Self {
             node,
