@@ -763,7 +763,8 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
     let mut p99 = Row::new("round trip 64 B, p99", "us", Better::Lower)
         .against("raw quinn, open stream echo");
     // The same echo with a ferry node's task hand-offs on both sides: what they cost on a
-    // multi-threaded runtime, apart from ferry's work ("Where a two-worker round trip waits").
+    // multi-threaded runtime, apart from ferry's work (BENCHMARKS.md, "What a task hand-off
+    // costs on two workers").
     let mut handed_off = Row::new("round trip 64 B, p50", "us", Better::Lower)
         .against("raw quinn echo, ferry's hand-offs");
     let (rounds, warmup) = (settings.rtt_rounds, settings.rtt_warmup);
@@ -864,12 +865,7 @@ pub(crate) async fn ferry_round_trips(rounds: u64, warmup: u64) -> Result<Histog
 /// Raw quinn echo on an already open bidirectional stream: write 64 bytes, the server echoes
 /// them, read 64 bytes ([`streams::echo_rounds`]).
 pub(crate) async fn quinn_round_trips(rounds: u64, warmup: u64) -> Result<Histogram<u64>> {
-    let pair = QuinnPair::connect().await?;
-    let server = tokio::spawn(streams::serve_echo(pair.server_conn.clone()));
-    let histogram = streams::echo_rounds(&pair.client_conn, rounds, warmup).await?;
-    server.await.context("echo server panicked")??;
-    pair.close().await;
-    Ok(histogram)
+    quinn_echo(rounds, warmup, false).await
 }
 
 /// [`quinn_round_trips`] with a task between each side's stream and the task that sends and
@@ -878,9 +874,24 @@ pub(crate) async fn quinn_handed_off_round_trips(
     rounds: u64,
     warmup: u64,
 ) -> Result<Histogram<u64>> {
+    quinn_echo(rounds, warmup, true).await
+}
+
+async fn quinn_echo(rounds: u64, warmup: u64, handed_off: bool) -> Result<Histogram<u64>> {
     let pair = QuinnPair::connect().await?;
-    let server = tokio::spawn(streams::serve_echo_handed_off(pair.server_conn.clone()));
-    let histogram = streams::echo_rounds_handed_off(&pair.client_conn, rounds, warmup).await?;
+    let connection = pair.server_conn.clone();
+    let server = tokio::spawn(async move {
+        if handed_off {
+            streams::serve_echo_handed_off(connection).await
+        } else {
+            streams::serve_echo(connection).await
+        }
+    });
+    let histogram = if handed_off {
+        streams::echo_rounds_handed_off(&pair.client_conn, rounds, warmup).await?
+    } else {
+        streams::echo_rounds(&pair.client_conn, rounds, warmup).await?
+    };
     server.await.context("echo server panicked")??;
     pair.close().await;
     Ok(histogram)
