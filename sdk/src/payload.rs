@@ -9,8 +9,9 @@ use crate::error::PayloadError;
 /// growth; a larger value grows as usual.
 const ENCODING_ROOM: usize = 128;
 
-/// Encodes `value` for a frame that is written at once (a conversation's object, a call's
-/// request): the vector is dropped after the write, so its spare room costs nothing.
+/// Encodes `value` for a frame that is written at once and not kept (a conversation's object,
+/// dropped after the write; a call's request, dropped when the call ends), so its spare room
+/// costs little and only for that long. Queued messages use postcard's own sizing.
 pub(crate) fn encode_transient<T: Serialize + ?Sized>(value: &T) -> postcard::Result<Vec<u8>> {
     postcard::to_extend(value, Vec::with_capacity(ENCODING_ROOM))
 }

@@ -183,14 +183,12 @@ pub(crate) async fn echo_rounds_handed_off<C: QuicConnection>(
     let mut histogram = histogram()?;
     for round in 0..warmup + rounds {
         let start = Instant::now();
-        to_writer
-            .send(PAYLOAD)
-            .await
-            .map_err(|_| anyhow!("writer ended"))?;
-        from_reader
-            .recv()
-            .await
-            .ok_or_else(|| anyhow!("echo ended early"))?;
+        if to_writer.send(PAYLOAD).await.is_err() {
+            return Err(why_ended(writer, "the writer").await);
+        }
+        if from_reader.recv().await.is_none() {
+            return Err(why_ended(reader, "the echo").await);
+        }
         let elapsed = start.elapsed();
         if round >= warmup {
             record_ns(&mut histogram, elapsed)?;
@@ -211,10 +209,9 @@ pub(crate) async fn serve_echo_handed_off<C: QuicConnection>(connection: C) -> R
     let (to_writer, writer) = write_from_channel(send);
     let (reader, mut from_reader) = read_into_channel(recv);
     while let Some(message) = from_reader.recv().await {
-        to_writer
-            .send(message)
-            .await
-            .map_err(|_| anyhow!("writer ended"))?;
+        if to_writer.send(message).await.is_err() {
+            return Err(why_ended(writer, "the writer").await);
+        }
     }
     drop(to_writer);
     writer.await??;
@@ -222,6 +219,16 @@ pub(crate) async fn serve_echo_handed_off<C: QuicConnection>(connection: C) -> R
 }
 
 type Message = [u8; MESSAGE_LEN];
+
+/// The error of a task of the handed-off echo whose channel closed early: its own, if it
+/// failed.
+async fn why_ended(task: tokio::task::JoinHandle<Result<()>>, what: &str) -> anyhow::Error {
+    match task.await {
+        Ok(Err(error)) => error.context(format!("{what} failed")),
+        Ok(Ok(())) => anyhow!("{what} ended early"),
+        Err(error) => anyhow!("{what} panicked: {error}"),
+    }
+}
 
 /// A task writing what the channel brings to `send`, finishing it when the channel closes.
 fn write_from_channel<S: QuicSend>(
