@@ -673,6 +673,19 @@ fn now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
+/// Polls one read of the stream, leaving `waker` with it; hands a read that is ready to the
+/// protocol and says whether there was one.
+fn read_if_ready(open: &mut OpenStream, sm: &mut proto::Sender<SendError>, waker: &Waker) -> bool {
+    let mut context = Context::from_waker(waker);
+    match std::pin::pin!(open.recv.read_chunk(READ_CHUNK, true)).poll(&mut context) {
+        Poll::Ready(read) => {
+            on_read(sm, read);
+            true
+        }
+        Poll::Pending => false,
+    }
+}
+
 /// Hands what a read of the stream gave to the protocol.
 fn on_read(
     sm: &mut proto::Sender<SendError>,
@@ -714,11 +727,7 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
         // The task's last wait left its waker with the stream; the parked run's takes its
         // place (the task's would keep the ended task's memory, and wake nothing). What is
         // ready already is handled now, and the run goes on.
-        let waker = Waker::from(waker.clone());
-        let mut context = Context::from_waker(&waker);
-        let read = std::pin::pin!(open.recv.read_chunk(READ_CHUNK, true)).poll(&mut context);
-        if let Poll::Ready(read) = read {
-            on_read(&mut run.sm, read);
+        if read_if_ready(open, &mut run.sm, &Waker::from(waker.clone())) {
             return Err(run);
         }
         if open.link.superseded.is_cancelled() {
@@ -868,11 +877,7 @@ fn unpark(parked: ParkedRun) -> Box<Run> {
         .as_mut()
         .filter(|open| open.link.superseded.is_cancelled())
     {
-        let mut context = Context::from_waker(Waker::noop());
-        let read = std::pin::pin!(open.recv.read_chunk(READ_CHUNK, true)).poll(&mut context);
-        if let Poll::Ready(read) = read {
-            on_read(&mut run.sm, read);
-        }
+        read_if_ready(open, &mut run.sm, Waker::noop());
         on_superseded(&mut run.sm);
     }
     run
