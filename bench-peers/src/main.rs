@@ -102,9 +102,21 @@ const JOBS: [Job; 5] = [
         lines: &[
             ("round trip 64 B, p50", "us", Better::Lower),
             ("round trip 64 B, p99", "us", Better::Lower),
+            (
+                "round trip 64 B on an open stream, p50",
+                "us",
+                Better::Lower,
+            ),
+            (
+                "round trip 64 B on an open stream, p99",
+                "us",
+                Better::Lower,
+            ),
         ],
         does: [
-            Some("message to a mailbox, reply to the inbox"),
+            Some(
+                "message to a mailbox, reply to the inbox; echo on a conversation (3rd, 4th lines)",
+            ),
             Some("echo on an open stream"),
             Some("the same as raw quinn"),
             Some("request-response, 64 B echoed"),
@@ -236,6 +248,14 @@ fn workloads() -> Vec<Workload> {
         },
         Workload {
             stack: "iroh",
+            job: "echo",
+            what: "echo on an open stream (its round-trip job)",
+            run: |n, warmup| {
+                Box::pin(async move { iroh_stack::round_trips(n, warmup).await.map(drop) })
+            },
+        },
+        Workload {
+            stack: "iroh",
             job: "call",
             what: "the same as raw quinn",
             run: |n, warmup| Box::pin(async move { iroh_stack::calls(n, warmup).await.map(drop) }),
@@ -347,20 +367,31 @@ async fn measure_one(
             Some(server) => vec![measure(nats::throughput(server.addr(), n, warmup)).await?; 2],
             None => return Ok(None),
         },
-        ("rtt", Stack::Ferry) => quantiles(
-            &measure(bench::ferry_round_trips(rtt, rtt_warmup)).await?,
-            1e3,
-        ),
+        // The other stacks have one way to do a round trip: the same values on the open
+        // stream's lines.
+        ("rtt", Stack::Ferry) => [
+            quantiles(
+                &measure(bench::ferry_round_trips(rtt, rtt_warmup)).await?,
+                1e3,
+            ),
+            quantiles(
+                &measure(bench::ferry_conversation_round_trips(rtt, rtt_warmup)).await?,
+                1e3,
+            ),
+        ]
+        .concat(),
         ("rtt", Stack::Quinn) => quantiles(
             &measure(bench::quinn_round_trips(rtt, rtt_warmup)).await?,
             1e3,
-        ),
+        )
+        .repeat(2),
         ("rtt", Stack::Iroh) => quantiles(
             &measure(iroh_stack::round_trips(rtt, rtt_warmup)).await?,
             1e3,
-        ),
+        )
+        .repeat(2),
         ("rtt", Stack::Libp2p) => {
-            quantiles(&measure(libp2p_stack::calls(rtt, rtt_warmup)).await?, 1e3)
+            quantiles(&measure(libp2p_stack::calls(rtt, rtt_warmup)).await?, 1e3).repeat(2)
         }
         ("call", Stack::Ferry) => {
             quantiles(&measure(call::ferry_calls(calls, call_warmup)).await?, 1e3)

@@ -19,7 +19,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::streams::BATCH;
-use super::{call, ferry_round_trips, ferry_throughput, quinn_round_trips, quinn_throughput};
+use super::{
+    call, ferry_conversation_round_trips, ferry_round_trips, ferry_throughput, quinn_round_trips,
+    quinn_throughput,
+};
 
 /// Messages (round trips, calls) run before the counted ones, in both runs of a workload.
 pub(crate) const WARMUP: u64 = 200;
@@ -27,8 +30,9 @@ pub(crate) const WARMUP: u64 = 200;
 /// than a round trip, and its count must stand well above the setup run's variation.
 pub(crate) const MESSAGE_FACTOR: u64 = 10;
 /// The jobs, in the order of the output ("batch": the message job with ferry queuing 1,000
-/// at a time, as raw quinn writes them).
-pub(crate) const JOBS: [&str; 4] = ["message", "batch", "round-trip", "call"];
+/// at a time, as raw quinn writes them; "echo": the round trip on an open stream, ferry's
+/// being a conversation).
+pub(crate) const JOBS: [&str; 5] = ["message", "batch", "round-trip", "echo", "call"];
 
 /// Whether `job` counts single messages (run [`MESSAGE_FACTOR`] times the count).
 fn counts_messages(job: &str) -> bool {
@@ -52,7 +56,7 @@ pub(crate) struct Workload {
 
 /// ferry's workloads and raw quinn's: the functions of the throughput, round trip and call
 /// figures.
-pub(crate) const WORKLOADS: [Workload; 8] = [
+pub(crate) const WORKLOADS: [Workload; 10] = [
     Workload {
         stack: "ferry",
         job: "message",
@@ -89,6 +93,20 @@ pub(crate) const WORKLOADS: [Workload; 8] = [
         stack: "quinn",
         job: "round-trip",
         what: "echo on an open stream",
+        run: |n, warmup| Box::pin(async move { quinn_round_trips(n, warmup).await.map(drop) }),
+    },
+    Workload {
+        stack: "ferry",
+        job: "echo",
+        what: "send_obj + recv_obj on a conversation with an echo service",
+        run: |n, warmup| {
+            Box::pin(async move { ferry_conversation_round_trips(n, warmup).await.map(drop) })
+        },
+    },
+    Workload {
+        stack: "quinn",
+        job: "echo",
+        what: "echo on an open stream (the round-trip job)",
         run: |n, warmup| Box::pin(async move { quinn_round_trips(n, warmup).await.map(drop) }),
     },
     Workload {

@@ -767,6 +767,19 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
     // costs on two workers").
     let mut handed_off = Row::new("round trip 64 B, p50", "us", Better::Lower)
         .against("raw quinn echo, ferry's hand-offs");
+    // ferry's own echo on an open stream (a conversation), against raw quinn's.
+    let mut conversation_p50 = Row::new(
+        "round trip 64 B on a conversation, p50",
+        "us",
+        Better::Lower,
+    )
+    .against("raw quinn, open stream echo");
+    let mut conversation_p99 = Row::new(
+        "round trip 64 B on a conversation, p99",
+        "us",
+        Better::Lower,
+    )
+    .against("raw quinn, open stream echo");
     let (rounds, warmup) = (settings.rtt_rounds, settings.rtt_warmup);
     let p50_p99 = |histogram: &Histogram<u64>| {
         (
@@ -776,27 +789,45 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
     };
     for run in 0..settings.runs {
         let ferry_first = run % 2 == 0;
-        let mut ferry = |histogram: Histogram<u64>| {
-            let (p50_us, p99_us) = p50_p99(&histogram);
+        // ferry's two round trips, measured one after the other.
+        let mut ferry = |mailbox: Histogram<u64>, conversation: Histogram<u64>| {
+            let (p50_us, p99_us) = p50_p99(&mailbox);
             p50.ferry.push(p50_us);
             p99.ferry.push(p99_us);
             handed_off.ferry.push(p50_us);
+            let (p50_us, p99_us) = p50_p99(&conversation);
+            conversation_p50.ferry.push(p50_us);
+            conversation_p99.ferry.push(p99_us);
         };
         if ferry_first {
-            ferry(measure(ferry_round_trips(rounds, warmup)).await?);
+            ferry(
+                measure(ferry_round_trips(rounds, warmup)).await?,
+                measure(ferry_conversation_round_trips(rounds, warmup)).await?,
+            );
         }
         if !settings.ferry_only {
             let (p50_us, p99_us) = p50_p99(&measure(quinn_round_trips(rounds, warmup)).await?);
             p50.baseline.push(p50_us);
             p99.baseline.push(p99_us);
+            conversation_p50.baseline.push(p50_us);
+            conversation_p99.baseline.push(p99_us);
             let histogram = measure(quinn_handed_off_round_trips(rounds, warmup)).await?;
             handed_off.baseline.push(p50_p99(&histogram).0);
         }
         if !ferry_first {
-            ferry(measure(ferry_round_trips(rounds, warmup)).await?);
+            ferry(
+                measure(ferry_round_trips(rounds, warmup)).await?,
+                measure(ferry_conversation_round_trips(rounds, warmup)).await?,
+            );
         }
     }
-    Ok(vec![p50, p99, handed_off])
+    Ok(vec![
+        p50,
+        p99,
+        handed_off,
+        conversation_p50,
+        conversation_p99,
+    ])
 }
 
 pub(crate) fn histogram() -> Result<Histogram<u64>> {
@@ -858,6 +889,47 @@ pub(crate) async fn ferry_round_trips(rounds: u64, warmup: u64) -> Result<Histog
         }
     }
     echo.await.context("echo task panicked")??;
+    shutdown(&[a, b]).await;
+    Ok(histogram)
+}
+
+/// ferry's own echo on an open stream: a conversation (`node.open`) with an "echo" service on
+/// node B, whose handler sends every object it receives back; one round is `send_obj` of 64
+/// bytes (`bytes::Bytes`, serde bytes) and `recv_obj` of the answer. Conversations carry no
+/// acknowledgements and the application's task reads and writes the stream itself: the job of
+/// raw quinn's echo, with ferry's framing and postcard.
+pub(crate) async fn ferry_conversation_round_trips(
+    rounds: u64,
+    warmup: u64,
+) -> Result<Histogram<u64>> {
+    let (a, b) = ferry_pair().await?;
+    let _echo = b.serve(
+        "echo",
+        ServiceOptions::default(),
+        |mut conversation| async move {
+            while let Ok(request) = conversation.recv_obj::<Bytes>().await {
+                if conversation.send_obj(&request).await.is_err() {
+                    break;
+                }
+            }
+        },
+    )?;
+    let target = Target::service(b.id(), "echo").with_hints(vec![b.local_addr()]);
+    let mut conversation = a.open(target).await?;
+    let payload = Bytes::from_static(&PAYLOAD);
+    let mut histogram = histogram()?;
+    for round in 0..warmup + rounds {
+        let start = Instant::now();
+        conversation.send_obj(&payload).await?;
+        let reply: Bytes = conversation.recv_obj().await?;
+        let elapsed = start.elapsed();
+        ensure!(reply.len() == MESSAGE_LEN, "bad reply length");
+        if round >= warmup {
+            record_ns(&mut histogram, elapsed)?;
+        }
+    }
+    conversation.finish()?;
+    drop(conversation);
     shutdown(&[a, b]).await;
     Ok(histogram)
 }
