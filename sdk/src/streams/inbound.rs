@@ -36,6 +36,36 @@ use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
 /// Bytes read from a mailbox stream at once at most.
 const READ_MAX: usize = 64 * 1024;
 
+/// Lets the tasks this one woke (the mailbox's reader, and the conversation its reply goes
+/// out on) run before the acknowledgement is written, so that the acknowledgement can share a
+/// packet with that reply instead of costing one of its own.
+///
+/// On a runtime with one worker the task goes to the back of the run queue: it runs after the
+/// reader and after the reply was written, and before quinn's connection driver (woken by that
+/// write, after it) builds the packet. With more workers, a task put back in the run queue
+/// wakes an idle worker (tokio notifies one for every yielding task), which costs more than the
+/// packet saves; there the task waits until its worker has nothing else to run (`yield_now`
+/// defers it), which is after the driver sent the reply.
+async fn let_woken_tasks_run_first() {
+    let one_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.metrics().num_workers() == 1);
+    if !one_worker {
+        tokio::task::yield_now().await;
+        return;
+    }
+    let mut requeued = false;
+    std::future::poll_fn(|cx| {
+        if requeued {
+            std::task::Poll::Ready(())
+        } else {
+            requeued = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
 /// Ends a stream that [`serve`] returned a refusal for: its CLOSE frame, then FIN.
 pub(crate) async fn close(send: &mut quinn::SendStream, Refusal { code, reason }: Refusal) {
     refuse(send, code, &reason).await;
@@ -339,9 +369,7 @@ pub(crate) async fn serve(
             return Err(Refusal::new(code, reason));
         }
         if let Some(next_seq) = receiver.ack() {
-            // Let the woken receiver (and a reply it sends) run first, so this acknowledgement
-            // can share a packet with that reply instead of costing one of its own.
-            tokio::task::yield_now().await;
+            let_woken_tasks_run_first().await;
             out.clear();
             frame::put_frame(&mut out, &Frame::Ack { next_seq });
             if send.write_all(&out).await.is_err() {
