@@ -903,35 +903,24 @@ pub(crate) async fn ferry_conversation_round_trips(
     warmup: u64,
 ) -> Result<Histogram<u64>> {
     let (a, b) = ferry_pair().await?;
-    let _echo = b.serve(
-        "echo",
-        ServiceOptions::default(),
-        |mut conversation| async move {
-            while let Ok(request) = conversation.recv_obj::<Bytes>().await {
-                if conversation.send_obj(&request).await.is_err() {
-                    break;
-                }
-            }
-        },
-    )?;
+    let _echo = b.serve("echo", ServiceOptions::default(), echo_objects)?;
     let target = Target::service(b.id(), "echo").with_hints(vec![b.local_addr()]);
     let mut conversation = a.open(target).await?;
-    let payload = Bytes::from_static(&PAYLOAD);
-    let mut histogram = histogram()?;
-    for round in 0..warmup + rounds {
-        let start = Instant::now();
-        conversation.send_obj(&payload).await?;
-        let reply: Bytes = conversation.recv_obj().await?;
-        let elapsed = start.elapsed();
-        ensure!(reply.len() == MESSAGE_LEN, "bad reply length");
-        if round >= warmup {
-            record_ns(&mut histogram, elapsed)?;
-        }
-    }
+    let histogram = ferry_echo_rounds(&mut conversation, warmup, rounds).await?;
     conversation.finish()?;
     drop(conversation);
     shutdown(&[a, b]).await;
     Ok(histogram)
+}
+
+/// An "echo" service's handler: answers every object with itself, until the opener finishes.
+async fn echo_objects(mut conversation: Conversation) {
+    while let Ok(request) = conversation.recv_obj::<Bytes>().await {
+        if conversation.send_obj(&request).await.is_err() {
+            return;
+        }
+    }
+    let _ = conversation.finish();
 }
 
 /// Raw quinn echo on an already open bidirectional stream: write 64 bytes, the server echoes
@@ -1208,18 +1197,7 @@ async fn ferry_hol(rounds: u64, warmup: u64, seed: u64) -> Result<HolRun> {
     let _bulk_service = server.serve("bulk", ServiceOptions::default(), move |conversation| {
         hol_bulk_sink(conversation, counter.clone())
     })?;
-    let _echo_service = server.serve(
-        "echo",
-        ServiceOptions::default(),
-        |mut conversation| async move {
-            while let Ok(request) = conversation.recv_obj::<Vec<u8>>().await {
-                if conversation.send_obj(&request).await.is_err() {
-                    return;
-                }
-            }
-            let _ = conversation.finish();
-        },
-    )?;
+    let _echo_service = server.serve("echo", ServiceOptions::default(), echo_objects)?;
     let target =
         |name: &str| Target::service(server.id(), name).with_hints(vec![link.local_addr()]);
 
@@ -1266,17 +1244,19 @@ async fn hol_bulk_sink(mut conversation: Conversation, counter: Arc<AtomicU64>) 
 }
 
 /// `warmup` unrecorded, then `rounds` recorded sequential round trips of a 64-byte object on
-/// the echo conversation B.
+/// an echo conversation. The object is `bytes::Bytes` (serde bytes, copied whole; postcard
+/// encodes it as it does a `Vec<u8>`, which serde walks one element at a time).
 async fn ferry_echo_rounds(
     echo: &mut Conversation,
     warmup: u64,
     rounds: u64,
 ) -> Result<Histogram<u64>> {
+    let payload = Bytes::from_static(&PAYLOAD);
     let mut histogram = histogram()?;
     for index in 0..warmup + rounds {
         let start = Instant::now();
-        echo.send_obj(&PAYLOAD[..]).await?;
-        let reply: Vec<u8> = echo.recv_obj().await?;
+        echo.send_obj(&payload).await?;
+        let reply: Bytes = echo.recv_obj().await?;
         let elapsed = start.elapsed();
         ensure!(reply.len() == MESSAGE_LEN, "bad reply length");
         if index >= warmup {

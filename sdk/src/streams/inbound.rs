@@ -36,20 +36,19 @@ use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
 /// Bytes read from a mailbox stream at once at most.
 const READ_MAX: usize = 64 * 1024;
 
-/// Lets the tasks this one woke (the mailbox's reader, and the conversation its reply goes
-/// out on) run before the acknowledgement is written, so that the acknowledgement can share a
-/// packet with that reply instead of costing one of its own.
+/// Lets the application, woken by the hand-over, run before the acknowledgement is written,
+/// so that the acknowledgement can leave in one packet with the application's reply instead of
+/// costing a packet of its own.
 ///
-/// On a runtime with one worker the task goes to the back of the run queue: it runs after the
-/// reader and after the reply was written, and before quinn's connection driver (woken by that
-/// write, after it) builds the packet. With more workers, a task put back in the run queue
-/// wakes an idle worker (tokio notifies one for every yielding task), which costs more than the
-/// packet saves; there the task waits until its worker has nothing else to run (`yield_now`
-/// defers it), which is after the driver sent the reply.
-async fn let_woken_tasks_run_first() {
-    let one_worker = tokio::runtime::Handle::try_current()
-        .is_ok_and(|runtime| runtime.metrics().num_workers() == 1);
-    if !one_worker {
+/// On a current-thread runtime the task goes to the back of the run queue. It runs again right
+/// after the application; the conversation's task that writes the reply (woken by the
+/// application) and then quinn's connection driver (woken by the acknowledgement's write) queue
+/// behind it, so both frames are in the connection when the driver builds the packet. On the
+/// multi-thread runtime a task put back in the run queue makes tokio wake an idle worker, and
+/// the tasks it woke run from the LIFO slot ahead of the queue anyway, so there it waits until
+/// its worker has nothing else to run (`yield_now` defers it).
+async fn let_woken_tasks_run_first(on_current_thread: bool) {
+    if !on_current_thread {
         tokio::task::yield_now().await;
         return;
     }
@@ -195,6 +194,10 @@ pub(crate) async fn serve(
         limits: &limits,
         count: 0,
     };
+    // Asked once per stream: the answer takes a clone of the runtime's handle.
+    let on_current_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+    });
     let mut out = Vec::with_capacity(16);
     frame::put_frame(
         &mut out,
@@ -369,7 +372,7 @@ pub(crate) async fn serve(
             return Err(Refusal::new(code, reason));
         }
         if let Some(next_seq) = receiver.ack() {
-            let_woken_tasks_run_first().await;
+            let_woken_tasks_run_first(on_current_thread).await;
             out.clear();
             frame::put_frame(&mut out, &Frame::Ack { next_seq });
             if send.write_all(&out).await.is_err() {
