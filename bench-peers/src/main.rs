@@ -78,6 +78,10 @@ struct Job {
     does: [Option<&'static str>; 5],
 }
 
+/// Counted round trips and calls per `--instructions` workload run (the bench's 10,000 would
+/// keep libp2p's workloads under valgrind for many minutes each).
+const INSTRUCTIONS_COUNT: u64 = 2_000;
+
 const JOBS: [Job; 5] = [
     Job {
         id: "throughput",
@@ -189,7 +193,11 @@ fn main() -> Result<()> {
         return instructions::run_workload(&workloads, args);
     }
     if cli.instructions {
-        return bench::child::run(bench::print_instructions(&cli, &workloads));
+        return bench::child::run(bench::print_instructions(
+            &cli,
+            &workloads,
+            INSTRUCTIONS_COUNT,
+        ));
     }
     // Every client endpoint or swarm of the memory figure has a socket of its own.
     let _ = bench::gateway::raise_open_files_limit();

@@ -93,6 +93,9 @@ pub(crate) static ALLOCATOR: cap::Cap<std::alloc::System> =
     cap::Cap::new(std::alloc::System, usize::MAX);
 
 /// Size of the small messages: throughput, round trip, and conversation B of the HOL figure.
+/// Counted round trips and calls per `--instructions` workload run: one extra QUIC handshake
+/// in a run (see [`instructions::MESSAGE_FACTOR`]) then moves a round trip's count by under 1 %.
+pub(crate) const INSTRUCTIONS_COUNT: u64 = 10_000;
 pub(crate) const MESSAGE_LEN: usize = 64;
 pub(crate) static PAYLOAD: [u8; MESSAGE_LEN] = [0u8; MESSAGE_LEN];
 /// No single measurement may take longer than this.
@@ -183,7 +186,8 @@ pub(crate) struct Cli {
     /// installed.
     #[arg(long)]
     pub(crate) instructions: bool,
-    /// Counted messages per workload run of --instructions (default 2,000; 500 with --quick).
+    /// Counted round trips and calls per workload run of --instructions, and 1/20 of the
+    /// counted messages (default 10,000 in `bench`, 2,000 in `bench-peers`; 500 with --quick).
     #[arg(long, value_name = "N")]
     pub(crate) instructions_count: Option<u64>,
     /// Internal: run one workload of --instructions (stack, job, count).
@@ -493,7 +497,11 @@ fn main() -> Result<()> {
         return instructions::run_workload(&instructions::WORKLOADS, args);
     }
     if cli.instructions {
-        return child::run(print_instructions(&cli, &instructions::WORKLOADS));
+        return child::run(print_instructions(
+            &cli,
+            &instructions::WORKLOADS,
+            INSTRUCTIONS_COUNT,
+        ));
     }
     // Every WebSocket session of the gateway figure is an open file (children inherit this).
     let open_files = gateway::raise_open_files_limit();
@@ -582,10 +590,11 @@ fn main() -> Result<()> {
 pub(crate) async fn print_instructions(
     cli: &Cli,
     workloads: &[instructions::Workload],
+    default_count: u64,
 ) -> Result<()> {
     let count = cli
         .instructions_count
-        .unwrap_or(if cli.quick { 500 } else { 2_000 })
+        .unwrap_or(if cli.quick { 500 } else { default_count })
         .max(1);
     let repeats = cli.runs.unwrap_or(if cli.quick { 2 } else { 3 });
     let started = Instant::now();
