@@ -92,10 +92,10 @@ pub(crate) mod wt_clients;
 pub(crate) static ALLOCATOR: cap::Cap<std::alloc::System> =
     cap::Cap::new(std::alloc::System, usize::MAX);
 
-/// Size of the small messages: throughput, round trip, and conversation B of the HOL figure.
 /// Counted round trips and calls per `--instructions` workload run: one extra QUIC handshake
 /// in a run (see [`instructions::MESSAGE_FACTOR`]) then moves a round trip's count by under 1 %.
 pub(crate) const INSTRUCTIONS_COUNT: u64 = 10_000;
+/// Size of the small messages: throughput, round trip, and conversation B of the HOL figure.
 pub(crate) const MESSAGE_LEN: usize = 64;
 pub(crate) static PAYLOAD: [u8; MESSAGE_LEN] = [0u8; MESSAGE_LEN];
 /// No single measurement may take longer than this.
