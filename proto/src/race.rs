@@ -2,6 +2,14 @@
 //! silent one gets a fresh attempt, which attempts to abandon, and what the dial reports when
 //! every route failed. Pure bookkeeping on the time it is given; the runtime makes the
 //! attempts.
+//!
+//! A fresh attempt is for a candidate that has not answered: its packets or the peer's may
+//! have been lost, and QUIC's own retransmission of a handshake backs off to seconds. Once the
+//! peer has answered an attempt, QUIC has measured the path and recovers that handshake's
+//! losses itself, so the candidate gets no fresh attempt while the answered one lives: a fresh
+//! one would only cost both nodes a handshake. A silent candidate keeps its newest
+//! [`LIVE_ATTEMPTS`], so that a path with a round trip longer than [`REATTEMPT`] still answers
+//! one of them before it is replaced.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,8 +25,10 @@ pub const RELAY_DELAY: Duration = Duration::from_millis(100);
 /// Time after which a candidate that has not answered gets a fresh attempt (QUIC's own
 /// retransmissions of a handshake back off to seconds).
 pub const REATTEMPT: Duration = Duration::from_millis(500);
-/// Attempts of one candidate in flight at once; a fresh one replaces the oldest.
-pub const LIVE_ATTEMPTS: usize = 2;
+/// Attempts of one silent candidate in flight at once; a fresh one replaces the oldest. With
+/// [`REATTEMPT`], an attempt lives 2 s: a path whose round trip is that long (a satellite hop
+/// behind a full queue) is answered before its attempt is replaced.
+pub const LIVE_ATTEMPTS: usize = 4;
 /// Candidates of one dial at most.
 pub const MAX_CANDIDATES: usize = 12;
 
@@ -51,8 +61,18 @@ struct Entry<E> {
     candidate: Candidate,
     next_start: Option<Instant>,
     live: VecDeque<AttemptId>,
-    /// The most telling failure so far; with `next_start` None, the candidate is out.
+    /// The live attempt the peer answered; while there is one, `next_start` is None and the
+    /// candidate is not out.
+    answered: Option<AttemptId>,
+    /// The most telling failure so far; with `next_start` and `answered` None, the candidate
+    /// is out.
     error: Option<(E, Failure)>,
+}
+
+impl<E> Entry<E> {
+    fn is_out(&self) -> bool {
+        self.next_start.is_none() && self.answered.is_none()
+    }
 }
 
 impl<E> Race<E> {
@@ -81,6 +101,7 @@ impl<E> Race<E> {
                     candidate,
                     next_start: Some(at),
                     live: VecDeque::new(),
+                    answered: None,
                     error: None,
                 }
             })
@@ -131,23 +152,56 @@ impl<E> Race<E> {
         (id, abandoned)
     }
 
-    /// Records that `attempt` of candidate `index` failed with `error`. Returns the attempts
-    /// of that candidate to abandon (all of them, when the failure ends the candidate).
+    /// Records that the peer answered `attempt` of candidate `index` (its first handshake
+    /// packets arrived): the candidate gets no fresh attempt while this one lives. Returns the
+    /// candidate's other live attempts, which are to be abandoned.
+    pub fn answered(&mut self, index: usize, attempt: AttemptId) -> Vec<AttemptId> {
+        let Some(entry) = self.entries.get_mut(index) else {
+            return Vec::new();
+        };
+        if !entry.live.contains(&attempt) || entry.answered.is_some() {
+            return Vec::new();
+        }
+        entry.answered = Some(attempt);
+        entry.next_start = None;
+        let others = entry
+            .live
+            .iter()
+            .copied()
+            .filter(|live| *live != attempt)
+            .collect();
+        entry.live.retain(|live| *live == attempt);
+        others
+    }
+
+    /// Records that `attempt` of candidate `index` failed with `error` at `now`. Returns the
+    /// attempts of that candidate to abandon (all of them, when the failure ends the
+    /// candidate). When the failed attempt was the one the peer answered, and the candidate is
+    /// not out, its next attempt is due at once.
     pub fn failed(
         &mut self,
         index: usize,
         attempt: AttemptId,
         error: E,
         failure: Failure,
+        now: Instant,
     ) -> Vec<AttemptId> {
         let Some(entry) = self.entries.get_mut(index) else {
             return Vec::new();
         };
         entry.live.retain(|live| *live != attempt);
+        let was_answered = entry.answered == Some(attempt);
+        if was_answered {
+            entry.answered = None;
+        }
         let abandoned = if failure == Failure::EndsCandidate {
             entry.next_start = None;
+            entry.answered = None;
             entry.live.drain(..).collect()
         } else {
+            if was_answered {
+                entry.next_start = Some(now);
+            }
             Vec::new()
         };
         // A timeout says less than what the candidate said before.
@@ -163,7 +217,7 @@ impl<E> Race<E> {
 
     /// Whether every candidate is out of the race.
     pub fn exhausted(&self) -> bool {
-        self.entries.iter().all(|entry| entry.next_start.is_none())
+        self.entries.iter().all(Entry::is_out)
     }
 
     /// Every candidate's route and its most telling failure (`None`: it never failed, i.e.
@@ -217,11 +271,19 @@ mod tests {
         let mut race: Race<()> = Race::new(vec![direct(1)], start, REATTEMPT);
         let (first, none) = race.started(0, start);
         assert_eq!(none, None);
-        assert_eq!(race.next_start(), Some(start + REATTEMPT));
-        let (_second, none) = race.started(0, start + REATTEMPT);
-        assert_eq!(none, None);
-        let (_third, abandoned) = race.started(0, start + REATTEMPT * 2);
+        let mut now = start;
+        for _ in 1..LIVE_ATTEMPTS {
+            assert_eq!(race.next_start(), Some(now + REATTEMPT));
+            now += REATTEMPT;
+            let (_, none) = race.started(0, now);
+            assert_eq!(none, None);
+        }
+        let (_, abandoned) = race.started(0, now + REATTEMPT);
         assert_eq!(abandoned, Some(first), "the oldest attempt makes way");
+        assert!(
+            REATTEMPT * LIVE_ATTEMPTS as u32 >= Duration::from_secs(2),
+            "an attempt lives long enough for a 2 s round trip"
+        );
     }
 
     #[test]
@@ -230,11 +292,17 @@ mod tests {
         let mut race = Race::new(vec![direct(1), relay(2)], start, REATTEMPT);
         let (attempt, _) = race.started(0, start);
         let (other, _) = race.started(0, start + REATTEMPT);
-        let abandoned = race.failed(0, attempt, "wrong node", Failure::EndsCandidate);
+        let abandoned = race.failed(0, attempt, "wrong node", Failure::EndsCandidate, start);
         assert_eq!(abandoned, vec![other]);
         assert!(!race.exhausted());
         let (relay_attempt, _) = race.started(1, start + RELAY_DELAY);
-        race.failed(1, relay_attempt, "incompatible", Failure::EndsCandidate);
+        race.failed(
+            1,
+            relay_attempt,
+            "incompatible",
+            Failure::EndsCandidate,
+            start,
+        );
         assert!(race.exhausted());
         let failures = race.failures();
         assert_eq!(failures[0].1, Some("wrong node"));
@@ -247,10 +315,47 @@ mod tests {
         let mut race = Race::new(vec![direct(1)], start, REATTEMPT);
         let (first, _) = race.started(0, start);
         let (second, _) = race.started(0, start + REATTEMPT);
-        race.failed(0, first, "reset", Failure::Other);
-        race.failed(0, second, "timeout", Failure::Timeout);
+        race.failed(0, first, "reset", Failure::Other, start);
+        race.failed(0, second, "timeout", Failure::Timeout, start);
         assert_eq!(race.failures()[0].1, Some("reset"));
         let untried: Race<&str> = Race::new(vec![direct(1)], start, REATTEMPT);
         assert_eq!(untried.failures()[0].1, None);
+    }
+
+    #[test]
+    fn an_answered_candidate_waits_for_its_attempt_and_drops_the_others() {
+        let start = Instant::now();
+        let mut race: Race<&str> = Race::new(vec![direct(1), direct(2)], start, REATTEMPT);
+        let (first, _) = race.started(0, start);
+        let (second, _) = race.started(0, start + REATTEMPT);
+        assert_eq!(race.answered(0, second), vec![first]);
+        // No fresh attempt of candidate 0 while the answered one lives; candidate 1 goes on.
+        assert_eq!(race.due(start + Duration::from_secs(60)), vec![1]);
+        let (other, _) = race.started(1, start + STAGGER);
+        race.failed(1, other, "incompatible", Failure::EndsCandidate, start);
+        assert!(
+            !race.exhausted(),
+            "the answered attempt keeps its candidate in"
+        );
+        assert!(race
+            .failed(0, first, "abandoned", Failure::Timeout, start)
+            .is_empty());
+        assert!(race.due(start + Duration::from_secs(60)).is_empty());
+        // The answered attempt failing brings the candidate back at once.
+        let later = start + Duration::from_secs(2);
+        race.failed(0, second, "reset", Failure::Other, later);
+        assert_eq!(race.next_start(), Some(later));
+        assert!(!race.exhausted());
+    }
+
+    #[test]
+    fn an_answered_attempt_that_ends_its_candidate_ends_it() {
+        let start = Instant::now();
+        let mut race: Race<&str> = Race::new(vec![direct(1)], start, REATTEMPT);
+        let (attempt, _) = race.started(0, start);
+        assert!(race.answered(0, attempt).is_empty());
+        race.failed(0, attempt, "wrong node", Failure::EndsCandidate, start);
+        assert!(race.exhausted());
+        assert_eq!(race.failures()[0].1, Some("wrong node"));
     }
 }

@@ -5,10 +5,12 @@
 //! The routes (candidates), in the order they start: the route of the last successful dial,
 //! the target address's socket-address hints, addresses the peer was reached at before, then
 //! the relays that can reach it. When each starts, and when a silent one is tried again, is
-//! [`ferry_proto::race`]; this module makes the attempts. A candidate that answers with another
+//! [`ferry_proto::race`]; this module makes the attempts and tells the race when the peer
+//! answered one (its first handshake packets arrived). A candidate that answers with another
 //! identity, another protocol, or an error that will repeat is out of the race; a refusal by
 //! the peer itself ends the dial. The dial reports every route's failure when all have failed
-//! or `dial_timeout` passed.
+//! or `dial_timeout` passed. When an attempt wins, the attempts the peer has not answered end:
+//! the peer cannot have completed them, so they would only cost both nodes a handshake.
 //!
 //! [`connect_link`] is the way in for everything above: the connection in use, or one shared
 //! dial of the peer; [`refresh`] dials again beside a connection that may have died.
@@ -19,11 +21,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
@@ -76,8 +79,8 @@ pub(crate) async fn dial(
     race(node, peer, candidates, REATTEMPT, node.config.dial_timeout).await
 }
 
-/// Races `candidates` for `timeout`, giving each a fresh attempt every `reattempt`; installs
-/// the winner and remembers its route.
+/// Races `candidates` for `timeout`, giving each silent one a fresh attempt every
+/// `reattempt`; installs the winner and remembers its route.
 pub(crate) async fn race(
     node: &Arc<Net>,
     peer: NodeId,
@@ -90,6 +93,9 @@ pub(crate) async fn race(
     let mut race = Race::new(candidates, start.into_std(), reattempt);
     let mut attempts: FuturesUnordered<Attempt> = FuturesUnordered::new();
     let mut cancels: HashMap<AttemptId, CancellationToken> = HashMap::new();
+    // Unbounded, yet bounded by the attempts: each reports its answer at most once.
+    let (answers, mut answered) = mpsc::unbounded_channel();
+    let won = CancellationToken::new();
     loop {
         // Due attempts start before any wait: tokio's timer rounds a deadline up to its next
         // millisecond, so sleeping until "now" would delay the first handshake by up to 1 ms.
@@ -105,16 +111,16 @@ pub(crate) async fn race(
             let Some(candidate) = race.candidate(index) else {
                 continue;
             };
-            let cancel = CancellationToken::new();
-            cancels.insert(id, cancel.clone());
-            attempts.push(attempt(
-                node.clone(),
-                peer,
-                (index, id),
-                candidate,
-                deadline,
-                cancel,
-            ));
+            let abandoned = CancellationToken::new();
+            cancels.insert(id, abandoned.clone());
+            let place = InRace {
+                attempt: (index, id),
+                answers: answers.clone(),
+                answered: AtomicBool::new(false),
+                abandoned,
+                won: won.clone(),
+            };
+            attempts.push(attempt(node.clone(), peer, place, candidate, deadline));
         }
         let wake = race
             .next_start()
@@ -123,8 +129,16 @@ pub(crate) async fn race(
         tokio::select! {
             _ = node.cancel.cancelled() => return Err(DialError::NodeClosed),
             _ = tokio::time::sleep_until(wake) => {}
+            Some((index, id)) = answered.recv() => {
+                for abandoned in race.answered(index, id) {
+                    if let Some(cancel) = cancels.remove(&abandoned) {
+                        cancel.cancel();
+                    }
+                }
+            }
             Some(((index, id), result)) = attempts.next() => match result {
                 Ok(fresh) => {
+                    won.cancel();
                     let link = connection::install(node, fresh).await;
                     if let Some(candidate) = race.candidate(index) {
                         if let Candidate::Direct(addr) = candidate {
@@ -134,9 +148,8 @@ pub(crate) async fn race(
                         debug!(peer = %peer.short(), route = %candidate.route(), "dialed");
                     }
                     if !attempts.is_empty() {
-                        // Dropping an attempt whose handshake completed on the peer's side
-                        // would close a connection the peer may be using; the rule sorts
-                        // out the ones that complete.
+                        // The attempts the peer answered complete, and the rule sorts them
+                        // out; the others end on `won` (`InRace::unwanted`).
                         node.tasks.spawn(install_remaining(node.clone(), attempts));
                     }
                     return Ok(link);
@@ -147,7 +160,8 @@ pub(crate) async fn race(
                 Err(error) => {
                     cancels.remove(&id);
                     let failure = failure_of(&error);
-                    for abandoned in race.failed(index, id, error, failure) {
+                    let now = Instant::now().into_std();
+                    for abandoned in race.failed(index, id, error, failure, now) {
                         if let Some(cancel) = cancels.remove(&abandoned) {
                             cancel.cancel();
                         }
@@ -191,21 +205,55 @@ async fn install_remaining(node: Arc<Net>, mut attempts: FuturesUnordered<Attemp
     }
 }
 
+/// An attempt's place in its race: how it reports that the peer answered, and learns that it
+/// is no longer wanted.
+struct InRace {
+    attempt: (usize, AttemptId),
+    answers: mpsc::UnboundedSender<(usize, AttemptId)>,
+    /// Set once the peer answered: from then on only the handshake's own outcome ends it.
+    answered: AtomicBool,
+    /// Replaced by a fresh attempt of its candidate, or another attempt of it was answered.
+    abandoned: CancellationToken,
+    /// Another attempt of the dial won.
+    won: CancellationToken,
+}
+
+impl InRace {
+    fn report_answer(&self) {
+        self.answered.store(true, Ordering::Relaxed);
+        // The race may have ended meanwhile; then nobody needs to know.
+        let _ = self.answers.send(self.attempt);
+    }
+
+    /// Resolves when the attempt is abandoned or another won, unless the peer answered it
+    /// first: the peer may then have completed the handshake, and ending it would close a
+    /// connection the peer may use. Without an answer the peer cannot have completed it.
+    async fn unwanted(&self) {
+        tokio::select! {
+            _ = self.abandoned.cancelled() => {}
+            _ = self.won.cancelled() => {}
+        }
+        if self.answered.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 fn attempt(
     node: Arc<Net>,
     peer: NodeId,
-    index: (usize, AttemptId),
+    place: InRace,
     candidate: Candidate,
     deadline: Instant,
-    cancel: CancellationToken,
 ) -> Attempt {
     Box::pin(async move {
         let result = tokio::select! {
-            result = handshake(&node, peer, candidate, deadline) => result,
-            // Replaced by a fresh attempt of the same candidate: reported as a timeout.
-            _ = cancel.cancelled() => Err(DialError::Timeout),
+            // The handshake first: an answer that is in counts before `unwanted` looks.
+            biased;
+            result = handshake(&node, peer, &place, candidate, deadline) => result,
+            _ = place.unwanted() => Err(DialError::Timeout),
         };
-        (index, result)
+        (place.attempt, result)
     })
 }
 
@@ -213,12 +261,14 @@ fn attempt(
 async fn handshake(
     node: &Arc<Net>,
     peer: NodeId,
+    place: &InRace,
     candidate: Candidate,
     deadline: Instant,
 ) -> Result<Fresh, DialError> {
     match candidate {
         Candidate::Direct(addr) => {
-            connect_on(node, false, peer, addr, Route::Direct(addr), deadline).await
+            let route = Route::Direct(addr);
+            connect_on(node, false, peer, addr, route, place, deadline).await
         }
         Candidate::Relay { relay, relay_addr } => {
             let relay_link = match node.peers.link(&relay) {
@@ -232,15 +282,8 @@ async fn handshake(
                 .relay_socket
                 .address_of(relay, peer)
                 .ok_or(DialError::TooManyRelayedPeers)?;
-            connect_on(
-                node,
-                true,
-                peer,
-                virtual_addr,
-                Route::Relayed { relay },
-                deadline,
-            )
-            .await
+            let route = Route::Relayed { relay };
+            connect_on(node, true, peer, virtual_addr, route, place, deadline).await
         }
     }
 }
@@ -257,13 +300,15 @@ async fn wait_for_datagram_room(relay: &quinn::Connection) {
     }
 }
 
-/// A handshake with `peer` at `addr` on the node's own endpoint, or its relay endpoint.
+/// A handshake with `peer` at `addr` on the node's own endpoint, or its relay endpoint; tells
+/// the race when the peer answered.
 async fn connect_on(
     node: &Arc<Net>,
     relayed: bool,
     peer: NodeId,
     addr: SocketAddr,
     route: Route,
+    place: &InRace,
     deadline: Instant,
 ) -> Result<Fresh, DialError> {
     let probe = Arc::new(PathProbe::default());
@@ -272,12 +317,18 @@ async fn connect_on(
     } else {
         &node.endpoint
     };
-    let connecting = endpoint
+    let mut connecting = endpoint
         .connect_with(node.quic.client(relayed, &probe), addr, &peer.to_string())
         .map_err(|error| DialError::Undialable {
             addr,
             reason: error.to_string(),
         })?;
+    match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
+        Err(_) => return Err(DialError::Timeout),
+        Ok(Ok(_)) => place.report_answer(),
+        // A failed handshake reports its error below.
+        Ok(Err(_)) => {}
+    }
     let connection = match tokio::time::timeout_at(deadline, connecting).await {
         Err(_) => return Err(DialError::Timeout),
         Ok(Err(error)) => return Err(dial_error(node, &peer, &error)),

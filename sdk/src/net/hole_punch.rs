@@ -6,10 +6,11 @@
 //! addresses its relays observed it at, §10.12, then its own dial hints); the other answers
 //! with its own. Then both dial each other's candidates from their one UDP socket at the same
 //! time, the answering node half a round trip later (so both start together), each candidate
-//! getting a fresh handshake every [`PUNCH_REATTEMPT`] for [`PUNCH_WINDOW`]. Each node's
-//! outgoing handshake packets open its own NAT for the other's, so behind most NATs one of
-//! the handshakes gets through. The direct connection then replaces the relayed one under
-//! the one-connection rule (a direct connection beats a relayed one, §2.4): mailbox streams
+//! getting a fresh handshake every [`PUNCH_REATTEMPT`] for [`PUNCH_WINDOW`] until the peer
+//! answers one of them. Each node's outgoing handshake packets open its own NAT for the
+//! other's, so behind most NATs one of the handshakes gets through. The direct connection then
+//! replaces the relayed one under the one-connection rule (a direct connection beats a relayed
+//! one, §2.4): mailbox streams
 //! move over, retransmitting what was not acknowledged, and the receiver's duplicate
 //! suppression keeps every message once and in order.
 //!
@@ -45,7 +46,7 @@ use ferry_proto::route::Candidate;
 
 /// How long both nodes dial each other's candidates.
 pub(crate) const PUNCH_WINDOW: Duration = Duration::from_secs(5);
-/// How often a candidate gets a fresh handshake while punching.
+/// How often a candidate gets a fresh handshake while punching, until the peer answers one.
 pub(crate) const PUNCH_REATTEMPT: Duration = Duration::from_millis(250);
 /// How long the offer may take to arrive.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
