@@ -7,9 +7,10 @@
 //! have been lost, and QUIC's own retransmission of a handshake backs off to seconds. Once the
 //! peer has answered an attempt, QUIC has measured the path and recovers that handshake's
 //! losses itself, so the candidate gets no fresh attempt while the answered one lives: a fresh
-//! one would only cost both nodes a handshake. A silent candidate keeps its newest
-//! [`LIVE_ATTEMPTS`], so that a path with a round trip longer than [`REATTEMPT`] still answers
-//! one of them before it is replaced.
+//! one would only cost both nodes a handshake. (Attempts already started go on: one the peer
+//! answered may have completed on its side.) A dial keeps a silent candidate's newest
+//! attempts for 2 s ([`DIAL_PACE`]), so that a path with a round trip longer than the
+//! re-attempt interval still answers one of them before it is replaced.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,15 +23,26 @@ pub const STAGGER: Duration = Duration::from_millis(150);
 /// candidates too: a relayed connection costs the relay's bandwidth, so a direct route that
 /// answers quickly should win.
 pub const RELAY_DELAY: Duration = Duration::from_millis(100);
-/// Time after which a candidate that has not answered gets a fresh attempt (QUIC's own
-/// retransmissions of a handshake back off to seconds).
-pub const REATTEMPT: Duration = Duration::from_millis(500);
-/// Attempts of one silent candidate in flight at once; a fresh one replaces the oldest. With
-/// [`REATTEMPT`], an attempt lives 2 s: a path whose round trip is that long (a satellite hop
-/// behind a full queue) is answered before its attempt is replaced.
-pub const LIVE_ATTEMPTS: usize = 4;
+/// A dial's pace: a silent candidate gets a fresh attempt every 500 ms (QUIC's own
+/// retransmissions of a handshake back off to seconds), and keeps its newest four, so an
+/// attempt lives 2 s: a path whose round trip is that long (a satellite hop behind a full
+/// queue) is answered before its attempt is replaced.
+pub const DIAL_PACE: Pace = Pace {
+    reattempt: Duration::from_millis(500),
+    live: 4,
+};
 /// Candidates of one dial at most.
 pub const MAX_CANDIDATES: usize = 12;
+
+/// How often a silent candidate gets a fresh attempt, and how many of its attempts stay in
+/// flight (a fresh one replaces the oldest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Time from one attempt of a candidate to its next, while it has not answered.
+    pub reattempt: Duration,
+    /// Attempts of one candidate in flight at once (at least 1).
+    pub live: usize,
+}
 
 /// One attempt at one candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +64,7 @@ pub enum Failure {
 #[derive(Debug)]
 pub struct Race<E> {
     entries: Vec<Entry<E>>,
-    reattempt: Duration,
+    pace: Pace,
     next_attempt: u64,
 }
 
@@ -61,6 +73,8 @@ struct Entry<E> {
     candidate: Candidate,
     next_start: Option<Instant>,
     live: VecDeque<AttemptId>,
+    /// When its last attempt started: a candidate taken up again keeps the pace.
+    last_start: Option<Instant>,
     /// The live attempt the peer answered; while there is one, `next_start` is None and the
     /// candidate is not out.
     answered: Option<AttemptId>,
@@ -77,8 +91,8 @@ impl<E> Entry<E> {
 
 impl<E> Race<E> {
     /// A race of `candidates` (in the order they start) begun at `start`, giving each silent
-    /// candidate a fresh attempt every `reattempt`.
-    pub fn new(candidates: Vec<Candidate>, start: Instant, reattempt: Duration) -> Self {
+    /// candidate fresh attempts at `pace`.
+    pub fn new(candidates: Vec<Candidate>, start: Instant, pace: Pace) -> Self {
         let has_direct = candidates.iter().any(|candidate| !candidate.is_relay());
         let preferred_relay = candidates.first().is_some_and(Candidate::is_relay);
         let relay_start = if has_direct && !preferred_relay {
@@ -101,6 +115,7 @@ impl<E> Race<E> {
                     candidate,
                     next_start: Some(at),
                     live: VecDeque::new(),
+                    last_start: None,
                     answered: None,
                     error: None,
                 }
@@ -108,7 +123,7 @@ impl<E> Race<E> {
             .collect();
         Self {
             entries,
-            reattempt,
+            pace,
             next_attempt: 0,
         }
     }
@@ -143,41 +158,36 @@ impl<E> Race<E> {
         self.next_attempt += 1;
         let mut abandoned = None;
         if let Some(entry) = self.entries.get_mut(index) {
-            if entry.live.len() >= LIVE_ATTEMPTS {
+            if entry.live.len() >= self.pace.live.max(1) {
                 abandoned = entry.live.pop_front();
             }
             entry.live.push_back(id);
-            entry.next_start = Some(now + self.reattempt);
+            entry.next_start = Some(now + self.pace.reattempt);
+            entry.last_start = Some(now);
         }
         (id, abandoned)
     }
 
     /// Records that the peer answered `attempt` of candidate `index` (its first handshake
-    /// packets arrived): the candidate gets no fresh attempt while this one lives. Returns the
-    /// candidate's other live attempts, which are to be abandoned.
-    pub fn answered(&mut self, index: usize, attempt: AttemptId) -> Vec<AttemptId> {
+    /// packets arrived): the candidate gets no fresh attempt while this one lives. Its other
+    /// attempts go on: the peer may have answered them too, and may complete them, and ending
+    /// a handshake the peer completed would close a connection the peer may use.
+    pub fn answered(&mut self, index: usize, attempt: AttemptId) {
         let Some(entry) = self.entries.get_mut(index) else {
-            return Vec::new();
+            return;
         };
-        if !entry.live.contains(&attempt) || entry.answered.is_some() {
-            return Vec::new();
+        if entry.live.contains(&attempt) && entry.answered.is_none() {
+            entry.answered = Some(attempt);
+            entry.next_start = None;
         }
-        entry.answered = Some(attempt);
-        entry.next_start = None;
-        let others = entry
-            .live
-            .iter()
-            .copied()
-            .filter(|live| *live != attempt)
-            .collect();
-        entry.live.retain(|live| *live == attempt);
-        others
     }
 
     /// Records that `attempt` of candidate `index` failed with `error` at `now`. Returns the
     /// attempts of that candidate to abandon (all of them, when the failure ends the
     /// candidate). When the failed attempt was the one the peer answered, and the candidate is
-    /// not out, its next attempt is due at once.
+    /// not out, its next attempt is due at once, or at the pace if its last one started less
+    /// than the re-attempt time ago (a peer that answers and then fails every handshake gets
+    /// no more attempts than a silent one).
     pub fn failed(
         &mut self,
         index: usize,
@@ -200,7 +210,8 @@ impl<E> Race<E> {
             entry.live.drain(..).collect()
         } else {
             if was_answered {
-                entry.next_start = Some(now);
+                let paced = entry.last_start.map(|at| at + self.pace.reattempt);
+                entry.next_start = Some(paced.map_or(now, |paced| paced.max(now)));
             }
             Vec::new()
         };
@@ -236,6 +247,8 @@ mod tests {
     use crate::identity::SecretKey;
     use std::net::SocketAddr;
 
+    const REATTEMPT: Duration = DIAL_PACE.reattempt;
+
     fn direct(port: u16) -> Candidate {
         Candidate::Direct(SocketAddr::from(([10, 0, 0, 1], port)))
     }
@@ -250,7 +263,7 @@ mod tests {
     #[test]
     fn direct_candidates_are_staggered_and_relays_wait() {
         let start = Instant::now();
-        let race: Race<()> = Race::new(vec![direct(1), direct(2), relay(3)], start, REATTEMPT);
+        let race: Race<()> = Race::new(vec![direct(1), direct(2), relay(3)], start, DIAL_PACE);
         assert_eq!(race.due(start), vec![0]);
         assert_eq!(race.due(start + RELAY_DELAY), vec![0, 2]);
         assert_eq!(race.due(start + STAGGER.max(RELAY_DELAY)), vec![0, 1, 2]);
@@ -259,20 +272,20 @@ mod tests {
     #[test]
     fn relays_start_at_once_without_direct_candidates_or_when_preferred() {
         let start = Instant::now();
-        let only_relays: Race<()> = Race::new(vec![relay(1), relay(2)], start, REATTEMPT);
+        let only_relays: Race<()> = Race::new(vec![relay(1), relay(2)], start, DIAL_PACE);
         assert_eq!(only_relays.due(start), vec![0]);
-        let preferred: Race<()> = Race::new(vec![relay(1), direct(2)], start, REATTEMPT);
+        let preferred: Race<()> = Race::new(vec![relay(1), direct(2)], start, DIAL_PACE);
         assert_eq!(preferred.due(start), vec![0, 1]);
     }
 
     #[test]
     fn a_silent_candidate_is_tried_again_and_its_oldest_attempt_replaced() {
         let start = Instant::now();
-        let mut race: Race<()> = Race::new(vec![direct(1)], start, REATTEMPT);
+        let mut race: Race<()> = Race::new(vec![direct(1)], start, DIAL_PACE);
         let (first, none) = race.started(0, start);
         assert_eq!(none, None);
         let mut now = start;
-        for _ in 1..LIVE_ATTEMPTS {
+        for _ in 1..DIAL_PACE.live {
             assert_eq!(race.next_start(), Some(now + REATTEMPT));
             now += REATTEMPT;
             let (_, none) = race.started(0, now);
@@ -281,7 +294,7 @@ mod tests {
         let (_, abandoned) = race.started(0, now + REATTEMPT);
         assert_eq!(abandoned, Some(first), "the oldest attempt makes way");
         assert!(
-            REATTEMPT * LIVE_ATTEMPTS as u32 >= Duration::from_secs(2),
+            REATTEMPT * DIAL_PACE.live as u32 >= Duration::from_secs(2),
             "an attempt lives long enough for a 2 s round trip"
         );
     }
@@ -289,7 +302,7 @@ mod tests {
     #[test]
     fn a_failure_that_ends_a_candidate_leaves_the_others_running() {
         let start = Instant::now();
-        let mut race = Race::new(vec![direct(1), relay(2)], start, REATTEMPT);
+        let mut race = Race::new(vec![direct(1), relay(2)], start, DIAL_PACE);
         let (attempt, _) = race.started(0, start);
         let (other, _) = race.started(0, start + REATTEMPT);
         let abandoned = race.failed(0, attempt, "wrong node", Failure::EndsCandidate, start);
@@ -312,23 +325,23 @@ mod tests {
     #[test]
     fn timeouts_do_not_hide_a_more_telling_failure() {
         let start = Instant::now();
-        let mut race = Race::new(vec![direct(1)], start, REATTEMPT);
+        let mut race = Race::new(vec![direct(1)], start, DIAL_PACE);
         let (first, _) = race.started(0, start);
         let (second, _) = race.started(0, start + REATTEMPT);
         race.failed(0, first, "reset", Failure::Other, start);
         race.failed(0, second, "timeout", Failure::Timeout, start);
         assert_eq!(race.failures()[0].1, Some("reset"));
-        let untried: Race<&str> = Race::new(vec![direct(1)], start, REATTEMPT);
+        let untried: Race<&str> = Race::new(vec![direct(1)], start, DIAL_PACE);
         assert_eq!(untried.failures()[0].1, None);
     }
 
     #[test]
-    fn an_answered_candidate_waits_for_its_attempt_and_drops_the_others() {
+    fn an_answered_candidate_waits_for_its_attempt() {
         let start = Instant::now();
-        let mut race: Race<&str> = Race::new(vec![direct(1), direct(2)], start, REATTEMPT);
+        let mut race: Race<&str> = Race::new(vec![direct(1), direct(2)], start, DIAL_PACE);
         let (first, _) = race.started(0, start);
         let (second, _) = race.started(0, start + REATTEMPT);
-        assert_eq!(race.answered(0, second), vec![first]);
+        race.answered(0, second);
         // No fresh attempt of candidate 0 while the answered one lives; candidate 1 goes on.
         assert_eq!(race.due(start + Duration::from_secs(60)), vec![1]);
         let (other, _) = race.started(1, start + STAGGER);
@@ -337,8 +350,9 @@ mod tests {
             !race.exhausted(),
             "the answered attempt keeps its candidate in"
         );
+        // The other attempt of candidate 0 failing changes nothing.
         assert!(race
-            .failed(0, first, "abandoned", Failure::Timeout, start)
+            .failed(0, first, "timeout", Failure::Timeout, start)
             .is_empty());
         assert!(race.due(start + Duration::from_secs(60)).is_empty());
         // The answered attempt failing brings the candidate back at once.
@@ -349,13 +363,126 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_whose_answered_attempts_fail_keeps_the_pace() {
+        let start = Instant::now();
+        let mut race: Race<&str> = Race::new(vec![direct(1)], start, DIAL_PACE);
+        let (attempt, _) = race.started(0, start);
+        race.answered(0, attempt);
+        let soon = start + Duration::from_millis(30);
+        race.failed(0, attempt, "closed", Failure::Other, soon);
+        assert_eq!(race.next_start(), Some(start + REATTEMPT));
+    }
+
+    #[test]
     fn an_answered_attempt_that_ends_its_candidate_ends_it() {
         let start = Instant::now();
-        let mut race: Race<&str> = Race::new(vec![direct(1)], start, REATTEMPT);
+        let mut race: Race<&str> = Race::new(vec![direct(1)], start, DIAL_PACE);
         let (attempt, _) = race.started(0, start);
-        assert!(race.answered(0, attempt).is_empty());
+        race.answered(0, attempt);
         race.failed(0, attempt, "wrong node", Failure::EndsCandidate, start);
         assert!(race.exhausted());
         assert_eq!(race.failures()[0].1, Some("wrong node"));
+    }
+
+    /// One event of a dial, as the runtime reports it to the race.
+    #[derive(Debug, Clone)]
+    enum Event {
+        /// Time passes; every due attempt starts.
+        Wait(u64),
+        /// The peer answers the `n`th live attempt (modulo their number).
+        Answer(usize),
+        /// The `n`th live attempt fails.
+        Fail(usize, Failure),
+    }
+
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..1200).prop_map(Event::Wait),
+            any::<usize>().prop_map(Event::Answer),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just(Failure::EndsCandidate),
+                    Just(Failure::Timeout),
+                    Just(Failure::Other)
+                ]
+            )
+                .prop_map(|(n, failure)| Event::Fail(n, failure)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of starts, answers and failures: no candidate has more than
+        /// [`DIAL_PACE`]'s attempts in flight, nor starts two within its re-attempt time, one
+        /// whose answered attempt lives gets no fresh one, and the race gives up on a candidate
+        /// only when a failure ended it.
+        #[test]
+        fn the_race_keeps_its_bounds_and_gives_up_only_on_ending_failures(
+            relays in proptest::collection::vec(proptest::bool::ANY, 1..4),
+            events in proptest::collection::vec(event(), 0..60),
+        ) {
+            let start = Instant::now();
+            let candidates: Vec<Candidate> = relays
+                .iter()
+                .enumerate()
+                .map(|(i, relay_it)| if *relay_it { relay(i as u16) } else { direct(i as u16) })
+                .collect();
+            let count = candidates.len();
+            let mut race: Race<()> = Race::new(candidates, start, DIAL_PACE);
+            // The attempts in flight, as the runtime sees them: (candidate, attempt).
+            let mut live: Vec<(usize, AttemptId)> = Vec::new();
+            let mut answered: Vec<Option<AttemptId>> = vec![None; count];
+            let mut ended = vec![false; count];
+            let mut last_start: Vec<Option<Instant>> = vec![None; count];
+            let mut now = start;
+            let drop_abandoned = |live: &mut Vec<(usize, AttemptId)>, gone: &[AttemptId]| {
+                live.retain(|(_, id)| !gone.contains(id));
+            };
+            for event in events {
+                match event {
+                    Event::Wait(ms) => {
+                        now += Duration::from_millis(ms);
+                        for index in race.due(now) {
+                            proptest::prop_assert!(!ended[index], "an ended candidate started");
+                            proptest::prop_assert!(answered[index].is_none(), "answered, yet a fresh attempt");
+                            if let Some(last) = last_start[index] {
+                                proptest::prop_assert!(now - last >= REATTEMPT, "faster than the pace");
+                            }
+                            last_start[index] = Some(now);
+                            let (id, abandoned) = race.started(index, now);
+                            drop_abandoned(&mut live, &abandoned.into_iter().collect::<Vec<_>>());
+                            live.push((index, id));
+                        }
+                    }
+                    Event::Answer(n) if !live.is_empty() => {
+                        let (index, id) = live[n % live.len()];
+                        race.answered(index, id);
+                        if answered[index].is_none() {
+                            answered[index] = Some(id);
+                        }
+                    }
+                    Event::Fail(n, failure) if !live.is_empty() => {
+                        let (index, id) = live.remove(n % live.len());
+                        let abandoned = race.failed(index, id, (), failure, now);
+                        drop_abandoned(&mut live, &abandoned);
+                        if failure == Failure::EndsCandidate {
+                            ended[index] = true;
+                            answered[index] = None;
+                        } else if answered[index] == Some(id) {
+                            answered[index] = None;
+                            let resumed = race.due(now + REATTEMPT).contains(&index);
+                            proptest::prop_assert!(resumed, "not taken up again");
+                        }
+                    }
+                    Event::Answer(_) | Event::Fail(..) => {}
+                }
+                for index in 0..count {
+                    let in_flight = live.iter().filter(|(i, _)| *i == index).count();
+                    proptest::prop_assert!(in_flight <= DIAL_PACE.live);
+                }
+                proptest::prop_assert_eq!(race.exhausted(), ended.iter().all(|ended| *ended));
+            }
+        }
     }
 }

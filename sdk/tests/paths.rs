@@ -48,32 +48,25 @@ fn black_hole() -> (std::net::UdpSocket, SocketAddr) {
     (socket, addr)
 }
 
-/// Two paths slower than the dial's first re-attempt interval (1.4 s round trips, as over a
-/// satellite hop with a full queue) are dialed with one handshake: a silent candidate's fresh
-/// attempts come further apart, so one is answered before it is replaced; the candidate's
-/// other attempt ends when the peer answers one, and the other route's when one wins. With
-/// every fresh attempt 500 ms after the last and the two newest kept, each was replaced
-/// before its answer could come, and the dial timed out.
+/// A path whose round trip is longer than the dial's re-attempt interval (1.4 s, as over a
+/// satellite hop with a full queue) is dialed: a silent route keeps its attempts for 2 s, so
+/// one is answered before it is replaced. With the newest two of the attempts every 500 ms
+/// kept, each was replaced before its answer could come, and the dial timed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_paths_are_dialed_with_one_handshake() {
+async fn a_path_with_a_round_trip_over_a_second_is_dialed() {
     let a = node(NodeConfig::default()).await;
     let b = node(NodeConfig::default()).await;
     let slow = LinkConfig {
         delay: Duration::from_millis(700),
         ..LinkConfig::default()
     };
-    let first = LossyLink::start(slow.clone(), b.local_addr())
-        .await
-        .unwrap();
-    let second = LossyLink::start(slow, b.local_addr()).await.unwrap();
-    a.add_peer_addr(b.id(), second.local_addr());
-    a.connect(b.id(), Some(first.local_addr())).await.unwrap();
-    // Both links delay alike and keep order: every attempt's first packet reached B before the
-    // ping did, and B answers each on arrival, so the ping's answer comes after all of B's.
+    let link = LossyLink::start(slow, b.local_addr()).await.unwrap();
+    a.connect(b.id(), Some(link.local_addr())).await.unwrap();
     let rtt = a.ping(b.id(), &[]).await.unwrap();
-    assert!(rtt >= Duration::from_millis(1400), "{rtt:?} through a link");
-    assert_eq!(a.connections_established(), 1, "handshakes A completed");
-    assert_eq!(b.connections_established(), 1, "handshakes B completed");
+    assert!(
+        rtt >= Duration::from_millis(1400),
+        "{rtt:?} through the link"
+    );
     a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
 }

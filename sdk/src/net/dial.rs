@@ -9,8 +9,7 @@
 //! answered one (its first handshake packets arrived). A candidate that answers with another
 //! identity, another protocol, or an error that will repeat is out of the race; a refusal by
 //! the peer itself ends the dial. The dial reports every route's failure when all have failed
-//! or `dial_timeout` passed. When an attempt wins, the attempts the peer has not answered end:
-//! the peer cannot have completed them, so they would only cost both nodes a handshake.
+//! or `dial_timeout` passed.
 //!
 //! [`connect_link`] is the way in for everything above: the connection in use, or one shared
 //! dial of the peer; [`refresh`] dials again beside a connection that may have died.
@@ -37,7 +36,7 @@ use crate::net::connection::{self, ConnCode, DialWaiter, Fresh, Link, Slot};
 use crate::net::liveness::PathProbe;
 use crate::net::Net;
 use crate::sync::lock;
-use ferry_proto::race::{AttemptId, Failure, Race, MAX_CANDIDATES, REATTEMPT};
+use ferry_proto::race::{AttemptId, Failure, Pace, Race, DIAL_PACE, MAX_CANDIDATES};
 use ferry_proto::route::{Candidate, Route};
 
 /// The candidates for `peer`, in the order they start.
@@ -76,27 +75,31 @@ pub(crate) async fn dial(
     if candidates.is_empty() {
         return Err(DialError::NoAddress(peer));
     }
-    race(node, peer, candidates, REATTEMPT, node.config.dial_timeout).await
+    race(node, peer, candidates, DIAL_PACE, node.config.dial_timeout).await
 }
 
-/// Races `candidates` for `timeout`, giving each silent one a fresh attempt every
-/// `reattempt`; installs the winner and remembers its route.
+/// Races `candidates` for `timeout`, giving silent ones fresh attempts at `pace`; installs the
+/// winner and remembers its route.
 pub(crate) async fn race(
     node: &Arc<Net>,
     peer: NodeId,
     candidates: Vec<Candidate>,
-    reattempt: Duration,
+    pace: Pace,
     timeout: Duration,
 ) -> Result<Link, DialError> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let mut race = Race::new(candidates, start.into_std(), reattempt);
+    let mut race = Race::new(candidates, start.into_std(), pace);
     let mut attempts: FuturesUnordered<Attempt> = FuturesUnordered::new();
     let mut cancels: HashMap<AttemptId, CancellationToken> = HashMap::new();
     // Unbounded, yet bounded by the attempts: each reports its answer at most once.
-    let (answers, mut answered) = mpsc::unbounded_channel();
-    let won = CancellationToken::new();
+    let (answers, mut answers_in) = mpsc::unbounded_channel();
     loop {
+        // Answers first: one reported while the last wait ended otherwise must pause its
+        // candidate before the candidate is due again.
+        while let Ok((index, id)) = answers_in.try_recv() {
+            race.answered(index, id);
+        }
         // Due attempts start before any wait: tokio's timer rounds a deadline up to its next
         // millisecond, so sleeping until "now" would delay the first handshake by up to 1 ms.
         let now = Instant::now();
@@ -118,7 +121,6 @@ pub(crate) async fn race(
                 answers: answers.clone(),
                 answered: AtomicBool::new(false),
                 abandoned,
-                won: won.clone(),
             };
             attempts.push(attempt(node.clone(), peer, place, candidate, deadline));
         }
@@ -129,16 +131,9 @@ pub(crate) async fn race(
         tokio::select! {
             _ = node.cancel.cancelled() => return Err(DialError::NodeClosed),
             _ = tokio::time::sleep_until(wake) => {}
-            Some((index, id)) = answered.recv() => {
-                for abandoned in race.answered(index, id) {
-                    if let Some(cancel) = cancels.remove(&abandoned) {
-                        cancel.cancel();
-                    }
-                }
-            }
+            Some((index, id)) = answers_in.recv() => race.answered(index, id),
             Some(((index, id), result)) = attempts.next() => match result {
                 Ok(fresh) => {
-                    won.cancel();
                     let link = connection::install(node, fresh).await;
                     if let Some(candidate) = race.candidate(index) {
                         if let Candidate::Direct(addr) = candidate {
@@ -148,8 +143,11 @@ pub(crate) async fn race(
                         debug!(peer = %peer.short(), route = %candidate.route(), "dialed");
                     }
                     if !attempts.is_empty() {
-                        // The attempts the peer answered complete, and the rule sorts them
-                        // out; the others end on `won` (`InRace::unwanted`).
+                        // Ending an attempt the peer may have answered and completed would
+                        // close a connection the peer may be using (the peer completes a
+                        // handshake on this side's reply to its answer, which quinn sends
+                        // before this side learns of the answer); the rule sorts out the ones
+                        // that complete.
                         node.tasks.spawn(install_remaining(node.clone(), attempts));
                     }
                     return Ok(link);
@@ -161,11 +159,7 @@ pub(crate) async fn race(
                     cancels.remove(&id);
                     let failure = failure_of(&error);
                     let now = Instant::now().into_std();
-                    for abandoned in race.failed(index, id, error, failure, now) {
-                        if let Some(cancel) = cancels.remove(&abandoned) {
-                            cancel.cancel();
-                        }
-                    }
+                    abandon(&mut cancels, race.failed(index, id, error, failure, now));
                     if race.exhausted() && attempts.is_empty() {
                         break;
                     }
@@ -174,6 +168,15 @@ pub(crate) async fn race(
         }
     }
     Err(dial_failed(peer, race))
+}
+
+/// Cancels the attempts the race gave up.
+fn abandon(cancels: &mut HashMap<AttemptId, CancellationToken>, abandoned: Vec<AttemptId>) {
+    for attempt in abandoned {
+        if let Some(cancel) = cancels.remove(&attempt) {
+            cancel.cancel();
+        }
+    }
 }
 
 /// What a failed dial reports: with one route, its own error; with several, each one's.
@@ -206,16 +209,13 @@ async fn install_remaining(node: Arc<Net>, mut attempts: FuturesUnordered<Attemp
 }
 
 /// An attempt's place in its race: how it reports that the peer answered, and learns that it
-/// is no longer wanted.
+/// was replaced by a fresh attempt of its candidate.
 struct InRace {
     attempt: (usize, AttemptId),
     answers: mpsc::UnboundedSender<(usize, AttemptId)>,
     /// Set once the peer answered: from then on only the handshake's own outcome ends it.
     answered: AtomicBool,
-    /// Replaced by a fresh attempt of its candidate, or another attempt of it was answered.
     abandoned: CancellationToken,
-    /// Another attempt of the dial won.
-    won: CancellationToken,
 }
 
 impl InRace {
@@ -225,14 +225,12 @@ impl InRace {
         let _ = self.answers.send(self.attempt);
     }
 
-    /// Resolves when the attempt is abandoned or another won, unless the peer answered it
-    /// first: the peer may then have completed the handshake, and ending it would close a
-    /// connection the peer may use. Without an answer the peer cannot have completed it.
+    /// Resolves when the attempt is abandoned, unless the peer answered it first: the peer
+    /// may then complete the handshake, and ending it would close a connection the peer may
+    /// use. (The race abandons only attempts it has heard no answer to; this covers an answer
+    /// on its way to the race.)
     async fn unwanted(&self) {
-        tokio::select! {
-            _ = self.abandoned.cancelled() => {}
-            _ = self.won.cancelled() => {}
-        }
+        self.abandoned.cancelled().await;
         if self.answered.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }

@@ -6,13 +6,12 @@
 //! addresses its relays observed it at, §10.12, then its own dial hints); the other answers
 //! with its own. Then both dial each other's candidates from their one UDP socket at the same
 //! time, the answering node half a round trip later (so both start together), each candidate
-//! getting a fresh handshake every [`PUNCH_REATTEMPT`] for [`PUNCH_WINDOW`] until the peer
-//! answers one of them. Each node's outgoing handshake packets open its own NAT for the
-//! other's, so behind most NATs one of the handshakes gets through. The direct connection then
-//! replaces the relayed one under the one-connection rule (a direct connection beats a relayed
-//! one, §2.4): mailbox streams
-//! move over, retransmitting what was not acknowledged, and the receiver's duplicate
-//! suppression keeps every message once and in order.
+//! getting a fresh handshake at [`PUNCH_PACE`] for [`PUNCH_WINDOW`] until the peer answers one
+//! of them. Each node's outgoing handshake packets open its own NAT for the other's, so behind
+//! most NATs one of the handshakes gets through. The direct connection then replaces the
+//! relayed one under the one-connection rule (a direct connection beats a relayed one, §2.4):
+//! mailbox streams move over, retransmitting what was not acknowledged, and the receiver's
+//! duplicate suppression keeps every message once and in order.
 //!
 //! When no handshake gets through (a symmetric NAT facing another, or facing port-dependent
 //! filtering), the nodes stay on the relay, and the dialer tries again after
@@ -42,12 +41,19 @@ use ferry_proto::punch::{
     decode_candidates, encode_candidates, MAX_OFFER_LEN, MAX_PUNCH_CANDIDATES, PUNCH_SERVICE,
 };
 use ferry_proto::punch_schedule::{AnswerLimiter, PunchRetries};
+use ferry_proto::race::Pace;
 use ferry_proto::route::Candidate;
 
 /// How long both nodes dial each other's candidates.
 pub(crate) const PUNCH_WINDOW: Duration = Duration::from_secs(5);
-/// How often a candidate gets a fresh handshake while punching, until the peer answers one.
-pub(crate) const PUNCH_REATTEMPT: Duration = Duration::from_millis(250);
+/// How often a candidate gets a fresh handshake while punching, until the peer answers one:
+/// every 250 ms, the newest two kept. An attempt lives 500 ms, less than quinn's first
+/// retransmission of a handshake (about 1 s), so each sends one Initial packet: the
+/// candidates are the peer's choice (docs/SECURITY.md).
+pub(crate) const PUNCH_PACE: Pace = Pace {
+    reattempt: Duration::from_millis(250),
+    live: 2,
+};
 /// How long the offer may take to arrive.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -151,7 +157,7 @@ async fn punch(node: &Arc<Net>, peer: NodeId, link: &Link) -> Result<bool, built
     let theirs = decode_candidates(&answer)
         .map_err(|error| builtin::ExchangeError::Protocol(error.to_string()))?;
     debug!(candidates = ?theirs, "punching");
-    let result = dial::race(node, peer, to_dial(theirs), PUNCH_REATTEMPT, PUNCH_WINDOW).await;
+    let result = dial::race(node, peer, to_dial(theirs), PUNCH_PACE, PUNCH_WINDOW).await;
     Ok(result.is_ok_and(|link| !link.route.is_relayed()))
 }
 
@@ -221,14 +227,7 @@ fn dial_after(node: &Arc<Net>, peer: NodeId, theirs: Vec<SocketAddr>, delay: Dur
                 .link(&peer)
                 .is_none_or(|link| link.route.is_relayed());
             if still_relayed {
-                let _ = dial::race(
-                    &dialing,
-                    peer,
-                    to_dial(theirs),
-                    PUNCH_REATTEMPT,
-                    PUNCH_WINDOW,
-                )
-                .await;
+                let _ = dial::race(&dialing, peer, to_dial(theirs), PUNCH_PACE, PUNCH_WINDOW).await;
             }
         });
     node.tasks.spawn(dial.in_current_span());
