@@ -1,6 +1,7 @@
 //! Watches and conversations with a peer played by hand ([`FakePeer`]): what a node does when
 //! the other side answers in ways a ferry node never would (no stream credit, no answer, CLOSE
-//! with odd codes, streams stopped with NOT_ADMITTED, oversized and unexpected frames).
+//! with odd codes, streams stopped with NOT_ADMITTED, oversized and unexpected frames), and a
+//! connection closed as soon as the node took it into use.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use ferry::{
     OpenError, SecretKey, ServiceOptions, Target,
 };
 use ferry_testkit::fake_peer::{self, FakePeer, Intruder};
+use ferry_testkit::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -583,4 +585,44 @@ async fn messages_before_a_protocol_violation_in_the_same_read_are_delivered() {
         .collect();
     assert_eq!(payloads, [&b"one"[..], b"two", b"six"]);
     node.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A connection the node took into use and the peer closed at once (a dialer abandoning a
+/// handshake just as the node completed it) leaves the node on the connection the rule set
+/// aside, which the peer still uses, rather than on none: the node's next stream to the peer
+/// goes there, with no new dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_right_after_it_took_over_gives_way_to_the_one_set_aside() {
+    let node = node_with(NodeConfig::default()).await;
+    let fake = FakePeer::bind(16);
+    let kept = fake.connect(node.id(), node.local_addr()).await;
+    wait_for("the first connection in use", || {
+        node.connections_established() == 1
+    })
+    .await;
+    // Dialed by the same node: the newer one replaces the first, which is set aside.
+    let abandoned = fake.connect(node.id(), node.local_addr()).await;
+    wait_for("the second connection in use", || {
+        node.connections_established() == 2
+    })
+    .await;
+    abandoned.close(0u32.into(), b"");
+    wait_for("the set-aside connection taken back", || {
+        node.connections_established() == 3
+    })
+    .await;
+    assert!(node.is_connected(&fake.id));
+    let reached = tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            stream = kept.accept_bi() => stream.is_ok(),
+            _ = node.ping(fake.id, &[]) => false,
+        }
+    })
+    .await;
+    assert_eq!(
+        reached,
+        Ok(true),
+        "the ping's stream on the set-aside connection"
+    );
+    node.shutdown(Duration::from_secs(1)).await;
 }

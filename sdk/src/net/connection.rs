@@ -9,7 +9,9 @@
 //! one dialed by the node with the smaller NodeId is kept when the two were dialed by
 //! different nodes, and the newer one when both were dialed by the same node. Before keeping
 //! the old connection a node checks that it still answers: one that does not is replaced, so
-//! a node whose address changed can take its connections over by dialing again.
+//! a node whose address changed can take its connections over by dialing again. A connection
+//! the rule set aside stays open for a grace period, and is taken back into use if the kept
+//! one closes right after its installation (its dialer had abandoned it).
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -138,9 +140,22 @@ pub(crate) struct Peers {
     last_connected: std::sync::Mutex<HashMap<NodeId, Instant>>,
     /// Peers being dialed again in the background while a connection exists.
     refreshing: std::sync::Mutex<HashSet<NodeId>>,
+    /// Connections the rule set aside, in their grace period, per peer, newest last.
+    retired: std::sync::Mutex<HashMap<NodeId, Vec<Retired>>>,
+}
+
+/// A connection the rule set aside that is still open: taken back into use if the connection
+/// kept instead closes first (docs/PROTOCOL.md §2.4).
+struct Retired {
+    live: Live,
+    /// Cancelled when it is taken back: its grace period then ends without closing it.
+    taken_back: CancellationToken,
 }
 
 const MAX_KNOWN_ADDRS: usize = 4;
+/// Set-aside connections remembered per peer (more still close after their grace period, but
+/// cannot be taken back).
+const MAX_RETIRED: usize = 4;
 const MAX_KNOWN_PEERS: usize = 65_536;
 /// A connection established this recently is taken to be alive without a probe: the other
 /// connection of a simultaneous dial.
@@ -333,7 +348,7 @@ pub(crate) async fn install(node: &Arc<Net>, fresh: Fresh) -> Link {
     match kept {
         Some(old) => {
             link.supersede(node);
-            retire(node, link.connection.clone());
+            retire(node, peer, new);
             old
         }
         None => {
@@ -407,7 +422,7 @@ fn decide(node: &Arc<Net>, peer: NodeId, new: &Live, checked: Option<(usize, boo
                     .connection
                     .close(ConnCode::DUPLICATE.into(), b"duplicate connection");
             } else {
-                retire(node, old.link.connection.clone());
+                retire(node, peer, old);
             }
         }
         return Decision::Installed;
@@ -433,34 +448,111 @@ impl Live {
     }
 }
 
-/// Closes `connection`, which lost the one-connection rule to another live connection with
-/// the same peer, with DUPLICATE once a whole `duplicate_grace` has passed without stream
-/// data on it (or at once when the node shuts down): both nodes may have started streams on it
-/// before they learnt of the other connection, and those finish on it, however long they
-/// last (new streams go to the kept one).
-fn retire(node: &Arc<Net>, connection: quinn::Connection) {
+/// Closes `lost`'s connection, which lost the one-connection rule to another live connection
+/// with `peer`, with DUPLICATE once a whole `duplicate_grace` has passed without stream data on
+/// it (or at once when the node shuts down): both nodes may have started streams on it before
+/// they learnt of the other connection, and those finish on it, however long they last (new
+/// streams go to the kept one). Until then it can be taken back ([`take_back`]).
+fn retire(node: &Arc<Net>, peer: NodeId, lost: Live) {
     let cancel = node.cancel.clone();
     let grace = node.config.duplicate_grace;
+    let connection = lost.link.connection.clone();
+    let id = connection.stable_id();
+    let taken_back = CancellationToken::new();
+    {
+        let mut retired = lock(&node.peers.retired);
+        if retired.len() < MAX_KNOWN_PEERS || retired.contains_key(&peer) {
+            let list = retired.entry(peer).or_default();
+            if list.len() >= MAX_RETIRED {
+                list.remove(0);
+            }
+            list.push(Retired {
+                live: lost,
+                taken_back: taken_back.clone(),
+            });
+        }
+    }
+    let retiring = node.clone();
     node.tasks.spawn(async move {
         let stream_frames = |connection: &quinn::Connection| {
             let stats = connection.stats();
             stats.frame_tx.stream.wrapping_add(stats.frame_rx.stream)
         };
         let mut seen = stream_frames(&connection);
-        loop {
+        let close = loop {
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
-                _ = cancel.cancelled() => break,
-                _ = connection.closed() => return,
+                _ = cancel.cancelled() => break true,
+                _ = connection.closed() => break false,
+                _ = taken_back.cancelled() => return,
             }
             let now = stream_frames(&connection);
             if now == seen {
-                break;
+                break true;
             }
             seen = now;
+        };
+        forget_retired(&retiring, peer, id);
+        if close {
+            connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
         }
-        connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
     });
+}
+
+/// Removes the set-aside connection `id` to `peer` from those that can be taken back.
+fn forget_retired(node: &Net, peer: NodeId, id: usize) {
+    let mut retired = lock(&node.peers.retired);
+    if let Some(list) = retired.get_mut(&peer) {
+        list.retain(|entry| entry.live.link.connection.stable_id() != id);
+        if list.is_empty() {
+            retired.remove(&peer);
+        }
+    }
+}
+
+/// The connection in use to `peer` closed within [`FRESH`] of its installation: takes back the
+/// newest connection the rule set aside that is still open, if the slot is still empty. The
+/// peer may never have used the closed one: a dialer may abandon a handshake just as the peer
+/// completes it, and it then closes a connection the peer installed (docs/PROTOCOL.md §2.4).
+/// Later closes are a path or a peer going away, and the set-aside connections with them.
+fn take_back(node: &Arc<Net>, peer: NodeId) {
+    if node.cancel.is_cancelled() {
+        return;
+    }
+    let candidates: Vec<(Live, CancellationToken)> = lock(&node.peers.retired)
+        .get(&peer)
+        .map(|list| {
+            list.iter()
+                .rev()
+                .map(|entry| (entry.live.snapshot(), entry.taken_back.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Judged outside the slots' lock (see `Link::is_open`).
+    let Some((old, taken_back)) = candidates.into_iter().find(|(old, _)| old.link.is_open()) else {
+        return;
+    };
+    let link = Link(Arc::new(LinkState {
+        connection: old.link.connection.clone(),
+        superseded: CancellationToken::new(),
+        probe: old.link.probe.clone(),
+        route: old.link.route,
+    }));
+    let live = Live { link, ..old };
+    {
+        let mut slots = lock(&node.peers.slots);
+        if slots.contains_key(&peer) {
+            return; // a dial or another connection got there first
+        }
+        node.peers
+            .installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        slots.insert(peer, Slot::Connected(live));
+    }
+    taken_back.cancel();
+    forget_retired(node, peer, old.link.connection.stable_id());
+    node.peers.touch(peer);
+    debug!(peer = %peer.short(), route = %old.link.route, "set-aside connection taken back into use");
 }
 
 /// Connections of both endpoints.
@@ -588,9 +680,13 @@ fn serve_connection(node: &Arc<Net>, connection: quinn::Connection, peer: NodeId
                 if live.link.connection.stable_id() == connection.stable_id() {
                     // Closed: its streams, parked ones too, see that for themselves.
                     live.link.superseded.cancel();
+                    let fresh = live.established.elapsed() < FRESH;
                     slots.remove(&peer);
                     drop(slots);
                     serving.peers.touch(peer);
+                    if fresh {
+                        take_back(&serving, peer);
+                    }
                 }
             }
         }
