@@ -140,15 +140,21 @@ pub(crate) struct Peers {
     last_connected: std::sync::Mutex<HashMap<NodeId, Instant>>,
     /// Peers being dialed again in the background while a connection exists.
     refreshing: std::sync::Mutex<HashSet<NodeId>>,
-    /// Connections the rule set aside, in their grace period, per peer, newest last.
+    /// Connections the rule set aside, in their grace period, per peer, newest last. Locked
+    /// after `slots` when both are.
     retired: std::sync::Mutex<HashMap<NodeId, Vec<Retired>>>,
+    /// Numbers the entries of `retired`.
+    next_retired: std::sync::atomic::AtomicU64,
 }
 
 /// A connection the rule set aside that is still open: taken back into use if the connection
-/// kept instead closes first (docs/PROTOCOL.md §2.4).
+/// kept instead closes first (docs/PROTOCOL.md §2.4). Whoever removes the entry, under the
+/// lock, owns the connection's fate: [`take_back`] puts it back in use, its grace task closes
+/// it.
 struct Retired {
+    id: u64,
     live: Live,
-    /// Cancelled when it is taken back: its grace period then ends without closing it.
+    /// Cancelled when it is taken back, so that its grace task stops waiting.
     taken_back: CancellationToken,
 }
 
@@ -457,7 +463,10 @@ fn retire(node: &Arc<Net>, peer: NodeId, lost: Live) {
     let cancel = node.cancel.clone();
     let grace = node.config.duplicate_grace;
     let connection = lost.link.connection.clone();
-    let id = connection.stable_id();
+    let id = node
+        .peers
+        .next_retired
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let taken_back = CancellationToken::new();
     {
         let mut retired = lock(&node.peers.retired);
@@ -467,6 +476,7 @@ fn retire(node: &Arc<Net>, peer: NodeId, lost: Live) {
                 list.remove(0);
             }
             list.push(Retired {
+                id,
                 live: lost,
                 taken_back: taken_back.clone(),
             });
@@ -492,45 +502,73 @@ fn retire(node: &Arc<Net>, peer: NodeId, lost: Live) {
             }
             seen = now;
         };
-        forget_retired(&retiring, peer, id);
+        // Taken back meanwhile (the token is cancelled under the lock that `claim` takes):
+        // it is in use again.
+        if claim_retired(&retiring, peer, id, Claim::ToClose).is_none() && taken_back.is_cancelled()
+        {
+            return;
+        }
         if close {
             connection.close(ConnCode::DUPLICATE.into(), b"duplicate connection");
         }
     });
 }
 
-/// Removes the set-aside connection `id` to `peer` from those that can be taken back.
-fn forget_retired(node: &Net, peer: NodeId, id: usize) {
-    let mut retired = lock(&node.peers.retired);
-    if let Some(list) = retired.get_mut(&peer) {
-        list.retain(|entry| entry.live.link.connection.stable_id() != id);
-        if list.is_empty() {
-            retired.remove(&peer);
-        }
-    }
+/// Why a set-aside connection is claimed.
+#[derive(PartialEq, Eq)]
+enum Claim {
+    /// Its grace period ended (or it closed): its task closes it.
+    ToClose,
+    /// [`take_back`] puts it in use again.
+    ToUse,
 }
 
-/// The connection in use to `peer` closed within [`FRESH`] of its installation: takes back the
-/// newest connection the rule set aside that is still open, if the slot is still empty. The
-/// peer may never have used the closed one: a dialer may abandon a handshake just as the peer
-/// completes it, and it then closes a connection the peer installed (docs/PROTOCOL.md §2.4).
-/// Later closes are a path or a peer going away, and the set-aside connections with them.
-fn take_back(node: &Arc<Net>, peer: NodeId) {
-    if node.cancel.is_cancelled() {
-        return;
+/// Removes the set-aside connection `id` to `peer` from those that can be taken back, and
+/// returns it, unless someone else removed it first. Claimed to use, its `taken_back` is
+/// cancelled before the lock is released, so that its grace task, finding it gone, knows why.
+fn claim_retired(node: &Net, peer: NodeId, id: u64, claim: Claim) -> Option<Retired> {
+    let mut retired = lock(&node.peers.retired);
+    let list = retired.get_mut(&peer)?;
+    let position = list.iter().position(|entry| entry.id == id)?;
+    let entry = list.remove(position);
+    if list.is_empty() {
+        retired.remove(&peer);
     }
-    let candidates: Vec<(Live, CancellationToken)> = lock(&node.peers.retired)
+    if claim == Claim::ToUse {
+        entry.taken_back.cancel();
+    }
+    Some(entry)
+}
+
+/// Takes back into use the newest connection to `peer` the rule set aside that is still open,
+/// in place of `closed`, the connection in use, which closed within [`FRESH`] of the start of
+/// its installation: its peer may never have used it, having abandoned that handshake just as
+/// this node completed it (docs/PROTOCOL.md §2.4). Only a connection to the same incarnation
+/// is taken back, and only when the peer closed `closed` (this node closes a connection for a
+/// reason that holds for the others too, e.g. a ban). Whether it took one back: `false` leaves
+/// the slot as it was.
+pub(crate) fn take_back(node: &Arc<Net>, peer: NodeId, closed: &quinn::Connection) -> bool {
+    if node.cancel.is_cancelled()
+        || node.bans.is_banned(&peer)
+        || matches!(
+            closed.close_reason(),
+            None | Some(quinn::ConnectionError::LocallyClosed)
+        )
+    {
+        return false;
+    }
+    let candidates: Vec<(u64, Live)> = lock(&node.peers.retired)
         .get(&peer)
         .map(|list| {
             list.iter()
                 .rev()
-                .map(|entry| (entry.live.snapshot(), entry.taken_back.clone()))
+                .map(|entry| (entry.id, entry.live.snapshot()))
                 .collect()
         })
         .unwrap_or_default();
     // Judged outside the slots' lock (see `Link::is_open`).
-    let Some((old, taken_back)) = candidates.into_iter().find(|(old, _)| old.link.is_open()) else {
-        return;
+    let Some((id, old)) = candidates.into_iter().find(|(_, old)| old.link.is_open()) else {
+        return false;
     };
     let link = Link(Arc::new(LinkState {
         connection: old.link.connection.clone(),
@@ -538,21 +576,39 @@ fn take_back(node: &Arc<Net>, peer: NodeId) {
         probe: old.link.probe.clone(),
         route: old.link.route,
     }));
-    let live = Live { link, ..old };
     {
         let mut slots = lock(&node.peers.slots);
-        if slots.contains_key(&peer) {
-            return; // a dial or another connection got there first
+        let Some(Slot::Connected(current)) = slots.get(&peer) else {
+            return false;
+        };
+        if current.link.connection.stable_id() != closed.stable_id()
+            || current.established.elapsed() >= FRESH
+            || current.incarnation != old.incarnation
+        {
+            return false;
         }
+        // Claimed under the slots' lock: its grace task can no longer close it.
+        if claim_retired(node, peer, id, Claim::ToUse).is_none() {
+            return false;
+        }
+        current.link.superseded.cancel();
         node.peers
             .installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        slots.insert(peer, Slot::Connected(live));
+        slots.insert(
+            peer,
+            Slot::Connected(Live {
+                link: link.clone(),
+                ..old
+            }),
+        );
     }
-    taken_back.cancel();
-    forget_retired(node, peer, old.link.connection.stable_id());
     node.peers.touch(peer);
-    debug!(peer = %peer.short(), route = %old.link.route, "set-aside connection taken back into use");
+    debug!(peer = %peer.short(), route = %link.route, "set-aside connection taken back into use");
+    if link.route.is_relayed() && old.dialed_by == node.id {
+        (node.hooks.relayed_link_dialed)(node, peer, &link);
+    }
+    true
 }
 
 /// Connections of both endpoints.
@@ -675,18 +731,17 @@ fn serve_connection(node: &Arc<Net>, connection: quinn::Connection, peer: NodeId
         async move {
             crate::net::forwarding::serve_datagrams(serving.clone(), connection.clone(), peer)
                 .await;
+            if take_back(&serving, peer, &connection) {
+                return;
+            }
             let mut slots = lock(&serving.peers.slots);
             if let Some(Slot::Connected(live)) = slots.get(&peer) {
                 if live.link.connection.stable_id() == connection.stable_id() {
                     // Closed: its streams, parked ones too, see that for themselves.
                     live.link.superseded.cancel();
-                    let fresh = live.established.elapsed() < FRESH;
                     slots.remove(&peer);
                     drop(slots);
                     serving.peers.touch(peer);
-                    if fresh {
-                        take_back(&serving, peer);
-                    }
                 }
             }
         }

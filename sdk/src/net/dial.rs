@@ -415,6 +415,11 @@ pub(crate) async fn connect_link(
             Seen::Link(link) if link.is_open() => return Ok(link),
             Seen::Dialing(waiter) => waiter,
             Seen::Link(dead) => {
+                // A connection the peer abandoned as it was installed gives way to the one set
+                // aside for it, if any, before anyone dials.
+                if connection::take_back(node, peer, &dead.connection) {
+                    continue;
+                }
                 match start_dial(node, peer, hints, Some(dead.connection.stable_id())) {
                     Some(waiter) => waiter,
                     None => continue, // the slot changed meanwhile
