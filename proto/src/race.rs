@@ -75,17 +75,20 @@ struct Entry<E> {
     live: VecDeque<AttemptId>,
     /// When its last attempt started: a candidate taken up again keeps the pace.
     last_start: Option<Instant>,
-    /// The live attempt the peer answered; while there is one, `next_start` is None and the
-    /// candidate is not out.
-    answered: Option<AttemptId>,
-    /// The most telling failure so far; with `next_start` and `answered` None, the candidate
-    /// is out.
+    /// Its attempts that started and have not failed, `live` and replaced ones alike (a
+    /// replaced attempt the peer answered runs on).
+    running: Vec<AttemptId>,
+    /// The running attempts the peer answered; while there is one, `next_start` is None.
+    answered: Vec<AttemptId>,
+    /// A failure ended the candidate.
+    ended: bool,
+    /// The most telling failure so far.
     error: Option<(E, Failure)>,
 }
 
 impl<E> Entry<E> {
     fn is_out(&self) -> bool {
-        self.next_start.is_none() && self.answered.is_none()
+        self.ended
     }
 }
 
@@ -116,7 +119,9 @@ impl<E> Race<E> {
                     next_start: Some(at),
                     live: VecDeque::new(),
                     last_start: None,
-                    answered: None,
+                    running: Vec::new(),
+                    answered: Vec::new(),
+                    ended: false,
                     error: None,
                 }
             })
@@ -162,6 +167,7 @@ impl<E> Race<E> {
                 abandoned = entry.live.pop_front();
             }
             entry.live.push_back(id);
+            entry.running.push(id);
             entry.next_start = Some(now + self.pace.reattempt);
             entry.last_start = Some(now);
         }
@@ -176,18 +182,20 @@ impl<E> Race<E> {
         let Some(entry) = self.entries.get_mut(index) else {
             return;
         };
-        if entry.live.contains(&attempt) && entry.answered.is_none() {
-            entry.answered = Some(attempt);
+        // An answer that comes after its attempt failed (both reported in one step) says
+        // nothing any more.
+        if !entry.ended && entry.running.contains(&attempt) && !entry.answered.contains(&attempt) {
+            entry.answered.push(attempt);
             entry.next_start = None;
         }
     }
 
     /// Records that `attempt` of candidate `index` failed with `error` at `now`. Returns the
     /// attempts of that candidate to abandon (all of them, when the failure ends the
-    /// candidate). When the failed attempt was the one the peer answered, and the candidate is
-    /// not out, its next attempt is due at once, or at the pace if its last one started less
-    /// than the re-attempt time ago (a peer that answers and then fails every handshake gets
-    /// no more attempts than a silent one).
+    /// candidate). When the failed attempt was the last running one the peer answered, and the
+    /// candidate is not out, its next attempt is due at once, or at the pace if its last one
+    /// started less than the re-attempt time ago (a peer that answers and then fails every
+    /// handshake gets no more attempts than a silent one).
     pub fn failed(
         &mut self,
         index: usize,
@@ -200,16 +208,16 @@ impl<E> Race<E> {
             return Vec::new();
         };
         entry.live.retain(|live| *live != attempt);
-        let was_answered = entry.answered == Some(attempt);
-        if was_answered {
-            entry.answered = None;
-        }
+        entry.running.retain(|running| *running != attempt);
+        let was_answered = entry.answered.contains(&attempt);
+        entry.answered.retain(|answered| *answered != attempt);
         let abandoned = if failure == Failure::EndsCandidate {
+            entry.ended = true;
             entry.next_start = None;
-            entry.answered = None;
+            entry.answered.clear();
             entry.live.drain(..).collect()
         } else {
-            if was_answered {
+            if was_answered && entry.answered.is_empty() && !entry.ended {
                 let paced = entry.last_start.map(|at| at + self.pace.reattempt);
                 entry.next_start = Some(paced.map_or(now, |paced| paced.max(now)));
             }
@@ -430,9 +438,11 @@ mod tests {
                 .collect();
             let count = candidates.len();
             let mut race: Race<()> = Race::new(candidates, start, DIAL_PACE);
-            // The attempts in flight, as the runtime sees them: (candidate, attempt).
+            // The attempts the race keeps, and those still running (replaced ones too, until
+            // they fail): (candidate, attempt).
             let mut live: Vec<(usize, AttemptId)> = Vec::new();
-            let mut answered: Vec<Option<AttemptId>> = vec![None; count];
+            let mut running: Vec<(usize, AttemptId)> = Vec::new();
+            let mut answered: Vec<Vec<AttemptId>> = vec![Vec::new(); count];
             let mut ended = vec![false; count];
             let mut last_start: Vec<Option<Instant>> = vec![None; count];
             let mut now = start;
@@ -445,7 +455,7 @@ mod tests {
                         now += Duration::from_millis(ms);
                         for index in race.due(now) {
                             proptest::prop_assert!(!ended[index], "an ended candidate started");
-                            proptest::prop_assert!(answered[index].is_none(), "answered, yet a fresh attempt");
+                            proptest::prop_assert!(answered[index].is_empty(), "answered, yet a fresh attempt");
                             if let Some(last) = last_start[index] {
                                 proptest::prop_assert!(now - last >= REATTEMPT, "faster than the pace");
                             }
@@ -453,24 +463,27 @@ mod tests {
                             let (id, abandoned) = race.started(index, now);
                             drop_abandoned(&mut live, &abandoned.into_iter().collect::<Vec<_>>());
                             live.push((index, id));
+                            running.push((index, id));
                         }
                     }
-                    Event::Answer(n) if !live.is_empty() => {
-                        let (index, id) = live[n % live.len()];
+                    Event::Answer(n) if !running.is_empty() => {
+                        let (index, id) = running[n % running.len()];
                         race.answered(index, id);
-                        if answered[index].is_none() {
-                            answered[index] = Some(id);
+                        if !ended[index] && !answered[index].contains(&id) {
+                            answered[index].push(id);
                         }
                     }
-                    Event::Fail(n, failure) if !live.is_empty() => {
-                        let (index, id) = live.remove(n % live.len());
+                    Event::Fail(n, failure) if !running.is_empty() => {
+                        let (index, id) = running.remove(n % running.len());
+                        live.retain(|(_, live)| *live != id);
                         let abandoned = race.failed(index, id, (), failure, now);
                         drop_abandoned(&mut live, &abandoned);
+                        let was_answered = answered[index].contains(&id);
+                        answered[index].retain(|answered| *answered != id);
                         if failure == Failure::EndsCandidate {
                             ended[index] = true;
-                            answered[index] = None;
-                        } else if answered[index] == Some(id) {
-                            answered[index] = None;
+                            answered[index].clear();
+                        } else if was_answered && answered[index].is_empty() && !ended[index] {
                             let resumed = race.due(now + REATTEMPT).contains(&index);
                             proptest::prop_assert!(resumed, "not taken up again");
                         }

@@ -590,10 +590,16 @@ async fn messages_before_a_protocol_violation_in_the_same_read_are_delivered() {
 /// A connection the node took into use and the peer closed at once (a dialer abandoning a
 /// handshake just as the node completed it) leaves the node on the connection the rule set
 /// aside, which the peer still uses, rather than on none: the node's next stream to the peer
-/// goes there, with no new dial.
+/// goes there, with no new dial, and the set-aside connection's grace period no longer
+/// closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_closed_right_after_it_took_over_gives_way_to_the_one_set_aside() {
-    let node = node_with(NodeConfig::default()).await;
+    let grace = Duration::from_millis(200);
+    let node = node_with(NodeConfig {
+        duplicate_grace: grace,
+        ..NodeConfig::default()
+    })
+    .await;
     let fake = FakePeer::bind(16);
     let kept = fake.connect(node.id(), node.local_addr()).await;
     wait_for("the first connection in use", || {
@@ -612,6 +618,9 @@ async fn a_connection_closed_right_after_it_took_over_gives_way_to_the_one_set_a
     })
     .await;
     assert!(node.is_connected(&fake.id));
+    // Several grace periods without stream data: a set-aside connection would be closed.
+    tokio::time::sleep(grace * 3).await;
+    assert_eq!(kept.close_reason(), None, "closed after it was taken back");
     let reached = tokio::time::timeout(WAIT, async {
         tokio::select! {
             stream = kept.accept_bi() => stream.is_ok(),

@@ -540,21 +540,24 @@ fn claim_retired(node: &Net, peer: NodeId, id: u64, claim: Claim) -> Option<Reti
     Some(entry)
 }
 
-/// Takes back into use the newest connection to `peer` the rule set aside that is still open,
-/// in place of `closed`, the connection in use, which closed within [`FRESH`] of the start of
-/// its installation: its peer may never have used it, having abandoned that handshake just as
-/// this node completed it (docs/PROTOCOL.md §2.4). Only a connection to the same incarnation
-/// is taken back, and only when the peer closed `closed` (this node closes a connection for a
-/// reason that holds for the others too, e.g. a ban). Whether it took one back: `false` leaves
-/// the slot as it was.
+/// Takes back into use the connection to `peer` the rule set aside most recently that is still
+/// open, in place of `closed`, the connection in use, which the peer closed within [`FRESH`] of
+/// the start of its installation: the peer may never have used it, having abandoned that
+/// handshake just as this node completed it (docs/PROTOCOL.md §2.4). Only a connection to the
+/// same incarnation is taken back, and only on a close the peer sent that is not a refusal (a
+/// close this node made, a timeout or a reset says nothing of the abandoned handshake).
+/// Whether it took one back: `false` leaves the slot as it was.
 pub(crate) fn take_back(node: &Arc<Net>, peer: NodeId, closed: &quinn::Connection) -> bool {
-    if node.cancel.is_cancelled()
-        || node.bans.is_banned(&peer)
-        || matches!(
-            closed.close_reason(),
-            None | Some(quinn::ConnectionError::LocallyClosed)
-        )
-    {
+    let closed_by_peer = match closed.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            close.error_code != ConnCode::ADMISSION_REFUSED.into()
+                && close.error_code != ConnCode::PROTOCOL.into()
+        }
+        // An abandoned handshake's close may come before the application's keys.
+        Some(quinn::ConnectionError::ConnectionClosed(_)) => true,
+        _ => false,
+    };
+    if !closed_by_peer || node.cancel.is_cancelled() || node.bans.is_banned(&peer) {
         return false;
     }
     let candidates: Vec<(u64, Live)> = lock(&node.peers.retired)
@@ -576,7 +579,9 @@ pub(crate) fn take_back(node: &Arc<Net>, peer: NodeId, closed: &quinn::Connectio
         probe: old.link.probe.clone(),
         route: old.link.route,
     }));
-    {
+    // What leaves the slot and the registry is dropped after the lock: dropping the last
+    // handle of a quinn connection takes quinn's lock (see `Link::is_open`).
+    let (claimed, replaced) = {
         let mut slots = lock(&node.peers.slots);
         let Some(Slot::Connected(current)) = slots.get(&peer) else {
             return false;
@@ -588,21 +593,23 @@ pub(crate) fn take_back(node: &Arc<Net>, peer: NodeId, closed: &quinn::Connectio
             return false;
         }
         // Claimed under the slots' lock: its grace task can no longer close it.
-        if claim_retired(node, peer, id, Claim::ToUse).is_none() {
+        let Some(claimed) = claim_retired(node, peer, id, Claim::ToUse) else {
             return false;
-        }
+        };
         current.link.superseded.cancel();
         node.peers
             .installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        slots.insert(
+        let replaced = slots.insert(
             peer,
             Slot::Connected(Live {
                 link: link.clone(),
                 ..old
             }),
         );
-    }
+        (claimed, replaced)
+    };
+    drop((claimed, replaced));
     node.peers.touch(peer);
     debug!(peer = %peer.short(), route = %link.route, "set-aside connection taken back into use");
     if link.route.is_relayed() && old.dialed_by == node.id {

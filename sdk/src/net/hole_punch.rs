@@ -48,8 +48,8 @@ use ferry_proto::route::Candidate;
 pub(crate) const PUNCH_WINDOW: Duration = Duration::from_secs(5);
 /// How often a candidate gets a fresh handshake while punching, until the peer answers one:
 /// every 250 ms, the newest two kept. An attempt lives 500 ms, less than quinn's first
-/// retransmission of a handshake (about 1 s), so each sends one Initial packet: the
-/// candidates are the peer's choice (docs/SECURITY.md).
+/// retransmission of a handshake (about 1 s), so each sends one Initial packet (and a close
+/// when replaced): the candidates are the peer's choice (docs/SECURITY.md).
 pub(crate) const PUNCH_PACE: Pace = Pace {
     reattempt: Duration::from_millis(250),
     live: 2,
