@@ -78,6 +78,16 @@ impl std::ops::Deref for Link {
 }
 
 impl Link {
+    /// A link to `connection`, not superseded.
+    fn new(connection: quinn::Connection, probe: Arc<PathProbe>, route: Route) -> Self {
+        Self(Arc::new(LinkState {
+            connection,
+            superseded: CancellationToken::new(),
+            probe,
+            route,
+        }))
+    }
+
     /// Whether the connection is not closed. Never called with `Peers::slots` locked: it takes
     /// the connection's own lock, which quinn holds while it sends through the relay socket,
     /// which looks up `slots` (a lock-order deadlock).
@@ -321,12 +331,7 @@ pub(crate) fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
 /// link to use, which is the older one if the rule keeps that.
 pub(crate) async fn install(node: &Arc<Net>, fresh: Fresh) -> Link {
     let peer = fresh.cert.node;
-    let link = Link(Arc::new(LinkState {
-        connection: fresh.connection.clone(),
-        superseded: CancellationToken::new(),
-        probe: fresh.probe,
-        route: fresh.route,
-    }));
+    let link = Link::new(fresh.connection.clone(), fresh.probe, fresh.route);
     serve_connection(node, fresh.connection.clone(), peer);
     node.serve_streams(peer, fresh.connection);
     let new = Live {
@@ -573,12 +578,11 @@ pub(crate) fn take_back(node: &Arc<Net>, peer: NodeId, closed: &quinn::Connectio
     let Some((id, old)) = candidates.into_iter().find(|(_, old)| old.link.is_open()) else {
         return false;
     };
-    let link = Link(Arc::new(LinkState {
-        connection: old.link.connection.clone(),
-        superseded: CancellationToken::new(),
-        probe: old.link.probe.clone(),
-        route: old.link.route,
-    }));
+    let link = Link::new(
+        old.link.connection.clone(),
+        old.link.probe.clone(),
+        old.link.route,
+    );
     // What leaves the slot and the registry is dropped after the lock: dropping the last
     // handle of a quinn connection takes quinn's lock (see `Link::is_open`).
     let (claimed, replaced) = {

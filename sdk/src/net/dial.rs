@@ -107,10 +107,8 @@ pub(crate) async fn race(
             break;
         }
         for index in race.due(now.into_std()) {
-            let (id, abandoned) = race.started(index, now.into_std());
-            if let Some(abandoned) = abandoned.and_then(|id| cancels.remove(&id)) {
-                abandoned.cancel();
-            }
+            let (id, replaced) = race.started(index, now.into_std());
+            abandon(&mut cancels, replaced);
             let Some(candidate) = race.candidate(index) else {
                 continue;
             };
@@ -171,7 +169,10 @@ pub(crate) async fn race(
 }
 
 /// Cancels the attempts the race gave up.
-fn abandon(cancels: &mut HashMap<AttemptId, CancellationToken>, abandoned: Vec<AttemptId>) {
+fn abandon(
+    cancels: &mut HashMap<AttemptId, CancellationToken>,
+    abandoned: impl IntoIterator<Item = AttemptId>,
+) {
     for attempt in abandoned {
         if let Some(cancel) = cancels.remove(&attempt) {
             cancel.cancel();
