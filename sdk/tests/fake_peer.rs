@@ -618,8 +618,19 @@ async fn a_connection_closed_right_after_it_took_over_gives_way_to_the_one_set_a
     })
     .await;
     assert!(node.is_connected(&fake.id));
-    // Several grace periods without stream data: a set-aside connection would be closed.
-    tokio::time::sleep(grace * 3).await;
+    // A witness: another peer's connection set aside after `kept` was, so its grace period
+    // ends after the one `kept` had; once the node closed it, it would have closed `kept`.
+    let witness = FakePeer::bind(16);
+    let set_aside = witness.connect(node.id(), node.local_addr()).await;
+    let _kept_by_witness = witness.connect(node.id(), node.local_addr()).await;
+    let witness_closed = tokio::time::timeout(WAIT, set_aside.closed()).await;
+    assert!(
+        matches!(
+            witness_closed,
+            Ok(quinn::ConnectionError::ApplicationClosed(_))
+        ),
+        "the witness's set-aside connection closed: {witness_closed:?}"
+    );
     assert_eq!(kept.close_reason(), None, "closed after it was taken back");
     let reached = tokio::time::timeout(WAIT, async {
         tokio::select! {
