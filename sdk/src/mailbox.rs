@@ -3,7 +3,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -52,9 +52,10 @@ pub struct Mailbox {
     address: Address,
     pub(crate) node: Weak<Runtime>,
     queue: Arc<MailboxQueue<Message>>,
-    /// The queue's receiving end once the mailbox was read (see [`MailboxQueue`]); boxed, as
-    /// most mailboxes only send and are never read.
-    receiver: tokio::sync::Mutex<Option<Box<QueueReceiver<Message>>>>,
+    /// The queue's receiving end once the mailbox was read (see [`MailboxQueue`]), behind the
+    /// lock its one reader holds. Made at the first read or attachment: most mailboxes only
+    /// send and are never read, and the lock alone is 48 bytes.
+    receiver: OnceLock<Box<tokio::sync::Mutex<Option<QueueReceiver<Message>>>>>,
     /// Whether the receiver was given to a handler or stream.
     attached: std::sync::atomic::AtomicBool,
     caps: Arc<Caps>,
@@ -102,7 +103,7 @@ impl Mailbox {
             address,
             node,
             queue,
-            receiver: tokio::sync::Mutex::new(None),
+            receiver: OnceLock::new(),
             attached: std::sync::atomic::AtomicBool::new(false),
             caps,
             durable,
@@ -180,7 +181,7 @@ impl Mailbox {
         if self.attached.load(std::sync::atomic::Ordering::Acquire) {
             return Err(RecvError::NotReceiving);
         }
-        let mut guard = self.receiver.lock().await;
+        let mut guard = self.receiver_slot().lock().await;
         let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
         receiver.recv().await.ok_or(RecvError::Closed)
     }
@@ -197,7 +198,7 @@ impl Mailbox {
         if self.attached.load(std::sync::atomic::Ordering::Acquire) {
             return Err(RecvError::NotReceiving);
         }
-        let Ok(mut guard) = self.receiver.try_lock() else {
+        let Ok(mut guard) = self.receiver_slot().try_lock() else {
             return Ok(Vec::new());
         };
         let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
@@ -211,26 +212,29 @@ impl Mailbox {
         }
     }
 
+    fn receiver_slot(&self) -> &tokio::sync::Mutex<Option<QueueReceiver<Message>>> {
+        self.receiver.get_or_init(Box::default)
+    }
+
     /// The receiving end kept in `slot` for reading, taken from the queue at the first read;
     /// `None` once it was given away (attached).
     fn reading<'s>(
         &self,
-        slot: &'s mut Option<Box<QueueReceiver<Message>>>,
+        slot: &'s mut Option<QueueReceiver<Message>>,
     ) -> Option<&'s mut QueueReceiver<Message>> {
         if slot.is_none() {
-            *slot = self.queue.take_receiver().map(Box::new);
+            *slot = self.queue.take_receiver();
         }
-        slot.as_deref_mut()
+        slot.as_mut()
     }
 
     fn take_receiver(&self) -> Result<QueueReceiver<Message>, AttachError> {
         let mut guard = self
-            .receiver
+            .receiver_slot()
             .try_lock()
             .map_err(|_| AttachError::Receiving)?;
         let receiver = guard
             .take()
-            .map(|receiver| *receiver)
             .or_else(|| self.queue.take_receiver())
             .ok_or(AttachError::AlreadyAttached)?;
         self.attached

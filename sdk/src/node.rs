@@ -421,7 +421,7 @@ impl Node {
             let conversations = lock(&self.inner.conversations);
             let outbox_bytes = conversations
                 .values()
-                .map(|outbound| outbound.outstanding_bytes())
+                .map(|outbound| outbound.outstanding_bytes(self.inner.config.send_window))
                 .sum();
             (conversations.len(), outbox_bytes)
         };

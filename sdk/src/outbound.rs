@@ -69,10 +69,9 @@ fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Ou
         return existing.clone();
     }
     let outbound = Arc::new(Outbound {
-        key: key.clone(),
+        target: target.clone(),
         from: from.clone(),
         window: Semaphore::new(node.config.send_window),
-        window_size: node.config.send_window,
         queue: Mutex::new(Queue::default()),
         wake: Notify::new(),
         progress: ProgressCell::default(),
@@ -452,7 +451,11 @@ impl IntoFuture for Delivery {
             outbound
                 .progress
                 .wait(|state| {
-                    if let Some((_, error)) = state.failed.range(first..=last).next() {
+                    if let Some((_, error)) = state
+                        .failed
+                        .as_ref()
+                        .and_then(|failed| failed.range(first..=last).next())
+                    {
                         return Some(Err(error.clone()));
                     }
                     if state.resolved_below > last {
@@ -476,7 +479,7 @@ fn new_run(outbound: &Outbound, config: &Arc<proto::SenderConfig>) -> Box<Run> {
     });
     let sm = proto::Sender::new(
         config.clone(),
-        outbound.key.target.clone(),
+        outbound.target.clone(),
         outbound.from.clone(),
         epoch,
         seed,
@@ -487,7 +490,7 @@ fn new_run(outbound: &Outbound, config: &Arc<proto::SenderConfig>) -> Box<Run> {
 
 /// Starts a task driving `run` for `outbound`.
 fn spawn_run(node: &Arc<Runtime>, outbound: Arc<Outbound>, run: Box<Run>) {
-    let target = &outbound.key.target;
+    let target = &outbound.target;
     let span = tracing::debug_span!("conversation", to = %target.node().short(), mailbox = %target.mailbox());
     node.tasks
         .spawn(drive(outbound, node.clone(), run).instrument(span));
@@ -498,7 +501,7 @@ fn spawn_run(node: &Arc<Runtime>, outbound: Arc<Outbound>, run: Box<Run>) {
 /// streams lost, messages queued, the time). After [`QUIET_BEFORE_PARKING`] with nothing to
 /// do, it parks the run (see [`Parked`]) and ends.
 async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
-    let peer = outbound.key.target.node();
+    let peer = outbound.target.node();
     let mut quiet_since: Option<Instant> = None;
     // Made once: creating a cancellation future or a timer per iteration showed in profiles.
     let cancelled = node.cancel.clone().cancelled_owned();
@@ -511,7 +514,7 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
             match action {
                 Action::Open(head) => {
                     let deadline = Instant::from_std(run.sm.deadline());
-                    let hints = outbound.key.target.hints();
+                    let hints = outbound.target.hints();
                     // Boxed: opening is the largest wait of a conversation and happens once per
                     // stream; inline, every idle conversation's task would keep room for it.
                     let opening = Box::pin(open(&node, peer, hints, &head));
@@ -588,17 +591,16 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
                 Action::TooLarge { ticket, size, max } => {
                     outbound.window.add_permits(proto::cost(size));
                     outbound.progress.update(|progress| {
-                        progress
-                            .failed
-                            .insert(ticket, SendError::TooLarge { size, max });
-                        while progress.failed.len() > MAX_REMEMBERED_FAILURES {
-                            progress.failed.pop_first();
+                        let failed = progress.failed.get_or_insert_default();
+                        failed.insert(ticket, SendError::TooLarge { size, max });
+                        while failed.len() > MAX_REMEMBERED_FAILURES {
+                            failed.pop_first();
                         }
                         true
                     });
                 }
                 Action::Failed(failure) => {
-                    let error = send_error(*failure, &outbound.key.target);
+                    let error = send_error(*failure, &outbound.target);
                     if let Some(mut open) = run.stream.take() {
                         // Dropping a stream finishes it; a failed run's stream is reset.
                         let _ = open.send.reset(varint(ErrorCode::DONE));
@@ -1083,11 +1085,12 @@ fn close_if_idle(outbound: &Arc<Outbound>, node: &Runtime) -> bool {
         return false;
     }
     queue.closed = true;
+    let key = outbound.key();
     if map
-        .get(&outbound.key)
+        .get(&key)
         .is_some_and(|current| Arc::ptr_eq(current, outbound))
     {
-        map.remove(&outbound.key);
+        map.remove(&key);
     }
     // While the queue is locked: a sender that finds it closed finds the window closed.
     outbound.window.close();
@@ -1103,11 +1106,12 @@ fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
         let mut queue = lock(&outbound.queue);
         queue.closed = true;
         queue.items.clear();
+        let key = outbound.key();
         if map
-            .get(&outbound.key)
+            .get(&key)
             .is_some_and(|current| Arc::ptr_eq(current, outbound))
         {
-            map.remove(&outbound.key);
+            map.remove(&key);
         }
         // While the queue is locked: a sender that finds it closed finds the window closed.
         outbound.window.close();

@@ -537,19 +537,28 @@ async fn unknown_alpn_is_refused_on_both_sides() {
     b.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A mailbox handler that passes each message's text on to the receiver returned with it.
+fn forwarding_handler() -> (
+    impl FnMut(ferry::Message) -> futures::future::BoxFuture<'static, ()> + Send + 'static,
+    tokio::sync::mpsc::Receiver<String>,
+) {
+    let (seen, seen_rx) = tokio::sync::mpsc::channel(4);
+    let handler = move |message: ferry::Message| {
+        let seen = seen.clone();
+        let forward: futures::future::BoxFuture<'static, ()> = Box::pin(async move {
+            let _ = seen.send(message.decode::<String>().unwrap()).await;
+        });
+        forward
+    };
+    (handler, seen_rx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiving_forms_are_exclusive() {
     let a = node().await;
     let by_handler = a.mailbox();
-    let (seen, mut seen_rx) = tokio::sync::mpsc::channel(4);
-    by_handler
-        .set_handler(move |message| {
-            let seen = seen.clone();
-            async move {
-                let _ = seen.send(message.decode::<String>().unwrap()).await;
-            }
-        })
-        .unwrap();
+    let (handler, mut seen_rx) = forwarding_handler();
+    by_handler.set_handler(handler).unwrap();
     assert_eq!(
         by_handler.recv().await.unwrap_err(),
         RecvError::NotReceiving
@@ -581,6 +590,23 @@ async fn receiving_forms_are_exclusive() {
             .unwrap_err(),
         RecvError::Timeout
     );
+
+    // A recv that waits holds the receiving end: attaching fails meanwhile, and takes it over
+    // once the recv is gone.
+    let by_recv_then_handler = a.mailbox();
+    let mut waiting = Box::pin(by_recv_then_handler.recv());
+    assert!(futures::poll!(&mut waiting).is_pending());
+    assert_eq!(
+        by_recv_then_handler.set_handler(|_| async {}).unwrap_err(),
+        AttachError::Receiving
+    );
+    drop(waiting);
+    let (handler, mut seen_rx) = forwarding_handler();
+    by_recv_then_handler.set_handler(handler).unwrap();
+    a.send(by_recv_then_handler.address(), "after the recv")
+        .await
+        .unwrap();
+    assert_eq!(seen_rx.recv().await.unwrap(), "after the recv");
     a.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -47,7 +47,11 @@ impl std::hash::Hash for ConversationKey {
 pub(crate) struct Progress {
     /// Every ticket below this is resolved: acknowledged, or listed in `failed`.
     pub(crate) resolved_below: u64,
-    pub(crate) failed: BTreeMap<u64, SendError>,
+    /// Tickets that failed on their own (a message too large for the receiver), the latest
+    /// 1,024 of them; boxed, as most conversations never have one and every idle one keeps
+    /// its progress.
+    #[allow(clippy::box_collection)] // 8 bytes instead of an empty map's 24
+    pub(crate) failed: Option<Box<BTreeMap<u64, SendError>>>,
     /// The conversation ended with this error: every unresolved ticket failed with it.
     pub(crate) fatal: Option<Box<SendError>>,
 }
@@ -267,14 +271,13 @@ impl Parking {
     }
 }
 
-/// The shared state of one outgoing conversation.
+/// The shared state of one outgoing conversation. Every idle conversation keeps one, so it
+/// holds nothing it can find elsewhere: its table key is made from `from` and `target`, and
+/// the window's size is the node's `send_window`.
 pub(crate) struct Outbound {
-    /// The sending mailbox's id and the target.
-    pub(crate) key: ConversationKey,
+    pub(crate) target: Address,
     pub(crate) from: Address,
     pub(crate) window: Semaphore,
-    /// The window's size, `send_window`.
-    pub(crate) window_size: usize,
     pub(crate) queue: Mutex<Queue>,
     pub(crate) wake: Notify,
     pub(crate) progress: ProgressCell,
@@ -283,10 +286,18 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// Bytes of the window in use: messages queued or unacknowledged.
-    pub(crate) fn outstanding_bytes(&self) -> u64 {
-        self.window_size
-            .saturating_sub(self.window.available_permits()) as u64
+    /// Its key in the node's table.
+    pub(crate) fn key(&self) -> ConversationKey {
+        ConversationKey {
+            from: self.from.mailbox(),
+            target: self.target.clone(),
+        }
+    }
+
+    /// Bytes of the window (`window_size`, the node's `send_window`) in use: messages queued
+    /// or unacknowledged.
+    pub(crate) fn outstanding_bytes(&self, window_size: usize) -> u64 {
+        window_size.saturating_sub(self.window.available_permits()) as u64
     }
 }
 
