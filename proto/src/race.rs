@@ -9,7 +9,7 @@
 //! losses itself, so the candidate gets no fresh attempt while the answered one lives: a fresh
 //! one would only cost both nodes a handshake. (Attempts already started go on: one the peer
 //! answered may have completed on its side.) A dial keeps a silent candidate's newest
-//! attempts for 2 s ([`DIAL_PACE`]), so that a path with a round trip longer than the
+//! attempts for 4 s ([`DIAL_PACE`]), so that a path with a round trip longer than the
 //! re-attempt interval still answers one of them before it is replaced.
 
 use std::collections::VecDeque;
@@ -24,12 +24,12 @@ pub const STAGGER: Duration = Duration::from_millis(150);
 /// answers quickly should win.
 pub const RELAY_DELAY: Duration = Duration::from_millis(100);
 /// A dial's pace: a silent candidate gets a fresh attempt every 500 ms (QUIC's own
-/// retransmissions of a handshake back off to seconds), and keeps its newest four, so an
-/// attempt lives 2 s: a path whose round trip is that long (a satellite hop behind a full
-/// queue) is answered before its attempt is replaced.
+/// retransmissions of a handshake back off to seconds), and keeps its newest eight, so an
+/// attempt lives 4 s: a path whose round trip is that long (a satellite hop with full queues
+/// both ways) is answered before its attempt is replaced.
 pub const DIAL_PACE: Pace = Pace {
     reattempt: Duration::from_millis(500),
-    live: 4,
+    live: 8,
 };
 /// Candidates of one dial at most.
 pub const MAX_CANDIDATES: usize = 12;
@@ -302,8 +302,8 @@ mod tests {
         let (_, abandoned) = race.started(0, now + REATTEMPT);
         assert_eq!(abandoned, Some(first), "the oldest attempt makes way");
         assert!(
-            REATTEMPT * DIAL_PACE.live as u32 >= Duration::from_secs(2),
-            "an attempt lives long enough for a 2 s round trip"
+            REATTEMPT * DIAL_PACE.live as u32 >= Duration::from_secs(4),
+            "an attempt lives long enough for a 4 s round trip"
         );
     }
 

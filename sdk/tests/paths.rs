@@ -48,23 +48,23 @@ fn black_hole() -> (std::net::UdpSocket, SocketAddr) {
     (socket, addr)
 }
 
-/// A path whose round trip is longer than the dial's re-attempt interval (1.4 s, as over a
-/// satellite hop with a full queue) is dialed: a silent route keeps its attempts for 2 s, so
-/// one is answered before it is replaced. With the newest two of the attempts every 500 ms
-/// kept, each was replaced before its answer could come, and the dial timed out.
+/// A path whose round trip is far longer than the dial's re-attempt interval (3 s, as over a
+/// satellite hop with full queues both ways) is dialed: a silent route keeps its attempts for
+/// 4 s, so one is answered before it is replaced. With the newest two of the attempts every
+/// 500 ms kept (1 s), a 1.4-s path timed out; with the newest four (2 s), this one did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_path_with_a_round_trip_over_a_second_is_dialed() {
+async fn a_path_with_a_round_trip_of_three_seconds_is_dialed() {
     let a = node(NodeConfig::default()).await;
     let b = node(NodeConfig::default()).await;
     let slow = LinkConfig {
-        delay: Duration::from_millis(700),
+        delay: Duration::from_millis(1500),
         ..LinkConfig::default()
     };
     let link = LossyLink::start(slow, b.local_addr()).await.unwrap();
     a.connect(b.id(), Some(link.local_addr())).await.unwrap();
     let rtt = a.ping(b.id(), &[]).await.unwrap();
     assert!(
-        rtt >= Duration::from_millis(1400),
+        rtt >= Duration::from_millis(3000),
         "{rtt:?} through the link"
     );
     a.shutdown(Duration::from_secs(1)).await;
