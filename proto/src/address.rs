@@ -232,7 +232,7 @@ struct Fields {
     expires: Option<u64>,
     grant: GrantId,
     proof: Proof,
-    hints: Vec<SocketAddr>,
+    hints: Hints,
     /// Hints of kinds this version does not know, as (tag, value), kept so that an address
     /// passes through unchanged. They follow the socket-address hints.
     extensions: Vec<(u8, Vec<u8>)>,
@@ -414,6 +414,34 @@ impl Attenuation<'_> {
     }
 }
 
+/// An address's socket-address hints (at most [`MAX_HINTS`], no repeats, in order), shared by
+/// the addresses made with the same ones: a node mints every mailbox's address with its current
+/// hints, and each copy would cost every idle mailbox an allocation.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Hints(Option<Arc<[SocketAddr]>>);
+
+impl Hints {
+    /// The hints, in order.
+    pub fn as_slice(&self) -> &[SocketAddr] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl From<Vec<SocketAddr>> for Hints {
+    /// Keeps the first of repeated hints and the first [`MAX_HINTS`].
+    fn from(mut hints: Vec<SocketAddr>) -> Self {
+        dedup_in_order(&mut hints);
+        hints.truncate(MAX_HINTS);
+        Self((!hints.is_empty()).then(|| hints.into()))
+    }
+}
+
+impl fmt::Debug for Hints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
 impl Address {
     fn from_fields(fields: Fields) -> Self {
         Self(Arc::new(fields))
@@ -429,7 +457,7 @@ impl Address {
         key: &SecretKey,
         mailbox: MailboxId,
         expires: Option<u64>,
-        hints: Vec<SocketAddr>,
+        hints: impl Into<Hints>,
     ) -> Self {
         Self::mint_grant(key, mailbox, GrantId::DEFAULT, expires, hints)
     }
@@ -440,16 +468,14 @@ impl Address {
         mailbox: MailboxId,
         grant: GrantId,
         expires: Option<u64>,
-        hints: Vec<SocketAddr>,
+        hints: impl Into<Hints>,
     ) -> Self {
         // 0 encodes "never"; an expiry at the epoch itself is already past anyway.
         let expires = expires.map(|t| t.max(1));
         let node = key.public();
         let (message, len) = signed_message(&node, mailbox, expires, grant);
         let signature = key.sign(message.get(..len).unwrap_or_default());
-        let mut hints = hints;
-        dedup_in_order(&mut hints);
-        hints.truncate(MAX_HINTS);
+        let hints = hints.into();
         Self::from_fields(Fields {
             node,
             mailbox,
@@ -509,17 +535,15 @@ impl Address {
 
     /// Where the node may be reached (unsigned, advisory).
     pub fn hints(&self) -> &[SocketAddr] {
-        &self.0.hints
+        self.0.hints.as_slice()
     }
 
     /// The same address with other socket-address hints (at most [`MAX_HINTS`] hints in all
     /// are kept, extensions last).
     pub fn with_hints(&self, hints: Vec<SocketAddr>) -> Self {
-        let mut hints = hints;
-        dedup_in_order(&mut hints);
-        hints.truncate(MAX_HINTS);
+        let hints = Hints::from(hints);
         let mut extensions = self.0.extensions.clone();
-        extensions.truncate(MAX_HINTS - hints.len());
+        extensions.truncate(MAX_HINTS - hints.as_slice().len());
         Self::from_fields(Fields {
             hints,
             extensions,
@@ -529,12 +553,12 @@ impl Address {
 
     /// The address without any hints: the capability alone.
     pub fn without_hints(&self) -> Self {
-        if self.0.hints.is_empty() && self.0.extensions.is_empty() {
+        if self.hints().is_empty() && self.0.extensions.is_empty() {
             // Shared, not copied.
             return self.clone();
         }
         Self::from_fields(Fields {
-            hints: Vec::new(),
+            hints: Hints::default(),
             extensions: Vec::new(),
             ..(*self.0).clone()
         })
@@ -553,7 +577,7 @@ impl Address {
         let mut address = self.clone();
         let value = encode_relay_hint(&relay, relay_addr);
         let hint = (HINT_RELAY, value);
-        if address.0.hints.len() + address.0.extensions.len() < MAX_HINTS
+        if address.hints().len() + address.0.extensions.len() < MAX_HINTS
             && !address.0.extensions.contains(&hint)
         {
             address.fields_mut().extensions.push(hint);
@@ -785,7 +809,7 @@ impl Address {
             expires,
             grant: GrantId::DEFAULT,
             proof: Proof::Signature(signature),
-            hints: Vec::new(),
+            hints: Hints::default(),
             extensions: Vec::new(),
         }))
     }
@@ -873,7 +897,7 @@ impl Address {
     }
 
     fn put_hints(&self, out: &mut Vec<u8>) {
-        for hint in &self.0.hints {
+        for hint in self.hints() {
             put_socket_hint(out, *hint);
         }
         for (tag, value) in &self.0.extensions {
@@ -944,8 +968,9 @@ impl Address {
     }
 
     fn parse_hints(&mut self, mut rest: &[u8]) -> Result<(), AddressError> {
+        let mut hints = Vec::new();
         while let Some((&tag, tail)) = rest.split_first() {
-            if self.0.hints.len() + self.0.extensions.len() == MAX_HINTS {
+            if hints.len() + self.0.extensions.len() == MAX_HINTS {
                 return Err(AddressError::TooManyHints);
             }
             let (ip, tail): (IpAddr, &[u8]) = match tag {
@@ -974,11 +999,15 @@ impl Address {
             };
             let (port, tail) = tail.split_first_chunk::<2>().ok_or(AddressError::Hint)?;
             let hint = SocketAddr::new(ip, u16::from_be_bytes(*port));
-            if self.0.hints.contains(&hint) {
+            if hints.contains(&hint) {
                 return Err(AddressError::DuplicateHint);
             }
-            self.fields_mut().hints.push(hint);
+            hints.push(hint);
             rest = tail;
+        }
+        if !hints.is_empty() {
+            // Checked above: no repeats, at most MAX_HINTS.
+            self.fields_mut().hints = Hints::from(hints);
         }
         Ok(())
     }
@@ -1057,7 +1086,7 @@ fn parse_cap2(bytes: &[u8]) -> Result<(Address, &[u8]), AddressError> {
         expires,
         grant,
         proof,
-        hints: Vec::new(),
+        hints: Hints::default(),
         extensions: Vec::new(),
     });
     Ok((address, rest))

@@ -35,7 +35,8 @@ pub mod sender;
 pub mod service_name;
 
 pub use address::{
-    Address, AddressError, AttenuateError, CaveatViolation, GrantId, MailboxId, Usage, VerifyError,
+    Address, AddressError, AttenuateError, CaveatViolation, GrantId, Hints, MailboxId, Usage,
+    VerifyError,
 };
 pub use caveat::Caveat;
 pub use frame::ErrorCode;

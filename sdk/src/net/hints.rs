@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::address::MAX_HINTS;
+use crate::address::{Hints, MAX_HINTS};
 use crate::config::NodeConfig;
 
 /// One IP address of one of the machine's network interfaces.
@@ -156,6 +156,9 @@ pub(crate) struct MintedHints {
     limit: usize,
     /// Whether the socket is a dual-stack `[::]` one.
     dual_stack: bool,
+    /// [`MintedHints::current`], shared by the addresses minted with it; made again after a
+    /// change.
+    shared: Option<Hints>,
 }
 
 impl MintedHints {
@@ -173,6 +176,7 @@ impl MintedHints {
                 observed: Vec::new(),
                 limit: derived_limit(config),
                 dual_stack,
+                shared: None,
             }
         } else {
             Self {
@@ -181,6 +185,7 @@ impl MintedHints {
                 observed: Vec::new(),
                 limit: MAX_HINTS,
                 dual_stack,
+                shared: None,
             }
         }
     }
@@ -195,7 +200,16 @@ impl MintedHints {
     ) {
         if !self.advertised {
             self.base = derived_hints(config, bound, self.dual_stack, interfaces);
+            self.shared = None;
         }
+    }
+
+    /// [`MintedHints::current`], as the addresses minted with them share it.
+    pub(crate) fn shared(&mut self) -> Hints {
+        if self.shared.is_none() {
+            self.shared = Some(Hints::from(self.current()));
+        }
+        self.shared.clone().unwrap_or_default()
     }
 
     /// The hints to mint with now: observed addresses first, then the base ones, without
@@ -227,6 +241,7 @@ impl MintedHints {
         self.observed
             .retain(|known| known.is_ipv4() != addr.is_ipv4());
         self.observed.insert(0, addr);
+        self.shared = None;
         true
     }
 }
@@ -470,6 +485,34 @@ mod tests {
                 "10.0.0.4:4433"
             ])
         );
+    }
+
+    #[test]
+    fn minted_addresses_share_the_hints_until_they_change() {
+        let bound: SocketAddr = "0.0.0.0:4433".parse().unwrap();
+        let mut hints = MintedHints::new(&NodeConfig::default(), bound, false, &[up("10.0.0.1")]);
+        let key = SecretKey::generate();
+        let mint = |hints: Hints| {
+            crate::address::Address::mint(&key, crate::address::MailboxId::random(), None, hints)
+        };
+        let (first, second) = (mint(hints.shared()), mint(hints.shared()));
+        assert_eq!(first.hints(), hints.current());
+        assert!(
+            std::ptr::eq(first.hints(), second.hints()),
+            "one allocation for both"
+        );
+        assert!(hints.add_observed("203.0.113.9:5000".parse().unwrap()));
+        let third = mint(hints.shared());
+        assert_eq!(third.hints(), hints.current());
+        assert_eq!(third.hints()[0], "203.0.113.9:5000".parse().unwrap());
+        assert_eq!(
+            first.hints(),
+            addrs(&["10.0.0.1:4433"]),
+            "minted before: unchanged"
+        );
+        hints.set_interfaces(&NodeConfig::default(), bound, &[up("10.0.0.2")]);
+        assert_eq!(mint(hints.shared()).hints(), hints.current());
+        assert!(hints.current().contains(&"10.0.0.2:4433".parse().unwrap()));
     }
 
     #[test]

@@ -128,7 +128,7 @@ fn local_candidates(node: &Net) -> Vec<SocketAddr> {
         return Vec::new();
     }
     let mut addrs = node.observations.addrs();
-    for addr in node.dial_hints() {
+    for &addr in node.dial_hints().as_slice() {
         if !addrs.contains(&addr) {
             addrs.push(addr);
         }

@@ -233,8 +233,8 @@ impl Net {
     }
 
     /// The socket-address hints this node puts into the addresses it mints now.
-    pub(crate) fn dial_hints(&self) -> Vec<SocketAddr> {
-        lock(&self.hints).current()
+    pub(crate) fn dial_hints(&self) -> crate::address::Hints {
+        lock(&self.hints).shared()
     }
 
     /// The machine's interfaces changed: addresses minted from now on carry the new ones.
