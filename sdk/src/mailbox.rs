@@ -3,7 +3,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -52,10 +52,6 @@ pub struct Mailbox {
     address: Address,
     pub(crate) node: Weak<Runtime>,
     queue: Arc<MailboxQueue<Message>>,
-    /// The queue's receiving end once the mailbox was read (see [`MailboxQueue`]), behind the
-    /// lock its one reader holds. Made at the first read or attachment: most mailboxes only
-    /// send and are never read, and the lock alone is 48 bytes.
-    receiver: OnceLock<Box<tokio::sync::Mutex<Option<QueueReceiver<Message>>>>>,
     /// Whether the receiver was given to a handler or stream.
     attached: std::sync::atomic::AtomicBool,
     caps: Arc<Caps>,
@@ -103,7 +99,6 @@ impl Mailbox {
             address,
             node,
             queue,
-            receiver: OnceLock::new(),
             attached: std::sync::atomic::AtomicBool::new(false),
             caps,
             durable,
@@ -181,8 +176,8 @@ impl Mailbox {
         if self.attached.load(std::sync::atomic::Ordering::Acquire) {
             return Err(RecvError::NotReceiving);
         }
-        let mut guard = self.receiver_slot().lock().await;
-        let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
+        let mut slot = self.queue.reader().lock().await;
+        let receiver = slot.as_mut().ok_or(RecvError::NotReceiving)?;
         receiver.recv().await.ok_or(RecvError::Closed)
     }
 
@@ -198,10 +193,10 @@ impl Mailbox {
         if self.attached.load(std::sync::atomic::Ordering::Acquire) {
             return Err(RecvError::NotReceiving);
         }
-        let Ok(mut guard) = self.receiver_slot().try_lock() else {
+        let Ok(mut slot) = self.queue.reader().try_lock() else {
             return Ok(Vec::new());
         };
-        let receiver = self.reading(&mut guard).ok_or(RecvError::NotReceiving)?;
+        let receiver = slot.as_mut().ok_or(RecvError::NotReceiving)?;
         // Sized once: growing it message by message moved every message several times.
         let mut out = Vec::with_capacity(receiver.len().min(max));
         // The queue's room is given back once for all it takes.
@@ -212,31 +207,14 @@ impl Mailbox {
         }
     }
 
-    fn receiver_slot(&self) -> &tokio::sync::Mutex<Option<QueueReceiver<Message>>> {
-        self.receiver.get_or_init(Box::default)
-    }
-
-    /// The receiving end kept in `slot` for reading, taken from the queue at the first read;
-    /// `None` once it was given away (attached).
-    fn reading<'s>(
-        &self,
-        slot: &'s mut Option<QueueReceiver<Message>>,
-    ) -> Option<&'s mut QueueReceiver<Message>> {
-        if slot.is_none() {
-            *slot = self.queue.take_receiver();
-        }
-        slot.as_mut()
-    }
-
+    /// The receiving end for a handler or stream: refused while a `recv` waits, and once given.
     fn take_receiver(&self) -> Result<QueueReceiver<Message>, AttachError> {
-        let mut guard = self
-            .receiver_slot()
+        let mut slot = self
+            .queue
+            .reader()
             .try_lock()
             .map_err(|_| AttachError::Receiving)?;
-        let receiver = guard
-            .take()
-            .or_else(|| self.queue.take_receiver())
-            .ok_or(AttachError::AlreadyAttached)?;
+        let receiver = slot.take().ok_or(AttachError::AlreadyAttached)?;
         self.attached
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(receiver)

@@ -11,12 +11,12 @@
 //! when the application takes it.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::sync::{lock, Signal};
+use crate::sync::Signal;
 
 /// The queue of one mailbox, shared by its [`Mailbox`](crate::Mailbox) and the node's table.
 #[derive(Debug)]
@@ -36,8 +36,9 @@ struct Channel<T> {
     sender: mpsc::UnboundedSender<Vec<T>>,
     /// One permit per message the queue has room for; closed with the receiving end.
     room: Arc<Semaphore>,
-    /// The receiving end, until the mailbox takes it (or closes the queue).
-    receiver: Mutex<Option<QueueReceiver<T>>>,
+    /// The receiving end, until a handler or stream takes it (or the queue is closed), behind
+    /// the lock that the mailbox's one reader holds while it waits.
+    receiver: tokio::sync::Mutex<Option<QueueReceiver<T>>>,
 }
 
 /// The mailbox closed (its queue's receiving end is gone): nothing more is queued.
@@ -69,7 +70,7 @@ impl<T> MailboxQueue<T> {
             Box::new(Channel {
                 sender,
                 room: room.clone(),
-                receiver: Mutex::new(Some(QueueReceiver {
+                receiver: tokio::sync::Mutex::new(Some(QueueReceiver {
                     receiver,
                     taken: VecDeque::new(),
                     room,
@@ -115,9 +116,17 @@ impl<T> MailboxQueue<T> {
         channel.sender.send(vec![message]).map_err(|_| QueueClosed)
     }
 
-    /// The receiving end, to the one that asks first; `None` after that or once closed.
+    /// The receiving end, for the mailbox's reader to lock (`None` inside once taken or
+    /// closed). Made here, at the first read, rather than in the mailbox: most mailboxes only
+    /// send, and the lock is 40 bytes.
+    pub(crate) fn reader(&self) -> &tokio::sync::Mutex<Option<QueueReceiver<T>>> {
+        &self.channel().receiver
+    }
+
+    /// The receiving end, to the one that asks first; `None` after that, once closed, or
+    /// while a reader holds it.
     pub(crate) fn take_receiver(&self) -> Option<QueueReceiver<T>> {
-        lock(&self.channel().receiver).take()
+        self.reader().try_lock().ok()?.take()
     }
 
     /// Closes the queue if the receiving end was never taken: later pushes fail, as they do
