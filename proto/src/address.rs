@@ -235,7 +235,7 @@ struct Fields {
     hints: Hints,
     /// Hints of kinds this version does not know, as (tag, value), kept so that an address
     /// passes through unchanged. They follow the socket-address hints.
-    extensions: Vec<(u8, Vec<u8>)>,
+    extensions: Extensions,
 }
 
 /// Why bytes or text are not a well-formed address. Nothing here involves a signature check.
@@ -414,6 +414,59 @@ impl Attenuation<'_> {
     }
 }
 
+/// An address's extension hints, as (tag, value): most addresses have none, and then they cost
+/// a pointer, not an empty vector's three words.
+#[derive(Clone, Default)]
+struct Extensions(
+    #[allow(clippy::box_collection)] // 8 bytes in every address instead of 24
+    Option<Box<Vec<Extension>>>,
+);
+
+/// One extension hint: (tag, value).
+type Extension = (u8, Vec<u8>);
+
+impl Extensions {
+    fn as_slice(&self) -> &[Extension] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn push(&mut self, extension: Extension) {
+        self.0.get_or_insert_default().push(extension);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if let Some(extensions) = &mut self.0 {
+            extensions.truncate(len);
+            if extensions.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
+/// Compared and hashed by content: none and an empty list are the same.
+impl PartialEq for Extensions {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Extensions {}
+
+impl std::hash::Hash for Extensions {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
 /// An address's socket-address hints (at most [`MAX_HINTS`], no repeats, in order), shared by
 /// the addresses made with the same ones: a node mints every mailbox's address with its current
 /// hints, and each copy would cost every idle mailbox an allocation.
@@ -483,7 +536,7 @@ impl Address {
             grant,
             proof: Proof::Signature(signature),
             hints,
-            extensions: Vec::new(),
+            extensions: Extensions::default(),
         })
     }
 
@@ -559,7 +612,7 @@ impl Address {
         }
         Self::from_fields(Fields {
             hints: Hints::default(),
-            extensions: Vec::new(),
+            extensions: Extensions::default(),
             ..(*self.0).clone()
         })
     }
@@ -567,7 +620,7 @@ impl Address {
     /// Extension hints, as (tag, value): relay hints ([`HINT_RELAY`]) and kinds this version
     /// does not know, kept verbatim.
     pub fn extension_hints(&self) -> &[(u8, Vec<u8>)] {
-        &self.0.extensions
+        self.0.extensions.as_slice()
     }
 
     /// The same address with a relay hint added: the node can be reached through the relay
@@ -578,7 +631,7 @@ impl Address {
         let value = encode_relay_hint(&relay, relay_addr);
         let hint = (HINT_RELAY, value);
         if address.hints().len() + address.0.extensions.len() < MAX_HINTS
-            && !address.0.extensions.contains(&hint)
+            && !address.0.extensions.as_slice().contains(&hint)
         {
             address.fields_mut().extensions.push(hint);
         }
@@ -590,6 +643,7 @@ impl Address {
     pub fn relays(&self) -> Vec<(NodeId, SocketAddr)> {
         self.0
             .extensions
+            .as_slice()
             .iter()
             .filter(|(tag, _)| *tag == HINT_RELAY)
             .filter_map(|(_, value)| decode_relay_hint(value))
@@ -810,7 +864,7 @@ impl Address {
             grant: GrantId::DEFAULT,
             proof: Proof::Signature(signature),
             hints: Hints::default(),
-            extensions: Vec::new(),
+            extensions: Extensions::default(),
         }))
     }
 
@@ -900,7 +954,7 @@ impl Address {
         for hint in self.hints() {
             put_socket_hint(out, *hint);
         }
-        for (tag, value) in &self.0.extensions {
+        for (tag, value) in self.0.extensions.as_slice() {
             out.push(*tag);
             // Values are at most MAX_EXTENSION_LEN (64) bytes: checked when parsed.
             out.push(value.len() as u8);
@@ -1087,7 +1141,7 @@ fn parse_cap2(bytes: &[u8]) -> Result<(Address, &[u8]), AddressError> {
         grant,
         proof,
         hints: Hints::default(),
-        extensions: Vec::new(),
+        extensions: Extensions::default(),
     });
     Ok((address, rest))
 }
@@ -1336,6 +1390,24 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Address::from_bytes(&bytes);
         }
+    }
+
+    #[test]
+    fn extension_hints_cut_off_leave_an_address_equal_to_one_without_them() {
+        let key = key(7);
+        let plain = Address::mint(&key, MailboxId(7), None, Vec::new());
+        let relayed = plain.with_relay(key.public(), "192.0.2.1:4433".parse().unwrap());
+        assert_eq!(relayed.relays().len(), 1);
+        assert_ne!(relayed, plain);
+        let four: Vec<SocketAddr> = (1..=4)
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect();
+        let cut = relayed.with_hints(four.clone());
+        assert!(cut.extension_hints().is_empty(), "no room left for it");
+        let fresh = plain.with_hints(four);
+        assert_eq!(cut, fresh);
+        let set: std::collections::HashSet<Address> = [cut, fresh].into_iter().collect();
+        assert_eq!(set.len(), 1, "and hashed alike");
     }
 
     #[test]
@@ -2302,9 +2374,12 @@ mod capability_tests {
                 .unwrap();
         }
         // Four extension hints of 64 bytes: the longest hints.
-        address.fields_mut().extensions = (0..MAX_HINTS as u8)
-            .map(|tag| (0x60 + tag, vec![0; MAX_EXTENSION_LEN]))
-            .collect();
+        for tag in 0..MAX_HINTS as u8 {
+            address
+                .fields_mut()
+                .extensions
+                .push((0x60 + tag, vec![0; MAX_EXTENSION_LEN]));
+        }
         assert_eq!(address.to_cap_bytes().len(), MAX_CAP_LEN);
         let text = address.to_string();
         assert_eq!(text.len(), MAX_ADDRESS_TEXT_LEN);
