@@ -267,8 +267,8 @@ impl Mailbox {
 impl Drop for Mailbox {
     fn drop(&mut self) {
         self.queue.mailbox_closed.set();
-        // Senders must see the mailbox gone even if it was never read (its receiving end,
-        // never taken, is still in the queue).
+        // Senders must see the mailbox gone: the receiving end, unless a handler or stream
+        // took it, is in the queue (read there by `recv`), which streams may still hold.
         self.queue.close();
         if let Some(node) = self.node.upgrade() {
             node.mailboxes.remove(self.id, self.generation);
