@@ -206,10 +206,12 @@ impl MintedHints {
 
     /// [`MintedHints::current`], as the addresses minted with them share it.
     pub(crate) fn shared(&mut self) -> Hints {
-        if self.shared.is_none() {
-            self.shared = Some(Hints::from(self.current()));
+        if let Some(shared) = &self.shared {
+            return shared.clone();
         }
-        self.shared.clone().unwrap_or_default()
+        let shared = Hints::from(self.current());
+        self.shared = Some(shared.clone());
+        shared
     }
 
     /// The hints to mint with now: observed addresses first, then the base ones, without
