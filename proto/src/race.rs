@@ -6,11 +6,12 @@
 //! A fresh attempt is for a candidate that has not answered: its packets or the peer's may
 //! have been lost, and QUIC's own retransmission of a handshake backs off to seconds. Once the
 //! peer has answered an attempt, QUIC has measured the path and recovers that handshake's
-//! losses itself, so the candidate gets no fresh attempt while the answered one lives: a fresh
-//! one would only cost both nodes a handshake. (Attempts already started go on: one the peer
-//! answered may have completed on its side.) A dial keeps a silent candidate's newest
-//! attempts for 4 s ([`DIAL_PACE`]), so that a path with a round trip longer than the
-//! re-attempt interval still answers one of them before it is replaced.
+//! losses itself, so the candidate gets no fresh attempt while the answered one lives, and its
+//! attempts still waiting for an answer are abandoned: each would only cost both nodes a
+//! handshake. (Attempts the peer answered go on: one may have completed on its side.) A dial
+//! keeps a silent candidate's newest attempts for 4 s ([`DIAL_PACE`]), so that a path with a
+//! round trip longer than the re-attempt interval still answers one of them before it is
+//! replaced.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -175,19 +176,29 @@ impl<E> Race<E> {
     }
 
     /// Records that the peer answered `attempt` of candidate `index` (its first handshake
-    /// packets arrived): the candidate gets no fresh attempt while this one lives. Its other
-    /// attempts go on: the peer may have answered them too, and may complete them, and ending
-    /// a handshake the peer completed would close a connection the peer may use.
-    pub fn answered(&mut self, index: usize, attempt: AttemptId) {
+    /// packets arrived): the candidate gets no fresh attempt while this one lives. Returns the
+    /// candidate's attempts to abandon: those not answered. (The runtime must not end one
+    /// whose answer is on its way: the peer may complete that handshake, and ending it would
+    /// close a connection the peer may use.)
+    pub fn answered(&mut self, index: usize, attempt: AttemptId) -> Vec<AttemptId> {
         let Some(entry) = self.entries.get_mut(index) else {
-            return;
+            return Vec::new();
         };
         // An answer that comes after its attempt failed (both reported in one step) says
         // nothing any more.
-        if !entry.ended && entry.running.contains(&attempt) && !entry.answered.contains(&attempt) {
-            entry.answered.push(attempt);
-            entry.next_start = None;
+        if entry.ended || !entry.running.contains(&attempt) || entry.answered.contains(&attempt) {
+            return Vec::new();
         }
+        entry.answered.push(attempt);
+        entry.next_start = None;
+        let answered = &entry.answered;
+        entry.live.retain(|live| answered.contains(live));
+        entry
+            .running
+            .iter()
+            .filter(|running| !answered.contains(running))
+            .copied()
+            .collect()
     }
 
     /// Records that `attempt` of candidate `index` failed with `error` at `now`. Returns the
@@ -232,6 +243,28 @@ impl<E> Race<E> {
             entry.error = Some((error, failure));
         }
         abandoned
+    }
+
+    /// The attempts to abandon once candidate `winner` won the dial: every running one the
+    /// peer has not answered, except, when the winner is a relay route, those of direct
+    /// candidates (a direct connection that completes later replaces a relayed one, §2.4 of
+    /// docs/PROTOCOL.md).
+    pub fn unanswered_after(&self, winner: usize) -> Vec<AttemptId> {
+        let relayed_winner = self
+            .entries
+            .get(winner)
+            .is_some_and(|entry| entry.candidate.is_relay());
+        self.entries
+            .iter()
+            .filter(|entry| !relayed_winner || entry.candidate.is_relay())
+            .flat_map(|entry| {
+                entry
+                    .running
+                    .iter()
+                    .filter(|running| !entry.answered.contains(running))
+            })
+            .copied()
+            .collect()
     }
 
     /// Whether every candidate is out of the race.
@@ -349,10 +382,15 @@ mod tests {
         let mut race: Race<&str> = Race::new(vec![direct(1), direct(2)], start, DIAL_PACE);
         let (first, _) = race.started(0, start);
         let (second, _) = race.started(0, start + REATTEMPT);
-        race.answered(0, second);
+        // The attempt still waiting for an answer is abandoned; an answer to it on its way
+        // still counts.
+        assert_eq!(race.answered(0, second), vec![first]);
+        assert_eq!(race.answered(0, second), vec![], "an answer counts once");
         // No fresh attempt of candidate 0 while the answered one lives; candidate 1 goes on.
         assert_eq!(race.due(start + Duration::from_secs(60)), vec![1]);
         let (other, _) = race.started(1, start + STAGGER);
+        // Won now, the dial would abandon every attempt without an answer.
+        assert_eq!(race.unanswered_after(0), vec![first, other]);
         race.failed(1, other, "incompatible", Failure::EndsCandidate, start);
         assert!(
             !race.exhausted(),
@@ -392,6 +430,20 @@ mod tests {
         assert_eq!(race.failures()[0].1, Some("wrong node"));
     }
 
+    #[test]
+    fn a_relayed_win_leaves_the_direct_attempts_running() {
+        let start = Instant::now();
+        let mut race: Race<&str> = Race::new(vec![direct(1), relay(2), relay(3)], start, DIAL_PACE);
+        let (direct_attempt, _) = race.started(0, start);
+        let (relayed, _) = race.started(1, start + RELAY_DELAY);
+        let (other_relay, _) = race.started(2, start + RELAY_DELAY + STAGGER);
+        race.answered(1, relayed);
+        // The direct one may still complete and replace the relayed connection.
+        assert_eq!(race.unanswered_after(1), vec![other_relay]);
+        // A direct winner leaves nothing to wait for.
+        assert_eq!(race.unanswered_after(0), vec![direct_attempt, other_relay]);
+    }
+
     /// One event of a dial, as the runtime reports it to the race.
     #[derive(Debug, Clone)]
     enum Event {
@@ -423,8 +475,8 @@ mod tests {
     proptest::proptest! {
         /// Whatever the order of starts, answers and failures: no candidate has more than
         /// [`DIAL_PACE`]'s attempts in flight, nor starts two within its re-attempt time, one
-        /// whose answered attempt lives gets no fresh one, and the race gives up on a candidate
-        /// only when a failure ended it.
+        /// whose answered attempt lives gets no fresh one and abandons those the peer has not
+        /// answered, and the race gives up on a candidate only when a failure ended it.
         #[test]
         fn the_race_keeps_its_bounds_and_gives_up_only_on_ending_failures(
             relays in proptest::collection::vec(proptest::bool::ANY, 1..4),
@@ -468,10 +520,23 @@ mod tests {
                     }
                     Event::Answer(n) if !running.is_empty() => {
                         let (index, id) = running[n % running.len()];
-                        race.answered(index, id);
+                        let abandoned = race.answered(index, id);
                         if !ended[index] && !answered[index].contains(&id) {
                             answered[index].push(id);
+                            // Every attempt of the candidate the peer has not answered.
+                            let mut waiting: Vec<AttemptId> = running
+                                .iter()
+                                .filter(|(i, id)| *i == index && !answered[index].contains(id))
+                                .map(|(_, id)| *id)
+                                .collect();
+                            let mut abandoned = abandoned.clone();
+                            waiting.sort_by_key(|id| id.0);
+                            abandoned.sort_by_key(|id| id.0);
+                            proptest::prop_assert_eq!(abandoned, waiting);
+                        } else {
+                            proptest::prop_assert!(abandoned.is_empty(), "abandoned on a stale answer");
                         }
+                        drop_abandoned(&mut live, &abandoned);
                     }
                     Event::Fail(n, failure) if !running.is_empty() => {
                         let (index, id) = running.remove(n % running.len());

@@ -98,7 +98,7 @@ pub(crate) async fn race(
         // Answers first: one reported while the last wait ended otherwise must pause its
         // candidate before the candidate is due again.
         while let Ok((index, id)) = answers_in.try_recv() {
-            race.answered(index, id);
+            abandon(&mut cancels, race.answered(index, id));
         }
         // Due attempts start before any wait: tokio's timer rounds a deadline up to its next
         // millisecond, so sleeping until "now" would delay the first handshake by up to 1 ms.
@@ -129,9 +129,15 @@ pub(crate) async fn race(
         tokio::select! {
             _ = node.cancel.cancelled() => return Err(DialError::NodeClosed),
             _ = tokio::time::sleep_until(wake) => {}
-            Some((index, id)) = answers_in.recv() => race.answered(index, id),
+            Some((index, id)) = answers_in.recv() => abandon(&mut cancels, race.answered(index, id)),
             Some(((index, id), result)) = attempts.next() => match result {
                 Ok(fresh) => {
+                    // The attempts no answer has come to yet would each cost both nodes a
+                    // handshake (on a path slower than the re-attempt time, every one started
+                    // before the first answer): they end now, not after the installation's
+                    // liveness check, unless a direct one may still replace a relayed winner.
+                    // The answered ones go on (`InRace::unwanted`).
+                    abandon(&mut cancels, race.unanswered_after(index));
                     let link = connection::install(node, fresh).await;
                     if let Some(candidate) = race.candidate(index) {
                         if let Candidate::Direct(addr) = candidate {
@@ -141,7 +147,7 @@ pub(crate) async fn race(
                         debug!(peer = %peer.short(), route = %candidate.route(), "dialed");
                     }
                     if !attempts.is_empty() {
-                        // Ending an attempt the peer may have answered and completed would
+                        // The answered attempts: ending one the peer may have completed would
                         // close a connection the peer may be using (the peer completes a
                         // handshake on this side's reply to its answer, which quinn sends
                         // before this side learns of the answer); the rule sorts out the ones
