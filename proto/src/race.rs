@@ -382,8 +382,7 @@ mod tests {
         let mut race: Race<&str> = Race::new(vec![direct(1), direct(2)], start, DIAL_PACE);
         let (first, _) = race.started(0, start);
         let (second, _) = race.started(0, start + REATTEMPT);
-        // The attempt still waiting for an answer is abandoned; an answer to it on its way
-        // still counts.
+        // The attempt still waiting for an answer is abandoned.
         assert_eq!(race.answered(0, second), vec![first]);
         assert_eq!(race.answered(0, second), vec![], "an answer counts once");
         // No fresh attempt of candidate 0 while the answered one lives; candidate 1 goes on.
@@ -391,6 +390,10 @@ mod tests {
         let (other, _) = race.started(1, start + STAGGER);
         // Won now, the dial would abandon every attempt without an answer.
         assert_eq!(race.unanswered_after(0), vec![first, other]);
+        // An answer to the abandoned attempt that was on its way still counts: that attempt
+        // goes on (the peer may complete it).
+        assert_eq!(race.answered(0, first), vec![]);
+        assert_eq!(race.unanswered_after(0), vec![other]);
         race.failed(1, other, "incompatible", Failure::EndsCandidate, start);
         assert!(
             !race.exhausted(),
