@@ -91,6 +91,14 @@ impl<E> Entry<E> {
     fn is_out(&self) -> bool {
         self.ended
     }
+
+    /// Its running attempts the peer has not answered.
+    fn unanswered(&self) -> impl Iterator<Item = AttemptId> + '_ {
+        self.running
+            .iter()
+            .filter(|running| !self.answered.contains(running))
+            .copied()
+    }
 }
 
 impl<E> Race<E> {
@@ -193,12 +201,7 @@ impl<E> Race<E> {
         entry.next_start = None;
         let answered = &entry.answered;
         entry.live.retain(|live| answered.contains(live));
-        entry
-            .running
-            .iter()
-            .filter(|running| !answered.contains(running))
-            .copied()
-            .collect()
+        entry.unanswered().collect()
     }
 
     /// Records that `attempt` of candidate `index` failed with `error` at `now`. Returns the
@@ -257,13 +260,7 @@ impl<E> Race<E> {
         self.entries
             .iter()
             .filter(|entry| !relayed_winner || entry.candidate.is_relay())
-            .flat_map(|entry| {
-                entry
-                    .running
-                    .iter()
-                    .filter(|running| !entry.answered.contains(running))
-            })
-            .copied()
+            .flat_map(Entry::unanswered)
             .collect()
     }
 
