@@ -213,19 +213,17 @@ enum LastError<E> {
 
 /// A quiet run ([`Sender::is_quiet`]) kept without the room of its queues, buffers and
 /// actions, all empty: a node keeps one for every idle conversation, so it holds only what
-/// the run needs to go on. [`Sender::park`] makes it; [`ParkedSender::resume`] gives back a run
+/// the run needs to go on and cannot find elsewhere (its configuration, target and sender
+/// address are given back to [`ParkedSender::resume`] by the runtime, which keeps them for the
+/// conversation anyway). [`Sender::park`] makes it; [`ParkedSender::resume`] gives back a run
 /// that does exactly what the parked one would have done.
 #[derive(Debug)]
 pub struct ParkedSender<E> {
-    config: Arc<SenderConfig>,
-    target: Address,
-    from: Address,
     epoch: u64,
     base_seq: u64,
     next_ticket: Ticket,
     /// The receiver's limit if a stream is open (ACCEPT read); none otherwise.
     peer_max: Option<usize>,
-    last_progress: Instant,
     last_activity: Instant,
     retry_at: Instant,
     attempts: u32,
@@ -235,12 +233,14 @@ pub struct ParkedSender<E> {
 }
 
 impl<E> ParkedSender<E> {
-    /// The run again, as it was parked.
-    pub fn resume(self) -> Sender<E> {
+    /// The run again, as it was parked, with the `config`, `target` and `from` it was made
+    /// with ([`Sender::new`]). Its progress counts from its last activity: nothing was
+    /// outstanding while it was parked, and the next message pushed starts the count anew.
+    pub fn resume(self, config: Arc<SenderConfig>, target: Address, from: Address) -> Sender<E> {
         Sender {
-            config: self.config,
-            target: self.target,
-            from: self.from,
+            config,
+            target,
+            from,
             epoch: self.epoch,
             base_seq: self.base_seq,
             unacked: VecDeque::new(),
@@ -251,7 +251,7 @@ impl<E> ParkedSender<E> {
                 None => Stream::None,
             },
             read_buf: BytesMut::new(),
-            last_progress: self.last_progress,
+            last_progress: self.last_activity,
             last_activity: self.last_activity,
             was_busy: self.was_busy,
             attempts: self.attempts,
@@ -422,9 +422,10 @@ impl<E: Clone> Sender<E> {
         }
         // Listed in full, so that a field added to the run must be placed here too.
         let Sender {
-            config,
-            target,
-            from,
+            // Kept by the runtime, given back to `resume`.
+            config: _,
+            target: _,
+            from: _,
             epoch,
             base_seq,
             unacked: _,
@@ -432,7 +433,8 @@ impl<E: Clone> Sender<E> {
             next_ticket,
             stream,
             read_buf: _,
-            last_progress,
+            // Read only while messages are outstanding, and set by the next push.
+            last_progress: _,
             last_activity,
             was_busy,
             attempts,
@@ -449,14 +451,10 @@ impl<E: Clone> Sender<E> {
             _ => None,
         };
         Ok(ParkedSender {
-            config,
-            target,
-            from,
             epoch,
             base_seq,
             next_ticket,
             peer_max,
-            last_progress,
             last_activity,
             retry_at,
             attempts,
@@ -468,7 +466,8 @@ impl<E: Clone> Sender<E> {
 
     /// The deadline of the run's progress: send_timeout after the last progress, or the
     /// outbox's time while the target cannot be reached. Opening a stream and writing into
-    /// one are cut off there.
+    /// one are cut off there. Only meaningful while messages are outstanding
+    /// ([`Sender::outstanding`]): a run with none makes no progress to count.
     pub fn deadline(&self) -> Instant {
         match self.last_error {
             LastError::Unreachable(_) if !self.is_open() => {
@@ -1409,7 +1408,8 @@ mod tests {
         assert!(!s.is_quiet(), "the Acknowledged action is not taken yet");
         actions(&mut s);
         assert!(s.is_quiet());
-        let mut s = s.park().expect("quiet").resume();
+        let (config, target, from) = (s.config.clone(), s.target.clone(), s.from.clone());
+        let mut s = s.park().expect("quiet").resume(config, target, from);
         // Pushed again after a quiet spell: written on the same stream at once.
         s.push(now, 1, Bytes::from_static(b"b"));
         assert!(matches!(&actions(&mut s)[..], [Action::Write(_)]));
@@ -1505,7 +1505,7 @@ mod tests {
     fn observed(s: &Sender<&'static str>) -> impl PartialEq + std::fmt::Debug {
         (
             s.poll_timeout(),
-            s.deadline(),
+            (s.outstanding() > 0).then(|| s.deadline()),
             s.is_quiet(),
             s.is_ended(),
             s.is_open(),
@@ -1528,7 +1528,7 @@ mod tests {
             let config = Arc::new(CONFIG);
             let mut whole: Sender<&'static str> =
                 Sender::new(config.clone(), target.clone(), from.clone(), 7, 1, now);
-            let mut parked = Some(Sender::new(config, target, from, 7, 1, now));
+            let mut parked = Some(Sender::new(config.clone(), target.clone(), from.clone(), 7, 1, now));
             let mut ticket = 0;
             // A probe's outcome answers a Probe action, taken just before.
             let mut probe_asked = false;
@@ -1557,7 +1557,7 @@ mod tests {
                 probe_asked = taken.contains(&Action::Probe);
                 proptest::prop_assert_eq!(observed(&whole), observed(&run), "after {:?}", event);
                 parked = Some(match run.park() {
-                    Ok(quiet) => quiet.resume(),
+                    Ok(quiet) => quiet.resume(config.clone(), target.clone(), from.clone()),
                     Err(run) => {
                         proptest::prop_assert!(!run.is_quiet() || !run.read_buf.is_empty());
                         run

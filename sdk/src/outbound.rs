@@ -358,7 +358,7 @@ impl Sender {
                 Err(tokio::sync::TryAcquireError::Closed) => continue,
             }
             let mut queue = lock(&outbound.queue);
-            if queue.closed {
+            if outbound.window.is_closed() {
                 drop(queue);
                 outbound.window.add_permits(cost as usize);
                 continue;
@@ -368,7 +368,7 @@ impl Sender {
             for payload in payloads {
                 let ticket = queue.next_ticket;
                 queue.next_ticket += 1;
-                queue.items.push_back((ticket, payload));
+                queue.items.push((ticket, payload));
             }
             let parked = queue.parked.take();
             drop(queue);
@@ -452,16 +452,16 @@ impl IntoFuture for Delivery {
                 .progress
                 .wait(|state| {
                     if let Some((_, error)) = state
-                        .failed
+                        .failures
                         .as_ref()
-                        .and_then(|failed| failed.range(first..=last).next())
+                        .and_then(|failures| failures.failed.range(first..=last).next())
                     {
                         return Some(Err(error.clone()));
                     }
                     if state.resolved_below > last {
                         return Some(Ok(()));
                     }
-                    state.fatal.as_deref().cloned().map(Err)
+                    state.fatal().cloned().map(Err)
                 })
                 .await
         })
@@ -591,7 +591,7 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
                 Action::TooLarge { ticket, size, max } => {
                     outbound.window.add_permits(proto::cost(size));
                     outbound.progress.update(|progress| {
-                        let failed = progress.failed.get_or_insert_default();
+                        let failed = &mut progress.failures.get_or_insert_default().failed;
                         failed.insert(ticket, SendError::TooLarge { size, max });
                         while failed.len() > MAX_REMEMBERED_FAILURES {
                             failed.pop_first();
@@ -721,9 +721,8 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
     let waker = Arc::new(ParkWaker {
         park: idle_end.1,
         woken: AtomicBool::new(false),
-        node: Arc::downgrade(node),
+        parking: Arc::downgrade(&node.parking),
         outbound: Arc::downgrade(outbound),
-        runtime: tokio::runtime::Handle::current(),
     });
     if let Some(open) = run.stream.as_mut() {
         // The task's last wait left its waker with the stream; the parked run's takes its
@@ -753,7 +752,7 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
         || waker.woken.load(Ordering::Acquire)
         || !node.parking.add(idle_end, outbound)
     {
-        return Err(unpark(*parked));
+        return Err(unpark(node, outbound, *parked));
     }
     queue.parked = Some(Parked {
         run: parked,
@@ -761,20 +760,20 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
     });
     // Empty, but with the room of its busiest moment (160 bytes for a conversation that sent
     // one message at a time).
-    queue.items = std::collections::VecDeque::new();
+    queue.items = Vec::new();
     Ok(())
 }
 
 /// The waker a parked run leaves with its stream: what comes meanwhile (the receiver's CLOSE
 /// when the grant is revoked or the mailbox closes, a reset, a lost connection) takes the run
-/// up at once (PROTOCOL.md §4.11), as the task would have handled it.
+/// up at once (PROTOCOL.md §4.11), as the task would have handled it. Every idle conversation
+/// keeps one, so it holds only what finds the run again.
 struct ParkWaker {
     /// Which park of the run (see [`Parking::reserve`]).
     park: u64,
     woken: AtomicBool,
-    node: std::sync::Weak<Runtime>,
+    parking: std::sync::Weak<Parking>,
     outbound: std::sync::Weak<Outbound>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl std::task::Wake for ParkWaker {
@@ -786,18 +785,17 @@ impl std::task::Wake for ParkWaker {
         if self.woken.swap(true, Ordering::AcqRel) {
             return;
         }
-        // quinn wakes under its connection's lock: the run is taken up by a task of its own.
-        // The node is not upgraded here: were that the last reference, the node would be torn
-        // down under the lock, and its connections' drops take that lock.
-        let (node, outbound, park) = (self.node.clone(), self.outbound.clone(), self.park);
-        self.runtime
-            .spawn(async move { take_up(&node, vec![(park, outbound)], |_| true) });
+        // quinn wakes under its connection's lock: the node's parking task takes the run up.
+        if let Some(parking) = self.parking.upgrade() {
+            parking.woke(self.park, self.outbound.clone());
+        }
     }
 }
 
 /// Takes up parked runs at their idle end (where they end, unless a message came first), those
-/// on a link another connection took over (they move, as running ones do) and, once the node
-/// shuts down, all of them (they fail like running ones). One task per node.
+/// whose stream had news, those on a link another connection took over (they move, as running
+/// ones do) and, once the node shuts down, all of them (they fail like running ones). One task
+/// per node.
 pub(crate) async fn take_up_parked(
     node: std::sync::Weak<Runtime>,
     parking: Arc<Parking>,
@@ -822,6 +820,7 @@ pub(crate) async fn take_up_parked(
                 take_up(&node, parking.all(), ParkedRun::is_superseded);
             }
             _ = due => take_up(&node, parking.take_due(Instant::now()), |_| true),
+            _ = parking.news.notified() => take_up(&node, parking.take_woken(), |_| true),
         }
     }
 }
@@ -862,16 +861,21 @@ fn take_up(
 /// unless the parking task took it up there).
 fn resume(node: &Arc<Runtime>, outbound: Arc<Outbound>, parked: Parked) {
     node.parking.remove(parked.idle_end);
-    spawn_run(node, outbound, unpark(*parked.run));
+    let run = unpark(node, &outbound, *parked.run);
+    spawn_run(node, outbound, run);
 }
 
 /// The whole run of a parked one. A parked run keeps no wait on its link's supersession (the
 /// parking task takes it up): found superseded here, it takes what its stream holds first (the
 /// receiver's CLOSE, as the running task's reads come before its other waits) and moves before
 /// it writes again.
-fn unpark(parked: ParkedRun) -> Box<Run> {
+fn unpark(node: &Runtime, outbound: &Outbound, parked: ParkedRun) -> Box<Run> {
     let mut run = Box::new(Run {
-        sm: parked.sm.resume(),
+        sm: parked.sm.resume(
+            node.sender_config.clone(),
+            outbound.target.clone(),
+            outbound.from.clone(),
+        ),
         stream: parked.stream.map(|stream| stream.resume()),
     });
     if let Some(open) = run
@@ -1084,7 +1088,6 @@ fn close_if_idle(outbound: &Arc<Outbound>, node: &Runtime) -> bool {
     if !queue.items.is_empty() {
         return false;
     }
-    queue.closed = true;
     let key = outbound.key();
     if map
         .get(&key)
@@ -1104,7 +1107,6 @@ fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
     {
         let mut map = lock(&node.conversations);
         let mut queue = lock(&outbound.queue);
-        queue.closed = true;
         queue.items.clear();
         let key = outbound.key();
         if map
@@ -1117,7 +1119,7 @@ fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
         outbound.window.close();
     }
     outbound.progress.update(|progress| {
-        progress.fatal = Some(Box::new(error));
+        progress.failures.get_or_insert_default().fatal = Some(error);
         true
     });
 }
@@ -1130,7 +1132,7 @@ pub(crate) async fn drain(node: &Runtime, grace: Duration) {
         let busy = pending.iter().any(|outbound| {
             let progress = outbound.progress.read();
             let queue = lock(&outbound.queue);
-            progress.fatal.is_none() && progress.resolved_below < queue.next_ticket
+            progress.fatal().is_none() && progress.resolved_below < queue.next_ticket
         });
         if !busy || Instant::now() >= deadline {
             return;

@@ -3,7 +3,7 @@
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -45,15 +45,27 @@ impl std::hash::Hash for ConversationKey {
 /// How far a conversation has got, as seen by waiting [`Delivery`](crate::Delivery)s.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
-    /// Every ticket below this is resolved: acknowledged, or listed in `failed`.
+    /// Every ticket below this is resolved: acknowledged, or failed (see `failures`).
     pub(crate) resolved_below: u64,
+    /// Boxed: most conversations never have one, and every idle one keeps its progress.
+    pub(crate) failures: Option<Box<Failures>>,
+}
+
+/// The failures of a conversation's messages.
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
     /// Tickets that failed on their own (a message too large for the receiver), the latest
-    /// 1,024 of them; boxed, as most conversations never have one and every idle one keeps
-    /// its progress.
-    #[allow(clippy::box_collection)] // 8 bytes instead of an empty map's 24
-    pub(crate) failed: Option<Box<BTreeMap<u64, SendError>>>,
+    /// 1,024 of them.
+    pub(crate) failed: BTreeMap<u64, SendError>,
     /// The conversation ended with this error: every unresolved ticket failed with it.
-    pub(crate) fatal: Option<Box<SendError>>,
+    pub(crate) fatal: Option<SendError>,
+}
+
+impl Progress {
+    /// The conversation's end, if it failed.
+    pub(crate) fn fatal(&self) -> Option<&SendError> {
+        self.failures.as_ref()?.fatal.as_ref()
+    }
 }
 
 /// A conversation's [`Progress`] and the wake-up of the deliveries waiting on it. Not a
@@ -88,12 +100,14 @@ impl ProgressCell {
     }
 }
 
+/// What senders queued for a conversation's run. It ended (idle or failed) once its
+/// conversation's window is closed, which happens under this queue's lock: senders must start a
+/// new conversation then.
 #[derive(Default)]
 pub(crate) struct Queue {
     pub(crate) next_ticket: u64,
-    pub(crate) items: VecDeque<(u64, Bytes)>,
-    /// Set when the task ended (idle or failed): senders must start a new conversation.
-    pub(crate) closed: bool,
+    /// In order; the run takes them all at once.
+    pub(crate) items: Vec<(u64, Bytes)>,
     /// The run of a quiet conversation, kept without a task: the sender that queues next, the
     /// run's waker (news from its stream), or the node's parking task (at its idle end, when
     /// its link was superseded, or at shutdown) starts a task with it.
@@ -191,6 +205,11 @@ pub(crate) struct Parking {
     state: Mutex<ParkingState>,
     /// Woken when an idle end earlier than the first was added.
     pub(crate) changed: Notify,
+    /// Parked runs whose stream had news (their park and conversation), for the parking task
+    /// to take up: a parked run's waker only lists it, as it is woken under quinn's lock.
+    woken: Mutex<Vec<(u64, Weak<Outbound>)>>,
+    /// Woken when a run was listed in `woken`.
+    pub(crate) news: Notify,
 }
 
 #[derive(Default)]
@@ -263,6 +282,17 @@ impl Parking {
         let mut state = lock(&self.state);
         state.closed = true;
         parks(std::mem::take(&mut state.due))
+    }
+
+    /// Lists a parked run whose stream had news (see `woken`).
+    pub(crate) fn woke(&self, park: u64, outbound: Weak<Outbound>) {
+        lock(&self.woken).push((park, outbound));
+        self.news.notify_one();
+    }
+
+    /// Takes the runs listed since the last call.
+    pub(crate) fn take_woken(&self) -> Vec<(u64, Weak<Outbound>)> {
+        std::mem::take(&mut lock(&self.woken))
     }
 
     /// How many runs are parked.
