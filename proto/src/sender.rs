@@ -222,17 +222,31 @@ pub struct ParkedSender<E> {
     epoch: u64,
     base_seq: u64,
     next_ticket: Ticket,
-    /// The receiver's limit if a stream is open (ACCEPT read); none otherwise.
-    peer_max: Option<usize>,
+    /// The receiver's limit if a stream is open (ACCEPT read); none otherwise. At most
+    /// `u32::MAX`: a larger limit allows every message, as no message is larger than a node's
+    /// `max_message_size` (at most 1 GiB).
+    peer_max: Option<u32>,
     last_activity: Instant,
     retry_at: Instant,
     attempts: u32,
     was_busy: bool,
-    last_error: LastError<E>,
+    /// Boxed unless none: rare.
+    last_error: Option<Box<LastError<E>>>,
     rng: u64,
 }
 
 impl<E> ParkedSender<E> {
+    /// The ticket the next pushed message must carry.
+    pub fn next_ticket(&self) -> Ticket {
+        self.next_ticket
+    }
+
+    /// When the parked run ends unless a message comes first: what
+    /// [`Sender::poll_timeout`] said when it parked, under the `config` it was made with.
+    pub fn idle_end(&self, config: &SenderConfig) -> Instant {
+        self.last_activity + config.stream_idle_timeout
+    }
+
     /// The run again, as it was parked, with the `config`, `target` and `from` it was made
     /// with ([`Sender::new`]). Its progress counts from its last activity: nothing was
     /// outstanding while it was parked, and the next message pushed starts the count anew.
@@ -247,7 +261,9 @@ impl<E> ParkedSender<E> {
             queued: VecDeque::new(),
             next_ticket: self.next_ticket,
             stream: match self.peer_max {
-                Some(peer_max) => Stream::Open { peer_max },
+                Some(peer_max) => Stream::Open {
+                    peer_max: peer_max as usize,
+                },
                 None => Stream::None,
             },
             read_buf: BytesMut::new(),
@@ -256,7 +272,7 @@ impl<E> ParkedSender<E> {
             was_busy: self.was_busy,
             attempts: self.attempts,
             retry_at: self.retry_at,
-            last_error: self.last_error,
+            last_error: self.last_error.map_or(LastError::None, |error| *error),
             stall: Stall::default(),
             rng: self.rng,
             actions: VecDeque::new(),
@@ -447,8 +463,12 @@ impl<E: Clone> Sender<E> {
             ended: _,
         } = self;
         let peer_max = match stream {
-            Stream::Open { peer_max } => Some(peer_max),
+            Stream::Open { peer_max } => Some(u32::try_from(peer_max).unwrap_or(u32::MAX)),
             _ => None,
+        };
+        let last_error = match last_error {
+            LastError::None => None,
+            error => Some(Box::new(error)),
         };
         Ok(ParkedSender {
             epoch,
@@ -1556,8 +1576,13 @@ mod tests {
                 }
                 probe_asked = taken.contains(&Action::Probe);
                 proptest::prop_assert_eq!(observed(&whole), observed(&run), "after {:?}", event);
+                let quiet_until = run.poll_timeout();
                 parked = Some(match run.park() {
-                    Ok(quiet) => quiet.resume(config.clone(), target.clone(), from.clone()),
+                    Ok(quiet) => {
+                        proptest::prop_assert_eq!(Some(quiet.idle_end(&config)), quiet_until);
+                        proptest::prop_assert_eq!(quiet.next_ticket(), ticket);
+                        quiet.resume(config.clone(), target.clone(), from.clone())
+                    }
                     Err(run) => {
                         proptest::prop_assert!(!run.is_quiet() || !run.read_buf.is_empty());
                         run

@@ -25,6 +25,7 @@ use crate::net::tls::{self};
 use crate::net::Net;
 use crate::outbound::Sender;
 use crate::registry::mailboxes::{Caps, Durable};
+use crate::registry::outbound::SlotState;
 use crate::runtime::Runtime;
 use crate::stats::NodeStats;
 use crate::stats::{SendFailures, Stats};
@@ -421,7 +422,13 @@ impl Node {
             let conversations = lock(&self.inner.conversations);
             let outbox_bytes = conversations
                 .values()
-                .map(|outbound| outbound.outstanding_bytes(self.inner.config.send_window))
+                .map(|slot| match &*lock(&slot.state) {
+                    SlotState::Live(outbound) => {
+                        outbound.outstanding_bytes(self.inner.config.send_window)
+                    }
+                    // A parked run has nothing outstanding.
+                    SlotState::Parked(_) | SlotState::Ended => 0,
+                })
                 .sum();
             (conversations.len(), outbox_bytes)
         };

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use std::collections::HashMap;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
@@ -32,7 +32,7 @@ use crate::net::dial;
 use crate::net::liveness::Probed;
 use crate::registry::mailboxes::{durable_counters, Authorized, Budget, Message};
 use crate::registry::outbound::{
-    ConversationKey, OpenStream, Outbound, Parked, ParkedRun, Parking, ProgressCell, Queue, Run,
+    ConversationKey, OpenStream, Outbound, Parked, ParkedRun, Parking, Run, Slot, SlotState,
 };
 use crate::runtime::Runtime;
 use crate::sync::lock;
@@ -58,8 +58,8 @@ fn cost(payload: &Bytes) -> u32 {
     u32::try_from(proto::cost(payload.len())).unwrap_or(u32::MAX)
 }
 
-/// Returns the live conversation for `key`, starting one if needed.
-fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Outbound> {
+/// Returns the conversation from `from` to `target`, starting one if there is none.
+fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Slot> {
     let key = ConversationKey {
         from: from.mailbox(),
         target: target.clone(),
@@ -68,23 +68,34 @@ fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Ou
     if let Some(existing) = map.get(&key) {
         return existing.clone();
     }
-    let outbound = Arc::new(Outbound {
+    let outbound = Arc::new(Outbound::new(node.config.send_window, 0));
+    let slot = Arc::new(Slot {
         target: target.clone(),
         from: from.clone(),
-        window: Semaphore::new(node.config.send_window),
-        queue: Mutex::new(Queue::default()),
-        wake: Notify::new(),
-        progress: ProgressCell::default(),
-        unreachable: std::sync::atomic::AtomicBool::new(false),
+        state: Mutex::new(SlotState::Live(outbound.clone())),
     });
-    map.insert(key, outbound.clone());
+    map.insert(key, slot.clone());
     drop(map);
-    spawn_run(
-        node,
-        outbound.clone(),
-        new_run(&outbound, &node.sender_config),
-    );
-    outbound
+    let run = new_run(&slot, &node.sender_config);
+    spawn_run(node, slot.clone(), outbound, run);
+    slot
+}
+
+/// The shared state of `slot`'s conversation, made again (and its run's task started) if the
+/// conversation is parked; `None` once it ended.
+fn live(node: &Arc<Runtime>, slot: &Arc<Slot>) -> Option<Arc<Outbound>> {
+    let mut state = lock(&slot.state);
+    match &*state {
+        SlotState::Live(outbound) => return Some(outbound.clone()),
+        SlotState::Ended => return None,
+        SlotState::Parked(_) => {}
+    }
+    let SlotState::Parked(parked) = std::mem::replace(&mut *state, SlotState::Ended) else {
+        return None;
+    };
+    let outbound = resume(node, slot, *parked);
+    *state = SlotState::Live(outbound.clone());
+    Some(outbound)
 }
 
 /// Sends messages from one mailbox to one address, in order. Cheap to clone; all clones and
@@ -97,7 +108,7 @@ pub struct Sender {
     /// remote, and every idle conversation keeps its senders.
     local: Option<Box<Result<Authorized, SendError>>>,
     /// The conversation last used, so the node's table is consulted only when it ended.
-    cached: Mutex<Option<Arc<Outbound>>>,
+    cached: Mutex<Option<Arc<Slot>>>,
 }
 
 impl Clone for Sender {
@@ -144,18 +155,16 @@ impl Sender {
         }
     }
 
-    /// The live conversation, from the cache or the node's table.
+    /// The live conversation's shared state, from the cache or the node's table.
     fn outbound(&self) -> Arc<Outbound> {
         let mut cached = lock(&self.cached);
-        if let Some(outbound) = cached.as_ref() {
-            // Closed right after the queue is (`close_if_idle`, `fail_all`): no lock to take.
-            if !outbound.window.is_closed() {
-                return outbound.clone();
+        loop {
+            if let Some(outbound) = cached.as_ref().and_then(|slot| live(&self.node, slot)) {
+                return outbound;
             }
+            // None yet, or it ended and left the table: the table has the next one.
+            *cached = Some(conversation(&self.node, &self.from, &self.target));
         }
-        let outbound = conversation(&self.node, &self.from, &self.target);
-        *cached = Some(outbound.clone());
-        outbound
     }
 
     /// The address messages go to.
@@ -370,11 +379,8 @@ impl Sender {
                 queue.next_ticket += 1;
                 queue.items.push((ticket, payload));
             }
-            let parked = queue.parked.take();
             drop(queue);
-            if let Some(parked) = parked {
-                resume(&self.node, outbound.clone(), parked);
-            } else if was_empty {
+            if was_empty {
                 // The task drains the whole queue per wake-up, so only the first item needs one.
                 outbound.wake.notify_one();
             }
@@ -469,7 +475,7 @@ impl IntoFuture for Delivery {
 }
 
 /// A new conversation's run.
-fn new_run(outbound: &Outbound, config: &Arc<proto::SenderConfig>) -> Box<Run> {
+fn new_run(slot: &Slot, config: &Arc<proto::SenderConfig>) -> Box<Run> {
     let mut random = [0u8; 16];
     crate::identity::fill_random(&mut random);
     let [epoch, seed] = [&random[..8], &random[8..]].map(|half| {
@@ -479,8 +485,8 @@ fn new_run(outbound: &Outbound, config: &Arc<proto::SenderConfig>) -> Box<Run> {
     });
     let sm = proto::Sender::new(
         config.clone(),
-        outbound.target.clone(),
-        outbound.from.clone(),
+        slot.target.clone(),
+        slot.from.clone(),
         epoch,
         seed,
         Instant::now().into_std(),
@@ -488,20 +494,20 @@ fn new_run(outbound: &Outbound, config: &Arc<proto::SenderConfig>) -> Box<Run> {
     Box::new(Run { sm, stream: None })
 }
 
-/// Starts a task driving `run` for `outbound`.
-fn spawn_run(node: &Arc<Runtime>, outbound: Arc<Outbound>, run: Box<Run>) {
-    let target = &outbound.target;
+/// Starts a task driving `run` for `slot`'s conversation, whose shared state is `outbound`.
+fn spawn_run(node: &Arc<Runtime>, slot: Arc<Slot>, outbound: Arc<Outbound>, run: Box<Run>) {
+    let target = &slot.target;
     let span = tracing::debug_span!("conversation", to = %target.node().short(), mailbox = %target.mailbox());
     node.tasks
-        .spawn(drive(outbound, node.clone(), run).instrument(span));
+        .spawn(drive(slot, outbound, node.clone(), run).instrument(span));
 }
 
 /// Drives one conversation run: the protocol is [`proto::Sender`]; this task carries out what
 /// it asks (open streams, write, reset, probe, redial) and feeds it what happens (bytes read,
 /// streams lost, messages queued, the time). After [`QUIET_BEFORE_PARKING`] with nothing to
 /// do, it parks the run (see [`Parked`]) and ends.
-async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
-    let peer = outbound.target.node();
+async fn drive(slot: Arc<Slot>, outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
+    let peer = slot.target.node();
     let mut quiet_since: Option<Instant> = None;
     // Made once: creating a cancellation future or a timer per iteration showed in profiles.
     let cancelled = node.cancel.clone().cancelled_owned();
@@ -514,7 +520,7 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
             match action {
                 Action::Open(head) => {
                     let deadline = Instant::from_std(run.sm.deadline());
-                    let hints = outbound.target.hints();
+                    let hints = slot.target.hints();
                     // Boxed: opening is the largest wait of a conversation and happens once per
                     // stream; inline, every idle conversation's task would keep room for it.
                     let opening = Box::pin(open(&node, peer, hints, &head));
@@ -600,15 +606,15 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
                     });
                 }
                 Action::Failed(failure) => {
-                    let error = send_error(*failure, &outbound.target);
+                    let error = send_error(*failure, &slot.target);
                     if let Some(mut open) = run.stream.take() {
                         // Dropping a stream finishes it; a failed run's stream is reset.
                         let _ = open.send.reset(varint(ErrorCode::DONE));
                     }
-                    return fail_all(&outbound, &node, error);
+                    return fail_all(&slot, &outbound, &node, error);
                 }
                 Action::Idle => {
-                    if close_if_idle(&outbound, &node) {
+                    if close_if_idle(&slot, &outbound, &node) {
                         run.sm.end_idle();
                     }
                 }
@@ -630,7 +636,7 @@ async fn drive(outbound: Arc<Outbound>, node: Arc<Runtime>, mut run: Box<Run>) {
             let now = Instant::now();
             let park_at = *quiet_since.get_or_insert(now) + QUIET_BEFORE_PARKING;
             if now >= park_at {
-                match park(&outbound, &node, run) {
+                match park(&slot, &outbound, &node, run) {
                     Ok(()) => return,
                     Err(back) => {
                         // Messages or bytes came, part of a frame waits for its rest, the
@@ -711,18 +717,25 @@ fn on_superseded(sm: &mut proto::Sender<SendError>) {
     sm.superseded(now());
 }
 
-/// Parks a quiet run (see [`Parked`]). Gives it back if messages were queued meanwhile, the
-/// stream or the connection had news, or the node shuts down.
-fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Result<(), Box<Run>> {
+/// Parks a quiet run (see [`Parked`]) and ends the conversation's shared state `outbound`
+/// (its window closes: senders go back to `slot`, where they find the run). Gives the run back
+/// if messages were queued meanwhile, the stream or the connection had news, or the node shuts
+/// down.
+fn park(
+    slot: &Arc<Slot>,
+    outbound: &Outbound,
+    node: &Arc<Runtime>,
+    mut run: Box<Run>,
+) -> Result<(), Box<Run>> {
     let Some(idle_end) = run.sm.poll_timeout() else {
         return Err(run);
     };
-    let idle_end = (Instant::from_std(idle_end), node.parking.reserve());
+    let park = node.parking.reserve();
     let waker = Arc::new(ParkWaker {
-        park: idle_end.1,
+        park,
         woken: AtomicBool::new(false),
         parking: Arc::downgrade(&node.parking),
-        outbound: Arc::downgrade(outbound),
+        slot: Arc::downgrade(slot),
     });
     if let Some(open) = run.stream.as_mut() {
         // The task's last wait left its waker with the stream; the parked run's takes its
@@ -742,25 +755,31 @@ fn park(outbound: &Arc<Outbound>, node: &Arc<Runtime>, mut run: Box<Run>) -> Res
         // Part of a frame was read: the rest follows.
         Err(sm) => return Err(Box::new(Run { sm, stream })),
     };
-    let parked = Box::new(ParkedRun {
-        sm,
-        stream: stream.map(OpenStream::park),
+    let parked = Box::new(Parked {
+        run: ParkedRun {
+            sm,
+            stream: stream.map(OpenStream::park),
+        },
+        park,
     });
-    let mut queue = lock(&outbound.queue);
-    // Woken since the poll: its take-up, which takes this lock, must not find it parked late.
+    debug_assert_eq!(
+        parked.idle_end(&node.sender_config),
+        (Instant::from_std(idle_end), park)
+    );
+    let mut state = lock(&slot.state);
+    let queue = lock(&outbound.queue);
+    // Woken since the poll: its take-up, which takes the slot's lock, must not find it parked
+    // late.
     if !queue.items.is_empty()
         || waker.woken.load(Ordering::Acquire)
-        || !node.parking.add(idle_end, outbound)
+        || !node.parking.add(parked.idle_end(&node.sender_config), slot)
     {
-        return Err(unpark(node, outbound, *parked));
+        return Err(unpark(node, slot, parked.run));
     }
-    queue.parked = Some(Parked {
-        run: parked,
-        idle_end,
-    });
-    // Empty, but with the room of its busiest moment (160 bytes for a conversation that sent
-    // one message at a time).
-    queue.items = Vec::new();
+    // While the queue is locked: a sender that finds the window closed finds nothing queued.
+    outbound.window.close();
+    drop(queue);
+    *state = SlotState::Parked(parked);
     Ok(())
 }
 
@@ -773,7 +792,7 @@ struct ParkWaker {
     park: u64,
     woken: AtomicBool,
     parking: std::sync::Weak<Parking>,
-    outbound: std::sync::Weak<Outbound>,
+    slot: std::sync::Weak<Slot>,
 }
 
 impl std::task::Wake for ParkWaker {
@@ -787,7 +806,7 @@ impl std::task::Wake for ParkWaker {
         }
         // quinn wakes under its connection's lock: the node's parking task takes the run up.
         if let Some(parking) = self.parking.upgrade() {
-            parking.woke(self.park, self.outbound.clone());
+            parking.woke(self.park, self.slot.clone());
         }
     }
 }
@@ -828,53 +847,51 @@ pub(crate) async fn take_up_parked(
 /// Starts a task for each run still parked under its park in `due` that is `wanted`.
 fn take_up(
     node: &std::sync::Weak<Runtime>,
-    due: Vec<(u64, std::sync::Weak<Outbound>)>,
+    due: Vec<(u64, std::sync::Weak<Slot>)>,
     wanted: impl Fn(&ParkedRun) -> bool,
 ) {
     let Some(node) = node.upgrade() else {
         return;
     };
-    for (park, outbound) in due {
-        let Some(outbound) = outbound.upgrade() else {
+    for (park, slot) in due {
+        let Some(slot) = slot.upgrade() else {
             continue;
         };
-        let parked = {
-            let mut queue = lock(&outbound.queue);
-            // Not if a sender took it up meanwhile (it may have parked again since).
-            if queue
-                .parked
-                .as_ref()
-                .is_some_and(|parked| parked.idle_end.1 == park && wanted(&parked.run))
-            {
-                queue.parked.take()
-            } else {
-                None
-            }
-        };
-        if let Some(parked) = parked {
-            resume(&node, outbound, parked);
+        let mut state = lock(&slot.state);
+        // Not if a sender took it up meanwhile (it may have parked again since).
+        if !matches!(&*state, SlotState::Parked(parked) if parked.park == park && wanted(&parked.run))
+        {
+            continue;
+        }
+        if let SlotState::Parked(parked) = std::mem::replace(&mut *state, SlotState::Ended) {
+            *state = SlotState::Live(resume(&node, &slot, *parked));
         }
     }
 }
 
-/// Starts a task with a run taken out of its queue, and forgets its idle end (still registered
-/// unless the parking task took it up there).
-fn resume(node: &Arc<Runtime>, outbound: Arc<Outbound>, parked: Parked) {
-    node.parking.remove(parked.idle_end);
-    let run = unpark(node, &outbound, *parked.run);
-    spawn_run(node, outbound, run);
+/// The shared state of a parked conversation made again, and its run's task started; forgets
+/// the run's idle end (still registered unless the parking task took it up there).
+fn resume(node: &Arc<Runtime>, slot: &Arc<Slot>, parked: Parked) -> Arc<Outbound> {
+    node.parking.remove(parked.idle_end(&node.sender_config));
+    let outbound = Arc::new(Outbound::new(
+        node.config.send_window,
+        parked.run.sm.next_ticket(),
+    ));
+    let run = unpark(node, slot, parked.run);
+    spawn_run(node, slot.clone(), outbound.clone(), run);
+    outbound
 }
 
 /// The whole run of a parked one. A parked run keeps no wait on its link's supersession (the
 /// parking task takes it up): found superseded here, it takes what its stream holds first (the
 /// receiver's CLOSE, as the running task's reads come before its other waits) and moves before
 /// it writes again.
-fn unpark(node: &Runtime, outbound: &Outbound, parked: ParkedRun) -> Box<Run> {
+fn unpark(node: &Runtime, slot: &Slot, parked: ParkedRun) -> Box<Run> {
     let mut run = Box::new(Run {
         sm: parked.sm.resume(
             node.sender_config.clone(),
-            outbound.target.clone(),
-            outbound.from.clone(),
+            slot.target.clone(),
+            slot.from.clone(),
         ),
         stream: parked.stream.map(|stream| stream.resume()),
     });
@@ -1081,42 +1098,29 @@ fn read_failure(error: quinn::ReadError) -> (SendError, Loss) {
     }
 }
 
-/// Ends the conversation if nothing is queued. Returns whether it ended.
-fn close_if_idle(outbound: &Arc<Outbound>, node: &Runtime) -> bool {
+/// Ends `slot`'s conversation (whose shared state is `outbound`) if nothing is queued.
+/// Returns whether it ended.
+fn close_if_idle(slot: &Arc<Slot>, outbound: &Outbound, node: &Runtime) -> bool {
     let mut map = lock(&node.conversations);
-    let mut queue = lock(&outbound.queue);
+    let mut state = lock(&slot.state);
+    let queue = lock(&outbound.queue);
     if !queue.items.is_empty() {
         return false;
     }
-    let key = outbound.key();
-    if map
-        .get(&key)
-        .is_some_and(|current| Arc::ptr_eq(current, outbound))
-    {
-        map.remove(&key);
-    }
-    // While the queue is locked: a sender that finds it closed finds the window closed.
-    outbound.window.close();
+    end(slot, outbound, &mut map, &mut state);
     true
 }
 
-/// Ends the conversation, failing every message not yet acknowledged with `error`.
-fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
+/// Ends `slot`'s conversation (whose shared state is `outbound`), failing every message not
+/// yet acknowledged with `error`.
+fn fail_all(slot: &Arc<Slot>, outbound: &Outbound, node: &Runtime, error: SendError) {
     debug!(%error, "conversation failed");
     node.stats.count_send_failure(&error);
     {
         let mut map = lock(&node.conversations);
-        let mut queue = lock(&outbound.queue);
-        queue.items.clear();
-        let key = outbound.key();
-        if map
-            .get(&key)
-            .is_some_and(|current| Arc::ptr_eq(current, outbound))
-        {
-            map.remove(&key);
-        }
-        // While the queue is locked: a sender that finds it closed finds the window closed.
-        outbound.window.close();
+        let mut state = lock(&slot.state);
+        lock(&outbound.queue).items.clear();
+        end(slot, outbound, &mut map, &mut state);
     }
     outbound.progress.update(|progress| {
         progress.failures.get_or_insert_default().fatal = Some(error);
@@ -1124,15 +1128,38 @@ fn fail_all(outbound: &Arc<Outbound>, node: &Runtime, error: SendError) {
     });
 }
 
+/// Takes an ending conversation out of the node's table (`map`) and closes its window: its
+/// senders start a new conversation. Under the table's and the slot's locks (`state`).
+fn end(
+    slot: &Arc<Slot>,
+    outbound: &Outbound,
+    map: &mut HashMap<ConversationKey, Arc<Slot>>,
+    state: &mut SlotState,
+) {
+    let key = slot.key();
+    if map
+        .get(&key)
+        .is_some_and(|current| Arc::ptr_eq(current, slot))
+    {
+        map.remove(&key);
+    }
+    outbound.window.close();
+    *state = SlotState::Ended;
+}
+
 /// Waits until no conversation has messages in flight, or `grace` passes.
 pub(crate) async fn drain(node: &Runtime, grace: Duration) {
     let deadline = Instant::now() + grace;
     loop {
-        let pending: Vec<Arc<Outbound>> = lock(&node.conversations).values().cloned().collect();
-        let busy = pending.iter().any(|outbound| {
-            let progress = outbound.progress.read();
-            let queue = lock(&outbound.queue);
-            progress.fatal().is_none() && progress.resolved_below < queue.next_ticket
+        let slots: Vec<Arc<Slot>> = lock(&node.conversations).values().cloned().collect();
+        let busy = slots.iter().any(|slot| match &*lock(&slot.state) {
+            SlotState::Live(outbound) => {
+                let progress = outbound.progress.read();
+                let queue = lock(&outbound.queue);
+                progress.fatal().is_none() && progress.resolved_below < queue.next_ticket
+            }
+            // A parked run has nothing in flight.
+            SlotState::Parked(_) | SlotState::Ended => false,
         });
         if !busy || Instant::now() >= deadline {
             return;

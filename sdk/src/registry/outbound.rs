@@ -108,10 +108,6 @@ pub(crate) struct Queue {
     pub(crate) next_ticket: u64,
     /// In order; the run takes them all at once.
     pub(crate) items: Vec<(u64, Bytes)>,
-    /// The run of a quiet conversation, kept without a task: the sender that queues next, the
-    /// run's waker (news from its stream), or the node's parking task (at its idle end, when
-    /// its link was superseded, or at shutdown) starts a task with it.
-    pub(crate) parked: Option<Parked>,
 }
 
 /// What a conversation's task drives: the protocol, and the stream it writes to.
@@ -130,11 +126,22 @@ pub(crate) struct OpenStream {
     pub(crate) superseded: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
-/// A quiet conversation's run, waiting without a task.
+/// A quiet conversation's run, waiting without a task and without the conversation's shared
+/// state ([`Outbound`]): the sender that queues next, the run's waker (news from its stream),
+/// or the node's parking task (at its idle end, when its link was superseded, or at shutdown)
+/// makes them again and starts a task with it.
 pub(crate) struct Parked {
-    pub(crate) run: Box<ParkedRun>,
+    pub(crate) run: ParkedRun,
+    /// Which park of the run it is (see [`Parking::reserve`]): with the run's idle end, its
+    /// entry in [`Parking`].
+    pub(crate) park: u64,
+}
+
+impl Parked {
     /// Its entry in [`Parking`].
-    pub(crate) idle_end: IdleEnd,
+    pub(crate) fn idle_end(&self, config: &ferry_proto::sender::SenderConfig) -> IdleEnd {
+        (Instant::from_std(self.run.sm.idle_end(config)), self.park)
+    }
 }
 
 /// A quiet run kept small: the protocol without its empty queues and buffers, and the stream's
@@ -193,9 +200,9 @@ impl ParkedStream {
 pub(crate) type IdleEnd = (Instant, u64);
 
 /// Each run's park and conversation, of idle ends.
-fn parks(due: impl IntoIterator<Item = (IdleEnd, Weak<Outbound>)>) -> Vec<(u64, Weak<Outbound>)> {
+fn parks(due: impl IntoIterator<Item = (IdleEnd, Weak<Slot>)>) -> Vec<(u64, Weak<Slot>)> {
     due.into_iter()
-        .map(|((_, park), outbound)| (park, outbound))
+        .map(|((_, park), slot)| (park, slot))
         .collect()
 }
 
@@ -207,14 +214,14 @@ pub(crate) struct Parking {
     pub(crate) changed: Notify,
     /// Parked runs whose stream had news (their park and conversation), for the parking task
     /// to take up: a parked run's waker only lists it, as it is woken under quinn's lock.
-    woken: Mutex<Vec<(u64, Weak<Outbound>)>>,
+    woken: Mutex<Vec<(u64, Weak<Slot>)>>,
     /// Woken when a run was listed in `woken`.
     pub(crate) news: Notify,
 }
 
 #[derive(Default)]
 struct ParkingState {
-    due: BTreeMap<IdleEnd, Weak<Outbound>>,
+    due: BTreeMap<IdleEnd, Weak<Slot>>,
     next_id: u64,
     /// The node shuts down: no more runs park.
     closed: bool,
@@ -228,8 +235,8 @@ impl Parking {
         state.next_id
     }
 
-    /// Registers `outbound`'s idle end; false once parking closed.
-    pub(crate) fn add(&self, end: IdleEnd, outbound: &Arc<Outbound>) -> bool {
+    /// Registers the idle end of `slot`'s parked run; false once parking closed.
+    pub(crate) fn add(&self, end: IdleEnd, slot: &Arc<Slot>) -> bool {
         let mut state = lock(&self.state);
         if state.closed {
             return false;
@@ -238,7 +245,7 @@ impl Parking {
             .due
             .first_key_value()
             .is_none_or(|(first, _)| end < *first);
-        state.due.insert(end, Arc::downgrade(outbound));
+        state.due.insert(end, Arc::downgrade(slot));
         drop(state);
         if earliest {
             self.changed.notify_one();
@@ -260,38 +267,33 @@ impl Parking {
     }
 
     /// Takes the idle ends due by `now`: each run's park and conversation.
-    pub(crate) fn take_due(&self, now: Instant) -> Vec<(u64, Weak<Outbound>)> {
+    pub(crate) fn take_due(&self, now: Instant) -> Vec<(u64, Weak<Slot>)> {
         let mut state = lock(&self.state);
         let later = state.due.split_off(&(now, u64::MAX));
         parks(std::mem::replace(&mut state.due, later))
     }
 
     /// Every parked run's park and conversation, left registered.
-    pub(crate) fn all(&self) -> Vec<(u64, Weak<Outbound>)> {
+    pub(crate) fn all(&self) -> Vec<(u64, Weak<Slot>)> {
         let state = lock(&self.state);
-        parks(
-            state
-                .due
-                .iter()
-                .map(|(end, outbound)| (*end, outbound.clone())),
-        )
+        parks(state.due.iter().map(|(end, slot)| (*end, slot.clone())))
     }
 
     /// Closes parking (the node shuts down) and takes every idle end.
-    pub(crate) fn close(&self) -> Vec<(u64, Weak<Outbound>)> {
+    pub(crate) fn close(&self) -> Vec<(u64, Weak<Slot>)> {
         let mut state = lock(&self.state);
         state.closed = true;
         parks(std::mem::take(&mut state.due))
     }
 
     /// Lists a parked run whose stream had news (see `woken`).
-    pub(crate) fn woke(&self, park: u64, outbound: Weak<Outbound>) {
-        lock(&self.woken).push((park, outbound));
+    pub(crate) fn woke(&self, park: u64, slot: Weak<Slot>) {
+        lock(&self.woken).push((park, slot));
         self.news.notify_one();
     }
 
     /// Takes the runs listed since the last call.
-    pub(crate) fn take_woken(&self) -> Vec<(u64, Weak<Outbound>)> {
+    pub(crate) fn take_woken(&self) -> Vec<(u64, Weak<Slot>)> {
         std::mem::take(&mut lock(&self.woken))
     }
 
@@ -301,12 +303,41 @@ impl Parking {
     }
 }
 
-/// The shared state of one outgoing conversation. Every idle conversation keeps one, so it
-/// holds nothing it can find elsewhere: its table key is made from `from` and `target`, and
-/// the window's size is the node's `send_window`.
-pub(crate) struct Outbound {
+/// One outgoing conversation (messages from one mailbox to one address), as the node's table
+/// and its senders hold it: its live state, or its parked run. A parked conversation keeps
+/// nothing else: senders find the run here and make the shared state again.
+pub(crate) struct Slot {
     pub(crate) target: Address,
     pub(crate) from: Address,
+    pub(crate) state: Mutex<SlotState>,
+}
+
+/// Where a conversation is.
+pub(crate) enum SlotState {
+    /// A task drives its run; senders queue on the shared state.
+    Live(Arc<Outbound>),
+    /// Its run is parked (see [`Parked`]).
+    Parked(Box<Parked>),
+    /// It ended (idle, or failed) and left the node's table: senders start a new one.
+    Ended,
+}
+
+impl Slot {
+    /// Its key in the node's table.
+    pub(crate) fn key(&self) -> ConversationKey {
+        ConversationKey {
+            from: self.from.mailbox(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// The shared state of a running conversation, between its senders, its task and the
+/// deliveries waiting on it. A conversation that parks ends it (its window closes, which
+/// sends its senders back to the [`Slot`]), so every idle conversation is without one.
+pub(crate) struct Outbound {
+    /// Bytes of messages queued or unacknowledged (the node's `send_window`); closed when the
+    /// conversation parks or ends.
     pub(crate) window: Semaphore,
     pub(crate) queue: Mutex<Queue>,
     pub(crate) wake: Notify,
@@ -316,11 +347,24 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// Its key in the node's table.
-    pub(crate) fn key(&self) -> ConversationKey {
-        ConversationKey {
-            from: self.from.mailbox(),
-            target: self.target.clone(),
+    /// The shared state of a run whose next message gets `next_ticket`, with a window of
+    /// `window_size` bytes.
+    pub(crate) fn new(window_size: usize, next_ticket: u64) -> Self {
+        Self {
+            window: Semaphore::new(window_size),
+            queue: Mutex::new(Queue {
+                next_ticket,
+                items: Vec::new(),
+            }),
+            wake: Notify::new(),
+            progress: ProgressCell {
+                value: Mutex::new(Progress {
+                    resolved_below: next_ticket,
+                    failures: None,
+                }),
+                changed: Notify::new(),
+            },
+            unreachable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -331,5 +375,5 @@ impl Outbound {
     }
 }
 
-/// The node's live outgoing conversations.
-pub(crate) type Conversations = Mutex<HashMap<ConversationKey, Arc<Outbound>>>;
+/// The node's outgoing conversations.
+pub(crate) type Conversations = Mutex<HashMap<ConversationKey, Arc<Slot>>>;
