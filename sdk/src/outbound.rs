@@ -1181,6 +1181,45 @@ mod tests {
             .unwrap()
     }
 
+    /// A parked conversation keeps no shared state: the one its senders queued on goes once it
+    /// parked, and the next message makes a new one, whose tickets go on from the run's, on
+    /// the same stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_conversation_keeps_no_shared_state() {
+        let a = node().await;
+        let b = node().await;
+        let target = b.mailbox();
+        let sender = a.sender(target.address());
+        sender.send(&1u32).await.unwrap();
+        let shared = std::sync::Arc::downgrade(&sender.outbound());
+        wait_for("the quiet conversation to park", || {
+            a.stats().parked_conversations == 1
+        })
+        .await;
+        wait_for("its shared state to go", || shared.upgrade().is_none()).await;
+        assert_eq!(
+            a.stats().conversations,
+            1,
+            "the conversation stays in the table"
+        );
+        sender.send(&2u32).await.unwrap();
+        assert_eq!(a.stats().parked_conversations, 0);
+        let resumed = sender.outbound();
+        assert_eq!(
+            crate::sync::lock(&resumed.queue).next_ticket,
+            2,
+            "the tickets go on from the parked run's"
+        );
+        assert_eq!(resumed.progress.read().resolved_below, 2);
+        for expected in 1..=2u32 {
+            let message = target.recv_timeout(Duration::from_secs(20)).await.unwrap();
+            assert_eq!(message.decode::<u32>().unwrap(), expected);
+        }
+        assert_eq!(b.stats().streams_in, 1, "on the same stream");
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+
     /// A parked conversation keeps no wait of its own on its link: when another connection
     /// takes the link over, the node's parking task takes it up and it moves at once, as a
     /// running one does (its stream is reset); its next message goes on a new stream.
