@@ -199,16 +199,22 @@ impl ParkedStream {
 /// resumed, under a new id).
 pub(crate) type IdleEnd = (Instant, u64);
 
+/// An idle end as [`Parking`] keeps it (16 bytes instead of 24, in every parked run's entry):
+/// whole milliseconds since the parking began, rounded up (a run is taken up at most a
+/// millisecond late, never early), and the park.
+type DueKey = (u64, u64);
+
 /// Each run's park and conversation, of idle ends.
-fn parks(due: impl IntoIterator<Item = (IdleEnd, Weak<Slot>)>) -> Vec<(u64, Weak<Slot>)> {
+fn parks(due: impl IntoIterator<Item = (DueKey, Weak<Slot>)>) -> Vec<(u64, Weak<Slot>)> {
     due.into_iter()
         .map(|((_, park), slot)| (park, slot))
         .collect()
 }
 
 /// The idle ends of the node's parked runs, in order of time.
-#[derive(Default)]
 pub(crate) struct Parking {
+    /// What the idle ends are counted from.
+    began: Instant,
     state: Mutex<ParkingState>,
     /// Woken when an idle end earlier than the first was added.
     pub(crate) changed: Notify,
@@ -221,13 +227,32 @@ pub(crate) struct Parking {
 
 #[derive(Default)]
 struct ParkingState {
-    due: BTreeMap<IdleEnd, Weak<Slot>>,
+    due: BTreeMap<DueKey, Weak<Slot>>,
     next_id: u64,
     /// The node shuts down: no more runs park.
     closed: bool,
 }
 
+impl Default for Parking {
+    fn default() -> Self {
+        Self {
+            began: Instant::now(),
+            state: Mutex::default(),
+            changed: Notify::new(),
+            woken: Mutex::default(),
+            news: Notify::new(),
+        }
+    }
+}
+
 impl Parking {
+    /// `end` as the map keeps it.
+    fn key(&self, (at, park): IdleEnd) -> DueKey {
+        let since = at.saturating_duration_since(self.began);
+        let millis = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
+        (u64::try_from(millis).unwrap_or(u64::MAX), park)
+    }
+
     /// An id for the next park.
     pub(crate) fn reserve(&self) -> u64 {
         let mut state = lock(&self.state);
@@ -237,6 +262,7 @@ impl Parking {
 
     /// Registers the idle end of `slot`'s parked run; false once parking closed.
     pub(crate) fn add(&self, end: IdleEnd, slot: &Arc<Slot>) -> bool {
+        let end = self.key(end);
         let mut state = lock(&self.state);
         if state.closed {
             return false;
@@ -255,6 +281,7 @@ impl Parking {
 
     /// Forgets an idle end (its run resumed).
     pub(crate) fn remove(&self, end: IdleEnd) {
+        let end = self.key(end);
         lock(&self.state).due.remove(&end);
     }
 
@@ -263,13 +290,16 @@ impl Parking {
         lock(&self.state)
             .due
             .first_key_value()
-            .map(|((at, _), _)| *at)
+            .map(|((millis, _), _)| self.began + std::time::Duration::from_millis(*millis))
     }
 
     /// Takes the idle ends due by `now`: each run's park and conversation.
     pub(crate) fn take_due(&self, now: Instant) -> Vec<(u64, Weak<Slot>)> {
+        let elapsed = now.saturating_duration_since(self.began).as_millis();
+        let first_later =
+            u64::try_from(elapsed).map_or(u64::MAX, |millis| millis.saturating_add(1));
         let mut state = lock(&self.state);
-        let later = state.due.split_off(&(now, u64::MAX));
+        let later = state.due.split_off(&(first_later, 0));
         parks(std::mem::replace(&mut state.due, later))
     }
 
@@ -377,3 +407,61 @@ impl Outbound {
 
 /// The node's outgoing conversations.
 pub(crate) type Conversations = Mutex<HashMap<ConversationKey, Arc<Slot>>>;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::address::MailboxId;
+    use crate::identity::SecretKey;
+
+    fn slot() -> Arc<Slot> {
+        let address = || Address::mint(&SecretKey::generate(), MailboxId::random(), None, vec![]);
+        Arc::new(Slot {
+            target: address(),
+            from: address(),
+            state: Mutex::new(SlotState::Ended),
+        })
+    }
+
+    /// Idle ends are kept in whole milliseconds: each is due at its time or up to a millisecond
+    /// later, never before, and in order.
+    #[test]
+    fn an_idle_end_is_due_at_its_time_and_never_before() {
+        let parking = Parking::default();
+        let slot = slot();
+        let start = parking.began;
+        let ends = [
+            (start + Duration::from_micros(2_500), 1),
+            (start + Duration::from_millis(2), 2),
+            (start + Duration::from_micros(1), 3),
+        ];
+        for end in ends {
+            assert!(parking.add(end, &slot));
+        }
+        assert_eq!(parking.next(), Some(start + Duration::from_millis(1)));
+        assert!(parking.take_due(start).is_empty());
+        let parks =
+            |due: Vec<(u64, Weak<Slot>)>| due.into_iter().map(|(park, _)| park).collect::<Vec<_>>();
+        assert_eq!(
+            parks(parking.take_due(start + Duration::from_micros(999))),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            parks(parking.take_due(start + Duration::from_millis(1))),
+            [3]
+        );
+        assert_eq!(
+            parks(parking.take_due(start + Duration::from_micros(2_999))),
+            [2]
+        );
+        assert_eq!(parking.next(), Some(start + Duration::from_millis(3)));
+        parking.remove(ends[0]);
+        assert_eq!(
+            parking.len(),
+            0,
+            "removed by the idle end it was added with"
+        );
+    }
+}
