@@ -3,6 +3,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -10,31 +11,26 @@ use futures::{Stream, StreamExt};
 
 use crate::address::{Address, GrantId, MailboxId};
 use crate::error::{AttachError, RecvError, RevokeError};
-use crate::registry::mailboxes::{Caps, Durable, MailboxHandle, Message, Receipt};
-use crate::registry::queue::{MailboxQueue, QueueReceiver};
+use crate::registry::mailboxes::{Caps, Durable, Message, OpenMailbox, Receipt};
+use crate::registry::queue::QueueReceiver;
 use crate::runtime::Runtime;
 use crate::store::StoredMessage;
 
 /// Queues the messages a durable mailbox held when it opened, then lets new ones through.
-async fn replay(
-    durable: Arc<Durable>,
-    pending: Vec<StoredMessage>,
-    queue: Option<Arc<MailboxQueue<Message>>>,
-) {
-    if let Some(queue) = queue {
-        for stored in pending {
-            let message = Message {
-                from: stored.from,
-                payload: stored.payload,
-                receipt: Some(Receipt {
-                    durable: durable.clone(),
-                    index: stored.index,
-                }),
-            };
-            tokio::select! {
-                queued = queue.push(message) => if queued.is_err() { break },
-                _ = queue.mailbox_closed.wait() => break,
-            }
+async fn replay(durable: Arc<Durable>, pending: Vec<StoredMessage>, mailbox: Arc<OpenMailbox>) {
+    let queue = &mailbox.queue;
+    for stored in pending {
+        let message = Message {
+            from: stored.from,
+            payload: stored.payload,
+            receipt: Some(Receipt {
+                durable: durable.clone(),
+                index: stored.index,
+            }),
+        };
+        tokio::select! {
+            queued = queue.push(message) => if queued.is_err() { break },
+            _ = queue.mailbox_closed.wait() => break,
         }
     }
     durable.replayed.cancel();
@@ -47,61 +43,44 @@ async fn replay(
 /// the others then fail with a clear error. Dropping the mailbox (or [`close`](Mailbox::close))
 /// revokes its address: senders get [`SendError::NoSuchMailbox`](crate::SendError::NoSuchMailbox).
 pub struct Mailbox {
-    id: MailboxId,
-    generation: u64,
+    /// The mailbox's address, which its id is read from.
     address: Address,
     pub(crate) node: Weak<Runtime>,
-    queue: Arc<MailboxQueue<Message>>,
-    /// Whether the receiver was given to a handler or stream.
-    attached: std::sync::atomic::AtomicBool,
-    caps: Arc<Caps>,
-    durable: Option<Arc<Durable>>,
+    /// Its queue and capability state, shared with the node's table and whatever delivers to
+    /// it; the table's entry is this one while the mailbox is open.
+    open: Arc<OpenMailbox>,
 }
 
 impl std::fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailbox").field("id", &self.id).finish()
+        f.debug_struct("Mailbox").field("id", &self.id()).finish()
     }
 }
 
 impl Mailbox {
+    /// Opens mailbox `id` at `address` with the capability state `caps` (a durable mailbox's
+    /// is loaded from its store), queuing first what `durable`'s store held.
     pub(crate) fn new(
         id: MailboxId,
         address: Address,
         node: &Arc<Runtime>,
         capacity: usize,
+        caps: Caps,
         durable: Option<(Arc<Durable>, Vec<StoredMessage>)>,
     ) -> Self {
-        let queue = Arc::new(MailboxQueue::new(capacity));
         let (durable, pending) = match durable {
             Some((durable, pending)) => (Some(durable), pending),
             None => (None, Vec::new()),
         };
-        let caps = durable
-            .as_ref()
-            .map_or_else(Arc::default, |durable| durable.caps.clone());
-        let generation = node.mailboxes.insert(
-            id,
-            MailboxHandle {
-                queue: queue.clone(),
-                durable: durable.clone(),
-                caps: caps.clone(),
-            },
-        );
-        if let Some(durable) = &durable {
-            node.tasks
-                .spawn(replay(durable.clone(), pending, node.mailboxes.queue(id)));
+        let open = Arc::new(OpenMailbox::new(capacity, caps, durable.clone()));
+        node.mailboxes.insert(id, open.clone());
+        if let Some(durable) = durable {
+            node.tasks.spawn(replay(durable, pending, open.clone()));
         }
-        let node = Arc::downgrade(node);
         Self {
-            id,
-            generation,
             address,
-            node,
-            queue,
-            attached: std::sync::atomic::AtomicBool::new(false),
-            caps,
-            durable,
+            node: Arc::downgrade(node),
+            open,
         }
     }
 
@@ -115,7 +94,7 @@ impl Mailbox {
             // The node is gone: the address can never be used anyway.
             return self.address.clone();
         };
-        node.mint_grant(self.id, grant, expires)
+        node.mint_grant(self.id(), grant, expires)
     }
 
     /// Revokes `grant`: its addresses and every address derived from them are refused from
@@ -143,21 +122,21 @@ impl Mailbox {
             .node
             .upgrade()
             .map_or(usize::MAX, |node| node.config.max_revocations);
-        self.caps.revoke_within(grant, max.min(node_max))?;
-        if let Some(durable) = &self.durable {
-            durable.store.revoke(self.id, grant).await?;
+        self.open.caps.revoke_within(grant, max.min(node_max))?;
+        if let Some(durable) = &self.open.durable {
+            durable.store.revoke(self.id(), grant).await?;
         }
         Ok(())
     }
 
     /// How many grants of the mailbox are revoked.
     pub fn revocations(&self) -> usize {
-        self.caps.revoked_count()
+        self.open.caps.revoked_count()
     }
 
     /// Whether `grant` is revoked.
     pub fn is_revoked(&self, grant: GrantId) -> bool {
-        self.caps.is_revoked(grant)
+        self.open.caps.is_revoked(grant)
     }
 
     /// The mailbox's capability address, with the node's dial hints: everything another node
@@ -168,15 +147,15 @@ impl Mailbox {
 
     /// The mailbox id.
     pub fn id(&self) -> MailboxId {
-        self.id
+        self.address.mailbox()
     }
 
     /// Waits for the next message.
     pub async fn recv(&self) -> Result<Message, RecvError> {
-        if self.attached.load(std::sync::atomic::Ordering::Acquire) {
+        if self.open.attached.load(Ordering::Acquire) {
             return Err(RecvError::NotReceiving);
         }
-        let mut slot = self.queue.reader().lock().await;
+        let mut slot = self.open.queue.reader().lock().await;
         let receiver = slot.as_mut().ok_or(RecvError::NotReceiving)?;
         receiver.recv().await.ok_or(RecvError::Closed)
     }
@@ -190,10 +169,10 @@ impl Mailbox {
 
     /// Takes up to `max` messages that are already queued, without waiting.
     pub fn try_recv_many(&self, max: usize) -> Result<Vec<Message>, RecvError> {
-        if self.attached.load(std::sync::atomic::Ordering::Acquire) {
+        if self.open.attached.load(Ordering::Acquire) {
             return Err(RecvError::NotReceiving);
         }
-        let Ok(mut slot) = self.queue.reader().try_lock() else {
+        let Ok(mut slot) = self.open.queue.reader().try_lock() else {
             return Ok(Vec::new());
         };
         let receiver = slot.as_mut().ok_or(RecvError::NotReceiving)?;
@@ -210,13 +189,13 @@ impl Mailbox {
     /// The receiving end for a handler or stream: refused while a `recv` waits, and once given.
     fn take_receiver(&self) -> Result<QueueReceiver<Message>, AttachError> {
         let mut slot = self
+            .open
             .queue
             .reader()
             .try_lock()
             .map_err(|_| AttachError::Receiving)?;
         let receiver = slot.take().ok_or(AttachError::AlreadyAttached)?;
-        self.attached
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.open.attached.store(true, Ordering::Release);
         Ok(receiver)
     }
 
@@ -231,12 +210,12 @@ impl Mailbox {
         let Some(node) = self.node.upgrade() else {
             return Ok(());
         };
-        let queue = self.queue.clone();
+        let open = self.open.clone();
         let shutdown = node.cancel.clone();
         node.tasks.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = queue.mailbox_closed.wait() => break,
+                    _ = open.queue.mailbox_closed.wait() => break,
                     _ = shutdown.cancelled() => break,
                     message = receiver.recv() => match message {
                         Some(message) => handler(message).await,
@@ -253,8 +232,8 @@ impl Mailbox {
         &self,
     ) -> Result<impl Stream<Item = Message> + Send + Unpin + 'static, AttachError> {
         let mut receiver = self.take_receiver()?;
-        let queue = self.queue.clone();
-        let closed = Box::pin(async move { queue.mailbox_closed.wait().await });
+        let open = self.open.clone();
+        let closed = Box::pin(async move { open.queue.mailbox_closed.wait().await });
         Ok(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).take_until(closed))
     }
 
@@ -266,17 +245,24 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.queue.mailbox_closed.set();
+        self.open.queue.mailbox_closed.set();
         // Senders must see the mailbox gone: the receiving end, unless a handler or stream
         // took it, is in the queue (read there by `recv`), which streams may still hold.
-        self.queue.close();
+        self.open.queue.close();
         if let Some(node) = self.node.upgrade() {
-            node.mailboxes.remove(self.id, self.generation);
+            node.mailboxes.remove(self.id(), &self.open);
         }
     }
 }
 
 pub(crate) fn new_mailbox(node: &Arc<Runtime>, id: MailboxId, expires: Option<u64>) -> Mailbox {
     let address = node.mint(id, expires);
-    Mailbox::new(id, address, node, node.config.mailbox_capacity, None)
+    Mailbox::new(
+        id,
+        address,
+        node,
+        node.config.mailbox_capacity,
+        Caps::default(),
+        None,
+    )
 }

@@ -224,12 +224,11 @@ impl Node {
         store: Arc<dyn MailboxStore>,
     ) -> Result<Mailbox, StoreError> {
         let pending = store.pending(id)?;
-        let caps = Arc::new(Caps::with(store.revoked(id)?, store.counts(id)?));
+        let caps = Caps::with(store.revoked(id)?, store.counts(id)?);
         let durable = Arc::new(Durable {
             store,
             mailbox: id,
             replayed: CancellationToken::new(),
-            caps,
         });
         let address = self.inner.mint(id, None);
         Ok(Mailbox::new(
@@ -237,6 +236,7 @@ impl Node {
             address,
             &self.inner,
             self.inner.config.mailbox_capacity,
+            caps,
             Some((durable, pending)),
         ))
     }

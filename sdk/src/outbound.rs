@@ -204,7 +204,7 @@ impl Sender {
         }
         if let Some(local) = self.local.as_deref() {
             let authorized = local.as_ref().map_err(Clone::clone)?;
-            let caps = &authorized.handle.caps;
+            let caps = &authorized.mailbox.caps;
             if caps.is_revoked(authorized.grant) {
                 return Err(SendError::Revoked);
             }
@@ -953,7 +953,7 @@ async fn deliver_locally(
     payload: Bytes,
     timeout: Duration,
 ) -> Result<(), SendError> {
-    let mailbox = &authorized.handle;
+    let mailbox = &authorized.mailbox;
     let counters = durable_counters(&authorized.limits);
     // Set once a durable store kept (and counted) the message: it is delivered from then on.
     let stored_flag = std::sync::atomic::AtomicBool::new(false);
@@ -1010,7 +1010,7 @@ async fn deliver_locally(
     if result.is_err() && !stored_flag.load(std::sync::atomic::Ordering::Acquire) {
         // Not delivered: give the reservation back. (A message a durable store kept is
         // counted there, and delivered.)
-        authorized.handle.caps.release(&authorized.limits, 1);
+        authorized.mailbox.caps.release(&authorized.limits, 1);
     }
     result
 }

@@ -1,6 +1,6 @@
-//! The mailbox table: the node's open mailboxes, their queues and capability state
-//! (revocations, counters), the checks an address passes before anything is delivered, and
-//! the messages handed to applications.
+//! The mailbox table: the node's open mailboxes, each with its queue and capability state
+//! (revocations, counters) in one allocation, the checks an address passes before anything is
+//! delivered, and the messages handed to applications.
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -48,8 +48,6 @@ pub(crate) struct Durable {
     /// Cancelled once the messages stored before the mailbox opened are queued: new messages
     /// wait for it, so each sender's messages reach the application in order.
     pub(crate) replayed: CancellationToken,
-    /// The mailbox's revocations and counters, loaded from the store.
-    pub(crate) caps: Arc<Caps>,
 }
 
 impl Durable {
@@ -143,15 +141,31 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// Where messages for an open mailbox go, and the signal that it closed.
-#[derive(Clone)]
-pub(crate) struct MailboxHandle {
+/// An open mailbox: where its messages go, the signal that it closed, and its capability
+/// state. One allocation, shared by its [`Mailbox`](crate::Mailbox), the node's table and the
+/// streams, watches and local senders that deliver to it: most mailboxes only send (one per
+/// outgoing conversation is common), and as three allocations of their own the queue, the
+/// capability cell and the table's entry cost such a mailbox 192 bytes.
+pub(crate) struct OpenMailbox {
     /// The mailbox's queue, and its `mailbox_closed` signal.
-    pub(crate) queue: Arc<MailboxQueue<Message>>,
+    pub(crate) queue: MailboxQueue<Message>,
+    /// Revoked grants, the counters of counting caveats, and the proofs checked.
+    pub(crate) caps: Caps,
     /// Set for a durable mailbox: messages are stored before they are acknowledged.
     pub(crate) durable: Option<Arc<Durable>>,
-    /// Revoked grants and the counters of counting caveats.
-    pub(crate) caps: Arc<Caps>,
+    /// Whether the queue's receiving end was given to a handler or stream.
+    pub(crate) attached: AtomicBool,
+}
+
+impl OpenMailbox {
+    pub(crate) fn new(capacity: usize, caps: Caps, durable: Option<Arc<Durable>>) -> Self {
+        Self {
+            queue: MailboxQueue::new(capacity),
+            caps,
+            durable,
+            attached: AtomicBool::new(false),
+        }
+    }
 }
 
 /// At most this many counters (one per counting caveat of an address chain that was used) a
@@ -167,6 +181,8 @@ const ROOT_CACHE: usize = 8;
 type BaseId = (GrantId, Option<u64>);
 /// A verified signature: of which base.
 type Verified = (GrantId, Option<u64>, [u8; 64]);
+/// Verified signatures cached per mailbox; a ninth drops the oldest.
+const VERIFIED_CACHE: usize = 8;
 
 /// A rate caveat's window: messages delivered since `start` (unix seconds).
 #[derive(Debug, Clone, Copy)]
@@ -176,9 +192,10 @@ struct Window {
 }
 
 /// What a mailbox keeps for its capabilities: revoked grants, the counters of counting
-/// caveats, and the roots of chains it checked. Allocated when first needed (a revocation, a
-/// counting caveat, a chain, a stream or watch waiting on revocations): most mailboxes only
-/// send, and the state was a quarter of a sending mailbox's heap.
+/// caveats, and the signatures and roots of chains it checked. Allocated when first needed (a
+/// revocation, a counting caveat, an address checked, a stream or watch waiting on
+/// revocations): most mailboxes only send, and the state was a quarter of a sending mailbox's
+/// heap.
 #[derive(Default)]
 pub(crate) struct Caps {
     state: OnceLock<Box<CapsState>>,
@@ -196,6 +213,10 @@ struct CapsState {
     counts: Mutex<HashMap<CounterKey, u64>>,
     windows: Mutex<HashMap<CounterKey, Window>>,
     roots: Mutex<Vec<(BaseId, Tag)>>,
+    /// (expiry, signature) of addresses of this mailbox that passed `verify_strict`, so each
+    /// distinct address costs one signature check however many streams present it. The expiry
+    /// is part of the key because the signature covers it; node and mailbox are this state's.
+    verified: Mutex<Vec<Verified>>,
 }
 
 /// Why a message may not be delivered under an address's counting caveats.
@@ -218,6 +239,7 @@ impl CapsState {
             counts: Mutex::new(counts.into_iter().collect()),
             windows: Mutex::default(),
             roots: Mutex::default(),
+            verified: Mutex::default(),
         }
     }
 }
@@ -380,6 +402,12 @@ impl Caps {
         })
     }
 
+    /// The signatures verified, allocating the state if it was not yet: a mailbox that
+    /// receives has it anyway (its streams wait on revocations).
+    fn verified(&self) -> &Mutex<Vec<Verified>> {
+        &self.state().verified
+    }
+
     fn root(&self, address: &Address, key: &crate::SecretKey) -> Tag {
         let id = (address.grant(), address.expires());
         // Even for a chain that then fails: one allocation per mailbox, however many come.
@@ -410,7 +438,7 @@ pub(crate) fn durable_counters(limits: &[Limit]) -> Vec<CounterKey> {
 /// An address that passed every check: where its messages go and what they are charged to.
 #[derive(Clone)]
 pub(crate) struct Authorized {
-    pub(crate) handle: MailboxHandle,
+    pub(crate) mailbox: Arc<OpenMailbox>,
     pub(crate) grant: GrantId,
     pub(crate) limits: Vec<Limit>,
 }
@@ -419,9 +447,9 @@ impl Authorized {
     /// Resolves once the address's grant is revoked: what a stream or watch opened under it
     /// waits on, to end with REVOKED (PROTOCOL.md §4.11).
     pub(crate) fn revoked(&self) -> impl Future<Output = ()> + Send + 'static {
-        let caps = self.handle.caps.clone();
+        let mailbox = self.mailbox.clone();
         let grant = self.grant;
-        async move { caps.revoked(grant).await }
+        async move { mailbox.caps.revoked(grant).await }
     }
 
     /// Resolves once the address's grant is revoked ([`Ended::Revoked`]) or `shutdown` is
@@ -431,9 +459,14 @@ impl Authorized {
         &self,
         shutdown: CancellationToken,
     ) -> impl Future<Output = Ended> + Send + 'static {
-        let caps = self.handle.caps.clone();
+        let mailbox = self.mailbox.clone();
         let grant = self.grant;
-        async move { caps.revoked_or(grant, || shutdown.is_cancelled()).await }
+        async move {
+            mailbox
+                .caps
+                .revoked_or(grant, || shutdown.is_cancelled())
+                .await
+        }
     }
 }
 
@@ -446,53 +479,30 @@ pub(crate) enum Ended {
     ShuttingDown,
 }
 
-/// What the node keeps per open mailbox.
-struct MailboxEntry {
-    handle: MailboxHandle,
-    /// Tells this mailbox from a later one re-created with the same id.
-    generation: u64,
-    /// (expiry, signature) of addresses of this mailbox that passed `verify_strict`, so each
-    /// distinct address costs one signature check however many streams present it. The expiry
-    /// is part of the key because the signature covers it; node and mailbox are this entry's.
-    verified: Mutex<Vec<Verified>>,
-}
-
-const VERIFIED_CACHE: usize = 8;
-
 /// The node's table of open mailboxes.
 #[derive(Default)]
 pub(crate) struct Mailboxes {
-    map: RwLock<HashMap<MailboxId, Arc<MailboxEntry>>>,
-    generations: std::sync::atomic::AtomicU64,
+    map: RwLock<HashMap<MailboxId, Arc<OpenMailbox>>>,
 }
 
 impl Mailboxes {
-    /// Opens mailbox `id`, replacing (and closing) any open one with the same id. Returns the
-    /// generation to close it by.
-    pub(crate) fn insert(&self, id: MailboxId, handle: MailboxHandle) -> u64 {
-        let generation = self
-            .generations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let entry = Arc::new(MailboxEntry {
-            handle,
-            generation,
-            verified: Mutex::new(Vec::new()),
-        });
-        if let Some(previous) = write(&self.map).insert(id, entry) {
-            previous.handle.queue.mailbox_closed.set();
+    /// Opens `mailbox` as `id`, replacing (and closing) any open one with the same id.
+    pub(crate) fn insert(&self, id: MailboxId, mailbox: Arc<OpenMailbox>) {
+        if let Some(previous) = write(&self.map).insert(id, mailbox) {
+            previous.queue.mailbox_closed.set();
         }
-        generation
     }
 
-    /// Closes mailbox `id` if it is still the one opened as `generation`.
-    pub(crate) fn remove(&self, id: MailboxId, generation: u64) {
+    /// Closes mailbox `id` if it is still `mailbox`, not a later one re-created with the same
+    /// id (the caller holds `mailbox`, so no later one can share its allocation).
+    pub(crate) fn remove(&self, id: MailboxId, mailbox: &Arc<OpenMailbox>) {
         let mut map = write(&self.map);
         if map
             .get(&id)
-            .is_some_and(|entry| entry.generation == generation)
+            .is_some_and(|entry| Arc::ptr_eq(entry, mailbox))
         {
             if let Some(entry) = map.remove(&id) {
-                entry.handle.queue.mailbox_closed.set();
+                entry.queue.mailbox_closed.set();
             }
         }
     }
@@ -501,13 +511,13 @@ impl Mailboxes {
     /// the node's shutdown.
     pub(crate) fn wake_all(&self) {
         for entry in read(&self.map).values() {
-            entry.handle.caps.wake_waiters();
+            entry.caps.wake_waiters();
         }
     }
 
     pub(crate) fn clear(&self) {
         for (_, entry) in write(&self.map).drain() {
-            entry.handle.queue.mailbox_closed.set();
+            entry.queue.mailbox_closed.set();
         }
     }
 
@@ -519,7 +529,7 @@ impl Mailboxes {
     pub(crate) fn depth(&self) -> u64 {
         read(&self.map)
             .values()
-            .map(|entry| entry.handle.queue.len() as u64)
+            .map(|entry| entry.queue.len() as u64)
             .sum()
     }
 
@@ -536,11 +546,11 @@ impl Mailboxes {
         usage: Usage<'_>,
     ) -> Result<Authorized, SendError> {
         address.check_cheap(verifier.id, verifier.now)?;
-        let entry = read(&self.map)
+        let mailbox = read(&self.map)
             .get(&address.mailbox())
             .cloned()
             .ok_or(SendError::NoSuchMailbox)?;
-        let caps = &entry.handle.caps;
+        let caps = &mailbox.caps;
         if caps.is_revoked(address.grant()) {
             return Err(SendError::Revoked);
         }
@@ -548,13 +558,13 @@ impl Mailboxes {
         let limits = match address.signature() {
             Some(signature) => {
                 let signed = (address.grant(), address.expires(), *signature);
-                if !lock(&entry.verified).contains(&signed) {
+                if !lock(caps.verified()).contains(&signed) {
                     verifier.stats.count_signature_check();
                     address.verify_signature().map_err(|e: VerifyError| {
                         verifier.stats.count_forged();
                         SendError::from(e)
                     })?;
-                    let mut verified = lock(&entry.verified);
+                    let mut verified = lock(caps.verified());
                     if verified.len() == VERIFIED_CACHE {
                         verified.remove(0);
                     }
@@ -579,17 +589,10 @@ impl Mailboxes {
             }
         }
         Ok(Authorized {
-            handle: entry.handle.clone(),
+            mailbox,
             grant: address.grant(),
             limits,
         })
-    }
-
-    /// The queue of open mailbox `id`.
-    pub(crate) fn queue(&self, id: MailboxId) -> Option<Arc<MailboxQueue<Message>>> {
-        read(&self.map)
-            .get(&id)
-            .map(|entry| entry.handle.queue.clone())
     }
 }
 

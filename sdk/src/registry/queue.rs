@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::sync::Signal;
 
-/// The queue of one mailbox, shared by its [`Mailbox`](crate::Mailbox) and the node's table.
+/// The queue of one mailbox, inside the [`OpenMailbox`](super::mailboxes::OpenMailbox) that its
+/// [`Mailbox`](crate::Mailbox) shares with the node's table.
 #[derive(Debug)]
 pub(crate) struct MailboxQueue<T> {
     /// Messages the queue holds at most (`mailbox_capacity`, at least 1).

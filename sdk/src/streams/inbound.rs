@@ -26,7 +26,7 @@ use crate::identity::NodeId;
 use crate::net::limits::{Held, OverBudget, PeerGuard};
 use crate::registry::dedup::DedupKey;
 use crate::registry::mailboxes::{
-    durable_counters, Authorized, Budget, Caps, Durable, Ended, MailboxHandle, Message,
+    durable_counters, Authorized, Budget, Caps, Durable, Ended, Message, OpenMailbox,
 };
 use crate::registry::queue::PushError;
 use crate::runtime::Runtime;
@@ -163,7 +163,7 @@ pub(crate) async fn serve(
         })?;
         let revoked = authorized.revoked_or(node.cancel.clone());
         let Authorized {
-            handle,
+            mailbox,
             grant,
             limits,
         } = authorized;
@@ -177,7 +177,7 @@ pub(crate) async fn serve(
         let run = (from.mailbox(), target.mailbox(), epoch);
         let expires = target.effective_expiry();
         (
-            revoked, handle, grant, limits, from, run, expires, first_seq,
+            revoked, mailbox, grant, limits, from, run, expires, first_seq,
         )
     };
     // Resolves once the grant is revoked or the node shuts down: the stream then ends with
@@ -496,7 +496,7 @@ fn run_of(&(node, from, _target, epoch): &DedupKey) -> RunId {
 
 /// Waits `pause` for a rate window of the address's caveats to open again.
 async fn wait_for_budget(
-    mailbox: &MailboxHandle,
+    mailbox: &OpenMailbox,
     revoked: Pin<&mut impl Future<Output = Ended>>,
     pause: std::time::Duration,
 ) -> Result<(), Refusal> {
@@ -511,7 +511,7 @@ async fn wait_for_budget(
 /// What a durable stream's store write needs of the stream.
 struct StoreBatch<'a, 's> {
     node: &'a Runtime,
-    mailbox: &'a MailboxHandle,
+    mailbox: &'a OpenMailbox,
     durable: &'a Arc<Durable>,
     run: RunId,
     limits: &'a [Limit],
@@ -650,7 +650,7 @@ const STORE_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(5
 
 /// Queues `message` in the mailbox, waiting for room (which stops reading the stream, so only
 /// this sender slows down).
-async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> Result<(), Refusal> {
+async fn enqueue(node: &Runtime, mailbox: &OpenMailbox, message: Message) -> Result<(), Refusal> {
     let len = message.payload.len();
     tokio::select! {
         queued = mailbox.queue.push(message) => queued.map_err(|_| Refusal::mailbox_closed())?,
@@ -665,7 +665,7 @@ async fn enqueue(node: &Runtime, mailbox: &MailboxHandle, message: Message) -> R
 /// [`enqueue`] for a message not acknowledged yet: a revocation while it waits drops it.
 async fn enqueue_or_revoked(
     node: &Runtime,
-    mailbox: &MailboxHandle,
+    mailbox: &OpenMailbox,
     message: Message,
     revoked: Pin<&mut impl Future<Output = Ended>>,
 ) -> Result<(), Refusal> {
@@ -678,7 +678,7 @@ async fn enqueue_or_revoked(
 /// Queues the messages `pending` holds (each with its room taken) in the mailbox's queue —
 /// unless the mailbox is durable: its pending messages are not stored yet, and go to its store
 /// first (then to its queue, see [`store_and_acknowledge`]).
-fn hand_over(node: &Runtime, mailbox: &MailboxHandle, pending: &mut Vec<Message>) {
+fn hand_over(node: &Runtime, mailbox: &OpenMailbox, pending: &mut Vec<Message>) {
     if mailbox.durable.is_none() {
         queue_all(node, mailbox, pending);
     }
@@ -686,7 +686,7 @@ fn hand_over(node: &Runtime, mailbox: &MailboxHandle, pending: &mut Vec<Message>
 
 /// Queues `messages` (each with its room taken) in the mailbox's queue as one batch, and counts
 /// them (once per batch: the node's counters are shared by every stream).
-fn queue_all(node: &Runtime, mailbox: &MailboxHandle, messages: &mut Vec<Message>) {
+fn queue_all(node: &Runtime, mailbox: &OpenMailbox, messages: &mut Vec<Message>) {
     if !messages.is_empty() {
         let bytes = messages.iter().map(|message| message.payload.len()).sum();
         node.stats.count_bytes_in(bytes);

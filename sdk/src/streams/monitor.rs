@@ -256,7 +256,7 @@ where
 async fn watch_own_mailbox(node: Arc<Runtime>, address: Address) -> DownReason {
     match node.authorize(&address, &node.id, Usage::Monitor) {
         Ok(authorized) => tokio::select! {
-            _ = authorized.handle.queue.mailbox_closed.wait() => DownReason::MailboxClosed,
+            _ = authorized.mailbox.queue.mailbox_closed.wait() => DownReason::MailboxClosed,
             _ = authorized.revoked() => DownReason::InvalidAddress(SendError::Revoked),
         },
         Err(SendError::NoSuchMailbox) => DownReason::MailboxClosed,
@@ -512,7 +512,7 @@ pub(crate) async fn serve_stream(
     }
     let mut sink = [0u8; 64];
     tokio::select! {
-        _ = authorized.handle.queue.mailbox_closed.wait() => {
+        _ = authorized.mailbox.queue.mailbox_closed.wait() => {
             crate::streams::inbound::refuse(&mut send, ErrorCode::NO_SUCH_MAILBOX, "mailbox closed").await;
         }
         // A watch of an address whose grant is revoked ends as if it had been refused.

@@ -739,7 +739,7 @@ fn resolve(
                 .map_err(|error| (error.wire_code(), error.to_string()))?;
             // Under counting caveats, each conversation counts as one message.
             match authorized
-                .handle
+                .mailbox
                 .caps
                 .reserve(&authorized.limits, || node.clock.unix_now())
             {
