@@ -100,10 +100,9 @@ impl ProgressCell {
     }
 }
 
-/// What senders queued for a conversation's run. It ended (idle or failed) once its
-/// conversation's window is closed, which happens under this queue's lock: senders must start a
-/// new conversation then.
-#[derive(Default)]
+/// What senders queued for a conversation's run. The shared state it is part of is done with
+/// (the conversation parked, or ended) once its window is closed, which happens under this
+/// queue's lock: senders go back to the conversation's [`Slot`] then.
 pub(crate) struct Queue {
     pub(crate) next_ticket: u64,
     /// In order; the run takes them all at once.
