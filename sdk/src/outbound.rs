@@ -86,16 +86,10 @@ fn conversation(node: &Arc<Runtime>, from: &Address, target: &Address) -> Arc<Sl
 fn live(node: &Arc<Runtime>, slot: &Arc<Slot>) -> Option<Arc<Outbound>> {
     let mut state = lock(&slot.state);
     match &*state {
-        SlotState::Live(outbound) => return Some(outbound.clone()),
-        SlotState::Ended => return None,
-        SlotState::Parked(_) => {}
+        SlotState::Live(outbound) => Some(outbound.clone()),
+        SlotState::Ended => None,
+        SlotState::Parked(_) => resume(node, slot, &mut state),
     }
-    let SlotState::Parked(parked) = std::mem::replace(&mut *state, SlotState::Ended) else {
-        return None;
-    };
-    let outbound = resume(node, slot, *parked);
-    *state = SlotState::Live(outbound.clone());
-    Some(outbound)
 }
 
 /// Sends messages from one mailbox to one address, in order. Cheap to clone; all clones and
@@ -727,7 +721,7 @@ fn park(
     node: &Arc<Runtime>,
     mut run: Box<Run>,
 ) -> Result<(), Box<Run>> {
-    let Some(idle_end) = run.sm.poll_timeout() else {
+    let Some(quiet_until) = run.sm.poll_timeout() else {
         return Err(run);
     };
     let park = node.parking.reserve();
@@ -762,17 +756,15 @@ fn park(
         },
         park,
     });
-    debug_assert_eq!(
-        parked.idle_end(&node.sender_config),
-        (Instant::from_std(idle_end), park)
-    );
+    let idle_end = parked.idle_end(&node.sender_config);
+    debug_assert_eq!(idle_end, (Instant::from_std(quiet_until), park));
     let mut state = lock(&slot.state);
     let queue = lock(&outbound.queue);
     // Woken since the poll: its take-up, which takes the slot's lock, must not find it parked
     // late.
     if !queue.items.is_empty()
         || waker.woken.load(Ordering::Acquire)
-        || !node.parking.add(parked.idle_end(&node.sender_config), slot)
+        || !node.parking.add(idle_end, slot)
     {
         return Err(unpark(node, slot, parked.run));
     }
@@ -859,19 +851,25 @@ fn take_up(
         };
         let mut state = lock(&slot.state);
         // Not if a sender took it up meanwhile (it may have parked again since).
-        if !matches!(&*state, SlotState::Parked(parked) if parked.park == park && wanted(&parked.run))
+        if matches!(&*state, SlotState::Parked(parked) if parked.park == park && wanted(&parked.run))
         {
-            continue;
-        }
-        if let SlotState::Parked(parked) = std::mem::replace(&mut *state, SlotState::Ended) {
-            *state = SlotState::Live(resume(&node, &slot, *parked));
+            resume(&node, &slot, &mut state);
         }
     }
 }
 
-/// The shared state of a parked conversation made again, and its run's task started; forgets
-/// the run's idle end (still registered unless the parking task took it up there).
-fn resume(node: &Arc<Runtime>, slot: &Arc<Slot>, parked: Parked) -> Arc<Outbound> {
+/// Makes `slot`'s parked conversation live again, under the slot's lock (`state`): a new shared
+/// state, and a task started with its run; forgets the run's idle end (still registered unless
+/// the parking task took it up there). Returns the new shared state; `None` if the
+/// conversation was not parked.
+fn resume(node: &Arc<Runtime>, slot: &Arc<Slot>, state: &mut SlotState) -> Option<Arc<Outbound>> {
+    let parked = match std::mem::replace(state, SlotState::Ended) {
+        SlotState::Parked(parked) => parked,
+        other => {
+            *state = other;
+            return None;
+        }
+    };
     node.parking.remove(parked.idle_end(&node.sender_config));
     let outbound = Arc::new(Outbound::new(
         node.config.send_window,
@@ -879,7 +877,8 @@ fn resume(node: &Arc<Runtime>, slot: &Arc<Slot>, parked: Parked) -> Arc<Outbound
     ));
     let run = unpark(node, slot, parked.run);
     spawn_run(node, slot.clone(), outbound.clone(), run);
-    outbound
+    *state = SlotState::Live(outbound.clone());
+    Some(outbound)
 }
 
 /// The whole run of a parked one. A parked run keeps no wait on its link's supersession (the
@@ -1119,8 +1118,10 @@ fn fail_all(slot: &Arc<Slot>, outbound: &Outbound, node: &Runtime, error: SendEr
     {
         let mut map = lock(&node.conversations);
         let mut state = lock(&slot.state);
-        lock(&outbound.queue).items.clear();
+        let mut queue = lock(&outbound.queue);
+        queue.items.clear();
         end(slot, outbound, &mut map, &mut state);
+        drop(queue);
     }
     outbound.progress.update(|progress| {
         progress.failures.get_or_insert_default().fatal = Some(error);
@@ -1129,7 +1130,8 @@ fn fail_all(slot: &Arc<Slot>, outbound: &Outbound, node: &Runtime, error: SendEr
 }
 
 /// Takes an ending conversation out of the node's table (`map`) and closes its window: its
-/// senders start a new conversation. Under the table's and the slot's locks (`state`).
+/// senders start a new conversation. Under the table's, the slot's (`state`) and the queue's
+/// locks: a sender that finds the window open finds the queue still in use.
 fn end(
     slot: &Arc<Slot>,
     outbound: &Outbound,
