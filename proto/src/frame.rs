@@ -355,6 +355,25 @@ pub fn get_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     }
 }
 
+/// Where the MESSAGE frame at the start of `buf` is, if `buf` starts with a complete one of at
+/// most `max_len` bytes: the length of its header (prefix and type) and of its payload. `None`
+/// for anything else (a frame not complete yet, another type, an error), which
+/// [`decode_frame`] tells apart: this is the hot path of a mailbox stream, kept apart from it.
+pub fn complete_message(buf: &[u8], max_len: usize) -> Option<(usize, usize)> {
+    let Ok(Some((len, prefix))) = get_varint(buf) else {
+        return None;
+    };
+    if len == 0 || len > max_len as u64 {
+        return None;
+    }
+    // len <= max_len, which is a usize; the varint (prefix bytes) lies within `buf`.
+    let len = len as usize;
+    if buf.get(prefix) != Some(&tag::MESSAGE) || buf.len() - prefix < len {
+        return None;
+    }
+    Some((prefix + 1, len - 1))
+}
+
 /// The encoded length of a MESSAGE frame carrying `payload_len` bytes, so a batch's buffer
 /// is sized once rather than grown (and copied) while its frames are written.
 pub fn message_frame_len(payload_len: usize) -> usize {
@@ -366,6 +385,12 @@ pub fn message_frame_len(payload_len: usize) -> usize {
 pub fn put_message_header(out: &mut Vec<u8>, payload_len: usize) {
     put_varint(out, payload_len as u64 + 1);
     out.push(tag::MESSAGE);
+}
+
+/// Appends one MESSAGE frame.
+pub fn put_message(out: &mut Vec<u8>, payload: &[u8]) {
+    put_message_header(out, payload.len());
+    out.extend_from_slice(payload);
 }
 
 /// Appends one encoded frame.
@@ -406,10 +431,7 @@ pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
             out.push(tag::ACCEPT);
             put_varint(out, *max_message);
         }
-        Frame::Message(payload) => {
-            put_message_header(out, payload.len());
-            out.extend_from_slice(payload);
-        }
+        Frame::Message(payload) => put_message(out, payload),
         Frame::Ack { next_seq } => {
             put_varint(out, 1 + varint_len(*next_seq) as u64);
             out.push(tag::ACK);
@@ -908,6 +930,30 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = decode_frame(&bytes, 4096);
+        }
+
+        /// The mailbox stream's shortcut finds exactly the MESSAGE frames the decoder finds.
+        #[test]
+        fn the_message_shortcut_agrees_with_the_decoder(
+            payload in proptest::collection::vec(any::<u8>(), 0..80),
+            cut in 0usize..90,
+            mangle in proptest::option::of((0usize..4, any::<u8>())),
+            max_len in 0usize..100,
+        ) {
+            let mut bytes = Vec::new();
+            put_message(&mut bytes, &payload);
+            bytes.extend_from_slice(b"rest");
+            if let Some((at, byte)) = mangle {
+                if let Some(place) = bytes.get_mut(at) {
+                    *place = byte;
+                }
+            }
+            bytes.truncate(cut);
+            let decoded = match decode_frame(&bytes, max_len) {
+                Ok(Some((Frame::Message(found), used))) => Some((used - found.len(), found.len())),
+                _ => None,
+            };
+            prop_assert_eq!(complete_message(&bytes, max_len), decoded);
         }
     }
 }

@@ -81,6 +81,29 @@ impl Receiver {
         buf: &mut BytesMut,
         run: &RunState,
     ) -> Result<Option<Incoming>, Violation> {
+        let (header, payload_len) = match frame::complete_message(buf, self.max_frame) {
+            Some(found) => found,
+            None => match self.decode(buf)? {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+        };
+        let mut frame = buf.split_to(header + payload_len);
+        frame.advance(header);
+        let seq = self.seq;
+        self.seq += 1;
+        if run.next_seq.is_some_and(|next| seq < next) {
+            return Ok(Some(Incoming::Duplicate));
+        }
+        Ok(Some(Incoming::Message {
+            seq,
+            payload: frame.freeze(),
+        }))
+    }
+
+    /// What [`frame::complete_message`] does not take: the header and payload length of a
+    /// complete MESSAGE frame, `None` for an incomplete frame, or why the stream must end.
+    fn decode(&self, buf: &[u8]) -> Result<Option<(usize, usize)>, Violation> {
         let decoded = match frame::decode_frame(buf, self.max_frame) {
             Ok(decoded) => decoded,
             Err(FrameError::TooLarge { len, max }) => {
@@ -105,18 +128,15 @@ impl Receiver {
                 reason: "expected message frame".into(),
             });
         };
-        let header = used - payload.len();
-        let mut bytes = buf.split_to(used);
-        bytes.advance(header);
-        let seq = self.seq;
-        self.seq += 1;
-        if run.next_seq.is_some_and(|next| seq < next) {
-            return Ok(Some(Incoming::Duplicate));
-        }
-        Ok(Some(Incoming::Message {
-            seq,
-            payload: bytes.freeze(),
-        }))
+        Ok(Some((used - payload.len(), payload.len())))
+    }
+
+    /// About how many MESSAGE frames `buf` holds if the rest are like its first (0 if it does
+    /// not start with a complete one): to size once what they are delivered into.
+    pub fn frames_hint(&self, buf: &[u8]) -> usize {
+        frame::complete_message(buf, self.max_frame).map_or(0, |(header, payload_len)| {
+            buf.len() / (header + payload_len)
+        })
     }
 
     /// Every message of the run below `next_seq` is delivered (in the mailbox, or stored).
@@ -248,8 +268,7 @@ mod tests {
     fn messages(payloads: &[&[u8]]) -> BytesMut {
         let mut out = Vec::new();
         for payload in payloads {
-            frame::put_message_header(&mut out, payload.len());
-            out.extend_from_slice(payload);
+            frame::put_message(&mut out, payload);
         }
         BytesMut::from(&out[..])
     }

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //!            push ──► queued ──(small, pipelined after OPEN; or after ACCEPT: Write)──►
+//!              └──(the stream is open and nothing is queued: Write)─────────────────────►
 //!                         unacked ──(ACK n)──► Resolved
 //!  Open ─► opened ─► (ACCEPT) Open ──────────────────────────────── stream lost ─► Open again,
 //!                                                                    resending unacked
@@ -56,6 +57,9 @@ fn frames_len<'a>(messages: impl Iterator<Item = &'a (Ticket, Bytes)>) -> usize 
         .map(|(_, payload)| frame::message_frame_len(payload.len()))
         .sum()
 }
+
+/// The most a write's buffer is sized up front beyond its first message.
+const PREALLOCATE_MAX: usize = 256 * 1024;
 
 /// The cost of a message against the send window.
 pub fn cost(payload_len: usize) -> usize {
@@ -387,26 +391,33 @@ impl<E: Clone> Sender<E> {
         if self.ended {
             return;
         }
-        let mut pushed = false;
-        for (ticket, payload) in messages {
-            debug_assert_eq!(ticket, self.next_ticket);
-            self.next_ticket = ticket + 1;
-            if self.unacked.is_empty() && self.queued.is_empty() {
-                self.last_progress = now;
-                self.stall = Stall::default();
-            }
-            self.queued.push_back((ticket, payload));
-            pushed = true;
-        }
-        if !pushed {
+        let mut messages = messages.into_iter().peekable();
+        if messages.peek().is_none() {
             return;
+        }
+        if !self.busy() {
+            self.last_progress = now;
+            self.stall = Stall::default();
         }
         self.was_busy = true;
         match self.stream {
-            Stream::Open { peer_max } => self.write_queued(now, peer_max),
-            Stream::None => self.drive(now),
-            Stream::Presented { .. } => self.write_early_on_stream(now),
-            Stream::Requested { .. } => {}
+            // Nothing waits before them: straight onto the stream, without a stop in the queue.
+            Stream::Open { peer_max } if self.queued.is_empty() => {
+                self.write_messages(now, peer_max, messages);
+            }
+            _ => {
+                for (ticket, payload) in messages {
+                    debug_assert_eq!(ticket, self.next_ticket);
+                    self.next_ticket = ticket + 1;
+                    self.queued.push_back((ticket, payload));
+                }
+                match self.stream {
+                    Stream::Open { peer_max } => self.write_queued(now, peer_max),
+                    Stream::None => self.drive(now),
+                    Stream::Presented { .. } => self.write_early_on_stream(now),
+                    Stream::Requested { .. } => {}
+                }
+            }
         }
     }
 
@@ -882,15 +893,30 @@ impl<E: Clone> Sender<E> {
 
     /// Moves queued messages into the stream.
     fn write_queued(&mut self, now: Instant, peer_max: usize) {
-        if self.queued.is_empty() {
-            return;
+        if !self.queued.is_empty() {
+            let queued = std::mem::take(&mut self.queued);
+            self.write_messages(now, peer_max, queued.into_iter());
         }
+    }
+
+    /// Frames `messages` into one write; they become unacknowledged. Those beyond the peer's
+    /// limit are refused instead.
+    fn write_messages(
+        &mut self,
+        now: Instant,
+        peer_max: usize,
+        messages: impl Iterator<Item = (Ticket, Bytes)>,
+    ) {
         if self.unacked.is_empty() {
             self.last_progress = now;
             self.stall.next_probe = Some(now + STALL_AFTER);
         }
-        let mut out = Vec::with_capacity(frames_len(self.queued.iter()));
-        while let Some((ticket, payload)) = self.queued.pop_front() {
+        let count = messages.size_hint().0;
+        let mut out = Vec::new();
+        for (ticket, payload) in messages {
+            // (Queued messages were counted when they were pushed.)
+            debug_assert!(ticket <= self.next_ticket);
+            self.next_ticket = self.next_ticket.max(ticket + 1);
             if payload.len() > peer_max {
                 self.actions.push_back(Action::TooLarge {
                     ticket,
@@ -899,7 +925,18 @@ impl<E: Clone> Sender<E> {
                 });
                 continue;
             }
-            frame::put_frame(&mut out, &Frame::Message(&payload));
+            if out.capacity() == 0 {
+                // Sized as if the rest were alike, so that a batch of them is one allocation;
+                // bounded, as one large message does not say the rest are.
+                let len = frame::message_frame_len(payload.len());
+                out.reserve(
+                    len + count
+                        .saturating_sub(1)
+                        .saturating_mul(len)
+                        .min(PREALLOCATE_MAX),
+                );
+            }
+            frame::put_message(&mut out, &payload);
             self.unacked.push_back((ticket, payload));
         }
         self.last_activity = now;

@@ -485,7 +485,11 @@ fn new_run(slot: &Slot, config: &Arc<proto::SenderConfig>) -> Box<Run> {
         seed,
         Instant::now().into_std(),
     );
-    Box::new(Run { sm, stream: None })
+    Box::new(Run {
+        sm,
+        stream: None,
+        taken: Vec::new(),
+    })
 }
 
 /// Starts a task driving `run` for `slot`'s conversation, whose shared state is `outbound`.
@@ -509,7 +513,7 @@ async fn drive(slot: Arc<Slot>, outbound: Arc<Outbound>, node: Arc<Runtime>, mut
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     loop {
-        pull_queued(&outbound, &mut run.sm);
+        pull_queued(&outbound, &mut run);
         while let Some(action) = run.sm.poll_action() {
             match action {
                 Action::Open(head) => {
@@ -743,11 +747,17 @@ fn park(
             return Err(run);
         }
     }
-    let Run { sm, stream } = *run;
+    let Run { sm, stream, .. } = *run;
     let sm = match sm.park() {
         Ok(sm) => sm,
         // Part of a frame was read: the rest follows.
-        Err(sm) => return Err(Box::new(Run { sm, stream })),
+        Err(sm) => {
+            return Err(Box::new(Run {
+                sm,
+                stream,
+                taken: Vec::new(),
+            }))
+        }
     };
     let parked = Box::new(Parked {
         run: ParkedRun {
@@ -893,6 +903,7 @@ fn unpark(node: &Runtime, slot: &Slot, parked: ParkedRun) -> Box<Run> {
             slot.from.clone(),
         ),
         stream: parked.stream.map(|stream| stream.resume()),
+        taken: Vec::new(),
     });
     if let Some(open) = run
         .stream
@@ -906,9 +917,15 @@ fn unpark(node: &Runtime, slot: &Slot, parked: ParkedRun) -> Box<Run> {
 }
 
 /// Moves what senders queued into the run.
-fn pull_queued(outbound: &Outbound, sm: &mut proto::Sender<SendError>) {
-    let batch: Vec<(u64, Bytes)> = lock(&outbound.queue).items.drain(..).collect();
-    sm.push_all(now(), batch);
+fn pull_queued(outbound: &Outbound, run: &mut Run) {
+    {
+        let mut queue = lock(&outbound.queue);
+        if queue.items.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut queue.items, &mut run.taken);
+    }
+    run.sm.push_all(now(), run.taken.drain(..));
 }
 
 /// Opens a stream to `peer` (dialing it at `hints` if needed) and writes `head` (kind and

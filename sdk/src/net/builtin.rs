@@ -4,6 +4,9 @@
 // Handles what peers send: no input may panic (docs/SECURITY.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::{Buf, BytesMut};
 
 use crate::frame::{self, ConverseTarget, ErrorCode, Frame, StreamKind};
@@ -133,12 +136,21 @@ pub(crate) async fn fail(send: &mut quinn::SendStream, reason: &str) {
 
 /// Refuses a stream before its conversation starts: CLOSE with `code` and `reason`, FIN, and
 /// up to a second for the peer to read them.
-pub(crate) async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, reason: &str) {
+///
+/// Boxed: a refusal is rare, and every stream that may end in one would otherwise keep room for
+/// its wait in its future (and copy that room whenever the future moves).
+pub(crate) fn refuse<'a>(
+    send: &'a mut quinn::SendStream,
+    code: ErrorCode,
+    reason: &str,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     let out = ferry_proto::conversation::refusal(code, reason);
-    if send.write_all(&out).await.is_ok() {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
-    }
+    Box::pin(async move {
+        if send.write_all(&out).await.is_ok() {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
+        }
+    })
 }
 
 /// Answers with `object` on `send` and finishes it.

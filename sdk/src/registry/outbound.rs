@@ -113,6 +113,9 @@ pub(crate) struct Queue {
 pub(crate) struct Run {
     pub(crate) sm: ferry_proto::sender::Sender<SendError>,
     pub(crate) stream: Option<OpenStream>,
+    /// Empty; exchanged for the queue's items when the task takes them, so that the queue's
+    /// vector and this one take turns instead of a new one being made per batch.
+    pub(crate) taken: Vec<(u64, Bytes)>,
 }
 
 /// The stream a run writes to, on the connection it was opened on.

@@ -36,6 +36,9 @@ use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
 /// Bytes read from a mailbox stream at once at most.
 const READ_MAX: usize = 64 * 1024;
 
+/// The most messages of one read that room is made for up front (the rest grow it).
+const PENDING_PRESIZE_MAX: usize = 1024;
+
 /// Lets the application, woken by the hand-over, run before the acknowledgement is written,
 /// so that the acknowledgement can leave in one packet with the application's reply instead of
 /// costing a packet of its own.
@@ -246,6 +249,7 @@ pub(crate) async fn serve(
         // Deliver every complete frame in the buffer, then acknowledge them together.
         {
             let mut state = dedup.lock().await;
+            pending.reserve(receiver.frames_hint(&buf).min(PENDING_PRESIZE_MAX));
             loop {
                 let incoming = match receiver.next(&mut buf, &state) {
                     Ok(Some(incoming)) => incoming,
@@ -267,8 +271,8 @@ pub(crate) async fn serve(
                     break;
                 }
                 // Only messages delivered for the first time are counted: a resent duplicate
-                // was skipped above.
-                loop {
+                // was skipped above. (An address without counting caveats has nothing to count.)
+                while !limits.is_empty() {
                     match mailbox.caps.reserve(&limits, || node.clock.unix_now()) {
                         Ok(()) => break,
                         Err(Budget::Wait(secs)) => {

@@ -602,8 +602,13 @@ pub(crate) async fn serve_stream(
     // (docs/PROTOCOL.md §10.11).
     if let Request::ByName(name) = &request {
         match name.as_str() {
+            // Boxed, as the refusals: the built-in services are rarely asked, and inline their
+            // answers would make every conversation's task larger.
             crate::streams::ping::PING_SERVICE => {
-                return crate::streams::ping::answer(peer, send, recv, buf, deadline).await
+                return Box::pin(crate::streams::ping::answer(
+                    peer, send, recv, buf, deadline,
+                ))
+                .await
             }
             ferry_proto::observe::OBSERVE_SERVICE => {
                 let remote = node
@@ -612,17 +617,17 @@ pub(crate) async fn serve_stream(
                     .route_of(origin.remote_address())
                     .is_none()
                     .then(|| origin.remote_address());
-                return crate::net::observation::answer(send, remote).await;
+                return Box::pin(crate::net::observation::answer(send, remote)).await;
             }
             ferry_proto::punch::PUNCH_SERVICE => {
-                return crate::net::hole_punch::answer(
+                return Box::pin(crate::net::hole_punch::answer(
                     node.net.clone(),
                     peer,
                     send,
                     recv,
                     buf,
                     origin,
-                )
+                ))
                 .await
             }
             _ => {}
