@@ -916,6 +916,9 @@ fn unpark(node: &Runtime, slot: &Slot, parked: ParkedRun) -> Box<Run> {
     run
 }
 
+/// The most queued messages a conversation's vectors keep room for between batches.
+const KEPT_BATCH_CAPACITY: usize = 4096;
+
 /// Moves what senders queued into the run.
 fn pull_queued(outbound: &Outbound, run: &mut Run) {
     {
@@ -926,6 +929,10 @@ fn pull_queued(outbound: &Outbound, run: &mut Run) {
         std::mem::swap(&mut queue.items, &mut run.taken);
     }
     run.sm.push_all(now(), run.taken.drain(..));
+    if run.taken.capacity() > KEPT_BATCH_CAPACITY {
+        // A burst's vector is not kept for the conversation's life.
+        run.taken = Vec::new();
+    }
 }
 
 /// Opens a stream to `peer` (dialing it at `hints` if needed) and writes `head` (kind and

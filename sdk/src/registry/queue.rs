@@ -75,6 +75,7 @@ impl<T> MailboxQueue<T> {
                     receiver,
                     taken: VecDeque::new(),
                     room,
+                    capacity: self.capacity,
                 })),
             })
         })
@@ -155,6 +156,7 @@ pub(crate) struct QueueReceiver<T> {
     /// The rest of the batch last received.
     taken: VecDeque<T>,
     room: Arc<Semaphore>,
+    capacity: usize,
 }
 
 impl<T> QueueReceiver<T> {
@@ -191,17 +193,17 @@ impl<T> QueueReceiver<T> {
                 }
             }
             let take = self.taken.len().min(max - count);
-            if out.is_empty() && take == self.taken.len() {
-                // The rest of a batch, whole: handed over in its own allocation, not moved
-                // message by message.
-                *out = std::mem::take(&mut self.taken).into();
-            } else {
-                out.extend(self.taken.drain(..take));
-            }
+            out.extend(self.taken.drain(..take));
             count += take;
         }
         self.room.add_permits(count);
         Some(count)
+    }
+
+    /// Messages queued, not yet taken (with those of batches not yet flushed: an upper bound
+    /// of what [`Self::try_recv_many`] finds).
+    pub(crate) fn len(&self) -> usize {
+        queued(self.capacity, &self.room)
     }
 }
 
@@ -266,7 +268,7 @@ mod tests {
         queue.try_reserve(&mut pending, 3).unwrap();
         assert_eq!(queue.try_reserve(&mut pending, 4), Err(PushError::Full(4)));
         queue.hand_over(&mut pending);
-        assert_eq!(queue.len(), 3);
+        assert_eq!(receiver.len(), 3);
         let mut out = Vec::new();
         assert_eq!(receiver.try_recv_many(&mut out, 2), Some(2));
         assert_eq!(out, [1, 2]);
