@@ -485,11 +485,7 @@ fn new_run(slot: &Slot, config: &Arc<proto::SenderConfig>) -> Box<Run> {
         seed,
         Instant::now().into_std(),
     );
-    Box::new(Run {
-        sm,
-        stream: None,
-        taken: Vec::new(),
-    })
+    Run::new(sm, None)
 }
 
 /// Starts a task driving `run` for `slot`'s conversation, whose shared state is `outbound`.
@@ -751,13 +747,7 @@ fn park(
     let sm = match sm.park() {
         Ok(sm) => sm,
         // Part of a frame was read: the rest follows.
-        Err(sm) => {
-            return Err(Box::new(Run {
-                sm,
-                stream,
-                taken: Vec::new(),
-            }))
-        }
+        Err(sm) => return Err(Run::new(sm, stream)),
     };
     let parked = Box::new(Parked {
         run: ParkedRun {
@@ -896,15 +886,14 @@ fn resume(node: &Arc<Runtime>, slot: &Arc<Slot>, state: &mut SlotState) -> Optio
 /// receiver's CLOSE, as the running task's reads come before its other waits) and moves before
 /// it writes again.
 fn unpark(node: &Runtime, slot: &Slot, parked: ParkedRun) -> Box<Run> {
-    let mut run = Box::new(Run {
-        sm: parked.sm.resume(
+    let mut run = Run::new(
+        parked.sm.resume(
             node.sender_config.clone(),
             slot.target.clone(),
             slot.from.clone(),
         ),
-        stream: parked.stream.map(|stream| stream.resume()),
-        taken: Vec::new(),
-    });
+        parked.stream.map(|stream| stream.resume()),
+    );
     if let Some(open) = run
         .stream
         .as_mut()

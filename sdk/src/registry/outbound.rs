@@ -118,6 +118,19 @@ pub(crate) struct Run {
     pub(crate) taken: Vec<(u64, Bytes)>,
 }
 
+impl Run {
+    pub(crate) fn new(
+        sm: ferry_proto::sender::Sender<SendError>,
+        stream: Option<OpenStream>,
+    ) -> Box<Self> {
+        Box::new(Self {
+            sm,
+            stream,
+            taken: Vec::new(),
+        })
+    }
+}
+
 /// The stream a run writes to, on the connection it was opened on.
 pub(crate) struct OpenStream {
     pub(crate) send: quinn::SendStream,
