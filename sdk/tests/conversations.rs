@@ -257,6 +257,54 @@ async fn a_thousand_concurrent_conversations_on_one_connection() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A call has one deadline: `open_timeout` bounds its opening only, not the wait for the
+/// response of a callee that accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_later_than_the_open_timeout_is_awaited_until_the_calls_deadline() {
+    let server = node().await;
+    let open_timeout = Duration::from_millis(200);
+    let client = Node::bind(
+        SecretKey::generate(),
+        NodeConfig {
+            open_timeout,
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let _service = server
+        .serve("slow", ServiceOptions::default(), {
+            let release = release.clone();
+            move |mut conversation| {
+                let (started, release) = (started_tx.clone(), release.clone());
+                async move {
+                    let request: String = conversation.recv_obj().await.unwrap();
+                    started.send(()).unwrap();
+                    release.notified().await;
+                    let _ = conversation.reply(&request).await;
+                }
+            }
+        })
+        .unwrap();
+    let call = client
+        .call::<_, String>(target(&server, "slow"), "work")
+        .timeout(WAIT);
+    let pending = tokio::spawn(call.into_future());
+    tokio::time::timeout(WAIT, started_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // The response comes well after the opening's own timeout would have ended.
+    tokio::time::sleep(open_timeout * 3).await;
+    release.notify_one();
+    let response = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(response, Ok("work".to_owned()));
+    client.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_call_stops_the_callee() {
     let server = node().await;

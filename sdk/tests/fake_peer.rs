@@ -266,6 +266,12 @@ async fn open_waits_no_longer_than_open_timeout_for_stream_credit() {
     let connection = tokio::spawn(fake.accept());
     let open = tokio::time::timeout(WAIT, node.open(fake_target(&fake))).await;
     assert_eq!(open.unwrap().unwrap_err(), OpenError::Timeout);
+    // A call too, when its own deadline is later.
+    let call = node
+        .call::<_, String>(fake_target(&fake), "work")
+        .timeout(WAIT * 2);
+    let call = tokio::time::timeout(WAIT, call).await;
+    assert_eq!(call.unwrap(), Err(CallError::Open(OpenError::Timeout)));
     drop(connection);
     node.shutdown(Duration::from_millis(100)).await;
 }

@@ -30,7 +30,12 @@ pub(crate) enum Incoming {
     Backlog(mpsc::Sender<Conversation>),
     /// To the handler given to `Node::serve`, run on the task of the conversation's stream:
     /// no hand-off to another task between the opener's request and the handler.
-    Handler(Arc<Handler>),
+    Handler {
+        /// Makes the future that serves one conversation.
+        run: Arc<Handler>,
+        /// The service's span, which the handlers run in.
+        span: tracing::Span,
+    },
 }
 
 /// The node's registered services, by name and by mailbox id.

@@ -14,6 +14,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -21,6 +22,7 @@ use ferry_proto::conversation::{self as proto, Answer, Opening, Request};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use crate::address::{Address, MailboxId, Usage};
@@ -234,23 +236,9 @@ where
     F: Fn(Conversation) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    // Handlers get the shutdown grace to finish; then they are dropped (docs/PROTOCOL.md §6.9).
-    let halt = node.halt.clone();
+    let run: Arc<Handler> = Arc::new(move |conversation| Box::pin(handler(conversation)));
     let span = tracing::debug_span!("service", name);
-    let handler: Arc<Handler> = Arc::new(move |conversation| {
-        let work = handler(conversation);
-        let halt = halt.clone();
-        Box::pin(
-            async move {
-                tokio::select! {
-                    _ = halt.cancelled() => {}
-                    _ = work => {}
-                }
-            }
-            .instrument(span.clone()),
-        )
-    });
-    let registration = register_as(node, name, options.allow, Incoming::Handler(handler))?;
+    let registration = register_as(node, name, options.allow, Incoming::Handler { run, span })?;
     Ok(ServiceHandle { registration })
 }
 
@@ -383,37 +371,51 @@ async fn start(
     first: &Frame<'_>,
     early: Option<&[u8]>,
 ) -> Result<(Conversation, Answer), OpenError> {
+    let connection = connect(node, target).await?;
+    let opening = answered(node, &connection, target, first, early);
+    tokio::time::timeout(node.config.open_timeout, opening)
+        .await
+        .unwrap_or(Err(OpenError::Timeout))
+}
+
+/// The connection to `target`'s node, dialed if there is none.
+async fn connect(node: &Arc<Runtime>, target: &Target) -> Result<quinn::Connection, OpenError> {
     if node.is_closing() {
         return Err(OpenError::NodeClosed);
     }
-    let connection = dial::connect(&node.net, target.node(), target.hints())
+    dial::connect(&node.net, target.node(), target.hints())
         .await
-        .map_err(open_error_from_dial)?;
+        .map_err(open_error_from_dial)
+}
+
+/// [`start`] on `connection`, without its timeout.
+async fn answered(
+    node: &Runtime,
+    connection: &quinn::Connection,
+    target: &Target,
+    first: &Frame<'_>,
+    early: Option<&[u8]>,
+) -> Result<(Conversation, Answer), OpenError> {
     let then = early.map_or(0, |object| 1 + frame::MAX_VARINT_LEN + object.len());
     let mut head = proto::opening(first, node.config.max_message_size as u64, then);
     if let Some(object) = early {
         frame::put_frame(&mut head, &Frame::Object(object));
     }
-    let opening = async {
-        let (send, recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| OpenError::Unreachable(DialError::Stream(StreamError::Open(e))))?;
-        let mut conversation = Conversation::new(
-            target.node(),
-            send,
-            recv,
-            BytesMut::new(),
-            node.config.max_message_size,
-            true,
-        )
-        .with_frame_timeout(node.config.frame_timeout);
-        let answer = read_answer(&mut conversation, &head, early.is_some(), target).await?;
-        Ok((conversation, answer))
-    };
-    tokio::time::timeout(node.config.open_timeout, opening)
+    let (send, recv) = connection
+        .open_bi()
         .await
-        .unwrap_or(Err(OpenError::Timeout))
+        .map_err(|e| OpenError::Unreachable(DialError::Stream(StreamError::Open(e))))?;
+    let mut conversation = Conversation::new(
+        target.node(),
+        send,
+        recv,
+        BytesMut::new(),
+        node.config.max_message_size,
+        true,
+    )
+    .with_frame_timeout(node.config.frame_timeout);
+    let answer = read_answer(&mut conversation, &head, early.is_some(), target).await?;
+    Ok((conversation, answer))
 }
 
 /// Writes the opening (and, if `finish`, FIN) and reads the acceptor's answer; what follows it
@@ -478,7 +480,8 @@ async fn read_answer(
 }
 
 pub(crate) async fn open(node: &Arc<Runtime>, target: &Target) -> Result<Conversation, OpenError> {
-    open_with(node, target, None).await
+    let (conversation, answer) = start(node, target, &converse(target)?, None).await?;
+    accepted(conversation, answer)
 }
 
 /// Whether an object of `len` bytes may go to `target` before its answer: every acceptor
@@ -490,26 +493,23 @@ fn may_go_early(target: &Target, len: usize) -> bool {
     len <= frame::EARLY_MESSAGE_MAX && !builtin
 }
 
-/// Opens a conversation with `target`; `early`, a call's request small enough for
-/// [`may_go_early`], is sent pipelined after the opening, with FIN, rather than after the
-/// answer.
-async fn open_with(
-    node: &Arc<Runtime>,
-    target: &Target,
-    early: Option<&[u8]>,
-) -> Result<Conversation, OpenError> {
-    let first = match target {
-        Target::Address(address) => {
-            Frame::Converse(ConverseTarget::Address(Box::new(address.without_hints())))
-        }
+/// The first frame of a conversation with `target`.
+fn converse(target: &Target) -> Result<Frame<'_>, OpenError> {
+    match target {
+        Target::Address(address) => Ok(Frame::Converse(ConverseTarget::Address(Box::new(
+            address.without_hints(),
+        )))),
         Target::Service { name, .. } => {
             if !frame::valid_service_name(name) {
                 return Err(OpenError::InvalidName(name.clone()));
             }
-            Frame::Converse(ConverseTarget::Service(name))
+            Ok(Frame::Converse(ConverseTarget::Service(name)))
         }
-    };
-    let (conversation, answer) = start(node, target, &first, early).await?;
+    }
+}
+
+/// The opener's side of a conversation the acceptor answered.
+fn accepted(conversation: Conversation, answer: Answer) -> Result<Conversation, OpenError> {
     match answer {
         Answer::Accepted { peer_limit } => Ok(conversation.with_peer_limit(peer_limit)),
         _ => Err(OpenError::Protocol("expected accept".into())),
@@ -654,13 +654,21 @@ pub(crate) async fn serve_stream(
     }
     let backlog = match &entry.incoming {
         Incoming::Backlog(backlog) => backlog,
-        Incoming::Handler(handler) => {
-            let handler = handler.clone();
+        Incoming::Handler { run, span } => {
+            let (run, span) = (run.clone(), span.clone());
             drop(entry);
             let accepted =
                 accepted_conversation(&node, peer, opener_limit, in_use, send, recv, buf);
             if let Some(conversation) = accepted.await {
-                handler(conversation).await;
+                // Handlers get the shutdown grace to finish; then they are dropped
+                // (docs/PROTOCOL.md §6.9). The handler's future is boxed once as it is made:
+                // wrapping it before boxing moved it once more per wrapper.
+                let work = run(conversation).instrument(span);
+                tokio::select! {
+                    biased;
+                    _ = work => {}
+                    _ = node.halt.cancelled() => {}
+                }
             }
             return;
         }
@@ -827,37 +835,92 @@ impl<Resp: DeserializeOwned + Send + 'static> IntoFuture for Call<Resp> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let request = self.request?;
-            let exchange = async {
-                // A small request rides with the opening: the call takes one round trip.
-                let early = may_go_early(&self.target, request.len());
-                let mut conversation =
-                    open_with(&self.node, &self.target, early.then_some(&request[..])).await?;
-                // (An early request went with its FIN.)
-                let sent = if early {
-                    Ok(())
+            let (node, target) = (&self.node, &self.target);
+            // One timer for the whole call, the opening's `open_timeout` included: each
+            // timer a call starts costs it a registration and a removal.
+            let deadline = Instant::now() + self.timeout;
+            let timer = tokio::time::sleep_until(deadline);
+            tokio::pin!(timer);
+            let first = converse(target)?;
+            let connecting = connect(node, target);
+            tokio::pin!(connecting);
+            let connection = within(timer.as_mut(), connecting)
+                .await
+                .ok_or(CallError::Timeout)??;
+            // A small request rides with the opening: the call takes one round trip.
+            let early = may_go_early(target, request.len());
+            let open_deadline = Instant::now() + node.config.open_timeout;
+            timer.as_mut().reset(open_deadline.min(deadline));
+            let opening = answered(
+                node,
+                &connection,
+                target,
+                &first,
+                early.then_some(&request[..]),
+            );
+            tokio::pin!(opening);
+            let Some(opened) = within(timer.as_mut(), opening).await else {
+                return Err(if open_deadline < deadline {
+                    OpenError::Timeout.into()
                 } else {
-                    match conversation.send_encoded(&request).await {
-                        Ok(()) => conversation.finish(),
-                        // Beyond the callee's announced limit: nothing was sent, and dropping
-                        // the conversation cancels it.
-                        Err(error @ ConversationError::TooLarge { .. }) => return Err(error.into()),
-                        Err(error) => Err(error),
-                    }
-                };
-                // A callee may answer (or fail) without reading the whole request, which makes
-                // the write fail: its answer says more than the write error.
-                match (conversation.recv_obj::<Resp>().await, sent) {
-                    (Ok(response), _) => Ok(response),
-                    (Err(error @ ConversationError::Failed { .. }), _) | (Err(error), Ok(())) => {
-                        Err(error.into())
-                    }
-                    (Err(_), Err(send_error)) => Err(send_error.into()),
-                }
+                    CallError::Timeout
+                });
             };
-            tokio::time::timeout(self.timeout, exchange)
+            let (conversation, answer) = opened?;
+            let conversation = accepted(conversation, answer)?;
+            if open_deadline < deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let exchange = exchange::<Resp>(conversation, &request, early);
+            tokio::pin!(exchange);
+            within(timer, exchange)
                 .await
                 .unwrap_or(Err(CallError::Timeout))
         })
+    }
+}
+
+/// `work`, unless `timer` ends first. Both pinned where they are: moving a future into
+/// another costs a copy of it.
+async fn within<F: Future>(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    mut work: Pin<&mut F>,
+) -> Option<F::Output> {
+    std::future::poll_fn(|context| {
+        if let Poll::Ready(output) = work.as_mut().poll(context) {
+            return Poll::Ready(Some(output));
+        }
+        timer.as_mut().poll(context).map(|()| None)
+    })
+    .await
+}
+
+/// A call's request (unless it went `early`, with the opening) and its response.
+async fn exchange<Resp: DeserializeOwned>(
+    mut conversation: Conversation,
+    request: &[u8],
+    early: bool,
+) -> Result<Resp, CallError> {
+    // (An early request went with its FIN.)
+    let sent = if early {
+        Ok(())
+    } else {
+        match conversation.send_encoded(request).await {
+            Ok(()) => conversation.finish(),
+            // Beyond the callee's announced limit: nothing was sent, and dropping the
+            // conversation cancels it.
+            Err(error @ ConversationError::TooLarge { .. }) => return Err(error.into()),
+            Err(error) => Err(error),
+        }
+    };
+    // A callee may answer (or fail) without reading the whole request, which makes the write
+    // fail: its answer says more than the write error.
+    match (conversation.recv_obj::<Resp>().await, sent) {
+        (Ok(response), _) => Ok(response),
+        (Err(error @ ConversationError::Failed { .. }), _) | (Err(error), Ok(())) => {
+            Err(error.into())
+        }
+        (Err(_), Err(send_error)) => Err(send_error.into()),
     }
 }
 
