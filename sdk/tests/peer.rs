@@ -10,6 +10,7 @@ use ferry::{
     Address, Admission, AttachError, Clock as _, DialError, MailboxId, Node, NodeConfig, RecvError,
     SecretKey, SendError,
 };
+use ferry_testkit::lossy::{LinkConfig, LossyLink};
 use ferry_testkit::wait::{wait_for, wait_for_ok};
 use futures::StreamExt;
 
@@ -969,5 +970,66 @@ async fn shutdown_ends_parked_conversations() {
         b.stats().streams_in == 0
     })
     .await;
+    b.shutdown(Duration::from_secs(1)).await;
+}
+
+/// On a current-thread runtime a request and its reply take two datagrams, as an echo on one
+/// stream does: each side's acknowledgement leaves with its next message. The requester here
+/// is the runtime's `block_on` future and the replier a task: the two ways an application
+/// waits that the receiving stream's acknowledgement waits for (sdk/src/streams/inbound.rs).
+/// They took four: the requester's acknowledgement of each reply went alone, and the
+/// replier's QUIC acknowledged that packet and the next request at once, in a packet too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_and_its_reply_take_two_datagrams_on_one_thread() {
+    const ROUNDS: u64 = 100;
+    let a = node().await;
+    let b = node().await;
+    let link = LossyLink::start(LinkConfig::default(), b.local_addr())
+        .await
+        .unwrap();
+    a.connect(b.id(), Some(link.local_addr())).await.unwrap();
+    let box_b = b.mailbox();
+    let address = box_b.address().clone();
+    let replier = b.clone();
+    let echo = tokio::spawn(async move {
+        let mut reply = None;
+        while let Ok(message) = box_b.recv().await {
+            let sender = reply.get_or_insert_with(|| replier.sender(message.from()));
+            if sender
+                .enqueue_bytes(message.payload().clone())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let sender = a.sender(&address);
+    let inbox = a.inbox();
+    let payload = Bytes::from_static(&[7; 64]);
+    let round = || async {
+        let delivery = sender.enqueue_bytes(payload.clone()).await.unwrap();
+        let reply = inbox.recv_timeout(WAIT).await.unwrap();
+        assert_eq!(reply.payload(), &payload);
+        delivery.await.unwrap();
+    };
+    // The streams open and the connection settles first.
+    for _ in 0..10 {
+        round().await;
+    }
+    let before = link.stats();
+    for _ in 0..ROUNDS {
+        round().await;
+    }
+    let after = link.stats();
+    let datagrams = (after.upstream.forwarded - before.upstream.forwarded)
+        + (after.downstream.forwarded - before.downstream.forwarded);
+    // Two per round, and a few of QUIC's own (an acknowledgement whose delay ran out).
+    assert!(
+        datagrams < ROUNDS * 5 / 2,
+        "{datagrams} datagrams for {ROUNDS} rounds"
+    );
+    echo.abort();
+    a.shutdown(Duration::from_secs(1)).await;
     b.shutdown(Duration::from_secs(1)).await;
 }

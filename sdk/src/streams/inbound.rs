@@ -28,7 +28,7 @@ use crate::registry::dedup::DedupKey;
 use crate::registry::mailboxes::{
     durable_counters, Authorized, Budget, Caps, Durable, Ended, Message, OpenMailbox,
 };
-use crate::registry::queue::PushError;
+use crate::registry::queue::{MailboxQueue, PushError};
 use crate::runtime::Runtime;
 use crate::store::RunId;
 use ferry_proto::receiver::{Incoming, Receiver, RunState, Violation};
@@ -43,29 +43,34 @@ const PENDING_PRESIZE_MAX: usize = 1024;
 /// so that the acknowledgement can leave in one packet with the application's reply instead of
 /// costing a packet of its own.
 ///
-/// On a current-thread runtime the task goes to the back of the run queue. It runs again right
-/// after the application; the conversation's task that writes the reply (woken by the
-/// application) and then quinn's connection driver (woken by the acknowledgement's write) queue
-/// behind it, so both frames are in the connection when the driver builds the packet. On the
-/// multi-thread runtime a task put back in the run queue makes tokio wake an idle worker, and
-/// the tasks it woke run from the LIFO slot ahead of the queue anyway, so there it waits until
-/// its worker has nothing else to run (`yield_now` defers it).
-async fn let_woken_tasks_run_first(on_current_thread: bool) {
-    if !on_current_thread {
-        tokio::task::yield_now().await;
-        return;
-    }
-    let mut requeued = false;
-    std::future::poll_fn(|cx| {
-        if requeued {
-            std::task::Poll::Ready(())
-        } else {
-            requeued = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
+/// On a current-thread runtime the task goes to the back of the run queue. An application that
+/// is a task runs before it: the conversation's task that writes the reply (woken by the
+/// application) and then quinn's connection driver (woken by the acknowledgement's write)
+/// queue behind it, so both frames are in the connection when the driver builds the packet.
+/// An application that is the runtime's `block_on` future is polled only once the run queue
+/// is empty: if the mailbox still holds what was handed over, the task waits until then too
+/// (`yield_now` defers it), and the application's next message goes out with the
+/// acknowledgement. On the multi-thread runtime a task put back in the run queue makes tokio
+/// wake an idle worker, and the tasks it woke run from the LIFO slot ahead of the queue
+/// anyway, so there it always waits until its worker has nothing else to run.
+async fn let_the_application_run_first(on_current_thread: bool, queue: &MailboxQueue<Message>) {
+    if on_current_thread {
+        let mut requeued = false;
+        std::future::poll_fn(|cx| {
+            if requeued {
+                std::task::Poll::Ready(())
+            } else {
+                requeued = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        if queue.len() == 0 {
+            return;
         }
-    })
-    .await;
+    }
+    tokio::task::yield_now().await;
 }
 
 /// Ends a stream that [`serve`] returned a refusal for: its CLOSE frame, then FIN.
@@ -376,7 +381,7 @@ pub(crate) async fn serve(
             return Err(Refusal::new(code, reason));
         }
         if let Some(next_seq) = receiver.ack() {
-            let_woken_tasks_run_first(on_current_thread).await;
+            let_the_application_run_first(on_current_thread, &mailbox.queue).await;
             out.clear();
             frame::put_frame(&mut out, &Frame::Ack { next_seq });
             if send.write_all(&out).await.is_err() {
