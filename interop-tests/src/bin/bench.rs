@@ -789,6 +789,12 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
         Better::Lower,
     )
     .against("raw quinn, open stream echo");
+    // Both nodes on one thread (a current-thread runtime, as an embedded or single-core
+    // application runs them): no hand-off between workers, only ferry's work and packets.
+    let mut one_thread_p50 = Row::new("round trip 64 B on one thread, p50", "us", Better::Lower)
+        .against(ONE_THREAD_ECHO);
+    let mut one_thread_p99 = Row::new("round trip 64 B on one thread, p99", "us", Better::Lower)
+        .against(ONE_THREAD_ECHO);
     let (rounds, warmup) = (settings.rtt_rounds, settings.rtt_warmup);
     let p50_p99 = |histogram: &Histogram<u64>| {
         (
@@ -829,6 +835,19 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
                 measure(ferry_conversation_round_trips(rounds, warmup)).await?,
             );
         }
+        for ferry_turn in [ferry_first, !ferry_first] {
+            if ferry_turn {
+                let (p50_us, p99_us) =
+                    p50_p99(&on_one_thread(move || ferry_round_trips(rounds, warmup)).await?);
+                one_thread_p50.ferry.push(p50_us);
+                one_thread_p99.ferry.push(p99_us);
+            } else if !settings.ferry_only {
+                let (p50_us, p99_us) =
+                    p50_p99(&on_one_thread(move || quinn_round_trips(rounds, warmup)).await?);
+                one_thread_p50.baseline.push(p50_us);
+                one_thread_p99.baseline.push(p99_us);
+            }
+        }
     }
     Ok(vec![
         p50,
@@ -836,7 +855,31 @@ async fn figure_round_trip(settings: Settings) -> Result<Vec<Row>> {
         handed_off,
         conversation_p50,
         conversation_p99,
+        one_thread_p50,
+        one_thread_p99,
     ])
+}
+
+/// The baseline of the one-thread round trip rows.
+const ONE_THREAD_ECHO: &str = "raw quinn, open stream echo, one thread";
+
+/// Runs the measurement `make` returns on a current-thread runtime of its own thread.
+async fn on_one_thread<F, T>(make: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    F: Future<Output = Result<T>>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building a current-thread runtime")?;
+        let measured = runtime.block_on(measure(make()));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        measured
+    })
+    .await
+    .map_err(|error| anyhow!("the one-thread measurement panicked: {error}"))?
 }
 
 pub(crate) fn histogram() -> Result<Histogram<u64>> {
