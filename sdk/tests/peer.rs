@@ -1024,9 +1024,10 @@ async fn a_request_and_its_reply_take_two_datagrams_on_one_thread() {
     let after = link.stats();
     let datagrams = (after.upstream.forwarded - before.upstream.forwarded)
         + (after.downstream.forwarded - before.downstream.forwarded);
-    // Two per round, and a few of QUIC's own (an acknowledgement whose delay ran out).
+    // Two per round, and some of QUIC's own when a round is slow (an acknowledgement whose
+    // delay ran out, a probe): four per round before.
     assert!(
-        datagrams < ROUNDS * 5 / 2,
+        datagrams < ROUNDS * 3,
         "{datagrams} datagrams for {ROUNDS} rounds"
     );
     echo.abort();
