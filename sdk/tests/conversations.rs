@@ -10,19 +10,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ferry::{
-    CallError, Conversation, ConversationError, ErrorCode, Node, NodeConfig, OpenError, SecretKey,
-    ServeError, ServiceOptions, Target,
+    CallError, Conversation, ConversationError, ErrorCode, Node, NodeConfig, OpenError, ServeError,
+    ServiceOptions, Target,
 };
 use ferry_testkit::wait::{wait_for, wait_for_async};
 use futures::StreamExt;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-async fn node() -> Node {
-    Node::bind(SecretKey::generate(), NodeConfig::default())
-        .await
-        .unwrap()
-}
+use common::{node, node_with, WAIT};
 
 /// `server` offers `name`; returns the target for `client`, with dial hints.
 fn target(server: &Node, name: &str) -> Target {
@@ -196,12 +192,8 @@ async fn simultaneous_conversations(
     pause: Duration,
 ) {
     for round in 0..rounds {
-        let a = Node::bind(SecretKey::generate(), config.clone())
-            .await
-            .unwrap();
-        let b = Node::bind(SecretKey::generate(), config.clone())
-            .await
-            .unwrap();
+        let a = node_with(config.clone()).await;
+        let b = node_with(config.clone()).await;
         let _echo_a = a.serve("echo", ServiceOptions::default(), echo).unwrap();
         let _echo_b = b.serve("echo", ServiceOptions::default(), echo).unwrap();
         let talk = |from: &Node, to: &Node| {
@@ -263,15 +255,11 @@ async fn a_thousand_concurrent_conversations_on_one_connection() {
 async fn a_response_later_than_the_open_timeout_is_awaited_until_the_calls_deadline() {
     let server = node().await;
     let open_timeout = Duration::from_millis(200);
-    let client = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            open_timeout,
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let client = node_with(NodeConfig {
+        open_timeout,
+        ..NodeConfig::default()
+    })
+    .await;
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let release = Arc::new(tokio::sync::Notify::new());
     let _service = server
@@ -639,9 +627,7 @@ async fn objects_beyond_the_peers_announced_limit_are_refused_locally() {
         max_message_size: 1024,
         ..NodeConfig::default()
     };
-    let server = Node::bind(SecretKey::generate(), small.clone())
-        .await
-        .unwrap();
+    let server = node_with(small.clone()).await;
     let client = node().await;
     let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let _service = server
@@ -686,7 +672,7 @@ async fn objects_beyond_the_peers_announced_limit_are_refused_locally() {
     );
 
     // The other way round: the opener announces its own limit to the service.
-    let small_client = Node::bind(SecretKey::generate(), small).await.unwrap();
+    let small_client = node_with(small).await;
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
     let _big_answers = client
         .serve("big", ServiceOptions::default(), move |mut conversation| {

@@ -10,7 +10,9 @@ use ferry::address::MailboxId;
 use ferry::{Node, NodeConfig, SecretKey, SendError};
 use ferry_testkit::wait::wait_for_ok;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+
+use common::{node_with, WAIT};
 
 /// Binds `key` on `listen`, retrying while the previous endpoint still holds the port.
 async fn bind_again(key: &SecretKey, listen: SocketAddr) -> Node {
@@ -52,16 +54,12 @@ async fn stopped_receiver(sender: &Node) -> (SecretKey, SocketAddr, ferry::Addre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_wait_for_an_unreachable_node_and_go_out_in_order_when_it_is_back() {
     // send_timeout is short: only the outbox's time keeps these messages waiting.
-    let a = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            send_timeout: Duration::from_millis(500),
-            dial_timeout: Duration::from_millis(300),
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let a = node_with(NodeConfig {
+        send_timeout: Duration::from_millis(500),
+        dial_timeout: Duration::from_millis(300),
+        ..NodeConfig::default()
+    })
+    .await;
     let (key, listen, address) = stopped_receiver(&a).await;
     let sender = a.sender(&address);
     let mut deliveries = Vec::new();
@@ -86,19 +84,15 @@ async fn messages_wait_for_an_unreachable_node_and_go_out_in_order_when_it_is_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
-    let a = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            send_window: 4096,
-            max_message_size: 1024,
-            send_timeout: Duration::from_millis(500),
-            outbox_ttl: Duration::from_secs(2),
-            dial_timeout: Duration::from_millis(300),
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let a = node_with(NodeConfig {
+        send_window: 4096,
+        max_message_size: 1024,
+        send_timeout: Duration::from_millis(500),
+        outbox_ttl: Duration::from_secs(2),
+        dial_timeout: Duration::from_millis(300),
+        ..NodeConfig::default()
+    })
+    .await;
     let (_key, _listen, address) = stopped_receiver(&a).await;
     let sender = a.sender(&address);
     let first = sender.enqueue_bytes(vec![0u8; 1000].into()).await.unwrap();
@@ -152,21 +146,15 @@ async fn a_full_outbox_fails_at_once_and_an_expired_one_fails_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_never_reached_is_reported_unreachable_within_the_dial_timeout() {
     let dial_timeout = Duration::from_millis(600);
-    let a = Node::bind(
-        SecretKey::generate(),
-        NodeConfig {
-            dial_timeout,
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let a = node_with(NodeConfig {
+        dial_timeout,
+        ..NodeConfig::default()
+    })
+    .await;
     // A node that is gone: its address's hint answers nothing. Its own socket is not that
     // hint, as a closing endpoint may still refuse the attempt (CONNECTION_REFUSED) instead
     // of staying silent.
-    let b = Node::bind(SecretKey::generate(), NodeConfig::default())
-        .await
-        .unwrap();
+    let b = node_with(NodeConfig::default()).await;
     let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let address = b
         .mailbox()
