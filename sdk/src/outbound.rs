@@ -35,7 +35,7 @@ use crate::registry::outbound::{
     ConversationKey, OpenStream, Outbound, Parked, ParkedRun, Parking, Run, Slot, SlotState,
 };
 use crate::runtime::Runtime;
-use crate::sync::lock;
+use crate::sync::{lock, PolledWhenWoken};
 use ferry_proto::sender::{self as proto, Action, Loss, RunFailure};
 
 /// Per-message failures remembered for their [`Delivery`]s (they are rare: oversize only).
@@ -376,7 +376,7 @@ impl Sender {
             drop(queue);
             if was_empty {
                 // The task drains the whole queue per wake-up, so only the first item needs one.
-                outbound.wake.notify_one();
+                outbound.wake.wake();
             }
             return Ok((outbound, first));
         }
@@ -504,8 +504,7 @@ async fn drive(slot: Arc<Slot>, outbound: Arc<Outbound>, node: Arc<Runtime>, mut
     let peer = slot.target.node();
     let mut quiet_since: Option<Instant> = None;
     // Made once: creating a cancellation future or a timer per iteration showed in profiles.
-    let cancelled = node.cancel.clone().cancelled_owned();
-    tokio::pin!(cancelled);
+    let mut cancelled = PolledWhenWoken::new(node.cancel.clone().cancelled_owned());
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     loop {
@@ -658,13 +657,13 @@ async fn drive(slot: Arc<Slot>, outbound: Arc<Outbound>, node: Arc<Runtime>, mut
                 _ = &mut cancelled => run.sm.shutdown(),
                 read = open.recv.read_chunk(READ_CHUNK, true) => on_read(&mut run.sm, read),
                 _ = &mut open.superseded => on_superseded(&mut run.sm),
-                _ = outbound.wake.notified() => {}
+                _ = outbound.wake.wait() => {}
                 _ = &mut timer => run.sm.handle_timeout(now()),
             },
             None => tokio::select! {
                 biased;
                 _ = &mut cancelled => run.sm.shutdown(),
-                _ = outbound.wake.notified() => {}
+                _ = outbound.wake.wait() => {}
                 _ = &mut timer => run.sm.handle_timeout(now()),
             },
         }

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use crate::address::{Address, MailboxId};
 use crate::error::SendError;
 use crate::net::connection::Link;
-use crate::sync::{lock, wait_until};
+use crate::sync::{lock, wait_until, PolledWhenWoken, Wakeup};
 
 /// Identifies a conversation: all messages from one mailbox to one target address share it.
 /// The target's whole capability field is part of the key (not its hints), so every distinct
@@ -138,7 +137,7 @@ pub(crate) struct OpenStream {
     /// The connection the stream is on.
     pub(crate) link: Link,
     /// Resolves once another connection to the peer took over: the stream moves there.
-    pub(crate) superseded: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    pub(crate) superseded: PolledWhenWoken<tokio_util::sync::WaitForCancellationFutureOwned>,
 }
 
 /// A quiet conversation's run, waiting without a task and without the conversation's shared
@@ -186,7 +185,7 @@ pub(crate) struct ParkedStream {
 impl OpenStream {
     pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream, link: Link) -> Self {
         Self {
-            superseded: Box::pin(link.superseded.clone().cancelled_owned()),
+            superseded: PolledWhenWoken::new(link.superseded.clone().cancelled_owned()),
             send,
             recv,
             link,
@@ -385,7 +384,7 @@ pub(crate) struct Outbound {
     /// conversation parks or ends.
     pub(crate) window: Semaphore,
     pub(crate) queue: Mutex<Queue>,
-    pub(crate) wake: Notify,
+    pub(crate) wake: Wakeup,
     pub(crate) progress: ProgressCell,
     /// Set while the target cannot be reached: a full window then fails sends at once.
     pub(crate) unreachable: std::sync::atomic::AtomicBool,
@@ -401,7 +400,7 @@ impl Outbound {
                 next_ticket,
                 items: Vec::new(),
             }),
-            wake: Notify::new(),
+            wake: Wakeup::default(),
             progress: ProgressCell {
                 value: Mutex::new(Progress {
                     resolved_below: next_ticket,
