@@ -62,14 +62,18 @@ impl Signal {
 }
 
 /// Waits until `check` finds what it waits for, checking again whenever `changed` wakes its
-/// waiters (`notify_waiters`). The waiter is enabled before each check, so a change right
-/// after the check still wakes it.
+/// waiters (`notify_waiters`). The waiter is enabled before each check that may lead to a
+/// wait, so a change right after the check still wakes it; what is found at the first check
+/// costs no waiter (enabling one takes the `Notify`'s lock, and so does dropping it).
 #[allow(clippy::manual_async_fn)] // an async fn would keep its arguments twice
 pub(crate) fn wait_until<'a, T>(
     changed: &'a Notify,
     mut check: impl FnMut() -> Option<T> + 'a,
 ) -> impl std::future::Future<Output = T> + 'a {
     async move {
+        if let Some(found) = check() {
+            return found;
+        }
         loop {
             let notified = changed.notified();
             tokio::pin!(notified);
