@@ -106,6 +106,24 @@ impl Wakeup {
     pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
         WakeupWait(self)
     }
+
+    /// Whether a wake-up came since the last one taken, leaving `cx`'s waker for the next.
+    fn take_wakeup(&self, cx: &Context<'_>) -> bool {
+        // Registered before the flag is read, so a wake-up right after the read wakes the task.
+        self.waiter.register(cx.waker());
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Also a waker: waking it is [`Wakeup::wake`].
+impl Wake for Wakeup {
+    fn wake(self: Arc<Self>) {
+        Wakeup::wake(&self);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        Wakeup::wake(self);
+    }
 }
 
 struct WakeupWait<'a>(&'a Wakeup);
@@ -114,9 +132,7 @@ impl Future for WakeupWait<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // Registered before the flag is read, so a wake-up right after the read wakes the task.
-        self.0.waiter.register(cx.waker());
-        if self.0.woken.swap(false, Ordering::AcqRel) {
+        if self.0.take_wakeup(cx) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -136,34 +152,15 @@ impl Drop for WakeupWait<'_> {
 /// wake-ups cost an atomic operation here instead of the lock that polling the wait takes.
 pub(crate) struct PolledWhenWoken<F> {
     wait: Pin<Box<F>>,
-    woken: Arc<WokenFlag>,
+    woken: Arc<Wakeup>,
     /// `woken` as the waker `wait` is polled with.
     waker: Waker,
     polled: bool,
 }
 
-struct WokenFlag {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for WokenFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
 impl<F: Future> PolledWhenWoken<F> {
     pub(crate) fn new(wait: F) -> Self {
-        let woken = Arc::new(WokenFlag {
-            woken: AtomicBool::new(false),
-            task: AtomicWaker::new(),
-        });
+        let woken = Arc::new(Wakeup::default());
         Self {
             wait: Box::pin(wait),
             waker: Waker::from(woken.clone()),
@@ -178,9 +175,7 @@ impl<F: Future> Future for PolledWhenWoken<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        // Registered before the flag is read, so a wake-up right after the read wakes the task.
-        this.woken.task.register(cx.waker());
-        if this.polled && !this.woken.woken.swap(false, Ordering::AcqRel) {
+        if !this.woken.take_wakeup(cx) && this.polled {
             return Poll::Pending;
         }
         this.polled = true;
