@@ -136,13 +136,19 @@ pub(crate) fn run_workload(workloads: &[Workload], args: &[String]) -> Result<()
         .iter()
         .find(|workload| workload.stack == stack && workload.job == job)
         .ok_or_else(|| anyhow!("no workload {stack} {job}"))?;
+    on_current_thread((workload.run)(count, WARMUP))
+}
+
+/// Runs `work` on a current-thread runtime of the calling thread, then gives the runtime's
+/// remaining tasks a second to end.
+pub(crate) fn on_current_thread<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("building the tokio runtime")?;
-    runtime.block_on((workload.run)(count, WARMUP))?;
+        .context("building a current-thread runtime")?;
+    let done = runtime.block_on(work);
     runtime.shutdown_timeout(Duration::from_secs(1));
-    Ok(())
+    done
 }
 
 /// One workload's result: instructions per message, one value per repetition.

@@ -869,17 +869,9 @@ where
     F: Future<Output = Result<T>>,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building a current-thread runtime")?;
-        let measured = runtime.block_on(measure(make()));
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        measured
-    })
-    .await
-    .map_err(|error| anyhow!("the one-thread measurement panicked: {error}"))?
+    tokio::task::spawn_blocking(move || instructions::on_current_thread(measure(make())))
+        .await
+        .map_err(|error| anyhow!("the one-thread measurement panicked: {error}"))?
 }
 
 pub(crate) fn histogram() -> Result<Histogram<u64>> {
