@@ -155,17 +155,19 @@ pub(crate) struct PolledWhenWoken<F> {
     woken: Arc<Wakeup>,
     /// `woken` as the waker `wait` is polled with.
     waker: Waker,
-    polled: bool,
 }
 
 impl<F: Future> PolledWhenWoken<F> {
     pub(crate) fn new(wait: F) -> Self {
-        let woken = Arc::new(Wakeup::default());
+        // Woken to begin with: the first poll polls `wait`, which leaves its waker with it.
+        let woken = Arc::new(Wakeup {
+            woken: AtomicBool::new(true),
+            waiter: AtomicWaker::new(),
+        });
         Self {
             wait: Box::pin(wait),
             waker: Waker::from(woken.clone()),
             woken,
-            polled: false,
         }
     }
 }
@@ -175,10 +177,9 @@ impl<F: Future> Future for PolledWhenWoken<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        if !this.woken.take_wakeup(cx) && this.polled {
+        if !this.woken.take_wakeup(cx) {
             return Poll::Pending;
         }
-        this.polled = true;
         this.wait
             .as_mut()
             .poll(&mut Context::from_waker(&this.waker))
