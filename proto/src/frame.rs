@@ -393,6 +393,60 @@ pub fn put_message(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// The longest ACK frame: its length (one byte), its type, and a sequence number of up to ten.
+pub const MAX_ACK_FRAME_LEN: usize = 12;
+
+/// An ACK frame, encoded where it is made, without an allocation: a mailbox stream writes one
+/// per batch it delivers. The same bytes as [`put_frame`] writes for [`Frame::Ack`].
+#[derive(Debug, Clone, Copy)]
+pub struct AckFrame {
+    bytes: [u8; MAX_ACK_FRAME_LEN],
+    len: usize,
+}
+
+impl AckFrame {
+    /// The ACK of everything before `next_seq`.
+    pub fn new(next_seq: u64) -> Self {
+        let mut ack = Self {
+            bytes: [0; MAX_ACK_FRAME_LEN],
+            len: 0,
+        };
+        // At most 11, which is one varint byte.
+        ack.push(1 + varint_len(next_seq) as u8);
+        ack.push(tag::ACK);
+        let mut value = next_seq;
+        while value >= 0x80 {
+            ack.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        ack.push(value as u8);
+        ack
+    }
+
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for AckFrame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// One frame, encoded in a vector of its own (sized for it: a short frame such as an ACK is
+/// written where it is made, rather than through a buffer kept for later frames).
+pub fn encode(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_frame(&mut out, frame);
+    out
+}
+
 /// Appends one encoded frame.
 pub fn put_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
     match frame {
@@ -718,6 +772,18 @@ mod refusal_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ack_frame_made_without_allocation_is_the_encoded_ack() {
+        for next_seq in [0, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+            assert_eq!(
+                &AckFrame::new(next_seq)[..],
+                &encode(&Frame::Ack { next_seq })[..],
+                "next_seq {next_seq}"
+            );
+        }
+        assert_eq!(AckFrame::new(u64::MAX).len(), MAX_ACK_FRAME_LEN);
+    }
     use crate::address::MailboxId;
     use crate::identity::SecretKey;
     use proptest::prelude::*;
@@ -1018,12 +1084,6 @@ mod truncation {
             &"n".repeat(MAX_SERVICE_NAME_LEN),
         ));
         frames
-    }
-
-    fn encode(frame: &Frame<'_>) -> Vec<u8> {
-        let mut out = Vec::new();
-        put_frame(&mut out, frame);
-        out
     }
 
     /// Whether a frame of this type has a fixed layout (no field of variable length that a

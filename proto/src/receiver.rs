@@ -74,31 +74,37 @@ impl Receiver {
         }
     }
 
-    /// The next complete frame in `buf` (consumed), or `None` if `buf` holds only the start
-    /// of one. Anything but a MESSAGE frame, or a frame larger than the limit, ends the stream.
+    /// The next complete frame at the start of `unread` (the bytes read from the stream and
+    /// not taken yet), which then starts past it; `None` if `unread` holds only the start of
+    /// one. Anything but a MESSAGE frame, or a frame larger than the limit, ends the stream.
+    ///
+    /// A message's payload is a slice of `unread` (a reference count and bounds), where
+    /// splitting a buffer per message cost three times that. [`writable`] makes what is left
+    /// the buffer that the stream's next read is appended to.
     pub fn next(
         &mut self,
-        buf: &mut BytesMut,
+        unread: &mut Bytes,
         run: &RunState,
     ) -> Result<Option<Incoming>, Violation> {
-        let (header, payload_len) = match frame::complete_message(buf, self.max_frame) {
+        let (header, payload_len) = match frame::complete_message(unread, self.max_frame) {
             Some(found) => found,
-            None => match self.decode(buf)? {
+            None => match self.decode(unread)? {
                 Some(found) => found,
                 None => return Ok(None),
             },
         };
-        let mut frame = buf.split_to(header + payload_len);
-        frame.advance(header);
         let seq = self.seq;
         self.seq += 1;
-        if run.next_seq.is_some_and(|next| seq < next) {
-            return Ok(Some(Incoming::Duplicate));
-        }
-        Ok(Some(Incoming::Message {
-            seq,
-            payload: frame.freeze(),
-        }))
+        let incoming = if run.next_seq.is_some_and(|next| seq < next) {
+            Incoming::Duplicate
+        } else {
+            Incoming::Message {
+                seq,
+                payload: unread.slice(header..header + payload_len),
+            }
+        };
+        unread.advance(header + payload_len);
+        Ok(Some(incoming))
     }
 
     /// What [`frame::complete_message`] does not take: the header and payload length of a
@@ -192,6 +198,22 @@ impl Receiver {
     }
 }
 
+/// The bytes of a stream not taken by [`Receiver::next`] (at most the start of one frame), as
+/// the buffer that its next read is appended to: without a copy when no message taken from
+/// them is still held, otherwise a copy with room for `capacity` bytes (so that the next reads
+/// are appended without growing it step by step, a copy each time). Empty, it holds nothing:
+/// an idle stream keeps no buffer.
+pub fn writable(unread: Bytes, capacity: usize) -> BytesMut {
+    if unread.is_empty() {
+        return BytesMut::new();
+    }
+    unread.try_into_mut().unwrap_or_else(|shared| {
+        let mut copy = BytesMut::with_capacity(capacity.max(shared.len()));
+        copy.extend_from_slice(&shared);
+        copy
+    })
+}
+
 /// The runs a receiver remembers, bounded: when the table is full, the oldest runs no stream
 /// uses are forgotten (a later stream of a forgotten run may deliver a message again, §6.4).
 #[derive(Debug)]
@@ -265,22 +287,24 @@ impl<K: Hash + Eq + Copy, S> DedupTable<K, S> {
 mod tests {
     use super::*;
 
-    fn messages(payloads: &[&[u8]]) -> BytesMut {
+    fn messages(payloads: &[&[u8]]) -> Bytes {
         let mut out = Vec::new();
         for payload in payloads {
             frame::put_message(&mut out, payload);
         }
-        BytesMut::from(&out[..])
+        Bytes::from(out)
     }
 
-    fn drain(receiver: &mut Receiver, buf: &mut BytesMut, run: &mut RunState) -> Vec<Incoming> {
+    fn drain(receiver: &mut Receiver, data: &Bytes, run: &mut RunState) -> Vec<Incoming> {
         let mut out = Vec::new();
-        while let Some(incoming) = receiver.next(buf, run).unwrap() {
+        let mut unread = data.clone();
+        while let Some(incoming) = receiver.next(&mut unread, run).unwrap() {
             if let Incoming::Message { seq, .. } = &incoming {
                 receiver.delivered(run, seq + 1);
             }
             out.push(incoming);
         }
+        assert!(unread.is_empty(), "every complete frame is taken");
         out
     }
 
@@ -288,12 +312,13 @@ mod tests {
     fn a_retransmission_on_a_new_stream_skips_what_was_delivered() {
         let mut run = RunState::default();
         let mut first = Receiver::open(0, 100, &mut run);
-        let mut buf = messages(&[b"a", b"b"]);
-        assert_eq!(drain(&mut first, &mut buf, &mut run).len(), 2);
+        assert_eq!(
+            drain(&mut first, &messages(&[b"a", b"b"]), &mut run).len(),
+            2
+        );
         // The ACK was lost: the sender reopens from 0 and sends a, b, c.
         let mut second = Receiver::open(0, 100, &mut run);
-        let mut buf = messages(&[b"a", b"b", b"c"]);
-        let got = drain(&mut second, &mut buf, &mut run);
+        let got = drain(&mut second, &messages(&[b"a", b"b", b"c"]), &mut run);
         assert_eq!(got[..2], [Incoming::Duplicate, Incoming::Duplicate]);
         assert_eq!(
             got[2],
@@ -311,22 +336,22 @@ mod tests {
         let mut run = RunState::default();
         let mut old = Receiver::open(0, 100, &mut run);
         let mut new = Receiver::open(0, 100, &mut run);
-        let (mut old_buf, mut new_buf) = (
+        let (mut old_unread, mut new_unread) = (
             messages(&[b"0", b"1", b"2"]),
             messages(&[b"0", b"1", b"2", b"3"]),
         );
         let mut delivered = Vec::new();
         // Interleaved, as the lock serializes them, until both streams are read.
         for turn in 0.. {
-            if old_buf.is_empty() && new_buf.is_empty() {
+            if old_unread.is_empty() && new_unread.is_empty() {
                 break;
             }
-            let (receiver, buf) = if turn % 2 == 0 {
-                (&mut old, &mut old_buf)
+            let (receiver, unread) = if turn % 2 == 0 {
+                (&mut old, &mut old_unread)
             } else {
-                (&mut new, &mut new_buf)
+                (&mut new, &mut new_unread)
             };
-            if let Some(Incoming::Message { seq, .. }) = receiver.next(buf, &run).unwrap() {
+            if let Some(Incoming::Message { seq, .. }) = receiver.next(unread, &run).unwrap() {
                 receiver.delivered(&mut run, seq + 1);
                 delivered.push(seq);
             }
@@ -339,9 +364,8 @@ mod tests {
         let mut run = RunState { next_seq: Some(3) };
         let mut receiver = Receiver::open(10, 100, &mut run);
         assert_eq!(run.next_seq, Some(10));
-        let mut buf = messages(&[b"x"]);
         assert!(matches!(
-            receiver.next(&mut buf, &run),
+            receiver.next(&mut messages(&[b"x"]), &run),
             Ok(Some(Incoming::Message { seq: 10, .. }))
         ));
     }
@@ -350,21 +374,71 @@ mod tests {
     fn oversized_and_unexpected_frames_end_the_stream() {
         let mut run = RunState::default();
         let mut receiver = Receiver::open(0, 3, &mut run);
-        let mut buf = messages(&[b"four"]);
         assert_eq!(
-            receiver.next(&mut buf, &run).unwrap_err().code,
+            receiver
+                .next(&mut messages(&[b"four"]), &run)
+                .unwrap_err()
+                .code,
             ErrorCode::TOO_LARGE
         );
         let mut out = Vec::new();
         frame::put_frame(&mut out, &Frame::Ack { next_seq: 1 });
-        let mut buf = BytesMut::from(&out[..]);
         let mut receiver = Receiver::open(0, 3, &mut run);
         assert_eq!(
-            receiver.next(&mut buf, &run).unwrap_err().code,
+            receiver.next(&mut Bytes::from(out), &run).unwrap_err().code,
             ErrorCode::PROTOCOL
         );
         assert!(receiver.finished(&[1]).is_err());
         assert!(receiver.finished(&[]).is_ok());
+    }
+
+    #[test]
+    fn a_frame_cut_between_reads_is_taken_whole_and_what_is_unread_carries_over() {
+        let mut run = RunState::default();
+        let mut receiver = Receiver::open(0, 100, &mut run);
+        let stream = messages(&[b"first", b"second", b"third"]);
+        // The first read ends inside the second frame.
+        let mut unread = Bytes::copy_from_slice(&stream[..9]);
+        let first = receiver.next(&mut unread, &run).unwrap();
+        assert!(
+            matches!(&first, Some(Incoming::Message { seq: 0, payload }) if payload == "first")
+        );
+        assert_eq!(receiver.next(&mut unread, &run), Ok(None));
+        let left = unread.len();
+        // The first message is still held: what is left is copied, the payload stays intact.
+        let mut buf = writable(unread, 64);
+        assert_eq!((&buf[..], buf.capacity()), (&stream[9 - left..9], 64));
+        buf.extend_from_slice(&stream[9..]);
+        let mut unread = buf.freeze();
+        let got: Vec<_> =
+            std::iter::from_fn(|| receiver.next(&mut unread, &run).unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                Incoming::Message {
+                    seq: 1,
+                    payload: Bytes::from_static(b"second")
+                },
+                Incoming::Message {
+                    seq: 2,
+                    payload: Bytes::from_static(b"third")
+                }
+            ]
+        );
+        assert!(matches!(first, Some(Incoming::Message { payload, .. }) if payload == "first"));
+        assert!(
+            writable(unread, 64).capacity() == 0,
+            "nothing left: no buffer kept"
+        );
+        // Nothing taken and nothing else holding it: the read's buffer comes back as it was.
+        let partial = Bytes::from(stream[..3].to_vec());
+        let mut receiver = Receiver::open(0, 100, &mut run);
+        let mut unread = partial.clone();
+        assert_eq!(receiver.next(&mut unread, &run), Ok(None));
+        drop(partial);
+        let pointer = unread.as_ptr();
+        let back = writable(unread, 64);
+        assert_eq!((back.as_ptr(), &back[..]), (pointer, &stream[..3]));
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use data_encoding::HEXLOWER;
 use ed25519_dalek::Verifier as _;
 use ferry_proto::address::{ADDRESS_CORE_LEN, ADDRESS_SIGNING_DOMAIN};
 use ferry_proto::frame::{
-    decode_frame, get_varint, put_frame, put_varint, ConverseTarget, ErrorCode, Frame, Open,
-    StreamKind, MAX_CONTROL_FRAME_LEN,
+    decode_frame, encode, get_varint, put_frame, put_varint, ConverseTarget, ErrorCode, Frame,
+    Open, StreamKind, MAX_CONTROL_FRAME_LEN,
 };
 use ferry_proto::observe::{decode_observed, encode_observed};
 use ferry_proto::punch::{decode_candidates, encode_candidates, MAX_OFFER_LEN};
@@ -122,12 +122,6 @@ fn bytes_of(value: &Value, field: &str) -> Vec<u8> {
 
 fn usize_of(value: &Value, field: &str) -> usize {
     value[field].as_u64().unwrap() as usize
-}
-
-fn encode(frame: &Frame<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_frame(&mut out, frame);
-    out
 }
 
 fn encode_all(frames: &[Frame<'_>]) -> Vec<u8> {
@@ -1680,9 +1674,9 @@ fn receive(
     bytes: &[u8],
     payloads: &[Bytes],
 ) -> (Vec<u64>, Vec<u64>, Option<Vec<u8>>) {
-    let mut buf = BytesMut::from(bytes);
+    let mut unread = Bytes::copy_from_slice(bytes);
     let (mut delivered, mut duplicates) = (Vec::new(), Vec::new());
-    while let Some(incoming) = receiver.next(&mut buf, run).unwrap() {
+    while let Some(incoming) = receiver.next(&mut unread, run).unwrap() {
         match incoming {
             Incoming::Message { seq, payload } => {
                 assert_eq!(payload, payloads[seq as usize]);
@@ -1692,7 +1686,7 @@ fn receive(
             Incoming::Duplicate => duplicates.push(receiver.seq() - 1),
         }
     }
-    assert!(buf.is_empty());
+    assert!(unread.is_empty());
     let ack = receiver
         .ack()
         .map(|next_seq| encode(&Frame::Ack { next_seq }));

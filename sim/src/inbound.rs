@@ -513,7 +513,9 @@ impl World {
                 return Batch::Ended;
             };
             let read = loop {
-                let incoming = receiver.next(&mut inbound.buf, &serving.cell.borrow().state);
+                let mut unread = std::mem::take(&mut inbound.buf).freeze();
+                let incoming = receiver.next(&mut unread, &serving.cell.borrow().state);
+                inbound.buf = ferry_proto::receiver::writable(unread, 0);
                 match incoming {
                     Err(violation) => break Read::Refused(violation.code, violation.reason),
                     Ok(None) => break Read::Empty,

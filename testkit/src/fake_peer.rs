@@ -113,11 +113,7 @@ pub async fn read_opening(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> (
 }
 
 /// The encoding of one frame.
-pub fn encode(frame: &Frame<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame::put_frame(&mut out, frame);
-    out
-}
+pub use ferry::frame::encode;
 
 /// A small deterministic generator (xorshift64*) for garbage, so that a failure can be
 /// replayed from its seed.

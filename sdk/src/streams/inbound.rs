@@ -149,10 +149,10 @@ pub(crate) async fn serve(
 ) -> Result<(), Refusal> {
     let peer = guard.peer;
     let mut held = Held::new(node.buffered.clone(), guard.buffered.clone());
-    let mut buf = BytesMut::new();
     // In a block of its own, so that the OPEN frame and the checks' results are gone before
     // the stream's first wait instead of kept in its future (see `serve`).
-    let (revoked, mailbox, grant, limits, from, run, expires, first_seq) = {
+    let (revoked, mailbox, grant, limits, from, run, expires, first_seq, mut unread) = {
+        let mut buf = BytesMut::new();
         // Boxed: read once per stream, it would otherwise keep its room in the future for the
         // stream's life.
         let open = match Box::pin(read_open(recv, &mut buf, open_deadline)).await {
@@ -184,8 +184,12 @@ pub(crate) async fn serve(
         // Without the peer (the guard has it): this is kept for the stream's whole life.
         let run = (from.mailbox(), target.mailbox(), epoch);
         let expires = target.effective_expiry();
+        // The bytes read and not taken yet (here, messages pipelined after the OPEN; between
+        // reads, the start of a frame): each message's payload is a slice of them. Appended
+        // to through `writable` (see `Receiver::next`).
+        let unread = buf.freeze();
         (
-            revoked, mailbox, grant, limits, from, run, expires, first_seq,
+            revoked, mailbox, grant, limits, from, run, expires, first_seq, unread,
         )
     };
     // Resolves once the grant is revoked or the node shuts down: the stream then ends with
@@ -206,18 +210,19 @@ pub(crate) async fn serve(
     let on_current_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
         runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
     });
-    let mut out = Vec::with_capacity(16);
-    frame::put_frame(
-        &mut out,
-        &Frame::Accept {
+    // Each frame this task writes is encoded where it is written, in a scope of its own, not
+    // into a buffer kept for the stream's life: every idle stream would keep that buffer, and
+    // a local borrowed across a wait keeps its room in every later state of the future.
+    {
+        let accept = frame::encode(&Frame::Accept {
             max_message: node.config.max_message_size as u64,
-        },
-    );
-    if send.write_all(&out).await.is_err() {
-        return Ok(());
+        });
+        if send.write_all(&accept).await.is_err() {
+            return Ok(());
+        }
     }
     // Messages pipelined after the OPEN (docs/PROTOCOL.md §5.6) are held like any read.
-    hold(node, &mut held, buf.len())?;
+    hold(node, &mut held, unread.len())?;
     let mut receiver = {
         let mut state = dedup.lock().await;
         if state.next_seq.is_none() {
@@ -254,9 +259,13 @@ pub(crate) async fn serve(
         // Deliver every complete frame in the buffer, then acknowledge them together.
         {
             let mut state = dedup.lock().await;
-            pending.reserve(receiver.frames_hint(&buf).min(PENDING_PRESIZE_MAX));
-            loop {
-                let incoming = match receiver.next(&mut buf, &state) {
+            let frames = receiver.frames_hint(&unread).min(PENDING_PRESIZE_MAX);
+            pending.reserve(frames);
+            // Given back before each wait below (for a rate window, for room in a full
+            // mailbox): other streams may need it meanwhile.
+            let mut room = mailbox.queue.room(frames);
+            'frames: loop {
+                let incoming = match receiver.next(&mut unread, &state) {
                     Ok(Some(incoming)) => incoming,
                     Ok(None) => break,
                     Err(Violation { code, reason }) => {
@@ -282,23 +291,22 @@ pub(crate) async fn serve(
                         Ok(()) => break,
                         Err(Budget::Wait(secs)) => {
                             hand_over(node, &mailbox, &mut pending);
+                            drop(room);
                             let pause = std::time::Duration::from_secs(secs.clamp(1, 3600));
                             // Boxed: a rate window is rare, and its wait would otherwise keep
                             // room in every stream's future.
                             Box::pin(wait_for_budget(&mailbox, revoked.as_mut(), pause)).await?;
+                            room = mailbox.queue.room(1);
                         }
                         Err(Budget::Exhausted) => {
                             exhausted = Some((ErrorCode::EXHAUSTED, "address budget used up", seq));
-                            break;
+                            break 'frames;
                         }
                         Err(Budget::TooManyCounters) => {
                             exhausted = Some((ErrorCode::LIMIT, "too many counters", seq));
-                            break;
+                            break 'frames;
                         }
                     }
-                }
-                if exhausted.is_some() {
-                    break;
                 }
                 reserved.count += 1;
                 let message = Message {
@@ -310,7 +318,7 @@ pub(crate) async fn serve(
                     pending.push(message);
                     continue;
                 }
-                match mailbox.queue.try_reserve(&mut pending, message) {
+                match room.reserve(&mut pending, message) {
                     Ok(()) => {}
                     Err(PushError::Closed(_)) => return Err(Refusal::mailbox_closed()),
                     Err(PushError::Full(message)) => {
@@ -318,6 +326,7 @@ pub(crate) async fn serve(
                         // it. Not acknowledged yet: a revocation while this one waits for
                         // room drops it.
                         hand_over(node, &mailbox, &mut pending);
+                        drop(room);
                         Box::pin(enqueue_or_revoked(
                             node,
                             &mailbox,
@@ -325,11 +334,13 @@ pub(crate) async fn serve(
                             revoked.as_mut(),
                         ))
                         .await?;
+                        room = mailbox.queue.room(1);
                     }
                 }
                 reserved.count -= 1;
                 receiver.delivered(&mut state, seq + 1);
             }
+            drop(room);
             hand_over(node, &mailbox, &mut pending);
             if let Some(durable) = &mailbox.durable {
                 if !pending.is_empty() {
@@ -349,7 +360,6 @@ pub(crate) async fn serve(
                             receiver: &mut receiver,
                             state: &mut state,
                             reserved: &mut reserved,
-                            out: &mut out,
                             send: &mut *send,
                         },
                         batch,
@@ -363,18 +373,16 @@ pub(crate) async fn serve(
             }
         }
         // Only the start of a frame is left: this is what the stream holds.
-        let _ = held.set(buf.len());
-        if buf.is_empty() {
-            // Give back the rest of the last chunk's allocation: an idle conversation holds no
-            // buffer (the next chunk allocates what it needs).
-            buf = BytesMut::new();
+        let _ = held.set(unread.len());
+        if unread.is_empty() {
+            // No reference to the last read's buffer: an idle conversation holds none.
+            unread = Bytes::new();
         }
         if let Some((code, reason, seq)) = exhausted {
             // Acknowledge what was delivered before the message that is refused, then end.
             if let Some(next_seq) = receiver.ack_until(seq) {
-                out.clear();
-                frame::put_frame(&mut out, &Frame::Ack { next_seq });
-                if send.write_all(&out).await.is_err() {
+                let ack = frame::AckFrame::new(next_seq);
+                if send.write_all(&ack).await.is_err() {
                     return Ok(());
                 }
             }
@@ -382,14 +390,13 @@ pub(crate) async fn serve(
         }
         if let Some(next_seq) = receiver.ack() {
             let_the_application_run_first(on_current_thread, &mailbox.queue).await;
-            out.clear();
-            frame::put_frame(&mut out, &Frame::Ack { next_seq });
-            if send.write_all(&out).await.is_err() {
+            let ack = frame::AckFrame::new(next_seq);
+            if send.write_all(&ack).await.is_err() {
                 return Ok(());
             }
         }
         // A frame that has begun must be complete within frame_timeout of waiting for it.
-        let frame_deadline = (!buf.is_empty()).then(|| {
+        let frame_deadline = (!unread.is_empty()).then(|| {
             tokio::time::Instant::now() + node.config.frame_timeout.saturating_sub(waited)
         });
         let waiting = tokio::time::Instant::now();
@@ -412,7 +419,7 @@ pub(crate) async fn serve(
             Ok(Some(chunk)) => {
                 // Bound the buffer: a partial frame never exceeds one maximum frame.
                 let max_frame = node.config.max_message_size + 1;
-                if buf.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + READ_MAX {
+                if unread.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + READ_MAX {
                     return Err(violation(
                         node,
                         guard,
@@ -420,6 +427,8 @@ pub(crate) async fn serve(
                         "frame too large".into(),
                     ));
                 }
+                let needed = unread.len() + chunk.bytes.len();
+                let mut buf = ferry_proto::receiver::writable(std::mem::take(&mut unread), needed);
                 buf.extend_from_slice(&chunk.bytes);
                 // The streams of a connection share its packets, so one read is often this
                 // stream's piece of one packet: when data was waiting, what else has arrived is
@@ -440,9 +449,10 @@ pub(crate) async fn serve(
                     }
                 }
                 hold(node, &mut held, buf.len())?;
+                unread = buf.freeze();
             }
             Ok(None) => {
-                if let Err(Violation { code, reason }) = receiver.finished(&buf) {
+                if let Err(Violation { code, reason }) = receiver.finished(&unread) {
                     return Err(violation(node, guard, code, reason.into()));
                 }
                 node.dedup.remove(&dedup_key(guard.peer, run));
@@ -527,7 +537,6 @@ struct StoreBatch<'a, 's> {
     receiver: &'a mut Receiver,
     state: &'a mut RunState,
     reserved: &'a mut Reserved<'s>,
-    out: &'a mut Vec<u8>,
     send: &'a mut quinn::SendStream,
 }
 
@@ -554,7 +563,6 @@ async fn store_and_acknowledge(
         receiver,
         state,
         reserved,
-        out,
         send,
     } = stream;
     let counters = durable_counters(limits);
@@ -582,26 +590,21 @@ async fn store_and_acknowledge(
         // Stored: from here on the messages survive, so they are acknowledged now, before
         // they wait for room in the mailbox's queue.
         receiver.delivered(state, first);
-        out.clear();
-        frame::put_frame(
-            out,
-            &Frame::Ack {
-                next_seq: receiver.ack_stored(first),
-            },
-        );
+        let ack = frame::AckFrame::new(receiver.ack_stored(first));
         // The ACK may not go out (the sender reset or stopped the stream, or the connection is
         // gone). The batch is stored and the run counts it as delivered all the same — the
         // run's next stream skips it as duplicates — so it still goes to the mailbox's queue,
         // and the stream ends after.
-        let acked = send.write_all(out).await.is_ok();
+        let acked = send.write_all(&ack).await.is_ok();
         tokio::select! {
             _ = durable.replayed.cancelled() => {}
             _ = node.cancel.cancelled() => return Err(Refusal::shutting_down()),
         }
         let mut queued = Vec::new();
+        let mut room = mailbox.queue.room(stored.len());
         for message in stored {
             // Stored messages are delivered when the mailbox opens again.
-            match mailbox.queue.try_reserve(&mut queued, message) {
+            match room.reserve(&mut queued, message) {
                 Ok(()) => {}
                 Err(PushError::Closed(_)) => return Err(Refusal::mailbox_closed()),
                 Err(PushError::Full(message)) => {
@@ -610,6 +613,7 @@ async fn store_and_acknowledge(
                 }
             }
         }
+        drop(room);
         queue_all(node, mailbox, &mut queued);
         if !acked {
             return Ok(Acked::NotSent);
