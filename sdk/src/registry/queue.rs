@@ -161,7 +161,8 @@ impl<T> Room<'_, T> {
             }
             // As much of a batch as there is room for; at least one message, or none at all.
             let want = self.batch.min(channel.room.available_permits()).max(1);
-            match channel.room.try_acquire_many(want as u32) {
+            let want = u32::try_from(want).unwrap_or(u32::MAX);
+            match channel.room.try_acquire_many(want) {
                 Ok(permit) => permit.forget(),
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
                     return Err(PushError::Full(message))
@@ -170,7 +171,7 @@ impl<T> Room<'_, T> {
                     return Err(PushError::Closed(message))
                 }
             }
-            self.spare = want;
+            self.spare = want as usize;
         }
         self.spare -= 1;
         pending.push(message);
