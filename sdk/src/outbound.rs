@@ -280,22 +280,24 @@ impl Sender {
             return Err(SendError::NodeClosed);
         }
         let part_limit = (self.node.config.send_window / BATCH_WINDOW_SHARE) as u64;
-        let mut payloads = payloads.into_iter().peekable();
+        let mut payloads = payloads.into_iter();
         let mut queued: Option<(Arc<Outbound>, u64, u64)> = None;
-        while payloads.peek().is_some() {
-            let mut part = Vec::new();
+        while !payloads.as_slice().is_empty() {
+            // The part is measured where the payloads are, and moved once: into the queue.
             let mut part_cost = 0u64;
-            while let Some(payload) = payloads.peek() {
+            let mut part_len = 0usize;
+            for payload in payloads.as_slice() {
                 let cost = u64::from(cost(payload));
-                if !part.is_empty() && part_cost + cost > part_limit {
+                if part_len > 0 && part_cost + cost > part_limit {
                     break;
                 }
                 part_cost += cost;
-                part.extend(payloads.next());
+                part_len += 1;
             }
-            let part_len = part.len() as u64;
             // At most the window (a part holds one message or fits `part_limit`): fits a u32.
             let part_cost = u32::try_from(part_cost).unwrap_or(u32::MAX);
+            let part = payloads.by_ref().take(part_len);
+            let part_len = part_len as u64;
             let (outbound, first) = match self.queue(part_cost, part).await {
                 Ok(queued) => queued,
                 Err(error) if queued.is_none() => return Err(error),
@@ -368,11 +370,13 @@ impl Sender {
             }
             let first = queue.next_ticket;
             let was_empty = queue.items.is_empty();
-            for payload in payloads {
-                let ticket = queue.next_ticket;
-                queue.next_ticket += 1;
-                queue.items.push((ticket, payload));
-            }
+            let mut ticket = first;
+            // Reserved once for a whole part (its length is known).
+            queue.items.extend(payloads.into_iter().map(|payload| {
+                ticket += 1;
+                (ticket - 1, payload)
+            }));
+            queue.next_ticket = ticket;
             drop(queue);
             if was_empty {
                 // The task drains the whole queue per wake-up, so only the first item needs one.
