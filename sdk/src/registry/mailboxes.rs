@@ -266,6 +266,7 @@ impl Caps {
         }
     }
 
+    #[inline]
     pub(crate) fn is_revoked(&self, grant: GrantId) -> bool {
         self.state.get().is_some_and(|state| {
             state.any_revoked.load(Ordering::Acquire) && read(&state.revoked).contains(&grant)
