@@ -266,6 +266,7 @@ impl Caps {
         }
     }
 
+    // Inlined: a mailbox stream asks once per message it delivers.
     #[inline]
     pub(crate) fn is_revoked(&self, grant: GrantId) -> bool {
         self.state.get().is_some_and(|state| {

@@ -153,6 +153,7 @@ pub(crate) struct Room<'a, T> {
 impl<T> Room<'_, T> {
     /// Takes room for `message` and adds it to `pending`, to be queued with the rest of it by
     /// [`MailboxQueue::hand_over`] (each message in `pending` holds its room until then).
+    // Inlined: called once per message delivered, and most calls only count and push.
     #[inline]
     pub(crate) fn reserve(&mut self, pending: &mut Vec<T>, message: T) -> Result<(), PushError<T>> {
         if self.spare == 0 {
