@@ -318,12 +318,17 @@ pub enum FrameError {
 }
 
 /// Appends the canonical LEB128 encoding of `value`.
-pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub fn put_varint(out: &mut Vec<u8>, value: u64) {
+    varint_bytes(value, |byte| out.push(byte));
+}
+
+/// Gives `emit` the bytes of the canonical LEB128 encoding of `value`, in order.
+fn varint_bytes(mut value: u64, mut emit: impl FnMut(u8)) {
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        emit((value as u8) | 0x80);
         value >>= 7;
     }
-    out.push(value as u8);
+    emit(value as u8);
 }
 
 /// Number of bytes [`put_varint`] writes for `value`.
@@ -414,12 +419,7 @@ impl AckFrame {
         // At most 11, which is one varint byte.
         ack.push(1 + varint_len(next_seq) as u8);
         ack.push(tag::ACK);
-        let mut value = next_seq;
-        while value >= 0x80 {
-            ack.push((value as u8) | 0x80);
-            value >>= 7;
-        }
-        ack.push(value as u8);
+        varint_bytes(next_seq, |byte| ack.push(byte));
         ack
     }
 

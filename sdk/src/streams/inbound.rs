@@ -419,7 +419,8 @@ pub(crate) async fn serve(
             Ok(Some(chunk)) => {
                 // Bound the buffer: a partial frame never exceeds one maximum frame.
                 let max_frame = node.config.max_message_size + 1;
-                if unread.len() + chunk.bytes.len() > max_frame + frame::MAX_VARINT_LEN + READ_MAX {
+                let needed = unread.len() + chunk.bytes.len();
+                if needed > max_frame + frame::MAX_VARINT_LEN + READ_MAX {
                     return Err(violation(
                         node,
                         guard,
@@ -427,7 +428,6 @@ pub(crate) async fn serve(
                         "frame too large".into(),
                     ));
                 }
-                let needed = unread.len() + chunk.bytes.len();
                 let mut buf = ferry_proto::receiver::writable(std::mem::take(&mut unread), needed);
                 buf.extend_from_slice(&chunk.bytes);
                 // The streams of a connection share its packets, so one read is often this
